@@ -1,0 +1,234 @@
+//! Length-prefixed MessagePack framing.
+//!
+//! On the wire every frame is a 4-byte big-endian body length followed by the body: a
+//! [`Frame`] encoded with rmp-serde (structs as arrays, enum variants by name). The decoder reads
+//! the length first and refuses any length above its maximum before it reserves or allocates
+//! anything for the body, so a peer cannot make the broker allocate by *declaring* a large frame.
+//!
+//! The decoder works on any byte buffer the caller fills (sans-IO): feed it bytes as they arrive
+//! and call [`FrameDecoder::decode`] until it returns `Ok(None)`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use crate::frame::{Frame, Headers};
+
+/// Size of the length prefix in front of every frame body.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// No frame nests deeper than a few levels; refusing deeper input bounds the decoder's stack use.
+const MAX_NESTING_DEPTH: usize = 16;
+
+/// The default maximum frame body size: a 1 MiB payload plus room for topic and headers.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1024 * 1024 + 64 * 1024;
+
+/// A frame could not be decoded. Every variant is fatal for the stream it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix declared a body larger than the maximum.
+    #[error("frame of {declared} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// The length the peer declared.
+        declared: u32,
+        /// The maximum in force.
+        max: u32,
+    },
+    /// A zero-length frame: there is no empty frame in the protocol.
+    #[error("empty frame")]
+    EmptyFrame,
+    /// The body is not a valid MessagePack encoding of a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The body decoded to a frame but bytes were left over.
+    #[error("malformed frame: {0} trailing bytes after the frame")]
+    TrailingBytes(usize),
+    /// The input ended in the middle of a frame (only from [`decode_frame`] on a complete input).
+    #[error("truncated frame: needed {needed} more bytes")]
+    Truncated {
+        /// How many more bytes the frame needs.
+        needed: usize,
+    },
+}
+
+/// A frame could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded frame is larger than the maximum frame size.
+    #[error("frame of {size} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// The encoded body size.
+        size: usize,
+        /// The maximum in force.
+        max: u32,
+    },
+    /// rmp-serde refused the value (only possible for values serde cannot describe).
+    #[error("cannot encode frame: {0}")]
+    Serialize(String),
+}
+
+/// Incremental frame decoder with a maximum frame size.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_frame_bytes: u32,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frame bodies longer than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: u32) -> Self {
+        Self { max_frame_bytes }
+    }
+
+    /// The maximum frame body size this decoder accepts.
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_frame_bytes
+    }
+
+    /// Decodes one frame from the front of `buf`, consuming its bytes.
+    ///
+    /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves
+    /// room for the rest of the frame (never more than the maximum). An error leaves the
+    /// stream unusable: the caller must close it.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let Some(body_len) = self.peek_body_len(buf)? else {
+            return Ok(None);
+        };
+        let total = LENGTH_PREFIX_BYTES + body_len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(LENGTH_PREFIX_BYTES);
+        let body = buf.split_to(body_len);
+        decode_body(&body).map(Some)
+    }
+
+    fn peek_body_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        let Some(prefix) = buf.get(..LENGTH_PREFIX_BYTES) else {
+            return Ok(None);
+        };
+        let declared = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if declared == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if declared > self.max_frame_bytes {
+            return Err(DecodeError::FrameTooLarge {
+                declared,
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(Some(declared as usize))
+    }
+}
+
+/// Decodes exactly one frame from the front of a complete input, returning it and the number of
+/// bytes it used. Unlike [`FrameDecoder::decode`] a short input is an error.
+pub fn decode_frame(input: &[u8], max_frame_bytes: u32) -> Result<(Frame, usize), DecodeError> {
+    let decoder = FrameDecoder::new(max_frame_bytes);
+    let Some(body_len) = decoder.peek_body_len(input)? else {
+        return Err(DecodeError::Truncated {
+            needed: LENGTH_PREFIX_BYTES - input.len(),
+        });
+    };
+    let total = LENGTH_PREFIX_BYTES + body_len;
+    let Some(body) = input.get(LENGTH_PREFIX_BYTES..total) else {
+        return Err(DecodeError::Truncated {
+            needed: total - input.len(),
+        });
+    };
+    Ok((decode_body(body)?, total))
+}
+
+fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
+    let mut rest = body;
+    let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
+    deserializer.set_max_depth(MAX_NESTING_DEPTH);
+    let frame = serde::Deserialize::deserialize(&mut deserializer)
+        .map_err(|err: rmp_serde::decode::Error| DecodeError::Malformed(err.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(frame)
+}
+
+/// Appends `frame`, length prefix included, to `buf`.
+///
+/// On error `buf` is left as it was.
+pub fn encode_frame(
+    frame: &Frame,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    encode_value(frame, buf, max_frame_bytes)
+}
+
+/// Appends a `Frame::Message` to `buf` without building a [`crate::Delivery`]: the broker encodes
+/// one delivery per subscriber from one shared message, so it borrows instead of cloning the topic
+/// and headers. The bytes are identical to `encode_frame(&Frame::Message(..))`.
+pub fn encode_delivery(
+    sequence: u64,
+    topic: &str,
+    headers: &Headers,
+    payload: &Bytes,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    #[derive(Serialize)]
+    struct DeliveryRef<'a> {
+        sequence: u64,
+        topic: &'a str,
+        headers: &'a Headers,
+        payload: &'a Bytes,
+    }
+    #[derive(Serialize)]
+    enum FrameRef<'a> {
+        Message(DeliveryRef<'a>),
+    }
+    let frame = FrameRef::Message(DeliveryRef {
+        sequence,
+        topic,
+        headers,
+        payload,
+    });
+    encode_value(&frame, buf, max_frame_bytes)
+}
+
+fn encode_value<T: Serialize>(
+    value: &T,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    buf.put_u32(0);
+    let mut writer = buf.writer();
+    if let Err(err) = rmp_serde::encode::write(&mut writer, value) {
+        let buf = writer.into_inner();
+        buf.truncate(start);
+        return Err(EncodeError::Serialize(err.to_string()));
+    }
+    let buf = writer.into_inner();
+    let size = buf.len() - start - LENGTH_PREFIX_BYTES;
+    match u32::try_from(size) {
+        Ok(len) if len <= max_frame_bytes => {
+            buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        _ => {
+            buf.truncate(start);
+            Err(EncodeError::FrameTooLarge {
+                size,
+                max: max_frame_bytes,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+use super::*;
+use crate::frame::*;
+use crate::ErrorCode;
+
+fn one_of_every_frame() -> Vec<Frame> {
+    let session_id = SessionId([7; 16]);
+    vec![
+        Frame::Hello(Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            resume: Some(session_id),
+            client_name: Some("sensor-7".into()),
+        }),
+        Frame::Welcome(Welcome {
+            protocol_version: 1,
+            session_id,
+            resumed: false,
+            identity: "alice".into(),
+            limits: Limits {
+                max_payload_bytes: 1 << 20,
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                max_subscriptions: 1000,
+                max_topic_bytes: 256,
+                max_topic_depth: 16,
+            },
+        }),
+        Frame::Subscribe(Subscribe {
+            request_id: 1,
+            filter: "orders.*.created".into(),
+            options: SubscribeOptions {
+                overflow: OverflowPolicy::Latest,
+                max_queued_messages: Some(10),
+                max_queued_bytes: None,
+            },
+        }),
+        Frame::Subscribed(Subscribed {
+            request_id: 1,
+            subscription: 42,
+        }),
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 2,
+            subscription: 42,
+        }),
+        Frame::Unsubscribed(Unsubscribed {
+            request_id: 2,
+            subscription: 42,
+        }),
+        Frame::Ping(Ping { nonce: u64::MAX }),
+        Frame::Pong(Ping { nonce: 0 }),
+        Frame::Error(ErrorFrame {
+            request_id: None,
+            code: ErrorCode::INVALID_FILTER,
+            reason: "empty token".into(),
+        }),
+        Frame::GoingAway(GoingAway {
+            reason: "maintenance".into(),
+            reconnect_after_ms: 2500,
+        }),
+        Frame::Publish(Publish {
+            topic: "demo.x".into(),
+            headers: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            payload: Bytes::from_static(b"hello"),
+        }),
+        Frame::PublishRejected(PublishRejected {
+            topic: "demo.x".into(),
+            code: ErrorCode::PAYLOAD_TOO_LARGE,
+            reason: "2000000 > 1048576".into(),
+        }),
+        Frame::SubscriptionStart(SubscriptionStart { subscription: 42 }),
+        Frame::Message(Delivery {
+            sequence: 9,
+            topic: "demo.x".into(),
+            headers: vec![],
+            payload: Bytes::from(vec![0u8; 1000]),
+        }),
+        Frame::Dropped(Dropped { count: 3 }),
+    ]
+}
+
+fn encoded(frame: &Frame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    buf
+}
+
+#[test]
+fn every_frame_round_trips() {
+    let decoder = FrameDecoder::default();
+    for frame in one_of_every_frame() {
+        let mut buf = encoded(&frame);
+        let decoded = decoder.decode(&mut buf).expect("decodes");
+        assert_eq!(decoded.as_ref(), Some(&frame), "{}", frame.kind());
+        assert!(buf.is_empty(), "{} left bytes behind", frame.kind());
+    }
+}
+
+#[test]
+fn every_truncation_of_every_frame_waits_for_more_bytes() {
+    let decoder = FrameDecoder::default();
+    for frame in one_of_every_frame() {
+        let whole = encoded(&frame);
+        for cut in 0..whole.len() {
+            let mut partial = BytesMut::from(&whole[..cut]);
+            assert_eq!(decoder.decode(&mut partial), Ok(None), "{} cut at {cut}", frame.kind());
+            assert_eq!(partial.len(), cut, "a partial frame must not be consumed");
+            assert!(matches!(
+                decode_frame(&whole[..cut], DEFAULT_MAX_FRAME_BYTES),
+                Err(DecodeError::Truncated { .. })
+            ));
+        }
+    }
+}
+
+#[test]
+fn every_frame_is_refused_when_over_the_limit() {
+    for frame in one_of_every_frame() {
+        let whole = encoded(&frame);
+        let body_len = (whole.len() - LENGTH_PREFIX_BYTES) as u32;
+        let tight = FrameDecoder::new(body_len - 1);
+        let mut buf = whole.clone();
+        assert_eq!(
+            tight.decode(&mut buf),
+            Err(DecodeError::FrameTooLarge {
+                declared: body_len,
+                max: body_len - 1
+            }),
+            "{}",
+            frame.kind()
+        );
+        let mut out = BytesMut::new();
+        assert!(matches!(
+            encode_frame(&frame, &mut out, body_len - 1),
+            Err(EncodeError::FrameTooLarge { .. })
+        ));
+        assert!(out.is_empty(), "a refused encode leaves the buffer as it was");
+    }
+}
+
+#[test]
+fn an_oversized_declared_length_is_refused_before_any_allocation() {
+    let decoder = FrameDecoder::new(1024);
+    let mut buf = BytesMut::with_capacity(8);
+    buf.put_u32(256 * 1024 * 1024);
+    let capacity_before = buf.capacity();
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Err(DecodeError::FrameTooLarge {
+            declared: 256 * 1024 * 1024,
+            max: 1024
+        })
+    );
+    assert_eq!(buf.capacity(), capacity_before);
+}
+
+#[test]
+fn a_partial_frame_reserves_only_what_it_declared() {
+    let decoder = FrameDecoder::default();
+    let whole = encoded(&Frame::Message(Delivery {
+        sequence: 1,
+        topic: "a".into(),
+        headers: vec![],
+        payload: Bytes::from(vec![1u8; 100_000]),
+    }));
+    let mut partial = BytesMut::from(&whole[..10]);
+    assert_eq!(decoder.decode(&mut partial), Ok(None));
+    assert!(partial.capacity() >= whole.len());
+    assert!(partial.capacity() < 2 * whole.len());
+}
+
+#[test]
+fn frames_split_at_every_byte_decode_in_order() {
+    let decoder = FrameDecoder::default();
+    let frames = one_of_every_frame();
+    let mut stream = BytesMut::new();
+    for frame in &frames {
+        encode_frame(frame, &mut stream, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    }
+    let mut buf = BytesMut::new();
+    let mut decoded = Vec::new();
+    for byte in stream.iter() {
+        buf.put_u8(*byte);
+        while let Some(frame) = decoder.decode(&mut buf).expect("valid stream") {
+            decoded.push(frame);
+        }
+    }
+    assert_eq!(decoded, frames);
+}
+
+#[test]
+fn garbage_is_malformed_not_a_panic() {
+    let decoder = FrameDecoder::default();
+    let mut buf = BytesMut::new();
+    buf.put_u32(5);
+    buf.put_slice(b"\xc1\xc1\xc1\xc1\xc1");
+    assert!(matches!(decoder.decode(&mut buf), Err(DecodeError::Malformed(_))));
+}
+
+#[test]
+fn an_unknown_variant_is_malformed() {
+    let mut body = Vec::new();
+    rmp_serde::encode::write(&mut body, &std::collections::BTreeMap::from([("Teleport", 1u8)]))
+        .expect("encodes");
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+    assert!(matches!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn trailing_bytes_inside_a_frame_are_refused() {
+    let whole = encoded(&Frame::Ping(Ping { nonce: 1 }));
+    let mut body = whole[LENGTH_PREFIX_BYTES..].to_vec();
+    body.push(0);
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::TrailingBytes(1))
+    );
+}
+
+#[test]
+fn an_empty_frame_is_refused() {
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+    assert_eq!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::EmptyFrame));
+}
+
+#[test]
+fn encode_delivery_matches_encoding_the_frame() {
+    let headers = vec![("trace".to_string(), "abc".to_string())];
+    let payload = Bytes::from_static(b"payload");
+    let mut fast = BytesMut::new();
+    encode_delivery(5, "a.b", &headers, &payload, &mut fast, DEFAULT_MAX_FRAME_BYTES)
+        .expect("encodes");
+    let slow = encoded(&Frame::Message(Delivery {
+        sequence: 5,
+        topic: "a.b".into(),
+        headers,
+        payload,
+    }));
+    assert_eq!(fast, slow);
+}

@@ -1,0 +1,133 @@
+//! Every error code a peer can see, in one place.
+//!
+//! The same number space is used for QUIC application close codes (a whole connection), stream
+//! reset/stop codes (one stream) and the `code` field of error frames (one request). A code is a
+//! plain `u32` newtype so that a code this build does not know still round-trips and prints.
+//! `docs/PROTOCOL.md` lists the same table; keep them in step.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A protocol error code with a stable number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ErrorCode(pub u32);
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:expr, $text:expr; )*) => {
+        impl ErrorCode {
+            $( $(#[$doc])* pub const $name: ErrorCode = ErrorCode($value); )*
+
+            /// Every code this build knows, in numeric order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name),*];
+
+            /// The symbolic name of a known code, `None` for a code this build does not know.
+            pub fn name(self) -> Option<&'static str> {
+                match self.0 {
+                    $( $value => Some(stringify!($name)), )*
+                    _ => None,
+                }
+            }
+
+            /// A short human-readable description of the code.
+            pub fn description(self) -> &'static str {
+                match self.0 {
+                    $( $value => $text, )*
+                    _ => "unknown error code",
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// Closed on purpose, nothing went wrong.
+    NORMAL = 0, "closed normally";
+    /// The peer broke a rule of the protocol: a frame on the wrong stream, a frame out of order.
+    PROTOCOL_VIOLATION = 1, "protocol violation";
+    /// A frame could not be decoded.
+    MALFORMED_FRAME = 2, "malformed frame";
+    /// A frame declared a length above the maximum frame size.
+    FRAME_TOO_LARGE = 3, "frame too large";
+    /// The `Hello` named a protocol version the broker does not speak.
+    UNSUPPORTED_VERSION = 4, "unsupported protocol version";
+    /// No `Hello` arrived within the handshake deadline.
+    HELLO_TIMEOUT = 5, "no hello within the deadline";
+    /// Something failed inside the broker; the reason never carries internal details.
+    INTERNAL = 6, "internal error";
+    /// A publish named an invalid topic.
+    INVALID_TOPIC = 10, "invalid topic";
+    /// A subscribe named an invalid filter.
+    INVALID_FILTER = 11, "invalid subscription filter";
+    /// A publish payload exceeded the maximum payload size.
+    PAYLOAD_TOO_LARGE = 12, "payload too large";
+    /// The session already holds the maximum number of subscriptions.
+    TOO_MANY_SUBSCRIPTIONS = 13, "too many subscriptions";
+    /// An unsubscribe named a subscription the session does not have.
+    UNKNOWN_SUBSCRIPTION = 14, "unknown subscription";
+    /// A subscribe option was out of range.
+    INVALID_OPTION = 15, "invalid subscribe option";
+    /// A resume named a session that does not exist (expired or never created).
+    SESSION_NOT_FOUND = 20, "session not found";
+    /// A resume named a session that belongs to another certificate identity.
+    SESSION_IDENTITY_MISMATCH = 21, "session belongs to another identity";
+    /// Another connection of the same identity resumed this session; do not reconnect.
+    SESSION_TAKEN_OVER = 22, "session taken over by a newer connection";
+    /// The subscription's queue overflowed under the `close` policy.
+    SLOW_CONSUMER = 30, "subscription closed: slow consumer";
+    /// The broker is shutting down.
+    SERVER_SHUTTING_DOWN = 40, "server shutting down";
+    /// The broker holds the maximum number of connections.
+    TOO_MANY_CONNECTIONS = 41, "too many connections";
+}
+
+impl ErrorCode {
+    /// The numeric value carried on the wire.
+    pub fn value(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name}({})", self.0),
+            None => write!(f, "ErrorCode({})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.description(), self.0)
+    }
+}
+
+impl From<u32> for ErrorCode {
+    fn from(value: u32) -> Self {
+        ErrorCode(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_code_has_a_unique_value_and_a_name() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.0), "duplicate value {}", code.0);
+            assert!(code.name().is_some());
+            assert_ne!(code.description(), "unknown error code");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_round_trip_and_print() {
+        let code = ErrorCode::from(9999);
+        assert_eq!(code.name(), None);
+        assert_eq!(code.to_string(), "unknown error code (code 9999)");
+        assert_eq!(format!("{code:?}"), "ErrorCode(9999)");
+    }
+}

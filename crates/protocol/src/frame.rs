@@ -1,0 +1,289 @@
+//! Every frame that crosses the wire.
+//!
+//! A Cassini connection carries four kinds of stream, and each frame belongs to exactly one:
+//!
+//! | stream | opened by | frames |
+//! |---|---|---|
+//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
+//! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishRejected` down |
+//! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Dropped` |
+//!
+//! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
+//! single codec (and a single fuzz target) covers them all; the stream handlers decide which
+//! variants they accept.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ErrorCode;
+
+/// A broker-assigned session identifier: 128 random bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// Identifies one subscription within its session. Assigned by the broker, never reused
+/// within a session.
+pub type SubscriptionId = u64;
+
+/// Correlates a control request with its answer. Chosen by the client.
+pub type RequestId = u64;
+
+/// Message headers: ordered string key/value pairs. Keys may repeat.
+pub type Headers = Vec<(String, String)>;
+
+/// Every Cassini frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Control, client → broker: the first frame of every connection.
+    Hello(Hello),
+    /// Control, broker → client: the answer to `Hello`.
+    Welcome(Welcome),
+    /// Control, client → broker: start a subscription.
+    Subscribe(Subscribe),
+    /// Control, broker → client: a subscription was created; its stream follows.
+    Subscribed(Subscribed),
+    /// Control, client → broker: end a subscription.
+    Unsubscribe(Unsubscribe),
+    /// Control, broker → client: a subscription was ended; its stream has been finished.
+    Unsubscribed(Unsubscribed),
+    /// Control, client → broker: liveness and round-trip probe.
+    Ping(Ping),
+    /// Control, broker → client: the answer to `Ping`, echoing its nonce.
+    Pong(Ping),
+    /// Control, broker → client: a request failed, or (without a request id) the connection is
+    /// about to be closed for the reason given.
+    Error(ErrorFrame),
+    /// Control, broker → client: the broker is shutting down.
+    GoingAway(GoingAway),
+    /// Publish stream, client → broker: one message for one topic.
+    Publish(Publish),
+    /// Publish stream, broker → client: a publish was refused.
+    PublishRejected(PublishRejected),
+    /// Subscription stream, broker → client: the first frame, naming the subscription.
+    SubscriptionStart(SubscriptionStart),
+    /// Subscription stream, broker → client: one delivered message.
+    Message(Delivery),
+    /// Subscription stream, broker → client: messages were dropped by the overflow policy.
+    Dropped(Dropped),
+}
+
+impl Frame {
+    /// The variant's name, for logs and error reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Welcome(_) => "Welcome",
+            Frame::Subscribe(_) => "Subscribe",
+            Frame::Subscribed(_) => "Subscribed",
+            Frame::Unsubscribe(_) => "Unsubscribe",
+            Frame::Unsubscribed(_) => "Unsubscribed",
+            Frame::Ping(_) => "Ping",
+            Frame::Pong(_) => "Pong",
+            Frame::Error(_) => "Error",
+            Frame::GoingAway(_) => "GoingAway",
+            Frame::Publish(_) => "Publish",
+            Frame::PublishRejected(_) => "PublishRejected",
+            Frame::SubscriptionStart(_) => "SubscriptionStart",
+            Frame::Message(_) => "Message",
+            Frame::Dropped(_) => "Dropped",
+        }
+    }
+}
+
+/// The client's opening frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks; see [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// A session to resume, or `None` for a new session.
+    pub resume: Option<SessionId>,
+    /// A free-form client name for logs. Never used as the identity: that comes from the
+    /// certificate only.
+    pub client_name: Option<String>,
+}
+
+/// The broker's answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the broker will speak on this connection.
+    pub protocol_version: u32,
+    /// The session this connection is attached to.
+    pub session_id: SessionId,
+    /// Whether an existing session was resumed.
+    pub resumed: bool,
+    /// The identity the broker read from the client's certificate.
+    pub identity: String,
+    /// The limits in force for this connection.
+    pub limits: Limits,
+}
+
+/// Limits the broker enforces, announced in `Welcome` so clients can check before sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest accepted publish payload, in bytes.
+    pub max_payload_bytes: u32,
+    /// Largest accepted frame (length prefix excluded), in bytes.
+    pub max_frame_bytes: u32,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions: u32,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_bytes: u32,
+    /// Most dot-separated tokens in a topic name or filter.
+    pub max_topic_depth: u32,
+}
+
+/// What the broker does when a subscription's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued message to make room (the default).
+    #[default]
+    DropOldest,
+    /// Drop the message that does not fit.
+    DropNewest,
+    /// Keep only the newest message: for state-like topics.
+    Latest,
+    /// Close the subscription: its stream is reset with `SLOW_CONSUMER`.
+    Close,
+}
+
+/// Per-subscription options chosen by the subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SubscribeOptions {
+    /// What to do when this subscription's queue is full.
+    pub overflow: OverflowPolicy,
+    /// Queue bound in messages; `None` takes the broker default. Capped by the broker maximum.
+    pub max_queued_messages: Option<u32>,
+    /// Queue bound in payload bytes; `None` takes the broker default. Capped by the broker maximum.
+    pub max_queued_bytes: Option<u64>,
+}
+
+/// Start a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Correlates the answer.
+    pub request_id: RequestId,
+    /// The filter: a topic with optional `*` and `>` wildcards.
+    pub filter: String,
+    /// Queue and overflow options.
+    pub options: SubscribeOptions,
+}
+
+/// A subscription was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The request this answers.
+    pub request_id: RequestId,
+    /// The new subscription; its stream starts with a `SubscriptionStart` naming it.
+    pub subscription: SubscriptionId,
+}
+
+/// End a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// Correlates the answer.
+    pub request_id: RequestId,
+    /// The subscription to end.
+    pub subscription: SubscriptionId,
+}
+
+/// A subscription was ended and its stream finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// The request this answers.
+    pub request_id: RequestId,
+    /// The subscription that ended.
+    pub subscription: SubscriptionId,
+}
+
+/// A liveness probe; the answer echoes the nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Any value; echoed back unchanged.
+    pub nonce: u64,
+}
+
+/// An error the peer should see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The request that failed, or `None` for a connection-level error.
+    pub request_id: Option<RequestId>,
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+/// The broker is going away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoingAway {
+    /// Why.
+    pub reason: String,
+    /// How long a client should wait before reconnecting, in milliseconds.
+    pub reconnect_after_ms: u32,
+}
+
+/// One message published to one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// A topic name without wildcards.
+    pub topic: String,
+    /// Application headers.
+    pub headers: Headers,
+    /// The payload, opaque to the broker.
+    pub payload: Bytes,
+}
+
+/// A publish was refused. The publish stream stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRejected {
+    /// The topic of the refused publish.
+    pub topic: String,
+    /// Why it was refused.
+    pub code: ErrorCode,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+/// The first frame of every subscription stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionStart {
+    /// The subscription this stream carries.
+    pub subscription: SubscriptionId,
+}
+
+/// One message delivered to one subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Position of this message in the subscription, starting at 1 and increasing by one for
+    /// every message the subscription accepted, delivered or dropped.
+    pub sequence: u64,
+    /// The concrete topic the message was published to.
+    pub topic: String,
+    /// Application headers, as published.
+    pub headers: Headers,
+    /// The payload, as published.
+    pub payload: Bytes,
+}
+
+/// The overflow policy dropped messages; the next delivery follows the gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// How many messages were dropped since the last `Dropped` frame.
+    pub count: u64,
+}

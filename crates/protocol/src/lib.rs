@@ -1,0 +1,27 @@
+//! The Cassini wire protocol, sans-IO.
+//!
+//! This crate owns everything two Cassini peers must agree on and nothing about how bytes move:
+//! no tokio, no quinn, no sockets, no clocks.
+//!
+//! # Layout
+//! - [`frame`]: every frame that crosses the wire, grouped by the stream it travels on.
+//! - [`codec`]: the length-prefixed MessagePack framing, with a maximum frame length that is
+//!   checked before anything is allocated.
+//! - [`topic`]: topic names, subscription filters with `*` and `>`, their validation and matching.
+//! - [`error_code`]: every error code a peer can see, with its number and meaning, in one place.
+
+pub mod codec;
+pub mod error_code;
+pub mod frame;
+pub mod topic;
+
+pub use codec::{decode_frame, encode_frame, DecodeError, EncodeError, FrameDecoder};
+pub use error_code::ErrorCode;
+pub use frame::*;
+pub use topic::{TopicError, TopicFilter, TopicLimits, TopicName};
+
+/// ALPN protocol identifier negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"cassini/1";
+
+/// The protocol version this crate speaks, carried in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
