@@ -1,1 +1,31 @@
-//! placeholder
+//! The Cassini broker core: an actor tree that routes messages, independent of any transport.
+//!
+//! This crate never names a QUIC type. It talks to connections through the small interface in
+//! [`transport`], which `cassini-quic` implements over quinn (and tests may implement in memory).
+//!
+//! # Layout
+//! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
+//! - [`config`]: every knob, with defaults.
+//! - [`transport`]: the connection and stream interface the broker drives.
+//! - [`error`]: the broker's error enum and the one place errors become wire codes.
+//! - [`message`]: the shared in-memory form of a published message.
+//! - [`router`]: the subscription index read by the publish path.
+//! - [`queue`]: the bounded per-subscription queue and its overflow policies.
+//! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
+//!   with one child per connection, session, subscription and filter.
+//! - `connection`: the tasks that read and write one connection's streams.
+
+mod actors;
+pub mod broker;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod message;
+pub mod queue;
+pub mod router;
+pub mod transport;
+
+pub use broker::{Broker, BrokerHandle, BrokerStats};
+pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
+pub use error::BrokerError;
+pub use transport::{Connection, PeerInfo, RecvStream, SendStream, TransportError};

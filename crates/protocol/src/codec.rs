@@ -23,7 +23,7 @@ const MAX_NESTING_DEPTH: usize = 16;
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1024 * 1024 + 64 * 1024;
 
 /// A frame could not be decoded. Every variant is fatal for the stream it came from.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
     /// The length prefix declared a body larger than the maximum.

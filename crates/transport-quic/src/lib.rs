@@ -1,1 +1,16 @@
-//! placeholder
+//! Cassini's QUIC transport: quinn endpoints secured by mutual TLS, and the certificate tooling
+//! behind them.
+//!
+//! # Layout
+//!
+//! - [`certs`]: the private certificate authority; issuing server and client certificates; the
+//!   certificate directory layout (`ca.crt`, `server.key`, `client-NAME.crt`, ...).
+//! - [`tls`]: rustls configurations (TLS 1.3, ALPN, required client certificates, no
+//!   resumption), PEM loading, and [`tls::QuicOptions`] turned into quinn configurations.
+//! - [`identity`]: the identity a peer certificate stands for (URI SAN, DNS SAN, then CN).
+//! - [`endpoint`]: UDP sockets with large buffers and the quinn endpoints that drive them.
+
+pub mod certs;
+pub mod endpoint;
+pub mod identity;
+pub mod tls;

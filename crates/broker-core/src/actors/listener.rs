@@ -1,0 +1,103 @@
+//! A listener actor: owns one connection for as long as it lives.
+//!
+//! It runs the connection's driver task and, when the connection ends however it ends, tells
+//! the session: a goodbye ends the session, anything else detaches it. That notice is sent from
+//! the state's `Drop`, so it also happens if this actor fails.
+
+use std::sync::Arc;
+
+use cassini_protocol::ErrorCode;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::session::SessionMsg;
+use super::session_manager::SessionManagerMsg;
+use super::Shared;
+use crate::connection::driver::drive_connection;
+use crate::transport::Connection;
+
+pub(crate) struct Listener;
+
+pub(crate) struct ListenerArgs {
+    pub(crate) connection: Arc<dyn Connection>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sessions: ActorRef<SessionManagerMsg>,
+}
+
+pub(crate) enum ListenerMsg {
+    /// The driver attached the connection to a session.
+    Established {
+        session: ActorRef<SessionMsg>,
+        epoch: u64,
+    },
+    /// The driver finished; `clean` when the client said goodbye.
+    DriverEnded { clean: bool },
+    /// The broker is shutting down.
+    Shutdown { reason: String },
+}
+
+pub(crate) struct ListenerState {
+    connection: Arc<dyn Connection>,
+    driver: JoinHandle<()>,
+    session: Option<(ActorRef<SessionMsg>, u64)>,
+    clean: bool,
+}
+
+impl Drop for ListenerState {
+    fn drop(&mut self) {
+        self.driver.abort();
+        self.connection.close(ErrorCode::NORMAL, "connection closed");
+        if let Some((session, epoch)) = self.session.take() {
+            let notice = if self.clean {
+                SessionMsg::End { epoch }
+            } else {
+                SessionMsg::Detach { epoch }
+            };
+            let _ = session.send_message(notice);
+        }
+    }
+}
+
+impl Actor for Listener {
+    type Msg = ListenerMsg;
+    type State = ListenerState;
+    type Arguments = ListenerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let driver = tokio::spawn(drive_connection(
+            Arc::clone(&args.connection),
+            args.shared,
+            args.sessions,
+            myself,
+        ));
+        Ok(ListenerState {
+            connection: args.connection,
+            driver,
+            session: None,
+            clean: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ListenerMsg::Established { session, epoch } => state.session = Some((session, epoch)),
+            ListenerMsg::DriverEnded { clean } => {
+                state.clean = clean;
+                myself.stop(None);
+            }
+            ListenerMsg::Shutdown { reason } => {
+                state.connection.close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
+            }
+        }
+        Ok(())
+    }
+}

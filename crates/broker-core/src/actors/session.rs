@@ -1,0 +1,251 @@
+//! A session actor: one client session, which outlives its connection.
+//!
+//! It owns the session's subscriptions (filter and subscriber actor of each) and which
+//! connection, if any, the session is attached to. Each attach gets a new epoch; a detach or
+//! end that names an older epoch is ignored, so a stale connection can never detach a newer one.
+//! A detached session expires after `sessions.expiry` unless it is resumed first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cassini_protocol::{
+    ErrorCode, SessionId, SubscribeOptions, SubscriptionId, TopicFilter,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::subscriber::{SubscriberArgs, SubscriberMsg};
+use super::subscriber_manager::SubscriberManagerMsg;
+use super::topic_manager::TopicManagerMsg;
+use super::{ask, Shared};
+use crate::error::BrokerError;
+use crate::queue::SubscriptionQueue;
+use crate::router::{RouteMember, SubscriberKey};
+use crate::transport::Connection;
+
+pub(crate) struct Session;
+
+pub(crate) struct SessionArgs {
+    pub(crate) id: SessionId,
+    pub(crate) identity: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) enum SessionMsg {
+    /// Attaches a connection, taking over from any attached one; answers with the new epoch.
+    Attach {
+        connection: Arc<dyn Connection>,
+        reply: RpcReplyPort<u64>,
+    },
+    /// The connection of `epoch` dropped: keep the session until it expires.
+    Detach { epoch: u64 },
+    /// The connection of `epoch` said goodbye: end the session now.
+    End { epoch: u64 },
+    /// The expiry timer set when `epoch` detached fired.
+    Expire { epoch: u64 },
+    /// Starts a subscription.
+    Subscribe {
+        filter: String,
+        options: SubscribeOptions,
+        reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
+    },
+    /// Ends a subscription; answers once nothing more is routed to it.
+    Unsubscribe {
+        subscription: SubscriptionId,
+        reply: RpcReplyPort<Result<(), BrokerError>>,
+    },
+    /// A subscriber ended on its own (overflow, failure, stream stopped by the client).
+    SubscriptionEnded {
+        subscription: SubscriptionId,
+        reason: String,
+    },
+}
+
+struct SessionSubscription {
+    filter: TopicFilter,
+    subscriber: ActorRef<SubscriberMsg>,
+}
+
+pub(crate) struct SessionState {
+    id: SessionId,
+    shared: Arc<Shared>,
+    subscriptions: HashMap<SubscriptionId, SessionSubscription>,
+    last_subscription: SubscriptionId,
+    attached: Option<Arc<dyn Connection>>,
+    epoch: u64,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        for subscription in self.subscriptions.values() {
+            subscription.subscriber.stop(Some("session ended".into()));
+        }
+    }
+}
+
+impl SessionState {
+    async fn subscribe(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        filter: String,
+        options: SubscribeOptions,
+    ) -> Result<SubscriptionId, BrokerError> {
+        let config = &self.shared.config;
+        let filter =
+            TopicFilter::parse(&filter, &config.limits.topics).map_err(BrokerError::InvalidFilter)?;
+        let max = config.limits.max_subscriptions_per_session;
+        if self.subscriptions.len() >= max as usize {
+            return Err(BrokerError::TooManySubscriptions(max));
+        }
+        self.last_subscription += 1;
+        let key = SubscriberKey {
+            session: self.id,
+            subscription: self.last_subscription,
+        };
+        let queue = Arc::new(SubscriptionQueue::new(config.queue.bounds_for(&options)));
+        let args = SubscriberArgs {
+            key,
+            filter: filter.clone(),
+            queue: Arc::clone(&queue),
+            connection: self.attached.clone(),
+            max_frame_bytes: config.limits.max_frame_bytes,
+        };
+        let subscriber = ask(&self.shared.subscribers, |reply| SubscriberManagerMsg::Spawn {
+            args,
+            session: myself.clone(),
+            reply,
+        })
+        .await??;
+        let member = RouteMember { key, queue };
+        let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
+            filter: filter.clone(),
+            member,
+            reply,
+        })
+        .await
+        .and_then(|joined| joined);
+        if let Err(err) = joined {
+            subscriber.stop(None);
+            return Err(err);
+        }
+        self.subscriptions.insert(
+            key.subscription,
+            SessionSubscription { filter, subscriber },
+        );
+        Ok(key.subscription)
+    }
+
+    async fn unsubscribe(&mut self, subscription: SubscriptionId) -> Result<(), BrokerError> {
+        let Some(entry) = self.subscriptions.remove(&subscription) else {
+            return Err(BrokerError::UnknownSubscription(subscription));
+        };
+        let key = SubscriberKey {
+            session: self.id,
+            subscription,
+        };
+        ask(&self.shared.topics, |reply| TopicManagerMsg::Leave {
+            filter: entry.filter,
+            key,
+            reply: Some(reply),
+        })
+        .await?;
+        entry.subscriber.stop(Some("unsubscribed".into()));
+        Ok(())
+    }
+
+    fn attach(&mut self, connection: Arc<dyn Connection>) -> u64 {
+        if let Some(previous) = self.attached.take() {
+            previous.close(
+                ErrorCode::SESSION_TAKEN_OVER,
+                "session resumed by a newer connection",
+            );
+        }
+        self.epoch += 1;
+        for subscription in self.subscriptions.values() {
+            let _ = subscription
+                .subscriber
+                .send_message(SubscriberMsg::Attach(Arc::clone(&connection)));
+        }
+        self.attached = Some(connection);
+        self.epoch
+    }
+
+    fn detach(&mut self) {
+        self.attached = None;
+        for subscription in self.subscriptions.values() {
+            let _ = subscription.subscriber.send_message(SubscriberMsg::Detach);
+        }
+    }
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        tracing::debug!(session = %args.id, identity = %args.identity, "session started");
+        Ok(SessionState {
+            id: args.id,
+            shared: args.shared,
+            subscriptions: HashMap::new(),
+            last_subscription: 0,
+            attached: None,
+            epoch: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Attach { connection, reply } => {
+                let _ = reply.send(state.attach(connection));
+            }
+            SessionMsg::Detach { epoch } if epoch == state.epoch => {
+                state.detach();
+                let expiry = state.shared.config.sessions.expiry;
+                tracing::debug!(session = %state.id, ?expiry, "session detached");
+                myself.send_after(expiry, move || SessionMsg::Expire { epoch });
+            }
+            SessionMsg::End { epoch } if epoch == state.epoch => {
+                state.detach();
+                myself.stop(Some("client closed the session".into()));
+            }
+            SessionMsg::Expire { epoch } if epoch == state.epoch && state.attached.is_none() => {
+                tracing::debug!(session = %state.id, "session expired");
+                myself.stop(Some("expired".into()));
+            }
+            SessionMsg::Detach { .. } | SessionMsg::End { .. } | SessionMsg::Expire { .. } => {}
+            SessionMsg::Subscribe {
+                filter,
+                options,
+                reply,
+            } => {
+                let result = state.subscribe(&myself, filter, options).await;
+                let _ = reply.send(result);
+            }
+            SessionMsg::Unsubscribe {
+                subscription,
+                reply,
+            } => {
+                let _ = reply.send(state.unsubscribe(subscription).await);
+            }
+            SessionMsg::SubscriptionEnded {
+                subscription,
+                reason,
+            } => {
+                if state.subscriptions.remove(&subscription).is_some() {
+                    tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The session manager: creates sessions, finds them for resumption, and forgets them when
+//! they end.
+//!
+//! It owns the map from session id to session actor and the identity each session is bound to.
+//! Session ids are 128 random bits chosen here; a resume is honoured only for the certificate
+//! identity that created the session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cassini_protocol::SessionId;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::session::{Session, SessionArgs, SessionMsg};
+use super::subscriber_manager::SubscriberManagerMsg;
+use super::{ask, Shared};
+use crate::error::BrokerError;
+use crate::transport::Connection;
+
+pub(crate) struct SessionManager;
+
+/// A session a connection is now attached to.
+pub(crate) struct Opened {
+    pub(crate) session: ActorRef<SessionMsg>,
+    pub(crate) id: SessionId,
+    pub(crate) resumed: bool,
+    pub(crate) epoch: u64,
+}
+
+pub(crate) enum SessionManagerMsg {
+    /// Creates a session, or resumes `resume`, and attaches `connection` to it.
+    Open {
+        resume: Option<SessionId>,
+        connection: Arc<dyn Connection>,
+        reply: RpcReplyPort<Result<Opened, BrokerError>>,
+    },
+    /// How many sessions exist.
+    Count(RpcReplyPort<usize>),
+}
+
+struct Entry {
+    identity: Arc<str>,
+    session: ActorRef<SessionMsg>,
+}
+
+pub(crate) struct SessionManagerState {
+    shared: Arc<Shared>,
+    sessions: HashMap<SessionId, Entry>,
+    by_actor: HashMap<ActorId, SessionId>,
+}
+
+impl SessionManager {
+    async fn open(
+        myself: &ActorRef<SessionManagerMsg>,
+        state: &mut SessionManagerState,
+        resume: Option<SessionId>,
+        connection: Arc<dyn Connection>,
+    ) -> Result<Opened, BrokerError> {
+        let identity = Arc::clone(&connection.peer().identity);
+        let (id, session, resumed) = match resume {
+            Some(id) => {
+                let entry = state
+                    .sessions
+                    .get(&id)
+                    .ok_or_else(|| BrokerError::SessionNotFound(id.to_string()))?;
+                if entry.identity != identity {
+                    tracing::warn!(session = %id, %identity, "resume refused: session belongs to another identity");
+                    return Err(BrokerError::SessionIdentityMismatch);
+                }
+                (id, entry.session.clone(), true)
+            }
+            None => {
+                let id = loop {
+                    let candidate = SessionId(rand::random());
+                    if !state.sessions.contains_key(&candidate) {
+                        break candidate;
+                    }
+                };
+                let args = SessionArgs {
+                    id,
+                    identity: Arc::clone(&identity),
+                    shared: Arc::clone(&state.shared),
+                };
+                let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
+                    .await
+                    .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
+                state.by_actor.insert(session.get_id(), id);
+                state.sessions.insert(
+                    id,
+                    Entry {
+                        identity,
+                        session: session.clone(),
+                    },
+                );
+                (id, session, false)
+            }
+        };
+        let epoch = ask(&session, |reply| SessionMsg::Attach { connection, reply }).await?;
+        Ok(Opened {
+            session,
+            id,
+            resumed,
+            epoch,
+        })
+    }
+}
+
+impl Actor for SessionManager {
+    type Msg = SessionManagerMsg;
+    type State = SessionManagerState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionManagerState {
+            shared,
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionManagerMsg::Open {
+                resume,
+                connection,
+                reply,
+            } => {
+                let result = Self::open(&myself, state, resume, connection).await;
+                let _ = reply.send(result);
+            }
+            SessionManagerMsg::Count(reply) => {
+                let _ = reply.send(state.sessions.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let cell = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = %cell.get_id(), %err, "session failed; ending its subscriptions");
+                cell
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => cell,
+            _ => return Ok(()),
+        };
+        if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+            state.sessions.remove(&id);
+            // Normally the session already stopped its subscribers; after a failure this is
+            // the only clean-up they get.
+            let _ = state
+                .shared
+                .subscribers
+                .send_message(SubscriberManagerMsg::StopSession(id));
+        }
+        Ok(())
+    }
+}

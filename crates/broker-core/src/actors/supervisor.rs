@@ -1,0 +1,102 @@
+//! The root of the actor tree: starts the four managers and stops the broker if one of them
+//! fails. Managers hold the indexes of everything else, so one that failed cannot be restarted
+//! without losing track of live sessions; failing loudly is the honest answer.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::listener_manager::{ListenerManager, ListenerManagerArgs, ListenerManagerMsg};
+use super::session_manager::{SessionManager, SessionManagerMsg};
+use super::subscriber_manager::SubscriberManager;
+use super::topic_manager::TopicManager;
+use super::Shared;
+use crate::config::BrokerConfig;
+use crate::router::Router;
+
+pub(crate) struct Supervisor;
+
+/// The managers, for the broker handle.
+#[derive(Clone)]
+pub(crate) struct Managers {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sessions: ActorRef<SessionManagerMsg>,
+    pub(crate) listeners: ActorRef<ListenerManagerMsg>,
+}
+
+pub(crate) enum SupervisorMsg {
+    /// The managers' references.
+    Managers(RpcReplyPort<Managers>),
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = Managers;
+    type Arguments = Arc<BrokerConfig>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        config: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let router = Arc::new(Router::new());
+        let (topics, _) =
+            Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;
+        let (subscribers, _) =
+            Actor::spawn_linked(None, SubscriberManager, topics.clone(), myself.get_cell()).await?;
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            topics,
+            subscribers,
+        });
+        let (sessions, _) =
+            Actor::spawn_linked(None, SessionManager, Arc::clone(&shared), myself.get_cell())
+                .await?;
+        let args = ListenerManagerArgs {
+            shared: Arc::clone(&shared),
+            sessions: sessions.clone(),
+        };
+        let (listeners, _) =
+            Actor::spawn_linked(None, ListenerManager, args, myself.get_cell()).await?;
+        Ok(Managers {
+            shared,
+            sessions,
+            listeners,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Managers(reply) => {
+                let _ = reply.send(state.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = %cell.get_id(), %err, "a broker manager failed; stopping the broker");
+                myself.stop(Some(format!("manager failed: {err}")));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tracing::error!(actor = %cell.get_id(), ?reason, "a broker manager stopped; stopping the broker");
+                myself.stop(Some("manager stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Broker configuration: plain structs with defaults. Each field says what it bounds and what
+//! raising it costs.
+
+use std::time::Duration;
+
+use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
+use cassini_protocol::{Limits, OverflowPolicy, SubscribeOptions, TopicLimits};
+
+/// Everything the broker core needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    /// Size limits announced to clients and enforced on every frame.
+    pub limits: BrokerLimits,
+    /// Per-subscription queue bounds.
+    pub queue: QueueConfig,
+    /// Session lifetime rules.
+    pub sessions: SessionConfig,
+}
+
+/// Size and count limits.
+#[derive(Debug, Clone)]
+pub struct BrokerLimits {
+    /// Largest publish payload. Larger publishes are rejected with `PAYLOAD_TOO_LARGE`.
+    pub max_payload_bytes: u32,
+    /// Largest frame body. A declared length above it closes the connection before any
+    /// allocation; it bounds the memory one stream can make the broker buffer.
+    pub max_frame_bytes: u32,
+    /// Most subscriptions per session.
+    pub max_subscriptions_per_session: u32,
+    /// Topic name and filter bounds.
+    pub topics: TopicLimits,
+    /// Most simultaneous connections; further ones are closed with `TOO_MANY_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Most publish streams a connection may have open at once; each holds a read buffer of up
+    /// to one frame.
+    pub max_publish_streams_per_connection: usize,
+    /// How long a new connection has to open its control stream and send `Hello`.
+    pub hello_timeout: Duration,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_subscriptions_per_session: 1024,
+            topics: TopicLimits::default(),
+            max_connections: 100_000,
+            max_publish_streams_per_connection: 256,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BrokerLimits {
+    /// The limits as announced in `Welcome`.
+    pub fn announced(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_subscriptions: self.max_subscriptions_per_session,
+            max_topic_bytes: u32::try_from(self.topics.max_bytes).unwrap_or(u32::MAX),
+            max_topic_depth: u32::try_from(self.topics.max_depth).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Bounds of the queue between a topic and a subscription's stream.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Messages a subscription queues when it asks for no bound of its own.
+    pub default_messages: u32,
+    /// Payload bytes a subscription queues when it asks for no bound of its own.
+    pub default_bytes: u64,
+    /// The most messages any subscription may ask for. Memory per stalled subscription is at
+    /// most `max_bytes` plus one payload.
+    pub max_messages: u32,
+    /// The most payload bytes any subscription may ask for.
+    pub max_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            default_messages: 4096,
+            default_bytes: 4 * 1024 * 1024,
+            max_messages: 1_000_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The bounds one subscription gets, after defaults and caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Most queued messages.
+    pub max_messages: usize,
+    /// Most queued payload bytes (a message always fits into an empty queue).
+    pub max_bytes: usize,
+    /// What to do when full.
+    pub overflow: OverflowPolicy,
+}
+
+impl QueueConfig {
+    /// Resolves a subscriber's requested options against the defaults and caps.
+    pub fn bounds_for(&self, options: &SubscribeOptions) -> QueueBounds {
+        let messages = options
+            .max_queued_messages
+            .unwrap_or(self.default_messages)
+            .clamp(1, self.max_messages.max(1));
+        let bytes = options
+            .max_queued_bytes
+            .unwrap_or(self.default_bytes)
+            .clamp(1, self.max_bytes.max(1));
+        QueueBounds {
+            max_messages: messages as usize,
+            max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+            overflow: options.overflow,
+        }
+    }
+}
+
+/// Session lifetime.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How long a session outlives a connection that dropped without saying goodbye. While
+    /// detached, its subscriptions keep queueing within their bounds. A client that closes its
+    /// connection normally ends its session at once.
+    pub expiry: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            expiry: Duration::from_secs(300),
+        }
+    }
+}

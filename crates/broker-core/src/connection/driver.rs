@@ -1,0 +1,226 @@
+//! One connection, from `Hello` to goodbye.
+//!
+//! The driver runs as a task owned by the connection's listener actor. It accepts the control
+//! stream, answers `Hello` with `Welcome` after the session manager has created or resumed the
+//! session, then serves control requests and accepts publish streams until the client finishes
+//! its control stream (a goodbye) or anything goes wrong. Any protocol error closes this
+//! connection only, with the error's code and reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cassini_protocol::{
+    ErrorCode, ErrorFrame, Frame, Hello, Ping, Subscribed, Unsubscribed, Welcome, PROTOCOL_VERSION,
+};
+use ractor::ActorRef;
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::actors::listener::ListenerMsg;
+use crate::actors::session::SessionMsg;
+use crate::actors::session_manager::{Opened, SessionManagerMsg};
+use crate::actors::{ask, Shared};
+use crate::connection::framed::{write_frame, FrameReader};
+use crate::connection::publish::serve_publish_stream;
+use crate::error::BrokerError;
+use crate::transport::Connection;
+
+/// The control stream goes ahead of every other stream.
+const CONTROL_STREAM_PRIORITY: i32 = 100;
+
+/// After a goodbye, how long publish streams the client already finished get to be read to
+/// their end before the connection is closed.
+const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the connection to its end, closes it with a code, and tells the listener.
+pub(crate) async fn drive_connection(
+    connection: Arc<dyn Connection>,
+    shared: Arc<Shared>,
+    sessions: ActorRef<SessionManagerMsg>,
+    listener: ActorRef<ListenerMsg>,
+) {
+    let outcome = serve(&connection, &shared, &sessions, &listener).await;
+    let clean = match outcome {
+        Ok(()) => {
+            connection.close(ErrorCode::NORMAL, "goodbye");
+            true
+        }
+        Err(BrokerError::Transport(err)) => {
+            tracing::debug!(%err, "connection ended");
+            false
+        }
+        Err(err) => {
+            tracing::info!(code = ?err.code(), %err, "closing connection");
+            connection.close(err.code(), &err.reason());
+            false
+        }
+    };
+    let _ = listener.send_message(ListenerMsg::DriverEnded { clean });
+}
+
+async fn serve(
+    connection: &Arc<dyn Connection>,
+    shared: &Arc<Shared>,
+    sessions: &ActorRef<SessionManagerMsg>,
+    listener: &ActorRef<ListenerMsg>,
+) -> Result<(), BrokerError> {
+    let limits = &shared.config.limits;
+    let max_frame_bytes = limits.max_frame_bytes;
+    let deadline = Instant::now() + limits.hello_timeout;
+    let timed_out = |_| BrokerError::HelloTimeout(limits.hello_timeout);
+
+    let (mut control_send, control_recv) = timeout_at(deadline, connection.accept_bi())
+        .await
+        .map_err(timed_out)??;
+    control_send.set_priority(CONTROL_STREAM_PRIORITY);
+    let mut control = FrameReader::new(control_recv, max_frame_bytes);
+    let hello = match timeout_at(deadline, control.next()).await.map_err(timed_out)?? {
+        Some(Frame::Hello(hello)) => hello,
+        Some(other) => {
+            return Err(BrokerError::ProtocolViolation(format!(
+                "expected Hello, got {}",
+                other.kind()
+            )))
+        }
+        None => {
+            return Err(BrokerError::ProtocolViolation(
+                "control stream ended before Hello".into(),
+            ))
+        }
+    };
+    let opened = open_session(connection, sessions, hello).await?;
+    let _ = listener.send_message(ListenerMsg::Established {
+        session: opened.session.clone(),
+        epoch: opened.epoch,
+    });
+    let welcome = Frame::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        session_id: opened.id,
+        resumed: opened.resumed,
+        identity: connection.peer().identity.to_string(),
+        limits: limits.announced(),
+    });
+    write_frame(control_send.as_mut(), &welcome, max_frame_bytes).await?;
+    tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
+
+    let mut publishers = JoinSet::new();
+    let max_publish_streams = limits.max_publish_streams_per_connection;
+    loop {
+        tokio::select! {
+            frame = control.next() => match frame? {
+                None => break,
+                Some(frame) => {
+                    let answer = answer_control(frame, &opened.session).await?;
+                    write_frame(control_send.as_mut(), &answer, max_frame_bytes).await?;
+                }
+            },
+            accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
+                let (send, recv) = accepted?;
+                publishers.spawn(serve_publish_stream(
+                    send,
+                    recv,
+                    Arc::clone(&shared.config),
+                    Arc::clone(&shared.router),
+                ));
+            },
+            Some(done) = publishers.join_next() => flatten(done)?,
+        }
+    }
+    let _ = control_send.finish();
+    let drained = timeout(GOODBYE_DRAIN, async {
+        while let Some(done) = publishers.join_next().await {
+            flatten(done)?;
+        }
+        Ok::<_, BrokerError>(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("publish streams still open {GOODBYE_DRAIN:?} after goodbye");
+            Ok(())
+        }
+    }
+}
+
+fn flatten(
+    done: Result<Result<(), BrokerError>, tokio::task::JoinError>,
+) -> Result<(), BrokerError> {
+    done.map_err(|err| BrokerError::Internal(format!("publish stream task: {err}")))?
+}
+
+async fn open_session(
+    connection: &Arc<dyn Connection>,
+    sessions: &ActorRef<SessionManagerMsg>,
+    hello: Hello,
+) -> Result<Opened, BrokerError> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(BrokerError::UnsupportedVersion {
+            requested: hello.protocol_version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    ask(sessions, |reply| SessionManagerMsg::Open {
+        resume: hello.resume,
+        connection: Arc::clone(connection),
+        reply,
+    })
+    .await?
+}
+
+/// Turns one control request into its answer. Errors that concern only the request become an
+/// `Error` frame; errors that concern the connection are returned.
+async fn answer_control(
+    frame: Frame,
+    session: &ActorRef<SessionMsg>,
+) -> Result<Frame, BrokerError> {
+    let (request_id, result) = match frame {
+        Frame::Subscribe(subscribe) => {
+            let request_id = subscribe.request_id;
+            let result = ask(session, |reply| SessionMsg::Subscribe {
+                filter: subscribe.filter,
+                options: subscribe.options,
+                reply,
+            })
+            .await?
+            .map(|subscription| {
+                Frame::Subscribed(Subscribed {
+                    request_id,
+                    subscription,
+                })
+            });
+            (request_id, result)
+        }
+        Frame::Unsubscribe(unsubscribe) => {
+            let request_id = unsubscribe.request_id;
+            let subscription = unsubscribe.subscription;
+            let result = ask(session, |reply| SessionMsg::Unsubscribe {
+                subscription,
+                reply,
+            })
+            .await?
+            .map(|()| {
+                Frame::Unsubscribed(Unsubscribed {
+                    request_id,
+                    subscription,
+                })
+            });
+            (request_id, result)
+        }
+        Frame::Ping(Ping { nonce }) => return Ok(Frame::Pong(Ping { nonce })),
+        other => {
+            return Err(BrokerError::ProtocolViolation(format!(
+                "{} frame on the control stream",
+                other.kind()
+            )))
+        }
+    };
+    Ok(result.unwrap_or_else(|err| {
+        Frame::Error(ErrorFrame {
+            request_id: Some(request_id),
+            code: err.code(),
+            reason: err.reason(),
+        })
+    }))
+}
+

@@ -1,0 +1,66 @@
+//! Whole frames over the transport's byte streams.
+
+use bytes::BytesMut;
+use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
+
+use crate::error::BrokerError;
+use crate::transport::{RecvStream, SendStream};
+
+/// Reads frames from one stream, buffering at most one frame.
+pub(crate) struct FrameReader {
+    stream: Box<dyn RecvStream>,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    pub(crate) fn new(stream: Box<dyn RecvStream>, max_frame_bytes: u32) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(max_frame_bytes),
+        }
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.stream.read_into(&mut self.buf).await? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(DecodeError::Truncated {
+                    needed: crate::connection::framed::missing_bytes(&self.buf),
+                }
+                .into());
+            }
+        }
+    }
+}
+
+/// How many bytes the partial frame at the front of `buf` still lacks (for error reports).
+fn missing_bytes(buf: &[u8]) -> usize {
+    match buf.get(..4) {
+        Some(prefix) => {
+            let declared = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            (declared + 4).saturating_sub(buf.len())
+        }
+        None => 4 - buf.len(),
+    }
+}
+
+/// Encodes and writes one frame.
+pub(crate) async fn write_frame(
+    stream: &mut dyn SendStream,
+    frame: &Frame,
+    max_frame_bytes: u32,
+) -> Result<(), BrokerError> {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf, max_frame_bytes)
+        .map_err(|err| BrokerError::Internal(format!("encoding {}: {err}", frame.kind())))?;
+    stream.write_all(&buf).await?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The broker's errors, and the one place they become wire codes.
+
+use cassini_protocol::{DecodeError, ErrorCode, TopicError};
+
+use crate::transport::TransportError;
+
+/// Everything that can go wrong in the broker that a peer may hear about.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A frame could not be decoded.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// A frame arrived on a stream where it has no meaning, or out of order.
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(String),
+    /// The client speaks a protocol version this broker does not.
+    #[error("unsupported protocol version {requested}; this broker speaks {supported}")]
+    UnsupportedVersion {
+        /// The version in `Hello`.
+        requested: u32,
+        /// The version this broker speaks.
+        supported: u32,
+    },
+    /// No `Hello` within the deadline.
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(std::time::Duration),
+    /// A topic name was invalid.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(TopicError),
+    /// A subscription filter was invalid.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(TopicError),
+    /// A payload exceeded the limit.
+    #[error("payload of {size} bytes exceeds the maximum of {max} bytes")]
+    PayloadTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The session holds the most subscriptions it may.
+    #[error("session already has the maximum of {0} subscriptions")]
+    TooManySubscriptions(u32),
+    /// An unsubscribe named an unknown subscription.
+    #[error("no subscription {0} in this session")]
+    UnknownSubscription(u64),
+    /// A resume named a session that does not exist.
+    #[error("session {0} does not exist or has expired")]
+    SessionNotFound(String),
+    /// A resume named a session owned by another identity.
+    #[error("session belongs to another identity")]
+    SessionIdentityMismatch,
+    /// The broker holds the most connections it may.
+    #[error("the broker is at its limit of {0} connections")]
+    TooManyConnections(usize),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The transport failed.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// A broker component failed; details are logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// The code a peer sees for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::Decode(DecodeError::FrameTooLarge { .. }) => ErrorCode::FRAME_TOO_LARGE,
+            BrokerError::Decode(_) => ErrorCode::MALFORMED_FRAME,
+            BrokerError::ProtocolViolation(_) => ErrorCode::PROTOCOL_VIOLATION,
+            BrokerError::UnsupportedVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
+            BrokerError::HelloTimeout(_) => ErrorCode::HELLO_TIMEOUT,
+            BrokerError::InvalidTopic(_) => ErrorCode::INVALID_TOPIC,
+            BrokerError::InvalidFilter(_) => ErrorCode::INVALID_FILTER,
+            BrokerError::PayloadTooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
+            BrokerError::TooManySubscriptions(_) => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
+            BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
+            BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
+            BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,
+            BrokerError::TooManyConnections(_) => ErrorCode::TOO_MANY_CONNECTIONS,
+            BrokerError::ShuttingDown => ErrorCode::SERVER_SHUTTING_DOWN,
+            BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
+                ErrorCode::PROTOCOL_VIOLATION
+            }
+            BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::INTERNAL,
+        }
+    }
+
+    /// The reason a peer sees: the message, except for internal errors whose details stay in
+    /// the log.
+    pub fn reason(&self) -> String {
+        match self {
+            BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
+                self.to_string()
+            }
+            BrokerError::Transport(_) | BrokerError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_never_reach_the_peer() {
+        let err = BrokerError::Internal("actor 0.17 mailbox closed".into());
+        assert_eq!(err.code(), ErrorCode::INTERNAL);
+        assert_eq!(err.reason(), "internal error");
+    }
+
+    #[test]
+    fn oversized_frames_and_garbage_have_distinct_codes() {
+        let big = BrokerError::from(DecodeError::FrameTooLarge { declared: 9, max: 1 });
+        let bad = BrokerError::from(DecodeError::Malformed("x".into()));
+        assert_eq!(big.code(), ErrorCode::FRAME_TOO_LARGE);
+        assert_eq!(bad.code(), ErrorCode::MALFORMED_FRAME);
+        assert!(big.reason().contains("exceeds the maximum"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The interface between the broker and a transport.
+//!
+//! A transport (QUIC in production, anything in tests) authenticates the peer, then hands the
+//! broker an `Arc<dyn Connection>`. The broker only ever accepts bidirectional streams the
+//! client opened (the control stream first, publish streams after), opens unidirectional streams
+//! towards the client (one per subscription), and closes the connection with a code and reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use cassini_protocol::ErrorCode;
+
+/// Who is on the other end, as established by the transport's authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The identity from the client certificate. Never taken from anything the client sends.
+    pub identity: Arc<str>,
+    /// The peer's address when the connection was accepted.
+    pub remote_addr: SocketAddr,
+}
+
+/// Why a transport operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The connection is gone: closed by either side, timed out, or reset.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The peer reset the stream we were reading.
+    #[error("stream reset by peer with {0}")]
+    Reset(ErrorCode),
+    /// The peer asked us to stop sending on this stream.
+    #[error("stream stopped by peer with {0}")]
+    Stopped(ErrorCode),
+    /// The stream was already finished or reset locally.
+    #[error("stream already closed")]
+    StreamClosed,
+    /// The connection cannot take another stream right now.
+    #[error("stream limit reached")]
+    StreamLimit,
+}
+
+/// The sending half of a stream.
+#[async_trait]
+pub trait SendStream: Send + 'static {
+    /// Writes all of `buf`, waiting for flow control as needed.
+    async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError>;
+    /// Finishes the stream: the peer reads everything written, then the end.
+    fn finish(&mut self) -> Result<(), TransportError>;
+    /// Abandons the stream: unsent data is discarded and the peer sees `code`.
+    fn reset(&mut self, code: ErrorCode);
+    /// Relative priority against the connection's other streams; higher goes first.
+    fn set_priority(&mut self, priority: i32);
+}
+
+/// The receiving half of a stream.
+#[async_trait]
+pub trait RecvStream: Send + 'static {
+    /// Appends the next available bytes to `buf`. Returns `Ok(false)` at the end of the stream.
+    async fn read_into(&mut self, buf: &mut BytesMut) -> Result<bool, TransportError>;
+    /// Tells the peer to stop sending, with `code`.
+    fn stop(&mut self, code: ErrorCode);
+}
+
+/// A client-opened bidirectional stream, as the pair of its halves.
+pub type BiStream = (Box<dyn SendStream>, Box<dyn RecvStream>);
+
+/// One authenticated connection.
+#[async_trait]
+pub trait Connection: Send + Sync + 'static {
+    /// The authenticated peer.
+    fn peer(&self) -> &PeerInfo;
+    /// Waits for the client to open its next bidirectional stream.
+    async fn accept_bi(&self) -> Result<BiStream, TransportError>;
+    /// Opens a unidirectional stream towards the client.
+    async fn open_uni(&self) -> Result<Box<dyn SendStream>, TransportError>;
+    /// Closes the connection at once; the peer sees `code` and `reason`.
+    fn close(&self, code: ErrorCode, reason: &str);
+    /// Completes when the connection is closed, for whatever reason.
+    async fn closed(&self) -> TransportError;
+}

@@ -1,0 +1,284 @@
+//! TLS and QUIC configuration: rustls configs for mutual TLS, wrapped for quinn.
+//!
+//! This module owns every security decision of the transport: TLS 1.3 only, ALPN
+//! [`cassini_protocol::ALPN`], client certificates required and verified against the Cassini CA,
+//! no session resumption, no 0-RTT. It also loads certificates and keys from PEM files and turns
+//! [`QuicOptions`] into quinn transport settings. It does not open sockets (see
+//! [`crate::endpoint`]) or read identities (see [`crate::identity`]).
+//!
+//! Resumption is off on both sides because a resumed TLS 1.3 session takes the peer identity
+//! from the stored session without running the client certificate verifier again: a revoked or
+//! expired client could otherwise keep reconnecting.
+//!
+//! The crypto provider is always ring, passed explicitly ([`crypto_provider`]); nothing here
+//! relies on a process-wide default provider.
+//!
+//! Error messages are complete on their own (they include the underlying cause), so
+//! [`TlsError`] does not chain causes through `source()`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, VerifierBuilderError, WebPkiClientVerifier};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
+static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// Why a TLS or QUIC configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("reading {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// A certificate or key file is not valid PEM.
+    #[error("parsing PEM in {}: {error}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        error: pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{} contains no certificate (expected a \"BEGIN CERTIFICATE\" block)", path.display())]
+    NoCertificates {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file holds no private key.
+    #[error("{} contains no private key (expected a \"BEGIN PRIVATE KEY\" block)", path.display())]
+    NoPrivateKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No CA certificate was given, so no peer could ever be verified.
+    #[error("no CA certificate given to verify peers against")]
+    NoCaCertificates,
+    /// A CA certificate cannot be used as a trust anchor.
+    #[error("the CA certificate cannot be used as a trust anchor: {0}")]
+    InvalidCaCertificate(rustls::Error),
+    /// The client certificate verifier could not be built.
+    #[error("building the client certificate verifier: {0}")]
+    ClientVerifier(VerifierBuilderError),
+    /// rustls rejected the configuration, e.g. a key that does not match its certificate.
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(rustls::Error),
+    /// The rustls configuration cannot carry QUIC (it lacks the TLS 1.3 initial cipher suite).
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    NotQuicCapable(NoInitialCipherSuite),
+    /// A [`QuicOptions`] value is out of range.
+    #[error("invalid QUIC option {option}: {reason}")]
+    InvalidOption {
+        /// The option's field name.
+        option: &'static str,
+        /// What is wrong with its value.
+        reason: &'static str,
+    },
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> Self {
+        Self::Rustls(error)
+    }
+}
+
+/// QUIC transport settings shared by the broker and clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicOptions {
+    /// Close a connection after this long without hearing from the peer (the smaller of both
+    /// sides' values applies). Shorter detects dead peers sooner but drops connections over
+    /// brief outages; `Duration::ZERO` disables the timeout, so dead peers are never noticed.
+    /// Default: 30 s.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive packet after this long without sending anything, so quiet connections
+    /// and NAT bindings stay up. Each keep-alive costs a small packet per connection; it should
+    /// be well under `idle_timeout`. `Duration::ZERO` disables keep-alives. Default: 10 s.
+    pub keep_alive_interval: Duration,
+    /// Unidirectional streams the peer may have open at once. Each open stream costs buffer
+    /// memory and bookkeeping; too few stalls senders that use a stream per message.
+    /// Default: 1024.
+    pub max_concurrent_uni_streams: u32,
+    /// Bidirectional streams the peer may have open at once. Same trade-off as
+    /// `max_concurrent_uni_streams`. Default: 256.
+    pub max_concurrent_bidi_streams: u32,
+    /// Requested UDP receive and send buffer size of the endpoint's socket. Larger buffers
+    /// absorb bursts (thousands of simultaneous handshakes) without dropping packets, at the
+    /// cost of kernel memory; the kernel may grant less (Linux caps it at
+    /// `net.core.rmem_max` / `wmem_max`). Default: 4 MiB.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
+            max_concurrent_uni_streams: 1024,
+            max_concurrent_bidi_streams: 256,
+            socket_buffer_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The crypto provider every Cassini TLS configuration uses: ring's default provider.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The broker's rustls configuration.
+///
+/// Presents `chain` (leaf first) with `key`, requires every client to present a certificate
+/// issued by one of `ca_certs`, negotiates ALPN [`cassini_protocol::ALPN`] over TLS 1.3 only,
+/// and issues no session tickets and keeps no sessions, so every connection runs the verifier.
+pub fn server_crypto(
+    ca_certs: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(root_store(ca_certs)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(TlsError::ClientVerifier)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+/// A client's rustls configuration.
+///
+/// Trusts servers whose certificate was issued by one of `ca_certs`, presents `chain` (leaf
+/// first) with `key`, negotiates ALPN [`cassini_protocol::ALPN`] over TLS 1.3 only, and neither
+/// resumes sessions nor sends early data.
+pub fn client_crypto(
+    ca_certs: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = root_store(ca_certs)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// The broker's quinn configuration: `crypto` (from [`server_crypto`]) with transport settings
+/// from `opts`.
+pub fn server_config(
+    crypto: Arc<rustls::ServerConfig>,
+    opts: &QuicOptions,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto = QuicServerConfig::try_from(crypto).map_err(TlsError::NotQuicCapable)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(opts)?));
+    Ok(config)
+}
+
+/// A client's quinn configuration: `crypto` (from [`client_crypto`]) with transport settings
+/// from `opts`.
+pub fn client_config(
+    crypto: Arc<rustls::ClientConfig>,
+    opts: &QuicOptions,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = QuicClientConfig::try_from(crypto).map_err(TlsError::NotQuicCapable)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(opts)?));
+    Ok(config)
+}
+
+/// Every certificate in the PEM file at `path`, in file order; an error if there is none.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let contents = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&contents)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: path.to_owned(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let contents = read(path)?;
+    PrivateKeyDer::from_pem_slice(&contents).map_err(|error| match error {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_owned(),
+        },
+        error => TlsError::Pem {
+            path: path.to_owned(),
+            error,
+        },
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+fn root_store(ca_certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
+    if ca_certs.is_empty() {
+        return Err(TlsError::NoCaCertificates);
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in ca_certs {
+        roots.add(cert).map_err(TlsError::InvalidCaCertificate)?;
+    }
+    Ok(roots)
+}
+
+fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
+    let idle_timeout = if opts.idle_timeout.is_zero() {
+        None
+    } else {
+        Some(
+            IdleTimeout::try_from(opts.idle_timeout).map_err(|_| TlsError::InvalidOption {
+                option: "idle_timeout",
+                reason: "too large for QUIC (at most 2^62 - 1 ms)",
+            })?,
+        )
+    };
+    let keep_alive_interval =
+        (!opts.keep_alive_interval.is_zero()).then_some(opts.keep_alive_interval);
+    let mut transport = TransportConfig::default();
+    transport
+        .max_idle_timeout(idle_timeout)
+        .keep_alive_interval(keep_alive_interval)
+        .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams));
+    Ok(transport)
+}
+
+#[cfg(test)]
+mod tests;
