@@ -1,1 +1,50 @@
-fn main() {}
+//! `cassini`: the broker and its command line.
+//!
+//! # Layout
+//! - `cli`: the command-line grammar (clap).
+//! - `serve`: `cassini serve`, wiring the broker core to the QUIC transport.
+//! - `certs_cmd`: `cassini certs init|issue`.
+//! - `pubsub`: `cassini pub` and `cassini sub`, thin wrappers over `cassini-client`.
+//! - `logging`: tracing set-up.
+
+mod certs_cmd;
+mod cli;
+mod logging;
+mod pubsub;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{CertsCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, cli.command.default_log_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Certs { command } => match command {
+                CertsCommand::Init(args) => certs_cmd::init(args),
+                CertsCommand::Issue(args) => certs_cmd::issue(args),
+            },
+            Command::Pub(args) => pubsub::publish(args).await,
+            Command::Sub(args) => pubsub::subscribe(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

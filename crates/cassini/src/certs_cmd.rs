@@ -1,0 +1,42 @@
+//! `cassini certs init` and `cassini certs issue`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cassini_quic::certs::{init_dir, issue_client_file, CaStatus, InitOptions, DEV_CLIENT_NAME};
+
+use crate::cli::{CertsInitArgs, CertsIssueArgs};
+
+pub(crate) fn init(args: CertsInitArgs) -> anyhow::Result<ExitCode> {
+    let clients = if args.clients.is_empty() {
+        vec![DEV_CLIENT_NAME.to_string()]
+    } else {
+        args.clients
+    };
+    let options = InitOptions {
+        server_names: args.server_names,
+        clients,
+        overwrite_ca: args.force_new_ca,
+    };
+    let report = init_dir(&args.dir, &options)
+        .with_context(|| format!("initialising certificates in {}", args.dir.display()))?;
+    match report.ca {
+        CaStatus::Created => println!("created a new CA in {}", args.dir.display()),
+        CaStatus::Reused => println!(
+            "kept the existing CA in {} (use --force-new-ca to replace it)",
+            args.dir.display()
+        ),
+    }
+    for path in report.written {
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn issue(args: CertsIssueArgs) -> anyhow::Result<ExitCode> {
+    let files = issue_client_file(&args.dir, &args.name)
+        .with_context(|| format!("issuing a certificate for {:?}", args.name))?;
+    println!("wrote {}", files.cert.display());
+    println!("wrote {}", files.key.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,159 @@
+//! The command-line grammar. Command names, flags and file names here are a contract with
+//! users' scripts: add to them, never rename them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Cassini: a message broker over QUIC with mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "cassini", version, about)]
+pub(crate) struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Create and issue certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Publish a message.
+    Pub(PubArgs),
+    /// Subscribe and print messages.
+    Sub(SubArgs),
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` is not set: the broker talks, the tools stay quiet.
+    pub(crate) fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCommand {
+    /// Create a CA, a server certificate and client certificates in a directory.
+    Init(CertsInitArgs),
+    /// Issue a client certificate signed by the directory's existing CA.
+    Issue(CertsIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsInitArgs {
+    /// Where to write the files.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+    /// An extra name (DNS name or IP address) for the server certificate; repeatable.
+    /// localhost, 127.0.0.1 and ::1 are always included.
+    #[arg(long = "server-name")]
+    pub(crate) server_names: Vec<String>,
+    /// A client to issue a certificate for; repeatable. Default: `dev`.
+    #[arg(long = "client")]
+    pub(crate) clients: Vec<String>,
+    /// Replace an existing CA (every certificate it signed stops being trusted).
+    #[arg(long)]
+    pub(crate) force_new_ca: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsIssueArgs {
+    /// The client's name: its identity, in the certificate's SAN and CN.
+    pub(crate) name: String,
+    /// The directory holding `ca.crt` and `ca.key`.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (UDP).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub(crate) listen: SocketAddr,
+    /// Certificate directory; development certificates are created there if it has none.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+    /// How long a session outlives a dropped connection, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) session_expiry: u64,
+    /// Close a connection after this many seconds without a packet from the client.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) idle_timeout: u64,
+}
+
+/// Where and as whom a tool connects.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub(crate) server: String,
+    /// Certificate directory holding `ca.crt` and `client-NAME.crt`/`.key`.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+    /// Client name: selects `client-NAME.crt` and `client-NAME.key`.
+    #[arg(long, default_value = "dev")]
+    pub(crate) name: String,
+    /// Name to verify the server certificate against.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) server_name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PubArgs {
+    /// Topic to publish to.
+    pub(crate) topic: String,
+    /// The message.
+    pub(crate) message: String,
+    /// How many times to publish it.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u64,
+    /// A header `KEY=VALUE`; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubArgs {
+    /// Filter to subscribe to (`*` one token, `>` the rest).
+    pub(crate) topic: String,
+    /// Exit 0 after this many messages.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Exit non-zero if the next message takes longer than this many seconds (or, with
+    /// `--count`, if the count is not reached within it).
+    #[arg(long)]
+    pub(crate) timeout: Option<f64>,
+    /// Print one JSON object per message, with topic, sequence and headers.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("header {raw:?} is not KEY=VALUE"))
+}
