@@ -1,1 +1,288 @@
-//! e2e
+//! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
+//! certificate authority made by rcgen inside the test.
+//!
+//! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for.
+//! - [`TestBroker`]: the broker core plus a `QuicServer`, and helpers to connect clients (the real
+//!   `cassini-client`, or a raw quinn connection for clients that misbehave on purpose).
+//! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
+use cassini_client::{Client, ClientBuilder};
+use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
+use cassini_quic::server::{QuicServer, ServerOptions};
+use cassini_quic::tls::{self, QuicOptions};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Installs a test log subscriber once (controlled by `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A certificate authority and a server certificate, made fresh for one test.
+pub struct Pki {
+    /// The CA that signs the server and the clients.
+    pub ca: CertificateAuthority,
+    /// The server's certificate (localhost, 127.0.0.1, ::1).
+    pub server: IssuedCert,
+}
+
+impl Pki {
+    /// A new CA and server certificate.
+    pub fn new() -> Self {
+        let ca = CertificateAuthority::generate("Cassini Test CA").expect("CA");
+        let server = ca.issue_server(&[]).expect("server certificate");
+        Self { ca, server }
+    }
+
+    /// The CA certificate as a trust root.
+    pub fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.ca.cert_der().clone()]
+    }
+
+    /// A client certificate for `name`.
+    pub fn client(&self, name: &str) -> IssuedCert {
+        self.ca.issue_client(name).expect("client certificate")
+    }
+
+    /// A client certificate for `name` with the given validity.
+    pub fn client_with(&self, name: &str, validity: Validity) -> IssuedCert {
+        self.ca
+            .issue_client_with(name, validity)
+            .expect("client certificate")
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The chain and key of an issued certificate, as rustls wants them.
+pub fn identity_of(cert: &IssuedCert) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![cert.cert_der().expect("cert DER")],
+        cert.key_der().expect("key DER"),
+    )
+}
+
+/// A running broker on an ephemeral loopback port.
+pub struct TestBroker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The broker core, for stats and shutdown.
+    pub broker: BrokerHandle,
+    /// The certificates it trusts and presents.
+    pub pki: Pki,
+    server: Arc<QuicServer>,
+    serve_task: JoinHandle<()>,
+}
+
+impl TestBroker {
+    /// A broker with default configuration.
+    pub async fn start() -> Self {
+        Self::start_with(BrokerConfig::default(), ServerOptions::default()).await
+    }
+
+    /// A broker with the given configuration.
+    pub async fn start_with(config: BrokerConfig, options: ServerOptions) -> Self {
+        init_tracing();
+        let pki = Pki::new();
+        let (chain, key) = identity_of(&pki.server);
+        let crypto = tls::server_crypto(pki.ca_certs(), chain, key).expect("server TLS");
+        let server = Arc::new(
+            QuicServer::bind("127.0.0.1:0".parse().expect("addr"), crypto, options).expect("bind"),
+        );
+        let addr = server.local_addr().expect("local addr");
+        let broker = Broker::start(config).await.expect("broker starts");
+        let serve_task = {
+            let server = Arc::clone(&server);
+            let broker = broker.clone();
+            tokio::spawn(async move { server.serve(broker).await })
+        };
+        Self {
+            addr,
+            broker,
+            pki,
+            server,
+            serve_task,
+        }
+    }
+
+    /// A client builder for a new client certificate named `name`.
+    pub fn client_builder(&self, name: &str) -> ClientBuilder {
+        let (chain, key) = identity_of(&self.pki.client(name));
+        Client::builder(self.addr)
+            .ca_certs(self.pki.ca_certs())
+            .identity(chain, key)
+            .server_name("localhost")
+    }
+
+    /// A connected client named `name`.
+    pub async fn client(&self, name: &str) -> Client {
+        self.client_builder(name)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
+    /// A raw quinn connection with a valid client certificate, for tests that speak the
+    /// protocol badly on purpose. The endpoint must outlive the connection.
+    pub async fn raw_connection(&self, name: &str) -> (quinn::Endpoint, quinn::Connection) {
+        let (chain, key) = identity_of(&self.pki.client(name));
+        raw_connect(self.addr, self.pki.ca_certs(), chain, key)
+            .await
+            .expect("raw connection")
+    }
+
+    /// Current actor counts.
+    pub async fn stats(&self) -> BrokerStats {
+        self.broker.stats().await.expect("stats")
+    }
+
+    /// Waits until the broker's actor counts satisfy `condition`.
+    pub async fn wait_for_stats(
+        &self,
+        what: &str,
+        condition: impl Fn(&BrokerStats) -> bool,
+    ) -> BrokerStats {
+        eventually(what, || async {
+            let stats = self.stats().await;
+            condition(&stats).then_some(stats)
+        })
+        .await
+    }
+
+    /// Shuts the broker down.
+    pub async fn stop(self) {
+        self.broker.shutdown("test over").await;
+        self.server
+            .close(
+                cassini_protocol::ErrorCode::SERVER_SHUTTING_DOWN,
+                "test over",
+                Duration::from_secs(1),
+            )
+            .await;
+        self.serve_task.abort();
+    }
+}
+
+/// Connects to `addr` with mutual TLS using raw quinn.
+pub async fn raw_connect(
+    addr: SocketAddr,
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+    let crypto = tls::client_crypto(ca, chain, key)?;
+    let options = QuicOptions::default();
+    let config = tls::client_config(crypto, &options)?;
+    let endpoint = cassini_quic::endpoint::bind_client("127.0.0.1:0".parse()?, config, &options)?;
+    let connection = endpoint.connect(addr, "localhost")?.await?;
+    Ok((endpoint, connection))
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `future`, failing the test after [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Speaks the protocol by hand over a raw quinn connection, for tests of what the client crate
+/// would never send.
+pub mod raw {
+    use bytes::BytesMut;
+    use cassini_protocol::{
+        encode_frame, ErrorCode, Frame, FrameDecoder, Hello, SessionId, Welcome, PROTOCOL_VERSION,
+    };
+
+    use super::within;
+
+    /// Encodes one frame with its length prefix.
+    pub fn encoded(frame: &Frame) -> BytesMut {
+        let mut buf = BytesMut::new();
+        encode_frame(frame, &mut buf, u32::MAX).expect("encode");
+        buf
+    }
+
+    /// Reads one frame from `recv`, failing the test on a decode error or timeout.
+    pub async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<Frame> {
+        let decoder = FrameDecoder::default();
+        loop {
+            if let Some(frame) = decoder.decode(buf).expect("valid frame") {
+                return Some(frame);
+            }
+            match within("frame", recv.read_chunk(64 * 1024, true)).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends `Hello` (resuming `resume` if given) and returns the `Welcome` with the control
+    /// stream, or `None` if the broker closed the connection instead.
+    pub async fn hello(
+        connection: &quinn::Connection,
+        resume: Option<SessionId>,
+    ) -> Option<(Welcome, quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, mut recv) = connection.open_bi().await.ok()?;
+        let hello = Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            resume,
+            client_name: Some("raw".into()),
+        });
+        send.write_all(&encoded(&hello)).await.ok()?;
+        let mut buf = BytesMut::new();
+        match read_frame(&mut recv, &mut buf).await? {
+            Frame::Welcome(welcome) => Some((welcome, send, recv)),
+            other => panic!("expected Welcome, got {}", other.kind()),
+        }
+    }
+
+    /// The application close code and reason of a closed connection.
+    pub async fn close_of(connection: &quinn::Connection) -> (ErrorCode, String) {
+        match within("connection close", connection.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => (
+                ErrorCode(u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX)),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ),
+            other => panic!("expected an application close, got {other}"),
+        }
+    }
+}

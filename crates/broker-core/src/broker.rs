@@ -15,12 +15,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::actors::ask;
 use crate::actors::listener_manager::ListenerManagerMsg;
 use crate::actors::session_manager::SessionManagerMsg;
 use crate::actors::subscriber_manager::SubscriberManagerMsg;
 use crate::actors::supervisor::{Managers, Supervisor, SupervisorMsg};
 use crate::actors::topic_manager::TopicManagerMsg;
-use crate::actors::ask;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::transport::Connection;
@@ -119,9 +119,8 @@ impl BrokerHandle {
     /// stops the actor tree and waits for it (at most a few seconds).
     pub async fn shutdown(&self, reason: &str) {
         let reason = reason.to_string();
-        let _ = ask(&self.managers.listeners, |reply| ListenerManagerMsg::Shutdown {
-            reason,
-            reply,
+        let _ = ask(&self.managers.listeners, |reply| {
+            ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
         self.supervisor.stop(Some("shutdown".into()));

@@ -116,7 +116,10 @@ mod tests {
 
     #[test]
     fn oversized_frames_and_garbage_have_distinct_codes() {
-        let big = BrokerError::from(DecodeError::FrameTooLarge { declared: 9, max: 1 });
+        let big = BrokerError::from(DecodeError::FrameTooLarge {
+            declared: 9,
+            max: 1,
+        });
         let bad = BrokerError::from(DecodeError::Malformed("x".into()));
         assert_eq!(big.code(), ErrorCode::FRAME_TOO_LARGE);
         assert_eq!(bad.code(), ErrorCode::MALFORMED_FRAME);

@@ -119,7 +119,9 @@ impl SubscriptionQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (every mutation
         // is a few field updates), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Offers a message. Never waits.
@@ -144,7 +146,9 @@ impl SubscriptionQueue {
                 match self.bounds.overflow {
                     OverflowPolicy::DropOldest | OverflowPolicy::Latest => {
                         while !fits(&state) {
-                            let Some(old) = state.items.pop_front() else { break };
+                            let Some(old) = state.items.pop_front() else {
+                                break;
+                            };
                             state.bytes -= old.message.queued_size();
                             dropped += 1;
                         }

@@ -78,10 +78,19 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.literals.is_empty() && self.any_one.is_none() && self.here.is_none() && self.tail.is_none()
+        self.literals.is_empty()
+            && self.any_one.is_none()
+            && self.here.is_none()
+            && self.tail.is_none()
     }
 
-    fn collect(&self, tokens: &[&str], at_root: bool, reserved: bool, out: &mut Vec<Arc<FilterRoute>>) {
+    fn collect(
+        &self,
+        tokens: &[&str],
+        at_root: bool,
+        reserved: bool,
+        out: &mut Vec<Arc<FilterRoute>>,
+    ) {
         let wildcards_allowed = !(at_root && reserved);
         let Some((first, rest)) = tokens.split_first() else {
             if let Some(route) = &self.here {
@@ -205,7 +214,10 @@ impl Router {
 
     /// Whether no filter is indexed (for leak checks).
     pub fn is_empty(&self) -> bool {
-        self.root.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+        self.root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 }
 
@@ -234,8 +246,12 @@ mod tests {
 
     #[test]
     fn the_trie_agrees_with_filter_matching() {
-        let filters = ["a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "*.*.*", "b.>"];
-        let topics = ["a", "a.b", "a.c", "a.b.c", "b.b", "b.x.y", "c.d.e.f", "a.x.c"];
+        let filters = [
+            "a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "*.*.*", "b.>",
+        ];
+        let topics = [
+            "a", "a.b", "a.c", "a.b.c", "b.b", "b.x.y", "c.d.e.f", "a.x.c",
+        ];
         let router = Router::new();
         for f in filters {
             router.insert(Arc::new(FilterRoute::new(filter(f))));

@@ -141,8 +141,8 @@ pub(crate) struct SubArgs {
     /// Exit 0 after this many messages.
     #[arg(long)]
     pub(crate) count: Option<u64>,
-    /// Exit non-zero if the next message takes longer than this many seconds (or, with
-    /// `--count`, if the count is not reached within it).
+    /// Give up after this many seconds (fractions allowed) and exit with status 2, unless
+    /// `--count` messages arrived first.
     #[arg(long)]
     pub(crate) timeout: Option<f64>,
     /// Print one JSON object per message, with topic, sequence and headers.

@@ -22,7 +22,10 @@ use cli::{CertsCommand, Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.command.default_log_level());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -1,13 +1,126 @@
-//! `cassini pub` and `cassini sub`.
+//! `cassini pub` and `cassini sub`: thin wrappers over `cassini-client`.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::cli::{PubArgs, SubArgs};
+use anyhow::Context;
+use bytes::Bytes;
+use cassini_client::{Client, Message};
+use futures_util::StreamExt;
 
-pub(crate) async fn publish(_args: PubArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet wired to the client")
+use crate::cli::{ConnectArgs, PubArgs, SubArgs};
+
+/// Exit status when `sub --timeout` passes before `--count` messages arrived.
+const TIMED_OUT: u8 = 2;
+
+async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let ca = args.certs.join("ca.crt");
+    let cert = args.certs.join(format!("client-{}.crt", args.name));
+    let key = args.certs.join(format!("client-{}.key", args.name));
+    Client::builder(args.server.as_str())
+        .ca_file(ca)
+        .identity_files(cert, key)
+        .server_name(args.server_name.as_str())
+        .client_name(format!("cassini-cli/{}", args.name))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {} as {:?}", args.server, args.name))
 }
 
-pub(crate) async fn subscribe(_args: SubArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet wired to the client")
+pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.connect).await?;
+    let payload = Bytes::from(args.message.into_bytes());
+    for _ in 0..args.count {
+        client
+            .publish_with_headers(args.topic.as_str(), args.headers.clone(), payload.clone())
+            .await
+            .with_context(|| format!("publishing to {}", args.topic))?;
+    }
+    client.close().await.context("closing the connection")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.connect).await?;
+    let mut subscription = client
+        .subscribe(args.topic.as_str())
+        .await
+        .with_context(|| format!("subscribing to {}", args.topic))?;
+    eprintln!("subscribed to {}", args.topic);
+
+    let deadline = match args.timeout {
+        Some(seconds) => Some(
+            tokio::time::Instant::now()
+                + Duration::try_from_secs_f64(seconds)
+                    .with_context(|| format!("--timeout {seconds} is not a duration"))?,
+        ),
+        None => None,
+    };
+    let mut received = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    while args.count.is_none_or(|count| received < count) {
+        let next = async {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, subscription.next())
+                    .await
+                    .ok(),
+                None => Some(subscription.next().await),
+            }
+        };
+        let message = tokio::select! {
+            next = next => next,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match message {
+            None => {
+                eprintln!(
+                    "error: timed out after {}s with {received} message(s) received",
+                    args.timeout.unwrap_or_default()
+                );
+                let _ = client.close().await;
+                return Ok(ExitCode::from(TIMED_OUT));
+            }
+            Some(None) => {
+                let reason = subscription
+                    .end_reason()
+                    .map(|end| end.to_string())
+                    .unwrap_or_else(|| "unknown reason".into());
+                anyhow::bail!("the subscription ended after {received} message(s): {reason}");
+            }
+            Some(Some(message)) => {
+                print_message(&mut stdout, &message, args.json)?;
+                received += 1;
+            }
+        }
+    }
+    let dropped = subscription.dropped();
+    if dropped > 0 {
+        eprintln!("warning: the broker dropped {dropped} message(s) for this subscription");
+    }
+    client.close().await.context("closing the connection")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_message(out: &mut impl Write, message: &Message, json: bool) -> anyhow::Result<()> {
+    if json {
+        let headers: Vec<_> = message
+            .headers()
+            .iter()
+            .map(|(key, value)| serde_json::json!([key, value]))
+            .collect();
+        let line = serde_json::json!({
+            "topic": message.topic(),
+            "sequence": message.sequence(),
+            "headers": headers,
+            "size": message.payload().len(),
+            "payload": String::from_utf8_lossy(message.payload()),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        out.write_all(message.payload())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }

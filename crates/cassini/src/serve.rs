@@ -63,7 +63,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let graceful = async {
         broker.shutdown(SHUTDOWN_REASON).await;
         server
-            .close(ErrorCode::SERVER_SHUTTING_DOWN, SHUTDOWN_REASON, Duration::from_secs(3))
+            .close(
+                ErrorCode::SERVER_SHUTTING_DOWN,
+                SHUTDOWN_REASON,
+                Duration::from_secs(3),
+            )
             .await;
     };
     tokio::select! {

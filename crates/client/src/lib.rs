@@ -1,1 +1,82 @@
-//! placeholder
+//! The async Rust client for the Cassini broker: QUIC with mutual TLS.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use cassini_client::Client;
+//! use futures_util::StreamExt;
+//!
+//! # async fn run() -> Result<(), cassini_client::ClientError> {
+//! let client = Client::builder("127.0.0.1:7700")
+//!     .ca_file("certs/ca.crt")
+//!     .identity_files("certs/client-dev.crt", "certs/client-dev.key")
+//!     .connect()
+//!     .await?;
+//!
+//! let mut sub = client.subscribe("demo.>").await?;
+//! client.publish("demo.hello", Bytes::from("hi")).await?;
+//! if let Some(msg) = sub.next().await {
+//!     println!("{} #{}: {:?}", msg.topic(), msg.sequence(), msg.payload());
+//! }
+//! sub.unsubscribe().await?;
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it talks to the broker
+//!
+//! One QUIC connection per [`Client`]. The client opens a control stream and exchanges
+//! `Hello`/`Welcome` on it (a certificate the broker refuses shows up here, as
+//! [`ClientError::Certificate`]); subscribe, unsubscribe and ping requests follow on the same
+//! stream. Each topic is published on its own client-opened stream (a *lane*), so per-topic
+//! order holds and topics do not delay each other. The broker opens one stream per
+//! subscription. Every queue is bounded: a slow subscriber stops reading its stream and QUIC
+//! flow control pushes back on the broker; a fast publisher waits in [`Client::publish`].
+//!
+//! # Layout
+//!
+//! - [`builder`](ClientBuilder): settings, their validation, and `connect`.
+//! - `handshake`: the QUIC connection, the control stream, `Hello` and `Welcome`.
+//! - `client`: the [`Client`] handle, its tasks, and the goodbye in [`Client::close`].
+//! - `control`: the control stream's writer and reader tasks and the table of pending requests.
+//! - `publish`: publish validation and the least-recently-used set of lanes; `lanes` is the
+//!   LRU bookkeeping, `lane` the task that owns one publish stream.
+//! - `subscription_stream`: accepting subscription streams and moving deliveries into each
+//!   subscription's bounded channel; `registry` pairs a stream with its `Subscribed` answer,
+//!   whichever arrives first.
+//! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]).
+//! - `message`: a delivered [`Message`].
+//! - `link`: what every part shares about the connection, and which error a failure reports.
+//! - `disconnect`: turning quinn's close reasons and TLS alerts into [`ClientError`]s.
+//! - `framed`: whole frames over quinn streams.
+//! - `error`: [`ClientError`].
+
+mod builder;
+mod client;
+mod control;
+mod disconnect;
+mod error;
+mod framed;
+mod handshake;
+mod lane;
+mod lanes;
+mod link;
+mod message;
+mod publish;
+mod registry;
+mod subscription;
+mod subscription_stream;
+mod sync;
+
+pub use builder::{BrokerAddress, ClientBuilder};
+pub use client::Client;
+pub use error::ClientError;
+pub use message::Message;
+pub use subscription::{Subscription, SubscriptionEnd};
+
+pub use cassini_protocol::{
+    ErrorCode, GoingAway, Headers, Limits, OverflowPolicy, PublishRejected, SessionId,
+    SubscribeOptions, SubscriptionId, TopicError,
+};
+pub use cassini_quic::tls::QuicOptions;
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -293,10 +293,22 @@ mod tests {
     #[test]
     fn names_refuse_wildcards_and_reserved_prefix() {
         let limits = TopicLimits::default();
-        assert_eq!(TopicName::parse("a.*", &limits), Err(TopicError::WildcardInName));
-        assert_eq!(TopicName::parse("a.>", &limits), Err(TopicError::WildcardInName));
-        assert_eq!(TopicName::parse("a*b", &limits), Err(TopicError::WildcardInName));
-        assert_eq!(TopicName::parse("$sys.x", &limits), Err(TopicError::Reserved));
+        assert_eq!(
+            TopicName::parse("a.*", &limits),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            TopicName::parse("a.>", &limits),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            TopicName::parse("a*b", &limits),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            TopicName::parse("$sys.x", &limits),
+            Err(TopicError::Reserved)
+        );
     }
 
     #[test]
@@ -315,7 +327,10 @@ mod tests {
             TopicName::parse("a.", &limits),
             Err(TopicError::EmptyToken { position: 1 })
         );
-        assert_eq!(TopicName::parse("a b", &limits), Err(TopicError::InvalidCharacter(' ')));
+        assert_eq!(
+            TopicName::parse("a b", &limits),
+            Err(TopicError::InvalidCharacter(' '))
+        );
         assert_eq!(
             TopicName::parse("a\u{0}", &limits),
             Err(TopicError::InvalidCharacter('\u{0}'))
@@ -362,7 +377,11 @@ mod tests {
         let tokens: Vec<_> = parsed.tokens().collect();
         assert_eq!(
             tokens,
-            vec![FilterToken::Literal("a"), FilterToken::AnyOne, FilterToken::AnyRest]
+            vec![
+                FilterToken::Literal("a"),
+                FilterToken::AnyOne,
+                FilterToken::AnyRest
+            ]
         );
         assert!(filter("a.*").has_wildcards());
         assert!(!filter("a.b").has_wildcards());

@@ -15,6 +15,6 @@
 pub mod certs;
 pub mod endpoint;
 pub mod identity;
-pub mod tls;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod tls;

@@ -204,7 +204,10 @@ impl Connection for QuicConnection {
 
     async fn accept_bi(&self) -> Result<BiStream, TransportError> {
         let (send, recv) = self.connection.accept_bi().await.map_err(lost)?;
-        Ok((Box::new(QuicSendStream(send)), Box::new(QuicRecvStream(recv))))
+        Ok((
+            Box::new(QuicSendStream(send)),
+            Box::new(QuicRecvStream(recv)),
+        ))
     }
 
     async fn open_uni(&self) -> Result<Box<dyn SendStream>, TransportError> {

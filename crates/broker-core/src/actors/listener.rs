@@ -46,7 +46,8 @@ pub(crate) struct ListenerState {
 impl Drop for ListenerState {
     fn drop(&mut self) {
         self.driver.abort();
-        self.connection.close(ErrorCode::NORMAL, "connection closed");
+        self.connection
+            .close(ErrorCode::NORMAL, "connection closed");
         if let Some((session, epoch)) = self.session.take() {
             let notice = if self.clean {
                 SessionMsg::End { epoch }
@@ -95,7 +96,9 @@ impl Actor for Listener {
                 myself.stop(None);
             }
             ListenerMsg::Shutdown { reason } => {
-                state.connection.close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
+                state
+                    .connection
+                    .close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
             }
         }
         Ok(())

@@ -8,9 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{
-    ErrorCode, SessionId, SubscribeOptions, SubscriptionId, TopicFilter,
-};
+use cassini_protocol::{ErrorCode, SessionId, SubscribeOptions, SubscriptionId, TopicFilter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
@@ -90,8 +88,8 @@ impl SessionState {
         options: SubscribeOptions,
     ) -> Result<SubscriptionId, BrokerError> {
         let config = &self.shared.config;
-        let filter =
-            TopicFilter::parse(&filter, &config.limits.topics).map_err(BrokerError::InvalidFilter)?;
+        let filter = TopicFilter::parse(&filter, &config.limits.topics)
+            .map_err(BrokerError::InvalidFilter)?;
         let max = config.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
@@ -109,10 +107,12 @@ impl SessionState {
             connection: self.attached.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
         };
-        let subscriber = ask(&self.shared.subscribers, |reply| SubscriberManagerMsg::Spawn {
-            args,
-            session: myself.clone(),
-            reply,
+        let subscriber = ask(&self.shared.subscribers, |reply| {
+            SubscriberManagerMsg::Spawn {
+                args,
+                session: myself.clone(),
+                reply,
+            }
         })
         .await??;
         let member = RouteMember { key, queue };
@@ -127,10 +127,8 @@ impl SessionState {
             subscriber.stop(None);
             return Err(err);
         }
-        self.subscriptions.insert(
-            key.subscription,
-            SessionSubscription { filter, subscriber },
-        );
+        self.subscriptions
+            .insert(key.subscription, SessionSubscription { filter, subscriber });
         Ok(key.subscription)
     }
 

@@ -74,7 +74,10 @@ async fn serve(
         .map_err(timed_out)??;
     control_send.set_priority(CONTROL_STREAM_PRIORITY);
     let mut control = FrameReader::new(control_recv, max_frame_bytes);
-    let hello = match timeout_at(deadline, control.next()).await.map_err(timed_out)?? {
+    let hello = match timeout_at(deadline, control.next())
+        .await
+        .map_err(timed_out)??
+    {
         Some(Frame::Hello(hello)) => hello,
         Some(other) => {
             return Err(BrokerError::ProtocolViolation(format!(
@@ -223,4 +226,3 @@ async fn answer_control(
         })
     }))
 }
-

@@ -60,7 +60,8 @@ fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, B
             max: limits.max_payload_bytes,
         });
     }
-    let topic = TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    let topic =
+        TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     Ok(PublishedMessage {
         topic,
         headers: publish.headers,

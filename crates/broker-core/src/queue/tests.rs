@@ -82,7 +82,11 @@ async fn the_byte_bound_holds_except_for_a_single_message() {
     assert!(q.stats().bytes <= 100);
     assert_eq!(q.stats().depth, 2);
     q.push(&message(500));
-    assert_eq!(q.stats().depth, 1, "an oversized message replaces everything");
+    assert_eq!(
+        q.stats().depth,
+        1,
+        "an oversized message replaces everything"
+    );
 }
 
 #[tokio::test]

@@ -100,7 +100,12 @@ fn every_truncation_of_every_frame_waits_for_more_bytes() {
         let whole = encoded(&frame);
         for cut in 0..whole.len() {
             let mut partial = BytesMut::from(&whole[..cut]);
-            assert_eq!(decoder.decode(&mut partial), Ok(None), "{} cut at {cut}", frame.kind());
+            assert_eq!(
+                decoder.decode(&mut partial),
+                Ok(None),
+                "{} cut at {cut}",
+                frame.kind()
+            );
             assert_eq!(partial.len(), cut, "a partial frame must not be consumed");
             assert!(matches!(
                 decode_frame(&whole[..cut], DEFAULT_MAX_FRAME_BYTES),
@@ -131,7 +136,10 @@ fn every_frame_is_refused_when_over_the_limit() {
             encode_frame(&frame, &mut out, body_len - 1),
             Err(EncodeError::FrameTooLarge { .. })
         ));
-        assert!(out.is_empty(), "a refused encode leaves the buffer as it was");
+        assert!(
+            out.is_empty(),
+            "a refused encode leaves the buffer as it was"
+        );
     }
 }
 
@@ -191,14 +199,20 @@ fn garbage_is_malformed_not_a_panic() {
     let mut buf = BytesMut::new();
     buf.put_u32(5);
     buf.put_slice(b"\xc1\xc1\xc1\xc1\xc1");
-    assert!(matches!(decoder.decode(&mut buf), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decoder.decode(&mut buf),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
 fn an_unknown_variant_is_malformed() {
     let mut body = Vec::new();
-    rmp_serde::encode::write(&mut body, &std::collections::BTreeMap::from([("Teleport", 1u8)]))
-        .expect("encodes");
+    rmp_serde::encode::write(
+        &mut body,
+        &std::collections::BTreeMap::from([("Teleport", 1u8)]),
+    )
+    .expect("encodes");
     let mut buf = BytesMut::new();
     buf.put_u32(body.len() as u32);
     buf.put_slice(&body);
@@ -225,7 +239,10 @@ fn trailing_bytes_inside_a_frame_are_refused() {
 #[test]
 fn an_empty_frame_is_refused() {
     let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
-    assert_eq!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::EmptyFrame));
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::EmptyFrame)
+    );
 }
 
 #[test]
@@ -233,8 +250,15 @@ fn encode_delivery_matches_encoding_the_frame() {
     let headers = vec![("trace".to_string(), "abc".to_string())];
     let payload = Bytes::from_static(b"payload");
     let mut fast = BytesMut::new();
-    encode_delivery(5, "a.b", &headers, &payload, &mut fast, DEFAULT_MAX_FRAME_BYTES)
-        .expect("encodes");
+    encode_delivery(
+        5,
+        "a.b",
+        &headers,
+        &payload,
+        &mut fast,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .expect("encodes");
     let slow = encoded(&Frame::Message(Delivery {
         sequence: 5,
         topic: "a.b".into(),

@@ -1,0 +1,218 @@
+//! The command line as a user runs it: real processes, a real broker, certificates written by
+//! `cassini certs init`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn cassini(args: &[&str]) -> Command {
+    let mut command = Command::new(CASSINI);
+    command.args(args).env_remove("RUST_LOG");
+    command
+}
+
+/// Starts `command` with stderr piped and waits until a stderr line contains `ready`.
+/// Returns the child; its remaining stderr is drained in the background.
+fn spawn_until(mut command: Command, ready: &str) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let wanted = ready.to_string();
+    thread::spawn(move || {
+        let mut signalled = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !signalled && line.contains(&wanted) {
+                signalled = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        panic!("process never printed {:?}", ready);
+    }
+    child
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("process did not exit in time");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn connect_args<'a>(server: &'a str, dir: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec!["--server", server, "--certs", dir, "--name", name]
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("run")
+}
+
+#[test]
+fn two_subscribers_print_every_published_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let init = run(&mut cassini(&[
+        "certs", "init", "--dir", certs, "--client", "alice", "--client", "bob",
+    ]));
+    assert!(
+        init.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert_private(&dir.path().join("client-alice.key"));
+
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+
+    let mut subscribers: Vec<Child> = ["alice", "bob"]
+        .iter()
+        .map(|name| {
+            let mut args = vec!["sub", "demo.*", "--count", "100", "--timeout", "30"];
+            args.extend(connect_args(&server, certs, name));
+            spawn_until(cassini(&args), "subscribed to demo.*")
+        })
+        .collect();
+
+    let mut args = vec!["pub", "demo.x", "hello", "--count", "100"];
+    args.extend(connect_args(&server, certs, "alice"));
+    let published = run(&mut cassini(&args));
+    assert!(
+        published.status.success(),
+        "pub: {}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+
+    for subscriber in &mut subscribers {
+        let status = wait_with_deadline(subscriber);
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(subscriber.stdout.as_mut().expect("stdout"), &mut stdout)
+            .expect("read");
+        assert!(status.success(), "sub exited with {status}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 100, "exactly 100 lines");
+        assert!(lines.iter().all(|line| *line == "hello"));
+    }
+
+    terminate(&mut broker);
+    let status = wait_with_deadline(&mut broker);
+    assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
+}
+
+#[test]
+fn sub_exits_non_zero_on_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+    let mut args = vec!["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let output = run(&mut cassini(&args));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("timed out"), "stderr: {stderr}");
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+
+    let mut args = vec!["pub", "demo.x", "hi"];
+    args.extend(connect_args("127.0.0.1:9", certs, "nobody"));
+    let missing = run(&mut cassini(&args));
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(
+        stderr.contains("ca.crt"),
+        "names the missing file: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+
+    let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
+    assert!(init.status.success());
+    let mut args = vec!["pub", "demo.x", "hi"];
+    let unreachable = format!("127.0.0.1:{}", free_udp_port());
+    args.extend(connect_args(&unreachable, certs, "dev"));
+    let mut command = cassini(&args);
+    let output = run(&mut command);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+}
+
+#[test]
+fn certs_init_keeps_an_existing_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    assert!(run(&mut cassini(&["certs", "init", "--dir", certs]))
+        .status
+        .success());
+    let ca = std::fs::read(dir.path().join("ca.crt")).expect("ca.crt");
+    let again = run(&mut cassini(&[
+        "certs", "init", "--dir", certs, "--client", "carol",
+    ]));
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read(dir.path().join("ca.crt")).expect("ca.crt"),
+        ca
+    );
+    let issued = run(&mut cassini(&["certs", "issue", "dave", "--dir", certs]));
+    assert!(issued.status.success());
+    assert_private(&dir.path().join("client-dave.key"));
+}
+
+fn assert_private(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)
+        .expect("key exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{} is private", key.display());
+}
+
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}

@@ -1,0 +1,82 @@
+//! A client process killed without closing its connection leaves no session, subscriber or
+//! topic actor behind once its connection times out and its session expires.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cassini_broker::BrokerConfig;
+use cassini_e2e::TestBroker;
+use cassini_quic::server::ServerOptions;
+use cassini_quic::tls::QuicOptions;
+
+#[tokio::test]
+async fn a_killed_client_leaves_nothing_behind() {
+    let mut config = BrokerConfig::default();
+    config.sessions.expiry = Duration::from_millis(200);
+    let options = ServerOptions {
+        quic: QuicOptions {
+            idle_timeout: Duration::from_secs(1),
+            keep_alive_interval: Duration::from_millis(250),
+            ..QuicOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let broker = TestBroker::start_with(config, options).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
+    broker
+        .pki
+        .client("doomed")
+        .write(
+            &dir.path().join("client-doomed.crt"),
+            &dir.path().join("client-doomed.key"),
+        )
+        .expect("client cert");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cassini"))
+        .args(["sub", "vanish.>", "--name", "doomed", "--server"])
+        .arg(broker.addr.to_string())
+        .arg("--certs")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    let stderr = child.stderr.take().expect("stderr");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("subscribed to") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .expect("join")
+        .expect("sub subscribed");
+    broker
+        .wait_for_stats("the subscriber is in place", |s| {
+            s.connections == 1 && s.sessions == 1 && s.subscribers == 1 && s.topics == 1
+        })
+        .await;
+
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+
+    broker
+        .wait_for_stats("everything the client had is gone", |s| {
+            s.connections == 0
+                && s.sessions == 0
+                && s.subscribers == 0
+                && s.topics == 0
+                && s.routes_empty
+        })
+        .await;
+    broker.stop().await;
+}

@@ -1,0 +1,407 @@
+//! Client settings, their validation, and connecting.
+//!
+//! [`ClientBuilder`] collects where the broker is, how to trust it, who this client is, and how
+//! large the client's buffers are. `connect` checks the settings before touching the network,
+//! loads certificates, binds a UDP endpoint, and runs the handshake within `connect_timeout`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cassini_quic::certs::{client_paths, CertPaths};
+use cassini_quic::endpoint::bind_client;
+use cassini_quic::tls::{self, QuicOptions};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::time::timeout;
+
+use crate::client::{Client, ClientSettings};
+use crate::error::ClientError;
+use crate::handshake::handshake;
+use crate::publish::PublisherSettings;
+
+/// Where the broker listens: a socket address, or `host:port` resolved when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerAddress {
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// A `host:port` string, resolved with the system resolver when connecting.
+    HostPort(String),
+}
+
+impl From<SocketAddr> for BrokerAddress {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Socket(addr)
+    }
+}
+
+impl From<&str> for BrokerAddress {
+    fn from(addr: &str) -> Self {
+        match addr.parse() {
+            Ok(socket) => Self::Socket(socket),
+            Err(_) => Self::HostPort(addr.to_owned()),
+        }
+    }
+}
+
+impl From<String> for BrokerAddress {
+    fn from(addr: String) -> Self {
+        Self::from(addr.as_str())
+    }
+}
+
+impl fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Socket(addr) => addr.fmt(f),
+            Self::HostPort(addr) => f.write_str(addr),
+        }
+    }
+}
+
+impl BrokerAddress {
+    /// The name to verify the broker's certificate against when none is set: the host of a
+    /// `host:port` address, else `localhost` (the name Cassini development certificates carry).
+    fn default_server_name(&self) -> String {
+        if let Self::HostPort(addr) = self {
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !host.is_empty() && host.parse::<IpAddr>().is_err() {
+                return host.to_owned();
+            }
+        }
+        "localhost".to_owned()
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+        let addr = match self {
+            Self::Socket(addr) => return Ok(*addr),
+            Self::HostPort(addr) => addr,
+        };
+        let resolve_error = |reason: String| ClientError::Resolve {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut found = tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|error| resolve_error(error.to_string()))?;
+        found
+            .next()
+            .ok_or_else(|| resolve_error("the name has no addresses".to_owned()))
+    }
+}
+
+/// The CA certificates that verify the broker.
+enum Trust {
+    /// A PEM file, read by `connect`.
+    File(PathBuf),
+    /// Certificates already in memory.
+    Certs(Vec<CertificateDer<'static>>),
+}
+
+/// This client's certificate chain and key.
+enum Identity {
+    /// PEM files, read by `connect`.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A chain and key already in memory.
+    InMemory {
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    },
+}
+
+/// Configures and connects a [`Client`]. Create one with [`Client::builder`].
+///
+/// A CA (`ca_file` or `ca_certs`) and a client identity (`identity_files` or `identity`) are
+/// required; everything else has a default.
+pub struct ClientBuilder {
+    /// Where the broker listens.
+    address: BrokerAddress,
+    /// The name the broker's certificate must carry; `None` derives it from the address.
+    server_name: Option<String>,
+    /// What verifies the broker; required.
+    trust: Option<Trust>,
+    /// What the client presents; required, since the broker demands a certificate.
+    identity: Option<Identity>,
+    /// Sent in `Hello` for the broker's logs.
+    client_name: Option<String>,
+    /// QUIC transport settings.
+    quic: QuicOptions,
+    /// Local UDP address; `None` picks the wildcard of the broker's address family.
+    bind_address: Option<SocketAddr>,
+    /// Bound on the whole of `connect`.
+    connect_timeout: Duration,
+    /// Bound on each wait of `close`.
+    close_timeout: Duration,
+    /// Messages buffered per subscription.
+    subscription_buffer: usize,
+    /// Publish streams kept open.
+    max_publish_lanes: usize,
+    /// Messages queued per publish stream.
+    publish_lane_buffer: usize,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trust = match &self.trust {
+            Some(Trust::File(path)) => format!("file {}", path.display()),
+            Some(Trust::Certs(certs)) => format!("{} certificates", certs.len()),
+            None => "none".to_owned(),
+        };
+        let identity = match &self.identity {
+            Some(Identity::Files { cert, .. }) => format!("file {}", cert.display()),
+            Some(Identity::InMemory { chain, .. }) => format!("{} certificates", chain.len()),
+            None => "none".to_owned(),
+        };
+        f.debug_struct("ClientBuilder")
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .field("trust", &trust)
+            .field("identity", &identity)
+            .field("client_name", &self.client_name)
+            .field("quic", &self.quic)
+            .field("bind_address", &self.bind_address)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("subscription_buffer", &self.subscription_buffer)
+            .field("max_publish_lanes", &self.max_publish_lanes)
+            .field("publish_lane_buffer", &self.publish_lane_buffer)
+            .finish()
+    }
+}
+
+/// Settings checked and certificates loaded: ready to connect.
+struct Prepared {
+    /// The quinn client configuration, certificates loaded.
+    tls: quinn::ClientConfig,
+    /// The name to verify the broker's certificate against.
+    server_name: String,
+    /// What the client keeps after connecting.
+    client: ClientSettings,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(address: BrokerAddress) -> Self {
+        Self {
+            address,
+            server_name: None,
+            trust: None,
+            identity: None,
+            client_name: None,
+            quic: QuicOptions::default(),
+            bind_address: None,
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            subscription_buffer: 1024,
+            max_publish_lanes: 64,
+            publish_lane_buffer: 256,
+        }
+    }
+
+    /// Trust brokers whose certificate was issued by a CA in this PEM file (the broker's
+    /// `ca.crt`).
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.trust = Some(Trust::File(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Trust brokers whose certificate was issued by one of these CA certificates.
+    pub fn ca_certs(mut self, certs: Vec<CertificateDer<'static>>) -> Self {
+        self.trust = Some(Trust::Certs(certs));
+        self
+    }
+
+    /// This client's certificate chain (PEM, leaf first) and private key (PEM; PKCS#8, PKCS#1
+    /// or SEC1). The broker takes the client's identity from this certificate.
+    pub fn identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.identity = Some(Identity::Files {
+            cert: cert.as_ref().to_owned(),
+            key: key.as_ref().to_owned(),
+        });
+        self
+    }
+
+    /// This client's certificate chain (leaf first) and private key, already in memory.
+    pub fn identity(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Some(Identity::InMemory { chain, key });
+        self
+    }
+
+    /// The CA and the identity of client `name` from a Cassini certificate directory:
+    /// `DIR/ca.crt`, `DIR/client-NAME.crt` and `DIR/client-NAME.key` (the layout `cassini certs`
+    /// writes).
+    pub fn cert_dir(self, dir: impl AsRef<Path>, name: &str) -> Self {
+        let dir = dir.as_ref();
+        let (cert, key) = client_paths(dir, name);
+        self.ca_file(CertPaths::in_dir(dir).ca)
+            .identity_files(cert, key)
+    }
+
+    /// The name the broker's certificate must be valid for. Default: the host of a `host:port`
+    /// address, or `localhost` for an IP address.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// A name for the broker's logs. It is not the identity: that comes from the certificate.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
+        self
+    }
+
+    /// QUIC transport settings: idle timeout, keep-alive, stream limits, socket buffers.
+    pub fn quic_options(mut self, options: QuicOptions) -> Self {
+        self.quic = options;
+        self
+    }
+
+    /// The local UDP address to bind. Default: `0.0.0.0:0`, or `[::]:0` for an IPv6 broker.
+    pub fn bind_address(mut self, addr: SocketAddr) -> Self {
+        self.bind_address = Some(addr);
+        self
+    }
+
+    /// How long `connect` may take, from resolving the address to the broker's `Welcome`.
+    /// Default: 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long each step of [`Client::close`] may wait for the broker: acknowledging the
+    /// publish streams, then closing the connection after the goodbye. Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Messages buffered per subscription before the client stops reading its stream (and the
+    /// broker's overflow policy for it takes over). Larger absorbs bursts of a slow reader at
+    /// the cost of memory (up to this many payloads per subscription). Default: 1024.
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.subscription_buffer = messages;
+        self
+    }
+
+    /// Most publish streams (one per topic) kept open; publishing to one more topic closes the
+    /// least recently used stream. Each open stream costs a little memory on both sides, and
+    /// the broker caps them (default 256). Default: 64.
+    pub fn max_publish_lanes(mut self, lanes: usize) -> Self {
+        self.max_publish_lanes = lanes;
+        self
+    }
+
+    /// Messages queued per publish stream before `publish` waits. Larger lets a burst return
+    /// sooner at the cost of memory (up to this many payloads per topic). Default: 256.
+    pub fn publish_lane_buffer(mut self, messages: usize) -> Self {
+        self.publish_lane_buffer = messages;
+        self
+    }
+
+    /// Connects, authenticates with the client certificate, and opens a session.
+    ///
+    /// A certificate the broker refuses fails here with [`ClientError::Certificate`], a broker
+    /// certificate this client does not trust with [`ClientError::BrokerCertificate`].
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let connect_timeout = self.connect_timeout;
+        let address = self.address.clone();
+        let bind_address = self.bind_address;
+        let client_name = self.client_name.clone();
+        let quic = self.quic.clone();
+        let prepared = self.prepare()?;
+        let connecting = async {
+            let remote = address.resolve().await?;
+            let bind = bind_address.unwrap_or_else(|| unspecified_for(remote));
+            let endpoint = bind_client(bind, prepared.tls, &quic)?;
+            match handshake(&endpoint, remote, &prepared.server_name, client_name).await {
+                Ok(established) => Ok((endpoint, established)),
+                Err(error) => {
+                    endpoint.close(0u32.into(), b"");
+                    Err(error)
+                }
+            }
+        };
+        let (endpoint, established) = timeout(connect_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout("connecting to the broker"))??;
+        Ok(Client::start(endpoint, established, prepared.client))
+    }
+
+    /// Checks the settings and loads the certificates, without touching the network.
+    fn prepare(self) -> Result<Prepared, ClientError> {
+        let positive = |value: usize, setting: &str| {
+            if value == 0 {
+                Err(ClientError::Config {
+                    reason: format!("{setting} must be at least 1"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive(self.subscription_buffer, "subscription_buffer")?;
+        positive(self.max_publish_lanes, "max_publish_lanes")?;
+        positive(self.publish_lane_buffer, "publish_lane_buffer")?;
+        if self.connect_timeout.is_zero() {
+            return Err(ClientError::Config {
+                reason: "connect_timeout must be longer than zero".to_owned(),
+            });
+        }
+        let ca = match self.trust {
+            Some(Trust::File(path)) => tls::load_certs(&path)?,
+            Some(Trust::Certs(certs)) => certs,
+            None => {
+                return Err(ClientError::Config {
+                    reason: "no CA to verify the broker with: call ca_file() or ca_certs()"
+                        .to_owned(),
+                })
+            }
+        };
+        let (chain, key) = match self.identity {
+            Some(Identity::Files { cert, key }) => (tls::load_certs(&cert)?, tls::load_key(&key)?),
+            Some(Identity::InMemory { chain, key }) => (chain, key),
+            None => {
+                return Err(ClientError::Config {
+                    reason: "no client certificate: the broker requires one; call \
+                             identity_files() or identity()"
+                        .to_owned(),
+                })
+            }
+        };
+        let crypto = tls::client_crypto(ca, chain, key)?;
+        let tls = tls::client_config(crypto, &self.quic)?;
+        let server_name = self
+            .server_name
+            .unwrap_or_else(|| self.address.default_server_name());
+        Ok(Prepared {
+            tls,
+            server_name,
+            client: ClientSettings {
+                subscription_buffer: self.subscription_buffer,
+                close_timeout: self.close_timeout,
+                publisher: PublisherSettings {
+                    max_lanes: self.max_publish_lanes,
+                    lane_buffer: self.publish_lane_buffer,
+                    close_timeout: self.close_timeout,
+                },
+            },
+        })
+    }
+}
+
+/// The wildcard local address of the broker's address family.
+fn unspecified_for(remote: SocketAddr) -> SocketAddr {
+    match remote {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! The one error type of the client.
+//!
+//! Every fallible client operation returns [`ClientError`]. Turning quinn's connection errors
+//! (TLS alerts, application close codes, timeouts) into these variants happens in one place,
+//! [`crate::disconnect`]; this module only defines the variants and their messages.
+
+use cassini_protocol::{EncodeError, ErrorCode, TopicError};
+use cassini_quic::endpoint::EndpointError;
+use cassini_quic::tls::TlsError;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The builder was given settings that cannot work (a missing certificate, a zero buffer).
+    #[error("invalid client configuration: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A certificate or key could not be loaded, or the TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local UDP socket or QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The broker's address could not be resolved.
+    #[error("cannot resolve broker address {addr}: {reason}")]
+    Resolve {
+        /// The address as given to the builder.
+        addr: String,
+        /// What the resolver reported.
+        reason: String,
+    },
+    /// No QUIC connection could be established (unreachable broker, handshake failure that is
+    /// not about certificates).
+    #[error("cannot connect to the broker: {reason}")]
+    Connect {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The broker refused this client's certificate (TLS alert during or just after the
+    /// handshake): expired, issued by another CA, revoked, or missing.
+    #[error("{reason}")]
+    Certificate {
+        /// A complete sentence, e.g. "the broker refused this client's certificate: certificate
+        /// expired or not yet valid (TLS alert 45)".
+        reason: String,
+    },
+    /// This client refused the broker's certificate: not issued by the configured CA, expired,
+    /// or not valid for the server name.
+    #[error("{reason}")]
+    BrokerCertificate {
+        /// A complete sentence naming the problem.
+        reason: String,
+    },
+    /// The broker closed the connection with an application error code: it refused the
+    /// connection (unsupported version, too many connections) or ended it later (shutting down,
+    /// session taken over, protocol violation).
+    #[error("the broker closed the connection: {reason} ({code:?})")]
+    Refused {
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The broker answered a request (subscribe, unsubscribe) with an error; the connection
+    /// stays usable.
+    #[error("the broker refused the request: {reason} ({code:?})")]
+    Request {
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The connection was lost: idle timeout, reset, or a transport error.
+    #[error("connection to the broker lost: {reason}")]
+    ConnectionLost {
+        /// What quinn reported.
+        reason: String,
+    },
+    /// The broker broke the protocol (an unexpected or malformed frame); this client closed the
+    /// connection.
+    #[error("protocol error: {reason}")]
+    Protocol {
+        /// What the broker sent that it should not have.
+        reason: String,
+    },
+    /// A topic given to `publish` is not a valid topic name; nothing was sent.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(TopicError),
+    /// A filter given to `subscribe` is not a valid filter; nothing was sent.
+    #[error("invalid subscription filter: {0}")]
+    InvalidFilter(TopicError),
+    /// A payload is larger than the broker accepts; nothing was sent.
+    #[error("payload of {size} bytes exceeds the broker's maximum of {max} bytes")]
+    PayloadTooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The broker's `max_payload_bytes`.
+        max: u32,
+    },
+    /// A frame could not be encoded, e.g. headers push it over the broker's maximum frame size;
+    /// nothing was sent.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// An operation did not finish in time; the string says which.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The client was closed (by [`crate::Client::close`] or a normal close by the broker).
+    #[error("the client is closed")]
+    Closed,
+}

@@ -1,0 +1,146 @@
+//! One publish lane: the task that owns one topic's publish stream.
+//!
+//! The lane opens a bidirectional stream (after the lane it replaces for the same topic, if any,
+//! has been acknowledged, so that the broker reads the topic's messages in order), then writes
+//! the encoded `Publish` frames it receives from its bounded queue. After taking one frame it
+//! takes whatever else is already queued, up to [`MAX_BATCH_BYTES`], and writes the batch in
+//! one write. A second task reads the stream's receive half: the broker's `PublishRejected`
+//! answers, which are logged and offered to the application.
+//!
+//! When every sender of its queue is gone the lane finishes its stream, waits for the broker to
+//! acknowledge it (`stopped()`), then waits for the broker to finish the stream's other half.
+//! The second wait is what keeps per-topic order across lanes: `stopped()` only says the
+//! broker's QUIC stack has the bytes, while the broker finishes its half after it has read and
+//! routed every `Publish` on the stream. It also means a rejection of the last publishes is
+//! still read. Both waits are bounded by the close timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cassini_protocol::{ErrorCode, Frame, PublishRejected, TopicName};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use crate::disconnect::{write_error, Phase};
+use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
+use crate::link::Link;
+
+/// Most bytes gathered into one stream write.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// What a lane needs besides its queue.
+#[derive(Debug, Clone)]
+pub(crate) struct LaneContext {
+    /// The connection.
+    pub(crate) link: Arc<Link>,
+    /// The topic every frame of this lane is for (for logs).
+    pub(crate) topic: TopicName,
+    /// Where rejections go for the application; full or untaken means logged only.
+    pub(crate) rejections: mpsc::Sender<PublishRejected>,
+    /// How long to wait for the broker to acknowledge the finished stream.
+    pub(crate) close_timeout: Duration,
+}
+
+/// Runs one lane until its queue is closed and its stream acknowledged, or its stream fails.
+pub(crate) async fn run_lane(
+    context: LaneContext,
+    mut frames: mpsc::Receiver<BytesMut>,
+    predecessor: Option<JoinHandle<()>>,
+) {
+    let topic = &context.topic;
+    if let Some(predecessor) = predecessor {
+        // Messages of the lane this one replaces must reach the broker first.
+        let _ = predecessor.await;
+    }
+    let (mut send, recv) = match context.link.connection().open_bi().await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%topic, %error, "cannot open a publish stream");
+            return;
+        }
+    };
+    let reader = FrameReader::new(recv, context.link.max_frame_bytes());
+    let rejections = tokio::spawn(read_rejections(
+        reader,
+        Arc::clone(&context.link),
+        context.rejections.clone(),
+    ));
+    while let Some(mut batch) = frames.recv().await {
+        while batch.len() < MAX_BATCH_BYTES {
+            match frames.try_recv() {
+                Ok(next) => batch.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = send.write_all(&batch).await {
+            let error = write_error(&error, Phase::Established);
+            if context.link.connection().close_reason().is_some() {
+                // The connection's end is logged once, where subscription streams are accepted.
+                tracing::debug!(%topic, %error, "publish stream ended with the connection");
+            } else {
+                tracing::warn!(%topic, %error, "publish stream failed; messages queued on it are lost");
+            }
+            rejections.abort();
+            return;
+        }
+    }
+    let _ = send.finish();
+    match timeout(context.close_timeout, send.stopped()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(code))) => {
+            tracing::warn!(%topic, %code, "the broker stopped a publish stream before reading it all");
+        }
+        Ok(Err(error)) => tracing::debug!(%topic, %error, "publish stream not acknowledged"),
+        Err(_) => tracing::warn!(
+            %topic,
+            timeout = ?context.close_timeout,
+            "publish stream not acknowledged in time"
+        ),
+    }
+    if timeout(context.close_timeout, rejections).await.is_err() {
+        tracing::warn!(
+            %topic,
+            "the broker did not finish a closed publish stream in time; a newer stream for the \
+             topic may overtake it"
+        );
+    }
+}
+
+/// Reads the broker's answers on a publish stream until it finishes it.
+async fn read_rejections(
+    mut reader: FrameReader,
+    link: Arc<Link>,
+    rejections: mpsc::Sender<PublishRejected>,
+) {
+    loop {
+        match reader.next().await {
+            Ok(Some(Frame::PublishRejected(rejected))) => {
+                tracing::warn!(
+                    topic = %rejected.topic,
+                    code = ?rejected.code,
+                    reason = %rejected.reason,
+                    "the broker rejected a publish"
+                );
+                // A full or untaken queue leaves the rejection in the log only.
+                let _ = rejections.try_send(rejected);
+            }
+            Ok(Some(other)) => {
+                let reason = format!("{} frame on a publish stream", other.kind());
+                link.protocol_violation(ErrorCode::PROTOCOL_VIOLATION, &reason);
+                return;
+            }
+            Ok(None) => return,
+            Err(ReadFrameError::Stream(error)) => {
+                tracing::debug!(%error, "publish stream answers ended");
+                return;
+            }
+            Err(ReadFrameError::Decode(error)) => {
+                let reason = format!("undecodable frame on a publish stream: {error}");
+                link.protocol_violation(decode_close_code(&error), &reason);
+                return;
+            }
+        }
+    }
+}

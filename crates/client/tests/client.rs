@@ -1,0 +1,729 @@
+//! The client against a scripted broker over real QUIC and mutual TLS.
+//!
+//! Each test plays the broker's side of one scenario by hand; the end-to-end tests against the
+//! real broker live in the workspace's `tests/` crate.
+
+#![allow(clippy::expect_used, clippy::panic)] // A failed expectation in a test panics on purpose.
+
+mod fake_broker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cassini_client::{
+    ClientError, ErrorCode, OverflowPolicy, SubscribeOptions, Subscription, SubscriptionEnd,
+};
+use cassini_protocol::{
+    Delivery, Dropped, ErrorFrame, Frame, Ping, PublishRejected, Subscribed, Unsubscribed,
+};
+use fake_broker::{write, FakeBroker, Pki, Session, LIMITS, STEP};
+use futures_util::StreamExt;
+use tokio::time::timeout;
+
+fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Frame {
+    Frame::Message(Delivery {
+        sequence,
+        topic: topic.into(),
+        headers: vec![("k".into(), "v".into())],
+        payload: Bytes::from_static(payload.as_bytes()),
+    })
+}
+
+/// Reads the next control frame, expecting a `Subscribe`; returns its request id.
+async fn expect_subscribe(session: &mut Session, filter: &str) -> u64 {
+    match session.control.next().await {
+        Some(Frame::Subscribe(subscribe)) => {
+            assert_eq!(subscribe.filter, filter);
+            subscribe.request_id
+        }
+        other => panic!("expected Subscribe, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn connect_reports_the_welcome_and_ping_round_trips() {
+    let broker = FakeBroker::start();
+    let builder = broker.client_builder("alice").client_name("unit-test");
+    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
+    let client = client.expect("connect");
+    assert_eq!(client.identity(), "alice");
+    assert_eq!(client.limits(), LIMITS);
+    assert_eq!(client.session_id().to_string(), "2a".repeat(16));
+
+    let broker_side = async {
+        match session.control.next().await {
+            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
+            other => panic!("expected Ping, got {other:?}"),
+        }
+    };
+    let (rtt, ()) = tokio::join!(client.ping(), broker_side);
+    assert!(rtt.expect("pong") < STEP);
+}
+
+#[tokio::test]
+async fn a_subscription_stream_may_arrive_before_its_answer() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.>").await;
+        let mut stream = session.open_subscription(9).await;
+        write(&mut stream, &delivery(1, "demo.a", "first")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 9,
+            }))
+            .await;
+        write(&mut stream, &delivery(2, "demo.b", "second")).await;
+        stream
+    };
+    let (subscription, _stream) = tokio::join!(client.subscribe("demo.>"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+    assert_eq!(subscription.id(), 9);
+    assert_eq!(Subscription::filter(&subscription), "demo.>");
+
+    let first = subscription.next().await.expect("first message");
+    assert_eq!((first.topic(), first.sequence()), ("demo.a", 1));
+    assert_eq!(first.payload(), &Bytes::from_static(b"first"));
+    assert_eq!(first.header("k"), Some("v"));
+    let second = subscription.next().await.expect("second message");
+    assert_eq!((second.topic(), second.sequence()), ("demo.b", 2));
+}
+
+#[tokio::test]
+async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.*").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 3,
+            }))
+            .await;
+    };
+    let (subscription, ()) = tokio::join!(client.subscribe("demo.*"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut stream = session.open_subscription(3).await;
+    write(&mut stream, &delivery(1, "demo.a", "one")).await;
+    write(&mut stream, &Frame::Dropped(Dropped { count: 4 })).await;
+    write(&mut stream, &Frame::Dropped(Dropped { count: 1 })).await;
+    write(&mut stream, &delivery(7, "demo.a", "seven")).await;
+    stream.finish().expect("finish");
+
+    let sequences: Vec<u64> = subscription
+        .by_ref()
+        .map(|message| message.sequence())
+        .collect()
+        .await;
+    assert_eq!(sequences, vec![1, 7]);
+    assert_eq!(subscription.dropped(), 5);
+    assert_eq!(
+        subscription.end_reason(),
+        Some(SubscriptionEnd::EndedByBroker)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_consumer_reset_ends_the_subscription_with_its_reason() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let options = SubscribeOptions {
+        overflow: OverflowPolicy::Close,
+        ..SubscribeOptions::default()
+    };
+    let broker_side = async {
+        let request_id = match session.control.next().await {
+            Some(Frame::Subscribe(subscribe)) => {
+                assert_eq!(subscribe.options.overflow, OverflowPolicy::Close);
+                subscribe.request_id
+            }
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 1,
+            }))
+            .await;
+        let mut stream = session.open_subscription(1).await;
+        write(&mut stream, &delivery(1, "demo.a", "one")).await;
+        stream
+    };
+    let (subscription, mut stream) =
+        tokio::join!(client.subscribe_with("demo.a", options), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+    assert_eq!(subscription.next().await.map(|m| m.sequence()), Some(1));
+    stream
+        .reset(quinn::VarInt::from_u32(ErrorCode::SLOW_CONSUMER.value()))
+        .expect("reset");
+    assert_eq!(
+        timeout(STEP, subscription.next())
+            .await
+            .expect("end in time"),
+        None
+    );
+    assert_eq!(
+        subscription.end_reason(),
+        Some(SubscriptionEnd::SlowConsumer)
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_waits_for_the_answer_and_the_stream_then_ends() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 5,
+            }))
+            .await;
+        session.open_subscription(5).await
+    };
+    let (subscription, mut stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+
+    let broker_side = async {
+        match session.control.next().await {
+            Some(Frame::Unsubscribe(unsubscribe)) => {
+                assert_eq!(unsubscribe.subscription, 5);
+                write(&mut stream, &delivery(1, "demo.a", "last")).await;
+                stream.finish().expect("finish");
+                session
+                    .send_control(&Frame::Unsubscribed(Unsubscribed {
+                        request_id: unsubscribe.request_id,
+                        subscription: 5,
+                    }))
+                    .await;
+            }
+            other => panic!("expected Unsubscribe, got {other:?}"),
+        }
+    };
+    let (unsubscribed, ()) = tokio::join!(subscription.unsubscribe(), broker_side);
+    unsubscribed.expect("unsubscribe");
+    assert_eq!(subscription.next().await.map(|m| m.sequence()), Some(1));
+    assert_eq!(
+        timeout(STEP, subscription.next())
+            .await
+            .expect("end in time"),
+        None
+    );
+    assert_eq!(
+        subscription.end_reason(),
+        Some(SubscriptionEnd::Unsubscribed)
+    );
+    subscription
+        .unsubscribe()
+        .await
+        .expect("a second unsubscribe does nothing");
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_stops_its_stream_and_unsubscribes() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 6,
+            }))
+            .await;
+        session.open_subscription(6).await
+    };
+    let (subscription, stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
+    drop(subscription.expect("subscribe"));
+
+    match session.control.next().await {
+        Some(Frame::Unsubscribe(unsubscribe)) => assert_eq!(unsubscribe.subscription, 6),
+        other => panic!("expected Unsubscribe, got {other:?}"),
+    }
+    let stopped = timeout(STEP, stream.stopped())
+        .await
+        .expect("stopped in time")
+        .expect("stopped");
+    assert_eq!(stopped, Some(quinn::VarInt::from_u32(0)));
+}
+
+#[tokio::test]
+async fn a_refused_subscribe_is_a_request_error_and_the_connection_stays_usable() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        session
+            .send_control(&Frame::Error(ErrorFrame {
+                request_id: Some(request_id),
+                code: ErrorCode::TOO_MANY_SUBSCRIPTIONS,
+                reason: "at most 100".into(),
+            }))
+            .await;
+        match session.control.next().await {
+            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
+            other => panic!("expected Ping, got {other:?}"),
+        }
+    };
+    let client_side = async {
+        let refused = client.subscribe("demo.a").await;
+        let ping = client.ping().await;
+        (refused, ping)
+    };
+    let ((refused, ping), ()) = tokio::join!(client_side, broker_side);
+    match refused {
+        Err(ClientError::Request { code, reason }) => {
+            assert_eq!(code, ErrorCode::TOO_MANY_SUBSCRIPTIONS);
+            assert_eq!(reason, "at most 100");
+        }
+        other => panic!("expected a request error, got {other:?}"),
+    }
+    ping.expect("the connection is still usable");
+}
+
+#[tokio::test]
+async fn invalid_topics_filters_and_payloads_are_refused_before_sending() {
+    let broker = FakeBroker::start();
+    let (client, _session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    assert!(matches!(
+        client.publish("demo.*", "x").await,
+        Err(ClientError::InvalidTopic(_))
+    ));
+    assert!(matches!(
+        client.publish(&"a".repeat(65), "x").await,
+        Err(ClientError::InvalidTopic(_))
+    ));
+    match client.publish("demo.a", vec![0u8; 1025]).await {
+        Err(ClientError::PayloadTooLarge { size, max }) => assert_eq!((size, max), (1025, 1024)),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert!(matches!(
+        client.subscribe("demo.>.x").await,
+        Err(ClientError::InvalidFilter(_))
+    ));
+}
+
+/// Plays the broker's publish side: reads every publish stream to its end, recording payloads
+/// per topic in the order they were read, then finishes the stream's send half (as the broker
+/// does once it has routed everything). On goodbye, waits for the publish streams and closes.
+async fn serve_publishes(mut session: Session) -> (HashMap<String, Vec<u32>>, usize) {
+    let received = Arc::new(Mutex::new(HashMap::<String, Vec<u32>>::new()));
+    let mut streams = tokio::task::JoinSet::new();
+    let mut stream_count = 0;
+    loop {
+        tokio::select! {
+            frame = session.control.next() => {
+                assert_eq!(frame, None, "only the goodbye is expected on the control stream");
+                break;
+            }
+            accepted = session.connection.accept_bi() => {
+                let (mut send, recv) = accepted.expect("publish stream");
+                stream_count += 1;
+                let received = Arc::clone(&received);
+                streams.spawn(async move {
+                    let mut reader = fake_broker::Reader::new(recv);
+                    while let Some(frame) = reader.next().await {
+                        let Frame::Publish(publish) = frame else { panic!("expected Publish, got {frame:?}") };
+                        let number = std::str::from_utf8(&publish.payload).expect("utf8").parse().expect("number");
+                        received.lock().expect("lock").entry(publish.topic).or_default().push(number);
+                        // Let other streams interleave, as a busy broker would.
+                        tokio::task::yield_now().await;
+                    }
+                    send.finish().expect("finish");
+                });
+            }
+        }
+    }
+    while let Some(done) = streams.join_next().await {
+        done.expect("publish stream task");
+    }
+    session.close(ErrorCode::NORMAL, "goodbye");
+    let received = received.lock().expect("lock").clone();
+    (received, stream_count)
+}
+
+#[tokio::test]
+async fn publishes_keep_per_topic_order_across_evicted_lanes_and_close_delivers_them_all() {
+    let broker = FakeBroker::start();
+    let builder = broker.client_builder("alice").max_publish_lanes(2);
+    let (client, session) = tokio::join!(builder.connect(), broker.accept_session());
+    let client = client.expect("connect");
+    let broker_side = tokio::spawn(serve_publishes(session));
+
+    // Bursts per topic, so each lane carries many frames when it is evicted.
+    let topics = ["t.a", "t.b", "t.c"];
+    let mut next = HashMap::new();
+    for _round in 0..8 {
+        for topic in topics {
+            for _ in 0..50 {
+                let number: &mut u32 = next.entry(topic).or_default();
+                client
+                    .publish(topic, number.to_string())
+                    .await
+                    .expect("publish");
+                *number += 1;
+            }
+        }
+    }
+    client.close().await.expect("clean close");
+    let (received, streams) = timeout(STEP, broker_side)
+        .await
+        .expect("broker done")
+        .expect("broker task");
+    assert!(
+        streams > topics.len(),
+        "lanes were evicted and reopened ({streams} streams)"
+    );
+    let expected: Vec<u32> = (0..400).collect();
+    for topic in topics {
+        assert_eq!(received.get(topic), Some(&expected), "topic {topic}");
+    }
+    assert!(matches!(
+        client.publish("t.a", "late").await,
+        Err(ClientError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn a_rejected_publish_reaches_publish_errors() {
+    let broker = FakeBroker::start();
+    let (client, session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let mut rejections = client.publish_errors().expect("the queue, once");
+    assert!(client.publish_errors().is_none());
+
+    client.publish("demo.a", "x").await.expect("publish");
+    let (mut send, mut reader) = session.accept_publish().await;
+    match reader.next().await {
+        Some(Frame::Publish(publish)) => {
+            write(
+                &mut send,
+                &Frame::PublishRejected(PublishRejected {
+                    topic: publish.topic,
+                    code: ErrorCode::INVALID_TOPIC,
+                    reason: "no".into(),
+                }),
+            )
+            .await;
+        }
+        other => panic!("expected Publish, got {other:?}"),
+    }
+    let rejected = timeout(STEP, rejections.recv())
+        .await
+        .expect("in time")
+        .expect("a rejection");
+    assert_eq!(rejected.topic, "demo.a");
+    assert_eq!(rejected.code, ErrorCode::INVALID_TOPIC);
+}
+
+#[tokio::test]
+async fn a_slow_reader_pushes_back_on_the_broker_instead_of_buffering() {
+    let broker = FakeBroker::start();
+    let builder = broker.client_builder("alice").subscription_buffer(2);
+    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "bulk").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 1,
+            }))
+            .await;
+    };
+    let (subscription, ()) = tokio::join!(client.subscribe("bulk"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+
+    const MESSAGES: u64 = 2000;
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut stream = session.open_subscription(1).await;
+    let writer = tokio::spawn(async move {
+        for sequence in 1..=MESSAGES {
+            let frame = Frame::Message(Delivery {
+                sequence,
+                topic: "bulk".into(),
+                headers: vec![],
+                payload: payload.clone(),
+            });
+            write(&mut stream, &frame).await;
+        }
+        stream.finish().expect("finish");
+        stream
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !writer.is_finished(),
+        "32 MiB were accepted while the application read nothing"
+    );
+    let mut next = 1;
+    while let Some(message) = timeout(STEP, subscription.next())
+        .await
+        .expect("a message in time")
+    {
+        assert_eq!(message.sequence(), next);
+        next += 1;
+    }
+    assert_eq!(next, MESSAGES + 1);
+    timeout(STEP, writer)
+        .await
+        .expect("writer done")
+        .expect("writer task");
+}
+
+#[tokio::test]
+async fn a_broker_close_with_a_code_is_reported_everywhere() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 2,
+            }))
+            .await;
+        session.open_subscription(2).await
+    };
+    let (subscription, _stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+    session.close(ErrorCode::SERVER_SHUTTING_DOWN, "maintenance");
+
+    assert_eq!(
+        timeout(STEP, subscription.next())
+            .await
+            .expect("end in time"),
+        None
+    );
+    match subscription.end_reason() {
+        Some(SubscriptionEnd::ConnectionLost { reason }) => {
+            assert!(reason.contains("maintenance"), "{reason}");
+        }
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+    match client.ping().await {
+        Err(ClientError::Refused { code, reason }) => {
+            assert_eq!(code, ErrorCode::SERVER_SHUTTING_DOWN);
+            assert_eq!(reason, "maintenance");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(client.is_closed());
+    assert!(matches!(
+        client.close().await,
+        Err(ClientError::Refused { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_refusal_during_the_handshake_is_reported_by_connect() {
+    let broker = FakeBroker::start();
+    let broker_side = async {
+        let connection = broker.accept_connection().await.expect("TLS handshake");
+        let (_send, recv) = connection.accept_bi().await.expect("control stream");
+        let mut control = fake_broker::Reader::new(recv);
+        assert!(matches!(control.next().await, Some(Frame::Hello(_))));
+        connection.close(
+            quinn::VarInt::from_u32(ErrorCode::TOO_MANY_CONNECTIONS.value()),
+            b"connection limit reached",
+        );
+        connection
+    };
+    let (client, _connection) = tokio::join!(broker.client_builder("alice").connect(), broker_side);
+    match client {
+        Err(ClientError::Refused { code, reason }) => {
+            assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS);
+            assert_eq!(reason, "connection limit reached");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_as_unknown_ca() {
+    let other_ca = cassini_quic::certs::CertificateAuthority::generate("other CA").expect("CA");
+    let broker = FakeBroker::start_trusting(Pki::new(), other_ca.cert_der().clone());
+    let (client, accepted) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_connection()
+    );
+    assert!(accepted.is_err(), "the broker must refuse the certificate");
+    match client {
+        Err(ClientError::Certificate { reason }) => {
+            assert!(
+                reason.starts_with("the broker refused this client's certificate"),
+                "{reason}"
+            );
+            assert!(reason.contains("(TLS alert 48)"), "{reason}");
+        }
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_as_expired() {
+    let broker = FakeBroker::start();
+    let expired = broker.pki.expired_client("alice");
+    let (client, accepted) = tokio::join!(
+        broker.client_builder_with(&expired).connect(),
+        broker.accept_connection()
+    );
+    assert!(accepted.is_err(), "the broker must refuse the certificate");
+    match client {
+        Err(ClientError::Certificate { reason }) => assert!(
+            reason.contains("certificate expired or not yet valid (TLS alert 45)"),
+            "{reason}"
+        ),
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_broker_certificate_from_another_ca_is_refused_by_the_client() {
+    let broker = FakeBroker::start();
+    let other_ca = cassini_quic::certs::CertificateAuthority::generate("other CA").expect("CA");
+    let builder = broker
+        .client_builder("alice")
+        .ca_certs(vec![other_ca.cert_der().clone()]);
+    let (client, _accepted) = tokio::join!(builder.connect(), broker.accept_connection());
+    match client {
+        Err(ClientError::BrokerCertificate { reason }) => {
+            assert!(
+                reason.starts_with("this client refused the broker's certificate"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a broker certificate error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_pong_for_another_request_kind_is_a_protocol_error() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        session
+            .send_control(&Frame::Pong(Ping { nonce: request_id }))
+            .await;
+    };
+    let (subscribed, ()) = tokio::join!(client.subscribe("demo.a"), broker_side);
+    match subscribed {
+        Err(ClientError::Protocol { reason }) => assert!(reason.contains("Pong"), "{reason}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let closed = timeout(STEP, session.connection.closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value())
+            );
+        }
+        other => panic!("expected the client to close with PROTOCOL_VIOLATION, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_client_closes_the_connection() {
+    let broker = FakeBroker::start();
+    let (client, session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let second_handle = client.clone();
+    drop(client);
+    assert!(
+        !second_handle.is_closed(),
+        "a clone keeps the connection open"
+    );
+    drop(second_handle);
+    match timeout(STEP, session.connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0));
+        }
+        other => panic!("expected a normal close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn going_away_is_recorded_and_the_connection_stays_usable() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    assert_eq!(client.going_away(), None);
+    session
+        .send_control(&Frame::GoingAway(cassini_protocol::GoingAway {
+            reason: "restarting".into(),
+            reconnect_after_ms: 1500,
+        }))
+        .await;
+    let broker_side = async {
+        match session.control.next().await {
+            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
+            other => panic!("expected Ping, got {other:?}"),
+        }
+    };
+    let (ping, ()) = tokio::join!(client.ping(), broker_side);
+    ping.expect("pong");
+    let going_away = client.going_away().expect("GoingAway recorded");
+    assert_eq!(going_away.reason, "restarting");
+    assert_eq!(going_away.reconnect_after_ms, 1500);
+}

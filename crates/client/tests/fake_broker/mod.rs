@@ -1,0 +1,257 @@
+//! A scripted stand-in for the broker: real QUIC and mutual TLS, frames written by hand.
+//!
+//! Each test drives the broker's side of the protocol step by step, so it can produce orders of
+//! events (a subscription stream before its `Subscribed` answer) and failures (a reset with
+//! `SLOW_CONSUMER`, a refused certificate) on purpose.
+
+#![allow(dead_code, clippy::expect_used, clippy::panic)] // Test support: failing loudly is the point.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cassini_client::{Client, ClientBuilder};
+use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
+use cassini_protocol::{
+    encode_frame, ErrorCode, Frame, FrameDecoder, Limits, SessionId, SubscriptionId,
+    SubscriptionStart, Welcome, PROTOCOL_VERSION,
+};
+use cassini_quic::certs::{
+    CertificateAuthority, IssuedCert, Validity, CLOCK_SKEW_ALLOWANCE, LEAF_VALIDITY,
+};
+use cassini_quic::endpoint::bind_server;
+use cassini_quic::tls::{server_config, server_crypto, QuicOptions};
+use quinn::VarInt;
+use tokio::time::timeout;
+
+/// How long any single broker-side step may take before the test fails.
+pub(crate) const STEP: Duration = Duration::from_secs(5);
+
+/// The limits the fake broker announces.
+pub(crate) const LIMITS: Limits = Limits {
+    max_payload_bytes: 1024,
+    max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+    max_subscriptions: 100,
+    max_topic_bytes: 64,
+    max_topic_depth: 8,
+};
+
+/// Certificates for one test: a CA that the broker trusts for clients and that issued the
+/// broker's certificate.
+pub(crate) struct Pki {
+    pub(crate) ca: CertificateAuthority,
+    pub(crate) server: IssuedCert,
+}
+
+impl Pki {
+    pub(crate) fn new() -> Self {
+        let ca = CertificateAuthority::generate("fake broker CA").expect("CA");
+        let server = ca.issue_server(&[]).expect("server certificate");
+        Self { ca, server }
+    }
+
+    pub(crate) fn client(&self, name: &str) -> IssuedCert {
+        self.ca.issue_client(name).expect("client certificate")
+    }
+
+    pub(crate) fn expired_client(&self, name: &str) -> IssuedCert {
+        let now = Validity::starting_now(LEAF_VALIDITY).expect("validity");
+        let expired = Validity {
+            not_before: now.not_before - CLOCK_SKEW_ALLOWANCE * 48,
+            not_after: now.not_before - CLOCK_SKEW_ALLOWANCE * 24,
+        };
+        self.ca
+            .issue_client_with(name, expired)
+            .expect("expired client certificate")
+    }
+}
+
+/// A listening fake broker.
+pub(crate) struct FakeBroker {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pki: Pki,
+}
+
+impl FakeBroker {
+    /// A broker trusting client certificates from its own CA.
+    pub(crate) fn start() -> Self {
+        let pki = Pki::new();
+        let client_ca = pki.ca.cert_der().clone();
+        Self::start_trusting(pki, client_ca)
+    }
+
+    /// A broker whose certificate comes from `pki` but that trusts client certificates issued by
+    /// `client_ca` only.
+    pub(crate) fn start_trusting(
+        pki: Pki,
+        client_ca: rustls_pki_types::CertificateDer<'static>,
+    ) -> Self {
+        let crypto = server_crypto(
+            vec![client_ca],
+            vec![pki.server.cert_der().expect("server DER")],
+            pki.server.key_der().expect("server key DER"),
+        )
+        .expect("server TLS");
+        let opts = QuicOptions::default();
+        let config = server_config(crypto, &opts).expect("server QUIC config");
+        let (endpoint, _) =
+            bind_server("127.0.0.1:0".parse().expect("address"), config, &opts).expect("bind");
+        let addr = endpoint.local_addr().expect("local address");
+        Self {
+            endpoint,
+            addr,
+            pki,
+        }
+    }
+
+    /// A client builder for this broker, with a fresh certificate for `name`.
+    pub(crate) fn client_builder(&self, name: &str) -> ClientBuilder {
+        let cert = self.pki.client(name);
+        self.client_builder_with(&cert)
+    }
+
+    /// A client builder for this broker presenting `cert`.
+    pub(crate) fn client_builder_with(&self, cert: &IssuedCert) -> ClientBuilder {
+        Client::builder(self.addr)
+            .ca_certs(vec![self.pki.ca.cert_der().clone()])
+            .identity(
+                vec![cert.cert_der().expect("client DER")],
+                cert.key_der().expect("client key DER"),
+            )
+            .connect_timeout(STEP)
+    }
+
+    /// Accepts the next connection (completing TLS), or the handshake error.
+    pub(crate) async fn accept_connection(
+        &self,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let incoming = timeout(STEP, self.endpoint.accept())
+            .await
+            .expect("a connection attempt in time")
+            .expect("endpoint open");
+        incoming.await
+    }
+
+    /// Accepts a connection and answers its `Hello` with `Welcome`.
+    pub(crate) async fn accept_session(&self) -> Session {
+        let connection = self.accept_connection().await.expect("TLS handshake");
+        let (send, recv) = timeout(STEP, connection.accept_bi())
+            .await
+            .expect("control stream in time")
+            .expect("control stream");
+        let mut session = Session {
+            connection,
+            control_send: send,
+            control: Reader::new(recv),
+        };
+        match session.control.next().await {
+            Some(Frame::Hello(hello)) => assert_eq!(hello.protocol_version, PROTOCOL_VERSION),
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        session
+            .send_control(&Frame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                session_id: SessionId([42; 16]),
+                resumed: false,
+                identity: "alice".into(),
+                limits: LIMITS,
+            }))
+            .await;
+        session
+    }
+}
+
+/// The broker's side of one connection.
+pub(crate) struct Session {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) control_send: quinn::SendStream,
+    pub(crate) control: Reader,
+}
+
+impl Session {
+    pub(crate) async fn send_control(&mut self, frame: &Frame) {
+        write(&mut self.control_send, frame).await;
+    }
+
+    /// Opens a subscription stream and sends its `SubscriptionStart`.
+    pub(crate) async fn open_subscription(
+        &self,
+        subscription: SubscriptionId,
+    ) -> quinn::SendStream {
+        let mut stream = self
+            .connection
+            .open_uni()
+            .await
+            .expect("open subscription stream");
+        write(
+            &mut stream,
+            &Frame::SubscriptionStart(SubscriptionStart { subscription }),
+        )
+        .await;
+        stream
+    }
+
+    /// Accepts the client's next publish stream.
+    pub(crate) async fn accept_publish(&self) -> (quinn::SendStream, Reader) {
+        let (send, recv) = timeout(STEP, self.connection.accept_bi())
+            .await
+            .expect("publish stream in time")
+            .expect("publish stream");
+        (send, Reader::new(recv))
+    }
+
+    pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
+        self.connection
+            .close(VarInt::from_u32(code.value()), reason.as_bytes());
+    }
+}
+
+/// Encodes and writes one frame.
+pub(crate) async fn write(stream: &mut quinn::SendStream, frame: &Frame) {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf, DEFAULT_MAX_FRAME_BYTES).expect("encode");
+    stream.write_all(&buf).await.expect("write frame");
+}
+
+/// Frames from one receive stream.
+pub(crate) struct Reader {
+    stream: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Reader {
+    pub(crate) fn new(stream: quinn::RecvStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::default(),
+        }
+    }
+
+    /// The next frame, `None` at the end of the stream; fails the test on errors or after
+    /// [`STEP`].
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
+        timeout(STEP, self.try_next())
+            .await
+            .expect("a frame in time")
+            .expect("a readable stream")
+    }
+
+    /// The next frame, `None` at the end of the stream.
+    pub(crate) async fn try_next(&mut self) -> Result<Option<Frame>, quinn::ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf).expect("valid frame") {
+                return Ok(Some(frame));
+            }
+            match self.stream.read_chunk(64 * 1024, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None => {
+                    assert!(self.buf.is_empty(), "stream ended mid-frame");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}

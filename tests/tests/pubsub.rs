@@ -1,0 +1,201 @@
+//! Publish and subscribe over real QUIC: fan-out, wildcards, unsubscribe, ordering.
+
+use bytes::Bytes;
+use cassini_client::{Client, Message, Subscription};
+use cassini_e2e::{within, TestBroker};
+use cassini_protocol::SubscribeOptions;
+use futures_util::StreamExt;
+
+async fn next_message(subscription: &mut Subscription) -> Message {
+    within("next message", subscription.next())
+        .await
+        .expect("subscription ended early")
+}
+
+/// Publishes every `(topic, payload)` and closes the client, which returns only after the broker
+/// has routed all of them.
+async fn publish_all(client: Client, messages: &[(&str, &str)]) {
+    for (topic, payload) in messages {
+        client
+            .publish(topic, Bytes::copy_from_slice(payload.as_bytes()))
+            .await
+            .expect("publish");
+    }
+    client.close().await.expect("close");
+}
+
+/// Receives messages until one on `marker_topic` arrives; returns the topics before it and the
+/// marker's sequence number.
+async fn collect_until_marker(
+    subscription: &mut Subscription,
+    marker_topic: &str,
+) -> (Vec<String>, u64) {
+    let mut topics = Vec::new();
+    loop {
+        let message = next_message(subscription).await;
+        if message.topic() == marker_topic {
+            return (topics, message.sequence());
+        }
+        topics.push(message.topic().to_string());
+    }
+}
+
+#[tokio::test]
+async fn every_subscriber_receives_every_message() {
+    let broker = TestBroker::start().await;
+    let mut subscriptions = Vec::new();
+    let mut subscribers = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let client = broker.client(name).await;
+        subscriptions.push(client.subscribe("fan.out").await.expect("subscribe"));
+        subscribers.push(client);
+    }
+    let publisher = broker.client("publisher").await;
+    let payloads: Vec<String> = (0..50).map(|i| format!("message {i}")).collect();
+    for payload in &payloads {
+        publisher
+            .publish("fan.out", Bytes::from(payload.clone()))
+            .await
+            .expect("publish");
+    }
+    for subscription in &mut subscriptions {
+        for payload in &payloads {
+            let message = next_message(subscription).await;
+            assert_eq!(message.topic(), "fan.out");
+            assert_eq!(message.payload(), payload.as_bytes());
+        }
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn star_matches_exactly_one_token() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("star.*").await.expect("subscribe");
+    publish_all(
+        broker.client("pub").await,
+        &[
+            ("star", "no"),
+            ("star.a", "yes"),
+            ("star.a.b", "no"),
+            ("other.a", "no"),
+            ("star.b", "yes"),
+        ],
+    )
+    .await;
+    publish_all(broker.client("marker").await, &[("star.end", "marker")]).await;
+    let (mut topics, marker_sequence) = collect_until_marker(&mut subscription, "star.end").await;
+    topics.sort();
+    assert_eq!(topics, vec!["star.a", "star.b"]);
+    assert_eq!(
+        marker_sequence, 3,
+        "nothing else was routed to the subscription"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn tail_matches_one_or_more_trailing_tokens() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("tail.>").await.expect("subscribe");
+    publish_all(
+        broker.client("pub").await,
+        &[
+            ("tail", "no"),
+            ("tail.a", "yes"),
+            ("tail.a.b.c", "yes"),
+            ("tails.a", "no"),
+            ("x.tail.a", "no"),
+        ],
+    )
+    .await;
+    publish_all(broker.client("marker").await, &[("tail.end", "marker")]).await;
+    let (mut topics, marker_sequence) = collect_until_marker(&mut subscription, "tail.end").await;
+    topics.sort();
+    assert_eq!(topics, vec!["tail.a", "tail.a.b.c"]);
+    assert_eq!(
+        marker_sequence, 3,
+        "nothing else was routed to the subscription"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_finishes_the_stream() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let mut leaving = subscriber.subscribe("unsub.x").await.expect("subscribe");
+    let mut staying = subscriber.subscribe("unsub.x").await.expect("subscribe");
+    let publisher = broker.client("pub").await;
+    publisher
+        .publish("unsub.x", Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    assert_eq!(next_message(&mut leaving).await.payload(), &b"one"[..]);
+    assert_eq!(next_message(&mut staying).await.payload(), &b"one"[..]);
+
+    leaving.unsubscribe().await.expect("unsubscribe");
+    broker
+        .wait_for_stats("one subscriber left", |s| s.subscribers == 1)
+        .await;
+    publish_all(publisher, &[("unsub.x", "two")]).await;
+    assert_eq!(next_message(&mut staying).await.payload(), &b"two"[..]);
+    assert_eq!(staying.dropped(), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unsubscribed_subscription_ends() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let subscription = subscriber.subscribe("ends.x").await.expect("subscribe");
+    let id = subscription.id();
+    let mut subscription = subscription;
+    subscription.unsubscribe().await.expect("unsubscribe");
+    assert!(
+        within("stream end", subscription.next()).await.is_none(),
+        "subscription {id} yields nothing after unsubscribe"
+    );
+    broker
+        .wait_for_stats("no subscriber or topic left", |s| {
+            s.subscribers == 0 && s.topics == 0 && s.routes_empty
+        })
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn one_publishers_messages_arrive_in_order() {
+    const COUNT: u64 = 5_000;
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let options = SubscribeOptions {
+        max_queued_messages: Some(COUNT as u32),
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = subscriber
+        .subscribe_with("order.x", options)
+        .await
+        .expect("subscribe");
+    let publisher = broker.client("pub").await;
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            publisher
+                .publish("order.x", Bytes::from(i.to_be_bytes().to_vec()))
+                .await
+                .expect("publish");
+        }
+        publisher.close().await.expect("close");
+    });
+    for expected in 0..COUNT {
+        let message = next_message(&mut subscription).await;
+        let index = u64::from_be_bytes(message.payload()[..8].try_into().expect("8 bytes"));
+        assert_eq!(index, expected, "out of order");
+        assert_eq!(message.sequence(), expected + 1);
+    }
+    within("publisher", sender).await.expect("publisher task");
+    assert_eq!(subscription.dropped(), 0);
+    broker.stop().await;
+}

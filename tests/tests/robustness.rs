@@ -1,0 +1,208 @@
+//! Bad input closes only the offending connection, with a code and a reason; everyone else
+//! carries on, and nothing is left behind.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cassini_broker::BrokerConfig;
+use cassini_client::Subscription;
+use cassini_e2e::raw::{self, close_of, encoded, read_frame};
+use cassini_e2e::{within, TestBroker};
+use cassini_protocol::{ErrorCode, Frame, Hello, PROTOCOL_VERSION};
+use cassini_quic::server::ServerOptions;
+use futures_util::StreamExt;
+
+fn hello_frame(version: u32) -> Frame {
+    Frame::Hello(Hello {
+        protocol_version: version,
+        resume: None,
+        client_name: Some("raw".into()),
+    })
+}
+
+/// Opens the control stream and completes Hello/Welcome by hand.
+async fn handshake(connection: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (_welcome, send, recv) = raw::hello(connection, None).await.expect("welcome");
+    (send, recv)
+}
+
+/// A client subscribed to `probe.x`, to show other clients keep working.
+async fn bystander(broker: &TestBroker) -> (cassini_client::Client, Subscription) {
+    let client = broker.client("bystander").await;
+    let subscription = client.subscribe("probe.x").await.expect("subscribe");
+    (client, subscription)
+}
+
+async fn assert_bystander_still_receives(broker: &TestBroker, subscription: &mut Subscription) {
+    let publisher = broker.client("prober").await;
+    publisher
+        .publish("probe.x", Bytes::from_static(b"still here"))
+        .await
+        .expect("publish");
+    let message = within("bystander delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload(), &b"still here"[..]);
+    publisher.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn garbage_on_the_control_stream_closes_only_that_connection() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut subscription) = bystander(&broker).await;
+    let (_endpoint, connection) = broker.raw_connection("vandal").await;
+    let (mut send, _recv) = connection.open_bi().await.expect("stream");
+    let mut garbage = BytesMut::new();
+    garbage.put_u32(8);
+    garbage.put_slice(b"\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1");
+    send.write_all(&garbage).await.expect("write");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::MALFORMED_FRAME);
+    assert!(reason.contains("malformed"), "reason: {reason}");
+    assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_declared_length_closes_only_that_connection() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut subscription) = bystander(&broker).await;
+    let (_endpoint, connection) = broker.raw_connection("vandal").await;
+    let (mut send, _recv) = handshake(&connection).await;
+    let mut declaration = BytesMut::new();
+    declaration.put_u32(256 * 1024 * 1024);
+    send.write_all(&declaration).await.expect("write");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::FRAME_TOO_LARGE);
+    assert!(reason.contains("exceeds the maximum"), "reason: {reason}");
+    assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_a_publish_stream_closes_only_that_connection() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut subscription) = bystander(&broker).await;
+    let (_endpoint, connection) = broker.raw_connection("vandal").await;
+    let (_control_send, _control_recv) = handshake(&connection).await;
+    let (mut publish, _replies) = connection.open_bi().await.expect("publish stream");
+    publish
+        .write_all(b"\x00\x00\x00\x03abc")
+        .await
+        .expect("write");
+    let (code, _) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::MALFORMED_FRAME);
+    assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_protocol_version_is_refused_with_its_code() {
+    let broker = TestBroker::start().await;
+    let (_endpoint, connection) = broker.raw_connection("future-client").await;
+    let (mut send, _recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&encoded(&hello_frame(PROTOCOL_VERSION + 1)))
+        .await
+        .expect("hello");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::UNSUPPORTED_VERSION);
+    assert!(
+        reason.contains("unsupported protocol version"),
+        "reason: {reason}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_frame_other_than_hello_is_a_protocol_violation() {
+    let broker = TestBroker::start().await;
+    let (_endpoint, connection) = broker.raw_connection("rude").await;
+    let (mut send, _recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&encoded(&Frame::Ping(cassini_protocol::Ping { nonce: 1 })))
+        .await
+        .expect("ping");
+    let (code, _) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::PROTOCOL_VIOLATION);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_says_hello_is_closed_after_the_deadline() {
+    let mut config = BrokerConfig::default();
+    config.limits.hello_timeout = Duration::from_millis(300);
+    let broker = TestBroker::start_with(config, ServerOptions::default()).await;
+    let (_endpoint, connection) = broker.raw_connection("silent").await;
+    let (code, _) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::HELLO_TIMEOUT);
+    broker
+        .wait_for_stats("listener cleaned up", |s| {
+            s.connections == 0 && s.sessions == 0
+        })
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_closes_leaves_nothing_behind() {
+    let broker = TestBroker::start().await;
+    let client = broker.client("tidy").await;
+    let _a = client.subscribe("tidy.a").await.expect("subscribe");
+    let _b = client.subscribe("tidy.>").await.expect("subscribe");
+    let stats = broker.stats().await;
+    assert_eq!(
+        (
+            stats.connections,
+            stats.sessions,
+            stats.subscribers,
+            stats.topics
+        ),
+        (1, 1, 2, 2)
+    );
+    client.close().await.expect("close");
+    broker
+        .wait_for_stats("everything cleaned up", |s| {
+            s.connections == 0
+                && s.sessions == 0
+                && s.subscribers == 0
+                && s.topics == 0
+                && s.routes_empty
+        })
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_publish_is_rejected_and_the_stream_stays_usable() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("valid.x").await.expect("subscribe");
+    let (_endpoint, connection) = broker.raw_connection("raw-publisher").await;
+    let (_control_send, _control_recv) = handshake(&connection).await;
+    let (mut publish, mut replies) = connection.open_bi().await.expect("publish stream");
+    let bad = Frame::Publish(cassini_protocol::Publish {
+        topic: "valid.*".into(),
+        headers: vec![],
+        payload: Bytes::from_static(b"wildcard"),
+    });
+    let good = Frame::Publish(cassini_protocol::Publish {
+        topic: "valid.x".into(),
+        headers: vec![("k".into(), "v".into())],
+        payload: Bytes::from_static(b"fine"),
+    });
+    publish.write_all(&encoded(&bad)).await.expect("write");
+    publish.write_all(&encoded(&good)).await.expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut replies, &mut buf).await.expect("a reply") {
+        Frame::PublishRejected(rejected) => {
+            assert_eq!(rejected.code, ErrorCode::INVALID_TOPIC);
+            assert_eq!(rejected.topic, "valid.*");
+        }
+        other => panic!("expected PublishRejected, got {}", other.kind()),
+    }
+    let message = within("delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload(), &b"fine"[..]);
+    assert_eq!(message.headers(), &[("k".to_string(), "v".to_string())][..]);
+    broker.stop().await;
+}
