@@ -183,11 +183,13 @@ async fn an_invalid_publish_is_rejected_and_the_stream_stays_usable() {
         topic: "valid.*".into(),
         headers: vec![],
         payload: Bytes::from_static(b"wildcard"),
+        ..Default::default()
     });
     let good = Frame::Publish(cassini_protocol::Publish {
         topic: "valid.x".into(),
         headers: vec![("k".into(), "v".into())],
         payload: Bytes::from_static(b"fine"),
+        ..Default::default()
     });
     publish.write_all(&encoded(&bad)).await.expect("write");
     publish.write_all(&encoded(&good)).await.expect("write");

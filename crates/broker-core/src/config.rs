@@ -36,6 +36,11 @@ pub struct BrokerLimits {
     pub max_publish_streams_per_connection: usize,
     /// How long a new connection has to open its control stream and send `Hello`.
     pub hello_timeout: Duration,
+    /// Most topics with a retained value; a retained publish to a further topic is rejected
+    /// with `RETAINED_STORE_FULL`. Memory: up to this many retained payloads.
+    pub max_retained_topics: usize,
+    /// Longest queue group name, in bytes.
+    pub max_queue_group_bytes: usize,
 }
 
 impl Default for BrokerLimits {
@@ -48,6 +53,8 @@ impl Default for BrokerLimits {
             max_connections: 100_000,
             max_publish_streams_per_connection: 256,
             hello_timeout: Duration::from_secs(10),
+            max_retained_topics: 10_000,
+            max_queue_group_bytes: 128,
         }
     }
 }

@@ -51,6 +51,12 @@ pub enum BrokerError {
     /// A resume named a session owned by another identity.
     #[error("session belongs to another identity")]
     SessionIdentityMismatch,
+    /// The retained store holds values for the most topics it may.
+    #[error("the retained store is full ({0} topics); clear a retained topic first")]
+    RetainedStoreFull(usize),
+    /// A subscribe option is out of range.
+    #[error("invalid subscribe option: {0}")]
+    InvalidOption(String),
     /// The broker holds the most connections it may.
     #[error("the broker is at its limit of {0} connections")]
     TooManyConnections(usize),
@@ -82,6 +88,8 @@ impl BrokerError {
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,
             BrokerError::TooManyConnections(_) => ErrorCode::TOO_MANY_CONNECTIONS,
+            BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
+            BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
             BrokerError::ShuttingDown => ErrorCode::SERVER_SHUTTING_DOWN,
             BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
                 ErrorCode::PROTOCOL_VIOLATION

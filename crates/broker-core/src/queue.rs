@@ -10,6 +10,7 @@
 //! payload.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cassini_protocol::OverflowPolicy;
@@ -45,7 +46,8 @@ pub enum PushOutcome {
 /// What the consumer gets from [`SubscriptionQueue::pop_batch`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Popped {
-    /// Messages were moved into the batch; `dropped` were lost to the policy since the last pop.
+    /// Messages were moved into the batch (possibly none, when only drops are to be reported);
+    /// `dropped` were lost to the policy since the last pop.
     Batch {
         /// Messages dropped since the previous pop, to report before this batch.
         dropped: u64,
@@ -92,6 +94,9 @@ pub struct SubscriptionQueue {
     bounds: QueueBounds,
     state: Mutex<State>,
     ready: Notify,
+    /// Whether a writer is draining the queue (the session is attached). Queue groups prefer
+    /// attached members.
+    attached: AtomicBool,
 }
 
 impl SubscriptionQueue {
@@ -108,7 +113,39 @@ impl SubscriptionQueue {
                 closed: None,
             }),
             ready: Notify::new(),
+            attached: AtomicBool::new(false),
         }
+    }
+
+    /// Records whether a writer is draining this queue.
+    pub fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Relaxed);
+    }
+
+    /// Whether a writer is draining this queue.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+    }
+
+    /// Whether a message of `size` bytes would be queued without dropping anything.
+    pub fn has_room(&self, size: usize) -> bool {
+        let state = self.lock();
+        let max_messages = match self.bounds.overflow {
+            OverflowPolicy::Latest => 1,
+            _ => self.bounds.max_messages,
+        };
+        state.closed.is_none()
+            && (state.items.is_empty()
+                || (state.items.len() < max_messages
+                    && state.bytes + size <= self.bounds.max_bytes))
+    }
+
+    /// Takes every queued message out (open or closed queue), for handing them to another
+    /// member of a queue group when this member leaves.
+    pub fn take_remaining(&self) -> Vec<Arc<PublishedMessage>> {
+        let mut state = self.lock();
+        state.bytes = 0;
+        state.items.drain(..).map(|queued| queued.message).collect()
     }
 
     /// The bounds and policy of this queue.
@@ -197,7 +234,7 @@ impl SubscriptionQueue {
                 if state.closed == Some(CloseReason::Overflow) {
                     return Popped::Closed(CloseReason::Overflow);
                 }
-                if !state.items.is_empty() {
+                if !state.items.is_empty() || state.dropped_unreported > 0 {
                     let take = state.items.len().min(max.max(1));
                     let state = &mut *state;
                     for queued in state.items.drain(..take) {

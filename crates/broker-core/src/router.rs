@@ -5,13 +5,27 @@
 //! filter's topic actor. The topic manager actor is the only writer of the trie itself. The
 //! publish path only reads: it takes the trie's read lock long enough to collect the matching
 //! routes, then pushes one shared message into each member's queue without any lock held.
+//!
+//! Within a route, plain members each get every message; the members of a queue group share
+//! them: each message goes to one member, chosen round-robin among the members that are attached
+//! and have room, falling back to the next member in turn (whose overflow policy then applies)
+//! when none has.
+//!
+//! The router also keeps the retained value of each topic (bounded by topic count). A retained
+//! publish updates the store before it is routed, and a new plain subscription receives the
+//! matching retained values while the store is locked and before it is added to its route, so a
+//! subscriber never misses a retained value; it may see one twice (once replayed, once live) if
+//! the publish races its subscribe.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use cassini_protocol::topic::FilterToken;
 use cassini_protocol::{SessionId, SubscriptionId, TopicFilter, TopicName};
+
+use crate::error::BrokerError;
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
@@ -32,13 +46,103 @@ pub struct RouteMember {
     pub key: SubscriberKey,
     /// Where its messages go.
     pub queue: Arc<SubscriptionQueue>,
+    /// The queue group it belongs to, if any.
+    pub group: Option<Arc<str>>,
+}
+
+/// The members of one queue group of one filter.
+#[derive(Debug)]
+pub struct QueueGroup {
+    name: Arc<str>,
+    members: Vec<RouteMember>,
+    next: AtomicUsize,
+}
+
+impl QueueGroup {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The member that gets a message of `size` bytes (limited to `target`'s session, if set).
+    fn choose(&self, size: usize, target: Option<SessionId>) -> Option<&RouteMember> {
+        let eligible = |member: &&RouteMember| target.is_none_or(|t| member.key.session == t);
+        let count = self.members.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let in_turn = || {
+            (0..count)
+                .map(|i| &self.members[(start + i) % count])
+                .filter(eligible)
+        };
+        in_turn()
+            .find(|member| member.queue.is_attached() && member.queue.has_room(size))
+            .or_else(|| in_turn().next())
+    }
+}
+
+/// A filter's members, split into plain members and queue groups.
+#[derive(Debug, Default)]
+pub struct RouteMembers {
+    plain: Vec<RouteMember>,
+    groups: Vec<QueueGroup>,
+}
+
+impl RouteMembers {
+    fn build(members: &[RouteMember]) -> Self {
+        let mut built = RouteMembers::default();
+        for member in members {
+            match &member.group {
+                None => built.plain.push(member.clone()),
+                Some(name) => match built.groups.iter_mut().find(|g| &g.name == name) {
+                    Some(group) => group.members.push(member.clone()),
+                    None => built.groups.push(QueueGroup {
+                        name: Arc::clone(name),
+                        members: vec![member.clone()],
+                        next: AtomicUsize::new(0),
+                    }),
+                },
+            }
+        }
+        built
+    }
+
+    /// Members that get every message.
+    pub fn plain(&self) -> &[RouteMember] {
+        &self.plain
+    }
+
+    /// Queue groups, each sharing the messages among its members.
+    pub fn groups(&self) -> &[QueueGroup] {
+        &self.groups
+    }
+
+    /// Offers `message` to every plain member and one member per group.
+    fn offer(
+        &self,
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+        report: &mut RouteReport,
+    ) {
+        let wanted = |member: &RouteMember| target.is_none_or(|t| member.key.session == t);
+        for member in self.plain.iter().filter(|m| wanted(m)) {
+            report.record(member.queue.push(message));
+        }
+        for group in &self.groups {
+            if let Some(member) = group.choose(message.queued_size(), target) {
+                report.record(member.queue.push(message));
+            }
+        }
+    }
 }
 
 /// The subscribers of one filter.
 #[derive(Debug)]
 pub struct FilterRoute {
     filter: TopicFilter,
-    members: ArcSwap<Vec<RouteMember>>,
+    members: ArcSwap<RouteMembers>,
 }
 
 impl FilterRoute {
@@ -46,7 +150,7 @@ impl FilterRoute {
     pub fn new(filter: TopicFilter) -> Self {
         Self {
             filter,
-            members: ArcSwap::from_pointee(Vec::new()),
+            members: ArcSwap::from_pointee(RouteMembers::default()),
         }
     }
 
@@ -56,12 +160,12 @@ impl FilterRoute {
     }
 
     /// Replaces the member list. Only the filter's topic actor calls this.
-    pub fn set_members(&self, members: Vec<RouteMember>) {
-        self.members.store(Arc::new(members));
+    pub fn set_members(&self, members: &[RouteMember]) {
+        self.members.store(Arc::new(RouteMembers::build(members)));
     }
 
-    /// The current member list.
-    pub fn members(&self) -> Arc<Vec<RouteMember>> {
+    /// The current members.
+    pub fn members(&self) -> Arc<RouteMembers> {
         self.members.load_full()
     }
 }
@@ -146,16 +250,88 @@ pub struct RouteReport {
     pub dropped: usize,
 }
 
-/// The filter trie. See the module documentation for who may write it.
-#[derive(Debug, Default)]
+impl RouteReport {
+    fn record(&mut self, outcome: PushOutcome) {
+        self.offered += 1;
+        match outcome {
+            PushOutcome::Queued | PushOutcome::Closed => {}
+            PushOutcome::QueuedAfterDropping(_)
+            | PushOutcome::DroppedNewest
+            | PushOutcome::Overflowed => self.dropped += 1,
+        }
+    }
+}
+
+/// The filter trie and the retained values. See the module documentation for who may write it.
+#[derive(Debug)]
 pub struct Router {
     root: RwLock<Node>,
+    retained: Mutex<HashMap<TopicName, Arc<PublishedMessage>>>,
+    max_retained_topics: usize,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
 }
 
 impl Router {
-    /// An empty index.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty index keeping retained values for at most `max_retained_topics` topics.
+    pub fn new(max_retained_topics: usize) -> Self {
+        Self {
+            root: RwLock::default(),
+            retained: Mutex::default(),
+            max_retained_topics,
+        }
+    }
+
+    /// Stores `message` as its topic's retained value, or clears the value when the payload is
+    /// empty. Refuses a new topic when the store holds the maximum number of topics.
+    pub fn retain(&self, message: &PublishedMessage) -> Result<(), BrokerError> {
+        let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+            return Ok(());
+        }
+        if retained.len() >= self.max_retained_topics && !retained.contains_key(&message.topic) {
+            return Err(BrokerError::RetainedStoreFull(self.max_retained_topics));
+        }
+        let copy = PublishedMessage {
+            retained: true,
+            ..message.clone()
+        };
+        retained.insert(message.topic.clone(), Arc::new(copy));
+        Ok(())
+    }
+
+    /// How many topics have a retained value.
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// With the retained store locked: queues every retained value matching `filter` into
+    /// `queue`, then runs `then` (which adds the subscription to its route).
+    pub fn replay_retained(
+        &self,
+        filter: &TopicFilter,
+        queue: &SubscriptionQueue,
+        then: impl FnOnce(),
+    ) {
+        let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        let mut matching: Vec<_> = retained
+            .iter()
+            .filter(|(topic, _)| filter.matches(topic))
+            .map(|(_, message)| message)
+            .collect();
+        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for message in matching {
+            queue.push(message);
+        }
+        then();
     }
 
     /// Adds a filter's route. Replaces any route the filter had.
@@ -195,19 +371,16 @@ impl Router {
         out
     }
 
-    /// Offers `message` to every subscription whose filter matches its topic. Never waits.
-    pub fn publish(&self, message: &Arc<PublishedMessage>) -> RouteReport {
+    /// Offers `message` to every subscription whose filter matches its topic (only those of
+    /// session `target`, if given). Never waits.
+    pub fn publish(
+        &self,
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+    ) -> RouteReport {
         let mut report = RouteReport::default();
         for route in self.matching(&message.topic) {
-            for member in route.members().iter() {
-                report.offered += 1;
-                match member.queue.push(message) {
-                    PushOutcome::Queued | PushOutcome::Closed => {}
-                    PushOutcome::QueuedAfterDropping(_)
-                    | PushOutcome::DroppedNewest
-                    | PushOutcome::Overflowed => report.dropped += 1,
-                }
-            }
+            route.members().offer(message, target, &mut report);
         }
         report
     }
@@ -222,62 +395,4 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cassini_protocol::TopicLimits;
-
-    fn filter(s: &str) -> TopicFilter {
-        TopicFilter::parse(s, &TopicLimits::default()).expect("valid filter")
-    }
-
-    fn topic(s: &str) -> TopicName {
-        TopicName::parse(s, &TopicLimits::default()).expect("valid topic")
-    }
-
-    fn matched(router: &Router, t: &str) -> Vec<String> {
-        let mut names: Vec<_> = router
-            .matching(&topic(t))
-            .iter()
-            .map(|r| r.filter().to_string())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn the_trie_agrees_with_filter_matching() {
-        let filters = [
-            "a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "*.*.*", "b.>",
-        ];
-        let topics = [
-            "a", "a.b", "a.c", "a.b.c", "b.b", "b.x.y", "c.d.e.f", "a.x.c",
-        ];
-        let router = Router::new();
-        for f in filters {
-            router.insert(Arc::new(FilterRoute::new(filter(f))));
-        }
-        for t in topics {
-            let mut expected: Vec<String> = filters
-                .iter()
-                .filter(|f| filter(f).matches(&topic(t)))
-                .map(|f| f.to_string())
-                .collect();
-            expected.sort();
-            assert_eq!(matched(&router, t), expected, "topic {t}");
-        }
-    }
-
-    #[test]
-    fn removing_every_filter_leaves_an_empty_trie() {
-        let router = Router::new();
-        let filters = ["a.b", "a.*", "a.>", "*.b.c", ">"];
-        for f in filters {
-            router.insert(Arc::new(FilterRoute::new(filter(f))));
-        }
-        for f in filters {
-            assert!(router.remove(&filter(f)).is_some(), "{f}");
-        }
-        assert!(router.is_empty());
-        assert!(router.remove(&filter("a.b")).is_none());
-    }
-}
+mod tests;

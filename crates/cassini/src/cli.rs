@@ -35,10 +35,27 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Measure the broker (in-process, over real QUIC on loopback).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Publish a message.
     Pub(PubArgs),
     /// Subscribe and print messages.
     Sub(SubArgs),
+    /// Send a request and print the first reply.
+    ///
+    /// Exit status: 0 with a reply (printed to stdout), 2 when no reply came within
+    /// `--timeout`, 3 when nobody subscribes to the topic (`error: no responders on TOPIC`), 1 on
+    /// other errors.
+    Req(ReqArgs),
+    /// Answer requests on a topic.
+    ///
+    /// Serves requests one at a time until interrupted, or until `--count` requests were
+    /// answered. Prints `serving TOPIC` to stderr once subscribed. Messages without a reply
+    /// topic are skipped with a warning.
+    Reply(ReplyArgs),
 }
 
 impl Command {
@@ -130,6 +147,10 @@ pub(crate) struct PubArgs {
     /// A header `KEY=VALUE`; repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
+    /// Keep the message as the topic's retained value, replayed to every new subscriber; an
+    /// empty MESSAGE clears it.
+    #[arg(long)]
+    pub(crate) retain: bool,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }
@@ -152,8 +173,80 @@ pub(crate) struct SubArgs {
     pub(crate) connect: ConnectArgs,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ReqArgs {
+    /// Topic to send the request to.
+    pub(crate) topic: String,
+    /// The request payload.
+    pub(crate) message: String,
+    /// Seconds to wait for a reply (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub(crate) timeout: f64,
+    /// Print the reply as one JSON object, with topic, headers and payload.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// A header `KEY=VALUE` on the request; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplyArgs {
+    /// Filter to serve (`*` one token, `>` the rest).
+    pub(crate) topic: String,
+    /// Reply with the request's payload (the default).
+    #[arg(long, conflicts_with = "command")]
+    pub(crate) echo: bool,
+    /// Reply with the standard output of `sh -c CMD`, run with the request payload on its
+    /// standard input. A command that fails (non-zero exit, killed after 10 seconds, output
+    /// over the broker's payload limit, cannot start) gets a reply with the header
+    /// `error: REASON` and whatever it printed.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) command: Option<String>,
+    /// Join this queue group: each request goes to one of the responders sharing the topic and
+    /// group.
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) queue: Option<String>,
+    /// Exit 0 after answering this many requests.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
 fn parse_header(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .ok_or_else(|| format!("header {raw:?} is not KEY=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchScenario {
+    /// Head-of-line isolation: the latency of a fast topic with and without a flood on another
+    /// subscription of the same connection that is never read.
+    Hol(HolArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HolArgs {
+    /// Offered rate of the fast topic, messages per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) rate: u64,
+    /// Measured seconds per phase (alone, then during the flood); fractions allowed.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Fast message size in bytes (at least 24: phase, index and send time).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Size of each flood message in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub(crate) flood_size: usize,
+    /// Unmeasured warm-up seconds before the first phase.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -5,19 +5,25 @@
 //! - `serve`: `cassini serve`, wiring the broker core to the QUIC transport.
 //! - `certs_cmd`: `cassini certs init|issue`.
 //! - `pubsub`: `cassini pub` and `cassini sub`, thin wrappers over `cassini-client`.
+//! - `bench`: `cassini bench`, measurements against an in-process broker.
+//! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
+//!   `reply_command` runs `reply --command`'s shell command, bounded in time and output.
 //! - `logging`: tracing set-up.
 
+mod bench;
 mod certs_cmd;
 mod cli;
 mod logging;
 mod pubsub;
+mod reply_command;
+mod reqreply;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{CertsCommand, Cli, Command};
+use cli::{BenchScenario, CertsCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,8 +45,13 @@ fn main() -> ExitCode {
                 CertsCommand::Init(args) => certs_cmd::init(args),
                 CertsCommand::Issue(args) => certs_cmd::issue(args),
             },
+            Command::Bench { scenario } => match scenario {
+                BenchScenario::Hol(args) => bench::hol::run(args).await,
+            },
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
+            Command::Req(args) => reqreply::request(args).await,
+            Command::Reply(args) => reqreply::reply(args).await,
         }
     });
     match result {

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use cassini_client::{Client, Message};
+use cassini_client::{Client, Message, PublishOptions};
 use futures_util::StreamExt;
 
 use crate::cli::{ConnectArgs, PubArgs, SubArgs};
 
-/// Exit status when `sub --timeout` passes before `--count` messages arrived.
-const TIMED_OUT: u8 = 2;
+/// Exit status when `sub --timeout` passes before `--count` messages arrived, or `req
+/// --timeout` before a reply.
+pub(crate) const TIMED_OUT: u8 = 2;
 
-async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+/// Connects as `args` say, with the certificates of `args.name` from `args.certs`.
+pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
     let ca = args.certs.join("ca.crt");
     let cert = args.certs.join(format!("client-{}.crt", args.name));
     let key = args.certs.join(format!("client-{}.key", args.name));
@@ -31,9 +33,12 @@ async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
 pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.connect).await?;
     let payload = Bytes::from(args.message.into_bytes());
+    let options = PublishOptions::new()
+        .headers(args.headers)
+        .retain(args.retain);
     for _ in 0..args.count {
         client
-            .publish_with_headers(args.topic.as_str(), args.headers.clone(), payload.clone())
+            .publish_with(args.topic.as_str(), payload.clone(), options.clone())
             .await
             .with_context(|| format!("publishing to {}", args.topic))?;
     }
@@ -102,7 +107,14 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_message(out: &mut impl Write, message: &Message, json: bool) -> anyhow::Result<()> {
+/// Writes `message` to `out`: its payload and a newline, or with `json` one JSON object with
+/// topic, sequence, headers, size, payload (lossy UTF-8), message id, reply topic and whether it
+/// is a retained value.
+pub(crate) fn print_message(
+    out: &mut impl Write,
+    message: &Message,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let headers: Vec<_> = message
             .headers()
@@ -115,6 +127,9 @@ fn print_message(out: &mut impl Write, message: &Message, json: bool) -> anyhow:
             "headers": headers,
             "size": message.payload().len(),
             "payload": String::from_utf8_lossy(message.payload()),
+            "message_id": message.message_id(),
+            "reply_to": message.reply_to(),
+            "retained": message.is_retained(),
         });
         writeln!(out, "{line}")?;
     } else {

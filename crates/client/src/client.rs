@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cassini_protocol::{
     GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions, TopicFilter,
 };
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -21,15 +22,24 @@ use crate::control::{self, ControlHandle, PendingRequests};
 use crate::disconnect::{connection_error, Phase};
 use crate::error::ClientError;
 use crate::handshake::Established;
+use crate::inbox::Inbox;
 use crate::link::Link;
+use crate::message::Message;
+use crate::payload::{self, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
 use crate::publish::{Publisher, PublisherSettings};
+use crate::publish_options::PublishOptions;
 use crate::registry::SubscriptionRegistry;
+use crate::replies::PendingReplies;
+use crate::responder::Responder;
 use crate::subscription::{Subscription, SubscriptionSink, SubscriptionState};
 use crate::subscription_stream::accept_streams;
 use crate::sync::lock;
 
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
 const PUBLISH_ERRORS_CAPACITY: usize = 256;
+
+/// What [`ClientError::Timeout`] says when a request got no reply in time.
+const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// After the connection is closed, how long to wait for the endpoint to tell the broker.
 const WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,7 +55,7 @@ pub(crate) struct ClientSettings {
     pub(crate) publisher: PublisherSettings,
 }
 
-/// A connection to a Cassini broker: publish, subscribe, ping, close.
+/// A connection to a Cassini broker: publish, subscribe, request and serve, ping, close.
 ///
 /// Cloning is cheap and every clone uses the same connection. Call [`Client::close`] when done:
 /// it delivers everything already published before closing. Dropping the last clone without
@@ -65,6 +75,8 @@ struct Inner {
     control: ControlHandle,
     /// Publish lanes.
     publisher: Publisher,
+    /// Where replies to this client's requests arrive.
+    inbox: Inbox,
     /// The rejection queue, until the application takes it.
     publish_errors: Mutex<Option<mpsc::Receiver<PublishRejected>>>,
     /// Settings from the builder.
@@ -119,7 +131,14 @@ impl Client {
         ));
         tokio::spawn(accept_streams(Arc::clone(&link), registry));
         let (rejections, publish_errors) = mpsc::channel(PUBLISH_ERRORS_CAPACITY);
-        let publisher = Publisher::new(Arc::clone(&link), settings.publisher, rejections);
+        let replies = Arc::new(PendingReplies::default());
+        let publisher = Publisher::new(
+            Arc::clone(&link),
+            settings.publisher,
+            rejections,
+            Arc::clone(&replies),
+        );
+        let inbox = Inbox::new(Arc::clone(&link), replies);
         tracing::info!(
             session = %link.welcome().session_id,
             identity = %link.welcome().identity,
@@ -131,6 +150,7 @@ impl Client {
                 link,
                 control,
                 publisher,
+                inbox,
                 publish_errors: Mutex::new(Some(publish_errors)),
                 settings,
             }),
@@ -145,7 +165,7 @@ impl Client {
     /// Messages to one topic reach the broker in the order they were published. A publish the
     /// broker refuses anyway is reported through [`Client::publish_errors`] and the log.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
-        self.publish_with_headers(topic, Headers::new(), payload)
+        self.publish_with(topic, payload, PublishOptions::default())
             .await
     }
 
@@ -156,10 +176,84 @@ impl Client {
         headers: Headers,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
+        self.publish_with(topic, payload, PublishOptions::new().headers(headers))
+            .await
+    }
+
+    /// Publishes `payload` to `topic` with `options`: headers, a message id, retention, a reply
+    /// topic. See [`Client::publish`]; an invalid `reply_to` is
+    /// [`ClientError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
+    /// options.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<(), ClientError> {
         self.inner
             .publisher
-            .publish(topic, headers, payload.into())
+            .publish(topic, payload.into(), options, None)
             .await
+    }
+
+    /// Publishes `payload` to `topic` and makes it the topic's retained value, which the broker
+    /// replays to every new subscription matching `topic` (queue-group members excepted). An
+    /// empty payload clears the retained value. See [`PublishOptions::retain`].
+    pub async fn publish_retained(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.publish_with(topic, payload, PublishOptions::new().retain(true))
+            .await
+    }
+
+    /// Sends `payload` to `topic` for one session only: the broker delivers it to those of
+    /// `session`'s subscriptions that match `topic`, and to nobody else. Learn a peer's session
+    /// from its [`Client::session_id`] (exchanged by the application).
+    pub async fn send_to(
+        &self,
+        session: SessionId,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .publisher
+            .publish(
+                topic,
+                payload.into(),
+                PublishOptions::default(),
+                Some(session),
+            )
+            .await
+    }
+
+    /// Publishes `value` as JSON to `topic`, with the header `content-type: application/json`
+    /// ([`crate::JSON_CONTENT_TYPE`]). A value serde_json cannot write is
+    /// [`ClientError::Payload`]; otherwise see [`Client::publish`]. Read it back with
+    /// [`Message::decode_json`].
+    pub async fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        let payload = payload::encode_json(value)?;
+        let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
+        self.publish_with(topic, payload, options).await
+    }
+
+    /// Publishes `value` as MessagePack to `topic` (structs as maps with field names), with the
+    /// header `content-type: application/msgpack` ([`crate::MSGPACK_CONTENT_TYPE`]). A value
+    /// that cannot be written is [`ClientError::Payload`]; otherwise see [`Client::publish`].
+    /// Read it back with [`Message::decode_msgpack`].
+    pub async fn publish_msgpack<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        let payload = payload::encode_msgpack(value)?;
+        let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
+        self.publish_with(topic, payload, options).await
     }
 
     /// Subscribes to `filter` (wildcards `*` and `>` allowed) with the broker's default options.
@@ -168,7 +262,25 @@ impl Client {
             .await
     }
 
-    /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker).
+    /// Subscribes to `filter` as a member of the queue group `group`: each message matching the
+    /// filter goes to one member of the group (the subscriptions with the same filter and group
+    /// name, across all clients), round-robin, instead of to every member. Retained values are
+    /// not replayed to queue-group members. The broker refuses a group name it does not accept
+    /// ([`ClientError::Request`]).
+    pub async fn subscribe_queue(
+        &self,
+        filter: &str,
+        group: &str,
+    ) -> Result<Subscription, ClientError> {
+        let options = SubscribeOptions {
+            queue_group: Some(group.to_owned()),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, options).await
+    }
+
+    /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
+    /// queue group).
     ///
     /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
     /// a refusal by the broker is [`ClientError::Request`].
@@ -201,6 +313,75 @@ impl Client {
             state,
             control.clone(),
         ))
+    }
+
+    /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
+    /// reply.
+    ///
+    /// The first request subscribes this client to its inbox, `_INBOX.<16 random hex digits>.>`
+    /// (one subscription per client, counted against the broker's `max_subscriptions`; made
+    /// again under a new random name if the broker ends it); each request asks for its reply on
+    /// its own topic under it. Fails with [`ClientError::NoResponders`] as soon as the broker
+    /// says no subscription matched `topic`, with `ClientError::Timeout("waiting for a reply")`
+    /// if no reply came in time (the timeout covers subscribing and publishing too), with
+    /// [`ClientError::InboxEnded`] if the inbox subscription ended while the request waited,
+    /// and otherwise as [`Client::publish`] does. A reply that arrives after the timeout, or
+    /// after the first reply, is dropped.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
+        self.request_with(topic, payload, PublishOptions::default(), timeout)
+            .await
+    }
+
+    /// [`Client::request`] with `options` (headers, message id); its `reply_to` is replaced by
+    /// the request's own reply topic.
+    pub async fn request_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
+        let inner = &self.inner;
+        let payload = payload.into();
+        let exchange = async {
+            let mut pending = inner.inbox.register(self, topic).await?;
+            let options = PublishOptions {
+                reply_to: Some(pending.reply_to().to_owned()),
+                ..options
+            };
+            inner
+                .publisher
+                .publish(topic, payload, options, None)
+                .await?;
+            pending
+                .outcome()
+                .await
+                .unwrap_or_else(|| Err(inner.link.error()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(ClientError::Timeout(REPLY_TIMEOUT)))
+    }
+
+    /// Serves requests published to `filter`: every subscriber gets every request, so with
+    /// several responders the requester takes the first reply. See [`Client::serve_queue`] to
+    /// share the load instead.
+    pub async fn serve(&self, filter: &str) -> Result<Responder, ClientError> {
+        let subscription = self.subscribe(filter).await?;
+        Ok(Responder::new(subscription, self.clone()))
+    }
+
+    /// Serves requests published to `filter` as a member of the queue group `group`: each
+    /// request goes to one of the responders sharing the filter and group name. See
+    /// [`Client::subscribe_queue`].
+    pub async fn serve_queue(&self, filter: &str, group: &str) -> Result<Responder, ClientError> {
+        let subscription = self.subscribe_queue(filter, group).await?;
+        Ok(Responder::new(subscription, self.clone()))
     }
 
     /// Measures one round trip on the control stream (queued behind other control requests).

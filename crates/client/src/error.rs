@@ -8,6 +8,8 @@ use cassini_protocol::{EncodeError, ErrorCode, TopicError};
 use cassini_quic::endpoint::EndpointError;
 use cassini_quic::tls::TlsError;
 
+use crate::payload::PayloadError;
+
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,6 +91,10 @@ pub enum ClientError {
     /// A topic given to `publish` is not a valid topic name; nothing was sent.
     #[error("invalid topic: {0}")]
     InvalidTopic(TopicError),
+    /// A `reply_to` given in [`crate::PublishOptions`] is not a valid topic name; nothing was
+    /// sent.
+    #[error("invalid reply_to topic: {0}")]
+    InvalidReplyTo(TopicError),
     /// A filter given to `subscribe` is not a valid filter; nothing was sent.
     #[error("invalid subscription filter: {0}")]
     InvalidFilter(TopicError),
@@ -104,7 +110,31 @@ pub enum ClientError {
     /// nothing was sent.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// An operation did not finish in time; the string says which.
+    /// A value could not be encoded as a typed payload (`publish_json`, `publish_msgpack`);
+    /// nothing was sent.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A request reached no subscription: the broker answered `NoResponders` at once.
+    #[error("no responders on {topic}")]
+    NoResponders {
+        /// The topic the request was published to.
+        topic: String,
+    },
+    /// The subscription that receives this client's replies ended while a request waited (e.g.
+    /// the broker closed it as a slow consumer); the next request subscribes again.
+    #[error("the reply inbox subscription ended: {reason}")]
+    InboxEnded {
+        /// Why it ended.
+        reason: String,
+    },
+    /// `respond` was called on a message that is not a request: it has no `reply_to`.
+    #[error("the message on {topic} has no reply_to, so it cannot be answered")]
+    NoReplyTo {
+        /// The topic of the message.
+        topic: String,
+    },
+    /// An operation did not finish in time; the string says which. A request that got no reply
+    /// in time is `Timeout("waiting for a reply")`.
     #[error("timed out {0}")]
     Timeout(&'static str),
     /// The client was closed (by [`crate::Client::close`] or a normal close by the broker).

@@ -5,7 +5,8 @@
 //! the encoded `Publish` frames it receives from its bounded queue. After taking one frame it
 //! takes whatever else is already queued, up to [`MAX_BATCH_BYTES`], and writes the batch in
 //! one write. A second task reads the stream's receive half: the broker's `PublishRejected`
-//! answers, which are logged and offered to the application.
+//! answers, which are logged and offered to the application, and its `NoResponders` answers,
+//! which complete the waiting request at once.
 //!
 //! When every sender of its queue is gone the lane finishes its stream, waits for the broker to
 //! acknowledge it (`stopped()`), then waits for the broker to finish the stream's other half.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cassini_protocol::{ErrorCode, Frame, PublishRejected, TopicName};
+use cassini_protocol::{ErrorCode, Frame, NoResponders, PublishRejected, TopicName};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -26,6 +27,7 @@ use tokio::time::timeout;
 use crate::disconnect::{write_error, Phase};
 use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
 use crate::link::Link;
+use crate::replies::PendingReplies;
 
 /// Most bytes gathered into one stream write.
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -39,6 +41,8 @@ pub(crate) struct LaneContext {
     pub(crate) topic: TopicName,
     /// Where rejections go for the application; full or untaken means logged only.
     pub(crate) rejections: mpsc::Sender<PublishRejected>,
+    /// Requests waiting for a reply, which a `NoResponders` answer completes.
+    pub(crate) replies: Arc<PendingReplies>,
     /// How long to wait for the broker to acknowledge the finished stream.
     pub(crate) close_timeout: Duration,
 }
@@ -62,10 +66,11 @@ pub(crate) async fn run_lane(
         }
     };
     let reader = FrameReader::new(recv, context.link.max_frame_bytes());
-    let rejections = tokio::spawn(read_rejections(
+    let answers = tokio::spawn(read_answers(
         reader,
         Arc::clone(&context.link),
         context.rejections.clone(),
+        Arc::clone(&context.replies),
     ));
     while let Some(mut batch) = frames.recv().await {
         while batch.len() < MAX_BATCH_BYTES {
@@ -82,7 +87,7 @@ pub(crate) async fn run_lane(
             } else {
                 tracing::warn!(%topic, %error, "publish stream failed; messages queued on it are lost");
             }
-            rejections.abort();
+            answers.abort();
             return;
         }
     }
@@ -99,7 +104,7 @@ pub(crate) async fn run_lane(
             "publish stream not acknowledged in time"
         ),
     }
-    if timeout(context.close_timeout, rejections).await.is_err() {
+    if timeout(context.close_timeout, answers).await.is_err() {
         tracing::warn!(
             %topic,
             "the broker did not finish a closed publish stream in time; a newer stream for the \
@@ -109,10 +114,11 @@ pub(crate) async fn run_lane(
 }
 
 /// Reads the broker's answers on a publish stream until it finishes it.
-async fn read_rejections(
+async fn read_answers(
     mut reader: FrameReader,
     link: Arc<Link>,
     rejections: mpsc::Sender<PublishRejected>,
+    replies: Arc<PendingReplies>,
 ) {
     loop {
         match reader.next().await {
@@ -125,6 +131,11 @@ async fn read_rejections(
                 );
                 // A full or untaken queue leaves the rejection in the log only.
                 let _ = rejections.try_send(rejected);
+            }
+            Ok(Some(Frame::NoResponders(NoResponders { reply_to }))) => {
+                if !replies.no_responders(&reply_to) {
+                    tracing::debug!(%reply_to, "no responders for a request nobody waits for");
+                }
             }
             Ok(Some(other)) => {
                 let reason = format!("{} frame on a publish stream", other.kind());

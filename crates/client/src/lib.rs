@@ -23,6 +23,38 @@
 //! # }
 //! ```
 //!
+//! # Beyond publish and subscribe
+//!
+//! - **Request/reply**: [`Client::request`] publishes with a reply topic and waits for the
+//!   first reply, failing at once with [`ClientError::NoResponders`] when nobody subscribes to
+//!   the topic. [`Client::serve`] yields [`Request`]s that [`Request::respond`] answers; a plain
+//!   subscriber can answer too, by publishing to [`Message::reply_to`].
+//! - **Queue groups**: [`Client::subscribe_queue`] and [`Client::serve_queue`]: each message
+//!   goes to one member of the group instead of to all.
+//! - **Retained messages**: [`Client::publish_retained`] keeps a topic's last value on the
+//!   broker for new subscribers ([`Message::is_retained`]).
+//! - **Direct messages**: [`Client::send_to`] delivers to one session only.
+//! - **Options and typed payloads**: [`Client::publish_with`] takes [`PublishOptions`];
+//!   [`Client::publish_json`] and [`Client::publish_msgpack`] set a `content-type` header
+//!   ([`CONTENT_TYPE_HEADER`]) and [`Message::decode_json`] and [`Message::decode_msgpack`]
+//!   read the payload back.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use cassini_client::Client;
+//! # async fn run(client: Client) -> Result<(), cassini_client::ClientError> {
+//! let mut responder = client.serve_queue("time.now", "clock").await?;
+//! tokio::spawn(async move {
+//!     while let Some(request) = responder.recv().await {
+//!         let _ = request.respond("12:00").await;
+//!     }
+//! });
+//! let reply = client.request("time.now", "", Duration::from_secs(5)).await?;
+//! assert_eq!(reply.payload().as_ref(), b"12:00");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # How it talks to the broker
 //!
 //! One QUIC connection per [`Client`]. The client opens a control stream and exchanges
@@ -44,8 +76,13 @@
 //! - `subscription_stream`: accepting subscription streams and moving deliveries into each
 //!   subscription's bounded channel; `registry` pairs a stream with its `Subscribed` answer,
 //!   whichever arrives first.
+//! - `publish_options`: [`PublishOptions`].
 //! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]).
 //! - `message`: a delivered [`Message`].
+//! - `payload`: JSON and MessagePack payloads and their errors ([`PayloadError`]).
+//! - `inbox`: the per-client reply subscription and its dispatcher; `replies` the table of
+//!   requests waiting for a reply, completed by a reply, a `NoResponders` or the inbox's end.
+//! - `responder`: [`Responder`] and [`Request`], serving requests.
 //! - `link`: what every part shares about the connection, and which error a failure reports.
 //! - `disconnect`: turning quinn's close reasons and TLS alerts into [`ClientError`]s.
 //! - `framed`: whole frames over quinn streams.
@@ -58,12 +95,17 @@ mod disconnect;
 mod error;
 mod framed;
 mod handshake;
+mod inbox;
 mod lane;
 mod lanes;
 mod link;
 mod message;
+mod payload;
 mod publish;
+mod publish_options;
 mod registry;
+mod replies;
+mod responder;
 mod subscription;
 mod subscription_stream;
 mod sync;
@@ -72,6 +114,9 @@ pub use builder::{BrokerAddress, ClientBuilder};
 pub use client::Client;
 pub use error::ClientError;
 pub use message::Message;
+pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
+pub use publish_options::PublishOptions;
+pub use responder::{Request, Responder};
 pub use subscription::{Subscription, SubscriptionEnd};
 
 pub use cassini_protocol::{

@@ -1,7 +1,10 @@
-//! A message delivered to a subscription.
+//! A message delivered to a subscription, and decoding its payload into a type.
 
 use bytes::Bytes;
 use cassini_protocol::{Delivery, Headers};
+use serde::de::DeserializeOwned;
+
+use crate::payload::{self, PayloadError};
 
 /// One message delivered to a [`crate::Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +18,12 @@ pub struct Message {
     /// Position in the subscription: starts at 1, grows by one per message the subscription
     /// accepted, so a gap means the broker dropped messages.
     sequence: u64,
+    /// The id the publisher gave the message, passed through by the broker.
+    message_id: Option<u64>,
+    /// Where a reply goes: set when the message is a request.
+    reply_to: Option<String>,
+    /// Set when the broker replayed the topic's retained value to a new subscription.
+    retained: bool,
 }
 
 impl Message {
@@ -47,9 +56,40 @@ impl Message {
         self.sequence
     }
 
+    /// The id the publisher gave the message ([`crate::PublishOptions::message_id`]), if any.
+    /// The broker passes it through unchecked: it is not unique unless the publisher made it so.
+    pub fn message_id(&self) -> Option<u64> {
+        self.message_id
+    }
+
+    /// Where a reply to this message goes, if the message is a request (sent with
+    /// [`crate::Client::request`] or [`crate::PublishOptions::reply_to`]). Answer it with
+    /// `client.publish(reply_to, ..)`, or use [`crate::Client::serve`].
+    pub fn reply_to(&self) -> Option<&str> {
+        self.reply_to.as_deref()
+    }
+
+    /// Whether this is the topic's retained value, replayed by the broker because this
+    /// subscription is new, rather than a message published while it was live.
+    pub fn is_retained(&self) -> bool {
+        self.retained
+    }
+
     /// Takes the payload out of the message without copying it.
     pub fn into_payload(self) -> Bytes {
         self.payload
+    }
+
+    /// Decodes the payload as JSON (as [`crate::Client::publish_json`] sends it). The
+    /// `content-type` header is not checked.
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        payload::decode_json(&self.payload)
+    }
+
+    /// Decodes the payload as MessagePack (as [`crate::Client::publish_msgpack`] sends it; maps
+    /// and arrays are both accepted for structs). The `content-type` header is not checked.
+    pub fn decode_msgpack<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        payload::decode_msgpack(&self.payload)
     }
 }
 
@@ -60,6 +100,12 @@ impl From<Delivery> for Message {
             headers: delivery.headers,
             payload: delivery.payload,
             sequence: delivery.sequence,
+            message_id: delivery.message_id,
+            reply_to: delivery.reply_to,
+            retained: delivery.retained,
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

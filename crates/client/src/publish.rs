@@ -6,8 +6,8 @@
 //! finishes its stream, and a later lane for the same topic waits until the broker has
 //! acknowledged that stream before it sends, so per-topic order holds across lanes too.
 //!
-//! `publish` validates before anything is queued (topic rules and payload size from the broker's
-//! `Welcome`), then waits for room in the lane's bounded queue: that wait is the backpressure a
+//! `publish` validates before anything is queued (topic rules, for the topic and any `reply_to`,
+//! and payload size from the broker's `Welcome`), then waits for room in the lane's bounded queue: that wait is the backpressure a
 //! fast publisher feels when the broker or the network is slower.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cassini_protocol::{Frame, Headers, Publish, PublishRejected, TopicName};
+use cassini_protocol::{Frame, Publish, PublishRejected, SessionId, TopicName};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -26,6 +26,8 @@ use crate::framed::encode;
 use crate::lane::{run_lane, LaneContext};
 use crate::lanes::LruMap;
 use crate::link::Link;
+use crate::publish_options::PublishOptions;
+use crate::replies::PendingReplies;
 use crate::sync::lock;
 
 /// How the publisher sizes its lanes.
@@ -53,6 +55,8 @@ pub(crate) struct Publisher {
     tracker: TaskTracker,
     /// Given to each lane for the broker's rejections.
     rejections: mpsc::Sender<PublishRejected>,
+    /// Given to each lane for the broker's `NoResponders` answers.
+    replies: Arc<PendingReplies>,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,7 @@ impl Publisher {
         link: Arc<Link>,
         settings: PublisherSettings,
         rejections: mpsc::Sender<PublishRejected>,
+        replies: Arc<PendingReplies>,
     ) -> Self {
         Self {
             link,
@@ -90,22 +95,27 @@ impl Publisher {
             }),
             tracker: TaskTracker::new(),
             rejections,
+            replies,
         }
     }
 
-    /// Validates and queues one message. Returns once the message is queued on its topic's
-    /// lane, not when the broker has it.
+    /// Validates and queues one message; `to_session` makes it a direct message. Returns once
+    /// the message is queued on its topic's lane, not when the broker has it.
     pub(crate) async fn publish(
         &self,
         topic: &str,
-        headers: Headers,
         payload: Bytes,
+        options: PublishOptions,
+        to_session: Option<SessionId>,
     ) -> Result<(), ClientError> {
         if self.link.is_closing() {
             return Err(ClientError::Closed);
         }
-        let topic = TopicName::parse(topic, &self.link.topic_limits())
-            .map_err(ClientError::InvalidTopic)?;
+        let limits = self.link.topic_limits();
+        let topic = TopicName::parse(topic, &limits).map_err(ClientError::InvalidTopic)?;
+        if let Some(reply_to) = &options.reply_to {
+            TopicName::parse(reply_to, &limits).map_err(ClientError::InvalidReplyTo)?;
+        }
         let max = self.link.limits().max_payload_bytes;
         if payload.len() > max as usize {
             return Err(ClientError::PayloadTooLarge {
@@ -113,10 +123,20 @@ impl Publisher {
                 max,
             });
         }
+        let PublishOptions {
+            headers,
+            message_id,
+            retain,
+            reply_to,
+        } = options;
         let publish = Frame::Publish(Publish {
             topic: topic.as_str().to_owned(),
             headers,
             payload,
+            message_id,
+            reply_to,
+            retain,
+            to_session,
         });
         let frame = encode(&publish, self.link.max_frame_bytes())?;
         let lane = self.lane(&topic)?;
@@ -151,6 +171,7 @@ impl Publisher {
             link: Arc::clone(&self.link),
             topic: topic.clone(),
             rejections: self.rejections.clone(),
+            replies: Arc::clone(&self.replies),
             close_timeout: self.settings.close_timeout,
         };
         let task = self.tracker.spawn(run_lane(context, queue, predecessor));

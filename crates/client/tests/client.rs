@@ -28,6 +28,9 @@ fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Frame {
         topic: topic.into(),
         headers: vec![("k".into(), "v".into())],
         payload: Bytes::from_static(payload.as_bytes()),
+        message_id: None,
+        reply_to: None,
+        retained: false,
     })
 }
 
@@ -485,6 +488,9 @@ async fn a_slow_reader_pushes_back_on_the_broker_instead_of_buffering() {
                 topic: "bulk".into(),
                 headers: vec![],
                 payload: payload.clone(),
+                message_id: None,
+                reply_to: None,
+                retained: false,
             });
             write(&mut stream, &frame).await;
         }

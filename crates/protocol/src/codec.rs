@@ -169,35 +169,38 @@ pub fn encode_frame(
     encode_value(frame, buf, max_frame_bytes)
 }
 
-/// Appends a `Frame::Message` to `buf` without building a [`crate::Delivery`]: the broker encodes
-/// one delivery per subscriber from one shared message, so it borrows instead of cloning the topic
-/// and headers. The bytes are identical to `encode_frame(&Frame::Message(..))`.
+/// A `Frame::Message` by reference: the broker encodes one delivery per subscriber from one
+/// shared message, so it borrows instead of cloning the topic and headers. Its encoding is
+/// identical to that of the owned [`crate::Delivery`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeliveryRef<'a> {
+    /// Position in the subscription.
+    pub sequence: u64,
+    /// The concrete topic.
+    pub topic: &'a str,
+    /// Application headers.
+    pub headers: &'a Headers,
+    /// The payload.
+    pub payload: &'a Bytes,
+    /// The publisher's message id.
+    pub message_id: Option<u64>,
+    /// Where a reply goes.
+    pub reply_to: Option<&'a str>,
+    /// Whether this is a retained replay.
+    pub retained: bool,
+}
+
+/// Appends a `Frame::Message` built from borrowed parts to `buf`.
 pub fn encode_delivery(
-    sequence: u64,
-    topic: &str,
-    headers: &Headers,
-    payload: &Bytes,
+    delivery: &DeliveryRef<'_>,
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
     #[derive(Serialize)]
-    struct DeliveryRef<'a> {
-        sequence: u64,
-        topic: &'a str,
-        headers: &'a Headers,
-        payload: &'a Bytes,
-    }
-    #[derive(Serialize)]
     enum FrameRef<'a> {
-        Message(DeliveryRef<'a>),
+        Message(&'a DeliveryRef<'a>),
     }
-    let frame = FrameRef::Message(DeliveryRef {
-        sequence,
-        topic,
-        headers,
-        payload,
-    });
-    encode_value(&frame, buf, max_frame_bytes)
+    encode_value(&FrameRef::Message(delivery), buf, max_frame_bytes)
 }
 
 fn encode_value<T: Serialize>(

@@ -67,6 +67,8 @@ error_codes! {
     UNKNOWN_SUBSCRIPTION = 14, "unknown subscription";
     /// A subscribe option was out of range.
     INVALID_OPTION = 15, "invalid subscribe option";
+    /// A retained publish named a new topic while the retained store is full.
+    RETAINED_STORE_FULL = 16, "retained store full";
     /// A resume named a session that does not exist (expired or never created).
     SESSION_NOT_FOUND = 20, "session not found";
     /// A resume named a session that belongs to another certificate identity.

@@ -5,7 +5,7 @@
 //! | stream | opened by | frames |
 //! |---|---|---|
 //! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
-//! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishRejected` down |
+//! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishRejected`, `NoResponders` down |
 //! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Dropped` |
 //!
 //! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
@@ -75,6 +75,8 @@ pub enum Frame {
     Publish(Publish),
     /// Publish stream, broker → client: a publish was refused.
     PublishRejected(PublishRejected),
+    /// Publish stream, broker → client: a request reached no subscriber.
+    NoResponders(NoResponders),
     /// Subscription stream, broker → client: the first frame, naming the subscription.
     SubscriptionStart(SubscriptionStart),
     /// Subscription stream, broker → client: one delivered message.
@@ -99,6 +101,7 @@ impl Frame {
             Frame::GoingAway(_) => "GoingAway",
             Frame::Publish(_) => "Publish",
             Frame::PublishRejected(_) => "PublishRejected",
+            Frame::NoResponders(_) => "NoResponders",
             Frame::SubscriptionStart(_) => "SubscriptionStart",
             Frame::Message(_) => "Message",
             Frame::Dropped(_) => "Dropped",
@@ -171,6 +174,9 @@ pub struct SubscribeOptions {
     pub max_queued_messages: Option<u32>,
     /// Queue bound in payload bytes; `None` takes the broker default. Capped by the broker maximum.
     pub max_queued_bytes: Option<u64>,
+    /// Join this queue group: each message matching the filter goes to one member of the
+    /// group (per filter and group name) instead of to every member.
+    pub queue_group: Option<String>,
 }
 
 /// Start a subscription.
@@ -239,7 +245,7 @@ pub struct GoingAway {
 }
 
 /// One message published to one topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Publish {
     /// A topic name without wildcards.
     pub topic: String,
@@ -247,6 +253,23 @@ pub struct Publish {
     pub headers: Headers,
     /// The payload, opaque to the broker.
     pub payload: Bytes,
+    /// A publisher-chosen id, passed through to subscribers.
+    pub message_id: Option<u64>,
+    /// Where replies go: makes this publish a request. A request that reaches no subscriber is
+    /// answered with `NoResponders` on the same stream.
+    pub reply_to: Option<String>,
+    /// Keep this message as the topic's retained value, delivered first to every new matching
+    /// subscription. An empty retained payload clears the retained value.
+    pub retain: bool,
+    /// Deliver only to subscriptions of this session (a direct message).
+    pub to_session: Option<SessionId>,
+}
+
+/// A request reached no subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoResponders {
+    /// The `reply_to` of the request.
+    pub reply_to: String,
 }
 
 /// A publish was refused. The publish stream stays usable.
@@ -279,6 +302,12 @@ pub struct Delivery {
     pub headers: Headers,
     /// The payload, as published.
     pub payload: Bytes,
+    /// The publisher's message id, if it gave one.
+    pub message_id: Option<u64>,
+    /// Where a reply goes, if the message is a request.
+    pub reply_to: Option<String>,
+    /// Whether this is a topic's retained value replayed to a new subscription.
+    pub retained: bool,
 }
 
 /// The overflow policy dropped messages; the next delivery follows the gap.

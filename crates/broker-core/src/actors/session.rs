@@ -90,6 +90,13 @@ impl SessionState {
         let config = &self.shared.config;
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        let group = match &options.queue_group {
+            None => None,
+            Some(name) => Some(Arc::from(valid_group_name(
+                name,
+                config.limits.max_queue_group_bytes,
+            )?)),
+        };
         let max = config.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
@@ -115,7 +122,7 @@ impl SessionState {
             }
         })
         .await??;
-        let member = RouteMember { key, queue };
+        let member = RouteMember { key, queue, group };
         let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
@@ -173,6 +180,17 @@ impl SessionState {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Detach);
         }
     }
+}
+
+/// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
+fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > max_bytes || !name.chars().all(allowed) {
+        return Err(BrokerError::InvalidOption(format!(
+            "queue group {name:?} must be 1 to {max_bytes} characters of letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(name)
 }
 
 impl Actor for Session {

@@ -10,7 +10,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::subscription_writer::{run_subscription_writer, WriterOutcome};
+use crate::connection::subscription_writer::{
+    run_subscription_writer, WriterOutcome, INBOX_STREAM_PRIORITY, SUBSCRIPTION_STREAM_PRIORITY,
+};
 use crate::queue::SubscriptionQueue;
 use crate::router::SubscriberKey;
 use crate::transport::Connection;
@@ -44,6 +46,7 @@ struct Writer {
 
 pub(crate) struct SubscriberState {
     key: SubscriberKey,
+    priority: i32,
     queue: Arc<SubscriptionQueue>,
     max_frame_bytes: u32,
     writer: Option<Writer>,
@@ -52,6 +55,7 @@ pub(crate) struct SubscriberState {
 
 impl SubscriberState {
     fn stop_writer(&mut self) {
+        self.queue.set_attached(false);
         if let Some(writer) = self.writer.take() {
             writer.cancel.cancel();
         }
@@ -68,7 +72,9 @@ impl SubscriberState {
             Arc::clone(&self.queue),
             cancel.clone(),
             self.max_frame_bytes,
+            self.priority,
         );
+        self.queue.set_attached(true);
         let myself = myself.clone();
         let task = tokio::spawn(async move {
             let outcome = future.await;
@@ -104,8 +110,14 @@ impl Actor for Subscriber {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         tracing::debug!(subscription = args.key.subscription, filter = %args.filter, "subscriber started");
+        let priority = if args.filter.as_str().starts_with("_INBOX.") {
+            INBOX_STREAM_PRIORITY
+        } else {
+            SUBSCRIPTION_STREAM_PRIORITY
+        };
         let mut state = SubscriberState {
             key: args.key,
+            priority,
             queue: args.queue,
             max_frame_bytes: args.max_frame_bytes,
             writer: None,
@@ -134,6 +146,7 @@ impl Actor for Subscriber {
                     return Ok(());
                 }
                 state.writer = None;
+                state.queue.set_attached(false);
                 match outcome {
                     WriterOutcome::Overflowed => myself.stop(Some("slow consumer".into())),
                     WriterOutcome::Ended => myself.stop(Some("ended".into())),

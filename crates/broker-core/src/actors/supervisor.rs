@@ -39,7 +39,7 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         config: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let router = Arc::new(Router::new());
+        let router = Arc::new(Router::new(config.limits.max_retained_topics));
         let (topics, _) =
             Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;
         let (subscribers, _) =

@@ -1,15 +1,22 @@
 //! A topic actor: owns the member list of one subscription filter.
 //!
 //! It is the only writer of its [`FilterRoute`]'s members. Its manager decides when it starts
-//! (first member) and stops (last member gone).
+//! (first member) and stops (last member gone). When a queue-group member leaves, the messages
+//! still waiting in its queue go to the group's remaining members, so leaving loses nothing that
+//! was not already delivered.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::router::{FilterRoute, RouteMember, SubscriberKey};
+use crate::router::{FilterRoute, RouteMember, Router, SubscriberKey};
 
 pub(crate) struct Topic;
+
+pub(crate) struct TopicArgs {
+    pub(crate) route: Arc<FilterRoute>,
+    pub(crate) router: Arc<Router>,
+}
 
 pub(crate) enum TopicMsg {
     /// Adds a member; answers with the member count.
@@ -20,21 +27,65 @@ pub(crate) enum TopicMsg {
 
 pub(crate) struct TopicState {
     route: Arc<FilterRoute>,
+    router: Arc<Router>,
     members: Vec<RouteMember>,
+}
+
+impl TopicState {
+    fn join(&mut self, member: RouteMember) {
+        self.members.retain(|m| m.key != member.key);
+        let is_plain = member.group.is_none();
+        let queue = Arc::clone(&member.queue);
+        self.members.push(member);
+        let (route, members) = (&self.route, &self.members);
+        if is_plain {
+            self.router
+                .replay_retained(route.filter(), &queue, || route.set_members(members));
+        } else {
+            route.set_members(members);
+        }
+    }
+
+    fn leave(&mut self, key: SubscriberKey) {
+        let Some(position) = self.members.iter().position(|m| m.key == key) else {
+            return;
+        };
+        let leaving = self.members.remove(position);
+        self.route.set_members(&self.members);
+        let Some(group) = &leaving.group else {
+            return;
+        };
+        let heirs: Vec<&RouteMember> = self
+            .members
+            .iter()
+            .filter(|m| m.group.as_ref() == Some(group))
+            .collect();
+        if heirs.is_empty() {
+            return;
+        }
+        let orphans = leaving.queue.take_remaining();
+        if !orphans.is_empty() {
+            tracing::debug!(group = %group, count = orphans.len(), "handing a leaving member's messages to its group");
+        }
+        for (i, message) in orphans.iter().enumerate() {
+            heirs[i % heirs.len()].queue.push(message);
+        }
+    }
 }
 
 impl Actor for Topic {
     type Msg = TopicMsg;
     type State = TopicState;
-    type Arguments = Arc<FilterRoute>;
+    type Arguments = TopicArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        route: Self::Arguments,
+        args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(TopicState {
-            route,
+            route: args.route,
+            router: args.router,
             members: Vec::new(),
         })
     }
@@ -47,14 +98,11 @@ impl Actor for Topic {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TopicMsg::Join(member, reply) => {
-                state.members.retain(|m| m.key != member.key);
-                state.members.push(member);
-                state.route.set_members(state.members.clone());
+                state.join(member);
                 let _ = reply.send(state.members.len());
             }
             TopicMsg::Leave(key, reply) => {
-                state.members.retain(|m| m.key != key);
-                state.route.set_members(state.members.clone());
+                state.leave(key);
                 let _ = reply.send(state.members.len());
             }
         }
@@ -67,7 +115,7 @@ impl Drop for TopicState {
         // Whatever ended this actor, its filter must stop receiving. Members still present
         // here means the actor failed: their queues are closed so that each subscription ends
         // visibly (its stream is finished) instead of silently receiving nothing.
-        self.route.set_members(Vec::new());
+        self.route.set_members(&[]);
         for member in &self.members {
             member.queue.close();
         }

@@ -7,7 +7,7 @@ use cassini_protocol::TopicFilter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::ask;
-use super::topic::{Topic, TopicMsg};
+use super::topic::{Topic, TopicArgs, TopicMsg};
 use crate::error::BrokerError;
 use crate::router::{FilterRoute, RouteMember, Router, SubscriberKey};
 
@@ -56,10 +56,13 @@ impl TopicManager {
             Some(topic) => topic.clone(),
             None => {
                 let route = Arc::new(FilterRoute::new(filter.clone()));
-                let (topic, _) =
-                    Actor::spawn_linked(None, Topic, Arc::clone(&route), myself.get_cell())
-                        .await
-                        .map_err(|err| BrokerError::Internal(format!("spawning topic: {err}")))?;
+                let args = TopicArgs {
+                    route: Arc::clone(&route),
+                    router: Arc::clone(&state.router),
+                };
+                let (topic, _) = Actor::spawn_linked(None, Topic, args, myself.get_cell())
+                    .await
+                    .map_err(|err| BrokerError::Internal(format!("spawning topic: {err}")))?;
                 state.router.insert(route);
                 state.by_actor.insert(topic.get_id(), filter.clone());
                 state.topics.insert(filter.clone(), topic.clone());

@@ -3,11 +3,13 @@
 //! This is the start of the hot path and it involves no actor: the router pushes into each
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
-//! stays usable; anything that is not a `Publish` closes the connection.
+//! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
+//! with `NoResponders`. Anything that is not a `Publish` closes the connection. When the client
+//! finishes the stream, the broker finishes its side only after routing everything on it.
 
 use std::sync::Arc;
 
-use cassini_protocol::{Frame, Publish, PublishRejected, TopicName};
+use cassini_protocol::{Frame, NoResponders, Publish, PublishRejected, TopicName};
 
 use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
@@ -33,22 +35,47 @@ pub(crate) async fn serve_publish_stream(
             )));
         };
         let topic = publish.topic.clone();
-        match accept(publish, &config) {
-            Ok(message) => {
-                router.publish(&Arc::new(message));
-            }
-            Err(err) => {
-                let rejected = Frame::PublishRejected(PublishRejected {
-                    topic,
-                    code: err.code(),
-                    reason: err.reason(),
-                });
-                write_frame(send.as_mut(), &rejected, max_frame_bytes).await?;
-            }
+        let target = publish.to_session;
+        let retain = publish.retain;
+        let answer = match accept(publish, &config) {
+            Ok(message) => route(&router, message, target, retain)
+                .unwrap_or_else(|err| Some(rejected(topic, &err))),
+            Err(err) => Some(rejected(topic, &err)),
+        };
+        if let Some(answer) = answer {
+            write_frame(send.as_mut(), &answer, max_frame_bytes).await?;
         }
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// Routes one accepted message; answers `NoResponders` for a request nobody received.
+fn route(
+    router: &Router,
+    message: PublishedMessage,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
+) -> Result<Option<Frame>, BrokerError> {
+    if retain {
+        router.retain(&message)?;
+    }
+    let message = Arc::new(message);
+    let report = router.publish(&message, target);
+    Ok(match &message.reply_to {
+        Some(reply_to) if report.offered == 0 => Some(Frame::NoResponders(NoResponders {
+            reply_to: reply_to.clone(),
+        })),
+        _ => None,
+    })
+}
+
+fn rejected(topic: String, err: &BrokerError) -> Frame {
+    Frame::PublishRejected(PublishRejected {
+        topic,
+        code: err.code(),
+        reason: err.reason(),
+    })
 }
 
 /// Checks a publish against the limits and turns it into the broker's shared form.
@@ -62,9 +89,15 @@ fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, B
     }
     let topic =
         TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    if let Some(reply_to) = &publish.reply_to {
+        TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    }
     Ok(PublishedMessage {
         topic,
         headers: publish.headers,
         payload: publish.payload,
+        message_id: publish.message_id,
+        reply_to: publish.reply_to,
+        retained: false,
     })
 }

@@ -6,6 +6,7 @@
 //! stream only ever holds up this subscription: the queue fills and its policy applies.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use cassini_protocol::codec::encode_delivery;
@@ -19,8 +20,15 @@ use crate::transport::{Connection, SendStream, TransportError};
 /// Most messages taken from the queue for one stream write.
 const MAX_BATCH: usize = 256;
 
-/// Subscription streams yield to the control stream and to publish replies.
+/// How long a cancelled writer may finish the write it started before the stream is reset.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Bulk subscription streams yield to the control stream and to reply inboxes.
 pub(crate) const SUBSCRIPTION_STREAM_PRIORITY: i32 = 0;
+
+/// Reply inboxes (filters under `_INBOX.`) go ahead of bulk subscriptions, so request/reply
+/// latency does not suffer from a busy subscription on the same connection.
+pub(crate) const INBOX_STREAM_PRIORITY: i32 = 50;
 
 /// How a writer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,7 @@ pub(crate) async fn run_subscription_writer(
     queue: Arc<SubscriptionQueue>,
     cancel: CancellationToken,
     max_frame_bytes: u32,
+    priority: i32,
 ) -> WriterOutcome {
     let mut stream = tokio::select! {
         _ = cancel.cancelled() => return WriterOutcome::Cancelled,
@@ -61,7 +70,7 @@ pub(crate) async fn run_subscription_writer(
             Err(err) => return err.into(),
         },
     };
-    stream.set_priority(SUBSCRIPTION_STREAM_PRIORITY);
+    stream.set_priority(priority);
     let mut buf = BytesMut::new();
     let start = Frame::SubscriptionStart(SubscriptionStart {
         subscription: key.subscription,
@@ -99,15 +108,8 @@ pub(crate) async fn run_subscription_writer(
                     }
                 }
                 for queued in batch.drain(..) {
-                    let message = &queued.message;
-                    if let Err(err) = encode_delivery(
-                        queued.sequence,
-                        message.topic.as_str(),
-                        &message.headers,
-                        &message.payload,
-                        &mut buf,
-                        max_frame_bytes,
-                    ) {
+                    let delivery = queued.message.as_delivery(queued.sequence);
+                    if let Err(err) = encode_delivery(&delivery, &mut buf, max_frame_bytes) {
                         // The publish path bounds payloads below the frame limit, so this only
                         // happens if the two limits are configured inconsistently.
                         tracing::error!(%err, "delivery does not fit in a frame; dropped");
@@ -126,12 +128,24 @@ async fn write_or_cancel(
     buf: &[u8],
     cancel: &CancellationToken,
 ) -> Result<(), WriterOutcome> {
-    tokio::select! {
-        _ = cancel.cancelled() => {
-            // Mid-write: the stream may hold half a frame, so it is reset, not finished.
-            stream.reset(ErrorCode::NORMAL);
-            Err(WriterOutcome::Cancelled)
+    let completed = {
+        let write = stream.write_all(buf);
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => return written.map_err(WriterOutcome::from),
+            // These messages already left the queue: give the write a moment to complete so
+            // they are delivered, and only then end the stream.
+            _ = cancel.cancelled() => matches!(
+                tokio::time::timeout(CANCEL_GRACE, &mut write).await,
+                Ok(Ok(()))
+            ),
         }
-        written = stream.write_all(buf) => written.map_err(WriterOutcome::from),
+    };
+    if completed {
+        let _ = stream.finish();
+    } else {
+        // Mid-frame: the stream may hold half a frame, so it is reset, not finished.
+        stream.reset(ErrorCode::NORMAL);
     }
+    Err(WriterOutcome::Cancelled)
 }

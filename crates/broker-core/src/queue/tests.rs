@@ -7,6 +7,9 @@ fn message(payload_len: usize) -> Arc<PublishedMessage> {
         topic: TopicName::parse("t", &TopicLimits::default()).expect("valid"),
         headers: Vec::new(),
         payload: Bytes::from(vec![0u8; payload_len]),
+        message_id: None,
+        reply_to: None,
+        retained: false,
     })
 }
 
@@ -44,6 +47,18 @@ async fn drop_newest_keeps_the_oldest_and_burns_sequence_numbers() {
     assert_eq!(drain(&q).await, (vec![1, 2, 3], 2));
     q.push(&message(1));
     assert_eq!(drain(&q).await, (vec![6], 0));
+}
+
+#[tokio::test]
+async fn drops_are_reported_even_when_nothing_follows_them() {
+    let q = queue(1, OverflowPolicy::DropNewest);
+    q.push(&message(1));
+    q.push(&message(1));
+    assert_eq!(
+        drain(&q).await,
+        (vec![1], 1),
+        "the dropped newest is reported with the last batch"
+    );
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use cassini_client::{Client, ClientBuilder};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    encode_frame, ErrorCode, Frame, FrameDecoder, Limits, SessionId, SubscriptionId,
-    SubscriptionStart, Welcome, PROTOCOL_VERSION,
+    encode_frame, ErrorCode, Frame, FrameDecoder, Limits, SessionId, Subscribe, Subscribed,
+    SubscriptionId, SubscriptionStart, Welcome, PROTOCOL_VERSION,
 };
 use cassini_quic::certs::{
     CertificateAuthority, IssuedCert, Validity, CLOCK_SKEW_ALLOWANCE, LEAF_VALIDITY,
@@ -190,6 +190,25 @@ impl Session {
         )
         .await;
         stream
+    }
+
+    /// Reads the next control frame, expecting a `Subscribe`; answers `Subscribed` with
+    /// `subscription` and opens the subscription's stream. Returns the request and the stream.
+    pub(crate) async fn accept_subscribe(
+        &mut self,
+        subscription: SubscriptionId,
+    ) -> (Subscribe, quinn::SendStream) {
+        let subscribe = match self.control.next().await {
+            Some(Frame::Subscribe(subscribe)) => subscribe,
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        self.send_control(&Frame::Subscribed(Subscribed {
+            request_id: subscribe.request_id,
+            subscription,
+        }))
+        .await;
+        let stream = self.open_subscription(subscription).await;
+        (subscribe, stream)
     }
 
     /// Accepts the client's next publish stream.

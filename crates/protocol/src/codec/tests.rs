@@ -30,6 +30,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 overflow: OverflowPolicy::Latest,
                 max_queued_messages: Some(10),
                 max_queued_bytes: None,
+                queue_group: Some("workers".into()),
             },
         }),
         Frame::Subscribed(Subscribed {
@@ -59,6 +60,13 @@ fn one_of_every_frame() -> Vec<Frame> {
             topic: "demo.x".into(),
             headers: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
             payload: Bytes::from_static(b"hello"),
+            message_id: Some(77),
+            reply_to: Some("_INBOX.abc.1".into()),
+            retain: true,
+            to_session: Some(session_id),
+        }),
+        Frame::NoResponders(NoResponders {
+            reply_to: "_INBOX.abc.1".into(),
         }),
         Frame::PublishRejected(PublishRejected {
             topic: "demo.x".into(),
@@ -71,6 +79,9 @@ fn one_of_every_frame() -> Vec<Frame> {
             topic: "demo.x".into(),
             headers: vec![],
             payload: Bytes::from(vec![0u8; 1000]),
+            message_id: None,
+            reply_to: Some("_INBOX.abc.2".into()),
+            retained: true,
         }),
         Frame::Dropped(Dropped { count: 3 }),
     ]
@@ -167,6 +178,9 @@ fn a_partial_frame_reserves_only_what_it_declared() {
         topic: "a".into(),
         headers: vec![],
         payload: Bytes::from(vec![1u8; 100_000]),
+        message_id: None,
+        reply_to: None,
+        retained: false,
     }));
     let mut partial = BytesMut::from(&whole[..10]);
     assert_eq!(decoder.decode(&mut partial), Ok(None));
@@ -250,20 +264,24 @@ fn encode_delivery_matches_encoding_the_frame() {
     let headers = vec![("trace".to_string(), "abc".to_string())];
     let payload = Bytes::from_static(b"payload");
     let mut fast = BytesMut::new();
-    encode_delivery(
-        5,
-        "a.b",
-        &headers,
-        &payload,
-        &mut fast,
-        DEFAULT_MAX_FRAME_BYTES,
-    )
-    .expect("encodes");
+    let delivery = DeliveryRef {
+        sequence: 5,
+        topic: "a.b",
+        headers: &headers,
+        payload: &payload,
+        message_id: Some(3),
+        reply_to: Some("_INBOX.x.1"),
+        retained: false,
+    };
+    encode_delivery(&delivery, &mut fast, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
     let slow = encoded(&Frame::Message(Delivery {
         sequence: 5,
         topic: "a.b".into(),
         headers,
         payload,
+        message_id: Some(3),
+        reply_to: Some("_INBOX.x.1".into()),
+        retained: false,
     }));
     assert_eq!(fast, slow);
 }

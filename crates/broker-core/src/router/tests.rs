@@ -1,0 +1,181 @@
+use super::*;
+use crate::config::QueueBounds;
+use crate::queue::Popped;
+use bytes::Bytes;
+use cassini_protocol::{OverflowPolicy, TopicLimits};
+
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::parse(s, &TopicLimits::default()).expect("valid filter")
+}
+
+fn topic(s: &str) -> TopicName {
+    TopicName::parse(s, &TopicLimits::default()).expect("valid topic")
+}
+
+fn message(t: &str, payload: &'static [u8]) -> Arc<PublishedMessage> {
+    Arc::new(PublishedMessage {
+        topic: topic(t),
+        headers: Vec::new(),
+        payload: Bytes::from_static(payload),
+        message_id: None,
+        reply_to: None,
+        retained: false,
+    })
+}
+
+fn member(session: u8, subscription: u64, group: Option<&str>) -> RouteMember {
+    let queue = Arc::new(SubscriptionQueue::new(QueueBounds {
+        max_messages: 100,
+        max_bytes: 1 << 20,
+        overflow: OverflowPolicy::DropOldest,
+    }));
+    queue.set_attached(true);
+    RouteMember {
+        key: SubscriberKey {
+            session: SessionId([session; 16]),
+            subscription,
+        },
+        queue,
+        group: group.map(Arc::from),
+    }
+}
+
+fn matched(router: &Router, t: &str) -> Vec<String> {
+    let mut names: Vec<_> = router
+        .matching(&topic(t))
+        .iter()
+        .map(|r| r.filter().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn queued(member: &RouteMember) -> usize {
+    if member.queue.stats().depth == 0 {
+        return 0;
+    }
+    let mut batch = Vec::new();
+    match member.queue.pop_batch(&mut batch, usize::MAX).await {
+        Popped::Batch { .. } => batch.len(),
+        Popped::Closed(_) => 0,
+    }
+}
+
+#[test]
+fn the_trie_agrees_with_filter_matching() {
+    let filters = [
+        "a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "*.*.*", "b.>",
+    ];
+    let topics = [
+        "a", "a.b", "a.c", "a.b.c", "b.b", "b.x.y", "c.d.e.f", "a.x.c",
+    ];
+    let router = Router::default();
+    for f in filters {
+        router.insert(Arc::new(FilterRoute::new(filter(f))));
+    }
+    for t in topics {
+        let mut expected: Vec<String> = filters
+            .iter()
+            .filter(|f| filter(f).matches(&topic(t)))
+            .map(|f| f.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(matched(&router, t), expected, "topic {t}");
+    }
+}
+
+#[test]
+fn removing_every_filter_leaves_an_empty_trie() {
+    let router = Router::default();
+    let filters = ["a.b", "a.*", "a.>", "*.b.c", ">"];
+    for f in filters {
+        router.insert(Arc::new(FilterRoute::new(filter(f))));
+    }
+    for f in filters {
+        assert!(router.remove(&filter(f)).is_some(), "{f}");
+    }
+    assert!(router.is_empty());
+    assert!(router.remove(&filter("a.b")).is_none());
+}
+
+#[tokio::test]
+async fn a_queue_group_shares_messages_round_robin() {
+    let router = Router::default();
+    let route = Arc::new(FilterRoute::new(filter("jobs")));
+    let members = [
+        member(1, 1, Some("w")),
+        member(2, 1, Some("w")),
+        member(3, 1, Some("w")),
+    ];
+    let watcher = member(4, 1, None);
+    let mut all = members.to_vec();
+    all.push(watcher.clone());
+    route.set_members(&all);
+    router.insert(route);
+    for _ in 0..9 {
+        let report = router.publish(&message("jobs", b"x"), None);
+        assert_eq!(report.offered, 2, "one group member and the plain member");
+    }
+    for m in &members {
+        assert_eq!(queued(m).await, 3, "each member gets a third");
+    }
+    assert_eq!(queued(&watcher).await, 9, "a plain member gets everything");
+}
+
+#[tokio::test]
+async fn a_queue_group_prefers_attached_members_with_room() {
+    let router = Router::default();
+    let route = Arc::new(FilterRoute::new(filter("jobs")));
+    let away = member(1, 1, Some("w"));
+    away.queue.set_attached(false);
+    let present = member(2, 1, Some("w"));
+    route.set_members(&[away.clone(), present.clone()]);
+    router.insert(route);
+    for _ in 0..10 {
+        router.publish(&message("jobs", b"x"), None);
+    }
+    assert_eq!(queued(&away).await, 0);
+    assert_eq!(queued(&present).await, 10);
+}
+
+#[tokio::test]
+async fn a_direct_message_reaches_only_the_target_session() {
+    let router = Router::default();
+    let route = Arc::new(FilterRoute::new(filter("inbox.>")));
+    let alice = member(1, 1, None);
+    let bob = member(2, 1, None);
+    route.set_members(&[alice.clone(), bob.clone()]);
+    router.insert(route);
+    let report = router.publish(&message("inbox.note", b"hi"), Some(SessionId([2; 16])));
+    assert_eq!(report.offered, 1);
+    assert_eq!(queued(&alice).await, 0);
+    assert_eq!(queued(&bob).await, 1);
+    let report = router.publish(&message("inbox.note", b"hi"), Some(SessionId([9; 16])));
+    assert_eq!(report.offered, 0, "an unknown target reaches nobody");
+}
+
+#[tokio::test]
+async fn retained_values_replay_to_matching_subscriptions_and_clear() {
+    let router = Router::new(2);
+    router.retain(&message("state.a", b"1")).expect("retain");
+    router.retain(&message("state.a", b"2")).expect("replace");
+    router.retain(&message("state.b", b"3")).expect("retain");
+    assert!(matches!(
+        router.retain(&message("state.c", b"4")),
+        Err(BrokerError::RetainedStoreFull(2))
+    ));
+    let subscriber = member(1, 1, None);
+    let mut added = false;
+    router.replay_retained(&filter("state.*"), &subscriber.queue, || added = true);
+    assert!(added);
+    let mut batch = Vec::new();
+    subscriber.queue.pop_batch(&mut batch, 10).await;
+    let payloads: Vec<_> = batch.iter().map(|q| q.message.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"2"), Bytes::from_static(b"3")]
+    );
+    assert!(batch.iter().all(|q| q.message.retained));
+    router.retain(&message("state.a", b"")).expect("clear");
+    assert_eq!(router.retained_count(), 1);
+}

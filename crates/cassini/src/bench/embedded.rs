@@ -1,0 +1,74 @@
+//! A broker started inside the bench process on `127.0.0.1:0`, with a certificate authority
+//! made in memory: a benchmark needs no files and leaves nothing behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cassini_broker::{Broker, BrokerConfig, BrokerHandle};
+use cassini_client::{Client, ClientBuilder};
+use cassini_protocol::ErrorCode;
+use cassini_quic::certs::CertificateAuthority;
+use cassini_quic::server::{QuicServer, ServerOptions};
+use cassini_quic::tls;
+use tokio::task::JoinHandle;
+
+/// A running in-process broker.
+pub(crate) struct EmbeddedBroker {
+    addr: SocketAddr,
+    ca: CertificateAuthority,
+    broker: BrokerHandle,
+    server: Arc<QuicServer>,
+    serve_task: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    pub(crate) async fn start(config: BrokerConfig) -> anyhow::Result<Self> {
+        let ca = CertificateAuthority::generate("Cassini Bench CA").context("bench CA")?;
+        let server_cert = ca.issue_server(&[]).context("bench server certificate")?;
+        let crypto = tls::server_crypto(
+            vec![ca.cert_der().clone()],
+            vec![server_cert.cert_der()?],
+            server_cert.key_der()?,
+        )?;
+        let server = Arc::new(QuicServer::bind(
+            "127.0.0.1:0".parse()?,
+            crypto,
+            ServerOptions::default(),
+        )?);
+        let addr = server.local_addr()?;
+        let broker = Broker::start(config).await?;
+        let serve_task = {
+            let (server, broker) = (Arc::clone(&server), broker.clone());
+            tokio::spawn(async move { server.serve(broker).await })
+        };
+        Ok(Self {
+            addr,
+            ca,
+            broker,
+            server,
+            serve_task,
+        })
+    }
+
+    /// A client builder with a fresh certificate named `name`.
+    pub(crate) fn client(&self, name: &str) -> anyhow::Result<ClientBuilder> {
+        let cert = self.ca.issue_client(name)?;
+        Ok(Client::builder(self.addr)
+            .ca_certs(vec![self.ca.cert_der().clone()])
+            .identity(vec![cert.cert_der()?], cert.key_der()?)
+            .server_name("localhost"))
+    }
+
+    pub(crate) async fn stop(self) {
+        self.broker.shutdown("bench over").await;
+        self.server
+            .close(
+                ErrorCode::SERVER_SHUTTING_DOWN,
+                "bench over",
+                std::time::Duration::from_secs(1),
+            )
+            .await;
+        self.serve_task.abort();
+    }
+}
