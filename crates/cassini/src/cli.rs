@@ -243,6 +243,9 @@ pub(crate) struct HolArgs {
     /// Size of each flood message in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     pub(crate) flood_size: usize,
+    /// Flood messages per second; 0 floods as fast as the client accepts them.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) flood_rate: u64,
     /// Unmeasured warm-up seconds before the first phase.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) warmup: f64,

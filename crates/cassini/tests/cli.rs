@@ -216,3 +216,38 @@ fn terminate(child: &mut Child) {
         .expect("kill");
     assert!(status.success());
 }
+
+#[test]
+fn bench_hol_runs_a_tiny_smoke_round() {
+    let output = run(&mut cassini(&[
+        "bench",
+        "hol",
+        "--rate",
+        "200",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+        "--flood-rate",
+        "50",
+        "--json",
+    ]));
+    assert!(
+        output.status.success(),
+        "bench: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["scenario"], "hol");
+    for phase in [
+        "alone",
+        "flood_on_other_connection",
+        "flood_on_same_connection",
+    ] {
+        assert!(
+            report[phase]["count"].as_u64().expect("count") > 0,
+            "{phase} measured"
+        );
+    }
+}

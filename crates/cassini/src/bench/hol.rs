@@ -1,8 +1,10 @@
 //! `cassini bench hol`: head-of-line isolation. One subscriber connection holds a `fast.x`
 //! subscription, which it reads, and a `slow.x` subscription, which it never reads. The fast
-//! topic's latency is measured at a fixed offered rate, first alone, then while another client
-//! floods `slow.x` with large messages as fast as it can. With one QUIC stream per subscription
-//! the flood should only fill the slow subscription's own queue.
+//! topic's latency is measured at a fixed offered rate in three phases: alone; while another
+//! client floods a subscription that a *different* connection never reads (the control: the same
+//! CPU load, no shared connection); and while the flood goes to the unread `slow.x` on the fast
+//! subscriber's *own* connection. With one QUIC stream per subscription the last two should
+//! match: the flood fills only the slow subscription's own queue.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,20 +46,49 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
     measure(&publisher, &mut fast, &args, 0, warmup).await?;
     let (quiet, quiet_lost) = measure(&publisher, &mut fast, &args, 1, measured).await?;
 
+    let bystander = broker
+        .client("bench-bystander")?
+        .subscription_buffer(64)
+        .connect()
+        .await
+        .context("bystander")?;
+    let elsewhere = bystander.subscribe("slow.elsewhere").await?;
     let flooder = broker
         .client("bench-flood")?
         .connect()
         .await
         .context("flooder")?;
+
     let stop = CancellationToken::new();
-    let flood = tokio::spawn(flood(flooder, args.flood_size, stop.clone()));
-    let (flooded, flooded_lost) = measure(&publisher, &mut fast, &args, 2, measured).await?;
+    let flood_task = tokio::spawn(flood(
+        flooder.clone(),
+        "slow.elsewhere",
+        args.flood_size,
+        args.flood_rate,
+        stop.clone(),
+    ));
+    let (control, control_lost) = measure(&publisher, &mut fast, &args, 2, measured).await?;
     stop.cancel();
-    let flood_messages = flood.await.context("flood task")??;
-    let slow_dropped = slow.dropped();
+    let control_flood = flood_task.await.context("flood task")??;
+    drop(elsewhere);
+
+    let stop = CancellationToken::new();
+    let flood_task = tokio::spawn(flood(
+        flooder.clone(),
+        "slow.x",
+        args.flood_size,
+        args.flood_rate,
+        stop.clone(),
+    ));
+    let (flooded, flooded_lost) = measure(&publisher, &mut fast, &args, 3, measured).await?;
+    stop.cancel();
+    let flood_messages = flood_task.await.context("flood task")??;
     drop(slow);
+    let _ = flooder.close().await;
+    let _ = bystander.close().await;
 
     let ratio = flooded.at(0.99) as f64 / quiet.at(0.99).max(1) as f64;
+    let isolation = flooded.at(0.99) as f64 / control.at(0.99).max(1) as f64;
     if args.json {
         let report = json!({
             "scenario": "hol",
@@ -65,27 +96,36 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
             "size": args.size,
             "duration_s": args.duration,
             "flood_size": args.flood_size,
-            "quiet": quiet.to_json(),
-            "quiet_lost": quiet_lost,
-            "flooded": flooded.to_json(),
-            "flooded_lost": flooded_lost,
-            "flood_messages_published": flood_messages,
-            "slow_subscription_dropped_reported": slow_dropped,
-            "p99_ratio_flooded_over_quiet": ratio,
+            "flood_rate": args.flood_rate,
+            "alone": quiet.to_json(),
+            "alone_lost": quiet_lost,
+            "flood_on_other_connection": control.to_json(),
+            "flood_on_other_connection_lost": control_lost,
+            "flood_on_same_connection": flooded.to_json(),
+            "flood_on_same_connection_lost": flooded_lost,
+            "flood_messages_published": [control_flood, flood_messages],
+            "p99_same_connection_over_alone": ratio,
+            "p99_same_connection_over_other_connection": isolation,
         });
         println!("{report}");
     } else {
+        let flood_rate = match args.flood_rate {
+            0 => "as fast as possible".to_string(),
+            rate => format!("at {rate} msg/s"),
+        };
         println!(
-            "hol: fast.x at {} msg/s of {} B for {} s; flood of {} B messages on slow.x (never read) on the same connection",
+            "hol: fast.x at {} msg/s of {} B, {} s per phase; flood of {} B messages {flood_rate} to a subscription that is never read",
             args.rate, args.size, args.duration, args.flood_size
         );
         println!("{}", Latencies::header());
-        println!("{}", quiet.row("fast.x alone"));
-        println!("{}", flooded.row("fast.x during flood"));
+        println!("{}", quiet.row("alone"));
+        println!("{}", control.row("flood, other conn"));
+        println!("{}", flooded.row("flood, same conn"));
         println!(
-            "lost: {quiet_lost} alone, {flooded_lost} during flood; flood published {flood_messages} messages"
+            "fast messages lost: {quiet_lost} / {control_lost} / {flooded_lost}; flood messages published: {control_flood} / {flood_messages}"
         );
-        println!("p99 during flood / p99 alone = {ratio:.2} (goal: at most 1.5)");
+        println!("p99 same connection / alone            = {ratio:.2} (goal: at most 1.5)");
+        println!("p99 same connection / other connection = {isolation:.2} (1.0 = no head-of-line blocking)");
     }
     let _ = publisher.close().await;
     let _ = subscriber.close().await;
@@ -138,19 +178,32 @@ async fn measure(
     Ok((latencies, lost))
 }
 
-/// Publishes `size`-byte messages to `slow.x` as fast as the client accepts them until stopped.
-async fn flood(client: Client, size: usize, stop: CancellationToken) -> anyhow::Result<u64> {
+/// Publishes `size`-byte messages to `topic` at `rate` per second (0: as fast as the client
+/// accepts them) until stopped.
+async fn flood(
+    client: Client,
+    topic: &'static str,
+    size: usize,
+    rate: u64,
+    stop: CancellationToken,
+) -> anyhow::Result<u64> {
     let payload = Bytes::from(vec![0x5a; size]);
+    let schedule = Schedule::new(rate.max(1));
     let mut published = 0u64;
     loop {
+        let paced = async {
+            if rate > 0 {
+                schedule.wait_for(published).await;
+            }
+            client.publish(topic, payload.clone()).await
+        };
         tokio::select! {
             () = stop.cancelled() => break,
-            sent = client.publish("slow.x", payload.clone()) => {
+            sent = paced => {
                 sent?;
                 published += 1;
             }
         }
     }
-    let _ = client.close().await;
     Ok(published)
 }
