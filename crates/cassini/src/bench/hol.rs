@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::embedded::EmbeddedBroker;
-use super::pacing::Schedule;
+use super::pacing::{spawn_paced, Schedule};
 use super::report::Latencies;
 use crate::cli::HolArgs;
 
@@ -147,16 +147,16 @@ async fn measure(
     let size = args.size.max(HEADER_BYTES);
     let sender = {
         let publisher = publisher.clone();
-        tokio::spawn(async move {
+        spawn_paced(move |runtime| {
             for index in 0..total {
-                schedule.wait_for(index).await;
+                schedule.wait_blocking(index);
                 let mut payload = vec![0u8; size];
                 payload[..8].copy_from_slice(&phase.to_be_bytes());
                 payload[8..16].copy_from_slice(&index.to_be_bytes());
                 payload[16..24].copy_from_slice(&schedule.stamp(index).to_be_bytes());
-                publisher.publish("fast.x", Bytes::from(payload)).await?;
+                runtime.block_on(publisher.publish("fast.x", Bytes::from(payload)))?;
             }
-            Ok::<_, cassini_client::ClientError>(())
+            Ok(())
         })
     };
     let mut latencies = Latencies::new()?;
@@ -173,7 +173,10 @@ async fn measure(
         stamp.copy_from_slice(&payload[16..24]);
         latencies.record(schedule.latency(u64::from_be_bytes(stamp)));
     }
-    sender.await.context("sender task")??;
+    tokio::task::spawn_blocking(move || sender.join())
+        .await
+        .context("sender thread")?
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
     let lost = total - latencies.count();
     Ok((latencies, lost))
 }
@@ -188,18 +191,27 @@ async fn flood(
     stop: CancellationToken,
 ) -> anyhow::Result<u64> {
     let payload = Bytes::from(vec![0x5a; size]);
-    let schedule = Schedule::new(rate.max(1));
+    if rate > 0 {
+        let schedule = Schedule::new(rate);
+        let sender = spawn_paced(move |runtime| {
+            let mut published = 0u64;
+            while !stop.is_cancelled() {
+                schedule.wait_blocking(published);
+                runtime.block_on(client.publish(topic, payload.clone()))?;
+                published += 1;
+            }
+            Ok(published)
+        });
+        return tokio::task::spawn_blocking(move || sender.join())
+            .await
+            .context("flood thread")?
+            .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
+    }
     let mut published = 0u64;
     loop {
-        let paced = async {
-            if rate > 0 {
-                schedule.wait_for(published).await;
-            }
-            client.publish(topic, payload.clone()).await
-        };
         tokio::select! {
             () = stop.cancelled() => break,
-            sent = paced => {
+            sent = client.publish(topic, payload.clone()) => {
                 sent?;
                 published += 1;
             }

@@ -5,10 +5,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Below this distance to the next send time the sender yields instead of sleeping: tokio's
-/// timer has millisecond granularity, which would otherwise add up to a millisecond of
-/// sender-side delay to every figure.
-const SPIN_WINDOW: Duration = Duration::from_micros(300);
+/// Runs `sender` on a thread of its own, so that precise pacing (blocking sleeps, see
+/// [`Schedule::wait_blocking`]) never takes a worker away from the broker and the clients under
+/// test. The sender gets the caller's runtime handle to drive its sends with
+/// `Handle::block_on`, so whatever tasks a send spawns live on that runtime.
+pub(crate) fn spawn_paced<T: Send + 'static>(
+    sender: impl FnOnce(tokio::runtime::Handle) -> anyhow::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>> {
+    let handle = tokio::runtime::Handle::current();
+    std::thread::spawn(move || sender(handle))
+}
 
 /// A fixed-rate schedule starting at `epoch`.
 #[derive(Debug, Clone, Copy)]
@@ -30,19 +36,13 @@ impl Schedule {
         self.epoch + self.interval * u32::try_from(index).unwrap_or(u32::MAX)
     }
 
-    /// Waits until message `index` is due.
-    pub(crate) async fn wait_for(&self, index: u64) {
-        let due = self.intended(index);
-        loop {
-            let now = Instant::now();
-            if now >= due {
-                return;
-            }
-            if due - now > SPIN_WINDOW {
-                tokio::time::sleep_until(due - SPIN_WINDOW).await;
-            } else {
-                tokio::task::yield_now().await;
-            }
+    /// Blocks the thread until message `index` is due: the kernel's high-resolution timers wake
+    /// it within tens of microseconds. Only for a thread of its own (see [`spawn_paced`]).
+    pub(crate) fn wait_blocking(&self, index: u64) {
+        let due = self.intended(index).into_std();
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
         }
     }
 
