@@ -5,6 +5,9 @@
 //! - [`TestBroker`]: the broker core plus a `QuicServer`, and helpers to connect clients (the real
 //!   `cassini-client`, or a raw quinn connection for clients that misbehave on purpose).
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
+//! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
+
+pub mod relay;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -251,3 +251,52 @@ fn bench_hol_runs_a_tiny_smoke_round() {
         );
     }
 }
+
+#[test]
+fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+    let mut args = vec![
+        "reply",
+        "svc.upper",
+        "--command",
+        "tr a-z A-Z",
+        "--count",
+        "1",
+    ];
+    args.extend(connect_args(&server, certs, "dev"));
+    let mut service = spawn_until(cassini(&args), "serving svc.upper");
+
+    let mut args = vec!["req", "svc.upper", "hello", "--timeout", "10"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let reply = run(&mut cassini(&args));
+    assert!(
+        reply.status.success(),
+        "req: {}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "HELLO");
+    assert!(
+        wait_with_deadline(&mut service).success(),
+        "reply exits after --count 1"
+    );
+
+    let mut args = vec!["req", "svc.nobody", "hello", "--timeout", "10"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let started = Instant::now();
+    let refused = run(&mut cassini(&args));
+    assert_eq!(refused.status.code(), Some(3), "no responders exit status");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no responders on svc.nobody"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "did not wait for the timeout"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}

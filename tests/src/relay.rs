@@ -1,0 +1,91 @@
+//! A UDP relay between clients and the broker that a test can cut and restore, to drop a
+//! connection the way a network does: silently, with no close frame from either side.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// Relays datagrams from each client address to `upstream` through a socket of its own, and
+/// back. While cut, every datagram in either direction is dropped.
+pub struct UdpRelay {
+    /// Where clients should connect.
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl UdpRelay {
+    /// Starts a relay on `127.0.0.1:0` in front of `upstream`.
+    pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let cut = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(relay(front, upstream, Arc::clone(&cut)));
+        Ok(Self { addr, cut, task })
+    }
+
+    /// Drops every datagram from now on.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Relays datagrams again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(front: Arc<UdpSocket>, upstream: SocketAddr, cut: Arc<AtomicBool>) {
+    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    while let Ok((len, client)) = front.recv_from(&mut buf).await {
+        if cut.load(Ordering::SeqCst) {
+            continue;
+        }
+        let back = match backs.get(&client) {
+            Some((back, _)) => Arc::clone(back),
+            None => {
+                let Ok(back) = UdpSocket::bind("127.0.0.1:0").await else {
+                    continue;
+                };
+                let back = Arc::new(back);
+                let returning = tokio::spawn(return_path(
+                    Arc::clone(&back),
+                    Arc::clone(&front),
+                    client,
+                    Arc::clone(&cut),
+                ));
+                backs.insert(client, (Arc::clone(&back), returning));
+                back
+            }
+        };
+        let _ = back.send_to(&buf[..len], upstream).await;
+    }
+    for (_, (_, task)) in backs {
+        task.abort();
+    }
+}
+
+async fn return_path(
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    cut: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    while let Ok((len, _)) = back.recv_from(&mut buf).await {
+        if !cut.load(Ordering::SeqCst) {
+            let _ = front.send_to(&buf[..len], client).await;
+        }
+    }
+}
