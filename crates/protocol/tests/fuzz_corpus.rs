@@ -61,21 +61,36 @@ fn frame_decoder_corpus_passes_the_decoder_checks() {
         kinds.len() >= 5,
         "the seeds should hold valid frames of several kinds, found {kinds:?}"
     );
-    let ends = |wanted: fn(&StreamEnd) -> bool| outcomes.iter().any(|o| wanted(&o.end));
-    assert!(ends(|end| matches!(end, StreamEnd::NeedsMore { leftover } if *leftover > 0)));
-    assert!(ends(|end| matches!(
-        end,
-        StreamEnd::Failed(DecodeError::FrameTooLarge { .. })
-    )));
-    assert!(ends(|end| matches!(
-        end,
-        StreamEnd::Failed(DecodeError::Malformed(_))
-    )));
+    let reached = |ending: &str, wanted: fn(&StreamEnd) -> bool| {
+        assert!(
+            outcomes.iter().any(|outcome| wanted(&outcome.end)),
+            "no seed ends with {ending}"
+        );
+    };
+    reached(
+        "a partial frame",
+        |end| matches!(end, StreamEnd::NeedsMore { leftover } if *leftover > 0),
+    );
+    reached("a frame too large", |end| {
+        matches!(end, StreamEnd::Failed(DecodeError::FrameTooLarge { .. }))
+    });
+    reached("an empty frame", |end| {
+        matches!(end, StreamEnd::Failed(DecodeError::EmptyFrame))
+    });
+    reached("a malformed body", |end| {
+        matches!(end, StreamEnd::Failed(DecodeError::Malformed(_)))
+    });
+    reached("trailing bytes", |end| {
+        matches!(end, StreamEnd::Failed(DecodeError::TrailingBytes(_)))
+    });
 }
 
 #[test]
 fn frame_decoder_split_corpus_decodes_the_same_in_chunks_and_whole() {
-    replay("frame_decoder_split", fuzz_checks::check_frame_decoder_split);
+    replay(
+        "frame_decoder_split",
+        fuzz_checks::check_frame_decoder_split,
+    );
 }
 
 #[test]

@@ -15,8 +15,8 @@ use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
     decode_frame, encode_frame, Delivery, Dropped, ErrorCode, ErrorFrame, Frame, FrameDecoder,
     GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishRejected,
-    SessionId, Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError,
-    TopicFilter, TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
+    SessionId, Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
+    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -52,9 +52,31 @@ fn overflow_policy() -> impl Strategy<Value = OverflowPolicy> {
     ]
 }
 
+fn connection_limits() -> impl Strategy<Value = Limits> {
+    any::<(u32, u32, u32, u32, u32)>().prop_map(
+        |(
+            max_payload_bytes,
+            max_frame_bytes,
+            max_subscriptions,
+            max_topic_bytes,
+            max_topic_depth,
+        )| Limits {
+            max_payload_bytes,
+            max_frame_bytes,
+            max_subscriptions,
+            max_topic_bytes,
+            max_topic_depth,
+        },
+    )
+}
+
 /// Any frame of any kind, every field drawn independently.
 fn frame() -> impl Strategy<Value = Frame> {
-    let hello = (any::<u32>(), proptest::option::of(session_id()), proptest::option::of(text()))
+    let hello = (
+        any::<u32>(),
+        proptest::option::of(session_id()),
+        proptest::option::of(text()),
+    )
         .prop_map(|(protocol_version, resume, client_name)| {
             Frame::Hello(Hello {
                 protocol_version,
@@ -67,25 +89,19 @@ fn frame() -> impl Strategy<Value = Frame> {
         session_id(),
         any::<bool>(),
         text(),
-        any::<[u32; 5]>(),
+        connection_limits(),
     )
-        .prop_map(|(protocol_version, session_id, resumed, identity, limits)| {
-            let [max_payload_bytes, max_frame_bytes, max_subscriptions, max_topic_bytes, max_topic_depth] =
-                limits;
-            Frame::Welcome(Welcome {
-                protocol_version,
-                session_id,
-                resumed,
-                identity,
-                limits: Limits {
-                    max_payload_bytes,
-                    max_frame_bytes,
-                    max_subscriptions,
-                    max_topic_bytes,
-                    max_topic_depth,
-                },
-            })
-        });
+        .prop_map(
+            |(protocol_version, session_id, resumed, identity, limits)| {
+                Frame::Welcome(Welcome {
+                    protocol_version,
+                    session_id,
+                    resumed,
+                    identity,
+                    limits,
+                })
+            },
+        );
     let subscribe = (
         any::<u64>(),
         text(),
@@ -128,15 +144,14 @@ fn frame() -> impl Strategy<Value = Frame> {
     });
     let ping = any::<u64>().prop_map(|nonce| Frame::Ping(Ping { nonce }));
     let pong = any::<u64>().prop_map(|nonce| Frame::Pong(Ping { nonce }));
-    let error = (any::<Option<u64>>(), error_code(), text()).prop_map(
-        |(request_id, code, reason)| {
+    let error =
+        (any::<Option<u64>>(), error_code(), text()).prop_map(|(request_id, code, reason)| {
             Frame::Error(ErrorFrame {
                 request_id,
                 code,
                 reason,
             })
-        },
-    );
+        });
     let going_away = (text(), any::<u32>()).prop_map(|(reason, reconnect_after_ms)| {
         Frame::GoingAway(GoingAway {
             reason,
@@ -172,8 +187,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             reason,
         })
     });
-    let no_responders =
-        text().prop_map(|reply_to| Frame::NoResponders(NoResponders { reply_to }));
+    let no_responders = text().prop_map(|reply_to| Frame::NoResponders(NoResponders { reply_to }));
     let subscription_start = any::<u64>()
         .prop_map(|subscription| Frame::SubscriptionStart(SubscriptionStart { subscription }));
     let message = (
@@ -268,13 +282,30 @@ fn filter_derived_from(name: Vec<String>) -> impl Strategy<Value = String> {
 fn filter_and_name() -> impl Strategy<Value = (String, String)> {
     name_tokens().prop_flat_map(|name| {
         let joined = name.join(".");
-        let filter = prop_oneof![independent_filter().boxed(), filter_derived_from(name).boxed()];
+        let filter = prop_oneof![
+            independent_filter().boxed(),
+            filter_derived_from(name).boxed()
+        ];
         (filter, Just(joined))
+    })
+}
+
+fn derived_filter_and_name() -> impl Strategy<Value = (String, String)> {
+    name_tokens().prop_flat_map(|name| {
+        let joined = name.join(".");
+        (filter_derived_from(name), Just(joined))
     })
 }
 
 fn limits() -> TopicLimits {
     TopicLimits::default()
+}
+
+/// Parses a generated filter and name, both of which are valid by construction.
+fn parse_valid(filter: &str, name: &str) -> (TopicFilter, TopicName) {
+    let parsed_filter = TopicFilter::parse(filter, &limits()).expect("a generated filter is valid");
+    let parsed_name = TopicName::parse(name, &limits()).expect("a generated name is valid");
+    (parsed_filter, parsed_name)
 }
 
 proptest! {
@@ -316,8 +347,7 @@ proptest! {
 
     #[test]
     fn filter_matching_agrees_with_the_reference_matcher((filter, name) in filter_and_name()) {
-        let parsed_filter = TopicFilter::parse(&filter, &limits()).expect("a generated filter is valid");
-        let parsed_name = TopicName::parse(&name, &limits()).expect("a generated name is valid");
+        let (parsed_filter, parsed_name) = parse_valid(&filter, &name);
         prop_assert_eq!(
             parsed_filter.matches(&parsed_name),
             reference_matches(&filter, &name),
@@ -326,14 +356,8 @@ proptest! {
     }
 
     #[test]
-    fn a_filter_derived_from_a_name_matches_it(
-        (filter, name) in name_tokens().prop_flat_map(|name| {
-            let joined = name.join(".");
-            (filter_derived_from(name), Just(joined))
-        })
-    ) {
-        let parsed_filter = TopicFilter::parse(&filter, &limits()).expect("a derived filter is valid");
-        let parsed_name = TopicName::parse(&name, &limits()).expect("a generated name is valid");
+    fn a_filter_derived_from_a_name_matches_it((filter, name) in derived_filter_and_name()) {
+        let (parsed_filter, parsed_name) = parse_valid(&filter, &name);
         prop_assert!(parsed_filter.matches(&parsed_name), "{} against {}", filter, name);
     }
 

@@ -2,8 +2,8 @@
 //!
 //! The fuzz targets in `fuzz/fuzz_targets/` include this file with `#[path]` and run these checks
 //! on the inputs libFuzzer makes; `tests/fuzz_corpus.rs` runs the same checks on the committed
-//! corpus in `fuzz/corpus/` under plain `cargo test`. Every check panics when
-//! a property fails, which is what both libFuzzer and the test harness report.
+//! corpus in `fuzz/corpus/` under plain `cargo test`. Every check panics when a property fails,
+//! which is what both libFuzzer and the test harness report.
 //!
 //! This module must not depend on anything but `cassini-protocol` and `bytes`: the fuzz crate
 //! builds it outside the workspace.
@@ -104,7 +104,10 @@ pub(crate) fn check_frame_round_trips(frame: &Frame) {
     assert_eq!(&decoded, frame, "a frame must decode back to itself");
     let mut encoded_again = BytesMut::new();
     assert!(encode_frame(&decoded, &mut encoded_again, u32::MAX).is_ok());
-    assert_eq!(encoded_again, encoded, "encoding a frame must be deterministic");
+    assert_eq!(
+        encoded_again, encoded,
+        "encoding a frame must be deterministic"
+    );
 }
 
 /// Splits a fuzz input into chunk lengths and a stream: the first byte says how many of the
@@ -131,7 +134,11 @@ pub(crate) fn decode_in_chunks(stream: &[u8], chunk_lengths: &[usize]) -> Stream
     let mut rest = stream;
     let mut lengths = chunk_lengths.iter().cycle();
     while !rest.is_empty() {
-        let length = lengths.next().copied().unwrap_or(rest.len()).min(rest.len());
+        let length = lengths
+            .next()
+            .copied()
+            .unwrap_or(rest.len())
+            .min(rest.len());
         let (chunk, after) = rest.split_at(length);
         rest = after;
         buf.extend_from_slice(chunk);
@@ -227,9 +234,7 @@ fn reference_common_is_valid(topic: &str, limits: &TopicLimits) -> bool {
         && topic.len() <= limits.max_bytes
         && tokens.len() <= limits.max_depth
         && tokens.iter().all(|token| !token.is_empty())
-        && !topic
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
+        && !topic.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Whether `topic` is a valid name to publish to: the common rules, no wildcard character
@@ -246,13 +251,14 @@ pub(crate) fn reference_filter_is_valid(filter: &str, limits: &TopicLimits) -> b
     let tokens: Vec<&str> = filter.split('.').collect();
     let last = tokens.len() - 1;
     reference_common_is_valid(filter, limits)
-        && tokens.iter().enumerate().all(|(position, &token)| {
-            match token {
+        && tokens
+            .iter()
+            .enumerate()
+            .all(|(position, &token)| match token {
                 "*" => true,
                 ">" => position == last,
                 literal => !literal.contains(['*', '>']),
-            }
-        })
+            })
 }
 
 /// The matching rule, written as directly from the `topic` module documentation as possible:
