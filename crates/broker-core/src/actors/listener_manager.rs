@@ -7,7 +7,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 
 use super::listener::{Listener, ListenerArgs, ListenerMsg};
 use super::session_manager::SessionManagerMsg;
-use super::Shared;
+use super::{ended_child, Shared};
 use crate::error::BrokerError;
 use crate::transport::Connection;
 
@@ -113,15 +113,8 @@ impl Actor for ListenerManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(actor = %cell.get_id(), %err, "listener failed; its connection is closed");
-                state.listeners.remove(&cell.get_id());
-            }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.listeners.remove(&cell.get_id());
-            }
-            _ => {}
+        if let Some((cell, _)) = ended_child(event, "listener") {
+            state.listeners.remove(&cell.get_id());
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, Message, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, Message, RpcReplyPort, SupervisionEvent};
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -57,6 +57,21 @@ where
             "actor {} is gone",
             actor.get_id()
         ))),
+    }
+}
+
+/// The child a supervision event reports as ended, and why. A failure is logged here, once for
+/// every manager; events that are not about an ended child give `None`.
+pub(crate) fn ended_child(event: SupervisionEvent, kind: &str) -> Option<(ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => {
+            tracing::error!(actor = %cell.get_id(), %err, "{kind} failed; cleaning up after it");
+            Some((cell, format!("{kind} failed: {err}")))
+        }
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            Some((cell, reason.unwrap_or_else(|| "stopped".into())))
+        }
+        _ => None,
     }
 }
 

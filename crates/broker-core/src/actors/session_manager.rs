@@ -13,7 +13,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 
 use super::session::{Session, SessionArgs, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
-use super::{ask, Shared};
+use super::{ask, ended_child, Shared};
 use crate::error::BrokerError;
 use crate::transport::Connection;
 
@@ -150,13 +150,8 @@ impl Actor for SessionManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let cell = match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(actor = %cell.get_id(), %err, "session failed; ending its subscriptions");
-                cell
-            }
-            SupervisionEvent::ActorTerminated(cell, _, _) => cell,
-            _ => return Ok(()),
+        let Some((cell, _)) = ended_child(event, "session") else {
+            return Ok(());
         };
         if let Some(id) = state.by_actor.remove(&cell.get_id()) {
             state.sessions.remove(&id);

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use cassini_protocol::{SessionId, TopicFilter};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use super::ended_child;
 use super::session::SessionMsg;
 use super::subscriber::{Subscriber, SubscriberArgs, SubscriberMsg};
 use super::topic_manager::TopicManagerMsg;
@@ -110,15 +111,8 @@ impl Actor for SubscriberManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(actor = %cell.get_id(), %err, "subscriber failed; cleaning up");
-                (cell, format!("subscriber failed: {err}"))
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = ended_child(event, "subscriber") else {
+            return Ok(());
         };
         if let Some(record) = state.children.remove(&cell.get_id()) {
             let _ = state.topics.send_message(TopicManagerMsg::Leave {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use cassini_protocol::TopicFilter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::ask;
 use super::topic::{Topic, TopicArgs, TopicMsg};
+use super::{ask, ended_child};
 use crate::error::BrokerError;
 use crate::router::{FilterRoute, RouteMember, Router, SubscriberKey};
 
@@ -142,19 +142,10 @@ impl Actor for TopicManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(actor = %cell.get_id(), %err, "topic actor failed; its filter is dropped");
-                if let Some(filter) = state.by_actor.get(&cell.get_id()).cloned() {
-                    state.forget(&filter);
-                }
+        if let Some((cell, _)) = ended_child(event, "topic actor") {
+            if let Some(filter) = state.by_actor.get(&cell.get_id()).cloned() {
+                state.forget(&filter);
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(filter) = state.by_actor.get(&cell.get_id()).cloned() {
-                    state.forget(&filter);
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
