@@ -16,9 +16,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::timeout;
 
 use crate::client::{Client, ClientSettings};
+use crate::connector::Connector;
 use crate::error::ClientError;
-use crate::handshake::handshake;
+use crate::outbound::OutboundBuffer;
 use crate::publish::PublisherSettings;
+use crate::reconnect_policy::ReconnectPolicy;
 
 /// Where the broker listens: a socket address, or `host:port` resolved when connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +77,8 @@ impl BrokerAddress {
         "localhost".to_owned()
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+    /// The broker's socket address, resolving a `host:port` with the system resolver.
+    pub(crate) async fn resolve(&self) -> Result<SocketAddr, ClientError> {
         let addr = match self {
             Self::Socket(addr) => return Ok(*addr),
             Self::HostPort(addr) => addr,
@@ -141,6 +144,10 @@ pub struct ClientBuilder {
     max_publish_lanes: usize,
     /// Messages queued per publish stream.
     publish_lane_buffer: usize,
+    /// Whether and how to reconnect.
+    reconnect: ReconnectPolicy,
+    /// Publishes kept while reconnecting.
+    outbound_buffer: OutboundBuffer,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -168,6 +175,8 @@ impl fmt::Debug for ClientBuilder {
             .field("subscription_buffer", &self.subscription_buffer)
             .field("max_publish_lanes", &self.max_publish_lanes)
             .field("publish_lane_buffer", &self.publish_lane_buffer)
+            .field("reconnect", &self.reconnect)
+            .field("outbound_buffer", &self.outbound_buffer)
             .finish()
     }
 }
@@ -197,6 +206,8 @@ impl ClientBuilder {
             subscription_buffer: 1024,
             max_publish_lanes: 64,
             publish_lane_buffer: 256,
+            reconnect: ReconnectPolicy::default(),
+            outbound_buffer: OutboundBuffer::default(),
         }
     }
 
@@ -305,10 +316,28 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether and how the client reconnects after losing its connection: see
+    /// [`ReconnectPolicy`] and the [`Client`] documentation. Default: on, backing off from
+    /// 100 ms to 10 s, forever. [`ReconnectPolicy::disabled`] makes a lost connection end the
+    /// client.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// How many publishes, and for how long, the client keeps while reconnecting: see
+    /// [`OutboundBuffer`]. Default: 1024 messages, 60 s. [`OutboundBuffer::disabled`] makes a
+    /// publish while reconnecting fail at once.
+    pub fn outbound_buffer(mut self, buffer: OutboundBuffer) -> Self {
+        self.outbound_buffer = buffer;
+        self
+    }
+
     /// Connects, authenticates with the client certificate, and opens a session.
     ///
     /// A certificate the broker refuses fails here with [`ClientError::Certificate`], a broker
-    /// certificate this client does not trust with [`ClientError::BrokerCertificate`].
+    /// certificate this client does not trust with [`ClientError::BrokerCertificate`]. This
+    /// first connection is not retried: reconnecting starts once a session exists.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let connect_timeout = self.connect_timeout;
         let address = self.address.clone();
@@ -320,18 +349,25 @@ impl ClientBuilder {
             let remote = address.resolve().await?;
             let bind = bind_address.unwrap_or_else(|| unspecified_for(remote));
             let endpoint = bind_client(bind, prepared.tls, &quic)?;
-            match handshake(&endpoint, remote, &prepared.server_name, client_name).await {
-                Ok(established) => Ok((endpoint, established)),
+            let connector = Connector {
+                endpoint,
+                address,
+                server_name: prepared.server_name,
+                client_name,
+                connect_timeout,
+            };
+            match connector.connect(None).await {
+                Ok(established) => Ok((connector, established)),
                 Err(error) => {
-                    endpoint.close(0u32.into(), b"");
+                    connector.endpoint.close(0u32.into(), b"");
                     Err(error)
                 }
             }
         };
-        let (endpoint, established) = timeout(connect_timeout, connecting)
+        let (connector, established) = timeout(connect_timeout, connecting)
             .await
             .map_err(|_| ClientError::Timeout("connecting to the broker"))??;
-        Ok(Client::start(endpoint, established, prepared.client))
+        Ok(Client::start(connector, established, prepared.client))
     }
 
     /// Checks the settings and loads the certificates, without touching the network.
@@ -353,6 +389,10 @@ impl ClientBuilder {
                 reason: "connect_timeout must be longer than zero".to_owned(),
             });
         }
+        self.reconnect
+            .check()
+            .and_then(|()| self.outbound_buffer.check())
+            .map_err(|reason| ClientError::Config { reason })?;
         let ca = match self.trust {
             Some(Trust::File(path)) => tls::load_certs(&path)?,
             Some(Trust::Certs(certs)) => certs,
@@ -390,6 +430,8 @@ impl ClientBuilder {
                     lane_buffer: self.publish_lane_buffer,
                     close_timeout: self.close_timeout,
                 },
+                reconnect: self.reconnect,
+                outbound: self.outbound_buffer,
             },
         })
     }

@@ -1,9 +1,13 @@
-//! The [`Client`]: one connection to a Cassini broker and everything done over it.
+//! The [`Client`]: one session with a Cassini broker, over one connection at a time, and
+//! everything done over it.
 //!
-//! `Client` is a cheap handle (clone it freely) over the parts that do the work: the control
-//! stream tasks ([`crate::control`]), the publish lanes ([`crate::publish`]) and the subscription
-//! streams ([`crate::subscription_stream`]). It starts those tasks when the handshake is done and
-//! runs the goodbye in [`Client::close`].
+//! `Client` is a cheap handle (clone it freely) over the [`SessionCore`], which holds the
+//! current connection's parts (the control stream tasks in [`crate::control`], the publish lanes
+//! in [`crate::publish`], the subscription streams in [`crate::subscription_stream`]) and what
+//! outlives a connection. The first connection is made by the builder; the task in
+//! [`crate::supervisor`] makes the next ones. The goodbye in [`Client::close`] is in `close`.
+
+mod close;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,25 +18,26 @@ use cassini_protocol::{
     GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions, TopicFilter,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::sync::{mpsc, watch};
 
+use crate::attachment::AttachmentContext;
 use crate::builder::{BrokerAddress, ClientBuilder};
-use crate::control::{self, ControlHandle, PendingRequests};
-use crate::disconnect::{connection_error, Phase};
+use crate::connection_state::{ConnectionState, DisconnectReason};
+use crate::connector::Connector;
 use crate::error::ClientError;
 use crate::handshake::Established;
 use crate::inbox::Inbox;
-use crate::link::Link;
 use crate::message::Message;
+use crate::outbound::{OutboundBuffer, OutboundStats};
 use crate::payload::{self, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
-use crate::publish::{Publisher, PublisherSettings};
+use crate::publish::PublisherSettings;
 use crate::publish_options::PublishOptions;
-use crate::registry::SubscriptionRegistry;
+use crate::reconnect_policy::ReconnectPolicy;
 use crate::replies::PendingReplies;
 use crate::responder::Responder;
+use crate::session::SessionCore;
 use crate::subscription::{Subscription, SubscriptionSink, SubscriptionState};
-use crate::subscription_stream::accept_streams;
+use crate::supervisor::supervise;
 use crate::sync::lock;
 
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
@@ -40,9 +45,6 @@ const PUBLISH_ERRORS_CAPACITY: usize = 256;
 
 /// What [`ClientError::Timeout`] says when a request got no reply in time.
 const REPLY_TIMEOUT: &str = "waiting for a reply";
-
-/// After the connection is closed, how long to wait for the endpoint to tell the broker.
-const WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Settings the client keeps after connecting.
 #[derive(Debug, Clone, Copy)]
@@ -53,13 +55,48 @@ pub(crate) struct ClientSettings {
     pub(crate) close_timeout: Duration,
     /// Lane count and sizes.
     pub(crate) publisher: PublisherSettings,
+    /// Whether and how to reconnect.
+    pub(crate) reconnect: ReconnectPolicy,
+    /// Publishes kept while reconnecting.
+    pub(crate) outbound: OutboundBuffer,
 }
 
-/// A connection to a Cassini broker: publish, subscribe, request and serve, ping, close.
+/// A session with a Cassini broker: publish, subscribe, request and serve, ping, close.
 ///
-/// Cloning is cheap and every clone uses the same connection. Call [`Client::close`] when done:
+/// Cloning is cheap and every clone uses the same session. Call [`Client::close`] when done:
 /// it delivers everything already published before closing. Dropping the last clone without
 /// `close` closes the connection at once, and messages still queued may be lost.
+///
+/// # Reconnecting
+///
+/// When the connection is lost without a goodbye, the client reconnects by itself (see
+/// [`ReconnectPolicy`]) and resumes its session: every [`Subscription`] continues with the
+/// messages the broker queued meanwhile, in order, and [`Client::state_changes`] reports each
+/// step. While the connection is down:
+///
+/// - [`Client::publish`] (and every other publish) puts the message in a bounded outbound
+///   buffer ([`OutboundBuffer`]) and returns; the buffer is sent first, in order, after the
+///   reconnect. When the buffer is full it fails with [`ClientError::OutboundBufferFull`];
+///   with the buffer disabled, with [`ClientError::Disconnected`].
+/// - [`Client::subscribe`], [`Subscription::unsubscribe`] and [`Client::ping`] fail at once
+///   with [`ClientError::Disconnected`]: they do not wait for the reconnect. Try again when
+///   the state is [`ConnectionState::Connected`].
+/// - [`Client::request`] waits for its reply up to its timeout (the request is buffered like
+///   any publish) if the client has made a request before; a first request fails with
+///   [`ClientError::Disconnected`], since it must subscribe to its reply inbox.
+/// - Requests in flight when the connection dropped fail with
+///   [`ClientError::ConnectionLost`]; they may or may not have reached the broker.
+///
+/// The client does not reconnect after [`Client::close`], when another connection with the same
+/// certificate identity took the session over (`SESSION_TAKEN_OVER`), when the broker or TLS
+/// refused it in a way that would repeat (a certificate, the protocol version, a protocol
+/// error), or when [`ReconnectPolicy::give_up_after`] has passed: it then reports
+/// [`ConnectionState::Disconnected`], ends every subscription and fails every operation.
+///
+/// If the broker had forgotten the session by the time the client got back (it expired after
+/// the broker's `sessions.expiry`), the client starts a new session and subscribes again to
+/// every live subscription; each reports a [`crate::Gap::SessionLost`], since messages
+/// published in between are lost.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -67,14 +104,12 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    /// The local QUIC endpoint; waited on after closing so the broker hears of it.
+    /// The local QUIC endpoint; closed and waited on after closing so the broker hears of it.
     endpoint: quinn::Endpoint,
-    /// The connection and its state.
-    link: Arc<Link>,
-    /// Requests on the control stream.
-    control: ControlHandle,
-    /// Publish lanes.
-    publisher: Publisher,
+    /// The session across connections.
+    core: Arc<SessionCore>,
+    /// The identity the broker read from the certificate: the same on every connection.
+    identity: String,
     /// Where replies to this client's requests arrive.
     inbox: Inbox,
     /// The rejection queue, until the application takes it.
@@ -85,10 +120,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !self.link.start_closing() {
-            self.link
-                .connection()
+        if !self.core.start_closing() {
+            self.core.stop_token().cancel();
+            self.endpoint
                 .close(0u32.into(), b"client dropped without close()");
+            self.core.end(ClientError::Closed, DisconnectReason::Closed);
         }
     }
 }
@@ -100,56 +136,37 @@ impl Client {
         ClientBuilder::new(address.into())
     }
 
-    /// Starts the tasks that serve an established session.
+    /// Starts serving an established session, and the task that reconnects it.
     pub(crate) fn start(
-        endpoint: quinn::Endpoint,
+        connector: Connector,
         established: Established,
         settings: ClientSettings,
     ) -> Self {
-        let Established {
-            connection,
-            control_send,
-            control_reader,
-            welcome,
-        } = established;
-        let link = Arc::new(Link::new(connection, welcome));
-        let pending = Arc::new(PendingRequests::default());
-        let registry = Arc::new(SubscriptionRegistry::default());
-        let (commands, command_queue) = mpsc::channel(control::COMMAND_QUEUE);
-        let control = ControlHandle::new(commands, Arc::clone(&link));
-        tokio::spawn(control::run_writer(
-            control_send,
-            command_queue,
-            Arc::clone(&pending),
-            Arc::clone(&link),
-        ));
-        tokio::spawn(control::run_reader(
-            control_reader,
-            pending,
-            Arc::clone(&registry),
-            control.downgrade(),
-        ));
-        tokio::spawn(accept_streams(Arc::clone(&link), registry));
+        let identity = established.welcome.identity.clone();
         let (rejections, publish_errors) = mpsc::channel(PUBLISH_ERRORS_CAPACITY);
         let replies = Arc::new(PendingReplies::default());
-        let publisher = Publisher::new(
-            Arc::clone(&link),
-            settings.publisher,
+        let context = AttachmentContext {
+            registry: Arc::default(),
+            closing: Arc::default(),
             rejections,
-            Arc::clone(&replies),
-        );
-        let inbox = Inbox::new(Arc::clone(&link), replies);
+            replies: Arc::clone(&replies),
+            publisher: settings.publisher,
+        };
+        let (core, attachment) =
+            SessionCore::start(established, context, settings.reconnect, settings.outbound);
         tracing::info!(
-            session = %link.welcome().session_id,
-            identity = %link.welcome().identity,
+            session = %attachment.link.welcome().session_id,
+            %identity,
             "connected to the broker"
         );
+        let endpoint = connector.endpoint.clone();
+        tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
+        let inbox = Inbox::new(Arc::clone(&core), replies);
         Self {
             inner: Arc::new(Inner {
                 endpoint,
-                link,
-                control,
-                publisher,
+                core,
+                identity,
                 inbox,
                 publish_errors: Mutex::new(Some(publish_errors)),
                 settings,
@@ -162,8 +179,12 @@ impl Client {
     /// The topic and payload size are checked against the broker's limits first
     /// ([`ClientError::InvalidTopic`], [`ClientError::PayloadTooLarge`]). Returns once the
     /// message is queued on the topic's publish stream; it waits while that queue is full.
-    /// Messages to one topic reach the broker in the order they were published. A publish the
-    /// broker refuses anyway is reported through [`Client::publish_errors`] and the log.
+    /// While the client is reconnecting, the message goes to the outbound buffer instead
+    /// ([`OutboundBuffer`]; a full buffer is [`ClientError::OutboundBufferFull`]). Messages to
+    /// one topic reach the broker in the order they were published, across reconnects too;
+    /// messages still queued on a connection when it drops are lost (delivery is at most
+    /// once). A publish the broker refuses anyway is reported through
+    /// [`Client::publish_errors`] and the log.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         self.publish_with(topic, payload, PublishOptions::default())
             .await
@@ -191,7 +212,7 @@ impl Client {
         options: PublishOptions,
     ) -> Result<(), ClientError> {
         self.inner
-            .publisher
+            .core
             .publish(topic, payload.into(), options, None)
             .await
     }
@@ -210,7 +231,8 @@ impl Client {
 
     /// Sends `payload` to `topic` for one session only: the broker delivers it to those of
     /// `session`'s subscriptions that match `topic`, and to nobody else. Learn a peer's session
-    /// from its [`Client::session_id`] (exchanged by the application).
+    /// from its [`Client::session_id`] (exchanged by the application; it changes if the peer's
+    /// session was lost).
     pub async fn send_to(
         &self,
         session: SessionId,
@@ -218,7 +240,7 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
         self.inner
-            .publisher
+            .core
             .publish(
                 topic,
                 payload.into(),
@@ -283,35 +305,35 @@ impl Client {
     /// queue group).
     ///
     /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
-    /// a refusal by the broker is [`ClientError::Request`].
+    /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it
+    /// fails with [`ClientError::Disconnected`].
     pub async fn subscribe_with(
         &self,
         filter: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, ClientError> {
-        let link = &self.inner.link;
-        if link.is_closing() {
+        let core = &self.inner.core;
+        if core.is_closing() {
             return Err(ClientError::Closed);
         }
-        let filter =
-            TopicFilter::parse(filter, &link.topic_limits()).map_err(ClientError::InvalidFilter)?;
+        let limits = core.attachment().link.topic_limits();
+        let filter = TopicFilter::parse(filter, &limits).map_err(ClientError::InvalidFilter)?;
+        let control = core.control()?;
         let (sender, messages) = mpsc::channel(self.inner.settings.subscription_buffer);
         let state = Arc::new(SubscriptionState::default());
-        let sink = SubscriptionSink {
+        let sink = SubscriptionSink::new(
+            filter.as_str().to_owned(),
+            options.clone(),
             sender,
-            state: Arc::clone(&state),
-        };
-        let control = &self.inner.control;
-        let id = control
-            .subscribe(filter.as_str().to_owned(), options.clone(), sink)
-            .await?;
+            Arc::clone(&state),
+        );
+        control.subscribe(sink).await?;
         Ok(Subscription::new(
-            id,
             filter,
             options,
             messages,
             state,
-            control.clone(),
+            Arc::clone(core),
         ))
     }
 
@@ -326,7 +348,8 @@ impl Client {
     /// if no reply came in time (the timeout covers subscribing and publishing too), with
     /// [`ClientError::InboxEnded`] if the inbox subscription ended while the request waited,
     /// and otherwise as [`Client::publish`] does. A reply that arrives after the timeout, or
-    /// after the first reply, is dropped.
+    /// after the first reply, is dropped. While the client is reconnecting, see the
+    /// [`Client`] documentation.
     pub async fn request(
         &self,
         topic: &str,
@@ -354,14 +377,11 @@ impl Client {
                 reply_to: Some(pending.reply_to().to_owned()),
                 ..options
             };
-            inner
-                .publisher
-                .publish(topic, payload, options, None)
-                .await?;
+            inner.core.publish(topic, payload, options, None).await?;
             pending
                 .outcome()
                 .await
-                .unwrap_or_else(|| Err(inner.link.error()))
+                .unwrap_or_else(|| Err(inner.core.error()))
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -385,9 +405,11 @@ impl Client {
     }
 
     /// Measures one round trip on the control stream (queued behind other control requests).
+    /// While the client is reconnecting it fails with [`ClientError::Disconnected`].
     pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let control = self.inner.core.control()?;
         let started = Instant::now();
-        self.inner.control.ping().await?;
+        control.ping().await?;
         Ok(started.elapsed())
     }
 
@@ -398,87 +420,70 @@ impl Client {
         lock(&self.inner.publish_errors).take()
     }
 
-    /// The session the broker attached this connection to.
+    /// The session the broker attached this connection to. It changes when the broker had
+    /// forgotten the session by the time the client reconnected.
     pub fn session_id(&self) -> SessionId {
-        self.inner.link.welcome().session_id
+        self.inner.core.session_id()
     }
 
     /// The identity the broker read from this client's certificate.
     pub fn identity(&self) -> &str {
-        &self.inner.link.welcome().identity
+        &self.inner.identity
     }
 
-    /// The limits the broker enforces on this connection.
+    /// The limits the broker enforces on the current (or, while reconnecting, the last)
+    /// connection.
     pub fn limits(&self) -> Limits {
-        self.inner.link.limits()
+        self.inner.core.attachment().link.limits()
     }
 
-    /// The broker's address.
+    /// The broker's address, on the current (or last) connection.
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.link.connection().remote_address()
+        self.inner
+            .core
+            .attachment()
+            .link
+            .connection()
+            .remote_address()
     }
 
     /// QUIC's current estimate of the round-trip time; free, unlike [`Client::ping`].
     pub fn rtt(&self) -> Duration {
-        self.inner.link.connection().rtt()
+        self.inner.core.attachment().link.connection().rtt()
     }
 
-    /// The broker's latest `GoingAway` notice, if it sent one: it is shutting down.
+    /// The broker's latest `GoingAway` notice on the current (or last) connection, if it sent
+    /// one: it is shutting down.
     pub fn going_away(&self) -> Option<GoingAway> {
-        self.inner.link.going_away()
+        self.inner.core.attachment().link.going_away()
     }
 
-    /// Whether the client was closed or its connection ended.
+    /// Whether the client was closed or ended for good ([`ConnectionState::Disconnected`]). A
+    /// client that is reconnecting is not closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.link.is_closing() || self.inner.link.connection().close_reason().is_some()
+        let core = &self.inner.core;
+        if core.is_closing() || core.is_ended() {
+            return true;
+        }
+        // Lost, and not reconnecting: the reconnecting task may not have seen it yet.
+        !core.reconnect_policy().enabled && core.attachment().is_dead()
     }
 
-    /// Says goodbye without losing published messages, then closes the connection.
-    ///
-    /// In order: closes every publish stream and waits until the broker has acknowledged all
-    /// of them; finishes the control stream (the goodbye: the broker reads the publish streams
-    /// to their end and closes the connection); waits for the broker's close; waits for the
-    /// endpoint to be idle. Each wait is bounded by `close_timeout`. Afterwards every operation
-    /// fails with [`ClientError::Closed`] and every subscription ends with
-    /// [`crate::SubscriptionEnd::Closed`]. Returns an error if the connection had already failed
-    /// (messages may have been lost) or the broker did not acknowledge the publish streams in
-    /// time. Calling it again only waits for the connection to be closed.
-    pub async fn close(&self) -> Result<(), ClientError> {
-        let inner = &self.inner;
-        let connection = inner.link.connection();
-        let close_timeout = inner.settings.close_timeout;
-        if inner.link.start_closing() {
-            let _ = timeout(close_timeout, connection.closed()).await;
-            return Ok(());
-        }
-        let failed_before = connection.close_reason();
-        let drained = inner.publisher.close().await;
-        let mut closed_by_broker = None;
-        if failed_before.is_none() {
-            if let Err(error) = inner.control.goodbye().await {
-                tracing::debug!(%error, "goodbye not sent");
-            }
-            match timeout(close_timeout, connection.closed()).await {
-                Ok(reason) => closed_by_broker = Some(reason),
-                Err(_) => tracing::warn!(
-                    timeout = ?close_timeout,
-                    "the broker did not close the connection after goodbye; closing it"
-                ),
-            }
-        }
-        connection.close(0u32.into(), b"goodbye");
-        if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::debug!("endpoint not idle in time after close");
-        }
-        for reason in [failed_before, closed_by_broker].into_iter().flatten() {
-            match connection_error(&reason, Phase::Established) {
-                ClientError::Closed => {}
-                error => return Err(error),
-            }
-        }
-        drained
+    /// The connection's state now: connected (and whether the session was resumed),
+    /// reconnecting, or disconnected for good.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.core.state()
+    }
+
+    /// A receiver that sees every change of [`Client::state`]: wait for one with
+    /// `changed().await` or `wait_for(..).await`. Every change is also logged.
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.core.state_changes()
+    }
+
+    /// What the outbound buffer holds now, and how many publishes it dropped because they
+    /// waited too long or because the client ended before it could send them.
+    pub fn outbound_stats(&self) -> OutboundStats {
+        self.inner.core.outbound_stats()
     }
 }

@@ -14,9 +14,7 @@ mod writer;
 
 use std::sync::Arc;
 
-use cassini_protocol::{
-    Frame, Ping, RequestId, Subscribe, SubscribeOptions, SubscriptionId, Unsubscribe,
-};
+use cassini_protocol::{Frame, Ping, RequestId, Subscribe, SubscriptionId, Unsubscribe};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClientError;
@@ -34,14 +32,10 @@ pub(crate) const COMMAND_QUEUE: usize = 64;
 /// A control request, before the writer gives it an id.
 #[derive(Debug)]
 pub(crate) enum ControlRequest {
-    /// Start a subscription whose messages go to `sink`.
+    /// Start a subscription whose messages go to `sink`, with the sink's filter and options.
     Subscribe {
-        /// The validated filter.
-        filter: String,
-        /// Queue and overflow options.
-        options: SubscribeOptions,
         /// Registered for the subscription's stream once the broker answers `Subscribed`.
-        sink: SubscriptionSink,
+        sink: Arc<SubscriptionSink>,
     },
     /// End a subscription.
     Unsubscribe {
@@ -56,9 +50,9 @@ pub(crate) enum ControlRequest {
 #[derive(Debug)]
 pub(crate) enum Expected {
     /// `Subscribed` (or `Error`); the sink is registered when it arrives.
-    Subscribed(SubscriptionSink),
-    /// `Unsubscribed` (or `Error`).
-    Unsubscribed,
+    Subscribed(Arc<SubscriptionSink>),
+    /// `Unsubscribed` (or `Error`) for this subscription.
+    Unsubscribed(SubscriptionId),
     /// `Pong` with the request id as nonce.
     Pong,
 }
@@ -67,7 +61,7 @@ impl Expected {
     fn name(&self) -> &'static str {
         match self {
             Expected::Subscribed(_) => "Subscribe",
-            Expected::Unsubscribed => "Unsubscribe",
+            Expected::Unsubscribed(_) => "Unsubscribe",
             Expected::Pong => "Ping",
         }
     }
@@ -77,15 +71,11 @@ impl ControlRequest {
     /// The request's frame with id `id`, and what its answer will be.
     fn into_frame(self, id: RequestId) -> (Frame, Expected) {
         match self {
-            ControlRequest::Subscribe {
-                filter,
-                options,
-                sink,
-            } => (
+            ControlRequest::Subscribe { sink } => (
                 Frame::Subscribe(Subscribe {
                     request_id: id,
-                    filter,
-                    options,
+                    filter: sink.filter.clone(),
+                    options: sink.options.clone(),
                 }),
                 Expected::Subscribed(sink),
             ),
@@ -94,7 +84,7 @@ impl ControlRequest {
                     request_id: id,
                     subscription,
                 }),
-                Expected::Unsubscribed,
+                Expected::Unsubscribed(subscription),
             ),
             ControlRequest::Ping => (Frame::Ping(Ping { nonce: id }), Expected::Pong),
         }
@@ -176,19 +166,13 @@ impl ControlHandle {
         }
     }
 
-    /// Subscribes to `filter`; the subscription's messages will go to `sink`.
+    /// Subscribes to the sink's filter with its options; the subscription's messages will go
+    /// to `sink`.
     pub(crate) async fn subscribe(
         &self,
-        filter: String,
-        options: SubscribeOptions,
-        sink: SubscriptionSink,
+        sink: Arc<SubscriptionSink>,
     ) -> Result<SubscriptionId, ClientError> {
-        let request = ControlRequest::Subscribe {
-            filter,
-            options,
-            sink,
-        };
-        match self.request(request).await? {
+        match self.request(ControlRequest::Subscribe { sink }).await? {
             Answer::Subscribed(id) => Ok(id),
             other => Err(mismatch(other)),
         }

@@ -140,4 +140,72 @@ pub enum ClientError {
     /// The client was closed (by [`crate::Client::close`] or a normal close by the broker).
     #[error("the client is closed")]
     Closed,
+    /// The client has no connection to the broker: it is reconnecting, or it gave up (see
+    /// [`crate::Client::state`]). Subscribe, unsubscribe and ping fail with this at once rather
+    /// than wait for the reconnect, and so does a publish when the outbound buffer is disabled.
+    /// Nothing was sent; try again once [`crate::Client::state_changes`] reports
+    /// [`crate::ConnectionState::Connected`].
+    #[error("not connected to the broker: {reason}")]
+    Disconnected {
+        /// Why the connection is down.
+        reason: String,
+    },
+    /// A publish made while reconnecting found the outbound buffer full
+    /// ([`crate::OutboundBuffer::max_messages`]); the message was not kept.
+    #[error("the outbound buffer is full: {capacity} messages already wait for the reconnect")]
+    OutboundBufferFull {
+        /// The buffer's `max_messages`.
+        capacity: usize,
+    },
+}
+
+impl ClientError {
+    /// An owned copy, for an error that several callers must each receive (the error that ended
+    /// the client). Variants that hold errors of other crates become
+    /// [`ClientError::ConnectionLost`] with the same message.
+    pub(crate) fn duplicate(&self) -> ClientError {
+        match self {
+            ClientError::Config { reason } => ClientError::Config {
+                reason: reason.clone(),
+            },
+            ClientError::Resolve { addr, reason } => ClientError::Resolve {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            ClientError::Connect { reason } => ClientError::Connect {
+                reason: reason.clone(),
+            },
+            ClientError::Certificate { reason } => ClientError::Certificate {
+                reason: reason.clone(),
+            },
+            ClientError::BrokerCertificate { reason } => ClientError::BrokerCertificate {
+                reason: reason.clone(),
+            },
+            ClientError::Refused { code, reason } => ClientError::Refused {
+                code: *code,
+                reason: reason.clone(),
+            },
+            ClientError::Request { code, reason } => ClientError::Request {
+                code: *code,
+                reason: reason.clone(),
+            },
+            ClientError::ConnectionLost { reason } => ClientError::ConnectionLost {
+                reason: reason.clone(),
+            },
+            ClientError::Protocol { reason } => ClientError::Protocol {
+                reason: reason.clone(),
+            },
+            ClientError::Timeout(what) => ClientError::Timeout(what),
+            ClientError::Closed => ClientError::Closed,
+            ClientError::Disconnected { reason } => ClientError::Disconnected {
+                reason: reason.clone(),
+            },
+            ClientError::OutboundBufferFull { capacity } => ClientError::OutboundBufferFull {
+                capacity: *capacity,
+            },
+            other => ClientError::ConnectionLost {
+                reason: other.to_string(),
+            },
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! From a QUIC connection to a Cassini session: `Hello` out, `Welcome` back.
+//! From a QUIC connection to a Cassini session: `Hello` out (asking to resume a session after a
+//! reconnect), `Welcome` back.
 //!
 //! The handshake is where a refused certificate shows: with TLS 1.3 the QUIC connection is
 //! established from the client's side before the broker has judged the client certificate, so
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
-use cassini_protocol::{ErrorCode, Frame, Hello, Welcome, PROTOCOL_VERSION};
+use cassini_protocol::{ErrorCode, Frame, Hello, SessionId, Welcome, PROTOCOL_VERSION};
 use quinn::VarInt;
 use tokio::time::timeout;
 
@@ -37,12 +38,15 @@ pub(crate) struct Established {
     pub(crate) welcome: Welcome,
 }
 
-/// Connects to `remote`, opens the control stream and exchanges `Hello` and `Welcome`.
+/// Connects to `remote`, opens the control stream and exchanges `Hello` and `Welcome`, asking
+/// to resume session `resume` if there is one. A broker that does not know that session closes
+/// the connection with `SESSION_NOT_FOUND`, which this returns as [`ClientError::Refused`].
 pub(crate) async fn handshake(
     endpoint: &quinn::Endpoint,
     remote: SocketAddr,
     server_name: &str,
     client_name: Option<String>,
+    resume: Option<SessionId>,
 ) -> Result<Established, ClientError> {
     let connecting =
         endpoint
@@ -60,7 +64,7 @@ pub(crate) async fn handshake(
     let _ = control_send.set_priority(CONTROL_STREAM_PRIORITY);
     let hello = Frame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        resume: None,
+        resume,
         client_name,
     });
     let hello = encode(&hello, DEFAULT_MAX_FRAME_BYTES)?;

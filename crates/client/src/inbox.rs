@@ -7,7 +7,9 @@
 //! task reads the subscription and hands each delivery to the [`PendingReplies`] entry its topic
 //! names.
 //!
-//! If the subscription ends, the dispatcher marks it ended, then fails every request waiting
+//! The inbox subscription survives reconnects like any other (after a lost session it is made
+//! again under the same name, so replies still find it). If the subscription ends, the
+//! dispatcher marks it ended, then fails every request waiting
 //! on it; the next request subscribes again under a fresh random inbox, so a late reply to the
 //! old one cannot reach it. A request checks the mark after registering: if the inbox ended
 //! meanwhile it registers again under the new one, so no request waits on an inbox that is gone.
@@ -19,8 +21,8 @@ use tokio::sync::Mutex;
 
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::link::Link;
 use crate::replies::{PendingReplies, PendingReply};
+use crate::session::SessionCore;
 use crate::subscription::{Subscription, SubscriptionEnd};
 
 /// How many inbox subscriptions one request may try before giving up: one, and one more if the
@@ -34,8 +36,8 @@ pub(crate) struct Inbox {
     next_request: AtomicU64,
     /// Requests waiting for a reply; shared with the publish lanes for `NoResponders`.
     replies: Arc<PendingReplies>,
-    /// The connection, for what a waiting request reports when the inbox ends.
-    link: Arc<Link>,
+    /// The session, for what a waiting request reports when the inbox ends.
+    session: Arc<SessionCore>,
     /// The current inbox subscription, once a request has made one. An async lock, held while
     /// subscribing, so that concurrent first requests subscribe only once.
     current: Mutex<Option<Arc<LiveInbox>>>,
@@ -53,11 +55,11 @@ struct LiveInbox {
 
 impl Inbox {
     /// An inbox with nothing subscribed yet.
-    pub(crate) fn new(link: Arc<Link>, replies: Arc<PendingReplies>) -> Self {
+    pub(crate) fn new(session: Arc<SessionCore>, replies: Arc<PendingReplies>) -> Self {
         Self {
             next_request: AtomicU64::new(1),
             replies,
-            link,
+            session,
             current: Mutex::new(None),
         }
     }
@@ -105,7 +107,7 @@ impl Inbox {
             subscription,
             Arc::clone(&inbox),
             Arc::clone(&self.replies),
-            Arc::clone(&self.link),
+            Arc::clone(&self.session),
         ));
         *current = Some(Arc::clone(&inbox));
         Ok(inbox)
@@ -118,7 +120,7 @@ async fn dispatch(
     mut subscription: Subscription,
     inbox: Arc<LiveInbox>,
     replies: Arc<PendingReplies>,
-    link: Arc<Link>,
+    session: Arc<SessionCore>,
 ) {
     while let Some(message) = subscription.recv().await {
         let topic = message.topic().to_owned();
@@ -132,7 +134,7 @@ async fn dispatch(
     replies.fail_inbox(&inbox.prefix, || match &end {
         Some(SubscriptionEnd::Closed) => ClientError::Closed,
         Some(SubscriptionEnd::ConnectionLost { .. } | SubscriptionEnd::ProtocolError { .. }) => {
-            link.error()
+            session.error()
         }
         Some(other) => ClientError::InboxEnded {
             reason: other.to_string(),

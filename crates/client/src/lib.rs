@@ -63,21 +63,59 @@
 //! stream. Each topic is published on its own client-opened stream (a *lane*), so per-topic
 //! order holds and topics do not delay each other. The broker opens one stream per
 //! subscription. Every queue is bounded: a slow subscriber stops reading its stream and QUIC
-//! flow control pushes back on the broker; a fast publisher waits in [`Client::publish`].
+//! flow control pushes back on the broker; a fast publisher waits in [`Client::publish`]. TLS
+//! session resumption and 0-RTT stay off on reconnects too: every connection runs the full
+//! certificate check.
+//!
+//! # Surviving a lost connection
+//!
+//! A connection lost without a goodbye does not end the client: it reconnects with backoff
+//! ([`ReconnectPolicy`], on by default) and resumes its session, and every [`Subscription`]
+//! continues with the messages the broker kept for it, in order and never twice. Publishes made
+//! meanwhile wait in a bounded [`OutboundBuffer`] and are sent first after the reconnect;
+//! subscribe, unsubscribe and ping fail at once with [`ClientError::Disconnected`]. Watch it
+//! happen with [`Client::state_changes`] ([`ConnectionState`]); see what a subscription missed
+//! with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
+//! good after [`Client::close`], when a newer connection of the same identity took the session
+//! over, when the broker refuses it in a way that would repeat, or when the policy gives up.
+//! The [`Client`] documentation has the details.
+//!
+//! ```no_run
+//! # use cassini_client::{Client, ConnectionState};
+//! # async fn run(client: Client) {
+//! let mut states = client.state_changes();
+//! while states.changed().await.is_ok() {
+//!     let state = states.borrow().clone();
+//!     println!("{state}");
+//!     if let ConnectionState::Disconnected { .. } = state {
+//!         break;
+//!     }
+//! }
+//! # }
+//! ```
 //!
 //! # Layout
 //!
 //! - [`builder`](ClientBuilder): settings, their validation, and `connect`.
-//! - `handshake`: the QUIC connection, the control stream, `Hello` and `Welcome`.
-//! - `client`: the [`Client`] handle, its tasks, and the goodbye in [`Client::close`].
+//! - `handshake`: the QUIC connection, the control stream, `Hello` (resuming a session) and
+//!   `Welcome`; `connector`: one connection attempt under the connect timeout.
+//! - `client`: the [`Client`] handle; `client/close` the goodbye in [`Client::close`].
+//! - `session`: what outlives a connection (the current connection, the outbound buffer, the
+//!   [`ConnectionState`]); `attachment`: one connection and the tasks serving it;
+//!   `supervisor`: the task that notices a lost connection and reconnects, resumes or replaces
+//!   the session; `loss`: which failures are retried; `reconnect_policy`: [`ReconnectPolicy`]
+//!   and its backoff schedule; `outbound`: [`OutboundBuffer`] and its bounded queue;
+//!   `connection_state`: [`ConnectionState`] and [`DisconnectReason`].
 //! - `control`: the control stream's writer and reader tasks and the table of pending requests.
 //! - `publish`: publish validation and the least-recently-used set of lanes; `lanes` is the
 //!   LRU bookkeeping, `lane` the task that owns one publish stream.
 //! - `subscription_stream`: accepting subscription streams and moving deliveries into each
-//!   subscription's bounded channel; `registry` pairs a stream with its `Subscribed` answer,
-//!   whichever arrives first.
+//!   subscription's bounded channel; `registry`: the session's subscriptions across
+//!   connections, pairing a stream with its `Subscribed` answer whichever arrives first, and
+//!   handing a subscription from one connection's stream to the next.
 //! - `publish_options`: [`PublishOptions`].
-//! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]).
+//! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]);
+//!   `gaps`: [`Gap`]s and the bookkeeping that finds them and refuses duplicates.
 //! - `message`: a delivered [`Message`].
 //! - `payload`: JSON and MessagePack payloads and their errors ([`PayloadError`]).
 //! - `inbox`: the per-client reply subscription and its dispatcher; `replies` the table of
@@ -88,34 +126,47 @@
 //! - `framed`: whole frames over quinn streams.
 //! - `error`: [`ClientError`].
 
+mod attachment;
 mod builder;
 mod client;
+mod connection_state;
+mod connector;
 mod control;
 mod disconnect;
 mod error;
 mod framed;
+mod gaps;
 mod handshake;
 mod inbox;
 mod lane;
 mod lanes;
 mod link;
+mod loss;
 mod message;
+mod outbound;
 mod payload;
 mod publish;
 mod publish_options;
+mod reconnect_policy;
 mod registry;
 mod replies;
 mod responder;
+mod session;
 mod subscription;
 mod subscription_stream;
+mod supervisor;
 mod sync;
 
 pub use builder::{BrokerAddress, ClientBuilder};
 pub use client::Client;
+pub use connection_state::{ConnectionState, DisconnectReason};
 pub use error::ClientError;
+pub use gaps::Gap;
 pub use message::Message;
+pub use outbound::{OutboundBuffer, OutboundStats};
 pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
 pub use publish_options::PublishOptions;
+pub use reconnect_policy::ReconnectPolicy;
 pub use responder::{Request, Responder};
 pub use subscription::{Subscription, SubscriptionEnd};
 

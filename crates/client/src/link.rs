@@ -1,12 +1,13 @@
 //! What every part of the client shares about its one connection.
 //!
 //! The [`Link`] holds the quinn connection, the broker's `Welcome`, and the facts that decide
-//! what a failed operation reports: whether the user is closing the client, whether this client
-//! closed the connection for a protocol violation, and otherwise how quinn says it ended. It
-//! does not read or write any stream.
+//! what a failed operation reports: whether the user is closing the client (a flag every
+//! connection of the client shares), whether this client closed the connection for a protocol
+//! violation, and otherwise how quinn says it ended. A reconnect makes a new `Link`. It does not
+//! read or write any stream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cassini_protocol::{ErrorCode, GoingAway, Limits, TopicLimits, Welcome};
 use quinn::VarInt;
@@ -22,8 +23,9 @@ pub(crate) struct Link {
     connection: quinn::Connection,
     /// The broker's answer to `Hello`: session, identity and limits.
     welcome: Welcome,
-    /// Set when the user starts closing the client: operations then report `Closed`.
-    closing: AtomicBool,
+    /// Set when the user starts closing the client: operations then report `Closed`. Shared by
+    /// every connection of the client.
+    closing: Arc<AtomicBool>,
     /// Set when this client closed the connection because the broker broke the protocol.
     violation: OnceLock<String>,
     /// The last `GoingAway` the broker sent.
@@ -31,11 +33,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(connection: quinn::Connection, welcome: Welcome) -> Self {
+    pub(crate) fn new(
+        connection: quinn::Connection,
+        welcome: Welcome,
+        closing: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             connection,
             welcome,
-            closing: AtomicBool::new(false),
+            closing,
             violation: OnceLock::new(),
             going_away: Mutex::new(None),
         }
@@ -66,13 +72,13 @@ impl Link {
         }
     }
 
-    /// Marks the client as closing; returns whether it already was.
-    pub(crate) fn start_closing(&self) -> bool {
-        self.closing.swap(true, Ordering::AcqRel)
-    }
-
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.connection.close_reason().is_some()
     }
 
     pub(crate) fn set_going_away(&self, going_away: GoingAway) {

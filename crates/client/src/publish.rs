@@ -6,9 +6,12 @@
 //! finishes its stream, and a later lane for the same topic waits until the broker has
 //! acknowledged that stream before it sends, so per-topic order holds across lanes too.
 //!
-//! `publish` validates before anything is queued (topic rules, for the topic and any `reply_to`,
-//! and payload size from the broker's `Welcome`), then waits for room in the lane's bounded queue: that wait is the backpressure a
-//! fast publisher feels when the broker or the network is slower.
+//! [`prepare`] validates before anything is queued (topic rules, for the topic and any
+//! `reply_to`, and payload size from the broker's `Welcome`) and encodes the frame;
+//! [`Publisher::send`] then waits for room in the lane's bounded queue: that wait is the
+//! backpressure a fast publisher feels when the broker or the network is slower. A `Publisher`
+//! belongs to one connection; when that connection is gone, `send` hands the message back so
+//! the session can keep it for the next one (see [`crate::session`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,75 @@ pub(crate) struct PublisherSettings {
     /// How long a closing lane waits for the broker to acknowledge its stream; also the bound on
     /// draining every lane in [`Publisher::close`].
     pub(crate) close_timeout: Duration,
+}
+
+/// A validated, encoded publish, ready for its topic's lane.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The topic, which picks the lane.
+    pub(crate) topic: TopicName,
+    /// The encoded `Publish` frame.
+    pub(crate) frame: BytesMut,
+}
+
+/// Why [`Publisher::send`] did not queue a message.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection is gone; here is the message, unsent.
+    ConnectionGone(Outgoing),
+    /// The publisher is closed, or the lane failed for another reason.
+    Failed(ClientError),
+}
+
+impl From<SendError> for ClientError {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::ConnectionGone(_) => ClientError::ConnectionLost {
+                reason: "the connection dropped before the message was sent".to_owned(),
+            },
+            SendError::Failed(error) => error,
+        }
+    }
+}
+
+/// Checks one message against the broker's limits as `link` announced them, and encodes it;
+/// `to_session` makes it a direct message.
+pub(crate) fn prepare(
+    link: &Link,
+    topic: &str,
+    payload: Bytes,
+    options: PublishOptions,
+    to_session: Option<SessionId>,
+) -> Result<Outgoing, ClientError> {
+    let limits = link.topic_limits();
+    let topic = TopicName::parse(topic, &limits).map_err(ClientError::InvalidTopic)?;
+    if let Some(reply_to) = &options.reply_to {
+        TopicName::parse(reply_to, &limits).map_err(ClientError::InvalidReplyTo)?;
+    }
+    let max = link.limits().max_payload_bytes;
+    if payload.len() > max as usize {
+        return Err(ClientError::PayloadTooLarge {
+            size: payload.len(),
+            max,
+        });
+    }
+    let PublishOptions {
+        headers,
+        message_id,
+        retain,
+        reply_to,
+    } = options;
+    let publish = Frame::Publish(Publish {
+        topic: topic.as_str().to_owned(),
+        headers,
+        payload,
+        message_id,
+        reply_to,
+        retain,
+        to_session,
+    });
+    let frame = encode(&publish, link.max_frame_bytes())?;
+    Ok(Outgoing { topic, frame })
 }
 
 /// Owns the lanes.
@@ -99,63 +171,33 @@ impl Publisher {
         }
     }
 
-    /// Validates and queues one message; `to_session` makes it a direct message. Returns once
-    /// the message is queued on its topic's lane, not when the broker has it.
-    pub(crate) async fn publish(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        options: PublishOptions,
-        to_session: Option<SessionId>,
-    ) -> Result<(), ClientError> {
-        if self.link.is_closing() {
-            return Err(ClientError::Closed);
-        }
-        let limits = self.link.topic_limits();
-        let topic = TopicName::parse(topic, &limits).map_err(ClientError::InvalidTopic)?;
-        if let Some(reply_to) = &options.reply_to {
-            TopicName::parse(reply_to, &limits).map_err(ClientError::InvalidReplyTo)?;
-        }
-        let max = self.link.limits().max_payload_bytes;
-        if payload.len() > max as usize {
-            return Err(ClientError::PayloadTooLarge {
-                size: payload.len(),
-                max,
-            });
-        }
-        let PublishOptions {
-            headers,
-            message_id,
-            retain,
-            reply_to,
-        } = options;
-        let publish = Frame::Publish(Publish {
-            topic: topic.as_str().to_owned(),
-            headers,
-            payload,
-            message_id,
-            reply_to,
-            retain,
-            to_session,
-        });
-        let frame = encode(&publish, self.link.max_frame_bytes())?;
-        let lane = self.lane(&topic)?;
-        let Err(mpsc::error::SendError(frame)) = lane.send(frame).await else {
+    /// Queues one prepared message on its topic's lane. Returns once it is queued, not when
+    /// the broker has it. If the connection is gone the message comes back, unsent.
+    pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        let lane = self.lane(&outgoing.topic)?;
+        let Err(mpsc::error::SendError(frame)) = lane.send(outgoing.frame).await else {
             return Ok(());
         };
-        // The lane's stream failed. If the connection is still up, a new lane takes over.
-        if self.link.connection().close_reason().is_some() {
-            return Err(self.link.error());
+        let outgoing = Outgoing { frame, ..outgoing };
+        if self.link.is_dead() {
+            return Err(SendError::ConnectionGone(outgoing));
         }
-        let lane = self.lane(&topic)?;
-        lane.send(frame).await.map_err(|_| self.link.error())
+        // The lane's stream failed but the connection is up: a new lane takes over.
+        let lane = self.lane(&outgoing.topic)?;
+        match lane.send(outgoing.frame).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(frame)) if self.link.is_dead() => {
+                Err(SendError::ConnectionGone(Outgoing { frame, ..outgoing }))
+            }
+            Err(_) => Err(SendError::Failed(self.link.error())),
+        }
     }
 
     /// The queue of `topic`'s lane, opening the lane if needed.
-    fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, ClientError> {
+    fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, SendError> {
         let mut table = lock(&self.lanes);
         if table.closed {
-            return Err(ClientError::Closed);
+            return Err(SendError::Failed(ClientError::Closed));
         }
         if let Some(lane) = table.open.get(topic) {
             if !lane.frames.is_closed() {

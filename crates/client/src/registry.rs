@@ -1,36 +1,50 @@
-//! Subscriptions the broker has confirmed whose stream has not been claimed yet.
+//! Every subscription of the session, across connections, and which stream carries each.
 //!
-//! A subscription's stream may arrive before or after the `Subscribed` answer. The control
-//! reader registers the subscription's channel when the answer arrives; the task reading a new
-//! stream claims the channel for the id its `SubscriptionStart` names, waiting for the
-//! registration if it has not happened yet. When the connection ends the registry is closed:
-//! unclaimed channels are ended with the connection's reason and later registrations are ended
-//! at once.
+//! A subscription's stream may arrive before or after the `Subscribed` answer, and after a
+//! resume the broker opens a new stream for every subscription without any answer. The control
+//! reader registers a subscription's [`SubscriptionSink`] when `Subscribed` arrives; the task
+//! reading a new stream claims the sink for the id its `SubscriptionStart` names, waiting for
+//! the registration if it has not happened yet, and then for the task reading the previous
+//! stream of the same subscription (if any) to let go, so that messages stay in order.
+//!
+//! When a connection is lost, its stream readers release their sinks and the subscriptions stay
+//! registered for the next connection. When the broker had forgotten the session, the
+//! subscriptions become orphans until they are made again under new ids. The registry is closed
+//! only when the client ends for good: then every subscription ends, at once or as soon as its
+//! reader lets go.
+//!
+//! It also remembers subscriptions this client asked to end without hearing back (`abandoned`):
+//! their `Unsubscribe` is sent again after a resume, and a stream the broker opens for one is
+//! stopped at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cassini_protocol::SubscriptionId;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio::time::{timeout_at, Instant};
 
-use crate::subscription::{SubscriptionEnd, SubscriptionSink};
+use crate::subscription::{
+    finish_slot, Delivered, SubscriptionEnd, SubscriptionSink, SubscriptionState,
+};
 use crate::sync::lock;
 
-/// Why a stream could not claim its subscription's channel.
+/// Why a stream could not claim its subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ClaimError {
     /// No subscription with that id was registered before the deadline.
     TimedOut,
-    /// The connection ended.
+    /// This client asked to end that subscription.
+    Abandoned,
+    /// The subscription or the whole client ended.
     Closed,
 }
 
-/// Registered, unclaimed subscription channels.
+/// The session's subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriptionRegistry {
-    /// Unclaimed channels and whether the connection ended.
+    /// Subscriptions by id, orphans, abandoned ids, and whether the client ended.
     state: Mutex<RegistryState>,
     /// Woken on every registration and on close.
     changed: Notify,
@@ -38,64 +52,246 @@ pub(crate) struct SubscriptionRegistry {
 
 #[derive(Debug, Default)]
 struct RegistryState {
-    /// Channels waiting for their stream.
-    unclaimed: HashMap<SubscriptionId, SubscriptionSink>,
-    /// Set when the connection ended: how every subscription ends from then on.
+    /// Live subscriptions by their id in the current session.
+    live: HashMap<SubscriptionId, Arc<SubscriptionSink>>,
+    /// Subscriptions of a session the broker forgot, waiting to be made again.
+    orphans: Vec<Arc<SubscriptionSink>>,
+    /// Subscriptions this client asked to end whose end the broker has not confirmed.
+    abandoned: HashSet<SubscriptionId>,
+    /// Set when the client ended: how every subscription ends from then on.
     closed: Option<SubscriptionEnd>,
 }
 
 impl SubscriptionRegistry {
-    /// Makes `sink` available to the stream of subscription `id`.
-    pub(crate) fn register(&self, id: SubscriptionId, sink: SubscriptionSink) {
+    /// Registers `sink` as subscription `id` (the broker answered `Subscribed`).
+    pub(crate) fn register(&self, id: SubscriptionId, sink: Arc<SubscriptionSink>) {
+        sink.state.set_id(id);
         {
             let mut state = lock(&self.state);
             if let Some(end) = &state.closed {
                 let end = end.clone();
                 drop(state);
-                sink.finish(end);
+                sink.try_finish(end);
                 return;
             }
-            state.unclaimed.insert(id, sink);
+            state.live.insert(id, sink);
         }
         self.changed.notify_waiters();
     }
 
-    /// Takes the channel of subscription `id`, waiting until `deadline` for it to be registered.
+    /// Takes subscription `id` for a new stream: waits until `deadline` for it to be
+    /// registered, then for as long as the previous stream's reader holds it.
     pub(crate) async fn claim(
-        &self,
+        self: &Arc<Self>,
         id: SubscriptionId,
         deadline: Instant,
-    ) -> Result<SubscriptionSink, ClaimError> {
-        loop {
+    ) -> Result<ClaimedSink, ClaimError> {
+        let sink = loop {
             let mut changed = pin!(self.changed.notified());
             // Listen before looking, so a registration between the two is not missed.
             changed.as_mut().enable();
             {
-                let mut state = lock(&self.state);
-                if let Some(sink) = state.unclaimed.remove(&id) {
-                    return Ok(sink);
-                }
+                let state = lock(&self.state);
                 if state.closed.is_some() {
                     return Err(ClaimError::Closed);
+                }
+                if let Some(sink) = state.live.get(&id) {
+                    break Arc::clone(sink);
+                }
+                if state.abandoned.contains(&id) {
+                    return Err(ClaimError::Abandoned);
                 }
             }
             if timeout_at(deadline, changed).await.is_err() {
                 return Err(ClaimError::TimedOut);
             }
+        };
+        let slot = sink.slot().lock_owned().await;
+        if slot.is_none() {
+            return Err(ClaimError::Closed);
+        }
+        Ok(ClaimedSink {
+            registry: Arc::clone(self),
+            epoch: sink.state.epoch(),
+            sink,
+            slot,
+        })
+    }
+
+    /// Records that this client asked to end the subscription `subscription` is the state of,
+    /// under its id in the current session. A subscription not registered in this session
+    /// (an orphan of a lost session) has no id to end: it ends when it would be made again.
+    pub(crate) fn unsubscribing(&self, subscription: &SubscriptionState) {
+        let mut state = lock(&self.state);
+        let id = subscription.id();
+        let registered = state
+            .live
+            .get(&id)
+            .is_some_and(|sink| std::ptr::eq(Arc::as_ptr(&sink.state), subscription));
+        if registered {
+            state.abandoned.insert(id);
         }
     }
 
-    /// Ends every unclaimed subscription with `end`, and every later registration too.
+    /// The broker confirmed that subscription `id` is gone (or never knew it).
+    pub(crate) fn unsubscribe_confirmed(&self, id: SubscriptionId) {
+        lock(&self.state).abandoned.remove(&id);
+    }
+
+    /// The subscriptions whose `Unsubscribe` must be sent again on a resumed session.
+    pub(crate) fn abandoned(&self) -> Vec<SubscriptionId> {
+        lock(&self.state).abandoned.iter().copied().collect()
+    }
+
+    /// The broker forgot the session: every live subscription becomes an orphan to be made
+    /// again, in a new epoch. Those being unsubscribed end instead. Returns how many orphans
+    /// there are.
+    pub(crate) fn session_lost(&self) -> usize {
+        let (orphans, ended) = {
+            let mut state = lock(&self.state);
+            state.abandoned.clear();
+            let live: Vec<_> = state.live.drain().map(|(_, sink)| sink).collect();
+            let (ended, kept): (Vec<_>, Vec<_>) = live
+                .into_iter()
+                .partition(|sink| sink.state.is_unsubscribing());
+            for sink in &kept {
+                sink.state.next_epoch();
+            }
+            state.orphans.extend(kept);
+            (state.orphans.len(), ended)
+        };
+        for sink in ended {
+            sink.try_finish(SubscriptionEnd::Unsubscribed);
+        }
+        orphans
+    }
+
+    /// Takes the orphans to make them again; those unsubscribed meanwhile end instead.
+    pub(crate) fn take_orphans(&self) -> Vec<Arc<SubscriptionSink>> {
+        let orphans = std::mem::take(&mut lock(&self.state).orphans);
+        let (ended, kept): (Vec<_>, Vec<_>) = orphans
+            .into_iter()
+            .partition(|sink| sink.state.is_unsubscribing());
+        for sink in ended {
+            sink.try_finish(SubscriptionEnd::Unsubscribed);
+        }
+        kept
+    }
+
+    /// Gives back an orphan that could not be made again yet (the connection dropped).
+    pub(crate) fn return_orphan(&self, sink: Arc<SubscriptionSink>) {
+        let mut state = lock(&self.state);
+        match &state.closed {
+            Some(end) => {
+                let end = end.clone();
+                drop(state);
+                sink.try_finish(end);
+            }
+            None => state.orphans.push(sink),
+        }
+    }
+
+    /// Ends a subscription that could not be made again in the new session.
+    pub(crate) fn orphan_refused(&self, sink: &SubscriptionSink, reason: String) {
+        sink.try_finish(SubscriptionEnd::ResubscribeFailed { reason });
+    }
+
+    /// The client ended: ends every subscription with `end` (its channel closes at once if no
+    /// reader holds it, otherwise as soon as its reader lets go). Later registrations end at
+    /// once too.
     pub(crate) fn close(&self, end: SubscriptionEnd) {
-        let unclaimed = {
+        let sinks: Vec<_> = {
             let mut state = lock(&self.state);
             state.closed.get_or_insert(end.clone());
-            std::mem::take(&mut state.unclaimed)
+            state.abandoned.clear();
+            let orphans = std::mem::take(&mut state.orphans);
+            state
+                .live
+                .drain()
+                .map(|(_, sink)| sink)
+                .chain(orphans)
+                .collect()
         };
-        for sink in unclaimed.into_values() {
-            sink.finish(end.clone());
+        for sink in sinks {
+            sink.try_finish(end.clone());
         }
         self.changed.notify_waiters();
+    }
+
+    /// Forgets `sink` after it ended.
+    fn remove(&self, sink: &Arc<SubscriptionSink>) {
+        let mut state = lock(&self.state);
+        let id = sink.state.id();
+        if state
+            .live
+            .get(&id)
+            .is_some_and(|live| Arc::ptr_eq(live, sink))
+        {
+            state.live.remove(&id);
+        }
+        state.orphans.retain(|orphan| !Arc::ptr_eq(orphan, sink));
+    }
+}
+
+/// A subscription held by the task reading its current stream.
+#[derive(Debug)]
+pub(crate) struct ClaimedSink {
+    /// Where the subscription is registered.
+    registry: Arc<SubscriptionRegistry>,
+    /// The subscription.
+    sink: Arc<SubscriptionSink>,
+    /// The subscription's epoch when claimed: marks every message read from this stream.
+    epoch: u64,
+    /// The locked sender; `Some` until the subscription ends.
+    slot: OwnedMutexGuard<Option<mpsc::Sender<Delivered>>>,
+}
+
+impl ClaimedSink {
+    /// The subscription.
+    pub(crate) fn sink(&self) -> &SubscriptionSink {
+        &self.sink
+    }
+
+    /// The sender into the application's channel; `None` once ended.
+    pub(crate) fn sender(&self) -> Option<&mpsc::Sender<Delivered>> {
+        self.slot.as_ref()
+    }
+
+    /// The epoch to mark this stream's messages with.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Ends the subscription with `end` and forgets it.
+    pub(crate) fn finish(mut self, end: SubscriptionEnd) {
+        finish_slot(&mut self.slot, &self.sink.state, end);
+        self.registry.remove(&self.sink);
+    }
+
+    /// Lets go of the subscription for the next connection's stream: the connection was lost.
+    /// A subscription that ended meanwhile or is being unsubscribed ends instead, and so does
+    /// every subscription once the client has ended.
+    pub(crate) fn release(self) {
+        if self.sink.state.has_ended() {
+            // Ended while this reader held it (e.g. subscribing again was refused).
+            self.finish(SubscriptionEnd::Closed);
+            return;
+        }
+        if self.sink.state.is_unsubscribing() {
+            self.finish(SubscriptionEnd::Unsubscribed);
+            return;
+        }
+        let state = lock(&self.registry.state);
+        if let Some(end) = &state.closed {
+            let end = end.clone();
+            drop(state);
+            self.finish(end);
+            return;
+        }
+        // Unlocked while the registry is locked: a `close` either ran before (and is seen
+        // above) or finds the sender free.
+        drop(self.slot);
+        drop(state);
     }
 }
 

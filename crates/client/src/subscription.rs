@@ -1,10 +1,14 @@
-//! The application's end of a subscription.
+//! The application's end of a subscription, and what it shares with the task reading the
+//! subscription's stream.
 //!
 //! A [`Subscription`] is a stream of [`Message`]s read from a bounded channel. The other end of
-//! that channel, a [`SubscriptionSink`], belongs to the task reading the subscription's QUIC
-//! stream (see [`crate::subscription_stream`]); when the channel is full that task waits and
-//! stops reading, so QUIC flow control pushes back on the broker, whose per-subscription queue
-//! then applies the subscription's overflow policy. Nothing here buffers without bound.
+//! that channel lives in a [`SubscriptionSink`], which outlives connections: the task reading
+//! the subscription's current QUIC stream (see [`crate::subscription_stream`]) holds it while
+//! it reads, and after a reconnect the task reading the new stream takes it over. When the
+//! channel is full that task waits and stops reading, so QUIC flow control pushes back on the
+//! broker, whose per-subscription queue then applies the subscription's overflow policy.
+//! Nothing here buffers without bound. Where messages are yielded, a [`GapTracker`] records
+//! what was skipped and refuses duplicates.
 
 use std::fmt;
 use std::pin::Pin;
@@ -13,13 +17,14 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use cassini_protocol::{ErrorCode, SubscribeOptions, SubscriptionId, TopicFilter};
-use futures_util::Stream;
-use tokio::sync::mpsc;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, Mutex};
 
-use crate::control::{ControlHandle, ControlRequest};
+use crate::control::ControlRequest;
 use crate::error::ClientError;
-use crate::link::Link;
+use crate::gaps::{Gap, GapTracker};
 use crate::message::Message;
+use crate::session::SessionCore;
 
 /// Why a subscription's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,12 @@ pub enum SubscriptionEnd {
         /// What the broker sent.
         reason: String,
     },
+    /// The broker had forgotten the session when the client reconnected, and subscribing again
+    /// in the new session failed.
+    ResubscribeFailed {
+        /// Why the broker refused the new subscription.
+        reason: String,
+    },
 }
 
 impl fmt::Display for SubscriptionEnd {
@@ -60,17 +71,27 @@ impl fmt::Display for SubscriptionEnd {
             SubscriptionEnd::Closed => f.write_str("the client was closed"),
             SubscriptionEnd::ConnectionLost { reason } => write!(f, "connection lost: {reason}"),
             SubscriptionEnd::ProtocolError { reason } => write!(f, "protocol error: {reason}"),
+            SubscriptionEnd::ResubscribeFailed { reason } => {
+                write!(
+                    f,
+                    "the session was lost and subscribing again failed: {reason}"
+                )
+            }
         }
     }
 }
 
 impl SubscriptionEnd {
-    /// How a subscription ends when `link`'s connection has ended.
-    pub(crate) fn connection_ended(link: &Link) -> Self {
-        match link.error() {
+    /// How a subscription ends when the client ended with `error`.
+    pub(crate) fn after(error: &ClientError) -> Self {
+        match error {
             ClientError::Closed => SubscriptionEnd::Closed,
-            ClientError::Protocol { reason } => SubscriptionEnd::ProtocolError { reason },
-            ClientError::ConnectionLost { reason } => SubscriptionEnd::ConnectionLost { reason },
+            ClientError::Protocol { reason } => SubscriptionEnd::ProtocolError {
+                reason: reason.clone(),
+            },
+            ClientError::ConnectionLost { reason } => SubscriptionEnd::ConnectionLost {
+                reason: reason.clone(),
+            },
             other => SubscriptionEnd::ConnectionLost {
                 reason: other.to_string(),
             },
@@ -78,18 +99,40 @@ impl SubscriptionEnd {
     }
 }
 
-/// What the application's handle and the stream-reading task share.
+/// What the application's handle, the stream-reading tasks and the session share.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriptionState {
+    /// The broker's id for the subscription; a new one when it was made again in a new session.
+    id: AtomicU64,
+    /// Grows by one each time the subscription is made again in a new session, whose sequence
+    /// numbers start again at 1.
+    epoch: AtomicU64,
     /// Sum of the broker's `Dropped` counts.
     dropped: AtomicU64,
-    /// Set once, by the stream-reading task, before it drops its sender.
+    /// Set once, before the channel is closed.
     end: OnceLock<SubscriptionEnd>,
-    /// Set when this client asked the broker to end the subscription.
+    /// Set when this client asked the broker to end the subscription, or dropped it.
     unsubscribing: AtomicBool,
 }
 
 impl SubscriptionState {
+    pub(crate) fn id(&self) -> SubscriptionId {
+        self.id.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_id(&self, id: SubscriptionId) {
+        self.id.store(id, Ordering::Release);
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Starts a new epoch: the subscription is being made again in a new session.
+    pub(crate) fn next_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn add_dropped(&self, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
     }
@@ -103,7 +146,7 @@ impl SubscriptionState {
         self.unsubscribing.swap(true, Ordering::AcqRel)
     }
 
-    fn has_ended(&self) -> bool {
+    pub(crate) fn has_ended(&self) -> bool {
         self.end.get().is_some()
     }
 
@@ -113,21 +156,74 @@ impl SubscriptionState {
     }
 }
 
-/// The sending end of a subscription's channel, with the state it shares with the handle.
+/// One message on its way to the application, with the epoch it was read in.
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    /// The subscription's epoch when the stream carrying the message was claimed.
+    pub(crate) epoch: u64,
+    /// The message.
+    pub(crate) message: Message,
+}
+
+/// The slot holding a subscription's sender: `None` once the subscription has ended. The task
+/// reading the subscription's stream keeps it locked while it reads.
+pub(crate) type SenderSlot = Arc<Mutex<Option<mpsc::Sender<Delivered>>>>;
+
+/// The session's side of one subscription: what it was made with, so it can be made again, and
+/// the sending end of its channel. It outlives connections.
 #[derive(Debug)]
 pub(crate) struct SubscriptionSink {
-    /// Bounded: a full channel stops the stream reader, and flow control stops the broker.
-    pub(crate) sender: mpsc::Sender<Message>,
-    /// Where the reader records drops and the end.
+    /// The filter as subscribed.
+    pub(crate) filter: String,
+    /// The options as subscribed.
+    pub(crate) options: SubscribeOptions,
+    /// Shared with the handle.
     pub(crate) state: Arc<SubscriptionState>,
+    /// The channel's sender. Bounded: a full channel stops the stream reader, and flow control
+    /// stops the broker.
+    sender: SenderSlot,
 }
 
 impl SubscriptionSink {
-    /// Records why the subscription ended and closes the channel: the handle yields what is
-    /// buffered, then `None`.
-    pub(crate) fn finish(self, end: SubscriptionEnd) {
-        let _ = self.state.end.set(end);
+    pub(crate) fn new(
+        filter: String,
+        options: SubscribeOptions,
+        sender: mpsc::Sender<Delivered>,
+        state: Arc<SubscriptionState>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            filter,
+            options,
+            state,
+            sender: Arc::new(Mutex::new(Some(sender))),
+        })
     }
+
+    /// The sender's slot, for a stream reader to lock.
+    pub(crate) fn slot(&self) -> SenderSlot {
+        Arc::clone(&self.sender)
+    }
+
+    /// Ends the subscription with `end`: records the reason at once, and closes the channel at
+    /// once unless a stream reader holds it, which then closes it when it lets go. A
+    /// subscription that had ended keeps its first reason.
+    pub(crate) fn try_finish(&self, end: SubscriptionEnd) {
+        let _ = self.state.end.set(end);
+        if let Ok(mut slot) = self.sender.try_lock() {
+            *slot = None;
+        }
+    }
+}
+
+/// Records why the subscription ended (unless it had ended already), then closes its channel:
+/// the handle yields what is buffered, then `None`.
+pub(crate) fn finish_slot(
+    slot: &mut Option<mpsc::Sender<Delivered>>,
+    state: &SubscriptionState,
+    end: SubscriptionEnd,
+) {
+    let _ = state.end.set(end);
+    *slot = None;
 }
 
 /// A live subscription: a [`Stream`] of the messages the broker delivers to it.
@@ -136,46 +232,53 @@ impl SubscriptionSink {
 /// it is full the client stops reading this subscription's stream and the broker's overflow
 /// policy for the subscription applies. Other subscriptions are not held up.
 ///
+/// A subscription survives reconnects (see [`crate::ReconnectPolicy`]): when the session is
+/// resumed, messages continue from the new connection, in order. Messages are never yielded
+/// twice or out of order; what was skipped (dropped by the overflow policy, lost in flight, or
+/// lost with an expired session) is counted by [`Subscription::gaps`] and listed by
+/// [`Subscription::take_gaps`].
+///
 /// Dropping a `Subscription` ends it: the client stops its stream and sends `Unsubscribe` in the
-/// background. Call [`Subscription::unsubscribe`] to wait for the broker's answer instead.
+/// background (after the reconnect, if the connection is down). Call
+/// [`Subscription::unsubscribe`] to wait for the broker's answer instead.
 #[derive(Debug)]
 pub struct Subscription {
-    /// The broker-assigned id.
-    id: SubscriptionId,
     /// The filter as subscribed.
     filter: TopicFilter,
     /// The options as subscribed.
     options: SubscribeOptions,
     /// Messages read from the stream, in order.
-    messages: mpsc::Receiver<Message>,
+    messages: mpsc::Receiver<Delivered>,
     /// Shared with the stream-reading task.
     state: Arc<SubscriptionState>,
-    /// For `Unsubscribe`, now or on drop.
-    control: ControlHandle,
+    /// The last sequence yielded and the gaps before it.
+    gaps: GapTracker,
+    /// For `Unsubscribe`, now or on drop, on whichever connection is current.
+    session: Arc<SessionCore>,
 }
 
 impl Subscription {
     pub(crate) fn new(
-        id: SubscriptionId,
         filter: TopicFilter,
         options: SubscribeOptions,
-        messages: mpsc::Receiver<Message>,
+        messages: mpsc::Receiver<Delivered>,
         state: Arc<SubscriptionState>,
-        control: ControlHandle,
+        session: Arc<SessionCore>,
     ) -> Self {
         Self {
-            id,
             filter,
             options,
             messages,
             state,
-            control,
+            gaps: GapTracker::default(),
+            session,
         }
     }
 
-    /// The broker-assigned subscription id.
+    /// The broker-assigned subscription id. It changes if the broker had forgotten the session
+    /// when the client reconnected and the client subscribed again ([`Gap::SessionLost`]).
     pub fn id(&self) -> SubscriptionId {
-        self.id
+        self.state.id()
     }
 
     /// The filter this subscription was created with.
@@ -193,12 +296,29 @@ impl Subscription {
     }
 
     /// How many messages the broker reported dropped for this subscription so far (the sum of
-    /// its `Dropped` frames). A matching gap shows in [`Message::sequence`].
+    /// its `Dropped` frames). A matching gap shows in [`Message::sequence`] and in
+    /// [`Subscription::gaps`].
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::Relaxed)
     }
 
-    /// Why the subscription's stream ended, once it has; `None` while it is live.
+    /// How many messages this subscription skipped so far, as seen in the sequence numbers of
+    /// the messages it yielded: dropped by the broker's overflow policy, or lost in flight when
+    /// a connection dropped. Messages lost with an expired session are not counted (nobody
+    /// knows how many there were); they show as [`Gap::SessionLost`] in
+    /// [`Subscription::take_gaps`].
+    pub fn gaps(&self) -> u64 {
+        self.gaps.missed()
+    }
+
+    /// The gaps found since the last call, oldest first: each is recorded when the first
+    /// message after it is yielded. At most the latest 1,024 are kept between calls.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        self.gaps.take()
+    }
+
+    /// Why the subscription's stream ended, once it has; `None` while it is live (also while
+    /// the client reconnects).
     ///
     /// It is set as soon as the stream ends. Messages received before the end are still
     /// yielded, then the subscription yields `None`.
@@ -209,7 +329,7 @@ impl Subscription {
     /// The next message, or `None` once the subscription has ended and every received message
     /// was yielded. The same as `StreamExt::next`, without importing the trait.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.messages.recv().await
+        self.next().await
     }
 
     /// Asks the broker to end the subscription and waits for its answer.
@@ -217,12 +337,20 @@ impl Subscription {
     /// Messages already received can still be read afterwards; then the subscription yields
     /// `None` with [`SubscriptionEnd::Unsubscribed`]. Calling it again does nothing. A
     /// subscription the broker already ended (e.g. [`SubscriptionEnd::SlowConsumer`]) is not an
-    /// error.
+    /// error. While the client is reconnecting it fails with [`ClientError::Disconnected`] and
+    /// the subscription stays as it was; if the connection drops while the answer is awaited,
+    /// the subscription ends here and the client unsubscribes again after the reconnect.
     pub async fn unsubscribe(&mut self) -> Result<(), ClientError> {
+        if self.state.is_unsubscribing() {
+            return Ok(());
+        }
+        let control = self.session.control()?;
         if self.state.start_unsubscribing() {
             return Ok(());
         }
-        match self.control.unsubscribe(self.id).await {
+        let id = self.id();
+        self.session.registry().unsubscribing(&self.state);
+        match control.unsubscribe(id).await {
             Err(ClientError::Request { code, .. })
                 if code == ErrorCode::UNKNOWN_SUBSCRIPTION && self.state.has_ended() =>
             {
@@ -237,7 +365,21 @@ impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.messages.poll_recv(cx)
+        let this = &mut *self;
+        loop {
+            let Some(Delivered { epoch, message }) = std::task::ready!(this.messages.poll_recv(cx))
+            else {
+                return Poll::Ready(None);
+            };
+            if this.gaps.accept(epoch, message.sequence()) {
+                return Poll::Ready(Some(message));
+            }
+            tracing::debug!(
+                subscription = this.state.id(),
+                sequence = message.sequence(),
+                "duplicate delivery dropped"
+            );
+        }
     }
 }
 
@@ -246,9 +388,11 @@ impl Drop for Subscription {
         if self.state.start_unsubscribing() || self.state.has_ended() {
             return;
         }
-        self.control
-            .request_in_background(ControlRequest::Unsubscribe {
-                subscription: self.id,
-            });
+        let subscription = self.id();
+        self.session.registry().unsubscribing(&self.state);
+        // While reconnecting, the session sends it after the reconnect.
+        if let Ok(control) = self.session.control() {
+            control.request_in_background(ControlRequest::Unsubscribe { subscription });
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Subscription streams: the broker opens one unidirectional stream per subscription.
 //!
-//! One task accepts the streams for the whole connection and, when the connection ends, closes
-//! the [`SubscriptionRegistry`]. Each stream gets its own task: it reads `SubscriptionStart`,
-//! claims the subscription's channel from the registry (waiting up to
-//! [`START_DEADLINE`] for the `Subscribed` answer if the stream came first), then moves
-//! `Message`s into the channel and adds up `Dropped` counts. When the channel is full the task
-//! waits before reading more, so flow control holds up this subscription's stream only. When the
-//! stream ends, the task records why on the subscription and closes the channel.
+//! One task accepts the streams for the whole connection. Each stream gets its own task: it
+//! reads `SubscriptionStart`, claims the subscription from the [`SubscriptionRegistry`]
+//! (waiting up to [`START_DEADLINE`] for the `Subscribed` answer if the stream came first, and
+//! for the previous connection's reader to let go after a resume), then moves `Message`s into
+//! the subscription's channel, each marked with the subscription's epoch, and adds up `Dropped`
+//! counts. When the channel is full the task waits before reading more, so flow control holds
+//! up this subscription's stream only. When the stream ends, the task records why on the
+//! subscription and closes the channel; when the connection is lost instead, it releases the
+//! subscription for the next connection (the session decides whether there is one).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +20,14 @@ use crate::disconnect::error_code;
 use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
 use crate::link::Link;
 use crate::message::Message;
-use crate::registry::{ClaimError, SubscriptionRegistry};
-use crate::subscription::{SubscriptionEnd, SubscriptionSink};
+use crate::registry::{ClaimError, ClaimedSink, SubscriptionRegistry};
+use crate::subscription::{Delivered, SubscriptionEnd};
 
 /// How long a new stream may take to name its subscription and for that subscription to be
 /// confirmed on the control stream. A stream still unknown then is stopped.
 pub(crate) const START_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Accepts subscription streams until the connection ends, then ends every subscription that
-/// never got its stream.
+/// Accepts subscription streams until the connection ends.
 pub(crate) async fn accept_streams(link: Arc<Link>, registry: Arc<SubscriptionRegistry>) {
     loop {
         match link.connection().accept_uni().await {
@@ -38,12 +39,8 @@ pub(crate) async fn accept_streams(link: Arc<Link>, registry: Arc<SubscriptionRe
                 ));
             }
             Err(error) => {
-                if link.is_closing() {
-                    tracing::debug!(%error, "connection closed");
-                } else {
-                    tracing::warn!(error = %link.error(), "connection to the broker ended");
-                }
-                registry.close(SubscriptionEnd::connection_ended(&link));
+                // The session logs what the end means (reconnecting, or the client's end).
+                tracing::debug!(%error, "connection ended; no more subscription streams");
                 return;
             }
         }
@@ -71,11 +68,38 @@ async fn read_stream(
             reader.stop(ErrorCode::UNKNOWN_SUBSCRIPTION);
             return;
         }
+        Err(ClaimError::Abandoned) => {
+            tracing::debug!(
+                subscription = id,
+                "stream for a subscription this client ended; stopping it"
+            );
+            reader.stop(ErrorCode::NORMAL);
+            return;
+        }
         Err(ClaimError::Closed) => return,
     };
-    let end = deliver(&mut reader, &sink, &link).await;
-    tracing::debug!(subscription = id, ?end, "subscription stream ended");
-    sink.finish(end);
+    match deliver(&mut reader, &sink, &link).await {
+        StreamOutcome::Ended(end) => {
+            tracing::debug!(subscription = id, ?end, "subscription stream ended");
+            sink.finish(end);
+        }
+        StreamOutcome::ConnectionLost => {
+            tracing::debug!(
+                subscription = id,
+                "subscription stream lost with the connection"
+            );
+            sink.release();
+        }
+    }
+}
+
+/// How a subscription stream ended.
+#[derive(Debug)]
+enum StreamOutcome {
+    /// The subscription ended, for this reason.
+    Ended(SubscriptionEnd),
+    /// The connection was lost: the subscription may continue on the next one.
+    ConnectionLost,
 }
 
 /// The subscription a new stream names in its first frame, or `None` if it names none in time.
@@ -96,7 +120,7 @@ async fn read_start(
         }
         Ok(Ok(None)) => None,
         Ok(Err(error)) => {
-            stream_failed(error, link);
+            let _ = stream_failed(error, link);
             None
         }
         Err(_) => {
@@ -108,41 +132,45 @@ async fn read_start(
 }
 
 /// Moves deliveries into the subscription's channel until the stream ends; returns why.
-async fn deliver(
-    reader: &mut FrameReader,
-    sink: &SubscriptionSink,
-    link: &Link,
-) -> SubscriptionEnd {
+async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -> StreamOutcome {
+    let Some(sender) = claimed.sender() else {
+        return StreamOutcome::Ended(SubscriptionEnd::Closed);
+    };
+    let state = &claimed.sink().state;
     loop {
         let frame = tokio::select! {
             biased;
-            () = sink.sender.closed() => {
+            () = sender.closed() => {
                 // The application dropped the subscription: nobody will read more.
                 reader.stop(ErrorCode::NORMAL);
-                return SubscriptionEnd::Unsubscribed;
+                return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
             }
             frame = reader.next() => frame,
         };
         match frame {
             Ok(Some(Frame::Message(delivery))) => {
+                let delivered = Delivered {
+                    epoch: claimed.epoch(),
+                    message: Message::from(delivery),
+                };
                 // Waits while the channel is full: this is where backpressure starts.
-                if sink.sender.send(Message::from(delivery)).await.is_err() {
+                if sender.send(delivered).await.is_err() {
                     reader.stop(ErrorCode::NORMAL);
-                    return SubscriptionEnd::Unsubscribed;
+                    return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
                 }
             }
-            Ok(Some(Frame::Dropped(Dropped { count }))) => sink.state.add_dropped(count),
+            Ok(Some(Frame::Dropped(Dropped { count }))) => state.add_dropped(count),
             Ok(Some(other)) => {
                 let reason = format!("{} frame on a subscription stream", other.kind());
                 link.protocol_violation(ErrorCode::PROTOCOL_VIOLATION, &reason);
-                return SubscriptionEnd::ProtocolError { reason };
+                return StreamOutcome::Ended(SubscriptionEnd::ProtocolError { reason });
             }
-            Ok(None) => return ended_cleanly(sink, link),
+            Ok(None) => return ended_cleanly(claimed, link),
             Err(ReadFrameError::Stream(quinn::ReadError::Reset(code))) => {
                 return match error_code(code) {
-                    ErrorCode::SLOW_CONSUMER => SubscriptionEnd::SlowConsumer,
-                    ErrorCode::NORMAL => ended_cleanly(sink, link),
-                    other => SubscriptionEnd::Reset(other),
+                    ErrorCode::SLOW_CONSUMER => StreamOutcome::Ended(SubscriptionEnd::SlowConsumer),
+                    ErrorCode::NORMAL => ended_cleanly(claimed, link),
+                    other => StreamOutcome::Ended(SubscriptionEnd::Reset(other)),
                 };
             }
             Err(error) => return stream_failed(error, link),
@@ -150,27 +178,32 @@ async fn deliver(
     }
 }
 
-/// The end of a stream the broker finished (or reset with `NORMAL`).
-fn ended_cleanly(sink: &SubscriptionSink, link: &Link) -> SubscriptionEnd {
-    if sink.state.is_unsubscribing() {
+/// The end of a stream the broker finished (or reset with `NORMAL`). A stream ended as its
+/// connection goes down (the broker's writer was cancelled) is a lost connection, not the end
+/// of the subscription.
+fn ended_cleanly(claimed: &ClaimedSink, link: &Link) -> StreamOutcome {
+    let end = if claimed.sink().state.is_unsubscribing() {
         SubscriptionEnd::Unsubscribed
     } else if link.is_closing() {
         SubscriptionEnd::Closed
+    } else if link.is_dead() {
+        return StreamOutcome::ConnectionLost;
     } else {
         SubscriptionEnd::EndedByBroker
-    }
+    };
+    StreamOutcome::Ended(end)
 }
 
 /// The end of a stream that could not be read.
-fn stream_failed(error: ReadFrameError, link: &Link) -> SubscriptionEnd {
-    match error {
+fn stream_failed(error: ReadFrameError, link: &Link) -> StreamOutcome {
+    let end = match error {
         ReadFrameError::Decode(error) => {
             let reason = format!("undecodable frame on a subscription stream: {error}");
             link.protocol_violation(decode_close_code(&error), &reason);
             SubscriptionEnd::ProtocolError { reason }
         }
         ReadFrameError::Stream(quinn::ReadError::ConnectionLost(_)) => {
-            SubscriptionEnd::connection_ended(link)
+            return StreamOutcome::ConnectionLost
         }
         ReadFrameError::Stream(quinn::ReadError::Reset(code)) => {
             SubscriptionEnd::Reset(error_code(code))
@@ -178,5 +211,6 @@ fn stream_failed(error: ReadFrameError, link: &Link) -> SubscriptionEnd {
         ReadFrameError::Stream(other) => SubscriptionEnd::ConnectionLost {
             reason: other.to_string(),
         },
-    }
+    };
+    StreamOutcome::Ended(end)
 }

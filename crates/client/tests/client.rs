@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    ClientError, ErrorCode, OverflowPolicy, SubscribeOptions, Subscription, SubscriptionEnd,
+    ClientError, ConnectionState, DisconnectReason, ErrorCode, OverflowPolicy, ReconnectPolicy,
+    SubscribeOptions, Subscription, SubscriptionEnd,
 };
 use cassini_protocol::{
     Delivery, Dropped, ErrorFrame, Frame, Ping, PublishRejected, Subscribed, Unsubscribed,
@@ -137,6 +138,15 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
         .await;
     assert_eq!(sequences, vec![1, 7]);
     assert_eq!(subscription.dropped(), 5);
+    assert_eq!(
+        subscription.gaps(),
+        5,
+        "the drops show as a gap in the sequence"
+    );
+    assert_eq!(
+        subscription.take_gaps(),
+        vec![cassini_client::Gap::Missed { from: 2, to: 6 }]
+    );
     assert_eq!(
         subscription.end_reason(),
         Some(SubscriptionEnd::EndedByBroker)
@@ -518,12 +528,12 @@ async fn a_slow_reader_pushes_back_on_the_broker_instead_of_buffering() {
 }
 
 #[tokio::test]
-async fn a_broker_close_with_a_code_is_reported_everywhere() {
+async fn without_reconnecting_a_broker_close_with_a_code_is_reported_everywhere() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
+    let builder = broker
+        .client_builder("alice")
+        .reconnect(ReconnectPolicy::disabled());
+    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
     let client = client.expect("connect");
     let broker_side = async {
         let request_id = expect_subscribe(&mut session, "demo.a").await;
@@ -559,6 +569,18 @@ async fn a_broker_close_with_a_code_is_reported_everywhere() {
         other => panic!("expected Refused, got {other:?}"),
     }
     assert!(client.is_closed());
+    let mut states = client.state_changes();
+    let state = timeout(STEP, states.wait_for(ConnectionState::is_disconnected))
+        .await
+        .expect("disconnected in time")
+        .expect("state")
+        .clone();
+    match state {
+        ConnectionState::Disconnected {
+            reason: DisconnectReason::ConnectionLost { reason },
+        } => assert!(reason.contains("maintenance"), "{reason}"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
     assert!(matches!(
         client.close().await,
         Err(ClientError::Refused { .. })

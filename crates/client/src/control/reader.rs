@@ -112,9 +112,10 @@ impl Dispatcher<'_> {
                 let Some(request) = self.answered(request_id, "Unsubscribed") else {
                     return Ok(());
                 };
-                if !matches!(request.expected, Expected::Unsubscribed) {
+                let Expected::Unsubscribed(subscription) = request.expected else {
                     return Err(Violation::wrong_answer("Unsubscribed", request));
-                }
+                };
+                self.registry.unsubscribe_confirmed(subscription);
                 reply(request, Ok(Answer::Unsubscribed));
             }
             Frame::Pong(Ping { nonce }) => {
@@ -132,6 +133,10 @@ impl Dispatcher<'_> {
                 reason,
             }) => {
                 if let Some(request) = self.answered(request_id, "Error") {
+                    if let Expected::Unsubscribed(subscription) = request.expected {
+                        // The broker does not have it (any more): nothing left to end.
+                        self.registry.unsubscribe_confirmed(subscription);
+                    }
                     reply(request, Err(ClientError::Request { code, reason }));
                 }
             }

@@ -2,7 +2,9 @@
 //!
 //! Each test drives the broker's side of the protocol step by step, so it can produce orders of
 //! events (a subscription stream before its `Subscribed` answer) and failures (a reset with
-//! `SLOW_CONSUMER`, a refused certificate) on purpose.
+//! `SLOW_CONSUMER`, a refused certificate, a connection closed without a goodbye, a session it
+//! no longer knows) on purpose. A client that reconnects comes back to the same endpoint: the
+//! test accepts the new connection and answers its `Hello` as the scenario needs.
 
 #![allow(dead_code, clippy::expect_used, clippy::panic)] // Test support: failing loudly is the point.
 
@@ -13,7 +15,7 @@ use bytes::BytesMut;
 use cassini_client::{Client, ClientBuilder};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    encode_frame, ErrorCode, Frame, FrameDecoder, Limits, SessionId, Subscribe, Subscribed,
+    encode_frame, ErrorCode, Frame, FrameDecoder, Hello, Limits, SessionId, Subscribe, Subscribed,
     SubscriptionId, SubscriptionStart, Welcome, PROTOCOL_VERSION,
 };
 use cassini_quic::certs::{
@@ -133,8 +135,24 @@ impl FakeBroker {
         incoming.await
     }
 
-    /// Accepts a connection and answers its `Hello` with `Welcome`.
+    /// Accepts a connection and answers its `Hello` with `Welcome` for a new session,
+    /// [`SESSION`].
     pub(crate) async fn accept_session(&self) -> Session {
+        let (mut session, _hello) = self.accept_hello().await;
+        session.welcome(SESSION, false).await;
+        session
+    }
+
+    /// Accepts a connection whose `Hello` asks to resume `session_id`, and resumes it.
+    pub(crate) async fn accept_resume(&self, session_id: SessionId) -> Session {
+        let (mut session, hello) = self.accept_hello().await;
+        assert_eq!(hello.resume, Some(session_id), "Hello must ask to resume");
+        session.welcome(session_id, true).await;
+        session
+    }
+
+    /// Accepts a connection and reads its `Hello`, leaving the answer to the test.
+    pub(crate) async fn accept_hello(&self) -> (Session, Hello) {
         let connection = self.accept_connection().await.expect("TLS handshake");
         let (send, recv) = timeout(STEP, connection.accept_bi())
             .await
@@ -145,22 +163,27 @@ impl FakeBroker {
             control_send: send,
             control: Reader::new(recv),
         };
-        match session.control.next().await {
-            Some(Frame::Hello(hello)) => assert_eq!(hello.protocol_version, PROTOCOL_VERSION),
+        let hello = match session.control.next().await {
+            Some(Frame::Hello(hello)) => hello,
             other => panic!("expected Hello, got {other:?}"),
+        };
+        assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
+        (session, hello)
+    }
+
+    /// Asserts that the client does not try to connect within `wait`.
+    pub(crate) async fn assert_no_connection_attempt(&self, wait: Duration) {
+        if let Ok(incoming) = timeout(wait, self.endpoint.accept()).await {
+            panic!(
+                "the client connected again from {:?}",
+                incoming.map(|incoming| incoming.remote_address())
+            );
         }
-        session
-            .send_control(&Frame::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                session_id: SessionId([42; 16]),
-                resumed: false,
-                identity: "alice".into(),
-                limits: LIMITS,
-            }))
-            .await;
-        session
     }
 }
+
+/// The session id the fake broker gives a new session by default.
+pub(crate) const SESSION: SessionId = SessionId([42; 16]);
 
 /// The broker's side of one connection.
 pub(crate) struct Session {
@@ -170,6 +193,18 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Answers the `Hello` with `Welcome`.
+    pub(crate) async fn welcome(&mut self, session_id: SessionId, resumed: bool) {
+        self.send_control(&Frame::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id,
+            resumed,
+            identity: "alice".into(),
+            limits: LIMITS,
+        }))
+        .await;
+    }
+
     pub(crate) async fn send_control(&mut self, frame: &Frame) {
         write(&mut self.control_send, frame).await;
     }

@@ -1,0 +1,110 @@
+//! The goodbye: [`Client::close`].
+//!
+//! Closing stops the reconnecting task first, so that no new connection is made, then says
+//! goodbye on the current connection if there is one, and finally ends the session's state
+//! (subscriptions, outbound buffer) with [`DisconnectReason::Closed`].
+
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+use super::Client;
+use crate::attachment::Attachment;
+use crate::connection_state::DisconnectReason;
+use crate::disconnect::{connection_error, Phase};
+use crate::error::ClientError;
+use crate::session::AtClose;
+
+/// After the connection is closed, how long to wait for the endpoint to tell the broker.
+const WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Client {
+    /// Says goodbye without losing published messages, then closes the connection; stops
+    /// reconnecting for good.
+    ///
+    /// In order: closes every publish stream and waits until the broker has acknowledged all
+    /// of them; finishes the control stream (the goodbye: the broker reads the publish streams
+    /// to their end, ends the session and closes the connection); waits for the broker's
+    /// close; waits for the endpoint to be idle. Each wait is bounded by `close_timeout`.
+    /// Afterwards every operation fails with [`ClientError::Closed`], every subscription ends
+    /// with [`crate::SubscriptionEnd::Closed`] and the state is
+    /// [`crate::ConnectionState::Disconnected`].
+    ///
+    /// Returns an error if the connection had already failed (messages may have been lost),
+    /// if the client was reconnecting ([`ClientError::Disconnected`]: buffered publishes are
+    /// dropped, and the broker keeps the session until it expires), if the client had ended
+    /// for good (that error), or if the broker did not acknowledge the publish streams in
+    /// time. Calling it again only waits for the first call to finish.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let inner = &self.inner;
+        let core = &inner.core;
+        let close_timeout = inner.settings.close_timeout;
+        if core.start_closing() {
+            let mut states = core.state_changes();
+            let _ = timeout(
+                close_timeout,
+                states.wait_for(|state| state.is_disconnected()),
+            )
+            .await;
+            return Ok(());
+        }
+        core.stop_token().cancel();
+        let result = match core.at_close() {
+            AtClose::Attached(attachment) => goodbye(&attachment, close_timeout).await,
+            AtClose::Reconnecting { reason, buffered } => {
+                if buffered > 0 {
+                    tracing::warn!(
+                        buffered,
+                        "closed while reconnecting: buffered publishes dropped"
+                    );
+                }
+                Err(ClientError::Disconnected {
+                    reason: format!(
+                        "closed while reconnecting ({reason}); {buffered} buffered publishes \
+                         were not sent"
+                    ),
+                })
+            }
+            AtClose::Ended(ClientError::Closed) => Ok(()),
+            AtClose::Ended(error) => Err(error),
+        };
+        inner.endpoint.close(0u32.into(), b"goodbye");
+        if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("endpoint not idle in time after close");
+        }
+        core.end(ClientError::Closed, DisconnectReason::Closed);
+        result
+    }
+}
+
+/// Drains the publish lanes, sends the goodbye and waits for the broker to close the
+/// connection.
+async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(), ClientError> {
+    let connection = attachment.link.connection();
+    let failed_before = connection.close_reason();
+    let drained = attachment.publisher.close().await;
+    let mut closed_by_broker = None;
+    if failed_before.is_none() {
+        if let Err(error) = attachment.control.goodbye().await {
+            tracing::debug!(%error, "goodbye not sent");
+        }
+        match timeout(close_timeout, connection.closed()).await {
+            Ok(reason) => closed_by_broker = Some(reason),
+            Err(_) => tracing::warn!(
+                timeout = ?close_timeout,
+                "the broker did not close the connection after goodbye; closing it"
+            ),
+        }
+    }
+    connection.close(0u32.into(), b"goodbye");
+    for reason in [failed_before, closed_by_broker].into_iter().flatten() {
+        match connection_error(&reason, Phase::Established) {
+            ClientError::Closed => {}
+            error => return Err(error),
+        }
+    }
+    drained
+}

@@ -1,0 +1,110 @@
+//! What a subscription skipped: [`Gap`]s, and the bookkeeping that finds them in the sequence
+//! numbers of the messages it yields.
+//!
+//! The broker numbers a subscription's messages 1, 2, 3, … counting every message the
+//! subscription accepted, so a jump in the numbers is exactly what the application missed:
+//! messages the overflow policy dropped (reported by a `Dropped` frame), or messages that were
+//! in flight when a connection dropped. The [`GapTracker`] sits where messages are yielded, so
+//! it also refuses a message whose sequence is not above the last one yielded: nothing is
+//! yielded twice or out of order. When the client had to subscribe again in a new session the
+//! numbers start again at 1; the stream reader marks those messages with a new epoch.
+//! No I/O here.
+
+use std::collections::VecDeque;
+
+/// Most gaps kept for [`crate::Subscription::take_gaps`]; older ones are forgotten (and still
+/// counted by [`crate::Subscription::gaps`]).
+pub(crate) const MAX_RECORDED_GAPS: usize = 1024;
+
+/// Messages a [`crate::Subscription`] did not yield, recorded where the stream skipped them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Gap {
+    /// The messages with sequences `from..=to` were never yielded: the broker's overflow policy
+    /// dropped them (see [`crate::Subscription::dropped`]), or they were in flight when the
+    /// connection dropped.
+    Missed {
+        /// The first missing sequence.
+        from: u64,
+        /// The last missing sequence (inclusive).
+        to: u64,
+    },
+    /// The broker had forgotten the session by the time the client reconnected (it expired):
+    /// the client started a new session and subscribed again. Every message published in
+    /// between is lost, how many is unknown, and sequences start again at 1.
+    SessionLost {
+        /// The last sequence yielded in the lost session (0 if none was).
+        last_sequence: u64,
+    },
+}
+
+impl Gap {
+    /// How many messages the gap skipped, when that is known.
+    pub fn missed(&self) -> Option<u64> {
+        match self {
+            Gap::Missed { from, to } => Some(to - from + 1),
+            Gap::SessionLost { .. } => None,
+        }
+    }
+}
+
+/// The last sequence yielded and the gaps found so far.
+#[derive(Debug, Default)]
+pub(crate) struct GapTracker {
+    /// The epoch of the last message yielded: it changes when the client subscribed again in a
+    /// new session.
+    epoch: u64,
+    /// The sequence of the last message yielded in this epoch; 0 before the first.
+    last_sequence: u64,
+    /// Every message skipped by a [`Gap::Missed`] so far.
+    missed: u64,
+    /// Gaps not yet taken, oldest first, at most [`MAX_RECORDED_GAPS`].
+    recorded: VecDeque<Gap>,
+}
+
+impl GapTracker {
+    /// Whether the message `sequence` of `epoch` may be yielded: `false` for a sequence not
+    /// above the last one yielded (a duplicate). Records the gap before it, if any.
+    pub(crate) fn accept(&mut self, epoch: u64, sequence: u64) -> bool {
+        if epoch != self.epoch {
+            self.record(Gap::SessionLost {
+                last_sequence: self.last_sequence,
+            });
+            self.epoch = epoch;
+            self.last_sequence = 0;
+        }
+        if sequence <= self.last_sequence {
+            return false;
+        }
+        if sequence > self.last_sequence + 1 {
+            let gap = Gap::Missed {
+                from: self.last_sequence + 1,
+                to: sequence - 1,
+            };
+            self.missed += sequence - 1 - self.last_sequence;
+            self.record(gap);
+        }
+        self.last_sequence = sequence;
+        true
+    }
+
+    /// Every message skipped by a [`Gap::Missed`] so far.
+    pub(crate) fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The gaps recorded since the last call, oldest first.
+    pub(crate) fn take(&mut self) -> Vec<Gap> {
+        self.recorded.drain(..).collect()
+    }
+
+    fn record(&mut self, gap: Gap) {
+        if self.recorded.len() >= MAX_RECORDED_GAPS {
+            self.recorded.pop_front();
+        }
+        self.recorded.push_back(gap);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! Gap accounting: jumps are recorded, duplicates refused, a new session starts afresh.
+
+use super::*;
+
+fn yielded(tracker: &mut GapTracker, epoch: u64, sequences: &[u64]) -> Vec<u64> {
+    sequences
+        .iter()
+        .copied()
+        .filter(|&sequence| tracker.accept(epoch, sequence))
+        .collect()
+}
+
+#[test]
+fn consecutive_sequences_have_no_gaps() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(yielded(&mut tracker, 0, &[1, 2, 3]), vec![1, 2, 3]);
+    assert_eq!(tracker.missed(), 0);
+    assert!(tracker.take().is_empty());
+}
+
+#[test]
+fn a_jump_is_recorded_as_the_range_it_skipped() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(
+        yielded(&mut tracker, 0, &[1, 2, 6, 7, 9]),
+        vec![1, 2, 6, 7, 9]
+    );
+    assert_eq!(tracker.missed(), 4);
+    assert_eq!(
+        tracker.take(),
+        vec![
+            Gap::Missed { from: 3, to: 5 },
+            Gap::Missed { from: 8, to: 8 }
+        ]
+    );
+    assert!(tracker.take().is_empty(), "taken gaps are gone");
+    assert_eq!(tracker.missed(), 4, "the total stays");
+}
+
+#[test]
+fn messages_dropped_before_the_first_one_read_are_a_gap_too() {
+    let mut tracker = GapTracker::default();
+    assert!(tracker.accept(0, 4));
+    assert_eq!(tracker.take(), vec![Gap::Missed { from: 1, to: 3 }]);
+}
+
+#[test]
+fn duplicates_and_older_sequences_are_refused() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(
+        yielded(&mut tracker, 0, &[1, 2, 2, 3, 1, 3, 4]),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(tracker.missed(), 0);
+}
+
+#[test]
+fn a_new_session_records_the_loss_and_starts_again_at_one() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(yielded(&mut tracker, 0, &[1, 2, 3]), vec![1, 2, 3]);
+    assert_eq!(yielded(&mut tracker, 1, &[1, 2]), vec![1, 2]);
+    assert_eq!(tracker.take(), vec![Gap::SessionLost { last_sequence: 3 }]);
+    assert_eq!(tracker.missed(), 0, "an unknown number is not counted");
+}
+
+#[test]
+fn gap_sizes_are_known_only_for_missed_ranges() {
+    assert_eq!(Gap::Missed { from: 3, to: 5 }.missed(), Some(3));
+    assert_eq!(Gap::SessionLost { last_sequence: 9 }.missed(), None);
+}
+
+#[test]
+fn only_the_latest_gaps_are_kept_but_all_are_counted() {
+    let mut tracker = GapTracker::default();
+    let total = MAX_RECORDED_GAPS as u64 + 10;
+    for n in 0..total {
+        assert!(tracker.accept(0, 2 * n + 2));
+    }
+    assert_eq!(tracker.missed(), total);
+    let gaps = tracker.take();
+    assert_eq!(gaps.len(), MAX_RECORDED_GAPS);
+    assert_eq!(
+        gaps.last(),
+        Some(&Gap::Missed {
+            from: 2 * total - 1,
+            to: 2 * total - 1
+        })
+    );
+}
