@@ -1,0 +1,161 @@
+//! A client whose network drops silently reconnects, resumes its session, and its
+//! subscriptions continue: what was queued while it was away arrives in order, and what the
+//! backlog bound could not keep is reported as one gap naming exactly the missing range.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cassini_broker::BrokerConfig;
+use cassini_client::{Client, ConnectionState, Gap, QuicOptions, ReconnectPolicy, Subscription};
+use cassini_e2e::relay::UdpRelay;
+use cassini_e2e::{within, TestBroker};
+use cassini_protocol::SubscribeOptions;
+use cassini_quic::server::ServerOptions;
+use futures_util::StreamExt;
+
+/// Both ends notice a silent drop within about a second.
+fn quick_quic() -> QuicOptions {
+    QuicOptions {
+        idle_timeout: Duration::from_secs(1),
+        keep_alive_interval: Duration::from_millis(250),
+        ..QuicOptions::default()
+    }
+}
+
+async fn broker() -> TestBroker {
+    let options = ServerOptions {
+        quic: quick_quic(),
+        ..ServerOptions::default()
+    };
+    TestBroker::start_with(BrokerConfig::default(), options).await
+}
+
+/// A client named `name` that reaches the broker through `relay`.
+async fn edge_client(broker: &TestBroker, relay: &UdpRelay, name: &str) -> Client {
+    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client(name));
+    Client::builder(relay.addr)
+        .ca_certs(broker.pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+        .quic_options(quick_quic())
+        .reconnect(ReconnectPolicy {
+            enabled: true,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: None,
+        })
+        .connect()
+        .await
+        .expect("edge client connects")
+}
+
+async fn wait_for_state(client: &Client, what: &str, wanted: impl Fn(&ConnectionState) -> bool) {
+    let mut changes = client.state_changes();
+    within(what, async {
+        loop {
+            if wanted(&changes.borrow_and_update()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                panic!("state channel closed while waiting for: {what}");
+            }
+        }
+    })
+    .await;
+}
+
+async fn publish_range(publisher: &Client, topic: &str, range: std::ops::Range<u64>) {
+    for i in range {
+        publisher
+            .publish(topic, Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+}
+
+fn index_of(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().expect("8-byte index"))
+}
+
+async fn next(subscription: &mut Subscription) -> cassini_client::Message {
+    within("next message", subscription.next())
+        .await
+        .expect("subscription open")
+}
+
+#[tokio::test]
+async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let session = edge.session_id();
+    let mut subscription = edge.subscribe("telemetry.*").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+
+    publish_range(&publisher, "telemetry.temp", 0..10).await;
+    for i in 0..10 {
+        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
+    }
+
+    relay.cut();
+    wait_for_state(&edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    broker
+        .wait_for_stats("the broker detaches the session", |s| {
+            s.connections == 1 && s.sessions == 2
+        })
+        .await;
+    publish_range(&publisher, "telemetry.temp", 10..60).await;
+    relay.restore();
+    wait_for_state(&edge, "the client resumes its session", |s| {
+        matches!(s, ConnectionState::Connected { resumed: true, session_id } if *session_id == session)
+    })
+    .await;
+
+    for i in 10..60 {
+        let message = next(&mut subscription).await;
+        assert_eq!(index_of(message.payload()), i, "in order, none lost");
+        assert_eq!(message.sequence(), i + 1, "sequence numbers continue");
+    }
+    assert_eq!(subscription.gaps(), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range() {
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let options = SubscribeOptions {
+        max_queued_messages: Some(100),
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = edge
+        .subscribe_with("backlog.x", options)
+        .await
+        .expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    publish_range(&publisher, "backlog.x", 0..1).await;
+    assert_eq!(next(&mut subscription).await.sequence(), 1);
+
+    relay.cut();
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+    publish_range(&publisher, "backlog.x", 1..1001).await;
+    relay.restore();
+
+    for i in 901..1001 {
+        let message = next(&mut subscription).await;
+        assert_eq!(index_of(message.payload()), i, "the newest 100, in order");
+    }
+    let gaps = subscription.take_gaps();
+    assert_eq!(
+        gaps,
+        vec![Gap::Missed { from: 2, to: 901 }],
+        "one gap, exactly the missing range"
+    );
+    broker.stop().await;
+}
