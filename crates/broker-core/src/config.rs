@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
+
+pub use crate::dedupe::DedupeConfig;
 use cassini_protocol::{Limits, OverflowPolicy, SubscribeOptions, TopicLimits};
 
 /// Everything the broker core needs to know.
@@ -15,6 +17,8 @@ pub struct BrokerConfig {
     pub queue: QueueConfig,
     /// Session lifetime rules.
     pub sessions: SessionConfig,
+    /// The window in which a retried acknowledged publish is recognised as a duplicate.
+    pub dedupe: DedupeConfig,
 }
 
 /// Size and count limits.

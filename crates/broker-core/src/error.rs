@@ -54,6 +54,9 @@ pub enum BrokerError {
     /// The retained store holds values for the most topics it may.
     #[error("the retained store is full ({0} topics); clear a retained topic first")]
     RetainedStoreFull(usize),
+    /// A publish asked for an acknowledgement but carried no message id.
+    #[error("a publish with ack must carry a message id")]
+    MissingMessageId,
     /// A subscribe option is out of range.
     #[error("invalid subscribe option: {0}")]
     InvalidOption(String),
@@ -90,6 +93,7 @@ impl BrokerError {
             BrokerError::TooManyConnections(_) => ErrorCode::TOO_MANY_CONNECTIONS,
             BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
             BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
+            BrokerError::MissingMessageId => ErrorCode::MISSING_MESSAGE_ID,
             BrokerError::ShuttingDown => ErrorCode::SERVER_SHUTTING_DOWN,
             BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
                 ErrorCode::PROTOCOL_VIOLATION

@@ -11,6 +11,7 @@
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
+//! - [`dedupe`]: the window of recently accepted acknowledged publishes.
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
@@ -19,6 +20,7 @@ mod actors;
 pub mod broker;
 pub mod config;
 mod connection;
+pub mod dedupe;
 pub mod error;
 pub mod message;
 pub mod queue;

@@ -109,6 +109,7 @@ pub(crate) fn prepare(
         reply_to,
         retain,
         to_session,
+        ack: false,
     });
     let frame = encode(&publish, link.max_frame_bytes())?;
     Ok(Outgoing { topic, frame })

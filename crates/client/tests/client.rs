@@ -454,6 +454,7 @@ async fn a_rejected_publish_reaches_publish_errors() {
                 &mut send,
                 &Frame::PublishRejected(PublishRejected {
                     topic: publish.topic,
+                    message_id: None,
                     code: ErrorCode::INVALID_TOPIC,
                     reason: "no".into(),
                 }),

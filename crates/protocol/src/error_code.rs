@@ -69,6 +69,8 @@ error_codes! {
     INVALID_OPTION = 15, "invalid subscribe option";
     /// A retained publish named a new topic while the retained store is full.
     RETAINED_STORE_FULL = 16, "retained store full";
+    /// A publish asked for an acknowledgement without a message id.
+    MISSING_MESSAGE_ID = 17, "acknowledged publish without a message id";
     /// A resume named a session that does not exist (expired or never created).
     SESSION_NOT_FOUND = 20, "session not found";
     /// A resume named a session that belongs to another certificate identity.

@@ -5,7 +5,7 @@
 //! | stream | opened by | frames |
 //! |---|---|---|
 //! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
-//! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishRejected`, `NoResponders` down |
+//! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
 //! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Dropped` |
 //!
 //! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
@@ -77,6 +77,8 @@ pub enum Frame {
     PublishRejected(PublishRejected),
     /// Publish stream, broker → client: a request reached no subscriber.
     NoResponders(NoResponders),
+    /// Publish stream, broker → client: a publish that asked for it was accepted.
+    PublishAck(PublishAck),
     /// Subscription stream, broker → client: the first frame, naming the subscription.
     SubscriptionStart(SubscriptionStart),
     /// Subscription stream, broker → client: one delivered message.
@@ -102,6 +104,7 @@ impl Frame {
             Frame::Publish(_) => "Publish",
             Frame::PublishRejected(_) => "PublishRejected",
             Frame::NoResponders(_) => "NoResponders",
+            Frame::PublishAck(_) => "PublishAck",
             Frame::SubscriptionStart(_) => "SubscriptionStart",
             Frame::Message(_) => "Message",
             Frame::Dropped(_) => "Dropped",
@@ -263,6 +266,20 @@ pub struct Publish {
     pub retain: bool,
     /// Deliver only to subscriptions of this session (a direct message).
     pub to_session: Option<SessionId>,
+    /// Ask for a `PublishAck` once the broker has accepted the message. Requires `message_id`.
+    /// A publish whose `message_id` the broker saw from the same identity within its dedupe
+    /// window is acknowledged again but not routed again.
+    pub ack: bool,
+}
+
+/// A publish that asked for an acknowledgement was accepted by its topic (routed to every
+/// matching subscription's queue), or was recognised as a duplicate of one that was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishAck {
+    /// The acknowledged publish's `message_id`.
+    pub message_id: u64,
+    /// Whether it was a duplicate within the dedupe window (and so not routed again).
+    pub duplicate: bool,
 }
 
 /// A request reached no subscriber.
@@ -277,6 +294,8 @@ pub struct NoResponders {
 pub struct PublishRejected {
     /// The topic of the refused publish.
     pub topic: String,
+    /// The refused publish's `message_id`, if it had one.
+    pub message_id: Option<u64>,
     /// Why it was refused.
     pub code: ErrorCode,
     /// A human-readable reason.

@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
     decode_frame, encode_frame, Delivery, Dropped, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishRejected,
-    SessionId, Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
-    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
+    GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck,
+    PublishRejected, SessionId, Subscribe, SubscribeOptions, Subscribed, SubscriptionStart,
+    TopicError, TopicFilter, TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -166,9 +166,10 @@ fn frame() -> impl Strategy<Value = Frame> {
         proptest::option::of(text()),
         any::<bool>(),
         proptest::option::of(session_id()),
+        any::<bool>(),
     )
         .prop_map(
-            |(topic, headers, payload, message_id, reply_to, retain, to_session)| {
+            |(topic, headers, payload, message_id, reply_to, retain, to_session, ack)| {
                 Frame::Publish(Publish {
                     topic,
                     headers,
@@ -177,16 +178,26 @@ fn frame() -> impl Strategy<Value = Frame> {
                     reply_to,
                     retain,
                     to_session,
+                    ack,
                 })
             },
         );
-    let publish_rejected = (text(), error_code(), text()).prop_map(|(topic, code, reason)| {
-        Frame::PublishRejected(PublishRejected {
-            topic,
-            code,
-            reason,
+    let publish_ack = (any::<u64>(), any::<bool>()).prop_map(|(message_id, duplicate)| {
+        Frame::PublishAck(PublishAck {
+            message_id,
+            duplicate,
         })
     });
+    let publish_rejected = (text(), any::<Option<u64>>(), error_code(), text()).prop_map(
+        |(topic, message_id, code, reason)| {
+            Frame::PublishRejected(PublishRejected {
+                topic,
+                message_id,
+                code,
+                reason,
+            })
+        },
+    );
     let no_responders = text().prop_map(|reply_to| Frame::NoResponders(NoResponders { reply_to }));
     let subscription_start = any::<u64>()
         .prop_map(|subscription| Frame::SubscriptionStart(SubscriptionStart { subscription }));
@@ -226,6 +237,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         going_away.boxed(),
         publish.boxed(),
         publish_rejected.boxed(),
+        publish_ack.boxed(),
         no_responders.boxed(),
         subscription_start.boxed(),
         message.boxed(),

@@ -81,6 +81,7 @@ pub(crate) fn ended_child(event: SupervisionEvent, kind: &str) -> Option<(ActorC
 pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
+    pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

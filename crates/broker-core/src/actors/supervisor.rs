@@ -44,9 +44,11 @@ impl Actor for Supervisor {
             Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;
         let (subscribers, _) =
             Actor::spawn_linked(None, SubscriberManager, topics.clone(), myself.get_cell()).await?;
+        let dedupe = Arc::new(crate::dedupe::DedupeWindow::new(config.dedupe));
         let shared = Arc::new(Shared {
             config,
             router,
+            dedupe,
             topics,
             subscribers,
         });

@@ -122,8 +122,8 @@ async fn serve(
                 publishers.spawn(serve_publish_stream(
                     send,
                     recv,
-                    Arc::clone(&shared.config),
-                    Arc::clone(&shared.router),
+                    Arc::clone(shared),
+                    Arc::clone(&connection.peer().identity),
                 ));
             },
             Some(done) = publishers.join_next() => flatten(done)?,

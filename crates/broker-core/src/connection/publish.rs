@@ -4,13 +4,17 @@
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
 //! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
-//! with `NoResponders`. Anything that is not a `Publish` closes the connection. When the client
-//! finishes the stream, the broker finishes its side only after routing everything on it.
+//! with `NoResponders`; a publish with `ack` is answered with `PublishAck` once routed, or once
+//! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
+//! that is not a `Publish` closes the connection. When the client finishes the stream, the
+//! broker finishes its side only after routing everything on it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use cassini_protocol::{Frame, NoResponders, Publish, PublishRejected, TopicName};
+use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
 
+use crate::actors::Shared;
 use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
@@ -18,13 +22,14 @@ use crate::message::PublishedMessage;
 use crate::router::Router;
 use crate::transport::{RecvStream, SendStream};
 
-/// Serves one publish stream until the client finishes it.
+/// Serves one publish stream of the client `identity` until the client finishes it.
 pub(crate) async fn serve_publish_stream(
     mut send: Box<dyn SendStream>,
     recv: Box<dyn RecvStream>,
-    config: Arc<BrokerConfig>,
-    router: Arc<Router>,
+    shared: Arc<Shared>,
+    identity: Arc<str>,
 ) -> Result<(), BrokerError> {
+    let config = &shared.config;
     let max_frame_bytes = config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
     while let Some(frame) = reader.next().await? {
@@ -37,17 +42,50 @@ pub(crate) async fn serve_publish_stream(
         let topic = publish.topic.clone();
         let target = publish.to_session;
         let retain = publish.retain;
-        let answer = match accept(publish, &config) {
-            Ok(message) => route(&router, message, target, retain)
-                .unwrap_or_else(|err| Some(rejected(topic, &err))),
-            Err(err) => Some(rejected(topic, &err)),
+        let message_id = publish.message_id;
+        let ack = publish.ack;
+        let answers = match accept(publish, config) {
+            Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
+                .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
+            Err(err) => vec![rejected(topic, message_id, &err)],
         };
-        if let Some(answer) = answer {
-            write_frame(send.as_mut(), &answer, max_frame_bytes).await?;
+        for answer in &answers {
+            write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// Routes one accepted message unless it is a duplicate acknowledged publish, and returns the
+/// frames that answer it: `NoResponders` for a request nobody received, `PublishAck` when asked.
+fn answer(
+    shared: &Shared,
+    identity: &Arc<str>,
+    message: PublishedMessage,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
+    ack: bool,
+    message_id: Option<u64>,
+) -> Result<Vec<Frame>, BrokerError> {
+    if !ack {
+        return Ok(route(&shared.router, message, target, retain)?
+            .into_iter()
+            .collect());
+    }
+    let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
+    let first_time = shared
+        .dedupe
+        .first_time(identity, message_id, Instant::now());
+    let mut answers = Vec::new();
+    if first_time {
+        answers.extend(route(&shared.router, message, target, retain)?);
+    }
+    answers.push(Frame::PublishAck(PublishAck {
+        message_id,
+        duplicate: !first_time,
+    }));
+    Ok(answers)
 }
 
 /// Routes one accepted message; answers `NoResponders` for a request nobody received.
@@ -70,9 +108,10 @@ fn route(
     })
 }
 
-fn rejected(topic: String, err: &BrokerError) -> Frame {
+fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame {
     Frame::PublishRejected(PublishRejected {
         topic,
+        message_id,
         code: err.code(),
         reason: err.reason(),
     })

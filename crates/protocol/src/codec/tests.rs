@@ -64,12 +64,18 @@ fn one_of_every_frame() -> Vec<Frame> {
             reply_to: Some("_INBOX.abc.1".into()),
             retain: true,
             to_session: Some(session_id),
+            ack: true,
+        }),
+        Frame::PublishAck(PublishAck {
+            message_id: 77,
+            duplicate: true,
         }),
         Frame::NoResponders(NoResponders {
             reply_to: "_INBOX.abc.1".into(),
         }),
         Frame::PublishRejected(PublishRejected {
             topic: "demo.x".into(),
+            message_id: Some(77),
             code: ErrorCode::PAYLOAD_TOO_LARGE,
             reason: "2000000 > 1048576".into(),
         }),

@@ -1,0 +1,120 @@
+//! The publish dedupe window: which acknowledged publishes the broker has already accepted.
+//!
+//! A publisher that asks for an acknowledgement (`ack: true`, with a `message_id`) may retry a
+//! publish whose acknowledgement it never received, for instance after a reconnect. The broker
+//! remembers each accepted (identity, message id) pair for `max_age` or until `max_entries`
+//! newer pairs pushed it out, whichever comes first; a retry inside the window is acknowledged
+//! again but not routed again. Keyed by certificate identity, so a retry is recognised even from
+//! a new session of the same client.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bounds of the dedupe window.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeConfig {
+    /// Most remembered publishes; memory is about 100 bytes each.
+    pub max_entries: usize,
+    /// How long a publish is remembered.
+    pub max_age: Duration,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_age: Duration::from_secs(120),
+        }
+    }
+}
+
+type Key = (Arc<str>, u64);
+
+/// Recently accepted (identity, message id) pairs, oldest first.
+#[derive(Debug)]
+pub struct DedupeWindow {
+    config: DedupeConfig,
+    state: Mutex<Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    seen: HashSet<Key>,
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl DedupeWindow {
+    /// An empty window.
+    pub fn new(config: DedupeConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Records the publish and returns `true` the first time it is seen inside the window,
+    /// `false` for a duplicate.
+    pub fn first_time(&self, identity: &Arc<str>, message_id: u64, now: Instant) -> bool {
+        let mut window = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((key, at)) = window.order.front() {
+            let expired = now.saturating_duration_since(*at) > self.config.max_age;
+            if !expired && window.order.len() < self.config.max_entries {
+                break;
+            }
+            let key = key.clone();
+            window.seen.remove(&key);
+            window.order.pop_front();
+        }
+        let key = (Arc::clone(identity), message_id);
+        if window.seen.contains(&key) {
+            return false;
+        }
+        window.seen.insert(key.clone());
+        window.order.push_back((key, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(max_entries: usize, max_age: Duration) -> DedupeWindow {
+        DedupeWindow::new(DedupeConfig {
+            max_entries,
+            max_age,
+        })
+    }
+
+    #[test]
+    fn a_retry_inside_the_window_is_a_duplicate() {
+        let w = window(10, Duration::from_secs(60));
+        let alice: Arc<str> = Arc::from("alice");
+        let now = Instant::now();
+        assert!(w.first_time(&alice, 1, now));
+        assert!(!w.first_time(&alice, 1, now + Duration::from_secs(1)));
+        assert!(w.first_time(&alice, 2, now));
+    }
+
+    #[test]
+    fn identities_have_separate_id_spaces() {
+        let w = window(10, Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(w.first_time(&Arc::from("alice"), 1, now));
+        assert!(w.first_time(&Arc::from("bob"), 1, now));
+    }
+
+    #[test]
+    fn old_and_overflowing_entries_are_forgotten() {
+        let w = window(2, Duration::from_secs(60));
+        let alice: Arc<str> = Arc::from("alice");
+        let now = Instant::now();
+        assert!(w.first_time(&alice, 1, now));
+        assert!(w.first_time(&alice, 2, now));
+        assert!(w.first_time(&alice, 3, now), "pushes id 1 out");
+        assert!(w.first_time(&alice, 1, now), "id 1 was forgotten");
+        let later = now + Duration::from_secs(61);
+        assert!(w.first_time(&alice, 3, later), "id 3 expired");
+    }
+}
