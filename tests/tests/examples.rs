@@ -29,7 +29,7 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-async fn run_example(broker: &TestBroker, name: &str) -> String {
+async fn run_example(broker: &TestBroker, name: &str, env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
     broker
@@ -44,7 +44,8 @@ async fn run_example(broker: &TestBroker, name: &str) -> String {
     command
         .env("CASSINI_SERVER", broker.addr.to_string())
         .env("CASSINI_CERTS", dir.path())
-        .env("CASSINI_NAME", "dev");
+        .env("CASSINI_NAME", "dev")
+        .envs(env.iter().copied());
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("join")
@@ -60,7 +61,7 @@ async fn run_example(broker: &TestBroker, name: &str) -> String {
 #[tokio::test]
 async fn the_pubsub_example_prints_three_greetings() {
     let broker = TestBroker::start().await;
-    let out = run_example(&broker, "pubsub").await;
+    let out = run_example(&broker, "pubsub", &[]).await;
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains("demo.greetings #1: hello"), "{out}");
     broker.stop().await;
@@ -69,7 +70,7 @@ async fn the_pubsub_example_prints_three_greetings() {
 #[tokio::test]
 async fn the_request_reply_example_gets_a_reply_and_no_responders() {
     let broker = TestBroker::start().await;
-    let out = run_example(&broker, "request_reply").await;
+    let out = run_example(&broker, "request_reply", &[]).await;
     assert!(out.contains("reply: caller asked"), "{out}");
     assert!(out.contains("no responders, as expected"), "{out}");
     broker.stop().await;
@@ -78,7 +79,7 @@ async fn the_request_reply_example_gets_a_reply_and_no_responders() {
 #[tokio::test]
 async fn the_typed_messages_example_round_trips_both_encodings() {
     let broker = TestBroker::start().await;
-    let out = run_example(&broker, "typed_messages").await;
+    let out = run_example(&broker, "typed_messages", &[]).await;
     assert!(
         out.contains("json:    Reading { sensor: \"kitchen\", celsius: 21.5 }"),
         "{out}"
@@ -87,5 +88,14 @@ async fn the_typed_messages_example_round_trips_both_encodings() {
         out.contains("msgpack: Reading { sensor: \"kitchen\", celsius: 21.5 }"),
         "{out}"
     );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_edge_client_example_receives_its_own_readings() {
+    let broker = TestBroker::start().await;
+    let out = run_example(&broker, "edge_client", &[("CASSINI_EXAMPLE_MESSAGES", "3")]).await;
+    assert!(out.contains("connected as dev"), "{out}");
+    assert!(out.contains("#3 reading 2"), "{out}");
     broker.stop().await;
 }
