@@ -6,12 +6,13 @@
 //! what must outlive it (the subscriptions, the outbound buffer) is in [`crate::session`], and
 //! the parts shared with every attachment are in [`AttachmentContext`].
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cassini_protocol::PublishRejected;
 use tokio::sync::mpsc;
 
+use crate::acks::PendingAcks;
 use crate::control::{self, ControlHandle, PendingRequests};
 use crate::handshake::Established;
 use crate::link::Link;
@@ -19,6 +20,9 @@ use crate::publish::{Publisher, PublisherSettings};
 use crate::registry::SubscriptionRegistry;
 use crate::replies::PendingReplies;
 use crate::subscription_stream::accept_streams;
+
+/// The next [`Attachment::id`].
+static NEXT_ATTACHMENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What every connection of one client shares.
 #[derive(Debug)]
@@ -31,6 +35,8 @@ pub(crate) struct AttachmentContext {
     pub(crate) rejections: mpsc::Sender<PublishRejected>,
     /// Requests waiting for a reply, which a `NoResponders` answer completes.
     pub(crate) replies: Arc<PendingReplies>,
+    /// Acknowledged publishes waiting, across connections.
+    pub(crate) acks: Arc<PendingAcks>,
     /// Lane count and sizes.
     pub(crate) publisher: PublisherSettings,
 }
@@ -38,6 +44,9 @@ pub(crate) struct AttachmentContext {
 /// One established connection and its tasks.
 #[derive(Debug)]
 pub(crate) struct Attachment {
+    /// Distinguishes this connection from every other of the process: which connection an
+    /// acknowledged publish was handed to.
+    pub(crate) id: u64,
     /// The connection and what is known about it.
     pub(crate) link: Arc<Link>,
     /// Requests on this connection's control stream.
@@ -80,8 +89,10 @@ impl Attachment {
             context.publisher,
             context.rejections.clone(),
             Arc::clone(&context.replies),
+            Arc::clone(&context.acks),
         );
         Arc::new(Self {
+            id: NEXT_ATTACHMENT_ID.fetch_add(1, Ordering::Relaxed),
             link,
             control,
             publisher,

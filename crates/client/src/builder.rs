@@ -148,6 +148,10 @@ pub struct ClientBuilder {
     reconnect: ReconnectPolicy,
     /// Publishes kept while reconnecting.
     outbound_buffer: OutboundBuffer,
+    /// Default wait for a publish acknowledgement.
+    ack_timeout: Duration,
+    /// Most acknowledged publishes waiting at once.
+    max_unacked_publishes: usize,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -177,6 +181,8 @@ impl fmt::Debug for ClientBuilder {
             .field("publish_lane_buffer", &self.publish_lane_buffer)
             .field("reconnect", &self.reconnect)
             .field("outbound_buffer", &self.outbound_buffer)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("max_unacked_publishes", &self.max_unacked_publishes)
             .finish()
     }
 }
@@ -208,6 +214,8 @@ impl ClientBuilder {
             publish_lane_buffer: 256,
             reconnect: ReconnectPolicy::default(),
             outbound_buffer: OutboundBuffer::default(),
+            ack_timeout: Duration::from_secs(30),
+            max_unacked_publishes: 1024,
         }
     }
 
@@ -333,6 +341,23 @@ impl ClientBuilder {
         self
     }
 
+    /// How long [`Client::publish_acked`] (and every acknowledged publish without its own
+    /// timeout) waits for the broker's acknowledgement, including any reconnect in between.
+    /// Longer rides out longer outages; after it passes the message may or may not have been
+    /// delivered. Default: 30 s.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Most acknowledged publishes waiting for their acknowledgement at once; one more waits
+    /// for a free slot (within its timeout). Each costs a copy of its encoded message until it
+    /// is acknowledged. Default: 1024.
+    pub fn max_unacked_publishes(mut self, publishes: usize) -> Self {
+        self.max_unacked_publishes = publishes;
+        self
+    }
+
     /// Connects, authenticates with the client certificate, and opens a session.
     ///
     /// A certificate the broker refuses fails here with [`ClientError::Certificate`], a broker
@@ -384,9 +409,15 @@ impl ClientBuilder {
         positive(self.subscription_buffer, "subscription_buffer")?;
         positive(self.max_publish_lanes, "max_publish_lanes")?;
         positive(self.publish_lane_buffer, "publish_lane_buffer")?;
+        positive(self.max_unacked_publishes, "max_unacked_publishes")?;
         if self.connect_timeout.is_zero() {
             return Err(ClientError::Config {
                 reason: "connect_timeout must be longer than zero".to_owned(),
+            });
+        }
+        if self.ack_timeout.is_zero() {
+            return Err(ClientError::Config {
+                reason: "ack_timeout must be longer than zero".to_owned(),
             });
         }
         self.reconnect
@@ -432,6 +463,8 @@ impl ClientBuilder {
                 },
                 reconnect: self.reconnect,
                 outbound: self.outbound_buffer,
+                ack_timeout: self.ack_timeout,
+                max_unacked_publishes: self.max_unacked_publishes,
             },
         })
     }

@@ -20,6 +20,7 @@ use cassini_protocol::{
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use crate::acks::{PendingAcks, PublishReceipt};
 use crate::attachment::AttachmentContext;
 use crate::builder::{BrokerAddress, ClientBuilder};
 use crate::connection_state::{ConnectionState, DisconnectReason};
@@ -43,6 +44,9 @@ use crate::sync::lock;
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
 const PUBLISH_ERRORS_CAPACITY: usize = 256;
 
+/// What [`ClientError::Timeout`] says when an acknowledged publish got no answer in time.
+const ACK_TIMEOUT: &str = "publish acknowledgement";
+
 /// What [`ClientError::Timeout`] says when a request got no reply in time.
 const REPLY_TIMEOUT: &str = "waiting for a reply";
 
@@ -59,6 +63,10 @@ pub(crate) struct ClientSettings {
     pub(crate) reconnect: ReconnectPolicy,
     /// Publishes kept while reconnecting.
     pub(crate) outbound: OutboundBuffer,
+    /// How long an acknowledged publish waits for its acknowledgement by default.
+    pub(crate) ack_timeout: Duration,
+    /// Most acknowledged publishes waiting at once.
+    pub(crate) max_unacked_publishes: usize,
 }
 
 /// A session with a Cassini broker: publish, subscribe, request and serve, ping, close.
@@ -150,6 +158,7 @@ impl Client {
             closing: Arc::default(),
             rejections,
             replies: Arc::clone(&replies),
+            acks: Arc::new(PendingAcks::new(settings.max_unacked_publishes)),
             publisher: settings.publisher,
         };
         let (core, attachment) =
@@ -183,7 +192,7 @@ impl Client {
     /// ([`OutboundBuffer`]; a full buffer is [`ClientError::OutboundBufferFull`]). Messages to
     /// one topic reach the broker in the order they were published, across reconnects too;
     /// messages still queued on a connection when it drops are lost (delivery is at most
-    /// once). A publish the broker refuses anyway is reported through
+    /// once; [`Client::publish_acked`] delivers at least once). A publish the broker refuses anyway is reported through
     /// [`Client::publish_errors`] and the log.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         self.publish_with(topic, payload, PublishOptions::default())
@@ -204,17 +213,87 @@ impl Client {
     /// Publishes `payload` to `topic` with `options`: headers, a message id, retention, a reply
     /// topic. See [`Client::publish`]; an invalid `reply_to` is
     /// [`ClientError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
-    /// options.
+    /// options. With [`PublishOptions::ack`] this is [`Client::publish_acked_with`] without
+    /// the receipt: it returns once the broker acknowledged the message.
     pub async fn publish_with(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<(), ClientError> {
+        if options.ack {
+            return self
+                .publish_acked_with(topic, payload, options)
+                .await
+                .map(|_| ());
+        }
         self.inner
             .core
             .publish(topic, payload.into(), options, None)
             .await
+    }
+
+    /// Publishes `payload` to `topic` and waits until the broker acknowledges it: it was routed
+    /// to every matching subscription's queue. Delivery is at least once across reconnects.
+    ///
+    /// The message gets a message id from this client (a random per-client base plus a
+    /// counter: never repeated by this client, and unlikely to collide with another client of
+    /// the same certificate identity). If the connection drops before the acknowledgement, the
+    /// message is sent again, with the same id, after the reconnect, ahead of the outbound
+    /// buffer and in publishing order; a copy the broker had accepted already is acknowledged
+    /// with [`PublishReceipt::duplicate`] set and not routed again (the broker remembers ids
+    /// for its dedupe window, 120 s by default). Publishing while reconnecting goes through the
+    /// outbound buffer like [`Client::publish`].
+    ///
+    /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
+    /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
+    /// answer came within [`ClientBuilder::ack_timeout`] (30 s by default): **after a timeout
+    /// the message may or may not have been delivered**, and it is no longer sent again. At
+    /// most [`ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once (1024
+    /// by default); more wait for a free slot, and that wait counts towards the timeout.
+    /// Otherwise it fails as [`Client::publish`] does, and with the client's error when the
+    /// client ends. Cancelling the call (dropping the future) stops the re-sending too.
+    pub async fn publish_acked(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishReceipt, ClientError> {
+        self.publish_acked_with(topic, payload, PublishOptions::new())
+            .await
+    }
+
+    /// [`Client::publish_acked`] with `options` (headers, message id, retention, reply topic);
+    /// [`PublishOptions::ack`] is implied. A message id given in `options` is used as is: reuse
+    /// one only to send the same message again, since the broker drops a repeated id within its
+    /// dedupe window. An id another acknowledged publish of this client still waits with is
+    /// [`ClientError::MessageIdInFlight`].
+    pub async fn publish_acked_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, ClientError> {
+        let timeout = self.inner.settings.ack_timeout;
+        self.publish_acked_with_timeout(topic, payload, options, timeout)
+            .await
+    }
+
+    /// [`Client::publish_acked_with`], waiting up to `timeout` instead of the builder's
+    /// [`ClientBuilder::ack_timeout`].
+    pub async fn publish_acked_with_timeout(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+        timeout: Duration,
+    ) -> Result<PublishReceipt, ClientError> {
+        let publish = self
+            .inner
+            .core
+            .publish_acked(topic, payload.into(), options, None);
+        tokio::time::timeout(timeout, publish)
+            .await
+            .unwrap_or(Err(ClientError::Timeout(ACK_TIMEOUT)))
     }
 
     /// Publishes `payload` to `topic` and makes it the topic's retained value, which the broker
@@ -361,7 +440,9 @@ impl Client {
     }
 
     /// [`Client::request`] with `options` (headers, message id); its `reply_to` is replaced by
-    /// the request's own reply topic.
+    /// the request's own reply topic. With [`PublishOptions::ack`] the request is published as
+    /// [`Client::publish_acked`] publishes (sent again after a reconnect until acknowledged)
+    /// before the reply is awaited, all within `timeout`.
     pub async fn request_with(
         &self,
         topic: &str,
@@ -377,7 +458,14 @@ impl Client {
                 reply_to: Some(pending.reply_to().to_owned()),
                 ..options
             };
-            inner.core.publish(topic, payload, options, None).await?;
+            if options.ack {
+                inner
+                    .core
+                    .publish_acked(topic, payload, options, None)
+                    .await?;
+            } else {
+                inner.core.publish(topic, payload, options, None).await?;
+            }
             pending
                 .outcome()
                 .await

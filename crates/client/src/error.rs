@@ -75,6 +75,27 @@ pub enum ClientError {
         /// The broker's reason.
         reason: String,
     },
+    /// The broker refused an acknowledged publish ([`crate::Client::publish_acked`]): the
+    /// topic is not allowed, the payload is too large, or the message id was missing. The
+    /// message was not routed; the connection stays usable.
+    #[error("the broker rejected the publish to {topic}: {reason} ({code:?})")]
+    PublishRejected {
+        /// The topic of the refused publish.
+        topic: String,
+        /// The refused publish's message id.
+        message_id: Option<u64>,
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// An acknowledged publish named a message id that another acknowledged publish of this
+    /// client is still waiting with; nothing was sent.
+    #[error("message id {message_id} is already waiting for its acknowledgement")]
+    MessageIdInFlight {
+        /// The message id.
+        message_id: u64,
+    },
     /// The connection was lost: idle timeout, reset, or a transport error.
     #[error("connection to the broker lost: {reason}")]
     ConnectionLost {
@@ -134,7 +155,9 @@ pub enum ClientError {
         topic: String,
     },
     /// An operation did not finish in time; the string says which. A request that got no reply
-    /// in time is `Timeout("waiting for a reply")`.
+    /// in time is `Timeout("waiting for a reply")`; an acknowledged publish that got no
+    /// acknowledgement in time is `Timeout("publish acknowledgement")` (the message may or may
+    /// not have been delivered).
     #[error("timed out {0}")]
     Timeout(&'static str),
     /// The client was closed (by [`crate::Client::close`] or a normal close by the broker).
@@ -188,6 +211,20 @@ impl ClientError {
             ClientError::Request { code, reason } => ClientError::Request {
                 code: *code,
                 reason: reason.clone(),
+            },
+            ClientError::PublishRejected {
+                topic,
+                message_id,
+                code,
+                reason,
+            } => ClientError::PublishRejected {
+                topic: topic.clone(),
+                message_id: *message_id,
+                code: *code,
+                reason: reason.clone(),
+            },
+            ClientError::MessageIdInFlight { message_id } => ClientError::MessageIdInFlight {
+                message_id: *message_id,
             },
             ClientError::ConnectionLost { reason } => ClientError::ConnectionLost {
                 reason: reason.clone(),

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::acks::PendingAcks;
 use crate::disconnect::{write_error, Phase};
 use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
 use crate::link::Link;
@@ -43,6 +44,8 @@ pub(crate) struct LaneContext {
     pub(crate) rejections: mpsc::Sender<PublishRejected>,
     /// Requests waiting for a reply, which a `NoResponders` answer completes.
     pub(crate) replies: Arc<PendingReplies>,
+    /// Acknowledged publishes waiting, which a `PublishAck` or `PublishRejected` completes.
+    pub(crate) acks: Arc<PendingAcks>,
     /// How long to wait for the broker to acknowledge the finished stream.
     pub(crate) close_timeout: Duration,
 }
@@ -71,6 +74,7 @@ pub(crate) async fn run_lane(
         Arc::clone(&context.link),
         context.rejections.clone(),
         Arc::clone(&context.replies),
+        Arc::clone(&context.acks),
     ));
     while let Some(mut batch) = frames.recv().await {
         while batch.len() < MAX_BATCH_BYTES {
@@ -119,6 +123,7 @@ async fn read_answers(
     link: Arc<Link>,
     rejections: mpsc::Sender<PublishRejected>,
     replies: Arc<PendingReplies>,
+    acks: Arc<PendingAcks>,
 ) {
     loop {
         match reader.next().await {
@@ -129,8 +134,19 @@ async fn read_answers(
                     reason = %rejected.reason,
                     "the broker rejected a publish"
                 );
-                // A full or untaken queue leaves the rejection in the log only.
-                let _ = rejections.try_send(rejected);
+                // An acknowledged publish's caller gets its rejection; otherwise a full or
+                // untaken queue leaves it in the log only.
+                if !acks.rejected(&rejected) {
+                    let _ = rejections.try_send(rejected);
+                }
+            }
+            Ok(Some(Frame::PublishAck(ack))) => {
+                if !acks.acknowledged(ack) {
+                    tracing::debug!(
+                        message_id = ack.message_id,
+                        "acknowledgement for a publish nobody waits for"
+                    );
+                }
             }
             Ok(Some(Frame::NoResponders(NoResponders { reply_to }))) => {
                 if !replies.no_responders(&reply_to) {

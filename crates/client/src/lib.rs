@@ -33,6 +33,9 @@
 //!   goes to one member of the group instead of to all.
 //! - **Retained messages**: [`Client::publish_retained`] keeps a topic's last value on the
 //!   broker for new subscribers ([`Message::is_retained`]).
+//! - **Acknowledged publishes**: [`Client::publish_acked`] waits until the broker has routed
+//!   the message and returns a [`PublishReceipt`]; the message is sent again after a reconnect
+//!   until acknowledged (at least once; the broker drops duplicates by message id).
 //! - **Direct messages**: [`Client::send_to`] delivers to one session only.
 //! - **Options and typed payloads**: [`Client::publish_with`] takes [`PublishOptions`];
 //!   [`Client::publish_json`] and [`Client::publish_msgpack`] set a `content-type` header
@@ -114,6 +117,8 @@
 //!   connections, pairing a stream with its `Subscribed` answer whichever arrives first, and
 //!   handing a subscription from one connection's stream to the next.
 //! - `publish_options`: [`PublishOptions`].
+//! - `acks`: acknowledged publishes: message ids, the bounded table of publishes waiting for
+//!   their acknowledgement, and which to send again after a reconnect ([`PublishReceipt`]).
 //! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]);
 //!   `gaps`: [`Gap`]s and the bookkeeping that finds them and refuses duplicates.
 //! - `message`: a delivered [`Message`].
@@ -126,6 +131,7 @@
 //! - `framed`: whole frames over quinn streams.
 //! - `error`: [`ClientError`].
 
+mod acks;
 mod attachment;
 mod builder;
 mod client;
@@ -157,6 +163,7 @@ mod subscription_stream;
 mod supervisor;
 mod sync;
 
+pub use acks::PublishReceipt;
 pub use builder::{BrokerAddress, ClientBuilder};
 pub use client::Client;
 pub use connection_state::{ConnectionState, DisconnectReason};

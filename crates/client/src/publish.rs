@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
+use crate::acks::PendingAcks;
 use crate::error::ClientError;
 use crate::framed::encode;
 use crate::lane::{run_lane, LaneContext};
@@ -52,6 +53,8 @@ pub(crate) struct Outgoing {
     pub(crate) topic: TopicName,
     /// The encoded `Publish` frame.
     pub(crate) frame: BytesMut,
+    /// The message id, when the publish waits for an acknowledgement (see [`crate::acks`]).
+    pub(crate) ack: Option<u64>,
 }
 
 /// Why [`Publisher::send`] did not queue a message.
@@ -100,7 +103,9 @@ pub(crate) fn prepare(
         message_id,
         retain,
         reply_to,
+        ack,
     } = options;
+    let ack = message_id.filter(|_| ack);
     let publish = Frame::Publish(Publish {
         topic: topic.as_str().to_owned(),
         headers,
@@ -109,10 +114,10 @@ pub(crate) fn prepare(
         reply_to,
         retain,
         to_session,
-        ack: false,
+        ack: ack.is_some(),
     });
     let frame = encode(&publish, link.max_frame_bytes())?;
-    Ok(Outgoing { topic, frame })
+    Ok(Outgoing { topic, frame, ack })
 }
 
 /// Owns the lanes.
@@ -130,6 +135,8 @@ pub(crate) struct Publisher {
     rejections: mpsc::Sender<PublishRejected>,
     /// Given to each lane for the broker's `NoResponders` answers.
     replies: Arc<PendingReplies>,
+    /// Given to each lane for the broker's `PublishAck` answers.
+    acks: Arc<PendingAcks>,
 }
 
 #[derive(Debug)]
@@ -157,6 +164,7 @@ impl Publisher {
         settings: PublisherSettings,
         rejections: mpsc::Sender<PublishRejected>,
         replies: Arc<PendingReplies>,
+        acks: Arc<PendingAcks>,
     ) -> Self {
         Self {
             link,
@@ -169,6 +177,7 @@ impl Publisher {
             tracker: TaskTracker::new(),
             rejections,
             replies,
+            acks,
         }
     }
 
@@ -215,6 +224,7 @@ impl Publisher {
             topic: topic.clone(),
             rejections: self.rejections.clone(),
             replies: Arc::clone(&self.replies),
+            acks: Arc::clone(&self.acks),
             close_timeout: self.settings.close_timeout,
         };
         let task = self.tracker.spawn(run_lane(context, queue, predecessor));

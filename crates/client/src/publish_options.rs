@@ -20,7 +20,10 @@ pub struct PublishOptions {
     /// frame size, not its maximum payload size.
     pub headers: Headers,
     /// An id of the publisher's choosing, passed through to subscribers
-    /// ([`crate::Message::message_id`]). The broker neither checks nor deduplicates it.
+    /// ([`crate::Message::message_id`]). Without [`PublishOptions::ack`] the broker neither
+    /// checks nor deduplicates it; with it, the broker deduplicates on (certificate identity,
+    /// id) for its dedupe window, so an id must not be reused for a different message. With
+    /// `ack` and no id the client assigns one.
     pub message_id: Option<u64>,
     /// Keep this message as the topic's retained value: the broker replays it (marked
     /// [`crate::Message::is_retained`]) to every new subscription whose filter matches the
@@ -33,10 +36,15 @@ pub struct PublishOptions {
     /// [`crate::ClientError::NoResponders`], while for a publish made with this option the answer
     /// is only logged.
     pub reply_to: Option<String>,
+    /// Ask the broker to acknowledge the message once it was routed, and deliver it at least
+    /// once across reconnects: [`crate::Client::publish_with`] then waits for the
+    /// acknowledgement (see [`crate::Client::publish_acked`] for the details and the receipt).
+    pub ack: bool,
 }
 
 impl PublishOptions {
-    /// Options for a plain message: no headers, no id, not retained, no reply topic.
+    /// Options for a plain message: no headers, no id, not retained, no reply topic, no
+    /// acknowledgement.
     pub fn new() -> Self {
         Self::default()
     }
@@ -62,6 +70,12 @@ impl PublishOptions {
     /// Sets [`PublishOptions::retain`].
     pub fn retain(mut self, retain: bool) -> Self {
         self.retain = retain;
+        self
+    }
+
+    /// Sets [`PublishOptions::ack`].
+    pub fn ack(mut self, ack: bool) -> Self {
+        self.ack = ack;
         self
     }
 

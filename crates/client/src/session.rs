@@ -9,7 +9,9 @@
 //!
 //! Order of publishes across a reconnect: a publish made while reconnecting goes to the buffer;
 //! the new connection becomes current only once the buffer is empty, so a later publish can
-//! never overtake a buffered one.
+//! never overtake a buffered one. Acknowledged publishes still waiting for their answer when
+//! a connection dropped are sent again on the new connection before the buffer (see
+//! [`crate::acks`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use cassini_protocol::SessionId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::PublishReceipt;
 use crate::attachment::{Attachment, AttachmentContext};
 use crate::connection_state::{ConnectionState, DisconnectReason};
 use crate::control::ControlHandle;
@@ -238,16 +241,80 @@ impl SessionCore {
             return Err(ClientError::Closed);
         }
         let latest = self.attachment();
-        let mut outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
+        let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
         drop(latest);
+        self.send(outgoing).await
+    }
+
+    /// Validates and publishes one message with an acknowledgement, assigning a message id if
+    /// it has none, and waits for the broker's answer, sending it again after every reconnect
+    /// until then. Unbounded in time: the caller bounds it. See
+    /// [`crate::Client::publish_acked`].
+    pub(crate) async fn publish_acked(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        mut options: PublishOptions,
+        to_session: Option<SessionId>,
+    ) -> Result<PublishReceipt, ClientError> {
+        if self.is_closing() {
+            return Err(ClientError::Closed);
+        }
+        let acks = &self.context.acks;
+        let permit = acks.permit().await?;
+        let message_id = *options.message_id.get_or_insert_with(|| acks.next_id());
+        options.ack = true;
+        let latest = self.attachment();
+        let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
+        drop(latest);
+        let mut pending = acks.register(message_id, &outgoing, permit)?;
+        self.send(outgoing).await?;
+        pending.outcome().await.unwrap_or_else(|| Err(self.error()))
+    }
+
+    /// Sends a prepared publish on the current connection, or buffers it while reconnecting.
+    /// An acknowledged publish is marked with the connection it is handed to, so that a
+    /// reconnect knows to send it again.
+    async fn send(&self, mut outgoing: Outgoing) -> Result<(), ClientError> {
+        let acks = &self.context.acks;
         loop {
             let Some((attachment, next)) = self.route(outgoing)? else {
                 return Ok(());
             };
+            let ack = next.ack;
+            if let Some(message_id) = ack {
+                acks.mark_sent(message_id, attachment.id);
+            }
             match attachment.publisher.send(next).await {
-                Ok(()) => return Ok(()),
-                // The connection dropped under the publish: route it again.
-                Err(SendError::ConnectionGone(back)) => outgoing = back,
+                Ok(()) => {
+                    // Queued on a connection that may have died before its lane wrote it. If it
+                    // died, the reconnect that follows may have looked for publishes to send
+                    // again before this one was marked: route it again rather than wait for an
+                    // acknowledgement that cannot come. A copy that did arrive is a duplicate the
+                    // broker drops.
+                    match ack {
+                        Some(message_id)
+                            if attachment.is_dead()
+                                && acks.mark_unsent(message_id, attachment.id) =>
+                        {
+                            let Some(again) = acks.outgoing(message_id) else {
+                                return Ok(());
+                            };
+                            outgoing = again;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+                // The connection dropped under the publish: route it again, unless a reconnect
+                // has sent it again already.
+                Err(SendError::ConnectionGone(back)) => {
+                    if let Some(message_id) = back.ack {
+                        if !acks.mark_unsent(message_id, attachment.id) {
+                            return Ok(());
+                        }
+                    }
+                    outgoing = back;
+                }
                 Err(SendError::Failed(error)) => return Err(error),
             }
         }
@@ -314,6 +381,28 @@ impl SessionCore {
         &self,
         attachment: &Arc<Attachment>,
     ) -> Result<(), ClientError> {
+        let acks = &self.context.acks;
+        let resend = acks.take_for_resend(attachment.id);
+        let resent = resend.len();
+        for (message_id, outgoing) in resend {
+            if self.is_closing() {
+                return Err(ClientError::Closed);
+            }
+            match attachment.publisher.send(outgoing).await {
+                Ok(()) => {}
+                // Still marked with this (dead) connection: the next one sends it again.
+                Err(SendError::ConnectionGone(_)) => return Err(attachment.link.error()),
+                Err(SendError::Failed(error)) => {
+                    acks.fail(message_id, error);
+                }
+            }
+        }
+        if resent > 0 {
+            tracing::info!(
+                resent,
+                "unacknowledged publishes sent again after the reconnect"
+            );
+        }
         let mut sent = 0usize;
         loop {
             let Buffered { item, queued_at } = {
@@ -330,9 +419,15 @@ impl SessionCore {
                     }
                 }
             };
+            if let Some(message_id) = item.ack {
+                acks.mark_sent(message_id, attachment.id);
+            }
             match attachment.publisher.send(item).await {
                 Ok(()) => sent += 1,
                 Err(SendError::ConnectionGone(item)) => {
+                    if let Some(message_id) = item.ack {
+                        acks.mark_unsent(message_id, attachment.id);
+                    }
                     lock(&self.current)
                         .outbound
                         .push_front(Buffered { item, queued_at });
@@ -357,15 +452,17 @@ impl SessionCore {
     /// Ends the client for good: every operation fails with `error` from now on, every
     /// subscription ends, buffered publishes are dropped. Does nothing if it had ended.
     pub(crate) fn end(&self, error: ClientError, reason: DisconnectReason) {
-        let (discarded, subscriptions_end) = {
+        let (discarded, subscriptions_end, failure) = {
             let mut current = lock(&self.current);
             if matches!(current.status, Status::Ended { .. }) {
                 return;
             }
             let subscriptions_end = SubscriptionEnd::after(&error);
+            let failure = error.duplicate();
             current.status = Status::Ended { error };
-            (current.outbound.discard_all(), subscriptions_end)
+            (current.outbound.discard_all(), subscriptions_end, failure)
         };
+        self.context.acks.fail_all(|| failure.duplicate());
         if discarded > 0 {
             tracing::warn!(
                 discarded,
