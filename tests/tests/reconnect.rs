@@ -159,3 +159,34 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn moving_to_a_new_socket_mid_stream_loses_nothing_and_does_not_reconnect() {
+    const COUNT: u64 = 2_000;
+    let broker = broker().await;
+    let edge = broker.client("roaming").await;
+    let mut subscription = edge.subscribe("roam.x").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    let sending = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move { publish_range(&publisher, "roam.x", 0..COUNT).await })
+    };
+    let mut states = edge.state_changes();
+    states.borrow_and_update();
+    for i in 0..COUNT {
+        if i == COUNT / 4 || i == COUNT / 2 {
+            edge.rebind("127.0.0.1:0".parse().expect("addr"))
+                .expect("rebind");
+        }
+        let message = next(&mut subscription).await;
+        assert_eq!(index_of(message.payload()), i, "in order, none lost");
+    }
+    within("publisher", sending).await.expect("publisher task");
+    assert!(
+        !states.has_changed().expect("state channel open"),
+        "the connection never changed state: {:?}",
+        *states.borrow()
+    );
+    assert_eq!(subscription.gaps(), 0);
+    broker.stop().await;
+}

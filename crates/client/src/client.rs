@@ -514,6 +514,32 @@ impl Client {
         self.inner.core.session_id()
     }
 
+    /// Moves the client to a new local UDP socket bound to `addr` (port 0 for any free port),
+    /// as happens when a device changes network. QUIC migrates the connection to the new
+    /// address: nothing is resumed or sent again, and no message is lost. Returns the new local
+    /// address.
+    pub fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, ClientError> {
+        let failed = |action: &'static str| {
+            move |error| {
+                ClientError::Endpoint(cassini_quic::endpoint::EndpointError::Socket {
+                    action,
+                    addr,
+                    error,
+                })
+            }
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(failed("binding"))?;
+        let local = socket
+            .local_addr()
+            .map_err(failed("reading the address of"))?;
+        self.inner
+            .endpoint
+            .rebind(socket)
+            .map_err(failed("moving the connection to"))?;
+        tracing::info!(%local, "client moved to a new UDP socket");
+        Ok(local)
+    }
+
     /// The identity the broker read from this client's certificate.
     pub fn identity(&self) -> &str {
         &self.inner.identity
