@@ -15,6 +15,7 @@ pub struct UdpRelay {
     /// Where clients should connect.
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    cut_downstream: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -24,8 +25,19 @@ impl UdpRelay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(relay(front, upstream, Arc::clone(&cut)));
-        Ok(Self { addr, cut, task })
+        let cut_downstream = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(relay(
+            front,
+            upstream,
+            Arc::clone(&cut),
+            Arc::clone(&cut_downstream),
+        ));
+        Ok(Self {
+            addr,
+            cut,
+            cut_downstream,
+            task,
+        })
     }
 
     /// Drops every datagram from now on.
@@ -33,9 +45,16 @@ impl UdpRelay {
         self.cut.store(true, Ordering::SeqCst);
     }
 
-    /// Relays datagrams again.
+    /// Drops only what the broker sends: the broker keeps hearing the client (so it keeps the
+    /// connection) while the client hears nothing (so it gives the connection up).
+    pub fn cut_downstream(&self) {
+        self.cut_downstream.store(true, Ordering::SeqCst);
+    }
+
+    /// Relays datagrams again, both ways.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.cut_downstream.store(false, Ordering::SeqCst);
     }
 }
 
@@ -45,7 +64,12 @@ impl Drop for UdpRelay {
     }
 }
 
-async fn relay(front: Arc<UdpSocket>, upstream: SocketAddr, cut: Arc<AtomicBool>) {
+async fn relay(
+    front: Arc<UdpSocket>,
+    upstream: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cut_downstream: Arc<AtomicBool>,
+) {
     let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     while let Ok((len, client)) = front.recv_from(&mut buf).await {
@@ -63,7 +87,7 @@ async fn relay(front: Arc<UdpSocket>, upstream: SocketAddr, cut: Arc<AtomicBool>
                     Arc::clone(&back),
                     Arc::clone(&front),
                     client,
-                    Arc::clone(&cut),
+                    [Arc::clone(&cut), Arc::clone(&cut_downstream)],
                 ));
                 backs.insert(client, (Arc::clone(&back), returning));
                 back
@@ -80,11 +104,11 @@ async fn return_path(
     back: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
     client: SocketAddr,
-    cut: Arc<AtomicBool>,
+    cuts: [Arc<AtomicBool>; 2],
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((len, _)) = back.recv_from(&mut buf).await {
-        if !cut.load(Ordering::SeqCst) {
+        if !cuts.iter().any(|cut| cut.load(Ordering::SeqCst)) {
             let _ = front.send_to(&buf[..len], client).await;
         }
     }

@@ -190,3 +190,52 @@ async fn moving_to_a_new_socket_mid_stream_loses_nothing_and_does_not_reconnect(
     assert_eq!(subscription.gaps(), 0);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_without_ping_pong()
+{
+    // Only the broker's packets are dropped: the client gives the connection up within about a
+    // second, while the broker, still hearing the client until then, usually keeps the old
+    // connection attached when the resume arrives, and takes it over. (The takeover itself is
+    // tested deterministically in sessions.rs.)
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let session = edge.session_id();
+    let mut subscription = edge.subscribe("takeover.x").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+
+    relay.cut();
+    wait_for_state(&edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    assert_eq!(
+        broker.stats().await.connections,
+        2,
+        "the broker still holds the old connection"
+    );
+    relay.restore();
+    wait_for_state(&edge, "the client resumes", |s| {
+        matches!(s, ConnectionState::Connected { resumed: true, session_id } if *session_id == session)
+    })
+    .await;
+    broker
+        .wait_for_stats("one connection per client again", |s| {
+            s.connections == 2 && s.sessions == 2
+        })
+        .await;
+
+    let mut states = edge.state_changes();
+    states.borrow_and_update();
+    publish_range(&publisher, "takeover.x", 0..20).await;
+    for i in 0..20 {
+        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
+    }
+    assert!(
+        !states.has_changed().expect("state channel open"),
+        "no ping-pong after the takeover: {:?}",
+        *states.borrow()
+    );
+    broker.stop().await;
+}
