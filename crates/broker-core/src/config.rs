@@ -19,6 +19,28 @@ pub struct BrokerConfig {
     pub sessions: SessionConfig,
     /// The window in which a retried acknowledged publish is recognised as a duplicate.
     pub dedupe: DedupeConfig,
+    /// What clients are told when the broker shuts down.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// The reconnect hint sent to every client in `GoingAway`: how long to wait before
+    /// reconnecting. Spreads a restart's reconnects out instead of inviting them at once.
+    pub reconnect_hint: Duration,
+    /// How long the broker waits for connections to take their `GoingAway` and close before it
+    /// stops the actor tree anyway.
+    pub drain: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            reconnect_hint: Duration::from_secs(2),
+            drain: Duration::from_secs(3),
+        }
+    }
 }
 
 /// Size and count limits.

@@ -66,6 +66,9 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The broker told this connection it is going away, with the operator's reason.
+    #[error("going away: {0}")]
+    GoingAway(String),
     /// The transport failed.
     #[error("{0}")]
     Transport(#[from] TransportError),
@@ -94,7 +97,9 @@ impl BrokerError {
             BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
             BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
             BrokerError::MissingMessageId => ErrorCode::MISSING_MESSAGE_ID,
-            BrokerError::ShuttingDown => ErrorCode::SERVER_SHUTTING_DOWN,
+            BrokerError::ShuttingDown | BrokerError::GoingAway(_) => {
+                ErrorCode::SERVER_SHUTTING_DOWN
+            }
             BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
                 ErrorCode::PROTOCOL_VIOLATION
             }

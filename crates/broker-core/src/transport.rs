@@ -49,6 +49,9 @@ pub trait SendStream: Send + 'static {
     async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError>;
     /// Finishes the stream: the peer reads everything written, then the end.
     fn finish(&mut self) -> Result<(), TransportError>;
+    /// After [`SendStream::finish`], waits until the peer has acknowledged everything written
+    /// (so closing the connection now loses none of it), or stopped the stream.
+    async fn delivered(&mut self) -> Result<(), TransportError>;
     /// Abandons the stream: unsent data is discarded and the peer sees `code`.
     fn reset(&mut self, code: ErrorCode);
     /// Relative priority against the connection's other streams; higher goes first.

@@ -245,6 +245,15 @@ impl SendStream for QuicSendStream {
         self.0.finish().map_err(|_| TransportError::StreamClosed)
     }
 
+    async fn delivered(&mut self) -> Result<(), TransportError> {
+        match self.0.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(TransportError::Stopped(code_of(code))),
+            Err(quinn::StoppedError::ConnectionLost(err)) => Err(lost(err)),
+            Err(_) => Err(TransportError::StreamClosed),
+        }
+    }
+
     fn reset(&mut self, code: ErrorCode) {
         let _ = self.0.reset(VarInt::from_u32(code.value()));
     }

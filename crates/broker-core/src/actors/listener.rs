@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use cassini_protocol::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::session::SessionMsg;
@@ -39,6 +40,8 @@ pub(crate) enum ListenerMsg {
 pub(crate) struct ListenerState {
     connection: Arc<dyn Connection>,
     driver: JoinHandle<()>,
+    /// Tells the driver the broker is going away, with the reason.
+    going_away: watch::Sender<Option<String>>,
     session: Option<(ActorRef<SessionMsg>, u64)>,
     clean: bool,
 }
@@ -46,8 +49,14 @@ pub(crate) struct ListenerState {
 impl Drop for ListenerState {
     fn drop(&mut self) {
         self.driver.abort();
-        self.connection
-            .close(ErrorCode::NORMAL, "connection closed");
+        match self.going_away.borrow().as_deref() {
+            Some(reason) => self
+                .connection
+                .close(ErrorCode::SERVER_SHUTTING_DOWN, reason),
+            None => self
+                .connection
+                .close(ErrorCode::NORMAL, "connection closed"),
+        }
         if let Some((session, epoch)) = self.session.take() {
             let notice = if self.clean {
                 SessionMsg::End { epoch }
@@ -69,15 +78,18 @@ impl Actor for Listener {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let (going_away, going_away_rx) = watch::channel(None);
         let driver = tokio::spawn(drive_connection(
             Arc::clone(&args.connection),
             args.shared,
             args.sessions,
             myself,
+            going_away_rx,
         ));
         Ok(ListenerState {
             connection: args.connection,
             driver,
+            going_away,
             session: None,
             clean: false,
         })
@@ -96,9 +108,9 @@ impl Actor for Listener {
                 myself.stop(None);
             }
             ListenerMsg::Shutdown { reason } => {
-                state
-                    .connection
-                    .close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
+                // The driver sends `GoingAway` and closes; a connection still in its handshake
+                // is closed with the same code when this actor stops.
+                state.going_away.send_replace(Some(reason));
             }
         }
         Ok(())

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{
-    ErrorCode, ErrorFrame, Frame, Hello, Ping, Subscribed, Unsubscribed, Welcome, PROTOCOL_VERSION,
+    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Ping, Subscribed, Unsubscribed, Welcome,
+    PROTOCOL_VERSION,
 };
 use ractor::ActorRef;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -28,6 +30,9 @@ use crate::transport::Connection;
 /// The control stream goes ahead of every other stream.
 const CONTROL_STREAM_PRIORITY: i32 = 100;
 
+/// How long the broker waits for a client to acknowledge `GoingAway` before closing anyway.
+const GOING_AWAY_DELIVERY: Duration = Duration::from_secs(1);
+
 /// After a goodbye, how long publish streams the client already finished get to be read to
 /// their end before the connection is closed.
 const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
@@ -38,8 +43,9 @@ pub(crate) async fn drive_connection(
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
     listener: ActorRef<ListenerMsg>,
+    going_away: watch::Receiver<Option<String>>,
 ) {
-    let outcome = serve(&connection, &shared, &sessions, &listener).await;
+    let outcome = serve(&connection, &shared, &sessions, &listener, going_away).await;
     let clean = match outcome {
         Ok(()) => {
             connection.close(ErrorCode::NORMAL, "goodbye");
@@ -47,6 +53,10 @@ pub(crate) async fn drive_connection(
         }
         Err(BrokerError::Transport(err)) => {
             tracing::debug!(%err, "connection ended");
+            false
+        }
+        Err(BrokerError::GoingAway(reason)) => {
+            connection.close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
             false
         }
         Err(err) => {
@@ -63,6 +73,7 @@ async fn serve(
     shared: &Arc<Shared>,
     sessions: &ActorRef<SessionManagerMsg>,
     listener: &ActorRef<ListenerMsg>,
+    mut going_away: watch::Receiver<Option<String>>,
 ) -> Result<(), BrokerError> {
     let limits = &shared.config.limits;
     let max_frame_bytes = limits.max_frame_bytes;
@@ -127,6 +138,19 @@ async fn serve(
                 ));
             },
             Some(done) = publishers.join_next() => flatten(done)?,
+            Ok(()) = going_away.changed() => {
+                let reason = going_away.borrow().clone().unwrap_or_default();
+                let hint = shared.config.shutdown.reconnect_hint;
+                let notice = Frame::GoingAway(GoingAway {
+                    reason: reason.clone(),
+                    reconnect_after_ms: u32::try_from(hint.as_millis()).unwrap_or(u32::MAX),
+                });
+                write_frame(control_send.as_mut(), &notice, max_frame_bytes).await?;
+                let _ = control_send.finish();
+                // Closing at once would discard the notice: wait (briefly) until it arrived.
+                let _ = timeout(GOING_AWAY_DELIVERY, control_send.delivered()).await;
+                return Err(BrokerError::GoingAway(reason));
+            }
         }
     }
     let _ = control_send.finish();
