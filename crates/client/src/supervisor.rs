@@ -9,7 +9,7 @@
 //! new connection becomes current. `close` and dropping the client cancel this task.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cassini_protocol::SessionId;
 use futures_util::future::join_all;
@@ -60,10 +60,23 @@ pub(crate) async fn supervise(
             core.end(error, reason);
             return;
         }
+        // A broker that announced its shutdown asked for a pause before reconnecting: wait the
+        // hint plus a random share of it, so its clients do not all come back at once.
+        let hint = attachment
+            .link
+            .going_away()
+            .map(|notice| Duration::from_millis(u64::from(notice.reconnect_after_ms)));
         let reconnected = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            reconnected = reconnect(&core, &connector, resume, error.to_string()) => reconnected,
+            reconnected = async {
+                if let Some(hint) = hint {
+                    let jitter = hint.mul_f64(rand::random::<f64>());
+                    tracing::info!(?hint, "the broker is going away; waiting before reconnecting");
+                    tokio::time::sleep(hint + jitter).await;
+                }
+                reconnect(&core, &connector, resume, error.to_string()).await
+            } => reconnected,
         };
         match reconnected {
             Some(next) => attachment = next,
