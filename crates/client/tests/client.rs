@@ -123,7 +123,7 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     let (subscription, ()) = tokio::join!(client.subscribe("demo.*"), broker_side);
     let mut subscription = subscription.expect("subscribe");
 
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // `subscribe` returned, so the answer was processed before the stream is even opened.
     let mut stream = session.open_subscription(3).await;
     write(&mut stream, &delivery(1, "demo.a", "one")).await;
     write(&mut stream, &Frame::Dropped(Dropped { count: 4 })).await;
