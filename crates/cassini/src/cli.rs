@@ -227,6 +227,42 @@ pub(crate) enum BenchScenario {
     /// Head-of-line isolation: the latency of a fast topic with and without a flood on another
     /// subscription of the same connection that is never read.
     Hol(HolArgs),
+    /// Publish-to-delivery latency at a fixed offered rate, one publisher and one subscriber.
+    Latency(LatencyArgs),
+    /// Messages per second from one publisher to one subscriber, as fast as possible.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LatencyArgs {
+    /// Offered rate, messages per second.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) rate: u64,
+    /// Measured seconds; fractions allowed.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// Message size in bytes (at least 16: phase and send time).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Unmeasured warm-up seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ThroughputArgs {
+    /// How many messages to publish.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) count: u64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
             },
             Command::Bench { scenario } => match scenario {
                 BenchScenario::Hol(args) => bench::hol::run(args).await,
+                BenchScenario::Latency(args) => bench::latency::run(args).await,
+                BenchScenario::Throughput(args) => bench::throughput::run(args).await,
             },
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,

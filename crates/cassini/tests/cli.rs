@@ -300,3 +300,42 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     terminate(&mut broker);
     wait_with_deadline(&mut broker);
 }
+
+#[test]
+fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
+    let latency = run(&mut cassini(&[
+        "bench",
+        "latency",
+        "--rate",
+        "500",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+        "--json",
+    ]));
+    assert!(
+        latency.status.success(),
+        "{}",
+        String::from_utf8_lossy(&latency.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&latency.stdout).expect("JSON");
+    assert_eq!(report["lost"], 0);
+    assert!(report["latency"]["count"].as_u64().expect("count") > 0);
+
+    let throughput = run(&mut cassini(&[
+        "bench",
+        "throughput",
+        "--count",
+        "2000",
+        "--json",
+    ]));
+    assert!(
+        throughput.status.success(),
+        "{}",
+        String::from_utf8_lossy(&throughput.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&throughput.stdout).expect("JSON");
+    assert_eq!(report["received"], 2000);
+    assert_eq!(report["lost"], 0);
+}
