@@ -49,8 +49,18 @@ impl Client {
             return Ok(());
         }
         core.stop_token().cancel();
+        // After a goodbye the broker closes the connection; then nothing of ours is left to
+        // deliver and waiting out QUIC's draining period would only delay the caller.
+        let mut broker_closed = false;
         let result = match core.at_close() {
-            AtClose::Attached(attachment) => goodbye(&attachment, close_timeout).await,
+            AtClose::Attached(attachment) => {
+                let result = goodbye(&attachment, close_timeout).await;
+                broker_closed = matches!(
+                    attachment.link.connection().close_reason(),
+                    Some(quinn::ConnectionError::ApplicationClosed(_))
+                );
+                result
+            }
             AtClose::Reconnecting { reason, buffered } => {
                 if buffered > 0 {
                     tracing::warn!(
@@ -69,9 +79,10 @@ impl Client {
             AtClose::Ended(error) => Err(error),
         };
         inner.endpoint.close(0u32.into(), b"goodbye");
-        if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
-            .await
-            .is_err()
+        if !broker_closed
+            && timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
+                .await
+                .is_err()
         {
             tracing::debug!("endpoint not idle in time after close");
         }
