@@ -12,18 +12,15 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Client, Subscription};
-use futures_util::StreamExt;
+use cassini_client::Client;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::embedded::EmbeddedBroker;
+use super::paced_run::{measure, Phase};
 use super::pacing::{spawn_paced, Schedule};
 use super::report::Latencies;
 use crate::cli::HolArgs;
-
-/// Bytes at the front of every fast payload: phase, index, intended send time.
-const HEADER_BYTES: usize = 24;
 
 pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
     let broker = EmbeddedBroker::start(BrokerConfig::default()).await?;
@@ -43,8 +40,8 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
 
     let warmup = Duration::from_secs_f64(args.warmup);
     let measured = Duration::from_secs_f64(args.duration);
-    measure(&publisher, &mut fast, &args, 0, warmup).await?;
-    let (quiet, quiet_lost) = measure(&publisher, &mut fast, &args, 1, measured).await?;
+    measure(&publisher, &mut fast, phase(&args, 0, warmup)).await?;
+    let (quiet, quiet_lost) = measure(&publisher, &mut fast, phase(&args, 1, measured)).await?;
 
     let bystander = broker
         .client("bench-bystander")?
@@ -67,7 +64,7 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
-    let (control, control_lost) = measure(&publisher, &mut fast, &args, 2, measured).await?;
+    let (control, control_lost) = measure(&publisher, &mut fast, phase(&args, 2, measured)).await?;
     stop.cancel();
     let control_flood = flood_task.await.context("flood task")??;
     drop(elsewhere);
@@ -80,7 +77,7 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
-    let (flooded, flooded_lost) = measure(&publisher, &mut fast, &args, 3, measured).await?;
+    let (flooded, flooded_lost) = measure(&publisher, &mut fast, phase(&args, 3, measured)).await?;
     stop.cancel();
     let flood_messages = flood_task.await.context("flood task")??;
     drop(slow);
@@ -133,52 +130,14 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Publishes `fast.x` at the offered rate for `length` and records each message's latency from
-/// its intended send time. Returns the latencies and how many messages did not arrive.
-async fn measure(
-    publisher: &Client,
-    fast: &mut Subscription,
-    args: &HolArgs,
-    phase: u64,
-    length: Duration,
-) -> anyhow::Result<(Latencies, u64)> {
-    let total = (args.rate as f64 * length.as_secs_f64()).round() as u64;
-    let schedule = Schedule::new(args.rate);
-    let size = args.size.max(HEADER_BYTES);
-    let sender = {
-        let publisher = publisher.clone();
-        spawn_paced(move |runtime| {
-            for index in 0..total {
-                schedule.wait_blocking(index);
-                let mut payload = vec![0u8; size];
-                payload[..8].copy_from_slice(&phase.to_be_bytes());
-                payload[8..16].copy_from_slice(&index.to_be_bytes());
-                payload[16..24].copy_from_slice(&schedule.stamp(index).to_be_bytes());
-                runtime.block_on(publisher.publish("fast.x", Bytes::from(payload)))?;
-            }
-            Ok(())
-        })
-    };
-    let mut latencies = Latencies::new()?;
-    let deadline = schedule.intended(total) + Duration::from_secs(5);
-    while latencies.count() < total {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, fast.next()).await else {
-            break;
-        };
-        let payload = message.payload();
-        if payload.len() < HEADER_BYTES || payload[..8] != phase.to_be_bytes() {
-            continue;
-        }
-        let mut stamp = [0u8; 8];
-        stamp.copy_from_slice(&payload[16..24]);
-        latencies.record(schedule.latency(u64::from_be_bytes(stamp)));
+fn phase(args: &HolArgs, phase: u64, length: Duration) -> Phase {
+    Phase {
+        topic: "fast.x",
+        rate: args.rate,
+        size: args.size,
+        phase,
+        length,
     }
-    tokio::task::spawn_blocking(move || sender.join())
-        .await
-        .context("sender thread")?
-        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
-    let lost = total - latencies.count();
-    Ok((latencies, lost))
 }
 
 /// Publishes `size`-byte messages to `topic` at `rate` per second (0: as fast as the client

@@ -5,6 +5,7 @@
 pub(crate) mod embedded;
 pub(crate) mod hol;
 pub(crate) mod latency;
+pub(crate) mod paced_run;
 pub(crate) mod pacing;
 pub(crate) mod report;
 pub(crate) mod throughput;
