@@ -42,6 +42,8 @@ pub struct BrokerStats {
     pub topics: usize,
     /// Filters in the routing index.
     pub routes_empty: bool,
+    /// Messages of at-least-once subscriptions sent and not yet acknowledged, in total.
+    pub in_flight: usize,
 }
 
 /// A running broker. Cloning shares it; dropping every clone does not stop it (call
@@ -104,6 +106,18 @@ impl BrokerHandle {
             subscribers: ask(&shared.subscribers, SubscriberManagerMsg::Count).await?,
             topics: ask(&shared.topics, TopicManagerMsg::Count).await?,
             routes_empty: shared.router.is_empty(),
+            in_flight: shared
+                .router
+                .routes()
+                .iter()
+                .map(|route| {
+                    route
+                        .members()
+                        .all()
+                        .map(|member| member.queue.stats().in_flight)
+                        .sum::<usize>()
+                })
+                .sum(),
         })
     }
 

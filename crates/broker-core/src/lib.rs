@@ -12,10 +12,13 @@
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
+//! - `ack_targets`: where a connection's acknowledgements go (its session's at-least-once
+//!   queues).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
 
+mod ack_targets;
 mod actors;
 pub mod broker;
 pub mod config;

@@ -119,6 +119,13 @@ impl RouteMembers {
         &self.groups
     }
 
+    /// Every member, plain and in groups.
+    pub fn all(&self) -> impl Iterator<Item = &RouteMember> {
+        self.plain
+            .iter()
+            .chain(self.groups.iter().flat_map(|group| group.members.iter()))
+    }
+
     /// Offers `message` to every plain member and one member per group.
     fn offer(
         &self,
@@ -186,6 +193,16 @@ impl Node {
             && self.any_one.is_none()
             && self.here.is_none()
             && self.tail.is_none()
+    }
+
+    fn every_route(&self, out: &mut Vec<Arc<FilterRoute>>) {
+        out.extend(self.here.iter().chain(self.tail.iter()).cloned());
+        if let Some(node) = &self.any_one {
+            node.every_route(out);
+        }
+        for node in self.literals.values() {
+            node.every_route(out);
+        }
     }
 
     fn collect(
@@ -368,6 +385,16 @@ impl Router {
         let mut out = Vec::new();
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
         root.collect(&tokens, true, reserved, &mut out);
+        out
+    }
+
+    /// Every indexed route, for monitoring: a snapshot taken under the read lock.
+    pub fn routes(&self) -> Vec<Arc<FilterRoute>> {
+        let mut out = Vec::new();
+        self.root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .every_route(&mut out);
         out
     }
 

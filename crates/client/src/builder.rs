@@ -381,7 +381,7 @@ impl ClientBuilder {
                 client_name,
                 connect_timeout,
             };
-            match connector.connect(None).await {
+            match connector.connect(None, Vec::new()).await {
                 Ok(established) => Ok((connector, established)),
                 Err(error) => {
                     connector.endpoint.close(0u32.into(), b"");

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_protocol::{
-    GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions, TopicFilter,
+    AckOptions, GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions,
+    TopicFilter,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -380,8 +381,21 @@ impl Client {
         self.subscribe_with(filter, options).await
     }
 
+    /// Subscribes to `filter` at least once, with the broker's default in-flight window and
+    /// ack timeout: the broker keeps each message until this client acknowledges it and sends
+    /// it again after a lost connection or the ack timeout. A message is acknowledged when the
+    /// application asks the [`Subscription`] for the next one; redeliveries of a message the
+    /// subscription already yielded are not yielded again. See `docs/SESSIONS.md`.
+    pub async fn subscribe_at_least_once(&self, filter: &str) -> Result<Subscription, ClientError> {
+        let options = SubscribeOptions {
+            acks: Some(AckOptions::default()),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, options).await
+    }
+
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
-    /// queue group).
+    /// queue group, at-least-once delivery).
     ///
     /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
     /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it

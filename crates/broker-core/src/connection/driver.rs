@@ -123,6 +123,10 @@ async fn serve(
         tokio::select! {
             frame = control.next() => match frame? {
                 None => break,
+                Some(Frame::Ack(ack)) => {
+                    // Unanswered; an ack for a subscription that ended is harmless.
+                    opened.acks.ack(ack.subscription, &ack.ranges);
+                }
                 Some(frame) => {
                     let answer = answer_control(frame, &opened.session).await?;
                     write_frame(control_send.as_mut(), &answer, max_frame_bytes).await?;
@@ -189,6 +193,7 @@ async fn open_session(
     }
     ask(sessions, |reply| SessionManagerMsg::Open {
         resume: hello.resume,
+        positions: hello.positions,
         connection: Arc::clone(connection),
         reply,
     })
