@@ -210,3 +210,17 @@ async fn the_edge_client_example_survives_a_broker_restart() {
     assert!(status.success(), "{:#?}", example.seen);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_embedded_actor_example_turns_readings_into_commands() {
+    let mut command = Command::new(example("embedded_actor"));
+    command.env("CASSINI_EXAMPLE_MESSAGES", "2");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run embedded_actor");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("thermostat: boiler at 19.5 °C"), "{out}");
+    assert_eq!(out.matches("sensor: plant.boiler.cool").count(), 2, "{out}");
+}

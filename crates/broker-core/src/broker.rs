@@ -84,6 +84,12 @@ impl BrokerHandle {
         &self.managers.shared.config
     }
 
+    /// An in-process client with a session of its own: publish and subscribe without a
+    /// network hop (see [`crate::local`]).
+    pub fn local_client(&self) -> crate::local::LocalClient {
+        crate::local::LocalClient::new(Arc::clone(&self.managers.shared))
+    }
+
     /// Hands over an authenticated connection. The broker owns it from here on.
     pub fn accept(&self, connection: Arc<dyn Connection>) {
         if let Err(err) = self

@@ -8,6 +8,7 @@
 //! - [`config`]: every knob, with defaults.
 //! - [`transport`]: the connection and stream interface the broker drives.
 //! - [`error`]: the broker's error enum and the one place errors become wire codes.
+//! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
@@ -25,6 +26,7 @@ pub mod config;
 mod connection;
 pub mod dedupe;
 pub mod error;
+pub mod local;
 pub mod message;
 pub mod queue;
 pub mod router;
@@ -33,4 +35,5 @@ pub mod transport;
 pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
+pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};
 pub use transport::{Connection, PeerInfo, RecvStream, SendStream, TransportError};

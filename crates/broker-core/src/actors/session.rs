@@ -215,7 +215,7 @@ impl SessionState {
 }
 
 /// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
-fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
+pub(crate) fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > max_bytes || !name.chars().all(allowed) {
         return Err(BrokerError::InvalidOption(format!(
