@@ -135,14 +135,24 @@ impl BrokerHandle {
             .unwrap_or(false)
     }
 
-    /// Closes every connection with `SERVER_SHUTTING_DOWN` and `reason`, refuses new ones, then
-    /// stops the actor tree and waits for it (at most a few seconds).
+    /// Refuses new connections and tells every connection the broker is going away (with
+    /// `reason` and the reconnect hint); each connection drains its session's deliveries (for
+    /// up to `shutdown.drain`), then is closed with `SERVER_SHUTTING_DOWN`. Once every
+    /// connection is gone, or `shutdown.drain` has passed, stops the actor tree and waits for it
+    /// (at most a few seconds).
     pub async fn shutdown(&self, reason: &str) {
         let reason = reason.to_string();
         let _ = ask(&self.managers.listeners, |reply| {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
+        let deadline = tokio::time::Instant::now() + self.config().shutdown.drain;
+        while tokio::time::Instant::now() < deadline {
+            match ask(&self.managers.listeners, ListenerManagerMsg::Count).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;
     }

@@ -29,8 +29,10 @@ pub struct ShutdownConfig {
     /// The reconnect hint sent to every client in `GoingAway`: how long to wait before
     /// reconnecting. Spreads a restart's reconnects out instead of inviting them at once.
     pub reconnect_hint: Duration,
-    /// How long the broker waits for connections to take their `GoingAway` and close before it
-    /// stops the actor tree anyway.
+    /// How long a shutdown waits for deliveries: each connection, after its `GoingAway`, keeps
+    /// writing its session's queued messages and reading acknowledgements until everything is
+    /// delivered (and, at least once, acknowledged) or this passes (less one second kept for
+    /// the close to reach the client); then the actor tree is stopped anyway.
     pub drain: Duration,
 }
 

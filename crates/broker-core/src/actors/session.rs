@@ -68,7 +68,7 @@ pub(crate) enum SessionMsg {
 pub(crate) struct Attached {
     /// The attachment's epoch: a later detach or end must name it.
     pub(crate) epoch: u64,
-    /// The session's at-least-once queues, for the connection's `Ack` frames.
+    /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
     pub(crate) acks: Arc<AckTargets>,
 }
 
@@ -137,9 +137,7 @@ impl SessionState {
             }
         })
         .await??;
-        if queue.is_at_least_once() {
-            self.acks.insert(key.subscription, Arc::clone(&queue));
-        }
+        self.acks.insert(key.subscription, Arc::clone(&queue));
         let member = RouteMember { key, queue, group };
         let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),

@@ -26,7 +26,8 @@ pub(crate) struct Opened {
     pub(crate) id: SessionId,
     pub(crate) resumed: bool,
     pub(crate) epoch: u64,
-    /// Where the connection's acknowledgements go.
+    /// The session's queues: where the connection's acknowledgements go, and what shutdown
+    /// drains.
     pub(crate) acks: Arc<AckTargets>,
 }
 
