@@ -52,7 +52,7 @@ const ACK_TIMEOUT: &str = "publish acknowledgement";
 const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// Settings the client keeps after connecting.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientSettings {
     /// Messages buffered per subscription.
     pub(crate) subscription_buffer: usize,
@@ -68,6 +68,8 @@ pub(crate) struct ClientSettings {
     pub(crate) ack_timeout: Duration,
     /// Most acknowledged publishes waiting at once.
     pub(crate) max_unacked_publishes: usize,
+    /// Wraps every UDP socket the client uses.
+    pub(crate) socket_layer: Option<cassini_quic::endpoint::SocketLayer>,
 }
 
 /// A session with a Cassini broker: publish, subscribe, request and serve, ping, close.
@@ -546,10 +548,12 @@ impl Client {
         let local = socket
             .local_addr()
             .map_err(failed("reading the address of"))?;
-        self.inner
-            .endpoint
-            .rebind(socket)
-            .map_err(failed("moving the connection to"))?;
+        cassini_quic::endpoint::rebind_layered(
+            &self.inner.endpoint,
+            socket,
+            self.inner.settings.socket_layer.as_ref(),
+        )
+        .map_err(failed("moving the connection to"))?;
         tracing::info!(%local, "client moved to a new UDP socket");
         Ok(local)
     }
