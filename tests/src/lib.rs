@@ -7,6 +7,7 @@
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
 
+pub mod history;
 pub mod relay;
 
 use std::future::Future;

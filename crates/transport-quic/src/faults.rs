@@ -1,7 +1,7 @@
 //! A faulty UDP socket for quinn, for fault-injection tests and lossy-link benchmarks.
 //!
 //! [`FaultySocket`] wraps the real socket of an endpoint (plug it in with
-//! [`crate::endpoint::SocketLayer`], which uses quinn's `new_with_abstract_socket` /
+//! [`FaultControl::layer`], a [`SocketLayer`], which uses quinn's `new_with_abstract_socket` /
 //! `rebind_abstract`). On the way out it drops, duplicates and delays datagrams (a random delay
 //! per datagram, so jitter reorders them); on the way in it drops them; and it can black-hole
 //! everything in both directions, by hand ([`FaultControl::set_blackhole`]) or by schedule
@@ -28,6 +28,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::endpoint::SocketLayer;
 
 /// Most datagrams held back for delay at once.
 pub const MAX_DELAYED: usize = 8192;
@@ -91,6 +93,37 @@ pub struct FaultControl {
 }
 
 impl FaultControl {
+    /// A control for sockets that follow `plan`; its schedule starts now.
+    pub fn new(plan: FaultPlan) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(PlanState {
+                    rng: StdRng::seed_from_u64(plan.seed),
+                    plan,
+                }),
+                blackhole: AtomicBool::new(false),
+                started: Instant::now(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// A [`SocketLayer`] that wraps every socket an endpoint binds (the first, and each after a
+    /// rebind) in a [`FaultySocket`] following this control. A socket that cannot be wrapped
+    /// (no Tokio runtime) is used as it is, with a warning.
+    pub fn layer(&self) -> SocketLayer {
+        let control = self.clone();
+        SocketLayer::new(move |inner| {
+            match FaultySocket::with_control(Arc::clone(&inner), &control) {
+                Ok(faulty) => faulty,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot inject faults; using the socket as it is");
+                    inner
+                }
+            }
+        })
+    }
+
     /// Drops everything in both directions while `on`.
     pub fn set_blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::SeqCst);
@@ -194,24 +227,24 @@ impl FaultySocket {
         inner: Arc<dyn AsyncUdpSocket>,
         plan: FaultPlan,
     ) -> io::Result<(Arc<Self>, FaultControl)> {
+        let control = FaultControl::new(plan);
+        let socket = Self::with_control(inner, &control)?;
+        Ok((socket, control))
+    }
+
+    /// Wraps `inner`, following `control` (shared with every other socket it wraps).
+    pub fn with_control(
+        inner: Arc<dyn AsyncUdpSocket>,
+        control: &FaultControl,
+    ) -> io::Result<Arc<Self>> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("a faulty socket needs a Tokio runtime"))?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(PlanState {
-                rng: StdRng::seed_from_u64(plan.seed),
-                plan,
-            }),
-            blackhole: AtomicBool::new(false),
-            started: Instant::now(),
-            counters: Counters::default(),
-        });
-        let socket = Arc::new(Self {
+        Ok(Arc::new(Self {
             inner,
-            shared: Arc::clone(&shared),
+            shared: Arc::clone(&control.shared),
             delayed: Arc::new(Semaphore::new(MAX_DELAYED)),
             runtime,
-        });
-        Ok((socket, FaultControl { shared }))
+        }))
     }
 
     fn send_fate(&self) -> SendFate {
