@@ -12,6 +12,7 @@
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
+//! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
@@ -22,6 +23,7 @@ pub mod config;
 mod connection;
 pub mod dedupe;
 pub mod error;
+pub mod introspect;
 pub mod message;
 pub mod queue;
 pub mod router;
@@ -30,4 +32,6 @@ pub mod transport;
 pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
-pub use transport::{Connection, PeerInfo, RecvStream, SendStream, TransportError};
+pub use transport::{
+    Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
+};

@@ -4,6 +4,7 @@
 //! - `cli`: the command-line grammar (clap).
 //! - `config`: `serve`'s settings: TOML file, `CASSINI_*` environment, flags; `cassini config`.
 //! - `serve`: `cassini serve`, wiring the broker core to the QUIC transport.
+//! - `monitoring`: `serve`'s HTTP monitoring endpoint (`cassini-monitor`).
 //! - `certs_cmd`: `cassini certs init|issue`.
 //! - `pubsub`: `cassini pub` and `cassini sub`, thin wrappers over `cassini-client`.
 //! - `bench`: `cassini bench`, measurements against an in-process broker.
@@ -16,6 +17,7 @@ mod certs_cmd;
 mod cli;
 mod config;
 mod logging;
+mod monitoring;
 mod pubsub;
 mod reply_command;
 mod reqreply;

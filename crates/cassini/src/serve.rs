@@ -12,6 +12,7 @@ use cassini_quic::tls;
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::config::{self, ConfigError, Settings};
+use crate::monitoring::Monitoring;
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
@@ -76,6 +77,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         certs = %certs.dir.display(),
         "cassini listening"
     );
+    let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;
+    monitoring.set_ready(true);
 
     tokio::select! {
         () = server.serve(broker.clone()) => {
@@ -86,6 +89,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             tracing::info!(signal, "shutting down");
         }
     }
+    monitoring.set_ready(false);
     let graceful = async {
         broker.shutdown(SHUTDOWN_REASON).await;
         server
@@ -98,6 +102,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     tokio::select! {
         () = graceful => {
+            monitoring.stop().await;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
