@@ -42,6 +42,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// A refreshing terminal view of a broker's monitoring endpoint (`serve --monitor`):
+    /// counts, rates, drops, connections and topics. `--once` prints one screen and exits.
+    #[command(visible_alias = "stats")]
+    Top(TopArgs),
     /// Print a shell completion script (e.g. `cassini completions bash > /etc/bash_completion.d/cassini`).
     Completions {
         /// The shell.
@@ -81,6 +85,22 @@ impl Command {
     pub(crate) fn default_log_level(&self) -> &'static str {
         "warn"
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8222")]
+    pub(crate) monitor: SocketAddr,
+    /// Seconds between refreshes (fractions allowed, at least 0.1).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub(crate) interval: f64,
+    /// Print one screen (without rates) and exit: for scripts.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Most connections and topics listed.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: usize,
 }
 
 #[derive(Debug, Subcommand)]

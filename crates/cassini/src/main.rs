@@ -10,6 +10,7 @@
 //! - `bench`: `cassini bench`, measurements against an in-process broker.
 //! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
 //!   `reply_command` runs `reply --command`'s shell command, bounded in time and output.
+//! - `top`: `cassini top` / `cassini stats`, a terminal view of the monitoring endpoint.
 //! - `logging`: tracing set-up.
 
 mod bench;
@@ -22,6 +23,7 @@ mod pubsub;
 mod reply_command;
 mod reqreply;
 mod serve;
+mod top;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
                 }
                 ConfigCommand::Default => write_stdout(config::default_file().as_bytes()),
             },
+            Command::Top(args) => top::run(args).await,
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "cassini", &mut script);
