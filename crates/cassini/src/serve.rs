@@ -33,6 +33,7 @@ pub(crate) fn settings(
 }
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignals::install()?;
     let certs = &settings.certs;
     if certs.generate_dev && certs.uses_dir_only() {
         if let Some(report) = ensure_dev_certs(&certs.dir)
@@ -85,7 +86,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             tracing::error!("the QUIC endpoint stopped unexpectedly");
             return Ok(ExitCode::FAILURE);
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::info!(signal, "shutting down");
         }
     }
@@ -106,26 +107,34 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::warn!(signal, "second signal: exiting at once");
             Ok(ExitCode::from(130))
         }
     }
 }
 
-/// Completes on SIGINT or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT and SIGTERM, listened for from the start, so a signal that arrives right after the
+/// broker announced itself is not lost to the default action (which would kill the process).
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM, naming which.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
     }
 }

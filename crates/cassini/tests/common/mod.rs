@@ -123,3 +123,35 @@ fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// Starts `command` with stderr piped; every stderr line is sent on the returned channel.
+pub(crate) fn spawn_collecting(mut command: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The next line from `lines` containing `wanted`, within [`DEADLINE`].
+pub(crate) fn next_line_with(lines: &mpsc::Receiver<String>, wanted: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(wanted) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {wanted:?}"),
+        }
+    }
+}
