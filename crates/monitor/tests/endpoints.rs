@@ -508,3 +508,80 @@ async fn drops_in_a_detached_sessions_queue_are_counted() {
     assert_eq!(sample(&scrape, "cassini_max_queue_depth", None), 1.0);
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_counted_and_shown() {
+    use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy};
+    use cassini_e2e::relay::UdpRelay;
+    let quick = QuicOptions {
+        idle_timeout: Duration::from_secs(1),
+        keep_alive_interval: Duration::from_millis(250),
+        ..QuicOptions::default()
+    };
+    let options = cassini_quic::server::ServerOptions {
+        quic: quick.clone(),
+        ..Default::default()
+    };
+    let broker = TestBroker::start_with(Default::default(), options).await;
+    let (monitor, _readiness) = start_monitor(&broker).await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let (chain, key) = identity_of(&broker.pki.client("edge"));
+    let edge = Client::builder(relay.addr)
+        .ca_certs(broker.pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+        .quic_options(quick)
+        .reconnect(ReconnectPolicy {
+            enabled: true,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: None,
+        })
+        .connect()
+        .await
+        .expect("edge connects");
+    let session = edge.session_id();
+    let mut changes = edge.state_changes();
+    relay.cut();
+    broker
+        .wait_for_stats("the broker notices the drop", |s| s.connections == 0)
+        .await;
+    relay.restore();
+    within("the edge resumes", async {
+        loop {
+            if matches!(
+                &*changes.borrow_and_update(),
+                ConnectionState::Connected { resumed: true, .. }
+            ) {
+                return;
+            }
+            changes.changed().await.expect("state channel open");
+        }
+    })
+    .await;
+    let connz = eventually("the resumed connection in /connz", || async {
+        let connz = get_json(monitor, "/connz", LIMIT).await.ok()?;
+        (connz["connections"][0]["resumed"] == true).then_some(connz)
+    })
+    .await;
+    assert_eq!(connz["connections"][0]["session"], session.to_string());
+    let (_, text) = get(monitor, "/metrics", LIMIT).await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert_eq!(
+        sample(
+            &scrape,
+            "cassini_sessions_opened_total",
+            Some(("kind", "resumed"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "cassini_sessions_opened_total",
+            Some(("kind", "created"))
+        ),
+        1.0
+    );
+    broker.stop().await;
+}
