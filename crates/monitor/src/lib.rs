@@ -11,7 +11,8 @@
 //! | `/topicz` | JSON: every subscribed filter with members and queue totals (paged) |
 //!
 //! Paged lists take `?offset=N&limit=M` (default 0 and 100, `limit` at most 10,000) and answer
-//! with `total`, `offset`, `limit` and the page.
+//! with `total`, `offset`, `limit` and the page. At most 32 requests are answered at once; a
+//! request beyond that gets `503 busy` at once, so nothing queues.
 //!
 //! # Layout
 //! - `server`: [`Monitor`], binding the TCP listener and serving until told to stop.

@@ -5,13 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use axum::extract::{Query, State as Extract};
+use axum::extract::{Query, Request, State as Extract};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::metrics;
 use crate::paging::Page;
@@ -20,7 +22,11 @@ use crate::server::State;
 
 type Shared = Extract<Arc<State>>;
 
+/// Most requests answered at once; more are refused with `503` at once rather than queued.
+const MAX_IN_FLIGHT: usize = 32;
+
 pub(crate) fn router(state: Arc<State>) -> Router {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -29,6 +35,15 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/connz", get(connz))
         .route("/subz", get(subz))
         .route("/topicz", get(topicz))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let in_flight = Arc::clone(&in_flight);
+            async move {
+                match in_flight.try_acquire_owned() {
+                    Ok(_permit) => next.run(request).await,
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response(),
+                }
+            }
+        }))
         .with_state(state)
 }
 

@@ -78,7 +78,7 @@ impl Actor for ListenerManager {
                         .router
                         .counters()
                         .connection_refused(shutting_down);
-                    tracing::info!(
+                    tracing::debug!(
                         remote = %connection.peer().remote_addr,
                         identity = %connection.peer().identity,
                         %err,
