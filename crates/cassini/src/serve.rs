@@ -34,6 +34,9 @@ pub(crate) fn settings(
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let certs = &settings.certs;
     if certs.generate_dev && certs.uses_dir_only() {
         if let Some(report) = ensure_dev_certs(&certs.dir)

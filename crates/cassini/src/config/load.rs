@@ -227,19 +227,6 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             ),
         ));
     }
-    let quic = &settings.quic;
-    if quic.idle_timeout_secs > 0
-        && quic.keep_alive_interval_secs > 0
-        && quic.keep_alive_interval_secs >= quic.idle_timeout_secs
-    {
-        return Err(invalid(
-            "quic.keep_alive_interval_secs",
-            format!(
-                "{} s would let idle connections time out first; expected less than quic.idle_timeout_secs ({} s)",
-                quic.keep_alive_interval_secs, quic.idle_timeout_secs
-            ),
-        ));
-    }
     Ok(())
 }
 

@@ -373,6 +373,28 @@ impl Settings {
         }
     }
 
+    /// Settings that work but are probably not what was meant, one sentence each, for the
+    /// log once it is set up.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let quic = &self.quic;
+        let mut warnings = Vec::new();
+        if quic.idle_timeout_secs > 0 && quic.keep_alive_interval_secs >= quic.idle_timeout_secs {
+            warnings.push(format!(
+                "quic.keep_alive_interval_secs ({}) is not below quic.idle_timeout_secs ({}): \
+                 quiet connections will time out; lower the keep-alive interval",
+                quic.keep_alive_interval_secs, quic.idle_timeout_secs
+            ));
+        }
+        if quic.keep_alive_interval_secs == 0 && quic.idle_timeout_secs > 0 {
+            warnings.push(
+                "quic.keep_alive_interval_secs is 0: quiet connections will time out after \
+                 quic.idle_timeout_secs"
+                    .to_string(),
+            );
+        }
+        warnings
+    }
+
     /// The QUIC endpoint's options.
     pub(crate) fn server_options(&self) -> ServerOptions {
         let quic = &self.quic;

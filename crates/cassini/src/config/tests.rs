@@ -257,3 +257,21 @@ fn the_configuration_document_lists_every_key_and_variable() {
         );
     }
 }
+
+#[test]
+fn a_keep_alive_longer_than_the_idle_timeout_is_a_warning_not_an_error() {
+    // `serve --idle-timeout 5` worked before the configuration file existed; it still does.
+    let flags = Overrides {
+        idle_timeout: Some(5),
+        ..Overrides::default()
+    };
+    let settings = resolve(None, &[], &flags).unwrap();
+    assert_eq!(settings.quic.idle_timeout_secs, 5);
+    let warnings = settings.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("quic.keep_alive_interval_secs"),
+        "{warnings:?}"
+    );
+    assert!(Settings::default().warnings().is_empty());
+}
