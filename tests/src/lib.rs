@@ -182,6 +182,11 @@ impl TestBroker {
             .expect("raw connection")
     }
 
+    /// The QUIC endpoint's accept-path counters.
+    pub fn accept_stats(&self) -> Arc<cassini_quic::server::AcceptStats> {
+        self.server.stats()
+    }
+
     /// Current actor counts.
     pub async fn stats(&self) -> BrokerStats {
         self.broker.stats().await.expect("stats")

@@ -23,6 +23,7 @@ use crate::actors::supervisor::{Managers, Supervisor, SupervisorMsg};
 use crate::actors::topic_manager::TopicManagerMsg;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::introspect::{self, ConnectionInfo, Counters, SubscriptionInfo, TopicInfo};
 use crate::transport::Connection;
 
 /// Entry point: `Broker::start`.
@@ -125,6 +126,40 @@ impl BrokerHandle {
                 })
                 .sum(),
         })
+    }
+
+    /// The broker-wide counters (messages, bytes, drops, sessions, refusals).
+    pub fn counters(&self) -> &Counters {
+        self.managers.shared.router.counters()
+    }
+
+    /// The open connections, oldest first, each with transport facts and its session's
+    /// subscriptions. Costs one pass over the connections and the routes: for monitoring.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let shared = &self.managers.shared;
+        let subscriptions = introspect::snapshot_subscriptions(&shared.router);
+        introspect::snapshot_connections(shared.registry.entries(), subscriptions)
+    }
+
+    /// How many connections are open (listeners registered), without asking an actor.
+    pub fn connection_count(&self) -> usize {
+        self.managers.shared.registry.len()
+    }
+
+    /// Every subscription with its queue, ordered by session and subscription id.
+    pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
+        introspect::snapshot_subscriptions(&self.managers.shared.router)
+    }
+
+    /// Every subscribed filter with its members and queue totals, ordered by filter.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        introspect::snapshot_topics(&self.managers.shared.router)
+    }
+
+    /// Topics with a retained value, and the payload bytes they hold.
+    pub fn retained(&self) -> (usize, usize) {
+        let router = &self.managers.shared.router;
+        (router.retained_count(), router.retained_bytes())
     }
 
     /// Whether the actor tree is still running.

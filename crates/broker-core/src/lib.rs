@@ -13,8 +13,8 @@
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
-//! - `ack_targets`: where a connection's acknowledgements go (its session's at-least-once
-//!   queues).
+//! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
+//! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
@@ -26,6 +26,7 @@ pub mod config;
 mod connection;
 pub mod dedupe;
 pub mod error;
+pub mod introspect;
 pub mod local;
 pub mod message;
 pub mod queue;
@@ -36,4 +37,6 @@ pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
 pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};
-pub use transport::{Connection, PeerInfo, RecvStream, SendStream, TransportError};
+pub use transport::{
+    Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
+};

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
     pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
+    /// The open connections, for monitoring.
+    pub(crate) registry: Arc<crate::introspect::registry::Registry>,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

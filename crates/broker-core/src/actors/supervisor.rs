@@ -49,6 +49,7 @@ impl Actor for Supervisor {
             config,
             router,
             dedupe,
+            registry: Arc::default(),
             topics,
             subscribers,
         });

@@ -118,6 +118,7 @@ async fn serve(
         limits: limits.announced(),
     });
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes).await?;
+    crate::introspect::session_attached(shared, connection, opened.id, opened.resumed);
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
     let mut publishers = JoinSet::new();
