@@ -4,6 +4,7 @@
 //! [`transport`], which `cassini-quic` implements over quinn (and tests may implement in memory).
 //!
 //! # Layout
+//! - [`acl`]: who may publish and subscribe where; the ACL file format.
 //! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
 //! - [`config`]: every knob, with defaults.
 //! - [`transport`]: the connection and stream interface the broker drives.
@@ -16,6 +17,7 @@
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
 
+pub mod acl;
 mod actors;
 pub mod broker;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod queue;
 pub mod router;
 pub mod transport;
 
+pub use acl::{Acl, AclError, AclHandle};
 pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;

@@ -63,6 +63,8 @@ pub enum CloseReason {
     Ended,
     /// It overflowed under the `Close` policy.
     Overflow,
+    /// The ACL no longer allows it (after a reload); what is queued is discarded.
+    NotAuthorized,
 }
 
 /// Counters for monitoring and tests.
@@ -231,8 +233,10 @@ impl SubscriptionQueue {
         loop {
             {
                 let mut state = self.lock();
-                if state.closed == Some(CloseReason::Overflow) {
-                    return Popped::Closed(CloseReason::Overflow);
+                if let Some(reason @ (CloseReason::Overflow | CloseReason::NotAuthorized)) =
+                    state.closed
+                {
+                    return Popped::Closed(reason);
                 }
                 if !state.items.is_empty() || state.dropped_unreported > 0 {
                     let take = state.items.len().min(max.max(1));
@@ -259,6 +263,16 @@ impl SubscriptionQueue {
             if state.closed.is_none() {
                 state.closed = Some(CloseReason::Ended);
             }
+        }
+        self.ready.notify_one();
+    }
+
+    /// Closes the queue because the ACL no longer allows the subscription: further pushes are
+    /// refused and the consumer gets `Closed(NotAuthorized)` at once, without what is queued.
+    pub fn revoke(&self) {
+        {
+            let mut state = self.lock();
+            state.closed = Some(CloseReason::NotAuthorized);
         }
         self.ready.notify_one();
     }

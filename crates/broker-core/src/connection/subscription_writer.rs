@@ -100,6 +100,10 @@ pub(crate) async fn run_subscription_writer(
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
+            Popped::Closed(CloseReason::NotAuthorized) => {
+                stream.reset(ErrorCode::NOT_AUTHORIZED);
+                return WriterOutcome::Ended;
+            }
             Popped::Batch { dropped } => {
                 if dropped > 0 {
                     let frame = Frame::Dropped(Dropped { count: dropped });
