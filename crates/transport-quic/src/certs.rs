@@ -152,8 +152,14 @@ pub enum CertError {
         /// The file looked for.
         path: PathBuf,
     },
-    /// An existing CRL or certificate cannot be read as one.
-    #[error("{} is not a valid CRL or certificate: {reason}", path.display())]
+    /// A certificate to revoke cannot be parsed.
+    #[error("the certificate cannot be parsed: {reason}")]
+    InvalidCertificate {
+        /// What the parser reported.
+        reason: String,
+    },
+    /// An existing CRL cannot be read as one.
+    #[error("{} is not a valid CRL: {reason}", path.display())]
     InvalidCrl {
         /// The file.
         path: PathBuf,

@@ -7,12 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use rcgen::{
+    CertificateRevocationList, CertificateRevocationListParams, KeyIdMethod, RevokedCertParams,
+    SerialNumber,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateRevocationListDer;
 use time::{Duration, OffsetDateTime};
 
-use super::{client_paths, exists, read_to_string, write_public, CertError, CertificateAuthority};
+use super::{
+    client_paths, exists, read_to_string, write_public, CertError, CertificateAuthority, IssuedCert,
+};
 
 /// How long a CRL written by [`revoke_client_file`] says it is current (`nextUpdate`). The
 /// broker does not enforce it unless asked to (`RevocationOptions::enforce_crl_expiry`).
@@ -63,18 +68,7 @@ pub fn revoke_client_file(dir: &Path, name: &str) -> Result<RevokeReport, CertEr
         });
     }
     let revoked_count = revoked.len();
-    let params = CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + CRL_VALIDITY,
-        crl_number: minimal_integer(previous_number.saturating_add(1)),
-        issuing_distribution_point: None,
-        revoked_certs: revoked,
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    let crl = params.signed_by(&ca.issuer).map_err(|error| match error {
-        rcgen::Error::IssuerNotCrlSigner => CertError::CaCannotSignCrls,
-        other => CertError::Generate(other),
-    })?;
+    let crl = ca.sign_crl(revoked, previous_number.saturating_add(1))?;
     let pem = crl.pem().map_err(CertError::Generate)?;
     write_atomically(&path, &pem)?;
     Ok(RevokeReport {
@@ -85,20 +79,68 @@ pub fn revoke_client_file(dir: &Path, name: &str) -> Result<RevokeReport, CertEr
     })
 }
 
+impl CertificateAuthority {
+    /// A CRL signed by this CA, current from now for [`CRL_VALIDITY`], listing `revoked` (as
+    /// revoked now) with CRL number `number`. For tests and tools that manage their own lists.
+    pub fn revocation_list(
+        &self,
+        revoked: &[&IssuedCert],
+        number: u64,
+    ) -> Result<CertificateRevocationListDer<'static>, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let entries = revoked
+            .iter()
+            .map(|cert| {
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial_of_pem(&cert.cert_pem)?),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<_, CertError>>()?;
+        Ok(self.sign_crl(entries, u128::from(number))?.der().clone())
+    }
+
+    fn sign_crl(
+        &self,
+        revoked: Vec<RevokedCertParams>,
+        number: u128,
+    ) -> Result<CertificateRevocationList, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + CRL_VALIDITY,
+            crl_number: minimal_integer(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).map_err(|error| match error {
+            rcgen::Error::IssuerNotCrlSigner => CertError::CaCannotSignCrls,
+            other => CertError::Generate(other),
+        })
+    }
+}
+
 fn serial_of_cert_file(path: &Path) -> Result<Vec<u8>, CertError> {
-    let pem = read_to_string(path)?;
+    serial_of_pem(&read_to_string(path)?)
+}
+
+/// The serial number of the PEM certificate `pem`, as its DER content bytes.
+fn serial_of_pem(pem: &str) -> Result<Vec<u8>, CertError> {
     let der =
         rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|error| {
             CertError::Pem {
-                what: "client certificate",
+                what: "certificate",
                 error,
             }
         })?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&der).map_err(|error| CertError::InvalidCrl {
-            path: path.to_owned(),
-            reason: format!("the certificate cannot be parsed: {error}"),
-        })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|error| {
+        CertError::InvalidCertificate {
+            reason: error.to_string(),
+        }
+    })?;
     Ok(cert.raw_serial().to_vec())
 }
 
