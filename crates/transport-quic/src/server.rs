@@ -9,11 +9,10 @@
 //! only place quinn meets the broker: they translate quinn's streams and errors to the broker's
 //! transport interface and never interpret frames.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +23,7 @@ use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 
+use self::live::LiveConnections;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
 use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
@@ -173,17 +173,6 @@ pub struct ReloadReport {
     pub closed: Vec<(String, String)>,
 }
 
-/// A live connection as the server remembers it for re-verification.
-#[derive(Debug)]
-struct Live {
-    connection: quinn::Connection,
-    identity: String,
-    chain: Vec<CertificateDer<'static>>,
-}
-
-/// The live connections, by quinn's stable id.
-type LiveConnections = Arc<Mutex<HashMap<usize, Live>>>;
-
 /// A bound QUIC endpoint serving a broker.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -191,7 +180,7 @@ pub struct QuicServer {
     buffers: SocketBuffers,
     options: ServerOptions,
     stats: Arc<AcceptStats>,
-    live: LiveConnections,
+    live: Arc<LiveConnections>,
     handshaking: Arc<AtomicUsize>,
 }
 
@@ -209,7 +198,7 @@ impl QuicServer {
             buffers,
             options,
             stats: Arc::default(),
-            live: LiveConnections::default(),
+            live: Arc::default(),
             handshaking: Arc::default(),
         })
     }
@@ -221,35 +210,16 @@ impl QuicServer {
     /// they were opened with).
     pub fn reload(&self, tls: &ServerTls) -> Result<ReloadReport, ServerError> {
         let config = quinn_config(Arc::clone(&tls.config), &self.options)?;
-        self.endpoint.set_server_config(Some(config));
-        let mut report = ReloadReport {
-            kept: 0,
-            closed: Vec::new(),
-        };
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.retain(|_, entry| match tls.verify_client(&entry.chain) {
-            Ok(()) => {
-                report.kept += 1;
-                true
-            }
-            Err(error) => {
-                let reason = format!("client certificate no longer accepted: {error}");
-                entry.connection.close(
-                    VarInt::from_u32(ErrorCode::CERTIFICATE_REVOKED.value()),
-                    reason.as_bytes(),
-                );
-                self.stats.revoked.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(identity = %entry.identity, %reason, "closed a live connection");
-                report.closed.push((entry.identity.clone(), reason));
-                false
-            }
-        });
-        Ok(report)
+        Ok(self.live.install(
+            tls,
+            || self.endpoint.set_server_config(Some(config)),
+            &self.stats,
+        ))
     }
 
     /// How many authenticated connections are open.
     pub fn live_connections(&self) -> usize {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.live.len()
     }
 
     /// The address actually bound.
@@ -281,15 +251,23 @@ impl QuicServer {
             let live = Arc::clone(&self.live);
             let handshaking = Arc::clone(&self.handshaking);
             handshaking.fetch_add(1, Ordering::Relaxed);
+            let generation = self.live.generation();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let outcome = handshake(incoming, timeout, &rule).await;
                 handshaking.fetch_sub(1, Ordering::Relaxed);
                 match outcome {
                     Ok((connection, chain)) => {
+                        let identity = &connection.peer.identity;
+                        if let Err(reason) =
+                            live.admit(&connection.connection, identity, chain, generation, &stats)
+                        {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, %identity, %reason, "refused after a reload during its handshake");
+                            return;
+                        }
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%remote, identity = %connection.peer.identity, "client authenticated");
-                        remember(&live, &connection, chain);
+                        tracing::debug!(%remote, %identity, "client authenticated");
                         broker.accept(Arc::new(connection));
                     }
                     Err(reason) => {
@@ -347,29 +325,6 @@ fn quinn_config(
     Ok(config)
 }
 
-/// Keeps `connection`'s certificate chain until it closes, for [`QuicServer::reload`].
-fn remember(
-    live: &LiveConnections,
-    connection: &QuicConnection,
-    chain: Vec<CertificateDer<'static>>,
-) {
-    let quinn = connection.connection.clone();
-    let id = quinn.stable_id();
-    live.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        id,
-        Live {
-            connection: quinn.clone(),
-            identity: connection.peer.identity.to_string(),
-            chain,
-        },
-    );
-    let live = Arc::clone(live);
-    tokio::spawn(async move {
-        quinn.closed().await;
-        live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    });
-}
-
 async fn handshake(
     incoming: quinn::Incoming,
     limit: Duration,
@@ -398,6 +353,8 @@ async fn handshake(
         }
     }
 }
+
+mod live;
 
 /// A quinn connection as the broker sees it.
 #[derive(Debug)]
