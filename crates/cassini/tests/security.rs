@@ -157,6 +157,7 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
     assert_eq!(message.payload().as_ref(), b"allowed");
 
     // An invalid edit is refused with its line, and the broker keeps the previous ACL.
+    broker.wait_for_log("reloaded the ACL");
     let reloads = broker.log_count("reloaded the ACL");
     std::fs::write(
         &acl_path,
