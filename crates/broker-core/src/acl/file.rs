@@ -12,7 +12,8 @@
 //! deny_subscribe = []
 //! ```
 //!
-//! Unknown keys are errors, so a typo (`subscibe`) is not silently ignored. Topic patterns follow
+//! Unknown keys are errors, so a typo (`subscibe`) is not silently ignored. A file with neither
+//! a `default` nor a rule is an error too ([`AclError::Empty`]). Topic patterns follow
 //! the subscription filter rules (`*` one token, `>` the rest).
 
 use std::ops::Range;
@@ -63,6 +64,14 @@ pub enum AclError {
         pattern: String,
         /// The rule it breaks.
         error: TopicError,
+    },
+    /// The file has neither a `default` nor a rule. Refused rather than read as "deny
+    /// everything", so that a reload catching a file half-written (truncated) by an editor
+    /// does not end every live subscription.
+    #[error("{origin}: the ACL is empty; write default = \"deny\" to deny everything")]
+    Empty {
+        /// The file (or `<string>`).
+        origin: String,
     },
     /// A rule has an empty identity pattern, or none at all.
     #[error("{origin} line {line}: a rule needs at least one non-empty identity pattern")]
@@ -119,6 +128,11 @@ impl Acl {
             line: error.span().map_or(1, |span| line_of(text, &span)),
             message: error.message().to_owned(),
         })?;
+        if file.default.is_none() && file.rule.is_empty() {
+            return Err(AclError::Empty {
+                origin: origin.to_owned(),
+            });
+        }
         let context = Context { text, origin };
         let default = match file.default.map(Spanned::into_inner) {
             Some(DefaultSetting::Allow) => DefaultDecision::Allow,

@@ -99,9 +99,10 @@ fn the_default_applies_where_no_pattern_speaks() {
     assert!(acl.may_publish("bob", &topic("public.x")));
     assert!(!acl.may_publish("bob", &topic("secret.x")));
     assert!(acl.may_publish("alice", &topic("secret.x")));
-    let closed = Acl::parse("", "<test>").unwrap();
+    let closed = Acl::parse("[[rule]]\nidentity = \"bob\"\n", "<test>").unwrap();
     assert_eq!(closed.default, DefaultDecision::Deny, "deny when omitted");
     assert!(!closed.may_publish("alice", &topic("x")));
+    assert!(!closed.may_publish("bob", &topic("x")));
 }
 
 #[test]
@@ -157,6 +158,11 @@ fn errors_name_the_line() {
         "{err}"
     );
 
+    for empty in ["", "  \n# nothing but a comment\n"] {
+        let err = Acl::parse(empty, "acl.toml").unwrap_err();
+        assert!(matches!(err, AclError::Empty { .. }), "{err}");
+    }
+
     let err = Acl::parse("x = [", "acl.toml").unwrap_err();
     assert!(matches!(err, AclError::Syntax { line: 1, .. }), "{err}");
 
@@ -174,7 +180,7 @@ fn a_permission_cache_follows_a_replaced_acl() {
     assert!(cache
         .get(&handle, "sensor-1")
         .may_publish(&topic("sensors.a")));
-    handle.replace(Acl::parse("", "<test>").unwrap());
+    handle.replace(Acl::parse("default = \"deny\"", "<test>").unwrap());
     assert!(!cache
         .get(&handle, "sensor-1")
         .may_publish(&topic("sensors.a")));
