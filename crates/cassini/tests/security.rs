@@ -189,6 +189,11 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["alice", "bob"]);
     let broker = BrokerProcess::start(dir.path(), &[]);
+    assert_eq!(
+        broker.log_count("no ACL: every authenticated client may"),
+        1,
+        "running without an ACL is said once, at start"
+    );
     let (_alice_endpoint, alice) = raw(&broker.addr, dir.path(), "alice").await.expect("alice");
     let _alice_control = raw::hello(&alice, None).await.expect("alice welcomed");
     let bob = client(&broker.addr, dir.path(), "bob").await;
@@ -230,4 +235,20 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         .await
         .expect("message");
     assert_eq!(message.payload().as_ref(), b"through it all");
+}
+
+#[test]
+fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let output = std::process::Command::new(support::CASSINI)
+        .args(["certs", "revoke", "nobody", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run cassini");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no client certificate"), "{stderr}");
+    assert!(stderr.contains("client-nobody.crt"), "{stderr}");
+    assert!(!dir.path().join("crl.pem").exists());
 }
