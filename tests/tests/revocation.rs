@@ -104,9 +104,13 @@ async fn an_unknown_revocation_status_fails_closed_unless_allowed() {
         vec![foreign.clone()],
         RevocationOptions::default(),
     ));
-    admitted(&broker, &alice)
+    let refusal = admitted(&broker, &alice)
         .await
         .expect_err("unknown status is refused by default");
+    assert!(
+        refusal.contains("error 48") && refusal.contains("UnknownRevocationStatus"),
+        "an unknown CA alert naming the unknown status, got {refusal}"
+    );
 
     broker.reload(&broker.server_tls(
         &broker.pki.server,
