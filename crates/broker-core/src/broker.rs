@@ -15,6 +15,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::acl::Acl;
 use crate::actors::ask;
 use crate::actors::listener_manager::ListenerManagerMsg;
 use crate::actors::session_manager::SessionManagerMsg;
@@ -67,6 +68,12 @@ impl std::fmt::Debug for BrokerHandle {
 impl Broker {
     /// Starts the actor tree. Must be called inside a multi-threaded tokio runtime.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        if config.acl.allows_all {
+            tracing::info!(
+                "no ACL: every authenticated client may publish and subscribe to every \
+                 non-system topic"
+            );
+        }
         let (supervisor, join) = Actor::spawn(None, Supervisor, Arc::new(config))
             .await
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
@@ -101,6 +108,26 @@ impl BrokerHandle {
             tracing::warn!(%err, "broker is stopped; refusing connection");
             let err = BrokerError::ShuttingDown;
             connection.close(err.code(), &err.reason());
+        }
+    }
+
+    /// The ACL in force.
+    pub fn acl(&self) -> Arc<Acl> {
+        self.managers.shared.acl.current()
+    }
+
+    /// Replaces the ACL. Publishes and subscriptions from now on are checked against `acl`, and
+    /// every live subscription it no longer allows is ended: its stream is reset with
+    /// `NOT_AUTHORIZED` as soon as each session handles the notice (a detached session's
+    /// subscriptions end when it is resumed).
+    pub fn set_acl(&self, acl: Acl) {
+        self.managers.shared.acl.replace(acl);
+        if let Err(err) = self
+            .managers
+            .sessions
+            .send_message(SessionManagerMsg::RecheckAcl)
+        {
+            tracing::warn!(%err, "broker is stopped; the new ACL applies to nothing");
         }
     }
 

@@ -21,6 +21,9 @@ pub struct BrokerConfig {
     pub dedupe: DedupeConfig,
     /// What clients are told when the broker shuts down.
     pub shutdown: ShutdownConfig,
+    /// The ACL the broker starts with (default: every authenticated client may do everything
+    /// on non-system topics). Replace it while running with `BrokerHandle::set_acl`.
+    pub acl: crate::acl::Acl,
 }
 
 /// Graceful shutdown.
@@ -59,6 +62,14 @@ pub struct BrokerLimits {
     pub topics: TopicLimits,
     /// Most simultaneous connections; further ones are closed with `TOO_MANY_CONNECTIONS`.
     pub max_connections: usize,
+    /// Most simultaneous connections of one certificate identity; further ones are closed with
+    /// `TOO_MANY_CONNECTIONS_FOR_IDENTITY`, so one leaked or looping client key cannot take every
+    /// connection slot.
+    pub max_connections_per_identity: usize,
+    /// Most payload bytes all of one session's subscription queues may hold together, counted
+    /// by each queue's byte bound. A subscription that would exceed it is refused with
+    /// `PENDING_BYTES_LIMIT`. Bounds broker memory per session, whatever its subscribers do.
+    pub max_pending_bytes_per_session: u64,
     /// Most publish streams a connection may have open at once; each holds a read buffer of up
     /// to one frame.
     pub max_publish_streams_per_connection: usize,
@@ -79,6 +90,8 @@ impl Default for BrokerLimits {
             max_subscriptions_per_session: 1024,
             topics: TopicLimits::default(),
             max_connections: 100_000,
+            max_connections_per_identity: 1024,
+            max_pending_bytes_per_session: 256 * 1024 * 1024,
             max_publish_streams_per_connection: 256,
             hello_timeout: Duration::from_secs(10),
             max_retained_topics: 10_000,

@@ -4,6 +4,7 @@
 //! [`transport`], which `cassini-quic` implements over quinn (and tests may implement in memory).
 //!
 //! # Layout
+//! - [`acl`]: who may publish and subscribe where; the ACL file format.
 //! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
 //! - [`config`]: every knob, with defaults.
 //! - [`transport`]: the connection and stream interface the broker drives.
@@ -20,6 +21,7 @@
 //! - `connection`: the tasks that read and write one connection's streams.
 
 mod ack_targets;
+pub mod acl;
 mod actors;
 pub mod broker;
 pub mod config;
@@ -33,6 +35,7 @@ pub mod queue;
 pub mod router;
 pub mod transport;
 
+pub use acl::{Acl, AclError, AclHandle};
 pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;

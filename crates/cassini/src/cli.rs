@@ -121,6 +121,33 @@ pub(crate) enum CertsCommand {
     Init(CertsInitArgs),
     /// Issue a client certificate signed by the directory's existing CA.
     Issue(CertsIssueArgs),
+    /// Revoke a client's certificate: add `client-NAME.crt` to `crl.pem`, signed by the CA. A
+    /// broker serving the directory reloads it and closes that client's connections.
+    Revoke(CertsRevokeArgs),
+    /// Issue a new server certificate and key from the directory's CA, keeping its names. A
+    /// broker serving the directory reloads it: new clients get the new certificate, live
+    /// connections continue.
+    RotateServer(CertsRotateServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRevokeArgs {
+    /// The client's name: selects `client-NAME.crt`.
+    pub(crate) name: String,
+    /// The directory holding `ca.crt`, `ca.key` and the client's certificate.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRotateServerArgs {
+    /// The directory holding `ca.crt`, `ca.key` and `server.crt`.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+    /// A further name (DNS name or IP address) for the new certificate; repeatable. The old
+    /// certificate's names are kept.
+    #[arg(long = "server-name")]
+    pub(crate) server_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +200,30 @@ pub(crate) struct ServeArgs {
     /// a free port, which the log reports) [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<SocketAddr>,
+    /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
+    /// SIGHUP and when it changes. Without it every authenticated client may do everything on
+    /// non-system topics [default: none; key `security.acl_file`].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) acl: Option<PathBuf>,
+    /// Which client certificate name is the identity: `default` (URI SAN, else DNS SAN, else
+    /// CN), `uri:PREFIX` (the first URI SAN starting with PREFIX), `dns` or `cn`
+    /// [default: default; key `security.identity_rule`].
+    #[arg(long, value_name = "RULE")]
+    pub(crate) identity_rule: Option<String>,
+    /// When new clients must prove their address with a QUIC Retry: `never`, `under-load`
+    /// (while 256 or more handshakes are in progress) or `always` [default: under-load; key
+    /// `security.address_validation`].
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) address_validation: Option<String>,
+    /// With `crl.pem` present, accept clients whose revocation status no CRL covers (by
+    /// default they are refused: revocation fails closed) [key
+    /// `security.allow_unknown_revocation`].
+    #[arg(long)]
+    pub(crate) allow_unknown_revocation: bool,
+    /// Refuse every client once `crl.pem`'s next-update time has passed [key
+    /// `security.enforce_crl_expiry`].
+    #[arg(long)]
+    pub(crate) enforce_crl_expiry: bool,
 }
 
 /// Where and as whom a tool connects.

@@ -5,7 +5,8 @@
 //! - `config`: `serve`'s settings: TOML file, `CASSINI_*` environment, flags; `cassini config`.
 //! - `serve`: `cassini serve`, wiring the broker core to the QUIC transport.
 //! - `monitoring`: `serve`'s HTTP monitoring endpoint (`cassini-monitor`).
-//! - `certs_cmd`: `cassini certs init|issue`.
+//! - `reload`: hot reload of certificates, CRLs and the ACL on SIGHUP and file changes.
+//! - `certs_cmd`: `cassini certs init|issue|revoke|rotate-server`.
 //! - `pubsub`: `cassini pub` and `cassini sub`, thin wrappers over `cassini-client`.
 //! - `bench`: `cassini bench`, measurements against an in-process broker.
 //! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
@@ -20,6 +21,7 @@ mod config;
 mod logging;
 mod monitoring;
 mod pubsub;
+mod reload;
 mod reply_command;
 mod reqreply;
 mod serve;
@@ -64,6 +66,8 @@ fn main() -> ExitCode {
             Command::Certs { command } => match command {
                 CertsCommand::Init(args) => certs_cmd::init(args),
                 CertsCommand::Issue(args) => certs_cmd::issue(args),
+                CertsCommand::Revoke(args) => certs_cmd::revoke(args),
+                CertsCommand::RotateServer(args) => certs_cmd::rotate_server(args),
             },
             Command::Bench { scenario } => match scenario {
                 BenchScenario::Hol(args) => bench::hol::run(args).await,

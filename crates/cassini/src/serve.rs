@@ -1,18 +1,20 @@
-//! `cassini serve`: the broker core behind a QUIC endpoint, until SIGINT or SIGTERM.
+//! `cassini serve`: the broker core behind a QUIC endpoint, until SIGINT or SIGTERM; reloads
+//! certificates, the CRL and the ACL on SIGHUP and when their files change (see `reload`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cassini_broker::Broker;
+use cassini_broker::{Acl, Broker};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
 use cassini_quic::server::QuicServer;
-use cassini_quic::tls;
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
+use crate::reload::{load_server_tls, Reloader};
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
@@ -28,6 +30,11 @@ pub(crate) fn settings(
         idle_timeout: args.idle_timeout,
         monitor: args.monitor,
         log_format,
+        acl: args.acl.clone(),
+        identity_rule: args.identity_rule.clone(),
+        address_validation: args.address_validation.clone(),
+        allow_unknown_revocation: args.allow_unknown_revocation,
+        enforce_crl_expiry: args.enforce_crl_expiry,
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
 }
@@ -51,27 +58,49 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         }
     }
     let files = certs.files();
-    let crypto = (|| {
-        tls::server_crypto(
-            tls::load_certs(&files.ca)?,
-            tls::load_certs(&files.cert)?,
-            tls::load_key(&files.key)?,
-        )
-    })()
-    .with_context(|| {
+    let revocation = settings.security.revocation();
+    let tls = load_server_tls(&files, revocation).with_context(|| {
         format!(
-            "loading certificates (ca {}, cert {}, key {})",
+            "loading certificates (ca {}, cert {}, key {}, crl {} if present)",
             files.ca.display(),
             files.cert.display(),
-            files.key.display()
+            files.key.display(),
+            files.crl.display()
         )
     })?;
+    let acl_path = match settings.security.acl() {
+        Some(path) => Some(
+            std::fs::canonicalize(path)
+                .with_context(|| format!("finding the ACL file {}", path.display()))?,
+        ),
+        None => None,
+    };
 
-    let broker = Broker::start(settings.broker_config())
+    let mut broker_config = settings.broker_config();
+    if let Some(path) = &acl_path {
+        broker_config.acl = Acl::load(path).context("loading the ACL")?;
+        tracing::info!(acl = %path.display(), rules = broker_config.acl.rules.len(), "ACL loaded");
+    }
+    let broker = Broker::start(broker_config)
         .await
         .context("starting the broker")?;
-    let server = QuicServer::bind(settings.listen, crypto, settings.server_options())
-        .with_context(|| format!("listening on {}", settings.listen))?;
+    let server = Arc::new(
+        QuicServer::bind(
+            settings.listen,
+            Arc::clone(&tls.config),
+            settings.server_options(),
+        )
+        .with_context(|| format!("listening on {}", settings.listen))?,
+    );
+    let _watcher = Reloader {
+        certs: files,
+        acl: acl_path,
+        revocation,
+        server: Arc::clone(&server),
+        broker: broker.clone(),
+    }
+    .spawn()
+    .context("watching certificates and the ACL for changes")?;
     let local = server.local_addr().context("reading the bound address")?;
     let buffers = server.socket_buffers();
     tracing::info!(
@@ -79,6 +108,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         recv_buffer = buffers.recv,
         send_buffer = buffers.send,
         certs = %certs.dir.display(),
+        identity_rule = %settings.security.identity_rule(),
         "cassini listening"
     );
     let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;

@@ -94,7 +94,7 @@ fn options(n: usize) -> SubscribeOptions {
     SubscribeOptions {
         overflow,
         max_queued_messages: Some(256),
-        acks: (n % 5 == 0).then(AckOptions::default),
+        acks: n.is_multiple_of(5).then(AckOptions::default),
         ..SubscribeOptions::default()
     }
 }
@@ -151,7 +151,7 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
             .await
             .expect("subscribe");
         let received = Arc::clone(&received);
-        let slow = n % 10 == 0;
+        let slow = n.is_multiple_of(10);
         handles.push(tokio::spawn(async move {
             while let Some(_message) = subscription.next().await {
                 received.fetch_add(1, Ordering::Relaxed);

@@ -1,14 +1,17 @@
 //! The broker side of the QUIC transport (feature `server`).
 //!
-//! [`QuicServer`] binds the endpoint, completes each handshake under a deadline, reads the
-//! client's identity from its certificate and hands the connection to the broker as an
-//! `Arc<dyn cassini_broker::Connection>`. [`QuicConnection`] and the stream wrappers are the
+//! [`QuicServer`] binds the endpoint, validates client addresses with a QUIC Retry when told to
+//! ([`AddressValidation`]), completes each handshake under a deadline, reads the client's
+//! identity from its certificate (by the configured [`IdentityRule`]) and hands the connection
+//! to the broker as an `Arc<dyn cassini_broker::Connection>`. It keeps each live connection's
+//! certificate chain so that [`QuicServer::reload`] can install new TLS material for new
+//! connections and close every live connection whose certificate the new material refuses. [`QuicConnection`] and the stream wrappers are the
 //! only place quinn meets the broker: they translate quinn's streams and errors to the broker's
 //! transport interface and never interpret frames.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,22 +23,70 @@ use cassini_broker::{
 };
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
+use rustls_pki_types::CertificateDer;
 
+use self::live::LiveConnections;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
-use crate::identity::peer_identity;
-use crate::tls::{self, QuicOptions, TlsError};
+use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
+pub use crate::tls::ServerTls;
+use crate::tls::{self, QuicOptions, RevocationOptions, TlsError};
 
 /// Most bytes taken from quinn in one read; bounds a stream's read buffer to one frame plus this.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// When a new client must prove its address with a QUIC Retry round trip before the broker
+/// spends a handshake on it. A Retry costs every affected client one extra round trip; it stops
+/// a spoofed source address from making the broker do TLS work or send data to a victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressValidation {
+    /// Never send a Retry.
+    Never,
+    /// Send a Retry while at least [`ServerOptions::busy_handshakes`] handshakes are in
+    /// progress (the default).
+    #[default]
+    UnderLoad,
+    /// Send a Retry to every client whose address is not validated yet.
+    Always,
+}
+
+impl std::str::FromStr for AddressValidation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "never" => Ok(Self::Never),
+            "under-load" => Ok(Self::UnderLoad),
+            "always" => Ok(Self::Always),
+            other => Err(format!(
+                "unknown address validation {other:?}: expected never, under-load or always"
+            )),
+        }
+    }
+}
 
 /// How the server endpoint behaves.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// QUIC transport knobs.
     pub quic: QuicOptions,
-    /// How long a client has to complete the TLS handshake.
+    /// How long a client has to complete the TLS handshake; a client that has not is dropped
+    /// (it never reaches the broker). Default: 10 s.
     pub handshake_timeout: Duration,
+    /// Which certificate name is the client's identity. Default: URI SAN, DNS SAN, then CN.
+    pub identity_rule: IdentityRule,
+    /// When to send QUIC Retry packets. Default: [`AddressValidation::UnderLoad`].
+    pub address_validation: AddressValidation,
+    /// Handshakes in progress from which [`AddressValidation::UnderLoad`] sends Retries.
+    /// Default: 256.
+    pub busy_handshakes: usize,
+    /// Most connection attempts quinn queues before the accept loop takes them; further ones
+    /// are refused. Each costs its first packets' memory. Default: 4,096.
+    pub max_incoming: usize,
+    /// Most bytes quinn buffers for one connection attempt not yet accepted. Default: 64 KiB.
+    pub incoming_buffer_bytes: u64,
+    /// Most bytes quinn buffers for all connection attempts not yet accepted. Default: 32 MiB.
+    pub incoming_buffer_total_bytes: u64,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +94,12 @@ impl Default for ServerOptions {
         Self {
             quic: QuicOptions::default(),
             handshake_timeout: Duration::from_secs(10),
+            identity_rule: IdentityRule::default(),
+            address_validation: AddressValidation::default(),
+            busy_handshakes: 256,
+            max_incoming: 4096,
+            incoming_buffer_bytes: 64 * 1024,
+            incoming_buffer_total_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -60,13 +117,40 @@ pub enum ServerError {
 }
 
 /// Loads the server's TLS material from a certificate directory (`ca.crt`, `server.crt`,
-/// `server.key`): clients must present a certificate signed by `ca.crt`.
+/// `server.key`): clients must present a certificate signed by `ca.crt`. `crl.pem` is ignored;
+/// see [`server_tls_from_dir`].
 pub fn server_crypto_from_dir(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let paths = CertPaths::in_dir(dir);
     tls::server_crypto(
         tls::load_certs(&paths.ca)?,
         tls::load_certs(&paths.server_cert)?,
         tls::load_key(&paths.server_key)?,
+    )
+}
+
+/// Loads the server's TLS material from a certificate directory: `ca.crt`, `server.crt`,
+/// `server.key`, and `crl.pem` whenever it exists (applied with `revocation`).
+pub fn server_tls_from_dir(
+    dir: &Path,
+    revocation: RevocationOptions,
+) -> Result<ServerTls, TlsError> {
+    let paths = CertPaths::in_dir(dir);
+    let crls = match paths.crl.try_exists() {
+        Ok(true) => tls::load_crls(&paths.crl)?,
+        Ok(false) => Vec::new(),
+        Err(error) => {
+            return Err(TlsError::Read {
+                path: paths.crl,
+                error,
+            })
+        }
+    };
+    ServerTls::build(
+        tls::load_certs(&paths.ca)?,
+        tls::load_certs(&paths.server_cert)?,
+        tls::load_key(&paths.server_key)?,
+        crls,
+        revocation,
     )
 }
 
@@ -86,6 +170,10 @@ pub struct AcceptStats {
     pub refused_no_identity: AtomicU64,
     /// Anything else: the client went away, a transport error, the endpoint refused.
     pub refused_other: AtomicU64,
+    /// Retry packets sent to validate a client's address.
+    pub retries: AtomicU64,
+    /// Live connections closed by a reload because their certificate no longer verifies.
+    pub revoked: AtomicU64,
 }
 
 /// Why a handshake failed, for counting and logging.
@@ -155,6 +243,15 @@ impl AcceptStats {
     }
 }
 
+/// What [`QuicServer::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Live connections whose certificate still verifies; they continue.
+    pub kept: usize,
+    /// Live connections closed with `CERTIFICATE_REVOKED`: (identity, why).
+    pub closed: Vec<(String, String)>,
+}
+
 /// A bound QUIC endpoint serving a broker.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -162,6 +259,8 @@ pub struct QuicServer {
     buffers: SocketBuffers,
     options: ServerOptions,
     stats: Arc<AcceptStats>,
+    live: Arc<LiveConnections>,
+    handshaking: Arc<AtomicUsize>,
 }
 
 impl QuicServer {
@@ -171,14 +270,35 @@ impl QuicServer {
         crypto: Arc<rustls::ServerConfig>,
         options: ServerOptions,
     ) -> Result<Self, ServerError> {
-        let config = tls::server_config(crypto, &options.quic)?;
+        let config = quinn_config(crypto, &options)?;
         let (endpoint, buffers) = bind_server(addr, config, &options.quic)?;
         Ok(Self {
             endpoint,
             buffers,
             options,
             stats: Arc::default(),
+            live: Arc::default(),
+            handshaking: Arc::default(),
         })
+    }
+
+    /// Installs new TLS material: connections accepted from now on use it at once, and every
+    /// live connection whose client certificate `tls` refuses (revoked by a new CRL, expired,
+    /// or no longer issued by a trusted CA) is closed right here with `CERTIFICATE_REVOKED` and
+    /// the reason. Other live connections continue untouched (they keep the server certificate
+    /// they were opened with).
+    pub fn reload(&self, tls: &ServerTls) -> Result<ReloadReport, ServerError> {
+        let config = quinn_config(Arc::clone(&tls.config), &self.options)?;
+        Ok(self.live.install(
+            tls,
+            || self.endpoint.set_server_config(Some(config)),
+            &self.stats,
+        ))
+    }
+
+    /// How many authenticated connections are open.
+    pub fn live_connections(&self) -> usize {
+        self.live.len()
     }
 
     /// The address actually bound.
@@ -200,15 +320,33 @@ impl QuicServer {
     /// Each handshake runs in its own task, so a slow client never delays another.
     pub async fn serve(&self, broker: BrokerHandle) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let Some(incoming) = self.validate_address(incoming) else {
+                continue;
+            };
             let broker = broker.clone();
             let timeout = self.options.handshake_timeout;
+            let rule = self.options.identity_rule.clone();
             let stats = Arc::clone(&self.stats);
+            let live = Arc::clone(&self.live);
+            let handshaking = Arc::clone(&self.handshaking);
+            handshaking.fetch_add(1, Ordering::Relaxed);
+            let generation = self.live.generation();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match handshake(incoming, timeout).await {
-                    Ok(connection) => {
+                let outcome = handshake(incoming, timeout, &rule).await;
+                handshaking.fetch_sub(1, Ordering::Relaxed);
+                match outcome {
+                    Ok((connection, chain)) => {
+                        let identity = &connection.peer.identity;
+                        if let Err(reason) =
+                            live.admit(&connection.connection, identity, chain, generation, &stats)
+                        {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, %identity, %reason, "refused after a reload during its handshake");
+                            return;
+                        }
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%remote, identity = %connection.peer.identity, "client authenticated");
+                        tracing::debug!(%remote, %identity, "client authenticated");
                         broker.accept(Arc::new(connection));
                     }
                     Err((kind, reason)) => {
@@ -217,6 +355,30 @@ impl QuicServer {
                     }
                 }
             });
+        }
+    }
+
+    /// Applies the address validation policy: `None` when a Retry was sent instead.
+    fn validate_address(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+        if incoming.remote_address_validated() || !incoming.may_retry() {
+            return Some(incoming);
+        }
+        let retry = match self.options.address_validation {
+            AddressValidation::Never => false,
+            AddressValidation::Always => true,
+            AddressValidation::UnderLoad => {
+                self.handshaking.load(Ordering::Relaxed) >= self.options.busy_handshakes
+            }
+        };
+        if !retry {
+            return Some(incoming);
+        }
+        match incoming.retry() {
+            Ok(()) => {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(error) => Some(error.into_incoming()),
         }
     }
 
@@ -229,10 +391,24 @@ impl QuicServer {
     }
 }
 
+/// The quinn server configuration: TLS `crypto`, transport settings and the incoming limits.
+fn quinn_config(
+    crypto: Arc<rustls::ServerConfig>,
+    options: &ServerOptions,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut config = tls::server_config(crypto, &options.quic)?;
+    config
+        .max_incoming(options.max_incoming)
+        .incoming_buffer_size(options.incoming_buffer_bytes)
+        .incoming_buffer_size_total(options.incoming_buffer_total_bytes);
+    Ok(config)
+}
+
 async fn handshake(
     incoming: quinn::Incoming,
     limit: Duration,
-) -> Result<QuicConnection, (HandshakeFailure, String)> {
+    rule: &IdentityRule,
+) -> Result<(QuicConnection, Vec<CertificateDer<'static>>), (HandshakeFailure, String)> {
     let connecting = incoming
         .accept()
         .map_err(|err| (HandshakeFailure::of(&err), err.to_string()))?;
@@ -246,8 +422,14 @@ async fn handshake(
             ))
         }
     };
-    match peer_identity(&connection) {
-        Ok(identity) => Ok(QuicConnection::new(connection, identity)),
+    let identity = peer_chain(&connection).and_then(|chain| {
+        let leaf = chain
+            .first()
+            .ok_or(crate::identity::IdentityError::NoPeerCertificate)?;
+        Ok((identity_from_cert_with(leaf, rule)?, chain))
+    });
+    match identity {
+        Ok((identity, chain)) => Ok((QuicConnection::new(connection, identity), chain)),
         Err(err) => {
             connection.close(
                 VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value()),
@@ -257,6 +439,8 @@ async fn handshake(
         }
     }
 }
+
+mod live;
 
 /// A quinn connection as the broker sees it.
 #[derive(Debug)]

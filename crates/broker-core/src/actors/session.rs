@@ -62,6 +62,8 @@ pub(crate) enum SessionMsg {
         subscription: SubscriptionId,
         reason: String,
     },
+    /// The ACL was replaced: end every subscription it no longer allows.
+    RecheckAcl,
 }
 
 /// A connection's view of the session it was attached to.
@@ -75,10 +77,12 @@ pub(crate) struct Attached {
 struct SessionSubscription {
     filter: TopicFilter,
     subscriber: ActorRef<SubscriberMsg>,
+    queue: Arc<SubscriptionQueue>,
 }
 
 pub(crate) struct SessionState {
     id: SessionId,
+    identity: Arc<str>,
     shared: Arc<Shared>,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
@@ -105,6 +109,17 @@ impl SessionState {
         let config = &self.shared.config;
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        if !self
+            .shared
+            .acl
+            .current()
+            .may_subscribe(&self.identity, &filter)
+        {
+            return Err(BrokerError::NotAuthorized {
+                action: "subscribe to",
+                target: filter.to_string(),
+            });
+        }
         let group = match &options.queue_group {
             None => None,
             Some(name) => Some(Arc::from(valid_group_name(
@@ -121,7 +136,13 @@ impl SessionState {
             session: self.id,
             subscription: self.last_subscription,
         };
-        let queue = Arc::new(SubscriptionQueue::new(config.queue.bounds_for(&options)));
+        let bounds = config.queue.bounds_for(&options);
+        let reserved = self
+            .subscriptions
+            .values()
+            .map(|s| s.queue.bounds().max_bytes);
+        super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
+        let queue = Arc::new(SubscriptionQueue::new(bounds));
         let args = SubscriberArgs {
             key,
             filter: filter.clone(),
@@ -138,7 +159,11 @@ impl SessionState {
         })
         .await??;
         self.acks.insert(key.subscription, Arc::clone(&queue));
-        let member = RouteMember { key, queue, group };
+        let member = RouteMember {
+            key,
+            queue: Arc::clone(&queue),
+            group,
+        };
         let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
@@ -151,8 +176,14 @@ impl SessionState {
             subscriber.stop(None);
             return Err(err);
         }
-        self.subscriptions
-            .insert(key.subscription, SessionSubscription { filter, subscriber });
+        self.subscriptions.insert(
+            key.subscription,
+            SessionSubscription {
+                filter,
+                subscriber,
+                queue,
+            },
+        );
         Ok(key.subscription)
     }
 
@@ -204,6 +235,18 @@ impl SessionState {
         }
     }
 
+    /// Ends every subscription the current ACL no longer allows: its stream is reset with
+    /// `NOT_AUTHORIZED` (at once if attached, else when the session is resumed).
+    fn recheck_acl(&self) {
+        let acl = self.shared.acl.current();
+        for (id, subscription) in &self.subscriptions {
+            if !acl.may_subscribe(&self.identity, &subscription.filter) {
+                tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
+                subscription.queue.revoke();
+            }
+        }
+    }
+
     fn detach(&mut self) {
         self.attached = None;
         for subscription in self.subscriptions.values() {
@@ -236,6 +279,7 @@ impl Actor for Session {
         tracing::debug!(session = %args.id, identity = %args.identity, "session started");
         Ok(SessionState {
             id: args.id,
+            identity: args.identity,
             shared: args.shared,
             subscriptions: HashMap::new(),
             last_subscription: 0,
@@ -297,6 +341,7 @@ impl Actor for Session {
                     tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
                 }
             }
+            SessionMsg::RecheckAcl => state.recheck_acl(),
         }
         Ok(())
     }

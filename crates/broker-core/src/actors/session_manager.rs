@@ -42,6 +42,8 @@ pub(crate) enum SessionManagerMsg {
     },
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
+    /// The ACL was replaced: every session ends the subscriptions it no longer allows.
+    RecheckAcl,
 }
 
 struct Entry {
@@ -154,6 +156,11 @@ impl Actor for SessionManager {
             }
             SessionManagerMsg::Count(reply) => {
                 let _ = reply.send(state.sessions.len());
+            }
+            SessionManagerMsg::RecheckAcl => {
+                for entry in state.sessions.values() {
+                    let _ = entry.session.send_message(SessionMsg::RecheckAcl);
+                }
             }
         }
         Ok(())

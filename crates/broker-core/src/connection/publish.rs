@@ -4,7 +4,8 @@
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
 //! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
-//! with `NoResponders`; a publish with `ack` is answered with `PublishAck` once routed, or once
+//! with `NoResponders`; a publish the ACL does not allow is answered with `PublishRejected`
+//! (`NOT_AUTHORIZED`) and routed nowhere; a publish with `ack` is answered with `PublishAck` once routed, or once
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
 
+use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
 use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
@@ -32,6 +34,7 @@ pub(crate) async fn serve_publish_stream(
     let config = &shared.config;
     let max_frame_bytes = config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut permissions = PermissionCache::new(&shared.acl, &identity);
     while let Some(frame) = reader.next().await? {
         let Frame::Publish(publish) = frame else {
             return Err(BrokerError::ProtocolViolation(format!(
@@ -45,7 +48,9 @@ pub(crate) async fn serve_publish_stream(
         let message_id = publish.message_id;
         let ack = publish.ack;
         let counters = shared.router.counters();
-        let answers = match accept(publish, config) {
+        let answers = match accept(publish, config)
+            .and_then(|message| authorize(permissions.get(&shared.acl, &identity), message))
+        {
             Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
                 .unwrap_or_else(|err| {
                     counters.rejected();
@@ -128,6 +133,21 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
         code: err.code(),
         reason: err.reason(),
     })
+}
+
+/// Lets `message` through if the ACL allows its publisher that topic.
+fn authorize(
+    permissions: &Permissions,
+    message: PublishedMessage,
+) -> Result<PublishedMessage, BrokerError> {
+    if permissions.may_publish(&message.topic) {
+        Ok(message)
+    } else {
+        Err(BrokerError::NotAuthorized {
+            action: "publish to",
+            target: message.topic.to_string(),
+        })
+    }
 }
 
 /// Checks a publish against the limits and turns it into the broker's shared form.

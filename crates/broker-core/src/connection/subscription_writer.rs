@@ -111,6 +111,10 @@ pub(crate) async fn run_subscription_writer(
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
+            Popped::Closed(CloseReason::NotAuthorized) => {
+                stream.reset(ErrorCode::NOT_AUTHORIZED);
+                return WriterOutcome::Ended;
+            }
             Popped::Batch {
                 last_sequence,
                 drained,

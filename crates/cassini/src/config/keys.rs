@@ -44,6 +44,10 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ),
     ("log", "Log lines, on standard error."),
     (
+        "security",
+        "Authorization (ACL), the identity rule, address validation and revocation.",
+    ),
+    (
         "storage",
         "Where sessions, queues and retained values live.",
     ),
@@ -56,6 +60,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "certs.ca", doc: "CA certificate file (PEM) client certificates must chain to; empty: dir/ca.crt." },
     KeyDoc { path: "certs.cert", doc: "Server certificate chain (PEM); empty: dir/server.crt." },
     KeyDoc { path: "certs.key", doc: "Server private key (PEM, PKCS#8); empty: dir/server.key." },
+    KeyDoc { path: "certs.crl", doc: "Certificate revocation lists (PEM), used whenever the file exists and reloaded on SIGHUP or change; empty: dir/crl.pem." },
     KeyDoc { path: "certs.generate_dev", doc: "Create a development CA and certificates in dir when it has none (only when ca, cert and key are empty). Turn off in production." },
     KeyDoc { path: "limits.max_payload_bytes", doc: "Largest publish payload; larger publishes are refused with PAYLOAD_TOO_LARGE. Must leave room for headers below max_frame_bytes." },
     KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer." },
@@ -67,6 +72,8 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "limits.hello_timeout_ms", doc: "How long a new connection has to open its control stream and send Hello, in milliseconds." },
     KeyDoc { path: "limits.max_retained_topics", doc: "Most topics with a retained value; memory is up to this many retained payloads." },
     KeyDoc { path: "limits.max_queue_group_bytes", doc: "Longest queue group name, in bytes." },
+    KeyDoc { path: "limits.max_connections_per_identity", doc: "Most simultaneous connections of one certificate identity; further ones are closed with TOO_MANY_CONNECTIONS_FOR_IDENTITY." },
+    KeyDoc { path: "limits.max_pending_bytes_per_session", doc: "Most payload bytes all of one session's subscription queues may hold together (by their byte bounds); a subscription beyond it is refused with PENDING_BYTES_LIMIT." },
     KeyDoc { path: "queue.default_messages", doc: "Messages a subscription queues when it asks for no bound of its own." },
     KeyDoc { path: "queue.default_bytes", doc: "Payload bytes a subscription queues when it asks for no bound of its own." },
     KeyDoc { path: "queue.max_messages", doc: "The most messages any subscription may ask to queue." },
@@ -90,6 +97,11 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "monitor.listen", doc: "TCP address of the monitoring endpoint." },
     KeyDoc { path: "log.level", doc: "RUST_LOG-style filter, e.g. \"info\" or \"info,cassini_broker=debug\"." },
     KeyDoc { path: "log.format", doc: "\"pretty\" for people, \"json\" for one JSON object per line." },
+    KeyDoc { path: "security.acl_file", doc: "ACL file (TOML, see docs/SECURITY.md) saying which identity may publish and subscribe where; reloaded on SIGHUP and when it changes. Empty: every authenticated client may use every non-system topic." },
+    KeyDoc { path: "security.identity_rule", doc: "Which certificate name is a client's identity: \"default\" (URI SAN, else DNS SAN, else CN), \"uri:PREFIX\", \"dns\" or \"cn\"." },
+    KeyDoc { path: "security.address_validation", doc: "When new clients must prove their address with a QUIC Retry: \"never\", \"under-load\" (256 or more handshakes in progress) or \"always\"." },
+    KeyDoc { path: "security.allow_unknown_revocation", doc: "With a CRL present, accept clients whose revocation status no CRL covers (default: refuse them; revocation fails closed)." },
+    KeyDoc { path: "security.enforce_crl_expiry", doc: "Refuse every client once the CRL's next-update time has passed." },
     KeyDoc { path: "storage.mode", doc: "\"memory\" (everything ends with the process). \"disk\" is refused: durable storage is not built yet." },
 ];
 

@@ -7,6 +7,8 @@
 //! table. Flags are applied last. `RUST_LOG`, when set, takes the place of `log.level`, below
 //! `CASSINI_LOG_LEVEL`.
 
+use cassini_quic::identity::IdentityRule;
+use cassini_quic::server::AddressValidation;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,16 @@ pub(crate) struct Overrides {
     pub(crate) monitor: Option<SocketAddr>,
     /// `--log-format`.
     pub(crate) log_format: Option<LogFormat>,
+    /// `--acl`.
+    pub(crate) acl: Option<PathBuf>,
+    /// `--identity-rule`.
+    pub(crate) identity_rule: Option<String>,
+    /// `--address-validation`.
+    pub(crate) address_validation: Option<String>,
+    /// `--allow-unknown-revocation` (only ever turns it on).
+    pub(crate) allow_unknown_revocation: bool,
+    /// `--enforce-crl-expiry` (only ever turns it on).
+    pub(crate) enforce_crl_expiry: bool,
 }
 
 /// The settings from `file` (if any), the environment `env` and the flags, checked.
@@ -158,6 +170,17 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     if let Some(format) = flags.log_format {
         settings.log.format = format;
     }
+    if let Some(path) = &flags.acl {
+        settings.security.acl_file = path.clone();
+    }
+    if let Some(rule) = &flags.identity_rule {
+        settings.security.identity_rule = rule.clone();
+    }
+    if let Some(when) = &flags.address_validation {
+        settings.security.address_validation = when.clone();
+    }
+    settings.security.allow_unknown_revocation |= flags.allow_unknown_revocation;
+    settings.security.enforce_crl_expiry |= flags.enforce_crl_expiry;
 }
 
 /// Checks what types cannot say.
@@ -169,6 +192,13 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             .unwrap_or_default(),
         reason,
     };
+    let security = &settings.security;
+    if let Err(reason) = security.identity_rule.parse::<IdentityRule>() {
+        return Err(invalid("security.identity_rule", reason.to_string()));
+    }
+    if let Err(reason) = security.address_validation.parse::<AddressValidation>() {
+        return Err(invalid("security.address_validation", reason.to_string()));
+    }
     if settings.storage.mode == StorageMode::Disk {
         return Err(invalid(
             "storage.mode",

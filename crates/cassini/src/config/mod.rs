@@ -17,14 +17,15 @@ mod keys;
 mod load;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cassini_broker::config::{DedupeConfig, SessionConfig, ShutdownConfig};
 use cassini_broker::{BrokerConfig, BrokerLimits, QueueConfig};
 use cassini_protocol::TopicLimits;
-use cassini_quic::server::ServerOptions;
-use cassini_quic::tls::QuicOptions;
+use cassini_quic::identity::IdentityRule;
+use cassini_quic::server::{AddressValidation, ServerOptions};
+use cassini_quic::tls::{QuicOptions, RevocationOptions};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use error::ConfigError;
@@ -59,6 +60,8 @@ pub(crate) struct Settings {
     pub(crate) log: LogSettings,
     /// Where state is kept.
     pub(crate) storage: StorageSettings,
+    /// Authorization, identity and revocation.
+    pub(crate) security: SecuritySettings,
 }
 
 impl Default for Settings {
@@ -75,6 +78,7 @@ impl Default for Settings {
             monitor: MonitorSettings::default(),
             log: LogSettings::default(),
             storage: StorageSettings::default(),
+            security: SecuritySettings::default(),
         }
     }
 }
@@ -91,6 +95,9 @@ pub(crate) struct CertSettings {
     pub(crate) cert: PathBuf,
     /// The server private key; empty: `<dir>/server.key`.
     pub(crate) key: PathBuf,
+    /// Certificate revocation lists (PEM), used whenever the file exists; empty:
+    /// `<dir>/crl.pem`.
+    pub(crate) crl: PathBuf,
     /// Create development certificates in `dir` when it has none (never with explicit files).
     pub(crate) generate_dev: bool,
 }
@@ -102,6 +109,7 @@ impl Default for CertSettings {
             ca: PathBuf::new(),
             cert: PathBuf::new(),
             key: PathBuf::new(),
+            crl: PathBuf::new(),
             generate_dev: true,
         }
     }
@@ -116,6 +124,8 @@ pub(crate) struct CertFiles {
     pub(crate) cert: PathBuf,
     /// The server's private key.
     pub(crate) key: PathBuf,
+    /// The CRL file, used whenever it exists.
+    pub(crate) crl: PathBuf,
 }
 
 impl CertSettings {
@@ -139,6 +149,7 @@ impl CertSettings {
             ca: pick(&self.ca, "ca.crt"),
             cert: pick(&self.cert, "server.crt"),
             key: pick(&self.key, "server.key"),
+            crl: pick(&self.crl, "crl.pem"),
         }
     }
 }
@@ -157,6 +168,8 @@ pub(crate) struct LimitSettings {
     pub(crate) hello_timeout_ms: u64,
     pub(crate) max_retained_topics: usize,
     pub(crate) max_queue_group_bytes: usize,
+    pub(crate) max_connections_per_identity: usize,
+    pub(crate) max_pending_bytes_per_session: u64,
 }
 
 impl Default for LimitSettings {
@@ -173,6 +186,8 @@ impl Default for LimitSettings {
             hello_timeout_ms: millis(limits.hello_timeout),
             max_retained_topics: limits.max_retained_topics,
             max_queue_group_bytes: limits.max_queue_group_bytes,
+            max_connections_per_identity: limits.max_connections_per_identity,
+            max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
         }
     }
 }
@@ -323,6 +338,60 @@ impl Default for LogSettings {
     }
 }
 
+/// `[security]`: authorization, the identity rule, address validation and revocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SecuritySettings {
+    /// The ACL file; empty: none (every authenticated client is allowed everything on
+    /// non-system topics).
+    pub(crate) acl_file: PathBuf,
+    /// Which certificate name is the identity: `default`, `uri:PREFIX`, `dns` or `cn`.
+    pub(crate) identity_rule: String,
+    /// When clients must prove their address with a Retry: `never`, `under-load`, `always`.
+    pub(crate) address_validation: String,
+    /// Accept clients whose revocation status no CRL covers.
+    pub(crate) allow_unknown_revocation: bool,
+    /// Refuse every client once the CRL's next-update time has passed.
+    pub(crate) enforce_crl_expiry: bool,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            acl_file: PathBuf::new(),
+            identity_rule: IdentityRule::default().to_string(),
+            address_validation: "under-load".into(),
+            allow_unknown_revocation: false,
+            enforce_crl_expiry: false,
+        }
+    }
+}
+
+impl SecuritySettings {
+    /// The ACL file, if one is set.
+    pub(crate) fn acl(&self) -> Option<&Path> {
+        (!self.acl_file.as_os_str().is_empty()).then_some(self.acl_file.as_path())
+    }
+
+    /// The identity rule (checked when the settings were resolved).
+    pub(crate) fn identity_rule(&self) -> IdentityRule {
+        self.identity_rule.parse().unwrap_or_default()
+    }
+
+    /// The address validation policy (checked when the settings were resolved).
+    pub(crate) fn address_validation(&self) -> AddressValidation {
+        self.address_validation.parse().unwrap_or_default()
+    }
+
+    /// How revocation is checked.
+    pub(crate) fn revocation(&self) -> RevocationOptions {
+        RevocationOptions {
+            allow_unknown_status: self.allow_unknown_revocation,
+            enforce_crl_expiry: self.enforce_crl_expiry,
+        }
+    }
+}
+
 /// `[storage]`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -360,7 +429,10 @@ impl Settings {
                 hello_timeout: Duration::from_millis(limits.hello_timeout_ms),
                 max_retained_topics: limits.max_retained_topics,
                 max_queue_group_bytes: limits.max_queue_group_bytes,
+                max_connections_per_identity: limits.max_connections_per_identity,
+                max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
             },
+            acl: cassini_broker::Acl::default(),
             queue: QueueConfig {
                 default_messages: self.queue.default_messages,
                 default_bytes: self.queue.default_bytes,
@@ -419,6 +491,9 @@ impl Settings {
                 socket_buffer_bytes: quic.socket_buffer_bytes,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
+            identity_rule: self.security.identity_rule(),
+            address_validation: self.security.address_validation(),
+            ..ServerOptions::default()
         }
     }
 }
