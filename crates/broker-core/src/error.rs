@@ -92,6 +92,9 @@ pub enum BrokerError {
         /// What this subscription's queue bound reserves.
         requested: u64,
     },
+    /// A datagram subscription on a connection without QUIC datagrams.
+    #[error("this connection did not negotiate QUIC datagrams; subscribe with reliable delivery")]
+    DatagramsUnsupported,
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -128,6 +131,7 @@ impl BrokerError {
             }
             BrokerError::NotAuthorized { .. } => ErrorCode::NOT_AUTHORIZED,
             BrokerError::PendingBytesLimit { .. } => ErrorCode::PENDING_BYTES_LIMIT,
+            BrokerError::DatagramsUnsupported => ErrorCode::DATAGRAMS_UNSUPPORTED,
             BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
             BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
             BrokerError::MissingMessageId => ErrorCode::MISSING_MESSAGE_ID,

@@ -63,6 +63,12 @@ pub enum TransportError {
     /// The connection cannot take another stream right now.
     #[error("stream limit reached")]
     StreamLimit,
+    /// The connection has no datagrams (not negotiated, or disabled).
+    #[error("datagrams not supported on this connection")]
+    DatagramsUnsupported,
+    /// The datagram is larger than the peer accepts.
+    #[error("datagram too large")]
+    DatagramTooLarge,
 }
 
 /// The sending half of a stream.
@@ -106,6 +112,19 @@ pub trait Connection: Send + Sync + 'static {
     fn close(&self, code: ErrorCode, reason: &str);
     /// Completes when the connection is closed, for whatever reason.
     async fn closed(&self) -> TransportError;
+    /// The largest datagram the peer accepts now, or `None` if the connection has no datagrams
+    /// (the peer did not negotiate them).
+    fn max_datagram_size(&self) -> Option<usize> {
+        None
+    }
+    /// Sends one unreliable datagram. It may be lost, and is dropped if it does not fit.
+    fn send_datagram(&self, _datagram: bytes::Bytes) -> Result<(), TransportError> {
+        Err(TransportError::DatagramsUnsupported)
+    }
+    /// Waits for the client's next datagram.
+    async fn read_datagram(&self) -> Result<bytes::Bytes, TransportError> {
+        Err(TransportError::DatagramsUnsupported)
+    }
     /// Path and traffic facts, if the transport keeps them. Called by monitoring only.
     fn stats(&self) -> Option<ConnectionStats> {
         None

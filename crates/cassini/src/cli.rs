@@ -279,8 +279,12 @@ pub(crate) struct SubArgs {
     pub(crate) json: bool,
     /// Subscribe at least once: the broker keeps each message until it is printed and sends
     /// it again after a lost connection.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "datagram")]
     pub(crate) ack: bool,
+    /// Receive as QUIC datagrams: newest first, never retransmitted; losses are counted and
+    /// reported on stderr at the end. Messages too large for a datagram are dropped and counted.
+    #[arg(long)]
+    pub(crate) datagram: bool,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

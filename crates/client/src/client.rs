@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_protocol::{
-    AckOptions, GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions,
-    TopicFilter,
+    AckOptions, DeliveryClass, GoingAway, Headers, Limits, OversizeRule, PublishRejected,
+    SessionId, SubscribeOptions, TopicFilter,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -394,6 +394,56 @@ impl Client {
             ..SubscribeOptions::default()
         };
         self.subscribe_with(filter, options).await
+    }
+
+    /// Subscribes to `filter` with deliveries as QUIC datagrams: never retransmitted, so a lost
+    /// packet holds nothing up; the newest data arrives first. Losses show in
+    /// [`Subscription::lost`]. A message larger than one datagram is dropped (and counted);
+    /// use [`Client::subscribe_with`] and [`cassini_protocol::OversizeRule::Stream`] to have it
+    /// sent on the subscription's stream instead. A broker or connection without datagrams
+    /// refuses it with `DATAGRAMS_UNSUPPORTED`.
+    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, ClientError> {
+        let options = SubscribeOptions {
+            delivery: DeliveryClass::Datagram {
+                oversize: OversizeRule::Drop,
+            },
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, options).await
+    }
+
+    /// Publishes `payload` to `topic` in one QUIC datagram: fire and forget, never
+    /// retransmitted, no acknowledgement, no error if the broker refuses it. Fails at once with
+    /// [`ClientError::PayloadTooLarge`] if the publish does not fit in one datagram, and with
+    /// [`ClientError::Disconnected`] while reconnecting.
+    pub async fn publish_datagram(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let core = &self.inner.core;
+        if core.is_closing() {
+            return Err(ClientError::Closed);
+        }
+        let link = core.attachment().link.clone();
+        let publish = cassini_protocol::Frame::Publish(cassini_protocol::Publish {
+            topic: topic.to_owned(),
+            payload: payload.into(),
+            ..cassini_protocol::Publish::default()
+        });
+        let datagram = crate::framed::encode(&publish, link.max_frame_bytes())?;
+        let max = link.connection().max_datagram_size().unwrap_or(0);
+        if datagram.len() > max {
+            return Err(ClientError::PayloadTooLarge {
+                size: datagram.len(),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            });
+        }
+        link.connection()
+            .send_datagram(datagram.freeze())
+            .map_err(|error| ClientError::Disconnected {
+                reason: error.to_string(),
+            })
     }
 
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,

@@ -74,6 +74,8 @@ error_codes! {
     /// The session's subscriptions would together queue more than the session's pending-bytes
     /// budget.
     PENDING_BYTES_LIMIT = 18, "session pending-bytes budget exhausted";
+    /// A datagram subscription on a connection whose peer did not negotiate QUIC datagrams.
+    DATAGRAMS_UNSUPPORTED = 19, "QUIC datagrams not negotiated on this connection";
     /// A resume named a session that does not exist (expired or never created).
     SESSION_NOT_FOUND = 20, "session not found";
     /// A resume named a session that belongs to another certificate identity.

@@ -355,11 +355,28 @@ impl AsyncUdpSocket for FaultySocket {
             let received = std::task::ready!(self.inner.poll_recv(cx, bufs, meta))?;
             let mut kept = 0;
             for index in 0..received {
-                if self.drop_incoming() {
-                    self.shared.count(&self.shared.counters.dropped);
+                // With receive offload one entry holds several datagrams of `stride` bytes:
+                // decide on each, and close up the buffer over the dropped ones.
+                let stride = meta[index].stride.max(1);
+                let len = meta[index].len;
+                let buf = &mut bufs[index];
+                let mut write = 0;
+                let mut read = 0;
+                while read < len {
+                    let segment = stride.min(len - read);
+                    if self.drop_incoming() {
+                        self.shared.count(&self.shared.counters.dropped);
+                    } else {
+                        self.shared.count(&self.shared.counters.passed);
+                        buf.copy_within(read..read + segment, write);
+                        write += segment;
+                    }
+                    read += segment;
+                }
+                if write == 0 {
                     continue;
                 }
-                self.shared.count(&self.shared.counters.passed);
+                meta[index].len = write;
                 bufs.swap(kept, index);
                 meta.swap(kept, index);
                 kept += 1;

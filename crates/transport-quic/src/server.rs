@@ -507,6 +507,25 @@ impl Connection for QuicConnection {
         lost(self.connection.closed().await)
     }
 
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.connection.max_datagram_size()
+    }
+
+    fn send_datagram(&self, datagram: bytes::Bytes) -> Result<(), TransportError> {
+        self.connection
+            .send_datagram(datagram)
+            .map_err(|err| match err {
+                quinn::SendDatagramError::UnsupportedByPeer
+                | quinn::SendDatagramError::Disabled => TransportError::DatagramsUnsupported,
+                quinn::SendDatagramError::TooLarge => TransportError::DatagramTooLarge,
+                quinn::SendDatagramError::ConnectionLost(err) => lost(err),
+            })
+    }
+
+    async fn read_datagram(&self) -> Result<bytes::Bytes, TransportError> {
+        self.connection.read_datagram().await.map_err(lost)
+    }
+
     fn stats(&self) -> Option<ConnectionStats> {
         let stats = self.connection.stats();
         Some(ConnectionStats {

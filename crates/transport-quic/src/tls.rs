@@ -132,6 +132,10 @@ pub struct QuicOptions {
     /// cost of kernel memory; the kernel may grant less (Linux caps it at
     /// `net.core.rmem_max` / `wmem_max`). Default: 4 MiB.
     pub socket_buffer_bytes: usize,
+    /// Offer QUIC datagrams (RFC 9221): needed by datagram subscriptions and datagram
+    /// publishes. Received datagrams wait in a 1.25 MiB buffer (quinn drops the oldest when it
+    /// is full). Default: on.
+    pub datagrams: bool,
 }
 
 impl Default for QuicOptions {
@@ -141,6 +145,7 @@ impl Default for QuicOptions {
             keep_alive_interval: Duration::from_secs(10),
             max_concurrent_uni_streams: 1024,
             max_concurrent_bidi_streams: 256,
+            datagrams: true,
             socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
@@ -372,6 +377,9 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
         .keep_alive_interval(keep_alive_interval)
         .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))
         .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams));
+    if !opts.datagrams {
+        transport.datagram_receive_buffer_size(None);
+    }
     Ok(transport)
 }
 

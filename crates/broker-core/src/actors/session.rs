@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cassini_protocol::{
-    ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId, TopicFilter,
+    DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId,
+    TopicFilter,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -127,6 +128,20 @@ impl SessionState {
                 config.limits.max_queue_group_bytes,
             )?)),
         };
+        if let DeliveryClass::Datagram { .. } = options.delivery {
+            if options.acks.is_some() {
+                return Err(BrokerError::InvalidOption(
+                    "a datagram subscription cannot be at least once".into(),
+                ));
+            }
+            let negotiated = self
+                .attached
+                .as_ref()
+                .is_some_and(|connection| connection.max_datagram_size().is_some());
+            if !negotiated {
+                return Err(BrokerError::DatagramsUnsupported);
+            }
+        }
         let max = config.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
@@ -149,6 +164,7 @@ impl SessionState {
             queue: Arc::clone(&queue),
             connection: self.attached.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
+            delivery: options.delivery,
         };
         let subscriber = ask(&self.shared.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {

@@ -23,9 +23,9 @@ use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
 use crate::actors::{ask, Shared};
 use crate::connection::framed::{write_frame, FrameReader};
-use crate::connection::publish::serve_publish_stream;
+use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::error::BrokerError;
-use crate::transport::{Connection, SendStream};
+use crate::transport::{Connection, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
 const CONTROL_STREAM_PRIORITY: i32 = 100;
@@ -123,8 +123,16 @@ async fn serve(
 
     let mut publishers = JoinSet::new();
     let max_publish_streams = limits.max_publish_streams_per_connection;
+    let mut datagrams =
+        DatagramPublishes::new(Arc::clone(shared), Arc::clone(&connection.peer().identity));
+    let mut datagrams_open = connection.max_datagram_size().is_some();
     loop {
         tokio::select! {
+            datagram = connection.read_datagram(), if datagrams_open => match datagram {
+                Ok(datagram) => datagrams.receive(&datagram)?,
+                Err(TransportError::DatagramsUnsupported) => datagrams_open = false,
+                Err(err) => return Err(err.into()),
+            },
             frame = control.next() => match frame? {
                 None => break,
                 Some(frame) => serve_control(frame, &opened, control_send.as_mut(), max_frame_bytes).await?,

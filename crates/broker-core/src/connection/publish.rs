@@ -176,3 +176,53 @@ pub(crate) fn accept(
         retained: false,
     })
 }
+
+/// Publishes arriving in QUIC datagrams on one connection: fire and forget. Each datagram
+/// holds one `Publish` frame; it is checked and routed like a stream publish, but nothing
+/// answers it (no acknowledgement, no rejection, no `NoResponders`): a refused or
+/// undecodable-as-publish datagram is counted and logged, and a datagram that is not a frame
+/// at all closes the connection as malformed.
+pub(crate) struct DatagramPublishes {
+    shared: Arc<Shared>,
+    identity: Arc<str>,
+    permissions: PermissionCache,
+}
+
+impl DatagramPublishes {
+    pub(crate) fn new(shared: Arc<Shared>, identity: Arc<str>) -> Self {
+        let permissions = PermissionCache::new(&shared.acl, &identity);
+        Self {
+            shared,
+            identity,
+            permissions,
+        }
+    }
+
+    /// Routes the publish in `datagram`.
+    pub(crate) fn receive(&mut self, datagram: &[u8]) -> Result<(), BrokerError> {
+        let config = &self.shared.config;
+        let (frame, _) = cassini_protocol::decode_frame(datagram, config.limits.max_frame_bytes)?;
+        let Frame::Publish(publish) = frame else {
+            return Err(BrokerError::ProtocolViolation(format!(
+                "{} frame in a datagram",
+                frame.kind()
+            )));
+        };
+        let topic = publish.topic.clone();
+        let retain = publish.retain;
+        let target = publish.to_session;
+        let routed = accept(publish, config)
+            .and_then(|message| {
+                authorize(
+                    self.permissions.get(&self.shared.acl, &self.identity),
+                    message,
+                )
+            })
+            .and_then(|message| route(&self.shared.router, message, target, retain));
+        if let Err(err) = routed {
+            self.shared.router.counters().rejected();
+            tracing::debug!(%topic, %err, "datagram publish refused");
+        }
+        Ok(())
+    }
+}

@@ -282,6 +282,7 @@ pub(crate) struct QuicSettings {
     pub(crate) max_concurrent_uni_streams: u32,
     pub(crate) max_concurrent_bidi_streams: u32,
     pub(crate) socket_buffer_bytes: usize,
+    pub(crate) datagrams: bool,
     pub(crate) handshake_timeout_ms: u64,
 }
 
@@ -295,6 +296,7 @@ impl Default for QuicSettings {
             max_concurrent_uni_streams: quic.max_concurrent_uni_streams,
             max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
             socket_buffer_bytes: quic.socket_buffer_bytes,
+            datagrams: quic.datagrams,
             handshake_timeout_ms: millis(server.handshake_timeout),
         }
     }
@@ -489,6 +491,7 @@ impl Settings {
                 max_concurrent_uni_streams: quic.max_concurrent_uni_streams,
                 max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
                 socket_buffer_bytes: quic.socket_buffer_bytes,
+                datagrams: quic.datagrams,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),
