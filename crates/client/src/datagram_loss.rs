@@ -37,7 +37,11 @@ impl DatagramTracker {
     pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64) {
         self.enter(epoch);
         let seen = self.highest;
-        let closed: Vec<u64> = self.holes.range(from..=to.min(seen)).copied().collect();
+        let closed: Vec<u64> = if from <= to.min(seen) {
+            self.holes.range(from..=to.min(seen)).copied().collect()
+        } else {
+            Vec::new()
+        };
         for sequence in closed {
             self.holes.remove(&sequence);
             self.lost_for_good += 1;
