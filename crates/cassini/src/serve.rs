@@ -78,7 +78,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         addr = %local,
         recv_buffer = buffers.recv,
         send_buffer = buffers.send,
-        certs = %certs.dir.display(),
+        ca = %files.ca.display(),
+        cert = %files.cert.display(),
         "cassini listening"
     );
     let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;
