@@ -43,6 +43,8 @@ pub struct BrokerStats {
     pub topics: usize,
     /// Filters in the routing index.
     pub routes_empty: bool,
+    /// Messages of at-least-once subscriptions sent and not yet acknowledged, in total.
+    pub in_flight: usize,
 }
 
 /// A running broker. Cloning shares it; dropping every clone does not stop it (call
@@ -83,6 +85,12 @@ impl BrokerHandle {
         &self.managers.shared.config
     }
 
+    /// An in-process client with a session of its own: publish and subscribe without a
+    /// network hop (see [`crate::local`]).
+    pub fn local_client(&self) -> crate::local::LocalClient {
+        crate::local::LocalClient::new(Arc::clone(&self.managers.shared))
+    }
+
     /// Hands over an authenticated connection. The broker owns it from here on.
     pub fn accept(&self, connection: Arc<dyn Connection>) {
         if let Err(err) = self
@@ -105,6 +113,18 @@ impl BrokerHandle {
             subscribers: ask(&shared.subscribers, SubscriberManagerMsg::Count).await?,
             topics: ask(&shared.topics, TopicManagerMsg::Count).await?,
             routes_empty: shared.router.is_empty(),
+            in_flight: shared
+                .router
+                .routes()
+                .iter()
+                .map(|route| {
+                    route
+                        .members()
+                        .all()
+                        .map(|member| member.queue.stats().in_flight)
+                        .sum::<usize>()
+                })
+                .sum(),
         })
     }
 
@@ -150,14 +170,24 @@ impl BrokerHandle {
             .unwrap_or(false)
     }
 
-    /// Closes every connection with `SERVER_SHUTTING_DOWN` and `reason`, refuses new ones, then
-    /// stops the actor tree and waits for it (at most a few seconds).
+    /// Refuses new connections and tells every connection the broker is going away (with
+    /// `reason` and the reconnect hint); each connection drains its session's deliveries (for
+    /// up to `shutdown.drain`), then is closed with `SERVER_SHUTTING_DOWN`. Once every
+    /// connection is gone, or `shutdown.drain` has passed, stops the actor tree and waits for it
+    /// (at most a few seconds).
     pub async fn shutdown(&self, reason: &str) {
         let reason = reason.to_string();
         let _ = ask(&self.managers.listeners, |reply| {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
+        let deadline = tokio::time::Instant::now() + self.config().shutdown.drain;
+        while tokio::time::Instant::now() < deadline {
+            match ask(&self.managers.listeners, ListenerManagerMsg::Count).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;
     }

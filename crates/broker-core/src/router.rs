@@ -148,6 +148,13 @@ impl RouteMembers {
         &self.groups
     }
 
+    /// Every member, plain and in groups.
+    pub fn all(&self) -> impl Iterator<Item = &RouteMember> {
+        self.plain
+            .iter()
+            .chain(self.groups.iter().flat_map(|group| group.members.iter()))
+    }
+
     /// Offers `message` to every plain member and one member per group.
     fn offer(
         &self,

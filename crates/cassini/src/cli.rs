@@ -226,6 +226,10 @@ pub(crate) struct SubArgs {
     /// Print one JSON object per message, with topic, sequence and headers.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Subscribe at least once: the broker keeps each message until it is printed and sends
+    /// it again after a lost connection.
+    #[arg(long)]
+    pub(crate) ack: bool,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

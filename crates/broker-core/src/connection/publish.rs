@@ -131,7 +131,10 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
 }
 
 /// Checks a publish against the limits and turns it into the broker's shared form.
-fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, BrokerError> {
+pub(crate) fn accept(
+    publish: Publish,
+    config: &BrokerConfig,
+) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {

@@ -28,6 +28,7 @@ fn member(session: u8, subscription: u64, group: Option<&str>) -> RouteMember {
         max_messages: 100,
         max_bytes: 1 << 20,
         overflow: OverflowPolicy::DropOldest,
+        acks: None,
     }));
     queue.set_attached(true);
     RouteMember {
@@ -55,9 +56,14 @@ async fn queued(member: &RouteMember) -> usize {
         return 0;
     }
     let mut batch = Vec::new();
-    match member.queue.pop_batch(&mut batch, usize::MAX).await {
+    let attachment = member.queue.attach(None);
+    match member
+        .queue
+        .pop_batch(&attachment, &mut batch, usize::MAX)
+        .await
+    {
         Popped::Batch { .. } => batch.len(),
-        Popped::Closed(_) => 0,
+        Popped::Closed(_) | Popped::Superseded => 0,
     }
 }
 
@@ -169,7 +175,11 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     router.replay_retained(&filter("state.*"), &subscriber.queue, || added = true);
     assert!(added);
     let mut batch = Vec::new();
-    subscriber.queue.pop_batch(&mut batch, 10).await;
+    let attachment = subscriber.queue.attach(None);
+    subscriber
+        .queue
+        .pop_batch(&attachment, &mut batch, 10)
+        .await;
     let payloads: Vec<_> = batch.iter().map(|q| q.message.payload.clone()).collect();
     assert_eq!(
         payloads,
@@ -185,6 +195,7 @@ fn member_with(policy: OverflowPolicy, max_messages: usize) -> RouteMember {
         max_messages,
         max_bytes: 1 << 20,
         overflow: policy,
+        acks: None,
     }));
     RouteMember {
         key: SubscriberKey {

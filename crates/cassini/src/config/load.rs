@@ -204,6 +204,10 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
         ("limits.max_topic_depth", limits.max_topic_depth as u64),
         ("queue.max_messages", u64::from(settings.queue.max_messages)),
         ("queue.max_bytes", settings.queue.max_bytes),
+        (
+            "queue.max_in_flight",
+            u64::from(settings.queue.max_in_flight),
+        ),
     ];
     if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
         return Err(invalid(key, "0 allows nothing; expected at least 1".into()));

@@ -185,6 +185,10 @@ pub(crate) struct QueueSettings {
     pub(crate) default_bytes: u64,
     pub(crate) max_messages: u32,
     pub(crate) max_bytes: u64,
+    pub(crate) default_max_in_flight: u32,
+    pub(crate) max_in_flight: u32,
+    pub(crate) default_ack_timeout_ms: u64,
+    pub(crate) min_ack_timeout_ms: u64,
 }
 
 impl Default for QueueSettings {
@@ -195,6 +199,10 @@ impl Default for QueueSettings {
             default_bytes: queue.default_bytes,
             max_messages: queue.max_messages,
             max_bytes: queue.max_bytes,
+            default_max_in_flight: queue.default_max_in_flight,
+            max_in_flight: queue.max_in_flight,
+            default_ack_timeout_ms: millis(queue.default_ack_timeout),
+            min_ack_timeout_ms: millis(queue.min_ack_timeout),
         }
     }
 }
@@ -358,6 +366,10 @@ impl Settings {
                 default_bytes: self.queue.default_bytes,
                 max_messages: self.queue.max_messages,
                 max_bytes: self.queue.max_bytes,
+                default_max_in_flight: self.queue.default_max_in_flight,
+                max_in_flight: self.queue.max_in_flight,
+                default_ack_timeout: Duration::from_millis(self.queue.default_ack_timeout_ms),
+                min_ack_timeout: Duration::from_millis(self.queue.min_ack_timeout_ms),
             },
             sessions: SessionConfig {
                 expiry: Duration::from_secs(self.sessions.expiry_secs),
