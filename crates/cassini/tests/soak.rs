@@ -94,7 +94,7 @@ fn options(n: usize) -> SubscribeOptions {
     SubscribeOptions {
         overflow,
         max_queued_messages: Some(256),
-        acks: (n % 5 == 0).then(AckOptions::default),
+        acks: n.is_multiple_of(5).then(AckOptions::default),
         ..SubscribeOptions::default()
     }
 }
