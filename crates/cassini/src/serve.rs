@@ -34,7 +34,11 @@ pub(crate) fn settings(
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
-    for warning in settings.warnings() {
+    for warning in settings
+        .warnings()
+        .into_iter()
+        .chain(config::unknown_env(&config::process_env()))
+    {
         tracing::warn!("{warning}");
     }
     let certs = &settings.certs;
