@@ -51,7 +51,15 @@ fn main() -> ExitCode {
             }
             Command::Config { command } => match command {
                 ConfigCommand::Check { file } => {
-                    config::check_file(&file)?;
+                    let settings = config::check_file(&file)?;
+                    let env = config::process_env();
+                    for warning in settings
+                        .warnings()
+                        .into_iter()
+                        .chain(config::unknown_env(&env))
+                    {
+                        eprintln!("warning: {warning}");
+                    }
                     println!("{}: ok", file.display());
                     Ok(ExitCode::SUCCESS)
                 }

@@ -41,7 +41,11 @@ pub(crate) fn settings(
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
-    for warning in settings.warnings() {
+    for warning in settings
+        .warnings()
+        .into_iter()
+        .chain(config::unknown_env(&config::process_env()))
+    {
         tracing::warn!("{warning}");
     }
     let certs = &settings.certs;
@@ -93,7 +97,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", settings.listen))?,
     );
     let _watcher = Reloader {
-        certs: files,
+        certs: files.clone(),
         acl: acl_path,
         revocation,
         server: Arc::clone(&server),
@@ -109,6 +113,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         send_buffer = buffers.send,
         certs = %certs.dir.display(),
         identity_rule = %settings.security.identity_rule(),
+        ca = %files.ca.display(),
+        cert = %files.cert.display(),
         "cassini listening"
     );
     let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;

@@ -68,8 +68,9 @@ fn log_filters_select_targets_and_levels() {
         let (mut broker, lines) = spawn_collecting(command);
         next_line_with(&lines, "cassini listening");
         terminate(&mut broker);
-        assert!(wait_with_deadline(&mut broker).success());
+        let status = wait_with_deadline(&mut broker);
         let rest: Vec<String> = lines.try_iter().collect();
+        assert!(status.success(), "{name}: {status}: {rest:?}");
         assert!(
             rest.iter().any(|line| line.contains("shutting down")),
             "{name}: cassini::serve at info is shown: {rest:?}"

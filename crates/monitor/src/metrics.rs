@@ -58,6 +58,7 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
     let queued_messages: usize = subscriptions.iter().map(|s| s.depth).sum();
     let queued_bytes: usize = subscriptions.iter().map(|s| s.queued_bytes).sum();
     let deepest = subscriptions.iter().map(|s| s.depth).max().unwrap_or(0);
+    let in_flight: usize = subscriptions.iter().map(|s| s.in_flight).sum();
 
     let mut registry = Registry::with_prefix("cassini");
     let r = &mut registry;
@@ -175,6 +176,12 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
         "queued_bytes",
         "Payload bytes waiting in subscription queues (in memory)",
         queued_bytes as u64,
+    );
+    gauge(
+        r,
+        "in_flight_messages",
+        "Messages of at-least-once subscriptions sent and not yet acknowledged",
+        in_flight as u64,
     );
     gauge(
         r,

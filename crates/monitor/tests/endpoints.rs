@@ -72,6 +72,9 @@ const SUBSCRIPTION: &[(&str, Kind)] = &[
     ("depth", Kind::Num),
     ("queued_bytes", Kind::Num),
     ("dropped", Kind::Num),
+    ("delivery", Kind::Str),
+    ("in_flight", Kind::Num),
+    ("redelivered", Kind::Num),
     ("last_sequence", Kind::Num),
     ("attached", Kind::Bool),
 ];
@@ -298,6 +301,7 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
     assert_eq!(alice_subs.len(), 1);
     assert_eq!(alice_subs[0]["filter"], "demo.>");
     assert_eq!(alice_subs[0]["policy"], "drop_oldest");
+    assert_eq!(alice_subs[0]["delivery"], "at_most_once");
     assert_eq!(alice_subs[0]["last_sequence"], 5);
     assert_eq!(alice_subs[0]["attached"], true);
     assert!(alice_connz["transport"]["streams_opened"].as_u64().unwrap() >= 1);
@@ -430,6 +434,7 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
         "cassini_queued_messages",
         "cassini_queued_bytes",
         "cassini_max_queue_depth",
+        "cassini_in_flight_messages",
         "cassini_retained_topics",
         "cassini_retained_bytes",
         "cassini_uptime_seconds",
@@ -583,5 +588,44 @@ async fn a_resumed_session_is_counted_and_shown() {
         ),
         1.0
     );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_least_once_subscription_shows_its_delivery_mode() {
+    use cassini_protocol::{AckOptions, SubscribeOptions};
+    let broker = TestBroker::start().await;
+    let (monitor, _readiness) = start_monitor(&broker).await;
+    let frank = broker.client("frank").await;
+    let options = SubscribeOptions {
+        acks: Some(AckOptions::default()),
+        ..SubscribeOptions::default()
+    };
+    let mut orders = frank.subscribe_with("orders.>", options).await.unwrap();
+    let _plain = frank.subscribe("news.>").await.unwrap();
+    frank
+        .publish("orders.1", Bytes::from_static(b"o"))
+        .await
+        .unwrap();
+    within("the order", orders.next()).await.expect("delivered");
+    let subz = get_json(monitor, "/subz", LIMIT).await.unwrap();
+    let modes: Vec<(&str, &str)> = subz["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["filter"].as_str().unwrap(),
+                s["delivery"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [("orders.>", "at_least_once"), ("news.>", "at_most_once")]
+    );
+    let (_, text) = get(monitor, "/metrics", LIMIT).await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(sample(&scrape, "cassini_in_flight_messages", None) <= 1.0);
     broker.stop().await;
 }

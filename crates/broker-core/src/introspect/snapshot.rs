@@ -57,6 +57,12 @@ pub struct SubscriptionInfo {
     pub queued_bytes: usize,
     /// Messages dropped by the policy since the subscription started.
     pub dropped: u64,
+    /// `at_most_once`, or `at_least_once` (acknowledged deliveries with redelivery).
+    pub delivery: &'static str,
+    /// At-least-once: messages sent and not yet acknowledged (0 otherwise).
+    pub in_flight: usize,
+    /// At-least-once: messages sent again since the subscription started.
+    pub redelivered: u64,
     /// The last sequence number assigned.
     pub last_sequence: u64,
     /// Whether a writer is draining the queue (its session is attached to a connection).
@@ -112,6 +118,13 @@ pub(crate) fn subscription_info(route: &FilterRoute, member: &RouteMember) -> Su
         depth: stats.depth,
         queued_bytes: stats.bytes,
         dropped: stats.dropped_total,
+        delivery: if bounds.acks.is_some() {
+            "at_least_once"
+        } else {
+            "at_most_once"
+        },
+        in_flight: stats.in_flight,
+        redelivered: stats.redelivered_total,
         last_sequence: stats.last_sequence,
         attached: member.queue.is_attached(),
     }

@@ -24,16 +24,6 @@ pub(crate) enum ConfigError {
         /// Line, column, excerpt and reason.
         message: String,
     },
-    /// A `CASSINI_*` variable does not name a configuration key.
-    #[error(
-        "unknown environment variable {name}: not a configuration key \
-         (`cassini config default` lists every key; its variable is CASSINI_ and the key's path \
-         in capitals with _ for .)"
-    )]
-    UnknownEnv {
-        /// The variable.
-        name: String,
-    },
     /// A `CASSINI_*` variable's value does not fit its key.
     #[error("environment variable {name}={value:?} (key {key}): expected {expected}")]
     Env {

@@ -74,10 +74,11 @@ pub(crate) fn resolve(
         set(&mut table, "log.level", toml::Value::String(level.clone()));
     }
     for (name, value) in env.iter().filter(|(name, _)| name.starts_with("CASSINI_")) {
-        let key = KEYS
-            .iter()
-            .find(|key| env_name(key.path) == *name)
-            .ok_or_else(|| ConfigError::UnknownEnv { name: name.clone() })?;
+        // Other tools (the examples, the test suites) read CASSINI_* variables of their own;
+        // those are left alone here and named by `unknown_env`.
+        let Some(key) = KEYS.iter().find(|key| env_name(key.path) == *name) else {
+            continue;
+        };
         let env_error = |expected: String| ConfigError::Env {
             name: name.clone(),
             key: key.path.to_string(),
@@ -99,6 +100,27 @@ pub(crate) fn resolve(
 /// `cassini config check FILE`: the file and the current environment, checked.
 pub(crate) fn check_file(file: &Path) -> Result<Settings, ConfigError> {
     resolve(Some(file), &process_env(), &Overrides::default())
+}
+
+/// A warning for each `CASSINI_*` variable in `env` that names no configuration key: not an
+/// error (other tools use the prefix too), but a typo would otherwise go unnoticed.
+pub(crate) fn unknown_env(env: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<&str> = env
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| name.starts_with("CASSINI_"))
+        .filter(|name| !KEYS.iter().any(|key| env_name(key.path) == *name))
+        .collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .map(|name| {
+            format!(
+                "environment variable {name} names no configuration key and is ignored \
+                 (`cassini config default` lists the keys; CASSINI_ and the path in capitals)"
+            )
+        })
+        .collect()
 }
 
 /// The process's `CASSINI_*` and `RUST_LOG` variables (others are no business of ours).

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use error::ConfigError;
 pub(crate) use keys::default_file;
-pub(crate) use load::{check_file, process_env, resolve, Overrides};
+pub(crate) use load::{check_file, process_env, resolve, unknown_env, Overrides};
 
 use crate::cli::LogFormat;
 

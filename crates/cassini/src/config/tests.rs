@@ -221,14 +221,28 @@ fn bad_environment_values_name_the_variable_and_the_expected_type() {
         message.contains("CASSINI_LIMITS_MAX_CONNECTIONS"),
         "{message}"
     );
-    let unknown = env(&[("CASSINI_LIMITS_MAX_CONECTIONS", "1")]);
-    let message = resolve(None, &unknown, &Overrides::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("unknown environment variable CASSINI_LIMITS_MAX_CONECTIONS"),
-        "{message}"
+}
+
+#[test]
+fn variables_that_name_no_key_are_ignored_with_a_warning() {
+    let unknown = env(&[
+        ("CASSINI_LIMITS_MAX_CONECTIONS", "1"),
+        ("CASSINI_SERVER", "127.0.0.1:7700"),
+        ("CASSINI_LISTEN", "127.0.0.1:1234"),
+    ]);
+    let settings = resolve(None, &unknown, &Overrides::default()).unwrap();
+    assert_eq!(settings.listen.port(), 1234);
+    assert_eq!(
+        settings.limits.max_connections,
+        LimitSettings::default().max_connections
     );
+    let warnings = unknown_env(&unknown);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("CASSINI_LIMITS_MAX_CONECTIONS"),
+        "{warnings:?}"
+    );
+    assert!(warnings[1].contains("CASSINI_SERVER"), "{warnings:?}");
 }
 
 #[test]
