@@ -1,8 +1,9 @@
-//! Hot reload: the certificate directory (`ca.crt`, `server.crt`, `server.key`, `crl.pem`) and
+//! Hot reload: the certificate files (`certs.ca`, `certs.cert`, `certs.key`, `certs.crl`; by
+//! default `ca.crt`, `server.crt`, `server.key` and `crl.pem` in the certificate directory) and
 //! the ACL file, on SIGHUP and whenever one of those files changes.
 //!
-//! A file watcher (notify, inotify on Linux) watches the certificate directory and the ACL
-//! file's directory (directories, so files replaced by rename are seen too). Changes are
+//! A file watcher (notify, inotify on Linux) watches the directories holding those files
+//! (directories, so files replaced by rename are seen too). Changes are
 //! debounced: a reload runs [`DEBOUNCE`] after the last change of a burst, so the two renames of
 //! `cassini certs rotate-server` become one reload. The trigger channel holds one pending
 //! reload; a trigger while one is pending is folded into it.
@@ -18,20 +19,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_broker::{Acl, BrokerHandle};
-use cassini_quic::server::{server_tls_from_dir, QuicServer};
-use cassini_quic::tls::RevocationOptions;
+use cassini_quic::server::{QuicServer, ServerTls};
+use cassini_quic::tls::{self, RevocationOptions, TlsError};
+
+use crate::config::CertFiles;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// How long after the last file change of a burst the reload runs.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Files of the certificate directory whose change triggers a reload.
-const WATCHED_CERT_FILES: &[&str] = &["ca.crt", "server.crt", "server.key", "crl.pem"];
+/// Loads the server's TLS material from `files`; the CRL file is used whenever it exists.
+pub(crate) fn load_server_tls(
+    files: &CertFiles,
+    revocation: RevocationOptions,
+) -> Result<ServerTls, TlsError> {
+    let crls = match files.crl.try_exists() {
+        Ok(true) => tls::load_crls(&files.crl)?,
+        Ok(false) => Vec::new(),
+        Err(error) => {
+            return Err(TlsError::Read {
+                path: files.crl.clone(),
+                error,
+            })
+        }
+    };
+    ServerTls::build(
+        tls::load_certs(&files.ca)?,
+        tls::load_certs(&files.cert)?,
+        tls::load_key(&files.key)?,
+        crls,
+        revocation,
+    )
+}
 
 /// What to reload and where to install it.
 pub(crate) struct Reloader {
-    pub(crate) certs: PathBuf,
+    pub(crate) certs: CertFiles,
     pub(crate) acl: Option<PathBuf>,
     pub(crate) revocation: RevocationOptions,
     pub(crate) server: Arc<QuicServer>,
@@ -41,11 +65,11 @@ pub(crate) struct Reloader {
 impl Reloader {
     /// Reloads everything once, logging what changed and what failed.
     pub(crate) fn reload(&self, why: &str) {
-        match server_tls_from_dir(&self.certs, self.revocation) {
+        match load_server_tls(&self.certs, self.revocation) {
             Ok(tls) => match self.server.reload(&tls) {
                 Ok(report) => tracing::info!(
                     why,
-                    certs = %self.certs.display(),
+                    cert = %self.certs.cert.display(),
                     kept = report.kept,
                     closed = report.closed.len(),
                     "reloaded certificates and CRL"
@@ -56,7 +80,7 @@ impl Reloader {
             },
             Err(err) => tracing::error!(
                 why,
-                certs = %self.certs.display(),
+                cert = %self.certs.cert.display(),
                 %err,
                 "cannot reload certificates; keeping the previous ones"
             ),
@@ -108,35 +132,43 @@ impl Reloader {
         &self,
         trigger: mpsc::Sender<&'static str>,
     ) -> anyhow::Result<notify::RecommendedWatcher> {
-        let certs = self.certs.clone();
-        let acl = self.acl.clone();
-        let interesting = move |path: &Path| {
-            let in_certs = path.parent() == Some(certs.as_path())
-                && path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| WATCHED_CERT_FILES.contains(&name));
-            let is_acl = acl.as_deref().is_some_and(|acl| {
-                path.file_name() == acl.file_name() && path.parent() == acl.parent()
-            });
-            in_certs || is_acl
-        };
+        let watched: Vec<PathBuf> = [
+            &self.certs.ca,
+            &self.certs.cert,
+            &self.certs.key,
+            &self.certs.crl,
+        ]
+        .into_iter()
+        .chain(self.acl.as_ref())
+        .map(|path| absolute(path))
+        .collect();
+        let files = watched.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
                 if event.kind.is_access() {
                     return;
                 }
-                if event.paths.iter().any(|path| interesting(path)) {
+                if event
+                    .paths
+                    .iter()
+                    .any(|path| files.contains(&absolute(path)))
+                {
                     let _ = trigger.try_send("file change");
                 }
             })?;
-        watcher.watch(&self.certs, RecursiveMode::NonRecursive)?;
-        if let Some(dir) = self.acl.as_deref().and_then(Path::parent) {
-            if dir != self.certs.as_path() {
-                watcher.watch(dir, RecursiveMode::NonRecursive)?;
-            }
+        let mut dirs: Vec<&Path> = watched.iter().filter_map(|path| path.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
         }
         Ok(watcher)
     }
+}
+
+/// `path` made absolute against the current directory (without resolving links), so paths
+/// from the settings and from the watcher compare equal.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

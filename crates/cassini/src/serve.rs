@@ -6,37 +6,69 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cassini_broker::{Acl, Broker, BrokerConfig};
+use cassini_broker::{Acl, Broker};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
-use cassini_quic::server::{server_tls_from_dir, QuicServer, ServerOptions};
-use cassini_quic::tls::{QuicOptions, RevocationOptions};
+use cassini_quic::server::QuicServer;
 
-use crate::cli::ServeArgs;
-use crate::reload::Reloader;
+use crate::cli::{LogFormat, ServeArgs};
+use crate::config::{self, ConfigError, Settings};
+use crate::monitoring::Monitoring;
+use crate::reload::{load_server_tls, Reloader};
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(report) = ensure_dev_certs(&args.certs)
-        .with_context(|| format!("preparing certificates in {}", args.certs.display()))?
-    {
-        tracing::warn!(
-            dir = %args.certs.display(),
-            files = report.written.len(),
-            "no certificates found: created development certificates (CA, server, client 'dev'); \
-             do not use them in production"
-        );
-    }
-    let certs = std::fs::canonicalize(&args.certs)
-        .with_context(|| format!("finding {}", args.certs.display()))?;
-    let revocation = RevocationOptions {
-        allow_unknown_status: args.allow_unknown_revocation,
+/// The settings `serve` runs with: defaults, `--config`, the environment, then the flags.
+pub(crate) fn settings(
+    args: &ServeArgs,
+    log_format: Option<LogFormat>,
+) -> Result<Settings, ConfigError> {
+    let overrides = config::Overrides {
+        listen: args.listen,
+        certs: args.certs.clone(),
+        session_expiry: args.session_expiry,
+        idle_timeout: args.idle_timeout,
+        monitor: args.monitor,
+        log_format,
+        acl: args.acl.clone(),
+        identity_rule: args.identity_rule.clone(),
+        address_validation: args.address_validation.clone(),
+        allow_unknown_revocation: args.allow_unknown_revocation,
         enforce_crl_expiry: args.enforce_crl_expiry,
     };
-    let tls = server_tls_from_dir(&certs, revocation)
-        .with_context(|| format!("loading certificates from {}", certs.display()))?;
-    let acl_path = match &args.acl {
+    config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
+}
+
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignals::install()?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let certs = &settings.certs;
+    if certs.generate_dev && certs.uses_dir_only() {
+        if let Some(report) = ensure_dev_certs(&certs.dir)
+            .with_context(|| format!("preparing certificates in {}", certs.dir.display()))?
+        {
+            tracing::warn!(
+                dir = %certs.dir.display(),
+                files = report.written.len(),
+                "no certificates found: created development certificates (CA, server, client 'dev'); \
+                 do not use them in production"
+            );
+        }
+    }
+    let files = certs.files();
+    let revocation = settings.security.revocation();
+    let tls = load_server_tls(&files, revocation).with_context(|| {
+        format!(
+            "loading certificates (ca {}, cert {}, key {}, crl {} if present)",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display(),
+            files.crl.display()
+        )
+    })?;
+    let acl_path = match settings.security.acl() {
         Some(path) => Some(
             std::fs::canonicalize(path)
                 .with_context(|| format!("finding the ACL file {}", path.display()))?,
@@ -44,29 +76,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let mut config = BrokerConfig::default();
-    config.sessions.expiry = Duration::from_secs(args.session_expiry);
+    let mut broker_config = settings.broker_config();
     if let Some(path) = &acl_path {
-        config.acl = Acl::load(path).context("loading the ACL")?;
-        tracing::info!(acl = %path.display(), rules = config.acl.rules.len(), "ACL loaded");
+        broker_config.acl = Acl::load(path).context("loading the ACL")?;
+        tracing::info!(acl = %path.display(), rules = broker_config.acl.rules.len(), "ACL loaded");
     }
-    let broker = Broker::start(config).await.context("starting the broker")?;
-
-    let options = ServerOptions {
-        quic: QuicOptions {
-            idle_timeout: Duration::from_secs(args.idle_timeout),
-            ..QuicOptions::default()
-        },
-        identity_rule: args.identity_rule.clone(),
-        address_validation: args.address_validation,
-        ..ServerOptions::default()
-    };
+    let broker = Broker::start(broker_config)
+        .await
+        .context("starting the broker")?;
     let server = Arc::new(
-        QuicServer::bind(args.listen, Arc::clone(&tls.config), options)
-            .with_context(|| format!("listening on {}", args.listen))?,
+        QuicServer::bind(
+            settings.listen,
+            Arc::clone(&tls.config),
+            settings.server_options(),
+        )
+        .with_context(|| format!("listening on {}", settings.listen))?,
     );
     let _watcher = Reloader {
-        certs: certs.clone(),
+        certs: files,
         acl: acl_path,
         revocation,
         server: Arc::clone(&server),
@@ -80,20 +107,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         addr = %local,
         recv_buffer = buffers.recv,
         send_buffer = buffers.send,
-        certs = %certs.display(),
-        identity_rule = %args.identity_rule,
+        certs = %certs.dir.display(),
+        identity_rule = %settings.security.identity_rule(),
         "cassini listening"
     );
+    let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;
+    monitoring.set_ready(true);
 
     tokio::select! {
         () = server.serve(broker.clone()) => {
             tracing::error!("the QUIC endpoint stopped unexpectedly");
             return Ok(ExitCode::FAILURE);
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::info!(signal, "shutting down");
         }
     }
+    monitoring.set_ready(false);
     let graceful = async {
         broker.shutdown(SHUTDOWN_REASON).await;
         server
@@ -106,29 +136,38 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     tokio::select! {
         () = graceful => {
+            monitoring.stop().await;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::warn!(signal, "second signal: exiting at once");
             Ok(ExitCode::from(130))
         }
     }
 }
 
-/// Completes on SIGINT or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT and SIGTERM, listened for from the start, so a signal that arrives right after the
+/// broker announced itself is not lost to the default action (which would kill the process).
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM, naming which.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
     }
 }

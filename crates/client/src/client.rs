@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_protocol::{
-    GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions, TopicFilter,
+    AckOptions, GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions,
+    TopicFilter,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -51,7 +52,7 @@ const ACK_TIMEOUT: &str = "publish acknowledgement";
 const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// Settings the client keeps after connecting.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientSettings {
     /// Messages buffered per subscription.
     pub(crate) subscription_buffer: usize,
@@ -67,6 +68,8 @@ pub(crate) struct ClientSettings {
     pub(crate) ack_timeout: Duration,
     /// Most acknowledged publishes waiting at once.
     pub(crate) max_unacked_publishes: usize,
+    /// Wraps every UDP socket the client uses.
+    pub(crate) socket_layer: Option<cassini_quic::endpoint::SocketLayer>,
 }
 
 /// A session with a Cassini broker: publish, subscribe, request and serve, ping, close.
@@ -380,8 +383,21 @@ impl Client {
         self.subscribe_with(filter, options).await
     }
 
+    /// Subscribes to `filter` at least once, with the broker's default in-flight window and
+    /// ack timeout: the broker keeps each message until this client acknowledges it and sends
+    /// it again after a lost connection or the ack timeout. A message is acknowledged when the
+    /// application asks the [`Subscription`] for the next one; redeliveries of a message the
+    /// subscription already yielded are not yielded again. See `docs/SESSIONS.md`.
+    pub async fn subscribe_at_least_once(&self, filter: &str) -> Result<Subscription, ClientError> {
+        let options = SubscribeOptions {
+            acks: Some(AckOptions::default()),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, options).await
+    }
+
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
-    /// queue group).
+    /// queue group, at-least-once delivery).
     ///
     /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
     /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it
@@ -532,10 +548,12 @@ impl Client {
         let local = socket
             .local_addr()
             .map_err(failed("reading the address of"))?;
-        self.inner
-            .endpoint
-            .rebind(socket)
-            .map_err(failed("moving the connection to"))?;
+        cassini_quic::endpoint::rebind_layered(
+            &self.inner.endpoint,
+            socket,
+            self.inner.settings.socket_layer.as_ref(),
+        )
+        .map_err(failed("moving the connection to"))?;
         tracing::info!(%local, "client moved to a new UDP socket");
         Ok(local)
     }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
-use cassini_protocol::SubscriptionId;
+use cassini_protocol::{ResumePosition, SubscriptionId};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio::time::{timeout_at, Instant};
 
@@ -77,6 +77,18 @@ impl SubscriptionRegistry {
             state.live.insert(id, sink);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Where the client stands in every live subscription, for resuming the session.
+    pub(crate) fn positions(&self) -> Vec<ResumePosition> {
+        lock(&self.state)
+            .live
+            .iter()
+            .map(|(id, sink)| ResumePosition {
+                subscription: *id,
+                last_sequence: sink.state.last_received(),
+            })
+            .collect()
     }
 
     /// Takes subscription `id` for a new stream: waits until `deadline` for it to be

@@ -9,6 +9,10 @@
 //! broker, whose per-subscription queue then applies the subscription's overflow policy.
 //! Nothing here buffers without bound. Where messages are yielded, a [`GapTracker`] records
 //! what was skipped and refuses duplicates.
+//!
+//! An at-least-once subscription acknowledges a message once the application asks for the
+//! next one (it is done with the previous), in batches ([`PendingAcks`]); a redelivery of a
+//! message the subscription already yielded is acknowledged again and not yielded twice.
 
 use std::fmt;
 use std::pin::Pin;
@@ -16,11 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use cassini_protocol::{ErrorCode, SubscribeOptions, SubscriptionId, TopicFilter};
+use cassini_protocol::{ErrorCode, Gap as GapFrame, SubscribeOptions, SubscriptionId, TopicFilter};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::control::ControlRequest;
+use crate::delivery_acks::PendingAcks;
 use crate::error::ClientError;
 use crate::gaps::{Gap, GapTracker};
 use crate::message::Message;
@@ -107,8 +112,11 @@ pub(crate) struct SubscriptionState {
     /// Grows by one each time the subscription is made again in a new session, whose sequence
     /// numbers start again at 1.
     epoch: AtomicU64,
-    /// Sum of the broker's `Dropped` counts.
+    /// Sum of the broker's overflow gaps.
     dropped: AtomicU64,
+    /// The highest sequence read from the subscription's streams in this epoch: where the
+    /// client stands when it resumes the session.
+    last_received: AtomicU64,
     /// Set once, before the channel is closed.
     end: OnceLock<SubscriptionEnd>,
     /// Set when this client asked the broker to end the subscription, or dropped it.
@@ -131,6 +139,17 @@ impl SubscriptionState {
     /// Starts a new epoch: the subscription is being made again in a new session.
     pub(crate) fn next_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.last_received.store(0, Ordering::Release);
+    }
+
+    /// Records that sequences up to `sequence` were read from the stream.
+    pub(crate) fn note_received(&self, sequence: u64) {
+        self.last_received.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// The highest sequence read from the subscription's streams in this epoch.
+    pub(crate) fn last_received(&self) -> u64 {
+        self.last_received.load(Ordering::Acquire)
     }
 
     pub(crate) fn add_dropped(&self, count: u64) {
@@ -156,13 +175,22 @@ impl SubscriptionState {
     }
 }
 
-/// One message on its way to the application, with the epoch it was read in.
+/// One message or announced gap on its way to the application, with the epoch it was read in.
 #[derive(Debug)]
 pub(crate) struct Delivered {
     /// The subscription's epoch when the stream carrying the message was claimed.
     pub(crate) epoch: u64,
-    /// The message.
-    pub(crate) message: Message,
+    /// The message or gap.
+    pub(crate) item: StreamItem,
+}
+
+/// What a subscription stream carries to the application.
+#[derive(Debug)]
+pub(crate) enum StreamItem {
+    /// A delivery.
+    Message(Message),
+    /// The broker's announcement that a range of sequences will never come.
+    Gap(GapFrame),
 }
 
 /// The slot holding a subscription's sender: `None` once the subscription has ended. The task
@@ -253,6 +281,9 @@ pub struct Subscription {
     state: Arc<SubscriptionState>,
     /// The last sequence yielded and the gaps before it.
     gaps: GapTracker,
+    /// At least once: acknowledgements not yet sent, and the message yielded last (acknowledged
+    /// when the application asks for the next one).
+    acks: Option<PendingAcks>,
     /// For `Unsubscribe`, now or on drop, on whichever connection is current.
     session: Arc<SessionCore>,
 }
@@ -265,12 +296,14 @@ impl Subscription {
         state: Arc<SubscriptionState>,
         session: Arc<SessionCore>,
     ) -> Self {
+        let acks = options.acks.map(|_| PendingAcks::default());
         Self {
             filter,
             options,
             messages,
             state,
             gaps: GapTracker::default(),
+            acks,
             session,
         }
     }
@@ -295,9 +328,9 @@ impl Subscription {
         &self.options
     }
 
-    /// How many messages the broker reported dropped for this subscription so far (the sum of
-    /// its `Dropped` frames). A matching gap shows in [`Message::sequence`] and in
-    /// [`Subscription::gaps`].
+    /// How many messages the broker reported its overflow policy dropped for this subscription
+    /// so far (the sum of its overflow `Gap` announcements). A matching gap shows in
+    /// [`Message::sequence`] and in [`Subscription::take_gaps`].
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::Relaxed)
     }
@@ -366,19 +399,71 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let this = &mut *self;
+        if let Some(acks) = &mut this.acks {
+            // Asking for the next message means the application is done with the last one.
+            acks.last_processed();
+        }
         loop {
-            let Some(Delivered { epoch, message }) = std::task::ready!(this.messages.poll_recv(cx))
-            else {
-                return Poll::Ready(None);
+            let delivered = match this.messages.poll_recv(cx) {
+                Poll::Ready(Some(delivered)) => delivered,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    this.flush_acks(true);
+                    return Poll::Pending;
+                }
             };
-            if this.gaps.accept(epoch, message.sequence()) {
+            let Delivered { epoch, item } = delivered;
+            let message = match item {
+                StreamItem::Gap(gap) => {
+                    this.gaps.announced(epoch, gap.from, gap.to, gap.reason);
+                    continue;
+                }
+                StreamItem::Message(message) => message,
+            };
+            let sequence = message.sequence();
+            if this.gaps.accept(epoch, sequence) {
+                if let Some(acks) = &mut this.acks {
+                    acks.yielded(epoch, sequence);
+                }
+                this.flush_acks(false);
                 return Poll::Ready(Some(message));
+            }
+            if let Some(acks) = &mut this.acks {
+                // Yielded before (and acknowledged, or about to be): say so again.
+                acks.add(epoch, sequence);
             }
             tracing::debug!(
                 subscription = this.state.id(),
-                sequence = message.sequence(),
+                sequence,
+                redelivered = message.is_redelivered(),
                 "duplicate delivery dropped"
             );
+        }
+    }
+}
+
+impl Subscription {
+    /// Sends the pending acknowledgements if there are enough of them, or any at all when
+    /// `now`. Never waits: if they cannot be sent now (reconnecting, or the control queue is
+    /// full) they wait for the next attempt.
+    fn flush_acks(&mut self, now: bool) {
+        let Some(acks) = &mut self.acks else {
+            return;
+        };
+        if !acks.due(now) {
+            return;
+        }
+        let epoch = self.state.epoch();
+        let Some(ack) = acks.take(epoch, self.state.id()) else {
+            return;
+        };
+        let sent = self
+            .session
+            .control()
+            .map(|control| control.send_ack(&ack))
+            .unwrap_or(false);
+        if !sent {
+            acks.put_back(epoch, ack);
         }
     }
 }

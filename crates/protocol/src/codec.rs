@@ -188,6 +188,8 @@ pub struct DeliveryRef<'a> {
     pub reply_to: Option<&'a str>,
     /// Whether this is a retained replay.
     pub retained: bool,
+    /// Whether this delivery was sent before.
+    pub redelivered: bool,
 }
 
 /// Appends a `Frame::Message` built from borrowed parts to `buf`.

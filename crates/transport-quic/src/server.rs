@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use cassini_broker::transport::BiStream;
-use cassini_broker::{BrokerHandle, Connection, PeerInfo, RecvStream, SendStream, TransportError};
+use cassini_broker::{
+    BrokerHandle, Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
+};
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
@@ -27,7 +29,8 @@ use self::live::LiveConnections;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
 use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
-use crate::tls::{self, QuicOptions, RevocationOptions, ServerTls, TlsError};
+pub use crate::tls::ServerTls;
+use crate::tls::{self, QuicOptions, RevocationOptions, TlsError};
 
 /// Most bytes taken from quinn in one read; bounds a stream's read buffer to one frame plus this.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -156,12 +159,88 @@ pub fn server_tls_from_dir(
 pub struct AcceptStats {
     /// Handshakes that completed and were handed to the broker.
     pub accepted: AtomicU64,
-    /// Handshakes that failed (bad certificate, timeout, no identity).
+    /// Handshakes that failed, for any reason (the sum of the `refused_*` counters).
     pub refused: AtomicU64,
+    /// Refused by TLS: a missing, untrusted, expired or otherwise bad client certificate, or
+    /// any other TLS alert.
+    pub refused_tls: AtomicU64,
+    /// Not completed within the handshake timeout (or the client's packets stopped).
+    pub refused_timeout: AtomicU64,
+    /// The client certificate named no usable identity.
+    pub refused_no_identity: AtomicU64,
+    /// Anything else: the client went away, a transport error, the endpoint refused.
+    pub refused_other: AtomicU64,
     /// Retry packets sent to validate a client's address.
     pub retries: AtomicU64,
     /// Live connections closed by a reload because their certificate no longer verifies.
     pub revoked: AtomicU64,
+}
+
+/// Why a handshake failed, for counting and logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// TLS refused it (certificate problems are the usual cause).
+    Tls,
+    /// It took too long.
+    Timeout,
+    /// The certificate named no identity.
+    NoIdentity,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in a fixed order.
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Tls,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::NoIdentity,
+        HandshakeFailure::Other,
+    ];
+
+    /// The label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Tls => "tls",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NoIdentity => "no_identity",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    fn of(err: &quinn::ConnectionError) -> Self {
+        match err {
+            quinn::ConnectionError::TransportError(err)
+                if (0x100..0x200).contains(&u64::from(err.code)) =>
+            {
+                HandshakeFailure::Tls
+            }
+            quinn::ConnectionError::TimedOut => HandshakeFailure::Timeout,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+impl AcceptStats {
+    /// Refused handshakes for `reason`.
+    pub fn refused_for(&self, reason: HandshakeFailure) -> u64 {
+        self.counter(reason).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, reason: HandshakeFailure) -> &AtomicU64 {
+        match reason {
+            HandshakeFailure::Tls => &self.refused_tls,
+            HandshakeFailure::Timeout => &self.refused_timeout,
+            HandshakeFailure::NoIdentity => &self.refused_no_identity,
+            HandshakeFailure::Other => &self.refused_other,
+        }
+    }
+
+    fn refuse(&self, reason: HandshakeFailure) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What [`QuicServer::reload`] did.
@@ -270,9 +349,9 @@ impl QuicServer {
                         tracing::debug!(%remote, %identity, "client authenticated");
                         broker.accept(Arc::new(connection));
                     }
-                    Err(reason) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%remote, %reason, "handshake refused");
+                    Err((kind, reason)) => {
+                        stats.refuse(kind);
+                        tracing::info!(%remote, kind = kind.as_str(), %reason, "handshake refused");
                     }
                 }
             });
@@ -329,12 +408,19 @@ async fn handshake(
     incoming: quinn::Incoming,
     limit: Duration,
     rule: &IdentityRule,
-) -> Result<(QuicConnection, Vec<CertificateDer<'static>>), String> {
-    let connecting = incoming.accept().map_err(|err| err.to_string())?;
+) -> Result<(QuicConnection, Vec<CertificateDer<'static>>), (HandshakeFailure, String)> {
+    let connecting = incoming
+        .accept()
+        .map_err(|err| (HandshakeFailure::of(&err), err.to_string()))?;
     let connection = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(err)) => return Err(err.to_string()),
-        Err(_) => return Err(format!("handshake not completed within {limit:?}")),
+        Ok(Err(err)) => return Err((HandshakeFailure::of(&err), err.to_string())),
+        Err(_) => {
+            return Err((
+                HandshakeFailure::Timeout,
+                format!("handshake not completed within {limit:?}"),
+            ))
+        }
     };
     let identity = peer_chain(&connection).and_then(|chain| {
         let leaf = chain
@@ -349,7 +435,7 @@ async fn handshake(
                 VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value()),
                 b"no identity in client certificate",
             );
-            Err(err.to_string())
+            Err((HandshakeFailure::NoIdentity, err.to_string()))
         }
     }
 }
@@ -361,6 +447,10 @@ mod live;
 pub struct QuicConnection {
     connection: quinn::Connection,
     peer: PeerInfo,
+    /// Unidirectional streams opened towards the client, for monitoring.
+    streams_opened: AtomicU64,
+    /// Bidirectional streams accepted from the client, for monitoring.
+    streams_accepted: AtomicU64,
 }
 
 impl QuicConnection {
@@ -370,7 +460,12 @@ impl QuicConnection {
             identity: Arc::from(identity),
             remote_addr: connection.remote_address(),
         };
-        Self { connection, peer }
+        Self {
+            connection,
+            peer,
+            streams_opened: AtomicU64::new(0),
+            streams_accepted: AtomicU64::new(0),
+        }
     }
 }
 
@@ -390,6 +485,7 @@ impl Connection for QuicConnection {
 
     async fn accept_bi(&self) -> Result<BiStream, TransportError> {
         let (send, recv) = self.connection.accept_bi().await.map_err(lost)?;
+        self.streams_accepted.fetch_add(1, Ordering::Relaxed);
         Ok((
             Box::new(QuicSendStream(send)),
             Box::new(QuicRecvStream(recv)),
@@ -398,6 +494,7 @@ impl Connection for QuicConnection {
 
     async fn open_uni(&self) -> Result<Box<dyn SendStream>, TransportError> {
         let send = self.connection.open_uni().await.map_err(lost)?;
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(QuicSendStream(send)))
     }
 
@@ -408,6 +505,21 @@ impl Connection for QuicConnection {
 
     async fn closed(&self) -> TransportError {
         lost(self.connection.closed().await)
+    }
+
+    fn stats(&self) -> Option<ConnectionStats> {
+        let stats = self.connection.stats();
+        Some(ConnectionStats {
+            rtt_us: u64::try_from(stats.path.rtt.as_micros()).unwrap_or(u64::MAX),
+            congestion_window: stats.path.cwnd,
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+            packets_sent: stats.path.sent_packets,
+            packets_lost: stats.path.lost_packets,
+            congestion_events: stats.path.congestion_events,
+            streams_opened: self.streams_opened.load(Ordering::Relaxed),
+            streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
+        })
     }
 }
 

@@ -84,6 +84,18 @@ impl Actor for ListenerManager {
                     None
                 };
                 if let Some(err) = refusal {
+                    let shutting_down = matches!(err, BrokerError::ShuttingDown);
+                    state
+                        .shared
+                        .router
+                        .counters()
+                        .connection_refused(shutting_down);
+                    tracing::debug!(
+                        remote = %connection.peer().remote_addr,
+                        identity = %connection.peer().identity,
+                        %err,
+                        "connection refused"
+                    );
                     connection.close(err.code(), &err.reason());
                     return Ok(());
                 }

@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
     pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
+    /// The open connections, for monitoring.
+    pub(crate) registry: Arc<crate::introspect::registry::Registry>,
     /// The current ACL; replaced on reload.
     pub(crate) acl: crate::acl::AclHandle,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,

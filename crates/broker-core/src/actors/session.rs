@@ -8,13 +8,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{ErrorCode, SessionId, SubscribeOptions, SubscriptionId, TopicFilter};
+use cassini_protocol::{
+    ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId, TopicFilter,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::topic_manager::TopicManagerMsg;
 use super::{ask, Shared};
+use crate::ack_targets::AckTargets;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
@@ -29,10 +32,13 @@ pub(crate) struct SessionArgs {
 }
 
 pub(crate) enum SessionMsg {
-    /// Attaches a connection, taking over from any attached one; answers with the new epoch.
+    /// Attaches a connection, taking over from any attached one; each subscription continues
+    /// after the client's position in it, if given. Answers with the new epoch and where the
+    /// connection's acknowledgements go.
     Attach {
         connection: Arc<dyn Connection>,
-        reply: RpcReplyPort<u64>,
+        positions: Vec<ResumePosition>,
+        reply: RpcReplyPort<Attached>,
     },
     /// The connection of `epoch` dropped: keep the session until it expires.
     Detach { epoch: u64 },
@@ -60,6 +66,14 @@ pub(crate) enum SessionMsg {
     RecheckAcl,
 }
 
+/// A connection's view of the session it was attached to.
+pub(crate) struct Attached {
+    /// The attachment's epoch: a later detach or end must name it.
+    pub(crate) epoch: u64,
+    /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
+    pub(crate) acks: Arc<AckTargets>,
+}
+
 struct SessionSubscription {
     filter: TopicFilter,
     subscriber: ActorRef<SubscriberMsg>,
@@ -74,6 +88,7 @@ pub(crate) struct SessionState {
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
     epoch: u64,
+    acks: Arc<AckTargets>,
 }
 
 impl Drop for SessionState {
@@ -143,6 +158,7 @@ impl SessionState {
             }
         })
         .await??;
+        self.acks.insert(key.subscription, Arc::clone(&queue));
         let member = RouteMember {
             key,
             queue: Arc::clone(&queue),
@@ -156,6 +172,7 @@ impl SessionState {
         .await
         .and_then(|joined| joined);
         if let Err(err) = joined {
+            self.acks.remove(key.subscription);
             subscriber.stop(None);
             return Err(err);
         }
@@ -174,6 +191,7 @@ impl SessionState {
         let Some(entry) = self.subscriptions.remove(&subscription) else {
             return Err(BrokerError::UnknownSubscription(subscription));
         };
+        self.acks.remove(subscription);
         let key = SubscriberKey {
             session: self.id,
             subscription,
@@ -188,7 +206,11 @@ impl SessionState {
         Ok(())
     }
 
-    fn attach(&mut self, connection: Arc<dyn Connection>) -> u64 {
+    fn attach(
+        &mut self,
+        connection: Arc<dyn Connection>,
+        positions: &[ResumePosition],
+    ) -> Attached {
         if let Some(previous) = self.attached.take() {
             previous.close(
                 ErrorCode::SESSION_TAKEN_OVER,
@@ -196,13 +218,21 @@ impl SessionState {
             );
         }
         self.epoch += 1;
-        for subscription in self.subscriptions.values() {
-            let _ = subscription
-                .subscriber
-                .send_message(SubscriberMsg::Attach(Arc::clone(&connection)));
+        for (id, subscription) in &self.subscriptions {
+            let last_received = positions
+                .iter()
+                .find(|position| position.subscription == *id)
+                .map(|position| position.last_sequence);
+            let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
+                connection: Arc::clone(&connection),
+                last_received,
+            });
         }
         self.attached = Some(connection);
-        self.epoch
+        Attached {
+            epoch: self.epoch,
+            acks: Arc::clone(&self.acks),
+        }
     }
 
     /// Ends every subscription the current ACL no longer allows: its stream is reset with
@@ -226,7 +256,7 @@ impl SessionState {
 }
 
 /// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
-fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
+pub(crate) fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > max_bytes || !name.chars().all(allowed) {
         return Err(BrokerError::InvalidOption(format!(
@@ -255,6 +285,7 @@ impl Actor for Session {
             last_subscription: 0,
             attached: None,
             epoch: 0,
+            acks: Arc::default(),
         })
     }
 
@@ -265,8 +296,12 @@ impl Actor for Session {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionMsg::Attach { connection, reply } => {
-                let _ = reply.send(state.attach(connection));
+            SessionMsg::Attach {
+                connection,
+                positions,
+                reply,
+            } => {
+                let _ = reply.send(state.attach(connection, &positions));
             }
             SessionMsg::Detach { epoch } if epoch == state.epoch => {
                 state.detach();
@@ -301,6 +336,7 @@ impl Actor for Session {
                 subscription,
                 reason,
             } => {
+                state.acks.remove(subscription);
                 if state.subscriptions.remove(&subscription).is_some() {
                     tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
                 }

@@ -28,8 +28,12 @@ pub(crate) struct SubscriberArgs {
 }
 
 pub(crate) enum SubscriberMsg {
-    /// Start writing to a new stream on this connection.
-    Attach(Arc<dyn Connection>),
+    /// Start writing to a new stream on this connection, continuing after `last_received` (the
+    /// last sequence the client says it received) when it is known.
+    Attach {
+        connection: Arc<dyn Connection>,
+        last_received: Option<u64>,
+    },
     /// Stop writing; keep queueing.
     Detach,
     /// The writer task of generation `generation` ended.
@@ -61,7 +65,12 @@ impl SubscriberState {
         }
     }
 
-    fn start_writer(&mut self, myself: &ActorRef<SubscriberMsg>, connection: Arc<dyn Connection>) {
+    fn start_writer(
+        &mut self,
+        myself: &ActorRef<SubscriberMsg>,
+        connection: Arc<dyn Connection>,
+        last_received: Option<u64>,
+    ) {
         self.stop_writer();
         self.generation += 1;
         let generation = self.generation;
@@ -73,6 +82,7 @@ impl SubscriberState {
             cancel.clone(),
             self.max_frame_bytes,
             self.priority,
+            last_received,
         );
         self.queue.set_attached(true);
         let myself = myself.clone();
@@ -124,7 +134,7 @@ impl Actor for Subscriber {
             generation: 0,
         };
         if let Some(connection) = args.connection {
-            state.start_writer(&myself, connection);
+            state.start_writer(&myself, connection, None);
         }
         Ok(state)
     }
@@ -136,7 +146,10 @@ impl Actor for Subscriber {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SubscriberMsg::Attach(connection) => state.start_writer(&myself, connection),
+            SubscriberMsg::Attach {
+                connection,
+                last_received,
+            } => state.start_writer(&myself, connection, last_received),
             SubscriberMsg::Detach => state.stop_writer(),
             SubscriberMsg::WriterEnded {
                 generation,

@@ -50,6 +50,7 @@ impl Actor for Supervisor {
             config,
             router,
             dedupe,
+            registry: Arc::default(),
             topics,
             subscribers,
         });

@@ -47,12 +47,19 @@ pub(crate) async fn serve_publish_stream(
         let retain = publish.retain;
         let message_id = publish.message_id;
         let ack = publish.ack;
+        let counters = shared.router.counters();
         let answers = match accept(publish, config)
             .and_then(|message| authorize(permissions.get(&shared.acl, &identity), message))
         {
             Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
-                .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
-            Err(err) => vec![rejected(topic, message_id, &err)],
+                .unwrap_or_else(|err| {
+                    counters.rejected();
+                    vec![rejected(topic, message_id, &err)]
+                }),
+            Err(err) => {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }
         };
         for answer in &answers {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
@@ -85,6 +92,8 @@ fn answer(
     let mut answers = Vec::new();
     if first_time {
         answers.extend(route(&shared.router, message, target, retain)?);
+    } else {
+        shared.router.counters().duplicate();
     }
     answers.push(Frame::PublishAck(PublishAck {
         message_id,
@@ -105,10 +114,14 @@ fn route(
     }
     let message = Arc::new(message);
     let report = router.publish(&message, target);
+    router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => Some(Frame::NoResponders(NoResponders {
-            reply_to: reply_to.clone(),
-        })),
+        Some(reply_to) if report.offered == 0 => {
+            router.counters().no_responders();
+            Some(Frame::NoResponders(NoResponders {
+                reply_to: reply_to.clone(),
+            }))
+        }
         _ => None,
     })
 }
@@ -138,7 +151,10 @@ fn authorize(
 }
 
 /// Checks a publish against the limits and turns it into the broker's shared form.
-fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, BrokerError> {
+pub(crate) fn accept(
+    publish: Publish,
+    config: &BrokerConfig,
+) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
