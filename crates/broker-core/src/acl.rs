@@ -307,10 +307,10 @@ impl PermissionCache {
 
     /// The permissions under the current ACL, recomputed only after a reload.
     pub(crate) fn get(&mut self, handle: &AclHandle, identity: &str) -> &Permissions {
-        let current = handle.current();
+        let current = handle.0.load();
         if !Arc::ptr_eq(&current, &self.acl) {
-            self.permissions = current.permissions(identity);
-            self.acl = current;
+            self.acl = arc_swap::Guard::into_inner(current);
+            self.permissions = self.acl.permissions(identity);
         }
         &self.permissions
     }
