@@ -211,7 +211,7 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
     let mut subscription = edge.subscribe("takeover.x").await.expect("subscribe");
     let publisher = broker.client("publisher").await;
 
-    relay.cut();
+    relay.cut_downstream();
     wait_for_state(&edge, "the client notices the drop", |s| {
         matches!(s, ConnectionState::Reconnecting { .. })
     })

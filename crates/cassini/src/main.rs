@@ -81,6 +81,7 @@ fn main() -> ExitCode {
                 BenchScenario::Hol(args) => bench::hol::run(args).await,
                 BenchScenario::Latency(args) => bench::latency::run(args).await,
                 BenchScenario::Throughput(args) => bench::throughput::run(args).await,
+                BenchScenario::Datagram(args) => bench::datagram::run(args).await,
             },
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,

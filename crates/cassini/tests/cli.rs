@@ -270,3 +270,26 @@ fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
     assert_eq!(report["received"], 2000);
     assert_eq!(report["lost"], 0);
 }
+
+#[test]
+fn bench_datagram_runs_a_tiny_smoke_round() {
+    let datagram = run(&mut cassini(&[
+        "bench",
+        "datagram",
+        "--rate",
+        "500",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.1",
+        "--json",
+    ]));
+    assert!(
+        datagram.status.success(),
+        "{}",
+        String::from_utf8_lossy(&datagram.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&datagram.stdout).expect("JSON");
+    assert_eq!(report["scenario"], "datagram");
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(6));
+}
