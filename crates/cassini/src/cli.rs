@@ -369,6 +369,9 @@ pub(crate) struct DatagramArgs {
     /// Seeds the injected loss.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// Run the broker's connections with BBR congestion control instead of Cubic.
+    #[arg(long)]
+    pub(crate) bbr: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

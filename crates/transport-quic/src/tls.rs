@@ -136,6 +136,18 @@ pub struct QuicOptions {
     /// publishes. Received datagrams wait in a 1.25 MiB buffer (quinn drops the oldest when it
     /// is full). Default: on.
     pub datagrams: bool,
+    /// The congestion controller of this side's connections. Default: Cubic.
+    pub congestion: CongestionControl,
+}
+
+/// Which congestion controller a QUIC endpoint runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CongestionControl {
+    /// Cubic (loss-based; quinn's default).
+    #[default]
+    Cubic,
+    /// BBR (model-based; less sensitive to random loss; quinn marks it experimental).
+    Bbr,
 }
 
 impl Default for QuicOptions {
@@ -146,6 +158,7 @@ impl Default for QuicOptions {
             max_concurrent_uni_streams: 1024,
             max_concurrent_bidi_streams: 256,
             datagrams: true,
+            congestion: CongestionControl::Cubic,
             socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
@@ -379,6 +392,9 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
         .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams));
     if !opts.datagrams {
         transport.datagram_receive_buffer_size(None);
+    }
+    if opts.congestion == CongestionControl::Bbr {
+        transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     }
     Ok(transport)
 }

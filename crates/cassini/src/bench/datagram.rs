@@ -10,6 +10,8 @@ use anyhow::Context;
 use cassini_broker::BrokerConfig;
 use cassini_client::{DeliveryClass, OversizeRule, SubscribeOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
+use cassini_quic::server::ServerOptions;
+use cassini_quic::tls::{CongestionControl, QuicOptions};
 use serde_json::json;
 
 use super::embedded::EmbeddedBroker;
@@ -21,7 +23,19 @@ use crate::cli::DatagramArgs;
 const LOSS_PERCENT: [u32; 3] = [0, 1, 5];
 
 pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
-    let broker = EmbeddedBroker::start(BrokerConfig::default()).await?;
+    let congestion = if args.bbr {
+        CongestionControl::Bbr
+    } else {
+        CongestionControl::Cubic
+    };
+    let options = ServerOptions {
+        quic: QuicOptions {
+            congestion,
+            ..QuicOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let broker = EmbeddedBroker::start_with(BrokerConfig::default(), options).await?;
     let faults = FaultControl::new(FaultPlan::default());
     let subscriber = broker
         .client("bench-subscriber")?
@@ -99,13 +113,14 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
                 "rate": args.rate,
                 "size": size,
                 "duration_s": args.duration,
+                "congestion": format!("{congestion:?}"),
                 "results": results,
                 "datagram_p99_5pct_over_lossless": goal_ratio,
             })
         );
     } else {
         println!(
-            "datagram: {} msg/s of {} B for {} s per row; the subscriber's link loses packets both ways",
+            "datagram: {} msg/s of {} B for {} s per row; the subscriber's link loses packets both ways; broker congestion control {congestion:?}",
             args.rate, size, args.duration
         );
         println!("{}  lost", Latencies::header());

@@ -24,6 +24,14 @@ pub(crate) struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     pub(crate) async fn start(config: BrokerConfig) -> anyhow::Result<Self> {
+        Self::start_with(config, ServerOptions::default()).await
+    }
+
+    /// Like [`EmbeddedBroker::start`], with the QUIC endpoint's options.
+    pub(crate) async fn start_with(
+        config: BrokerConfig,
+        options: ServerOptions,
+    ) -> anyhow::Result<Self> {
         let ca = CertificateAuthority::generate("Cassini Bench CA").context("bench CA")?;
         let server_cert = ca.issue_server(&[]).context("bench server certificate")?;
         let crypto = tls::server_crypto(
@@ -31,11 +39,7 @@ impl EmbeddedBroker {
             vec![server_cert.cert_der()?],
             server_cert.key_der()?,
         )?;
-        let server = Arc::new(QuicServer::bind(
-            "127.0.0.1:0".parse()?,
-            crypto,
-            ServerOptions::default(),
-        )?);
+        let server = Arc::new(QuicServer::bind("127.0.0.1:0".parse()?, crypto, options)?);
         let addr = server.local_addr()?;
         let broker = Broker::start(config).await?;
         let serve_task = {

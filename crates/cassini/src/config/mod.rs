@@ -492,6 +492,7 @@ impl Settings {
                 max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
                 socket_buffer_bytes: quic.socket_buffer_bytes,
                 datagrams: quic.datagrams,
+                congestion: cassini_quic::tls::CongestionControl::Cubic,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),
