@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BenchScenario, CertsCommand, Cli, Command};
+use cli::{CertsCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,11 +45,7 @@ fn main() -> ExitCode {
                 CertsCommand::Init(args) => certs_cmd::init(args),
                 CertsCommand::Issue(args) => certs_cmd::issue(args),
             },
-            Command::Bench { scenario } => match scenario {
-                BenchScenario::Hol(args) => bench::hol::run(args).await,
-                BenchScenario::Latency(args) => bench::latency::run(args).await,
-                BenchScenario::Throughput(args) => bench::throughput::run(args).await,
-            },
+            Command::Bench { scenario } => bench::run(scenario).await,
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Req(args) => reqreply::request(args).await,
