@@ -25,6 +25,10 @@ use clap::Parser;
 
 use cli::{CertsCommand, Cli, Command};
 
+/// mimalloc instead of the system allocator: see docs/BENCHMARKS.md for what it saved.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.command.default_log_level());
