@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the publish path's routing, through the router's public API only:
 //! matching a topic against 10,000 subscriptions (literal filters and wildcards), and fanning
-//! one message out to 1, 100 and 1,000 subscription queues.
+//! one message out to 1, 100 and 1,000 subscription queues, with and without the route cache a
+//! publish stream keeps.
 //! Run with `cargo bench -p cassini-broker --bench router`.
 //!
 //! The fan-out queues are never drained, so after the first 1,024 messages every push also
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use cassini_broker::config::QueueBounds;
 use cassini_broker::message::PublishedMessage;
 use cassini_broker::queue::SubscriptionQueue;
-use cassini_broker::router::{FilterRoute, RouteMember, Router, SubscriberKey};
+use cassini_broker::router::{FilterRoute, RouteCache, RouteMember, Router, SubscriberKey};
 use cassini_protocol::{OverflowPolicy, SessionId, TopicFilter, TopicLimits, TopicName};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -99,6 +100,12 @@ fn fanout(c: &mut Criterion) {
             BenchmarkId::new("publish 64 B", members),
             &members,
             |b, _| b.iter(|| router.publish(&message, None).offered),
+        );
+        let mut cache = RouteCache::default();
+        group.bench_with_input(
+            BenchmarkId::new("publish_cached 64 B", members),
+            &members,
+            |b, _| b.iter(|| router.publish_cached(&message, None, &mut cache).offered),
         );
     }
     group.finish();

@@ -8,6 +8,10 @@
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
+//!
+//! A client keeps one publish stream per topic, so the stream remembers its last topic: a
+//! publish to the same topic reuses the validated [`TopicName`] and the router's
+//! [`RouteCache`] instead of parsing the name and walking the trie again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +23,7 @@ use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
-use crate::router::Router;
+use crate::router::{RouteCache, Router};
 use crate::transport::{RecvStream, SendStream};
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -32,6 +36,7 @@ pub(crate) async fn serve_publish_stream(
     let config = &shared.config;
     let max_frame_bytes = config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut last = LastTopic::default();
     while let Some(frame) = reader.next().await? {
         let Frame::Publish(publish) = frame else {
             return Err(BrokerError::ProtocolViolation(format!(
@@ -44,9 +49,20 @@ pub(crate) async fn serve_publish_stream(
         let retain = publish.retain;
         let message_id = publish.message_id;
         let ack = publish.ack;
-        let answers = match accept(publish, config) {
-            Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
-                .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
+        let answers = match accept(publish, config, &mut last.topic) {
+            Ok(message) => answer(
+                &shared,
+                &identity,
+                message,
+                Routing {
+                    target,
+                    retain,
+                    cache: &mut last.routes,
+                },
+                ack,
+                message_id,
+            )
+            .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
             Err(err) => vec![rejected(topic, message_id, &err)],
         };
         for answer in &answers {
@@ -57,19 +73,37 @@ pub(crate) async fn serve_publish_stream(
     Ok(())
 }
 
+/// What a stream remembers of its last publish.
+#[derive(Default)]
+struct LastTopic {
+    /// The last topic, validated.
+    topic: Option<TopicName>,
+    /// The routes it matched.
+    routes: RouteCache,
+}
+
+/// Where one message goes.
+struct Routing<'a> {
+    /// Only to this session's subscriptions (a direct message).
+    target: Option<cassini_protocol::SessionId>,
+    /// Also keep it as the topic's retained value.
+    retain: bool,
+    /// The stream's route cache.
+    cache: &'a mut RouteCache,
+}
+
 /// Routes one accepted message unless it is a duplicate acknowledged publish, and returns the
 /// frames that answer it: `NoResponders` for a request nobody received, `PublishAck` when asked.
 fn answer(
     shared: &Shared,
     identity: &Arc<str>,
     message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
+    routing: Routing<'_>,
     ack: bool,
     message_id: Option<u64>,
 ) -> Result<Vec<Frame>, BrokerError> {
     if !ack {
-        return Ok(route(&shared.router, message, target, retain)?
+        return Ok(route(&shared.router, message, routing)?
             .into_iter()
             .collect());
     }
@@ -79,7 +113,7 @@ fn answer(
         .first_time(identity, message_id, Instant::now());
     let mut answers = Vec::new();
     if first_time {
-        answers.extend(route(&shared.router, message, target, retain)?);
+        answers.extend(route(&shared.router, message, routing)?);
     }
     answers.push(Frame::PublishAck(PublishAck {
         message_id,
@@ -92,14 +126,13 @@ fn answer(
 fn route(
     router: &Router,
     message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
+    routing: Routing<'_>,
 ) -> Result<Option<Frame>, BrokerError> {
-    if retain {
+    if routing.retain {
         router.retain(&message)?;
     }
     let message = Arc::new(message);
-    let report = router.publish(&message, target);
+    let report = router.publish_cached(&message, routing.target, routing.cache);
     Ok(match &message.reply_to {
         Some(reply_to) if report.offered == 0 => Some(Frame::NoResponders(NoResponders {
             reply_to: reply_to.clone(),
@@ -117,8 +150,13 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
     })
 }
 
-/// Checks a publish against the limits and turns it into the broker's shared form.
-fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, BrokerError> {
+/// Checks a publish against the limits and turns it into the broker's shared form. `last` is the
+/// stream's last valid topic: the same name again is not parsed again (the limits are the same).
+fn accept(
+    publish: Publish,
+    config: &BrokerConfig,
+    last: &mut Option<TopicName>,
+) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
@@ -126,8 +164,14 @@ fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, B
             max: limits.max_payload_bytes,
         });
     }
-    let topic =
-        TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    let topic = match last {
+        Some(known) if known.as_str() == publish.topic => known.clone(),
+        _ => {
+            let topic = TopicName::parse(&publish.topic, &limits.topics)
+                .map_err(BrokerError::InvalidTopic)?;
+            last.insert(topic).clone()
+        }
+    };
     if let Some(reply_to) = &publish.reply_to {
         TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     }
