@@ -322,6 +322,10 @@ pub(crate) struct HolArgs {
     /// Unmeasured warm-up seconds before the first phase.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) warmup: f64,
+    /// Unmeasured seconds between starting a flood and measuring under it (the fast topic keeps
+    /// flowing): 0 measures the flood's onset too, more measures its steady state.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) flood_settle: f64,
     /// Draw the three phases' latency percentile curves into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,

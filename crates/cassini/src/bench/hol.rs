@@ -18,7 +18,7 @@ use cassini_client::Client;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::cassini_peer::CassiniConnector;
+use super::cassini_peer::{CassiniClient, CassiniConnector, CassiniSubscription};
 use crate::cli::{HolArgs, HolCommand};
 
 pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
@@ -48,6 +48,7 @@ pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
+    settle(&args, &publisher, &mut fast, 12).await?;
     let (control, control_lost) = measure(&publisher, &mut fast, phase(&args, 2, measured)).await?;
     stop.cancel();
     let control_flood = flood_task.await.context("flood task")??;
@@ -61,6 +62,7 @@ pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
+    settle(&args, &publisher, &mut fast, 13).await?;
     let (flooded, flooded_lost) = measure(&publisher, &mut fast, phase(&args, 3, measured)).await?;
     stop.cancel();
     let flood_messages = flood_task.await.context("flood task")??;
@@ -78,6 +80,7 @@ pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
             "duration_s": args.duration,
             "flood_size": args.flood_size,
             "flood_rate": args.flood_rate,
+            "flood_settle_s": args.flood_settle,
             "alone": quiet.to_json(),
             "alone_lost": quiet_lost,
             "flood_on_other_connection": control.to_json(),
@@ -125,6 +128,22 @@ pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// With `--flood-settle`: keeps the fast topic going, unmeasured, while the flood starts, so the
+/// measured phase sees the flood's steady state rather than its onset (the burst that fills the
+/// slow subscription's client buffer and stream window).
+async fn settle(
+    args: &HolArgs,
+    publisher: &CassiniClient,
+    fast: &mut CassiniSubscription,
+    tag: u64,
+) -> anyhow::Result<()> {
+    if args.flood_settle > 0.0 {
+        let length = Duration::from_secs_f64(args.flood_settle);
+        measure(publisher, fast, phase(args, tag, length)).await?;
+    }
+    Ok(())
+}
+
 fn phase(args: &HolArgs, phase: u64, length: Duration) -> Phase {
     Phase {
         topic: "fast.x",
@@ -136,7 +155,8 @@ fn phase(args: &HolArgs, phase: u64, length: Duration) -> Phase {
             0 => "warm-up",
             1 => "alone",
             2 => "flood elsewhere",
-            _ => "flood same conn",
+            3 => "flood same conn",
+            _ => "flood settling",
         },
     }
 }
