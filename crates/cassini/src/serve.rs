@@ -35,7 +35,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ServerOptions {
         quic: QuicOptions {
             idle_timeout: Duration::from_secs(args.idle_timeout),
-            ..QuicOptions::default()
+            ..QuicOptions::broker()
         },
         ..ServerOptions::default()
     };

@@ -30,7 +30,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How the server endpoint behaves.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// QUIC transport knobs.
+    /// QUIC transport knobs. Default: [`QuicOptions::broker`].
     pub quic: QuicOptions,
     /// How long a client has to complete the TLS handshake.
     pub handshake_timeout: Duration,
@@ -39,7 +39,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
-            quic: QuicOptions::default(),
+            quic: QuicOptions::broker(),
             handshake_timeout: Duration::from_secs(10),
         }
     }

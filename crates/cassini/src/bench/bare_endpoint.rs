@@ -1,6 +1,6 @@
 //! `cassini bench bare-endpoint` (hidden): the control for `connections`. A quinn endpoint with
 //! the broker's own TLS and transport configuration (mutual TLS, client certificate verified,
-//! no session tickets) that accepts the way `QuicServer` does (a task per handshake, the
+//! no session tickets, `QuicOptions::broker`) that accepts the way `QuicServer` does (a task per handshake, the
 //! identity read from the certificate), answers each connection with one byte on a stream of
 //! its own (the counterpart of the broker's `Welcome`), and then only holds it. Everything the
 //! broker does beyond this is what `connections` measures.
@@ -24,7 +24,7 @@ pub(crate) async fn run(args: BareEndpointArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading certificates from {}", args.certs.display()))?;
     let options = QuicOptions {
         idle_timeout: Duration::from_secs(60),
-        ..QuicOptions::default()
+        ..QuicOptions::broker()
     };
     let config = tls::server_config(crypto, &options)?;
     let (endpoint, _) = bind_server(args.listen, config, &options)?;
