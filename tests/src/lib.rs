@@ -7,6 +7,7 @@
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
 
+pub mod history;
 pub mod relay;
 
 use std::future::Future;
@@ -17,9 +18,9 @@ use std::time::Duration;
 use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
 use cassini_client::{Client, ClientBuilder};
 use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
-use cassini_quic::server::{QuicServer, ServerOptions};
-use cassini_quic::tls::{self, QuicOptions};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
+use cassini_quic::tls::{self, QuicOptions, RevocationOptions, ServerTls};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
 /// How long any single wait in a test may take before the test fails.
@@ -105,12 +106,40 @@ impl TestBroker {
     /// A broker with the given configuration.
     pub async fn start_with(config: BrokerConfig, options: ServerOptions) -> Self {
         init_tracing();
-        let pki = Pki::new();
-        let (chain, key) = identity_of(&pki.server);
-        let crypto = tls::server_crypto(pki.ca_certs(), chain, key).expect("server TLS");
-        let server = Arc::new(
-            QuicServer::bind("127.0.0.1:0".parse().expect("addr"), crypto, options).expect("bind"),
-        );
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        Self::start_on(addr, Pki::new(), config, options).await
+    }
+
+    /// Stops this broker, losing everything it held in memory, and starts a new one with
+    /// default configuration on the same address with the same certificates: what clients see
+    /// of a broker restart.
+    pub async fn restart(self) -> Self {
+        let Self {
+            addr,
+            broker,
+            pki,
+            server,
+            serve_task,
+        } = self;
+        shut_down(broker, server, serve_task).await;
+        Self::start_on(addr, pki, BrokerConfig::default(), ServerOptions::default()).await
+    }
+
+    async fn start_on(
+        addr: SocketAddr,
+        pki: Pki,
+        config: BrokerConfig,
+        options: ServerOptions,
+    ) -> Self {
+        // After a restart the old endpoint lets go of its port once its last connection is
+        // gone, which can take a moment.
+        let server = eventually("the broker's port is free", || async {
+            let (chain, key) = identity_of(&pki.server);
+            let crypto = tls::server_crypto(pki.ca_certs(), chain, key).expect("server TLS");
+            QuicServer::bind(addr, crypto, options.clone()).ok()
+        })
+        .await;
+        let server = Arc::new(server);
         let addr = server.local_addr().expect("local addr");
         let broker = Broker::start(config).await.expect("broker starts");
         let serve_task = {
@@ -153,6 +182,37 @@ impl TestBroker {
             .expect("raw connection")
     }
 
+    /// TLS material for this broker's CA and `server` certificate, with `crls`.
+    pub fn server_tls(
+        &self,
+        server: &IssuedCert,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
+    ) -> ServerTls {
+        let (chain, key) = identity_of(server);
+        ServerTls::build(self.pki.ca_certs(), chain, key, crls, revocation).expect("server TLS")
+    }
+
+    /// Installs new TLS material, as `cassini serve` does on reload.
+    pub fn reload(&self, tls: &ServerTls) -> ReloadReport {
+        self.server.reload(tls).expect("reload")
+    }
+
+    /// The QUIC server's accept-path counters.
+    pub fn accept_stats(&self) -> Arc<AcceptStats> {
+        self.server.stats()
+    }
+
+    /// A raw quinn connection presenting `cert`, for tests that need the connection's own
+    /// close code or the server's certificate.
+    pub async fn raw_connection_as(
+        &self,
+        cert: &IssuedCert,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+        let (chain, key) = identity_of(cert);
+        raw_connect(self.addr, self.pki.ca_certs(), chain, key).await
+    }
+
     /// Current actor counts.
     pub async fn stats(&self) -> BrokerStats {
         self.broker.stats().await.expect("stats")
@@ -173,16 +233,20 @@ impl TestBroker {
 
     /// Shuts the broker down.
     pub async fn stop(self) {
-        self.broker.shutdown("test over").await;
-        self.server
-            .close(
-                cassini_protocol::ErrorCode::SERVER_SHUTTING_DOWN,
-                "test over",
-                Duration::from_secs(1),
-            )
-            .await;
-        self.serve_task.abort();
+        shut_down(self.broker, self.server, self.serve_task).await;
     }
+}
+
+async fn shut_down(broker: BrokerHandle, server: Arc<QuicServer>, serve_task: JoinHandle<()>) {
+    broker.shutdown("test over").await;
+    server
+        .close(
+            cassini_protocol::ErrorCode::SERVER_SHUTTING_DOWN,
+            "test over",
+            Duration::from_secs(1),
+        )
+        .await;
+    serve_task.abort();
 }
 
 /// Connects to `addr` with mutual TLS using raw quinn.
@@ -269,6 +333,7 @@ pub mod raw {
             protocol_version: PROTOCOL_VERSION,
             resume,
             client_name: Some("raw".into()),
+            positions: Vec::new(),
         });
         send.write_all(&encoded(&hello)).await.ok()?;
         let mut buf = BytesMut::new();

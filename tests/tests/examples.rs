@@ -1,10 +1,12 @@
 //! Every example in `examples/` runs against a real broker and does what its doc says.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use cassini_e2e::TestBroker;
+use cassini_e2e::{within, TestBroker};
+use tokio::sync::mpsc;
 
 /// The example binary beside this test (`target/<profile>/examples/NAME`). `cargo test` builds
 /// examples with the tests; when a filtered run did not, they are built here once.
@@ -29,7 +31,13 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-async fn run_example(broker: &TestBroker, name: &str, env: &[(&str, &str)]) -> String {
+/// The command that runs example `name` against `broker` with a client certificate `dev` in a
+/// temporary certificate directory, which must outlive the run.
+fn example_command(
+    broker: &TestBroker,
+    name: &str,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Command) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
     broker
@@ -46,6 +54,11 @@ async fn run_example(broker: &TestBroker, name: &str, env: &[(&str, &str)]) -> S
         .env("CASSINI_CERTS", dir.path())
         .env("CASSINI_NAME", "dev")
         .envs(env.iter().copied());
+    (dir, command)
+}
+
+async fn run_example(broker: &TestBroker, name: &str, env: &[(&str, &str)]) -> String {
+    let (_dir, mut command) = example_command(broker, name, env);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("join")
@@ -97,5 +110,138 @@ async fn the_edge_client_example_receives_its_own_readings() {
     let out = run_example(&broker, "edge_client", &[("CASSINI_EXAMPLE_MESSAGES", "3")]).await;
     assert!(out.contains("connected as dev"), "{out}");
     assert!(out.contains("#3 reading 2"), "{out}");
+    broker.stop().await;
+}
+
+/// A running example whose stdout is read line by line; killed if the test ends early.
+struct RunningExample {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl RunningExample {
+    fn spawn(mut command: Command) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = command.spawn().expect("example starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (send, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one satisfies `wanted`; fails the test after the deadline or at the
+    /// end of the output.
+    async fn wait_for(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let line = within(what, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if wanted(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        line.unwrap_or_else(|| panic!("output ended before {what}: {:#?}", self.seen))
+    }
+}
+
+impl Drop for RunningExample {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_edge_client_example_survives_a_broker_restart() {
+    let broker = TestBroker::start().await;
+    let (_dir, command) =
+        example_command(&broker, "edge_client", &[("CASSINI_EXAMPLE_MESSAGES", "8")]);
+    let mut example = RunningExample::spawn(command);
+    example
+        .wait_for("a reading before the restart", |l| l.contains(" reading "))
+        .await;
+
+    let broker = broker.restart().await;
+    example
+        .wait_for("the client reconnecting", |l| {
+            l.starts_with("state: Reconnecting")
+        })
+        .await;
+    example
+        .wait_for("the client connected again", |l| {
+            l.starts_with("state: Connected")
+        })
+        .await;
+    example
+        .wait_for("the lost session reported as a gap", |l| {
+            l.contains("gap: SessionLost")
+        })
+        .await;
+    example
+        .wait_for("a reading in the new session", |l| {
+            l.starts_with("#1 reading")
+        })
+        .await;
+    let status = within("the example exits after its 8 messages", async {
+        let mut child = std::mem::replace(
+            &mut example.child,
+            Command::new("true").spawn().expect("placeholder"),
+        );
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+    })
+    .await
+    .expect("wait");
+    assert!(status.success(), "{:#?}", example.seen);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_embedded_actor_example_turns_readings_into_commands() {
+    let mut command = Command::new(example("embedded_actor"));
+    command.env("CASSINI_EXAMPLE_MESSAGES", "2");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run embedded_actor");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("thermostat: boiler at 19.5 °C"), "{out}");
+    assert_eq!(out.matches("sensor: plant.boiler.cool").count(), 2, "{out}");
+}
+
+#[tokio::test]
+async fn the_telemetry_example_counts_what_it_lost() {
+    let broker = TestBroker::start().await;
+    let out = run_example(&broker, "telemetry", &[("CASSINI_EXAMPLE_MESSAGES", "100")]).await;
+    let summary = out
+        .lines()
+        .find(|line| line.starts_with("received "))
+        .unwrap_or_else(|| panic!("no summary: {out}"));
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [received, sent, lost] = numbers[..] else {
+        panic!("summary {summary:?}");
+    };
+    assert_eq!(sent, 100);
+    assert!(received > 0, "{out}");
+    assert!(received + lost <= sent, "{out}");
     broker.stop().await;
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Client, ConnectionState, Gap, QuicOptions, ReconnectPolicy, Subscription};
+use cassini_client::{
+    Client, ConnectionState, Gap, GapReason, QuicOptions, ReconnectPolicy, Subscription,
+};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::SubscribeOptions;
@@ -154,8 +156,12 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
     let gaps = subscription.take_gaps();
     assert_eq!(
         gaps,
-        vec![Gap::Missed { from: 2, to: 901 }],
-        "one gap, exactly the missing range"
+        vec![Gap::Missed {
+            from: 2,
+            to: 901,
+            reason: Some(GapReason::Overflow)
+        }],
+        "one gap, announced by the broker, exactly the missing range"
     );
     broker.stop().await;
 }
@@ -236,6 +242,112 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
         !states.has_changed().expect("state channel open"),
         "no ping-pong after the takeover: {:?}",
         *states.borrow()
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_at_least_once_subscriber_cut_off_gets_every_message_in_order_with_redeliveries_marked()
+{
+    const COUNT: u64 = 1_000;
+    const LOST_IN_FLIGHT: u64 = 300;
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let mut subscription = edge
+        .subscribe_at_least_once("alo.x")
+        .await
+        .expect("subscribe");
+    let publisher = broker.client("publisher").await;
+
+    // The broker sends the first messages into a connection whose packets no longer arrive:
+    // they are in flight, unacknowledged, when the client gives the connection up.
+    relay.cut_downstream();
+    publish_range(&publisher, "alo.x", 0..LOST_IN_FLIGHT).await;
+    wait_for_state(&edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    relay.cut();
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+    publish_range(&publisher, "alo.x", LOST_IN_FLIGHT..COUNT).await;
+    relay.restore();
+
+    let mut redelivered = Vec::new();
+    for i in 0..COUNT {
+        let message = next(&mut subscription).await;
+        assert_eq!(index_of(message.payload()), i, "in order, none lost");
+        assert_eq!(message.sequence(), i + 1, "each sequence once");
+        if message.is_redelivered() {
+            redelivered.push(i);
+        }
+    }
+    assert_eq!(subscription.gaps(), 0, "nothing skipped");
+    assert!(
+        !redelivered.is_empty(),
+        "the messages lost in flight came again, marked"
+    );
+    assert_eq!(
+        redelivered,
+        (0..redelivered.len() as u64).collect::<Vec<_>>(),
+        "redeliveries are exactly the messages sent before the drop, first"
+    );
+    assert!(redelivered.len() as u64 <= LOST_IN_FLIGHT);
+
+    // Asking for more acknowledges the last one: nothing stays in flight.
+    let more = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+    assert!(more.is_err(), "no message beyond the {COUNT} published");
+    assert_eq!(
+        broker
+            .wait_for_stats("every delivery acknowledged", |s| s.in_flight == 0)
+            .await
+            .in_flight,
+        0
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let mut subscription = edge.subscribe("amo.x").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    publish_range(&publisher, "amo.x", 0..1).await;
+    assert_eq!(next(&mut subscription).await.sequence(), 1);
+
+    relay.cut_downstream();
+    publish_range(&publisher, "amo.x", 1..51).await;
+    wait_for_state(&edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    relay.cut();
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+    publish_range(&publisher, "amo.x", 51..61).await;
+    relay.restore();
+
+    for i in 51..61 {
+        let message = next(&mut subscription).await;
+        assert_eq!(
+            index_of(message.payload()),
+            i,
+            "what was still queued, in order"
+        );
+    }
+    assert_eq!(
+        subscription.take_gaps(),
+        vec![Gap::Missed {
+            from: 2,
+            to: 51,
+            reason: Some(GapReason::Undelivered)
+        }],
+        "the broker names the range it sent into the dropped connection"
     );
     broker.stop().await;
 }

@@ -17,6 +17,7 @@ fn hello_frame(version: u32) -> Frame {
         protocol_version: version,
         resume: None,
         client_name: Some("raw".into()),
+        positions: Vec::new(),
     })
 }
 

@@ -29,6 +29,7 @@ fn member(index: u64) -> RouteMember {
             max_messages: 1024,
             max_bytes: 4 * 1024 * 1024,
             overflow: OverflowPolicy::DropOldest,
+            acks: None,
         })),
         group: None,
     }

@@ -21,6 +21,9 @@ pub struct BrokerConfig {
     pub dedupe: DedupeConfig,
     /// What clients are told when the broker shuts down.
     pub shutdown: ShutdownConfig,
+    /// The ACL the broker starts with (default: every authenticated client may do everything
+    /// on non-system topics). Replace it while running with `BrokerHandle::set_acl`.
+    pub acl: crate::acl::Acl,
 }
 
 /// Graceful shutdown.
@@ -29,8 +32,10 @@ pub struct ShutdownConfig {
     /// The reconnect hint sent to every client in `GoingAway`: how long to wait before
     /// reconnecting. Spreads a restart's reconnects out instead of inviting them at once.
     pub reconnect_hint: Duration,
-    /// How long the broker waits for connections to take their `GoingAway` and close before it
-    /// stops the actor tree anyway.
+    /// How long a shutdown waits for deliveries: each connection, after its `GoingAway`, keeps
+    /// writing its session's queued messages and reading acknowledgements until everything is
+    /// delivered (and, at least once, acknowledged) or this passes (less one second kept for
+    /// the close to reach the client); then the actor tree is stopped anyway.
     pub drain: Duration,
 }
 
@@ -57,6 +62,14 @@ pub struct BrokerLimits {
     pub topics: TopicLimits,
     /// Most simultaneous connections; further ones are closed with `TOO_MANY_CONNECTIONS`.
     pub max_connections: usize,
+    /// Most simultaneous connections of one certificate identity; further ones are closed with
+    /// `TOO_MANY_CONNECTIONS_FOR_IDENTITY`, so one leaked or looping client key cannot take every
+    /// connection slot.
+    pub max_connections_per_identity: usize,
+    /// Most payload bytes all of one session's subscription queues may hold together, counted
+    /// by each queue's byte bound. A subscription that would exceed it is refused with
+    /// `PENDING_BYTES_LIMIT`. Bounds broker memory per session, whatever its subscribers do.
+    pub max_pending_bytes_per_session: u64,
     /// Most publish streams a connection may have open at once; each holds a read buffer of up
     /// to one frame.
     pub max_publish_streams_per_connection: usize,
@@ -77,6 +90,8 @@ impl Default for BrokerLimits {
             max_subscriptions_per_session: 1024,
             topics: TopicLimits::default(),
             max_connections: 100_000,
+            max_connections_per_identity: 1024,
+            max_pending_bytes_per_session: 256 * 1024 * 1024,
             max_publish_streams_per_connection: 256,
             hello_timeout: Duration::from_secs(10),
             max_retained_topics: 10_000,
@@ -110,6 +125,17 @@ pub struct QueueConfig {
     pub max_messages: u32,
     /// The most payload bytes any subscription may ask for.
     pub max_bytes: u64,
+    /// In-flight window of an at-least-once subscription that asks for none: most messages
+    /// sent and not yet acknowledged. Their payload counts against the byte bound separately
+    /// from the queue's, so an at-least-once subscription holds at most twice its byte bound.
+    pub default_max_in_flight: u32,
+    /// The largest in-flight window any subscription may ask for.
+    pub max_in_flight: u32,
+    /// How long a delivery of an at-least-once subscription may stay unacknowledged on a live
+    /// connection before it is sent again, when the subscription asks for no timeout.
+    pub default_ack_timeout: Duration,
+    /// The shortest ack timeout a subscription may ask for; shorter requests are raised to it.
+    pub min_ack_timeout: Duration,
 }
 
 impl Default for QueueConfig {
@@ -119,6 +145,10 @@ impl Default for QueueConfig {
             default_bytes: 4 * 1024 * 1024,
             max_messages: 1_000_000,
             max_bytes: 64 * 1024 * 1024,
+            default_max_in_flight: 1024,
+            max_in_flight: 65_536,
+            default_ack_timeout: Duration::from_secs(30),
+            min_ack_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -132,6 +162,17 @@ pub struct QueueBounds {
     pub max_bytes: usize,
     /// What to do when full.
     pub overflow: OverflowPolicy,
+    /// At-least-once delivery, if the subscription asked for it.
+    pub acks: Option<AckBounds>,
+}
+
+/// The in-flight window and ack timeout of an at-least-once subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckBounds {
+    /// Most messages sent and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// How long a sent message may stay unacknowledged before it is sent again.
+    pub timeout: Duration,
 }
 
 impl QueueConfig {
@@ -145,10 +186,23 @@ impl QueueConfig {
             .max_queued_bytes
             .unwrap_or(self.default_bytes)
             .clamp(1, self.max_bytes.max(1));
+        let acks = options.acks.map(|acks| AckBounds {
+            max_in_flight: acks
+                .max_in_flight
+                .unwrap_or(self.default_max_in_flight)
+                .clamp(1, self.max_in_flight.max(1)) as usize,
+            timeout: acks
+                .ack_timeout_ms
+                .map_or(self.default_ack_timeout, |ms| {
+                    Duration::from_millis(u64::from(ms))
+                })
+                .max(self.min_ack_timeout),
+        });
         QueueBounds {
             max_messages: messages as usize,
             max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
             overflow: options.overflow,
+            acks,
         }
     }
 }

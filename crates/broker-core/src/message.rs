@@ -29,7 +29,7 @@ impl PublishedMessage {
     }
 
     /// The message as a delivery with the given sequence number, ready to encode.
-    pub fn as_delivery(&self, sequence: u64) -> DeliveryRef<'_> {
+    pub fn as_delivery(&self, sequence: u64, redelivered: bool) -> DeliveryRef<'_> {
         DeliveryRef {
             sequence,
             topic: self.topic.as_str(),
@@ -38,6 +38,7 @@ impl PublishedMessage {
             message_id: self.message_id,
             reply_to: self.reply_to.as_deref(),
             retained: self.retained,
+            redelivered,
         }
     }
 }

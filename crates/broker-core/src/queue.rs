@@ -2,30 +2,45 @@
 //!
 //! Producers are publish-stream tasks; they never wait: [`SubscriptionQueue::push`] applies the
 //! subscription's [`OverflowPolicy`] when the queue is full and returns at once. The single
-//! consumer is the subscription's stream writer, which takes messages out in batches.
+//! consumer is the subscription's current stream writer, which takes messages out in batches.
 //!
 //! Every accepted message takes the next sequence number, whether it is later delivered or
-//! dropped, so a receiver can see a gap in the numbers as well as in the `Dropped` count.
-//! A message always fits into an empty queue, so the byte bound can be exceeded by at most one
-//! payload.
+//! dropped, so a receiver can see a gap in the numbers; the writer announces each gap with a
+//! `Gap` frame. A message always fits into an empty queue, so the byte bound can be exceeded by
+//! at most one payload.
+//!
+//! An at-least-once subscription ([`QueueBounds::acks`]) also keeps every message it handed to a
+//! writer until the client acknowledges it: at most `max_in_flight` messages and the byte bound
+//! in payload. Unacknowledged messages are handed out again, marked as redeliveries, to the
+//! writer of the next attachment (after a reconnect) and when their ack timeout passes. The
+//! overflow policy only ever drops messages not yet sent; a message in flight is kept until it
+//! is acknowledged or the subscription ends.
+//!
+//! Each writer works for one [`Attachment`]; once a newer attachment began, an older writer gets
+//! nothing more, so a writer for a dying connection cannot take messages meant for the next one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use cassini_protocol::OverflowPolicy;
+use cassini_protocol::{OverflowPolicy, SequenceRange};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::QueueBounds;
 use crate::message::PublishedMessage;
 
-/// A message waiting in a queue, with its sequence number in the subscription.
+/// A message waiting in a queue or handed to a writer, with its sequence number in the
+/// subscription.
 #[derive(Debug, Clone)]
 pub struct Queued {
     /// Position in the subscription.
     pub sequence: u64,
     /// The shared message.
     pub message: Arc<PublishedMessage>,
+    /// Whether it was handed to a writer before (at-least-once subscriptions only).
+    pub redelivered: bool,
 }
 
 /// What happened to a pushed message.
@@ -46,14 +61,20 @@ pub enum PushOutcome {
 /// What the consumer gets from [`SubscriptionQueue::pop_batch`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Popped {
-    /// Messages were moved into the batch (possibly none, when only drops are to be reported);
-    /// `dropped` were lost to the policy since the last pop.
+    /// Messages were moved into the batch (possibly none, when only drops are to be reported).
     Batch {
-        /// Messages dropped since the previous pop, to report before this batch.
+        /// Messages dropped by the policy since the previous pop.
         dropped: u64,
+        /// The last sequence number the queue assigned, as of this pop.
+        last_sequence: u64,
+        /// Whether every message not yet sent is in this batch: sequences after the batch up
+        /// to `last_sequence` were dropped.
+        drained: bool,
     },
     /// The queue was closed and is empty.
     Closed(CloseReason),
+    /// A newer attachment began: this writer's connection is no longer the subscription's.
+    Superseded,
 }
 
 /// Why a queue closed.
@@ -63,19 +84,83 @@ pub enum CloseReason {
     Ended,
     /// It overflowed under the `Close` policy.
     Overflow,
+    /// The ACL no longer allows it (after a reload); what is queued is discarded.
+    NotAuthorized,
+}
+
+/// Where a new writer starts, from [`SubscriptionQueue::attach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
+    /// Identifies the attachment; pops for an older one get [`Popped::Superseded`].
+    pub id: u64,
+    /// The first sequence the client has not received: anything below the first message the
+    /// writer sends from here is a gap.
+    pub next_expected: u64,
+    /// Sequences up to here were handed to an earlier writer; those the client did not receive
+    /// were lost with that connection (at-most-once), and the rest of a gap was dropped by the
+    /// overflow policy.
+    pub undelivered_through: u64,
 }
 
 /// Counters for monitoring and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
-    /// Messages queued now.
+    /// Messages queued now (not yet sent).
     pub depth: usize,
     /// Payload bytes queued now.
     pub bytes: usize,
+    /// Messages sent and not yet acknowledged (at-least-once subscriptions).
+    pub in_flight: usize,
     /// Messages dropped by the policy, in total.
     pub dropped_total: u64,
+    /// Messages handed out again, in total.
+    pub redelivered_total: u64,
     /// The last sequence number assigned.
     pub last_sequence: u64,
+}
+
+/// A message sent and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    message: Arc<PublishedMessage>,
+    /// When it was last handed to a writer; it is due again at this plus the ack timeout.
+    sent_at: Instant,
+}
+
+/// The at-least-once state of a queue.
+#[derive(Debug)]
+struct AckState {
+    max_in_flight: usize,
+    timeout: Duration,
+    unacked: BTreeMap<u64, InFlight>,
+    unacked_bytes: usize,
+    /// Unacknowledged sequences due to be handed out again.
+    due: BTreeSet<u64>,
+}
+
+impl AckState {
+    fn has_window_for(&self, size: usize, max_bytes: usize) -> bool {
+        self.unacked.is_empty()
+            || (self.unacked.len() < self.max_in_flight && self.unacked_bytes + size <= max_bytes)
+    }
+
+    /// Marks every message sent before `now - timeout` as due; returns the earliest time a
+    /// message still in flight falls due.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let mut next = None::<Instant>;
+        for (sequence, in_flight) in &self.unacked {
+            if self.due.contains(sequence) {
+                continue;
+            }
+            let deadline = in_flight.sent_at + self.timeout;
+            if deadline <= now {
+                self.due.insert(*sequence);
+            } else {
+                next = Some(next.map_or(deadline, |next| next.min(deadline)));
+            }
+        }
+        next
+    }
 }
 
 #[derive(Debug)]
@@ -83,9 +168,14 @@ struct State {
     items: VecDeque<Queued>,
     bytes: usize,
     last_sequence: u64,
+    /// The highest sequence ever handed to a writer.
+    last_sent: u64,
     dropped_unreported: u64,
     dropped_total: u64,
+    redelivered_total: u64,
     closed: Option<CloseReason>,
+    attachment: u64,
+    acks: Option<AckState>,
 }
 
 /// A bounded multi-producer, single-consumer queue with an overflow policy.
@@ -108,9 +198,19 @@ impl SubscriptionQueue {
                 items: VecDeque::new(),
                 bytes: 0,
                 last_sequence: 0,
+                last_sent: 0,
                 dropped_unreported: 0,
                 dropped_total: 0,
+                redelivered_total: 0,
                 closed: None,
+                attachment: 0,
+                acks: bounds.acks.map(|acks| AckState {
+                    max_in_flight: acks.max_in_flight.max(1),
+                    timeout: acks.timeout,
+                    unacked: BTreeMap::new(),
+                    unacked_bytes: 0,
+                    due: BTreeSet::new(),
+                }),
             }),
             ready: Notify::new(),
             attached: AtomicBool::new(false),
@@ -127,25 +227,43 @@ impl SubscriptionQueue {
         self.attached.load(Ordering::Relaxed)
     }
 
+    /// Whether this is an at-least-once subscription's queue.
+    pub fn is_at_least_once(&self) -> bool {
+        self.bounds.acks.is_some()
+    }
+
     /// Whether a message of `size` bytes would be queued without dropping anything.
     pub fn has_room(&self, size: usize) -> bool {
         let state = self.lock();
+        state.closed.is_none() && self.fits(&state, size)
+    }
+
+    fn fits(&self, state: &State, size: usize) -> bool {
         let max_messages = match self.bounds.overflow {
             OverflowPolicy::Latest => 1,
             _ => self.bounds.max_messages,
         };
-        state.closed.is_none()
-            && (state.items.is_empty()
-                || (state.items.len() < max_messages
-                    && state.bytes + size <= self.bounds.max_bytes))
+        state.items.is_empty()
+            || (state.items.len() < max_messages && state.bytes + size <= self.bounds.max_bytes)
     }
 
-    /// Takes every queued message out (open or closed queue), for handing them to another
-    /// member of a queue group when this member leaves.
+    /// Takes every message not yet acknowledged out, in sequence order (open or closed queue),
+    /// for handing them to another member of a queue group when this member leaves.
     pub fn take_remaining(&self) -> Vec<Arc<PublishedMessage>> {
         let mut state = self.lock();
+        let mut remaining = Vec::new();
+        if let Some(acks) = &mut state.acks {
+            acks.due.clear();
+            acks.unacked_bytes = 0;
+            remaining.extend(
+                std::mem::take(&mut acks.unacked)
+                    .into_values()
+                    .map(|in_flight| in_flight.message),
+            );
+        }
         state.bytes = 0;
-        state.items.drain(..).map(|queued| queued.message).collect()
+        remaining.extend(state.items.drain(..).map(|queued| queued.message));
+        remaining
     }
 
     /// The bounds and policy of this queue.
@@ -169,20 +287,11 @@ impl SubscriptionQueue {
             if state.closed.is_some() {
                 return PushOutcome::Closed;
             }
-            let max_messages = match self.bounds.overflow {
-                OverflowPolicy::Latest => 1,
-                _ => self.bounds.max_messages,
-            };
-            let fits = |state: &State| {
-                state.items.is_empty()
-                    || (state.items.len() < max_messages
-                        && state.bytes + size <= self.bounds.max_bytes)
-            };
             let mut dropped = 0u64;
-            if !fits(&state) {
+            if !self.fits(&state, size) {
                 match self.bounds.overflow {
                     OverflowPolicy::DropOldest | OverflowPolicy::Latest => {
-                        while !fits(&state) {
+                        while !self.fits(&state, size) {
                             let Some(old) = state.items.pop_front() else {
                                 break;
                             };
@@ -194,6 +303,8 @@ impl SubscriptionQueue {
                         state.last_sequence += 1;
                         state.dropped_unreported += 1;
                         state.dropped_total += 1;
+                        drop(state);
+                        self.ready.notify_one();
                         return PushOutcome::DroppedNewest;
                     }
                     OverflowPolicy::Close => {
@@ -210,6 +321,7 @@ impl SubscriptionQueue {
             state.items.push_back(Queued {
                 sequence,
                 message: Arc::clone(message),
+                redelivered: false,
             });
             state.dropped_unreported += dropped;
             state.dropped_total += dropped;
@@ -223,33 +335,166 @@ impl SubscriptionQueue {
         outcome
     }
 
-    /// Waits for messages and moves up to `max` of them into `batch`.
+    /// Begins a new attachment (a writer on a new stream); writers of older attachments get
+    /// nothing more. `last_received` is the last sequence the client says it received, if it
+    /// said.
+    ///
+    /// At most once, the writer continues after `last_received`, and the sequences the client
+    /// missed are announced as gaps. At least once, every unacknowledged message is handed out
+    /// again first, and the writer continues after the last message ever sent.
+    pub fn attach(&self, last_received: Option<u64>) -> Attachment {
+        let attachment = {
+            let mut state = self.lock();
+            state.attachment += 1;
+            let last_sent = state.last_sent;
+            let next_expected = match &mut state.acks {
+                Some(acks) => {
+                    acks.due = acks.unacked.keys().copied().collect();
+                    last_sent + 1
+                }
+                None => last_received.unwrap_or(last_sent).min(last_sent) + 1,
+            };
+            Attachment {
+                id: state.attachment,
+                next_expected,
+                undelivered_through: last_sent,
+            }
+        };
+        // Wake an older writer so it sees it is superseded.
+        self.ready.notify_one();
+        attachment
+    }
+
+    /// Waits for messages to send and moves up to `max` of them into `batch`: first messages
+    /// due again (marked redelivered), then new ones, within the in-flight window.
     ///
     /// After close, queued messages are still returned (for `Ended`); `Closed` comes once the
     /// queue is empty. An overflowed queue reports `Closed(Overflow)` at once.
-    pub async fn pop_batch(&self, batch: &mut Vec<Queued>, max: usize) -> Popped {
+    pub async fn pop_batch(
+        &self,
+        attachment: &Attachment,
+        batch: &mut Vec<Queued>,
+        max: usize,
+    ) -> Popped {
+        let max = max.max(1);
         loop {
-            {
-                let mut state = self.lock();
-                if state.closed == Some(CloseReason::Overflow) {
-                    return Popped::Closed(CloseReason::Overflow);
+            let wake_at = {
+                let mut guard = self.lock();
+                let state = &mut *guard;
+                if state.attachment != attachment.id {
+                    return Popped::Superseded;
                 }
-                if !state.items.is_empty() || state.dropped_unreported > 0 {
-                    let take = state.items.len().min(max.max(1));
-                    let state = &mut *state;
-                    for queued in state.items.drain(..take) {
-                        state.bytes -= queued.message.queued_size();
-                        batch.push(queued);
+                if let Some(reason @ (CloseReason::Overflow | CloseReason::NotAuthorized)) =
+                    state.closed
+                {
+                    return Popped::Closed(reason);
+                }
+                let now = Instant::now();
+                let mut wake_at = None;
+                if let Some(acks) = &mut state.acks {
+                    wake_at = acks.expire(now);
+                    while batch.len() < max {
+                        let Some(sequence) = acks.due.pop_first() else {
+                            break;
+                        };
+                        if let Some(in_flight) = acks.unacked.get_mut(&sequence) {
+                            in_flight.sent_at = now;
+                            batch.push(Queued {
+                                sequence,
+                                message: Arc::clone(&in_flight.message),
+                                redelivered: true,
+                            });
+                            state.redelivered_total += 1;
+                        }
                     }
+                }
+                while batch.len() < max {
+                    let Some(front) = state.items.front() else {
+                        break;
+                    };
+                    let size = front.message.queued_size();
+                    if let Some(acks) = &state.acks {
+                        if !acks.has_window_for(size, self.bounds.max_bytes) {
+                            break;
+                        }
+                    }
+                    let Some(queued) = state.items.pop_front() else {
+                        break;
+                    };
+                    state.bytes -= size;
+                    state.last_sent = state.last_sent.max(queued.sequence);
+                    if let Some(acks) = &mut state.acks {
+                        acks.unacked_bytes += size;
+                        acks.unacked.insert(
+                            queued.sequence,
+                            InFlight {
+                                message: Arc::clone(&queued.message),
+                                sent_at: now,
+                            },
+                        );
+                        if wake_at.is_none() {
+                            wake_at = Some(now + acks.timeout);
+                        }
+                    }
+                    batch.push(queued);
+                }
+                if !batch.is_empty() || state.dropped_unreported > 0 {
                     let dropped = std::mem::take(&mut state.dropped_unreported);
-                    return Popped::Batch { dropped };
+                    return Popped::Batch {
+                        dropped,
+                        last_sequence: state.last_sequence,
+                        drained: state.items.is_empty(),
+                    };
                 }
                 if let Some(reason) = state.closed {
                     return Popped::Closed(reason);
                 }
+                wake_at
+            };
+            match wake_at {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = self.ready.notified() => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
+    }
+
+    /// Records that the client processed the sequences in `ranges`; returns how many in-flight
+    /// messages that released. Sequences not in flight are ignored.
+    pub fn ack(&self, ranges: &[SequenceRange]) -> usize {
+        let released = {
+            let mut guard = self.lock();
+            let Some(acks) = &mut guard.acks else {
+                return 0;
+            };
+            let mut released = 0;
+            for range in ranges {
+                if range.from > range.to {
+                    continue;
+                }
+                let sequences: Vec<u64> = acks
+                    .unacked
+                    .range(range.from..=range.to)
+                    .map(|(sequence, _)| *sequence)
+                    .collect();
+                for sequence in sequences {
+                    if let Some(in_flight) = acks.unacked.remove(&sequence) {
+                        acks.unacked_bytes -= in_flight.message.queued_size();
+                        acks.due.remove(&sequence);
+                        released += 1;
+                    }
+                }
+            }
+            released
+        };
+        if released > 0 {
+            self.ready.notify_one();
+        }
+        released
     }
 
     /// Closes the queue: further pushes are refused; the consumer drains what is queued.
@@ -263,13 +508,25 @@ impl SubscriptionQueue {
         self.ready.notify_one();
     }
 
+    /// Closes the queue because the ACL no longer allows the subscription: further pushes are
+    /// refused and the consumer gets `Closed(NotAuthorized)` at once, without what is queued.
+    pub fn revoke(&self) {
+        {
+            let mut state = self.lock();
+            state.closed = Some(CloseReason::NotAuthorized);
+        }
+        self.ready.notify_one();
+    }
+
     /// Current counters.
     pub fn stats(&self) -> QueueStats {
         let state = self.lock();
         QueueStats {
             depth: state.items.len(),
             bytes: state.bytes,
+            in_flight: state.acks.as_ref().map_or(0, |acks| acks.unacked.len()),
             dropped_total: state.dropped_total,
+            redelivered_total: state.redelivered_total,
             last_sequence: state.last_sequence,
         }
     }

@@ -29,9 +29,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use cassini_protocol::topic::FilterToken;
-use cassini_protocol::{SessionId, SubscriptionId, TopicFilter, TopicName};
+use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
 use crate::error::BrokerError;
+use crate::introspect::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
@@ -56,6 +57,29 @@ pub struct RouteMember {
     pub group: Option<Arc<str>>,
 }
 
+impl RouteMember {
+    /// Pushes `message` into this member's queue and counts what happened.
+    fn push_counted(&self, message: &Arc<PublishedMessage>, counters: &Counters) -> PushOutcome {
+        let outcome = self.queue.push(message);
+        let size = message.payload.len();
+        match outcome {
+            PushOutcome::Queued => counters.queued(size),
+            PushOutcome::QueuedAfterDropping(count) => {
+                counters.queued(size);
+                let reason = match self.queue.bounds().overflow {
+                    OverflowPolicy::Latest => DropReason::Latest,
+                    _ => DropReason::DropOldest,
+                };
+                counters.dropped(reason, count);
+            }
+            PushOutcome::DroppedNewest => counters.dropped(DropReason::DropNewest, 1),
+            PushOutcome::Overflowed => counters.dropped(DropReason::SlowConsumer, 1),
+            PushOutcome::Closed => {}
+        }
+        outcome
+    }
+}
+
 /// The members of one queue group of one filter.
 #[derive(Debug)]
 pub struct QueueGroup {
@@ -68,6 +92,11 @@ impl QueueGroup {
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The group's members.
+    pub fn members(&self) -> &[RouteMember] {
+        &self.members
     }
 
     /// The member that gets a message of `size` bytes (limited to `target`'s session, if set).
@@ -125,20 +154,28 @@ impl RouteMembers {
         &self.groups
     }
 
+    /// Every member, plain and in groups.
+    pub fn all(&self) -> impl Iterator<Item = &RouteMember> {
+        self.plain
+            .iter()
+            .chain(self.groups.iter().flat_map(|group| group.members.iter()))
+    }
+
     /// Offers `message` to every plain member and one member per group.
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         report: &mut RouteReport,
+        counters: &Counters,
     ) {
         let wanted = |member: &RouteMember| target.is_none_or(|t| member.key.session == t);
         for member in self.plain.iter().filter(|m| wanted(m)) {
-            report.record(member.queue.push(message));
+            report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
             if let Some(member) = group.choose(message.queued_size(), target) {
-                report.record(member.queue.push(message));
+                report.record(member.push_counted(message, counters));
             }
         }
     }
@@ -221,6 +258,13 @@ impl Node {
         }
     }
 
+    fn collect_all(&self, out: &mut Vec<Arc<FilterRoute>>) {
+        out.extend(self.here.iter().chain(self.tail.iter()).cloned());
+        for node in self.literals.values().chain(self.any_one.as_deref()) {
+            node.collect_all(out);
+        }
+    }
+
     fn remove(&mut self, tokens: &[FilterToken<'_>]) -> Option<Arc<FilterRoute>> {
         let Some((first, rest)) = tokens.split_first() else {
             return self.here.take();
@@ -287,6 +331,8 @@ pub struct Router {
     generation: AtomicU64,
     retained: Mutex<HashMap<TopicName, Arc<PublishedMessage>>>,
     max_retained_topics: usize,
+    /// What the publish path counts: the router sees every publish and every queue push.
+    counters: Counters,
 }
 
 impl Default for Router {
@@ -303,7 +349,31 @@ impl Router {
             generation: AtomicU64::new(0),
             retained: Mutex::default(),
             max_retained_topics,
+            counters: Counters::default(),
         }
+    }
+
+    /// The broker-wide counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every route, for monitoring (takes the trie's read lock once).
+    pub fn routes(&self) -> Vec<Arc<FilterRoute>> {
+        let mut out = Vec::new();
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner());
+        root.collect_all(&mut out);
+        out
+    }
+
+    /// Payload bytes held by the retained store.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|message| message.payload.len())
+            .sum()
     }
 
     /// Stores `message` as its topic's retained value, or clears the value when the payload is
@@ -407,7 +477,9 @@ impl Router {
     ) -> RouteReport {
         let mut report = RouteReport::default();
         for route in self.matching(&message.topic) {
-            route.members().offer(message, target, &mut report);
+            route
+                .members()
+                .offer(message, target, &mut report, &self.counters);
         }
         report
     }
@@ -430,7 +502,10 @@ impl Router {
         }
         let mut report = RouteReport::default();
         for route in &cache.routes {
-            route.members.load().offer(message, target, &mut report);
+            route
+                .members
+                .load()
+                .offer(message, target, &mut report, &self.counters);
         }
         report
     }

@@ -48,10 +48,14 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.connect).await?;
-    let mut subscription = client
-        .subscribe(args.topic.as_str())
-        .await
-        .with_context(|| format!("subscribing to {}", args.topic))?;
+    let subscribed = if args.ack {
+        client.subscribe_at_least_once(args.topic.as_str()).await
+    } else if args.datagram {
+        client.subscribe_datagram(args.topic.as_str()).await
+    } else {
+        client.subscribe(args.topic.as_str()).await
+    };
+    let mut subscription = subscribed.with_context(|| format!("subscribing to {}", args.topic))?;
     eprintln!("subscribed to {}", args.topic);
 
     let deadline = match args.timeout {
@@ -103,6 +107,9 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     if dropped > 0 {
         eprintln!("warning: the broker dropped {dropped} message(s) for this subscription");
     }
+    if args.datagram {
+        eprintln!("datagrams lost: {}", subscription.lost());
+    }
     client.close().await.context("closing the connection")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -130,6 +137,7 @@ pub(crate) fn print_message(
             "message_id": message.message_id(),
             "reply_to": message.reply_to(),
             "retained": message.is_retained(),
+            "redelivered": message.is_redelivered(),
         });
         writeln!(out, "{line}")?;
     } else {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cassini_protocol::SessionId;
+use cassini_protocol::{ResumePosition, SessionId};
 use tokio::time::timeout;
 
 use crate::builder::BrokerAddress;
@@ -29,10 +29,12 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    /// One attempt: connects and exchanges `Hello` (resuming `resume` if set) and `Welcome`.
+    /// One attempt: connects and exchanges `Hello` (resuming `resume` if set, where the
+    /// client stands at `positions`) and `Welcome`.
     pub(crate) async fn connect(
         &self,
         resume: Option<SessionId>,
+        positions: Vec<ResumePosition>,
     ) -> Result<Established, ClientError> {
         let attempt = async {
             let remote = self.address.resolve().await?;
@@ -42,6 +44,7 @@ impl Connector {
                 &self.server_name,
                 self.client_name.clone(),
                 resume,
+                positions,
             )
             .await
         };

@@ -1,4 +1,4 @@
-//! The control stream: subscribe, unsubscribe, ping, goodbye.
+//! The control stream: subscribe, unsubscribe, ping, acknowledgements, goodbye.
 //!
 //! Two tasks own the stream's halves. The writer ([`writer`]) takes commands from a bounded
 //! queue, gives each request an id, records it in the [`PendingRequests`] table and writes its
@@ -14,7 +14,7 @@ mod writer;
 
 use std::sync::Arc;
 
-use cassini_protocol::{Frame, Ping, RequestId, Subscribe, SubscriptionId, Unsubscribe};
+use cassini_protocol::{Ack, Frame, Ping, RequestId, Subscribe, SubscriptionId, Unsubscribe};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClientError;
@@ -115,6 +115,8 @@ pub(crate) enum ControlCommand {
         /// `None` for fire-and-forget requests (unsubscribe on drop).
         reply: Option<Reply>,
     },
+    /// Send an acknowledgement of deliveries; nothing answers it.
+    Ack(Ack),
     /// Finish the control stream (the goodbye), then signal `done`.
     Goodbye {
         /// Completed once the stream is finished.
@@ -218,6 +220,14 @@ impl ControlHandle {
                 }
             }
         }
+    }
+
+    /// Queues an acknowledgement without waiting; `false` if it could not be queued now (the
+    /// queue is full or the connection is gone), so the caller keeps it for later.
+    pub(crate) fn send_ack(&self, ack: &Ack) -> bool {
+        self.commands
+            .try_send(ControlCommand::Ack(ack.clone()))
+            .is_ok()
     }
 
     /// Finishes the control stream after every request queued before it was written: the

@@ -3,14 +3,17 @@
 //!
 //! The broker numbers a subscription's messages 1, 2, 3, … counting every message the
 //! subscription accepted, so a jump in the numbers is exactly what the application missed:
-//! messages the overflow policy dropped (reported by a `Dropped` frame), or messages that were
-//! in flight when a connection dropped. The [`GapTracker`] sits where messages are yielded, so
-//! it also refuses a message whose sequence is not above the last one yielded: nothing is
-//! yielded twice or out of order. When the client had to subscribe again in a new session the
+//! messages the overflow policy dropped, or messages that were in flight when a connection
+//! dropped. The broker announces each such range with a `Gap` frame naming its reason; the
+//! [`GapTracker`] records those, and also any jump it sees without one. It sits where messages
+//! are yielded, so it also refuses a message whose sequence is not above the last one yielded:
+//! nothing is yielded twice or out of order. When the client had to subscribe again in a new session the
 //! numbers start again at 1; the stream reader marks those messages with a new epoch.
 //! No I/O here.
 
 use std::collections::VecDeque;
+
+use cassini_protocol::GapReason;
 
 /// Most gaps kept for [`crate::Subscription::take_gaps`]; older ones are forgotten (and still
 /// counted by [`crate::Subscription::gaps`]).
@@ -28,6 +31,9 @@ pub enum Gap {
         from: u64,
         /// The last missing sequence (inclusive).
         to: u64,
+        /// Why, as the broker announced it; `None` when the gap showed only in the sequence
+        /// numbers, without an announcement.
+        reason: Option<GapReason>,
     },
     /// The broker had forgotten the session by the time the client reconnected (it expired):
     /// the client started a new session and subscribed again. Every message published in
@@ -42,7 +48,7 @@ impl Gap {
     /// How many messages the gap skipped, when that is known.
     pub fn missed(&self) -> Option<u64> {
         match self {
-            Gap::Missed { from, to } => Some(to - from + 1),
+            Gap::Missed { from, to, .. } => Some(to - from + 1),
             Gap::SessionLost { .. } => None,
         }
     }
@@ -66,6 +72,36 @@ impl GapTracker {
     /// Whether the message `sequence` of `epoch` may be yielded: `false` for a sequence not
     /// above the last one yielded (a duplicate). Records the gap before it, if any.
     pub(crate) fn accept(&mut self, epoch: u64, sequence: u64) -> bool {
+        self.enter(epoch);
+        if sequence <= self.last_sequence {
+            return false;
+        }
+        if sequence > self.last_sequence + 1 {
+            self.skip_to(sequence - 1, None);
+        }
+        self.last_sequence = sequence;
+        true
+    }
+
+    /// Records the broker's announcement that `from..=to` of `epoch` will never come. The part
+    /// already behind the last message yielded is ignored.
+    pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64, reason: GapReason) {
+        self.enter(epoch);
+        if from > self.last_sequence + 1 {
+            self.skip_to(from - 1, None);
+        }
+        if to > self.last_sequence {
+            self.skip_to(to, Some(reason));
+        }
+    }
+
+    /// The last sequence yielded in the current epoch.
+    #[cfg(test)]
+    pub(crate) fn last_sequence(&self) -> u64 {
+        self.last_sequence
+    }
+
+    fn enter(&mut self, epoch: u64) {
         if epoch != self.epoch {
             self.record(Gap::SessionLost {
                 last_sequence: self.last_sequence,
@@ -73,19 +109,17 @@ impl GapTracker {
             self.epoch = epoch;
             self.last_sequence = 0;
         }
-        if sequence <= self.last_sequence {
-            return false;
-        }
-        if sequence > self.last_sequence + 1 {
-            let gap = Gap::Missed {
-                from: self.last_sequence + 1,
-                to: sequence - 1,
-            };
-            self.missed += sequence - 1 - self.last_sequence;
-            self.record(gap);
-        }
-        self.last_sequence = sequence;
-        true
+    }
+
+    fn skip_to(&mut self, to: u64, reason: Option<GapReason>) {
+        let gap = Gap::Missed {
+            from: self.last_sequence + 1,
+            to,
+            reason,
+        };
+        self.missed += to - self.last_sequence;
+        self.last_sequence = to;
+        self.record(gap);
     }
 
     /// Every message skipped by a [`Gap::Missed`] so far.

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
-use cassini_protocol::{ErrorCode, Frame, Hello, SessionId, Welcome, PROTOCOL_VERSION};
+use cassini_protocol::{
+    ErrorCode, Frame, Hello, ResumePosition, SessionId, Welcome, PROTOCOL_VERSION,
+};
 use quinn::VarInt;
 use tokio::time::timeout;
 
@@ -47,6 +49,7 @@ pub(crate) async fn handshake(
     server_name: &str,
     client_name: Option<String>,
     resume: Option<SessionId>,
+    positions: Vec<ResumePosition>,
 ) -> Result<Established, ClientError> {
     let connecting =
         endpoint
@@ -66,6 +69,7 @@ pub(crate) async fn handshake(
         protocol_version: PROTOCOL_VERSION,
         resume,
         client_name,
+        positions,
     });
     let hello = encode(&hello, DEFAULT_MAX_FRAME_BYTES)?;
     control_send

@@ -24,6 +24,8 @@ pub struct Message {
     reply_to: Option<String>,
     /// Set when the broker replayed the topic's retained value to a new subscription.
     retained: bool,
+    /// Set when the broker sent this message before (at-least-once subscriptions).
+    redelivered: bool,
 }
 
 impl Message {
@@ -75,6 +77,15 @@ impl Message {
         self.retained
     }
 
+    /// Whether the broker sent this message before and is sending it again because it was not
+    /// acknowledged (only on at-least-once subscriptions, after a lost connection or the ack
+    /// timeout). The subscription yields a redelivery only if it did not yield the message
+    /// before, so a redelivered message may still be new to the application; it is marked
+    /// because the application may have seen it in an earlier life of the client.
+    pub fn is_redelivered(&self) -> bool {
+        self.redelivered
+    }
+
     /// Takes the payload out of the message without copying it.
     pub fn into_payload(self) -> Bytes {
         self.payload
@@ -103,6 +114,7 @@ impl From<Delivery> for Message {
             message_id: delivery.message_id,
             reply_to: delivery.reply_to,
             retained: delivery.retained,
+            redelivered: delivery.redelivered,
         }
     }
 }

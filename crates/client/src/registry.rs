@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
-use cassini_protocol::SubscriptionId;
+use cassini_protocol::{ResumePosition, SubscriptionId};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio::time::{timeout_at, Instant};
 
@@ -77,6 +77,23 @@ impl SubscriptionRegistry {
             state.live.insert(id, sink);
         }
         self.changed.notify_waiters();
+    }
+
+    /// The live subscription `id`, for a delivery that arrived in a datagram.
+    pub(crate) fn live(&self, id: SubscriptionId) -> Option<Arc<SubscriptionSink>> {
+        lock(&self.state).live.get(&id).cloned()
+    }
+
+    /// Where the client stands in every live subscription, for resuming the session.
+    pub(crate) fn positions(&self) -> Vec<ResumePosition> {
+        lock(&self.state)
+            .live
+            .iter()
+            .map(|(id, sink)| ResumePosition {
+                subscription: *id,
+                last_sequence: sink.state.last_received(),
+            })
+            .collect()
     }
 
     /// Takes subscription `id` for a new stream: waits until `deadline` for it to be
@@ -264,6 +281,7 @@ impl ClaimedSink {
 
     /// Ends the subscription with `end` and forgets it.
     pub(crate) fn finish(mut self, end: SubscriptionEnd) {
+        self.sink.close_datagrams();
         finish_slot(&mut self.slot, &self.sink.state, end);
         self.registry.remove(&self.sink);
     }

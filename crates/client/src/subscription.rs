@@ -9,6 +9,10 @@
 //! broker, whose per-subscription queue then applies the subscription's overflow policy.
 //! Nothing here buffers without bound. Where messages are yielded, a [`GapTracker`] records
 //! what was skipped and refuses duplicates.
+//!
+//! An at-least-once subscription acknowledges a message once the application asks for the
+//! next one (it is done with the previous), in batches ([`PendingAcks`]); a redelivery of a
+//! message the subscription already yielded is acknowledged again and not yielded twice.
 
 use std::fmt;
 use std::pin::Pin;
@@ -16,11 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use cassini_protocol::{ErrorCode, SubscribeOptions, SubscriptionId, TopicFilter};
+use cassini_protocol::{
+    DeliveryClass, ErrorCode, Gap as GapFrame, SubscribeOptions, SubscriptionId, TopicFilter,
+};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::control::ControlRequest;
+use crate::datagram_loss::DatagramTracker;
+use crate::delivery_acks::PendingAcks;
 use crate::error::ClientError;
 use crate::gaps::{Gap, GapTracker};
 use crate::message::Message;
@@ -107,8 +115,11 @@ pub(crate) struct SubscriptionState {
     /// Grows by one each time the subscription is made again in a new session, whose sequence
     /// numbers start again at 1.
     epoch: AtomicU64,
-    /// Sum of the broker's `Dropped` counts.
+    /// Sum of the broker's overflow gaps.
     dropped: AtomicU64,
+    /// The highest sequence read from the subscription's streams in this epoch: where the
+    /// client stands when it resumes the session.
+    last_received: AtomicU64,
     /// Set once, before the channel is closed.
     end: OnceLock<SubscriptionEnd>,
     /// Set when this client asked the broker to end the subscription, or dropped it.
@@ -131,6 +142,17 @@ impl SubscriptionState {
     /// Starts a new epoch: the subscription is being made again in a new session.
     pub(crate) fn next_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.last_received.store(0, Ordering::Release);
+    }
+
+    /// Records that sequences up to `sequence` were read from the stream.
+    pub(crate) fn note_received(&self, sequence: u64) {
+        self.last_received.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// The highest sequence read from the subscription's streams in this epoch.
+    pub(crate) fn last_received(&self) -> u64 {
+        self.last_received.load(Ordering::Acquire)
     }
 
     pub(crate) fn add_dropped(&self, count: u64) {
@@ -156,13 +178,22 @@ impl SubscriptionState {
     }
 }
 
-/// One message on its way to the application, with the epoch it was read in.
+/// One message or announced gap on its way to the application, with the epoch it was read in.
 #[derive(Debug)]
 pub(crate) struct Delivered {
     /// The subscription's epoch when the stream carrying the message was claimed.
     pub(crate) epoch: u64,
-    /// The message.
-    pub(crate) message: Message,
+    /// The message or gap.
+    pub(crate) item: StreamItem,
+}
+
+/// What a subscription stream carries to the application.
+#[derive(Debug)]
+pub(crate) enum StreamItem {
+    /// A delivery.
+    Message(Message),
+    /// The broker's announcement that a range of sequences will never come.
+    Gap(GapFrame),
 }
 
 /// The slot holding a subscription's sender: `None` once the subscription has ended. The task
@@ -182,6 +213,10 @@ pub(crate) struct SubscriptionSink {
     /// The channel's sender. Bounded: a full channel stops the stream reader, and flow control
     /// stops the broker.
     sender: SenderSlot,
+    /// For a datagram subscription, the sender the connection's datagram reader uses: it never
+    /// waits (a datagram that finds the channel full is dropped and shows as lost). Cleared
+    /// when the subscription ends, so the channel closes.
+    datagram_sender: std::sync::Mutex<Option<mpsc::Sender<Delivered>>>,
 }
 
 impl SubscriptionSink {
@@ -191,11 +226,14 @@ impl SubscriptionSink {
         sender: mpsc::Sender<Delivered>,
         state: Arc<SubscriptionState>,
     ) -> Arc<Self> {
+        let datagram_sender =
+            matches!(options.delivery, DeliveryClass::Datagram { .. }).then(|| sender.clone());
         Arc::new(Self {
             filter,
             options,
             state,
             sender: Arc::new(Mutex::new(Some(sender))),
+            datagram_sender: std::sync::Mutex::new(datagram_sender),
         })
     }
 
@@ -209,9 +247,30 @@ impl SubscriptionSink {
     /// subscription that had ended keeps its first reason.
     pub(crate) fn try_finish(&self, end: SubscriptionEnd) {
         let _ = self.state.end.set(end);
+        self.close_datagrams();
         if let Ok(mut slot) = self.sender.try_lock() {
             *slot = None;
         }
+    }
+
+    /// Hands a delivery that arrived in a datagram to the application, if there is room now;
+    /// returns whether it was taken.
+    pub(crate) fn offer_datagram(&self, message: Message) -> bool {
+        let sender = crate::sync::lock(&self.datagram_sender);
+        let Some(sender) = sender.as_ref() else {
+            return false;
+        };
+        sender
+            .try_send(Delivered {
+                epoch: self.state.epoch(),
+                item: StreamItem::Message(message),
+            })
+            .is_ok()
+    }
+
+    /// Drops the datagram reader's sender (the subscription ended).
+    pub(crate) fn close_datagrams(&self) {
+        *crate::sync::lock(&self.datagram_sender) = None;
     }
 }
 
@@ -253,6 +312,11 @@ pub struct Subscription {
     state: Arc<SubscriptionState>,
     /// The last sequence yielded and the gaps before it.
     gaps: GapTracker,
+    /// At least once: acknowledgements not yet sent, and the message yielded last (acknowledged
+    /// when the application asks for the next one).
+    acks: Option<PendingAcks>,
+    /// Datagram delivery: which sequences arrived, in whatever order, and what is missing.
+    datagrams: Option<DatagramTracker>,
     /// For `Unsubscribe`, now or on drop, on whichever connection is current.
     session: Arc<SessionCore>,
 }
@@ -265,12 +329,17 @@ impl Subscription {
         state: Arc<SubscriptionState>,
         session: Arc<SessionCore>,
     ) -> Self {
+        let acks = options.acks.map(|_| PendingAcks::default());
+        let datagrams = matches!(options.delivery, DeliveryClass::Datagram { .. })
+            .then(DatagramTracker::default);
         Self {
             filter,
             options,
             messages,
             state,
             gaps: GapTracker::default(),
+            acks,
+            datagrams,
             session,
         }
     }
@@ -295,9 +364,9 @@ impl Subscription {
         &self.options
     }
 
-    /// How many messages the broker reported dropped for this subscription so far (the sum of
-    /// its `Dropped` frames). A matching gap shows in [`Message::sequence`] and in
-    /// [`Subscription::gaps`].
+    /// How many messages the broker reported its overflow policy dropped for this subscription
+    /// so far (the sum of its overflow `Gap` announcements). A matching gap shows in
+    /// [`Message::sequence`] and in [`Subscription::take_gaps`].
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::Relaxed)
     }
@@ -309,6 +378,19 @@ impl Subscription {
     /// [`Subscription::take_gaps`].
     pub fn gaps(&self) -> u64 {
         self.gaps.missed()
+    }
+
+    /// How many messages this subscription is missing so far. For a reliable subscription, the
+    /// same as [`Subscription::gaps`]. For a datagram subscription, every sequence not (yet)
+    /// received below the highest one received, plus those the broker announced will never
+    /// come (dropped by the overflow policy, or too large for a datagram under
+    /// [`cassini_protocol::OversizeRule::Drop`]); a late datagram that arrives after all is
+    /// yielded and no longer counted.
+    pub fn lost(&self) -> u64 {
+        match &self.datagrams {
+            Some(tracker) => tracker.lost(),
+            None => self.gaps.missed(),
+        }
     }
 
     /// The gaps found since the last call, oldest first: each is recorded when the first
@@ -366,19 +448,82 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let this = &mut *self;
+        if let Some(acks) = &mut this.acks {
+            // Asking for the next message means the application is done with the last one.
+            acks.last_processed();
+        }
         loop {
-            let Some(Delivered { epoch, message }) = std::task::ready!(this.messages.poll_recv(cx))
-            else {
-                return Poll::Ready(None);
+            let delivered = match this.messages.poll_recv(cx) {
+                Poll::Ready(Some(delivered)) => delivered,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    this.flush_acks(true);
+                    return Poll::Pending;
+                }
             };
-            if this.gaps.accept(epoch, message.sequence()) {
+            let Delivered { epoch, item } = delivered;
+            if let Some(tracker) = &mut this.datagrams {
+                match item {
+                    StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
+                    StreamItem::Message(message) => {
+                        if tracker.accept(epoch, message.sequence()) {
+                            return Poll::Ready(Some(message));
+                        }
+                    }
+                }
+                continue;
+            }
+            let message = match item {
+                StreamItem::Gap(gap) => {
+                    this.gaps.announced(epoch, gap.from, gap.to, gap.reason);
+                    continue;
+                }
+                StreamItem::Message(message) => message,
+            };
+            let sequence = message.sequence();
+            if this.gaps.accept(epoch, sequence) {
+                if let Some(acks) = &mut this.acks {
+                    acks.yielded(epoch, sequence);
+                }
+                this.flush_acks(false);
                 return Poll::Ready(Some(message));
+            }
+            if let Some(acks) = &mut this.acks {
+                // Yielded before (and acknowledged, or about to be): say so again.
+                acks.add(epoch, sequence);
             }
             tracing::debug!(
                 subscription = this.state.id(),
-                sequence = message.sequence(),
+                sequence,
+                redelivered = message.is_redelivered(),
                 "duplicate delivery dropped"
             );
+        }
+    }
+}
+
+impl Subscription {
+    /// Sends the pending acknowledgements if there are enough of them, or any at all when
+    /// `now`. Never waits: if they cannot be sent now (reconnecting, or the control queue is
+    /// full) they wait for the next attempt.
+    fn flush_acks(&mut self, now: bool) {
+        let Some(acks) = &mut self.acks else {
+            return;
+        };
+        if !acks.due(now) {
+            return;
+        }
+        let epoch = self.state.epoch();
+        let Some(ack) = acks.take(epoch, self.state.id()) else {
+            return;
+        };
+        let sent = self
+            .session
+            .control()
+            .map(|control| control.send_ack(&ack))
+            .unwrap_or(false);
+        if !sent {
+            acks.put_back(epoch, ack);
         }
     }
 }

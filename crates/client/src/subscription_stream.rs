@@ -4,8 +4,9 @@
 //! reads `SubscriptionStart`, claims the subscription from the [`SubscriptionRegistry`]
 //! (waiting up to [`START_DEADLINE`] for the `Subscribed` answer if the stream came first, and
 //! for the previous connection's reader to let go after a resume), then moves `Message`s into
-//! the subscription's channel, each marked with the subscription's epoch, and adds up `Dropped`
-//! counts. When the channel is full the task waits before reading more, so flow control holds
+//! the subscription's channel, each marked with the subscription's epoch, together with the
+//! broker's `Gap` announcements (adding up the overflow ones), and records the highest
+//! sequence read, where the client stands if it resumes the session. When the channel is full the task waits before reading more, so flow control holds
 //! up this subscription's stream only. When the stream ends, the task records why on the
 //! subscription and closes the channel; when the connection is lost instead, it releases the
 //! subscription for the next connection (the session decides whether there is one).
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassini_protocol::{Dropped, ErrorCode, Frame, SubscriptionId};
+use cassini_protocol::{ErrorCode, Frame, GapReason, SubscriptionId};
 use tokio::time::{timeout_at, Instant};
 
 use crate::disconnect::error_code;
@@ -21,7 +22,7 @@ use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
 use crate::link::Link;
 use crate::message::Message;
 use crate::registry::{ClaimError, ClaimedSink, SubscriptionRegistry};
-use crate::subscription::{Delivered, SubscriptionEnd};
+use crate::subscription::{Delivered, StreamItem, SubscriptionEnd};
 
 /// How long a new stream may take to name its subscription and for that subscription to be
 /// confirmed on the control stream. A stream still unknown then is stopped.
@@ -148,10 +149,24 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
             frame = reader.next() => frame,
         };
         match frame {
-            Ok(Some(Frame::Message(delivery))) => {
+            Ok(Some(frame @ (Frame::Message(_) | Frame::Gap(_)))) => {
+                let item = match frame {
+                    Frame::Gap(gap) => {
+                        if gap.reason == GapReason::Overflow {
+                            state.add_dropped(gap.len());
+                        }
+                        state.note_received(gap.to);
+                        StreamItem::Gap(gap)
+                    }
+                    Frame::Message(delivery) => {
+                        state.note_received(delivery.sequence);
+                        StreamItem::Message(Message::from(delivery))
+                    }
+                    _ => continue,
+                };
                 let delivered = Delivered {
                     epoch: claimed.epoch(),
-                    message: Message::from(delivery),
+                    item,
                 };
                 // Waits while the channel is full: this is where backpressure starts.
                 if sender.send(delivered).await.is_err() {
@@ -159,7 +174,6 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
                     return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
                 }
             }
-            Ok(Some(Frame::Dropped(Dropped { count }))) => state.add_dropped(count),
             Ok(Some(other)) => {
                 let reason = format!("{} frame on a subscription stream", other.kind());
                 link.protocol_violation(ErrorCode::PROTOCOL_VIOLATION, &reason);

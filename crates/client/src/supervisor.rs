@@ -115,7 +115,11 @@ async fn reconnect(
             tokio::time::sleep(delay).await;
         }
         sleep = true;
-        let error = match connector.connect(resume).await {
+        let positions = match resume {
+            Some(_) => core.registry().positions(),
+            None => Vec::new(),
+        };
+        let error = match connector.connect(resume, positions).await {
             Ok(established) => {
                 let session = established.welcome.session_id;
                 match attach(core, established).await {

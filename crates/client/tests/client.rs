@@ -17,7 +17,7 @@ use cassini_client::{
     SubscribeOptions, Subscription, SubscriptionEnd,
 };
 use cassini_protocol::{
-    Delivery, Dropped, ErrorFrame, Frame, Ping, PublishRejected, Subscribed, Unsubscribed,
+    Delivery, ErrorFrame, Frame, Gap, GapReason, Ping, PublishRejected, Subscribed, Unsubscribed,
 };
 use fake_broker::{write, FakeBroker, Pki, Session, LIMITS, STEP};
 use futures_util::StreamExt;
@@ -32,6 +32,7 @@ fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Frame {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     })
 }
 
@@ -126,8 +127,16 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     // `subscribe` returned, so the answer was processed before the stream is even opened.
     let mut stream = session.open_subscription(3).await;
     write(&mut stream, &delivery(1, "demo.a", "one")).await;
-    write(&mut stream, &Frame::Dropped(Dropped { count: 4 })).await;
-    write(&mut stream, &Frame::Dropped(Dropped { count: 1 })).await;
+    let gap = |from, to, reason| {
+        Frame::Gap(Gap {
+            subscription: 3,
+            from,
+            to,
+            reason,
+        })
+    };
+    write(&mut stream, &gap(2, 5, GapReason::Overflow)).await;
+    write(&mut stream, &gap(6, 6, GapReason::Undelivered)).await;
     write(&mut stream, &delivery(7, "demo.a", "seven")).await;
     stream.finish().expect("finish");
 
@@ -137,15 +146,30 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
         .collect()
         .await;
     assert_eq!(sequences, vec![1, 7]);
-    assert_eq!(subscription.dropped(), 5);
+    assert_eq!(
+        subscription.dropped(),
+        4,
+        "only overflow gaps count as drops"
+    );
     assert_eq!(
         subscription.gaps(),
         5,
-        "the drops show as a gap in the sequence"
+        "every announced gap counts as missed"
     );
     assert_eq!(
         subscription.take_gaps(),
-        vec![cassini_client::Gap::Missed { from: 2, to: 6 }]
+        vec![
+            cassini_client::Gap::Missed {
+                from: 2,
+                to: 5,
+                reason: Some(GapReason::Overflow)
+            },
+            cassini_client::Gap::Missed {
+                from: 6,
+                to: 6,
+                reason: Some(GapReason::Undelivered)
+            }
+        ]
     );
     assert_eq!(
         subscription.end_reason(),
@@ -502,6 +526,7 @@ async fn a_slow_reader_pushes_back_on_the_broker_instead_of_buffering() {
                 message_id: None,
                 reply_to: None,
                 retained: false,
+                redelivered: false,
             });
             write(&mut stream, &frame).await;
         }

@@ -47,6 +47,7 @@ fn delivery(sequence: u64, payload: &'static str) -> Frame {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     })
 }
 
@@ -134,7 +135,11 @@ async fn a_lost_connection_is_resumed_and_the_subscription_continues_in_order_wi
     assert_eq!(subscription.gaps(), 1);
     assert_eq!(
         subscription.take_gaps(),
-        vec![Gap::Missed { from: 4, to: 4 }]
+        vec![Gap::Missed {
+            from: 4,
+            to: 4,
+            reason: None
+        }]
     );
     assert_eq!(subscription.id(), 7);
     assert_eq!(subscription.end_reason(), None);

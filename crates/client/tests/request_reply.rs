@@ -32,6 +32,7 @@ fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Delivery {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     }
 }
 

@@ -57,6 +57,7 @@ fn codec(c: &mut Criterion) {
             message_id: None,
             reply_to: None,
             retained: false,
+            redelivered: false,
         };
         group.bench_function("encode delivery", |b| {
             b.iter(|| {

@@ -216,6 +216,8 @@ pub struct DeliveryRef<'a> {
     pub reply_to: Option<&'a str>,
     /// Whether this is a retained replay.
     pub retained: bool,
+    /// Whether this delivery was sent before.
+    pub redelivered: bool,
 }
 
 /// Appends a `Frame::Message` built from borrowed parts to `buf`.
@@ -229,6 +231,31 @@ pub fn encode_delivery(
         Message(&'a DeliveryRef<'a>),
     }
     encode_value(&FrameRef::Message(delivery), buf, max_frame_bytes)
+}
+
+/// Appends a `Frame::Datagram` for `subscription` built from borrowed parts to `buf`: the
+/// content of one QUIC datagram. Its encoding is identical to that of the owned
+/// [`crate::DatagramDelivery`].
+pub fn encode_datagram(
+    subscription: crate::SubscriptionId,
+    delivery: &DeliveryRef<'_>,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    #[derive(Serialize)]
+    struct DatagramRef<'a> {
+        subscription: crate::SubscriptionId,
+        message: &'a DeliveryRef<'a>,
+    }
+    #[derive(Serialize)]
+    enum FrameRef<'a> {
+        Datagram(DatagramRef<'a>),
+    }
+    let frame = FrameRef::Datagram(DatagramRef {
+        subscription,
+        message: delivery,
+    });
+    encode_value(&frame, buf, max_frame_bytes)
 }
 
 fn encode_value<T: Serialize>(

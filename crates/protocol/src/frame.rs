@@ -4,9 +4,9 @@
 //!
 //! | stream | opened by | frames |
 //! |---|---|---|
-//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
+//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
 //! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
-//! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Dropped` |
+//! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` |
 //!
 //! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
 //! single codec (and a single fuzz target) covers them all; the stream handlers decide which
@@ -64,6 +64,9 @@ pub enum Frame {
     Unsubscribed(Unsubscribed),
     /// Control, client → broker: liveness and round-trip probe.
     Ping(Ping),
+    /// Control, client → broker: deliveries of an at-least-once subscription were processed.
+    /// Not answered.
+    Ack(Ack),
     /// Control, broker → client: the answer to `Ping`, echoing its nonce.
     Pong(Ping),
     /// Control, broker → client: a request failed, or (without a request id) the connection is
@@ -83,8 +86,12 @@ pub enum Frame {
     SubscriptionStart(SubscriptionStart),
     /// Subscription stream, broker → client: one delivered message.
     Message(Delivery),
-    /// Subscription stream, broker → client: messages were dropped by the overflow policy.
-    Dropped(Dropped),
+    /// Subscription stream, broker → client: a range of the subscription's sequence numbers
+    /// will never be delivered, and why. Sent before the next delivery after the range.
+    Gap(Gap),
+    /// QUIC datagram, broker → client: one delivery of a datagram subscription. Client →
+    /// broker, a datagram carries a `Publish` instead (fire and forget).
+    Datagram(DatagramDelivery),
 }
 
 impl Frame {
@@ -98,6 +105,7 @@ impl Frame {
             Frame::Unsubscribe(_) => "Unsubscribe",
             Frame::Unsubscribed(_) => "Unsubscribed",
             Frame::Ping(_) => "Ping",
+            Frame::Ack(_) => "Ack",
             Frame::Pong(_) => "Pong",
             Frame::Error(_) => "Error",
             Frame::GoingAway(_) => "GoingAway",
@@ -107,7 +115,8 @@ impl Frame {
             Frame::PublishAck(_) => "PublishAck",
             Frame::SubscriptionStart(_) => "SubscriptionStart",
             Frame::Message(_) => "Message",
-            Frame::Dropped(_) => "Dropped",
+            Frame::Gap(_) => "Gap",
+            Frame::Datagram(_) => "Datagram",
         }
     }
 }
@@ -122,6 +131,21 @@ pub struct Hello {
     /// A free-form client name for logs. Never used as the identity: that comes from the
     /// certificate only.
     pub client_name: Option<String>,
+    /// With `resume`: for each subscription, the last sequence the client received. The broker
+    /// continues each subscription after that point and announces with a `Gap` whatever it no
+    /// longer holds. A subscription not listed continues after the last message the broker
+    /// sent on it.
+    #[serde(default)]
+    pub positions: Vec<ResumePosition>,
+}
+
+/// Where the client stands in one subscription when it resumes its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePosition {
+    /// The subscription.
+    pub subscription: SubscriptionId,
+    /// The last sequence the client received on it (0 if none).
+    pub last_sequence: u64,
 }
 
 /// The broker's answer to `Hello`.
@@ -180,6 +204,50 @@ pub struct SubscribeOptions {
     /// Join this queue group: each message matching the filter goes to one member of the
     /// group (per filter and group name) instead of to every member.
     pub queue_group: Option<String>,
+    /// Make the subscription at least once: the broker keeps every delivery until the client
+    /// acknowledges it with `Ack`, and redelivers what is unacknowledged after a reconnect or
+    /// the ack timeout. `None`: at most once.
+    #[serde(default)]
+    pub acks: Option<AckOptions>,
+    /// How deliveries travel: on the subscription's stream (reliable, the default) or as QUIC
+    /// datagrams (newest first, no retransmission).
+    #[serde(default)]
+    pub delivery: DeliveryClass,
+}
+
+/// How a subscription's messages travel to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum DeliveryClass {
+    /// On the subscription's stream: in order, retransmitted when lost.
+    #[default]
+    Reliable,
+    /// As QUIC datagrams: never retransmitted, so a lost packet delays nothing behind it. Loss
+    /// shows as missing sequence numbers. A message too large for one datagram follows `oversize`.
+    Datagram {
+        /// What happens to a message larger than the connection's datagram size.
+        oversize: OversizeRule,
+    },
+}
+
+/// What a datagram subscription does with a message too large for one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum OversizeRule {
+    /// Drop it and announce it as a `Gap` with reason `TooLargeForDatagram`.
+    #[default]
+    Drop,
+    /// Send it on the subscription's stream instead.
+    Stream,
+}
+
+/// Settings of an at-least-once subscription; absent values take the broker's defaults, and
+/// every value is capped by the broker's maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AckOptions {
+    /// Most deliveries sent but not yet acknowledged (the in-flight window).
+    pub max_in_flight: Option<u32>,
+    /// How long a delivery may stay unacknowledged on a live connection before the broker
+    /// sends it again, in milliseconds.
+    pub ack_timeout_ms: Option<u32>,
 }
 
 /// Start a subscription.
@@ -218,6 +286,24 @@ pub struct Unsubscribed {
     pub request_id: RequestId,
     /// The subscription that ended.
     pub subscription: SubscriptionId,
+}
+
+/// Deliveries of an at-least-once subscription that the client has processed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The subscription.
+    pub subscription: SubscriptionId,
+    /// Processed sequence numbers, as inclusive ranges in any order.
+    pub ranges: Vec<SequenceRange>,
+}
+
+/// An inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceRange {
+    /// The first sequence in the range.
+    pub from: u64,
+    /// The last sequence in the range (inclusive).
+    pub to: u64,
 }
 
 /// A liveness probe; the answer echoes the nonce.
@@ -327,11 +413,55 @@ pub struct Delivery {
     pub reply_to: Option<String>,
     /// Whether this is a topic's retained value replayed to a new subscription.
     pub retained: bool,
+    /// Whether this delivery was sent before (at-least-once subscriptions only): the client may
+    /// have seen it already.
+    #[serde(default)]
+    pub redelivered: bool,
 }
 
-/// The overflow policy dropped messages; the next delivery follows the gap.
+/// Sequence numbers `from..=to` of a subscription will never be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dropped {
-    /// How many messages were dropped since the last `Dropped` frame.
-    pub count: u64,
+pub struct Gap {
+    /// The subscription the stream carries.
+    pub subscription: SubscriptionId,
+    /// The first missing sequence.
+    pub from: u64,
+    /// The last missing sequence (inclusive).
+    pub to: u64,
+    /// Why they are missing.
+    pub reason: GapReason,
+}
+
+impl Gap {
+    /// How many sequence numbers the gap covers.
+    pub fn len(&self) -> u64 {
+        self.to.saturating_sub(self.from).saturating_add(1)
+    }
+
+    /// Whether the gap covers nothing (never true of a gap the broker sends).
+    pub fn is_empty(&self) -> bool {
+        self.to < self.from
+    }
+}
+
+/// Why messages are missing from a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GapReason {
+    /// The subscription's queue was full and its overflow policy dropped them.
+    Overflow,
+    /// They were sent on a connection that was lost before the client received them; an
+    /// at-most-once subscription does not send them again.
+    Undelivered,
+    /// A datagram subscription's message was larger than one datagram, and its oversize rule
+    /// is `Drop`.
+    TooLargeForDatagram,
+}
+
+/// One delivery of a datagram subscription, in a QUIC datagram of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatagramDelivery {
+    /// The subscription it is for.
+    pub subscription: SubscriptionId,
+    /// The delivery, as on a stream.
+    pub message: Delivery,
 }

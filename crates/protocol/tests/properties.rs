@@ -13,10 +13,11 @@ mod fuzz_checks;
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    decode_frame, encode_frame, Delivery, Dropped, ErrorCode, ErrorFrame, Frame, FrameDecoder,
-    GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck,
-    PublishRejected, SessionId, Subscribe, SubscribeOptions, Subscribed, SubscriptionStart,
-    TopicError, TopicFilter, TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
+    decode_frame, encode_frame, Ack, AckOptions, Delivery, DeliveryClass, ErrorCode, ErrorFrame,
+    Frame, FrameDecoder, Gap, GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy,
+    Ping, Publish, PublishAck, PublishRejected, ResumePosition, SequenceRange, SessionId,
+    Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
+    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -76,12 +77,20 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u32>(),
         proptest::option::of(session_id()),
         proptest::option::of(text()),
+        vec(any::<(u64, u64)>(), 0..4),
     )
-        .prop_map(|(protocol_version, resume, client_name)| {
+        .prop_map(|(protocol_version, resume, client_name, positions)| {
             Frame::Hello(Hello {
                 protocol_version,
                 resume,
                 client_name,
+                positions: positions
+                    .into_iter()
+                    .map(|(subscription, last_sequence)| ResumePosition {
+                        subscription,
+                        last_sequence,
+                    })
+                    .collect(),
             })
         });
     let welcome = (
@@ -109,9 +118,18 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<Option<u32>>(),
         any::<Option<u64>>(),
         proptest::option::of(text()),
+        proptest::option::of(any::<(Option<u32>, Option<u32>)>()),
     )
         .prop_map(
-            |(request_id, filter, overflow, max_queued_messages, max_queued_bytes, queue_group)| {
+            |(
+                request_id,
+                filter,
+                overflow,
+                max_queued_messages,
+                max_queued_bytes,
+                queue_group,
+                acks,
+            )| {
                 Frame::Subscribe(Subscribe {
                     request_id,
                     filter,
@@ -120,6 +138,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                         max_queued_messages,
                         max_queued_bytes,
                         queue_group,
+                        acks: acks.map(|(max_in_flight, ack_timeout_ms)| AckOptions {
+                            max_in_flight,
+                            ack_timeout_ms,
+                        }),
+                        delivery: DeliveryClass::Reliable,
                     },
                 })
             },
@@ -209,9 +232,10 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<Option<u64>>(),
         proptest::option::of(text()),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(sequence, topic, headers, payload, message_id, reply_to, retained)| {
+            |(sequence, topic, headers, payload, message_id, reply_to, retained, redelivered)| {
                 Frame::Message(Delivery {
                     sequence,
                     topic,
@@ -220,10 +244,41 @@ fn frame() -> impl Strategy<Value = Frame> {
                     message_id,
                     reply_to,
                     retained,
+                    redelivered,
                 })
             },
         );
-    let dropped = any::<u64>().prop_map(|count| Frame::Dropped(Dropped { count }));
+    let gap = (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop_oneof![
+            Just(GapReason::Overflow),
+            Just(GapReason::Undelivered),
+            Just(GapReason::TooLargeForDatagram)
+        ],
+    )
+        .prop_map(|(subscription, from, to, reason)| {
+            Frame::Gap(Gap {
+                subscription,
+                from,
+                to,
+                reason,
+            })
+        });
+    let ack = (
+        any::<u64>(),
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8),
+    )
+        .prop_map(|(subscription, ranges)| {
+            Frame::Ack(Ack {
+                subscription,
+                ranges: ranges
+                    .into_iter()
+                    .map(|(from, to)| SequenceRange { from, to })
+                    .collect(),
+            })
+        });
     prop_oneof![
         hello.boxed(),
         welcome.boxed(),
@@ -241,7 +296,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         no_responders.boxed(),
         subscription_start.boxed(),
         message.boxed(),
-        dropped.boxed(),
+        gap.boxed(),
+        ack.boxed(),
     ]
 }
 

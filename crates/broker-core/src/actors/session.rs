@@ -8,13 +8,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{ErrorCode, SessionId, SubscribeOptions, SubscriptionId, TopicFilter};
+use cassini_protocol::{
+    DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId,
+    TopicFilter,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::topic_manager::TopicManagerMsg;
 use super::{ask, Shared};
+use crate::ack_targets::AckTargets;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
@@ -29,10 +33,13 @@ pub(crate) struct SessionArgs {
 }
 
 pub(crate) enum SessionMsg {
-    /// Attaches a connection, taking over from any attached one; answers with the new epoch.
+    /// Attaches a connection, taking over from any attached one; each subscription continues
+    /// after the client's position in it, if given. Answers with the new epoch and where the
+    /// connection's acknowledgements go.
     Attach {
         connection: Arc<dyn Connection>,
-        reply: RpcReplyPort<u64>,
+        positions: Vec<ResumePosition>,
+        reply: RpcReplyPort<Attached>,
     },
     /// The connection of `epoch` dropped: keep the session until it expires.
     Detach { epoch: u64 },
@@ -56,20 +63,33 @@ pub(crate) enum SessionMsg {
         subscription: SubscriptionId,
         reason: String,
     },
+    /// The ACL was replaced: end every subscription it no longer allows.
+    RecheckAcl,
+}
+
+/// A connection's view of the session it was attached to.
+pub(crate) struct Attached {
+    /// The attachment's epoch: a later detach or end must name it.
+    pub(crate) epoch: u64,
+    /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
+    pub(crate) acks: Arc<AckTargets>,
 }
 
 struct SessionSubscription {
     filter: TopicFilter,
     subscriber: ActorRef<SubscriberMsg>,
+    queue: Arc<SubscriptionQueue>,
 }
 
 pub(crate) struct SessionState {
     id: SessionId,
+    identity: Arc<str>,
     shared: Arc<Shared>,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
     epoch: u64,
+    acks: Arc<AckTargets>,
 }
 
 impl Drop for SessionState {
@@ -90,6 +110,17 @@ impl SessionState {
         let config = &self.shared.config;
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        if !self
+            .shared
+            .acl
+            .current()
+            .may_subscribe(&self.identity, &filter)
+        {
+            return Err(BrokerError::NotAuthorized {
+                action: "subscribe to",
+                target: filter.to_string(),
+            });
+        }
         let group = match &options.queue_group {
             None => None,
             Some(name) => Some(Arc::from(valid_group_name(
@@ -97,6 +128,20 @@ impl SessionState {
                 config.limits.max_queue_group_bytes,
             )?)),
         };
+        if let DeliveryClass::Datagram { .. } = options.delivery {
+            if options.acks.is_some() {
+                return Err(BrokerError::InvalidOption(
+                    "a datagram subscription cannot be at least once".into(),
+                ));
+            }
+            let negotiated = self
+                .attached
+                .as_ref()
+                .is_some_and(|connection| connection.max_datagram_size().is_some());
+            if !negotiated {
+                return Err(BrokerError::DatagramsUnsupported);
+            }
+        }
         let max = config.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
@@ -106,13 +151,20 @@ impl SessionState {
             session: self.id,
             subscription: self.last_subscription,
         };
-        let queue = Arc::new(SubscriptionQueue::new(config.queue.bounds_for(&options)));
+        let bounds = config.queue.bounds_for(&options);
+        let reserved = self
+            .subscriptions
+            .values()
+            .map(|s| s.queue.bounds().max_bytes);
+        super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
+        let queue = Arc::new(SubscriptionQueue::new(bounds));
         let args = SubscriberArgs {
             key,
             filter: filter.clone(),
             queue: Arc::clone(&queue),
             connection: self.attached.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
+            delivery: options.delivery,
         };
         let subscriber = ask(&self.shared.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {
@@ -122,7 +174,12 @@ impl SessionState {
             }
         })
         .await??;
-        let member = RouteMember { key, queue, group };
+        self.acks.insert(key.subscription, Arc::clone(&queue));
+        let member = RouteMember {
+            key,
+            queue: Arc::clone(&queue),
+            group,
+        };
         let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
@@ -131,11 +188,18 @@ impl SessionState {
         .await
         .and_then(|joined| joined);
         if let Err(err) = joined {
+            self.acks.remove(key.subscription);
             subscriber.stop(None);
             return Err(err);
         }
-        self.subscriptions
-            .insert(key.subscription, SessionSubscription { filter, subscriber });
+        self.subscriptions.insert(
+            key.subscription,
+            SessionSubscription {
+                filter,
+                subscriber,
+                queue,
+            },
+        );
         Ok(key.subscription)
     }
 
@@ -143,6 +207,7 @@ impl SessionState {
         let Some(entry) = self.subscriptions.remove(&subscription) else {
             return Err(BrokerError::UnknownSubscription(subscription));
         };
+        self.acks.remove(subscription);
         let key = SubscriberKey {
             session: self.id,
             subscription,
@@ -157,7 +222,11 @@ impl SessionState {
         Ok(())
     }
 
-    fn attach(&mut self, connection: Arc<dyn Connection>) -> u64 {
+    fn attach(
+        &mut self,
+        connection: Arc<dyn Connection>,
+        positions: &[ResumePosition],
+    ) -> Attached {
         if let Some(previous) = self.attached.take() {
             previous.close(
                 ErrorCode::SESSION_TAKEN_OVER,
@@ -165,13 +234,33 @@ impl SessionState {
             );
         }
         self.epoch += 1;
-        for subscription in self.subscriptions.values() {
-            let _ = subscription
-                .subscriber
-                .send_message(SubscriberMsg::Attach(Arc::clone(&connection)));
+        for (id, subscription) in &self.subscriptions {
+            let last_received = positions
+                .iter()
+                .find(|position| position.subscription == *id)
+                .map(|position| position.last_sequence);
+            let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
+                connection: Arc::clone(&connection),
+                last_received,
+            });
         }
         self.attached = Some(connection);
-        self.epoch
+        Attached {
+            epoch: self.epoch,
+            acks: Arc::clone(&self.acks),
+        }
+    }
+
+    /// Ends every subscription the current ACL no longer allows: its stream is reset with
+    /// `NOT_AUTHORIZED` (at once if attached, else when the session is resumed).
+    fn recheck_acl(&self) {
+        let acl = self.shared.acl.current();
+        for (id, subscription) in &self.subscriptions {
+            if !acl.may_subscribe(&self.identity, &subscription.filter) {
+                tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
+                subscription.queue.revoke();
+            }
+        }
     }
 
     fn detach(&mut self) {
@@ -183,7 +272,7 @@ impl SessionState {
 }
 
 /// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
-fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
+pub(crate) fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > max_bytes || !name.chars().all(allowed) {
         return Err(BrokerError::InvalidOption(format!(
@@ -206,11 +295,13 @@ impl Actor for Session {
         tracing::debug!(session = %args.id, identity = %args.identity, "session started");
         Ok(SessionState {
             id: args.id,
+            identity: args.identity,
             shared: args.shared,
             subscriptions: HashMap::new(),
             last_subscription: 0,
             attached: None,
             epoch: 0,
+            acks: Arc::default(),
         })
     }
 
@@ -221,8 +312,12 @@ impl Actor for Session {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionMsg::Attach { connection, reply } => {
-                let _ = reply.send(state.attach(connection));
+            SessionMsg::Attach {
+                connection,
+                positions,
+                reply,
+            } => {
+                let _ = reply.send(state.attach(connection, &positions));
             }
             SessionMsg::Detach { epoch } if epoch == state.epoch => {
                 state.detach();
@@ -257,10 +352,12 @@ impl Actor for Session {
                 subscription,
                 reason,
             } => {
+                state.acks.remove(subscription);
                 if state.subscriptions.remove(&subscription).is_some() {
                     tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
                 }
             }
+            SessionMsg::RecheckAcl => state.recheck_acl(),
         }
         Ok(())
     }

@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::SessionId;
+use cassini_protocol::{ResumePosition, SessionId};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::session::{Session, SessionArgs, SessionMsg};
+use super::session::{Attached, Session, SessionArgs, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child, Shared};
+use crate::ack_targets::AckTargets;
 use crate::error::BrokerError;
 use crate::transport::Connection;
 
@@ -25,17 +26,24 @@ pub(crate) struct Opened {
     pub(crate) id: SessionId,
     pub(crate) resumed: bool,
     pub(crate) epoch: u64,
+    /// The session's queues: where the connection's acknowledgements go, and what shutdown
+    /// drains.
+    pub(crate) acks: Arc<AckTargets>,
 }
 
 pub(crate) enum SessionManagerMsg {
-    /// Creates a session, or resumes `resume`, and attaches `connection` to it.
+    /// Creates a session, or resumes `resume` (continuing each subscription after the
+    /// client's `positions`), and attaches `connection` to it.
     Open {
         resume: Option<SessionId>,
+        positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
         reply: RpcReplyPort<Result<Opened, BrokerError>>,
     },
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
+    /// The ACL was replaced: every session ends the subscriptions it no longer allows.
+    RecheckAcl,
 }
 
 struct Entry {
@@ -54,6 +62,7 @@ impl SessionManager {
         myself: &ActorRef<SessionManagerMsg>,
         state: &mut SessionManagerState,
         resume: Option<SessionId>,
+        positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
     ) -> Result<Opened, BrokerError> {
         let identity = Arc::clone(&connection.peer().identity);
@@ -95,12 +104,19 @@ impl SessionManager {
                 (id, session, false)
             }
         };
-        let epoch = ask(&session, |reply| SessionMsg::Attach { connection, reply }).await?;
+        let positions = if resumed { positions } else { Vec::new() };
+        let Attached { epoch, acks } = ask(&session, |reply| SessionMsg::Attach {
+            connection,
+            positions,
+            reply,
+        })
+        .await?;
         Ok(Opened {
             session,
             id,
             resumed,
             epoch,
+            acks,
         })
     }
 }
@@ -131,14 +147,20 @@ impl Actor for SessionManager {
         match message {
             SessionManagerMsg::Open {
                 resume,
+                positions,
                 connection,
                 reply,
             } => {
-                let result = Self::open(&myself, state, resume, connection).await;
+                let result = Self::open(&myself, state, resume, positions, connection).await;
                 let _ = reply.send(result);
             }
             SessionManagerMsg::Count(reply) => {
                 let _ = reply.send(state.sessions.len());
+            }
+            SessionManagerMsg::RecheckAcl => {
+                for entry in state.sessions.values() {
+                    let _ = entry.session.send_message(SessionMsg::RecheckAcl);
+                }
             }
         }
         Ok(())

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use cassini_protocol::TopicFilter;
+use cassini_protocol::{DeliveryClass, TopicFilter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::subscription_writer::{
-    run_subscription_writer, WriterOutcome, INBOX_STREAM_PRIORITY, SUBSCRIPTION_STREAM_PRIORITY,
+    run_subscription_writer, WriterOutcome, WriterSettings, INBOX_STREAM_PRIORITY,
+    SUBSCRIPTION_STREAM_PRIORITY,
 };
 use crate::queue::SubscriptionQueue;
 use crate::router::SubscriberKey;
@@ -25,11 +26,16 @@ pub(crate) struct SubscriberArgs {
     pub(crate) queue: Arc<SubscriptionQueue>,
     pub(crate) connection: Option<Arc<dyn Connection>>,
     pub(crate) max_frame_bytes: u32,
+    pub(crate) delivery: DeliveryClass,
 }
 
 pub(crate) enum SubscriberMsg {
-    /// Start writing to a new stream on this connection.
-    Attach(Arc<dyn Connection>),
+    /// Start writing to a new stream on this connection, continuing after `last_received` (the
+    /// last sequence the client says it received) when it is known.
+    Attach {
+        connection: Arc<dyn Connection>,
+        last_received: Option<u64>,
+    },
     /// Stop writing; keep queueing.
     Detach,
     /// The writer task of generation `generation` ended.
@@ -49,6 +55,7 @@ pub(crate) struct SubscriberState {
     priority: i32,
     queue: Arc<SubscriptionQueue>,
     max_frame_bytes: u32,
+    delivery: DeliveryClass,
     writer: Option<Writer>,
     generation: u64,
 }
@@ -61,7 +68,12 @@ impl SubscriberState {
         }
     }
 
-    fn start_writer(&mut self, myself: &ActorRef<SubscriberMsg>, connection: Arc<dyn Connection>) {
+    fn start_writer(
+        &mut self,
+        myself: &ActorRef<SubscriberMsg>,
+        connection: Arc<dyn Connection>,
+        last_received: Option<u64>,
+    ) {
         self.stop_writer();
         self.generation += 1;
         let generation = self.generation;
@@ -71,8 +83,12 @@ impl SubscriberState {
             self.key,
             Arc::clone(&self.queue),
             cancel.clone(),
-            self.max_frame_bytes,
-            self.priority,
+            WriterSettings {
+                max_frame_bytes: self.max_frame_bytes,
+                priority: self.priority,
+                delivery: self.delivery,
+            },
+            last_received,
         );
         self.queue.set_attached(true);
         let myself = myself.clone();
@@ -120,11 +136,12 @@ impl Actor for Subscriber {
             priority,
             queue: args.queue,
             max_frame_bytes: args.max_frame_bytes,
+            delivery: args.delivery,
             writer: None,
             generation: 0,
         };
         if let Some(connection) = args.connection {
-            state.start_writer(&myself, connection);
+            state.start_writer(&myself, connection, None);
         }
         Ok(state)
     }
@@ -136,7 +153,10 @@ impl Actor for Subscriber {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SubscriberMsg::Attach(connection) => state.start_writer(&myself, connection),
+            SubscriberMsg::Attach {
+                connection,
+                last_received,
+            } => state.start_writer(&myself, connection, last_received),
             SubscriberMsg::Detach => state.stop_writer(),
             SubscriberMsg::WriterEnded {
                 generation,

@@ -46,9 +46,11 @@ impl Actor for Supervisor {
             Actor::spawn_linked(None, SubscriberManager, topics.clone(), myself.get_cell()).await?;
         let dedupe = Arc::new(crate::dedupe::DedupeWindow::new(config.dedupe));
         let shared = Arc::new(Shared {
+            acl: crate::acl::AclHandle::new(config.acl.clone()),
             config,
             router,
             dedupe,
+            registry: Arc::default(),
             topics,
             subscribers,
         });

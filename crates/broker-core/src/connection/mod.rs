@@ -8,5 +8,6 @@
 
 pub(crate) mod driver;
 pub(crate) mod framed;
+pub(crate) mod gaps;
 pub(crate) mod publish;
 pub(crate) mod subscription_writer;

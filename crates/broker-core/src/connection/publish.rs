@@ -4,7 +4,8 @@
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
 //! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
-//! with `NoResponders`; a publish with `ack` is answered with `PublishAck` once routed, or once
+//! with `NoResponders`; a publish the ACL does not allow is answered with `PublishRejected`
+//! (`NOT_AUTHORIZED`) and routed nowhere; a publish with `ack` is answered with `PublishAck` once routed, or once
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
 
+use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
 use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
@@ -36,6 +38,7 @@ pub(crate) async fn serve_publish_stream(
     let config = &shared.config;
     let max_frame_bytes = config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut permissions = PermissionCache::new(&shared.acl, &identity);
     let mut last = LastTopic::default();
     while let Some(frame) = reader.next().await? {
         let Frame::Publish(publish) = frame else {
@@ -49,7 +52,10 @@ pub(crate) async fn serve_publish_stream(
         let retain = publish.retain;
         let message_id = publish.message_id;
         let ack = publish.ack;
-        let answers = match accept(publish, config, &mut last.topic) {
+        let counters = shared.router.counters();
+        let answers = match accept_with(publish, config, &mut last.topic)
+            .and_then(|message| authorize(permissions.get(&shared.acl, &identity), message))
+        {
             Ok(message) => answer(
                 &shared,
                 &identity,
@@ -62,8 +68,14 @@ pub(crate) async fn serve_publish_stream(
                 ack,
                 message_id,
             )
-            .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
-            Err(err) => vec![rejected(topic, message_id, &err)],
+            .unwrap_or_else(|err| {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }),
+            Err(err) => {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }
         };
         for answer in &answers {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
@@ -114,6 +126,8 @@ fn answer(
     let mut answers = Vec::new();
     if first_time {
         answers.extend(route(&shared.router, message, routing)?);
+    } else {
+        shared.router.counters().duplicate();
     }
     answers.push(Frame::PublishAck(PublishAck {
         message_id,
@@ -133,10 +147,14 @@ fn route(
     }
     let message = Arc::new(message);
     let report = router.publish_cached(&message, routing.target, routing.cache);
+    router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => Some(Frame::NoResponders(NoResponders {
-            reply_to: reply_to.clone(),
-        })),
+        Some(reply_to) if report.offered == 0 => {
+            router.counters().no_responders();
+            Some(Frame::NoResponders(NoResponders {
+                reply_to: reply_to.clone(),
+            }))
+        }
         _ => None,
     })
 }
@@ -150,9 +168,32 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
     })
 }
 
-/// Checks a publish against the limits and turns it into the broker's shared form. `last` is the
-/// stream's last valid topic: the same name again is not parsed again (the limits are the same).
-fn accept(
+/// Lets `message` through if the ACL allows its publisher that topic.
+fn authorize(
+    permissions: &Permissions,
+    message: PublishedMessage,
+) -> Result<PublishedMessage, BrokerError> {
+    if permissions.may_publish(&message.topic) {
+        Ok(message)
+    } else {
+        Err(BrokerError::NotAuthorized {
+            action: "publish to",
+            target: message.topic.to_string(),
+        })
+    }
+}
+
+/// Checks a publish against the limits and turns it into the broker's shared form.
+pub(crate) fn accept(
+    publish: Publish,
+    config: &BrokerConfig,
+) -> Result<PublishedMessage, BrokerError> {
+    accept_with(publish, config, &mut None)
+}
+
+/// [`accept`] for a stream or connection that remembers its last valid topic in `last`: the
+/// same name again is not parsed again (the limits are the same).
+fn accept_with(
     publish: Publish,
     config: &BrokerConfig,
     last: &mut Option<TopicName>,
@@ -183,4 +224,64 @@ fn accept(
         reply_to: publish.reply_to,
         retained: false,
     })
+}
+
+/// Publishes arriving in QUIC datagrams on one connection: fire and forget. Each datagram
+/// holds one `Publish` frame; it is checked and routed like a stream publish, but nothing
+/// answers it (no acknowledgement, no rejection, no `NoResponders`): a refused or
+/// undecodable-as-publish datagram is counted and logged, and a datagram that is not a frame
+/// at all closes the connection as malformed.
+pub(crate) struct DatagramPublishes {
+    shared: Arc<Shared>,
+    identity: Arc<str>,
+    permissions: PermissionCache,
+    /// The last datagram's topic and routes.
+    last: LastTopic,
+}
+
+impl DatagramPublishes {
+    pub(crate) fn new(shared: Arc<Shared>, identity: Arc<str>) -> Self {
+        let permissions = PermissionCache::new(&shared.acl, &identity);
+        Self {
+            shared,
+            identity,
+            permissions,
+            last: LastTopic::default(),
+        }
+    }
+
+    /// Routes the publish in `datagram`.
+    pub(crate) fn receive(&mut self, datagram: &[u8]) -> Result<(), BrokerError> {
+        let config = &self.shared.config;
+        let (frame, _) = cassini_protocol::decode_frame(datagram, config.limits.max_frame_bytes)?;
+        let Frame::Publish(publish) = frame else {
+            return Err(BrokerError::ProtocolViolation(format!(
+                "{} frame in a datagram",
+                frame.kind()
+            )));
+        };
+        let topic = publish.topic.clone();
+        let retain = publish.retain;
+        let target = publish.to_session;
+        let routed = accept_with(publish, config, &mut self.last.topic)
+            .and_then(|message| {
+                authorize(
+                    self.permissions.get(&self.shared.acl, &self.identity),
+                    message,
+                )
+            })
+            .and_then(|message| {
+                let routing = Routing {
+                    target,
+                    retain,
+                    cache: &mut self.last.routes,
+                };
+                route(&self.shared.router, message, routing)
+            });
+        if let Err(err) = routed {
+            self.shared.router.counters().rejected();
+            tracing::debug!(%topic, %err, "datagram publish refused");
+        }
+        Ok(())
+    }
 }

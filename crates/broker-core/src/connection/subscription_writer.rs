@@ -1,18 +1,23 @@
 //! One subscription's stream: the end of the hot path.
 //!
-//! The writer opens a unidirectional stream, sends `SubscriptionStart`, then moves batches out
-//! of the subscription's queue, encodes them (`Dropped` first when the policy dropped anything)
-//! and writes them in one stream write. It is the queue's only consumer. Flow control on this
-//! stream only ever holds up this subscription: the queue fills and its policy applies.
+//! The writer begins a new attachment of the subscription's queue (so an older writer gets
+//! nothing more), opens a unidirectional stream, sends `SubscriptionStart`, then moves batches
+//! out of the queue, encodes them (a `Gap` before any sequence the client will never get, see
+//! [`GapAnnouncer`]) and writes each batch in one stream write. It is the queue's only
+//! consumer. Flow control on this stream only ever holds up this subscription: the queue fills
+//! and its policy applies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cassini_protocol::codec::encode_delivery;
-use cassini_protocol::{encode_frame, Dropped, ErrorCode, Frame, SubscriptionStart};
+use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
+use cassini_protocol::{
+    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionStart,
+};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::gaps::GapAnnouncer;
 use crate::queue::{CloseReason, Popped, SubscriptionQueue};
 use crate::router::SubscriberKey;
 use crate::transport::{Connection, SendStream, TransportError};
@@ -54,15 +59,36 @@ impl From<TransportError> for WriterOutcome {
     }
 }
 
+/// How a subscription's writer sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterSettings {
+    /// The largest frame the connection accepts.
+    pub(crate) max_frame_bytes: u32,
+    /// The stream's send priority.
+    pub(crate) priority: i32,
+    /// Stream or datagrams.
+    pub(crate) delivery: DeliveryClass,
+}
+
 /// Feeds `queue` into a new stream on `connection` until cancelled or the queue closes.
+/// `last_received` is where the client says it stands in this subscription, if it said. A
+/// datagram subscription sends each delivery in a QUIC datagram of its own; its stream carries
+/// the gaps, and messages too large for a datagram when its oversize rule says so.
 pub(crate) async fn run_subscription_writer(
     connection: Arc<dyn Connection>,
     key: SubscriberKey,
     queue: Arc<SubscriptionQueue>,
     cancel: CancellationToken,
-    max_frame_bytes: u32,
-    priority: i32,
+    settings: WriterSettings,
+    last_received: Option<u64>,
 ) -> WriterOutcome {
+    let WriterSettings {
+        max_frame_bytes,
+        priority,
+        delivery: class,
+    } = settings;
+    let attachment = queue.attach(last_received);
+    let mut gaps = GapAnnouncer::new(key.subscription, &attachment);
     let mut stream = tokio::select! {
         _ = cancel.cancelled() => return WriterOutcome::Cancelled,
         opened = connection.open_uni() => match opened {
@@ -89,9 +115,13 @@ pub(crate) async fn run_subscription_writer(
                 let _ = stream.finish();
                 return WriterOutcome::Cancelled;
             }
-            popped = queue.pop_batch(&mut batch, MAX_BATCH) => popped,
+            popped = queue.pop_batch(&attachment, &mut batch, MAX_BATCH) => popped,
         };
         match popped {
+            Popped::Superseded => {
+                let _ = stream.finish();
+                return WriterOutcome::Cancelled;
+            }
             Popped::Closed(CloseReason::Ended) => {
                 let _ = stream.finish();
                 return WriterOutcome::Ended;
@@ -100,25 +130,87 @@ pub(crate) async fn run_subscription_writer(
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
-            Popped::Batch { dropped } => {
-                if dropped > 0 {
-                    let frame = Frame::Dropped(Dropped { count: dropped });
-                    if encode_frame(&frame, &mut buf, max_frame_bytes).is_err() {
-                        tracing::error!("cannot encode a Dropped frame");
-                    }
-                }
+            Popped::Closed(CloseReason::NotAuthorized) => {
+                stream.reset(ErrorCode::NOT_AUTHORIZED);
+                return WriterOutcome::Ended;
+            }
+            Popped::Batch {
+                last_sequence,
+                drained,
+                ..
+            } => {
                 for queued in batch.drain(..) {
-                    let delivery = queued.message.as_delivery(queued.sequence);
+                    if !queued.redelivered {
+                        encode_gaps(&gaps.before(queued.sequence), &mut buf, max_frame_bytes);
+                    }
+                    let delivery = queued
+                        .message
+                        .as_delivery(queued.sequence, queued.redelivered);
+                    if let DeliveryClass::Datagram { oversize } = class {
+                        match send_datagram(connection.as_ref(), key, &delivery, max_frame_bytes) {
+                            Ok(true) => continue,
+                            Ok(false) if oversize == OversizeRule::Drop => {
+                                let gap = Gap {
+                                    subscription: key.subscription,
+                                    from: queued.sequence,
+                                    to: queued.sequence,
+                                    reason: GapReason::TooLargeForDatagram,
+                                };
+                                encode_gaps(&[gap], &mut buf, max_frame_bytes);
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(err) => return err.into(),
+                        }
+                    }
                     if let Err(err) = encode_delivery(&delivery, &mut buf, max_frame_bytes) {
                         // The publish path bounds payloads below the frame limit, so this only
                         // happens if the two limits are configured inconsistently.
                         tracing::error!(%err, "delivery does not fit in a frame; dropped");
                     }
                 }
+                if drained {
+                    encode_gaps(&gaps.through(last_sequence), &mut buf, max_frame_bytes);
+                }
+                if buf.is_empty() {
+                    continue;
+                }
                 if let Err(outcome) = write_or_cancel(stream.as_mut(), &buf, &cancel).await {
                     return outcome;
                 }
             }
+        }
+    }
+}
+
+/// Sends one delivery as a datagram; `Ok(false)` when it is larger than the connection's
+/// datagram size (the caller applies the oversize rule).
+fn send_datagram(
+    connection: &dyn Connection,
+    key: SubscriberKey,
+    delivery: &DeliveryRef<'_>,
+    max_frame_bytes: u32,
+) -> Result<bool, TransportError> {
+    let Some(max) = connection.max_datagram_size() else {
+        return Ok(false);
+    };
+    let mut datagram = BytesMut::new();
+    if encode_datagram(key.subscription, delivery, &mut datagram, max_frame_bytes).is_err()
+        || datagram.len() > max
+    {
+        return Ok(false);
+    }
+    match connection.send_datagram(datagram.freeze()) {
+        Ok(()) => Ok(true),
+        Err(TransportError::DatagramTooLarge) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+fn encode_gaps(gaps: &[Gap], buf: &mut BytesMut, max_frame_bytes: u32) {
+    for gap in gaps {
+        if encode_frame(&Frame::Gap(*gap), buf, max_frame_bytes).is_err() {
+            tracing::error!("cannot encode a Gap frame");
         }
     }
 }

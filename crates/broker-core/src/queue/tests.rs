@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::AckBounds;
 use bytes::Bytes;
 use cassini_protocol::{TopicLimits, TopicName};
 
@@ -18,15 +19,53 @@ fn queue(max_messages: usize, overflow: OverflowPolicy) -> SubscriptionQueue {
         max_messages,
         max_bytes: usize::MAX,
         overflow,
+        acks: None,
+    })
+}
+
+fn at_least_once(max_messages: usize, max_in_flight: usize) -> SubscriptionQueue {
+    SubscriptionQueue::new(QueueBounds {
+        max_messages,
+        max_bytes: usize::MAX,
+        overflow: OverflowPolicy::DropOldest,
+        acks: Some(AckBounds {
+            max_in_flight,
+            timeout: Duration::from_secs(30),
+        }),
     })
 }
 
 async fn drain(queue: &SubscriptionQueue) -> (Vec<u64>, u64) {
+    let attachment = queue.attach(None);
     let mut batch = Vec::new();
-    match queue.pop_batch(&mut batch, usize::MAX).await {
-        Popped::Batch { dropped } => (batch.iter().map(|q| q.sequence).collect(), dropped),
-        Popped::Closed(reason) => panic!("closed: {reason:?}"),
+    match queue.pop_batch(&attachment, &mut batch, usize::MAX).await {
+        Popped::Batch { dropped, .. } => (batch.iter().map(|q| q.sequence).collect(), dropped),
+        other => panic!("no batch: {other:?}"),
     }
+}
+
+/// The next batch for `attachment` as (sequence, redelivered) pairs, or `None` if nothing
+/// comes within `wait` (of paused, virtual time).
+async fn next_batch(
+    queue: &SubscriptionQueue,
+    attachment: &Attachment,
+    wait: Duration,
+) -> Option<Vec<(u64, bool)>> {
+    let mut batch = Vec::new();
+    match tokio::time::timeout(wait, queue.pop_batch(attachment, &mut batch, usize::MAX)).await {
+        Ok(Popped::Batch { .. }) => Some(
+            batch
+                .iter()
+                .map(|queued| (queued.sequence, queued.redelivered))
+                .collect(),
+        ),
+        Ok(other) => panic!("no batch: {other:?}"),
+        Err(_) => None,
+    }
+}
+
+fn range(from: u64, to: u64) -> SequenceRange {
+    SequenceRange { from, to }
 }
 
 #[tokio::test]
@@ -79,7 +118,7 @@ async fn close_policy_closes_the_queue_on_overflow() {
     assert_eq!(q.push(&message(1)), PushOutcome::Closed);
     let mut batch = Vec::new();
     assert_eq!(
-        q.pop_batch(&mut batch, 10).await,
+        q.pop_batch(&q.attach(None), &mut batch, 10).await,
         Popped::Closed(CloseReason::Overflow)
     );
 }
@@ -90,6 +129,7 @@ async fn the_byte_bound_holds_except_for_a_single_message() {
         max_messages: 1000,
         max_bytes: 100,
         overflow: OverflowPolicy::DropOldest,
+        acks: None,
     });
     for _ in 0..10 {
         q.push(&message(39));
@@ -113,7 +153,7 @@ async fn an_ended_queue_drains_before_reporting_closed() {
     assert_eq!(drain(&q).await, (vec![1], 0));
     let mut batch = Vec::new();
     assert_eq!(
-        q.pop_batch(&mut batch, 10).await,
+        q.pop_batch(&q.attach(None), &mut batch, 10).await,
         Popped::Closed(CloseReason::Ended)
     );
 }
@@ -132,4 +172,138 @@ async fn a_waiting_consumer_wakes_on_push() {
         .expect("consumer woke")
         .expect("consumer ran");
     assert_eq!(drained, (vec![1], 0));
+}
+
+#[tokio::test]
+async fn a_writer_of_an_older_attachment_gets_nothing_more() {
+    let q = queue(10, OverflowPolicy::DropOldest);
+    let old = q.attach(None);
+    q.push(&message(1));
+    let new = q.attach(None);
+    let mut batch = Vec::new();
+    assert_eq!(q.pop_batch(&old, &mut batch, 10).await, Popped::Superseded);
+    assert!(batch.is_empty());
+    assert_eq!(
+        next_batch(&q, &new, Duration::from_secs(1)).await,
+        Some(vec![(1, false)])
+    );
+}
+
+#[tokio::test]
+async fn an_attachment_continues_after_what_the_client_received() {
+    let q = queue(10, OverflowPolicy::DropOldest);
+    let first = q.attach(None);
+    for _ in 0..5 {
+        q.push(&message(1));
+    }
+    next_batch(&q, &first, Duration::from_secs(1)).await;
+    // The client received 1..=3 of the five sent before its connection dropped.
+    let second = q.attach(Some(3));
+    assert_eq!(second.next_expected, 4);
+    assert_eq!(second.undelivered_through, 5);
+    // A client claiming more than was ever sent is held to what was sent.
+    assert_eq!(q.attach(Some(99)).next_expected, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_least_once_sends_no_more_than_the_in_flight_window_until_acked() {
+    let q = at_least_once(100, 2);
+    for _ in 0..5 {
+        q.push(&message(1));
+    }
+    let attachment = q.attach(None);
+    let wait = Duration::from_secs(1);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(1, false), (2, false)])
+    );
+    assert_eq!(next_batch(&q, &attachment, wait).await, None, "window full");
+    assert_eq!(q.stats().in_flight, 2);
+    assert_eq!(q.ack(&[range(1, 1)]), 1);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(3, false)])
+    );
+    assert_eq!(q.ack(&[range(2, 3), range(40, 50)]), 2);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(4, false), (5, false)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_attachment_redelivers_everything_unacknowledged_first() {
+    let q = at_least_once(100, 10);
+    let first = q.attach(None);
+    for _ in 0..4 {
+        q.push(&message(1));
+    }
+    next_batch(&q, &first, Duration::from_secs(1)).await;
+    q.ack(&[range(2, 2)]);
+    q.push(&message(1));
+    let second = q.attach(Some(1));
+    assert_eq!(second.next_expected, 5, "redeliveries never count as a gap");
+    assert_eq!(
+        next_batch(&q, &second, Duration::from_secs(1)).await,
+        Some(vec![(1, true), (3, true), (4, true), (5, false)])
+    );
+    assert_eq!(q.stats().redelivered_total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unacknowledged_message_is_sent_again_after_the_ack_timeout() {
+    let q = at_least_once(100, 10);
+    let attachment = q.attach(None);
+    q.push(&message(1));
+    q.push(&message(1));
+    next_batch(&q, &attachment, Duration::from_secs(1)).await;
+    q.ack(&[range(1, 1)]);
+    assert_eq!(
+        next_batch(&q, &attachment, Duration::from_secs(29)).await,
+        None,
+        "not before the timeout"
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, Duration::from_secs(2)).await,
+        Some(vec![(2, true)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overflow_policy_never_drops_a_message_in_flight() {
+    let q = at_least_once(2, 2);
+    let first = q.attach(None);
+    q.push(&message(1));
+    q.push(&message(1));
+    next_batch(&q, &first, Duration::from_secs(1)).await;
+    for _ in 0..5 {
+        q.push(&message(1));
+    }
+    assert_eq!(
+        q.stats().dropped_total,
+        3,
+        "only queued messages were dropped"
+    );
+    let second = q.attach(None);
+    assert_eq!(
+        next_batch(&q, &second, Duration::from_secs(1)).await,
+        Some(vec![(1, true), (2, true)])
+    );
+    q.ack(&[range(1, 2)]);
+    assert_eq!(
+        next_batch(&q, &second, Duration::from_secs(1)).await,
+        Some(vec![(6, false), (7, false)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_member_hands_on_its_unacknowledged_messages_in_order() {
+    let q = at_least_once(100, 2);
+    let attachment = q.attach(None);
+    for _ in 0..4 {
+        q.push(&message(1));
+    }
+    next_batch(&q, &attachment, Duration::from_secs(1)).await;
+    assert_eq!(q.take_remaining().len(), 4);
+    assert_eq!(q.stats().in_flight, 0);
 }

@@ -28,6 +28,7 @@ fn member(session: u8, subscription: u64, group: Option<&str>) -> RouteMember {
         max_messages: 100,
         max_bytes: 1 << 20,
         overflow: OverflowPolicy::DropOldest,
+        acks: None,
     }));
     queue.set_attached(true);
     RouteMember {
@@ -55,9 +56,14 @@ async fn queued(member: &RouteMember) -> usize {
         return 0;
     }
     let mut batch = Vec::new();
-    match member.queue.pop_batch(&mut batch, usize::MAX).await {
+    let attachment = member.queue.attach(None);
+    match member
+        .queue
+        .pop_batch(&attachment, &mut batch, usize::MAX)
+        .await
+    {
         Popped::Batch { .. } => batch.len(),
-        Popped::Closed(_) => 0,
+        Popped::Closed(_) | Popped::Superseded => 0,
     }
 }
 
@@ -169,7 +175,11 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     router.replay_retained(&filter("state.*"), &subscriber.queue, || added = true);
     assert!(added);
     let mut batch = Vec::new();
-    subscriber.queue.pop_batch(&mut batch, 10).await;
+    let attachment = subscriber.queue.attach(None);
+    subscriber
+        .queue
+        .pop_batch(&attachment, &mut batch, 10)
+        .await;
     let payloads: Vec<_> = batch.iter().map(|q| q.message.payload.clone()).collect();
     assert_eq!(
         payloads,
@@ -237,4 +247,74 @@ async fn a_cached_publish_sees_every_trie_and_member_change() {
     assert_eq!(queued(&exact).await, 4);
     assert_eq!(queued(&wildcard).await, 3, "a.b twice, a.c once");
     assert_eq!(queued(&late).await, 2);
+}
+
+fn member_with(policy: OverflowPolicy, max_messages: usize) -> RouteMember {
+    let queue = Arc::new(SubscriptionQueue::new(QueueBounds {
+        max_messages,
+        max_bytes: 1 << 20,
+        overflow: policy,
+        acks: None,
+    }));
+    RouteMember {
+        key: SubscriberKey {
+            session: SessionId([9; 16]),
+            subscription: max_messages as u64,
+        },
+        queue,
+        group: None,
+    }
+}
+
+#[test]
+fn the_router_counts_queued_copies_and_drops_by_policy() {
+    let router = Router::default();
+    let policies = [
+        OverflowPolicy::DropOldest,
+        OverflowPolicy::DropNewest,
+        OverflowPolicy::Latest,
+        OverflowPolicy::Close,
+    ];
+    for (index, policy) in policies.into_iter().enumerate() {
+        let route = Arc::new(FilterRoute::new(filter(&format!("p{index}.>"))));
+        route.set_members(&[member_with(policy, 2)]);
+        router.insert(route);
+        for _ in 0..3 {
+            router.publish(&message(&format!("p{index}.x"), b"abcd"), None);
+        }
+    }
+    let counters = router.counters().snapshot();
+    // DropOldest: 3 queued, 1 dropped. DropNewest: 2 queued, 1 refused. Latest: 3 queued, 2
+    // replaced. Close: 2 queued, then the queue closed.
+    assert_eq!(counters.deliveries_queued, 3 + 2 + 3 + 2);
+    assert_eq!(counters.delivery_bytes_queued, 4 * (3 + 2 + 3 + 2));
+    assert_eq!(counters.dropped(DropReason::DropOldest), 1);
+    assert_eq!(counters.dropped(DropReason::DropNewest), 1);
+    assert_eq!(counters.dropped(DropReason::Latest), 2);
+    assert_eq!(counters.dropped(DropReason::SlowConsumer), 1);
+    let mut filters: Vec<String> = router
+        .routes()
+        .iter()
+        .map(|route| route.filter().to_string())
+        .collect();
+    filters.sort();
+    assert_eq!(filters, ["p0.>", "p1.>", "p2.>", "p3.>"]);
+}
+
+#[test]
+fn routes_lists_literal_wildcard_and_tail_filters() {
+    let router = Router::default();
+    for f in ["a", "a.b", "a.*", "a.>", "*.c", ">"] {
+        router.insert(Arc::new(FilterRoute::new(filter(f))));
+    }
+    let mut filters: Vec<String> = router
+        .routes()
+        .iter()
+        .map(|route| route.filter().to_string())
+        .collect();
+    filters.sort();
+    assert_eq!(filters, ["*.c", ">", "a", "a.*", "a.>", "a.b"]);
+    router.publish(&message("a.b", b"x"), None);
+    router.retain(&message("a.b", b"xyz")).unwrap();
+    assert_eq!(router.retained_bytes(), 3);
 }

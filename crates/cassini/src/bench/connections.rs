@@ -294,6 +294,7 @@ async fn hello(
         protocol_version: PROTOCOL_VERSION,
         resume: None,
         client_name: Some("bench-idle".into()),
+        positions: Vec::new(),
     });
     encode_frame(&hello, &mut buf, decoder.max_frame_bytes())?;
     send.write_all(&buf).await?;

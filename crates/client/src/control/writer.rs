@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use cassini_protocol::Frame;
 use tokio::sync::mpsc;
 
 use crate::control::pending::PendingRequest;
@@ -28,6 +29,17 @@ pub(crate) async fn run_writer(
                 return;
             }
             ControlCommand::Request { request, reply } => (request, reply),
+            ControlCommand::Ack(ack) => {
+                let Ok(bytes) = encode(&Frame::Ack(ack), link.max_frame_bytes()) else {
+                    continue;
+                };
+                if let Err(error) = send.write_all(&bytes).await {
+                    let error = write_error(&error, Phase::Established);
+                    tracing::debug!(%error, "control stream write failed");
+                    return;
+                }
+                continue;
+            }
         };
         let id = next_id;
         next_id += 1;

@@ -29,8 +29,16 @@ fn a_jump_is_recorded_as_the_range_it_skipped() {
     assert_eq!(
         tracker.take(),
         vec![
-            Gap::Missed { from: 3, to: 5 },
-            Gap::Missed { from: 8, to: 8 }
+            Gap::Missed {
+                from: 3,
+                to: 5,
+                reason: None
+            },
+            Gap::Missed {
+                from: 8,
+                to: 8,
+                reason: None
+            }
         ]
     );
     assert!(tracker.take().is_empty(), "taken gaps are gone");
@@ -41,7 +49,14 @@ fn a_jump_is_recorded_as_the_range_it_skipped() {
 fn messages_dropped_before_the_first_one_read_are_a_gap_too() {
     let mut tracker = GapTracker::default();
     assert!(tracker.accept(0, 4));
-    assert_eq!(tracker.take(), vec![Gap::Missed { from: 1, to: 3 }]);
+    assert_eq!(
+        tracker.take(),
+        vec![Gap::Missed {
+            from: 1,
+            to: 3,
+            reason: None
+        }]
+    );
 }
 
 #[test]
@@ -65,7 +80,15 @@ fn a_new_session_records_the_loss_and_starts_again_at_one() {
 
 #[test]
 fn gap_sizes_are_known_only_for_missed_ranges() {
-    assert_eq!(Gap::Missed { from: 3, to: 5 }.missed(), Some(3));
+    assert_eq!(
+        Gap::Missed {
+            from: 3,
+            to: 5,
+            reason: None
+        }
+        .missed(),
+        Some(3)
+    );
     assert_eq!(Gap::SessionLost { last_sequence: 9 }.missed(), None);
 }
 
@@ -83,7 +106,34 @@ fn only_the_latest_gaps_are_kept_but_all_are_counted() {
         gaps.last(),
         Some(&Gap::Missed {
             from: 2 * total - 1,
-            to: 2 * total - 1
+            to: 2 * total - 1,
+            reason: None
         })
     );
+}
+
+#[test]
+fn an_announced_gap_is_recorded_with_its_reason_and_the_next_message_makes_none() {
+    let mut tracker = GapTracker::default();
+    assert!(tracker.accept(0, 1));
+    tracker.announced(0, 2, 901, GapReason::Overflow);
+    assert!(tracker.accept(0, 902));
+    assert_eq!(tracker.missed(), 900);
+    assert_eq!(
+        tracker.take(),
+        vec![Gap::Missed {
+            from: 2,
+            to: 901,
+            reason: Some(GapReason::Overflow)
+        }]
+    );
+}
+
+#[test]
+fn an_announced_gap_behind_what_was_yielded_is_ignored() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(yielded(&mut tracker, 0, &[1, 2, 3]), vec![1, 2, 3]);
+    tracker.announced(0, 1, 2, GapReason::Undelivered);
+    assert!(tracker.take().is_empty());
+    assert_eq!(tracker.last_sequence(), 3);
 }

@@ -15,6 +15,7 @@ fn a_delivery_keeps_its_id_reply_topic_and_retained_flag() {
         message_id: Some(99),
         reply_to: Some("_INBOX.0123456789abcdef.1".into()),
         retained: true,
+        redelivered: false,
     });
     assert_eq!(message.topic(), "svc.time");
     assert_eq!(message.sequence(), 4);
@@ -34,6 +35,7 @@ fn a_plain_delivery_is_neither_a_request_nor_retained() {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     });
     assert_eq!(message.message_id(), None);
     assert_eq!(message.reply_to(), None);

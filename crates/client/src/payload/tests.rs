@@ -43,6 +43,7 @@ fn delivered(payload: Bytes) -> Message {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     })
 }
 

@@ -13,7 +13,7 @@ use tokio::time::{timeout, Instant};
 
 use super::*;
 use crate::message::Message;
-use crate::subscription::{Delivered, SubscriptionState};
+use crate::subscription::{Delivered, StreamItem, SubscriptionState};
 
 fn sink() -> (Arc<SubscriptionSink>, mpsc::Receiver<Delivered>) {
     let (sender, receiver) = mpsc::channel(4);
@@ -35,6 +35,7 @@ fn message(sequence: u64) -> Message {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     })
 }
 
@@ -125,11 +126,15 @@ async fn a_released_subscription_stays_open_for_the_next_connection() {
         .expect("open")
         .send(Delivered {
             epoch: claimed.epoch(),
-            message: message(1),
+            item: StreamItem::Message(message(1)),
         })
         .await
         .expect("send");
-    assert_eq!(receiver.recv().await.map(|d| d.message.sequence()), Some(1));
+    let received = receiver.recv().await.map(|delivered| match delivered.item {
+        StreamItem::Message(message) => message.sequence(),
+        StreamItem::Gap(gap) => panic!("a gap: {gap:?}"),
+    });
+    assert_eq!(received, Some(1));
 }
 
 #[tokio::test]

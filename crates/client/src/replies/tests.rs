@@ -19,6 +19,7 @@ fn reply(topic: &str, payload: &'static str) -> Message {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     })
 }
 

@@ -9,6 +9,10 @@ fn one_of_every_frame() -> Vec<Frame> {
             protocol_version: crate::PROTOCOL_VERSION,
             resume: Some(session_id),
             client_name: Some("sensor-7".into()),
+            positions: vec![ResumePosition {
+                subscription: 42,
+                last_sequence: 1000,
+            }],
         }),
         Frame::Welcome(Welcome {
             protocol_version: 1,
@@ -31,6 +35,13 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_queued_messages: Some(10),
                 max_queued_bytes: None,
                 queue_group: Some("workers".into()),
+                acks: Some(AckOptions {
+                    max_in_flight: Some(64),
+                    ack_timeout_ms: None,
+                }),
+                delivery: DeliveryClass::Datagram {
+                    oversize: OversizeRule::Stream,
+                },
             },
         }),
         Frame::Subscribed(Subscribed {
@@ -46,6 +57,13 @@ fn one_of_every_frame() -> Vec<Frame> {
             subscription: 42,
         }),
         Frame::Ping(Ping { nonce: u64::MAX }),
+        Frame::Ack(Ack {
+            subscription: 42,
+            ranges: vec![
+                SequenceRange { from: 1, to: 9 },
+                SequenceRange { from: 12, to: 12 },
+            ],
+        }),
         Frame::Pong(Ping { nonce: 0 }),
         Frame::Error(ErrorFrame {
             request_id: None,
@@ -88,8 +106,27 @@ fn one_of_every_frame() -> Vec<Frame> {
             message_id: None,
             reply_to: Some("_INBOX.abc.2".into()),
             retained: true,
+            redelivered: true,
         }),
-        Frame::Dropped(Dropped { count: 3 }),
+        Frame::Gap(Gap {
+            subscription: 42,
+            from: 10,
+            to: 19,
+            reason: GapReason::Overflow,
+        }),
+        Frame::Datagram(DatagramDelivery {
+            subscription: 42,
+            message: Delivery {
+                sequence: 20,
+                topic: "sensor.t".into(),
+                headers: vec![],
+                payload: Bytes::from_static(b"21.5"),
+                message_id: None,
+                reply_to: None,
+                retained: false,
+                redelivered: false,
+            },
+        }),
     ]
 }
 
@@ -187,6 +224,7 @@ fn a_partial_frame_reserves_only_what_it_declared() {
         message_id: None,
         reply_to: None,
         retained: false,
+        redelivered: false,
     }));
     let mut partial = BytesMut::from(&whole[..10]);
     assert_eq!(decoder.decode(&mut partial), Ok(None));
@@ -278,6 +316,7 @@ fn encode_delivery_matches_encoding_the_frame() {
         message_id: Some(3),
         reply_to: Some("_INBOX.x.1"),
         retained: false,
+        redelivered: true,
     };
     encode_delivery(&delivery, &mut fast, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
     let slow = encoded(&Frame::Message(Delivery {
@@ -288,6 +327,77 @@ fn encode_delivery_matches_encoding_the_frame() {
         message_id: Some(3),
         reply_to: Some("_INBOX.x.1".into()),
         retained: false,
+        redelivered: true,
+    }));
+    assert_eq!(fast, slow);
+}
+
+#[test]
+fn fields_added_at_the_end_decode_with_defaults_from_an_older_peer() {
+    // A `Hello` as a peer that predates `positions` encodes it: three fields.
+    #[derive(serde::Serialize)]
+    enum OldFrame {
+        Hello(u32, Option<SessionId>, Option<String>),
+    }
+    let mut buf = BytesMut::new();
+    encode_value(
+        &OldFrame::Hello(crate::PROTOCOL_VERSION, None, None),
+        &mut buf,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .expect("encodes");
+    let decoded = FrameDecoder::default().decode(&mut buf).expect("decodes");
+    assert_eq!(
+        decoded,
+        Some(Frame::Hello(Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            resume: None,
+            client_name: None,
+            positions: vec![],
+        }))
+    );
+}
+
+#[test]
+fn a_gap_counts_its_range() {
+    let gap = Gap {
+        subscription: 1,
+        from: 2,
+        to: 901,
+        reason: GapReason::Overflow,
+    };
+    assert_eq!(gap.len(), 900);
+    assert!(!gap.is_empty());
+}
+
+#[test]
+fn encode_datagram_matches_encoding_the_frame() {
+    let headers = vec![];
+    let payload = Bytes::from_static(b"21.5");
+    let delivery = DeliveryRef {
+        sequence: 20,
+        topic: "sensor.t",
+        headers: &headers,
+        payload: &payload,
+        message_id: None,
+        reply_to: None,
+        retained: false,
+        redelivered: false,
+    };
+    let mut fast = BytesMut::new();
+    encode_datagram(42, &delivery, &mut fast, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    let slow = encoded(&Frame::Datagram(DatagramDelivery {
+        subscription: 42,
+        message: Delivery {
+            sequence: 20,
+            topic: "sensor.t".into(),
+            headers: vec![],
+            payload,
+            message_id: None,
+            reply_to: None,
+            retained: false,
+            redelivered: false,
+        },
     }));
     assert_eq!(fast, slow);
 }
