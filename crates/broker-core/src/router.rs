@@ -11,6 +11,12 @@
 //! and have room, falling back to the next member in turn (whose overflow policy then applies)
 //! when none has.
 //!
+//! A publish stream usually carries one topic (the client keeps a stream per topic), so it keeps
+//! a [`RouteCache`]: the routes its last topic matched, valid while the trie's generation (bumped
+//! by every insert and remove, under the write lock) is unchanged. A cached publish skips the trie
+//! walk and its read lock; it still reads each route's current members, so membership changes
+//! (which never touch the trie) apply at once. Measured in docs/BENCHMARKS.md.
+//!
 //! The router also keeps the retained value of each topic (bounded by topic count). A retained
 //! publish updates the store before it is routed, and a new plain subscription receives the
 //! matching retained values while the store is locked and before it is added to its route, so a
@@ -18,7 +24,7 @@
 //! the publish races its subscribe.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
@@ -306,10 +312,23 @@ impl RouteReport {
     }
 }
 
+/// The routes one topic matched, as of one generation of the trie; see [`Router::publish_cached`].
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    /// The topic the routes are for.
+    topic: Option<TopicName>,
+    /// The trie's generation when they were looked up.
+    generation: u64,
+    /// The matching routes.
+    routes: Vec<Arc<FilterRoute>>,
+}
+
 /// The filter trie and the retained values. See the module documentation for who may write it.
 #[derive(Debug)]
 pub struct Router {
     root: RwLock<Node>,
+    /// Bumped after every change to the trie, while its write lock is held.
+    generation: AtomicU64,
     retained: Mutex<HashMap<TopicName, Arc<PublishedMessage>>>,
     max_retained_topics: usize,
     /// What the publish path counts: the router sees every publish and every queue push.
@@ -327,6 +346,7 @@ impl Router {
     pub fn new(max_retained_topics: usize) -> Self {
         Self {
             root: RwLock::default(),
+            generation: AtomicU64::new(0),
             retained: Mutex::default(),
             max_retained_topics,
             counters: Counters::default(),
@@ -409,26 +429,33 @@ impl Router {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let filter = route.filter().clone();
         let mut node = &mut *root;
-        for token in filter.tokens() {
-            match token {
-                FilterToken::AnyRest => {
-                    node.tail = Some(route);
-                    return;
+        let mut tokens = filter.tokens();
+        loop {
+            match tokens.next() {
+                None => {
+                    node.here = Some(route);
+                    break;
                 }
-                FilterToken::AnyOne => node = node.any_one.get_or_insert_with(Box::default),
-                FilterToken::Literal(literal) => {
+                Some(FilterToken::AnyRest) => {
+                    node.tail = Some(route);
+                    break;
+                }
+                Some(FilterToken::AnyOne) => node = node.any_one.get_or_insert_with(Box::default),
+                Some(FilterToken::Literal(literal)) => {
                     node = node.literals.entry(literal.into()).or_default();
                 }
             }
         }
-        node.here = Some(route);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Removes a filter's route, pruning empty branches.
     pub fn remove(&self, filter: &TopicFilter) -> Option<Arc<FilterRoute>> {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let tokens: Vec<_> = filter.tokens().collect();
-        root.remove(&tokens)
+        let removed = root.remove(&tokens);
+        self.generation.fetch_add(1, Ordering::Release);
+        removed
     }
 
     /// The routes whose filters match `topic`.
@@ -452,6 +479,32 @@ impl Router {
         for route in self.matching(&message.topic) {
             route
                 .members()
+                .offer(message, target, &mut report, &self.counters);
+        }
+        report
+    }
+
+    /// [`Router::publish`] through `cache`: when `message` has the cache's topic and the trie has
+    /// not changed since the cache was filled, the cached routes are used without walking the
+    /// trie; otherwise the cache is refilled first. Each route's current members are read either
+    /// way. Never waits.
+    pub fn publish_cached(
+        &self,
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+        cache: &mut RouteCache,
+    ) -> RouteReport {
+        let generation = self.generation.load(Ordering::Acquire);
+        if cache.generation != generation || cache.topic.as_ref() != Some(&message.topic) {
+            cache.routes = self.matching(&message.topic);
+            cache.topic = Some(message.topic.clone());
+            cache.generation = generation;
+        }
+        let mut report = RouteReport::default();
+        for route in &cache.routes {
+            route
+                .members
+                .load()
                 .offer(message, target, &mut report, &self.counters);
         }
         report

@@ -342,11 +342,22 @@ fn parse_header(raw: &str) -> Result<(String, String), String> {
 pub(crate) enum BenchScenario {
     /// Head-of-line isolation: the latency of a fast topic with and without a flood on another
     /// subscription of the same connection that is never read.
-    Hol(HolArgs),
+    Hol(HolCommand),
     /// Publish-to-delivery latency at a fixed offered rate, one publisher and one subscriber.
-    Latency(LatencyArgs),
+    Latency(LatencyCommand),
     /// Messages per second from one publisher to one subscriber, as fast as possible.
-    Throughput(ThroughputArgs),
+    Throughput(ThroughputCommand),
+    /// Deliveries per second from one publisher to `--subscribers` subscribers on as many
+    /// connections.
+    Fanout(FanoutCommand),
+    /// Request/reply round trips per second and their latency, against an echo responder.
+    Request(RequestCommand),
+    /// Opens `--count` idle mTLS connections: handshakes per second and broker memory per
+    /// connection, next to a bare quinn mTLS endpoint measured in the same run.
+    Connections(ConnectionsArgs),
+    /// The bare quinn mTLS endpoint `connections` compares against (started by it).
+    #[command(hide = true)]
+    BareEndpoint(BareEndpointArgs),
     /// Latency of a reliable and a datagram subscription side by side under 0%, 1% and 5%
     /// packet loss on the subscriber's link.
     Datagram(DatagramArgs),
@@ -377,36 +388,62 @@ pub(crate) struct DatagramArgs {
     pub(crate) json: bool,
 }
 
-#[derive(Debug, Args)]
-pub(crate) struct LatencyArgs {
-    /// Offered rate, messages per second.
-    #[arg(long, default_value_t = 20_000)]
-    pub(crate) rate: u64,
-    /// Measured seconds; fractions allowed.
-    #[arg(long, default_value_t = 10.0)]
-    pub(crate) duration: f64,
-    /// Message size in bytes (at least 16: phase and send time).
-    #[arg(long, default_value_t = 64)]
-    pub(crate) size: usize,
-    /// Unmeasured warm-up seconds.
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) warmup: f64,
-    /// Print one JSON object instead of a table.
+/// Which broker a scenario measures.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchTarget {
+    /// Address of the broker to measure. Without it the scenario starts a broker in this
+    /// process, with certificates made in memory.
     #[arg(long)]
-    pub(crate) json: bool,
+    pub(crate) server: Option<String>,
+    /// With `--server`: the certificate directory holding `ca.crt` and `client-NAME.crt`/`.key`.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+    /// With `--server`: the client name, selecting `client-NAME.crt` and `client-NAME.key`.
+    #[arg(long, default_value = "dev")]
+    pub(crate) name: String,
+    /// With `--server`: the name to verify the server certificate against.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) server_name: String,
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct ThroughputArgs {
-    /// How many messages to publish.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub(crate) count: u64,
-    /// Message size in bytes.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) size: usize,
-    /// Print one JSON object instead of a line of text.
-    #[arg(long)]
-    pub(crate) json: bool,
+pub(crate) struct LatencyCommand {
+    #[command(flatten)]
+    pub(crate) args: cassini_bench::args::LatencyArgs,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ThroughputCommand {
+    #[command(flatten)]
+    pub(crate) args: cassini_bench::args::ThroughputArgs,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FanoutCommand {
+    #[command(flatten)]
+    pub(crate) args: cassini_bench::args::FanoutArgs,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RequestCommand {
+    #[command(flatten)]
+    pub(crate) args: cassini_bench::args::RequestArgs,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HolCommand {
+    #[command(flatten)]
+    pub(crate) args: HolArgs,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
 }
 
 #[derive(Debug, Args)]
@@ -417,7 +454,7 @@ pub(crate) struct HolArgs {
     /// Measured seconds per phase (alone, then during the flood); fractions allowed.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) duration: f64,
-    /// Fast message size in bytes (at least 24: phase, index and send time).
+    /// Fast message size in bytes (at least 16: phase and send time).
     #[arg(long, default_value_t = 64)]
     pub(crate) size: usize,
     /// Size of each flood message in bytes.
@@ -429,7 +466,42 @@ pub(crate) struct HolArgs {
     /// Unmeasured warm-up seconds before the first phase.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) warmup: f64,
+    /// Unmeasured seconds between starting a flood and measuring under it (the fast topic keeps
+    /// flowing): 0 measures the flood's onset too, more measures its steady state.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) flood_settle: f64,
+    /// Draw the three phases' latency percentile curves into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectionsArgs {
+    /// Idle connections to open (and hold until all are open).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) count: u32,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: u32,
+    /// With `--server`: the broker's process id, to read its memory from `/proc`.
+    #[arg(long, value_name = "PID")]
+    pub(crate) broker_pid: Option<u32>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) target: BenchTarget,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BareEndpointArgs {
+    /// Address to listen on (UDP).
+    #[arg(long)]
+    pub(crate) listen: SocketAddr,
+    /// Certificate directory (`ca.crt`, `server.crt`, `server.key`).
+    #[arg(long)]
+    pub(crate) certs: PathBuf,
 }

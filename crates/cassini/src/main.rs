@@ -31,7 +31,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{BenchScenario, CertsCommand, Cli, Command, ConfigCommand, LogFormat};
+use cli::{CertsCommand, Cli, Command, ConfigCommand, LogFormat};
+
+/// mimalloc instead of the system allocator: see docs/BENCHMARKS.md for what it saved.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -77,12 +81,7 @@ fn main() -> ExitCode {
                 CertsCommand::Revoke(args) => certs_cmd::revoke(args),
                 CertsCommand::RotateServer(args) => certs_cmd::rotate_server(args),
             },
-            Command::Bench { scenario } => match scenario {
-                BenchScenario::Hol(args) => bench::hol::run(args).await,
-                BenchScenario::Latency(args) => bench::latency::run(args).await,
-                BenchScenario::Throughput(args) => bench::throughput::run(args).await,
-                BenchScenario::Datagram(args) => bench::datagram::run(args).await,
-            },
+            Command::Bench { scenario } => bench::run(scenario).await,
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Req(args) => reqreply::request(args).await,

@@ -293,3 +293,44 @@ fn bench_datagram_runs_a_tiny_smoke_round() {
     assert_eq!(report["scenario"], "datagram");
     assert_eq!(report["results"].as_array().map(Vec::len), Some(6));
 }
+
+/// Runs `cassini bench ARGS --json` and returns its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let output = run(&mut cassini(&all));
+    assert!(
+        output.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_fanout_request_and_connections_run_a_tiny_smoke_round() {
+    let fanout = bench_json(&["fanout", "--count", "200", "--subscribers", "3"]);
+    assert_eq!(fanout["scenario"], "fanout");
+    assert_eq!(fanout["delivered"], 600);
+    assert_eq!(fanout["lost"], 0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plot = dir.path().join("request.svg");
+    let plot_arg = plot.to_str().expect("utf-8 path");
+    let request = bench_json(&["request", "--count", "100", "--plot", plot_arg]);
+    assert_eq!(request["round_trips"], 100);
+    assert_eq!(request["failed"], 0);
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    assert!(svg.starts_with("<svg") && svg.contains("request → reply"));
+
+    let connections = bench_json(&["connections", "--count", "20", "--concurrency", "4"]);
+    for server in ["bare_quinn", "cassini"] {
+        assert_eq!(connections[server]["opened"], 20, "{server}: {connections}");
+        assert_eq!(connections[server]["failed"], 0, "{server}: {connections}");
+        assert!(
+            connections[server]["rss_after_bytes"].as_u64().is_some(),
+            "{server}: the child's memory was read"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 //! and call [`FrameDecoder::decode`] until it returns `Ok(None)`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, Headers};
 
@@ -147,6 +147,34 @@ pub fn decode_frame(input: &[u8], max_frame_bytes: u32) -> Result<(Frame, usize)
 }
 
 fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
+    if let Some(frame) = decode_body_borrowing(body) {
+        return Ok(frame);
+    }
+    decode_body_copying(body)
+}
+
+/// The fast path of [`decode_body`]: rmp-serde's slice deserializer, which hands strings and
+/// bytes to the frame's fields straight from `body` (the reader-based one copies each through a
+/// scratch buffer it allocates per frame). It cannot say how many bytes it left over, so it
+/// answers only when it can prove it used them all: after the frame, reading the next marker
+/// must find the input's end. Anything else (a malformed frame, trailing bytes) returns `None`,
+/// and the copying path decodes again to report the exact error.
+fn decode_body_borrowing(body: &[u8]) -> Option<Frame> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    deserializer.set_max_depth(MAX_NESTING_DEPTH);
+    let frame: Frame = serde::Deserialize::deserialize(&mut deserializer).ok()?;
+    match serde::de::IgnoredAny::deserialize(&mut deserializer) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(err))
+            if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Some(frame)
+        }
+        _ => None,
+    }
+}
+
+/// The reference path of [`decode_body`]: exact errors, including the count of trailing bytes.
+fn decode_body_copying(body: &[u8]) -> Result<Frame, DecodeError> {
     let mut rest = body;
     let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
     deserializer.set_max_depth(MAX_NESTING_DEPTH);

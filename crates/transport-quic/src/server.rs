@@ -68,7 +68,7 @@ impl std::str::FromStr for AddressValidation {
 /// How the server endpoint behaves.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// QUIC transport knobs.
+    /// QUIC transport knobs. Default: [`QuicOptions::broker`].
     pub quic: QuicOptions,
     /// How long a client has to complete the TLS handshake; a client that has not is dropped
     /// (it never reaches the broker). Default: 10 s.
@@ -92,7 +92,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
-            quic: QuicOptions::default(),
+            quic: QuicOptions::broker(),
             handshake_timeout: Duration::from_secs(10),
             identity_rule: IdentityRule::default(),
             address_validation: AddressValidation::default(),

@@ -150,6 +150,20 @@ pub enum CongestionControl {
     Bbr,
 }
 
+impl QuicOptions {
+    /// The broker's settings: [`QuicOptions::default`], except that clients may open no
+    /// unidirectional streams. In Cassini only the broker opens them (one per subscription),
+    /// and quinn sets aside state for every stream the peer may open as soon as it accepts a
+    /// connection: the 1,024 that clients need cost the broker about 41 KiB per connection
+    /// (`cassini bench connections`, docs/BENCHMARKS.md).
+    pub fn broker() -> Self {
+        Self {
+            max_concurrent_uni_streams: 0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for QuicOptions {
     fn default() -> Self {
         Self {

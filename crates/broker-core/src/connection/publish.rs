@@ -9,6 +9,10 @@
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
+//!
+//! A client keeps one publish stream per topic, so the stream remembers its last topic: a
+//! publish to the same topic reuses the validated [`TopicName`] and the router's
+//! [`RouteCache`] instead of parsing the name and walking the trie again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +25,7 @@ use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
-use crate::router::Router;
+use crate::router::{RouteCache, Router};
 use crate::transport::{RecvStream, SendStream};
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -35,6 +39,7 @@ pub(crate) async fn serve_publish_stream(
     let max_frame_bytes = config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
     let mut permissions = PermissionCache::new(&shared.acl, &identity);
+    let mut last = LastTopic::default();
     while let Some(frame) = reader.next().await? {
         let Frame::Publish(publish) = frame else {
             return Err(BrokerError::ProtocolViolation(format!(
@@ -48,14 +53,25 @@ pub(crate) async fn serve_publish_stream(
         let message_id = publish.message_id;
         let ack = publish.ack;
         let counters = shared.router.counters();
-        let answers = match accept(publish, config)
+        let answers = match accept_with(publish, config, &mut last.topic)
             .and_then(|message| authorize(permissions.get(&shared.acl, &identity), message))
         {
-            Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
-                .unwrap_or_else(|err| {
-                    counters.rejected();
-                    vec![rejected(topic, message_id, &err)]
-                }),
+            Ok(message) => answer(
+                &shared,
+                &identity,
+                message,
+                Routing {
+                    target,
+                    retain,
+                    cache: &mut last.routes,
+                },
+                ack,
+                message_id,
+            )
+            .unwrap_or_else(|err| {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }),
             Err(err) => {
                 counters.rejected();
                 vec![rejected(topic, message_id, &err)]
@@ -69,19 +85,37 @@ pub(crate) async fn serve_publish_stream(
     Ok(())
 }
 
+/// What a stream remembers of its last publish.
+#[derive(Default)]
+struct LastTopic {
+    /// The last topic, validated.
+    topic: Option<TopicName>,
+    /// The routes it matched.
+    routes: RouteCache,
+}
+
+/// Where one message goes.
+struct Routing<'a> {
+    /// Only to this session's subscriptions (a direct message).
+    target: Option<cassini_protocol::SessionId>,
+    /// Also keep it as the topic's retained value.
+    retain: bool,
+    /// The stream's route cache.
+    cache: &'a mut RouteCache,
+}
+
 /// Routes one accepted message unless it is a duplicate acknowledged publish, and returns the
 /// frames that answer it: `NoResponders` for a request nobody received, `PublishAck` when asked.
 fn answer(
     shared: &Shared,
     identity: &Arc<str>,
     message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
+    routing: Routing<'_>,
     ack: bool,
     message_id: Option<u64>,
 ) -> Result<Vec<Frame>, BrokerError> {
     if !ack {
-        return Ok(route(&shared.router, message, target, retain)?
+        return Ok(route(&shared.router, message, routing)?
             .into_iter()
             .collect());
     }
@@ -91,7 +125,7 @@ fn answer(
         .first_time(identity, message_id, Instant::now());
     let mut answers = Vec::new();
     if first_time {
-        answers.extend(route(&shared.router, message, target, retain)?);
+        answers.extend(route(&shared.router, message, routing)?);
     } else {
         shared.router.counters().duplicate();
     }
@@ -106,14 +140,13 @@ fn answer(
 fn route(
     router: &Router,
     message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
+    routing: Routing<'_>,
 ) -> Result<Option<Frame>, BrokerError> {
-    if retain {
+    if routing.retain {
         router.retain(&message)?;
     }
     let message = Arc::new(message);
-    let report = router.publish(&message, target);
+    let report = router.publish_cached(&message, routing.target, routing.cache);
     router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
         Some(reply_to) if report.offered == 0 => {
@@ -155,6 +188,16 @@ pub(crate) fn accept(
     publish: Publish,
     config: &BrokerConfig,
 ) -> Result<PublishedMessage, BrokerError> {
+    accept_with(publish, config, &mut None)
+}
+
+/// [`accept`] for a stream or connection that remembers its last valid topic in `last`: the
+/// same name again is not parsed again (the limits are the same).
+fn accept_with(
+    publish: Publish,
+    config: &BrokerConfig,
+    last: &mut Option<TopicName>,
+) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
@@ -162,8 +205,14 @@ pub(crate) fn accept(
             max: limits.max_payload_bytes,
         });
     }
-    let topic =
-        TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    let topic = match last {
+        Some(known) if known.as_str() == publish.topic => known.clone(),
+        _ => {
+            let topic = TopicName::parse(&publish.topic, &limits.topics)
+                .map_err(BrokerError::InvalidTopic)?;
+            last.insert(topic).clone()
+        }
+    };
     if let Some(reply_to) = &publish.reply_to {
         TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     }
@@ -186,6 +235,8 @@ pub(crate) struct DatagramPublishes {
     shared: Arc<Shared>,
     identity: Arc<str>,
     permissions: PermissionCache,
+    /// The last datagram's topic and routes.
+    last: LastTopic,
 }
 
 impl DatagramPublishes {
@@ -195,6 +246,7 @@ impl DatagramPublishes {
             shared,
             identity,
             permissions,
+            last: LastTopic::default(),
         }
     }
 
@@ -211,14 +263,21 @@ impl DatagramPublishes {
         let topic = publish.topic.clone();
         let retain = publish.retain;
         let target = publish.to_session;
-        let routed = accept(publish, config)
+        let routed = accept_with(publish, config, &mut self.last.topic)
             .and_then(|message| {
                 authorize(
                     self.permissions.get(&self.shared.acl, &self.identity),
                     message,
                 )
             })
-            .and_then(|message| route(&self.shared.router, message, target, retain));
+            .and_then(|message| {
+                let routing = Routing {
+                    target,
+                    retain,
+                    cache: &mut self.last.routes,
+                };
+                route(&self.shared.router, message, routing)
+            });
         if let Err(err) = routed {
             self.shared.router.counters().rejected();
             tracing::debug!(%topic, %err, "datagram publish refused");

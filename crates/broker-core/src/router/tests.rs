@@ -190,6 +190,65 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     assert_eq!(router.retained_count(), 1);
 }
 
+#[tokio::test]
+async fn a_cached_publish_sees_every_trie_and_member_change() {
+    let router = Router::default();
+    let mut cache = RouteCache::default();
+    let exact = member(1, 1, None);
+    let wildcard = member(2, 1, None);
+    let late = member(3, 1, None);
+
+    let route = Arc::new(FilterRoute::new(filter("a.b")));
+    route.set_members(std::slice::from_ref(&exact));
+    router.insert(Arc::clone(&route));
+    assert_eq!(
+        router
+            .publish_cached(&message("a.b", b"1"), None, &mut cache)
+            .offered,
+        1
+    );
+
+    // A new filter changes the trie: the cache is refilled.
+    let wide = Arc::new(FilterRoute::new(filter("a.*")));
+    wide.set_members(std::slice::from_ref(&wildcard));
+    router.insert(Arc::clone(&wide));
+    assert_eq!(
+        router
+            .publish_cached(&message("a.b", b"2"), None, &mut cache)
+            .offered,
+        2
+    );
+
+    // A member change does not touch the trie, and still applies at once.
+    route.set_members(&[exact.clone(), late.clone()]);
+    assert_eq!(
+        router
+            .publish_cached(&message("a.b", b"3"), None, &mut cache)
+            .offered,
+        3
+    );
+
+    // Another topic is looked up, not served from the cache.
+    assert_eq!(
+        router
+            .publish_cached(&message("a.c", b"4"), None, &mut cache)
+            .offered,
+        1
+    );
+
+    router.remove(&filter("a.*"));
+    assert_eq!(
+        router
+            .publish_cached(&message("a.b", b"5"), None, &mut cache)
+            .offered,
+        2
+    );
+
+    assert_eq!(queued(&exact).await, 4);
+    assert_eq!(queued(&wildcard).await, 3, "a.b twice, a.c once");
+    assert_eq!(queued(&late).await, 2);
+}
+
 fn member_with(policy: OverflowPolicy, max_messages: usize) -> RouteMember {
     let queue = Arc::new(SubscriptionQueue::new(QueueBounds {
         max_messages,

@@ -14,9 +14,11 @@ use cassini_quic::server::ServerOptions;
 use cassini_quic::tls::{CongestionControl, QuicOptions};
 use serde_json::json;
 
+use cassini_bench::latency::{measure, Phase, HEADER_BYTES};
+use cassini_bench::{BenchClient, Latencies};
+
+use super::cassini_peer::CassiniClient;
 use super::embedded::EmbeddedBroker;
-use super::paced_run::{measure, Phase, HEADER_BYTES};
-use super::report::Latencies;
 use crate::cli::DatagramArgs;
 
 /// Packet loss rates measured, in percent.
@@ -44,6 +46,7 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
         .connect()
         .await
         .context("subscriber")?;
+    let subscriber = CassiniClient::new(subscriber, SubscribeOptions::default());
     let mut reliable = subscriber.subscribe("bench.dg.reliable").await?;
     let datagram_options = SubscribeOptions {
         delivery: DeliveryClass::Datagram {
@@ -59,6 +62,7 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
         .connect()
         .await
         .context("publisher")?;
+    let publisher = CassiniClient::new(publisher, SubscribeOptions::default());
     let size = args.size.max(HEADER_BYTES);
     let mut rows = Vec::new();
     let mut phase_id = 0;
@@ -84,6 +88,7 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
                     size,
                     phase: phase_id,
                     length: Duration::from_secs_f64(seconds),
+                    label: topic,
                 }
             };
             let warmup = phase(args.warmup);

@@ -11,50 +11,34 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use cassini_broker::BrokerConfig;
+use cassini_bench::latency::{measure, Phase};
+use cassini_bench::pacing::{spawn_paced, Schedule};
+use cassini_bench::{BenchClient, Connector, Latencies};
 use cassini_client::Client;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::embedded::EmbeddedBroker;
-use super::paced_run::{measure, Phase};
-use super::pacing::{spawn_paced, Schedule};
-use super::report::Latencies;
-use crate::cli::HolArgs;
+use super::cassini_peer::{CassiniClient, CassiniConnector, CassiniSubscription};
+use crate::cli::{HolArgs, HolCommand};
 
-pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
-    let broker = EmbeddedBroker::start(BrokerConfig::default()).await?;
-    let subscriber = broker
-        .client("bench-subscriber")?
-        .subscription_buffer(64)
-        .connect()
-        .await
-        .context("subscriber")?;
+pub(crate) async fn run(command: HolCommand) -> anyhow::Result<ExitCode> {
+    let args = command.args;
+    let connector = CassiniConnector::start(&command.target)
+        .await?
+        .subscription_buffer(64);
+    let subscriber = connector.connect("bench-subscriber").await?;
     let mut fast = subscriber.subscribe("fast.x").await?;
     let slow = subscriber.subscribe("slow.x").await?;
-    let publisher = broker
-        .client("bench-fast")?
-        .connect()
-        .await
-        .context("publisher")?;
+    let publisher = connector.connect("bench-fast").await?;
 
     let warmup = Duration::from_secs_f64(args.warmup);
     let measured = Duration::from_secs_f64(args.duration);
     measure(&publisher, &mut fast, phase(&args, 0, warmup)).await?;
     let (quiet, quiet_lost) = measure(&publisher, &mut fast, phase(&args, 1, measured)).await?;
 
-    let bystander = broker
-        .client("bench-bystander")?
-        .subscription_buffer(64)
-        .connect()
-        .await
-        .context("bystander")?;
+    let bystander = connector.connect("bench-bystander").await?;
     let elsewhere = bystander.subscribe("slow.elsewhere").await?;
-    let flooder = broker
-        .client("bench-flood")?
-        .connect()
-        .await
-        .context("flooder")?;
+    let flooder = connector.client("bench-flood").await?;
 
     let stop = CancellationToken::new();
     let flood_task = tokio::spawn(flood(
@@ -64,6 +48,7 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
+    settle(&args, &publisher, &mut fast, 12).await?;
     let (control, control_lost) = measure(&publisher, &mut fast, phase(&args, 2, measured)).await?;
     stop.cancel();
     let control_flood = flood_task.await.context("flood task")??;
@@ -77,6 +62,7 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
         args.flood_rate,
         stop.clone(),
     ));
+    settle(&args, &publisher, &mut fast, 13).await?;
     let (flooded, flooded_lost) = measure(&publisher, &mut fast, phase(&args, 3, measured)).await?;
     stop.cancel();
     let flood_messages = flood_task.await.context("flood task")??;
@@ -94,6 +80,7 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
             "duration_s": args.duration,
             "flood_size": args.flood_size,
             "flood_rate": args.flood_rate,
+            "flood_settle_s": args.flood_settle,
             "alone": quiet.to_json(),
             "alone_lost": quiet_lost,
             "flood_on_other_connection": control.to_json(),
@@ -124,10 +111,37 @@ pub(crate) async fn run(args: HolArgs) -> anyhow::Result<ExitCode> {
         println!("p99 same connection / alone            = {ratio:.2} (goal: at most 1.5)");
         println!("p99 same connection / other connection = {isolation:.2} (1.0 = no head-of-line blocking)");
     }
+    if let Some(path) = &args.plot {
+        cassini_bench::plot::percentile_curve(
+            path,
+            "hol [cassini]: fast.x latency",
+            &[
+                ("alone", &quiet),
+                ("flood, other conn", &control),
+                ("flood, same conn", &flooded),
+            ],
+        )?;
+    }
     let _ = publisher.close().await;
     let _ = subscriber.close().await;
-    broker.stop().await;
+    connector.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--flood-settle`: keeps the fast topic going, unmeasured, while the flood starts, so the
+/// measured phase sees the flood's steady state rather than its onset (the burst that fills the
+/// slow subscription's client buffer and stream window).
+async fn settle(
+    args: &HolArgs,
+    publisher: &CassiniClient,
+    fast: &mut CassiniSubscription,
+    tag: u64,
+) -> anyhow::Result<()> {
+    if args.flood_settle > 0.0 {
+        let length = Duration::from_secs_f64(args.flood_settle);
+        measure(publisher, fast, phase(args, tag, length)).await?;
+    }
+    Ok(())
 }
 
 fn phase(args: &HolArgs, phase: u64, length: Duration) -> Phase {
@@ -137,6 +151,13 @@ fn phase(args: &HolArgs, phase: u64, length: Duration) -> Phase {
         size: args.size,
         phase,
         length,
+        label: match phase {
+            0 => "warm-up",
+            1 => "alone",
+            2 => "flood elsewhere",
+            3 => "flood same conn",
+            _ => "flood settling",
+        },
     }
 }
 

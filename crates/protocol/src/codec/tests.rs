@@ -401,3 +401,19 @@ fn encode_datagram_matches_encoding_the_frame() {
     }));
     assert_eq!(fast, slow);
 }
+
+#[test]
+fn a_truncated_value_after_a_frame_is_refused_as_trailing_bytes() {
+    // 0xcd starts a u16 whose two bytes are missing: the fast path cannot prove the frame used
+    // the whole body, so the exact error comes from the copying path.
+    let whole = encoded(&Frame::Ping(Ping { nonce: 1 }));
+    let mut body = whole[LENGTH_PREFIX_BYTES..].to_vec();
+    body.push(0xcd);
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::TrailingBytes(1))
+    );
+}

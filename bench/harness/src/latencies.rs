@@ -6,38 +6,44 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 /// Latencies in microseconds, 1 µs to 60 s, three significant figures.
-pub(crate) struct Latencies {
+#[derive(Debug, Clone)]
+pub struct Latencies {
     histogram: Histogram<u64>,
 }
 
 impl Latencies {
-    pub(crate) fn new() -> anyhow::Result<Self> {
+    /// An empty histogram.
+    pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         })
     }
 
-    pub(crate) fn record(&mut self, latency: Duration) {
+    /// Records one latency (below 1 µs counts as 1 µs, above 60 s as 60 s).
+    pub fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         self.histogram.saturating_record(micros);
     }
 
-    pub(crate) fn count(&self) -> u64 {
+    /// How many latencies were recorded.
+    pub fn count(&self) -> u64 {
         self.histogram.len()
     }
 
     /// Microseconds at quantile `q`.
-    pub(crate) fn at(&self, q: f64) -> u64 {
+    pub fn at(&self, q: f64) -> u64 {
         self.histogram.value_at_quantile(q)
     }
 
-    pub(crate) fn max(&self) -> u64 {
+    /// The highest latency, µs.
+    pub fn max(&self) -> u64 {
         self.histogram.max()
     }
 
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// Count and percentiles as a JSON object (`count`, `p50_us` ... `max_us`).
+    pub fn to_json(&self) -> serde_json::Value {
         json!({
             "count": self.count(),
             "p50_us": self.at(0.50),
@@ -49,7 +55,7 @@ impl Latencies {
     }
 
     /// One table row: label, count, p50, p90, p99, p99.9, max.
-    pub(crate) fn row(&self, label: &str) -> String {
+    pub fn row(&self, label: &str) -> String {
         format!(
             "{label:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             self.count(),
@@ -61,7 +67,8 @@ impl Latencies {
         )
     }
 
-    pub(crate) fn header() -> String {
+    /// The header line for [`Latencies::row`].
+    pub fn header() -> String {
         format!(
             "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "scenario", "messages", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"

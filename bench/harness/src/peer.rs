@@ -1,0 +1,70 @@
+//! What a scenario needs from a broker's client, and nothing more: publish, subscribe, request.
+//! Each broker under test gets an adapter implementing these traits (Cassini's lives in the
+//! `cassini` binary, NATS's and Mosquitto's in `cassini-bench-peers`).
+//!
+//! An adapter must make `subscribe` return only once the broker has the subscription in place,
+//! so that a message published afterwards on another connection reaches it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Makes connected clients of one broker.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The client type.
+    type Client: BenchClient;
+
+    /// The broker's name in reports, e.g. `cassini`, `nats`, `mosquitto-qos1`.
+    fn broker(&self) -> String;
+
+    /// Opens a new connection named `name`.
+    async fn connect(&self, name: &str) -> anyhow::Result<Self::Client>;
+
+    /// Starts a responder on its own connection that answers each request on `topic` with the
+    /// request's payload, until `stop`; returns once it serves. Fails at once if the broker has
+    /// no request/reply.
+    async fn serve_echo(
+        &self,
+        topic: &str,
+        stop: CancellationToken,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>>;
+}
+
+/// One connection to the broker under test.
+#[async_trait]
+pub trait BenchClient: Clone + Send + Sync + 'static {
+    /// A subscription of this client.
+    type Subscription: BenchSubscription;
+
+    /// Publishes `payload` to `topic`, waiting only as long as the client's own flow control
+    /// makes it wait.
+    async fn publish(&self, topic: &str, payload: Bytes) -> anyhow::Result<()>;
+
+    /// Waits until every publish so far has been handed to the network.
+    async fn flush(&self) -> anyhow::Result<()>;
+
+    /// Subscribes to `topic`; returns once the broker has the subscription in place.
+    async fn subscribe(&self, topic: &str) -> anyhow::Result<Self::Subscription>;
+
+    /// Sends a request and waits at most `timeout` for its reply.
+    async fn request(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> anyhow::Result<Bytes>;
+
+    /// Closes the connection.
+    async fn close(&self) -> anyhow::Result<()>;
+}
+
+/// The messages of one subscription.
+#[async_trait]
+pub trait BenchSubscription: Send + 'static {
+    /// The next message's payload, or `None` once the subscription has ended.
+    async fn next(&mut self) -> Option<Bytes>;
+}
