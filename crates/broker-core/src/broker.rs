@@ -19,7 +19,7 @@ use crate::actors::ask;
 use crate::actors::listener_manager::ListenerManagerMsg;
 use crate::actors::session_manager::SessionManagerMsg;
 use crate::actors::subscriber_manager::SubscriberManagerMsg;
-use crate::actors::supervisor::{Managers, Supervisor, SupervisorMsg};
+use crate::actors::supervisor::{Managers, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::topic_manager::TopicManagerMsg;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -64,9 +64,20 @@ impl std::fmt::Debug for BrokerHandle {
 }
 
 impl Broker {
-    /// Starts the actor tree. Must be called inside a multi-threaded tokio runtime.
+    /// Starts the actor tree. Must be called inside a multi-threaded tokio runtime. In disk
+    /// mode the store is opened and read back first; a store that cannot be read is an error
+    /// ([`crate::storage::StorageError::Corrupt`] names what could not be read).
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
-        let (supervisor, join) = Actor::spawn(None, Supervisor, Arc::new(config))
+        let (storage, recovered) = match crate::storage::open(&config).await? {
+            Some((store, recovered)) => (Some(store), recovered),
+            None => (None, crate::storage::Recovered::default()),
+        };
+        let args = SupervisorArgs {
+            config: Arc::new(config),
+            storage,
+            recovered,
+        };
+        let (supervisor, join) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
@@ -137,6 +148,11 @@ impl BrokerHandle {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
+        // Stored state stays as the drained connections left it (sessions detached): nothing
+        // the actor tree does while stopping may change it.
+        if let Some(store) = self.managers.shared.storage.clone() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 
 pub use crate::dedupe::DedupeConfig;
+pub use crate::storage::{StorageConfig, StorageMode, SyncPolicy};
 use cassini_protocol::{Limits, OverflowPolicy, SubscribeOptions, TopicLimits};
 
 /// Everything the broker core needs to know.
@@ -21,6 +22,8 @@ pub struct BrokerConfig {
     pub dedupe: DedupeConfig,
     /// What clients are told when the broker shuts down.
     pub shutdown: ShutdownConfig,
+    /// Where state is kept: memory (the default) or disk.
+    pub storage: StorageConfig,
 }
 
 /// Graceful shutdown.

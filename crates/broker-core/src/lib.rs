@@ -11,6 +11,8 @@
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
+//! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
+//!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
 //! - `ack_targets`: where a connection's acknowledgements go (its session's at-least-once
 //!   queues).
@@ -28,6 +30,7 @@ pub mod error;
 pub mod message;
 pub mod queue;
 pub mod router;
+pub mod storage;
 pub mod transport;
 
 pub use broker::{Broker, BrokerHandle, BrokerStats};

@@ -116,6 +116,41 @@ pub(crate) struct ServeArgs {
     /// Close a connection after this many seconds without a packet from the client.
     #[arg(long, default_value_t = 30)]
     pub(crate) idle_timeout: u64,
+    /// Where state is kept: `memory` (lost on restart) or `disk` (sessions, subscriptions,
+    /// at-least-once backlogs, retained values and the dedupe window survive a crash; see
+    /// docs/DURABILITY.md).
+    #[arg(long, value_enum, default_value_t = StorageArg::Memory)]
+    pub(crate) storage: StorageArg,
+    /// The directory of the disk store (`--storage disk`); created if missing.
+    #[arg(long, default_value = "data")]
+    pub(crate) data_dir: PathBuf,
+    /// When an acknowledged publish is confirmed with `--storage disk`: `always` after it is on
+    /// stable storage (fsync), `relaxed` as soon as it is routed (an acknowledged message can
+    /// be lost if the broker dies within milliseconds).
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    pub(crate) storage_sync: SyncArg,
+    /// The most bytes of stored records with `--storage disk`; publishes that would store more
+    /// are refused with STORAGE_FULL.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub(crate) storage_max_bytes: u64,
+}
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StorageArg {
+    /// In memory.
+    Memory,
+    /// On disk, in `--data-dir`.
+    Disk,
+}
+
+/// When an acknowledged publish is confirmed in disk mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SyncArg {
+    /// After it is on stable storage.
+    Always,
+    /// Once it is routed; the write follows at once.
+    Relaxed,
 }
 
 /// Where and as whom a tool connects.

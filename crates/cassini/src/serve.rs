@@ -4,13 +4,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use cassini_broker::config::{StorageMode, SyncPolicy};
 use cassini_broker::{Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
 use cassini_quic::server::{server_crypto_from_dir, QuicServer, ServerOptions};
 use cassini_quic::tls::QuicOptions;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, StorageArg, SyncArg};
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
@@ -30,6 +31,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let mut config = BrokerConfig::default();
     config.sessions.expiry = Duration::from_secs(args.session_expiry);
+    config.storage.mode = match args.storage {
+        StorageArg::Memory => StorageMode::Memory,
+        StorageArg::Disk => StorageMode::Disk,
+    };
+    config.storage.data_dir = args.data_dir.clone();
+    config.storage.sync = match args.storage_sync {
+        SyncArg::Always => SyncPolicy::Always,
+        SyncArg::Relaxed => SyncPolicy::Relaxed,
+    };
+    config.storage.max_disk_bytes = args.storage_max_bytes;
     let broker = Broker::start(config).await.context("starting the broker")?;
 
     let options = ServerOptions {

@@ -83,6 +83,12 @@ error_codes! {
     SERVER_SHUTTING_DOWN = 40, "server shutting down";
     /// The broker holds the maximum number of connections.
     TOO_MANY_CONNECTIONS = 41, "too many connections";
+    /// Durable mode: storing the publish would exceed the broker's disk limit; nothing stored
+    /// was dropped. Retry later.
+    STORAGE_FULL = 50, "storage full";
+    /// Durable mode: the broker could not make the publish durable (a disk write failed, or the
+    /// store is closing); it was not acknowledged.
+    STORAGE_FAILED = 51, "storage failure";
 }
 
 impl ErrorCode {

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
     pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
+    /// The disk store, in disk mode.
+    pub(crate) storage: Option<Arc<crate::storage::DiskStore>>,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

@@ -8,11 +8,20 @@
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
+//!
+//! In disk mode (with the default [`SyncPolicy::Always`]) a `PublishAck` leaves only once
+//! everything the publish stored is on stable storage. The stream is read and answered by two
+//! halves joined by a bounded channel, so the reader keeps routing the next publishes while the
+//! answers wait for their sync: a client with many acknowledged publishes in flight on one
+//! stream shares one sync among them, as do publishes on different streams. Before routing, the
+//! reader waits while the store's pending bound is exceeded; a publish whose message would be
+//! stored beyond the disk limit is refused with `STORAGE_FULL` and not routed at all.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
+use tokio::sync::mpsc;
 
 use crate::actors::Shared;
 use crate::config::BrokerConfig;
@@ -20,37 +29,152 @@ use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
 use crate::router::Router;
+use crate::storage::{DiskStore, StorageError, SyncPolicy};
 use crate::transport::{RecvStream, SendStream};
+
+/// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
+const MAX_UNANSWERED: usize = 1024;
+
+/// The frames answering one publish, and the store ticket they wait for.
+struct Answer {
+    topic: String,
+    frames: Vec<Frame>,
+    durable_at: Option<u64>,
+}
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
 pub(crate) async fn serve_publish_stream(
-    mut send: Box<dyn SendStream>,
+    send: Box<dyn SendStream>,
     recv: Box<dyn RecvStream>,
     shared: Arc<Shared>,
     identity: Arc<str>,
 ) -> Result<(), BrokerError> {
-    let config = &shared.config;
-    let max_frame_bytes = config.limits.max_frame_bytes;
+    if shared.storage.is_none() {
+        return serve_in_order(send, recv, &shared, &identity).await;
+    }
+    let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
+    let (read, written) = tokio::join!(
+        read_publishes(recv, &shared, &identity, answers),
+        write_answers(send, &shared, unanswered),
+    );
+    read.and(written)
+}
+
+/// Memory mode: no answer waits for anything, so each publish is answered before the next is
+/// read.
+async fn serve_in_order(
+    mut send: Box<dyn SendStream>,
+    recv: Box<dyn RecvStream>,
+    shared: &Shared,
+    identity: &Arc<str>,
+) -> Result<(), BrokerError> {
+    let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
     while let Some(frame) = reader.next().await? {
-        let Frame::Publish(publish) = frame else {
-            return Err(BrokerError::ProtocolViolation(format!(
-                "{} frame on a publish stream",
-                frame.kind()
-            )));
-        };
-        let topic = publish.topic.clone();
-        let target = publish.to_session;
-        let retain = publish.retain;
-        let message_id = publish.message_id;
-        let ack = publish.ack;
-        let answers = match accept(publish, config) {
-            Ok(message) => answer(&shared, &identity, message, target, retain, ack, message_id)
-                .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
-            Err(err) => vec![rejected(topic, message_id, &err)],
-        };
-        for answer in &answers {
+        for answer in &frames_for(frame, shared, identity)? {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
+        }
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// The frames answering one frame of a publish stream; anything but a `Publish` is an error.
+fn frames_for(
+    frame: Frame,
+    shared: &Shared,
+    identity: &Arc<str>,
+) -> Result<Vec<Frame>, BrokerError> {
+    let Frame::Publish(publish) = frame else {
+        return Err(BrokerError::ProtocolViolation(format!(
+            "{} frame on a publish stream",
+            frame.kind()
+        )));
+    };
+    let topic = publish.topic.clone();
+    let target = publish.to_session;
+    let retain = publish.retain;
+    let message_id = publish.message_id;
+    let ack = publish.ack;
+    Ok(match accept(publish, &shared.config) {
+        Ok(message) => answer(shared, identity, message, target, retain, ack, message_id)
+            .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
+        Err(err) => vec![rejected(topic, message_id, &err)],
+    })
+}
+
+async fn read_publishes(
+    recv: Box<dyn RecvStream>,
+    shared: &Shared,
+    identity: &Arc<str>,
+    answers: mpsc::Sender<Answer>,
+) -> Result<(), BrokerError> {
+    let config = &shared.config;
+    let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes);
+    while let Some(frame) = reader.next().await? {
+        if let Some(store) = &shared.storage {
+            if let Err(err) = store.wait_for_room().await {
+                tracing::debug!(%err, "storage unavailable; the publish will not be acknowledged");
+            }
+        }
+        let topic = match &frame {
+            Frame::Publish(publish) => publish.topic.clone(),
+            _ => String::new(),
+        };
+        let frames = frames_for(frame, shared, identity)?;
+        let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
+        let durable_at = match &shared.storage {
+            Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
+                Some(store.ticket())
+            }
+            _ => None,
+        };
+        if frames.is_empty() {
+            continue;
+        }
+        let answer = Answer {
+            topic,
+            frames,
+            durable_at,
+        };
+        if answers.send(answer).await.is_err() {
+            // The answering half failed (its error is reported): stop reading.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn write_answers(
+    mut send: Box<dyn SendStream>,
+    shared: &Shared,
+    mut unanswered: mpsc::Receiver<Answer>,
+) -> Result<(), BrokerError> {
+    let max_frame_bytes = shared.config.limits.max_frame_bytes;
+    while let Some(Answer {
+        topic,
+        frames,
+        durable_at,
+    }) = unanswered.recv().await
+    {
+        let failed = match (durable_at, &shared.storage) {
+            (Some(ticket), Some(store)) => store.synced(ticket).await.err(),
+            _ => None,
+        };
+        for frame in frames {
+            let frame = match (frame, &failed) {
+                (Frame::PublishAck(ack), Some(err)) => {
+                    let err = BrokerError::Storage(err.clone());
+                    Frame::PublishRejected(PublishRejected {
+                        topic: topic.clone(),
+                        message_id: Some(ack.message_id),
+                        code: err.code(),
+                        reason: err.reason(),
+                    })
+                }
+                (frame, _) => frame,
+            };
+            write_frame(send.as_mut(), &frame, max_frame_bytes).await?;
         }
     }
     let _ = send.finish();
@@ -68,6 +192,9 @@ fn answer(
     ack: bool,
     message_id: Option<u64>,
 ) -> Result<Vec<Frame>, BrokerError> {
+    if let Some(store) = &shared.storage {
+        check_room(&shared.router, store, &message, target, retain)?;
+    }
     if !ack {
         return Ok(route(&shared.router, message, target, retain)?
             .into_iter()
@@ -86,6 +213,26 @@ fn answer(
         duplicate: !first_time,
     }));
     Ok(answers)
+}
+
+/// Refuses a publish that would store a message beyond the disk limit.
+fn check_room(
+    router: &Router,
+    store: &DiskStore,
+    message: &PublishedMessage,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
+) -> Result<(), BrokerError> {
+    if store.has_room_for(message.queued_size()) {
+        return Ok(());
+    }
+    if retain || router.reaches_stored_queue(&message.topic, target) {
+        return Err(StorageError::Full {
+            limit: store.max_disk_bytes(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Routes one accepted message; answers `NoResponders` for a request nobody received.
