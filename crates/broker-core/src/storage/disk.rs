@@ -4,7 +4,7 @@
 //! Producers (publish tasks, queues, session actors) [`DiskStore::append`] operations to a
 //! pending list under a short lock and never wait. The writer thread takes everything pending,
 //! applies it in one write transaction and commits it with one fsync (redb's
-//! `Durability::Immediate`), then publishes the ticket of the last operation it made durable.
+//! `Durability::Immediate`, two-phase), then publishes the ticket of the last operation it made durable.
 //! A publish that promised durability waits for its ticket ([`DiskStore::synced`]), so every
 //! publish waiting at the same time shares one sync. The pending list is bounded in bytes
 //! by [`DiskStore::wait_for_room`], which publish tasks await before routing.
@@ -152,10 +152,21 @@ impl DiskStore {
             detail: err.to_string(),
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
-        let mut db = Database::create(&path).map_err(|err| StorageError::Database {
-            path: path.clone(),
-            detail: err.to_string(),
-        })?;
+        let mut db = redb::Builder::new()
+            .set_repair_callback(|session| {
+                tracing::warn!(
+                    progress = session.progress(),
+                    "the store was not closed cleanly; verifying every page before starting"
+                );
+            })
+            .create(&path)
+            .map_err(|err| StorageError::Database {
+                path: path.clone(),
+                detail: format!(
+                    "cannot open the store, so the broker will not start (nothing was changed; \
+                     restore the data directory from a backup or move it away to start empty): {err}"
+                ),
+            })?;
         let recovered = recovery::read_all(&db, &path, topic_limits, dedupe_max_age)?;
         recovery::remove_leftovers(&db, &path, &recovered)?;
         let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -340,7 +351,12 @@ fn run_writer(db: Database, inner: &Inner) {
 
 /// Applies one batch in one transaction; returns the change in live bytes.
 fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, DbError> {
-    let tx = db.begin_write()?;
+    let mut tx = db.begin_write()?;
+    // Two syncs per commit instead of one: with one, redb treats a latest commit whose page
+    // checksums fail after a crash as torn and silently rolls back to the one before, which
+    // would lose acknowledged data if the disk corrupted a completed commit. With two, that is
+    // reported as corruption and the broker does not start.
+    tx.set_two_phase_commit(true);
     let mut delta = 0i64;
     {
         let mut sessions = tx.open_table(SESSIONS)?;

@@ -335,7 +335,8 @@ pub(crate) fn remove_leftovers(
         );
     }
     let remove = || -> Result<(), DbError> {
-        let tx = db.begin_write()?;
+        let mut tx = db.begin_write()?;
+        tx.set_two_phase_commit(true);
         {
             let mut table = tx.open_table(SUBSCRIPTIONS)?;
             for key in &leftovers.subscriptions {
