@@ -263,6 +263,9 @@ fn parse_header(raw: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchScenario {
+    /// Acknowledged-publish throughput and latency in memory and on disk (`--storage disk`),
+    /// with one publisher and with `--publishers` concurrent ones.
+    Durable(DurableArgs),
     /// Head-of-line isolation: the latency of a fast topic with and without a flood on another
     /// subscription of the same connection that is never read.
     Hol(HolArgs),
@@ -270,6 +273,26 @@ pub(crate) enum BenchScenario {
     Latency(LatencyArgs),
     /// Messages per second from one publisher to one subscriber, as fast as possible.
     Throughput(ThroughputArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DurableArgs {
+    /// Measured seconds per case; fractions allowed.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Concurrent publishers of the second round (the first has one).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) publishers: usize,
+    /// Where the disk cases keep their store (one directory per case, left in place); default:
+    /// a temporary directory, removed afterwards. Put it on the disk you want to measure.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
                 CertsCommand::Issue(args) => certs_cmd::issue(args),
             },
             Command::Bench { scenario } => match scenario {
+                BenchScenario::Durable(args) => bench::durable::run(args).await,
                 BenchScenario::Hol(args) => bench::hol::run(args).await,
                 BenchScenario::Latency(args) => bench::latency::run(args).await,
                 BenchScenario::Throughput(args) => bench::throughput::run(args).await,

@@ -2,6 +2,7 @@
 //! `--server`), drives it with real clients over QUIC on loopback, and reports figures; it never
 //! asserts a timing. Figures are meant to be compared as ratios within one run.
 
+pub(crate) mod durable;
 pub(crate) mod embedded;
 pub(crate) mod hol;
 pub(crate) mod latency;

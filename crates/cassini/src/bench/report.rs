@@ -24,6 +24,12 @@ impl Latencies {
         self.histogram.saturating_record(micros);
     }
 
+    /// Adds every value recorded in `other`.
+    pub(crate) fn merge(&mut self, other: &Latencies) -> anyhow::Result<()> {
+        self.histogram.add(&other.histogram)?;
+        Ok(())
+    }
+
     pub(crate) fn count(&self) -> u64 {
         self.histogram.len()
     }
