@@ -307,3 +307,71 @@ async fn a_leaving_member_hands_on_its_unacknowledged_messages_in_order() {
     assert_eq!(q.take_remaining().len(), 4);
     assert_eq!(q.stats().in_flight, 0);
 }
+
+fn bounds(acks: bool) -> QueueBounds {
+    QueueBounds {
+        max_messages: 100,
+        max_bytes: usize::MAX,
+        overflow: OverflowPolicy::DropOldest,
+        acks: acks.then_some(AckBounds {
+            max_in_flight: 2,
+            timeout: Duration::from_secs(30),
+        }),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_queue_redelivers_its_stored_messages_first_then_continues_the_sequence() {
+    let stored = vec![(4, message(1)), (6, message(1)), (7, message(1))];
+    let q = SubscriptionQueue::restore(bounds(true), None, 7, stored);
+    assert!(
+        !q.wants_retained(),
+        "it had its retained values before the restart"
+    );
+    assert_eq!(
+        q.stats().in_flight,
+        3,
+        "more than the window of 2: nothing is dropped"
+    );
+    q.push(&message(1));
+    let attachment = q.attach(Some(5));
+    let wait = Duration::from_secs(1);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(4, true), (6, true), (7, true)])
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        None,
+        "the window is full until acknowledgements come"
+    );
+    q.ack(&[SequenceRange { from: 4, to: 7 }]);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(8, false)])
+    );
+}
+
+#[tokio::test]
+async fn a_restored_queue_follows_a_client_that_received_beyond_the_stored_sequence() {
+    // The broker died after the client got sequence 12 but before sequence 12 was stored.
+    let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
+    let attachment = q.attach(Some(12));
+    assert_eq!(attachment.next_expected, 13);
+    q.push(&message(1));
+    let (sequences, _) = drain(&q).await;
+    assert_eq!(sequences, vec![13], "no sequence the client has is reused");
+    // Only the first attachment after the restart may move the sequence.
+    assert_eq!(q.attach(Some(99)).next_expected, 14);
+}
+
+#[tokio::test]
+async fn an_at_most_once_client_behind_the_restored_sequence_gets_the_exact_gap() {
+    let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
+    let attachment = q.attach(Some(6));
+    assert_eq!(attachment.next_expected, 7);
+    assert_eq!(
+        attachment.undelivered_through, 10,
+        "7..=10 were lost with the broker"
+    );
+}

@@ -260,3 +260,55 @@ async fn a_flipped_byte_stops_the_start_and_names_the_record() {
     assert!(text.contains("checksum mismatch"), "{text}");
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was changed");
 }
+
+#[tokio::test]
+async fn an_at_least_once_queue_writes_through_and_forgets_what_is_acknowledged_or_dropped() {
+    use crate::config::{AckBounds, QueueBounds};
+    use crate::queue::SubscriptionQueue;
+    use cassini_protocol::{OverflowPolicy, SequenceRange};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = open(dir.path()).unwrap();
+        let store = Arc::new(store);
+        commit(&store, vec![session(7), subscription(7, 1)]).await;
+        let queue = SubscriptionQueue::with_store(
+            QueueBounds {
+                max_messages: 3,
+                max_bytes: usize::MAX,
+                overflow: OverflowPolicy::DropOldest,
+                acks: Some(AckBounds {
+                    max_in_flight: 10,
+                    timeout: Duration::from_secs(30),
+                }),
+            },
+            Some(QueueStore {
+                store: Arc::clone(&store),
+                session: 7,
+                subscription: 1,
+            }),
+        );
+        for _ in 0..2 {
+            queue.push(&message("a.b", b"m"));
+        }
+        // Send 1 and 2, acknowledge 1.
+        let attachment = queue.attach(None);
+        let mut batch = Vec::new();
+        queue.pop_batch(&attachment, &mut batch, 10).await;
+        queue.ack(&[SequenceRange { from: 1, to: 1 }]);
+        // 3, 4, 5 queued, then 6 pushes 3 out (dropped before it was sent).
+        for _ in 0..4 {
+            queue.push(&message("a.b", b"m"));
+        }
+        store.synced(store.ticket()).await.unwrap();
+    }
+    let (_, recovered) = open(dir.path()).unwrap();
+    let subscription = &recovered.sessions[0].subscriptions[0];
+    let sequences: Vec<u64> = subscription.messages.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        sequences,
+        vec![2, 4, 5, 6],
+        "1 acknowledged, 3 dropped unsent"
+    );
+    assert_eq!(subscription.last_sequence, 6);
+}
