@@ -124,6 +124,10 @@ pub struct QueueConfig {
     pub default_ack_timeout: Duration,
     /// The shortest ack timeout a subscription may ask for; shorter requests are raised to it.
     pub min_ack_timeout: Duration,
+    /// The age bound of every subscription's backlog: a message that waited unsent longer is
+    /// dropped as if by overflow (a `Gap` tells the client). Sent, unacknowledged messages of
+    /// at-least-once subscriptions are never dropped by age. `None` (the default): no bound.
+    pub max_backlog_age: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -137,6 +141,7 @@ impl Default for QueueConfig {
             max_in_flight: 65_536,
             default_ack_timeout: Duration::from_secs(30),
             min_ack_timeout: Duration::from_millis(100),
+            max_backlog_age: None,
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct QueueBounds {
     pub overflow: OverflowPolicy,
     /// At-least-once delivery, if the subscription asked for it.
     pub acks: Option<AckBounds>,
+    /// How long a message may wait unsent in the queue; older ones are dropped (announced as
+    /// an `Overflow` gap) when the writer next takes from the queue. `None`: no age bound.
+    pub max_age: Option<Duration>,
 }
 
 /// The in-flight window and ack timeout of an at-least-once subscription.
@@ -191,6 +199,7 @@ impl QueueConfig {
             max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
             overflow: options.overflow,
             acks,
+            max_age: self.max_backlog_age,
         }
     }
 }

@@ -7,7 +7,9 @@
 //! Every accepted message takes the next sequence number, whether it is later delivered or
 //! dropped, so a receiver can see a gap in the numbers; the writer announces each gap with a
 //! `Gap` frame. A message always fits into an empty queue, so the byte bound can be exceeded by
-//! at most one payload.
+//! at most one payload. With an age bound ([`QueueBounds::max_age`]) a message that waited
+//! unsent longer is dropped, counted like an overflow drop, when the writer next takes from the
+//! queue.
 //!
 //! An at-least-once subscription ([`QueueBounds::acks`]) also keeps every message it handed to a
 //! writer until the client acknowledges it: at most `max_in_flight` messages and the byte bound
@@ -49,6 +51,8 @@ pub struct Queued {
     pub message: Arc<PublishedMessage>,
     /// Whether it was handed to a writer before (at-least-once subscriptions only).
     pub redelivered: bool,
+    /// When it was queued, for the age bound.
+    pub queued_at: Instant,
 }
 
 /// What happened to a pushed message.
@@ -410,6 +414,7 @@ impl SubscriptionQueue {
                 sequence,
                 message: Arc::clone(message),
                 redelivered: false,
+                queued_at: Instant::now(),
             });
             state.dropped_unreported += dropped;
             state.dropped_total += dropped;
@@ -485,6 +490,7 @@ impl SubscriptionQueue {
                     return Popped::Closed(CloseReason::Overflow);
                 }
                 let now = Instant::now();
+                self.drop_expired(state, now);
                 let mut wake_at = None;
                 if let Some(acks) = &mut state.acks {
                     wake_at = acks.expire(now);
@@ -498,6 +504,7 @@ impl SubscriptionQueue {
                                 sequence,
                                 message: Arc::clone(&in_flight.message),
                                 redelivered: true,
+                                queued_at: now,
                             });
                             state.redelivered_total += 1;
                         }
@@ -555,6 +562,32 @@ impl SubscriptionQueue {
                 }
                 None => self.ready.notified().await,
             }
+        }
+    }
+
+    /// Drops unsent messages older than the age bound, counting them as dropped.
+    fn drop_expired(&self, state: &mut State, now: Instant) {
+        let Some(max_age) = self.bounds.max_age else {
+            return;
+        };
+        let mut gone = Vec::new();
+        while let Some(front) = state.items.front() {
+            if now.saturating_duration_since(front.queued_at) < max_age {
+                break;
+            }
+            let Some(old) = state.items.pop_front() else {
+                break;
+            };
+            state.bytes -= old.message.queued_size();
+            gone.push(old.sequence);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        state.dropped_unreported += gone.len() as u64;
+        state.dropped_total += gone.len() as u64;
+        if let (Some(store), Some(_)) = (&self.store, &state.acks) {
+            store.removed(gone);
         }
     }
 

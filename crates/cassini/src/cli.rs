@@ -121,6 +121,10 @@ pub(crate) struct ServeArgs {
     /// docs/DURABILITY.md).
     #[arg(long, value_enum, default_value_t = StorageArg::Memory)]
     pub(crate) storage: StorageArg,
+    /// Drop a message that waited this many seconds unsent in a subscription's queue (the
+    /// client gets a Gap); 0: no age bound. Sent, unacknowledged messages are never dropped.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_backlog_age: u64,
     /// The directory of the disk store (`--storage disk`); created if missing.
     #[arg(long, default_value = "data")]
     pub(crate) data_dir: PathBuf,

@@ -31,6 +31,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let mut config = BrokerConfig::default();
     config.sessions.expiry = Duration::from_secs(args.session_expiry);
+    config.queue.max_backlog_age =
+        (args.max_backlog_age > 0).then(|| Duration::from_secs(args.max_backlog_age));
     config.storage.mode = match args.storage {
         StorageArg::Memory => StorageMode::Memory,
         StorageArg::Disk => StorageMode::Disk,

@@ -20,6 +20,7 @@ fn queue(max_messages: usize, overflow: OverflowPolicy) -> SubscriptionQueue {
         max_bytes: usize::MAX,
         overflow,
         acks: None,
+        max_age: None,
     })
 }
 
@@ -32,6 +33,7 @@ fn at_least_once(max_messages: usize, max_in_flight: usize) -> SubscriptionQueue
             max_in_flight,
             timeout: Duration::from_secs(30),
         }),
+        max_age: None,
     })
 }
 
@@ -130,6 +132,7 @@ async fn the_byte_bound_holds_except_for_a_single_message() {
         max_bytes: 100,
         overflow: OverflowPolicy::DropOldest,
         acks: None,
+        max_age: None,
     });
     for _ in 0..10 {
         q.push(&message(39));
@@ -317,6 +320,7 @@ fn bounds(acks: bool) -> QueueBounds {
             max_in_flight: 2,
             timeout: Duration::from_secs(30),
         }),
+        max_age: None,
     }
 }
 
@@ -374,4 +378,31 @@ async fn an_at_most_once_client_behind_the_restored_sequence_gets_the_exact_gap(
         attachment.undelivered_through, 10,
         "7..=10 were lost with the broker"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_older_than_the_age_bound_are_dropped_unsent_and_reported() {
+    let q = SubscriptionQueue::new(QueueBounds {
+        max_age: Some(Duration::from_secs(10)),
+        ..bounds(true)
+    });
+    q.push(&message(1));
+    q.push(&message(1));
+    tokio::time::advance(Duration::from_secs(11)).await;
+    q.push(&message(1));
+    let attachment = q.attach(None);
+    let mut batch = Vec::new();
+    let popped = q.pop_batch(&attachment, &mut batch, 10).await;
+    assert!(
+        matches!(popped, Popped::Batch { dropped: 2, .. }),
+        "{popped:?}"
+    );
+    assert_eq!(
+        batch.iter().map(|q| q.sequence).collect::<Vec<_>>(),
+        vec![3]
+    );
+    assert_eq!(q.stats().dropped_total, 2);
+    // Sent and unacknowledged: never dropped by age.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(q.stats().in_flight, 1);
 }

@@ -281,6 +281,7 @@ async fn an_at_least_once_queue_writes_through_and_forgets_what_is_acknowledged_
                     max_in_flight: 10,
                     timeout: Duration::from_secs(30),
                 }),
+                max_age: None,
             },
             Some(QueueStore {
                 store: Arc::clone(&store),
