@@ -31,6 +31,8 @@ struct DurableBroker {
     certs: PathBuf,
     data: PathBuf,
     addr: SocketAddr,
+    /// More `serve` flags.
+    extra: Vec<String>,
 }
 
 impl DurableBroker {
@@ -42,6 +44,7 @@ impl DurableBroker {
             .args(["--listen", &self.addr.to_string(), "--certs"])
             .arg(&self.certs)
             .args(["--idle-timeout", "1"])
+            .args(&self.extra)
             .env(
                 "RUST_LOG",
                 std::env::var("DURABLE_LOG").unwrap_or_else(|_| "info".into()),
@@ -52,7 +55,8 @@ impl DurableBroker {
     }
 
     /// Starts a broker in `dir` (certificates in `dir/certs`, data in `dir/data`) on a free port.
-    fn start_new(dir: &Path) -> Self {
+    /// with more `serve` flags.
+    fn start_new_with(dir: &Path, extra: &[&str]) -> Self {
         let certs = dir.join("certs");
         let init = Command::new(CASSINI)
             .args([
@@ -77,6 +81,7 @@ impl DurableBroker {
             certs,
             data: dir.join("data"),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            extra: extra.iter().map(|flag| flag.to_string()).collect(),
         };
         broker.start();
         broker
@@ -236,8 +241,12 @@ struct Setup {
 /// A durable broker, an at-least-once subscriber behind a relay the test can cut, and a
 /// publisher.
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+async fn setup_with(extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = DurableBroker::start_new(dir.path());
+    let broker = DurableBroker::start_new_with(dir.path(), extra);
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let subscriber = client(relay.addr, &broker.certs, "subscriber").await;
     let subscription = subscriber
@@ -435,4 +444,57 @@ async fn a_flipped_byte_after_a_crash_is_reported_not_rolled_back() {
         bytes,
         "the store is left exactly as it was"
     );
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_publishes_with_storage_full_and_keeps_what_it_acknowledged() {
+    let mut s = setup_with(&["--storage-max-bytes", "20000"]).await;
+    disconnect(&s).await;
+    let big = |i: u64| Bytes::from(format!("full-{i:05}-{}", "x".repeat(1000)));
+    let mut acked = 0u64;
+    let refusal = loop {
+        assert!(acked < 100, "the limit of 20,000 bytes was never reached");
+        match s.publisher.publish_acked(TOPIC, big(acked)).await {
+            Ok(_) => acked += 1,
+            Err(err) => break err,
+        }
+    };
+    match &refusal {
+        cassini_client::ClientError::PublishRejected { code, reason, .. } => {
+            assert_eq!(*code, cassini_protocol::ErrorCode::STORAGE_FULL, "{reason}");
+            assert!(reason.contains("storage is full"), "{reason}");
+        }
+        other => panic!("expected STORAGE_FULL, got {other}"),
+    }
+    assert!(acked >= 5, "only {acked} fitted");
+
+    // Everything acknowledged before the refusal survives a crash, in order.
+    s.broker.restart();
+    s.relay.restore();
+    for i in 0..acked {
+        let message = within(&format!("message {i}"), s.subscription.recv())
+            .await
+            .expect("subscription open");
+        assert_eq!(message.payload(), &big(i));
+    }
+    // The subscriber's acknowledgements free the room again.
+    let after = within("a publish fits again", async {
+        loop {
+            match s.publisher.publish_acked(TOPIC, big(acked)).await {
+                Ok(receipt) => return receipt,
+                Err(cassini_client::ClientError::PublishRejected { code, .. })
+                    if code == cassini_protocol::ErrorCode::STORAGE_FULL =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("publish failed: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(!after.duplicate);
+    let next = within("the new message", s.subscription.recv())
+        .await
+        .expect("subscription open");
+    assert_eq!(next.payload(), &big(acked));
 }

@@ -182,6 +182,14 @@ impl SessionState {
             self.forget_subscription(subscription);
             return Err(err);
         }
+        if let Some(store) = self.shared.storage.clone() {
+            // The client learns of the subscription only once it survives a crash; otherwise a
+            // resumed client could wait on a subscription the restarted broker never heard of.
+            if let Err(err) = store.synced(store.ticket()).await {
+                let _ = self.unsubscribe(subscription).await;
+                return Err(err.into());
+            }
+        }
         Ok(subscription)
     }
 

@@ -313,3 +313,35 @@ async fn an_at_least_once_queue_writes_through_and_forgets_what_is_acknowledged_
     );
     assert_eq!(subscription.last_sequence, 6);
 }
+
+#[tokio::test]
+async fn a_backlog_written_and_acknowledged_over_and_over_does_not_grow_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).unwrap();
+    commit(&store, vec![session(7), subscription(7, 1)]).await;
+    let file = dir.path().join(DATABASE_FILE);
+    let mut sequence = 0u64;
+    let mut sizes = Vec::new();
+    for _round in 0..12 {
+        let first = sequence + 1;
+        let mut puts = Vec::new();
+        for _ in 0..200 {
+            sequence += 1;
+            puts.push(Op::PutMessage(
+                (7, 1, sequence),
+                message("a.b", &[7u8; 200]),
+            ));
+        }
+        commit(&store, puts).await;
+        let deletes = (first..=sequence)
+            .map(|s| Op::DeleteMessage((7, 1, s)))
+            .collect();
+        commit(&store, deletes).await;
+        sizes.push(std::fs::metadata(&file).unwrap().len());
+    }
+    // The pages of deleted records are reused: after the first rounds the file stops growing.
+    assert!(
+        sizes[11] <= sizes[2] + sizes[2] / 2,
+        "file sizes per round: {sizes:?}"
+    );
+}
