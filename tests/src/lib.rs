@@ -7,6 +7,7 @@
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
 
+pub mod history;
 pub mod relay;
 
 use std::future::Future;
@@ -17,9 +18,9 @@ use std::time::Duration;
 use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
 use cassini_client::{Client, ClientBuilder};
 use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
-use cassini_quic::server::{QuicServer, ServerOptions};
-use cassini_quic::tls::{self, QuicOptions};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
+use cassini_quic::tls::{self, QuicOptions, RevocationOptions, ServerTls};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
 /// How long any single wait in a test may take before the test fails.
@@ -179,6 +180,37 @@ impl TestBroker {
         raw_connect(self.addr, self.pki.ca_certs(), chain, key)
             .await
             .expect("raw connection")
+    }
+
+    /// TLS material for this broker's CA and `server` certificate, with `crls`.
+    pub fn server_tls(
+        &self,
+        server: &IssuedCert,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
+    ) -> ServerTls {
+        let (chain, key) = identity_of(server);
+        ServerTls::build(self.pki.ca_certs(), chain, key, crls, revocation).expect("server TLS")
+    }
+
+    /// Installs new TLS material, as `cassini serve` does on reload.
+    pub fn reload(&self, tls: &ServerTls) -> ReloadReport {
+        self.server.reload(tls).expect("reload")
+    }
+
+    /// The QUIC server's accept-path counters.
+    pub fn accept_stats(&self) -> Arc<AcceptStats> {
+        self.server.stats()
+    }
+
+    /// A raw quinn connection presenting `cert`, for tests that need the connection's own
+    /// close code or the server's certificate.
+    pub async fn raw_connection_as(
+        &self,
+        cert: &IssuedCert,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+        let (chain, key) = identity_of(cert);
+        raw_connect(self.addr, self.pki.ca_certs(), chain, key).await
     }
 
     /// Current actor counts.

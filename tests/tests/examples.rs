@@ -210,3 +210,38 @@ async fn the_edge_client_example_survives_a_broker_restart() {
     assert!(status.success(), "{:#?}", example.seen);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_embedded_actor_example_turns_readings_into_commands() {
+    let mut command = Command::new(example("embedded_actor"));
+    command.env("CASSINI_EXAMPLE_MESSAGES", "2");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run embedded_actor");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("thermostat: boiler at 19.5 °C"), "{out}");
+    assert_eq!(out.matches("sensor: plant.boiler.cool").count(), 2, "{out}");
+}
+
+#[tokio::test]
+async fn the_telemetry_example_counts_what_it_lost() {
+    let broker = TestBroker::start().await;
+    let out = run_example(&broker, "telemetry", &[("CASSINI_EXAMPLE_MESSAGES", "100")]).await;
+    let summary = out
+        .lines()
+        .find(|line| line.starts_with("received "))
+        .unwrap_or_else(|| panic!("no summary: {out}"));
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [received, sent, lost] = numbers[..] else {
+        panic!("summary {summary:?}");
+    };
+    assert_eq!(sent, 100);
+    assert!(received > 0, "{out}");
+    assert!(received + lost <= sent, "{out}");
+    broker.stop().await;
+}

@@ -1,10 +1,12 @@
 //! Graceful shutdown: every client is told the broker is going away, with the reason and a
-//! reconnect hint, then its connection is closed with `SERVER_SHUTTING_DOWN`.
+//! reconnect hint; what its subscriptions hold is delivered (and acknowledged) first; then its
+//! connection is closed with `SERVER_SHUTTING_DOWN`.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_e2e::raw::{close_of, hello, read_frame};
-use cassini_e2e::{eventually, TestBroker};
-use cassini_protocol::{ErrorCode, Frame};
+use cassini_e2e::{eventually, within, TestBroker};
+use cassini_protocol::{AckOptions, ErrorCode, Frame, SubscribeOptions};
+use futures_util::StreamExt;
 
 #[tokio::test]
 async fn clients_hear_going_away_with_a_reconnect_hint_then_the_close_code() {
@@ -35,5 +37,62 @@ async fn clients_hear_going_away_with_a_reconnect_hint_then_the_close_code() {
     .await;
     assert_eq!(notice.reason, "maintenance window");
     shutdown.await.expect("shutdown task");
+    assert!(!broker.broker.is_running(), "the actor tree stopped");
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_first_delivers_every_queued_at_least_once_message() {
+    const COUNT: u32 = 300;
+    // 16 KiB each: together more than QUIC lets the client buffer, so most are still at the
+    // broker when the shutdown begins.
+    let payload = |i: u32| {
+        let mut bytes = vec![0u8; 16 * 1024];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        Bytes::from(bytes)
+    };
+    let broker = TestBroker::start().await;
+    let subscriber = broker
+        .client_builder("subscriber")
+        .subscription_buffer(4)
+        .connect()
+        .await
+        .expect("subscriber connects");
+    let options = SubscribeOptions {
+        acks: Some(AckOptions::default()),
+        max_queued_bytes: Some(32 * 1024 * 1024),
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = subscriber
+        .subscribe_with("drain.x", options)
+        .await
+        .expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    for i in 0..COUNT {
+        publisher
+            .publish_acked("drain.x", payload(i))
+            .await
+            .expect("routed before the shutdown starts");
+    }
+
+    // The subscriber has read nothing yet: the messages wait in the broker's queue and in
+    // flight when the shutdown begins.
+    let shutdown = {
+        let handle = broker.broker.clone();
+        tokio::spawn(async move { handle.shutdown("maintenance window").await })
+    };
+    for i in 0..COUNT {
+        let message = within("the next message during the drain", subscription.next())
+            .await
+            .expect("the subscription stays open while draining");
+        assert_eq!(message.payload(), &payload(i), "none lost, in order");
+    }
+    let notice = eventually("the subscriber saw the reason", || async {
+        subscriber.going_away()
+    })
+    .await;
+    assert_eq!(notice.reason, "maintenance window");
+    within("the shutdown completes", shutdown)
+        .await
+        .expect("shutdown task");
     assert!(!broker.broker.is_running(), "the actor tree stopped");
 }

@@ -1,9 +1,9 @@
-//! Where a connection's `Ack` frames go: the queues of its session's at-least-once
-//! subscriptions, by subscription id.
+//! The queues of a session's subscriptions, by subscription id, as its connection sees them:
+//! where the connection's `Ack` frames go, and what a shutdown waits to see delivered.
 //!
-//! The session actor is the only writer (it adds a queue when an at-least-once subscription is
-//! made and removes it when the subscription ends); the connection driver reads it for every
-//! `Ack` frame, so acknowledgements take no actor hop and no mailbox.
+//! The session actor is the only writer (it adds a queue when a subscription is made and
+//! removes it when the subscription ends); the connection driver reads it for every `Ack` frame,
+//! so acknowledgements take no actor hop and no mailbox.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +12,7 @@ use cassini_protocol::{SequenceRange, SubscriptionId};
 
 use crate::queue::SubscriptionQueue;
 
-/// The at-least-once subscriptions of one session.
+/// The subscriptions' queues of one session.
 #[derive(Debug, Default)]
 pub(crate) struct AckTargets {
     queues: RwLock<HashMap<SubscriptionId, Arc<SubscriptionQueue>>>,
@@ -28,7 +28,7 @@ impl AckTargets {
     }
 
     /// Applies an acknowledgement; returns how many in-flight messages it released. An `Ack`
-    /// for a subscription that ended (or was never at least once) releases nothing.
+    /// for a subscription that ended (or is at most once) releases nothing.
     pub(crate) fn ack(&self, subscription: SubscriptionId, ranges: &[SequenceRange]) -> usize {
         let queue = self
             .queues
@@ -37,6 +37,18 @@ impl AckTargets {
             .get(&subscription)
             .cloned();
         queue.map_or(0, |queue| queue.ack(ranges))
+    }
+
+    /// Whether every queue of the session is empty and, at least once, fully acknowledged.
+    pub(crate) fn all_delivered(&self) -> bool {
+        self.queues
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .all(|queue| {
+                let stats = queue.stats();
+                stats.depth == 0 && stats.in_flight == 0
+            })
     }
 
     fn write(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::acl::Acl;
 use crate::actors::ask;
 use crate::actors::listener_manager::ListenerManagerMsg;
 use crate::actors::session_manager::SessionManagerMsg;
@@ -23,6 +24,7 @@ use crate::actors::supervisor::{Managers, Supervisor, SupervisorArgs, Supervisor
 use crate::actors::topic_manager::TopicManagerMsg;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::introspect::{self, ConnectionInfo, Counters, SubscriptionInfo, TopicInfo};
 use crate::transport::Connection;
 
 /// Entry point: `Broker::start`.
@@ -68,6 +70,12 @@ impl Broker {
     /// mode the store is opened and read back first; a store that cannot be read is an error
     /// ([`crate::storage::StorageError::Corrupt`] names what could not be read).
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        if config.acl.allows_all {
+            tracing::info!(
+                "no ACL: every authenticated client may publish and subscribe to every \
+                 non-system topic"
+            );
+        }
         let (storage, recovered) = match crate::storage::open(&config).await? {
             Some((store, recovered)) => (Some(store), recovered),
             None => (None, crate::storage::Recovered::default()),
@@ -95,6 +103,12 @@ impl BrokerHandle {
         &self.managers.shared.config
     }
 
+    /// An in-process client with a session of its own: publish and subscribe without a
+    /// network hop (see [`crate::local`]).
+    pub fn local_client(&self) -> crate::local::LocalClient {
+        crate::local::LocalClient::new(Arc::clone(&self.managers.shared))
+    }
+
     /// Hands over an authenticated connection. The broker owns it from here on.
     pub fn accept(&self, connection: Arc<dyn Connection>) {
         if let Err(err) = self
@@ -105,6 +119,26 @@ impl BrokerHandle {
             tracing::warn!(%err, "broker is stopped; refusing connection");
             let err = BrokerError::ShuttingDown;
             connection.close(err.code(), &err.reason());
+        }
+    }
+
+    /// The ACL in force.
+    pub fn acl(&self) -> Arc<Acl> {
+        self.managers.shared.acl.current()
+    }
+
+    /// Replaces the ACL. Publishes and subscriptions from now on are checked against `acl`, and
+    /// every live subscription it no longer allows is ended: its stream is reset with
+    /// `NOT_AUTHORIZED` as soon as each session handles the notice (a detached session's
+    /// subscriptions end when it is resumed).
+    pub fn set_acl(&self, acl: Acl) {
+        self.managers.shared.acl.replace(acl);
+        if let Err(err) = self
+            .managers
+            .sessions
+            .send_message(SessionManagerMsg::RecheckAcl)
+        {
+            tracing::warn!(%err, "broker is stopped; the new ACL applies to nothing");
         }
     }
 
@@ -132,6 +166,40 @@ impl BrokerHandle {
         })
     }
 
+    /// The broker-wide counters (messages, bytes, drops, sessions, refusals).
+    pub fn counters(&self) -> &Counters {
+        self.managers.shared.router.counters()
+    }
+
+    /// The open connections, oldest first, each with transport facts and its session's
+    /// subscriptions. Costs one pass over the connections and the routes: for monitoring.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let shared = &self.managers.shared;
+        let subscriptions = introspect::snapshot_subscriptions(&shared.router);
+        introspect::snapshot_connections(shared.registry.entries(), subscriptions)
+    }
+
+    /// How many connections are open (listeners registered), without asking an actor.
+    pub fn connection_count(&self) -> usize {
+        self.managers.shared.registry.len()
+    }
+
+    /// Every subscription with its queue, ordered by session and subscription id.
+    pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
+        introspect::snapshot_subscriptions(&self.managers.shared.router)
+    }
+
+    /// Every subscribed filter with its members and queue totals, ordered by filter.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        introspect::snapshot_topics(&self.managers.shared.router)
+    }
+
+    /// Topics with a retained value, and the payload bytes they hold.
+    pub fn retained(&self) -> (usize, usize) {
+        let router = &self.managers.shared.router;
+        (router.retained_count(), router.retained_bytes())
+    }
+
     /// Whether the actor tree is still running.
     pub fn is_running(&self) -> bool {
         self.stopped
@@ -140,14 +208,24 @@ impl BrokerHandle {
             .unwrap_or(false)
     }
 
-    /// Closes every connection with `SERVER_SHUTTING_DOWN` and `reason`, refuses new ones, then
-    /// stops the actor tree and waits for it (at most a few seconds).
+    /// Refuses new connections and tells every connection the broker is going away (with
+    /// `reason` and the reconnect hint); each connection drains its session's deliveries (for
+    /// up to `shutdown.drain`), then is closed with `SERVER_SHUTTING_DOWN`. Once every
+    /// connection is gone, or `shutdown.drain` has passed, stops the actor tree and waits for it
+    /// (at most a few seconds).
     pub async fn shutdown(&self, reason: &str) {
         let reason = reason.to_string();
         let _ = ask(&self.managers.listeners, |reply| {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
+        let deadline = tokio::time::Instant::now() + self.config().shutdown.drain;
+        while tokio::time::Instant::now() < deadline {
+            match ask(&self.managers.listeners, ListenerManagerMsg::Count).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
         // Stored state stays as the drained connections left it (sessions detached): nothing
         // the actor tree does while stopping may change it.
         if let Some(store) = self.managers.shared.storage.clone() {

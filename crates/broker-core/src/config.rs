@@ -24,6 +24,9 @@ pub struct BrokerConfig {
     pub shutdown: ShutdownConfig,
     /// Where state is kept: memory (the default) or disk.
     pub storage: StorageConfig,
+    /// The ACL the broker starts with (default: every authenticated client may do everything
+    /// on non-system topics). Replace it while running with `BrokerHandle::set_acl`.
+    pub acl: crate::acl::Acl,
 }
 
 /// Graceful shutdown.
@@ -32,8 +35,10 @@ pub struct ShutdownConfig {
     /// The reconnect hint sent to every client in `GoingAway`: how long to wait before
     /// reconnecting. Spreads a restart's reconnects out instead of inviting them at once.
     pub reconnect_hint: Duration,
-    /// How long the broker waits for connections to take their `GoingAway` and close before it
-    /// stops the actor tree anyway.
+    /// How long a shutdown waits for deliveries: each connection, after its `GoingAway`, keeps
+    /// writing its session's queued messages and reading acknowledgements until everything is
+    /// delivered (and, at least once, acknowledged) or this passes (less one second kept for
+    /// the close to reach the client); then the actor tree is stopped anyway.
     pub drain: Duration,
 }
 
@@ -60,6 +65,14 @@ pub struct BrokerLimits {
     pub topics: TopicLimits,
     /// Most simultaneous connections; further ones are closed with `TOO_MANY_CONNECTIONS`.
     pub max_connections: usize,
+    /// Most simultaneous connections of one certificate identity; further ones are closed with
+    /// `TOO_MANY_CONNECTIONS_FOR_IDENTITY`, so one leaked or looping client key cannot take every
+    /// connection slot.
+    pub max_connections_per_identity: usize,
+    /// Most payload bytes all of one session's subscription queues may hold together, counted
+    /// by each queue's byte bound. A subscription that would exceed it is refused with
+    /// `PENDING_BYTES_LIMIT`. Bounds broker memory per session, whatever its subscribers do.
+    pub max_pending_bytes_per_session: u64,
     /// Most publish streams a connection may have open at once; each holds a read buffer of up
     /// to one frame.
     pub max_publish_streams_per_connection: usize,
@@ -80,6 +93,8 @@ impl Default for BrokerLimits {
             max_subscriptions_per_session: 1024,
             topics: TopicLimits::default(),
             max_connections: 100_000,
+            max_connections_per_identity: 1024,
+            max_pending_bytes_per_session: 256 * 1024 * 1024,
             max_publish_streams_per_connection: 256,
             hello_timeout: Duration::from_secs(10),
             max_retained_topics: 10_000,

@@ -64,6 +64,38 @@ pub enum BrokerError {
     /// The broker holds the most connections it may.
     #[error("the broker is at its limit of {0} connections")]
     TooManyConnections(usize),
+    /// The identity holds the most connections one identity may.
+    #[error("identity {identity:?} already has the maximum of {max} connections")]
+    TooManyConnectionsForIdentity {
+        /// The certificate identity.
+        identity: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The ACL does not allow the identity this publish or subscription.
+    #[error("not authorized to {action} {target:?}")]
+    NotAuthorized {
+        /// `"publish to"` or `"subscribe to"`.
+        action: &'static str,
+        /// The topic or filter.
+        target: String,
+    },
+    /// The subscription's queue bound would take the session over its pending-bytes budget.
+    #[error(
+        "the session's subscriptions may queue at most {max} bytes together; {in_use} are \
+         taken and this subscription asks for {requested}"
+    )]
+    PendingBytesLimit {
+        /// The session's budget.
+        max: u64,
+        /// What the session's other subscriptions already reserve.
+        in_use: u64,
+        /// What this subscription's queue bound reserves.
+        requested: u64,
+    },
+    /// A datagram subscription on a connection without QUIC datagrams.
+    #[error("this connection did not negotiate QUIC datagrams; subscribe with reliable delivery")]
+    DatagramsUnsupported,
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -98,6 +130,12 @@ impl BrokerError {
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,
             BrokerError::TooManyConnections(_) => ErrorCode::TOO_MANY_CONNECTIONS,
+            BrokerError::TooManyConnectionsForIdentity { .. } => {
+                ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
+            }
+            BrokerError::NotAuthorized { .. } => ErrorCode::NOT_AUTHORIZED,
+            BrokerError::PendingBytesLimit { .. } => ErrorCode::PENDING_BYTES_LIMIT,
+            BrokerError::DatagramsUnsupported => ErrorCode::DATAGRAMS_UNSUPPORTED,
             BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
             BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
             BrokerError::MissingMessageId => ErrorCode::MISSING_MESSAGE_ID,

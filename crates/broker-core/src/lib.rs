@@ -4,36 +4,45 @@
 //! [`transport`], which `cassini-quic` implements over quinn (and tests may implement in memory).
 //!
 //! # Layout
+//! - [`acl`]: who may publish and subscribe where; the ACL file format.
 //! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
 //! - [`config`]: every knob, with defaults.
 //! - [`transport`]: the connection and stream interface the broker drives.
 //! - [`error`]: the broker's error enum and the one place errors become wire codes.
+//! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
 //!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
-//! - `ack_targets`: where a connection's acknowledgements go (its session's at-least-once
-//!   queues).
+//! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
+//! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
 //! - `connection`: the tasks that read and write one connection's streams.
 
 mod ack_targets;
+pub mod acl;
 mod actors;
 pub mod broker;
 pub mod config;
 mod connection;
 pub mod dedupe;
 pub mod error;
+pub mod introspect;
+pub mod local;
 pub mod message;
 pub mod queue;
 pub mod router;
 pub mod storage;
 pub mod transport;
 
+pub use acl::{Acl, AclError, AclHandle};
 pub use broker::{Broker, BrokerHandle, BrokerStats};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
-pub use transport::{Connection, PeerInfo, RecvStream, SendStream, TransportError};
+pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};
+pub use transport::{
+    Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
+};

@@ -96,6 +96,8 @@ pub enum CloseReason {
     Ended,
     /// It overflowed under the `Close` policy.
     Overflow,
+    /// The ACL no longer allows it (after a reload); what is queued is discarded.
+    NotAuthorized,
 }
 
 /// Where a new writer starts, from [`SubscriptionQueue::attach`].
@@ -486,8 +488,10 @@ impl SubscriptionQueue {
                 if state.attachment != attachment.id {
                     return Popped::Superseded;
                 }
-                if state.closed == Some(CloseReason::Overflow) {
-                    return Popped::Closed(CloseReason::Overflow);
+                if let Some(reason @ (CloseReason::Overflow | CloseReason::NotAuthorized)) =
+                    state.closed
+                {
+                    return Popped::Closed(reason);
                 }
                 let now = Instant::now();
                 self.drop_expired(state, now);
@@ -636,6 +640,16 @@ impl SubscriptionQueue {
             if state.closed.is_none() {
                 state.closed = Some(CloseReason::Ended);
             }
+        }
+        self.ready.notify_one();
+    }
+
+    /// Closes the queue because the ACL no longer allows the subscription: further pushes are
+    /// refused and the consumer gets `Closed(NotAuthorized)` at once, without what is queued.
+    pub fn revoke(&self) {
+        {
+            let mut state = self.lock();
+            state.closed = Some(CloseReason::NotAuthorized);
         }
         self.ready.notify_one();
     }

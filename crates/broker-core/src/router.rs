@@ -24,9 +24,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use cassini_protocol::topic::FilterToken;
-use cassini_protocol::{SessionId, SubscriptionId, TopicFilter, TopicName};
+use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
 use crate::error::BrokerError;
+use crate::introspect::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
@@ -52,6 +53,29 @@ pub struct RouteMember {
     pub group: Option<Arc<str>>,
 }
 
+impl RouteMember {
+    /// Pushes `message` into this member's queue and counts what happened.
+    fn push_counted(&self, message: &Arc<PublishedMessage>, counters: &Counters) -> PushOutcome {
+        let outcome = self.queue.push(message);
+        let size = message.payload.len();
+        match outcome {
+            PushOutcome::Queued => counters.queued(size),
+            PushOutcome::QueuedAfterDropping(count) => {
+                counters.queued(size);
+                let reason = match self.queue.bounds().overflow {
+                    OverflowPolicy::Latest => DropReason::Latest,
+                    _ => DropReason::DropOldest,
+                };
+                counters.dropped(reason, count);
+            }
+            PushOutcome::DroppedNewest => counters.dropped(DropReason::DropNewest, 1),
+            PushOutcome::Overflowed => counters.dropped(DropReason::SlowConsumer, 1),
+            PushOutcome::Closed => {}
+        }
+        outcome
+    }
+}
+
 /// The members of one queue group of one filter.
 #[derive(Debug)]
 pub struct QueueGroup {
@@ -64,6 +88,11 @@ impl QueueGroup {
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The group's members.
+    pub fn members(&self) -> &[RouteMember] {
+        &self.members
     }
 
     /// The member that gets a message of `size` bytes (limited to `target`'s session, if set).
@@ -134,14 +163,15 @@ impl RouteMembers {
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         report: &mut RouteReport,
+        counters: &Counters,
     ) {
         let wanted = |member: &RouteMember| target.is_none_or(|t| member.key.session == t);
         for member in self.plain.iter().filter(|m| wanted(m)) {
-            report.record(member.queue.push(message));
+            report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
             if let Some(member) = group.choose(message.queued_size(), target) {
-                report.record(member.queue.push(message));
+                report.record(member.push_counted(message, counters));
             }
         }
     }
@@ -197,16 +227,6 @@ impl Node {
             && self.tail.is_none()
     }
 
-    fn every_route(&self, out: &mut Vec<Arc<FilterRoute>>) {
-        out.extend(self.here.iter().chain(self.tail.iter()).cloned());
-        if let Some(node) = &self.any_one {
-            node.every_route(out);
-        }
-        for node in self.literals.values() {
-            node.every_route(out);
-        }
-    }
-
     fn collect(
         &self,
         tokens: &[&str],
@@ -231,6 +251,13 @@ impl Node {
         }
         if let Some(node) = self.literals.get(*first) {
             node.collect(rest, false, reserved, out);
+        }
+    }
+
+    fn collect_all(&self, out: &mut Vec<Arc<FilterRoute>>) {
+        out.extend(self.here.iter().chain(self.tail.iter()).cloned());
+        for node in self.literals.values().chain(self.any_one.as_deref()) {
+            node.collect_all(out);
         }
     }
 
@@ -289,6 +316,8 @@ pub struct Router {
     max_retained_topics: usize,
     /// Where retained values are also kept, in disk mode.
     store: Option<Arc<DiskStore>>,
+    /// What the publish path counts: the router sees every publish and every queue push.
+    counters: Counters,
 }
 
 impl Default for Router {
@@ -319,7 +348,31 @@ impl Router {
             retained: Mutex::new(retained),
             max_retained_topics,
             store,
+            counters: Counters::default(),
         }
+    }
+
+    /// The broker-wide counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every route, for monitoring (takes the trie's read lock once).
+    pub fn routes(&self) -> Vec<Arc<FilterRoute>> {
+        let mut out = Vec::new();
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner());
+        root.collect_all(&mut out);
+        out
+    }
+
+    /// Payload bytes held by the retained store.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|message| message.payload.len())
+            .sum()
     }
 
     /// Stores `message` as its topic's retained value, or clears the value when the payload is
@@ -420,16 +473,6 @@ impl Router {
         out
     }
 
-    /// Every indexed route, for monitoring: a snapshot taken under the read lock.
-    pub fn routes(&self) -> Vec<Arc<FilterRoute>> {
-        let mut out = Vec::new();
-        self.root
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .every_route(&mut out);
-        out
-    }
-
     /// Offers `message` to every subscription whose filter matches its topic (only those of
     /// session `target`, if given). Never waits.
     pub fn publish(
@@ -439,7 +482,9 @@ impl Router {
     ) -> RouteReport {
         let mut report = RouteReport::default();
         for route in self.matching(&message.topic) {
-            route.members().offer(message, target, &mut report);
+            route
+                .members()
+                .offer(message, target, &mut report, &self.counters);
         }
         report
     }

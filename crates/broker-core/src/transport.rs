@@ -21,6 +21,29 @@ pub struct PeerInfo {
     pub remote_addr: SocketAddr,
 }
 
+/// What the transport knows about a connection's path and traffic, for monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time, in microseconds.
+    pub rtt_us: u64,
+    /// Congestion window, in bytes.
+    pub congestion_window: u64,
+    /// UDP payload bytes sent on this connection.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received on this connection.
+    pub bytes_received: u64,
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Congestion events (losses or ECN marks that reduced the window).
+    pub congestion_events: u64,
+    /// Streams the broker opened towards the client (one per subscription stream).
+    pub streams_opened: u64,
+    /// Streams the client opened and the broker accepted (control and publish streams).
+    pub streams_accepted: u64,
+}
+
 /// Why a transport operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -40,6 +63,12 @@ pub enum TransportError {
     /// The connection cannot take another stream right now.
     #[error("stream limit reached")]
     StreamLimit,
+    /// The connection has no datagrams (not negotiated, or disabled).
+    #[error("datagrams not supported on this connection")]
+    DatagramsUnsupported,
+    /// The datagram is larger than the peer accepts.
+    #[error("datagram too large")]
+    DatagramTooLarge,
 }
 
 /// The sending half of a stream.
@@ -83,4 +112,21 @@ pub trait Connection: Send + Sync + 'static {
     fn close(&self, code: ErrorCode, reason: &str);
     /// Completes when the connection is closed, for whatever reason.
     async fn closed(&self) -> TransportError;
+    /// The largest datagram the peer accepts now, or `None` if the connection has no datagrams
+    /// (the peer did not negotiate them).
+    fn max_datagram_size(&self) -> Option<usize> {
+        None
+    }
+    /// Sends one unreliable datagram. It may be lost, and is dropped if it does not fit.
+    fn send_datagram(&self, _datagram: bytes::Bytes) -> Result<(), TransportError> {
+        Err(TransportError::DatagramsUnsupported)
+    }
+    /// Waits for the client's next datagram.
+    async fn read_datagram(&self) -> Result<bytes::Bytes, TransportError> {
+        Err(TransportError::DatagramsUnsupported)
+    }
+    /// Path and traffic facts, if the transport keeps them. Called by monitoring only.
+    fn stats(&self) -> Option<ConnectionStats> {
+        None
+    }
 }

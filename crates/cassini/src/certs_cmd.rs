@@ -1,11 +1,14 @@
-//! `cassini certs init` and `cassini certs issue`.
+//! `cassini certs init`, `issue`, `revoke` and `rotate-server`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cassini_quic::certs::{init_dir, issue_client_file, CaStatus, InitOptions, DEV_CLIENT_NAME};
+use cassini_quic::certs::{
+    init_dir, issue_client_file, revoke_client_file, rotate_server_file, CaStatus, InitOptions,
+    DEV_CLIENT_NAME,
+};
 
-use crate::cli::{CertsInitArgs, CertsIssueArgs};
+use crate::cli::{CertsInitArgs, CertsIssueArgs, CertsRevokeArgs, CertsRotateServerArgs};
 
 pub(crate) fn init(args: CertsInitArgs) -> anyhow::Result<ExitCode> {
     let clients = if args.clients.is_empty() {
@@ -38,5 +41,35 @@ pub(crate) fn issue(args: CertsIssueArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("issuing a certificate for {:?}", args.name))?;
     println!("wrote {}", files.cert.display());
     println!("wrote {}", files.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn revoke(args: CertsRevokeArgs) -> anyhow::Result<ExitCode> {
+    let report = revoke_client_file(&args.dir, &args.name)
+        .with_context(|| format!("revoking the certificate of {:?}", args.name))?;
+    if report.already_revoked {
+        println!(
+            "client-{}.crt (serial {}) was already revoked",
+            args.name, report.serial
+        );
+    } else {
+        println!(
+            "revoked client-{}.crt (serial {})",
+            args.name, report.serial
+        );
+    }
+    println!(
+        "wrote {} ({} revoked certificates)",
+        report.crl.display(),
+        report.revoked_count
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn rotate_server(args: CertsRotateServerArgs) -> anyhow::Result<ExitCode> {
+    let rotated = rotate_server_file(&args.dir, &args.server_names)
+        .with_context(|| format!("rotating the server certificate in {}", args.dir.display()))?;
+    println!("wrote {}", rotated.cert.display());
+    println!("wrote {}", rotated.key.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,20 +5,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use serde::{Deserialize, Serialize};
 
 /// Cassini: a message broker over QUIC with mutual TLS.
 #[derive(Debug, Parser)]
 #[command(name = "cassini", version, about)]
 pub(crate) struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
-    pub(crate) log_format: LogFormat,
+    /// Log output format: `pretty` (the default) or `json`. For `serve` it overrides
+    /// `log.format` from the configuration.
+    #[arg(long, global = true, value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     /// Human-readable lines.
     Pretty,
@@ -29,7 +33,24 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the broker.
+    ///
+    /// Settings come from defaults, then `--config FILE`, then `CASSINI_*` environment
+    /// variables, then these flags (see docs/CONFIGURATION.md).
     Serve(ServeArgs),
+    /// Check or print a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// A refreshing terminal view of a broker's monitoring endpoint (`serve --monitor`):
+    /// counts, rates, drops, connections and topics. `--once` prints one screen and exits.
+    #[command(visible_alias = "stats")]
+    Top(TopArgs),
+    /// Print a shell completion script (e.g. `cassini completions bash > /etc/bash_completion.d/cassini`).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
     /// Create and issue certificates.
     Certs {
         #[command(subcommand)]
@@ -59,13 +80,39 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    /// The log level when `RUST_LOG` is not set: the broker talks, the tools stay quiet.
+    /// The log level of a tool when `RUST_LOG` is not set: tools stay quiet (`serve` takes its
+    /// level from its configuration).
     pub(crate) fn default_log_level(&self) -> &'static str {
-        match self {
-            Command::Serve(_) => "info",
-            _ => "warn",
-        }
+        "warn"
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8222")]
+    pub(crate) monitor: SocketAddr,
+    /// Seconds between refreshes (fractions allowed, at least 0.1).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub(crate) interval: f64,
+    /// Print one screen (without rates) and exit: for scripts.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Most connections and topics listed.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate a configuration file (with the current `CASSINI_*` environment) without
+    /// starting: exit 0 and `FILE: ok`, or exit 1 with the key, the line and what was expected.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print a configuration file holding every key at its default, each with a comment.
+    Default,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +121,33 @@ pub(crate) enum CertsCommand {
     Init(CertsInitArgs),
     /// Issue a client certificate signed by the directory's existing CA.
     Issue(CertsIssueArgs),
+    /// Revoke a client's certificate: add `client-NAME.crt` to `crl.pem`, signed by the CA. A
+    /// broker serving the directory reloads it and closes that client's connections.
+    Revoke(CertsRevokeArgs),
+    /// Issue a new server certificate and key from the directory's CA, keeping its names. A
+    /// broker serving the directory reloads it: new clients get the new certificate, live
+    /// connections continue.
+    RotateServer(CertsRotateServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRevokeArgs {
+    /// The client's name: selects `client-NAME.crt`.
+    pub(crate) name: String,
+    /// The directory holding `ca.crt`, `ca.key` and the client's certificate.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRotateServerArgs {
+    /// The directory holding `ca.crt`, `ca.key` and `server.crt`.
+    #[arg(long, default_value = "certs")]
+    pub(crate) dir: PathBuf,
+    /// A further name (DNS name or IP address) for the new certificate; repeatable. The old
+    /// certificate's names are kept.
+    #[arg(long = "server-name")]
+    pub(crate) server_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,39 +178,74 @@ pub(crate) struct CertsIssueArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on (UDP).
-    #[arg(long, default_value = "127.0.0.1:7700")]
-    pub(crate) listen: SocketAddr,
-    /// Certificate directory; development certificates are created there if it has none.
-    #[arg(long, default_value = "certs")]
-    pub(crate) certs: PathBuf,
-    /// How long a session outlives a dropped connection, in seconds.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) session_expiry: u64,
-    /// Close a connection after this many seconds without a packet from the client.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) idle_timeout: u64,
+    /// Configuration file (TOML); `cassini config default` prints one with every key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on (UDP) [default: 127.0.0.1:7700; key `listen`].
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Certificate directory; development certificates are created there if it has none
+    /// [default: certs; key `certs.dir`].
+    #[arg(long)]
+    pub(crate) certs: Option<PathBuf>,
+    /// How long a session outlives a dropped connection, in seconds [default: 300; key
+    /// `sessions.expiry_secs`].
+    #[arg(long)]
+    pub(crate) session_expiry: Option<u64>,
+    /// Close a connection after this many seconds without a packet from the client
+    /// [default: 30; key `quic.idle_timeout_secs`].
+    #[arg(long)]
+    pub(crate) idle_timeout: Option<u64>,
+    /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
+    /// a free port, which the log reports) [default: off; keys `monitor.*`].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) monitor: Option<SocketAddr>,
+    /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
+    /// SIGHUP and when it changes. Without it every authenticated client may do everything on
+    /// non-system topics [default: none; key `security.acl_file`].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) acl: Option<PathBuf>,
+    /// Which client certificate name is the identity: `default` (URI SAN, else DNS SAN, else
+    /// CN), `uri:PREFIX` (the first URI SAN starting with PREFIX), `dns` or `cn`
+    /// [default: default; key `security.identity_rule`].
+    #[arg(long, value_name = "RULE")]
+    pub(crate) identity_rule: Option<String>,
+    /// When new clients must prove their address with a QUIC Retry: `never`, `under-load`
+    /// (while 256 or more handshakes are in progress) or `always` [default: under-load; key
+    /// `security.address_validation`].
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) address_validation: Option<String>,
+    /// With `crl.pem` present, accept clients whose revocation status no CRL covers (by
+    /// default they are refused: revocation fails closed) [key
+    /// `security.allow_unknown_revocation`].
+    #[arg(long)]
+    pub(crate) allow_unknown_revocation: bool,
+    /// Refuse every client once `crl.pem`'s next-update time has passed [key
+    /// `security.enforce_crl_expiry`].
+    #[arg(long)]
+    pub(crate) enforce_crl_expiry: bool,
     /// Where state is kept: `memory` (lost on restart) or `disk` (sessions, subscriptions,
     /// at-least-once backlogs, retained values and the dedupe window survive a crash; see
-    /// docs/DURABILITY.md).
-    #[arg(long, value_enum, default_value_t = StorageArg::Memory)]
-    pub(crate) storage: StorageArg,
-    /// Drop a message that waited this many seconds unsent in a subscription's queue (the
-    /// client gets a Gap); 0: no age bound. Sent, unacknowledged messages are never dropped.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) max_backlog_age: u64,
-    /// The directory of the disk store (`--storage disk`); created if missing.
-    #[arg(long, default_value = "data")]
-    pub(crate) data_dir: PathBuf,
+    /// docs/DURABILITY.md) [default: memory].
+    #[arg(long, value_enum)]
+    pub(crate) storage: Option<StorageArg>,
+    /// The directory of the disk store (`--storage disk`); created if missing [default: data].
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
     /// When an acknowledged publish is confirmed with `--storage disk`: `always` after it is on
     /// stable storage (fsync), `relaxed` as soon as it is routed (an acknowledged message can
-    /// be lost if the broker dies within milliseconds).
-    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
-    pub(crate) storage_sync: SyncArg,
+    /// be lost if the broker dies within milliseconds) [default: always].
+    #[arg(long, value_enum)]
+    pub(crate) storage_sync: Option<SyncArg>,
     /// The most bytes of stored records with `--storage disk`; publishes that would store more
-    /// are refused with STORAGE_FULL.
-    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
-    pub(crate) storage_max_bytes: u64,
+    /// are refused with STORAGE_FULL [default: 1 GiB].
+    #[arg(long)]
+    pub(crate) storage_max_bytes: Option<u64>,
+    /// Drop a message that waited this many seconds unsent in a subscription's queue (the
+    /// client gets a Gap); 0: no age bound. Sent, unacknowledged messages are never dropped
+    /// [default: 0].
+    #[arg(long)]
+    pub(crate) max_backlog_age: Option<u64>,
 }
 
 /// Where the broker keeps its state.
@@ -210,8 +319,12 @@ pub(crate) struct SubArgs {
     pub(crate) json: bool,
     /// Subscribe at least once: the broker keeps each message until it is printed and sends
     /// it again after a lost connection.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "datagram")]
     pub(crate) ack: bool,
+    /// Receive as QUIC datagrams: newest first, never retransmitted; losses are counted and
+    /// reported on stderr at the end. Messages too large for a datagram are dropped and counted.
+    #[arg(long)]
+    pub(crate) datagram: bool,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

@@ -1,13 +1,16 @@
-//! Logging set-up: `RUST_LOG` filters, pretty or JSON lines on stderr.
+//! Logging set-up: `RUST_LOG`-style filters, pretty or JSON lines on stderr.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset.
-pub(crate) fn init(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+/// The filter of a tool: `RUST_LOG` when set and valid, `default_level` otherwise.
+pub(crate) fn tool_filter(default_level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level))
+}
+
+/// Installs the global subscriber with `filter`.
+pub(crate) fn init(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -2,48 +2,73 @@
 //!
 //! # Layout
 //! - `cli`: the command-line grammar (clap).
+//! - `config`: `serve`'s settings: TOML file, `CASSINI_*` environment, flags; `cassini config`.
 //! - `serve`: `cassini serve`, wiring the broker core to the QUIC transport.
-//! - `certs_cmd`: `cassini certs init|issue`.
+//! - `monitoring`: `serve`'s HTTP monitoring endpoint (`cassini-monitor`).
+//! - `reload`: hot reload of certificates, CRLs and the ACL on SIGHUP and file changes.
+//! - `certs_cmd`: `cassini certs init|issue|revoke|rotate-server`.
 //! - `pubsub`: `cassini pub` and `cassini sub`, thin wrappers over `cassini-client`.
 //! - `bench`: `cassini bench`, measurements against an in-process broker.
 //! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
 //!   `reply_command` runs `reply --command`'s shell command, bounded in time and output.
+//! - `top`: `cassini top` / `cassini stats`, a terminal view of the monitoring endpoint.
 //! - `logging`: tracing set-up.
 
 mod bench;
 mod certs_cmd;
 mod cli;
+mod config;
 mod logging;
+mod monitoring;
 mod pubsub;
+mod reload;
 mod reply_command;
 mod reqreply;
 mod serve;
+mod top;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use cli::{BenchScenario, CertsCommand, Cli, Command};
+use cli::{BenchScenario, CertsCommand, Cli, Command, ConfigCommand, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, cli.command.default_log_level());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    if !matches!(cli.command, Command::Serve(_)) {
+        let filter = logging::tool_filter(cli.command.default_log_level());
+        logging::init(cli.log_format.unwrap_or(LogFormat::Pretty), filter);
+    }
+    block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => {
+                // The broker's log settings are part of its configuration, so logging starts
+                // once that is read; a configuration error is the one message before it.
+                let settings = serve::settings(&args, cli.log_format)?;
+                let storage = serve::StorageFlags::from_args(&args);
+                let filter = tracing_subscriber::EnvFilter::new(&settings.log.level);
+                logging::init(settings.log.format, filter);
+                serve::run(settings, storage).await
+            }
+            Command::Config { command } => match command {
+                ConfigCommand::Check { file } => {
+                    config::check_file(&file)?;
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                ConfigCommand::Default => write_stdout(config::default_file().as_bytes()),
+            },
+            Command::Top(args) => top::run(args).await,
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "cassini", &mut script);
+                write_stdout(&script)
+            }
             Command::Certs { command } => match command {
                 CertsCommand::Init(args) => certs_cmd::init(args),
                 CertsCommand::Issue(args) => certs_cmd::issue(args),
+                CertsCommand::Revoke(args) => certs_cmd::revoke(args),
+                CertsCommand::RotateServer(args) => certs_cmd::rotate_server(args),
             },
             Command::Bench { scenario } => match scenario {
                 BenchScenario::Durable(args) => bench::durable::run(args).await,
@@ -56,8 +81,33 @@ fn main() -> ExitCode {
             Command::Req(args) => reqreply::request(args).await,
             Command::Reply(args) => reqreply::reply(args).await,
         }
-    });
-    match result {
+    })
+}
+
+/// Writes `bytes` to standard output; a closed pipe is an error, not a panic.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|err| anyhow::anyhow!("writing to standard output: {err}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `command` on a multi-threaded runtime and turns its outcome into the exit status.
+fn block_on(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -50,6 +50,8 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.connect).await?;
     let subscribed = if args.ack {
         client.subscribe_at_least_once(args.topic.as_str()).await
+    } else if args.datagram {
+        client.subscribe_datagram(args.topic.as_str()).await
     } else {
         client.subscribe(args.topic.as_str()).await
     };
@@ -104,6 +106,9 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     let dropped = subscription.dropped();
     if dropped > 0 {
         eprintln!("warning: the broker dropped {dropped} message(s) for this subscription");
+    }
+    if args.datagram {
+        eprintln!("datagrams lost: {}", subscription.lost());
     }
     client.close().await.context("closing the connection")?;
     Ok(ExitCode::SUCCESS)

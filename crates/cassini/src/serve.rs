@@ -1,78 +1,176 @@
-//! `cassini serve`: the broker core behind a QUIC endpoint, until SIGINT or SIGTERM.
+//! `cassini serve`: the broker core behind a QUIC endpoint, until SIGINT or SIGTERM; reloads
+//! certificates, the CRL and the ACL on SIGHUP and when their files change (see `reload`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use cassini_broker::config::{StorageMode, SyncPolicy};
-use cassini_broker::{Broker, BrokerConfig};
+use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
-use cassini_quic::server::{server_crypto_from_dir, QuicServer, ServerOptions};
-use cassini_quic::tls::QuicOptions;
+use cassini_quic::server::QuicServer;
 
-use crate::cli::{ServeArgs, StorageArg, SyncArg};
+use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
+use crate::config::{self, ConfigError, Settings};
+use crate::monitoring::Monitoring;
+use crate::reload::{load_server_tls, Reloader};
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(report) = ensure_dev_certs(&args.certs)
-        .with_context(|| format!("preparing certificates in {}", args.certs.display()))?
-    {
-        tracing::warn!(
-            dir = %args.certs.display(),
-            files = report.written.len(),
-            "no certificates found: created development certificates (CA, server, client 'dev'); \
-             do not use them in production"
-        );
+/// The settings `serve` runs with: defaults, `--config`, the environment, then the flags.
+pub(crate) fn settings(
+    args: &ServeArgs,
+    log_format: Option<LogFormat>,
+) -> Result<Settings, ConfigError> {
+    let overrides = config::Overrides {
+        listen: args.listen,
+        certs: args.certs.clone(),
+        session_expiry: args.session_expiry,
+        idle_timeout: args.idle_timeout,
+        monitor: args.monitor,
+        log_format,
+        acl: args.acl.clone(),
+        identity_rule: args.identity_rule.clone(),
+        address_validation: args.address_validation.clone(),
+        allow_unknown_revocation: args.allow_unknown_revocation,
+        enforce_crl_expiry: args.enforce_crl_expiry,
+    };
+    config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
+}
+
+/// The durable-mode flags of `serve`, applied over the configuration.
+pub(crate) struct StorageFlags {
+    storage: Option<StorageArg>,
+    data_dir: Option<std::path::PathBuf>,
+    sync: Option<SyncArg>,
+    max_bytes: Option<u64>,
+    max_backlog_age: Option<u64>,
+}
+
+impl StorageFlags {
+    pub(crate) fn from_args(args: &ServeArgs) -> Self {
+        Self {
+            storage: args.storage,
+            data_dir: args.data_dir.clone(),
+            sync: args.storage_sync,
+            max_bytes: args.storage_max_bytes,
+            max_backlog_age: args.max_backlog_age,
+        }
     }
-    let crypto = server_crypto_from_dir(&args.certs)
-        .with_context(|| format!("loading certificates from {}", args.certs.display()))?;
 
-    let mut config = BrokerConfig::default();
-    config.sessions.expiry = Duration::from_secs(args.session_expiry);
-    config.queue.max_backlog_age =
-        (args.max_backlog_age > 0).then(|| Duration::from_secs(args.max_backlog_age));
-    config.storage.mode = match args.storage {
-        StorageArg::Memory => StorageMode::Memory,
-        StorageArg::Disk => StorageMode::Disk,
-    };
-    config.storage.data_dir = args.data_dir.clone();
-    config.storage.sync = match args.storage_sync {
-        SyncArg::Always => SyncPolicy::Always,
-        SyncArg::Relaxed => SyncPolicy::Relaxed,
-    };
-    config.storage.max_disk_bytes = args.storage_max_bytes;
-    let broker = Broker::start(config).await.context("starting the broker")?;
+    fn apply(&self, config: &mut BrokerConfig) {
+        if let Some(storage) = self.storage {
+            config.storage.mode = match storage {
+                StorageArg::Memory => StorageMode::Memory,
+                StorageArg::Disk => StorageMode::Disk,
+            };
+        }
+        if let Some(dir) = &self.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        if let Some(sync) = self.sync {
+            config.storage.sync = match sync {
+                SyncArg::Always => SyncPolicy::Always,
+                SyncArg::Relaxed => SyncPolicy::Relaxed,
+            };
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            config.storage.max_disk_bytes = max_bytes;
+        }
+        if let Some(secs) = self.max_backlog_age {
+            config.queue.max_backlog_age = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+    }
+}
 
-    let options = ServerOptions {
-        quic: QuicOptions {
-            idle_timeout: Duration::from_secs(args.idle_timeout),
-            ..QuicOptions::default()
-        },
-        ..ServerOptions::default()
+pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignals::install()?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let certs = &settings.certs;
+    if certs.generate_dev && certs.uses_dir_only() {
+        if let Some(report) = ensure_dev_certs(&certs.dir)
+            .with_context(|| format!("preparing certificates in {}", certs.dir.display()))?
+        {
+            tracing::warn!(
+                dir = %certs.dir.display(),
+                files = report.written.len(),
+                "no certificates found: created development certificates (CA, server, client 'dev'); \
+                 do not use them in production"
+            );
+        }
+    }
+    let files = certs.files();
+    let revocation = settings.security.revocation();
+    let tls = load_server_tls(&files, revocation).with_context(|| {
+        format!(
+            "loading certificates (ca {}, cert {}, key {}, crl {} if present)",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display(),
+            files.crl.display()
+        )
+    })?;
+    let acl_path = match settings.security.acl() {
+        Some(path) => Some(
+            std::fs::canonicalize(path)
+                .with_context(|| format!("finding the ACL file {}", path.display()))?,
+        ),
+        None => None,
     };
-    let server = QuicServer::bind(args.listen, crypto, options)
-        .with_context(|| format!("listening on {}", args.listen))?;
+
+    let mut broker_config = settings.broker_config();
+    storage.apply(&mut broker_config);
+    if let Some(path) = &acl_path {
+        broker_config.acl = Acl::load(path).context("loading the ACL")?;
+        tracing::info!(acl = %path.display(), rules = broker_config.acl.rules.len(), "ACL loaded");
+    }
+    let broker = Broker::start(broker_config)
+        .await
+        .context("starting the broker")?;
+    let server = Arc::new(
+        QuicServer::bind(
+            settings.listen,
+            Arc::clone(&tls.config),
+            settings.server_options(),
+        )
+        .with_context(|| format!("listening on {}", settings.listen))?,
+    );
+    let _watcher = Reloader {
+        certs: files,
+        acl: acl_path,
+        revocation,
+        server: Arc::clone(&server),
+        broker: broker.clone(),
+    }
+    .spawn()
+    .context("watching certificates and the ACL for changes")?;
     let local = server.local_addr().context("reading the bound address")?;
     let buffers = server.socket_buffers();
     tracing::info!(
         addr = %local,
         recv_buffer = buffers.recv,
         send_buffer = buffers.send,
-        certs = %args.certs.display(),
+        certs = %certs.dir.display(),
+        identity_rule = %settings.security.identity_rule(),
         "cassini listening"
     );
+    let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;
+    monitoring.set_ready(true);
 
     tokio::select! {
         () = server.serve(broker.clone()) => {
             tracing::error!("the QUIC endpoint stopped unexpectedly");
             return Ok(ExitCode::FAILURE);
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::info!(signal, "shutting down");
         }
     }
+    monitoring.set_ready(false);
     let graceful = async {
         broker.shutdown(SHUTDOWN_REASON).await;
         server
@@ -85,29 +183,38 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     tokio::select! {
         () = graceful => {
+            monitoring.stop().await;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        signal = shutdown_signal() => {
+        signal = signals.next() => {
             tracing::warn!(signal, "second signal: exiting at once");
             Ok(ExitCode::from(130))
         }
     }
 }
 
-/// Completes on SIGINT or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT and SIGTERM, listened for from the start, so a signal that arrives right after the
+/// broker announced itself is not lost to the default action (which would kill the process).
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM, naming which.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
     }
 }

@@ -3,77 +3,16 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn cassini(args: &[&str]) -> Command {
-    let mut command = Command::new(CASSINI);
-    command.args(args).env_remove("RUST_LOG");
-    command
-}
-
-/// Starts `command` with stderr piped and waits until a stderr line contains `ready`.
-/// Returns the child; its remaining stderr is drained in the background.
-fn spawn_until(mut command: Command, ready: &str) -> Child {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let wanted = ready.to_string();
-    thread::spawn(move || {
-        let mut signalled = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !signalled && line.contains(&wanted) {
-                signalled = true;
-                let _ = tx.send(());
-            }
-        }
-    });
-    if rx.recv_timeout(DEADLINE).is_err() {
-        let _ = child.kill();
-        panic!("process never printed {:?}", ready);
-    }
-    child
-}
-
-fn wait_with_deadline(child: &mut Child) -> ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("process did not exit in time");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("free port")
-        .port()
-}
+use common::{cassini, free_udp_port, run, spawn_until, terminate, wait_with_deadline};
 
 fn connect_args<'a>(server: &'a str, dir: &'a str, name: &'a str) -> Vec<&'a str> {
     vec!["--server", server, "--certs", dir, "--name", name]
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("run")
 }
 
 #[test]
@@ -207,14 +146,6 @@ fn assert_private(key: &Path) {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{} is private", key.display());
-}
-
-fn terminate(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 #[test]

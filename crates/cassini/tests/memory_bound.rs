@@ -4,17 +4,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::Client;
 use futures_util::StreamExt;
+use support::{init_certs, BrokerProcess};
 
-const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
 /// 2,000 messages of 64 KiB: 128 MiB offered to a subscription that never reads.
 const FLOOD_MESSAGES: usize = 2_000;
 const FLOOD_PAYLOAD: usize = 64 * 1024;
@@ -23,58 +21,6 @@ const FAST_MESSAGES: u64 = 200;
 /// by default) plus QUIC stream and connection windows and allocator slack. Without per-
 /// subscription bounds the broker would hold most of the 128 MiB offered.
 const GROWTH_BOUND_BYTES: u64 = 48 * 1024 * 1024;
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kib * 1024
-}
-
-fn start_broker(certs: &std::path::Path) -> (Broker, String) {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(CASSINI)
-        .args(["serve", "--listen", &addr, "--certs"])
-        .arg(certs)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn broker");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("cassini listening") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let broker = Broker(child);
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("broker ready");
-    (broker, addr)
-}
 
 async fn client(addr: &str, certs: &std::path::Path, name: &str, buffer: usize) -> Client {
     Client::builder(addr)
@@ -89,21 +35,9 @@ async fn client(addr: &str, certs: &std::path::Path, name: &str, buffer: usize) 
 #[tokio::test]
 async fn a_stalled_subscription_bounds_broker_memory_and_spares_its_neighbour() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let init = Command::new(CASSINI)
-        .args([
-            "certs",
-            "init",
-            "--client",
-            "subscriber",
-            "--client",
-            "publisher",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("certs init");
-    assert!(init.status.success());
-    let (broker, addr) = start_broker(dir.path());
+    init_certs(dir.path(), &["subscriber", "publisher"]);
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = broker.addr.clone();
 
     let subscriber = client(&addr, dir.path(), "subscriber", 8).await;
     let _stalled = subscriber
@@ -120,7 +54,7 @@ async fn a_stalled_subscription_bounds_broker_memory_and_spares_its_neighbour() 
         .await
         .expect("warm up");
     within(fast.next()).await.expect("warm-up message");
-    let before = rss_bytes(broker.0.id());
+    let before = broker.rss_bytes();
 
     let flooder = publisher.clone();
     let flood = tokio::spawn(async move {
@@ -144,11 +78,11 @@ async fn a_stalled_subscription_bounds_broker_memory_and_spares_its_neighbour() 
             i.to_be_bytes(),
             "fast messages arrive in order"
         );
-        peak = peak.max(rss_bytes(broker.0.id()));
+        peak = peak.max(broker.rss_bytes());
     }
     within(flood).await.expect("flood task");
     publisher.close().await.expect("close");
-    peak = peak.max(rss_bytes(broker.0.id()));
+    peak = peak.max(broker.rss_bytes());
 
     let growth = peak.saturating_sub(before);
     eprintln!(

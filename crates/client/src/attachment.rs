@@ -84,6 +84,10 @@ impl Attachment {
             Arc::clone(&link),
             Arc::clone(&context.registry),
         ));
+        tokio::spawn(crate::datagrams::read_datagrams(
+            Arc::clone(&link),
+            Arc::clone(&context.registry),
+        ));
         let publisher = Publisher::new(
             Arc::clone(&link),
             context.publisher,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cassini_quic::certs::{client_paths, CertPaths};
-use cassini_quic::endpoint::bind_client;
+use cassini_quic::endpoint::{bind_client_layered, SocketLayer};
 use cassini_quic::tls::{self, QuicOptions};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::timeout;
@@ -134,6 +134,8 @@ pub struct ClientBuilder {
     quic: QuicOptions,
     /// Local UDP address; `None` picks the wildcard of the broker's address family.
     bind_address: Option<SocketAddr>,
+    /// Wraps the UDP socket (fault injection); `None` uses it as it is.
+    socket_layer: Option<SocketLayer>,
     /// Bound on the whole of `connect`.
     connect_timeout: Duration,
     /// Bound on each wait of `close`.
@@ -174,6 +176,7 @@ impl fmt::Debug for ClientBuilder {
             .field("client_name", &self.client_name)
             .field("quic", &self.quic)
             .field("bind_address", &self.bind_address)
+            .field("socket_layer", &self.socket_layer.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("subscription_buffer", &self.subscription_buffer)
@@ -207,6 +210,7 @@ impl ClientBuilder {
             client_name: None,
             quic: QuicOptions::default(),
             bind_address: None,
+            socket_layer: None,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             subscription_buffer: 1024,
@@ -284,6 +288,13 @@ impl ClientBuilder {
     /// The local UDP address to bind. Default: `0.0.0.0:0`, or `[::]:0` for an IPv6 broker.
     pub fn bind_address(mut self, addr: SocketAddr) -> Self {
         self.bind_address = Some(addr);
+        self
+    }
+
+    /// Wraps the client's UDP socket, now and after every [`Client::rebind`]: for fault
+    /// injection, e.g. with [`cassini_quic::faults::FaultySocket`]. Default: none.
+    pub fn socket_layer(mut self, layer: SocketLayer) -> Self {
+        self.socket_layer = Some(layer);
         self
     }
 
@@ -367,13 +378,14 @@ impl ClientBuilder {
         let connect_timeout = self.connect_timeout;
         let address = self.address.clone();
         let bind_address = self.bind_address;
+        let socket_layer = self.socket_layer.clone();
         let client_name = self.client_name.clone();
         let quic = self.quic.clone();
         let prepared = self.prepare()?;
         let connecting = async {
             let remote = address.resolve().await?;
             let bind = bind_address.unwrap_or_else(|| unspecified_for(remote));
-            let endpoint = bind_client(bind, prepared.tls, &quic)?;
+            let endpoint = bind_client_layered(bind, prepared.tls, &quic, socket_layer.as_ref())?;
             let connector = Connector {
                 endpoint,
                 address,
@@ -465,6 +477,7 @@ impl ClientBuilder {
                 outbound: self.outbound_buffer,
                 ack_timeout: self.ack_timeout,
                 max_unacked_publishes: self.max_unacked_publishes,
+                socket_layer: self.socket_layer,
             },
         })
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_protocol::{
-    AckOptions, GoingAway, Headers, Limits, PublishRejected, SessionId, SubscribeOptions,
-    TopicFilter,
+    AckOptions, DeliveryClass, GoingAway, Headers, Limits, OversizeRule, PublishRejected,
+    SessionId, SubscribeOptions, TopicFilter,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -52,7 +52,7 @@ const ACK_TIMEOUT: &str = "publish acknowledgement";
 const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// Settings the client keeps after connecting.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientSettings {
     /// Messages buffered per subscription.
     pub(crate) subscription_buffer: usize,
@@ -68,6 +68,8 @@ pub(crate) struct ClientSettings {
     pub(crate) ack_timeout: Duration,
     /// Most acknowledged publishes waiting at once.
     pub(crate) max_unacked_publishes: usize,
+    /// Wraps every UDP socket the client uses.
+    pub(crate) socket_layer: Option<cassini_quic::endpoint::SocketLayer>,
 }
 
 /// A session with a Cassini broker: publish, subscribe, request and serve, ping, close.
@@ -394,6 +396,56 @@ impl Client {
         self.subscribe_with(filter, options).await
     }
 
+    /// Subscribes to `filter` with deliveries as QUIC datagrams: never retransmitted, so a lost
+    /// packet holds nothing up; the newest data arrives first. Losses show in
+    /// [`Subscription::lost`]. A message larger than one datagram is dropped (and counted);
+    /// use [`Client::subscribe_with`] and [`cassini_protocol::OversizeRule::Stream`] to have it
+    /// sent on the subscription's stream instead. A broker or connection without datagrams
+    /// refuses it with `DATAGRAMS_UNSUPPORTED`.
+    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, ClientError> {
+        let options = SubscribeOptions {
+            delivery: DeliveryClass::Datagram {
+                oversize: OversizeRule::Drop,
+            },
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(filter, options).await
+    }
+
+    /// Publishes `payload` to `topic` in one QUIC datagram: fire and forget, never
+    /// retransmitted, no acknowledgement, no error if the broker refuses it. Fails at once with
+    /// [`ClientError::PayloadTooLarge`] if the publish does not fit in one datagram, and with
+    /// [`ClientError::Disconnected`] while reconnecting.
+    pub async fn publish_datagram(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let core = &self.inner.core;
+        if core.is_closing() {
+            return Err(ClientError::Closed);
+        }
+        let link = core.attachment().link.clone();
+        let publish = cassini_protocol::Frame::Publish(cassini_protocol::Publish {
+            topic: topic.to_owned(),
+            payload: payload.into(),
+            ..cassini_protocol::Publish::default()
+        });
+        let datagram = crate::framed::encode(&publish, link.max_frame_bytes())?;
+        let max = link.connection().max_datagram_size().unwrap_or(0);
+        if datagram.len() > max {
+            return Err(ClientError::PayloadTooLarge {
+                size: datagram.len(),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            });
+        }
+        link.connection()
+            .send_datagram(datagram.freeze())
+            .map_err(|error| ClientError::Disconnected {
+                reason: error.to_string(),
+            })
+    }
+
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
     /// queue group, at-least-once delivery).
     ///
@@ -546,10 +598,12 @@ impl Client {
         let local = socket
             .local_addr()
             .map_err(failed("reading the address of"))?;
-        self.inner
-            .endpoint
-            .rebind(socket)
-            .map_err(failed("moving the connection to"))?;
+        cassini_quic::endpoint::rebind_layered(
+            &self.inner.endpoint,
+            socket,
+            self.inner.settings.socket_layer.as_ref(),
+        )
+        .map_err(failed("moving the connection to"))?;
         tracing::info!(%local, "client moved to a new UDP socket");
         Ok(local)
     }

@@ -138,6 +138,8 @@ mod client;
 mod connection_state;
 mod connector;
 mod control;
+mod datagram_loss;
+mod datagrams;
 mod delivery_acks;
 mod disconnect;
 mod error;
@@ -179,8 +181,8 @@ pub use responder::{Request, Responder};
 pub use subscription::{Subscription, SubscriptionEnd};
 
 pub use cassini_protocol::{
-    AckOptions, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy, PublishRejected,
-    SessionId, SubscribeOptions, SubscriptionId, TopicError,
+    AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,
+    OversizeRule, PublishRejected, SessionId, SubscribeOptions, SubscriptionId, TopicError,
 };
 pub use cassini_quic::tls::QuicOptions;
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

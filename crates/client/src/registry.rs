@@ -79,6 +79,11 @@ impl SubscriptionRegistry {
         self.changed.notify_waiters();
     }
 
+    /// The live subscription `id`, for a delivery that arrived in a datagram.
+    pub(crate) fn live(&self, id: SubscriptionId) -> Option<Arc<SubscriptionSink>> {
+        lock(&self.state).live.get(&id).cloned()
+    }
+
     /// Where the client stands in every live subscription, for resuming the session.
     pub(crate) fn positions(&self) -> Vec<ResumePosition> {
         lock(&self.state)
@@ -276,6 +281,7 @@ impl ClaimedSink {
 
     /// Ends the subscription with `end` and forgets it.
     pub(crate) fn finish(mut self, end: SubscriptionEnd) {
+        self.sink.close_datagrams();
         finish_slot(&mut self.slot, &self.sink.state, end);
         self.registry.remove(&self.sink);
     }

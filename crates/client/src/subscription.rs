@@ -20,11 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use cassini_protocol::{ErrorCode, Gap as GapFrame, SubscribeOptions, SubscriptionId, TopicFilter};
+use cassini_protocol::{
+    DeliveryClass, ErrorCode, Gap as GapFrame, SubscribeOptions, SubscriptionId, TopicFilter,
+};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::control::ControlRequest;
+use crate::datagram_loss::DatagramTracker;
 use crate::delivery_acks::PendingAcks;
 use crate::error::ClientError;
 use crate::gaps::{Gap, GapTracker};
@@ -210,6 +213,10 @@ pub(crate) struct SubscriptionSink {
     /// The channel's sender. Bounded: a full channel stops the stream reader, and flow control
     /// stops the broker.
     sender: SenderSlot,
+    /// For a datagram subscription, the sender the connection's datagram reader uses: it never
+    /// waits (a datagram that finds the channel full is dropped and shows as lost). Cleared
+    /// when the subscription ends, so the channel closes.
+    datagram_sender: std::sync::Mutex<Option<mpsc::Sender<Delivered>>>,
 }
 
 impl SubscriptionSink {
@@ -219,11 +226,14 @@ impl SubscriptionSink {
         sender: mpsc::Sender<Delivered>,
         state: Arc<SubscriptionState>,
     ) -> Arc<Self> {
+        let datagram_sender =
+            matches!(options.delivery, DeliveryClass::Datagram { .. }).then(|| sender.clone());
         Arc::new(Self {
             filter,
             options,
             state,
             sender: Arc::new(Mutex::new(Some(sender))),
+            datagram_sender: std::sync::Mutex::new(datagram_sender),
         })
     }
 
@@ -237,9 +247,30 @@ impl SubscriptionSink {
     /// subscription that had ended keeps its first reason.
     pub(crate) fn try_finish(&self, end: SubscriptionEnd) {
         let _ = self.state.end.set(end);
+        self.close_datagrams();
         if let Ok(mut slot) = self.sender.try_lock() {
             *slot = None;
         }
+    }
+
+    /// Hands a delivery that arrived in a datagram to the application, if there is room now;
+    /// returns whether it was taken.
+    pub(crate) fn offer_datagram(&self, message: Message) -> bool {
+        let sender = crate::sync::lock(&self.datagram_sender);
+        let Some(sender) = sender.as_ref() else {
+            return false;
+        };
+        sender
+            .try_send(Delivered {
+                epoch: self.state.epoch(),
+                item: StreamItem::Message(message),
+            })
+            .is_ok()
+    }
+
+    /// Drops the datagram reader's sender (the subscription ended).
+    pub(crate) fn close_datagrams(&self) {
+        *crate::sync::lock(&self.datagram_sender) = None;
     }
 }
 
@@ -284,6 +315,8 @@ pub struct Subscription {
     /// At least once: acknowledgements not yet sent, and the message yielded last (acknowledged
     /// when the application asks for the next one).
     acks: Option<PendingAcks>,
+    /// Datagram delivery: which sequences arrived, in whatever order, and what is missing.
+    datagrams: Option<DatagramTracker>,
     /// For `Unsubscribe`, now or on drop, on whichever connection is current.
     session: Arc<SessionCore>,
 }
@@ -297,6 +330,8 @@ impl Subscription {
         session: Arc<SessionCore>,
     ) -> Self {
         let acks = options.acks.map(|_| PendingAcks::default());
+        let datagrams = matches!(options.delivery, DeliveryClass::Datagram { .. })
+            .then(DatagramTracker::default);
         Self {
             filter,
             options,
@@ -304,6 +339,7 @@ impl Subscription {
             state,
             gaps: GapTracker::default(),
             acks,
+            datagrams,
             session,
         }
     }
@@ -342,6 +378,19 @@ impl Subscription {
     /// [`Subscription::take_gaps`].
     pub fn gaps(&self) -> u64 {
         self.gaps.missed()
+    }
+
+    /// How many messages this subscription is missing so far. For a reliable subscription, the
+    /// same as [`Subscription::gaps`]. For a datagram subscription, every sequence not (yet)
+    /// received below the highest one received, plus those the broker announced will never
+    /// come (dropped by the overflow policy, or too large for a datagram under
+    /// [`cassini_protocol::OversizeRule::Drop`]); a late datagram that arrives after all is
+    /// yielded and no longer counted.
+    pub fn lost(&self) -> u64 {
+        match &self.datagrams {
+            Some(tracker) => tracker.lost(),
+            None => self.gaps.missed(),
+        }
     }
 
     /// The gaps found since the last call, oldest first: each is recorded when the first
@@ -413,6 +462,17 @@ impl Stream for Subscription {
                 }
             };
             let Delivered { epoch, item } = delivered;
+            if let Some(tracker) = &mut this.datagrams {
+                match item {
+                    StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
+                    StreamItem::Message(message) => {
+                        if tracker.accept(epoch, message.sequence()) {
+                            return Poll::Ready(Some(message));
+                        }
+                    }
+                }
+                continue;
+            }
             let message = match item {
                 StreamItem::Gap(gap) => {
                     this.gaps.announced(epoch, gap.from, gap.to, gap.reason);

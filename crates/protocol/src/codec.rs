@@ -205,6 +205,31 @@ pub fn encode_delivery(
     encode_value(&FrameRef::Message(delivery), buf, max_frame_bytes)
 }
 
+/// Appends a `Frame::Datagram` for `subscription` built from borrowed parts to `buf`: the
+/// content of one QUIC datagram. Its encoding is identical to that of the owned
+/// [`crate::DatagramDelivery`].
+pub fn encode_datagram(
+    subscription: crate::SubscriptionId,
+    delivery: &DeliveryRef<'_>,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    #[derive(Serialize)]
+    struct DatagramRef<'a> {
+        subscription: crate::SubscriptionId,
+        message: &'a DeliveryRef<'a>,
+    }
+    #[derive(Serialize)]
+    enum FrameRef<'a> {
+        Datagram(DatagramRef<'a>),
+    }
+    let frame = FrameRef::Datagram(DatagramRef {
+        subscription,
+        message: delivery,
+    });
+    encode_value(&frame, buf, max_frame_bytes)
+}
+
 fn encode_value<T: Serialize>(
     value: &T,
     buf: &mut BytesMut,

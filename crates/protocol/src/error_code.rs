@@ -71,6 +71,11 @@ error_codes! {
     RETAINED_STORE_FULL = 16, "retained store full";
     /// A publish asked for an acknowledgement without a message id.
     MISSING_MESSAGE_ID = 17, "acknowledged publish without a message id";
+    /// The session's subscriptions would together queue more than the session's pending-bytes
+    /// budget.
+    PENDING_BYTES_LIMIT = 18, "session pending-bytes budget exhausted";
+    /// A datagram subscription on a connection whose peer did not negotiate QUIC datagrams.
+    DATAGRAMS_UNSUPPORTED = 19, "QUIC datagrams not negotiated on this connection";
     /// A resume named a session that does not exist (expired or never created).
     SESSION_NOT_FOUND = 20, "session not found";
     /// A resume named a session that belongs to another certificate identity.
@@ -83,12 +88,19 @@ error_codes! {
     SERVER_SHUTTING_DOWN = 40, "server shutting down";
     /// The broker holds the maximum number of connections.
     TOO_MANY_CONNECTIONS = 41, "too many connections";
+    /// The client's certificate identity holds the maximum number of connections.
+    TOO_MANY_CONNECTIONS_FOR_IDENTITY = 42, "too many connections for this identity";
+    /// The ACL does not allow this identity to publish to the topic or subscribe to the filter.
+    NOT_AUTHORIZED = 50, "not authorized";
+    /// After a reload, the connection's certificate no longer verifies (revoked, expired, or no
+    /// longer issued by a trusted CA).
+    CERTIFICATE_REVOKED = 51, "certificate no longer valid";
     /// Durable mode: storing the publish would exceed the broker's disk limit; nothing stored
     /// was dropped. Retry later.
-    STORAGE_FULL = 50, "storage full";
+    STORAGE_FULL = 60, "storage full";
     /// Durable mode: the broker could not make the publish durable (a disk write failed, or the
     /// store is closing); it was not acknowledged.
-    STORAGE_FAILED = 51, "storage failure";
+    STORAGE_FAILED = 61, "storage failure";
 }
 
 impl ErrorCode {

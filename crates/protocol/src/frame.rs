@@ -89,6 +89,9 @@ pub enum Frame {
     /// Subscription stream, broker → client: a range of the subscription's sequence numbers
     /// will never be delivered, and why. Sent before the next delivery after the range.
     Gap(Gap),
+    /// QUIC datagram, broker → client: one delivery of a datagram subscription. Client →
+    /// broker, a datagram carries a `Publish` instead (fire and forget).
+    Datagram(DatagramDelivery),
 }
 
 impl Frame {
@@ -113,6 +116,7 @@ impl Frame {
             Frame::SubscriptionStart(_) => "SubscriptionStart",
             Frame::Message(_) => "Message",
             Frame::Gap(_) => "Gap",
+            Frame::Datagram(_) => "Datagram",
         }
     }
 }
@@ -205,6 +209,34 @@ pub struct SubscribeOptions {
     /// the ack timeout. `None`: at most once.
     #[serde(default)]
     pub acks: Option<AckOptions>,
+    /// How deliveries travel: on the subscription's stream (reliable, the default) or as QUIC
+    /// datagrams (newest first, no retransmission).
+    #[serde(default)]
+    pub delivery: DeliveryClass,
+}
+
+/// How a subscription's messages travel to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum DeliveryClass {
+    /// On the subscription's stream: in order, retransmitted when lost.
+    #[default]
+    Reliable,
+    /// As QUIC datagrams: never retransmitted, so a lost packet delays nothing behind it. Loss
+    /// shows as missing sequence numbers. A message too large for one datagram follows `oversize`.
+    Datagram {
+        /// What happens to a message larger than the connection's datagram size.
+        oversize: OversizeRule,
+    },
+}
+
+/// What a datagram subscription does with a message too large for one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum OversizeRule {
+    /// Drop it and announce it as a `Gap` with reason `TooLargeForDatagram`.
+    #[default]
+    Drop,
+    /// Send it on the subscription's stream instead.
+    Stream,
 }
 
 /// Settings of an at-least-once subscription; absent values take the broker's defaults, and
@@ -420,4 +452,16 @@ pub enum GapReason {
     /// They were sent on a connection that was lost before the client received them; an
     /// at-most-once subscription does not send them again.
     Undelivered,
+    /// A datagram subscription's message was larger than one datagram, and its oversize rule
+    /// is `Drop`.
+    TooLargeForDatagram,
+}
+
+/// One delivery of a datagram subscription, in a QUIC datagram of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatagramDelivery {
+    /// The subscription it is for.
+    pub subscription: SubscriptionId,
+    /// The delivery, as on a stream.
+    pub message: Delivery,
 }

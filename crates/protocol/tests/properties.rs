@@ -13,11 +13,11 @@ mod fuzz_checks;
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    decode_frame, encode_frame, Ack, AckOptions, Delivery, ErrorCode, ErrorFrame, Frame,
-    FrameDecoder, Gap, GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping,
-    Publish, PublishAck, PublishRejected, ResumePosition, SequenceRange, SessionId, Subscribe,
-    SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter, TopicLimits,
-    TopicName, Unsubscribe, Unsubscribed, Welcome,
+    decode_frame, encode_frame, Ack, AckOptions, Delivery, DeliveryClass, ErrorCode, ErrorFrame,
+    Frame, FrameDecoder, Gap, GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy,
+    Ping, Publish, PublishAck, PublishRejected, ResumePosition, SequenceRange, SessionId,
+    Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
+    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -142,6 +142,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                             max_in_flight,
                             ack_timeout_ms,
                         }),
+                        delivery: DeliveryClass::Reliable,
                     },
                 })
             },
@@ -251,7 +252,11 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>(),
         any::<u64>(),
         any::<u64>(),
-        prop_oneof![Just(GapReason::Overflow), Just(GapReason::Undelivered)],
+        prop_oneof![
+            Just(GapReason::Overflow),
+            Just(GapReason::Undelivered),
+            Just(GapReason::TooLargeForDatagram)
+        ],
     )
         .prop_map(|(subscription, from, to, reason)| {
             Frame::Gap(Gap {

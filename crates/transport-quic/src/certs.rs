@@ -12,6 +12,7 @@
 //! | `ca.crt` / `ca.key`                   | the CA certificate and its private key     |
 //! | `server.crt` / `server.key`           | the broker's certificate and key           |
 //! | `client-NAME.crt` / `client-NAME.key` | the certificate and key of client `NAME`   |
+//! | `crl.pem`                             | revoked certificates, signed by the CA     |
 //!
 //! Certificates and keys are PEM; keys are PKCS#8 (the only form rcgen's ring backend reads
 //! back) and are written with mode 0600 in a directory created with mode 0700.
@@ -138,6 +139,32 @@ pub enum CertError {
         present: PathBuf,
         /// The CA file that is missing.
         missing: PathBuf,
+    },
+    /// The CA certificate lacks the `cRLSign` key usage, so it cannot sign revocation lists.
+    #[error(
+        "the CA certificate is not allowed to sign CRLs (no cRLSign key usage); create a new CA \
+         with `cassini certs init --force-new-ca` and issue every certificate again"
+    )]
+    CaCannotSignCrls,
+    /// A client has no certificate in the directory.
+    #[error("no client certificate {}", path.display())]
+    NoClientCertificate {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// A certificate to revoke cannot be parsed.
+    #[error("the certificate cannot be parsed: {reason}")]
+    InvalidCertificate {
+        /// What the parser reported.
+        reason: String,
+    },
+    /// An existing CRL cannot be read as one.
+    #[error("{} is not a valid CRL: {reason}", path.display())]
+    InvalidCrl {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported.
+        reason: String,
     },
     /// Loading the CA from a directory failed.
     #[error("loading the certificate authority from {}: {error}", dir.display())]
@@ -429,6 +456,8 @@ pub struct CertPaths {
     pub server_cert: PathBuf,
     /// `server.key`: the broker's private key.
     pub server_key: PathBuf,
+    /// `crl.pem`: the certificate revocation list, used whenever it exists.
+    pub crl: PathBuf,
 }
 
 impl CertPaths {
@@ -438,6 +467,7 @@ impl CertPaths {
             ca: ca_cert_path(dir),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
+            crl: crl_path(dir),
         }
     }
 }
@@ -557,6 +587,85 @@ pub fn issue_client_file(dir: &Path, name: &str) -> Result<IssuedFiles, CertErro
     let (cert, key) = client_paths(dir, name);
     issued.write(&cert, &key)?;
     Ok(IssuedFiles { cert, key })
+}
+
+/// What [`rotate_server_file`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedServer {
+    /// The new server certificate, `server.crt`.
+    pub cert: PathBuf,
+    /// The new server key, `server.key`.
+    pub key: PathBuf,
+    /// The names the new certificate is valid for besides `localhost`, `127.0.0.1` and `::1`:
+    /// those of the previous certificate and `extra_names`.
+    pub names: Vec<String>,
+}
+
+/// Issues a new server certificate and key from the CA in `dir` and puts them in place of
+/// `server.crt` and `server.key`, keeping the names the previous certificate was valid for and
+/// adding `extra_names`. Both files are written beside their targets first and then renamed, key
+/// first, so a broker reloading the directory sees either the old pair or the new one (or, for
+/// an instant, a mismatch it refuses and reloads again after).
+pub fn rotate_server_file(dir: &Path, extra_names: &[String]) -> Result<RotatedServer, CertError> {
+    let ca = CertificateAuthority::load(dir)?;
+    let paths = CertPaths::in_dir(dir);
+    let mut names = if exists(&paths.server_cert)? {
+        server_names_of(&read_to_string(&paths.server_cert)?)
+    } else {
+        Vec::new()
+    };
+    for name in extra_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let issued = ca.issue_server(&names)?;
+    let mut key_tmp = paths.server_key.as_os_str().to_owned();
+    key_tmp.push(".tmp");
+    let key_tmp = PathBuf::from(key_tmp);
+    write_private(&key_tmp, &issued.key_pem)?;
+    fs::rename(&key_tmp, &paths.server_key).map_err(|error| CertError::Io {
+        action: "renaming into place",
+        path: paths.server_key.clone(),
+        error,
+    })?;
+    crl::write_atomically(&paths.server_cert, &issued.cert_pem)?;
+    Ok(RotatedServer {
+        cert: paths.server_cert,
+        key: paths.server_key,
+        names,
+    })
+}
+
+/// The DNS and IP names of a server certificate, less the ones every server certificate has.
+fn server_names_of(cert_pem: &str) -> Vec<String> {
+    let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Vec::new();
+    };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    sans.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter(|name| !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"))
+        .collect()
 }
 
 /// Makes sure `dir` holds development certificates.
@@ -730,6 +839,9 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
         .map_err(io_error)?;
     file.write_all(contents.as_bytes()).map_err(io_error)
 }
+
+mod crl;
+pub use crl::{crl_path, revoke_client_file, RevokeReport, CRL_VALIDITY};
 
 #[cfg(test)]
 mod tests;

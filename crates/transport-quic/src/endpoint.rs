@@ -78,10 +78,95 @@ pub fn bind_client(
     config: quinn::ClientConfig,
     opts: &crate::tls::QuicOptions,
 ) -> Result<quinn::Endpoint, EndpointError> {
+    bind_client_layered(bind, config, opts, None)
+}
+
+/// Wraps the UDP socket an endpoint uses, e.g. in a [`crate::faults::FaultySocket`].
+#[derive(Clone)]
+pub struct SocketLayer(Arc<SocketWrapper>);
+
+type SocketWrapper =
+    dyn Fn(Arc<dyn quinn::AsyncUdpSocket>) -> Arc<dyn quinn::AsyncUdpSocket> + Send + Sync;
+
+impl SocketLayer {
+    /// A layer that wraps each new socket with `wrap`.
+    pub fn new(
+        wrap: impl Fn(Arc<dyn quinn::AsyncUdpSocket>) -> Arc<dyn quinn::AsyncUdpSocket>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        Self(Arc::new(wrap))
+    }
+
+    fn wrap(&self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Arc<dyn quinn::AsyncUdpSocket> {
+        (self.0)(socket)
+    }
+}
+
+impl std::fmt::Debug for SocketLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketLayer")
+    }
+}
+
+/// Like [`bind_client`], with the socket wrapped by `layer` if one is given.
+pub fn bind_client_layered(
+    bind: SocketAddr,
+    config: quinn::ClientConfig,
+    opts: &crate::tls::QuicOptions,
+    layer: Option<&SocketLayer>,
+) -> Result<quinn::Endpoint, EndpointError> {
     let (socket, _) = udp_socket(bind, opts.socket_buffer_bytes)?;
-    let mut endpoint = start(bind, None, socket)?;
+    let mut endpoint = match layer {
+        None => start(bind, None, socket)?,
+        Some(layer) => {
+            let socket = wrap_socket(bind, socket, layer)?;
+            start_abstract(bind, socket)?
+        }
+    };
     endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+/// Moves `endpoint` to `socket`, wrapped by `layer` if one is given (QUIC migrates its
+/// connections to the new address).
+pub fn rebind_layered(
+    endpoint: &quinn::Endpoint,
+    socket: std::net::UdpSocket,
+    layer: Option<&SocketLayer>,
+) -> io::Result<()> {
+    match layer {
+        None => endpoint.rebind(socket),
+        Some(layer) => {
+            let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+            endpoint.rebind_abstract(layer.wrap(socket))
+        }
+    }
+}
+
+fn wrap_socket(
+    addr: SocketAddr,
+    socket: std::net::UdpSocket,
+    layer: &SocketLayer,
+) -> Result<Arc<dyn quinn::AsyncUdpSocket>, EndpointError> {
+    tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
+    let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+        .map_err(|error| EndpointError::Start { addr, error })?;
+    Ok(layer.wrap(socket))
+}
+
+fn start_abstract(
+    addr: SocketAddr,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+) -> Result<quinn::Endpoint, EndpointError> {
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|error| EndpointError::Start { addr, error })
 }
 
 fn udp_socket(

@@ -9,11 +9,14 @@
 //!   resumption), PEM loading, and [`tls::QuicOptions`] turned into quinn configurations.
 //! - [`identity`]: the identity a peer certificate stands for (URI SAN, DNS SAN, then CN).
 //! - [`endpoint`]: UDP sockets with large buffers and the quinn endpoints that drive them.
+//! - [`faults`]: a UDP socket that loses, delays, reorders, duplicates and black-holes
+//!   datagrams, seeded, for fault-injection tests and lossy-link benchmarks.
 //! - `server` (feature `server`): the broker's accept loop and the adapter from quinn to
 //!   `cassini-broker`'s transport interface. Clients build without it.
 
 pub mod certs;
 pub mod endpoint;
+pub mod faults;
 pub mod identity;
 #[cfg(feature = "server")]
 pub mod server;

@@ -1,39 +1,92 @@
 //! The broker side of the QUIC transport (feature `server`).
 //!
-//! [`QuicServer`] binds the endpoint, completes each handshake under a deadline, reads the
-//! client's identity from its certificate and hands the connection to the broker as an
-//! `Arc<dyn cassini_broker::Connection>`. [`QuicConnection`] and the stream wrappers are the
+//! [`QuicServer`] binds the endpoint, validates client addresses with a QUIC Retry when told to
+//! ([`AddressValidation`]), completes each handshake under a deadline, reads the client's
+//! identity from its certificate (by the configured [`IdentityRule`]) and hands the connection
+//! to the broker as an `Arc<dyn cassini_broker::Connection>`. It keeps each live connection's
+//! certificate chain so that [`QuicServer::reload`] can install new TLS material for new
+//! connections and close every live connection whose certificate the new material refuses. [`QuicConnection`] and the stream wrappers are the
 //! only place quinn meets the broker: they translate quinn's streams and errors to the broker's
 //! transport interface and never interpret frames.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use cassini_broker::transport::BiStream;
-use cassini_broker::{BrokerHandle, Connection, PeerInfo, RecvStream, SendStream, TransportError};
+use cassini_broker::{
+    BrokerHandle, Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
+};
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
+use rustls_pki_types::CertificateDer;
 
+use self::live::LiveConnections;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
-use crate::identity::peer_identity;
-use crate::tls::{self, QuicOptions, TlsError};
+use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
+pub use crate::tls::ServerTls;
+use crate::tls::{self, QuicOptions, RevocationOptions, TlsError};
 
 /// Most bytes taken from quinn in one read; bounds a stream's read buffer to one frame plus this.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// When a new client must prove its address with a QUIC Retry round trip before the broker
+/// spends a handshake on it. A Retry costs every affected client one extra round trip; it stops
+/// a spoofed source address from making the broker do TLS work or send data to a victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressValidation {
+    /// Never send a Retry.
+    Never,
+    /// Send a Retry while at least [`ServerOptions::busy_handshakes`] handshakes are in
+    /// progress (the default).
+    #[default]
+    UnderLoad,
+    /// Send a Retry to every client whose address is not validated yet.
+    Always,
+}
+
+impl std::str::FromStr for AddressValidation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "never" => Ok(Self::Never),
+            "under-load" => Ok(Self::UnderLoad),
+            "always" => Ok(Self::Always),
+            other => Err(format!(
+                "unknown address validation {other:?}: expected never, under-load or always"
+            )),
+        }
+    }
+}
 
 /// How the server endpoint behaves.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// QUIC transport knobs.
     pub quic: QuicOptions,
-    /// How long a client has to complete the TLS handshake.
+    /// How long a client has to complete the TLS handshake; a client that has not is dropped
+    /// (it never reaches the broker). Default: 10 s.
     pub handshake_timeout: Duration,
+    /// Which certificate name is the client's identity. Default: URI SAN, DNS SAN, then CN.
+    pub identity_rule: IdentityRule,
+    /// When to send QUIC Retry packets. Default: [`AddressValidation::UnderLoad`].
+    pub address_validation: AddressValidation,
+    /// Handshakes in progress from which [`AddressValidation::UnderLoad`] sends Retries.
+    /// Default: 256.
+    pub busy_handshakes: usize,
+    /// Most connection attempts quinn queues before the accept loop takes them; further ones
+    /// are refused. Each costs its first packets' memory. Default: 4,096.
+    pub max_incoming: usize,
+    /// Most bytes quinn buffers for one connection attempt not yet accepted. Default: 64 KiB.
+    pub incoming_buffer_bytes: u64,
+    /// Most bytes quinn buffers for all connection attempts not yet accepted. Default: 32 MiB.
+    pub incoming_buffer_total_bytes: u64,
 }
 
 impl Default for ServerOptions {
@@ -41,6 +94,12 @@ impl Default for ServerOptions {
         Self {
             quic: QuicOptions::default(),
             handshake_timeout: Duration::from_secs(10),
+            identity_rule: IdentityRule::default(),
+            address_validation: AddressValidation::default(),
+            busy_handshakes: 256,
+            max_incoming: 4096,
+            incoming_buffer_bytes: 64 * 1024,
+            incoming_buffer_total_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -58,7 +117,8 @@ pub enum ServerError {
 }
 
 /// Loads the server's TLS material from a certificate directory (`ca.crt`, `server.crt`,
-/// `server.key`): clients must present a certificate signed by `ca.crt`.
+/// `server.key`): clients must present a certificate signed by `ca.crt`. `crl.pem` is ignored;
+/// see [`server_tls_from_dir`].
 pub fn server_crypto_from_dir(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let paths = CertPaths::in_dir(dir);
     tls::server_crypto(
@@ -68,13 +128,128 @@ pub fn server_crypto_from_dir(dir: &Path) -> Result<Arc<rustls::ServerConfig>, T
     )
 }
 
+/// Loads the server's TLS material from a certificate directory: `ca.crt`, `server.crt`,
+/// `server.key`, and `crl.pem` whenever it exists (applied with `revocation`).
+pub fn server_tls_from_dir(
+    dir: &Path,
+    revocation: RevocationOptions,
+) -> Result<ServerTls, TlsError> {
+    let paths = CertPaths::in_dir(dir);
+    let crls = match paths.crl.try_exists() {
+        Ok(true) => tls::load_crls(&paths.crl)?,
+        Ok(false) => Vec::new(),
+        Err(error) => {
+            return Err(TlsError::Read {
+                path: paths.crl,
+                error,
+            })
+        }
+    };
+    ServerTls::build(
+        tls::load_certs(&paths.ca)?,
+        tls::load_certs(&paths.server_cert)?,
+        tls::load_key(&paths.server_key)?,
+        crls,
+        revocation,
+    )
+}
+
 /// Counters of the accept path.
 #[derive(Debug, Default)]
 pub struct AcceptStats {
     /// Handshakes that completed and were handed to the broker.
     pub accepted: AtomicU64,
-    /// Handshakes that failed (bad certificate, timeout, no identity).
+    /// Handshakes that failed, for any reason (the sum of the `refused_*` counters).
     pub refused: AtomicU64,
+    /// Refused by TLS: a missing, untrusted, expired or otherwise bad client certificate, or
+    /// any other TLS alert.
+    pub refused_tls: AtomicU64,
+    /// Not completed within the handshake timeout (or the client's packets stopped).
+    pub refused_timeout: AtomicU64,
+    /// The client certificate named no usable identity.
+    pub refused_no_identity: AtomicU64,
+    /// Anything else: the client went away, a transport error, the endpoint refused.
+    pub refused_other: AtomicU64,
+    /// Retry packets sent to validate a client's address.
+    pub retries: AtomicU64,
+    /// Live connections closed by a reload because their certificate no longer verifies.
+    pub revoked: AtomicU64,
+}
+
+/// Why a handshake failed, for counting and logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// TLS refused it (certificate problems are the usual cause).
+    Tls,
+    /// It took too long.
+    Timeout,
+    /// The certificate named no identity.
+    NoIdentity,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in a fixed order.
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Tls,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::NoIdentity,
+        HandshakeFailure::Other,
+    ];
+
+    /// The label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Tls => "tls",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NoIdentity => "no_identity",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    fn of(err: &quinn::ConnectionError) -> Self {
+        match err {
+            quinn::ConnectionError::TransportError(err)
+                if (0x100..0x200).contains(&u64::from(err.code)) =>
+            {
+                HandshakeFailure::Tls
+            }
+            quinn::ConnectionError::TimedOut => HandshakeFailure::Timeout,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+impl AcceptStats {
+    /// Refused handshakes for `reason`.
+    pub fn refused_for(&self, reason: HandshakeFailure) -> u64 {
+        self.counter(reason).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, reason: HandshakeFailure) -> &AtomicU64 {
+        match reason {
+            HandshakeFailure::Tls => &self.refused_tls,
+            HandshakeFailure::Timeout => &self.refused_timeout,
+            HandshakeFailure::NoIdentity => &self.refused_no_identity,
+            HandshakeFailure::Other => &self.refused_other,
+        }
+    }
+
+    fn refuse(&self, reason: HandshakeFailure) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`QuicServer::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Live connections whose certificate still verifies; they continue.
+    pub kept: usize,
+    /// Live connections closed with `CERTIFICATE_REVOKED`: (identity, why).
+    pub closed: Vec<(String, String)>,
 }
 
 /// A bound QUIC endpoint serving a broker.
@@ -84,6 +259,8 @@ pub struct QuicServer {
     buffers: SocketBuffers,
     options: ServerOptions,
     stats: Arc<AcceptStats>,
+    live: Arc<LiveConnections>,
+    handshaking: Arc<AtomicUsize>,
 }
 
 impl QuicServer {
@@ -93,14 +270,35 @@ impl QuicServer {
         crypto: Arc<rustls::ServerConfig>,
         options: ServerOptions,
     ) -> Result<Self, ServerError> {
-        let config = tls::server_config(crypto, &options.quic)?;
+        let config = quinn_config(crypto, &options)?;
         let (endpoint, buffers) = bind_server(addr, config, &options.quic)?;
         Ok(Self {
             endpoint,
             buffers,
             options,
             stats: Arc::default(),
+            live: Arc::default(),
+            handshaking: Arc::default(),
         })
+    }
+
+    /// Installs new TLS material: connections accepted from now on use it at once, and every
+    /// live connection whose client certificate `tls` refuses (revoked by a new CRL, expired,
+    /// or no longer issued by a trusted CA) is closed right here with `CERTIFICATE_REVOKED` and
+    /// the reason. Other live connections continue untouched (they keep the server certificate
+    /// they were opened with).
+    pub fn reload(&self, tls: &ServerTls) -> Result<ReloadReport, ServerError> {
+        let config = quinn_config(Arc::clone(&tls.config), &self.options)?;
+        Ok(self.live.install(
+            tls,
+            || self.endpoint.set_server_config(Some(config)),
+            &self.stats,
+        ))
+    }
+
+    /// How many authenticated connections are open.
+    pub fn live_connections(&self) -> usize {
+        self.live.len()
     }
 
     /// The address actually bound.
@@ -122,23 +320,65 @@ impl QuicServer {
     /// Each handshake runs in its own task, so a slow client never delays another.
     pub async fn serve(&self, broker: BrokerHandle) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let Some(incoming) = self.validate_address(incoming) else {
+                continue;
+            };
             let broker = broker.clone();
             let timeout = self.options.handshake_timeout;
+            let rule = self.options.identity_rule.clone();
             let stats = Arc::clone(&self.stats);
+            let live = Arc::clone(&self.live);
+            let handshaking = Arc::clone(&self.handshaking);
+            handshaking.fetch_add(1, Ordering::Relaxed);
+            let generation = self.live.generation();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match handshake(incoming, timeout).await {
-                    Ok(connection) => {
+                let outcome = handshake(incoming, timeout, &rule).await;
+                handshaking.fetch_sub(1, Ordering::Relaxed);
+                match outcome {
+                    Ok((connection, chain)) => {
+                        let identity = &connection.peer.identity;
+                        if let Err(reason) =
+                            live.admit(&connection.connection, identity, chain, generation, &stats)
+                        {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, %identity, %reason, "refused after a reload during its handshake");
+                            return;
+                        }
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%remote, identity = %connection.peer.identity, "client authenticated");
+                        tracing::debug!(%remote, %identity, "client authenticated");
                         broker.accept(Arc::new(connection));
                     }
-                    Err(reason) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%remote, %reason, "handshake refused");
+                    Err((kind, reason)) => {
+                        stats.refuse(kind);
+                        tracing::info!(%remote, kind = kind.as_str(), %reason, "handshake refused");
                     }
                 }
             });
+        }
+    }
+
+    /// Applies the address validation policy: `None` when a Retry was sent instead.
+    fn validate_address(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+        if incoming.remote_address_validated() || !incoming.may_retry() {
+            return Some(incoming);
+        }
+        let retry = match self.options.address_validation {
+            AddressValidation::Never => false,
+            AddressValidation::Always => true,
+            AddressValidation::UnderLoad => {
+                self.handshaking.load(Ordering::Relaxed) >= self.options.busy_handshakes
+            }
+        };
+        if !retry {
+            return Some(incoming);
+        }
+        match incoming.retry() {
+            Ok(()) => {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(error) => Some(error.into_incoming()),
         }
     }
 
@@ -151,30 +391,66 @@ impl QuicServer {
     }
 }
 
-async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Result<QuicConnection, String> {
-    let connecting = incoming.accept().map_err(|err| err.to_string())?;
+/// The quinn server configuration: TLS `crypto`, transport settings and the incoming limits.
+fn quinn_config(
+    crypto: Arc<rustls::ServerConfig>,
+    options: &ServerOptions,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut config = tls::server_config(crypto, &options.quic)?;
+    config
+        .max_incoming(options.max_incoming)
+        .incoming_buffer_size(options.incoming_buffer_bytes)
+        .incoming_buffer_size_total(options.incoming_buffer_total_bytes);
+    Ok(config)
+}
+
+async fn handshake(
+    incoming: quinn::Incoming,
+    limit: Duration,
+    rule: &IdentityRule,
+) -> Result<(QuicConnection, Vec<CertificateDer<'static>>), (HandshakeFailure, String)> {
+    let connecting = incoming
+        .accept()
+        .map_err(|err| (HandshakeFailure::of(&err), err.to_string()))?;
     let connection = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(err)) => return Err(err.to_string()),
-        Err(_) => return Err(format!("handshake not completed within {limit:?}")),
+        Ok(Err(err)) => return Err((HandshakeFailure::of(&err), err.to_string())),
+        Err(_) => {
+            return Err((
+                HandshakeFailure::Timeout,
+                format!("handshake not completed within {limit:?}"),
+            ))
+        }
     };
-    match peer_identity(&connection) {
-        Ok(identity) => Ok(QuicConnection::new(connection, identity)),
+    let identity = peer_chain(&connection).and_then(|chain| {
+        let leaf = chain
+            .first()
+            .ok_or(crate::identity::IdentityError::NoPeerCertificate)?;
+        Ok((identity_from_cert_with(leaf, rule)?, chain))
+    });
+    match identity {
+        Ok((identity, chain)) => Ok((QuicConnection::new(connection, identity), chain)),
         Err(err) => {
             connection.close(
                 VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value()),
                 b"no identity in client certificate",
             );
-            Err(err.to_string())
+            Err((HandshakeFailure::NoIdentity, err.to_string()))
         }
     }
 }
+
+mod live;
 
 /// A quinn connection as the broker sees it.
 #[derive(Debug)]
 pub struct QuicConnection {
     connection: quinn::Connection,
     peer: PeerInfo,
+    /// Unidirectional streams opened towards the client, for monitoring.
+    streams_opened: AtomicU64,
+    /// Bidirectional streams accepted from the client, for monitoring.
+    streams_accepted: AtomicU64,
 }
 
 impl QuicConnection {
@@ -184,7 +460,12 @@ impl QuicConnection {
             identity: Arc::from(identity),
             remote_addr: connection.remote_address(),
         };
-        Self { connection, peer }
+        Self {
+            connection,
+            peer,
+            streams_opened: AtomicU64::new(0),
+            streams_accepted: AtomicU64::new(0),
+        }
     }
 }
 
@@ -204,6 +485,7 @@ impl Connection for QuicConnection {
 
     async fn accept_bi(&self) -> Result<BiStream, TransportError> {
         let (send, recv) = self.connection.accept_bi().await.map_err(lost)?;
+        self.streams_accepted.fetch_add(1, Ordering::Relaxed);
         Ok((
             Box::new(QuicSendStream(send)),
             Box::new(QuicRecvStream(recv)),
@@ -212,6 +494,7 @@ impl Connection for QuicConnection {
 
     async fn open_uni(&self) -> Result<Box<dyn SendStream>, TransportError> {
         let send = self.connection.open_uni().await.map_err(lost)?;
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(QuicSendStream(send)))
     }
 
@@ -222,6 +505,40 @@ impl Connection for QuicConnection {
 
     async fn closed(&self) -> TransportError {
         lost(self.connection.closed().await)
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.connection.max_datagram_size()
+    }
+
+    fn send_datagram(&self, datagram: bytes::Bytes) -> Result<(), TransportError> {
+        self.connection
+            .send_datagram(datagram)
+            .map_err(|err| match err {
+                quinn::SendDatagramError::UnsupportedByPeer
+                | quinn::SendDatagramError::Disabled => TransportError::DatagramsUnsupported,
+                quinn::SendDatagramError::TooLarge => TransportError::DatagramTooLarge,
+                quinn::SendDatagramError::ConnectionLost(err) => lost(err),
+            })
+    }
+
+    async fn read_datagram(&self) -> Result<bytes::Bytes, TransportError> {
+        self.connection.read_datagram().await.map_err(lost)
+    }
+
+    fn stats(&self) -> Option<ConnectionStats> {
+        let stats = self.connection.stats();
+        Some(ConnectionStats {
+            rtt_us: u64::try_from(stats.path.rtt.as_micros()).unwrap_or(u64::MAX),
+            congestion_window: stats.path.cwnd,
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+            packets_sent: stats.path.sent_packets,
+            packets_lost: stats.path.lost_packets,
+            congestion_events: stats.path.congestion_events,
+            streams_opened: self.streams_opened.load(Ordering::Relaxed),
+            streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
+        })
     }
 }
 

@@ -6,6 +6,12 @@
 //! [`QuicOptions`] into quinn transport settings. It does not open sockets (see
 //! [`crate::endpoint`]) or read identities (see [`crate::identity`]).
 //!
+//! Revocation: [`ServerTls::build`] takes certificate revocation lists. With at least one CRL,
+//! a client whose certificate is listed is refused at the handshake, and a client whose
+//! revocation status no CRL can tell (a CRL from another issuer only) is refused too unless
+//! [`RevocationOptions::allow_unknown_status`] is set: revocation fails closed. With no CRL at
+//! all, no revocation check is made.
+//!
 //! Resumption is off on both sides because a resumed TLS 1.3 session takes the peer identity
 //! from the stored session without running the client certificate verifier again: a revoked or
 //! expired client could otherwise keep reconnecting.
@@ -24,10 +30,11 @@ use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerCo
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, VerifierBuilderError, WebPkiClientVerifier};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 /// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
 static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -55,6 +62,12 @@ pub enum TlsError {
     /// A certificate file holds no certificate.
     #[error("{} contains no certificate (expected a \"BEGIN CERTIFICATE\" block)", path.display())]
     NoCertificates {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A CRL file holds no CRL.
+    #[error("{} contains no CRL (expected a \"BEGIN X509 CRL\" block)", path.display())]
+    NoCrls {
         /// The file.
         path: PathBuf,
     },
@@ -119,6 +132,10 @@ pub struct QuicOptions {
     /// cost of kernel memory; the kernel may grant less (Linux caps it at
     /// `net.core.rmem_max` / `wmem_max`). Default: 4 MiB.
     pub socket_buffer_bytes: usize,
+    /// Offer QUIC datagrams (RFC 9221): needed by datagram subscriptions and datagram
+    /// publishes. Received datagrams wait in a 1.25 MiB buffer (quinn drops the oldest when it
+    /// is full). Default: on.
+    pub datagrams: bool,
 }
 
 impl Default for QuicOptions {
@@ -128,6 +145,7 @@ impl Default for QuicOptions {
             keep_alive_interval: Duration::from_secs(10),
             max_concurrent_uni_streams: 1024,
             max_concurrent_bidi_streams: 256,
+            datagrams: true,
             socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
@@ -138,30 +156,94 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The broker's rustls configuration.
-///
-/// Presents `chain` (leaf first) with `key`, requires every client to present a certificate
-/// issued by one of `ca_certs`, negotiates ALPN [`cassini_protocol::ALPN`] over TLS 1.3 only,
-/// and issues no session tickets and keeps no sessions, so every connection runs the verifier.
+/// How certificate revocation lists are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevocationOptions {
+    /// Accept a client whose revocation status no given CRL can tell (none of the CRLs is from
+    /// its issuer). Off by default: an unknown status is a refusal (fail closed).
+    pub allow_unknown_status: bool,
+    /// Refuse every client once a CRL's `nextUpdate` has passed, until a fresh CRL is loaded.
+    /// Off by default: an outdated CRL still revokes what it lists.
+    pub enforce_crl_expiry: bool,
+}
+
+/// The broker's TLS material, built once per load or reload: the rustls configuration, and
+/// the client certificate verifier inside it (kept to re-check live connections on reload).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The rustls configuration for new connections.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The client certificate verifier `config` uses.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ServerTls {
+    /// Presents `chain` (leaf first) with `key`; requires every client to present a
+    /// certificate issued by one of `ca_certs` and not revoked by `crls` (see the module docs for
+    /// how revocation fails closed); negotiates ALPN [`cassini_protocol::ALPN`] over TLS 1.3
+    /// only; issues no session tickets and keeps no sessions, so every connection runs the
+    /// verifier and a new CRL applies to every reconnecting client.
+    pub fn build(
+        ca_certs: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
+    ) -> Result<Self, TlsError> {
+        let provider = crypto_provider();
+        let roots = Arc::new(root_store(ca_certs)?);
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls);
+            if revocation.allow_unknown_status {
+                builder = builder.allow_unknown_revocation_status();
+            }
+            if revocation.enforce_crl_expiry {
+                builder = builder.enforce_revocation_expiration();
+            }
+        }
+        let verifier = builder.build().map_err(TlsError::ClientVerifier)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(PROTOCOL_VERSIONS)?
+            .with_client_cert_verifier(Arc::clone(&verifier))
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.max_early_data_size = 0;
+        Ok(Self {
+            config: Arc::new(config),
+            verifier,
+        })
+    }
+
+    /// Whether a client presenting `chain` (leaf first) would be let in now: the check a live
+    /// connection gets when the material is reloaded. The error says why not.
+    pub fn verify_client(&self, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+    }
+}
+
+/// The broker's rustls configuration without revocation lists: [`ServerTls::build`] with no
+/// CRL.
 pub fn server_crypto(
     ca_certs: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = crypto_provider();
-    let roots = Arc::new(root_store(ca_certs)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(TlsError::ClientVerifier)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.max_early_data_size = 0;
-    Ok(Arc::new(config))
+    ServerTls::build(
+        ca_certs,
+        chain,
+        key,
+        Vec::new(),
+        RevocationOptions::default(),
+    )
+    .map(|tls| tls.config)
 }
 
 /// A client's rustls configuration.
@@ -226,6 +308,24 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Every CRL in the PEM file at `path` (`-----BEGIN X509 CRL-----` blocks), in file order; an
+/// error if there is none.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let contents = read(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&contents)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: path.to_owned(),
+            error,
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrls {
+            path: path.to_owned(),
+        });
+    }
+    Ok(crls)
+}
+
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let contents = read(path)?;
@@ -277,6 +377,9 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
         .keep_alive_interval(keep_alive_interval)
         .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))
         .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams));
+    if !opts.datagrams {
+        transport.datagram_receive_buffer_size(None);
+    }
     Ok(transport)
 }
 

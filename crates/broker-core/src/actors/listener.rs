@@ -3,6 +3,11 @@
 //! It runs the connection's driver task and, when the connection ends however it ends, tells
 //! the session: a goodbye ends the session, anything else detaches it. That notice is sent from
 //! the state's `Drop`, so it also happens if this actor fails.
+//!
+//! The driver runs inside a `connection` tracing span carrying the peer's `remote` address and
+//! `identity`; the driver records `session` on it once the session is attached, so every log
+//! line of the connection names all three. The connection is in the monitoring registry for as
+//! long as this actor's state lives.
 
 use std::sync::Arc;
 
@@ -10,11 +15,13 @@ use cassini_protocol::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::session::SessionMsg;
 use super::session_manager::SessionManagerMsg;
 use super::Shared;
 use crate::connection::driver::drive_connection;
+use crate::introspect::registry::Registration;
 use crate::transport::Connection;
 
 pub(crate) struct Listener;
@@ -44,6 +51,8 @@ pub(crate) struct ListenerState {
     going_away: watch::Sender<Option<String>>,
     session: Option<(ActorRef<SessionMsg>, u64)>,
     clean: bool,
+    /// Keeps the connection in the monitoring registry until this state is dropped.
+    _registration: Registration,
 }
 
 impl Drop for ListenerState {
@@ -79,19 +88,31 @@ impl Actor for Listener {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (going_away, going_away_rx) = watch::channel(None);
-        let driver = tokio::spawn(drive_connection(
-            Arc::clone(&args.connection),
-            args.shared,
-            args.sessions,
-            myself,
-            going_away_rx,
-        ));
+        let registration = args.shared.registry.register(&args.connection);
+        let peer = args.connection.peer();
+        let span = tracing::info_span!(
+            "connection",
+            remote = %peer.remote_addr,
+            identity = %peer.identity,
+            session = tracing::field::Empty,
+        );
+        let driver = tokio::spawn(
+            drive_connection(
+                Arc::clone(&args.connection),
+                args.shared,
+                args.sessions,
+                myself,
+                going_away_rx,
+            )
+            .instrument(span),
+        );
         Ok(ListenerState {
             connection: args.connection,
             driver,
             going_away,
             session: None,
             clean: false,
+            _registration: registration,
         })
     }
 

@@ -1,4 +1,5 @@
-//! The listener manager: one listener actor per accepted connection, and the connection limit.
+//! The listener manager: one listener actor per accepted connection, and the connection limits
+//! (in total, and per certificate identity).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +34,9 @@ pub(crate) struct ListenerManagerArgs {
 pub(crate) struct ListenerManagerState {
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
-    listeners: HashMap<ActorId, ActorRef<ListenerMsg>>,
+    listeners: HashMap<ActorId, (ActorRef<ListenerMsg>, Arc<str>)>,
+    /// Open connections per certificate identity; an identity with none has no entry.
+    per_identity: HashMap<Arc<str>, usize>,
     accepting: bool,
 }
 
@@ -51,6 +54,7 @@ impl Actor for ListenerManager {
             shared: args.shared,
             sessions: args.sessions,
             listeners: HashMap::new(),
+            per_identity: HashMap::new(),
             accepting: true,
         })
     }
@@ -63,15 +67,35 @@ impl Actor for ListenerManager {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ListenerManagerMsg::Accept(connection) => {
-                let max = state.shared.config.limits.max_connections;
+                let limits = &state.shared.config.limits;
+                let max = limits.max_connections;
+                let identity = Arc::clone(&connection.peer().identity);
+                let of_identity = state.per_identity.get(&identity).copied().unwrap_or(0);
                 let refusal = if !state.accepting {
                     Some(BrokerError::ShuttingDown)
                 } else if state.listeners.len() >= max {
                     Some(BrokerError::TooManyConnections(max))
+                } else if of_identity >= limits.max_connections_per_identity {
+                    Some(BrokerError::TooManyConnectionsForIdentity {
+                        identity: identity.to_string(),
+                        max: limits.max_connections_per_identity,
+                    })
                 } else {
                     None
                 };
                 if let Some(err) = refusal {
+                    let shutting_down = matches!(err, BrokerError::ShuttingDown);
+                    state
+                        .shared
+                        .router
+                        .counters()
+                        .connection_refused(shutting_down);
+                    tracing::debug!(
+                        remote = %connection.peer().remote_addr,
+                        identity = %connection.peer().identity,
+                        %err,
+                        "connection refused"
+                    );
                     connection.close(err.code(), &err.reason());
                     return Ok(());
                 }
@@ -82,7 +106,10 @@ impl Actor for ListenerManager {
                 };
                 match Actor::spawn_linked(None, Listener, args, myself.get_cell()).await {
                     Ok((listener, _)) => {
-                        state.listeners.insert(listener.get_id(), listener);
+                        *state.per_identity.entry(Arc::clone(&identity)).or_default() += 1;
+                        state
+                            .listeners
+                            .insert(listener.get_id(), (listener, identity));
                     }
                     Err(err) => {
                         tracing::error!(%err, "cannot start a listener");
@@ -93,7 +120,7 @@ impl Actor for ListenerManager {
             }
             ListenerManagerMsg::Shutdown { reason, reply } => {
                 state.accepting = false;
-                for listener in state.listeners.values() {
+                for (listener, _) in state.listeners.values() {
                     let _ = listener.send_message(ListenerMsg::Shutdown {
                         reason: reason.clone(),
                     });
@@ -114,7 +141,14 @@ impl Actor for ListenerManager {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some((cell, _)) = ended_child(event, "listener") {
-            state.listeners.remove(&cell.get_id());
+            if let Some((_, identity)) = state.listeners.remove(&cell.get_id()) {
+                if let Some(count) = state.per_identity.get_mut(&identity) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        state.per_identity.remove(&identity);
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 pub(crate) mod listener;
 pub(crate) mod listener_manager;
 pub(crate) mod session;
+pub(crate) mod session_limits;
 pub(crate) mod session_manager;
 pub(crate) mod subscriber;
 pub(crate) mod subscriber_manager;
@@ -84,6 +85,10 @@ pub(crate) struct Shared {
     pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
     /// The disk store, in disk mode.
     pub(crate) storage: Option<Arc<crate::storage::DiskStore>>,
+    /// The open connections, for monitoring.
+    pub(crate) registry: Arc<crate::introspect::registry::Registry>,
+    /// The current ACL; replaced on reload.
+    pub(crate) acl: crate::acl::AclHandle,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{
-    ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId, TopicFilter,
+    DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId,
+    TopicFilter,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -74,19 +75,22 @@ pub(crate) enum SessionMsg {
         subscription: SubscriptionId,
         reason: String,
     },
+    /// The ACL was replaced: end every subscription it no longer allows.
+    RecheckAcl,
 }
 
 /// A connection's view of the session it was attached to.
 pub(crate) struct Attached {
     /// The attachment's epoch: a later detach or end must name it.
     pub(crate) epoch: u64,
-    /// The session's at-least-once queues, for the connection's `Ack` frames.
+    /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
     pub(crate) acks: Arc<AckTargets>,
 }
 
 struct SessionSubscription {
     filter: TopicFilter,
     subscriber: ActorRef<SubscriberMsg>,
+    queue: Arc<SubscriptionQueue>,
 }
 
 pub(crate) struct SessionState {
@@ -157,11 +161,42 @@ impl SessionState {
         let config = Arc::clone(&self.shared.config);
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        if !self
+            .shared
+            .acl
+            .current()
+            .may_subscribe(&self.identity, &filter)
+        {
+            return Err(BrokerError::NotAuthorized {
+                action: "subscribe to",
+                target: filter.to_string(),
+            });
+        }
         let group = self.queue_group(&options)?;
+        if let DeliveryClass::Datagram { .. } = options.delivery {
+            if options.acks.is_some() {
+                return Err(BrokerError::InvalidOption(
+                    "a datagram subscription cannot be at least once".into(),
+                ));
+            }
+            let negotiated = self
+                .attached
+                .as_ref()
+                .is_some_and(|connection| connection.max_datagram_size().is_some());
+            if !negotiated {
+                return Err(BrokerError::DatagramsUnsupported);
+            }
+        }
         let max = config.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
         }
+        let bounds = config.queue.bounds_for(&options);
+        let reserved = self
+            .subscriptions
+            .values()
+            .map(|s| s.queue.bounds().max_bytes);
+        super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
         self.last_subscription += 1;
         let subscription = self.last_subscription;
         if let Some(store) = &self.shared.storage {
@@ -175,10 +210,14 @@ impl SessionState {
             self.store_session();
         }
         let queue = Arc::new(SubscriptionQueue::with_store(
-            config.queue.bounds_for(&options),
+            bounds,
             self.queue_store(subscription),
         ));
-        if let Err(err) = self.start(myself, subscription, filter, group, queue).await {
+        let delivery = options.delivery;
+        if let Err(err) = self
+            .start(myself, subscription, filter, group, delivery, queue)
+            .await
+        {
             self.forget_subscription(subscription);
             return Err(err);
         }
@@ -210,7 +249,8 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
-        self.start(myself, record.subscription, filter, group, queue)
+        let delivery = record.options.delivery;
+        self.start(myself, record.subscription, filter, group, delivery, queue)
             .await
     }
 
@@ -221,6 +261,7 @@ impl SessionState {
         subscription: SubscriptionId,
         filter: TopicFilter,
         group: Option<Arc<str>>,
+        delivery: DeliveryClass,
         queue: Arc<SubscriptionQueue>,
     ) -> Result<(), BrokerError> {
         let config = &self.shared.config;
@@ -234,6 +275,7 @@ impl SessionState {
             queue: Arc::clone(&queue),
             connection: self.attached.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
+            delivery,
         };
         let subscriber = ask(&self.shared.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {
@@ -243,10 +285,12 @@ impl SessionState {
             }
         })
         .await??;
-        if queue.is_at_least_once() {
-            self.acks.insert(key.subscription, Arc::clone(&queue));
-        }
-        let member = RouteMember { key, queue, group };
+        self.acks.insert(key.subscription, Arc::clone(&queue));
+        let member = RouteMember {
+            key,
+            queue: Arc::clone(&queue),
+            group,
+        };
         let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
@@ -259,8 +303,14 @@ impl SessionState {
             subscriber.stop(None);
             return Err(err);
         }
-        self.subscriptions
-            .insert(key.subscription, SessionSubscription { filter, subscriber });
+        self.subscriptions.insert(
+            key.subscription,
+            SessionSubscription {
+                filter,
+                subscriber,
+                queue,
+            },
+        );
         Ok(())
     }
 
@@ -315,6 +365,18 @@ impl SessionState {
         }
     }
 
+    /// Ends every subscription the current ACL no longer allows: its stream is reset with
+    /// `NOT_AUTHORIZED` (at once if attached, else when the session is resumed).
+    fn recheck_acl(&self) {
+        let acl = self.shared.acl.current();
+        for (id, subscription) in &self.subscriptions {
+            if !acl.may_subscribe(&self.identity, &subscription.filter) {
+                tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
+                subscription.queue.revoke();
+            }
+        }
+    }
+
     fn detach(&mut self) {
         self.attached = None;
         self.detached_at_ms = Some(unix_ms());
@@ -335,7 +397,7 @@ impl SessionState {
 }
 
 /// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
-fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
+pub(crate) fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > max_bytes || !name.chars().all(allowed) {
         return Err(BrokerError::InvalidOption(format!(
@@ -440,6 +502,7 @@ impl Actor for Session {
                     tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
                 }
             }
+            SessionMsg::RecheckAcl => state.recheck_acl(),
         }
         Ok(())
     }

@@ -33,7 +33,8 @@ pub(crate) struct Opened {
     pub(crate) id: SessionId,
     pub(crate) resumed: bool,
     pub(crate) epoch: u64,
-    /// Where the connection's acknowledgements go.
+    /// The session's queues: where the connection's acknowledgements go, and what shutdown
+    /// drains.
     pub(crate) acks: Arc<AckTargets>,
 }
 
@@ -48,6 +49,8 @@ pub(crate) enum SessionManagerMsg {
     },
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
+    /// The ACL was replaced: every session ends the subscriptions it no longer allows.
+    RecheckAcl,
 }
 
 struct Entry {
@@ -196,6 +199,11 @@ impl Actor for SessionManager {
             }
             SessionManagerMsg::Count(reply) => {
                 let _ = reply.send(state.sessions.len());
+            }
+            SessionManagerMsg::RecheckAcl => {
+                for entry in state.sessions.values() {
+                    let _ = entry.session.send_message(SessionMsg::RecheckAcl);
+                }
             }
         }
         Ok(())

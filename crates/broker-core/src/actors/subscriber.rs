@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use cassini_protocol::TopicFilter;
+use cassini_protocol::{DeliveryClass, TopicFilter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::subscription_writer::{
-    run_subscription_writer, WriterOutcome, INBOX_STREAM_PRIORITY, SUBSCRIPTION_STREAM_PRIORITY,
+    run_subscription_writer, WriterOutcome, WriterSettings, INBOX_STREAM_PRIORITY,
+    SUBSCRIPTION_STREAM_PRIORITY,
 };
 use crate::queue::SubscriptionQueue;
 use crate::router::SubscriberKey;
@@ -25,6 +26,7 @@ pub(crate) struct SubscriberArgs {
     pub(crate) queue: Arc<SubscriptionQueue>,
     pub(crate) connection: Option<Arc<dyn Connection>>,
     pub(crate) max_frame_bytes: u32,
+    pub(crate) delivery: DeliveryClass,
 }
 
 pub(crate) enum SubscriberMsg {
@@ -53,6 +55,7 @@ pub(crate) struct SubscriberState {
     priority: i32,
     queue: Arc<SubscriptionQueue>,
     max_frame_bytes: u32,
+    delivery: DeliveryClass,
     writer: Option<Writer>,
     generation: u64,
 }
@@ -80,8 +83,11 @@ impl SubscriberState {
             self.key,
             Arc::clone(&self.queue),
             cancel.clone(),
-            self.max_frame_bytes,
-            self.priority,
+            WriterSettings {
+                max_frame_bytes: self.max_frame_bytes,
+                priority: self.priority,
+                delivery: self.delivery,
+            },
             last_received,
         );
         self.queue.set_attached(true);
@@ -130,6 +136,7 @@ impl Actor for Subscriber {
             priority,
             queue: args.queue,
             max_frame_bytes: args.max_frame_bytes,
+            delivery: args.delivery,
             writer: None,
             generation: 0,
         };

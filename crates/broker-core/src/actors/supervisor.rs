@@ -68,10 +68,12 @@ impl Actor for Supervisor {
             recovered.dedupe,
         ));
         let shared = Arc::new(Shared {
+            acl: crate::acl::AclHandle::new(config.acl.clone()),
             config,
             router,
             dedupe,
             storage,
+            registry: Arc::default(),
             topics,
             subscribers,
         });

@@ -23,15 +23,18 @@ use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
 use crate::actors::{ask, Shared};
 use crate::connection::framed::{write_frame, FrameReader};
-use crate::connection::publish::serve_publish_stream;
+use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::error::BrokerError;
-use crate::transport::Connection;
+use crate::transport::{Connection, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
 const CONTROL_STREAM_PRIORITY: i32 = 100;
 
 /// How long the broker waits for a client to acknowledge `GoingAway` before closing anyway.
 const GOING_AWAY_DELIVERY: Duration = Duration::from_secs(1);
+
+/// How often a connection being shut down checks whether its deliveries are done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// After a goodbye, how long publish streams the client already finished get to be read to
 /// their end before the connection is closed.
@@ -115,22 +118,24 @@ async fn serve(
         limits: limits.announced(),
     });
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes).await?;
+    crate::introspect::session_attached(shared, connection, opened.id, opened.resumed);
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
     let mut publishers = JoinSet::new();
     let max_publish_streams = limits.max_publish_streams_per_connection;
+    let mut datagrams =
+        DatagramPublishes::new(Arc::clone(shared), Arc::clone(&connection.peer().identity));
+    let mut datagrams_open = connection.max_datagram_size().is_some();
     loop {
         tokio::select! {
+            datagram = connection.read_datagram(), if datagrams_open => match datagram {
+                Ok(datagram) => datagrams.receive(&datagram)?,
+                Err(TransportError::DatagramsUnsupported) => datagrams_open = false,
+                Err(err) => return Err(err.into()),
+            },
             frame = control.next() => match frame? {
                 None => break,
-                Some(Frame::Ack(ack)) => {
-                    // Unanswered; an ack for a subscription that ended is harmless.
-                    opened.acks.ack(ack.subscription, &ack.ranges);
-                }
-                Some(frame) => {
-                    let answer = answer_control(frame, &opened.session).await?;
-                    write_frame(control_send.as_mut(), &answer, max_frame_bytes).await?;
-                }
+                Some(frame) => serve_control(frame, &opened, control_send.as_mut(), max_frame_bytes).await?,
             },
             accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
                 let (send, recv) = accepted?;
@@ -144,16 +149,7 @@ async fn serve(
             Some(done) = publishers.join_next() => flatten(done)?,
             Ok(()) = going_away.changed() => {
                 let reason = going_away.borrow().clone().unwrap_or_default();
-                let hint = shared.config.shutdown.reconnect_hint;
-                let notice = Frame::GoingAway(GoingAway {
-                    reason: reason.clone(),
-                    reconnect_after_ms: u32::try_from(hint.as_millis()).unwrap_or(u32::MAX),
-                });
-                write_frame(control_send.as_mut(), &notice, max_frame_bytes).await?;
-                let _ = control_send.finish();
-                // Closing at once would discard the notice: wait (briefly) until it arrived.
-                let _ = timeout(GOING_AWAY_DELIVERY, control_send.delivered()).await;
-                return Err(BrokerError::GoingAway(reason));
+                return go_away(shared, &opened, &mut control, control_send.as_mut(), reason).await;
             }
         }
     }
@@ -172,6 +168,65 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// Serves one frame of the control stream: an `Ack` is applied (it has no answer), anything
+/// else is a request answered in order.
+async fn serve_control(
+    frame: Frame,
+    opened: &Opened,
+    control_send: &mut dyn SendStream,
+    max_frame_bytes: u32,
+) -> Result<(), BrokerError> {
+    if let Frame::Ack(ack) = frame {
+        // An ack for a subscription that ended is harmless.
+        opened.acks.ack(ack.subscription, &ack.ranges);
+        return Ok(());
+    }
+    let answer = answer_control(frame, &opened.session).await?;
+    write_frame(control_send, &answer, max_frame_bytes).await
+}
+
+/// The broker is shutting down: tell the client, keep serving its control stream (so its
+/// acknowledgements still count) until every queue of its session is delivered (and, at least
+/// once, acknowledged) or the drain deadline passes, then end the connection.
+async fn go_away(
+    shared: &Shared,
+    opened: &Opened,
+    control: &mut FrameReader,
+    control_send: &mut dyn SendStream,
+    reason: String,
+) -> Result<(), BrokerError> {
+    let max_frame_bytes = shared.config.limits.max_frame_bytes;
+    let hint = shared.config.shutdown.reconnect_hint;
+    let notice = Frame::GoingAway(GoingAway {
+        reason: reason.clone(),
+        reconnect_after_ms: u32::try_from(hint.as_millis()).unwrap_or(u32::MAX),
+    });
+    write_frame(control_send, &notice, max_frame_bytes).await?;
+    let deadline = Instant::now()
+        + shared
+            .config
+            .shutdown
+            .drain
+            .saturating_sub(GOING_AWAY_DELIVERY);
+    let mut control_open = true;
+    while !opened.acks.all_delivered() && Instant::now() < deadline {
+        tokio::select! {
+            frame = control.next(), if control_open => match frame? {
+                Some(frame) => serve_control(frame, opened, control_send, max_frame_bytes).await?,
+                None => control_open = false,
+            },
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+    }
+    if !opened.acks.all_delivered() {
+        tracing::warn!("shutting down with deliveries still queued or unacknowledged");
+    }
+    let _ = control_send.finish();
+    // Closing at once would discard the notice: wait (briefly) until it arrived.
+    let _ = timeout(GOING_AWAY_DELIVERY, control_send.delivered()).await;
+    Err(BrokerError::GoingAway(reason))
 }
 
 fn flatten(

@@ -4,7 +4,8 @@
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
 //! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
-//! with `NoResponders`; a publish with `ack` is answered with `PublishAck` once routed, or once
+//! with `NoResponders`; a publish the ACL does not allow is answered with `PublishRejected`
+//! (`NOT_AUTHORIZED`) and routed nowhere; a publish with `ack` is answered with `PublishAck` once routed, or once
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
@@ -23,6 +24,7 @@ use std::time::Instant;
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
 use tokio::sync::mpsc;
 
+use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
 use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
@@ -70,8 +72,9 @@ async fn serve_in_order(
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut permissions = PermissionCache::new(&shared.acl, identity);
     while let Some(frame) = reader.next().await? {
-        for answer in &frames_for(frame, shared, identity)? {
+        for answer in &frames_for(frame, shared, identity, &mut permissions)? {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
@@ -84,6 +87,7 @@ fn frames_for(
     frame: Frame,
     shared: &Shared,
     identity: &Arc<str>,
+    permissions: &mut PermissionCache,
 ) -> Result<Vec<Frame>, BrokerError> {
     let Frame::Publish(publish) = frame else {
         return Err(BrokerError::ProtocolViolation(format!(
@@ -96,11 +100,22 @@ fn frames_for(
     let retain = publish.retain;
     let message_id = publish.message_id;
     let ack = publish.ack;
-    Ok(match accept(publish, &shared.config) {
-        Ok(message) => answer(shared, identity, message, target, retain, ack, message_id)
-            .unwrap_or_else(|err| vec![rejected(topic, message_id, &err)]),
-        Err(err) => vec![rejected(topic, message_id, &err)],
-    })
+    let counters = shared.router.counters();
+    Ok(
+        match accept(publish, &shared.config)
+            .and_then(|message| authorize(permissions.get(&shared.acl, identity), message))
+        {
+            Ok(message) => answer(shared, identity, message, target, retain, ack, message_id)
+                .unwrap_or_else(|err| {
+                    counters.rejected();
+                    vec![rejected(topic, message_id, &err)]
+                }),
+            Err(err) => {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }
+        },
+    )
 }
 
 async fn read_publishes(
@@ -111,6 +126,7 @@ async fn read_publishes(
 ) -> Result<(), BrokerError> {
     let config = &shared.config;
     let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes);
+    let mut permissions = PermissionCache::new(&shared.acl, identity);
     while let Some(frame) = reader.next().await? {
         if let Some(store) = &shared.storage {
             if let Err(err) = store.wait_for_room().await {
@@ -121,7 +137,7 @@ async fn read_publishes(
             Frame::Publish(publish) => publish.topic.clone(),
             _ => String::new(),
         };
-        let frames = frames_for(frame, shared, identity)?;
+        let frames = frames_for(frame, shared, identity, &mut permissions)?;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
             Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
@@ -207,6 +223,8 @@ fn answer(
     let mut answers = Vec::new();
     if first_time {
         answers.extend(route(&shared.router, message, target, retain)?);
+    } else {
+        shared.router.counters().duplicate();
     }
     answers.push(Frame::PublishAck(PublishAck {
         message_id,
@@ -247,10 +265,14 @@ fn route(
     }
     let message = Arc::new(message);
     let report = router.publish(&message, target);
+    router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => Some(Frame::NoResponders(NoResponders {
-            reply_to: reply_to.clone(),
-        })),
+        Some(reply_to) if report.offered == 0 => {
+            router.counters().no_responders();
+            Some(Frame::NoResponders(NoResponders {
+                reply_to: reply_to.clone(),
+            }))
+        }
         _ => None,
     })
 }
@@ -264,8 +286,26 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
     })
 }
 
+/// Lets `message` through if the ACL allows its publisher that topic.
+fn authorize(
+    permissions: &Permissions,
+    message: PublishedMessage,
+) -> Result<PublishedMessage, BrokerError> {
+    if permissions.may_publish(&message.topic) {
+        Ok(message)
+    } else {
+        Err(BrokerError::NotAuthorized {
+            action: "publish to",
+            target: message.topic.to_string(),
+        })
+    }
+}
+
 /// Checks a publish against the limits and turns it into the broker's shared form.
-fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, BrokerError> {
+pub(crate) fn accept(
+    publish: Publish,
+    config: &BrokerConfig,
+) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
@@ -286,4 +326,59 @@ fn accept(publish: Publish, config: &BrokerConfig) -> Result<PublishedMessage, B
         reply_to: publish.reply_to,
         retained: false,
     })
+}
+
+/// Publishes arriving in QUIC datagrams on one connection: fire and forget. Each datagram
+/// holds one `Publish` frame; it is checked and routed like a stream publish, but nothing
+/// answers it (no acknowledgement, no rejection, no `NoResponders`): a refused or
+/// undecodable-as-publish datagram is counted and logged, and a datagram that is not a frame
+/// at all closes the connection as malformed.
+pub(crate) struct DatagramPublishes {
+    shared: Arc<Shared>,
+    identity: Arc<str>,
+    permissions: PermissionCache,
+}
+
+impl DatagramPublishes {
+    pub(crate) fn new(shared: Arc<Shared>, identity: Arc<str>) -> Self {
+        let permissions = PermissionCache::new(&shared.acl, &identity);
+        Self {
+            shared,
+            identity,
+            permissions,
+        }
+    }
+
+    /// Routes the publish in `datagram`.
+    pub(crate) fn receive(&mut self, datagram: &[u8]) -> Result<(), BrokerError> {
+        let config = &self.shared.config;
+        let (frame, _) = cassini_protocol::decode_frame(datagram, config.limits.max_frame_bytes)?;
+        let Frame::Publish(publish) = frame else {
+            return Err(BrokerError::ProtocolViolation(format!(
+                "{} frame in a datagram",
+                frame.kind()
+            )));
+        };
+        let topic = publish.topic.clone();
+        let retain = publish.retain;
+        let target = publish.to_session;
+        let routed = accept(publish, config)
+            .and_then(|message| {
+                authorize(
+                    self.permissions.get(&self.shared.acl, &self.identity),
+                    message,
+                )
+            })
+            .and_then(|message| {
+                if let Some(store) = &self.shared.storage {
+                    check_room(&self.shared.router, store, &message, target, retain)?;
+                }
+                route(&self.shared.router, message, target, retain)
+            });
+        if let Err(err) = routed {
+            self.shared.router.counters().rejected();
+            tracing::debug!(%topic, %err, "datagram publish refused");
+        }
+        Ok(())
+    }
 }

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cassini_protocol::codec::encode_delivery;
-use cassini_protocol::{encode_frame, ErrorCode, Frame, Gap, SubscriptionStart};
+use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
+use cassini_protocol::{
+    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionStart,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::gaps::GapAnnouncer;
@@ -57,17 +59,34 @@ impl From<TransportError> for WriterOutcome {
     }
 }
 
+/// How a subscription's writer sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterSettings {
+    /// The largest frame the connection accepts.
+    pub(crate) max_frame_bytes: u32,
+    /// The stream's send priority.
+    pub(crate) priority: i32,
+    /// Stream or datagrams.
+    pub(crate) delivery: DeliveryClass,
+}
+
 /// Feeds `queue` into a new stream on `connection` until cancelled or the queue closes.
-/// `last_received` is where the client says it stands in this subscription, if it said.
+/// `last_received` is where the client says it stands in this subscription, if it said. A
+/// datagram subscription sends each delivery in a QUIC datagram of its own; its stream carries
+/// the gaps, and messages too large for a datagram when its oversize rule says so.
 pub(crate) async fn run_subscription_writer(
     connection: Arc<dyn Connection>,
     key: SubscriberKey,
     queue: Arc<SubscriptionQueue>,
     cancel: CancellationToken,
-    max_frame_bytes: u32,
-    priority: i32,
+    settings: WriterSettings,
     last_received: Option<u64>,
 ) -> WriterOutcome {
+    let WriterSettings {
+        max_frame_bytes,
+        priority,
+        delivery: class,
+    } = settings;
     let attachment = queue.attach(last_received);
     let mut gaps = GapAnnouncer::new(key.subscription, &attachment);
     let mut stream = tokio::select! {
@@ -111,6 +130,10 @@ pub(crate) async fn run_subscription_writer(
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
+            Popped::Closed(CloseReason::NotAuthorized) => {
+                stream.reset(ErrorCode::NOT_AUTHORIZED);
+                return WriterOutcome::Ended;
+            }
             Popped::Batch {
                 last_sequence,
                 drained,
@@ -123,6 +146,23 @@ pub(crate) async fn run_subscription_writer(
                     let delivery = queued
                         .message
                         .as_delivery(queued.sequence, queued.redelivered);
+                    if let DeliveryClass::Datagram { oversize } = class {
+                        match send_datagram(connection.as_ref(), key, &delivery, max_frame_bytes) {
+                            Ok(true) => continue,
+                            Ok(false) if oversize == OversizeRule::Drop => {
+                                let gap = Gap {
+                                    subscription: key.subscription,
+                                    from: queued.sequence,
+                                    to: queued.sequence,
+                                    reason: GapReason::TooLargeForDatagram,
+                                };
+                                encode_gaps(&[gap], &mut buf, max_frame_bytes);
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(err) => return err.into(),
+                        }
+                    }
                     if let Err(err) = encode_delivery(&delivery, &mut buf, max_frame_bytes) {
                         // The publish path bounds payloads below the frame limit, so this only
                         // happens if the two limits are configured inconsistently.
@@ -140,6 +180,30 @@ pub(crate) async fn run_subscription_writer(
                 }
             }
         }
+    }
+}
+
+/// Sends one delivery as a datagram; `Ok(false)` when it is larger than the connection's
+/// datagram size (the caller applies the oversize rule).
+fn send_datagram(
+    connection: &dyn Connection,
+    key: SubscriberKey,
+    delivery: &DeliveryRef<'_>,
+    max_frame_bytes: u32,
+) -> Result<bool, TransportError> {
+    let Some(max) = connection.max_datagram_size() else {
+        return Ok(false);
+    };
+    let mut datagram = BytesMut::new();
+    if encode_datagram(key.subscription, delivery, &mut datagram, max_frame_bytes).is_err()
+        || datagram.len() > max
+    {
+        return Ok(false);
+    }
+    match connection.send_datagram(datagram.freeze()) {
+        Ok(()) => Ok(true),
+        Err(TransportError::DatagramTooLarge) => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

@@ -190,3 +190,74 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     router.retain(&message("state.a", b"")).expect("clear");
     assert_eq!(router.retained_count(), 1);
 }
+
+fn member_with(policy: OverflowPolicy, max_messages: usize) -> RouteMember {
+    let queue = Arc::new(SubscriptionQueue::new(QueueBounds {
+        max_messages,
+        max_bytes: 1 << 20,
+        overflow: policy,
+        acks: None,
+        max_age: None,
+    }));
+    RouteMember {
+        key: SubscriberKey {
+            session: SessionId([9; 16]),
+            subscription: max_messages as u64,
+        },
+        queue,
+        group: None,
+    }
+}
+
+#[test]
+fn the_router_counts_queued_copies_and_drops_by_policy() {
+    let router = Router::default();
+    let policies = [
+        OverflowPolicy::DropOldest,
+        OverflowPolicy::DropNewest,
+        OverflowPolicy::Latest,
+        OverflowPolicy::Close,
+    ];
+    for (index, policy) in policies.into_iter().enumerate() {
+        let route = Arc::new(FilterRoute::new(filter(&format!("p{index}.>"))));
+        route.set_members(&[member_with(policy, 2)]);
+        router.insert(route);
+        for _ in 0..3 {
+            router.publish(&message(&format!("p{index}.x"), b"abcd"), None);
+        }
+    }
+    let counters = router.counters().snapshot();
+    // DropOldest: 3 queued, 1 dropped. DropNewest: 2 queued, 1 refused. Latest: 3 queued, 2
+    // replaced. Close: 2 queued, then the queue closed.
+    assert_eq!(counters.deliveries_queued, 3 + 2 + 3 + 2);
+    assert_eq!(counters.delivery_bytes_queued, 4 * (3 + 2 + 3 + 2));
+    assert_eq!(counters.dropped(DropReason::DropOldest), 1);
+    assert_eq!(counters.dropped(DropReason::DropNewest), 1);
+    assert_eq!(counters.dropped(DropReason::Latest), 2);
+    assert_eq!(counters.dropped(DropReason::SlowConsumer), 1);
+    let mut filters: Vec<String> = router
+        .routes()
+        .iter()
+        .map(|route| route.filter().to_string())
+        .collect();
+    filters.sort();
+    assert_eq!(filters, ["p0.>", "p1.>", "p2.>", "p3.>"]);
+}
+
+#[test]
+fn routes_lists_literal_wildcard_and_tail_filters() {
+    let router = Router::default();
+    for f in ["a", "a.b", "a.*", "a.>", "*.c", ">"] {
+        router.insert(Arc::new(FilterRoute::new(filter(f))));
+    }
+    let mut filters: Vec<String> = router
+        .routes()
+        .iter()
+        .map(|route| route.filter().to_string())
+        .collect();
+    filters.sort();
+    assert_eq!(filters, ["*.c", ">", "a", "a.*", "a.>", "a.b"]);
+    router.publish(&message("a.b", b"x"), None);
+    router.retain(&message("a.b", b"xyz")).unwrap();
+    assert_eq!(router.retained_bytes(), 3);
+}

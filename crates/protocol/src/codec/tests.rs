@@ -39,6 +39,9 @@ fn one_of_every_frame() -> Vec<Frame> {
                     max_in_flight: Some(64),
                     ack_timeout_ms: None,
                 }),
+                delivery: DeliveryClass::Datagram {
+                    oversize: OversizeRule::Stream,
+                },
             },
         }),
         Frame::Subscribed(Subscribed {
@@ -110,6 +113,19 @@ fn one_of_every_frame() -> Vec<Frame> {
             from: 10,
             to: 19,
             reason: GapReason::Overflow,
+        }),
+        Frame::Datagram(DatagramDelivery {
+            subscription: 42,
+            message: Delivery {
+                sequence: 20,
+                topic: "sensor.t".into(),
+                headers: vec![],
+                payload: Bytes::from_static(b"21.5"),
+                message_id: None,
+                reply_to: None,
+                retained: false,
+                redelivered: false,
+            },
         }),
     ]
 }
@@ -352,4 +368,36 @@ fn a_gap_counts_its_range() {
     };
     assert_eq!(gap.len(), 900);
     assert!(!gap.is_empty());
+}
+
+#[test]
+fn encode_datagram_matches_encoding_the_frame() {
+    let headers = vec![];
+    let payload = Bytes::from_static(b"21.5");
+    let delivery = DeliveryRef {
+        sequence: 20,
+        topic: "sensor.t",
+        headers: &headers,
+        payload: &payload,
+        message_id: None,
+        reply_to: None,
+        retained: false,
+        redelivered: false,
+    };
+    let mut fast = BytesMut::new();
+    encode_datagram(42, &delivery, &mut fast, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    let slow = encoded(&Frame::Datagram(DatagramDelivery {
+        subscription: 42,
+        message: Delivery {
+            sequence: 20,
+            topic: "sensor.t".into(),
+            headers: vec![],
+            payload,
+            message_id: None,
+            reply_to: None,
+            retained: false,
+            redelivered: false,
+        },
+    }));
+    assert_eq!(fast, slow);
 }

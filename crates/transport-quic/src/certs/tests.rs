@@ -393,3 +393,91 @@ fn debug_output_never_shows_private_keys() -> TestResult {
     }
     Ok(())
 }
+
+/// The serials a CRL lists and its CRL number, big-endian.
+type CrlContents = (Vec<Vec<u8>>, Vec<u8>);
+
+fn revoked_serials(dir: &Path) -> Result<CrlContents, Box<dyn Error>> {
+    let pem = fs::read_to_string(crl_path(dir))?;
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der)?;
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|entry| entry.raw_serial().to_vec())
+        .collect();
+    let number = crl
+        .crl_number()
+        .map(|n| n.to_bytes_be())
+        .ok_or("no CRL number")?;
+    Ok((serials, number))
+}
+
+#[test]
+fn revoking_adds_to_the_crl_and_keeps_earlier_entries() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let opts = InitOptions {
+        clients: vec!["alice".into(), "bob".into()],
+        ..InitOptions::default()
+    };
+    init_dir(dir.path(), &opts)?;
+    let serial_of = |name: &str| -> Result<Vec<u8>, Box<dyn Error>> {
+        let (cert, _) = client_paths(dir.path(), name);
+        let der = CertificateDer::from_pem_slice(fs::read_to_string(cert)?.as_bytes())?;
+        Ok(parse(&der)?.raw_serial().to_vec())
+    };
+
+    let first = revoke_client_file(dir.path(), "alice")?;
+    assert!(!first.already_revoked);
+    assert_eq!(first.revoked_count, 1);
+    assert_eq!(
+        revoked_serials(dir.path())?,
+        (vec![serial_of("alice")?], vec![1])
+    );
+
+    let second = revoke_client_file(dir.path(), "bob")?;
+    assert_eq!(second.revoked_count, 2);
+    let again = revoke_client_file(dir.path(), "alice")?;
+    assert!(again.already_revoked);
+    let (serials, number) = revoked_serials(dir.path())?;
+    assert_eq!(serials, vec![serial_of("alice")?, serial_of("bob")?]);
+    assert_eq!(number, vec![3], "every signing raises the CRL number");
+
+    assert!(matches!(
+        revoke_client_file(dir.path(), "carol"),
+        Err(CertError::NoClientCertificate { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn rotating_the_server_certificate_keeps_its_names_and_the_ca() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let opts = InitOptions {
+        server_names: vec!["broker.example".into(), "10.1.2.3".into()],
+        ..InitOptions::default()
+    };
+    init_dir(dir.path(), &opts)?;
+    let paths = CertPaths::in_dir(dir.path());
+    let before = fs::read_to_string(&paths.server_cert)?;
+    let ca_before = fs::read_to_string(&paths.ca)?;
+    let rotated = rotate_server_file(dir.path(), &["extra.example".into()])?;
+    assert_eq!(
+        rotated.names,
+        vec!["broker.example", "10.1.2.3", "extra.example"]
+    );
+    let after = fs::read_to_string(&paths.server_cert)?;
+    assert_ne!(before, after);
+    assert_eq!(ca_before, fs::read_to_string(&paths.ca)?);
+    let der = CertificateDer::from_pem_slice(after.as_bytes())?;
+    let names = san_strings(&parse(&der)?)?;
+    for name in [
+        "DNS:localhost",
+        "DNS:broker.example",
+        "IP:10.1.2.3",
+        "DNS:extra.example",
+    ] {
+        assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+    }
+    assert_eq!(mode(&paths.server_key)? & 0o777, 0o600);
+    Ok(())
+}

@@ -77,7 +77,7 @@ fn a_certificate_naming_nobody_has_no_identity() -> TestResult {
     let der = self_signed(None, Vec::new())?;
     let result = identity_from_cert(&der);
     assert!(
-        matches!(result, Err(IdentityError::NoIdentity)),
+        matches!(result, Err(IdentityError::NoIdentity(_))),
         "{result:?}"
     );
     Ok(())
@@ -90,4 +90,40 @@ fn garbage_is_not_a_certificate() {
         matches!(result, Err(IdentityError::InvalidCertificate { .. })),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_configured_rule_takes_only_its_kind_of_name() -> TestResult {
+    let sans = vec![
+        dns("alice.example")?,
+        uri("urn:other")?,
+        uri("spiffe://example.org/alice")?,
+    ];
+    let der = self_signed(Some("cn-alice"), sans)?;
+    let rule = |text: &str| text.parse::<IdentityRule>();
+    assert_eq!(
+        identity_from_cert_with(&der, &rule("default")?)?,
+        "urn:other"
+    );
+    assert_eq!(
+        identity_from_cert_with(&der, &rule("uri:spiffe://example.org/")?)?,
+        "spiffe://example.org/alice"
+    );
+    assert_eq!(
+        identity_from_cert_with(&der, &rule("dns")?)?,
+        "alice.example"
+    );
+    assert_eq!(identity_from_cert_with(&der, &rule("cn")?)?, "cn-alice");
+    let only_cn = self_signed(Some("bob"), Vec::new())?;
+    assert!(matches!(
+        identity_from_cert_with(&only_cn, &rule("uri:spiffe://")?),
+        Err(IdentityError::NoIdentity(_))
+    ));
+    assert!(matches!(
+        identity_from_cert_with(&only_cn, &rule("dns")?),
+        Err(IdentityError::NoIdentity(_))
+    ));
+    assert!("spiffe".parse::<IdentityRule>().is_err());
+    assert_eq!(rule("uri:spiffe://x/")?.to_string(), "uri:spiffe://x/");
+    Ok(())
 }

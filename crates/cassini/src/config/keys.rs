@@ -1,0 +1,150 @@
+//! One line of documentation per configuration key, in file order. `cassini config default`
+//! writes the defaults with these lines as comments; the environment variable of a key is
+//! `CASSINI_` and its dotted path in capitals with `_` for `.` (`limits.max_connections` is
+//! `CASSINI_LIMITS_MAX_CONNECTIONS`). A test checks this list names exactly the keys of
+//! [`Settings`](super::Settings).
+
+use std::fmt::Write as _;
+
+use super::Settings;
+
+/// A key and what it does.
+pub(crate) struct KeyDoc {
+    /// The dotted path, e.g. `limits.max_connections`.
+    pub(crate) path: &'static str,
+    /// One line for the reader of the file.
+    pub(crate) doc: &'static str,
+}
+
+/// What each table is for, in file order (`""` is the top level).
+pub(crate) const SECTIONS: &[(&str, &str)] = &[
+    ("", "Where the broker listens."),
+    (
+        "certs",
+        "The broker's certificates (mutual TLS: clients must present one signed by `ca`).",
+    ),
+    (
+        "limits",
+        "Size and count limits, announced to clients and enforced on every frame.",
+    ),
+    (
+        "queue",
+        "Per-subscription queue bounds: a stalled subscriber holds at most these.",
+    ),
+    ("sessions", "Session lifetime."),
+    (
+        "dedupe",
+        "The window in which a retried acknowledged publish is recognised as a duplicate.",
+    ),
+    ("shutdown", "Graceful shutdown on SIGTERM or SIGINT."),
+    ("quic", "QUIC transport."),
+    (
+        "monitor",
+        "The HTTP monitoring endpoint: /healthz /readyz /metrics /varz /connz /subz /topicz.",
+    ),
+    ("log", "Log lines, on standard error."),
+    (
+        "security",
+        "Authorization (ACL), the identity rule, address validation and revocation.",
+    ),
+    (
+        "storage",
+        "Where sessions, queues and retained values live.",
+    ),
+];
+
+/// Every key, in file order.
+pub(crate) const KEYS: &[KeyDoc] = &[
+    KeyDoc { path: "listen", doc: "UDP address to listen on (port 0: any free port)." },
+    KeyDoc { path: "certs.dir", doc: "Certificate directory holding ca.crt, server.crt and server.key." },
+    KeyDoc { path: "certs.ca", doc: "CA certificate file (PEM) client certificates must chain to; empty: dir/ca.crt." },
+    KeyDoc { path: "certs.cert", doc: "Server certificate chain (PEM); empty: dir/server.crt." },
+    KeyDoc { path: "certs.key", doc: "Server private key (PEM, PKCS#8); empty: dir/server.key." },
+    KeyDoc { path: "certs.crl", doc: "Certificate revocation lists (PEM), used whenever the file exists and reloaded on SIGHUP or change; empty: dir/crl.pem." },
+    KeyDoc { path: "certs.generate_dev", doc: "Create a development CA and certificates in dir when it has none (only when ca, cert and key are empty). Turn off in production." },
+    KeyDoc { path: "limits.max_payload_bytes", doc: "Largest publish payload; larger publishes are refused with PAYLOAD_TOO_LARGE. Must leave room for headers below max_frame_bytes." },
+    KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer." },
+    KeyDoc { path: "limits.max_subscriptions_per_session", doc: "Most subscriptions one session may hold." },
+    KeyDoc { path: "limits.max_topic_bytes", doc: "Longest topic name or filter, in bytes." },
+    KeyDoc { path: "limits.max_topic_depth", doc: "Most dot-separated tokens in a topic name or filter." },
+    KeyDoc { path: "limits.max_connections", doc: "Most simultaneous connections; further ones are closed with TOO_MANY_CONNECTIONS." },
+    KeyDoc { path: "limits.max_publish_streams_per_connection", doc: "Most publish streams one connection may have open; each holds a read buffer of up to one frame." },
+    KeyDoc { path: "limits.hello_timeout_ms", doc: "How long a new connection has to open its control stream and send Hello, in milliseconds." },
+    KeyDoc { path: "limits.max_retained_topics", doc: "Most topics with a retained value; memory is up to this many retained payloads." },
+    KeyDoc { path: "limits.max_queue_group_bytes", doc: "Longest queue group name, in bytes." },
+    KeyDoc { path: "limits.max_connections_per_identity", doc: "Most simultaneous connections of one certificate identity; further ones are closed with TOO_MANY_CONNECTIONS_FOR_IDENTITY." },
+    KeyDoc { path: "limits.max_pending_bytes_per_session", doc: "Most payload bytes all of one session's subscription queues may hold together (by their byte bounds); a subscription beyond it is refused with PENDING_BYTES_LIMIT." },
+    KeyDoc { path: "queue.default_messages", doc: "Messages a subscription queues when it asks for no bound of its own." },
+    KeyDoc { path: "queue.default_bytes", doc: "Payload bytes a subscription queues when it asks for no bound of its own." },
+    KeyDoc { path: "queue.max_messages", doc: "The most messages any subscription may ask to queue." },
+    KeyDoc { path: "queue.max_bytes", doc: "The most payload bytes any subscription may ask to queue; memory per stalled subscription is at most this plus one payload." },
+    KeyDoc { path: "queue.default_max_in_flight", doc: "In-flight window of an at-least-once subscription that asks for none: most messages sent and not yet acknowledged." },
+    KeyDoc { path: "queue.max_in_flight", doc: "The largest in-flight window any at-least-once subscription may ask for." },
+    KeyDoc { path: "queue.default_ack_timeout_ms", doc: "How long an at-least-once delivery may stay unacknowledged on a live connection before it is sent again, in milliseconds, when the subscription asks for no timeout." },
+    KeyDoc { path: "queue.min_ack_timeout_ms", doc: "The shortest ack timeout a subscription may ask for, in milliseconds; shorter requests are raised to it." },
+    KeyDoc { path: "sessions.expiry_secs", doc: "How long a session outlives a connection that dropped without a goodbye, in seconds; its subscriptions keep queueing meanwhile." },
+    KeyDoc { path: "dedupe.max_entries", doc: "Most remembered (identity, message id) pairs; about 100 bytes each." },
+    KeyDoc { path: "dedupe.max_age_secs", doc: "How long an acknowledged publish is remembered, in seconds." },
+    KeyDoc { path: "shutdown.reconnect_hint_ms", doc: "Reconnect hint sent to every client in GoingAway, in milliseconds; spreads a restart's reconnects out." },
+    KeyDoc { path: "shutdown.drain_ms", doc: "How long a shutdown waits, in milliseconds, for each connection to deliver what its subscriptions hold (and, at least once, have it acknowledged) after GoingAway, before closing it and stopping." },
+    KeyDoc { path: "quic.idle_timeout_secs", doc: "Close a connection after this many seconds without a packet from the client (0: never; dead peers are then never noticed)." },
+    KeyDoc { path: "quic.keep_alive_interval_secs", doc: "Send a keep-alive after this many quiet seconds (0: never); keep it well under idle_timeout_secs." },
+    KeyDoc { path: "quic.max_concurrent_uni_streams", doc: "Unidirectional streams the peer may have open at once." },
+    KeyDoc { path: "quic.max_concurrent_bidi_streams", doc: "Bidirectional streams the peer may have open at once (control and publish streams)." },
+    KeyDoc { path: "quic.socket_buffer_bytes", doc: "Requested UDP receive and send buffer size; the kernel may grant less (net.core.rmem_max / wmem_max), the log says what it granted." },
+    KeyDoc { path: "quic.datagrams", doc: "Offer QUIC datagrams (RFC 9221), needed by datagram subscriptions and datagram publishes; off: those are refused with DATAGRAMS_UNSUPPORTED." },
+    KeyDoc { path: "quic.handshake_timeout_ms", doc: "How long a client has to complete the TLS handshake, in milliseconds." },
+    KeyDoc { path: "monitor.enabled", doc: "Serve the monitoring endpoint (plain HTTP, no authentication: keep it on loopback or a private network)." },
+    KeyDoc { path: "monitor.listen", doc: "TCP address of the monitoring endpoint." },
+    KeyDoc { path: "log.level", doc: "RUST_LOG-style filter, e.g. \"info\" or \"info,cassini_broker=debug\"." },
+    KeyDoc { path: "log.format", doc: "\"pretty\" for people, \"json\" for one JSON object per line." },
+    KeyDoc { path: "security.acl_file", doc: "ACL file (TOML, see docs/SECURITY.md) saying which identity may publish and subscribe where; reloaded on SIGHUP and when it changes. Empty: every authenticated client may use every non-system topic." },
+    KeyDoc { path: "security.identity_rule", doc: "Which certificate name is a client's identity: \"default\" (URI SAN, else DNS SAN, else CN), \"uri:PREFIX\", \"dns\" or \"cn\"." },
+    KeyDoc { path: "security.address_validation", doc: "When new clients must prove their address with a QUIC Retry: \"never\", \"under-load\" (256 or more handshakes in progress) or \"always\"." },
+    KeyDoc { path: "security.allow_unknown_revocation", doc: "With a CRL present, accept clients whose revocation status no CRL covers (default: refuse them; revocation fails closed)." },
+    KeyDoc { path: "security.enforce_crl_expiry", doc: "Refuse every client once the CRL's next-update time has passed." },
+    KeyDoc { path: "storage.mode", doc: "\"memory\" (everything ends with the process). \"disk\" is refused: durable storage is not built yet." },
+];
+
+/// The environment variable that overrides `path`.
+pub(crate) fn env_name(path: &str) -> String {
+    format!("CASSINI_{}", path.replace('.', "_").to_uppercase())
+}
+
+/// The default value of `path`, as TOML.
+pub(crate) fn default_value(path: &str) -> Option<toml::Value> {
+    let defaults = toml::Value::try_from(Settings::default()).ok()?;
+    path.split('.')
+        .try_fold(&defaults, |value, part| value.get(part))
+        .cloned()
+}
+
+/// The defaults as a TOML file with every key documented.
+pub(crate) fn default_file() -> String {
+    let mut out = String::from(
+        "# Cassini broker configuration: `cassini serve --config FILE`.\n\
+         # Every key is optional; the values below are the defaults.\n\
+         # Precedence: defaults < this file < CASSINI_* environment variables < command-line flags.\n\
+         # Each key's variable is CASSINI_ and its path in capitals, e.g. CASSINI_LIMITS_MAX_CONNECTIONS.\n",
+    );
+    for (section, about) in SECTIONS {
+        out.push('\n');
+        if !section.is_empty() {
+            let _ = writeln!(out, "[{section}]");
+        }
+        let _ = writeln!(out, "# {about}");
+        for key in KEYS.iter().filter(|key| section_of(key.path) == *section) {
+            let name = key.path.rsplit('.').next().unwrap_or(key.path);
+            let value = default_value(key.path)
+                .map(|value| value.to_string())
+                .unwrap_or_default();
+            let _ = writeln!(out, "\n# {}\n{name} = {value}", key.doc);
+        }
+    }
+    out
+}
+
+/// The table a dotted path lives in (`""` for the top level).
+pub(crate) fn section_of(path: &str) -> &str {
+    path.rsplit_once('.').map_or("", |(section, _)| section)
+}

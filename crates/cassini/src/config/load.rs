@@ -1,0 +1,284 @@
+//! Reading, layering and checking the configuration: defaults < file < `CASSINI_*`
+//! environment variables < command-line flags.
+//!
+//! The file is parsed straight into [`Settings`] first, so its errors carry the `toml` crate's
+//! line, column and excerpt. Environment values are typed by the key they override (a string
+//! key takes the value as it is; numbers and booleans are parsed) and laid over the file's
+//! table. Flags are applied last. `RUST_LOG`, when set, takes the place of `log.level`, below
+//! `CASSINI_LOG_LEVEL`.
+
+use cassini_quic::identity::IdentityRule;
+use cassini_quic::server::AddressValidation;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::error::ConfigError;
+use super::keys::{default_value, env_name, section_of, KEYS};
+use super::{Settings, StorageMode};
+use crate::cli::LogFormat;
+
+/// What command-line flags set. `None`: not given, the file or environment decides.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    /// `--listen`.
+    pub(crate) listen: Option<SocketAddr>,
+    /// `--certs`.
+    pub(crate) certs: Option<PathBuf>,
+    /// `--session-expiry` (seconds).
+    pub(crate) session_expiry: Option<u64>,
+    /// `--idle-timeout` (seconds).
+    pub(crate) idle_timeout: Option<u64>,
+    /// `--monitor`: enables the monitor on this address.
+    pub(crate) monitor: Option<SocketAddr>,
+    /// `--log-format`.
+    pub(crate) log_format: Option<LogFormat>,
+    /// `--acl`.
+    pub(crate) acl: Option<PathBuf>,
+    /// `--identity-rule`.
+    pub(crate) identity_rule: Option<String>,
+    /// `--address-validation`.
+    pub(crate) address_validation: Option<String>,
+    /// `--allow-unknown-revocation` (only ever turns it on).
+    pub(crate) allow_unknown_revocation: bool,
+    /// `--enforce-crl-expiry` (only ever turns it on).
+    pub(crate) enforce_crl_expiry: bool,
+}
+
+/// The settings from `file` (if any), the environment `env` and the flags, checked.
+pub(crate) fn resolve(
+    file: Option<&Path>,
+    env: &[(String, String)],
+    overrides: &Overrides,
+) -> Result<Settings, ConfigError> {
+    let (text, path) = match file {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            path.to_path_buf(),
+        ),
+        None => (String::new(), PathBuf::new()),
+    };
+    let parse_error = |err: toml::de::Error| ConfigError::Parse {
+        path: path.clone(),
+        message: err.to_string(),
+    };
+    let mut settings: Settings = toml::from_str(&text).map_err(parse_error)?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+
+    let mut env: Vec<&(String, String)> = env.iter().collect();
+    env.sort();
+    if let Some((_, level)) = env.iter().find(|(name, _)| name == "RUST_LOG") {
+        settings.log.level = level.clone();
+        set(&mut table, "log.level", toml::Value::String(level.clone()));
+    }
+    for (name, value) in env.iter().filter(|(name, _)| name.starts_with("CASSINI_")) {
+        let key = KEYS
+            .iter()
+            .find(|key| env_name(key.path) == *name)
+            .ok_or_else(|| ConfigError::UnknownEnv { name: name.clone() })?;
+        let env_error = |expected: String| ConfigError::Env {
+            name: name.clone(),
+            key: key.path.to_string(),
+            value: value.clone(),
+            expected,
+        };
+        let typed = typed_env_value(key.path, value).map_err(|e| env_error(e.to_string()))?;
+        set(&mut table, key.path, typed);
+        settings = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|err: toml::de::Error| env_error(err.message().to_string()))?;
+    }
+
+    apply_flags(&mut settings, overrides);
+    check(&settings, &text, &path)?;
+    Ok(settings)
+}
+
+/// `cassini config check FILE`: the file and the current environment, checked.
+pub(crate) fn check_file(file: &Path) -> Result<Settings, ConfigError> {
+    resolve(Some(file), &process_env(), &Overrides::default())
+}
+
+/// The process's `CASSINI_*` and `RUST_LOG` variables (others are no business of ours).
+pub(crate) fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            (name.starts_with("CASSINI_") || name == "RUST_LOG")
+                .then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+fn typed_env_value(path: &str, raw: &str) -> Result<toml::Value, &'static str> {
+    match default_value(path) {
+        Some(toml::Value::String(_)) => Ok(toml::Value::String(raw.to_string())),
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| "an integer"),
+        Some(toml::Value::Boolean(_)) => match raw.trim() {
+            "true" => Ok(toml::Value::Boolean(true)),
+            "false" => Ok(toml::Value::Boolean(false)),
+            _ => Err("true or false"),
+        },
+        _ => Err("a value this key cannot take from the environment"),
+    }
+}
+
+fn set(table: &mut toml::Table, path: &str, value: toml::Value) {
+    let mut table = table;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_string(), value);
+            return;
+        }
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(inner) = entry else {
+            return;
+        };
+        table = inner;
+    }
+}
+
+fn apply_flags(settings: &mut Settings, flags: &Overrides) {
+    if let Some(listen) = flags.listen {
+        settings.listen = listen;
+    }
+    if let Some(dir) = &flags.certs {
+        settings.certs.dir = dir.clone();
+    }
+    if let Some(secs) = flags.session_expiry {
+        settings.sessions.expiry_secs = secs;
+    }
+    if let Some(secs) = flags.idle_timeout {
+        settings.quic.idle_timeout_secs = secs;
+    }
+    if let Some(addr) = flags.monitor {
+        settings.monitor.enabled = true;
+        settings.monitor.listen = addr;
+    }
+    if let Some(format) = flags.log_format {
+        settings.log.format = format;
+    }
+    if let Some(path) = &flags.acl {
+        settings.security.acl_file = path.clone();
+    }
+    if let Some(rule) = &flags.identity_rule {
+        settings.security.identity_rule = rule.clone();
+    }
+    if let Some(when) = &flags.address_validation {
+        settings.security.address_validation = when.clone();
+    }
+    settings.security.allow_unknown_revocation |= flags.allow_unknown_revocation;
+    settings.security.enforce_crl_expiry |= flags.enforce_crl_expiry;
+}
+
+/// Checks what types cannot say.
+fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        key: key.to_string(),
+        location: line_of(text, key)
+            .map(|line| format!(" ({} line {line})", path.display()))
+            .unwrap_or_default(),
+        reason,
+    };
+    let security = &settings.security;
+    if let Err(reason) = security.identity_rule.parse::<IdentityRule>() {
+        return Err(invalid("security.identity_rule", reason.to_string()));
+    }
+    if let Err(reason) = security.address_validation.parse::<AddressValidation>() {
+        return Err(invalid("security.address_validation", reason.to_string()));
+    }
+    if settings.storage.mode == StorageMode::Disk {
+        return Err(invalid(
+            "storage.mode",
+            "\"disk\": durable storage is not built yet; expected \"memory\"".into(),
+        ));
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
+        return Err(invalid(
+            "log.level",
+            format!(
+                "{:?} is not a RUST_LOG-style filter ({err}); expected e.g. \"info\" or \"warn,cassini_broker=debug\"",
+                settings.log.level
+            ),
+        ));
+    }
+    let limits = &settings.limits;
+    if limits.max_payload_bytes >= limits.max_frame_bytes {
+        return Err(invalid(
+            "limits.max_payload_bytes",
+            format!(
+                "{} does not fit in a frame; expected less than limits.max_frame_bytes ({})",
+                limits.max_payload_bytes, limits.max_frame_bytes
+            ),
+        ));
+    }
+    let positive = [
+        ("limits.max_connections", limits.max_connections as u64),
+        (
+            "limits.max_publish_streams_per_connection",
+            limits.max_publish_streams_per_connection as u64,
+        ),
+        ("limits.max_topic_bytes", limits.max_topic_bytes as u64),
+        ("limits.max_topic_depth", limits.max_topic_depth as u64),
+        ("queue.max_messages", u64::from(settings.queue.max_messages)),
+        ("queue.max_bytes", settings.queue.max_bytes),
+        (
+            "queue.max_in_flight",
+            u64::from(settings.queue.max_in_flight),
+        ),
+    ];
+    if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+        return Err(invalid(key, "0 allows nothing; expected at least 1".into()));
+    }
+    let queue = &settings.queue;
+    if queue.default_messages > queue.max_messages {
+        return Err(invalid(
+            "queue.default_messages",
+            format!(
+                "{} is above queue.max_messages ({}); expected at most that",
+                queue.default_messages, queue.max_messages
+            ),
+        ));
+    }
+    if queue.default_bytes > queue.max_bytes {
+        return Err(invalid(
+            "queue.default_bytes",
+            format!(
+                "{} is above queue.max_bytes ({}); expected at most that",
+                queue.default_bytes, queue.max_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The line (1-based) of the file where `path`'s key is set, if it is.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let section = section_of(path);
+    let name = path.rsplit('.').next().unwrap_or(path);
+    let mut current = "";
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim();
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("").trim();
+        if current == section && key == name && line.contains('=') {
+            return Some(index + 1);
+        }
+    }
+    None
+}

@@ -1,0 +1,277 @@
+//! Layering, defaults and error messages of the configuration.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use super::keys::{env_name, KEYS, SECTIONS};
+use super::*;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn leaf_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(value, &path, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+#[test]
+fn every_key_is_documented_once_and_no_other() {
+    let mut actual = BTreeSet::new();
+    leaf_paths(
+        &toml::Value::try_from(Settings::default()).unwrap(),
+        "",
+        &mut actual,
+    );
+    let documented: BTreeSet<String> = KEYS.iter().map(|key| key.path.to_string()).collect();
+    assert_eq!(documented.len(), KEYS.len(), "a key is documented twice");
+    assert_eq!(actual, documented);
+    let names: BTreeSet<String> = KEYS.iter().map(|key| env_name(key.path)).collect();
+    assert_eq!(names.len(), KEYS.len(), "two keys share a variable");
+    for key in KEYS {
+        assert!(
+            SECTIONS
+                .iter()
+                .any(|(section, _)| *section == keys::section_of(key.path)),
+            "{} is in no section",
+            key.path
+        );
+    }
+}
+
+#[test]
+fn default_file_parses_back_to_the_defaults() {
+    let text = default_file();
+    let parsed: Settings = toml::from_str(&text).unwrap();
+    assert_eq!(parsed, Settings::default());
+    for key in KEYS {
+        assert!(text.contains(key.doc), "{} has no comment", key.path);
+    }
+    let written = file(&text);
+    let resolved = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    assert_eq!(resolved, Settings::default());
+}
+
+#[test]
+fn defaults_match_the_broker_and_the_old_flags() {
+    let settings = Settings::default();
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:7700");
+    assert_eq!(settings.certs.dir, std::path::PathBuf::from("certs"));
+    assert_eq!(settings.sessions.expiry_secs, 300);
+    assert_eq!(settings.quic.idle_timeout_secs, 30);
+    let broker = settings.broker_config();
+    let core = BrokerConfig::default();
+    assert_eq!(broker.limits.max_frame_bytes, core.limits.max_frame_bytes);
+    assert_eq!(broker.limits.hello_timeout, core.limits.hello_timeout);
+    assert_eq!(broker.queue.max_bytes, core.queue.max_bytes);
+    assert_eq!(broker.shutdown.drain, core.shutdown.drain);
+    assert_eq!(broker.dedupe.max_age, core.dedupe.max_age);
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let written = file(
+        "listen = \"127.0.0.1:1000\"\n\
+         [sessions]\nexpiry_secs = 10\n\
+         [quic]\nidle_timeout_secs = 11\n\
+         [limits]\nmax_connections = 12\n",
+    );
+    let from_file = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    assert_eq!(from_file.listen.port(), 1000);
+    assert_eq!(from_file.sessions.expiry_secs, 10);
+    assert_eq!(from_file.limits.max_connections, 12);
+    assert_eq!(from_file.queue, QueueSettings::default());
+
+    let environment = env(&[
+        ("CASSINI_SESSIONS_EXPIRY_SECS", "20"),
+        ("CASSINI_LIMITS_MAX_CONNECTIONS", "22"),
+        ("CASSINI_LISTEN", "127.0.0.1:2000"),
+        ("CASSINI_MONITOR_ENABLED", "true"),
+    ]);
+    let from_env = resolve(Some(written.path()), &environment, &Overrides::default()).unwrap();
+    assert_eq!(from_env.listen.port(), 2000);
+    assert_eq!(from_env.sessions.expiry_secs, 20);
+    assert_eq!(from_env.limits.max_connections, 22);
+    assert_eq!(from_env.quic.idle_timeout_secs, 11, "the file still counts");
+    assert!(from_env.monitor.enabled);
+
+    let flags = Overrides {
+        listen: Some("127.0.0.1:3000".parse().unwrap()),
+        session_expiry: Some(30),
+        monitor: Some("127.0.0.1:9000".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let from_flags = resolve(Some(written.path()), &environment, &flags).unwrap();
+    assert_eq!(from_flags.listen.port(), 3000);
+    assert_eq!(from_flags.sessions.expiry_secs, 30);
+    assert_eq!(
+        from_flags.limits.max_connections, 22,
+        "the environment still counts"
+    );
+    assert_eq!(from_flags.monitor.listen.port(), 9000);
+}
+
+#[test]
+fn rust_log_sets_the_level_below_cassini_log_level() {
+    let rust_log = env(&[("RUST_LOG", "debug")]);
+    assert_eq!(
+        resolve(None, &rust_log, &Overrides::default())
+            .unwrap()
+            .log
+            .level,
+        "debug"
+    );
+    let both = env(&[("RUST_LOG", "debug"), ("CASSINI_LOG_LEVEL", "warn")]);
+    assert_eq!(
+        resolve(None, &both, &Overrides::default())
+            .unwrap()
+            .log
+            .level,
+        "warn"
+    );
+}
+
+fn error_of(text: &str) -> String {
+    let written = file(text);
+    resolve(Some(written.path()), &[], &Overrides::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line_and_the_expected_keys() {
+    let message = error_of("[limits]\nmax_connections = 5\nmax_conections = 5\n");
+    assert!(message.contains("max_conections"), "{message}");
+    assert!(message.contains("line 3"), "{message}");
+    assert!(message.contains("expected one of"), "{message}");
+    assert!(message.contains("`max_connections`"), "{message}");
+}
+
+#[test]
+fn wrong_type_is_named_with_its_line_and_the_expected_type() {
+    let message =
+        error_of("listen = \"127.0.0.1:7700\"\n\n[quic]\nidle_timeout_secs = \"thirty\"\n");
+    assert!(message.contains("idle_timeout_secs"), "{message}");
+    assert!(message.contains("line 4"), "{message}");
+    assert!(message.contains("expected u64"), "{message}");
+}
+
+#[test]
+fn disk_storage_is_refused_as_not_built() {
+    let message = error_of("[storage]\nmode = \"disk\"\n");
+    assert!(message.contains("storage.mode"), "{message}");
+    assert!(message.contains("line 2"), "{message}");
+    assert!(
+        message.contains("durable storage is not built yet"),
+        "{message}"
+    );
+    let unknown = error_of("[storage]\nmode = \"tape\"\n");
+    assert!(unknown.contains("unknown variant `tape`"), "{unknown}");
+}
+
+#[test]
+fn inconsistent_values_name_both_keys() {
+    let message = error_of("[queue]\ndefault_messages = 10\nmax_messages = 5\n");
+    assert!(message.contains("queue.default_messages"), "{message}");
+    assert!(message.contains("queue.max_messages"), "{message}");
+    let message = error_of("[log]\nlevel = \"info,=[\"\n");
+    assert!(message.contains("log.level"), "{message}");
+}
+
+#[test]
+fn bad_environment_values_name_the_variable_and_the_expected_type() {
+    let bad = env(&[("CASSINI_LIMITS_MAX_CONNECTIONS", "lots")]);
+    let message = resolve(None, &bad, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("CASSINI_LIMITS_MAX_CONNECTIONS"),
+        "{message}"
+    );
+    assert!(message.contains("an integer"), "{message}");
+    let negative = env(&[("CASSINI_LIMITS_MAX_CONNECTIONS", "-1")]);
+    let message = resolve(None, &negative, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("CASSINI_LIMITS_MAX_CONNECTIONS"),
+        "{message}"
+    );
+    let unknown = env(&[("CASSINI_LIMITS_MAX_CONECTIONS", "1")]);
+    let message = resolve(None, &unknown, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("unknown environment variable CASSINI_LIMITS_MAX_CONECTIONS"),
+        "{message}"
+    );
+}
+
+#[test]
+fn explicit_certificate_files_replace_the_directory_names() {
+    let written = file("[certs]\ndir = \"/etc/cassini\"\nkey = \"/run/keys/server.key\"\n");
+    let settings = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    let files = settings.certs.files();
+    assert_eq!(files.ca, std::path::PathBuf::from("/etc/cassini/ca.crt"));
+    assert_eq!(files.key, std::path::PathBuf::from("/run/keys/server.key"));
+    assert!(!settings.certs.uses_dir_only());
+}
+
+#[test]
+fn the_configuration_document_lists_every_key_and_variable() {
+    let doc = include_str!("../../../../docs/CONFIGURATION.md");
+    for key in KEYS {
+        assert!(
+            doc.contains(&format!("`{}`", key.path)),
+            "{} is documented",
+            key.path
+        );
+        assert!(
+            doc.contains(&env_name(key.path)),
+            "{} is documented",
+            env_name(key.path)
+        );
+    }
+}
+
+#[test]
+fn a_keep_alive_longer_than_the_idle_timeout_is_a_warning_not_an_error() {
+    // `serve --idle-timeout 5` worked before the configuration file existed; it still does.
+    let flags = Overrides {
+        idle_timeout: Some(5),
+        ..Overrides::default()
+    };
+    let settings = resolve(None, &[], &flags).unwrap();
+    assert_eq!(settings.quic.idle_timeout_secs, 5);
+    let warnings = settings.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("quic.keep_alive_interval_secs"),
+        "{warnings:?}"
+    );
+    assert!(Settings::default().warnings().is_empty());
+}

@@ -1,0 +1,174 @@
+//! Hot reload: the certificate files (`certs.ca`, `certs.cert`, `certs.key`, `certs.crl`; by
+//! default `ca.crt`, `server.crt`, `server.key` and `crl.pem` in the certificate directory) and
+//! the ACL file, on SIGHUP and whenever one of those files changes.
+//!
+//! A file watcher (notify, inotify on Linux) watches the directories holding those files
+//! (directories, so files replaced by rename are seen too). Changes are
+//! debounced: a reload runs [`DEBOUNCE`] after the last change of a burst, so the two renames of
+//! `cassini certs rotate-server` become one reload. The trigger channel holds one pending
+//! reload; a trigger while one is pending is folded into it.
+//!
+//! A reload builds all new material before installing any: if a file is missing or invalid,
+//! the error is logged and the broker keeps what it had. Installed TLS material applies to new
+//! connections at once, and live connections whose certificate it refuses are closed with
+//! `CERTIFICATE_REVOKED` (see `QuicServer::reload`); a new ACL applies to new requests at once
+//! and ends the live subscriptions it no longer allows (`BrokerHandle::set_acl`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cassini_broker::{Acl, BrokerHandle};
+use cassini_quic::server::{QuicServer, ServerTls};
+use cassini_quic::tls::{self, RevocationOptions, TlsError};
+
+use crate::config::CertFiles;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// How long after the last file change of a burst the reload runs.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Loads the server's TLS material from `files`; the CRL file is used whenever it exists.
+pub(crate) fn load_server_tls(
+    files: &CertFiles,
+    revocation: RevocationOptions,
+) -> Result<ServerTls, TlsError> {
+    let crls = match files.crl.try_exists() {
+        Ok(true) => tls::load_crls(&files.crl)?,
+        Ok(false) => Vec::new(),
+        Err(error) => {
+            return Err(TlsError::Read {
+                path: files.crl.clone(),
+                error,
+            })
+        }
+    };
+    ServerTls::build(
+        tls::load_certs(&files.ca)?,
+        tls::load_certs(&files.cert)?,
+        tls::load_key(&files.key)?,
+        crls,
+        revocation,
+    )
+}
+
+/// What to reload and where to install it.
+pub(crate) struct Reloader {
+    pub(crate) certs: CertFiles,
+    pub(crate) acl: Option<PathBuf>,
+    pub(crate) revocation: RevocationOptions,
+    pub(crate) server: Arc<QuicServer>,
+    pub(crate) broker: BrokerHandle,
+}
+
+impl Reloader {
+    /// Reloads everything once, logging what changed and what failed.
+    pub(crate) fn reload(&self, why: &str) {
+        match load_server_tls(&self.certs, self.revocation) {
+            Ok(tls) => match self.server.reload(&tls) {
+                Ok(report) => tracing::info!(
+                    why,
+                    cert = %self.certs.cert.display(),
+                    kept = report.kept,
+                    closed = report.closed.len(),
+                    "reloaded certificates and CRL"
+                ),
+                Err(err) => {
+                    tracing::error!(why, %err, "cannot install the reloaded certificates; keeping the previous ones")
+                }
+            },
+            Err(err) => tracing::error!(
+                why,
+                cert = %self.certs.cert.display(),
+                %err,
+                "cannot reload certificates; keeping the previous ones"
+            ),
+        }
+        if let Some(path) = &self.acl {
+            match Acl::load(path) {
+                Ok(acl) => {
+                    let rules = acl.rules.len();
+                    self.broker.set_acl(acl);
+                    tracing::info!(why, acl = %path.display(), rules, "reloaded the ACL");
+                }
+                Err(err) => {
+                    tracing::error!(why, %err, "cannot reload the ACL; keeping the previous one")
+                }
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP and on every (debounced) change of a watched file, until the
+    /// process ends. Returns the watcher, which must be kept alive.
+    pub(crate) fn spawn(self) -> anyhow::Result<notify::RecommendedWatcher> {
+        let (trigger, mut triggered) = mpsc::channel::<&'static str>(1);
+        let watcher = self.watch(trigger.clone())?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let _ = trigger.try_send("SIGHUP");
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(mut why) = triggered.recv().await {
+                if why == "file change" {
+                    // Wait for the burst to end: every further change restarts the wait.
+                    while let Ok(Some(next)) =
+                        tokio::time::timeout(DEBOUNCE, triggered.recv()).await
+                    {
+                        if next != "file change" {
+                            why = next;
+                        }
+                    }
+                }
+                self.reload(why);
+            }
+        });
+        Ok(watcher)
+    }
+
+    fn watch(
+        &self,
+        trigger: mpsc::Sender<&'static str>,
+    ) -> anyhow::Result<notify::RecommendedWatcher> {
+        let watched: Vec<PathBuf> = [
+            &self.certs.ca,
+            &self.certs.cert,
+            &self.certs.key,
+            &self.certs.crl,
+        ]
+        .into_iter()
+        .chain(self.acl.as_ref())
+        .map(|path| absolute(path))
+        .collect();
+        let files = watched.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
+                }
+                if event
+                    .paths
+                    .iter()
+                    .any(|path| files.contains(&absolute(path)))
+                {
+                    let _ = trigger.try_send("file change");
+                }
+            })?;
+        let mut dirs: Vec<&Path> = watched.iter().filter_map(|path| path.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
+        Ok(watcher)
+    }
+}
+
+/// `path` made absolute against the current directory (without resolving links), so paths
+/// from the settings and from the watcher compare equal.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

@@ -1,0 +1,146 @@
+//! `cassini serve --config`, `cassini config check|default` and `cassini completions`, run as
+//! a user runs them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{
+    cassini, free_udp_port, log_field, run, spawn_until_line, terminate, wait_with_deadline,
+};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+#[test]
+fn config_default_prints_a_file_that_config_check_accepts() {
+    let output = run(&mut cassini(&["config", "default"]));
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(text.contains("[limits]") && text.contains("# "), "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cassini.toml");
+    std::fs::write(&path, &text).expect("write");
+    let check = run(&mut cassini(&["config", "check", path.to_str().unwrap()]));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn the_deploy_example_passes_config_check() {
+    let path = deploy_dir().join("cassini.toml");
+    let check = run(&mut cassini(&["config", "check", path.to_str().unwrap()]));
+    assert!(
+        check.status.success(),
+        "deploy/cassini.toml: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let unit = std::fs::read_to_string(deploy_dir().join("cassini.service")).expect("unit");
+    for line in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "ReadWritePaths=/var/lib/cassini",
+        "ExecStart=/usr/local/bin/cassini serve --config /etc/cassini/cassini.toml",
+    ] {
+        assert!(unit.contains(line), "the unit has {line:?}");
+    }
+}
+
+#[test]
+fn a_bad_file_is_refused_with_the_key_the_line_and_what_was_expected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:7700\"\n[limits]\nmax_connections = \"many\"\n",
+    )
+    .expect("write");
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["config", "check", path],
+        vec!["serve", "--config", path],
+    ] {
+        let output = run(&mut cassini(&args));
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains("max_connections"), "{stderr}");
+        assert!(stderr.contains("line 3"), "{stderr}");
+        assert!(stderr.contains("expected usize"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    std::fs::write(dir.path().join("disk.toml"), "[storage]\nmode = \"disk\"\n").expect("write");
+    let disk = dir.path().join("disk.toml");
+    let output = run(&mut cassini(&["serve", "--config", disk.to_str().unwrap()]));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("durable storage is not built yet"),
+        "{stderr}"
+    );
+
+    let missing = run(&mut cassini(&[
+        "config",
+        "check",
+        "/nonexistent/cassini.toml",
+    ]));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/cassini.toml"));
+}
+
+/// Starts `serve` with `file`, extra environment and flags; returns the port it listens on.
+fn listening_port(file: &Path, certs: &Path, env: &[(&str, String)], flags: &[String]) -> u16 {
+    let mut command = cassini(&["serve", "--config", file.to_str().unwrap()]);
+    command.args(flags).env("CASSINI_CERTS_DIR", certs);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let (mut child, line) = spawn_until_line(command, "cassini listening");
+    terminate(&mut child);
+    assert!(wait_with_deadline(&mut child).success());
+    let addr = log_field(&line, "addr").expect("addr in the log line");
+    addr.rsplit(':').next().unwrap().parse().expect("port")
+}
+
+#[test]
+fn serve_takes_the_file_then_the_environment_then_the_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let (from_file, from_env, from_flag) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let file = dir.path().join("cassini.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:{from_file}\"\n[shutdown]\ndrain_ms = 500\n"),
+    )
+    .expect("write");
+
+    assert_eq!(listening_port(&file, &certs, &[], &[]), from_file);
+    let env = [("CASSINI_LISTEN", format!("127.0.0.1:{from_env}"))];
+    assert_eq!(listening_port(&file, &certs, &env, &[]), from_env);
+    let flags = ["--listen".to_string(), format!("127.0.0.1:{from_flag}")];
+    assert_eq!(listening_port(&file, &certs, &env, &flags), from_flag);
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = run(&mut cassini(&["completions", shell]));
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        for word in ["cassini", "serve", "completions", "session-expiry"] {
+            assert!(script.contains(word), "{shell} completion names {word}");
+        }
+    }
+    let unknown = run(&mut cassini(&["completions", "tcsh"]));
+    assert!(!unknown.status.success());
+}

@@ -1,0 +1,102 @@
+//! `cassini serve --monitor` and `cassini top` / `cassini stats`, run as a user runs them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::{
+    cassini, free_udp_port, log_field, run, spawn_until_line, terminate, wait_with_deadline,
+};
+
+#[test]
+fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().unwrap();
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let (mut broker, line) = spawn_until_line(
+        cassini(&[
+            "serve",
+            "--listen",
+            &server,
+            "--certs",
+            certs,
+            "--monitor",
+            "127.0.0.1:0",
+        ]),
+        "monitoring endpoint",
+    );
+    let monitor = log_field(&line, "addr").expect("the monitor's bound address is logged");
+    assert!(!monitor.ends_with(":0"), "{monitor}");
+
+    let connect = ["--server", server.as_str(), "--certs", certs];
+    let mut sub_args = vec!["sub", "top.demo.>", "--count", "3", "--timeout", "30"];
+    sub_args.extend(connect);
+    let mut subscriber = cassini(&sub_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sub");
+
+    // Wait until the subscription is visible, then publish and read it back in top.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let screen = loop {
+        let output = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let screen = String::from_utf8(output.stdout).unwrap();
+        if screen.contains("top.demo.>") {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no subscription in:\n{screen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(screen.starts_with("cassini "), "{screen}");
+    assert!(screen.contains("CONNECTIONS (1 of 1)"), "{screen}");
+    assert!(
+        screen.contains(" dev "),
+        "the identity is listed:\n{screen}"
+    );
+    assert!(screen.contains("TOPICS (1 of 1)"), "{screen}");
+    assert!(screen.contains("ready"), "{screen}");
+
+    let mut pub_args = vec!["pub", "top.demo.x", "hello", "--count", "3"];
+    pub_args.extend(connect);
+    assert!(run(&mut cassini(&pub_args)).status.success());
+    assert!(wait_with_deadline(&mut subscriber).success());
+    let mut printed = String::new();
+    subscriber
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    assert_eq!(printed, "hello\nhello\nhello\n");
+
+    let stats = run(&mut cassini(&["stats", "--once", "--monitor", &monitor]));
+    assert!(stats.status.success(), "`stats` is `top`");
+    let screen = String::from_utf8(stats.stdout).unwrap();
+    assert!(screen.contains("msgs in 3 (-)"), "{screen}");
+    assert!(screen.contains("msgs out 3 (-)"), "{screen}");
+    assert!(screen.contains("sessions created 2"), "{screen}");
+
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+    let gone = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "an unreachable endpoint is an error"
+    );
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(&monitor), "{stderr}");
+}

@@ -1,0 +1,242 @@
+//! A real network link cut and restored: the broker and an at-least-once subscriber run in two
+//! network namespaces this test creates, joined by a veth pair; the test takes the link down
+//! while messages are published and brings it back up. Every message arrives.
+//!
+//! Needs root and `ip netns`; without them the test says why and passes without running. It
+//! touches nothing outside the namespaces it makes (and deletes them at the end).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
+const MESSAGES: u64 = 200;
+const BROKER_IP: &str = "10.213.7.1";
+const CLIENT_IP: &str = "10.213.7.2";
+
+/// Two namespaces and the veth pair between them, deleted on drop.
+struct Namespaces {
+    broker: String,
+    client: String,
+    broker_link: String,
+}
+
+impl Namespaces {
+    /// Creates them, or says why this machine cannot.
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let ns = Self {
+            broker: format!("cas-b{id}"),
+            client: format!("cas-c{id}"),
+            broker_link: format!("cvb{id}"),
+        };
+        let client_link = format!("cvc{id}");
+        ip(&["netns", "add", &ns.broker])?;
+        ip(&["netns", "add", &ns.client])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.broker_link,
+            "netns",
+            &ns.broker,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_link,
+            "netns",
+            &ns.client,
+        ])?;
+        for (namespace, link, address) in [
+            (&ns.broker, &ns.broker_link, BROKER_IP),
+            (&ns.client, &client_link, CLIENT_IP),
+        ] {
+            ns.exec_ip(
+                namespace,
+                &["addr", "add", &format!("{address}/30"), "dev", link],
+            )?;
+            ns.exec_ip(namespace, &["link", "set", link, "up"])?;
+            ns.exec_ip(namespace, &["link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+
+    fn exec_ip(&self, namespace: &str, args: &[&str]) -> Result<(), String> {
+        let mut full = vec!["netns", "exec", namespace, "ip"];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    fn set_link(&self, up: bool) {
+        self.exec_ip(
+            &self.broker,
+            &[
+                "link",
+                "set",
+                &self.broker_link,
+                if up { "up" } else { "down" },
+            ],
+        )
+        .expect("set the link");
+    }
+
+    /// `cassini ARGS` inside `namespace`.
+    fn cassini(&self, namespace: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace, CASSINI]);
+        command.env_remove("RUST_LOG");
+        command
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.broker]);
+        let _ = ip(&["netns", "del", &self.client]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// A child process, killed if the test ends early.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's output, read on a thread.
+fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+fn wait_for_line(lines: &mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_link_cut_and_restored_between_namespaces_loses_no_acknowledged_message() {
+    let namespaces = match Namespaces::create() {
+        Ok(namespaces) => namespaces,
+        Err(reason) => {
+            eprintln!("skipping: network namespaces are not available here ({reason})");
+            return;
+        }
+    };
+    let certs = tempfile::tempdir().expect("tempdir");
+    let init = Command::new(CASSINI)
+        .args([
+            "certs", "init", "--client", "edge", "--client", "feeder", "--dir",
+        ])
+        .arg(certs.path())
+        .output()
+        .expect("certs init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let listen = format!("{BROKER_IP}:7700");
+    let mut broker = namespaces.cassini(&namespaces.broker);
+    broker
+        .args(["serve", "--listen", "0.0.0.0:7700", "--certs"])
+        .arg(certs.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut broker = Process(broker.spawn().expect("broker"));
+    let broker_log = lines(broker.0.stderr.take().expect("stderr"));
+    wait_for_line(&broker_log, "the broker listening", |l| {
+        l.contains("cassini listening")
+    });
+
+    let mut subscriber = namespaces.cassini(&namespaces.client);
+    subscriber
+        .args(["sub", "cut.x", "--ack", "--count", &MESSAGES.to_string()])
+        .args([
+            "--timeout",
+            "90",
+            "--server",
+            &listen,
+            "--name",
+            "edge",
+            "--certs",
+        ])
+        .arg(certs.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut subscriber = Process(subscriber.spawn().expect("subscriber"));
+    let received = lines(subscriber.0.stdout.take().expect("stdout"));
+    let subscriber_log = lines(subscriber.0.stderr.take().expect("stderr"));
+    wait_for_line(&subscriber_log, "the subscription", |l| {
+        l.starts_with("subscribed")
+    });
+
+    namespaces.set_link(false);
+    let publish = namespaces
+        .cassini(&namespaces.broker)
+        .args([
+            "pub",
+            "cut.x",
+            "while-cut",
+            "--count",
+            &MESSAGES.to_string(),
+        ])
+        .args(["--server", "127.0.0.1:7700", "--name", "feeder", "--certs"])
+        .arg(certs.path())
+        .output()
+        .expect("publisher");
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(3)); // the link stays down a while: the fault itself
+    namespaces.set_link(true);
+
+    let status = subscriber.0.wait().expect("subscriber exits");
+    let lines: Vec<String> = received.try_iter().collect();
+    assert!(
+        status.success(),
+        "the subscriber got all {MESSAGES}: {}",
+        lines.len()
+    );
+    assert_eq!(lines.len() as u64, MESSAGES);
+    assert!(lines.iter().all(|line| line == "while-cut"));
+}

@@ -1,0 +1,254 @@
+//! Security of the real `cassini serve` process: memory under declared-huge frames, hot reload
+//! of the ACL file and of the certificate directory (file watcher and SIGHUP), and the `cassini
+//! certs revoke` and `rotate-server` commands taking effect on a running broker.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+mod support;
+
+use std::path::Path;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cassini_client::{Client, SubscriptionEnd};
+use cassini_e2e::raw::{self, close_of};
+use cassini_e2e::{raw_connect, within};
+use cassini_protocol::ErrorCode;
+use cassini_quic::tls;
+use futures_util::StreamExt;
+use rustls::pki_types::CertificateDer;
+use support::{cassini, init_certs, BrokerProcess};
+
+/// 100 connections, each declaring one 256 MiB frame.
+const FLOOD_CONNECTIONS: usize = 100;
+const DECLARED_FRAME: u32 = 256 * 1024 * 1024;
+/// The issue's bound on the broker's growth for those 100 connections.
+const FLOOD_GROWTH_BOUND: u64 = 25 * 1024 * 1024;
+
+async fn raw(
+    addr: &str,
+    dir: &Path,
+    name: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+    let ca = tls::load_certs(&dir.join("ca.crt"))?;
+    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt")))?;
+    let key = tls::load_key(&dir.join(format!("client-{name}.key")))?;
+    raw_connect(addr.parse()?, ca, chain, key).await
+}
+
+async fn client(addr: &str, dir: &Path, name: &str) -> Client {
+    Client::builder(addr)
+        .cert_dir(dir, name)
+        .server_name("localhost")
+        .connect()
+        .await
+        .expect("client connects")
+}
+
+/// Whether a client named `name` gets through to a `Welcome`.
+async fn admitted(addr: &str, dir: &Path, name: &str) -> bool {
+    match raw(addr, dir, name).await {
+        Ok((_endpoint, connection)) => raw::hello(&connection, None).await.is_some(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["flooder", "bystander"]);
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let mut subscription = bystander.subscribe("calm.x").await.expect("subscribe");
+    let before = broker.rss_bytes();
+
+    let mut floods = Vec::new();
+    for _ in 0..FLOOD_CONNECTIONS {
+        let addr = broker.addr.clone();
+        let dir = dir.path().to_owned();
+        floods.push(tokio::spawn(async move {
+            let (endpoint, connection) = raw(&addr, &dir, "flooder").await.expect("connect");
+            let _control = raw::hello(&connection, None).await.expect("welcome");
+            let (mut send, _recv) = connection.open_bi().await.expect("publish stream");
+            let mut declaration = BytesMut::new();
+            declaration.put_u32(DECLARED_FRAME);
+            declaration.put_bytes(0x42, 64 * 1024);
+            // The broker may close the connection before all of it is written.
+            let _ = send.write_all(&declaration).await;
+            let (code, _) = close_of(&connection).await;
+            drop(endpoint);
+            code
+        }));
+    }
+    for flood in floods {
+        let code = within("flood connection", flood).await.expect("task");
+        assert_eq!(code, ErrorCode::FRAME_TOO_LARGE);
+    }
+    let peak = broker.peak_rss_bytes();
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {FLOOD_CONNECTIONS} x 256 MiB declared",
+        before >> 10,
+        peak >> 10,
+        growth >> 10
+    );
+    assert!(
+        growth < FLOOD_GROWTH_BOUND,
+        "broker grew by {} MiB, bound {} MiB",
+        growth >> 20,
+        FLOOD_GROWTH_BOUND >> 20
+    );
+
+    bystander
+        .publish_acked("calm.x", Bytes::from_static(b"still here"))
+        .await
+        .expect("publish");
+    let message = within("bystander delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"still here");
+}
+
+const ACL: &str = r#"
+default = "deny"
+
+[[rule]]
+identity = "publisher"
+publish = [">"]
+
+[[rule]]
+identity = "ops"
+subscribe = ["feeds.>", "sensors.>"]
+"#;
+
+#[tokio::test]
+async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["publisher", "ops"]);
+    let acl_path = dir.path().join("acl.toml");
+    std::fs::write(&acl_path, ACL).expect("write ACL");
+    let broker = BrokerProcess::start(dir.path(), &["--acl", acl_path.to_str().expect("utf-8")]);
+
+    let ops = client(&broker.addr, dir.path(), "ops").await;
+    let mut feeds = ops.subscribe("feeds.>").await.expect("feeds");
+    let mut sensors = ops.subscribe("sensors.>").await.expect("sensors");
+    let publisher = client(&broker.addr, dir.path(), "publisher").await;
+
+    // Edited in place, as an operator's editor would.
+    std::fs::write(
+        &acl_path,
+        ACL.replace(r#"["feeds.>", "sensors.>"]"#, r#"["sensors.>"]"#),
+    )
+    .expect("edit ACL");
+    assert!(
+        within("feeds ends", feeds.next()).await.is_none(),
+        "the subscription the ACL no longer allows ends"
+    );
+    assert_eq!(
+        feeds.end_reason(),
+        Some(SubscriptionEnd::Reset(ErrorCode::NOT_AUTHORIZED))
+    );
+    publisher
+        .publish_acked("sensors.t", Bytes::from_static(b"allowed"))
+        .await
+        .expect("publish");
+    let message = within("sensors delivery", sensors.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"allowed");
+
+    // An invalid edit is refused with its line, and the broker keeps the previous ACL.
+    broker.wait_for_log("reloaded the ACL");
+    let reloads = broker.log_count("reloaded the ACL");
+    std::fs::write(
+        &acl_path,
+        "default = \"deny\"\n[[rule]]\nidentity = \"ops\"\nsubscribe = [\"a.>.b\"]\n",
+    )
+    .expect("bad ACL");
+    broker.wait_for_log("line 4");
+    assert_eq!(broker.log_count("reloaded the ACL"), reloads);
+    publisher
+        .publish_acked("sensors.t", Bytes::from_static(b"still"))
+        .await
+        .expect("publish under the kept ACL");
+    let message = within("sensors delivery", sensors.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"still");
+}
+
+fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
+    let identity = connection.peer_identity().expect("server certificate");
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .expect("a certificate chain");
+    chain.first().expect("leaf").clone()
+}
+
+#[tokio::test]
+async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice", "bob"]);
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    assert_eq!(
+        broker.log_count("no ACL: every authenticated client may"),
+        1,
+        "running without an ACL is said once, at start"
+    );
+    let (_alice_endpoint, alice) = raw(&broker.addr, dir.path(), "alice").await.expect("alice");
+    let _alice_control = raw::hello(&alice, None).await.expect("alice welcomed");
+    let bob = client(&broker.addr, dir.path(), "bob").await;
+    let mut bob_subscription = bob.subscribe("bob.x").await.expect("subscribe");
+
+    let revoked = cassini(&["certs", "revoke", "alice"], dir.path());
+    assert!(String::from_utf8_lossy(&revoked.stdout).contains("revoked client-alice.crt"));
+    assert!(dir.path().join("crl.pem").exists());
+    let (code, reason) = close_of(&alice).await;
+    assert_eq!(code, ErrorCode::CERTIFICATE_REVOKED, "{reason}");
+    assert!(
+        !admitted(&broker.addr, dir.path(), "alice").await,
+        "a revoked client cannot reconnect"
+    );
+
+    let old_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
+    let reloads = broker.log_count("reloaded certificates");
+    cassini(&["certs", "rotate-server"], dir.path());
+    let new_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
+    assert_ne!(old_server, new_server);
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    let (_endpoint, fresh) = raw(&broker.addr, dir.path(), "bob").await.expect("connect");
+    assert_eq!(
+        server_cert_of(&fresh),
+        new_server[0],
+        "new clients see the new certificate"
+    );
+
+    // SIGHUP reloads too; the CRL still applies, and bob's old connection continues.
+    let reloads = broker.log_count("reloaded certificates");
+    broker.signal("HUP");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(broker.log_count("SIGHUP") >= 1);
+    assert!(!admitted(&broker.addr, dir.path(), "alice").await);
+    bob.publish_acked("bob.x", Bytes::from_static(b"through it all"))
+        .await
+        .expect("publish");
+    let message = within("bob delivery", bob_subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"through it all");
+}
+
+#[test]
+fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let output = std::process::Command::new(support::CASSINI)
+        .args(["certs", "revoke", "nobody", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run cassini");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no client certificate"), "{stderr}");
+    assert!(stderr.contains("client-nobody.crt"), "{stderr}");
+    assert!(!dir.path().join("crl.pem").exists());
+}

@@ -1,0 +1,219 @@
+//! `/metrics`: the broker's counters and gauges as Prometheus / OpenMetrics text.
+//!
+//! The broker keeps plain atomic counters on its hot path; this module reads them once per
+//! scrape into a fresh `prometheus-client` registry and encodes it, so nothing about metrics
+//! costs anything between scrapes. Rates (messages per second and so on) are the scraper's
+//! `rate()` over these counters.
+
+use std::sync::atomic::Ordering;
+
+use cassini_broker::introspect::DropReason;
+use cassini_quic::server::HandshakeFailure;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::process;
+use crate::server::State;
+
+type Labels = Vec<(String, String)>;
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, metric);
+}
+
+fn labelled(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) {
+    let family = Family::<Labels, Counter<u64>>::default();
+    for (value, count) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), value.to_string())])
+            .inc_by(count);
+    }
+    registry.register(name, help, family);
+}
+
+/// The text for one scrape.
+pub(crate) async fn render(state: &State) -> Result<String, String> {
+    let broker = &state.sources.broker;
+    let stats = broker.stats().await.map_err(|err| err.to_string())?;
+    let counters = broker.counters().snapshot();
+    let subscriptions = broker.subscriptions();
+    let (retained_topics, retained_bytes) = broker.retained();
+    let queued_messages: usize = subscriptions.iter().map(|s| s.depth).sum();
+    let queued_bytes: usize = subscriptions.iter().map(|s| s.queued_bytes).sum();
+    let deepest = subscriptions.iter().map(|s| s.depth).max().unwrap_or(0);
+
+    let mut registry = Registry::with_prefix("cassini");
+    let r = &mut registry;
+    counter(
+        r,
+        "messages_received",
+        "Publishes accepted and routed (duplicates excluded)",
+        counters.messages_received,
+    );
+    counter(
+        r,
+        "received_bytes",
+        "Payload bytes of accepted publishes",
+        counters.bytes_received,
+    );
+    counter(
+        r,
+        "publishes_rejected",
+        "Publishes refused with PublishRejected",
+        counters.publishes_rejected,
+    );
+    counter(
+        r,
+        "duplicate_publishes",
+        "Acknowledged publishes recognised as duplicates and not routed again",
+        counters.duplicates,
+    );
+    counter(
+        r,
+        "no_responders",
+        "Requests that reached no subscriber",
+        counters.no_responders,
+    );
+    counter(
+        r,
+        "deliveries_queued",
+        "Message copies queued to subscriptions: the broker's outgoing messages, before drops",
+        counters.deliveries_queued,
+    );
+    counter(
+        r,
+        "delivery_bytes_queued",
+        "Payload bytes of message copies queued to subscriptions",
+        counters.delivery_bytes_queued,
+    );
+    labelled(
+        r,
+        "dropped_messages",
+        "Messages dropped by a full subscription queue, by overflow policy (slow_consumer: subscriptions closed)",
+        "reason",
+        DropReason::ALL.map(|reason| (reason.as_str(), counters.dropped(reason))),
+    );
+    labelled(
+        r,
+        "sessions_opened",
+        "Sessions attached to a connection: created new, or resumed after a reconnect",
+        "kind",
+        [
+            ("created", counters.sessions_created),
+            ("resumed", counters.sessions_resumed),
+        ],
+    );
+    labelled(
+        r,
+        "connections_refused",
+        "Authenticated connections the broker refused",
+        "reason",
+        [
+            ("max_connections", counters.connections_refused_limit),
+            ("shutting_down", counters.connections_refused_shutdown),
+        ],
+    );
+    if let Some(accept) = &state.sources.accept {
+        counter(
+            r,
+            "handshakes_accepted",
+            "QUIC/TLS handshakes completed and handed to the broker",
+            accept.accepted.load(Ordering::Relaxed),
+        );
+        labelled(
+            r,
+            "handshake_failures",
+            "QUIC/TLS handshakes that failed, by reason (tls: certificate refused or other TLS alert)",
+            "reason",
+            HandshakeFailure::ALL.map(|reason| (reason.as_str(), accept.refused_for(reason))),
+        );
+    }
+    gauge(
+        r,
+        "connections",
+        "Open connections",
+        stats.connections as u64,
+    );
+    gauge(
+        r,
+        "sessions",
+        "Sessions, attached or detached",
+        stats.sessions as u64,
+    );
+    gauge(
+        r,
+        "subscriptions",
+        "Subscriptions",
+        stats.subscribers as u64,
+    );
+    gauge(r, "topics", "Subscribed filters", stats.topics as u64);
+    gauge(
+        r,
+        "queued_messages",
+        "Messages waiting in subscription queues",
+        queued_messages as u64,
+    );
+    gauge(
+        r,
+        "queued_bytes",
+        "Payload bytes waiting in subscription queues (in memory)",
+        queued_bytes as u64,
+    );
+    gauge(
+        r,
+        "max_queue_depth",
+        "Messages in the fullest subscription queue",
+        deepest as u64,
+    );
+    gauge(
+        r,
+        "retained_topics",
+        "Topics with a retained value",
+        retained_topics as u64,
+    );
+    gauge(
+        r,
+        "retained_bytes",
+        "Payload bytes of retained values (in memory)",
+        retained_bytes as u64,
+    );
+    gauge(
+        r,
+        "resident_memory_bytes",
+        "Resident memory of the broker process",
+        process::resident_bytes().unwrap_or(0),
+    );
+    gauge(
+        r,
+        "uptime_seconds",
+        "Seconds since the broker started",
+        state.started.elapsed().as_secs(),
+    );
+    gauge(
+        r,
+        "ready",
+        "1 while the broker accepts connections",
+        u64::from(state.sources.readiness.get()),
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|err| err.to_string())?;
+    Ok(text)
+}

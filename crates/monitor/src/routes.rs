@@ -1,0 +1,167 @@
+//! The endpoints and their JSON shapes. Field names are a contract with dashboards and
+//! scripts (see docs/OPERATIONS.md): add fields, never rename them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Query, Request, State as Extract};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::metrics;
+use crate::paging::Page;
+use crate::process;
+use crate::server::State;
+
+type Shared = Extract<Arc<State>>;
+
+/// Most requests answered at once; more are refused with `503` at once rather than queued.
+const MAX_IN_FLIGHT: usize = 32;
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/varz", get(varz))
+        .route("/connz", get(connz))
+        .route("/subz", get(subz))
+        .route("/topicz", get(topicz))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let in_flight = Arc::clone(&in_flight);
+            async move {
+                match in_flight.try_acquire_owned() {
+                    Ok(_permit) => next.run(request).await,
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response(),
+                }
+            }
+        }))
+        .with_state(state)
+}
+
+async fn healthz(Extract(state): Shared) -> Response {
+    if state.sources.broker.is_running() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker stopped\n").into_response()
+    }
+}
+
+async fn readyz(Extract(state): Shared) -> Response {
+    if state.sources.broker.is_running() && state.sources.readiness.get() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn prometheus(Extract(state): Shared) -> Response {
+    match metrics::render(&state).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => unavailable(&err),
+    }
+}
+
+fn unavailable(reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": reason })),
+    )
+        .into_response()
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn varz(Extract(state): Shared) -> Response {
+    let broker = &state.sources.broker;
+    let stats = match broker.stats().await {
+        Ok(stats) => stats,
+        Err(err) => return unavailable(&err.to_string()),
+    };
+    let (retained_topics, retained_bytes) = broker.retained();
+    let handshakes = state.sources.accept.as_ref().map(|accept| {
+        let reasons: serde_json::Map<String, Value> = cassini_quic::server::HandshakeFailure::ALL
+            .iter()
+            .map(|reason| {
+                (
+                    reason.as_str().to_string(),
+                    json!(accept.refused_for(*reason)),
+                )
+            })
+            .collect();
+        json!({
+            "accepted": accept.accepted.load(Ordering::Relaxed),
+            "refused": accept.refused.load(Ordering::Relaxed),
+            "refused_by_reason": reasons,
+        })
+    });
+    Json(json!({
+        "server": {
+            "name": "cassini",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_at_ms": state
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map(millis)
+                .unwrap_or(0),
+            "uptime_ms": millis(state.started.elapsed()),
+            "listen": state.sources.listen.map(|addr| addr.to_string()),
+            "monitor": state.monitor_addr.to_string(),
+            "cpus": process::cpus(),
+            "resident_memory_bytes": process::resident_bytes(),
+            "ready": state.sources.readiness.get(),
+        },
+        "counts": {
+            "connections": stats.connections,
+            "sessions": stats.sessions,
+            "subscriptions": stats.subscribers,
+            "topics": stats.topics,
+            "retained_topics": retained_topics,
+            "retained_bytes": retained_bytes,
+        },
+        "counters": broker.counters().snapshot(),
+        "handshakes": handshakes,
+        "config": state.sources.config,
+    }))
+    .into_response()
+}
+
+fn paged<T: Serialize>(name: &str, page: Page, items: Vec<T>) -> Response {
+    let paged = page.apply(items);
+    let mut body = serde_json::Map::new();
+    body.insert("total".into(), json!(paged.total));
+    body.insert("offset".into(), json!(paged.offset));
+    body.insert("limit".into(), json!(paged.limit));
+    body.insert(name.into(), json!(paged.items));
+    Json(Value::Object(body)).into_response()
+}
+
+async fn connz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
+    paged("connections", page, state.sources.broker.connections())
+}
+
+async fn subz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
+    paged("subscriptions", page, state.sources.broker.subscriptions())
+}
+
+async fn topicz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
+    paged("topics", page, state.sources.broker.topics())
+}

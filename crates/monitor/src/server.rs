@@ -1,0 +1,111 @@
+//! Binding the monitoring listener and serving it until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use cassini_broker::BrokerHandle;
+use cassini_quic::server::AcceptStats;
+use tokio::net::TcpListener;
+
+use crate::routes;
+
+/// Why the monitor could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MonitorError {
+    /// The TCP address could not be bound.
+    #[error("cannot bind the monitoring endpoint on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Whether the broker is ready for clients; `/readyz` answers from it. The owner of the
+/// broker sets it once the endpoint is bound and clears it when shutdown starts.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the broker ready (or not).
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether it is ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the endpoints read.
+#[derive(Debug, Clone)]
+pub struct MonitorSources {
+    /// The broker.
+    pub broker: BrokerHandle,
+    /// The QUIC endpoint's accept counters (handshakes accepted and refused by reason).
+    pub accept: Option<Arc<AcceptStats>>,
+    /// The address clients connect to.
+    pub listen: Option<SocketAddr>,
+    /// The effective configuration, shown in `/varz` as given.
+    pub config: serde_json::Value,
+    /// `/readyz`.
+    pub readiness: Readiness,
+}
+
+/// Shared by the handlers.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) sources: MonitorSources,
+    pub(crate) monitor_addr: SocketAddr,
+    pub(crate) started_at: SystemTime,
+    pub(crate) started: Instant,
+}
+
+/// A bound monitoring endpoint.
+#[derive(Debug)]
+pub struct Monitor {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+impl Monitor {
+    /// Binds `addr` (port 0 for any free port).
+    pub async fn bind(addr: SocketAddr, sources: MonitorSources) -> Result<Self, MonitorError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| MonitorError::Bind { addr, source })?;
+        let monitor_addr = listener
+            .local_addr()
+            .map_err(|source| MonitorError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            state: Arc::new(State {
+                sources,
+                monitor_addr,
+                started_at: SystemTime::now(),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.monitor_addr
+    }
+
+    /// Serves requests until `shutdown` completes; requests in progress are finished first.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let app = routes::router(self.state);
+        if let Err(err) = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%err, "the monitoring endpoint stopped");
+        }
+    }
+}

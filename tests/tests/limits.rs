@@ -1,0 +1,348 @@
+//! Every configurable limit, exceeded by one client: that client gets the limit's own code and
+//! every other client carries on. (The frame size and `Hello` timeout limits are covered by
+//! `robustness.rs`: `an_oversized_declared_length_closes_only_that_connection` and
+//! `a_client_that_never_says_hello_is_closed_after_the_deadline`.)
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cassini_broker::{BrokerConfig, BrokerLimits};
+use cassini_client::{Client, ClientError};
+use cassini_e2e::raw::{self, encoded, read_frame};
+use cassini_e2e::relay::UdpRelay;
+use cassini_e2e::{eventually, identity_of, within, TestBroker};
+use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions, TopicLimits};
+use cassini_quic::identity::IdentityRule;
+use cassini_quic::server::{AddressValidation, ServerOptions};
+use cassini_quic::tls::QuicOptions;
+use futures_util::StreamExt;
+
+fn with_limits(limits: BrokerLimits) -> BrokerConfig {
+    BrokerConfig {
+        limits,
+        ..BrokerConfig::default()
+    }
+}
+
+/// A second client that must not notice anything: it publishes to itself and receives it.
+async fn assert_bystander_unaffected(broker: &TestBroker, name: &str) {
+    let client = broker.client(name).await;
+    let mut subscription = client.subscribe("bystander.x").await.expect("subscribe");
+    client
+        .publish_acked("bystander.x", Bytes::from_static(b"fine"))
+        .await
+        .expect("publish");
+    let message = within("bystander delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"fine");
+    client.close().await.expect("close");
+}
+
+fn refused_code(result: Result<Client, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(other) => panic!("expected a refusal with a code, got {other}"),
+        Ok(_) => panic!("expected a refusal, the client got in"),
+    }
+}
+
+fn request_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Request { code, .. }) => code,
+        other => panic!("expected a refused request, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn total_connections() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_connections: 2,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let first = broker.client("first").await;
+    let second = broker.client("second").await;
+    let code = refused_code(broker.client_builder("third").connect().await);
+    assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS);
+    let mut subscription = first.subscribe("still.x").await.expect("subscribe");
+    second
+        .publish_acked("still.x", Bytes::from_static(b"up"))
+        .await
+        .expect("publish");
+    within("delivery", subscription.next())
+        .await
+        .expect("the connected clients carry on");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_identity() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_connections_per_identity: 2,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let alice_one = broker.client("alice").await;
+    let _alice_two = broker.client("alice").await;
+    let code = refused_code(broker.client_builder("alice").connect().await);
+    assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY);
+    assert_bystander_unaffected(&broker, "bob").await;
+
+    alice_one.close().await.expect("close");
+    eventually("a slot of alice's frees up", || async {
+        broker.client_builder("alice").connect().await.ok()
+    })
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_per_session() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_subscriptions_per_session: 2,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let client = broker.client("greedy").await;
+    let _a = client.subscribe("a").await.expect("first");
+    let _b = client.subscribe("b").await.expect("second");
+    assert_eq!(
+        request_code(client.subscribe("c").await),
+        ErrorCode::TOO_MANY_SUBSCRIPTIONS
+    );
+    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn pending_bytes_per_session() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_pending_bytes_per_session: 10 * 1024 * 1024,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let client = broker.client("hoarder").await;
+    let big = SubscribeOptions {
+        max_queued_bytes: Some(4 * 1024 * 1024),
+        ..SubscribeOptions::default()
+    };
+    let _a = client
+        .subscribe_with("a", big.clone())
+        .await
+        .expect("4 MiB");
+    let _b = client
+        .subscribe_with("b", big.clone())
+        .await
+        .expect("8 MiB");
+    assert_eq!(
+        request_code(client.subscribe_with("c", big).await),
+        ErrorCode::PENDING_BYTES_LIMIT
+    );
+    let small = SubscribeOptions {
+        max_queued_bytes: Some(1024 * 1024),
+        ..SubscribeOptions::default()
+    };
+    client
+        .subscribe_with("d", small)
+        .await
+        .expect("what still fits is allowed");
+    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.stop().await;
+}
+
+/// Sends `publish` on a fresh publish stream of a raw connection and returns the broker's
+/// refusal code. The raw connection bypasses the client's own checks of the announced limits.
+async fn raw_publish_refusal(broker: &TestBroker, publish: Publish) -> ErrorCode {
+    let (_endpoint, connection) = broker.raw_connection("raw").await;
+    let _control = raw::hello(&connection, None).await.expect("welcome");
+    let (mut send, mut recv) = connection.open_bi().await.expect("publish stream");
+    send.write_all(&encoded(&Frame::Publish(publish)))
+        .await
+        .expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf).await.expect("an answer") {
+        Frame::PublishRejected(rejected) => rejected.code,
+        other => panic!("expected PublishRejected, got {}", other.kind()),
+    }
+}
+
+#[tokio::test]
+async fn topic_length_depth_and_payload_size() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            topics: TopicLimits {
+                max_bytes: 16,
+                max_depth: 3,
+            },
+            max_payload_bytes: 1024,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let publish = |topic: &str, payload: usize| Publish {
+        topic: topic.into(),
+        payload: Bytes::from(vec![0u8; payload]),
+        ..Publish::default()
+    };
+    assert_eq!(
+        raw_publish_refusal(&broker, publish("a.b.c.d", 1)).await,
+        ErrorCode::INVALID_TOPIC,
+        "too deep"
+    );
+    assert_eq!(
+        raw_publish_refusal(&broker, publish("abcdefghijklmnopq", 1)).await,
+        ErrorCode::INVALID_TOPIC,
+        "too long"
+    );
+    assert_eq!(
+        raw_publish_refusal(&broker, publish("a.b", 1025)).await,
+        ErrorCode::PAYLOAD_TOO_LARGE
+    );
+    let (_endpoint, connection) = broker.raw_connection("raw-subscriber").await;
+    let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: "a.b.c.>".into(),
+        options: SubscribeOptions::default(),
+    });
+    control
+        .write_all(&encoded(&subscribe))
+        .await
+        .expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut answers, &mut buf).await.expect("an answer") {
+        Frame::Error(error) => assert_eq!(
+            error.code,
+            ErrorCode::INVALID_FILTER,
+            "filters obey the same bounds"
+        ),
+        other => panic!("expected Error, got {}", other.kind()),
+    }
+    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_streams_per_connection() {
+    let options = ServerOptions {
+        quic: QuicOptions {
+            max_concurrent_bidi_streams: 4,
+            ..QuicOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let broker = TestBroker::start_with(BrokerConfig::default(), options).await;
+    let (_endpoint, connection) = broker.raw_connection("streamer").await;
+    let _control = raw::hello(&connection, None).await.expect("welcome");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connection.open_bi().await.expect("within the limit"));
+    }
+    // The fifth bidirectional stream exceeds the limit: QUIC flow control holds it back rather
+    // than the broker buffering it. It stays pending however long we look.
+    let fifth = connection.open_bi();
+    tokio::pin!(fifth);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut fifth)
+            .await
+            .is_err(),
+        "a stream over the limit is not granted"
+    );
+    let (mut send, recv) = open.pop().expect("a stream");
+    send.finish().expect("finish");
+    drop(recv);
+    within("a stream slot frees up", &mut fifth)
+        .await
+        .expect("granted once a stream ended");
+    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_timeout() {
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_millis(500),
+        ..ServerOptions::default()
+    };
+    let broker = TestBroker::start_with(BrokerConfig::default(), options).await;
+    // The broker hears the client's Initial but the client never hears the broker, so the
+    // handshake never completes.
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    relay.cut_downstream();
+    let (chain, key) = identity_of(&broker.pki.client("stuck"));
+    let stuck = tokio::spawn(
+        Client::builder(relay.addr)
+            .ca_certs(broker.pki.ca_certs())
+            .identity(chain, key)
+            .server_name("localhost")
+            .connect_timeout(Duration::from_secs(30))
+            .connect(),
+    );
+    let stats = broker.accept_stats();
+    eventually("the broker gives the handshake up", || async {
+        (stats.refused.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(stats.accepted.load(Ordering::Relaxed), 0);
+    assert_bystander_unaffected(&broker, "bystander").await;
+    stuck.abort();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn address_validation_always_sends_a_retry_and_clients_still_connect() {
+    let options = ServerOptions {
+        address_validation: AddressValidation::Always,
+        ..ServerOptions::default()
+    };
+    let broker = TestBroker::start_with(BrokerConfig::default(), options).await;
+    assert_bystander_unaffected(&broker, "validated").await;
+    let stats = broker.accept_stats();
+    assert!(
+        stats.retries.load(Ordering::Relaxed) >= 1,
+        "a Retry was sent"
+    );
+    assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_identity_rule_refuses_certificates_without_that_name() {
+    let options = ServerOptions {
+        identity_rule: "uri:spiffe://example.org/".parse().expect("rule"),
+        ..ServerOptions::default()
+    };
+    let broker = TestBroker::start_with(BrokerConfig::default(), options).await;
+    // Certificates from `cassini certs` name the client by DNS SAN and CN only.
+    let code = refused_code(broker.client_builder("dns-only").connect().await);
+    assert_eq!(code, ErrorCode::PROTOCOL_VIOLATION);
+    assert_eq!(broker.accept_stats().accepted.load(Ordering::Relaxed), 0);
+    broker.stop().await;
+
+    let by_cn = TestBroker::start_with(
+        BrokerConfig::default(),
+        ServerOptions {
+            identity_rule: IdentityRule::CommonName,
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let client = by_cn.client("carol").await;
+    assert_eq!(client.identity(), "carol");
+    by_cn.stop().await;
+}

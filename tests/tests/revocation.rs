@@ -1,0 +1,195 @@
+//! Revocation and rotation end to end: a CRL installed by a reload closes the revoked client's
+//! live connection and refuses it at every later handshake (no resumption can bypass it); an
+//! unknown revocation status fails closed; a rotated server certificate is what new clients
+//! see, while connections opened before continue.
+
+use bytes::Bytes;
+use cassini_client::Client;
+use cassini_e2e::raw::{self, close_of};
+use cassini_e2e::{identity_of, within, TestBroker};
+use cassini_protocol::ErrorCode;
+use cassini_quic::certs::{CertificateAuthority, IssuedCert};
+use cassini_quic::tls::RevocationOptions;
+use futures_util::StreamExt;
+use rustls::pki_types::CertificateDer;
+
+/// Whether the broker lets a client presenting `cert` through to a `Welcome`. With TLS 1.3 a
+/// refused client may see its handshake complete and learn of the refusal only as a close, so
+/// this speaks the protocol before answering.
+async fn admitted(broker: &TestBroker, cert: &IssuedCert) -> Result<(), String> {
+    let (_endpoint, connection) = broker
+        .raw_connection_as(cert)
+        .await
+        .map_err(|err| err.to_string())?;
+    match raw::hello(&connection, None).await {
+        Some(_) => Ok(()),
+        None => Err(connection
+            .close_reason()
+            .map_or_else(|| "closed".to_owned(), |reason| reason.to_string())),
+    }
+}
+
+async fn client_as(broker: &TestBroker, cert: &IssuedCert) -> Client {
+    let (chain, key) = identity_of(cert);
+    Client::builder(broker.addr)
+        .ca_certs(broker.pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+        .connect()
+        .await
+        .expect("client connects")
+}
+
+async fn assert_pubsub_works(client: &Client, topic: &str) {
+    let mut subscription = client.subscribe(topic).await.expect("subscribe");
+    client
+        .publish_acked(topic, Bytes::from_static(b"ok"))
+        .await
+        .expect("publish");
+    let message = within("delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"ok");
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_closed_live_and_refused_when_it_reconnects() {
+    let broker = TestBroker::start().await;
+    let alice = broker.pki.client("alice");
+    let bob = broker.pki.client("bob");
+    let (_alice_endpoint, alice_live) = broker.raw_connection_as(&alice).await.expect("alice");
+    let _alice_control = raw::hello(&alice_live, None).await.expect("alice welcomed");
+    let bob_live = client_as(&broker, &bob).await;
+
+    let crl = broker.pki.ca.revocation_list(&[&alice], 1).expect("CRL");
+    let report = broker.reload(&broker.server_tls(
+        &broker.pki.server,
+        vec![crl],
+        RevocationOptions::default(),
+    ));
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    assert_eq!(report.closed[0].0, "alice");
+
+    let (code, reason) = close_of(&alice_live).await;
+    assert_eq!(code, ErrorCode::CERTIFICATE_REVOKED);
+    assert!(reason.to_lowercase().contains("revoked"), "{reason}");
+
+    // Every reconnect runs the verifier (no session resumption), so the CRL applies at once.
+    for attempt in 0..3 {
+        let refusal = admitted(&broker, &alice).await.expect_err("alice refused");
+        assert!(
+            refusal.contains("error 44") && refusal.contains("Revoked"),
+            "attempt {attempt}: a certificate_revoked alert, got {refusal}"
+        );
+    }
+    assert_pubsub_works(&bob_live, "bob.still.here").await;
+    admitted(&broker, &broker.pki.client("carol"))
+        .await
+        .expect("others still get in");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_revocation_status_fails_closed_unless_allowed() {
+    let broker = TestBroker::start().await;
+    let alice = broker.pki.client("alice");
+    // A CRL from another CA (another name) says nothing about the broker's clients.
+    let foreign = CertificateAuthority::generate("Another CA")
+        .expect("CA")
+        .revocation_list(&[], 1)
+        .expect("foreign CRL");
+
+    broker.reload(&broker.server_tls(
+        &broker.pki.server,
+        vec![foreign.clone()],
+        RevocationOptions::default(),
+    ));
+    let refusal = admitted(&broker, &alice)
+        .await
+        .expect_err("unknown status is refused by default");
+    assert!(
+        refusal.contains("error 48") && refusal.contains("UnknownRevocationStatus"),
+        "an unknown CA alert naming the unknown status, got {refusal}"
+    );
+
+    broker.reload(&broker.server_tls(
+        &broker.pki.server,
+        vec![foreign],
+        RevocationOptions {
+            allow_unknown_status: true,
+            ..RevocationOptions::default()
+        },
+    ));
+    admitted(&broker, &alice)
+        .await
+        .expect("admitted once unknown status is allowed");
+
+    // A CRL from the broker's own CA that lists someone else: alice's status is known.
+    let mallory = broker.pki.client("mallory");
+    let own = broker.pki.ca.revocation_list(&[&mallory], 2).expect("CRL");
+    broker.reload(&broker.server_tls(&broker.pki.server, vec![own], RevocationOptions::default()));
+    admitted(&broker, &alice).await.expect("not revoked");
+    admitted(&broker, &mallory).await.expect_err("revoked");
+    broker.stop().await;
+}
+
+fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
+    let identity = connection.peer_identity().expect("server certificate");
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .expect("a certificate chain");
+    chain.first().expect("leaf").clone()
+}
+
+#[tokio::test]
+async fn after_a_server_rotation_new_clients_see_the_new_certificate_and_old_ones_continue() {
+    let broker = TestBroker::start().await;
+    let old_der = broker.pki.server.cert_der().expect("DER");
+    let (_old_endpoint, old_raw) = broker
+        .raw_connection_as(&broker.pki.client("old-raw"))
+        .await
+        .expect("connect");
+    assert_eq!(server_cert_of(&old_raw), old_der);
+    let old_client = broker.client("old-client").await;
+    let mut old_subscription = old_client.subscribe("rotation.>").await.expect("subscribe");
+
+    let rotated = broker
+        .pki
+        .ca
+        .issue_server(&[])
+        .expect("new server certificate");
+    let report =
+        broker.reload(&broker.server_tls(&rotated, Vec::new(), RevocationOptions::default()));
+    assert!(
+        report.closed.is_empty(),
+        "rotation closes nothing: {report:?}"
+    );
+
+    let (_new_endpoint, new_raw) = broker
+        .raw_connection_as(&broker.pki.client("new-raw"))
+        .await
+        .expect("connect after rotation");
+    let new_der = rotated.cert_der().expect("DER");
+    assert_ne!(new_der, old_der);
+    assert_eq!(
+        server_cert_of(&new_raw),
+        new_der,
+        "new clients see the new certificate"
+    );
+
+    let new_client = broker.client("new-client").await;
+    new_client
+        .publish_acked("rotation.x", Bytes::from_static(b"after"))
+        .await
+        .expect("publish after rotation");
+    let message = within("old subscription still delivers", old_subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"after");
+    assert!(
+        raw::hello(&old_raw, None).await.is_some(),
+        "old raw connection still served"
+    );
+    assert_pubsub_works(&old_client, "rotation.old").await;
+    broker.stop().await;
+}
