@@ -89,6 +89,20 @@ impl DedupeWindow {
         }
     }
 
+    /// Writes an accepted pair through to the store (disk mode). Called once the publish was
+    /// routed, so a commit never holds the pair without the messages it stands for: a crash in
+    /// between at worst lets a retry through again (a duplicate, which at least once allows),
+    /// never acknowledges a message that was not stored.
+    pub(crate) fn store(&self, identity: &Arc<str>, message_id: u64) {
+        if let Some(store) = &self.store {
+            store.append([Op::PutDedupe(DedupeRecord {
+                at_ms: unix_ms(),
+                identity: identity.to_string(),
+                message_id,
+            })]);
+        }
+    }
+
     /// Records the publish and returns `true` the first time it is seen inside the window,
     /// `false` for a duplicate.
     pub fn first_time(&self, identity: &Arc<str>, message_id: u64, now: Instant) -> bool {
@@ -105,13 +119,6 @@ impl DedupeWindow {
         let key = (Arc::clone(identity), message_id);
         if window.seen.contains(&key) {
             return false;
-        }
-        if let Some(store) = &self.store {
-            store.append([Op::PutDedupe(DedupeRecord {
-                at_ms: unix_ms(),
-                identity: identity.to_string(),
-                message_id,
-            })]);
         }
         window.seen.insert(key.clone());
         window.order.push_back((key, now));

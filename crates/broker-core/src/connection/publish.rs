@@ -217,12 +217,18 @@ fn answer(
             .collect());
     }
     let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
+    // In disk mode the messages this publish stores and its dedupe entry go into one commit:
+    // a crash never keeps the entry without the messages (a retry would be taken for a
+    // duplicate and the message lost) nor the messages without the entry (a retry would be
+    // delivered twice).
+    let _whole = shared.storage.as_ref().map(|store| store.hold());
     let first_time = shared
         .dedupe
         .first_time(identity, message_id, Instant::now());
     let mut answers = Vec::new();
     if first_time {
         answers.extend(route(&shared.router, message, target, retain)?);
+        shared.dedupe.store(identity, message_id);
     } else {
         shared.router.counters().duplicate();
     }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -115,6 +115,10 @@ struct Pending {
 #[derive(Debug)]
 struct Inner {
     pending: Mutex<Pending>,
+    /// Held shared while one publish appends its operations (see [`DiskStore::hold`]), and
+    /// exclusively by the writer while it takes the pending list, so a publish's operations
+    /// always land in one commit.
+    whole: RwLock<()>,
     wake: Condvar,
     status: watch::Sender<Status>,
     /// Bytes of stored values, live (written and not deleted).
@@ -184,6 +188,7 @@ impl DiskStore {
         let (status, _) = watch::channel(Status::default());
         let inner = Arc::new(Inner {
             pending: Mutex::default(),
+            whole: RwLock::new(()),
             wake: Condvar::new(),
             status,
             live_bytes: AtomicU64::new(recovered.live_bytes),
@@ -231,6 +236,13 @@ impl DiskStore {
             drop(pending);
             self.inner.wake.notify_one();
         }
+    }
+
+    /// Keeps the writer from starting a commit until the guard is dropped: everything appended
+    /// meanwhile goes into the same commit. Held by a publish while it routes (no waiting
+    /// inside), so its messages and its dedupe entry are durable together or not at all.
+    pub(crate) fn hold(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner.whole.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ticket of everything appended so far.
@@ -312,11 +324,16 @@ impl Drop for DiskStore {
 
 fn run_writer(db: Database, inner: &Inner) {
     loop {
-        let (ops, ticket, bytes, closing) = {
+        {
             let mut pending = inner.lock();
             while pending.ops.is_empty() && !pending.closed {
                 pending = inner.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
             }
+        }
+        let (ops, ticket, bytes, closing) = {
+            // No publish is half-way through appending its operations.
+            let _whole = inner.whole.write().unwrap_or_else(|p| p.into_inner());
+            let mut pending = inner.lock();
             let ops = std::mem::take(&mut pending.ops);
             let bytes: usize = ops.iter().map(Op::pending_size).sum();
             (ops, pending.ticket, bytes, pending.closed)
