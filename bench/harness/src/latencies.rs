@@ -27,6 +27,12 @@ impl Latencies {
         self.histogram.saturating_record(micros);
     }
 
+    /// Adds every value recorded in `other`.
+    pub fn merge(&mut self, other: &Latencies) -> anyhow::Result<()> {
+        self.histogram.add(&other.histogram)?;
+        Ok(())
+    }
+
     /// How many latencies were recorded.
     pub fn count(&self) -> u64 {
         self.histogram.len()

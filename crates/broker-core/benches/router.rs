@@ -30,6 +30,7 @@ fn member(index: u64) -> RouteMember {
             max_bytes: 4 * 1024 * 1024,
             overflow: OverflowPolicy::DropOldest,
             acks: None,
+            max_age: None,
         })),
         group: None,
     }

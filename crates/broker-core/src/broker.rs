@@ -20,7 +20,7 @@ use crate::actors::ask;
 use crate::actors::listener_manager::ListenerManagerMsg;
 use crate::actors::session_manager::SessionManagerMsg;
 use crate::actors::subscriber_manager::SubscriberManagerMsg;
-use crate::actors::supervisor::{Managers, Supervisor, SupervisorMsg};
+use crate::actors::supervisor::{Managers, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::topic_manager::TopicManagerMsg;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -66,7 +66,9 @@ impl std::fmt::Debug for BrokerHandle {
 }
 
 impl Broker {
-    /// Starts the actor tree. Must be called inside a multi-threaded tokio runtime.
+    /// Starts the actor tree. Must be called inside a multi-threaded tokio runtime. In disk
+    /// mode the store is opened and read back first; a store that cannot be read is an error
+    /// ([`crate::storage::StorageError::Corrupt`] names what could not be read).
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         if config.acl.allows_all {
             tracing::info!(
@@ -74,7 +76,16 @@ impl Broker {
                  non-system topic"
             );
         }
-        let (supervisor, join) = Actor::spawn(None, Supervisor, Arc::new(config))
+        let (storage, recovered) = match crate::storage::open(&config).await? {
+            Some((store, recovered)) => (Some(store), recovered),
+            None => (None, crate::storage::Recovered::default()),
+        };
+        let args = SupervisorArgs {
+            config: Arc::new(config),
+            storage,
+            recovered,
+        };
+        let (supervisor, join) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
@@ -214,6 +225,11 @@ impl BrokerHandle {
                 Ok(0) | Err(_) => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
+        }
+        // Stored state stays as the drained connections left it (sessions detached): nothing
+        // the actor tree does while stopping may change it.
+        if let Some(store) = self.managers.shared.storage.clone() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;

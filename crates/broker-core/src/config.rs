@@ -6,6 +6,7 @@ use std::time::Duration;
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 
 pub use crate::dedupe::DedupeConfig;
+pub use crate::storage::{StorageConfig, StorageMode, SyncPolicy};
 use cassini_protocol::{Limits, OverflowPolicy, SubscribeOptions, TopicLimits};
 
 /// Everything the broker core needs to know.
@@ -21,6 +22,8 @@ pub struct BrokerConfig {
     pub dedupe: DedupeConfig,
     /// What clients are told when the broker shuts down.
     pub shutdown: ShutdownConfig,
+    /// Where state is kept: memory (the default) or disk.
+    pub storage: StorageConfig,
     /// The ACL the broker starts with (default: every authenticated client may do everything
     /// on non-system topics). Replace it while running with `BrokerHandle::set_acl`.
     pub acl: crate::acl::Acl,
@@ -136,6 +139,10 @@ pub struct QueueConfig {
     pub default_ack_timeout: Duration,
     /// The shortest ack timeout a subscription may ask for; shorter requests are raised to it.
     pub min_ack_timeout: Duration,
+    /// The age bound of every subscription's backlog: a message that waited unsent longer is
+    /// dropped as if by overflow (a `Gap` tells the client). Sent, unacknowledged messages of
+    /// at-least-once subscriptions are never dropped by age. `None` (the default): no bound.
+    pub max_backlog_age: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -149,6 +156,7 @@ impl Default for QueueConfig {
             max_in_flight: 65_536,
             default_ack_timeout: Duration::from_secs(30),
             min_ack_timeout: Duration::from_millis(100),
+            max_backlog_age: None,
         }
     }
 }
@@ -164,6 +172,9 @@ pub struct QueueBounds {
     pub overflow: OverflowPolicy,
     /// At-least-once delivery, if the subscription asked for it.
     pub acks: Option<AckBounds>,
+    /// How long a message may wait unsent in the queue; older ones are dropped (announced as
+    /// an `Overflow` gap) when the writer next takes from the queue. `None`: no age bound.
+    pub max_age: Option<Duration>,
 }
 
 /// The in-flight window and ack timeout of an at-least-once subscription.
@@ -203,6 +214,7 @@ impl QueueConfig {
             max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
             overflow: options.overflow,
             acks,
+            max_age: self.max_backlog_age,
         }
     }
 }

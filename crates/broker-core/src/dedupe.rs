@@ -6,10 +6,17 @@
 //! newer pairs pushed it out, whichever comes first; a retry inside the window is acknowledged
 //! again but not routed again. Keyed by certificate identity, so a retry is recognised even from
 //! a new session of the same client.
+//!
+//! In disk mode every accepted pair is also written to the store (with its wall-clock time), and
+//! the pairs still inside the window are read back on start, so a retry after a broker restart
+//! is still recognised.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::storage::records::DedupeRecord;
+use crate::storage::{unix_ms, DiskStore, Op};
 
 /// Bounds of the dedupe window.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +43,8 @@ type Key = (Arc<str>, u64);
 pub struct DedupeWindow {
     config: DedupeConfig,
     state: Mutex<Window>,
+    /// Where accepted pairs are also kept, in disk mode.
+    store: Option<Arc<DiskStore>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +59,47 @@ impl DedupeWindow {
         Self {
             config,
             state: Mutex::default(),
+            store: None,
+        }
+    }
+
+    /// A window holding `records` (read back from the store, oldest first) that writes every
+    /// accepted pair through to `store`.
+    pub(crate) fn restore(
+        config: DedupeConfig,
+        store: Option<Arc<DiskStore>>,
+        records: Vec<DedupeRecord>,
+    ) -> Self {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let mut window = Window::default();
+        let skip = records.len().saturating_sub(config.max_entries);
+        for record in records.into_iter().skip(skip) {
+            let age = Duration::from_millis(now_ms.saturating_sub(record.at_ms));
+            let at = now.checked_sub(age).unwrap_or(now);
+            let key: Key = (Arc::from(record.identity), record.message_id);
+            if window.seen.insert(key.clone()) {
+                window.order.push_back((key, at));
+            }
+        }
+        Self {
+            config,
+            state: Mutex::new(window),
+            store,
+        }
+    }
+
+    /// Writes an accepted pair through to the store (disk mode). Called once the publish was
+    /// routed, so a commit never holds the pair without the messages it stands for: a crash in
+    /// between at worst lets a retry through again (a duplicate, which at least once allows),
+    /// never acknowledges a message that was not stored.
+    pub(crate) fn store(&self, identity: &Arc<str>, message_id: u64) {
+        if let Some(store) = &self.store {
+            store.append([Op::PutDedupe(DedupeRecord {
+                at_ms: unix_ms(),
+                identity: identity.to_string(),
+                message_id,
+            })]);
         }
     }
 

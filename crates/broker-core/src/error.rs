@@ -2,6 +2,7 @@
 
 use cassini_protocol::{DecodeError, ErrorCode, TopicError};
 
+use crate::storage::StorageError;
 use crate::transport::TransportError;
 
 /// Everything that can go wrong in the broker that a peer may hear about.
@@ -104,6 +105,9 @@ pub enum BrokerError {
     /// The transport failed.
     #[error("{0}")]
     Transport(#[from] TransportError),
+    /// The disk store failed, is full, or could not be read on start.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
     /// A broker component failed; details are logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,6 +145,8 @@ impl BrokerError {
             BrokerError::Transport(TransportError::Reset(_) | TransportError::Stopped(_)) => {
                 ErrorCode::PROTOCOL_VIOLATION
             }
+            BrokerError::Storage(StorageError::Full { .. }) => ErrorCode::STORAGE_FULL,
+            BrokerError::Storage(_) => ErrorCode::STORAGE_FAILED,
             BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::INTERNAL,
         }
     }
@@ -153,6 +159,10 @@ impl BrokerError {
                 self.to_string()
             }
             BrokerError::Transport(_) | BrokerError::Internal(_) => "internal error".to_string(),
+            BrokerError::Storage(StorageError::Full { .. }) => self.to_string(),
+            BrokerError::Storage(_) => {
+                "the broker could not store the message; it was not acknowledged".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -167,6 +177,16 @@ mod tests {
         let err = BrokerError::Internal("actor 0.17 mailbox closed".into());
         assert_eq!(err.code(), ErrorCode::INTERNAL);
         assert_eq!(err.reason(), "internal error");
+    }
+
+    #[test]
+    fn storage_errors_have_their_own_codes_and_hide_paths() {
+        let full = BrokerError::from(StorageError::Full { limit: 10 });
+        assert_eq!(full.code(), ErrorCode::STORAGE_FULL);
+        assert!(full.reason().contains("storage is full"));
+        let failed = BrokerError::from(StorageError::WriteFailed("/secret/path: EIO".into()));
+        assert_eq!(failed.code(), ErrorCode::STORAGE_FAILED);
+        assert!(!failed.reason().contains("/secret"));
     }
 
     #[test]

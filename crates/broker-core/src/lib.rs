@@ -13,6 +13,8 @@
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
+//! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
+//!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
 //! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
 //! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
@@ -33,6 +35,7 @@ pub mod local;
 pub mod message;
 pub mod queue;
 pub mod router;
+pub mod storage;
 pub mod transport;
 
 pub use acl::{Acl, AclError, AclHandle};

@@ -7,7 +7,9 @@
 //! Every accepted message takes the next sequence number, whether it is later delivered or
 //! dropped, so a receiver can see a gap in the numbers; the writer announces each gap with a
 //! `Gap` frame. A message always fits into an empty queue, so the byte bound can be exceeded by
-//! at most one payload.
+//! at most one payload. With an age bound ([`QueueBounds::max_age`]) a message that waited
+//! unsent longer is dropped, counted like an overflow drop, when the writer next takes from the
+//! queue.
 //!
 //! An at-least-once subscription ([`QueueBounds::acks`]) also keeps every message it handed to a
 //! writer until the client acknowledges it: at most `max_in_flight` messages and the byte bound
@@ -18,6 +20,13 @@
 //!
 //! Each writer works for one [`Attachment`]; once a newer attachment began, an older writer gets
 //! nothing more, so a writer for a dying connection cannot take messages meant for the next one.
+//!
+//! In disk mode a queue writes through to the store (`QueueStore`) under its own lock, so the
+//! store sees each subscription's changes in the order they happened: every assigned sequence,
+//! and for an at-least-once subscription every accepted message, and every message that left
+//! for good (acknowledged, or dropped by the policy before it was sent). A queue rebuilt from
+//! the store (`SubscriptionQueue::restore`) holds its stored messages as unacknowledged, due
+//! to be sent again, marked redelivered.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +39,7 @@ use tokio::time::Instant;
 
 use crate::config::QueueBounds;
 use crate::message::PublishedMessage;
+use crate::storage::QueueStore;
 
 /// A message waiting in a queue or handed to a writer, with its sequence number in the
 /// subscription.
@@ -41,6 +51,8 @@ pub struct Queued {
     pub message: Arc<PublishedMessage>,
     /// Whether it was handed to a writer before (at-least-once subscriptions only).
     pub redelivered: bool,
+    /// When it was queued, for the age bound.
+    pub queued_at: Instant,
 }
 
 /// What happened to a pushed message.
@@ -176,6 +188,9 @@ struct State {
     closed: Option<CloseReason>,
     attachment: u64,
     acks: Option<AckState>,
+    /// Restored from the store and not attached since: the client may stand beyond
+    /// `last_sequence` (see [`SubscriptionQueue::attach`]).
+    restored: bool,
 }
 
 /// A bounded multi-producer, single-consumer queue with an overflow policy.
@@ -187,11 +202,21 @@ pub struct SubscriptionQueue {
     /// Whether a writer is draining the queue (the session is attached). Queue groups prefer
     /// attached members.
     attached: AtomicBool,
+    /// Where the queue writes through to, in disk mode.
+    store: Option<QueueStore>,
+    /// Whether the subscription still needs its filter's retained values (false once restored
+    /// from the store: it received them in its earlier life).
+    wants_retained: AtomicBool,
 }
 
 impl SubscriptionQueue {
     /// An empty queue with the given bounds.
     pub fn new(bounds: QueueBounds) -> Self {
+        Self::with_store(bounds, None)
+    }
+
+    /// An empty queue that writes through to `store` (disk mode).
+    pub(crate) fn with_store(bounds: QueueBounds, store: Option<QueueStore>) -> Self {
         Self {
             bounds,
             state: Mutex::new(State {
@@ -204,6 +229,7 @@ impl SubscriptionQueue {
                 redelivered_total: 0,
                 closed: None,
                 attachment: 0,
+                restored: false,
                 acks: bounds.acks.map(|acks| AckState {
                     max_in_flight: acks.max_in_flight.max(1),
                     timeout: acks.timeout,
@@ -214,7 +240,56 @@ impl SubscriptionQueue {
             }),
             ready: Notify::new(),
             attached: AtomicBool::new(false),
+            store,
+            wants_retained: AtomicBool::new(true),
         }
+    }
+
+    /// A queue rebuilt from the store after a restart: sequences continue after
+    /// `last_sequence`, and the stored `messages` (sequence order) are unacknowledged, handed out
+    /// again first, marked redelivered. Their count may exceed the in-flight window; nothing new
+    /// is sent until acknowledgements bring it below.
+    pub(crate) fn restore(
+        bounds: QueueBounds,
+        store: Option<QueueStore>,
+        last_sequence: u64,
+        messages: Vec<(u64, Arc<PublishedMessage>)>,
+    ) -> Self {
+        let queue = Self::with_store(bounds, store);
+        queue.wants_retained.store(false, Ordering::Relaxed);
+        {
+            let mut state = queue.lock();
+            let last = messages
+                .iter()
+                .map(|(sequence, _)| *sequence)
+                .max()
+                .unwrap_or(0)
+                .max(last_sequence);
+            state.last_sequence = last;
+            state.last_sent = last;
+            state.restored = true;
+            let now = Instant::now();
+            if let Some(acks) = &mut state.acks {
+                for (sequence, message) in messages {
+                    acks.unacked_bytes += message.queued_size();
+                    acks.unacked.insert(
+                        sequence,
+                        InFlight {
+                            message,
+                            sent_at: now,
+                        },
+                    );
+                    acks.due.insert(sequence);
+                }
+            }
+        }
+        queue
+    }
+
+    /// Whether a new subscription on this queue should get its filter's retained values (not
+    /// once it was restored from the store).
+    pub fn wants_retained(&self) -> bool {
+        self.wants_retained.load(Ordering::Relaxed)
     }
 
     /// Records whether a writer is draining this queue.
@@ -230,6 +305,12 @@ impl SubscriptionQueue {
     /// Whether this is an at-least-once subscription's queue.
     pub fn is_at_least_once(&self) -> bool {
         self.bounds.acks.is_some()
+    }
+
+    /// Whether this queue stores its messages on disk (an at-least-once subscription in disk
+    /// mode).
+    pub fn is_stored(&self) -> bool {
+        self.store.is_some() && self.bounds.acks.is_some()
     }
 
     /// Whether a message of `size` bytes would be queued without dropping anything.
@@ -291,18 +372,28 @@ impl SubscriptionQueue {
             if !self.fits(&state, size) {
                 match self.bounds.overflow {
                     OverflowPolicy::DropOldest | OverflowPolicy::Latest => {
+                        let mut gone = Vec::new();
                         while !self.fits(&state, size) {
                             let Some(old) = state.items.pop_front() else {
                                 break;
                             };
                             state.bytes -= old.message.queued_size();
                             dropped += 1;
+                            gone.push(old.sequence);
+                        }
+                        if let Some(store) = &self.store {
+                            if state.acks.is_some() {
+                                store.removed(gone);
+                            }
                         }
                     }
                     OverflowPolicy::DropNewest => {
                         state.last_sequence += 1;
                         state.dropped_unreported += 1;
                         state.dropped_total += 1;
+                        if let Some(store) = &self.store {
+                            store.accepted(state.last_sequence, None);
+                        }
                         drop(state);
                         self.ready.notify_one();
                         return PushOutcome::DroppedNewest;
@@ -317,11 +408,15 @@ impl SubscriptionQueue {
             }
             state.last_sequence += 1;
             let sequence = state.last_sequence;
+            if let Some(store) = &self.store {
+                store.accepted(sequence, state.acks.is_some().then_some(message));
+            }
             state.bytes += size;
             state.items.push_back(Queued {
                 sequence,
                 message: Arc::clone(message),
                 redelivered: false,
+                queued_at: Instant::now(),
             });
             state.dropped_unreported += dropped;
             state.dropped_total += dropped;
@@ -346,6 +441,15 @@ impl SubscriptionQueue {
         let attachment = {
             let mut state = self.lock();
             state.attachment += 1;
+            if let Some(received) = last_received.filter(|_| std::mem::take(&mut state.restored)) {
+                // Only after a restart can a client stand beyond the last sequence the queue
+                // knows (the broker died before it stored the newest): continue after the
+                // client, so no new message reuses a sequence the client already has.
+                if received > state.last_sequence {
+                    state.last_sequence = received;
+                    state.last_sent = received;
+                }
+            }
             let last_sent = state.last_sent;
             let next_expected = match &mut state.acks {
                 Some(acks) => {
@@ -390,6 +494,7 @@ impl SubscriptionQueue {
                     return Popped::Closed(reason);
                 }
                 let now = Instant::now();
+                self.drop_expired(state, now);
                 let mut wake_at = None;
                 if let Some(acks) = &mut state.acks {
                     wake_at = acks.expire(now);
@@ -403,6 +508,7 @@ impl SubscriptionQueue {
                                 sequence,
                                 message: Arc::clone(&in_flight.message),
                                 redelivered: true,
+                                queued_at: now,
                             });
                             state.redelivered_total += 1;
                         }
@@ -463,6 +569,32 @@ impl SubscriptionQueue {
         }
     }
 
+    /// Drops unsent messages older than the age bound, counting them as dropped.
+    fn drop_expired(&self, state: &mut State, now: Instant) {
+        let Some(max_age) = self.bounds.max_age else {
+            return;
+        };
+        let mut gone = Vec::new();
+        while let Some(front) = state.items.front() {
+            if now.saturating_duration_since(front.queued_at) < max_age {
+                break;
+            }
+            let Some(old) = state.items.pop_front() else {
+                break;
+            };
+            state.bytes -= old.message.queued_size();
+            gone.push(old.sequence);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        state.dropped_unreported += gone.len() as u64;
+        state.dropped_total += gone.len() as u64;
+        if let (Some(store), Some(_)) = (&self.store, &state.acks) {
+            store.removed(gone);
+        }
+    }
+
     /// Records that the client processed the sequences in `ranges`; returns how many in-flight
     /// messages that released. Sequences not in flight are ignored.
     pub fn ack(&self, ranges: &[SequenceRange]) -> usize {
@@ -471,7 +603,7 @@ impl SubscriptionQueue {
             let Some(acks) = &mut guard.acks else {
                 return 0;
             };
-            let mut released = 0;
+            let mut released = Vec::new();
             for range in ranges {
                 if range.from > range.to {
                     continue;
@@ -485,11 +617,15 @@ impl SubscriptionQueue {
                     if let Some(in_flight) = acks.unacked.remove(&sequence) {
                         acks.unacked_bytes -= in_flight.message.queued_size();
                         acks.due.remove(&sequence);
-                        released += 1;
+                        released.push(sequence);
                     }
                 }
             }
-            released
+            let count = released.len();
+            if let Some(store) = &self.store {
+                store.removed(released);
+            }
+            count
         };
         if released > 0 {
             self.ready.notify_one();

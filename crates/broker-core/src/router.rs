@@ -21,7 +21,8 @@
 //! publish updates the store before it is routed, and a new plain subscription receives the
 //! matching retained values while the store is locked and before it is added to its route, so a
 //! subscriber never misses a retained value; it may see one twice (once replayed, once live) if
-//! the publish races its subscribe.
+//! the publish races its subscribe. In disk mode every change of the retained store is written
+//! through to the store under the same lock, and the store's values are read back on start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +37,7 @@ use crate::introspect::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
+use crate::storage::{DiskStore, Op};
 
 /// Names one subscription across the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -331,6 +333,8 @@ pub struct Router {
     generation: AtomicU64,
     retained: Mutex<HashMap<TopicName, Arc<PublishedMessage>>>,
     max_retained_topics: usize,
+    /// Where retained values are also kept, in disk mode.
+    store: Option<Arc<DiskStore>>,
     /// What the publish path counts: the router sees every publish and every queue push.
     counters: Counters,
 }
@@ -344,11 +348,26 @@ impl Default for Router {
 impl Router {
     /// An empty index keeping retained values for at most `max_retained_topics` topics.
     pub fn new(max_retained_topics: usize) -> Self {
+        Self::with_store(max_retained_topics, None, Vec::new())
+    }
+
+    /// An index whose retained store starts with `retained` (read back from the store) and
+    /// writes every change through to `store`.
+    pub(crate) fn with_store(
+        max_retained_topics: usize,
+        store: Option<Arc<DiskStore>>,
+        retained: Vec<PublishedMessage>,
+    ) -> Self {
+        let retained = retained
+            .into_iter()
+            .map(|message| (message.topic.clone(), Arc::new(message)))
+            .collect();
         Self {
             root: RwLock::default(),
             generation: AtomicU64::new(0),
-            retained: Mutex::default(),
+            retained: Mutex::new(retained),
             max_retained_topics,
+            store,
             counters: Counters::default(),
         }
     }
@@ -381,7 +400,11 @@ impl Router {
     pub fn retain(&self, message: &PublishedMessage) -> Result<(), BrokerError> {
         let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
         if message.payload.is_empty() {
-            retained.remove(&message.topic);
+            if retained.remove(&message.topic).is_some() {
+                if let Some(store) = &self.store {
+                    store.append([Op::DeleteRetained(message.topic.as_str().to_string())]);
+                }
+            }
             return Ok(());
         }
         if retained.len() >= self.max_retained_topics && !retained.contains_key(&message.topic) {
@@ -391,7 +414,11 @@ impl Router {
             retained: true,
             ..message.clone()
         };
-        retained.insert(message.topic.clone(), Arc::new(copy));
+        let copy = Arc::new(copy);
+        if let Some(store) = &self.store {
+            store.append([Op::PutRetained(Arc::clone(&copy))]);
+        }
+        retained.insert(message.topic.clone(), copy);
         Ok(())
     }
 
@@ -412,6 +439,11 @@ impl Router {
         then: impl FnOnce(),
     ) {
         let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        if !queue.wants_retained() {
+            drop(retained);
+            then();
+            return;
+        }
         let mut matching: Vec<_> = retained
             .iter()
             .filter(|(topic, _)| filter.matches(topic))
@@ -508,6 +540,16 @@ impl Router {
                 .offer(message, target, &mut report, &self.counters);
         }
         report
+    }
+
+    /// Whether a message to `topic` (for `target`'s session only, if given) would be stored by
+    /// any subscription: whether the disk limit concerns it.
+    pub fn reaches_stored_queue(&self, topic: &TopicName, target: Option<SessionId>) -> bool {
+        self.matching(topic).iter().any(|route| {
+            route.members().all().any(|member| {
+                member.queue.is_stored() && target.is_none_or(|t| member.key.session == t)
+            })
+        })
     }
 
     /// Whether no filter is indexed (for leak checks).

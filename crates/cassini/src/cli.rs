@@ -224,6 +224,46 @@ pub(crate) struct ServeArgs {
     /// `security.enforce_crl_expiry`].
     #[arg(long)]
     pub(crate) enforce_crl_expiry: bool,
+    /// Where state is kept: `memory` (lost on restart) or `disk` (sessions, subscriptions,
+    /// at-least-once backlogs, retained values and the dedupe window survive a crash; see
+    /// docs/DURABILITY.md) [default: memory].
+    #[arg(long, value_enum)]
+    pub(crate) storage: Option<StorageArg>,
+    /// The directory of the disk store (`--storage disk`); created if missing [default: data].
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// When an acknowledged publish is confirmed with `--storage disk`: `always` after it is on
+    /// stable storage (fsync), `relaxed` as soon as it is routed (an acknowledged message can
+    /// be lost if the broker dies within milliseconds) [default: always].
+    #[arg(long, value_enum)]
+    pub(crate) storage_sync: Option<SyncArg>,
+    /// The most bytes of stored records with `--storage disk`; publishes that would store more
+    /// are refused with STORAGE_FULL [default: 1 GiB].
+    #[arg(long)]
+    pub(crate) storage_max_bytes: Option<u64>,
+    /// Drop a message that waited this many seconds unsent in a subscription's queue (the
+    /// client gets a Gap); 0: no age bound. Sent, unacknowledged messages are never dropped
+    /// [default: 0].
+    #[arg(long)]
+    pub(crate) max_backlog_age: Option<u64>,
+}
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StorageArg {
+    /// In memory.
+    Memory,
+    /// On disk, in `--data-dir`.
+    Disk,
+}
+
+/// When an acknowledged publish is confirmed in disk mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SyncArg {
+    /// After it is on stable storage.
+    Always,
+    /// Once it is routed; the write follows at once.
+    Relaxed,
 }
 
 /// Where and as whom a tool connects.
@@ -340,6 +380,9 @@ fn parse_header(raw: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchScenario {
+    /// Acknowledged-publish throughput and latency in memory and on disk (`--storage disk`),
+    /// with one publisher and with `--publishers` concurrent ones.
+    Durable(DurableArgs),
     /// Head-of-line isolation: the latency of a fast topic with and without a flood on another
     /// subscription of the same connection that is never read.
     Hol(HolCommand),
@@ -361,6 +404,26 @@ pub(crate) enum BenchScenario {
     /// Latency of a reliable and a datagram subscription side by side under 0%, 1% and 5%
     /// packet loss on the subscriber's link.
     Datagram(DatagramArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DurableArgs {
+    /// Measured seconds per case; fractions allowed.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Concurrent publishers of the second round (the first has one).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) publishers: usize,
+    /// Where the disk cases keep their store (one directory per case, left in place); default:
+    /// a temporary directory, removed afterwards. Put it on the disk you want to measure.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -49,9 +49,10 @@ fn main() -> ExitCode {
                 // The broker's log settings are part of its configuration, so logging starts
                 // once that is read; a configuration error is the one message before it.
                 let settings = serve::settings(&args, cli.log_format)?;
+                let storage = serve::StorageFlags::from_args(&args);
                 let filter = tracing_subscriber::EnvFilter::new(&settings.log.level);
                 logging::init(settings.log.format, filter);
-                serve::run(settings).await
+                serve::run(settings, storage).await
             }
             Command::Config { command } => match command {
                 ConfigCommand::Check { file } => {

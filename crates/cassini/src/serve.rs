@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cassini_broker::{Acl, Broker};
+use cassini_broker::config::{StorageMode, SyncPolicy};
+use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
 use cassini_quic::server::QuicServer;
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
 use crate::reload::{load_server_tls, Reloader};
@@ -39,7 +40,52 @@ pub(crate) fn settings(
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
 }
 
-pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+/// The durable-mode flags of `serve`, applied over the configuration.
+pub(crate) struct StorageFlags {
+    storage: Option<StorageArg>,
+    data_dir: Option<std::path::PathBuf>,
+    sync: Option<SyncArg>,
+    max_bytes: Option<u64>,
+    max_backlog_age: Option<u64>,
+}
+
+impl StorageFlags {
+    pub(crate) fn from_args(args: &ServeArgs) -> Self {
+        Self {
+            storage: args.storage,
+            data_dir: args.data_dir.clone(),
+            sync: args.storage_sync,
+            max_bytes: args.storage_max_bytes,
+            max_backlog_age: args.max_backlog_age,
+        }
+    }
+
+    fn apply(&self, config: &mut BrokerConfig) {
+        if let Some(storage) = self.storage {
+            config.storage.mode = match storage {
+                StorageArg::Memory => StorageMode::Memory,
+                StorageArg::Disk => StorageMode::Disk,
+            };
+        }
+        if let Some(dir) = &self.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        if let Some(sync) = self.sync {
+            config.storage.sync = match sync {
+                SyncArg::Always => SyncPolicy::Always,
+                SyncArg::Relaxed => SyncPolicy::Relaxed,
+            };
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            config.storage.max_disk_bytes = max_bytes;
+        }
+        if let Some(secs) = self.max_backlog_age {
+            config.queue.max_backlog_age = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+    }
+}
+
+pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
     for warning in settings
         .warnings()
@@ -81,6 +127,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
 
     let mut broker_config = settings.broker_config();
+    storage.apply(&mut broker_config);
     if let Some(path) = &acl_path {
         broker_config.acl = Acl::load(path).context("loading the ACL")?;
         tracing::info!(acl = %path.display(), rules = broker_config.acl.rules.len(), "ACL loaded");

@@ -334,3 +334,28 @@ fn bench_fanout_request_and_connections_run_a_tiny_smoke_round() {
         );
     }
 }
+
+#[test]
+fn bench_durable_runs_a_tiny_smoke_round() {
+    let durable = run(&mut cassini(&[
+        "bench",
+        "durable",
+        "--duration",
+        "0.3",
+        "--publishers",
+        "2",
+        "--json",
+    ]));
+    assert!(
+        durable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&durable.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&durable.stdout).expect("JSON");
+    let cases = report["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 4, "memory and disk, one and two publishers");
+    for case in cases {
+        assert!(case["acked"].as_u64().expect("acked") > 0, "{case}");
+        assert_eq!(case["acked"], case["delivered"], "{case}");
+    }
+}

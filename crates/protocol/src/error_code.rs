@@ -95,6 +95,12 @@ error_codes! {
     /// After a reload, the connection's certificate no longer verifies (revoked, expired, or no
     /// longer issued by a trusted CA).
     CERTIFICATE_REVOKED = 51, "certificate no longer valid";
+    /// Durable mode: storing the publish would exceed the broker's disk limit; nothing stored
+    /// was dropped. Retry later.
+    STORAGE_FULL = 60, "storage full";
+    /// Durable mode: the broker could not make the publish durable (a disk write failed, or the
+    /// store is closing); it was not acknowledged.
+    STORAGE_FAILED = 61, "storage failure";
 }
 
 impl ErrorCode {

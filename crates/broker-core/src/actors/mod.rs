@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
     pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
+    /// The disk store, in disk mode.
+    pub(crate) storage: Option<Arc<crate::storage::DiskStore>>,
     /// The open connections, for monitoring.
     pub(crate) registry: Arc<crate::introspect::registry::Registry>,
     /// The current ACL; replaced on reload.

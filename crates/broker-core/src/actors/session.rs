@@ -4,9 +4,15 @@
 //! connection, if any, the session is attached to. Each attach gets a new epoch; a detach or
 //! end that names an older epoch is ignored, so a stale connection can never detach a newer one.
 //! A detached session expires after `sessions.expiry` unless it is resumed first.
+//!
+//! In disk mode it writes its record (identity, last subscription id, detach time) and its
+//! subscriptions' records through to the store, and removes them when the session or a
+//! subscription ends; a session read back after a restart starts detached, with the expiry time
+//! it had left, and rebuilds its subscriptions with the same ids and sequences.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cassini_protocol::{
     DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId,
@@ -22,6 +28,10 @@ use crate::ack_targets::AckTargets;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
+use crate::storage::records::{SessionRecord, SubscriptionRecord};
+use crate::storage::{
+    session_key, unix_ms, Op, QueueStore, RecoveredSession, RecoveredSubscription,
+};
 use crate::transport::Connection;
 
 pub(crate) struct Session;
@@ -30,6 +40,8 @@ pub(crate) struct SessionArgs {
     pub(crate) id: SessionId,
     pub(crate) identity: Arc<str>,
     pub(crate) shared: Arc<Shared>,
+    /// Read back from the store after a restart, with the time it has left until it expires.
+    pub(crate) recovered: Option<(RecoveredSession, Duration)>,
 }
 
 pub(crate) enum SessionMsg {
@@ -84,6 +96,8 @@ struct SessionSubscription {
 pub(crate) struct SessionState {
     id: SessionId,
     identity: Arc<str>,
+    /// When the connection dropped (ms since the Unix epoch), for the stored record.
+    detached_at_ms: Option<u64>,
     shared: Arc<Shared>,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
@@ -101,13 +115,50 @@ impl Drop for SessionState {
 }
 
 impl SessionState {
+    /// Writes the session's record through to the store (disk mode).
+    fn store_session(&self) {
+        if let Some(store) = &self.shared.storage {
+            store.append([Op::PutSession(SessionRecord {
+                id: session_key(self.id),
+                identity: self.identity.to_string(),
+                last_subscription: self.last_subscription,
+                detached_at_ms: self.detached_at_ms,
+            })]);
+        }
+    }
+
+    /// Removes a stored subscription with its messages (disk mode).
+    fn forget_subscription(&self, subscription: SubscriptionId) {
+        if let Some(store) = &self.shared.storage {
+            store.append([Op::DeleteSubscription(session_key(self.id), subscription)]);
+        }
+    }
+
+    fn queue_store(&self, subscription: SubscriptionId) -> Option<QueueStore> {
+        self.shared.storage.as_ref().map(|store| QueueStore {
+            store: Arc::clone(store),
+            session: session_key(self.id),
+            subscription,
+        })
+    }
+
+    fn queue_group(&self, options: &SubscribeOptions) -> Result<Option<Arc<str>>, BrokerError> {
+        Ok(match &options.queue_group {
+            None => None,
+            Some(name) => Some(Arc::from(valid_group_name(
+                name,
+                self.shared.config.limits.max_queue_group_bytes,
+            )?)),
+        })
+    }
+
     async fn subscribe(
         &mut self,
         myself: &ActorRef<SessionMsg>,
         filter: String,
         options: SubscribeOptions,
     ) -> Result<SubscriptionId, BrokerError> {
-        let config = &self.shared.config;
+        let config = Arc::clone(&self.shared.config);
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
         if !self
@@ -121,13 +172,7 @@ impl SessionState {
                 target: filter.to_string(),
             });
         }
-        let group = match &options.queue_group {
-            None => None,
-            Some(name) => Some(Arc::from(valid_group_name(
-                name,
-                config.limits.max_queue_group_bytes,
-            )?)),
-        };
+        let group = self.queue_group(&options)?;
         if let DeliveryClass::Datagram { .. } = options.delivery {
             if options.acks.is_some() {
                 return Err(BrokerError::InvalidOption(
@@ -146,25 +191,91 @@ impl SessionState {
         if self.subscriptions.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
         }
-        self.last_subscription += 1;
-        let key = SubscriberKey {
-            session: self.id,
-            subscription: self.last_subscription,
-        };
         let bounds = config.queue.bounds_for(&options);
         let reserved = self
             .subscriptions
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
-        let queue = Arc::new(SubscriptionQueue::new(bounds));
+        self.last_subscription += 1;
+        let subscription = self.last_subscription;
+        if let Some(store) = &self.shared.storage {
+            // Before the queue exists, so the record is stored before any of its messages.
+            store.append([Op::PutSubscription(SubscriptionRecord {
+                session: session_key(self.id),
+                subscription,
+                filter: filter.as_str().to_string(),
+                options: options.clone(),
+            })]);
+            self.store_session();
+        }
+        let queue = Arc::new(SubscriptionQueue::with_store(
+            bounds,
+            self.queue_store(subscription),
+        ));
+        let delivery = options.delivery;
+        if let Err(err) = self
+            .start(myself, subscription, filter, group, delivery, queue)
+            .await
+        {
+            self.forget_subscription(subscription);
+            return Err(err);
+        }
+        if let Some(store) = self.shared.storage.clone() {
+            // The client learns of the subscription only once it survives a crash; otherwise a
+            // resumed client could wait on a subscription the restarted broker never heard of.
+            if let Err(err) = store.synced(store.ticket()).await {
+                let _ = self.unsubscribe(subscription).await;
+                return Err(err.into());
+            }
+        }
+        Ok(subscription)
+    }
+
+    /// Rebuilds a subscription read back from the store.
+    async fn restore(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        recovered: RecoveredSubscription,
+    ) -> Result<(), BrokerError> {
+        let config = Arc::clone(&self.shared.config);
+        let record = recovered.record;
+        let filter = TopicFilter::parse(&record.filter, &config.limits.topics)
+            .map_err(BrokerError::InvalidFilter)?;
+        let group = self.queue_group(&record.options)?;
+        let queue = Arc::new(SubscriptionQueue::restore(
+            config.queue.bounds_for(&record.options),
+            self.queue_store(record.subscription),
+            recovered.last_sequence,
+            recovered.messages,
+        ));
+        let delivery = record.options.delivery;
+        self.start(myself, record.subscription, filter, group, delivery, queue)
+            .await
+    }
+
+    /// Starts the subscriber of a subscription and routes its filter to its queue.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        subscription: SubscriptionId,
+        filter: TopicFilter,
+        group: Option<Arc<str>>,
+        delivery: DeliveryClass,
+        queue: Arc<SubscriptionQueue>,
+    ) -> Result<(), BrokerError> {
+        let config = &self.shared.config;
+        let key = SubscriberKey {
+            session: self.id,
+            subscription,
+        };
         let args = SubscriberArgs {
             key,
             filter: filter.clone(),
             queue: Arc::clone(&queue),
             connection: self.attached.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
-            delivery: options.delivery,
+            delivery,
         };
         let subscriber = ask(&self.shared.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {
@@ -200,7 +311,7 @@ impl SessionState {
                 queue,
             },
         );
-        Ok(key.subscription)
+        Ok(())
     }
 
     async fn unsubscribe(&mut self, subscription: SubscriptionId) -> Result<(), BrokerError> {
@@ -208,6 +319,7 @@ impl SessionState {
             return Err(BrokerError::UnknownSubscription(subscription));
         };
         self.acks.remove(subscription);
+        self.forget_subscription(subscription);
         let key = SubscriberKey {
             session: self.id,
             subscription,
@@ -245,6 +357,8 @@ impl SessionState {
             });
         }
         self.attached = Some(connection);
+        self.detached_at_ms = None;
+        self.store_session();
         Attached {
             epoch: self.epoch,
             acks: Arc::clone(&self.acks),
@@ -265,8 +379,19 @@ impl SessionState {
 
     fn detach(&mut self) {
         self.attached = None;
+        self.detached_at_ms = Some(unix_ms());
+        self.store_session();
         for subscription in self.subscriptions.values() {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Detach);
+        }
+    }
+}
+
+impl SessionState {
+    /// Removes the stored session with everything it owns (disk mode).
+    fn forget(&self) {
+        if let Some(store) = &self.shared.storage {
+            store.append([Op::DeleteSession(session_key(self.id))]);
         }
     }
 }
@@ -289,20 +414,37 @@ impl Actor for Session {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         tracing::debug!(session = %args.id, identity = %args.identity, "session started");
-        Ok(SessionState {
+        let mut state = SessionState {
             id: args.id,
             identity: args.identity,
+            detached_at_ms: None,
             shared: args.shared,
             subscriptions: HashMap::new(),
             last_subscription: 0,
             attached: None,
             epoch: 0,
             acks: Arc::default(),
-        })
+        };
+        let Some((recovered, expires_in)) = args.recovered else {
+            state.store_session();
+            return Ok(state);
+        };
+        state.last_subscription = recovered.record.last_subscription;
+        state.detached_at_ms = Some(recovered.record.detached_at_ms.unwrap_or_else(unix_ms));
+        for subscription in recovered.subscriptions {
+            let id = subscription.record.subscription;
+            state.last_subscription = state.last_subscription.max(id);
+            if let Err(err) = state.restore(&myself, subscription).await {
+                // Left in the store untouched: a later start with other limits may take it.
+                tracing::error!(session = %state.id, subscription = id, %err, "a stored subscription could not be restored");
+            }
+        }
+        myself.send_after(expires_in, || SessionMsg::Expire { epoch: 0 });
+        Ok(state)
     }
 
     async fn handle(
@@ -327,10 +469,12 @@ impl Actor for Session {
             }
             SessionMsg::End { epoch } if epoch == state.epoch => {
                 state.detach();
+                state.forget();
                 myself.stop(Some("client closed the session".into()));
             }
             SessionMsg::Expire { epoch } if epoch == state.epoch && state.attached.is_none() => {
                 tracing::debug!(session = %state.id, "session expired");
+                state.forget();
                 myself.stop(Some("expired".into()));
             }
             SessionMsg::Detach { .. } | SessionMsg::End { .. } | SessionMsg::Expire { .. } => {}
@@ -354,6 +498,7 @@ impl Actor for Session {
             } => {
                 state.acks.remove(subscription);
                 if state.subscriptions.remove(&subscription).is_some() {
+                    state.forget_subscription(subscription);
                     tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
                 }
             }

@@ -4,9 +4,15 @@
 //! It owns the map from session id to session actor and the identity each session is bound to.
 //! Session ids are 128 random bits chosen here; a resume is honoured only for the certificate
 //! identity that created the session.
+//!
+//! In disk mode it starts with the sessions read back from the store: each one detached, with
+//! the expiry time it had left (its detach time is stored; a session that was attached when the
+//! broker died counts as detached at the restart). A session whose expiry passed while the
+//! broker was down is removed from the store at start, as its expiry would have removed it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cassini_protocol::{ResumePosition, SessionId};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -16,6 +22,7 @@ use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child, Shared};
 use crate::ack_targets::AckTargets;
 use crate::error::BrokerError;
+use crate::storage::{session_id, unix_ms, Op, RecoveredSession};
 use crate::transport::Connection;
 
 pub(crate) struct SessionManager;
@@ -58,6 +65,37 @@ pub(crate) struct SessionManagerState {
 }
 
 impl SessionManager {
+    /// Starts a session read back from the store, or removes it if it expired meanwhile.
+    async fn restore(
+        myself: &ActorRef<SessionManagerMsg>,
+        state: &mut SessionManagerState,
+        recovered: RecoveredSession,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = session_id(recovered.record.id);
+        let now = unix_ms();
+        let detached_at = recovered.record.detached_at_ms.unwrap_or(now);
+        let away = Duration::from_millis(now.saturating_sub(detached_at));
+        let Some(expires_in) = state.shared.config.sessions.expiry.checked_sub(away) else {
+            tracing::info!(session = %id, ?away, "a stored session expired while the broker was down; removing it");
+            if let Some(store) = &state.shared.storage {
+                store.append([Op::DeleteSession(recovered.record.id)]);
+            }
+            return Ok(());
+        };
+        let identity: Arc<str> = Arc::from(recovered.record.identity.as_str());
+        let args = SessionArgs {
+            id,
+            identity: Arc::clone(&identity),
+            shared: Arc::clone(&state.shared),
+            recovered: Some((recovered, expires_in)),
+        };
+        let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+        tracing::debug!(session = %id, ?expires_in, "session restored from the store");
+        state.by_actor.insert(session.get_id(), id);
+        state.sessions.insert(id, Entry { identity, session });
+        Ok(())
+    }
+
     async fn open(
         myself: &ActorRef<SessionManagerMsg>,
         state: &mut SessionManagerState,
@@ -89,6 +127,7 @@ impl SessionManager {
                     id,
                     identity: Arc::clone(&identity),
                     shared: Arc::clone(&state.shared),
+                    recovered: None,
                 };
                 let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
                     .await
@@ -124,18 +163,22 @@ impl SessionManager {
 impl Actor for SessionManager {
     type Msg = SessionManagerMsg;
     type State = SessionManagerState;
-    type Arguments = Arc<Shared>;
+    type Arguments = (Arc<Shared>, Vec<RecoveredSession>);
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        shared: Self::Arguments,
+        myself: ActorRef<Self::Msg>,
+        (shared, recovered): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SessionManagerState {
+        let mut state = SessionManagerState {
             shared,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
-        })
+        };
+        for session in recovered {
+            Self::restore(&myself, &mut state, session).await?;
+        }
+        Ok(state)
     }
 
     async fn handle(

@@ -13,8 +13,17 @@ use super::topic_manager::TopicManager;
 use super::Shared;
 use crate::config::BrokerConfig;
 use crate::router::Router;
+use crate::storage::{DiskStore, Recovered};
 
 pub(crate) struct Supervisor;
+
+/// What the broker starts with: its configuration and, in disk mode, the store and what was
+/// read back from it.
+pub(crate) struct SupervisorArgs {
+    pub(crate) config: Arc<BrokerConfig>,
+    pub(crate) storage: Option<Arc<DiskStore>>,
+    pub(crate) recovered: Recovered,
+}
 
 /// The managers, for the broker handle.
 #[derive(Clone)]
@@ -32,31 +41,49 @@ pub(crate) enum SupervisorMsg {
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = Managers;
-    type Arguments = Arc<BrokerConfig>;
+    type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        config: Self::Arguments,
+        args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let router = Arc::new(Router::new(config.limits.max_retained_topics));
+        let SupervisorArgs {
+            config,
+            storage,
+            recovered,
+        } = args;
+        let router = Arc::new(Router::with_store(
+            config.limits.max_retained_topics,
+            storage.clone(),
+            recovered.retained,
+        ));
         let (topics, _) =
             Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;
         let (subscribers, _) =
             Actor::spawn_linked(None, SubscriberManager, topics.clone(), myself.get_cell()).await?;
-        let dedupe = Arc::new(crate::dedupe::DedupeWindow::new(config.dedupe));
+        let dedupe = Arc::new(crate::dedupe::DedupeWindow::restore(
+            config.dedupe,
+            storage.clone(),
+            recovered.dedupe,
+        ));
         let shared = Arc::new(Shared {
             acl: crate::acl::AclHandle::new(config.acl.clone()),
             config,
             router,
             dedupe,
+            storage,
             registry: Arc::default(),
             topics,
             subscribers,
         });
-        let (sessions, _) =
-            Actor::spawn_linked(None, SessionManager, Arc::clone(&shared), myself.get_cell())
-                .await?;
+        let (sessions, _) = Actor::spawn_linked(
+            None,
+            SessionManager,
+            (Arc::clone(&shared), recovered.sessions),
+            myself.get_cell(),
+        )
+        .await?;
         let args = ListenerManagerArgs {
             shared: Arc::clone(&shared),
             sessions: sessions.clone(),

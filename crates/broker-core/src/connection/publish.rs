@@ -10,14 +10,19 @@
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
 //!
-//! A client keeps one publish stream per topic, so the stream remembers its last topic: a
-//! publish to the same topic reuses the validated [`TopicName`] and the router's
-//! [`RouteCache`] instead of parsing the name and walking the trie again.
+//! In disk mode (with the default [`SyncPolicy::Always`]) a `PublishAck` leaves only once
+//! everything the publish stored is on stable storage. The stream is read and answered by two
+//! halves joined by a bounded channel, so the reader keeps routing the next publishes while the
+//! answers wait for their sync: a client with many acknowledged publishes in flight on one
+//! stream shares one sync among them, as do publishes on different streams. Before routing, the
+//! reader waits while the store's pending bound is exceeded; a publish whose message would be
+//! stored beyond the disk limit is refused with `STORAGE_FULL` and not routed at all.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
+use tokio::sync::mpsc;
 
 use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
@@ -25,59 +30,51 @@ use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
-use crate::router::{RouteCache, Router};
+use crate::router::Router;
+use crate::storage::{DiskStore, StorageError, SyncPolicy};
 use crate::transport::{RecvStream, SendStream};
+
+/// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
+const MAX_UNANSWERED: usize = 1024;
+
+/// The frames answering one publish, and the store ticket they wait for.
+struct Answer {
+    topic: String,
+    frames: Vec<Frame>,
+    durable_at: Option<u64>,
+}
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
 pub(crate) async fn serve_publish_stream(
-    mut send: Box<dyn SendStream>,
+    send: Box<dyn SendStream>,
     recv: Box<dyn RecvStream>,
     shared: Arc<Shared>,
     identity: Arc<str>,
 ) -> Result<(), BrokerError> {
-    let config = &shared.config;
-    let max_frame_bytes = config.limits.max_frame_bytes;
+    if shared.storage.is_none() {
+        return serve_in_order(send, recv, &shared, &identity).await;
+    }
+    let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
+    let (read, written) = tokio::join!(
+        read_publishes(recv, &shared, &identity, answers),
+        write_answers(send, &shared, unanswered),
+    );
+    read.and(written)
+}
+
+/// Memory mode: no answer waits for anything, so each publish is answered before the next is
+/// read.
+async fn serve_in_order(
+    mut send: Box<dyn SendStream>,
+    recv: Box<dyn RecvStream>,
+    shared: &Shared,
+    identity: &Arc<str>,
+) -> Result<(), BrokerError> {
+    let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
-    let mut permissions = PermissionCache::new(&shared.acl, &identity);
-    let mut last = LastTopic::default();
+    let mut permissions = PermissionCache::new(&shared.acl, identity);
     while let Some(frame) = reader.next().await? {
-        let Frame::Publish(publish) = frame else {
-            return Err(BrokerError::ProtocolViolation(format!(
-                "{} frame on a publish stream",
-                frame.kind()
-            )));
-        };
-        let topic = publish.topic.clone();
-        let target = publish.to_session;
-        let retain = publish.retain;
-        let message_id = publish.message_id;
-        let ack = publish.ack;
-        let counters = shared.router.counters();
-        let answers = match accept_with(publish, config, &mut last.topic)
-            .and_then(|message| authorize(permissions.get(&shared.acl, &identity), message))
-        {
-            Ok(message) => answer(
-                &shared,
-                &identity,
-                message,
-                Routing {
-                    target,
-                    retain,
-                    cache: &mut last.routes,
-                },
-                ack,
-                message_id,
-            )
-            .unwrap_or_else(|err| {
-                counters.rejected();
-                vec![rejected(topic, message_id, &err)]
-            }),
-            Err(err) => {
-                counters.rejected();
-                vec![rejected(topic, message_id, &err)]
-            }
-        };
-        for answer in &answers {
+        for answer in &frames_for(frame, shared, identity, &mut permissions)? {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
@@ -85,23 +82,119 @@ pub(crate) async fn serve_publish_stream(
     Ok(())
 }
 
-/// What a stream remembers of its last publish.
-#[derive(Default)]
-struct LastTopic {
-    /// The last topic, validated.
-    topic: Option<TopicName>,
-    /// The routes it matched.
-    routes: RouteCache,
+/// The frames answering one frame of a publish stream; anything but a `Publish` is an error.
+fn frames_for(
+    frame: Frame,
+    shared: &Shared,
+    identity: &Arc<str>,
+    permissions: &mut PermissionCache,
+) -> Result<Vec<Frame>, BrokerError> {
+    let Frame::Publish(publish) = frame else {
+        return Err(BrokerError::ProtocolViolation(format!(
+            "{} frame on a publish stream",
+            frame.kind()
+        )));
+    };
+    let topic = publish.topic.clone();
+    let target = publish.to_session;
+    let retain = publish.retain;
+    let message_id = publish.message_id;
+    let ack = publish.ack;
+    let counters = shared.router.counters();
+    Ok(
+        match accept(publish, &shared.config)
+            .and_then(|message| authorize(permissions.get(&shared.acl, identity), message))
+        {
+            Ok(message) => answer(shared, identity, message, target, retain, ack, message_id)
+                .unwrap_or_else(|err| {
+                    counters.rejected();
+                    vec![rejected(topic, message_id, &err)]
+                }),
+            Err(err) => {
+                counters.rejected();
+                vec![rejected(topic, message_id, &err)]
+            }
+        },
+    )
 }
 
-/// Where one message goes.
-struct Routing<'a> {
-    /// Only to this session's subscriptions (a direct message).
-    target: Option<cassini_protocol::SessionId>,
-    /// Also keep it as the topic's retained value.
-    retain: bool,
-    /// The stream's route cache.
-    cache: &'a mut RouteCache,
+async fn read_publishes(
+    recv: Box<dyn RecvStream>,
+    shared: &Shared,
+    identity: &Arc<str>,
+    answers: mpsc::Sender<Answer>,
+) -> Result<(), BrokerError> {
+    let config = &shared.config;
+    let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes);
+    let mut permissions = PermissionCache::new(&shared.acl, identity);
+    while let Some(frame) = reader.next().await? {
+        if let Some(store) = &shared.storage {
+            if let Err(err) = store.wait_for_room().await {
+                tracing::debug!(%err, "storage unavailable; the publish will not be acknowledged");
+            }
+        }
+        let topic = match &frame {
+            Frame::Publish(publish) => publish.topic.clone(),
+            _ => String::new(),
+        };
+        let frames = frames_for(frame, shared, identity, &mut permissions)?;
+        let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
+        let durable_at = match &shared.storage {
+            Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
+                Some(store.ticket())
+            }
+            _ => None,
+        };
+        if frames.is_empty() {
+            continue;
+        }
+        let answer = Answer {
+            topic,
+            frames,
+            durable_at,
+        };
+        if answers.send(answer).await.is_err() {
+            // The answering half failed (its error is reported): stop reading.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn write_answers(
+    mut send: Box<dyn SendStream>,
+    shared: &Shared,
+    mut unanswered: mpsc::Receiver<Answer>,
+) -> Result<(), BrokerError> {
+    let max_frame_bytes = shared.config.limits.max_frame_bytes;
+    while let Some(Answer {
+        topic,
+        frames,
+        durable_at,
+    }) = unanswered.recv().await
+    {
+        let failed = match (durable_at, &shared.storage) {
+            (Some(ticket), Some(store)) => store.synced(ticket).await.err(),
+            _ => None,
+        };
+        for frame in frames {
+            let frame = match (frame, &failed) {
+                (Frame::PublishAck(ack), Some(err)) => {
+                    let err = BrokerError::Storage(err.clone());
+                    Frame::PublishRejected(PublishRejected {
+                        topic: topic.clone(),
+                        message_id: Some(ack.message_id),
+                        code: err.code(),
+                        reason: err.reason(),
+                    })
+                }
+                (frame, _) => frame,
+            };
+            write_frame(send.as_mut(), &frame, max_frame_bytes).await?;
+        }
+    }
+    let _ = send.finish();
+    Ok(())
 }
 
 /// Routes one accepted message unless it is a duplicate acknowledged publish, and returns the
@@ -110,22 +203,32 @@ fn answer(
     shared: &Shared,
     identity: &Arc<str>,
     message: PublishedMessage,
-    routing: Routing<'_>,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
     ack: bool,
     message_id: Option<u64>,
 ) -> Result<Vec<Frame>, BrokerError> {
+    if let Some(store) = &shared.storage {
+        check_room(&shared.router, store, &message, target, retain)?;
+    }
     if !ack {
-        return Ok(route(&shared.router, message, routing)?
+        return Ok(route(&shared.router, message, target, retain)?
             .into_iter()
             .collect());
     }
     let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
+    // In disk mode the messages this publish stores and its dedupe entry go into one commit:
+    // a crash never keeps the entry without the messages (a retry would be taken for a
+    // duplicate and the message lost) nor the messages without the entry (a retry would be
+    // delivered twice).
+    let _whole = shared.storage.as_ref().map(|store| store.hold());
     let first_time = shared
         .dedupe
         .first_time(identity, message_id, Instant::now());
     let mut answers = Vec::new();
     if first_time {
-        answers.extend(route(&shared.router, message, routing)?);
+        answers.extend(route(&shared.router, message, target, retain)?);
+        shared.dedupe.store(identity, message_id);
     } else {
         shared.router.counters().duplicate();
     }
@@ -136,17 +239,38 @@ fn answer(
     Ok(answers)
 }
 
+/// Refuses a publish that would store a message beyond the disk limit.
+fn check_room(
+    router: &Router,
+    store: &DiskStore,
+    message: &PublishedMessage,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
+) -> Result<(), BrokerError> {
+    if store.has_room_for(message.queued_size()) {
+        return Ok(());
+    }
+    if retain || router.reaches_stored_queue(&message.topic, target) {
+        return Err(StorageError::Full {
+            limit: store.max_disk_bytes(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Routes one accepted message; answers `NoResponders` for a request nobody received.
 fn route(
     router: &Router,
     message: PublishedMessage,
-    routing: Routing<'_>,
+    target: Option<cassini_protocol::SessionId>,
+    retain: bool,
 ) -> Result<Option<Frame>, BrokerError> {
-    if routing.retain {
+    if retain {
         router.retain(&message)?;
     }
     let message = Arc::new(message);
-    let report = router.publish_cached(&message, routing.target, routing.cache);
+    let report = router.publish(&message, target);
     router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
         Some(reply_to) if report.offered == 0 => {
@@ -188,16 +312,6 @@ pub(crate) fn accept(
     publish: Publish,
     config: &BrokerConfig,
 ) -> Result<PublishedMessage, BrokerError> {
-    accept_with(publish, config, &mut None)
-}
-
-/// [`accept`] for a stream or connection that remembers its last valid topic in `last`: the
-/// same name again is not parsed again (the limits are the same).
-fn accept_with(
-    publish: Publish,
-    config: &BrokerConfig,
-    last: &mut Option<TopicName>,
-) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
@@ -205,14 +319,8 @@ fn accept_with(
             max: limits.max_payload_bytes,
         });
     }
-    let topic = match last {
-        Some(known) if known.as_str() == publish.topic => known.clone(),
-        _ => {
-            let topic = TopicName::parse(&publish.topic, &limits.topics)
-                .map_err(BrokerError::InvalidTopic)?;
-            last.insert(topic).clone()
-        }
-    };
+    let topic =
+        TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     if let Some(reply_to) = &publish.reply_to {
         TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     }
@@ -235,8 +343,6 @@ pub(crate) struct DatagramPublishes {
     shared: Arc<Shared>,
     identity: Arc<str>,
     permissions: PermissionCache,
-    /// The last datagram's topic and routes.
-    last: LastTopic,
 }
 
 impl DatagramPublishes {
@@ -246,7 +352,6 @@ impl DatagramPublishes {
             shared,
             identity,
             permissions,
-            last: LastTopic::default(),
         }
     }
 
@@ -263,7 +368,7 @@ impl DatagramPublishes {
         let topic = publish.topic.clone();
         let retain = publish.retain;
         let target = publish.to_session;
-        let routed = accept_with(publish, config, &mut self.last.topic)
+        let routed = accept(publish, config)
             .and_then(|message| {
                 authorize(
                     self.permissions.get(&self.shared.acl, &self.identity),
@@ -271,12 +376,10 @@ impl DatagramPublishes {
                 )
             })
             .and_then(|message| {
-                let routing = Routing {
-                    target,
-                    retain,
-                    cache: &mut self.last.routes,
-                };
-                route(&self.shared.router, message, routing)
+                if let Some(store) = &self.shared.storage {
+                    check_room(&self.shared.router, store, &message, target, retain)?;
+                }
+                route(&self.shared.router, message, target, retain)
             });
         if let Err(err) = routed {
             self.shared.router.counters().rejected();

@@ -20,6 +20,7 @@ fn queue(max_messages: usize, overflow: OverflowPolicy) -> SubscriptionQueue {
         max_bytes: usize::MAX,
         overflow,
         acks: None,
+        max_age: None,
     })
 }
 
@@ -32,6 +33,7 @@ fn at_least_once(max_messages: usize, max_in_flight: usize) -> SubscriptionQueue
             max_in_flight,
             timeout: Duration::from_secs(30),
         }),
+        max_age: None,
     })
 }
 
@@ -130,6 +132,7 @@ async fn the_byte_bound_holds_except_for_a_single_message() {
         max_bytes: 100,
         overflow: OverflowPolicy::DropOldest,
         acks: None,
+        max_age: None,
     });
     for _ in 0..10 {
         q.push(&message(39));
@@ -306,4 +309,100 @@ async fn a_leaving_member_hands_on_its_unacknowledged_messages_in_order() {
     next_batch(&q, &attachment, Duration::from_secs(1)).await;
     assert_eq!(q.take_remaining().len(), 4);
     assert_eq!(q.stats().in_flight, 0);
+}
+
+fn bounds(acks: bool) -> QueueBounds {
+    QueueBounds {
+        max_messages: 100,
+        max_bytes: usize::MAX,
+        overflow: OverflowPolicy::DropOldest,
+        acks: acks.then_some(AckBounds {
+            max_in_flight: 2,
+            timeout: Duration::from_secs(30),
+        }),
+        max_age: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_queue_redelivers_its_stored_messages_first_then_continues_the_sequence() {
+    let stored = vec![(4, message(1)), (6, message(1)), (7, message(1))];
+    let q = SubscriptionQueue::restore(bounds(true), None, 7, stored);
+    assert!(
+        !q.wants_retained(),
+        "it had its retained values before the restart"
+    );
+    assert_eq!(
+        q.stats().in_flight,
+        3,
+        "more than the window of 2: nothing is dropped"
+    );
+    q.push(&message(1));
+    let attachment = q.attach(Some(5));
+    let wait = Duration::from_secs(1);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(4, true), (6, true), (7, true)])
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        None,
+        "the window is full until acknowledgements come"
+    );
+    q.ack(&[SequenceRange { from: 4, to: 7 }]);
+    assert_eq!(
+        next_batch(&q, &attachment, wait).await,
+        Some(vec![(8, false)])
+    );
+}
+
+#[tokio::test]
+async fn a_restored_queue_follows_a_client_that_received_beyond_the_stored_sequence() {
+    // The broker died after the client got sequence 12 but before sequence 12 was stored.
+    let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
+    let attachment = q.attach(Some(12));
+    assert_eq!(attachment.next_expected, 13);
+    q.push(&message(1));
+    let (sequences, _) = drain(&q).await;
+    assert_eq!(sequences, vec![13], "no sequence the client has is reused");
+    // Only the first attachment after the restart may move the sequence.
+    assert_eq!(q.attach(Some(99)).next_expected, 14);
+}
+
+#[tokio::test]
+async fn an_at_most_once_client_behind_the_restored_sequence_gets_the_exact_gap() {
+    let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
+    let attachment = q.attach(Some(6));
+    assert_eq!(attachment.next_expected, 7);
+    assert_eq!(
+        attachment.undelivered_through, 10,
+        "7..=10 were lost with the broker"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_older_than_the_age_bound_are_dropped_unsent_and_reported() {
+    let q = SubscriptionQueue::new(QueueBounds {
+        max_age: Some(Duration::from_secs(10)),
+        ..bounds(true)
+    });
+    q.push(&message(1));
+    q.push(&message(1));
+    tokio::time::advance(Duration::from_secs(11)).await;
+    q.push(&message(1));
+    let attachment = q.attach(None);
+    let mut batch = Vec::new();
+    let popped = q.pop_batch(&attachment, &mut batch, 10).await;
+    assert!(
+        matches!(popped, Popped::Batch { dropped: 2, .. }),
+        "{popped:?}"
+    );
+    assert_eq!(
+        batch.iter().map(|q| q.sequence).collect::<Vec<_>>(),
+        vec![3]
+    );
+    assert_eq!(q.stats().dropped_total, 2);
+    // Sent and unacknowledged: never dropped by age.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(q.stats().in_flight, 1);
 }

@@ -29,6 +29,7 @@ fn member(session: u8, subscription: u64, group: Option<&str>) -> RouteMember {
         max_bytes: 1 << 20,
         overflow: OverflowPolicy::DropOldest,
         acks: None,
+        max_age: None,
     }));
     queue.set_attached(true);
     RouteMember {
@@ -255,6 +256,7 @@ fn member_with(policy: OverflowPolicy, max_messages: usize) -> RouteMember {
         max_bytes: 1 << 20,
         overflow: policy,
         acks: None,
+        max_age: None,
     }));
     RouteMember {
         key: SubscriberKey {

@@ -17,6 +17,7 @@ pub(crate) mod cassini_peer;
 pub(crate) mod child;
 pub(crate) mod connections;
 pub(crate) mod datagram;
+pub(crate) mod durable;
 pub(crate) mod embedded;
 pub(crate) mod hol;
 
@@ -32,6 +33,7 @@ pub(crate) async fn run(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
     let (report, json, plot) = match scenario {
         BenchScenario::Hol(command) => return hol::run(command).await,
         BenchScenario::Datagram(args) => return datagram::run(args).await,
+        BenchScenario::Durable(args) => return durable::run(args).await,
         BenchScenario::Connections(args) => return connections::run(args).await,
         BenchScenario::BareEndpoint(args) => return bare_endpoint::run(args).await,
         BenchScenario::Latency(command) => {

@@ -82,6 +82,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "queue.max_in_flight", doc: "The largest in-flight window any at-least-once subscription may ask for." },
     KeyDoc { path: "queue.default_ack_timeout_ms", doc: "How long an at-least-once delivery may stay unacknowledged on a live connection before it is sent again, in milliseconds, when the subscription asks for no timeout." },
     KeyDoc { path: "queue.min_ack_timeout_ms", doc: "The shortest ack timeout a subscription may ask for, in milliseconds; shorter requests are raised to it." },
+    KeyDoc { path: "queue.max_backlog_age_secs", doc: "Drop a message that waited this many seconds unsent in a subscription's queue (announced as an Overflow gap); 0: no age bound. Sent, unacknowledged messages are never dropped." },
     KeyDoc { path: "sessions.expiry_secs", doc: "How long a session outlives a connection that dropped without a goodbye, in seconds; its subscriptions keep queueing meanwhile." },
     KeyDoc { path: "dedupe.max_entries", doc: "Most remembered (identity, message id) pairs; about 100 bytes each." },
     KeyDoc { path: "dedupe.max_age_secs", doc: "How long an acknowledged publish is remembered, in seconds." },
@@ -103,7 +104,10 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "security.address_validation", doc: "When new clients must prove their address with a QUIC Retry: \"never\", \"under-load\" (256 or more handshakes in progress) or \"always\"." },
     KeyDoc { path: "security.allow_unknown_revocation", doc: "With a CRL present, accept clients whose revocation status no CRL covers (default: refuse them; revocation fails closed)." },
     KeyDoc { path: "security.enforce_crl_expiry", doc: "Refuse every client once the CRL's next-update time has passed." },
-    KeyDoc { path: "storage.mode", doc: "\"memory\" (everything ends with the process). \"disk\" is refused: durable storage is not built yet." },
+    KeyDoc { path: "storage.mode", doc: "\"memory\" (everything ends with the process) or \"disk\" (sessions, subscriptions, at-least-once backlogs, retained values and the dedupe window survive a crash; docs/DURABILITY.md)." },
+    KeyDoc { path: "storage.data_dir", doc: "The directory of the disk store (cassini.redb); created if missing." },
+    KeyDoc { path: "storage.sync", doc: "When an acknowledged publish is confirmed in disk mode: \"always\" after it is on stable storage (fsync, shared by concurrent publishes), \"relaxed\" as soon as it is routed." },
+    KeyDoc { path: "storage.max_bytes", doc: "The most bytes of stored records in disk mode; a publish that would store more is refused with STORAGE_FULL." },
 ];
 
 /// The environment variable that overrides `path`.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::ConfigError;
 use super::keys::{default_value, env_name, section_of, KEYS};
-use super::{Settings, StorageMode};
+use super::Settings;
 use crate::cli::LogFormat;
 
 /// What command-line flags set. `None`: not given, the file or environment decides.
@@ -220,12 +220,6 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
     }
     if let Err(reason) = security.address_validation.parse::<AddressValidation>() {
         return Err(invalid("security.address_validation", reason.to_string()));
-    }
-    if settings.storage.mode == StorageMode::Disk {
-        return Err(invalid(
-            "storage.mode",
-            "\"disk\": durable storage is not built yet; expected \"memory\"".into(),
-        ));
     }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
         return Err(invalid(

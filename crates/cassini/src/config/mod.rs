@@ -204,6 +204,7 @@ pub(crate) struct QueueSettings {
     pub(crate) max_in_flight: u32,
     pub(crate) default_ack_timeout_ms: u64,
     pub(crate) min_ack_timeout_ms: u64,
+    pub(crate) max_backlog_age_secs: u64,
 }
 
 impl Default for QueueSettings {
@@ -218,6 +219,7 @@ impl Default for QueueSettings {
             max_in_flight: queue.max_in_flight,
             default_ack_timeout_ms: millis(queue.default_ack_timeout),
             min_ack_timeout_ms: millis(queue.min_ack_timeout),
+            max_backlog_age_secs: queue.max_backlog_age.map_or(0, |age| age.as_secs()),
         }
     }
 }
@@ -394,12 +396,30 @@ impl SecuritySettings {
     }
 }
 
-/// `[storage]`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[storage]`: the broker's `StorageConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct StorageSettings {
     /// Where state lives.
     pub(crate) mode: StorageMode,
+    /// The directory of the disk store.
+    pub(crate) data_dir: PathBuf,
+    /// When an acknowledged publish is confirmed in disk mode.
+    pub(crate) sync: SyncMode,
+    /// The most bytes of stored records.
+    pub(crate) max_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        let storage = cassini_broker::config::StorageConfig::default();
+        Self {
+            mode: StorageMode::Memory,
+            data_dir: storage.data_dir,
+            sync: SyncMode::Always,
+            max_bytes: storage.max_disk_bytes,
+        }
+    }
 }
 
 /// Where sessions, queues and retained values live.
@@ -409,8 +429,19 @@ pub(crate) enum StorageMode {
     /// In memory: everything ends with the process.
     #[default]
     Memory,
-    /// On disk. Refused: durable storage is not built yet.
+    /// On disk, in `data_dir`: see docs/DURABILITY.md.
     Disk,
+}
+
+/// When an acknowledged publish is confirmed in disk mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SyncMode {
+    /// After it is on stable storage (fsync, shared by concurrent publishes).
+    #[default]
+    Always,
+    /// As soon as it is routed; the write follows at once.
+    Relaxed,
 }
 
 impl Settings {
@@ -444,6 +475,8 @@ impl Settings {
                 max_in_flight: self.queue.max_in_flight,
                 default_ack_timeout: Duration::from_millis(self.queue.default_ack_timeout_ms),
                 min_ack_timeout: Duration::from_millis(self.queue.min_ack_timeout_ms),
+                max_backlog_age: (self.queue.max_backlog_age_secs > 0)
+                    .then(|| Duration::from_secs(self.queue.max_backlog_age_secs)),
             },
             sessions: SessionConfig {
                 expiry: Duration::from_secs(self.sessions.expiry_secs),
@@ -455,6 +488,19 @@ impl Settings {
             shutdown: ShutdownConfig {
                 reconnect_hint: Duration::from_millis(self.shutdown.reconnect_hint_ms),
                 drain: Duration::from_millis(self.shutdown.drain_ms),
+            },
+            storage: cassini_broker::config::StorageConfig {
+                mode: match self.storage.mode {
+                    StorageMode::Memory => cassini_broker::config::StorageMode::Memory,
+                    StorageMode::Disk => cassini_broker::config::StorageMode::Disk,
+                },
+                data_dir: self.storage.data_dir.clone(),
+                sync: match self.storage.sync {
+                    SyncMode::Always => cassini_broker::config::SyncPolicy::Always,
+                    SyncMode::Relaxed => cassini_broker::config::SyncPolicy::Relaxed,
+                },
+                max_disk_bytes: self.storage.max_bytes,
+                ..cassini_broker::config::StorageConfig::default()
             },
         }
     }

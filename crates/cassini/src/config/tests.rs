@@ -181,14 +181,17 @@ fn wrong_type_is_named_with_its_line_and_the_expected_type() {
 }
 
 #[test]
-fn disk_storage_is_refused_as_not_built() {
-    let message = error_of("[storage]\nmode = \"disk\"\n");
-    assert!(message.contains("storage.mode"), "{message}");
-    assert!(message.contains("line 2"), "{message}");
-    assert!(
-        message.contains("durable storage is not built yet"),
-        "{message}"
+fn disk_storage_comes_from_the_file_and_a_bad_mode_is_named() {
+    let written =
+        file("[storage]\nmode = \"disk\"\ndata_dir = \"/var/lib/cassini\"\nsync = \"relaxed\"\n");
+    let settings = resolve(Some(written.path()), &[], &Overrides::default()).expect("valid");
+    let storage = settings.broker_config().storage;
+    assert_eq!(storage.mode, cassini_broker::config::StorageMode::Disk);
+    assert_eq!(
+        storage.data_dir,
+        std::path::PathBuf::from("/var/lib/cassini")
     );
+    assert_eq!(storage.sync, cassini_broker::config::SyncPolicy::Relaxed);
     let unknown = error_of("[storage]\nmode = \"tape\"\n");
     assert!(unknown.contains("unknown variant `tape`"), "{unknown}");
 }

@@ -1,0 +1,226 @@
+//! Durable state: what the broker keeps on disk in `disk` mode, and how it is read back.
+//!
+//! In memory (the default) nothing here runs. On disk, one redb database in the data directory
+//! holds the sessions (id, identity, detach time), their subscriptions (filter, options, last
+//! sequence), the queued and unacknowledged messages of at-least-once subscriptions, the
+//! retained values and the publish dedupe window. At-most-once subscriptions keep only their
+//! record and last sequence: their messages are not stored.
+//!
+//! # Layout
+//! - [`records`](self): the stored records and their checksummed encoding.
+//! - `disk`: the database, the group-committing writer thread, and the operations it applies.
+//! - `recovery`: the scan on start that checks every record and rebuilds the state.
+//!
+//! See `docs/DURABILITY.md` for what survives what.
+
+mod disk;
+pub(crate) mod records;
+mod recovery;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) use disk::Op;
+pub use disk::{DiskStore, DATABASE_FILE};
+pub(crate) use recovery::{Recovered, RecoveredSession, RecoveredSubscription};
+
+use crate::message::PublishedMessage;
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StorageMode {
+    /// Everything in memory: a broker restart loses sessions, queues, retained values and the
+    /// dedupe window.
+    #[default]
+    Memory,
+    /// Sessions, subscriptions, at-least-once backlogs, retained values and the dedupe window
+    /// on disk in [`StorageConfig::data_dir`], restored on start.
+    Disk,
+}
+
+/// When an acknowledged publish is confirmed in disk mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SyncPolicy {
+    /// `PublishAck` leaves only after the message is on stable storage (fsync). Concurrent
+    /// publishes share one sync (group commit).
+    #[default]
+    Always,
+    /// Opt-in: `PublishAck` leaves once the message is routed; the write follows at once, but
+    /// an acknowledged message can be lost if the broker dies in between (a few milliseconds).
+    Relaxed,
+}
+
+/// The storage section of the broker configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Memory (default) or disk.
+    pub mode: StorageMode,
+    /// The directory holding the database file (`cassini.redb`); created if missing.
+    pub data_dir: PathBuf,
+    /// When acknowledged publishes are confirmed.
+    pub sync: SyncPolicy,
+    /// The most bytes of stored records. A publish that would store a message beyond it is
+    /// refused with `STORAGE_FULL`; nothing stored is dropped to make room. The database file
+    /// is larger than this by its B-tree overhead (see `docs/DURABILITY.md`).
+    pub max_disk_bytes: u64,
+    /// The most bytes of operations waiting for a commit. Publishers wait (QUIC flow control
+    /// holds their clients) while more is waiting; this bounds the writer's memory.
+    pub max_pending_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            mode: StorageMode::Memory,
+            data_dir: PathBuf::from("data"),
+            sync: SyncPolicy::Always,
+            max_disk_bytes: 1024 * 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What can go wrong with the disk store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The data directory or a file in it could not be used.
+    #[error("{path}: {detail}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The database could not be opened or read.
+    #[error("database {path}: {detail}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What redb reported.
+        detail: String,
+    },
+    /// Records could not be read back: the broker does not start and the file is left as it is.
+    #[error(
+        "database {path}: {count} stored record(s) could not be read, so the broker will not start \
+         (nothing was changed; restore the data directory from a backup or move it away to start \
+         empty): {records}"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// How many records could not be read.
+        count: usize,
+        /// The records that could not be read (table and key) and why.
+        records: String,
+    },
+    /// A commit failed; nothing more is made durable.
+    #[error("storage write failed: {0}")]
+    WriteFailed(String),
+    /// The store holds its byte limit.
+    #[error("storage is full ({limit} bytes of records); nothing acknowledged was dropped")]
+    Full {
+        /// The limit.
+        limit: u64,
+    },
+    /// The store was closed (the broker is stopping).
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A session id as the store's key.
+pub(crate) fn session_key(id: cassini_protocol::SessionId) -> u128 {
+    u128::from_be_bytes(id.0)
+}
+
+/// A stored session key as a session id.
+pub(crate) fn session_id(key: u128) -> cassini_protocol::SessionId {
+    cassini_protocol::SessionId(key.to_be_bytes())
+}
+
+/// How a subscription's queue writes through to the store.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueStore {
+    pub(crate) store: Arc<DiskStore>,
+    pub(crate) session: u128,
+    pub(crate) subscription: u64,
+}
+
+impl QueueStore {
+    /// A message accepted with `sequence`; `keep` stores the message itself (at least once).
+    pub(crate) fn accepted(&self, sequence: u64, message: Option<&Arc<PublishedMessage>>) {
+        let last = Op::Sequence(records::SequenceRecord {
+            session: self.session,
+            subscription: self.subscription,
+            last_sequence: sequence,
+        });
+        match message {
+            Some(message) => self.store.append([
+                Op::PutMessage(
+                    (self.session, self.subscription, sequence),
+                    Arc::clone(message),
+                ),
+                last,
+            ]),
+            None => self.store.append([last]),
+        }
+    }
+
+    /// Stored messages that left the queue for good (acknowledged or dropped unsent).
+    pub(crate) fn removed(&self, sequences: impl IntoIterator<Item = u64>) {
+        self.store.append(
+            sequences
+                .into_iter()
+                .map(|sequence| Op::DeleteMessage((self.session, self.subscription, sequence))),
+        );
+    }
+}
+
+/// Opens the disk store when `config` asks for one, on a blocking thread, and reads it back.
+pub(crate) async fn open(
+    config: &crate::config::BrokerConfig,
+) -> Result<Option<(Arc<DiskStore>, Recovered)>, StorageError> {
+    if config.storage.mode != StorageMode::Disk {
+        return Ok(None);
+    }
+    let storage = config.storage.clone();
+    let dedupe_max_age = config.dedupe.max_age;
+    let limits = config.limits.topics;
+    let dir = storage.data_dir.clone();
+    let (store, recovered) =
+        tokio::task::spawn_blocking(move || DiskStore::open(&storage, dedupe_max_age, &limits))
+            .await
+            .map_err(|err| StorageError::Io {
+                path: dir,
+                detail: format!("opening the store: {err}"),
+            })??;
+    tracing::info!(
+        path = %store.path().display(),
+        sessions = recovered.sessions.len(),
+        subscriptions = recovered.sessions.iter().map(|s| s.subscriptions.len()).sum::<usize>(),
+        messages = recovered
+            .sessions
+            .iter()
+            .flat_map(|s| &s.subscriptions)
+            .map(|s| s.messages.len())
+            .sum::<usize>(),
+        retained = recovered.retained.len(),
+        dedupe = recovered.dedupe.len(),
+        live_bytes = recovered.live_bytes,
+        "storage opened; state restored"
+    );
+    Ok(Some((Arc::new(store), recovered)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! The records the disk store keeps, and their checksummed encoding.
+//!
+//! Every stored value is `crc32c (4 bytes, little endian) ++ MessagePack body`; the checksum
+//! covers the body. Each body repeats its own key, and [`decode`] checks both, so a flipped
+//! byte in a value or a value stored under the wrong key is reported, never used. No I/O here.
+
+use bytes::Bytes;
+use cassini_protocol::{Headers, SubscribeOptions, TopicLimits, TopicName};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::message::PublishedMessage;
+
+/// A session: who owns it and since when it is detached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    /// The session id.
+    pub(crate) id: u128,
+    /// The certificate identity that created it.
+    pub(crate) identity: String,
+    /// The highest subscription id it ever assigned (ids are never reused).
+    pub(crate) last_subscription: u64,
+    /// When its connection dropped, in milliseconds since the Unix epoch; `None` while
+    /// attached.
+    pub(crate) detached_at_ms: Option<u64>,
+}
+
+/// A subscription of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SubscriptionRecord {
+    /// The owning session.
+    pub(crate) session: u128,
+    /// Its id in the session.
+    pub(crate) subscription: u64,
+    /// The filter, as the client sent it.
+    pub(crate) filter: String,
+    /// The options it was made with.
+    pub(crate) options: SubscribeOptions,
+}
+
+/// The last sequence number a subscription assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SequenceRecord {
+    /// The owning session.
+    pub(crate) session: u128,
+    /// The subscription.
+    pub(crate) subscription: u64,
+    /// The last sequence assigned.
+    pub(crate) last_sequence: u64,
+}
+
+/// A message: queued or unacknowledged in an at-least-once subscription (with its position),
+/// or a retained value (position 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MessageRecord {
+    /// The owning session (0 for a retained value).
+    pub(crate) session: u128,
+    /// The subscription (0 for a retained value).
+    pub(crate) subscription: u64,
+    /// The sequence in the subscription (0 for a retained value).
+    pub(crate) sequence: u64,
+    /// The topic.
+    pub(crate) topic: String,
+    /// Application headers.
+    pub(crate) headers: Headers,
+    /// The payload.
+    pub(crate) payload: Bytes,
+    /// The publisher's message id.
+    pub(crate) message_id: Option<u64>,
+    /// Where a reply goes.
+    pub(crate) reply_to: Option<String>,
+}
+
+impl MessageRecord {
+    pub(crate) fn new(
+        (session, subscription, sequence): (u128, u64, u64),
+        message: &PublishedMessage,
+    ) -> Self {
+        Self {
+            session,
+            subscription,
+            sequence,
+            topic: message.topic.as_str().to_string(),
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+            message_id: message.message_id,
+            reply_to: message.reply_to.clone(),
+        }
+    }
+
+    /// The broker's in-memory form; `None` if the stored topic is no longer a valid name.
+    pub(crate) fn into_message(
+        self,
+        limits: &TopicLimits,
+        retained: bool,
+    ) -> Option<PublishedMessage> {
+        let topic = TopicName::parse(&self.topic, limits).ok()?;
+        Some(PublishedMessage {
+            topic,
+            headers: self.headers,
+            payload: self.payload,
+            message_id: self.message_id,
+            reply_to: self.reply_to,
+            retained,
+        })
+    }
+}
+
+/// An accepted acknowledged publish, for the dedupe window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupeRecord {
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub(crate) at_ms: u64,
+    /// The publisher's certificate identity.
+    pub(crate) identity: String,
+    /// Its message id.
+    pub(crate) message_id: u64,
+}
+
+/// Why a stored value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// Fewer bytes than a checksum.
+    #[error("record of {0} bytes is shorter than its checksum (torn write?)")]
+    Truncated(usize),
+    /// The checksum does not match the body.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The stored checksum.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// The body does not decode.
+    #[error("undecodable record: {0}")]
+    Malformed(String),
+    /// The body names another key than the one it is stored under.
+    #[error("record names another key than the one it is stored under")]
+    WrongKey,
+}
+
+/// Encodes a record with its checksum.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    // Serializing plain structs of strings, numbers and bytes into a Vec cannot fail.
+    if rmp_serde::encode::write(&mut out, record).is_err() {
+        out.truncate(4);
+    }
+    let crc = crc32c::crc32c(&out[4..]);
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Checks the checksum, decodes, and checks that the record names `expected_key`.
+pub(crate) fn decode<T: DeserializeOwned, K: PartialEq>(
+    bytes: &[u8],
+    expected_key: &K,
+    key_of: impl FnOnce(&T) -> K,
+) -> Result<T, RecordError> {
+    if bytes.len() < 4 {
+        return Err(RecordError::Truncated(bytes.len()));
+    }
+    let (stored, body) = bytes.split_at(4);
+    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(RecordError::Checksum { stored, computed });
+    }
+    let record: T =
+        rmp_serde::from_slice(body).map_err(|err| RecordError::Malformed(err.to_string()))?;
+    if key_of(&record) != *expected_key {
+        return Err(RecordError::WrongKey);
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SequenceRecord {
+        SequenceRecord {
+            session: 7,
+            subscription: 2,
+            last_sequence: 99,
+        }
+    }
+
+    fn key(r: &SequenceRecord) -> (u128, u64) {
+        (r.session, r.subscription)
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        let bytes = encode(&record());
+        assert_eq!(decode(&bytes, &(7, 2), key), Ok(record()));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let bytes = encode(&record());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                decode::<SequenceRecord, _>(&bad, &(7, 2), key).is_err(),
+                "flip at {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_torn_record_is_detected() {
+        let bytes = encode(&record());
+        assert_eq!(
+            decode::<SequenceRecord, _>(&bytes[..3], &(7, 2), key),
+            Err(RecordError::Truncated(3))
+        );
+        assert!(decode::<SequenceRecord, _>(&bytes[..bytes.len() - 1], &(7, 2), key).is_err());
+    }
+
+    #[test]
+    fn a_record_under_another_key_is_refused() {
+        let bytes = encode(&record());
+        assert_eq!(
+            decode::<SequenceRecord, _>(&bytes, &(7, 3), key),
+            Err(RecordError::WrongKey)
+        );
+    }
+}
