@@ -79,13 +79,14 @@ fn a_bad_file_is_refused_with_the_key_the_line_and_what_was_expected() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 
-    std::fs::write(dir.path().join("disk.toml"), "[storage]\nmode = \"disk\"\n").expect("write");
-    let disk = dir.path().join("disk.toml");
-    let output = run(&mut cassini(&["serve", "--config", disk.to_str().unwrap()]));
+    std::fs::write(dir.path().join("tape.toml"), "[storage]\nmode = \"tape\"\n").expect("write");
+    let tape = dir.path().join("tape.toml");
+    let output = run(&mut cassini(&["config", "check", tape.to_str().unwrap()]));
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tape"), "{stderr}");
     assert!(
-        stderr.contains("durable storage is not built yet"),
+        stderr.contains("memory") && stderr.contains("disk"),
         "{stderr}"
     );
 
