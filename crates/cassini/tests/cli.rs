@@ -273,8 +273,7 @@ fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
 
 #[test]
 fn bench_datagram_runs_a_tiny_smoke_round() {
-    let datagram = run(&mut cassini(&[
-        "bench",
+    let report = bench_json(&[
         "datagram",
         "--rate",
         "500",
@@ -282,14 +281,7 @@ fn bench_datagram_runs_a_tiny_smoke_round() {
         "0.2",
         "--warmup",
         "0.1",
-        "--json",
-    ]));
-    assert!(
-        datagram.status.success(),
-        "{}",
-        String::from_utf8_lossy(&datagram.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&datagram.stdout).expect("JSON");
+    ]);
     assert_eq!(report["scenario"], "datagram");
     assert_eq!(report["results"].as_array().map(Vec::len), Some(6));
 }
