@@ -144,6 +144,18 @@ async fn publish_for(
     index
 }
 
+/// [`publish_for`] as publisher 0 on a task of its own; the task returns how many it published.
+fn spawn_publishing(
+    publisher: &Client,
+    history: &History,
+    topic: &'static str,
+    rate: u32,
+    time: Duration,
+) -> JoinHandle<u64> {
+    let (publisher, history) = (publisher.clone(), history.clone());
+    tokio::spawn(async move { publish_for(&publisher, &history, 0, topic, rate, time).await })
+}
+
 /// Waits until `recorder` holds at least `count` distinct publishes.
 async fn received(recorder: &SubscriptionRecorder, what: &str, count: usize) {
     eventually(what, || async {
@@ -203,20 +215,7 @@ async fn a_ten_second_partition_of_a_subscriber_loses_nothing_acknowledged() {
     let (_plain, _p) = record(&subscriber, &history, "part.*", Promise::AtMostOnce).await;
     let publisher = broker.client("publisher").await;
 
-    let publishing = {
-        let (publisher, history) = (publisher.clone(), history.clone());
-        tokio::spawn(async move {
-            publish_for(
-                &publisher,
-                &history,
-                0,
-                "part.x",
-                100,
-                Duration::from_secs(14),
-            )
-            .await
-        })
-    };
+    let publishing = spawn_publishing(&publisher, &history, "part.x", 100, Duration::from_secs(14));
     tokio::time::sleep(Duration::from_secs(2)).await;
     faults.set_blackhole(true);
     within("the client notices the partition", async {
@@ -260,20 +259,13 @@ async fn a_partitioned_publisher_delivers_everything_the_broker_acknowledged() {
     });
     let publisher = faulty_client(&broker, "publisher", &faults).await;
 
-    let publishing = {
-        let (publisher, history) = (publisher.clone(), history.clone());
-        tokio::spawn(async move {
-            publish_for(
-                &publisher,
-                &history,
-                0,
-                "pubpart.x",
-                100,
-                Duration::from_secs(8),
-            )
-            .await
-        })
-    };
+    let publishing = spawn_publishing(
+        &publisher,
+        &history,
+        "pubpart.x",
+        100,
+        Duration::from_secs(8),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     faults.set_blackhole(true);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -310,10 +302,7 @@ async fn moving_the_subscriber_to_a_new_address_every_second_loses_nothing_and_n
     let publisher = broker.client("publisher").await;
 
     let time = load_time(6);
-    let publishing = {
-        let (publisher, history) = (publisher.clone(), history.clone());
-        tokio::spawn(async move { publish_for(&publisher, &history, 0, "roam.x", 200, time).await })
-    };
+    let publishing = spawn_publishing(&publisher, &history, "roam.x", 200, time);
     let end = Instant::now() + time;
     let mut moves = 0;
     while Instant::now() < end {
