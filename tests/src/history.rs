@@ -19,10 +19,33 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_client::{Gap, Message};
+use cassini_client::{Client, Gap, Message, Subscription};
 use cassini_protocol::TopicFilter;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+/// The seed of a fault run: `CASSINI_FAULT_SEED` when set (a replay), otherwise fresh. It is
+/// printed with `replay`, the command that runs this test again, so a failure can be replayed.
+pub fn fault_seed(replay: &str) -> u64 {
+    let seed = std::env::var("CASSINI_FAULT_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("fault seed {seed}: replay with CASSINI_FAULT_SEED={seed} {replay}");
+    seed
+}
+
+/// How long a load phase runs: `short` (the CI form) unless `CASSINI_FAULT_SECS` says otherwise.
+pub fn load_time(short: u64) -> Duration {
+    let secs = std::env::var("CASSINI_FAULT_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or(short);
+    Duration::from_secs(secs)
+}
 
 /// One publish, as its payload names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,6 +154,11 @@ impl History {
         }
     }
 
+    /// How many publishes were attempted, acknowledged or not.
+    pub fn attempted(&self) -> usize {
+        self.lock().published.len()
+    }
+
     /// How many publishes the broker acknowledged.
     pub fn acked(&self) -> usize {
         self.lock().published.iter().filter(|p| p.acked).count()
@@ -148,9 +176,35 @@ impl History {
         violations
     }
 
-    /// Panics with every violation and `seed`, so the run can be replayed.
+    /// One line of figures: publishes, acknowledgements, deliveries, redeliveries, gaps.
+    pub fn summary(&self) -> String {
+        let log = self.lock();
+        let acked = log.published.iter().filter(|p| p.acked).count();
+        let deliveries: usize = log.subscriptions.iter().map(|s| s.deliveries.len()).sum();
+        let redelivered: usize = log
+            .subscriptions
+            .iter()
+            .flat_map(|s| &s.deliveries)
+            .filter(|d| d.redelivered)
+            .count();
+        let gaps: usize = log.subscriptions.iter().map(|s| s.gaps.len()).sum();
+        format!(
+            "{} publishes ({acked} acknowledged), {deliveries} deliveries to {} subscriptions \
+             ({redelivered} marked redelivered), {gaps} gaps",
+            log.published.len(),
+            log.subscriptions.len()
+        )
+    }
+
+    /// Prints the figures and the violation count; panics with every violation and `seed`, so
+    /// the run can be replayed.
     pub fn check(&self, seed: u64) {
         let violations = self.violations();
+        eprintln!(
+            "history: {}; violations: {}",
+            self.summary(),
+            violations.len()
+        );
         if violations.is_empty() {
             return;
         }
@@ -188,6 +242,19 @@ impl SubscriptionRecorder {
     /// Records the gaps a subscription reported.
     pub fn gaps(&self, gaps: Vec<Gap>) {
         self.with(|log| log.gaps.extend(gaps));
+    }
+
+    /// Records every delivery and gap of `subscription` on a task of its own, until the
+    /// subscription ends.
+    pub fn spawn_reading(&self, mut subscription: Subscription) -> JoinHandle<()> {
+        let recorder = self.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                recorder.gaps(subscription.take_gaps());
+                recorder.delivered(&message);
+            }
+            recorder.gaps(subscription.take_gaps());
+        })
     }
 
     /// How many distinct publishes this subscription received.
@@ -273,6 +340,37 @@ fn check_subscription(
     if !silent.is_empty() {
         report(format!("sequences lost without a gap, e.g. {silent:?}"));
     }
+}
+
+/// Publishes acknowledged messages to `topic` at about `rate` per second for `time`, recording
+/// each with whether the broker acknowledged it. Returns how many were published.
+pub async fn publish_for(
+    client: &Client,
+    history: &History,
+    publisher: u32,
+    topic: &str,
+    rate: u32,
+    time: Duration,
+) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let end = tokio::time::Instant::now() + time;
+    let mut index = 0;
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let id = PublishId { publisher, index };
+        let acked = client
+            .publish_acked_with_timeout(
+                topic,
+                stamp(id, 64),
+                cassini_client::PublishOptions::default(),
+                Duration::from_secs(2),
+            )
+            .await
+            .is_ok();
+        history.published(id, topic, acked);
+        index += 1;
+    }
+    index
 }
 
 #[cfg(test)]

@@ -8,38 +8,20 @@
 use std::time::Duration;
 
 use cassini_broker::BrokerConfig;
-use cassini_client::{
-    Client, ConnectionState, PublishOptions, QuicOptions, ReconnectPolicy, Subscription,
+use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy};
+use cassini_e2e::history::{
+    fault_seed, load_time, publish_for, History, Promise, SubscriptionRecorder,
 };
-use cassini_e2e::history::{stamp, History, Promise, PublishId, SubscriptionRecorder};
 use cassini_e2e::{eventually, within, TestBroker};
 use cassini_protocol::{AckOptions, SubscribeOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use cassini_quic::server::ServerOptions;
-use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// The seed of this run's faults, from `CASSINI_FAULT_SEED` or fresh, printed for replay.
+/// The seed of this run's faults, printed with the command that replays it.
 fn seed(test: &str) -> u64 {
-    let seed = std::env::var("CASSINI_FAULT_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!(
-        "fault seed {seed}: replay with CASSINI_FAULT_SEED={seed} cargo test -p cassini-e2e \
-         --test faults {test}"
-    );
-    seed
-}
-
-/// How long a load phase runs: `short` in CI, or `CASSINI_FAULT_SECS`.
-fn load_time(short: u64) -> Duration {
-    let secs = std::env::var("CASSINI_FAULT_SECS")
-        .ok()
-        .and_then(|secs| secs.parse().ok())
-        .unwrap_or(short);
-    Duration::from_secs(secs)
+    fault_seed(&format!("cargo test -p cassini-e2e --test faults {test}"))
 }
 
 /// Both ends notice a dead path within about two seconds, even with some loss.
@@ -101,47 +83,8 @@ async fn record(
         .await
         .expect("subscribe");
     let recorder = history.subscription(filter, promise);
-    let task = tokio::spawn(read_into(subscription, recorder.clone()));
+    let task = recorder.spawn_reading(subscription);
     (recorder, task)
-}
-
-async fn read_into(mut subscription: Subscription, recorder: SubscriptionRecorder) {
-    while let Some(message) = subscription.next().await {
-        recorder.gaps(subscription.take_gaps());
-        recorder.delivered(&message);
-    }
-    recorder.gaps(subscription.take_gaps());
-}
-
-/// Publishes acknowledged messages to `topic` at about `rate` per second for `time`, recording
-/// each with whether the broker acknowledged it. Returns how many were published.
-async fn publish_for(
-    client: &Client,
-    history: &History,
-    publisher: u32,
-    topic: &str,
-    rate: u32,
-    time: Duration,
-) -> u64 {
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-    let end = Instant::now() + time;
-    let mut index = 0;
-    while Instant::now() < end {
-        tick.tick().await;
-        let id = PublishId { publisher, index };
-        let acked = client
-            .publish_acked_with_timeout(
-                topic,
-                stamp(id, 64),
-                PublishOptions::default(),
-                Duration::from_secs(2),
-            )
-            .await
-            .is_ok();
-        history.published(id, topic, acked);
-        index += 1;
-    }
-    index
 }
 
 /// [`publish_for`] as publisher 0 on a task of its own; the task returns how many it published.
@@ -197,6 +140,11 @@ async fn random_loss_with_jitter_and_reordering_breaks_no_guarantee() {
     .await;
     received(&plain, "the at-most-once subscription catches up", acked).await;
     assert!(sub_faults.stats().dropped > 0, "the faults did happen");
+    eprintln!(
+        "faults: subscriber {:?}, publisher {:?}",
+        sub_faults.stats(),
+        pub_faults.stats()
+    );
     history.check(seed);
     broker.stop().await;
 }
@@ -242,6 +190,7 @@ async fn a_ten_second_partition_of_a_subscriber_loses_nothing_acknowledged() {
         history.acked(),
     )
     .await;
+    eprintln!("faults: subscriber {:?}", faults.stats());
     history.check(seed);
     broker.stop().await;
 }
@@ -279,6 +228,7 @@ async fn a_partitioned_publisher_delivers_everything_the_broker_acknowledged() {
         "the partition cost some acknowledgements"
     );
     received(&reliable, "every acknowledged publish", acked).await;
+    eprintln!("faults: publisher {:?}", faults.stats());
     history.check(seed);
     broker.stop().await;
 }
@@ -322,6 +272,10 @@ async fn moving_the_subscriber_to_a_new_address_every_second_loses_nothing_and_n
     assert!(
         !states.has_changed().unwrap_or(true),
         "the connection state never changed: no reconnect"
+    );
+    eprintln!(
+        "faults: {moves} address changes, subscriber {:?}",
+        faults.stats()
     );
     history.check(seed);
     broker.stop().await;

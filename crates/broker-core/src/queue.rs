@@ -307,6 +307,15 @@ impl SubscriptionQueue {
         self.bounds.acks.is_some()
     }
 
+    /// In disk mode, waits until everything this queue wrote to the store so far (sequences,
+    /// messages, removals) is durable; see [`crate::storage::DiskStore`]. Writers call it
+    /// between [`Self::pop_batch`] and sending the batch.
+    pub async fn until_durable(&self) {
+        if let Some(store) = &self.store {
+            store.store.until_appended_is_durable().await;
+        }
+    }
+
     /// Whether this queue stores its messages on disk (an at-least-once subscription in disk
     /// mode).
     pub fn is_stored(&self) -> bool {

@@ -498,3 +498,91 @@ async fn a_full_store_refuses_publishes_with_storage_full_and_keeps_what_it_ackn
         .expect("subscription open");
     assert_eq!(next.payload(), &big(acked));
 }
+
+/// The fault suite's crash scenario: load runs while the broker is SIGKILLed at random points
+/// (drawn from the seed) and restarted on its store; the history checker then tests every
+/// guarantee of `docs/SESSIONS.md` over the whole run. Replay with the printed seed;
+/// `CASSINI_FAULT_SECS` lengthens the load (CI runs 8 s with three kills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_at_random_points_during_load_break_no_guarantee() {
+    use cassini_e2e::history::{fault_seed, load_time, publish_for, History, Promise};
+    use rand::{Rng, SeedableRng};
+
+    let seed = fault_seed(
+        "cargo test -p cassini --test durable sigkills_at_random_points_during_load_break_no_guarantee",
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = DurableBroker::start_new_with(dir.path(), &[]);
+    let history = History::default();
+
+    let subscriber = client(broker.addr, &broker.certs, "subscriber").await;
+    let reliable = history.subscription("crash.>", Promise::AtLeastOnce);
+    let _reading = reliable.spawn_reading(
+        subscriber
+            .subscribe_at_least_once("crash.>")
+            .await
+            .expect("subscribe"),
+    );
+    let plain = history.subscription("crash.*", Promise::AtMostOnce);
+    let _plain_reading =
+        plain.spawn_reading(subscriber.subscribe("crash.*").await.expect("subscribe"));
+    let publishers: Vec<Client> = futures_util::future::join_all(
+        ["publisher", "publisher"]
+            .iter()
+            .map(|name| client(broker.addr, &broker.certs, name)),
+    )
+    .await;
+
+    let time = load_time(8);
+    let publishing: Vec<_> = publishers
+        .iter()
+        .enumerate()
+        .map(|(number, publisher)| {
+            let (publisher, history) = (publisher.clone(), history.clone());
+            let topic = format!("crash.p{number}");
+            tokio::spawn(async move {
+                publish_for(&publisher, &history, number as u32, &topic, 50, time).await
+            })
+        })
+        .collect();
+
+    // Kill points: uniformly random within the load, at least 300 ms apart so the restarted
+    // broker serves some load before the next kill.
+    let end = tokio::time::Instant::now() + time;
+    let mut kills = 0;
+    loop {
+        let pause = Duration::from_millis(rng.random_range(300..2_000));
+        if tokio::time::Instant::now() + pause + Duration::from_millis(500) > end {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        broker = tokio::task::spawn_blocking(move || {
+            broker.restart();
+            broker
+        })
+        .await
+        .expect("restart");
+        kills += 1;
+    }
+    for task in publishing {
+        within("publishing ends", task).await.expect("publisher");
+    }
+    let acked = history.acked();
+    assert!(kills >= 2, "only {kills} kills in {time:?}");
+    assert!(acked > 0, "some publishes were acknowledged");
+    within("every acknowledged publish arrives", async {
+        while reliable.distinct() < acked {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "{kills} SIGKILLs; {} publishes, {acked} acknowledged; {} delivered to the at-least-once \
+         subscription, {} to the at-most-once one",
+        history.attempted(),
+        reliable.distinct(),
+        plain.distinct()
+    );
+    history.check(seed);
+}

@@ -139,6 +139,9 @@ pub(crate) async fn run_subscription_writer(
                 drained,
                 ..
             } => {
+                // Not raced against `cancel`: the wait is one commit at most, and a batch
+                // taken out of the queue is sent, not dropped.
+                queue.until_durable().await;
                 for queued in batch.drain(..) {
                     if !queued.redelivered {
                         encode_gaps(&gaps.before(queued.sequence), &mut buf, max_frame_bytes);

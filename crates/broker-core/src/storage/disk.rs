@@ -126,6 +126,8 @@ struct Inner {
     max_disk_bytes: u64,
     max_pending_bytes: usize,
     dedupe_max_age: Duration,
+    /// [`super::SyncPolicy::Always`]: deliveries wait for the commit of what they depend on too.
+    sync_always: bool,
 }
 
 impl Inner {
@@ -195,6 +197,7 @@ impl DiskStore {
             max_disk_bytes: config.max_disk_bytes,
             max_pending_bytes: config.max_pending_bytes,
             dedupe_max_age,
+            sync_always: config.sync == super::SyncPolicy::Always,
         });
         let thread_inner = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
@@ -263,6 +266,23 @@ impl DiskStore {
                 None => Err(StorageError::Closed),
             },
             Err(_) => Err(StorageError::Closed),
+        }
+    }
+
+    /// Waits until everything appended so far is on stable storage, under
+    /// [`SyncPolicy::Always`](super::SyncPolicy::Always) only (at once under `Relaxed`). A
+    /// subscription writer calls this before it sends a batch, so a client never sees a
+    /// sequence number, a message or a gap that a crash could take back: after a restart the
+    /// broker neither reuses a sequence the client already holds nor delivers again, unmarked,
+    /// a retried publish whose first copy the client saw. A store that failed or closed does
+    /// not hold deliveries back (it refuses the publishes instead).
+    pub(crate) async fn until_appended_is_durable(&self) {
+        if !self.inner.sync_always {
+            return;
+        }
+        let ticket = self.ticket();
+        if let Err(err) = self.synced(ticket).await {
+            tracing::debug!(%err, "delivering without waiting for the store");
         }
     }
 
