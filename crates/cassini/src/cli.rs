@@ -196,6 +196,10 @@ pub(crate) struct ServeArgs {
     /// [default: 30; key `quic.idle_timeout_secs`].
     #[arg(long)]
     pub(crate) idle_timeout: Option<u64>,
+    /// The congestion controller of the broker's connections: `cubic` or `bbr` (keeps
+    /// datagram subscriptions fresh on lossy links) [default: cubic; key `quic.congestion`].
+    #[arg(long, value_enum)]
+    pub(crate) congestion: Option<crate::config::Congestion>,
     /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
     /// a free port, which the log reports) [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]

@@ -29,6 +29,7 @@ pub(crate) fn settings(
         certs: args.certs.clone(),
         session_expiry: args.session_expiry,
         idle_timeout: args.idle_timeout,
+        congestion: args.congestion,
         monitor: args.monitor,
         log_format,
         acl: args.acl.clone(),

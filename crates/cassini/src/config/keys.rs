@@ -94,6 +94,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "quic.max_concurrent_bidi_streams", doc: "Bidirectional streams the peer may have open at once (control and publish streams)." },
     KeyDoc { path: "quic.socket_buffer_bytes", doc: "Requested UDP receive and send buffer size; the kernel may grant less (net.core.rmem_max / wmem_max), the log says what it granted." },
     KeyDoc { path: "quic.datagrams", doc: "Offer QUIC datagrams (RFC 9221), needed by datagram subscriptions and datagram publishes; off: those are refused with DATAGRAMS_UNSUPPORTED." },
+    KeyDoc { path: "quic.congestion", doc: "Congestion controller of the broker's connections: \"cubic\" (loss-based) or \"bbr\" (keeps datagram subscriptions fresh under random loss; quinn marks it experimental; docs/BENCHMARKS.md)." },
     KeyDoc { path: "quic.handshake_timeout_ms", doc: "How long a client has to complete the TLS handshake, in milliseconds." },
     KeyDoc { path: "monitor.enabled", doc: "Serve the monitoring endpoint (plain HTTP, no authentication: keep it on loopback or a private network)." },
     KeyDoc { path: "monitor.listen", doc: "TCP address of the monitoring endpoint." },

@@ -28,6 +28,8 @@ pub(crate) struct Overrides {
     pub(crate) session_expiry: Option<u64>,
     /// `--idle-timeout` (seconds).
     pub(crate) idle_timeout: Option<u64>,
+    /// `--congestion`.
+    pub(crate) congestion: Option<super::Congestion>,
     /// `--monitor`: enables the monitor on this address.
     pub(crate) monitor: Option<SocketAddr>,
     /// `--log-format`.
@@ -184,6 +186,9 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     }
     if let Some(secs) = flags.idle_timeout {
         settings.quic.idle_timeout_secs = secs;
+    }
+    if let Some(congestion) = flags.congestion {
+        settings.quic.congestion = congestion;
     }
     if let Some(addr) = flags.monitor {
         settings.monitor.enabled = true;

@@ -286,6 +286,19 @@ pub(crate) struct QuicSettings {
     pub(crate) socket_buffer_bytes: usize,
     pub(crate) datagrams: bool,
     pub(crate) handshake_timeout_ms: u64,
+    pub(crate) congestion: Congestion,
+}
+
+/// `quic.congestion`: the congestion controller of the broker's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Congestion {
+    /// Cubic, loss-based (quinn's default).
+    #[default]
+    Cubic,
+    /// BBR, model-based: keeps datagram subscriptions fresh on lossy links (quinn marks it
+    /// experimental; docs/BENCHMARKS.md).
+    Bbr,
 }
 
 impl Default for QuicSettings {
@@ -300,6 +313,10 @@ impl Default for QuicSettings {
             socket_buffer_bytes: quic.socket_buffer_bytes,
             datagrams: quic.datagrams,
             handshake_timeout_ms: millis(server.handshake_timeout),
+            congestion: match quic.congestion {
+                cassini_quic::tls::CongestionControl::Cubic => Congestion::Cubic,
+                cassini_quic::tls::CongestionControl::Bbr => Congestion::Bbr,
+            },
         }
     }
 }
@@ -538,7 +555,10 @@ impl Settings {
                 max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
                 socket_buffer_bytes: quic.socket_buffer_bytes,
                 datagrams: quic.datagrams,
-                congestion: cassini_quic::tls::CongestionControl::Cubic,
+                congestion: match quic.congestion {
+                    Congestion::Cubic => cassini_quic::tls::CongestionControl::Cubic,
+                    Congestion::Bbr => cassini_quic::tls::CongestionControl::Bbr,
+                },
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),
