@@ -292,3 +292,34 @@ fn a_keep_alive_longer_than_the_idle_timeout_is_a_warning_not_an_error() {
     );
     assert!(Settings::default().warnings().is_empty());
 }
+
+#[test]
+fn the_congestion_controller_is_cubic_unless_the_file_the_environment_or_the_flag_says_bbr() {
+    use cassini_quic::tls::CongestionControl;
+    let congestion = |settings: Settings| settings.server_options().quic.congestion;
+    let defaults = resolve(None, &[], &Overrides::default()).unwrap();
+    assert_eq!(congestion(defaults), CongestionControl::Cubic);
+
+    let toml = file("[quic]\ncongestion = \"bbr\"\n");
+    let from_file = resolve(Some(toml.path()), &[], &Overrides::default()).unwrap();
+    assert_eq!(congestion(from_file), CongestionControl::Bbr);
+
+    let from_env = resolve(
+        None,
+        &env(&[("CASSINI_QUIC_CONGESTION", "bbr")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(congestion(from_env), CongestionControl::Bbr);
+
+    let flag = Overrides {
+        congestion: Some(Congestion::Cubic),
+        ..Overrides::default()
+    };
+    let flag_wins = resolve(Some(toml.path()), &[], &flag).unwrap();
+    assert_eq!(congestion(flag_wins), CongestionControl::Cubic);
+
+    let wrong = file("[quic]\ncongestion = \"reno\"\n");
+    let err = resolve(Some(wrong.path()), &[], &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("congestion"), "{err}");
+}
