@@ -30,7 +30,7 @@ use crate::config::BrokerConfig;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
-use crate::router::Router;
+use crate::router::{RouteCache, Router};
 use crate::storage::{DiskStore, StorageError, SyncPolicy};
 use crate::transport::{RecvStream, SendStream};
 
@@ -42,6 +42,37 @@ struct Answer {
     topic: String,
     frames: Vec<Frame>,
     durable_at: Option<u64>,
+}
+
+/// What one publish stream remembers between its publishes: the publisher's permissions, and
+/// for its last topic the parsed name and the matching routes. A stream usually publishes to
+/// one topic over and over; then a publish neither parses nor allocates its topic again nor
+/// walks the filter trie (`Router::publish_cached`; measured in docs/BENCHMARKS.md).
+struct StreamContext {
+    permissions: PermissionCache,
+    topic: Option<TopicName>,
+    routes: RouteCache,
+}
+
+impl StreamContext {
+    fn new(shared: &Shared, identity: &Arc<str>) -> Self {
+        Self {
+            permissions: PermissionCache::new(&shared.acl, identity),
+            topic: None,
+            routes: RouteCache::default(),
+        }
+    }
+
+    /// The checked name of `topic`, reusing the last one when it is the same string.
+    fn topic_name(&mut self, topic: &str, config: &BrokerConfig) -> Result<TopicName, BrokerError> {
+        if let Some(last) = self.topic.as_ref().filter(|last| last.as_str() == topic) {
+            return Ok(last.clone());
+        }
+        let name =
+            TopicName::parse(topic, &config.limits.topics).map_err(BrokerError::InvalidTopic)?;
+        self.topic = Some(name.clone());
+        Ok(name)
+    }
 }
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -72,9 +103,9 @@ async fn serve_in_order(
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes);
-    let mut permissions = PermissionCache::new(&shared.acl, identity);
+    let mut context = StreamContext::new(shared, identity);
     while let Some(frame) = reader.next().await? {
-        for answer in &frames_for(frame, shared, identity, &mut permissions)? {
+        for answer in &frames_for(frame, shared, identity, &mut context)? {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
@@ -87,35 +118,51 @@ fn frames_for(
     frame: Frame,
     shared: &Shared,
     identity: &Arc<str>,
-    permissions: &mut PermissionCache,
+    context: &mut StreamContext,
 ) -> Result<Vec<Frame>, BrokerError> {
-    let Frame::Publish(publish) = frame else {
+    let Frame::Publish(mut publish) = frame else {
         return Err(BrokerError::ProtocolViolation(format!(
             "{} frame on a publish stream",
             frame.kind()
         )));
     };
-    let topic = publish.topic.clone();
     let target = publish.to_session;
     let retain = publish.retain;
     let message_id = publish.message_id;
     let ack = publish.ack;
     let counters = shared.router.counters();
-    Ok(
-        match accept(publish, &shared.config)
-            .and_then(|message| authorize(permissions.get(&shared.acl, identity), message))
-        {
-            Ok(message) => answer(shared, identity, message, target, retain, ack, message_id)
-                .unwrap_or_else(|err| {
-                    counters.rejected();
-                    vec![rejected(topic, message_id, &err)]
-                }),
-            Err(err) => {
-                counters.rejected();
-                vec![rejected(topic, message_id, &err)]
-            }
-        },
-    )
+    let answered = context
+        .topic_name(&publish.topic, &shared.config)
+        .and_then(|topic| accept_named(&mut publish, topic, &shared.config))
+        .and_then(|message| authorize(context.permissions.get(&shared.acl, identity), message))
+        .and_then(|message| {
+            let publish = Routing {
+                message,
+                target,
+                retain,
+            };
+            answer(
+                shared,
+                identity,
+                publish,
+                ack,
+                message_id,
+                &mut context.routes,
+            )
+        });
+    Ok(answered.unwrap_or_else(|err| {
+        counters.rejected();
+        vec![rejected(publish.topic, message_id, &err)]
+    }))
+}
+
+/// An accepted message and how it is to be routed.
+struct Routing {
+    message: PublishedMessage,
+    /// Only to this session's subscriptions (`Publish::to_session`).
+    target: Option<cassini_protocol::SessionId>,
+    /// Also keep it as the topic's retained value.
+    retain: bool,
 }
 
 async fn read_publishes(
@@ -126,7 +173,7 @@ async fn read_publishes(
 ) -> Result<(), BrokerError> {
     let config = &shared.config;
     let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes);
-    let mut permissions = PermissionCache::new(&shared.acl, identity);
+    let mut context = StreamContext::new(shared, identity);
     while let Some(frame) = reader.next().await? {
         if let Some(store) = &shared.storage {
             if let Err(err) = store.wait_for_room().await {
@@ -137,7 +184,7 @@ async fn read_publishes(
             Frame::Publish(publish) => publish.topic.clone(),
             _ => String::new(),
         };
-        let frames = frames_for(frame, shared, identity, &mut permissions)?;
+        let frames = frames_for(frame, shared, identity, &mut context)?;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
             Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
@@ -202,19 +249,25 @@ async fn write_answers(
 fn answer(
     shared: &Shared,
     identity: &Arc<str>,
-    message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
+    publish: Routing,
     ack: bool,
     message_id: Option<u64>,
+    routes: &mut RouteCache,
 ) -> Result<Vec<Frame>, BrokerError> {
+    let Routing {
+        message,
+        target,
+        retain,
+    } = publish;
     if let Some(store) = &shared.storage {
         check_room(&shared.router, store, &message, target, retain)?;
     }
     if !ack {
-        return Ok(route(&shared.router, message, target, retain)?
-            .into_iter()
-            .collect());
+        return Ok(
+            route(&shared.router, message, target, retain, Some(routes))?
+                .into_iter()
+                .collect(),
+        );
     }
     let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
     // In disk mode the messages this publish stores and its dedupe entry go into one commit:
@@ -227,7 +280,13 @@ fn answer(
         .first_time(identity, message_id, Instant::now());
     let mut answers = Vec::new();
     if first_time {
-        answers.extend(route(&shared.router, message, target, retain)?);
+        answers.extend(route(
+            &shared.router,
+            message,
+            target,
+            retain,
+            Some(routes),
+        )?);
         shared.dedupe.store(identity, message_id);
     } else {
         shared.router.counters().duplicate();
@@ -265,12 +324,16 @@ fn route(
     message: PublishedMessage,
     target: Option<cassini_protocol::SessionId>,
     retain: bool,
+    routes: Option<&mut RouteCache>,
 ) -> Result<Option<Frame>, BrokerError> {
     if retain {
         router.retain(&message)?;
     }
     let message = Arc::new(message);
-    let report = router.publish(&message, target);
+    let report = match routes {
+        Some(cache) => router.publish_cached(&message, target, cache),
+        None => router.publish(&message, target),
+    };
     router.counters().received(message.payload.len());
     Ok(match &message.reply_to {
         Some(reply_to) if report.offered == 0 => {
@@ -309,7 +372,19 @@ fn authorize(
 
 /// Checks a publish against the limits and turns it into the broker's shared form.
 pub(crate) fn accept(
-    publish: Publish,
+    mut publish: Publish,
+    config: &BrokerConfig,
+) -> Result<PublishedMessage, BrokerError> {
+    let topic = TopicName::parse(&publish.topic, &config.limits.topics)
+        .map_err(BrokerError::InvalidTopic)?;
+    accept_named(&mut publish, topic, config)
+}
+
+/// [`accept`] with the topic already checked as `topic`; takes the payload, headers and
+/// `reply_to` out of `publish` and leaves its topic string (for a rejection's text).
+fn accept_named(
+    publish: &mut Publish,
+    topic: TopicName,
     config: &BrokerConfig,
 ) -> Result<PublishedMessage, BrokerError> {
     let limits = &config.limits;
@@ -319,17 +394,15 @@ pub(crate) fn accept(
             max: limits.max_payload_bytes,
         });
     }
-    let topic =
-        TopicName::parse(&publish.topic, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     if let Some(reply_to) = &publish.reply_to {
         TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     }
     Ok(PublishedMessage {
         topic,
-        headers: publish.headers,
-        payload: publish.payload,
+        headers: std::mem::take(&mut publish.headers),
+        payload: std::mem::take(&mut publish.payload),
         message_id: publish.message_id,
-        reply_to: publish.reply_to,
+        reply_to: publish.reply_to.take(),
         retained: false,
     })
 }
@@ -379,7 +452,7 @@ impl DatagramPublishes {
                 if let Some(store) = &self.shared.storage {
                     check_room(&self.shared.router, store, &message, target, retain)?;
                 }
-                route(&self.shared.router, message, target, retain)
+                route(&self.shared.router, message, target, retain, None)
             });
         if let Err(err) = routed {
             self.shared.router.counters().rejected();

@@ -23,9 +23,19 @@ impl ChildProcess {
     /// Runs this binary with `args` and waits until a line of its standard error contains
     /// `ready`. Its further output is read and discarded so it never blocks on a full pipe.
     pub(crate) fn start(args: &[&str], ready: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(args, &[], ready)
+    }
+
+    /// [`Self::start`] with more environment variables for the child (`CASSINI_*` settings).
+    pub(crate) fn start_with_env(
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: &str,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the cassini binary")?;
         let mut child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

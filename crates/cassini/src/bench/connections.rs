@@ -132,7 +132,10 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let addr = free_udp_addr()?;
-            let child = ChildProcess::start(
+            // Every connection is the same identity ("dev"): lift the per-identity limit
+            // (1,024 by default) above the count, as an operator would for this test.
+            let per_identity = (args.count + 1).to_string();
+            let child = ChildProcess::start_with_env(
                 &[
                     "serve",
                     "--listen",
@@ -142,6 +145,7 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
                     "--idle-timeout",
                     "60",
                 ],
+                &[("CASSINI_LIMITS_MAX_CONNECTIONS_PER_IDENTITY", per_identity)],
                 "cassini listening",
             )?;
             (
