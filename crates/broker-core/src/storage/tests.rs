@@ -345,3 +345,72 @@ async fn a_backlog_written_and_acknowledged_over_and_over_does_not_grow_the_file
         "file sizes per round: {sizes:?}"
     );
 }
+
+/// A queue in disk mode whose writes go to `store` (session 7, subscription 1), at most once.
+async fn at_most_once_queue(store: &Arc<DiskStore>) -> crate::queue::SubscriptionQueue {
+    use crate::config::QueueBounds;
+    use crate::queue::SubscriptionQueue;
+    use cassini_protocol::OverflowPolicy;
+    commit(store, vec![session(7), subscription(7, 1)]).await;
+    SubscriptionQueue::with_store(
+        QueueBounds {
+            max_messages: 10,
+            max_bytes: usize::MAX,
+            overflow: OverflowPolicy::DropOldest,
+            acks: None,
+            max_age: None,
+        },
+        Some(QueueStore {
+            store: Arc::clone(store),
+            session: 7,
+            subscription: 1,
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_delivery_waits_until_its_sequence_number_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).unwrap();
+    let store = Arc::new(store);
+    let queue = at_most_once_queue(&store).await;
+    {
+        // While a publish holds the store, the writer cannot commit what is appended.
+        let _commit_held = store.hold();
+        queue.push(&message("a.b", b"m"));
+        let waited = tokio::time::timeout(Duration::from_millis(200), queue.until_durable()).await;
+        assert!(
+            waited.is_err(),
+            "sequence 1 is not committed yet, so it may not be sent"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), queue.until_durable())
+        .await
+        .expect("once the commit is free, the delivery may go");
+    let (_, recovered) = {
+        drop(queue);
+        drop(store);
+        open(dir.path()).unwrap()
+    };
+    assert_eq!(
+        recovered.sessions[0].subscriptions[0].last_sequence, 1,
+        "what was sent is what the store holds"
+    );
+}
+
+#[tokio::test]
+async fn with_relaxed_sync_a_delivery_does_not_wait_for_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = StorageConfig {
+        sync: SyncPolicy::Relaxed,
+        ..config(dir.path())
+    };
+    let (store, _) = DiskStore::open(&relaxed, WINDOW, &TopicLimits::default()).unwrap();
+    let store = Arc::new(store);
+    let queue = at_most_once_queue(&store).await;
+    let _commit_held = store.hold();
+    queue.push(&message("a.b", b"m"));
+    tokio::time::timeout(Duration::from_secs(10), queue.until_durable())
+        .await
+        .expect("relaxed: no wait for the commit");
+}
