@@ -39,7 +39,8 @@ impl AckTargets {
         queue.map_or(0, |queue| queue.ack(ranges))
     }
 
-    /// Whether every queue of the session is empty and, at least once, fully acknowledged.
+    /// Whether every queue of the session is empty, has no batch half-written by its writer and,
+    /// at least once, is fully acknowledged.
     pub(crate) fn all_delivered(&self) -> bool {
         self.queues
             .read()
@@ -47,7 +48,7 @@ impl AckTargets {
             .values()
             .all(|queue| {
                 let stats = queue.stats();
-                stats.depth == 0 && stats.in_flight == 0
+                stats.depth == 0 && stats.in_flight == 0 && stats.unwritten == 0
             })
     }
 

@@ -29,7 +29,7 @@
 //! to be sent again, marked redelivered.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -129,6 +129,23 @@ pub struct QueueStats {
     pub redelivered_total: u64,
     /// The last sequence number assigned.
     pub last_sequence: u64,
+    /// Messages a writer took out of the queue and has not finished writing (see
+    /// [`SubscriptionQueue::writing`]).
+    pub unwritten: usize,
+}
+
+/// Counts a batch as taken but not yet written until dropped; see
+/// [`SubscriptionQueue::writing`].
+#[derive(Debug)]
+pub struct UnwrittenBatch<'a> {
+    count: &'a AtomicUsize,
+    messages: usize,
+}
+
+impl Drop for UnwrittenBatch<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.messages, Ordering::Relaxed);
+    }
 }
 
 /// A message sent and not yet acknowledged.
@@ -207,6 +224,8 @@ pub struct SubscriptionQueue {
     /// Whether the subscription still needs its filter's retained values (false once restored
     /// from the store: it received them in its earlier life).
     wants_retained: AtomicBool,
+    /// Messages popped by a writer and not yet written to its stream.
+    unwritten: AtomicUsize,
 }
 
 impl SubscriptionQueue {
@@ -242,6 +261,7 @@ impl SubscriptionQueue {
             attached: AtomicBool::new(false),
             store,
             wants_retained: AtomicBool::new(true),
+            unwritten: AtomicUsize::new(0),
         }
     }
 
@@ -673,6 +693,19 @@ impl SubscriptionQueue {
             dropped_total: state.dropped_total,
             redelivered_total: state.redelivered_total,
             last_sequence: state.last_sequence,
+            unwritten: self.unwritten.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Marks `messages` just popped by a writer as not yet written, until the guard drops. An
+    /// at-most-once batch leaves the queue when popped, so without this a graceful shutdown's
+    /// drain (which waits for empty queues) could close the connection while the writer still
+    /// waits for the store or for the stream.
+    pub fn writing(&self, messages: usize) -> UnwrittenBatch<'_> {
+        self.unwritten.fetch_add(messages, Ordering::Relaxed);
+        UnwrittenBatch {
+            count: &self.unwritten,
+            messages,
         }
     }
 }

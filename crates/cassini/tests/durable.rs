@@ -502,7 +502,9 @@ async fn a_full_store_refuses_publishes_with_storage_full_and_keeps_what_it_ackn
 /// The fault suite's crash scenario: load runs while the broker is SIGKILLed at random points
 /// (drawn from the seed) and restarted on its store; the history checker then tests every
 /// guarantee of `docs/SESSIONS.md` over the whole run. Replay with the printed seed;
-/// `CASSINI_FAULT_SECS` lengthens the load (CI runs 8 s with three kills).
+/// `CASSINI_FAULT_SECS` lengthens the load (CI runs 8 s: two to five kills). The seed fixes the
+/// pauses between kills; a replay repeats that schedule, not the exact interleaving of the load
+/// around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_at_random_points_during_load_break_no_guarantee() {
     use cassini_e2e::history::{fault_seed, load_time, publish_for, History, Promise};
@@ -552,7 +554,7 @@ async fn sigkills_at_random_points_during_load_break_no_guarantee() {
     let end = tokio::time::Instant::now() + time;
     let mut kills = 0;
     loop {
-        let pause = Duration::from_millis(rng.random_range(300..2_000));
+        let pause = Duration::from_millis(rng.random_range(300..1_500));
         if tokio::time::Instant::now() + pause + Duration::from_millis(500) > end {
             break;
         }
@@ -569,7 +571,8 @@ async fn sigkills_at_random_points_during_load_break_no_guarantee() {
         within("publishing ends", task).await.expect("publisher");
     }
     let acked = history.acked();
-    assert!(kills >= 2, "only {kills} kills in {time:?}");
+    let wanted = if time >= Duration::from_secs(6) { 2 } else { 1 };
+    assert!(kills >= wanted, "only {kills} kills in {time:?}");
     assert!(acked > 0, "some publishes were acknowledged");
     within("every acknowledged publish arrives", async {
         while reliable.distinct() < acked {

@@ -46,8 +46,9 @@ struct Answer {
 
 /// What one publish stream remembers between its publishes: the publisher's permissions, and
 /// for its last topic the parsed name and the matching routes. A stream usually publishes to
-/// one topic over and over; then a publish neither parses nor allocates its topic again nor
-/// walks the filter trie (`Router::publish_cached`; measured in docs/BENCHMARKS.md).
+/// one topic over and over; then a publish neither parses its topic again nor allocates a new
+/// name for it nor walks the filter trie (in disk mode the answer still keeps a copy of the
+/// topic string, for a rejection after a failed sync) (`Router::publish_cached`; measured in docs/BENCHMARKS.md).
 struct StreamContext {
     permissions: PermissionCache,
     topic: Option<TopicName>,

@@ -139,8 +139,10 @@ pub(crate) async fn run_subscription_writer(
                 drained,
                 ..
             } => {
-                // Not raced against `cancel`: the wait is one commit at most, and a batch
-                // taken out of the queue is sent, not dropped.
+                let _unwritten = queue.writing(batch.len());
+                // Not raced against `cancel`: the wait ends with the commit that follows the
+                // one in progress (or with a failed or closed store), and a batch taken out of
+                // the queue is sent, not dropped.
                 queue.until_durable().await;
                 for queued in batch.drain(..) {
                     if !queued.redelivered {

@@ -406,3 +406,22 @@ async fn messages_older_than_the_age_bound_are_dropped_unsent_and_reported() {
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(q.stats().in_flight, 1);
 }
+
+#[tokio::test]
+async fn a_popped_batch_counts_as_unwritten_until_its_writer_is_done() {
+    let queue = queue(10, OverflowPolicy::DropOldest);
+    queue.push(&message(8));
+    queue.push(&message(8));
+    let attachment = queue.attach(None);
+    let mut batch = Vec::new();
+    queue.pop_batch(&attachment, &mut batch, 10).await;
+    let writing = queue.writing(batch.len());
+    let stats = queue.stats();
+    assert_eq!(
+        stats.depth, 0,
+        "at most once: popped messages have left the queue"
+    );
+    assert_eq!(stats.unwritten, 2, "but a drain must still wait for them");
+    drop(writing);
+    assert_eq!(queue.stats().unwritten, 0);
+}

@@ -202,7 +202,10 @@ impl DiskStore {
         let thread_inner = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
             .name("cassini-storage".into())
-            .spawn(move || run_writer(db, &thread_inner))
+            .spawn(move || {
+                let _ended = WriterEnded(&thread_inner);
+                run_writer(db, &thread_inner)
+            })
             .map_err(|err| StorageError::Io {
                 path: path.clone(),
                 detail: format!("starting the storage writer: {err}"),
@@ -274,8 +277,10 @@ impl DiskStore {
     /// subscription writer calls this before it sends a batch, so a client never sees a
     /// sequence number, a message or a gap that a crash could take back: after a restart the
     /// broker neither reuses a sequence the client already holds nor delivers again, unmarked,
-    /// a retried publish whose first copy the client saw. A store that failed or closed does
-    /// not hold deliveries back (it refuses the publishes instead).
+    /// a retried publish whose first copy the client saw. The wait is up to two commits (the
+    /// one in progress, then the one holding what was appended meanwhile). A store that failed
+    /// or closed does not hold deliveries back; from then on the guarantee is gone (see
+    /// docs/DURABILITY.md, "Known limits").
     pub(crate) async fn until_appended_is_durable(&self) {
         if !self.inner.sync_always {
             return;
@@ -339,6 +344,24 @@ impl DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Marks the store closed when the writer thread ends, however it ends (a panic included), so
+/// nobody waits forever for a commit that will not come: waiting publishes are refused and
+/// waiting deliveries go ahead.
+struct WriterEnded<'a>(&'a Inner);
+
+impl Drop for WriterEnded<'_> {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        let panicked = std::thread::panicking();
+        self.0.status.send_modify(|s| {
+            if panicked && s.failed.is_none() {
+                s.failed = Some(Arc::from("the storage writer stopped unexpectedly"));
+            }
+            s.closed = true;
+        });
     }
 }
 

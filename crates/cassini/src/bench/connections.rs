@@ -133,8 +133,9 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         None => {
             let addr = free_udp_addr()?;
             // Every connection is the same identity ("dev"): lift the per-identity limit
-            // (1,024 by default) above the count, as an operator would for this test.
-            let per_identity = (args.count + 1).to_string();
+            // (1,024 by default) and the broker's limit (100,000) above the count, as an
+            // operator would for this test.
+            let limit = args.count.saturating_add(1).to_string();
             let child = ChildProcess::start_with_env(
                 &[
                     "serve",
@@ -145,7 +146,10 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
                     "--idle-timeout",
                     "60",
                 ],
-                &[("CASSINI_LIMITS_MAX_CONNECTIONS_PER_IDENTITY", per_identity)],
+                &[
+                    ("CASSINI_LIMITS_MAX_CONNECTIONS_PER_IDENTITY", limit.clone()),
+                    ("CASSINI_LIMITS_MAX_CONNECTIONS", limit),
+                ],
                 "cassini listening",
             )?;
             (
