@@ -299,7 +299,9 @@ fn answer(
     Ok(answers)
 }
 
-/// Refuses a publish that would store a message beyond the disk limit.
+/// Refuses any publish once the store failed or closed (routing it would hand subscribers
+/// messages and sequence numbers that no commit will keep), and a publish that would store a
+/// message beyond the disk limit.
 fn check_room(
     router: &Router,
     store: &DiskStore,
@@ -307,6 +309,7 @@ fn check_room(
     target: Option<cassini_protocol::SessionId>,
     retain: bool,
 ) -> Result<(), BrokerError> {
+    store.usable()?;
     if store.has_room_for(message.queued_size()) {
         return Ok(());
     }

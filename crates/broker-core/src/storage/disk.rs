@@ -291,6 +291,18 @@ impl DiskStore {
         }
     }
 
+    /// Whether the store still takes writes: not after a failed commit, and not once closed.
+    pub(crate) fn usable(&self) -> Result<(), StorageError> {
+        let status = self.inner.status.borrow();
+        if let Some(detail) = &status.failed {
+            return Err(StorageError::WriteFailed(detail.to_string()));
+        }
+        if status.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
     /// Waits while more than the pending bound is waiting for a commit.
     pub(crate) async fn wait_for_room(&self) -> Result<(), StorageError> {
         let mut status = self.inner.status.subscribe();

@@ -418,3 +418,12 @@ async fn with_relaxed_sync_a_delivery_does_not_wait_for_the_store() {
         .await
         .expect("relaxed: no wait for the commit");
 }
+
+#[tokio::test]
+async fn a_closed_store_takes_no_more_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).unwrap();
+    assert!(store.usable().is_ok());
+    store.close();
+    assert!(matches!(store.usable(), Err(StorageError::Closed)));
+}
