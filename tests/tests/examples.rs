@@ -168,8 +168,16 @@ impl Drop for RunningExample {
 #[tokio::test]
 async fn the_edge_client_example_survives_a_broker_restart() {
     let broker = TestBroker::start().await;
-    let (_dir, command) =
-        example_command(&broker, "edge_client", &[("CASSINI_EXAMPLE_MESSAGES", "8")]);
+    // The example publishes every 200 ms and buffers what it publishes while the broker is
+    // away (2 s or more); the client reports `Connected` once that buffer is sent. With a
+    // limit of 8 it can receive its 8th reading, and close, while buffered ones are still
+    // going out, so `Connected` never comes (one CI run printed exactly that); 30 leaves the
+    // flush time to finish.
+    let (_dir, command) = example_command(
+        &broker,
+        "edge_client",
+        &[("CASSINI_EXAMPLE_MESSAGES", "30")],
+    );
     let mut example = RunningExample::spawn(command);
     example
         .wait_for("a reading before the restart", |l| l.contains(" reading "))
@@ -196,7 +204,7 @@ async fn the_edge_client_example_survives_a_broker_restart() {
             l.starts_with("#1 reading")
         })
         .await;
-    let status = within("the example exits after its 8 messages", async {
+    let status = within("the example exits after its 30 messages", async {
         let mut child = std::mem::replace(
             &mut example.child,
             Command::new("true").spawn().expect("placeholder"),
