@@ -67,11 +67,10 @@ async fn with_five_percent_loss_the_loss_counter_matches_the_sequences_missing()
     const COUNT: u64 = 1_000;
     const SIZE: usize = 400;
     let broker = TestBroker::start().await;
-    let seed = std::env::var("CASSINI_FAULT_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("fault seed {seed}");
+    let seed = cassini_e2e::history::fault_seed(
+        "cargo test -p cassini-e2e --test datagrams \
+         with_five_percent_loss_the_loss_counter_matches_the_sequences_missing",
+    );
     let faults = FaultControl::new(FaultPlan {
         seed,
         recv_loss: 0.05,
