@@ -196,8 +196,9 @@ pub(crate) struct ServeArgs {
     /// [default: 30; key `quic.idle_timeout_secs`].
     #[arg(long)]
     pub(crate) idle_timeout: Option<u64>,
-    /// The congestion controller of the broker's connections: `cubic` or `bbr` (keeps
-    /// datagram subscriptions fresh on lossy links) [default: cubic; key `quic.congestion`].
+    /// The congestion controller of the broker's connections: `cubic` or `bbr` (does not
+    /// read random loss as congestion; experimental in quinn) [default: cubic; key
+    /// `quic.congestion`].
     #[arg(long, value_enum)]
     pub(crate) congestion: Option<crate::config::Congestion>,
     /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
@@ -450,6 +451,11 @@ pub(crate) struct DatagramArgs {
     /// Run the broker's connections with BBR congestion control instead of Cubic.
     #[arg(long)]
     pub(crate) bbr: bool,
+    /// The acknowledgement delay the broker and the bench's clients ask of each other, in
+    /// milliseconds (0: ask nothing, so each keeps QUIC's 25 ms) [default: 1, as
+    /// `quic.max_ack_delay_ms`].
+    #[arg(long)]
+    pub(crate) max_ack_delay_ms: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

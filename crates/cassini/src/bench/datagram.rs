@@ -30,10 +30,19 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
     } else {
         CongestionControl::Cubic
     };
+    let defaults = QuicOptions::default();
+    let max_ack_delay = args
+        .max_ack_delay_ms
+        .map_or(defaults.max_ack_delay, Duration::from_millis);
+    let client_quic = QuicOptions {
+        max_ack_delay,
+        ..defaults.clone()
+    };
     let options = ServerOptions {
         quic: QuicOptions {
             congestion,
-            ..QuicOptions::default()
+            max_ack_delay,
+            ..QuicOptions::broker()
         },
         ..ServerOptions::default()
     };
@@ -41,6 +50,7 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
     let faults = FaultControl::new(FaultPlan::default());
     let subscriber = broker
         .client("bench-subscriber")?
+        .quic_options(client_quic.clone())
         .socket_layer(faults.layer())
         .subscription_buffer(1 << 16)
         .connect()
@@ -59,6 +69,7 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let publisher = broker
         .client("bench-publisher")?
+        .quic_options(client_quic)
         .connect()
         .await
         .context("publisher")?;
@@ -94,21 +105,24 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
             let warmup = phase(args.warmup);
             measure(&publisher, subscription, warmup).await?;
             let measured = phase(args.duration);
+            let before = broker.transport_of("bench-subscriber");
             let (latencies, lost) = measure(&publisher, subscription, measured).await?;
-            rows.push((loss, class, latencies, lost));
+            let after = broker.transport_of("bench-subscriber");
+            let path = PathFacts::between(before, after);
+            rows.push((loss, class, latencies, lost, path));
         }
     }
     let p99 = |loss: u32, class: &str| {
         rows.iter()
-            .find(|(l, c, _, _)| *l == loss && *c == class)
-            .map_or(0, |(_, _, latencies, _)| latencies.at(0.99))
+            .find(|(l, c, ..)| *l == loss && *c == class)
+            .map_or(0, |(_, _, latencies, ..)| latencies.at(0.99))
     };
     let goal_ratio = p99(5, "datagram") as f64 / p99(0, "datagram").max(1) as f64;
     if args.json {
         let results: Vec<_> = rows
             .iter()
-            .map(|(loss, class, latencies, lost)| {
-                json!({"loss_percent": loss, "class": class, "latency": latencies.to_json(), "lost": lost})
+            .map(|(loss, class, latencies, lost, path)| {
+                json!({"loss_percent": loss, "class": class, "latency": latencies.to_json(), "lost": lost, "broker_path": path})
             })
             .collect();
         println!(
@@ -119,18 +133,29 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
                 "size": size,
                 "duration_s": args.duration,
                 "congestion": format!("{congestion:?}"),
+                "max_ack_delay_ms": max_ack_delay.as_millis(),
                 "results": results,
                 "datagram_p99_5pct_over_lossless": goal_ratio,
             })
         );
     } else {
         println!(
-            "datagram: {} msg/s of {} B for {} s per row; the subscriber's link loses packets both ways; broker congestion control {congestion:?}",
+            "datagram: {} msg/s of {} B for {} s per row; the subscriber's link loses packets both ways; broker congestion control {congestion:?}; requested ACK delay {max_ack_delay:?}",
             args.rate, size, args.duration
         );
-        println!("{}  lost", Latencies::header());
-        for (loss, class, latencies, lost) in &rows {
-            println!("{}  {lost}", latencies.row(&format!("{loss}% {class}")));
+        println!(
+            "{}  lost  (broker side: cwnd B, srtt us, packets lost, congestion events)",
+            Latencies::header()
+        );
+        for (loss, class, latencies, lost, path) in &rows {
+            println!(
+                "{}  {lost}  ({}, {}, {}, {})",
+                latencies.row(&format!("{loss}% {class}")),
+                path.congestion_window,
+                path.rtt_us,
+                path.packets_lost,
+                path.congestion_events
+            );
         }
         println!(
             "datagram p99 at 5% loss / lossless: {goal_ratio:.2}x (goal: at most 1.2x); reliable: {:.2}x",
@@ -141,4 +166,33 @@ pub(crate) async fn run(args: DatagramArgs) -> anyhow::Result<ExitCode> {
     let _ = subscriber.close().await;
     broker.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the broker's side of the subscriber connection saw during one measured row: the
+/// window and RTT at its end, and the losses and congestion events during it.
+#[derive(Debug, Default, serde::Serialize)]
+struct PathFacts {
+    congestion_window: u64,
+    rtt_us: u64,
+    packets_lost: u64,
+    congestion_events: u64,
+}
+
+impl PathFacts {
+    fn between(
+        before: Option<cassini_broker::ConnectionStats>,
+        after: Option<cassini_broker::ConnectionStats>,
+    ) -> Self {
+        let (Some(before), Some(after)) = (before, after) else {
+            return Self::default();
+        };
+        Self {
+            congestion_window: after.congestion_window,
+            rtt_us: after.rtt_us,
+            packets_lost: after.packets_lost.saturating_sub(before.packets_lost),
+            congestion_events: after
+                .congestion_events
+                .saturating_sub(before.congestion_events),
+        }
+    }
 }

@@ -64,6 +64,15 @@ impl EmbeddedBroker {
             .server_name("localhost"))
     }
 
+    /// The transport facts of the first open connection of `identity`, if it has any.
+    pub(crate) fn transport_of(&self, identity: &str) -> Option<cassini_broker::ConnectionStats> {
+        self.broker
+            .connections()
+            .into_iter()
+            .find(|connection| connection.identity == identity)
+            .and_then(|connection| connection.transport)
+    }
+
     pub(crate) async fn stop(self) {
         self.broker.shutdown("bench over").await;
         self.server

@@ -287,6 +287,7 @@ pub(crate) struct QuicSettings {
     pub(crate) datagrams: bool,
     pub(crate) handshake_timeout_ms: u64,
     pub(crate) congestion: Congestion,
+    pub(crate) max_ack_delay_ms: u64,
 }
 
 /// `quic.congestion`: the congestion controller of the broker's connections.
@@ -296,7 +297,7 @@ pub(crate) enum Congestion {
     /// Cubic, loss-based (quinn's default).
     #[default]
     Cubic,
-    /// BBR, model-based: keeps datagram subscriptions fresh on lossy links (quinn marks it
+    /// BBR, model-based: does not read random loss as congestion (quinn marks it
     /// experimental; docs/BENCHMARKS.md).
     Bbr,
 }
@@ -317,6 +318,7 @@ impl Default for QuicSettings {
                 cassini_quic::tls::CongestionControl::Cubic => Congestion::Cubic,
                 cassini_quic::tls::CongestionControl::Bbr => Congestion::Bbr,
             },
+            max_ack_delay_ms: millis(quic.max_ack_delay),
         }
     }
 }
@@ -559,6 +561,7 @@ impl Settings {
                     Congestion::Cubic => cassini_quic::tls::CongestionControl::Cubic,
                     Congestion::Bbr => cassini_quic::tls::CongestionControl::Bbr,
                 },
+                max_ack_delay: Duration::from_millis(quic.max_ack_delay_ms),
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),

@@ -259,6 +259,25 @@ fn explicit_certificate_files_replace_the_directory_names() {
 }
 
 #[test]
+fn clients_are_asked_to_acknowledge_within_a_millisecond_unless_configured_otherwise() {
+    let ack_delay = |settings: Settings| settings.server_options().quic.max_ack_delay;
+    let defaults = resolve(None, &[], &Overrides::default()).unwrap();
+    assert_eq!(ack_delay(defaults), Duration::from_millis(1));
+
+    let toml = file("[quic]\nmax_ack_delay_ms = 5\n");
+    let from_file = resolve(Some(toml.path()), &[], &Overrides::default()).unwrap();
+    assert_eq!(ack_delay(from_file), Duration::from_millis(5));
+
+    let from_env = resolve(
+        None,
+        &env(&[("CASSINI_QUIC_MAX_ACK_DELAY_MS", "0")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(ack_delay(from_env), Duration::ZERO);
+}
+
+#[test]
 fn the_configuration_document_lists_every_key_and_variable() {
     let doc = include_str!("../../../../docs/CONFIGURATION.md");
     for key in KEYS {

@@ -42,13 +42,16 @@ impl Pki {
     }
 
     fn server_endpoint(&self) -> TestResult<quinn::Endpoint> {
+        self.server_endpoint_with(&QuicOptions::default())
+    }
+
+    fn server_endpoint_with(&self, opts: &QuicOptions) -> TestResult<quinn::Endpoint> {
         let crypto = tls::server_crypto(
             vec![self.ca.cert_der().clone()],
             vec![self.server.cert_der()?],
             self.server.key_der()?,
         )?;
-        let opts = QuicOptions::default();
-        let (endpoint, _) = bind_server(loopback(), tls::server_config(crypto, &opts)?, &opts)?;
+        let (endpoint, _) = bind_server(loopback(), tls::server_config(crypto, opts)?, opts)?;
         Ok(endpoint)
     }
 
@@ -62,16 +65,23 @@ fn client_endpoint(
     trusted_ca: &CertificateDer<'static>,
     client: &IssuedCert,
 ) -> TestResult<quinn::Endpoint> {
+    client_endpoint_with(trusted_ca, client, &QuicOptions::default())
+}
+
+fn client_endpoint_with(
+    trusted_ca: &CertificateDer<'static>,
+    client: &IssuedCert,
+    opts: &QuicOptions,
+) -> TestResult<quinn::Endpoint> {
     let crypto = tls::client_crypto(
         vec![trusted_ca.clone()],
         vec![client.cert_der()?],
         client.key_der()?,
     )?;
-    let opts = QuicOptions::default();
     Ok(bind_client(
         loopback(),
-        tls::client_config(crypto, &opts)?,
-        &opts,
+        tls::client_config(crypto, opts)?,
+        opts,
     )?)
 }
 
@@ -358,5 +368,92 @@ fn binding_outside_a_tokio_runtime_is_an_error_not_a_panic() -> TestResult {
         "{:?}",
         result.err()
     );
+    Ok(())
+}
+
+/// Connects `client` to `server`, each configured with `opts`, and returns both ends once the
+/// server has read one request.
+async fn connected_pair(
+    pki: &Pki,
+    opts: &QuicOptions,
+) -> TestResult<(
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Endpoint,
+    quinn::Connection,
+)> {
+    let server = pki.server_endpoint_with(opts)?;
+    let client = client_endpoint_with(pki.ca.cert_der(), &pki.ca.issue_client("alice")?, opts)?;
+    let addr = server.local_addr()?;
+    let accept = async {
+        let incoming = server.accept().await.ok_or("server endpoint closed")?;
+        let conn = incoming.await?;
+        let mut recv = conn.accept_uni().await?;
+        recv.read_to_end(1024).await?;
+        Ok::<_, BoxError>(conn)
+    };
+    let connect = async {
+        let conn = client.connect(addr, "localhost")?.await?;
+        let mut send = conn.open_uni().await?;
+        send.write_all(b"ping").await?;
+        send.finish()?;
+        Ok::<_, BoxError>(conn)
+    };
+    let (served, connected) = timeout(WAIT, async { tokio::join!(accept, connect) }).await?;
+    Ok((server, served?, client, connected?))
+}
+
+/// Waits until both ends have received an ACK_FREQUENCY frame, or `WAIT` has passed; returns
+/// how many each received.
+async fn ack_frequency_frames_received(a: &quinn::Connection, b: &quinn::Connection) -> (u64, u64) {
+    let received = || {
+        (
+            a.stats().frame_rx.ack_frequency,
+            b.stats().frame_rx.ack_frequency,
+        )
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while received().0 == 0 || received().1 == 0 {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    received()
+}
+
+#[tokio::test]
+async fn each_end_asks_the_other_to_acknowledge_within_the_configured_delay() -> TestResult {
+    let pki = Pki::new()?;
+    let opts = QuicOptions::default();
+    assert_eq!(opts.max_ack_delay, Duration::from_millis(1));
+    let (_server, served, _client, connected) = connected_pair(&pki, &opts).await?;
+
+    let (at_server, at_client) = ack_frequency_frames_received(&served, &connected).await;
+    assert!(at_server >= 1, "the client asked for nothing");
+    assert!(at_client >= 1, "the server asked for nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_zero_max_ack_delay_asks_nothing_of_the_peer() -> TestResult {
+    let pki = Pki::new()?;
+    let opts = QuicOptions {
+        max_ack_delay: Duration::ZERO,
+        ..QuicOptions::default()
+    };
+    let (_server, served, _client, connected) = connected_pair(&pki, &opts).await?;
+    // Traffic both ways after the handshake: any ACK_FREQUENCY frame would have gone with it.
+    let (mut send, mut recv) = connected.open_bi().await?;
+    send.write_all(b"ping").await?;
+    send.finish()?;
+    let (mut reply, mut request) = timeout(WAIT, served.accept_bi()).await??;
+    request.read_to_end(1024).await?;
+    reply.write_all(b"pong").await?;
+    reply.finish()?;
+    timeout(WAIT, recv.read_to_end(1024)).await??;
+
+    assert_eq!(served.stats().frame_rx.ack_frequency, 0);
+    assert_eq!(connected.stats().frame_rx.ack_frequency, 0);
     Ok(())
 }
