@@ -32,11 +32,17 @@ impl<K: Hash + Eq + Clone, V> LruMap<K, V> {
 
     /// The value for `key`, marked as just used.
     pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
-        let tick = self.tick();
+        let newest = self.clock;
         let (value, last_use) = self.entries.get_mut(key)?;
-        self.by_last_use.remove(last_use);
-        *last_use = tick;
-        self.by_last_use.insert(tick, key.clone());
+        // Already the most recently used (a publisher sending to one topic in a row): the
+        // order stands as it is, so the ordered index is left alone.
+        if *last_use != newest {
+            let tick = newest + 1;
+            self.clock = tick;
+            self.by_last_use.remove(last_use);
+            *last_use = tick;
+            self.by_last_use.insert(tick, key.clone());
+        }
         Some(value)
     }
 

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cassini_protocol::{Frame, Publish, PublishRejected, SessionId, TopicName};
+use cassini_protocol::codec::{encode_publish, PublishRef};
+use cassini_protocol::{PublishRejected, SessionId, TopicName};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -26,7 +27,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::acks::PendingAcks;
 use crate::error::ClientError;
-use crate::framed::encode;
 use crate::lane::{run_lane, LaneContext};
 use crate::lanes::LruMap;
 use crate::link::Link;
@@ -77,6 +77,10 @@ impl From<SendError> for ClientError {
     }
 }
 
+/// Bytes a publish frame takes beyond its topic, payload, reply subject and headers, rounded
+/// up: the length prefix, the variant and field markers, the integers and the session id.
+const FRAME_OVERHEAD_BYTES: usize = 96;
+
 /// Checks one message against the broker's limits as `link` announced them, and encodes it;
 /// `to_session` makes it a direct message.
 pub(crate) fn prepare(
@@ -106,17 +110,28 @@ pub(crate) fn prepare(
         ack,
     } = options;
     let ack = message_id.filter(|_| ack);
-    let publish = Frame::Publish(Publish {
-        topic: topic.as_str().to_owned(),
-        headers,
-        payload,
+    let publish = PublishRef {
+        topic: topic.as_str(),
+        headers: &headers,
+        payload: &payload,
         message_id,
-        reply_to,
+        reply_to: reply_to.as_deref(),
         retain,
         to_session,
         ack: ack.is_some(),
-    });
-    let frame = encode(&publish, link.max_frame_bytes())?;
+    };
+    // Room for the whole frame up front, so encoding never grows the buffer: the fields'
+    // bytes plus a generous allowance for MessagePack's markers and the length prefix.
+    let capacity = FRAME_OVERHEAD_BYTES
+        + topic.as_str().len()
+        + payload.len()
+        + reply_to.as_ref().map_or(0, String::len)
+        + headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 10)
+            .sum::<usize>();
+    let mut frame = BytesMut::with_capacity(capacity);
+    encode_publish(&publish, &mut frame, link.max_frame_bytes())?;
     Ok(Outgoing { topic, frame, ack })
 }
 

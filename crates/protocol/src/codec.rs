@@ -197,6 +197,42 @@ pub fn encode_frame(
     encode_value(frame, buf, max_frame_bytes)
 }
 
+/// A `Frame::Publish` by reference: a client encodes each publish once, straight from the
+/// caller's topic and options, instead of copying them into an owned [`crate::Publish`] first.
+/// Its encoding is identical to that of the owned `Publish`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PublishRef<'a> {
+    /// A topic name without wildcards.
+    pub topic: &'a str,
+    /// Application headers.
+    pub headers: &'a Headers,
+    /// The payload.
+    pub payload: &'a Bytes,
+    /// A publisher-chosen id.
+    pub message_id: Option<u64>,
+    /// Where replies go.
+    pub reply_to: Option<&'a str>,
+    /// Keep as the topic's retained value.
+    pub retain: bool,
+    /// Deliver only to this session.
+    pub to_session: Option<crate::SessionId>,
+    /// Ask for a `PublishAck`.
+    pub ack: bool,
+}
+
+/// Appends a `Frame::Publish` built from borrowed parts to `buf`.
+pub fn encode_publish(
+    publish: &PublishRef<'_>,
+    buf: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<(), EncodeError> {
+    #[derive(Serialize)]
+    enum FrameRef<'a> {
+        Publish(&'a PublishRef<'a>),
+    }
+    encode_value(&FrameRef::Publish(publish), buf, max_frame_bytes)
+}
+
 /// A `Frame::Message` by reference: the broker encodes one delivery per subscriber from one
 /// shared message, so it borrows instead of cloning the topic and headers. Its encoding is
 /// identical to that of the owned [`crate::Delivery`].

@@ -81,7 +81,15 @@ pub enum TopicError {
     Reserved,
 }
 
-fn check_common(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+/// What [`check_common`] found in a topic that passed: whether it holds a wildcard character.
+struct Checked {
+    has_wildcard: bool,
+}
+
+/// The rules names and filters share, checked in one pass over the bytes (every publish is
+/// checked, so this is on the hot path). The errors come in a fixed order: empty, too long,
+/// the first invalid character, the first empty token, too deep.
+fn check_common(topic: &str, limits: &TopicLimits) -> Result<Checked, TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -91,15 +99,44 @@ fn check_common(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
             max: limits.max_bytes,
         });
     }
-    if let Some(bad) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(TopicError::InvalidCharacter(bad));
-    }
-    let mut depth = 0;
-    for (position, token) in topic.split('.').enumerate() {
-        if token.is_empty() {
-            return Err(TopicError::EmptyToken { position });
+    let mut depth = 1;
+    let mut token_bytes = 0;
+    let mut first_empty_token = None;
+    let mut has_wildcard = false;
+    for (index, &byte) in topic.as_bytes().iter().enumerate() {
+        match byte {
+            b'.' => {
+                if token_bytes == 0 && first_empty_token.is_none() {
+                    first_empty_token = Some(depth - 1);
+                }
+                depth += 1;
+                token_bytes = 0;
+                continue;
+            }
+            b'*' | b'>' => has_wildcard = true,
+            // ASCII whitespace and control characters (and space itself).
+            0x00..=0x20 | 0x7f => return Err(TopicError::InvalidCharacter(char::from(byte))),
+            0x21..=0x7e => {}
+            // A UTF-8 lead byte: check the whole character (Unicode whitespace and C1 controls).
+            0xc0.. => {
+                let bad = topic
+                    .get(index..)
+                    .and_then(|rest| rest.chars().next())
+                    .filter(|c| c.is_whitespace() || c.is_control());
+                if let Some(bad) = bad {
+                    return Err(TopicError::InvalidCharacter(bad));
+                }
+            }
+            // A UTF-8 continuation byte: its character was checked at its lead byte.
+            0x80..=0xbf => {}
         }
-        depth += 1;
+        token_bytes += 1;
+    }
+    if token_bytes == 0 && first_empty_token.is_none() {
+        first_empty_token = Some(depth - 1);
+    }
+    if let Some(position) = first_empty_token {
+        return Err(TopicError::EmptyToken { position });
     }
     if depth > limits.max_depth {
         return Err(TopicError::TooDeep {
@@ -107,7 +144,7 @@ fn check_common(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
             max: limits.max_depth,
         });
     }
-    Ok(())
+    Ok(Checked { has_wildcard })
 }
 
 /// A valid topic name: what a message is published to. Cheap to clone.
@@ -117,8 +154,7 @@ pub struct TopicName(Arc<str>);
 impl TopicName {
     /// Validates a name a client wants to publish to.
     pub fn parse(topic: &str, limits: &TopicLimits) -> Result<Self, TopicError> {
-        check_common(topic, limits)?;
-        if topic.contains(['*', '>']) {
+        if check_common(topic, limits)?.has_wildcard {
             return Err(TopicError::WildcardInName);
         }
         if topic.starts_with('$') {

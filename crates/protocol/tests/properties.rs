@@ -1,6 +1,7 @@
 //! Properties of the codec and of topics that must hold for every value, not just the examples
 //! in the unit tests: frames round-trip, any split of a stream decodes the same, filter matching
-//! agrees with a reference, and names refuse wildcards and empty tokens.
+//! agrees with a reference, names refuse wildcards and empty tokens, and the one-pass topic
+//! check refuses exactly what the rules as first written refuse, with the same error.
 //!
 //! Case counts are proptest's default (256 per property); set `PROPTEST_CASES` to run more.
 
@@ -369,6 +370,56 @@ fn limits() -> TopicLimits {
     TopicLimits::default()
 }
 
+/// Strings of the characters that matter to the topic rules: dots, wildcards, `$`, ASCII and
+/// Unicode whitespace, ASCII and C1 controls, and ordinary ASCII and non-ASCII letters.
+fn topic_like() -> impl Strategy<Value = String> {
+    let chars = vec![
+        'a', 'b', 'Z', '0', '-', '_', '.', '.', '.', '*', '>', '$', ' ', '\t', '\n', '\0',
+        '\u{7f}', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}', 'é', 'ж', '字', '🚀',
+    ];
+    vec(proptest::sample::select(chars), 0..24).prop_map(|chars| chars.into_iter().collect())
+}
+
+/// The rules names and filters share, as first written (one pass per rule over the
+/// characters): the reference the broker's one-pass check must agree with.
+fn reference_common(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > limits.max_bytes {
+        return Err(TopicError::TooLong {
+            len: topic.len(),
+            max: limits.max_bytes,
+        });
+    }
+    if let Some(bad) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::InvalidCharacter(bad));
+    }
+    if let Some(position) = topic.split('.').position(str::is_empty) {
+        return Err(TopicError::EmptyToken { position });
+    }
+    let depth = topic.split('.').count();
+    if depth > limits.max_depth {
+        return Err(TopicError::TooDeep {
+            depth,
+            max: limits.max_depth,
+        });
+    }
+    Ok(())
+}
+
+/// Topic names as first written: the common rules, then no wildcard, then not reserved.
+fn reference_name(topic: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+    reference_common(topic, limits)?;
+    if topic.contains(['*', '>']) {
+        return Err(TopicError::WildcardInName);
+    }
+    if topic.starts_with('$') {
+        return Err(TopicError::Reserved);
+    }
+    Ok(())
+}
+
 /// Parses a generated filter and name, both of which are valid by construction.
 fn parse_valid(filter: &str, name: &str) -> (TopicFilter, TopicName) {
     let parsed_filter = TopicFilter::parse(filter, &limits()).expect("a generated filter is valid");
@@ -445,6 +496,23 @@ proptest! {
         }
         let name = tokens.join(".");
         prop_assert_eq!(TopicName::parse(&name, &limits()), Err(TopicError::WildcardInName));
+    }
+
+    #[test]
+    fn the_one_pass_name_check_agrees_with_the_rules_as_first_written(
+        topic in topic_like(),
+        max_bytes in 1usize..32,
+        max_depth in 1usize..6,
+    ) {
+        let limits = TopicLimits { max_bytes, max_depth };
+        prop_assert_eq!(
+            TopicName::parse(&topic, &limits).map(|_| ()),
+            reference_name(&topic, &limits)
+        );
+        // A filter applies the same common rules first.
+        if let Err(error) = reference_common(&topic, &limits) {
+            prop_assert_eq!(TopicFilter::parse(&topic, &limits).map(|_| ()), Err(error));
+        }
     }
 
     #[test]

@@ -28,6 +28,19 @@ fn a_lookup_makes_an_entry_the_most_recently_used() {
 }
 
 #[test]
+fn repeated_lookups_of_the_newest_entry_keep_the_order() {
+    let mut map = filled(3, &["a", "b", "c"]);
+    for _ in 0..3 {
+        assert_eq!(map.get(&"c"), Some(&2));
+    }
+    assert_eq!(map.get(&"a"), Some(&0));
+    assert_eq!(map.get(&"a"), Some(&0));
+    assert_eq!(map.insert("d", 3), Some(("b", 1)));
+    assert_eq!(map.insert("e", 4), Some(("c", 2)));
+    assert_eq!(map.insert("f", 5), Some(("a", 0)));
+}
+
+#[test]
 fn a_missing_key_is_not_a_use() {
     let mut map = filled(2, &["a", "b"]);
     assert_eq!(map.get(&"z"), None);

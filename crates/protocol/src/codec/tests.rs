@@ -304,6 +304,40 @@ fn an_empty_frame_is_refused() {
 }
 
 #[test]
+fn encode_publish_matches_encoding_the_frame() {
+    let headers = vec![("trace".to_string(), "abc".to_string())];
+    let payload = Bytes::from_static(b"payload");
+    for (reply_to, to_session, flags) in [
+        (None, None, false),
+        (Some("_INBOX.x.1"), Some(SessionId([7; 16])), true),
+    ] {
+        let mut fast = BytesMut::new();
+        let publish = PublishRef {
+            topic: "a.b",
+            headers: &headers,
+            payload: &payload,
+            message_id: Some(3),
+            reply_to,
+            retain: flags,
+            to_session,
+            ack: flags,
+        };
+        encode_publish(&publish, &mut fast, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+        let slow = encoded(&Frame::Publish(Publish {
+            topic: "a.b".into(),
+            headers: headers.clone(),
+            payload: payload.clone(),
+            message_id: Some(3),
+            reply_to: reply_to.map(str::to_owned),
+            retain: flags,
+            to_session,
+            ack: flags,
+        }));
+        assert_eq!(fast, slow);
+    }
+}
+
+#[test]
 fn encode_delivery_matches_encoding_the_frame() {
     let headers = vec![("trace".to_string(), "abc".to_string())];
     let payload = Bytes::from_static(b"payload");
