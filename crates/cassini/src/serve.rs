@@ -16,6 +16,7 @@ use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
 use crate::reload::{load_server_tls, Reloader};
+use crate::signals::ShutdownSignals;
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
@@ -197,31 +198,6 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         signal = signals.next() => {
             tracing::warn!(signal, "second signal: exiting at once");
             Ok(ExitCode::from(130))
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, listened for from the start, so a signal that arrives right after the
-/// broker announced itself is not lost to the default action (which would kill the process).
-struct ShutdownSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
-    }
-
-    /// Completes on the next SIGINT or SIGTERM, naming which.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
         }
     }
 }
