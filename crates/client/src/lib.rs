@@ -77,8 +77,9 @@
 //! continues with the messages the broker kept for it, in order and never twice. Publishes made
 //! meanwhile wait in a bounded [`OutboundBuffer`] and are sent first after the reconnect;
 //! subscribe, unsubscribe and ping fail at once with [`ClientError::Disconnected`]. Watch it
-//! happen with [`Client::state_changes`] ([`ConnectionState`]); see what a subscription missed
-//! with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
+//! happen with [`Client::state_changes`] ([`ConnectionState`]); hear what a subscription
+//! missed as it happens with [`Subscription::next_event`] ([`SubscriptionEvent::Gap`]), or count
+//! it with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
 //! good after [`Client::close`], when a newer connection of the same identity took the session
 //! over, when the broker refuses it in a way that would repeat, or when the policy gives up.
 //! The [`Client`] documentation has the details.
@@ -178,7 +179,7 @@ pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_
 pub use publish_options::PublishOptions;
 pub use reconnect_policy::ReconnectPolicy;
 pub use responder::{Request, Responder};
-pub use subscription::{Subscription, SubscriptionEnd};
+pub use subscription::{Events, Subscription, SubscriptionEnd, SubscriptionEvent};
 
 pub use cassini_protocol::{
     AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,
