@@ -663,6 +663,14 @@ impl Client {
         self.inner.core.state_changes()
     }
 
+    /// How many times the client connected again after losing its connection (each
+    /// [`ConnectionState::Reconnecting`] that ended in [`ConnectionState::Connected`]), as
+    /// NATS clients count `Reconnects`. A watch channel can skip states a reader was too slow
+    /// to see; this count does not.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.core.reconnects()
+    }
+
     /// What the outbound buffer holds now, and how many publishes it dropped because they
     /// waited too long or because the client ended before it could send them.
     pub fn outbound_stats(&self) -> OutboundStats {

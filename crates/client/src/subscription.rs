@@ -26,6 +26,7 @@ use cassini_protocol::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::connection_state::DisconnectReason;
 use crate::control::ControlRequest;
 use crate::datagram_loss::DatagramTracker;
 use crate::delivery_acks::PendingAcks;
@@ -49,6 +50,9 @@ pub enum SubscriptionEnd {
     Reset(ErrorCode),
     /// The client was closed, or the broker closed the connection normally.
     Closed,
+    /// A newer connection with the same certificate identity took the session over
+    /// (`SESSION_TAKEN_OVER`): the subscription lives on there, not here.
+    SessionTakenOver,
     /// The connection was lost.
     ConnectionLost {
         /// What went wrong.
@@ -77,6 +81,9 @@ impl fmt::Display for SubscriptionEnd {
             }
             SubscriptionEnd::Reset(code) => write!(f, "reset by the broker: {code}"),
             SubscriptionEnd::Closed => f.write_str("the client was closed"),
+            SubscriptionEnd::SessionTakenOver => {
+                f.write_str("the session was taken over by a newer connection of this identity")
+            }
             SubscriptionEnd::ConnectionLost { reason } => write!(f, "connection lost: {reason}"),
             SubscriptionEnd::ProtocolError { reason } => write!(f, "protocol error: {reason}"),
             SubscriptionEnd::ResubscribeFailed { reason } => {
@@ -90,8 +97,11 @@ impl fmt::Display for SubscriptionEnd {
 }
 
 impl SubscriptionEnd {
-    /// How a subscription ends when the client ended with `error`.
-    pub(crate) fn after(error: &ClientError) -> Self {
+    /// How a subscription ends when the client ended with `error` for `reason`.
+    pub(crate) fn after(error: &ClientError, reason: &DisconnectReason) -> Self {
+        if *reason == DisconnectReason::SessionTakenOver {
+            return SubscriptionEnd::SessionTakenOver;
+        }
         match error {
             ClientError::Closed => SubscriptionEnd::Closed,
             ClientError::Protocol { reason } => SubscriptionEnd::ProtocolError {
