@@ -558,6 +558,20 @@ impl Client {
         Ok(Responder::new(subscription, self.clone()))
     }
 
+    /// A barrier: returns once the broker has read and processed every publish this client
+    /// made before the call, at most once or acknowledged (a refusal among them is then in
+    /// [`Client::publish_errors`]). As NATS's `flush`, for a program about to exit or to hand
+    /// off. Each topic's publish stream is finished and a new one opened by the next publish,
+    /// so call it at such points, not after every publish. Bounded by `close_timeout`
+    /// ([`ClientError::Timeout`]); while reconnecting it fails at once with
+    /// [`ClientError::Disconnected`] (the outbound buffer is sent after the reconnect), and if
+    /// the connection drops meanwhile it fails with that error.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.inner.core.control()?;
+        let attachment = self.inner.core.attachment();
+        attachment.publisher.flush().await
+    }
+
     /// Measures one round trip on the control stream (queued behind other control requests).
     /// While the client is reconnecting it fails with [`ClientError::Disconnected`].
     pub async fn ping(&self) -> Result<Duration, ClientError> {
