@@ -218,7 +218,7 @@ impl ClientBuilder {
             publish_lane_buffer: 256,
             reconnect: ReconnectPolicy::default(),
             outbound_buffer: OutboundBuffer::default(),
-            ack_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(60),
             max_unacked_publishes: 1024,
         }
     }
@@ -355,7 +355,10 @@ impl ClientBuilder {
     /// How long [`Client::publish_acked`] (and every acknowledged publish without its own
     /// timeout) waits for the broker's acknowledgement, including any reconnect in between.
     /// Longer rides out longer outages; after it passes the message may or may not have been
-    /// delivered. Default: 30 s.
+    /// delivered. Default: 60 s, twice the idle timeout: a broker that vanished is noticed at
+    /// the idle timeout at the latest (a restarted one at the client's next packet, by its
+    /// stateless reset), so a publish in flight outlives the detection, the reconnect and its
+    /// resend instead of failing just as the client notices.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self

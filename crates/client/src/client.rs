@@ -250,7 +250,7 @@ impl Client {
     ///
     /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
     /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
-    /// answer came within [`ClientBuilder::ack_timeout`] (30 s by default): **after a timeout
+    /// answer came within [`ClientBuilder::ack_timeout`] (60 s by default): **after a timeout
     /// the message may or may not have been delivered**, and it is no longer sent again. At
     /// most [`ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once (1024
     /// by default); more wait for a free slot, and that wait counts towards the timeout.

@@ -61,6 +61,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "certs.cert", doc: "Server certificate chain (PEM); empty: dir/server.crt." },
     KeyDoc { path: "certs.key", doc: "Server private key (PEM, PKCS#8); empty: dir/server.key." },
     KeyDoc { path: "certs.crl", doc: "Certificate revocation lists (PEM), used whenever the file exists and reloaded on SIGHUP or change; empty: dir/crl.pem." },
+    KeyDoc { path: "certs.reset_key", doc: "The QUIC stateless reset key (64 hex digits), created with mode 0600 when missing, so a restarted broker resets its previous connections and their clients reconnect at once; empty: dir/stateless-reset.key." },
     KeyDoc { path: "certs.generate_dev", doc: "Create a development CA and certificates in dir when it has none (only when ca, cert and key are empty). Turn off in production." },
     KeyDoc { path: "limits.max_payload_bytes", doc: "Largest publish payload; larger publishes are refused with PAYLOAD_TOO_LARGE. Must leave room for headers below max_frame_bytes." },
     KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer." },
