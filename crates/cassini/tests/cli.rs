@@ -450,6 +450,12 @@ fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
         !first.contains('\u{1b}'),
         "no colour codes in a pipe: {first:?}"
     );
+    let mut line = first;
+    while !line.contains("cassini listening") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("log line");
+        assert!(read > 0, "serve exited before listening");
+    }
     drop(stderr);
 
     // Every connection logs at info level; these lines now go to a closed pipe.
