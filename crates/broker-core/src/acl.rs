@@ -221,8 +221,14 @@ impl Acl {
             };
             permissions.publish.extend(&publish);
             permissions.subscribe.extend(&subscribe);
-            permissions.queue.allow.extend(rule.queue.allow.iter().cloned());
-            permissions.queue.deny.extend(rule.queue.deny.iter().cloned());
+            permissions
+                .queue
+                .allow
+                .extend(rule.queue.allow.iter().cloned());
+            permissions
+                .queue
+                .deny
+                .extend(rule.queue.deny.iter().cloned());
         }
         permissions
     }

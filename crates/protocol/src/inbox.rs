@@ -95,7 +95,16 @@ mod tests {
     #[test]
     fn a_token_is_always_one_valid_topic_token() {
         let limits = TopicLimits::default();
-        for identity in ["alice", "a.b.c", "*", ">", "$SYS", "x y\t\n", "spiffe://a/b", "é.€"] {
+        for identity in [
+            "alice",
+            "a.b.c",
+            "*",
+            ">",
+            "$SYS",
+            "x y\t\n",
+            "spiffe://a/b",
+            "é.€",
+        ] {
             let topic = format!("{}.1", inbox_prefix(identity));
             let name = TopicName::parse(&topic, &limits).expect("a valid topic");
             assert_eq!(name.tokens().count(), 3, "{identity:?} -> {topic}");

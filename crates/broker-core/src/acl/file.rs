@@ -222,9 +222,9 @@ impl Context<'_> {
             .map(|pattern| {
                 let text = pattern.get_ref();
                 let valid = !text.is_empty()
-                    && text
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'));
+                    && text.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*')
+                    });
                 if valid {
                     Ok(GroupPattern::new(text.clone()))
                 } else {
