@@ -290,3 +290,26 @@ deny_queue = ["audit"]
         "{err}"
     );
 }
+
+#[test]
+fn the_acl_example_in_security_md_is_valid_and_means_what_it_says() {
+    let doc = include_str!("../../../../docs/SECURITY.md");
+    let section = doc
+        .split("## Authorization: the ACL file")
+        .nth(1)
+        .expect("the ACL section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML example");
+    let acl = Acl::parse(example, "SECURITY.md").unwrap();
+    assert!(acl.may_subscribe("svc-a", &filter("svc.echo")));
+    assert!(acl.may_publish("svc-a", &topic("_INBOX.alice.1.2")));
+    assert!(acl.may_join_queue("svc-a", "svc-workers"));
+    assert!(!acl.may_join_queue("ops", "svc-workers"));
+    assert!(acl.may_subscribe("ops", &filter("_INBOX.ops.x.>")));
+    assert!(!acl.may_subscribe("svc-a", &filter("_INBOX.ops.>")));
+    assert!(acl.may_publish("ops", &topic("users.ops.note")));
+    assert!(!acl.may_publish("ops", &topic("users.alice.note")));
+}
