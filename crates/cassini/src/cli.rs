@@ -213,7 +213,8 @@ pub(crate) struct ServeArgs {
     pub(crate) monitor: Option<SocketAddr>,
     /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
     /// SIGHUP and when it changes. Without it every authenticated client may do everything on
-    /// non-system topics [default: none; key `security.acl_file`].
+    /// non-system topics but read other identities' reply inboxes [default: none; key
+    /// `security.acl_file`].
     #[arg(long, value_name = "FILE")]
     pub(crate) acl: Option<PathBuf>,
     /// Which client certificate name is the identity: `default` (URI SAN, else DNS SAN, else

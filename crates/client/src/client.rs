@@ -485,7 +485,8 @@ impl Client {
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
     /// reply.
     ///
-    /// The first request subscribes this client to its inbox, `_INBOX.<16 random hex digits>.>`
+    /// The first request subscribes this client to its inbox,
+    /// `_INBOX.<identity token>.<16 random hex digits>.>` (see `docs/PROTOCOL.md`)
     /// (one subscription per client, counted against the broker's `max_subscriptions`; made
     /// again under a new random name if the broker ends it); each request asks for its reply on
     /// its own topic under it. Fails with [`ClientError::NoResponders`] as soon as the broker

@@ -102,7 +102,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "monitor.listen", doc: "TCP address of the monitoring endpoint." },
     KeyDoc { path: "log.level", doc: "RUST_LOG-style filter, e.g. \"info\" or \"info,cassini_broker=debug\"." },
     KeyDoc { path: "log.format", doc: "\"pretty\" for people, \"json\" for one JSON object per line." },
-    KeyDoc { path: "security.acl_file", doc: "ACL file (TOML, see docs/SECURITY.md) saying which identity may publish and subscribe where; reloaded on SIGHUP and when it changes. Empty: every authenticated client may use every non-system topic." },
+    KeyDoc { path: "security.acl_file", doc: "ACL file (TOML, see docs/SECURITY.md) saying which identity may publish and subscribe where; reloaded on SIGHUP and when it changes. Empty: every authenticated client may use every non-system topic, but read only its own reply inboxes." },
     KeyDoc { path: "security.identity_rule", doc: "Which certificate name is a client's identity: \"default\" (URI SAN, else DNS SAN, else CN), \"uri:PREFIX\", \"dns\" or \"cn\"." },
     KeyDoc { path: "security.address_validation", doc: "When new clients must prove their address with a QUIC Retry: \"never\", \"under-load\" (256 or more handshakes in progress) or \"always\"." },
     KeyDoc { path: "security.allow_unknown_revocation", doc: "With a CRL present, accept clients whose revocation status no CRL covers (default: refuse them; revocation fails closed)." },

@@ -372,7 +372,7 @@ impl Default for LogSettings {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct SecuritySettings {
     /// The ACL file; empty: none (every authenticated client is allowed everything on
-    /// non-system topics).
+    /// non-system topics but other identities' reply inboxes).
     pub(crate) acl_file: PathBuf,
     /// Which certificate name is the identity: `default`, `uri:PREFIX`, `dns` or `cn`.
     pub(crate) identity_rule: String,
