@@ -252,3 +252,100 @@ fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
     assert!(stderr.contains("client-nobody.crt"), "{stderr}");
     assert!(!dir.path().join("crl.pem").exists());
 }
+
+/// `/varz` of the broker's monitoring endpoint.
+async fn varz(broker: &BrokerProcess) -> serde_json::Value {
+    let addr = broker
+        .log_field("monitoring endpoint", "addr")
+        .expect("the monitor's address is logged")
+        .parse()
+        .expect("an address");
+    cassini_monitor::client::get_json(addr, "/varz", std::time::Duration::from_secs(10))
+        .await
+        .expect("/varz")
+}
+
+#[tokio::test]
+async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["eve", "bob"]);
+    let broker = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    broker.wait_for_log("monitoring endpoint");
+    let crl = dir.path().join("crl.pem");
+
+    let reloads = broker.log_count("reloaded certificates");
+    cassini(&["certs", "revoke", "eve"], dir.path());
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    let revocation = &varz(&broker).await["revocation"];
+    assert_eq!(revocation["in_force"], true, "{revocation}");
+    assert_eq!(revocation["revoked"], 1, "{revocation}");
+    assert!(revocation["problem"].is_null(), "{revocation}");
+
+    // The file moved away: the reload keeps the last good CRL and says so at error level.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::rename(&crl, dir.path().join("crl.pem.moved")).expect("move the CRL away");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(
+        !admitted(&broker.addr, dir.path(), "eve").await,
+        "a missing CRL does not let eve back in"
+    );
+    assert!(broker.log_count("keeping the last good CRL") >= 1);
+    assert!(broker.log_count("ERROR") >= 1, "said at error level");
+    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+    let revocation = &varz(&broker).await["revocation"];
+    assert_eq!(revocation["in_force"], true, "{revocation}");
+    assert_eq!(revocation["revoked"], 1, "{revocation}");
+    assert!(
+        revocation["problem"]
+            .as_str()
+            .is_some_and(|problem| problem.contains("does not exist")),
+        "{revocation}"
+    );
+
+    // A garbled file, then SIGHUP: the same.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
+    )
+    .expect("garble the CRL");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    let reloads = broker.log_count("reloaded certificates");
+    broker.signal("HUP");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+
+    // Put back, the CRL is read again and the problem is gone.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::rename(dir.path().join("crl.pem.moved"), &crl).expect("restore the CRL");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    let revocation = &varz(&broker).await["revocation"];
+    assert!(revocation["problem"].is_null(), "{revocation}");
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+}
+
+#[test]
+fn require_crl_refuses_to_start_without_a_crl_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    for (flag, env) in [(Some("--require-crl"), None), (None, Some("true"))] {
+        let mut command = std::process::Command::new(support::CASSINI);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+            .arg(dir.path())
+            .args(flag);
+        if let Some(value) = env {
+            command.env("CASSINI_CERTS_REQUIRE_CRL", value);
+        }
+        let output = command.output().expect("run cassini");
+        assert!(!output.status.success(), "{flag:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("crl.pem does not exist"), "{stderr}");
+        assert!(stderr.contains("certs.require_crl"), "{stderr}");
+    }
+    cassini(&["certs", "revoke", "alice"], dir.path());
+    let broker = BrokerProcess::start(dir.path(), &["--require-crl"]);
+    assert_eq!(broker.log_count("cassini listening"), 1);
+}

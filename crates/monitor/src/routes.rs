@@ -35,7 +35,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/connz", get(connz))
         .route("/subz", get(subz))
         .route("/topicz", get(topicz))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), authorize))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let in_flight = Arc::clone(&in_flight);
             async move {

@@ -700,7 +700,10 @@ async fn a_token_guards_every_endpoint_but_health_and_without_one_session_ids_ar
     assert_eq!(subz["subscriptions"][0]["filter"], "demo.>");
     for path in ["/varz", "/connz", "/subz", "/topicz", "/metrics"] {
         let (_, body) = get_as(open, path, None, LIMIT).await.unwrap();
-        assert!(!body.contains(&session), "{path} shows no session id: {body}");
+        assert!(
+            !body.contains(&session),
+            "{path} shows no session id: {body}"
+        );
     }
     broker.stop().await;
 }
