@@ -239,3 +239,67 @@ async fn a_connection_is_closed_with_certificate_expired_when_its_certificate_ex
     assert_pubsub_works(&bystander, "bystander.still.here").await;
     broker.stop().await;
 }
+
+/// Opens a session as `cert` and drops the connection without a goodbye: the session stays,
+/// detached. Returns its id.
+async fn detached_session(broker: &TestBroker, cert: &IssuedCert) -> cassini_protocol::SessionId {
+    let (_endpoint, connection) = broker.raw_connection_as(cert).await.expect("connect");
+    let (welcome, _send, _recv) = raw::hello(&connection, None).await.expect("welcomed");
+    connection.close(quinn::VarInt::from_u32(0), b"dropped");
+    welcome.session_id
+}
+
+/// How a resume of `session` presenting `cert` ends: `Ok` if resumed, else the close code.
+async fn resume(
+    broker: &TestBroker,
+    cert: &IssuedCert,
+    session: cassini_protocol::SessionId,
+) -> Result<(), ErrorCode> {
+    let (_endpoint, connection) = broker.raw_connection_as(cert).await.expect("connect");
+    match raw::hello(&connection, Some(session)).await {
+        Some((welcome, _send, _recv)) if welcome.resumed => Ok(()),
+        Some(_) => panic!("a resume answered with a new session"),
+        None => Err(close_of(&connection).await.0),
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificates_sessions_end_and_a_reissued_certificate_cannot_resume_them() {
+    let broker = TestBroker::start().await;
+    let alice = broker.pki.client("alice");
+    let bob = broker.pki.client("bob");
+    let detached = detached_session(&broker, &alice).await;
+    let bobs = detached_session(&broker, &bob).await;
+    let (_endpoint, live) = broker.raw_connection_as(&alice).await.expect("connect");
+    let (welcome, _send, _recv) = raw::hello(&live, None).await.expect("welcomed");
+    broker
+        .wait_for_stats("two detached sessions and a live one", |stats| {
+            stats.sessions == 3 && stats.connections == 1
+        })
+        .await;
+
+    let crl = broker.pki.ca.revocation_list(&[&alice], 1).expect("CRL");
+    broker.reload(&broker.server_tls(&broker.pki.server, vec![crl], RevocationOptions::default()));
+    let (code, _) = close_of(&live).await;
+    assert_eq!(code, ErrorCode::CERTIFICATE_REVOKED);
+    broker
+        .wait_for_stats("only bob's session is left", |stats| stats.sessions == 1)
+        .await;
+
+    // A certificate re-issued for the same identity finds neither session.
+    let reissued = broker.pki.client("alice");
+    assert_eq!(
+        resume(&broker, &reissued, detached).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "the detached session ended"
+    );
+    assert_eq!(
+        resume(&broker, &reissued, welcome.session_id).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "the live session ended, not detached"
+    );
+    resume(&broker, &bob, bobs)
+        .await
+        .expect("bob's session is untouched");
+    broker.stop().await;
+}
