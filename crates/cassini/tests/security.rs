@@ -349,3 +349,63 @@ fn require_crl_refuses_to_start_without_a_crl_file() {
     let broker = BrokerProcess::start(dir.path(), &["--require-crl"]);
     assert_eq!(broker.log_count("cassini listening"), 1);
 }
+
+/// `cassini top --once --monitor ADDR EXTRA...`.
+fn top_once(monitor: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::CASSINI)
+        .args(["top", "--once", "--monitor", monitor])
+        .args(extra)
+        .output()
+        .expect("run cassini top")
+}
+
+#[test]
+fn a_monitor_token_file_guards_the_endpoint_and_top_presents_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let token_file = dir.path().join("monitor.token");
+    std::fs::write(&token_file, "s3cret-monitor-token\n").expect("token file");
+    let token_arg = token_file.to_str().expect("utf-8");
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            "--monitor",
+            "127.0.0.1:0",
+            "--monitor-token-file",
+            token_arg,
+        ],
+    );
+    broker.wait_for_log("monitoring endpoint");
+    let monitor = broker
+        .log_field("monitoring endpoint", "addr")
+        .expect("the monitor's address");
+
+    let refused = top_once(&monitor, &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    let shown = top_once(&monitor, &["--monitor-token-file", token_arg]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("cassini "));
+    assert_eq!(
+        broker.log_count("listens beyond loopback with no token"),
+        0,
+        "a token protects it"
+    );
+}
+
+#[test]
+fn an_unprotected_monitor_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let broker = BrokerProcess::start(dir.path(), &["--monitor", "0.0.0.0:0"]);
+    broker.wait_for_log("monitoring endpoint");
+    broker.wait_for_log("listens beyond loopback with no token");
+    let loopback = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    loopback.wait_for_log("monitoring endpoint");
+    assert_eq!(loopback.log_count("listens beyond loopback"), 0);
+}
