@@ -253,16 +253,30 @@ fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
     assert!(!dir.path().join("crl.pem").exists());
 }
 
-/// `/varz` of the broker's monitoring endpoint.
-async fn varz(broker: &BrokerProcess) -> serde_json::Value {
-    let addr = broker
+fn monitor_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
+    broker
         .log_field("monitoring endpoint", "addr")
         .expect("the monitor's address is logged")
         .parse()
-        .expect("an address");
-    cassini_monitor::client::get_json(addr, "/varz", std::time::Duration::from_secs(10))
+        .expect("an address")
+}
+
+/// `/varz` of the broker's monitoring endpoint.
+async fn varz(broker: &BrokerProcess) -> serde_json::Value {
+    let limit = std::time::Duration::from_secs(10);
+    cassini_monitor::client::get_json(monitor_addr(broker), "/varz", limit)
         .await
         .expect("/varz")
+}
+
+/// `/metrics` of the broker's monitoring endpoint.
+async fn metrics(broker: &BrokerProcess) -> String {
+    let limit = std::time::Duration::from_secs(10);
+    let (status, text) = cassini_monitor::client::get(monitor_addr(broker), "/metrics", limit)
+        .await
+        .expect("/metrics");
+    assert_eq!(status, 200);
+    text
 }
 
 #[tokio::test]
@@ -302,6 +316,12 @@ async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
             .is_some_and(|problem| problem.contains("does not exist")),
         "{revocation}"
     );
+    let scrape = metrics(&broker).await;
+    assert!(scrape.contains("cassini_crl_file_problem 1"), "{scrape}");
+    assert!(
+        scrape.contains("cassini_crl_revoked_certificates 1"),
+        "{scrape}"
+    );
 
     // A garbled file, then SIGHUP: the same.
     let reloads = broker.log_count("reloaded certificates");
@@ -322,6 +342,9 @@ async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
     let revocation = &varz(&broker).await["revocation"];
     assert!(revocation["problem"].is_null(), "{revocation}");
+    assert!(metrics(&broker)
+        .await
+        .contains("cassini_crl_file_problem 0"));
     assert!(!admitted(&broker.addr, dir.path(), "eve").await);
     assert!(admitted(&broker.addr, dir.path(), "bob").await);
 }
