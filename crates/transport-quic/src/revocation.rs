@@ -213,3 +213,6 @@ fn unix_ms(time: SystemTime) -> u64 {
         .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;
