@@ -195,7 +195,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         "running without an ACL is said once, at start"
     );
     let (_alice_endpoint, alice) = raw(&broker.addr, dir.path(), "alice").await.expect("alice");
-    let _alice_control = raw::hello(&alice, None).await.expect("alice welcomed");
+    let (alice_welcome, _send, _recv) = raw::hello(&alice, None).await.expect("alice welcomed");
     let bob = client(&broker.addr, dir.path(), "bob").await;
     let mut bob_subscription = bob.subscribe("bob.x").await.expect("subscribe");
 
@@ -235,6 +235,17 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         .await
         .expect("message");
     assert_eq!(message.payload().as_ref(), b"through it all");
+
+    // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
+    cassini(&["certs", "issue", "alice"], dir.path());
+    let (_endpoint, reissued) = raw(&broker.addr, dir.path(), "alice")
+        .await
+        .expect("connect");
+    assert!(raw::hello(&reissued, Some(alice_welcome.session_id))
+        .await
+        .is_none());
+    let (code, reason) = close_of(&reissued).await;
+    assert_eq!(code, ErrorCode::SESSION_NOT_FOUND, "{reason}");
 }
 
 #[test]
