@@ -1,14 +1,18 @@
 //! Revocation and rotation end to end: a CRL installed by a reload closes the revoked client's
-//! live connection and refuses it at every later handshake (no resumption can bypass it); an
-//! unknown revocation status fails closed; a rotated server certificate is what new clients
-//! see, while connections opened before continue.
+//! live connection and refuses it at every later handshake (no resumption can bypass it), and
+//! ends every session the revoked certificate opened, so a re-issued certificate cannot resume
+//! them; a certificate that expires while connected closes its connection (the session stays,
+//! for a renewed certificate to resume); an unknown revocation status fails closed; a rotated
+//! server certificate is what new clients see, while connections opened before continue.
 
 use bytes::Bytes;
 use cassini_client::Client;
 use cassini_e2e::raw::{self, close_of};
 use cassini_e2e::{identity_of, within, TestBroker};
 use cassini_protocol::ErrorCode;
-use cassini_quic::certs::{CertificateAuthority, IssuedCert};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
 use cassini_quic::tls::RevocationOptions;
 use futures_util::StreamExt;
 use rustls::pki_types::CertificateDer;
@@ -191,5 +195,111 @@ async fn after_a_server_rotation_new_clients_see_the_new_certificate_and_old_one
         "old raw connection still served"
     );
     assert_pubsub_works(&old_client, "rotation.old").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_certificate_expired_when_its_certificate_expires() {
+    let broker = TestBroker::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + time::Duration::seconds(3);
+    let brief = broker.pki.client_with(
+        "brief",
+        Validity {
+            not_before: now - time::Duration::days(1),
+            not_after,
+        },
+    );
+    let (_endpoint, connection) = broker.raw_connection_as(&brief).await.expect("connect");
+    let (welcome, _send, _recv) = raw::hello(&connection, None).await.expect("welcomed");
+    let bystander = broker.client("bystander").await;
+
+    let (code, reason) = close_of(&connection).await;
+    let closed_at = SystemTime::now();
+    assert_eq!(code, ErrorCode::CERTIFICATE_EXPIRED, "{reason}");
+    assert!(reason.contains("certificate expired"), "{reason}");
+    // X.509 times are whole seconds: the certificate is valid through that second.
+    let expired_at = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(not_after.unix_timestamp()).expect("after 1970") + 1);
+    let late = closed_at
+        .duration_since(expired_at)
+        .expect("not closed before the certificate expired");
+    assert!(
+        late < Duration::from_secs(3),
+        "closed {late:?} after expiry"
+    );
+
+    // Expiry only detaches the session: a renewed certificate for the identity resumes it.
+    let renewed = broker.pki.client("brief");
+    let (_endpoint, again) = broker.raw_connection_as(&renewed).await.expect("connect");
+    let (resumed, _send, _recv) = raw::hello(&again, Some(welcome.session_id))
+        .await
+        .expect("the renewed certificate resumes the session");
+    assert!(resumed.resumed);
+    assert_pubsub_works(&bystander, "bystander.still.here").await;
+    broker.stop().await;
+}
+
+/// Opens a session as `cert` and drops the connection without a goodbye: the session stays,
+/// detached. Returns its id.
+async fn detached_session(broker: &TestBroker, cert: &IssuedCert) -> cassini_protocol::SessionId {
+    let (_endpoint, connection) = broker.raw_connection_as(cert).await.expect("connect");
+    let (welcome, _send, _recv) = raw::hello(&connection, None).await.expect("welcomed");
+    connection.close(quinn::VarInt::from_u32(0), b"dropped");
+    welcome.session_id
+}
+
+/// How a resume of `session` presenting `cert` ends: `Ok` if resumed, else the close code.
+async fn resume(
+    broker: &TestBroker,
+    cert: &IssuedCert,
+    session: cassini_protocol::SessionId,
+) -> Result<(), ErrorCode> {
+    let (_endpoint, connection) = broker.raw_connection_as(cert).await.expect("connect");
+    match raw::hello(&connection, Some(session)).await {
+        Some((welcome, _send, _recv)) if welcome.resumed => Ok(()),
+        Some(_) => panic!("a resume answered with a new session"),
+        None => Err(close_of(&connection).await.0),
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificates_sessions_end_and_a_reissued_certificate_cannot_resume_them() {
+    let broker = TestBroker::start().await;
+    let alice = broker.pki.client("alice");
+    let bob = broker.pki.client("bob");
+    let detached = detached_session(&broker, &alice).await;
+    let bobs = detached_session(&broker, &bob).await;
+    let (_endpoint, live) = broker.raw_connection_as(&alice).await.expect("connect");
+    let (welcome, _send, _recv) = raw::hello(&live, None).await.expect("welcomed");
+    broker
+        .wait_for_stats("two detached sessions and a live one", |stats| {
+            stats.sessions == 3 && stats.connections == 1
+        })
+        .await;
+
+    let crl = broker.pki.ca.revocation_list(&[&alice], 1).expect("CRL");
+    broker.reload(&broker.server_tls(&broker.pki.server, vec![crl], RevocationOptions::default()));
+    let (code, _) = close_of(&live).await;
+    assert_eq!(code, ErrorCode::CERTIFICATE_REVOKED);
+    broker
+        .wait_for_stats("only bob's session is left", |stats| stats.sessions == 1)
+        .await;
+
+    // A certificate re-issued for the same identity finds neither session.
+    let reissued = broker.pki.client("alice");
+    assert_eq!(
+        resume(&broker, &reissued, detached).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "the detached session ended"
+    );
+    assert_eq!(
+        resume(&broker, &reissued, welcome.session_id).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "the live session ended, not detached"
+    );
+    resume(&broker, &bob, bobs)
+        .await
+        .expect("bob's session is untouched");
     broker.stop().await;
 }

@@ -209,3 +209,25 @@ async fn an_invalid_publish_is_rejected_and_the_stream_stays_usable() {
     assert_eq!(message.headers(), &[("k".to_string(), "v".to_string())][..]);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_control_stream_reset_by_the_client_is_a_protocol_violation_that_keeps_the_session() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut subscription) = bystander(&broker).await;
+    let (_endpoint, connection) = broker.raw_connection("resetter").await;
+    let (welcome, mut send, _recv) = raw::hello(&connection, None).await.expect("welcome");
+    send.reset(quinn::VarInt::from_u32(7)).expect("reset");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::PROTOCOL_VIOLATION, "reason: {reason}");
+    assert!(reason.contains("control stream reset"), "reason: {reason}");
+
+    // Like any close without a goodbye, the reset only detached the session.
+    let (_endpoint, again) = broker.raw_connection("resetter").await;
+    let (resumed, _send, _recv) = raw::hello(&again, Some(welcome.session_id))
+        .await
+        .expect("the detached session is resumed");
+    assert!(resumed.resumed);
+    assert_eq!(resumed.session_id, welcome.session_id);
+    assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}

@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,6 +140,21 @@ impl BrokerHandle {
             .send_message(SessionManagerMsg::RecheckAcl)
         {
             tracing::warn!(%err, "broker is stopped; the new ACL applies to nothing");
+        }
+    }
+
+    /// Ends every session, attached or detached, whose certificate key
+    /// ([`crate::PeerInfo::certificate`]: that of the certificate that created or last attached
+    /// it) is in `revoked`: an attached connection is closed with `CERTIFICATE_REVOKED`, the
+    /// session's subscriptions end, and a later resume of it gets `SESSION_NOT_FOUND`. A
+    /// session read back from the disk store has no key until it is resumed.
+    pub fn end_revoked_sessions(&self, revoked: Arc<HashSet<String>>) {
+        if let Err(err) = self
+            .managers
+            .sessions
+            .send_message(SessionManagerMsg::EndRevoked(revoked))
+        {
+            tracing::warn!(%err, "broker is stopped; no session to end");
         }
     }
 

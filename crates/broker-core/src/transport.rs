@@ -19,6 +19,11 @@ pub struct PeerInfo {
     pub identity: Arc<str>,
     /// The peer's address when the connection was accepted.
     pub remote_addr: SocketAddr,
+    /// A key naming the client certificate the transport authenticated (for QUIC: its serial
+    /// number and issuer, as a CRL names it), if there is one. Each session remembers the key
+    /// of the certificate that created or last attached it, so that revoking the certificate
+    /// ends the session ([`crate::BrokerHandle::end_revoked_sessions`]).
+    pub certificate: Option<Arc<str>>,
 }
 
 /// What the transport knows about a connection's path and traffic, for monitoring.

@@ -98,6 +98,10 @@ pub(crate) struct TopArgs {
     /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8222")]
     pub(crate) monitor: SocketAddr,
+    /// File holding the monitoring endpoint's bearer token (its `monitor.token_file`); without
+    /// it, an endpoint that requires a token answers 401.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) monitor_token_file: Option<PathBuf>,
     /// Seconds between refreshes (fractions allowed, at least 0.1).
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     pub(crate) interval: f64,
@@ -211,6 +215,11 @@ pub(crate) struct ServeArgs {
     /// a free port, which the log reports) [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<SocketAddr>,
+    /// File holding the monitoring endpoint's bearer token: every endpoint but `/healthz` and
+    /// `/readyz` then requires `Authorization: Bearer TOKEN` [default: none; key
+    /// `monitor.token_file`].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) monitor_token_file: Option<PathBuf>,
     /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
     /// SIGHUP and when it changes. Without it every authenticated client may do everything on
     /// non-system topics but read other identities' reply inboxes [default: none; key
@@ -236,6 +245,10 @@ pub(crate) struct ServeArgs {
     /// `security.enforce_crl_expiry`].
     #[arg(long)]
     pub(crate) enforce_crl_expiry: bool,
+    /// Refuse to start when the CRL file is missing (once a CRL has been in force, a missing
+    /// or unreadable CRL file always keeps the last good one) [key `certs.require_crl`].
+    #[arg(long)]
+    pub(crate) require_crl: bool,
     /// Where state is kept: `memory` (lost on restart) or `disk` (sessions, subscriptions,
     /// at-least-once backlogs, retained values and the dedupe window survive a crash; see
     /// docs/DURABILITY.md) [default: memory].

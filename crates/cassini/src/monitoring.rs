@@ -1,11 +1,14 @@
 //! `serve`'s monitoring endpoint: started when `monitor.enabled` (or `--monitor`), stopped
-//! after the broker.
+//! after the broker. With `monitor.token_file` it requires that bearer token (see
+//! `cassini_monitor`); without one it warns when it listens beyond loopback.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use cassini_broker::BrokerHandle;
-use cassini_monitor::{Monitor, MonitorSources, Readiness};
+use cassini_monitor::{BearerToken, Monitor, MonitorSources, Readiness};
+use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,7 @@ impl Monitoring {
         settings: &Settings,
         broker: &BrokerHandle,
         server: &QuicServer,
+        crl: &Arc<CrlSource>,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
         let readiness = Readiness::default();
@@ -34,15 +38,33 @@ impl Monitoring {
                 running: None,
             });
         }
+        let token_file = &settings.monitor.token_file;
+        let token = if token_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(BearerToken::from_file(token_file)?)
+        };
+        let protected = token.is_some();
         let sources = MonitorSources {
             broker: broker.clone(),
             accept: Some(server.stats()),
             listen: Some(listen),
             config: serde_json::to_value(settings).context("describing the configuration")?,
             readiness: readiness.clone(),
+            crl: Some(Arc::clone(crl)),
+            token,
         };
         let monitor = Monitor::bind(settings.monitor.listen, sources).await?;
-        tracing::info!(addr = %monitor.local_addr(), "monitoring endpoint");
+        let addr = monitor.local_addr();
+        tracing::info!(%addr, token_required = protected, "monitoring endpoint");
+        if !protected && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the monitoring endpoint listens beyond loopback with no token: anyone who can reach it \
+                 sees every identity, address and filter (session ids are redacted); set \
+                 monitor.token_file (--monitor-token-file)"
+            );
+        }
         let stop = CancellationToken::new();
         let task = tokio::spawn(monitor.serve(stop.clone().cancelled_owned()));
         Ok(Self {

@@ -9,7 +9,10 @@
 //! reload; a trigger while one is pending is folded into it.
 //!
 //! A reload builds all new material before installing any: if a file is missing or invalid,
-//! the error is logged and the broker keeps what it had. Installed TLS material applies to new
+//! the error is logged and the broker keeps what it had. The CRL file follows the CRL rule
+//! (`cassini_quic::revocation`): once a CRL has been in force, a missing, unreadable or invalid
+//! CRL file keeps the last good CRL in force, logged at error level at every reload and shown in
+//! `/varz` (`revocation.problem`), while the other files are installed as usual. Installed TLS material applies to new
 //! connections at once, and live connections whose certificate it refuses are closed with
 //! `CERTIFICATE_REVOKED` (see `QuicServer::reload`); a new ACL applies to new requests at once
 //! and ends the live subscriptions it no longer allows (`BrokerHandle::set_acl`).
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_broker::{Acl, BrokerHandle};
+use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::{QuicServer, ServerTls};
 use cassini_quic::tls::{self, RevocationOptions, TlsError};
 
@@ -29,28 +33,35 @@ use tokio::sync::mpsc;
 /// How long after the last file change of a burst the reload runs.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Loads the server's TLS material from `files`; the CRL file is used whenever it exists.
+/// Loads the server's TLS material from `files`, with the CRL `crl` reads under the CRL rule
+/// (see `cassini_quic::revocation`). Also returns, when the last good CRL was kept because the
+/// file could not be used, why.
 pub(crate) fn load_server_tls(
     files: &CertFiles,
+    crl: &CrlSource,
     revocation: RevocationOptions,
-) -> Result<ServerTls, TlsError> {
-    let crls = match files.crl.try_exists() {
-        Ok(true) => tls::load_crls(&files.crl)?,
-        Ok(false) => Vec::new(),
-        Err(error) => {
-            return Err(TlsError::Read {
-                path: files.crl.clone(),
-                error,
-            })
-        }
-    };
-    ServerTls::build(
+) -> Result<(ServerTls, Option<String>), TlsError> {
+    let crls = crl.load()?;
+    let tls = ServerTls::build(
         tls::load_certs(&files.ca)?,
         tls::load_certs(&files.cert)?,
         tls::load_key(&files.key)?,
-        crls,
+        crls.crls,
         revocation,
-    )
+    )?;
+    Ok((tls, crls.kept_last_good))
+}
+
+/// Says loudly that the CRL file could not be used and the last good CRL stays in force.
+pub(crate) fn log_kept_crl(crl: &CrlSource, why: &str, problem: &str) {
+    let status = crl.status();
+    tracing::error!(
+        why,
+        crl = %crl.path().display(),
+        problem,
+        revoked = status.revoked,
+        "the CRL file cannot be used; keeping the last good CRL in force (revocation is NOT turned off). Restore the file"
+    );
 }
 
 /// What to reload and where to install it.
@@ -58,6 +69,8 @@ pub(crate) struct Reloader {
     pub(crate) certs: CertFiles,
     pub(crate) acl: Option<PathBuf>,
     pub(crate) revocation: RevocationOptions,
+    /// The CRL file, read under the CRL rule; shared with monitoring.
+    pub(crate) crl: Arc<CrlSource>,
     pub(crate) server: Arc<QuicServer>,
     pub(crate) broker: BrokerHandle,
 }
@@ -65,15 +78,21 @@ pub(crate) struct Reloader {
 impl Reloader {
     /// Reloads everything once, logging what changed and what failed.
     pub(crate) fn reload(&self, why: &str) {
-        match load_server_tls(&self.certs, self.revocation) {
-            Ok(tls) => match self.server.reload(&tls) {
-                Ok(report) => tracing::info!(
+        match load_server_tls(&self.certs, &self.crl, self.revocation) {
+            Ok((tls, kept_crl)) => match self.server.reload(&tls) {
+                Ok(report) => {
+                    if let Some(problem) = kept_crl {
+                        log_kept_crl(&self.crl, why, &problem);
+                    }
+                    tracing::info!(
                     why,
                     cert = %self.certs.cert.display(),
                     kept = report.kept,
                     closed = report.closed.len(),
+                    revoked = tls.revoked.len(),
                     "reloaded certificates and CRL"
-                ),
+                    )
+                }
                 Err(err) => {
                     tracing::error!(why, %err, "cannot install the reloaded certificates; keeping the previous ones")
                 }

@@ -11,6 +11,7 @@ use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
 use cassini_quic::reset_key::{KeySource, StatelessResetKey};
+use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
 
 use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
@@ -39,6 +40,8 @@ pub(crate) fn settings(
         address_validation: args.address_validation.clone(),
         allow_unknown_revocation: args.allow_unknown_revocation,
         enforce_crl_expiry: args.enforce_crl_expiry,
+        require_crl: args.require_crl,
+        monitor_token_file: args.monitor_token_file.clone(),
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
 }
@@ -112,15 +115,28 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     }
     let files = certs.files();
     let revocation = settings.security.revocation();
-    let tls = load_server_tls(&files, revocation).with_context(|| {
+    let crl = Arc::new(CrlSource::new(files.crl.clone(), certs.require_crl));
+    let (tls, _) = load_server_tls(&files, &crl, revocation).with_context(|| {
         format!(
-            "loading certificates (ca {}, cert {}, key {}, crl {} if present)",
+            "loading certificates (ca {}, cert {}, key {}, crl {} {})",
             files.ca.display(),
             files.cert.display(),
             files.key.display(),
-            files.crl.display()
+            files.crl.display(),
+            if certs.require_crl {
+                "required: certs.require_crl"
+            } else {
+                "if present"
+            }
         )
     })?;
+    let crl_status = crl.status();
+    tracing::info!(
+        crl = %files.crl.display(),
+        in_force = crl_status.in_force,
+        revoked = crl_status.revoked,
+        "revocation"
+    );
     let acl_path = match settings.security.acl() {
         Some(path) => Some(
             std::fs::canonicalize(path)
@@ -148,6 +164,7 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         certs: files.clone(),
         acl: acl_path,
         revocation,
+        crl: Arc::clone(&crl),
         server: Arc::clone(&server),
         broker: broker.clone(),
     }
@@ -165,7 +182,7 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         cert = %files.cert.display(),
         "cassini listening"
     );
-    let monitoring = Monitoring::start(&settings, &broker, &server, local).await?;
+    let monitoring = Monitoring::start(&settings, &broker, &server, &crl, local).await?;
     monitoring.set_ready(true);
 
     tokio::select! {

@@ -1,7 +1,8 @@
 //! `cassini top` (also `cassini stats`): a terminal view of a broker's monitoring endpoint,
 //! refreshed every `--interval` seconds, or printed once with `--once`.
 //!
-//! It reads `/varz`, `/connz` and `/topicz` over HTTP; rates are the change of the counters
+//! It reads `/varz`, `/connz` and `/topicz` over HTTP (presenting the token of
+//! `--monitor-token-file`, if given); rates are the change of the counters
 //! between two refreshes (shown as `-` on the first screen and with `--once`).
 
 use std::fmt::Write as _;
@@ -10,7 +11,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cassini_monitor::client::get_json;
+use cassini_monitor::client::get_json_as;
+use cassini_monitor::BearerToken;
 use serde_json::Value;
 
 use crate::cli::TopArgs;
@@ -44,12 +46,18 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !(args.interval.is_finite() && args.interval >= 0.1) {
         anyhow::bail!("--interval must be at least 0.1 seconds");
     }
+    let token = args
+        .monitor_token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()?;
+    let token = token.as_ref();
     let connz_path = format!("/connz?limit={}", args.limit);
     let topicz_path = format!("/topicz?limit={}", args.limit);
     let fetch = || async {
-        let varz = get_json(args.monitor, "/varz", REQUEST_LIMIT).await?;
-        let connz = get_json(args.monitor, &connz_path, REQUEST_LIMIT).await?;
-        let topicz = get_json(args.monitor, &topicz_path, REQUEST_LIMIT).await?;
+        let varz = get_json_as(args.monitor, "/varz", token, REQUEST_LIMIT).await?;
+        let connz = get_json_as(args.monitor, &connz_path, token, REQUEST_LIMIT).await?;
+        let topicz = get_json_as(args.monitor, &topicz_path, token, REQUEST_LIMIT).await?;
         Ok::<_, cassini_monitor::client::ClientError>(Sample {
             at: Instant::now(),
             varz,

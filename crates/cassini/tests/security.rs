@@ -195,7 +195,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         "running without an ACL is said once, at start"
     );
     let (_alice_endpoint, alice) = raw(&broker.addr, dir.path(), "alice").await.expect("alice");
-    let _alice_control = raw::hello(&alice, None).await.expect("alice welcomed");
+    let (alice_welcome, _send, _recv) = raw::hello(&alice, None).await.expect("alice welcomed");
     let bob = client(&broker.addr, dir.path(), "bob").await;
     let mut bob_subscription = bob.subscribe("bob.x").await.expect("subscribe");
 
@@ -235,6 +235,17 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         .await
         .expect("message");
     assert_eq!(message.payload().as_ref(), b"through it all");
+
+    // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
+    cassini(&["certs", "issue", "alice"], dir.path());
+    let (_endpoint, reissued) = raw(&broker.addr, dir.path(), "alice")
+        .await
+        .expect("connect");
+    assert!(raw::hello(&reissued, Some(alice_welcome.session_id))
+        .await
+        .is_none());
+    let (code, reason) = close_of(&reissued).await;
+    assert_eq!(code, ErrorCode::SESSION_NOT_FOUND, "{reason}");
 }
 
 #[test]
@@ -251,4 +262,184 @@ fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
     assert!(stderr.contains("no client certificate"), "{stderr}");
     assert!(stderr.contains("client-nobody.crt"), "{stderr}");
     assert!(!dir.path().join("crl.pem").exists());
+}
+
+fn monitor_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
+    broker
+        .log_field("monitoring endpoint", "addr")
+        .expect("the monitor's address is logged")
+        .parse()
+        .expect("an address")
+}
+
+/// `/varz` of the broker's monitoring endpoint.
+async fn varz(broker: &BrokerProcess) -> serde_json::Value {
+    let limit = std::time::Duration::from_secs(10);
+    cassini_monitor::client::get_json(monitor_addr(broker), "/varz", limit)
+        .await
+        .expect("/varz")
+}
+
+/// `/metrics` of the broker's monitoring endpoint.
+async fn metrics(broker: &BrokerProcess) -> String {
+    let limit = std::time::Duration::from_secs(10);
+    let (status, text) = cassini_monitor::client::get(monitor_addr(broker), "/metrics", limit)
+        .await
+        .expect("/metrics");
+    assert_eq!(status, 200);
+    text
+}
+
+#[tokio::test]
+async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["eve", "bob"]);
+    let broker = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    broker.wait_for_log("monitoring endpoint");
+    let crl = dir.path().join("crl.pem");
+
+    let reloads = broker.log_count("reloaded certificates");
+    cassini(&["certs", "revoke", "eve"], dir.path());
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    let revocation = &varz(&broker).await["revocation"];
+    assert_eq!(revocation["in_force"], true, "{revocation}");
+    assert_eq!(revocation["revoked"], 1, "{revocation}");
+    assert!(revocation["problem"].is_null(), "{revocation}");
+
+    // The file moved away: the reload keeps the last good CRL and says so at error level.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::rename(&crl, dir.path().join("crl.pem.moved")).expect("move the CRL away");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(
+        !admitted(&broker.addr, dir.path(), "eve").await,
+        "a missing CRL does not let eve back in"
+    );
+    assert!(broker.log_count("keeping the last good CRL") >= 1);
+    assert!(broker.log_count("ERROR") >= 1, "said at error level");
+    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+    let revocation = &varz(&broker).await["revocation"];
+    assert_eq!(revocation["in_force"], true, "{revocation}");
+    assert_eq!(revocation["revoked"], 1, "{revocation}");
+    assert!(
+        revocation["problem"]
+            .as_str()
+            .is_some_and(|problem| problem.contains("does not exist")),
+        "{revocation}"
+    );
+    let scrape = metrics(&broker).await;
+    assert!(scrape.contains("cassini_crl_file_problem 1"), "{scrape}");
+    assert!(
+        scrape.contains("cassini_crl_revoked_certificates 1"),
+        "{scrape}"
+    );
+
+    // A garbled file, then SIGHUP: the same.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
+    )
+    .expect("garble the CRL");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    let reloads = broker.log_count("reloaded certificates");
+    broker.signal("HUP");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+
+    // Put back, the CRL is read again and the problem is gone.
+    let reloads = broker.log_count("reloaded certificates");
+    std::fs::rename(dir.path().join("crl.pem.moved"), &crl).expect("restore the CRL");
+    broker.wait_for_log_count("reloaded certificates", reloads + 1);
+    let revocation = &varz(&broker).await["revocation"];
+    assert!(revocation["problem"].is_null(), "{revocation}");
+    assert!(metrics(&broker)
+        .await
+        .contains("cassini_crl_file_problem 0"));
+    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+}
+
+#[test]
+fn require_crl_refuses_to_start_without_a_crl_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    for (flag, env) in [(Some("--require-crl"), None), (None, Some("true"))] {
+        let mut command = std::process::Command::new(support::CASSINI);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+            .arg(dir.path())
+            .args(flag);
+        if let Some(value) = env {
+            command.env("CASSINI_CERTS_REQUIRE_CRL", value);
+        }
+        let output = command.output().expect("run cassini");
+        assert!(!output.status.success(), "{flag:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("crl.pem does not exist"), "{stderr}");
+        assert!(stderr.contains("certs.require_crl"), "{stderr}");
+    }
+    cassini(&["certs", "revoke", "alice"], dir.path());
+    let broker = BrokerProcess::start(dir.path(), &["--require-crl"]);
+    assert_eq!(broker.log_count("cassini listening"), 1);
+}
+
+/// `cassini top --once --monitor ADDR EXTRA...`.
+fn top_once(monitor: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::CASSINI)
+        .args(["top", "--once", "--monitor", monitor])
+        .args(extra)
+        .output()
+        .expect("run cassini top")
+}
+
+#[test]
+fn a_monitor_token_file_guards_the_endpoint_and_top_presents_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let token_file = dir.path().join("monitor.token");
+    std::fs::write(&token_file, "s3cret-monitor-token\n").expect("token file");
+    let token_arg = token_file.to_str().expect("utf-8");
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            "--monitor",
+            "127.0.0.1:0",
+            "--monitor-token-file",
+            token_arg,
+        ],
+    );
+    broker.wait_for_log("monitoring endpoint");
+    let monitor = broker
+        .log_field("monitoring endpoint", "addr")
+        .expect("the monitor's address");
+
+    let refused = top_once(&monitor, &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    let shown = top_once(&monitor, &["--monitor-token-file", token_arg]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("cassini "));
+    assert_eq!(
+        broker.log_count("listens beyond loopback with no token"),
+        0,
+        "a token protects it"
+    );
+}
+
+#[test]
+fn an_unprotected_monitor_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["alice"]);
+    let broker = BrokerProcess::start(dir.path(), &["--monitor", "0.0.0.0:0"]);
+    broker.wait_for_log("monitoring endpoint");
+    broker.wait_for_log("listens beyond loopback with no token");
+    let loopback = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    loopback.wait_for_log("monitoring endpoint");
+    assert_eq!(loopback.log_count("listens beyond loopback"), 0);
 }

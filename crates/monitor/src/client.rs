@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::BearerToken;
+
 /// The largest answer read (a full page of `/connz` fits comfortably).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -61,7 +63,18 @@ pub async fn get(
     path: &str,
     limit: Duration,
 ) -> Result<(u16, String), ClientError> {
-    tokio::time::timeout(limit, get_inner(addr, path))
+    get_as(addr, path, None, limit).await
+}
+
+/// GETs `path` (with its query) from `addr`, presenting `token` (if any) as
+/// `Authorization: Bearer TOKEN`; returns the status and the body.
+pub async fn get_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&BearerToken>,
+    limit: Duration,
+) -> Result<(u16, String), ClientError> {
+    tokio::time::timeout(limit, get_inner(addr, path, token))
         .await
         .map_err(|_| ClientError::Timeout(addr))?
 }
@@ -72,7 +85,17 @@ pub async fn get_json(
     path: &str,
     limit: Duration,
 ) -> Result<serde_json::Value, ClientError> {
-    let (status, body) = get(addr, path, limit).await?;
+    get_json_as(addr, path, None, limit).await
+}
+
+/// GETs `path` presenting `token` (if any), and parses a `200` answer as JSON.
+pub async fn get_json_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&BearerToken>,
+    limit: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    let (status, body) = get_as(addr, path, token, limit).await?;
     if status != 200 {
         return Err(ClientError::Status {
             path: path.to_string(),
@@ -86,7 +109,11 @@ pub async fn get_json(
     })
 }
 
-async fn get_inner(addr: SocketAddr, path: &str) -> Result<(u16, String), ClientError> {
+async fn get_inner(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&BearerToken>,
+) -> Result<(u16, String), ClientError> {
     let http = |reason: String| ClientError::Http { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
@@ -95,8 +122,14 @@ async fn get_inner(addr: SocketAddr, path: &str) -> Result<(u16, String), Client
         .await
         .map_err(|err| http(err.to_string()))?;
     let driver = tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", token.secret()),
+        );
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|err| http(err.to_string()))?;
     let response = sender

@@ -1,5 +1,11 @@
 //! Cassini's monitoring endpoint: plain HTTP, off unless asked for, never on the publish path.
 //!
+//! Authentication: with a bearer token ([`MonitorSources::token`]), every path but `/healthz`
+//! and `/readyz` answers `401` (with `WWW-Authenticate: Bearer`) unless the request carries
+//! `Authorization: Bearer TOKEN`. Without a token every path answers anyone, and every session
+//! id in `/connz` and `/subz` is replaced by the string `"redacted"` (a session id is what a
+//! client presents to resume its session).
+//!
 //! | path | answer |
 //! |---|---|
 //! | `/healthz` | `200 ok` while the broker's actor tree runs, `503` after |
@@ -30,4 +36,4 @@ mod routes;
 mod server;
 
 pub use paging::{Page, MAX_LIMIT};
-pub use server::{Monitor, MonitorError, MonitorSources, Readiness};
+pub use server::{BearerToken, Monitor, MonitorError, MonitorSources, Readiness};

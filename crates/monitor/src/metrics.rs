@@ -219,6 +219,21 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
         "1 while the broker accepts connections",
         u64::from(state.sources.readiness.get()),
     );
+    if let Some(crl) = &state.sources.crl {
+        let status = crl.status();
+        gauge(
+            r,
+            "crl_revoked_certificates",
+            "Certificates the CRL in force lists",
+            status.revoked as u64,
+        );
+        gauge(
+            r,
+            "crl_file_problem",
+            "1 while the CRL file is missing, unreadable or invalid and the last good CRL is kept",
+            u64::from(status.problem.is_some()),
+        );
+    }
 
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|err| err.to_string())?;

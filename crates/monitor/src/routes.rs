@@ -35,6 +35,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/connz", get(connz))
         .route("/subz", get(subz))
         .route("/topicz", get(topicz))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let in_flight = Arc::clone(&in_flight);
             async move {
@@ -45,6 +49,33 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             }
         }))
         .with_state(state)
+}
+
+/// The value session ids are replaced by when no token protects the endpoint.
+pub(crate) const REDACTED: &str = "redacted";
+
+/// With a token configured, lets through `/healthz`, `/readyz` and requests bearing the token;
+/// answers `401` to the rest.
+async fn authorize(Extract(state): Shared, request: Request, next: Next) -> Response {
+    let Some(token) = &state.sources.token else {
+        return next.run(request).await;
+    };
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if token.matches(presented) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz(Extract(state): Shared) -> Response {
@@ -139,6 +170,17 @@ async fn varz(Extract(state): Shared) -> Response {
         },
         "counters": broker.counters().snapshot(),
         "handshakes": handshakes,
+        "revocation": state.sources.crl.as_ref().map(|crl| {
+            let status = crl.status();
+            json!({
+                "crl": status.path.display().to_string(),
+                "in_force": status.in_force,
+                "revoked": status.revoked,
+                "loaded_at_ms": status.loaded_at_ms,
+                "problem": status.problem,
+            })
+        }),
+        "token_required": state.sources.token.is_some(),
         "config": state.sources.config,
     }))
     .into_response()
@@ -155,11 +197,28 @@ fn paged<T: Serialize>(name: &str, page: Page, items: Vec<T>) -> Response {
 }
 
 async fn connz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
-    paged("connections", page, state.sources.broker.connections())
+    let mut connections = state.sources.broker.connections();
+    if state.sources.token.is_none() {
+        for connection in &mut connections {
+            if let Some(session) = &mut connection.session {
+                REDACTED.clone_into(session);
+            }
+            for subscription in &mut connection.subscriptions {
+                REDACTED.clone_into(&mut subscription.session);
+            }
+        }
+    }
+    paged("connections", page, connections)
 }
 
 async fn subz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
-    paged("subscriptions", page, state.sources.broker.subscriptions())
+    let mut subscriptions = state.sources.broker.subscriptions();
+    if state.sources.token.is_none() {
+        for subscription in &mut subscriptions {
+            REDACTED.clone_into(&mut subscription.session);
+        }
+    }
+    paged("subscriptions", page, subscriptions)
 }
 
 async fn topicz(Extract(state): Shared, Query(page): Query<Page>) -> Response {

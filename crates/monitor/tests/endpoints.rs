@@ -10,13 +10,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
-use cassini_monitor::client::{get, get_json};
-use cassini_monitor::{Monitor, MonitorSources, Readiness};
+use cassini_monitor::client::{get_as, get_json_as, ClientError};
+use cassini_monitor::{BearerToken, Monitor, MonitorSources, Readiness};
 use cassini_quic::server::HandshakeFailure;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The token the monitors of these tests require, unless a test says otherwise.
+const TOKEN: &str = "test-token-3f9a";
+
+fn token() -> BearerToken {
+    BearerToken::new(TOKEN).expect("a token")
+}
+
+/// GETs `path` with the tests' token.
+async fn get(addr: SocketAddr, path: &str, limit: Duration) -> Result<(u16, String), ClientError> {
+    get_as(addr, path, Some(&token()), limit).await
+}
+
+/// GETs `path` with the tests' token, as JSON.
+async fn get_json(addr: SocketAddr, path: &str, limit: Duration) -> Result<Value, ClientError> {
+    get_json_as(addr, path, Some(&token()), limit).await
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -80,6 +97,13 @@ const SUBSCRIPTION: &[(&str, Kind)] = &[
 ];
 
 async fn start_monitor(broker: &TestBroker) -> (SocketAddr, Readiness) {
+    start_monitor_with(broker, Some(token())).await
+}
+
+async fn start_monitor_with(
+    broker: &TestBroker,
+    token: Option<BearerToken>,
+) -> (SocketAddr, Readiness) {
     let readiness = Readiness::default();
     let sources = MonitorSources {
         broker: broker.broker.clone(),
@@ -87,6 +111,8 @@ async fn start_monitor(broker: &TestBroker) -> (SocketAddr, Readiness) {
         listen: Some(broker.addr),
         config: json!({ "listen": broker.addr.to_string() }),
         readiness: readiness.clone(),
+        crl: None,
+        token,
     };
     let monitor = Monitor::bind("127.0.0.1:0".parse().unwrap(), sources)
         .await
@@ -627,5 +653,57 @@ async fn an_at_least_once_subscription_shows_its_delivery_mode() {
     let (_, text) = get(monitor, "/metrics", LIMIT).await.unwrap();
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     assert!(sample(&scrape, "cassini_in_flight_messages", None) <= 1.0);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_endpoint_but_health_and_without_one_session_ids_are_redacted() {
+    let broker = TestBroker::start().await;
+    let alice = broker.client("alice").await;
+    let _demo = alice.subscribe("demo.>").await.unwrap();
+    let session = alice.session_id().to_string();
+
+    let (guarded, readiness) = start_monitor(&broker).await;
+    readiness.set(true);
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = get_as(guarded, path, None, LIMIT).await.unwrap();
+        assert_eq!(status, 200, "{path} needs no token");
+    }
+    let wrong = BearerToken::new("test-token-3f9b").unwrap();
+    for path in ["/metrics", "/varz", "/connz", "/subz", "/topicz"] {
+        let (status, body) = get_as(guarded, path, None, LIMIT).await.unwrap();
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        assert!(!body.contains("alice"), "{path} leaks nothing: {body}");
+        let (status, _) = get_as(guarded, path, Some(&wrong), LIMIT).await.unwrap();
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, _) = get(guarded, path, LIMIT).await.unwrap();
+        assert_eq!(status, 200, "{path} with the token");
+    }
+    let connz = eventually("alice in /connz", || async {
+        let connz = get_json(guarded, "/connz", LIMIT).await.ok()?;
+        (connz["connections"][0]["subscriptions"][0]["session"] == session.as_str())
+            .then_some(connz)
+    })
+    .await;
+    assert_eq!(connz["connections"][0]["session"], session.as_str());
+    let subz = get_json(guarded, "/subz", LIMIT).await.unwrap();
+    assert_eq!(subz["subscriptions"][0]["session"], session.as_str());
+
+    let (open, _) = start_monitor_with(&broker, None).await;
+    let connz = get_json_as(open, "/connz", None, LIMIT).await.unwrap();
+    let connection = &connz["connections"][0];
+    assert_eq!(connection["identity"], "alice");
+    assert_eq!(connection["session"], "redacted");
+    assert_eq!(connection["subscriptions"][0]["session"], "redacted");
+    let subz = get_json_as(open, "/subz", None, LIMIT).await.unwrap();
+    assert_eq!(subz["subscriptions"][0]["session"], "redacted");
+    assert_eq!(subz["subscriptions"][0]["filter"], "demo.>");
+    for path in ["/varz", "/connz", "/subz", "/topicz", "/metrics"] {
+        let (_, body) = get_as(open, path, None, LIMIT).await.unwrap();
+        assert!(
+            !body.contains(&session),
+            "{path} shows no session id: {body}"
+        );
+    }
     broker.stop().await;
 }

@@ -93,8 +93,12 @@ error_codes! {
     /// The ACL does not allow this identity to publish to the topic or subscribe to the filter.
     NOT_AUTHORIZED = 50, "not authorized";
     /// After a reload, the connection's certificate no longer verifies (revoked, expired, or no
-    /// longer issued by a trusted CA).
+    /// longer issued by a trusted CA); or the reloaded CRL revokes the certificate of the
+    /// connection's session, which ends.
     CERTIFICATE_REVOKED = 51, "certificate no longer valid";
+    /// The connection's client certificate reached its `notAfter` while connected. The session
+    /// is only detached: a renewed certificate for the same identity may resume it.
+    CERTIFICATE_EXPIRED = 52, "certificate expired";
     /// Durable mode: storing the publish would exceed the broker's disk limit; nothing stored
     /// was dropped. Retry later.
     STORAGE_FULL = 60, "storage full";

@@ -8,6 +8,8 @@
 //! - [`tls`]: rustls configurations (TLS 1.3, ALPN, required client certificates, no
 //!   resumption), PEM loading, and [`tls::QuicOptions`] turned into quinn configurations.
 //! - [`identity`]: the identity a peer certificate stands for (URI SAN, DNS SAN, then CN).
+//! - [`revocation`]: the CRL rule (a CRL once in force is never dropped by a missing file),
+//!   and the issuer-and-serial keys by which CRLs and sessions name certificates.
 //! - [`endpoint`]: UDP sockets with large buffers and the quinn endpoints that drive them.
 //! - [`reset_key`]: the stateless reset key, kept in a file so a restarted broker can reset
 //!   its previous life's connections.
@@ -21,6 +23,7 @@ pub mod endpoint;
 pub mod faults;
 pub mod identity;
 pub mod reset_key;
+pub mod revocation;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ use self::live::LiveConnections;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
 use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
+use crate::revocation::certificate_key;
 pub use crate::tls::ServerTls;
 use crate::tls::{self, QuicOptions, RevocationOptions, TlsError};
 
@@ -261,6 +262,9 @@ pub struct QuicServer {
     stats: Arc<AcceptStats>,
     live: Arc<LiveConnections>,
     handshaking: Arc<AtomicUsize>,
+    /// The broker being served (set by [`QuicServer::serve`]), told by every reload which
+    /// certificates are revoked so that their sessions end.
+    broker: OnceLock<BrokerHandle>,
 }
 
 impl QuicServer {
@@ -279,6 +283,7 @@ impl QuicServer {
             stats: Arc::default(),
             live: Arc::default(),
             handshaking: Arc::default(),
+            broker: OnceLock::new(),
         })
     }
 
@@ -286,14 +291,21 @@ impl QuicServer {
     /// live connection whose client certificate `tls` refuses (revoked by a new CRL, expired,
     /// or no longer issued by a trusted CA) is closed right here with `CERTIFICATE_REVOKED` and
     /// the reason. Other live connections continue untouched (they keep the server certificate
-    /// they were opened with).
+    /// they were opened with). Then every session, attached or detached, that a certificate the
+    /// CRLs list created or last attached is ended (once [`QuicServer::serve`] runs).
     pub fn reload(&self, tls: &ServerTls) -> Result<ReloadReport, ServerError> {
         let config = quinn_config(Arc::clone(&tls.config), &self.options)?;
-        Ok(self.live.install(
+        let report = self.live.install(
             tls,
             || self.endpoint.set_server_config(Some(config)),
             &self.stats,
-        ))
+        );
+        if let Some(broker) = self.broker.get() {
+            if !tls.revoked.is_empty() {
+                broker.end_revoked_sessions(Arc::clone(&tls.revoked));
+            }
+        }
+        Ok(report)
     }
 
     /// How many authenticated connections are open.
@@ -319,6 +331,7 @@ impl QuicServer {
     /// Accepts connections and hands them to `broker` until [`QuicServer::close`] is called.
     /// Each handshake runs in its own task, so a slow client never delays another.
     pub async fn serve(&self, broker: BrokerHandle) {
+        let _ = self.broker.set(broker.clone());
         while let Some(incoming) = self.endpoint.accept().await {
             let Some(incoming) = self.validate_address(incoming) else {
                 continue;
@@ -429,7 +442,13 @@ async fn handshake(
         Ok((identity_from_cert_with(leaf, rule)?, chain))
     });
     match identity {
-        Ok((identity, chain)) => Ok((QuicConnection::new(connection, identity), chain)),
+        Ok((identity, chain)) => {
+            let certificate = chain.first().and_then(certificate_key);
+            Ok((
+                QuicConnection::new(connection, identity, certificate),
+                chain,
+            ))
+        }
         Err(err) => {
             connection.close(
                 VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value()),
@@ -454,11 +473,17 @@ pub struct QuicConnection {
 }
 
 impl QuicConnection {
-    /// Wraps an authenticated connection whose certificate names `identity`.
-    pub fn new(connection: quinn::Connection, identity: String) -> Self {
+    /// Wraps an authenticated connection whose certificate names `identity` and has the key
+    /// `certificate` ([`crate::revocation::certificate_key`]).
+    pub fn new(
+        connection: quinn::Connection,
+        identity: String,
+        certificate: Option<String>,
+    ) -> Self {
         let peer = PeerInfo {
             identity: Arc::from(identity),
             remote_addr: connection.remote_address(),
+            certificate: certificate.map(Arc::from),
         };
         Self {
             connection,

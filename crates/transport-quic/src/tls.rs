@@ -36,6 +36,8 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
+use crate::revocation::{revoked_keys, RevokedKeys};
+
 /// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
 static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
@@ -70,6 +72,21 @@ pub enum TlsError {
     NoCrls {
         /// The file.
         path: PathBuf,
+    },
+    /// The CRL file does not exist, and a CRL is required (`certs.require_crl`), or a CRL was
+    /// in force before (the last good one is kept; see [`crate::revocation`]).
+    #[error("the CRL file {} does not exist", path.display())]
+    CrlMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A CRL in the file is not a valid X.509 CRL.
+    #[error("{} holds an invalid CRL: {reason}", path.display())]
+    InvalidCrl {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported.
+        reason: String,
     },
     /// A key file holds no private key.
     #[error("{} contains no private key (expected a \"BEGIN PRIVATE KEY\" block)", path.display())]
@@ -219,6 +236,9 @@ pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     /// The client certificate verifier `config` uses.
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The keys ([`crate::revocation::certificate_key`]) of every certificate the CRLs list:
+    /// installing this material ends the sessions these certificates opened.
+    pub revoked: RevokedKeys,
 }
 
 impl ServerTls {
@@ -235,6 +255,7 @@ impl ServerTls {
         revocation: RevocationOptions,
     ) -> Result<Self, TlsError> {
         let provider = crypto_provider();
+        let revoked = Arc::new(revoked_keys(&crls, Path::new("the CRL"))?);
         let roots = Arc::new(root_store(ca_certs)?);
         let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         if !crls.is_empty() {
@@ -258,6 +279,7 @@ impl ServerTls {
         Ok(Self {
             config: Arc::new(config),
             verifier,
+            revoked,
         })
     }
 

@@ -59,6 +59,9 @@ pub(crate) enum SessionMsg {
     End { epoch: u64 },
     /// The expiry timer set when `epoch` detached fired.
     Expire { epoch: u64 },
+    /// The certificate that created or last attached the session was revoked: close the
+    /// attached connection, if any, and end the session now.
+    Revoke,
     /// Starts a subscription.
     Subscribe {
         filter: String,
@@ -492,6 +495,18 @@ impl Actor for Session {
                 myself.stop(Some("expired".into()));
             }
             SessionMsg::Detach { .. } | SessionMsg::End { .. } | SessionMsg::Expire { .. } => {}
+            SessionMsg::Revoke => {
+                if let Some(connection) = &state.attached {
+                    connection.close(
+                        ErrorCode::CERTIFICATE_REVOKED,
+                        "the session's certificate was revoked",
+                    );
+                }
+                state.detach();
+                state.forget();
+                tracing::info!(session = %state.id, "session ended: its certificate was revoked");
+                myself.stop(Some("certificate revoked".into()));
+            }
             SessionMsg::Subscribe {
                 filter,
                 options,

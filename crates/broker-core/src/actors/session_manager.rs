@@ -1,16 +1,19 @@
 //! The session manager: creates sessions, finds them for resumption, and forgets them when
 //! they end.
 //!
-//! It owns the map from session id to session actor and the identity each session is bound to.
-//! Session ids are 128 random bits chosen here; a resume is honoured only for the certificate
-//! identity that created the session.
+//! It owns the map from session id to session actor, the identity each session is bound to, and
+//! the key of the certificate that created or last attached it. Session ids are 128 random bits
+//! chosen here; a resume is honoured only for the certificate identity that created the
+//! session. When certificates are revoked, it ends every session one of them created or last
+//! attached, attached or detached, so a re-issued certificate for the same identity cannot
+//! resume it (`SESSION_NOT_FOUND`).
 //!
 //! In disk mode it starts with the sessions read back from the store: each one detached, with
 //! the expiry time it had left (its detach time is stored; a session that was attached when the
 //! broker died counts as detached at the restart). A session whose expiry passed while the
 //! broker was down is removed from the store at start, as its expiry would have removed it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,10 +54,15 @@ pub(crate) enum SessionManagerMsg {
     Count(RpcReplyPort<usize>),
     /// The ACL was replaced: every session ends the subscriptions it no longer allows.
     RecheckAcl,
+    /// These certificate keys are revoked: end every session whose certificate is one of them.
+    EndRevoked(Arc<HashSet<String>>),
 }
 
 struct Entry {
     identity: Arc<str>,
+    /// The key of the certificate that created or last attached the session (`None` for a
+    /// session read back from the store and not resumed since, or a transport without one).
+    certificate: Option<Arc<str>>,
     session: ActorRef<SessionMsg>,
 }
 
@@ -92,7 +100,14 @@ impl SessionManager {
         let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
         tracing::debug!(session = %id, ?expires_in, "session restored from the store");
         state.by_actor.insert(session.get_id(), id);
-        state.sessions.insert(id, Entry { identity, session });
+        state.sessions.insert(
+            id,
+            Entry {
+                identity,
+                certificate: None,
+                session,
+            },
+        );
         Ok(())
     }
 
@@ -104,16 +119,18 @@ impl SessionManager {
         connection: Arc<dyn Connection>,
     ) -> Result<Opened, BrokerError> {
         let identity = Arc::clone(&connection.peer().identity);
+        let certificate = connection.peer().certificate.clone();
         let (id, session, resumed) = match resume {
             Some(id) => {
                 let entry = state
                     .sessions
-                    .get(&id)
+                    .get_mut(&id)
                     .ok_or_else(|| BrokerError::SessionNotFound(id.to_string()))?;
                 if entry.identity != identity {
                     tracing::warn!(session = %id, %identity, "resume refused: session belongs to another identity");
                     return Err(BrokerError::SessionIdentityMismatch);
                 }
+                entry.certificate = certificate;
                 (id, entry.session.clone(), true)
             }
             None => {
@@ -137,6 +154,7 @@ impl SessionManager {
                     id,
                     Entry {
                         identity,
+                        certificate,
                         session: session.clone(),
                     },
                 );
@@ -203,6 +221,29 @@ impl Actor for SessionManager {
             SessionManagerMsg::RecheckAcl => {
                 for entry in state.sessions.values() {
                     let _ = entry.session.send_message(SessionMsg::RecheckAcl);
+                }
+            }
+            SessionManagerMsg::EndRevoked(revoked) => {
+                // Forgotten here at once, so no resume can reach a session that is ending; the
+                // actor's end still cleans up through `handle_supervisor_evt`.
+                let mut ended = 0usize;
+                state.sessions.retain(|id, entry| {
+                    let is_revoked = entry
+                        .certificate
+                        .as_deref()
+                        .is_some_and(|key| revoked.contains(key));
+                    if is_revoked {
+                        tracing::info!(session = %id, identity = %entry.identity, "ending the session of a revoked certificate");
+                        let _ = entry.session.send_message(SessionMsg::Revoke);
+                        ended = ended.saturating_add(1);
+                    }
+                    !is_revoked
+                });
+                if ended > 0 {
+                    tracing::warn!(
+                        sessions = ended,
+                        "ended the sessions of revoked certificates"
+                    );
                 }
             }
         }

@@ -90,7 +90,8 @@ async fn serve(
     let mut control = FrameReader::new(control_recv, max_frame_bytes);
     let hello = match timeout_at(deadline, control.next())
         .await
-        .map_err(timed_out)??
+        .map_err(timed_out)?
+        .map_err(control_reset)?
     {
         Some(Frame::Hello(hello)) => hello,
         Some(other) => {
@@ -117,7 +118,9 @@ async fn serve(
         identity: connection.peer().identity.to_string(),
         limits: limits.announced(),
     });
-    write_frame(control_send.as_mut(), &welcome, max_frame_bytes).await?;
+    write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
+        .await
+        .map_err(control_reset)?;
     crate::introspect::session_attached(shared, connection, opened.id, opened.resumed);
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
@@ -133,9 +136,11 @@ async fn serve(
                 Err(TransportError::DatagramsUnsupported) => datagrams_open = false,
                 Err(err) => return Err(err.into()),
             },
-            frame = control.next() => match frame? {
+            frame = control.next() => match frame.map_err(control_reset)? {
                 None => break,
-                Some(frame) => serve_control(frame, &opened, control_send.as_mut(), max_frame_bytes).await?,
+                Some(frame) => serve_control(frame, &opened, control_send.as_mut(), max_frame_bytes)
+                    .await
+                    .map_err(control_reset)?,
             },
             accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
                 let (send, recv) = accepted?;
@@ -213,7 +218,7 @@ async fn go_away(
     let mut control_open = true;
     while !opened.acks.all_delivered() && Instant::now() < deadline {
         tokio::select! {
-            frame = control.next(), if control_open => match frame? {
+            frame = control.next(), if control_open => match frame.map_err(control_reset)? {
                 Some(frame) => serve_control(frame, opened, control_send, max_frame_bytes).await?,
                 None => control_open = false,
             },
@@ -227,6 +232,19 @@ async fn go_away(
     // Closing at once would discard the notice: wait (briefly) until it arrived.
     let _ = timeout(GOING_AWAY_DELIVERY, control_send.delivered()).await;
     Err(BrokerError::GoingAway(reason))
+}
+
+/// A control stream the client reset (or stopped) breaks the protocol: the connection closes
+/// with `PROTOCOL_VIOLATION`. Like any close without a goodbye, it only detaches the session.
+fn control_reset(err: BrokerError) -> BrokerError {
+    match err {
+        BrokerError::Transport(TransportError::Reset(code) | TransportError::Stopped(code)) => {
+            BrokerError::ProtocolViolation(format!(
+                "control stream reset by the client with {code}"
+            ))
+        }
+        other => other,
+    }
 }
 
 fn flatten(

@@ -44,6 +44,10 @@ pub(crate) struct Overrides {
     pub(crate) allow_unknown_revocation: bool,
     /// `--enforce-crl-expiry` (only ever turns it on).
     pub(crate) enforce_crl_expiry: bool,
+    /// `--require-crl` (only ever turns it on).
+    pub(crate) require_crl: bool,
+    /// `--monitor-token-file`.
+    pub(crate) monitor_token_file: Option<PathBuf>,
 }
 
 /// The settings from `file` (if any), the environment `env` and the flags, checked.
@@ -208,6 +212,10 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     }
     settings.security.allow_unknown_revocation |= flags.allow_unknown_revocation;
     settings.security.enforce_crl_expiry |= flags.enforce_crl_expiry;
+    settings.certs.require_crl |= flags.require_crl;
+    if let Some(path) = &flags.monitor_token_file {
+        settings.monitor.token_file = path.clone();
+    }
 }
 
 /// Checks what types cannot say.

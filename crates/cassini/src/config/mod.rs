@@ -102,6 +102,8 @@ pub(crate) struct CertSettings {
     pub(crate) reset_key: PathBuf,
     /// Create development certificates in `dir` when it has none (never with explicit files).
     pub(crate) generate_dev: bool,
+    /// Refuse to start without a CRL file.
+    pub(crate) require_crl: bool,
 }
 
 impl Default for CertSettings {
@@ -114,6 +116,7 @@ impl Default for CertSettings {
             crl: PathBuf::new(),
             reset_key: PathBuf::new(),
             generate_dev: true,
+            require_crl: false,
         }
     }
 }
@@ -337,6 +340,9 @@ pub(crate) struct MonitorSettings {
     pub(crate) enabled: bool,
     /// Its TCP address.
     pub(crate) listen: SocketAddr,
+    /// The file holding the bearer token every endpoint but `/healthz` and `/readyz` requires;
+    /// empty: no token (session ids are then redacted).
+    pub(crate) token_file: PathBuf,
 }
 
 impl Default for MonitorSettings {
@@ -344,6 +350,7 @@ impl Default for MonitorSettings {
         Self {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8222)),
+            token_file: PathBuf::new(),
         }
     }
 }

@@ -98,6 +98,15 @@ impl BrokerProcess {
         }
     }
 
+    /// The value of `key=` in the first log line containing `needle` (ANSI colours removed).
+    pub(crate) fn log_field(&self, needle: &str, key: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find(|line| line.contains(needle))?;
+        let plain = strip_ansi(line);
+        let start = plain.find(&format!("{key}="))? + key.len() + 1;
+        plain[start..].split_whitespace().next().map(str::to_string)
+    }
+
     /// Sends the child a signal by name (`HUP`, `TERM`).
     pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -124,6 +133,23 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {

@@ -1,5 +1,7 @@
 //! The live connections the server remembers, with the client certificate chain each one
-//! presented, so that new TLS material can be applied to connections already open.
+//! presented, so that new TLS material can be applied to connections already open; and the
+//! expiry of each connection's client certificate, at which the connection is closed with
+//! `CERTIFICATE_EXPIRED`.
 //!
 //! Installing new material and admitting a new connection take the same lock, and every
 //! install raises a generation number. A handshake notes the generation before it starts; if an
@@ -9,12 +11,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 
 use super::{AcceptStats, ReloadReport};
+use crate::revocation::certificate_not_after;
 use crate::tls::ServerTls;
 
 /// One live connection.
@@ -80,6 +84,7 @@ impl LiveConnections {
             }
         }
         let id = connection.stable_id();
+        let not_after = chain.first().and_then(certificate_not_after);
         state.live.insert(
             id,
             Live {
@@ -91,8 +96,18 @@ impl LiveConnections {
         drop(state);
         let registry = Arc::clone(self);
         let connection = connection.clone();
+        let identity = identity.to_owned();
         tokio::spawn(async move {
-            connection.closed().await;
+            tokio::select! {
+                _ = connection.closed() => {}
+                () = expiry(not_after) => {
+                    tracing::info!(%identity, "closing a connection: its client certificate expired");
+                    connection.close(
+                        VarInt::from_u32(ErrorCode::CERTIFICATE_EXPIRED.value()),
+                        b"certificate expired",
+                    );
+                }
+            }
             registry.lock().live.remove(&id);
         });
         Ok(())
@@ -130,6 +145,27 @@ impl LiveConnections {
                 }
             });
         report
+    }
+}
+
+/// The longest single wait for a certificate's expiry: the wall clock is read again after it,
+/// so a clock that was set forward or back is noticed.
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Completes once the wall clock has reached `not_after`; never without one.
+async fn expiry(not_after: Option<SystemTime>) {
+    let Some(not_after) = not_after else {
+        return std::future::pending().await;
+    };
+    // notAfter is the last valid second: the certificate expires one second later.
+    let expires = not_after
+        .checked_add(Duration::from_secs(1))
+        .unwrap_or(not_after);
+    while let Ok(left) = expires.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)).await;
     }
 }
 
