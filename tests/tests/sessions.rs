@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cassini_broker::BrokerConfig;
 use cassini_e2e::raw::{close_of, hello};
-use cassini_e2e::TestBroker;
+use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{ErrorCode, SessionId};
 use cassini_quic::server::ServerOptions;
 
@@ -104,5 +104,103 @@ async fn a_detached_session_expires() {
     broker
         .wait_for_stats("session expired", |s| s.sessions == 0 && s.subscribers == 0)
         .await;
+    broker.stop().await;
+}
+
+/// Reads frames from the next subscription stream the broker opens until a `Message`; returns
+/// the `Gap`s seen before it and the message's sequence.
+async fn next_delivery(connection: &quinn::Connection) -> (Vec<cassini_protocol::Gap>, u64) {
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::Frame;
+    let mut recv = within("subscription stream", connection.accept_uni())
+        .await
+        .expect("subscription stream");
+    let mut buf = bytes::BytesMut::new();
+    let mut gaps = Vec::new();
+    loop {
+        match read_frame(&mut recv, &mut buf).await {
+            Some(Frame::SubscriptionStart(_)) => {}
+            Some(Frame::Gap(gap)) => gaps.push(gap),
+            Some(Frame::Message(delivery)) => return (gaps, delivery.sequence),
+            other => panic!("unexpected frame on a subscription stream: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
+    use bytes::{Bytes, BytesMut};
+    use cassini_broker::config::StorageMode;
+    use cassini_e2e::raw::{encoded, read_frame};
+    use cassini_protocol::{
+        Frame, Hello, ResumePosition, Subscribe, SubscribeOptions, PROTOCOL_VERSION,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = || {
+        let mut config = BrokerConfig::default();
+        config.storage.mode = StorageMode::Disk;
+        config.storage.data_dir = dir.path().to_path_buf();
+        config
+    };
+    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let publisher = broker.client("publisher").await;
+
+    // alice subscribes by hand, receives sequence 1, and vanishes.
+    let (endpoint, connection) = broker.raw_connection("alice").await;
+    let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: "wrap.t".into(),
+        options: SubscribeOptions::default(),
+    });
+    send.write_all(&encoded(&subscribe))
+        .await
+        .expect("subscribe");
+    let mut buf = BytesMut::new();
+    let subscription = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    publisher
+        .publish("wrap.t", Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+    publisher.close().await.expect("close");
+
+    let broker = broker.restart_with(durable()).await;
+
+    // She resumes claiming to stand at u64::MAX: a position the broker never gave out.
+    let (_endpoint, connection) = broker.raw_connection("alice").await;
+    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
+    let hello = Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: Some(welcome.session_id),
+        client_name: Some("raw".into()),
+        positions: vec![ResumePosition {
+            subscription,
+            last_sequence: u64::MAX,
+        }],
+    });
+    send.write_all(&encoded(&hello)).await.expect("hello");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let publisher = broker.client("publisher").await;
+    publisher
+        .publish("wrap.t", Bytes::from_static(b"two"))
+        .await
+        .expect("publish");
+    let (gaps, sequence) = next_delivery(&connection).await;
+    assert_eq!(
+        sequence, 2,
+        "the sequence continues after the last one stored, it does not wrap (gaps: {gaps:?})"
+    );
+    assert!(gaps.is_empty(), "no gap was announced: {gaps:?}");
     broker.stop().await;
 }
