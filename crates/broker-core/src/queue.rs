@@ -497,7 +497,7 @@ impl SubscriptionQueue {
                 // A position further ahead than any uncommitted batch can reach is not one the
                 // broker gave out: it is ignored, as in memory mode, so the sequence space
                 // cannot be exhausted by a client.
-                let ahead = received.checked_sub(state.last_sequence).unwrap_or(0);
+                let ahead = received.saturating_sub(state.last_sequence);
                 if ahead > 0 && ahead <= MAX_AHEAD_OF_STORE {
                     state.last_sequence = received;
                     state.last_sent = received;

@@ -54,7 +54,7 @@ impl Actor for Supervisor {
             recovered,
         } = args;
         let router = Arc::new(Router::with_store(
-            config.limits.max_retained_topics,
+            crate::retained::RetainedLimits::of(&config.limits),
             storage.clone(),
             recovered.retained,
         ));
