@@ -107,6 +107,76 @@ async fn a_detached_session_expires() {
     broker.stop().await;
 }
 
+async fn broker_with_sessions_per_identity(max: usize) -> TestBroker {
+    let mut config = BrokerConfig::default();
+    config.sessions.expiry = Duration::from_secs(60);
+    config.limits.max_sessions_per_identity = max;
+    TestBroker::start_with(config, ServerOptions::default()).await
+}
+
+/// Tries to resume `id` as `name`; the `Welcome`'s `resumed`, or the close code.
+async fn resume(broker: &TestBroker, name: &str, id: SessionId) -> Result<bool, ErrorCode> {
+    let (_endpoint, connection) = broker.raw_connection(name).await;
+    match hello(&connection, Some(id)).await {
+        Some((welcome, _send, _recv)) => Ok(welcome.resumed),
+        None => Err(close_of(&connection).await.0),
+    }
+}
+
+#[tokio::test]
+async fn a_new_session_beyond_the_quota_ends_that_identitys_longest_detached_session() {
+    let broker = broker_with_sessions_per_identity(3).await;
+    let bobs = abandoned_session(&broker, "bob").await;
+    let mut eves = Vec::new();
+    for _ in 0..3 {
+        eves.push(abandoned_session(&broker, "eve").await);
+    }
+    assert_eq!(broker.stats().await.sessions, 4);
+    // eve abandons many more sessions: she only ever holds three.
+    for _ in 0..5 {
+        eves.push(abandoned_session(&broker, "eve").await);
+    }
+    broker
+        .wait_for_stats("eve holds three sessions, bob one", |s| s.sessions == 4)
+        .await;
+    assert_eq!(
+        resume(&broker, "eve", eves[0]).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "eve's longest-detached session made room"
+    );
+    assert_eq!(
+        resume(&broker, "bob", bobs).await,
+        Ok(true),
+        "another identity's session is never touched"
+    );
+    assert_eq!(
+        resume(&broker, "eve", eves[7]).await,
+        Ok(true),
+        "eve's newest session is kept"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_session_is_refused_when_all_the_identitys_sessions_are_attached() {
+    let broker = broker_with_sessions_per_identity(2).await;
+    let (_e1, first) = broker.raw_connection("eve").await;
+    let _first = hello(&first, None).await.expect("first session");
+    let (_e2, second) = broker.raw_connection("eve").await;
+    let _second = hello(&second, None).await.expect("second session");
+    let (_e3, third) = broker.raw_connection("eve").await;
+    assert!(hello(&third, None).await.is_none());
+    let (code, _) = close_of(&third).await;
+    assert_eq!(code, ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY);
+    assert!(
+        first.close_reason().is_none() && second.close_reason().is_none(),
+        "attached sessions are never ended for a newer one"
+    );
+    let (_e4, bob) = broker.raw_connection("bob").await;
+    assert!(hello(&bob, None).await.is_some(), "bob is not refused");
+    broker.stop().await;
+}
+
 /// Reads frames from the next subscription stream the broker opens until a `Message`; returns
 /// the `Gap`s seen before it and the message's sequence.
 async fn next_delivery(connection: &quinn::Connection) -> (Vec<cassini_protocol::Gap>, u64) {

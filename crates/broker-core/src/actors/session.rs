@@ -59,6 +59,11 @@ pub(crate) enum SessionMsg {
     End { epoch: u64 },
     /// The expiry timer set when `epoch` detached fired.
     Expire { epoch: u64 },
+    /// Answers when the session was detached (ms since the Unix epoch), `None` if attached.
+    DetachedAt(RpcReplyPort<Option<u64>>),
+    /// Ends the session now if it is detached, to make room for a newer session of the same
+    /// identity (`max_sessions_per_identity`); answers whether it ended.
+    Evict(RpcReplyPort<bool>),
     /// Starts a subscription.
     Subscribe {
         filter: String,
@@ -478,6 +483,19 @@ impl Actor for Session {
                 myself.stop(Some("expired".into()));
             }
             SessionMsg::Detach { .. } | SessionMsg::End { .. } | SessionMsg::Expire { .. } => {}
+            SessionMsg::DetachedAt(reply) => {
+                let detached_at = state.attached.is_none().then_some(state.detached_at_ms);
+                let _ = reply.send(detached_at.flatten());
+            }
+            SessionMsg::Evict(reply) => {
+                let evicted = state.attached.is_none();
+                if evicted {
+                    tracing::info!(session = %state.id, identity = %state.identity, "session ended to make room for a newer session of its identity");
+                    state.forget();
+                    myself.stop(Some("evicted by a newer session of its identity".into()));
+                }
+                let _ = reply.send(evicted);
+            }
             SessionMsg::Subscribe {
                 filter,
                 options,
