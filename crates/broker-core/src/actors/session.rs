@@ -202,8 +202,12 @@ impl SessionState {
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
-        self.last_subscription += 1;
-        let subscription = self.last_subscription;
+        // Ids are never reused; a stored last id of u64::MAX leaves none to give.
+        let subscription = self
+            .last_subscription
+            .checked_add(1)
+            .ok_or(BrokerError::TooManySubscriptions(u32::MAX))?;
+        self.last_subscription = subscription;
         if let Some(store) = &self.shared.storage {
             // Before the queue exists, so the record is stored before any of its messages.
             store.append([Op::PutSubscription(SubscriptionRecord {
