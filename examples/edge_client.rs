@@ -10,7 +10,7 @@ mod connect;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use cassini_client::SubscriptionEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,17 +49,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut received = 0u64;
     loop {
-        let next = tokio::select! {
-            next = readings.next() => next,
+        let event = tokio::select! {
+            event = readings.next_event() => event,
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some(message) = next else {
-            println!("subscription ended: {:?}", readings.end_reason());
-            break;
+        let message = match event {
+            Some(SubscriptionEvent::Message(message)) => message,
+            Some(SubscriptionEvent::Gap(gap)) => {
+                // Announced as soon as the client knows, even if no reading follows.
+                println!("gap: {gap:?}");
+                continue;
+            }
+            Some(_) => continue,
+            None => {
+                println!("subscription ended: {:?}", readings.end_reason());
+                break;
+            }
         };
-        for gap in readings.take_gaps() {
-            println!("gap: {gap:?}");
-        }
         println!(
             "#{} {}",
             message.sequence(),

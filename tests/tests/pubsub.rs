@@ -199,3 +199,51 @@ async fn one_publishers_messages_arrive_in_order() {
     assert_eq!(subscription.dropped(), 0);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn flush_returns_once_the_broker_has_processed_every_earlier_publish() {
+    let config = cassini_broker::BrokerConfig {
+        acl: cassini_broker::Acl::parse(
+            "default = \"deny\"\n[[rule]]\nidentity = \"pub\"\npublish = [\"flush.>\"]\n",
+            "flush ACL",
+        )
+        .expect("valid ACL"),
+        ..cassini_broker::BrokerConfig::default()
+    };
+    let broker =
+        TestBroker::start_with(config, cassini_quic::server::ServerOptions::default()).await;
+    let client = broker.client("pub").await;
+    let mut refusals = client.publish_errors().expect("the refusals queue");
+    let counters = || broker.broker.counters().snapshot();
+    let before = counters();
+
+    for n in 0..500u32 {
+        let topic = format!("flush.t{}", n % 3);
+        client
+            .publish(&topic, Bytes::from(n.to_string()))
+            .await
+            .expect("publish");
+    }
+    client
+        .publish("elsewhere.x", Bytes::from_static(b"refused"))
+        .await
+        .expect("queued; the refusal comes back on its stream");
+    within("flush", client.flush()).await.expect("flush");
+
+    // No waiting here: the barrier already covered all of it.
+    let after = counters();
+    assert_eq!(after.messages_received - before.messages_received, 500);
+    assert_eq!(after.publishes_rejected - before.publishes_rejected, 1);
+    let refusal = refusals.try_recv().expect("the refusal is already here");
+    assert_eq!(refusal.code, cassini_protocol::ErrorCode::NOT_AUTHORIZED);
+    assert_eq!(refusal.topic, "elsewhere.x");
+
+    // Publishing goes on after a flush, on new streams, and a second flush covers it.
+    client
+        .publish("flush.t0", Bytes::from_static(b"after"))
+        .await
+        .expect("publish after flush");
+    within("second flush", client.flush()).await.expect("flush");
+    assert_eq!(counters().messages_received - before.messages_received, 501);
+    client.close().await.expect("close");
+}

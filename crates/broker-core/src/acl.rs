@@ -1,33 +1,49 @@
-//! Authorization: which certificate identity may publish to which topics and subscribe to which
-//! filters.
+//! Authorization: which certificate identity may publish to which topics, subscribe to which
+//! filters, ask for replies where, and join which queue groups.
 //!
-//! This module owns the ACL's rules and the two decisions the broker asks of them,
-//! [`Acl::may_publish`] and [`Acl::may_subscribe`]; the file format lives in [`file`]. It does
-//! not know where identities come from (the transport reads them from certificates) and does not
-//! reload anything itself: the broker holds the current ACL behind an [`arc_swap::ArcSwap`]
-//! ([`AclHandle`]) so that a reload swaps it without a lock on the publish path.
+//! This module owns the ACL's rules and the decisions the broker asks of them
+//! ([`Permissions::may_publish`], [`Permissions::may_subscribe`],
+//! [`Permissions::may_receive`] for a request's `reply_to`, [`Permissions::may_join_queue`]);
+//! the file format lives in [`file`]. It does not know where identities come from (the
+//! transport reads them from certificates) and does not reload anything itself: the broker
+//! holds the current ACL behind an [`arc_swap::ArcSwap`] ([`AclHandle`]) so that a reload swaps
+//! it without a lock on the publish path.
 //!
 //! # Decisions
 //!
 //! The rules that apply to an identity are those whose identity pattern matches it (a pattern is
-//! exact, or uses `*` for any run of characters). For a **publish** to topic `t`: if a deny
-//! pattern of an applying rule matches `t`, it is denied; else if an allow pattern matches `t`,
-//! it is allowed; else the ACL's default decides. For a **subscription** to filter `f`: if `f`
-//! could receive any topic a deny pattern matches (the two overlap), it is denied; else if an
-//! allow pattern covers every topic `f` can match, it is allowed; else the default decides.
+//! exact, or uses `*` for any run of characters). In their topic patterns `{identity}` stands
+//! for the identity's token ([`cassini_protocol::inbox::identity_token`]). For a **publish** to
+//! topic `t`: if a deny pattern of an applying rule matches `t`, it is denied; else if an allow
+//! pattern matches `t`, it is allowed; else the ACL's default decides. For a **subscription** to
+//! filter `f`: if `f` could receive any topic a deny pattern matches (the two overlap), it is
+//! denied; else if an allow pattern covers every topic `f` can match, or `f` is inside the
+//! identity's own inboxes (`_INBOX.{identity}.>`), it is allowed; else the default decides.
+//! A publish with a `reply_to` is allowed only if its publisher could subscribe to the
+//! `reply_to` topic itself ([`Permissions::may_receive`]), so replies go only where the
+//! requester may read.
 //!
-//! **System topics** (first token starting with `$`) are reserved: the default never grants
-//! them and a pattern whose first token is a wildcard never matches them, so only an allow
-//! pattern that names the `$` token literally lets a client subscribe to one. Clients can never
-//! publish to them (the topic rules refuse it before the ACL is asked).
+//! **Reserved topics**: system topics (first token starting with `$`) and reply inboxes (first
+//! token `_INBOX`). The default never grants a subscription to them, and a pattern whose first
+//! token is a wildcard never matches them (nor does such a subscription filter: the router
+//! delivers nothing under them to it), so only a pattern that names the `$` or `_INBOX` token
+//! literally speaks about them. Clients can never publish to system topics (the topic rules
+//! refuse it before the ACL is asked); an inbox is published to like any topic.
+//!
+//! **Queue groups**: a group is *reserved* when some rule's `queue` pattern names it. Joining a
+//! reserved group needs a `queue` pattern of an applying rule; a `deny_queue` pattern always
+//! refuses. A group no rule names may be joined by whoever may subscribe to the filter.
 
 pub mod file;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use cassini_protocol::inbox::{
+    identity_token, inbox_prefix, is_reserved_first_token, is_reserved_from_wildcards,
+};
 use cassini_protocol::topic::FilterToken;
-use cassini_protocol::{TopicFilter, TopicName};
+use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 
 pub use file::AclError;
 
@@ -49,6 +65,28 @@ pub struct Patterns {
     pub deny: Vec<TopicFilter>,
 }
 
+/// What `{identity}` in a topic pattern stands for: the identity's token
+/// ([`identity_token`]).
+pub const IDENTITY_PLACEHOLDER: &str = "{identity}";
+
+/// Bounds on a pattern after `{identity}` was substituted: the pattern was checked when the ACL
+/// was read, and an identity token adds neither a token nor a forbidden character, so only its
+/// length could break a bound; the certificate bounds the identity's length.
+const SUBSTITUTED_LIMITS: TopicLimits = TopicLimits {
+    max_bytes: usize::MAX,
+    max_depth: usize::MAX,
+};
+
+/// Queue-group name patterns of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueuePatterns {
+    /// Groups these identities may join. Naming a group here also reserves it: identities no
+    /// applying rule allows may not join it.
+    pub allow: Vec<GroupPattern>,
+    /// Groups these identities may never join; a deny wins over an allow.
+    pub deny: Vec<GroupPattern>,
+}
+
 /// One rule: the identities it applies to and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -58,6 +96,29 @@ pub struct Rule {
     pub publish: Patterns,
     /// What these identities may subscribe to.
     pub subscribe: Patterns,
+    /// Which queue groups these identities may join.
+    pub queue: QueuePatterns,
+}
+
+/// A queue-group name pattern: literal text in which `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPattern(String);
+
+impl GroupPattern {
+    /// A pattern from its text.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self(pattern.into())
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the group `name` matches the pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        glob_matches(self.0.as_bytes(), name.as_bytes())
+    }
 }
 
 /// An identity pattern: literal text in which `*` matches any run of characters (none too).
@@ -125,18 +186,49 @@ impl Acl {
         }
     }
 
-    /// What `identity` may do: the patterns of every rule that applies to it, merged.
+    /// What `identity` may do: the patterns of every rule that applies to it, merged, with
+    /// `{identity}` replaced by its token.
     pub fn permissions(&self, identity: &str) -> Permissions {
+        let token = identity_token(identity);
+        let own_inbox = TopicFilter::parse(
+            &format!("{}.>", inbox_prefix(identity)),
+            &SUBSTITUTED_LIMITS,
+        )
+        .ok();
         let mut permissions = Permissions {
             default: self.default,
             publish: Patterns::default(),
             subscribe: Patterns::default(),
+            own_inbox,
+            queue: QueuePatterns::default(),
+            reserved_queues: Vec::new(),
         };
         for rule in &self.rules {
-            if rule.identities.iter().any(|p| p.matches(identity)) {
-                permissions.publish.extend(&rule.publish);
-                permissions.subscribe.extend(&rule.subscribe);
+            permissions
+                .reserved_queues
+                .extend(rule.queue.allow.iter().cloned());
+            if !rule.identities.iter().any(|p| p.matches(identity)) {
+                continue;
             }
+            let (Some(publish), Some(subscribe)) = (
+                rule.publish.for_identity(&token),
+                rule.subscribe.for_identity(&token),
+            ) else {
+                // Cannot happen (see SUBSTITUTED_LIMITS); if it did, refuse everything rather
+                // than drop a deny pattern.
+                tracing::warn!(%identity, "an ACL pattern could not take the identity; denying it everything");
+                return Permissions::nothing();
+            };
+            permissions.publish.extend(&publish);
+            permissions.subscribe.extend(&subscribe);
+            permissions
+                .queue
+                .allow
+                .extend(rule.queue.allow.iter().cloned());
+            permissions
+                .queue
+                .deny
+                .extend(rule.queue.deny.iter().cloned());
         }
         permissions
     }
@@ -149,6 +241,16 @@ impl Acl {
     /// Whether `identity` may subscribe to `filter`.
     pub fn may_subscribe(&self, identity: &str, filter: &TopicFilter) -> bool {
         self.permissions(identity).may_subscribe(filter)
+    }
+
+    /// Whether `identity` may ask for replies on `reply_to`.
+    pub fn may_receive(&self, identity: &str, reply_to: &TopicName) -> bool {
+        self.permissions(identity).may_receive(reply_to)
+    }
+
+    /// Whether `identity` may join the queue group `group`.
+    pub fn may_join_queue(&self, identity: &str, group: &str) -> bool {
+        self.permissions(identity).may_join_queue(group)
     }
 }
 
@@ -163,6 +265,28 @@ impl Patterns {
         self.allow.extend(other.allow.iter().cloned());
         self.deny.extend(other.deny.iter().cloned());
     }
+
+    /// These patterns with `{identity}` replaced by `token`; `None` if one no longer parses.
+    fn for_identity(&self, token: &str) -> Option<Patterns> {
+        Some(Patterns {
+            allow: substituted(&self.allow, token)?,
+            deny: substituted(&self.deny, token)?,
+        })
+    }
+}
+
+fn substituted(patterns: &[TopicFilter], token: &str) -> Option<Vec<TopicFilter>> {
+    patterns
+        .iter()
+        .map(|pattern| {
+            if pattern.as_str().contains(IDENTITY_PLACEHOLDER) {
+                let text = pattern.as_str().replace(IDENTITY_PLACEHOLDER, token);
+                TopicFilter::parse(&text, &SUBSTITUTED_LIMITS).ok()
+            } else {
+                Some(pattern.clone())
+            }
+        })
+        .collect()
 }
 
 /// The patterns that apply to one identity. Computed once per identity and ACL version, then
@@ -172,9 +296,31 @@ pub struct Permissions {
     default: DefaultDecision,
     publish: Patterns,
     subscribe: Patterns,
+    /// `_INBOX.<identity token>.>`: every identity may read its own replies unless a deny
+    /// pattern says otherwise.
+    own_inbox: Option<TopicFilter>,
+    /// The queue patterns of the applying rules.
+    queue: QueuePatterns,
+    /// The `queue` patterns of every rule, applying or not: the groups someone reserved.
+    reserved_queues: Vec<GroupPattern>,
 }
 
 impl Permissions {
+    /// Permissions that allow nothing.
+    fn nothing() -> Self {
+        Self {
+            default: DefaultDecision::Deny,
+            publish: Patterns::default(),
+            subscribe: Patterns::default(),
+            own_inbox: None,
+            queue: QueuePatterns {
+                allow: Vec::new(),
+                deny: vec![GroupPattern::new("*")],
+            },
+            reserved_queues: Vec::new(),
+        }
+    }
+
     /// Whether a publish to `topic` is allowed.
     pub fn may_publish(&self, topic: &TopicName) -> bool {
         if self.publish.deny.iter().any(|deny| deny.matches(topic)) {
@@ -200,16 +346,58 @@ impl Permissions {
             .subscribe
             .allow
             .iter()
+            .chain(&self.own_inbox)
             .any(|allow| covers(allow, filter))
         {
             return true;
         }
-        self.default == DefaultDecision::Allow && !filter.as_str().starts_with('$')
+        self.default == DefaultDecision::Allow && !is_reserved_from_wildcards(filter.as_str())
+    }
+
+    /// Whether a request may ask for its replies on `reply_to`: whether its publisher could
+    /// subscribe to that topic (as [`Permissions::may_subscribe`] decides for the topic taken
+    /// as a filter).
+    pub fn may_receive(&self, reply_to: &TopicName) -> bool {
+        if self
+            .subscribe
+            .deny
+            .iter()
+            .any(|deny| deny.matches(reply_to))
+        {
+            return false;
+        }
+        if self
+            .subscribe
+            .allow
+            .iter()
+            .chain(&self.own_inbox)
+            .any(|allow| allow.matches(reply_to))
+        {
+            return true;
+        }
+        self.default == DefaultDecision::Allow && !is_reserved_from_wildcards(reply_to.as_str())
+    }
+
+    /// Whether the identity may join the queue group `group` (its subscription to the filter
+    /// is decided separately): not if a `deny_queue` pattern matches; yes if a `queue` pattern
+    /// of an applying rule matches; otherwise only if no rule reserves the group.
+    pub fn may_join_queue(&self, group: &str) -> bool {
+        if self.queue.deny.iter().any(|deny| deny.matches(group)) {
+            return false;
+        }
+        if self.queue.allow.iter().any(|allow| allow.matches(group)) {
+            return true;
+        }
+        !self
+            .reserved_queues
+            .iter()
+            .any(|reserved| reserved.matches(group))
     }
 }
 
+/// A first token that leading wildcards never match: a system topic's or an inbox's.
 fn is_system(token: FilterToken<'_>) -> bool {
-    matches!(token, FilterToken::Literal(literal) if literal.starts_with('$'))
+    matches!(token, FilterToken::Literal(literal) if is_reserved_first_token(literal))
 }
 
 fn is_wildcard(token: FilterToken<'_>) -> bool {

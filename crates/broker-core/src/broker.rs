@@ -73,7 +73,7 @@ impl Broker {
         if config.acl.allows_all {
             tracing::info!(
                 "no ACL: every authenticated client may publish and subscribe to every \
-                 non-system topic"
+                 non-system topic, and read its own reply inboxes only"
             );
         }
         let (storage, recovered) = match crate::storage::open(&config).await? {

@@ -25,7 +25,7 @@ pub struct BrokerConfig {
     /// Where state is kept: memory (the default) or disk.
     pub storage: StorageConfig,
     /// The ACL the broker starts with (default: every authenticated client may do everything
-    /// on non-system topics). Replace it while running with `BrokerHandle::set_acl`.
+    /// on non-system topics, but read only its own reply inboxes). Replace it while running with `BrokerHandle::set_acl`.
     pub acl: crate::acl::Acl,
 }
 

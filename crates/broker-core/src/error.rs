@@ -86,7 +86,7 @@ pub enum BrokerError {
     /// The ACL does not allow the identity this publish or subscription.
     #[error("not authorized to {action} {target:?}")]
     NotAuthorized {
-        /// `"publish to"` or `"subscribe to"`.
+        /// `"publish to"`, `"subscribe to"`, `"ask for replies on"` or `"join queue group"`.
         action: &'static str,
         /// The topic or filter.
         target: String,

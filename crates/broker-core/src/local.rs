@@ -13,6 +13,11 @@
 //!
 //! Local subscriptions are not session actors' subscriptions: they are owned by the value, end
 //! when it is dropped, and are not counted in [`crate::BrokerStats::subscribers`].
+//!
+//! The ACL does not apply here: a local client is the embedding program itself, with no
+//! certificate identity, so its publishes (any `reply_to` included), subscriptions and queue
+//! groups are not checked against it. A request a remote client sends to a local responder had
+//! its `reply_to` checked against that client's rights when it entered the broker.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -482,7 +482,7 @@ impl Router {
     /// The routes whose filters match `topic`.
     pub fn matching(&self, topic: &TopicName) -> Vec<Arc<FilterRoute>> {
         let tokens: Vec<&str> = topic.tokens().collect();
-        let reserved = topic.as_str().starts_with('$');
+        let reserved = cassini_protocol::inbox::is_reserved_from_wildcards(topic.as_str());
         let mut out = Vec::new();
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
         root.collect(&tokens, true, reserved, &mut out);

@@ -62,20 +62,26 @@ pub(crate) enum Command {
         scenario: BenchScenario,
     },
     /// Publish a message.
+    ///
+    /// Waits until the broker has read every publish, then exits 0, or 1 with the broker's
+    /// reason (`error: the broker refused ...: NOT_AUTHORIZED ...`) if it refused any.
     Pub(PubArgs),
     /// Subscribe and print messages.
+    ///
+    /// SIGINT and SIGTERM end it with a goodbye (the session ends) and exit status 0.
     Sub(SubArgs),
     /// Send a request and print the first reply.
     ///
     /// Exit status: 0 with a reply (printed to stdout), 2 when no reply came within
-    /// `--timeout`, 3 when nobody subscribes to the topic (`error: no responders on TOPIC`), 1 on
-    /// other errors.
+    /// `--timeout`, 3 when nobody subscribes to the topic (`error: no responders on TOPIC`), 4
+    /// when the reply says the responder failed (it carries an `error` header, as a failing
+    /// `reply --command` sends; the reply is still printed), 1 on other errors.
     Req(ReqArgs),
     /// Answer requests on a topic.
     ///
     /// Serves requests one at a time until interrupted, or until `--count` requests were
     /// answered. Prints `serving TOPIC` to stderr once subscribed. Messages without a reply
-    /// topic are skipped with a warning.
+    /// topic are skipped with a warning. SIGINT and SIGTERM end it with a goodbye, exit 0.
     Reply(ReplyArgs),
 }
 
@@ -207,7 +213,8 @@ pub(crate) struct ServeArgs {
     pub(crate) monitor: Option<SocketAddr>,
     /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
     /// SIGHUP and when it changes. Without it every authenticated client may do everything on
-    /// non-system topics [default: none; key `security.acl_file`].
+    /// non-system topics but read other identities' reply inboxes [default: none; key
+    /// `security.acl_file`].
     #[arg(long, value_name = "FILE")]
     pub(crate) acl: Option<PathBuf>,
     /// Which client certificate name is the identity: `default` (URI SAN, else DNS SAN, else

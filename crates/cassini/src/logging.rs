@@ -1,4 +1,10 @@
 //! Logging set-up: `RUST_LOG`-style filters, pretty or JSON lines on stderr.
+//!
+//! Colour codes only when stderr is a terminal, so files and pipes get plain text. A log line
+//! that cannot be written (stderr closed, e.g. `cassini serve 2>&1 | head -1`) is dropped
+//! silently: a broker must not stop because its log pipe closed.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,12 +19,14 @@ pub(crate) fn tool_filter(default_level: &str) -> EnvFilter {
 pub(crate) fn init(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if let Err(err) = result {
-        eprintln!("warning: logging not initialised: {err}");
+        crate::report(format_args!("warning: logging not initialised: {err}"));
     }
 }

@@ -25,6 +25,7 @@ mod reload;
 mod reply_command;
 mod reqreply;
 mod serve;
+mod signals;
 mod top;
 
 use std::process::ExitCode;
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
                         .into_iter()
                         .chain(config::unknown_env(&env))
                     {
-                        eprintln!("warning: {warning}");
+                        report(format_args!("warning: {warning}"));
                     }
                     println!("{}: ok", file.display());
                     Ok(ExitCode::SUCCESS)
@@ -91,6 +92,12 @@ fn main() -> ExitCode {
     })
 }
 
+/// Writes one line to standard error, ignoring a closed stderr (`eprintln!` would panic).
+pub(crate) fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Writes `bytes` to standard output; a closed pipe is an error, not a panic.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     use std::io::Write;
@@ -110,14 +117,14 @@ fn block_on(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            report(format_args!("error: cannot start the async runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            report(format_args!("error: {err:#}"));
             ExitCode::FAILURE
         }
     }

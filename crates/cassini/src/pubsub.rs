@@ -10,6 +10,7 @@ use cassini_client::{Client, Message, PublishOptions};
 use futures_util::StreamExt;
 
 use crate::cli::{ConnectArgs, PubArgs, SubArgs};
+use crate::signals::ShutdownSignals;
 
 /// Exit status when `sub --timeout` passes before `--count` messages arrived, or `req
 /// --timeout` before a reply.
@@ -30,8 +31,11 @@ pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
         .with_context(|| format!("connecting to {} as {:?}", args.server, args.name))
 }
 
+/// `cassini pub`: publishes, closes (which waits until the broker has read every publish and
+/// answered any refusal), then fails if the broker refused any of them.
 pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.connect).await?;
+    let mut refusals = client.publish_errors();
     let payload = Bytes::from(args.message.into_bytes());
     let options = PublishOptions::new()
         .headers(args.headers)
@@ -43,10 +47,26 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("publishing to {}", args.topic))?;
     }
     client.close().await.context("closing the connection")?;
-    Ok(ExitCode::SUCCESS)
+    let mut refused = 0u64;
+    let mut first = None;
+    while let Some(refusal) = refusals.as_mut().and_then(|queue| queue.try_recv().ok()) {
+        refused += 1;
+        first.get_or_insert(refusal);
+    }
+    match first {
+        None => Ok(ExitCode::SUCCESS),
+        Some(refusal) => anyhow::bail!(
+            "the broker refused {refused} of {} publish(es) to {}: {}: {}",
+            args.count,
+            refusal.topic,
+            refusal.code.name().unwrap_or("unknown code"),
+            refusal.reason
+        ),
+    }
 }
 
 pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignals::install()?;
     let client = connect(&args.connect).await?;
     let subscribed = if args.ack {
         client.subscribe_at_least_once(args.topic.as_str()).await
@@ -79,7 +99,7 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
         };
         let message = tokio::select! {
             next = next => next,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.next() => break,
         };
         match message {
             None => {

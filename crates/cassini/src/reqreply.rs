@@ -14,9 +14,13 @@ use cassini_client::{Client, ClientError, PublishOptions, Request};
 use crate::cli::{ReplyArgs, ReqArgs};
 use crate::pubsub::{connect, print_message, TIMED_OUT};
 use crate::reply_command::{self, Outcome};
+use crate::signals::ShutdownSignals;
 
 /// Exit status of `req` when the broker says nobody subscribes to the topic.
 const NO_RESPONDERS: u8 = 3;
+
+/// Exit status of `req` when the reply carries the [`ERROR_HEADER`]: the responder failed.
+const RESPONDER_FAILED: u8 = 4;
 
 /// The header a `reply --command` reply carries when the command failed; its value says how.
 const ERROR_HEADER: &str = "error";
@@ -47,15 +51,19 @@ pub(crate) async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_message(&mut std::io::stdout().lock(), &reply, args.json)?;
-    if let Some(reason) = reply.header(ERROR_HEADER) {
-        eprintln!("warning: the responder reported an error: {reason}");
-    }
     client.close().await.context("closing the connection")?;
-    Ok(ExitCode::SUCCESS)
+    match reply.header(ERROR_HEADER) {
+        Some(reason) => {
+            eprintln!("error: the responder reported an error: {reason}");
+            Ok(ExitCode::from(RESPONDER_FAILED))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// `cassini reply`: answers requests until interrupted or `--count` were answered.
 pub(crate) async fn reply(args: ReplyArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = ShutdownSignals::install()?;
     let client = connect(&args.connect).await?;
     let topic = args.topic.as_str();
     let mut responder = match &args.queue {
@@ -72,7 +80,7 @@ pub(crate) async fn reply(args: ReplyArgs) -> anyhow::Result<ExitCode> {
     while args.count.is_none_or(|count| answered < count) {
         let request = tokio::select! {
             request = responder.recv() => request,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.next() => break,
         };
         let Some(request) = request else {
             let reason = responder
@@ -99,7 +107,7 @@ pub(crate) async fn reply(args: ReplyArgs) -> anyhow::Result<ExitCode> {
             answer = answer => answer.with_context(|| {
                 format!("replying to a request on {}", request.message().topic())
             })?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.next() => break,
         }
         answered += 1;
     }

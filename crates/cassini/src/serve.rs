@@ -10,12 +10,14 @@ use cassini_broker::config::{StorageMode, SyncPolicy};
 use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::ensure_dev_certs;
+use cassini_quic::reset_key::{KeySource, StatelessResetKey};
 use cassini_quic::server::QuicServer;
 
 use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
 use crate::reload::{load_server_tls, Reloader};
+use crate::signals::ShutdownSignals;
 
 const SHUTDOWN_REASON: &str = "server shutting down";
 
@@ -136,13 +138,11 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     let broker = Broker::start(broker_config)
         .await
         .context("starting the broker")?;
+    let mut server_options = settings.server_options();
+    server_options.quic.stateless_reset_key = reset_key(&files.reset_key);
     let server = Arc::new(
-        QuicServer::bind(
-            settings.listen,
-            Arc::clone(&tls.config),
-            settings.server_options(),
-        )
-        .with_context(|| format!("listening on {}", settings.listen))?,
+        QuicServer::bind(settings.listen, Arc::clone(&tls.config), server_options)
+            .with_context(|| format!("listening on {}", settings.listen))?,
     );
     let _watcher = Reloader {
         certs: files.clone(),
@@ -201,27 +201,23 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     }
 }
 
-/// SIGINT and SIGTERM, listened for from the start, so a signal that arrives right after the
-/// broker announced itself is not lost to the default action (which would kill the process).
-struct ShutdownSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
-    }
-
-    /// Completes on the next SIGINT or SIGTERM, naming which.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+/// The stateless reset key from `path`, created there if missing. Without it (the file cannot
+/// be read or written) the endpoint draws a random key, and clients of this process notice a
+/// restart only at their idle timeout.
+fn reset_key(path: &std::path::Path) -> Option<StatelessResetKey> {
+    match StatelessResetKey::load_or_create(path) {
+        Ok((key, KeySource::Loaded)) => Some(key),
+        Ok((key, KeySource::Created)) => {
+            tracing::info!(file = %path.display(), "created the stateless reset key");
+            Some(key)
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "using a random stateless reset key: after a restart, clients of this process \
+                 notice that their connection is gone only at their idle timeout"
+            );
+            None
         }
     }
 }

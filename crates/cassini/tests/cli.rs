@@ -351,3 +351,151 @@ fn bench_durable_runs_a_tiny_smoke_round() {
         assert_eq!(case["acked"], case["delivered"], "{case}");
     }
 }
+
+#[test]
+fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\n",
+    )
+    .expect("write acl");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&[
+            "serve",
+            "--listen",
+            &server,
+            "--certs",
+            certs,
+            "--acl",
+            acl.to_str().expect("utf-8 path"),
+        ]),
+        "cassini listening",
+    );
+
+    let mut args = vec!["pub", "demo.ok", "hi", "--count", "3"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let allowed = run(&mut cassini(&args));
+    assert!(
+        allowed.status.success(),
+        "an allowed pub exits 0: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+
+    let mut args = vec!["pub", "secret.x", "hi", "--count", "3"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let refused = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a refused pub fails: {stderr}"
+    );
+    assert!(
+        stderr.contains("refused 3 of 3 publish(es) to secret.x: NOT_AUTHORIZED"),
+        "the reason is on stderr: {stderr}"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn req_exits_4_when_the_responder_command_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+    let mut args = vec!["reply", "svc.fail", "--command", "exit 7", "--count", "1"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let mut service = spawn_until(cassini(&args), "serving svc.fail");
+
+    let mut args = vec!["req", "svc.fail", "hello", "--timeout", "10"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let reply = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&reply.stderr);
+    assert_eq!(reply.status.code(), Some(4), "req: {stderr}");
+    assert!(
+        stderr.contains("the responder reported an error"),
+        "says why: {stderr}"
+    );
+    assert!(wait_with_deadline(&mut service).success());
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut command = cassini(&["serve", "--listen", &server, "--certs", certs]);
+    let mut broker = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read the first line, as `| head -1` does, then close the pipe.
+    let mut stderr = std::io::BufReader::new(broker.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).expect("first log line");
+    assert!(
+        !first.contains('\u{1b}'),
+        "no colour codes in a pipe: {first:?}"
+    );
+    let mut line = first;
+    while !line.contains("cassini listening") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).expect("log line");
+        assert!(read > 0, "serve exited before listening");
+    }
+    drop(stderr);
+
+    // Every connection logs at info level; these lines now go to a closed pipe.
+    for _ in 0..3 {
+        let mut args = vec!["pub", "demo.x", "hi"];
+        args.extend(connect_args(&server, certs, "dev"));
+        let published = run(&mut cassini(&args));
+        assert!(
+            published.status.success(),
+            "the broker still serves: {}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+    }
+    terminate(&mut broker);
+    let status = wait_with_deadline(&mut broker);
+    assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
+}
+
+#[test]
+fn sigterm_ends_sub_like_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut serve = cassini(&["serve", "--listen", &server, "--certs", certs]);
+    serve.env("RUST_LOG", "info,cassini_broker::actors::session=debug");
+    let (mut broker, lines) = common::spawn_collecting(serve);
+    common::next_line_with(&lines, "cassini listening");
+
+    let mut args = vec!["sub", "demo.>"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let mut subscriber = spawn_until(cassini(&args), "subscribed to demo.>");
+    terminate(&mut subscriber);
+    let status = wait_with_deadline(&mut subscriber);
+    assert!(status.success(), "sub exits 0 on SIGTERM, got {status}");
+
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+    let log: Vec<String> = lines.try_iter().collect();
+    assert!(
+        !log.iter().any(|line| line.contains("session detached")),
+        "sub said goodbye, so its session ended instead of waiting to expire: {log:?}"
+    );
+}

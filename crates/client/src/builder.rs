@@ -77,22 +77,30 @@ impl BrokerAddress {
         "localhost".to_owned()
     }
 
-    /// The broker's socket address, resolving a `host:port` with the system resolver.
-    pub(crate) async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+    /// Every socket address of the broker, in the resolver's order without repeats: the address
+    /// itself, or every address of a `host:port` (IPv6 and IPv4 alike).
+    pub(crate) async fn resolve_all(&self) -> Result<Vec<SocketAddr>, ClientError> {
         let addr = match self {
-            Self::Socket(addr) => return Ok(*addr),
+            Self::Socket(addr) => return Ok(vec![*addr]),
             Self::HostPort(addr) => addr,
         };
         let resolve_error = |reason: String| ClientError::Resolve {
             addr: addr.clone(),
             reason,
         };
-        let mut found = tokio::net::lookup_host(addr.as_str())
+        let found = tokio::net::lookup_host(addr.as_str())
             .await
             .map_err(|error| resolve_error(error.to_string()))?;
-        found
-            .next()
-            .ok_or_else(|| resolve_error("the name has no addresses".to_owned()))
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for candidate in found {
+            if !addresses.contains(&candidate) {
+                addresses.push(candidate);
+            }
+        }
+        if addresses.is_empty() {
+            return Err(resolve_error("the name has no addresses".to_owned()));
+        }
+        Ok(addresses)
     }
 }
 
@@ -218,7 +226,7 @@ impl ClientBuilder {
             publish_lane_buffer: 256,
             reconnect: ReconnectPolicy::default(),
             outbound_buffer: OutboundBuffer::default(),
-            ack_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(60),
             max_unacked_publishes: 1024,
         }
     }
@@ -355,7 +363,10 @@ impl ClientBuilder {
     /// How long [`Client::publish_acked`] (and every acknowledged publish without its own
     /// timeout) waits for the broker's acknowledgement, including any reconnect in between.
     /// Longer rides out longer outages; after it passes the message may or may not have been
-    /// delivered. Default: 30 s.
+    /// delivered. Default: 60 s, twice the idle timeout: a broker that vanished is noticed at
+    /// the idle timeout at the latest (a restarted one at the client's next packet, by its
+    /// stateless reset), so a publish in flight outlives the detection, the reconnect and its
+    /// resend instead of failing just as the client notices.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
@@ -381,10 +392,11 @@ impl ClientBuilder {
         let socket_layer = self.socket_layer.clone();
         let client_name = self.client_name.clone();
         let quic = self.quic.clone();
+        let shown_address = self.address.to_string();
         let prepared = self.prepare()?;
         let connecting = async {
-            let remote = address.resolve().await?;
-            let bind = bind_address.unwrap_or_else(|| unspecified_for(remote));
+            let remotes = address.resolve_all().await?;
+            let bind = bind_address.unwrap_or_else(|| unspecified_for(&remotes));
             let endpoint = bind_client_layered(bind, prepared.tls, &quic, socket_layer.as_ref())?;
             let connector = Connector {
                 endpoint,
@@ -393,7 +405,7 @@ impl ClientBuilder {
                 client_name,
                 connect_timeout,
             };
-            match connector.connect(None, Vec::new()).await {
+            match connector.connect(None, Vec::new(), true).await {
                 Ok(established) => Ok((connector, established)),
                 Err(error) => {
                     connector.endpoint.close(0u32.into(), b"");
@@ -403,7 +415,7 @@ impl ClientBuilder {
         };
         let (connector, established) = timeout(connect_timeout, connecting)
             .await
-            .map_err(|_| ClientError::Timeout("connecting to the broker"))??;
+            .map_err(|_| crate::connector::no_answer(&shown_address, connect_timeout))??;
         Ok(Client::start(connector, established, prepared.client))
     }
 
@@ -484,10 +496,14 @@ impl ClientBuilder {
 }
 
 /// The wildcard local address of the broker's address family.
-fn unspecified_for(remote: SocketAddr) -> SocketAddr {
-    match remote {
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+/// The local address to bind for reaching `remotes`: IPv4's unspecified address when every
+/// candidate is IPv4, else IPv6's, which the endpoint makes dual-stack (it reaches IPv4
+/// candidates through mapped addresses).
+fn unspecified_for(remotes: &[SocketAddr]) -> SocketAddr {
+    if remotes.iter().all(SocketAddr::is_ipv4) {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+    } else {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
     }
 }
 

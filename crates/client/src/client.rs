@@ -250,7 +250,7 @@ impl Client {
     ///
     /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
     /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
-    /// answer came within [`ClientBuilder::ack_timeout`] (30 s by default): **after a timeout
+    /// answer came within [`ClientBuilder::ack_timeout`] (60 s by default): **after a timeout
     /// the message may or may not have been delivered**, and it is no longer sent again. At
     /// most [`ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once (1024
     /// by default); more wait for a free slot, and that wait counts towards the timeout.
@@ -485,7 +485,8 @@ impl Client {
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
     /// reply.
     ///
-    /// The first request subscribes this client to its inbox, `_INBOX.<16 random hex digits>.>`
+    /// The first request subscribes this client to its inbox,
+    /// `_INBOX.<identity token>.<16 random hex digits>.>` (see `docs/PROTOCOL.md`)
     /// (one subscription per client, counted against the broker's `max_subscriptions`; made
     /// again under a new random name if the broker ends it); each request asks for its reply on
     /// its own topic under it. Fails with [`ClientError::NoResponders`] as soon as the broker
@@ -556,6 +557,20 @@ impl Client {
     pub async fn serve_queue(&self, filter: &str, group: &str) -> Result<Responder, ClientError> {
         let subscription = self.subscribe_queue(filter, group).await?;
         Ok(Responder::new(subscription, self.clone()))
+    }
+
+    /// A barrier: returns once the broker has read and processed every publish this client
+    /// made before the call, at most once or acknowledged (a refusal among them is then in
+    /// [`Client::publish_errors`]). As NATS's `flush`, for a program about to exit or to hand
+    /// off. Each topic's publish stream is finished and a new one opened by the next publish,
+    /// so call it at such points, not after every publish. Bounded by `close_timeout`
+    /// ([`ClientError::Timeout`]); while reconnecting it fails at once with
+    /// [`ClientError::Disconnected`] (the outbound buffer is sent after the reconnect), and if
+    /// the connection drops meanwhile it fails with that error.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.inner.core.control()?;
+        let attachment = self.inner.core.attachment();
+        attachment.publisher.flush().await
     }
 
     /// Measures one round trip on the control stream (queued behind other control requests).
@@ -661,6 +676,14 @@ impl Client {
     /// `changed().await` or `wait_for(..).await`. Every change is also logged.
     pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
         self.inner.core.state_changes()
+    }
+
+    /// How many times the client connected again after losing its connection (each
+    /// [`ConnectionState::Reconnecting`] that ended in [`ConnectionState::Connected`]), as
+    /// NATS clients count `Reconnects`. A watch channel can skip states a reader was too slow
+    /// to see; this count does not.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.core.reconnects()
     }
 
     /// What the outbound buffer holds now, and how many publishes it dropped because they

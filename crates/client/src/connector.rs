@@ -2,8 +2,13 @@
 //!
 //! A [`Connector`] holds what every attempt needs (the local endpoint, the broker's address,
 //! the names) and runs one attempt under the connect timeout: it resolves the address again
-//! each time, so a broker that came back elsewhere is found.
+//! each time, so a broker that came back elsewhere is found, and tries each of its addresses
+//! in turn. QUIC's unconnected socket never hears the ICMP "port unreachable" that says
+//! nothing listens at an address, so beside each handshake a small probe on a connected UDP
+//! socket listens for it ([`port_unreachable`]): such an address fails at once, naming it,
+//! instead of after the whole connect timeout.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use cassini_protocol::{ResumePosition, SessionId};
@@ -30,26 +35,89 @@ pub(crate) struct Connector {
 
 impl Connector {
     /// One attempt: connects and exchanges `Hello` (resuming `resume` if set, where the
-    /// client stands at `positions`) and `Welcome`.
+    /// client stands at `positions`) and `Welcome`, trying each of the broker's addresses in
+    /// turn until one answers.
+    ///
+    /// With `fail_fast` (the first connection, where a person or script waits for the answer)
+    /// an address where nothing listens fails at once. Reconnects do not probe: there a
+    /// handshake that waits for a restarting broker connects as soon as it listens, while a
+    /// failed attempt would wait out the growing backoff first.
     pub(crate) async fn connect(
         &self,
         resume: Option<SessionId>,
         positions: Vec<ResumePosition>,
+        fail_fast: bool,
     ) -> Result<Established, ClientError> {
         let attempt = async {
-            let remote = self.address.resolve().await?;
-            handshake(
-                &self.endpoint,
-                remote,
-                &self.server_name,
-                self.client_name.clone(),
-                resume,
-                positions,
-            )
-            .await
+            let remotes = self.address.resolve_all().await?;
+            let mut unreachable = Vec::new();
+            for remote in remotes {
+                let established = tokio::select! {
+                    () = port_unreachable(remote), if fail_fast => {
+                        unreachable.push(remote.to_string());
+                        continue;
+                    }
+                    established = handshake(
+                        &self.endpoint,
+                        remote,
+                        &self.server_name,
+                        self.client_name.clone(),
+                        resume,
+                        positions.clone(),
+                    ) => established,
+                };
+                return established;
+            }
+            Err(ClientError::Connect {
+                reason: format!(
+                    "nothing listens on {} (the port is unreachable)",
+                    unreachable.join(", ")
+                ),
+            })
         };
         timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| ClientError::Timeout("connecting to the broker"))?
+            .map_err(|_| no_answer(&self.address.to_string(), self.connect_timeout))?
     }
+}
+
+/// The error of a connect attempt that heard nothing from `address` within `limit`.
+pub(crate) fn no_answer(address: &str, limit: Duration) -> ClientError {
+    ClientError::Connect {
+        reason: format!("no answer from {address} within {limit:?}"),
+    }
+}
+
+/// Probes sent to an address while its handshake runs, and the time between them (ICMP
+/// replies are rate-limited, so one lost or suppressed reply must not decide).
+const PROBES: u32 = 5;
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Completes only when the operating system reports that nothing listens on `remote` (ICMP
+/// port unreachable, seen as `ECONNREFUSED` on a connected UDP socket); otherwise never. The
+/// probes are single zero bytes, which a QUIC endpoint that does listen drops as too short to
+/// be a packet.
+async fn port_unreachable(remote: SocketAddr) {
+    let local: SocketAddr = if remote.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let refused = |result: std::io::Result<usize>| matches!(result, Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused);
+    if let Ok(socket) = tokio::net::UdpSocket::bind(local).await {
+        if socket.connect(remote).await.is_ok() {
+            let mut reply = [0u8; 1];
+            for _ in 0..PROBES {
+                if refused(socket.send(&[0]).await) {
+                    return;
+                }
+                if let Ok(result) = timeout(PROBE_INTERVAL, socket.recv(&mut reply)).await {
+                    if refused(result) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }

@@ -66,6 +66,8 @@ pub(crate) struct GapTracker {
     missed: u64,
     /// Gaps not yet taken, oldest first, at most [`MAX_RECORDED_GAPS`].
     recorded: VecDeque<Gap>,
+    /// Gaps not yet yielded as events, oldest first, at most [`MAX_RECORDED_GAPS`].
+    unannounced: VecDeque<Gap>,
 }
 
 impl GapTracker {
@@ -133,11 +135,23 @@ impl GapTracker {
         self.recorded.drain(..).collect()
     }
 
+    /// The oldest gap not yet yielded as an event.
+    pub(crate) fn next_unannounced(&mut self) -> Option<Gap> {
+        self.unannounced.pop_front()
+    }
+
+    /// Forgets the gaps not yet yielded as events (the application reads messages only).
+    pub(crate) fn clear_unannounced(&mut self) {
+        self.unannounced.clear();
+    }
+
     fn record(&mut self, gap: Gap) {
-        if self.recorded.len() >= MAX_RECORDED_GAPS {
-            self.recorded.pop_front();
+        for queue in [&mut self.recorded, &mut self.unannounced] {
+            if queue.len() >= MAX_RECORDED_GAPS {
+                queue.pop_front();
+            }
+            queue.push_back(gap);
         }
-        self.recorded.push_back(gap);
     }
 }
 

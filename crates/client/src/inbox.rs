@@ -1,8 +1,11 @@
 //! The client's inbox: one subscription that receives the replies to every request it makes.
 //!
-//! The inbox is `_INBOX.<16 random hex digits>`; request `n` asks for its reply on
-//! `_INBOX.<hex>.<n>`, and the inbox subscribes once to `_INBOX.<hex>.>` (the broker gives
-//! `_INBOX.` subscriptions a higher stream priority). The subscription is made by the first
+//! The inbox is `_INBOX.<identity token>.<16 random hex digits>`, the token being the client's
+//! certificate identity (from `Welcome`) encoded as one topic token
+//! ([`cassini_protocol::inbox::identity_token`]): the broker lets each identity subscribe to its
+//! own inboxes only, so no other client can read its replies. Request `n` asks for its reply on
+//! `_INBOX.<token>.<hex>.<n>`, and the inbox subscribes once to `_INBOX.<token>.<hex>.>` (the
+//! broker gives `_INBOX.` subscriptions a higher stream priority). The subscription is made by the first
 //! request, not at connect, so a client that never makes a request never has one. A dispatcher
 //! task reads the subscription and hands each delivery to the [`PendingReplies`] entry its topic
 //! names.
@@ -17,6 +20,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use cassini_protocol::inbox::inbox_prefix;
 use tokio::sync::Mutex;
 
 use crate::client::Client;
@@ -46,7 +50,8 @@ pub(crate) struct Inbox {
 /// One inbox subscription, as the requests and its dispatcher share it.
 #[derive(Debug)]
 struct LiveInbox {
-    /// `_INBOX.<16 hex digits>`: random, so that two clients' replies never mix.
+    /// `_INBOX.<identity token>.<16 hex digits>`: the identity makes it readable by this
+    /// identity only; the random part keeps two clients of one identity apart.
     prefix: String,
     /// Set by the dispatcher when the subscription has ended, before it fails the requests
     /// waiting on it.
@@ -98,7 +103,11 @@ impl Inbox {
             }
         }
         let inbox = Arc::new(LiveInbox {
-            prefix: format!("_INBOX.{:016x}", rand::random::<u64>()),
+            prefix: format!(
+                "{}.{:016x}",
+                inbox_prefix(client.identity()),
+                rand::random::<u64>()
+            ),
             ended: AtomicBool::new(false),
         });
         let subscription = client.subscribe(&format!("{}.>", inbox.prefix)).await?;

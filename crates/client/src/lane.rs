@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cassini_protocol::{ErrorCode, Frame, NoResponders, PublishRejected, TopicName};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
 use crate::acks::PendingAcks;
@@ -50,16 +49,39 @@ pub(crate) struct LaneContext {
     pub(crate) close_timeout: Duration,
 }
 
+/// Resolves once a lane's task has ended, however it ended (its `watch` sender lives in the
+/// task's future). Clonable, so the next lane for the topic and a flush can both wait for it.
+#[derive(Debug, Clone)]
+pub(crate) struct LaneDone(watch::Receiver<()>);
+
+impl LaneDone {
+    /// A pair: the sender, to keep inside the lane's task, and the signal it drops.
+    pub(crate) fn new() -> (watch::Sender<()>, Self) {
+        let (sender, receiver) = watch::channel(());
+        (sender, Self(receiver))
+    }
+
+    /// Whether the lane's task has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+
+    /// Waits until the lane's task has ended.
+    pub(crate) async fn wait(mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
 /// Runs one lane until its queue is closed and its stream acknowledged, or its stream fails.
 pub(crate) async fn run_lane(
     context: LaneContext,
     mut frames: mpsc::Receiver<BytesMut>,
-    predecessor: Option<JoinHandle<()>>,
+    predecessor: Option<LaneDone>,
 ) {
     let topic = &context.topic;
     if let Some(predecessor) = predecessor {
         // Messages of the lane this one replaces must reach the broker first.
-        let _ = predecessor.await;
+        predecessor.wait().await;
     }
     let (mut send, recv) = match context.link.connection().open_bi().await {
         Ok(stream) => stream,

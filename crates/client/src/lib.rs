@@ -36,6 +36,8 @@
 //! - **Acknowledged publishes**: [`Client::publish_acked`] waits until the broker has routed
 //!   the message and returns a [`PublishReceipt`]; the message is sent again after a reconnect
 //!   until acknowledged (at least once; the broker drops duplicates by message id).
+//! - **A barrier**: [`Client::flush`] returns once the broker has processed every publish made
+//!   before it (with any refusal in [`Client::publish_errors`]), as NATS's `flush`.
 //! - **Direct messages**: [`Client::send_to`] delivers to one session only.
 //! - **Options and typed payloads**: [`Client::publish_with`] takes [`PublishOptions`];
 //!   [`Client::publish_json`] and [`Client::publish_msgpack`] set a `content-type` header
@@ -77,8 +79,9 @@
 //! continues with the messages the broker kept for it, in order and never twice. Publishes made
 //! meanwhile wait in a bounded [`OutboundBuffer`] and are sent first after the reconnect;
 //! subscribe, unsubscribe and ping fail at once with [`ClientError::Disconnected`]. Watch it
-//! happen with [`Client::state_changes`] ([`ConnectionState`]); see what a subscription missed
-//! with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
+//! happen with [`Client::state_changes`] ([`ConnectionState`]); hear what a subscription
+//! missed as it happens with [`Subscription::next_event`] ([`SubscriptionEvent::Gap`]), or count
+//! it with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
 //! good after [`Client::close`], when a newer connection of the same identity took the session
 //! over, when the broker refuses it in a way that would repeat, or when the policy gives up.
 //! The [`Client`] documentation has the details.
@@ -178,7 +181,7 @@ pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_
 pub use publish_options::PublishOptions;
 pub use reconnect_policy::ReconnectPolicy;
 pub use responder::{Request, Responder};
-pub use subscription::{Subscription, SubscriptionEnd};
+pub use subscription::{Events, Subscription, SubscriptionEnd, SubscriptionEvent};
 
 pub use cassini_protocol::{
     AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,

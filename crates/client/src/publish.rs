@@ -21,13 +21,12 @@ use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{encode_publish, PublishRef};
 use cassini_protocol::{PublishRejected, SessionId, TopicName};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
 use crate::acks::PendingAcks;
 use crate::error::ClientError;
-use crate::lane::{run_lane, LaneContext};
+use crate::lane::{run_lane, LaneContext, LaneDone};
 use crate::lanes::LruMap;
 use crate::link::Link;
 use crate::publish_options::PublishOptions;
@@ -160,7 +159,7 @@ struct LaneTable {
     open: LruMap<TopicName, OpenLane>,
     /// Lanes that were evicted and may still be writing, by topic: the next lane for the topic
     /// waits for them.
-    closing: HashMap<TopicName, JoinHandle<()>>,
+    closing: HashMap<TopicName, LaneDone>,
     /// Set by `close`: no new lanes.
     closed: bool,
 }
@@ -169,8 +168,8 @@ struct LaneTable {
 struct OpenLane {
     /// The lane's queue; dropping the last sender closes the lane.
     frames: mpsc::Sender<BytesMut>,
-    /// The lane's task.
-    task: JoinHandle<()>,
+    /// Whether the lane's task has ended.
+    done: LaneDone,
 }
 
 impl Publisher {
@@ -230,7 +229,7 @@ impl Publisher {
             }
         }
         let predecessor = match table.open.remove(topic) {
-            Some(failed) => Some(failed.task),
+            Some(failed) => Some(failed.done),
             None => table.closing.remove(topic),
         };
         let (frames, queue) = mpsc::channel(self.settings.lane_buffer);
@@ -242,17 +241,50 @@ impl Publisher {
             acks: Arc::clone(&self.acks),
             close_timeout: self.settings.close_timeout,
         };
-        let task = self.tracker.spawn(run_lane(context, queue, predecessor));
+        let (running, done) = LaneDone::new();
+        self.tracker.spawn(async move {
+            let _running = running;
+            run_lane(context, queue, predecessor).await;
+        });
         let lane = OpenLane {
             frames: frames.clone(),
-            task,
+            done,
         };
         if let Some((evicted_topic, evicted)) = table.open.insert(topic.clone(), lane) {
             // Its sender is dropped here: the lane writes what is queued, then finishes.
-            table.closing.retain(|_, task| !task.is_finished());
-            table.closing.insert(evicted_topic, evicted.task);
+            table.closing.retain(|_, done| !done.is_done());
+            table.closing.insert(evicted_topic, evicted.done);
         }
         Ok(frames)
+    }
+
+    /// Closes every open lane and waits until the broker has read each one's stream to its end
+    /// and answered it (rejections included): every publish queued before the call has then
+    /// been processed by the broker. Later publishes open new lanes, which wait for these.
+    pub(crate) async fn flush(&self) -> Result<(), ClientError> {
+        let lanes: Vec<LaneDone> = {
+            let mut table = lock(&self.lanes);
+            if table.closed {
+                return Err(ClientError::Closed);
+            }
+            table.closing.retain(|_, done| !done.is_done());
+            for (topic, lane) in table.open.drain() {
+                // Dropping its sender lets the lane write what is queued, then finish.
+                table.closing.insert(topic, lane.done);
+            }
+            table.closing.values().cloned().collect()
+        };
+        let all = futures_util::future::join_all(lanes.into_iter().map(LaneDone::wait));
+        timeout(self.settings.close_timeout, all)
+            .await
+            .map_err(|_| {
+                ClientError::Timeout("waiting for the broker to read published messages")
+            })?;
+        if self.link.is_dead() {
+            // A lane that ended with its connection may not have written everything.
+            return Err(self.link.error());
+        }
+        Ok(())
     }
 
     /// Closes every lane and waits until each has written its queue and the broker has

@@ -13,7 +13,7 @@
 //! a connection dropped are sent again on the new connection before the buffer (see
 //! [`crate::acks`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -96,6 +96,8 @@ pub(crate) struct SessionCore {
     stop: CancellationToken,
     /// How to reconnect.
     reconnect: ReconnectPolicy,
+    /// Connections made after a lost one (each `Reconnecting` → `Connected`).
+    reconnects: AtomicU64,
 }
 
 impl SessionCore {
@@ -123,6 +125,7 @@ impl SessionCore {
             state: watch::Sender::new(state),
             stop: CancellationToken::new(),
             reconnect,
+            reconnects: AtomicU64::new(0),
         });
         (core, attachment)
     }
@@ -457,7 +460,7 @@ impl SessionCore {
             if matches!(current.status, Status::Ended { .. }) {
                 return;
             }
-            let subscriptions_end = SubscriptionEnd::after(&error);
+            let subscriptions_end = SubscriptionEnd::after(&error, &reason);
             let failure = error.duplicate();
             current.status = Status::Ended { error };
             (current.outbound.discard_all(), subscriptions_end, failure)
@@ -473,8 +476,18 @@ impl SessionCore {
         self.announce(ConnectionState::Disconnected { reason });
     }
 
+    /// How many times the client connected again after losing its connection.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
     /// Publishes and logs a new state.
     fn announce(&self, state: ConnectionState) {
+        if state.is_connected()
+            && matches!(*self.state.borrow(), ConnectionState::Reconnecting { .. })
+        {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
         match &state {
             ConnectionState::Connected { .. } => tracing::info!(%state, "connection state"),
             ConnectionState::Reconnecting { attempt: 1, .. } => {

@@ -26,6 +26,7 @@ use cassini_protocol::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::connection_state::DisconnectReason;
 use crate::control::ControlRequest;
 use crate::datagram_loss::DatagramTracker;
 use crate::delivery_acks::PendingAcks;
@@ -49,6 +50,9 @@ pub enum SubscriptionEnd {
     Reset(ErrorCode),
     /// The client was closed, or the broker closed the connection normally.
     Closed,
+    /// A newer connection with the same certificate identity took the session over
+    /// (`SESSION_TAKEN_OVER`): the subscription lives on there, not here.
+    SessionTakenOver,
     /// The connection was lost.
     ConnectionLost {
         /// What went wrong.
@@ -77,6 +81,9 @@ impl fmt::Display for SubscriptionEnd {
             }
             SubscriptionEnd::Reset(code) => write!(f, "reset by the broker: {code}"),
             SubscriptionEnd::Closed => f.write_str("the client was closed"),
+            SubscriptionEnd::SessionTakenOver => {
+                f.write_str("the session was taken over by a newer connection of this identity")
+            }
             SubscriptionEnd::ConnectionLost { reason } => write!(f, "connection lost: {reason}"),
             SubscriptionEnd::ProtocolError { reason } => write!(f, "protocol error: {reason}"),
             SubscriptionEnd::ResubscribeFailed { reason } => {
@@ -90,8 +97,11 @@ impl fmt::Display for SubscriptionEnd {
 }
 
 impl SubscriptionEnd {
-    /// How a subscription ends when the client ended with `error`.
-    pub(crate) fn after(error: &ClientError) -> Self {
+    /// How a subscription ends when the client ended with `error` for `reason`.
+    pub(crate) fn after(error: &ClientError, reason: &DisconnectReason) -> Self {
+        if *reason == DisconnectReason::SessionTakenOver {
+            return SubscriptionEnd::SessionTakenOver;
+        }
         match error {
             ClientError::Closed => SubscriptionEnd::Closed,
             ClientError::Protocol { reason } => SubscriptionEnd::ProtocolError {
@@ -317,6 +327,9 @@ pub struct Subscription {
     acks: Option<PendingAcks>,
     /// Datagram delivery: which sequences arrived, in whatever order, and what is missing.
     datagrams: Option<DatagramTracker>,
+    /// A message (with its epoch) read behind a gap found in front of it: the gap is yielded
+    /// first, the message at the next call.
+    held: Option<(u64, Message)>,
     /// For `Unsubscribe`, now or on drop, on whichever connection is current.
     session: Arc<SessionCore>,
 }
@@ -340,6 +353,7 @@ impl Subscription {
             gaps: GapTracker::default(),
             acks,
             datagrams,
+            held: None,
             session,
         }
     }
@@ -443,31 +457,97 @@ impl Subscription {
     }
 }
 
+/// What a subscription yields through [`Subscription::next_event`] and
+/// [`Subscription::events`]: a message, or the announcement that messages were skipped.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SubscriptionEvent {
+    /// A delivery.
+    Message(Message),
+    /// Messages this subscription will never yield, announced as soon as the client knows:
+    /// when the broker's `Gap` frame arrives (even with no message after it), or at the first
+    /// message after an unannounced jump in the sequence numbers.
+    Gap(Gap),
+}
+
 impl Stream for Subscription {
     type Item = Message;
 
+    /// Messages only; gaps are still counted and kept for [`Subscription::take_gaps`].
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let this = &mut *self;
-        if let Some(acks) = &mut this.acks {
-            // Asking for the next message means the application is done with the last one.
+        loop {
+            match this.poll_event(cx) {
+                Poll::Ready(Some(SubscriptionEvent::Message(message))) => {
+                    this.gaps.clear_unannounced();
+                    return Poll::Ready(Some(message));
+                }
+                Poll::Ready(Some(SubscriptionEvent::Gap(_))) => {}
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    this.gaps.clear_unannounced();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// [`Subscription::events`]: the subscription as a [`Stream`] of [`SubscriptionEvent`]s.
+#[derive(Debug)]
+pub struct Events<'a> {
+    subscription: &'a mut Subscription,
+}
+
+impl Stream for Events<'_> {
+    type Item = SubscriptionEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.subscription.poll_event(cx)
+    }
+}
+
+impl Subscription {
+    /// The next message or gap, or `None` once the subscription has ended and everything
+    /// received was yielded. Unlike [`Subscription::recv`], a gap wakes the caller at once,
+    /// so loss on a quiet topic is heard without waiting for the next message. Datagram
+    /// subscriptions yield messages only (their loss is [`Subscription::lost`]).
+    pub async fn next_event(&mut self) -> Option<SubscriptionEvent> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// The subscription as a [`Stream`] of messages and gaps ([`Subscription::next_event`]).
+    pub fn events(&mut self) -> Events<'_> {
+        Events { subscription: self }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionEvent>> {
+        if let Some(acks) = &mut self.acks {
+            // Asking for the next item means the application is done with the last message.
             acks.last_processed();
         }
+        if let Some(gap) = self.gaps.next_unannounced() {
+            return Poll::Ready(Some(SubscriptionEvent::Gap(gap)));
+        }
+        if let Some(message) = self.held.take() {
+            return Poll::Ready(Some(self.yield_message(message)));
+        }
         loop {
-            let delivered = match this.messages.poll_recv(cx) {
+            let delivered = match self.messages.poll_recv(cx) {
                 Poll::Ready(Some(delivered)) => delivered,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
-                    this.flush_acks(true);
+                    self.flush_acks(true);
                     return Poll::Pending;
                 }
             };
             let Delivered { epoch, item } = delivered;
-            if let Some(tracker) = &mut this.datagrams {
+            if let Some(tracker) = &mut self.datagrams {
                 match item {
                     StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
                     StreamItem::Message(message) => {
                         if tracker.accept(epoch, message.sequence()) {
-                            return Poll::Ready(Some(message));
+                            return Poll::Ready(Some(SubscriptionEvent::Message(message)));
                         }
                     }
                 }
@@ -475,25 +555,29 @@ impl Stream for Subscription {
             }
             let message = match item {
                 StreamItem::Gap(gap) => {
-                    this.gaps.announced(epoch, gap.from, gap.to, gap.reason);
-                    continue;
+                    self.gaps.announced(epoch, gap.from, gap.to, gap.reason);
+                    match self.gaps.next_unannounced() {
+                        Some(gap) => return Poll::Ready(Some(SubscriptionEvent::Gap(gap))),
+                        None => continue,
+                    }
                 }
                 StreamItem::Message(message) => message,
             };
             let sequence = message.sequence();
-            if this.gaps.accept(epoch, sequence) {
-                if let Some(acks) = &mut this.acks {
-                    acks.yielded(epoch, sequence);
+            if self.gaps.accept(epoch, sequence) {
+                if let Some(gap) = self.gaps.next_unannounced() {
+                    // The message waits one call behind the gap found in front of it.
+                    self.held = Some((epoch, message));
+                    return Poll::Ready(Some(SubscriptionEvent::Gap(gap)));
                 }
-                this.flush_acks(false);
-                return Poll::Ready(Some(message));
+                return Poll::Ready(Some(self.yield_message((epoch, message))));
             }
-            if let Some(acks) = &mut this.acks {
+            if let Some(acks) = &mut self.acks {
                 // Yielded before (and acknowledged, or about to be): say so again.
                 acks.add(epoch, sequence);
             }
             tracing::debug!(
-                subscription = this.state.id(),
+                subscription = self.state.id(),
                 sequence,
                 redelivered = message.is_redelivered(),
                 "duplicate delivery dropped"
@@ -503,6 +587,16 @@ impl Stream for Subscription {
 }
 
 impl Subscription {
+    /// Hands `message` of `epoch` to the application: from now on it is the one an
+    /// at-least-once subscription acknowledges when the application asks for the next item.
+    fn yield_message(&mut self, (epoch, message): (u64, Message)) -> SubscriptionEvent {
+        if let Some(acks) = &mut self.acks {
+            acks.yielded(epoch, message.sequence());
+        }
+        self.flush_acks(false);
+        SubscriptionEvent::Message(message)
+    }
+
     /// Sends the pending acknowledgements if there are enough of them, or any at all when
     /// `now`. Never waits: if they cannot be sent now (reconnecting, or the control queue is
     /// full) they wait for the next attempt.

@@ -119,7 +119,7 @@ async fn reconnect(
             Some(_) => core.registry().positions(),
             None => Vec::new(),
         };
-        let error = match connector.connect(resume, positions).await {
+        let error = match connector.connect(resume, positions, false).await {
             Ok(established) => {
                 let session = established.welcome.session_id;
                 match attach(core, established).await {

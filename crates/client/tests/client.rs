@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_client::{
     ClientError, ConnectionState, DisconnectReason, ErrorCode, OverflowPolicy, ReconnectPolicy,
-    SubscribeOptions, Subscription, SubscriptionEnd,
+    SubscribeOptions, Subscription, SubscriptionEnd, SubscriptionEvent,
 };
 use cassini_protocol::{
     Delivery, ErrorFrame, Frame, Gap, GapReason, Ping, PublishRejected, Subscribed, Unsubscribed,
@@ -175,6 +175,83 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
         subscription.end_reason(),
         Some(SubscriptionEnd::EndedByBroker)
     );
+}
+
+#[tokio::test]
+async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "quiet.>").await;
+        session
+            .send_control(&Frame::Subscribed(Subscribed {
+                request_id,
+                subscription: 4,
+            }))
+            .await;
+    };
+    let (subscription, ()) = tokio::join!(client.subscribe("quiet.>"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+    let mut stream = session.open_subscription(4).await;
+    write(&mut stream, &delivery(1, "quiet.a", "one")).await;
+    write(
+        &mut stream,
+        &Frame::Gap(Gap {
+            subscription: 4,
+            from: 2,
+            to: 1000,
+            reason: GapReason::Undelivered,
+        }),
+    )
+    .await;
+
+    match timeout(STEP, subscription.next_event())
+        .await
+        .expect("first event")
+    {
+        Some(SubscriptionEvent::Message(message)) => assert_eq!(message.sequence(), 1),
+        other => panic!("expected message 1, got {other:?}"),
+    }
+    // Nothing follows the gap on this quiet topic, and the stream stays open: the gap alone
+    // must reach the application.
+    match timeout(STEP, subscription.next_event())
+        .await
+        .expect("the gap, not a wait")
+    {
+        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
+            gap,
+            cassini_client::Gap::Missed {
+                from: 2,
+                to: 1000,
+                reason: Some(GapReason::Undelivered)
+            }
+        ),
+        other => panic!("expected the gap, got {other:?}"),
+    }
+
+    // A jump nobody announced is yielded as a gap before the message after it.
+    write(&mut stream, &delivery(1005, "quiet.b", "late")).await;
+    let mut events = subscription.events();
+    match timeout(STEP, events.next()).await.expect("the jump") {
+        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
+            gap,
+            cassini_client::Gap::Missed {
+                from: 1001,
+                to: 1004,
+                reason: None
+            }
+        ),
+        other => panic!("expected the unannounced gap, got {other:?}"),
+    }
+    match timeout(STEP, events.next()).await.expect("the message") {
+        Some(SubscriptionEvent::Message(message)) => assert_eq!(message.sequence(), 1005),
+        other => panic!("expected message 1005, got {other:?}"),
+    }
+    assert_eq!(subscription.gaps(), 999 + 4);
 }
 
 #[tokio::test]

@@ -44,10 +44,13 @@ async fn expect_publish(reader: &mut Reader) -> Publish {
     }
 }
 
-/// Checks an inbox filter: `_INBOX.` then 16 hex digits then `.>`; returns the inbox prefix.
+/// Checks an inbox filter: `_INBOX.alice.` (the identity the fake broker's `Welcome` names)
+/// then 16 hex digits then `.>`; returns the inbox prefix.
 fn inbox_prefix(filter: &str) -> &str {
     let prefix = filter.strip_suffix(".>").expect("a filter ending in .>");
-    let id = prefix.strip_prefix("_INBOX.").expect("an _INBOX. filter");
+    let id = prefix
+        .strip_prefix("_INBOX.alice.")
+        .expect("an _INBOX.<identity>. filter");
     assert_eq!(id.len(), 16, "16 hex digits in {filter}");
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "hex in {filter}");
     prefix

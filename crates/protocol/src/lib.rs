@@ -8,11 +8,14 @@
 //! - [`codec`]: the length-prefixed MessagePack framing, with a maximum frame length that is
 //!   checked before anything is allocated.
 //! - [`topic`]: topic names, subscription filters with `*` and `>`, their validation and matching.
+//! - [`inbox`]: how reply inboxes are named after an identity, and the topics leading wildcards
+//!   never match.
 //! - [`error_code`]: every error code a peer can see, with its number and meaning, in one place.
 
 pub mod codec;
 pub mod error_code;
 pub mod frame;
+pub mod inbox;
 pub mod topic;
 
 pub use codec::{decode_frame, encode_frame, DecodeError, EncodeError, FrameDecoder};

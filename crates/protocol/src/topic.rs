@@ -9,7 +9,8 @@
 //! tokens, no empty token, no whitespace or control characters. A name never contains `*` or
 //! `>`; a filter contains them only as whole tokens. Names starting with `$` are reserved for the
 //! broker: clients may not publish to them, and a filter whose first token is a wildcard does not
-//! match them.
+//! match them. Nor does it match reply inboxes, names whose first token is `_INBOX`
+//! ([`crate::inbox`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -247,7 +248,7 @@ impl TopicFilter {
         for (position, token) in self.tokens().enumerate() {
             match token {
                 FilterToken::AnyRest | FilterToken::AnyOne
-                    if position == 0 && topic.starts_with('$') =>
+                    if position == 0 && crate::inbox::is_reserved_from_wildcards(topic) =>
                 {
                     return false
                 }

@@ -65,7 +65,11 @@ pub fn bind_server(
     opts: &crate::tls::QuicOptions,
 ) -> Result<(quinn::Endpoint, SocketBuffers), EndpointError> {
     let (socket, buffers) = udp_socket(addr, opts.socket_buffer_bytes)?;
-    let endpoint = start(addr, Some(config), socket)?;
+    let endpoint_config = match &opts.stateless_reset_key {
+        Some(key) => key.endpoint_config(),
+        None => quinn::EndpointConfig::default(),
+    };
+    let endpoint = start(addr, endpoint_config, Some(config), socket)?;
     Ok((endpoint, buffers))
 }
 
@@ -119,7 +123,7 @@ pub fn bind_client_layered(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let (socket, _) = udp_socket(bind, opts.socket_buffer_bytes)?;
     let mut endpoint = match layer {
-        None => start(bind, None, socket)?,
+        None => start(bind, quinn::EndpointConfig::default(), None, socket)?,
         Some(layer) => {
             let socket = wrap_socket(bind, socket, layer)?;
             start_abstract(bind, socket)?
@@ -223,13 +227,14 @@ fn udp_socket(
 
 fn start(
     addr: SocketAddr,
+    endpoint_config: quinn::EndpointConfig,
     server_config: Option<quinn::ServerConfig>,
     socket: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, EndpointError> {
     // quinn's Tokio runtime panics outside a runtime; report it as an error instead.
     tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         server_config,
         socket,
         Arc::new(quinn::TokioRuntime),

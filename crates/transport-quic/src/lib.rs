@@ -9,6 +9,8 @@
 //!   resumption), PEM loading, and [`tls::QuicOptions`] turned into quinn configurations.
 //! - [`identity`]: the identity a peer certificate stands for (URI SAN, DNS SAN, then CN).
 //! - [`endpoint`]: UDP sockets with large buffers and the quinn endpoints that drive them.
+//! - [`reset_key`]: the stateless reset key, kept in a file so a restarted broker can reset
+//!   its previous life's connections.
 //! - [`faults`]: a UDP socket that loses, delays, reorders, duplicates and black-holes
 //!   datagrams, seeded, for fault-injection tests and lossy-link benchmarks.
 //! - `server` (feature `server`): the broker's accept loop and the adapter from quinn to
@@ -18,6 +20,7 @@ pub mod certs;
 pub mod endpoint;
 pub mod faults;
 pub mod identity;
+pub mod reset_key;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;

@@ -149,6 +149,10 @@ pub struct QuicOptions {
     /// quinn cannot go below its 1 ms timer granularity. `Duration::ZERO` asks for nothing.
     /// Default: 1 ms (docs/BENCHMARKS.md, "Datagram subscriptions under loss").
     pub max_ack_delay: Duration,
+    /// A server's stateless reset key ([`crate::reset_key`]). Give the same key across
+    /// restarts so that clients of the previous process learn at their next packet that their
+    /// connection is gone. Unused by clients. Default: `None`, a random key per endpoint.
+    pub stateless_reset_key: Option<crate::reset_key::StatelessResetKey>,
 }
 
 /// Which congestion controller a QUIC endpoint runs.
@@ -186,6 +190,7 @@ impl Default for QuicOptions {
             congestion: CongestionControl::Cubic,
             max_ack_delay: Duration::from_millis(1),
             socket_buffer_bytes: 4 * 1024 * 1024,
+            stateless_reset_key: None,
         }
     }
 }

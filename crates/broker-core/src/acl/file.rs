@@ -8,13 +8,16 @@
 //! identity = ["sensor-*", "spiffe://example.org/sensor/*"]   # a string or a list
 //! publish = ["sensors.>"]
 //! deny_publish = ["sensors.admin.>"]
-//! subscribe = ["commands.*"]
+//! subscribe = ["commands.*", "sensors.{identity}.>"]  # {identity}: the identity's token
 //! deny_subscribe = []
+//! queue = ["sensor-workers"]   # queue groups these identities may join (and that others may not)
+//! deny_queue = []
 //! ```
 //!
 //! Unknown keys are errors, so a typo (`subscibe`) is not silently ignored. A file with neither
 //! a `default` nor a rule is an error too ([`AclError::Empty`]). Topic patterns follow
-//! the subscription filter rules (`*` one token, `>` the rest).
+//! the subscription filter rules (`*` one token, `>` the rest); queue patterns are group names
+//! (letters, digits, `-`, `_`, `.`) in which `*` matches any run of characters.
 
 use std::ops::Range;
 use std::path::Path;
@@ -23,7 +26,7 @@ use cassini_protocol::{TopicError, TopicFilter, TopicLimits};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Acl, DefaultDecision, IdentityPattern, Patterns, Rule};
+use super::{Acl, DefaultDecision, GroupPattern, IdentityPattern, Patterns, QueuePatterns, Rule};
 
 /// Bounds on ACL patterns: generous, since the broker's topic limits bound what can match.
 const PATTERN_LIMITS: TopicLimits = TopicLimits {
@@ -64,6 +67,16 @@ pub enum AclError {
         pattern: String,
         /// The rule it breaks.
         error: TopicError,
+    },
+    /// A queue-group pattern holds a character no group name can hold, or is empty.
+    #[error("{origin} line {line}: invalid queue group pattern {pattern:?}: use letters, digits, '-', '_', '.' and '*'")]
+    InvalidQueuePattern {
+        /// The file (or `<string>`).
+        origin: String,
+        /// 1-based line of the pattern.
+        line: usize,
+        /// The pattern as written.
+        pattern: String,
     },
     /// The file has neither a `default` nor a rule. Refused rather than read as "deny
     /// everything", so that a reload catching a file half-written (truncated) by an editor
@@ -111,6 +124,10 @@ struct RuleFile {
     subscribe: Vec<Spanned<String>>,
     #[serde(default)]
     deny_subscribe: Vec<Spanned<String>>,
+    #[serde(default)]
+    queue: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_queue: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -189,7 +206,36 @@ impl Context<'_> {
                 allow: self.patterns(rule.subscribe)?,
                 deny: self.patterns(rule.deny_subscribe)?,
             },
+            queue: QueuePatterns {
+                allow: self.group_patterns(rule.queue)?,
+                deny: self.group_patterns(rule.deny_queue)?,
+            },
         })
+    }
+
+    fn group_patterns(
+        &self,
+        patterns: Vec<Spanned<String>>,
+    ) -> Result<Vec<GroupPattern>, AclError> {
+        patterns
+            .into_iter()
+            .map(|pattern| {
+                let text = pattern.get_ref();
+                let valid = !text.is_empty()
+                    && text.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*')
+                    });
+                if valid {
+                    Ok(GroupPattern::new(text.clone()))
+                } else {
+                    Err(AclError::InvalidQueuePattern {
+                        origin: self.origin.to_owned(),
+                        line: line_of(self.text, &pattern.span()),
+                        pattern: text.clone(),
+                    })
+                }
+            })
+            .collect()
     }
 
     fn patterns(&self, patterns: Vec<Spanned<String>>) -> Result<Vec<TopicFilter>, AclError> {

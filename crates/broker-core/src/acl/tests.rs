@@ -185,3 +185,131 @@ fn a_permission_cache_follows_a_replaced_acl() {
         .get(&handle, "sensor-1")
         .may_publish(&topic("sensors.a")));
 }
+
+#[test]
+fn every_identity_may_read_its_own_inboxes_only() {
+    let open = Acl::allow_all();
+    assert!(open.may_subscribe("alice", &filter("_INBOX.alice.0123.>")));
+    assert!(open.may_subscribe("alice", &filter("_INBOX.alice.>")));
+    assert!(!open.may_subscribe("bob", &filter("_INBOX.alice.>")));
+    assert!(!open.may_subscribe("bob", &filter("_INBOX.>")));
+    assert!(!open.may_subscribe("bob", &filter("_INBOX.*.x.>")));
+    assert!(
+        open.may_subscribe("bob", &filter(">")),
+        "a leading wildcard never reaches an inbox, so it is harmless"
+    );
+    // Identities that are not one token are encoded into one.
+    let uri = "spiffe://x.org/y";
+    assert!(open.may_subscribe(uri, &filter("_INBOX.spiffe%3A%2F%2Fx%2Eorg%2Fy.7.>")));
+    assert!(!open.may_subscribe("spiffe://x", &filter("_INBOX.spiffe%3A%2F%2Fx%2Eorg%2Fy.>")));
+
+    let closed = Acl::parse("default = \"deny\"", "<test>").unwrap();
+    assert!(closed.may_subscribe("alice", &filter("_INBOX.alice.1.>")));
+    let denied = Acl::parse(
+        "[[rule]]\nidentity = \"alice\"\ndeny_subscribe = [\"_INBOX.>\"]\n",
+        "<test>",
+    )
+    .unwrap();
+    assert!(
+        !denied.may_subscribe("alice", &filter("_INBOX.alice.1.>")),
+        "a deny wins"
+    );
+    let wide = Acl::parse(
+        "[[rule]]\nidentity = \"audit\"\nsubscribe = [\"_INBOX.>\"]\n",
+        "<test>",
+    )
+    .unwrap();
+    assert!(
+        wide.may_subscribe("audit", &filter("_INBOX.alice.>")),
+        "said otherwise"
+    );
+}
+
+#[test]
+fn identity_in_a_pattern_is_the_identity_token() {
+    let acl = Acl::parse(
+        "[[rule]]\nidentity = \"*\"\npublish = [\"users.{identity}.>\"]\nsubscribe = [\"inbox-{identity}.>\"]\n",
+        "<test>",
+    )
+    .unwrap();
+    assert!(acl.may_publish("alice", &topic("users.alice.x")));
+    assert!(!acl.may_publish("alice", &topic("users.bob.x")));
+    assert!(acl.may_publish("a.b", &topic("users.a%2Eb.x")));
+    assert!(!acl.may_publish("a.b", &topic("users.a.b.x")));
+    assert!(acl.may_subscribe("bob", &filter("inbox-bob.>")));
+    assert!(!acl.may_subscribe("bob", &filter("inbox-alice.>")));
+}
+
+#[test]
+fn reply_to_must_be_a_topic_the_requester_may_receive() {
+    let acl = Acl::parse(
+        "[[rule]]\nidentity = \"eve\"\npublish = [\"eve.>\", \"svc.echo\"]\nsubscribe = [\"eve.>\"]\n",
+        "<test>",
+    )
+    .unwrap();
+    assert!(acl.may_receive("eve", &topic("_INBOX.eve.1.2")));
+    assert!(acl.may_receive("eve", &topic("eve.replies")));
+    assert!(!acl.may_receive("eve", &topic("svc.admin.shutdown")));
+    assert!(!acl.may_receive("eve", &topic("_INBOX.alice.1.2")));
+    let open = Acl::allow_all();
+    assert!(open.may_receive("eve", &topic("svc.admin.shutdown")));
+    assert!(!open.may_receive("eve", &topic("_INBOX.alice.1.2")));
+}
+
+#[test]
+fn a_queue_group_named_in_a_rule_is_reserved() {
+    let acl = Acl::parse(
+        r#"
+[[rule]]
+identity = "svc"
+subscribe = ["orders.>"]
+queue = ["workers", "billing-*"]
+
+[[rule]]
+identity = "bob"
+subscribe = ["orders.>"]
+deny_queue = ["audit"]
+"#,
+        "<test>",
+    )
+    .unwrap();
+    assert!(acl.may_join_queue("svc", "workers"));
+    assert!(acl.may_join_queue("svc", "billing-eu"));
+    assert!(!acl.may_join_queue("bob", "workers"), "reserved for svc");
+    assert!(!acl.may_join_queue("bob", "billing-eu"));
+    assert!(acl.may_join_queue("bob", "bobs-own"), "no rule names it");
+    assert!(!acl.may_join_queue("bob", "audit"), "denied");
+    assert!(Acl::allow_all().may_join_queue("anyone", "workers"));
+    let err = Acl::parse(
+        "[[rule]]\nidentity = \"a\"\nqueue = [\"a b\"]\n",
+        "acl.toml",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, AclError::InvalidQueuePattern { line: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_acl_example_in_security_md_is_valid_and_means_what_it_says() {
+    let doc = include_str!("../../../../docs/SECURITY.md");
+    let section = doc
+        .split("## Authorization: the ACL file")
+        .nth(1)
+        .expect("the ACL section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML example");
+    let acl = Acl::parse(example, "SECURITY.md").unwrap();
+    assert!(acl.may_subscribe("svc-a", &filter("svc.echo")));
+    assert!(acl.may_publish("svc-a", &topic("_INBOX.alice.1.2")));
+    assert!(acl.may_join_queue("svc-a", "svc-workers"));
+    assert!(!acl.may_join_queue("ops", "svc-workers"));
+    assert!(acl.may_subscribe("ops", &filter("_INBOX.ops.x.>")));
+    assert!(!acl.may_subscribe("svc-a", &filter("_INBOX.ops.>")));
+    assert!(acl.may_publish("ops", &topic("users.ops.note")));
+    assert!(!acl.may_publish("ops", &topic("users.alice.note")));
+}

@@ -94,6 +94,8 @@ pub(crate) struct Attached {
 
 struct SessionSubscription {
     filter: TopicFilter,
+    /// The queue group it joined, if any: an ACL reload checks it again.
+    group: Option<Arc<str>>,
     subscriber: ActorRef<SubscriberMsg>,
     queue: Arc<SubscriptionQueue>,
 }
@@ -166,18 +168,22 @@ impl SessionState {
         let config = Arc::clone(&self.shared.config);
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
-        if !self
-            .shared
-            .acl
-            .current()
-            .may_subscribe(&self.identity, &filter)
-        {
+        let permissions = self.shared.acl.current().permissions(&self.identity);
+        if !permissions.may_subscribe(&filter) {
             return Err(BrokerError::NotAuthorized {
                 action: "subscribe to",
                 target: filter.to_string(),
             });
         }
         let group = self.queue_group(&options)?;
+        if let Some(group) = group.as_deref() {
+            if !permissions.may_join_queue(group) {
+                return Err(BrokerError::NotAuthorized {
+                    action: "join queue group",
+                    target: group.to_owned(),
+                });
+            }
+        }
         if let DeliveryClass::Datagram { .. } = options.delivery {
             if options.acks.is_some() {
                 return Err(BrokerError::InvalidOption(
@@ -295,6 +301,7 @@ impl SessionState {
         })
         .await??;
         self.acks.insert(key.subscription, Arc::clone(&queue));
+        let member_group = group.clone();
         let member = RouteMember {
             key,
             queue: Arc::clone(&queue),
@@ -316,6 +323,7 @@ impl SessionState {
             key.subscription,
             SessionSubscription {
                 filter,
+                group: member_group,
                 subscriber,
                 queue,
             },
@@ -374,13 +382,19 @@ impl SessionState {
         }
     }
 
-    /// Ends every subscription the current ACL no longer allows: its stream is reset with
-    /// `NOT_AUTHORIZED` (at once if attached, else when the session is resumed).
+    /// Ends every subscription the current ACL no longer allows (its filter, or its queue
+    /// group): its stream is reset with `NOT_AUTHORIZED` (at once if attached, else when the
+    /// session is resumed).
     fn recheck_acl(&self) {
-        let acl = self.shared.acl.current();
+        let permissions = self.shared.acl.current().permissions(&self.identity);
         for (id, subscription) in &self.subscriptions {
-            if !acl.may_subscribe(&self.identity, &subscription.filter) {
-                tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
+            let allowed = permissions.may_subscribe(&subscription.filter)
+                && subscription
+                    .group
+                    .as_deref()
+                    .is_none_or(|group| permissions.may_join_queue(group));
+            if !allowed {
+                tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, group = ?subscription.group, "ACL no longer allows the subscription; ending it");
                 subscription.queue.revoke();
             }
         }

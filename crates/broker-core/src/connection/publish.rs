@@ -5,7 +5,8 @@
 //! subscriber. A refused publish is answered with `PublishRejected` on the same stream, which
 //! stays usable; a request (a publish with `reply_to`) that reached no subscription is answered
 //! with `NoResponders`; a publish the ACL does not allow is answered with `PublishRejected`
-//! (`NOT_AUTHORIZED`) and routed nowhere; a publish with `ack` is answered with `PublishAck` once routed, or once
+//! (`NOT_AUTHORIZED`) and routed nowhere, and so is a request whose `reply_to` its publisher
+//! may not subscribe to; a publish with `ack` is answered with `PublishAck` once routed, or once
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
 //! broker finishes its side only after routing everything on it.
@@ -21,7 +22,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicName};
+use cassini_protocol::{
+    Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicLimits, TopicName,
+};
 use tokio::sync::mpsc;
 
 use crate::acl::{PermissionCache, Permissions};
@@ -135,7 +138,13 @@ fn frames_for(
     let answered = context
         .topic_name(&publish.topic, &shared.config)
         .and_then(|topic| accept_named(&mut publish, topic, &shared.config))
-        .and_then(|message| authorize(context.permissions.get(&shared.acl, identity), message))
+        .and_then(|message| {
+            authorize(
+                context.permissions.get(&shared.acl, identity),
+                message,
+                &shared.config.limits.topics,
+            )
+        })
         .and_then(|message| {
             let publish = Routing {
                 message,
@@ -367,19 +376,30 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
     })
 }
 
-/// Lets `message` through if the ACL allows its publisher that topic.
-fn authorize(
+/// Lets `message` through if the ACL allows its publisher that topic and, for a request, allows
+/// it to receive on the `reply_to` topic (so a reply goes only where the requester may read).
+/// Every publish that enters the broker from a client, on a stream or in a datagram, passes here.
+pub(crate) fn authorize(
     permissions: &Permissions,
     message: PublishedMessage,
+    limits: &TopicLimits,
 ) -> Result<PublishedMessage, BrokerError> {
-    if permissions.may_publish(&message.topic) {
-        Ok(message)
-    } else {
-        Err(BrokerError::NotAuthorized {
+    if !permissions.may_publish(&message.topic) {
+        return Err(BrokerError::NotAuthorized {
             action: "publish to",
             target: message.topic.to_string(),
-        })
+        });
     }
+    if let Some(reply_to) = &message.reply_to {
+        let reply_to = TopicName::parse(reply_to, limits).map_err(BrokerError::InvalidTopic)?;
+        if !permissions.may_receive(&reply_to) {
+            return Err(BrokerError::NotAuthorized {
+                action: "ask for replies on",
+                target: reply_to.to_string(),
+            });
+        }
+    }
+    Ok(message)
 }
 
 /// Checks a publish against the limits and turns it into the broker's shared form.
@@ -458,6 +478,7 @@ impl DatagramPublishes {
                 authorize(
                     self.permissions.get(&self.shared.acl, &self.identity),
                     message,
+                    &config.limits.topics,
                 )
             })
             .and_then(|message| {

@@ -71,10 +71,30 @@ async fn queued(member: &RouteMember) -> usize {
 #[test]
 fn the_trie_agrees_with_filter_matching() {
     let filters = [
-        "a.b", "a.*", "a.>", "*.b", ">", "a.b.c", "a.*.c", "*.*.*", "b.>",
+        "a.b",
+        "a.*",
+        "a.>",
+        "*.b",
+        ">",
+        "a.b.c",
+        "a.*.c",
+        "*.*.*",
+        "b.>",
+        "_INBOX.>",
+        "_INBOX.alice.>",
     ];
     let topics = [
-        "a", "a.b", "a.c", "a.b.c", "b.b", "b.x.y", "c.d.e.f", "a.x.c",
+        "a",
+        "a.b",
+        "a.c",
+        "a.b.c",
+        "b.b",
+        "b.x.y",
+        "c.d.e.f",
+        "a.x.c",
+        "_INBOX.alice.1",
+        "_INBOX.b",
+        "_INBOXES.b",
     ];
     let router = Router::default();
     for f in filters {
@@ -89,6 +109,11 @@ fn the_trie_agrees_with_filter_matching() {
         expected.sort();
         assert_eq!(matched(&router, t), expected, "topic {t}");
     }
+    assert_eq!(
+        matched(&router, "_INBOX.alice.1"),
+        ["_INBOX.>", "_INBOX.alice.>"],
+        "leading wildcards never reach an inbox"
+    );
 }
 
 #[test]

@@ -98,6 +98,8 @@ pub(crate) struct CertSettings {
     /// Certificate revocation lists (PEM), used whenever the file exists; empty:
     /// `<dir>/crl.pem`.
     pub(crate) crl: PathBuf,
+    /// The stateless reset key, created when missing; empty: `<dir>/stateless-reset.key`.
+    pub(crate) reset_key: PathBuf,
     /// Create development certificates in `dir` when it has none (never with explicit files).
     pub(crate) generate_dev: bool,
 }
@@ -110,6 +112,7 @@ impl Default for CertSettings {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             crl: PathBuf::new(),
+            reset_key: PathBuf::new(),
             generate_dev: true,
         }
     }
@@ -126,6 +129,8 @@ pub(crate) struct CertFiles {
     pub(crate) key: PathBuf,
     /// The CRL file, used whenever it exists.
     pub(crate) crl: PathBuf,
+    /// The stateless reset key file, created when missing.
+    pub(crate) reset_key: PathBuf,
 }
 
 impl CertSettings {
@@ -150,6 +155,7 @@ impl CertSettings {
             cert: pick(&self.cert, "server.crt"),
             key: pick(&self.key, "server.key"),
             crl: pick(&self.crl, "crl.pem"),
+            reset_key: pick(&self.reset_key, "stateless-reset.key"),
         }
     }
 }
@@ -376,7 +382,7 @@ impl Default for LogSettings {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct SecuritySettings {
     /// The ACL file; empty: none (every authenticated client is allowed everything on
-    /// non-system topics).
+    /// non-system topics but other identities' reply inboxes).
     pub(crate) acl_file: PathBuf,
     /// Which certificate name is the identity: `default`, `uri:PREFIX`, `dns` or `cn`.
     pub(crate) identity_rule: String,
@@ -577,6 +583,8 @@ impl Settings {
                     Congestion::Bbr => cassini_quic::tls::CongestionControl::Bbr,
                 },
                 max_ack_delay: Duration::from_millis(quic.max_ack_delay_ms),
+                // Read from its file by `serve`, not part of the settings.
+                stateless_reset_key: None,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),

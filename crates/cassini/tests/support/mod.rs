@@ -31,7 +31,12 @@ impl BrokerProcess {
             .and_then(|s| s.local_addr())
             .expect("port")
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        Self::start_on(&format!("127.0.0.1:{port}"), certs, extra)
+    }
+
+    /// [`BrokerProcess::start`] on `addr`, e.g. again on the address of one that was killed.
+    pub(crate) fn start_on(addr: &str, certs: &Path, extra: &[&str]) -> Self {
+        let addr = addr.to_owned();
         let mut child = Command::new(CASSINI)
             .args(["serve", "--listen", &addr, "--certs"])
             .arg(certs)
@@ -57,6 +62,12 @@ impl BrokerProcess {
     /// The child's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
     }
 
     /// How many log lines contain `needle` so far.

@@ -150,10 +150,36 @@ async fn a_silent_broker_address_times_out() {
         .connect()
         .await;
     match result {
-        Err(ClientError::Timeout(what)) => assert_eq!(what, "connecting to the broker"),
-        Err(other) => panic!("expected a timeout, got {other:?}"),
+        Err(ClientError::Connect { reason }) => {
+            assert_eq!(reason, format!("no answer from {address} within 300ms"))
+        }
+        Err(other) => panic!("expected a timeout naming the address, got {other:?}"),
         Ok(_) => panic!("connected to a socket that never answers"),
     }
+}
+
+#[tokio::test]
+async fn an_address_where_nothing_listens_fails_fast_and_is_named() {
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("UDP socket");
+    let address = closed.local_addr().expect("local address");
+    drop(closed);
+    let started = std::time::Instant::now();
+    let result = complete_builder_for(&address.to_string())
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .await;
+    match result {
+        Err(ClientError::Connect { reason }) => assert_eq!(
+            reason,
+            format!("nothing listens on {address} (the port is unreachable)")
+        ),
+        Err(other) => panic!("expected the unreachable port, got {other:?}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed on the ICMP answer, not at the connect timeout"
+    );
 }
 
 fn complete_builder_for(address: &str) -> ClientBuilder {
