@@ -125,6 +125,20 @@ impl TestBroker {
         Self::start_on(addr, pki, BrokerConfig::default(), ServerOptions::default()).await
     }
 
+    /// Stops this broker and starts a new one with `config` on the same address with the same
+    /// certificates: a restart that keeps what `config.storage` keeps on disk.
+    pub async fn restart_with(self, config: BrokerConfig) -> Self {
+        let Self {
+            addr,
+            broker,
+            pki,
+            server,
+            serve_task,
+        } = self;
+        shut_down(broker, server, serve_task).await;
+        Self::start_on(addr, pki, config, ServerOptions::default()).await
+    }
+
     async fn start_on(
         addr: SocketAddr,
         pki: Pki,

@@ -92,3 +92,49 @@ async fn a_refused_acknowledged_publish_fails_with_the_code() {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn another_identitys_flood_does_not_push_a_publish_out_of_the_dedupe_window() {
+    let mut config = cassini_broker::BrokerConfig::default();
+    config.dedupe.max_entries = 200;
+    let broker =
+        TestBroker::start_with(config, cassini_quic::server::ServerOptions::default()).await;
+    let subscriber = broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("orders.>").await.expect("subscribe");
+    let alice = broker.client("alice").await;
+    let eve = broker.client("eve").await;
+
+    let first = alice
+        .publish_acked("orders.new", Bytes::from_static(b"order 1"))
+        .await
+        .expect("acknowledged");
+    // eve fills the whole window and more with her own acknowledged publishes.
+    for _ in 0..=200 {
+        eve.publish_acked("eve.spam", Bytes::from_static(b"x"))
+            .await
+            .expect("acknowledged");
+    }
+    let retry = PublishOptions::new().message_id(first.message_id);
+    let second = alice
+        .publish_acked_with("orders.new", Bytes::from_static(b"order 1"), retry)
+        .await
+        .expect("acknowledged again");
+    assert!(
+        second.duplicate,
+        "alice's publish is still remembered after eve's flood"
+    );
+
+    alice
+        .publish_acked("orders.end", Bytes::from_static(b"marker"))
+        .await
+        .expect("marker");
+    let delivered = within("the order", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(delivered.message_id(), Some(first.message_id));
+    let marker = within("the marker", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(marker.topic(), "orders.end", "the retry was delivered once");
+    broker.stop().await;
+}

@@ -346,3 +346,145 @@ async fn a_configured_identity_rule_refuses_certificates_without_that_name() {
     assert_eq!(client.identity(), "carol");
     by_cn.stop().await;
 }
+
+/// A retained, acknowledged publish of `client`: `Ok` or the refusal's code.
+async fn retain(client: &Client, topic: &str, payload: Bytes) -> Result<(), ErrorCode> {
+    let options = cassini_client::PublishOptions::new().retain(true).ack(true);
+    match client.publish_with(topic, payload, options).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::PublishRejected { code, .. }) => Err(code),
+        Err(other) => panic!("expected an answer to the retained publish, got {other}"),
+    }
+}
+
+/// Retained publishes of `client` to `prefix.0`, `prefix.1`, ... until one is refused (or
+/// `most` were accepted); returns how many were accepted and the refusal's code.
+async fn retain_until_refused(
+    client: &Client,
+    prefix: &str,
+    payload: Bytes,
+    most: usize,
+) -> (usize, Option<ErrorCode>) {
+    for i in 0..most {
+        if let Err(code) = retain(client, &format!("{prefix}.{i}"), payload.clone()).await {
+            return (i, Some(code));
+        }
+    }
+    (most, None)
+}
+
+#[tokio::test]
+async fn retained_topics_per_identity() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_retained_topics: 100,
+            max_retained_topics_per_identity: 10,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let eve = broker.client("eve").await;
+    let (accepted, refused) =
+        retain_until_refused(&eve, "eve.state", Bytes::from_static(b"v"), 100).await;
+    assert_eq!(accepted, 10, "eve got her quota, not the whole store");
+    assert_eq!(refused, Some(ErrorCode::RETAINED_QUOTA_EXCEEDED));
+    assert_eq!(
+        retain(&eve, "eve.state.3", Bytes::from_static(b"newer")).await,
+        Ok(()),
+        "replacing one of her own values still fits"
+    );
+
+    let alice = broker.client("alice").await;
+    assert_eq!(
+        retain(&alice, "alice.state", Bytes::from_static(b"v")).await,
+        Ok(()),
+        "alice's retained publish is not refused because of eve"
+    );
+
+    // Clearing frees the quota: eve clears one value and may set a new topic.
+    assert_eq!(retain(&eve, "eve.state.0", Bytes::new()).await, Ok(()));
+    assert_eq!(
+        retain(&eve, "eve.state.new", Bytes::from_static(b"v")).await,
+        Ok(())
+    );
+    assert_eq!(
+        retain(&eve, "eve.state.newer", Bytes::from_static(b"v")).await,
+        Err(ErrorCode::RETAINED_QUOTA_EXCEEDED)
+    );
+    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn retained_bytes_per_identity_and_in_total() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_retained_bytes_per_identity: 64 * 1024,
+            max_retained_bytes: 100 * 1024,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let ten_kib = Bytes::from(vec![7u8; 10 * 1024]);
+    let eve = broker.client("eve").await;
+    let (accepted, refused) = retain_until_refused(&eve, "eve.blob", ten_kib.clone(), 100).await;
+    assert_eq!(
+        accepted, 6,
+        "six values of 10 KiB and their topics fit in 64 KiB"
+    );
+    assert_eq!(refused, Some(ErrorCode::RETAINED_QUOTA_EXCEEDED));
+
+    let mallory = broker.client("mallory").await;
+    let (accepted, refused) =
+        retain_until_refused(&mallory, "mallory.blob", ten_kib.clone(), 100).await;
+    assert_eq!(accepted, 3, "the store as a whole holds 100 KiB");
+    assert_eq!(refused, Some(ErrorCode::RETAINED_STORE_FULL));
+
+    // A cleared value gives its bytes back to the store.
+    assert_eq!(retain(&eve, "eve.blob.0", Bytes::new()).await, Ok(()));
+    let alice = broker.client("alice").await;
+    assert_eq!(retain(&alice, "alice.blob", ten_kib).await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn retained_quotas_still_count_who_set_each_value_after_a_durable_restart() {
+    use cassini_broker::config::StorageMode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = || {
+        let mut config = with_limits(BrokerLimits {
+            max_retained_topics_per_identity: 3,
+            ..BrokerLimits::default()
+        });
+        config.storage.mode = StorageMode::Disk;
+        config.storage.data_dir = dir.path().to_path_buf();
+        config
+    };
+    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let eve = broker.client("eve").await;
+    let (accepted, _) = retain_until_refused(&eve, "eve.state", Bytes::from_static(b"v"), 3).await;
+    assert_eq!(accepted, 3);
+    eve.close().await.expect("close");
+
+    let broker = broker.restart_with(durable()).await;
+    let eve = broker.client("eve").await;
+    assert_eq!(
+        retain(&eve, "eve.state.more", Bytes::from_static(b"v")).await,
+        Err(ErrorCode::RETAINED_QUOTA_EXCEEDED),
+        "the restored values still count against eve"
+    );
+    let alice = broker.client("alice").await;
+    assert_eq!(
+        retain(&alice, "alice.state", Bytes::from_static(b"v")).await,
+        Ok(())
+    );
+    assert_eq!(retain(&eve, "eve.state.1", Bytes::new()).await, Ok(()));
+    assert_eq!(
+        retain(&eve, "eve.state.more", Bytes::from_static(b"v")).await,
+        Ok(()),
+        "clearing a restored value frees eve's quota"
+    );
+    broker.stop().await;
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cassini_broker::BrokerConfig;
 use cassini_e2e::raw::{close_of, hello};
-use cassini_e2e::TestBroker;
+use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{ErrorCode, SessionId};
 use cassini_quic::server::ServerOptions;
 
@@ -104,5 +104,173 @@ async fn a_detached_session_expires() {
     broker
         .wait_for_stats("session expired", |s| s.sessions == 0 && s.subscribers == 0)
         .await;
+    broker.stop().await;
+}
+
+async fn broker_with_sessions_per_identity(max: usize) -> TestBroker {
+    let mut config = BrokerConfig::default();
+    config.sessions.expiry = Duration::from_secs(60);
+    config.limits.max_sessions_per_identity = max;
+    TestBroker::start_with(config, ServerOptions::default()).await
+}
+
+/// Tries to resume `id` as `name`; the `Welcome`'s `resumed`, or the close code.
+async fn resume(broker: &TestBroker, name: &str, id: SessionId) -> Result<bool, ErrorCode> {
+    let (_endpoint, connection) = broker.raw_connection(name).await;
+    match hello(&connection, Some(id)).await {
+        Some((welcome, _send, _recv)) => Ok(welcome.resumed),
+        None => Err(close_of(&connection).await.0),
+    }
+}
+
+#[tokio::test]
+async fn a_new_session_beyond_the_quota_ends_that_identitys_longest_detached_session() {
+    let broker = broker_with_sessions_per_identity(3).await;
+    let bobs = abandoned_session(&broker, "bob").await;
+    let mut eves = Vec::new();
+    for _ in 0..3 {
+        eves.push(abandoned_session(&broker, "eve").await);
+    }
+    assert_eq!(broker.stats().await.sessions, 4);
+    // eve abandons many more sessions: she only ever holds three.
+    for _ in 0..5 {
+        eves.push(abandoned_session(&broker, "eve").await);
+    }
+    broker
+        .wait_for_stats("eve holds three sessions, bob one", |s| s.sessions == 4)
+        .await;
+    assert_eq!(
+        resume(&broker, "eve", eves[0]).await,
+        Err(ErrorCode::SESSION_NOT_FOUND),
+        "eve's longest-detached session made room"
+    );
+    assert_eq!(
+        resume(&broker, "bob", bobs).await,
+        Ok(true),
+        "another identity's session is never touched"
+    );
+    assert_eq!(
+        resume(&broker, "eve", eves[7]).await,
+        Ok(true),
+        "eve's newest session is kept"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_session_is_refused_when_all_the_identitys_sessions_are_attached() {
+    let broker = broker_with_sessions_per_identity(2).await;
+    let (_e1, first) = broker.raw_connection("eve").await;
+    let _first = hello(&first, None).await.expect("first session");
+    let (_e2, second) = broker.raw_connection("eve").await;
+    let _second = hello(&second, None).await.expect("second session");
+    let (_e3, third) = broker.raw_connection("eve").await;
+    assert!(hello(&third, None).await.is_none());
+    let (code, _) = close_of(&third).await;
+    assert_eq!(code, ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY);
+    assert!(
+        first.close_reason().is_none() && second.close_reason().is_none(),
+        "attached sessions are never ended for a newer one"
+    );
+    let (_e4, bob) = broker.raw_connection("bob").await;
+    assert!(hello(&bob, None).await.is_some(), "bob is not refused");
+    broker.stop().await;
+}
+
+/// Reads frames from the next subscription stream the broker opens until a `Message`; returns
+/// the `Gap`s seen before it and the message's sequence.
+async fn next_delivery(connection: &quinn::Connection) -> (Vec<cassini_protocol::Gap>, u64) {
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::Frame;
+    let mut recv = within("subscription stream", connection.accept_uni())
+        .await
+        .expect("subscription stream");
+    let mut buf = bytes::BytesMut::new();
+    let mut gaps = Vec::new();
+    loop {
+        match read_frame(&mut recv, &mut buf).await {
+            Some(Frame::SubscriptionStart(_)) => {}
+            Some(Frame::Gap(gap)) => gaps.push(gap),
+            Some(Frame::Message(delivery)) => return (gaps, delivery.sequence),
+            other => panic!("unexpected frame on a subscription stream: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
+    use bytes::{Bytes, BytesMut};
+    use cassini_broker::config::StorageMode;
+    use cassini_e2e::raw::{encoded, read_frame};
+    use cassini_protocol::{
+        Frame, Hello, ResumePosition, Subscribe, SubscribeOptions, PROTOCOL_VERSION,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = || {
+        let mut config = BrokerConfig::default();
+        config.storage.mode = StorageMode::Disk;
+        config.storage.data_dir = dir.path().to_path_buf();
+        config
+    };
+    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let publisher = broker.client("publisher").await;
+
+    // alice subscribes by hand, receives sequence 1, and vanishes.
+    let (endpoint, connection) = broker.raw_connection("alice").await;
+    let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: "wrap.t".into(),
+        options: SubscribeOptions::default(),
+    });
+    send.write_all(&encoded(&subscribe))
+        .await
+        .expect("subscribe");
+    let mut buf = BytesMut::new();
+    let subscription = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    publisher
+        .publish("wrap.t", Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+    publisher.close().await.expect("close");
+
+    let broker = broker.restart_with(durable()).await;
+
+    // She resumes claiming to stand at u64::MAX: a position the broker never gave out.
+    let (_endpoint, connection) = broker.raw_connection("alice").await;
+    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
+    let hello = Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: Some(welcome.session_id),
+        client_name: Some("raw".into()),
+        positions: vec![ResumePosition {
+            subscription,
+            last_sequence: u64::MAX,
+        }],
+    });
+    send.write_all(&encoded(&hello)).await.expect("hello");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let publisher = broker.client("publisher").await;
+    publisher
+        .publish("wrap.t", Bytes::from_static(b"two"))
+        .await
+        .expect("publish");
+    let (gaps, sequence) = next_delivery(&connection).await;
+    assert_eq!(
+        sequence, 2,
+        "the sequence continues after the last one stored, it does not wrap (gaps: {gaps:?})"
+    );
+    assert!(gaps.is_empty(), "no gap was announced: {gaps:?}");
     broker.stop().await;
 }

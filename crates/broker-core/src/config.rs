@@ -83,6 +83,25 @@ pub struct BrokerLimits {
     pub max_retained_topics: usize,
     /// Longest queue group name, in bytes.
     pub max_queue_group_bytes: usize,
+    /// Most topics whose retained value one certificate identity set; a retained publish of
+    /// that identity to a further topic is rejected with `RETAINED_QUOTA_EXCEEDED`. Replacing a
+    /// value moves it to the new publisher's quota; clearing it (an empty payload) frees it.
+    pub max_retained_topics_per_identity: usize,
+    /// Most bytes of retained values (each counted as `PublishedMessage::queued_size`) one
+    /// identity set; a retained publish beyond it is rejected with `RETAINED_QUOTA_EXCEEDED`.
+    pub max_retained_bytes_per_identity: u64,
+    /// Most bytes of retained values of all identities together; a retained publish beyond it
+    /// is rejected with `RETAINED_STORE_FULL`. Bounds the retained store's memory.
+    pub max_retained_bytes: u64,
+    /// Most sessions, attached or detached, of one certificate identity. A new session beyond
+    /// it ends that identity's longest-detached session; if none is detached, the new session
+    /// is refused with `TOO_MANY_SESSIONS_FOR_IDENTITY`. Another identity's sessions are never
+    /// touched.
+    pub max_sessions_per_identity: usize,
+    /// Most acknowledged publishes of one identity the dedupe window remembers; beyond it the
+    /// identity's own oldest is forgotten, never another identity's. `DedupeConfig::max_entries`
+    /// bounds all identities together.
+    pub max_dedupe_entries_per_identity: usize,
 }
 
 impl Default for BrokerLimits {
@@ -99,6 +118,11 @@ impl Default for BrokerLimits {
             hello_timeout: Duration::from_secs(10),
             max_retained_topics: 10_000,
             max_queue_group_bytes: 128,
+            max_retained_topics_per_identity: 1_000,
+            max_retained_bytes_per_identity: 64 * 1024 * 1024,
+            max_retained_bytes: 512 * 1024 * 1024,
+            max_sessions_per_identity: 1024,
+            max_dedupe_entries_per_identity: 10_000,
         }
     }
 }

@@ -2,16 +2,21 @@
 //!
 //! A publisher that asks for an acknowledgement (`ack: true`, with a `message_id`) may retry a
 //! publish whose acknowledgement it never received, for instance after a reconnect. The broker
-//! remembers each accepted (identity, message id) pair for `max_age` or until `max_entries`
-//! newer pairs pushed it out, whichever comes first; a retry inside the window is acknowledged
-//! again but not routed again. Keyed by certificate identity, so a retry is recognised even from
-//! a new session of the same client.
+//! remembers each accepted (identity, message id) pair for `max_age`; a retry inside the window
+//! is acknowledged again but not routed again. Keyed by certificate identity, so a retry is
+//! recognised even from a new session of the same client.
+//!
+//! The window is bounded per identity and in total, and one identity's publishes never push
+//! another's out early: an identity holding `max_entries_per_identity` pairs forgets its own
+//! oldest; when the whole window holds `max_entries`, the oldest pair of the identity holding
+//! the most is forgotten. An identity that stays within its share (`max_entries` divided by
+//! the number of publishing identities) keeps every pair for `max_age`.
 //!
 //! In disk mode every accepted pair is also written to the store (with its wall-clock time), and
 //! the pairs still inside the window are read back on start, so a retry after a broker restart
 //! is still recognised.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +26,7 @@ use crate::storage::{unix_ms, DiskStore, Op};
 /// Bounds of the dedupe window.
 #[derive(Debug, Clone, Copy)]
 pub struct DedupeConfig {
-    /// Most remembered publishes; memory is about 100 bytes each.
+    /// Most remembered publishes of all identities together; memory is about 100 bytes each.
     pub max_entries: usize,
     /// How long a publish is remembered.
     pub max_age: Duration,
@@ -36,12 +41,12 @@ impl Default for DedupeConfig {
     }
 }
 
-type Key = (Arc<str>, u64);
-
-/// Recently accepted (identity, message id) pairs, oldest first.
+/// Recently accepted (identity, message id) pairs, per identity, oldest first.
 #[derive(Debug)]
 pub struct DedupeWindow {
     config: DedupeConfig,
+    /// Most remembered publishes of one identity (`limits.max_dedupe_entries_per_identity`).
+    max_per_identity: usize,
     state: Mutex<Window>,
     /// Where accepted pairs are also kept, in disk mode.
     store: Option<Arc<DiskStore>>,
@@ -49,15 +54,101 @@ pub struct DedupeWindow {
 
 #[derive(Debug, Default)]
 struct Window {
-    seen: HashSet<Key>,
-    order: VecDeque<(Key, Instant)>,
+    identities: HashMap<Arc<str>, IdentityWindow>,
+    /// Pairs held by all identities together.
+    total: usize,
+}
+
+/// One identity's remembered message ids.
+#[derive(Debug, Default)]
+struct IdentityWindow {
+    seen: HashSet<u64>,
+    /// The same ids with the time they were accepted, oldest first.
+    order: VecDeque<(u64, Instant)>,
+}
+
+impl IdentityWindow {
+    /// Forgets the oldest id; returns whether there was one.
+    fn forget_oldest(&mut self) -> bool {
+        match self.order.pop_front() {
+            Some((id, _)) => {
+                self.seen.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets the ids older than `max_age`; returns how many.
+    fn forget_expired(&mut self, now: Instant, max_age: Duration) -> usize {
+        let mut forgotten = 0;
+        while let Some((_, at)) = self.order.front() {
+            if now.saturating_duration_since(*at) <= max_age {
+                break;
+            }
+            self.forget_oldest();
+            forgotten += 1;
+        }
+        forgotten
+    }
+}
+
+impl Window {
+    /// Records `message_id` for `identity` if it is new, within both bounds; returns whether
+    /// it was new.
+    fn first_time(
+        &mut self,
+        identity: &Arc<str>,
+        message_id: u64,
+        now: Instant,
+        config: &DedupeConfig,
+        max_per_identity: usize,
+    ) -> bool {
+        let own = self.identities.entry(Arc::clone(identity)).or_default();
+        let expired = own.forget_expired(now, config.max_age);
+        self.total = self.total.saturating_sub(expired);
+        if own.seen.contains(&message_id) {
+            return false;
+        }
+        while own.order.len() >= max_per_identity.max(1) && own.forget_oldest() {
+            self.total = self.total.saturating_sub(1);
+        }
+        own.seen.insert(message_id);
+        own.order.push_back((message_id, now));
+        self.total = self.total.saturating_add(1);
+        if self.total > config.max_entries.max(1) {
+            self.make_room(now, config.max_age);
+        }
+        true
+    }
+
+    /// Over the global bound: forgets every expired pair, then, while still over, the oldest
+    /// pair of the identity holding the most. Costs one pass over the identities.
+    fn make_room(&mut self, now: Instant, max_age: Duration) {
+        let mut expired = 0;
+        for window in self.identities.values_mut() {
+            expired += window.forget_expired(now, max_age);
+        }
+        self.total = self.total.saturating_sub(expired);
+        self.identities.retain(|_, window| !window.order.is_empty());
+        if let Some(largest) = self
+            .identities
+            .values_mut()
+            .max_by_key(|window| window.order.len())
+        {
+            if expired == 0 && largest.forget_oldest() {
+                self.total = self.total.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl DedupeWindow {
-    /// An empty window.
-    pub fn new(config: DedupeConfig) -> Self {
+    /// An empty window keeping at most `max_per_identity` pairs of one identity.
+    pub fn new(config: DedupeConfig, max_per_identity: usize) -> Self {
         Self {
             config,
+            max_per_identity,
             state: Mutex::default(),
             store: None,
         }
@@ -67,23 +158,22 @@ impl DedupeWindow {
     /// accepted pair through to `store`.
     pub(crate) fn restore(
         config: DedupeConfig,
+        max_per_identity: usize,
         store: Option<Arc<DiskStore>>,
         records: Vec<DedupeRecord>,
     ) -> Self {
         let now = Instant::now();
         let now_ms = unix_ms();
         let mut window = Window::default();
-        let skip = records.len().saturating_sub(config.max_entries);
-        for record in records.into_iter().skip(skip) {
+        for record in records {
             let age = Duration::from_millis(now_ms.saturating_sub(record.at_ms));
             let at = now.checked_sub(age).unwrap_or(now);
-            let key: Key = (Arc::from(record.identity), record.message_id);
-            if window.seen.insert(key.clone()) {
-                window.order.push_back((key, at));
-            }
+            let identity: Arc<str> = Arc::from(record.identity);
+            window.first_time(&identity, record.message_id, at, &config, max_per_identity);
         }
         Self {
             config,
+            max_per_identity,
             state: Mutex::new(window),
             store,
         }
@@ -107,22 +197,23 @@ impl DedupeWindow {
     /// `false` for a duplicate.
     pub fn first_time(&self, identity: &Arc<str>, message_id: u64, now: Instant) -> bool {
         let mut window = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((key, at)) = window.order.front() {
-            let expired = now.saturating_duration_since(*at) > self.config.max_age;
-            if !expired && window.order.len() < self.config.max_entries {
-                break;
-            }
-            let key = key.clone();
-            window.seen.remove(&key);
-            window.order.pop_front();
-        }
-        let key = (Arc::clone(identity), message_id);
-        if window.seen.contains(&key) {
-            return false;
-        }
-        window.seen.insert(key.clone());
-        window.order.push_back((key, now));
-        true
+        window.first_time(
+            identity,
+            message_id,
+            now,
+            &self.config,
+            self.max_per_identity,
+        )
+    }
+
+    /// Pairs remembered now, of all identities.
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -131,10 +222,13 @@ mod tests {
     use super::*;
 
     fn window(max_entries: usize, max_age: Duration) -> DedupeWindow {
-        DedupeWindow::new(DedupeConfig {
+        DedupeWindow::new(
+            DedupeConfig {
+                max_entries,
+                max_age,
+            },
             max_entries,
-            max_age,
-        })
+        )
     }
 
     #[test]
@@ -166,5 +260,51 @@ mod tests {
         assert!(w.first_time(&alice, 1, now), "id 1 was forgotten");
         let later = now + Duration::from_secs(61);
         assert!(w.first_time(&alice, 3, later), "id 3 expired");
+    }
+
+    #[test]
+    fn one_identity_never_pushes_out_another_identitys_entry() {
+        let w = DedupeWindow::new(
+            DedupeConfig {
+                max_entries: 10,
+                max_age: Duration::from_secs(60),
+            },
+            4,
+        );
+        let alice: Arc<str> = Arc::from("alice");
+        let eve: Arc<str> = Arc::from("eve");
+        let now = Instant::now();
+        assert!(w.first_time(&alice, 1, now));
+        for id in 0..1_000 {
+            assert!(w.first_time(&eve, id, now));
+        }
+        assert!(
+            !w.first_time(&alice, 1, now),
+            "alice's entry survived eve's flood"
+        );
+        assert_eq!(w.len(), 5, "eve holds only her own bound");
+    }
+
+    #[test]
+    fn the_global_bound_forgets_the_largest_holders_oldest_entry() {
+        let w = DedupeWindow::new(
+            DedupeConfig {
+                max_entries: 6,
+                max_age: Duration::from_secs(60),
+            },
+            5,
+        );
+        let now = Instant::now();
+        let (alice, bob, eve): (Arc<str>, Arc<str>, Arc<str>) =
+            (Arc::from("alice"), Arc::from("bob"), Arc::from("eve"));
+        assert!(w.first_time(&alice, 1, now));
+        assert!(w.first_time(&bob, 1, now));
+        for id in 0..5 {
+            assert!(w.first_time(&eve, id, now));
+        }
+        assert_eq!(w.len(), 6);
+        assert!(!w.first_time(&alice, 1, now));
+        assert!(!w.first_time(&bob, 1, now));
+        assert!(w.first_time(&eve, 0, now), "eve's oldest made room");
     }
 }

@@ -55,6 +55,17 @@ pub enum BrokerError {
     /// The retained store holds values for the most topics it may.
     #[error("the retained store is full ({0} topics); clear a retained topic first")]
     RetainedStoreFull(usize),
+    /// The retained store's values hold the most bytes they may together.
+    #[error("the retained store is full ({0} bytes); clear a retained topic first")]
+    RetainedBytesFull(u64),
+    /// The publishing identity holds its quota of retained values.
+    #[error("{0}")]
+    RetainedQuotaExceeded(RetainedQuota),
+    /// The identity holds the most sessions one identity may, and none of them is detached.
+    #[error(
+        "identity already has the maximum of {0} sessions, all attached; close one or resume it"
+    )]
+    TooManySessionsForIdentity(usize),
     /// A publish asked for an acknowledgement but carried no message id.
     #[error("a publish with ack must carry a message id")]
     MissingMessageId,
@@ -113,6 +124,18 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// Which per-identity retained quota a publish would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetainedQuota {
+    /// `limits.max_retained_topics_per_identity`.
+    #[error("this identity already set retained values on {0} topics, its quota; clear one first")]
+    Topics(u64),
+    /// `limits.max_retained_bytes_per_identity`.
+    #[error("this identity's retained values would exceed its quota of {0} bytes")]
+    Bytes(u64),
+}
+
 impl BrokerError {
     /// The code a peer sees for this error.
     pub fn code(&self) -> ErrorCode {
@@ -136,7 +159,11 @@ impl BrokerError {
             BrokerError::NotAuthorized { .. } => ErrorCode::NOT_AUTHORIZED,
             BrokerError::PendingBytesLimit { .. } => ErrorCode::PENDING_BYTES_LIMIT,
             BrokerError::DatagramsUnsupported => ErrorCode::DATAGRAMS_UNSUPPORTED,
-            BrokerError::RetainedStoreFull(_) => ErrorCode::RETAINED_STORE_FULL,
+            BrokerError::RetainedStoreFull(_) | BrokerError::RetainedBytesFull(_) => {
+                ErrorCode::RETAINED_STORE_FULL
+            }
+            BrokerError::RetainedQuotaExceeded(_) => ErrorCode::RETAINED_QUOTA_EXCEEDED,
+            BrokerError::TooManySessionsForIdentity(_) => ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY,
             BrokerError::InvalidOption(_) => ErrorCode::INVALID_OPTION,
             BrokerError::MissingMessageId => ErrorCode::MISSING_MESSAGE_ID,
             BrokerError::ShuttingDown | BrokerError::GoingAway(_) => {

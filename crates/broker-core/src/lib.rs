@@ -12,6 +12,7 @@
 //! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
 //! - [`message`]: the shared in-memory form of a published message.
 //! - [`router`]: the subscription index read by the publish path.
+//! - [`retained`]: the retained store and its per-identity quotas.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
 //!   window) and its recovery on start.
@@ -34,6 +35,7 @@ pub mod introspect;
 pub mod local;
 pub mod message;
 pub mod queue;
+pub mod retained;
 pub mod router;
 pub mod storage;
 pub mod transport;

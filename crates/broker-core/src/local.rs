@@ -117,7 +117,7 @@ impl LocalClient {
         };
         let message = accept(frame, &self.shared.config)?;
         if publish.retain {
-            self.shared.router.retain(&message)?;
+            self.shared.router.retain(&message, None)?;
         }
         let report = self
             .shared

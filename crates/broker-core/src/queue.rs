@@ -41,6 +41,11 @@ use crate::config::QueueBounds;
 use crate::message::PublishedMessage;
 use crate::storage::QueueStore;
 
+/// How far beyond the last sequence a restored queue knows a resuming client may stand: the
+/// sequences the broker assigned and had not yet committed when it stopped. Far more than any
+/// uncommitted batch holds; a claim beyond it is ignored.
+const MAX_AHEAD_OF_STORE: u64 = 1 << 32;
+
 /// A message waiting in a queue or handed to a writer, with its sequence number in the
 /// subscription.
 #[derive(Debug, Clone)]
@@ -417,7 +422,10 @@ impl SubscriptionQueue {
                         }
                     }
                     OverflowPolicy::DropNewest => {
-                        state.last_sequence += 1;
+                        let Some(sequence) = state.last_sequence.checked_add(1) else {
+                            return self.exhausted(state);
+                        };
+                        state.last_sequence = sequence;
                         state.dropped_unreported += 1;
                         state.dropped_total += 1;
                         if let Some(store) = &self.store {
@@ -435,8 +443,10 @@ impl SubscriptionQueue {
                     }
                 }
             }
-            state.last_sequence += 1;
-            let sequence = state.last_sequence;
+            let Some(sequence) = state.last_sequence.checked_add(1) else {
+                return self.exhausted(state);
+            };
+            state.last_sequence = sequence;
             if let Some(store) = &self.store {
                 store.accepted(sequence, state.acks.is_some().then_some(message));
             }
@@ -459,6 +469,16 @@ impl SubscriptionQueue {
         outcome
     }
 
+    /// Closes a queue whose sequence numbers are used up (only reachable from a stored or
+    /// claimed position near `u64::MAX`): the subscription ends as if it overflowed under
+    /// `Close`, so no sequence is ever reused.
+    fn exhausted(&self, mut state: MutexGuard<'_, State>) -> PushOutcome {
+        state.closed = Some(CloseReason::Overflow);
+        drop(state);
+        self.ready.notify_one();
+        PushOutcome::Overflowed
+    }
+
     /// Begins a new attachment (a writer on a new stream); writers of older attachments get
     /// nothing more. `last_received` is the last sequence the client says it received, if it
     /// said.
@@ -474,7 +494,11 @@ impl SubscriptionQueue {
                 // Only after a restart can a client stand beyond the last sequence the queue
                 // knows (the broker died before it stored the newest): continue after the
                 // client, so no new message reuses a sequence the client already has.
-                if received > state.last_sequence {
+                // A position further ahead than any uncommitted batch can reach is not one the
+                // broker gave out: it is ignored, as in memory mode, so the sequence space
+                // cannot be exhausted by a client.
+                let ahead = received.saturating_sub(state.last_sequence);
+                if ahead > 0 && ahead <= MAX_AHEAD_OF_STORE {
                     state.last_sequence = received;
                     state.last_sent = received;
                 }
@@ -483,9 +507,12 @@ impl SubscriptionQueue {
             let next_expected = match &mut state.acks {
                 Some(acks) => {
                     acks.due = acks.unacked.keys().copied().collect();
-                    last_sent + 1
+                    last_sent.saturating_add(1)
                 }
-                None => last_received.unwrap_or(last_sent).min(last_sent) + 1,
+                None => last_received
+                    .unwrap_or(last_sent)
+                    .min(last_sent)
+                    .saturating_add(1),
             };
             Attachment {
                 id: state.attachment,

@@ -17,7 +17,8 @@
 //! walk and its read lock; it still reads each route's current members, so membership changes
 //! (which never touch the trie) apply at once. Measured in docs/BENCHMARKS.md.
 //!
-//! The router also keeps the retained value of each topic (bounded by topic count). A retained
+//! The router also keeps the retained value of each topic ([`crate::retained`], bounded in
+//! total and per identity). A retained
 //! publish updates the store before it is routed, and a new plain subscription receives the
 //! matching retained values while the store is locked and before it is added to its route, so a
 //! subscriber never misses a retained value; it may see one twice (once replayed, once live) if
@@ -37,7 +38,8 @@ use crate::introspect::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
-use crate::storage::{DiskStore, Op};
+use crate::retained::{RetainedLimits, RetainedStore};
+use crate::storage::DiskStore;
 
 /// Names one subscription across the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -331,8 +333,7 @@ pub struct Router {
     root: RwLock<Node>,
     /// Bumped after every change to the trie, while its write lock is held.
     generation: AtomicU64,
-    retained: Mutex<HashMap<TopicName, Arc<PublishedMessage>>>,
-    max_retained_topics: usize,
+    retained: Mutex<RetainedStore>,
     /// Where retained values are also kept, in disk mode.
     store: Option<Arc<DiskStore>>,
     /// What the publish path counts: the router sees every publish and every queue push.
@@ -348,25 +349,24 @@ impl Default for Router {
 impl Router {
     /// An empty index keeping retained values for at most `max_retained_topics` topics.
     pub fn new(max_retained_topics: usize) -> Self {
-        Self::with_store(max_retained_topics, None, Vec::new())
+        Self::with_store(
+            RetainedLimits::topics(max_retained_topics),
+            None,
+            Vec::new(),
+        )
     }
 
-    /// An index whose retained store starts with `retained` (read back from the store) and
-    /// writes every change through to `store`.
+    /// An index whose retained store starts with `retained` (read back from the store, with
+    /// the identity that set each value) and writes every change through to `store`.
     pub(crate) fn with_store(
-        max_retained_topics: usize,
+        limits: RetainedLimits,
         store: Option<Arc<DiskStore>>,
-        retained: Vec<PublishedMessage>,
+        retained: Vec<(PublishedMessage, Option<String>)>,
     ) -> Self {
-        let retained = retained
-            .into_iter()
-            .map(|message| (message.topic.clone(), Arc::new(message)))
-            .collect();
         Self {
             root: RwLock::default(),
             generation: AtomicU64::new(0),
-            retained: Mutex::new(retained),
-            max_retained_topics,
+            retained: Mutex::new(RetainedStore::new(limits, retained)),
             store,
             counters: Counters::default(),
         }
@@ -385,41 +385,28 @@ impl Router {
         out
     }
 
-    /// Payload bytes held by the retained store.
+    /// Bytes held by the retained store, as its bounds count them.
     pub fn retained_bytes(&self) -> usize {
+        let bytes = self
+            .retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes();
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Stores `message` as its topic's retained value, set by `owner` (`None`: the embedding
+    /// program), or clears the value when the payload is empty. Refuses a value that would
+    /// take the store or the owner over a bound (see [`crate::retained`]).
+    pub fn retain(
+        &self,
+        message: &PublishedMessage,
+        owner: Option<&Arc<str>>,
+    ) -> Result<(), BrokerError> {
         self.retained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|message| message.payload.len())
-            .sum()
-    }
-
-    /// Stores `message` as its topic's retained value, or clears the value when the payload is
-    /// empty. Refuses a new topic when the store holds the maximum number of topics.
-    pub fn retain(&self, message: &PublishedMessage) -> Result<(), BrokerError> {
-        let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-        if message.payload.is_empty() {
-            if retained.remove(&message.topic).is_some() {
-                if let Some(store) = &self.store {
-                    store.append([Op::DeleteRetained(message.topic.as_str().to_string())]);
-                }
-            }
-            return Ok(());
-        }
-        if retained.len() >= self.max_retained_topics && !retained.contains_key(&message.topic) {
-            return Err(BrokerError::RetainedStoreFull(self.max_retained_topics));
-        }
-        let copy = PublishedMessage {
-            retained: true,
-            ..message.clone()
-        };
-        let copy = Arc::new(copy);
-        if let Some(store) = &self.store {
-            store.append([Op::PutRetained(Arc::clone(&copy))]);
-        }
-        retained.insert(message.topic.clone(), copy);
-        Ok(())
+            .retain(message, owner, self.store.as_deref())
     }
 
     /// How many topics have a retained value.
@@ -427,6 +414,7 @@ impl Router {
         self.retained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .values
             .len()
     }
 
@@ -445,9 +433,10 @@ impl Router {
             return;
         }
         let mut matching: Vec<_> = retained
+            .values
             .iter()
             .filter(|(topic, _)| filter.matches(topic))
-            .map(|(_, message)| message)
+            .map(|(_, value)| &value.message)
             .collect();
         matching.sort_by(|a, b| a.topic.cmp(&b.topic));
         for message in matching {

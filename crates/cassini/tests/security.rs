@@ -108,6 +108,87 @@ async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memor
     assert_eq!(message.payload().as_ref(), b"still here");
 }
 
+/// Sessions eve creates and abandons, each with one subscription.
+const ABANDONED_SESSIONS: usize = 1_000;
+/// The quota the broker runs with in that test.
+const SESSIONS_PER_IDENTITY: usize = 50;
+/// The stated bound on the broker's growth while eve abandons her sessions: 50 kept sessions
+/// (tens of KiB each with their subscription) plus the churn of 1,000 QUIC connections and
+/// allocator slack (8 MiB measured). Without the quota the broker keeps every session for the
+/// expiry, about 30 KiB each (44 MiB growth measured for 1,500).
+const SESSIONS_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
+
+/// Opens a session as `name` with one subscription, then drops the connection without a
+/// goodbye, so the session stays detached.
+async fn abandon_session(addr: &str, dir: &Path, name: &str) {
+    use cassini_e2e::raw::{encoded, read_frame};
+    use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
+    let (endpoint, connection) = raw(addr, dir, name).await.expect("connect");
+    let (_welcome, mut send, mut recv) = raw::hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: "eve.abandoned.>".into(),
+        options: SubscribeOptions::default(),
+    });
+    send.write_all(&encoded(&subscribe))
+        .await
+        .expect("subscribe");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(_)) => {}
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+}
+
+#[tokio::test]
+async fn abandoned_sessions_of_one_identity_stay_within_its_session_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["eve", "alice"]);
+    let config = dir.path().join("cassini.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nmax_sessions_per_identity = {SESSIONS_PER_IDENTITY}\n"),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let broker = BrokerProcess::start(dir.path(), &["--config", &config]);
+    let alice = client(&broker.addr, dir.path(), "alice").await;
+    let mut subscription = alice.subscribe("calm.x").await.expect("subscribe");
+    // Warm up: the first quota's worth of sessions, so the measurement sees only what the
+    // quota lets eve add after it.
+    for _ in 0..SESSIONS_PER_IDENTITY {
+        abandon_session(&broker.addr, dir.path(), "eve").await;
+    }
+    let before = broker.rss_bytes();
+    for _ in 0..ABANDONED_SESSIONS {
+        abandon_session(&broker.addr, dir.path(), "eve").await;
+    }
+    let peak = broker.peak_rss_bytes();
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {ABANDONED_SESSIONS} abandoned sessions",
+        before >> 10,
+        peak >> 10,
+        growth >> 10
+    );
+    assert!(
+        growth < SESSIONS_GROWTH_BOUND,
+        "broker grew by {} MiB, bound {} MiB",
+        growth >> 20,
+        SESSIONS_GROWTH_BOUND >> 20
+    );
+    alice
+        .publish_acked("calm.x", Bytes::from_static(b"still here"))
+        .await
+        .expect("publish");
+    let message = within("alice's delivery", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"still here");
+}
+
 const ACL: &str = r#"
 default = "deny"
 

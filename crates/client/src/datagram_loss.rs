@@ -36,6 +36,10 @@ impl DatagramTracker {
     /// The broker announced that `from..=to` will never come.
     pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64) {
         self.enter(epoch);
+        if from > to {
+            // An empty range from the broker announces nothing.
+            return;
+        }
         let seen = self.highest;
         let closed: Vec<u64> = if from <= to.min(seen) {
             self.holes.range(from..=to.min(seen)).copied().collect()
@@ -44,12 +48,14 @@ impl DatagramTracker {
         };
         for sequence in closed {
             self.holes.remove(&sequence);
-            self.lost_for_good += 1;
+            self.lost_for_good = self.lost_for_good.saturating_add(1);
         }
         if to > seen {
             let start = from.max(seen + 1);
             self.open_holes(seen + 1, start - 1);
-            self.lost_for_good += to - start + 1;
+            self.lost_for_good = self
+                .lost_for_good
+                .saturating_add((to - start).saturating_add(1));
             self.highest = to;
         }
     }

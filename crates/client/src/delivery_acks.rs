@@ -58,10 +58,12 @@ impl PendingAcks {
                 to: sequence,
             }),
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         if self.ranges.len() > MAX_RANGES {
             let forgotten = self.ranges.remove(0);
-            self.count -= forgotten.to - forgotten.from + 1;
+            self.count = self
+                .count
+                .saturating_sub((forgotten.to - forgotten.from).saturating_add(1));
         }
     }
 
@@ -98,11 +100,13 @@ impl PendingAcks {
         self.count = self
             .ranges
             .iter()
-            .map(|range| range.to - range.from + 1)
-            .sum();
+            .map(|range| range.to.saturating_sub(range.from).saturating_add(1))
+            .fold(0u64, u64::saturating_add);
         while self.ranges.len() > MAX_RANGES {
             let forgotten = self.ranges.remove(0);
-            self.count -= forgotten.to - forgotten.from + 1;
+            self.count = self
+                .count
+                .saturating_sub((forgotten.to - forgotten.from).saturating_add(1));
         }
     }
 }

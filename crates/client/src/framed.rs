@@ -95,7 +95,9 @@ fn missing_bytes(buf: &[u8]) -> usize {
     match buf.get(..LENGTH_PREFIX_BYTES) {
         Some(prefix) => {
             let declared = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-            (declared as usize + LENGTH_PREFIX_BYTES).saturating_sub(buf.len())
+            (declared as usize)
+                .saturating_add(LENGTH_PREFIX_BYTES)
+                .saturating_sub(buf.len())
         }
         None => LENGTH_PREFIX_BYTES - buf.len(),
     }

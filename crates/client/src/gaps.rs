@@ -48,7 +48,7 @@ impl Gap {
     /// How many messages the gap skipped, when that is known.
     pub fn missed(&self) -> Option<u64> {
         match self {
-            Gap::Missed { from, to, .. } => Some(to - from + 1),
+            Gap::Missed { from, to, .. } => Some(to.saturating_sub(*from).saturating_add(1)),
             Gap::SessionLost { .. } => None,
         }
     }
@@ -89,7 +89,8 @@ impl GapTracker {
     /// already behind the last message yielded is ignored.
     pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64, reason: GapReason) {
         self.enter(epoch);
-        if from > self.last_sequence + 1 {
+        // Numbers from the broker: a gap after the last possible sequence skips nothing.
+        if from > self.last_sequence.saturating_add(1) {
             self.skip_to(from - 1, None);
         }
         if to > self.last_sequence {
@@ -119,7 +120,7 @@ impl GapTracker {
             to,
             reason,
         };
-        self.missed += to - self.last_sequence;
+        self.missed = self.missed.saturating_add(to - self.last_sequence);
         self.last_sequence = to;
         self.record(gap);
     }

@@ -105,6 +105,13 @@ error_codes! {
     /// Durable mode: the broker could not make the publish durable (a disk write failed, or the
     /// store is closing); it was not acknowledged.
     STORAGE_FAILED = 61, "storage failure";
+    /// A retained publish would take the publishing identity over its retained quota
+    /// (`max_retained_topics_per_identity` or `max_retained_bytes_per_identity`). Clear one of
+    /// its retained topics first.
+    RETAINED_QUOTA_EXCEEDED = 75, "retained quota of this identity exceeded";
+    /// A new session was refused: the identity holds `max_sessions_per_identity` sessions and
+    /// all of them are attached (a detached one would have been ended to make room).
+    TOO_MANY_SESSIONS_FOR_IDENTITY = 76, "too many sessions for this identity";
 }
 
 impl ErrorCode {

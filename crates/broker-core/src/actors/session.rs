@@ -62,6 +62,11 @@ pub(crate) enum SessionMsg {
     /// The certificate that created or last attached the session was revoked: close the
     /// attached connection, if any, and end the session now.
     Revoke,
+    /// Answers when the session was detached (ms since the Unix epoch), `None` if attached.
+    DetachedAt(RpcReplyPort<Option<u64>>),
+    /// Ends the session now if it is detached, to make room for a newer session of the same
+    /// identity (`max_sessions_per_identity`); answers whether it ended.
+    Evict(RpcReplyPort<bool>),
     /// Starts a subscription.
     Subscribe {
         filter: String,
@@ -206,8 +211,12 @@ impl SessionState {
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
-        self.last_subscription += 1;
-        let subscription = self.last_subscription;
+        // Ids are never reused; a stored last id of u64::MAX leaves none to give.
+        let subscription = self
+            .last_subscription
+            .checked_add(1)
+            .ok_or(BrokerError::TooManySubscriptions(u32::MAX))?;
+        self.last_subscription = subscription;
         if let Some(store) = &self.shared.storage {
             // Before the queue exists, so the record is stored before any of its messages.
             store.append([Op::PutSubscription(SubscriptionRecord {
@@ -506,6 +515,19 @@ impl Actor for Session {
                 state.forget();
                 tracing::info!(session = %state.id, "session ended: its certificate was revoked");
                 myself.stop(Some("certificate revoked".into()));
+            }
+            SessionMsg::DetachedAt(reply) => {
+                let detached_at = state.attached.is_none().then_some(state.detached_at_ms);
+                let _ = reply.send(detached_at.flatten());
+            }
+            SessionMsg::Evict(reply) => {
+                let evicted = state.attached.is_none();
+                if evicted {
+                    tracing::info!(session = %state.id, identity = %state.identity, "session ended to make room for a newer session of its identity");
+                    state.forget();
+                    myself.stop(Some("evicted by a newer session of its identity".into()));
+                }
+                let _ = reply.send(evicted);
             }
             SessionMsg::Subscribe {
                 filter,

@@ -8,6 +8,12 @@
 //! attached, attached or detached, so a re-issued certificate for the same identity cannot
 //! resume it (`SESSION_NOT_FOUND`).
 //!
+//! Each identity may hold `max_sessions_per_identity` sessions, attached or detached. A new
+//! session beyond it ends that identity's longest-detached session first (as a client that
+//! restarts without resuming expects: its abandoned session makes way); if every one is
+//! attached, the new session is refused with `TOO_MANY_SESSIONS_FOR_IDENTITY`. Another
+//! identity's sessions are never touched.
+//!
 //! In disk mode it starts with the sessions read back from the store: each one detached, with
 //! the expiry time it had left (its detach time is stored; a session that was attached when the
 //! broker died counts as detached at the restart). A session whose expiry passed while the
@@ -70,6 +76,37 @@ pub(crate) struct SessionManagerState {
     shared: Arc<Shared>,
     sessions: HashMap<SessionId, Entry>,
     by_actor: HashMap<ActorId, SessionId>,
+    /// How many of `sessions` each identity holds.
+    per_identity: HashMap<Arc<str>, usize>,
+}
+
+impl SessionManagerState {
+    fn insert(&mut self, id: SessionId, entry: Entry) {
+        let count = self
+            .per_identity
+            .entry(Arc::clone(&entry.identity))
+            .or_default();
+        *count = count.saturating_add(1);
+        self.by_actor.insert(entry.session.get_id(), id);
+        self.sessions.insert(id, entry);
+    }
+
+    /// Forgets session `id` (its actor stays in `by_actor` until its end is reported).
+    fn remove(&mut self, id: &SessionId) {
+        let Some(entry) = self.sessions.remove(id) else {
+            return;
+        };
+        if let Some(count) = self.per_identity.get_mut(&entry.identity) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_identity.remove(&entry.identity);
+            }
+        }
+    }
+
+    fn held_by(&self, identity: &Arc<str>) -> usize {
+        self.per_identity.get(identity).copied().unwrap_or(0)
+    }
 }
 
 impl SessionManager {
@@ -99,8 +136,7 @@ impl SessionManager {
         };
         let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
         tracing::debug!(session = %id, ?expires_in, "session restored from the store");
-        state.by_actor.insert(session.get_id(), id);
-        state.sessions.insert(
+        state.insert(
             id,
             Entry {
                 identity,
@@ -108,6 +144,40 @@ impl SessionManager {
                 session,
             },
         );
+        Ok(())
+    }
+
+    /// Ends `identity`'s longest-detached sessions until it holds fewer than its maximum;
+    /// refuses if all that remain are attached.
+    async fn make_room(
+        state: &mut SessionManagerState,
+        identity: &Arc<str>,
+    ) -> Result<(), BrokerError> {
+        let max = state.shared.config.limits.max_sessions_per_identity;
+        while state.held_by(identity) >= max.max(1) {
+            let mine: Vec<(SessionId, ActorRef<SessionMsg>)> = state
+                .sessions
+                .iter()
+                .filter(|(_, entry)| entry.identity == *identity)
+                .map(|(id, entry)| (*id, entry.session.clone()))
+                .collect();
+            let mut oldest: Option<(u64, SessionId, ActorRef<SessionMsg>)> = None;
+            for (id, session) in mine {
+                let Ok(Some(detached_at)) = ask(&session, SessionMsg::DetachedAt).await else {
+                    continue;
+                };
+                if oldest.as_ref().is_none_or(|(at, _, _)| detached_at < *at) {
+                    oldest = Some((detached_at, id, session));
+                }
+            }
+            let Some((_, id, session)) = oldest else {
+                tracing::warn!(%identity, max, "new session refused: the identity holds its maximum of sessions, all attached");
+                return Err(BrokerError::TooManySessionsForIdentity(max));
+            };
+            if ask(&session, SessionMsg::Evict).await? {
+                state.remove(&id);
+            }
+        }
         Ok(())
     }
 
@@ -134,6 +204,7 @@ impl SessionManager {
                 (id, entry.session.clone(), true)
             }
             None => {
+                Self::make_room(state, &identity).await?;
                 let id = loop {
                     let candidate = SessionId(rand::random());
                     if !state.sessions.contains_key(&candidate) {
@@ -149,8 +220,7 @@ impl SessionManager {
                 let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
                     .await
                     .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
-                state.by_actor.insert(session.get_id(), id);
-                state.sessions.insert(
+                state.insert(
                     id,
                     Entry {
                         identity,
@@ -192,6 +262,7 @@ impl Actor for SessionManager {
             shared,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
+            per_identity: HashMap::new(),
         };
         for session in recovered {
             Self::restore(&myself, &mut state, session).await?;
@@ -260,7 +331,7 @@ impl Actor for SessionManager {
             return Ok(());
         };
         if let Some(id) = state.by_actor.remove(&cell.get_id()) {
-            state.sessions.remove(&id);
+            state.remove(&id);
             // Normally the session already stopped its subscribers; after a failure this is
             // the only clean-up they get.
             let _ = state

@@ -54,7 +54,7 @@ impl Actor for Supervisor {
             recovered,
         } = args;
         let router = Arc::new(Router::with_store(
-            config.limits.max_retained_topics,
+            crate::retained::RetainedLimits::of(&config.limits),
             storage.clone(),
             recovered.retained,
         ));
@@ -64,6 +64,7 @@ impl Actor for Supervisor {
             Actor::spawn_linked(None, SubscriberManager, topics.clone(), myself.get_cell()).await?;
         let dedupe = Arc::new(crate::dedupe::DedupeWindow::restore(
             config.dedupe,
+            config.limits.max_dedupe_entries_per_identity,
             storage.clone(),
             recovered.dedupe,
         ));

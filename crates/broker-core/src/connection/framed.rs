@@ -47,7 +47,7 @@ fn missing_bytes(buf: &[u8]) -> usize {
         Some(prefix) => {
             let declared =
                 u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-            (declared + 4).saturating_sub(buf.len())
+            declared.saturating_add(4).saturating_sub(buf.len())
         }
         None => 4 - buf.len(),
     }

@@ -273,11 +273,16 @@ fn answer(
         check_room(&shared.router, store, &message, target, retain)?;
     }
     if !ack {
-        return Ok(
-            route(&shared.router, message, target, retain, Some(routes))?
-                .into_iter()
-                .collect(),
-        );
+        return Ok(route(
+            &shared.router,
+            identity,
+            message,
+            target,
+            retain,
+            Some(routes),
+        )?
+        .into_iter()
+        .collect());
     }
     let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
     // In disk mode the messages this publish stores and its dedupe entry go into one commit:
@@ -292,6 +297,7 @@ fn answer(
     if first_time {
         answers.extend(route(
             &shared.router,
+            identity,
             message,
             target,
             retain,
@@ -331,16 +337,18 @@ fn check_room(
     Ok(())
 }
 
-/// Routes one accepted message; answers `NoResponders` for a request nobody received.
+/// Routes one accepted message of `identity`; answers `NoResponders` for a request nobody
+/// received.
 fn route(
     router: &Router,
+    identity: &Arc<str>,
     message: PublishedMessage,
     target: Option<cassini_protocol::SessionId>,
     retain: bool,
     routes: Option<&mut RouteCache>,
 ) -> Result<Option<Frame>, BrokerError> {
     if retain {
-        router.retain(&message)?;
+        router.retain(&message, Some(identity))?;
     }
     let message = Arc::new(message);
     let report = match routes {
@@ -477,7 +485,14 @@ impl DatagramPublishes {
                 if let Some(store) = &self.shared.storage {
                     check_room(&self.shared.router, store, &message, target, retain)?;
                 }
-                route(&self.shared.router, message, target, retain, None)
+                route(
+                    &self.shared.router,
+                    &self.identity,
+                    message,
+                    target,
+                    retain,
+                    None,
+                )
             });
         if let Err(err) = routed {
             self.shared.router.counters().rejected();

@@ -370,6 +370,28 @@ async fn a_restored_queue_follows_a_client_that_received_beyond_the_stored_seque
 }
 
 #[tokio::test]
+async fn a_restored_queue_ignores_a_position_no_uncommitted_batch_could_reach() {
+    let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
+    let attachment = q.attach(Some(u64::MAX));
+    assert_eq!(
+        attachment.next_expected, 11,
+        "continues after the stored sequence"
+    );
+    q.push(&message(1));
+    let (sequences, _) = drain(&q).await;
+    assert_eq!(sequences, vec![11], "the sequence does not wrap to 0");
+}
+
+#[tokio::test]
+async fn a_queue_whose_sequences_are_used_up_closes_instead_of_reusing_one() {
+    let q = SubscriptionQueue::restore(bounds(false), None, u64::MAX - 1, Vec::new());
+    q.attach(None);
+    assert_eq!(q.push(&message(1)), PushOutcome::Queued);
+    assert_eq!(q.push(&message(1)), PushOutcome::Overflowed);
+    assert_eq!(q.stats().last_sequence, u64::MAX);
+}
+
+#[tokio::test]
 async fn an_at_most_once_client_behind_the_restored_sequence_gets_the_exact_gap() {
     let q = SubscriptionQueue::restore(bounds(false), None, 10, Vec::new());
     let attachment = q.attach(Some(6));

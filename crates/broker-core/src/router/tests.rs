@@ -189,11 +189,17 @@ async fn a_direct_message_reaches_only_the_target_session() {
 #[tokio::test]
 async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     let router = Router::new(2);
-    router.retain(&message("state.a", b"1")).expect("retain");
-    router.retain(&message("state.a", b"2")).expect("replace");
-    router.retain(&message("state.b", b"3")).expect("retain");
+    router
+        .retain(&message("state.a", b"1"), None)
+        .expect("retain");
+    router
+        .retain(&message("state.a", b"2"), None)
+        .expect("replace");
+    router
+        .retain(&message("state.b", b"3"), None)
+        .expect("retain");
     assert!(matches!(
-        router.retain(&message("state.c", b"4")),
+        router.retain(&message("state.c", b"4"), None),
         Err(BrokerError::RetainedStoreFull(2))
     ));
     let subscriber = member(1, 1, None);
@@ -212,7 +218,9 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
         vec![Bytes::from_static(b"2"), Bytes::from_static(b"3")]
     );
     assert!(batch.iter().all(|q| q.message.retained));
-    router.retain(&message("state.a", b"")).expect("clear");
+    router
+        .retain(&message("state.a", b""), None)
+        .expect("clear");
     assert_eq!(router.retained_count(), 1);
 }
 
@@ -342,6 +350,7 @@ fn routes_lists_literal_wildcard_and_tail_filters() {
     filters.sort();
     assert_eq!(filters, ["*.c", ">", "a", "a.*", "a.>", "a.b"]);
     router.publish(&message("a.b", b"x"), None);
-    router.retain(&message("a.b", b"xyz")).unwrap();
-    assert_eq!(router.retained_bytes(), 3);
+    let value = message("a.b", b"xyz");
+    router.retain(&value, None).unwrap();
+    assert_eq!(router.retained_bytes(), value.queued_size());
 }

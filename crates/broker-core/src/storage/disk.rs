@@ -73,8 +73,8 @@ pub(crate) enum Op {
     PutMessage((u128, u64, u64), Arc<PublishedMessage>),
     /// A message acknowledged, or dropped by the overflow policy before it was sent.
     DeleteMessage((u128, u64, u64)),
-    /// A topic's retained value.
-    PutRetained(Arc<PublishedMessage>),
+    /// A topic's retained value, with the identity that set it.
+    PutRetained(Arc<PublishedMessage>, Option<Arc<str>>),
     /// A topic's retained value cleared.
     DeleteRetained(String),
     /// An accepted acknowledged publish.
@@ -85,7 +85,9 @@ impl Op {
     /// Bytes this operation holds until it is committed.
     fn pending_size(&self) -> usize {
         match self {
-            Op::PutMessage(_, message) | Op::PutRetained(message) => message.queued_size() + 64,
+            Op::PutMessage(_, message) | Op::PutRetained(message, _) => {
+                message.queued_size().saturating_add(64)
+            }
             _ => 64,
         }
     }
@@ -512,8 +514,10 @@ fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, 
                         delta -= size(old.value().len());
                     }
                 }
-                Op::PutRetained(message) => {
-                    let bytes = encode(&MessageRecord::new((0, 0, 0), &message));
+                Op::PutRetained(message, owner) => {
+                    let record = MessageRecord::new((0, 0, 0), &message)
+                        .with_publisher(owner.map(|owner| owner.to_string()));
+                    let bytes = encode(&record);
                     delta += size(bytes.len());
                     if let Some(old) = retained.insert(message.topic.as_str(), bytes.as_slice())? {
                         delta -= size(old.value().len());

@@ -69,6 +69,11 @@ pub(crate) struct MessageRecord {
     pub(crate) message_id: Option<u64>,
     /// Where a reply goes.
     pub(crate) reply_to: Option<String>,
+    /// The identity that set a retained value, for its quota; `None` for a queued message, a
+    /// value the embedding program set, and every record written before values recorded their
+    /// owner (the field is last and defaults, so those records still decode).
+    #[serde(default)]
+    pub(crate) publisher: Option<String>,
 }
 
 impl MessageRecord {
@@ -85,7 +90,13 @@ impl MessageRecord {
             payload: message.payload.clone(),
             message_id: message.message_id,
             reply_to: message.reply_to.clone(),
+            publisher: None,
         }
+    }
+
+    /// The same record naming the identity that set it (a retained value).
+    pub(crate) fn with_publisher(self, publisher: Option<String>) -> Self {
+        Self { publisher, ..self }
     }
 
     /// The broker's in-memory form; `None` if the stored topic is no longer a valid name.
@@ -217,6 +228,51 @@ mod tests {
             Err(RecordError::Truncated(3))
         );
         assert!(decode::<SequenceRecord, _>(&bytes[..bytes.len() - 1], &(7, 2), key).is_err());
+    }
+
+    /// A message record as stored before retained values recorded their publisher.
+    #[derive(Serialize)]
+    struct MessageRecordWithoutPublisher {
+        session: u128,
+        subscription: u64,
+        sequence: u64,
+        topic: String,
+        headers: Headers,
+        payload: Bytes,
+        message_id: Option<u64>,
+        reply_to: Option<String>,
+    }
+
+    #[test]
+    fn a_message_record_written_before_publishers_were_recorded_still_decodes() {
+        let old = encode(&MessageRecordWithoutPublisher {
+            session: 0,
+            subscription: 0,
+            sequence: 0,
+            topic: "state.a".into(),
+            headers: Headers::default(),
+            payload: Bytes::from_static(b"v"),
+            message_id: Some(3),
+            reply_to: None,
+        });
+        let record: MessageRecord = decode(&old, &"state.a".to_string(), |r: &MessageRecord| {
+            r.topic.clone()
+        })
+        .expect("an old record decodes");
+        assert_eq!(record.publisher, None);
+        assert_eq!(record.message_id, Some(3));
+
+        let new = MessageRecord {
+            publisher: Some("alice".into()),
+            ..record
+        };
+        let read: MessageRecord = decode(
+            &encode(&new),
+            &"state.a".to_string(),
+            |r: &MessageRecord| r.topic.clone(),
+        )
+        .expect("a new record decodes");
+        assert_eq!(read.publisher.as_deref(), Some("alice"));
     }
 
     #[test]

@@ -31,8 +31,8 @@ use crate::message::PublishedMessage;
 pub(crate) struct Recovered {
     /// Sessions, each with its subscriptions.
     pub(crate) sessions: Vec<RecoveredSession>,
-    /// Retained values.
-    pub(crate) retained: Vec<PublishedMessage>,
+    /// Retained values, each with the identity that set it (if recorded).
+    pub(crate) retained: Vec<(PublishedMessage, Option<String>)>,
     /// The dedupe window, oldest first.
     pub(crate) dedupe: Vec<DedupeRecord>,
     /// Bytes of stored values that stay.
@@ -258,10 +258,15 @@ fn read_all_inner(
         let result = decode::<MessageRecord, _>(value, &key.to_string(), |r| r.topic.clone());
         (key.to_string(), result, value.len())
     })? {
-        match result.map(|record| record.into_message(limits, true)) {
-            Ok(Some(message)) => {
+        match result.map(|mut record| {
+            let publisher = record.publisher.take();
+            record
+                .into_message(limits, true)
+                .map(|message| (message, publisher))
+        }) {
+            Ok(Some(value)) => {
                 count(len);
-                retained.push(message);
+                retained.push(value);
             }
             Ok(None) => problems.add(
                 "retained",

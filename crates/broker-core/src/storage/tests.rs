@@ -75,7 +75,10 @@ async fn what_was_synced_is_read_back_after_a_reopen() {
             }));
         }
         ops.push(Op::DeleteMessage((7, 1, 1)));
-        ops.push(Op::PutRetained(message("a.r", b"kept")));
+        ops.push(Op::PutRetained(
+            message("a.r", b"kept"),
+            Some(std::sync::Arc::from("alice")),
+        ));
         ops.push(Op::PutDedupe(DedupeRecord {
             at_ms: unix_ms(),
             identity: "alice".into(),
@@ -103,7 +106,12 @@ async fn what_was_synced_is_read_back_after_a_reopen() {
         vec![("k".into(), "v".into())]
     );
     assert_eq!(recovered.retained.len(), 1);
-    assert!(recovered.retained[0].retained);
+    assert!(recovered.retained[0].0.retained);
+    assert_eq!(
+        recovered.retained[0].1.as_deref(),
+        Some("alice"),
+        "the owner is read back"
+    );
     assert_eq!(recovered.dedupe.len(), 1);
     assert_eq!(store.live_bytes(), recovered.live_bytes);
 }

@@ -179,6 +179,11 @@ pub(crate) struct LimitSettings {
     pub(crate) max_queue_group_bytes: usize,
     pub(crate) max_connections_per_identity: usize,
     pub(crate) max_pending_bytes_per_session: u64,
+    pub(crate) max_retained_topics_per_identity: usize,
+    pub(crate) max_retained_bytes_per_identity: u64,
+    pub(crate) max_retained_bytes: u64,
+    pub(crate) max_sessions_per_identity: usize,
+    pub(crate) max_dedupe_entries_per_identity: usize,
 }
 
 impl Default for LimitSettings {
@@ -197,6 +202,11 @@ impl Default for LimitSettings {
             max_queue_group_bytes: limits.max_queue_group_bytes,
             max_connections_per_identity: limits.max_connections_per_identity,
             max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
+            max_retained_topics_per_identity: limits.max_retained_topics_per_identity,
+            max_retained_bytes_per_identity: limits.max_retained_bytes_per_identity,
+            max_retained_bytes: limits.max_retained_bytes,
+            max_sessions_per_identity: limits.max_sessions_per_identity,
+            max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
         }
     }
 }
@@ -496,6 +506,11 @@ impl Settings {
                 max_queue_group_bytes: limits.max_queue_group_bytes,
                 max_connections_per_identity: limits.max_connections_per_identity,
                 max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
+                max_retained_topics_per_identity: limits.max_retained_topics_per_identity,
+                max_retained_bytes_per_identity: limits.max_retained_bytes_per_identity,
+                max_retained_bytes: limits.max_retained_bytes,
+                max_sessions_per_identity: limits.max_sessions_per_identity,
+                max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
             },
             acl: cassini_broker::Acl::default(),
             queue: QueueConfig {

@@ -93,6 +93,52 @@ fn defaults_match_the_broker_and_the_old_flags() {
 }
 
 #[test]
+fn per_identity_quotas_come_from_the_file_then_the_environment() {
+    let written = file(
+        "[limits]\n\
+         max_retained_topics_per_identity = 5\n\
+         max_retained_bytes_per_identity = 6\n\
+         max_retained_bytes = 7\n\
+         max_sessions_per_identity = 8\n\
+         max_dedupe_entries_per_identity = 9\n",
+    );
+    let from_file = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    let limits = from_file.broker_config().limits;
+    assert_eq!(limits.max_retained_topics_per_identity, 5);
+    assert_eq!(limits.max_retained_bytes_per_identity, 6);
+    assert_eq!(limits.max_retained_bytes, 7);
+    assert_eq!(limits.max_sessions_per_identity, 8);
+    assert_eq!(limits.max_dedupe_entries_per_identity, 9);
+
+    let environment = env(&[
+        ("CASSINI_LIMITS_MAX_RETAINED_TOPICS_PER_IDENTITY", "15"),
+        ("CASSINI_LIMITS_MAX_RETAINED_BYTES_PER_IDENTITY", "16"),
+        ("CASSINI_LIMITS_MAX_RETAINED_BYTES", "17"),
+        ("CASSINI_LIMITS_MAX_SESSIONS_PER_IDENTITY", "18"),
+        ("CASSINI_LIMITS_MAX_DEDUPE_ENTRIES_PER_IDENTITY", "19"),
+    ]);
+    let from_env = resolve(Some(written.path()), &environment, &Overrides::default()).unwrap();
+    let limits = from_env.broker_config().limits;
+    assert_eq!(limits.max_retained_topics_per_identity, 15);
+    assert_eq!(limits.max_retained_bytes_per_identity, 16);
+    assert_eq!(limits.max_retained_bytes, 17);
+    assert_eq!(limits.max_sessions_per_identity, 18);
+    assert_eq!(limits.max_dedupe_entries_per_identity, 19);
+
+    let defaults = Settings::default().broker_config().limits;
+    let core = BrokerLimits::default();
+    assert_eq!(defaults.max_retained_bytes, core.max_retained_bytes);
+    assert_eq!(
+        defaults.max_sessions_per_identity,
+        core.max_sessions_per_identity
+    );
+    assert_eq!(
+        defaults.max_dedupe_entries_per_identity,
+        core.max_dedupe_entries_per_identity
+    );
+}
+
+#[test]
 fn file_then_environment_then_flags() {
     let written = file(
         "listen = \"127.0.0.1:1000\"\n\

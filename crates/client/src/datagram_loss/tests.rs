@@ -42,3 +42,14 @@ fn a_new_session_starts_again() {
     assert!(tracker.accept(1, 1));
     assert!(tracker.accept(1, 2));
 }
+
+#[test]
+fn an_inverted_or_extreme_announced_range_changes_nothing_and_never_panics() {
+    let mut tracker = DatagramTracker::default();
+    assert!(tracker.accept(0, 1));
+    tracker.announced(0, 10, 5);
+    assert_eq!(tracker.lost(), 0, "an empty range announces nothing");
+    tracker.announced(0, u64::MAX, u64::MAX);
+    assert!(tracker.lost() >= 1);
+    assert!(!tracker.accept(0, u64::MAX));
+}

@@ -137,3 +137,20 @@ fn an_announced_gap_behind_what_was_yielded_is_ignored() {
     assert!(tracker.take().is_empty());
     assert_eq!(tracker.last_sequence(), 3);
 }
+
+#[test]
+fn numbers_at_the_end_of_the_sequence_space_neither_wrap_nor_panic() {
+    let mut tracker = GapTracker::default();
+    assert_eq!(yielded(&mut tracker, 0, &[1, u64::MAX]), vec![1, u64::MAX]);
+    let missed = tracker.missed();
+    assert_eq!(missed, u64::MAX - 2);
+    tracker.announced(0, u64::MAX, u64::MAX, GapReason::Overflow);
+    tracker.announced(0, 0, u64::MAX, GapReason::Overflow);
+    assert_eq!(tracker.missed(), missed, "nothing after the last sequence");
+    let gap = Gap::Missed {
+        from: 0,
+        to: u64::MAX,
+        reason: None,
+    };
+    assert_eq!(gap.missed(), Some(u64::MAX));
+}
