@@ -8,6 +8,7 @@ use bytes::Bytes;
 use cassini_broker::BrokerConfig;
 use cassini_client::{
     Client, ConnectionState, Gap, GapReason, QuicOptions, ReconnectPolicy, Subscription,
+    SubscriptionEvent,
 };
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
@@ -349,5 +350,48 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
         }],
         "the broker names the range it sent into the dropped connection"
     );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_lost_in_flight_is_announced_on_resume_even_when_nothing_follows_it() {
+    let broker = broker().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let mut subscription = edge.subscribe("quiet.x").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    publish_range(&publisher, "quiet.x", 0..1).await;
+    assert_eq!(next(&mut subscription).await.sequence(), 1);
+
+    relay.cut_downstream();
+    publish_range(&publisher, "quiet.x", 1..51).await;
+    wait_for_state(&edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    relay.cut();
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+    // Nothing is published while the client is away, nor after: the topic stays quiet.
+    relay.restore();
+
+    let event = within(
+        "the gap, with no message after it",
+        subscription.next_event(),
+    )
+    .await;
+    match event {
+        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
+            gap,
+            Gap::Missed {
+                from: 2,
+                to: 51,
+                reason: Some(GapReason::Undelivered)
+            },
+            "the broker names the range it sent into the dropped connection"
+        ),
+        other => panic!("expected the Undelivered gap, got {other:?}"),
+    }
     broker.stop().await;
 }

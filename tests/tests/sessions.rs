@@ -274,3 +274,101 @@ async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
     assert!(gaps.is_empty(), "no gap was announced: {gaps:?}");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_once() {
+    use bytes::{Bytes, BytesMut};
+    use cassini_broker::config::StorageMode;
+    use cassini_e2e::raw::{encoded, read_frame};
+    use cassini_protocol::{
+        Frame, GapReason, Hello, ResumePosition, Subscribe, SubscribeOptions, PROTOCOL_VERSION,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = || {
+        let mut config = BrokerConfig::default();
+        config.storage.mode = StorageMode::Disk;
+        config.storage.data_dir = dir.path().to_path_buf();
+        config
+    };
+    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let publisher = broker.client("publisher").await;
+
+    // alice subscribes at most once, receives sequence 1, and vanishes; 2..=10 are queued for
+    // her session while she is away.
+    let (endpoint, connection) = broker.raw_connection("alice").await;
+    let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: "quiet.t".into(),
+        options: SubscribeOptions::default(),
+    });
+    send.write_all(&encoded(&subscribe))
+        .await
+        .expect("subscribe");
+    let mut buf = BytesMut::new();
+    let subscription = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    publisher
+        .publish("quiet.t", Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+    broker
+        .wait_for_stats("alice's session detached", |s| s.connections == 1)
+        .await;
+    for n in 2..=10u32 {
+        publisher
+            .publish("quiet.t", Bytes::from(n.to_string()))
+            .await
+            .expect("publish");
+    }
+    publisher.close().await.expect("close");
+
+    // At-most-once messages are not kept across a restart: 2..=10 are lost with it.
+    let broker = broker.restart_with(durable()).await;
+    let (_endpoint, connection) = broker.raw_connection("alice").await;
+    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
+    let hello = Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: Some(welcome.session_id),
+        client_name: Some("raw".into()),
+        positions: vec![ResumePosition {
+            subscription,
+            last_sequence: 1,
+        }],
+    });
+    send.write_all(&encoded(&hello)).await.expect("hello");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+
+    // Nobody publishes again: the gap must come on its own, right after SubscriptionStart.
+    let mut stream = within("subscription stream", connection.accept_uni())
+        .await
+        .expect("subscription stream");
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        within("start", read_frame(&mut stream, &mut buf)).await,
+        Some(Frame::SubscriptionStart(_))
+    ));
+    match within(
+        "the gap, with no message after it",
+        read_frame(&mut stream, &mut buf),
+    )
+    .await
+    {
+        Some(Frame::Gap(gap)) => {
+            assert_eq!((gap.from, gap.to), (2, 10), "exactly what alice never got");
+            assert_ne!(gap.reason, GapReason::Overflow, "{gap:?}");
+        }
+        other => panic!("expected a Gap, got {other:?}"),
+    }
+    broker.stop().await;
+}

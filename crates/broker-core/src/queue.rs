@@ -117,6 +117,10 @@ pub struct Attachment {
     /// were lost with that connection (at-most-once), and the rest of a gap was dropped by the
     /// overflow policy.
     pub undelivered_through: u64,
+    /// Every sequence from `next_expected` up to here is known, at the attach, never to reach
+    /// the client (nothing queued is below it): the writer announces that gap at once, so a
+    /// client resuming onto a quiet topic hears of its loss without waiting for a message.
+    pub lost_through: u64,
 }
 
 /// Counters for monitoring and tests.
@@ -514,10 +518,15 @@ impl SubscriptionQueue {
                     .min(last_sent)
                     .saturating_add(1),
             };
+            let lost_through = match state.items.front() {
+                Some(first) => first.sequence.saturating_sub(1),
+                None => state.last_sequence,
+            };
             Attachment {
                 id: state.attachment,
                 next_expected,
                 undelivered_through: last_sent,
+                lost_through,
             }
         };
         // Wake an older writer so it sees it is superseded.

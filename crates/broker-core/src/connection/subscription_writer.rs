@@ -104,6 +104,13 @@ pub(crate) async fn run_subscription_writer(
     if encode_frame(&start, &mut buf, max_frame_bytes).is_err() {
         return WriterOutcome::ConnectionLost("cannot encode SubscriptionStart".into());
     }
+    // What the client can already be told it will never get goes with the start, even if no
+    // message follows for a long time.
+    encode_gaps(
+        &gaps.through(attachment.lost_through),
+        &mut buf,
+        max_frame_bytes,
+    );
     if let Err(outcome) = write_or_cancel(stream.as_mut(), &buf, &cancel).await {
         return outcome;
     }

@@ -7,6 +7,7 @@ fn announcer(next_expected: u64, undelivered_through: u64) -> GapAnnouncer {
             id: 1,
             next_expected,
             undelivered_through,
+            lost_through: 0,
         },
     )
 }
