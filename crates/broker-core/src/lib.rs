@@ -32,6 +32,7 @@ pub mod dedupe;
 pub mod error;
 pub mod introspect;
 pub mod local;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod router;

@@ -110,7 +110,7 @@ impl LocalClient {
             to_session: publish.to_session,
             ack: false,
         };
-        let message = accept(frame, &self.shared.config)?;
+        let message = accept(frame, &self.shared)?;
         if publish.retain {
             self.shared.router.retain(&message)?;
         }
@@ -145,6 +145,7 @@ impl LocalClient {
         }
         let filter = TopicFilter::parse(filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        self.shared.memory.check_not_spent()?;
         let group = match &options.queue_group {
             None => None,
             Some(name) => Some(Arc::from(valid_group_name(

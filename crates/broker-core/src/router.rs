@@ -176,7 +176,7 @@ impl RouteMembers {
             report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
-            if let Some(member) = group.choose(message.queued_size(), target) {
+            if let Some(member) = group.choose(message.memory_size(), target) {
                 report.record(member.push_counted(message, counters));
             }
         }
@@ -385,13 +385,13 @@ impl Router {
         out
     }
 
-    /// Payload bytes held by the retained store.
+    /// Bytes held by the retained store (each value by `PublishedMessage::memory_size`).
     pub fn retained_bytes(&self) -> usize {
         self.retained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|message| message.payload.len())
+            .map(|message| message.memory_size())
             .sum()
     }
 

@@ -197,6 +197,7 @@ impl SessionState {
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
+        self.shared.memory.check_not_spent()?;
         self.last_subscription += 1;
         let subscription = self.last_subscription;
         if let Some(store) = &self.shared.storage {

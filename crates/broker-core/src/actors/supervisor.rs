@@ -67,8 +67,14 @@ impl Actor for Supervisor {
             storage.clone(),
             recovered.dedupe,
         ));
+        let memory = Arc::new(crate::memory::MemoryBudget::new(
+            usize::try_from(config.limits.max_memory_bytes).unwrap_or(usize::MAX),
+            usize::try_from(config.limits.max_partial_frame_bytes_per_identity)
+                .unwrap_or(usize::MAX),
+        ));
         let shared = Arc::new(Shared {
             acl: crate::acl::AclHandle::new(config.acl.clone()),
+            memory,
             config,
             router,
             dedupe,

@@ -11,6 +11,7 @@ fn message(payload_len: usize) -> Arc<PublishedMessage> {
         message_id: None,
         reply_to: None,
         retained: false,
+        charge: crate::memory::MemoryCharge::none(),
     })
 }
 

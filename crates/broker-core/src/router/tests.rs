@@ -20,6 +20,7 @@ fn message(t: &str, payload: &'static [u8]) -> Arc<PublishedMessage> {
         message_id: None,
         reply_to: None,
         retained: false,
+        charge: crate::memory::MemoryCharge::none(),
     })
 }
 

@@ -85,7 +85,7 @@ impl Op {
     /// Bytes this operation holds until it is committed.
     fn pending_size(&self) -> usize {
         match self {
-            Op::PutMessage(_, message) | Op::PutRetained(message) => message.queued_size() + 64,
+            Op::PutMessage(_, message) | Op::PutRetained(message) => message.memory_size() + 64,
             _ => 64,
         }
     }

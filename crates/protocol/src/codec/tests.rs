@@ -25,6 +25,8 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_subscriptions: 1000,
                 max_topic_bytes: 256,
                 max_topic_depth: 16,
+                max_headers: 256,
+                max_header_bytes: 32 * 1024,
             },
         }),
         Frame::Subscribe(Subscribe {
