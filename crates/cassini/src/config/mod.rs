@@ -170,6 +170,10 @@ pub(crate) struct LimitSettings {
     pub(crate) max_queue_group_bytes: usize,
     pub(crate) max_connections_per_identity: usize,
     pub(crate) max_pending_bytes_per_session: u64,
+    pub(crate) max_headers: u32,
+    pub(crate) max_header_bytes: u32,
+    pub(crate) max_memory_bytes: u64,
+    pub(crate) max_partial_frame_bytes_per_identity: u64,
 }
 
 impl Default for LimitSettings {
@@ -188,6 +192,10 @@ impl Default for LimitSettings {
             max_queue_group_bytes: limits.max_queue_group_bytes,
             max_connections_per_identity: limits.max_connections_per_identity,
             max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
         }
     }
 }
@@ -483,6 +491,11 @@ impl Settings {
                 max_queue_group_bytes: limits.max_queue_group_bytes,
                 max_connections_per_identity: limits.max_connections_per_identity,
                 max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
+                max_headers: limits.max_headers,
+                max_header_bytes: limits.max_header_bytes,
+                max_memory_bytes: limits.max_memory_bytes,
+                max_partial_frame_bytes_per_identity: limits
+                    .max_partial_frame_bytes_per_identity,
             },
             acl: cassini_broker::Acl::default(),
             queue: QueueConfig {
