@@ -10,10 +10,13 @@
 //!
 //! Frame buffers are charged per identity ([`IdentityFrames`]): every stream reader of every
 //! connection of one certificate identity shares one count, bounded by
-//! `max_partial_frame_bytes_per_identity`, and the same bytes count against the budget. A
-//! buffer that would grow past either closes its connection with `PARTIAL_FRAMES_LIMIT`; the
-//! first [`FREE_FRAME_BUFFER_BYTES`] of each stream's buffer are always allowed by the budget, so
-//! small frames keep flowing while queued messages fill it.
+//! `max_partial_frame_bytes_per_identity`. They count in the budget's `used` (so publishes are
+//! refused sooner while they are large), but the budget refuses a frame buffer only once frame
+//! buffers alone would hold all of it: a publisher whose large publish does not fit in what
+//! messages left is answered `MEMORY_BUDGET_EXCEEDED` for that publish, not disconnected. A
+//! buffer that would grow past either bound closes its connection with `PARTIAL_FRAMES_LIMIT`.
+//! So the broker holds at most the budget in messages and at most the budget in frame
+//! buffers.
 //!
 //! This module must not decide what is refused where; it only counts and answers.
 
@@ -22,10 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::BrokerError;
-
-/// The part of each stream's frame buffer the budget never refuses (the per-identity bound
-/// still applies): enough for small frames to flow while the budget is spent on messages.
-pub const FREE_FRAME_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The broker-wide count of held bytes and its limit.
 #[derive(Debug)]
@@ -214,8 +213,8 @@ pub(crate) struct FrameBufferCharge {
 }
 
 impl FrameBufferCharge {
-    /// Records that the buffer now holds `bytes`; refuses growth past the identity's bound or,
-    /// beyond [`FREE_FRAME_BUFFER_BYTES`], past the budget (the charge then stays as it was).
+    /// Records that the buffer now holds `bytes`; refuses growth past the identity's bound, or
+    /// once frame buffers alone would hold the whole budget (the charge then stays as it was).
     pub(crate) fn resize(&mut self, bytes: usize) -> Result<(), BrokerError> {
         let frames = &self.frames;
         let budget = &frames.budget;
@@ -240,18 +239,19 @@ impl FrameBufferCharge {
                 what: "the identity's limit",
             });
         }
-        if bytes > FREE_FRAME_BUFFER_BYTES {
-            let used = budget.used();
-            if used.saturating_add(more) > budget.limit {
-                frames.held.fetch_sub(more, Ordering::Relaxed);
-                return Err(BrokerError::PartialFramesLimit {
-                    held: used.saturating_add(more),
-                    max: budget.limit,
-                    what: "the broker's memory budget",
-                });
-            }
+        let buffers = budget
+            .frame_buffers
+            .fetch_add(more, Ordering::Relaxed)
+            .saturating_add(more);
+        if buffers > budget.limit {
+            budget.frame_buffers.fetch_sub(more, Ordering::Relaxed);
+            frames.held.fetch_sub(more, Ordering::Relaxed);
+            return Err(BrokerError::PartialFramesLimit {
+                held: buffers,
+                max: budget.limit,
+                what: "the broker's memory budget",
+            });
         }
-        budget.frame_buffers.fetch_add(more, Ordering::Relaxed);
         self.bytes = bytes;
         Ok(())
     }

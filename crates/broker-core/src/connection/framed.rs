@@ -4,7 +4,11 @@ use bytes::BytesMut;
 use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
 
 use crate::error::BrokerError;
-use crate::memory::{FrameBufferCharge, FREE_FRAME_BUFFER_BYTES};
+use crate::memory::FrameBufferCharge;
+
+/// A buffer larger than this is given back once it holds nothing: what a stream of small
+/// frames keeps between them.
+const KEPT_BUFFER_BYTES: usize = 64 * 1024;
 use crate::transport::{RecvStream, SendStream};
 
 /// Reads frames from one stream, buffering at most one frame. What its buffer holds is charged
@@ -36,7 +40,7 @@ impl FrameReader {
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                if self.buf.is_empty() && self.buf.capacity() > FREE_FRAME_BUFFER_BYTES {
+                if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER_BYTES {
                     self.buf = BytesMut::new();
                     self.charge.resize(0)?;
                 }
