@@ -10,7 +10,8 @@
 //! - [`transport`]: the connection and stream interface the broker drives.
 //! - [`error`]: the broker's error enum and the one place errors become wire codes.
 //! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
-//! - [`message`]: the shared in-memory form of a published message.
+//! - [`memory`]: the broker-wide memory budget and the per-identity bound on frame buffers.
+//! - [`message`]: the shared in-memory form of a published message, and what it holds.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
@@ -40,7 +41,7 @@ pub mod storage;
 pub mod transport;
 
 pub use acl::{Acl, AclError, AclHandle};
-pub use broker::{Broker, BrokerHandle, BrokerStats};
+pub use broker::{Broker, BrokerHandle, BrokerStats, MemoryUse};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
 pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};

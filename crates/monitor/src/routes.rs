@@ -137,6 +137,7 @@ async fn varz(Extract(state): Shared) -> Response {
             "retained_topics": retained_topics,
             "retained_bytes": retained_bytes,
         },
+        "memory": broker.memory(),
         "counters": broker.counters().snapshot(),
         "handshakes": handshakes,
         "config": state.sources.config,
