@@ -145,7 +145,10 @@ impl LocalClient {
         }
         let filter = TopicFilter::parse(filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
-        self.shared.memory.check_not_spent()?;
+        // A subscription needs room for at least one message of the largest size.
+        self.shared
+            .memory
+            .check_room(config.limits.max_frame_bytes as usize)?;
         let group = match &options.queue_group {
             None => None,
             Some(name) => Some(Arc::from(valid_group_name(

@@ -6,7 +6,8 @@
 //! ([`PublishedMessage::memory_size`](crate::message::PublishedMessage::memory_size)), however
 //! many queues share it, and released when its last copy is dropped: the count is exact by
 //! construction ([`MemoryCharge`]). A publish that would take the count past the budget is
-//! refused with `MEMORY_BUDGET_EXCEEDED`, as is a new subscription while the budget is spent.
+//! refused with `MEMORY_BUDGET_EXCEEDED`, as is a new subscription while the budget has no room
+//! for one more frame of the maximum size.
 //!
 //! Frame buffers are charged per identity ([`IdentityFrames`]): every stream reader of every
 //! connection of one certificate identity shares one count, bounded by
@@ -84,19 +85,6 @@ impl MemoryBudget {
                 used,
                 limit: self.limit,
                 requested,
-            });
-        }
-        Ok(())
-    }
-
-    /// Refuses new work of any size (a subscription) while the budget is spent.
-    pub fn check_not_spent(&self) -> Result<(), BrokerError> {
-        let used = self.used();
-        if used >= self.limit {
-            return Err(BrokerError::MemoryBudgetExceeded {
-                used,
-                limit: self.limit,
-                requested: 0,
             });
         }
         Ok(())

@@ -197,7 +197,10 @@ impl SessionState {
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
-        self.shared.memory.check_not_spent()?;
+        // A subscription needs room for at least one message of the largest size.
+        self.shared
+            .memory
+            .check_room(config.limits.max_frame_bytes as usize)?;
         self.last_subscription += 1;
         let subscription = self.last_subscription;
         if let Some(store) = &self.shared.storage {
