@@ -43,7 +43,10 @@ fn headers(count: usize, key_bytes: usize, value_bytes: usize) -> Headers {
     (0..count)
         .map(|i| {
             let key = format!("{i:0key_bytes$}");
-            (key[..key_bytes.min(key.len())].to_owned(), "v".repeat(value_bytes))
+            (
+                key[..key_bytes.min(key.len())].to_owned(),
+                "v".repeat(value_bytes),
+            )
         })
         .collect()
 }
@@ -130,7 +133,10 @@ async fn header_limits_are_announced_and_refuse_a_publish_with_their_own_codes()
         client
             .publish_with("h.x", Bytes::new(), options(headers(1, 1, 300)))
             .await,
-        Err(ClientError::HeadersTooLarge { size: 301, max: 256 })
+        Err(ClientError::HeadersTooLarge {
+            size: 301,
+            max: 256
+        })
     ));
 
     // The in-process client obeys the same limits.
@@ -214,7 +220,10 @@ async fn detached_subscription(
             ..SubscribeOptions::default()
         },
     });
-    control.write_all(&encoded(&subscribe)).await.expect("write");
+    control
+        .write_all(&encoded(&subscribe))
+        .await
+        .expect("write");
     let mut buf = BytesMut::new();
     let subscription = match read_frame(&mut answers, &mut buf).await.expect("answer") {
         Frame::Subscribed(subscribed) => subscribed.subscription,
@@ -310,7 +319,10 @@ async fn the_memory_budget_refuses_publishes_and_subscriptions_then_recovers() {
         ),
         "{refusal}"
     );
-    assert!((15..=20).contains(&accepted), "{accepted} publishes of 100 KiB fit in 2 MiB");
+    assert!(
+        (15..=20).contains(&accepted),
+        "{accepted} publishes of 100 KiB fit in 2 MiB"
+    );
     let memory = broker.broker.memory();
     assert!(memory.used_bytes <= budget as usize, "{memory:?}");
 

@@ -96,7 +96,8 @@ pub struct BrokerLimits {
     /// The broker-wide memory budget, in bytes: what accepted messages (queued, in flight,
     /// retained, waiting for the disk, each counted once) and frame buffers may hold together.
     /// A publish that would go past it is refused with `MEMORY_BUDGET_EXCEEDED`, and so is a
-    /// new subscription while it is spent. The process itself needs more than this (code,
+    /// new subscription while it has no room for one frame of `max_frame_bytes`; frame buffers
+    /// are refused (`PARTIAL_FRAMES_LIMIT`) only once they alone would fill it. The process itself needs more than this (code,
     /// connections, sessions, allocator slack).
     pub max_memory_bytes: u64,
     /// Most bytes all stream readers of all connections of one certificate identity may hold

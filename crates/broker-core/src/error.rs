@@ -57,7 +57,9 @@ pub enum BrokerError {
         max: u32,
     },
     /// Taking this work would grow the broker past its memory budget.
-    #[error("the broker holds {used} of its {limit}-byte memory budget; this needs {requested} more")]
+    #[error(
+        "the broker holds {used} of its {limit}-byte memory budget; this needs {requested} more"
+    )]
     MemoryBudgetExceeded {
         /// Bytes held now.
         used: usize,

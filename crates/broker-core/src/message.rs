@@ -51,7 +51,11 @@ impl PublishedMessage {
                 sum.saturating_add(key.capacity())
                     .saturating_add(value.capacity())
             })
-            .saturating_add(self.headers.capacity().saturating_mul(HEADER_OVERHEAD_BYTES));
+            .saturating_add(
+                self.headers
+                    .capacity()
+                    .saturating_mul(HEADER_OVERHEAD_BYTES),
+            );
         MESSAGE_OVERHEAD_BYTES
             .saturating_add(self.payload.len())
             .saturating_add(self.topic.as_str().len())

@@ -60,7 +60,10 @@ async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
         filter: filter.into(),
         options: SubscribeOptions::default(),
     });
-    control.write_all(&encoded(&subscribe)).await.expect("write");
+    control
+        .write_all(&encoded(&subscribe))
+        .await
+        .expect("write");
     let mut buf = BytesMut::new();
     match read_frame(&mut answers, &mut buf).await.expect("answer") {
         Frame::Subscribed(_) => {}
@@ -89,7 +92,10 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
     let kinds = [
         (vec![(String::new(), String::new()); 360_000], 0),
         (vec![("k".to_owned(), "v".repeat(max_frame - 1024))], 0),
-        (vec![("k".repeat(20), "v".repeat(100)); 256], 1024 * 1024 - 1024),
+        (
+            vec![("k".repeat(20), "v".repeat(100)); 256],
+            1024 * 1024 - 1024,
+        ),
     ];
     let mut answers = Vec::new();
     let mut buf = BytesMut::new();
@@ -103,7 +109,10 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
                 ack: true,
                 ..Publish::default()
             }));
-            assert!(frame.len() <= max_frame + 4, "a frame the broker reads whole");
+            assert!(
+                frame.len() <= max_frame + 4,
+                "a frame the broker reads whole"
+            );
             send.write_all(&frame).await.expect("write");
             let answer = read_frame(&mut recv, &mut buf).await.expect("answer");
             answers.push(match answer {
@@ -122,7 +131,10 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
         growth >> 10,
         answers.len()
     );
-    assert_eq!(&answers[..FLOOD_FRAMES], [ErrorCode::TOO_MANY_HEADERS; FLOOD_FRAMES]);
+    assert_eq!(
+        &answers[..FLOOD_FRAMES],
+        [ErrorCode::TOO_MANY_HEADERS; FLOOD_FRAMES]
+    );
     assert_eq!(
         &answers[FLOOD_FRAMES..2 * FLOOD_FRAMES],
         [ErrorCode::HEADERS_TOO_LARGE; FLOOD_FRAMES]

@@ -65,11 +65,9 @@ where
 
 /// What a header list holds: how many headers, and the bytes of their keys and values.
 pub fn header_size(headers: &Headers) -> (usize, usize) {
-    let bytes = headers
-        .iter()
-        .fold(0usize, |sum, (key, value)| {
-            sum.saturating_add(key.len()).saturating_add(value.len())
-        });
+    let bytes = headers.iter().fold(0usize, |sum, (key, value)| {
+        sum.saturating_add(key.len()).saturating_add(value.len())
+    });
     (headers.len(), bytes)
 }
 

@@ -30,9 +30,9 @@ use tokio::sync::mpsc;
 use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
 use crate::config::{BrokerConfig, BrokerLimits};
-use crate::memory::{FrameBufferCharge, MemoryCharge};
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
+use crate::memory::{FrameBufferCharge, MemoryCharge};
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
 use crate::storage::{DiskStore, StorageError, SyncPolicy};
@@ -383,7 +383,10 @@ fn authorize(
 
 /// Checks a publish against the limits and the memory budget and turns it into the broker's
 /// shared form, charged to the budget.
-pub(crate) fn accept(mut publish: Publish, shared: &Shared) -> Result<PublishedMessage, BrokerError> {
+pub(crate) fn accept(
+    mut publish: Publish,
+    shared: &Shared,
+) -> Result<PublishedMessage, BrokerError> {
     let topic = TopicName::parse(&publish.topic, &shared.config.limits.topics)
         .map_err(BrokerError::InvalidTopic)?;
     accept_named(&mut publish, topic, shared)

@@ -166,7 +166,11 @@ fn headers_count_against_the_byte_bound() {
     for _ in 0..10 {
         q.push(&heavy);
     }
-    assert_eq!(q.stats().depth, 1, "each message holds ~48 KB of empty headers");
+    assert_eq!(
+        q.stats().depth,
+        1,
+        "each message holds ~48 KB of empty headers"
+    );
     assert_eq!(q.stats().bytes, heavy.memory_size());
 }
 

@@ -494,8 +494,7 @@ impl Settings {
                 max_headers: limits.max_headers,
                 max_header_bytes: limits.max_header_bytes,
                 max_memory_bytes: limits.max_memory_bytes,
-                max_partial_frame_bytes_per_identity: limits
-                    .max_partial_frame_bytes_per_identity,
+                max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
             },
             acl: cassini_broker::Acl::default(),
             queue: QueueConfig {

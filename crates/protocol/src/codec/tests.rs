@@ -471,11 +471,17 @@ fn a_header_list_longer_than_the_decoder_keeps_is_cut_but_still_over_any_limit()
         }
         other => panic!("expected a publish, got {other:?}"),
     }
-    assert!(buf.is_empty(), "the rest of the list was read and discarded");
+    assert!(
+        buf.is_empty(),
+        "the rest of the list was read and discarded"
+    );
 }
 
 #[test]
 fn header_size_counts_keys_and_values() {
-    let headers = vec![("ab".to_owned(), "cde".to_owned()), (String::new(), "f".to_owned())];
+    let headers = vec![
+        ("ab".to_owned(), "cde".to_owned()),
+        (String::new(), "f".to_owned()),
+    ];
     assert_eq!(header_size(&headers), (2, 6));
 }
