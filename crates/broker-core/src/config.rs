@@ -97,8 +97,8 @@ pub struct BrokerLimits {
     /// retained, waiting for the disk, each counted once) and frame buffers may hold together.
     /// A publish that would go past it is refused with `MEMORY_BUDGET_EXCEEDED`, and so is a
     /// new subscription while it has no room for one frame of `max_frame_bytes`; frame buffers
-    /// are refused (`PARTIAL_FRAMES_LIMIT`) only once they alone would fill it. The process itself needs more than this (code,
-    /// connections, sessions, allocator slack).
+    /// are refused (`PARTIAL_FRAMES_LIMIT`) only once they alone would fill it. The process
+    /// itself needs more than this (code, connections, sessions, allocator slack).
     pub max_memory_bytes: u64,
     /// Most bytes all stream readers of all connections of one certificate identity may hold
     /// in frame buffers (partially received frames); a connection whose buffer would go past it
