@@ -411,3 +411,39 @@ async fn one_identitys_partial_frames_are_bounded_and_close_only_its_connection(
     assert_bystander_unaffected(&broker, "bystander-2").await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn retained_values_read_back_from_disk_count_in_the_memory_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BrokerConfig::default();
+    config.storage.mode = cassini_broker::config::StorageMode::Disk;
+    config.storage.data_dir = dir.path().to_owned();
+    let broker = cassini_broker::Broker::start(config.clone())
+        .await
+        .expect("start");
+    broker
+        .local_client()
+        .publish_with(LocalPublish {
+            topic: "state.x".into(),
+            headers: headers(100, 10, 90),
+            payload: Bytes::from_static(b"kept"),
+            message_id: None,
+            reply_to: None,
+            retain: true,
+            to_session: None,
+        })
+        .expect("retained publish");
+    let held = broker.memory().message_bytes;
+    assert!(held >= 100 * 100, "the retained copy counts its headers: {held}");
+    broker.shutdown("restart").await;
+
+    let restarted = cassini_broker::Broker::start(config).await.expect("restart");
+    assert_eq!(restarted.retained().0, 1);
+    assert_eq!(
+        restarted.memory().message_bytes,
+        restarted.retained().1,
+        "what was read back is charged"
+    );
+    assert!(restarted.memory().message_bytes >= 100 * 100);
+    restarted.shutdown("test over").await;
+}

@@ -51,8 +51,14 @@ impl Actor for Supervisor {
         let SupervisorArgs {
             config,
             storage,
-            recovered,
+            mut recovered,
         } = args;
+        let memory = Arc::new(crate::memory::MemoryBudget::new(
+            usize::try_from(config.limits.max_memory_bytes).unwrap_or(usize::MAX),
+            usize::try_from(config.limits.max_partial_frame_bytes_per_identity)
+                .unwrap_or(usize::MAX),
+        ));
+        charge_recovered(&memory, &mut recovered);
         let router = Arc::new(Router::with_store(
             config.limits.max_retained_topics,
             storage.clone(),
@@ -66,11 +72,6 @@ impl Actor for Supervisor {
             config.dedupe,
             storage.clone(),
             recovered.dedupe,
-        ));
-        let memory = Arc::new(crate::memory::MemoryBudget::new(
-            usize::try_from(config.limits.max_memory_bytes).unwrap_or(usize::MAX),
-            usize::try_from(config.limits.max_partial_frame_bytes_per_identity)
-                .unwrap_or(usize::MAX),
         ));
         let shared = Arc::new(Shared {
             acl: crate::acl::AclHandle::new(config.acl.clone()),
@@ -135,5 +136,20 @@ impl Actor for Supervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Charges what the broker holds again after a restart (disk mode) to the memory budget, even
+/// past it: the messages are already held. Each recovered message is still unshared here.
+fn charge_recovered(memory: &Arc<crate::memory::MemoryBudget>, recovered: &mut Recovered) {
+    let subscriptions = recovered
+        .sessions
+        .iter_mut()
+        .flat_map(|session| session.subscriptions.iter_mut());
+    let stored = subscriptions
+        .flat_map(|subscription| subscription.messages.iter_mut())
+        .filter_map(|(_, message)| Arc::get_mut(message));
+    for message in stored.chain(recovered.retained.iter_mut()) {
+        message.charge = memory.force_message(message.memory_size());
     }
 }
