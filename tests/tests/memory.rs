@@ -434,10 +434,15 @@ async fn retained_values_read_back_from_disk_count_in_the_memory_budget() {
         })
         .expect("retained publish");
     let held = broker.memory().message_bytes;
-    assert!(held >= 100 * 100, "the retained copy counts its headers: {held}");
+    assert!(
+        held >= 100 * 100,
+        "the retained copy counts its headers: {held}"
+    );
     broker.shutdown("restart").await;
 
-    let restarted = cassini_broker::Broker::start(config).await.expect("restart");
+    let restarted = cassini_broker::Broker::start(config)
+        .await
+        .expect("restart");
     assert_eq!(restarted.retained().0, 1);
     assert_eq!(
         restarted.memory().message_bytes,
