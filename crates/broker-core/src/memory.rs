@@ -201,12 +201,30 @@ pub(crate) struct FrameBufferCharge {
 }
 
 impl FrameBufferCharge {
+    /// The bytes charged: the most the buffer held since it was last given back.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Records that the buffer may now hold `bytes`: the charge only grows (a buffer's
+    /// capacity shrinks as frames are split off its front, but its allocation stays) until
+    /// [`FrameBufferCharge::resize`] sets it lower when the buffer is given back.
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), BrokerError> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        self.resize(bytes)
+    }
+
     /// Records that the buffer now holds `bytes`; refuses growth past the identity's bound, or
     /// once frame buffers alone would hold the whole budget (the charge then stays as it was).
     pub(crate) fn resize(&mut self, bytes: usize) -> Result<(), BrokerError> {
+        if bytes == self.bytes {
+            return Ok(());
+        }
         let frames = &self.frames;
         let budget = &frames.budget;
-        if bytes <= self.bytes {
+        if bytes < self.bytes {
             let less = self.bytes - bytes;
             frames.held.fetch_sub(less, Ordering::Relaxed);
             budget.frame_buffers.fetch_sub(less, Ordering::Relaxed);

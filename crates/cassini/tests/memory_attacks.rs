@@ -27,10 +27,12 @@ const HEADER_FLOOD_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
 const PARTIAL_CONNECTIONS: usize = 2;
 const PARTIAL_STREAMS: usize = 150;
 /// The stated cap: one identity's frame buffers may hold at most
-/// `limits.max_partial_frame_bytes_per_identity` (64 MiB by default); the bound adds data QUIC
-/// received that the readers have not taken yet, and allocator slack (measured: 83 MiB in all).
+/// `limits.max_partial_frame_bytes_per_identity` (64 MiB by default). The bound adds what QUIC
+/// may hold unread per connection (`quic.receive_window_bytes`, 16 MiB, twice) and 16 MiB of
+/// allocator slack; measured: 82 MiB.
 const PARTIAL_CAP: u64 = 64 * 1024 * 1024;
-const PARTIAL_GROWTH_BOUND: u64 = PARTIAL_CAP + 48 * 1024 * 1024;
+const PARTIAL_GROWTH_BOUND: u64 =
+    PARTIAL_CAP + PARTIAL_CONNECTIONS as u64 * 16 * 1024 * 1024 + 16 * 1024 * 1024;
 
 async fn raw(addr: &str, dir: &Path, name: &str) -> (quinn::Endpoint, quinn::Connection) {
     let ca = tls::load_certs(&dir.join("ca.crt")).expect("ca");

@@ -5,11 +5,11 @@ use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
 
 use crate::error::BrokerError;
 use crate::memory::FrameBufferCharge;
-
-/// A buffer larger than this is given back once it holds nothing: what a stream of small
-/// frames keeps between them.
-const KEPT_BUFFER_BYTES: usize = 64 * 1024;
 use crate::transport::{RecvStream, SendStream};
+
+/// A buffer that grew larger than this is given back once it holds nothing: a stream of small
+/// frames keeps its buffer between them.
+const KEPT_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Reads frames from one stream, buffering at most one frame. What its buffer holds is charged
 /// to the connection's identity and the memory budget ([`FrameBufferCharge`]): growth past
@@ -40,16 +40,16 @@ impl FrameReader {
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER_BYTES {
+                if self.buf.is_empty() && self.charge.bytes() > KEPT_BUFFER_BYTES {
                     self.buf = BytesMut::new();
                     self.charge.resize(0)?;
                 }
                 return Ok(Some(frame));
             }
             // The decoder reserved room for the whole frame once its length was known.
-            self.charge.resize(self.buf.capacity())?;
+            self.charge.grow_to(self.buf.capacity())?;
             let more = self.stream.read_into(&mut self.buf).await?;
-            self.charge.resize(self.buf.capacity())?;
+            self.charge.grow_to(self.buf.capacity())?;
             if !more {
                 if self.buf.is_empty() {
                     return Ok(None);

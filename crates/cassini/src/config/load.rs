@@ -259,6 +259,10 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
         ("limits.max_connections", limits.max_connections as u64),
         ("limits.max_memory_bytes", limits.max_memory_bytes),
         (
+            "quic.receive_window_bytes",
+            settings.quic.receive_window_bytes,
+        ),
+        (
             "limits.max_partial_frame_bytes_per_identity",
             limits.max_partial_frame_bytes_per_identity,
         ),

@@ -296,6 +296,7 @@ pub(crate) struct QuicSettings {
     pub(crate) handshake_timeout_ms: u64,
     pub(crate) congestion: Congestion,
     pub(crate) max_ack_delay_ms: u64,
+    pub(crate) receive_window_bytes: u64,
 }
 
 /// `quic.congestion`: the congestion controller of the broker's connections.
@@ -327,6 +328,7 @@ impl Default for QuicSettings {
                 cassini_quic::tls::CongestionControl::Bbr => Congestion::Bbr,
             },
             max_ack_delay_ms: millis(quic.max_ack_delay),
+            receive_window_bytes: quic.receive_window_bytes,
         }
     }
 }
@@ -574,6 +576,7 @@ impl Settings {
                     Congestion::Bbr => cassini_quic::tls::CongestionControl::Bbr,
                 },
                 max_ack_delay: Duration::from_millis(quic.max_ack_delay_ms),
+                receive_window_bytes: quic.receive_window_bytes,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),
