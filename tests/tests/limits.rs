@@ -488,3 +488,27 @@ async fn retained_quotas_still_count_who_set_each_value_after_a_durable_restart(
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn with_the_defaults_a_session_makes_every_subscription_welcome_announces() {
+    let broker = TestBroker::start().await;
+    let client = broker.client("many").await;
+    let announced = client.limits().max_subscriptions;
+    assert_eq!(announced, 1024);
+    let mut subscriptions = Vec::new();
+    for n in 0..announced {
+        let subscription = client
+            .subscribe(&format!("many.t{n}"))
+            .await
+            .unwrap_or_else(|error| panic!("subscription {n} of {announced}: {error}"));
+        subscriptions.push(subscription);
+    }
+    match client.subscribe("many.one_more").await {
+        Err(ClientError::Request { code, .. }) => {
+            assert_eq!(code, ErrorCode::TOO_MANY_SUBSCRIPTIONS)
+        }
+        other => panic!("expected TOO_MANY_SUBSCRIPTIONS, got {other:?}"),
+    }
+    client.close().await.expect("close");
+    broker.stop().await;
+}

@@ -96,6 +96,7 @@ fn fanout(c: &mut Criterion) {
             message_id: None,
             reply_to: None,
             retained: false,
+            charge: cassini_broker::memory::MemoryCharge::none(),
         });
         group.throughput(Throughput::Elements(members));
         group.bench_with_input(

@@ -32,6 +32,19 @@ use crate::transport::Connection;
 #[derive(Debug)]
 pub struct Broker;
 
+/// The broker-wide memory budget (`limits.max_memory_bytes`) and what it counts, for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryUse {
+    /// The budget.
+    pub limit_bytes: usize,
+    /// What it counts now: messages and frame buffers.
+    pub used_bytes: usize,
+    /// Accepted messages (queued, in flight, retained, waiting for the disk), each once.
+    pub message_bytes: usize,
+    /// Stream readers' frame buffers (partially received frames).
+    pub frame_buffer_bytes: usize,
+}
+
 /// How many of each actor exist, and whether any route is left. For monitoring and leak tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerStats {
@@ -210,10 +223,22 @@ impl BrokerHandle {
         introspect::snapshot_topics(&self.managers.shared.router)
     }
 
-    /// Topics with a retained value, and the payload bytes they hold.
+    /// Topics with a retained value, and the bytes they hold (each value by
+    /// [`crate::message::PublishedMessage::memory_size`]).
     pub fn retained(&self) -> (usize, usize) {
         let router = &self.managers.shared.router;
         (router.retained_count(), router.retained_bytes())
+    }
+
+    /// The broker-wide memory budget and what it counts now.
+    pub fn memory(&self) -> MemoryUse {
+        let memory = &self.managers.shared.memory;
+        MemoryUse {
+            limit_bytes: memory.limit(),
+            used_bytes: memory.used(),
+            message_bytes: memory.message_bytes(),
+            frame_buffer_bytes: memory.frame_buffer_bytes(),
+        }
     }
 
     /// Whether the actor tree is still running.

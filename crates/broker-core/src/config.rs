@@ -69,9 +69,13 @@ pub struct BrokerLimits {
     /// `TOO_MANY_CONNECTIONS_FOR_IDENTITY`, so one leaked or looping client key cannot take every
     /// connection slot.
     pub max_connections_per_identity: usize,
-    /// Most payload bytes all of one session's subscription queues may hold together, counted
-    /// by each queue's byte bound. A subscription that would exceed it is refused with
-    /// `PENDING_BYTES_LIMIT`. Bounds broker memory per session, whatever its subscribers do.
+    /// Most message bytes (what each message really holds: `PublishedMessage::memory_size`) all
+    /// of one session's subscription queues may hold together, counted by each queue's byte
+    /// bound (a reservation, not what they hold now). A subscription that would exceed it is
+    /// refused with `PENDING_BYTES_LIMIT`. The default, 4 GiB, lets a session make all
+    /// `max_subscriptions_per_session` (1,024) subscriptions with the default queue bound
+    /// (4 MiB): what the queues really hold is bounded by `max_memory_bytes` for the whole
+    /// broker.
     pub max_pending_bytes_per_session: u64,
     /// Most publish streams a connection may have open at once; each holds a read buffer of up
     /// to one frame.
@@ -87,7 +91,7 @@ pub struct BrokerLimits {
     /// that identity to a further topic is rejected with `RETAINED_QUOTA_EXCEEDED`. Replacing a
     /// value moves it to the new publisher's quota; clearing it (an empty payload) frees it.
     pub max_retained_topics_per_identity: usize,
-    /// Most bytes of retained values (each counted as `PublishedMessage::queued_size`) one
+    /// Most bytes of retained values (each counted as `PublishedMessage::memory_size`) one
     /// identity set; a retained publish beyond it is rejected with `RETAINED_QUOTA_EXCEEDED`.
     pub max_retained_bytes_per_identity: u64,
     /// Most bytes of retained values of all identities together; a retained publish beyond it
@@ -102,6 +106,26 @@ pub struct BrokerLimits {
     /// identity's own oldest is forgotten, never another identity's. `DedupeConfig::max_entries`
     /// bounds all identities together.
     pub max_dedupe_entries_per_identity: usize,
+    /// Most headers one publish may carry; more is refused with `TOO_MANY_HEADERS`. At most
+    /// [`MAX_DECODED_HEADERS`](cassini_protocol::codec::MAX_DECODED_HEADERS) (the decoder keeps
+    /// no more). Each header costs its key and value
+    /// plus [`crate::message::HEADER_OVERHEAD_BYTES`] in memory.
+    pub max_headers: u32,
+    /// Most bytes of header keys and values together in one publish; more is refused with
+    /// `HEADERS_TOO_LARGE`. The default leaves room in the default frame for a maximum payload,
+    /// maximum headers and the longest topic.
+    pub max_header_bytes: u32,
+    /// The broker-wide memory budget, in bytes: what accepted messages (queued, in flight,
+    /// retained, waiting for the disk, each counted once) and frame buffers may hold together.
+    /// A publish that would go past it is refused with `MEMORY_BUDGET_EXCEEDED`, and so is a
+    /// new subscription while it has no room for one frame of `max_frame_bytes`; frame buffers
+    /// are refused (`PARTIAL_FRAMES_LIMIT`) only once they alone would fill it. The process
+    /// itself needs more than this (code, connections, sessions, allocator slack).
+    pub max_memory_bytes: u64,
+    /// Most bytes all stream readers of all connections of one certificate identity may hold
+    /// in frame buffers (partially received frames); a connection whose buffer would go past it
+    /// is closed with `PARTIAL_FRAMES_LIMIT`. One reader holds up to one frame.
+    pub max_partial_frame_bytes_per_identity: u64,
 }
 
 impl Default for BrokerLimits {
@@ -113,7 +137,7 @@ impl Default for BrokerLimits {
             topics: TopicLimits::default(),
             max_connections: 100_000,
             max_connections_per_identity: 1024,
-            max_pending_bytes_per_session: 256 * 1024 * 1024,
+            max_pending_bytes_per_session: 4 * 1024 * 1024 * 1024,
             max_publish_streams_per_connection: 256,
             hello_timeout: Duration::from_secs(10),
             max_retained_topics: 10_000,
@@ -123,6 +147,10 @@ impl Default for BrokerLimits {
             max_retained_bytes: 512 * 1024 * 1024,
             max_sessions_per_identity: 1024,
             max_dedupe_entries_per_identity: 10_000,
+            max_headers: 256,
+            max_header_bytes: 32 * 1024,
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_partial_frame_bytes_per_identity: 64 * 1024 * 1024,
         }
     }
 }
@@ -136,6 +164,8 @@ impl BrokerLimits {
             max_subscriptions: self.max_subscriptions_per_session,
             max_topic_bytes: u32::try_from(self.topics.max_bytes).unwrap_or(u32::MAX),
             max_topic_depth: u32::try_from(self.topics.max_depth).unwrap_or(u32::MAX),
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -145,15 +175,16 @@ impl BrokerLimits {
 pub struct QueueConfig {
     /// Messages a subscription queues when it asks for no bound of its own.
     pub default_messages: u32,
-    /// Payload bytes a subscription queues when it asks for no bound of its own.
+    /// Message bytes a subscription queues when it asks for no bound of its own (each message
+    /// counted by `PublishedMessage::memory_size`: payload, topic, headers, `reply_to`, struct).
     pub default_bytes: u64,
     /// The most messages any subscription may ask for. Memory per stalled subscription is at
     /// most `max_bytes` plus one payload.
     pub max_messages: u32,
-    /// The most payload bytes any subscription may ask for.
+    /// The most message bytes any subscription may ask for.
     pub max_bytes: u64,
     /// In-flight window of an at-least-once subscription that asks for none: most messages
-    /// sent and not yet acknowledged. Their payload counts against the byte bound separately
+    /// sent and not yet acknowledged. Their bytes count against the byte bound separately
     /// from the queue's, so an at-least-once subscription holds at most twice its byte bound.
     pub default_max_in_flight: u32,
     /// The largest in-flight window any subscription may ask for.
@@ -190,7 +221,7 @@ impl Default for QueueConfig {
 pub struct QueueBounds {
     /// Most queued messages.
     pub max_messages: usize,
-    /// Most queued payload bytes (a message always fits into an empty queue).
+    /// Most queued message bytes (a message always fits into an empty queue).
     pub max_bytes: usize,
     /// What to do when full.
     pub overflow: OverflowPolicy,

@@ -40,6 +40,44 @@ pub enum BrokerError {
         /// The limit.
         max: u32,
     },
+    /// A publish carried more headers than the limit.
+    #[error("{count} headers exceed the maximum of {max}")]
+    TooManyHeaders {
+        /// How many it carried (a count above the decoder's ceiling shows as the ceiling + 1).
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// A publish's header keys and values exceeded the limit.
+    #[error("headers of {size} bytes exceed the maximum of {max} bytes")]
+    HeadersTooLarge {
+        /// Bytes of its header keys and values.
+        size: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// Taking this work would grow the broker past its memory budget.
+    #[error(
+        "the broker holds {used} of its {limit}-byte memory budget; this needs {requested} more"
+    )]
+    MemoryBudgetExceeded {
+        /// Bytes held now.
+        used: usize,
+        /// The budget.
+        limit: usize,
+        /// What the refused work needed.
+        requested: usize,
+    },
+    /// The connection's partially received frames would hold more than allowed.
+    #[error("partially received frames would hold {held} bytes; {what} allows {max}")]
+    PartialFramesLimit {
+        /// What they would hold.
+        held: usize,
+        /// The limit that refused it.
+        max: usize,
+        /// `"the connection's limit"` or `"the broker's memory budget"`.
+        what: &'static str,
+    },
     /// The session holds the most subscriptions it may.
     #[error("session already has the maximum of {0} subscriptions")]
     TooManySubscriptions(u32),
@@ -148,6 +186,10 @@ impl BrokerError {
             BrokerError::InvalidTopic(_) => ErrorCode::INVALID_TOPIC,
             BrokerError::InvalidFilter(_) => ErrorCode::INVALID_FILTER,
             BrokerError::PayloadTooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
+            BrokerError::TooManyHeaders { .. } => ErrorCode::TOO_MANY_HEADERS,
+            BrokerError::HeadersTooLarge { .. } => ErrorCode::HEADERS_TOO_LARGE,
+            BrokerError::MemoryBudgetExceeded { .. } => ErrorCode::MEMORY_BUDGET_EXCEEDED,
+            BrokerError::PartialFramesLimit { .. } => ErrorCode::PARTIAL_FRAMES_LIMIT,
             BrokerError::TooManySubscriptions(_) => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,

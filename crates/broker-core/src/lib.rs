@@ -10,7 +10,8 @@
 //! - [`transport`]: the connection and stream interface the broker drives.
 //! - [`error`]: the broker's error enum and the one place errors become wire codes.
 //! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
-//! - [`message`]: the shared in-memory form of a published message.
+//! - [`memory`]: the broker-wide memory budget and the per-identity bound on frame buffers.
+//! - [`message`]: the shared in-memory form of a published message, and what it holds.
 //! - [`router`]: the subscription index read by the publish path.
 //! - [`retained`]: the retained store and its per-identity quotas.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
@@ -33,6 +34,7 @@ pub mod dedupe;
 pub mod error;
 pub mod introspect;
 pub mod local;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod retained;
@@ -41,7 +43,7 @@ pub mod storage;
 pub mod transport;
 
 pub use acl::{Acl, AclError, AclHandle};
-pub use broker::{Broker, BrokerHandle, BrokerStats};
+pub use broker::{Broker, BrokerHandle, BrokerStats, MemoryUse};
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
 pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};

@@ -115,7 +115,7 @@ impl LocalClient {
             to_session: publish.to_session,
             ack: false,
         };
-        let message = accept(frame, &self.shared.config)?;
+        let message = accept(frame, &self.shared)?;
         if publish.retain {
             self.shared.router.retain(&message, None)?;
         }
@@ -150,6 +150,10 @@ impl LocalClient {
         }
         let filter = TopicFilter::parse(filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
+        // A subscription needs room for at least one message of the largest size.
+        self.shared
+            .memory
+            .check_room(config.limits.max_frame_bytes as usize)?;
         let group = match &options.queue_group {
             None => None,
             Some(name) => Some(Arc::from(valid_group_name(

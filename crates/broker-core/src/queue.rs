@@ -6,14 +6,15 @@
 //!
 //! Every accepted message takes the next sequence number, whether it is later delivered or
 //! dropped, so a receiver can see a gap in the numbers; the writer announces each gap with a
-//! `Gap` frame. A message always fits into an empty queue, so the byte bound can be exceeded by
-//! at most one payload. With an age bound ([`QueueBounds::max_age`]) a message that waited
+//! `Gap` frame. The byte bound counts what each message really holds
+//! ([`PublishedMessage::memory_size`]: payload, topic, headers, `reply_to`, the struct). A message
+//! always fits into an empty queue, so the byte bound can be exceeded by at most one message. With an age bound ([`QueueBounds::max_age`]) a message that waited
 //! unsent longer is dropped, counted like an overflow drop, when the writer next takes from the
 //! queue.
 //!
 //! An at-least-once subscription ([`QueueBounds::acks`]) also keeps every message it handed to a
 //! writer until the client acknowledges it: at most `max_in_flight` messages and the byte bound
-//! in payload. Unacknowledged messages are handed out again, marked as redeliveries, to the
+//! in message bytes. Unacknowledged messages are handed out again, marked as redeliveries, to the
 //! writer of the next attachment (after a reconnect) and when their ack timeout passes. The
 //! overflow policy only ever drops messages not yet sent; a message in flight is kept until it
 //! is acknowledged or the subscription ends.
@@ -300,7 +301,7 @@ impl SubscriptionQueue {
             let now = Instant::now();
             if let Some(acks) = &mut state.acks {
                 for (sequence, message) in messages {
-                    acks.unacked_bytes += message.queued_size();
+                    acks.unacked_bytes += message.memory_size();
                     acks.unacked.insert(
                         sequence,
                         InFlight {
@@ -400,7 +401,7 @@ impl SubscriptionQueue {
 
     /// Offers a message. Never waits.
     pub fn push(&self, message: &Arc<PublishedMessage>) -> PushOutcome {
-        let size = message.queued_size();
+        let size = message.memory_size();
         let outcome = {
             let mut state = self.lock();
             if state.closed.is_some() {
@@ -415,7 +416,7 @@ impl SubscriptionQueue {
                             let Some(old) = state.items.pop_front() else {
                                 break;
                             };
-                            state.bytes -= old.message.queued_size();
+                            state.bytes -= old.message.memory_size();
                             dropped += 1;
                             gone.push(old.sequence);
                         }
@@ -583,7 +584,7 @@ impl SubscriptionQueue {
                     let Some(front) = state.items.front() else {
                         break;
                     };
-                    let size = front.message.queued_size();
+                    let size = front.message.memory_size();
                     if let Some(acks) = &state.acks {
                         if !acks.has_window_for(size, self.bounds.max_bytes) {
                             break;
@@ -647,7 +648,7 @@ impl SubscriptionQueue {
             let Some(old) = state.items.pop_front() else {
                 break;
             };
-            state.bytes -= old.message.queued_size();
+            state.bytes -= old.message.memory_size();
             gone.push(old.sequence);
         }
         if gone.is_empty() {
@@ -680,7 +681,7 @@ impl SubscriptionQueue {
                     .collect();
                 for sequence in sequences {
                     if let Some(in_flight) = acks.unacked.remove(&sequence) {
-                        acks.unacked_bytes -= in_flight.message.queued_size();
+                        acks.unacked_bytes -= in_flight.message.memory_size();
                         acks.due.remove(&sequence);
                         released.push(sequence);
                     }

@@ -1,7 +1,7 @@
 //! The retained store: the last retained value of each topic, and who set it.
 //!
 //! Bounded in total (topics and bytes) and per certificate identity (topics and bytes), so one
-//! tenant cannot fill the store for everyone. Each value counts `PublishedMessage::queued_size`
+//! tenant cannot fill the store for everyone. Each value counts `PublishedMessage::memory_size`
 //! bytes against the identity that set it: replacing a value moves it to the new publisher's
 //! quota, and clearing it (a retained publish with an empty payload) frees it, whoever clears
 //! it. A value with no owner (set by the embedding program through `LocalClient`, or read back
@@ -83,7 +83,7 @@ pub(crate) struct RetainedStore {
 }
 
 fn size_of(message: &PublishedMessage) -> u64 {
-    u64::try_from(message.queued_size()).unwrap_or(u64::MAX)
+    u64::try_from(message.memory_size()).unwrap_or(u64::MAX)
 }
 
 impl RetainedStore {
@@ -232,15 +232,16 @@ mod tests {
             message_id: None,
             reply_to: None,
             retained: false,
+            charge: crate::memory::MemoryCharge::none(),
         }
     }
 
     fn limits() -> RetainedLimits {
         RetainedLimits {
             max_topics: 10,
-            max_bytes: 1_000,
+            max_bytes: 1_000_000,
             max_topics_per_identity: 2,
-            max_bytes_per_identity: 100,
+            max_bytes_per_identity: 100_000,
         }
     }
 
@@ -294,28 +295,36 @@ mod tests {
 
     #[test]
     fn bytes_are_bounded_per_identity_and_in_total() {
+        let big: &'static [u8] = &[7u8; 90];
+        // What one value really holds (payload, topic, struct), as the bounds count it.
+        let size = message("e.a", big).memory_size() as u64;
+        let (per_identity, total) = (size + 10, size + size / 2);
         let mut store = RetainedStore::new(
             RetainedLimits {
                 max_topics_per_identity: 100,
-                max_bytes: 150,
+                max_bytes: total,
+                max_bytes_per_identity: per_identity,
                 ..limits()
             },
             Vec::new(),
         );
         let (eve, alice): (Arc<str>, Arc<str>) = (Arc::from("eve"), Arc::from("alice"));
-        let big: &'static [u8] = &[7u8; 90];
         store
             .retain(&message("e.a", big), Some(&eve), None)
             .expect("fits");
         let err = store.retain(&message("e.b", big), Some(&eve), None);
-        assert!(matches!(
-            err,
-            Err(BrokerError::RetainedQuotaExceeded(RetainedQuota::Bytes(
-                100
-            )))
-        ));
+        assert!(
+            matches!(
+                err,
+                Err(BrokerError::RetainedQuotaExceeded(RetainedQuota::Bytes(limit))) if limit == per_identity
+            ),
+            "{err:?}"
+        );
         let err = store.retain(&message("a.a", big), Some(&alice), None);
-        assert!(matches!(err, Err(BrokerError::RetainedBytesFull(150))));
+        assert!(
+            matches!(err, Err(BrokerError::RetainedBytesFull(limit)) if limit == total),
+            "{err:?}"
+        );
         store
             .retain(&message("e.a", b""), Some(&alice), None)
             .expect("clear");

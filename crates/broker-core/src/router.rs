@@ -178,7 +178,7 @@ impl RouteMembers {
             report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
-            if let Some(member) = group.choose(message.queued_size(), target) {
+            if let Some(member) = group.choose(message.memory_size(), target) {
                 report.record(member.push_counted(message, counters));
             }
         }
@@ -385,7 +385,7 @@ impl Router {
         out
     }
 
-    /// Bytes held by the retained store, as its bounds count them.
+    /// Bytes held by the retained store (each value by `PublishedMessage::memory_size`).
     pub fn retained_bytes(&self) -> usize {
         let bytes = self
             .retained

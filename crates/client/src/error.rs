@@ -127,6 +127,24 @@ pub enum ClientError {
         /// The broker's `max_payload_bytes`.
         max: u32,
     },
+    /// A publish carries more headers than the broker accepts (`max_headers` in `Welcome`);
+    /// nothing was sent.
+    #[error("{count} headers exceed the broker's maximum of {max}")]
+    TooManyHeaders {
+        /// How many headers the publish carries.
+        count: usize,
+        /// The broker's `max_headers`.
+        max: u32,
+    },
+    /// A publish's header keys and values are larger than the broker accepts
+    /// (`max_header_bytes` in `Welcome`); nothing was sent.
+    #[error("headers of {size} bytes exceed the broker's maximum of {max} bytes")]
+    HeadersTooLarge {
+        /// Bytes of the header keys and values.
+        size: usize,
+        /// The broker's `max_header_bytes`.
+        max: u32,
+    },
     /// A frame could not be encoded, e.g. headers push it over the broker's maximum frame size;
     /// nothing was sent.
     #[error(transparent)]

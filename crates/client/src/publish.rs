@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cassini_protocol::codec::{encode_publish, PublishRef};
-use cassini_protocol::{PublishRejected, SessionId, TopicName};
+use cassini_protocol::codec::{encode_publish, header_size, PublishRef};
+use cassini_protocol::{Headers, Limits, PublishRejected, SessionId, TopicName};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
@@ -101,6 +101,7 @@ pub(crate) fn prepare(
             max,
         });
     }
+    check_headers(&options.headers, link.limits())?;
     let PublishOptions {
         headers,
         message_id,
@@ -132,6 +133,21 @@ pub(crate) fn prepare(
     let mut frame = BytesMut::with_capacity(capacity);
     encode_publish(&publish, &mut frame, link.max_frame_bytes())?;
     Ok(Outgoing { topic, frame, ack })
+}
+
+/// Refuses headers beyond the broker's announced `max_headers` and `max_header_bytes` (a limit
+/// of 0 was not announced: an older broker, which checks nothing either).
+fn check_headers(headers: &Headers, limits: Limits) -> Result<(), ClientError> {
+    let (count, size) = header_size(headers);
+    let max = limits.max_headers;
+    if max > 0 && count > max as usize {
+        return Err(ClientError::TooManyHeaders { count, max });
+    }
+    let max = limits.max_header_bytes;
+    if max > 0 && size > max as usize {
+        return Err(ClientError::HeadersTooLarge { size, max });
+    }
+    Ok(())
 }
 
 /// Owns the lanes.

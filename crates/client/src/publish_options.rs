@@ -17,7 +17,9 @@ use cassini_protocol::Headers;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishOptions {
     /// Application headers, in order; keys may repeat. They count towards the broker's maximum
-    /// frame size, not its maximum payload size.
+    /// frame size, not its maximum payload size, and are bounded by the broker's `max_headers`
+    /// and `max_header_bytes` (announced in `Welcome`; the client refuses a publish over them
+    /// with [`crate::ClientError::TooManyHeaders`] / [`crate::ClientError::HeadersTooLarge`]).
     pub headers: Headers,
     /// An id of the publisher's choosing, passed through to subscribers
     /// ([`crate::Message::message_id`]). Without [`PublishOptions::ack`] the broker neither

@@ -198,8 +198,33 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
     gauge(
         r,
         "retained_bytes",
-        "Payload bytes of retained values (in memory)",
+        "Bytes retained values hold in memory (payload, topic, headers, overhead)",
         retained_bytes as u64,
+    );
+    let memory = broker.memory();
+    gauge(
+        r,
+        "memory_budget_bytes",
+        "The broker-wide memory budget (limits.max_memory_bytes)",
+        memory.limit_bytes as u64,
+    );
+    gauge(
+        r,
+        "memory_used_bytes",
+        "Bytes the memory budget counts: accepted messages and frame buffers",
+        memory.used_bytes as u64,
+    );
+    gauge(
+        r,
+        "memory_message_bytes",
+        "Bytes held by accepted messages (queued, in flight, retained), each counted once",
+        memory.message_bytes as u64,
+    );
+    gauge(
+        r,
+        "memory_frame_buffer_bytes",
+        "Bytes held by stream read buffers (partially received frames)",
+        memory.frame_buffer_bytes as u64,
     );
     gauge(
         r,

@@ -168,6 +168,7 @@ async fn varz(Extract(state): Shared) -> Response {
             "retained_topics": retained_topics,
             "retained_bytes": retained_bytes,
         },
+        "memory": broker.memory(),
         "counters": broker.counters().snapshot(),
         "handshakes": handshakes,
         "revocation": state.sources.crl.as_ref().map(|crl| {

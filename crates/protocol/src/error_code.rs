@@ -112,6 +112,16 @@ error_codes! {
     /// A new session was refused: the identity holds `max_sessions_per_identity` sessions and
     /// all of them are attached (a detached one would have been ended to make room).
     TOO_MANY_SESSIONS_FOR_IDENTITY = 76, "too many sessions for this identity";
+    /// A publish carried more headers than the broker's `max_headers` limit.
+    TOO_MANY_HEADERS = 70, "too many headers";
+    /// A publish's header keys and values together exceeded the broker's `max_header_bytes`.
+    HEADERS_TOO_LARGE = 71, "headers too large";
+    /// The broker holds as much as its memory budget allows: a publish or subscribe was refused.
+    /// Retry later.
+    MEMORY_BUDGET_EXCEEDED = 72, "broker memory budget exhausted";
+    /// The connection's partially received frames held more bytes than the broker allows per
+    /// connection (or the broker's memory budget was exhausted while a frame was arriving).
+    PARTIAL_FRAMES_LIMIT = 73, "too many bytes in partially received frames";
 }
 
 impl ErrorCode {

@@ -176,6 +176,13 @@ pub struct Limits {
     pub max_topic_bytes: u32,
     /// Most dot-separated tokens in a topic name or filter.
     pub max_topic_depth: u32,
+    /// Most headers one publish may carry; 0 when the broker did not announce it (an older
+    /// broker), and then a client does not check.
+    #[serde(default)]
+    pub max_headers: u32,
+    /// Most bytes of header keys and values together in one publish; 0 when not announced.
+    #[serde(default)]
+    pub max_header_bytes: u32,
 }
 
 /// What the broker does when a subscription's queue is full.
@@ -338,7 +345,9 @@ pub struct GoingAway {
 pub struct Publish {
     /// A topic name without wildcards.
     pub topic: String,
-    /// Application headers.
+    /// Application headers. Decoding keeps at most [`crate::codec::MAX_DECODED_HEADERS`] + 1
+    /// of them (see there).
+    #[serde(deserialize_with = "crate::codec::bounded_headers")]
     pub headers: Headers,
     /// The payload, opaque to the broker.
     pub payload: Bytes,
@@ -403,7 +412,9 @@ pub struct Delivery {
     pub sequence: u64,
     /// The concrete topic the message was published to.
     pub topic: String,
-    /// Application headers, as published.
+    /// Application headers, as published. Decoding keeps at most
+    /// [`crate::codec::MAX_DECODED_HEADERS`] + 1 of them (see there).
+    #[serde(deserialize_with = "crate::codec::bounded_headers")]
     pub headers: Headers,
     /// The payload, as published.
     pub payload: Bytes,

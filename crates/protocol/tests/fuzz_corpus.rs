@@ -67,6 +67,21 @@ fn frame_decoder_corpus_passes_the_decoder_checks() {
             "no seed ends with {ending}"
         );
     };
+    let most_headers = outcomes
+        .iter()
+        .flat_map(|outcome| outcome.frames.iter())
+        .filter_map(|frame| match frame {
+            Frame::Publish(publish) => Some(publish.headers.len()),
+            Frame::Message(delivery) => Some(delivery.headers.len()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        most_headers,
+        cassini_protocol::codec::MAX_DECODED_HEADERS + 1,
+        "the seeds should hold a header list longer than the decoder keeps"
+    );
     reached(
         "a partial frame",
         |end| matches!(end, StreamEnd::NeedsMore { leftover } if *leftover > 0),

@@ -29,8 +29,14 @@ fn text() -> impl Strategy<Value = String> {
     ".{0,24}"
 }
 
+/// Header lists as applications send them, and header-heavy ones: hundreds of empty or short
+/// headers, or a few long values.
 fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
-    vec((text(), text()), 0..4)
+    prop_oneof![
+        4 => vec((text(), text()), 0..4),
+        1 => vec(("[a-z]{0,3}", "[a-z]{0,3}"), 100..600),
+        1 => vec((text(), "[a-z]{1000,4000}"), 1..3),
+    ]
 }
 
 fn payload() -> impl Strategy<Value = Bytes> {
@@ -55,19 +61,22 @@ fn overflow_policy() -> impl Strategy<Value = OverflowPolicy> {
 }
 
 fn connection_limits() -> impl Strategy<Value = Limits> {
-    any::<(u32, u32, u32, u32, u32)>().prop_map(
+    any::<(u32, u32, u32, u32, u32, (u32, u32))>().prop_map(
         |(
             max_payload_bytes,
             max_frame_bytes,
             max_subscriptions,
             max_topic_bytes,
             max_topic_depth,
+            (max_headers, max_header_bytes),
         )| Limits {
             max_payload_bytes,
             max_frame_bytes,
             max_subscriptions,
             max_topic_bytes,
             max_topic_depth,
+            max_headers,
+            max_header_bytes,
         },
     )
 }

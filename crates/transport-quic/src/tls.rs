@@ -170,6 +170,13 @@ pub struct QuicOptions {
     /// restarts so that clients of the previous process learn at their next packet that their
     /// connection is gone. Unused by clients. Default: `None`, a random key per endpoint.
     pub stateless_reset_key: Option<crate::reset_key::StatelessResetKey>,
+    /// Most bytes the peer may send on one connection ahead of what this side's application
+    /// has read, over all its streams (QUIC's connection-level flow-control window). Bounds what
+    /// quinn buffers for a connection whose streams are read slower than they arrive; the cost:
+    /// one connection carries at most this much per round trip. `u64::MAX`: no bound beyond
+    /// each stream's own window (quinn's default). Default: no bound; [`QuicOptions::broker`]:
+    /// 16 MiB.
+    pub receive_window_bytes: u64,
 }
 
 /// Which congestion controller a QUIC endpoint runs.
@@ -187,10 +194,13 @@ impl QuicOptions {
     /// unidirectional streams. In Cassini only the broker opens them (one per subscription),
     /// and quinn sets aside state for every stream the peer may open as soon as it accepts a
     /// connection: the 1,024 that clients need cost the broker about 41 KiB per connection
-    /// (`cassini bench connections`, docs/BENCHMARKS.md).
+    /// (`cassini bench connections`, docs/BENCHMARKS.md). And each connection's receive window
+    /// is 16 MiB: the broker reads every stream as data arrives, and the window bounds what
+    /// quinn holds for a connection when the readers fall behind (docs/SECURITY.md).
     pub fn broker() -> Self {
         Self {
             max_concurrent_uni_streams: 0,
+            receive_window_bytes: 16 * 1024 * 1024,
             ..Self::default()
         }
     }
@@ -208,6 +218,7 @@ impl Default for QuicOptions {
             max_ack_delay: Duration::from_millis(1),
             socket_buffer_bytes: 4 * 1024 * 1024,
             stateless_reset_key: None,
+            receive_window_bytes: u64::MAX,
         }
     }
 }
@@ -442,7 +453,8 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
         .max_idle_timeout(idle_timeout)
         .keep_alive_interval(keep_alive_interval)
         .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))
-        .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams));
+        .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams))
+        .receive_window(VarInt::from_u64(opts.receive_window_bytes).unwrap_or(VarInt::MAX));
     if !opts.datagrams {
         transport.datagram_receive_buffer_size(None);
     }

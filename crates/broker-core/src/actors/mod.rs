@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Arc<crate::introspect::registry::Registry>,
     /// The current ACL; replaced on reload.
     pub(crate) acl: crate::acl::AclHandle,
+    /// The broker-wide memory budget: messages and frame buffers.
+    pub(crate) memory: Arc<crate::memory::MemoryBudget>,
     pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

@@ -211,6 +211,10 @@ impl SessionState {
             .values()
             .map(|s| s.queue.bounds().max_bytes);
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
+        // A subscription needs room for at least one message of the largest size.
+        self.shared
+            .memory
+            .check_room(config.limits.max_frame_bytes as usize)?;
         // Ids are never reused; a stored last id of u64::MAX leaves none to give.
         let subscription = self
             .last_subscription

@@ -1,6 +1,6 @@
 //! Per-session limits checked when a subscription is made.
 //!
-//! The pending-bytes budget bounds the payload bytes all of one session's subscription queues
+//! The pending-bytes budget bounds the message bytes all of one session's subscription queues
 //! may hold together. It is checked against each queue's byte *bound* (what the queue may grow
 //! to), not its current depth, so a session can never exceed it however its subscribers stall.
 

@@ -51,8 +51,14 @@ impl Actor for Supervisor {
         let SupervisorArgs {
             config,
             storage,
-            recovered,
+            mut recovered,
         } = args;
+        let memory = Arc::new(crate::memory::MemoryBudget::new(
+            usize::try_from(config.limits.max_memory_bytes).unwrap_or(usize::MAX),
+            usize::try_from(config.limits.max_partial_frame_bytes_per_identity)
+                .unwrap_or(usize::MAX),
+        ));
+        charge_recovered(&memory, &mut recovered);
         let router = Arc::new(Router::with_store(
             crate::retained::RetainedLimits::of(&config.limits),
             storage.clone(),
@@ -70,6 +76,7 @@ impl Actor for Supervisor {
         ));
         let shared = Arc::new(Shared {
             acl: crate::acl::AclHandle::new(config.acl.clone()),
+            memory,
             config,
             router,
             dedupe,
@@ -130,5 +137,24 @@ impl Actor for Supervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Charges what the broker holds again after a restart (disk mode) to the memory budget, even
+/// past it: the messages are already held. Each recovered message is still unshared here.
+fn charge_recovered(memory: &Arc<crate::memory::MemoryBudget>, recovered: &mut Recovered) {
+    let subscriptions = recovered
+        .sessions
+        .iter_mut()
+        .flat_map(|session| session.subscriptions.iter_mut());
+    let stored = subscriptions
+        .flat_map(|subscription| subscription.messages.iter_mut())
+        .filter_map(|(_, message)| Arc::get_mut(message));
+    let retained = recovered
+        .retained
+        .iter_mut()
+        .map(|(message, _owner)| message);
+    for message in stored.chain(retained) {
+        message.charge = memory.force_message(message.memory_size());
     }
 }

@@ -87,7 +87,8 @@ async fn serve(
         .await
         .map_err(timed_out)??;
     control_send.set_priority(CONTROL_STREAM_PRIORITY);
-    let mut control = FrameReader::new(control_recv, max_frame_bytes);
+    let frames = Arc::new(shared.memory.frames_for(&connection.peer().identity));
+    let mut control = FrameReader::new(control_recv, max_frame_bytes, frames.reader());
     let hello = match timeout_at(deadline, control.next())
         .await
         .map_err(timed_out)?
@@ -149,6 +150,7 @@ async fn serve(
                     recv,
                     Arc::clone(shared),
                     Arc::clone(&connection.peer().identity),
+                    frames.reader(),
                 ));
             },
             Some(done) = publishers.join_next() => flatten(done)?,

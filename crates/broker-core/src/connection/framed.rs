@@ -4,21 +4,35 @@ use bytes::BytesMut;
 use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
 
 use crate::error::BrokerError;
+use crate::memory::FrameBufferCharge;
 use crate::transport::{RecvStream, SendStream};
 
-/// Reads frames from one stream, buffering at most one frame.
+/// A buffer that grew larger than this is given back once it holds nothing: a stream of small
+/// frames keeps its buffer between them.
+const KEPT_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Reads frames from one stream, buffering at most one frame. What its buffer holds is charged
+/// to the connection's identity and the memory budget ([`FrameBufferCharge`]): growth past
+/// either fails the read with `PARTIAL_FRAMES_LIMIT`. A buffer grown for a large frame is given
+/// back once the frame is decoded and nothing follows it.
 pub(crate) struct FrameReader {
     stream: Box<dyn RecvStream>,
     buf: BytesMut,
     decoder: FrameDecoder,
+    charge: FrameBufferCharge,
 }
 
 impl FrameReader {
-    pub(crate) fn new(stream: Box<dyn RecvStream>, max_frame_bytes: u32) -> Self {
+    pub(crate) fn new(
+        stream: Box<dyn RecvStream>,
+        max_frame_bytes: u32,
+        charge: FrameBufferCharge,
+    ) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame_bytes),
+            charge,
         }
     }
 
@@ -26,9 +40,17 @@ impl FrameReader {
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                if self.buf.is_empty() && self.charge.bytes() > KEPT_BUFFER_BYTES {
+                    self.buf = BytesMut::new();
+                    self.charge.resize(0)?;
+                }
                 return Ok(Some(frame));
             }
-            if !self.stream.read_into(&mut self.buf).await? {
+            // The decoder reserved room for the whole frame once its length was known.
+            self.charge.grow_to(self.buf.capacity())?;
+            let more = self.stream.read_into(&mut self.buf).await?;
+            self.charge.grow_to(self.buf.capacity())?;
+            if !more {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }

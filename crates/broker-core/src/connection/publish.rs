@@ -22,16 +22,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cassini_protocol::codec::header_size;
 use cassini_protocol::{
-    Frame, NoResponders, Publish, PublishAck, PublishRejected, TopicLimits, TopicName,
+    Frame, Headers, NoResponders, Publish, PublishAck, PublishRejected, TopicLimits, TopicName,
 };
 use tokio::sync::mpsc;
 
 use crate::acl::{PermissionCache, Permissions};
 use crate::actors::Shared;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, BrokerLimits};
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::error::BrokerError;
+use crate::memory::{FrameBufferCharge, MemoryCharge};
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
 use crate::storage::{DiskStore, StorageError, SyncPolicy};
@@ -85,13 +87,14 @@ pub(crate) async fn serve_publish_stream(
     recv: Box<dyn RecvStream>,
     shared: Arc<Shared>,
     identity: Arc<str>,
+    charge: FrameBufferCharge,
 ) -> Result<(), BrokerError> {
     if shared.storage.is_none() {
-        return serve_in_order(send, recv, &shared, &identity).await;
+        return serve_in_order(send, recv, &shared, &identity, charge).await;
     }
     let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
     let (read, written) = tokio::join!(
-        read_publishes(recv, &shared, &identity, answers),
+        read_publishes(recv, &shared, &identity, answers, charge),
         write_answers(send, &shared, unanswered),
     );
     read.and(written)
@@ -104,9 +107,10 @@ async fn serve_in_order(
     recv: Box<dyn RecvStream>,
     shared: &Shared,
     identity: &Arc<str>,
+    charge: FrameBufferCharge,
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
-    let mut reader = FrameReader::new(recv, max_frame_bytes);
+    let mut reader = FrameReader::new(recv, max_frame_bytes, charge);
     let mut context = StreamContext::new(shared, identity);
     while let Some(frame) = reader.next().await? {
         for answer in &frames_for(frame, shared, identity, &mut context)? {
@@ -137,7 +141,7 @@ fn frames_for(
     let counters = shared.router.counters();
     let answered = context
         .topic_name(&publish.topic, &shared.config)
-        .and_then(|topic| accept_named(&mut publish, topic, &shared.config))
+        .and_then(|topic| accept_named(&mut publish, topic, shared))
         .and_then(|message| {
             authorize(
                 context.permissions.get(&shared.acl, identity),
@@ -180,9 +184,10 @@ async fn read_publishes(
     shared: &Shared,
     identity: &Arc<str>,
     answers: mpsc::Sender<Answer>,
+    charge: FrameBufferCharge,
 ) -> Result<(), BrokerError> {
     let config = &shared.config;
-    let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes);
+    let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes, charge);
     let mut context = StreamContext::new(shared, identity);
     while let Some(frame) = reader.next().await? {
         if let Some(store) = &shared.storage {
@@ -325,7 +330,7 @@ fn check_room(
     retain: bool,
 ) -> Result<(), BrokerError> {
     store.usable()?;
-    if store.has_room_for(message.queued_size()) {
+    if store.has_room_for(message.memory_size()) {
         return Ok(());
     }
     if retain || router.reaches_stored_queue(&message.topic, target) {
@@ -402,14 +407,15 @@ pub(crate) fn authorize(
     Ok(message)
 }
 
-/// Checks a publish against the limits and turns it into the broker's shared form.
+/// Checks a publish against the limits and the memory budget and turns it into the broker's
+/// shared form, charged to the budget.
 pub(crate) fn accept(
     mut publish: Publish,
-    config: &BrokerConfig,
+    shared: &Shared,
 ) -> Result<PublishedMessage, BrokerError> {
-    let topic = TopicName::parse(&publish.topic, &config.limits.topics)
+    let topic = TopicName::parse(&publish.topic, &shared.config.limits.topics)
         .map_err(BrokerError::InvalidTopic)?;
-    accept_named(&mut publish, topic, config)
+    accept_named(&mut publish, topic, shared)
 }
 
 /// [`accept`] with the topic already checked as `topic`; takes the payload, headers and
@@ -417,26 +423,48 @@ pub(crate) fn accept(
 fn accept_named(
     publish: &mut Publish,
     topic: TopicName,
-    config: &BrokerConfig,
+    shared: &Shared,
 ) -> Result<PublishedMessage, BrokerError> {
-    let limits = &config.limits;
+    let limits = &shared.config.limits;
     if publish.payload.len() > limits.max_payload_bytes as usize {
         return Err(BrokerError::PayloadTooLarge {
             size: publish.payload.len(),
             max: limits.max_payload_bytes,
         });
     }
+    check_headers(&publish.headers, limits)?;
     if let Some(reply_to) = &publish.reply_to {
         TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
     }
-    Ok(PublishedMessage {
+    let mut message = PublishedMessage {
         topic,
         headers: std::mem::take(&mut publish.headers),
         payload: std::mem::take(&mut publish.payload),
         message_id: publish.message_id,
         reply_to: publish.reply_to.take(),
         retained: false,
-    })
+        charge: MemoryCharge::none(),
+    };
+    message.charge = shared.memory.charge_message(message.memory_size())?;
+    Ok(message)
+}
+
+/// Refuses headers beyond `limits.max_headers` or `limits.max_header_bytes`.
+fn check_headers(headers: &Headers, limits: &BrokerLimits) -> Result<(), BrokerError> {
+    let (count, bytes) = header_size(headers);
+    if count > limits.max_headers as usize {
+        return Err(BrokerError::TooManyHeaders {
+            count,
+            max: limits.max_headers,
+        });
+    }
+    if bytes > limits.max_header_bytes as usize {
+        return Err(BrokerError::HeadersTooLarge {
+            size: bytes,
+            max: limits.max_header_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Publishes arriving in QUIC datagrams on one connection: fire and forget. Each datagram
@@ -473,7 +501,7 @@ impl DatagramPublishes {
         let topic = publish.topic.clone();
         let retain = publish.retain;
         let target = publish.to_session;
-        let routed = accept(publish, config)
+        let routed = accept(publish, &self.shared)
             .and_then(|message| {
                 authorize(
                     self.permissions.get(&self.shared.acl, &self.identity),

@@ -49,11 +49,12 @@ pub struct SubscriptionInfo {
     pub policy: &'static str,
     /// Queue bound in messages.
     pub max_messages: usize,
-    /// Queue bound in payload bytes.
+    /// Queue bound in message bytes (`PublishedMessage::memory_size`).
     pub max_bytes: usize,
     /// Messages queued now.
     pub depth: usize,
-    /// Payload bytes queued now.
+    /// Message bytes queued now: payload, topic, headers, `reply_to` and per-message
+    /// overhead (`PublishedMessage::memory_size`).
     pub queued_bytes: usize,
     /// Messages dropped by the policy since the subscription started.
     pub dropped: u64,
@@ -89,7 +90,7 @@ pub struct TopicInfo {
     pub groups: Vec<GroupInfo>,
     /// Messages queued across its subscriptions.
     pub queued_messages: usize,
-    /// Payload bytes queued across its subscriptions.
+    /// Message bytes queued across its subscriptions.
     pub queued_bytes: usize,
     /// Messages dropped across its current subscriptions.
     pub dropped: u64,

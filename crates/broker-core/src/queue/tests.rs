@@ -11,6 +11,7 @@ fn message(payload_len: usize) -> Arc<PublishedMessage> {
         message_id: None,
         reply_to: None,
         retained: false,
+        charge: crate::memory::MemoryCharge::none(),
     })
 }
 
@@ -127,9 +128,11 @@ async fn close_policy_closes_the_queue_on_overflow() {
 
 #[tokio::test]
 async fn the_byte_bound_holds_except_for_a_single_message() {
+    let each = message(39).memory_size();
+    let max_bytes = 2 * each + each / 2;
     let q = SubscriptionQueue::new(QueueBounds {
         max_messages: 1000,
-        max_bytes: 100,
+        max_bytes,
         overflow: OverflowPolicy::DropOldest,
         acks: None,
         max_age: None,
@@ -137,14 +140,38 @@ async fn the_byte_bound_holds_except_for_a_single_message() {
     for _ in 0..10 {
         q.push(&message(39));
     }
-    assert!(q.stats().bytes <= 100);
+    assert!(q.stats().bytes <= max_bytes);
     assert_eq!(q.stats().depth, 2);
-    q.push(&message(500));
+    q.push(&message(2 * max_bytes));
     assert_eq!(
         q.stats().depth,
         1,
         "an oversized message replaces everything"
     );
+}
+
+#[test]
+fn headers_count_against_the_byte_bound() {
+    let q = SubscriptionQueue::new(QueueBounds {
+        max_messages: 1000,
+        max_bytes: 64 * 1024,
+        overflow: OverflowPolicy::DropOldest,
+        acks: None,
+        max_age: None,
+    });
+    let mut heavy = PublishedMessage::clone(&message(1));
+    heavy.headers = vec![(String::new(), String::new()); 1000];
+    let heavy = Arc::new(heavy);
+    assert!(heavy.memory_size() > 1000 * crate::message::HEADER_OVERHEAD_BYTES);
+    for _ in 0..10 {
+        q.push(&heavy);
+    }
+    assert_eq!(
+        q.stats().depth,
+        1,
+        "each message holds ~48 KB of empty headers"
+    );
+    assert_eq!(q.stats().bytes, heavy.memory_size());
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ fn message(t: &str, payload: &'static [u8]) -> Arc<PublishedMessage> {
         message_id: None,
         reply_to: None,
         retained: false,
+        charge: crate::memory::MemoryCharge::none(),
     })
 }
 
@@ -352,5 +353,5 @@ fn routes_lists_literal_wildcard_and_tail_filters() {
     router.publish(&message("a.b", b"x"), None);
     let value = message("a.b", b"xyz");
     router.retain(&value, None).unwrap();
-    assert_eq!(router.retained_bytes(), value.queued_size());
+    assert_eq!(router.retained_bytes(), value.memory_size());
 }

@@ -86,7 +86,7 @@ impl Op {
     fn pending_size(&self) -> usize {
         match self {
             Op::PutMessage(_, message) | Op::PutRetained(message, _) => {
-                message.queued_size().saturating_add(64)
+                message.memory_size().saturating_add(64)
             }
             _ => 64,
         }

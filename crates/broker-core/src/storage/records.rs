@@ -113,6 +113,7 @@ impl MessageRecord {
             message_id: self.message_id,
             reply_to: self.reply_to,
             retained,
+            charge: crate::memory::MemoryCharge::none(),
         })
     }
 }

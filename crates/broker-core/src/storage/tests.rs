@@ -30,6 +30,7 @@ fn message(topic: &str, payload: &'static [u8]) -> Arc<PublishedMessage> {
         message_id: Some(9),
         reply_to: None,
         retained: false,
+        charge: crate::memory::MemoryCharge::none(),
     })
 }
 

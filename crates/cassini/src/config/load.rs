@@ -253,8 +253,27 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             ),
         ));
     }
+    if limits.max_headers as usize > cassini_protocol::codec::MAX_DECODED_HEADERS {
+        return Err(invalid(
+            "limits.max_headers",
+            format!(
+                "{} is more than a frame decodes; expected at most {}",
+                limits.max_headers,
+                cassini_protocol::codec::MAX_DECODED_HEADERS
+            ),
+        ));
+    }
     let positive = [
         ("limits.max_connections", limits.max_connections as u64),
+        ("limits.max_memory_bytes", limits.max_memory_bytes),
+        (
+            "quic.receive_window_bytes",
+            settings.quic.receive_window_bytes,
+        ),
+        (
+            "limits.max_partial_frame_bytes_per_identity",
+            limits.max_partial_frame_bytes_per_identity,
+        ),
         (
             "limits.max_publish_streams_per_connection",
             limits.max_publish_streams_per_connection as u64,

@@ -184,6 +184,10 @@ pub(crate) struct LimitSettings {
     pub(crate) max_retained_bytes: u64,
     pub(crate) max_sessions_per_identity: usize,
     pub(crate) max_dedupe_entries_per_identity: usize,
+    pub(crate) max_headers: u32,
+    pub(crate) max_header_bytes: u32,
+    pub(crate) max_memory_bytes: u64,
+    pub(crate) max_partial_frame_bytes_per_identity: u64,
 }
 
 impl Default for LimitSettings {
@@ -207,6 +211,10 @@ impl Default for LimitSettings {
             max_retained_bytes: limits.max_retained_bytes,
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
         }
     }
 }
@@ -307,6 +315,7 @@ pub(crate) struct QuicSettings {
     pub(crate) handshake_timeout_ms: u64,
     pub(crate) congestion: Congestion,
     pub(crate) max_ack_delay_ms: u64,
+    pub(crate) receive_window_bytes: u64,
 }
 
 /// `quic.congestion`: the congestion controller of the broker's connections.
@@ -338,6 +347,7 @@ impl Default for QuicSettings {
                 cassini_quic::tls::CongestionControl::Bbr => Congestion::Bbr,
             },
             max_ack_delay_ms: millis(quic.max_ack_delay),
+            receive_window_bytes: quic.receive_window_bytes,
         }
     }
 }
@@ -511,6 +521,10 @@ impl Settings {
                 max_retained_bytes: limits.max_retained_bytes,
                 max_sessions_per_identity: limits.max_sessions_per_identity,
                 max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
+                max_headers: limits.max_headers,
+                max_header_bytes: limits.max_header_bytes,
+                max_memory_bytes: limits.max_memory_bytes,
+                max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
             },
             acl: cassini_broker::Acl::default(),
             queue: QueueConfig {
@@ -592,6 +606,7 @@ impl Settings {
                 max_ack_delay: Duration::from_millis(quic.max_ack_delay_ms),
                 // Read from its file by `serve`, not part of the settings.
                 stateless_reset_key: None,
+                receive_window_bytes: quic.receive_window_bytes,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),

@@ -25,6 +25,8 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_subscriptions: 1000,
                 max_topic_bytes: 256,
                 max_topic_depth: 16,
+                max_headers: 256,
+                max_header_bytes: 32 * 1024,
             },
         }),
         Frame::Subscribe(Subscribe {
@@ -450,4 +452,36 @@ fn a_truncated_value_after_a_frame_is_refused_as_trailing_bytes() {
         FrameDecoder::default().decode(&mut buf),
         Err(DecodeError::TrailingBytes(1))
     );
+}
+
+#[test]
+fn a_header_list_longer_than_the_decoder_keeps_is_cut_but_still_over_any_limit() {
+    let publish = Frame::Publish(Publish {
+        topic: "h.x".into(),
+        headers: vec![(String::new(), String::new()); MAX_DECODED_HEADERS + 5_000],
+        ..Publish::default()
+    });
+    let mut buf = BytesMut::new();
+    encode_frame(&publish, &mut buf, DEFAULT_MAX_FRAME_BYTES).expect("encode");
+    let decoded = FrameDecoder::default().decode(&mut buf).expect("decode");
+    match decoded {
+        Some(Frame::Publish(publish)) => {
+            assert_eq!(publish.headers.len(), MAX_DECODED_HEADERS + 1);
+            assert!(publish.headers.capacity() <= MAX_DECODED_HEADERS + 1);
+        }
+        other => panic!("expected a publish, got {other:?}"),
+    }
+    assert!(
+        buf.is_empty(),
+        "the rest of the list was read and discarded"
+    );
+}
+
+#[test]
+fn header_size_counts_keys_and_values() {
+    let headers = vec![
+        ("ab".to_owned(), "cde".to_owned()),
+        (String::new(), "f".to_owned()),
+    ];
+    assert_eq!(header_size(&headers), (2, 6));
 }

@@ -1,0 +1,230 @@
+//! Issue #15's memory attacks on the real `cassini serve` process, measured from `/proc`: a
+//! flood of header-heavy maximum-size frames at a detached subscription, and one identity holding
+//! many frames of the maximum size without their last byte. Both stay under stated bounds, and a
+//! bystander keeps working.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+mod support;
+
+use std::path::Path;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cassini_client::Client;
+use cassini_e2e::raw::{self, close_of, encoded, read_frame};
+use cassini_e2e::{raw_connect, within};
+use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
+use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
+use cassini_quic::tls;
+use futures_util::StreamExt;
+use support::{init_certs, BrokerProcess};
+
+/// Frames of each header-heavy kind in the flood.
+const FLOOD_FRAMES: usize = 20;
+/// The issue's bound on broker growth for the header flood (it grew by 403 MB before).
+const HEADER_FLOOD_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
+/// Connections and streams of the partial-frame attack (+394 MB before).
+const PARTIAL_CONNECTIONS: usize = 2;
+const PARTIAL_STREAMS: usize = 150;
+/// The stated cap: one identity's frame buffers may hold at most
+/// `limits.max_partial_frame_bytes_per_identity` (64 MiB by default). The bound adds what QUIC
+/// may hold unread per connection (`quic.receive_window_bytes`, 16 MiB, twice) and 16 MiB of
+/// allocator slack; measured: 82 MiB.
+const PARTIAL_CAP: u64 = 64 * 1024 * 1024;
+const PARTIAL_GROWTH_BOUND: u64 =
+    PARTIAL_CAP + PARTIAL_CONNECTIONS as u64 * 16 * 1024 * 1024 + 16 * 1024 * 1024;
+
+async fn raw(addr: &str, dir: &Path, name: &str) -> (quinn::Endpoint, quinn::Connection) {
+    let ca = tls::load_certs(&dir.join("ca.crt")).expect("ca");
+    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt"))).expect("cert");
+    let key = tls::load_key(&dir.join(format!("client-{name}.key"))).expect("key");
+    raw_connect(addr.parse().expect("addr"), ca, chain, key)
+        .await
+        .expect("connect")
+}
+
+async fn client(addr: &str, dir: &Path, name: &str) -> Client {
+    Client::builder(addr)
+        .cert_dir(dir, name)
+        .server_name("localhost")
+        .connect()
+        .await
+        .expect("client connects")
+}
+
+/// A subscription to `filter` with the default 4 MiB bound, left detached: its connection
+/// vanished without a goodbye.
+async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
+    let (endpoint, connection) = raw(addr, dir, "victim").await;
+    let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
+    let subscribe = Frame::Subscribe(Subscribe {
+        request_id: 1,
+        filter: filter.into(),
+        options: SubscribeOptions::default(),
+    });
+    control
+        .write_all(&encoded(&subscribe))
+        .await
+        .expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut answers, &mut buf).await.expect("answer") {
+        Frame::Subscribed(_) => {}
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_16_mib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["victim", "flooder", "bystander"]);
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    detached_subscription(&broker.addr, dir.path(), "flood.>").await;
+    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
+    let before = broker.rss_bytes();
+
+    let (_endpoint, connection) = raw(&broker.addr, dir.path(), "flooder").await;
+    let _control = raw::hello(&connection, None).await.expect("welcome");
+    let (mut send, mut recv) = connection.open_bi().await.expect("publish stream");
+    let max_frame = DEFAULT_MAX_FRAME_BYTES as usize;
+    // 360,000 empty headers (3 bytes each on the wire, 48 in memory); one header of almost
+    // 1 MiB; and what the limits allow: 256 headers of 120 bytes with a 1 MiB payload.
+    let kinds = [
+        (vec![(String::new(), String::new()); 360_000], 0),
+        (vec![("k".to_owned(), "v".repeat(max_frame - 1024))], 0),
+        (
+            vec![("k".repeat(20), "v".repeat(100)); 256],
+            1024 * 1024 - 1024,
+        ),
+    ];
+    let mut answers = Vec::new();
+    let mut buf = BytesMut::new();
+    for (headers, payload) in &kinds {
+        for i in 0..FLOOD_FRAMES {
+            let frame = encoded(&Frame::Publish(Publish {
+                topic: "flood.x".into(),
+                headers: headers.clone(),
+                payload: Bytes::from(vec![0u8; *payload]),
+                message_id: Some(i as u64),
+                ack: true,
+                ..Publish::default()
+            }));
+            assert!(
+                frame.len() <= max_frame + 4,
+                "a frame the broker reads whole"
+            );
+            send.write_all(&frame).await.expect("write");
+            let answer = read_frame(&mut recv, &mut buf).await.expect("answer");
+            answers.push(match answer {
+                Frame::PublishRejected(rejected) => rejected.code,
+                Frame::PublishAck(_) => ErrorCode::NORMAL,
+                other => panic!("unexpected {}", other.kind()),
+            });
+        }
+    }
+    let peak = broker.peak_rss_bytes();
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {} frames",
+        before >> 10,
+        peak >> 10,
+        growth >> 10,
+        answers.len()
+    );
+    assert_eq!(
+        &answers[..FLOOD_FRAMES],
+        [ErrorCode::TOO_MANY_HEADERS; FLOOD_FRAMES]
+    );
+    assert_eq!(
+        &answers[FLOOD_FRAMES..2 * FLOOD_FRAMES],
+        [ErrorCode::HEADERS_TOO_LARGE; FLOOD_FRAMES]
+    );
+    assert_eq!(
+        &answers[2 * FLOOD_FRAMES..],
+        [ErrorCode::NORMAL; FLOOD_FRAMES],
+        "publishes within the limits are accepted"
+    );
+    assert!(
+        growth < HEADER_FLOOD_GROWTH_BOUND,
+        "broker grew by {} MiB, bound {} MiB",
+        growth >> 20,
+        HEADER_FLOOD_GROWTH_BOUND >> 20
+    );
+
+    bystander
+        .publish_acked("calm.x", Bytes::from_static(b"still here"))
+        .await
+        .expect("publish");
+    let message = within("bystander delivery", calm.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"still here");
+}
+
+#[tokio::test]
+async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init_certs(dir.path(), &["eve", "bystander"]);
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
+    let before = broker.rss_bytes();
+
+    let mut attacks = Vec::new();
+    for _ in 0..PARTIAL_CONNECTIONS {
+        let addr = broker.addr.clone();
+        let dir = dir.path().to_owned();
+        attacks.push(tokio::spawn(async move {
+            let (endpoint, connection) = raw(&addr, &dir, "eve").await;
+            let _control = raw::hello(&connection, None).await.expect("welcome");
+            let max_frame = DEFAULT_MAX_FRAME_BYTES;
+            let mut partial = BytesMut::with_capacity(max_frame as usize + 4);
+            partial.put_u32(max_frame);
+            partial.put_bytes(0x42, max_frame as usize - 1);
+            let partial = partial.freeze();
+            let mut streams = Vec::new();
+            for _ in 0..PARTIAL_STREAMS {
+                let Ok((mut send, recv)) = connection.open_bi().await else {
+                    break;
+                };
+                if send.write_all(&partial).await.is_err() {
+                    break;
+                }
+                streams.push((send, recv));
+            }
+            let (code, _) = close_of(&connection).await;
+            drop(endpoint);
+            code
+        }));
+    }
+    for attack in attacks {
+        let code = within("attack connection", attack).await.expect("task");
+        assert_eq!(code, ErrorCode::PARTIAL_FRAMES_LIMIT);
+    }
+    let peak = broker.peak_rss_bytes();
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {PARTIAL_CONNECTIONS} x \
+         {PARTIAL_STREAMS} partial frames",
+        before >> 10,
+        peak >> 10,
+        growth >> 10
+    );
+    assert!(
+        growth < PARTIAL_GROWTH_BOUND,
+        "broker grew by {} MiB, bound {} MiB",
+        growth >> 20,
+        PARTIAL_GROWTH_BOUND >> 20
+    );
+
+    bystander
+        .publish_acked("calm.x", Bytes::from_static(b"still here"))
+        .await
+        .expect("publish");
+    let message = within("bystander delivery", calm.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload().as_ref(), b"still here");
+}
