@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             Command::Config { command } => match command {
                 ConfigCommand::Check { file } => {
                     let settings = config::check_file(&file)?;
+                    serve::check_files(&settings)?;
                     let env = config::process_env();
                     for warning in settings
                         .warnings()

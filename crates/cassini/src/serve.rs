@@ -218,6 +218,37 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     }
 }
 
+/// What `config check` adds to the configuration's own checks: the files it names load as
+/// `serve` would load them: the ACL, and the CA, server certificate, key and CRL (an empty
+/// certificate directory that `serve` would fill with development certificates is not an
+/// error). Read-only: nothing is created.
+pub(crate) fn check_files(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(path) = settings.security.acl() {
+        Acl::load(path).with_context(|| format!("checking the ACL file {}", path.display()))?;
+    }
+    let certs = &settings.certs;
+    let files = certs.files();
+    let empty_dev_dir = certs.generate_dev
+        && certs.uses_dir_only()
+        && !files.ca.exists()
+        && !files.cert.exists()
+        && !files.key.exists();
+    if empty_dev_dir {
+        return Ok(());
+    }
+    let crl = CrlSource::new(files.crl.clone(), certs.require_crl);
+    load_server_tls(&files, &crl, settings.security.revocation()).with_context(|| {
+        format!(
+            "checking the certificates (ca {}, cert {}, key {}, crl {} if present)",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display(),
+            files.crl.display()
+        )
+    })?;
+    Ok(())
+}
+
 /// The stateless reset key from `path`, created there if missing. Without it (the file cannot
 /// be read or written) the endpoint draws a random key, and clients of this process notice a
 /// restart only at their idle timeout.

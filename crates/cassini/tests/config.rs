@@ -24,7 +24,9 @@ fn config_default_prints_a_file_that_config_check_accepts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cassini.toml");
     std::fs::write(&path, &text).expect("write");
-    let check = run(&mut cassini(&["config", "check", path.to_str().unwrap()]));
+    // In an empty directory, as on a fresh machine: `serve` would create development
+    // certificates in `certs`, so their absence is not an error.
+    let check = run(cassini(&["config", "check", path.to_str().unwrap()]).current_dir(dir.path()));
     assert!(
         check.status.success(),
         "{}",
@@ -36,7 +38,18 @@ fn config_default_prints_a_file_that_config_check_accepts() {
 #[test]
 fn the_deploy_example_passes_config_check() {
     let path = deploy_dir().join("cassini.toml");
-    let check = run(&mut cassini(&["config", "check", path.to_str().unwrap()]));
+    // `config check` loads the certificates the file names: give it real ones where the
+    // server would have them.
+    let certs = tempfile::tempdir().expect("tempdir");
+    let init = run(&mut cassini(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.path().to_str().unwrap(),
+    ]));
+    assert!(init.status.success());
+    let check = run(cassini(&["config", "check", path.to_str().unwrap()])
+        .env("CASSINI_CERTS_DIR", certs.path()));
     assert!(
         check.status.success(),
         "deploy/cassini.toml: {}",
@@ -144,4 +157,62 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
     }
     let unknown = run(&mut cassini(&["completions", "tcsh"]));
     assert!(!unknown.status.success());
+}
+
+#[test]
+fn config_check_loads_the_acl_and_certificate_files_the_configuration_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let init = run(&mut cassini(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.to_str().unwrap(),
+    ]));
+    assert!(init.status.success());
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"a.>.b\"]\n",
+    )
+    .expect("write acl");
+    let file = dir.path().join("cassini.toml");
+    let write_config = |acl_line: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[certs]\ndir = {:?}\ngenerate_dev = false\n[security]\n{acl_line}\n",
+                certs.to_str().unwrap()
+            ),
+        )
+        .expect("write config")
+    };
+    let check = || run(&mut cassini(&["config", "check", file.to_str().unwrap()]));
+
+    write_config(&format!("acl_file = {:?}", acl.to_str().unwrap()));
+    let refused = check();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "a bad ACL fails: {stderr}");
+    assert!(
+        stderr.contains("acl.toml") && stderr.contains("invalid topic pattern"),
+        "names the file and the fault: {stderr}"
+    );
+
+    std::fs::write(&acl, "default = \"deny\"\n").expect("fix acl");
+    let passed = check();
+    assert!(
+        passed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+
+    std::fs::remove_file(certs.join("server.key")).expect("remove the key");
+    let refused = check();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a missing key fails: {stderr}"
+    );
+    assert!(stderr.contains("server.key"), "names the file: {stderr}");
 }
