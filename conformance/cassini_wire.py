@@ -8,6 +8,7 @@ read frames and say what the document promises about them.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import struct
 from dataclasses import dataclass, field
@@ -455,6 +456,12 @@ class Subscription:
 
 
 _request_ids = iter(range(1, 1 << 62))
+
+
+def fresh_id() -> int:
+    """A message id no other publish of this identity used: the broker remembers acknowledged
+    (identity, message_id) pairs for 120 s and acknowledges a repeat as a duplicate."""
+    return random.getrandbits(63)
 
 
 async def connect(port: int, identity: Identity, **hello_args: Any) -> Connection:
