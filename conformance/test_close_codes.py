@@ -1,0 +1,154 @@
+"""PROTOCOL.md, "Framing" and "Error codes": what closes a connection, and with which code."""
+
+import struct
+
+from cassini_wire import (
+    FRAME_TOO_LARGE,
+    MALFORMED_FRAME,
+    NORMAL,
+    PROTOCOL_VIOLATION,
+    SESSION_NOT_FOUND,
+    connect,
+    control_request,
+    encode,
+    frame,
+    open_connection,
+    handshake,
+    publish,
+    subscribe,
+)
+from conftest import spec
+
+
+async def closed_after(broker, certs, data: bytes, on_publish_stream: bool = False):
+    conn = await connect(broker.port, certs.identity("alice"))
+    stream = conn.new_stream() if on_publish_stream else conn.control_id
+    conn.send_raw(stream, data)
+    closed = await conn.closed()
+    conn.close_transport()
+    return closed
+
+
+@spec
+async def test_a_body_that_does_not_decode_closes_with_malformed_frame(broker, certs):
+    closed = await closed_after(broker, certs, struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    assert closed.is_application and closed.error_code == MALFORMED_FRAME
+
+
+@spec
+async def test_a_body_with_bytes_left_over_closes_with_malformed_frame(broker, certs):
+    body = encode(frame("Ping", 1))[4:] + b"\x00"
+    closed = await closed_after(broker, certs, struct.pack(">I", len(body)) + body)
+    assert closed.is_application and closed.error_code == MALFORMED_FRAME
+
+
+@spec
+async def test_an_empty_frame_closes_with_malformed_frame(broker, certs):
+    closed = await closed_after(broker, certs, struct.pack(">I", 0))
+    assert closed.is_application and closed.error_code == MALFORMED_FRAME
+
+
+@spec
+async def test_a_malformed_publish_on_a_publish_stream_closes_with_malformed_frame(
+        broker, certs):
+    closed = await closed_after(broker, certs, struct.pack(">I", 2) + b"\x81\xa1",
+                                on_publish_stream=True)
+    assert closed.is_application and closed.error_code == MALFORMED_FRAME
+
+
+@spec
+async def test_a_stream_ending_inside_a_frame_is_malformed(broker, certs):
+    conn = await connect(broker.port, certs.identity("alice"))
+    stream = conn.new_stream()
+    whole = encode(publish("conf.truncated", b"abc"))
+    conn.send_raw(stream, whole[:-2], end=True)
+    closed = await conn.closed()
+    assert closed.is_application and closed.error_code == MALFORMED_FRAME
+    conn.close_transport()
+
+
+@spec
+async def test_a_declared_length_above_the_maximum_closes_with_frame_too_large(broker, certs):
+    conn = await connect(broker.port, certs.identity("alice"))
+    limit = conn.welcome["limits"]["max_frame_bytes"]
+    # Only the 4-byte header is sent: the refusal must not wait for the body.
+    conn.send_raw(conn.control_id, struct.pack(">I", limit + 1))
+    closed = await conn.closed()
+    assert closed.is_application and closed.error_code == FRAME_TOO_LARGE
+    conn.close_transport()
+
+
+@spec
+async def test_a_huge_declared_length_on_a_publish_stream_closes_with_frame_too_large(
+        broker, certs):
+    closed = await closed_after(broker, certs, struct.pack(">I", 0xFFFF_FFFF),
+                                on_publish_stream=True)
+    assert closed.is_application and closed.error_code == FRAME_TOO_LARGE
+
+
+@spec
+async def test_a_control_frame_on_a_publish_stream_is_a_protocol_violation(broker, certs):
+    closed = await closed_after(broker, certs, encode(frame("Ping", 1)), on_publish_stream=True)
+    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
+
+
+@spec
+async def test_a_second_hello_is_a_protocol_violation(broker, certs):
+    closed = await closed_after(broker, certs,
+                                encode(frame("Hello", 1, None, None, [])))
+    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
+
+
+@spec
+async def test_finishing_the_control_stream_is_a_goodbye_that_ends_the_session(
+        broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    await subscribe(alice, topic)
+    alice.finish(alice.control_id)
+    closed = await alice.closed()
+    assert closed.is_application and closed.error_code == NORMAL
+    alice.close_transport()
+
+    # The session ended at once: it cannot be resumed.
+    again = await open_connection(broker.port, certs.identity("alice"))
+    again.send(again.new_stream(), frame("Hello", 1, session_id, None, []))
+    refused = await again.closed()
+    assert refused.is_application and refused.error_code == SESSION_NOT_FOUND
+    again.close_transport()
+
+
+@spec
+async def test_a_goodbye_first_routes_every_publish_stream_already_finished(
+        broker, certs, topic):
+    bob = await connect(broker.port, certs.identity("bob"))
+    sub = await subscribe(bob, topic)
+    alice = await connect(broker.port, certs.identity("alice"))
+    stream = alice.new_stream()
+    for i in range(50):
+        alice.send(stream, publish(topic, bytes([i])))
+    alice.finish(stream)
+    alice.finish(alice.control_id)
+    assert (await alice.closed()).error_code == NORMAL
+    alice.close_transport()
+    got = [(await sub.next_frame())["payload"] for _ in range(50)]
+    assert got == [bytes([i]) for i in range(50)]
+    pong = await control_request(bob, frame("Ping", 3))
+    assert pong.name == "Pong"
+    bob.close_transport()
+
+
+@spec
+async def test_resetting_the_control_stream_is_a_protocol_violation_not_a_goodbye(
+        broker, certs):
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    alice.reset(alice.control_id, 0)
+    closed = await alice.closed()
+    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
+    alice.close_transport()
+    # The session only detached: it can be resumed.
+    again = await open_connection(broker.port, certs.identity("alice"))
+    welcome = await handshake(again, resume=session_id)
+    assert welcome["resumed"] is True and welcome["session_id"] == session_id
+    again.close_transport()
