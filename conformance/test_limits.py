@@ -1,0 +1,106 @@
+"""PROTOCOL.md, "Limits" of `Welcome`, the subscription bounds and the error codes that enforce
+them; a broker configured through its documented environment (CONFIGURATION.md)."""
+
+import pytest
+
+from cassini_wire import (
+    INVALID_OPTION,
+    PAYLOAD_TOO_LARGE,
+    TOO_MANY_SUBSCRIPTIONS,
+    connect,
+    drop,
+    fresh_id,
+    publish,
+    publish_and_wait,
+    subscribe,
+    try_subscribe,
+)
+from conftest import spec
+
+
+@pytest.fixture(scope="module")
+def small_broker(start_broker):
+    return start_broker(env={
+        "CASSINI_LIMITS_MAX_PAYLOAD_BYTES": "1000",
+        "CASSINI_LIMITS_MAX_FRAME_BYTES": "70000",
+        "CASSINI_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION": "3",
+        "CASSINI_LIMITS_MAX_TOPIC_BYTES": "40",
+        "CASSINI_LIMITS_MAX_TOPIC_DEPTH": "4",
+    })
+
+
+@spec
+async def test_welcome_announces_the_limits_the_broker_enforces(small_broker, certs):
+    alice = await connect(small_broker.port, certs.identity("alice"))
+    assert alice.welcome["limits"] == {
+        "max_payload_bytes": 1000,
+        "max_frame_bytes": 70000,
+        "max_subscriptions": 3,
+        "max_topic_bytes": 40,
+        "max_topic_depth": 4,
+    }
+    stream = alice.new_stream()
+    big = await publish_and_wait(alice, stream, publish("a.b", b"x" * 1001,
+                                                        message_id=fresh_id(), ack=True))
+    assert big.name == "PublishRejected" and big["code"] == PAYLOAD_TOO_LARGE
+    fits = await publish_and_wait(alice, stream, publish("a.b", b"x" * 1000,
+                                                         message_id=fresh_id(), ack=True))
+    assert fits.name == "PublishAck"
+    deep = await publish_and_wait(alice, stream, publish("a.b.c.d.e", b"",
+                                                         message_id=fresh_id(), ack=True))
+    assert deep.name == "PublishRejected" and deep["code"] == 10  # INVALID_TOPIC
+    await drop(alice)
+
+
+@spec
+async def test_a_session_holds_at_most_max_subscriptions(small_broker, certs):
+    alice = await connect(small_broker.port, certs.identity("alice"))
+    for i in range(3):
+        await subscribe(alice, f"s.{i}")
+    fourth = await try_subscribe(alice, "s.3")
+    assert fourth.name == "Error" and fourth["code"] == TOO_MANY_SUBSCRIPTIONS
+    await drop(alice)
+
+
+@spec
+async def test_the_default_queue_bounds_allow_64_subscriptions_per_session(broker, certs, topic):
+    # PROTOCOL.md: `Welcome.limits.max_subscriptions` (1,024 by default) is what a session may
+    # hold, and absent bounds take the broker's defaults; the broker refuses the 65th
+    # subscription with default bounds with PENDING_BYTES_LIMIT (64 x 4 MiB = the 256 MiB
+    # session budget; issue #16).
+    alice = await connect(broker.port, certs.identity("alice"))
+    assert alice.welcome["limits"]["max_subscriptions"] == 1024
+    for i in range(64):
+        answer = await try_subscribe(alice, f"{topic}.{i}")
+        assert answer.name == "Subscribed", (i, answer)
+    answer = await try_subscribe(alice, f"{topic}.64")
+    assert answer.name == "Error" and answer["code"] == 18  # PENDING_BYTES_LIMIT
+    await drop(alice)
+
+
+@spec
+async def test_a_malformed_queue_group_name_is_an_invalid_option(broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    for bad in ("", "a b", "x" * 129, "a/b"):
+        answer = await try_subscribe(alice, topic, queue_group=bad)
+        assert answer.name == "Error" and answer["code"] == INVALID_OPTION, bad
+    await drop(alice)
+
+
+@spec
+async def test_a_queue_group_gives_each_message_to_one_member(broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    bob = await connect(broker.port, certs.identity("bob"))
+    members = [await subscribe(alice, topic, queue_group="workers"),
+               await subscribe(bob, topic, queue_group="workers")]
+    plain = await subscribe(bob, topic)
+    stream = alice.new_stream()
+    for i in range(10):
+        alice.send(stream, publish(topic, bytes([i])))
+    everything = [(await plain.next_frame())["payload"] for _ in range(10)]
+    assert everything == [bytes([i]) for i in range(10)]
+    # Round-robin among attached members with room: five each, nothing twice.
+    shares = [[(await m.next_frame())["payload"] for _ in range(5)] for m in members]
+    assert sorted(shares[0] + shares[1]) == everything
+    await drop(alice)
+    await drop(bob)
