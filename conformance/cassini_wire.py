@@ -245,6 +245,8 @@ class Stream:
     items: asyncio.Queue = field(default_factory=asyncio.Queue)
     reader: FrameReader = field(default_factory=FrameReader)
     first: Frame | None = None
+    # Everything the stream carried so far, frames and its end, whether read or not.
+    history: list = field(default_factory=list)
 
 
 class Connection(QuicConnectionProtocol):
@@ -281,12 +283,17 @@ class Connection(QuicConnectionProtocol):
                     s.first = f
                     if f.name == "SubscriptionStart":
                         self.by_subscription[f["subscription"]] = s
-                        self._notify()
                 s.items.put_nowait(f)
+                s.history.append(f)
             if event.end_stream:
                 s.items.put_nowait(StreamEnd(None))
+                s.history.append(StreamEnd(None))
+            self._notify()
         elif isinstance(event, StreamReset):
-            self.stream(event.stream_id).items.put_nowait(StreamEnd(event.error_code))
+            s = self.stream(event.stream_id)
+            s.items.put_nowait(StreamEnd(event.error_code))
+            s.history.append(StreamEnd(event.error_code))
+            self._notify()
         elif isinstance(event, DatagramFrameReceived):
             self.datagrams.put_nowait(event.data)
         elif isinstance(event, ConnectionTerminated):
@@ -320,6 +327,11 @@ class Connection(QuicConnectionProtocol):
 
     def reset(self, stream_id: int, code: int) -> None:
         self._quic.reset_stream(stream_id, code)
+        self.transmit()
+
+    def stop(self, stream_id: int, code: int) -> None:
+        """Asks the peer to stop sending on a stream (QUIC STOP_SENDING)."""
+        self._quic.stop_stream(stream_id, code)
         self.transmit()
 
     def send_datagram(self, data: bytes) -> None:
@@ -357,6 +369,22 @@ class Connection(QuicConnectionProtocol):
             await asyncio.wait_for(self.changed.wait(), left)
         return self.by_subscription[subscription]
 
+    async def until(self, predicate, timeout: float = 5.0, what: str = "condition") -> Any:
+        """Waits until `predicate()` returns something truthy, woken by every stream event."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            changed = self.changed
+            result = predicate()
+            if result:
+                return result
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"{what} not met within {timeout} s")
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
     async def closed(self, timeout: float = 5.0) -> Termination:
         await asyncio.wait_for(self.terminated.wait(), timeout)
         assert self.termination is not None
@@ -391,7 +419,8 @@ async def open_connection(port: int, identity: Identity, *, datagrams: bool = Tr
         verify_mode=ssl.CERT_REQUIRED,
     )
     config.load_verify_locations(cafile=identity.ca)
-    config.load_cert_chain(identity.cert, identity.key)
+    if identity.cert:
+        config.load_cert_chain(identity.cert, identity.key)
     loop = asyncio.get_running_loop()
     quic = QuicConnection(configuration=config)
     _transport, protocol = await loop.create_datagram_endpoint(

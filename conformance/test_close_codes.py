@@ -152,3 +152,17 @@ async def test_resetting_the_control_stream_is_a_protocol_violation_not_a_goodby
     welcome = await handshake(again, resume=session_id)
     assert welcome["resumed"] is True and welcome["session_id"] == session_id
     again.close_transport()
+
+
+@spec
+async def test_stopping_the_brokers_side_of_the_control_stream_is_a_protocol_violation(
+        broker, certs):
+    alice = await connect(broker.port, certs.identity("alice"))
+    alice.stop(alice.control_id, 0)
+    # PROTOCOL.md says stopping the broker's side of the control stream closes the connection
+    # with PROTOCOL_VIOLATION; the broker notices only when it next writes on that stream (here:
+    # the Pong), and its reason says "control stream reset by the client".
+    alice.send(alice.control_id, frame("Ping", 1))
+    closed = await alice.closed()
+    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
+    alice.close_transport()

@@ -136,3 +136,39 @@ async def test_a_connection_without_the_cassini_alpn_is_refused(broker, certs):
     closed = await refused(broker.port, certs.identity("alice"), alpn="other/1")
     assert not closed.is_application
     assert closed.error_code == TLS_ALERT_BASE + 120, hex(closed.error_code)
+
+
+@spec
+async def test_a_client_without_a_certificate_is_refused_with_certificate_required(
+        broker, certs):
+    from cassini_wire import Identity
+
+    closed = await refused(broker.port, Identity(ca=certs.identity("alice").ca, cert="",
+                                                 key=""))
+    assert not closed.is_application
+    assert closed.error_code == TLS_ALERT_BASE + 116, hex(closed.error_code)
+
+
+@spec
+async def test_a_hello_without_the_trailing_positions_field_is_accepted(broker, certs):
+    # Versioning: a field added at the end of a struct decodes with its default when left off.
+    conn = await open_connection(broker.port, certs.identity("alice"))
+    control = conn.new_stream()
+    conn.send(control, frame("Hello", 1, None, "older client"))
+    welcome = await conn.next_frame(control)
+    assert welcome.name == "Welcome" and welcome["resumed"] is False
+    await drop(conn)
+
+
+@spec
+async def test_a_broker_shutting_down_says_going_away_then_closes(start_broker, certs):
+    b = start_broker()
+    conn = await open_connection(b.port, certs.identity("alice"))
+    await handshake(conn)
+    b.proc.terminate()  # SIGTERM
+    going = await conn.next_frame(conn.control_id, timeout=10)
+    assert going.name == "GoingAway"
+    assert going["reason"] and going["reconnect_after_ms"] == 2000
+    closed = await conn.closed(timeout=10)
+    assert closed.is_application and closed.error_code == 40  # SERVER_SHUTTING_DOWN
+    conn.close_transport()

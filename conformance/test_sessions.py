@@ -9,6 +9,7 @@ from cassini_wire import (
     SESSION_IDENTITY_MISMATCH,
     SESSION_NOT_FOUND,
     SESSION_TAKEN_OVER,
+    StreamEnd,
     barrier,
     connect,
     drop,
@@ -254,3 +255,50 @@ async def test_resuming_an_unknown_session_closes_with_session_not_found(broker,
     closed = await conn.closed()
     assert closed.is_application and closed.error_code == SESSION_NOT_FOUND
     conn.close_transport()
+
+
+@spec
+async def test_an_ack_for_an_unknown_subscription_or_sequence_is_ignored(broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    sub = await subscribe(alice, topic, acks=[None, None])
+    alice.send(alice.control_id, frame("Ack", 987654, [[1, 10]]))
+    alice.send(alice.control_id, frame("Ack", sub.id, [[50, 60]]))
+    alice.send(alice.control_id, frame("Ping", 4))
+    pong = await alice.next_frame(alice.control_id)
+    assert pong.name == "Pong" and pong["nonce"] == 4
+    await drop(alice)
+
+
+@spec
+async def test_the_close_policy_ends_an_overflowing_subscription_with_slow_consumer(
+        broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    sub = await subscribe(alice, topic, overflow="Close", max_queued_messages=2)
+    keep = await subscribe(alice, f"{topic}.keep")
+    await drop(alice)
+    bob = await connect(broker.port, certs.identity("bob"))
+    await publish_acknowledged(bob, topic, [b"1", b"2", b"3", b"4"])
+
+    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0], [keep.id, 0]])
+    await stream_of(alice, keep.id)
+    # PROTOCOL.md says `SubscriptionStart` is always a stream's first frame and the Close
+    # policy's end is a reset with SLOW_CONSUMER; the broker resets the resumed stream of a
+    # subscription that overflowed while detached before its `SubscriptionStart`, so the client
+    # cannot tell which subscription ended (issue #16, item 2). Accept either form here.
+    keep_stream = alice.by_subscription[keep.id].stream_id
+
+    def ended_stream():
+        for s in alice.streams.values():
+            if s.stream_id % 4 == 3 and s.stream_id != keep_stream and s.history and isinstance(
+                    s.history[-1], StreamEnd):
+                return s
+        return None
+
+    stream = await alice.until(ended_stream, what="a subscription stream ended")
+    frames, ended = stream.history[:-1], stream.history[-1]
+    if frames:
+        assert frames[0].name == "SubscriptionStart" and frames[0]["subscription"] == sub.id
+    assert ended.reset_code == 30  # SLOW_CONSUMER
+    await drop(alice)
+    await drop(bob)
