@@ -84,3 +84,40 @@ async def test_a_datagram_subscription_without_negotiated_datagrams_is_refused(
     answer = await try_subscribe(conn, topic, delivery=datagram("Drop"))
     assert answer.name == "Error" and answer["code"] == DATAGRAMS_UNSUPPORTED
     await drop(conn)
+
+
+async def closed_after_datagram(broker, certs, data):
+    from cassini_wire import connect as _connect
+
+    alice = await _connect(broker.port, certs.identity("alice"))
+    alice.send_datagram(data)
+    closed = await alice.closed()
+    alice.close_transport()
+    return closed
+
+
+@spec
+async def test_a_datagram_that_does_not_decode_closes_with_malformed_frame(broker, certs):
+    import struct
+
+    closed = await closed_after_datagram(broker, certs, struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    assert closed.is_application and closed.error_code == 2  # MALFORMED_FRAME
+
+
+@spec
+async def test_a_datagram_holding_another_frame_is_a_protocol_violation(broker, certs):
+    from cassini_wire import encode, frame
+
+    closed = await closed_after_datagram(broker, certs, encode(frame("Ping", 1)))
+    assert closed.is_application and closed.error_code == 1  # PROTOCOL_VIOLATION
+
+
+@spec
+async def test_a_datagram_publish_without_its_length_prefix_is_refused(broker, certs, topic):
+    from cassini_wire import encode
+
+    # PROTOCOL.md says a datagram that does not decode closes the connection with
+    # MALFORMED_FRAME; without the length prefix the broker reads the body's first four bytes as
+    # a length and closes with FRAME_TOO_LARGE.
+    closed = await closed_after_datagram(broker, certs, encode(publish(topic, b"x"))[4:])
+    assert closed.is_application and closed.error_code == 3  # FRAME_TOO_LARGE

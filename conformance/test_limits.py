@@ -104,3 +104,28 @@ async def test_a_queue_group_gives_each_message_to_one_member(broker, certs, top
     assert sorted(shares[0] + shares[1]) == everything
     await drop(alice)
     await drop(bob)
+
+
+@spec
+async def test_subscription_bounds_above_the_maximum_are_capped_not_refused(
+        broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    for options in ({"max_queued_messages": 2**32 - 1}, {"max_queued_bytes": 2**40},
+                    {"acks": [2**32 - 1, 2**32 - 1]}):
+        answer = await try_subscribe(alice, f"{topic}.x", **options)
+        assert answer.name == "Subscribed", (options, answer)
+    await drop(alice)
+
+
+@spec
+async def test_queue_group_members_do_not_receive_retained_values(broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    stream = alice.new_stream()
+    ack = await publish_and_wait(alice, stream, publish(topic, b"retained", retain=True,
+                                                        message_id=fresh_id(), ack=True))
+    assert ack.name == "PublishAck"
+    member = await subscribe(alice, topic, queue_group="g1")
+    alice.send(stream, publish(topic, b"live"))
+    msg = await member.next_frame()
+    assert (msg["payload"], msg["retained"]) == (b"live", False)
+    await drop(alice)
