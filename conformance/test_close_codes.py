@@ -2,6 +2,8 @@
 
 import struct
 
+import pytest
+
 from cassini_wire import (
     FRAME_TOO_LARGE,
     MALFORMED_FRAME,
@@ -10,6 +12,7 @@ from cassini_wire import (
     SESSION_NOT_FOUND,
     connect,
     control_request,
+    drop,
     encode,
     frame,
     open_connection,
@@ -125,17 +128,52 @@ async def test_a_goodbye_first_routes_every_publish_stream_already_finished(
     sub = await subscribe(bob, topic)
     alice = await connect(broker.port, certs.identity("alice"))
     stream = alice.new_stream()
-    for i in range(50):
+    for i in range(49):
         alice.send(stream, publish(topic, bytes([i])))
-    alice.finish(stream)
+    # The broker has taken the publish stream (see the next test for one it has not).
+    assert (await sub.next_frame())["payload"] == bytes([0])
+    alice.send(stream, publish(topic, bytes([49])), end=True)
     alice.finish(alice.control_id)
     assert (await alice.closed()).error_code == NORMAL
     alice.close_transport()
-    got = [(await sub.next_frame())["payload"] for _ in range(50)]
-    assert got == [bytes([i]) for i in range(50)]
+    got = [(await sub.next_frame())["payload"] for _ in range(49)]
+    assert got == [bytes([i]) for i in range(1, 50)]
     pong = await control_request(bob, frame("Ping", 3))
     assert pong.name == "Pong"
-    bob.close_transport()
+    await drop(bob)
+
+
+# PROTOCOL.md says a goodbye reads every publish stream the client already finished; the broker
+# stops accepting streams at the control stream's FIN, so a publish stream it has not accepted
+# yet is dropped unread (in about 4 rounds of 10 here; crates/broker-core/src/connection/
+# driver.rs, `serve`). Strict: once the broker is fixed this XPASS fails; remove the mark then.
+@pytest.mark.xfail(strict=True, reason=(
+    "the broker drops a publish stream opened in the same flight as the goodbye"))
+@spec
+async def test_a_goodbye_in_the_same_flight_as_a_new_publish_stream_loses_nothing(
+        broker, certs, topic):
+    bob = await connect(broker.port, certs.identity("bob"))
+    lost = []
+    for round in range(20):
+        sub = await subscribe(bob, f"{topic}.{round}")
+        alice = await connect(broker.port, certs.identity("alice"))
+        stream = alice.new_stream()
+        for i in range(10):
+            alice.send(stream, publish(f"{topic}.{round}", bytes([i])))
+        alice.finish(stream)
+        alice.finish(alice.control_id)
+        assert (await alice.closed()).error_code == NORMAL
+        alice.close_transport()
+        # Every publish of the round arrives, then a marker published after the goodbye.
+        marker = bob.new_stream()
+        bob.send(marker, publish(f"{topic}.{round}", b"end"))
+        got = []
+        while not got or got[-1] != b"end":
+            got.append((await sub.next_frame())["payload"])
+        if got != [bytes([i]) for i in range(10)] + [b"end"]:
+            lost.append((round, len(got) - 1))
+    await drop(bob)
+    assert not lost, f"rounds that lost publishes (round, received of 10): {lost}"
 
 
 @spec

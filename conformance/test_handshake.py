@@ -1,7 +1,5 @@
 """PROTOCOL.md, "Transport", "Control stream" and "Versioning": the handshake."""
 
-import asyncio
-
 import pytest
 
 from cassini_wire import (

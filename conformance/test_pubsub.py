@@ -1,7 +1,5 @@
 """PROTOCOL.md, "Publish streams", "Subscription streams" and "Topics": publish and subscribe."""
 
-import asyncio
-
 from cassini_wire import (
     INVALID_FILTER,
     INVALID_TOPIC,
