@@ -302,3 +302,24 @@ async def test_the_close_policy_ends_an_overflowing_subscription_with_slow_consu
     assert ended.reset_code == 30  # SLOW_CONSUMER
     await drop(alice)
     await drop(bob)
+
+
+@spec
+async def test_a_trailing_overflow_gap_is_sent_as_soon_as_the_queue_is_empty(
+        broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    sub = await subscribe(alice, topic, overflow="DropNewest", max_queued_messages=3)
+    await drop(alice)
+    bob = await connect(broker.port, certs.identity("bob"))
+    await publish_acknowledged(bob, topic, [bytes([i]) for i in range(1, 11)])
+
+    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0]])
+    stream = await stream_of(alice, sub.id)
+    # DropNewest keeps the oldest three; the gap for the rest follows with nothing after it.
+    for seq in (1, 2, 3):
+        assert (await alice.next_frame(stream))["sequence"] == seq
+    gap = await alice.next_frame(stream)
+    assert (gap.name, gap["from"], gap["to"], gap["reason"]) == ("Gap", 4, 10, "Overflow")
+    await drop(alice)
+    await drop(bob)
