@@ -10,6 +10,8 @@ from cassini_wire import (
     connect,
     drop,
     fresh_id,
+    hello,
+    open_connection,
     publish,
     publish_and_wait,
     subscribe,
@@ -26,6 +28,7 @@ def small_broker(start_broker):
         "CASSINI_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION": "3",
         "CASSINI_LIMITS_MAX_TOPIC_BYTES": "40",
         "CASSINI_LIMITS_MAX_TOPIC_DEPTH": "4",
+        "CASSINI_LIMITS_MAX_RETAINED_TOPICS": "1",
     })
 
 
@@ -128,4 +131,50 @@ async def test_queue_group_members_do_not_receive_retained_values(broker, certs,
     alice.send(stream, publish(topic, b"live"))
     msg = await member.next_frame()
     assert (msg["payload"], msg["retained"]) == (b"live", False)
+    await drop(alice)
+
+
+@spec
+async def test_a_retained_publish_to_a_new_topic_beyond_the_store_is_rejected(
+        small_broker, certs):
+    alice = await connect(small_broker.port, certs.identity("alice"))
+    stream = alice.new_stream()
+
+    async def retain(t, payload):
+        return await publish_and_wait(alice, stream, publish(t, payload, retain=True,
+                                                             message_id=fresh_id(), ack=True))
+
+    assert (await retain("r.one", b"1")).name == "PublishAck"
+    full = await retain("r.two", b"2")
+    assert full.name == "PublishRejected" and full["code"] == 16  # RETAINED_STORE_FULL
+    # A topic that already has a value may change it.
+    assert (await retain("r.one", b"1 again")).name == "PublishAck"
+    assert (await retain("r.one", b"")).name == "PublishAck"
+    await drop(alice)
+
+
+@spec
+async def test_connections_beyond_the_identity_limit_are_closed(start_broker, certs):
+    b = start_broker(env={"CASSINI_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1"})
+    alice = await connect(b.port, certs.identity("alice"))
+    second = await open_connection(b.port, certs.identity("alice"))
+    second.send(second.new_stream(), hello())
+    closed = await second.closed()
+    assert closed.is_application and closed.error_code == 42  # TOO_MANY_CONNECTIONS_FOR_IDENTITY
+    second.close_transport()
+    # Another identity is not affected.
+    bob = await connect(b.port, certs.identity("bob"))
+    await drop(bob)
+    await drop(alice)
+
+
+@spec
+async def test_connections_beyond_the_broker_limit_are_closed(start_broker, certs):
+    b = start_broker(env={"CASSINI_LIMITS_MAX_CONNECTIONS": "1"})
+    alice = await connect(b.port, certs.identity("alice"))
+    bob = await open_connection(b.port, certs.identity("bob"))
+    bob.send(bob.new_stream(), hello())
+    closed = await bob.closed()
+    assert closed.is_application and closed.error_code == 41  # TOO_MANY_CONNECTIONS
+    bob.close_transport()
     await drop(alice)
