@@ -67,8 +67,8 @@ async def test_a_session_holds_at_most_max_subscriptions(small_broker, certs):
 
 @spec
 async def test_the_default_queue_bounds_allow_64_subscriptions_per_session(broker, certs, topic):
-    # PROTOCOL.md: `Welcome.limits.max_subscriptions` (1,024 by default) is what a session may
-    # hold, and absent bounds take the broker's defaults; the broker refuses the 65th
+    # PROTOCOL.md says a session may hold `Welcome.limits.max_subscriptions` (1,024 by default)
+    # and absent bounds take the broker's defaults; the broker refuses the 65th
     # subscription with default bounds with PENDING_BYTES_LIMIT (64 x 4 MiB = the 256 MiB
     # session budget; issue #16).
     alice = await connect(broker.port, certs.identity("alice"))
