@@ -143,12 +143,6 @@ async def test_a_goodbye_first_routes_every_publish_stream_already_finished(
     await drop(bob)
 
 
-# PROTOCOL.md says a goodbye reads every publish stream the client already finished; the broker
-# stops accepting streams at the control stream's FIN, so a publish stream it has not accepted
-# yet is dropped unread (in about 4 rounds of 10 here; crates/broker-core/src/connection/
-# driver.rs, `serve`). Strict: once the broker is fixed this XPASS fails; remove the mark then.
-@pytest.mark.xfail(strict=True, reason=(
-    "the broker drops a publish stream opened in the same flight as the goodbye"))
 @spec
 async def test_a_goodbye_in_the_same_flight_as_a_new_publish_stream_loses_nothing(
         broker, certs, topic):

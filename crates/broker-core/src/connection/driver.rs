@@ -40,6 +40,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// their end before the connection is closed.
 const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
 
+/// After a goodbye, once every publish stream is read, how long to wait for one the client
+/// opened before its goodbye whose first packet is still on its way.
+const GOODBYE_STRAGGLERS: Duration = Duration::from_millis(25);
+
 /// Runs the connection to its end, closes it with a code, and tells the listener.
 pub(crate) async fn drive_connection(
     connection: Arc<dyn Connection>,
@@ -161,9 +165,25 @@ async fn serve(
         }
     }
     let _ = control_send.finish();
+    // Publish streams the client opened before its goodbye may still be on their way (their
+    // first packet can arrive after the goodbye's): they are accepted and read to their end
+    // too, until every stream is done and none arrived for `GOODBYE_STRAGGLERS`.
     let drained = timeout(GOODBYE_DRAIN, async {
-        while let Some(done) = publishers.join_next().await {
-            flatten(done)?;
+        loop {
+            tokio::select! {
+                Some(done) = publishers.join_next() => flatten(done)?,
+                accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
+                    let Ok((send, recv)) = accepted else { break };
+                    publishers.spawn(serve_publish_stream(
+                        send,
+                        recv,
+                        Arc::clone(shared),
+                        Arc::clone(&connection.peer().identity),
+                        frames.reader(),
+                    ));
+                }
+                () = tokio::time::sleep(GOODBYE_STRAGGLERS), if publishers.is_empty() => break,
+            }
         }
         Ok::<_, BrokerError>(())
     })
