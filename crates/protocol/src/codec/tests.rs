@@ -451,3 +451,147 @@ fn a_truncated_value_after_a_frame_is_refused_as_trailing_bytes() {
         Err(DecodeError::TrailingBytes(1))
     );
 }
+
+/// A `Hello` as a newer peer might encode it: every field this build knows, then more.
+#[derive(serde::Serialize)]
+enum NewerFrame {
+    Hello(
+        u32,
+        Option<SessionId>,
+        Option<String>,
+        Vec<ResumePosition>,
+        String,
+        Vec<u64>,
+    ),
+    Subscribe(u64, String, NewerOptions, bool),
+}
+
+#[derive(serde::Serialize)]
+struct NewerOptions {
+    overflow: OverflowPolicy,
+    max_queued_messages: Option<u32>,
+    max_queued_bytes: Option<u64>,
+    queue_group: Option<String>,
+    acks: Option<AckOptions>,
+    delivery: DeliveryClass,
+    later: Option<u64>,
+}
+
+fn encode_newer(frame: &NewerFrame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_value(frame, &mut buf, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    buf
+}
+
+#[test]
+fn trailing_fields_from_a_newer_peer_are_ignored() {
+    let positions = vec![ResumePosition {
+        subscription: 3,
+        last_sequence: 9,
+    }];
+    let newer = NewerFrame::Hello(
+        crate::PROTOCOL_VERSION,
+        Some(SessionId([1; 16])),
+        Some("newer".into()),
+        positions.clone(),
+        "a field this build does not know".into(),
+        vec![1, 2, 3],
+    );
+    let expected = Frame::Hello(Hello {
+        protocol_version: crate::PROTOCOL_VERSION,
+        resume: Some(SessionId([1; 16])),
+        client_name: Some("newer".into()),
+        positions,
+    });
+    let mut buf = encode_newer(&newer);
+    let whole = buf.clone();
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Ok(Some(expected.clone()))
+    );
+    assert!(buf.is_empty());
+    // The copying path (exact errors) agrees with the borrowing one.
+    assert_eq!(
+        decode_body_copying(&whole[LENGTH_PREFIX_BYTES..]),
+        Ok(expected)
+    );
+}
+
+#[test]
+fn trailing_fields_of_a_nested_struct_are_ignored() {
+    let newer = NewerFrame::Subscribe(
+        7,
+        "orders.>".into(),
+        NewerOptions {
+            overflow: OverflowPolicy::Close,
+            max_queued_messages: Some(5),
+            max_queued_bytes: None,
+            queue_group: None,
+            acks: None,
+            delivery: DeliveryClass::Reliable,
+            later: Some(1),
+        },
+        true,
+    );
+    let decoded = FrameDecoder::default()
+        .decode(&mut encode_newer(&newer))
+        .expect("decodes");
+    assert_eq!(
+        decoded,
+        Some(Frame::Subscribe(Subscribe {
+            request_id: 7,
+            filter: "orders.>".into(),
+            options: SubscribeOptions {
+                overflow: OverflowPolicy::Close,
+                max_queued_messages: Some(5),
+                ..SubscribeOptions::default()
+            },
+        }))
+    );
+}
+
+#[test]
+fn an_extra_element_in_a_tuple_is_still_malformed() {
+    // Only structs are lenient: a header pair of three strings is not a header.
+    #[derive(serde::Serialize)]
+    enum Odd {
+        Publish(
+            String,
+            Vec<(String, String, String)>,
+            serde_bytes_like::Bin,
+            Option<u64>,
+            Option<String>,
+            bool,
+            Option<SessionId>,
+            bool,
+        ),
+    }
+    mod serde_bytes_like {
+        pub struct Bin;
+        impl serde::Serialize for Bin {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b"x")
+            }
+        }
+    }
+    let mut buf = BytesMut::new();
+    encode_value(
+        &Odd::Publish(
+            "a".into(),
+            vec![("k".into(), "v".into(), "extra".into())],
+            serde_bytes_like::Bin,
+            None,
+            None,
+            false,
+            None,
+            false,
+        ),
+        &mut buf,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .expect("encodes");
+    assert!(matches!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::Malformed(_))
+    ));
+}
