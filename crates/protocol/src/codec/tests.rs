@@ -558,7 +558,7 @@ fn an_extra_element_in_a_tuple_is_still_malformed() {
         Publish(
             String,
             Vec<(String, String, String)>,
-            serde_bytes_like::Bin,
+            Bytes,
             Option<u64>,
             Option<String>,
             bool,
@@ -566,20 +566,12 @@ fn an_extra_element_in_a_tuple_is_still_malformed() {
             bool,
         ),
     }
-    mod serde_bytes_like {
-        pub struct Bin;
-        impl serde::Serialize for Bin {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(b"x")
-            }
-        }
-    }
     let mut buf = BytesMut::new();
     encode_value(
         &Odd::Publish(
             "a".into(),
             vec![("k".into(), "v".into(), "extra".into())],
-            serde_bytes_like::Bin,
+            Bytes::from_static(b"x"),
             None,
             None,
             false,
