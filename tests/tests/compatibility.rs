@@ -2,10 +2,17 @@
 //! peer's extra trailing fields are ignored, a publish stream reset by the client ends only that
 //! stream, and a subscription the broker ends is always named to the client.
 
-use bytes::{BufMut, BytesMut};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cassini_broker::{Acl, BrokerConfig};
+use cassini_client::{Client, ConnectionState, ReconnectPolicy, SubscriptionEnd};
 use cassini_e2e::raw::{self, close_of, read_frame};
-use cassini_e2e::TestBroker;
-use cassini_protocol::{Frame, PROTOCOL_VERSION};
+use cassini_e2e::relay::UdpRelay;
+use cassini_e2e::{within, TestBroker};
+use cassini_protocol::{ErrorCode, Frame, OverflowPolicy, SubscribeOptions, PROTOCOL_VERSION};
+use cassini_quic::server::ServerOptions;
+use futures_util::StreamExt;
 
 /// `body` with its 4-byte big-endian length prefix.
 fn framed(body: &[u8]) -> BytesMut {
@@ -60,5 +67,179 @@ async fn an_unknown_frame_type_is_still_malformed() {
     send.write_all(&framed(&body)).await.expect("frame");
     let (code, _) = close_of(&connection).await;
     assert_eq!(code, cassini_protocol::ErrorCode::MALFORMED_FRAME);
+    broker.stop().await;
+}
+
+/// Both ends notice a silent drop within about a second.
+fn quick_quic() -> cassini_client::QuicOptions {
+    cassini_client::QuicOptions {
+        idle_timeout: Duration::from_secs(1),
+        keep_alive_interval: Duration::from_millis(250),
+        ..cassini_client::QuicOptions::default()
+    }
+}
+
+async fn quick_broker(config: BrokerConfig) -> TestBroker {
+    let options = ServerOptions {
+        quic: quick_quic(),
+        ..ServerOptions::default()
+    };
+    TestBroker::start_with(config, options).await
+}
+
+/// A client named `name` that reaches the broker through `relay` and reconnects at once.
+async fn edge_client(broker: &TestBroker, relay: &UdpRelay, name: &str) -> Client {
+    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client(name));
+    Client::builder(relay.addr)
+        .ca_certs(broker.pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+        .quic_options(quick_quic())
+        .reconnect(ReconnectPolicy {
+            enabled: true,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: None,
+        })
+        .connect()
+        .await
+        .expect("edge client connects")
+}
+
+async fn wait_for_state(client: &Client, what: &str, wanted: impl Fn(&ConnectionState) -> bool) {
+    let mut changes = client.state_changes();
+    within(what, async {
+        loop {
+            if wanted(&changes.borrow_and_update()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                panic!("state channel closed while waiting for: {what}");
+            }
+        }
+    })
+    .await;
+}
+
+/// Cuts `edge` off, waits until the broker has detached its session (`connections` other
+/// connections stay), runs `meanwhile`, then lets `edge` resume.
+async fn while_detached<F: std::future::Future<Output = ()>>(
+    broker: &TestBroker,
+    relay: &UdpRelay,
+    edge: &Client,
+    connections: usize,
+    meanwhile: F,
+) {
+    let session = edge.session_id();
+    relay.cut();
+    wait_for_state(edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    broker
+        .wait_for_stats("the broker detaches the session", |s| {
+            s.connections == connections
+        })
+        .await;
+    meanwhile.await;
+    relay.restore();
+    wait_for_state(edge, "the client resumes its session", |s| {
+        matches!(s, ConnectionState::Connected { resumed: true, session_id } if *session_id == session)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_close_policy_subscription_that_overflowed_while_detached_ends_as_a_slow_consumer() {
+    let broker = quick_broker(BrokerConfig::default()).await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let options = SubscribeOptions {
+        overflow: OverflowPolicy::Close,
+        max_queued_messages: Some(4),
+        ..SubscribeOptions::default()
+    };
+    let mut slow = edge
+        .subscribe_with("slow.x", options)
+        .await
+        .expect("subscribe");
+    let mut other = edge.subscribe("other.x").await.expect("subscribe");
+    let publisher = broker.client("publisher").await;
+
+    while_detached(&broker, &relay, &edge, 1, async {
+        for i in 0..10u8 {
+            publisher
+                .publish("slow.x", Bytes::from(vec![i]))
+                .await
+                .expect("publish");
+        }
+    })
+    .await;
+
+    assert!(
+        within("the slow subscription ends", slow.next())
+            .await
+            .is_none(),
+        "nothing of the overflowed queue is delivered"
+    );
+    assert_eq!(slow.end_reason(), Some(SubscriptionEnd::SlowConsumer));
+    // The other subscription carries on.
+    publisher
+        .publish("other.x", Bytes::from_static(b"fine"))
+        .await
+        .expect("publish");
+    let message = within("other delivery", other.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload(), &b"fine"[..]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_an_acl_reload_ended_while_detached_ends_not_authorized() {
+    let acl = r#"
+[[rule]]
+identity = "edge"
+subscribe = ["feeds.>", "sensors.>"]
+
+[[rule]]
+identity = "publisher"
+publish = [">"]
+"#;
+    let config = BrokerConfig {
+        acl: Acl::parse(acl, "test ACL").expect("valid ACL"),
+        ..BrokerConfig::default()
+    };
+    let broker = quick_broker(config).await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let mut feeds = edge.subscribe("feeds.>").await.expect("feeds");
+    let mut sensors = edge.subscribe("sensors.>").await.expect("sensors");
+    let publisher = broker.client("publisher").await;
+
+    while_detached(&broker, &relay, &edge, 1, async {
+        let narrowed = acl.replace(
+            r#"subscribe = ["feeds.>", "sensors.>"]"#,
+            r#"subscribe = ["sensors.>"]"#,
+        );
+        broker
+            .broker
+            .set_acl(Acl::parse(&narrowed, "narrowed").expect("valid"));
+    })
+    .await;
+
+    assert!(within("feeds ends", feeds.next()).await.is_none());
+    assert_eq!(
+        feeds.end_reason(),
+        Some(SubscriptionEnd::Reset(ErrorCode::NOT_AUTHORIZED))
+    );
+    publisher
+        .publish("sensors.t", Bytes::from_static(b"21.5"))
+        .await
+        .expect("publish");
+    let message = within("sensors delivery", sensors.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload(), &b"21.5"[..]);
     broker.stop().await;
 }

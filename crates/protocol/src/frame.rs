@@ -4,7 +4,7 @@
 //!
 //! | stream | opened by | frames |
 //! |---|---|---|
-//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
+//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `SubscriptionEnded`, `Error`, `Pong`, `GoingAway` down |
 //! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
 //! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` |
 //!
@@ -92,6 +92,11 @@ pub enum Frame {
     /// QUIC datagram, broker → client: one delivery of a datagram subscription. Client →
     /// broker, a datagram carries a `Publish` instead (fire and forget).
     Datagram(DatagramDelivery),
+    /// Control, broker → client: the broker ended a subscription the client did not ask to end
+    /// (its `Close` policy overflowed, or a reloaded ACL no longer allows it). Its stream is
+    /// also reset with the same code, but a reset may overtake the stream's
+    /// `SubscriptionStart`, so this frame is what names the subscription.
+    SubscriptionEnded(SubscriptionEnded),
 }
 
 impl Frame {
@@ -117,6 +122,7 @@ impl Frame {
             Frame::Message(_) => "Message",
             Frame::Gap(_) => "Gap",
             Frame::Datagram(_) => "Datagram",
+            Frame::SubscriptionEnded(_) => "SubscriptionEnded",
         }
     }
 }
@@ -304,6 +310,17 @@ pub struct SequenceRange {
     pub from: u64,
     /// The last sequence in the range (inclusive).
     pub to: u64,
+}
+
+/// The broker ended a subscription on its own, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEnded {
+    /// The subscription that ended.
+    pub subscription: SubscriptionId,
+    /// Why: `SLOW_CONSUMER` or `NOT_AUTHORIZED`.
+    pub code: ErrorCode,
+    /// A human-readable reason.
+    pub reason: String,
 }
 
 /// A liveness probe; the answer echoes the nonce.

@@ -19,12 +19,14 @@ use cassini_protocol::{
     TopicFilter,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::topic_manager::TopicManagerMsg;
 use super::{ask, Shared};
 use crate::ack_targets::AckTargets;
+use crate::connection::subscription_writer::EndNotices;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
@@ -88,6 +90,9 @@ pub(crate) struct Attached {
     pub(crate) epoch: u64,
     /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
     pub(crate) acks: Arc<AckTargets>,
+    /// Subscriptions the broker ends while this connection is attached, to announce on its
+    /// control stream.
+    pub(crate) ended: mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>,
 }
 
 struct SessionSubscription {
@@ -107,6 +112,8 @@ pub(crate) struct SessionState {
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
+    /// Where the attached connection hears of subscriptions the broker ended.
+    notices: Option<EndNotices>,
     epoch: u64,
     acks: Arc<AckTargets>,
 }
@@ -282,7 +289,7 @@ impl SessionState {
             key,
             filter: filter.clone(),
             queue: Arc::clone(&queue),
-            connection: self.attached.clone(),
+            connection: self.attached.clone().zip(self.notices.clone()),
             max_frame_bytes: config.limits.max_frame_bytes,
             delivery,
         };
@@ -357,6 +364,7 @@ impl SessionState {
             );
         }
         self.epoch += 1;
+        let (notices, ended) = mpsc::unbounded_channel();
         for (id, subscription) in &self.subscriptions {
             let last_received = positions
                 .iter()
@@ -365,14 +373,17 @@ impl SessionState {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
                 last_received,
+                notices: notices.clone(),
             });
         }
         self.attached = Some(connection);
+        self.notices = Some(notices);
         self.detached_at_ms = None;
         self.store_session();
         Attached {
             epoch: self.epoch,
             acks: Arc::clone(&self.acks),
+            ended,
         }
     }
 
@@ -396,6 +407,7 @@ impl SessionState {
 
     fn detach(&mut self) {
         self.attached = None;
+        self.notices = None;
         self.detached_at_ms = Some(unix_ms());
         self.store_session();
         for subscription in self.subscriptions.values() {
@@ -443,6 +455,7 @@ impl Actor for Session {
             subscriptions: HashMap::new(),
             last_subscription: 0,
             attached: None,
+            notices: None,
             epoch: 0,
             acks: Arc::default(),
         };

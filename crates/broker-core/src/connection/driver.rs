@@ -106,7 +106,8 @@ async fn serve(
             ))
         }
     };
-    let opened = open_session(connection, sessions, hello).await?;
+    let mut opened = open_session(connection, sessions, hello).await?;
+    let mut ended = opened.ended.take();
     let _ = listener.send_message(ListenerMsg::Established {
         session: opened.session.clone(),
         epoch: opened.epoch,
@@ -152,6 +153,11 @@ async fn serve(
                 ));
             },
             Some(done) = publishers.join_next() => flatten(done)?,
+            Some(notice) = next_notice(&mut ended) => {
+                write_frame(control_send.as_mut(), &Frame::SubscriptionEnded(notice), max_frame_bytes)
+                    .await
+                    .map_err(control_reset)?;
+            }
             Ok(()) = going_away.changed() => {
                 let reason = going_away.borrow().clone().unwrap_or_default();
                 return go_away(shared, &opened, &mut control, control_send.as_mut(), reason).await;
@@ -244,6 +250,16 @@ fn control_reset(err: BrokerError) -> BrokerError {
             ))
         }
         other => other,
+    }
+}
+
+/// The next subscription the broker ended, to announce; pending forever without a channel.
+async fn next_notice(
+    ended: &mut Option<tokio::sync::mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>>,
+) -> Option<cassini_protocol::SubscriptionEnded> {
+    match ended {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

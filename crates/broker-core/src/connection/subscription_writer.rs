@@ -13,8 +13,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
 use cassini_protocol::{
-    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionStart,
+    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionEnded,
+    SubscriptionStart,
 };
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::gaps::GapAnnouncer;
@@ -34,6 +36,13 @@ pub(crate) const SUBSCRIPTION_STREAM_PRIORITY: i32 = 0;
 /// Reply inboxes (filters under `_INBOX.`) go ahead of bulk subscriptions, so request/reply
 /// latency does not suffer from a busy subscription on the same connection.
 pub(crate) const INBOX_STREAM_PRIORITY: i32 = 50;
+
+/// Where a subscription's writer announces, on its connection's control stream, that the broker
+/// ended the subscription (a reset alone may overtake the stream's `SubscriptionStart`, leaving
+/// the client unable to tell which subscription ended). Unbounded in type, bounded in use: a
+/// subscription ends once, so one attachment's channel holds at most one notice per
+/// subscription of the session (`max_subscriptions`).
+pub(crate) type EndNotices = mpsc::UnboundedSender<SubscriptionEnded>;
 
 /// How a writer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +90,7 @@ pub(crate) async fn run_subscription_writer(
     cancel: CancellationToken,
     settings: WriterSettings,
     last_received: Option<u64>,
+    notices: EndNotices,
 ) -> WriterOutcome {
     let WriterSettings {
         max_frame_bytes,
@@ -127,10 +137,22 @@ pub(crate) async fn run_subscription_writer(
                 return WriterOutcome::Ended;
             }
             Popped::Closed(CloseReason::Overflow) => {
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::SLOW_CONSUMER,
+                    "the subscription's queue overflowed under the Close policy",
+                );
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
             Popped::Closed(CloseReason::NotAuthorized) => {
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::NOT_AUTHORIZED,
+                    "the ACL no longer allows the subscription",
+                );
                 stream.reset(ErrorCode::NOT_AUTHORIZED);
                 return WriterOutcome::Ended;
             }
@@ -186,6 +208,16 @@ pub(crate) async fn run_subscription_writer(
             }
         }
     }
+}
+
+/// Tells the connection's control stream that the broker ended the subscription, and why.
+fn announce_end(notices: &EndNotices, key: SubscriberKey, code: ErrorCode, reason: &str) {
+    // A closed channel means the connection is gone; the next one learns the end on resume.
+    let _ = notices.send(SubscriptionEnded {
+        subscription: key.subscription,
+        code,
+        reason: reason.to_owned(),
+    });
 }
 
 /// Sends one delivery as a datagram; `Ok(false)` when it is larger than the connection's

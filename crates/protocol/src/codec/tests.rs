@@ -127,6 +127,11 @@ fn one_of_every_frame() -> Vec<Frame> {
                 redelivered: false,
             },
         }),
+        Frame::SubscriptionEnded(SubscriptionEnded {
+            subscription: 42,
+            code: ErrorCode::SLOW_CONSUMER,
+            reason: "slow consumer".into(),
+        }),
     ]
 }
 
