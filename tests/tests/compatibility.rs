@@ -7,10 +7,12 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use cassini_broker::{Acl, BrokerConfig};
 use cassini_client::{Client, ConnectionState, ReconnectPolicy, SubscriptionEnd};
-use cassini_e2e::raw::{self, close_of, read_frame};
+use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
-use cassini_protocol::{ErrorCode, Frame, OverflowPolicy, SubscribeOptions, PROTOCOL_VERSION};
+use cassini_protocol::{
+    ErrorCode, Frame, OverflowPolicy, Publish, SubscribeOptions, PROTOCOL_VERSION,
+};
 use cassini_quic::server::ServerOptions;
 use futures_util::StreamExt;
 
@@ -241,5 +243,68 @@ publish = [">"]
         .await
         .expect("message");
     assert_eq!(message.payload(), &b"21.5"[..]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_stream_reset_by_the_client_ends_only_that_stream() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("reset.x").await.expect("subscribe");
+    let (_endpoint, connection) = broker.raw_connection("resetter").await;
+    let (_welcome, _control_send, _control_recv) =
+        raw::hello(&connection, None).await.expect("welcome");
+    let publish = |payload: &'static [u8], ack: bool| {
+        encoded(&Frame::Publish(Publish {
+            topic: "reset.x".into(),
+            payload: Bytes::from_static(payload),
+            message_id: ack.then_some(1),
+            ack,
+            ..Publish::default()
+        }))
+    };
+
+    // A stream reset by the client, half-way through a frame.
+    let (mut first, _first_answers) = connection.open_bi().await.expect("stream");
+    let whole = publish(b"first", false);
+    first.write_all(&whole).await.expect("write");
+    first
+        .write_all(&publish(b"cut short", false)[..6])
+        .await
+        .expect("write");
+    first.reset(quinn::VarInt::from_u32(7)).expect("reset");
+
+    // A stream whose answers the client refuses to read.
+    let (mut second, mut second_answers) = connection.open_bi().await.expect("stream");
+    second_answers
+        .stop(quinn::VarInt::from_u32(8))
+        .expect("stop");
+    second
+        .write_all(&publish(b"second", true))
+        .await
+        .expect("write");
+
+    // Neither ended the connection: a third stream still publishes.
+    let (mut third, _third_answers) = connection.open_bi().await.expect("stream");
+    third
+        .write_all(&publish(b"third", false))
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|payload: &Bytes| &payload[..] == b"third") {
+        let message = within("delivery", subscription.next())
+            .await
+            .expect("message");
+        seen.push(message.payload().clone());
+    }
+    assert!(
+        !seen.iter().any(|payload| &payload[..] == b"cut short"),
+        "a partial frame is never routed"
+    );
+    assert!(
+        connection.close_reason().is_none(),
+        "closed: {:?}",
+        connection.close_reason()
+    );
     broker.stop().await;
 }
