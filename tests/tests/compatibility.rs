@@ -11,9 +11,11 @@ use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{
-    ErrorCode, Frame, OverflowPolicy, Publish, SubscribeOptions, PROTOCOL_VERSION,
+    ErrorCode, Frame, OverflowPolicy, Publish, Subscribe, SubscribeOptions, Unsubscribe,
+    PROTOCOL_VERSION,
 };
 use cassini_quic::server::ServerOptions;
+use cassini_quic::tls;
 use futures_util::StreamExt;
 
 /// `body` with its 4-byte big-endian length prefix.
@@ -306,5 +308,113 @@ async fn a_publish_stream_reset_by_the_client_ends_only_that_stream() {
         "closed: {:?}",
         connection.close_reason()
     );
+    broker.stop().await;
+}
+
+/// A raw connection whose client uses `options`.
+async fn raw_with(
+    broker: &TestBroker,
+    name: &str,
+    options: tls::QuicOptions,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client(name));
+    let crypto = tls::client_crypto(broker.pki.ca_certs(), chain, key).expect("crypto");
+    let config = tls::client_config(crypto, &options).expect("config");
+    let endpoint =
+        cassini_quic::endpoint::bind_client("127.0.0.1:0".parse().expect("addr"), config, &options)
+            .expect("endpoint");
+    let connection = endpoint
+        .connect(broker.addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, connection)
+}
+
+fn subscribe_frame(request_id: u64, filter: &str) -> BytesMut {
+    encoded(&Frame::Subscribe(Subscribe {
+        request_id,
+        filter: filter.into(),
+        options: SubscribeOptions::default(),
+    }))
+}
+
+#[tokio::test]
+async fn a_subscription_the_client_allows_no_stream_for_ends_with_stream_limit() {
+    let broker = TestBroker::start().await;
+    let options = tls::QuicOptions {
+        max_concurrent_uni_streams: 1,
+        ..tls::QuicOptions::default()
+    };
+    let (_endpoint, connection) = raw_with(&broker, "stingy", options).await;
+    let (welcome, mut send, mut recv) = raw::hello(&connection, None).await.expect("welcome");
+    assert!(welcome.limits.max_subscriptions > 1);
+    let mut buf = BytesMut::new();
+
+    send.write_all(&subscribe_frame(1, "a.x"))
+        .await
+        .expect("subscribe");
+    let first = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    let mut stream = within("the first stream", connection.accept_uni())
+        .await
+        .expect("stream");
+    let mut stream_buf = BytesMut::new();
+    match read_frame(&mut stream, &mut stream_buf).await {
+        Some(Frame::SubscriptionStart(start)) => assert_eq!(start.subscription, first),
+        other => panic!("expected SubscriptionStart, got {other:?}"),
+    }
+
+    // The client allows one stream and holds it: the second subscription cannot get its own.
+    send.write_all(&subscribe_frame(2, "b.x"))
+        .await
+        .expect("subscribe");
+    let second = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::SubscriptionEnded(ended)) => {
+            assert_eq!(ended.subscription, second);
+            assert_eq!(ended.code, ErrorCode::STREAM_LIMIT);
+        }
+        other => panic!("expected SubscriptionEnded, got {other:?}"),
+    }
+    // The broker forgot it, and the connection is fine.
+    send.write_all(&encoded(&Frame::Unsubscribe(Unsubscribe {
+        request_id: 3,
+        subscription: second,
+    })))
+    .await
+    .expect("unsubscribe");
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Error(error)) => assert_eq!(error.code, ErrorCode::UNKNOWN_SUBSCRIPTION),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn welcome_announces_the_datagram_size() {
+    let broker = TestBroker::start().await;
+    let (_endpoint, connection) = broker.raw_connection("datagrams").await;
+    let (welcome, _send, _recv) = raw::hello(&connection, None).await.expect("welcome");
+    // At least what QUIC's minimum 1,200-byte packet leaves for a datagram; more once the
+    // path MTU is discovered.
+    let announced = welcome.limits.max_datagram_bytes;
+    assert!(
+        (1100..=65_535).contains(&announced),
+        "announced {announced}"
+    );
+
+    let options = tls::QuicOptions {
+        datagrams: false,
+        ..tls::QuicOptions::default()
+    };
+    let (_endpoint, without) = raw_with(&broker, "no-datagrams", options).await;
+    let (welcome, _send, _recv) = raw::hello(&without, None).await.expect("welcome");
+    assert_eq!(welcome.limits.max_datagram_bytes, 0);
     broker.stop().await;
 }

@@ -112,6 +112,8 @@ impl BrokerLimits {
             max_subscriptions: self.max_subscriptions_per_session,
             max_topic_bytes: u32::try_from(self.topics.max_bytes).unwrap_or(u32::MAX),
             max_topic_depth: u32::try_from(self.topics.max_depth).unwrap_or(u32::MAX),
+            // Per connection: the driver fills it in.
+            max_datagram_bytes: 0,
         }
     }
 }

@@ -182,6 +182,12 @@ pub struct Limits {
     pub max_topic_bytes: u32,
     /// Most dot-separated tokens in a topic name or filter.
     pub max_topic_depth: u32,
+    /// The largest QUIC datagram (its whole content: length prefix and frame) the broker could
+    /// send on this connection when it sent `Welcome`, 0 if the connection has no datagrams.
+    /// It follows the path MTU and the client's `max_datagram_frame_size`, so it may change;
+    /// a datagram subscription's larger messages follow its oversize rule.
+    #[serde(default)]
+    pub max_datagram_bytes: u32,
 }
 
 /// What the broker does when a subscription's queue is full.

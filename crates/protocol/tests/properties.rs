@@ -55,19 +55,21 @@ fn overflow_policy() -> impl Strategy<Value = OverflowPolicy> {
 }
 
 fn connection_limits() -> impl Strategy<Value = Limits> {
-    any::<(u32, u32, u32, u32, u32)>().prop_map(
+    any::<(u32, u32, u32, u32, u32, u32)>().prop_map(
         |(
             max_payload_bytes,
             max_frame_bytes,
             max_subscriptions,
             max_topic_bytes,
             max_topic_depth,
+            max_datagram_bytes,
         )| Limits {
             max_payload_bytes,
             max_frame_bytes,
             max_subscriptions,
             max_topic_bytes,
             max_topic_depth,
+            max_datagram_bytes,
         },
     )
 }

@@ -175,6 +175,9 @@ impl Actor for Subscriber {
                 match outcome {
                     WriterOutcome::Overflowed => myself.stop(Some("slow consumer".into())),
                     WriterOutcome::Ended => myself.stop(Some("ended".into())),
+                    WriterOutcome::NoStream => {
+                        myself.stop(Some("the client allowed no stream for it".into()))
+                    }
                     WriterOutcome::StoppedByPeer(code) => {
                         myself.stop(Some(format!("stream stopped by client with {code}")))
                     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{
-    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Ping, Subscribed, Unsubscribed, Welcome,
-    PROTOCOL_VERSION,
+    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, Subscribed, Unsubscribed,
+    Welcome, PROTOCOL_VERSION,
 };
 use ractor::ActorRef;
 use tokio::sync::watch;
@@ -117,7 +117,12 @@ async fn serve(
         session_id: opened.id,
         resumed: opened.resumed,
         identity: connection.peer().identity.to_string(),
-        limits: limits.announced(),
+        limits: Limits {
+            max_datagram_bytes: connection
+                .max_datagram_size()
+                .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
+            ..limits.announced()
+        },
     });
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
         .await

@@ -27,6 +27,12 @@ use crate::transport::{Connection, SendStream, TransportError};
 /// Most messages taken from the queue for one stream write.
 const MAX_BATCH: usize = 256;
 
+/// How long opening a subscription's stream may wait for the client to allow one more
+/// unidirectional stream. A client that allows fewer streams than it has subscriptions would
+/// otherwise never get the later ones' streams, silently; past this, the subscription ends
+/// with `STREAM_LIMIT`, announced on the control stream.
+pub(crate) const STREAM_OPEN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// How long a cancelled writer may finish the write it started before the stream is reset.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
@@ -55,6 +61,8 @@ pub(crate) enum WriterOutcome {
     Overflowed,
     /// The client stopped the stream.
     StoppedByPeer(ErrorCode),
+    /// The client allowed no stream for the subscription within [`STREAM_OPEN_DEADLINE`].
+    NoStream,
     /// The connection went away.
     ConnectionLost(String),
 }
@@ -101,9 +109,19 @@ pub(crate) async fn run_subscription_writer(
     let mut gaps = GapAnnouncer::new(key.subscription, &attachment);
     let mut stream = tokio::select! {
         _ = cancel.cancelled() => return WriterOutcome::Cancelled,
-        opened = connection.open_uni() => match opened {
-            Ok(stream) => stream,
-            Err(err) => return err.into(),
+        opened = tokio::time::timeout(STREAM_OPEN_DEADLINE, connection.open_uni()) => match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return err.into(),
+            Err(_) => {
+                tracing::warn!(subscription = key.subscription, "the client allows no more unidirectional streams; ending the subscription");
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::STREAM_LIMIT,
+                    "the client allows no more unidirectional streams: allow one per subscription",
+                );
+                return WriterOutcome::NoStream;
+            }
         },
     };
     stream.set_priority(priority);

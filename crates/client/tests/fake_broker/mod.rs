@@ -36,6 +36,7 @@ pub(crate) const LIMITS: Limits = Limits {
     max_subscriptions: 100,
     max_topic_bytes: 64,
     max_topic_depth: 8,
+    max_datagram_bytes: 0,
 };
 
 /// Certificates for one test: a CA that the broker trusts for clients and that issued the

@@ -25,6 +25,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_subscriptions: 1000,
                 max_topic_bytes: 256,
                 max_topic_depth: 16,
+                max_datagram_bytes: 1200,
             },
         }),
         Frame::Subscribe(Subscribe {
