@@ -11,8 +11,8 @@ use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{
-    ErrorCode, Frame, OverflowPolicy, Publish, Subscribe, SubscribeOptions, Unsubscribe,
-    PROTOCOL_VERSION,
+    ErrorCode, Frame, GapReason, Hello, OverflowPolicy, Publish, Subscribe, SubscribeOptions,
+    Unsubscribe, PROTOCOL_VERSION,
 };
 use cassini_quic::server::ServerOptions;
 use cassini_quic::tls;
@@ -416,5 +416,79 @@ async fn welcome_announces_the_datagram_size() {
     let (_endpoint, without) = raw_with(&broker, "no-datagrams", options).await;
     let (welcome, _send, _recv) = raw::hello(&without, None).await.expect("welcome");
     assert_eq!(welcome.limits.max_datagram_bytes, 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_as_a_gap() {
+    let broker = TestBroker::start().await;
+    let publisher = broker.client("publisher").await;
+    let (_endpoint, first) = broker.raw_connection("forgetful").await;
+    let (welcome, mut send, mut recv) = raw::hello(&first, None).await.expect("welcome");
+    let mut buf = BytesMut::new();
+    send.write_all(&subscribe_frame(1, "quiet.x"))
+        .await
+        .expect("subscribe");
+    let subscription = match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    };
+    let mut stream = within("stream", first.accept_uni()).await.expect("stream");
+    let mut stream_buf = BytesMut::new();
+    assert!(matches!(
+        read_frame(&mut stream, &mut stream_buf).await,
+        Some(Frame::SubscriptionStart(_))
+    ));
+    for i in 0..3u8 {
+        publisher
+            .publish_acked("quiet.x", Bytes::from(vec![i]))
+            .await
+            .expect("publish");
+    }
+    for sequence in 1..=3 {
+        match read_frame(&mut stream, &mut stream_buf).await {
+            Some(Frame::Message(message)) => assert_eq!(message.sequence, sequence),
+            other => panic!("expected Message, got {other:?}"),
+        }
+    }
+    // No goodbye: the session is only detached.
+    first.close(quinn::VarInt::from_u32(0), b"gone");
+
+    // Resumed without a position for the subscription.
+    let (_endpoint, second) = broker.raw_connection("forgetful").await;
+    let (mut send, mut recv) = second.open_bi().await.expect("stream");
+    send.write_all(&encoded(&Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: Some(welcome.session_id),
+        client_name: None,
+        positions: Vec::new(),
+    })))
+    .await
+    .expect("hello");
+    match read_frame(&mut recv, &mut buf).await {
+        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let mut stream = within("stream", second.accept_uni()).await.expect("stream");
+    let mut stream_buf = BytesMut::new();
+    match read_frame(&mut stream, &mut stream_buf).await {
+        Some(Frame::SubscriptionStart(start)) => assert_eq!(start.subscription, subscription),
+        other => panic!("expected SubscriptionStart, got {other:?}"),
+    }
+    publisher
+        .publish_acked("quiet.x", Bytes::from_static(b"next"))
+        .await
+        .expect("publish");
+    match read_frame(&mut stream, &mut stream_buf).await {
+        Some(Frame::Gap(gap)) => {
+            assert_eq!((gap.from, gap.to), (1, 3));
+            assert_eq!(gap.reason, GapReason::Undelivered);
+        }
+        other => panic!("expected a Gap for what the broker cannot vouch for, got {other:?}"),
+    }
+    match read_frame(&mut stream, &mut stream_buf).await {
+        Some(Frame::Message(message)) => assert_eq!(message.sequence, 4),
+        other => panic!("expected Message, got {other:?}"),
+    }
     broker.stop().await;
 }

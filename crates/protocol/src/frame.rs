@@ -139,8 +139,8 @@ pub struct Hello {
     pub client_name: Option<String>,
     /// With `resume`: for each subscription, the last sequence the client received. The broker
     /// continues each subscription after that point and announces with a `Gap` whatever it no
-    /// longer holds. A subscription not listed continues after the last message the broker
-    /// sent on it.
+    /// longer holds. A subscription not listed is taken to stand at 0: the broker cannot tell
+    /// what of it arrived, so everything it sent and no longer holds is announced as a gap.
     #[serde(default)]
     pub positions: Vec<ResumePosition>,
 }

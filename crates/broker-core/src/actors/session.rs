@@ -366,13 +366,16 @@ impl SessionState {
         self.epoch += 1;
         let (notices, ended) = mpsc::unbounded_channel();
         for (id, subscription) in &self.subscriptions {
+            // A subscription the client left out: the broker cannot tell what arrived, so it
+            // continues as if the client had received nothing; what it no longer holds is
+            // announced as a gap instead of lost silently.
             let last_received = positions
                 .iter()
                 .find(|position| position.subscription == *id)
-                .map(|position| position.last_sequence);
+                .map_or(0, |position| position.last_sequence);
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
-                last_received,
+                last_received: Some(last_received),
                 notices: notices.clone(),
             });
         }
