@@ -1,6 +1,8 @@
 //! The worked examples of docs/PROTOCOL.md, byte for byte: if the encoding changes, the
 //! document must change with it.
 
+#![allow(clippy::expect_used, clippy::panic)] // A failed check in a test panics on purpose.
+
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::{
     decode_frame, encode_frame, DeliveryClass, Frame, Hello, OverflowPolicy, OversizeRule, Publish,
