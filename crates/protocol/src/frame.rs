@@ -200,7 +200,8 @@ pub enum OverflowPolicy {
     DropNewest,
     /// Keep only the newest message: for state-like topics.
     Latest,
-    /// Close the subscription: its stream is reset with `SLOW_CONSUMER`.
+    /// Close the subscription: `SubscriptionEnded` with `SLOW_CONSUMER` on the control stream,
+    /// and its stream is reset with the same code.
     Close,
 }
 
