@@ -492,3 +492,66 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_end_announced_on_a_connection_that_was_then_lost_is_announced_again_on_resume() {
+    let acl = r#"
+[[rule]]
+identity = "edge"
+subscribe = ["feeds.>", "sensors.>"]
+
+[[rule]]
+identity = "publisher"
+publish = [">"]
+"#;
+    let config = BrokerConfig {
+        acl: Acl::parse(acl, "test ACL").expect("valid ACL"),
+        ..BrokerConfig::default()
+    };
+    let broker = quick_broker(config).await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let edge = edge_client(&broker, &relay, "edge").await;
+    let mut feeds = edge.subscribe("feeds.>").await.expect("feeds");
+    let mut sensors = edge.subscribe("sensors.>").await.expect("sensors");
+    let publisher = broker.client("publisher").await;
+    let session = edge.session_id();
+
+    // The network goes silently; before the broker notices, a reloaded ACL ends `feeds.>`: its
+    // reset and its SubscriptionEnded are written to a connection that is already lost.
+    relay.cut();
+    let narrowed = acl.replace(
+        r#"subscribe = ["feeds.>", "sensors.>"]"#,
+        r#"subscribe = ["sensors.>"]"#,
+    );
+    broker
+        .broker
+        .set_acl(Acl::parse(&narrowed, "narrowed").expect("valid"));
+    broker
+        .wait_for_stats("the broker forgets the subscription", |s| {
+            s.subscribers == 1
+        })
+        .await;
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+    relay.restore();
+    wait_for_state(&edge, "the client resumes its session", |s| {
+        matches!(s, ConnectionState::Connected { resumed: true, session_id } if *session_id == session)
+    })
+    .await;
+
+    assert!(within("feeds ends", feeds.next()).await.is_none());
+    assert_eq!(
+        feeds.end_reason(),
+        Some(SubscriptionEnd::Reset(ErrorCode::NOT_AUTHORIZED))
+    );
+    publisher
+        .publish("sensors.t", Bytes::from_static(b"21.5"))
+        .await
+        .expect("publish");
+    let message = within("sensors delivery", sensors.next())
+        .await
+        .expect("message");
+    assert_eq!(message.payload(), &b"21.5"[..]);
+    broker.stop().await;
+}

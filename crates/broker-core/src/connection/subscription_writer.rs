@@ -16,9 +16,9 @@ use cassini_protocol::{
     encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionEnded,
     SubscriptionStart,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::session::EndNotices;
 use crate::connection::gaps::GapAnnouncer;
 use crate::queue::{CloseReason, Popped, SubscriptionQueue};
 use crate::router::SubscriberKey;
@@ -42,13 +42,6 @@ pub(crate) const SUBSCRIPTION_STREAM_PRIORITY: i32 = 0;
 /// Reply inboxes (filters under `_INBOX.`) go ahead of bulk subscriptions, so request/reply
 /// latency does not suffer from a busy subscription on the same connection.
 pub(crate) const INBOX_STREAM_PRIORITY: i32 = 50;
-
-/// Where a subscription's writer announces, on its connection's control stream, that the broker
-/// ended the subscription (a reset alone may overtake the stream's `SubscriptionStart`, leaving
-/// the client unable to tell which subscription ended). Unbounded in type, bounded in use: a
-/// subscription ends once, so one attachment's channel holds at most one notice per
-/// subscription of the session (`max_subscriptions`).
-pub(crate) type EndNotices = mpsc::UnboundedSender<SubscriptionEnded>;
 
 /// How a writer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,8 +223,7 @@ pub(crate) async fn run_subscription_writer(
 
 /// Tells the connection's control stream that the broker ended the subscription, and why.
 fn announce_end(notices: &EndNotices, key: SubscriberKey, code: ErrorCode, reason: &str) {
-    // A closed channel means the connection is gone; the next one learns the end on resume.
-    let _ = notices.send(SubscriptionEnded {
+    notices.announce(SubscriptionEnded {
         subscription: key.subscription,
         code,
         reason: reason.to_owned(),
