@@ -17,8 +17,8 @@ use cassini_protocol::{
     decode_frame, encode_frame, Ack, AckOptions, Delivery, DeliveryClass, ErrorCode, ErrorFrame,
     Frame, FrameDecoder, Gap, GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy,
     Ping, Publish, PublishAck, PublishRejected, ResumePosition, SequenceRange, SessionId,
-    Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
-    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
+    Subscribe, SubscribeOptions, Subscribed, SubscriptionEnded, SubscriptionStart, TopicError,
+    TopicFilter, TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -178,6 +178,14 @@ fn frame() -> impl Strategy<Value = Frame> {
                 reason,
             })
         });
+    let subscription_ended =
+        (any::<u64>(), error_code(), text()).prop_map(|(subscription, code, reason)| {
+            Frame::SubscriptionEnded(SubscriptionEnded {
+                subscription,
+                code,
+                reason,
+            })
+        });
     let going_away = (text(), any::<u32>()).prop_map(|(reason, reconnect_after_ms)| {
         Frame::GoingAway(GoingAway {
             reason,
@@ -293,6 +301,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         pong.boxed(),
         error.boxed(),
         going_away.boxed(),
+        subscription_ended.boxed(),
         publish.boxed(),
         publish_rejected.boxed(),
         publish_ack.boxed(),
