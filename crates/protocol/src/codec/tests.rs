@@ -593,3 +593,45 @@ fn an_extra_element_in_a_tuple_is_still_malformed() {
         Err(DecodeError::Malformed(_))
     ));
 }
+
+/// `{"Ping": [1, [[...[]...]]]}` with `extra_depth` nested arrays as an unknown trailing field:
+/// the frame's map and the `Ping` array are two levels, the trailing field adds the rest.
+fn ping_with_nested_trailing_field(extra_depth: usize) -> BytesMut {
+    let mut body = vec![0x81, 0xa4, b'P', b'i', b'n', b'g', 0x92, 0x01];
+    body.extend(std::iter::repeat_n(0x91, extra_depth.saturating_sub(1)));
+    body.push(0x90);
+    let mut buf = BytesMut::new();
+    buf.put_u32(u32::try_from(body.len()).expect("small"));
+    buf.put_slice(&body);
+    buf
+}
+
+#[test]
+fn nesting_is_limited_to_sixteen_levels_counting_the_frame_map() {
+    let decoder = FrameDecoder::default();
+    assert_eq!(
+        decoder.decode(&mut ping_with_nested_trailing_field(14)),
+        Ok(Some(Frame::Ping(Ping { nonce: 1 })))
+    );
+    assert!(matches!(
+        decoder.decode(&mut ping_with_nested_trailing_field(15)),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_struct_sent_as_a_map_keyed_by_field_name_decodes() {
+    // {"Ping": {"nonce": 9, "later": true}}
+    let mut body = vec![0x81, 0xa4, b'P', b'i', b'n', b'g', 0x82, 0xa5];
+    body.extend_from_slice(b"nonce");
+    body.extend_from_slice(&[0x09, 0xa5]);
+    body.extend_from_slice(b"later");
+    body.push(0xc3);
+    let mut buf = BytesMut::new();
+    buf.put_u32(u32::try_from(body.len()).expect("small"));
+    buf.put_slice(&body);
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Ok(Some(Frame::Ping(Ping { nonce: 9 })))
+    );
+}
