@@ -254,7 +254,7 @@ async fn a_publish_stream_reset_by_the_client_ends_only_that_stream() {
     let subscriber = broker.client("sub").await;
     let mut subscription = subscriber.subscribe("reset.x").await.expect("subscribe");
     let (_endpoint, connection) = broker.raw_connection("resetter").await;
-    let (_welcome, _control_send, _control_recv) =
+    let (_welcome, mut control_send, mut control_recv) =
         raw::hello(&connection, None).await.expect("welcome");
     let publish = |payload: &'static [u8], ack: bool| {
         encoded(&Frame::Publish(Publish {
@@ -303,6 +303,16 @@ async fn a_publish_stream_reset_by_the_client_ends_only_that_stream() {
         !seen.iter().any(|payload| &payload[..] == b"cut short"),
         "a partial frame is never routed"
     );
+    // The control stream still answers.
+    control_send
+        .write_all(&encoded(&Frame::Ping(cassini_protocol::Ping { nonce: 42 })))
+        .await
+        .expect("ping");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut control_recv, &mut buf).await {
+        Some(Frame::Pong(pong)) => assert_eq!(pong.nonce, 42),
+        other => panic!("expected Pong, got {other:?}"),
+    }
     assert!(
         connection.close_reason().is_none(),
         "closed: {:?}",
