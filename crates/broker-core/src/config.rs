@@ -166,6 +166,8 @@ impl BrokerLimits {
             max_topic_depth: u32::try_from(self.topics.max_depth).unwrap_or(u32::MAX),
             max_headers: self.max_headers,
             max_header_bytes: self.max_header_bytes,
+            // Per connection: the driver fills it in.
+            max_datagram_bytes: 0,
         }
     }
 }

@@ -235,6 +235,20 @@ impl SubscriptionRegistry {
         self.changed.notify_waiters();
     }
 
+    /// The broker announced on the control stream that it ended subscription `id`: the
+    /// subscription ends with `end` (at once, or as soon as the reader of its stream lets go),
+    /// whether or not its stream ever named it. An id this client no longer has is ignored.
+    pub(crate) fn ended_by_broker(&self, id: SubscriptionId, end: SubscriptionEnd) {
+        let sink = {
+            let mut state = lock(&self.state);
+            state.abandoned.remove(&id);
+            state.live.remove(&id)
+        };
+        if let Some(sink) = sink {
+            sink.try_finish(end);
+        }
+    }
+
     /// Forgets `sink` after it ended.
     fn remove(&self, sink: &Arc<SubscriptionSink>) {
         let mut state = lock(&self.state);

@@ -1,7 +1,10 @@
 //! Length-prefixed MessagePack framing.
 //!
 //! On the wire every frame is a 4-byte big-endian body length followed by the body: a
-//! [`Frame`] encoded with rmp-serde (structs as arrays, enum variants by name). The decoder reads
+//! [`Frame`] encoded with rmp-serde (structs as arrays, enum variants by name). A struct may
+//! carry trailing fields this build does not know (a newer peer's): they are skipped (see
+//! `lenient`), and fields added later are `#[serde(default)]`, so an older peer's frame decodes
+//! too. The decoder reads
 //! the length first and refuses any length above its maximum before it reserves or allocates
 //! anything for the body, so a peer cannot make the broker allocate by *declaring* a large frame.
 //!
@@ -12,6 +15,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, Headers};
+use lenient::Lenient;
+
+mod lenient;
 
 /// Size of the length prefix in front of every frame body.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -211,7 +217,7 @@ fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
 fn decode_body_borrowing(body: &[u8]) -> Option<Frame> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
     deserializer.set_max_depth(MAX_NESTING_DEPTH);
-    let frame: Frame = serde::Deserialize::deserialize(&mut deserializer).ok()?;
+    let frame: Frame = serde::Deserialize::deserialize(Lenient(&mut deserializer)).ok()?;
     match serde::de::IgnoredAny::deserialize(&mut deserializer) {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(err))
             if err.kind() == std::io::ErrorKind::UnexpectedEof =>
@@ -227,7 +233,7 @@ fn decode_body_copying(body: &[u8]) -> Result<Frame, DecodeError> {
     let mut rest = body;
     let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
     deserializer.set_max_depth(MAX_NESTING_DEPTH);
-    let frame = serde::Deserialize::deserialize(&mut deserializer)
+    let frame = serde::Deserialize::deserialize(Lenient(&mut deserializer))
         .map_err(|err: rmp_serde::decode::Error| DecodeError::Malformed(err.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));

@@ -82,6 +82,10 @@ error_codes! {
     SESSION_IDENTITY_MISMATCH = 21, "session belongs to another identity";
     /// Another connection of the same identity resumed this session; do not reconnect.
     SESSION_TAKEN_OVER = 22, "session taken over by a newer connection";
+    /// The broker could not open a subscription's stream in time: the client allows it no more
+    /// unidirectional streams (QUIC `initial_max_streams_uni` / `MAX_STREAMS`). The
+    /// subscription ended; a client must allow one stream per subscription.
+    STREAM_LIMIT = 23, "the client allows no more subscription streams";
     /// The subscription's queue overflowed under the `close` policy.
     SLOW_CONSUMER = 30, "subscription closed: slow consumer";
     /// The broker is shutting down.

@@ -4,7 +4,7 @@
 //!
 //! | stream | opened by | frames |
 //! |---|---|---|
-//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `Error`, `Pong`, `GoingAway` down |
+//! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `SubscriptionEnded`, `Error`, `Pong`, `GoingAway` down |
 //! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
 //! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` |
 //!
@@ -92,6 +92,11 @@ pub enum Frame {
     /// QUIC datagram, broker → client: one delivery of a datagram subscription. Client →
     /// broker, a datagram carries a `Publish` instead (fire and forget).
     Datagram(DatagramDelivery),
+    /// Control, broker → client: the broker ended a subscription the client did not ask to end
+    /// (its `Close` policy overflowed, or a reloaded ACL no longer allows it). Its stream is
+    /// also reset with the same code, but a reset may overtake the stream's
+    /// `SubscriptionStart`, so this frame is what names the subscription.
+    SubscriptionEnded(SubscriptionEnded),
 }
 
 impl Frame {
@@ -117,6 +122,7 @@ impl Frame {
             Frame::Message(_) => "Message",
             Frame::Gap(_) => "Gap",
             Frame::Datagram(_) => "Datagram",
+            Frame::SubscriptionEnded(_) => "SubscriptionEnded",
         }
     }
 }
@@ -133,8 +139,8 @@ pub struct Hello {
     pub client_name: Option<String>,
     /// With `resume`: for each subscription, the last sequence the client received. The broker
     /// continues each subscription after that point and announces with a `Gap` whatever it no
-    /// longer holds. A subscription not listed continues after the last message the broker
-    /// sent on it.
+    /// longer holds. A subscription not listed is taken to stand at 0: the broker cannot tell
+    /// what of it arrived, so everything it sent and no longer holds is announced as a gap.
     #[serde(default)]
     pub positions: Vec<ResumePosition>,
 }
@@ -183,6 +189,12 @@ pub struct Limits {
     /// Most bytes of header keys and values together in one publish; 0 when not announced.
     #[serde(default)]
     pub max_header_bytes: u32,
+    /// The largest QUIC datagram (its whole content: length prefix and frame) the broker could
+    /// send on this connection when it sent `Welcome`, 0 if the connection has no datagrams.
+    /// It follows the path MTU and the client's `max_datagram_frame_size`, so it may change;
+    /// a datagram subscription's larger messages follow its oversize rule.
+    #[serde(default)]
+    pub max_datagram_bytes: u32,
 }
 
 /// What the broker does when a subscription's queue is full.
@@ -195,7 +207,8 @@ pub enum OverflowPolicy {
     DropNewest,
     /// Keep only the newest message: for state-like topics.
     Latest,
-    /// Close the subscription: its stream is reset with `SLOW_CONSUMER`.
+    /// Close the subscription: `SubscriptionEnded` with `SLOW_CONSUMER` on the control stream,
+    /// and its stream is reset with the same code.
     Close,
 }
 
@@ -311,6 +324,17 @@ pub struct SequenceRange {
     pub from: u64,
     /// The last sequence in the range (inclusive).
     pub to: u64,
+}
+
+/// The broker ended a subscription on its own, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEnded {
+    /// The subscription that ended.
+    pub subscription: SubscriptionId,
+    /// Why: `SLOW_CONSUMER` or `NOT_AUTHORIZED`.
+    pub code: ErrorCode,
+    /// A human-readable reason.
+    pub reason: String,
 }
 
 /// A liveness probe; the answer echoes the nonce.

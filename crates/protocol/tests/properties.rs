@@ -17,8 +17,8 @@ use cassini_protocol::{
     decode_frame, encode_frame, Ack, AckOptions, Delivery, DeliveryClass, ErrorCode, ErrorFrame,
     Frame, FrameDecoder, Gap, GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy,
     Ping, Publish, PublishAck, PublishRejected, ResumePosition, SequenceRange, SessionId,
-    Subscribe, SubscribeOptions, Subscribed, SubscriptionStart, TopicError, TopicFilter,
-    TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
+    Subscribe, SubscribeOptions, Subscribed, SubscriptionEnded, SubscriptionStart, TopicError,
+    TopicFilter, TopicLimits, TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -61,14 +61,14 @@ fn overflow_policy() -> impl Strategy<Value = OverflowPolicy> {
 }
 
 fn connection_limits() -> impl Strategy<Value = Limits> {
-    any::<(u32, u32, u32, u32, u32, (u32, u32))>().prop_map(
+    any::<(u32, u32, u32, u32, u32, (u32, u32, u32))>().prop_map(
         |(
             max_payload_bytes,
             max_frame_bytes,
             max_subscriptions,
             max_topic_bytes,
             max_topic_depth,
-            (max_headers, max_header_bytes),
+            (max_headers, max_header_bytes, max_datagram_bytes),
         )| Limits {
             max_payload_bytes,
             max_frame_bytes,
@@ -77,6 +77,7 @@ fn connection_limits() -> impl Strategy<Value = Limits> {
             max_topic_depth,
             max_headers,
             max_header_bytes,
+            max_datagram_bytes,
         },
     )
 }
@@ -181,6 +182,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<Option<u64>>(), error_code(), text()).prop_map(|(request_id, code, reason)| {
             Frame::Error(ErrorFrame {
                 request_id,
+                code,
+                reason,
+            })
+        });
+    let subscription_ended =
+        (any::<u64>(), error_code(), text()).prop_map(|(subscription, code, reason)| {
+            Frame::SubscriptionEnded(SubscriptionEnded {
+                subscription,
                 code,
                 reason,
             })
@@ -300,6 +309,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         pong.boxed(),
         error.boxed(),
         going_away.boxed(),
+        subscription_ended.boxed(),
         publish.boxed(),
         publish_rejected.boxed(),
         publish_ack.boxed(),

@@ -10,15 +10,16 @@
 //! subscription ends; a session read back after a restart starts detached, with the expiry time
 //! it had left, and rebuilds its subscriptions with the same ids and sequences.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{
-    DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionId,
-    TopicFilter,
+    DeliveryClass, ErrorCode, ResumePosition, SessionId, SubscribeOptions, SubscriptionEnded,
+    SubscriptionId, TopicFilter,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
@@ -85,6 +86,22 @@ pub(crate) enum SessionMsg {
     },
     /// The ACL was replaced: end every subscription it no longer allows.
     RecheckAcl,
+    /// A subscription's writer found that the broker ended the subscription: tell the client.
+    Announce(SubscriptionEnded),
+}
+
+/// Where a subscription's writer reports that the broker ended the subscription, for the
+/// session to announce on its connection's control stream with `SubscriptionEnded` (a stream
+/// reset alone may overtake the stream's `SubscriptionStart`, leaving the client unable to tell
+/// which subscription ended).
+#[derive(Clone)]
+pub(crate) struct EndNotices(ActorRef<SessionMsg>);
+
+impl EndNotices {
+    /// Reports `notice` to the session.
+    pub(crate) fn announce(&self, notice: SubscriptionEnded) {
+        let _ = self.0.send_message(SessionMsg::Announce(notice));
+    }
 }
 
 /// A connection's view of the session it was attached to.
@@ -93,6 +110,10 @@ pub(crate) struct Attached {
     pub(crate) epoch: u64,
     /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
     pub(crate) acks: Arc<AckTargets>,
+    /// Subscription ends to announce on the connection's control stream: those of
+    /// [`SessionState::ended`] the client still lists, then every end found while attached.
+    /// Unbounded in type, bounded in use: at most twice `max_subscriptions_per_session`.
+    pub(crate) ended: mpsc::UnboundedReceiver<SubscriptionEnded>,
 }
 
 struct SessionSubscription {
@@ -112,6 +133,13 @@ pub(crate) struct SessionState {
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
+    /// Where the attached connection's driver takes subscription ends to announce.
+    announcements: Option<mpsc::UnboundedSender<SubscriptionEnded>>,
+    /// Subscription ends announced so far, kept because an announcement written to a
+    /// connection that was then lost never arrived: each resume announces again those the
+    /// client still lists in its positions, and forgets the others. At most
+    /// `max_subscriptions_per_session` (the oldest goes first).
+    ended: VecDeque<SubscriptionEnded>,
     epoch: u64,
     acks: Arc<AckTargets>,
 }
@@ -295,7 +323,10 @@ impl SessionState {
             key,
             filter: filter.clone(),
             queue: Arc::clone(&queue),
-            connection: self.attached.clone(),
+            connection: self
+                .attached
+                .clone()
+                .map(|connection| (connection, EndNotices(myself.clone()))),
             max_frame_bytes: config.limits.max_frame_bytes,
             delivery,
         };
@@ -360,6 +391,7 @@ impl SessionState {
 
     fn attach(
         &mut self,
+        myself: &ActorRef<SessionMsg>,
         connection: Arc<dyn Connection>,
         positions: &[ResumePosition],
     ) -> Attached {
@@ -370,22 +402,37 @@ impl SessionState {
             );
         }
         self.epoch += 1;
+        let (announcements, ended) = mpsc::unbounded_channel();
+        self.ended.retain(|notice| {
+            positions
+                .iter()
+                .any(|position| position.subscription == notice.subscription)
+        });
+        for notice in &self.ended {
+            let _ = announcements.send(notice.clone());
+        }
         for (id, subscription) in &self.subscriptions {
+            // A subscription the client left out: the broker cannot tell what arrived, so it
+            // continues as if the client had received nothing; what it no longer holds is
+            // announced as a gap instead of lost silently.
             let last_received = positions
                 .iter()
                 .find(|position| position.subscription == *id)
-                .map(|position| position.last_sequence);
+                .map_or(0, |position| position.last_sequence);
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
-                last_received,
+                last_received: Some(last_received),
+                notices: EndNotices(myself.clone()),
             });
         }
         self.attached = Some(connection);
+        self.announcements = Some(announcements);
         self.detached_at_ms = None;
         self.store_session();
         Attached {
             epoch: self.epoch,
             acks: Arc::clone(&self.acks),
+            ended,
         }
     }
 
@@ -407,8 +454,22 @@ impl SessionState {
         }
     }
 
+    /// Announces that the broker ended a subscription, now if attached, and again on every
+    /// resume whose client still lists it.
+    fn announce(&mut self, notice: SubscriptionEnded) {
+        let cap = self.shared.config.limits.max_subscriptions_per_session as usize;
+        while self.ended.len() >= cap.max(1) {
+            self.ended.pop_front();
+        }
+        if let Some(announcements) = &self.announcements {
+            let _ = announcements.send(notice.clone());
+        }
+        self.ended.push_back(notice);
+    }
+
     fn detach(&mut self) {
         self.attached = None;
+        self.announcements = None;
         self.detached_at_ms = Some(unix_ms());
         self.store_session();
         for subscription in self.subscriptions.values() {
@@ -456,6 +517,8 @@ impl Actor for Session {
             subscriptions: HashMap::new(),
             last_subscription: 0,
             attached: None,
+            announcements: None,
+            ended: VecDeque::new(),
             epoch: 0,
             acks: Arc::default(),
         };
@@ -489,7 +552,7 @@ impl Actor for Session {
                 positions,
                 reply,
             } => {
-                let _ = reply.send(state.attach(connection, &positions));
+                let _ = reply.send(state.attach(&myself, connection, &positions));
             }
             SessionMsg::Detach { epoch } if epoch == state.epoch => {
                 state.detach();
@@ -558,6 +621,7 @@ impl Actor for Session {
                 }
             }
             SessionMsg::RecheckAcl => state.recheck_acl(),
+            SessionMsg::Announce(notice) => state.announce(notice),
         }
         Ok(())
     }

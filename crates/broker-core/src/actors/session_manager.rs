@@ -45,6 +45,10 @@ pub(crate) struct Opened {
     /// The session's queues: where the connection's acknowledgements go, and what shutdown
     /// drains.
     pub(crate) acks: Arc<AckTargets>,
+    /// Subscriptions the broker ends while this connection is attached, to announce on its
+    /// control stream (taken by the connection's driver).
+    pub(crate) ended:
+        Option<tokio::sync::mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>>,
 }
 
 pub(crate) enum SessionManagerMsg {
@@ -232,7 +236,7 @@ impl SessionManager {
             }
         };
         let positions = if resumed { positions } else { Vec::new() };
-        let Attached { epoch, acks } = ask(&session, |reply| SessionMsg::Attach {
+        let Attached { epoch, acks, ended } = ask(&session, |reply| SessionMsg::Attach {
             connection,
             positions,
             reply,
@@ -244,6 +248,7 @@ impl SessionManager {
             resumed,
             epoch,
             acks,
+            ended: Some(ended),
         })
     }
 }

@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::session::EndNotices;
 use crate::connection::subscription_writer::{
     run_subscription_writer, WriterOutcome, WriterSettings, INBOX_STREAM_PRIORITY,
     SUBSCRIPTION_STREAM_PRIORITY,
@@ -24,7 +25,7 @@ pub(crate) struct SubscriberArgs {
     pub(crate) key: SubscriberKey,
     pub(crate) filter: TopicFilter,
     pub(crate) queue: Arc<SubscriptionQueue>,
-    pub(crate) connection: Option<Arc<dyn Connection>>,
+    pub(crate) connection: Option<(Arc<dyn Connection>, EndNotices)>,
     pub(crate) max_frame_bytes: u32,
     pub(crate) delivery: DeliveryClass,
 }
@@ -35,6 +36,8 @@ pub(crate) enum SubscriberMsg {
     Attach {
         connection: Arc<dyn Connection>,
         last_received: Option<u64>,
+        /// Where the writer announces that the broker ended the subscription.
+        notices: EndNotices,
     },
     /// Stop writing; keep queueing.
     Detach,
@@ -73,6 +76,7 @@ impl SubscriberState {
         myself: &ActorRef<SubscriberMsg>,
         connection: Arc<dyn Connection>,
         last_received: Option<u64>,
+        notices: EndNotices,
     ) {
         self.stop_writer();
         self.generation += 1;
@@ -89,6 +93,7 @@ impl SubscriberState {
                 delivery: self.delivery,
             },
             last_received,
+            notices,
         );
         self.queue.set_attached(true);
         let myself = myself.clone();
@@ -140,8 +145,8 @@ impl Actor for Subscriber {
             writer: None,
             generation: 0,
         };
-        if let Some(connection) = args.connection {
-            state.start_writer(&myself, connection, None);
+        if let Some((connection, notices)) = args.connection {
+            state.start_writer(&myself, connection, None, notices);
         }
         Ok(state)
     }
@@ -156,7 +161,8 @@ impl Actor for Subscriber {
             SubscriberMsg::Attach {
                 connection,
                 last_received,
-            } => state.start_writer(&myself, connection, last_received),
+                notices,
+            } => state.start_writer(&myself, connection, last_received, notices),
             SubscriberMsg::Detach => state.stop_writer(),
             SubscriberMsg::WriterEnded {
                 generation,
@@ -170,6 +176,9 @@ impl Actor for Subscriber {
                 match outcome {
                     WriterOutcome::Overflowed => myself.stop(Some("slow consumer".into())),
                     WriterOutcome::Ended => myself.stop(Some("ended".into())),
+                    WriterOutcome::NoStream => {
+                        myself.stop(Some("the client allowed no stream for it".into()))
+                    }
                     WriterOutcome::StoppedByPeer(code) => {
                         myself.stop(Some(format!("stream stopped by client with {code}")))
                     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{
-    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Ping, Subscribed, Unsubscribed, Welcome,
-    PROTOCOL_VERSION,
+    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, Subscribed, Unsubscribed,
+    Welcome, PROTOCOL_VERSION,
 };
 use ractor::ActorRef;
 use tokio::sync::watch;
@@ -111,7 +111,8 @@ async fn serve(
             ))
         }
     };
-    let opened = open_session(connection, sessions, hello).await?;
+    let mut opened = open_session(connection, sessions, hello).await?;
+    let mut ended = opened.ended.take();
     let _ = listener.send_message(ListenerMsg::Established {
         session: opened.session.clone(),
         epoch: opened.epoch,
@@ -121,7 +122,12 @@ async fn serve(
         session_id: opened.id,
         resumed: opened.resumed,
         identity: connection.peer().identity.to_string(),
-        limits: limits.announced(),
+        limits: Limits {
+            max_datagram_bytes: connection
+                .max_datagram_size()
+                .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
+            ..limits.announced()
+        },
     });
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
         .await
@@ -158,6 +164,11 @@ async fn serve(
                 ));
             },
             Some(done) = publishers.join_next() => flatten(done)?,
+            Some(notice) = next_notice(&mut ended) => {
+                write_frame(control_send.as_mut(), &Frame::SubscriptionEnded(notice), max_frame_bytes)
+                    .await
+                    .map_err(control_reset)?;
+            }
             Ok(()) = going_away.changed() => {
                 let reason = going_away.borrow().clone().unwrap_or_default();
                 return go_away(shared, &opened, &mut control, control_send.as_mut(), reason).await;
@@ -266,6 +277,16 @@ fn control_reset(err: BrokerError) -> BrokerError {
             ))
         }
         other => other,
+    }
+}
+
+/// The next subscription the broker ended, to announce; pending forever without a channel.
+async fn next_notice(
+    ended: &mut Option<tokio::sync::mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>>,
+) -> Option<cassini_protocol::SubscriptionEnded> {
+    match ended {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,8 @@
 //! may not subscribe to; a publish with `ack` is answered with `PublishAck` once routed, or once
 //! recognised as a duplicate inside the dedupe window (then it is not routed again). Anything
 //! that is not a `Publish` closes the connection. When the client finishes the stream, the
-//! broker finishes its side only after routing everything on it.
+//! broker finishes its side only after routing everything on it. When the client resets the
+//! stream (or stops the broker's side), only that stream ends: what was read whole was routed.
 //!
 //! In disk mode (with the default [`SyncPolicy::Always`]) a `PublishAck` leaves only once
 //! everything the publish stored is on stable storage. The stream is read and answered by two
@@ -37,7 +38,7 @@ use crate::memory::{FrameBufferCharge, MemoryCharge};
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
 use crate::storage::{DiskStore, StorageError, SyncPolicy};
-use crate::transport::{RecvStream, SendStream};
+use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
 const MAX_UNANSWERED: usize = 1024;
@@ -89,15 +90,27 @@ pub(crate) async fn serve_publish_stream(
     identity: Arc<str>,
     charge: FrameBufferCharge,
 ) -> Result<(), BrokerError> {
-    if shared.storage.is_none() {
-        return serve_in_order(send, recv, &shared, &identity, charge).await;
+    let served = if shared.storage.is_none() {
+        serve_in_order(send, recv, &shared, &identity, charge).await
+    } else {
+        let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
+        let (read, written) = tokio::join!(
+            read_publishes(recv, &shared, &identity, answers, charge),
+            write_answers(send, &shared, unanswered),
+        );
+        read.and(written)
+    };
+    match served {
+        // The client abandoned this stream (reset its side, or stopped ours): every whole
+        // publish read before was routed, a partial one is dropped, and only this stream ends.
+        Err(BrokerError::Transport(
+            TransportError::Reset(code) | TransportError::Stopped(code),
+        )) => {
+            tracing::debug!(%code, "publish stream abandoned by the client");
+            Ok(())
+        }
+        other => other,
     }
-    let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
-    let (read, written) = tokio::join!(
-        read_publishes(recv, &shared, &identity, answers, charge),
-        write_answers(send, &shared, unanswered),
-    );
-    read.and(written)
 }
 
 /// Memory mode: no answer waits for anything, so each publish is answered before the next is

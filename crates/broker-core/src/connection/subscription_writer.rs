@@ -13,10 +13,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
 use cassini_protocol::{
-    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionStart,
+    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionEnded,
+    SubscriptionStart,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::session::EndNotices;
 use crate::connection::gaps::GapAnnouncer;
 use crate::queue::{CloseReason, Popped, SubscriptionQueue};
 use crate::router::SubscriberKey;
@@ -24,6 +26,12 @@ use crate::transport::{Connection, SendStream, TransportError};
 
 /// Most messages taken from the queue for one stream write.
 const MAX_BATCH: usize = 256;
+
+/// How long opening a subscription's stream may wait for the client to allow one more
+/// unidirectional stream. A client that allows fewer streams than it has subscriptions would
+/// otherwise never get the later ones' streams, silently; past this, the subscription ends
+/// with `STREAM_LIMIT`, announced on the control stream.
+pub(crate) const STREAM_OPEN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long a cancelled writer may finish the write it started before the stream is reset.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -46,6 +54,8 @@ pub(crate) enum WriterOutcome {
     Overflowed,
     /// The client stopped the stream.
     StoppedByPeer(ErrorCode),
+    /// The client allowed no stream for the subscription within [`STREAM_OPEN_DEADLINE`].
+    NoStream,
     /// The connection went away.
     ConnectionLost(String),
 }
@@ -81,6 +91,7 @@ pub(crate) async fn run_subscription_writer(
     cancel: CancellationToken,
     settings: WriterSettings,
     last_received: Option<u64>,
+    notices: EndNotices,
 ) -> WriterOutcome {
     let WriterSettings {
         max_frame_bytes,
@@ -91,9 +102,19 @@ pub(crate) async fn run_subscription_writer(
     let mut gaps = GapAnnouncer::new(key.subscription, &attachment);
     let mut stream = tokio::select! {
         _ = cancel.cancelled() => return WriterOutcome::Cancelled,
-        opened = connection.open_uni() => match opened {
-            Ok(stream) => stream,
-            Err(err) => return err.into(),
+        opened = tokio::time::timeout(STREAM_OPEN_DEADLINE, connection.open_uni()) => match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return err.into(),
+            Err(_) => {
+                tracing::warn!(subscription = key.subscription, "the client allows no more unidirectional streams; ending the subscription");
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::STREAM_LIMIT,
+                    "the client allows no more unidirectional streams: allow one per subscription",
+                );
+                return WriterOutcome::NoStream;
+            }
         },
     };
     stream.set_priority(priority);
@@ -134,10 +155,22 @@ pub(crate) async fn run_subscription_writer(
                 return WriterOutcome::Ended;
             }
             Popped::Closed(CloseReason::Overflow) => {
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::SLOW_CONSUMER,
+                    "the subscription's queue overflowed under the Close policy",
+                );
                 stream.reset(ErrorCode::SLOW_CONSUMER);
                 return WriterOutcome::Overflowed;
             }
             Popped::Closed(CloseReason::NotAuthorized) => {
+                announce_end(
+                    &notices,
+                    key,
+                    ErrorCode::NOT_AUTHORIZED,
+                    "the ACL no longer allows the subscription",
+                );
                 stream.reset(ErrorCode::NOT_AUTHORIZED);
                 return WriterOutcome::Ended;
             }
@@ -193,6 +226,15 @@ pub(crate) async fn run_subscription_writer(
             }
         }
     }
+}
+
+/// Tells the connection's control stream that the broker ended the subscription, and why.
+fn announce_end(notices: &EndNotices, key: SubscriberKey, code: ErrorCode, reason: &str) {
+    notices.announce(SubscriptionEnded {
+        subscription: key.subscription,
+        code,
+        reason: reason.to_owned(),
+    });
 }
 
 /// Sends one delivery as a datagram; `Ok(false)` when it is larger than the connection's

@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use cassini_protocol::{ErrorCode, ErrorFrame, Frame, Ping, RequestId, Subscribed, Unsubscribed};
+use cassini_protocol::{
+    ErrorCode, ErrorFrame, Frame, Ping, RequestId, Subscribed, SubscriptionEnded, Unsubscribed,
+};
 
 use crate::control::pending::PendingRequest;
 use crate::control::{Answer, ControlRequest, Expected, PendingRequests, WeakControlHandle};
 use crate::error::ClientError;
 use crate::framed::{decode_close_code, FrameReader, ReadFrameError};
 use crate::registry::SubscriptionRegistry;
+use crate::subscription::SubscriptionEnd;
 
 /// Reads answers until the broker finishes the control stream or the connection ends, then
 /// closes the pending table so that nobody waits for an answer that cannot come.
@@ -146,6 +149,18 @@ impl Dispatcher<'_> {
                 reason,
             }) => {
                 tracing::warn!(?code, %reason, "the broker reports a connection error");
+            }
+            Frame::SubscriptionEnded(SubscriptionEnded {
+                subscription,
+                code,
+                reason,
+            }) => {
+                tracing::info!(subscription, ?code, %reason, "the broker ended a subscription");
+                let end = match code {
+                    ErrorCode::SLOW_CONSUMER => SubscriptionEnd::SlowConsumer,
+                    other => SubscriptionEnd::Reset(other),
+                };
+                self.registry.ended_by_broker(subscription, end);
             }
             Frame::GoingAway(going_away) => {
                 tracing::warn!(

@@ -38,6 +38,7 @@ pub(crate) const LIMITS: Limits = Limits {
     max_topic_depth: 8,
     max_headers: 16,
     max_header_bytes: 1024,
+    max_datagram_bytes: 0,
 };
 
 /// Certificates for one test: a CA that the broker trusts for clients and that issued the

@@ -27,6 +27,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_topic_depth: 16,
                 max_headers: 256,
                 max_header_bytes: 32 * 1024,
+                max_datagram_bytes: 1200,
             },
         }),
         Frame::Subscribe(Subscribe {
@@ -128,6 +129,11 @@ fn one_of_every_frame() -> Vec<Frame> {
                 retained: false,
                 redelivered: false,
             },
+        }),
+        Frame::SubscriptionEnded(SubscriptionEnded {
+            subscription: 42,
+            code: ErrorCode::SLOW_CONSUMER,
+            reason: "slow consumer".into(),
         }),
     ]
 }
@@ -451,6 +457,184 @@ fn a_truncated_value_after_a_frame_is_refused_as_trailing_bytes() {
     assert_eq!(
         FrameDecoder::default().decode(&mut buf),
         Err(DecodeError::TrailingBytes(1))
+    );
+}
+
+/// A `Hello` as a newer peer might encode it: every field this build knows, then more.
+#[derive(serde::Serialize)]
+enum NewerFrame {
+    Hello(
+        u32,
+        Option<SessionId>,
+        Option<String>,
+        Vec<ResumePosition>,
+        String,
+        Vec<u64>,
+    ),
+    Subscribe(u64, String, NewerOptions, bool),
+}
+
+#[derive(serde::Serialize)]
+struct NewerOptions {
+    overflow: OverflowPolicy,
+    max_queued_messages: Option<u32>,
+    max_queued_bytes: Option<u64>,
+    queue_group: Option<String>,
+    acks: Option<AckOptions>,
+    delivery: DeliveryClass,
+    later: Option<u64>,
+}
+
+fn encode_newer(frame: &NewerFrame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_value(frame, &mut buf, DEFAULT_MAX_FRAME_BYTES).expect("encodes");
+    buf
+}
+
+#[test]
+fn trailing_fields_from_a_newer_peer_are_ignored() {
+    let positions = vec![ResumePosition {
+        subscription: 3,
+        last_sequence: 9,
+    }];
+    let newer = NewerFrame::Hello(
+        crate::PROTOCOL_VERSION,
+        Some(SessionId([1; 16])),
+        Some("newer".into()),
+        positions.clone(),
+        "a field this build does not know".into(),
+        vec![1, 2, 3],
+    );
+    let expected = Frame::Hello(Hello {
+        protocol_version: crate::PROTOCOL_VERSION,
+        resume: Some(SessionId([1; 16])),
+        client_name: Some("newer".into()),
+        positions,
+    });
+    let mut buf = encode_newer(&newer);
+    let whole = buf.clone();
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Ok(Some(expected.clone()))
+    );
+    assert!(buf.is_empty());
+    // The copying path (exact errors) agrees with the borrowing one.
+    assert_eq!(
+        decode_body_copying(&whole[LENGTH_PREFIX_BYTES..]),
+        Ok(expected)
+    );
+}
+
+#[test]
+fn trailing_fields_of_a_nested_struct_are_ignored() {
+    let newer = NewerFrame::Subscribe(
+        7,
+        "orders.>".into(),
+        NewerOptions {
+            overflow: OverflowPolicy::Close,
+            max_queued_messages: Some(5),
+            max_queued_bytes: None,
+            queue_group: None,
+            acks: None,
+            delivery: DeliveryClass::Reliable,
+            later: Some(1),
+        },
+        true,
+    );
+    let decoded = FrameDecoder::default()
+        .decode(&mut encode_newer(&newer))
+        .expect("decodes");
+    assert_eq!(
+        decoded,
+        Some(Frame::Subscribe(Subscribe {
+            request_id: 7,
+            filter: "orders.>".into(),
+            options: SubscribeOptions {
+                overflow: OverflowPolicy::Close,
+                max_queued_messages: Some(5),
+                ..SubscribeOptions::default()
+            },
+        }))
+    );
+}
+
+#[test]
+fn an_extra_element_in_a_tuple_is_still_malformed() {
+    // Only structs are lenient: a header pair of three strings is not a header.
+    #[derive(serde::Serialize)]
+    enum Odd {
+        Publish(
+            String,
+            Vec<(String, String, String)>,
+            Bytes,
+            Option<u64>,
+            Option<String>,
+            bool,
+            Option<SessionId>,
+            bool,
+        ),
+    }
+    let mut buf = BytesMut::new();
+    encode_value(
+        &Odd::Publish(
+            "a".into(),
+            vec![("k".into(), "v".into(), "extra".into())],
+            Bytes::from_static(b"x"),
+            None,
+            None,
+            false,
+            None,
+            false,
+        ),
+        &mut buf,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .expect("encodes");
+    assert!(matches!(
+        FrameDecoder::default().decode(&mut buf),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+/// `{"Ping": [1, [[...[]...]]]}` with `extra_depth` nested arrays as an unknown trailing field:
+/// the frame's map and the `Ping` array are two levels, the trailing field adds the rest.
+fn ping_with_nested_trailing_field(extra_depth: usize) -> BytesMut {
+    let mut body = vec![0x81, 0xa4, b'P', b'i', b'n', b'g', 0x92, 0x01];
+    body.extend(std::iter::repeat_n(0x91, extra_depth.saturating_sub(1)));
+    body.push(0x90);
+    let mut buf = BytesMut::new();
+    buf.put_u32(u32::try_from(body.len()).expect("small"));
+    buf.put_slice(&body);
+    buf
+}
+
+#[test]
+fn nesting_is_limited_to_sixteen_levels_counting_the_frame_map() {
+    let decoder = FrameDecoder::default();
+    assert_eq!(
+        decoder.decode(&mut ping_with_nested_trailing_field(14)),
+        Ok(Some(Frame::Ping(Ping { nonce: 1 })))
+    );
+    assert!(matches!(
+        decoder.decode(&mut ping_with_nested_trailing_field(15)),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_struct_sent_as_a_map_keyed_by_field_name_decodes() {
+    // {"Ping": {"nonce": 9, "later": true}}
+    let mut body = vec![0x81, 0xa4, b'P', b'i', b'n', b'g', 0x82, 0xa5];
+    body.extend_from_slice(b"nonce");
+    body.extend_from_slice(&[0x09, 0xa5]);
+    body.extend_from_slice(b"later");
+    body.push(0xc3);
+    let mut buf = BytesMut::new();
+    buf.put_u32(u32::try_from(body.len()).expect("small"));
+    buf.put_slice(&body);
+    assert_eq!(
+        FrameDecoder::default().decode(&mut buf),
+        Ok(Some(Frame::Ping(Ping { nonce: 9 })))
     );
 }
 
