@@ -99,8 +99,10 @@ async def test_what_was_sent_into_a_lost_connection_is_announced_as_undelivered(
 
 
 @spec
-async def test_a_subscription_left_out_of_positions_continues_after_the_last_one_sent(
+async def test_a_subscription_left_out_of_positions_stands_at_zero_so_its_loss_is_announced(
         broker, certs, topic):
+    # PROTOCOL.md: a subscription missing from `positions` is taken to stand at 0, so what
+    # the broker sent on the lost connection is announced as an Undelivered gap from 1.
     alice = await connect(broker.port, certs.identity("alice"))
     session_id = alice.welcome["session_id"]
     sub = await subscribe(alice, topic)
@@ -112,6 +114,9 @@ async def test_a_subscription_left_out_of_positions_continues_after_the_last_one
 
     alice, _ = await resume(broker, certs, "alice", session_id, [])
     stream = await stream_of(alice, sub.id)
+    gap = await alice.next_frame(stream)
+    assert gap.name == "Gap", gap
+    assert (gap["from"], gap["to"], gap["reason"]) == (1, 2, "Undelivered")
     await publish_acknowledged(bob, topic, [b"3"])
     msg = await alice.next_frame(stream)
     assert msg.name == "Message" and msg["sequence"] == 3
