@@ -247,3 +247,36 @@ async fn flush_returns_once_the_broker_has_processed_every_earlier_publish() {
     assert_eq!(counters().messages_received - before.messages_received, 501);
     client.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_client_given_several_addresses_connects_to_the_first_that_answers() {
+    let broker = TestBroker::start().await;
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let closed_addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let silent_addr = silent.local_addr().expect("addr");
+    let addresses = format!("{closed_addr},{silent_addr},{}", broker.addr);
+    let client = within(
+        "connect through the list",
+        broker
+            .client_builder("alice")
+            .address(addresses.as_str())
+            .connect_timeout(std::time::Duration::from_secs(6))
+            .connect(),
+    )
+    .await
+    .expect("the third address answers");
+    let mut subscription = client.subscribe("many.addresses").await.expect("subscribe");
+    client
+        .publish("many.addresses", Bytes::from_static(b"here"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        next_message(&mut subscription).await.payload().as_ref(),
+        b"here"
+    );
+    client.close().await.expect("close");
+    drop(silent);
+    broker.stop().await;
+}

@@ -50,30 +50,50 @@ impl Connector {
     ) -> Result<Established, ClientError> {
         let attempt = async {
             let remotes = self.address.resolve_all().await?;
-            let mut unreachable = Vec::new();
+            // Each address gets an equal share of the attempt, so one that never answers
+            // leaves time for the next (a single address gets it all).
+            let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
+            let share = self.connect_timeout / count;
+            let mut failed = Vec::new();
+            let mut last_error = None;
             for remote in remotes {
-                let established = tokio::select! {
-                    () = port_unreachable(remote), if fail_fast => {
-                        unreachable.push(remote.to_string());
-                        continue;
-                    }
-                    established = handshake(
+                let handshake = timeout(
+                    share,
+                    handshake(
                         &self.endpoint,
                         remote,
                         &self.server_name,
                         self.client_name.clone(),
                         resume,
                         positions.clone(),
-                    ) => established,
+                    ),
+                );
+                let outcome = tokio::select! {
+                    () = port_unreachable(remote), if fail_fast => {
+                        failed.push(format!("nothing listens on {remote} (the port is unreachable)"));
+                        continue;
+                    }
+                    outcome = handshake => outcome,
                 };
-                return established;
+                match outcome {
+                    Ok(Ok(established)) => return Ok(established),
+                    // Refusals (certificates, versions, sessions) say the same on every address.
+                    Ok(Err(error)) if !matches!(error, ClientError::Connect { .. }) => {
+                        return Err(error)
+                    }
+                    Ok(Err(error)) => {
+                        failed.push(format!("{remote}: {error}"));
+                        last_error = Some(error);
+                    }
+                    Err(_) => failed.push(format!("no answer from {remote} within {share:?}")),
+                }
             }
-            Err(ClientError::Connect {
-                reason: format!(
-                    "nothing listens on {} (the port is unreachable)",
-                    unreachable.join(", ")
-                ),
-            })
+            match (failed.len(), last_error) {
+                (1, Some(error)) => Err(error),
+                _ => Err(ClientError::Connect {
+                    reason: failed.join("; "),
+                }),
+            }
         };
         timeout(self.connect_timeout, attempt)
             .await
