@@ -254,6 +254,7 @@ async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
             subscription,
             last_sequence: u64::MAX,
         }],
+        session_name: None,
     });
     send.write_all(&encoded(&hello)).await.expect("hello");
     let mut buf = BytesMut::new();
@@ -341,6 +342,7 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
             subscription,
             last_sequence: 1,
         }],
+        session_name: None,
     });
     send.write_all(&encoded(&hello)).await.expect("hello");
     let mut buf = BytesMut::new();

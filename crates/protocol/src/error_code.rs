@@ -82,6 +82,9 @@ error_codes! {
     SESSION_IDENTITY_MISMATCH = 21, "session belongs to another identity";
     /// Another connection of the same identity resumed this session; do not reconnect.
     SESSION_TAKEN_OVER = 22, "session taken over by a newer connection";
+    /// A `Hello` named an invalid session name (empty, too long, or a character other than
+    /// ASCII letters, digits, `-`, `_` and `.`).
+    INVALID_SESSION_NAME = 24, "invalid session name";
     /// The subscription's queue overflowed under the `close` policy.
     SLOW_CONSUMER = 30, "subscription closed: slow consumer";
     /// The broker is shutting down.

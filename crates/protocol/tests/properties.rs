@@ -101,6 +101,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                         last_sequence,
                     })
                     .collect(),
+                session_name: None,
             })
         });
     let welcome = (
@@ -118,6 +119,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     resumed,
                     identity,
                     limits,
+                    subscriptions: Vec::new(),
                 })
             },
         );

@@ -39,6 +39,8 @@ pub(crate) struct Session;
 pub(crate) struct SessionArgs {
     pub(crate) id: SessionId,
     pub(crate) identity: Arc<str>,
+    /// The name a `Hello` gave it, if any (unique per identity).
+    pub(crate) name: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
     /// Read back from the store after a restart, with the time it has left until it expires.
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
@@ -93,12 +95,16 @@ pub(crate) struct Attached {
     pub(crate) epoch: u64,
     /// The session's queues, for the connection's `Ack` frames and for draining at shutdown.
     pub(crate) acks: Arc<AckTargets>,
+    /// Every subscription the session holds, for `Welcome` on a resume.
+    pub(crate) subscriptions: Vec<cassini_protocol::SessionSubscription>,
 }
 
 struct SessionSubscription {
     filter: TopicFilter,
     /// The queue group it joined, if any: an ACL reload checks it again.
     group: Option<Arc<str>>,
+    /// The options it was made with, listed in `Welcome` on a resume.
+    options: SubscribeOptions,
     subscriber: ActorRef<SubscriberMsg>,
     queue: Arc<SubscriptionQueue>,
 }
@@ -106,6 +112,8 @@ struct SessionSubscription {
 pub(crate) struct SessionState {
     id: SessionId,
     identity: Arc<str>,
+    /// The session's name, if a `Hello` gave it one.
+    name: Option<Arc<str>>,
     /// When the connection dropped (ms since the Unix epoch), for the stored record.
     detached_at_ms: Option<u64>,
     shared: Arc<Shared>,
@@ -133,6 +141,7 @@ impl SessionState {
                 identity: self.identity.to_string(),
                 last_subscription: self.last_subscription,
                 detached_at_ms: self.detached_at_ms,
+                name: self.name.as_deref().map(str::to_owned),
             })]);
         }
     }
@@ -235,9 +244,8 @@ impl SessionState {
             bounds,
             self.queue_store(subscription),
         ));
-        let delivery = options.delivery;
         if let Err(err) = self
-            .start(myself, subscription, filter, group, delivery, queue)
+            .start(myself, subscription, filter, group, options, queue)
             .await
         {
             self.forget_subscription(subscription);
@@ -271,8 +279,7 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
-        let delivery = record.options.delivery;
-        self.start(myself, record.subscription, filter, group, delivery, queue)
+        self.start(myself, record.subscription, filter, group, record.options, queue)
             .await
     }
 
@@ -283,9 +290,10 @@ impl SessionState {
         subscription: SubscriptionId,
         filter: TopicFilter,
         group: Option<Arc<str>>,
-        delivery: DeliveryClass,
+        options: SubscribeOptions,
         queue: Arc<SubscriptionQueue>,
     ) -> Result<(), BrokerError> {
+        let delivery = options.delivery;
         let config = &self.shared.config;
         let key = SubscriberKey {
             session: self.id,
@@ -331,6 +339,7 @@ impl SessionState {
             SessionSubscription {
                 filter,
                 group: member_group,
+                options,
                 subscriber,
                 queue,
             },
@@ -383,9 +392,20 @@ impl SessionState {
         self.attached = Some(connection);
         self.detached_at_ms = None;
         self.store_session();
+        let mut subscriptions: Vec<_> = self
+            .subscriptions
+            .iter()
+            .map(|(id, subscription)| cassini_protocol::SessionSubscription {
+                subscription: *id,
+                filter: subscription.filter.as_str().to_owned(),
+                options: subscription.options.clone(),
+            })
+            .collect();
+        subscriptions.sort_by_key(|subscription| subscription.subscription);
         Attached {
             epoch: self.epoch,
             acks: Arc::clone(&self.acks),
+            subscriptions,
         }
     }
 
@@ -451,6 +471,7 @@ impl Actor for Session {
         let mut state = SessionState {
             id: args.id,
             identity: args.identity,
+            name: args.name,
             detached_at_ms: None,
             shared: args.shared,
             subscriptions: HashMap::new(),

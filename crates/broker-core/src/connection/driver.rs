@@ -118,6 +118,7 @@ async fn serve(
         resumed: opened.resumed,
         identity: connection.peer().identity.to_string(),
         limits: limits.announced(),
+        subscriptions: opened.subscriptions.clone(),
     });
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
         .await
@@ -268,6 +269,7 @@ async fn open_session(
     }
     ask(sessions, |reply| SessionManagerMsg::Open {
         resume: hello.resume,
+        name: hello.session_name,
         positions: hello.positions,
         connection: Arc::clone(connection),
         reply,

@@ -203,6 +203,7 @@ impl Session {
             resumed,
             identity: "alice".into(),
             limits: LIMITS,
+            subscriptions: Vec::new(),
         }))
         .await;
     }

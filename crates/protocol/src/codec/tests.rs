@@ -13,6 +13,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 subscription: 42,
                 last_sequence: 1000,
             }],
+            session_name: Some("kitchen".into()),
         }),
         Frame::Welcome(Welcome {
             protocol_version: 1,
@@ -28,6 +29,11 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_headers: 256,
                 max_header_bytes: 32 * 1024,
             },
+            subscriptions: vec![SessionSubscription {
+                subscription: 3,
+                filter: "orders.>".into(),
+                options: SubscribeOptions::default(),
+            }],
         }),
         Frame::Subscribe(Subscribe {
             request_id: 1,
@@ -390,6 +396,7 @@ fn fields_added_at_the_end_decode_with_defaults_from_an_older_peer() {
             resume: None,
             client_name: None,
             positions: vec![],
+            session_name: None,
         }))
     );
 }
