@@ -91,7 +91,9 @@ pub enum BrokerError {
     #[error("session belongs to another identity")]
     SessionIdentityMismatch,
     /// A `Hello` named an invalid session name.
-    #[error("invalid session name {0:?}: 1 to 128 bytes of ASCII letters, digits, '-', '_' and '.'")]
+    #[error(
+        "invalid session name {0:?}: 1 to 128 bytes of ASCII letters, digits, '-', '_' and '.'"
+    )]
     InvalidSessionName(String),
     /// The retained store holds values for the most topics it may.
     #[error("the retained store is full ({0} topics); clear a retained topic first")]

@@ -614,7 +614,7 @@ impl Client {
     /// [`ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
     /// filter and options takes one up ([`Client::subscribe_with`]); until then the broker
     /// keeps its messages under its overflow policy. Empty on a new session.
-    pub fn unclaimed_subscriptions(&self) -> Vec<cassini_protocol::SessionSubscription> {
+    pub fn unclaimed_subscriptions(&self) -> Vec<crate::SessionSubscription> {
         self.inner.core.registry().adoptable()
     }
 

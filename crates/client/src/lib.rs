@@ -185,7 +185,8 @@ pub use subscription::{Events, Subscription, SubscriptionEnd, SubscriptionEvent}
 
 pub use cassini_protocol::{
     AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,
-    OversizeRule, PublishRejected, SessionId, SubscribeOptions, SubscriptionId, TopicError,
+    OversizeRule, PublishRejected, SessionId, SessionSubscription, SubscribeOptions,
+    SubscriptionId, TopicError,
 };
 pub use cassini_quic::tls::QuicOptions;
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

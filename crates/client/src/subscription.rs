@@ -622,6 +622,20 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// At least once: the application is done with the message it was given last, so it is
+    /// acknowledged now rather than when the next one is asked for, and every acknowledgement
+    /// waiting is sent. Use it before [`crate::Client::leave`] so that a later client that
+    /// resumes the session does not get that message again. Does nothing for an at-most-once
+    /// subscription.
+    pub fn acknowledge(&mut self) {
+        if let Some(acks) = &mut self.acks {
+            acks.last_processed();
+        }
+        self.flush_acks(true);
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.state.start_unsubscribing() || self.state.has_ended() {

@@ -279,8 +279,15 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
-        self.start(myself, record.subscription, filter, group, record.options, queue)
-            .await
+        self.start(
+            myself,
+            record.subscription,
+            filter,
+            group,
+            record.options,
+            queue,
+        )
+        .await
     }
 
     /// Starts the subscriber of a subscription and routes its filter to its queue.

@@ -341,8 +341,7 @@ impl Actor for SessionManager {
                 connection,
                 reply,
             } => {
-                let result =
-                    Self::open(&myself, state, resume, name, positions, connection).await;
+                let result = Self::open(&myself, state, resume, name, positions, connection).await;
                 let _ = reply.send(result);
             }
             SessionManagerMsg::Count(reply) => {

@@ -268,7 +268,10 @@ mod tests {
             name: Some("kitchen".into()),
             ..SessionRecord::clone(decoded.as_ref().expect("decoded"))
         };
-        assert_eq!(decode(&encode(&named), &7, |r: &SessionRecord| r.id), Ok(named));
+        assert_eq!(
+            decode(&encode(&named), &7, |r: &SessionRecord| r.id),
+            Ok(named)
+        );
     }
 
     /// A message record as stored before retained values recorded their publisher.
