@@ -425,7 +425,10 @@ async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_mea
     publish_acked(&broker, "device.cmd", &["before"]).await;
     assert_eq!(receive(&mut subscription, 1).await, ["before"]);
     subscription.acknowledge();
-    first.ping().await.expect("the acknowledgement reached the broker");
+    first
+        .ping()
+        .await
+        .expect("the acknowledgement reached the broker");
     let id = first.session_id();
     // The process dies: no goodbye, the broker keeps the session.
     drop(first);
@@ -445,19 +448,24 @@ async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_mea
     assert!(resumed(&second), "the new client resumed the session");
     assert_eq!(second.session_id(), id);
     let unclaimed = second.unclaimed_subscriptions();
-    assert_eq!(unclaimed.len(), 1, "Welcome lists the session's subscription");
+    assert_eq!(
+        unclaimed.len(),
+        1,
+        "Welcome lists the session's subscription"
+    );
     assert_eq!(unclaimed[0].filter, "device.cmd");
     let mut subscription = second
         .subscribe_at_least_once("device.cmd")
         .await
         .expect("takes the subscription up");
     assert_eq!(subscription.id(), unclaimed[0].subscription);
-    assert_eq!(
-        receive(&mut subscription, 3).await,
-        ["one", "two", "three"]
-    );
+    assert_eq!(receive(&mut subscription, 3).await, ["one", "two", "three"]);
     assert!(second.unclaimed_subscriptions().is_empty());
-    assert_eq!(broker.stats().await.subscribers, 1, "no second subscription");
+    assert_eq!(
+        broker.stats().await.subscribers,
+        1,
+        "no second subscription"
+    );
     second.close().await.expect("close");
     broker.stop().await;
 }

@@ -539,7 +539,10 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     args.extend(connect_args(&server, certs, "dev"));
     let mut first = spawn_until(cassini(&args), "subscribed to away.>");
     interrupt(&mut first);
-    assert!(wait_with_deadline(&mut first).success(), "sub exits 0 on Ctrl-C");
+    assert!(
+        wait_with_deadline(&mut first).success(),
+        "sub exits 0 on Ctrl-C"
+    );
 
     for message in ["one", "two", "three"] {
         let mut args = vec!["pub", "away.x", message];
@@ -557,7 +560,15 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let mut broker = serve();
 
     let mut args = vec![
-        "sub", "away.>", "--session", "s1", "--ack", "--count", "3", "--timeout", "20",
+        "sub",
+        "away.>",
+        "--session",
+        "s1",
+        "--ack",
+        "--count",
+        "3",
+        "--timeout",
+        "20",
     ];
     args.extend(connect_args(&server, certs, "dev"));
     let second = run(&mut cassini(&args));
@@ -573,7 +584,15 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
 
     // Acknowledged and left: the next run of the session has nothing more.
     let mut args = vec![
-        "sub", "away.>", "--session", "s1", "--ack", "--count", "1", "--timeout", "1",
+        "sub",
+        "away.>",
+        "--session",
+        "s1",
+        "--ack",
+        "--count",
+        "1",
+        "--timeout",
+        "1",
     ];
     args.extend(connect_args(&server, certs, "dev"));
     let third = run(&mut cassini(&args));
