@@ -95,6 +95,15 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
         client.subscribe(args.topic.as_str()).await
     };
     let mut subscription = subscribed.with_context(|| format!("subscribing to {}", args.topic))?;
+    if let Some(name) = &args.session {
+        for other in client.unclaimed_subscriptions() {
+            eprintln!(
+                "note: session {name:?} also holds subscription {} to {} (other options); it \
+                 keeps queueing until the session ends",
+                other.subscription, other.filter
+            );
+        }
+    }
     eprintln!("subscribed to {}", args.topic);
 
     let deadline = match args.timeout {
