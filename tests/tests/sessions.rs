@@ -460,6 +460,11 @@ async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_mea
         .expect("takes the subscription up");
     assert_eq!(subscription.id(), unclaimed[0].subscription);
     assert_eq!(receive(&mut subscription, 3).await, ["one", "two", "three"]);
+    assert_eq!(
+        subscription.take_gaps(),
+        [],
+        "what the earlier process received is no gap for this one"
+    );
     assert!(second.unclaimed_subscriptions().is_empty());
     assert_eq!(
         broker.stats().await.subscribers,

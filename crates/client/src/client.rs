@@ -478,22 +478,23 @@ impl Client {
             sender,
             Arc::clone(&state),
         );
-        match core.registry().adopt(filter.as_str(), &options) {
+        let taken_up = match core.registry().adopt(filter.as_str(), &options) {
             Some(id) => {
                 tracing::debug!(%filter, subscription = id, "took up the session's subscription");
                 core.registry().register(id, sink);
+                true
             }
             None => {
                 control.subscribe(sink).await?;
+                false
             }
-        }
-        Ok(Subscription::new(
-            filter,
-            options,
-            messages,
-            state,
-            Arc::clone(core),
-        ))
+        };
+        let subscription = Subscription::new(filter, options, messages, state, Arc::clone(core));
+        Ok(if taken_up {
+            subscription.taken_up()
+        } else {
+            subscription
+        })
     }
 
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first

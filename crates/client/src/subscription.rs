@@ -358,6 +358,13 @@ impl Subscription {
         }
     }
 
+    /// This subscription was taken up from a resumed session rather than made: sequences
+    /// before its first message or gap went to an earlier client, and are no gap here.
+    pub(crate) fn taken_up(mut self) -> Self {
+        self.gaps = GapTracker::taken_up();
+        self
+    }
+
     /// The broker-assigned subscription id. It changes if the broker had forgotten the session
     /// when the client reconnected and the client subscribed again ([`Gap::SessionLost`]).
     pub fn id(&self) -> SubscriptionId {
