@@ -98,8 +98,8 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.session {
         for other in client.unclaimed_subscriptions() {
             eprintln!(
-                "note: session {name:?} also holds subscription {} to {} (other options); it \
-                 keeps queueing until the session ends",
+                "note: session {name:?} also holds subscription {} to {}, which this sub did \
+                 not take up (another filter or options); it keeps queueing until the session ends",
                 other.subscription, other.filter
             );
         }
