@@ -642,3 +642,28 @@ async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
     second.close().await.expect("close");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_named_session_ended_with_a_goodbye_is_created_afresh() {
+    let broker = patient_broker().await;
+    let connect = || async {
+        broker
+            .client_builder("device")
+            .session_name("kitchen")
+            .connect()
+            .await
+            .expect("connects")
+    };
+    let first = connect().await;
+    let id = first.session_id();
+    first.close().await.expect("goodbye ends the session");
+    broker
+        .wait_for_stats("the session ended", |s| s.sessions == 0)
+        .await;
+    let second = connect().await;
+    assert!(!resumed(&second), "the name ended with its session");
+    assert_ne!(second.session_id(), id);
+    assert_eq!(broker.stats().await.sessions, 1);
+    second.close().await.expect("close");
+    broker.stop().await;
+}

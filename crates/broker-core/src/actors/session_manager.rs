@@ -114,7 +114,7 @@ impl SessionManagerState {
         let Some(entry) = self.sessions.remove(id) else {
             return;
         };
-        self.forget_name(&entry);
+        Self::forget_name(&mut self.names, *id, &entry);
         if let Some(count) = self.per_identity.get_mut(&entry.identity) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -123,14 +123,17 @@ impl SessionManagerState {
         }
     }
 
-    /// Forgets the name of the session `entry`, if the name still leads to it.
-    fn forget_name(&mut self, entry: &Entry) {
-        Self::forget_name_in(&mut self.names, entry);
-    }
-
-    fn forget_name_in(names: &mut HashMap<(Arc<str>, Arc<str>), SessionId>, entry: &Entry) {
+    /// Forgets the name of session `id`, if the name still leads to it.
+    fn forget_name(
+        names: &mut HashMap<(Arc<str>, Arc<str>), SessionId>,
+        id: SessionId,
+        entry: &Entry,
+    ) {
         if let Some(name) = &entry.name {
-            names.remove(&(Arc::clone(&entry.identity), Arc::clone(name)));
+            let key = (Arc::clone(&entry.identity), Arc::clone(name));
+            if names.get(&key) == Some(&id) {
+                names.remove(&key);
+            }
         }
     }
 
@@ -366,7 +369,7 @@ impl Actor for SessionManager {
                         tracing::info!(session = %id, identity = %entry.identity, "ending the session of a revoked certificate");
                         let _ = entry.session.send_message(SessionMsg::Revoke);
                         ended = ended.saturating_add(1);
-                        SessionManagerState::forget_name_in(names, entry);
+                        SessionManagerState::forget_name(names, *id, entry);
                     }
                     !is_revoked
                 });
