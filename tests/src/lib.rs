@@ -348,6 +348,7 @@ pub mod raw {
             resume,
             client_name: Some("raw".into()),
             positions: Vec::new(),
+            session_name: None,
         });
         send.write_all(&encoded(&hello)).await.ok()?;
         let mut buf = BytesMut::new();

@@ -31,14 +31,14 @@ async fn a_hello_with_an_extra_trailing_field_is_welcomed() {
     let broker = TestBroker::start().await;
     let (_endpoint, connection) = broker.raw_connection("newer-client").await;
     let (mut send, mut recv) = connection.open_bi().await.expect("stream");
-    // {"Hello": [1, nil, "raw", [], "extra"]}: a Hello as a newer client might send it, with a
-    // fifth field this broker does not know.
+    // {"Hello": [1, nil, "raw", [], nil, "extra"]}: a Hello as a newer client might send it, with
+    // a sixth field this broker does not know.
     assert_eq!(PROTOCOL_VERSION, 1);
     let mut body = vec![0x81, 0xa5];
     body.extend_from_slice(b"Hello");
-    body.extend_from_slice(&[0x95, 0x01, 0xc0, 0xa3]);
+    body.extend_from_slice(&[0x96, 0x01, 0xc0, 0xa3]);
     body.extend_from_slice(b"raw");
-    body.extend_from_slice(&[0x90, 0xa5]);
+    body.extend_from_slice(&[0x90, 0xc0, 0xa5]);
     body.extend_from_slice(b"extra");
     send.write_all(&framed(&body)).await.expect("hello");
     let mut buf = BytesMut::new();
@@ -472,6 +472,7 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
         resume: Some(welcome.session_id),
         client_name: None,
         positions: Vec::new(),
+        session_name: None,
     })))
     .await
     .expect("hello");

@@ -18,6 +18,7 @@ fn hello_frame(version: u32) -> Frame {
         resume: None,
         client_name: Some("raw".into()),
         positions: Vec::new(),
+        session_name: None,
     })
 }
 

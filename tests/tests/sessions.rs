@@ -254,6 +254,7 @@ async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
             subscription,
             last_sequence: u64::MAX,
         }],
+        session_name: None,
     });
     send.write_all(&encoded(&hello)).await.expect("hello");
     let mut buf = BytesMut::new();
@@ -341,6 +342,7 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
             subscription,
             last_sequence: 1,
         }],
+        session_name: None,
     });
     send.write_all(&encoded(&hello)).await.expect("hello");
     let mut buf = BytesMut::new();
@@ -370,5 +372,298 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
         }
         other => panic!("expected a Gap, got {other:?}"),
     }
+    broker.stop().await;
+}
+
+/// A broker whose detached sessions wait a minute.
+async fn patient_broker() -> TestBroker {
+    broker_with_expiry(Duration::from_secs(60)).await
+}
+
+/// Publishes `payloads` to `topic` at least once, each acknowledged by the broker (so routed
+/// into every matching subscription's queue).
+async fn publish_acked(broker: &TestBroker, topic: &str, payloads: &[&'static str]) {
+    let publisher = broker.client("publisher").await;
+    for payload in payloads {
+        within(
+            "publish acknowledged",
+            publisher.publish_acked(topic, bytes::Bytes::from_static(payload.as_bytes())),
+        )
+        .await
+        .expect("publish acknowledged");
+    }
+    publisher.close().await.expect("publisher closes");
+}
+
+/// Receives `count` messages from `subscription`, as strings.
+async fn receive(subscription: &mut cassini_client::Subscription, count: usize) -> Vec<String> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let message = within("the backlog arrives", subscription.recv())
+            .await
+            .expect("the subscription is open");
+        received.push(String::from_utf8_lossy(message.payload()).into_owned());
+    }
+    received
+}
+
+fn resumed(client: &cassini_client::Client) -> bool {
+    matches!(
+        client.state(),
+        cassini_client::ConnectionState::Connected { resumed: true, .. }
+    )
+}
+
+#[tokio::test]
+async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_meanwhile() {
+    let broker = patient_broker().await;
+    let first = broker.client("device").await;
+    let mut subscription = first
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribe");
+    publish_acked(&broker, "device.cmd", &["before"]).await;
+    assert_eq!(receive(&mut subscription, 1).await, ["before"]);
+    subscription.acknowledge();
+    first
+        .ping()
+        .await
+        .expect("the acknowledgement reached the broker");
+    let id = first.session_id();
+    // The process dies: no goodbye, the broker keeps the session.
+    drop(first);
+    drop(subscription);
+    broker
+        .wait_for_stats("the device is gone", |s| s.connections == 0)
+        .await;
+
+    publish_acked(&broker, "device.cmd", &["one", "two", "three"]).await;
+
+    let second = broker
+        .client_builder("device")
+        .resume_session(id)
+        .connect()
+        .await
+        .expect("resumes");
+    assert!(resumed(&second), "the new client resumed the session");
+    assert_eq!(second.session_id(), id);
+    let unclaimed = second.unclaimed_subscriptions();
+    assert_eq!(
+        unclaimed.len(),
+        1,
+        "Welcome lists the session's subscription"
+    );
+    assert_eq!(unclaimed[0].filter, "device.cmd");
+    let mut subscription = second
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("takes the subscription up");
+    assert_eq!(subscription.id(), unclaimed[0].subscription);
+    assert_eq!(receive(&mut subscription, 3).await, ["one", "two", "three"]);
+    assert_eq!(
+        subscription.take_gaps(),
+        [],
+        "what the earlier process received is no gap for this one"
+    );
+    assert!(second.unclaimed_subscriptions().is_empty());
+    assert_eq!(
+        broker.stats().await.subscribers,
+        1,
+        "no second subscription"
+    );
+    second.close().await.expect("close");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_of_an_unknown_session_starts_a_new_one() {
+    let broker = patient_broker().await;
+    let client = broker
+        .client_builder("device")
+        .resume_session(SessionId([9; 16]))
+        .connect()
+        .await
+        .expect("connects with a new session");
+    assert!(!resumed(&client));
+    assert_ne!(client.session_id(), SessionId([9; 16]));
+    assert!(client.unclaimed_subscriptions().is_empty());
+    client.close().await.expect("close");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
+    let broker = patient_broker().await;
+    let first = broker
+        .client_builder("device")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("creates the named session");
+    assert!(!resumed(&first));
+    let id = first.session_id();
+    let mut subscription = first
+        .subscribe_at_least_once("home.>")
+        .await
+        .expect("subscribe");
+    subscription.acknowledge();
+    first.leave().await.expect("leaves the session");
+    drop(subscription);
+
+    publish_acked(&broker, "home.light", &["on", "off", "dim"]).await;
+
+    // Another identity with the same name gets a session of its own.
+    let stranger = broker
+        .client_builder("stranger")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("connects");
+    assert!(!resumed(&stranger), "names are per identity");
+    assert_ne!(stranger.session_id(), id);
+    assert!(stranger.unclaimed_subscriptions().is_empty());
+    stranger.close().await.expect("close");
+
+    let second = broker
+        .client_builder("device")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("resumes by name");
+    assert!(resumed(&second));
+    assert_eq!(second.session_id(), id);
+    let mut subscription = second
+        .subscribe_at_least_once("home.>")
+        .await
+        .expect("takes the subscription up");
+    assert_eq!(receive(&mut subscription, 3).await, ["on", "off", "dim"]);
+
+    // A third connection with the name takes the session over.
+    let mut states = second.state_changes();
+    let third = broker
+        .client_builder("device")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("takes over");
+    assert_eq!(third.session_id(), id);
+    within(
+        "the older connection hears of the takeover",
+        states.wait_for(|state| {
+            matches!(
+                state,
+                cassini_client::ConnectionState::Disconnected {
+                    reason: cassini_client::DisconnectReason::SessionTakenOver,
+                    ..
+                }
+            )
+        }),
+    )
+    .await
+    .expect("state");
+    third.close().await.expect("close");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_session_name_is_refused_with_its_code() {
+    use cassini_e2e::raw::encoded;
+    use cassini_protocol::{Frame, Hello, PROTOCOL_VERSION};
+
+    let broker = patient_broker().await;
+    assert!(matches!(
+        broker
+            .client_builder("device")
+            .session_name("no spaces")
+            .connect()
+            .await,
+        Err(cassini_client::ClientError::Config { .. })
+    ));
+    for name in [String::new(), "a/b".into(), "x".repeat(129)] {
+        let (_endpoint, connection) = broker.raw_connection("device").await;
+        let (mut send, _recv) = connection.open_bi().await.expect("control stream");
+        let hello = Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            resume: None,
+            client_name: None,
+            positions: Vec::new(),
+            session_name: Some(name.clone()),
+        });
+        send.write_all(&encoded(&hello)).await.expect("hello");
+        let (code, _) = close_of(&connection).await;
+        assert_eq!(code, ErrorCode::INVALID_SESSION_NAME, "name {name:?}");
+    }
+    assert_eq!(broker.stats().await.sessions, 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
+    use cassini_broker::config::StorageMode;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = || {
+        let mut config = BrokerConfig::default();
+        config.storage.mode = StorageMode::Disk;
+        config.storage.data_dir = dir.path().to_path_buf();
+        config
+    };
+    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let first = broker
+        .client_builder("device")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("creates the named session");
+    let id = first.session_id();
+    let subscription = first
+        .subscribe_at_least_once("home.>")
+        .await
+        .expect("subscribe");
+    first.leave().await.expect("leaves the session");
+    drop(subscription);
+    publish_acked(&broker, "home.door", &["open", "shut"]).await;
+
+    let broker = broker.restart_with(durable()).await;
+
+    let second = broker
+        .client_builder("device")
+        .session_name("kitchen")
+        .connect()
+        .await
+        .expect("resumes by name after the restart");
+    assert!(resumed(&second), "the name still leads to the session");
+    assert_eq!(second.session_id(), id);
+    let mut subscription = second
+        .subscribe_at_least_once("home.>")
+        .await
+        .expect("takes the subscription up");
+    assert_eq!(receive(&mut subscription, 2).await, ["open", "shut"]);
+    second.close().await.expect("close");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_session_ended_with_a_goodbye_is_created_afresh() {
+    let broker = patient_broker().await;
+    let connect = || async {
+        broker
+            .client_builder("device")
+            .session_name("kitchen")
+            .connect()
+            .await
+            .expect("connects")
+    };
+    let first = connect().await;
+    let id = first.session_id();
+    first.close().await.expect("goodbye ends the session");
+    broker
+        .wait_for_stats("the session ended", |s| s.sessions == 0)
+        .await;
+    let second = connect().await;
+    assert!(!resumed(&second), "the name ended with its session");
+    assert_ne!(second.session_id(), id);
+    assert_eq!(broker.stats().await.sessions, 1);
+    second.close().await.expect("close");
     broker.stop().await;
 }

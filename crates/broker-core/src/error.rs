@@ -90,6 +90,11 @@ pub enum BrokerError {
     /// A resume named a session owned by another identity.
     #[error("session belongs to another identity")]
     SessionIdentityMismatch,
+    /// A `Hello` named an invalid session name.
+    #[error(
+        "invalid session name {0:?}: 1 to 128 bytes of ASCII letters, digits, '-', '_' and '.'"
+    )]
+    InvalidSessionName(String),
     /// The retained store holds values for the most topics it may.
     #[error("the retained store is full ({0} topics); clear a retained topic first")]
     RetainedStoreFull(usize),
@@ -194,6 +199,7 @@ impl BrokerError {
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,
+            BrokerError::InvalidSessionName(_) => ErrorCode::INVALID_SESSION_NAME,
             BrokerError::TooManyConnections(_) => ErrorCode::TOO_MANY_CONNECTIONS,
             BrokerError::TooManyConnectionsForIdentity { .. } => {
                 ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY

@@ -350,6 +350,12 @@ pub(crate) struct SubArgs {
     /// reported on stderr at the end. Messages too large for a datagram are dropped and counted.
     #[arg(long)]
     pub(crate) datagram: bool,
+    /// Use the named session of this identity (created the first time, resumed later; 1 to
+    /// 128 letters, digits, '-', '_', '.'). On exit the session is left, not ended: the broker
+    /// keeps queueing for it until `sessions.expiry`, and the next `sub --session NAME` with
+    /// the same topic and options gets what was published meanwhile.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) session: Option<String>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

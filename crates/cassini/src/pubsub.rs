@@ -18,14 +18,23 @@ pub(crate) const TIMED_OUT: u8 = 2;
 
 /// Connects as `args` say, with the certificates of `args.name` from `args.certs`.
 pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    connect_to_session(args, None).await
+}
+
+/// [`connect`], to the named session `session` if given.
+async fn connect_to_session(args: &ConnectArgs, session: Option<&str>) -> anyhow::Result<Client> {
     let ca = args.certs.join("ca.crt");
     let cert = args.certs.join(format!("client-{}.crt", args.name));
     let key = args.certs.join(format!("client-{}.key", args.name));
-    Client::builder(args.server.as_str())
+    let mut builder = Client::builder(args.server.as_str())
         .ca_file(ca)
         .identity_files(cert, key)
         .server_name(args.server_name.as_str())
-        .client_name(format!("cassini-cli/{}", args.name))
+        .client_name(format!("cassini-cli/{}", args.name));
+    if let Some(name) = session {
+        builder = builder.session_name(name);
+    }
+    builder
         .connect()
         .await
         .with_context(|| format!("connecting to {} as {:?}", args.server, args.name))
@@ -67,7 +76,17 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
-    let client = connect(&args.connect).await?;
+    let client = connect_to_session(&args.connect, args.session.as_deref()).await?;
+    if let Some(name) = &args.session {
+        let resumed = matches!(
+            client.state(),
+            cassini_client::ConnectionState::Connected { resumed: true, .. }
+        );
+        eprintln!(
+            "session {name:?} {}",
+            if resumed { "resumed" } else { "created" }
+        );
+    }
     let subscribed = if args.ack {
         client.subscribe_at_least_once(args.topic.as_str()).await
     } else if args.datagram {
@@ -76,6 +95,15 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
         client.subscribe(args.topic.as_str()).await
     };
     let mut subscription = subscribed.with_context(|| format!("subscribing to {}", args.topic))?;
+    if let Some(name) = &args.session {
+        for other in client.unclaimed_subscriptions() {
+            eprintln!(
+                "note: session {name:?} also holds subscription {} to {}, which this sub did \
+                 not take up (another filter or options); it keeps queueing until the session ends",
+                other.subscription, other.filter
+            );
+        }
+    }
     eprintln!("subscribed to {}", args.topic);
 
     let deadline = match args.timeout {
@@ -107,7 +135,7 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
                     "error: timed out after {}s with {received} message(s) received",
                     args.timeout.unwrap_or_default()
                 );
-                let _ = client.close().await;
+                let _ = finish(&client, &mut subscription, args.session.is_some()).await;
                 return Ok(ExitCode::from(TIMED_OUT));
             }
             Some(None) => {
@@ -130,8 +158,25 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     if args.datagram {
         eprintln!("datagrams lost: {}", subscription.lost());
     }
-    client.close().await.context("closing the connection")?;
+    finish(&client, &mut subscription, args.session.is_some())
+        .await
+        .context("closing the connection")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends `sub`: with a named session, acknowledges what was printed and leaves the session for
+/// the next `sub --session`; otherwise says goodbye, which ends the session.
+async fn finish(
+    client: &Client,
+    subscription: &mut cassini_client::Subscription,
+    keep_session: bool,
+) -> Result<(), cassini_client::ClientError> {
+    if keep_session {
+        subscription.acknowledge();
+        client.leave().await
+    } else {
+        client.close().await
+    }
 }
 
 /// Writes `message` to `out`: its payload and a newline, or with `json` one JSON object with

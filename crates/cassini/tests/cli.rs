@@ -499,3 +499,106 @@ fn sigterm_ends_sub_like_ctrl_c() {
         "sub said goodbye, so its session ended instead of waiting to expire: {log:?}"
     );
 }
+
+/// Sends SIGINT (Ctrl-C) to `child`.
+fn interrupt(child: &mut Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().expect("utf-8 path");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let serve = || {
+        spawn_until(
+            cassini(&[
+                "serve",
+                "--listen",
+                &server,
+                "--certs",
+                certs,
+                "--storage",
+                "disk",
+                "--data-dir",
+                data,
+            ]),
+            "cassini listening",
+        )
+    };
+    let mut broker = serve();
+
+    let mut args = vec!["sub", "away.>", "--session", "s1", "--ack"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let mut first = spawn_until(cassini(&args), "subscribed to away.>");
+    interrupt(&mut first);
+    assert!(
+        wait_with_deadline(&mut first).success(),
+        "sub exits 0 on Ctrl-C"
+    );
+
+    for message in ["one", "two", "three"] {
+        let mut args = vec!["pub", "away.x", message];
+        args.extend(connect_args(&server, certs, "dev"));
+        let published = run(&mut cassini(&args));
+        assert!(
+            published.status.success(),
+            "pub: {}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+    }
+    // The named session and its backlog are on disk: a broker restart keeps them.
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+    let mut broker = serve();
+
+    let mut args = vec![
+        "sub",
+        "away.>",
+        "--session",
+        "s1",
+        "--ack",
+        "--count",
+        "3",
+        "--timeout",
+        "20",
+    ];
+    args.extend(connect_args(&server, certs, "dev"));
+    let second = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "second sub: {stderr}");
+    assert!(stderr.contains("session \"s1\" resumed"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["one", "two", "three"],
+        "the messages published while no sub ran"
+    );
+
+    // Acknowledged and left: the next run of the session has nothing more.
+    let mut args = vec![
+        "sub",
+        "away.>",
+        "--session",
+        "s1",
+        "--ack",
+        "--count",
+        "1",
+        "--timeout",
+        "1",
+    ];
+    args.extend(connect_args(&server, certs, "dev"));
+    let third = run(&mut cassini(&args));
+    assert_eq!(third.status.code(), Some(2), "nothing left to print");
+    assert!(third.stdout.is_empty());
+
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+}

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cassini_protocol::SessionId;
 use cassini_quic::certs::{client_paths, CertPaths};
 use cassini_quic::endpoint::{bind_client_layered, SocketLayer};
 use cassini_quic::tls::{self, QuicOptions};
@@ -18,6 +19,7 @@ use tokio::time::timeout;
 use crate::client::{Client, ClientSettings};
 use crate::connector::Connector;
 use crate::error::ClientError;
+use crate::loss::{classify, Loss};
 use crate::outbound::OutboundBuffer;
 use crate::publish::PublisherSettings;
 use crate::reconnect_policy::ReconnectPolicy;
@@ -203,6 +205,10 @@ pub struct ClientBuilder {
     identity: Option<Identity>,
     /// Sent in `Hello` for the broker's logs.
     client_name: Option<String>,
+    /// The session to resume on the first connection, if any.
+    resume: Option<SessionId>,
+    /// The stable session name sent in every `Hello`, if any.
+    session_name: Option<String>,
     /// QUIC transport settings.
     quic: QuicOptions,
     /// Local UDP address; `None` picks the wildcard of the broker's address family.
@@ -247,6 +253,8 @@ impl fmt::Debug for ClientBuilder {
             .field("trust", &trust)
             .field("identity", &identity)
             .field("client_name", &self.client_name)
+            .field("resume", &self.resume)
+            .field("session_name", &self.session_name)
             .field("quic", &self.quic)
             .field("bind_address", &self.bind_address)
             .field("socket_layer", &self.socket_layer.is_some())
@@ -281,6 +289,8 @@ impl ClientBuilder {
             trust: None,
             identity: None,
             client_name: None,
+            resume: None,
+            session_name: None,
             quic: QuicOptions::default(),
             bind_address: None,
             socket_layer: None,
@@ -357,6 +367,32 @@ impl ClientBuilder {
     /// A name for the broker's logs. It is not the identity: that comes from the certificate.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
+        self
+    }
+
+    /// Resumes session `id` (from [`crate::Client::session_id`] of an earlier client, e.g. one
+    /// that ran before the process restarted) on the first connection, so its stored messages
+    /// (an at-least-once backlog) are delivered. The session's subscriptions are taken up by
+    /// subscribing with the same filter and options (see
+    /// [`crate::Client::unclaimed_subscriptions`]). If the broker no longer knows the session
+    /// (`SESSION_NOT_FOUND`: it expired or the broker lost it) the client starts a new one:
+    /// [`crate::Client::state`] then says `resumed: false`, and every subscription made is new.
+    /// Ignored when [`ClientBuilder::session_name`] is set.
+    pub fn resume_session(mut self, id: SessionId) -> Self {
+        self.resume = Some(id);
+        self
+    }
+
+    /// Names the session (like MQTT's client id with a clean start of false): the broker keeps
+    /// one session per name and certificate identity, created by the first connection with
+    /// that name and resumed by every later one, from this process or another, after a broker
+    /// restart too in disk mode. A connection with the name takes the session over from one
+    /// still attached (which ends with `SESSION_TAKEN_OVER`). Take up the session's
+    /// subscriptions as with [`ClientBuilder::resume_session`]. The name is 1 to 128 bytes of
+    /// ASCII letters, digits, `-`, `_` and `.`; another is refused by
+    /// [`ClientBuilder::connect`] with [`ClientError::Config`].
+    pub fn session_name(mut self, name: impl Into<String>) -> Self {
+        self.session_name = Some(name.into());
         self
     }
 
@@ -464,6 +500,8 @@ impl ClientBuilder {
         let bind_address = self.bind_address;
         let socket_layer = self.socket_layer.clone();
         let client_name = self.client_name.clone();
+        let session_name = self.session_name.clone();
+        let resume = self.resume.filter(|_| session_name.is_none());
         let quic = self.quic.clone();
         let shown_address = self.address.to_string();
         let prepared = self.prepare()?;
@@ -476,9 +514,17 @@ impl ClientBuilder {
                 address,
                 server_name: prepared.server_name,
                 client_name,
+                session_name,
                 connect_timeout,
             };
-            match connector.connect(None, Vec::new(), true).await {
+            let mut first = connector.connect(resume, Vec::new(), true).await;
+            if let (Some(id), Err(error)) = (resume, &first) {
+                if classify(error) == Loss::SessionLost {
+                    tracing::warn!(session = %id, "the broker does not know the session to resume; starting a new one");
+                    first = connector.connect(None, Vec::new(), true).await;
+                }
+            }
+            match first {
                 Ok(established) => Ok((connector, established)),
                 Err(error) => {
                     connector.endpoint.close(0u32.into(), b"");
@@ -511,6 +557,17 @@ impl ClientBuilder {
             return Err(ClientError::Config {
                 reason: "connect_timeout must be longer than zero".to_owned(),
             });
+        }
+        if let Some(name) = &self.session_name {
+            if !cassini_protocol::valid_session_name(name) {
+                return Err(ClientError::Config {
+                    reason: format!(
+                        "session name {name:?} must be 1 to {} bytes of ASCII letters, digits, \
+                         '-', '_' and '.'",
+                        cassini_protocol::MAX_SESSION_NAME_BYTES
+                    ),
+                });
+            }
         }
         if self.ack_timeout.is_zero() {
             return Err(ClientError::Config {

@@ -164,6 +164,7 @@ impl Client {
             acks: Arc::new(PendingAcks::new(settings.max_unacked_publishes)),
             publisher: settings.publisher,
         };
+        context.registry.offer(&established.welcome.subscriptions);
         let (core, attachment) =
             SessionCore::start(established, context, settings.reconnect, settings.outbound);
         tracing::info!(
@@ -452,6 +453,11 @@ impl Client {
     /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
     /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it
     /// fails with [`ClientError::Disconnected`].
+    ///
+    /// In a resumed session that holds a subscription this client does not know yet (see
+    /// [`Client::unclaimed_subscriptions`]) with the same filter and options, this takes that
+    /// subscription up instead of making a new one: its stored messages (an at-least-once
+    /// backlog) follow.
     pub async fn subscribe_with(
         &self,
         filter: &str,
@@ -472,14 +478,23 @@ impl Client {
             sender,
             Arc::clone(&state),
         );
-        control.subscribe(sink).await?;
-        Ok(Subscription::new(
-            filter,
-            options,
-            messages,
-            state,
-            Arc::clone(core),
-        ))
+        let taken_up = match core.registry().adopt(filter.as_str(), &options) {
+            Some(id) => {
+                tracing::debug!(%filter, subscription = id, "took up the session's subscription");
+                core.registry().register(id, sink);
+                true
+            }
+            None => {
+                control.subscribe(sink).await?;
+                false
+            }
+        };
+        let subscription = Subscription::new(filter, options, messages, state, Arc::clone(core));
+        Ok(if taken_up {
+            subscription.taken_up()
+        } else {
+            subscription
+        })
     }
 
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
@@ -593,6 +608,15 @@ impl Client {
     /// forgotten the session by the time the client reconnected.
     pub fn session_id(&self) -> SessionId {
         self.inner.core.session_id()
+    }
+
+    /// The resumed session's subscriptions this client has not taken up yet (a new process
+    /// that resumed its session with [`ClientBuilder::resume_session`] or
+    /// [`ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
+    /// filter and options takes one up ([`Client::subscribe_with`]); until then the broker
+    /// keeps its messages under its overflow policy. Empty on a new session.
+    pub fn unclaimed_subscriptions(&self) -> Vec<crate::SessionSubscription> {
+        self.inner.core.registry().adoptable()
     }
 
     /// Moves the client to a new local UDP socket bound to `addr` (port 0 for any free port),

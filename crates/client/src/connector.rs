@@ -29,6 +29,9 @@ pub(crate) struct Connector {
     pub(crate) server_name: String,
     /// Sent in `Hello` for the broker's logs.
     pub(crate) client_name: Option<String>,
+    /// The session's name, sent in every `Hello`: the broker resumes the session of that name
+    /// (or creates it), whatever `resume` says.
+    pub(crate) session_name: Option<String>,
     /// Bound on one attempt, from resolving the address to `Welcome`.
     pub(crate) connect_timeout: Duration,
 }
@@ -64,6 +67,7 @@ impl Connector {
                         remote,
                         &self.server_name,
                         self.client_name.clone(),
+                        self.session_name.clone(),
                         resume,
                         positions.clone(),
                     ),

@@ -9,6 +9,8 @@
 //! are yielded, so it also refuses a message whose sequence is not above the last one yielded:
 //! nothing is yielded twice or out of order. When the client had to subscribe again in a new session the
 //! numbers start again at 1; the stream reader marks those messages with a new epoch.
+//! A subscription taken up from a resumed session (a new client process) starts where its first
+//! message or announced gap starts: what came before went to the earlier process.
 //! No I/O here.
 
 use std::collections::VecDeque;
@@ -68,13 +70,33 @@ pub(crate) struct GapTracker {
     recorded: VecDeque<Gap>,
     /// Gaps not yet yielded as events, oldest first, at most [`MAX_RECORDED_GAPS`].
     unannounced: VecDeque<Gap>,
+    /// Set for a subscription taken up from a resumed session until its first message or
+    /// announced gap: the sequences before that one are not this client's to miss.
+    starts_at_first: bool,
 }
 
 impl GapTracker {
+    /// A tracker for a subscription taken up from a resumed session.
+    pub(crate) fn taken_up() -> Self {
+        Self {
+            starts_at_first: true,
+            ..Self::default()
+        }
+    }
+
+    /// On the first message or gap of a subscription taken up from a resumed session, counts
+    /// everything before `first` as seen.
+    fn start_at(&mut self, first: u64) {
+        if std::mem::take(&mut self.starts_at_first) {
+            self.last_sequence = self.last_sequence.max(first.saturating_sub(1));
+        }
+    }
+
     /// Whether the message `sequence` of `epoch` may be yielded: `false` for a sequence not
     /// above the last one yielded (a duplicate). Records the gap before it, if any.
     pub(crate) fn accept(&mut self, epoch: u64, sequence: u64) -> bool {
         self.enter(epoch);
+        self.start_at(sequence);
         if sequence <= self.last_sequence {
             return false;
         }
@@ -89,6 +111,7 @@ impl GapTracker {
     /// already behind the last message yielded is ignored.
     pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64, reason: GapReason) {
         self.enter(epoch);
+        self.start_at(from);
         // Numbers from the broker: a gap after the last possible sequence skips nothing.
         if from > self.last_sequence.saturating_add(1) {
             self.skip_to(from - 1, None);

@@ -48,6 +48,7 @@ pub(crate) async fn handshake(
     remote: SocketAddr,
     server_name: &str,
     client_name: Option<String>,
+    session_name: Option<String>,
     resume: Option<SessionId>,
     positions: Vec<ResumePosition>,
 ) -> Result<Established, ClientError> {
@@ -70,6 +71,7 @@ pub(crate) async fn handshake(
         resume,
         client_name,
         positions,
+        session_name,
     });
     let hello = encode(&hello, DEFAULT_MAX_FRAME_BYTES)?;
     control_send

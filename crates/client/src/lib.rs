@@ -86,6 +86,12 @@
 //! over, when the broker refuses it in a way that would repeat, or when the policy gives up.
 //! The [`Client`] documentation has the details.
 //!
+//! A session also outlives the process: [`ClientBuilder::session_name`] gives it a stable name
+//! per identity (or [`ClientBuilder::resume_session`] resumes a known id), [`Client::leave`]
+//! closes without ending it, and a later process subscribing with the same filter and options
+//! takes its subscriptions up, with what the broker kept meanwhile
+//! ([`Client::unclaimed_subscriptions`]; `docs/SESSIONS.md`).
+//!
 //! ```no_run
 //! # use cassini_client::{Client, ConnectionState};
 //! # async fn run(client: Client) {
@@ -185,7 +191,8 @@ pub use subscription::{Events, Subscription, SubscriptionEnd, SubscriptionEvent}
 
 pub use cassini_protocol::{
     AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,
-    OversizeRule, PublishRejected, SessionId, SubscribeOptions, SubscriptionId, TopicError,
+    OversizeRule, PublishRejected, SessionId, SessionSubscription, SubscribeOptions,
+    SubscriptionId, TopicError,
 };
 pub use cassini_quic::tls::QuicOptions;
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -44,7 +44,8 @@ pub(crate) fn classify(error: &ClientError) -> Loss {
             | ErrorCode::MALFORMED_FRAME
             | ErrorCode::FRAME_TOO_LARGE
             | ErrorCode::UNSUPPORTED_VERSION
-            | ErrorCode::SESSION_IDENTITY_MISMATCH => refused(),
+            | ErrorCode::SESSION_IDENTITY_MISMATCH
+            | ErrorCode::INVALID_SESSION_NAME => refused(),
             _ => Loss::Retry,
         },
         ClientError::Certificate { .. }

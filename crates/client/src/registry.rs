@@ -13,6 +13,12 @@
 //! only when the client ends for good: then every subscription ends, at once or as soon as its
 //! reader lets go.
 //!
+//! A resumed session may hold subscriptions this client does not know (a new process that
+//! resumed its session by id or name): `Welcome` lists them, and they wait here as
+//! `adoptable` until the application subscribes with the same filter and options, which
+//! takes one up under its id instead of making a new one ([`SubscriptionRegistry::adopt`]).
+//! Until then their streams wait unread (no deadline), so the broker keeps their messages.
+//!
 //! It also remembers subscriptions this client asked to end without hearing back (`abandoned`):
 //! their `Unsubscribe` is sent again after a resume, and a stream the broker opens for one is
 //! stopped at once.
@@ -21,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
-use cassini_protocol::{ResumePosition, SubscriptionId};
+use cassini_protocol::{ResumePosition, SessionSubscription, SubscribeOptions, SubscriptionId};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio::time::{timeout_at, Instant};
 
@@ -60,6 +66,9 @@ struct RegistryState {
     abandoned: HashSet<SubscriptionId>,
     /// Set when the client ended: how every subscription ends from then on.
     closed: Option<SubscriptionEnd>,
+    /// Subscriptions of the resumed session this client has not taken up yet, with their
+    /// filter and options.
+    adoptable: HashMap<SubscriptionId, (String, SubscribeOptions)>,
 }
 
 impl SubscriptionRegistry {
@@ -77,6 +86,54 @@ impl SubscriptionRegistry {
             state.live.insert(id, sink);
         }
         self.changed.notify_waiters();
+    }
+
+    /// The session was attached: `listed` are the subscriptions the broker holds for it
+    /// (empty for a new session). Those this client does not know become adoptable.
+    pub(crate) fn offer(&self, listed: &[SessionSubscription]) {
+        {
+            let mut state = lock(&self.state);
+            let state = &mut *state;
+            state.adoptable = listed
+                .iter()
+                .filter(|s| {
+                    !state.live.contains_key(&s.subscription)
+                        && !state.abandoned.contains(&s.subscription)
+                })
+                .map(|s| (s.subscription, (s.filter.clone(), s.options.clone())))
+                .collect();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Takes up the session's subscription to `filter` with `options`, if it holds one this
+    /// client does not know yet (the oldest, if several); its id.
+    pub(crate) fn adopt(&self, filter: &str, options: &SubscribeOptions) -> Option<SubscriptionId> {
+        let mut state = lock(&self.state);
+        let id = state
+            .adoptable
+            .iter()
+            .filter(|(_, (f, o))| f == filter && o == options)
+            .map(|(id, _)| *id)
+            .min()?;
+        state.adoptable.remove(&id);
+        Some(id)
+    }
+
+    /// The session's subscriptions this client has not taken up, by id, with filter and
+    /// options.
+    pub(crate) fn adoptable(&self) -> Vec<SessionSubscription> {
+        let mut listed: Vec<_> = lock(&self.state)
+            .adoptable
+            .iter()
+            .map(|(id, (filter, options))| SessionSubscription {
+                subscription: *id,
+                filter: filter.clone(),
+                options: options.clone(),
+            })
+            .collect();
+        listed.sort_by_key(|s| s.subscription);
+        listed
     }
 
     /// The live subscription `id`, for a delivery that arrived in a datagram.
@@ -97,7 +154,7 @@ impl SubscriptionRegistry {
     }
 
     /// Takes subscription `id` for a new stream: waits until `deadline` for it to be
-    /// registered, then for as long as the previous stream's reader holds it.
+    /// registered (with no deadline while it is adoptable), then for as long as the previous stream's reader holds it.
     pub(crate) async fn claim(
         self: &Arc<Self>,
         id: SubscriptionId,
@@ -107,7 +164,7 @@ impl SubscriptionRegistry {
             let mut changed = pin!(self.changed.notified());
             // Listen before looking, so a registration between the two is not missed.
             changed.as_mut().enable();
-            {
+            let adoptable = {
                 let state = lock(&self.state);
                 if state.closed.is_some() {
                     return Err(ClaimError::Closed);
@@ -118,6 +175,11 @@ impl SubscriptionRegistry {
                 if state.abandoned.contains(&id) {
                     return Err(ClaimError::Abandoned);
                 }
+                state.adoptable.contains_key(&id)
+            };
+            if adoptable {
+                changed.await;
+                continue;
             }
             if timeout_at(deadline, changed).await.is_err() {
                 return Err(ClaimError::TimedOut);
@@ -221,6 +283,7 @@ impl SubscriptionRegistry {
             let mut state = lock(&self.state);
             state.closed.get_or_insert(end.clone());
             state.abandoned.clear();
+            state.adoptable.clear();
             let orphans = std::mem::take(&mut state.orphans);
             state
                 .live

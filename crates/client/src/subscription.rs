@@ -358,6 +358,13 @@ impl Subscription {
         }
     }
 
+    /// This subscription was taken up from a resumed session rather than made: sequences
+    /// before its first message or gap went to an earlier client, and are no gap here.
+    pub(crate) fn taken_up(mut self) -> Self {
+        self.gaps = GapTracker::taken_up();
+        self
+    }
+
     /// The broker-assigned subscription id. It changes if the broker had forgotten the session
     /// when the client reconnected and the client subscribed again ([`Gap::SessionLost`]).
     pub fn id(&self) -> SubscriptionId {
@@ -619,6 +626,20 @@ impl Subscription {
         if !sent {
             acks.put_back(epoch, ack);
         }
+    }
+}
+
+impl Subscription {
+    /// At least once: the application is done with the message it was given last, so it is
+    /// acknowledged now rather than when the next one is asked for, and every acknowledgement
+    /// waiting is sent. Use it before [`crate::Client::leave`] so that a later client that
+    /// resumes the session does not get that message again. Does nothing for an at-most-once
+    /// subscription.
+    pub fn acknowledge(&mut self) {
+        if let Some(acks) = &mut self.acks {
+            acks.last_processed();
+        }
+        self.flush_acks(true);
     }
 }
 

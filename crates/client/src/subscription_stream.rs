@@ -59,7 +59,13 @@ async fn read_stream(
     let Some(id) = read_start(&mut reader, deadline, &link).await else {
         return;
     };
-    let sink = match registry.claim(id, deadline).await {
+    // A subscription of the resumed session that the application has not taken up yet waits
+    // with no deadline, but no longer than its connection.
+    let claimed = tokio::select! {
+        claimed = registry.claim(id, deadline) => claimed,
+        _ = link.connection().closed() => return,
+    };
+    let sink = match claimed {
         Ok(sink) => sink,
         Err(ClaimError::TimedOut) => {
             tracing::warn!(

@@ -161,8 +161,10 @@ async fn attach(
     established: Established,
 ) -> Result<Arc<Attachment>, ClientError> {
     let resumed = established.welcome.resumed;
-    let attachment = Attachment::start(established, core.context());
     let registry = core.registry();
+    // Before the connection's streams are read, so one for a subscription to take up waits.
+    registry.offer(&established.welcome.subscriptions);
+    let attachment = Attachment::start(established, core.context());
     if resumed {
         for subscription in registry.abandoned() {
             attachment

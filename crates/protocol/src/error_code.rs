@@ -86,6 +86,9 @@ error_codes! {
     /// unidirectional streams (QUIC `initial_max_streams_uni` / `MAX_STREAMS`). The
     /// subscription ended; a client must allow one stream per subscription.
     STREAM_LIMIT = 23, "the client allows no more subscription streams";
+    /// A `Hello` named an invalid session name (empty, too long, or a character other than
+    /// ASCII letters, digits, `-`, `_` and `.`).
+    INVALID_SESSION_NAME = 24, "invalid session name";
     /// The subscription's queue overflowed under the `close` policy.
     SLOW_CONSUMER = 30, "subscription closed: slow consumer";
     /// The broker is shutting down.

@@ -143,6 +143,26 @@ pub struct Hello {
     /// what of it arrived, so everything it sent and no longer holds is announced as a gap.
     #[serde(default)]
     pub positions: Vec<ResumePosition>,
+    /// A stable session name, unique per certificate identity (like MQTT's client id with a
+    /// clean start of false): the first `Hello` naming it creates the session, a later one
+    /// resumes it. When set, `resume` is not used. 1 to [`MAX_SESSION_NAME_BYTES`] bytes of
+    /// ASCII letters, digits, `-`, `_` and `.`; anything else is refused with
+    /// `INVALID_SESSION_NAME`.
+    #[serde(default)]
+    pub session_name: Option<String>,
+}
+
+/// Longest accepted session name, in bytes.
+pub const MAX_SESSION_NAME_BYTES: usize = 128;
+
+/// Whether `name` is a valid session name: 1 to [`MAX_SESSION_NAME_BYTES`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.`.
+pub fn valid_session_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SESSION_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Where the client stands in one subscription when it resumes its session.
@@ -167,6 +187,21 @@ pub struct Welcome {
     pub identity: String,
     /// The limits in force for this connection.
     pub limits: Limits,
+    /// On a resumed session: every subscription the session holds, so that a client that
+    /// does not know them (a new process) can take them up again; empty on a new session.
+    #[serde(default)]
+    pub subscriptions: Vec<SessionSubscription>,
+}
+
+/// A subscription a resumed session holds, as listed in `Welcome`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionSubscription {
+    /// Its id; the broker opens its stream after `Welcome`.
+    pub subscription: SubscriptionId,
+    /// The filter it was made with.
+    pub filter: String,
+    /// The options it was made with.
+    pub options: SubscribeOptions,
 }
 
 /// Limits the broker enforces, announced in `Welcome` so clients can check before sending.

@@ -41,8 +41,9 @@ fn the_hello_example() {
             resume: None,
             client_name: Some("demo".into()),
             positions: vec![],
+            session_name: None,
         }),
-        "00 00 00 10 81 a5 48 65 6c 6c 6f 94 01 c0 a4 64 65 6d 6f 90",
+        "00 00 00 11 81 a5 48 65 6c 6c 6f 95 01 c0 a4 64 65 6d 6f 90 c0",
     );
 }
 

@@ -102,6 +102,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                         last_sequence,
                     })
                     .collect(),
+                session_name: None,
             })
         });
     let welcome = (
@@ -119,6 +120,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     resumed,
                     identity,
                     limits,
+                    subscriptions: Vec::new(),
                 })
             },
         );

@@ -40,6 +40,8 @@ pub(crate) struct Session;
 pub(crate) struct SessionArgs {
     pub(crate) id: SessionId,
     pub(crate) identity: Arc<str>,
+    /// The name a `Hello` gave it, if any (unique per identity).
+    pub(crate) name: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
     /// Read back from the store after a restart, with the time it has left until it expires.
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
@@ -114,12 +116,16 @@ pub(crate) struct Attached {
     /// [`SessionState::ended`] the client still lists, then every end found while attached.
     /// Unbounded in type, bounded in use: at most twice `max_subscriptions_per_session`.
     pub(crate) ended: mpsc::UnboundedReceiver<SubscriptionEnded>,
+    /// Every subscription the session holds, for `Welcome` on a resume.
+    pub(crate) subscriptions: Vec<cassini_protocol::SessionSubscription>,
 }
 
 struct SessionSubscription {
     filter: TopicFilter,
     /// The queue group it joined, if any: an ACL reload checks it again.
     group: Option<Arc<str>>,
+    /// The options it was made with, listed in `Welcome` on a resume.
+    options: SubscribeOptions,
     subscriber: ActorRef<SubscriberMsg>,
     queue: Arc<SubscriptionQueue>,
 }
@@ -127,6 +133,8 @@ struct SessionSubscription {
 pub(crate) struct SessionState {
     id: SessionId,
     identity: Arc<str>,
+    /// The session's name, if a `Hello` gave it one.
+    name: Option<Arc<str>>,
     /// When the connection dropped (ms since the Unix epoch), for the stored record.
     detached_at_ms: Option<u64>,
     shared: Arc<Shared>,
@@ -161,6 +169,7 @@ impl SessionState {
                 identity: self.identity.to_string(),
                 last_subscription: self.last_subscription,
                 detached_at_ms: self.detached_at_ms,
+                name: self.name.as_deref().map(str::to_owned),
             })]);
         }
     }
@@ -263,9 +272,8 @@ impl SessionState {
             bounds,
             self.queue_store(subscription),
         ));
-        let delivery = options.delivery;
         if let Err(err) = self
-            .start(myself, subscription, filter, group, delivery, queue)
+            .start(myself, subscription, filter, group, options, queue)
             .await
         {
             self.forget_subscription(subscription);
@@ -299,9 +307,15 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
-        let delivery = record.options.delivery;
-        self.start(myself, record.subscription, filter, group, delivery, queue)
-            .await
+        self.start(
+            myself,
+            record.subscription,
+            filter,
+            group,
+            record.options,
+            queue,
+        )
+        .await
     }
 
     /// Starts the subscriber of a subscription and routes its filter to its queue.
@@ -311,9 +325,10 @@ impl SessionState {
         subscription: SubscriptionId,
         filter: TopicFilter,
         group: Option<Arc<str>>,
-        delivery: DeliveryClass,
+        options: SubscribeOptions,
         queue: Arc<SubscriptionQueue>,
     ) -> Result<(), BrokerError> {
+        let delivery = options.delivery;
         let config = &self.shared.config;
         let key = SubscriberKey {
             session: self.id,
@@ -362,6 +377,7 @@ impl SessionState {
             SessionSubscription {
                 filter,
                 group: member_group,
+                options,
                 subscriber,
                 queue,
             },
@@ -429,10 +445,21 @@ impl SessionState {
         self.announcements = Some(announcements);
         self.detached_at_ms = None;
         self.store_session();
+        let mut subscriptions: Vec<_> = self
+            .subscriptions
+            .iter()
+            .map(|(id, subscription)| cassini_protocol::SessionSubscription {
+                subscription: *id,
+                filter: subscription.filter.as_str().to_owned(),
+                options: subscription.options.clone(),
+            })
+            .collect();
+        subscriptions.sort_by_key(|subscription| subscription.subscription);
         Attached {
             epoch: self.epoch,
             acks: Arc::clone(&self.acks),
             ended,
+            subscriptions,
         }
     }
 
@@ -512,6 +539,7 @@ impl Actor for Session {
         let mut state = SessionState {
             id: args.id,
             identity: args.identity,
+            name: args.name,
             detached_at_ms: None,
             shared: args.shared,
             subscriptions: HashMap::new(),

@@ -14,6 +14,12 @@
 //! attached, the new session is refused with `TOO_MANY_SESSIONS_FOR_IDENTITY`. Another
 //! identity's sessions are never touched.
 //!
+//! A `Hello` may name its session instead of giving its id: names are per identity, so it
+//! also owns the map from (identity, name) to session id. The first `Hello` with a name
+//! creates the session, a later one resumes it (taking it over from an attached connection,
+//! as any resume does). The name is stored with the session record, so the map survives a
+//! restart in disk mode; it is forgotten with the session.
+//!
 //! In disk mode it starts with the sessions read back from the store: each one detached, with
 //! the expiry time it had left (its detach time is stored; a session that was attached when the
 //! broker died counts as detached at the restart). A session whose expiry passed while the
@@ -42,6 +48,8 @@ pub(crate) struct Opened {
     pub(crate) id: SessionId,
     pub(crate) resumed: bool,
     pub(crate) epoch: u64,
+    /// On a resume, every subscription the session holds, for `Welcome`.
+    pub(crate) subscriptions: Vec<cassini_protocol::SessionSubscription>,
     /// The session's queues: where the connection's acknowledgements go, and what shutdown
     /// drains.
     pub(crate) acks: Arc<AckTargets>,
@@ -56,6 +64,8 @@ pub(crate) enum SessionManagerMsg {
     /// client's `positions`), and attaches `connection` to it.
     Open {
         resume: Option<SessionId>,
+        /// The session's name; when set, `resume` is not used.
+        name: Option<String>,
         positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
         reply: RpcReplyPort<Result<Opened, BrokerError>>,
@@ -73,6 +83,8 @@ struct Entry {
     /// The key of the certificate that created or last attached the session (`None` for a
     /// session read back from the store and not resumed since, or a transport without one).
     certificate: Option<Arc<str>>,
+    /// The session's name, if it has one.
+    name: Option<Arc<str>>,
     session: ActorRef<SessionMsg>,
 }
 
@@ -82,6 +94,8 @@ pub(crate) struct SessionManagerState {
     by_actor: HashMap<ActorId, SessionId>,
     /// How many of `sessions` each identity holds.
     per_identity: HashMap<Arc<str>, usize>,
+    /// Named sessions, by identity and name.
+    names: HashMap<(Arc<str>, Arc<str>), SessionId>,
 }
 
 impl SessionManagerState {
@@ -91,6 +105,10 @@ impl SessionManagerState {
             .entry(Arc::clone(&entry.identity))
             .or_default();
         *count = count.saturating_add(1);
+        if let Some(name) = &entry.name {
+            self.names
+                .insert((Arc::clone(&entry.identity), Arc::clone(name)), id);
+        }
         self.by_actor.insert(entry.session.get_id(), id);
         self.sessions.insert(id, entry);
     }
@@ -100,10 +118,25 @@ impl SessionManagerState {
         let Some(entry) = self.sessions.remove(id) else {
             return;
         };
+        Self::forget_name(&mut self.names, *id, &entry);
         if let Some(count) = self.per_identity.get_mut(&entry.identity) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.per_identity.remove(&entry.identity);
+            }
+        }
+    }
+
+    /// Forgets the name of session `id`, if the name still leads to it.
+    fn forget_name(
+        names: &mut HashMap<(Arc<str>, Arc<str>), SessionId>,
+        id: SessionId,
+        entry: &Entry,
+    ) {
+        if let Some(name) = &entry.name {
+            let key = (Arc::clone(&entry.identity), Arc::clone(name));
+            if names.get(&key) == Some(&id) {
+                names.remove(&key);
             }
         }
     }
@@ -132,9 +165,11 @@ impl SessionManager {
             return Ok(());
         };
         let identity: Arc<str> = Arc::from(recovered.record.identity.as_str());
+        let name: Option<Arc<str>> = recovered.record.name.as_deref().map(Arc::from);
         let args = SessionArgs {
             id,
             identity: Arc::clone(&identity),
+            name: name.clone(),
             shared: Arc::clone(&state.shared),
             recovered: Some((recovered, expires_in)),
         };
@@ -145,6 +180,7 @@ impl SessionManager {
             Entry {
                 identity,
                 certificate: None,
+                name,
                 session,
             },
         );
@@ -189,11 +225,27 @@ impl SessionManager {
         myself: &ActorRef<SessionManagerMsg>,
         state: &mut SessionManagerState,
         resume: Option<SessionId>,
+        name: Option<String>,
         positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
     ) -> Result<Opened, BrokerError> {
         let identity = Arc::clone(&connection.peer().identity);
         let certificate = connection.peer().certificate.clone();
+        let name: Option<Arc<str>> = match name {
+            Some(name) if !cassini_protocol::valid_session_name(&name) => {
+                return Err(BrokerError::InvalidSessionName(name));
+            }
+            Some(name) => Some(Arc::from(name)),
+            None => None,
+        };
+        // A name resumes the session it leads to, or creates one under it.
+        let resume = match &name {
+            Some(name) => state
+                .names
+                .get(&(Arc::clone(&identity), Arc::clone(name)))
+                .copied(),
+            None => resume,
+        };
         let (id, session, resumed) = match resume {
             Some(id) => {
                 let entry = state
@@ -218,6 +270,7 @@ impl SessionManager {
                 let args = SessionArgs {
                     id,
                     identity: Arc::clone(&identity),
+                    name: name.clone(),
                     shared: Arc::clone(&state.shared),
                     recovered: None,
                 };
@@ -229,6 +282,7 @@ impl SessionManager {
                     Entry {
                         identity,
                         certificate,
+                        name,
                         session: session.clone(),
                     },
                 );
@@ -236,7 +290,12 @@ impl SessionManager {
             }
         };
         let positions = if resumed { positions } else { Vec::new() };
-        let Attached { epoch, acks, ended } = ask(&session, |reply| SessionMsg::Attach {
+        let Attached {
+            epoch,
+            acks,
+            ended,
+            subscriptions,
+        } = ask(&session, |reply| SessionMsg::Attach {
             connection,
             positions,
             reply,
@@ -247,6 +306,7 @@ impl SessionManager {
             id,
             resumed,
             epoch,
+            subscriptions: if resumed { subscriptions } else { Vec::new() },
             acks,
             ended: Some(ended),
         })
@@ -268,6 +328,7 @@ impl Actor for SessionManager {
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             per_identity: HashMap::new(),
+            names: HashMap::new(),
         };
         for session in recovered {
             Self::restore(&myself, &mut state, session).await?;
@@ -284,11 +345,12 @@ impl Actor for SessionManager {
         match message {
             SessionManagerMsg::Open {
                 resume,
+                name,
                 positions,
                 connection,
                 reply,
             } => {
-                let result = Self::open(&myself, state, resume, positions, connection).await;
+                let result = Self::open(&myself, state, resume, name, positions, connection).await;
                 let _ = reply.send(result);
             }
             SessionManagerMsg::Count(reply) => {
@@ -302,19 +364,26 @@ impl Actor for SessionManager {
             SessionManagerMsg::EndRevoked(revoked) => {
                 // Forgotten here at once, so no resume can reach a session that is ending; the
                 // actor's end still cleans up through `handle_supervisor_evt`.
-                let mut ended = 0usize;
-                state.sessions.retain(|id, entry| {
-                    let is_revoked = entry
-                        .certificate
-                        .as_deref()
-                        .is_some_and(|key| revoked.contains(key));
-                    if is_revoked {
+                let revoked_ids: Vec<SessionId> = state
+                    .sessions
+                    .iter()
+                    .filter(|(_, entry)| {
+                        entry
+                            .certificate
+                            .as_deref()
+                            .is_some_and(|key| revoked.contains(key))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let ended = revoked_ids.len();
+                for id in revoked_ids {
+                    if let Some(entry) = state.sessions.get(&id) {
                         tracing::info!(session = %id, identity = %entry.identity, "ending the session of a revoked certificate");
                         let _ = entry.session.send_message(SessionMsg::Revoke);
-                        ended = ended.saturating_add(1);
                     }
-                    !is_revoked
-                });
+                    // Also lowers the identity's session count and forgets the session's name.
+                    state.remove(&id);
+                }
                 if ended > 0 {
                     tracing::warn!(
                         sessions = ended,

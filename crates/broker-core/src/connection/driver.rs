@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use cassini_protocol::{
-    ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, Subscribed, Unsubscribed,
-    Welcome, PROTOCOL_VERSION,
+    encode_frame, ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, Subscribed,
+    Unsubscribed, Welcome, PROTOCOL_VERSION,
 };
 use ractor::ActorRef;
 use tokio::sync::watch;
@@ -117,18 +118,22 @@ async fn serve(
         session: opened.session.clone(),
         epoch: opened.epoch,
     });
-    let welcome = Frame::Welcome(Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        session_id: opened.id,
-        resumed: opened.resumed,
-        identity: connection.peer().identity.to_string(),
-        limits: Limits {
-            max_datagram_bytes: connection
-                .max_datagram_size()
-                .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
-            ..limits.announced()
+    let welcome = fit_welcome(
+        Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: opened.id,
+            resumed: opened.resumed,
+            identity: connection.peer().identity.to_string(),
+            limits: Limits {
+                max_datagram_bytes: connection
+                    .max_datagram_size()
+                    .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
+                ..limits.announced()
+            },
+            subscriptions: opened.subscriptions.clone(),
         },
-    });
+        max_frame_bytes,
+    );
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
         .await
         .map_err(control_reset)?;
@@ -296,6 +301,32 @@ fn flatten(
     done.map_err(|err| BrokerError::Internal(format!("publish stream task: {err}")))?
 }
 
+/// `welcome` as a frame that fits in `max_frame_bytes` and in the default maximum a client
+/// reads `Welcome` with: if the listed subscriptions make it larger, the highest ids are left
+/// out (a new client process cannot take those up; see docs/PROTOCOL.md, Named sessions).
+fn fit_welcome(welcome: Welcome, max_frame_bytes: u32) -> Frame {
+    let max = max_frame_bytes.min(cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES);
+    let held = welcome.subscriptions.len();
+    let mut frame = Frame::Welcome(welcome);
+    while let Frame::Welcome(welcome) = &mut frame {
+        if welcome.subscriptions.is_empty()
+            || encode_frame(&Frame::Welcome(welcome.clone()), &mut BytesMut::new(), max).is_ok()
+        {
+            if welcome.subscriptions.len() < held {
+                tracing::warn!(
+                    listed = welcome.subscriptions.len(),
+                    held,
+                    "Welcome lists only the session's first subscriptions: the rest do not fit in one frame"
+                );
+            }
+            break;
+        }
+        let keep = welcome.subscriptions.len() / 2;
+        welcome.subscriptions.truncate(keep);
+    }
+    frame
+}
+
 async fn open_session(
     connection: &Arc<dyn Connection>,
     sessions: &ActorRef<SessionManagerMsg>,
@@ -309,6 +340,7 @@ async fn open_session(
     }
     ask(sessions, |reply| SessionManagerMsg::Open {
         resume: hello.resume,
+        name: hello.session_name,
         positions: hello.positions,
         connection: Arc::clone(connection),
         reply,
@@ -370,4 +402,55 @@ async fn answer_control(
             reason: err.reason(),
         })
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use cassini_protocol::{Limits, SessionId, SessionSubscription, SubscribeOptions};
+
+    use super::*;
+
+    fn welcome(subscriptions: usize) -> Welcome {
+        Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: SessionId([1; 16]),
+            resumed: true,
+            identity: "alice".into(),
+            limits: Limits {
+                max_payload_bytes: 1024,
+                max_frame_bytes: 4096,
+                max_subscriptions: 1024,
+                max_topic_bytes: 256,
+                max_topic_depth: 16,
+                max_headers: 0,
+                max_header_bytes: 0,
+                max_datagram_bytes: 0,
+            },
+            subscriptions: (1..=subscriptions as u64)
+                .map(|subscription| SessionSubscription {
+                    subscription,
+                    filter: format!("{}.{subscription}", "t".repeat(200)),
+                    options: SubscribeOptions::default(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_welcome_too_large_for_one_frame_lists_fewer_subscriptions() {
+        let Frame::Welcome(fitted) = fit_welcome(welcome(100), 4096) else {
+            panic!("not a Welcome");
+        };
+        let listed = fitted.subscriptions.len();
+        assert!(listed > 0 && listed < 100, "listed {listed}");
+        assert_eq!(
+            fitted.subscriptions[0].subscription, 1,
+            "the lowest ids stay"
+        );
+        assert!(encode_frame(&Frame::Welcome(fitted), &mut BytesMut::new(), 4096).is_ok());
+        let Frame::Welcome(small) = fit_welcome(welcome(3), 4096) else {
+            panic!("not a Welcome");
+        };
+        assert_eq!(small.subscriptions.len(), 3, "what fits is listed whole");
+    }
 }

@@ -23,6 +23,11 @@ pub(crate) struct SessionRecord {
     /// When its connection dropped, in milliseconds since the Unix epoch; `None` while
     /// attached.
     pub(crate) detached_at_ms: Option<u64>,
+    /// The session's name, if a `Hello` named it (unique per identity); `None` for an unnamed
+    /// session and every record written before sessions had names (the field is last and
+    /// defaults, so those records still decode).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
 }
 
 /// A subscription of a session.
@@ -229,6 +234,44 @@ mod tests {
             Err(RecordError::Truncated(3))
         );
         assert!(decode::<SequenceRecord, _>(&bytes[..bytes.len() - 1], &(7, 2), key).is_err());
+    }
+
+    /// A session record as stored before sessions had names.
+    #[derive(Serialize)]
+    struct SessionRecordWithoutName {
+        id: u128,
+        identity: String,
+        last_subscription: u64,
+        detached_at_ms: Option<u64>,
+    }
+
+    #[test]
+    fn a_session_record_written_before_names_still_decodes() {
+        let old = encode(&SessionRecordWithoutName {
+            id: 7,
+            identity: "alice".into(),
+            last_subscription: 3,
+            detached_at_ms: Some(5),
+        });
+        let decoded = decode::<SessionRecord, _>(&old, &7, |r| r.id);
+        assert_eq!(
+            decoded,
+            Ok(SessionRecord {
+                id: 7,
+                identity: "alice".into(),
+                last_subscription: 3,
+                detached_at_ms: Some(5),
+                name: None,
+            })
+        );
+        let named = SessionRecord {
+            name: Some("kitchen".into()),
+            ..SessionRecord::clone(decoded.as_ref().expect("decoded"))
+        };
+        assert_eq!(
+            decode(&encode(&named), &7, |r: &SessionRecord| r.id),
+            Ok(named)
+        );
     }
 
     /// A message record as stored before retained values recorded their publisher.

@@ -40,6 +40,7 @@ fn session(id: u128) -> Op {
         identity: "alice".into(),
         last_subscription: 1,
         detached_at_ms: Some(1_000),
+        name: None,
     })
 }
 

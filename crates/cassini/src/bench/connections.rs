@@ -303,6 +303,7 @@ async fn hello(
         resume: None,
         client_name: Some("bench-idle".into()),
         positions: Vec::new(),
+        session_name: None,
     });
     encode_frame(&hello, &mut buf, decoder.max_frame_bytes())?;
     send.write_all(&buf).await?;

@@ -91,6 +91,64 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Closes the connection without ending the session, which the broker keeps for its
+    /// session expiry (`sessions.expiry`): a later client resumes it with
+    /// [`crate::ClientBuilder::session_name`] or [`crate::ClientBuilder::resume_session`] and
+    /// gets what was published meanwhile (queued under each subscription's bounds; at least
+    /// once for at-least-once subscriptions, also across a broker restart in disk mode).
+    ///
+    /// In order: closes every publish stream and waits until the broker has acknowledged all
+    /// of them; makes one round trip on the control stream, so that every acknowledgement sent
+    /// before has reached the broker (call [`crate::Subscription::acknowledge`] first to
+    /// include the message the application holds); closes the connection without a goodbye.
+    /// Each wait is bounded by `close_timeout`. Afterwards the client is ended as after
+    /// [`Client::close`]; its [`crate::Subscription`]s end, but stay in the broker's session.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        let inner = &self.inner;
+        let core = &inner.core;
+        let close_timeout = inner.settings.close_timeout;
+        if core.start_closing() {
+            let mut states = core.state_changes();
+            let _ = timeout(
+                close_timeout,
+                states.wait_for(|state| state.is_disconnected()),
+            )
+            .await;
+            return Ok(());
+        }
+        core.stop_token().cancel();
+        let result = match core.at_close() {
+            AtClose::Attached(attachment) => {
+                let drained = attachment.publisher.close().await;
+                let synced = match timeout(close_timeout, attachment.control.ping()).await {
+                    Ok(result) => result.map(|_| ()),
+                    Err(_) => Err(ClientError::Timeout("the broker's answer before leaving")),
+                };
+                attachment
+                    .link
+                    .connection()
+                    .close(0u32.into(), b"leaving; the session stays");
+                drained.and(synced)
+            }
+            AtClose::Reconnecting { reason, .. } => Err(ClientError::Disconnected {
+                reason: format!("left while reconnecting ({reason})"),
+            }),
+            AtClose::Ended(ClientError::Closed) => Ok(()),
+            AtClose::Ended(error) => Err(error),
+        };
+        inner.endpoint.close(0u32.into(), b"leaving");
+        if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("endpoint not idle in time after leaving");
+        }
+        core.end(ClientError::Closed, DisconnectReason::Closed);
+        result
+    }
+}
+
 /// Drains the publish lanes, sends the goodbye and waits for the broker to close the
 /// connection.
 async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(), ClientError> {

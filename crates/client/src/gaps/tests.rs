@@ -154,3 +154,32 @@ fn numbers_at_the_end_of_the_sequence_space_neither_wrap_nor_panic() {
     };
     assert_eq!(gap.missed(), Some(u64::MAX));
 }
+
+#[test]
+fn a_subscription_taken_up_starts_at_its_first_message_or_gap() {
+    let mut tracker = GapTracker::taken_up();
+    assert_eq!(yielded(&mut tracker, 0, &[5, 6, 8]), vec![5, 6, 8]);
+    assert_eq!(
+        tracker.take(),
+        vec![Gap::Missed {
+            from: 7,
+            to: 7,
+            reason: None
+        }],
+        "only what this client missed after taking it up"
+    );
+
+    let mut tracker = GapTracker::taken_up();
+    tracker.announced(0, 3, 4, GapReason::Overflow);
+    assert_eq!(
+        tracker.take(),
+        vec![Gap::Missed {
+            from: 3,
+            to: 4,
+            reason: Some(GapReason::Overflow)
+        }],
+        "an announced gap is kept whole, without the sequences before it"
+    );
+    assert_eq!(yielded(&mut tracker, 0, &[5]), vec![5]);
+    assert!(tracker.take().is_empty());
+}

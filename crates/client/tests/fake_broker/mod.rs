@@ -204,6 +204,7 @@ impl Session {
             resumed,
             identity: "alice".into(),
             limits: LIMITS,
+            subscriptions: Vec::new(),
         }))
         .await;
     }

@@ -13,6 +13,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 subscription: 42,
                 last_sequence: 1000,
             }],
+            session_name: Some("kitchen".into()),
         }),
         Frame::Welcome(Welcome {
             protocol_version: 1,
@@ -29,6 +30,11 @@ fn one_of_every_frame() -> Vec<Frame> {
                 max_header_bytes: 32 * 1024,
                 max_datagram_bytes: 1200,
             },
+            subscriptions: vec![SessionSubscription {
+                subscription: 3,
+                filter: "orders.>".into(),
+                options: SubscribeOptions::default(),
+            }],
         }),
         Frame::Subscribe(Subscribe {
             request_id: 1,
@@ -396,6 +402,7 @@ fn fields_added_at_the_end_decode_with_defaults_from_an_older_peer() {
             resume: None,
             client_name: None,
             positions: vec![],
+            session_name: None,
         }))
     );
 }
@@ -468,6 +475,7 @@ enum NewerFrame {
         Option<SessionId>,
         Option<String>,
         Vec<ResumePosition>,
+        Option<String>,
         String,
         Vec<u64>,
     ),
@@ -502,6 +510,7 @@ fn trailing_fields_from_a_newer_peer_are_ignored() {
         Some(SessionId([1; 16])),
         Some("newer".into()),
         positions.clone(),
+        Some("plant-7".into()),
         "a field this build does not know".into(),
         vec![1, 2, 3],
     );
@@ -510,6 +519,7 @@ fn trailing_fields_from_a_newer_peer_are_ignored() {
         resume: Some(SessionId([1; 16])),
         client_name: Some("newer".into()),
         positions,
+        session_name: Some("plant-7".into()),
     });
     let mut buf = encode_newer(&newer);
     let whole = buf.clone();
