@@ -310,18 +310,29 @@ async fn an_at_least_once_subscriber_cut_off_gets_every_message_in_order_with_re
     broker.stop().await;
 }
 
-#[tokio::test]
-async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
+/// An at-most-once subscriber that received message 1 of `topic`, then lost its connection
+/// silently while the broker sent it 2..=51 (which it never got); the broker has detached its
+/// session, and the relay is still cut.
+struct CutOffSubscriber {
+    broker: TestBroker,
+    relay: UdpRelay,
+    // Kept so the client lives as long as its subscription.
+    _edge: Client,
+    subscription: Subscription,
+    publisher: Client,
+}
+
+async fn cut_off_while_receiving(topic: &str) -> CutOffSubscriber {
     let broker = broker().await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
-    let mut subscription = edge.subscribe("amo.x").await.expect("subscribe");
+    let mut subscription = edge.subscribe(topic).await.expect("subscribe");
     let publisher = broker.client("publisher").await;
-    publish_range(&publisher, "amo.x", 0..1).await;
+    publish_range(&publisher, topic, 0..1).await;
     assert_eq!(next(&mut subscription).await.sequence(), 1);
 
     relay.cut_downstream();
-    publish_range(&publisher, "amo.x", 1..51).await;
+    publish_range(&publisher, topic, 1..51).await;
     wait_for_state(&edge, "the client notices the drop", |s| {
         matches!(s, ConnectionState::Reconnecting { .. })
     })
@@ -330,6 +341,24 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
     broker
         .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
         .await;
+    CutOffSubscriber {
+        broker,
+        relay,
+        _edge: edge,
+        subscription,
+        publisher,
+    }
+}
+
+#[tokio::test]
+async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
+    let CutOffSubscriber {
+        broker,
+        relay,
+        _edge,
+        mut subscription,
+        publisher,
+    } = cut_off_while_receiving("amo.x").await;
     publish_range(&publisher, "amo.x", 51..61).await;
     relay.restore();
 
@@ -355,24 +384,13 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
 
 #[tokio::test]
 async fn a_gap_lost_in_flight_is_announced_on_resume_even_when_nothing_follows_it() {
-    let broker = broker().await;
-    let relay = UdpRelay::start(broker.addr).await.expect("relay");
-    let edge = edge_client(&broker, &relay, "edge").await;
-    let mut subscription = edge.subscribe("quiet.x").await.expect("subscribe");
-    let publisher = broker.client("publisher").await;
-    publish_range(&publisher, "quiet.x", 0..1).await;
-    assert_eq!(next(&mut subscription).await.sequence(), 1);
-
-    relay.cut_downstream();
-    publish_range(&publisher, "quiet.x", 1..51).await;
-    wait_for_state(&edge, "the client notices the drop", |s| {
-        matches!(s, ConnectionState::Reconnecting { .. })
-    })
-    .await;
-    relay.cut();
-    broker
-        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
-        .await;
+    let CutOffSubscriber {
+        broker,
+        relay,
+        _edge,
+        mut subscription,
+        ..
+    } = cut_off_while_receiving("quiet.x").await;
     // Nothing is published while the client is away, nor after: the topic stays quiet.
     relay.restore();
 
