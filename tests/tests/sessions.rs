@@ -197,74 +197,106 @@ async fn next_delivery(connection: &quinn::Connection) -> (Vec<cassini_protocol:
     }
 }
 
-#[tokio::test]
-async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
-    use bytes::{Bytes, BytesMut};
-    use cassini_broker::config::StorageMode;
+/// A broker configuration that keeps its state in `dir`.
+fn durable(dir: &std::path::Path) -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.storage.mode = cassini_broker::config::StorageMode::Disk;
+    config.storage.data_dir = dir.to_path_buf();
+    config
+}
+
+/// alice, by hand over a raw connection, subscribes at most once to `topic` and receives
+/// sequence 1 (published by `publisher`). Returns her session, the subscription id and the
+/// connection, still open.
+async fn raw_subscriber_with_one_message(
+    broker: &TestBroker,
+    publisher: &cassini_client::Client,
+    topic: &str,
+) -> (SessionId, u64, quinn::Endpoint, quinn::Connection) {
     use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{
-        Frame, Hello, ResumePosition, Subscribe, SubscribeOptions, PROTOCOL_VERSION,
-    };
+    use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let durable = || {
-        let mut config = BrokerConfig::default();
-        config.storage.mode = StorageMode::Disk;
-        config.storage.data_dir = dir.path().to_path_buf();
-        config
-    };
-    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
-    let publisher = broker.client("publisher").await;
-
-    // alice subscribes by hand, receives sequence 1, and vanishes.
     let (endpoint, connection) = broker.raw_connection("alice").await;
     let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
     let subscribe = Frame::Subscribe(Subscribe {
         request_id: 1,
-        filter: "wrap.t".into(),
+        filter: topic.into(),
         options: SubscribeOptions::default(),
     });
     send.write_all(&encoded(&subscribe))
         .await
         .expect("subscribe");
-    let mut buf = BytesMut::new();
+    let mut buf = bytes::BytesMut::new();
     let subscription = match read_frame(&mut recv, &mut buf).await {
         Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
         other => panic!("expected Subscribed, got {other:?}"),
     };
     publisher
-        .publish("wrap.t", Bytes::from_static(b"one"))
+        .publish(topic, bytes::Bytes::from_static(b"one"))
         .await
         .expect("publish");
     assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
-    publisher.close().await.expect("close");
+    (welcome.session_id, subscription, endpoint, connection)
+}
 
-    let broker = broker.restart_with(durable()).await;
+/// alice resumes `session` by hand, standing at `last_sequence` in `subscription`; the broker
+/// must welcome her back into it. The control stream comes back too: dropping its send half
+/// would finish it, which is a goodbye.
+async fn raw_resume(
+    broker: &TestBroker,
+    session: SessionId,
+    subscription: u64,
+    last_sequence: u64,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+) {
+    use cassini_e2e::raw::{encoded, read_frame};
+    use cassini_protocol::{Frame, Hello, ResumePosition, PROTOCOL_VERSION};
 
-    // She resumes claiming to stand at u64::MAX: a position the broker never gave out.
-    let (_endpoint, connection) = broker.raw_connection("alice").await;
+    let (endpoint, connection) = broker.raw_connection("alice").await;
     let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
     let hello = Frame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        resume: Some(welcome.session_id),
+        resume: Some(session),
         client_name: Some("raw".into()),
         positions: vec![ResumePosition {
             subscription,
-            last_sequence: u64::MAX,
+            last_sequence,
         }],
         session_name: None,
     });
     send.write_all(&encoded(&hello)).await.expect("hello");
-    let mut buf = BytesMut::new();
+    let mut buf = bytes::BytesMut::new();
     match read_frame(&mut recv, &mut buf).await {
         Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
         other => panic!("expected Welcome, got {other:?}"),
     }
+    (endpoint, connection, (send, recv))
+}
+
+#[tokio::test]
+async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = TestBroker::start_with(durable(dir.path()), ServerOptions::default()).await;
+    let publisher = broker.client("publisher").await;
+
+    // alice subscribes by hand, receives sequence 1, and vanishes.
+    let (session, subscription, endpoint, connection) =
+        raw_subscriber_with_one_message(&broker, &publisher, "wrap.t").await;
+    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+    endpoint.wait_idle().await;
+    publisher.close().await.expect("close");
+
+    let broker = broker.restart_with(durable(dir.path())).await;
+
+    // She resumes claiming to stand at u64::MAX: a position the broker never gave out.
+    let (_endpoint, connection, _control) =
+        raw_resume(&broker, session, subscription, u64::MAX).await;
     let publisher = broker.client("publisher").await;
     publisher
-        .publish("wrap.t", Bytes::from_static(b"two"))
+        .publish("wrap.t", bytes::Bytes::from_static(b"two"))
         .await
         .expect("publish");
     let (gaps, sequence) = next_delivery(&connection).await;
@@ -278,45 +310,17 @@ async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
 
 #[tokio::test]
 async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_once() {
-    use bytes::{Bytes, BytesMut};
-    use cassini_broker::config::StorageMode;
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{
-        Frame, GapReason, Hello, ResumePosition, Subscribe, SubscribeOptions, PROTOCOL_VERSION,
-    };
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::{Frame, GapReason};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let durable = || {
-        let mut config = BrokerConfig::default();
-        config.storage.mode = StorageMode::Disk;
-        config.storage.data_dir = dir.path().to_path_buf();
-        config
-    };
-    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
+    let broker = TestBroker::start_with(durable(dir.path()), ServerOptions::default()).await;
     let publisher = broker.client("publisher").await;
 
     // alice subscribes at most once, receives sequence 1, and vanishes; 2..=10 are queued for
     // her session while she is away.
-    let (endpoint, connection) = broker.raw_connection("alice").await;
-    let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: "quiet.t".into(),
-        options: SubscribeOptions::default(),
-    });
-    send.write_all(&encoded(&subscribe))
-        .await
-        .expect("subscribe");
-    let mut buf = BytesMut::new();
-    let subscription = match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
-        other => panic!("expected Subscribed, got {other:?}"),
-    };
-    publisher
-        .publish("quiet.t", Bytes::from_static(b"one"))
-        .await
-        .expect("publish");
-    assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
+    let (session, subscription, endpoint, connection) =
+        raw_subscriber_with_one_message(&broker, &publisher, "quiet.t").await;
     connection.close(quinn::VarInt::from_u32(99), b"vanishing");
     endpoint.wait_idle().await;
     broker
@@ -324,38 +328,21 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
         .await;
     for n in 2..=10u32 {
         publisher
-            .publish("quiet.t", Bytes::from(n.to_string()))
+            .publish("quiet.t", bytes::Bytes::from(n.to_string()))
             .await
             .expect("publish");
     }
     publisher.close().await.expect("close");
 
     // At-most-once messages are not kept across a restart: 2..=10 are lost with it.
-    let broker = broker.restart_with(durable()).await;
-    let (_endpoint, connection) = broker.raw_connection("alice").await;
-    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
-    let hello = Frame::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        resume: Some(welcome.session_id),
-        client_name: Some("raw".into()),
-        positions: vec![ResumePosition {
-            subscription,
-            last_sequence: 1,
-        }],
-        session_name: None,
-    });
-    send.write_all(&encoded(&hello)).await.expect("hello");
-    let mut buf = BytesMut::new();
-    match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let broker = broker.restart_with(durable(dir.path())).await;
+    let (_endpoint, connection, _control) = raw_resume(&broker, session, subscription, 1).await;
 
     // Nobody publishes again: the gap must come on its own, right after SubscriptionStart.
     let mut stream = within("subscription stream", connection.accept_uni())
         .await
         .expect("subscription stream");
-    let mut buf = BytesMut::new();
+    let mut buf = bytes::BytesMut::new();
     assert!(matches!(
         within("start", read_frame(&mut stream, &mut buf)).await,
         Some(Frame::SubscriptionStart(_))
