@@ -68,6 +68,7 @@ FIELDS: dict[str, list[str]] = {
     "Pong": ["nonce"],
     "Error": ["request_id", "code", "reason"],
     "GoingAway": ["reason", "reconnect_after_ms"],
+    "SubscriptionEnded": ["subscription", "code", "reason"],
     # publish streams
     "Publish": [
         "topic",
@@ -260,6 +261,8 @@ class Connection(QuicConnectionProtocol):
         self.by_subscription: dict[int, Stream] = {}
         self.control_id: int | None = None
         self.welcome: Frame | None = None
+        # `SubscriptionEnded` frames that came between answers on the control stream.
+        self.subscription_ends: list[Frame] = []
 
     # -- events
 
@@ -500,9 +503,15 @@ async def connect(port: int, identity: Identity, **hello_args: Any) -> Connectio
 
 
 async def control_request(conn: Connection, obj: Any, timeout: float = 5.0) -> Frame:
+    """Sends a control request and returns its answer. PROTOCOL.md: `SubscriptionEnded` may
+    come between answers; those are kept in `conn.subscription_ends`."""
     assert conn.control_id is not None
     conn.send(conn.control_id, obj)
-    return await conn.next_frame(conn.control_id, timeout)
+    while True:
+        answer = await conn.next_frame(conn.control_id, timeout)
+        if answer.name != "SubscriptionEnded":
+            return answer
+        conn.subscription_ends.append(answer)
 
 
 async def subscribe(conn: Connection, filter: str, **options: Any) -> Subscription:

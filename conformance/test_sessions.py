@@ -286,11 +286,13 @@ async def test_the_close_policy_ends_an_overflowing_subscription_with_slow_consu
     await publish_acknowledged(bob, topic, [b"1", b"2", b"3", b"4"])
 
     alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0], [keep.id, 0]])
+    # PROTOCOL.md: a subscription the broker ended while the session was detached is announced
+    # by `SubscriptionEnded` after the resume's `Welcome`: that is how the client learns which
+    # subscription ended, since the stream's reset may overtake its `SubscriptionStart`.
+    ended = await alice.next_frame(alice.control_id)
+    assert ended.name == "SubscriptionEnded", ended
+    assert (ended["subscription"], ended["code"]) == (sub.id, 30)  # SLOW_CONSUMER
     await stream_of(alice, keep.id)
-    # PROTOCOL.md says `SubscriptionStart` is always a stream's first frame and the Close
-    # policy's end is a reset with SLOW_CONSUMER; the broker resets the resumed stream of a
-    # subscription that overflowed while detached before its `SubscriptionStart`, so the client
-    # cannot tell which subscription ended (issue #16, item 2). Accept either form here.
     keep_stream = alice.by_subscription[keep.id].stream_id
 
     def ended_stream():
