@@ -63,8 +63,14 @@ pub(crate) enum Command {
     },
     /// Publish a message.
     ///
+    /// The body is MESSAGE, standard input (`-`) or `--file F`, as bytes (empty and binary
+    /// bodies allowed, up to the broker's payload limit); `--lines` publishes each line as a
+    /// message. `{{Count}}` in the body becomes the message's number, from 1.
+    ///
     /// Waits until the broker has read every publish, then exits 0, or 1 with the broker's
-    /// reason (`error: the broker refused ...: NOT_AUTHORIZED ...`) if it refused any.
+    /// reason (`error: the broker refused ...: NOT_AUTHORIZED ...`) if it refused any. With
+    /// `--ack` each publish waits for the broker's acknowledgement; the first one not
+    /// acknowledged ends it with exit status 1 and the reason.
     Pub(PubArgs),
     /// Subscribe and print messages.
     ///
@@ -312,13 +318,28 @@ pub(crate) struct ConnectArgs {
 pub(crate) struct PubArgs {
     /// Topic to publish to.
     pub(crate) topic: String,
-    /// The message.
-    pub(crate) message: String,
-    /// How many times to publish it.
-    #[arg(long, default_value_t = 1)]
+    /// The message; `-` reads it from standard input. Required unless `--file` is given.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub(crate) message: Option<String>,
+    /// Read the message from this file (its bytes, as they are).
+    #[arg(long, value_name = "F")]
+    pub(crate) file: Option<PathBuf>,
+    /// Publish each line of the body (without its line ending) as a message; an empty input
+    /// publishes nothing.
+    #[arg(long)]
+    pub(crate) lines: bool,
+    /// How many times to publish it (with `--lines`: how many times to publish every line).
+    #[arg(short, long, default_value_t = 1)]
     pub(crate) count: u64,
+    /// Seconds to wait between two messages (fractions allowed).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) sleep: Option<f64>,
+    /// Acknowledged publish: wait until the broker confirms each message; exit 1 with the
+    /// reason at the first one it refuses or does not confirm in time.
+    #[arg(long)]
+    pub(crate) ack: bool,
     /// A header `KEY=VALUE`; repeatable.
-    #[arg(long = "header", value_parser = parse_header)]
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
     /// Keep the message as the topic's retained value, replayed to every new subscriber; an
     /// empty MESSAGE clears it.
@@ -340,8 +361,11 @@ pub(crate) struct SubArgs {
     #[arg(long)]
     pub(crate) timeout: Option<f64>,
     /// Print one JSON object per message, with topic, sequence and headers.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     pub(crate) json: bool,
+    /// Print each message's payload only, followed by a newline.
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Subscribe at least once: the broker keeps each message until it is printed and sends
     /// it again after a lost connection.
     #[arg(long, conflicts_with = "datagram")]

@@ -1,6 +1,6 @@
 //! `cassini pub` and `cassini sub`: thin wrappers over `cassini-client`.
 
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,19 +41,63 @@ async fn connect_to_session(args: &ConnectArgs, session: Option<&str>) -> anyhow
 }
 
 /// `cassini pub`: publishes, closes (which waits until the broker has read every publish and
-/// answered any refusal), then fails if the broker refused any of them.
+/// answered any refusal), then fails if the broker refused any of them. With `--ack` every
+/// publish waits for its acknowledgement and the first failure ends the command.
 pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
+    let pause = match args.sleep {
+        Some(seconds) => Some(
+            Duration::try_from_secs_f64(seconds)
+                .with_context(|| format!("--sleep {seconds} is not a duration"))?,
+        ),
+        None => None,
+    };
     let client = connect(&args.connect).await?;
+    let max = u64::from(client.limits().max_payload_bytes);
+    let bodies = match read_bodies(&args, max) {
+        Ok(bodies) => bodies,
+        Err(error) => {
+            let _ = client.close().await;
+            return Err(error);
+        }
+    };
     let mut refusals = client.publish_errors();
-    let payload = Bytes::from(args.message.into_bytes());
     let options = PublishOptions::new()
-        .headers(args.headers)
+        .headers(args.headers.clone())
         .retain(args.retain);
+    let mut number = 0u64;
     for _ in 0..args.count {
-        client
-            .publish_with(args.topic.as_str(), payload.clone(), options.clone())
-            .await
-            .with_context(|| format!("publishing to {}", args.topic))?;
+        for body in &bodies {
+            if number > 0 {
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            number = number.saturating_add(1);
+            let payload = expand_count(body, number);
+            let sent = if args.ack {
+                client
+                    .publish_acked_with(args.topic.as_str(), payload, options.clone())
+                    .await
+                    .map(drop)
+            } else {
+                client
+                    .publish_with(args.topic.as_str(), payload, options.clone())
+                    .await
+            };
+            if let Err(error) = sent {
+                let _ = client.close().await;
+                let what = if args.ack {
+                    "was not acknowledged"
+                } else {
+                    "failed"
+                };
+                anyhow::bail!(
+                    "publish {number} to {} {what}: {}",
+                    args.topic,
+                    describe(&error)
+                );
+            }
+        }
     }
     client.close().await.context("closing the connection")?;
     let mut refused = 0u64;
@@ -65,13 +109,119 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
     match first {
         None => Ok(ExitCode::SUCCESS),
         Some(refusal) => anyhow::bail!(
-            "the broker refused {refused} of {} publish(es) to {}: {}: {}",
-            args.count,
+            "the broker refused {refused} of {number} publish(es) to {}: {}: {}",
             refusal.topic,
             refusal.code.name().unwrap_or("unknown code"),
             refusal.reason
         ),
     }
+}
+
+/// A client error as one line, naming the broker's code for a refusal.
+fn describe(error: &cassini_client::ClientError) -> String {
+    match error {
+        cassini_client::ClientError::PublishRejected { code, reason, .. } => format!(
+            "the broker refused it: {}: {reason}",
+            code.name().unwrap_or("unknown code")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The bodies `pub` sends (each `--count` times): MESSAGE, standard input (`-`) or `--file`,
+/// whole or (`--lines`) one per line. Reads at most `max` bytes per body (the broker's payload
+/// limit) and fails clearly on a longer one instead of holding it.
+fn read_bodies(args: &PubArgs, max: u64) -> anyhow::Result<Vec<Bytes>> {
+    let (source, reader): (String, Box<dyn BufRead>) = match (&args.file, args.message.as_deref()) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("reading --file {}", path.display()))?;
+            (
+                path.display().to_string(),
+                Box::new(std::io::BufReader::new(file)),
+            )
+        }
+        (None, Some("-")) => (
+            "standard input".into(),
+            Box::new(std::io::BufReader::new(std::io::stdin())),
+        ),
+        (None, Some(message)) => {
+            let reader = std::io::Cursor::new(message.as_bytes().to_vec());
+            ("MESSAGE".into(), Box::new(reader))
+        }
+        (None, None) => anyhow::bail!("give a MESSAGE, `-` for standard input, or --file F"),
+    };
+    let too_large = |what: &str| {
+        anyhow::anyhow!(
+            "{what} of {source} is larger than the broker's payload limit of {max} bytes"
+        )
+    };
+    let mut reader = reader;
+    if !args.lines {
+        let mut body = Vec::new();
+        (&mut reader)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading {source}"))?;
+        if body.len() as u64 > max {
+            return Err(too_large("the message"));
+        }
+        return Ok(vec![Bytes::from(body)]);
+    }
+    let mut bodies = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        // A line ending may follow the largest allowed body: read two bytes more.
+        let read = (&mut reader)
+            .take(max.saturating_add(2))
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {source}"))?;
+        if read == 0 {
+            return Ok(bodies);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if line.len() as u64 > max {
+            return Err(too_large(&format!(
+                "line {}",
+                bodies.len().saturating_add(1)
+            )));
+        }
+        bodies.push(Bytes::from(line));
+    }
+}
+
+/// The template placeholder `pub` replaces with the 1-based message number (as `nats pub`).
+const COUNT_PLACEHOLDER: &[u8] = b"{{Count}}";
+
+/// `body` with every `{{Count}}` replaced by `number`.
+fn expand_count(body: &Bytes, number: u64) -> Bytes {
+    if !body
+        .windows(COUNT_PLACEHOLDER.len())
+        .any(|window| window == COUNT_PLACEHOLDER)
+    {
+        return body.clone();
+    }
+    let digits = number.to_string();
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest: &[u8] = body;
+    while let Some((&first, tail)) = rest.split_first() {
+        match rest.strip_prefix(COUNT_PLACEHOLDER) {
+            Some(after) => {
+                out.extend_from_slice(digits.as_bytes());
+                rest = after;
+            }
+            None => {
+                out.push(first);
+                rest = tail;
+            }
+        }
+    }
+    Bytes::from(out)
 }
 
 pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {

@@ -602,3 +602,189 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     terminate(&mut broker);
     assert!(wait_with_deadline(&mut broker).success());
 }
+
+/// Starts a broker on a free port with certificates in a fresh directory; returns the
+/// directory, the certificate path and the address.
+fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Child) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path").to_string();
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut args = vec!["serve", "--listen", &server, "--certs", &certs];
+    args.extend_from_slice(extra);
+    let broker = spawn_until(cassini(&args), "cassini listening");
+    (dir, certs, server, broker)
+}
+
+/// Runs `cassini ARGS` with `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cassini(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+/// Starts `cassini sub FILTER --count N --raw` and waits until it is subscribed.
+fn raw_subscriber(server: &str, certs: &str, filter: &str, count: u64) -> Child {
+    let count = count.to_string();
+    let mut args = vec!["sub", filter, "--count", &count, "--timeout", "30", "--raw"];
+    args.extend(connect_args(server, certs, "dev"));
+    spawn_until(cassini(&args), &format!("subscribed to {filter}"))
+}
+
+/// Waits for `child` to exit 0 and returns its standard output.
+fn stdout_of(mut child: Child) -> Vec<u8> {
+    // Read first: a large output would fill the pipe and block the child.
+    let mut pipe = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(&mut pipe, &mut stdout).expect("read");
+        stdout
+    });
+    let status = wait_with_deadline(&mut child);
+    let stdout = reader.join().expect("reader");
+    assert!(status.success(), "exited with {status}");
+    stdout
+}
+
+fn assert_ok(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
+    let (dir, certs, server, mut broker) = broker_with(&[]);
+    let connect = connect_args(&server, &certs, "dev");
+
+    // Binary from standard input, then an empty body, then a file of exactly 1 MiB (the
+    // broker's default payload limit).
+    let subscriber = raw_subscriber(&server, &certs, "bin.x", 3);
+    let binary: &[u8] = &[0, 159, 255, b'\n', 0, 7];
+    let mut args = vec!["pub", "bin.x", "-"];
+    args.extend(connect.iter().copied());
+    assert_ok(&run_with_stdin(&args, binary), "pub -");
+    let mut args = vec!["pub", "bin.x", ""];
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub with an empty body");
+    let big = dir.path().join("big.bin");
+    let big_body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&big, &big_body).expect("write");
+    let big_arg = big.to_str().expect("utf-8 path");
+    let mut args = vec!["pub", "bin.x", "--file", big_arg];
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub --file of 1 MiB");
+    let mut expected = binary.to_vec();
+    expected.extend_from_slice(b"\n\n");
+    expected.extend_from_slice(&big_body);
+    expected.push(b'\n');
+    assert!(stdout_of(subscriber) == expected, "the bodies as they were");
+
+    // One byte over the limit is refused before anything is sent, with the reason.
+    let mut too_big = big_body.clone();
+    too_big.push(0);
+    std::fs::write(&big, &too_big).expect("write");
+    let mut args = vec!["pub", "bin.x", "--file", big_arg];
+    args.extend(connect.iter().copied());
+    let refused = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("larger than the broker's payload limit"),
+        "{stderr}"
+    );
+
+    // --lines from standard input and from a file; {{Count}} numbers the messages from 1.
+    let subscriber = raw_subscriber(&server, &certs, "lines.x", 5);
+    let mut args = vec!["pub", "lines.x", "-", "--lines"];
+    args.extend(connect.iter().copied());
+    assert_ok(
+        &run_with_stdin(&args, b"a {{Count}}\r\nb {{Count}}\n"),
+        "pub --lines",
+    );
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, "c\nd\ne").expect("write");
+    let mut args = vec!["pub", "lines.x", "--lines", "--file"];
+    args.push(file.to_str().expect("utf-8 path"));
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub --lines --file");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "a 1\nb 2\nc\nd\ne\n"
+    );
+
+    // --count with a template and --sleep between messages.
+    let subscriber = raw_subscriber(&server, &certs, "tpl.x", 3);
+    let mut args = vec![
+        "pub",
+        "tpl.x",
+        "n={{Count}}",
+        "--count",
+        "3",
+        "--sleep",
+        "0.2",
+    ];
+    args.extend(connect.iter().copied());
+    let started = Instant::now();
+    assert_ok(&run(&mut cassini(&args)), "pub --count --sleep");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "slept twice"
+    );
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "n=1\nn=2\nn=3\n"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
+    )
+    .expect("write acl");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let acl = acl.to_str().expect("utf-8 path");
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs, "--acl", acl]),
+        "cassini listening",
+    );
+    let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
+    let mut args = vec!["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"];
+    args.extend(connect_args(&server, certs, "dev"));
+    assert_ok(&run(&mut cassini(&args)), "pub --ack");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "m1\nm2\n"
+    );
+
+    let mut args = vec!["pub", "secret.x", "hi", "--ack"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let refused = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("publish 1 to secret.x was not acknowledged")
+            && stderr.contains("NOT_AUTHORIZED"),
+        "the reason is on stderr: {stderr}"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
