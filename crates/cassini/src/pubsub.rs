@@ -237,12 +237,30 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
             if resumed { "resumed" } else { "created" }
         );
     }
-    let subscribed = if args.ack {
-        client.subscribe_at_least_once(args.topic.as_str()).await
-    } else if args.datagram {
-        client.subscribe_datagram(args.topic.as_str()).await
-    } else {
-        client.subscribe(args.topic.as_str()).await
+    let subscribed = match (&args.queue, args.ack, args.datagram) {
+        (Some(group), false, false) => {
+            client
+                .subscribe_queue(args.topic.as_str(), group.as_str())
+                .await
+        }
+        (Some(group), ack, datagram) => {
+            let mut options = cassini_client::SubscribeOptions {
+                queue_group: Some(group.clone()),
+                ..cassini_client::SubscribeOptions::default()
+            };
+            if ack {
+                options.acks = Some(cassini_client::AckOptions::default());
+            }
+            if datagram {
+                options.delivery = cassini_client::DeliveryClass::Datagram {
+                    oversize: cassini_client::OversizeRule::Drop,
+                };
+            }
+            client.subscribe_with(args.topic.as_str(), options).await
+        }
+        (None, true, _) => client.subscribe_at_least_once(args.topic.as_str()).await,
+        (None, false, true) => client.subscribe_datagram(args.topic.as_str()).await,
+        (None, false, false) => client.subscribe(args.topic.as_str()).await,
     };
     let mut subscription = subscribed.with_context(|| format!("subscribing to {}", args.topic))?;
     if let Some(name) = &args.session {
@@ -254,7 +272,17 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    eprintln!("subscribed to {}", args.topic);
+    match &args.queue {
+        Some(group) => eprintln!("subscribed to {} in queue group {group}", args.topic),
+        None => eprintln!("subscribed to {}", args.topic),
+    }
+    let format = if args.json {
+        Format::Json
+    } else if args.raw {
+        Format::Raw
+    } else {
+        Format::Readable
+    };
 
     let deadline = match args.timeout {
         Some(seconds) => Some(
@@ -296,8 +324,8 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("the subscription ended after {received} message(s): {reason}");
             }
             Some(Some(message)) => {
-                print_message(&mut stdout, &message, args.json)?;
                 received += 1;
+                print_message(&mut stdout, &message, format, received)?;
             }
         }
     }
@@ -329,35 +357,72 @@ async fn finish(
     }
 }
 
-/// Writes `message` to `out`: its payload and a newline, or with `json` one JSON object with
-/// topic, sequence, headers, size, payload (lossy UTF-8), message id, reply topic and whether it
-/// is a retained value.
+/// How `sub` and `req` print a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The payload and a newline.
+    Raw,
+    /// `[#N] Received on "TOPIC"`, the headers, the payload and an empty line.
+    Readable,
+    /// One JSON object per message.
+    Json,
+}
+
+/// Writes `message`, the `number`th (from 1), to `out` in `format`. [`Format::Json`] writes
+/// topic, sequence, headers, size, payload (lossy UTF-8), message id, reply topic and whether
+/// it is a retained value or a redelivery. [`Format::Readable`] writes the payload's bytes as
+/// they are.
 pub(crate) fn print_message(
     out: &mut impl Write,
     message: &Message,
-    json: bool,
+    format: Format,
+    number: u64,
 ) -> anyhow::Result<()> {
-    if json {
-        let headers: Vec<_> = message
-            .headers()
-            .iter()
-            .map(|(key, value)| serde_json::json!([key, value]))
-            .collect();
-        let line = serde_json::json!({
-            "topic": message.topic(),
-            "sequence": message.sequence(),
-            "headers": headers,
-            "size": message.payload().len(),
-            "payload": String::from_utf8_lossy(message.payload()),
-            "message_id": message.message_id(),
-            "reply_to": message.reply_to(),
-            "retained": message.is_retained(),
-            "redelivered": message.is_redelivered(),
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        out.write_all(message.payload())?;
-        out.write_all(b"\n")?;
+    match format {
+        Format::Json => {
+            let headers: Vec<_> = message
+                .headers()
+                .iter()
+                .map(|(key, value)| serde_json::json!([key, value]))
+                .collect();
+            let line = serde_json::json!({
+                "topic": message.topic(),
+                "sequence": message.sequence(),
+                "headers": headers,
+                "size": message.payload().len(),
+                "payload": String::from_utf8_lossy(message.payload()),
+                "message_id": message.message_id(),
+                "reply_to": message.reply_to(),
+                "retained": message.is_retained(),
+                "redelivered": message.is_redelivered(),
+            });
+            writeln!(out, "{line}")?;
+        }
+        Format::Raw => {
+            out.write_all(message.payload())?;
+            out.write_all(b"\n")?;
+        }
+        Format::Readable => {
+            write!(out, "[#{number}] Received on {:?}", message.topic())?;
+            if let Some(reply_to) = message.reply_to() {
+                write!(out, " with reply {reply_to:?}")?;
+            }
+            if message.is_retained() {
+                write!(out, " (retained)")?;
+            }
+            if message.is_redelivered() {
+                write!(out, " (redelivered)")?;
+            }
+            writeln!(out)?;
+            for (key, value) in message.headers().iter() {
+                writeln!(out, "{key}: {value}")?;
+            }
+            if !message.headers().is_empty() {
+                writeln!(out)?;
+            }
+            out.write_all(message.payload())?;
+            out.write_all(b"\n\n")?;
+        }
     }
     out.flush()?;
     Ok(())

@@ -38,7 +38,15 @@ fn two_subscribers_print_every_published_message() {
     let mut subscribers: Vec<Child> = ["alice", "bob"]
         .iter()
         .map(|name| {
-            let mut args = vec!["sub", "demo.*", "--count", "100", "--timeout", "30"];
+            let mut args = vec![
+                "sub",
+                "demo.*",
+                "--raw",
+                "--count",
+                "100",
+                "--timeout",
+                "30",
+            ];
             args.extend(connect_args(&server, certs, name));
             spawn_until(cassini(&args), "subscribed to demo.*")
         })
@@ -562,6 +570,7 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let mut args = vec![
         "sub",
         "away.>",
+        "--raw",
         "--session",
         "s1",
         "--ack",
@@ -784,6 +793,154 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
             && stderr.contains("NOT_AUTHORIZED"),
         "the reason is on stderr: {stderr}"
     );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn sub_prints_topic_and_headers_by_default_and_takes_short_flags() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    // Short flags: -s server, -c count, -t timeout, -H header.
+    let sub = [
+        "sub", "show.>", "-c", "2", "-t", "30", "-s", &server, "--certs", &certs,
+    ];
+    let subscriber = spawn_until(cassini(&sub), "subscribed to show.>");
+    let publish = [
+        "pub", "show.x", "hello", "-H", "k=v", "-H", "n=2", "-s", &server, "--certs", &certs,
+    ];
+    assert_ok(&run(&mut cassini(&publish)), "pub with headers");
+    let publish = ["pub", "show.y", "plain", "-s", &server, "--certs", &certs];
+    assert_ok(&run(&mut cassini(&publish)), "pub");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "[#1] Received on \"show.x\"\nk: v\nn: 2\n\nhello\n\n\
+         [#2] Received on \"show.y\"\nplain\n\n"
+    );
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn sub_queue_shares_messages_among_the_group() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let members: Vec<Child> = (0..2)
+        .map(|_| {
+            let args = [
+                "sub", "work.>", "--raw", "-q", "g", "-c", "5", "-t", "30", "-s", &server,
+                "--certs", &certs,
+            ];
+            spawn_until(cassini(&args), "subscribed to work.> in queue group g")
+        })
+        .collect();
+    let everything = raw_subscriber(&server, &certs, "work.>", 10);
+    let publish = [
+        "pub",
+        "work.x",
+        "job {{Count}}",
+        "-c",
+        "10",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    assert_ok(&run(&mut cassini(&publish)), "pub");
+
+    let mut shared: Vec<String> = Vec::new();
+    for member in members {
+        let printed = String::from_utf8(stdout_of(member)).expect("utf-8");
+        assert_eq!(printed.lines().count(), 5, "one message in two: {printed}");
+        shared.extend(printed.lines().map(str::to_string));
+    }
+    shared.sort();
+    let mut all: Vec<String> = (1..=10).map(|n| format!("job {n}")).collect();
+    all.sort();
+    assert_eq!(shared, all, "each message went to one member");
+    let printed = String::from_utf8(stdout_of(everything)).expect("utf-8");
+    assert_eq!(
+        printed.lines().count(),
+        10,
+        "outside the group: every message"
+    );
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn req_replies_waits_for_n_replies() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let responders: Vec<Child> = ["upper", "lower"]
+        .iter()
+        .map(|_| {
+            let args = [
+                "reply",
+                "svc.multi",
+                "-c",
+                "1",
+                "-s",
+                &server,
+                "--certs",
+                &certs,
+            ];
+            spawn_until(cassini(&args), "serving svc.multi")
+        })
+        .collect();
+    let args = [
+        "req",
+        "svc.multi",
+        "hi",
+        "--replies",
+        "2",
+        "-t",
+        "20",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let started = Instant::now();
+    let output = run(&mut cassini(&args));
+    assert_ok(&output, "req --replies 2");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\nhi\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "did not wait for the timeout"
+    );
+    for mut responder in responders {
+        assert!(wait_with_deadline(&mut responder).success());
+    }
+
+    // One responder, two replies wanted: the one reply is printed, then exit 2 at the timeout.
+    let args = [
+        "reply",
+        "svc.multi",
+        "-c",
+        "1",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let mut responder = spawn_until(cassini(&args), "serving svc.multi");
+    let args = [
+        "req",
+        "svc.multi",
+        "once",
+        "--replies",
+        "2",
+        "-t",
+        "1",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let output = run(&mut cassini(&args));
+    assert_eq!(output.status.code(), Some(2), "fewer replies than asked");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "once\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 2 replies on svc.multi"));
+    assert!(wait_with_deadline(&mut responder).success());
 
     terminate(&mut broker);
     wait_with_deadline(&mut broker);
