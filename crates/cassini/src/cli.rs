@@ -326,8 +326,9 @@ pub(crate) struct PubArgs {
     /// Read the message from this file (its bytes, as they are).
     #[arg(long, value_name = "F")]
     pub(crate) file: Option<PathBuf>,
-    /// Publish each line of the body (without its line ending) as a message; an empty input
-    /// publishes nothing.
+    /// Publish each line of the body (without its line ending) as a message, as soon as it is
+    /// read (so `tail -f log | cassini pub T - --lines` streams); an empty input publishes
+    /// nothing.
     #[arg(long)]
     pub(crate) lines: bool,
     /// How many times to publish it (with `--lines`: how many times to publish every line).

@@ -52,52 +52,21 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let client = connect(&args.connect).await?;
-    let max = u64::from(client.limits().max_payload_bytes);
-    let bodies = match read_bodies(&args, max) {
-        Ok(bodies) => bodies,
-        Err(error) => {
-            let _ = client.close().await;
-            return Err(error);
-        }
-    };
     let mut refusals = client.publish_errors();
-    let options = PublishOptions::new()
-        .headers(args.headers.clone())
-        .retain(args.retain);
-    let mut number = 0u64;
-    for _ in 0..args.count {
-        for body in &bodies {
-            if number > 0 {
-                if let Some(pause) = pause {
-                    tokio::time::sleep(pause).await;
-                }
-            }
-            number = number.saturating_add(1);
-            let payload = expand_count(body, number);
-            let sent = if args.ack {
-                client
-                    .publish_acked_with(args.topic.as_str(), payload, options.clone())
-                    .await
-                    .map(drop)
-            } else {
-                client
-                    .publish_with(args.topic.as_str(), payload, options.clone())
-                    .await
-            };
-            if let Err(error) = sent {
-                let _ = client.close().await;
-                let what = if args.ack {
-                    "was not acknowledged"
-                } else {
-                    "failed"
-                };
-                anyhow::bail!(
-                    "publish {number} to {} {what}: {}",
-                    args.topic,
-                    describe(&error)
-                );
-            }
-        }
+    let mut publisher = Publisher {
+        client: &client,
+        args: &args,
+        options: PublishOptions::new()
+            .headers(args.headers.clone())
+            .retain(args.retain),
+        pause,
+        number: 0,
+    };
+    let sent = publisher.publish_all().await;
+    let number = publisher.number;
+    if let Err(error) = sent {
+        let _ = client.close().await;
+        return Err(error);
     }
     client.close().await.context("closing the connection")?;
     let mut refused = 0u64;
@@ -117,6 +86,78 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The publishing loop of `cassini pub`.
+struct Publisher<'a> {
+    client: &'a Client,
+    args: &'a PubArgs,
+    options: PublishOptions,
+    pause: Option<Duration>,
+    /// Messages published so far.
+    number: u64,
+}
+
+impl Publisher<'_> {
+    /// Publishes the body `--count` times, or with `--lines` each line `--count` times as it
+    /// is read (one line held at a time, so endless input such as `tail -f` streams).
+    async fn publish_all(&mut self) -> anyhow::Result<()> {
+        let max = u64::from(self.client.limits().max_payload_bytes);
+        let (source, mut reader) = open_body(self.args)?;
+        if !self.args.lines {
+            let body = read_whole(&source, &mut reader, max)?;
+            for _ in 0..self.args.count {
+                self.publish_one(&body).await?;
+            }
+            return Ok(());
+        }
+        let mut line_number = 0u64;
+        loop {
+            line_number = line_number.saturating_add(1);
+            let line =
+                tokio::task::block_in_place(|| read_line(&source, &mut reader, max, line_number))?;
+            let Some(line) = line else {
+                return Ok(());
+            };
+            for _ in 0..self.args.count {
+                self.publish_one(&line).await?;
+            }
+        }
+    }
+
+    /// Publishes `body` (with `{{Count}}` expanded), after `--sleep` unless it is the first.
+    async fn publish_one(&mut self, body: &Bytes) -> anyhow::Result<()> {
+        if self.number > 0 {
+            if let Some(pause) = self.pause {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        self.number = self.number.saturating_add(1);
+        let payload = expand_count(body, self.number);
+        let topic = self.args.topic.as_str();
+        let sent = if self.args.ack {
+            self.client
+                .publish_acked_with(topic, payload, self.options.clone())
+                .await
+                .map(drop)
+        } else {
+            self.client
+                .publish_with(topic, payload, self.options.clone())
+                .await
+        };
+        sent.map_err(|error| {
+            let what = if self.args.ack {
+                "was not acknowledged"
+            } else {
+                "failed"
+            };
+            anyhow::anyhow!(
+                "publish {} to {topic} {what}: {}",
+                self.number,
+                describe(&error)
+            )
+        })
+    }
+}
+
 /// A client error as one line, naming the broker's code for a refusal.
 fn describe(error: &cassini_client::ClientError) -> String {
     match error {
@@ -128,11 +169,10 @@ fn describe(error: &cassini_client::ClientError) -> String {
     }
 }
 
-/// The bodies `pub` sends (each `--count` times): MESSAGE, standard input (`-`) or `--file`,
-/// whole or (`--lines`) one per line. Reads at most `max` bytes per body (the broker's payload
-/// limit) and fails clearly on a longer one instead of holding it.
-fn read_bodies(args: &PubArgs, max: u64) -> anyhow::Result<Vec<Bytes>> {
-    let (source, reader): (String, Box<dyn BufRead>) = match (&args.file, args.message.as_deref()) {
+/// Where `pub` reads its body: MESSAGE, standard input (`-`) or `--file`; with its name for
+/// errors.
+fn open_body(args: &PubArgs) -> anyhow::Result<(String, Box<dyn BufRead + Send>)> {
+    Ok(match (&args.file, args.message.as_deref()) {
         (Some(path), _) => {
             let file = std::fs::File::open(path)
                 .with_context(|| format!("reading --file {}", path.display()))?;
@@ -145,54 +185,58 @@ fn read_bodies(args: &PubArgs, max: u64) -> anyhow::Result<Vec<Bytes>> {
             "standard input".into(),
             Box::new(std::io::BufReader::new(std::io::stdin())),
         ),
-        (None, Some(message)) => {
-            let reader = std::io::Cursor::new(message.as_bytes().to_vec());
-            ("MESSAGE".into(), Box::new(reader))
-        }
+        (None, Some(message)) => (
+            "MESSAGE".into(),
+            Box::new(std::io::Cursor::new(message.as_bytes().to_vec())),
+        ),
         (None, None) => anyhow::bail!("give a MESSAGE, `-` for standard input, or --file F"),
-    };
-    let too_large = |what: &str| {
-        anyhow::anyhow!(
-            "{what} of {source} is larger than the broker's payload limit of {max} bytes"
-        )
-    };
-    let mut reader = reader;
-    if !args.lines {
-        let mut body = Vec::new();
-        (&mut reader)
-            .take(max.saturating_add(1))
-            .read_to_end(&mut body)
-            .with_context(|| format!("reading {source}"))?;
-        if body.len() as u64 > max {
-            return Err(too_large("the message"));
-        }
-        return Ok(vec![Bytes::from(body)]);
+    })
+}
+
+/// The whole body, at most `max` bytes (the broker's payload limit): reads at most one byte
+/// more and fails clearly on a longer body instead of holding it.
+fn read_whole(source: &str, reader: &mut dyn BufRead, max: u64) -> anyhow::Result<Bytes> {
+    let mut body = Vec::new();
+    reader
+        .take(max.saturating_add(1))
+        .read_to_end(&mut body)
+        .with_context(|| format!("reading {source}"))?;
+    if body.len() as u64 > max {
+        anyhow::bail!(
+            "the message from {source} is larger than the broker's payload limit of {max} bytes"
+        );
     }
-    let mut bodies = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        // A line ending may follow the largest allowed body: read two bytes more.
-        let read = (&mut reader)
-            .take(max.saturating_add(2))
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {source}"))?;
-        if read == 0 {
-            return Ok(bodies);
-        }
-        if line.last() == Some(&b'\n') {
+    Ok(Bytes::from(body))
+}
+
+/// The next line (without `\n` or `\r\n`), `None` at the end; a line over `max` bytes fails
+/// after reading at most `max + 2` bytes of it.
+fn read_line(
+    source: &str,
+    reader: &mut dyn BufRead,
+    max: u64,
+    number: u64,
+) -> anyhow::Result<Option<Bytes>> {
+    let mut line = Vec::new();
+    let read = reader
+        .take(max.saturating_add(2))
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("reading {source}"))?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
             line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
         }
-        if line.len() as u64 > max {
-            return Err(too_large(&format!(
-                "line {}",
-                bodies.len().saturating_add(1)
-            )));
-        }
-        bodies.push(Bytes::from(line));
     }
+    if line.len() as u64 > max {
+        anyhow::bail!(
+            "line {number} of {source} is larger than the broker's payload limit of {max} bytes"
+        );
+    }
+    Ok(Some(Bytes::from(line)))
 }
 
 /// The template placeholder `pub` replaces with the 1-based message number (as `nats pub`).

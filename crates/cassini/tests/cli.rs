@@ -945,3 +945,30 @@ fn req_replies_waits_for_n_replies() {
     terminate(&mut broker);
     wait_with_deadline(&mut broker);
 }
+
+#[test]
+fn pub_lines_publishes_each_line_as_it_is_read() {
+    use std::io::Write as _;
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let first = raw_subscriber(&server, &certs, "stream.x", 1);
+    let mut args = vec!["pub", "stream.x", "-", "--lines", "--ack"];
+    args.extend(connect_args(&server, &certs, "dev"));
+    let mut publisher = cassini(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = publisher.stdin.take().expect("stdin");
+    stdin.write_all(b"first\n").expect("write");
+    stdin.flush().expect("flush");
+    // Standard input is still open: the line must arrive before its end.
+    assert_eq!(stdout_of(first), b"first\n");
+    let second = raw_subscriber(&server, &certs, "stream.x", 1);
+    stdin.write_all(b"second\n").expect("write");
+    drop(stdin);
+    assert_eq!(stdout_of(second), b"second\n");
+    assert!(wait_with_deadline(&mut publisher).success());
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
