@@ -63,17 +63,25 @@ pub(crate) enum Command {
     },
     /// Publish a message.
     ///
+    /// The body is MESSAGE, standard input (`-`) or `--file F`, as bytes (empty and binary
+    /// bodies allowed, up to the broker's payload limit); `--lines` publishes each line as a
+    /// message. `{{Count}}` in the body becomes the message's number, from 1.
+    ///
     /// Waits until the broker has read every publish, then exits 0, or 1 with the broker's
-    /// reason (`error: the broker refused ...: NOT_AUTHORIZED ...`) if it refused any.
+    /// reason (`error: the broker refused ...: NOT_AUTHORIZED ...`) if it refused any. With
+    /// `--ack` each publish waits for the broker's acknowledgement; the first one not
+    /// acknowledged ends it with exit status 1 and the reason.
     Pub(PubArgs),
     /// Subscribe and print messages.
     ///
-    /// SIGINT and SIGTERM end it with a goodbye (the session ends) and exit status 0.
+    /// Each message is printed as `[#N] Received on "TOPIC"`, its headers as `KEY: VALUE`
+    /// lines, then its payload and an empty line (as `nats sub`); `--raw` prints the payload
+    /// only, `--json` one JSON object. SIGINT and SIGTERM end it with a goodbye (the session ends) and exit status 0.
     Sub(SubArgs),
-    /// Send a request and print the first reply.
+    /// Send a request and print the first reply (or the first `--replies N`).
     ///
-    /// Exit status: 0 with a reply (printed to stdout), 2 when no reply came within
-    /// `--timeout`, 3 when nobody subscribes to the topic (`error: no responders on TOPIC`), 4
+    /// Exit status: 0 with a reply (printed to stdout; with `--replies N`, N replies), 2 when
+    /// no reply (fewer than N) came within `--timeout`, 3 when nobody subscribes to the topic (`error: no responders on TOPIC`), 4
     /// when the reply says the responder failed (it carries an `error` header, as a failing
     /// `reply --command` sends; the reply is still printed), 1 on other errors.
     Req(ReqArgs),
@@ -294,8 +302,8 @@ pub(crate) enum SyncArg {
 /// Where and as whom a tool connects.
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// Broker address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    /// Broker address(es), comma-separated: tried in order.
+    #[arg(short, long, default_value = "127.0.0.1:7700")]
     pub(crate) server: String,
     /// Certificate directory holding `ca.crt` and `client-NAME.crt`/`.key`.
     #[arg(long, default_value = "certs")]
@@ -312,13 +320,29 @@ pub(crate) struct ConnectArgs {
 pub(crate) struct PubArgs {
     /// Topic to publish to.
     pub(crate) topic: String,
-    /// The message.
-    pub(crate) message: String,
-    /// How many times to publish it.
-    #[arg(long, default_value_t = 1)]
+    /// The message; `-` reads it from standard input. Required unless `--file` is given.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub(crate) message: Option<String>,
+    /// Read the message from this file (its bytes, as they are).
+    #[arg(long, value_name = "F")]
+    pub(crate) file: Option<PathBuf>,
+    /// Publish each line of the body (without its line ending) as a message, as soon as it is
+    /// read (so `tail -f log | cassini pub T - --lines` streams); an empty input publishes
+    /// nothing.
+    #[arg(long)]
+    pub(crate) lines: bool,
+    /// How many times to publish it (with `--lines`: how many times to publish every line).
+    #[arg(short, long, default_value_t = 1)]
     pub(crate) count: u64,
+    /// Seconds to wait between two messages (fractions allowed).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) sleep: Option<f64>,
+    /// Acknowledged publish: wait until the broker confirms each message; exit 1 with the
+    /// reason at the first one it refuses or does not confirm in time.
+    #[arg(long)]
+    pub(crate) ack: bool,
     /// A header `KEY=VALUE`; repeatable.
-    #[arg(long = "header", value_parser = parse_header)]
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
     /// Keep the message as the topic's retained value, replayed to every new subscriber; an
     /// empty MESSAGE clears it.
@@ -333,15 +357,22 @@ pub(crate) struct SubArgs {
     /// Filter to subscribe to (`*` one token, `>` the rest).
     pub(crate) topic: String,
     /// Exit 0 after this many messages.
-    #[arg(long)]
+    #[arg(short, long)]
     pub(crate) count: Option<u64>,
     /// Give up after this many seconds (fractions allowed) and exit with status 2, unless
     /// `--count` messages arrived first.
-    #[arg(long)]
+    #[arg(short, long)]
     pub(crate) timeout: Option<f64>,
+    /// Join this queue group: each message goes to one of the subscribers sharing the filter
+    /// and group (retained values are not replayed to them).
+    #[arg(short, long, value_name = "GROUP")]
+    pub(crate) queue: Option<String>,
     /// Print one JSON object per message, with topic, sequence and headers.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     pub(crate) json: bool,
+    /// Print each message's payload only, followed by a newline.
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Subscribe at least once: the broker keeps each message until it is printed and sends
     /// it again after a lost connection.
     #[arg(long, conflicts_with = "datagram")]
@@ -366,14 +397,19 @@ pub(crate) struct ReqArgs {
     pub(crate) topic: String,
     /// The request payload.
     pub(crate) message: String,
-    /// Seconds to wait for a reply (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    /// Seconds to wait for a reply (fractions allowed); with `--replies N`, for all N.
+    #[arg(short, long, value_name = "SECS", default_value_t = 5.0)]
     pub(crate) timeout: f64,
+    /// Wait for this many replies (from several responders) and print each as it comes.
+    /// With more than 1, replies come to an inbox of this client's own, and a request nobody
+    /// subscribes to waits for `--timeout` (exit status 2) instead of failing at once.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) replies: u64,
     /// Print the reply as one JSON object, with topic, headers and payload.
     #[arg(long)]
     pub(crate) json: bool,
     /// A header `KEY=VALUE` on the request; repeatable.
-    #[arg(long = "header", value_parser = parse_header)]
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
@@ -394,10 +430,10 @@ pub(crate) struct ReplyArgs {
     pub(crate) command: Option<String>,
     /// Join this queue group: each request goes to one of the responders sharing the topic and
     /// group.
-    #[arg(long, value_name = "GROUP")]
+    #[arg(short, long, value_name = "GROUP")]
     pub(crate) queue: Option<String>,
     /// Exit 0 after answering this many requests.
-    #[arg(long)]
+    #[arg(short, long)]
     pub(crate) count: Option<u64>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cassini_client::{Client, ClientError, PublishOptions, Request};
 
 use crate::cli::{ReplyArgs, ReqArgs};
-use crate::pubsub::{connect, print_message, TIMED_OUT};
+use crate::pubsub::{connect, print_message, Format, TIMED_OUT};
 use crate::reply_command::{self, Outcome};
 use crate::signals::ShutdownSignals;
 
@@ -25,11 +25,16 @@ const RESPONDER_FAILED: u8 = 4;
 /// The header a `reply --command` reply carries when the command failed; its value says how.
 const ERROR_HEADER: &str = "error";
 
-/// `cassini req`: sends one request, prints the first reply.
+/// `cassini req`: sends one request, prints the first reply (or the first `--replies`).
 pub(crate) async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .with_context(|| format!("--timeout {} is not a duration", args.timeout))?;
     let client = connect(&args.connect).await?;
+    if args.replies > 1 {
+        let outcome = gather_replies(&client, args, timeout).await;
+        let _ = client.close().await;
+        return outcome;
+    }
     let options = PublishOptions::new().headers(args.headers);
     let payload = Bytes::from(args.message.into_bytes());
     let topic = args.topic.as_str();
@@ -50,7 +55,7 @@ pub(crate) async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
             return Err(error).with_context(|| format!("requesting on {topic}"));
         }
     };
-    print_message(&mut std::io::stdout().lock(), &reply, args.json)?;
+    print_message(&mut std::io::stdout().lock(), &reply, format(args.json), 1)?;
     client.close().await.context("closing the connection")?;
     match reply.header(ERROR_HEADER) {
         Some(reason) => {
@@ -59,6 +64,96 @@ pub(crate) async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// How `req` prints replies: the payload, or JSON.
+fn format(json: bool) -> Format {
+    if json {
+        Format::Json
+    } else {
+        Format::Raw
+    }
+}
+
+/// `req --replies N` (N > 1): subscribes to an inbox of its own (`_INBOX.<identity token>.<16
+/// random hex digits>`, which only this identity may read), publishes the request with that
+/// reply topic and prints replies as they come until N arrived (exit 0) or the timeout passed
+/// (exit 2). The client's request API completes at the first reply, hence the own inbox.
+async fn gather_replies(
+    client: &Client,
+    args: ReqArgs,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let topic = args.topic.as_str();
+    let inbox = format!(
+        "{}.{:016X}",
+        cassini_protocol::inbox::inbox_prefix(client.identity()),
+        unique_suffix()
+    );
+    let mut replies = tokio::time::timeout_at(deadline, client.subscribe(&inbox))
+        .await
+        .map_err(|_| anyhow::anyhow!("subscribing to the reply inbox took over --timeout"))?
+        .with_context(|| format!("subscribing to the reply inbox {inbox}"))?;
+    let options = PublishOptions::new()
+        .headers(args.headers)
+        .reply_to(inbox.as_str());
+    let payload = Bytes::from(args.message.into_bytes());
+    client
+        .publish_with(topic, payload, options)
+        .await
+        .with_context(|| format!("requesting on {topic}"))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut received = 0u64;
+    let mut failed = false;
+    while received < args.replies {
+        let reply =
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut replies))
+                .await
+            {
+                Ok(Some(reply)) => reply,
+                Ok(None) => {
+                    let reason = replies
+                        .end_reason()
+                        .map(|end| end.to_string())
+                        .unwrap_or_else(|| "unknown reason".into());
+                    anyhow::bail!("the reply inbox ended after {received} reply(ies): {reason}");
+                }
+                Err(_) => {
+                    eprintln!(
+                        "error: {received} of {} replies on {topic} within {}s",
+                        args.replies, args.timeout
+                    );
+                    return Ok(ExitCode::from(TIMED_OUT));
+                }
+            };
+        received += 1;
+        print_message(&mut stdout, &reply, format(args.json), received)?;
+        if let Some(reason) = reply.header(ERROR_HEADER) {
+            eprintln!("error: a responder reported an error: {reason}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(RESPONDER_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A number unlikely to repeat between runs (std's per-process random hash keys, so no new
+/// dependency): keeps two `req --replies` of one identity on separate inboxes. It is not a
+/// secret: the identity token in the inbox keeps other identities out.
+fn unique_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
 }
 
 /// `cassini reply`: answers requests until interrupted or `--count` were answered.

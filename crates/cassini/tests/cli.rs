@@ -38,7 +38,15 @@ fn two_subscribers_print_every_published_message() {
     let mut subscribers: Vec<Child> = ["alice", "bob"]
         .iter()
         .map(|name| {
-            let mut args = vec!["sub", "demo.*", "--count", "100", "--timeout", "30"];
+            let mut args = vec![
+                "sub",
+                "demo.*",
+                "--raw",
+                "--count",
+                "100",
+                "--timeout",
+                "30",
+            ];
             args.extend(connect_args(&server, certs, name));
             spawn_until(cassini(&args), "subscribed to demo.*")
         })
@@ -562,6 +570,7 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let mut args = vec![
         "sub",
         "away.>",
+        "--raw",
         "--session",
         "s1",
         "--ack",
@@ -601,4 +610,365 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
 
     terminate(&mut broker);
     assert!(wait_with_deadline(&mut broker).success());
+}
+
+/// Starts a broker on a free port with certificates in a fresh directory; returns the
+/// directory, the certificate path and the address.
+fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Child) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path").to_string();
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut args = vec!["serve", "--listen", &server, "--certs", &certs];
+    args.extend_from_slice(extra);
+    let broker = spawn_until(cassini(&args), "cassini listening");
+    (dir, certs, server, broker)
+}
+
+/// Runs `cassini ARGS` with `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cassini(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+/// Starts `cassini sub FILTER --count N --raw` and waits until it is subscribed.
+fn raw_subscriber(server: &str, certs: &str, filter: &str, count: u64) -> Child {
+    let count = count.to_string();
+    let mut args = vec!["sub", filter, "--count", &count, "--timeout", "30", "--raw"];
+    args.extend(connect_args(server, certs, "dev"));
+    spawn_until(cassini(&args), &format!("subscribed to {filter}"))
+}
+
+/// Waits for `child` to exit 0 and returns its standard output.
+fn stdout_of(mut child: Child) -> Vec<u8> {
+    // Read first: a large output would fill the pipe and block the child.
+    let mut pipe = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(&mut pipe, &mut stdout).expect("read");
+        stdout
+    });
+    let status = wait_with_deadline(&mut child);
+    let stdout = reader.join().expect("reader");
+    assert!(status.success(), "exited with {status}");
+    stdout
+}
+
+fn assert_ok(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
+    let (dir, certs, server, mut broker) = broker_with(&[]);
+    let connect = connect_args(&server, &certs, "dev");
+
+    // Binary from standard input, then an empty body, then a file of exactly 1 MiB (the
+    // broker's default payload limit).
+    let subscriber = raw_subscriber(&server, &certs, "bin.x", 3);
+    let binary: &[u8] = &[0, 159, 255, b'\n', 0, 7];
+    let mut args = vec!["pub", "bin.x", "-"];
+    args.extend(connect.iter().copied());
+    assert_ok(&run_with_stdin(&args, binary), "pub -");
+    let mut args = vec!["pub", "bin.x", ""];
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub with an empty body");
+    let big = dir.path().join("big.bin");
+    let big_body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&big, &big_body).expect("write");
+    let big_arg = big.to_str().expect("utf-8 path");
+    let mut args = vec!["pub", "bin.x", "--file", big_arg];
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub --file of 1 MiB");
+    let mut expected = binary.to_vec();
+    expected.extend_from_slice(b"\n\n");
+    expected.extend_from_slice(&big_body);
+    expected.push(b'\n');
+    assert!(stdout_of(subscriber) == expected, "the bodies as they were");
+
+    // One byte over the limit is refused before anything is sent, with the reason.
+    let mut too_big = big_body.clone();
+    too_big.push(0);
+    std::fs::write(&big, &too_big).expect("write");
+    let mut args = vec!["pub", "bin.x", "--file", big_arg];
+    args.extend(connect.iter().copied());
+    let refused = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("larger than the broker's payload limit"),
+        "{stderr}"
+    );
+
+    // --lines from standard input and from a file; {{Count}} numbers the messages from 1.
+    let subscriber = raw_subscriber(&server, &certs, "lines.x", 5);
+    let mut args = vec!["pub", "lines.x", "-", "--lines"];
+    args.extend(connect.iter().copied());
+    assert_ok(
+        &run_with_stdin(&args, b"a {{Count}}\r\nb {{Count}}\n"),
+        "pub --lines",
+    );
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, "c\nd\ne").expect("write");
+    let mut args = vec!["pub", "lines.x", "--lines", "--file"];
+    args.push(file.to_str().expect("utf-8 path"));
+    args.extend(connect.iter().copied());
+    assert_ok(&run(&mut cassini(&args)), "pub --lines --file");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "a 1\nb 2\nc\nd\ne\n"
+    );
+
+    // --count with a template and --sleep between messages.
+    let subscriber = raw_subscriber(&server, &certs, "tpl.x", 3);
+    let mut args = vec![
+        "pub",
+        "tpl.x",
+        "n={{Count}}",
+        "--count",
+        "3",
+        "--sleep",
+        "0.2",
+    ];
+    args.extend(connect.iter().copied());
+    let started = Instant::now();
+    assert_ok(&run(&mut cassini(&args)), "pub --count --sleep");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "slept twice"
+    );
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "n=1\nn=2\nn=3\n"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
+    )
+    .expect("write acl");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let acl = acl.to_str().expect("utf-8 path");
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs, "--acl", acl]),
+        "cassini listening",
+    );
+    let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
+    let mut args = vec!["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"];
+    args.extend(connect_args(&server, certs, "dev"));
+    assert_ok(&run(&mut cassini(&args)), "pub --ack");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "m1\nm2\n"
+    );
+
+    let mut args = vec!["pub", "secret.x", "hi", "--ack"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let refused = run(&mut cassini(&args));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("publish 1 to secret.x was not acknowledged")
+            && stderr.contains("NOT_AUTHORIZED"),
+        "the reason is on stderr: {stderr}"
+    );
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn sub_prints_topic_and_headers_by_default_and_takes_short_flags() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    // Short flags: -s server, -c count, -t timeout, -H header.
+    let sub = [
+        "sub", "show.>", "-c", "2", "-t", "30", "-s", &server, "--certs", &certs,
+    ];
+    let subscriber = spawn_until(cassini(&sub), "subscribed to show.>");
+    let publish = [
+        "pub", "show.x", "hello", "-H", "k=v", "-H", "n=2", "-s", &server, "--certs", &certs,
+    ];
+    assert_ok(&run(&mut cassini(&publish)), "pub with headers");
+    let publish = ["pub", "show.y", "plain", "-s", &server, "--certs", &certs];
+    assert_ok(&run(&mut cassini(&publish)), "pub");
+    assert_eq!(
+        String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
+        "[#1] Received on \"show.x\"\nk: v\nn: 2\n\nhello\n\n\
+         [#2] Received on \"show.y\"\nplain\n\n"
+    );
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn sub_queue_shares_messages_among_the_group() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let members: Vec<Child> = (0..2)
+        .map(|_| {
+            let args = [
+                "sub", "work.>", "--raw", "-q", "g", "-c", "5", "-t", "30", "-s", &server,
+                "--certs", &certs,
+            ];
+            spawn_until(cassini(&args), "subscribed to work.> in queue group g")
+        })
+        .collect();
+    let everything = raw_subscriber(&server, &certs, "work.>", 10);
+    let publish = [
+        "pub",
+        "work.x",
+        "job {{Count}}",
+        "-c",
+        "10",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    assert_ok(&run(&mut cassini(&publish)), "pub");
+
+    let mut shared: Vec<String> = Vec::new();
+    for member in members {
+        let printed = String::from_utf8(stdout_of(member)).expect("utf-8");
+        assert_eq!(printed.lines().count(), 5, "one message in two: {printed}");
+        shared.extend(printed.lines().map(str::to_string));
+    }
+    shared.sort();
+    let mut all: Vec<String> = (1..=10).map(|n| format!("job {n}")).collect();
+    all.sort();
+    assert_eq!(shared, all, "each message went to one member");
+    let printed = String::from_utf8(stdout_of(everything)).expect("utf-8");
+    assert_eq!(
+        printed.lines().count(),
+        10,
+        "outside the group: every message"
+    );
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn req_replies_waits_for_n_replies() {
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let responders: Vec<Child> = ["upper", "lower"]
+        .iter()
+        .map(|_| {
+            let args = [
+                "reply",
+                "svc.multi",
+                "-c",
+                "1",
+                "-s",
+                &server,
+                "--certs",
+                &certs,
+            ];
+            spawn_until(cassini(&args), "serving svc.multi")
+        })
+        .collect();
+    let args = [
+        "req",
+        "svc.multi",
+        "hi",
+        "--replies",
+        "2",
+        "-t",
+        "20",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let started = Instant::now();
+    let output = run(&mut cassini(&args));
+    assert_ok(&output, "req --replies 2");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\nhi\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "did not wait for the timeout"
+    );
+    for mut responder in responders {
+        assert!(wait_with_deadline(&mut responder).success());
+    }
+
+    // One responder, two replies wanted: the one reply is printed, then exit 2 at the timeout.
+    let args = [
+        "reply",
+        "svc.multi",
+        "-c",
+        "1",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let mut responder = spawn_until(cassini(&args), "serving svc.multi");
+    let args = [
+        "req",
+        "svc.multi",
+        "once",
+        "--replies",
+        "2",
+        "-t",
+        "1",
+        "-s",
+        &server,
+        "--certs",
+        &certs,
+    ];
+    let output = run(&mut cassini(&args));
+    assert_eq!(output.status.code(), Some(2), "fewer replies than asked");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "once\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 2 replies on svc.multi"));
+    assert!(wait_with_deadline(&mut responder).success());
+
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
+}
+
+#[test]
+fn pub_lines_publishes_each_line_as_it_is_read() {
+    use std::io::Write as _;
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let first = raw_subscriber(&server, &certs, "stream.x", 1);
+    let mut args = vec!["pub", "stream.x", "-", "--lines", "--ack"];
+    args.extend(connect_args(&server, &certs, "dev"));
+    let mut publisher = cassini(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = publisher.stdin.take().expect("stdin");
+    stdin.write_all(b"first\n").expect("write");
+    stdin.flush().expect("flush");
+    // Standard input is still open: the line must arrive before its end.
+    assert_eq!(stdout_of(first), b"first\n");
+    let second = raw_subscriber(&server, &certs, "stream.x", 1);
+    stdin.write_all(b"second\n").expect("write");
+    drop(stdin);
+    assert_eq!(stdout_of(second), b"second\n");
+    assert!(wait_with_deadline(&mut publisher).success());
+    terminate(&mut broker);
+    wait_with_deadline(&mut broker);
 }

@@ -32,7 +32,15 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
     assert!(!monitor.ends_with(":0"), "{monitor}");
 
     let connect = ["--server", server.as_str(), "--certs", certs];
-    let mut sub_args = vec!["sub", "top.demo.>", "--count", "3", "--timeout", "30"];
+    let mut sub_args = vec![
+        "sub",
+        "top.demo.>",
+        "--raw",
+        "--count",
+        "3",
+        "--timeout",
+        "30",
+    ];
     sub_args.extend(connect);
     let mut subscriber = cassini(&sub_args)
         .stdout(Stdio::piped())

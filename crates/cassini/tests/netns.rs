@@ -188,7 +188,14 @@ fn a_link_cut_and_restored_between_namespaces_loses_no_acknowledged_message() {
 
     let mut subscriber = namespaces.cassini(&namespaces.client);
     subscriber
-        .args(["sub", "cut.x", "--ack", "--count", &MESSAGES.to_string()])
+        .args([
+            "sub",
+            "cut.x",
+            "--raw",
+            "--ack",
+            "--count",
+            &MESSAGES.to_string(),
+        ])
         .args([
             "--timeout",
             "90",
