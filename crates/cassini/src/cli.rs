@@ -76,7 +76,9 @@ pub(crate) enum Command {
     ///
     /// Each message is printed as `[#N] Received on "TOPIC"`, its headers as `KEY: VALUE`
     /// lines, then its payload and an empty line (as `nats sub`); `--raw` prints the payload
-    /// only, `--json` one JSON object. SIGINT and SIGTERM end it with a goodbye (the session ends) and exit status 0.
+    /// only, `--json` one JSON object. SIGINT and SIGTERM end it with exit status 0: with a
+    /// goodbye (the session ends), or with `--session NAME` by leaving the named session for
+    /// the next `sub`.
     Sub(SubArgs),
     /// Send a request and print the first reply (or the first `--replies N`).
     ///
