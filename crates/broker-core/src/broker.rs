@@ -230,6 +230,15 @@ impl BrokerHandle {
         (router.retained_count(), router.retained_bytes())
     }
 
+    /// The disk store's size and commit statistics; `None` in memory mode.
+    pub fn storage(&self) -> Option<crate::storage::StorageStats> {
+        self.managers
+            .shared
+            .storage
+            .as_ref()
+            .map(|store| store.stats())
+    }
+
     /// The broker-wide memory budget and what it counts now.
     pub fn memory(&self) -> MemoryUse {
         let memory = &self.managers.shared.memory;

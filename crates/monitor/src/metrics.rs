@@ -201,6 +201,62 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
         "Bytes retained values hold in memory (payload, topic, headers, overhead)",
         retained_bytes as u64,
     );
+    if let Some(storage) = broker.storage() {
+        gauge(
+            r,
+            "storage_live_bytes",
+            "Disk mode: bytes of live stored values (what storage.max_bytes bounds)",
+            storage.live_bytes,
+        );
+        gauge(
+            r,
+            "storage_max_bytes",
+            "Disk mode: storage.max_bytes",
+            storage.max_bytes,
+        );
+        gauge(
+            r,
+            "storage_file_bytes",
+            "Disk mode: the size of the database file",
+            storage.file_bytes,
+        );
+        gauge(
+            r,
+            "storage_pending_bytes",
+            "Disk mode: bytes of operations waiting for the next commit",
+            storage.pending_bytes,
+        );
+        counter(
+            r,
+            "storage_commits",
+            "Disk mode: commits (each a write and an fsync) since the broker started",
+            storage.commits,
+        );
+        counter(
+            r,
+            "storage_commit_microseconds",
+            "Disk mode: total duration of those commits; its rate over the commits' rate is the mean commit latency",
+            storage.commit_micros_total,
+        );
+        gauge(
+            r,
+            "storage_last_commit_microseconds",
+            "Disk mode: the duration of the last commit",
+            storage.last_commit_micros,
+        );
+        gauge(
+            r,
+            "storage_last_commit_timestamp_seconds",
+            "Disk mode: when the last commit (and its fsync) completed, Unix time; 0 before the first",
+            storage.last_commit_at_ms / 1000,
+        );
+        gauge(
+            r,
+            "storage_failed",
+            "Disk mode: 1 once the store failed (publishes are refused), else 0",
+            u64::from(storage.failed.is_some()),
+        );
+    }
     let memory = broker.memory();
     gauge(
         r,

@@ -169,6 +169,7 @@ async fn varz(Extract(state): Shared) -> Response {
             "retained_bytes": retained_bytes,
         },
         "memory": broker.memory(),
+        "storage": broker.storage(),
         "counters": broker.counters().snapshot(),
         "handshakes": handshakes,
         "revocation": state.sources.crl.as_ref().map(|crl| {

@@ -707,3 +707,74 @@ async fn a_token_guards_every_endpoint_but_health_and_without_one_session_ids_ar
     }
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_mode_shows_the_stores_size_and_commits_and_memory_mode_shows_none() {
+    let memory = TestBroker::start().await;
+    let (monitor, _readiness) = start_monitor(&memory).await;
+    let varz = get_json(monitor, "/varz", LIMIT).await.unwrap();
+    assert_eq!(varz["storage"], Value::Null, "memory mode has no store");
+    let (_, text) = get(monitor, "/metrics", LIMIT).await.unwrap();
+    assert!(
+        !text.contains("cassini_storage_"),
+        "no storage metrics in memory mode"
+    );
+    memory.stop().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = cassini_broker::BrokerConfig::default();
+    config.storage.mode = cassini_broker::config::StorageMode::Disk;
+    config.storage.data_dir = dir.path().to_path_buf();
+    let broker =
+        TestBroker::start_with(config, cassini_quic::server::ServerOptions::default()).await;
+    let (monitor, _readiness) = start_monitor(&broker).await;
+    let client = broker.client("grace").await;
+    for n in 0..5u8 {
+        client
+            .publish_acked("stored.x", Bytes::from(vec![n; 100]))
+            .await
+            .expect("acknowledged: stored and synced");
+    }
+    client
+        .publish_retained("stored.retained", Bytes::from_static(b"kept"))
+        .await
+        .expect("retained");
+    let varz = eventually("the retained value committed", || async {
+        let varz = get_json(monitor, "/varz", LIMIT).await.ok()?;
+        (varz["storage"]["live_bytes"].as_u64()? > 0).then_some(varz)
+    })
+    .await;
+    let storage = &varz["storage"];
+    assert!(storage["commits"].as_u64().unwrap() >= 1, "{storage}");
+    assert!(storage["file_bytes"].as_u64().unwrap() > 0, "{storage}");
+    assert!(
+        storage["last_commit_at_ms"].as_u64().unwrap() > 0,
+        "{storage}"
+    );
+    assert!(
+        storage["commit_micros_total"].as_u64().unwrap() > 0,
+        "{storage}"
+    );
+    assert_eq!(
+        storage["max_bytes"].as_u64().unwrap(),
+        cassini_broker::BrokerConfig::default()
+            .storage
+            .max_disk_bytes
+    );
+    assert_eq!(storage["failed"], Value::Null);
+    let (_, text) = get(monitor, "/metrics", LIMIT).await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(sample(&scrape, "cassini_storage_commits_total", None) >= 1.0);
+    assert!(sample(&scrape, "cassini_storage_live_bytes", None) > 0.0);
+    assert!(sample(&scrape, "cassini_storage_file_bytes", None) > 0.0);
+    assert!(
+        sample(
+            &scrape,
+            "cassini_storage_last_commit_timestamp_seconds",
+            None
+        ) > 0.0
+    );
+    assert_eq!(sample(&scrape, "cassini_storage_failed", None), 0.0);
+    client.close().await.expect("close");
+    broker.stop().await;
+}

@@ -130,6 +130,41 @@ struct Inner {
     dedupe_max_age: Duration,
     /// [`super::SyncPolicy::Always`]: deliveries wait for the commit of what they depend on too.
     sync_always: bool,
+    /// Commits made since the store was opened.
+    commits: AtomicU64,
+    /// Their total duration (write, fsync), in microseconds.
+    commit_micros_total: AtomicU64,
+    /// The last commit's duration, in microseconds.
+    last_commit_micros: AtomicU64,
+    /// When the last commit (and its fsync) completed, in ms since the Unix epoch; 0 before
+    /// the first.
+    last_commit_at_ms: AtomicU64,
+}
+
+/// What the disk store holds and how its commits go, for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StorageStats {
+    /// The database file.
+    pub path: String,
+    /// The file's size on disk, in bytes.
+    pub file_bytes: u64,
+    /// Bytes of stored values that are live (written and not deleted): what `max_bytes` bounds.
+    pub live_bytes: u64,
+    /// `storage.max_bytes`.
+    pub max_bytes: u64,
+    /// Operations appended and not yet committed, in bytes.
+    pub pending_bytes: u64,
+    /// Commits since the broker started.
+    pub commits: u64,
+    /// Their total duration (write and fsync), in microseconds.
+    pub commit_micros_total: u64,
+    /// The last commit's duration, in microseconds.
+    pub last_commit_micros: u64,
+    /// When the last commit (and its fsync) completed, ms since the Unix epoch; 0 before the
+    /// first.
+    pub last_commit_at_ms: u64,
+    /// Why the store failed, if it did (publishes are refused from then on).
+    pub failed: Option<String>,
 }
 
 impl Inner {
@@ -200,6 +235,10 @@ impl DiskStore {
             max_pending_bytes: config.max_pending_bytes,
             dedupe_max_age,
             sync_always: config.sync == super::SyncPolicy::Always,
+            commits: AtomicU64::new(0),
+            commit_micros_total: AtomicU64::new(0),
+            last_commit_micros: AtomicU64::new(0),
+            last_commit_at_ms: AtomicU64::new(0),
         });
         let thread_inner = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
@@ -334,7 +373,24 @@ impl DiskStore {
             <= self.inner.max_disk_bytes
     }
 
-    /// Bytes of live stored values.
+    /// What the store holds and how its commits go, for monitoring.
+    pub fn stats(&self) -> StorageStats {
+        let inner = &self.inner;
+        StorageStats {
+            path: self.path.display().to_string(),
+            file_bytes: std::fs::metadata(&self.path).map_or(0, |meta| meta.len()),
+            live_bytes: inner.live_bytes.load(Ordering::Relaxed),
+            max_bytes: inner.max_disk_bytes,
+            pending_bytes: u64::try_from(inner.lock().bytes).unwrap_or(u64::MAX),
+            commits: inner.commits.load(Ordering::Relaxed),
+            commit_micros_total: inner.commit_micros_total.load(Ordering::Relaxed),
+            last_commit_micros: inner.last_commit_micros.load(Ordering::Relaxed),
+            last_commit_at_ms: inner.last_commit_at_ms.load(Ordering::Relaxed),
+            failed: inner.status.borrow().failed.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Bytes of stored values that are live.
     pub fn live_bytes(&self) -> u64 {
         self.inner.live_bytes.load(Ordering::Relaxed)
     }
@@ -396,10 +452,18 @@ fn run_writer(db: Database, inner: &Inner) {
             (ops, pending.ticket, bytes, pending.closed)
         };
         if !ops.is_empty() {
+            let started = std::time::Instant::now();
             let result = commit(&db, ops, inner.dedupe_max_age);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             inner.lock().bytes -= bytes;
             match result {
                 Ok(delta) => {
+                    inner.commits.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .commit_micros_total
+                        .fetch_add(micros, Ordering::Relaxed);
+                    inner.last_commit_micros.store(micros, Ordering::Relaxed);
+                    inner.last_commit_at_ms.store(unix_ms(), Ordering::Relaxed);
                     let live = inner.live_bytes.load(Ordering::Relaxed);
                     inner
                         .live_bytes

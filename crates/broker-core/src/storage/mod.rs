@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use disk::Op;
-pub use disk::{DiskStore, DATABASE_FILE};
+pub use disk::{DiskStore, StorageStats, DATABASE_FILE};
 pub(crate) use recovery::{Recovered, RecoveredSession, RecoveredSubscription};
 
 use crate::message::PublishedMessage;
