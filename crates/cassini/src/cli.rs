@@ -43,7 +43,8 @@ pub(crate) enum Command {
         command: ConfigCommand,
     },
     /// A refreshing terminal view of a broker's monitoring endpoint (`serve --monitor`):
-    /// counts, rates, drops, connections and topics. `--once` prints one screen and exits.
+    /// counts, rates, drops, connections and topics. On a terminal `q` (or Esc, Ctrl-C) quits;
+    /// `--once` prints one screen and exits.
     #[command(visible_alias = "stats")]
     Top(TopArgs),
     /// Print a shell completion script (e.g. `cassini completions bash > /etc/bash_completion.d/cassini`).

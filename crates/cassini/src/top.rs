@@ -3,7 +3,9 @@
 //!
 //! It reads `/varz`, `/connz` and `/topicz` over HTTP (presenting the token of
 //! `--monitor-token-file`, if given); rates are the change of the counters
-//! between two refreshes (shown as `-` on the first screen and with `--once`).
+//! between two refreshes (shown as `-` on the first screen and with `--once`). On a terminal,
+//! `q` (or Ctrl-C) quits: standard input is read in raw mode by a thread of its own, and the
+//! terminal is restored on every way out.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -16,6 +18,7 @@ use cassini_monitor::BearerToken;
 use serde_json::Value;
 
 use crate::cli::TopArgs;
+use crate::signals::ShutdownSignals;
 
 /// How long one refresh may wait for the endpoint.
 const REQUEST_LIMIT: Duration = Duration::from_secs(5);
@@ -75,6 +78,17 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let interactive = std::io::stdout().is_terminal();
+    let mut signals = ShutdownSignals::install()?;
+    let keys = if interactive && std::io::stdin().is_terminal() {
+        QuitKey::listen()
+    } else {
+        None
+    };
+    let (mut quit, raw_mode) = match keys {
+        Some((quit, raw)) => (Some(quit), Some(raw)),
+        None => (None, None),
+    };
+    let newline = if raw_mode.is_some() { "\r\n" } else { "\n" };
     let mut previous: Option<Sample> = None;
     let interval = Duration::from_secs_f64(args.interval);
     loop {
@@ -91,6 +105,7 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         };
         let mut stdout = std::io::stdout().lock();
         let clear = if interactive { "\x1b[2J\x1b[H" } else { "" };
+        let screen = screen.replace('\n', newline);
         if write!(stdout, "{clear}{screen}")
             .and_then(|()| stdout.flush())
             .is_err()
@@ -100,7 +115,10 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         drop(stdout);
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = signals.next() => return Ok(ExitCode::SUCCESS),
+            _ = async { quit.as_mut()?.recv().await }, if quit.is_some() => {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
 }
@@ -290,4 +308,48 @@ fn render(sample: &Sample, previous: Option<&Sample>) -> String {
         );
     }
     out
+}
+
+/// The terminal in raw mode for as long as this lives.
+struct RawMode;
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// `q`, `Q`, Esc or Ctrl-C pressed on the terminal.
+struct QuitKey;
+
+impl QuitKey {
+    /// Puts the terminal in raw mode and reads keys on a thread of its own; the channel gets a
+    /// message when one of the quit keys is pressed. `None` if the terminal refuses raw mode.
+    fn listen() -> Option<(tokio::sync::mpsc::Receiver<()>, RawMode)> {
+        use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
+        crossterm::terminal::enable_raw_mode().ok()?;
+        let raw = RawMode;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("top-keys".into())
+            .spawn(move || loop {
+                match crossterm::event::read() {
+                    Ok(Event::Key(KeyEvent {
+                        code, modifiers, ..
+                    })) => {
+                        let quits = matches!(code, KeyCode::Char('q' | 'Q') | KeyCode::Esc)
+                            || (code == KeyCode::Char('c')
+                                && modifiers.contains(KeyModifiers::CONTROL));
+                        if quits {
+                            let _ = tx.blocking_send(());
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            })
+            .ok()?;
+        Some((rx, raw))
+    }
 }

@@ -108,3 +108,61 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(&monitor), "{stderr}");
 }
+
+#[test]
+fn top_on_a_terminal_quits_on_q() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().unwrap();
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let (mut broker, line) = spawn_until_line(
+        cassini(&[
+            "serve",
+            "--listen",
+            &server,
+            "--certs",
+            certs,
+            "--monitor",
+            "127.0.0.1:0",
+        ]),
+        "monitoring endpoint",
+    );
+    let monitor = log_field(&line, "addr").expect("the monitor's bound address is logged");
+
+    // util-linux `script` gives `top` a pseudo-terminal, as a person's shell would, and passes
+    // our standard input to it.
+    let command = format!("{} top --monitor {monitor} --interval 0.2", common::CASSINI);
+    let mut top = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn script");
+    let mut stdout = top.stdout.take().expect("stdout");
+    let (screens, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || screens
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let mut seen = String::new();
+    while !seen.contains("connections") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        seen.push_str(&lines.recv_timeout(left).expect("top draws a screen"));
+    }
+    std::io::Write::write_all(top.stdin.as_mut().expect("stdin"), b"q").expect("press q");
+    let status = wait_with_deadline(&mut top);
+    assert!(status.success(), "top quits on q with status 0: {status}");
+
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+}
