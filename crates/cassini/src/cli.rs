@@ -47,6 +47,12 @@ pub(crate) enum Command {
     /// `--once` prints one screen and exits.
     #[command(visible_alias = "stats")]
     Top(TopArgs),
+    /// Ask a running broker how it is: `ping` measures round trips, `check` gives a verdict
+    /// for monitoring systems.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
     /// Print a shell completion script (e.g. `cassini completions bash > /etc/bash_completion.d/cassini`).
     Completions {
         /// The shell.
@@ -122,6 +128,33 @@ pub(crate) struct TopArgs {
     /// Most connections and topics listed.
     #[arg(long, default_value_t = 20)]
     pub(crate) limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCommand {
+    /// Connect and measure round trips on the control stream (`Ping`/`Pong`).
+    Ping(ServerPingArgs),
+    /// Connect and ping once, within `--timeout`: prints `CASSINI OK - ...` and exits 0, or
+    /// `CASSINI CRITICAL - reason` and exits 2 (the convention of Nagios-style checks).
+    Check(ServerCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerPingArgs {
+    /// How many pings.
+    #[arg(short, long, default_value_t = 3)]
+    pub(crate) count: u32,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerCheckArgs {
+    /// Seconds the whole check may take (fractions allowed).
+    #[arg(short, long, default_value_t = 5.0)]
+    pub(crate) timeout: f64,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
 }
 
 #[derive(Debug, Subcommand)]

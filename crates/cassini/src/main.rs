@@ -25,6 +25,7 @@ mod reload;
 mod reply_command;
 mod reqreply;
 mod serve;
+mod server_cmd;
 mod signals;
 mod top;
 
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
                 ConfigCommand::Default => write_stdout(config::default_file().as_bytes()),
             },
             Command::Top(args) => top::run(args).await,
+            Command::Server { command } => server_cmd::run(command).await,
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "cassini", &mut script);

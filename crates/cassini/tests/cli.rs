@@ -972,3 +972,54 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
     terminate(&mut broker);
     wait_with_deadline(&mut broker);
 }
+
+#[test]
+fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let mut broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+
+    let mut args = vec!["server", "ping", "-c", "3"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let ping = run(&mut cassini(&args));
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("pong "))
+            .count(),
+        3,
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 pings: min "), "{stdout}");
+
+    let mut args = vec!["server", "check"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let check = run(&mut cassini(&args));
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("CASSINI OK - ") && stdout.contains("connected as dev"),
+        "{stdout}"
+    );
+
+    terminate(&mut broker);
+    assert!(wait_with_deadline(&mut broker).success());
+
+    // Nobody listens any more: a verdict, not a hang.
+    let mut args = vec!["server", "check", "-t", "3"];
+    args.extend(connect_args(&server, certs, "dev"));
+    let check = run(&mut cassini(&args));
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(2), "{stdout}");
+    assert!(stdout.starts_with("CASSINI CRITICAL - "), "{stdout}");
+}
