@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 
 use common::{cassini, free_udp_port, run, spawn_until, terminate, wait_with_deadline};
 
+/// `cassini serve` on a free port with the certificates in `certs`, once it listens; and its
+/// address.
+fn serve(certs: &str) -> (Child, String) {
+    let server = format!("127.0.0.1:{}", free_udp_port());
+    let broker = spawn_until(
+        cassini(&["serve", "--listen", &server, "--certs", certs]),
+        "cassini listening",
+    );
+    (broker, server)
+}
+
 fn connect_args<'a>(server: &'a str, dir: &'a str, name: &'a str) -> Vec<&'a str> {
     vec!["--server", server, "--certs", dir, "--name", name]
 }
@@ -29,11 +40,7 @@ fn two_subscribers_print_every_published_message() {
     );
     assert_private(&dir.path().join("client-alice.key"));
 
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+    let (mut broker, server) = serve(certs);
 
     let mut subscribers: Vec<Child> = ["alice", "bob"]
         .iter()
@@ -81,11 +88,7 @@ fn two_subscribers_print_every_published_message() {
 fn sub_exits_non_zero_on_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+    let (mut broker, server) = serve(certs);
     let mut args = vec!["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"];
     args.extend(connect_args(&server, certs, "dev"));
     let output = run(&mut cassini(&args));
@@ -195,11 +198,7 @@ fn bench_hol_runs_a_tiny_smoke_round() {
 fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+    let (mut broker, server) = serve(certs);
     let mut args = vec![
         "reply",
         "svc.upper",
@@ -415,11 +414,7 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
 fn req_exits_4_when_the_responder_command_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+    let (mut broker, server) = serve(certs);
     let mut args = vec!["reply", "svc.fail", "--command", "exit 7", "--count", "1"];
     args.extend(connect_args(&server, certs, "dev"));
     let mut service = spawn_until(cassini(&args), "serving svc.fail");
@@ -977,11 +972,7 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
 fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+    let (mut broker, server) = serve(certs);
 
     let mut args = vec!["server", "ping", "-c", "3"];
     args.extend(connect_args(&server, certs, "dev"));
