@@ -1,12 +1,14 @@
 //! Every frame that crosses the wire.
 //!
-//! A Cassini connection carries four kinds of stream, and each frame belongs to exactly one:
+//! A Cassini connection carries three kinds of stream and QUIC datagrams, and each frame belongs
+//! to exactly one of them:
 //!
 //! | stream | opened by | frames |
 //! |---|---|---|
 //! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `SubscriptionEnded`, `Error`, `Pong`, `GoingAway` down |
 //! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
 //! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` |
+//! | (QUIC datagrams, unreliable) | both | `Datagram` down (deliveries of datagram subscriptions); `Publish` up (fire and forget) |
 //!
 //! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
 //! single codec (and a single fuzz target) covers them all; the stream handlers decide which
@@ -44,8 +46,7 @@ pub type SubscriptionId = u64;
 /// Correlates a control request with its answer. Chosen by the client.
 pub type RequestId = u64;
 
-/// Message headers: ordered string key/value pairs. Keys may repeat.
-pub type Headers = Vec<(String, String)>;
+pub use crate::headers::Headers;
 
 /// Every Cassini frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -404,9 +405,9 @@ pub struct GoingAway {
 pub struct Publish {
     /// A topic name without wildcards.
     pub topic: String,
-    /// Application headers. Decoding keeps at most [`crate::codec::MAX_DECODED_HEADERS`] + 1
+    /// Application headers. Decoding keeps at most [`crate::headers::MAX_DECODED_HEADERS`] + 1
     /// of them (see there).
-    #[serde(deserialize_with = "crate::codec::bounded_headers")]
+    #[serde(deserialize_with = "crate::headers::bounded_headers")]
     pub headers: Headers,
     /// The payload, opaque to the broker.
     pub payload: Bytes,
@@ -472,8 +473,8 @@ pub struct Delivery {
     /// The concrete topic the message was published to.
     pub topic: String,
     /// Application headers, as published. Decoding keeps at most
-    /// [`crate::codec::MAX_DECODED_HEADERS`] + 1 of them (see there).
-    #[serde(deserialize_with = "crate::codec::bounded_headers")]
+    /// [`crate::headers::MAX_DECODED_HEADERS`] + 1 of them (see there).
+    #[serde(deserialize_with = "crate::headers::bounded_headers")]
     pub headers: Headers,
     /// The payload, as published.
     pub payload: Bytes,

@@ -3,8 +3,12 @@
 //! This crate owns everything two Cassini peers must agree on and nothing about how bytes move:
 //! no tokio, no quinn, no sockets, no clocks.
 //!
+//! Layering: `error_code` and `headers` at the bottom, `frame` on them, `codec` on `frame`, and
+//! `topic` on `inbox`; no module imports one above it.
+//!
 //! # Layout
 //! - [`frame`]: every frame that crosses the wire, grouped by the stream it travels on.
+//! - [`headers`]: the header list type and the bound on how many headers a decoder keeps.
 //! - [`codec`]: the length-prefixed MessagePack framing, with a maximum frame length that is
 //!   checked before anything is allocated.
 //! - [`topic`]: topic names, subscription filters with `*` and `>`, their validation and matching.
@@ -15,6 +19,7 @@
 pub mod codec;
 pub mod error_code;
 pub mod frame;
+pub mod headers;
 pub mod inbox;
 pub mod topic;
 
