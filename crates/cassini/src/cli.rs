@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
-use serde::{Deserialize, Serialize};
+
+use crate::config::{Congestion, LogFormat};
 
 /// Cassini: a message broker over QUIC with mutual TLS.
 #[derive(Debug, Parser)]
@@ -18,16 +19,6 @@ pub(crate) struct Cli {
     pub(crate) log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub(crate) command: Command,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,7 +245,7 @@ pub(crate) struct ServeArgs {
     /// read random loss as congestion; experimental in quinn) [default: cubic; key
     /// `quic.congestion`].
     #[arg(long, value_enum)]
-    pub(crate) congestion: Option<crate::config::Congestion>,
+    pub(crate) congestion: Option<Congestion>,
     /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
     /// a free port, which the log reports) [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use crate::config::LogFormat;
 
 /// The filter of a tool: `RUST_LOG` when set and valid, `default_level` otherwise.
 pub(crate) fn tool_filter(default_level: &str) -> EnvFilter {

@@ -1,5 +1,9 @@
 //! `cassini`: the broker and its command line.
 //!
+//! Layering: `main` dispatches each command of `cli` (the grammar) to its module (`serve`,
+//! `pubsub`, `top`, ...); `config` (the settings and their value types) sits below `cli` and
+//! every command and imports none of them.
+//!
 //! # Layout
 //! - `cli`: the command-line grammar (clap).
 //! - `config`: `serve`'s settings: TOML file, `CASSINI_*` environment, flags; `cassini config`.
@@ -12,6 +16,8 @@
 //! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
 //!   `reply_command` runs `reply --command`'s shell command, bounded in time and output.
 //! - `top`: `cassini top` / `cassini stats`, a terminal view of the monitoring endpoint.
+//! - `server_cmd`: `cassini server ping|check`, a running broker asked over QUIC.
+//! - `signals`: SIGINT and SIGTERM, handled alike by every long-running command.
 //! - `logging`: tracing set-up.
 
 mod bench;
@@ -33,7 +39,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{CertsCommand, Cli, Command, ConfigCommand, LogFormat};
+use cli::{CertsCommand, Cli, Command, ConfigCommand};
+use config::LogFormat;
 
 /// mimalloc instead of the system allocator: see docs/BENCHMARKS.md for what it saved.
 #[global_allocator]

@@ -14,7 +14,8 @@ use cassini_quic::reset_key::{KeySource, StatelessResetKey};
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
 
-use crate::cli::{LogFormat, ServeArgs, StorageArg, SyncArg};
+use crate::cli::{ServeArgs, StorageArg, SyncArg};
+use crate::config::LogFormat;
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
 use crate::reload::{load_server_tls, Reloader};

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::ConfigError;
 use super::keys::{default_value, env_name, section_of, KEYS};
+use super::LogFormat;
 use super::Settings;
-use crate::cli::LogFormat;
 
 /// What command-line flags set. `None`: not given, the file or environment decides.
 #[derive(Debug, Clone, Default)]

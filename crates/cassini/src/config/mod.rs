@@ -32,8 +32,6 @@ pub(crate) use error::ConfigError;
 pub(crate) use keys::default_file;
 pub(crate) use load::{check_file, process_env, resolve, unknown_env, Overrides};
 
-use crate::cli::LogFormat;
-
 /// The whole configuration of `cassini serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -350,6 +348,16 @@ impl Default for QuicSettings {
             receive_window_bytes: quic.receive_window_bytes,
         }
     }
+}
+
+/// `log.format`, `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[monitor]`.
