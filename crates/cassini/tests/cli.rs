@@ -3,22 +3,22 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod common;
+mod harness;
 
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{cassini, free_udp_port, run, spawn_until, terminate, wait_with_deadline};
+use harness::{
+    cassini, closed_udp_addr, log_field, run, spawn_until, terminate, wait_with_deadline, Broker,
+    Serve,
+};
 
-/// `cassini serve` on a free port with the certificates in `certs`, once it listens; and its
+/// `cassini serve` on port 0 with the certificates in `certs`, once it listens; and its
 /// address.
-fn serve(certs: &str) -> (Child, String) {
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs]),
-        "cassini listening",
-    );
+fn serve(certs: &str) -> (Broker, String) {
+    let broker = Broker::start(&["--certs", certs]);
+    let server = broker.server();
     (broker, server)
 }
 
@@ -79,8 +79,7 @@ fn two_subscribers_print_every_published_message() {
         assert!(lines.iter().all(|line| *line == "hello"));
     }
 
-    terminate(&mut broker);
-    let status = wait_with_deadline(&mut broker);
+    let status = broker.terminate();
     assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
 }
 
@@ -95,8 +94,7 @@ fn sub_exits_non_zero_on_timeout() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("timed out"), "stderr: {stderr}");
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -119,7 +117,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
     assert!(init.status.success());
     let mut args = vec!["pub", "demo.x", "hi"];
-    let unreachable = format!("127.0.0.1:{}", free_udp_port());
+    let unreachable = closed_udp_addr().to_string();
     args.extend(connect_args(&unreachable, certs, "dev"));
     let mut command = cassini(&args);
     let output = run(&mut command);
@@ -235,8 +233,7 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
         "did not wait for the timeout"
     );
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -369,19 +366,8 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\n",
     )
     .expect("write acl");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut broker = spawn_until(
-        cassini(&[
-            "serve",
-            "--listen",
-            &server,
-            "--certs",
-            certs,
-            "--acl",
-            acl.to_str().expect("utf-8 path"),
-        ]),
-        "cassini listening",
-    );
+    let mut broker = Broker::start(&["--certs", certs, "--acl", acl.to_str().expect("utf-8 path")]);
+    let server = broker.server();
 
     let mut args = vec!["pub", "demo.ok", "hi", "--count", "3"];
     args.extend(connect_args(&server, certs, "dev"));
@@ -406,8 +392,7 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
         "the reason is on stderr: {stderr}"
     );
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -430,19 +415,16 @@ fn req_exits_4_when_the_responder_command_fails() {
     );
     assert!(wait_with_deadline(&mut service).success());
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
 fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut command = cassini(&["serve", "--listen", &server, "--certs", certs]);
-    let mut broker = command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+    // The test reads the log itself, so it starts the broker without the harness's reader.
+    let mut broker = Serve::new(&["--certs", certs])
+        .command()
         .spawn()
         .expect("spawn");
     // Read the first line, as `| head -1` does, then close the pipe.
@@ -460,6 +442,7 @@ fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
         assert!(read > 0, "serve exited before listening");
     }
     drop(stderr);
+    let server = log_field(&line, "addr").expect("the bound address is logged");
 
     // Every connection logs at info level; these lines now go to a closed pipe.
     for _ in 0..3 {
@@ -481,11 +464,10 @@ fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
 fn sigterm_ends_sub_like_ctrl_c() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut serve = cassini(&["serve", "--listen", &server, "--certs", certs]);
-    serve.env("RUST_LOG", "info,cassini_broker::actors::session=debug");
-    let (mut broker, lines) = common::spawn_collecting(serve);
-    common::next_line_with(&lines, "cassini listening");
+    let mut broker = Serve::new(&["--certs", certs])
+        .env("RUST_LOG", "info,cassini_broker::actors::session=debug")
+        .start();
+    let server = broker.server();
 
     let mut args = vec!["sub", "demo.>"];
     args.extend(connect_args(&server, certs, "dev"));
@@ -494,9 +476,8 @@ fn sigterm_ends_sub_like_ctrl_c() {
     let status = wait_with_deadline(&mut subscriber);
     assert!(status.success(), "sub exits 0 on SIGTERM, got {status}");
 
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
-    let log: Vec<String> = lines.try_iter().collect();
+    assert!(broker.terminate().success());
+    let log = broker.log();
     assert!(
         !log.iter().any(|line| line.contains("session detached")),
         "sub said goodbye, so its session ended instead of waiting to expire: {log:?}"
@@ -505,11 +486,7 @@ fn sigterm_ends_sub_like_ctrl_c() {
 
 /// Sends SIGINT (Ctrl-C) to `child`.
 fn interrupt(child: &mut Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    harness::signal(child.id(), "INT");
 }
 
 #[test]
@@ -519,24 +496,8 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let certs = certs.to_str().expect("utf-8 path");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8 path");
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let serve = || {
-        spawn_until(
-            cassini(&[
-                "serve",
-                "--listen",
-                &server,
-                "--certs",
-                certs,
-                "--storage",
-                "disk",
-                "--data-dir",
-                data,
-            ]),
-            "cassini listening",
-        )
-    };
-    let mut broker = serve();
+    let mut broker = Broker::start(&["--certs", certs, "--storage", "disk", "--data-dir", data]);
+    let server = broker.server();
 
     let mut args = vec!["sub", "away.>", "--session", "s1", "--ack"];
     args.extend(connect_args(&server, certs, "dev"));
@@ -558,9 +519,8 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
         );
     }
     // The named session and its backlog are on disk: a broker restart keeps them.
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
-    let mut broker = serve();
+    assert!(broker.terminate().success());
+    broker.start_again();
 
     let mut args = vec![
         "sub",
@@ -603,19 +563,18 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     assert_eq!(third.status.code(), Some(2), "nothing left to print");
     assert!(third.stdout.is_empty());
 
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
+    assert!(broker.terminate().success());
 }
 
-/// Starts a broker on a free port with certificates in a fresh directory; returns the
-/// directory, the certificate path and the address.
-fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Child) {
+/// Starts a broker on port 0 with certificates in a fresh directory; returns the directory,
+/// the certificate path, the address and the broker.
+fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Broker) {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path").to_string();
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let mut args = vec!["serve", "--listen", &server, "--certs", &certs];
+    let mut args = vec!["--certs", certs.as_str()];
     args.extend_from_slice(extra);
-    let broker = spawn_until(cassini(&args), "cassini listening");
+    let broker = Broker::start(&args);
+    let server = broker.server();
     (dir, certs, server, broker)
 }
 
@@ -749,8 +708,7 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
         "n=1\nn=2\nn=3\n"
     );
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -763,12 +721,9 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
     )
     .expect("write acl");
-    let server = format!("127.0.0.1:{}", free_udp_port());
     let acl = acl.to_str().expect("utf-8 path");
-    let mut broker = spawn_until(
-        cassini(&["serve", "--listen", &server, "--certs", certs, "--acl", acl]),
-        "cassini listening",
-    );
+    let mut broker = Broker::start(&["--certs", certs, "--acl", acl]);
+    let server = broker.server();
     let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
     let mut args = vec!["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"];
     args.extend(connect_args(&server, certs, "dev"));
@@ -789,8 +744,7 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
         "the reason is on stderr: {stderr}"
     );
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -812,8 +766,7 @@ fn sub_prints_topic_and_headers_by_default_and_takes_short_flags() {
         "[#1] Received on \"show.x\"\nk: v\nn: 2\n\nhello\n\n\
          [#2] Received on \"show.y\"\nplain\n\n"
     );
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -858,8 +811,7 @@ fn sub_queue_shares_messages_among_the_group() {
         10,
         "outside the group: every message"
     );
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -937,8 +889,7 @@ fn req_replies_waits_for_n_replies() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 2 replies on svc.multi"));
     assert!(wait_with_deadline(&mut responder).success());
 
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -964,8 +915,7 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
     drop(stdin);
     assert_eq!(stdout_of(second), b"second\n");
     assert!(wait_with_deadline(&mut publisher).success());
-    terminate(&mut broker);
-    wait_with_deadline(&mut broker);
+    broker.terminate();
 }
 
 #[test]
@@ -1003,8 +953,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
         "{stdout}"
     );
 
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
+    assert!(broker.terminate().success());
 
     // Nobody listens any more: a verdict, not a hang.
     let mut args = vec!["server", "check", "-t", "3"];

@@ -3,13 +3,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod common;
+mod harness;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::{
-    cassini, free_udp_port, log_field, run, spawn_until_line, terminate, wait_with_deadline,
-};
+use harness::{cassini, run, Serve};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -112,37 +111,48 @@ fn a_bad_file_is_refused_with_the_key_the_line_and_what_was_expected() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/cassini.toml"));
 }
 
-/// Starts `serve` with `file`, extra environment and flags; returns the port it listens on.
-fn listening_port(file: &Path, certs: &Path, env: &[(&str, String)], flags: &[String]) -> u16 {
-    let mut command = cassini(&["serve", "--config", file.to_str().unwrap()]);
-    command.args(flags).env("CASSINI_CERTS_DIR", certs);
-    for (name, value) in env {
-        command.env(name, value);
+/// Starts `serve` with `file`, extra environment and flags (and no `--listen` of the harness's
+/// own); returns the address it listens on.
+fn listening_addr(
+    file: &Path,
+    certs: &Path,
+    env: &[(&str, String)],
+    flags: &[String],
+) -> SocketAddr {
+    let mut serve = Serve::new(&["--config", file.to_str().unwrap()])
+        .listen(None)
+        .env("CASSINI_CERTS_DIR", certs);
+    for flag in flags {
+        serve = serve.arg(flag);
     }
-    let (mut child, line) = spawn_until_line(command, "cassini listening");
-    terminate(&mut child);
-    assert!(wait_with_deadline(&mut child).success());
-    let addr = log_field(&line, "addr").expect("addr in the log line");
-    addr.rsplit(':').next().unwrap().parse().expect("port")
+    for (name, value) in env {
+        serve = serve.env(name, value);
+    }
+    let mut broker = serve.start();
+    assert!(broker.terminate().success());
+    broker.addr()
 }
 
 #[test]
 fn serve_takes_the_file_then_the_environment_then_the_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().join("certs");
-    let (from_file, from_env, from_flag) = (free_udp_port(), free_udp_port(), free_udp_port());
+    // Three loopback addresses, each on port 0: the address it listens on names the source
+    // that won.
+    let (from_file, from_env, from_flag) = ("127.0.0.1", "127.0.0.2", "127.0.0.3");
     let file = dir.path().join("cassini.toml");
     std::fs::write(
         &file,
-        format!("listen = \"127.0.0.1:{from_file}\"\n[shutdown]\ndrain_ms = 500\n"),
+        format!("listen = \"{from_file}:0\"\n[shutdown]\ndrain_ms = 500\n"),
     )
     .expect("write");
 
-    assert_eq!(listening_port(&file, &certs, &[], &[]), from_file);
-    let env = [("CASSINI_LISTEN", format!("127.0.0.1:{from_env}"))];
-    assert_eq!(listening_port(&file, &certs, &env, &[]), from_env);
-    let flags = ["--listen".to_string(), format!("127.0.0.1:{from_flag}")];
-    assert_eq!(listening_port(&file, &certs, &env, &flags), from_flag);
+    let ip = |addr: SocketAddr| addr.ip().to_string();
+    assert_eq!(ip(listening_addr(&file, &certs, &[], &[])), from_file);
+    let env = [("CASSINI_LISTEN", format!("{from_env}:0"))];
+    assert_eq!(ip(listening_addr(&file, &certs, &env, &[])), from_env);
+    let flags = ["--listen".to_string(), format!("{from_flag}:0")];
+    assert_eq!(ip(listening_addr(&file, &certs, &env, &flags)), from_flag);
 }
 
 #[test]

@@ -8,156 +8,77 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+mod harness;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy, Subscription};
 use cassini_e2e::relay::UdpRelay;
+use harness::{init_certs, Broker, Serve};
 
-const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
 const TOPIC: &str = "durable.orders";
 /// Acknowledged messages per test: each costs one fsync when published one after another.
 const COUNT: u64 = 150;
 
-/// The broker child process and what it needs to start again on the same directory and port.
+/// A durable broker child process and the directories it starts again on.
 struct DurableBroker {
-    child: Option<Child>,
+    broker: Broker,
     certs: PathBuf,
     data: PathBuf,
     addr: SocketAddr,
-    /// More `serve` flags.
-    extra: Vec<String>,
 }
 
 impl DurableBroker {
-    fn command(&self) -> Command {
-        let mut command = Command::new(CASSINI);
-        command
-            .args(["serve", "--storage", "disk", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen", &self.addr.to_string(), "--certs"])
-            .arg(&self.certs)
-            .args(["--idle-timeout", "1"])
-            .args(&self.extra)
+    /// Starts a broker in `dir` (certificates in `dir/certs`, data in `dir/data`) on port 0,
+    /// with more `serve` flags.
+    fn start_new_with(dir: &Path, extra: &[&str]) -> Self {
+        let certs = dir.join("certs");
+        init_certs(&certs, &["subscriber", "publisher"]);
+        let data = dir.join("data");
+        let broker = Serve::new(&["--storage", "disk", "--data-dir"])
+            .arg(&data)
+            .arg("--certs")
+            .arg(&certs)
+            .args(&["--idle-timeout", "1"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("DURABLE_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    /// Starts a broker in `dir` (certificates in `dir/certs`, data in `dir/data`) on a free port.
-    /// with more `serve` flags.
-    fn start_new_with(dir: &Path, extra: &[&str]) -> Self {
-        let certs = dir.join("certs");
-        let init = Command::new(CASSINI)
-            .args([
-                "certs",
-                "init",
-                "--client",
-                "subscriber",
-                "--client",
-                "publisher",
-                "--dir",
-            ])
-            .arg(&certs)
-            .output()
-            .expect("certs init");
-        assert!(init.status.success(), "certs init failed");
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("port")
-            .port();
-        let mut broker = Self {
-            child: None,
+            .echo(std::env::var_os("DURABLE_ECHO").is_some())
+            .start();
+        let addr = broker.addr();
+        Self {
+            broker,
             certs,
-            data: dir.join("data"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            extra: extra.iter().map(|flag| flag.to_string()).collect(),
-        };
-        broker.start();
-        broker
-    }
-
-    /// Starts the broker process and waits until it listens.
-    fn start(&mut self) {
-        let mut child = self.command().spawn().expect("spawn broker");
-        let lines = stderr_lines(&mut child);
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains("cassini listening") => return,
-                Ok(_) => {}
-                Err(_) => panic!("the broker did not start listening"),
-            }
+            data,
+            addr,
         }
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
-        }
+        self.broker.kill();
     }
 
     /// SIGTERM: a graceful shutdown, which closes the store cleanly.
     fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill -TERM");
-            assert!(status.success());
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while child.try_wait().expect("wait").is_none() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the broker did not stop"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.broker.terminate();
     }
 
+    /// SIGKILL, and a new broker on the same directories and address.
     fn restart(&mut self) {
-        self.kill();
-        self.start();
+        self.broker.restart();
     }
 
     fn database(&self) -> PathBuf {
         self.data.join("cassini.redb")
     }
-}
-
-impl Drop for DurableBroker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if std::env::var_os("DURABLE_ECHO").is_some() {
-                eprintln!("BROKER {line}");
-            }
-            let _ = tx.send(line);
-        }
-    });
-    rx
 }
 
 async fn client(addr: SocketAddr, certs: &Path, name: &str) -> Client {
@@ -372,29 +293,10 @@ fn flip_stored(path: &Path, marker: &[u8]) -> Vec<u8> {
 
 /// Starts the broker on a store it must refuse; returns what it printed.
 async fn refused_start(broker: &DurableBroker) -> String {
-    let mut child = broker.command().spawn().expect("spawn broker");
-    let lines = stderr_lines(&mut child);
-    let mut output = Vec::new();
-    let status = within("the broker refuses to start", async {
-        loop {
-            output.extend(lines.try_iter());
-            if output.iter().any(|line| line.contains("cassini listening")) {
-                let _ = child.kill();
-                panic!("the broker started on a corrupted store: {output:?}");
-            }
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    // The reader thread may still hold the last lines.
-    std::thread::sleep(Duration::from_millis(100));
-    output.extend(lines.try_iter());
-    let output = output.join("\n");
-    assert!(!status.success(), "the broker must not start: {output}");
-    output
+    let serve = broker.broker.serve().clone();
+    tokio::task::spawn_blocking(move || serve.refused())
+        .await
+        .expect("the broker refuses to start")
 }
 
 /// Publishes two acknowledged messages while the subscriber is away; the second one is the

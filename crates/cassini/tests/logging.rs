@@ -3,32 +3,21 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod common;
+mod harness;
 
-use common::{
-    cassini, free_udp_port, next_line_with, run, spawn_collecting, terminate, wait_with_deadline,
-};
+use harness::{cassini, run, Serve};
 
 #[test]
 fn json_lines_carry_the_connection_span_with_remote_identity_and_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().unwrap();
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let (mut broker, lines) = spawn_collecting(cassini(&[
-        "serve",
-        "--listen",
-        &server,
-        "--certs",
-        certs,
-        "--log-format",
-        "json",
-    ]));
-    next_line_with(&lines, "cassini listening");
+    let mut broker = Serve::new(&["--certs", certs, "--log-format", "json"]).start();
+    let server = broker.server();
     let published = run(&mut cassini(&[
         "pub", "log.demo", "hi", "--server", &server, "--certs", certs,
     ]));
     assert!(published.status.success());
-    let line = next_line_with(&lines, "session attached");
+    let line = broker.wait_for_log("session attached");
     let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     let span = &event["span"];
     assert_eq!(span["name"], "connection", "{line}");
@@ -42,34 +31,22 @@ fn json_lines_carry_the_connection_span_with_remote_identity_and_session() {
         .expect("session recorded on the span");
     assert_eq!(session.len(), 32, "{line}");
     assert_eq!(event["fields"]["session"], session, "{line}");
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
+    assert!(broker.terminate().success());
 }
 
 #[test]
 fn log_filters_select_targets_and_levels() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().unwrap();
-    let server = format!("127.0.0.1:{}", free_udp_port());
     for (name, filter) in [
         ("CASSINI_LOG_LEVEL", "warn,cassini::serve=info"),
         ("RUST_LOG", "warn,cassini::serve=info"),
     ] {
-        let mut command = cassini(&[
-            "serve",
-            "--listen",
-            &server,
-            "--certs",
-            certs,
-            "--monitor",
-            "127.0.0.1:0",
-        ]);
-        command.env(name, filter);
-        let (mut broker, lines) = spawn_collecting(command);
-        next_line_with(&lines, "cassini listening");
-        terminate(&mut broker);
-        let status = wait_with_deadline(&mut broker);
-        let rest: Vec<String> = lines.try_iter().collect();
+        let mut broker = Serve::new(&["--certs", certs, "--monitor", "127.0.0.1:0"])
+            .env(name, filter)
+            .start();
+        let status = broker.terminate();
+        let rest = broker.log();
         assert!(status.success(), "{name}: {status}: {rest:?}");
         assert!(
             rest.iter().any(|line| line.contains("shutting down")),

@@ -5,7 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod support;
+mod harness;
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
 use cassini_quic::tls;
 use futures_util::StreamExt;
-use support::{init_certs, BrokerProcess};
+use harness::{init_certs, Broker};
 
 /// Frames of each header-heavy kind in the flood.
 const FLOOD_FRAMES: usize = 20;
@@ -79,13 +79,13 @@ async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
 async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_16_mib() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["victim", "flooder", "bystander"]);
-    let broker = BrokerProcess::start(dir.path(), &[]);
-    detached_subscription(&broker.addr, dir.path(), "flood.>").await;
-    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let broker = Broker::with_certs(dir.path(), &[]);
+    detached_subscription(&broker.server(), dir.path(), "flood.>").await;
+    let bystander = client(&broker.server(), dir.path(), "bystander").await;
     let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
     let before = broker.rss_bytes();
 
-    let (_endpoint, connection) = raw(&broker.addr, dir.path(), "flooder").await;
+    let (_endpoint, connection) = raw(&broker.server(), dir.path(), "flooder").await;
     let _control = raw::hello(&connection, None).await.expect("welcome");
     let (mut send, mut recv) = connection.open_bi().await.expect("publish stream");
     let max_frame = DEFAULT_MAX_FRAME_BYTES as usize;
@@ -167,14 +167,14 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
 async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["eve", "bystander"]);
-    let broker = BrokerProcess::start(dir.path(), &[]);
-    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let broker = Broker::with_certs(dir.path(), &[]);
+    let bystander = client(&broker.server(), dir.path(), "bystander").await;
     let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
     let before = broker.rss_bytes();
 
     let mut attacks = Vec::new();
     for _ in 0..PARTIAL_CONNECTIONS {
-        let addr = broker.addr.clone();
+        let addr = broker.server();
         let dir = dir.path().to_owned();
         attacks.push(tokio::spawn(async move {
             let (endpoint, connection) = raw(&addr, &dir, "eve").await;

@@ -4,14 +4,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod support;
+mod harness;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::Client;
 use futures_util::StreamExt;
-use support::{init_certs, BrokerProcess};
+use harness::{init_certs, Broker};
 
 /// 2,000 messages of 64 KiB: 128 MiB offered to a subscription that never reads.
 const FLOOD_MESSAGES: usize = 2_000;
@@ -36,8 +36,8 @@ async fn client(addr: &str, certs: &std::path::Path, name: &str, buffer: usize) 
 async fn a_stalled_subscription_bounds_broker_memory_and_spares_its_neighbour() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["subscriber", "publisher"]);
-    let broker = BrokerProcess::start(dir.path(), &[]);
-    let addr = broker.addr.clone();
+    let broker = Broker::with_certs(dir.path(), &[]);
+    let addr = broker.server();
 
     let subscriber = client(&addr, dir.path(), "subscriber", 8).await;
     let _stalled = subscriber

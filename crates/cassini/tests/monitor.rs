@@ -2,33 +2,20 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod common;
+mod harness;
 
 use std::io::Read;
 use std::process::Stdio;
 
-use common::{
-    cassini, free_udp_port, log_field, run, spawn_until_line, terminate, wait_with_deadline,
-};
+use harness::{cassini, run, wait_with_deadline, Broker};
 
 #[test]
 fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().unwrap();
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let (mut broker, line) = spawn_until_line(
-        cassini(&[
-            "serve",
-            "--listen",
-            &server,
-            "--certs",
-            certs,
-            "--monitor",
-            "127.0.0.1:0",
-        ]),
-        "monitoring endpoint",
-    );
-    let monitor = log_field(&line, "addr").expect("the monitor's bound address is logged");
+    let mut broker = Broker::start(&["--certs", certs, "--monitor", "127.0.0.1:0"]);
+    let server = broker.server();
+    let monitor = broker.monitor().to_string();
     assert!(!monitor.ends_with(":0"), "{monitor}");
 
     let connect = ["--server", server.as_str(), "--certs", certs];
@@ -49,7 +36,7 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
         .expect("spawn sub");
 
     // Wait until the subscription is visible, then publish and read it back in top.
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + harness::DEADLINE;
     let screen = loop {
         let output = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
         assert!(
@@ -96,8 +83,7 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
     assert!(screen.contains("msgs out 3 (-)"), "{screen}");
     assert!(screen.contains("sessions created 2"), "{screen}");
 
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
+    assert!(broker.terminate().success());
     let gone = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
     assert_eq!(
         gone.status.code(),
@@ -113,24 +99,15 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
 fn top_on_a_terminal_quits_on_q() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().unwrap();
-    let server = format!("127.0.0.1:{}", free_udp_port());
-    let (mut broker, line) = spawn_until_line(
-        cassini(&[
-            "serve",
-            "--listen",
-            &server,
-            "--certs",
-            certs,
-            "--monitor",
-            "127.0.0.1:0",
-        ]),
-        "monitoring endpoint",
-    );
-    let monitor = log_field(&line, "addr").expect("the monitor's bound address is logged");
+    let mut broker = Broker::start(&["--certs", certs, "--monitor", "127.0.0.1:0"]);
+    let monitor = broker.monitor();
 
     // util-linux `script` gives `top` a pseudo-terminal, as a person's shell would, and passes
     // our standard input to it.
-    let command = format!("{} top --monitor {monitor} --interval 0.2", common::CASSINI);
+    let command = format!(
+        "{} top --monitor {monitor} --interval 0.2",
+        harness::CASSINI
+    );
     let mut top = std::process::Command::new("script")
         .args(["-qfec", &command, "/dev/null"])
         .env_remove("RUST_LOG")
@@ -153,7 +130,7 @@ fn top_on_a_terminal_quits_on_q() {
             }
         }
     });
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + harness::DEADLINE;
     let mut seen = String::new();
     while !seen.contains("connections") {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -163,6 +140,5 @@ fn top_on_a_terminal_quits_on_q() {
     let status = wait_with_deadline(&mut top);
     assert!(status.success(), "top quits on q with status 0: {status}");
 
-    terminate(&mut broker);
-    assert!(wait_with_deadline(&mut broker).success());
+    assert!(broker.terminate().success());
 }

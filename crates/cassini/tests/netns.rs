@@ -7,12 +7,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
+mod harness;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
+use harness::{init_certs, Serve, CASSINI};
+
 const MESSAGES: u64 = 200;
 const BROKER_IP: &str = "10.213.7.1";
 const CLIENT_IP: &str = "10.213.7.2";
@@ -160,31 +163,17 @@ fn a_link_cut_and_restored_between_namespaces_loses_no_acknowledged_message() {
         }
     };
     let certs = tempfile::tempdir().expect("tempdir");
-    let init = Command::new(CASSINI)
-        .args([
-            "certs", "init", "--client", "edge", "--client", "feeder", "--dir",
-        ])
-        .arg(certs.path())
-        .output()
-        .expect("certs init");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_certs(certs.path(), &["edge", "feeder"]);
 
-    let listen = format!("{BROKER_IP}:7700");
-    let mut broker = namespaces.cassini(&namespaces.broker);
-    broker
-        .args(["serve", "--listen", "0.0.0.0:7700", "--certs"])
+    // Port 0 on every address of the broker's namespace; the port it got is read back.
+    let broker = Serve::new(&["--certs"])
         .arg(certs.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut broker = Process(broker.spawn().expect("broker"));
-    let broker_log = lines(broker.0.stderr.take().expect("stderr"));
-    wait_for_line(&broker_log, "the broker listening", |l| {
-        l.contains("cassini listening")
-    });
+        .listen(Some("0.0.0.0:0"))
+        .wrapped_in(&["ip", "netns", "exec", &namespaces.broker])
+        .start();
+    let port = broker.addr().port();
+    let listen = format!("{BROKER_IP}:{port}");
+    let local = format!("127.0.0.1:{port}");
 
     let mut subscriber = namespaces.cassini(&namespaces.client);
     subscriber
@@ -225,7 +214,7 @@ fn a_link_cut_and_restored_between_namespaces_loses_no_acknowledged_message() {
             "--count",
             &MESSAGES.to_string(),
         ])
-        .args(["--server", "127.0.0.1:7700", "--name", "feeder", "--certs"])
+        .args(["--server", &local, "--name", "feeder", "--certs"])
         .arg(certs.path())
         .output()
         .expect("publisher");

@@ -10,14 +10,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod support;
+mod harness;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::Client;
-use support::{init_certs, BrokerProcess};
+use harness::{init_certs, Broker};
 
 /// How often the client publishes.
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
@@ -39,8 +39,8 @@ async fn acknowledged_publishes_survive_a_broker_kill_and_restart_with_defaults(
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8 path");
     let durable = ["--storage", "disk", "--data-dir", data];
-    let broker = BrokerProcess::start(&certs, &durable);
-    let addr = broker.addr.clone();
+    let mut broker = Broker::with_certs(&certs, &durable);
+    let addr = broker.server();
 
     let client = Client::builder(addr.as_str())
         .ca_file(certs.join("ca.crt"))
@@ -74,8 +74,7 @@ async fn acknowledged_publishes_survive_a_broker_kill_and_restart_with_defaults(
     wait_until("20 publishes acknowledged", || acknowledged() >= 20).await;
 
     let killed_at = Instant::now();
-    broker.kill();
-    let restarted = BrokerProcess::start_on(&addr, &certs, &durable);
+    broker.restart();
     let restarted_after = killed_at.elapsed();
     wait_until("a publish acknowledged after the restart", || {
         outcomes
@@ -109,7 +108,7 @@ async fn acknowledged_publishes_survive_a_broker_kill_and_restart_with_defaults(
     let failed = outcomes.lock().unwrap().failed.clone();
     assert!(failed.is_empty(), "no publish may fail: {failed:?}");
     assert_eq!(client.reconnects(), 1);
-    drop(restarted);
+    drop(broker);
 }
 
 /// Waits until `done` holds, for at most 60 s (the client's idle timeout is 30 s: a client

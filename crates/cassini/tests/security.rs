@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-mod support;
+mod harness;
 
 use std::path::Path;
 
@@ -15,8 +15,8 @@ use cassini_e2e::{raw_connect, within};
 use cassini_protocol::ErrorCode;
 use cassini_quic::tls;
 use futures_util::StreamExt;
+use harness::{certs, init_certs, Broker};
 use rustls::pki_types::CertificateDer;
-use support::{cassini, init_certs, BrokerProcess};
 
 /// 100 connections, each declaring one 256 MiB frame.
 const FLOOD_CONNECTIONS: usize = 100;
@@ -56,14 +56,14 @@ async fn admitted(addr: &str, dir: &Path, name: &str) -> bool {
 async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["flooder", "bystander"]);
-    let broker = BrokerProcess::start(dir.path(), &[]);
-    let bystander = client(&broker.addr, dir.path(), "bystander").await;
+    let broker = Broker::with_certs(dir.path(), &[]);
+    let bystander = client(&broker.server(), dir.path(), "bystander").await;
     let mut subscription = bystander.subscribe("calm.x").await.expect("subscribe");
     let before = broker.rss_bytes();
 
     let mut floods = Vec::new();
     for _ in 0..FLOOD_CONNECTIONS {
-        let addr = broker.addr.clone();
+        let addr = broker.server();
         let dir = dir.path().to_owned();
         floods.push(tokio::spawn(async move {
             let (endpoint, connection) = raw(&addr, &dir, "flooder").await.expect("connect");
@@ -153,17 +153,17 @@ async fn abandoned_sessions_of_one_identity_stay_within_its_session_quota() {
     )
     .expect("config");
     let config = config.to_str().expect("utf-8 path").to_owned();
-    let broker = BrokerProcess::start(dir.path(), &["--config", &config]);
-    let alice = client(&broker.addr, dir.path(), "alice").await;
+    let broker = Broker::with_certs(dir.path(), &["--config", &config]);
+    let alice = client(&broker.server(), dir.path(), "alice").await;
     let mut subscription = alice.subscribe("calm.x").await.expect("subscribe");
     // Warm up: the first quota's worth of sessions, so the measurement sees only what the
     // quota lets eve add after it.
     for _ in 0..SESSIONS_PER_IDENTITY {
-        abandon_session(&broker.addr, dir.path(), "eve").await;
+        abandon_session(&broker.server(), dir.path(), "eve").await;
     }
     let before = broker.rss_bytes();
     for _ in 0..ABANDONED_SESSIONS {
-        abandon_session(&broker.addr, dir.path(), "eve").await;
+        abandon_session(&broker.server(), dir.path(), "eve").await;
     }
     let peak = broker.peak_rss_bytes();
     let growth = peak.saturating_sub(before);
@@ -207,12 +207,12 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
     init_certs(dir.path(), &["publisher", "ops"]);
     let acl_path = dir.path().join("acl.toml");
     std::fs::write(&acl_path, ACL).expect("write ACL");
-    let broker = BrokerProcess::start(dir.path(), &["--acl", acl_path.to_str().expect("utf-8")]);
+    let broker = Broker::with_certs(dir.path(), &["--acl", acl_path.to_str().expect("utf-8")]);
 
-    let ops = client(&broker.addr, dir.path(), "ops").await;
+    let ops = client(&broker.server(), dir.path(), "ops").await;
     let mut feeds = ops.subscribe("feeds.>").await.expect("feeds");
     let mut sensors = ops.subscribe("sensors.>").await.expect("sensors");
-    let publisher = client(&broker.addr, dir.path(), "publisher").await;
+    let publisher = client(&broker.server(), dir.path(), "publisher").await;
 
     // Edited in place, as an operator's editor would.
     std::fs::write(
@@ -269,34 +269,38 @@ fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
 async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["alice", "bob"]);
-    let broker = BrokerProcess::start(dir.path(), &[]);
+    let broker = Broker::with_certs(dir.path(), &[]);
     assert_eq!(
         broker.log_count("no ACL: every authenticated client may"),
         1,
         "running without an ACL is said once, at start"
     );
-    let (_alice_endpoint, alice) = raw(&broker.addr, dir.path(), "alice").await.expect("alice");
+    let (_alice_endpoint, alice) = raw(&broker.server(), dir.path(), "alice")
+        .await
+        .expect("alice");
     let (alice_welcome, _send, _recv) = raw::hello(&alice, None).await.expect("alice welcomed");
-    let bob = client(&broker.addr, dir.path(), "bob").await;
+    let bob = client(&broker.server(), dir.path(), "bob").await;
     let mut bob_subscription = bob.subscribe("bob.x").await.expect("subscribe");
 
-    let revoked = cassini(&["certs", "revoke", "alice"], dir.path());
+    let revoked = certs(dir.path(), &["revoke", "alice"]);
     assert!(String::from_utf8_lossy(&revoked.stdout).contains("revoked client-alice.crt"));
     assert!(dir.path().join("crl.pem").exists());
     let (code, reason) = close_of(&alice).await;
     assert_eq!(code, ErrorCode::CERTIFICATE_REVOKED, "{reason}");
     assert!(
-        !admitted(&broker.addr, dir.path(), "alice").await,
+        !admitted(&broker.server(), dir.path(), "alice").await,
         "a revoked client cannot reconnect"
     );
 
     let old_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
     let reloads = broker.log_count("reloaded certificates");
-    cassini(&["certs", "rotate-server"], dir.path());
+    certs(dir.path(), &["rotate-server"]);
     let new_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
     assert_ne!(old_server, new_server);
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
-    let (_endpoint, fresh) = raw(&broker.addr, dir.path(), "bob").await.expect("connect");
+    let (_endpoint, fresh) = raw(&broker.server(), dir.path(), "bob")
+        .await
+        .expect("connect");
     assert_eq!(
         server_cert_of(&fresh),
         new_server[0],
@@ -308,7 +312,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     broker.signal("HUP");
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
     assert!(broker.log_count("SIGHUP") >= 1);
-    assert!(!admitted(&broker.addr, dir.path(), "alice").await);
+    assert!(!admitted(&broker.server(), dir.path(), "alice").await);
     bob.publish_acked("bob.x", Bytes::from_static(b"through it all"))
         .await
         .expect("publish");
@@ -318,8 +322,8 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     assert_eq!(message.payload().as_ref(), b"through it all");
 
     // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
-    cassini(&["certs", "issue", "alice"], dir.path());
-    let (_endpoint, reissued) = raw(&broker.addr, dir.path(), "alice")
+    certs(dir.path(), &["issue", "alice"]);
+    let (_endpoint, reissued) = raw(&broker.server(), dir.path(), "alice")
         .await
         .expect("connect");
     assert!(raw::hello(&reissued, Some(alice_welcome.session_id))
@@ -333,11 +337,8 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
 fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["alice"]);
-    let output = std::process::Command::new(support::CASSINI)
-        .args(["certs", "revoke", "nobody", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run cassini");
+    let output =
+        harness::run(harness::cassini(&["certs", "revoke", "nobody", "--dir"]).arg(dir.path()));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no client certificate"), "{stderr}");
@@ -345,26 +346,18 @@ fn certs_revoke_of_an_unknown_client_fails_clearly_and_writes_nothing() {
     assert!(!dir.path().join("crl.pem").exists());
 }
 
-fn monitor_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
-    broker
-        .log_field("monitoring endpoint", "addr")
-        .expect("the monitor's address is logged")
-        .parse()
-        .expect("an address")
-}
-
 /// `/varz` of the broker's monitoring endpoint.
-async fn varz(broker: &BrokerProcess) -> serde_json::Value {
+async fn varz(broker: &Broker) -> serde_json::Value {
     let limit = std::time::Duration::from_secs(10);
-    cassini_monitor::client::get_json(monitor_addr(broker), "/varz", limit)
+    cassini_monitor::client::get_json(broker.monitor(), "/varz", limit)
         .await
         .expect("/varz")
 }
 
 /// `/metrics` of the broker's monitoring endpoint.
-async fn metrics(broker: &BrokerProcess) -> String {
+async fn metrics(broker: &Broker) -> String {
     let limit = std::time::Duration::from_secs(10);
-    let (status, text) = cassini_monitor::client::get(monitor_addr(broker), "/metrics", limit)
+    let (status, text) = cassini_monitor::client::get(broker.monitor(), "/metrics", limit)
         .await
         .expect("/metrics");
     assert_eq!(status, 200);
@@ -375,14 +368,14 @@ async fn metrics(broker: &BrokerProcess) -> String {
 async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["eve", "bob"]);
-    let broker = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    let broker = Broker::with_certs(dir.path(), &["--monitor", "127.0.0.1:0"]);
     broker.wait_for_log("monitoring endpoint");
     let crl = dir.path().join("crl.pem");
 
     let reloads = broker.log_count("reloaded certificates");
-    cassini(&["certs", "revoke", "eve"], dir.path());
+    certs(dir.path(), &["revoke", "eve"]);
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
-    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    assert!(!admitted(&broker.server(), dir.path(), "eve").await);
     let revocation = &varz(&broker).await["revocation"];
     assert_eq!(revocation["in_force"], true, "{revocation}");
     assert_eq!(revocation["revoked"], 1, "{revocation}");
@@ -393,12 +386,12 @@ async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
     std::fs::rename(&crl, dir.path().join("crl.pem.moved")).expect("move the CRL away");
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
     assert!(
-        !admitted(&broker.addr, dir.path(), "eve").await,
+        !admitted(&broker.server(), dir.path(), "eve").await,
         "a missing CRL does not let eve back in"
     );
     assert!(broker.log_count("keeping the last good CRL") >= 1);
     assert!(broker.log_count("ERROR") >= 1, "said at error level");
-    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+    assert!(admitted(&broker.server(), dir.path(), "bob").await);
     let revocation = &varz(&broker).await["revocation"];
     assert_eq!(revocation["in_force"], true, "{revocation}");
     assert_eq!(revocation["revoked"], 1, "{revocation}");
@@ -426,7 +419,7 @@ async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
     let reloads = broker.log_count("reloaded certificates");
     broker.signal("HUP");
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
-    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
+    assert!(!admitted(&broker.server(), dir.path(), "eve").await);
 
     // Put back, the CRL is read again and the problem is gone.
     let reloads = broker.log_count("reloaded certificates");
@@ -437,8 +430,8 @@ async fn removing_or_breaking_the_crl_keeps_the_last_good_one_in_force() {
     assert!(metrics(&broker)
         .await
         .contains("cassini_crl_file_problem 0"));
-    assert!(!admitted(&broker.addr, dir.path(), "eve").await);
-    assert!(admitted(&broker.addr, dir.path(), "bob").await);
+    assert!(!admitted(&broker.server(), dir.path(), "eve").await);
+    assert!(admitted(&broker.server(), dir.path(), "bob").await);
 }
 
 #[test]
@@ -446,7 +439,7 @@ fn require_crl_refuses_to_start_without_a_crl_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["alice"]);
     for (flag, env) in [(Some("--require-crl"), None), (None, Some("true"))] {
-        let mut command = std::process::Command::new(support::CASSINI);
+        let mut command = std::process::Command::new(harness::CASSINI);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
             .arg(dir.path())
@@ -460,14 +453,14 @@ fn require_crl_refuses_to_start_without_a_crl_file() {
         assert!(stderr.contains("crl.pem does not exist"), "{stderr}");
         assert!(stderr.contains("certs.require_crl"), "{stderr}");
     }
-    cassini(&["certs", "revoke", "alice"], dir.path());
-    let broker = BrokerProcess::start(dir.path(), &["--require-crl"]);
+    certs(dir.path(), &["revoke", "alice"]);
+    let broker = Broker::with_certs(dir.path(), &["--require-crl"]);
     assert_eq!(broker.log_count("cassini listening"), 1);
 }
 
 /// `cassini top --once --monitor ADDR EXTRA...`.
 fn top_once(monitor: &str, extra: &[&str]) -> std::process::Output {
-    std::process::Command::new(support::CASSINI)
+    std::process::Command::new(harness::CASSINI)
         .args(["top", "--once", "--monitor", monitor])
         .args(extra)
         .output()
@@ -481,7 +474,7 @@ fn a_monitor_token_file_guards_the_endpoint_and_top_presents_it() {
     let token_file = dir.path().join("monitor.token");
     std::fs::write(&token_file, "s3cret-monitor-token\n").expect("token file");
     let token_arg = token_file.to_str().expect("utf-8");
-    let broker = BrokerProcess::start(
+    let broker = Broker::with_certs(
         dir.path(),
         &[
             "--monitor",
@@ -517,10 +510,10 @@ fn a_monitor_token_file_guards_the_endpoint_and_top_presents_it() {
 fn an_unprotected_monitor_beyond_loopback_is_warned_about() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["alice"]);
-    let broker = BrokerProcess::start(dir.path(), &["--monitor", "0.0.0.0:0"]);
+    let broker = Broker::with_certs(dir.path(), &["--monitor", "0.0.0.0:0"]);
     broker.wait_for_log("monitoring endpoint");
     broker.wait_for_log("listens beyond loopback with no token");
-    let loopback = BrokerProcess::start(dir.path(), &["--monitor", "127.0.0.1:0"]);
+    let loopback = Broker::with_certs(dir.path(), &["--monitor", "127.0.0.1:0"]);
     loopback.wait_for_log("monitoring endpoint");
     assert_eq!(loopback.log_count("listens beyond loopback"), 0);
 }

@@ -9,9 +9,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+mod harness;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +21,8 @@ use cassini_client::{
 };
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use futures_util::StreamExt;
+use harness::{init_certs, Broker, Serve};
 use tokio::time::Instant;
-
-const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -42,45 +31,11 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
-fn start_broker(certs: &std::path::Path) -> (Broker, String) {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(CASSINI)
-        .args(["serve", "--listen", &addr, "--idle-timeout", "5", "--certs"])
+fn start_broker(certs: &std::path::Path) -> Broker {
+    Serve::new(&["--idle-timeout", "5", "--certs"])
         .arg(certs)
         .env("RUST_LOG", "warn,cassini=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn broker");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready, is_ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("cassini listening") {
-                let _ = ready.send(());
-            }
-        }
-    });
-    let broker = Broker(child);
-    is_ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("broker ready");
-    (broker, addr)
+        .start()
 }
 
 /// A subscription's options: policies and promises in turn.
@@ -108,14 +63,9 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
     eprintln!("soak: {clients} clients for {duration:?}, fault seed {seed}");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let init = Command::new(CASSINI)
-        .args(["certs", "init", "--client", "soak", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("certs init");
-    assert!(init.status.success());
-    let (broker, addr) = start_broker(dir.path());
-    let pid = broker.0.id();
+    init_certs(dir.path(), &["soak"]);
+    let broker = start_broker(dir.path());
+    let addr = broker.server();
 
     let faults = FaultControl::new(FaultPlan {
         seed,
@@ -168,7 +118,7 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
     }
     eprintln!(
         "soak: {clients} clients connected, rss {} KiB",
-        rss_bytes(pid) / 1024
+        broker.rss_bytes() / 1024
     );
 
     let publisher = Client::builder(addr.as_str())
@@ -192,7 +142,7 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
             .expect("publish");
         sent += 1;
         if Instant::now() >= next_sample {
-            samples.push(rss_bytes(pid));
+            samples.push(broker.rss_bytes());
             next_sample += Duration::from_secs(1);
         }
     }

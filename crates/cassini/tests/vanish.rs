@@ -3,15 +3,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+mod harness;
+
 use std::time::Duration;
 
 use cassini_broker::BrokerConfig;
 use cassini_e2e::TestBroker;
 use cassini_quic::server::ServerOptions;
 use cassini_quic::tls::QuicOptions;
+use harness::{cassini, spawn_until};
 
 #[tokio::test]
 async fn a_killed_client_leaves_nothing_behind() {
@@ -38,27 +38,11 @@ async fn a_killed_client_leaves_nothing_behind() {
         )
         .expect("client cert");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cassini"))
-        .args(["sub", "vanish.>", "--name", "doomed", "--server"])
-        .arg(broker.addr.to_string())
-        .arg("--certs")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sub");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("subscribed to") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(20)))
+    let server = broker.addr.to_string();
+    let mut sub = cassini(&["sub", "vanish.>", "--name", "doomed", "--server", &server]);
+    sub.arg("--certs").arg(dir.path());
+    let mut child = tokio::task::spawn_blocking(move || spawn_until(sub, "subscribed to"))
         .await
-        .expect("join")
         .expect("sub subscribed");
     broker
         .wait_for_stats("the subscriber is in place", |s| {

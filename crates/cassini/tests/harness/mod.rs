@@ -1,0 +1,553 @@
+//! The one process harness of the `cassini` binary's tests.
+//!
+//! - [`cassini`]: the binary run as a user runs it, with none of the caller's `RUST_LOG` or
+//!   `CASSINI_*` variables; [`run`], [`spawn_until`], [`wait_with_deadline`], [`terminate`] for
+//!   the processes a test starts (`pub`, `sub`, `reply`, ...).
+//! - [`Broker`]: `cassini serve` as a child process. It listens on port 0 (QUIC, and the
+//!   monitor when `--monitor 127.0.0.1:0` is given) and the harness reads the bound addresses
+//!   back from its log (`addr=` of the `cassini listening` and `monitoring endpoint` lines), so
+//!   no port is ever guessed. Its log is kept for the test to wait on; it is killed on drop.
+//! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
+//!   tests that need more than [`Broker::start`].
+//!
+//! Every wait has a deadline ([`DEADLINE`]); none is a bare sleep.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::panic)] // each test file uses a different part; helpers fail loudly
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub(crate) const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
+
+/// How long any wait on a child process may take.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `cassini ARGS` with no `RUST_LOG` and no `CASSINI_*` variable from the caller's environment.
+pub(crate) fn cassini(args: &[&str]) -> Command {
+    let mut command = Command::new(CASSINI);
+    command.args(args);
+    clean_env(&mut command);
+    command
+}
+
+fn clean_env(command: &mut Command) {
+    command.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CASSINI_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// Runs `command` to completion.
+pub(crate) fn run(command: &mut Command) -> Output {
+    command.output().expect("run")
+}
+
+/// `cassini certs ARGS --dir DIR`, which must succeed.
+pub(crate) fn certs(dir: &Path, args: &[&str]) -> Output {
+    let output = run(cassini(&["certs"]).args(args).arg("--dir").arg(dir));
+    assert!(
+        output.status.success(),
+        "cassini certs {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `cassini certs init` in `dir` with the given clients.
+pub(crate) fn init_certs(dir: &Path, clients: &[&str]) {
+    let mut args = vec!["init"];
+    for client in clients {
+        args.extend(["--client", client]);
+    }
+    certs(dir, &args);
+}
+
+/// Starts `command` with stdout and stderr piped and waits until a stderr line contains
+/// `ready`. Returns the child; the rest of its stderr is drained in the background.
+pub(crate) fn spawn_until(mut command: Command, ready: &str) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let wanted = ready.to_string();
+    thread::spawn(move || {
+        let mut signalled = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !signalled && line.contains(&wanted) {
+                signalled = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        panic!("process never printed {ready:?}");
+    }
+    child
+}
+
+/// Waits for `child` to exit, for at most [`DEADLINE`] (then kills it and fails).
+pub(crate) fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("process did not exit in time");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `child` SIGTERM.
+pub(crate) fn terminate(child: &mut Child) {
+    signal(child.id(), "TERM");
+}
+
+/// Sends process `pid` a signal by name (`HUP`, `INT`, `TERM`).
+pub(crate) fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// An address where nothing listens, for tests of a client that cannot reach its broker: a
+/// port the system gave a UDP socket that is closed again. This is the one socket a test binds
+/// and drops, on purpose: a broker always binds port 0 instead. Should another process take the
+/// port meanwhile, it would still not complete a handshake with the test's certificates.
+pub(crate) fn closed_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a UDP port")
+}
+
+/// The value of `key` in a log line: `key=VALUE` in a pretty line (colour codes ignored),
+/// e.g. `addr` in `... addr=127.0.0.1:7700 ...`, or `"key":"VALUE"` in a JSON one.
+pub(crate) fn log_field(line: &str, key: &str) -> Option<String> {
+    let plain = strip_ansi(line);
+    let pretty = format!("{key}=");
+    if let Some(at) = plain.find(&pretty) {
+        let value = &plain[at + pretty.len()..];
+        return value.split_whitespace().next().map(str::to_string);
+    }
+    let json = format!("\"{key}\":\"");
+    let value = &plain[plain.find(&json)? + json.len()..];
+    value.split('"').next().map(str::to_string)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `cassini serve` not yet started: its flags, environment and the address it is told to
+/// listen on (`127.0.0.1:0` unless a test says otherwise).
+#[derive(Clone, Debug)]
+pub(crate) struct Serve {
+    /// Runs the binary through this, e.g. `ip netns exec NAME`.
+    wrapper: Vec<OsString>,
+    args: Vec<OsString>,
+    /// `--listen`, or `None` when the configuration under test names the address.
+    listen: Option<String>,
+    env: Vec<(OsString, OsString)>,
+    /// Prints every log line, prefixed `BROKER`.
+    echo: bool,
+}
+
+impl Serve {
+    /// `cassini serve --listen 127.0.0.1:0 ARGS`.
+    pub(crate) fn new(args: &[&str]) -> Self {
+        Self {
+            wrapper: Vec::new(),
+            args: args.iter().map(OsString::from).collect(),
+            listen: Some("127.0.0.1:0".into()),
+            env: Vec::new(),
+            echo: false,
+        }
+    }
+
+    /// One more flag or value.
+    pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// More flags or values.
+    pub(crate) fn args(self, args: &[&str]) -> Self {
+        args.iter().fold(self, |serve, arg| serve.arg(arg))
+    }
+
+    /// An environment variable for the broker.
+    pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// `--listen ADDR` instead of `127.0.0.1:0`; `None`: no `--listen` flag, for tests of where
+    /// the address comes from.
+    pub(crate) fn listen(mut self, addr: Option<&str>) -> Self {
+        self.listen = addr.map(str::to_string);
+        self
+    }
+
+    /// Runs the binary as `WRAPPER... cassini serve ...`, e.g. inside a network namespace.
+    pub(crate) fn wrapped_in(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(OsString::from).collect();
+        self
+    }
+
+    /// Prints the broker's log lines as they come, prefixed `BROKER`.
+    pub(crate) fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// The command, stdout discarded and stderr piped.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(CASSINI);
+                command
+            }
+            None => Command::new(CASSINI),
+        };
+        clean_env(&mut command);
+        command.arg("serve");
+        if let Some(listen) = &self.listen {
+            command.args(["--listen", listen]);
+        }
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts it and waits until it listens.
+    pub(crate) fn start(self) -> Broker {
+        let (child, log, reader) = self.spawn();
+        let mut broker = Broker {
+            child: Some(child),
+            serve: self,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            reader: Some(reader),
+        };
+        broker.addr = broker.listening_addr();
+        broker
+    }
+
+    /// Starts it expecting it to refuse to start: waits until it exits, fails the test if it
+    /// listens or exits 0, and returns everything it logged.
+    pub(crate) fn refused(&self) -> String {
+        let (mut child, log, reader) = self.spawn();
+        let started = Instant::now();
+        let status = loop {
+            if log.count("cassini listening") > 0 {
+                let _ = child.kill();
+                panic!("the broker started: {}", log.joined());
+            }
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(started.elapsed() < DEADLINE, "the broker did not exit");
+            log.wait_for_more(Duration::from_millis(20));
+        };
+        reader.join().expect("log reader");
+        let output = log.joined();
+        assert!(!status.success(), "the broker must not start: {output}");
+        output
+    }
+
+    fn spawn(&self) -> (Child, Arc<Log>, JoinHandle<()>) {
+        let mut child = self.command().spawn().expect("spawn cassini serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Log::default());
+        let reader = {
+            let log = Arc::clone(&log);
+            let echo = self.echo;
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("BROKER {line}");
+                    }
+                    log.push(line);
+                }
+                log.close();
+            })
+        };
+        (child, log, reader)
+    }
+}
+
+/// A running `cassini serve`, killed when dropped.
+pub(crate) struct Broker {
+    child: Option<Child>,
+    serve: Serve,
+    addr: SocketAddr,
+    log: Arc<Log>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// `cassini serve --listen 127.0.0.1:0 ARGS`, once it listens.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        Serve::new(args).start()
+    }
+
+    /// `cassini serve --listen 127.0.0.1:0 --certs CERTS EXTRA`, once it listens.
+    pub(crate) fn with_certs(certs: &Path, extra: &[&str]) -> Self {
+        Serve::new(&["--certs"]).arg(certs).args(extra).start()
+    }
+
+    /// How it was started (with `--listen 127.0.0.1:0`, not its bound address).
+    pub(crate) fn serve(&self) -> &Serve {
+        &self.serve
+    }
+
+    /// Where its QUIC endpoint is bound.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// [`Broker::addr`] as a `--server` value.
+    pub(crate) fn server(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Where its monitoring endpoint is bound (`--monitor 127.0.0.1:0`), once it is.
+    pub(crate) fn monitor(&self) -> SocketAddr {
+        let line = self.wait_for_log("monitoring endpoint");
+        log_field(&line, "addr")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no monitor address in {line:?}"))
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker runs").id()
+    }
+
+    /// Sends the child a signal by name (`HUP`, `TERM`).
+    pub(crate) fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Every log line so far.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log.lines()
+    }
+
+    /// How many log lines contain `needle` so far.
+    pub(crate) fn log_count(&self, needle: &str) -> usize {
+        self.log.count(needle)
+    }
+
+    /// Waits until a log line contains `needle`; returns the first such line.
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_count(needle, 1)
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the last of them.
+    pub(crate) fn wait_for_log_count(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (lines, closed) = self.log.snapshot();
+            if let Some(line) = lines
+                .iter()
+                .filter(|line| line.contains(needle))
+                .nth(count - 1)
+            {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !closed && !left.is_zero(),
+                "no log line {needle:?} (x{count}) within {DEADLINE:?}{}; log:\n{}",
+                if closed { " (the broker exited)" } else { "" },
+                lines.join("\n")
+            );
+            self.log.wait_for_more(left);
+        }
+    }
+
+    /// The value of `key=` in the first log line containing `needle`, if there is one yet.
+    pub(crate) fn log_field(&self, needle: &str, key: &str) -> Option<String> {
+        let lines = self.log.lines();
+        let line = lines.iter().find(|line| line.contains(needle))?;
+        log_field(line, key)
+    }
+
+    /// The child's resident memory, bytes (`VmRSS`).
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// The child's peak resident memory so far, bytes (`VmHWM`).
+    pub(crate) fn peak_rss_bytes(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// SIGKILL: no shutdown, no flush, no goodbye. Waits until the process is gone.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+        self.join_reader();
+    }
+
+    /// SIGTERM, a graceful shutdown; waits (with the deadline) until the process exits and its
+    /// last log line is read. Returns its exit status.
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the broker runs");
+        terminate(&mut child);
+        let status = wait_with_deadline(&mut child);
+        self.join_reader();
+        status
+    }
+
+    /// Starts the broker again, after [`Broker::kill`] or [`Broker::terminate`], with the same
+    /// flags on the same address (clients that knew it reconnect to it).
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker still runs");
+        let addr = self.addr.to_string();
+        let serve = self.serve.clone().listen(Some(&addr));
+        let (child, log, reader) = serve.spawn();
+        self.child = Some(child);
+        self.log = log;
+        self.reader = Some(reader);
+        let again = self.listening_addr();
+        assert_eq!(again, self.addr, "the broker listens where it did");
+    }
+
+    /// SIGKILL, then [`Broker::start_again`].
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    fn listening_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("cassini listening");
+        log_field(&line, "addr")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no bound address in {line:?}"))
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child's stderr lines, as they arrive.
+#[derive(Default)]
+struct Log {
+    state: Mutex<LogState>,
+    grew: Condvar,
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    /// The child's stderr ended.
+    closed: bool,
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        self.state.lock().unwrap().lines.push(line);
+        self.grew.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.grew.notify_all();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.state.lock().unwrap().lines.clone()
+    }
+
+    fn snapshot(&self) -> (Vec<String>, bool) {
+        let state = self.state.lock().unwrap();
+        (state.lines.clone(), state.closed)
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state
+            .lines
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    fn joined(&self) -> String {
+        self.state.lock().unwrap().lines.join("\n")
+    }
+
+    /// Waits until a line arrives or the stream closes, for at most `limit`.
+    fn wait_for_more(&self, limit: Duration) {
+        let state = self.state.lock().unwrap();
+        let seen = state.lines.len();
+        let _ = self
+            .grew
+            .wait_timeout_while(state, limit, |state| {
+                state.lines.len() == seen && !state.closed
+            })
+            .unwrap();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .expect("a /proc status field")
+}
