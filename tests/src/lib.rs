@@ -1,7 +1,8 @@
 //! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
-//! certificate authority made by rcgen inside the test.
+//! certificate authority made inside the test.
 //!
-//! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for.
+//! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
+//!   (`cassini_quic::test_util`, shared with the other crates' tests).
 //! - [`TestBroker`]: the broker core plus a `QuicServer`, and helpers to connect clients (the real
 //!   `cassini-client`, or a raw quinn connection for clients that misbehave on purpose).
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
 use cassini_client::{Client, ClientBuilder};
-use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
+use cassini_quic::certs::IssuedCert;
 use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
+pub use cassini_quic::test_util::{identity_of, Pki};
 use cassini_quic::tls::{self, QuicOptions, RevocationOptions, ServerTls};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
@@ -35,54 +37,6 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
-}
-
-/// A certificate authority and a server certificate, made fresh for one test.
-pub struct Pki {
-    /// The CA that signs the server and the clients.
-    pub ca: CertificateAuthority,
-    /// The server's certificate (localhost, 127.0.0.1, ::1).
-    pub server: IssuedCert,
-}
-
-impl Pki {
-    /// A new CA and server certificate.
-    pub fn new() -> Self {
-        let ca = CertificateAuthority::generate("Cassini Test CA").expect("CA");
-        let server = ca.issue_server(&[]).expect("server certificate");
-        Self { ca, server }
-    }
-
-    /// The CA certificate as a trust root.
-    pub fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.ca.cert_der().clone()]
-    }
-
-    /// A client certificate for `name`.
-    pub fn client(&self, name: &str) -> IssuedCert {
-        self.ca.issue_client(name).expect("client certificate")
-    }
-
-    /// A client certificate for `name` with the given validity.
-    pub fn client_with(&self, name: &str, validity: Validity) -> IssuedCert {
-        self.ca
-            .issue_client_with(name, validity)
-            .expect("client certificate")
-    }
-}
-
-impl Default for Pki {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The chain and key of an issued certificate, as rustls wants them.
-pub fn identity_of(cert: &IssuedCert) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    (
-        vec![cert.cert_der().expect("cert DER")],
-        cert.key_der().expect("key DER"),
-    )
 }
 
 /// A running broker on an ephemeral loopback port.
@@ -278,6 +232,16 @@ pub async fn raw_connect(
     Ok((endpoint, connection))
 }
 
+/// An address where nothing listens, for tests of a client that cannot reach it: a port the
+/// system gave a UDP socket that is closed again. This is the one socket a test binds and
+/// drops, on purpose (a broker always binds port 0 instead): should another process take the
+/// port meanwhile, it would still not complete a handshake with the test's certificates.
+pub fn closed_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a UDP port")
+}
+
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
@@ -312,6 +276,7 @@ pub mod raw {
     use cassini_protocol::{
         encode_frame, ErrorCode, Frame, FrameDecoder, Hello, SessionId, Welcome, PROTOCOL_VERSION,
     };
+    use cassini_quic::test_util::{self, FrameReadError};
 
     use super::within;
 
@@ -322,17 +287,15 @@ pub mod raw {
         buf
     }
 
-    /// Reads one frame from `recv`, failing the test on a decode error or timeout.
+    /// Reads one frame from `recv` (the shared reader of `cassini_quic::test_util`), failing
+    /// the test on a decode error or timeout; `None` when the stream ends or fails. Keep one
+    /// `buf` per stream: it holds what arrived after the frame.
     pub async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<Frame> {
         let decoder = FrameDecoder::default();
-        loop {
-            if let Some(frame) = decoder.decode(buf).expect("valid frame") {
-                return Some(frame);
-            }
-            match within("frame", recv.read_chunk(64 * 1024, true)).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) | Err(_) => return None,
-            }
+        match within("frame", test_util::read_frame(recv, buf, &decoder)).await {
+            Ok(frame) => frame,
+            Err(FrameReadError::Decode(error)) => panic!("not a valid frame: {error}"),
+            Err(FrameReadError::Read(_) | FrameReadError::Truncated(_)) => None,
         }
     }
 

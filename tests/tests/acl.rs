@@ -178,19 +178,8 @@ trait UriIdentity {
 
 impl UriIdentity for cassini_client::ClientBuilder {
     fn identity_from_uri(self, broker: &TestBroker, uri: &str) -> Self {
-        let ca_key = rcgen::KeyPair::from_pem(broker.pki.ca.key_pem()).expect("CA key");
-        let issuer = rcgen::Issuer::from_ca_cert_der(broker.pki.ca.cert_der(), ca_key).expect("CA");
-        let mut params = rcgen::CertificateParams::default();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            rcgen::string::Ia5String::try_from(uri).expect("an IA5 URI"),
-        )];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &issuer).expect("signed");
-        self.identity(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        let (chain, key) = broker.pki.client_with_uri(uri);
+        self.identity(chain, key)
     }
 }
 

@@ -251,9 +251,7 @@ async fn flush_returns_once_the_broker_has_processed_every_earlier_publish() {
 #[tokio::test]
 async fn a_client_given_several_addresses_connects_to_the_first_that_answers() {
     let broker = TestBroker::start().await;
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-    let closed_addr = closed.local_addr().expect("addr");
-    drop(closed);
+    let closed_addr = cassini_e2e::closed_udp_addr();
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
     let silent_addr = silent.local_addr().expect("addr");
     let addresses = format!("{closed_addr},{silent_addr},{}", broker.addr);

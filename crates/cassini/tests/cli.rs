@@ -9,10 +9,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use harness::{
-    cassini, closed_udp_addr, log_field, run, spawn_until, terminate, wait_with_deadline, Broker,
-    Serve,
-};
+use harness::{cassini, log_field, run, spawn_until, terminate, wait_with_deadline, Broker, Serve};
 
 /// `cassini serve` on port 0 with the certificates in `certs`, once it listens; and its
 /// address.
@@ -117,7 +114,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
     assert!(init.status.success());
     let mut args = vec!["pub", "demo.x", "hi"];
-    let unreachable = closed_udp_addr().to_string();
+    let unreachable = cassini_e2e::closed_udp_addr().to_string();
     args.extend(connect_args(&unreachable, certs, "dev"));
     let mut command = cassini(&args);
     let output = run(&mut command);

@@ -15,6 +15,8 @@
 //!   its previous life's connections.
 //! - [`faults`]: a UDP socket that loses, delays, reorders, duplicates and black-holes
 //!   datagrams, seeded, for fault-injection tests and lossy-link benchmarks.
+//! - `test_util` (feature `test-util`, for tests only): a certificate authority made in memory
+//!   for a test, and a framed reader over a quinn receive stream, shared by every crate's tests.
 //! - `server` (feature `server`): the broker's accept loop and the adapter from quinn to
 //!   `cassini-broker`'s transport interface. Clients build without it.
 
@@ -26,4 +28,6 @@ pub mod reset_key;
 pub mod revocation;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod tls;

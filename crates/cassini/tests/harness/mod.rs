@@ -128,16 +128,6 @@ pub(crate) fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-/// An address where nothing listens, for tests of a client that cannot reach its broker: a
-/// port the system gave a UDP socket that is closed again. This is the one socket a test binds
-/// and drops, on purpose: a broker always binds port 0 instead. Should another process take the
-/// port meanwhile, it would still not complete a handshake with the test's certificates.
-pub(crate) fn closed_udp_addr() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a UDP port")
-}
-
 /// The value of `key` in a log line: `key=VALUE` in a pretty line (colour codes ignored),
 /// e.g. `addr` in `... addr=127.0.0.1:7700 ...`, or `"key":"VALUE"` in a JSON one.
 pub(crate) fn log_field(line: &str, key: &str) -> Option<String> {

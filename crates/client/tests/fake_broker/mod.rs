@@ -15,13 +15,15 @@ use bytes::BytesMut;
 use cassini_client::{Client, ClientBuilder};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    encode_frame, ErrorCode, Frame, FrameDecoder, Hello, Limits, SessionId, Subscribe, Subscribed,
+    encode_frame, ErrorCode, Frame, Hello, Limits, SessionId, Subscribe, Subscribed,
     SubscriptionId, SubscriptionStart, Welcome, PROTOCOL_VERSION,
 };
-use cassini_quic::certs::{
-    CertificateAuthority, IssuedCert, Validity, CLOCK_SKEW_ALLOWANCE, LEAF_VALIDITY,
-};
+use cassini_quic::certs::IssuedCert;
 use cassini_quic::endpoint::bind_server;
+use cassini_quic::test_util::FrameReader;
+/// Certificates for one test: a CA that the broker trusts for clients and that issued the
+/// broker's certificate (shared with the other crates' tests).
+pub(crate) use cassini_quic::test_util::Pki;
 use cassini_quic::tls::{server_config, server_crypto, QuicOptions};
 use quinn::VarInt;
 use tokio::time::timeout;
@@ -40,36 +42,6 @@ pub(crate) const LIMITS: Limits = Limits {
     max_header_bytes: 1024,
     max_datagram_bytes: 0,
 };
-
-/// Certificates for one test: a CA that the broker trusts for clients and that issued the
-/// broker's certificate.
-pub(crate) struct Pki {
-    pub(crate) ca: CertificateAuthority,
-    pub(crate) server: IssuedCert,
-}
-
-impl Pki {
-    pub(crate) fn new() -> Self {
-        let ca = CertificateAuthority::generate("fake broker CA").expect("CA");
-        let server = ca.issue_server(&[]).expect("server certificate");
-        Self { ca, server }
-    }
-
-    pub(crate) fn client(&self, name: &str) -> IssuedCert {
-        self.ca.issue_client(name).expect("client certificate")
-    }
-
-    pub(crate) fn expired_client(&self, name: &str) -> IssuedCert {
-        let now = Validity::starting_now(LEAF_VALIDITY).expect("validity");
-        let expired = Validity {
-            not_before: now.not_before - CLOCK_SKEW_ALLOWANCE * 48,
-            not_after: now.not_before - CLOCK_SKEW_ALLOWANCE * 24,
-        };
-        self.ca
-            .issue_client_with(name, expired)
-            .expect("expired client certificate")
-    }
-}
 
 /// A listening fake broker.
 pub(crate) struct FakeBroker {
@@ -272,44 +244,20 @@ pub(crate) async fn write(stream: &mut quinn::SendStream, frame: &Frame) {
     stream.write_all(&buf).await.expect("write frame");
 }
 
-/// Frames from one receive stream.
-pub(crate) struct Reader {
-    stream: quinn::RecvStream,
-    buf: BytesMut,
-    decoder: FrameDecoder,
-}
+/// Frames from one receive stream (the shared reader of `cassini_quic::test_util`).
+pub(crate) struct Reader(FrameReader);
 
 impl Reader {
     pub(crate) fn new(stream: quinn::RecvStream) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::new(),
-            decoder: FrameDecoder::default(),
-        }
+        Self(FrameReader::new(stream))
     }
 
-    /// The next frame, `None` at the end of the stream; fails the test on errors or after
-    /// [`STEP`].
+    /// The next frame, `None` at the end of the stream; fails the test on errors (a stream
+    /// that ends mid-frame among them) or after [`STEP`].
     pub(crate) async fn next(&mut self) -> Option<Frame> {
-        timeout(STEP, self.try_next())
+        timeout(STEP, self.0.next())
             .await
             .expect("a frame in time")
-            .expect("a readable stream")
-    }
-
-    /// The next frame, `None` at the end of the stream.
-    pub(crate) async fn try_next(&mut self) -> Result<Option<Frame>, quinn::ReadError> {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).expect("valid frame") {
-                return Ok(Some(frame));
-            }
-            match self.stream.read_chunk(64 * 1024, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None => {
-                    assert!(self.buf.is_empty(), "stream ended mid-frame");
-                    return Ok(None);
-                }
-            }
-        }
+            .expect("a readable stream of whole frames")
     }
 }
