@@ -1,12 +1,20 @@
 //! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
 //! certificate authority made inside the test.
 //!
+//! Layering: `relay` and `history` import nothing of this crate; `lib.rs` (the broker, `raw`,
+//! the waits) imports neither of them.
+//!
 //! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
 //!   (`cassini_quic::test_util`, shared with the other crates' tests).
 //! - [`TestBroker`]: the broker core plus a `QuicServer`, and helpers to connect clients (the real
 //!   `cassini-client`, or a raw quinn connection for clients that misbehave on purpose).
 //! - [`eventually`]: waits for a condition with a deadline; tests never sleep to wait.
+//! - [`raw`]: the protocol spoken by hand over a raw quinn connection (`Hello`, frames read with
+//!   the shared reader of `cassini_quic::test_util`, close codes).
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
+//! - [`history`]: a record of every publish and delivery of a fault run, checked against the
+//!   guarantees of `docs/SESSIONS.md`.
+//! - [`closed_udp_addr`]: an address where nothing listens.
 
 pub mod history;
 pub mod relay;

@@ -1,7 +1,7 @@
 //! Message headers: their type, their size, and the bound on how many a decoder keeps.
 //!
 //! Below both [`crate::frame`] (whose `Publish` and `Delivery` decode their headers with
-//! [`bounded_headers`]) and [`crate::codec`] (which re-exports the public items here, where they
+//! `bounded_headers`) and [`crate::codec`] (which re-exports the public items here, where they
 //! have always been found).
 
 /// Message headers: ordered string key/value pairs. Keys may repeat.
