@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cassini_protocol::{
     AckOptions, DeliveryClass, GoingAway, Headers, Limits, OversizeRule, PublishRejected,
-    SessionId, SubscribeOptions, TopicFilter,
+    SessionId, SubscribeOptions, TopicFilter, TopicName,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -415,7 +415,9 @@ impl Client {
 
     /// Publishes `payload` to `topic` in one QUIC datagram: fire and forget, never
     /// retransmitted, no acknowledgement, no error if the broker refuses it. Fails at once with
-    /// [`ClientError::PayloadTooLarge`] if the publish does not fit in one datagram, and with
+    /// [`ClientError::InvalidTopic`] if `topic` is not a valid topic name (the same check as
+    /// [`Client::publish`]), with [`ClientError::PayloadTooLarge`] if the publish does not fit
+    /// in one datagram, and with
     /// [`ClientError::Disconnected`] while reconnecting.
     pub async fn publish_datagram(
         &self,
@@ -427,8 +429,10 @@ impl Client {
             return Err(ClientError::Closed);
         }
         let link = core.attachment().link.clone();
+        let topic =
+            TopicName::parse(topic, &link.topic_limits()).map_err(ClientError::InvalidTopic)?;
         let publish = cassini_protocol::Frame::Publish(cassini_protocol::Publish {
-            topic: topic.to_owned(),
+            topic: topic.as_str().to_owned(),
             payload: payload.into(),
             ..cassini_protocol::Publish::default()
         });

@@ -455,6 +455,22 @@ async fn invalid_topics_filters_and_payloads_are_refused_before_sending() {
     ));
 }
 
+#[tokio::test]
+async fn a_datagram_to_an_invalid_topic_is_refused_before_sending() {
+    let broker = FakeBroker::start();
+    let (client, _session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    for topic in ["demo.*", "demo.>", "", &"a".repeat(65)] {
+        match client.publish_datagram(topic, "x").await {
+            Err(ClientError::InvalidTopic(_)) => {}
+            other => panic!("expected InvalidTopic for {topic:?}, got {other:?}"),
+        }
+    }
+}
+
 /// Plays the broker's publish side: reads every publish stream to its end, recording payloads
 /// per topic in the order they were read, then finishes the stream's send half (as the broker
 /// does once it has routed everything). On goodbye, waits for the publish streams and closes.
