@@ -630,7 +630,7 @@ impl Client {
     pub fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, ClientError> {
         let failed = |action: &'static str| {
             move |error| {
-                ClientError::Endpoint(cassini_quic::endpoint::EndpointError::Socket {
+                ClientError::from(cassini_quic::endpoint::EndpointError::Socket {
                     action,
                     addr,
                     error,

@@ -4,6 +4,8 @@
 //! (TLS alerts, application close codes, timeouts) into these variants happens in one place,
 //! [`crate::disconnect`]; this module only defines the variants and their messages.
 
+use std::sync::Arc;
+
 use cassini_protocol::{EncodeError, ErrorCode, TopicError};
 use cassini_quic::endpoint::EndpointError;
 use cassini_quic::tls::TlsError;
@@ -11,7 +13,10 @@ use cassini_quic::tls::TlsError;
 use crate::payload::PayloadError;
 
 /// Why a client operation failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that the error that ended the client reaches every caller that waits: errors of
+/// other crates are held in an [`Arc`].
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The builder was given settings that cannot work (a missing certificate, a zero buffer).
@@ -22,10 +27,10 @@ pub enum ClientError {
     },
     /// A certificate or key could not be loaded, or the TLS configuration could not be built.
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Tls(Arc<TlsError>),
     /// The local UDP socket or QUIC endpoint could not be set up.
     #[error(transparent)]
-    Endpoint(#[from] EndpointError),
+    Endpoint(Arc<EndpointError>),
     /// The broker's address could not be resolved.
     #[error("cannot resolve broker address {addr}: {reason}")]
     Resolve {
@@ -148,11 +153,11 @@ pub enum ClientError {
     /// A frame could not be encoded, e.g. headers push it over the broker's maximum frame size;
     /// nothing was sent.
     #[error(transparent)]
-    Encode(#[from] EncodeError),
+    Encode(Arc<EncodeError>),
     /// A value could not be encoded as a typed payload (`publish_json`, `publish_msgpack`);
     /// nothing was sent.
     #[error(transparent)]
-    Payload(#[from] PayloadError),
+    Payload(Arc<PayloadError>),
     /// A request reached no subscription: the broker answered `NoResponders` at once.
     #[error("no responders on {topic}")]
     NoResponders {
@@ -200,67 +205,26 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
-    /// An owned copy, for an error that several callers must each receive (the error that ended
-    /// the client). Variants that hold errors of other crates become
-    /// [`ClientError::ConnectionLost`] with the same message.
-    pub(crate) fn duplicate(&self) -> ClientError {
-        match self {
-            ClientError::Config { reason } => ClientError::Config {
-                reason: reason.clone(),
-            },
-            ClientError::Resolve { addr, reason } => ClientError::Resolve {
-                addr: addr.clone(),
-                reason: reason.clone(),
-            },
-            ClientError::Connect { reason } => ClientError::Connect {
-                reason: reason.clone(),
-            },
-            ClientError::Certificate { reason } => ClientError::Certificate {
-                reason: reason.clone(),
-            },
-            ClientError::BrokerCertificate { reason } => ClientError::BrokerCertificate {
-                reason: reason.clone(),
-            },
-            ClientError::Refused { code, reason } => ClientError::Refused {
-                code: *code,
-                reason: reason.clone(),
-            },
-            ClientError::Request { code, reason } => ClientError::Request {
-                code: *code,
-                reason: reason.clone(),
-            },
-            ClientError::PublishRejected {
-                topic,
-                message_id,
-                code,
-                reason,
-            } => ClientError::PublishRejected {
-                topic: topic.clone(),
-                message_id: *message_id,
-                code: *code,
-                reason: reason.clone(),
-            },
-            ClientError::MessageIdInFlight { message_id } => ClientError::MessageIdInFlight {
-                message_id: *message_id,
-            },
-            ClientError::ConnectionLost { reason } => ClientError::ConnectionLost {
-                reason: reason.clone(),
-            },
-            ClientError::Protocol { reason } => ClientError::Protocol {
-                reason: reason.clone(),
-            },
-            ClientError::Timeout(what) => ClientError::Timeout(what),
-            ClientError::Closed => ClientError::Closed,
-            ClientError::Disconnected { reason } => ClientError::Disconnected {
-                reason: reason.clone(),
-            },
-            ClientError::OutboundBufferFull { capacity } => ClientError::OutboundBufferFull {
-                capacity: *capacity,
-            },
-            other => ClientError::ConnectionLost {
-                reason: other.to_string(),
-            },
-        }
+impl From<TlsError> for ClientError {
+    fn from(error: TlsError) -> Self {
+        ClientError::Tls(Arc::new(error))
+    }
+}
+
+impl From<EndpointError> for ClientError {
+    fn from(error: EndpointError) -> Self {
+        ClientError::Endpoint(Arc::new(error))
+    }
+}
+
+impl From<EncodeError> for ClientError {
+    fn from(error: EncodeError) -> Self {
+        ClientError::Encode(Arc::new(error))
+    }
+}
+
+impl From<PayloadError> for ClientError {
+    fn from(error: PayloadError) -> Self {
+        ClientError::Payload(Arc::new(error))
     }
 }

@@ -201,7 +201,7 @@ impl SessionCore {
             Status::Reconnecting { reason } => Err(ClientError::Disconnected {
                 reason: reconnecting(reason),
             }),
-            Status::Ended { error } => Err(error.duplicate()),
+            Status::Ended { error } => Err(error.clone()),
         }
     }
 
@@ -209,7 +209,7 @@ impl SessionCore {
     pub(crate) fn error(&self) -> ClientError {
         let current = lock(&self.current);
         match &current.status {
-            Status::Ended { error } => error.duplicate(),
+            Status::Ended { error } => error.clone(),
             _ if self.is_closing() => ClientError::Closed,
             Status::Reconnecting { reason } => ClientError::Disconnected {
                 reason: reconnecting(reason),
@@ -227,7 +227,7 @@ impl SessionCore {
                 reason: reason.clone(),
                 buffered: current.outbound.stats().buffered,
             },
-            Status::Ended { error } => AtClose::Ended(error.duplicate()),
+            Status::Ended { error } => AtClose::Ended(error.clone()),
         }
     }
 
@@ -334,7 +334,7 @@ impl SessionCore {
         }
         let mut current = lock(&self.current);
         let reason = match &current.status {
-            Status::Ended { error } => return Err(error.duplicate()),
+            Status::Ended { error } => return Err(error.clone()),
             Status::Attached if !current.attachment.is_dead() => {
                 return Ok(Some((Arc::clone(&current.attachment), outgoing)));
             }
@@ -461,11 +461,11 @@ impl SessionCore {
                 return;
             }
             let subscriptions_end = SubscriptionEnd::after(&error, &reason);
-            let failure = error.duplicate();
+            let failure = error.clone();
             current.status = Status::Ended { error };
             (current.outbound.discard_all(), subscriptions_end, failure)
         };
-        self.context.acks.fail_all(|| failure.duplicate());
+        self.context.acks.fail_all(|| failure.clone());
         if discarded > 0 {
             tracing::warn!(
                 discarded,
