@@ -1,11 +1,12 @@
 //! The [`Client`]: one session with a Cassini broker, over one connection at a time, and
 //! everything done over it.
 //!
-//! `Client` is a cheap handle (clone it freely) over the [`SessionCore`], which holds the
-//! current connection's parts (the control stream tasks in [`crate::control`], the publish lanes
-//! in [`crate::publish`], the subscription streams in [`crate::subscription_stream`]) and what
-//! outlives a connection. The first connection is made by the builder; the task in
-//! [`crate::supervisor`] makes the next ones. The goodbye in [`Client::close`] is in `close`.
+//! `Client` is a cheap handle (clone it freely) over the [`SessionCore`], which holds the current
+//! connection's parts (the control stream tasks in [`crate::connect::control::handle`], the publish
+//! lanes in [`crate::publish::publisher`], the subscription streams in
+//! [`crate::subscribe::incoming`]) and what outlives a connection. The first connection is made by
+//! the builder; the task in [`crate::connect::supervisor`] makes the next ones. The goodbye in
+//! [`Client::close`] is in `close`.
 
 mod close;
 
@@ -16,30 +17,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cassini_protocol::{
     AckOptions, DeliveryClass, GoingAway, Headers, Limits, OversizeRule, PublishRejected,
-    SessionId, SubscribeOptions, TopicFilter, TopicName,
+    SessionId, SubscribeOptions, TopicName,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::acks::{PendingAcks, PublishReceipt};
-use crate::attachment::AttachmentContext;
-use crate::builder::{BrokerAddress, ClientBuilder};
-use crate::connection_state::{ConnectionState, DisconnectReason};
-use crate::connector::Connector;
+use crate::connect::attachment::AttachmentContext;
+use crate::connect::connection_state::{ConnectionState, DisconnectReason};
+use crate::connect::connector::{Connector, Established};
+use crate::connect::reconnect_policy::ReconnectPolicy;
+use crate::connect::session::SessionCore;
+use crate::connect::supervisor::supervise;
 use crate::error::ClientError;
-use crate::handshake::Established;
-use crate::inbox::Inbox;
 use crate::message::Message;
-use crate::outbound::{OutboundBuffer, OutboundStats};
 use crate::payload::{self, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
-use crate::publish::PublisherSettings;
-use crate::publish_options::PublishOptions;
-use crate::reconnect_policy::ReconnectPolicy;
-use crate::replies::PendingReplies;
-use crate::responder::Responder;
-use crate::session::SessionCore;
-use crate::subscription::{Subscription, SubscriptionSink, SubscriptionState};
-use crate::supervisor::supervise;
+use crate::publish::options::PublishOptions;
+use crate::publish::outbound::{OutboundBuffer, OutboundStats};
+use crate::publish::publisher::PublisherSettings;
+use crate::publish::receipt::{PendingAcks, PublishReceipt};
+use crate::request::inbox::Inbox;
+use crate::request::replies::PendingReplies;
+use crate::subscribe::subscription::Subscription;
 use crate::sync::lock;
 
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
@@ -141,12 +139,6 @@ impl Drop for Inner {
 }
 
 impl Client {
-    /// Starts configuring a client for the broker at `address` (`"host:port"`, `"ip:port"` or a
-    /// [`SocketAddr`]).
-    pub fn builder(address: impl Into<BrokerAddress>) -> ClientBuilder {
-        ClientBuilder::new(address.into())
-    }
-
     /// Starts serving an established session, and the task that reconnects it.
     pub(crate) fn start(
         connector: Connector,
@@ -174,7 +166,12 @@ impl Client {
         );
         let endpoint = connector.endpoint.clone();
         tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
-        let inbox = Inbox::new(Arc::clone(&core), replies);
+        let inbox = Inbox::new(
+            Arc::clone(&core),
+            replies,
+            identity.clone(),
+            settings.subscription_buffer,
+        );
         Self {
             inner: Arc::new(Inner {
                 endpoint,
@@ -190,13 +187,13 @@ impl Client {
     /// Publishes `payload` to `topic`.
     ///
     /// The topic and payload size are checked against the broker's limits first
-    /// ([`ClientError::InvalidTopic`], [`ClientError::PayloadTooLarge`]). Returns once the
-    /// message is queued on the topic's publish stream; it waits while that queue is full.
-    /// While the client is reconnecting, the message goes to the outbound buffer instead
-    /// ([`OutboundBuffer`]; a full buffer is [`ClientError::OutboundBufferFull`]). Messages to
-    /// one topic reach the broker in the order they were published, across reconnects too;
-    /// messages still queued on a connection when it drops are lost (delivery is at most
-    /// once; [`Client::publish_acked`] delivers at least once). A publish the broker refuses anyway is reported through
+    /// ([`ClientError::InvalidTopic`], [`ClientError::PayloadTooLarge`]). Returns once the message
+    /// is queued on the topic's publish stream; it waits while that queue is full. While the client
+    /// is reconnecting, the message goes to the outbound buffer instead ([`OutboundBuffer`]; a full
+    /// buffer is [`ClientError::OutboundBufferFull`]). Messages to one topic reach the broker in
+    /// the order they were published, across reconnects too; messages still queued on a connection
+    /// when it drops are lost (delivery is at most once; [`Client::publish_acked`] delivers at
+    /// least once). A publish the broker refuses anyway is reported through
     /// [`Client::publish_errors`] and the log.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         self.publish_with(topic, payload, PublishOptions::default())
@@ -251,12 +248,12 @@ impl Client {
     ///
     /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
     /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
-    /// answer came within [`ClientBuilder::ack_timeout`] (60 s by default): **after a timeout
-    /// the message may or may not have been delivered**, and it is no longer sent again. At
-    /// most [`ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once (1024
-    /// by default); more wait for a free slot, and that wait counts towards the timeout.
-    /// Otherwise it fails as [`Client::publish`] does, and with the client's error when the
-    /// client ends. Cancelling the call (dropping the future) stops the re-sending too.
+    /// answer came within [`crate::ClientBuilder::ack_timeout`] (60 s by default): **after a
+    /// timeout the message may or may not have been delivered**, and it is no longer sent again. At
+    /// most [`crate::ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once
+    /// (1024 by default); more wait for a free slot, and that wait counts towards the timeout.
+    /// Otherwise it fails as [`Client::publish`] does, and with the client's error when the client
+    /// ends. Cancelling the call (dropping the future) stops the re-sending too.
     pub async fn publish_acked(
         &self,
         topic: &str,
@@ -283,7 +280,7 @@ impl Client {
     }
 
     /// [`Client::publish_acked_with`], waiting up to `timeout` instead of the builder's
-    /// [`ClientBuilder::ack_timeout`].
+    /// [`crate::ClientBuilder::ack_timeout`].
     pub async fn publish_acked_with_timeout(
         &self,
         topic: &str,
@@ -436,7 +433,7 @@ impl Client {
             payload: payload.into(),
             ..cassini_protocol::Publish::default()
         });
-        let datagram = crate::framed::encode(&publish, link.max_frame_bytes())?;
+        let datagram = crate::connect::framed::encode(&publish, link.max_frame_bytes())?;
         let max = link.connection().max_datagram_size().unwrap_or(0);
         if datagram.len() > max {
             return Err(ClientError::PayloadTooLarge {
@@ -467,38 +464,8 @@ impl Client {
         filter: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, ClientError> {
-        let core = &self.inner.core;
-        if core.is_closing() {
-            return Err(ClientError::Closed);
-        }
-        let limits = core.attachment().link.topic_limits();
-        let filter = TopicFilter::parse(filter, &limits).map_err(ClientError::InvalidFilter)?;
-        let control = core.control()?;
-        let (sender, messages) = mpsc::channel(self.inner.settings.subscription_buffer);
-        let state = Arc::new(SubscriptionState::default());
-        let sink = SubscriptionSink::new(
-            filter.as_str().to_owned(),
-            options.clone(),
-            sender,
-            Arc::clone(&state),
-        );
-        let taken_up = match core.registry().adopt(filter.as_str(), &options) {
-            Some(id) => {
-                tracing::debug!(%filter, subscription = id, "took up the session's subscription");
-                core.registry().register(id, sink);
-                true
-            }
-            None => {
-                control.subscribe(sink).await?;
-                false
-            }
-        };
-        let subscription = Subscription::new(filter, options, messages, state, Arc::clone(core));
-        Ok(if taken_up {
-            subscription.taken_up()
-        } else {
-            subscription
-        })
+        let buffer = self.inner.settings.subscription_buffer;
+        Subscription::open(&self.inner.core, buffer, filter, options).await
     }
 
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
@@ -539,7 +506,7 @@ impl Client {
         let inner = &self.inner;
         let payload = payload.into();
         let exchange = async {
-            let mut pending = inner.inbox.register(self, topic).await?;
+            let mut pending = inner.inbox.register(topic).await?;
             let options = PublishOptions {
                 reply_to: Some(pending.reply_to().to_owned()),
                 ..options
@@ -560,22 +527,6 @@ impl Client {
         tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or(Err(ClientError::Timeout(REPLY_TIMEOUT)))
-    }
-
-    /// Serves requests published to `filter`: every subscriber gets every request, so with
-    /// several responders the requester takes the first reply. See [`Client::serve_queue`] to
-    /// share the load instead.
-    pub async fn serve(&self, filter: &str) -> Result<Responder, ClientError> {
-        let subscription = self.subscribe(filter).await?;
-        Ok(Responder::new(subscription, self.clone()))
-    }
-
-    /// Serves requests published to `filter` as a member of the queue group `group`: each
-    /// request goes to one of the responders sharing the filter and group name. See
-    /// [`Client::subscribe_queue`].
-    pub async fn serve_queue(&self, filter: &str, group: &str) -> Result<Responder, ClientError> {
-        let subscription = self.subscribe_queue(filter, group).await?;
-        Ok(Responder::new(subscription, self.clone()))
     }
 
     /// A barrier: returns once the broker has read and processed every publish this client
@@ -615,8 +566,8 @@ impl Client {
     }
 
     /// The resumed session's subscriptions this client has not taken up yet (a new process
-    /// that resumed its session with [`ClientBuilder::resume_session`] or
-    /// [`ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
+    /// that resumed its session with [`crate::ClientBuilder::resume_session`] or
+    /// [`crate::ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
     /// filter and options takes one up ([`Client::subscribe_with`]); until then the broker
     /// keeps its messages under its overflow policy. Empty on a new session.
     pub fn unclaimed_subscriptions(&self) -> Vec<crate::SessionSubscription> {

@@ -2,7 +2,7 @@
 //!
 //! Every fallible client operation returns [`ClientError`]. Turning quinn's connection errors
 //! (TLS alerts, application close codes, timeouts) into these variants happens in one place,
-//! [`crate::disconnect`]; this module only defines the variants and their messages.
+//! [`crate::connect::disconnect`]; this module only defines the variants and their messages.
 
 use std::sync::Arc;
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 use super::Client;
-use crate::attachment::Attachment;
-use crate::connection_state::DisconnectReason;
-use crate::disconnect::{connection_error, Phase};
+use crate::connect::attachment::Attachment;
+use crate::connect::connection_state::DisconnectReason;
+use crate::connect::disconnect::{connection_error, Phase};
+use crate::connect::session::AtClose;
 use crate::error::ClientError;
-use crate::session::AtClose;
 
 /// After the connection is closed, how long to wait for the endpoint to tell the broker.
 const WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
