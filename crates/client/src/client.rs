@@ -28,7 +28,7 @@ use crate::connect::connector::{Connector, Established};
 use crate::connect::reconnect_policy::ReconnectPolicy;
 use crate::connect::session::SessionCore;
 use crate::connect::supervisor::supervise;
-use crate::error::ClientError;
+use crate::error::{ClientError, ConnectionError, PublishError, RequestError, SubscribeError};
 use crate::message::Message;
 use crate::payload::{self, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
 use crate::publish::options::PublishOptions;
@@ -42,12 +42,6 @@ use crate::sync::lock;
 
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
 const PUBLISH_ERRORS_CAPACITY: usize = 256;
-
-/// What [`ClientError::Timeout`] says when an acknowledged publish got no answer in time.
-const ACK_TIMEOUT: &str = "publish acknowledgement";
-
-/// What [`ClientError::Timeout`] says when a request got no reply in time.
-const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// Settings the client keeps after connecting.
 #[derive(Debug, Clone)]
@@ -85,16 +79,23 @@ pub(crate) struct ClientSettings {
 ///
 /// - [`Client::publish`] (and every other publish) puts the message in a bounded outbound
 ///   buffer ([`OutboundBuffer`]) and returns; the buffer is sent first, in order, after the
-///   reconnect. When the buffer is full it fails with [`ClientError::OutboundBufferFull`];
-///   with the buffer disabled, with [`ClientError::Disconnected`].
+///   reconnect. When the buffer is full it fails with [`PublishError::OutboundBufferFull`];
+///   with the buffer disabled, with [`ConnectionError::Disconnected`].
 /// - [`Client::subscribe`], [`Subscription::unsubscribe`] and [`Client::ping`] fail at once
-///   with [`ClientError::Disconnected`]: they do not wait for the reconnect. Try again when
-///   the state is [`ConnectionState::Connected`].
+///   with a `Disconnected` error ([`ConnectionError::Disconnected`] inside a
+///   [`SubscribeError`], [`ClientError::Disconnected`] for the other two): they do not wait for
+///   the reconnect. Try again when the state is [`ConnectionState::Connected`].
 /// - [`Client::request`] waits for its reply up to its timeout (the request is buffered like
 ///   any publish) if the client has made a request before; a first request fails with
-///   [`ClientError::Disconnected`], since it must subscribe to its reply inbox.
+///   [`ConnectionError::Disconnected`] (in [`RequestError::Inbox`]), since it must subscribe
+///   to its reply inbox.
 /// - Requests in flight when the connection dropped fail with
-///   [`ClientError::ConnectionLost`]; they may or may not have reached the broker.
+///   [`ConnectionError::ConnectionLost`]; they may or may not have reached the broker.
+///
+/// Each operation's error holds a [`ConnectionError`] when the connection is at fault
+/// ([`PublishError::Connection`], [`SubscribeError::Connection`],
+/// [`RequestError::Connection`]); `?` turns any of them into the [`ClientError`] of the same
+/// name.
 ///
 /// The client does not reconnect after [`Client::close`], when another connection with the same
 /// certificate identity took the session over (`SESSION_TAKEN_OVER`), when the broker or TLS
@@ -133,7 +134,8 @@ impl Drop for Inner {
             self.core.stop_token().cancel();
             self.endpoint
                 .close(0u32.into(), b"client dropped without close()");
-            self.core.end(ClientError::Closed, DisconnectReason::Closed);
+            self.core
+                .end(ConnectionError::Closed, DisconnectReason::Closed);
         }
     }
 }
@@ -187,15 +189,19 @@ impl Client {
     /// Publishes `payload` to `topic`.
     ///
     /// The topic and payload size are checked against the broker's limits first
-    /// ([`ClientError::InvalidTopic`], [`ClientError::PayloadTooLarge`]). Returns once the message
+    /// ([`PublishError::InvalidTopic`], [`PublishError::PayloadTooLarge`]). Returns once the message
     /// is queued on the topic's publish stream; it waits while that queue is full. While the client
     /// is reconnecting, the message goes to the outbound buffer instead ([`OutboundBuffer`]; a full
-    /// buffer is [`ClientError::OutboundBufferFull`]). Messages to one topic reach the broker in
+    /// buffer is [`PublishError::OutboundBufferFull`]). Messages to one topic reach the broker in
     /// the order they were published, across reconnects too; messages still queued on a connection
     /// when it drops are lost (delivery is at most once; [`Client::publish_acked`] delivers at
     /// least once). A publish the broker refuses anyway is reported through
     /// [`Client::publish_errors`] and the log.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::default())
             .await
     }
@@ -206,14 +212,14 @@ impl Client {
         topic: &str,
         headers: Headers,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::new().headers(headers))
             .await
     }
 
     /// Publishes `payload` to `topic` with `options`: headers, a message id, retention, a reply
     /// topic. See [`Client::publish`]; an invalid `reply_to` is
-    /// [`ClientError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
+    /// [`PublishError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
     /// options. With [`PublishOptions::ack`] this is [`Client::publish_acked_with`] without
     /// the receipt: it returns once the broker acknowledged the message.
     pub async fn publish_with(
@@ -221,7 +227,7 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         if options.ack {
             return self
                 .publish_acked_with(topic, payload, options)
@@ -246,8 +252,8 @@ impl Client {
     /// for its dedupe window, 120 s by default). Publishing while reconnecting goes through the
     /// outbound buffer like [`Client::publish`].
     ///
-    /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
-    /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
+    /// Fails with [`PublishError::Rejected`] (carrying the broker's code) when the broker
+    /// refuses the message, and with [`PublishError::AckTimeout`] when no
     /// answer came within [`crate::ClientBuilder::ack_timeout`] (60 s by default): **after a
     /// timeout the message may or may not have been delivered**, and it is no longer sent again. At
     /// most [`crate::ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once
@@ -258,7 +264,7 @@ impl Client {
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         self.publish_acked_with(topic, payload, PublishOptions::new())
             .await
     }
@@ -267,13 +273,13 @@ impl Client {
     /// [`PublishOptions::ack`] is implied. A message id given in `options` is used as is: reuse
     /// one only to send the same message again, since the broker drops a repeated id within its
     /// dedupe window. An id another acknowledged publish of this client still waits with is
-    /// [`ClientError::MessageIdInFlight`].
+    /// [`PublishError::MessageIdInFlight`].
     pub async fn publish_acked_with(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         let timeout = self.inner.settings.ack_timeout;
         self.publish_acked_with_timeout(topic, payload, options, timeout)
             .await
@@ -287,14 +293,14 @@ impl Client {
         payload: impl Into<Bytes>,
         options: PublishOptions,
         timeout: Duration,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         let publish = self
             .inner
             .core
             .publish_acked(topic, payload.into(), options, None);
         tokio::time::timeout(timeout, publish)
             .await
-            .unwrap_or(Err(ClientError::Timeout(ACK_TIMEOUT)))
+            .unwrap_or(Err(PublishError::AckTimeout))
     }
 
     /// Publishes `payload` to `topic` and makes it the topic's retained value, which the broker
@@ -304,7 +310,7 @@ impl Client {
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::new().retain(true))
             .await
     }
@@ -318,7 +324,7 @@ impl Client {
         session: SessionId,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.inner
             .core
             .publish(
@@ -332,13 +338,13 @@ impl Client {
 
     /// Publishes `value` as JSON to `topic`, with the header `content-type: application/json`
     /// ([`crate::JSON_CONTENT_TYPE`]). A value serde_json cannot write is
-    /// [`ClientError::Payload`]; otherwise see [`Client::publish`]. Read it back with
+    /// [`PublishError::Payload`]; otherwise see [`Client::publish`]. Read it back with
     /// [`Message::decode_json`].
     pub async fn publish_json<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         value: &T,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let payload = payload::encode_json(value)?;
         let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
         self.publish_with(topic, payload, options).await
@@ -346,20 +352,20 @@ impl Client {
 
     /// Publishes `value` as MessagePack to `topic` (structs as maps with field names), with the
     /// header `content-type: application/msgpack` ([`crate::MSGPACK_CONTENT_TYPE`]). A value
-    /// that cannot be written is [`ClientError::Payload`]; otherwise see [`Client::publish`].
+    /// that cannot be written is [`PublishError::Payload`]; otherwise see [`Client::publish`].
     /// Read it back with [`Message::decode_msgpack`].
     pub async fn publish_msgpack<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         value: &T,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let payload = payload::encode_msgpack(value)?;
         let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
         self.publish_with(topic, payload, options).await
     }
 
     /// Subscribes to `filter` (wildcards `*` and `>` allowed) with the broker's default options.
-    pub async fn subscribe(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe(&self, filter: &str) -> Result<Subscription, SubscribeError> {
         self.subscribe_with(filter, SubscribeOptions::default())
             .await
     }
@@ -368,12 +374,12 @@ impl Client {
     /// filter goes to one member of the group (the subscriptions with the same filter and group
     /// name, across all clients), round-robin, instead of to every member. Retained values are
     /// not replayed to queue-group members. The broker refuses a group name it does not accept
-    /// ([`ClientError::Request`]).
+    /// ([`SubscribeError::Refused`]).
     pub async fn subscribe_queue(
         &self,
         filter: &str,
         group: &str,
-    ) -> Result<Subscription, ClientError> {
+    ) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             queue_group: Some(group.to_owned()),
             ..SubscribeOptions::default()
@@ -386,7 +392,10 @@ impl Client {
     /// it again after a lost connection or the ack timeout. A message is acknowledged when the
     /// application asks the [`Subscription`] for the next one; redeliveries of a message the
     /// subscription already yielded are not yielded again. See `docs/SESSIONS.md`.
-    pub async fn subscribe_at_least_once(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe_at_least_once(
+        &self,
+        filter: &str,
+    ) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             acks: Some(AckOptions::default()),
             ..SubscribeOptions::default()
@@ -400,7 +409,7 @@ impl Client {
     /// use [`Client::subscribe_with`] and [`cassini_protocol::OversizeRule::Stream`] to have it
     /// sent on the subscription's stream instead. A broker or connection without datagrams
     /// refuses it with `DATAGRAMS_UNSUPPORTED`.
-    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             delivery: DeliveryClass::Datagram {
                 oversize: OversizeRule::Drop,
@@ -412,22 +421,22 @@ impl Client {
 
     /// Publishes `payload` to `topic` in one QUIC datagram: fire and forget, never
     /// retransmitted, no acknowledgement, no error if the broker refuses it. Fails at once with
-    /// [`ClientError::InvalidTopic`] if `topic` is not a valid topic name (the same check as
-    /// [`Client::publish`]), with [`ClientError::PayloadTooLarge`] if the publish does not fit
+    /// [`PublishError::InvalidTopic`] if `topic` is not a valid topic name (the same check as
+    /// [`Client::publish`]), with [`PublishError::PayloadTooLarge`] if the publish does not fit
     /// in one datagram, and with
-    /// [`ClientError::Disconnected`] while reconnecting.
+    /// [`ConnectionError::Disconnected`] while reconnecting.
     pub async fn publish_datagram(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let core = &self.inner.core;
         if core.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let link = core.attachment().link.clone();
         let topic =
-            TopicName::parse(topic, &link.topic_limits()).map_err(ClientError::InvalidTopic)?;
+            TopicName::parse(topic, &link.topic_limits()).map_err(PublishError::InvalidTopic)?;
         let publish = cassini_protocol::Frame::Publish(cassini_protocol::Publish {
             topic: topic.as_str().to_owned(),
             payload: payload.into(),
@@ -436,24 +445,27 @@ impl Client {
         let datagram = crate::connect::framed::encode(&publish, link.max_frame_bytes())?;
         let max = link.connection().max_datagram_size().unwrap_or(0);
         if datagram.len() > max {
-            return Err(ClientError::PayloadTooLarge {
+            return Err(PublishError::PayloadTooLarge {
                 size: datagram.len(),
                 max: u32::try_from(max).unwrap_or(u32::MAX),
             });
         }
         link.connection()
             .send_datagram(datagram.freeze())
-            .map_err(|error| ClientError::Disconnected {
-                reason: error.to_string(),
+            .map_err(|error| {
+                ConnectionError::Disconnected {
+                    reason: error.to_string(),
+                }
+                .into()
             })
     }
 
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
     /// queue group, at-least-once delivery).
     ///
-    /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
-    /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it
-    /// fails with [`ClientError::Disconnected`].
+    /// The filter is checked against the broker's limits first ([`SubscribeError::InvalidFilter`]);
+    /// a refusal by the broker is [`SubscribeError::Refused`]. While the client is reconnecting it
+    /// fails with [`ConnectionError::Disconnected`].
     ///
     /// In a resumed session that holds a subscription this client does not know yet (see
     /// [`Client::unclaimed_subscriptions`]) with the same filter and options, this takes that
@@ -463,7 +475,7 @@ impl Client {
         &self,
         filter: &str,
         options: SubscribeOptions,
-    ) -> Result<Subscription, ClientError> {
+    ) -> Result<Subscription, SubscribeError> {
         let buffer = self.inner.settings.subscription_buffer;
         Subscription::open(&self.inner.core, buffer, filter, options).await
     }
@@ -475,10 +487,10 @@ impl Client {
     /// `_INBOX.<identity token>.<16 random hex digits>.>` (see `docs/PROTOCOL.md`)
     /// (one subscription per client, counted against the broker's `max_subscriptions`; made
     /// again under a new random name if the broker ends it); each request asks for its reply on
-    /// its own topic under it. Fails with [`ClientError::NoResponders`] as soon as the broker
-    /// says no subscription matched `topic`, with `ClientError::Timeout("waiting for a reply")`
+    /// its own topic under it. Fails with [`RequestError::NoResponders`] as soon as the broker
+    /// says no subscription matched `topic`, with [`RequestError::Timeout`]
     /// if no reply came in time (the timeout covers subscribing and publishing too), with
-    /// [`ClientError::InboxEnded`] if the inbox subscription ended while the request waited,
+    /// [`RequestError::InboxEnded`] if the inbox subscription ended while the request waited,
     /// and otherwise as [`Client::publish`] does. A reply that arrives after the timeout, or
     /// after the first reply, is dropped. While the client is reconnecting, see the
     /// [`Client`] documentation.
@@ -487,7 +499,7 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<Message, ClientError> {
+    ) -> Result<Message, RequestError> {
         self.request_with(topic, payload, PublishOptions::default(), timeout)
             .await
     }
@@ -502,7 +514,7 @@ impl Client {
         payload: impl Into<Bytes>,
         options: PublishOptions,
         timeout: Duration,
-    ) -> Result<Message, ClientError> {
+    ) -> Result<Message, RequestError> {
         let inner = &self.inner;
         let payload = payload.into();
         let exchange = async {
@@ -522,11 +534,11 @@ impl Client {
             pending
                 .outcome()
                 .await
-                .unwrap_or_else(|| Err(inner.core.error()))
+                .unwrap_or_else(|| Err(inner.core.error().into()))
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or(Err(ClientError::Timeout(REPLY_TIMEOUT)))
+            .unwrap_or(Err(RequestError::Timeout))
     }
 
     /// A barrier: returns once the broker has read and processed every publish this client

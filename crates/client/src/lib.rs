@@ -33,7 +33,7 @@
 //! # Beyond publish and subscribe
 //!
 //! - **Request/reply**: [`Client::request`] publishes with a reply topic and waits for the
-//!   first reply, failing at once with [`ClientError::NoResponders`] when nobody subscribes to
+//!   first reply, failing at once with [`RequestError::NoResponders`] when nobody subscribes to
 //!   the topic. [`Client::serve`] yields [`Request`]s that [`Request::respond`] answers; a plain
 //!   subscriber can answer too, by publishing to [`Message::reply_to`].
 //! - **Queue groups**: [`Client::subscribe_queue`] and [`Client::serve_queue`]: each message
@@ -67,11 +67,21 @@
 //! # }
 //! ```
 //!
+//! # Errors
+//!
+//! Each operation fails with the error of what it does: [`ClientBuilder::connect`] with a
+//! [`ConnectionError`], the publishes with a [`PublishError`], the subscribes and
+//! [`Client::serve`] with a [`SubscribeError`], [`Client::request`] with a [`RequestError`];
+//! each holds a [`ConnectionError`] when the connection is at fault. The other operations
+//! return [`ClientError`], and every error converts into it with `?`, variant for variant
+//! ([`RequestError::NoResponders`] becomes [`ClientError::NoResponders`],
+//! [`SubscribeError::Refused`] becomes [`ClientError::Request`], ...). All of them are `Clone`.
+//!
 //! # How it talks to the broker
 //!
 //! One QUIC connection per [`Client`]. The client opens a control stream and exchanges
 //! `Hello`/`Welcome` on it (a certificate the broker refuses shows up here, as
-//! [`ClientError::Certificate`]); subscribe, unsubscribe and ping requests follow on the same
+//! [`ConnectionError::Certificate`]); subscribe, unsubscribe and ping requests follow on the same
 //! stream. Each topic is published on its own client-opened stream (a *lane*), so per-topic
 //! order holds and topics do not delay each other. The broker opens one stream per
 //! subscription. Every queue is bounded: a slow subscriber stops reading its stream and QUIC
@@ -85,7 +95,8 @@
 //! ([`ReconnectPolicy`], on by default) and resumes its session, and every [`Subscription`]
 //! continues with the messages the broker kept for it, in order and never twice. Publishes made
 //! meanwhile wait in a bounded [`OutboundBuffer`] and are sent first after the reconnect;
-//! subscribe, unsubscribe and ping fail at once with [`ClientError::Disconnected`]. Watch it
+//! subscribe, unsubscribe and ping fail at once with a `Disconnected` error
+//! ([`ConnectionError::Disconnected`]). Watch it
 //! happen with [`Client::state_changes`] ([`ConnectionState`]); hear what a subscription
 //! missed as it happens with [`Subscription::next_event`] ([`SubscriptionEvent::Gap`]), or count
 //! it with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
@@ -126,7 +137,7 @@
 //!   - `connector`: one connection attempt under the connect timeout, and the handshake: the
 //!     QUIC connection, the control stream, `Hello` (resuming a session) and `Welcome`.
 //!   - `link`: what every part shares about one connection, and which error a failure
-//!     reports; `disconnect`: quinn's close reasons and TLS alerts as [`ClientError`]s;
+//!     reports; `disconnect`: quinn's close reasons and TLS alerts as [`ConnectionError`]s;
 //!     `framed`: whole frames over quinn streams.
 //!   - `control/`: the control stream: `handle` (the requests and the handle that makes them),
 //!     `pending` (requests waiting for their answer), the `writer` and `reader` tasks.
@@ -161,7 +172,9 @@
 //!     defined here).
 //! - `message`: a delivered [`Message`]; `payload`: JSON and MessagePack payloads
 //!   ([`PayloadError`]).
-//! - `error`: [`ClientError`]; `sync`: locking that survives a panicked holder.
+//! - `error`: the errors per operation ([`ConnectionError`], [`PublishError`],
+//!   [`SubscribeError`], [`RequestError`]) and [`ClientError`] over them; `sync`: locking
+//!   that survives a panicked holder.
 //!
 //! Unit tests sit in a `tests` module at the end of the file they test.
 
@@ -180,7 +193,7 @@ pub use connect::broker_address::BrokerAddress;
 pub use connect::builder::ClientBuilder;
 pub use connect::connection_state::{ConnectionState, DisconnectReason};
 pub use connect::reconnect_policy::ReconnectPolicy;
-pub use error::ClientError;
+pub use error::{ClientError, ConnectionError, PublishError, RequestError, SubscribeError};
 pub use message::Message;
 pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
 pub use publish::options::PublishOptions;

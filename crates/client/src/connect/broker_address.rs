@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 
 /// Where the broker listens: a socket address, or `host:port` resolved when connecting, or
 /// several of them (`"a:7700,b:7700"`, or a `Vec`), tried in order.
@@ -100,7 +100,7 @@ impl BrokerAddress {
     /// Every socket address of the broker, in order without repeats: the address itself,
     /// every address of a `host:port` (IPv6 and IPv4 alike, in the resolver's order), and a
     /// list's addresses one after the other. A list fails only if none of its entries resolves.
-    pub(crate) async fn resolve_all(&self) -> Result<Vec<SocketAddr>, ClientError> {
+    pub(crate) async fn resolve_all(&self) -> Result<Vec<SocketAddr>, ConnectionError> {
         let mut addresses: Vec<SocketAddr> = Vec::new();
         let mut first_error = None;
         let entries: Vec<&BrokerAddress> = match self {
@@ -123,7 +123,7 @@ impl BrokerAddress {
         }
         match first_error {
             Some(error) if addresses.is_empty() => Err(error),
-            _ if addresses.is_empty() => Err(ClientError::Resolve {
+            _ if addresses.is_empty() => Err(ConnectionError::Resolve {
                 addr: self.to_string(),
                 reason: "no address given".to_owned(),
             }),
@@ -131,13 +131,13 @@ impl BrokerAddress {
         }
     }
 
-    async fn resolve_one(&self) -> Result<Vec<SocketAddr>, ClientError> {
+    async fn resolve_one(&self) -> Result<Vec<SocketAddr>, ConnectionError> {
         let addr = match self {
             Self::Socket(addr) => return Ok(vec![*addr]),
             Self::HostPort(addr) => addr,
             Self::List(_) => return Box::pin(self.resolve_all()).await,
         };
-        let resolve_error = |reason: String| ClientError::Resolve {
+        let resolve_error = |reason: String| ConnectionError::Resolve {
             addr: addr.clone(),
             reason,
         };

@@ -20,7 +20,7 @@ use crate::client::{Client, ClientSettings};
 use crate::connect::broker_address::BrokerAddress;
 use crate::connect::connector::Connector;
 use crate::connect::reconnect_policy::{classify, Loss, ReconnectPolicy};
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 use crate::publish::outbound::OutboundBuffer;
 use crate::publish::publisher::PublisherSettings;
 
@@ -251,7 +251,7 @@ impl ClientBuilder {
     /// still attached (which ends with `SESSION_TAKEN_OVER`). Take up the session's
     /// subscriptions as with [`ClientBuilder::resume_session`]. The name is 1 to 128 bytes of
     /// ASCII letters, digits, `-`, `_` and `.`; another is refused by
-    /// [`ClientBuilder::connect`] with [`ClientError::Config`].
+    /// [`ClientBuilder::connect`] with [`ConnectionError::Config`].
     pub fn session_name(mut self, name: impl Into<String>) -> Self {
         self.session_name = Some(name.into());
         self
@@ -352,10 +352,10 @@ impl ClientBuilder {
 
     /// Connects, authenticates with the client certificate, and opens a session.
     ///
-    /// A certificate the broker refuses fails here with [`ClientError::Certificate`], a broker
-    /// certificate this client does not trust with [`ClientError::BrokerCertificate`]. This
+    /// A certificate the broker refuses fails here with [`ConnectionError::Certificate`], a broker
+    /// certificate this client does not trust with [`ConnectionError::BrokerCertificate`]. This
     /// first connection is not retried: reconnecting starts once a session exists.
-    pub async fn connect(self) -> Result<Client, ClientError> {
+    pub async fn connect(self) -> Result<Client, ConnectionError> {
         let connect_timeout = self.connect_timeout;
         let address = self.address.clone();
         let bind_address = self.bind_address;
@@ -400,10 +400,10 @@ impl ClientBuilder {
     }
 
     /// Checks the settings and loads the certificates, without touching the network.
-    fn prepare(self) -> Result<Prepared, ClientError> {
+    fn prepare(self) -> Result<Prepared, ConnectionError> {
         let positive = |value: usize, setting: &str| {
             if value == 0 {
-                Err(ClientError::Config {
+                Err(ConnectionError::Config {
                     reason: format!("{setting} must be at least 1"),
                 })
             } else {
@@ -415,13 +415,13 @@ impl ClientBuilder {
         positive(self.publish_lane_buffer, "publish_lane_buffer")?;
         positive(self.max_unacked_publishes, "max_unacked_publishes")?;
         if self.connect_timeout.is_zero() {
-            return Err(ClientError::Config {
+            return Err(ConnectionError::Config {
                 reason: "connect_timeout must be longer than zero".to_owned(),
             });
         }
         if let Some(name) = &self.session_name {
             if !cassini_protocol::valid_session_name(name) {
-                return Err(ClientError::Config {
+                return Err(ConnectionError::Config {
                     reason: format!(
                         "session name {name:?} must be 1 to {} bytes of ASCII letters, digits, \
                          '-', '_' and '.'",
@@ -431,19 +431,19 @@ impl ClientBuilder {
             }
         }
         if self.ack_timeout.is_zero() {
-            return Err(ClientError::Config {
+            return Err(ConnectionError::Config {
                 reason: "ack_timeout must be longer than zero".to_owned(),
             });
         }
         self.reconnect
             .check()
             .and_then(|()| self.outbound_buffer.check())
-            .map_err(|reason| ClientError::Config { reason })?;
+            .map_err(|reason| ConnectionError::Config { reason })?;
         let ca = match self.trust {
             Some(Trust::File(path)) => tls::load_certs(&path)?,
             Some(Trust::Certs(certs)) => certs,
             None => {
-                return Err(ClientError::Config {
+                return Err(ConnectionError::Config {
                     reason: "no CA to verify the broker with: call ca_file() or ca_certs()"
                         .to_owned(),
                 })
@@ -453,7 +453,7 @@ impl ClientBuilder {
             Some(Identity::Files { cert, key }) => (tls::load_certs(&cert)?, tls::load_key(&key)?),
             Some(Identity::InMemory { chain, key }) => (chain, key),
             None => {
-                return Err(ClientError::Config {
+                return Err(ConnectionError::Config {
                     reason: "no client certificate: the broker requires one; call \
                              identity_files() or identity()"
                         .to_owned(),
@@ -524,7 +524,7 @@ mod tests {
 
     fn config_reason(builder: ClientBuilder) -> String {
         match builder.prepare() {
-            Err(ClientError::Config { reason }) => reason,
+            Err(ConnectionError::Config { reason }) => reason,
             Err(other) => panic!("expected a configuration error, got {other:?}"),
             Ok(_) => panic!("expected a configuration error, got a valid configuration"),
         }
@@ -570,7 +570,7 @@ mod tests {
     fn an_unreadable_ca_file_names_the_file() {
         let builder = complete_builder().ca_file("/nonexistent/cassini/ca.crt");
         match builder.prepare() {
-            Err(error @ ClientError::Tls(_)) => {
+            Err(error @ ConnectionError::Tls(_)) => {
                 assert!(
                     error.to_string().contains("/nonexistent/cassini/ca.crt"),
                     "{error}"
@@ -637,8 +637,10 @@ mod tests {
             .connect()
             .await;
         match result {
-            Err(ClientError::Resolve { addr, .. }) => assert_eq!(addr, "no-such-host.invalid:7700"),
-            Err(ClientError::Timeout(_)) => {} // a resolver without network may hang instead
+            Err(ConnectionError::Resolve { addr, .. }) => {
+                assert_eq!(addr, "no-such-host.invalid:7700")
+            }
+            Err(ConnectionError::Timeout(_)) => {} // a resolver without network may hang instead
             Err(other) => panic!("expected a resolve error, got {other:?}"),
             Ok(_) => panic!("connected to a host that does not exist"),
         }
@@ -653,7 +655,7 @@ mod tests {
             .connect()
             .await;
         match result {
-            Err(ClientError::Connect { reason }) => {
+            Err(ConnectionError::Connect { reason }) => {
                 assert_eq!(reason, format!("no answer from {address} within 300ms"))
             }
             Err(other) => panic!("expected a timeout naming the address, got {other:?}"),
@@ -672,7 +674,7 @@ mod tests {
             .connect()
             .await;
         match result {
-            Err(ClientError::Connect { reason }) => assert_eq!(
+            Err(ConnectionError::Connect { reason }) => assert_eq!(
                 reason,
                 format!("nothing listens on {address} (the port is unreachable)")
             ),

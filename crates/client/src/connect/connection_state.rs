@@ -24,7 +24,7 @@ pub enum ConnectionState {
     },
     /// The connection was lost and the client is trying to get it back (see
     /// [`crate::ReconnectPolicy`]). Publishes are buffered, other requests fail with
-    /// [`crate::ClientError::Disconnected`], subscriptions stay open.
+    /// [`crate::ConnectionError::Disconnected`], subscriptions stay open.
     Reconnecting {
         /// The attempt under way or about to start, counting from 1.
         attempt: u32,

@@ -30,7 +30,7 @@ use tokio::time::timeout;
 use crate::connect::broker_address::BrokerAddress;
 use crate::connect::disconnect::{connection_error, read_error, write_error, Phase};
 use crate::connect::framed::{decode_close_code, encode, FrameReader, ReadFrameError};
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 
 /// Everything needed to connect to the broker again.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl Connector {
         resume: Option<SessionId>,
         positions: Vec<ResumePosition>,
         fail_fast: bool,
-    ) -> Result<Established, ClientError> {
+    ) -> Result<Established, ConnectionError> {
         let attempt = async {
             let remotes = self.address.resolve_all().await?;
             // Each address gets an equal share of the attempt, so one that never answers
@@ -96,7 +96,7 @@ impl Connector {
                 match outcome {
                     Ok(Ok(established)) => return Ok(established),
                     // Refusals (certificates, versions, sessions) say the same on every address.
-                    Ok(Err(error)) if !matches!(error, ClientError::Connect { .. }) => {
+                    Ok(Err(error)) if !matches!(error, ConnectionError::Connect { .. }) => {
                         return Err(error)
                     }
                     Ok(Err(error)) => {
@@ -108,7 +108,7 @@ impl Connector {
             }
             match (failed.len(), last_error) {
                 (1, Some(error)) => Err(error),
-                _ => Err(ClientError::Connect {
+                _ => Err(ConnectionError::Connect {
                     reason: failed.join("; "),
                 }),
             }
@@ -120,8 +120,8 @@ impl Connector {
 }
 
 /// The error of a connect attempt that heard nothing from `address` within `limit`.
-pub(crate) fn no_answer(address: &str, limit: Duration) -> ClientError {
-    ClientError::Connect {
+pub(crate) fn no_answer(address: &str, limit: Duration) -> ConnectionError {
+    ConnectionError::Connect {
         reason: format!("no answer from {address} within {limit:?}"),
     }
 }
@@ -181,7 +181,7 @@ pub(crate) struct Established {
 
 /// Connects to `remote`, opens the control stream and exchanges `Hello` and `Welcome`, asking
 /// to resume session `resume` if there is one. A broker that does not know that session closes
-/// the connection with `SESSION_NOT_FOUND`, which this returns as [`ClientError::Refused`].
+/// the connection with `SESSION_NOT_FOUND`, which this returns as [`ConnectionError::Refused`].
 pub(crate) async fn handshake(
     endpoint: &quinn::Endpoint,
     remote: SocketAddr,
@@ -190,11 +190,11 @@ pub(crate) async fn handshake(
     session_name: Option<String>,
     resume: Option<SessionId>,
     positions: Vec<ResumePosition>,
-) -> Result<Established, ClientError> {
+) -> Result<Established, ConnectionError> {
     let connecting =
         endpoint
             .connect(remote, server_name)
-            .map_err(|error| ClientError::Connect {
+            .map_err(|error| ConnectionError::Connect {
                 reason: error.to_string(),
             })?;
     let connection = connecting
@@ -212,7 +212,10 @@ pub(crate) async fn handshake(
         positions,
         session_name,
     });
-    let hello = encode(&hello, DEFAULT_MAX_FRAME_BYTES)?;
+    let hello =
+        encode(&hello, DEFAULT_MAX_FRAME_BYTES).map_err(|error| ConnectionError::Connect {
+            reason: format!("cannot encode Hello: {error}"),
+        })?;
     control_send
         .write_all(&hello)
         .await
@@ -242,7 +245,7 @@ pub(crate) async fn handshake(
 async fn read_welcome(
     connection: &quinn::Connection,
     reader: &mut FrameReader,
-) -> Result<Welcome, ClientError> {
+) -> Result<Welcome, ConnectionError> {
     match reader.next().await {
         Ok(Some(Frame::Welcome(welcome))) => Ok(welcome),
         Ok(Some(other)) => Err(violation(
@@ -271,7 +274,7 @@ async fn read_welcome(
 }
 
 /// Closes the connection because the broker broke the protocol, and says so.
-fn violation(connection: &quinn::Connection, code: ErrorCode, reason: String) -> ClientError {
+fn violation(connection: &quinn::Connection, code: ErrorCode, reason: String) -> ConnectionError {
     connection.close(VarInt::from_u32(code.value()), reason.as_bytes());
-    ClientError::Protocol { reason }
+    ConnectionError::Protocol { reason }
 }

@@ -1,16 +1,16 @@
 //! Why a connection ended, in words a user can act on.
 //!
-//! quinn reports the end of a connection as a [`ConnectionError`]; this module is the one place
-//! that turns it into a [`ClientError`]. TLS alerts are the important case: with TLS 1.3 the
+//! quinn reports the end of a connection as a [`quinn::ConnectionError`]; this module is the one place
+//! that turns it into a [`ConnectionError`]. TLS alerts are the important case: with TLS 1.3 the
 //! client finishes its handshake before the broker has judged the client certificate, so a
 //! refused certificate shows up as a connection close carrying a crypto alert code on the first
-//! stream operation after `connect()`. Those become [`ClientError::Certificate`] (the broker
-//! refused us) or [`ClientError::BrokerCertificate`] (we refused the broker).
+//! stream operation after `connect()`. Those become [`ConnectionError::Certificate`] (the broker
+//! refused us) or [`ConnectionError::BrokerCertificate`] (we refused the broker).
 
 use cassini_protocol::ErrorCode;
-use quinn::{ConnectionError, TransportErrorCode, VarInt};
+use quinn::{ConnectionError as QuicConnectionError, TransportErrorCode, VarInt};
 
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 
 /// Where in the connection's life an error happened: the same cause reads differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +22,13 @@ pub(crate) enum Phase {
 }
 
 /// The client error for a connection that ended with `error`.
-pub(crate) fn connection_error(error: &ConnectionError, phase: Phase) -> ClientError {
+pub(crate) fn connection_error(error: &QuicConnectionError, phase: Phase) -> ConnectionError {
     let failed = |reason: String| failure(reason, phase);
     match error {
-        ConnectionError::ConnectionClosed(close) => {
+        QuicConnectionError::ConnectionClosed(close) => {
             let detail = String::from_utf8_lossy(&close.reason);
             match crypto_alert(close.error_code) {
-                Some(alert) if is_certificate_alert(alert) => ClientError::Certificate {
+                Some(alert) if is_certificate_alert(alert) => ConnectionError::Certificate {
                     reason: refusal_reason(
                         "the broker refused this client's certificate",
                         alert,
@@ -45,8 +45,8 @@ pub(crate) fn connection_error(error: &ConnectionError, phase: Phase) -> ClientE
                 )),
             }
         }
-        ConnectionError::TransportError(local) => match crypto_alert(local.code) {
-            Some(alert) if is_certificate_alert(alert) => ClientError::BrokerCertificate {
+        QuicConnectionError::TransportError(local) => match crypto_alert(local.code) {
+            Some(alert) if is_certificate_alert(alert) => ConnectionError::BrokerCertificate {
                 reason: refusal_reason(
                     "this client refused the broker's certificate",
                     alert,
@@ -60,21 +60,21 @@ pub(crate) fn connection_error(error: &ConnectionError, phase: Phase) -> ClientE
             )),
             None => failed(format!("QUIC transport error: {local}")),
         },
-        ConnectionError::ApplicationClosed(close) => {
+        QuicConnectionError::ApplicationClosed(close) => {
             let code = error_code(close.error_code);
             if code == ErrorCode::NORMAL {
-                return ClientError::Closed;
+                return ConnectionError::Closed;
             }
-            ClientError::Refused {
+            ConnectionError::Refused {
                 code,
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             }
         }
-        ConnectionError::Reset => {
+        QuicConnectionError::Reset => {
             failed("the broker reset the connection (it may have restarted)".to_owned())
         }
-        ConnectionError::TimedOut => failed("no answer from the broker (timed out)".to_owned()),
-        ConnectionError::LocallyClosed => ClientError::Closed,
+        QuicConnectionError::TimedOut => failed("no answer from the broker (timed out)".to_owned()),
+        QuicConnectionError::LocallyClosed => ConnectionError::Closed,
         other => failed(other.to_string()),
     }
 }
@@ -86,7 +86,7 @@ pub(crate) fn error_code(code: VarInt) -> ErrorCode {
 }
 
 /// The client error for a failed read of a control stream.
-pub(crate) fn read_error(error: &quinn::ReadError, phase: Phase) -> ClientError {
+pub(crate) fn read_error(error: &quinn::ReadError, phase: Phase) -> ConnectionError {
     match error {
         quinn::ReadError::ConnectionLost(lost) => connection_error(lost, phase),
         quinn::ReadError::Reset(code) => failure(
@@ -98,7 +98,7 @@ pub(crate) fn read_error(error: &quinn::ReadError, phase: Phase) -> ClientError 
 }
 
 /// The client error for a failed write to a stream.
-pub(crate) fn write_error(error: &quinn::WriteError, phase: Phase) -> ClientError {
+pub(crate) fn write_error(error: &quinn::WriteError, phase: Phase) -> ConnectionError {
     match error {
         quinn::WriteError::ConnectionLost(lost) => connection_error(lost, phase),
         quinn::WriteError::Stopped(code) => failure(
@@ -109,10 +109,10 @@ pub(crate) fn write_error(error: &quinn::WriteError, phase: Phase) -> ClientErro
     }
 }
 
-fn failure(reason: String, phase: Phase) -> ClientError {
+fn failure(reason: String, phase: Phase) -> ConnectionError {
     match phase {
-        Phase::Connecting => ClientError::Connect { reason },
-        Phase::Established => ClientError::ConnectionLost { reason },
+        Phase::Connecting => ConnectionError::Connect { reason },
+        Phase::Established => ConnectionError::ConnectionLost { reason },
     }
 }
 
@@ -172,17 +172,17 @@ mod tests {
 
     use super::*;
 
-    fn closed_with_alert(alert: u8, reason: &'static str) -> ConnectionError {
-        ConnectionError::ConnectionClosed(ConnectionClose {
+    fn closed_with_alert(alert: u8, reason: &'static str) -> QuicConnectionError {
+        QuicConnectionError::ConnectionClosed(ConnectionClose {
             error_code: TransportErrorCode::crypto(alert),
             frame_type: None,
             reason: Bytes::from_static(reason.as_bytes()),
         })
     }
 
-    fn certificate_reason(error: ClientError) -> String {
+    fn certificate_reason(error: ConnectionError) -> String {
         match error {
-            ClientError::Certificate { reason } => reason,
+            ConnectionError::Certificate { reason } => reason,
             other => panic!("expected a certificate error, got {other:?}"),
         }
     }
@@ -246,7 +246,9 @@ mod tests {
     fn a_non_certificate_alert_is_a_connect_failure_while_connecting() {
         let error = connection_error(&closed_with_alert(120, ""), Phase::Connecting);
         match error {
-            ClientError::Connect { reason } => assert!(reason.contains("cassini/1"), "{reason}"),
+            ConnectionError::Connect { reason } => {
+                assert!(reason.contains("cassini/1"), "{reason}")
+            }
             other => panic!("expected a connect error, got {other:?}"),
         }
     }
@@ -254,14 +256,14 @@ mod tests {
     #[test]
     fn an_application_close_carries_the_brokers_code_and_reason() {
         let error = connection_error(
-            &ConnectionError::ApplicationClosed(ApplicationClose {
+            &QuicConnectionError::ApplicationClosed(ApplicationClose {
                 error_code: VarInt::from_u32(ErrorCode::TOO_MANY_CONNECTIONS.value()),
                 reason: Bytes::from_static(b"connection limit reached"),
             }),
             Phase::Connecting,
         );
         match error {
-            ClientError::Refused { code, reason } => {
+            ConnectionError::Refused { code, reason } => {
                 assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS);
                 assert_eq!(reason, "connection limit reached");
             }
@@ -271,29 +273,29 @@ mod tests {
 
     #[test]
     fn a_normal_close_means_the_client_is_closed() {
-        let goodbye = ConnectionError::ApplicationClosed(ApplicationClose {
+        let goodbye = QuicConnectionError::ApplicationClosed(ApplicationClose {
             error_code: VarInt::from_u32(0),
             reason: Bytes::from_static(b"goodbye"),
         });
         assert!(matches!(
             connection_error(&goodbye, Phase::Established),
-            ClientError::Closed
+            ConnectionError::Closed
         ));
         assert!(matches!(
-            connection_error(&ConnectionError::LocallyClosed, Phase::Established),
-            ClientError::Closed
+            connection_error(&QuicConnectionError::LocallyClosed, Phase::Established),
+            ConnectionError::Closed
         ));
     }
 
     #[test]
     fn a_timeout_is_a_connect_failure_before_welcome_and_a_lost_connection_after() {
         assert!(matches!(
-            connection_error(&ConnectionError::TimedOut, Phase::Connecting),
-            ClientError::Connect { .. }
+            connection_error(&QuicConnectionError::TimedOut, Phase::Connecting),
+            ConnectionError::Connect { .. }
         ));
         assert!(matches!(
-            connection_error(&ConnectionError::TimedOut, Phase::Established),
-            ClientError::ConnectionLost { .. }
+            connection_error(&QuicConnectionError::TimedOut, Phase::Established),
+            ConnectionError::ConnectionLost { .. }
         ));
     }
 

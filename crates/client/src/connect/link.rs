@@ -13,7 +13,7 @@ use cassini_protocol::{ErrorCode, GoingAway, Limits, TopicLimits, Welcome};
 use quinn::VarInt;
 
 use crate::connect::disconnect::{connection_error, Phase};
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 use crate::sync::lock;
 
 /// The connection and what is known about it.
@@ -98,18 +98,18 @@ impl Link {
     }
 
     /// Why the connection can no longer be used, for an operation that just failed.
-    pub(crate) fn error(&self) -> ClientError {
+    pub(crate) fn error(&self) -> ConnectionError {
         if let Some(reason) = self.violation.get() {
-            return ClientError::Protocol {
+            return ConnectionError::Protocol {
                 reason: reason.clone(),
             };
         }
         if self.is_closing() {
-            return ClientError::Closed;
+            return ConnectionError::Closed;
         }
         match self.connection.close_reason() {
             Some(error) => connection_error(&error, Phase::Established),
-            None => ClientError::ConnectionLost {
+            None => ConnectionError::ConnectionLost {
                 reason: "the control stream failed".to_owned(),
             },
         }

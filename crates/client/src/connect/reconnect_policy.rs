@@ -6,7 +6,7 @@
 //!
 //! What a lost connection, or a failed attempt to get it back, means for the session: try
 //! again, start a new session, or stop for good ([`classify`], a [`Loss`]). One function
-//! decides, from the [`ClientError`] the loss reads as, so the task that
+//! decides, from the [`ConnectionError`] the loss reads as, so the task that
 //! reconnects and a publish that meets a dead connection always agree. No I/O here.
 
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use cassini_protocol::ErrorCode;
 use rand::Rng;
 
 use crate::connect::connection_state::DisconnectReason;
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 
 /// How the client reconnects after it lost its connection without a goodbye.
 ///
@@ -165,15 +165,15 @@ pub(crate) enum Loss {
 /// versions, protocol errors either way, another identity's session. `SESSION_TAKEN_OVER` is
 /// final so that two clients with one identity do not take the session from each other
 /// forever.
-pub(crate) fn classify(error: &ClientError) -> Loss {
+pub(crate) fn classify(error: &ConnectionError) -> Loss {
     let refused = || {
         Loss::Final(DisconnectReason::Refused {
             reason: error.to_string(),
         })
     };
     match error {
-        ClientError::Closed => Loss::Final(DisconnectReason::Closed),
-        ClientError::Refused { code, .. } => match *code {
+        ConnectionError::Closed => Loss::Final(DisconnectReason::Closed),
+        ConnectionError::Refused { code, .. } => match *code {
             ErrorCode::SESSION_TAKEN_OVER => Loss::Final(DisconnectReason::SessionTakenOver),
             ErrorCode::SESSION_NOT_FOUND => Loss::SessionLost,
             ErrorCode::PROTOCOL_VIOLATION
@@ -184,11 +184,11 @@ pub(crate) fn classify(error: &ClientError) -> Loss {
             | ErrorCode::INVALID_SESSION_NAME => refused(),
             _ => Loss::Retry,
         },
-        ClientError::Certificate { .. }
-        | ClientError::BrokerCertificate { .. }
-        | ClientError::Protocol { .. }
-        | ClientError::Config { .. }
-        | ClientError::Tls(_) => refused(),
+        ConnectionError::Certificate { .. }
+        | ConnectionError::BrokerCertificate { .. }
+        | ConnectionError::Protocol { .. }
+        | ConnectionError::Config { .. }
+        | ConnectionError::Tls(_) => refused(),
         _ => Loss::Retry,
     }
 }
@@ -313,8 +313,8 @@ mod loss_tests {
 
     use super::*;
 
-    fn refused(code: ErrorCode) -> ClientError {
-        ClientError::Refused {
+    fn refused(code: ErrorCode) -> ConnectionError {
+        ConnectionError::Refused {
             code,
             reason: "because".into(),
         }
@@ -323,14 +323,14 @@ mod loss_tests {
     #[test]
     fn transient_failures_are_retried() {
         let transient = [
-            ClientError::ConnectionLost {
+            ConnectionError::ConnectionLost {
                 reason: "timed out".into(),
             },
-            ClientError::Connect {
+            ConnectionError::Connect {
                 reason: "unreachable".into(),
             },
-            ClientError::Timeout("connecting to the broker"),
-            ClientError::Resolve {
+            ConnectionError::Timeout("connecting to the broker"),
+            ConnectionError::Resolve {
                 addr: "broker:7700".into(),
                 reason: "no answer".into(),
             },
@@ -363,13 +363,13 @@ mod loss_tests {
     #[test]
     fn refusals_that_would_repeat_are_final() {
         let repeating = [
-            ClientError::Certificate {
+            ConnectionError::Certificate {
                 reason: "expired".into(),
             },
-            ClientError::BrokerCertificate {
+            ConnectionError::BrokerCertificate {
                 reason: "unknown CA".into(),
             },
-            ClientError::Protocol {
+            ConnectionError::Protocol {
                 reason: "bad frame".into(),
             },
             refused(ErrorCode::UNSUPPORTED_VERSION),
@@ -390,7 +390,7 @@ mod loss_tests {
     #[test]
     fn a_normal_close_is_final() {
         assert_eq!(
-            classify(&ClientError::Closed),
+            classify(&ConnectionError::Closed),
             Loss::Final(DisconnectReason::Closed)
         );
     }

@@ -27,7 +27,7 @@ use crate::connect::connection_state::{ConnectionState, DisconnectReason};
 use crate::connect::connector::Established;
 use crate::connect::control::handle::ControlHandle;
 use crate::connect::reconnect_policy::{classify, Loss, ReconnectPolicy};
-use crate::error::ClientError;
+use crate::error::{ConnectionError, PublishError};
 use crate::publish::options::PublishOptions;
 use crate::publish::outbound::{
     BufferRefusal, Buffered, OutboundBuffer, OutboundQueue, OutboundStats,
@@ -52,7 +52,7 @@ enum Status {
     /// The client ended for good.
     Ended {
         /// What every operation fails with from now on.
-        error: ClientError,
+        error: ConnectionError,
     },
 }
 
@@ -80,7 +80,7 @@ pub(crate) enum AtClose {
         buffered: usize,
     },
     /// The client had ended with this error.
-    Ended(ClientError),
+    Ended(ConnectionError),
 }
 
 /// The session's state across connections. Shared by the [`crate::Client`] handles, every
@@ -192,15 +192,15 @@ impl SessionCore {
     }
 
     /// The control stream of the current connection, for a request. While reconnecting this is
-    /// [`ClientError::Disconnected`]: requests do not wait for the reconnect.
-    pub(crate) fn control(&self) -> Result<ControlHandle, ClientError> {
+    /// [`ConnectionError::Disconnected`]: requests do not wait for the reconnect.
+    pub(crate) fn control(&self) -> Result<ControlHandle, ConnectionError> {
         if self.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed);
         }
         let current = lock(&self.current);
         match &current.status {
             Status::Attached => Ok(current.attachment.control.clone()),
-            Status::Reconnecting { reason } => Err(ClientError::Disconnected {
+            Status::Reconnecting { reason } => Err(ConnectionError::Disconnected {
                 reason: reconnecting(reason),
             }),
             Status::Ended { error } => Err(error.clone()),
@@ -208,12 +208,12 @@ impl SessionCore {
     }
 
     /// Why an operation cannot complete now.
-    pub(crate) fn error(&self) -> ClientError {
+    pub(crate) fn error(&self) -> ConnectionError {
         let current = lock(&self.current);
         match &current.status {
             Status::Ended { error } => error.clone(),
-            _ if self.is_closing() => ClientError::Closed,
-            Status::Reconnecting { reason } => ClientError::Disconnected {
+            _ if self.is_closing() => ConnectionError::Closed,
+            Status::Reconnecting { reason } => ConnectionError::Disconnected {
                 reason: reconnecting(reason),
             },
             Status::Attached => current.attachment.link.error(),
@@ -241,9 +241,9 @@ impl SessionCore {
         payload: Bytes,
         options: PublishOptions,
         to_session: Option<SessionId>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         if self.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let latest = self.attachment();
         let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
@@ -261,9 +261,9 @@ impl SessionCore {
         payload: Bytes,
         mut options: PublishOptions,
         to_session: Option<SessionId>,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         if self.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let acks = &self.context.acks;
         let permit = acks.permit().await?;
@@ -274,13 +274,16 @@ impl SessionCore {
         drop(latest);
         let mut pending = acks.register(message_id, &outgoing, permit)?;
         self.send(outgoing).await?;
-        pending.outcome().await.unwrap_or_else(|| Err(self.error()))
+        pending
+            .outcome()
+            .await
+            .unwrap_or_else(|| Err(self.error().into()))
     }
 
     /// Sends a prepared publish on the current connection, or buffers it while reconnecting.
     /// An acknowledged publish is marked with the connection it is handed to, so that a
     /// reconnect knows to send it again.
-    async fn send(&self, mut outgoing: Outgoing) -> Result<(), ClientError> {
+    async fn send(&self, mut outgoing: Outgoing) -> Result<(), PublishError> {
         let acks = &self.context.acks;
         loop {
             let Some((attachment, next)) = self.route(outgoing)? else {
@@ -320,7 +323,7 @@ impl SessionCore {
                     }
                     outgoing = back;
                 }
-                Err(SendError::Failed(error)) => return Err(error),
+                Err(SendError::Failed(error)) => return Err(error.into()),
             }
         }
     }
@@ -330,13 +333,13 @@ impl SessionCore {
     fn route(
         &self,
         outgoing: Outgoing,
-    ) -> Result<Option<(Arc<Attachment>, Outgoing)>, ClientError> {
+    ) -> Result<Option<(Arc<Attachment>, Outgoing)>, PublishError> {
         if self.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let mut current = lock(&self.current);
         let reason = match &current.status {
-            Status::Ended { error } => return Err(error.clone()),
+            Status::Ended { error } => return Err(error.clone().into()),
             Status::Attached if !current.attachment.is_dead() => {
                 return Ok(Some((Arc::clone(&current.attachment), outgoing)));
             }
@@ -344,7 +347,7 @@ impl SessionCore {
                 // Lost, and the reconnecting task has not seen it yet: decide as it will.
                 let error = current.attachment.link.error();
                 if !self.will_reconnect(&error) {
-                    return Err(error);
+                    return Err(error.into());
                 }
                 error.to_string()
             }
@@ -352,17 +355,18 @@ impl SessionCore {
         };
         match current.outbound.push(outgoing, Instant::now()) {
             Ok(()) => Ok(None),
-            Err(BufferRefusal::Disabled) => Err(ClientError::Disconnected {
+            Err(BufferRefusal::Disabled) => Err(ConnectionError::Disconnected {
                 reason: reconnecting(&reason),
-            }),
+            }
+            .into()),
             Err(BufferRefusal::Full { capacity }) => {
-                Err(ClientError::OutboundBufferFull { capacity })
+                Err(PublishError::OutboundBufferFull { capacity })
             }
         }
     }
 
     /// Whether a connection lost with `error` will be reconnected.
-    fn will_reconnect(&self, error: &ClientError) -> bool {
+    fn will_reconnect(&self, error: &ConnectionError) -> bool {
         self.reconnect.enabled && !matches!(classify(error), Loss::Final(_))
     }
 
@@ -385,20 +389,20 @@ impl SessionCore {
     pub(crate) async fn flush_and_attach(
         &self,
         attachment: &Arc<Attachment>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ConnectionError> {
         let acks = &self.context.acks;
         let resend = acks.take_for_resend(attachment.id);
         let resent = resend.len();
         for (message_id, outgoing) in resend {
             if self.is_closing() {
-                return Err(ClientError::Closed);
+                return Err(ConnectionError::Closed);
             }
             match attachment.publisher.send(outgoing).await {
                 Ok(()) => {}
                 // Still marked with this (dead) connection: the next one sends it again.
                 Err(SendError::ConnectionGone(_)) => return Err(attachment.link.error()),
                 Err(SendError::Failed(error)) => {
-                    acks.fail(message_id, error);
+                    acks.fail(message_id, error.into());
                 }
             }
         }
@@ -413,7 +417,7 @@ impl SessionCore {
             let Buffered { item, queued_at } = {
                 let mut current = lock(&self.current);
                 if self.is_closing() || matches!(current.status, Status::Ended { .. }) {
-                    return Err(ClientError::Closed);
+                    return Err(ConnectionError::Closed);
                 }
                 match current.outbound.pop(Instant::now()) {
                     Some(buffered) => buffered,
@@ -456,7 +460,7 @@ impl SessionCore {
 
     /// Ends the client for good: every operation fails with `error` from now on, every
     /// subscription ends, buffered publishes are dropped. Does nothing if it had ended.
-    pub(crate) fn end(&self, error: ClientError, reason: DisconnectReason) {
+    pub(crate) fn end(&self, error: ConnectionError, reason: DisconnectReason) {
         let (discarded, subscriptions_end, failure) = {
             let mut current = lock(&self.current);
             if matches!(current.status, Status::Ended { .. }) {
@@ -467,7 +471,7 @@ impl SessionCore {
             current.status = Status::Ended { error };
             (current.outbound.discard_all(), subscriptions_end, failure)
         };
-        self.context.acks.fail_all(|| failure.clone());
+        self.context.acks.fail_all(|| failure.clone().into());
         if discarded > 0 {
             tracing::warn!(
                 discarded,

@@ -23,7 +23,7 @@ use crate::connect::connector::{Connector, Established};
 use crate::connect::control::handle::ControlRequest;
 use crate::connect::reconnect_policy::{classify, Backoff, Loss};
 use crate::connect::session::SessionCore;
-use crate::error::ClientError;
+use crate::error::{ConnectionError, SubscribeError};
 use crate::subscribe::registry::SubscriptionRegistry;
 
 /// Watches `attachment`, and every connection after it, until the client ends.
@@ -102,7 +102,7 @@ async fn reconnect(
         if sleep {
             let Some(delay) = backoff.next_delay(Instant::now(), &mut random) else {
                 let attempts = attempt - 1;
-                let error = ClientError::Disconnected {
+                let error = ConnectionError::Disconnected {
                     reason: format!(
                         "gave up reconnecting after {attempts} attempts; the last failed with: \
                          {reason}"
@@ -158,7 +158,7 @@ async fn reconnect(
 async fn attach(
     core: &SessionCore,
     established: Established,
-) -> Result<Arc<Attachment>, ClientError> {
+) -> Result<Arc<Attachment>, ConnectionError> {
     let resumed = established.welcome.resumed;
     let registry = core.registry();
     // Before the connection's streams are read, so one for a subscription to take up waits.
@@ -183,7 +183,7 @@ async fn attach(
 async fn resubscribe(
     attachment: &Attachment,
     registry: &SubscriptionRegistry,
-) -> Result<(), ClientError> {
+) -> Result<(), ConnectionError> {
     let orphans = registry.take_orphans();
     if orphans.is_empty() {
         return Ok(());
@@ -201,11 +201,15 @@ async fn resubscribe(
             Ok(subscription) => {
                 tracing::debug!(filter = %sink.filter, subscription, "subscribed again");
             }
-            Err(ClientError::Request { code, reason }) => {
+            Err(SubscribeError::Refused { code, reason }) => {
                 tracing::warn!(filter = %sink.filter, ?code, %reason, "subscribing again was refused");
                 registry.orphan_refused(&sink, format!("{reason} ({code:?})"));
             }
-            Err(error) => {
+            Err(error @ (SubscribeError::InvalidFilter(_) | SubscribeError::Encode(_))) => {
+                tracing::warn!(filter = %sink.filter, %error, "subscribing again failed");
+                registry.orphan_refused(&sink, error.to_string());
+            }
+            Err(SubscribeError::Connection(error)) => {
                 registry.return_orphan(sink);
                 lost.get_or_insert(error);
             }

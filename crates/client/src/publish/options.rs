@@ -19,7 +19,7 @@ pub struct PublishOptions {
     /// Application headers, in order; keys may repeat. They count towards the broker's maximum
     /// frame size, not its maximum payload size, and are bounded by the broker's `max_headers`
     /// and `max_header_bytes` (announced in `Welcome`; the client refuses a publish over them
-    /// with [`crate::ClientError::TooManyHeaders`] / [`crate::ClientError::HeadersTooLarge`]).
+    /// with [`crate::PublishError::TooManyHeaders`] / [`crate::PublishError::HeadersTooLarge`]).
     pub headers: Headers,
     /// An id of the publisher's choosing, passed through to subscribers
     /// ([`crate::Message::message_id`]). Without [`PublishOptions::ack`] the broker neither
@@ -35,7 +35,7 @@ pub struct PublishOptions {
     /// Where replies go, which makes the message a request. It must be a valid topic name. If
     /// the message reaches no subscription the broker answers `NoResponders`;
     /// [`crate::Client::request`] sets this itself and turns that answer into
-    /// [`crate::ClientError::NoResponders`], while for a publish made with this option the answer
+    /// [`crate::RequestError::NoResponders`], while for a publish made with this option the answer
     /// is only logged.
     pub reply_to: Option<String>,
     /// Ask the broker to acknowledge the message once it was routed, and deliver it at least

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 /// at once; after the reconnect the messages are sent first, in the order they were published.
 /// A message that waited longer than `max_age` is dropped instead (and counted, see
 /// [`crate::Client::outbound_stats`]). When the buffer holds `max_messages`, publishing fails
-/// with [`crate::ClientError::OutboundBufferFull`]: it never waits for the reconnect.
+/// with [`crate::PublishError::OutboundBufferFull`]: it never waits for the reconnect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboundBuffer {
     /// Most messages held. Each costs its payload in memory until the reconnect. `0` disables
     /// the buffer: publishing while reconnecting fails with
-    /// [`crate::ClientError::Disconnected`]. Default: 1024.
+    /// [`crate::ConnectionError::Disconnected`]. Default: 1024.
     pub max_messages: usize,
     /// How long a message may wait for the reconnect before it is dropped. Longer delivers
     /// older news after a long outage. Must be longer than zero. Default: 60 s.

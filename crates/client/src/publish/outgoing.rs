@@ -5,7 +5,7 @@ use cassini_protocol::codec::{encode_publish, header_size, PublishRef};
 use cassini_protocol::{Headers, Limits, SessionId, TopicName};
 
 use crate::connect::link::Link;
-use crate::error::ClientError;
+use crate::error::PublishError;
 use crate::publish::options::PublishOptions;
 
 /// A validated, encoded publish, ready for its topic's lane.
@@ -32,15 +32,15 @@ pub(crate) fn prepare(
     payload: Bytes,
     options: PublishOptions,
     to_session: Option<SessionId>,
-) -> Result<Outgoing, ClientError> {
+) -> Result<Outgoing, PublishError> {
     let limits = link.topic_limits();
-    let topic = TopicName::parse(topic, &limits).map_err(ClientError::InvalidTopic)?;
+    let topic = TopicName::parse(topic, &limits).map_err(PublishError::InvalidTopic)?;
     if let Some(reply_to) = &options.reply_to {
-        TopicName::parse(reply_to, &limits).map_err(ClientError::InvalidReplyTo)?;
+        TopicName::parse(reply_to, &limits).map_err(PublishError::InvalidReplyTo)?;
     }
     let max = link.limits().max_payload_bytes;
     if payload.len() > max as usize {
-        return Err(ClientError::PayloadTooLarge {
+        return Err(PublishError::PayloadTooLarge {
             size: payload.len(),
             max,
         });
@@ -81,15 +81,15 @@ pub(crate) fn prepare(
 
 /// Refuses headers beyond the broker's announced `max_headers` and `max_header_bytes` (a limit
 /// of 0 was not announced: an older broker, which checks nothing either).
-fn check_headers(headers: &Headers, limits: Limits) -> Result<(), ClientError> {
+fn check_headers(headers: &Headers, limits: Limits) -> Result<(), PublishError> {
     let (count, size) = header_size(headers);
     let max = limits.max_headers;
     if max > 0 && count > max as usize {
-        return Err(ClientError::TooManyHeaders { count, max });
+        return Err(PublishError::TooManyHeaders { count, max });
     }
     let max = limits.max_header_bytes;
     if max > 0 && size > max as usize {
-        return Err(ClientError::HeadersTooLarge { size, max });
+        return Err(PublishError::HeadersTooLarge { size, max });
     }
     Ok(())
 }

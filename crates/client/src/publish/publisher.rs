@@ -29,7 +29,7 @@ use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
 use crate::connect::link::Link;
-use crate::error::ClientError;
+use crate::error::{ClientError, ConnectionError};
 use crate::publish::lane::{run_lane, LaneContext, LaneDone};
 use crate::publish::outgoing::Outgoing;
 use crate::publish::receipt::PendingAcks;
@@ -54,13 +54,13 @@ pub(crate) enum SendError {
     /// The connection is gone; here is the message, unsent.
     ConnectionGone(Outgoing),
     /// The publisher is closed, or the lane failed for another reason.
-    Failed(ClientError),
+    Failed(ConnectionError),
 }
 
-impl From<SendError> for ClientError {
+impl From<SendError> for ConnectionError {
     fn from(error: SendError) -> Self {
         match error {
-            SendError::ConnectionGone(_) => ClientError::ConnectionLost {
+            SendError::ConnectionGone(_) => ConnectionError::ConnectionLost {
                 reason: "the connection dropped before the message was sent".to_owned(),
             },
             SendError::Failed(error) => error,
@@ -155,7 +155,7 @@ impl Publisher {
     fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, SendError> {
         let mut table = lock(&self.lanes);
         if table.closed {
-            return Err(SendError::Failed(ClientError::Closed));
+            return Err(SendError::Failed(ConnectionError::Closed));
         }
         if let Some(lane) = table.open.get(topic) {
             if !lane.frames.is_closed() {
@@ -216,7 +216,7 @@ impl Publisher {
             })?;
         if self.link.is_dead() {
             // A lane that ended with its connection may not have written everything.
-            return Err(self.link.error());
+            return Err(self.link.error().into());
         }
         Ok(())
     }

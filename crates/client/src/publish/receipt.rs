@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use cassini_protocol::{PublishAck, PublishRejected, TopicName};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ClientError;
+use crate::error::{ConnectionError, PublishError};
 use crate::publish::outgoing::Outgoing;
 use crate::sync::lock;
 
@@ -40,7 +40,7 @@ pub struct PublishReceipt {
 }
 
 /// What a waiting publish receives.
-pub(crate) type AckResult = Result<PublishReceipt, ClientError>;
+pub(crate) type AckResult = Result<PublishReceipt, PublishError>;
 
 /// Message ids for acknowledged publishes that carry none: a random per-client base plus a
 /// counter, so a client never repeats one and two clients of one identity are unlikely to
@@ -130,11 +130,11 @@ impl PendingAcks {
     }
 
     /// Waits until fewer than `max_unacked` publishes wait.
-    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, ClientError> {
+    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, PublishError> {
         Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .map_err(|_| ClientError::Closed)
+            .map_err(|_| ConnectionError::Closed.into())
     }
 
     /// Registers `outgoing` (which must carry `message_id` with ack set) as waiting. Refused if
@@ -144,12 +144,12 @@ impl PendingAcks {
         message_id: u64,
         outgoing: &Outgoing,
         permit: OwnedSemaphorePermit,
-    ) -> Result<PendingAck, ClientError> {
+    ) -> Result<PendingAck, PublishError> {
         let (outcome, receiver) = oneshot::channel();
         {
             let mut table = lock(&self.table);
             if table.waiting.contains_key(&message_id) {
-                return Err(ClientError::MessageIdInFlight { message_id });
+                return Err(PublishError::MessageIdInFlight { message_id });
             }
             table.registered += 1;
             let waiting = Waiting {
@@ -238,7 +238,7 @@ impl PendingAcks {
         )
     }
 
-    /// Fails the publish `rejected` names with [`ClientError::PublishRejected`]. Returns `false`
+    /// Fails the publish `rejected` names with [`PublishError::Rejected`]. Returns `false`
     /// if it names no waiting publish.
     pub(crate) fn rejected(&self, rejected: &PublishRejected) -> bool {
         let Some(message_id) = rejected.message_id else {
@@ -246,7 +246,7 @@ impl PendingAcks {
         };
         self.finish(
             message_id,
-            Err(ClientError::PublishRejected {
+            Err(PublishError::Rejected {
                 topic: rejected.topic.clone(),
                 message_id: Some(message_id),
                 code: rejected.code,
@@ -256,12 +256,12 @@ impl PendingAcks {
     }
 
     /// Fails the publish `message_id` with `error`.
-    pub(crate) fn fail(&self, message_id: u64, error: ClientError) -> bool {
+    pub(crate) fn fail(&self, message_id: u64, error: PublishError) -> bool {
         self.finish(message_id, Err(error))
     }
 
     /// Fails every waiting publish with the error `error` makes: the client ended.
-    pub(crate) fn fail_all(&self, error: impl Fn() -> ClientError) {
+    pub(crate) fn fail_all(&self, error: impl Fn() -> PublishError) {
         let failed: Vec<Waiting> = lock(&self.table)
             .waiting
             .drain()
@@ -418,7 +418,7 @@ mod tests {
         };
         assert!(acks.rejected(&rejected));
         match pending.outcome().await.expect("an outcome") {
-            Err(ClientError::PublishRejected {
+            Err(PublishError::Rejected {
                 code, message_id, ..
             }) => {
                 assert_eq!(code, ErrorCode::PAYLOAD_TOO_LARGE);
@@ -435,7 +435,7 @@ mod tests {
         let _pending = register(&acks, "demo.a", 5).await;
         let permit = acks.permit().await.expect("a permit");
         match acks.register(5, &outgoing("demo.b", 5), permit) {
-            Err(ClientError::MessageIdInFlight { message_id }) => assert_eq!(message_id, 5),
+            Err(PublishError::MessageIdInFlight { message_id }) => assert_eq!(message_id, 5),
             other => panic!("expected MessageIdInFlight, got {other:?}"),
         }
     }
@@ -493,14 +493,14 @@ mod tests {
         let acks = Arc::new(PendingAcks::new(8));
         let mut first = register(&acks, "demo.a", 1).await;
         let mut second = register(&acks, "demo.b", 2).await;
-        acks.fail_all(|| ClientError::Closed);
+        acks.fail_all(|| PublishError::Connection(ConnectionError::Closed));
         assert!(matches!(
             first.outcome().await,
-            Some(Err(ClientError::Closed))
+            Some(Err(PublishError::Connection(ConnectionError::Closed)))
         ));
         assert!(matches!(
             second.outcome().await,
-            Some(Err(ClientError::Closed))
+            Some(Err(PublishError::Connection(ConnectionError::Closed)))
         ));
         assert_eq!(acks.len(), 0);
     }

@@ -25,7 +25,7 @@ use cassini_protocol::SubscribeOptions;
 use tokio::sync::Mutex;
 
 use crate::connect::session::SessionCore;
-use crate::error::ClientError;
+use crate::error::{ConnectionError, RequestError};
 use crate::request::replies::{PendingReplies, PendingReply};
 use crate::subscribe::end::SubscriptionEnd;
 use crate::subscribe::subscription::Subscription;
@@ -83,7 +83,7 @@ impl Inbox {
 
     /// Registers a request to `topic` under a new reply topic, subscribing to the inbox first
     /// if there is no live inbox subscription.
-    pub(crate) async fn register(&self, topic: &str) -> Result<PendingReply, ClientError> {
+    pub(crate) async fn register(&self, topic: &str) -> Result<PendingReply, RequestError> {
         for _ in 0..SUBSCRIBE_ATTEMPTS {
             let inbox = self.live().await?;
             let number = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -97,13 +97,13 @@ impl Inbox {
                 return Ok(pending);
             }
         }
-        Err(ClientError::InboxEnded {
+        Err(RequestError::InboxEnded {
             reason: "it ended again as soon as it was made".to_owned(),
         })
     }
 
     /// The live inbox subscription, made through `client` if there is none.
-    async fn live(&self) -> Result<Arc<LiveInbox>, ClientError> {
+    async fn live(&self) -> Result<Arc<LiveInbox>, RequestError> {
         let mut current = self.current.lock().await;
         if let Some(inbox) = current.as_ref() {
             if !inbox.ended.load(Ordering::Acquire) {
@@ -156,14 +156,14 @@ async fn dispatch(
     tracing::debug!(inbox = %inbox.prefix, ?end, "the reply inbox subscription ended");
     inbox.ended.store(true, Ordering::Release);
     replies.fail_inbox(&inbox.prefix, || match &end {
-        Some(SubscriptionEnd::Closed) => ClientError::Closed,
+        Some(SubscriptionEnd::Closed) => ConnectionError::Closed.into(),
         Some(SubscriptionEnd::ConnectionLost { .. } | SubscriptionEnd::ProtocolError { .. }) => {
-            session.error()
+            session.error().into()
         }
-        Some(other) => ClientError::InboxEnded {
+        Some(other) => RequestError::InboxEnded {
             reason: other.to_string(),
         },
-        None => ClientError::InboxEnded {
+        None => RequestError::InboxEnded {
             reason: "unknown reason".to_owned(),
         },
     });

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::error::ClientError;
+use crate::error::RequestError;
 use crate::message::Message;
 use crate::sync::lock;
 
 /// What a waiting request receives.
-pub(crate) type ReplyResult = Result<Message, ClientError>;
+pub(crate) type ReplyResult = Result<Message, RequestError>;
 
 /// Requests waiting for a reply, by reply topic.
 #[derive(Debug, Default)]
@@ -29,7 +29,7 @@ pub(crate) struct PendingReplies {
 /// One waiting request.
 #[derive(Debug)]
 struct Waiting {
-    /// The topic the request was published to, for [`ClientError::NoResponders`].
+    /// The topic the request was published to, for [`RequestError::NoResponders`].
     topic: String,
     /// Where its outcome goes.
     outcome: oneshot::Sender<ReplyResult>,
@@ -64,13 +64,13 @@ impl PendingReplies {
         }
     }
 
-    /// Fails the request whose reply topic is `reply_to` with [`ClientError::NoResponders`].
+    /// Fails the request whose reply topic is `reply_to` with [`RequestError::NoResponders`].
     /// Returns `false` if no request waits on that topic.
     pub(crate) fn no_responders(&self, reply_to: &str) -> bool {
         let waiting = lock(&self.waiting).remove(reply_to);
         match waiting {
             Some(Waiting { topic, outcome }) => {
-                let _ = outcome.send(Err(ClientError::NoResponders { topic }));
+                let _ = outcome.send(Err(RequestError::NoResponders { topic }));
                 true
             }
             None => false,
@@ -79,7 +79,7 @@ impl PendingReplies {
 
     /// Fails every request whose reply topic is under the inbox `prefix` (`prefix.` followed
     /// by anything) with the error `error` makes.
-    pub(crate) fn fail_inbox(&self, prefix: &str, error: impl Fn() -> ClientError) {
+    pub(crate) fn fail_inbox(&self, prefix: &str, error: impl Fn() -> RequestError) {
         let failed: Vec<Waiting> = {
             let mut waiting = lock(&self.waiting);
             let keys: Vec<String> = waiting
@@ -148,6 +148,7 @@ mod tests {
     use cassini_protocol::Delivery;
 
     use super::*;
+    use crate::error::ConnectionError;
 
     fn reply(topic: &str, payload: &'static str) -> Message {
         Message::from(Delivery {
@@ -190,7 +191,7 @@ mod tests {
         let mut pending = replies.register("_INBOX.x.7".into(), "svc.none");
         assert!(replies.no_responders("_INBOX.x.7"));
         match pending.outcome().await {
-            Some(Err(ClientError::NoResponders { topic })) => assert_eq!(topic, "svc.none"),
+            Some(Err(RequestError::NoResponders { topic })) => assert_eq!(topic, "svc.none"),
             other => panic!("expected NoResponders, got {other:?}"),
         }
         assert!(!replies.no_responders("_INBOX.x.7"));
@@ -213,11 +214,13 @@ mod tests {
             .map(|n| replies.register(format!("_INBOX.old.{n}"), "svc"))
             .collect();
         let _new = replies.register("_INBOX.old2.4".into(), "svc");
-        replies.fail_inbox("_INBOX.old", || ClientError::Closed);
+        replies.fail_inbox("_INBOX.old", || {
+            RequestError::Connection(ConnectionError::Closed)
+        });
         for pending in &mut old {
             assert!(matches!(
                 pending.outcome().await,
-                Some(Err(ClientError::Closed))
+                Some(Err(RequestError::Connection(ConnectionError::Closed)))
             ));
         }
         assert_eq!(replies.len(), 1, "a request on another inbox still waits");

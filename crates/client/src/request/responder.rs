@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, SubscribeError};
 use crate::message::Message;
 use crate::publish::options::PublishOptions;
 use crate::subscribe::subscription::Subscription;
@@ -22,7 +22,7 @@ impl Client {
     /// Serves requests published to `filter`: every subscriber gets every request, so with
     /// several responders the requester takes the first reply. See [`Client::serve_queue`] to
     /// share the load instead.
-    pub async fn serve(&self, filter: &str) -> Result<Responder, ClientError> {
+    pub async fn serve(&self, filter: &str) -> Result<Responder, SubscribeError> {
         let subscription = self.subscribe(filter).await?;
         Ok(Responder::new(subscription, self.clone()))
     }
@@ -30,7 +30,11 @@ impl Client {
     /// Serves requests published to `filter` as a member of the queue group `group`: each
     /// request goes to one of the responders sharing the filter and group name. See
     /// [`Client::subscribe_queue`].
-    pub async fn serve_queue(&self, filter: &str, group: &str) -> Result<Responder, ClientError> {
+    pub async fn serve_queue(
+        &self,
+        filter: &str,
+        group: &str,
+    ) -> Result<Responder, SubscribeError> {
         let subscription = self.subscribe_queue(filter, group).await?;
         Ok(Responder::new(subscription, self.clone()))
     }
@@ -140,6 +144,6 @@ impl Request {
             .ok_or_else(|| ClientError::NoReplyTo {
                 topic: self.message.topic().to_owned(),
             })?;
-        self.client.publish_with(reply_to, payload, options).await
+        Ok(self.client.publish_with(reply_to, payload, options).await?)
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use cassini_protocol::ErrorCode;
 
 use crate::connect::connection_state::DisconnectReason;
-use crate::error::ClientError;
+use crate::error::ConnectionError;
 
 /// Why a subscription's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,16 +70,16 @@ impl fmt::Display for SubscriptionEnd {
 
 impl SubscriptionEnd {
     /// How a subscription ends when the client ended with `error` for `reason`.
-    pub(crate) fn after(error: &ClientError, reason: &DisconnectReason) -> Self {
+    pub(crate) fn after(error: &ConnectionError, reason: &DisconnectReason) -> Self {
         if *reason == DisconnectReason::SessionTakenOver {
             return SubscriptionEnd::SessionTakenOver;
         }
         match error {
-            ClientError::Closed => SubscriptionEnd::Closed,
-            ClientError::Protocol { reason } => SubscriptionEnd::ProtocolError {
+            ConnectionError::Closed => SubscriptionEnd::Closed,
+            ConnectionError::Protocol { reason } => SubscriptionEnd::ProtocolError {
                 reason: reason.clone(),
             },
-            ClientError::ConnectionLost { reason } => SubscriptionEnd::ConnectionLost {
+            ConnectionError::ConnectionLost { reason } => SubscriptionEnd::ConnectionLost {
                 reason: reason.clone(),
             },
             other => SubscriptionEnd::ConnectionLost {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::connect::control::handle::ControlRequest;
 use crate::connect::session::SessionCore;
-use crate::error::ClientError;
+use crate::error::{ClientError, ConnectionError, SubscribeError};
 use crate::message::Message;
 use crate::subscribe::acks::PendingAcks;
 use crate::subscribe::end::SubscriptionEnd;
@@ -102,13 +102,13 @@ impl Subscription {
         buffer: usize,
         filter: &str,
         options: SubscribeOptions,
-    ) -> Result<Subscription, ClientError> {
+    ) -> Result<Subscription, SubscribeError> {
         let core = session;
         if core.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let limits = core.attachment().link.topic_limits();
-        let filter = TopicFilter::parse(filter, &limits).map_err(ClientError::InvalidFilter)?;
+        let filter = TopicFilter::parse(filter, &limits).map_err(SubscribeError::InvalidFilter)?;
         let control = core.control()?;
         let (sender, messages) = mpsc::channel(buffer);
         let state = Arc::new(SubscriptionState::default());
@@ -233,12 +233,12 @@ impl Subscription {
         let id = self.id();
         self.session.registry().unsubscribing(&self.state);
         match control.unsubscribe(id).await {
-            Err(ClientError::Request { code, .. })
+            Err(SubscribeError::Refused { code, .. })
                 if code == ErrorCode::UNKNOWN_SUBSCRIPTION && self.state.has_ended() =>
             {
                 Ok(())
             }
-            other => other,
+            other => Ok(other?),
         }
     }
 }

@@ -7,7 +7,7 @@ use cassini_protocol::{Ack, Frame, Ping, RequestId, Subscribe, SubscriptionId, U
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connect::link::Link;
-use crate::error::ClientError;
+use crate::error::{ConnectionError, SubscribeError};
 use crate::subscribe::sink::SubscriptionSink;
 
 /// Commands waiting for the writer. Requests are small and each caller waits for its answer, so
@@ -88,7 +88,7 @@ pub(crate) enum Answer {
 }
 
 /// Where the answer to one request goes.
-pub(crate) type Reply = oneshot::Sender<Result<Answer, ClientError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Answer, SubscribeError>>;
 
 /// One unit of work for the writer.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ impl ControlHandle {
     pub(crate) async fn subscribe(
         &self,
         sink: Arc<SubscriptionSink>,
-    ) -> Result<SubscriptionId, ClientError> {
+    ) -> Result<SubscriptionId, SubscribeError> {
         match self.request(ControlRequest::Subscribe { sink }).await? {
             Answer::Subscribed(id) => Ok(id),
             other => Err(mismatch(other)),
@@ -169,7 +169,7 @@ impl ControlHandle {
     pub(crate) async fn unsubscribe(
         &self,
         subscription: SubscriptionId,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), SubscribeError> {
         match self
             .request(ControlRequest::Unsubscribe { subscription })
             .await?
@@ -180,7 +180,7 @@ impl ControlHandle {
     }
 
     /// One round trip on the control stream.
-    pub(crate) async fn ping(&self) -> Result<(), ClientError> {
+    pub(crate) async fn ping(&self) -> Result<(), SubscribeError> {
         match self.request(ControlRequest::Ping).await? {
             Answer::Pong => Ok(()),
             other => Err(mismatch(other)),
@@ -217,7 +217,7 @@ impl ControlHandle {
 
     /// Finishes the control stream after every request queued before it was written: the
     /// broker takes the end of the control stream as this client's goodbye.
-    pub(crate) async fn goodbye(&self) -> Result<(), ClientError> {
+    pub(crate) async fn goodbye(&self) -> Result<(), ConnectionError> {
         let (done, finished) = oneshot::channel();
         self.commands
             .send(ControlCommand::Goodbye { done })
@@ -226,7 +226,9 @@ impl ControlHandle {
         finished.await.map_err(|_| self.link.error())
     }
 
-    async fn request(&self, request: ControlRequest) -> Result<Answer, ClientError> {
+    /// Makes `request` and waits for its answer. Control requests fail as a [`SubscribeError`]:
+    /// refused by the broker, or the connection's error.
+    async fn request(&self, request: ControlRequest) -> Result<Answer, SubscribeError> {
         let (reply, answer) = oneshot::channel();
         let command = ControlCommand::Request {
             request,
@@ -236,14 +238,16 @@ impl ControlHandle {
             .send(command)
             .await
             .map_err(|_| self.link.error())?;
-        answer.await.map_err(|_| self.link.error())?
+        answer
+            .await
+            .map_err(|_| SubscribeError::from(self.link.error()))?
     }
 }
 
 /// The reader checks each answer against its request, so this does not happen; if it did, it
 /// would be a protocol error.
-fn mismatch(answer: Answer) -> ClientError {
-    ClientError::Protocol {
+fn mismatch(answer: Answer) -> SubscribeError {
+    SubscribeError::Connection(ConnectionError::Protocol {
         reason: format!("unexpected answer {answer:?}"),
-    }
+    })
 }

@@ -9,7 +9,7 @@ use cassini_protocol::{
 use crate::connect::control::handle::{Answer, ControlRequest, Expected, WeakControlHandle};
 use crate::connect::control::pending::{PendingRequest, PendingRequests};
 use crate::connect::framed::{decode_close_code, FrameReader, ReadFrameError};
-use crate::error::ClientError;
+use crate::error::SubscribeError;
 use crate::subscribe::end::SubscriptionEnd;
 use crate::subscribe::registry::SubscriptionRegistry;
 
@@ -140,7 +140,7 @@ impl Dispatcher<'_> {
                         // The broker does not have it (any more): nothing left to end.
                         self.registry.unsubscribe_confirmed(subscription);
                     }
-                    reply(request, Err(ClientError::Request { code, reason }));
+                    reply(request, Err(SubscribeError::Refused { code, reason }));
                 }
             }
             Frame::Error(ErrorFrame {
@@ -201,7 +201,7 @@ impl Dispatcher<'_> {
     }
 }
 
-fn reply(request: PendingRequest, result: Result<Answer, ClientError>) {
+fn reply(request: PendingRequest, result: Result<Answer, SubscribeError>) {
     if let Some(reply) = request.reply {
         let _ = reply.send(result);
     }

@@ -10,7 +10,7 @@ use crate::connect::control::pending::{PendingRequest, PendingRequests};
 use crate::connect::disconnect::{write_error, Phase};
 use crate::connect::framed::encode;
 use crate::connect::link::Link;
-use crate::error::ClientError;
+use crate::error::SubscribeError;
 
 /// Writes queued requests until the goodbye, until every handle is gone, or until a write
 /// fails.
@@ -52,14 +52,14 @@ pub(crate) async fn run_writer(
             }
         };
         if let Err(refused) = pending.insert(id, PendingRequest { expected, reply }) {
-            answer(refused.reply, Err(link.error()));
+            answer(refused.reply, Err(link.error().into()));
             continue;
         }
         if let Err(error) = send.write_all(&bytes).await {
             let error = write_error(&error, Phase::Established);
             tracing::debug!(%error, "control stream write failed");
             if let Some(request) = pending.take(id) {
-                answer(request.reply, Err(error));
+                answer(request.reply, Err(error.into()));
             }
             return;
         }
@@ -68,7 +68,7 @@ pub(crate) async fn run_writer(
     let _ = send.finish();
 }
 
-fn answer(reply: Option<Reply>, result: Result<Answer, ClientError>) {
+fn answer(reply: Option<Reply>, result: Result<Answer, SubscribeError>) {
     if let Some(reply) = reply {
         let _ = reply.send(result);
     }
