@@ -26,8 +26,8 @@ impl Client {
     /// of them; finishes the control stream (the goodbye: the broker reads the publish streams
     /// to their end, ends the session and closes the connection); waits for the broker's
     /// close; waits for the endpoint to be idle. Each wait is bounded by `close_timeout`.
-    /// Afterwards every operation fails with [`ClientError::Closed`], every subscription ends
-    /// with [`crate::SubscriptionEnd::Closed`] and the state is
+    /// Afterwards every operation fails with a `Closed` error ([`ConnectionError::Closed`]),
+    /// every subscription ends with [`crate::SubscriptionEnd::Closed`] and the state is
     /// [`crate::ConnectionState::Disconnected`].
     ///
     /// Returns an error if the connection had already failed (messages may have been lost),

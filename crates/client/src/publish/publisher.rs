@@ -222,7 +222,7 @@ impl Publisher {
     }
 
     /// Closes every lane and waits until each has written its queue and the broker has
-    /// acknowledged its stream. Later publishes fail with [`ClientError::Closed`].
+    /// acknowledged its stream. Later publishes fail with [`ConnectionError::Closed`].
     pub(crate) async fn close(&self) -> Result<(), ClientError> {
         {
             let mut table = lock(&self.lanes);
