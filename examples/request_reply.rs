@@ -6,7 +6,7 @@ mod connect;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cassini_client::ClientError;
+use cassini_client::RequestError;
 use futures_util::StreamExt;
 
 #[tokio::main]
@@ -39,7 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .request("svc.nobody", Bytes::from("anyone?"), Duration::from_secs(5))
         .await
     {
-        Err(ClientError::NoResponders { .. }) => println!("svc.nobody: no responders, as expected"),
+        Err(RequestError::NoResponders { .. }) => {
+            println!("svc.nobody: no responders, as expected")
+        }
         other => return Err(format!("expected no responders, got {other:?}").into()),
     }
 

@@ -2,7 +2,7 @@
 //! the dedupe window is confirmed as a duplicate and delivered only once.
 
 use bytes::Bytes;
-use cassini_client::{ClientError, PublishOptions};
+use cassini_client::{PublishError, PublishOptions};
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::ErrorCode;
 use futures_util::StreamExt;
@@ -85,7 +85,7 @@ async fn a_refused_acknowledged_publish_fails_with_the_code() {
         )
         .await;
     match refused {
-        Err(ClientError::PublishRejected { code, .. }) => {
+        Err(PublishError::Rejected { code, .. }) => {
             assert_eq!(code, ErrorCode::RETAINED_STORE_FULL)
         }
         other => panic!("expected a rejection, got {other:?}"),

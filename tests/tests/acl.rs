@@ -35,8 +35,11 @@ async fn broker_with(acl: &str) -> TestBroker {
     TestBroker::start_with(config, ServerOptions::default()).await
 }
 
-fn assert_not_authorized(result: Result<impl std::fmt::Debug, ClientError>, what: &str) {
-    match result {
+fn assert_not_authorized<T: std::fmt::Debug, E: Into<ClientError>>(
+    result: Result<T, E>,
+    what: &str,
+) {
+    match result.map_err(Into::into) {
         Err(ClientError::PublishRejected { code, .. } | ClientError::Request { code, .. }) => {
             assert_eq!(code, ErrorCode::NOT_AUTHORIZED, "{what}")
         }

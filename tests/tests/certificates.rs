@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_client::{Client, ClientError};
+use cassini_client::{Client, ConnectionError};
 use cassini_e2e::{identity_of, within, Pki, TestBroker};
 use cassini_quic::certs::Validity;
 use futures_util::StreamExt;
@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 /// Asserts the broker refuses `builder`'s certificate and says so clearly.
 async fn assert_refused(builder: cassini_client::ClientBuilder, what: &str) {
     match within("refused connect", builder.connect()).await {
-        Err(ClientError::Certificate { reason }) => {
+        Err(ConnectionError::Certificate { reason }) => {
             assert!(!reason.is_empty(), "{what}: refusal has a reason");
         }
         Err(other) => panic!("{what}: expected a certificate error, got {other}"),

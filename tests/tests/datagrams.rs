@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    ClientError, DeliveryClass, ErrorCode, OversizeRule, QuicOptions, Subscription,
+    DeliveryClass, ErrorCode, OversizeRule, PublishError, QuicOptions, SubscribeError, Subscription,
 };
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::SubscribeOptions;
@@ -246,7 +246,7 @@ async fn a_datagram_publish_is_routed_fire_and_forget() {
     let too_big = sensor
         .publish_datagram("dgram.in", Bytes::from(vec![0u8; 8 * 1024]))
         .await;
-    assert!(matches!(too_big, Err(ClientError::PayloadTooLarge { .. })));
+    assert!(matches!(too_big, Err(PublishError::PayloadTooLarge { .. })));
     broker.stop().await;
 }
 
@@ -263,7 +263,7 @@ async fn a_client_without_datagrams_is_refused_a_datagram_subscription_at_once()
         .await
         .expect("connect");
     match client.subscribe_datagram("x.>").await {
-        Err(ClientError::Request { code, .. }) => {
+        Err(SubscribeError::Refused { code, .. }) => {
             assert_eq!(code, ErrorCode::DATAGRAMS_UNSUPPORTED)
         }
         other => panic!("expected DATAGRAMS_UNSUPPORTED, got {other:?}"),

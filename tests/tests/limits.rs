@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cassini_broker::{BrokerConfig, BrokerLimits};
-use cassini_client::{Client, ClientError};
+use cassini_client::{Client, ClientError, ConnectionError, PublishError, SubscribeError};
 use cassini_e2e::raw::{self, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{eventually, identity_of, within, TestBroker};
@@ -40,16 +40,16 @@ async fn assert_bystander_unaffected(broker: &TestBroker, name: &str) {
     client.close().await.expect("close");
 }
 
-fn refused_code(result: Result<Client, ClientError>) -> ErrorCode {
+fn refused_code(result: Result<Client, ConnectionError>) -> ErrorCode {
     match result {
-        Err(ClientError::Refused { code, .. }) => code,
+        Err(ConnectionError::Refused { code, .. }) => code,
         Err(other) => panic!("expected a refusal with a code, got {other}"),
         Ok(_) => panic!("expected a refusal, the client got in"),
     }
 }
 
-fn request_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    match result {
+fn request_code<T: std::fmt::Debug, E: Into<ClientError>>(result: Result<T, E>) -> ErrorCode {
+    match result.map_err(Into::into) {
         Err(ClientError::Request { code, .. }) => code,
         other => panic!("expected a refused request, got {other:?}"),
     }
@@ -352,7 +352,7 @@ async fn retain(client: &Client, topic: &str, payload: Bytes) -> Result<(), Erro
     let options = cassini_client::PublishOptions::new().retain(true).ack(true);
     match client.publish_with(topic, payload, options).await {
         Ok(_) => Ok(()),
-        Err(ClientError::PublishRejected { code, .. }) => Err(code),
+        Err(PublishError::Rejected { code, .. }) => Err(code),
         Err(other) => panic!("expected an answer to the retained publish, got {other}"),
     }
 }
@@ -504,7 +504,7 @@ async fn with_the_defaults_a_session_makes_every_subscription_welcome_announces(
         subscriptions.push(subscription);
     }
     match client.subscribe("many.one_more").await {
-        Err(ClientError::Request { code, .. }) => {
+        Err(SubscribeError::Refused { code, .. }) => {
             assert_eq!(code, ErrorCode::TOO_MANY_SUBSCRIPTIONS)
         }
         other => panic!("expected TOO_MANY_SUBSCRIPTIONS, got {other:?}"),

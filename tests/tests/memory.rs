@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cassini_broker::{BrokerConfig, BrokerLimits, LocalPublish};
-use cassini_client::{ClientError, PublishOptions};
+use cassini_client::{PublishError, PublishOptions, SubscribeError};
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::{eventually, within, TestBroker};
 use cassini_protocol::{
@@ -127,13 +127,13 @@ async fn header_limits_are_announced_and_refuse_a_publish_with_their_own_codes()
         client
             .publish_with("h.x", Bytes::new(), options(headers(9, 1, 0)))
             .await,
-        Err(ClientError::TooManyHeaders { count: 9, max: 8 })
+        Err(PublishError::TooManyHeaders { count: 9, max: 8 })
     ));
     assert!(matches!(
         client
             .publish_with("h.x", Bytes::new(), options(headers(1, 1, 300)))
             .await,
-        Err(ClientError::HeadersTooLarge {
+        Err(PublishError::HeadersTooLarge {
             size: 301,
             max: 256
         })
@@ -312,7 +312,7 @@ async fn the_memory_budget_refuses_publishes_and_subscriptions_then_recovers() {
     assert!(
         matches!(
             refusal,
-            ClientError::PublishRejected {
+            PublishError::Rejected {
                 code: ErrorCode::MEMORY_BUDGET_EXCEEDED,
                 ..
             }
@@ -329,7 +329,7 @@ async fn the_memory_budget_refuses_publishes_and_subscriptions_then_recovers() {
     // While there is no room for one more message of the largest size, subscriptions are refused.
     let other = broker.client("other").await;
     match other.subscribe("anything.x").await {
-        Err(ClientError::Request { code, .. }) => {
+        Err(SubscribeError::Refused { code, .. }) => {
             assert_eq!(code, ErrorCode::MEMORY_BUDGET_EXCEEDED)
         }
         Ok(_) => panic!("a subscription was accepted with the budget spent"),

@@ -564,7 +564,7 @@ async fn an_invalid_session_name_is_refused_with_its_code() {
             .session_name("no spaces")
             .connect()
             .await,
-        Err(cassini_client::ClientError::Config { .. })
+        Err(cassini_client::ConnectionError::Config { .. })
     ));
     for name in [String::new(), "a/b".into(), "x".repeat(129)] {
         let (_endpoint, connection) = broker.raw_connection("device").await;

@@ -158,10 +158,10 @@ impl Publisher<'_> {
     }
 }
 
-/// A client error as one line, naming the broker's code for a refusal.
-fn describe(error: &cassini_client::ClientError) -> String {
+/// A publish error as one line, naming the broker's code for a refusal.
+fn describe(error: &cassini_client::PublishError) -> String {
     match error {
-        cassini_client::ClientError::PublishRejected { code, reason, .. } => format!(
+        cassini_client::PublishError::Rejected { code, reason, .. } => format!(
             "the broker refused it: {}: {reason}",
             code.name().unwrap_or("unknown code")
         ),

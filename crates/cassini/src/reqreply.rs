@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use cassini_client::{Client, ClientError, PublishOptions, Request};
+use cassini_client::{Client, ClientError, PublishOptions, Request, RequestError};
 
 use crate::cli::{ReplyArgs, ReqArgs};
 use crate::pubsub::{connect, print_message, Format, TIMED_OUT};
@@ -40,12 +40,12 @@ pub(crate) async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
     let topic = args.topic.as_str();
     let reply = match client.request_with(topic, payload, options, timeout).await {
         Ok(reply) => reply,
-        Err(error @ ClientError::NoResponders { .. }) => {
+        Err(error @ RequestError::NoResponders { .. }) => {
             eprintln!("error: {error}");
             let _ = client.close().await;
             return Ok(ExitCode::from(NO_RESPONDERS));
         }
-        Err(ClientError::Timeout(_)) => {
+        Err(RequestError::Timeout) => {
             eprintln!("error: no reply on {topic} within {}s", args.timeout);
             let _ = client.close().await;
             return Ok(ExitCode::from(TIMED_OUT));

@@ -362,7 +362,7 @@ async fn a_full_store_refuses_publishes_with_storage_full_and_keeps_what_it_ackn
         }
     };
     match &refusal {
-        cassini_client::ClientError::PublishRejected { code, reason, .. } => {
+        cassini_client::PublishError::Rejected { code, reason, .. } => {
             assert_eq!(*code, cassini_protocol::ErrorCode::STORAGE_FULL, "{reason}");
             assert!(reason.contains("storage is full"), "{reason}");
         }
@@ -384,7 +384,7 @@ async fn a_full_store_refuses_publishes_with_storage_full_and_keeps_what_it_ackn
         loop {
             match s.publisher.publish_acked(TOPIC, big(acked)).await {
                 Ok(receipt) => return receipt,
-                Err(cassini_client::ClientError::PublishRejected { code, .. })
+                Err(cassini_client::PublishError::Rejected { code, .. })
                     if code == cassini_protocol::ErrorCode::STORAGE_FULL =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;

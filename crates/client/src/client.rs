@@ -1,11 +1,12 @@
 //! The [`Client`]: one session with a Cassini broker, over one connection at a time, and
 //! everything done over it.
 //!
-//! `Client` is a cheap handle (clone it freely) over the [`SessionCore`], which holds the
-//! current connection's parts (the control stream tasks in [`crate::control`], the publish lanes
-//! in [`crate::publish`], the subscription streams in [`crate::subscription_stream`]) and what
-//! outlives a connection. The first connection is made by the builder; the task in
-//! [`crate::supervisor`] makes the next ones. The goodbye in [`Client::close`] is in `close`.
+//! `Client` is a cheap handle (clone it freely) over the [`SessionCore`], which holds the current
+//! connection's parts (the control stream tasks in [`crate::connect::control::handle`], the publish
+//! lanes in [`crate::publish::publisher`], the subscription streams in
+//! [`crate::subscribe::incoming`]) and what outlives a connection. The first connection is made by
+//! the builder; the task in [`crate::connect::supervisor`] makes the next ones. The goodbye in
+//! [`Client::close`] is in `close`.
 
 mod close;
 
@@ -16,40 +17,31 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cassini_protocol::{
     AckOptions, DeliveryClass, GoingAway, Headers, Limits, OversizeRule, PublishRejected,
-    SessionId, SubscribeOptions, TopicFilter,
+    SessionId, SubscribeOptions, TopicName,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::acks::{PendingAcks, PublishReceipt};
-use crate::attachment::AttachmentContext;
-use crate::builder::{BrokerAddress, ClientBuilder};
-use crate::connection_state::{ConnectionState, DisconnectReason};
-use crate::connector::Connector;
-use crate::error::ClientError;
-use crate::handshake::Established;
-use crate::inbox::Inbox;
+use crate::connect::attachment::AttachmentContext;
+use crate::connect::connection_state::{ConnectionState, DisconnectReason};
+use crate::connect::connector::{Connector, Established};
+use crate::connect::reconnect_policy::ReconnectPolicy;
+use crate::connect::session::SessionCore;
+use crate::connect::supervisor::supervise;
+use crate::error::{ClientError, ConnectionError, PublishError, RequestError, SubscribeError};
 use crate::message::Message;
-use crate::outbound::{OutboundBuffer, OutboundStats};
 use crate::payload::{self, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
-use crate::publish::PublisherSettings;
-use crate::publish_options::PublishOptions;
-use crate::reconnect_policy::ReconnectPolicy;
-use crate::replies::PendingReplies;
-use crate::responder::Responder;
-use crate::session::SessionCore;
-use crate::subscription::{Subscription, SubscriptionSink, SubscriptionState};
-use crate::supervisor::supervise;
+use crate::publish::options::PublishOptions;
+use crate::publish::outbound::{OutboundBuffer, OutboundStats};
+use crate::publish::publisher::PublisherSettings;
+use crate::publish::receipt::{PendingAcks, PublishReceipt};
+use crate::request::inbox::Inbox;
+use crate::request::replies::PendingReplies;
+use crate::subscribe::subscription::Subscription;
 use crate::sync::lock;
 
 /// Publish rejections kept for [`Client::publish_errors`]; more are only logged.
 const PUBLISH_ERRORS_CAPACITY: usize = 256;
-
-/// What [`ClientError::Timeout`] says when an acknowledged publish got no answer in time.
-const ACK_TIMEOUT: &str = "publish acknowledgement";
-
-/// What [`ClientError::Timeout`] says when a request got no reply in time.
-const REPLY_TIMEOUT: &str = "waiting for a reply";
 
 /// Settings the client keeps after connecting.
 #[derive(Debug, Clone)]
@@ -87,16 +79,23 @@ pub(crate) struct ClientSettings {
 ///
 /// - [`Client::publish`] (and every other publish) puts the message in a bounded outbound
 ///   buffer ([`OutboundBuffer`]) and returns; the buffer is sent first, in order, after the
-///   reconnect. When the buffer is full it fails with [`ClientError::OutboundBufferFull`];
-///   with the buffer disabled, with [`ClientError::Disconnected`].
+///   reconnect. When the buffer is full it fails with [`PublishError::OutboundBufferFull`];
+///   with the buffer disabled, with [`ConnectionError::Disconnected`].
 /// - [`Client::subscribe`], [`Subscription::unsubscribe`] and [`Client::ping`] fail at once
-///   with [`ClientError::Disconnected`]: they do not wait for the reconnect. Try again when
-///   the state is [`ConnectionState::Connected`].
+///   with a `Disconnected` error ([`ConnectionError::Disconnected`] inside a
+///   [`SubscribeError`], [`ClientError::Disconnected`] for the other two): they do not wait for
+///   the reconnect. Try again when the state is [`ConnectionState::Connected`].
 /// - [`Client::request`] waits for its reply up to its timeout (the request is buffered like
 ///   any publish) if the client has made a request before; a first request fails with
-///   [`ClientError::Disconnected`], since it must subscribe to its reply inbox.
+///   [`ConnectionError::Disconnected`] (in [`RequestError::Inbox`]), since it must subscribe
+///   to its reply inbox.
 /// - Requests in flight when the connection dropped fail with
-///   [`ClientError::ConnectionLost`]; they may or may not have reached the broker.
+///   [`ConnectionError::ConnectionLost`]; they may or may not have reached the broker.
+///
+/// Each operation's error holds a [`ConnectionError`] when the connection is at fault
+/// ([`PublishError::Connection`], [`SubscribeError::Connection`],
+/// [`RequestError::Connection`]); `?` turns any of them into the [`ClientError`] of the same
+/// name.
 ///
 /// The client does not reconnect after [`Client::close`], when another connection with the same
 /// certificate identity took the session over (`SESSION_TAKEN_OVER`), when the broker or TLS
@@ -135,18 +134,13 @@ impl Drop for Inner {
             self.core.stop_token().cancel();
             self.endpoint
                 .close(0u32.into(), b"client dropped without close()");
-            self.core.end(ClientError::Closed, DisconnectReason::Closed);
+            self.core
+                .end(ConnectionError::Closed, DisconnectReason::Closed);
         }
     }
 }
 
 impl Client {
-    /// Starts configuring a client for the broker at `address` (`"host:port"`, `"ip:port"` or a
-    /// [`SocketAddr`]).
-    pub fn builder(address: impl Into<BrokerAddress>) -> ClientBuilder {
-        ClientBuilder::new(address.into())
-    }
-
     /// Starts serving an established session, and the task that reconnects it.
     pub(crate) fn start(
         connector: Connector,
@@ -174,7 +168,12 @@ impl Client {
         );
         let endpoint = connector.endpoint.clone();
         tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
-        let inbox = Inbox::new(Arc::clone(&core), replies);
+        let inbox = Inbox::new(
+            Arc::clone(&core),
+            replies,
+            identity.clone(),
+            settings.subscription_buffer,
+        );
         Self {
             inner: Arc::new(Inner {
                 endpoint,
@@ -190,15 +189,19 @@ impl Client {
     /// Publishes `payload` to `topic`.
     ///
     /// The topic and payload size are checked against the broker's limits first
-    /// ([`ClientError::InvalidTopic`], [`ClientError::PayloadTooLarge`]). Returns once the
-    /// message is queued on the topic's publish stream; it waits while that queue is full.
-    /// While the client is reconnecting, the message goes to the outbound buffer instead
-    /// ([`OutboundBuffer`]; a full buffer is [`ClientError::OutboundBufferFull`]). Messages to
-    /// one topic reach the broker in the order they were published, across reconnects too;
-    /// messages still queued on a connection when it drops are lost (delivery is at most
-    /// once; [`Client::publish_acked`] delivers at least once). A publish the broker refuses anyway is reported through
+    /// ([`PublishError::InvalidTopic`], [`PublishError::PayloadTooLarge`]). Returns once the message
+    /// is queued on the topic's publish stream; it waits while that queue is full. While the client
+    /// is reconnecting, the message goes to the outbound buffer instead ([`OutboundBuffer`]; a full
+    /// buffer is [`PublishError::OutboundBufferFull`]). Messages to one topic reach the broker in
+    /// the order they were published, across reconnects too; messages still queued on a connection
+    /// when it drops are lost (delivery is at most once; [`Client::publish_acked`] delivers at
+    /// least once). A publish the broker refuses anyway is reported through
     /// [`Client::publish_errors`] and the log.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::default())
             .await
     }
@@ -209,14 +212,14 @@ impl Client {
         topic: &str,
         headers: Headers,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::new().headers(headers))
             .await
     }
 
     /// Publishes `payload` to `topic` with `options`: headers, a message id, retention, a reply
     /// topic. See [`Client::publish`]; an invalid `reply_to` is
-    /// [`ClientError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
+    /// [`PublishError::InvalidReplyTo`]. Messages to one topic keep their order whatever their
     /// options. With [`PublishOptions::ack`] this is [`Client::publish_acked_with`] without
     /// the receipt: it returns once the broker acknowledged the message.
     pub async fn publish_with(
@@ -224,7 +227,7 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         if options.ack {
             return self
                 .publish_acked_with(topic, payload, options)
@@ -249,19 +252,19 @@ impl Client {
     /// for its dedupe window, 120 s by default). Publishing while reconnecting goes through the
     /// outbound buffer like [`Client::publish`].
     ///
-    /// Fails with [`ClientError::PublishRejected`] (carrying the broker's code) when the broker
-    /// refuses the message, and with `ClientError::Timeout("publish acknowledgement")` when no
-    /// answer came within [`ClientBuilder::ack_timeout`] (60 s by default): **after a timeout
-    /// the message may or may not have been delivered**, and it is no longer sent again. At
-    /// most [`ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once (1024
-    /// by default); more wait for a free slot, and that wait counts towards the timeout.
-    /// Otherwise it fails as [`Client::publish`] does, and with the client's error when the
-    /// client ends. Cancelling the call (dropping the future) stops the re-sending too.
+    /// Fails with [`PublishError::Rejected`] (carrying the broker's code) when the broker
+    /// refuses the message, and with [`PublishError::AckTimeout`] when no
+    /// answer came within [`crate::ClientBuilder::ack_timeout`] (60 s by default): **after a
+    /// timeout the message may or may not have been delivered**, and it is no longer sent again. At
+    /// most [`crate::ClientBuilder::max_unacked_publishes`] acknowledged publishes wait at once
+    /// (1024 by default); more wait for a free slot, and that wait counts towards the timeout.
+    /// Otherwise it fails as [`Client::publish`] does, and with the client's error when the client
+    /// ends. Cancelling the call (dropping the future) stops the re-sending too.
     pub async fn publish_acked(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         self.publish_acked_with(topic, payload, PublishOptions::new())
             .await
     }
@@ -270,34 +273,34 @@ impl Client {
     /// [`PublishOptions::ack`] is implied. A message id given in `options` is used as is: reuse
     /// one only to send the same message again, since the broker drops a repeated id within its
     /// dedupe window. An id another acknowledged publish of this client still waits with is
-    /// [`ClientError::MessageIdInFlight`].
+    /// [`PublishError::MessageIdInFlight`].
     pub async fn publish_acked_with(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         let timeout = self.inner.settings.ack_timeout;
         self.publish_acked_with_timeout(topic, payload, options, timeout)
             .await
     }
 
     /// [`Client::publish_acked_with`], waiting up to `timeout` instead of the builder's
-    /// [`ClientBuilder::ack_timeout`].
+    /// [`crate::ClientBuilder::ack_timeout`].
     pub async fn publish_acked_with_timeout(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
         options: PublishOptions,
         timeout: Duration,
-    ) -> Result<PublishReceipt, ClientError> {
+    ) -> Result<PublishReceipt, PublishError> {
         let publish = self
             .inner
             .core
             .publish_acked(topic, payload.into(), options, None);
         tokio::time::timeout(timeout, publish)
             .await
-            .unwrap_or(Err(ClientError::Timeout(ACK_TIMEOUT)))
+            .unwrap_or(Err(PublishError::AckTimeout))
     }
 
     /// Publishes `payload` to `topic` and makes it the topic's retained value, which the broker
@@ -307,7 +310,7 @@ impl Client {
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.publish_with(topic, payload, PublishOptions::new().retain(true))
             .await
     }
@@ -321,7 +324,7 @@ impl Client {
         session: SessionId,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         self.inner
             .core
             .publish(
@@ -335,13 +338,13 @@ impl Client {
 
     /// Publishes `value` as JSON to `topic`, with the header `content-type: application/json`
     /// ([`crate::JSON_CONTENT_TYPE`]). A value serde_json cannot write is
-    /// [`ClientError::Payload`]; otherwise see [`Client::publish`]. Read it back with
+    /// [`PublishError::Payload`]; otherwise see [`Client::publish`]. Read it back with
     /// [`Message::decode_json`].
     pub async fn publish_json<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         value: &T,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let payload = payload::encode_json(value)?;
         let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
         self.publish_with(topic, payload, options).await
@@ -349,20 +352,20 @@ impl Client {
 
     /// Publishes `value` as MessagePack to `topic` (structs as maps with field names), with the
     /// header `content-type: application/msgpack` ([`crate::MSGPACK_CONTENT_TYPE`]). A value
-    /// that cannot be written is [`ClientError::Payload`]; otherwise see [`Client::publish`].
+    /// that cannot be written is [`PublishError::Payload`]; otherwise see [`Client::publish`].
     /// Read it back with [`Message::decode_msgpack`].
     pub async fn publish_msgpack<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         value: &T,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let payload = payload::encode_msgpack(value)?;
         let options = PublishOptions::new().header(CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
         self.publish_with(topic, payload, options).await
     }
 
     /// Subscribes to `filter` (wildcards `*` and `>` allowed) with the broker's default options.
-    pub async fn subscribe(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe(&self, filter: &str) -> Result<Subscription, SubscribeError> {
         self.subscribe_with(filter, SubscribeOptions::default())
             .await
     }
@@ -371,12 +374,12 @@ impl Client {
     /// filter goes to one member of the group (the subscriptions with the same filter and group
     /// name, across all clients), round-robin, instead of to every member. Retained values are
     /// not replayed to queue-group members. The broker refuses a group name it does not accept
-    /// ([`ClientError::Request`]).
+    /// ([`SubscribeError::Refused`]).
     pub async fn subscribe_queue(
         &self,
         filter: &str,
         group: &str,
-    ) -> Result<Subscription, ClientError> {
+    ) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             queue_group: Some(group.to_owned()),
             ..SubscribeOptions::default()
@@ -389,7 +392,10 @@ impl Client {
     /// it again after a lost connection or the ack timeout. A message is acknowledged when the
     /// application asks the [`Subscription`] for the next one; redeliveries of a message the
     /// subscription already yielded are not yielded again. See `docs/SESSIONS.md`.
-    pub async fn subscribe_at_least_once(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe_at_least_once(
+        &self,
+        filter: &str,
+    ) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             acks: Some(AckOptions::default()),
             ..SubscribeOptions::default()
@@ -403,7 +409,7 @@ impl Client {
     /// use [`Client::subscribe_with`] and [`cassini_protocol::OversizeRule::Stream`] to have it
     /// sent on the subscription's stream instead. A broker or connection without datagrams
     /// refuses it with `DATAGRAMS_UNSUPPORTED`.
-    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe_datagram(&self, filter: &str) -> Result<Subscription, SubscribeError> {
         let options = SubscribeOptions {
             delivery: DeliveryClass::Datagram {
                 oversize: OversizeRule::Drop,
@@ -415,44 +421,51 @@ impl Client {
 
     /// Publishes `payload` to `topic` in one QUIC datagram: fire and forget, never
     /// retransmitted, no acknowledgement, no error if the broker refuses it. Fails at once with
-    /// [`ClientError::PayloadTooLarge`] if the publish does not fit in one datagram, and with
-    /// [`ClientError::Disconnected`] while reconnecting.
+    /// [`PublishError::InvalidTopic`] if `topic` is not a valid topic name (the same check as
+    /// [`Client::publish`]), with [`PublishError::PayloadTooLarge`] if the publish does not fit
+    /// in one datagram, and with
+    /// [`ConnectionError::Disconnected`] while reconnecting.
     pub async fn publish_datagram(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PublishError> {
         let core = &self.inner.core;
         if core.is_closing() {
-            return Err(ClientError::Closed);
+            return Err(ConnectionError::Closed.into());
         }
         let link = core.attachment().link.clone();
+        let topic =
+            TopicName::parse(topic, &link.topic_limits()).map_err(PublishError::InvalidTopic)?;
         let publish = cassini_protocol::Frame::Publish(cassini_protocol::Publish {
-            topic: topic.to_owned(),
+            topic: topic.as_str().to_owned(),
             payload: payload.into(),
             ..cassini_protocol::Publish::default()
         });
-        let datagram = crate::framed::encode(&publish, link.max_frame_bytes())?;
+        let datagram = crate::connect::framed::encode(&publish, link.max_frame_bytes())?;
         let max = link.connection().max_datagram_size().unwrap_or(0);
         if datagram.len() > max {
-            return Err(ClientError::PayloadTooLarge {
+            return Err(PublishError::PayloadTooLarge {
                 size: datagram.len(),
                 max: u32::try_from(max).unwrap_or(u32::MAX),
             });
         }
         link.connection()
             .send_datagram(datagram.freeze())
-            .map_err(|error| ClientError::Disconnected {
-                reason: error.to_string(),
+            .map_err(|error| {
+                ConnectionError::Disconnected {
+                    reason: error.to_string(),
+                }
+                .into()
             })
     }
 
     /// Subscribes to `filter` with `options` (overflow policy and queue bounds on the broker,
     /// queue group, at-least-once delivery).
     ///
-    /// The filter is checked against the broker's limits first ([`ClientError::InvalidFilter`]);
-    /// a refusal by the broker is [`ClientError::Request`]. While the client is reconnecting it
-    /// fails with [`ClientError::Disconnected`].
+    /// The filter is checked against the broker's limits first ([`SubscribeError::InvalidFilter`]);
+    /// a refusal by the broker is [`SubscribeError::Refused`]. While the client is reconnecting it
+    /// fails with [`ConnectionError::Disconnected`].
     ///
     /// In a resumed session that holds a subscription this client does not know yet (see
     /// [`Client::unclaimed_subscriptions`]) with the same filter and options, this takes that
@@ -462,39 +475,9 @@ impl Client {
         &self,
         filter: &str,
         options: SubscribeOptions,
-    ) -> Result<Subscription, ClientError> {
-        let core = &self.inner.core;
-        if core.is_closing() {
-            return Err(ClientError::Closed);
-        }
-        let limits = core.attachment().link.topic_limits();
-        let filter = TopicFilter::parse(filter, &limits).map_err(ClientError::InvalidFilter)?;
-        let control = core.control()?;
-        let (sender, messages) = mpsc::channel(self.inner.settings.subscription_buffer);
-        let state = Arc::new(SubscriptionState::default());
-        let sink = SubscriptionSink::new(
-            filter.as_str().to_owned(),
-            options.clone(),
-            sender,
-            Arc::clone(&state),
-        );
-        let taken_up = match core.registry().adopt(filter.as_str(), &options) {
-            Some(id) => {
-                tracing::debug!(%filter, subscription = id, "took up the session's subscription");
-                core.registry().register(id, sink);
-                true
-            }
-            None => {
-                control.subscribe(sink).await?;
-                false
-            }
-        };
-        let subscription = Subscription::new(filter, options, messages, state, Arc::clone(core));
-        Ok(if taken_up {
-            subscription.taken_up()
-        } else {
-            subscription
-        })
+    ) -> Result<Subscription, SubscribeError> {
+        let buffer = self.inner.settings.subscription_buffer;
+        Subscription::open(&self.inner.core, buffer, filter, options).await
     }
 
     /// Publishes `payload` to `topic` as a request and waits up to `timeout` for the first
@@ -504,10 +487,10 @@ impl Client {
     /// `_INBOX.<identity token>.<16 random hex digits>.>` (see `docs/PROTOCOL.md`)
     /// (one subscription per client, counted against the broker's `max_subscriptions`; made
     /// again under a new random name if the broker ends it); each request asks for its reply on
-    /// its own topic under it. Fails with [`ClientError::NoResponders`] as soon as the broker
-    /// says no subscription matched `topic`, with `ClientError::Timeout("waiting for a reply")`
+    /// its own topic under it. Fails with [`RequestError::NoResponders`] as soon as the broker
+    /// says no subscription matched `topic`, with [`RequestError::Timeout`]
     /// if no reply came in time (the timeout covers subscribing and publishing too), with
-    /// [`ClientError::InboxEnded`] if the inbox subscription ended while the request waited,
+    /// [`RequestError::InboxEnded`] if the inbox subscription ended while the request waited,
     /// and otherwise as [`Client::publish`] does. A reply that arrives after the timeout, or
     /// after the first reply, is dropped. While the client is reconnecting, see the
     /// [`Client`] documentation.
@@ -516,7 +499,7 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<Message, ClientError> {
+    ) -> Result<Message, RequestError> {
         self.request_with(topic, payload, PublishOptions::default(), timeout)
             .await
     }
@@ -531,11 +514,11 @@ impl Client {
         payload: impl Into<Bytes>,
         options: PublishOptions,
         timeout: Duration,
-    ) -> Result<Message, ClientError> {
+    ) -> Result<Message, RequestError> {
         let inner = &self.inner;
         let payload = payload.into();
         let exchange = async {
-            let mut pending = inner.inbox.register(self, topic).await?;
+            let mut pending = inner.inbox.register(topic).await?;
             let options = PublishOptions {
                 reply_to: Some(pending.reply_to().to_owned()),
                 ..options
@@ -551,27 +534,11 @@ impl Client {
             pending
                 .outcome()
                 .await
-                .unwrap_or_else(|| Err(inner.core.error()))
+                .unwrap_or_else(|| Err(inner.core.error().into()))
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or(Err(ClientError::Timeout(REPLY_TIMEOUT)))
-    }
-
-    /// Serves requests published to `filter`: every subscriber gets every request, so with
-    /// several responders the requester takes the first reply. See [`Client::serve_queue`] to
-    /// share the load instead.
-    pub async fn serve(&self, filter: &str) -> Result<Responder, ClientError> {
-        let subscription = self.subscribe(filter).await?;
-        Ok(Responder::new(subscription, self.clone()))
-    }
-
-    /// Serves requests published to `filter` as a member of the queue group `group`: each
-    /// request goes to one of the responders sharing the filter and group name. See
-    /// [`Client::subscribe_queue`].
-    pub async fn serve_queue(&self, filter: &str, group: &str) -> Result<Responder, ClientError> {
-        let subscription = self.subscribe_queue(filter, group).await?;
-        Ok(Responder::new(subscription, self.clone()))
+            .unwrap_or(Err(RequestError::Timeout))
     }
 
     /// A barrier: returns once the broker has read and processed every publish this client
@@ -611,8 +578,8 @@ impl Client {
     }
 
     /// The resumed session's subscriptions this client has not taken up yet (a new process
-    /// that resumed its session with [`ClientBuilder::resume_session`] or
-    /// [`ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
+    /// that resumed its session with [`crate::ClientBuilder::resume_session`] or
+    /// [`crate::ClientBuilder::session_name`]): id, filter and options. Subscribing with the same
     /// filter and options takes one up ([`Client::subscribe_with`]); until then the broker
     /// keeps its messages under its overflow policy. Empty on a new session.
     pub fn unclaimed_subscriptions(&self) -> Vec<crate::SessionSubscription> {
@@ -626,7 +593,7 @@ impl Client {
     pub fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, ClientError> {
         let failed = |action: &'static str| {
             move |error| {
-                ClientError::Endpoint(cassini_quic::endpoint::EndpointError::Socket {
+                ClientError::from(cassini_quic::endpoint::EndpointError::Socket {
                     action,
                     addr,
                     error,

@@ -1,5 +1,12 @@
 //! The async Rust client for the Cassini broker: QUIC with mutual TLS.
 //!
+//! Layering: every file uses only files below it, from the wire (frames, the `Link`-level
+//! facts of a connection, close reasons) through what each feature keeps (publish lanes and
+//! acknowledgements, subscription sinks and their registry, pending replies), one connection
+//! (handshake, control stream, attachment), the session that outlives connections (and the task
+//! that reconnects it), up to the handles (`Subscription`, `Client`) and the ways in
+//! (`ClientBuilder`, `Client::serve`).
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use cassini_client::Client;
@@ -26,7 +33,7 @@
 //! # Beyond publish and subscribe
 //!
 //! - **Request/reply**: [`Client::request`] publishes with a reply topic and waits for the
-//!   first reply, failing at once with [`ClientError::NoResponders`] when nobody subscribes to
+//!   first reply, failing at once with [`RequestError::NoResponders`] when nobody subscribes to
 //!   the topic. [`Client::serve`] yields [`Request`]s that [`Request::respond`] answers; a plain
 //!   subscriber can answer too, by publishing to [`Message::reply_to`].
 //! - **Queue groups**: [`Client::subscribe_queue`] and [`Client::serve_queue`]: each message
@@ -60,11 +67,21 @@
 //! # }
 //! ```
 //!
+//! # Errors
+//!
+//! Each operation fails with the error of what it does: [`ClientBuilder::connect`] with a
+//! [`ConnectionError`], the publishes with a [`PublishError`], the subscribes and
+//! [`Client::serve`] with a [`SubscribeError`], [`Client::request`] with a [`RequestError`];
+//! each holds a [`ConnectionError`] when the connection is at fault. The other operations
+//! return [`ClientError`], and every error converts into it with `?`, variant for variant
+//! ([`RequestError::NoResponders`] becomes [`ClientError::NoResponders`],
+//! [`SubscribeError::Refused`] becomes [`ClientError::Request`], ...). All of them are `Clone`.
+//!
 //! # How it talks to the broker
 //!
 //! One QUIC connection per [`Client`]. The client opens a control stream and exchanges
 //! `Hello`/`Welcome` on it (a certificate the broker refuses shows up here, as
-//! [`ClientError::Certificate`]); subscribe, unsubscribe and ping requests follow on the same
+//! [`ConnectionError::Certificate`]); subscribe, unsubscribe and ping requests follow on the same
 //! stream. Each topic is published on its own client-opened stream (a *lane*), so per-topic
 //! order holds and topics do not delay each other. The broker opens one stream per
 //! subscription. Every queue is bounded: a slow subscriber stops reading its stream and QUIC
@@ -78,7 +95,8 @@
 //! ([`ReconnectPolicy`], on by default) and resumes its session, and every [`Subscription`]
 //! continues with the messages the broker kept for it, in order and never twice. Publishes made
 //! meanwhile wait in a bounded [`OutboundBuffer`] and are sent first after the reconnect;
-//! subscribe, unsubscribe and ping fail at once with [`ClientError::Disconnected`]. Watch it
+//! subscribe, unsubscribe and ping fail at once with a `Disconnected` error
+//! ([`ConnectionError::Disconnected`]). Watch it
 //! happen with [`Client::state_changes`] ([`ConnectionState`]); hear what a subscription
 //! missed as it happens with [`Subscription::next_event`] ([`SubscriptionEvent::Gap`]), or count
 //! it with [`Subscription::gaps`] and [`Subscription::take_gaps`] ([`Gap`]). The client stops for
@@ -108,86 +126,83 @@
 //!
 //! # Layout
 //!
-//! - [`builder`](ClientBuilder): settings, their validation, and `connect`.
-//! - `handshake`: the QUIC connection, the control stream, `Hello` (resuming a session) and
-//!   `Welcome`; `connector`: one connection attempt under the connect timeout.
-//! - `client`: the [`Client`] handle; `client/close` the goodbye in [`Client::close`].
-//! - `session`: what outlives a connection (the current connection, the outbound buffer, the
-//!   [`ConnectionState`]); `attachment`: one connection and the tasks serving it;
-//!   `supervisor`: the task that notices a lost connection and reconnects, resumes or replaces
-//!   the session; `loss`: which failures are retried; `reconnect_policy`: [`ReconnectPolicy`]
-//!   and its backoff schedule; `outbound`: [`OutboundBuffer`] and its bounded queue;
-//!   `connection_state`: [`ConnectionState`] and [`DisconnectReason`].
-//! - `control`: the control stream's writer and reader tasks and the table of pending requests.
-//! - `publish`: publish validation and the least-recently-used set of lanes; `lanes` is the
-//!   LRU bookkeeping, `lane` the task that owns one publish stream.
-//! - `subscription_stream`: accepting subscription streams and moving deliveries into each
-//!   subscription's bounded channel; `registry`: the session's subscriptions across
-//!   connections, pairing a stream with its `Subscribed` answer whichever arrives first, and
-//!   handing a subscription from one connection's stream to the next.
-//! - `publish_options`: [`PublishOptions`].
-//! - `acks`: acknowledged publishes: message ids, the bounded table of publishes waiting for
-//!   their acknowledgement, and which to send again after a reconnect ([`PublishReceipt`]).
-//! - `subscription`: the application's [`Subscription`] and why it ended ([`SubscriptionEnd`]);
-//!   `gaps`: [`Gap`]s and the bookkeeping that finds them and refuses duplicates.
-//! - `message`: a delivered [`Message`].
-//! - `payload`: JSON and MessagePack payloads and their errors ([`PayloadError`]).
-//! - `inbox`: the per-client reply subscription and its dispatcher; `replies` the table of
-//!   requests waiting for a reply, completed by a reply, a `NoResponders` or the inbox's end.
-//! - `responder`: [`Responder`] and [`Request`], serving requests.
-//! - `link`: what every part shares about the connection, and which error a failure reports.
-//! - `disconnect`: turning quinn's close reasons and TLS alerts into [`ClientError`]s.
-//! - `framed`: whole frames over quinn streams.
-//! - `error`: [`ClientError`].
+//! Folders follow what a user does; files are named after the type they hold.
+//!
+//! - `client`: the [`Client`] handle and its operations; `client/close`: the goodbye in
+//!   [`Client::close`].
+//! - `connect/`: connecting and staying connected.
+//!   - `builder`: [`ClientBuilder`], its settings and their validation, and `connect`
+//!     ([`Client::builder`] is defined here); `broker_address`: [`BrokerAddress`] and resolving
+//!     it.
+//!   - `connector`: one connection attempt under the connect timeout, and the handshake: the
+//!     QUIC connection, the control stream, `Hello` (resuming a session) and `Welcome`.
+//!   - `link`: what every part shares about one connection, and which error a failure
+//!     reports; `disconnect`: quinn's close reasons and TLS alerts as [`ConnectionError`]s;
+//!     `framed`: whole frames over quinn streams.
+//!   - `control/`: the control stream: `handle` (the requests and the handle that makes them),
+//!     `pending` (requests waiting for their answer), the `writer` and `reader` tasks.
+//!   - `attachment`: one connection and the tasks serving it.
+//!   - `session`: what outlives a connection (the current connection, the outbound buffer, the
+//!     [`ConnectionState`]); `supervisor`: the task that notices a lost connection and
+//!     reconnects, resumes or replaces the session; `reconnect_policy`: [`ReconnectPolicy`],
+//!     its backoff schedule, and which failures are retried; `connection_state`:
+//!     [`ConnectionState`] and [`DisconnectReason`].
+//! - `publish/`: publishing.
+//!   - `options`: [`PublishOptions`]; `outgoing`: checking a publish against the broker's
+//!     limits and encoding it.
+//!   - `publisher`: the lanes of one connection, the least recently used closed first; `lane`:
+//!     the task that owns one publish stream.
+//!   - `receipt`: acknowledged publishes ([`PublishReceipt`]): message ids, the bounded table
+//!     of publishes waiting for their acknowledgement, and which to send again after a
+//!     reconnect.
+//!   - `outbound`: [`OutboundBuffer`], publishes kept while reconnecting.
+//! - `subscribe/`: subscribing.
+//!   - `subscription`: the application's [`Subscription`] and its [`SubscriptionEvent`]s;
+//!     `end`: why it ended ([`SubscriptionEnd`]).
+//!   - `sink`: what the handle shares with the tasks reading its stream and datagrams;
+//!     `registry`: the session's subscriptions across connections, pairing a stream with its
+//!     `Subscribed` answer whichever arrives first, and handing a subscription from one
+//!     connection's stream to the next; `incoming`: subscription streams and datagrams in.
+//!   - `gap`: [`Gap`]s, the bookkeeping that finds them and refuses duplicates, and the loss
+//!     count of datagram subscriptions; `acks`: acknowledgements of at-least-once deliveries.
+//! - `request/`: request and reply.
+//!   - `inbox`: the per-client reply subscription and its dispatcher; `replies`: requests
+//!     waiting for a reply, completed by a reply, a `NoResponders` or the inbox's end.
+//!   - `responder`: [`Responder`] and [`Request`], serving requests ([`Client::serve`] is
+//!     defined here).
+//! - `message`: a delivered [`Message`]; `payload`: JSON and MessagePack payloads
+//!   ([`PayloadError`]).
+//! - `error`: the errors per operation ([`ConnectionError`], [`PublishError`],
+//!   [`SubscribeError`], [`RequestError`]) and [`ClientError`] over them; `sync`: locking
+//!   that survives a panicked holder.
+//!
+//! Unit tests sit in a `tests` module at the end of the file they test.
 
-mod acks;
-mod attachment;
-mod builder;
 mod client;
-mod connection_state;
-mod connector;
-mod control;
-mod datagram_loss;
-mod datagrams;
-mod delivery_acks;
-mod disconnect;
+mod connect;
 mod error;
-mod framed;
-mod gaps;
-mod handshake;
-mod inbox;
-mod lane;
-mod lanes;
-mod link;
-mod loss;
 mod message;
-mod outbound;
 mod payload;
 mod publish;
-mod publish_options;
-mod reconnect_policy;
-mod registry;
-mod replies;
-mod responder;
-mod session;
-mod subscription;
-mod subscription_stream;
-mod supervisor;
+mod request;
+mod subscribe;
 mod sync;
 
-pub use acks::PublishReceipt;
-pub use builder::{BrokerAddress, ClientBuilder};
 pub use client::Client;
-pub use connection_state::{ConnectionState, DisconnectReason};
-pub use error::ClientError;
-pub use gaps::Gap;
+pub use connect::broker_address::BrokerAddress;
+pub use connect::builder::ClientBuilder;
+pub use connect::connection_state::{ConnectionState, DisconnectReason};
+pub use connect::reconnect_policy::ReconnectPolicy;
+pub use error::{ClientError, ConnectionError, PublishError, RequestError, SubscribeError};
 pub use message::Message;
-pub use outbound::{OutboundBuffer, OutboundStats};
 pub use payload::{PayloadError, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE};
-pub use publish_options::PublishOptions;
-pub use reconnect_policy::ReconnectPolicy;
-pub use responder::{Request, Responder};
-pub use subscription::{Events, Subscription, SubscriptionEnd, SubscriptionEvent};
+pub use publish::options::PublishOptions;
+pub use publish::outbound::{OutboundBuffer, OutboundStats};
+pub use publish::receipt::PublishReceipt;
+pub use request::responder::{Request, Responder};
+pub use subscribe::end::SubscriptionEnd;
+pub use subscribe::gap::Gap;
+pub use subscribe::subscription::{Events, Subscription, SubscriptionEvent};
 
 pub use cassini_protocol::{
     AckOptions, DeliveryClass, ErrorCode, GapReason, GoingAway, Headers, Limits, OverflowPolicy,

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    ClientError, ConnectionState, DisconnectReason, ErrorCode, OverflowPolicy, ReconnectPolicy,
-    SubscribeOptions, Subscription, SubscriptionEnd, SubscriptionEvent,
+    ClientError, ConnectionError, ConnectionState, DisconnectReason, ErrorCode, OverflowPolicy,
+    PublishError, ReconnectPolicy, SubscribeError, SubscribeOptions, Subscription, SubscriptionEnd,
+    SubscriptionEvent,
 };
 use cassini_protocol::{
     Delivery, ErrorFrame, Frame, Gap, GapReason, Ping, PublishRejected, Subscribed, Unsubscribed,
@@ -420,7 +421,7 @@ async fn a_refused_subscribe_is_a_request_error_and_the_connection_stays_usable(
     };
     let ((refused, ping), ()) = tokio::join!(client_side, broker_side);
     match refused {
-        Err(ClientError::Request { code, reason }) => {
+        Err(SubscribeError::Refused { code, reason }) => {
             assert_eq!(code, ErrorCode::TOO_MANY_SUBSCRIPTIONS);
             assert_eq!(reason, "at most 100");
         }
@@ -439,20 +440,36 @@ async fn invalid_topics_filters_and_payloads_are_refused_before_sending() {
     let client = client.expect("connect");
     assert!(matches!(
         client.publish("demo.*", "x").await,
-        Err(ClientError::InvalidTopic(_))
+        Err(PublishError::InvalidTopic(_))
     ));
     assert!(matches!(
         client.publish(&"a".repeat(65), "x").await,
-        Err(ClientError::InvalidTopic(_))
+        Err(PublishError::InvalidTopic(_))
     ));
     match client.publish("demo.a", vec![0u8; 1025]).await {
-        Err(ClientError::PayloadTooLarge { size, max }) => assert_eq!((size, max), (1025, 1024)),
+        Err(PublishError::PayloadTooLarge { size, max }) => assert_eq!((size, max), (1025, 1024)),
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     assert!(matches!(
         client.subscribe("demo.>.x").await,
-        Err(ClientError::InvalidFilter(_))
+        Err(SubscribeError::InvalidFilter(_))
     ));
+}
+
+#[tokio::test]
+async fn a_datagram_to_an_invalid_topic_is_refused_before_sending() {
+    let broker = FakeBroker::start();
+    let (client, _session) = tokio::join!(
+        broker.client_builder("alice").connect(),
+        broker.accept_session()
+    );
+    let client = client.expect("connect");
+    for topic in ["demo.*", "demo.>", "", &"a".repeat(65)] {
+        match client.publish_datagram(topic, "x").await {
+            Err(PublishError::InvalidTopic(_)) => {}
+            other => panic!("expected InvalidTopic for {topic:?}, got {other:?}"),
+        }
+    }
 }
 
 /// Plays the broker's publish side: reads every publish stream to its end, recording payloads
@@ -532,7 +549,7 @@ async fn publishes_keep_per_topic_order_across_evicted_lanes_and_close_delivers_
     }
     assert!(matches!(
         client.publish("t.a", "late").await,
-        Err(ClientError::Closed)
+        Err(PublishError::Connection(ConnectionError::Closed))
     ));
 }
 
@@ -706,7 +723,7 @@ async fn a_refusal_during_the_handshake_is_reported_by_connect() {
     };
     let (client, _connection) = tokio::join!(broker.client_builder("alice").connect(), broker_side);
     match client {
-        Err(ClientError::Refused { code, reason }) => {
+        Err(ConnectionError::Refused { code, reason }) => {
             assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS);
             assert_eq!(reason, "connection limit reached");
         }
@@ -724,7 +741,7 @@ async fn a_certificate_from_another_ca_is_refused_as_unknown_ca() {
     );
     assert!(accepted.is_err(), "the broker must refuse the certificate");
     match client {
-        Err(ClientError::Certificate { reason }) => {
+        Err(ConnectionError::Certificate { reason }) => {
             assert!(
                 reason.starts_with("the broker refused this client's certificate"),
                 "{reason}"
@@ -745,7 +762,7 @@ async fn an_expired_certificate_is_refused_as_expired() {
     );
     assert!(accepted.is_err(), "the broker must refuse the certificate");
     match client {
-        Err(ClientError::Certificate { reason }) => assert!(
+        Err(ConnectionError::Certificate { reason }) => assert!(
             reason.contains("certificate expired or not yet valid (TLS alert 45)"),
             "{reason}"
         ),
@@ -762,7 +779,7 @@ async fn a_broker_certificate_from_another_ca_is_refused_by_the_client() {
         .ca_certs(vec![other_ca.cert_der().clone()]);
     let (client, _accepted) = tokio::join!(builder.connect(), broker.accept_connection());
     match client {
-        Err(ClientError::BrokerCertificate { reason }) => {
+        Err(ConnectionError::BrokerCertificate { reason }) => {
             assert!(
                 reason.starts_with("this client refused the broker's certificate"),
                 "{reason}"
@@ -788,7 +805,9 @@ async fn a_pong_for_another_request_kind_is_a_protocol_error() {
     };
     let (subscribed, ()) = tokio::join!(client.subscribe("demo.a"), broker_side);
     match subscribed {
-        Err(ClientError::Protocol { reason }) => assert!(reason.contains("Pong"), "{reason}"),
+        Err(SubscribeError::Connection(ConnectionError::Protocol { reason })) => {
+            assert!(reason.contains("Pong"), "{reason}")
+        }
         other => panic!("expected a protocol error, got {other:?}"),
     }
     let closed = timeout(STEP, session.connection.closed())

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    Client, ClientBuilder, ClientError, ConnectionState, DisconnectReason, ErrorCode, Gap,
-    OutboundBuffer, OverflowPolicy, ReconnectPolicy, SessionId, SubscribeOptions, Subscription,
-    SubscriptionEnd,
+    Client, ClientBuilder, ClientError, ConnectionError, ConnectionState, DisconnectReason,
+    ErrorCode, Gap, OutboundBuffer, OverflowPolicy, PublishError, ReconnectPolicy, SessionId,
+    SubscribeError, SubscribeOptions, Subscription, SubscriptionEnd,
 };
 use cassini_protocol::{Delivery, Frame};
 use fake_broker::{write, FakeBroker, Reader, Session, SESSION, STEP};
@@ -193,7 +193,9 @@ async fn session_taken_over_stops_reconnecting_and_reports_disconnected() {
         "the subscription says it lives on elsewhere, not that the network failed"
     );
     match client.publish("out.a", "late").await {
-        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER),
+        Err(PublishError::Connection(ConnectionError::Refused { code, .. })) => {
+            assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER)
+        }
         other => panic!("expected Refused, got {other:?}"),
     }
     assert!(matches!(
@@ -279,18 +281,20 @@ async fn while_reconnecting_requests_fail_fast_and_the_outbound_buffer_is_bounde
     ));
     assert!(matches!(
         client.subscribe("demo.>").await,
-        Err(ClientError::Disconnected { .. })
+        Err(SubscribeError::Connection(
+            ConnectionError::Disconnected { .. }
+        ))
     ));
     client.publish("out.a", "1").await.expect("buffered");
     client.publish("out.b", "2").await.expect("buffered");
     match client.publish("out.a", "3").await {
-        Err(ClientError::OutboundBufferFull { capacity }) => assert_eq!(capacity, 2),
+        Err(PublishError::OutboundBufferFull { capacity }) => assert_eq!(capacity, 2),
         other => panic!("expected OutboundBufferFull, got {other:?}"),
     }
     assert!(
         matches!(
             client.publish("out.*", "x").await,
-            Err(ClientError::InvalidTopic(_))
+            Err(PublishError::InvalidTopic(_))
         ),
         "publishes are still validated"
     );
@@ -306,7 +310,7 @@ async fn with_the_outbound_buffer_disabled_a_publish_while_reconnecting_fails_fa
     session.close(ErrorCode::INTERNAL, "crashed");
     wait_for_state(&mut states, is_reconnecting).await;
     match client.publish("out.a", "1").await {
-        Err(ClientError::Disconnected { reason }) => {
+        Err(PublishError::Connection(ConnectionError::Disconnected { reason })) => {
             assert!(reason.contains("crashed"), "{reason}")
         }
         other => panic!("expected Disconnected, got {other:?}"),
@@ -344,7 +348,7 @@ async fn close_while_reconnecting_stops_for_good() {
     assert_eq!(subscription.end_reason(), Some(SubscriptionEnd::Closed));
     assert!(matches!(
         client.publish("out.a", "2").await,
-        Err(ClientError::Closed)
+        Err(PublishError::Connection(ConnectionError::Closed))
     ));
 }
 
@@ -373,7 +377,9 @@ async fn reconnecting_gives_up_after_give_up_after() {
     }
     assert!(matches!(
         client.publish("out.a", "1").await,
-        Err(ClientError::Disconnected { .. })
+        Err(PublishError::Connection(
+            ConnectionError::Disconnected { .. }
+        ))
     ));
 }
 

@@ -8,7 +8,7 @@ mod fake_broker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::{Client, ClientError, PublishOptions, SessionId};
+use cassini_client::{Client, ClientError, PublishError, PublishOptions, RequestError, SessionId};
 use cassini_protocol::{Delivery, Frame, NoResponders, Publish};
 use fake_broker::{write, FakeBroker, Reader, Session, STEP};
 use serde::{Deserialize, Serialize};
@@ -120,7 +120,7 @@ async fn no_responders_ends_a_request_at_once() {
         broker_side
     );
     match answer {
-        Err(ClientError::NoResponders { topic }) => assert_eq!(topic, "svc.none"),
+        Err(RequestError::NoResponders { topic }) => assert_eq!(topic, "svc.none"),
         other => panic!("expected NoResponders, got {other:?}"),
     }
     assert!(
@@ -156,7 +156,7 @@ async fn a_request_times_out_and_its_late_reply_does_not_reach_the_next_request(
     let (answer, (mut inbox, _send, mut publishes, late_topic)) =
         tokio::join!(client.request("svc.slow", "hello?", patience), broker_side);
     match answer {
-        Err(error @ ClientError::Timeout(_)) => {
+        Err(error @ RequestError::Timeout) => {
             assert_eq!(error.to_string(), "timed out waiting for a reply");
         }
         other => panic!("expected a timeout, got {other:?}"),
@@ -260,7 +260,7 @@ async fn publish_options_direct_messages_and_typed_payloads_reach_the_broker() {
         client
             .publish_with("orders.new", "x", PublishOptions::new().reply_to("bad.*"))
             .await,
-        Err(ClientError::InvalidReplyTo(_))
+        Err(PublishError::InvalidReplyTo(_))
     ));
 }
 
@@ -366,7 +366,7 @@ async fn a_lost_inbox_fails_waiting_requests_and_the_next_request_subscribes_aga
     let (answer, (_send, mut publishes, first_filter)) =
         tokio::join!(client.request("svc.a", "1", STEP), broker_side);
     match answer {
-        Err(ClientError::InboxEnded { reason }) => assert!(reason.contains("slow consumer")),
+        Err(RequestError::InboxEnded { reason }) => assert!(reason.contains("slow consumer")),
         other => panic!("expected InboxEnded, got {other:?}"),
     }
 

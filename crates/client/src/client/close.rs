@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 use super::Client;
-use crate::attachment::Attachment;
-use crate::connection_state::DisconnectReason;
-use crate::disconnect::{connection_error, Phase};
-use crate::error::ClientError;
-use crate::session::AtClose;
+use crate::connect::attachment::Attachment;
+use crate::connect::connection_state::DisconnectReason;
+use crate::connect::disconnect::{connection_error, Phase};
+use crate::connect::session::AtClose;
+use crate::error::{ClientError, ConnectionError};
 
 /// After the connection is closed, how long to wait for the endpoint to tell the broker.
 const WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -26,8 +26,8 @@ impl Client {
     /// of them; finishes the control stream (the goodbye: the broker reads the publish streams
     /// to their end, ends the session and closes the connection); waits for the broker's
     /// close; waits for the endpoint to be idle. Each wait is bounded by `close_timeout`.
-    /// Afterwards every operation fails with [`ClientError::Closed`], every subscription ends
-    /// with [`crate::SubscriptionEnd::Closed`] and the state is
+    /// Afterwards every operation fails with a `Closed` error ([`ConnectionError::Closed`]),
+    /// every subscription ends with [`crate::SubscriptionEnd::Closed`] and the state is
     /// [`crate::ConnectionState::Disconnected`].
     ///
     /// Returns an error if the connection had already failed (messages may have been lost),
@@ -75,8 +75,8 @@ impl Client {
                     ),
                 })
             }
-            AtClose::Ended(ClientError::Closed) => Ok(()),
-            AtClose::Ended(error) => Err(error),
+            AtClose::Ended(ConnectionError::Closed) => Ok(()),
+            AtClose::Ended(error) => Err(error.into()),
         };
         inner.endpoint.close(0u32.into(), b"goodbye");
         if !broker_closed
@@ -86,7 +86,7 @@ impl Client {
         {
             tracing::debug!("endpoint not idle in time after close");
         }
-        core.end(ClientError::Closed, DisconnectReason::Closed);
+        core.end(ConnectionError::Closed, DisconnectReason::Closed);
         result
     }
 }
@@ -122,7 +122,7 @@ impl Client {
             AtClose::Attached(attachment) => {
                 let drained = attachment.publisher.close().await;
                 let synced = match timeout(close_timeout, attachment.control.ping()).await {
-                    Ok(result) => result.map(|_| ()),
+                    Ok(result) => result.map_err(ClientError::from),
                     Err(_) => Err(ClientError::Timeout("the broker's answer before leaving")),
                 };
                 attachment
@@ -134,8 +134,8 @@ impl Client {
             AtClose::Reconnecting { reason, .. } => Err(ClientError::Disconnected {
                 reason: format!("left while reconnecting ({reason})"),
             }),
-            AtClose::Ended(ClientError::Closed) => Ok(()),
-            AtClose::Ended(error) => Err(error),
+            AtClose::Ended(ConnectionError::Closed) => Ok(()),
+            AtClose::Ended(error) => Err(error.into()),
         };
         inner.endpoint.close(0u32.into(), b"leaving");
         if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
@@ -144,7 +144,7 @@ impl Client {
         {
             tracing::debug!("endpoint not idle in time after leaving");
         }
-        core.end(ClientError::Closed, DisconnectReason::Closed);
+        core.end(ConnectionError::Closed, DisconnectReason::Closed);
         result
     }
 }
@@ -171,8 +171,8 @@ async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(),
     connection.close(0u32.into(), b"goodbye");
     for reason in [failed_before, closed_by_broker].into_iter().flatten() {
         match connection_error(&reason, Phase::Established) {
-            ClientError::Closed => {}
-            error => return Err(error),
+            ConnectionError::Closed => {}
+            error => return Err(error.into()),
         }
     }
     drained

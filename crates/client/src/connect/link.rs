@@ -1,0 +1,117 @@
+//! What every part of the client shares about its one connection.
+//!
+//! The [`Link`] holds the quinn connection, the broker's `Welcome`, and the facts that decide
+//! what a failed operation reports: whether the user is closing the client (a flag every
+//! connection of the client shares), whether this client closed the connection for a protocol
+//! violation, and otherwise how quinn says it ended. A reconnect makes a new `Link`. It does not
+//! read or write any stream.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cassini_protocol::{ErrorCode, GoingAway, Limits, TopicLimits, Welcome};
+use quinn::VarInt;
+
+use crate::connect::disconnect::{connection_error, Phase};
+use crate::error::ConnectionError;
+use crate::sync::lock;
+
+/// The connection and what is known about it.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// The QUIC connection to the broker.
+    connection: quinn::Connection,
+    /// The broker's answer to `Hello`: session, identity and limits.
+    welcome: Welcome,
+    /// Set when the user starts closing the client: operations then report `Closed`. Shared by
+    /// every connection of the client.
+    closing: Arc<AtomicBool>,
+    /// Set when this client closed the connection because the broker broke the protocol.
+    violation: OnceLock<String>,
+    /// The last `GoingAway` the broker sent.
+    going_away: Mutex<Option<GoingAway>>,
+}
+
+impl Link {
+    pub(crate) fn new(
+        connection: quinn::Connection,
+        welcome: Welcome,
+        closing: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            connection,
+            welcome,
+            closing,
+            violation: OnceLock::new(),
+            going_away: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.welcome.limits
+    }
+
+    pub(crate) fn max_frame_bytes(&self) -> u32 {
+        self.welcome.limits.max_frame_bytes
+    }
+
+    /// The topic rules announced by the broker.
+    pub(crate) fn topic_limits(&self) -> TopicLimits {
+        let limits = &self.welcome.limits;
+        TopicLimits {
+            max_bytes: limits.max_topic_bytes as usize,
+            max_depth: limits.max_topic_depth as usize,
+        }
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
+    pub(crate) fn set_going_away(&self, going_away: GoingAway) {
+        *lock(&self.going_away) = Some(going_away);
+    }
+
+    pub(crate) fn going_away(&self) -> Option<GoingAway> {
+        lock(&self.going_away).clone()
+    }
+
+    /// Closes the connection because the broker broke the protocol.
+    pub(crate) fn protocol_violation(&self, code: ErrorCode, reason: &str) {
+        tracing::error!(code = ?code, %reason, "the broker broke the protocol; closing the connection");
+        let _ = self.violation.set(reason.to_owned());
+        self.connection
+            .close(VarInt::from_u32(code.value()), reason.as_bytes());
+    }
+
+    /// Why the connection can no longer be used, for an operation that just failed.
+    pub(crate) fn error(&self) -> ConnectionError {
+        if let Some(reason) = self.violation.get() {
+            return ConnectionError::Protocol {
+                reason: reason.clone(),
+            };
+        }
+        if self.is_closing() {
+            return ConnectionError::Closed;
+        }
+        match self.connection.close_reason() {
+            Some(error) => connection_error(&error, Phase::Established),
+            None => ConnectionError::ConnectionLost {
+                reason: "the control stream failed".to_owned(),
+            },
+        }
+    }
+}

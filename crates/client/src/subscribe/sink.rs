@@ -1,0 +1,195 @@
+//! What a subscription's handle shares with the tasks reading its streams and datagrams: the
+//! [`SubscriptionState`], and the [`SubscriptionSink`] that holds the sending end of the
+//! subscription's channel across connections.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use cassini_protocol::{DeliveryClass, Gap as GapFrame, SubscribeOptions, SubscriptionId};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::message::Message;
+use crate::subscribe::end::SubscriptionEnd;
+
+/// What the application's handle, the stream-reading tasks and the session share.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionState {
+    /// The broker's id for the subscription; a new one when it was made again in a new session.
+    id: AtomicU64,
+    /// Grows by one each time the subscription is made again in a new session, whose sequence
+    /// numbers start again at 1.
+    epoch: AtomicU64,
+    /// Sum of the broker's overflow gaps.
+    dropped: AtomicU64,
+    /// The highest sequence read from the subscription's streams in this epoch: where the
+    /// client stands when it resumes the session.
+    last_received: AtomicU64,
+    /// Set once, before the channel is closed.
+    end: OnceLock<SubscriptionEnd>,
+    /// Set when this client asked the broker to end the subscription, or dropped it.
+    unsubscribing: AtomicBool,
+}
+
+impl SubscriptionState {
+    pub(crate) fn id(&self) -> SubscriptionId {
+        self.id.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_id(&self, id: SubscriptionId) {
+        self.id.store(id, Ordering::Release);
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Starts a new epoch: the subscription is being made again in a new session.
+    pub(crate) fn next_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.last_received.store(0, Ordering::Release);
+    }
+
+    /// Records that sequences up to `sequence` were read from the stream.
+    pub(crate) fn note_received(&self, sequence: u64) {
+        self.last_received.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// The highest sequence read from the subscription's streams in this epoch.
+    pub(crate) fn last_received(&self) -> u64 {
+        self.last_received.load(Ordering::Acquire)
+    }
+
+    /// Sum of the broker's overflow gaps.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_dropped(&self, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_unsubscribing(&self) -> bool {
+        self.unsubscribing.load(Ordering::Acquire)
+    }
+
+    /// Marks the subscription as being unsubscribed; returns whether it already was.
+    pub(crate) fn start_unsubscribing(&self) -> bool {
+        self.unsubscribing.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn has_ended(&self) -> bool {
+        self.end.get().is_some()
+    }
+
+    /// Why the subscription ended, once it has.
+    pub(crate) fn end(&self) -> Option<SubscriptionEnd> {
+        self.end.get().cloned()
+    }
+}
+
+/// One message or announced gap on its way to the application, with the epoch it was read in.
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    /// The subscription's epoch when the stream carrying the message was claimed.
+    pub(crate) epoch: u64,
+    /// The message or gap.
+    pub(crate) item: StreamItem,
+}
+
+/// What a subscription stream carries to the application.
+#[derive(Debug)]
+pub(crate) enum StreamItem {
+    /// A delivery.
+    Message(Message),
+    /// The broker's announcement that a range of sequences will never come.
+    Gap(GapFrame),
+}
+
+/// The slot holding a subscription's sender: `None` once the subscription has ended. The task
+/// reading the subscription's stream keeps it locked while it reads.
+pub(crate) type SenderSlot = Arc<Mutex<Option<mpsc::Sender<Delivered>>>>;
+
+/// The session's side of one subscription: what it was made with, so it can be made again, and
+/// the sending end of its channel. It outlives connections.
+#[derive(Debug)]
+pub(crate) struct SubscriptionSink {
+    /// The filter as subscribed.
+    pub(crate) filter: String,
+    /// The options as subscribed.
+    pub(crate) options: SubscribeOptions,
+    /// Shared with the handle.
+    pub(crate) state: Arc<SubscriptionState>,
+    /// The channel's sender. Bounded: a full channel stops the stream reader, and flow control
+    /// stops the broker.
+    sender: SenderSlot,
+    /// For a datagram subscription, the sender the connection's datagram reader uses: it never
+    /// waits (a datagram that finds the channel full is dropped and shows as lost). Cleared
+    /// when the subscription ends, so the channel closes.
+    datagram_sender: std::sync::Mutex<Option<mpsc::Sender<Delivered>>>,
+}
+
+impl SubscriptionSink {
+    pub(crate) fn new(
+        filter: String,
+        options: SubscribeOptions,
+        sender: mpsc::Sender<Delivered>,
+        state: Arc<SubscriptionState>,
+    ) -> Arc<Self> {
+        let datagram_sender =
+            matches!(options.delivery, DeliveryClass::Datagram { .. }).then(|| sender.clone());
+        Arc::new(Self {
+            filter,
+            options,
+            state,
+            sender: Arc::new(Mutex::new(Some(sender))),
+            datagram_sender: std::sync::Mutex::new(datagram_sender),
+        })
+    }
+
+    /// The sender's slot, for a stream reader to lock.
+    pub(crate) fn slot(&self) -> SenderSlot {
+        Arc::clone(&self.sender)
+    }
+
+    /// Ends the subscription with `end`: records the reason at once, and closes the channel at
+    /// once unless a stream reader holds it, which then closes it when it lets go. A
+    /// subscription that had ended keeps its first reason.
+    pub(crate) fn try_finish(&self, end: SubscriptionEnd) {
+        let _ = self.state.end.set(end);
+        self.close_datagrams();
+        if let Ok(mut slot) = self.sender.try_lock() {
+            *slot = None;
+        }
+    }
+
+    /// Hands a delivery that arrived in a datagram to the application, if there is room now;
+    /// returns whether it was taken.
+    pub(crate) fn offer_datagram(&self, message: Message) -> bool {
+        let sender = crate::sync::lock(&self.datagram_sender);
+        let Some(sender) = sender.as_ref() else {
+            return false;
+        };
+        sender
+            .try_send(Delivered {
+                epoch: self.state.epoch(),
+                item: StreamItem::Message(message),
+            })
+            .is_ok()
+    }
+
+    /// Drops the datagram reader's sender (the subscription ended).
+    pub(crate) fn close_datagrams(&self) {
+        *crate::sync::lock(&self.datagram_sender) = None;
+    }
+}
+
+/// Records why the subscription ended (unless it had ended already), then closes its channel:
+/// the handle yields what is buffered, then `None`.
+pub(crate) fn finish_slot(
+    slot: &mut Option<mpsc::Sender<Delivered>>,
+    state: &SubscriptionState,
+    end: SubscriptionEnd,
+) {
+    let _ = state.end.set(end);
+    *slot = None;
+}
