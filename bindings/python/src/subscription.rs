@@ -27,6 +27,8 @@ pub(crate) struct SubscriptionShared {
     /// wait whose asyncio future was cancelled just as it finished leaves its items here, so
     /// none is lost.
     ready: std::sync::Mutex<Ready>,
+    /// The subscription's counters as of the last read, readable while a read waits.
+    stats: std::sync::Mutex<Stats>,
     /// At least once: one message per crossing, so none is acknowledged before Python saw it.
     at_least_once: bool,
 }
@@ -56,6 +58,35 @@ impl Drop for SubscriptionShared {
 enum Item {
     Message(PyMessage),
     Gap(PyGap),
+}
+
+/// A subscription's counters and gaps, copied whenever a read holds it.
+#[derive(Default)]
+struct Stats {
+    id: u64,
+    dropped: u64,
+    gaps: u64,
+    lost: u64,
+    end_reason: Option<String>,
+    /// Gaps not yet taken by `take_gaps` (the latest 1,024).
+    recorded: std::collections::VecDeque<cassini_client::Gap>,
+}
+
+/// Most gaps kept for `take_gaps`, as the Rust subscription does.
+const MAX_RECORDED_GAPS: usize = 1024;
+
+impl Stats {
+    fn update(&mut self, subscription: &mut Subscription) {
+        self.id = subscription.id();
+        self.dropped = subscription.dropped();
+        self.gaps = subscription.gaps();
+        self.lost = subscription.lost();
+        self.end_reason = subscription.end_reason().map(|end| end.to_string());
+        self.recorded.extend(subscription.take_gaps());
+        while self.recorded.len() > MAX_RECORDED_GAPS {
+            self.recorded.pop_front();
+        }
+    }
 }
 
 /// Items taken from the subscription, not yet handed to Python.
@@ -113,9 +144,16 @@ impl SubscriptionShared {
             match subscription.next_event().now_or_never() {
                 Some(Some(event)) => ready.items.extend(self.item(event)),
                 Some(None) => ready.ended = true,
-                None => return,
+                None => break,
             }
         }
+        self.stats().update(subscription);
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn ready(&self) -> std::sync::MutexGuard<'_, Ready> {
@@ -148,16 +186,11 @@ impl NativeSubscription {
             shared: Arc::new(SubscriptionShared {
                 subscription: Mutex::new(Some(subscription)),
                 ready: std::sync::Mutex::default(),
+                stats: std::sync::Mutex::default(),
                 at_least_once,
             }),
             filter,
         }
-    }
-
-    /// Runs `f` on the subscription if no read holds it and it is not closed.
-    fn with<T>(&self, f: impl FnOnce(&mut Subscription) -> T) -> Option<T> {
-        let mut guard = self.shared.subscription.try_lock().ok()?;
-        guard.as_mut().map(f)
     }
 }
 
@@ -217,6 +250,7 @@ impl NativeSubscription {
                     }
                     None => {
                         shared.ready().ended = true;
+                        shared.stats().update(subscription);
                         return Ok(());
                     }
                 }
@@ -261,43 +295,69 @@ impl NativeSubscription {
         self.shared.at_least_once
     }
 
-    /// The broker's subscription id (None while a read holds the subscription).
+    /// The broker's subscription id.
     #[getter]
-    fn id(&self) -> Option<u64> {
-        self.with(|subscription| subscription.id())
+    fn id(&self) -> u64 {
+        self.refresh();
+        self.shared.stats().id
     }
 
     /// Messages the broker's overflow policy dropped so far.
     #[getter]
-    fn dropped(&self) -> Option<u64> {
-        self.with(|subscription| subscription.dropped())
+    fn dropped(&self) -> u64 {
+        self.refresh();
+        self.shared.stats().dropped
     }
 
     /// Messages skipped so far, as seen in the sequence numbers.
     #[getter]
-    fn gaps(&self) -> Option<u64> {
-        self.with(|subscription| subscription.gaps())
+    fn gaps(&self) -> u64 {
+        self.refresh();
+        self.shared.stats().gaps
     }
 
     /// Messages missing so far (datagram subscriptions count what has not arrived).
     #[getter]
-    fn lost(&self) -> Option<u64> {
-        self.with(|subscription| subscription.lost())
+    fn lost(&self) -> u64 {
+        self.refresh();
+        self.shared.stats().lost
     }
 
     /// The gaps found since the last call, oldest first.
     fn take_gaps<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let gaps = self
-            .with(|subscription| subscription.take_gaps())
-            .unwrap_or_default();
-        list_of(py, gaps.into_iter().map(PyGap::new).collect())
+        self.refresh();
+        let gaps: Vec<PyGap> = self
+            .shared
+            .stats()
+            .recorded
+            .drain(..)
+            .map(PyGap::new)
+            .collect();
+        list_of(py, gaps)
     }
 
     /// Why the subscription ended, once it has.
     #[getter]
     fn end_reason(&self) -> Option<String> {
-        self.with(|subscription| subscription.end_reason().map(|end| end.to_string()))
-            .flatten()
+        self.refresh();
+        self.shared.stats().end_reason.clone()
+    }
+
+    /// Whether a read (`wait`) holds the subscription in Rust now.
+    #[getter]
+    fn reading(&self) -> bool {
+        self.shared.subscription.try_lock().is_err()
+    }
+}
+
+impl NativeSubscription {
+    /// Copies the counters now if no read holds the subscription (else the read does).
+    fn refresh(&self) {
+        if let Ok(mut guard) = self.shared.subscription.try_lock() {
+            if let Some(subscription) = guard.as_mut() {
+                self.shared.stats().update(subscription);
+            }
+        }
     }
 }
 

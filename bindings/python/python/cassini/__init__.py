@@ -299,21 +299,28 @@ class Subscription:
         return self._native.filter
 
     @property
-    def id(self) -> Optional[int]:
+    def id(self) -> int:
+        """The broker's subscription id."""
         return self._native.id
 
     @property
-    def dropped(self) -> Optional[int]:
+    def dropped(self) -> int:
         """Messages the broker's overflow policy dropped so far."""
         return self._native.dropped
 
     @property
-    def gaps(self) -> Optional[int]:
-        """Messages skipped so far, as the sequence numbers show."""
+    def gaps(self) -> int:
+        """Messages skipped so far, as the sequence numbers show (messages yielded or
+        waiting in the Python buffer)."""
         return self._native.gaps
 
     @property
-    def lost(self) -> Optional[int]:
+    def reading(self) -> bool:
+        """Whether a read waits in Rust now (an `async for` waiting for the next message)."""
+        return self._native.reading
+
+    @property
+    def lost(self) -> int:
         """Messages missing so far (datagram subscriptions: not arrived)."""
         return self._native.lost
 

@@ -41,11 +41,12 @@ def _run(coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise _aio.Timeout("timed out waiting for the operation") from None
     except BaseException:
+        if future.done():
+            raise  # the operation's own error
         future.cancel()
+        if timeout is not None:
+            raise _aio.Timeout(f"timed out after {timeout} s") from None
         raise
 
 
@@ -161,7 +162,7 @@ class Subscription:
         self.close()
 
     @property
-    def gaps(self) -> Optional[int]:
+    def gaps(self) -> int:
         return self._subscription.gaps
 
     def take_gaps(self) -> List[Gap]:
