@@ -11,8 +11,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tokio::sync::{watch, Mutex};
 
+use crate::bridge::{future_into_py, runtime};
 use crate::errors::py_result;
-use crate::runtime;
 use crate::subscription::{NativeResponder, NativeSubscription};
 use crate::types::{PyConnectionState, PyMessage, PyReceipt};
 
@@ -123,8 +123,8 @@ pub(crate) fn connect<'py>(
     if let Some(timeout) = ack_timeout {
         builder = builder.ack_timeout(seconds(timeout, "ack_timeout")?);
     }
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        let client = py_result(builder.connect().await)?;
+    future_into_py(py, async move {
+        let client = builder.connect().await?;
         Ok(NativeClient::new(client))
     })
 }
@@ -193,9 +193,9 @@ impl NativeClient {
             options = options.message_id(id);
         }
         let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             if !ack {
-                py_result(client.publish_with(&topic, payload, options).await)?;
+                client.publish_with(&topic, payload, options).await?;
                 return Ok(None);
             }
             let receipt = match timeout {
@@ -206,7 +206,7 @@ impl NativeClient {
                 }
                 None => client.publish_acked_with(&topic, payload, options).await,
             };
-            Ok(Some(PyReceipt::new(py_result(receipt)?)))
+            Ok(Some(PyReceipt::new(receipt?)))
         })
     }
 
@@ -218,8 +218,8 @@ impl NativeClient {
         payload: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            py_result(client.publish_datagram(&topic, payload).await)
+        future_into_py(py, async move {
+            Ok(client.publish_datagram(&topic, payload).await?)
         })
     }
 
@@ -264,8 +264,8 @@ impl NativeClient {
                 oversize: OversizeRule::Drop,
             };
         }
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let subscription = py_result(client.subscribe_with(&filter, options).await)?;
+        future_into_py(py, async move {
+            let subscription = client.subscribe_with(&filter, options).await?;
             Ok(NativeSubscription::new(subscription))
         })
     }
@@ -283,8 +283,10 @@ impl NativeClient {
         let client = self.client()?;
         let timeout = seconds(timeout, "timeout")?;
         let options = PublishOptions::new().headers(headers.unwrap_or_default());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let reply = py_result(client.request_with(&topic, payload, options, timeout).await)?;
+        future_into_py(py, async move {
+            let reply = client
+                .request_with(&topic, payload, options, timeout)
+                .await?;
             Ok(PyMessage {
                 message: reply,
                 subscription: None,
@@ -301,48 +303,37 @@ impl NativeClient {
         queue: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let responder = match queue {
                 Some(group) => client.serve_queue(&filter, &group).await,
                 None => client.serve(&filter).await,
             };
-            Ok(NativeResponder::new(py_result(responder)?))
+            Ok(NativeResponder::new(responder?))
         })
     }
 
     /// Returns once the broker has processed every publish made before.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            async move { py_result(client.flush().await) },
-        )
+        future_into_py(py, async move { Ok(client.flush().await?) })
     }
 
     /// One round trip, in seconds.
     fn ping<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(py_result(client.ping().await)?.as_secs_f64())
-        })
+        future_into_py(py, async move { Ok(client.ping().await?.as_secs_f64()) })
     }
 
     /// Delivers what was published, then closes and ends the session.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            async move { py_result(client.close().await) },
-        )
+        future_into_py(py, async move { Ok(client.close().await?) })
     }
 
     /// Closes without ending the session: a later client may resume it.
     fn leave<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            async move { py_result(client.leave().await) },
-        )
+        future_into_py(py, async move { Ok(client.leave().await?) })
     }
 
     /// The state now.
@@ -354,7 +345,7 @@ impl NativeClient {
     /// gone.
     fn next_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let states = Arc::clone(&self.states);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let mut states = states.lock().await;
             if states.changed().await.is_err() {
                 return Ok(None);

@@ -61,24 +61,27 @@ fn reason(error: &ClientError) -> String {
 }
 
 /// The Python exception for `error`: `cassini.<Class>(message, code, code_name, reason)`.
+pub(crate) fn to_py_with(py: Python<'_>, error: ClientError) -> PyErr {
+    let (class, code) = classify(&error);
+    let raised = PyModule::import(py, "cassini._errors")
+        .and_then(|module| module.getattr(class))
+        .and_then(|class| {
+            class.call1((
+                error.to_string(),
+                code.map(ErrorCode::value),
+                code.and_then(ErrorCode::name),
+                reason(&error),
+            ))
+        });
+    match raised {
+        Ok(exception) => PyErr::from_value(exception),
+        Err(import_failed) => import_failed,
+    }
+}
+
+/// [`to_py_with`], for callers on a Python thread.
 pub(crate) fn to_py(error: ClientError) -> PyErr {
-    Python::attach(|py| {
-        let (class, code) = classify(&error);
-        let raised = PyModule::import(py, "cassini._errors")
-            .and_then(|module| module.getattr(class))
-            .and_then(|class| {
-                class.call1((
-                    error.to_string(),
-                    code.map(ErrorCode::value),
-                    code.and_then(ErrorCode::name),
-                    reason(&error),
-                ))
-            });
-        match raised {
-            Ok(exception) => PyErr::from_value(exception),
-            Err(import_failed) => import_failed,
-        }
-    })
+    Python::attach(|py| to_py_with(py, error))
 }
 
 /// `Result<T, ClientError>` to `PyResult<T>`.

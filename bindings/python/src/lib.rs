@@ -1,8 +1,9 @@
 //! The native part of the `cassini` Python package (`cassini._native`): PyO3 classes over
 //! `cassini-client`, every async operation an asyncio awaitable driven by one tokio runtime
-//! for the whole module (pyo3-async-runtimes). The Python API itself (`cassini.connect`,
+//! for the whole module (`bridge`). The Python API itself (`cassini.connect`,
 //! `Client`, `Subscription`, the exceptions, `cassini.sync`) is in `python/cassini`.
 
+mod bridge;
 mod client;
 mod errors;
 mod subscription;
@@ -10,14 +11,10 @@ mod types;
 
 use pyo3::prelude::*;
 
-/// The module's one tokio runtime.
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
-}
-
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(client::connect, module)?)?;
+    module.add_function(wrap_pyfunction!(bridge::shutdown, module)?)?;
     module.add_class::<client::NativeClient>()?;
     module.add_class::<subscription::NativeSubscription>()?;
     module.add_class::<subscription::NativeResponder>()?;

@@ -15,8 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use tokio::sync::Mutex;
 
-use crate::errors::py_result;
-use crate::runtime;
+use crate::bridge::{future_into_py, runtime};
 use crate::types::{headers_arg, list_of, PyGap, PyMessage};
 
 /// A subscription, shared by the Python object and the messages that can acknowledge it.
@@ -225,7 +224,7 @@ impl NativeSubscription {
     /// to `max`) for the next `poll_batch`.
     fn wait<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let mut guard = shared.subscription.lock().await;
             let max = shared.max(max);
             {
@@ -261,10 +260,10 @@ impl NativeSubscription {
     /// Asks the broker to end the subscription and waits for its answer.
     fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let mut guard = shared.subscription.lock().await;
             if let Some(subscription) = guard.as_mut() {
-                py_result(subscription.unsubscribe().await)?;
+                subscription.unsubscribe().await?;
             }
             Ok(())
         })
@@ -410,8 +409,8 @@ impl PyRequest {
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = self.request.clone();
         let options = cassini_client::PublishOptions::new().headers(headers_arg(headers)?);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            py_result(request.respond_with(payload, options).await)
+        future_into_py(py, async move {
+            Ok(request.respond_with(payload, options).await?)
         })
     }
 
@@ -475,7 +474,7 @@ impl NativeResponder {
     /// Waits for a request (or the end) and takes every ready one for `poll_batch`.
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let mut guard = shared.responder.lock().await;
             {
                 let ready = shared.ready();
@@ -511,10 +510,10 @@ impl NativeResponder {
     /// Asks the broker to end the responder's subscription and waits for its answer.
     fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        future_into_py(py, async move {
             let mut guard = shared.responder.lock().await;
             if let Some(responder) = guard.as_mut() {
-                py_result(responder.unsubscribe().await)?;
+                responder.unsubscribe().await?;
             }
             Ok(())
         })

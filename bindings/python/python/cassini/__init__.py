@@ -15,6 +15,7 @@ reference.
 
 from __future__ import annotations
 
+import atexit
 from collections import deque
 from typing import (
     AsyncIterator, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union,
@@ -24,6 +25,9 @@ from . import _native
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
 from ._native import ConnectionState, Gap, Message, PublishReceipt, Request
+
+# Before the interpreter finalizes, no runtime thread may attach to it any more.
+atexit.register(_native.shutdown)
 
 Payload = Union[bytes, bytearray, memoryview, str]
 Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
