@@ -74,22 +74,13 @@ pub(crate) fn shutdown(py: Python<'_>) {
     });
 }
 
-/// Why a bridged future failed: a client error (turned into its exception under the GIL) or
-/// a Python error.
-pub(crate) enum Failure {
-    Client(ClientError),
-    Python(PyErr),
-}
+/// Why a bridged future failed: a client error, turned into its exception under the GIL.
+pub(crate) struct Failure(ClientError);
 
-impl From<ClientError> for Failure {
-    fn from(error: ClientError) -> Self {
-        Failure::Client(error)
-    }
-}
-
-impl From<PyErr> for Failure {
-    fn from(error: PyErr) -> Self {
-        Failure::Python(error)
+/// Any client error: `ClientError`, or an error of one operation that converts into it.
+impl<E: Into<ClientError>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure(error.into())
     }
 }
 
@@ -143,10 +134,8 @@ where
             with_python(|py| {
                 let (ok, value) = match result.map(|value| value.into_py_any(py)) {
                     Ok(Ok(value)) => (true, value),
-                    Ok(Err(error)) | Err(Failure::Python(error)) => {
-                        (false, error.into_value(py).into_any())
-                    }
-                    Err(Failure::Client(error)) => (
+                    Ok(Err(error)) => (false, error.into_value(py).into_any()),
+                    Err(Failure(error)) => (
                         false,
                         errors::to_py_with(py, error).into_value(py).into_any(),
                     ),

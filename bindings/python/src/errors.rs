@@ -84,7 +84,7 @@ pub(crate) fn to_py(error: ClientError) -> PyErr {
     Python::attach(|py| to_py_with(py, error))
 }
 
-/// `Result<T, ClientError>` to `PyResult<T>`.
-pub(crate) fn py_result<T>(result: Result<T, ClientError>) -> PyResult<T> {
-    result.map_err(to_py)
+/// `Result<T, ClientError>` (or an error that converts into it) to `PyResult<T>`.
+pub(crate) fn py_result<T, E: Into<ClientError>>(result: Result<T, E>) -> PyResult<T> {
+    result.map_err(|error| to_py(error.into()))
 }
