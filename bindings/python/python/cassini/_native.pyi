@@ -86,6 +86,9 @@ class Request:
 
 _Headers = Optional[List[Tuple[str, str]]]
 
+def shutdown() -> None:
+    """The `atexit` hook: no runtime thread attaches to Python after it."""
+
 def connect(
     address: List[str],
     *,

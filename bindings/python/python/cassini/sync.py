@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Coroutine, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Coroutine, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import cassini as _aio
 from cassini import ConnectionState, Gap, Message, PublishReceipt
@@ -184,7 +184,7 @@ class Request:
         return self._request.payload
 
     @property
-    def headers(self) -> dict:
+    def headers(self) -> Dict[str, str]:
         return self._request.headers
 
     def respond(self, payload: _aio.Payload, headers: Optional[_aio.Headers] = None) -> None:
