@@ -66,7 +66,7 @@ pub struct MonitorSources {
     /// The broker's CRL file and what revocation is in force, shown in `/varz` as
     /// `revocation`.
     pub crl: Option<Arc<CrlSource>>,
-    /// The bearer token every endpoint but `/healthz` and `/readyz` requires (see
+    /// The bearer token every endpoint but `/` (the status page), `/healthz` and `/readyz` requires (see
     /// [`crate`]); `None`: no token is asked for, and session ids are redacted.
     pub token: Option<BearerToken>,
 }
