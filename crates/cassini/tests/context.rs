@@ -384,6 +384,11 @@ fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoin
         "{table}"
     );
 
+    // `top` finds the endpoint and token in the context too.
+    let top = workspace.run(&["top", "--once"]);
+    assert!(top.status.success(), "{}", stderr(&top));
+    assert!(stdout(&top).contains("subscriptions 1"), "{}", stdout(&top));
+
     let report = workspace.run(&["server", "report", "subscriptions", "--json"]);
     let json: Value = serde_json::from_str(&stdout(&report)).expect("JSON");
     assert_eq!(json["total"], 1);
