@@ -382,7 +382,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) congestion: Option<crate::config::Congestion>,
     /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
-    /// a free port, which the log reports) [default: off; keys `monitor.*`].
+    /// a free port, which the log reports); its `/` is a live status page for a browser
+    /// [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<SocketAddr>,
     /// File holding the monitoring endpoint's bearer token: every endpoint but `/` (the status
