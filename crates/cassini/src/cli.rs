@@ -39,10 +39,22 @@ pub(crate) enum Command {
     #[command(visible_alias = "stats")]
     Top(TopArgs),
     /// Ask a running broker how it is: `ping` measures round trips, `check` gives a verdict
-    /// for monitoring systems.
+    /// for monitoring systems, `info` shows its version, limits and settings, `report` lists its
+    /// connections or subscriptions.
     Server {
         #[command(subcommand)]
         command: ServerCommand,
+    },
+    /// Named sets of connection settings (server, certificates, client name, server name,
+    /// monitoring endpoint), so commands against a broker need no repeated flags.
+    ///
+    /// Every client command takes each setting from its flag, else its environment variable
+    /// (`CASSINI_SERVER`, `CASSINI_CERTS`, `CASSINI_NAME`, `CASSINI_SERVER_NAME`), else the
+    /// context (`--context NAME` / `CASSINI_CONTEXT`, else the selected one), else the
+    /// default. Stored in `$XDG_CONFIG_HOME/cassini/` (else `~/.config/cassini/`).
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
     },
     /// Print a shell completion script (e.g. `cassini completions bash > /etc/bash_completion.d/cassini`).
     Completions {
@@ -103,13 +115,11 @@ impl Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct TopArgs {
-    /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8222")]
-    pub(crate) monitor: SocketAddr,
-    /// File holding the monitoring endpoint's bearer token (its `monitor.token_file`); without
-    /// it, an endpoint that requires a token answers 401.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) monitor_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) monitor: MonitorArgs,
+    /// Use this context's `monitor` and `monitor_token_file` (default: the selected context).
+    #[arg(long, env = "CASSINI_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
     /// Seconds between refreshes (fractions allowed, at least 0.1).
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     pub(crate) interval: f64,
@@ -121,6 +131,76 @@ pub(crate) struct TopArgs {
     pub(crate) limit: usize,
 }
 
+/// Where a broker's monitoring endpoint is.
+#[derive(Debug, Args)]
+pub(crate) struct MonitorArgs {
+    /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`): `HOST:PORT` or
+    /// `http://HOST:PORT` [default: the context's `monitor`, else 127.0.0.1:8222].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) monitor: Option<String>,
+    /// File holding the monitoring endpoint's bearer token (its `monitor.token_file`); without
+    /// it, an endpoint that requires a token answers 401 [default: the context's
+    /// `monitor_token_file`].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) monitor_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContextCommand {
+    /// Add a context (or replace the one of that name). Relative paths are stored absolute.
+    Add(ContextAddArgs),
+    /// Make a context the one client commands use when `--context` is not given.
+    Select {
+        /// The context.
+        name: String,
+    },
+    /// List the contexts; `*` marks the selected one.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Print a context's settings (default: the selected one) as TOML.
+    Show {
+        /// The context.
+        name: Option<String>,
+    },
+    /// Remove a context (and unselect it if it was selected).
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The context.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ContextAddArgs {
+    /// The context's name: 1 to 64 letters, digits, '-', '_', '.'.
+    #[arg(value_name = "CONTEXT")]
+    pub(crate) context: String,
+    /// Broker address(es), comma-separated.
+    #[arg(short, long)]
+    pub(crate) server: Option<String>,
+    /// Certificate directory holding `ca.crt` and `client-NAME.crt`/`.key`.
+    #[arg(long)]
+    pub(crate) certs: Option<PathBuf>,
+    /// Client name: selects `client-NAME.crt` and `client-NAME.key`.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Name to verify the server certificate against (default: the host of `--server`).
+    #[arg(long)]
+    pub(crate) server_name: Option<String>,
+    /// The broker's monitoring endpoint, for `top` and `server info|report`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) monitor: Option<String>,
+    /// File holding the monitoring endpoint's bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) monitor_token_file: Option<PathBuf>,
+    /// What the context is for (shown by `context list`).
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// Select it too.
+    #[arg(long)]
+    pub(crate) select: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServerCommand {
     /// Connect and measure round trips on the control stream (`Ping`/`Pong`).
@@ -128,6 +208,52 @@ pub(crate) enum ServerCommand {
     /// Connect and ping once, within `--timeout`: prints `CASSINI OK - ...` and exits 0, or
     /// `CASSINI CRITICAL - reason` and exits 2 (the convention of Nagios-style checks).
     Check(ServerCheckArgs),
+    /// Connect and show what the broker says of itself: the identity it read from this
+    /// client's certificate, its limits (from `Welcome`), the round trip; with a monitoring
+    /// endpoint (`--monitor`, or the context's) also its version, uptime, addresses, identity
+    /// rule, storage and counts (from `/varz`).
+    Info(ServerInfoArgs),
+    /// List the broker's connections or subscriptions as a table, read from its monitoring
+    /// endpoint (`/connz`, `/subz`): `--monitor ADDR`, else the context's `monitor`, else
+    /// 127.0.0.1:8222.
+    Report(ServerReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerInfoArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) monitor: MonitorArgs,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+/// What `server report` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportWhat {
+    /// Open connections (`/connz`).
+    Connections,
+    /// Subscriptions and their queues (`/subz`).
+    Subscriptions,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerReportArgs {
+    /// What to list.
+    pub(crate) what: ReportWhat,
+    /// Print the endpoint's JSON page as it is.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Most rows (the endpoint's `limit`, at most 10,000).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) limit: usize,
+    #[command(flatten)]
+    pub(crate) monitor: MonitorArgs,
+    /// Use this context's monitoring endpoint and token file (default: the selected context).
+    #[arg(long, env = "CASSINI_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -247,12 +373,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) congestion: Option<Congestion>,
     /// Serve the HTTP monitoring endpoint on this address (e.g. 127.0.0.1:8222; port 0 picks
-    /// a free port, which the log reports) [default: off; keys `monitor.*`].
+    /// a free port, which the log reports); its `/` is a live status page for a browser
+    /// [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<SocketAddr>,
-    /// File holding the monitoring endpoint's bearer token: every endpoint but `/healthz` and
-    /// `/readyz` then requires `Authorization: Bearer TOKEN` [default: none; key
-    /// `monitor.token_file`].
+    /// File holding the monitoring endpoint's bearer token: every endpoint but `/` (the status
+    /// page), `/healthz` and `/readyz` then requires `Authorization: Bearer TOKEN` [default:
+    /// none; key `monitor.token_file`].
     #[arg(long, value_name = "FILE")]
     pub(crate) monitor_token_file: Option<PathBuf>,
     /// ACL file (TOML) saying which identity may publish and subscribe where; reloaded on
@@ -326,21 +453,30 @@ pub(crate) enum SyncArg {
     Relaxed,
 }
 
-/// Where and as whom a tool connects.
+/// Where and as whom a tool connects. Each setting: the flag, else its environment variable,
+/// else the context, else the default (see `crate::context`).
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// Broker address(es), comma-separated: tried in order.
-    #[arg(short, long, default_value = "127.0.0.1:7700")]
-    pub(crate) server: String,
-    /// Certificate directory holding `ca.crt` and `client-NAME.crt`/`.key`.
-    #[arg(long, default_value = "certs")]
-    pub(crate) certs: PathBuf,
-    /// Client name: selects `client-NAME.crt` and `client-NAME.key`.
-    #[arg(long, default_value = "dev")]
-    pub(crate) name: String,
-    /// Name to verify the server certificate against.
-    #[arg(long, default_value = "localhost")]
-    pub(crate) server_name: String,
+    /// Broker address(es), comma-separated: tried in order [default: the context's `server`,
+    /// else 127.0.0.1:7700].
+    #[arg(short, long, env = "CASSINI_SERVER", value_name = "ADDRS")]
+    pub(crate) server: Option<String>,
+    /// Certificate directory holding `ca.crt` and `client-NAME.crt`/`.key` [default: the
+    /// context's `certs`, else certs].
+    #[arg(long, env = "CASSINI_CERTS", value_name = "DIR")]
+    pub(crate) certs: Option<PathBuf>,
+    /// Client name: selects `client-NAME.crt` and `client-NAME.key` [default: the context's
+    /// `name`, else dev].
+    #[arg(long, env = "CASSINI_NAME")]
+    pub(crate) name: Option<String>,
+    /// Name to verify the server certificate against [default: the context's `server_name`
+    /// with the context's server, else the host of the first `--server` address when it is a
+    /// name, else localhost].
+    #[arg(long, env = "CASSINI_SERVER_NAME")]
+    pub(crate) server_name: Option<String>,
+    /// Use this context instead of the selected one (`cassini context list`).
+    #[arg(long, env = "CASSINI_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -563,9 +699,10 @@ pub(crate) struct BenchTarget {
     /// With `--server`: the client name, selecting `client-NAME.crt` and `client-NAME.key`.
     #[arg(long, default_value = "dev")]
     pub(crate) name: String,
-    /// With `--server`: the name to verify the server certificate against.
-    #[arg(long, default_value = "localhost")]
-    pub(crate) server_name: String,
+    /// With `--server`: the name to verify the server certificate against [default: the host
+    /// of `--server` when it is a name, else localhost].
+    #[arg(long)]
+    pub(crate) server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,10 @@
 //! - `reqreply`: `cassini req` and `cassini reply`, request/reply over `cassini-client`;
 //!   `reply_command` runs `reply --command`'s shell command, bounded in time and output.
 //! - `top`: `cassini top` / `cassini stats`, a terminal view of the monitoring endpoint.
-//! - `server_cmd`: `cassini server ping|check`, a running broker asked over QUIC.
+//! - `context`: `cassini context ...`, and how client commands settle server, certificates
+//!   and names (flag, environment, context, default).
+//! - `server_cmd`: `cassini server ping|check|info|report`, a running broker asked over QUIC
+//!   and its monitoring endpoint.
 //! - `signals`: SIGINT and SIGTERM, handled alike by every long-running command.
 //! - `logging`: tracing set-up.
 
@@ -24,6 +27,7 @@ mod bench;
 mod certs_cmd;
 mod cli;
 mod config;
+mod context;
 mod logging;
 mod monitoring;
 mod pubsub;
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             },
             Command::Top(args) => top::run(args).await,
             Command::Server { command } => server_cmd::run(command).await,
+            Command::Context { command } => context::run(command),
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "cassini", &mut script);

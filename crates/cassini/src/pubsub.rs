@@ -10,6 +10,7 @@ use cassini_client::{Client, Message, PublishOptions};
 use futures_util::StreamExt;
 
 use crate::cli::{ConnectArgs, PubArgs, SubArgs};
+use crate::context::Target;
 use crate::signals::ShutdownSignals;
 
 /// Exit status when `sub --timeout` passes before `--count` messages arrived, or `req
@@ -23,21 +24,32 @@ pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
 
 /// [`connect`], to the named session `session` if given.
 async fn connect_to_session(args: &ConnectArgs, session: Option<&str>) -> anyhow::Result<Client> {
-    let ca = args.certs.join("ca.crt");
-    let cert = args.certs.join(format!("client-{}.crt", args.name));
-    let key = args.certs.join(format!("client-{}.key", args.name));
-    let mut builder = Client::builder(args.server.as_str())
+    let target = args.resolve()?;
+    connect_target(&target, session).await
+}
+
+/// Connects to a settled [`Target`], to the named session `session` if given.
+pub(crate) async fn connect_target(
+    target: &Target,
+    session: Option<&str>,
+) -> anyhow::Result<Client> {
+    let ca = target.certs.join("ca.crt");
+    let cert = target.certs.join(format!("client-{}.crt", target.name));
+    let key = target.certs.join(format!("client-{}.key", target.name));
+    let mut builder = Client::builder(target.server.as_str())
         .ca_file(ca)
         .identity_files(cert, key)
-        .server_name(args.server_name.as_str())
-        .client_name(format!("cassini-cli/{}", args.name));
+        .server_name(target.server_name.as_str())
+        .client_name(format!("cassini-cli/{}", target.name));
     if let Some(name) = session {
         builder = builder.session_name(name);
     }
-    builder
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {} as {:?}", args.server, args.name))
+    builder.connect().await.with_context(|| {
+        format!(
+            "connecting to {} as {:?} (server name {:?})",
+            target.server, target.name, target.server_name
+        )
+    })
 }
 
 /// `cassini pub`: publishes, closes (which waits until the broker has read every publish and

@@ -49,18 +49,22 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !(args.interval.is_finite() && args.interval >= 0.1) {
         anyhow::bail!("--interval must be at least 0.1 seconds");
     }
-    let token = args
-        .monitor_token_file
-        .as_deref()
-        .map(BearerToken::from_file)
-        .transpose()?;
-    let token = token.as_ref();
+    let target = args
+        .monitor
+        .resolve(
+            args.context.as_deref(),
+            Some(crate::context::DEFAULT_MONITOR),
+        )
+        .await?
+        .context("no monitoring endpoint")?;
+    let monitor = target.addr;
+    let token: Option<&BearerToken> = target.token.as_ref();
     let connz_path = format!("/connz?limit={}", args.limit);
     let topicz_path = format!("/topicz?limit={}", args.limit);
     let fetch = || async {
-        let varz = get_json_as(args.monitor, "/varz", token, REQUEST_LIMIT).await?;
-        let connz = get_json_as(args.monitor, &connz_path, token, REQUEST_LIMIT).await?;
-        let topicz = get_json_as(args.monitor, &topicz_path, token, REQUEST_LIMIT).await?;
+        let varz = get_json_as(monitor, "/varz", token, REQUEST_LIMIT).await?;
+        let connz = get_json_as(monitor, &connz_path, token, REQUEST_LIMIT).await?;
+        let topicz = get_json_as(monitor, &topicz_path, token, REQUEST_LIMIT).await?;
         Ok::<_, cassini_monitor::client::ClientError>(Sample {
             at: Instant::now(),
             varz,
@@ -146,7 +150,7 @@ fn bytes(n: f64) -> String {
     }
 }
 
-fn duration_ms(ms: u64) -> String {
+pub(crate) fn duration_ms(ms: u64) -> String {
     let secs = ms / 1000;
     match secs {
         0..60 => format!("{secs}s"),

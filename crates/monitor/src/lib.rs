@@ -1,13 +1,17 @@
 //! Cassini's monitoring endpoint: plain HTTP, off unless asked for, never on the publish path.
 //!
-//! Authentication: with a bearer token ([`MonitorSources::token`]), every path but `/healthz`
-//! and `/readyz` answers `401` (with `WWW-Authenticate: Bearer`) unless the request carries
+//! Layering: each module imports only modules listed after it, `server`, `routes`, `metrics`,
+//! `client`, then `sources`, `paging` and `process`, which import nothing of this crate.
+//!
+//! Authentication: with a bearer token ([`MonitorSources::token`]), every path but `/`,
+//! `/healthz` and `/readyz` answers `401` (with `WWW-Authenticate: Bearer`) unless the request carries
 //! `Authorization: Bearer TOKEN`. Without a token every path answers anyone, and every session
 //! id in `/connz` and `/subz` is replaced by the string `"redacted"` (a session id is what a
 //! client presents to resume its session).
 //!
 //! | path | answer |
 //! |---|---|
+//! | `/` | the status page (HTML; holds no data itself, see below) |
 //! | `/healthz` | `200 ok` while the broker's actor tree runs, `503` after |
 //! | `/readyz` | `200 ready` while the broker accepts connections, `503` before and during shutdown |
 //! | `/metrics` | Prometheus / OpenMetrics text |
@@ -20,9 +24,17 @@
 //! with `total`, `offset`, `limit` and the page. At most 32 requests are answered at once; a
 //! request beyond that gets `503 busy` at once, so nothing queues.
 //!
+//! The status page (`/`) is one self-contained file, `status.html`: its inline script polls
+//! `/varz`, `/connz` and `/subz` every second and draws the counts, a rate chart, the
+//! subscriptions with their queue fill and drops, the connections and the store. Its
+//! Content-Security-Policy lets it fetch from this endpoint only. With a token, the page asks
+//! for it (or takes it once from the URL fragment `#token=...`, which browsers never send to
+//! a server) and keeps it in the tab's `sessionStorage`, sending it as `Authorization: Bearer`.
+//!
 //! # Layout
 //! - `server`: [`Monitor`], binding the TCP listener and serving until told to stop.
-//! - `routes`: the handlers and the JSON shapes.
+//! - `routes`: the handlers and the JSON shapes; `/` serves `status.html`.
+//! - `sources`: what the handlers read ([`MonitorSources`], [`BearerToken`], [`Readiness`]).
 //! - `metrics`: the Prometheus text, rendered per scrape from the broker's counters.
 //! - `paging`: `offset` / `limit`.
 //! - `process`: facts about this process (pid, resident memory).
@@ -34,6 +46,8 @@ mod paging;
 mod process;
 mod routes;
 mod server;
+mod sources;
 
 pub use paging::{Page, MAX_LIMIT};
-pub use server::{BearerToken, Monitor, MonitorError, MonitorSources, Readiness};
+pub use server::Monitor;
+pub use sources::{BearerToken, MonitorError, MonitorSources, Readiness};

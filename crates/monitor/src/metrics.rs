@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::process;
-use crate::server::State;
+use crate::sources::State;
 
 type Labels = Vec<(String, String)>;
 

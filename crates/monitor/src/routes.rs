@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use crate::metrics;
 use crate::paging::Page;
 use crate::process;
-use crate::server::State;
+use crate::sources::State;
 
 type Shared = Extract<Arc<State>>;
 
@@ -28,6 +28,7 @@ const MAX_IN_FLIGHT: usize = 32;
 pub(crate) fn router(state: Arc<State>) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -54,13 +55,14 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 /// The value session ids are replaced by when no token protects the endpoint.
 pub(crate) const REDACTED: &str = "redacted";
 
-/// With a token configured, lets through `/healthz`, `/readyz` and requests bearing the token;
-/// answers `401` to the rest.
+/// With a token configured, lets through `/`, `/healthz`, `/readyz` and requests bearing the
+/// token; answers `401` to the rest. `/` is the status page itself, which holds no data: its
+/// script presents the token on each request for the JSON it shows.
 async fn authorize(Extract(state): Shared, request: Request, next: Next) -> Response {
     let Some(token) = &state.sources.token else {
         return next.run(request).await;
     };
-    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+    if matches!(request.uri().path(), "/" | "/healthz" | "/readyz") {
         return next.run(request).await;
     }
     let presented = request
@@ -76,6 +78,29 @@ async fn authorize(Extract(state): Shared, request: Request, next: Next) -> Resp
         )
             .into_response(),
     }
+}
+
+/// The status page: one self-contained file (markup, style and script inline).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the status page may do: run its own inline script and style, and fetch from this
+/// endpoint only; nothing is loaded from elsewhere, and it cannot be framed.
+const STATUS_PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, STATUS_PAGE_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
 }
 
 async fn healthz(Extract(state): Shared) -> Response {

@@ -778,3 +778,35 @@ async fn durable_mode_shows_the_stores_size_and_commits_and_memory_mode_shows_no
     client.close().await.expect("close");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_is_served_without_the_token_and_holds_no_data_and_no_outside_links() {
+    let broker = TestBroker::start().await;
+    let alice = broker.client("alice").await;
+    let _demo = alice.subscribe("demo.>").await.unwrap();
+    let (guarded, _) = start_monitor(&broker).await;
+    let (status, page) = get_as(guarded, "/", None, LIMIT).await.unwrap();
+    assert_eq!(status, 200, "the page itself needs no token: {page}");
+    assert!(page.starts_with("<!doctype html>"), "an HTML page: {page}");
+    assert!(page.contains("<title>Cassini status</title>"));
+    assert!(
+        !page.contains("alice") && !page.contains("demo."),
+        "no data in the page"
+    );
+    for outside in ["http://", "https://", "//cdn", "src=\""] {
+        assert!(
+            !page.contains(outside),
+            "nothing loaded from elsewhere: {outside}"
+        );
+    }
+    for path in ["/varz", "/connz", "/subz"] {
+        assert!(page.contains(path), "the page reads {path}");
+        let (status, _) = get_as(guarded, path, None, LIMIT).await.unwrap();
+        assert_eq!(status, 401, "{path} still needs the token");
+    }
+    assert!(
+        page.contains("Authorization") && page.contains("sessionStorage"),
+        "the page presents the token as a header, kept in session storage"
+    );
+    broker.stop().await;
+}

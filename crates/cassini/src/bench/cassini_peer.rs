@@ -81,7 +81,12 @@ impl CassiniConnector {
                 let server = target.server.as_deref().unwrap_or_default();
                 Client::builder(server)
                     .cert_dir(&target.certs, &target.name)
-                    .server_name(target.server_name.as_str())
+                    .server_name(
+                        target
+                            .server_name
+                            .clone()
+                            .unwrap_or_else(|| crate::context::default_server_name(server)),
+                    )
             }
         })
     }

@@ -121,10 +121,17 @@ pub(crate) fn unknown_env(env: &[(String, String)]) -> Vec<String> {
     names
         .into_iter()
         .map(|name| {
-            format!(
-                "environment variable {name} names no configuration key and is ignored \
-                 (`cassini config default` lists the keys; CASSINI_ and the path in capitals)"
-            )
+            if crate::context::CLIENT_ENV.contains(&name) {
+                format!(
+                    "environment variable {name} is read by the client commands (pub, sub, \
+                     req, reply, server ...), not by the broker: ignored here"
+                )
+            } else {
+                format!(
+                    "environment variable {name} names no configuration key and is ignored \
+                     (`cassini config default` lists the keys; CASSINI_ and the path in capitals)"
+                )
+            }
         })
         .collect()
 }

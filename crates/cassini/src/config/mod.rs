@@ -368,8 +368,8 @@ pub(crate) struct MonitorSettings {
     pub(crate) enabled: bool,
     /// Its TCP address.
     pub(crate) listen: SocketAddr,
-    /// The file holding the bearer token every endpoint but `/healthz` and `/readyz` requires;
-    /// empty: no token (session ids are then redacted).
+    /// The file holding the bearer token every endpoint but `/` (the status page), `/healthz`
+    /// and `/readyz` requires; empty: no token (session ids are then redacted).
     pub(crate) token_file: PathBuf,
 }
 
