@@ -120,7 +120,10 @@ impl BrokerHandle {
     /// An in-process client with a session of its own: publish and subscribe without a
     /// network hop (see [`crate::local`]).
     pub fn local_client(&self) -> crate::local::LocalClient {
-        crate::local::LocalClient::new(Arc::clone(&self.managers.shared))
+        crate::local::LocalClient::new(
+            Arc::clone(&self.managers.shared),
+            self.managers.topics.clone(),
+        )
     }
 
     /// Hands over an authenticated connection. The broker owns it from here on.
@@ -177,8 +180,8 @@ impl BrokerHandle {
         Ok(BrokerStats {
             connections: ask(&self.managers.listeners, ListenerManagerMsg::Count).await?,
             sessions: ask(&self.managers.sessions, SessionManagerMsg::Count).await?,
-            subscribers: ask(&shared.subscribers, SubscriberManagerMsg::Count).await?,
-            topics: ask(&shared.topics, TopicManagerMsg::Count).await?,
+            subscribers: ask(&self.managers.subscribers, SubscriberManagerMsg::Count).await?,
+            topics: ask(&self.managers.topics, TopicManagerMsg::Count).await?,
             routes_empty: shared.router.is_empty(),
             in_flight: shared
                 .router

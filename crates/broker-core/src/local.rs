@@ -29,10 +29,11 @@ use ractor::{ActorRef, Message as ActorMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::actors::ask;
 use crate::actors::session::valid_group_name;
 use crate::actors::topic_manager::TopicManagerMsg;
-use crate::actors::{ask, Shared};
 use crate::connection::publish::accept;
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
 use crate::queue::{Attachment, Popped, Queued, SubscriptionQueue};
@@ -71,14 +72,16 @@ pub struct LocalPublished {
 #[derive(Debug, Clone)]
 pub struct LocalClient {
     shared: Arc<Shared>,
+    topics: ActorRef<TopicManagerMsg>,
     session: SessionId,
     next_subscription: Arc<AtomicU64>,
 }
 
 impl LocalClient {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, topics: ActorRef<TopicManagerMsg>) -> Self {
         Self {
             shared,
+            topics,
             session: SessionId(rand::random()),
             next_subscription: Arc::new(AtomicU64::new(0)),
         }
@@ -173,14 +176,14 @@ impl LocalClient {
             queue: Arc::clone(&queue),
             group,
         };
-        ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
+        ask(&self.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
             reply,
         })
         .await??;
         Ok(LocalSubscription {
-            shared: Arc::clone(&self.shared),
+            topics: self.topics.clone(),
             key,
             filter,
             queue,
@@ -240,7 +243,7 @@ impl LocalMessage {
 /// A subscription of the embedding program. Dropping it ends the subscription.
 #[derive(Debug)]
 pub struct LocalSubscription {
-    shared: Arc<Shared>,
+    topics: ActorRef<TopicManagerMsg>,
     key: SubscriberKey,
     filter: TopicFilter,
     queue: Arc<SubscriptionQueue>,
@@ -313,7 +316,7 @@ impl LocalSubscription {
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
         self.queue.close();
-        let _ = self.shared.topics.send_message(TopicManagerMsg::Leave {
+        let _ = self.topics.send_message(TopicManagerMsg::Leave {
             filter: self.filter.clone(),
             key: self.key,
             reply: None,

@@ -19,8 +19,8 @@ use tracing::Instrument;
 
 use super::session::SessionMsg;
 use super::session_manager::SessionManagerMsg;
-use super::Shared;
-use crate::connection::driver::drive_connection;
+use crate::connection::driver::{drive_connection, DriverEvent};
+use crate::context::Shared;
 use crate::introspect::registry::Registration;
 use crate::transport::Connection;
 
@@ -33,13 +33,9 @@ pub(crate) struct ListenerArgs {
 }
 
 pub(crate) enum ListenerMsg {
-    /// The driver attached the connection to a session.
-    Established {
-        session: ActorRef<SessionMsg>,
-        epoch: u64,
-    },
-    /// The driver finished; `clean` when the client said goodbye.
-    DriverEnded { clean: bool },
+    /// What the driver reported: the connection was attached to a session, or the driver
+    /// finished.
+    Driver(DriverEvent),
     /// The broker is shutting down.
     Shutdown { reason: String },
 }
@@ -96,12 +92,15 @@ impl Actor for Listener {
             identity = %peer.identity,
             session = tracing::field::Empty,
         );
+        let report = Box::new(move |event| {
+            let _ = myself.send_message(ListenerMsg::Driver(event));
+        });
         let driver = tokio::spawn(
             drive_connection(
                 Arc::clone(&args.connection),
                 args.shared,
                 args.sessions,
-                myself,
+                report,
                 going_away_rx,
             )
             .instrument(span),
@@ -123,8 +122,10 @@ impl Actor for Listener {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ListenerMsg::Established { session, epoch } => state.session = Some((session, epoch)),
-            ListenerMsg::DriverEnded { clean } => {
+            ListenerMsg::Driver(DriverEvent::Established { session, epoch }) => {
+                state.session = Some((session, epoch))
+            }
+            ListenerMsg::Driver(DriverEvent::Ended { clean }) => {
                 state.clean = clean;
                 myself.stop(None);
             }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use super::ended_child;
 use super::listener::{Listener, ListenerArgs, ListenerMsg};
 use super::session_manager::SessionManagerMsg;
-use super::{ended_child, Shared};
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::transport::Connection;
 

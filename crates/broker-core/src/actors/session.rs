@@ -21,11 +21,13 @@ use cassini_protocol::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
+use super::ask;
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
-use super::subscriber_manager::SubscriberManagerMsg;
+use super::subscriber_manager::{SubscriberEnded, SubscriberManagerMsg};
 use super::topic_manager::TopicManagerMsg;
-use super::{ask, Shared};
 use crate::ack_targets::AckTargets;
+use crate::connection::subscription_writer::EndNotices;
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
@@ -43,8 +45,17 @@ pub(crate) struct SessionArgs {
     /// The name a `Hello` gave it, if any (unique per identity).
     pub(crate) name: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) managers: SessionManagers,
     /// Read back from the store after a restart, with the time it has left until it expires.
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
+}
+
+/// The managers a session asks to start its subscribers and route its filters to them; both
+/// are started before any session.
+#[derive(Clone)]
+pub(crate) struct SessionManagers {
+    pub(crate) topics: ActorRef<TopicManagerMsg>,
+    pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
 }
 
 pub(crate) enum SessionMsg {
@@ -92,18 +103,28 @@ pub(crate) enum SessionMsg {
     Announce(SubscriptionEnded),
 }
 
-/// Where a subscription's writer reports that the broker ended the subscription, for the
-/// session to announce on its connection's control stream with `SubscriptionEnded` (a stream
-/// reset alone may overtake the stream's `SubscriptionStart`, leaving the client unable to tell
-/// which subscription ended).
-#[derive(Clone)]
-pub(crate) struct EndNotices(ActorRef<SessionMsg>);
+/// Where the writers of the session's subscriptions report the subscriptions the broker
+/// ended: to this session, which announces them.
+fn end_notices(session: &ActorRef<SessionMsg>) -> EndNotices {
+    let session = session.clone();
+    EndNotices::new(move |notice| {
+        let _ = session.send_message(SessionMsg::Announce(notice));
+    })
+}
 
-impl EndNotices {
-    /// Reports `notice` to the session.
-    pub(crate) fn announce(&self, notice: SubscriptionEnded) {
-        let _ = self.0.send_message(SessionMsg::Announce(notice));
-    }
+/// Where the subscriber manager reports that the subscriber of `subscription` ended: to this
+/// session, which forgets the subscription.
+fn subscriber_ended(
+    session: &ActorRef<SessionMsg>,
+    subscription: SubscriptionId,
+) -> SubscriberEnded {
+    let session = session.clone();
+    Box::new(move |reason| {
+        let _ = session.send_message(SessionMsg::SubscriptionEnded {
+            subscription,
+            reason,
+        });
+    })
 }
 
 /// A connection's view of the session it was attached to.
@@ -138,6 +159,7 @@ pub(crate) struct SessionState {
     /// When the connection dropped (ms since the Unix epoch), for the stored record.
     detached_at_ms: Option<u64>,
     shared: Arc<Shared>,
+    managers: SessionManagers,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
@@ -341,14 +363,14 @@ impl SessionState {
             connection: self
                 .attached
                 .clone()
-                .map(|connection| (connection, EndNotices(myself.clone()))),
+                .map(|connection| (connection, end_notices(myself))),
             max_frame_bytes: config.limits.max_frame_bytes,
             delivery,
         };
-        let subscriber = ask(&self.shared.subscribers, |reply| {
+        let subscriber = ask(&self.managers.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {
                 args,
-                session: myself.clone(),
+                ended: subscriber_ended(myself, subscription),
                 reply,
             }
         })
@@ -360,7 +382,7 @@ impl SessionState {
             queue: Arc::clone(&queue),
             group,
         };
-        let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
+        let joined = ask(&self.managers.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
             reply,
@@ -395,7 +417,7 @@ impl SessionState {
             session: self.id,
             subscription,
         };
-        ask(&self.shared.topics, |reply| TopicManagerMsg::Leave {
+        ask(&self.managers.topics, |reply| TopicManagerMsg::Leave {
             filter: entry.filter,
             key,
             reply: Some(reply),
@@ -438,7 +460,7 @@ impl SessionState {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
                 last_received: Some(last_received),
-                notices: EndNotices(myself.clone()),
+                notices: end_notices(myself),
             });
         }
         self.attached = Some(connection);
@@ -542,6 +564,7 @@ impl Actor for Session {
             name: args.name,
             detached_at_ms: None,
             shared: args.shared,
+            managers: args.managers,
             subscriptions: HashMap::new(),
             last_subscription: 0,
             attached: None,

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::listener_manager::{ListenerManager, ListenerManagerArgs, ListenerManagerMsg};
+use super::session::SessionManagers;
 use super::session_manager::{SessionManager, SessionManagerMsg};
-use super::subscriber_manager::SubscriberManager;
-use super::topic_manager::TopicManager;
-use super::Shared;
+use super::subscriber_manager::{SubscriberManager, SubscriberManagerMsg};
+use super::topic_manager::{TopicManager, TopicManagerMsg};
 use crate::config::BrokerConfig;
+use crate::context::Shared;
 use crate::router::Router;
 use crate::storage::{DiskStore, Recovered};
 
@@ -29,6 +30,8 @@ pub(crate) struct SupervisorArgs {
 #[derive(Clone)]
 pub(crate) struct Managers {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) topics: ActorRef<TopicManagerMsg>,
+    pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
     pub(crate) listeners: ActorRef<ListenerManagerMsg>,
 }
@@ -82,13 +85,15 @@ impl Actor for Supervisor {
             dedupe,
             storage,
             registry: Arc::default(),
+        });
+        let managers = SessionManagers {
             topics,
             subscribers,
-        });
+        };
         let (sessions, _) = Actor::spawn_linked(
             None,
             SessionManager,
-            (Arc::clone(&shared), recovered.sessions),
+            (Arc::clone(&shared), managers.clone(), recovered.sessions),
             myself.get_cell(),
         )
         .await?;
@@ -100,6 +105,8 @@ impl Actor for Supervisor {
             Actor::spawn_linked(None, ListenerManager, args, myself.get_cell()).await?;
         Ok(Managers {
             shared,
+            topics: managers.topics,
+            subscribers: managers.subscribers,
             sessions,
             listeners,
         })

@@ -30,9 +30,9 @@ use cassini_protocol::{
 use tokio::sync::mpsc;
 
 use crate::acl::{PermissionCache, Permissions};
-use crate::actors::Shared;
 use crate::config::{BrokerConfig, BrokerLimits};
 use crate::connection::framed::{write_frame, FrameReader};
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::memory::{FrameBufferCharge, MemoryCharge};
 use crate::message::PublishedMessage;
