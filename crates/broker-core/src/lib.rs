@@ -6,10 +6,10 @@
 //! Layering (no file imports one above it): the foundations ([`config`], [`acl`], [`error`],
 //! [`memory`], [`message`], [`transport`], [`storage`], [`queue`], [`retained`], [`dedupe`],
 //! [`router`], [`introspect`]) name no task and no actor; `context` bundles the state they share;
-//! the data plane (`connection`'s stream tasks) works on that context alone and reports upward
-//! only through callbacks it defines; the actors start and own the data plane's tasks, with a
-//! connection's driver between the session actors it asks and the listener actor that runs it;
-//! [`broker`] and [`local`] are the entry points on top. Inside the crate, items are named by
+//! the data plane (`admission` and `connection`'s stream tasks) works on that context alone and
+//! reports upward only through callbacks it defines; the actors start and own the data plane's
+//! tasks, with a connection's driver between the session actors it asks and the listener actor
+//! that runs it; [`broker`] and [`local`] are the entry points on top. Inside the crate, items are named by
 //! the module that defines them, never through the re-exports below.
 //!
 //! # Layout
@@ -28,6 +28,8 @@
 //!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
 //! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
+//! - `admission`: the one way in for a publish (stream, datagram or local): every check, then
+//!   the router, and the counters.
 //! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
@@ -38,6 +40,7 @@
 mod ack_targets;
 pub mod acl;
 mod actors;
+mod admission;
 pub mod broker;
 pub mod config;
 mod connection;
