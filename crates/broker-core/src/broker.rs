@@ -272,12 +272,19 @@ impl BrokerHandle {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
-        let deadline = tokio::time::Instant::now() + self.config().shutdown.drain;
-        while tokio::time::Instant::now() < deadline {
-            match ask(&self.managers.listeners, ListenerManagerMsg::Count).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+        // No listener is started from here on (the manager refuses connections): once every
+        // listener's state is gone, the tracker is empty.
+        let connections = &self.managers.connections;
+        connections.close();
+        let drain = self.config().shutdown.drain;
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connection_count(),
+                "connections still open after the drain; stopping anyway"
+            );
         }
         // Stored state stays as the drained connections left it (sessions detached): nothing
         // the actor tree does while stopping may change it.

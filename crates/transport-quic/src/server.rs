@@ -24,6 +24,8 @@ use cassini_broker::{
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::live::LiveConnections;
 pub use self::live::ReloadReport;
@@ -166,6 +168,10 @@ pub struct QuicServer {
     stats: Arc<AcceptStats>,
     live: Arc<LiveConnections>,
     handshaking: Arc<AtomicUsize>,
+    /// Every handshake task, so that [`QuicServer::close`] can wait for them.
+    handshakes: TaskTracker,
+    /// Cancelled by [`QuicServer::close`]: handshakes still running give up.
+    closing: CancellationToken,
     /// The broker being served (set by [`QuicServer::serve`]), told by every reload which
     /// certificates are revoked so that their sessions end.
     broker: OnceLock<BrokerHandle>,
@@ -187,6 +193,8 @@ impl QuicServer {
             stats: Arc::default(),
             live: Arc::default(),
             handshaking: Arc::default(),
+            handshakes: TaskTracker::new(),
+            closing: CancellationToken::new(),
             broker: OnceLock::new(),
         })
     }
@@ -233,7 +241,8 @@ impl QuicServer {
     }
 
     /// Accepts connections and hands them to `broker` until [`QuicServer::close`] is called.
-    /// Each handshake runs in its own task, so a slow client never delays another.
+    /// Each handshake runs in its own task, so a slow client never delays another; the tasks
+    /// are tracked, and [`QuicServer::close`] cancels and waits for them.
     pub async fn serve(&self, broker: BrokerHandle) {
         let _ = self.broker.set(broker.clone());
         while let Some(incoming) = self.endpoint.accept().await {
@@ -248,10 +257,18 @@ impl QuicServer {
             let handshaking = Arc::clone(&self.handshaking);
             handshaking.fetch_add(1, Ordering::Relaxed);
             let generation = self.live.generation();
-            tokio::spawn(async move {
+            let closing = self.closing.clone();
+            self.handshakes.spawn(async move {
                 let remote = incoming.remote_address();
-                let outcome = handshake(incoming, timeout, &rule).await;
+                let outcome = tokio::select! {
+                    outcome = handshake(incoming, timeout, &rule) => Some(outcome),
+                    () = closing.cancelled() => None,
+                };
                 handshaking.fetch_sub(1, Ordering::Relaxed);
+                let Some(outcome) = outcome else {
+                    tracing::debug!(%remote, "handshake abandoned: the server is closing");
+                    return;
+                };
                 match outcome {
                     Ok((connection, chain)) => {
                         let identity = &connection.peer.identity;
@@ -299,12 +316,19 @@ impl QuicServer {
         }
     }
 
-    /// Closes every connection with `code` and `reason`, stops accepting, and waits (at most
-    /// `limit`) until the peers have been told.
+    /// Closes every connection with `code` and `reason`, stops accepting, abandons the
+    /// handshakes still running, and waits (at most `limit`) until their tasks have ended and
+    /// the peers have been told.
     pub async fn close(&self, code: ErrorCode, reason: &str, limit: Duration) {
         self.endpoint
             .close(VarInt::from_u32(code.value()), reason.as_bytes());
-        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+        self.closing.cancel();
+        self.handshakes.close();
+        let _ = tokio::time::timeout(limit, async {
+            self.handshakes.wait().await;
+            self.endpoint.wait_idle().await;
+        })
+        .await;
     }
 }
 

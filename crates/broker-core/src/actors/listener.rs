@@ -15,6 +15,8 @@ use cassini_protocol::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::session::SessionMsg;
@@ -30,6 +32,9 @@ pub(crate) struct ListenerArgs {
     pub(crate) connection: Arc<dyn Connection>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
+    /// The broker's tracker of connections: the driver runs on it, and this listener is
+    /// counted in it until its state is dropped.
+    pub(crate) connections: TaskTracker,
 }
 
 pub(crate) enum ListenerMsg {
@@ -49,6 +54,9 @@ pub(crate) struct ListenerState {
     clean: bool,
     /// Keeps the connection in the monitoring registry until this state is dropped.
     _registration: Registration,
+    /// Keeps the listener counted in the broker's connection tracker (what shutdown waits
+    /// for) until this state is dropped, after the notice to the session was sent.
+    _tracked: TaskTrackerToken,
 }
 
 impl Drop for ListenerState {
@@ -95,7 +103,8 @@ impl Actor for Listener {
         let report = Box::new(move |event| {
             let _ = myself.send_message(ListenerMsg::Driver(event));
         });
-        let driver = tokio::spawn(
+        let tracked = args.connections.token();
+        let driver = args.connections.spawn(
             drive_connection(
                 Arc::clone(&args.connection),
                 args.shared,
@@ -112,6 +121,7 @@ impl Actor for Listener {
             session: None,
             clean: false,
             _registration: registration,
+            _tracked: tracked,
         })
     }
 

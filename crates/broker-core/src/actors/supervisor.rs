@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::task::TaskTracker;
 
 use super::listener_manager::{ListenerManager, ListenerManagerArgs, ListenerManagerMsg};
 use super::session::SessionManagers;
@@ -30,6 +31,9 @@ pub(crate) struct SupervisorArgs {
 #[derive(Clone)]
 pub(crate) struct Managers {
     pub(crate) shared: Arc<Shared>,
+    /// Tracks every listener (one per connection) until its state is dropped: shutdown waits
+    /// on it.
+    pub(crate) connections: TaskTracker,
     pub(crate) topics: ActorRef<TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
@@ -97,14 +101,17 @@ impl Actor for Supervisor {
             myself.get_cell(),
         )
         .await?;
+        let connections = TaskTracker::new();
         let args = ListenerManagerArgs {
             shared: Arc::clone(&shared),
             sessions: sessions.clone(),
+            connections: connections.clone(),
         };
         let (listeners, _) =
             Actor::spawn_linked(None, ListenerManager, args, myself.get_cell()).await?;
         Ok(Managers {
             shared,
+            connections,
             topics: managers.topics,
             subscribers: managers.subscribers,
             sessions,
