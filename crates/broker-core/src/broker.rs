@@ -56,7 +56,8 @@ pub struct BrokerStats {
     pub subscribers: usize,
     /// Topic actors, one per subscribed filter.
     pub topics: usize,
-    /// Filters in the routing index.
+    /// Whether the routing index holds no filter (every subscription, local ones included,
+    /// has ended): for leak checks.
     pub routes_empty: bool,
     /// Messages of at-least-once subscriptions sent and not yet acknowledged, in total.
     pub in_flight: usize,

@@ -9,7 +9,7 @@
 //! refused with `MEMORY_BUDGET_EXCEEDED`, as is a new subscription while the budget has no room
 //! for one more frame of the maximum size.
 //!
-//! Frame buffers are charged per identity ([`IdentityFrames`]): every stream reader of every
+//! Frame buffers are charged per identity (`IdentityFrames`): every stream reader of every
 //! connection of one certificate identity shares one count, bounded by
 //! `max_partial_frame_bytes_per_identity`. They count in the budget's `used` (so publishes are
 //! refused sooner while they are large), but the budget refuses a frame buffer only once frame
