@@ -35,9 +35,6 @@ const CONTROL_STREAM_PRIORITY: i32 = 100;
 /// How long the broker waits for a client to acknowledge `GoingAway` before closing anyway.
 const GOING_AWAY_DELIVERY: Duration = Duration::from_secs(1);
 
-/// How often a connection being shut down checks whether its deliveries are done.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
-
 /// After a goodbye, how long publish streams the client already finished get to be read to
 /// their end before the connection is closed.
 const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
@@ -282,13 +279,15 @@ async fn go_away(
             .drain
             .saturating_sub(GOING_AWAY_DELIVERY);
     let mut control_open = true;
-    while !opened.acks.all_delivered() && Instant::now() < deadline {
+    loop {
         tokio::select! {
+            biased;
+            () = opened.acks.delivered() => break,
+            () = tokio::time::sleep_until(deadline) => break,
             frame = control.next(), if control_open => match frame.map_err(control_reset)? {
                 Some(frame) => serve_control(frame, opened, control_send, max_frame_bytes).await?,
                 None => control_open = false,
             },
-            () = tokio::time::sleep(DRAIN_POLL) => {}
         }
     }
     if !opened.acks.all_delivered() {
