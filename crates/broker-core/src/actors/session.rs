@@ -371,9 +371,10 @@ impl SessionState {
     }
 
     /// Takes a started subscription into the session. The session may have been attached to
-    /// another connection, or detached, while it started: its subscriber follows; and the ACL
-    /// may have been replaced: it is checked again.
-    fn adopt(&mut self, myself: &ActorRef<SessionMsg>, mut started: Started) {
+    /// another connection, or detached, while it started: its subscriber follows. With
+    /// `recheck_acl` (a subscribe, checked against the ACL before it started) the ACL is checked
+    /// again, as it may have been replaced meanwhile.
+    fn adopt(&mut self, myself: &ActorRef<SessionMsg>, mut started: Started, recheck_acl: bool) {
         let Some(subscriber) = started.subscriber.take() else {
             return;
         };
@@ -401,7 +402,7 @@ impl SessionState {
             subscriber,
             queue: Arc::clone(&started.queue),
         };
-        if !self.allows(&subscription) {
+        if recheck_acl && !self.allows(&subscription) {
             tracing::info!(session = %self.id, subscription = started.key.subscription, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
             subscription.queue.revoke();
         }
@@ -477,7 +478,7 @@ impl SessionState {
         );
         // Before the session takes any message: waiting here holds up nothing.
         let started = starting.run().await?;
-        self.adopt(myself, started);
+        self.adopt(myself, started, false);
         Ok(())
     }
 
@@ -885,7 +886,7 @@ impl Actor for Session {
                         let _ = reply.send(Err(err));
                     }
                     Ok(started) => {
-                        state.adopt(&myself, started);
+                        state.adopt(&myself, started, true);
                         state.confirm(&myself, subscription, reply);
                         if let Some(reason) = ended {
                             state.subscription_ended(subscription, &reason);
