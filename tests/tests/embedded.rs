@@ -150,3 +150,72 @@ async fn a_stalled_actor_fills_only_its_own_bounded_queue() {
     assert_eq!(first.sequence(), 991);
     broker.stop().await;
 }
+
+/// A retained publish: stored in disk mode, so it needs room in the store.
+fn retained(topic: &str, payload: Bytes) -> LocalPublish {
+    LocalPublish {
+        topic: topic.into(),
+        payload,
+        retain: true,
+        ..LocalPublish::default()
+    }
+}
+
+#[tokio::test]
+async fn a_local_publish_gets_the_room_check_and_the_counters_of_a_network_publish() {
+    use cassini_broker::config::StorageMode;
+    use cassini_broker::BrokerConfig;
+    use cassini_client::{ClientError, PublishOptions};
+    use cassini_protocol::ErrorCode;
+    use cassini_quic::server::ServerOptions;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BrokerConfig::default();
+    config.storage.mode = StorageMode::Disk;
+    config.storage.data_dir = dir.path().to_path_buf();
+    // Room for no retained value of 4 KiB.
+    config.storage.max_disk_bytes = 1024;
+    let broker = TestBroker::start_with(config, ServerOptions::default()).await;
+    let counters = || broker.broker.counters().snapshot();
+    let payload = Bytes::from(vec![7u8; 4096]);
+
+    // A network publish that would store beyond the disk limit is refused and counted.
+    let client = broker.client("alice").await;
+    let options = PublishOptions::new().retain(true).ack(true);
+    match client
+        .publish_with("state.net", payload.clone(), options)
+        .await
+    {
+        Err(ClientError::PublishRejected { code, .. }) => {
+            assert_eq!(code, ErrorCode::STORAGE_FULL)
+        }
+        other => panic!("expected STORAGE_FULL, got {other:?}"),
+    }
+    assert_eq!(counters().publishes_rejected, 1);
+
+    // So is the same publish from the embedding program.
+    let local = broker.broker.local_client();
+    let refused = local.publish_with(retained("state.local", payload));
+    match refused {
+        Err(err) => assert_eq!(err.code(), ErrorCode::STORAGE_FULL, "{err}"),
+        Ok(published) => panic!("a full store took a local retained publish: {published:?}"),
+    }
+    assert_eq!(
+        counters().publishes_rejected,
+        2,
+        "the local refusal is counted"
+    );
+    assert_eq!(broker.broker.retained().0, 0, "nothing was retained");
+
+    // A local publish the store does not hold is routed, and counted as received.
+    let before = counters();
+    local
+        .publish("plain.topic", Bytes::from_static(b"hello"))
+        .expect("a publish that stores nothing");
+    let after = counters();
+    assert_eq!(after.messages_received, before.messages_received + 1);
+    assert_eq!(after.bytes_received, before.bytes_received + 5);
+    assert_eq!(after.publishes_rejected, 2);
+    client.close().await.expect("close");
+    broker.stop().await;
+}

@@ -3,10 +3,13 @@
 //!
 //! The session actor is the only writer (it adds a queue when a subscription is made and
 //! removes it when the subscription ends); the connection driver reads it for every `Ack` frame,
-//! so acknowledgements take no actor hop and no mailbox.
+//! so acknowledgements take no actor hop and no mailbox. Its queues report their progress to
+//! one [`Notify`], on which a shutdown's drain waits ([`AckTargets::delivered`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
 
 use cassini_protocol::{SequenceRange, SubscriptionId};
 
@@ -16,15 +19,19 @@ use crate::queue::SubscriptionQueue;
 #[derive(Debug, Default)]
 pub(crate) struct AckTargets {
     queues: RwLock<HashMap<SubscriptionId, Arc<SubscriptionQueue>>>,
+    /// Told by every queue when it may have become delivered, and when a queue leaves.
+    progress: Arc<Notify>,
 }
 
 impl AckTargets {
     pub(crate) fn insert(&self, subscription: SubscriptionId, queue: Arc<SubscriptionQueue>) {
+        queue.report_progress_to(Arc::clone(&self.progress));
         self.write().insert(subscription, queue);
     }
 
     pub(crate) fn remove(&self, subscription: SubscriptionId) {
         self.write().remove(&subscription);
+        self.progress.notify_one();
     }
 
     /// Applies an acknowledgement; returns how many in-flight messages it released. An `Ack`
@@ -50,6 +57,16 @@ impl AckTargets {
                 let stats = queue.stats();
                 stats.depth == 0 && stats.in_flight == 0 && stats.unwritten == 0
             })
+    }
+
+    /// Waits until [`AckTargets::all_delivered`] holds. Each queue wakes it when it may have
+    /// become delivered (a batch written, an acknowledgement, its writer idle) and when it
+    /// leaves; it is checked again then, never polled. One waiter at a time (the driver of the
+    /// session's connection).
+    pub(crate) async fn delivered(&self) {
+        while !self.all_delivered() {
+            self.progress.notified().await;
+        }
     }
 
     fn write(

@@ -4,7 +4,7 @@
 //! This module owns the ACL's rules and the decisions the broker asks of them
 //! ([`Permissions::may_publish`], [`Permissions::may_subscribe`],
 //! [`Permissions::may_receive`] for a request's `reply_to`, [`Permissions::may_join_queue`]);
-//! the file format lives in [`file`]. It does not know where identities come from (the
+//! the file format lives in [`file`](mod@file). It does not know where identities come from (the
 //! transport reads them from certificates) and does not reload anything itself: the broker
 //! holds the current ACL behind an [`arc_swap::ArcSwap`] ([`AclHandle`]) so that a reload swaps
 //! it without a lock on the publish path.

@@ -56,7 +56,8 @@ pub struct BrokerStats {
     pub subscribers: usize,
     /// Topic actors, one per subscribed filter.
     pub topics: usize,
-    /// Filters in the routing index.
+    /// Whether the routing index holds no filter (every subscription, local ones included,
+    /// has ended): for leak checks.
     pub routes_empty: bool,
     /// Messages of at-least-once subscriptions sent and not yet acknowledged, in total.
     pub in_flight: usize,
@@ -120,7 +121,10 @@ impl BrokerHandle {
     /// An in-process client with a session of its own: publish and subscribe without a
     /// network hop (see [`crate::local`]).
     pub fn local_client(&self) -> crate::local::LocalClient {
-        crate::local::LocalClient::new(Arc::clone(&self.managers.shared))
+        crate::local::LocalClient::new(
+            Arc::clone(&self.managers.shared),
+            self.managers.topics.clone(),
+        )
     }
 
     /// Hands over an authenticated connection. The broker owns it from here on.
@@ -177,8 +181,8 @@ impl BrokerHandle {
         Ok(BrokerStats {
             connections: ask(&self.managers.listeners, ListenerManagerMsg::Count).await?,
             sessions: ask(&self.managers.sessions, SessionManagerMsg::Count).await?,
-            subscribers: ask(&shared.subscribers, SubscriberManagerMsg::Count).await?,
-            topics: ask(&shared.topics, TopicManagerMsg::Count).await?,
+            subscribers: ask(&self.managers.subscribers, SubscriberManagerMsg::Count).await?,
+            topics: ask(&self.managers.topics, TopicManagerMsg::Count).await?,
             routes_empty: shared.router.is_empty(),
             in_flight: shared
                 .router
@@ -269,12 +273,19 @@ impl BrokerHandle {
             ListenerManagerMsg::Shutdown { reason, reply }
         })
         .await;
-        let deadline = tokio::time::Instant::now() + self.config().shutdown.drain;
-        while tokio::time::Instant::now() < deadline {
-            match ask(&self.managers.listeners, ListenerManagerMsg::Count).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+        // No listener is started from here on (the manager refuses connections): once every
+        // listener's state is gone, the tracker is empty.
+        let connections = &self.managers.connections;
+        connections.close();
+        let drain = self.config().shutdown.drain;
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connection_count(),
+                "connections still open after the drain; stopping anyway"
+            );
         }
         // Stored state stays as the drained connections left it (sessions detached): nothing
         // the actor tree does while stopping may change it.

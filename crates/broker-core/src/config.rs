@@ -1,12 +1,11 @@
 //! Broker configuration: plain structs with defaults. Each field says what it bounds and what
 //! raising it costs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 
-pub use crate::dedupe::DedupeConfig;
-pub use crate::storage::{StorageConfig, StorageMode, SyncPolicy};
 use cassini_protocol::{Limits, OverflowPolicy, SubscribeOptions, TopicLimits};
 
 /// Everything the broker core needs to know.
@@ -289,6 +288,80 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             expiry: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Bounds of the dedupe window.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeConfig {
+    /// Most remembered publishes of all identities together; memory is about 100 bytes each.
+    pub max_entries: usize,
+    /// How long a publish is remembered.
+    pub max_age: Duration,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_age: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StorageMode {
+    /// Everything in memory: a broker restart loses sessions, queues, retained values and the
+    /// dedupe window.
+    #[default]
+    Memory,
+    /// Sessions, subscriptions, at-least-once backlogs, retained values and the dedupe window
+    /// on disk in [`StorageConfig::data_dir`], restored on start.
+    Disk,
+}
+
+/// When an acknowledged publish is confirmed in disk mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SyncPolicy {
+    /// `PublishAck` leaves only after the message is on stable storage (fsync). Concurrent
+    /// publishes share one sync (group commit).
+    #[default]
+    Always,
+    /// Opt-in: `PublishAck` leaves once the message is routed; the write follows at once, but
+    /// an acknowledged message can be lost if the broker dies in between (a few milliseconds).
+    Relaxed,
+}
+
+/// The storage section of the broker configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Memory (default) or disk.
+    pub mode: StorageMode,
+    /// The directory holding the database file (`cassini.redb`); created if missing.
+    pub data_dir: PathBuf,
+    /// When acknowledged publishes are confirmed.
+    pub sync: SyncPolicy,
+    /// The most bytes of stored records. A publish that would store a message beyond it is
+    /// refused with `STORAGE_FULL`; nothing stored is dropped to make room. The database file
+    /// is larger than this by its B-tree overhead (see `docs/DURABILITY.md`).
+    pub max_disk_bytes: u64,
+    /// The most bytes of operations waiting for a commit. Publishers wait (QUIC flow control
+    /// holds their clients) while more is waiting; this bounds the writer's memory.
+    pub max_pending_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            mode: StorageMode::Memory,
+            data_dir: PathBuf::from("data"),
+            sync: SyncPolicy::Always,
+            max_disk_bytes: 1024 * 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
         }
     }
 }

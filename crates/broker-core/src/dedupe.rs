@@ -23,23 +23,7 @@ use std::time::{Duration, Instant};
 use crate::storage::records::DedupeRecord;
 use crate::storage::{unix_ms, DiskStore, Op};
 
-/// Bounds of the dedupe window.
-#[derive(Debug, Clone, Copy)]
-pub struct DedupeConfig {
-    /// Most remembered publishes of all identities together; memory is about 100 bytes each.
-    pub max_entries: usize,
-    /// How long a publish is remembered.
-    pub max_age: Duration,
-}
-
-impl Default for DedupeConfig {
-    fn default() -> Self {
-        Self {
-            max_entries: 100_000,
-            max_age: Duration::from_secs(120),
-        }
-    }
-}
+pub use crate::config::DedupeConfig;
 
 /// Recently accepted (identity, message id) pairs, per identity, oldest first.
 #[derive(Debug)]

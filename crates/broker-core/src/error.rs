@@ -2,6 +2,7 @@
 
 use cassini_protocol::{DecodeError, ErrorCode, TopicError};
 
+use crate::memory::MemoryError;
 use crate::storage::StorageError;
 use crate::transport::TransportError;
 
@@ -75,7 +76,7 @@ pub enum BrokerError {
         held: usize,
         /// The limit that refused it.
         max: usize,
-        /// `"the connection's limit"` or `"the broker's memory budget"`.
+        /// `"the identity's limit"` or `"the broker's memory budget"`.
         what: &'static str,
     },
     /// The session holds the most subscriptions it may.
@@ -177,6 +178,25 @@ pub enum RetainedQuota {
     /// `limits.max_retained_bytes_per_identity`.
     #[error("this identity's retained values would exceed its quota of {0} bytes")]
     Bytes(u64),
+}
+
+impl From<MemoryError> for BrokerError {
+    fn from(err: MemoryError) -> Self {
+        match err {
+            MemoryError::BudgetExceeded {
+                used,
+                limit,
+                requested,
+            } => BrokerError::MemoryBudgetExceeded {
+                used,
+                limit,
+                requested,
+            },
+            MemoryError::PartialFramesLimit { held, max, what } => {
+                BrokerError::PartialFramesLimit { held, max, what }
+            }
+        }
+    }
 }
 
 impl BrokerError {

@@ -14,20 +14,14 @@
 //! the registry's mutex, the routing trie's read lock and each queue's lock briefly. They are
 //! a consistent view of each item, not of the whole broker at one instant.
 
-mod counters;
+pub(crate) mod counters;
 pub(crate) mod registry;
 mod snapshot;
 
 pub use counters::{Counters, CountersSnapshot, DropReason};
 pub use snapshot::{ConnectionInfo, GroupInfo, SubscriptionInfo, TopicInfo};
 
-use std::sync::Arc;
-
-use cassini_protocol::SessionId;
-
-use crate::actors::Shared;
 use crate::router::Router;
-use crate::transport::Connection;
 
 pub(crate) use snapshot::connections as snapshot_connections;
 
@@ -39,17 +33,4 @@ pub(crate) fn snapshot_subscriptions(router: &Router) -> Vec<SubscriptionInfo> {
 /// Every filter in the routing index.
 pub(crate) fn snapshot_topics(router: &Router) -> Vec<TopicInfo> {
     snapshot::topics(&router.routes())
-}
-
-/// Called by a connection's driver once its session is attached: records the session id on
-/// the connection's span (opened by its listener) and in the registry, and counts the open.
-pub(crate) fn session_attached(
-    shared: &Shared,
-    connection: &Arc<dyn Connection>,
-    session: SessionId,
-    resumed: bool,
-) {
-    tracing::Span::current().record("session", tracing::field::display(session));
-    shared.registry.set_session(connection, session, resumed);
-    shared.router.counters().session_opened(resumed);
 }

@@ -3,6 +3,15 @@
 //! This crate never names a QUIC type. It talks to connections through the small interface in
 //! [`transport`], which `cassini-quic` implements over quinn (and tests may implement in memory).
 //!
+//! Layering (no file imports one above it): the foundations ([`config`], [`acl`], [`error`],
+//! [`memory`], [`message`], [`transport`], [`storage`], [`queue`], [`retained`], [`dedupe`],
+//! [`router`], [`introspect`]) name no task and no actor; `context` bundles the state they share;
+//! the data plane (`admission` and `connection`'s stream tasks) works on that context alone and
+//! reports upward only through callbacks it defines; the actors start and own the data plane's
+//! tasks, with a connection's driver between the session actors it asks and the listener actor
+//! that runs it; [`broker`] and [`local`] are the entry points on top. Inside the crate, items are named by
+//! the module that defines them, never through the re-exports below.
+//!
 //! # Layout
 //! - [`acl`]: who may publish and subscribe where; the ACL file format.
 //! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
@@ -19,17 +28,23 @@
 //!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
 //! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
+//! - `admission`: the one way in for a publish (stream, datagram or local): every check, then
+//!   the router, and the counters.
 //! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
+//! - `context`: the state every part shares (configuration, router, dedupe window, store,
+//!   registry, ACL, memory budget); it names no actor.
 //! - `connection`: the tasks that read and write one connection's streams.
 
 mod ack_targets;
 pub mod acl;
 mod actors;
+mod admission;
 pub mod broker;
 pub mod config;
 mod connection;
+mod context;
 pub mod dedupe;
 pub mod error;
 pub mod introspect;

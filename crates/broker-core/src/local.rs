@@ -3,11 +3,12 @@
 //!
 //! A [`LocalClient`] is a session of the embedding program, with a session id of its own so
 //! that remote clients can address it with direct messages. Its publishes go through the same
-//! checks and the same router as a publish stream's; its subscriptions are members of their
-//! filter's route like any other, each with its own bounded [`SubscriptionQueue`] and overflow
-//! policy, joined and left through the filter's topic actor (so retained values are replayed to
-//! them too). A [`LocalSubscription`] reads its queue directly: no stream, no encoding, no copy
-//! of the payload. [`LocalSubscription::forward_to`] feeds a ractor actor, with at most a window
+//! admission as a publish stream's (every check, the same router, the same counters; only the
+//! ACL does not apply, see below); its subscriptions are members of their filter's route like
+//! any other, each with its own bounded [`SubscriptionQueue`] and overflow policy, joined and
+//! left through the filter's topic actor (so retained values are replayed to them too). A
+//! [`LocalSubscription`] reads its queue directly: no stream, no encoding, no copy of the
+//! payload. [`LocalSubscription::forward_to`] feeds a ractor actor, with at most a window
 //! of messages in the actor's (unbounded) mailbox at once, so a slow actor fills only its
 //! subscription's queue, whose policy then applies, exactly like a slow network subscriber.
 //!
@@ -29,10 +30,11 @@ use ractor::{ActorRef, Message as ActorMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::actors::ask;
 use crate::actors::session::valid_group_name;
 use crate::actors::topic_manager::TopicManagerMsg;
-use crate::actors::{ask, Shared};
-use crate::connection::publish::accept;
+use crate::admission::{Admitted, Publisher};
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::message::PublishedMessage;
 use crate::queue::{Attachment, Popped, Queued, SubscriptionQueue};
@@ -71,14 +73,16 @@ pub struct LocalPublished {
 #[derive(Debug, Clone)]
 pub struct LocalClient {
     shared: Arc<Shared>,
+    topics: ActorRef<TopicManagerMsg>,
     session: SessionId,
     next_subscription: Arc<AtomicU64>,
 }
 
 impl LocalClient {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, topics: ActorRef<TopicManagerMsg>) -> Self {
         Self {
             shared,
+            topics,
             session: SessionId(rand::random()),
             next_subscription: Arc::new(AtomicU64::new(0)),
         }
@@ -102,10 +106,13 @@ impl LocalClient {
         })
     }
 
-    /// Publishes with every option. The same limits apply as to a network publish. A request
-    /// (with `reply_to`) that reached nobody shows as `offered == 0`.
+    /// Publishes with every option. It goes through the same admission as a network publish:
+    /// the same limits, memory budget and, in disk mode, store health and disk limit (a full
+    /// store refuses it with `STORAGE_FULL`), and the same counters (`messages_received`,
+    /// `publishes_rejected`, ...); only the ACL does not apply. A request (with `reply_to`) that reached nobody shows as
+    /// `offered == 0`.
     pub fn publish_with(&self, publish: LocalPublish) -> Result<LocalPublished, BrokerError> {
-        let frame = cassini_protocol::Publish {
+        let mut frame = cassini_protocol::Publish {
             topic: publish.topic,
             headers: publish.headers,
             payload: publish.payload,
@@ -115,17 +122,11 @@ impl LocalClient {
             to_session: publish.to_session,
             ack: false,
         };
-        let message = accept(frame, &self.shared)?;
-        if publish.retain {
-            self.shared.router.retain(&message, None)?;
+        match Publisher::local().admit(&self.shared, &mut frame)? {
+            Admitted::Routed { offered, .. } => Ok(LocalPublished { offered }),
+            // A local publish is never acknowledged, so it is never taken for a retry.
+            Admitted::Duplicate { .. } => Ok(LocalPublished { offered: 0 }),
         }
-        let report = self
-            .shared
-            .router
-            .publish(&Arc::new(message), publish.to_session);
-        Ok(LocalPublished {
-            offered: report.offered,
-        })
     }
 
     /// Subscribes to `filter` with the broker's default options.
@@ -173,14 +174,14 @@ impl LocalClient {
             queue: Arc::clone(&queue),
             group,
         };
-        ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
+        ask(&self.topics, |reply| TopicManagerMsg::Join {
             filter: filter.clone(),
             member,
             reply,
         })
         .await??;
         Ok(LocalSubscription {
-            shared: Arc::clone(&self.shared),
+            topics: self.topics.clone(),
             key,
             filter,
             queue,
@@ -240,7 +241,7 @@ impl LocalMessage {
 /// A subscription of the embedding program. Dropping it ends the subscription.
 #[derive(Debug)]
 pub struct LocalSubscription {
-    shared: Arc<Shared>,
+    topics: ActorRef<TopicManagerMsg>,
     key: SubscriberKey,
     filter: TopicFilter,
     queue: Arc<SubscriptionQueue>,
@@ -313,7 +314,7 @@ impl LocalSubscription {
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
         self.queue.close();
-        let _ = self.shared.topics.send_message(TopicManagerMsg::Leave {
+        let _ = self.topics.send_message(TopicManagerMsg::Leave {
             filter: self.filter.clone(),
             key: self.key,
             reply: None,

@@ -9,7 +9,7 @@
 //! refused with `MEMORY_BUDGET_EXCEEDED`, as is a new subscription while the budget has no room
 //! for one more frame of the maximum size.
 //!
-//! Frame buffers are charged per identity ([`IdentityFrames`]): every stream reader of every
+//! Frame buffers are charged per identity (`IdentityFrames`): every stream reader of every
 //! connection of one certificate identity shares one count, bounded by
 //! `max_partial_frame_bytes_per_identity`. They count in the budget's `used` (so publishes are
 //! refused sooner while they are large), but the budget refuses a frame buffer only once frame
@@ -19,13 +19,40 @@
 //! So the broker holds at most the budget in messages and at most the budget in frame
 //! buffers.
 //!
-//! This module must not decide what is refused where; it only counts and answers.
+//! This module must not decide what is refused where; it only counts and answers, with a
+//! [`MemoryError`] (which [`crate::error`] turns into a wire code like every other error).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::BrokerError;
+/// What the budget refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// Taking this work would grow the broker past its memory budget.
+    #[error(
+        "the broker holds {used} of its {limit}-byte memory budget; this needs {requested} more"
+    )]
+    BudgetExceeded {
+        /// Bytes held now.
+        used: usize,
+        /// The budget.
+        limit: usize,
+        /// What the refused work needed.
+        requested: usize,
+    },
+    /// A frame buffer would hold more than allowed.
+    #[error("partially received frames would hold {held} bytes; {what} allows {max}")]
+    PartialFramesLimit {
+        /// What they would hold.
+        held: usize,
+        /// The limit that refused it.
+        max: usize,
+        /// `"the identity's limit"` or `"the broker's memory budget"`.
+        what: &'static str,
+    },
+}
 
 /// The broker-wide count of held bytes and its limit.
 #[derive(Debug)]
@@ -78,10 +105,10 @@ impl MemoryBudget {
     }
 
     /// Refuses new work of `requested` bytes when it does not fit in what is left.
-    pub fn check_room(&self, requested: usize) -> Result<(), BrokerError> {
+    pub fn check_room(&self, requested: usize) -> Result<(), MemoryError> {
         let used = self.used();
         if used.saturating_add(requested) > self.limit {
-            return Err(BrokerError::MemoryBudgetExceeded {
+            return Err(MemoryError::BudgetExceeded {
                 used,
                 limit: self.limit,
                 requested,
@@ -93,7 +120,7 @@ impl MemoryBudget {
     /// Charges a message of `bytes` if it fits; the charge is released when dropped.
     /// Concurrent admissions may each pass the check before the others add: the overshoot is
     /// at most one message per publishing stream.
-    pub fn charge_message(self: &Arc<Self>, bytes: usize) -> Result<MemoryCharge, BrokerError> {
+    pub fn charge_message(self: &Arc<Self>, bytes: usize) -> Result<MemoryCharge, MemoryError> {
         self.check_room(bytes)?;
         Ok(self.force_message(bytes))
     }
@@ -209,7 +236,7 @@ impl FrameBufferCharge {
     /// Records that the buffer may now hold `bytes`: the charge only grows (a buffer's
     /// capacity shrinks as frames are split off its front, but its allocation stays) until
     /// [`FrameBufferCharge::resize`] sets it lower when the buffer is given back.
-    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), BrokerError> {
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), MemoryError> {
         if bytes <= self.bytes {
             return Ok(());
         }
@@ -218,7 +245,7 @@ impl FrameBufferCharge {
 
     /// Records that the buffer now holds `bytes`; refuses growth past the identity's bound, or
     /// once frame buffers alone would hold the whole budget (the charge then stays as it was).
-    pub(crate) fn resize(&mut self, bytes: usize) -> Result<(), BrokerError> {
+    pub(crate) fn resize(&mut self, bytes: usize) -> Result<(), MemoryError> {
         if bytes == self.bytes {
             return Ok(());
         }
@@ -239,7 +266,7 @@ impl FrameBufferCharge {
             .saturating_add(more);
         if held > max {
             frames.held.fetch_sub(more, Ordering::Relaxed);
-            return Err(BrokerError::PartialFramesLimit {
+            return Err(MemoryError::PartialFramesLimit {
                 held,
                 max,
                 what: "the identity's limit",
@@ -252,7 +279,7 @@ impl FrameBufferCharge {
         if buffers > budget.limit {
             budget.frame_buffers.fetch_sub(more, Ordering::Relaxed);
             frames.held.fetch_sub(more, Ordering::Relaxed);
-            return Err(BrokerError::PartialFramesLimit {
+            return Err(MemoryError::PartialFramesLimit {
                 held: buffers,
                 max: budget.limit,
                 what: "the broker's memory budget",

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use cassini_protocol::{OverflowPolicy, SequenceRange};
@@ -148,13 +148,16 @@ pub struct QueueStats {
 /// [`SubscriptionQueue::writing`].
 #[derive(Debug)]
 pub struct UnwrittenBatch<'a> {
-    count: &'a AtomicUsize,
+    queue: &'a SubscriptionQueue,
     messages: usize,
 }
 
 impl Drop for UnwrittenBatch<'_> {
     fn drop(&mut self) {
-        self.count.fetch_sub(self.messages, Ordering::Relaxed);
+        self.queue
+            .unwritten
+            .fetch_sub(self.messages, Ordering::Relaxed);
+        self.queue.progressed();
     }
 }
 
@@ -236,6 +239,9 @@ pub struct SubscriptionQueue {
     wants_retained: AtomicBool,
     /// Messages popped by a writer and not yet written to its stream.
     unwritten: AtomicUsize,
+    /// Told when the queue may have become delivered (a batch written, an acknowledgement, the
+    /// writer idle): the session's, for a shutdown's drain to wait on instead of polling.
+    progress: OnceLock<Arc<Notify>>,
 }
 
 impl SubscriptionQueue {
@@ -272,6 +278,7 @@ impl SubscriptionQueue {
             store,
             wants_retained: AtomicBool::new(true),
             unwritten: AtomicUsize::new(0),
+            progress: OnceLock::new(),
         }
     }
 
@@ -623,6 +630,8 @@ impl SubscriptionQueue {
                 }
                 wake_at
             };
+            // Nothing to hand out: the writer is idle, the queue may be delivered.
+            self.progressed();
             match wake_at {
                 Some(deadline) => {
                     tokio::select! {
@@ -695,6 +704,7 @@ impl SubscriptionQueue {
         };
         if released > 0 {
             self.ready.notify_one();
+            self.progressed();
         }
         released
     }
@@ -741,8 +751,21 @@ impl SubscriptionQueue {
     pub fn writing(&self, messages: usize) -> UnwrittenBatch<'_> {
         self.unwritten.fetch_add(messages, Ordering::Relaxed);
         UnwrittenBatch {
-            count: &self.unwritten,
+            queue: self,
             messages,
+        }
+    }
+
+    /// Tells `progress` from now on whenever the queue may have become delivered (see
+    /// [`crate::ack_targets`]); the first call wins.
+    pub(crate) fn report_progress_to(&self, progress: Arc<Notify>) {
+        let _ = self.progress.set(progress);
+    }
+
+    /// Wakes whoever waits for the queue's progress (one atomic operation when nobody does).
+    fn progressed(&self) {
+        if let Some(progress) = self.progress.get() {
+            progress.notify_one();
         }
     }
 }

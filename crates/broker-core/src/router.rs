@@ -34,7 +34,7 @@ use cassini_protocol::topic::FilterToken;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
 use crate::error::BrokerError;
-use crate::introspect::{Counters, DropReason};
+use crate::introspect::counters::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};

@@ -1,12 +1,18 @@
 //! Cassini's QUIC transport: quinn endpoints secured by mutual TLS, and the certificate tooling
 //! behind them.
 //!
+//! Layering (no file imports one above it): PEM loading and [`tls::TlsError`] at the bottom, then
+//! [`revocation`] (CRLs and certificate keys), [`tls`] (configurations built on both), [`certs`],
+//! [`endpoint`] and [`faults`] above it, and `server` on top, whose accept counters and
+//! live-connection registry are files below it.
+//!
 //! # Layout
 //!
 //! - [`certs`]: the private certificate authority; issuing server and client certificates; the
 //!   certificate directory layout (`ca.crt`, `server.key`, `client-NAME.crt`, ...).
 //! - [`tls`]: rustls configurations (TLS 1.3, ALPN, required client certificates, no
-//!   resumption), PEM loading, and [`tls::QuicOptions`] turned into quinn configurations.
+//!   resumption) and [`tls::QuicOptions`] turned into quinn configurations; PEM loading
+//!   (`tls/pem_files.rs`) and [`tls::TlsError`] (`tls/error.rs`) below it.
 //! - [`identity`]: the identity a peer certificate stands for (URI SAN, DNS SAN, then CN).
 //! - [`revocation`]: the CRL rule (a CRL once in force is never dropped by a missing file),
 //!   and the issuer-and-serial keys by which CRLs and sessions name certificates.

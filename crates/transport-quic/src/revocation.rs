@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 
-use crate::tls::{load_crls, TlsError};
+use crate::tls::error::TlsError;
+use crate::tls::pem_files::load_crls;
 
 /// What revocation is in force, for logs and monitoring.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -24,8 +24,12 @@ use cassini_broker::{
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::live::LiveConnections;
+pub use self::live::ReloadReport;
+pub use self::stats::{AcceptStats, HandshakeFailure};
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
 use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
@@ -155,104 +159,6 @@ pub fn server_tls_from_dir(
     )
 }
 
-/// Counters of the accept path.
-#[derive(Debug, Default)]
-pub struct AcceptStats {
-    /// Handshakes that completed and were handed to the broker.
-    pub accepted: AtomicU64,
-    /// Handshakes that failed, for any reason (the sum of the `refused_*` counters).
-    pub refused: AtomicU64,
-    /// Refused by TLS: a missing, untrusted, expired or otherwise bad client certificate, or
-    /// any other TLS alert.
-    pub refused_tls: AtomicU64,
-    /// Not completed within the handshake timeout (or the client's packets stopped).
-    pub refused_timeout: AtomicU64,
-    /// The client certificate named no usable identity.
-    pub refused_no_identity: AtomicU64,
-    /// Anything else: the client went away, a transport error, the endpoint refused.
-    pub refused_other: AtomicU64,
-    /// Retry packets sent to validate a client's address.
-    pub retries: AtomicU64,
-    /// Live connections closed by a reload because their certificate no longer verifies.
-    pub revoked: AtomicU64,
-}
-
-/// Why a handshake failed, for counting and logging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandshakeFailure {
-    /// TLS refused it (certificate problems are the usual cause).
-    Tls,
-    /// It took too long.
-    Timeout,
-    /// The certificate named no identity.
-    NoIdentity,
-    /// Anything else.
-    Other,
-}
-
-impl HandshakeFailure {
-    /// Every reason, in a fixed order.
-    pub const ALL: [HandshakeFailure; 4] = [
-        HandshakeFailure::Tls,
-        HandshakeFailure::Timeout,
-        HandshakeFailure::NoIdentity,
-        HandshakeFailure::Other,
-    ];
-
-    /// The label value used in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::Tls => "tls",
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::NoIdentity => "no_identity",
-            HandshakeFailure::Other => "other",
-        }
-    }
-
-    fn of(err: &quinn::ConnectionError) -> Self {
-        match err {
-            quinn::ConnectionError::TransportError(err)
-                if (0x100..0x200).contains(&u64::from(err.code)) =>
-            {
-                HandshakeFailure::Tls
-            }
-            quinn::ConnectionError::TimedOut => HandshakeFailure::Timeout,
-            _ => HandshakeFailure::Other,
-        }
-    }
-}
-
-impl AcceptStats {
-    /// Refused handshakes for `reason`.
-    pub fn refused_for(&self, reason: HandshakeFailure) -> u64 {
-        self.counter(reason).load(Ordering::Relaxed)
-    }
-
-    fn counter(&self, reason: HandshakeFailure) -> &AtomicU64 {
-        match reason {
-            HandshakeFailure::Tls => &self.refused_tls,
-            HandshakeFailure::Timeout => &self.refused_timeout,
-            HandshakeFailure::NoIdentity => &self.refused_no_identity,
-            HandshakeFailure::Other => &self.refused_other,
-        }
-    }
-
-    fn refuse(&self, reason: HandshakeFailure) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        self.counter(reason).fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What [`QuicServer::reload`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Live connections whose certificate still verifies; they continue.
-    pub kept: usize,
-    /// Live connections closed with `CERTIFICATE_REVOKED`: (identity, why).
-    pub closed: Vec<(String, String)>,
-}
-
 /// A bound QUIC endpoint serving a broker.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -262,6 +168,10 @@ pub struct QuicServer {
     stats: Arc<AcceptStats>,
     live: Arc<LiveConnections>,
     handshaking: Arc<AtomicUsize>,
+    /// Every handshake task, so that [`QuicServer::close`] can wait for them.
+    handshakes: TaskTracker,
+    /// Cancelled by [`QuicServer::close`]: handshakes still running give up.
+    closing: CancellationToken,
     /// The broker being served (set by [`QuicServer::serve`]), told by every reload which
     /// certificates are revoked so that their sessions end.
     broker: OnceLock<BrokerHandle>,
@@ -283,6 +193,8 @@ impl QuicServer {
             stats: Arc::default(),
             live: Arc::default(),
             handshaking: Arc::default(),
+            handshakes: TaskTracker::new(),
+            closing: CancellationToken::new(),
             broker: OnceLock::new(),
         })
     }
@@ -329,7 +241,8 @@ impl QuicServer {
     }
 
     /// Accepts connections and hands them to `broker` until [`QuicServer::close`] is called.
-    /// Each handshake runs in its own task, so a slow client never delays another.
+    /// Each handshake runs in its own task, so a slow client never delays another; the tasks
+    /// are tracked, and [`QuicServer::close`] cancels and waits for them.
     pub async fn serve(&self, broker: BrokerHandle) {
         let _ = self.broker.set(broker.clone());
         while let Some(incoming) = self.endpoint.accept().await {
@@ -344,10 +257,18 @@ impl QuicServer {
             let handshaking = Arc::clone(&self.handshaking);
             handshaking.fetch_add(1, Ordering::Relaxed);
             let generation = self.live.generation();
-            tokio::spawn(async move {
+            let closing = self.closing.clone();
+            self.handshakes.spawn(async move {
                 let remote = incoming.remote_address();
-                let outcome = handshake(incoming, timeout, &rule).await;
+                let outcome = tokio::select! {
+                    outcome = handshake(incoming, timeout, &rule) => Some(outcome),
+                    () = closing.cancelled() => None,
+                };
                 handshaking.fetch_sub(1, Ordering::Relaxed);
+                let Some(outcome) = outcome else {
+                    tracing::debug!(%remote, "handshake abandoned: the server is closing");
+                    return;
+                };
                 match outcome {
                     Ok((connection, chain)) => {
                         let identity = &connection.peer.identity;
@@ -395,12 +316,19 @@ impl QuicServer {
         }
     }
 
-    /// Closes every connection with `code` and `reason`, stops accepting, and waits (at most
-    /// `limit`) until the peers have been told.
+    /// Closes every connection with `code` and `reason`, stops accepting, abandons the
+    /// handshakes still running, and waits (at most `limit`) until their tasks have ended and
+    /// the peers have been told.
     pub async fn close(&self, code: ErrorCode, reason: &str, limit: Duration) {
         self.endpoint
             .close(VarInt::from_u32(code.value()), reason.as_bytes());
-        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+        self.closing.cancel();
+        self.handshakes.close();
+        let _ = tokio::time::timeout(limit, async {
+            self.handshakes.wait().await;
+            self.endpoint.wait_idle().await;
+        })
+        .await;
     }
 }
 
@@ -460,6 +388,7 @@ async fn handshake(
 }
 
 mod live;
+mod stats;
 
 /// A quinn connection as the broker sees it.
 #[derive(Debug)]

@@ -22,108 +22,25 @@
 //! Error messages are complete on their own (they include the underlying cause), so
 //! [`TlsError`] does not chain causes through `source()`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{NoServerSessionStorage, VerifierBuilderError, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::RootCertStore;
-use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
+pub use self::error::TlsError;
+pub use self::pem_files::{load_certs, load_crls, load_key};
 use crate::revocation::{revoked_keys, RevokedKeys};
 
 /// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
 static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-
-/// Why a TLS or QUIC configuration could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A certificate or key file could not be read.
-    #[error("reading {}: {error}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        error: std::io::Error,
-    },
-    /// A certificate or key file is not valid PEM.
-    #[error("parsing PEM in {}: {error}", path.display())]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        error: pem::Error,
-    },
-    /// A certificate file holds no certificate.
-    #[error("{} contains no certificate (expected a \"BEGIN CERTIFICATE\" block)", path.display())]
-    NoCertificates {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A CRL file holds no CRL.
-    #[error("{} contains no CRL (expected a \"BEGIN X509 CRL\" block)", path.display())]
-    NoCrls {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The CRL file does not exist, and a CRL is required (`certs.require_crl`), or a CRL was
-    /// in force before (the last good one is kept; see [`crate::revocation`]).
-    #[error("the CRL file {} does not exist", path.display())]
-    CrlMissing {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A CRL in the file is not a valid X.509 CRL.
-    #[error("{} holds an invalid CRL: {reason}", path.display())]
-    InvalidCrl {
-        /// The file.
-        path: PathBuf,
-        /// What the parser reported.
-        reason: String,
-    },
-    /// A key file holds no private key.
-    #[error("{} contains no private key (expected a \"BEGIN PRIVATE KEY\" block)", path.display())]
-    NoPrivateKey {
-        /// The file.
-        path: PathBuf,
-    },
-    /// No CA certificate was given, so no peer could ever be verified.
-    #[error("no CA certificate given to verify peers against")]
-    NoCaCertificates,
-    /// A CA certificate cannot be used as a trust anchor.
-    #[error("the CA certificate cannot be used as a trust anchor: {0}")]
-    InvalidCaCertificate(rustls::Error),
-    /// The client certificate verifier could not be built.
-    #[error("building the client certificate verifier: {0}")]
-    ClientVerifier(VerifierBuilderError),
-    /// rustls rejected the configuration, e.g. a key that does not match its certificate.
-    #[error("TLS configuration rejected: {0}")]
-    Rustls(rustls::Error),
-    /// The rustls configuration cannot carry QUIC (it lacks the TLS 1.3 initial cipher suite).
-    #[error("the TLS configuration cannot be used for QUIC: {0}")]
-    NotQuicCapable(NoInitialCipherSuite),
-    /// A [`QuicOptions`] value is out of range.
-    #[error("invalid QUIC option {option}: {reason}")]
-    InvalidOption {
-        /// The option's field name.
-        option: &'static str,
-        /// What is wrong with its value.
-        reason: &'static str,
-    },
-}
-
-impl From<rustls::Error> for TlsError {
-    fn from(error: rustls::Error) -> Self {
-        Self::Rustls(error)
-    }
-}
 
 /// QUIC transport settings shared by the broker and clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,62 +285,6 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Every certificate in the PEM file at `path`, in file order; an error if there is none.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let contents = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&contents)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::Pem {
-            path: path.to_owned(),
-            error,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Every CRL in the PEM file at `path` (`-----BEGIN X509 CRL-----` blocks), in file order; an
-/// error if there is none.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let contents = read(path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&contents)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::Pem {
-            path: path.to_owned(),
-            error,
-        })?;
-    if crls.is_empty() {
-        return Err(TlsError::NoCrls {
-            path: path.to_owned(),
-        });
-    }
-    Ok(crls)
-}
-
-/// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let contents = read(path)?;
-    PrivateKeyDer::from_pem_slice(&contents).map_err(|error| match error {
-        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        error => TlsError::Pem {
-            path: path.to_owned(),
-            error,
-        },
-    })
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
-        path: path.to_owned(),
-        error,
-    })
-}
-
 fn root_store(ca_certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
     if ca_certs.is_empty() {
         return Err(TlsError::NoCaCertificates);
@@ -469,5 +330,7 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
     Ok(transport)
 }
 
+pub(crate) mod error;
+pub(crate) mod pem_files;
 #[cfg(test)]
 mod tests;

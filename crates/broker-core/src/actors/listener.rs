@@ -15,12 +15,14 @@ use cassini_protocol::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::session::SessionMsg;
 use super::session_manager::SessionManagerMsg;
-use super::Shared;
-use crate::connection::driver::drive_connection;
+use crate::connection::driver::{drive_connection, DriverEvent};
+use crate::context::Shared;
 use crate::introspect::registry::Registration;
 use crate::transport::Connection;
 
@@ -30,16 +32,15 @@ pub(crate) struct ListenerArgs {
     pub(crate) connection: Arc<dyn Connection>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
+    /// The broker's tracker of connections: the driver runs on it, and this listener is
+    /// counted in it until its state is dropped.
+    pub(crate) connections: TaskTracker,
 }
 
 pub(crate) enum ListenerMsg {
-    /// The driver attached the connection to a session.
-    Established {
-        session: ActorRef<SessionMsg>,
-        epoch: u64,
-    },
-    /// The driver finished; `clean` when the client said goodbye.
-    DriverEnded { clean: bool },
+    /// What the driver reported: the connection was attached to a session, or the driver
+    /// finished.
+    Driver(DriverEvent),
     /// The broker is shutting down.
     Shutdown { reason: String },
 }
@@ -53,6 +54,9 @@ pub(crate) struct ListenerState {
     clean: bool,
     /// Keeps the connection in the monitoring registry until this state is dropped.
     _registration: Registration,
+    /// Keeps the listener counted in the broker's connection tracker (what shutdown waits
+    /// for) until this state is dropped, after the notice to the session was sent.
+    _tracked: TaskTrackerToken,
 }
 
 impl Drop for ListenerState {
@@ -96,12 +100,16 @@ impl Actor for Listener {
             identity = %peer.identity,
             session = tracing::field::Empty,
         );
-        let driver = tokio::spawn(
+        let report = Box::new(move |event| {
+            let _ = myself.send_message(ListenerMsg::Driver(event));
+        });
+        let tracked = args.connections.token();
+        let driver = args.connections.spawn(
             drive_connection(
                 Arc::clone(&args.connection),
                 args.shared,
                 args.sessions,
-                myself,
+                report,
                 going_away_rx,
             )
             .instrument(span),
@@ -113,6 +121,7 @@ impl Actor for Listener {
             session: None,
             clean: false,
             _registration: registration,
+            _tracked: tracked,
         })
     }
 
@@ -123,8 +132,10 @@ impl Actor for Listener {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ListenerMsg::Established { session, epoch } => state.session = Some((session, epoch)),
-            ListenerMsg::DriverEnded { clean } => {
+            ListenerMsg::Driver(DriverEvent::Established { session, epoch }) => {
+                state.session = Some((session, epoch))
+            }
+            ListenerMsg::Driver(DriverEvent::Ended { clean }) => {
                 state.clean = clean;
                 myself.stop(None);
             }

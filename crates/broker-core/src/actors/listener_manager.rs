@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::task::TaskTracker;
 
+use super::ended_child;
 use super::listener::{Listener, ListenerArgs, ListenerMsg};
 use super::session_manager::SessionManagerMsg;
-use super::{ended_child, Shared};
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::transport::Connection;
 
@@ -29,11 +31,14 @@ pub(crate) enum ListenerManagerMsg {
 pub(crate) struct ListenerManagerArgs {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
+    /// Where every listener is tracked while it lives.
+    pub(crate) connections: TaskTracker,
 }
 
 pub(crate) struct ListenerManagerState {
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
+    connections: TaskTracker,
     listeners: HashMap<ActorId, (ActorRef<ListenerMsg>, Arc<str>)>,
     /// Open connections per certificate identity; an identity with none has no entry.
     per_identity: HashMap<Arc<str>, usize>,
@@ -53,6 +58,7 @@ impl Actor for ListenerManager {
         Ok(ListenerManagerState {
             shared: args.shared,
             sessions: args.sessions,
+            connections: args.connections,
             listeners: HashMap::new(),
             per_identity: HashMap::new(),
             accepting: true,
@@ -103,6 +109,7 @@ impl Actor for ListenerManager {
                     connection: Arc::clone(&connection),
                     shared: Arc::clone(&state.shared),
                     sessions: state.sessions.clone(),
+                    connections: state.connections.clone(),
                 };
                 match Actor::spawn_linked(None, Listener, args, myself.get_cell()).await {
                     Ok((listener, _)) => {

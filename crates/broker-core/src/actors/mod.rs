@@ -26,15 +26,12 @@ pub(crate) mod supervisor;
 pub(crate) mod topic;
 pub(crate) mod topic_manager;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorRef, Message, RpcReplyPort, SupervisionEvent};
 
-use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::router::Router;
 
 /// How long one actor waits for another's answer before treating it as failed.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,23 +71,4 @@ pub(crate) fn ended_child(event: SupervisionEvent, kind: &str) -> Option<(ActorC
         }
         _ => None,
     }
-}
-
-/// What every part of the broker shares: configuration, the router and the managers that
-/// exist before sessions and listeners are created.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Arc<BrokerConfig>,
-    pub(crate) router: Arc<Router>,
-    pub(crate) dedupe: Arc<crate::dedupe::DedupeWindow>,
-    /// The disk store, in disk mode.
-    pub(crate) storage: Option<Arc<crate::storage::DiskStore>>,
-    /// The open connections, for monitoring.
-    pub(crate) registry: Arc<crate::introspect::registry::Registry>,
-    /// The current ACL; replaced on reload.
-    pub(crate) acl: crate::acl::AclHandle,
-    /// The broker-wide memory budget: messages and frame buffers.
-    pub(crate) memory: Arc<crate::memory::MemoryBudget>,
-    pub(crate) topics: ActorRef<topic_manager::TopicManagerMsg>,
-    pub(crate) subscribers: ActorRef<subscriber_manager::SubscriberManagerMsg>,
 }

@@ -9,6 +9,14 @@
 //! subscriptions' records through to the store, and removes them when the session or a
 //! subscription ends; a session read back after a restart starts detached, with the expiry time
 //! it had left, and rebuilds its subscriptions with the same ids and sequences.
+//!
+//! Its handler never waits on another actor or on the disk. A subscription is checked,
+//! numbered and reserved against the session's limits in the handler; starting its subscriber
+//! and routing its filter (two manager asks) run in a task that sends the result back
+//! (`Started`), and in disk mode the answer waits for the sync in another task (a failed sync
+//! removes the subscription again: `NotStored`). An unsubscribe leaves the session at once and
+//! is answered from a task once nothing more is routed to it. Requests of one connection are
+//! answered in order, as its driver asks one at a time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,11 +29,14 @@ use cassini_protocol::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
+use super::ask;
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
-use super::subscriber_manager::SubscriberManagerMsg;
+use super::subscriber_manager::{SubscriberEnded, SubscriberManagerMsg};
 use super::topic_manager::TopicManagerMsg;
-use super::{ask, Shared};
 use crate::ack_targets::AckTargets;
+use crate::acl::Permissions;
+use crate::connection::subscription_writer::EndNotices;
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
@@ -43,8 +54,17 @@ pub(crate) struct SessionArgs {
     /// The name a `Hello` gave it, if any (unique per identity).
     pub(crate) name: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) managers: SessionManagers,
     /// Read back from the store after a restart, with the time it has left until it expires.
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
+}
+
+/// The managers a session asks to start its subscribers and route its filters to them; both
+/// are started before any session.
+#[derive(Clone)]
+pub(crate) struct SessionManagers {
+    pub(crate) topics: ActorRef<TopicManagerMsg>,
+    pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
 }
 
 pub(crate) enum SessionMsg {
@@ -76,6 +96,20 @@ pub(crate) enum SessionMsg {
         options: SubscribeOptions,
         reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
     },
+    /// A subscription prepared by `Subscribe` was started (or failed to start) outside the
+    /// handler; `reply` is the request's.
+    Started {
+        subscription: SubscriptionId,
+        result: Result<Started, BrokerError>,
+        reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
+    },
+    /// In disk mode, the store could not make a new subscription durable: it is removed again
+    /// and the request answered with `error`.
+    NotStored {
+        subscription: SubscriptionId,
+        error: BrokerError,
+        reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
+    },
     /// Ends a subscription; answers once nothing more is routed to it.
     Unsubscribe {
         subscription: SubscriptionId,
@@ -92,18 +126,28 @@ pub(crate) enum SessionMsg {
     Announce(SubscriptionEnded),
 }
 
-/// Where a subscription's writer reports that the broker ended the subscription, for the
-/// session to announce on its connection's control stream with `SubscriptionEnded` (a stream
-/// reset alone may overtake the stream's `SubscriptionStart`, leaving the client unable to tell
-/// which subscription ended).
-#[derive(Clone)]
-pub(crate) struct EndNotices(ActorRef<SessionMsg>);
+/// Where the writers of the session's subscriptions report the subscriptions the broker
+/// ended: to this session, which announces them.
+fn end_notices(session: &ActorRef<SessionMsg>) -> EndNotices {
+    let session = session.clone();
+    EndNotices::new(move |notice| {
+        let _ = session.send_message(SessionMsg::Announce(notice));
+    })
+}
 
-impl EndNotices {
-    /// Reports `notice` to the session.
-    pub(crate) fn announce(&self, notice: SubscriptionEnded) {
-        let _ = self.0.send_message(SessionMsg::Announce(notice));
-    }
+/// Where the subscriber manager reports that the subscriber of `subscription` ended: to this
+/// session, which forgets the subscription.
+fn subscriber_ended(
+    session: &ActorRef<SessionMsg>,
+    subscription: SubscriptionId,
+) -> SubscriberEnded {
+    let session = session.clone();
+    Box::new(move |reason| {
+        let _ = session.send_message(SessionMsg::SubscriptionEnded {
+            subscription,
+            reason,
+        });
+    })
 }
 
 /// A connection's view of the session it was attached to.
@@ -138,7 +182,11 @@ pub(crate) struct SessionState {
     /// When the connection dropped (ms since the Unix epoch), for the stored record.
     detached_at_ms: Option<u64>,
     shared: Arc<Shared>,
+    managers: SessionManagers,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
+    /// Subscriptions prepared and not yet started: they count against the session's limits
+    /// like made ones.
+    starting: HashMap<SubscriptionId, Reservation>,
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
     /// Where the attached connection's driver takes subscription ends to announce.
@@ -150,6 +198,14 @@ pub(crate) struct SessionState {
     ended: VecDeque<SubscriptionEnded>,
     epoch: u64,
     acks: Arc<AckTargets>,
+}
+
+/// A subscription on its way to being started.
+struct Reservation {
+    /// What its queue bound reserves of the session's pending bytes.
+    bytes: usize,
+    /// Set when its subscriber ended before the session took it (why).
+    ended: Option<String>,
 }
 
 impl Drop for SessionState {
@@ -199,12 +255,15 @@ impl SessionState {
         })
     }
 
-    async fn subscribe(
+    /// Checks a subscription request and prepares it: its id, its stored record (disk mode) and
+    /// its queue, reserved against the session's limits until it is started or failed. What
+    /// waits (the subscriber and topic managers, the disk) is left to [`Starting::run`].
+    fn prepare(
         &mut self,
         myself: &ActorRef<SessionMsg>,
         filter: String,
         options: SubscribeOptions,
-    ) -> Result<SubscriptionId, BrokerError> {
+    ) -> Result<Starting, BrokerError> {
         let config = Arc::clone(&self.shared.config);
         let filter = TopicFilter::parse(&filter, &config.limits.topics)
             .map_err(BrokerError::InvalidFilter)?;
@@ -238,15 +297,17 @@ impl SessionState {
                 return Err(BrokerError::DatagramsUnsupported);
             }
         }
+        // Subscriptions still starting count as made.
         let max = config.limits.max_subscriptions_per_session;
-        if self.subscriptions.len() >= max as usize {
+        if self.subscriptions.len() + self.starting.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
         }
         let bounds = config.queue.bounds_for(&options);
         let reserved = self
             .subscriptions
             .values()
-            .map(|s| s.queue.bounds().max_bytes);
+            .map(|s| s.queue.bounds().max_bytes)
+            .chain(self.starting.values().map(|starting| starting.bytes));
         super::session_limits::check_pending_bytes(&config.limits, reserved, bounds.max_bytes)?;
         // A subscription needs room for at least one message of the largest size.
         self.shared
@@ -272,22 +333,122 @@ impl SessionState {
             bounds,
             self.queue_store(subscription),
         ));
-        if let Err(err) = self
-            .start(myself, subscription, filter, group, options, queue)
-            .await
-        {
+        self.starting.insert(
+            subscription,
+            Reservation {
+                bytes: bounds.max_bytes,
+                ended: None,
+            },
+        );
+        Ok(self.starting(myself, subscription, filter, group, options, queue))
+    }
+
+    /// What starting a subscription of this session needs, taken from its state now.
+    fn starting(
+        &self,
+        myself: &ActorRef<SessionMsg>,
+        subscription: SubscriptionId,
+        filter: TopicFilter,
+        group: Option<Arc<str>>,
+        options: SubscribeOptions,
+        queue: Arc<SubscriptionQueue>,
+    ) -> Starting {
+        Starting {
+            managers: self.managers.clone(),
+            acks: Arc::clone(&self.acks),
+            session: myself.clone(),
+            key: SubscriberKey {
+                session: self.id,
+                subscription,
+            },
+            filter,
+            group,
+            options,
+            queue,
+            connection: self.attached.clone(),
+            max_frame_bytes: self.shared.config.limits.max_frame_bytes,
+        }
+    }
+
+    /// Takes a started subscription into the session. The session may have been attached to
+    /// another connection, or detached, while it started: its subscriber follows. With
+    /// `recheck_acl` (a subscribe, checked against the ACL before it started) the ACL is checked
+    /// again, as it may have been replaced meanwhile.
+    fn adopt(&mut self, myself: &ActorRef<SessionMsg>, mut started: Started, recheck_acl: bool) {
+        let Some(subscriber) = started.subscriber.take() else {
+            return;
+        };
+        let moved = match (&started.connection, &self.attached) {
+            (Some(then), Some(now)) => !Arc::ptr_eq(then, now),
+            (None, None) => false,
+            _ => true,
+        };
+        if moved {
+            let _ = subscriber.send_message(match &self.attached {
+                // A connection attached since cannot know of the subscription: it continues as
+                // if the client had received nothing (as `attach` does for one left out).
+                Some(connection) => SubscriberMsg::Attach {
+                    connection: Arc::clone(connection),
+                    last_received: Some(0),
+                    notices: end_notices(myself),
+                },
+                None => SubscriberMsg::Detach,
+            });
+        }
+        let subscription = SessionSubscription {
+            filter: started.filter.clone(),
+            group: started.group.clone(),
+            options: started.options.clone(),
+            subscriber,
+            queue: Arc::clone(&started.queue),
+        };
+        if recheck_acl && !self.allows(&subscription) {
+            tracing::info!(session = %self.id, subscription = started.key.subscription, filter = %subscription.filter, "ACL no longer allows the subscription; ending it");
+            subscription.queue.revoke();
+        }
+        self.subscriptions
+            .insert(started.key.subscription, subscription);
+    }
+
+    /// Forgets a subscription whose subscriber ended on its own.
+    fn subscription_ended(&mut self, subscription: SubscriptionId, reason: &str) {
+        self.acks.remove(subscription);
+        if self.subscriptions.remove(&subscription).is_some() {
             self.forget_subscription(subscription);
-            return Err(err);
+            tracing::info!(session = %self.id, subscription, %reason, "subscription ended");
         }
-        if let Some(store) = self.shared.storage.clone() {
-            // The client learns of the subscription only once it survives a crash; otherwise a
-            // resumed client could wait on a subscription the restarted broker never heard of.
-            if let Err(err) = store.synced(store.ticket()).await {
-                let _ = self.unsubscribe(subscription).await;
-                return Err(err.into());
+    }
+
+    /// Answers a subscription request once the subscription is made. In disk mode the client
+    /// learns of it only once it survives a crash (otherwise a resumed client could wait on a
+    /// subscription the restarted broker never heard of): the wait for the sync runs in a task
+    /// of its own, and a failed sync removes the subscription again (`NotStored`).
+    fn confirm(
+        &self,
+        myself: &ActorRef<SessionMsg>,
+        subscription: SubscriptionId,
+        reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
+    ) {
+        let Some(store) = self.shared.storage.clone() else {
+            let _ = reply.send(Ok(subscription));
+            return;
+        };
+        let ticket = store.ticket();
+        let session = myself.clone();
+        tokio::spawn(async move {
+            match store.synced(ticket).await {
+                Ok(()) => {
+                    let _ = reply.send(Ok(subscription));
+                }
+                Err(err) => {
+                    let _ = session.send_message(SessionMsg::NotStored {
+                        subscription,
+                        error: err.into(),
+                        reply,
+                    });
+                }
             }
-        }
-        Ok(subscription)
+        });
     }
 
     /// Rebuilds a subscription read back from the store.
@@ -307,102 +468,66 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
-        self.start(
+        let starting = self.starting(
             myself,
             record.subscription,
             filter,
             group,
             record.options,
             queue,
-        )
-        .await
-    }
-
-    /// Starts the subscriber of a subscription and routes its filter to its queue.
-    async fn start(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        subscription: SubscriptionId,
-        filter: TopicFilter,
-        group: Option<Arc<str>>,
-        options: SubscribeOptions,
-        queue: Arc<SubscriptionQueue>,
-    ) -> Result<(), BrokerError> {
-        let delivery = options.delivery;
-        let config = &self.shared.config;
-        let key = SubscriberKey {
-            session: self.id,
-            subscription,
-        };
-        let args = SubscriberArgs {
-            key,
-            filter: filter.clone(),
-            queue: Arc::clone(&queue),
-            connection: self
-                .attached
-                .clone()
-                .map(|connection| (connection, EndNotices(myself.clone()))),
-            max_frame_bytes: config.limits.max_frame_bytes,
-            delivery,
-        };
-        let subscriber = ask(&self.shared.subscribers, |reply| {
-            SubscriberManagerMsg::Spawn {
-                args,
-                session: myself.clone(),
-                reply,
-            }
-        })
-        .await??;
-        self.acks.insert(key.subscription, Arc::clone(&queue));
-        let member_group = group.clone();
-        let member = RouteMember {
-            key,
-            queue: Arc::clone(&queue),
-            group,
-        };
-        let joined = ask(&self.shared.topics, |reply| TopicManagerMsg::Join {
-            filter: filter.clone(),
-            member,
-            reply,
-        })
-        .await
-        .and_then(|joined| joined);
-        if let Err(err) = joined {
-            self.acks.remove(key.subscription);
-            subscriber.stop(None);
-            return Err(err);
-        }
-        self.subscriptions.insert(
-            key.subscription,
-            SessionSubscription {
-                filter,
-                group: member_group,
-                options,
-                subscriber,
-                queue,
-            },
         );
+        // Before the session takes any message: waiting here holds up nothing.
+        let started = starting.run().await?;
+        self.adopt(myself, started, false);
         Ok(())
     }
 
-    async fn unsubscribe(&mut self, subscription: SubscriptionId) -> Result<(), BrokerError> {
-        let Some(entry) = self.subscriptions.remove(&subscription) else {
-            return Err(BrokerError::UnknownSubscription(subscription));
-        };
+    /// Removes a subscription from the session (and the store) at once; returns its filter and
+    /// subscriber, for the caller to stop routing to it and stop it.
+    fn remove(
+        &mut self,
+        subscription: SubscriptionId,
+    ) -> Option<(TopicFilter, ActorRef<SubscriberMsg>)> {
+        let entry = self.subscriptions.remove(&subscription)?;
         self.acks.remove(subscription);
         self.forget_subscription(subscription);
+        Some((entry.filter, entry.subscriber))
+    }
+
+    /// Ends a subscription: answers once nothing more is routed to it. The wait for the topic
+    /// manager runs in a task of its own, so the session keeps handling messages meanwhile.
+    fn unsubscribe(
+        &mut self,
+        subscription: SubscriptionId,
+        reply: RpcReplyPort<Result<(), BrokerError>>,
+    ) {
+        let Some((filter, subscriber)) = self.remove(subscription) else {
+            let _ = reply.send(Err(BrokerError::UnknownSubscription(subscription)));
+            return;
+        };
+        let topics = self.managers.topics.clone();
         let key = SubscriberKey {
             session: self.id,
             subscription,
         };
-        ask(&self.shared.topics, |reply| TopicManagerMsg::Leave {
-            filter: entry.filter,
-            key,
-            reply: Some(reply),
-        })
-        .await?;
-        entry.subscriber.stop(Some("unsubscribed".into()));
-        Ok(())
+        tokio::spawn(async move {
+            let left = ask(&topics, |reply| TopicManagerMsg::Leave {
+                filter,
+                key,
+                reply: Some(reply),
+            })
+            .await;
+            subscriber.stop(Some("unsubscribed".into()));
+            let _ = reply.send(left);
+        });
+    }
+
+    /// Whether the current ACL still allows `subscription`.
+    fn allows(&self, subscription: &SessionSubscription) -> bool {
+        permits(
+            &self.shared.acl.current().permissions(&self.identity),
+            subscription,
+        )
     }
 
     fn attach(
@@ -438,7 +563,7 @@ impl SessionState {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
                 last_received: Some(last_received),
-                notices: EndNotices(myself.clone()),
+                notices: end_notices(myself),
             });
         }
         self.attached = Some(connection);
@@ -469,12 +594,7 @@ impl SessionState {
     fn recheck_acl(&self) {
         let permissions = self.shared.acl.current().permissions(&self.identity);
         for (id, subscription) in &self.subscriptions {
-            let allowed = permissions.may_subscribe(&subscription.filter)
-                && subscription
-                    .group
-                    .as_deref()
-                    .is_none_or(|group| permissions.may_join_queue(group));
-            if !allowed {
+            if !permits(&permissions, subscription) {
                 tracing::info!(session = %self.id, subscription = id, filter = %subscription.filter, group = ?subscription.group, "ACL no longer allows the subscription; ending it");
                 subscription.queue.revoke();
             }
@@ -514,6 +634,108 @@ impl SessionState {
     }
 }
 
+/// Whether `permissions` allow `subscription`: its filter, and its queue group.
+fn permits(permissions: &Permissions, subscription: &SessionSubscription) -> bool {
+    permissions.may_subscribe(&subscription.filter)
+        && subscription
+            .group
+            .as_deref()
+            .is_none_or(|group| permissions.may_join_queue(group))
+}
+
+/// A subscription checked and prepared by its session, to be started outside the session's
+/// handler: starting asks the subscriber manager and the topic manager.
+struct Starting {
+    managers: SessionManagers,
+    acks: Arc<AckTargets>,
+    session: ActorRef<SessionMsg>,
+    key: SubscriberKey,
+    filter: TopicFilter,
+    group: Option<Arc<str>>,
+    options: SubscribeOptions,
+    queue: Arc<SubscriptionQueue>,
+    /// The connection the session was attached to when it prepared the subscription.
+    connection: Option<Arc<dyn Connection>>,
+    max_frame_bytes: u32,
+}
+
+impl Starting {
+    /// Starts the subscriber (writing to `connection`, if any) and routes the filter to its
+    /// queue. The queue takes the connection's acknowledgements before the first message can
+    /// reach it.
+    async fn run(self) -> Result<Started, BrokerError> {
+        let subscription = self.key.subscription;
+        let args = SubscriberArgs {
+            key: self.key,
+            filter: self.filter.clone(),
+            queue: Arc::clone(&self.queue),
+            connection: self
+                .connection
+                .clone()
+                .map(|connection| (connection, end_notices(&self.session))),
+            max_frame_bytes: self.max_frame_bytes,
+            delivery: self.options.delivery,
+        };
+        let subscriber = ask(&self.managers.subscribers, |reply| {
+            SubscriberManagerMsg::Spawn {
+                args,
+                ended: subscriber_ended(&self.session, subscription),
+                reply,
+            }
+        })
+        .await??;
+        let started = Started {
+            subscriber: Some(subscriber),
+            key: self.key,
+            filter: self.filter,
+            group: self.group,
+            options: self.options,
+            queue: self.queue,
+            connection: self.connection,
+        };
+        self.acks.insert(subscription, Arc::clone(&started.queue));
+        let member = RouteMember {
+            key: started.key,
+            queue: Arc::clone(&started.queue),
+            group: started.group.clone(),
+        };
+        let joined = ask(&self.managers.topics, |reply| TopicManagerMsg::Join {
+            filter: started.filter.clone(),
+            member,
+            reply,
+        })
+        .await
+        .and_then(|joined| joined);
+        if let Err(err) = joined {
+            self.acks.remove(subscription);
+            // Dropping `started` stops the subscriber.
+            return Err(err);
+        }
+        Ok(started)
+    }
+}
+
+/// A started subscription, routed to, on its way back into its session. Dropped before the
+/// session took it (the session ended meanwhile, or it failed), it stops its subscriber, whose
+/// manager then stops routing to it: nothing is left behind.
+pub(crate) struct Started {
+    subscriber: Option<ActorRef<SubscriberMsg>>,
+    key: SubscriberKey,
+    filter: TopicFilter,
+    group: Option<Arc<str>>,
+    options: SubscribeOptions,
+    queue: Arc<SubscriptionQueue>,
+    connection: Option<Arc<dyn Connection>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(subscriber) = self.subscriber.take() {
+            subscriber.stop(None);
+        }
+    }
+}
+
 /// A queue group name: 1 to `max_bytes` bytes of letters, digits, `-`, `_` and `.`.
 pub(crate) fn valid_group_name(name: &str, max_bytes: usize) -> Result<&str, BrokerError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -542,7 +764,9 @@ impl Actor for Session {
             name: args.name,
             detached_at_ms: None,
             shared: args.shared,
+            managers: args.managers,
             subscriptions: HashMap::new(),
+            starting: HashMap::new(),
             last_subscription: 0,
             attached: None,
             announcements: None,
@@ -628,26 +852,78 @@ impl Actor for Session {
                 filter,
                 options,
                 reply,
+            } => match state.prepare(&myself, filter, options) {
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+                Ok(starting) => {
+                    // The managers answer in a task of its own: the session keeps handling
+                    // messages (attach, detach, acknowledgements' owners) meanwhile.
+                    let subscription = starting.key.subscription;
+                    let session = myself.clone();
+                    tokio::spawn(async move {
+                        let result = starting.run().await;
+                        let _ = session.send_message(SessionMsg::Started {
+                            subscription,
+                            result,
+                            reply,
+                        });
+                    });
+                }
+            },
+            SessionMsg::Started {
+                subscription,
+                result,
+                reply,
             } => {
-                let result = state.subscribe(&myself, filter, options).await;
-                let _ = reply.send(result);
+                let ended = state
+                    .starting
+                    .remove(&subscription)
+                    .and_then(|reservation| reservation.ended);
+                match result {
+                    Err(err) => {
+                        state.forget_subscription(subscription);
+                        let _ = reply.send(Err(err));
+                    }
+                    Ok(started) => {
+                        state.adopt(&myself, started, true);
+                        state.confirm(&myself, subscription, reply);
+                        if let Some(reason) = ended {
+                            state.subscription_ended(subscription, &reason);
+                        }
+                    }
+                }
+            }
+            SessionMsg::NotStored {
+                subscription,
+                error,
+                reply,
+            } => {
+                if let Some((filter, subscriber)) = state.remove(subscription) {
+                    let _ = state.managers.topics.send_message(TopicManagerMsg::Leave {
+                        filter,
+                        key: SubscriberKey {
+                            session: state.id,
+                            subscription,
+                        },
+                        reply: None,
+                    });
+                    subscriber.stop(Some("not stored".into()));
+                }
+                let _ = reply.send(Err(error));
             }
             SessionMsg::Unsubscribe {
                 subscription,
                 reply,
-            } => {
-                let _ = reply.send(state.unsubscribe(subscription).await);
-            }
+            } => state.unsubscribe(subscription, reply),
             SessionMsg::SubscriptionEnded {
                 subscription,
                 reason,
-            } => {
-                state.acks.remove(subscription);
-                if state.subscriptions.remove(&subscription).is_some() {
-                    state.forget_subscription(subscription);
-                    tracing::info!(session = %state.id, subscription, %reason, "subscription ended");
-                }
-            }
+            } => match state.starting.get_mut(&subscription) {
+                // Its end is applied once the session took it.
+                Some(reservation) => reservation.ended = Some(reason),
+                None => state.subscription_ended(subscription, &reason),
+            },
             SessionMsg::RecheckAcl => state.recheck_acl(),
             SessionMsg::Announce(notice) => state.announce(notice),
         }

@@ -32,10 +32,11 @@ use std::time::Duration;
 use cassini_protocol::{ResumePosition, SessionId};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::session::{Attached, Session, SessionArgs, SessionMsg};
+use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
-use super::{ask, ended_child, Shared};
+use super::{ask, ended_child};
 use crate::ack_targets::AckTargets;
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::storage::{session_id, unix_ms, Op, RecoveredSession};
 use crate::transport::Connection;
@@ -90,6 +91,7 @@ struct Entry {
 
 pub(crate) struct SessionManagerState {
     shared: Arc<Shared>,
+    managers: SessionManagers,
     sessions: HashMap<SessionId, Entry>,
     by_actor: HashMap<ActorId, SessionId>,
     /// How many of `sessions` each identity holds.
@@ -171,6 +173,7 @@ impl SessionManager {
             identity: Arc::clone(&identity),
             name: name.clone(),
             shared: Arc::clone(&state.shared),
+            managers: state.managers.clone(),
             recovered: Some((recovered, expires_in)),
         };
         let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
@@ -272,6 +275,7 @@ impl SessionManager {
                     identity: Arc::clone(&identity),
                     name: name.clone(),
                     shared: Arc::clone(&state.shared),
+                    managers: state.managers.clone(),
                     recovered: None,
                 };
                 let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
@@ -316,15 +320,16 @@ impl SessionManager {
 impl Actor for SessionManager {
     type Msg = SessionManagerMsg;
     type State = SessionManagerState;
-    type Arguments = (Arc<Shared>, Vec<RecoveredSession>);
+    type Arguments = (Arc<Shared>, SessionManagers, Vec<RecoveredSession>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (shared, recovered): Self::Arguments,
+        (shared, managers, recovered): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SessionManagerState {
             shared,
+            managers,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             per_identity: HashMap::new(),
@@ -409,7 +414,7 @@ impl Actor for SessionManager {
             // Normally the session already stopped its subscribers; after a failure this is
             // the only clean-up they get.
             let _ = state
-                .shared
+                .managers
                 .subscribers
                 .send_message(SubscriberManagerMsg::StopSession(id));
         }

@@ -10,9 +10,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::session::EndNotices;
 use crate::connection::subscription_writer::{
-    run_subscription_writer, WriterOutcome, WriterSettings, INBOX_STREAM_PRIORITY,
+    run_subscription_writer, EndNotices, WriterOutcome, WriterSettings, INBOX_STREAM_PRIORITY,
     SUBSCRIPTION_STREAM_PRIORITY,
 };
 use crate::queue::SubscriptionQueue;

@@ -1,8 +1,9 @@
 //! The subscriber manager: starts one subscriber actor per subscription and cleans up after
 //! each one, however it ended.
 //!
-//! When a subscriber ends, the manager stops routing its filter to it and tells its session, so a
-//! failed subscriber leaves nothing behind.
+//! When a subscriber ends, the manager stops routing its filter to it and tells its session
+//! (through the [`SubscriberEnded`] the session gave it), so a failed subscriber leaves nothing
+//! behind. The manager is started before the sessions and never names them.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,6 @@ use cassini_protocol::{SessionId, TopicFilter};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::ended_child;
-use super::session::SessionMsg;
 use super::subscriber::{Subscriber, SubscriberArgs, SubscriberMsg};
 use super::topic_manager::TopicManagerMsg;
 use crate::error::BrokerError;
@@ -19,10 +19,10 @@ use crate::router::SubscriberKey;
 pub(crate) struct SubscriberManager;
 
 pub(crate) enum SubscriberManagerMsg {
-    /// Starts a subscriber for `session`.
+    /// Starts a subscriber; `ended` is called once it ended.
     Spawn {
         args: SubscriberArgs,
-        session: ActorRef<SessionMsg>,
+        ended: SubscriberEnded,
         reply: RpcReplyPort<Result<ActorRef<SubscriberMsg>, BrokerError>>,
     },
     /// Stops every subscriber of a session (used when a session failed).
@@ -31,10 +31,14 @@ pub(crate) enum SubscriberManagerMsg {
     Count(RpcReplyPort<usize>),
 }
 
+/// Tells the owner of a subscription (its session) that its subscriber ended, and why; called
+/// once, after the filter stopped routing to it.
+pub(crate) type SubscriberEnded = Box<dyn FnOnce(String) + Send>;
+
 struct Record {
     key: SubscriberKey,
     filter: TopicFilter,
-    session: ActorRef<SessionMsg>,
+    ended: SubscriberEnded,
     subscriber: ActorRef<SubscriberMsg>,
 }
 
@@ -66,11 +70,7 @@ impl Actor for SubscriberManager {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SubscriberManagerMsg::Spawn {
-                args,
-                session,
-                reply,
-            } => {
+            SubscriberManagerMsg::Spawn { args, ended, reply } => {
                 let key = args.key;
                 let filter = args.filter.clone();
                 let spawned = Actor::spawn_linked(None, Subscriber, args, myself.get_cell()).await;
@@ -81,7 +81,7 @@ impl Actor for SubscriberManager {
                             Record {
                                 key,
                                 filter,
-                                session,
+                                ended,
                                 subscriber: subscriber.clone(),
                             },
                         );
@@ -120,10 +120,7 @@ impl Actor for SubscriberManager {
                 key: record.key,
                 reply: None,
             });
-            let _ = record.session.send_message(SessionMsg::SubscriptionEnded {
-                subscription: record.key.subscription,
-                reason,
-            });
+            (record.ended)(reason);
         }
         Ok(())
     }

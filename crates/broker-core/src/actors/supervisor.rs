@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::task::TaskTracker;
 
 use super::listener_manager::{ListenerManager, ListenerManagerArgs, ListenerManagerMsg};
+use super::session::SessionManagers;
 use super::session_manager::{SessionManager, SessionManagerMsg};
-use super::subscriber_manager::SubscriberManager;
-use super::topic_manager::TopicManager;
-use super::Shared;
+use super::subscriber_manager::{SubscriberManager, SubscriberManagerMsg};
+use super::topic_manager::{TopicManager, TopicManagerMsg};
 use crate::config::BrokerConfig;
+use crate::context::Shared;
 use crate::router::Router;
 use crate::storage::{DiskStore, Recovered};
 
@@ -29,6 +31,11 @@ pub(crate) struct SupervisorArgs {
 #[derive(Clone)]
 pub(crate) struct Managers {
     pub(crate) shared: Arc<Shared>,
+    /// Tracks every listener (one per connection) until its state is dropped: shutdown waits
+    /// on it.
+    pub(crate) connections: TaskTracker,
+    pub(crate) topics: ActorRef<TopicManagerMsg>,
+    pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
     pub(crate) listeners: ActorRef<ListenerManagerMsg>,
 }
@@ -82,24 +89,31 @@ impl Actor for Supervisor {
             dedupe,
             storage,
             registry: Arc::default(),
+        });
+        let managers = SessionManagers {
             topics,
             subscribers,
-        });
+        };
         let (sessions, _) = Actor::spawn_linked(
             None,
             SessionManager,
-            (Arc::clone(&shared), recovered.sessions),
+            (Arc::clone(&shared), managers.clone(), recovered.sessions),
             myself.get_cell(),
         )
         .await?;
+        let connections = TaskTracker::new();
         let args = ListenerManagerArgs {
             shared: Arc::clone(&shared),
             sessions: sessions.clone(),
+            connections: connections.clone(),
         };
         let (listeners, _) =
             Actor::spawn_linked(None, ListenerManager, args, myself.get_cell()).await?;
         Ok(Managers {
             shared,
+            connections,
+            topics: managers.topics,
+            subscribers: managers.subscribers,
             sessions,
             listeners,
         })

@@ -1,6 +1,7 @@
 //! One connection, from `Hello` to goodbye.
 //!
-//! The driver runs as a task owned by the connection's listener actor. It accepts the control
+//! The driver runs as a task owned by the connection's listener actor, which it tells what
+//! happened through the [`DriverReport`] it was given. It accepts the control
 //! stream, answers `Hello` with `Welcome` after the session manager has created or resumed the
 //! session, then serves control requests and accepts publish streams until the client finishes
 //! its control stream (a goodbye) or anything goes wrong. Any protocol error closes this
@@ -11,20 +12,20 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cassini_protocol::{
-    encode_frame, ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, Subscribed,
-    Unsubscribed, Welcome, PROTOCOL_VERSION,
+    encode_frame, ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, SessionId,
+    Subscribed, Unsubscribed, Welcome, PROTOCOL_VERSION,
 };
 use ractor::ActorRef;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::actors::listener::ListenerMsg;
+use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
-use crate::actors::{ask, Shared};
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
+use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::transport::{Connection, SendStream, TransportError};
 
@@ -34,9 +35,6 @@ const CONTROL_STREAM_PRIORITY: i32 = 100;
 /// How long the broker waits for a client to acknowledge `GoingAway` before closing anyway.
 const GOING_AWAY_DELIVERY: Duration = Duration::from_secs(1);
 
-/// How often a connection being shut down checks whether its deliveries are done.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
-
 /// After a goodbye, how long publish streams the client already finished get to be read to
 /// their end before the connection is closed.
 const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
@@ -45,15 +43,29 @@ const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
 /// opened before its goodbye whose first packet is still on its way.
 const GOODBYE_STRAGGLERS: Duration = Duration::from_millis(25);
 
-/// Runs the connection to its end, closes it with a code, and tells the listener.
+/// What the driver tells the listener actor that owns it.
+pub(crate) enum DriverEvent {
+    /// The connection is attached to `session`; a later detach or end must name `epoch`.
+    Established {
+        session: ActorRef<SessionMsg>,
+        epoch: u64,
+    },
+    /// The driver finished; `clean` when the client said goodbye.
+    Ended { clean: bool },
+}
+
+/// Where the driver reports to its owner (the listener gives it: the driver never names it).
+pub(crate) type DriverReport = Box<dyn Fn(DriverEvent) + Send + Sync>;
+
+/// Runs the connection to its end, closes it with a code, and tells its owner.
 pub(crate) async fn drive_connection(
     connection: Arc<dyn Connection>,
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
-    listener: ActorRef<ListenerMsg>,
+    report: DriverReport,
     going_away: watch::Receiver<Option<String>>,
 ) {
-    let outcome = serve(&connection, &shared, &sessions, &listener, going_away).await;
+    let outcome = serve(&connection, &shared, &sessions, &report, going_away).await;
     let clean = match outcome {
         Ok(()) => {
             connection.close(ErrorCode::NORMAL, "goodbye");
@@ -73,14 +85,14 @@ pub(crate) async fn drive_connection(
             false
         }
     };
-    let _ = listener.send_message(ListenerMsg::DriverEnded { clean });
+    report(DriverEvent::Ended { clean });
 }
 
 async fn serve(
     connection: &Arc<dyn Connection>,
     shared: &Arc<Shared>,
     sessions: &ActorRef<SessionManagerMsg>,
-    listener: &ActorRef<ListenerMsg>,
+    report: &DriverReport,
     mut going_away: watch::Receiver<Option<String>>,
 ) -> Result<(), BrokerError> {
     let limits = &shared.config.limits;
@@ -114,7 +126,7 @@ async fn serve(
     };
     let mut opened = open_session(connection, sessions, hello).await?;
     let mut ended = opened.ended.take();
-    let _ = listener.send_message(ListenerMsg::Established {
+    report(DriverEvent::Established {
         session: opened.session.clone(),
         epoch: opened.epoch,
     });
@@ -137,7 +149,7 @@ async fn serve(
     write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
         .await
         .map_err(control_reset)?;
-    crate::introspect::session_attached(shared, connection, opened.id, opened.resumed);
+    session_attached(shared, connection, opened.id, opened.resumed);
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
     let mut publishers = JoinSet::new();
@@ -213,6 +225,19 @@ async fn serve(
     }
 }
 
+/// Records the attached session on the connection's span (opened by its listener) and in the
+/// monitoring registry, and counts the open.
+fn session_attached(
+    shared: &Shared,
+    connection: &Arc<dyn Connection>,
+    session: SessionId,
+    resumed: bool,
+) {
+    tracing::Span::current().record("session", tracing::field::display(session));
+    shared.registry.set_session(connection, session, resumed);
+    shared.router.counters().session_opened(resumed);
+}
+
 /// Serves one frame of the control stream: an `Ack` is applied (it has no answer), anything
 /// else is a request answered in order.
 async fn serve_control(
@@ -254,13 +279,15 @@ async fn go_away(
             .drain
             .saturating_sub(GOING_AWAY_DELIVERY);
     let mut control_open = true;
-    while !opened.acks.all_delivered() && Instant::now() < deadline {
+    loop {
         tokio::select! {
+            biased;
+            () = opened.acks.delivered() => break,
+            () = tokio::time::sleep_until(deadline) => break,
             frame = control.next(), if control_open => match frame.map_err(control_reset)? {
                 Some(frame) => serve_control(frame, opened, control_send, max_frame_bytes).await?,
                 None => control_open = false,
             },
-            () = tokio::time::sleep(DRAIN_POLL) => {}
         }
     }
     if !opened.acks.all_delivered() {

@@ -5,6 +5,11 @@
 //!   listener actor.
 //! - [`publish`]: one task per publish stream, the start of the hot path.
 //! - [`subscription_writer`]: one task per attached subscription, the end of the hot path.
+//! - [`gaps`]: which sequences a subscription's writer announces as a `Gap`.
+//!
+//! Every publish read here goes through [`crate::admission`]. The stream tasks work on
+//! [`crate::context::Shared`] alone; the driver asks the session actors, and reports to the
+//! listener actor that runs it only through the callback it was given.
 
 pub(crate) mod driver;
 pub(crate) mod framed;

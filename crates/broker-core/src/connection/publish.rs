@@ -1,4 +1,6 @@
-//! One publish stream: validate each `Publish` and hand it to the router.
+//! One publish stream, and one connection's datagram publishes: each `Publish` goes through
+//! [`Publisher::admit`] (every check, then the router; see [`crate::admission`]) and its outcome
+//! becomes the frames that answer it.
 //!
 //! This is the start of the hot path and it involves no actor: the router pushes into each
 //! matching subscription's bounded queue and returns at once, so a publisher never waits on a
@@ -21,23 +23,16 @@
 //! stored beyond the disk limit is refused with `STORAGE_FULL` and not routed at all.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use cassini_protocol::codec::header_size;
-use cassini_protocol::{
-    Frame, Headers, NoResponders, Publish, PublishAck, PublishRejected, TopicLimits, TopicName,
-};
+use cassini_protocol::{Frame, NoResponders, PublishAck, PublishRejected};
 use tokio::sync::mpsc;
 
-use crate::acl::{PermissionCache, Permissions};
-use crate::actors::Shared;
-use crate::config::{BrokerConfig, BrokerLimits};
+use crate::admission::{Admitted, Publisher, Source};
 use crate::connection::framed::{write_frame, FrameReader};
+use crate::context::Shared;
 use crate::error::BrokerError;
-use crate::memory::{FrameBufferCharge, MemoryCharge};
-use crate::message::PublishedMessage;
-use crate::router::{RouteCache, Router};
-use crate::storage::{DiskStore, StorageError, SyncPolicy};
+use crate::memory::FrameBufferCharge;
+use crate::storage::SyncPolicy;
 use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
@@ -48,38 +43,6 @@ struct Answer {
     topic: String,
     frames: Vec<Frame>,
     durable_at: Option<u64>,
-}
-
-/// What one publish stream remembers between its publishes: the publisher's permissions, and
-/// for its last topic the parsed name and the matching routes. A stream usually publishes to
-/// one topic over and over; then a publish neither parses its topic again nor allocates a new
-/// name for it nor walks the filter trie (in disk mode the answer still keeps a copy of the
-/// topic string, for a rejection after a failed sync) (`Router::publish_cached`; measured in docs/BENCHMARKS.md).
-struct StreamContext {
-    permissions: PermissionCache,
-    topic: Option<TopicName>,
-    routes: RouteCache,
-}
-
-impl StreamContext {
-    fn new(shared: &Shared, identity: &Arc<str>) -> Self {
-        Self {
-            permissions: PermissionCache::new(&shared.acl, identity),
-            topic: None,
-            routes: RouteCache::default(),
-        }
-    }
-
-    /// The checked name of `topic`, reusing the last one when it is the same string.
-    fn topic_name(&mut self, topic: &str, config: &BrokerConfig) -> Result<TopicName, BrokerError> {
-        if let Some(last) = self.topic.as_ref().filter(|last| last.as_str() == topic) {
-            return Ok(last.clone());
-        }
-        let name =
-            TopicName::parse(topic, &config.limits.topics).map_err(BrokerError::InvalidTopic)?;
-        self.topic = Some(name.clone());
-        Ok(name)
-    }
 }
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -124,9 +87,9 @@ async fn serve_in_order(
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes, charge);
-    let mut context = StreamContext::new(shared, identity);
+    let mut publisher = Publisher::client(shared, Arc::clone(identity), Source::Stream);
     while let Some(frame) = reader.next().await? {
-        for answer in &frames_for(frame, shared, identity, &mut context)? {
+        for answer in &frames_for(frame, shared, &mut publisher)? {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
@@ -138,8 +101,7 @@ async fn serve_in_order(
 fn frames_for(
     frame: Frame,
     shared: &Shared,
-    identity: &Arc<str>,
-    context: &mut StreamContext,
+    publisher: &mut Publisher,
 ) -> Result<Vec<Frame>, BrokerError> {
     let Frame::Publish(mut publish) = frame else {
         return Err(BrokerError::ProtocolViolation(format!(
@@ -147,49 +109,35 @@ fn frames_for(
             frame.kind()
         )));
     };
-    let target = publish.to_session;
-    let retain = publish.retain;
-    let message_id = publish.message_id;
-    let ack = publish.ack;
-    let counters = shared.router.counters();
-    let answered = context
-        .topic_name(&publish.topic, &shared.config)
-        .and_then(|topic| accept_named(&mut publish, topic, shared))
-        .and_then(|message| {
-            authorize(
-                context.permissions.get(&shared.acl, identity),
-                message,
-                &shared.config.limits.topics,
-            )
-        })
-        .and_then(|message| {
-            let publish = Routing {
-                message,
-                target,
-                retain,
-            };
-            answer(
-                shared,
-                identity,
-                publish,
-                ack,
-                message_id,
-                &mut context.routes,
-            )
-        });
-    Ok(answered.unwrap_or_else(|err| {
-        counters.rejected();
-        vec![rejected(publish.topic, message_id, &err)]
-    }))
+    Ok(match publisher.admit(shared, &mut publish) {
+        Ok(admitted) => answers(admitted),
+        Err(err) => vec![rejected(publish.topic, publish.message_id, &err)],
+    })
 }
 
-/// An accepted message and how it is to be routed.
-struct Routing {
-    message: PublishedMessage,
-    /// Only to this session's subscriptions (`Publish::to_session`).
-    target: Option<cassini_protocol::SessionId>,
-    /// Also keep it as the topic's retained value.
-    retain: bool,
+/// The frames answering an admitted publish: `NoResponders` for a request nobody received,
+/// then `PublishAck` when asked.
+fn answers(admitted: Admitted) -> Vec<Frame> {
+    match admitted {
+        Admitted::Routed {
+            no_responders,
+            acknowledged,
+            ..
+        } => no_responders
+            .map(|reply_to| Frame::NoResponders(NoResponders { reply_to }))
+            .into_iter()
+            .chain(acknowledged.map(|message_id| {
+                Frame::PublishAck(PublishAck {
+                    message_id,
+                    duplicate: false,
+                })
+            }))
+            .collect(),
+        Admitted::Duplicate { message_id } => vec![Frame::PublishAck(PublishAck {
+            message_id,
+            duplicate: true,
+        })],
+    }
 }
 
 async fn read_publishes(
@@ -201,7 +149,7 @@ async fn read_publishes(
 ) -> Result<(), BrokerError> {
     let config = &shared.config;
     let mut reader = FrameReader::new(recv, config.limits.max_frame_bytes, charge);
-    let mut context = StreamContext::new(shared, identity);
+    let mut publisher = Publisher::client(shared, Arc::clone(identity), Source::Stream);
     while let Some(frame) = reader.next().await? {
         if let Some(store) = &shared.storage {
             if let Err(err) = store.wait_for_room().await {
@@ -212,7 +160,7 @@ async fn read_publishes(
             Frame::Publish(publish) => publish.topic.clone(),
             _ => String::new(),
         };
-        let frames = frames_for(frame, shared, identity, &mut context)?;
+        let frames = frames_for(frame, shared, &mut publisher)?;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
             Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
@@ -272,119 +220,6 @@ async fn write_answers(
     Ok(())
 }
 
-/// Routes one accepted message unless it is a duplicate acknowledged publish, and returns the
-/// frames that answer it: `NoResponders` for a request nobody received, `PublishAck` when asked.
-fn answer(
-    shared: &Shared,
-    identity: &Arc<str>,
-    publish: Routing,
-    ack: bool,
-    message_id: Option<u64>,
-    routes: &mut RouteCache,
-) -> Result<Vec<Frame>, BrokerError> {
-    let Routing {
-        message,
-        target,
-        retain,
-    } = publish;
-    if let Some(store) = &shared.storage {
-        check_room(&shared.router, store, &message, target, retain)?;
-    }
-    if !ack {
-        return Ok(route(
-            &shared.router,
-            identity,
-            message,
-            target,
-            retain,
-            Some(routes),
-        )?
-        .into_iter()
-        .collect());
-    }
-    let message_id = message_id.ok_or(BrokerError::MissingMessageId)?;
-    // In disk mode the messages this publish stores and its dedupe entry go into one commit:
-    // a crash never keeps the entry without the messages (a retry would be taken for a
-    // duplicate and the message lost) nor the messages without the entry (a retry would be
-    // delivered twice).
-    let _whole = shared.storage.as_ref().map(|store| store.hold());
-    let first_time = shared
-        .dedupe
-        .first_time(identity, message_id, Instant::now());
-    let mut answers = Vec::new();
-    if first_time {
-        answers.extend(route(
-            &shared.router,
-            identity,
-            message,
-            target,
-            retain,
-            Some(routes),
-        )?);
-        shared.dedupe.store(identity, message_id);
-    } else {
-        shared.router.counters().duplicate();
-    }
-    answers.push(Frame::PublishAck(PublishAck {
-        message_id,
-        duplicate: !first_time,
-    }));
-    Ok(answers)
-}
-
-/// Refuses any publish once the store failed or closed (routing it would hand subscribers
-/// messages and sequence numbers that no commit will keep), and a publish that would store a
-/// message beyond the disk limit.
-fn check_room(
-    router: &Router,
-    store: &DiskStore,
-    message: &PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
-) -> Result<(), BrokerError> {
-    store.usable()?;
-    if store.has_room_for(message.memory_size()) {
-        return Ok(());
-    }
-    if retain || router.reaches_stored_queue(&message.topic, target) {
-        return Err(StorageError::Full {
-            limit: store.max_disk_bytes(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
-/// Routes one accepted message of `identity`; answers `NoResponders` for a request nobody
-/// received.
-fn route(
-    router: &Router,
-    identity: &Arc<str>,
-    message: PublishedMessage,
-    target: Option<cassini_protocol::SessionId>,
-    retain: bool,
-    routes: Option<&mut RouteCache>,
-) -> Result<Option<Frame>, BrokerError> {
-    if retain {
-        router.retain(&message, Some(identity))?;
-    }
-    let message = Arc::new(message);
-    let report = match routes {
-        Some(cache) => router.publish_cached(&message, target, cache),
-        None => router.publish(&message, target),
-    };
-    router.counters().received(message.payload.len());
-    Ok(match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => {
-            router.counters().no_responders();
-            Some(Frame::NoResponders(NoResponders {
-                reply_to: reply_to.clone(),
-            }))
-        }
-        _ => None,
-    })
-}
-
 fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame {
     Frame::PublishRejected(PublishRejected {
         topic,
@@ -394,92 +229,6 @@ fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame 
     })
 }
 
-/// Lets `message` through if the ACL allows its publisher that topic and, for a request, allows
-/// it to receive on the `reply_to` topic (so a reply goes only where the requester may read).
-/// Every publish that enters the broker from a client, on a stream or in a datagram, passes here.
-pub(crate) fn authorize(
-    permissions: &Permissions,
-    message: PublishedMessage,
-    limits: &TopicLimits,
-) -> Result<PublishedMessage, BrokerError> {
-    if !permissions.may_publish(&message.topic) {
-        return Err(BrokerError::NotAuthorized {
-            action: "publish to",
-            target: message.topic.to_string(),
-        });
-    }
-    if let Some(reply_to) = &message.reply_to {
-        let reply_to = TopicName::parse(reply_to, limits).map_err(BrokerError::InvalidTopic)?;
-        if !permissions.may_receive(&reply_to) {
-            return Err(BrokerError::NotAuthorized {
-                action: "ask for replies on",
-                target: reply_to.to_string(),
-            });
-        }
-    }
-    Ok(message)
-}
-
-/// Checks a publish against the limits and the memory budget and turns it into the broker's
-/// shared form, charged to the budget.
-pub(crate) fn accept(
-    mut publish: Publish,
-    shared: &Shared,
-) -> Result<PublishedMessage, BrokerError> {
-    let topic = TopicName::parse(&publish.topic, &shared.config.limits.topics)
-        .map_err(BrokerError::InvalidTopic)?;
-    accept_named(&mut publish, topic, shared)
-}
-
-/// [`accept`] with the topic already checked as `topic`; takes the payload, headers and
-/// `reply_to` out of `publish` and leaves its topic string (for a rejection's text).
-fn accept_named(
-    publish: &mut Publish,
-    topic: TopicName,
-    shared: &Shared,
-) -> Result<PublishedMessage, BrokerError> {
-    let limits = &shared.config.limits;
-    if publish.payload.len() > limits.max_payload_bytes as usize {
-        return Err(BrokerError::PayloadTooLarge {
-            size: publish.payload.len(),
-            max: limits.max_payload_bytes,
-        });
-    }
-    check_headers(&publish.headers, limits)?;
-    if let Some(reply_to) = &publish.reply_to {
-        TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
-    }
-    let mut message = PublishedMessage {
-        topic,
-        headers: std::mem::take(&mut publish.headers),
-        payload: std::mem::take(&mut publish.payload),
-        message_id: publish.message_id,
-        reply_to: publish.reply_to.take(),
-        retained: false,
-        charge: MemoryCharge::none(),
-    };
-    message.charge = shared.memory.charge_message(message.memory_size())?;
-    Ok(message)
-}
-
-/// Refuses headers beyond `limits.max_headers` or `limits.max_header_bytes`.
-fn check_headers(headers: &Headers, limits: &BrokerLimits) -> Result<(), BrokerError> {
-    let (count, bytes) = header_size(headers);
-    if count > limits.max_headers as usize {
-        return Err(BrokerError::TooManyHeaders {
-            count,
-            max: limits.max_headers,
-        });
-    }
-    if bytes > limits.max_header_bytes as usize {
-        return Err(BrokerError::HeadersTooLarge {
-            size: bytes,
-            max: limits.max_header_bytes,
-        });
-    }
-    Ok(())
-}
-
 /// Publishes arriving in QUIC datagrams on one connection: fire and forget. Each datagram
 /// holds one `Publish` frame; it is checked and routed like a stream publish, but nothing
 /// answers it (no acknowledgement, no rejection, no `NoResponders`): a refused or
@@ -487,57 +236,27 @@ fn check_headers(headers: &Headers, limits: &BrokerLimits) -> Result<(), BrokerE
 /// at all closes the connection as malformed.
 pub(crate) struct DatagramPublishes {
     shared: Arc<Shared>,
-    identity: Arc<str>,
-    permissions: PermissionCache,
+    publisher: Publisher,
 }
 
 impl DatagramPublishes {
     pub(crate) fn new(shared: Arc<Shared>, identity: Arc<str>) -> Self {
-        let permissions = PermissionCache::new(&shared.acl, &identity);
-        Self {
-            shared,
-            identity,
-            permissions,
-        }
+        let publisher = Publisher::client(&shared, identity, Source::Datagram);
+        Self { shared, publisher }
     }
 
     /// Routes the publish in `datagram`.
     pub(crate) fn receive(&mut self, datagram: &[u8]) -> Result<(), BrokerError> {
-        let config = &self.shared.config;
-        let (frame, _) = cassini_protocol::decode_frame(datagram, config.limits.max_frame_bytes)?;
-        let Frame::Publish(publish) = frame else {
+        let max_frame_bytes = self.shared.config.limits.max_frame_bytes;
+        let (frame, _) = cassini_protocol::decode_frame(datagram, max_frame_bytes)?;
+        let Frame::Publish(mut publish) = frame else {
             return Err(BrokerError::ProtocolViolation(format!(
                 "{} frame in a datagram",
                 frame.kind()
             )));
         };
-        let topic = publish.topic.clone();
-        let retain = publish.retain;
-        let target = publish.to_session;
-        let routed = accept(publish, &self.shared)
-            .and_then(|message| {
-                authorize(
-                    self.permissions.get(&self.shared.acl, &self.identity),
-                    message,
-                    &config.limits.topics,
-                )
-            })
-            .and_then(|message| {
-                if let Some(store) = &self.shared.storage {
-                    check_room(&self.shared.router, store, &message, target, retain)?;
-                }
-                route(
-                    &self.shared.router,
-                    &self.identity,
-                    message,
-                    target,
-                    retain,
-                    None,
-                )
-            });
-        if let Err(err) = routed {
-            self.shared.router.counters().rejected();
-            tracing::debug!(%topic, %err, "datagram publish refused");
+        if let Err(err) = self.publisher.admit(&self.shared, &mut publish) {
+            tracing::debug!(topic = %publish.topic, %err, "datagram publish refused");
         }
         Ok(())
     }

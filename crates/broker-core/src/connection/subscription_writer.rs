@@ -18,11 +18,29 @@ use cassini_protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::session::EndNotices;
 use crate::connection::gaps::GapAnnouncer;
 use crate::queue::{CloseReason, Popped, SubscriptionQueue};
 use crate::router::SubscriberKey;
 use crate::transport::{Connection, SendStream, TransportError};
+
+/// Where a subscription's writer reports that the broker ended the subscription, for the
+/// session to announce on its connection's control stream with `SubscriptionEnded` (a stream
+/// reset alone may overtake the stream's `SubscriptionStart`, leaving the client unable to tell
+/// which subscription ended). The session actor provides it; the writer only calls it.
+#[derive(Clone)]
+pub(crate) struct EndNotices(Arc<dyn Fn(SubscriptionEnded) + Send + Sync>);
+
+impl EndNotices {
+    /// Notices that go to `report`.
+    pub(crate) fn new(report: impl Fn(SubscriptionEnded) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(report))
+    }
+
+    /// Reports `notice`.
+    pub(crate) fn announce(&self, notice: SubscriptionEnded) {
+        (self.0)(notice);
+    }
+}
 
 /// Most messages taken from the queue for one stream write.
 const MAX_BATCH: usize = 256;

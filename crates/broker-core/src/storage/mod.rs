@@ -10,12 +10,14 @@
 //! - [`records`](self): the stored records and their checksummed encoding.
 //! - `disk`: the database, the group-committing writer thread, and the operations it applies.
 //! - `recovery`: the scan on start that checks every record and rebuilds the state.
+//! - `tables`: the database's tables, shared by `disk` and `recovery`.
 //!
 //! See `docs/DURABILITY.md` for what survives what.
 
 mod disk;
 pub(crate) mod records;
 mod recovery;
+mod tables;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,63 +26,8 @@ pub(crate) use disk::Op;
 pub use disk::{DiskStore, StorageStats, DATABASE_FILE};
 pub(crate) use recovery::{Recovered, RecoveredSession, RecoveredSubscription};
 
+pub use crate::config::{StorageConfig, StorageMode, SyncPolicy};
 use crate::message::PublishedMessage;
-
-/// Where the broker keeps its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StorageMode {
-    /// Everything in memory: a broker restart loses sessions, queues, retained values and the
-    /// dedupe window.
-    #[default]
-    Memory,
-    /// Sessions, subscriptions, at-least-once backlogs, retained values and the dedupe window
-    /// on disk in [`StorageConfig::data_dir`], restored on start.
-    Disk,
-}
-
-/// When an acknowledged publish is confirmed in disk mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum SyncPolicy {
-    /// `PublishAck` leaves only after the message is on stable storage (fsync). Concurrent
-    /// publishes share one sync (group commit).
-    #[default]
-    Always,
-    /// Opt-in: `PublishAck` leaves once the message is routed; the write follows at once, but
-    /// an acknowledged message can be lost if the broker dies in between (a few milliseconds).
-    Relaxed,
-}
-
-/// The storage section of the broker configuration.
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    /// Memory (default) or disk.
-    pub mode: StorageMode,
-    /// The directory holding the database file (`cassini.redb`); created if missing.
-    pub data_dir: PathBuf,
-    /// When acknowledged publishes are confirmed.
-    pub sync: SyncPolicy,
-    /// The most bytes of stored records. A publish that would store a message beyond it is
-    /// refused with `STORAGE_FULL`; nothing stored is dropped to make room. The database file
-    /// is larger than this by its B-tree overhead (see `docs/DURABILITY.md`).
-    pub max_disk_bytes: u64,
-    /// The most bytes of operations waiting for a commit. Publishers wait (QUIC flow control
-    /// holds their clients) while more is waiting; this bounds the writer's memory.
-    pub max_pending_bytes: usize,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            mode: StorageMode::Memory,
-            data_dir: PathBuf::from("data"),
-            sync: SyncPolicy::Always,
-            max_disk_bytes: 1024 * 1024 * 1024,
-            max_pending_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
 
 /// What can go wrong with the disk store.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -18,11 +18,11 @@ use std::time::Duration;
 use cassini_protocol::TopicLimits;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::disk::{DbError, DEDUPE, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS};
 use super::records::{
     decode, DedupeRecord, MessageRecord, RecordError, SequenceRecord, SessionRecord,
     SubscriptionRecord,
 };
+use super::tables::{DbError, DEDUPE, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS};
 use super::{unix_ms, StorageError};
 use crate::message::PublishedMessage;
 

@@ -17,9 +17,18 @@ use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 
-use super::{AcceptStats, ReloadReport};
+use super::stats::AcceptStats;
 use crate::revocation::certificate_not_after;
 use crate::tls::ServerTls;
+
+/// What [`QuicServer::reload`](super::QuicServer::reload) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Live connections whose certificate still verifies; they continue.
+    pub kept: usize,
+    /// Live connections closed with `CERTIFICATE_REVOKED`: (identity, why).
+    pub closed: Vec<(String, String)>,
+}
 
 /// One live connection.
 #[derive(Debug)]

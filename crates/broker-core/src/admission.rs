@@ -1,0 +1,312 @@
+//! One way in for a publish, whatever it arrived by: a publish stream, a QUIC datagram or the
+//! embedding program's [`LocalClient`](crate::local::LocalClient).
+//!
+//! [`Publisher::admit`] runs every check and every step, in this order: the topic name, the
+//! payload and header limits and the `reply_to` name, the memory budget (the message is charged
+//! to it here), the ACL (for a client: its topic and, for a request, its `reply_to`), the disk
+//! store's health and disk limit (disk mode), then, for an acknowledged publish, the message id
+//! and the dedupe window; then it keeps a retained value, routes the message and counts it
+//! (`received`, `no_responders`, `duplicates`; a refusal counts as `publishes_rejected`). It
+//! returns an [`Admitted`] outcome or the refusal; each entry point only turns that into frames
+//! (or nothing, for a datagram) or a `Result`.
+//!
+//! What differs by source is stated once, in [`Source`]: the embedding program has no
+//! certificate identity, so the ACL does not apply to it and its retained values count against
+//! no identity's quota; only a publish stream answers, so only it honours `ack`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cassini_protocol::codec::header_size;
+use cassini_protocol::{Headers, Publish, SessionId, TopicLimits, TopicName};
+
+use crate::acl::{PermissionCache, Permissions};
+use crate::config::{BrokerConfig, BrokerLimits};
+use crate::context::Shared;
+use crate::error::BrokerError;
+use crate::memory::MemoryCharge;
+use crate::message::PublishedMessage;
+use crate::router::{RouteCache, Router};
+use crate::storage::{DiskStore, StorageError};
+
+/// Where publishes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A client's publish stream: acknowledgements honoured, routes cached per stream.
+    Stream,
+    /// A client's QUIC datagrams: fire and forget, `ack` is ignored.
+    Datagram,
+    /// The embedding program: no identity, no ACL, no acknowledgement.
+    Local,
+}
+
+/// What became of an admitted publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// Routed (and retained, if asked).
+    Routed {
+        /// How many subscriptions it was offered to.
+        offered: usize,
+        /// The `reply_to` of a request that reached nobody: the publisher hears `NoResponders`.
+        no_responders: Option<String>,
+        /// The message id to acknowledge, for an acknowledged publish.
+        acknowledged: Option<u64>,
+    },
+    /// A retry of an acknowledged publish already accepted inside the dedupe window: it is
+    /// acknowledged again as a duplicate, not routed again.
+    Duplicate {
+        /// Its message id.
+        message_id: u64,
+    },
+}
+
+/// One publisher (a publish stream, a connection's datagrams, or the embedding program) and
+/// what its publishes remember between them: the publisher's permissions, and for its last
+/// topic the parsed name and, on a stream, the matching routes. A stream usually publishes to
+/// one topic over and over; then a publish neither parses its topic again nor allocates a new
+/// name for it nor walks the filter trie (`Router::publish_cached`; measured in
+/// docs/BENCHMARKS.md).
+pub(crate) struct Publisher {
+    source: Source,
+    /// The client's certificate identity and its permissions; `None` for the embedding program.
+    client: Option<(Arc<str>, PermissionCache)>,
+    topic: Option<TopicName>,
+    routes: Option<RouteCache>,
+}
+
+impl Publisher {
+    /// The publishes of the client `identity` arriving by `source` (a stream or datagrams).
+    pub(crate) fn client(shared: &Shared, identity: Arc<str>, source: Source) -> Self {
+        let permissions = PermissionCache::new(&shared.acl, &identity);
+        Self {
+            source,
+            client: Some((identity, permissions)),
+            topic: None,
+            routes: (source == Source::Stream).then(RouteCache::default),
+        }
+    }
+
+    /// The embedding program's publishes.
+    pub(crate) fn local() -> Self {
+        Self {
+            source: Source::Local,
+            client: None,
+            topic: None,
+            routes: None,
+        }
+    }
+
+    /// Runs every check on `publish` and, if it passes, routes it (see the module docs). Takes
+    /// the payload, headers and `reply_to` out of `publish` and leaves its topic string (for a
+    /// rejection's text). A refusal is counted here.
+    pub(crate) fn admit(
+        &mut self,
+        shared: &Shared,
+        publish: &mut Publish,
+    ) -> Result<Admitted, BrokerError> {
+        let admitted = self.checked(shared, publish);
+        if admitted.is_err() {
+            shared.router.counters().rejected();
+        }
+        admitted
+    }
+
+    fn checked(&mut self, shared: &Shared, publish: &mut Publish) -> Result<Admitted, BrokerError> {
+        let topic = self.topic_name(&publish.topic, &shared.config)?;
+        let message = accept(publish, topic, shared)?;
+        if let Some((identity, permissions)) = &mut self.client {
+            authorize(
+                permissions.get(&shared.acl, identity),
+                &message,
+                &shared.config.limits.topics,
+            )?;
+        }
+        let target = publish.to_session;
+        let retain = publish.retain;
+        if let Some(store) = &shared.storage {
+            check_room(&shared.router, store, &message, target, retain)?;
+        }
+        let identity = self.client.as_ref().map(|(identity, _)| identity);
+        let acknowledged = match identity {
+            Some(identity) if publish.ack && self.source == Source::Stream => Some((
+                identity,
+                publish.message_id.ok_or(BrokerError::MissingMessageId)?,
+            )),
+            _ => None,
+        };
+        let routes = self.routes.as_mut();
+        let Some((identity, message_id)) = acknowledged else {
+            let (offered, no_responders) =
+                route(&shared.router, identity, message, target, retain, routes)?;
+            return Ok(Admitted::Routed {
+                offered,
+                no_responders,
+                acknowledged: None,
+            });
+        };
+        // In disk mode the messages this publish stores and its dedupe entry go into one commit:
+        // a crash never keeps the entry without the messages (a retry would be taken for a
+        // duplicate and the message lost) nor the messages without the entry (a retry would be
+        // delivered twice).
+        let _whole = shared.storage.as_ref().map(|store| store.hold());
+        if !shared
+            .dedupe
+            .first_time(identity, message_id, Instant::now())
+        {
+            shared.router.counters().duplicate();
+            return Ok(Admitted::Duplicate { message_id });
+        }
+        let (offered, no_responders) = route(
+            &shared.router,
+            Some(identity),
+            message,
+            target,
+            retain,
+            routes,
+        )?;
+        shared.dedupe.store(identity, message_id);
+        Ok(Admitted::Routed {
+            offered,
+            no_responders,
+            acknowledged: Some(message_id),
+        })
+    }
+
+    /// The checked name of `topic`, reusing the last one when it is the same string.
+    fn topic_name(&mut self, topic: &str, config: &BrokerConfig) -> Result<TopicName, BrokerError> {
+        if let Some(last) = self.topic.as_ref().filter(|last| last.as_str() == topic) {
+            return Ok(last.clone());
+        }
+        let name =
+            TopicName::parse(topic, &config.limits.topics).map_err(BrokerError::InvalidTopic)?;
+        self.topic = Some(name.clone());
+        Ok(name)
+    }
+}
+
+/// Checks a publish against the limits and the memory budget and turns it into the broker's
+/// shared form, charged to the budget, with the topic already checked as `topic`.
+fn accept(
+    publish: &mut Publish,
+    topic: TopicName,
+    shared: &Shared,
+) -> Result<PublishedMessage, BrokerError> {
+    let limits = &shared.config.limits;
+    if publish.payload.len() > limits.max_payload_bytes as usize {
+        return Err(BrokerError::PayloadTooLarge {
+            size: publish.payload.len(),
+            max: limits.max_payload_bytes,
+        });
+    }
+    check_headers(&publish.headers, limits)?;
+    if let Some(reply_to) = &publish.reply_to {
+        TopicName::parse(reply_to, &limits.topics).map_err(BrokerError::InvalidTopic)?;
+    }
+    let mut message = PublishedMessage {
+        topic,
+        headers: std::mem::take(&mut publish.headers),
+        payload: std::mem::take(&mut publish.payload),
+        message_id: publish.message_id,
+        reply_to: publish.reply_to.take(),
+        retained: false,
+        charge: MemoryCharge::none(),
+    };
+    message.charge = shared.memory.charge_message(message.memory_size())?;
+    Ok(message)
+}
+
+/// Refuses headers beyond `limits.max_headers` or `limits.max_header_bytes`.
+fn check_headers(headers: &Headers, limits: &BrokerLimits) -> Result<(), BrokerError> {
+    let (count, bytes) = header_size(headers);
+    if count > limits.max_headers as usize {
+        return Err(BrokerError::TooManyHeaders {
+            count,
+            max: limits.max_headers,
+        });
+    }
+    if bytes > limits.max_header_bytes as usize {
+        return Err(BrokerError::HeadersTooLarge {
+            size: bytes,
+            max: limits.max_header_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Lets `message` through if the ACL allows its publisher that topic and, for a request, allows
+/// it to receive on the `reply_to` topic (so a reply goes only where the requester may read).
+fn authorize(
+    permissions: &Permissions,
+    message: &PublishedMessage,
+    limits: &TopicLimits,
+) -> Result<(), BrokerError> {
+    if !permissions.may_publish(&message.topic) {
+        return Err(BrokerError::NotAuthorized {
+            action: "publish to",
+            target: message.topic.to_string(),
+        });
+    }
+    if let Some(reply_to) = &message.reply_to {
+        let reply_to = TopicName::parse(reply_to, limits).map_err(BrokerError::InvalidTopic)?;
+        if !permissions.may_receive(&reply_to) {
+            return Err(BrokerError::NotAuthorized {
+                action: "ask for replies on",
+                target: reply_to.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses any publish once the store failed or closed (routing it would hand subscribers
+/// messages and sequence numbers that no commit will keep), and a publish that would store a
+/// message beyond the disk limit.
+fn check_room(
+    router: &Router,
+    store: &DiskStore,
+    message: &PublishedMessage,
+    target: Option<SessionId>,
+    retain: bool,
+) -> Result<(), BrokerError> {
+    store.usable()?;
+    if store.has_room_for(message.memory_size()) {
+        return Ok(());
+    }
+    if retain || router.reaches_stored_queue(&message.topic, target) {
+        return Err(StorageError::Full {
+            limit: store.max_disk_bytes(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Keeps `message` as its topic's retained value if asked (counted against `identity`'s
+/// quota, if any), routes it (through `routes` when given) and counts it. Returns how many
+/// subscriptions it was offered to, and the `reply_to` of a request that reached nobody.
+fn route(
+    router: &Router,
+    identity: Option<&Arc<str>>,
+    message: PublishedMessage,
+    target: Option<SessionId>,
+    retain: bool,
+    routes: Option<&mut RouteCache>,
+) -> Result<(usize, Option<String>), BrokerError> {
+    if retain {
+        router.retain(&message, identity)?;
+    }
+    let message = Arc::new(message);
+    let report = match routes {
+        Some(cache) => router.publish_cached(&message, target, cache),
+        None => router.publish(&message, target),
+    };
+    router.counters().received(message.payload.len());
+    let no_responders = match &message.reply_to {
+        Some(reply_to) if report.offered == 0 => {
+            router.counters().no_responders();
+            Some(reply_to.clone())
+        }
+        _ => None,
+    };
+    Ok((report.offered, no_responders))
+}
