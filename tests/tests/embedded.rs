@@ -165,7 +165,7 @@ fn retained(topic: &str, payload: Bytes) -> LocalPublish {
 async fn a_local_publish_gets_the_room_check_and_the_counters_of_a_network_publish() {
     use cassini_broker::config::StorageMode;
     use cassini_broker::BrokerConfig;
-    use cassini_client::{ClientError, PublishOptions};
+    use cassini_client::{PublishError, PublishOptions};
     use cassini_protocol::ErrorCode;
     use cassini_quic::server::ServerOptions;
 
@@ -186,7 +186,7 @@ async fn a_local_publish_gets_the_room_check_and_the_counters_of_a_network_publi
         .publish_with("state.net", payload.clone(), options)
         .await
     {
-        Err(ClientError::PublishRejected { code, .. }) => {
+        Err(PublishError::Rejected { code, .. }) => {
             assert_eq!(code, ErrorCode::STORAGE_FULL)
         }
         other => panic!("expected STORAGE_FULL, got {other:?}"),
