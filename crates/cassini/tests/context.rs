@@ -5,15 +5,17 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod ops_support;
+mod harness;
 
-use ops_support::{stderr, stdout, Broker, Running, Workspace};
+use harness::workspace::Workspace;
+use harness::{eventually, output_within, stderr, stdout, Running, DEADLINE};
 use serde_json::Value;
 
 #[test]
 fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_flags_override_it() {
     let workspace = Workspace::new(&["alice", "bob"]);
-    let broker = Broker::start(&workspace, false);
+    let broker = workspace.broker(false);
+    let server = broker.server();
 
     let listed = workspace.run(&["context", "list"]);
     assert!(listed.status.success(), "{}", stderr(&listed));
@@ -29,7 +31,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
         "add",
         "lab",
         "--server",
-        &broker.addr,
+        &server,
         "--certs",
         "certs",
         "--name",
@@ -50,7 +52,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     );
     let listed = stdout(&workspace.run(&["context", "list"]));
     assert!(
-        listed.contains("* lab") && listed.contains(&broker.addr),
+        listed.contains("* lab") && listed.contains(&server),
         "{listed}"
     );
     assert!(listed.contains("the test broker"), "{listed}");
@@ -64,7 +66,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     // No flag at all: everything from the selected context, from another directory too.
     let mut elsewhere = workspace.command(&["server", "check"]);
     elsewhere.current_dir("/");
-    let check = ops_support::output_within(elsewhere, ops_support::DEADLINE);
+    let check = output_within(elsewhere, DEADLINE);
     assert!(
         check.status.success(),
         "{}{}",
@@ -128,7 +130,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     let check = workspace.run_env(
         &["server", "check"],
         &[
-            ("CASSINI_SERVER", broker.addr.as_str()),
+            ("CASSINI_SERVER", server.as_str()),
             ("CASSINI_CERTS", certs.to_str().unwrap()),
         ],
     );
@@ -158,7 +160,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
         let _ = tx.send(subscriber.wait_with_output());
     });
     // Publish until the subscriber, once subscribed, has its message and exits.
-    let output = ops_support::eventually("the subscriber to get a message", || {
+    let output = eventually("the subscriber to get a message", || {
         let published = workspace.run(&["pub", "ctx.demo", "from-a-context"]);
         assert!(published.status.success(), "{}", stderr(&published));
         rx.recv_timeout(std::time::Duration::from_millis(200)).ok()
@@ -202,27 +204,21 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
 #[test]
 fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip_literal() {
     let workspace = Workspace::new(&["alice"]);
-    let broker = Broker::start(&workspace, false);
+    let broker = workspace.broker(false);
+    let server = broker.server();
     let certs = workspace.certs();
     let certs = certs.to_str().unwrap();
 
     // An IP literal: the certificate is checked against `localhost`, as before.
     let check = workspace.run(&[
-        "server",
-        "check",
-        "--server",
-        &broker.addr,
-        "--certs",
-        certs,
-        "--name",
-        "alice",
+        "server", "check", "--server", &server, "--certs", certs, "--name", "alice",
     ]);
     assert!(check.status.success(), "{}", stdout(&check));
     assert!(stdout(&check).contains("CASSINI OK"), "{}", stdout(&check));
 
     // A name: the certificate is checked against that host. `broker.invalid` resolves to
     // nothing, so the check fails, and its reason says which name it would have checked.
-    let port = broker.addr.rsplit_once(':').unwrap().1;
+    let port = server.rsplit_once(':').unwrap().1;
     let named = format!("broker.invalid:{port}");
     let check = workspace.run(&[
         "server",
@@ -266,12 +262,14 @@ fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip
 #[test]
 fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_and_settings() {
     let workspace = Workspace::new(&["alice"]);
-    let broker = Broker::start(&workspace, true);
+    let broker = workspace.broker(true);
+    let server = broker.server();
+    let monitor = broker.monitor().to_string();
     let certs = workspace.certs();
     let token = workspace.token_file();
     let connect = [
         "--server",
-        &broker.addr,
+        &server,
         "--certs",
         certs.to_str().unwrap(),
         "--name",
@@ -295,7 +293,7 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
 
     args.extend([
         "--monitor",
-        &broker.monitor,
+        &monitor,
         "--monitor-token-file",
         token.to_str().unwrap(),
         "--json",
@@ -304,10 +302,10 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
     assert!(info.status.success(), "{}", stderr(&info));
     let json: Value = serde_json::from_str(&stdout(&info)).expect("JSON");
     assert_eq!(json["identity"], "alice");
-    assert_eq!(json["server"], broker.addr.as_str());
+    assert_eq!(json["server"], server.as_str());
     assert!(json["limits"]["max_payload_bytes"].as_u64().unwrap() > 0);
     assert_eq!(json["monitor"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(json["monitor"]["listen"], broker.addr.as_str());
+    assert_eq!(json["monitor"]["listen"], server.as_str());
     assert_eq!(json["monitor"]["identity_rule"], "default");
     assert_eq!(json["monitor"]["storage"], "memory");
     assert_eq!(json["monitor"]["token_required"], true);
@@ -315,7 +313,7 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
     assert!(json["monitor"]["counts"]["connections"].as_u64().unwrap() >= 1);
 
     // Without the token, the monitoring endpoint's refusal is the error.
-    let mut args = vec!["server", "info", "--monitor", &broker.monitor];
+    let mut args = vec!["server", "info", "--monitor", &monitor];
     args.extend(connect);
     let info = workspace.run(&args);
     assert_eq!(info.status.code(), Some(1));
@@ -325,23 +323,24 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
 #[test]
 fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoint() {
     let workspace = Workspace::new(&["alice"]);
-    let broker = Broker::start(&workspace, true);
+    let broker = workspace.broker(true);
+    let server = broker.server();
     let certs = workspace.certs();
     let token = workspace.token_file();
-    let _subscriber = Running::start(
+    let _subscriber = Running::until(
         workspace.command(&[
             "sub",
             "report.>",
             "--queue",
             "workers",
             "--server",
-            &broker.addr,
+            &server,
             "--certs",
             certs.to_str().unwrap(),
             "--name",
             "alice",
         ]),
-        Some("subscribed to report.>"),
+        "subscribed to report.>",
     );
     // The monitoring endpoint and its token from a context.
     let added = workspace.run(&[
@@ -349,7 +348,7 @@ fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoin
         "add",
         "mon",
         "--monitor",
-        &format!("http://{}/", broker.monitor),
+        &format!("http://{}/", broker.monitor()),
         "--monitor-token-file",
         token.to_str().unwrap(),
         "--select",

@@ -8,13 +8,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod ops_support;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ops_support::{eventually, output_within, stderr, Broker, Running, Workspace};
+use harness::workspace::Workspace;
+use harness::{eventually, output_within, stderr, Running};
 
 /// The browser: `CASSINI_CHROMIUM`, else the first of the usual names on `PATH`.
 fn chromium() -> Option<PathBuf> {
@@ -99,12 +100,13 @@ fn the_status_page_shows_a_live_subscription_and_updates_while_messages_are_publ
         return;
     };
     let workspace = Workspace::new(&["alice", "bob"]);
-    let broker = Broker::start(&workspace, true);
+    let broker = workspace.broker(true);
+    let server = broker.server();
     let certs = workspace.certs();
     let certs = certs.to_str().unwrap();
     let profile = workspace.path().join("chromium-profile");
     let connect = |name: &'static str| -> Vec<String> {
-        ["--server", &broker.addr, "--certs", certs, "--name", name]
+        ["--server", &server, "--certs", certs, "--name", name]
             .iter()
             .map(|s| s.to_string())
             .collect()
@@ -112,9 +114,9 @@ fn the_status_page_shows_a_live_subscription_and_updates_while_messages_are_publ
     let mut args: Vec<String> = vec!["sub".into(), "page.>".into()];
     args.extend(connect("alice"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _subscriber = Running::start(workspace.command(&args), Some("subscribed to page.>"));
+    let _subscriber = Running::until(workspace.command(&args), "subscribed to page.>");
 
-    let page = format!("http://{}/", broker.monitor);
+    let page = format!("http://{}/", broker.monitor());
 
     // Without the token the page asks for it and shows no data.
     let dom = browse(&browser, &profile, &page, 3000, "--dump-dom");
@@ -151,7 +153,7 @@ fn the_status_page_shows_a_live_subscription_and_updates_while_messages_are_publ
     ];
     args.extend(connect("bob"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _publisher = Running::start(workspace.command(&args), None);
+    let _publisher = Running::start(workspace.command(&args));
     let (dom, seen) = eventually("the page to show messages arriving", || {
         let dom = browse(&browser, &profile, &with_token, 10_000, "--dump-dom");
         let seen = numbers(&dom, "data-messages-in");

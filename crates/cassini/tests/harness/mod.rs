@@ -9,6 +9,12 @@
 //!   no port is ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
 //!   tests that need more than [`Broker::start`].
+//! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
+//!   [`output_within`] runs a command (any program) to completion within a limit;
+//!   [`eventually`] polls a probe until it answers.
+//! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
+//!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
+//!   suites that run `cassini` as an operator does (`context`, `status_page`).
 //!
 //! Every wait has a deadline ([`DEADLINE`]); none is a bare sleep.
 
@@ -22,6 +28,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+pub(crate) mod workspace;
 
 /// The binary under test.
 pub(crate) const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
@@ -51,6 +59,53 @@ pub(crate) fn run(command: &mut Command) -> Output {
     command.output().expect("run")
 }
 
+/// Runs `command` with no stdin and collects its output, killing it (and failing the test)
+/// if it has not finished within `limit`.
+pub(crate) fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// A finished command's stdout, as text.
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A finished command's stderr, as text.
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Calls `probe` every 50 ms until it returns `Some`; fails the test after [`DEADLINE`].
+pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `cassini certs ARGS --dir DIR`, which must succeed.
 pub(crate) fn certs(dir: &Path, args: &[&str]) -> Output {
     let output = run(cassini(&["certs"]).args(args).arg("--dir").arg(dir));
@@ -74,11 +129,14 @@ pub(crate) fn init_certs(dir: &Path, clients: &[&str]) {
 /// Starts `command` with stdout and stderr piped and waits until a stderr line contains
 /// `ready`. Returns the child; the rest of its stderr is drained in the background.
 pub(crate) fn spawn_until(mut command: Command, ready: &str) -> Child {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    command.stdout(Stdio::piped());
+    spawn_watching(command, ready)
+}
+
+/// Starts `command` with stderr piped and waits (within [`DEADLINE`]) until a stderr line
+/// contains `ready`; the rest of its stderr is drained in the background.
+fn spawn_watching(mut command: Command, ready: &str) -> Child {
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     let wanted = ready.to_string();
@@ -93,9 +151,37 @@ pub(crate) fn spawn_until(mut command: Command, ready: &str) -> Child {
     });
     if rx.recv_timeout(DEADLINE).is_err() {
         let _ = child.kill();
-        panic!("process never printed {ready:?}");
+        panic!("{command:?} never printed {ready:?}");
     }
     child
+}
+
+/// A long-running client process (`sub`, `pub --count N`, ...) with no stdin and its stdout
+/// discarded, killed when dropped.
+pub(crate) struct Running(Child);
+
+impl Running {
+    /// Starts `command`, its stderr discarded too.
+    pub(crate) fn start(mut command: Command) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self(command.spawn().expect("spawn"))
+    }
+
+    /// Starts `command` and waits (within [`DEADLINE`]) until a stderr line contains `ready`.
+    pub(crate) fn until(mut command: Command, ready: &str) -> Self {
+        command.stdin(Stdio::null()).stdout(Stdio::null());
+        Self(spawn_watching(command, ready))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Waits for `child` to exit, for at most [`DEADLINE`] (then kills it and fails).
