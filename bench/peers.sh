@@ -73,7 +73,9 @@ done
 
 # --- start the three brokers ----------------------------------------------------------------
 say "starting cassini on udp 127.0.0.1:$CASSINI_PORT"
-RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
+# The per-subscription queue cap raised to NATS's max_pending below (256 MB), so a subscriber
+# that falls behind in the throughput and fan-out runs is measured, not dropped.
+CASSINI_QUEUE_MAX_BYTES=268435456 RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
     >"$WORK/cassini.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q "cassini listening" "$WORK/cassini.log" && break; sleep 0.1; done

@@ -34,13 +34,24 @@ pub(crate) struct CassiniConnector {
     subscription_buffer: usize,
 }
 
+/// More than the broker counts per queued message besides its payload (the message's struct,
+/// its topic and bookkeeping: `PublishedMessage::memory_size`), for sizing a run's queues.
+const QUEUED_MESSAGE_OVERHEAD: u64 = 512;
+
+/// The in-process broker's configuration: the defaults, with the per-subscription queue cap
+/// raised to 256 MiB (the `max_pending` NATS gets in `bench/peers.sh`), so a million 64-byte
+/// messages fit in one subscription's queue when the subscriber falls behind.
+fn bench_config() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.queue.max_bytes = config.queue.max_bytes.max(256 * 1024 * 1024);
+    config
+}
+
 impl CassiniConnector {
     /// The broker `target` names, or a new in-process broker when it names none.
     pub(crate) async fn start(target: &BenchTarget) -> anyhow::Result<Self> {
         let broker = match &target.server {
-            None => Broker::Embedded(Box::new(
-                EmbeddedBroker::start(BrokerConfig::default()).await?,
-            )),
+            None => Broker::Embedded(Box::new(EmbeddedBroker::start(bench_config()).await?)),
             Some(_) => Broker::External(target.clone()),
         };
         Ok(Self {
@@ -50,11 +61,16 @@ impl CassiniConnector {
         })
     }
 
-    /// Sizes every subscription's broker queue for `messages` (and 64 MiB), so a counting run
-    /// measures the cost of falling behind rather than drops; drops are still counted.
-    pub(crate) fn queue_for(mut self, messages: u64) -> Self {
+    /// Sizes every subscription's broker queue for `messages` of `size` payload bytes (each
+    /// counted with its topic and per-message overhead, as the broker counts it), within the
+    /// broker's caps, so a counting run measures the cost of falling behind rather than
+    /// drops; drops are still counted.
+    pub(crate) fn queue_for(mut self, messages: u64, size: usize) -> Self {
+        let per_message = u64::try_from(size)
+            .unwrap_or(u64::MAX)
+            .saturating_add(QUEUED_MESSAGE_OVERHEAD);
         self.options.max_queued_messages = Some(u32::try_from(messages).unwrap_or(u32::MAX));
-        self.options.max_queued_bytes = Some(64 * 1024 * 1024);
+        self.options.max_queued_bytes = Some(messages.saturating_mul(per_message));
         self
     }
 

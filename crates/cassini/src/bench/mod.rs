@@ -45,7 +45,7 @@ pub(crate) async fn run(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         BenchScenario::Throughput(command) => {
             let connector = CassiniConnector::start(&command.target)
                 .await?
-                .queue_for(command.args.count)
+                .queue_for(command.args.count, command.args.size)
                 .subscription_buffer(65_536);
             let report = cassini_bench::throughput::run(&connector, &command.args).await;
             connector.stop().await;
@@ -54,7 +54,7 @@ pub(crate) async fn run(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         BenchScenario::Fanout(command) => {
             let connector = CassiniConnector::start(&command.target)
                 .await?
-                .queue_for(command.args.count)
+                .queue_for(command.args.count, command.args.size)
                 .subscription_buffer(4096);
             let report = cassini_bench::fanout::run(&connector, &command.args).await;
             connector.stop().await;
