@@ -325,3 +325,46 @@ async fn slow_consumers_and_session_expiries_are_published() {
     assert!(expired["detached_ms"].as_u64().is_some_and(|ms| ms >= 300));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_nearly_full_is_a_store_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BrokerConfig {
+        acl: Acl::parse(ACL, "test ACL").expect("valid ACL"),
+        ..BrokerConfig::default()
+    };
+    config.storage.mode = cassini_broker::config::StorageMode::Disk;
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.storage.max_disk_bytes = 256 * 1024;
+    let broker = TestBroker::start_with(config, ServerOptions::default()).await;
+    let ops = broker.client("ops").await;
+    let mut events = ops.subscribe("$SYS.event.>").await.expect("ops may read");
+
+    // An at-least-once subscription that is never read keeps what is published in the store.
+    let keeper = broker.client("keeper").await;
+    let _kept = keeper
+        .subscribe_at_least_once("kept.x")
+        .await
+        .expect("subscribe");
+    let publisher = broker.client("publisher").await;
+    let payload = Bytes::from(vec![1u8; 8 * 1024]);
+    let mut refused = false;
+    for _ in 0..64 {
+        if publisher
+            .publish_acked("kept.x", payload.clone())
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the store fills up");
+    let warning = next_event(&mut events, "store_warning").await;
+    assert_eq!(warning["warning"], "nearly_full");
+    assert_eq!(warning["max_bytes"], 256 * 1024);
+    assert!(warning["live_bytes"]
+        .as_u64()
+        .is_some_and(|b| b * 10 > 256 * 1024 * 9));
+    broker.stop().await;
+}
