@@ -368,3 +368,20 @@ async fn a_store_nearly_full_is_a_store_warning() {
         .is_some_and(|b| b * 10 > 256 * 1024 * 9));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_embedding_program_reads_system_events_without_an_acl_rule() {
+    let broker = TestBroker::start().await;
+    let local = broker.broker.local_client();
+    let mut events = local
+        .subscribe("$SYS.event.connect")
+        .await
+        .expect("the embedding program may read");
+    let _client = broker.client("anyone").await;
+    let message = within("a connect event", events.recv())
+        .await
+        .expect("a message");
+    let event: Value = serde_json::from_slice(message.payload()).expect("JSON");
+    assert_eq!(event["identity"], "anyone");
+    broker.stop().await;
+}

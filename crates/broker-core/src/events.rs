@@ -1,7 +1,7 @@
 //! System events: what the broker tells about itself on the reserved topics
 //! `$SYS.event.<kind>` (see docs/EVENTS.md for every field).
 //!
-//! This module holds the events ([`Event`], [`EventKind`]) and the [`EventSink`] every part of
+//! This module holds the events ([`Event`], [`EventKind`]) and the `EventSink` every part of
 //! the broker emits them into. Emitting never waits: the sink is a bounded channel
 //! (`events.queue` events) and an event that finds it full is dropped and counted
 //! (`events_dropped`). The broker's system publisher (`system_events`, a task the supervisor

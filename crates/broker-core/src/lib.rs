@@ -5,12 +5,13 @@
 //!
 //! Layering (no file imports one above it): the foundations ([`config`], [`acl`], [`error`],
 //! [`memory`], [`message`], [`transport`], [`storage`], [`queue`], [`retained`], [`dedupe`],
-//! [`router`], [`introspect`], [`events`]) name no task and no actor; `context` bundles the state they share;
-//! the data plane (`admission`, `system_events` and `connection`'s stream tasks) works on that context alone and
-//! reports upward only through callbacks it defines; the actors start and own the data plane's
-//! tasks, with a connection's driver between the session actors it asks and the listener actor
-//! that runs it; [`broker`] and [`local`] are the entry points on top. Inside the crate, items are named by
-//! the module that defines them, never through the re-exports below.
+//! [`router`], [`introspect`], [`events`]) name no task and no actor; `context` bundles the
+//! state they share; the data plane (`admission`, `system_events` and `connection`'s stream
+//! tasks) works on that context alone and reports upward only through callbacks it defines; the
+//! actors start and own the data plane's tasks, with a connection's driver between the session
+//! actors it asks and the listener actor that runs it; [`broker`] and [`local`] are the entry
+//! points on top. Inside the crate, items are named by the module that defines them, never
+//! through the re-exports below.
 //!
 //! # Layout
 //! - [`acl`]: who may publish and subscribe where; the ACL file format.
