@@ -12,7 +12,11 @@
 //!
 //! What differs by source is stated once, in [`Source`]: the embedding program has no
 //! certificate identity, so the ACL does not apply to it and its retained values count against
-//! no identity's quota; only a publish stream answers, so only it honours `ack`.
+//! no identity's quota; only a publish stream answers, so only it honours `ack`. The broker's
+//! own system events ([`Source::System`]) are the only publishes to a reserved (`$`) topic;
+//! they are counted as `events_published`, not as received messages or topic traffic.
+//!
+//! A client's refusal by the ACL is also emitted as an `authorization_failed` system event.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +28,8 @@ use crate::acl::{PermissionCache, Permissions};
 use crate::config::{BrokerConfig, BrokerLimits};
 use crate::context::Shared;
 use crate::error::BrokerError;
+use crate::events::Event;
+use crate::introspect::traffic::{TopicTraffic, TrafficSlot};
 use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
@@ -38,6 +44,9 @@ pub(crate) enum Source {
     Datagram,
     /// The embedding program: no identity, no ACL, no acknowledgement.
     Local,
+    /// The broker's system publisher: topics under `$SYS` only, no identity, no ACL, no
+    /// acknowledgement, no retained value; not counted as received messages.
+    System,
 }
 
 /// What became of an admitted publish.
@@ -72,6 +81,8 @@ pub(crate) struct Publisher {
     client: Option<(Arc<str>, PermissionCache)>,
     topic: Option<TopicName>,
     routes: Option<RouteCache>,
+    /// The last topic's traffic counter.
+    traffic: TrafficSlot,
 }
 
 impl Publisher {
@@ -83,16 +94,27 @@ impl Publisher {
             client: Some((identity, permissions)),
             topic: None,
             routes: (source == Source::Stream).then(RouteCache::default),
+            traffic: TrafficSlot::default(),
         }
     }
 
     /// The embedding program's publishes.
     pub(crate) fn local() -> Self {
+        Self::anonymous(Source::Local)
+    }
+
+    /// The broker's system publisher's publishes (its events).
+    pub(crate) fn system() -> Self {
+        Self::anonymous(Source::System)
+    }
+
+    fn anonymous(source: Source) -> Self {
         Self {
-            source: Source::Local,
+            source,
             client: None,
             topic: None,
             routes: None,
+            traffic: TrafficSlot::default(),
         }
     }
 
@@ -105,14 +127,29 @@ impl Publisher {
         publish: &mut Publish,
     ) -> Result<Admitted, BrokerError> {
         let admitted = self.checked(shared, publish);
-        if admitted.is_err() {
-            shared.router.counters().rejected();
+        match &admitted {
+            Err(_) if self.source == Source::System => shared.router.counters().event_dropped(),
+            Err(err) => {
+                shared.router.counters().rejected();
+                if let (BrokerError::NotAuthorized { action, target }, Some((identity, _))) =
+                    (err, &self.client)
+                {
+                    shared.emit(Event::AuthorizationFailed {
+                        identity: identity.to_string(),
+                        action: (*action).to_string(),
+                        target: target.clone(),
+                    });
+                }
+            }
+            Ok(_) if self.source == Source::System => shared.router.counters().event_published(),
+            Ok(_) => {}
         }
         admitted
     }
 
     fn checked(&mut self, shared: &Shared, publish: &mut Publish) -> Result<Admitted, BrokerError> {
         let topic = self.topic_name(&publish.topic, &shared.config)?;
+        let retain = publish.retain && self.source != Source::System;
         let message = accept(publish, topic, shared)?;
         if let Some((identity, permissions)) = &mut self.client {
             authorize(
@@ -122,9 +159,14 @@ impl Publisher {
             )?;
         }
         let target = publish.to_session;
-        let retain = publish.retain;
         if let Some(store) = &shared.storage {
-            check_room(&shared.router, store, &message, target, retain)?;
+            // A system event reaching no stored queue owes the store nothing: a warning that
+            // the store failed must still reach its readers.
+            let concerns_store = self.source != Source::System
+                || shared.router.reaches_stored_queue(&message.topic, target);
+            if concerns_store {
+                check_room(&shared.router, store, &message, target, retain)?;
+            }
         }
         let identity = self.client.as_ref().map(|(identity, _)| identity);
         let acknowledged = match identity {
@@ -135,9 +177,18 @@ impl Publisher {
             _ => None,
         };
         let routes = self.routes.as_mut();
+        let traffic =
+            (self.source != Source::System).then_some((&shared.traffic, &mut self.traffic));
         let Some((identity, message_id)) = acknowledged else {
-            let (offered, no_responders) =
-                route(&shared.router, identity, message, target, retain, routes)?;
+            let (offered, no_responders) = route(
+                &shared.router,
+                identity,
+                message,
+                target,
+                retain,
+                routes,
+                traffic,
+            )?;
             return Ok(Admitted::Routed {
                 offered,
                 no_responders,
@@ -163,6 +214,7 @@ impl Publisher {
             target,
             retain,
             routes,
+            traffic,
         )?;
         shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
@@ -177,8 +229,12 @@ impl Publisher {
         if let Some(last) = self.topic.as_ref().filter(|last| last.as_str() == topic) {
             return Ok(last.clone());
         }
-        let name =
-            TopicName::parse(topic, &config.limits.topics).map_err(BrokerError::InvalidTopic)?;
+        let name = if self.source == Source::System {
+            TopicName::reserved(topic, &config.limits.topics)
+        } else {
+            TopicName::parse(topic, &config.limits.topics)
+        }
+        .map_err(BrokerError::InvalidTopic)?;
         self.topic = Some(name.clone());
         Ok(name)
     }
@@ -282,8 +338,10 @@ fn check_room(
 }
 
 /// Keeps `message` as its topic's retained value if asked (counted against `identity`'s
-/// quota, if any), routes it (through `routes` when given) and counts it. Returns how many
-/// subscriptions it was offered to, and the `reply_to` of a request that reached nobody.
+/// quota, if any), routes it (through `routes` when given) and counts it: as a received
+/// message and in its topic's `traffic` when given (every publish but a system event's).
+/// Returns how many subscriptions it was offered to, and the `reply_to` of a request that
+/// reached nobody.
 fn route(
     router: &Router,
     identity: Option<&Arc<str>>,
@@ -291,6 +349,7 @@ fn route(
     target: Option<SessionId>,
     retain: bool,
     routes: Option<&mut RouteCache>,
+    traffic: Option<(&TopicTraffic, &mut TrafficSlot)>,
 ) -> Result<(usize, Option<String>), BrokerError> {
     if retain {
         router.retain(&message, identity)?;
@@ -300,7 +359,10 @@ fn route(
         Some(cache) => router.publish_cached(&message, target, cache),
         None => router.publish(&message, target),
     };
-    router.counters().received(message.payload.len());
+    if let Some((traffic, slot)) = traffic {
+        router.counters().received(message.payload.len());
+        traffic.count(slot, &message.topic, message.payload.len());
+    }
     let no_responders = match &message.reply_to {
         Some(reply_to) if report.offered == 0 => {
             router.counters().no_responders();

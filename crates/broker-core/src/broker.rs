@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,10 @@ use crate::actors::supervisor::{Managers, Supervisor, SupervisorArgs, Supervisor
 use crate::actors::topic_manager::TopicManagerMsg;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::introspect::{self, ConnectionInfo, Counters, SubscriptionInfo, TopicInfo};
+use crate::events::Event;
+use crate::introspect::{
+    self, ConnectionInfo, Counters, SubscriptionInfo, TopicInfo, TrafficSnapshot,
+};
 use crate::transport::Connection;
 
 /// Entry point: `Broker::start`.
@@ -220,6 +224,24 @@ impl BrokerHandle {
     /// Every subscription with its queue, ordered by session and subscription id.
     pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
         introspect::snapshot_subscriptions(&self.managers.shared.router)
+    }
+
+    /// Messages and bytes published to each topic (at most `limits.max_tracked_topics` of
+    /// them, busiest first), and what went to topics beyond that bound.
+    pub fn topic_traffic(&self) -> TrafficSnapshot {
+        self.managers.shared.traffic.snapshot()
+    }
+
+    /// Reports a client the transport refused during its TLS handshake (client
+    /// authentication), as an `authentication_failed` system event: `failure` is a short
+    /// machine-readable reason (`tls`, `timeout`, `no_identity`, `other`), `reason` the
+    /// transport's words. Never waits.
+    pub fn report_authentication_failure(&self, remote: SocketAddr, failure: &str, reason: &str) {
+        self.managers.shared.emit(Event::AuthenticationFailed {
+            remote: remote.to_string(),
+            failure: failure.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
     /// Every subscribed filter with its members and queue totals, ordered by filter.

@@ -23,9 +23,30 @@ pub struct BrokerConfig {
     pub shutdown: ShutdownConfig,
     /// Where state is kept: memory (the default) or disk.
     pub storage: StorageConfig,
+    /// System events on `$SYS.event.>`.
+    pub events: EventsConfig,
     /// The ACL the broker starts with (default: every authenticated client may do everything
     /// on non-system topics, but read only its own reply inboxes). Replace it while running with `BrokerHandle::set_acl`.
     pub acl: crate::acl::Acl,
+}
+
+/// System events (`crate::events`; docs/EVENTS.md).
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// How often the `stats` event is published; zero publishes none.
+    pub stats_interval: Duration,
+    /// Events waiting to be published at most; an event that finds the queue full is dropped
+    /// and counted (`events_dropped`). Memory: up to this many events of a few hundred bytes.
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            stats_interval: Duration::from_secs(10),
+            queue: 1024,
+        }
+    }
 }
 
 /// Graceful shutdown.
@@ -125,6 +146,11 @@ pub struct BrokerLimits {
     /// in frame buffers (partially received frames); a connection whose buffer would go past it
     /// is closed with `PARTIAL_FRAMES_LIMIT`. One reader holds up to one frame.
     pub max_partial_frame_bytes_per_identity: u64,
+    /// Most topics whose traffic (messages and bytes published) is counted one by one for
+    /// monitoring (`/topicz`); publishes to further topics are counted together as untracked
+    /// until a topic idle for a sweep (a minute) is forgotten. Memory: about 100 bytes plus
+    /// the name per topic.
+    pub max_tracked_topics: usize,
 }
 
 impl Default for BrokerLimits {
@@ -150,6 +176,7 @@ impl Default for BrokerLimits {
             max_header_bytes: 32 * 1024,
             max_memory_bytes: 1024 * 1024 * 1024,
             max_partial_frame_bytes_per_identity: 64 * 1024 * 1024,
+            max_tracked_topics: 10_000,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What every part of the broker shares: the configuration and the state the data plane reads
 //! and writes without an actor hop (the router, the dedupe window, the disk store, the
-//! connection registry, the ACL and the memory budget).
+//! connection registry, the ACL, the memory budget, the system event sink and the traffic per
+//! topic).
 //!
 //! It names no actor: the control plane ([`crate::actors`]) hands its own references to the
 //! parts that need them, so the data plane (`connection`, [`crate::admission`]) sits below the
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use crate::acl::AclHandle;
 use crate::config::BrokerConfig;
 use crate::dedupe::DedupeWindow;
+use crate::events::{Event, EventSink};
 use crate::introspect::registry::Registry;
+use crate::introspect::traffic::TopicTraffic;
 use crate::memory::MemoryBudget;
 use crate::router::Router;
 use crate::storage::DiskStore;
@@ -30,4 +33,15 @@ pub(crate) struct Shared {
     pub(crate) acl: AclHandle,
     /// The broker-wide memory budget: messages and frame buffers.
     pub(crate) memory: Arc<MemoryBudget>,
+    /// Where system events are emitted (never waits).
+    pub(crate) events: EventSink,
+    /// Messages and bytes per topic, for monitoring.
+    pub(crate) traffic: TopicTraffic,
+}
+
+impl Shared {
+    /// Emits a system event; never waits (a full event queue drops it, counted).
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.emit(event, self.router.counters());
+    }
 }

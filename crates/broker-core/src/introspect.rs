@@ -7,6 +7,8 @@
 //!   no lock, no allocation) and their plain [`CountersSnapshot`].
 //! - `registry`: the open connections with their identity, address, start time and session,
 //!   registered by each listener for as long as it lives.
+//! - `traffic`: messages and bytes per topic, bounded in how many topics it tracks
+//!   ([`TrafficSnapshot`], for `/topicz`).
 //! - `snapshot`: the serialisable views ([`ConnectionInfo`], [`SubscriptionInfo`],
 //!   [`TopicInfo`]; transport facts are [`crate::ConnectionStats`]) taken by [`crate::BrokerHandle`] on request.
 //!
@@ -17,13 +19,16 @@
 pub(crate) mod counters;
 pub(crate) mod registry;
 mod snapshot;
+pub(crate) mod traffic;
 
 pub use counters::{Counters, CountersSnapshot, DropReason};
 pub use snapshot::{ConnectionInfo, GroupInfo, SubscriptionInfo, TopicInfo};
+pub use traffic::{TopicTrafficInfo, TrafficSnapshot};
 
 use crate::router::Router;
 
 pub(crate) use snapshot::connections as snapshot_connections;
+pub(crate) use snapshot::policy_name;
 
 /// Every subscription in the routing index.
 pub(crate) fn snapshot_subscriptions(router: &Router) -> Vec<SubscriptionInfo> {

@@ -5,12 +5,13 @@
 //!
 //! Layering (no file imports one above it): the foundations ([`config`], [`acl`], [`error`],
 //! [`memory`], [`message`], [`transport`], [`storage`], [`queue`], [`retained`], [`dedupe`],
-//! [`router`], [`introspect`]) name no task and no actor; `context` bundles the state they share;
-//! the data plane (`admission` and `connection`'s stream tasks) works on that context alone and
-//! reports upward only through callbacks it defines; the actors start and own the data plane's
-//! tasks, with a connection's driver between the session actors it asks and the listener actor
-//! that runs it; [`broker`] and [`local`] are the entry points on top. Inside the crate, items are named by
-//! the module that defines them, never through the re-exports below.
+//! [`router`], [`introspect`], [`events`]) name no task and no actor; `context` bundles the
+//! state they share; the data plane (`admission`, `system_events` and `connection`'s stream
+//! tasks) works on that context alone and reports upward only through callbacks it defines; the
+//! actors start and own the data plane's tasks, with a connection's driver between the session
+//! actors it asks and the listener actor that runs it; [`broker`] and [`local`] are the entry
+//! points on top. Inside the crate, items are named by the module that defines them, never
+//! through the re-exports below.
 //!
 //! # Layout
 //! - [`acl`]: who may publish and subscribe where; the ACL file format.
@@ -27,9 +28,14 @@
 //! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
 //!   window) and its recovery on start.
 //! - [`dedupe`]: the window of recently accepted acknowledged publishes.
-//! - [`introspect`]: counters, the connection registry and snapshots for monitoring.
-//! - `admission`: the one way in for a publish (stream, datagram or local): every check, then
-//!   the router, and the counters.
+//! - [`introspect`]: counters, the connection registry, traffic per topic and snapshots for
+//!   monitoring.
+//! - [`events`]: the system events published on `$SYS.event.>` and the sink they are emitted
+//!   into without waiting.
+//! - `admission`: the one way in for a publish (stream, datagram, local or the broker's own
+//!   system events): every check, then the router, and the counters.
+//! - `system_events`: the system publisher, a task that publishes the emitted events through
+//!   `admission` and adds the periodic ones (stats, slow consumers, store warnings).
 //! - `ack_targets`: a session's queues as its connection sees them (acknowledgements, drain).
 //! - `actors`: the supervisor and its managers (listener, session, subscriber, topic), each
 //!   with one child per connection, session, subscription and filter.
@@ -47,6 +53,7 @@ mod connection;
 mod context;
 pub mod dedupe;
 pub mod error;
+pub mod events;
 pub mod introspect;
 pub mod local;
 pub mod memory;
@@ -55,6 +62,7 @@ pub mod queue;
 pub mod retained;
 pub mod router;
 pub mod storage;
+mod system_events;
 pub mod transport;
 
 pub use acl::{Acl, AclError, AclHandle};

@@ -242,6 +242,9 @@ pub struct SubscriptionQueue {
     /// Told when the queue may have become delivered (a batch written, an acknowledgement, the
     /// writer idle): the session's, for a shutdown's drain to wait on instead of polling.
     progress: OnceLock<Arc<Notify>>,
+    /// Whether its overflow under `Close` was reported as a system event (by whoever saw it
+    /// first: the periodic look, or the session when the subscription ended).
+    overflow_reported: AtomicBool,
 }
 
 impl SubscriptionQueue {
@@ -279,6 +282,7 @@ impl SubscriptionQueue {
             wants_retained: AtomicBool::new(true),
             unwritten: AtomicUsize::new(0),
             progress: OnceLock::new(),
+            overflow_reported: AtomicBool::new(false),
         }
     }
 
@@ -728,6 +732,18 @@ impl SubscriptionQueue {
             state.closed = Some(CloseReason::NotAuthorized);
         }
         self.ready.notify_one();
+    }
+
+    /// Why the queue closed; `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().closed
+    }
+
+    /// Whether the queue overflowed under `Close` and this is the first call to say so after
+    /// it did: its `slow_consumer` event is emitted once.
+    pub(crate) fn overflow_to_report(&self) -> bool {
+        self.close_reason() == Some(CloseReason::Overflow)
+            && !self.overflow_reported.swap(true, Ordering::Relaxed)
     }
 
     /// Current counters.

@@ -97,6 +97,14 @@ pub(crate) enum Command {
     /// when the reply says the responder failed (it carries an `error` header, as a failing
     /// `reply --command` sends; the reply is still printed), 1 on other errors.
     Req(ReqArgs),
+    /// Print the broker's system events as they happen (docs/EVENTS.md).
+    ///
+    /// Subscribes to `$SYS.event.>` (or `$SYS.event.KIND` for each `--kind`) and prints one
+    /// line per event: the time (UTC), the kind and the fields as `key=value`; `--json` prints
+    /// each payload as it is. Needs an identity the broker's ACL lets read `$SYS.>` (none may by
+    /// default); otherwise it ends with exit status 1 and `NOT_AUTHORIZED`. Exit status 2 when
+    /// `--timeout` passes before `--count` events. SIGINT and SIGTERM end it with exit status 0.
+    Events(EventsArgs),
     /// Answer requests on a topic.
     ///
     /// Serves requests one at a time until interrupted, or until `--count` requests were
@@ -550,6 +558,27 @@ pub(crate) struct SubArgs {
     /// the same topic and options gets what was published meanwhile.
     #[arg(long, value_name = "NAME")]
     pub(crate) session: Option<String>,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Only events of this kind; repeatable.
+    #[arg(short, long, value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(
+        cassini_broker::events::EventKind::ALL.map(|kind| kind.as_str())
+    ))]
+    pub(crate) kind: Vec<String>,
+    /// Print each event's JSON payload as it is, one per line.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Exit 0 after this many events.
+    #[arg(short, long)]
+    pub(crate) count: Option<u64>,
+    /// Give up after this many seconds (fractions allowed) and exit with status 2, unless
+    /// `--count` events arrived first.
+    #[arg(short, long, value_name = "SECS")]
+    pub(crate) timeout: Option<f64>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

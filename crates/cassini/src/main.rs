@@ -20,6 +20,7 @@
 //!   and names (flag, environment, context, default).
 //! - `server_cmd`: `cassini server ping|check|info|report`, a running broker asked over QUIC
 //!   and its monitoring endpoint.
+//! - `events_cmd`: `cassini events`, the broker's system events (`$SYS.event.>`) as lines.
 //! - `signals`: SIGINT and SIGTERM, handled alike by every long-running command.
 //! - `logging`: tracing set-up.
 
@@ -28,6 +29,7 @@ mod certs_cmd;
 mod cli;
 mod config;
 mod context;
+mod events_cmd;
 mod logging;
 mod monitoring;
 mod pubsub;
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Req(args) => reqreply::request(args).await,
+            Command::Events(args) => events_cmd::run(args).await,
             Command::Reply(args) => reqreply::reply(args).await,
         }
     })

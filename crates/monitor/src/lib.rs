@@ -18,7 +18,7 @@
 //! | `/varz` | JSON: process and configuration facts, counts and counters |
 //! | `/connz` | JSON: open connections with transport facts and their subscriptions (paged) |
 //! | `/subz` | JSON: every subscription and its queue (paged) |
-//! | `/topicz` | JSON: every subscribed filter with members and queue totals (paged) |
+//! | `/topicz` | JSON: every subscribed filter with members and queue totals (paged), and `traffic`: messages and bytes per topic published to (bounded, busiest first) |
 //!
 //! Paged lists take `?offset=N&limit=M` (default 0 and 100, `limit` at most 10,000) and answer
 //! with `total`, `offset`, `limit` and the page. At most 32 requests are answered at once; a

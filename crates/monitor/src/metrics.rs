@@ -131,6 +131,18 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
             ("shutting_down", counters.connections_refused_shutdown),
         ],
     );
+    counter(
+        r,
+        "system_events_published",
+        "System events published on $SYS.event.>",
+        counters.events_published,
+    );
+    counter(
+        r,
+        "system_events_dropped",
+        "System events dropped because the event queue was full or memory refused them",
+        counters.events_dropped,
+    );
     if let Some(accept) = &state.sources.accept {
         counter(
             r,

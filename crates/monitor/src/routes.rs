@@ -248,6 +248,25 @@ async fn subz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
     paged("subscriptions", page, subscriptions)
 }
 
+/// The subscribed filters (paged), and `traffic`: the topics published to, busiest first
+/// (the same `offset` and `limit` cut them), with the table's bound and what went untracked.
 async fn topicz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
-    paged("topics", page, state.sources.broker.topics())
+    let broker = &state.sources.broker;
+    let traffic = broker.topic_traffic();
+    let topics = page.apply(traffic.topics);
+    let filters = page.apply(broker.topics());
+    Json(json!({
+        "total": filters.total,
+        "offset": filters.offset,
+        "limit": filters.limit,
+        "topics": filters.items,
+        "traffic": {
+            "total": topics.total,
+            "max_tracked": traffic.max_tracked,
+            "untracked_messages": traffic.untracked_messages,
+            "untracked_bytes": traffic.untracked_bytes,
+            "topics": topics.items,
+        },
+    }))
+    .into_response()
 }

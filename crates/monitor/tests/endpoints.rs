@@ -242,6 +242,8 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
         "sessions_resumed",
         "connections_refused_limit",
         "connections_refused_shutdown",
+        "events_published",
+        "events_dropped",
     ] {
         assert!(counters[key].is_u64(), "varz.counters.{key}: {counters}");
     }
@@ -390,6 +392,25 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
     assert_eq!(
         topics[1]["groups"],
         json!([{ "name": "workers", "members": 1 }])
+    );
+    // The topics published to, not only the filters subscribed.
+    let traffic = &topicz["traffic"];
+    assert_schema(
+        traffic,
+        "topicz.traffic",
+        &[
+            ("total", Kind::Num),
+            ("max_tracked", Kind::Num),
+            ("untracked_messages", Kind::Num),
+            ("untracked_bytes", Kind::Num),
+            ("topics", Kind::Arr),
+        ],
+    );
+    assert_eq!(traffic["total"], 1);
+    assert_eq!(traffic["max_tracked"], 10_000);
+    assert_eq!(
+        traffic["topics"],
+        json!([{ "topic": "demo.a", "messages": 5, "bytes": 10 }])
     );
 
     // /metrics, read by a real Prometheus text parser.

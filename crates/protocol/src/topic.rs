@@ -80,6 +80,10 @@ pub enum TopicError {
     /// A name reserved for the broker.
     #[error("topics starting with '$' are reserved for the broker")]
     Reserved,
+    /// A name the broker publishes to itself that is not in its reserved space (see
+    /// [`TopicName::reserved`]).
+    #[error("a broker topic must start with '$'")]
+    NotReserved,
 }
 
 /// What [`check_common`] found in a topic that passed: whether it holds a wildcard character.
@@ -160,6 +164,19 @@ impl TopicName {
         }
         if topic.starts_with('$') {
             return Err(TopicError::Reserved);
+        }
+        Ok(Self(Arc::from(topic)))
+    }
+
+    /// Validates a name in the broker's reserved space (first token starting with `$`), for
+    /// what the broker publishes itself (its system events, `$SYS.>`). Clients can never
+    /// publish to such a name: [`TopicName::parse`] refuses it.
+    pub fn reserved(topic: &str, limits: &TopicLimits) -> Result<Self, TopicError> {
+        if check_common(topic, limits)?.has_wildcard {
+            return Err(TopicError::WildcardInName);
+        }
+        if !topic.starts_with('$') {
+            return Err(TopicError::NotReserved);
         }
         Ok(Self(Arc::from(topic)))
     }
@@ -345,6 +362,22 @@ mod tests {
         assert_eq!(
             TopicName::parse("$sys.x", &limits),
             Err(TopicError::Reserved)
+        );
+    }
+
+    #[test]
+    fn only_the_broker_names_reserved_topics() {
+        let limits = TopicLimits::default();
+        let name = TopicName::reserved("$SYS.event.connect", &limits).expect("reserved");
+        assert!(filter("$SYS.>").matches(&name));
+        assert!(!filter(">").matches(&name));
+        assert_eq!(
+            TopicName::reserved("orders.x", &limits),
+            Err(TopicError::NotReserved)
+        );
+        assert_eq!(
+            TopicName::reserved("$SYS.*", &limits),
+            Err(TopicError::WildcardInName)
         );
     }
 

@@ -277,6 +277,7 @@ impl QuicServer {
                         {
                             stats.refused.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(%remote, %identity, %reason, "refused after a reload during its handshake");
+                            broker.report_authentication_failure(remote, "revoked", &reason.to_string());
                             return;
                         }
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +287,7 @@ impl QuicServer {
                     Err((kind, reason)) => {
                         stats.refuse(kind);
                         tracing::info!(%remote, kind = kind.as_str(), %reason, "handshake refused");
+                        broker.report_authentication_failure(remote, kind.as_str(), &reason);
                     }
                 }
             });

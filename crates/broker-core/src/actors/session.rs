@@ -3,7 +3,9 @@
 //! It owns the session's subscriptions (filter and subscriber actor of each) and which
 //! connection, if any, the session is attached to. Each attach gets a new epoch; a detach or
 //! end that names an older epoch is ignored, so a stale connection can never detach a newer one.
-//! A detached session expires after `sessions.expiry` unless it is resumed first.
+//! A detached session expires after `sessions.expiry` unless it is resumed first. It emits
+//! the system events about itself: `session_expired`, `authorization_failed` for a subscription
+//! the ACL refused, and `slow_consumer` for a subscription closed by overflow.
 //!
 //! In disk mode it writes its record (identity, last subscription id, detach time) and its
 //! subscriptions' records through to the store, and removes them when the session or a
@@ -38,6 +40,8 @@ use crate::acl::Permissions;
 use crate::connection::subscription_writer::EndNotices;
 use crate::context::Shared;
 use crate::error::BrokerError;
+use crate::events::Event;
+use crate::introspect::policy_name;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
 use crate::storage::records::{SessionRecord, SubscriptionRecord};
@@ -410,12 +414,24 @@ impl SessionState {
             .insert(started.key.subscription, subscription);
     }
 
-    /// Forgets a subscription whose subscriber ended on its own.
+    /// Forgets a subscription whose subscriber ended on its own; one that overflowed under the
+    /// `close` policy is reported as a `slow_consumer` system event.
     fn subscription_ended(&mut self, subscription: SubscriptionId, reason: &str) {
         self.acks.remove(subscription);
-        if self.subscriptions.remove(&subscription).is_some() {
+        if let Some(ended) = self.subscriptions.remove(&subscription) {
             self.forget_subscription(subscription);
             tracing::info!(session = %self.id, subscription, %reason, "subscription ended");
+            if ended.queue.overflow_to_report() {
+                self.shared.emit(Event::SlowConsumer {
+                    identity: Some(self.identity.to_string()),
+                    session: self.id.to_string(),
+                    subscription,
+                    filter: ended.filter.to_string(),
+                    policy: policy_name(ended.queue.bounds().overflow).to_string(),
+                    dropped: ended.queue.stats().dropped_total + 1,
+                    closed: true,
+                });
+            }
         }
     }
 
@@ -819,6 +835,13 @@ impl Actor for Session {
             }
             SessionMsg::Expire { epoch } if epoch == state.epoch && state.attached.is_none() => {
                 tracing::debug!(session = %state.id, "session expired");
+                let detached_at = state.detached_at_ms.unwrap_or_else(unix_ms);
+                state.shared.emit(Event::SessionExpired {
+                    identity: state.identity.to_string(),
+                    session: state.id.to_string(),
+                    name: state.name.as_deref().map(str::to_string),
+                    detached_ms: unix_ms().saturating_sub(detached_at),
+                });
                 state.forget();
                 myself.stop(Some("expired".into()));
             }
@@ -854,6 +877,13 @@ impl Actor for Session {
                 reply,
             } => match state.prepare(&myself, filter, options) {
                 Err(err) => {
+                    if let BrokerError::NotAuthorized { action, target } = &err {
+                        state.shared.emit(Event::AuthorizationFailed {
+                            identity: state.identity.to_string(),
+                            action: (*action).to_string(),
+                            target: target.clone(),
+                        });
+                    }
                     let _ = reply.send(Err(err));
                 }
                 Ok(starting) => {

@@ -161,6 +161,12 @@ impl SessionManager {
         let away = Duration::from_millis(now.saturating_sub(detached_at));
         let Some(expires_in) = state.shared.config.sessions.expiry.checked_sub(away) else {
             tracing::info!(session = %id, ?away, "a stored session expired while the broker was down; removing it");
+            state.shared.emit(crate::events::Event::SessionExpired {
+                identity: recovered.record.identity.clone(),
+                session: id.to_string(),
+                name: recovered.record.name.clone(),
+                detached_ms: u64::try_from(away.as_millis()).unwrap_or(u64::MAX),
+            });
             if let Some(store) = &state.shared.storage {
                 store.append([Op::DeleteSession(recovered.record.id)]);
             }

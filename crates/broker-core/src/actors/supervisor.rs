@@ -1,5 +1,5 @@
-//! The root of the actor tree: starts the four managers and stops the broker if one of them
-//! fails. Managers hold the indexes of everything else, so one that failed cannot be restarted
+//! The root of the actor tree: starts the four managers (and the system publisher's task,
+//! `crate::system_events`, aborted when it stops) and stops the broker if one of them fails. Managers hold the indexes of everything else, so one that failed cannot be restarted
 //! without losing track of live sessions; failing loudly is the honest answer.
 
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub(crate) struct Managers {
     pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
     pub(crate) listeners: ActorRef<ListenerManagerMsg>,
+    /// The system publisher's task, aborted when the supervisor stops.
+    pub(crate) system_events: tokio::task::AbortHandle,
 }
 
 pub(crate) enum SupervisorMsg {
@@ -81,8 +83,13 @@ impl Actor for Supervisor {
             storage.clone(),
             recovered.dedupe,
         ));
+        let (events, emitted) = crate::events::EventSink::new(config.events.queue);
         let shared = Arc::new(Shared {
             acl: crate::acl::AclHandle::new(config.acl.clone()),
+            traffic: crate::introspect::traffic::TopicTraffic::new(
+                config.limits.max_tracked_topics,
+            ),
+            events,
             memory,
             config,
             router,
@@ -109,6 +116,8 @@ impl Actor for Supervisor {
         };
         let (listeners, _) =
             Actor::spawn_linked(None, ListenerManager, args, myself.get_cell()).await?;
+        let system_events =
+            tokio::spawn(crate::system_events::run(Arc::clone(&shared), emitted)).abort_handle();
         Ok(Managers {
             shared,
             connections,
@@ -116,7 +125,17 @@ impl Actor for Supervisor {
             subscribers: managers.subscribers,
             sessions,
             listeners,
+            system_events,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.system_events.abort();
+        Ok(())
     }
 
     async fn handle(

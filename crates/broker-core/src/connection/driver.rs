@@ -5,7 +5,8 @@
 //! stream, answers `Hello` with `Welcome` after the session manager has created or resumed the
 //! session, then serves control requests and accepts publish streams until the client finishes
 //! its control stream (a goodbye) or anything goes wrong. Any protocol error closes this
-//! connection only, with the error's code and reason.
+//! connection only, with the error's code and reason. A connection whose session was attached
+//! emits a `connect` system event then, and a `disconnect` event (with the reason) at its end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::connection::framed::{write_frame, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
 use crate::error::BrokerError;
+use crate::events::Event;
 use crate::transport::{Connection, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
@@ -65,26 +67,51 @@ pub(crate) async fn drive_connection(
     report: DriverReport,
     going_away: watch::Receiver<Option<String>>,
 ) {
-    let outcome = serve(&connection, &shared, &sessions, &report, going_away).await;
-    let clean = match outcome {
+    let mut attached = None;
+    let outcome = serve(
+        &connection,
+        &shared,
+        &sessions,
+        &report,
+        going_away,
+        &mut attached,
+    )
+    .await;
+    let (clean, code, reason) = match outcome {
         Ok(()) => {
             connection.close(ErrorCode::NORMAL, "goodbye");
-            true
+            (true, None, "goodbye".to_string())
         }
         Err(BrokerError::Transport(err)) => {
             tracing::debug!(%err, "connection ended");
-            false
+            (false, None, format!("connection lost: {err}"))
         }
         Err(BrokerError::GoingAway(reason)) => {
             connection.close(ErrorCode::SERVER_SHUTTING_DOWN, &reason);
-            false
+            let reason = format!("server shutting down: {reason}");
+            (false, Some(ErrorCode::SERVER_SHUTTING_DOWN), reason)
         }
         Err(err) => {
             tracing::info!(code = ?err.code(), %err, "closing connection");
             connection.close(err.code(), &err.reason());
-            false
+            (false, Some(err.code()), err.reason())
         }
     };
+    if let Some((session, since)) = attached {
+        let peer = connection.peer();
+        shared.emit(Event::Disconnect {
+            identity: peer.identity.to_string(),
+            remote: peer.remote_addr.to_string(),
+            session: session.to_string(),
+            reason,
+            code: code.map(|code| {
+                code.name()
+                    .map_or_else(|| code.0.to_string(), str::to_string)
+            }),
+            clean,
+            connected_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
     report(DriverEvent::Ended { clean });
 }
 
@@ -94,6 +121,7 @@ async fn serve(
     sessions: &ActorRef<SessionManagerMsg>,
     report: &DriverReport,
     mut going_away: watch::Receiver<Option<String>>,
+    attached: &mut Option<(SessionId, Instant)>,
 ) -> Result<(), BrokerError> {
     let limits = &shared.config.limits;
     let max_frame_bytes = limits.max_frame_bytes;
@@ -150,6 +178,7 @@ async fn serve(
         .await
         .map_err(control_reset)?;
     session_attached(shared, connection, opened.id, opened.resumed);
+    *attached = Some((opened.id, Instant::now()));
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
     let mut publishers = JoinSet::new();
@@ -226,7 +255,7 @@ async fn serve(
 }
 
 /// Records the attached session on the connection's span (opened by its listener) and in the
-/// monitoring registry, and counts the open.
+/// monitoring registry, counts the open and emits the `connect` event.
 fn session_attached(
     shared: &Shared,
     connection: &Arc<dyn Connection>,
@@ -236,6 +265,13 @@ fn session_attached(
     tracing::Span::current().record("session", tracing::field::display(session));
     shared.registry.set_session(connection, session, resumed);
     shared.router.counters().session_opened(resumed);
+    let peer = connection.peer();
+    shared.emit(Event::Connect {
+        identity: peer.identity.to_string(),
+        remote: peer.remote_addr.to_string(),
+        session: session.to_string(),
+        resumed,
+    });
 }
 
 /// Serves one frame of the control stream: an `Ack` is applied (it has no answer), anything

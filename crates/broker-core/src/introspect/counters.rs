@@ -54,6 +54,8 @@ pub struct Counters {
     sessions_resumed: AtomicU64,
     connections_refused_limit: AtomicU64,
     connections_refused_shutdown: AtomicU64,
+    events_published: AtomicU64,
+    events_dropped: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -90,6 +92,11 @@ pub struct CountersSnapshot {
     pub connections_refused_limit: u64,
     /// Connections refused while shutting down.
     pub connections_refused_shutdown: u64,
+    /// System events published on `$SYS.event.>` (not counted in `messages_received`).
+    pub events_published: u64,
+    /// System events dropped: the event queue was full (nobody took them in time), or the
+    /// memory budget refused them.
+    pub events_dropped: u64,
 }
 
 impl CountersSnapshot {
@@ -169,6 +176,16 @@ impl Counters {
         );
     }
 
+    /// A system event was published.
+    pub(crate) fn event_published(&self) {
+        add(&self.events_published, 1);
+    }
+
+    /// A system event was dropped.
+    pub(crate) fn event_dropped(&self) {
+        add(&self.events_dropped, 1);
+    }
+
     /// The current values.
     pub fn snapshot(&self) -> CountersSnapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -188,6 +205,8 @@ impl Counters {
             sessions_resumed: load(&self.sessions_resumed),
             connections_refused_limit: load(&self.connections_refused_limit),
             connections_refused_shutdown: load(&self.connections_refused_shutdown),
+            events_published: load(&self.events_published),
+            events_dropped: load(&self.events_dropped),
         }
     }
 }

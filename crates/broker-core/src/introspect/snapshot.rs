@@ -96,7 +96,7 @@ pub struct TopicInfo {
     pub dropped: u64,
 }
 
-fn policy_name(policy: OverflowPolicy) -> &'static str {
+pub(crate) fn policy_name(policy: OverflowPolicy) -> &'static str {
     match policy {
         OverflowPolicy::DropOldest => "drop_oldest",
         OverflowPolicy::DropNewest => "drop_newest",

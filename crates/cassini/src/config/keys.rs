@@ -33,6 +33,10 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ),
     ("sessions", "Session lifetime."),
     (
+        "events",
+        "System events on $SYS.event.> (docs/EVENTS.md); readable only by identities an ACL rule naming $SYS allows.",
+    ),
+    (
         "dedupe",
         "The window in which a retried acknowledged publish is recognised as a duplicate.",
     ),
@@ -85,6 +89,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "limits.max_header_bytes", doc: "Most bytes of header keys and values together in one publish; more is refused with HEADERS_TOO_LARGE. Announced in Welcome." },
     KeyDoc { path: "limits.max_memory_bytes", doc: "Broker-wide memory budget: what accepted messages (queued, in flight, retained, each counted once) and frame buffers may hold together. A publish past it is refused with MEMORY_BUDGET_EXCEEDED, as is a subscribe while it has no room for one frame of max_frame_bytes; frame buffers are refused only once they alone would fill it." },
     KeyDoc { path: "limits.max_partial_frame_bytes_per_identity", doc: "Most bytes the stream readers of all connections of one identity may hold in partially received frames; a connection going past it is closed with PARTIAL_FRAMES_LIMIT." },
+    KeyDoc { path: "limits.max_tracked_topics", doc: "Most topics whose traffic (messages and bytes) /topicz counts one by one; further topics are counted together as untracked until a topic idle for a minute is forgotten." },
     KeyDoc { path: "queue.default_messages", doc: "Messages a subscription queues when it asks for no bound of its own." },
     KeyDoc { path: "queue.default_bytes", doc: "Message bytes (payload, topic, headers, reply_to, overhead) a subscription queues when it asks for no bound of its own." },
     KeyDoc { path: "queue.max_messages", doc: "The most messages any subscription may ask to queue." },
@@ -95,6 +100,8 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "queue.min_ack_timeout_ms", doc: "The shortest ack timeout a subscription may ask for, in milliseconds; shorter requests are raised to it." },
     KeyDoc { path: "queue.max_backlog_age_secs", doc: "Drop a message that waited this many seconds unsent in a subscription's queue (announced as an Overflow gap); 0: no age bound. Sent, unacknowledged messages are never dropped." },
     KeyDoc { path: "sessions.expiry_secs", doc: "How long a session outlives a connection that dropped without a goodbye, in seconds; its subscriptions keep queueing meanwhile." },
+    KeyDoc { path: "events.stats_interval_secs", doc: "How often the stats system event is published, in seconds (0: never)." },
+    KeyDoc { path: "events.queue", doc: "Most system events waiting to be published; an event finding the queue full is dropped and counted (events_dropped)." },
     KeyDoc { path: "dedupe.max_entries", doc: "Most remembered (identity, message id) pairs; about 100 bytes each." },
     KeyDoc { path: "dedupe.max_age_secs", doc: "How long an acknowledged publish is remembered, in seconds." },
     KeyDoc { path: "shutdown.reconnect_hint_ms", doc: "Reconnect hint sent to every client in GoingAway, in milliseconds; spreads a restart's reconnects out." },

@@ -287,6 +287,11 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
         ),
         ("limits.max_topic_bytes", limits.max_topic_bytes as u64),
         ("limits.max_topic_depth", limits.max_topic_depth as u64),
+        (
+            "limits.max_tracked_topics",
+            limits.max_tracked_topics as u64,
+        ),
+        ("events.queue", settings.events.queue as u64),
         ("queue.max_messages", u64::from(settings.queue.max_messages)),
         ("queue.max_bytes", settings.queue.max_bytes),
         (

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cassini_broker::config::{DedupeConfig, SessionConfig, ShutdownConfig};
+use cassini_broker::config::{DedupeConfig, EventsConfig, SessionConfig, ShutdownConfig};
 use cassini_broker::{BrokerConfig, BrokerLimits, QueueConfig};
 use cassini_protocol::TopicLimits;
 use cassini_quic::identity::IdentityRule;
@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) queue: QueueSettings,
     /// Session lifetime.
     pub(crate) sessions: SessionSettings,
+    /// System events on `$SYS.event.>`.
+    pub(crate) events: EventSettings,
     /// The acknowledged-publish dedupe window.
     pub(crate) dedupe: DedupeSettings,
     /// Graceful shutdown.
@@ -70,6 +72,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             queue: QueueSettings::default(),
             sessions: SessionSettings::default(),
+            events: EventSettings::default(),
             dedupe: DedupeSettings::default(),
             shutdown: ShutdownSettings::default(),
             quic: QuicSettings::default(),
@@ -186,6 +189,7 @@ pub(crate) struct LimitSettings {
     pub(crate) max_header_bytes: u32,
     pub(crate) max_memory_bytes: u64,
     pub(crate) max_partial_frame_bytes_per_identity: u64,
+    pub(crate) max_tracked_topics: usize,
 }
 
 impl Default for LimitSettings {
@@ -213,6 +217,7 @@ impl Default for LimitSettings {
             max_header_bytes: limits.max_header_bytes,
             max_memory_bytes: limits.max_memory_bytes,
             max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
+            max_tracked_topics: limits.max_tracked_topics,
         }
     }
 }
@@ -260,6 +265,24 @@ impl Default for SessionSettings {
     fn default() -> Self {
         Self {
             expiry_secs: SessionConfig::default().expiry.as_secs(),
+        }
+    }
+}
+
+/// `[events]`: the broker's `EventsConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EventSettings {
+    pub(crate) stats_interval_secs: u64,
+    pub(crate) queue: usize,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        let events = EventsConfig::default();
+        Self {
+            stats_interval_secs: events.stats_interval.as_secs(),
+            queue: events.queue,
         }
     }
 }
@@ -533,6 +556,7 @@ impl Settings {
                 max_header_bytes: limits.max_header_bytes,
                 max_memory_bytes: limits.max_memory_bytes,
                 max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
+                max_tracked_topics: limits.max_tracked_topics,
             },
             acl: cassini_broker::Acl::default(),
             queue: QueueConfig {
@@ -549,6 +573,10 @@ impl Settings {
             },
             sessions: SessionConfig {
                 expiry: Duration::from_secs(self.sessions.expiry_secs),
+            },
+            events: EventsConfig {
+                stats_interval: Duration::from_secs(self.events.stats_interval_secs),
+                queue: self.events.queue,
             },
             dedupe: DedupeConfig {
                 max_entries: self.dedupe.max_entries,
