@@ -1,8 +1,8 @@
 //! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
 //! certificate authority made inside the test.
 //!
-//! Layering: `relay` and `history` import nothing of this crate; `lib.rs` (the broker, `raw`,
-//! the waits) imports neither of them.
+//! Layering: `relay` and `history` import nothing of this crate; `edge` imports `lib.rs` and
+//! `relay`; `lib.rs` (the broker, `raw`, the waits) imports none of them.
 //!
 //! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
 //!   (`cassini_quic::test_util`, shared with the other crates' tests).
@@ -12,10 +12,13 @@
 //! - [`raw`]: the protocol spoken by hand over a raw quinn connection (`Hello`, frames read with
 //!   the shared reader of `cassini_quic::test_util`, close codes).
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
+//! - [`edge`]: clients and brokers that notice such a drop within a second, and a wait for a
+//!   client's connection state.
 //! - [`history`]: a record of every publish and delivery of a fault run, checked against the
 //!   guarantees of `docs/SESSIONS.md`.
 //! - [`closed_udp_addr`]: an address where nothing listens.
 
+pub mod edge;
 pub mod history;
 pub mod relay;
 
@@ -76,15 +79,7 @@ impl TestBroker {
     /// default configuration on the same address with the same certificates: what clients see
     /// of a broker restart.
     pub async fn restart(self) -> Self {
-        let Self {
-            addr,
-            broker,
-            pki,
-            server,
-            serve_task,
-        } = self;
-        shut_down(broker, server, serve_task).await;
-        Self::start_on(addr, pki, BrokerConfig::default(), ServerOptions::default()).await
+        self.restart_with(BrokerConfig::default()).await
     }
 
     /// Stops this broker and starts a new one with `config` on the same address with the same

@@ -6,66 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_broker::BrokerConfig;
-use cassini_client::{
-    Client, ConnectionState, Gap, GapReason, QuicOptions, ReconnectPolicy, Subscription,
-    SubscriptionEvent,
-};
+use cassini_client::{Client, ConnectionState, Gap, GapReason, Subscription, SubscriptionEvent};
+use cassini_e2e::edge::{edge_client, quick_broker, wait_for_state};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::SubscribeOptions;
-use cassini_quic::server::ServerOptions;
 use futures_util::StreamExt;
-
-/// Both ends notice a silent drop within about a second.
-fn quick_quic() -> QuicOptions {
-    QuicOptions {
-        idle_timeout: Duration::from_secs(1),
-        keep_alive_interval: Duration::from_millis(250),
-        ..QuicOptions::default()
-    }
-}
-
-async fn broker() -> TestBroker {
-    let options = ServerOptions {
-        quic: quick_quic(),
-        ..ServerOptions::default()
-    };
-    TestBroker::start_with(BrokerConfig::default(), options).await
-}
-
-/// A client named `name` that reaches the broker through `relay`.
-async fn edge_client(broker: &TestBroker, relay: &UdpRelay, name: &str) -> Client {
-    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client(name));
-    Client::builder(relay.addr)
-        .ca_certs(broker.pki.ca_certs())
-        .identity(chain, key)
-        .server_name("localhost")
-        .quic_options(quick_quic())
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(300),
-            give_up_after: None,
-        })
-        .connect()
-        .await
-        .expect("edge client connects")
-}
-
-async fn wait_for_state(client: &Client, what: &str, wanted: impl Fn(&ConnectionState) -> bool) {
-    let mut changes = client.state_changes();
-    within(what, async {
-        loop {
-            if wanted(&changes.borrow_and_update()) {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                panic!("state channel closed while waiting for: {what}");
-            }
-        }
-    })
-    .await;
-}
 
 async fn publish_range(publisher: &Client, topic: &str, range: std::ops::Range<u64>) {
     for i in range {
@@ -88,7 +34,7 @@ async fn next(subscription: &mut Subscription) -> cassini_client::Message {
 
 #[tokio::test]
 async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let session = edge.session_id();
@@ -128,7 +74,7 @@ async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
 
 #[tokio::test]
 async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range() {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let options = SubscribeOptions {
@@ -170,7 +116,7 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
 #[tokio::test]
 async fn moving_to_a_new_socket_mid_stream_loses_nothing_and_does_not_reconnect() {
     const COUNT: u64 = 2_000;
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let edge = broker.client("roaming").await;
     let mut subscription = edge.subscribe("roam.x").await.expect("subscribe");
     let publisher = broker.client("publisher").await;
@@ -205,7 +151,7 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
     // second, while the broker, still hearing the client until then, usually keeps the old
     // connection attached when the resume arrives, and takes it over. (The takeover itself is
     // tested deterministically in sessions.rs.)
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let session = edge.session_id();
@@ -252,7 +198,7 @@ async fn an_at_least_once_subscriber_cut_off_gets_every_message_in_order_with_re
 {
     const COUNT: u64 = 1_000;
     const LOST_IN_FLIGHT: u64 = 300;
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let mut subscription = edge
@@ -323,7 +269,7 @@ struct CutOffSubscriber {
 }
 
 async fn cut_off_while_receiving(topic: &str) -> CutOffSubscriber {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let mut subscription = edge.subscribe(topic).await.expect("subscribe");
