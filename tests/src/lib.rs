@@ -27,8 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
-use cassini_client::{Client, ClientBuilder};
+use bytes::Bytes;
+use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats};
+use cassini_client::{Client, ClientBuilder, Subscription};
 use cassini_quic::certs::IssuedCert;
 use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
 pub use cassini_quic::test_util::{identity_of, Pki};
@@ -73,6 +74,22 @@ impl TestBroker {
         init_tracing();
         let addr = "127.0.0.1:0".parse().expect("addr");
         Self::start_on(addr, Pki::new(), config, options).await
+    }
+
+    /// Asserts that a new client named `name` notices nothing: it publishes to itself and
+    /// receives it, then closes.
+    pub async fn assert_bystander_unaffected(&self, name: &str) {
+        let client = self.client(name).await;
+        let mut subscription = client.subscribe("bystander.x").await.expect("subscribe");
+        assert_delivers(
+            &client,
+            "bystander.x",
+            b"fine",
+            &mut subscription,
+            "bystander delivery",
+        )
+        .await;
+        client.close().await.expect("close");
     }
 
     /// Stops this broker, losing everything it held in memory, and starts a new one with
@@ -262,6 +279,31 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `BrokerConfig::default()` with `limits`.
+pub fn with_limits(limits: BrokerLimits) -> BrokerConfig {
+    BrokerConfig {
+        limits,
+        ..BrokerConfig::default()
+    }
+}
+
+/// Publishes `payload` to `topic` from `publisher`, acknowledged, and asserts that
+/// `subscription` delivers it next (within the deadline; `what` names the wait).
+pub async fn assert_delivers(
+    publisher: &Client,
+    topic: &str,
+    payload: &'static [u8],
+    subscription: &mut Subscription,
+    what: &str,
+) {
+    publisher
+        .publish_acked(topic, Bytes::from_static(payload))
+        .await
+        .expect("publish");
+    let message = within(what, subscription.recv()).await.expect("message");
+    assert_eq!(message.payload().as_ref(), payload);
 }
 
 /// Awaits `future`, failing the test after [`DEADLINE`].

@@ -12,11 +12,10 @@ use std::path::Path;
 use bytes::{BufMut, Bytes, BytesMut};
 use cassini_client::Client;
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
-use cassini_e2e::{raw_connect, within};
+use cassini_e2e::{assert_delivers, raw_connect, within};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
 use cassini_quic::tls;
-use futures_util::StreamExt;
 use harness::{init_certs, Broker};
 
 /// Frames of each header-heavy kind in the flood.
@@ -153,14 +152,14 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
         HEADER_FLOOD_GROWTH_BOUND >> 20
     );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", calm.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut calm,
+        "bystander delivery",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -219,12 +218,12 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
         PARTIAL_GROWTH_BOUND >> 20
     );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", calm.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut calm,
+        "bystander delivery",
+    )
+    .await;
 }

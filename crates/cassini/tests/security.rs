@@ -8,10 +8,10 @@ mod harness;
 
 use std::path::Path;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use cassini_client::{Client, SubscriptionEnd};
 use cassini_e2e::raw::{self, close_of};
-use cassini_e2e::{raw_connect, within};
+use cassini_e2e::{assert_delivers, raw_connect, within};
 use cassini_protocol::ErrorCode;
 use cassini_quic::tls;
 use futures_util::StreamExt;
@@ -98,14 +98,14 @@ async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memor
         FLOOD_GROWTH_BOUND >> 20
     );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut subscription,
+        "bystander delivery",
+    )
+    .await;
 }
 
 /// Sessions eve creates and abandons, each with one subscription.
@@ -179,14 +179,14 @@ async fn abandoned_sessions_of_one_identity_stay_within_its_session_quota() {
         growth >> 20,
         SESSIONS_GROWTH_BOUND >> 20
     );
-    alice
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("alice's delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &alice,
+        "calm.x",
+        b"still here",
+        &mut subscription,
+        "alice's delivery",
+    )
+    .await;
 }
 
 const ACL: &str = r#"
@@ -228,14 +228,14 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
         feeds.end_reason(),
         Some(SubscriptionEnd::Reset(ErrorCode::NOT_AUTHORIZED))
     );
-    publisher
-        .publish_acked("sensors.t", Bytes::from_static(b"allowed"))
-        .await
-        .expect("publish");
-    let message = within("sensors delivery", sensors.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"allowed");
+    assert_delivers(
+        &publisher,
+        "sensors.t",
+        b"allowed",
+        &mut sensors,
+        "sensors delivery",
+    )
+    .await;
 
     // An invalid edit is refused with its line, and the broker keeps the previous ACL.
     broker.wait_for_log("reloaded the ACL");
@@ -247,14 +247,14 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
     .expect("bad ACL");
     broker.wait_for_log("line 4");
     assert_eq!(broker.log_count("reloaded the ACL"), reloads);
-    publisher
-        .publish_acked("sensors.t", Bytes::from_static(b"still"))
-        .await
-        .expect("publish under the kept ACL");
-    let message = within("sensors delivery", sensors.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still");
+    assert_delivers(
+        &publisher,
+        "sensors.t",
+        b"still",
+        &mut sensors,
+        "sensors delivery",
+    )
+    .await;
 }
 
 fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
@@ -313,13 +313,14 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
     assert!(broker.log_count("SIGHUP") >= 1);
     assert!(!admitted(&broker.server(), dir.path(), "alice").await);
-    bob.publish_acked("bob.x", Bytes::from_static(b"through it all"))
-        .await
-        .expect("publish");
-    let message = within("bob delivery", bob_subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"through it all");
+    assert_delivers(
+        &bob,
+        "bob.x",
+        b"through it all",
+        &mut bob_subscription,
+        "bob delivery",
+    )
+    .await;
 
     // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
     certs(dir.path(), &["issue", "alice"]);
