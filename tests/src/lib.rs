@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats};
 use cassini_client::{Client, ClientBuilder, Subscription};
-use cassini_quic::certs::IssuedCert;
+use cassini_quic::certs::{IssuedCert, Validity};
 use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
 pub use cassini_quic::test_util::{identity_of, Pki};
 use cassini_quic::tls::{self, QuicOptions, RevocationOptions, ServerTls};
@@ -281,6 +281,16 @@ where
     }
 }
 
+/// A certificate validity window from `from_days` to `to_days` days from now (negative: in the
+/// past): `(-30, -1)` has expired, `(1, 30)` is not yet valid.
+pub fn days_from_now(from_days: i64, to_days: i64) -> Validity {
+    let now = time::OffsetDateTime::now_utc();
+    Validity {
+        not_before: now + time::Duration::days(from_days),
+        not_after: now + time::Duration::days(to_days),
+    }
+}
+
 /// `BrokerConfig::default()` with `limits`.
 pub fn with_limits(limits: BrokerLimits) -> BrokerConfig {
     BrokerConfig {
@@ -322,6 +332,7 @@ pub mod raw {
         encode_frame, ErrorCode, Frame, FrameDecoder, Hello, SessionId, Welcome, PROTOCOL_VERSION,
     };
     use cassini_quic::test_util::{self, FrameReadError};
+    use rustls::pki_types::CertificateDer;
 
     use super::within;
 
@@ -364,6 +375,15 @@ pub mod raw {
             Frame::Welcome(welcome) => Some((welcome, send, recv)),
             other => panic!("expected Welcome, got {}", other.kind()),
         }
+    }
+
+    /// The leaf certificate the broker presented on `connection`.
+    pub fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
+        let identity = connection.peer_identity().expect("server certificate");
+        let chain = identity
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .expect("a certificate chain");
+        chain.first().expect("leaf").clone()
     }
 
     /// The application close code and reason of a closed connection.

@@ -6,14 +6,13 @@
 //! server certificate is what new clients see, while connections opened before continue.
 
 use cassini_client::Client;
-use cassini_e2e::raw::{self, close_of};
+use cassini_e2e::raw::{self, close_of, server_cert_of};
 use cassini_e2e::{assert_delivers, identity_of, TestBroker};
 use cassini_protocol::ErrorCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
 use cassini_quic::tls::RevocationOptions;
-use rustls::pki_types::CertificateDer;
 
 /// Whether the broker lets a client presenting `cert` through to a `Welcome`. With TLS 1.3 a
 /// refused client may see its handshake complete and learn of the refusal only as a close, so
@@ -126,14 +125,6 @@ async fn an_unknown_revocation_status_fails_closed_unless_allowed() {
     admitted(&broker, &alice).await.expect("not revoked");
     admitted(&broker, &mallory).await.expect_err("revoked");
     broker.stop().await;
-}
-
-fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
-    let identity = connection.peer_identity().expect("server certificate");
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .expect("a certificate chain");
-    chain.first().expect("leaf").clone()
 }
 
 #[tokio::test]

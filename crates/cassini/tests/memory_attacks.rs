@@ -10,12 +10,11 @@ mod harness;
 use std::path::Path;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cassini_client::Client;
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
-use cassini_e2e::{assert_delivers, raw_connect, within};
+use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
-use cassini_quic::tls;
+use harness::clients::{client, raw_client};
 use harness::{init_certs, Broker};
 
 /// Frames of each header-heavy kind in the flood.
@@ -33,28 +32,10 @@ const PARTIAL_CAP: u64 = 64 * 1024 * 1024;
 const PARTIAL_GROWTH_BOUND: u64 =
     PARTIAL_CAP + PARTIAL_CONNECTIONS as u64 * 16 * 1024 * 1024 + 16 * 1024 * 1024;
 
-async fn raw(addr: &str, dir: &Path, name: &str) -> (quinn::Endpoint, quinn::Connection) {
-    let ca = tls::load_certs(&dir.join("ca.crt")).expect("ca");
-    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt"))).expect("cert");
-    let key = tls::load_key(&dir.join(format!("client-{name}.key"))).expect("key");
-    raw_connect(addr.parse().expect("addr"), ca, chain, key)
-        .await
-        .expect("connect")
-}
-
-async fn client(addr: &str, dir: &Path, name: &str) -> Client {
-    Client::builder(addr)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .connect()
-        .await
-        .expect("client connects")
-}
-
 /// A subscription to `filter` with the default 4 MiB bound, left detached: its connection
 /// vanished without a goodbye.
 async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
-    let (endpoint, connection) = raw(addr, dir, "victim").await;
+    let (endpoint, connection) = raw_client(addr, dir, "victim").await.expect("connect");
     let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
     let subscribe = Frame::Subscribe(Subscribe {
         request_id: 1,
@@ -84,7 +65,9 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
     let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
     let before = broker.rss_bytes();
 
-    let (_endpoint, connection) = raw(&broker.server(), dir.path(), "flooder").await;
+    let (_endpoint, connection) = raw_client(&broker.server(), dir.path(), "flooder")
+        .await
+        .expect("connect");
     let _control = raw::hello(&connection, None).await.expect("welcome");
     let (mut send, mut recv) = connection.open_bi().await.expect("publish stream");
     let max_frame = DEFAULT_MAX_FRAME_BYTES as usize;
@@ -176,7 +159,7 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
         let addr = broker.server();
         let dir = dir.path().to_owned();
         attacks.push(tokio::spawn(async move {
-            let (endpoint, connection) = raw(&addr, &dir, "eve").await;
+            let (endpoint, connection) = raw_client(&addr, &dir, "eve").await.expect("connect");
             let _control = raw::hello(&connection, None).await.expect("welcome");
             let max_frame = DEFAULT_MAX_FRAME_BYTES;
             let mut partial = BytesMut::with_capacity(max_frame as usize + 4);

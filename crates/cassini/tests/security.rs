@@ -9,14 +9,14 @@ mod harness;
 use std::path::Path;
 
 use bytes::{BufMut, BytesMut};
-use cassini_client::{Client, SubscriptionEnd};
-use cassini_e2e::raw::{self, close_of};
-use cassini_e2e::{assert_delivers, raw_connect, within};
+use cassini_client::SubscriptionEnd;
+use cassini_e2e::raw::{self, close_of, server_cert_of};
+use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::ErrorCode;
 use cassini_quic::tls;
 use futures_util::StreamExt;
+use harness::clients::{client, raw_client};
 use harness::{certs, init_certs, Broker};
-use rustls::pki_types::CertificateDer;
 
 /// 100 connections, each declaring one 256 MiB frame.
 const FLOOD_CONNECTIONS: usize = 100;
@@ -24,29 +24,9 @@ const DECLARED_FRAME: u32 = 256 * 1024 * 1024;
 /// The issue's bound on the broker's growth for those 100 connections.
 const FLOOD_GROWTH_BOUND: u64 = 25 * 1024 * 1024;
 
-async fn raw(
-    addr: &str,
-    dir: &Path,
-    name: &str,
-) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
-    let ca = tls::load_certs(&dir.join("ca.crt"))?;
-    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt")))?;
-    let key = tls::load_key(&dir.join(format!("client-{name}.key")))?;
-    raw_connect(addr.parse()?, ca, chain, key).await
-}
-
-async fn client(addr: &str, dir: &Path, name: &str) -> Client {
-    Client::builder(addr)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .connect()
-        .await
-        .expect("client connects")
-}
-
 /// Whether a client named `name` gets through to a `Welcome`.
 async fn admitted(addr: &str, dir: &Path, name: &str) -> bool {
-    match raw(addr, dir, name).await {
+    match raw_client(addr, dir, name).await {
         Ok((_endpoint, connection)) => raw::hello(&connection, None).await.is_some(),
         Err(_) => false,
     }
@@ -66,7 +46,7 @@ async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memor
         let addr = broker.server();
         let dir = dir.path().to_owned();
         floods.push(tokio::spawn(async move {
-            let (endpoint, connection) = raw(&addr, &dir, "flooder").await.expect("connect");
+            let (endpoint, connection) = raw_client(&addr, &dir, "flooder").await.expect("connect");
             let _control = raw::hello(&connection, None).await.expect("welcome");
             let (mut send, _recv) = connection.open_bi().await.expect("publish stream");
             let mut declaration = BytesMut::new();
@@ -123,7 +103,7 @@ const SESSIONS_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
 async fn abandon_session(addr: &str, dir: &Path, name: &str) {
     use cassini_e2e::raw::{encoded, read_frame};
     use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
-    let (endpoint, connection) = raw(addr, dir, name).await.expect("connect");
+    let (endpoint, connection) = raw_client(addr, dir, name).await.expect("connect");
     let (_welcome, mut send, mut recv) = raw::hello(&connection, None).await.expect("welcome");
     let subscribe = Frame::Subscribe(Subscribe {
         request_id: 1,
@@ -257,14 +237,6 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
     .await;
 }
 
-fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
-    let identity = connection.peer_identity().expect("server certificate");
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .expect("a certificate chain");
-    chain.first().expect("leaf").clone()
-}
-
 #[tokio::test]
 async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -275,7 +247,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         1,
         "running without an ACL is said once, at start"
     );
-    let (_alice_endpoint, alice) = raw(&broker.server(), dir.path(), "alice")
+    let (_alice_endpoint, alice) = raw_client(&broker.server(), dir.path(), "alice")
         .await
         .expect("alice");
     let (alice_welcome, _send, _recv) = raw::hello(&alice, None).await.expect("alice welcomed");
@@ -298,7 +270,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     let new_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
     assert_ne!(old_server, new_server);
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
-    let (_endpoint, fresh) = raw(&broker.server(), dir.path(), "bob")
+    let (_endpoint, fresh) = raw_client(&broker.server(), dir.path(), "bob")
         .await
         .expect("connect");
     assert_eq!(
@@ -324,7 +296,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
 
     // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
     certs(dir.path(), &["issue", "alice"]);
-    let (_endpoint, reissued) = raw(&broker.server(), dir.path(), "alice")
+    let (_endpoint, reissued) = raw_client(&broker.server(), dir.path(), "alice")
         .await
         .expect("connect");
     assert!(raw::hello(&reissued, Some(alice_welcome.session_id))

@@ -12,6 +12,8 @@
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers.
+//! - [`clients`]: a `cassini-client` or a raw quinn connection presenting the certificates of a
+//!   directory, for the suites that attack or load a running broker.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -29,6 +31,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub(crate) mod clients;
 pub(crate) mod workspace;
 
 /// The binary under test.
