@@ -31,6 +31,16 @@ fn client_args<'a>(
     all
 }
 
+/// [`client_args`] for the client most tests use, `dev`.
+fn dev_args<'a>(args: &[&'a str], server: &'a str, certs: &'a str) -> Vec<&'a str> {
+    client_args(args, server, certs, "dev")
+}
+
+/// [`client`] named `dev`, the client most tests use.
+fn dev(args: &[&str], server: &str, certs: &str) -> Command {
+    client(args, server, certs, "dev")
+}
+
 /// `cassini ARGS` as a client of `server`, named `name`, with the certificates in `certs`.
 fn client(args: &[&str], server: &str, certs: &str, name: &str) -> Command {
     cassini(&client_args(args, server, certs, name))
@@ -99,11 +109,10 @@ fn sub_exits_non_zero_on_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let output = run(&mut client(
+    let output = run(&mut dev(
         &["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"],
         &server,
         certs,
-        "dev",
     ));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -134,12 +143,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
     assert!(init.status.success());
     let unreachable = cassini_e2e::closed_udp_addr().to_string();
-    let output = run(&mut client(
-        &["pub", "demo.x", "hi"],
-        &unreachable,
-        certs,
-        "dev",
-    ));
+    let output = run(&mut dev(&["pub", "demo.x", "hi"], &unreachable, certs));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: "), "stderr: {stderr}");
@@ -207,29 +211,9 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let mut service = spawn_until(
-        client(
-            &[
-                "reply",
-                "svc.upper",
-                "--command",
-                "tr a-z A-Z",
-                "--count",
-                "1",
-            ],
-            &server,
-            certs,
-            "dev",
-        ),
-        "serving svc.upper",
-    );
+    let mut service = reply_once(&server, certs, "svc.upper", "tr a-z A-Z");
 
-    let reply = run(&mut client(
-        &["req", "svc.upper", "hello", "--timeout", "10"],
-        &server,
-        certs,
-        "dev",
-    ));
+    let reply = request_hello(&server, certs, "svc.upper");
     assert_ok(&reply, "req");
     assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "HELLO");
     assert!(
@@ -238,12 +222,7 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     );
 
     let started = Instant::now();
-    let refused = run(&mut client(
-        &["req", "svc.nobody", "hello", "--timeout", "10"],
-        &server,
-        certs,
-        "dev",
-    ));
+    let refused = request_hello(&server, certs, "svc.nobody");
     assert_eq!(refused.status.code(), Some(3), "no responders exit status");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no responders on svc.nobody"));
     assert!(
@@ -349,19 +328,17 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
     let mut broker = Broker::start(&["--certs", certs, "--acl", acl.to_str().expect("utf-8 path")]);
     let server = broker.server();
 
-    let allowed = run(&mut client(
+    let allowed = run(&mut dev(
         &["pub", "demo.ok", "hi", "--count", "3"],
         &server,
         certs,
-        "dev",
     ));
     assert_ok(&allowed, "an allowed pub exits 0");
 
-    let refused = run(&mut client(
+    let refused = run(&mut dev(
         &["pub", "secret.x", "hi", "--count", "3"],
         &server,
         certs,
-        "dev",
     ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(
@@ -382,22 +359,9 @@ fn req_exits_4_when_the_responder_command_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let mut service = spawn_until(
-        client(
-            &["reply", "svc.fail", "--command", "exit 7", "--count", "1"],
-            &server,
-            certs,
-            "dev",
-        ),
-        "serving svc.fail",
-    );
+    let mut service = reply_once(&server, certs, "svc.fail", "exit 7");
 
-    let reply = run(&mut client(
-        &["req", "svc.fail", "hello", "--timeout", "10"],
-        &server,
-        certs,
-        "dev",
-    ));
+    let reply = request_hello(&server, certs, "svc.fail");
     let stderr = String::from_utf8_lossy(&reply.stderr);
     assert_eq!(reply.status.code(), Some(4), "req: {stderr}");
     assert!(
@@ -437,7 +401,7 @@ fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
 
     // Every connection logs at info level; these lines now go to a closed pipe.
     for _ in 0..3 {
-        let published = run(&mut client(&["pub", "demo.x", "hi"], &server, certs, "dev"));
+        let published = run(&mut dev(&["pub", "demo.x", "hi"], &server, certs));
         assert_ok(&published, "the broker still serves");
     }
     terminate(&mut broker);
@@ -455,7 +419,7 @@ fn sigterm_ends_sub_like_ctrl_c() {
     let server = broker.server();
 
     let mut subscriber = spawn_until(
-        client(&["sub", "demo.>"], &server, certs, "dev"),
+        dev(&["sub", "demo.>"], &server, certs),
         "subscribed to demo.>",
     );
     terminate(&mut subscriber);
@@ -486,11 +450,10 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let server = broker.server();
 
     let mut first = spawn_until(
-        client(
+        dev(
             &["sub", "away.>", "--session", "s1", "--ack"],
             &server,
             certs,
-            "dev",
         ),
         "subscribed to away.>",
     );
@@ -501,19 +464,14 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     );
 
     for message in ["one", "two", "three"] {
-        let published = run(&mut client(
-            &["pub", "away.x", message],
-            &server,
-            certs,
-            "dev",
-        ));
+        let published = run(&mut dev(&["pub", "away.x", message], &server, certs));
         assert_ok(&published, "pub");
     }
     // The named session and its backlog are on disk: a broker restart keeps them.
     assert!(broker.terminate().success());
     broker.start_again();
 
-    let second = run(&mut client(
+    let second = run(&mut dev(
         &[
             "sub",
             "away.>",
@@ -528,7 +486,6 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
         ],
         &server,
         certs,
-        "dev",
     ));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "second sub: {stderr}");
@@ -541,7 +498,7 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     );
 
     // Acknowledged and left: the next run of the session has nothing more.
-    let third = run(&mut client(
+    let third = run(&mut dev(
         &[
             "sub",
             "away.>",
@@ -555,7 +512,6 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
         ],
         &server,
         certs,
-        "dev",
     ));
     assert_eq!(third.status.code(), Some(2), "nothing left to print");
     assert!(third.stdout.is_empty());
@@ -590,15 +546,29 @@ fn run_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     child.wait_with_output().expect("wait")
 }
 
+/// Starts `cassini reply SUBJECT --command COMMAND --count 1` and waits until it serves.
+fn reply_once(server: &str, certs: &str, subject: &str, command: &str) -> Child {
+    let args = ["reply", subject, "--command", command, "--count", "1"];
+    spawn_until(dev(&args, server, certs), &format!("serving {subject}"))
+}
+
+/// Runs `cassini req SUBJECT hello --timeout 10`.
+fn request_hello(server: &str, certs: &str, subject: &str) -> std::process::Output {
+    run(&mut dev(
+        &["req", subject, "hello", "--timeout", "10"],
+        server,
+        certs,
+    ))
+}
+
 /// Starts `cassini sub FILTER --count N --raw` and waits until it is subscribed.
 fn raw_subscriber(server: &str, certs: &str, filter: &str, count: u64) -> Child {
     let count = count.to_string();
     spawn_until(
-        client(
+        dev(
             &["sub", filter, "--count", &count, "--timeout", "30", "--raw"],
             server,
             certs,
-            "dev",
         ),
         &format!("subscribed to {filter}"),
     )
@@ -636,14 +606,11 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     let subscriber = raw_subscriber(&server, &certs, "bin.x", 3);
     let binary: &[u8] = &[0, 159, 255, b'\n', 0, 7];
     assert_ok(
-        &run_with_stdin(
-            &client_args(&["pub", "bin.x", "-"], &server, &certs, "dev"),
-            binary,
-        ),
+        &run_with_stdin(&dev_args(&["pub", "bin.x", "-"], &server, &certs), binary),
         "pub -",
     );
     assert_ok(
-        &run(&mut client(&["pub", "bin.x", ""], &server, &certs, "dev")),
+        &run(&mut dev(&["pub", "bin.x", ""], &server, &certs)),
         "pub with an empty body",
     );
     let big = dir.path().join("big.bin");
@@ -651,11 +618,10 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     std::fs::write(&big, &big_body).expect("write");
     let big_arg = big.to_str().expect("utf-8 path");
     assert_ok(
-        &run(&mut client(
+        &run(&mut dev(
             &["pub", "bin.x", "--file", big_arg],
             &server,
             &certs,
-            "dev",
         )),
         "pub --file of 1 MiB",
     );
@@ -669,11 +635,10 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     let mut too_big = big_body.clone();
     too_big.push(0);
     std::fs::write(&big, &too_big).expect("write");
-    let refused = run(&mut client(
+    let refused = run(&mut dev(
         &["pub", "bin.x", "--file", big_arg],
         &server,
         &certs,
-        "dev",
     ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -684,7 +649,7 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
     // --lines from standard input and from a file; {{Count}} numbers the messages from 1.
     let subscriber = raw_subscriber(&server, &certs, "lines.x", 5);
-    let args = client_args(&["pub", "lines.x", "-", "--lines"], &server, &certs, "dev");
+    let args = dev_args(&["pub", "lines.x", "-", "--lines"], &server, &certs);
     assert_ok(
         &run_with_stdin(&args, b"a {{Count}}\r\nb {{Count}}\n"),
         "pub --lines",
@@ -692,11 +657,10 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     let file = dir.path().join("lines.txt");
     std::fs::write(&file, "c\nd\ne").expect("write");
     let file = file.to_str().expect("utf-8 path");
-    let mut publish = client(
+    let mut publish = dev(
         &["pub", "lines.x", "--lines", "--file", file],
         &server,
         &certs,
-        "dev",
     );
     assert_ok(&run(&mut publish), "pub --lines --file");
     assert_eq!(
@@ -706,7 +670,7 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
     // --count with a template and --sleep between messages.
     let subscriber = raw_subscriber(&server, &certs, "tpl.x", 3);
-    let mut publish = client(
+    let mut publish = dev(
         &[
             "pub",
             "tpl.x",
@@ -718,7 +682,6 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
         ],
         &server,
         &certs,
-        "dev",
     );
     let started = Instant::now();
     assert_ok(&run(&mut publish), "pub --count --sleep");
@@ -749,11 +712,10 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
     let server = broker.server();
     let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
     assert_ok(
-        &run(&mut client(
+        &run(&mut dev(
             &["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"],
             &server,
             certs,
-            "dev",
         )),
         "pub --ack",
     );
@@ -762,11 +724,10 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
         "m1\nm2\n"
     );
 
-    let refused = run(&mut client(
+    let refused = run(&mut dev(
         &["pub", "secret.x", "hi", "--ack"],
         &server,
         certs,
-        "dev",
     ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -929,11 +890,10 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
     use std::io::Write as _;
     let (_dir, certs, server, mut broker) = broker_with(&[]);
     let first = raw_subscriber(&server, &certs, "stream.x", 1);
-    let mut publisher = client(
+    let mut publisher = dev(
         &["pub", "stream.x", "-", "--lines", "--ack"],
         &server,
         &certs,
-        "dev",
     )
     .stdin(std::process::Stdio::piped())
     .stdout(std::process::Stdio::null())
@@ -959,12 +919,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
 
-    let ping = run(&mut client(
-        &["server", "ping", "-c", "3"],
-        &server,
-        certs,
-        "dev",
-    ));
+    let ping = run(&mut dev(&["server", "ping", "-c", "3"], &server, certs));
     let stdout = String::from_utf8_lossy(&ping.stdout);
     assert_ok(&ping, "ping");
     assert_eq!(
@@ -977,7 +932,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     );
     assert!(stdout.contains("3 pings: min "), "{stdout}");
 
-    let check = run(&mut client(&["server", "check"], &server, certs, "dev"));
+    let check = run(&mut dev(&["server", "check"], &server, certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(
@@ -988,12 +943,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     assert!(broker.terminate().success());
 
     // Nobody listens any more: a verdict, not a hang.
-    let check = run(&mut client(
-        &["server", "check", "-t", "3"],
-        &server,
-        certs,
-        "dev",
-    ));
+    let check = run(&mut dev(&["server", "check", "-t", "3"], &server, certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(2), "{stdout}");
     assert!(stdout.starts_with("CASSINI CRITICAL - "), "{stdout}");
