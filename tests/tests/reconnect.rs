@@ -26,6 +26,18 @@ fn index_of(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().expect("8-byte index"))
 }
 
+/// Asserts that the next messages of `subscription` carry the indexes of `range`, in order.
+async fn assert_next_indexes(
+    subscription: &mut Subscription,
+    range: std::ops::Range<u64>,
+    what: &str,
+) {
+    for i in range {
+        let message = next(subscription).await;
+        assert_eq!(index_of(message.payload()), i, "{what}");
+    }
+}
+
 async fn next(subscription: &mut Subscription) -> cassini_client::Message {
     within("next message", subscription.next())
         .await
@@ -42,9 +54,7 @@ async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
     let publisher = broker.client("publisher").await;
 
     publish_range(&publisher, "telemetry.temp", 0..10).await;
-    for i in 0..10 {
-        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
-    }
+    assert_next_indexes(&mut subscription, 0..10, "in order").await;
 
     relay.cut();
     wait_for_state(&edge, "the client notices the drop", |s| {
@@ -96,10 +106,7 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
     publish_range(&publisher, "backlog.x", 1..1001).await;
     relay.restore();
 
-    for i in 901..1001 {
-        let message = next(&mut subscription).await;
-        assert_eq!(index_of(message.payload()), i, "the newest 100, in order");
-    }
+    assert_next_indexes(&mut subscription, 901..1001, "the newest 100, in order").await;
     let gaps = subscription.take_gaps();
     assert_eq!(
         gaps,
@@ -182,9 +189,7 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
     let mut states = edge.state_changes();
     states.borrow_and_update();
     publish_range(&publisher, "takeover.x", 0..20).await;
-    for i in 0..20 {
-        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
-    }
+    assert_next_indexes(&mut subscription, 0..20, "in order").await;
     assert!(
         !states.has_changed().expect("state channel open"),
         "no ping-pong after the takeover: {:?}",
@@ -308,14 +313,7 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
     publish_range(&publisher, "amo.x", 51..61).await;
     relay.restore();
 
-    for i in 51..61 {
-        let message = next(&mut subscription).await;
-        assert_eq!(
-            index_of(message.payload()),
-            i,
-            "what was still queued, in order"
-        );
-    }
+    assert_next_indexes(&mut subscription, 51..61, "what was still queued, in order").await;
     assert_eq!(
         subscription.take_gaps(),
         vec![Gap::Missed {
