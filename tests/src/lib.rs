@@ -76,6 +76,19 @@ impl TestBroker {
         Self::start_on(addr, Pki::new(), config, options).await
     }
 
+    /// Waits until the broker holds nothing: no connection, session, subscriber, topic or
+    /// route.
+    pub async fn wait_until_empty(&self, what: &str) {
+        self.wait_for_stats(what, |s| {
+            s.connections == 0
+                && s.sessions == 0
+                && s.subscribers == 0
+                && s.topics == 0
+                && s.routes_empty
+        })
+        .await;
+    }
+
     /// Asserts that a new client named `name` notices nothing: it publishes to itself and
     /// receives it, then closes.
     pub async fn assert_bystander_unaffected(&self, name: &str) {
