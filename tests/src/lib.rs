@@ -390,6 +390,13 @@ pub mod raw {
         }
     }
 
+    /// Closes `connection` with no goodbye (code 99, "vanishing") and waits until `endpoint`
+    /// has told the broker: the broker sees a client vanish, and keeps its session detached.
+    pub async fn vanish(endpoint: &quinn::Endpoint, connection: &quinn::Connection) {
+        connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+        endpoint.wait_idle().await;
+    }
+
     /// The leaf certificate the broker presented on `connection`.
     pub fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
         let identity = connection.peer_identity().expect("server certificate");

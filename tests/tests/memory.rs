@@ -207,8 +207,7 @@ async fn detached_subscription(
         Frame::Subscribed(subscribed) => subscribed.subscription,
         other => panic!("expected Subscribed, got {other:?}"),
     };
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     broker
         .wait_for_stats("subscriber gone", |s| s.connections == 0)
         .await;

@@ -21,8 +21,7 @@ async fn abandoned_session(broker: &TestBroker, name: &str) -> SessionId {
     let (welcome, _send, _recv) = hello(&connection, None).await.expect("welcome");
     assert!(!welcome.resumed);
     assert_eq!(welcome.identity, name);
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     broker
         .wait_for_stats("connection gone", |s| s.connections == 0)
         .await;
@@ -285,8 +284,7 @@ async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
     // alice subscribes by hand, receives sequence 1, and vanishes.
     let (session, subscription, endpoint, connection) =
         raw_subscriber_with_one_message(&broker, &publisher, "wrap.t").await;
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     publisher.close().await.expect("close");
 
     let broker = broker.restart_with(durable(dir.path())).await;
@@ -321,8 +319,7 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
     // her session while she is away.
     let (session, subscription, endpoint, connection) =
         raw_subscriber_with_one_message(&broker, &publisher, "quiet.t").await;
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     broker
         .wait_for_stats("alice's session detached", |s| s.connections == 1)
         .await;

@@ -499,6 +499,25 @@ impl Broker {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
 
+    /// Asserts that the broker's peak memory is less than `bound` bytes above `before` (its
+    /// resident memory before the attack), printing the figures for `what`.
+    pub(crate) fn assert_peak_growth_below(&self, before: u64, bound: u64, what: &str) {
+        let peak = self.peak_rss_bytes();
+        let growth = peak.saturating_sub(before);
+        eprintln!(
+            "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {what}",
+            before >> 10,
+            peak >> 10,
+            growth >> 10
+        );
+        assert!(
+            growth < bound,
+            "broker grew by {} MiB, bound {} MiB",
+            growth >> 20,
+            bound >> 20
+        );
+    }
+
     /// SIGKILL: no shutdown, no flush, no goodbye. Waits until the process is gone.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
