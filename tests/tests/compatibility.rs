@@ -335,12 +335,44 @@ async fn raw_with(
     (endpoint, connection)
 }
 
-fn subscribe_frame(request_id: u64, filter: &str) -> BytesMut {
-    encoded(&Frame::Subscribe(Subscribe {
+/// Subscribes to `filter` by hand on the control stream (`send`, `recv`); returns the
+/// subscription of the broker's `Subscribed` answer.
+async fn subscribed(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    request_id: u64,
+    filter: &str,
+) -> u64 {
+    let subscribe = Frame::Subscribe(Subscribe {
         request_id,
         filter: filter.into(),
         options: SubscribeOptions::default(),
-    }))
+    });
+    send.write_all(&encoded(&subscribe))
+        .await
+        .expect("subscribe");
+    match read_frame(recv, buf).await {
+        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+}
+
+/// Accepts `connection`'s next subscription stream and checks that it starts `subscription`;
+/// returns the stream and its read buffer.
+async fn subscription_stream(
+    connection: &quinn::Connection,
+    subscription: u64,
+) -> (quinn::RecvStream, BytesMut) {
+    let mut stream = within("a subscription stream", connection.accept_uni())
+        .await
+        .expect("stream");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut stream, &mut buf).await {
+        Some(Frame::SubscriptionStart(start)) => assert_eq!(start.subscription, subscription),
+        other => panic!("expected SubscriptionStart, got {other:?}"),
+    }
+    (stream, buf)
 }
 
 #[tokio::test]
@@ -355,30 +387,11 @@ async fn a_subscription_the_client_allows_no_stream_for_ends_with_stream_limit()
     assert!(welcome.limits.max_subscriptions > 1);
     let mut buf = BytesMut::new();
 
-    send.write_all(&subscribe_frame(1, "a.x"))
-        .await
-        .expect("subscribe");
-    let first = match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
-        other => panic!("expected Subscribed, got {other:?}"),
-    };
-    let mut stream = within("the first stream", connection.accept_uni())
-        .await
-        .expect("stream");
-    let mut stream_buf = BytesMut::new();
-    match read_frame(&mut stream, &mut stream_buf).await {
-        Some(Frame::SubscriptionStart(start)) => assert_eq!(start.subscription, first),
-        other => panic!("expected SubscriptionStart, got {other:?}"),
-    }
+    let first = subscribed(&mut send, &mut recv, &mut buf, 1, "a.x").await;
+    let _first_stream = subscription_stream(&connection, first).await;
 
     // The client allows one stream and holds it: the second subscription cannot get its own.
-    send.write_all(&subscribe_frame(2, "b.x"))
-        .await
-        .expect("subscribe");
-    let second = match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
-        other => panic!("expected Subscribed, got {other:?}"),
-    };
+    let second = subscribed(&mut send, &mut recv, &mut buf, 2, "b.x").await;
     match read_frame(&mut recv, &mut buf).await {
         Some(Frame::SubscriptionEnded(ended)) => {
             assert_eq!(ended.subscription, second);
@@ -430,19 +443,8 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
     let (_endpoint, first) = broker.raw_connection("forgetful").await;
     let (welcome, mut send, mut recv) = raw::hello(&first, None).await.expect("welcome");
     let mut buf = BytesMut::new();
-    send.write_all(&subscribe_frame(1, "quiet.x"))
-        .await
-        .expect("subscribe");
-    let subscription = match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
-        other => panic!("expected Subscribed, got {other:?}"),
-    };
-    let mut stream = within("stream", first.accept_uni()).await.expect("stream");
-    let mut stream_buf = BytesMut::new();
-    assert!(matches!(
-        read_frame(&mut stream, &mut stream_buf).await,
-        Some(Frame::SubscriptionStart(_))
-    ));
+    let subscription = subscribed(&mut send, &mut recv, &mut buf, 1, "quiet.x").await;
+    let (mut stream, mut stream_buf) = subscription_stream(&first, subscription).await;
     for i in 0..3u8 {
         publisher
             .publish_acked("quiet.x", Bytes::from(vec![i]))
@@ -474,12 +476,7 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
         Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
         other => panic!("expected Welcome, got {other:?}"),
     }
-    let mut stream = within("stream", second.accept_uni()).await.expect("stream");
-    let mut stream_buf = BytesMut::new();
-    match read_frame(&mut stream, &mut stream_buf).await {
-        Some(Frame::SubscriptionStart(start)) => assert_eq!(start.subscription, subscription),
-        other => panic!("expected SubscriptionStart, got {other:?}"),
-    }
+    let (mut stream, mut stream_buf) = subscription_stream(&second, subscription).await;
     publisher
         .publish_acked("quiet.x", Bytes::from_static(b"next"))
         .await
