@@ -46,6 +46,21 @@ async def publish_acknowledged(conn, topic, payloads):
     await barrier(conn, stream, f"{topic}x.barrier")
 
 
+async def received_then_dropped(broker, certs, topic, count):
+    """alice subscribes to `topic`, bob publishes the payloads b"1" to `count`, alice receives
+    them all (checked in order), then her connection drops with no goodbye. Returns her
+    session id, the subscription and bob."""
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    sub = await subscribe(alice, topic)
+    bob = await connect(broker.port, certs.identity("bob"))
+    await publish_acknowledged(bob, topic, [str(i).encode() for i in range(1, count + 1)])
+    assert [(await sub.next_frame())["sequence"] for _ in range(count)] == list(
+        range(1, count + 1))
+    await drop(alice)  # no goodbye: the session only detaches and keeps queueing
+    return session_id, sub, bob
+
+
 async def away_while_published(broker, certs, topic, count, **options):
     """alice subscribes to `topic` with `options` and goes away; bob publishes the payloads
     1 to `count` (one byte each); alice resumes standing at 0. Returns alice, bob, the
@@ -63,14 +78,7 @@ async def away_while_published(broker, certs, topic, count, **options):
 @spec
 async def test_a_resumed_session_continues_every_subscription_where_the_client_stands(
         broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2", b"3"])
-    assert [(await sub.next_frame())["sequence"] for _ in range(3)] == [1, 2, 3]
-
-    await drop(alice)  # no goodbye: the session only detaches and keeps queueing
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 3)
     await publish_acknowledged(bob, topic, [b"4", b"5"])
 
     alice, welcome = await resume(broker, certs, "alice", session_id, [[sub.id, 3]])
@@ -87,14 +95,7 @@ async def test_a_resumed_session_continues_every_subscription_where_the_client_s
 @spec
 async def test_what_was_sent_into_a_lost_connection_is_announced_as_undelivered(
         broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2", b"3", b"4", b"5"])
-    for _ in range(5):
-        await sub.next_frame()
-    await drop(alice)
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 5)
 
     # The client says it received only up to 2: 3..=5 were sent on the lost connection.
     alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 2]])
@@ -118,14 +119,7 @@ async def test_a_subscription_left_out_of_positions_stands_at_zero_so_its_loss_i
         broker, certs, topic):
     # PROTOCOL.md: a subscription missing from `positions` is taken to stand at 0, so what
     # the broker sent on the lost connection is announced as an Undelivered gap from 1.
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2"])
-    for _ in range(2):
-        await sub.next_frame()
-    await drop(alice)
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 2)
 
     alice, _ = await resume(broker, certs, "alice", session_id, [])
     stream = await stream_of(alice, sub.id)

@@ -390,6 +390,18 @@ pub mod raw {
         }
     }
 
+    /// Writes a `Subscribe` for `filter`, with default options, on the control stream `send`.
+    pub async fn send_subscribe(send: &mut quinn::SendStream, request_id: u64, filter: &str) {
+        let subscribe = Frame::Subscribe(cassini_protocol::Subscribe {
+            request_id,
+            filter: filter.into(),
+            options: cassini_protocol::SubscribeOptions::default(),
+        });
+        send.write_all(&encoded(&subscribe))
+            .await
+            .expect("write Subscribe");
+    }
+
     /// Closes `connection` with no goodbye (code 99, "vanishing") and waits until `endpoint`
     /// has told the broker: the broker sees a client vanish, and keeps its session detached.
     pub async fn vanish(endpoint: &quinn::Endpoint, connection: &quinn::Connection) {

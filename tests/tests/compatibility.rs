@@ -10,8 +10,8 @@ use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{
-    ErrorCode, Frame, GapReason, Hello, OverflowPolicy, Publish, Subscribe, SubscribeOptions,
-    Unsubscribe, PROTOCOL_VERSION,
+    ErrorCode, Frame, GapReason, Hello, OverflowPolicy, Publish, SubscribeOptions, Unsubscribe,
+    PROTOCOL_VERSION,
 };
 use cassini_quic::tls;
 use futures_util::StreamExt;
@@ -344,14 +344,7 @@ async fn subscribed(
     request_id: u64,
     filter: &str,
 ) -> u64 {
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id,
-        filter: filter.into(),
-        options: SubscribeOptions::default(),
-    });
-    send.write_all(&encoded(&subscribe))
-        .await
-        .expect("subscribe");
+    cassini_e2e::raw::send_subscribe(send, request_id, filter).await;
     match read_frame(recv, buf).await {
         Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
         other => panic!("expected Subscribed, got {other:?}"),

@@ -12,7 +12,7 @@ use cassini_client::{Client, ClientError, ConnectionError, PublishError, Subscri
 use cassini_e2e::raw::{self, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{eventually, identity_of, with_limits, within, TestBroker};
-use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions, TopicLimits};
+use cassini_protocol::{ErrorCode, Frame, Publish, SubscribeOptions, TopicLimits};
 use cassini_quic::identity::IdentityRule;
 use cassini_quic::server::{AddressValidation, ServerOptions};
 use cassini_quic::tls::QuicOptions;
@@ -193,15 +193,7 @@ async fn topic_length_depth_and_payload_size() {
     );
     let (_endpoint, connection) = broker.raw_connection("raw-subscriber").await;
     let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: "a.b.c.>".into(),
-        options: SubscribeOptions::default(),
-    });
-    control
-        .write_all(&encoded(&subscribe))
-        .await
-        .expect("write");
+    cassini_e2e::raw::send_subscribe(&mut control, 1, "a.b.c.>").await;
     let mut buf = BytesMut::new();
     match read_frame(&mut answers, &mut buf).await.expect("an answer") {
         Frame::Error(error) => assert_eq!(

@@ -317,16 +317,10 @@ fn bench_durable_runs_a_tiny_smoke_round() {
 
 #[test]
 fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let acl = dir.path().join("acl.toml");
-    std::fs::write(
-        &acl,
+    let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\n",
-    )
-    .expect("write acl");
-    let mut broker = Broker::start(&["--certs", certs, "--acl", acl.to_str().expect("utf-8 path")]);
-    let server = broker.server();
+    );
+    let certs = certs.as_str();
 
     let allowed = run(&mut dev(
         &["pub", "demo.ok", "hi", "--count", "3"],
@@ -531,6 +525,22 @@ fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Broker) {
     (dir, certs, server, broker)
 }
 
+/// [`broker_with`] `--acl`, the ACL `toml` written next to the certificates.
+fn broker_with_acl(toml: &str) -> (tempfile::TempDir, String, String, Broker) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(&acl, toml).expect("write acl");
+    let certs = dir.path().to_str().expect("utf-8 path").to_string();
+    let broker = Broker::start(&[
+        "--certs",
+        &certs,
+        "--acl",
+        acl.to_str().expect("utf-8 path"),
+    ]);
+    let server = broker.server();
+    (dir, certs, server, broker)
+}
+
 /// Runs `cassini ARGS` with `input` on its standard input.
 fn run_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write as _;
@@ -699,17 +709,10 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
 #[test]
 fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let acl = dir.path().join("acl.toml");
-    std::fs::write(
-        &acl,
+    let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
-    )
-    .expect("write acl");
-    let acl = acl.to_str().expect("utf-8 path");
-    let mut broker = Broker::start(&["--certs", certs, "--acl", acl]);
-    let server = broker.server();
+    );
+    let certs = certs.as_str();
     let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
     assert_ok(
         &run(&mut dev(

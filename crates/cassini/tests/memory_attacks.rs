@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
-use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
+use cassini_protocol::{ErrorCode, Frame, Publish};
 use harness::clients::{client, raw_client};
 use harness::{init_certs, Broker};
 
@@ -37,15 +37,7 @@ const PARTIAL_GROWTH_BOUND: u64 =
 async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
     let (endpoint, connection) = raw_client(addr, dir, "victim").await.expect("connect");
     let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: filter.into(),
-        options: SubscribeOptions::default(),
-    });
-    control
-        .write_all(&encoded(&subscribe))
-        .await
-        .expect("write");
+    cassini_e2e::raw::send_subscribe(&mut control, 1, filter).await;
     let mut buf = BytesMut::new();
     match read_frame(&mut answers, &mut buf).await.expect("answer") {
         Frame::Subscribed(_) => {}

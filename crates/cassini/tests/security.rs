@@ -92,18 +92,11 @@ const SESSIONS_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
 /// Opens a session as `name` with one subscription, then drops the connection without a
 /// goodbye, so the session stays detached.
 async fn abandon_session(addr: &str, dir: &Path, name: &str) {
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::Frame;
     let (endpoint, connection) = raw_client(addr, dir, name).await.expect("connect");
     let (_welcome, mut send, mut recv) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: "eve.abandoned.>".into(),
-        options: SubscribeOptions::default(),
-    });
-    send.write_all(&encoded(&subscribe))
-        .await
-        .expect("subscribe");
+    cassini_e2e::raw::send_subscribe(&mut send, 1, "eve.abandoned.>").await;
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf).await {
         Some(Frame::Subscribed(_)) => {}
