@@ -451,6 +451,14 @@ def close_transport(self: Connection) -> None:
 Connection.close_transport = close_transport  # type: ignore[attr-defined]
 
 
+async def assert_closed_with(conn: Connection, code: int) -> None:
+    """Waits until the broker closes `conn`, releases it, and asserts that the broker closed it
+    with the application error code `code`."""
+    closed = await conn.closed()
+    conn.close_transport()
+    assert closed.is_application and closed.error_code == code, closed
+
+
 async def handshake(conn: Connection, **hello_args: Any) -> Frame:
     """Opens the control stream, sends Hello and returns the Welcome."""
     conn.control_id = conn.new_stream()

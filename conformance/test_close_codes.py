@@ -5,6 +5,7 @@ import struct
 import pytest
 
 from cassini_wire import (
+    assert_closed_with,
     FRAME_TOO_LARGE,
     MALFORMED_FRAME,
     NORMAL,
@@ -65,9 +66,7 @@ async def test_a_stream_ending_inside_a_frame_is_malformed(broker, certs):
     stream = conn.new_stream()
     whole = encode(publish("conf.truncated", b"abc"))
     conn.send_raw(stream, whole[:-2], end=True)
-    closed = await conn.closed()
-    assert closed.is_application and closed.error_code == MALFORMED_FRAME
-    conn.close_transport()
+    await assert_closed_with(conn, MALFORMED_FRAME)
 
 
 @spec
@@ -76,9 +75,7 @@ async def test_a_declared_length_above_the_maximum_closes_with_frame_too_large(b
     limit = conn.welcome["limits"]["max_frame_bytes"]
     # Only the 4-byte header is sent: the refusal must not wait for the body.
     conn.send_raw(conn.control_id, struct.pack(">I", limit + 1))
-    closed = await conn.closed()
-    assert closed.is_application and closed.error_code == FRAME_TOO_LARGE
-    conn.close_transport()
+    await assert_closed_with(conn, FRAME_TOO_LARGE)
 
 
 @spec
@@ -109,16 +106,12 @@ async def test_finishing_the_control_stream_is_a_goodbye_that_ends_the_session(
     session_id = alice.welcome["session_id"]
     await subscribe(alice, topic)
     alice.finish(alice.control_id)
-    closed = await alice.closed()
-    assert closed.is_application and closed.error_code == NORMAL
-    alice.close_transport()
+    await assert_closed_with(alice, NORMAL)
 
     # The session ended at once: it cannot be resumed.
     again = await open_connection(broker.port, certs.identity("alice"))
     again.send(again.new_stream(), frame("Hello", 1, session_id, None, []))
-    refused = await again.closed()
-    assert refused.is_application and refused.error_code == SESSION_NOT_FOUND
-    again.close_transport()
+    await assert_closed_with(again, SESSION_NOT_FOUND)
 
 
 @spec
@@ -176,9 +169,7 @@ async def test_resetting_the_control_stream_is_a_protocol_violation_not_a_goodby
     alice = await connect(broker.port, certs.identity("alice"))
     session_id = alice.welcome["session_id"]
     alice.reset(alice.control_id, 0)
-    closed = await alice.closed()
-    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
-    alice.close_transport()
+    await assert_closed_with(alice, PROTOCOL_VIOLATION)
     # The session only detached: it can be resumed.
     again = await open_connection(broker.port, certs.identity("alice"))
     welcome = await handshake(again, resume=session_id)
@@ -195,6 +186,4 @@ async def test_stopping_the_brokers_side_of_the_control_stream_is_a_protocol_vio
     # with PROTOCOL_VIOLATION; the broker notices only when it next writes on that stream (here:
     # the Pong), and its reason says "control stream reset by the client".
     alice.send(alice.control_id, frame("Ping", 1))
-    closed = await alice.closed()
-    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
-    alice.close_transport()
+    await assert_closed_with(alice, PROTOCOL_VIOLATION)

@@ -3,6 +3,7 @@
 import pytest
 
 from cassini_wire import (
+    assert_closed_with,
     PROTOCOL_VIOLATION,
     TLS_ALERT_BASE,
     UNSUPPORTED_VERSION,
@@ -67,9 +68,7 @@ async def test_a_hello_of_another_version_closes_the_connection_with_unsupported
     conn = await open_connection(broker.port, certs.identity("alice"))
     control = conn.new_stream()
     conn.send(control, hello(version=2))
-    closed = await conn.closed()
-    assert closed.is_application and closed.error_code == UNSUPPORTED_VERSION
-    conn.close_transport()
+    await assert_closed_with(conn, UNSUPPORTED_VERSION)
 
 
 @spec
@@ -77,9 +76,7 @@ async def test_a_first_frame_other_than_hello_is_a_protocol_violation(broker, ce
     conn = await open_connection(broker.port, certs.identity("alice"))
     control = conn.new_stream()
     conn.send(control, frame("Ping", 1))
-    closed = await conn.closed()
-    assert closed.is_application and closed.error_code == PROTOCOL_VIOLATION
-    conn.close_transport()
+    await assert_closed_with(conn, PROTOCOL_VIOLATION)
 
 
 @spec

@@ -4,6 +4,7 @@ them; a broker configured through its documented environment (CONFIGURATION.md).
 import pytest
 
 from cassini_wire import (
+    assert_closed_with,
     INVALID_OPTION,
     PAYLOAD_TOO_LARGE,
     TOO_MANY_SUBSCRIPTIONS,
@@ -159,9 +160,7 @@ async def test_connections_beyond_the_identity_limit_are_closed(start_broker, ce
     alice = await connect(b.port, certs.identity("alice"))
     second = await open_connection(b.port, certs.identity("alice"))
     second.send(second.new_stream(), hello())
-    closed = await second.closed()
-    assert closed.is_application and closed.error_code == 42  # TOO_MANY_CONNECTIONS_FOR_IDENTITY
-    second.close_transport()
+    await assert_closed_with(second, 42)  # TOO_MANY_CONNECTIONS_FOR_IDENTITY
     # Another identity is not affected.
     bob = await connect(b.port, certs.identity("bob"))
     await drop(bob)
@@ -174,7 +173,5 @@ async def test_connections_beyond_the_broker_limit_are_closed(start_broker, cert
     alice = await connect(b.port, certs.identity("alice"))
     bob = await open_connection(b.port, certs.identity("bob"))
     bob.send(bob.new_stream(), hello())
-    closed = await bob.closed()
-    assert closed.is_application and closed.error_code == 41  # TOO_MANY_CONNECTIONS
-    bob.close_transport()
+    await assert_closed_with(bob, 41)  # TOO_MANY_CONNECTIONS
     await drop(alice)

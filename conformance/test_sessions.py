@@ -6,6 +6,7 @@ import os
 import pytest
 
 from cassini_wire import (
+    assert_closed_with,
     SESSION_IDENTITY_MISMATCH,
     SESSION_NOT_FOUND,
     SESSION_TAKEN_OVER,
@@ -45,17 +46,39 @@ async def publish_acknowledged(conn, topic, payloads):
     await barrier(conn, stream, f"{topic}x.barrier")
 
 
-@spec
-async def test_a_resumed_session_continues_every_subscription_where_the_client_stands(
-        broker, certs, topic):
+async def received_then_dropped(broker, certs, topic, count):
+    """alice subscribes to `topic`, bob publishes the payloads b"1" to `count`, alice receives
+    them all (checked in order), then her connection drops with no goodbye. Returns her
+    session id, the subscription and bob."""
     alice = await connect(broker.port, certs.identity("alice"))
     session_id = alice.welcome["session_id"]
     sub = await subscribe(alice, topic)
     bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2", b"3"])
-    assert [(await sub.next_frame())["sequence"] for _ in range(3)] == [1, 2, 3]
-
+    await publish_acknowledged(bob, topic, [str(i).encode() for i in range(1, count + 1)])
+    assert [(await sub.next_frame())["sequence"] for _ in range(count)] == list(
+        range(1, count + 1))
     await drop(alice)  # no goodbye: the session only detaches and keeps queueing
+    return session_id, sub, bob
+
+
+async def away_while_published(broker, certs, topic, count, **options):
+    """alice subscribes to `topic` with `options` and goes away; bob publishes the payloads
+    1 to `count` (one byte each); alice resumes standing at 0. Returns alice, bob, the
+    subscription and its reopened stream."""
+    alice = await connect(broker.port, certs.identity("alice"))
+    session_id = alice.welcome["session_id"]
+    sub = await subscribe(alice, topic, **options)
+    await drop(alice)
+    bob = await connect(broker.port, certs.identity("bob"))
+    await publish_acknowledged(bob, topic, [bytes([i]) for i in range(1, count + 1)])
+    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0]])
+    return alice, bob, sub, await stream_of(alice, sub.id)
+
+
+@spec
+async def test_a_resumed_session_continues_every_subscription_where_the_client_stands(
+        broker, certs, topic):
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 3)
     await publish_acknowledged(bob, topic, [b"4", b"5"])
 
     alice, welcome = await resume(broker, certs, "alice", session_id, [[sub.id, 3]])
@@ -72,14 +95,7 @@ async def test_a_resumed_session_continues_every_subscription_where_the_client_s
 @spec
 async def test_what_was_sent_into_a_lost_connection_is_announced_as_undelivered(
         broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2", b"3", b"4", b"5"])
-    for _ in range(5):
-        await sub.next_frame()
-    await drop(alice)
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 5)
 
     # The client says it received only up to 2: 3..=5 were sent on the lost connection.
     alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 2]])
@@ -103,14 +119,7 @@ async def test_a_subscription_left_out_of_positions_stands_at_zero_so_its_loss_i
         broker, certs, topic):
     # PROTOCOL.md: a subscription missing from `positions` is taken to stand at 0, so what
     # the broker sent on the lost connection is announced as an Undelivered gap from 1.
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [b"1", b"2"])
-    for _ in range(2):
-        await sub.next_frame()
-    await drop(alice)
+    session_id, sub, bob = await received_then_dropped(broker, certs, topic, 2)
 
     alice, _ = await resume(broker, certs, "alice", session_id, [])
     stream = await stream_of(alice, sub.id)
@@ -127,16 +136,8 @@ async def test_a_subscription_left_out_of_positions_stands_at_zero_so_its_loss_i
 @spec
 async def test_overflow_while_detached_is_announced_as_a_gap_before_the_survivors(
         broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic, overflow="DropOldest", max_queued_messages=3)
-    await drop(alice)
-
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [bytes([i]) for i in range(1, 11)])
-
-    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0]])
-    stream = await stream_of(alice, sub.id)
+    alice, bob, sub, stream = await away_while_published(
+        broker, certs, topic, 10, overflow="DropOldest", max_queued_messages=3)
     gap = await alice.next_frame(stream)
     assert gap.name == "Gap", gap
     assert (gap["subscription"], gap["from"], gap["to"], gap["reason"]) == (
@@ -150,15 +151,7 @@ async def test_overflow_while_detached_is_announced_as_a_gap_before_the_survivor
 
 @spec
 async def test_the_latest_policy_keeps_only_the_newest_message(broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic, overflow="Latest")
-    await drop(alice)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [bytes([i]) for i in range(1, 6)])
-
-    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0]])
-    stream = await stream_of(alice, sub.id)
+    alice, bob, _, stream = await away_while_published(broker, certs, topic, 5, overflow="Latest")
     gap = await alice.next_frame(stream)
     assert (gap.name, gap["from"], gap["to"], gap["reason"]) == ("Gap", 1, 4, "Overflow")
     msg = await alice.next_frame(stream)
@@ -233,9 +226,7 @@ async def test_a_newer_connection_takes_the_session_over(broker, certs, topic):
     session_id = first.welcome["session_id"]
     second, welcome = await resume(broker, certs, "alice", session_id, [])
     assert welcome["resumed"] is True
-    closed = await first.closed()
-    assert closed.is_application and closed.error_code == SESSION_TAKEN_OVER
-    first.close_transport()
+    await assert_closed_with(first, SESSION_TAKEN_OVER)
     await drop(second)
 
 
@@ -244,9 +235,7 @@ async def test_another_identity_cannot_resume_a_session(broker, certs):
     alice = await connect(broker.port, certs.identity("alice"))
     bob = await open_connection(broker.port, certs.identity("bob"))
     bob.send(bob.new_stream(), frame("Hello", 1, alice.welcome["session_id"], None, []))
-    closed = await bob.closed()
-    assert closed.is_application and closed.error_code == SESSION_IDENTITY_MISMATCH
-    bob.close_transport()
+    await assert_closed_with(bob, SESSION_IDENTITY_MISMATCH)
     # alice's connection is untouched.
     alice.send(alice.control_id, frame("Ping", 1))
     assert (await alice.next_frame(alice.control_id)).name == "Pong"
@@ -257,9 +246,7 @@ async def test_another_identity_cannot_resume_a_session(broker, certs):
 async def test_resuming_an_unknown_session_closes_with_session_not_found(broker, certs):
     conn = await open_connection(broker.port, certs.identity("alice"))
     conn.send(conn.new_stream(), frame("Hello", 1, list(os.urandom(16)), None, []))
-    closed = await conn.closed()
-    assert closed.is_application and closed.error_code == SESSION_NOT_FOUND
-    conn.close_transport()
+    await assert_closed_with(conn, SESSION_NOT_FOUND)
 
 
 @spec
@@ -314,15 +301,8 @@ async def test_the_close_policy_ends_an_overflowing_subscription_with_slow_consu
 @spec
 async def test_a_trailing_overflow_gap_is_sent_as_soon_as_the_queue_is_empty(
         broker, certs, topic):
-    alice = await connect(broker.port, certs.identity("alice"))
-    session_id = alice.welcome["session_id"]
-    sub = await subscribe(alice, topic, overflow="DropNewest", max_queued_messages=3)
-    await drop(alice)
-    bob = await connect(broker.port, certs.identity("bob"))
-    await publish_acknowledged(bob, topic, [bytes([i]) for i in range(1, 11)])
-
-    alice, _ = await resume(broker, certs, "alice", session_id, [[sub.id, 0]])
-    stream = await stream_of(alice, sub.id)
+    alice, bob, _, stream = await away_while_published(
+        broker, certs, topic, 10, overflow="DropNewest", max_queued_messages=3)
     # DropNewest keeps the oldest three; the gap for the rest follows with nothing after it.
     for seq in (1, 2, 3):
         assert (await alice.next_frame(stream))["sequence"] == seq

@@ -1,8 +1,8 @@
 //! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
 //! certificate authority made inside the test.
 //!
-//! Layering: `relay` and `history` import nothing of this crate; `lib.rs` (the broker, `raw`,
-//! the waits) imports neither of them.
+//! Layering: `relay` and `history` import nothing of this crate; `edge` imports `lib.rs` and
+//! `relay`; `lib.rs` (the broker, `raw`, the waits) imports none of them.
 //!
 //! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
 //!   (`cassini_quic::test_util`, shared with the other crates' tests).
@@ -12,10 +12,13 @@
 //! - [`raw`]: the protocol spoken by hand over a raw quinn connection (`Hello`, frames read with
 //!   the shared reader of `cassini_quic::test_util`, close codes).
 //! - [`relay::UdpRelay`]: a UDP relay a test can cut and restore, to drop connections silently.
+//! - [`edge`]: clients and brokers that notice such a drop within a second, and a wait for a
+//!   client's connection state.
 //! - [`history`]: a record of every publish and delivery of a fault run, checked against the
 //!   guarantees of `docs/SESSIONS.md`.
 //! - [`closed_udp_addr`]: an address where nothing listens.
 
+pub mod edge;
 pub mod history;
 pub mod relay;
 
@@ -24,9 +27,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats};
-use cassini_client::{Client, ClientBuilder};
-use cassini_quic::certs::IssuedCert;
+use bytes::Bytes;
+use cassini_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits, BrokerStats};
+use cassini_client::{Client, ClientBuilder, Subscription};
+use cassini_quic::certs::{IssuedCert, Validity};
 use cassini_quic::server::{AcceptStats, QuicServer, ReloadReport, ServerOptions};
 pub use cassini_quic::test_util::{identity_of, Pki};
 use cassini_quic::tls::{self, QuicOptions, RevocationOptions, ServerTls};
@@ -72,19 +76,40 @@ impl TestBroker {
         Self::start_on(addr, Pki::new(), config, options).await
     }
 
+    /// Waits until the broker holds nothing: no connection, session, subscriber, topic or
+    /// route.
+    pub async fn wait_until_empty(&self, what: &str) {
+        self.wait_for_stats(what, |s| {
+            s.connections == 0
+                && s.sessions == 0
+                && s.subscribers == 0
+                && s.topics == 0
+                && s.routes_empty
+        })
+        .await;
+    }
+
+    /// Asserts that a new client named `name` notices nothing: it publishes to itself and
+    /// receives it, then closes.
+    pub async fn assert_bystander_unaffected(&self, name: &str) {
+        let client = self.client(name).await;
+        let mut subscription = client.subscribe("bystander.x").await.expect("subscribe");
+        assert_delivers(
+            &client,
+            "bystander.x",
+            b"fine",
+            &mut subscription,
+            "bystander delivery",
+        )
+        .await;
+        client.close().await.expect("close");
+    }
+
     /// Stops this broker, losing everything it held in memory, and starts a new one with
     /// default configuration on the same address with the same certificates: what clients see
     /// of a broker restart.
     pub async fn restart(self) -> Self {
-        let Self {
-            addr,
-            broker,
-            pki,
-            server,
-            serve_task,
-        } = self;
-        shut_down(broker, server, serve_task).await;
-        Self::start_on(addr, pki, BrokerConfig::default(), ServerOptions::default()).await
+        self.restart_with(BrokerConfig::default()).await
     }
 
     /// Stops this broker and starts a new one with `config` on the same address with the same
@@ -269,6 +294,41 @@ where
     }
 }
 
+/// A certificate validity window from `from_days` to `to_days` days from now (negative: in the
+/// past): `(-30, -1)` has expired, `(1, 30)` is not yet valid.
+pub fn days_from_now(from_days: i64, to_days: i64) -> Validity {
+    let now = time::OffsetDateTime::now_utc();
+    Validity {
+        not_before: now + time::Duration::days(from_days),
+        not_after: now + time::Duration::days(to_days),
+    }
+}
+
+/// `BrokerConfig::default()` with `limits`.
+pub fn with_limits(limits: BrokerLimits) -> BrokerConfig {
+    BrokerConfig {
+        limits,
+        ..BrokerConfig::default()
+    }
+}
+
+/// Publishes `payload` to `topic` from `publisher`, acknowledged, and asserts that
+/// `subscription` delivers it next (within the deadline; `what` names the wait).
+pub async fn assert_delivers(
+    publisher: &Client,
+    topic: &str,
+    payload: &'static [u8],
+    subscription: &mut Subscription,
+    what: &str,
+) {
+    publisher
+        .publish_acked(topic, Bytes::from_static(payload))
+        .await
+        .expect("publish");
+    let message = within(what, subscription.recv()).await.expect("message");
+    assert_eq!(message.payload().as_ref(), payload);
+}
+
 /// Awaits `future`, failing the test after [`DEADLINE`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     match tokio::time::timeout(DEADLINE, future).await {
@@ -285,6 +345,7 @@ pub mod raw {
         encode_frame, ErrorCode, Frame, FrameDecoder, Hello, SessionId, Welcome, PROTOCOL_VERSION,
     };
     use cassini_quic::test_util::{self, FrameReadError};
+    use rustls::pki_types::CertificateDer;
 
     use super::within;
 
@@ -327,6 +388,34 @@ pub mod raw {
             Frame::Welcome(welcome) => Some((welcome, send, recv)),
             other => panic!("expected Welcome, got {}", other.kind()),
         }
+    }
+
+    /// Writes a `Subscribe` for `filter`, with default options, on the control stream `send`.
+    pub async fn send_subscribe(send: &mut quinn::SendStream, request_id: u64, filter: &str) {
+        let subscribe = Frame::Subscribe(cassini_protocol::Subscribe {
+            request_id,
+            filter: filter.into(),
+            options: cassini_protocol::SubscribeOptions::default(),
+        });
+        send.write_all(&encoded(&subscribe))
+            .await
+            .expect("write Subscribe");
+    }
+
+    /// Closes `connection` with no goodbye (code 99, "vanishing") and waits until `endpoint`
+    /// has told the broker: the broker sees a client vanish, and keeps its session detached.
+    pub async fn vanish(endpoint: &quinn::Endpoint, connection: &quinn::Connection) {
+        connection.close(quinn::VarInt::from_u32(99), b"vanishing");
+        endpoint.wait_idle().await;
+    }
+
+    /// The leaf certificate the broker presented on `connection`.
+    pub fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
+        let identity = connection.peer_identity().expect("server certificate");
+        let chain = identity
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .expect("a certificate chain");
+        chain.first().expect("leaf").clone()
     }
 
     /// The application close code and reason of a closed connection.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cassini_broker::{Acl, BrokerConfig};
 use cassini_client::{Client, ClientError, PublishOptions, Subscription, SubscriptionEnd};
 use cassini_e2e::raw::{encoded, hello};
-use cassini_e2e::{eventually, within, TestBroker};
+use cassini_e2e::{assert_delivers, eventually, within, TestBroker};
 use cassini_protocol::{ErrorCode, Frame, Publish};
 use cassini_quic::server::ServerOptions;
 use futures_util::StreamExt;
@@ -163,12 +163,7 @@ async fn a_replaced_acl_ends_the_subscriptions_it_no_longer_allows() {
     })
     .await;
 
-    sensor
-        .publish_acked("sensors.t", Bytes::from_static(b"still"))
-        .await
-        .expect("publish");
-    let message = within("delivery", sensors.next()).await.expect("message");
-    assert_eq!(message.payload().as_ref(), b"still");
+    assert_delivers(&sensor, "sensors.t", b"still", &mut sensors, "delivery").await;
     assert_not_authorized(ops.subscribe("feeds.>").await, "new subscriptions too");
     broker.stop().await;
 }

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{Client, ConnectionError};
-use cassini_e2e::{identity_of, within, Pki, TestBroker};
-use cassini_quic::certs::Validity;
+use cassini_e2e::{days_from_now, identity_of, within, Pki, TestBroker};
 use futures_util::StreamExt;
-use time::OffsetDateTime;
 
 /// Asserts the broker refuses `builder`'s certificate and says so clearly.
 async fn assert_refused(builder: cassini_client::ClientBuilder, what: &str) {
@@ -53,14 +51,7 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused() {
     let broker = TestBroker::start().await;
-    let now = OffsetDateTime::now_utc();
-    let expired = broker.pki.client_with(
-        "expired",
-        Validity {
-            not_before: now - time::Duration::days(30),
-            not_after: now - time::Duration::days(1),
-        },
-    );
+    let expired = broker.pki.client_with("expired", days_from_now(-30, -1));
     let (chain, key) = identity_of(&expired);
     let builder = Client::builder(broker.addr)
         .ca_certs(broker.pki.ca_certs())
@@ -133,14 +124,7 @@ async fn a_client_without_a_certificate_is_refused() {
 #[tokio::test]
 async fn a_not_yet_valid_certificate_is_refused() {
     let broker = TestBroker::start().await;
-    let now = OffsetDateTime::now_utc();
-    let future = broker.pki.client_with(
-        "future",
-        Validity {
-            not_before: now + time::Duration::days(1),
-            not_after: now + time::Duration::days(30),
-        },
-    );
+    let future = broker.pki.client_with("future", days_from_now(1, 30));
     let (chain, key) = identity_of(&future);
     let builder = Client::builder(broker.addr)
         .ca_certs(broker.pki.ca_certs())

@@ -11,34 +11,12 @@ use cassini_broker::{BrokerConfig, BrokerLimits};
 use cassini_client::{Client, ClientError, ConnectionError, PublishError, SubscribeError};
 use cassini_e2e::raw::{self, encoded, read_frame};
 use cassini_e2e::relay::UdpRelay;
-use cassini_e2e::{eventually, identity_of, within, TestBroker};
-use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions, TopicLimits};
+use cassini_e2e::{eventually, identity_of, with_limits, within, TestBroker};
+use cassini_protocol::{ErrorCode, Frame, Publish, SubscribeOptions, TopicLimits};
 use cassini_quic::identity::IdentityRule;
 use cassini_quic::server::{AddressValidation, ServerOptions};
 use cassini_quic::tls::QuicOptions;
 use futures_util::StreamExt;
-
-fn with_limits(limits: BrokerLimits) -> BrokerConfig {
-    BrokerConfig {
-        limits,
-        ..BrokerConfig::default()
-    }
-}
-
-/// A second client that must not notice anything: it publishes to itself and receives it.
-async fn assert_bystander_unaffected(broker: &TestBroker, name: &str) {
-    let client = broker.client(name).await;
-    let mut subscription = client.subscribe("bystander.x").await.expect("subscribe");
-    client
-        .publish_acked("bystander.x", Bytes::from_static(b"fine"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"fine");
-    client.close().await.expect("close");
-}
 
 fn refused_code(result: Result<Client, ConnectionError>) -> ErrorCode {
     match result {
@@ -94,7 +72,7 @@ async fn connections_per_identity() {
     let _alice_two = broker.client("alice").await;
     let code = refused_code(broker.client_builder("alice").connect().await);
     assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY);
-    assert_bystander_unaffected(&broker, "bob").await;
+    broker.assert_bystander_unaffected("bob").await;
 
     alice_one.close().await.expect("close");
     eventually("a slot of alice's frees up", || async {
@@ -121,7 +99,7 @@ async fn subscriptions_per_session() {
         request_code(client.subscribe("c").await),
         ErrorCode::TOO_MANY_SUBSCRIPTIONS
     );
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -160,7 +138,7 @@ async fn pending_bytes_per_session() {
         .subscribe_with("d", small)
         .await
         .expect("what still fits is allowed");
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -215,15 +193,7 @@ async fn topic_length_depth_and_payload_size() {
     );
     let (_endpoint, connection) = broker.raw_connection("raw-subscriber").await;
     let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: "a.b.c.>".into(),
-        options: SubscribeOptions::default(),
-    });
-    control
-        .write_all(&encoded(&subscribe))
-        .await
-        .expect("write");
+    cassini_e2e::raw::send_subscribe(&mut control, 1, "a.b.c.>").await;
     let mut buf = BytesMut::new();
     match read_frame(&mut answers, &mut buf).await.expect("an answer") {
         Frame::Error(error) => assert_eq!(
@@ -233,7 +203,7 @@ async fn topic_length_depth_and_payload_size() {
         ),
         other => panic!("expected Error, got {}", other.kind()),
     }
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -269,7 +239,7 @@ async fn concurrent_streams_per_connection() {
     within("a stream slot frees up", &mut fifth)
         .await
         .expect("granted once a stream ended");
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -299,7 +269,7 @@ async fn handshake_timeout() {
     })
     .await;
     assert_eq!(stats.accepted.load(Ordering::Relaxed), 0);
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     stuck.abort();
     broker.stop().await;
 }
@@ -311,7 +281,7 @@ async fn address_validation_always_sends_a_retry_and_clients_still_connect() {
         ..ServerOptions::default()
     };
     let broker = TestBroker::start_with(BrokerConfig::default(), options).await;
-    assert_bystander_unaffected(&broker, "validated").await;
+    broker.assert_bystander_unaffected("validated").await;
     let stats = broker.accept_stats();
     assert!(
         stats.retries.load(Ordering::Relaxed) >= 1,
@@ -412,7 +382,7 @@ async fn retained_topics_per_identity() {
         retain(&eve, "eve.state.newer", Bytes::from_static(b"v")).await,
         Err(ErrorCode::RETAINED_QUOTA_EXCEEDED)
     );
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 

@@ -9,35 +9,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cassini_broker::{BrokerConfig, BrokerLimits, LocalPublish};
 use cassini_client::{PublishError, PublishOptions, SubscribeError};
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
-use cassini_e2e::{eventually, within, TestBroker};
+use cassini_e2e::{eventually, with_limits, within, TestBroker};
 use cassini_protocol::{
     ErrorCode, Frame, Headers, Publish, SessionId, Subscribe, SubscribeOptions, SubscriptionId,
     Unsubscribe,
 };
 use cassini_quic::server::ServerOptions;
 use futures_util::StreamExt;
-
-fn with_limits(limits: BrokerLimits) -> BrokerConfig {
-    BrokerConfig {
-        limits,
-        ..BrokerConfig::default()
-    }
-}
-
-/// A second client that must not notice anything: it publishes to itself and receives it.
-async fn assert_bystander_unaffected(broker: &TestBroker, name: &str) {
-    let client = broker.client(name).await;
-    let mut subscription = client.subscribe("bystander.x").await.expect("subscribe");
-    client
-        .publish_acked("bystander.x", Bytes::from_static(b"fine"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"fine");
-    client.close().await.expect("close");
-}
 
 fn headers(count: usize, key_bytes: usize, value_bytes: usize) -> Headers {
     (0..count)
@@ -155,7 +133,7 @@ async fn header_limits_are_announced_and_refuse_a_publish_with_their_own_codes()
         Err(ErrorCode::TOO_MANY_HEADERS)
     );
 
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -229,8 +207,7 @@ async fn detached_subscription(
         Frame::Subscribed(subscribed) => subscribed.subscription,
         other => panic!("expected Subscribed, got {other:?}"),
     };
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     broker
         .wait_for_stats("subscriber gone", |s| s.connections == 0)
         .await;
@@ -363,7 +340,7 @@ async fn the_memory_budget_refuses_publishes_and_subscriptions_then_recovers() {
         .publish_acked("fill.x", payload.clone())
         .await
         .expect("publishes are accepted again");
-    assert_bystander_unaffected(&broker, "bystander").await;
+    broker.assert_bystander_unaffected("bystander").await;
     broker.stop().await;
 }
 
@@ -408,7 +385,7 @@ async fn one_identitys_partial_frames_are_bounded_and_close_only_its_connection(
         .publish_acked("big.x", Bytes::from(vec![1u8; 1024 * 1024]))
         .await
         .expect("a bystander's large publish");
-    assert_bystander_unaffected(&broker, "bystander-2").await;
+    broker.assert_bystander_unaffected("bystander-2").await;
     broker.stop().await;
 }
 

@@ -6,66 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_broker::BrokerConfig;
-use cassini_client::{
-    Client, ConnectionState, Gap, GapReason, QuicOptions, ReconnectPolicy, Subscription,
-    SubscriptionEvent,
-};
+use cassini_client::{Client, ConnectionState, Gap, GapReason, Subscription, SubscriptionEvent};
+use cassini_e2e::edge::{edge_client, quick_broker, wait_for_state};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::SubscribeOptions;
-use cassini_quic::server::ServerOptions;
 use futures_util::StreamExt;
-
-/// Both ends notice a silent drop within about a second.
-fn quick_quic() -> QuicOptions {
-    QuicOptions {
-        idle_timeout: Duration::from_secs(1),
-        keep_alive_interval: Duration::from_millis(250),
-        ..QuicOptions::default()
-    }
-}
-
-async fn broker() -> TestBroker {
-    let options = ServerOptions {
-        quic: quick_quic(),
-        ..ServerOptions::default()
-    };
-    TestBroker::start_with(BrokerConfig::default(), options).await
-}
-
-/// A client named `name` that reaches the broker through `relay`.
-async fn edge_client(broker: &TestBroker, relay: &UdpRelay, name: &str) -> Client {
-    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client(name));
-    Client::builder(relay.addr)
-        .ca_certs(broker.pki.ca_certs())
-        .identity(chain, key)
-        .server_name("localhost")
-        .quic_options(quick_quic())
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(300),
-            give_up_after: None,
-        })
-        .connect()
-        .await
-        .expect("edge client connects")
-}
-
-async fn wait_for_state(client: &Client, what: &str, wanted: impl Fn(&ConnectionState) -> bool) {
-    let mut changes = client.state_changes();
-    within(what, async {
-        loop {
-            if wanted(&changes.borrow_and_update()) {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                panic!("state channel closed while waiting for: {what}");
-            }
-        }
-    })
-    .await;
-}
 
 async fn publish_range(publisher: &Client, topic: &str, range: std::ops::Range<u64>) {
     for i in range {
@@ -80,6 +26,18 @@ fn index_of(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().expect("8-byte index"))
 }
 
+/// Asserts that the next messages of `subscription` carry the indexes of `range`, in order.
+async fn assert_next_indexes(
+    subscription: &mut Subscription,
+    range: std::ops::Range<u64>,
+    what: &str,
+) {
+    for i in range {
+        let message = next(subscription).await;
+        assert_eq!(index_of(message.payload()), i, "{what}");
+    }
+}
+
 async fn next(subscription: &mut Subscription) -> cassini_client::Message {
     within("next message", subscription.next())
         .await
@@ -88,7 +46,7 @@ async fn next(subscription: &mut Subscription) -> cassini_client::Message {
 
 #[tokio::test]
 async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let session = edge.session_id();
@@ -96,9 +54,7 @@ async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
     let publisher = broker.client("publisher").await;
 
     publish_range(&publisher, "telemetry.temp", 0..10).await;
-    for i in 0..10 {
-        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
-    }
+    assert_next_indexes(&mut subscription, 0..10, "in order").await;
 
     relay.cut();
     wait_for_state(&edge, "the client notices the drop", |s| {
@@ -128,7 +84,7 @@ async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
 
 #[tokio::test]
 async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range() {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let options = SubscribeOptions {
@@ -150,10 +106,7 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
     publish_range(&publisher, "backlog.x", 1..1001).await;
     relay.restore();
 
-    for i in 901..1001 {
-        let message = next(&mut subscription).await;
-        assert_eq!(index_of(message.payload()), i, "the newest 100, in order");
-    }
+    assert_next_indexes(&mut subscription, 901..1001, "the newest 100, in order").await;
     let gaps = subscription.take_gaps();
     assert_eq!(
         gaps,
@@ -170,7 +123,7 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
 #[tokio::test]
 async fn moving_to_a_new_socket_mid_stream_loses_nothing_and_does_not_reconnect() {
     const COUNT: u64 = 2_000;
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let edge = broker.client("roaming").await;
     let mut subscription = edge.subscribe("roam.x").await.expect("subscribe");
     let publisher = broker.client("publisher").await;
@@ -205,7 +158,7 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
     // second, while the broker, still hearing the client until then, usually keeps the old
     // connection attached when the resume arrives, and takes it over. (The takeover itself is
     // tested deterministically in sessions.rs.)
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let session = edge.session_id();
@@ -236,9 +189,7 @@ async fn a_reconnect_while_the_broker_may_still_hold_the_old_connection_settles_
     let mut states = edge.state_changes();
     states.borrow_and_update();
     publish_range(&publisher, "takeover.x", 0..20).await;
-    for i in 0..20 {
-        assert_eq!(index_of(next(&mut subscription).await.payload()), i);
-    }
+    assert_next_indexes(&mut subscription, 0..20, "in order").await;
     assert!(
         !states.has_changed().expect("state channel open"),
         "no ping-pong after the takeover: {:?}",
@@ -252,7 +203,7 @@ async fn an_at_least_once_subscriber_cut_off_gets_every_message_in_order_with_re
 {
     const COUNT: u64 = 1_000;
     const LOST_IN_FLIGHT: u64 = 300;
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let mut subscription = edge
@@ -323,7 +274,7 @@ struct CutOffSubscriber {
 }
 
 async fn cut_off_while_receiving(topic: &str) -> CutOffSubscriber {
-    let broker = broker().await;
+    let broker = quick_broker(BrokerConfig::default()).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
     let edge = edge_client(&broker, &relay, "edge").await;
     let mut subscription = edge.subscribe(topic).await.expect("subscribe");
@@ -362,14 +313,7 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
     publish_range(&publisher, "amo.x", 51..61).await;
     relay.restore();
 
-    for i in 51..61 {
-        let message = next(&mut subscription).await;
-        assert_eq!(
-            index_of(message.payload()),
-            i,
-            "what was still queued, in order"
-        );
-    }
+    assert_next_indexes(&mut subscription, 51..61, "what was still queued, in order").await;
     assert_eq!(
         subscription.take_gaps(),
         vec![Gap::Missed {

@@ -5,17 +5,14 @@
 //! for a renewed certificate to resume); an unknown revocation status fails closed; a rotated
 //! server certificate is what new clients see, while connections opened before continue.
 
-use bytes::Bytes;
 use cassini_client::Client;
-use cassini_e2e::raw::{self, close_of};
-use cassini_e2e::{identity_of, within, TestBroker};
+use cassini_e2e::raw::{self, close_of, server_cert_of};
+use cassini_e2e::{assert_delivers, identity_of, TestBroker};
 use cassini_protocol::ErrorCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
 use cassini_quic::tls::RevocationOptions;
-use futures_util::StreamExt;
-use rustls::pki_types::CertificateDer;
 
 /// Whether the broker lets a client presenting `cert` through to a `Welcome`. With TLS 1.3 a
 /// refused client may see its handshake complete and learn of the refusal only as a close, so
@@ -46,14 +43,7 @@ async fn client_as(broker: &TestBroker, cert: &IssuedCert) -> Client {
 
 async fn assert_pubsub_works(client: &Client, topic: &str) {
     let mut subscription = client.subscribe(topic).await.expect("subscribe");
-    client
-        .publish_acked(topic, Bytes::from_static(b"ok"))
-        .await
-        .expect("publish");
-    let message = within("delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"ok");
+    assert_delivers(client, topic, b"ok", &mut subscription, "delivery").await;
 }
 
 #[tokio::test]
@@ -137,14 +127,6 @@ async fn an_unknown_revocation_status_fails_closed_unless_allowed() {
     broker.stop().await;
 }
 
-fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
-    let identity = connection.peer_identity().expect("server certificate");
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .expect("a certificate chain");
-    chain.first().expect("leaf").clone()
-}
-
 #[tokio::test]
 async fn after_a_server_rotation_new_clients_see_the_new_certificate_and_old_ones_continue() {
     let broker = TestBroker::start().await;
@@ -182,14 +164,14 @@ async fn after_a_server_rotation_new_clients_see_the_new_certificate_and_old_one
     );
 
     let new_client = broker.client("new-client").await;
-    new_client
-        .publish_acked("rotation.x", Bytes::from_static(b"after"))
-        .await
-        .expect("publish after rotation");
-    let message = within("old subscription still delivers", old_subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"after");
+    assert_delivers(
+        &new_client,
+        "rotation.x",
+        b"after",
+        &mut old_subscription,
+        "old subscription still delivers",
+    )
+    .await;
     assert!(
         raw::hello(&old_raw, None).await.is_some(),
         "old raw connection still served"

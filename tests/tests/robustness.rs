@@ -161,15 +161,7 @@ async fn a_client_that_closes_leaves_nothing_behind() {
         (1, 1, 2, 2)
     );
     client.close().await.expect("close");
-    broker
-        .wait_for_stats("everything cleaned up", |s| {
-            s.connections == 0
-                && s.sessions == 0
-                && s.subscribers == 0
-                && s.topics == 0
-                && s.routes_empty
-        })
-        .await;
+    broker.wait_until_empty("everything cleaned up").await;
     broker.stop().await;
 }
 

@@ -21,8 +21,7 @@ async fn abandoned_session(broker: &TestBroker, name: &str) -> SessionId {
     let (welcome, _send, _recv) = hello(&connection, None).await.expect("welcome");
     assert!(!welcome.resumed);
     assert_eq!(welcome.identity, name);
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
     broker
         .wait_for_stats("connection gone", |s| s.connections == 0)
         .await;
@@ -213,19 +212,12 @@ async fn raw_subscriber_with_one_message(
     publisher: &cassini_client::Client,
     topic: &str,
 ) -> (SessionId, u64, quinn::Endpoint, quinn::Connection) {
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::Frame;
 
     let (endpoint, connection) = broker.raw_connection("alice").await;
     let (welcome, mut send, mut recv) = hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: topic.into(),
-        options: SubscribeOptions::default(),
-    });
-    send.write_all(&encoded(&subscribe))
-        .await
-        .expect("subscribe");
+    cassini_e2e::raw::send_subscribe(&mut send, 1, topic).await;
     let mut buf = bytes::BytesMut::new();
     let subscription = match read_frame(&mut recv, &mut buf).await {
         Some(Frame::Subscribed(subscribed)) => subscribed.subscription,
@@ -237,6 +229,24 @@ async fn raw_subscriber_with_one_message(
         .expect("publish");
     assert_eq!(next_delivery(&connection).await, (Vec::new(), 1));
     (welcome.session_id, subscription, endpoint, connection)
+}
+
+/// A durable broker in `dir` and a `publisher`; alice subscribed to `topic` by hand
+/// ([`raw_subscriber_with_one_message`]), then vanished, and the broker has detached her
+/// session. Returns the broker, the publisher, her session and the subscription id.
+async fn durable_with_a_vanished_subscriber(
+    dir: &std::path::Path,
+    topic: &str,
+) -> (TestBroker, cassini_client::Client, SessionId, u64) {
+    let broker = TestBroker::start_with(durable(dir), ServerOptions::default()).await;
+    let publisher = broker.client("publisher").await;
+    let (session, subscription, endpoint, connection) =
+        raw_subscriber_with_one_message(&broker, &publisher, topic).await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
+    broker
+        .wait_for_stats("alice's session detached", |s| s.connections == 1)
+        .await;
+    (broker, publisher, session, subscription)
 }
 
 /// alice resumes `session` by hand, standing at `last_sequence` in `subscription`; the broker
@@ -279,14 +289,9 @@ async fn raw_resume(
 #[tokio::test]
 async fn a_resume_at_the_last_sequence_after_a_durable_restart_does_not_wrap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = TestBroker::start_with(durable(dir.path()), ServerOptions::default()).await;
-    let publisher = broker.client("publisher").await;
-
     // alice subscribes by hand, receives sequence 1, and vanishes.
-    let (session, subscription, endpoint, connection) =
-        raw_subscriber_with_one_message(&broker, &publisher, "wrap.t").await;
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    let (broker, publisher, session, subscription) =
+        durable_with_a_vanished_subscriber(dir.path(), "wrap.t").await;
     publisher.close().await.expect("close");
 
     let broker = broker.restart_with(durable(dir.path())).await;
@@ -314,18 +319,10 @@ async fn after_a_durable_restart_a_resume_onto_a_quiet_topic_hears_its_gap_at_on
     use cassini_protocol::{Frame, GapReason};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = TestBroker::start_with(durable(dir.path()), ServerOptions::default()).await;
-    let publisher = broker.client("publisher").await;
-
     // alice subscribes at most once, receives sequence 1, and vanishes; 2..=10 are queued for
     // her session while she is away.
-    let (session, subscription, endpoint, connection) =
-        raw_subscriber_with_one_message(&broker, &publisher, "quiet.t").await;
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
-    broker
-        .wait_for_stats("alice's session detached", |s| s.connections == 1)
-        .await;
+    let (broker, publisher, session, subscription) =
+        durable_with_a_vanished_subscriber(dir.path(), "quiet.t").await;
     for n in 2..=10u32 {
         publisher
             .publish("quiet.t", bytes::Bytes::from(n.to_string()))

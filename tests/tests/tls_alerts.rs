@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use cassini_e2e::raw;
-use cassini_e2e::{identity_of, within, Pki, TestBroker};
-use cassini_quic::certs::{CertificateAuthority, IssuedCert, Validity};
+use cassini_e2e::{days_from_now, identity_of, within, Pki, TestBroker};
+use cassini_quic::certs::{CertificateAuthority, IssuedCert};
 use cassini_quic::tls::{self, QuicOptions, RevocationOptions};
-use time::OffsetDateTime;
 
 /// The TLS alert the broker refused `crypto` with; panics if it let the client in.
 async fn alert_for(broker: &TestBroker, crypto: rustls::ClientConfig) -> u64 {
@@ -71,21 +70,8 @@ async fn a_certificate_from_a_same_named_ca_with_another_key_gets_alert_51() {
 #[tokio::test]
 async fn an_expired_or_not_yet_valid_certificate_gets_alert_45() {
     let broker = TestBroker::start().await;
-    let now = OffsetDateTime::now_utc();
-    let expired = broker.pki.client_with(
-        "expired",
-        Validity {
-            not_before: now - time::Duration::days(30),
-            not_after: now - time::Duration::days(1),
-        },
-    );
-    let early = broker.pki.client_with(
-        "early",
-        Validity {
-            not_before: now + time::Duration::days(1),
-            not_after: now + time::Duration::days(30),
-        },
-    );
+    let expired = broker.pki.client_with("expired", days_from_now(-30, -1));
+    let early = broker.pki.client_with("early", days_from_now(1, 30));
     assert_eq!(alert_for(&broker, presenting(&broker, &expired)).await, 45);
     assert_eq!(alert_for(&broker, presenting(&broker, &early)).await, 45);
     broker.stop().await;

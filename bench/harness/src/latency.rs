@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::args::LatencyArgs;
 use crate::latencies::Latencies;
 use crate::pacing::{spawn_paced, Schedule};
-use crate::peer::{BenchClient, BenchSubscription, Connector};
+use crate::peer::{publisher_and_subscriber, BenchClient, BenchSubscription, Connector};
 use crate::progress::Progress;
 use crate::report::Report;
 
@@ -90,15 +90,8 @@ pub async fn measure<C: BenchClient>(
 /// The `latency` scenario against `connector`'s broker.
 pub async fn run<C: Connector>(connector: &C, args: &LatencyArgs) -> anyhow::Result<Report> {
     const TOPIC: &str = "bench.latency";
-    let subscriber = connector
-        .connect("bench-subscriber")
-        .await
-        .context("subscriber")?;
-    let mut subscription = subscriber.subscribe(TOPIC).await?;
-    let publisher = connector
-        .connect("bench-publisher")
-        .await
-        .context("publisher")?;
+    let (subscriber, mut subscription, publisher) =
+        publisher_and_subscriber(connector, TOPIC).await?;
     let size = args.size.max(HEADER_BYTES);
     let phase = |phase, seconds, label| Phase {
         topic: TOPIC,

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -67,4 +68,26 @@ pub trait BenchClient: Clone + Send + Sync + 'static {
 pub trait BenchSubscription: Send + 'static {
     /// The next message's payload, or `None` once the subscription has ended.
     async fn next(&mut self) -> Option<Bytes>;
+}
+
+/// The two ends of a one-publisher, one-subscriber scenario: a `bench-subscriber` connection
+/// subscribed to `topic`, its subscription, and a `bench-publisher` connection.
+pub async fn publisher_and_subscriber<C: Connector>(
+    connector: &C,
+    topic: &str,
+) -> anyhow::Result<(
+    C::Client,
+    <C::Client as BenchClient>::Subscription,
+    C::Client,
+)> {
+    let subscriber = connector
+        .connect("bench-subscriber")
+        .await
+        .context("subscriber")?;
+    let subscription = subscriber.subscribe(topic).await?;
+    let publisher = connector
+        .connect("bench-publisher")
+        .await
+        .context("publisher")?;
+    Ok((subscriber, subscription, publisher))
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::args::ThroughputArgs;
-use crate::peer::{BenchClient, BenchSubscription, Connector};
+use crate::peer::{publisher_and_subscriber, BenchClient, BenchSubscription, Connector};
 use crate::progress::Progress;
 use crate::report::Report;
 
@@ -53,15 +53,8 @@ pub async fn publish_all<C: BenchClient>(
 /// The `throughput` scenario against `connector`'s broker.
 pub async fn run<C: Connector>(connector: &C, args: &ThroughputArgs) -> anyhow::Result<Report> {
     const TOPIC: &str = "bench.throughput";
-    let subscriber = connector
-        .connect("bench-subscriber")
-        .await
-        .context("subscriber")?;
-    let mut subscription = subscriber.subscribe(TOPIC).await?;
-    let publisher = connector
-        .connect("bench-publisher")
-        .await
-        .context("publisher")?;
+    let (subscriber, mut subscription, publisher) =
+        publisher_and_subscriber(connector, TOPIC).await?;
     let payload = Bytes::from(vec![0x42; args.size]);
 
     let progress = Progress::new(args.count, "received");

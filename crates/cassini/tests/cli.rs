@@ -6,7 +6,7 @@
 mod harness;
 
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use harness::{cassini, log_field, run, spawn_until, terminate, wait_with_deadline, Broker, Serve};
@@ -19,8 +19,31 @@ fn serve(certs: &str) -> (Broker, String) {
     (broker, server)
 }
 
-fn connect_args<'a>(server: &'a str, dir: &'a str, name: &'a str) -> Vec<&'a str> {
-    vec!["--server", server, "--certs", dir, "--name", name]
+/// The arguments of a client command: `ARGS --server SERVER --certs CERTS --name NAME`.
+fn client_args<'a>(
+    args: &[&'a str],
+    server: &'a str,
+    certs: &'a str,
+    name: &'a str,
+) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--server", server, "--certs", certs, "--name", name]);
+    all
+}
+
+/// [`client_args`] for the client most tests use, `dev`.
+fn dev_args<'a>(args: &[&'a str], server: &'a str, certs: &'a str) -> Vec<&'a str> {
+    client_args(args, server, certs, "dev")
+}
+
+/// [`client`] named `dev`, the client most tests use.
+fn dev(args: &[&str], server: &str, certs: &str) -> Command {
+    client(args, server, certs, "dev")
+}
+
+/// `cassini ARGS` as a client of `server`, named `name`, with the certificates in `certs`.
+fn client(args: &[&str], server: &str, certs: &str, name: &str) -> Command {
+    cassini(&client_args(args, server, certs, name))
 }
 
 #[test]
@@ -30,11 +53,7 @@ fn two_subscribers_print_every_published_message() {
     let init = run(&mut cassini(&[
         "certs", "init", "--dir", certs, "--client", "alice", "--client", "bob",
     ]));
-    assert!(
-        init.status.success(),
-        "certs init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    assert_ok(&init, "certs init");
     assert_private(&dir.path().join("client-alice.key"));
 
     let (mut broker, server) = serve(certs);
@@ -42,28 +61,33 @@ fn two_subscribers_print_every_published_message() {
     let mut subscribers: Vec<Child> = ["alice", "bob"]
         .iter()
         .map(|name| {
-            let mut args = vec![
-                "sub",
-                "demo.*",
-                "--raw",
-                "--count",
-                "100",
-                "--timeout",
-                "30",
-            ];
-            args.extend(connect_args(&server, certs, name));
-            spawn_until(cassini(&args), "subscribed to demo.*")
+            spawn_until(
+                client(
+                    &[
+                        "sub",
+                        "demo.*",
+                        "--raw",
+                        "--count",
+                        "100",
+                        "--timeout",
+                        "30",
+                    ],
+                    &server,
+                    certs,
+                    name,
+                ),
+                "subscribed to demo.*",
+            )
         })
         .collect();
 
-    let mut args = vec!["pub", "demo.x", "hello", "--count", "100"];
-    args.extend(connect_args(&server, certs, "alice"));
-    let published = run(&mut cassini(&args));
-    assert!(
-        published.status.success(),
-        "pub: {}",
-        String::from_utf8_lossy(&published.stderr)
-    );
+    let published = run(&mut client(
+        &["pub", "demo.x", "hello", "--count", "100"],
+        &server,
+        certs,
+        "alice",
+    ));
+    assert_ok(&published, "pub");
 
     for subscriber in &mut subscribers {
         let status = wait_with_deadline(subscriber);
@@ -85,9 +109,11 @@ fn sub_exits_non_zero_on_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let mut args = vec!["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let output = run(&mut cassini(&args));
+    let output = run(&mut dev(
+        &["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"],
+        &server,
+        certs,
+    ));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("timed out"), "stderr: {stderr}");
@@ -99,9 +125,12 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
 
-    let mut args = vec!["pub", "demo.x", "hi"];
-    args.extend(connect_args("127.0.0.1:9", certs, "nobody"));
-    let missing = run(&mut cassini(&args));
+    let missing = run(&mut client(
+        &["pub", "demo.x", "hi"],
+        "127.0.0.1:9",
+        certs,
+        "nobody",
+    ));
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.starts_with("error: "), "stderr: {stderr}");
@@ -113,11 +142,8 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
 
     let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
     assert!(init.status.success());
-    let mut args = vec!["pub", "demo.x", "hi"];
     let unreachable = cassini_e2e::closed_udp_addr().to_string();
-    args.extend(connect_args(&unreachable, certs, "dev"));
-    let mut command = cassini(&args);
-    let output = run(&mut command);
+    let output = run(&mut dev(&["pub", "demo.x", "hi"], &unreachable, certs));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: "), "stderr: {stderr}");
@@ -156,8 +182,7 @@ fn assert_private(key: &Path) {
 
 #[test]
 fn bench_hol_runs_a_tiny_smoke_round() {
-    let output = run(&mut cassini(&[
-        "bench",
+    let report = bench_json(&[
         "hol",
         "--rate",
         "200",
@@ -167,15 +192,7 @@ fn bench_hol_runs_a_tiny_smoke_round() {
         "0.1",
         "--flood-rate",
         "50",
-        "--json",
-    ]));
-    assert!(
-        output.status.success(),
-        "bench: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    ]);
     assert_eq!(report["scenario"], "hol");
     for phase in [
         "alone",
@@ -194,35 +211,18 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let mut args = vec![
-        "reply",
-        "svc.upper",
-        "--command",
-        "tr a-z A-Z",
-        "--count",
-        "1",
-    ];
-    args.extend(connect_args(&server, certs, "dev"));
-    let mut service = spawn_until(cassini(&args), "serving svc.upper");
+    let mut service = reply_once(&server, certs, "svc.upper", "tr a-z A-Z");
 
-    let mut args = vec!["req", "svc.upper", "hello", "--timeout", "10"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let reply = run(&mut cassini(&args));
-    assert!(
-        reply.status.success(),
-        "req: {}",
-        String::from_utf8_lossy(&reply.stderr)
-    );
+    let reply = request_hello(&server, certs, "svc.upper");
+    assert_ok(&reply, "req");
     assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "HELLO");
     assert!(
         wait_with_deadline(&mut service).success(),
         "reply exits after --count 1"
     );
 
-    let mut args = vec!["req", "svc.nobody", "hello", "--timeout", "10"];
-    args.extend(connect_args(&server, certs, "dev"));
     let started = Instant::now();
-    let refused = run(&mut cassini(&args));
+    let refused = request_hello(&server, certs, "svc.nobody");
     assert_eq!(refused.status.code(), Some(3), "no responders exit status");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no responders on svc.nobody"));
     assert!(
@@ -235,8 +235,7 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
 
 #[test]
 fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
-    let latency = run(&mut cassini(&[
-        "bench",
+    let report = bench_json(&[
         "latency",
         "--rate",
         "500",
@@ -244,30 +243,11 @@ fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
         "0.2",
         "--warmup",
         "0.1",
-        "--json",
-    ]));
-    assert!(
-        latency.status.success(),
-        "{}",
-        String::from_utf8_lossy(&latency.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&latency.stdout).expect("JSON");
+    ]);
     assert_eq!(report["lost"], 0);
     assert!(report["latency"]["count"].as_u64().expect("count") > 0);
 
-    let throughput = run(&mut cassini(&[
-        "bench",
-        "throughput",
-        "--count",
-        "2000",
-        "--json",
-    ]));
-    assert!(
-        throughput.status.success(),
-        "{}",
-        String::from_utf8_lossy(&throughput.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&throughput.stdout).expect("JSON");
+    let report = bench_json(&["throughput", "--count", "2000"]);
     assert_eq!(report["received"], 2000);
     assert_eq!(report["lost"], 0);
 }
@@ -293,11 +273,7 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(args);
     all.push("--json");
     let output = run(&mut cassini(&all));
-    assert!(
-        output.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_ok(&output, &format!("bench {args:?}"));
     serde_json::from_slice(&output.stdout).expect("one JSON object")
 }
 
@@ -330,21 +306,7 @@ fn bench_fanout_request_and_connections_run_a_tiny_smoke_round() {
 
 #[test]
 fn bench_durable_runs_a_tiny_smoke_round() {
-    let durable = run(&mut cassini(&[
-        "bench",
-        "durable",
-        "--duration",
-        "0.3",
-        "--publishers",
-        "2",
-        "--json",
-    ]));
-    assert!(
-        durable.status.success(),
-        "{}",
-        String::from_utf8_lossy(&durable.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&durable.stdout).expect("JSON");
+    let report = bench_json(&["durable", "--duration", "0.3", "--publishers", "2"]);
     let cases = report["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 4, "memory and disk, one and two publishers");
     for case in cases {
@@ -355,29 +317,23 @@ fn bench_durable_runs_a_tiny_smoke_round() {
 
 #[test]
 fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let acl = dir.path().join("acl.toml");
-    std::fs::write(
-        &acl,
+    let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\n",
-    )
-    .expect("write acl");
-    let mut broker = Broker::start(&["--certs", certs, "--acl", acl.to_str().expect("utf-8 path")]);
-    let server = broker.server();
-
-    let mut args = vec!["pub", "demo.ok", "hi", "--count", "3"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let allowed = run(&mut cassini(&args));
-    assert!(
-        allowed.status.success(),
-        "an allowed pub exits 0: {}",
-        String::from_utf8_lossy(&allowed.stderr)
     );
+    let certs = certs.as_str();
 
-    let mut args = vec!["pub", "secret.x", "hi", "--count", "3"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let refused = run(&mut cassini(&args));
+    let allowed = run(&mut dev(
+        &["pub", "demo.ok", "hi", "--count", "3"],
+        &server,
+        certs,
+    ));
+    assert_ok(&allowed, "an allowed pub exits 0");
+
+    let refused = run(&mut dev(
+        &["pub", "secret.x", "hi", "--count", "3"],
+        &server,
+        certs,
+    ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(
         refused.status.code(),
@@ -397,13 +353,9 @@ fn req_exits_4_when_the_responder_command_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
-    let mut args = vec!["reply", "svc.fail", "--command", "exit 7", "--count", "1"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let mut service = spawn_until(cassini(&args), "serving svc.fail");
+    let mut service = reply_once(&server, certs, "svc.fail", "exit 7");
 
-    let mut args = vec!["req", "svc.fail", "hello", "--timeout", "10"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let reply = run(&mut cassini(&args));
+    let reply = request_hello(&server, certs, "svc.fail");
     let stderr = String::from_utf8_lossy(&reply.stderr);
     assert_eq!(reply.status.code(), Some(4), "req: {stderr}");
     assert!(
@@ -443,14 +395,8 @@ fn serve_outlives_its_closed_log_pipe_and_writes_no_colour_to_it() {
 
     // Every connection logs at info level; these lines now go to a closed pipe.
     for _ in 0..3 {
-        let mut args = vec!["pub", "demo.x", "hi"];
-        args.extend(connect_args(&server, certs, "dev"));
-        let published = run(&mut cassini(&args));
-        assert!(
-            published.status.success(),
-            "the broker still serves: {}",
-            String::from_utf8_lossy(&published.stderr)
-        );
+        let published = run(&mut dev(&["pub", "demo.x", "hi"], &server, certs));
+        assert_ok(&published, "the broker still serves");
     }
     terminate(&mut broker);
     let status = wait_with_deadline(&mut broker);
@@ -466,9 +412,10 @@ fn sigterm_ends_sub_like_ctrl_c() {
         .start();
     let server = broker.server();
 
-    let mut args = vec!["sub", "demo.>"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let mut subscriber = spawn_until(cassini(&args), "subscribed to demo.>");
+    let mut subscriber = spawn_until(
+        dev(&["sub", "demo.>"], &server, certs),
+        "subscribed to demo.>",
+    );
     terminate(&mut subscriber);
     let status = wait_with_deadline(&mut subscriber);
     assert!(status.success(), "sub exits 0 on SIGTERM, got {status}");
@@ -496,9 +443,14 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     let mut broker = Broker::start(&["--certs", certs, "--storage", "disk", "--data-dir", data]);
     let server = broker.server();
 
-    let mut args = vec!["sub", "away.>", "--session", "s1", "--ack"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let mut first = spawn_until(cassini(&args), "subscribed to away.>");
+    let mut first = spawn_until(
+        dev(
+            &["sub", "away.>", "--session", "s1", "--ack"],
+            &server,
+            certs,
+        ),
+        "subscribed to away.>",
+    );
     interrupt(&mut first);
     assert!(
         wait_with_deadline(&mut first).success(),
@@ -506,33 +458,29 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     );
 
     for message in ["one", "two", "three"] {
-        let mut args = vec!["pub", "away.x", message];
-        args.extend(connect_args(&server, certs, "dev"));
-        let published = run(&mut cassini(&args));
-        assert!(
-            published.status.success(),
-            "pub: {}",
-            String::from_utf8_lossy(&published.stderr)
-        );
+        let published = run(&mut dev(&["pub", "away.x", message], &server, certs));
+        assert_ok(&published, "pub");
     }
     // The named session and its backlog are on disk: a broker restart keeps them.
     assert!(broker.terminate().success());
     broker.start_again();
 
-    let mut args = vec![
-        "sub",
-        "away.>",
-        "--raw",
-        "--session",
-        "s1",
-        "--ack",
-        "--count",
-        "3",
-        "--timeout",
-        "20",
-    ];
-    args.extend(connect_args(&server, certs, "dev"));
-    let second = run(&mut cassini(&args));
+    let second = run(&mut dev(
+        &[
+            "sub",
+            "away.>",
+            "--raw",
+            "--session",
+            "s1",
+            "--ack",
+            "--count",
+            "3",
+            "--timeout",
+            "20",
+        ],
+        &server,
+        certs,
+    ));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "second sub: {stderr}");
     assert!(stderr.contains("session \"s1\" resumed"), "{stderr}");
@@ -544,19 +492,21 @@ fn sub_with_a_session_name_gets_what_was_published_while_it_was_away() {
     );
 
     // Acknowledged and left: the next run of the session has nothing more.
-    let mut args = vec![
-        "sub",
-        "away.>",
-        "--session",
-        "s1",
-        "--ack",
-        "--count",
-        "1",
-        "--timeout",
-        "1",
-    ];
-    args.extend(connect_args(&server, certs, "dev"));
-    let third = run(&mut cassini(&args));
+    let third = run(&mut dev(
+        &[
+            "sub",
+            "away.>",
+            "--session",
+            "s1",
+            "--ack",
+            "--count",
+            "1",
+            "--timeout",
+            "1",
+        ],
+        &server,
+        certs,
+    ));
     assert_eq!(third.status.code(), Some(2), "nothing left to print");
     assert!(third.stdout.is_empty());
 
@@ -571,6 +521,22 @@ fn broker_with(extra: &[&str]) -> (tempfile::TempDir, String, String, Broker) {
     let mut args = vec!["--certs", certs.as_str()];
     args.extend_from_slice(extra);
     let broker = Broker::start(&args);
+    let server = broker.server();
+    (dir, certs, server, broker)
+}
+
+/// [`broker_with`] `--acl`, the ACL `toml` written next to the certificates.
+fn broker_with_acl(toml: &str) -> (tempfile::TempDir, String, String, Broker) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(&acl, toml).expect("write acl");
+    let certs = dir.path().to_str().expect("utf-8 path").to_string();
+    let broker = Broker::start(&[
+        "--certs",
+        &certs,
+        "--acl",
+        acl.to_str().expect("utf-8 path"),
+    ]);
     let server = broker.server();
     (dir, certs, server, broker)
 }
@@ -590,12 +556,32 @@ fn run_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     child.wait_with_output().expect("wait")
 }
 
+/// Starts `cassini reply SUBJECT --command COMMAND --count 1` and waits until it serves.
+fn reply_once(server: &str, certs: &str, subject: &str, command: &str) -> Child {
+    let args = ["reply", subject, "--command", command, "--count", "1"];
+    spawn_until(dev(&args, server, certs), &format!("serving {subject}"))
+}
+
+/// Runs `cassini req SUBJECT hello --timeout 10`.
+fn request_hello(server: &str, certs: &str, subject: &str) -> std::process::Output {
+    run(&mut dev(
+        &["req", subject, "hello", "--timeout", "10"],
+        server,
+        certs,
+    ))
+}
+
 /// Starts `cassini sub FILTER --count N --raw` and waits until it is subscribed.
 fn raw_subscriber(server: &str, certs: &str, filter: &str, count: u64) -> Child {
     let count = count.to_string();
-    let mut args = vec!["sub", filter, "--count", &count, "--timeout", "30", "--raw"];
-    args.extend(connect_args(server, certs, "dev"));
-    spawn_until(cassini(&args), &format!("subscribed to {filter}"))
+    spawn_until(
+        dev(
+            &["sub", filter, "--count", &count, "--timeout", "30", "--raw"],
+            server,
+            certs,
+        ),
+        &format!("subscribed to {filter}"),
+    )
 }
 
 /// Waits for `child` to exit 0 and returns its standard output.
@@ -624,25 +610,31 @@ fn assert_ok(output: &std::process::Output, what: &str) {
 #[test]
 fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     let (dir, certs, server, mut broker) = broker_with(&[]);
-    let connect = connect_args(&server, &certs, "dev");
 
     // Binary from standard input, then an empty body, then a file of exactly 1 MiB (the
     // broker's default payload limit).
     let subscriber = raw_subscriber(&server, &certs, "bin.x", 3);
     let binary: &[u8] = &[0, 159, 255, b'\n', 0, 7];
-    let mut args = vec!["pub", "bin.x", "-"];
-    args.extend(connect.iter().copied());
-    assert_ok(&run_with_stdin(&args, binary), "pub -");
-    let mut args = vec!["pub", "bin.x", ""];
-    args.extend(connect.iter().copied());
-    assert_ok(&run(&mut cassini(&args)), "pub with an empty body");
+    assert_ok(
+        &run_with_stdin(&dev_args(&["pub", "bin.x", "-"], &server, &certs), binary),
+        "pub -",
+    );
+    assert_ok(
+        &run(&mut dev(&["pub", "bin.x", ""], &server, &certs)),
+        "pub with an empty body",
+    );
     let big = dir.path().join("big.bin");
     let big_body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(&big, &big_body).expect("write");
     let big_arg = big.to_str().expect("utf-8 path");
-    let mut args = vec!["pub", "bin.x", "--file", big_arg];
-    args.extend(connect.iter().copied());
-    assert_ok(&run(&mut cassini(&args)), "pub --file of 1 MiB");
+    assert_ok(
+        &run(&mut dev(
+            &["pub", "bin.x", "--file", big_arg],
+            &server,
+            &certs,
+        )),
+        "pub --file of 1 MiB",
+    );
     let mut expected = binary.to_vec();
     expected.extend_from_slice(b"\n\n");
     expected.extend_from_slice(&big_body);
@@ -653,9 +645,11 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
     let mut too_big = big_body.clone();
     too_big.push(0);
     std::fs::write(&big, &too_big).expect("write");
-    let mut args = vec!["pub", "bin.x", "--file", big_arg];
-    args.extend(connect.iter().copied());
-    let refused = run(&mut cassini(&args));
+    let refused = run(&mut dev(
+        &["pub", "bin.x", "--file", big_arg],
+        &server,
+        &certs,
+    ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
@@ -665,18 +659,20 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
     // --lines from standard input and from a file; {{Count}} numbers the messages from 1.
     let subscriber = raw_subscriber(&server, &certs, "lines.x", 5);
-    let mut args = vec!["pub", "lines.x", "-", "--lines"];
-    args.extend(connect.iter().copied());
+    let args = dev_args(&["pub", "lines.x", "-", "--lines"], &server, &certs);
     assert_ok(
         &run_with_stdin(&args, b"a {{Count}}\r\nb {{Count}}\n"),
         "pub --lines",
     );
     let file = dir.path().join("lines.txt");
     std::fs::write(&file, "c\nd\ne").expect("write");
-    let mut args = vec!["pub", "lines.x", "--lines", "--file"];
-    args.push(file.to_str().expect("utf-8 path"));
-    args.extend(connect.iter().copied());
-    assert_ok(&run(&mut cassini(&args)), "pub --lines --file");
+    let file = file.to_str().expect("utf-8 path");
+    let mut publish = dev(
+        &["pub", "lines.x", "--lines", "--file", file],
+        &server,
+        &certs,
+    );
+    assert_ok(&run(&mut publish), "pub --lines --file");
     assert_eq!(
         String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
         "a 1\nb 2\nc\nd\ne\n"
@@ -684,18 +680,21 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
     // --count with a template and --sleep between messages.
     let subscriber = raw_subscriber(&server, &certs, "tpl.x", 3);
-    let mut args = vec![
-        "pub",
-        "tpl.x",
-        "n={{Count}}",
-        "--count",
-        "3",
-        "--sleep",
-        "0.2",
-    ];
-    args.extend(connect.iter().copied());
+    let mut publish = dev(
+        &[
+            "pub",
+            "tpl.x",
+            "n={{Count}}",
+            "--count",
+            "3",
+            "--sleep",
+            "0.2",
+        ],
+        &server,
+        &certs,
+    );
     let started = Instant::now();
-    assert_ok(&run(&mut cassini(&args)), "pub --count --sleep");
+    assert_ok(&run(&mut publish), "pub --count --sleep");
     assert!(
         started.elapsed() >= Duration::from_millis(400),
         "slept twice"
@@ -710,29 +709,29 @@ fn pub_reads_stdin_files_and_lines_binary_empty_and_up_to_the_limit() {
 
 #[test]
 fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let acl = dir.path().join("acl.toml");
-    std::fs::write(
-        &acl,
+    let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
-    )
-    .expect("write acl");
-    let acl = acl.to_str().expect("utf-8 path");
-    let mut broker = Broker::start(&["--certs", certs, "--acl", acl]);
-    let server = broker.server();
+    );
+    let certs = certs.as_str();
     let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
-    let mut args = vec!["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"];
-    args.extend(connect_args(&server, certs, "dev"));
-    assert_ok(&run(&mut cassini(&args)), "pub --ack");
+    assert_ok(
+        &run(&mut dev(
+            &["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"],
+            &server,
+            certs,
+        )),
+        "pub --ack",
+    );
     assert_eq!(
         String::from_utf8(stdout_of(subscriber)).expect("utf-8"),
         "m1\nm2\n"
     );
 
-    let mut args = vec!["pub", "secret.x", "hi", "--ack"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let refused = run(&mut cassini(&args));
+    let refused = run(&mut dev(
+        &["pub", "secret.x", "hi", "--ack"],
+        &server,
+        certs,
+    ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
@@ -894,14 +893,16 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
     use std::io::Write as _;
     let (_dir, certs, server, mut broker) = broker_with(&[]);
     let first = raw_subscriber(&server, &certs, "stream.x", 1);
-    let mut args = vec!["pub", "stream.x", "-", "--lines", "--ack"];
-    args.extend(connect_args(&server, &certs, "dev"));
-    let mut publisher = cassini(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut publisher = dev(
+        &["pub", "stream.x", "-", "--lines", "--ack"],
+        &server,
+        &certs,
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
     let mut stdin = publisher.stdin.take().expect("stdin");
     stdin.write_all(b"first\n").expect("write");
     stdin.flush().expect("flush");
@@ -921,15 +922,9 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     let certs = dir.path().to_str().expect("utf-8 path");
     let (mut broker, server) = serve(certs);
 
-    let mut args = vec!["server", "ping", "-c", "3"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let ping = run(&mut cassini(&args));
+    let ping = run(&mut dev(&["server", "ping", "-c", "3"], &server, certs));
     let stdout = String::from_utf8_lossy(&ping.stdout);
-    assert!(
-        ping.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ping.stderr)
-    );
+    assert_ok(&ping, "ping");
     assert_eq!(
         stdout
             .lines()
@@ -940,9 +935,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     );
     assert!(stdout.contains("3 pings: min "), "{stdout}");
 
-    let mut args = vec!["server", "check"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let check = run(&mut cassini(&args));
+    let check = run(&mut dev(&["server", "check"], &server, certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(
@@ -953,9 +946,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     assert!(broker.terminate().success());
 
     // Nobody listens any more: a verdict, not a hang.
-    let mut args = vec!["server", "check", "-t", "3"];
-    args.extend(connect_args(&server, certs, "dev"));
-    let check = run(&mut cassini(&args));
+    let check = run(&mut dev(&["server", "check", "-t", "3"], &server, certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(2), "{stdout}");
     assert!(stdout.starts_with("CASSINI CRITICAL - "), "{stdout}");

@@ -11,6 +11,15 @@ use harness::workspace::Workspace;
 use harness::{eventually, output_within, stderr, stdout, Running, DEADLINE};
 use serde_json::Value;
 
+/// Asserts that `server check` reported a connection as `name`.
+fn assert_connected_as(check: &std::process::Output, name: &str) {
+    let printed = stdout(check);
+    assert!(
+        printed.contains(&format!("connected as {name}")),
+        "{printed}"
+    );
+}
+
 #[test]
 fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_flags_override_it() {
     let workspace = Workspace::new(&["alice", "bob"]);
@@ -73,28 +82,16 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
         stdout(&check),
         stderr(&check)
     );
-    assert!(
-        stdout(&check).contains("connected as alice"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "alice");
 
     // The environment beats the context; a flag beats the environment.
     let check = workspace.run_env(&["server", "check"], &[("CASSINI_NAME", "bob")]);
-    assert!(
-        stdout(&check).contains("connected as bob"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "bob");
     let check = workspace.run_env(
         &["server", "check", "--name", "alice"],
         &[("CASSINI_NAME", "bob")],
     );
-    assert!(
-        stdout(&check).contains("connected as alice"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "alice");
 
     // A second context, selected, points nowhere; `--context` and CASSINI_CONTEXT pick lab.
     let certs = workspace.certs();
@@ -115,17 +112,9 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     let check = workspace.run(&["server", "check", "--timeout", "1"]);
     assert_eq!(check.status.code(), Some(2), "{}", stdout(&check));
     let check = workspace.run(&["server", "check", "--context", "lab"]);
-    assert!(
-        stdout(&check).contains("connected as alice"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "alice");
     let check = workspace.run_env(&["server", "check"], &[("CASSINI_CONTEXT", "lab")]);
-    assert!(
-        stdout(&check).contains("connected as alice"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "alice");
     // CASSINI_SERVER and CASSINI_CERTS beat the selected context's; its name stays.
     let check = workspace.run_env(
         &["server", "check"],
@@ -134,11 +123,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
             ("CASSINI_CERTS", certs.to_str().unwrap()),
         ],
     );
-    assert!(
-        stdout(&check).contains("connected as bob"),
-        "{}",
-        stdout(&check)
-    );
+    assert_connected_as(&check, "bob");
 
     // pub and sub take the context too.
     let selected = workspace.run(&["context", "select", "lab"]);

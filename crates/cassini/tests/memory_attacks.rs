@@ -10,13 +10,11 @@ mod harness;
 use std::path::Path;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cassini_client::Client;
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
-use cassini_e2e::{raw_connect, within};
+use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
-use cassini_protocol::{ErrorCode, Frame, Publish, Subscribe, SubscribeOptions};
-use cassini_quic::tls;
-use futures_util::StreamExt;
+use cassini_protocol::{ErrorCode, Frame, Publish};
+use harness::clients::{client, raw_client};
 use harness::{init_certs, Broker};
 
 /// Frames of each header-heavy kind in the flood.
@@ -34,45 +32,18 @@ const PARTIAL_CAP: u64 = 64 * 1024 * 1024;
 const PARTIAL_GROWTH_BOUND: u64 =
     PARTIAL_CAP + PARTIAL_CONNECTIONS as u64 * 16 * 1024 * 1024 + 16 * 1024 * 1024;
 
-async fn raw(addr: &str, dir: &Path, name: &str) -> (quinn::Endpoint, quinn::Connection) {
-    let ca = tls::load_certs(&dir.join("ca.crt")).expect("ca");
-    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt"))).expect("cert");
-    let key = tls::load_key(&dir.join(format!("client-{name}.key"))).expect("key");
-    raw_connect(addr.parse().expect("addr"), ca, chain, key)
-        .await
-        .expect("connect")
-}
-
-async fn client(addr: &str, dir: &Path, name: &str) -> Client {
-    Client::builder(addr)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .connect()
-        .await
-        .expect("client connects")
-}
-
 /// A subscription to `filter` with the default 4 MiB bound, left detached: its connection
 /// vanished without a goodbye.
 async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
-    let (endpoint, connection) = raw(addr, dir, "victim").await;
+    let (endpoint, connection) = raw_client(addr, dir, "victim").await.expect("connect");
     let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: filter.into(),
-        options: SubscribeOptions::default(),
-    });
-    control
-        .write_all(&encoded(&subscribe))
-        .await
-        .expect("write");
+    cassini_e2e::raw::send_subscribe(&mut control, 1, filter).await;
     let mut buf = BytesMut::new();
     match read_frame(&mut answers, &mut buf).await.expect("answer") {
         Frame::Subscribed(_) => {}
         other => panic!("expected Subscribed, got {other:?}"),
     }
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
 }
 
 #[tokio::test]
@@ -85,7 +56,9 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
     let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
     let before = broker.rss_bytes();
 
-    let (_endpoint, connection) = raw(&broker.server(), dir.path(), "flooder").await;
+    let (_endpoint, connection) = raw_client(&broker.server(), dir.path(), "flooder")
+        .await
+        .expect("connect");
     let _control = raw::hello(&connection, None).await.expect("welcome");
     let (mut send, mut recv) = connection.open_bi().await.expect("publish stream");
     let max_frame = DEFAULT_MAX_FRAME_BYTES as usize;
@@ -124,14 +97,11 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
             });
         }
     }
-    let peak = broker.peak_rss_bytes();
-    let growth = peak.saturating_sub(before);
-    eprintln!(
-        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {} frames",
-        before >> 10,
-        peak >> 10,
-        growth >> 10,
-        answers.len()
+    let frames = answers.len();
+    broker.assert_peak_growth_below(
+        before,
+        HEADER_FLOOD_GROWTH_BOUND,
+        &format!("{frames} frames"),
     );
     assert_eq!(
         &answers[..FLOOD_FRAMES],
@@ -146,21 +116,15 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
         [ErrorCode::NORMAL; FLOOD_FRAMES],
         "publishes within the limits are accepted"
     );
-    assert!(
-        growth < HEADER_FLOOD_GROWTH_BOUND,
-        "broker grew by {} MiB, bound {} MiB",
-        growth >> 20,
-        HEADER_FLOOD_GROWTH_BOUND >> 20
-    );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", calm.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut calm,
+        "bystander delivery",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -177,7 +141,7 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
         let addr = broker.server();
         let dir = dir.path().to_owned();
         attacks.push(tokio::spawn(async move {
-            let (endpoint, connection) = raw(&addr, &dir, "eve").await;
+            let (endpoint, connection) = raw_client(&addr, &dir, "eve").await.expect("connect");
             let _control = raw::hello(&connection, None).await.expect("welcome");
             let max_frame = DEFAULT_MAX_FRAME_BYTES;
             let mut partial = BytesMut::with_capacity(max_frame as usize + 4);
@@ -203,28 +167,18 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
         let code = within("attack connection", attack).await.expect("task");
         assert_eq!(code, ErrorCode::PARTIAL_FRAMES_LIMIT);
     }
-    let peak = broker.peak_rss_bytes();
-    let growth = peak.saturating_sub(before);
-    eprintln!(
-        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {PARTIAL_CONNECTIONS} x \
-         {PARTIAL_STREAMS} partial frames",
-        before >> 10,
-        peak >> 10,
-        growth >> 10
-    );
-    assert!(
-        growth < PARTIAL_GROWTH_BOUND,
-        "broker grew by {} MiB, bound {} MiB",
-        growth >> 20,
-        PARTIAL_GROWTH_BOUND >> 20
+    broker.assert_peak_growth_below(
+        before,
+        PARTIAL_GROWTH_BOUND,
+        &format!("{PARTIAL_CONNECTIONS} x {PARTIAL_STREAMS} partial frames"),
     );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", calm.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut calm,
+        "bystander delivery",
+    )
+    .await;
 }

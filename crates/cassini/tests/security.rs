@@ -8,15 +8,15 @@ mod harness;
 
 use std::path::Path;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use cassini_client::{Client, SubscriptionEnd};
-use cassini_e2e::raw::{self, close_of};
-use cassini_e2e::{raw_connect, within};
+use bytes::{BufMut, BytesMut};
+use cassini_client::SubscriptionEnd;
+use cassini_e2e::raw::{self, close_of, server_cert_of};
+use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::ErrorCode;
 use cassini_quic::tls;
 use futures_util::StreamExt;
+use harness::clients::{client, raw_client};
 use harness::{certs, init_certs, Broker};
-use rustls::pki_types::CertificateDer;
 
 /// 100 connections, each declaring one 256 MiB frame.
 const FLOOD_CONNECTIONS: usize = 100;
@@ -24,29 +24,9 @@ const DECLARED_FRAME: u32 = 256 * 1024 * 1024;
 /// The issue's bound on the broker's growth for those 100 connections.
 const FLOOD_GROWTH_BOUND: u64 = 25 * 1024 * 1024;
 
-async fn raw(
-    addr: &str,
-    dir: &Path,
-    name: &str,
-) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
-    let ca = tls::load_certs(&dir.join("ca.crt"))?;
-    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt")))?;
-    let key = tls::load_key(&dir.join(format!("client-{name}.key")))?;
-    raw_connect(addr.parse()?, ca, chain, key).await
-}
-
-async fn client(addr: &str, dir: &Path, name: &str) -> Client {
-    Client::builder(addr)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .connect()
-        .await
-        .expect("client connects")
-}
-
 /// Whether a client named `name` gets through to a `Welcome`.
 async fn admitted(addr: &str, dir: &Path, name: &str) -> bool {
-    match raw(addr, dir, name).await {
+    match raw_client(addr, dir, name).await {
         Ok((_endpoint, connection)) => raw::hello(&connection, None).await.is_some(),
         Err(_) => false,
     }
@@ -66,7 +46,7 @@ async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memor
         let addr = broker.server();
         let dir = dir.path().to_owned();
         floods.push(tokio::spawn(async move {
-            let (endpoint, connection) = raw(&addr, &dir, "flooder").await.expect("connect");
+            let (endpoint, connection) = raw_client(&addr, &dir, "flooder").await.expect("connect");
             let _control = raw::hello(&connection, None).await.expect("welcome");
             let (mut send, _recv) = connection.open_bi().await.expect("publish stream");
             let mut declaration = BytesMut::new();
@@ -83,29 +63,20 @@ async fn a_hundred_connections_declaring_256_mib_frames_barely_move_broker_memor
         let code = within("flood connection", flood).await.expect("task");
         assert_eq!(code, ErrorCode::FRAME_TOO_LARGE);
     }
-    let peak = broker.peak_rss_bytes();
-    let growth = peak.saturating_sub(before);
-    eprintln!(
-        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {FLOOD_CONNECTIONS} x 256 MiB declared",
-        before >> 10,
-        peak >> 10,
-        growth >> 10
-    );
-    assert!(
-        growth < FLOOD_GROWTH_BOUND,
-        "broker grew by {} MiB, bound {} MiB",
-        growth >> 20,
-        FLOOD_GROWTH_BOUND >> 20
+    broker.assert_peak_growth_below(
+        before,
+        FLOOD_GROWTH_BOUND,
+        &format!("{FLOOD_CONNECTIONS} x 256 MiB declared"),
     );
 
-    bystander
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("bystander delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &bystander,
+        "calm.x",
+        b"still here",
+        &mut subscription,
+        "bystander delivery",
+    )
+    .await;
 }
 
 /// Sessions eve creates and abandons, each with one subscription.
@@ -121,25 +92,17 @@ const SESSIONS_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
 /// Opens a session as `name` with one subscription, then drops the connection without a
 /// goodbye, so the session stays detached.
 async fn abandon_session(addr: &str, dir: &Path, name: &str) {
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{Frame, Subscribe, SubscribeOptions};
-    let (endpoint, connection) = raw(addr, dir, name).await.expect("connect");
+    use cassini_e2e::raw::read_frame;
+    use cassini_protocol::Frame;
+    let (endpoint, connection) = raw_client(addr, dir, name).await.expect("connect");
     let (_welcome, mut send, mut recv) = raw::hello(&connection, None).await.expect("welcome");
-    let subscribe = Frame::Subscribe(Subscribe {
-        request_id: 1,
-        filter: "eve.abandoned.>".into(),
-        options: SubscribeOptions::default(),
-    });
-    send.write_all(&encoded(&subscribe))
-        .await
-        .expect("subscribe");
+    cassini_e2e::raw::send_subscribe(&mut send, 1, "eve.abandoned.>").await;
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf).await {
         Some(Frame::Subscribed(_)) => {}
         other => panic!("expected Subscribed, got {other:?}"),
     }
-    connection.close(quinn::VarInt::from_u32(99), b"vanishing");
-    endpoint.wait_idle().await;
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
 }
 
 #[tokio::test]
@@ -165,28 +128,19 @@ async fn abandoned_sessions_of_one_identity_stay_within_its_session_quota() {
     for _ in 0..ABANDONED_SESSIONS {
         abandon_session(&broker.server(), dir.path(), "eve").await;
     }
-    let peak = broker.peak_rss_bytes();
-    let growth = peak.saturating_sub(before);
-    eprintln!(
-        "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {ABANDONED_SESSIONS} abandoned sessions",
-        before >> 10,
-        peak >> 10,
-        growth >> 10
+    broker.assert_peak_growth_below(
+        before,
+        SESSIONS_GROWTH_BOUND,
+        &format!("{ABANDONED_SESSIONS} abandoned sessions"),
     );
-    assert!(
-        growth < SESSIONS_GROWTH_BOUND,
-        "broker grew by {} MiB, bound {} MiB",
-        growth >> 20,
-        SESSIONS_GROWTH_BOUND >> 20
-    );
-    alice
-        .publish_acked("calm.x", Bytes::from_static(b"still here"))
-        .await
-        .expect("publish");
-    let message = within("alice's delivery", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still here");
+    assert_delivers(
+        &alice,
+        "calm.x",
+        b"still here",
+        &mut subscription,
+        "alice's delivery",
+    )
+    .await;
 }
 
 const ACL: &str = r#"
@@ -228,14 +182,14 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
         feeds.end_reason(),
         Some(SubscriptionEnd::Reset(ErrorCode::NOT_AUTHORIZED))
     );
-    publisher
-        .publish_acked("sensors.t", Bytes::from_static(b"allowed"))
-        .await
-        .expect("publish");
-    let message = within("sensors delivery", sensors.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"allowed");
+    assert_delivers(
+        &publisher,
+        "sensors.t",
+        b"allowed",
+        &mut sensors,
+        "sensors delivery",
+    )
+    .await;
 
     // An invalid edit is refused with its line, and the broker keeps the previous ACL.
     broker.wait_for_log("reloaded the ACL");
@@ -247,22 +201,14 @@ async fn editing_the_acl_file_ends_a_live_subscription_it_no_longer_allows() {
     .expect("bad ACL");
     broker.wait_for_log("line 4");
     assert_eq!(broker.log_count("reloaded the ACL"), reloads);
-    publisher
-        .publish_acked("sensors.t", Bytes::from_static(b"still"))
-        .await
-        .expect("publish under the kept ACL");
-    let message = within("sensors delivery", sensors.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"still");
-}
-
-fn server_cert_of(connection: &quinn::Connection) -> CertificateDer<'static> {
-    let identity = connection.peer_identity().expect("server certificate");
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .expect("a certificate chain");
-    chain.first().expect("leaf").clone()
+    assert_delivers(
+        &publisher,
+        "sensors.t",
+        b"still",
+        &mut sensors,
+        "sensors delivery",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -275,7 +221,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
         1,
         "running without an ACL is said once, at start"
     );
-    let (_alice_endpoint, alice) = raw(&broker.server(), dir.path(), "alice")
+    let (_alice_endpoint, alice) = raw_client(&broker.server(), dir.path(), "alice")
         .await
         .expect("alice");
     let (alice_welcome, _send, _recv) = raw::hello(&alice, None).await.expect("alice welcomed");
@@ -298,7 +244,7 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     let new_server = tls::load_certs(&dir.path().join("server.crt")).expect("server.crt");
     assert_ne!(old_server, new_server);
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
-    let (_endpoint, fresh) = raw(&broker.server(), dir.path(), "bob")
+    let (_endpoint, fresh) = raw_client(&broker.server(), dir.path(), "bob")
         .await
         .expect("connect");
     assert_eq!(
@@ -313,17 +259,18 @@ async fn certs_revoke_and_rotate_server_take_effect_on_a_running_broker() {
     broker.wait_for_log_count("reloaded certificates", reloads + 1);
     assert!(broker.log_count("SIGHUP") >= 1);
     assert!(!admitted(&broker.server(), dir.path(), "alice").await);
-    bob.publish_acked("bob.x", Bytes::from_static(b"through it all"))
-        .await
-        .expect("publish");
-    let message = within("bob delivery", bob_subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(message.payload().as_ref(), b"through it all");
+    assert_delivers(
+        &bob,
+        "bob.x",
+        b"through it all",
+        &mut bob_subscription,
+        "bob delivery",
+    )
+    .await;
 
     // The revoked certificate's session ended with it: a re-issued certificate cannot resume it.
     certs(dir.path(), &["issue", "alice"]);
-    let (_endpoint, reissued) = raw(&broker.server(), dir.path(), "alice")
+    let (_endpoint, reissued) = raw_client(&broker.server(), dir.path(), "alice")
         .await
         .expect("connect");
     assert!(raw::hello(&reissued, Some(alice_welcome.session_id))

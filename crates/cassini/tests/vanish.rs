@@ -54,13 +54,7 @@ async fn a_killed_client_leaves_nothing_behind() {
     let _ = child.wait();
 
     broker
-        .wait_for_stats("everything the client had is gone", |s| {
-            s.connections == 0
-                && s.sessions == 0
-                && s.subscribers == 0
-                && s.topics == 0
-                && s.routes_empty
-        })
+        .wait_until_empty("everything the client had is gone")
         .await;
     broker.stop().await;
 }

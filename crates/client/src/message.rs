@@ -120,6 +120,24 @@ impl From<Delivery> for Message {
 }
 
 #[cfg(test)]
+impl Message {
+    /// A plain message as a subscription delivers it: no headers, no message id, no reply
+    /// topic, neither retained nor redelivered.
+    pub(crate) fn plain(sequence: u64, topic: &str, payload: impl Into<Bytes>) -> Self {
+        Message::from(Delivery {
+            sequence,
+            topic: topic.into(),
+            headers: vec![],
+            payload: payload.into(),
+            message_id: None,
+            reply_to: None,
+            retained: false,
+            redelivered: false,
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! What a delivery carries reaches the application's message.
 
@@ -150,16 +168,7 @@ mod tests {
 
     #[test]
     fn a_plain_delivery_is_neither_a_request_nor_retained() {
-        let message = Message::from(Delivery {
-            sequence: 1,
-            topic: "a".into(),
-            headers: vec![],
-            payload: Bytes::new(),
-            message_id: None,
-            reply_to: None,
-            retained: false,
-            redelivered: false,
-        });
+        let message = Message::plain(1, "a", Bytes::new());
         assert_eq!(message.message_id(), None);
         assert_eq!(message.reply_to(), None);
         assert!(!message.is_retained());

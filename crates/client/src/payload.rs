@@ -71,7 +71,6 @@ mod tests {
     use std::collections::HashMap;
 
     use bytes::Bytes;
-    use cassini_protocol::Delivery;
     use serde::{Deserialize, Serialize};
 
     use super::*;
@@ -101,16 +100,7 @@ mod tests {
     }
 
     fn delivered(payload: Bytes) -> Message {
-        Message::from(Delivery {
-            sequence: 1,
-            topic: "t".into(),
-            headers: vec![],
-            payload,
-            message_id: None,
-            reply_to: None,
-            retained: false,
-            redelivered: false,
-        })
+        Message::plain(1, "t", payload)
     }
 
     #[test]

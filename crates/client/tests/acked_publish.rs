@@ -10,34 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    Client, ClientBuilder, ClientError, ConnectionState, ErrorCode, PublishError, PublishOptions,
-    PublishReceipt, ReconnectPolicy,
+    Client, ClientError, ConnectionState, ErrorCode, PublishError, PublishOptions, PublishReceipt,
 };
-use cassini_protocol::{Frame, Publish, PublishAck, PublishRejected};
-use fake_broker::{write, FakeBroker, Reader, Session, SESSION, STEP};
+use cassini_protocol::{Frame, PublishAck, PublishRejected};
+use fake_broker::{write, FakeBroker, SESSION, STEP};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-
-fn builder(broker: &FakeBroker) -> ClientBuilder {
-    broker.client_builder("alice").reconnect(ReconnectPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        ..ReconnectPolicy::default()
-    })
-}
-
-async fn connect(builder: ClientBuilder, broker: &FakeBroker) -> (Client, Session) {
-    let (client, session) = tokio::join!(builder.connect(), broker.accept_session());
-    (client.expect("connect"), session)
-}
-
-/// Reads the next frame of a publish stream, expecting a `Publish`.
-async fn expect_publish(reader: &mut Reader) -> Publish {
-    match reader.next().await {
-        Some(Frame::Publish(publish)) => publish,
-        other => panic!("expected Publish, got {other:?}"),
-    }
-}
 
 /// Starts `publish_acked(topic, payload)` in the background.
 fn publish_acked(
@@ -65,10 +43,10 @@ async fn outcome<T>(task: JoinHandle<T>) -> T {
 #[tokio::test]
 async fn the_acknowledgement_resolves_the_publish() {
     let broker = FakeBroker::start();
-    let (client, session) = connect(builder(&broker), &broker).await;
+    let (client, session) = broker.connect(broker.reconnecting_builder()).await;
     let task = publish_acked(&client, "demo.a", "one");
     let (mut send, mut reader) = session.accept_publish().await;
-    let publish = expect_publish(&mut reader).await;
+    let publish = reader.expect_publish().await;
     assert!(publish.ack, "the publish asks for an acknowledgement");
     assert_eq!(publish.payload, Bytes::from_static(b"one"));
     let message_id = publish
@@ -92,7 +70,7 @@ async fn the_acknowledgement_resolves_the_publish() {
         let client = client.clone();
         tokio::spawn(async move { client.publish_with("demo.a", "two", options).await })
     };
-    let publish = expect_publish(&mut reader).await;
+    let publish = reader.expect_publish().await;
     assert_eq!(publish.message_id, Some(77));
     assert!(publish.ack);
     write(
@@ -109,11 +87,11 @@ async fn the_acknowledgement_resolves_the_publish() {
 #[tokio::test]
 async fn a_rejection_with_the_message_id_fails_the_publish_with_its_code() {
     let broker = FakeBroker::start();
-    let (client, session) = connect(builder(&broker), &broker).await;
+    let (client, session) = broker.connect(broker.reconnecting_builder()).await;
     let mut publish_errors = client.publish_errors().expect("the rejection queue");
     let task = publish_acked(&client, "demo.a", "refused");
     let (mut send, mut reader) = session.accept_publish().await;
-    let publish = expect_publish(&mut reader).await;
+    let publish = reader.expect_publish().await;
     write(
         &mut send,
         &Frame::PublishRejected(PublishRejected {
@@ -146,11 +124,11 @@ async fn a_rejection_with_the_message_id_fails_the_publish_with_its_code() {
 #[tokio::test]
 async fn a_publish_unacknowledged_when_the_connection_drops_is_sent_again_after_the_resume() {
     let broker = FakeBroker::start();
-    let (client, session) = connect(builder(&broker), &broker).await;
+    let (client, session) = broker.connect(broker.reconnecting_builder()).await;
     let mut states = client.state_changes();
     let task = publish_acked(&client, "demo.a", "important");
     let (_send, mut reader) = session.accept_publish().await;
-    let first = expect_publish(&mut reader).await;
+    let first = reader.expect_publish().await;
     let message_id = first.message_id.expect("a message id");
 
     // The broker routed it (as far as the test knows) but crashed before acknowledging.
@@ -169,11 +147,11 @@ async fn a_publish_unacknowledged_when_the_connection_drops_is_sent_again_after_
 
     let resumed = broker.accept_resume(SESSION).await;
     let (mut send, mut reader) = resumed.accept_publish().await;
-    let again = expect_publish(&mut reader).await;
+    let again = reader.expect_publish().await;
     assert_eq!(again.message_id, Some(message_id), "the same message id");
     assert!(again.ack);
     assert_eq!(again.payload, Bytes::from_static(b"important"));
-    let buffered = expect_publish(&mut reader).await;
+    let buffered = reader.expect_publish().await;
     assert_eq!(
         buffered.payload,
         Bytes::from_static(b"later"),
@@ -195,14 +173,16 @@ async fn a_publish_unacknowledged_when_the_connection_drops_is_sent_again_after_
 #[tokio::test]
 async fn without_an_answer_the_publish_times_out() {
     let broker = FakeBroker::start();
-    let (client, session) = connect(
-        builder(&broker).ack_timeout(Duration::from_millis(200)),
-        &broker,
-    )
-    .await;
+    let (client, session) = broker
+        .connect(
+            broker
+                .reconnecting_builder()
+                .ack_timeout(Duration::from_millis(200)),
+        )
+        .await;
     let task = publish_acked(&client, "demo.a", "unanswered");
     let (_send, mut reader) = session.accept_publish().await;
-    expect_publish(&mut reader).await;
+    reader.expect_publish().await;
     match outcome(task).await {
         Err(ClientError::Timeout(what)) => assert_eq!(what, "publish acknowledgement"),
         other => panic!("expected Timeout, got {other:?}"),

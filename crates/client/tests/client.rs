@@ -13,81 +13,88 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    ClientError, ConnectionError, ConnectionState, DisconnectReason, ErrorCode, OverflowPolicy,
-    PublishError, ReconnectPolicy, SubscribeError, SubscribeOptions, Subscription, SubscriptionEnd,
-    SubscriptionEvent,
+    Client, ClientError, ConnectionError, ConnectionState, DisconnectReason, ErrorCode,
+    OverflowPolicy, PublishError, ReconnectPolicy, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionEnd, SubscriptionEvent,
 };
 use cassini_protocol::{
-    Delivery, ErrorFrame, Frame, Gap, GapReason, Ping, PublishRejected, Subscribed, Unsubscribed,
+    Delivery, ErrorFrame, Frame, Gap, GapReason, Ping, PublishRejected, Unsubscribed,
 };
 use fake_broker::{write, FakeBroker, Pki, Session, LIMITS, STEP};
 use futures_util::StreamExt;
 use tokio::time::timeout;
 
+/// A delivery of `payload` on `topic` with one header, `k: v`.
 fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Frame {
     Frame::Message(Delivery {
-        sequence,
-        topic: topic.into(),
         headers: vec![("k".into(), "v".into())],
-        payload: Bytes::from_static(payload.as_bytes()),
-        message_id: None,
-        reply_to: None,
-        retained: false,
-        redelivered: false,
+        ..fake_broker::delivery(sequence, topic, payload)
     })
 }
 
-/// Reads the next control frame, expecting a `Subscribe`; returns its request id.
+/// Reads the next control frame, expecting a `Subscribe` for `filter`; returns its request id.
 async fn expect_subscribe(session: &mut Session, filter: &str) -> u64 {
-    match session.control.next().await {
-        Some(Frame::Subscribe(subscribe)) => {
-            assert_eq!(subscribe.filter, filter);
-            subscribe.request_id
-        }
-        other => panic!("expected Subscribe, got {other:?}"),
-    }
+    let subscribe = session.expect_subscribe().await;
+    assert_eq!(subscribe.filter, filter);
+    subscribe.request_id
+}
+
+/// Subscribes `client` to `filter` while the broker answers it as `subscription` and opens
+/// no stream yet.
+async fn subscribe(
+    client: &Client,
+    session: &mut Session,
+    filter: &str,
+    subscription: u64,
+) -> Subscription {
+    let (subscribed, subscribe) = tokio::join!(
+        client.subscribe(filter),
+        session.answer_subscribe(subscription)
+    );
+    assert_eq!(subscribe.filter, filter);
+    subscribed.expect("subscribe")
+}
+
+/// Subscribes `client` to `filter` while the broker answers it as `subscription` and opens its
+/// stream, which it returns with the subscription.
+async fn subscribe_with_stream(
+    client: &Client,
+    session: &mut Session,
+    filter: &str,
+    subscription: u64,
+) -> (Subscription, quinn::SendStream) {
+    let (subscribed, (subscribe, stream)) = tokio::join!(
+        client.subscribe(filter),
+        session.accept_subscribe(subscription)
+    );
+    assert_eq!(subscribe.filter, filter);
+    (subscribed.expect("subscribe"), stream)
 }
 
 #[tokio::test]
 async fn connect_reports_the_welcome_and_ping_round_trips() {
     let broker = FakeBroker::start();
     let builder = broker.client_builder("alice").client_name("unit-test");
-    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect(builder).await;
     assert_eq!(client.identity(), "alice");
     assert_eq!(client.limits(), LIMITS);
     assert_eq!(client.session_id().to_string(), "2a".repeat(16));
 
-    let broker_side = async {
-        match session.control.next().await {
-            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
-            other => panic!("expected Ping, got {other:?}"),
-        }
-    };
-    let (rtt, ()) = tokio::join!(client.ping(), broker_side);
+    let (rtt, ()) = tokio::join!(client.ping(), session.answer_ping());
     assert!(rtt.expect("pong") < STEP);
 }
 
 #[tokio::test]
 async fn a_subscription_stream_may_arrive_before_its_answer() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
 
     let broker_side = async {
         let request_id = expect_subscribe(&mut session, "demo.>").await;
         let mut stream = session.open_subscription(9).await;
         write(&mut stream, &delivery(1, "demo.a", "first")).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 9,
-            }))
-            .await;
+        session.subscribed(request_id, 9).await;
         write(&mut stream, &delivery(2, "demo.b", "second")).await;
         stream
     };
@@ -107,23 +114,9 @@ async fn a_subscription_stream_may_arrive_before_its_answer() {
 #[tokio::test]
 async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
 
-    let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "demo.*").await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 3,
-            }))
-            .await;
-    };
-    let (subscription, ()) = tokio::join!(client.subscribe("demo.*"), broker_side);
-    let mut subscription = subscription.expect("subscribe");
+    let mut subscription = subscribe(&client, &mut session, "demo.*", 3).await;
 
     // `subscribe` returned, so the answer was processed before the stream is even opened.
     let mut stream = session.open_subscription(3).await;
@@ -181,22 +174,8 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
 #[tokio::test]
 async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
-    let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "quiet.>").await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 4,
-            }))
-            .await;
-    };
-    let (subscription, ()) = tokio::join!(client.subscribe("quiet.>"), broker_side);
-    let mut subscription = subscription.expect("subscribe");
+    let (client, mut session) = broker.connect_alice().await;
+    let mut subscription = subscribe(&client, &mut session, "quiet.>", 4).await;
     let mut stream = session.open_subscription(4).await;
     write(&mut stream, &delivery(1, "quiet.a", "one")).await;
     write(
@@ -258,30 +237,14 @@ async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
 #[tokio::test]
 async fn a_slow_consumer_reset_ends_the_subscription_with_its_reason() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
     let options = SubscribeOptions {
         overflow: OverflowPolicy::Close,
         ..SubscribeOptions::default()
     };
     let broker_side = async {
-        let request_id = match session.control.next().await {
-            Some(Frame::Subscribe(subscribe)) => {
-                assert_eq!(subscribe.options.overflow, OverflowPolicy::Close);
-                subscribe.request_id
-            }
-            other => panic!("expected Subscribe, got {other:?}"),
-        };
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 1,
-            }))
-            .await;
-        let mut stream = session.open_subscription(1).await;
+        let (subscribe, mut stream) = session.accept_subscribe(1).await;
+        assert_eq!(subscribe.options.overflow, OverflowPolicy::Close);
         write(&mut stream, &delivery(1, "demo.a", "one")).await;
         stream
     };
@@ -307,39 +270,21 @@ async fn a_slow_consumer_reset_ends_the_subscription_with_its_reason() {
 #[tokio::test]
 async fn unsubscribe_waits_for_the_answer_and_the_stream_then_ends() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
+    let (mut subscription, mut stream) =
+        subscribe_with_stream(&client, &mut session, "demo.a", 5).await;
+
     let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "demo.a").await;
+        let unsubscribe = session.expect_unsubscribe().await;
+        assert_eq!(unsubscribe.subscription, 5);
+        write(&mut stream, &delivery(1, "demo.a", "last")).await;
+        stream.finish().expect("finish");
         session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
+            .send_control(&Frame::Unsubscribed(Unsubscribed {
+                request_id: unsubscribe.request_id,
                 subscription: 5,
             }))
             .await;
-        session.open_subscription(5).await
-    };
-    let (subscription, mut stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
-    let mut subscription = subscription.expect("subscribe");
-
-    let broker_side = async {
-        match session.control.next().await {
-            Some(Frame::Unsubscribe(unsubscribe)) => {
-                assert_eq!(unsubscribe.subscription, 5);
-                write(&mut stream, &delivery(1, "demo.a", "last")).await;
-                stream.finish().expect("finish");
-                session
-                    .send_control(&Frame::Unsubscribed(Unsubscribed {
-                        request_id: unsubscribe.request_id,
-                        subscription: 5,
-                    }))
-                    .await;
-            }
-            other => panic!("expected Unsubscribe, got {other:?}"),
-        }
     };
     let (unsubscribed, ()) = tokio::join!(subscription.unsubscribe(), broker_side);
     unsubscribed.expect("unsubscribe");
@@ -363,43 +308,17 @@ async fn unsubscribe_waits_for_the_answer_and_the_stream_then_ends() {
 #[tokio::test]
 async fn dropping_a_subscription_stops_its_stream_and_unsubscribes() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
-    let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "demo.a").await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 6,
-            }))
-            .await;
-        session.open_subscription(6).await
-    };
-    let (subscription, stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
-    drop(subscription.expect("subscribe"));
+    let (client, mut session) = broker.connect_alice().await;
+    let (subscription, stream) = subscribe_with_stream(&client, &mut session, "demo.a", 6).await;
+    drop(subscription);
 
-    match session.control.next().await {
-        Some(Frame::Unsubscribe(unsubscribe)) => assert_eq!(unsubscribe.subscription, 6),
-        other => panic!("expected Unsubscribe, got {other:?}"),
-    }
-    let stopped = timeout(STEP, stream.stopped())
-        .await
-        .expect("stopped in time")
-        .expect("stopped");
-    assert_eq!(stopped, Some(quinn::VarInt::from_u32(0)));
+    session.expect_dropped(6, &stream).await;
 }
 
 #[tokio::test]
 async fn a_refused_subscribe_is_a_request_error_and_the_connection_stays_usable() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
     let broker_side = async {
         let request_id = expect_subscribe(&mut session, "demo.a").await;
         session
@@ -409,10 +328,7 @@ async fn a_refused_subscribe_is_a_request_error_and_the_connection_stays_usable(
                 reason: "at most 100".into(),
             }))
             .await;
-        match session.control.next().await {
-            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
-            other => panic!("expected Ping, got {other:?}"),
-        }
+        session.answer_ping().await;
     };
     let client_side = async {
         let refused = client.subscribe("demo.a").await;
@@ -433,11 +349,7 @@ async fn a_refused_subscribe_is_a_request_error_and_the_connection_stays_usable(
 #[tokio::test]
 async fn invalid_topics_filters_and_payloads_are_refused_before_sending() {
     let broker = FakeBroker::start();
-    let (client, _session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, _session) = broker.connect_alice().await;
     assert!(matches!(
         client.publish("demo.*", "x").await,
         Err(PublishError::InvalidTopic(_))
@@ -459,11 +371,7 @@ async fn invalid_topics_filters_and_payloads_are_refused_before_sending() {
 #[tokio::test]
 async fn a_datagram_to_an_invalid_topic_is_refused_before_sending() {
     let broker = FakeBroker::start();
-    let (client, _session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, _session) = broker.connect_alice().await;
     for topic in ["demo.*", "demo.>", "", &"a".repeat(65)] {
         match client.publish_datagram(topic, "x").await {
             Err(PublishError::InvalidTopic(_)) => {}
@@ -515,8 +423,7 @@ async fn serve_publishes(mut session: Session) -> (HashMap<String, Vec<u32>>, us
 async fn publishes_keep_per_topic_order_across_evicted_lanes_and_close_delivers_them_all() {
     let broker = FakeBroker::start();
     let builder = broker.client_builder("alice").max_publish_lanes(2);
-    let (client, session) = tokio::join!(builder.connect(), broker.accept_session());
-    let client = client.expect("connect");
+    let (client, session) = broker.connect(builder).await;
     let broker_side = tokio::spawn(serve_publishes(session));
 
     // Bursts per topic, so each lane carries many frames when it is evicted.
@@ -556,11 +463,7 @@ async fn publishes_keep_per_topic_order_across_evicted_lanes_and_close_delivers_
 #[tokio::test]
 async fn a_rejected_publish_reaches_publish_errors() {
     let broker = FakeBroker::start();
-    let (client, session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, session) = broker.connect_alice().await;
     let mut rejections = client.publish_errors().expect("the queue, once");
     assert!(client.publish_errors().is_none());
 
@@ -593,19 +496,8 @@ async fn a_rejected_publish_reaches_publish_errors() {
 async fn a_slow_reader_pushes_back_on_the_broker_instead_of_buffering() {
     let broker = FakeBroker::start();
     let builder = broker.client_builder("alice").subscription_buffer(2);
-    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
-    let client = client.expect("connect");
-    let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "bulk").await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 1,
-            }))
-            .await;
-    };
-    let (subscription, ()) = tokio::join!(client.subscribe("bulk"), broker_side);
-    let mut subscription = subscription.expect("subscribe");
+    let (client, mut session) = broker.connect(builder).await;
+    let mut subscription = subscribe(&client, &mut session, "bulk", 1).await;
 
     const MESSAGES: u64 = 2000;
     let payload = Bytes::from(vec![7u8; 16 * 1024]);
@@ -653,20 +545,9 @@ async fn without_reconnecting_a_broker_close_with_a_code_is_reported_everywhere(
     let builder = broker
         .client_builder("alice")
         .reconnect(ReconnectPolicy::disabled());
-    let (client, mut session) = tokio::join!(builder.connect(), broker.accept_session());
-    let client = client.expect("connect");
-    let broker_side = async {
-        let request_id = expect_subscribe(&mut session, "demo.a").await;
-        session
-            .send_control(&Frame::Subscribed(Subscribed {
-                request_id,
-                subscription: 2,
-            }))
-            .await;
-        session.open_subscription(2).await
-    };
-    let (subscription, _stream) = tokio::join!(client.subscribe("demo.a"), broker_side);
-    let mut subscription = subscription.expect("subscribe");
+    let (client, mut session) = broker.connect(builder).await;
+    let (mut subscription, _stream) =
+        subscribe_with_stream(&client, &mut session, "demo.a", 2).await;
     session.close(ErrorCode::SERVER_SHUTTING_DOWN, "maintenance");
 
     assert_eq!(
@@ -792,11 +673,7 @@ async fn a_broker_certificate_from_another_ca_is_refused_by_the_client() {
 #[tokio::test]
 async fn a_pong_for_another_request_kind_is_a_protocol_error() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
     let broker_side = async {
         let request_id = expect_subscribe(&mut session, "demo.a").await;
         session
@@ -827,11 +704,7 @@ async fn a_pong_for_another_request_kind_is_a_protocol_error() {
 #[tokio::test]
 async fn dropping_the_client_closes_the_connection() {
     let broker = FakeBroker::start();
-    let (client, session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, session) = broker.connect_alice().await;
     let second_handle = client.clone();
     drop(client);
     assert!(
@@ -853,11 +726,7 @@ async fn dropping_the_client_closes_the_connection() {
 #[tokio::test]
 async fn going_away_is_recorded_and_the_connection_stays_usable() {
     let broker = FakeBroker::start();
-    let (client, mut session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    let client = client.expect("connect");
+    let (client, mut session) = broker.connect_alice().await;
     assert_eq!(client.going_away(), None);
     session
         .send_control(&Frame::GoingAway(cassini_protocol::GoingAway {
@@ -865,13 +734,7 @@ async fn going_away_is_recorded_and_the_connection_stays_usable() {
             reconnect_after_ms: 1500,
         }))
         .await;
-    let broker_side = async {
-        match session.control.next().await {
-            Some(Frame::Ping(ping)) => session.send_control(&Frame::Pong(ping)).await,
-            other => panic!("expected Ping, got {other:?}"),
-        }
-    };
-    let (ping, ()) = tokio::join!(client.ping(), broker_side);
+    let (ping, ()) = tokio::join!(client.ping(), session.answer_ping());
     ping.expect("pong");
     let going_away = client.going_away().expect("GoingAway recorded");
     assert_eq!(going_away.reason, "restarting");

@@ -11,44 +11,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{
-    Client, ClientBuilder, ClientError, ConnectionError, ConnectionState, DisconnectReason,
-    ErrorCode, Gap, OutboundBuffer, OverflowPolicy, PublishError, ReconnectPolicy, SessionId,
-    SubscribeError, SubscribeOptions, Subscription, SubscriptionEnd,
+    Client, ClientError, ConnectionError, ConnectionState, DisconnectReason, ErrorCode, Gap,
+    OutboundBuffer, OverflowPolicy, PublishError, ReconnectPolicy, SessionId, SubscribeError,
+    SubscribeOptions, Subscription, SubscriptionEnd,
 };
-use cassini_protocol::{Delivery, Frame};
-use fake_broker::{write, FakeBroker, Reader, Session, SESSION, STEP};
+use cassini_protocol::Frame;
+use fake_broker::{quick_reconnect, write, FakeBroker, Reader, Session, SESSION, STEP};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-/// Reconnects quickly, so tests do not wait for the default backoff.
-fn quick_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        ..ReconnectPolicy::default()
-    }
-}
-
-fn builder(broker: &FakeBroker) -> ClientBuilder {
-    broker.client_builder("alice").reconnect(quick_reconnect())
-}
-
-async fn connect(builder: ClientBuilder, broker: &FakeBroker) -> (Client, Session) {
-    let (client, session) = tokio::join!(builder.connect(), broker.accept_session());
-    (client.expect("connect"), session)
-}
-
+/// A delivery of `payload` on `demo.a`.
 fn delivery(sequence: u64, payload: &'static str) -> Frame {
-    Frame::Message(Delivery {
-        sequence,
-        topic: "demo.a".into(),
-        headers: vec![],
-        payload: Bytes::from_static(payload.as_bytes()),
-        message_id: None,
-        reply_to: None,
-        retained: false,
-        redelivered: false,
-    })
+    Frame::Message(fake_broker::delivery(sequence, "demo.a", payload))
 }
 
 /// Subscribes to `demo.>` as subscription `id`; returns it with its stream.
@@ -102,7 +76,7 @@ async fn published_payloads(reader: &mut Reader, count: usize) -> Vec<Bytes> {
 #[tokio::test]
 async fn a_lost_connection_is_resumed_and_the_subscription_continues_in_order_without_duplicates() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(builder(&broker), &broker).await;
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
     assert_eq!(client.reconnects(), 0);
     let mut states = client.state_changes();
     let (mut subscription, mut stream) = subscribe(&client, &mut session, 7).await;
@@ -165,7 +139,7 @@ async fn a_lost_connection_is_resumed_and_the_subscription_continues_in_order_wi
 #[tokio::test]
 async fn session_taken_over_stops_reconnecting_and_reports_disconnected() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(builder(&broker), &broker).await;
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
     let mut states = client.state_changes();
     let (mut subscription, _stream) = subscribe(&client, &mut session, 7).await;
 
@@ -210,7 +184,7 @@ async fn session_taken_over_stops_reconnecting_and_reports_disconnected() {
 #[tokio::test]
 async fn an_expired_session_is_replaced_and_every_subscription_made_again() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(builder(&broker), &broker).await;
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
     let mut states = client.state_changes();
     let options = SubscribeOptions {
         overflow: OverflowPolicy::DropNewest,
@@ -270,7 +244,9 @@ async fn while_reconnecting_requests_fail_fast_and_the_outbound_buffer_is_bounde
         max_messages: 2,
         max_age: Duration::from_secs(60),
     };
-    let (client, session) = connect(builder(&broker).outbound_buffer(buffer), &broker).await;
+    let (client, session) = broker
+        .connect(broker.reconnecting_builder().outbound_buffer(buffer))
+        .await;
     let mut states = client.state_changes();
     session.close(ErrorCode::INTERNAL, "crashed");
     wait_for_state(&mut states, is_reconnecting).await;
@@ -304,8 +280,10 @@ async fn while_reconnecting_requests_fail_fast_and_the_outbound_buffer_is_bounde
 #[tokio::test]
 async fn with_the_outbound_buffer_disabled_a_publish_while_reconnecting_fails_fast() {
     let broker = FakeBroker::start();
-    let builder = builder(&broker).outbound_buffer(OutboundBuffer::disabled());
-    let (client, session) = connect(builder, &broker).await;
+    let builder = broker
+        .reconnecting_builder()
+        .outbound_buffer(OutboundBuffer::disabled());
+    let (client, session) = broker.connect(builder).await;
     let mut states = client.state_changes();
     session.close(ErrorCode::INTERNAL, "crashed");
     wait_for_state(&mut states, is_reconnecting).await;
@@ -320,7 +298,7 @@ async fn with_the_outbound_buffer_disabled_a_publish_while_reconnecting_fails_fa
 #[tokio::test]
 async fn close_while_reconnecting_stops_for_good() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(builder(&broker), &broker).await;
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
     let mut states = client.state_changes();
     let (mut subscription, _stream) = subscribe(&client, &mut session, 7).await;
     session.close(ErrorCode::INTERNAL, "crashed");
@@ -359,10 +337,11 @@ async fn reconnecting_gives_up_after_give_up_after() {
         give_up_after: Some(Duration::from_millis(300)),
         ..quick_reconnect()
     };
-    let builder = builder(&broker)
+    let builder = broker
+        .reconnecting_builder()
         .reconnect(policy)
         .connect_timeout(Duration::from_millis(500));
-    let (client, session) = connect(builder, &broker).await;
+    let (client, session) = broker.connect(builder).await;
     let mut states = client.state_changes();
     session.close(ErrorCode::INTERNAL, "crashed");
     // The broker never answers again.
@@ -386,7 +365,7 @@ async fn reconnecting_gives_up_after_give_up_after() {
 #[tokio::test]
 async fn a_subscription_dropped_while_reconnecting_is_unsubscribed_after_the_resume() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(builder(&broker), &broker).await;
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
     let mut states = client.state_changes();
     let (subscription, _stream) = subscribe(&client, &mut session, 7).await;
     session.close(ErrorCode::INTERNAL, "crashed");
@@ -395,13 +374,5 @@ async fn a_subscription_dropped_while_reconnecting_is_unsubscribed_after_the_res
 
     let mut resumed = broker.accept_resume(SESSION).await;
     let stream = resumed.open_subscription(7).await;
-    match resumed.control.next().await {
-        Some(Frame::Unsubscribe(unsubscribe)) => assert_eq!(unsubscribe.subscription, 7),
-        other => panic!("expected Unsubscribe, got {other:?}"),
-    }
-    let stopped = timeout(STEP, stream.stopped())
-        .await
-        .expect("stopped in time")
-        .expect("stopped");
-    assert_eq!(stopped, Some(quinn::VarInt::from_u32(0)));
+    resumed.expect_dropped(7, &stream).await;
 }

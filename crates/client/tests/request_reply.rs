@@ -8,41 +8,11 @@ mod fake_broker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::{Client, ClientError, PublishError, PublishOptions, RequestError, SessionId};
-use cassini_protocol::{Delivery, Frame, NoResponders, Publish};
-use fake_broker::{write, FakeBroker, Reader, Session, STEP};
+use cassini_client::{ClientError, PublishError, PublishOptions, RequestError, SessionId};
+use cassini_protocol::{Delivery, Frame, NoResponders};
+use fake_broker::{delivery, write, FakeBroker, STEP};
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
-
-async fn connect(broker: &FakeBroker) -> (Client, Session) {
-    let (client, session) = tokio::join!(
-        broker.client_builder("alice").connect(),
-        broker.accept_session()
-    );
-    (client.expect("connect"), session)
-}
-
-/// A delivery of `payload` on `topic`, as the broker writes it.
-fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Delivery {
-    Delivery {
-        sequence,
-        topic: topic.into(),
-        headers: vec![],
-        payload: Bytes::from_static(payload.as_bytes()),
-        message_id: None,
-        reply_to: None,
-        retained: false,
-        redelivered: false,
-    }
-}
-
-/// Reads the next frame of a publish stream, expecting a `Publish`.
-async fn expect_publish(reader: &mut Reader) -> Publish {
-    match reader.next().await {
-        Some(Frame::Publish(publish)) => publish,
-        other => panic!("expected Publish, got {other:?}"),
-    }
-}
 
 /// Checks an inbox filter: `_INBOX.alice.` (the identity the fake broker's `Welcome` names)
 /// then 16 hex digits then `.>`; returns the inbox prefix.
@@ -59,7 +29,7 @@ fn inbox_prefix(filter: &str) -> &str {
 #[tokio::test]
 async fn a_request_gets_its_reply_through_one_inbox_subscription() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
 
     let broker_side = async {
         let (subscribe, mut inbox) = session.accept_subscribe(1).await;
@@ -67,7 +37,7 @@ async fn a_request_gets_its_reply_through_one_inbox_subscription() {
         let prefix = inbox_prefix(&subscribe.filter).to_owned();
         let (_send, mut publishes) = session.accept_publish().await;
         for (sequence, answer) in [(1, "noon"), (2, "one")] {
-            let request = expect_publish(&mut publishes).await;
+            let request = publishes.expect_publish().await;
             assert_eq!(request.topic, "svc.time");
             assert_eq!(request.payload, Bytes::from_static(b"now?"));
             let reply_to = request.reply_to.expect("a reply topic");
@@ -104,12 +74,12 @@ async fn a_request_gets_its_reply_through_one_inbox_subscription() {
 #[tokio::test]
 async fn no_responders_ends_a_request_at_once() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
 
     let broker_side = async {
         let (_subscribe, inbox) = session.accept_subscribe(1).await;
         let (mut send, mut publishes) = session.accept_publish().await;
-        let request = expect_publish(&mut publishes).await;
+        let request = publishes.expect_publish().await;
         let reply_to = request.reply_to.expect("a reply topic");
         write(&mut send, &Frame::NoResponders(NoResponders { reply_to })).await;
         (inbox, send)
@@ -139,13 +109,13 @@ async fn no_responders_ends_a_request_at_once() {
 #[tokio::test]
 async fn a_request_times_out_and_its_late_reply_does_not_reach_the_next_request() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
 
     let patience = Duration::from_millis(200);
     let broker_side = async {
         let (_subscribe, inbox) = session.accept_subscribe(1).await;
         let (send, mut publishes) = session.accept_publish().await;
-        let ignored = expect_publish(&mut publishes).await;
+        let ignored = publishes.expect_publish().await;
         (
             inbox,
             send,
@@ -168,7 +138,7 @@ async fn a_request_times_out_and_its_late_reply_does_not_reach_the_next_request(
             &Frame::Message(delivery(1, &late_topic, "late")),
         )
         .await;
-        let request = expect_publish(&mut publishes).await;
+        let request = publishes.expect_publish().await;
         let reply_to = request.reply_to.expect("a reply topic");
         assert_ne!(reply_to, late_topic);
         write(&mut inbox, &Frame::Message(delivery(2, &reply_to, "fresh"))).await;
@@ -189,7 +159,7 @@ struct Order {
 #[tokio::test]
 async fn publish_options_direct_messages_and_typed_payloads_reach_the_broker() {
     let broker = FakeBroker::start();
-    let (client, session) = connect(&broker).await;
+    let (client, session) = broker.connect_alice().await;
     let order = Order {
         id: 7,
         item: "tea".into(),
@@ -223,21 +193,21 @@ async fn publish_options_direct_messages_and_typed_payloads_reach_the_broker() {
         .expect("publish_msgpack");
 
     let (_send, mut publishes) = session.accept_publish().await;
-    let first = expect_publish(&mut publishes).await;
+    let first = publishes.expect_publish().await;
     assert_eq!(first.headers, vec![("trace".into(), "abc".into())]);
     assert_eq!(first.message_id, Some(42));
     assert!(first.retain);
     assert_eq!(first.reply_to.as_deref(), Some("orders.replies"));
     assert_eq!(first.to_session, None);
 
-    let direct = expect_publish(&mut publishes).await;
+    let direct = publishes.expect_publish().await;
     assert_eq!(direct.to_session, Some(peer));
     assert_eq!((direct.retain, direct.reply_to), (false, None));
 
-    let clear = expect_publish(&mut publishes).await;
+    let clear = publishes.expect_publish().await;
     assert!(clear.retain && clear.payload.is_empty());
 
-    let json = expect_publish(&mut publishes).await;
+    let json = publishes.expect_publish().await;
     assert_eq!(
         json.headers,
         vec![("content-type".into(), "application/json".into())]
@@ -246,7 +216,7 @@ async fn publish_options_direct_messages_and_typed_payloads_reach_the_broker() {
         serde_json::from_slice::<Order>(&json.payload).expect("JSON"),
         order
     );
-    let msgpack = expect_publish(&mut publishes).await;
+    let msgpack = publishes.expect_publish().await;
     assert_eq!(
         msgpack.headers,
         vec![("content-type".into(), "application/msgpack".into())]
@@ -267,7 +237,7 @@ async fn publish_options_direct_messages_and_typed_payloads_reach_the_broker() {
 #[tokio::test]
 async fn a_retained_delivery_and_its_id_surface_on_the_message() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
     let (subscription, (_subscribe, mut stream)) =
         tokio::join!(client.subscribe("config.>"), session.accept_subscribe(4));
     let mut subscription = subscription.expect("subscribe");
@@ -294,7 +264,7 @@ async fn a_retained_delivery_and_its_id_surface_on_the_message() {
 #[tokio::test]
 async fn a_queue_responder_answers_on_the_reply_topic_and_refuses_a_message_without_one() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
     let (responder, (subscribe, mut stream)) = tokio::join!(
         client.serve_queue("svc.echo", "echoers"),
         session.accept_subscribe(2)
@@ -324,7 +294,7 @@ async fn a_queue_responder_answers_on_the_reply_topic_and_refuses_a_message_with
         .await
         .expect("respond");
     let (_send, mut publishes) = session.accept_publish().await;
-    let reply = expect_publish(&mut publishes).await;
+    let reply = publishes.expect_publish().await;
     assert_eq!(reply.topic, "_INBOX.peer.5");
     assert_eq!(reply.payload, Bytes::from_static(b"hi"));
 
@@ -338,7 +308,7 @@ async fn a_queue_responder_answers_on_the_reply_topic_and_refuses_a_message_with
 #[tokio::test]
 async fn subscribe_queue_sends_the_group() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
     let (subscription, (subscribe, _stream)) = tokio::join!(
         client.subscribe_queue("work.>", "workers"),
         session.accept_subscribe(3)
@@ -351,12 +321,12 @@ async fn subscribe_queue_sends_the_group() {
 #[tokio::test]
 async fn a_lost_inbox_fails_waiting_requests_and_the_next_request_subscribes_again() {
     let broker = FakeBroker::start();
-    let (client, mut session) = connect(&broker).await;
+    let (client, mut session) = broker.connect_alice().await;
 
     let broker_side = async {
         let (subscribe, mut inbox) = session.accept_subscribe(1).await;
         let (send, mut publishes) = session.accept_publish().await;
-        expect_publish(&mut publishes).await;
+        publishes.expect_publish().await;
         let slow_consumer = cassini_client::ErrorCode::SLOW_CONSUMER.value();
         inbox
             .reset(quinn::VarInt::from_u32(slow_consumer))
@@ -374,7 +344,7 @@ async fn a_lost_inbox_fails_waiting_requests_and_the_next_request_subscribes_aga
         let (subscribe, mut inbox) = session.accept_subscribe(2).await;
         inbox_prefix(&subscribe.filter);
         assert_ne!(subscribe.filter, first_filter, "a fresh inbox");
-        let request = expect_publish(&mut publishes).await;
+        let request = publishes.expect_publish().await;
         let reply_to = request.reply_to.expect("a reply topic");
         write(&mut inbox, &Frame::Message(delivery(1, &reply_to, "back"))).await;
         inbox

@@ -12,6 +12,8 @@
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers.
+//! - [`clients`]: a `cassini-client` or a raw quinn connection presenting the certificates of a
+//!   directory, for the suites that attack or load a running broker.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -29,6 +31,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub(crate) mod clients;
 pub(crate) mod workspace;
 
 /// The binary under test.
@@ -494,6 +497,25 @@ impl Broker {
     /// The child's peak resident memory so far, bytes (`VmHWM`).
     pub(crate) fn peak_rss_bytes(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Asserts that the broker's peak memory is less than `bound` bytes above `before` (its
+    /// resident memory before the attack), printing the figures for `what`.
+    pub(crate) fn assert_peak_growth_below(&self, before: u64, bound: u64, what: &str) {
+        let peak = self.peak_rss_bytes();
+        let growth = peak.saturating_sub(before);
+        eprintln!(
+            "broker RSS before {} KiB, peak {} KiB, growth {} KiB for {what}",
+            before >> 10,
+            peak >> 10,
+            growth >> 10
+        );
+        assert!(
+            growth < bound,
+            "broker grew by {} MiB, bound {} MiB",
+            growth >> 20,
+            bound >> 20
+        );
     }
 
     /// SIGKILL: no shutdown, no flush, no goodbye. Waits until the process is gone.

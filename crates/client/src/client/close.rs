@@ -36,6 +36,29 @@ impl Client {
     /// for good (that error), or if the broker did not acknowledge the publish streams in
     /// time. Calling it again only waits for the first call to finish.
     pub async fn close(&self) -> Result<(), ClientError> {
+        self.end(Ending::Goodbye).await
+    }
+
+    /// Closes the connection without ending the session, which the broker keeps for its
+    /// session expiry (`sessions.expiry`): a later client resumes it with
+    /// [`crate::ClientBuilder::session_name`] or [`crate::ClientBuilder::resume_session`] and
+    /// gets what was published meanwhile (queued under each subscription's bounds; at least
+    /// once for at-least-once subscriptions, also across a broker restart in disk mode).
+    ///
+    /// In order: closes every publish stream and waits until the broker has acknowledged all
+    /// of them; makes one round trip on the control stream, so that every acknowledgement sent
+    /// before has reached the broker (call [`crate::Subscription::acknowledge`] first to
+    /// include the message the application holds); closes the connection without a goodbye.
+    /// Each wait is bounded by `close_timeout`. Afterwards the client is ended as after
+    /// [`Client::close`]; its [`crate::Subscription`]s end, but stay in the broker's session.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        self.end(Ending::Leave).await
+    }
+
+    /// What [`Client::close`] and [`Client::leave`] share: a second call only waits for the
+    /// first to finish; the reconnecting task stops first; whatever happens on the connection,
+    /// the endpoint is closed and the client ended with [`DisconnectReason::Closed`].
+    async fn end(&self, ending: Ending) -> Result<(), ClientError> {
         let inner = &self.inner;
         let core = &inner.core;
         let close_timeout = inner.settings.close_timeout;
@@ -53,100 +76,85 @@ impl Client {
         // deliver and waiting out QUIC's draining period would only delay the caller.
         let mut broker_closed = false;
         let result = match core.at_close() {
-            AtClose::Attached(attachment) => {
-                let result = goodbye(&attachment, close_timeout).await;
-                broker_closed = matches!(
-                    attachment.link.connection().close_reason(),
-                    Some(quinn::ConnectionError::ApplicationClosed(_))
-                );
-                result
-            }
-            AtClose::Reconnecting { reason, buffered } => {
-                if buffered > 0 {
-                    tracing::warn!(
-                        buffered,
-                        "closed while reconnecting: buffered publishes dropped"
+            AtClose::Attached(attachment) => match ending {
+                Ending::Goodbye => {
+                    let result = goodbye(&attachment, close_timeout).await;
+                    broker_closed = matches!(
+                        attachment.link.connection().close_reason(),
+                        Some(quinn::ConnectionError::ApplicationClosed(_))
                     );
+                    result
                 }
-                Err(ClientError::Disconnected {
-                    reason: format!(
-                        "closed while reconnecting ({reason}); {buffered} buffered publishes \
-                         were not sent"
-                    ),
-                })
+                Ending::Leave => leave(&attachment, close_timeout).await,
+            },
+            AtClose::Reconnecting { reason, buffered } => {
+                Err(ending.while_reconnecting(&reason, buffered))
             }
             AtClose::Ended(ConnectionError::Closed) => Ok(()),
             AtClose::Ended(error) => Err(error.into()),
         };
-        inner.endpoint.close(0u32.into(), b"goodbye");
+        let (endpoint_reason, after): (&[u8], &str) = match ending {
+            Ending::Goodbye => (b"goodbye", "close"),
+            Ending::Leave => (b"leaving", "leaving"),
+        };
+        inner.endpoint.close(0u32.into(), endpoint_reason);
         if !broker_closed
             && timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
                 .await
                 .is_err()
         {
-            tracing::debug!("endpoint not idle in time after close");
+            tracing::debug!("endpoint not idle in time after {after}");
         }
         core.end(ConnectionError::Closed, DisconnectReason::Closed);
         result
     }
 }
 
-impl Client {
-    /// Closes the connection without ending the session, which the broker keeps for its
-    /// session expiry (`sessions.expiry`): a later client resumes it with
-    /// [`crate::ClientBuilder::session_name`] or [`crate::ClientBuilder::resume_session`] and
-    /// gets what was published meanwhile (queued under each subscription's bounds; at least
-    /// once for at-least-once subscriptions, also across a broker restart in disk mode).
-    ///
-    /// In order: closes every publish stream and waits until the broker has acknowledged all
-    /// of them; makes one round trip on the control stream, so that every acknowledgement sent
-    /// before has reached the broker (call [`crate::Subscription::acknowledge`] first to
-    /// include the message the application holds); closes the connection without a goodbye.
-    /// Each wait is bounded by `close_timeout`. Afterwards the client is ended as after
-    /// [`Client::close`]; its [`crate::Subscription`]s end, but stay in the broker's session.
-    pub async fn leave(&self) -> Result<(), ClientError> {
-        let inner = &self.inner;
-        let core = &inner.core;
-        let close_timeout = inner.settings.close_timeout;
-        if core.start_closing() {
-            let mut states = core.state_changes();
-            let _ = timeout(
-                close_timeout,
-                states.wait_for(|state| state.is_disconnected()),
-            )
-            .await;
-            return Ok(());
-        }
-        core.stop_token().cancel();
-        let result = match core.at_close() {
-            AtClose::Attached(attachment) => {
-                let drained = attachment.publisher.close().await;
-                let synced = match timeout(close_timeout, attachment.control.ping()).await {
-                    Ok(result) => result.map_err(ClientError::from),
-                    Err(_) => Err(ClientError::Timeout("the broker's answer before leaving")),
-                };
-                attachment
-                    .link
-                    .connection()
-                    .close(0u32.into(), b"leaving; the session stays");
-                drained.and(synced)
+/// How the client ends: with a goodbye that ends the session ([`Client::close`]), or leaving
+/// the session to the broker ([`Client::leave`]).
+#[derive(Clone, Copy)]
+enum Ending {
+    Goodbye,
+    Leave,
+}
+
+impl Ending {
+    /// The error for an end while reconnecting, when the connection was down for `reason` and
+    /// `buffered` publishes were never sent.
+    fn while_reconnecting(self, reason: &str, buffered: usize) -> ClientError {
+        let reason = match self {
+            Ending::Goodbye => {
+                if buffered > 0 {
+                    tracing::warn!(
+                        buffered,
+                        "closed while reconnecting: buffered publishes dropped"
+                    );
+                }
+                format!(
+                    "closed while reconnecting ({reason}); {buffered} buffered publishes were \
+                     not sent"
+                )
             }
-            AtClose::Reconnecting { reason, .. } => Err(ClientError::Disconnected {
-                reason: format!("left while reconnecting ({reason})"),
-            }),
-            AtClose::Ended(ConnectionError::Closed) => Ok(()),
-            AtClose::Ended(error) => Err(error.into()),
+            Ending::Leave => format!("left while reconnecting ({reason})"),
         };
-        inner.endpoint.close(0u32.into(), b"leaving");
-        if timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::debug!("endpoint not idle in time after leaving");
-        }
-        core.end(ConnectionError::Closed, DisconnectReason::Closed);
-        result
+        ClientError::Disconnected { reason }
     }
+}
+
+/// Drains the publish lanes, makes one round trip on the control stream so that every
+/// acknowledgement sent before has reached the broker, and closes the connection without a
+/// goodbye.
+async fn leave(attachment: &Attachment, close_timeout: Duration) -> Result<(), ClientError> {
+    let drained = attachment.publisher.close().await;
+    let synced = match timeout(close_timeout, attachment.control.ping()).await {
+        Ok(result) => result.map_err(ClientError::from),
+        Err(_) => Err(ClientError::Timeout("the broker's answer before leaving")),
+    };
+    attachment
+        .link
+        .connection()
+        .close(0u32.into(), b"leaving; the session stays");
+    drained.and(synced)
 }
 
 /// Drains the publish lanes, sends the goodbye and waits for the broker to close the

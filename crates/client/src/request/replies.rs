@@ -145,22 +145,12 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use cassini_protocol::Delivery;
 
     use super::*;
     use crate::error::ConnectionError;
 
     fn reply(topic: &str, payload: &'static str) -> Message {
-        Message::from(Delivery {
-            sequence: 1,
-            topic: topic.into(),
-            headers: vec![],
-            payload: Bytes::from_static(payload.as_bytes()),
-            message_id: None,
-            reply_to: None,
-            retained: false,
-            redelivered: false,
-        })
+        Message::plain(1, topic, payload)
     }
 
     #[tokio::test]

@@ -401,7 +401,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use cassini_protocol::{Delivery, SubscribeOptions};
+    use cassini_protocol::SubscribeOptions;
     use tokio::sync::mpsc;
     use tokio::time::{timeout, Instant};
 
@@ -421,16 +421,7 @@ mod tests {
     }
 
     fn message(sequence: u64) -> Message {
-        Message::from(Delivery {
-            sequence,
-            topic: "demo.a".into(),
-            headers: vec![],
-            payload: Bytes::new(),
-            message_id: None,
-            reply_to: None,
-            retained: false,
-            redelivered: false,
-        })
+        Message::plain(sequence, "demo.a", Bytes::new())
     }
 
     fn soon() -> Instant {

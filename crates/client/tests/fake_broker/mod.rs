@@ -11,12 +11,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use cassini_client::{Client, ClientBuilder};
+use bytes::{Bytes, BytesMut};
+use cassini_client::{Client, ClientBuilder, ReconnectPolicy};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
 use cassini_protocol::{
-    encode_frame, ErrorCode, Frame, Hello, Limits, SessionId, Subscribe, Subscribed,
-    SubscriptionId, SubscriptionStart, Welcome, PROTOCOL_VERSION,
+    encode_frame, Delivery, ErrorCode, Frame, Hello, Limits, Publish, SessionId, Subscribe,
+    Subscribed, SubscriptionId, SubscriptionStart, Unsubscribe, Welcome, PROTOCOL_VERSION,
 };
 use cassini_quic::certs::IssuedCert;
 use cassini_quic::endpoint::bind_server;
@@ -99,6 +99,22 @@ impl FakeBroker {
             .connect_timeout(STEP)
     }
 
+    /// A client builder for `alice` that reconnects quickly ([`quick_reconnect`]).
+    pub(crate) fn reconnecting_builder(&self) -> ClientBuilder {
+        self.client_builder("alice").reconnect(quick_reconnect())
+    }
+
+    /// Connects the client `builder` makes while accepting its connection as a new session.
+    pub(crate) async fn connect(&self, builder: ClientBuilder) -> (Client, Session) {
+        let (client, session) = tokio::join!(builder.connect(), self.accept_session());
+        (client.expect("connect"), session)
+    }
+
+    /// Connects a client for `alice` with the default settings, as [`FakeBroker::connect`].
+    pub(crate) async fn connect_alice(&self) -> (Client, Session) {
+        self.connect(self.client_builder("alice")).await
+    }
+
     /// Accepts the next connection (completing TLS), or the handshake error.
     pub(crate) async fn accept_connection(
         &self,
@@ -157,6 +173,15 @@ impl FakeBroker {
     }
 }
 
+/// Reconnects quickly, so tests do not wait for the default backoff.
+pub(crate) fn quick_reconnect() -> ReconnectPolicy {
+    ReconnectPolicy {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..ReconnectPolicy::default()
+    }
+}
+
 /// The session id the fake broker gives a new session by default.
 pub(crate) const SESSION: SessionId = SessionId([42; 16]);
 
@@ -203,23 +228,71 @@ impl Session {
         stream
     }
 
+    /// Reads the next control frame, expecting a `Subscribe`, and returns it unanswered.
+    pub(crate) async fn expect_subscribe(&mut self) -> Subscribe {
+        match self.control.next().await {
+            Some(Frame::Subscribe(subscribe)) => subscribe,
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+    }
+
+    /// Answers the `Subscribe` with `request_id`: it is `subscription` now.
+    pub(crate) async fn subscribed(&mut self, request_id: u64, subscription: SubscriptionId) {
+        self.send_control(&Frame::Subscribed(Subscribed {
+            request_id,
+            subscription,
+        }))
+        .await;
+    }
+
+    /// Reads the next control frame, expecting a `Subscribe`, and answers `Subscribed` with
+    /// `subscription` (opening no stream). Returns the request.
+    pub(crate) async fn answer_subscribe(&mut self, subscription: SubscriptionId) -> Subscribe {
+        let subscribe = self.expect_subscribe().await;
+        self.subscribed(subscribe.request_id, subscription).await;
+        subscribe
+    }
+
     /// Reads the next control frame, expecting a `Subscribe`; answers `Subscribed` with
     /// `subscription` and opens the subscription's stream. Returns the request and the stream.
     pub(crate) async fn accept_subscribe(
         &mut self,
         subscription: SubscriptionId,
     ) -> (Subscribe, quinn::SendStream) {
-        let subscribe = match self.control.next().await {
-            Some(Frame::Subscribe(subscribe)) => subscribe,
-            other => panic!("expected Subscribe, got {other:?}"),
-        };
-        self.send_control(&Frame::Subscribed(Subscribed {
-            request_id: subscribe.request_id,
-            subscription,
-        }))
-        .await;
+        let subscribe = self.answer_subscribe(subscription).await;
         let stream = self.open_subscription(subscription).await;
         (subscribe, stream)
+    }
+
+    /// Reads the next control frame, expecting an `Unsubscribe`, and returns it unanswered.
+    pub(crate) async fn expect_unsubscribe(&mut self) -> Unsubscribe {
+        match self.control.next().await {
+            Some(Frame::Unsubscribe(unsubscribe)) => unsubscribe,
+            other => panic!("expected Unsubscribe, got {other:?}"),
+        }
+    }
+
+    /// Expects what a dropped subscription does: an `Unsubscribe` for `subscription` next on the
+    /// control stream, and its `stream` stopped with code 0.
+    pub(crate) async fn expect_dropped(
+        &mut self,
+        subscription: SubscriptionId,
+        stream: &quinn::SendStream,
+    ) {
+        assert_eq!(self.expect_unsubscribe().await.subscription, subscription);
+        let stopped = timeout(STEP, stream.stopped())
+            .await
+            .expect("stopped in time")
+            .expect("stopped");
+        assert_eq!(stopped, Some(VarInt::from_u32(0)));
+    }
+
+    /// Reads the next control frame, expecting a `Ping`, and answers it with its `Pong`.
+    pub(crate) async fn answer_ping(&mut self) {
+        match self.control.next().await {
+            Some(Frame::Ping(ping)) => self.send_control(&Frame::Pong(ping)).await,
+            other => panic!("expected Ping, got {other:?}"),
+        }
     }
 
     /// Accepts the client's next publish stream.
@@ -234,6 +307,20 @@ impl Session {
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         self.connection
             .close(VarInt::from_u32(code.value()), reason.as_bytes());
+    }
+}
+
+/// A delivery of `payload` on `topic` with no headers, as the broker writes it.
+pub(crate) fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Delivery {
+    Delivery {
+        sequence,
+        topic: topic.into(),
+        headers: vec![],
+        payload: Bytes::from_static(payload.as_bytes()),
+        message_id: None,
+        reply_to: None,
+        retained: false,
+        redelivered: false,
     }
 }
 
@@ -259,5 +346,13 @@ impl Reader {
             .await
             .expect("a frame in time")
             .expect("a readable stream of whole frames")
+    }
+
+    /// The next frame of a publish stream, expecting a `Publish`.
+    pub(crate) async fn expect_publish(&mut self) -> Publish {
+        match self.next().await {
+            Some(Frame::Publish(publish)) => publish,
+            other => panic!("expected Publish, got {other:?}"),
+        }
     }
 }

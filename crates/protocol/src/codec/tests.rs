@@ -294,14 +294,20 @@ fn an_unknown_variant_is_malformed() {
     ));
 }
 
-#[test]
-fn trailing_bytes_inside_a_frame_are_refused() {
+/// A `Ping` frame whose body has `byte` appended, its length prefix counting it.
+fn ping_with_one_more_byte(byte: u8) -> BytesMut {
     let whole = encoded(&Frame::Ping(Ping { nonce: 1 }));
     let mut body = whole[LENGTH_PREFIX_BYTES..].to_vec();
-    body.push(0);
+    body.push(byte);
     let mut buf = BytesMut::new();
     buf.put_u32(body.len() as u32);
     buf.put_slice(&body);
+    buf
+}
+
+#[test]
+fn trailing_bytes_inside_a_frame_are_refused() {
+    let mut buf = ping_with_one_more_byte(0);
     assert_eq!(
         FrameDecoder::default().decode(&mut buf),
         Err(DecodeError::TrailingBytes(1))
@@ -455,12 +461,7 @@ fn encode_datagram_matches_encoding_the_frame() {
 fn a_truncated_value_after_a_frame_is_refused_as_trailing_bytes() {
     // 0xcd starts a u16 whose two bytes are missing: the fast path cannot prove the frame used
     // the whole body, so the exact error comes from the copying path.
-    let whole = encoded(&Frame::Ping(Ping { nonce: 1 }));
-    let mut body = whole[LENGTH_PREFIX_BYTES..].to_vec();
-    body.push(0xcd);
-    let mut buf = BytesMut::new();
-    buf.put_u32(body.len() as u32);
-    buf.put_slice(&body);
+    let mut buf = ping_with_one_more_byte(0xcd);
     assert_eq!(
         FrameDecoder::default().decode(&mut buf),
         Err(DecodeError::TrailingBytes(1))

@@ -46,13 +46,18 @@ impl Pki {
     }
 
     fn server_endpoint_with(&self, opts: &QuicOptions) -> TestResult<quinn::Endpoint> {
+        let (endpoint, _) = bind_server(loopback(), self.server_config(opts)?, opts)?;
+        Ok(endpoint)
+    }
+
+    /// The broker's QUIC configuration: this CA's server certificate, trusting this CA's clients.
+    fn server_config(&self, opts: &QuicOptions) -> TestResult<quinn::ServerConfig> {
         let crypto = tls::server_crypto(
             vec![self.ca.cert_der().clone()],
             vec![self.server.cert_der()?],
             self.server.key_der()?,
         )?;
-        let (endpoint, _) = bind_server(loopback(), tls::server_config(crypto, opts)?, opts)?;
-        Ok(endpoint)
+        Ok(tls::server_config(crypto, opts)?)
     }
 
     /// A client endpoint that trusts this CA and presents `client`.
@@ -73,16 +78,25 @@ fn client_endpoint_with(
     client: &IssuedCert,
     opts: &QuicOptions,
 ) -> TestResult<quinn::Endpoint> {
+    Ok(bind_client(
+        loopback(),
+        client_config(trusted_ca, client, opts)?,
+        opts,
+    )?)
+}
+
+/// A client's QUIC configuration: trusting `trusted_ca`, presenting `client`.
+fn client_config(
+    trusted_ca: &CertificateDer<'static>,
+    client: &IssuedCert,
+    opts: &QuicOptions,
+) -> TestResult<quinn::ClientConfig> {
     let crypto = tls::client_crypto(
         vec![trusted_ca.clone()],
         vec![client.cert_der()?],
         client.key_der()?,
     )?;
-    Ok(bind_client(
-        loopback(),
-        tls::client_config(crypto, opts)?,
-        opts,
-    )?)
+    Ok(tls::client_config(crypto, opts)?)
 }
 
 /// Accepts one connection and answers one bidirectional stream with "IDENTITY: REQUEST".
@@ -177,6 +191,23 @@ fn is_closed_by_peer_with_alert(error: &ConnectionError, alert: u8) -> bool {
         if close.error_code == TransportErrorCode::crypto(alert))
 }
 
+/// Asserts that `pki`'s server refuses `client` and that the client saw the TLS `alert`.
+async fn assert_refused_with_alert(pki: &Pki, client: &quinn::Endpoint, alert: u8) -> TestResult {
+    let server = pki.server_endpoint()?;
+    let error = assert_refused(&server, client).await?;
+    assert!(is_closed_by_peer_with_alert(&error, alert), "{error}");
+    Ok(())
+}
+
+/// A validity window from `from_days` to `to_days` days from now (negative: in the past).
+fn validity_in_days(from_days: i64, to_days: i64) -> Validity {
+    let now = OffsetDateTime::now_utc();
+    Validity {
+        not_before: now + time::Duration::days(from_days),
+        not_after: now + time::Duration::days(to_days),
+    }
+}
+
 #[tokio::test]
 async fn client_with_a_certificate_from_the_ca_is_served_and_identified_by_name() -> TestResult {
     let pki = Pki::new()?;
@@ -192,60 +223,30 @@ async fn client_with_a_certificate_from_the_ca_is_served_and_identified_by_name(
 #[tokio::test]
 async fn client_with_a_certificate_from_another_ca_is_refused() -> TestResult {
     let pki = Pki::new()?;
-    let server = pki.server_endpoint()?;
     let other_ca = CertificateAuthority::generate("Other CA")?;
     let client = pki.client_endpoint(&other_ca.issue_client("alice")?)?;
-
-    let error = assert_refused(&server, &client).await?;
-    assert!(
-        is_closed_by_peer_with_alert(&error, ALERT_UNKNOWN_CA),
-        "{error}"
-    );
-    Ok(())
+    assert_refused_with_alert(&pki, &client, ALERT_UNKNOWN_CA).await
 }
 
 #[tokio::test]
 async fn client_with_an_expired_certificate_is_refused() -> TestResult {
     let pki = Pki::new()?;
-    let server = pki.server_endpoint()?;
-    let now = OffsetDateTime::now_utc();
-    let expired = Validity {
-        not_before: now - time::Duration::days(30),
-        not_after: now - time::Duration::days(1),
-    };
+    let expired = validity_in_days(-30, -1);
     let client = pki.client_endpoint(&pki.ca.issue_client_with("alice", expired)?)?;
-
-    let error = assert_refused(&server, &client).await?;
-    assert!(
-        is_closed_by_peer_with_alert(&error, ALERT_CERTIFICATE_EXPIRED),
-        "{error}"
-    );
-    Ok(())
+    assert_refused_with_alert(&pki, &client, ALERT_CERTIFICATE_EXPIRED).await
 }
 
 #[tokio::test]
 async fn client_with_a_certificate_not_yet_valid_is_refused() -> TestResult {
     let pki = Pki::new()?;
-    let server = pki.server_endpoint()?;
-    let now = OffsetDateTime::now_utc();
-    let future = Validity {
-        not_before: now + time::Duration::days(1),
-        not_after: now + time::Duration::days(30),
-    };
+    let future = validity_in_days(1, 30);
     let client = pki.client_endpoint(&pki.ca.issue_client_with("alice", future)?)?;
-
-    let error = assert_refused(&server, &client).await?;
-    assert!(
-        is_closed_by_peer_with_alert(&error, ALERT_CERTIFICATE_EXPIRED),
-        "{error}"
-    );
-    Ok(())
+    assert_refused_with_alert(&pki, &client, ALERT_CERTIFICATE_EXPIRED).await
 }
 
 #[tokio::test]
 async fn client_without_a_certificate_is_refused() -> TestResult {
     let pki = Pki::new()?;
-    let server = pki.server_endpoint()?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.cert_der().clone())?;
     let mut crypto = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
@@ -256,27 +257,14 @@ async fn client_without_a_certificate_is_refused() -> TestResult {
     let opts = QuicOptions::default();
     let config = tls::client_config(Arc::new(crypto), &opts)?;
     let client = bind_client(loopback(), config, &opts)?;
-
-    let error = assert_refused(&server, &client).await?;
-    assert!(
-        is_closed_by_peer_with_alert(&error, ALERT_CERTIFICATE_REQUIRED),
-        "{error}"
-    );
-    Ok(())
+    assert_refused_with_alert(&pki, &client, ALERT_CERTIFICATE_REQUIRED).await
 }
 
 #[tokio::test]
 async fn a_server_certificate_is_not_accepted_as_a_client_certificate() -> TestResult {
     let pki = Pki::new()?;
-    let server = pki.server_endpoint()?;
     let client = pki.client_endpoint(&pki.server)?;
-
-    let error = assert_refused(&server, &client).await?;
-    assert!(
-        is_closed_by_peer_with_alert(&error, ALERT_UNSUPPORTED_CERTIFICATE),
-        "{error}"
-    );
-    Ok(())
+    assert_refused_with_alert(&pki, &client, ALERT_UNSUPPORTED_CERTIFICATE).await
 }
 
 #[tokio::test]
@@ -337,16 +325,11 @@ async fn bind_server_reports_socket_buffers_at_least_as_large_as_requested() -> 
     // 64 KiB is below Linux's default cap (net.core.rmem_max, 208 KiB), so it is granted.
     let requested = 64 * 1024;
     let pki = Pki::new()?;
-    let crypto = tls::server_crypto(
-        vec![pki.ca.cert_der().clone()],
-        vec![pki.server.cert_der()?],
-        pki.server.key_der()?,
-    )?;
     let opts = QuicOptions {
         socket_buffer_bytes: requested,
         ..QuicOptions::default()
     };
-    let (_endpoint, buffers) = bind_server(loopback(), tls::server_config(crypto, &opts)?, &opts)?;
+    let (_endpoint, buffers) = bind_server(loopback(), pki.server_config(&opts)?, &opts)?;
     assert!(buffers.recv >= requested, "{buffers:?}");
     assert!(buffers.send >= requested, "{buffers:?}");
     Ok(())
@@ -356,13 +339,9 @@ async fn bind_server_reports_socket_buffers_at_least_as_large_as_requested() -> 
 fn binding_outside_a_tokio_runtime_is_an_error_not_a_panic() -> TestResult {
     let pki = Pki::new()?;
     let client = pki.ca.issue_client("alice")?;
-    let crypto = tls::client_crypto(
-        vec![pki.ca.cert_der().clone()],
-        vec![client.cert_der()?],
-        client.key_der()?,
-    )?;
     let opts = QuicOptions::default();
-    let result = bind_client(loopback(), tls::client_config(crypto, &opts)?, &opts);
+    let config = client_config(pki.ca.cert_der(), &client, &opts)?;
+    let result = bind_client(loopback(), config, &opts);
     assert!(
         matches!(result, Err(EndpointError::NoRuntime)),
         "{:?}",

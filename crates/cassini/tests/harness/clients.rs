@@ -1,0 +1,30 @@
+//! Clients of a [`super::Broker`] that present the certificates `cassini certs init` wrote to a
+//! directory (`ca.crt`, `client-NAME.crt`, `client-NAME.key`).
+
+use std::path::Path;
+
+use cassini_client::Client;
+use cassini_quic::tls;
+
+/// A raw quinn connection to the broker at `addr` as `name`, for clients that misbehave on
+/// purpose; an error when a certificate cannot be read or the handshake fails.
+pub(crate) async fn raw_client(
+    addr: &str,
+    dir: &Path,
+    name: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+    let ca = tls::load_certs(&dir.join("ca.crt"))?;
+    let chain = tls::load_certs(&dir.join(format!("client-{name}.crt")))?;
+    let key = tls::load_key(&dir.join(format!("client-{name}.key")))?;
+    cassini_e2e::raw_connect(addr.parse()?, ca, chain, key).await
+}
+
+/// A connected client of the broker at `addr`, named `name`.
+pub(crate) async fn client(addr: &str, dir: &Path, name: &str) -> Client {
+    Client::builder(addr)
+        .cert_dir(dir, name)
+        .server_name("localhost")
+        .connect()
+        .await
+        .expect("client connects")
+}
