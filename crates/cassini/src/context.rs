@@ -434,7 +434,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write().with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_out(text: &str) -> anyhow::Result<ExitCode> {
+/// Writes a command's whole output to standard output (a closed pipe is an error, not a panic).
+pub(crate) fn print_out(text: &str) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())

@@ -3,29 +3,20 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use cassini_broker::events::TOPIC_PREFIX;
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::cli::EventsArgs;
-use crate::pubsub::{connect, TIMED_OUT};
+use crate::pubsub::{connect, deadline_after, next_before, TIMED_OUT};
 use crate::signals::ShutdownSignals;
 
 /// Subscribes to the asked kinds and prints each event until `--count`, `--timeout`, a signal,
 /// or the end of a subscription.
 pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut signals = ShutdownSignals::install()?;
-    let deadline = match args.timeout {
-        Some(seconds) => Some(
-            tokio::time::Instant::now()
-                + Duration::try_from_secs_f64(seconds)
-                    .with_context(|| format!("--timeout {seconds} is not a duration"))?,
-        ),
-        None => None,
-    };
+    let deadline = deadline_after(args.timeout)?;
     let filters: Vec<String> = if args.kind.is_empty() {
         vec![format!("{TOPIC_PREFIX}.>")]
     } else {
@@ -51,12 +42,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
     while args.count.is_none_or(|count| received < count) {
-        let next = async {
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, events.next()).await.ok(),
-                None => Some(events.next().await),
-            }
-        };
+        let next = next_before(deadline, &mut events);
         let message = tokio::select! {
             next = next => next,
             _ = signals.next() => break,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use cassini_client::{Client, Message, PublishOptions};
 use futures_util::StreamExt;
+use tokio::time::Instant;
 
 use crate::cli::{ConnectArgs, PubArgs, SubArgs};
 use crate::context::Target;
@@ -16,6 +17,32 @@ use crate::signals::ShutdownSignals;
 /// Exit status when `sub --timeout` passes before `--count` messages arrived, or `req
 /// --timeout` before a reply.
 pub(crate) const TIMED_OUT: u8 = 2;
+
+/// The instant `--timeout SECONDS` ends, counted from now; `None` without a timeout.
+pub(crate) fn deadline_after(timeout: Option<f64>) -> anyhow::Result<Option<Instant>> {
+    timeout
+        .map(|seconds| {
+            Duration::try_from_secs_f64(seconds)
+                .map(|timeout| Instant::now() + timeout)
+                .with_context(|| format!("--timeout {seconds} is not a duration"))
+        })
+        .transpose()
+}
+
+/// The stream's next item, or `None` once `deadline` has passed (`Some(None)`: the stream
+/// ended).
+pub(crate) async fn next_before<S>(
+    deadline: Option<Instant>,
+    stream: &mut S,
+) -> Option<Option<S::Item>>
+where
+    S: futures_util::Stream + Unpin,
+{
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, stream.next()).await.ok(),
+        None => Some(stream.next().await),
+    }
+}
 
 /// Connects as `args` say, with the certificates of `args.name` from `args.certs`.
 pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
@@ -340,25 +367,11 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
         Format::Readable
     };
 
-    let deadline = match args.timeout {
-        Some(seconds) => Some(
-            tokio::time::Instant::now()
-                + Duration::try_from_secs_f64(seconds)
-                    .with_context(|| format!("--timeout {seconds} is not a duration"))?,
-        ),
-        None => None,
-    };
+    let deadline = deadline_after(args.timeout)?;
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
     while args.count.is_none_or(|count| received < count) {
-        let next = async {
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, subscription.next())
-                    .await
-                    .ok(),
-                None => Some(subscription.next().await),
-            }
-        };
+        let next = next_before(deadline, &mut subscription);
         let message = tokio::select! {
             next = next => next,
             _ = signals.next() => break,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::cli::{
     ReportWhat, ServerCheckArgs, ServerCommand, ServerInfoArgs, ServerPingArgs, ServerReportArgs,
 };
-use crate::context::{MonitorTarget, DEFAULT_MONITOR};
+use crate::context::{print_out, MonitorTarget, DEFAULT_MONITOR};
 use crate::pubsub::connect_target;
 
 /// How long one request to the monitoring endpoint may take.
@@ -354,14 +354,4 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         push(&mut row.iter().map(String::as_str));
     }
     out
-}
-
-fn print_out(text: &str) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("writing to standard output")?;
-    Ok(ExitCode::SUCCESS)
 }
