@@ -563,52 +563,21 @@ async fn drops_in_a_detached_sessions_queue_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_session_is_counted_and_shown() {
-    use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy};
+    use cassini_client::ConnectionState;
+    use cassini_e2e::edge::{edge_client, quick_broker, wait_for_state};
     use cassini_e2e::relay::UdpRelay;
-    let quick = QuicOptions {
-        idle_timeout: Duration::from_secs(1),
-        keep_alive_interval: Duration::from_millis(250),
-        ..QuicOptions::default()
-    };
-    let options = cassini_quic::server::ServerOptions {
-        quic: quick.clone(),
-        ..Default::default()
-    };
-    let broker = TestBroker::start_with(Default::default(), options).await;
+    let broker = quick_broker(Default::default()).await;
     let (monitor, _readiness) = start_monitor(&broker).await;
     let relay = UdpRelay::start(broker.addr).await.expect("relay");
-    let (chain, key) = identity_of(&broker.pki.client("edge"));
-    let edge = Client::builder(relay.addr)
-        .ca_certs(broker.pki.ca_certs())
-        .identity(chain, key)
-        .server_name("localhost")
-        .quic_options(quick)
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(300),
-            give_up_after: None,
-        })
-        .connect()
-        .await
-        .expect("edge connects");
+    let edge = edge_client(&broker, &relay, "edge").await;
     let session = edge.session_id();
-    let mut changes = edge.state_changes();
     relay.cut();
     broker
         .wait_for_stats("the broker notices the drop", |s| s.connections == 0)
         .await;
     relay.restore();
-    within("the edge resumes", async {
-        loop {
-            if matches!(
-                &*changes.borrow_and_update(),
-                ConnectionState::Connected { resumed: true, .. }
-            ) {
-                return;
-            }
-            changes.changed().await.expect("state channel open");
-        }
+    wait_for_state(&edge, "the edge resumes", |state| {
+        matches!(state, ConnectionState::Connected { resumed: true, .. })
     })
     .await;
     let connz = eventually("the resumed connection in /connz", || async {
