@@ -5,14 +5,18 @@
 //! payload and header limits and the `reply_to` name, the memory budget (the message is charged
 //! to it here), the ACL (for a client: its topic and, for a request, its `reply_to`), the disk
 //! store's health and disk limit (disk mode), then, for an acknowledged publish, the message id
-//! and the dedupe window; then it keeps a retained value, routes the message and counts it
+//! and the dedupe window; then it keeps a retained value, routes the message (in a cluster:
+//! also to each peer with matching interest, [`crate::cluster::Cluster::forward`]) and counts it
 //! (`received`, `no_responders`, `duplicates`; a refusal counts as `publishes_rejected`). It
 //! returns an [`Admitted`] outcome or the refusal; each entry point only turns that into frames
 //! (or nothing, for a datagram) or a `Result`.
 //!
 //! What differs by source is stated once, in [`Source`]: the embedding program has no
 //! certificate identity, so the ACL does not apply to it and its retained values count against
-//! no identity's quota; only a publish stream answers, so only it honours `ack`.
+//! no identity's quota; only a publish stream answers, so only it honours `ack`. A message
+//! forwarded by a cluster peer ([`Source::Peer`]) was checked against the ACL on the node where
+//! it was published; here it goes only to local subscribers (one hop), to the queue groups the
+//! peer named, and is never retained or forwarded again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +42,9 @@ pub(crate) enum Source {
     Datagram,
     /// The embedding program: no identity, no ACL, no acknowledgement.
     Local,
+    /// A cluster peer's forwards: local subscribers only, no ACL (checked at the origin), no
+    /// acknowledgement.
+    Peer,
 }
 
 /// What became of an admitted publish.
@@ -96,6 +103,16 @@ impl Publisher {
         }
     }
 
+    /// The forwards of one cluster peer.
+    pub(crate) fn peer() -> Self {
+        Self {
+            source: Source::Peer,
+            client: None,
+            topic: None,
+            routes: None,
+        }
+    }
+
     /// Runs every check on `publish` and, if it passes, routes it (see the module docs). Takes
     /// the payload, headers and `reply_to` out of `publish` and leaves its topic string (for a
     /// rejection's text). A refusal is counted here.
@@ -104,14 +121,37 @@ impl Publisher {
         shared: &Shared,
         publish: &mut Publish,
     ) -> Result<Admitted, BrokerError> {
-        let admitted = self.checked(shared, publish);
+        let admitted = self.checked(shared, publish, None);
         if admitted.is_err() {
             shared.router.counters().rejected();
         }
         admitted
     }
 
-    fn checked(&mut self, shared: &Shared, publish: &mut Publish) -> Result<Admitted, BrokerError> {
+    /// [`Publisher::admit`] for a message a cluster peer forwarded (a [`Publisher::peer`]): it
+    /// goes to local plain subscribers and to one member of each queue group in `groups`.
+    pub(crate) fn admit_forwarded(
+        &mut self,
+        shared: &Shared,
+        publish: &mut Publish,
+        groups: &[String],
+    ) -> Result<Admitted, BrokerError> {
+        publish.retain = false;
+        publish.ack = false;
+        publish.to_session = None;
+        let admitted = self.checked(shared, publish, Some(groups));
+        if admitted.is_err() {
+            shared.router.counters().rejected();
+        }
+        admitted
+    }
+
+    fn checked(
+        &mut self,
+        shared: &Shared,
+        publish: &mut Publish,
+        from_peer: Option<&[String]>,
+    ) -> Result<Admitted, BrokerError> {
         let topic = self.topic_name(&publish.topic, &shared.config)?;
         let message = accept(publish, topic, shared)?;
         if let Some((identity, permissions)) = &mut self.client {
@@ -136,8 +176,15 @@ impl Publisher {
         };
         let routes = self.routes.as_mut();
         let Some((identity, message_id)) = acknowledged else {
-            let (offered, no_responders) =
-                route(&shared.router, identity, message, target, retain, routes)?;
+            let (offered, no_responders) = route(
+                &shared.router,
+                identity,
+                message,
+                target,
+                retain,
+                routes,
+                from_peer,
+            )?;
             return Ok(Admitted::Routed {
                 offered,
                 no_responders,
@@ -163,6 +210,7 @@ impl Publisher {
             target,
             retain,
             routes,
+            None,
         )?;
         shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
@@ -282,8 +330,11 @@ fn check_room(
 }
 
 /// Keeps `message` as its topic's retained value if asked (counted against `identity`'s
-/// quota, if any), routes it (through `routes` when given) and counts it. Returns how many
-/// subscriptions it was offered to, and the `reply_to` of a request that reached nobody.
+/// quota, if any), routes it (through `routes` when given) and counts it. In a cluster, a
+/// message that did not come `from_peer` is also forwarded to the peers whose interest matches
+/// (a direct message is not); one that did goes to local subscribers only, to the groups named.
+/// Returns how many subscriptions (and peers) it was offered to, and the `reply_to` of a
+/// request that reached nobody (never for a forwarded message: its origin decides that).
 fn route(
     router: &Router,
     identity: Option<&Arc<str>>,
@@ -291,22 +342,28 @@ fn route(
     target: Option<SessionId>,
     retain: bool,
     routes: Option<&mut RouteCache>,
+    from_peer: Option<&[String]>,
 ) -> Result<(usize, Option<String>), BrokerError> {
     if retain {
         router.retain(&message, identity)?;
     }
     let message = Arc::new(message);
-    let report = match routes {
-        Some(cache) => router.publish_cached(&message, target, cache),
-        None => router.publish(&message, target),
+    let report = match (from_peer, routes) {
+        (Some(groups), _) => router.publish_from_peer(&message, groups),
+        (None, Some(cache)) => router.publish_cached(&message, target, cache),
+        (None, None) => router.publish(&message, target),
     };
+    let mut offered = report.offered;
+    if let (None, None, Some(cluster)) = (from_peer, target, router.cluster()) {
+        offered += cluster.forward(&message);
+    }
     router.counters().received(message.payload.len());
     let no_responders = match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => {
+        Some(reply_to) if offered == 0 && from_peer.is_none() => {
             router.counters().no_responders();
             Some(reply_to.clone())
         }
         _ => None,
     };
-    Ok((report.offered, no_responders))
+    Ok((offered, no_responders))
 }

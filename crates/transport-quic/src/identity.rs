@@ -138,6 +138,21 @@ pub fn identity_from_cert_with(
         .ok_or_else(|| IdentityError::NoIdentity(rule.to_string()))
 }
 
+/// The node name of a cluster node certificate: the rest of its first URI SAN that starts with
+/// [`crate::certs::NODE_URI_PREFIX`]; `None` for every other certificate (a client's, a server's,
+/// or one that cannot be parsed). A certificate is a node certificate exactly when this is
+/// `Some` (docs/CLUSTERING.md).
+pub fn node_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => uri
+            .strip_prefix(crate::certs::NODE_URI_PREFIX)
+            .map(str::to_owned),
+        _ => None,
+    })
+}
+
 /// The identity of the peer of `conn` under the default rule, read from its leaf certificate.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<String, IdentityError> {
     let chain = peer_chain(conn)?;

@@ -535,6 +535,7 @@ impl Settings {
                 max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
             },
             acl: cassini_broker::Acl::default(),
+            cluster: None,
             queue: QueueConfig {
                 default_messages: self.queue.default_messages,
                 default_bytes: self.queue.default_bytes,
