@@ -431,6 +431,11 @@ impl CertificateAuthority {
         self.sign(&params)
     }
 
+    /// Checks that `name` can be a cluster node's name (the rules of a client name).
+    pub fn validate_node_name(name: &str) -> Result<(), CertError> {
+        validate_client_name(name)
+    }
+
     /// Issues a certificate for cluster node `name`, valid for [`LEAF_VALIDITY`]: URI SAN
     /// `cassini-node:NAME` ([`NODE_URI_PREFIX`]), DNS SAN [`NODE_SERVER_NAME`], CN `NAME`, for
     /// both TLS server and client authentication (a node accepts and dials). `name` follows the
