@@ -14,6 +14,7 @@ use cassini_client::RequestError;
 use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
+use cassini_quic::faults::{FaultControl, FaultPlan};
 use cassini_quic::tls::{self, QuicOptions};
 use futures_util::StreamExt;
 
@@ -25,6 +26,10 @@ struct Node {
 
 impl Node {
     async fn start(pki: &Pki, name: &str) -> Self {
+        Self::start_with(pki, name, None).await
+    }
+
+    async fn start_with(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
         let config = BrokerConfig {
             cluster: Some(ClusterConfig::node(name)),
             ..BrokerConfig::default()
@@ -32,7 +37,8 @@ impl Node {
         let broker = TestBroker::start_sharing_ca(pki, config).await;
         let (chain, key) = identity_of(&pki.node(name));
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
-        let options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        options.layer = faults.map(FaultControl::layer);
         let port = broker.broker.cluster().expect("a cluster node");
         let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
         Self { broker, cluster }
@@ -56,10 +62,15 @@ impl Node {
 
 /// Three nodes in a full mesh, each dialing every node's address (its own included).
 async fn three_nodes() -> (Pki, Vec<Node>) {
+    three_nodes_with(&[None, None, None]).await
+}
+
+/// [`three_nodes`], with node `i`'s cluster socket under `faults[i]`.
+async fn three_nodes_with(faults: &[Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        nodes.push(Node::start(&pki, name).await);
+    for (name, faults) in ["n1", "n2", "n3"].into_iter().zip(faults) {
+        nodes.push(Node::start_with(&pki, name, *faults).await);
     }
     let addrs: Vec<_> = nodes.iter().map(Node::cluster_addr).collect();
     for node in &nodes {
@@ -373,4 +384,141 @@ async fn node_and_client_certificates_are_refused_on_each_others_alpn() {
         "a node must not take a broker's server certificate for a node's"
     );
     node.stop().await;
+}
+
+#[tokio::test]
+async fn subscribed_means_every_connected_peer_knows_the_interest() {
+    // What node 3 sends its peers is slow: without the wait for acknowledgements, node 3 would
+    // answer `Subscribed` (over its client address) long before they know.
+    let slow = FaultControl::new(FaultPlan {
+        delay: Duration::from_millis(30),
+        ..FaultPlan::default()
+    });
+    let (_pki, nodes) = three_nodes_with(&[None, None, Some(&slow)]).await;
+    let client = nodes[2].broker.client("late").await;
+    let mut subscriptions = Vec::new();
+    for i in 0..10 {
+        subscriptions.push(
+            client
+                .subscribe(&format!("fresh.{i}"))
+                .await
+                .expect("subscribe"),
+        );
+        // No waiting: once `Subscribed` arrived, the peers know.
+        for node in &nodes[..2] {
+            let known = node
+                .cluster
+                .port()
+                .peers()
+                .into_iter()
+                .find(|peer| peer.node == "n3")
+                .map(|peer| peer.interest);
+            assert_eq!(known, Some(i + 1), "subscription {i} unknown to a peer");
+        }
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_gaps_not_silence() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_nodes_with(&[None, Some(&cut), None]).await;
+    let sub2 = nodes[1].broker.client("sub2").await;
+    let sub3 = nodes[2].broker.client("sub3").await;
+    let mut on2 = sub2.subscribe("feed").await.expect("subscribe");
+    let mut on3 = sub3.subscribe("feed").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    let mut next = 0u32;
+    let mut publish = |count: u32| {
+        let range = next..next + count;
+        next += count;
+        range
+    };
+    for i in publish(10) {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for subscription in [&mut on2, &mut on3] {
+        for i in 0..10u32 {
+            let message = within("before the cut", subscription.next())
+                .await
+                .expect("a message");
+            assert_eq!(message.payload().as_ref(), i.to_be_bytes());
+        }
+    }
+
+    // Node 2's cluster traffic goes into a black hole: it leaves routing within the failure
+    // detection time, and the others never stop routing between themselves.
+    cut.set_blackhole(true);
+    let cut_at = std::time::Instant::now();
+    let during = publish(20);
+    for i in during.clone() {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for i in during {
+        let message = within("node 3 keeps receiving", on3.next())
+            .await
+            .expect("a message");
+        assert_eq!(message.payload().as_ref(), i.to_be_bytes());
+    }
+    eventually("node 1 takes node 2 out of routing", || async {
+        let peers = nodes[0].cluster.port().peers();
+        peers
+            .iter()
+            .find(|peer| peer.node == "n2")
+            .is_some_and(|peer| !peer.inbound)
+            .then_some(())
+    })
+    .await;
+    let detected = cut_at.elapsed();
+    assert!(
+        detected < Duration::from_millis(2_600),
+        "a dead peer leaves routing within the 2 s idle timeout (took {detected:?})"
+    );
+    for i in publish(5) {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+
+    // Healed: the mesh forms again, and node 2's subscriber is told what it missed.
+    cut.set_blackhole(false);
+    eventually("the mesh heals", || async {
+        nodes.iter().all(|node| node.meshed_with(2)).then_some(())
+    })
+    .await;
+    let after = publish(5);
+    for i in after.clone() {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let mut received = Vec::new();
+    within("node 2 receives after the heal", async {
+        while received.last() != Some(&(after.end - 1)) {
+            let message = on2.next().await.expect("a message");
+            let bytes: [u8; 4] = message.payload().as_ref().try_into().expect("4 bytes");
+            received.push(u32::from_be_bytes(bytes));
+        }
+    })
+    .await;
+    assert!(
+        received.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order: {received:?}"
+    );
+    let missed = on2.gaps();
+    assert_eq!(
+        received.len() as u64 + missed,
+        u64::from(next - 10),
+        "every message after the cut either arrived or is in a gap ({received:?}, {missed} missed)"
+    );
+    assert!(missed > 0, "the cut lost something, and said so");
+    stop_all(nodes).await;
 }

@@ -9,7 +9,10 @@
 //!   change in order; its peer acknowledges each by sequence number, and [`Cluster::settled`]
 //!   waits until every link has acknowledged every change made so far.
 //! - **Peer interest** is replaced by a snapshot and changed entry by entry through the link
-//!   from that peer ([`InboundLink`]); it is forgotten when that link ends.
+//!   from that peer ([`InboundLink`]). When that link ends the peer leaves routing, but its
+//!   last interest is kept, inactive, until the peer's next snapshot: what would have matched
+//!   it meanwhile is counted as dropped for the peer and announced to it once it is back, so its
+//!   subscribers that lived through a partition see a gap, never a silent loss.
 //! - **Forwarding** ([`Cluster::forward`]): a message admitted on this node goes to each peer
 //!   whose interest matches its topic, at most once per peer, through that peer's bounded queue
 //!   without ever waiting; a full queue (or a peer whose link is down while its interest is still
@@ -128,7 +131,7 @@ pub struct PeerStats {
     pub outbound: bool,
     /// Whether its link towards this node is up (its interest is known).
     pub inbound: bool,
-    /// Entries of its interest.
+    /// Entries of its interest (0 while its link is down).
     pub interest: usize,
     /// Messages handed to its queue.
     pub forwarded: u64,
@@ -190,9 +193,13 @@ impl Peer {
         if sent {
             self.forwarded.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            *lock(&self.drops).entry(topic).or_default() += 1;
+            self.drop_for(topic, 1);
         }
+    }
+
+    fn drop_for(&self, topic: String, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        *lock(&self.drops).entry(topic).or_default() += count;
     }
 }
 
@@ -353,7 +360,7 @@ impl Cluster {
     pub fn open_inbound(self: &Arc<Self>, name: &str) -> InboundLink {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer(name);
-        *peer.interest.write().unwrap_or_else(|p| p.into_inner()) = (id, HashMap::new());
+        peer.interest.write().unwrap_or_else(|p| p.into_inner()).0 = id;
         InboundLink {
             id,
             peer,
@@ -383,6 +390,18 @@ impl Cluster {
             let index = plans.len();
             {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+                if interest.0 == 0 {
+                    // Out of routing: what its last interest matches is lost to it, announced
+                    // when it is back.
+                    let matched = interest
+                        .1
+                        .values()
+                        .any(|(filter, count)| *count > 0 && filter.matches(topic));
+                    if matched {
+                        peer.drop_for(topic.as_str().to_owned(), 1);
+                    }
+                    continue;
+                }
                 for ((_, group), (filter, count)) in &interest.1 {
                     if *count == 0 || !filter.matches(topic) {
                         continue;
@@ -437,11 +456,12 @@ impl Cluster {
             .values()
             .map(|peer| {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+                let inbound = interest.0 != 0;
                 PeerStats {
                     node: peer.name.to_string(),
                     outbound: lock(&peer.outbound).is_some(),
-                    inbound: interest.0 != 0,
-                    interest: interest.1.len(),
+                    inbound,
+                    interest: if inbound { interest.1.len() } else { 0 },
                     forwarded: peer.forwarded.load(Ordering::Relaxed),
                     dropped: peer.dropped.load(Ordering::Relaxed),
                 }
@@ -489,6 +509,12 @@ impl OutboundLink {
             change = self.changes.recv() => change.map(Outgoing::Interest),
             forward = self.messages.recv() => forward.map(Outgoing::Message),
         }
+    }
+
+    /// `count` messages to `topic` were handed to this link but the peer never confirmed them
+    /// (the link ended): they are announced to the peer as dropped on its next link.
+    pub fn undelivered(&self, topic: String, count: u64) {
+        self.peer.drop_for(topic, count);
     }
 
     /// An acknowledger for this link's interest, to hand to the task reading the peer's acks.
@@ -591,7 +617,7 @@ impl Drop for InboundLink {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if interest.0 == self.id {
-            *interest = (0, HashMap::new());
+            interest.0 = 0;
         }
     }
 }

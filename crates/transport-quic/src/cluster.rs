@@ -6,7 +6,12 @@
 //! address of its peer list, reconnecting with exponential backoff and jitter. Each connection
 //! carries one direction: the dialing node sends `Hello`, then its interest (a snapshot, then
 //! changes) and its forwards, in order on one bidirectional stream; the accepting node answers
-//! each interest update with `Ack` on the same stream. A connection to this node itself (its
+//! each interest update with `Ack` on the same stream, and confirms the forwards it received
+//! with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] messages and when the
+//! link goes quiet). When a link ends, the dialer keeps the forwards not yet confirmed; its next
+//! link to the same peer names the previous one in `Hello`, the peer answers how many of its
+//! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
+//! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
 //! address is in its own peer list) is closed and that address is not dialed again.
 //!
 //! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
@@ -15,7 +20,9 @@
 //! Frames are MessagePack, each after its length as a big-endian `u32`, at most
 //! [`MAX_PEER_FRAME_BYTES`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certs::NODE_SERVER_NAME;
-use crate::endpoint::bind_server;
+use crate::endpoint::{bind_server_layered, SocketLayer};
 use crate::identity::{node_name, peer_chain};
 use crate::server::ServerError;
 pub use crate::tls::CLUSTER_ALPN;
@@ -45,6 +52,12 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The longest wait before dialing a peer again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The accepting node confirms received forwards at least every this many messages.
+pub const DELIVERED_EVERY: u64 = 64;
+
+/// ... and at the latest this long after the last unconfirmed one.
+const DELIVERED_AFTER: Duration = Duration::from_millis(5);
 
 /// Close code of a cluster connection that ends on purpose (wrong cluster, this node itself,
 /// the node stopping).
@@ -76,6 +89,8 @@ pub struct ClusterOptions {
     pub quic: QuicOptions,
     /// How long a dialing peer has to complete the handshake and say `Hello`.
     pub handshake_timeout: Duration,
+    /// Wraps the endpoint's socket (fault injection in tests). Default: none.
+    pub layer: Option<SocketLayer>,
 }
 
 impl ClusterOptions {
@@ -87,6 +102,7 @@ impl ClusterOptions {
             peers,
             quic: cluster_quic_options(),
             handshake_timeout: Duration::from_secs(5),
+            layer: None,
         }
     }
 }
@@ -122,12 +138,23 @@ impl ClusterTls {
 /// One frame of a cluster link.
 #[derive(Debug, Serialize, Deserialize)]
 enum PeerFrame {
-    /// Dialer → acceptor, first: who is speaking.
-    Hello { cluster: String, node: String },
+    /// Dialer → acceptor, first: who is speaking, this link's id, and the id of its previous
+    /// link to this peer whose forwards are not all confirmed.
+    Hello {
+        cluster: String,
+        node: String,
+        link: u64,
+        previous: Option<u64>,
+    },
+    /// Acceptor → dialer, first: how many forwards of the previous link it received, if it
+    /// knows that link.
+    Resumed { received: Option<u64> },
     /// Dialer → acceptor: the dialer's interest.
     Interest(InterestUpdate),
     /// Acceptor → dialer: interest applied up to `seq`.
     Ack { seq: u64 },
+    /// Acceptor → dialer: this many forwards received on this link so far.
+    Delivered { count: u64 },
     /// Dialer → acceptor: a forwarded message and the queue groups it is for.
     Message {
         publish: Publish,
@@ -156,7 +183,12 @@ impl ClusterNode {
         port: ClusterPort,
     ) -> Result<Self, ServerError> {
         let server_config = tls::server_config(tls.server.config, &options.quic)?;
-        let (mut endpoint, _) = bind_server(options.listen, server_config, &options.quic)?;
+        let (mut endpoint, _) = bind_server_layered(
+            options.listen,
+            server_config,
+            &options.quic,
+            options.layer.as_ref(),
+        )?;
         endpoint.set_default_client_config(tls::client_config(tls.client, &options.quic)?);
         let options = Arc::new(options);
         let node = Self {
@@ -169,6 +201,7 @@ impl ClusterNode {
         node.tasks.spawn(accept_loop(
             node.endpoint.clone(),
             node.port.clone(),
+            Received::default(),
             Arc::clone(&node.options),
             node.closing.clone(),
             node.tasks.clone(),
@@ -219,9 +252,14 @@ impl Drop for ClusterNode {
     }
 }
 
+/// Per dialing peer: the id of its latest link to this node and how many forwards arrived on
+/// it, for its next link's `Resumed`.
+type Received = Arc<std::sync::Mutex<HashMap<String, (u64, Arc<AtomicU64>)>>>;
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     port: ClusterPort,
+    received: Received,
     options: Arc<ClusterOptions>,
     closing: CancellationToken,
     tasks: TaskTracker,
@@ -235,9 +273,11 @@ async fn accept_loop(
         let port = port.clone();
         let options = Arc::clone(&options);
         let closing = closing.clone();
+        let received = Arc::clone(&received);
         tasks.spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(reason) = serve_inbound(incoming, &port, &options, &closing).await {
+            if let Err(reason) = serve_inbound(incoming, &port, &options, &received, &closing).await
+            {
                 tracing::info!(%remote, %reason, "cluster link from a peer ended");
             }
         });
@@ -249,6 +289,7 @@ async fn serve_inbound(
     incoming: quinn::Incoming,
     port: &ClusterPort,
     options: &ClusterOptions,
+    registry: &Received,
     closing: &CancellationToken,
 ) -> Result<(), String> {
     let limit = options.handshake_timeout;
@@ -259,14 +300,16 @@ async fn serve_inbound(
             .await
             .map_err(|err| err.to_string())?;
         let node = node_of(&connection)?;
-        let (send, mut recv) = connection
+        let (mut send, mut recv) = connection
             .accept_bi()
             .await
             .map_err(|err| err.to_string())?;
-        match read_frame(&mut recv).await? {
+        let counter = match read_frame(&mut recv).await? {
             Some(PeerFrame::Hello {
                 cluster,
                 node: claimed,
+                link,
+                previous,
             }) => {
                 if cluster != options.cluster {
                     let reason = format!("cluster {cluster:?} is not {:?}", options.cluster);
@@ -278,12 +321,24 @@ async fn serve_inbound(
                     connection.close(VarInt::from_u32(CLOSE_CODE), reason.as_bytes());
                     return Err(reason);
                 }
+                let counter = Arc::new(AtomicU64::new(0));
+                let before = {
+                    let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = registry
+                        .get(&node)
+                        .filter(|(id, _)| Some(*id) == previous)
+                        .map(|(_, count)| count.load(Ordering::Acquire));
+                    registry.insert(node.clone(), (link, Arc::clone(&counter)));
+                    before
+                };
+                write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
+                counter
             }
             _ => return Err("the link did not start with Hello".to_owned()),
-        }
-        Ok((connection, node, send, recv))
+        };
+        Ok((connection, node, send, recv, counter))
     };
-    let (connection, node, mut send, mut recv) = tokio::time::timeout(limit, greeting)
+    let (connection, node, mut send, mut recv, counter) = tokio::time::timeout(limit, greeting)
         .await
         .map_err(|_| format!("no Hello within {limit:?}"))??;
     if node == port.node() {
@@ -292,21 +347,56 @@ async fn serve_inbound(
     }
     tracing::info!(peer = %node, "cluster link from a peer up");
     let mut inbox = port.open_inbound(&node);
+    let mut received = 0u64;
+    let mut confirmed = 0u64;
+    // Frames are read in a task of their own: a read cut off mid-frame by the other branches
+    // below would lose bytes of the stream.
+    let (frames_in, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if frames_in.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    });
     let result = loop {
+        let quiet = tokio::time::sleep(DELIVERED_AFTER);
         let frame = tokio::select! {
-            frame = read_frame(&mut recv) => frame,
+            frame = frames.recv() => frame.unwrap_or(Ok(None)),
+            () = quiet, if received > confirmed => {
+                confirmed = received;
+                match write_frame(&mut send, &PeerFrame::Delivered { count: received }).await {
+                    Ok(()) => continue,
+                    Err(reason) => break Err(reason),
+                }
+            }
             () = closing.cancelled() => break Ok(()),
         };
         match frame {
             Ok(Some(frame)) => {
+                let is_message = matches!(frame, PeerFrame::Message { .. });
                 if let Err(reason) = apply(&mut inbox, &mut send, frame).await {
                     break Err(reason);
+                }
+                if is_message {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    received += 1;
+                    if received - confirmed >= DELIVERED_EVERY {
+                        confirmed = received;
+                        let delivered = PeerFrame::Delivered { count: received };
+                        if let Err(reason) = write_frame(&mut send, &delivered).await {
+                            break Err(reason);
+                        }
+                    }
                 }
             }
             Ok(None) => break Ok(()),
             Err(reason) => break Err(reason),
         }
     };
+    reader.abort();
     drop(inbox);
     tracing::info!(peer = %node, "cluster link from a peer down");
     result
@@ -330,9 +420,10 @@ async fn apply(
             inbox.dropped(&topic, count);
             Ok(())
         }
-        PeerFrame::Hello { .. } | PeerFrame::Ack { .. } => {
-            Err("unexpected frame from the dialing peer".to_owned())
-        }
+        PeerFrame::Hello { .. }
+        | PeerFrame::Resumed { .. }
+        | PeerFrame::Ack { .. }
+        | PeerFrame::Delivered { .. } => Err("unexpected frame from the dialing peer".to_owned()),
     }
 }
 
@@ -352,8 +443,9 @@ async fn dial_loop(
     closing: CancellationToken,
 ) {
     let mut backoff = INITIAL_BACKOFF;
+    let mut previous = None;
     loop {
-        match dial_once(&endpoint, addr, &port, &options, &closing).await {
+        match dial_once(&endpoint, addr, &port, &options, &closing, &mut previous).await {
             Ok(LinkEnd::ThisNode) => return,
             Ok(LinkEnd::Ended) => backoff = INITIAL_BACKOFF,
             Err(reason) => tracing::debug!(%addr, %reason, "dialing a cluster peer failed"),
@@ -378,6 +470,7 @@ async fn dial_once(
     port: &ClusterPort,
     options: &ClusterOptions,
     closing: &CancellationToken,
+    previous: &mut Option<Previous>,
 ) -> Result<LinkEnd, String> {
     let connecting = endpoint
         .connect(addr, NODE_SERVER_NAME)
@@ -394,18 +487,53 @@ async fn dial_once(
         return Ok(LinkEnd::ThisNode);
     }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
+    let link_id: u64 = rand::rng().random();
     let hello = PeerFrame::Hello {
         cluster: options.cluster.clone(),
         node: port.node().to_owned(),
+        link: link_id,
+        previous: previous
+            .as_ref()
+            .filter(|old| old.node == node)
+            .map(|old| old.link),
     };
     write_frame(&mut send, &hello).await?;
+    let received = match read_frame(&mut recv).await? {
+        Some(PeerFrame::Resumed { received }) => received,
+        _ => return Err("the peer did not answer Hello".to_owned()),
+    };
     tracing::info!(peer = %node, %addr, "cluster link to a peer up");
     let mut link = port.open_outbound(&node);
+    if let Some(mut old) = previous.take() {
+        if old.node == node {
+            if let Some(count) = received {
+                old.in_flight.confirm(count);
+            }
+            for (topic, count) in old.in_flight.by_topic() {
+                link.undelivered(topic, count);
+            }
+        } else {
+            tracing::warn!(
+                %addr,
+                was = %old.node,
+                now = %node,
+                unconfirmed = old.in_flight.topics.len(),
+                "a node's address now serves another node: forwards to the first are unconfirmed"
+            );
+        }
+    }
     let acks = link.acknowledger();
+    // The topics of the forwards written and not yet confirmed, oldest first.
+    let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
+    let confirmations = Arc::clone(&in_flight);
     let mut read_acks = tokio::spawn(async move {
         loop {
             match read_frame(&mut recv).await {
                 Ok(Some(PeerFrame::Ack { seq })) => acks.acknowledged(seq),
+                Ok(Some(PeerFrame::Delivered { count })) => confirmations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .confirm(count),
                 Ok(Some(_)) => return "unexpected frame from the accepting peer".to_owned(),
                 Ok(None) => return "the peer finished the link".to_owned(),
                 Err(reason) => return reason,
@@ -415,6 +543,13 @@ async fn dial_once(
     let reason = loop {
         tokio::select! {
             next = link.next() => {
+                if let Some(Outgoing::Message(forward)) = &next {
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .topics
+                        .push_back(forward.message.topic.as_str().to_owned());
+                }
                 let frame = match next {
                     Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
                     Some(Outgoing::Message(forward)) => PeerFrame::Message {
@@ -442,9 +577,54 @@ async fn dial_once(
         }
     };
     read_acks.abort();
+    let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
+    if !in_flight.topics.is_empty() {
+        *previous = Some(Previous {
+            node: node.clone(),
+            link: link_id,
+            in_flight,
+        });
+    }
     drop(link);
     tracing::info!(peer = %node, %addr, %reason, "cluster link to a peer down");
     Ok(LinkEnd::Ended)
+}
+
+/// A dialed link that ended with forwards its peer had not confirmed: settled by the next
+/// link to the same peer (`Resumed`).
+#[derive(Debug)]
+struct Previous {
+    node: String,
+    link: u64,
+    in_flight: InFlight,
+}
+
+/// The forwards of one link written and not yet confirmed by the peer.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// How many the peer has confirmed so far.
+    confirmed: u64,
+    /// The topics of the rest, oldest first.
+    topics: std::collections::VecDeque<String>,
+}
+
+impl InFlight {
+    /// The peer has received `count` forwards of this link in total.
+    fn confirm(&mut self, count: u64) {
+        let newly = count.saturating_sub(self.confirmed);
+        self.confirmed = self.confirmed.max(count);
+        let newly = usize::try_from(newly).unwrap_or(usize::MAX);
+        self.topics.drain(..newly.min(self.topics.len()));
+    }
+
+    /// The unconfirmed forwards counted by topic.
+    fn by_topic(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for topic in &self.topics {
+            *counts.entry(topic.clone()).or_default() += 1;
+        }
+        counts
+    }
 }
 
 /// The node name of the peer of `connection`, from its (verified) certificate.
