@@ -534,6 +534,12 @@ impl Drop for OutboundLink {
                 *outbound = None;
             }
         }
+        // What waited in the queue was never sent: lost to the peer, and announced as such.
+        self.messages.close();
+        while let Ok(forward) = self.messages.try_recv() {
+            self.peer
+                .drop_for(forward.message.topic.as_str().to_owned(), 1);
+        }
         lock(&self.cluster.local)
             .links
             .retain(|link| link.id != self.id);
