@@ -62,16 +62,7 @@ pub const DEV_CLIENT_NAME: &str = "dev";
 /// Longest client name accepted by [`CertificateAuthority::issue_client`].
 pub const MAX_CLIENT_NAME_LEN: usize = 64;
 
-/// The URI scheme that makes a certificate a cluster node's: a node certificate carries the URI
-/// SAN `cassini-node:NAME`, and a certificate is a node certificate exactly when it carries a URI
-/// SAN starting with this (see [`crate::identity::node_name`] and docs/CLUSTERING.md). Client
-/// certificates from [`CertificateAuthority::issue_client`] never carry a URI SAN.
-pub const NODE_URI_PREFIX: &str = "cassini-node:";
-
-/// The DNS name every node certificate carries and a dialing node checks as the server name:
-/// peers are configured by address, so the name is the same for every node (the node's own name
-/// is read from its URI SAN).
-pub const NODE_SERVER_NAME: &str = "node.cassini-cluster.invalid";
+pub use crate::identity::{NODE_SERVER_NAME, NODE_URI_PREFIX};
 
 /// Size of the random serial numbers, in bytes (at most 20 are allowed by RFC 5280).
 const SERIAL_NUMBER_LEN: usize = 16;
