@@ -66,6 +66,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Run a cluster of several brokers on loopback in this one process (docs/CLUSTERING.md):
+    /// each node has its own client address (printed) and talks real QUIC to the others.
+    /// Development certificates are made in `--certs` on first run. Ctrl-C stops it.
+    Demo(DemoArgs),
     /// Measure the broker (in-process, over real QUIC on loopback).
     Bench {
         #[command(subcommand)]
@@ -339,6 +343,19 @@ pub(crate) struct CertsInitArgs {
     /// Replace an existing CA (every certificate it signed stops being trusted).
     #[arg(long)]
     pub(crate) force_new_ca: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: u16,
+    /// Client port of the first node; the others follow it. 0: any free ports.
+    #[arg(long, default_value_t = 7711)]
+    pub(crate) base_port: u16,
+    /// The certificate directory (development certificates are made there if missing).
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
 }
 
 #[derive(Debug, Args)]

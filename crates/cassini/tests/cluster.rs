@@ -146,3 +146,62 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
     );
     drop(killed);
 }
+
+#[tokio::test]
+async fn cassini_demo_runs_a_three_node_cluster_in_one_process() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let mut child =
+        harness::cassini(&["demo", "--nodes", "3", "--base-port", "0", "--certs", certs])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cassini demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_in, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_in.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the demo prints its addresses");
+        if let Some((_, addr)) = line.split_once("clients at ") {
+            addrs.push(addr.trim().parse().expect("an address"));
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    let connect = |addr: SocketAddr| {
+        Client::builder(addr)
+            .cert_dir(dir.path(), "dev")
+            .server_name("localhost")
+            .connect()
+    };
+    let subscriber = connect(addrs[2]).await.expect("connect to node 3");
+    let mut subscription = subscriber.subscribe("demo.>").await.expect("subscribe");
+    let publisher = connect(addrs[0]).await.expect("connect to node 1");
+    publisher
+        .publish("demo.hello", Bytes::from_static(b"hi"))
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(message.payload().as_ref(), b"hi");
+    harness::signal(child.id(), "INT");
+    let status = harness::wait_with_deadline(&mut child);
+    assert!(
+        status.success(),
+        "the demo stops cleanly on SIGINT: {status:?}"
+    );
+}
