@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::Client;
+use cassini_client::{BrokerAddress, Client, Gap, QuicOptions, ReconnectPolicy};
 use harness::{certs, eventually, Broker, Serve};
 
 /// A free UDP port on loopback for each node's cluster address (the peer lists name them before
@@ -98,6 +98,27 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
 
     let on2 = client(&nodes[1], dir.path()).await;
     let on3 = client(&nodes[2], dir.path()).await;
+    // A client of node 3 that knows node 2 too: when node 3 dies it moves there.
+    let mover = Client::builder(BrokerAddress::List(vec![
+        BrokerAddress::Socket(nodes[2].addr()),
+        BrokerAddress::Socket(nodes[1].addr()),
+    ]))
+    .cert_dir(dir.path(), "dev")
+    .server_name("localhost")
+    .quic_options(QuicOptions {
+        idle_timeout: Duration::from_secs(1),
+        keep_alive_interval: Duration::from_millis(250),
+        ..QuicOptions::default()
+    })
+    .reconnect(ReconnectPolicy {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        ..ReconnectPolicy::default()
+    })
+    .connect()
+    .await
+    .expect("client connects");
+    let mut moving = mover.subscribe("orders.>").await.expect("subscribe");
     let mut sub2 = on2.subscribe("orders.>").await.expect("subscribe");
     let mut sub3 = on3.subscribe("orders.>").await.expect("subscribe");
     let publisher = client(&nodes[0], dir.path()).await;
@@ -143,6 +164,36 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
     assert!(
         left < Duration::from_secs(4),
         "a killed node leaves routing within the failure detection time (took {left:?})"
+    );
+    // The client of node 3 is on node 2 now, with a new session and a SessionLost gap; what
+    // node 1 publishes reaches it again.
+    let moved_at = Instant::now();
+    let mut next = 110u32;
+    let first = loop {
+        publisher
+            .publish("orders.new", Bytes::from(next.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+        next += 1;
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), moving.recv()).await
+        {
+            let bytes: [u8; 4] = message.payload().as_ref().try_into().expect("4 bytes");
+            if u32::from_be_bytes(bytes) >= 110 {
+                break message;
+            }
+        }
+        assert!(
+            moved_at.elapsed() < Duration::from_secs(20),
+            "the client of the killed node never received on another node"
+        );
+    };
+    drop(first);
+    let gaps = moving.take_gaps();
+    assert!(
+        gaps.iter()
+            .any(|gap| matches!(gap, Gap::SessionLost { .. })),
+        "moving to another node is an explicit SessionLost: {gaps:?}"
     );
     drop(killed);
 }
