@@ -105,6 +105,23 @@ impl TestBroker {
         client.close().await.expect("close");
     }
 
+    /// A broker with `config` whose certificates come from the CA of `pki` (a node of a
+    /// cluster in a test: every node trusts the same CA).
+    pub async fn start_sharing_ca(pki: &Pki, config: BrokerConfig) -> Self {
+        init_tracing();
+        let ca = cassini_quic::certs::CertificateAuthority::from_pem(
+            pki.ca.cert_pem(),
+            pki.ca.key_pem(),
+        )
+        .expect("the same CA");
+        let pki = Pki {
+            ca,
+            server: pki.server.clone(),
+        };
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        Self::start_on(addr, pki, config, ServerOptions::default()).await
+    }
+
     /// Stops this broker, losing everything it held in memory, and starts a new one with
     /// default configuration on the same address with the same certificates: what clients see
     /// of a broker restart.

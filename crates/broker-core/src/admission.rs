@@ -5,7 +5,8 @@
 //! payload and header limits and the `reply_to` name, the memory budget (the message is charged
 //! to it here), the ACL (for a client: its topic and, for a request, its `reply_to`), the disk
 //! store's health and disk limit (disk mode), then, for an acknowledged publish, the message id
-//! and the dedupe window; then it keeps a retained value, routes the message and counts it
+//! and the dedupe window; then it keeps a retained value, routes the message (in a cluster:
+//! also to each peer with matching interest, [`crate::cluster::Cluster::forward`]) and counts it
 //! (`received`, `no_responders`, `duplicates`; a refusal counts as `publishes_rejected`). It
 //! returns an [`Admitted`] outcome or the refusal; each entry point only turns that into frames
 //! (or nothing, for a datagram) or a `Result`.
@@ -15,6 +16,10 @@
 //! no identity's quota; only a publish stream answers, so only it honours `ack`. The broker's
 //! own system events ([`Source::System`]) are the only publishes to a reserved (`$`) topic;
 //! they are counted as `events_published`, not as received messages or topic traffic.
+//!
+//! A message forwarded by a cluster peer ([`Source::Peer`]) was checked against the ACL on the node where
+//! it was published; here it goes only to local subscribers (one hop), to the queue groups the
+//! peer named, and is never retained or forwarded again.
 //!
 //! A client's refusal by the ACL is also emitted as an `authorization_failed` system event.
 
@@ -47,6 +52,9 @@ pub(crate) enum Source {
     /// The broker's system publisher: topics under `$SYS` only, no identity, no ACL, no
     /// acknowledgement, no retained value; not counted as received messages.
     System,
+    /// A cluster peer's forwards: local subscribers only, no ACL (checked at the origin), no
+    /// acknowledgement.
+    Peer,
 }
 
 /// What became of an admitted publish.
@@ -118,6 +126,11 @@ impl Publisher {
         }
     }
 
+    /// The forwards of one cluster peer.
+    pub(crate) fn peer() -> Self {
+        Self::anonymous(Source::Peer)
+    }
+
     /// Runs every check on `publish` and, if it passes, routes it (see the module docs). Takes
     /// the payload, headers and `reply_to` out of `publish` and leaves its topic string (for a
     /// rejection's text). A refusal is counted here.
@@ -126,7 +139,7 @@ impl Publisher {
         shared: &Shared,
         publish: &mut Publish,
     ) -> Result<Admitted, BrokerError> {
-        let admitted = self.checked(shared, publish);
+        let admitted = self.checked(shared, publish, None);
         match &admitted {
             Err(_) if self.source == Source::System => shared.router.counters().event_dropped(),
             Err(err) => {
@@ -147,7 +160,30 @@ impl Publisher {
         admitted
     }
 
-    fn checked(&mut self, shared: &Shared, publish: &mut Publish) -> Result<Admitted, BrokerError> {
+    /// [`Publisher::admit`] for a message a cluster peer forwarded (a [`Publisher::peer`]): it
+    /// goes to local plain subscribers and to one member of each queue group in `groups`.
+    pub(crate) fn admit_forwarded(
+        &mut self,
+        shared: &Shared,
+        publish: &mut Publish,
+        groups: &[String],
+    ) -> Result<Admitted, BrokerError> {
+        publish.retain = false;
+        publish.ack = false;
+        publish.to_session = None;
+        let admitted = self.checked(shared, publish, Some(groups));
+        if admitted.is_err() {
+            shared.router.counters().rejected();
+        }
+        admitted
+    }
+
+    fn checked(
+        &mut self,
+        shared: &Shared,
+        publish: &mut Publish,
+        from_peer: Option<&[String]>,
+    ) -> Result<Admitted, BrokerError> {
         let topic = self.topic_name(&publish.topic, &shared.config)?;
         let retain = publish.retain && self.source != Source::System;
         let message = accept(publish, topic, shared)?;
@@ -188,6 +224,7 @@ impl Publisher {
                 retain,
                 routes,
                 traffic,
+                from_peer,
             )?;
             return Ok(Admitted::Routed {
                 offered,
@@ -215,6 +252,7 @@ impl Publisher {
             retain,
             routes,
             traffic,
+            None,
         )?;
         shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
@@ -339,9 +377,14 @@ fn check_room(
 
 /// Keeps `message` as its topic's retained value if asked (counted against `identity`'s
 /// quota, if any), routes it (through `routes` when given) and counts it: as a received
-/// message and in its topic's `traffic` when given (every publish but a system event's).
-/// Returns how many subscriptions it was offered to, and the `reply_to` of a request that
-/// reached nobody.
+/// message and in its topic's `traffic` when given (every publish but a system event's). In a
+/// cluster, a counted message that did not come `from_peer` is also forwarded to the peers
+/// whose interest matches (a direct message and a system event are not: both stay on their
+/// node); one that did goes to local subscribers only, to the groups named. Returns how many
+/// subscriptions (and peers) it was offered to, and the `reply_to` of a request that reached
+/// nobody (never for a forwarded message: its origin decides that).
+// The steps of one publish, each its own argument so every caller names what it passes.
+#[allow(clippy::too_many_arguments)]
 fn route(
     router: &Router,
     identity: Option<&Arc<str>>,
@@ -350,25 +393,33 @@ fn route(
     retain: bool,
     routes: Option<&mut RouteCache>,
     traffic: Option<(&TopicTraffic, &mut TrafficSlot)>,
+    from_peer: Option<&[String]>,
 ) -> Result<(usize, Option<String>), BrokerError> {
     if retain {
         router.retain(&message, identity)?;
     }
     let message = Arc::new(message);
-    let report = match routes {
-        Some(cache) => router.publish_cached(&message, target, cache),
-        None => router.publish(&message, target),
+    let report = match (from_peer, routes) {
+        (Some(groups), _) => router.publish_from_peer(&message, groups),
+        (None, Some(cache)) => router.publish_cached(&message, target, cache),
+        (None, None) => router.publish(&message, target),
     };
+    let mut offered = report.offered;
+    if let (None, None, true, Some(cluster)) =
+        (from_peer, target, traffic.is_some(), router.cluster())
+    {
+        offered += cluster.forward(&message);
+    }
     if let Some((traffic, slot)) = traffic {
         router.counters().received(message.payload.len());
         traffic.count(slot, &message.topic, message.payload.len());
     }
     let no_responders = match &message.reply_to {
-        Some(reply_to) if report.offered == 0 => {
+        Some(reply_to) if offered == 0 && from_peer.is_none() => {
             router.counters().no_responders();
             Some(reply_to.clone())
         }
         _ => None,
     };
-    Ok((report.offered, no_responders))
+    Ok((offered, no_responders))
 }

@@ -131,6 +131,16 @@ impl BrokerHandle {
         )
     }
 
+    /// This node's side of its cluster, for the transport's cluster links; `None` for a
+    /// standalone broker (no [`crate::config::BrokerConfig::cluster`]).
+    pub fn cluster(&self) -> Option<crate::peer::ClusterPort> {
+        let shared = &self.managers.shared;
+        shared
+            .router
+            .cluster()
+            .map(|cluster| crate::peer::ClusterPort::new(Arc::clone(shared), Arc::clone(cluster)))
+    }
+
     /// Hands over an authenticated connection. The broker owns it from here on.
     pub fn accept(&self, connection: Arc<dyn Connection>) {
         if let Err(err) = self

@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     /// The ACL the broker starts with (default: every authenticated client may do everything
     /// on non-system topics, but read only its own reply inboxes). Replace it while running with `BrokerHandle::set_acl`.
     pub acl: crate::acl::Acl,
+    /// This node's cluster settings; `None` (the default): a standalone broker
+    /// (docs/CLUSTERING.md).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// System events (`crate::events`; docs/EVENTS.md).

@@ -5,16 +5,19 @@
 //!
 //! Layering (no file imports one above it): the foundations ([`config`], [`acl`], [`error`],
 //! [`memory`], [`message`], [`transport`], [`storage`], [`queue`], [`retained`], [`dedupe`],
-//! [`router`], [`introspect`], [`events`]) name no task and no actor; `context` bundles the
-//! state they share; the data plane (`admission`, `system_events` and `connection`'s stream
-//! tasks) works on that context alone and reports upward only through callbacks it defines; the
-//! actors start and own the data plane's tasks, with a connection's driver between the session
-//! actors it asks and the listener actor that runs it; [`broker`] and [`local`] are the entry
-//! points on top. Inside the crate, items are named by the module that defines them, never
-//! through the re-exports below.
+//! [`cluster`], [`router`], [`introspect`], [`events`]) name no task and no actor; `context`
+//! bundles the state they share; the data plane (`admission`, `system_events` and
+//! `connection`'s stream tasks) works on that context alone and reports upward only through
+//! callbacks it defines; the actors start and own the data plane's tasks, with a connection's
+//! driver between the session actors it asks and the listener actor that runs it; [`broker`],
+//! [`local`] and [`peer`] are the entry points on top. Inside the crate, items are named by the
+//! module that defines them, never through the re-exports below.
 //!
 //! # Layout
 //! - [`acl`]: who may publish and subscribe where; the ACL file format.
+//! - [`cluster`]: this node's interest, its peers' interest and the bounded queue towards
+//!   each peer (docs/CLUSTERING.md); the router's remote members.
+//! - [`peer`]: the entry point for what a cluster peer sends: its interest and its forwards.
 //! - [`broker`]: [`Broker::start`] and the [`BrokerHandle`] a transport hands connections to.
 //! - [`config`]: every knob, with defaults.
 //! - [`transport`]: the connection and stream interface the broker drives.
@@ -48,6 +51,7 @@ pub mod acl;
 mod actors;
 mod admission;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod context;
@@ -58,6 +62,7 @@ pub mod introspect;
 pub mod local;
 pub mod memory;
 pub mod message;
+pub mod peer;
 pub mod queue;
 pub mod retained;
 pub mod router;

@@ -772,6 +772,30 @@ impl SubscriptionQueue {
         }
     }
 
+    /// `count` messages meant for this subscription were lost before they reached this node (a
+    /// cluster peer's queue towards it dropped them): they take the next sequence numbers and
+    /// are announced as a gap, as a drop of the overflow policy is.
+    pub(crate) fn lost_before_arrival(&self, count: u64) {
+        let mut state = self.lock();
+        if state.closed.is_some() || count == 0 {
+            return;
+        }
+        let Some(last) = state.last_sequence.checked_add(count) else {
+            drop(state);
+            return;
+        };
+        if let Some(store) = &self.store {
+            for sequence in state.last_sequence.saturating_add(1)..=last {
+                store.accepted(sequence, None);
+            }
+        }
+        state.last_sequence = last;
+        state.dropped_unreported += count;
+        state.dropped_total += count;
+        drop(state);
+        self.ready.notify_one();
+    }
+
     /// Tells `progress` from now on whenever the queue may have become delivered (see
     /// [`crate::ack_targets`]); the first call wins.
     pub(crate) fn report_progress_to(&self, progress: Arc<Notify>) {

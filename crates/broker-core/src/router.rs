@@ -27,12 +27,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
 use cassini_protocol::topic::FilterToken;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
+use crate::cluster::Cluster;
 use crate::error::BrokerError;
 use crate::introspect::counters::{Counters, DropReason};
 
@@ -165,11 +166,13 @@ impl RouteMembers {
             .chain(self.groups.iter().flat_map(|group| group.members.iter()))
     }
 
-    /// Offers `message` to every plain member and one member per group.
+    /// Offers `message` to every plain member and one member per group (per group named in
+    /// `groups`, when given: a message from a cluster peer).
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
+        groups: Option<&[String]>,
         report: &mut RouteReport,
         counters: &Counters,
     ) {
@@ -178,6 +181,9 @@ impl RouteMembers {
             report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
+            if groups.is_some_and(|names| !names.iter().any(|name| *name == *group.name)) {
+                continue;
+            }
             if let Some(member) = group.choose(message.memory_size(), target) {
                 report.record(member.push_counted(message, counters));
             }
@@ -338,6 +344,8 @@ pub struct Router {
     store: Option<Arc<DiskStore>>,
     /// What the publish path counts: the router sees every publish and every queue push.
     counters: Counters,
+    /// The remote members: this node's cluster peers and their interest, in a cluster.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Default for Router {
@@ -369,7 +377,19 @@ impl Router {
             retained: Mutex::new(RetainedStore::new(limits, retained)),
             store,
             counters: Counters::default(),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Makes this node part of `cluster`: publishes are also offered to its peers, and the
+    /// topic actors tell it this node's interest. Set once, before any subscription.
+    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// The broker-wide counters.
@@ -500,7 +520,23 @@ impl Router {
         for route in self.matching(&message.topic) {
             route
                 .members()
-                .offer(message, target, &mut report, &self.counters);
+                .offer(message, target, None, &mut report, &self.counters);
+        }
+        report
+    }
+
+    /// Offers `message`, forwarded by a cluster peer, to every plain subscription whose filter
+    /// matches its topic and to one member of each queue group named in `groups`. Never waits.
+    pub fn publish_from_peer(
+        &self,
+        message: &Arc<PublishedMessage>,
+        groups: &[String],
+    ) -> RouteReport {
+        let mut report = RouteReport::default();
+        for route in self.matching(&message.topic) {
+            route
+                .members()
+                .offer(message, None, Some(groups), &mut report, &self.counters);
         }
         report
     }
@@ -526,7 +562,7 @@ impl Router {
             route
                 .members
                 .load()
-                .offer(message, target, &mut report, &self.counters);
+                .offer(message, target, None, &mut report, &self.counters);
         }
         report
     }

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cassini_quic::certs::{
-    init_dir, issue_client_file, revoke_client_file, rotate_server_file, CaStatus, InitOptions,
-    DEV_CLIENT_NAME,
+    init_dir, issue_client_file, issue_node_file, revoke_client_file, rotate_server_file, CaStatus,
+    InitOptions, DEV_CLIENT_NAME,
 };
 
 use crate::cli::{CertsInitArgs, CertsIssueArgs, CertsRevokeArgs, CertsRotateServerArgs};
@@ -19,6 +19,7 @@ pub(crate) fn init(args: CertsInitArgs) -> anyhow::Result<ExitCode> {
     let options = InitOptions {
         server_names: args.server_names,
         clients,
+        nodes: args.nodes,
         overwrite_ca: args.force_new_ca,
     };
     let report = init_dir(&args.dir, &options)
@@ -37,8 +38,13 @@ pub(crate) fn init(args: CertsInitArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn issue(args: CertsIssueArgs) -> anyhow::Result<ExitCode> {
-    let files = issue_client_file(&args.dir, &args.name)
-        .with_context(|| format!("issuing a certificate for {:?}", args.name))?;
+    let files = match (&args.node, &args.name) {
+        (Some(node), _) => issue_node_file(&args.dir, node)
+            .with_context(|| format!("issuing a node certificate for {node:?}"))?,
+        (None, Some(name)) => issue_client_file(&args.dir, name)
+            .with_context(|| format!("issuing a certificate for {name:?}"))?,
+        (None, None) => anyhow::bail!("name a client, or a node with --node NAME"),
+    };
     println!("wrote {}", files.cert.display());
     println!("wrote {}", files.key.display());
     Ok(ExitCode::SUCCESS)

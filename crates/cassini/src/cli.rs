@@ -66,6 +66,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Run a cluster of several brokers on loopback in this one process (docs/CLUSTERING.md):
+    /// each node has its own client address (printed) and talks real QUIC to the others.
+    /// Development certificates are made in `--certs` on first run. Ctrl-C stops it.
+    Demo(DemoArgs),
     /// Measure the broker (in-process, over real QUIC on loopback).
     Bench {
         #[command(subcommand)]
@@ -341,15 +345,35 @@ pub(crate) struct CertsInitArgs {
     /// A client to issue a certificate for; repeatable. Default: `dev`.
     #[arg(long = "client")]
     pub(crate) clients: Vec<String>,
+    /// A cluster node to issue a node certificate for (`node-NAME.crt`); repeatable.
+    #[arg(long = "node")]
+    pub(crate) nodes: Vec<String>,
     /// Replace an existing CA (every certificate it signed stops being trusted).
     #[arg(long)]
     pub(crate) force_new_ca: bool,
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: u16,
+    /// Client port of the first node; the others follow it. 0: any free ports.
+    #[arg(long, default_value_t = 7711)]
+    pub(crate) base_port: u16,
+    /// The certificate directory (development certificates are made there if missing).
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct CertsIssueArgs {
     /// The client's name: its identity, in the certificate's SAN and CN.
-    pub(crate) name: String,
+    #[arg(required_unless_present = "node", conflicts_with = "node")]
+    pub(crate) name: Option<String>,
+    /// Issue a cluster node certificate instead (`node-NAME.crt`, `node-NAME.key`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<String>,
     /// The directory holding `ca.crt` and `ca.key`.
     #[arg(long, default_value = "certs")]
     pub(crate) dir: PathBuf,
@@ -441,6 +465,21 @@ pub(crate) struct ServeArgs {
     /// [default: 0].
     #[arg(long)]
     pub(crate) max_backlog_age: Option<u64>,
+    /// Join the cluster NAME (docs/CLUSTERING.md) [default: none, a standalone broker; key
+    /// `cluster.name`].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) cluster: Option<String>,
+    /// This node's name in the cluster; its certificate is `node-NAME.crt` [key
+    /// `cluster.node`].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<String>,
+    /// The cluster address (UDP) [default: 127.0.0.1:7701; key `cluster.listen`].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) cluster_listen: Option<SocketAddr>,
+    /// A node's cluster address; repeatable (this node's own may be among them). Replaces
+    /// `cluster.peers` when given [key `cluster.peers`].
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub(crate) peers: Vec<SocketAddr>,
 }
 
 /// Where the broker keeps its state.

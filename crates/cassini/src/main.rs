@@ -29,6 +29,7 @@ mod certs_cmd;
 mod cli;
 mod config;
 mod context;
+mod demo;
 mod events_cmd;
 mod logging;
 mod monitoring;
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
                 CertsCommand::RotateServer(args) => certs_cmd::rotate_server(args),
             },
             Command::Bench { scenario } => bench::run(scenario).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Req(args) => reqreply::request(args).await,

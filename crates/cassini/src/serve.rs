@@ -9,10 +9,12 @@ use anyhow::Context;
 use cassini_broker::config::{StorageMode, SyncPolicy};
 use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_protocol::ErrorCode;
-use cassini_quic::certs::ensure_dev_certs;
+use cassini_quic::certs::{ensure_dev_certs, issue_node_file, node_paths};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
 use cassini_quic::reset_key::{KeySource, StatelessResetKey};
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
+use cassini_quic::tls::{load_certs, load_key};
 
 use crate::cli::{ServeArgs, StorageArg, SyncArg};
 use crate::config::LogFormat;
@@ -43,6 +45,10 @@ pub(crate) fn settings(
         enforce_crl_expiry: args.enforce_crl_expiry,
         require_crl: args.require_crl,
         monitor_token_file: args.monitor_token_file.clone(),
+        cluster: args.cluster.clone(),
+        node: args.node.clone(),
+        cluster_listen: args.cluster_listen,
+        peers: args.peers.clone(),
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
 }
@@ -183,6 +189,7 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         cert = %files.cert.display(),
         "cassini listening"
     );
+    let cluster = start_cluster(&settings, &broker)?;
     let monitoring = Monitoring::start(&settings, &broker, &server, &crl, local).await?;
     monitoring.set_ready(true);
 
@@ -197,6 +204,9 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     }
     monitoring.set_ready(false);
     let graceful = async {
+        if let Some(cluster) = &cluster {
+            cluster.close(Duration::from_secs(1)).await;
+        }
         broker.shutdown(SHUTDOWN_REASON).await;
         server
             .close(
@@ -217,6 +227,47 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
             Ok(ExitCode::from(130))
         }
     }
+}
+
+/// Starts this node's cluster endpoint when `[cluster]` names a cluster: node certificate
+/// `node-NODE.crt` / `.key` from `certs.dir` (issued there from the CA when development
+/// certificates are on and it is missing), trusting `certs.ca`.
+fn start_cluster(
+    settings: &Settings,
+    broker: &cassini_broker::BrokerHandle,
+) -> anyhow::Result<Option<ClusterNode>> {
+    let cluster = &settings.cluster;
+    if !cluster.enabled() {
+        return Ok(None);
+    }
+    let Some(port) = broker.cluster() else {
+        anyhow::bail!("the broker was started without its cluster settings");
+    };
+    let certs = &settings.certs;
+    let (cert, key) = node_paths(&certs.dir, &cluster.node);
+    if certs.generate_dev && certs.uses_dir_only() && !cert.exists() {
+        issue_node_file(&certs.dir, &cluster.node).with_context(|| {
+            format!(
+                "issuing a development node certificate in {}",
+                certs.dir.display()
+            )
+        })?;
+        tracing::warn!(node = %cluster.node, dir = %certs.dir.display(), "issued a development node certificate");
+    }
+    let files = certs.files();
+    let tls = ClusterTls::build(load_certs(&files.ca)?, load_certs(&cert)?, load_key(&key)?)
+        .with_context(|| format!("loading the node certificate {}", cert.display()))?;
+    let options = ClusterOptions::new(cluster.name.clone(), cluster.listen, cluster.peers.clone());
+    let node = ClusterNode::start(options, tls, port)
+        .with_context(|| format!("listening for the cluster on {}", cluster.listen))?;
+    tracing::info!(
+        cluster = %cluster.name,
+        node = %cluster.node,
+        addr = %node.local_addr().context("reading the cluster address")?,
+        peers = cluster.peers.len(),
+        "cluster listening"
+    );
+    Ok(Some(node))
 }
 
 /// What `config check` adds to the configuration's own checks: the files it names load as

@@ -9,7 +9,12 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use harness::{cassini, log_field, run, spawn_until, terminate, wait_with_deadline, Broker, Serve};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use harness::{
+    cassini, log_field, run, spawn_until, stderr, terminate, wait_with_deadline, Broker, Serve,
+};
 
 /// `cassini serve` on port 0 with the certificates in `certs`, once it listens; and its
 /// address.
@@ -169,6 +174,44 @@ fn certs_init_keeps_an_existing_ca() {
     let issued = run(&mut cassini(&["certs", "issue", "dave", "--dir", certs]));
     assert!(issued.status.success());
     assert_private(&dir.path().join("client-dave.key"));
+}
+
+#[test]
+fn certs_init_and_issue_write_node_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let init = run(&mut cassini(&[
+        "certs", "init", "--dir", certs, "--node", "n1", "--node", "n2",
+    ]));
+    assert!(init.status.success(), "{}", stderr(&init));
+    let issued = run(&mut cassini(&[
+        "certs", "issue", "--node", "n3", "--dir", certs,
+    ]));
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    for node in ["n1", "n2", "n3"] {
+        let pem = std::fs::read(dir.path().join(format!("node-{node}.crt"))).expect("node cert");
+        let der = CertificateDer::from_pem_slice(&pem).expect("PEM");
+        assert_eq!(
+            cassini_quic::identity::node_name(&der).as_deref(),
+            Some(node),
+            "a node certificate names its node"
+        );
+        assert_private(&dir.path().join(format!("node-{node}.key")));
+    }
+    let client = std::fs::read(dir.path().join("client-dev.crt")).expect("client cert");
+    let der = CertificateDer::from_pem_slice(&client).expect("PEM");
+    assert_eq!(
+        cassini_quic::identity::node_name(&der),
+        None,
+        "a client certificate is never a node's"
+    );
+    let both = run(&mut cassini(&[
+        "certs", "issue", "eve", "--node", "n4", "--dir", certs,
+    ]));
+    assert!(
+        !both.status.success(),
+        "a client name and a node name at once"
+    );
 }
 
 fn assert_private(key: &Path) {

@@ -68,6 +68,37 @@ fn the_deploy_example_passes_config_check() {
 }
 
 #[test]
+fn the_cluster_node_configurations_in_deploy_pass_config_check() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let init = run(&mut cassini(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.path().to_str().unwrap(),
+    ]));
+    assert!(init.status.success());
+    for node in ["n1", "n2", "n3"] {
+        let path = deploy_dir().join("cluster").join(format!("{node}.toml"));
+        let check = run(cassini(&["config", "check", path.to_str().unwrap()])
+            .env("CASSINI_CERTS_DIR", certs.path()));
+        assert!(
+            check.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let unit = std::fs::read_to_string(deploy_dir().join("cassini@.service")).expect("unit");
+    for line in [
+        "ExecStart=/usr/local/bin/cassini serve --config /etc/cassini/%i.toml",
+        "NoNewPrivileges=yes",
+        "ReadWritePaths=/var/lib/cassini/%i",
+    ] {
+        assert!(unit.contains(line), "the template unit has {line:?}");
+    }
+}
+
+#[test]
 fn a_bad_file_is_refused_with_the_key_the_line_and_what_was_expected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");

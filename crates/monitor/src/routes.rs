@@ -36,6 +36,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/connz", get(connz))
         .route("/subz", get(subz))
         .route("/topicz", get(topicz))
+        .route("/clusterz", get(clusterz))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorize,
@@ -246,6 +247,16 @@ async fn subz(Extract(state): Shared, Query(page): Query<Page>) -> Response {
         }
     }
     paged("subscriptions", page, subscriptions)
+}
+
+/// The cluster as this node sees it: `{"node": null, "peers": []}` on a standalone broker.
+async fn clusterz(Extract(state): Shared) -> Response {
+    let cluster = state.sources.broker.cluster();
+    Json(json!({
+        "node": cluster.as_ref().map(|port| port.node().to_owned()),
+        "peers": cluster.map(|port| port.peers()).unwrap_or_default(),
+    }))
+    .into_response()
 }
 
 /// The subscribed filters (paged), and `traffic`: the topics published to, busiest first

@@ -367,6 +367,11 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
         .unwrap();
     assert_eq!(worker["queue_group"], "workers");
 
+    // /clusterz: a standalone broker has no node name and no peers.
+    let clusterz = get_json(monitor, "/clusterz", LIMIT).await.unwrap();
+    assert_eq!(clusterz["node"], Value::Null);
+    assert_eq!(clusterz["peers"], serde_json::json!([]));
+
     // /topicz
     let topicz = get_json(monitor, "/topicz", LIMIT).await.unwrap();
     paged_schema(&topicz, "topicz", "topics");

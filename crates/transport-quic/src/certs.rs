@@ -12,6 +12,7 @@
 //! | `ca.crt` / `ca.key`                   | the CA certificate and its private key     |
 //! | `server.crt` / `server.key`           | the broker's certificate and key           |
 //! | `client-NAME.crt` / `client-NAME.key` | the certificate and key of client `NAME`   |
+//! | `node-NAME.crt` / `node-NAME.key`     | the certificate and key of cluster node `NAME` |
 //! | `crl.pem`                             | revoked certificates, signed by the CA     |
 //!
 //! Certificates and keys are PEM; keys are PKCS#8 (the only form rcgen's ring backend reads
@@ -60,6 +61,8 @@ pub const DEV_CLIENT_NAME: &str = "dev";
 
 /// Longest client name accepted by [`CertificateAuthority::issue_client`].
 pub const MAX_CLIENT_NAME_LEN: usize = 64;
+
+pub use crate::identity::{NODE_SERVER_NAME, NODE_URI_PREFIX};
 
 /// Size of the random serial numbers, in bytes (at most 20 are allowed by RFC 5280).
 const SERIAL_NUMBER_LEN: usize = 16;
@@ -419,6 +422,29 @@ impl CertificateAuthority {
         self.sign(&params)
     }
 
+    /// Checks that `name` can be a cluster node's name (the rules of a client name).
+    pub fn validate_node_name(name: &str) -> Result<(), CertError> {
+        validate_client_name(name)
+    }
+
+    /// Issues a certificate for cluster node `name`, valid for [`LEAF_VALIDITY`]: URI SAN
+    /// `cassini-node:NAME` ([`NODE_URI_PREFIX`]), DNS SAN [`NODE_SERVER_NAME`], CN `NAME`, for
+    /// both TLS server and client authentication (a node accepts and dials). `name` follows the
+    /// rules of a client name.
+    pub fn issue_node(&self, name: &str) -> Result<IssuedCert, CertError> {
+        validate_client_name(name)?;
+        let names = vec![
+            SanType::URI(ia5(&format!("{NODE_URI_PREFIX}{name}"))?),
+            SanType::DnsName(ia5(NODE_SERVER_NAME)?),
+        ];
+        let mut params = leaf_params(name, names, Validity::starting_now(LEAF_VALIDITY)?)?;
+        params.extended_key_usages.extend([
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]);
+        self.sign(&params)
+    }
+
     fn sign(&self, params: &CertificateParams) -> Result<IssuedCert, CertError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -480,6 +506,15 @@ pub fn client_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// The certificate and key paths of cluster node `name` in `dir`: `node-NAME.crt`,
+/// `node-NAME.key`.
+pub fn node_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("node-{name}.crt")),
+        dir.join(format!("node-{name}.key")),
+    )
+}
+
 /// What [`init_dir`] should issue.
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -487,6 +522,8 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     /// Clients to issue certificates for.
     pub clients: Vec<String>,
+    /// Cluster nodes to issue node certificates for.
+    pub nodes: Vec<String>,
     /// Replace an existing CA. Every certificate the old CA issued stops being trusted.
     pub overwrite_ca: bool,
 }
@@ -560,6 +597,11 @@ pub fn init_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, CertError>
         .iter()
         .map(|name| Ok((name, ca.issue_client(name)?)))
         .collect::<Result<Vec<_>, CertError>>()?;
+    let nodes = opts
+        .nodes
+        .iter()
+        .map(|name| Ok((name, ca.issue_node(name)?)))
+        .collect::<Result<Vec<_>, CertError>>()?;
 
     create_dir(dir)?;
     let mut written = Vec::new();
@@ -574,6 +616,11 @@ pub fn init_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, CertError>
         cert.write(&cert_path, &key_path)?;
         written.extend([cert_path, key_path]);
     }
+    for (name, cert) in nodes {
+        let (cert_path, key_path) = node_paths(dir, name);
+        cert.write(&cert_path, &key_path)?;
+        written.extend([cert_path, key_path]);
+    }
     Ok(InitReport {
         ca: status,
         written,
@@ -585,6 +632,15 @@ pub fn issue_client_file(dir: &Path, name: &str) -> Result<IssuedFiles, CertErro
     let ca = CertificateAuthority::load(dir)?;
     let issued = ca.issue_client(name)?;
     let (cert, key) = client_paths(dir, name);
+    issued.write(&cert, &key)?;
+    Ok(IssuedFiles { cert, key })
+}
+
+/// Issues a node certificate for `name` with the CA in `dir` and writes `node-NAME.*` there.
+pub fn issue_node_file(dir: &Path, name: &str) -> Result<IssuedFiles, CertError> {
+    let ca = CertificateAuthority::load(dir)?;
+    let issued = ca.issue_node(name)?;
+    let (cert, key) = node_paths(dir, name);
     issued.write(&cert, &key)?;
     Ok(IssuedFiles { cert, key })
 }
@@ -681,6 +737,7 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<Option<InitReport>, CertError> {
     let opts = InitOptions {
         server_names: Vec::new(),
         clients: vec![DEV_CLIENT_NAME.to_owned()],
+        nodes: Vec::new(),
         overwrite_ca: false,
     };
     init_dir(dir, &opts).map(Some)

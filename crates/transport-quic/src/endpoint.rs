@@ -73,6 +73,33 @@ pub fn bind_server(
     Ok((endpoint, buffers))
 }
 
+/// Like [`bind_server`], with the socket wrapped by `layer` if one is given (fault injection
+/// on a cluster node's endpoint, in tests).
+pub fn bind_server_layered(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    opts: &crate::tls::QuicOptions,
+    layer: Option<&SocketLayer>,
+) -> Result<(quinn::Endpoint, SocketBuffers), EndpointError> {
+    let Some(layer) = layer else {
+        return bind_server(addr, config, opts);
+    };
+    let (socket, buffers) = udp_socket(addr, opts.socket_buffer_bytes)?;
+    let socket = wrap_socket(addr, socket, layer)?;
+    let endpoint_config = match &opts.stateless_reset_key {
+        Some(key) => key.endpoint_config(),
+        None => quinn::EndpointConfig::default(),
+    };
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|error| EndpointError::Start { addr, error })?;
+    Ok((endpoint, buffers))
+}
+
 /// Binds a client endpoint to `bind` (usually `0.0.0.0:0` or `[::]:0`) whose connections use
 /// `config` by default.
 ///

@@ -23,6 +23,17 @@ use std::any::Any;
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
+/// The URI scheme that makes a certificate a cluster node's: a node certificate carries the URI
+/// SAN `cassini-node:NAME`, and a certificate is a node certificate exactly when it carries a URI
+/// SAN starting with this (see [`node_name`] and docs/CLUSTERING.md). Client certificates from
+/// [`crate::certs::CertificateAuthority::issue_client`] never carry a URI SAN.
+pub const NODE_URI_PREFIX: &str = "cassini-node:";
+
+/// The DNS name every node certificate carries and a dialing node checks as the server name:
+/// peers are configured by address, so the name is the same for every node (the node's own name
+/// is read from its URI SAN).
+pub const NODE_SERVER_NAME: &str = "node.cassini-cluster.invalid";
+
 /// Why no identity could be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -136,6 +147,19 @@ pub fn identity_from_cert_with(
     chosen
         .map(str::to_owned)
         .ok_or_else(|| IdentityError::NoIdentity(rule.to_string()))
+}
+
+/// The node name of a cluster node certificate: the rest of its first URI SAN that starts with
+/// [`NODE_URI_PREFIX`]; `None` for every other certificate (a client's, a server's,
+/// or one that cannot be parsed). A certificate is a node certificate exactly when this is
+/// `Some` (docs/CLUSTERING.md).
+pub fn node_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => uri.strip_prefix(NODE_URI_PREFIX).map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The identity of the peer of `conn` under the default rule, read from its leaf certificate.

@@ -4,7 +4,8 @@
 //! Layering (no file imports one above it): PEM loading and [`tls::TlsError`] at the bottom, then
 //! [`revocation`] (CRLs and certificate keys), [`tls`] (configurations built on both), [`certs`],
 //! [`endpoint`] and [`faults`] above it, and `server` on top, whose accept counters and
-//! live-connection registry are files below it.
+//! live-connection registry are files below it; `cluster` sits above `server` (it uses the
+//! server's error type).
 //!
 //! # Layout
 //!
@@ -23,10 +24,14 @@
 //!   datagrams, seeded, for fault-injection tests and lossy-link benchmarks.
 //! - `test_util` (feature `test-util`, for tests only): a certificate authority made in memory
 //!   for a test, and a framed reader over a quinn receive stream, shared by every crate's tests.
+//! - `cluster` (feature `server`): the links between cluster nodes (ALPN `cassini-cluster/1`,
+//!   node certificates only), the transport's second kind of peer (docs/CLUSTERING.md).
 //! - `server` (feature `server`): the broker's accept loop and the adapter from quinn to
 //!   `cassini-broker`'s transport interface. Clients build without it.
 
 pub mod certs;
+#[cfg(feature = "server")]
+pub mod cluster;
 pub mod endpoint;
 pub mod faults;
 pub mod identity;

@@ -48,6 +48,11 @@ impl Pki {
         self.ca.issue_client(name).expect("client certificate")
     }
 
+    /// A cluster node certificate for `name`.
+    pub fn node(&self, name: &str) -> IssuedCert {
+        self.ca.issue_node(name).expect("node certificate")
+    }
+
     /// A client certificate for `name` with the given validity.
     pub fn client_with(&self, name: &str, validity: Validity) -> IssuedCert {
         self.ca

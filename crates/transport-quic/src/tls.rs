@@ -16,6 +16,10 @@
 //! from the stored session without running the client certificate verifier again: a revoked or
 //! expired client could otherwise keep reconnecting.
 //!
+//! Kinds of certificate: a cluster node certificate ([`crate::identity::node_name`]) is refused
+//! on the client ALPN, and every other certificate on the cluster ALPN [`CLUSTER_ALPN`], inside
+//! the handshake and after the CA chain is verified ([`PeerKind`]; docs/CLUSTERING.md).
+//!
 //! The crypto provider is always ring, passed explicitly ([`crypto_provider`]); nothing here
 //! relies on a process-wide default provider.
 //!
@@ -28,16 +32,165 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
-use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 
 pub use self::error::TlsError;
 pub use self::pem_files::{load_certs, load_crls, load_key};
 use crate::revocation::{revoked_keys, RevokedKeys};
+
+/// The ALPN of the connections between cluster nodes (clients use [`cassini_protocol::ALPN`]).
+pub const CLUSTER_ALPN: &[u8] = b"cassini-cluster/1";
+
+/// Which kind of peer certificate a listener or a dialing node lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A client: any certificate the CA signed except a cluster node's.
+    Client,
+    /// A cluster node: only a node certificate (URI SAN `cassini-node:NAME`).
+    Node,
+}
+
+impl PeerKind {
+    /// Refuses `leaf` unless it is of this kind.
+    fn check(self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let is_node = crate::identity::node_name(leaf).is_some();
+        let refusal = match (self, is_node) {
+            (Self::Client, true) => "a cluster node certificate is not accepted from a client",
+            (Self::Node, false) => "only a cluster node certificate is accepted from a node",
+            _ => return Ok(()),
+        };
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(WrongKind(refusal)))),
+        ))
+    }
+}
+
+/// Why a certificate of the wrong kind was refused.
+#[derive(Debug)]
+struct WrongKind(&'static str);
+
+impl std::fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for WrongKind {}
+
+/// A client certificate verifier that lets in only certificates of one [`PeerKind`], after the
+/// verifier it wraps accepted them.
+#[derive(Debug)]
+struct KindVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    kind: PeerKind,
+}
+
+impl ClientCertVerifier for KindVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.kind.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A server certificate verifier for a dialing node: the CA chain and the name
+/// [`crate::certs::NODE_SERVER_NAME`] as webpki checks them, then a node certificate only.
+#[derive(Debug)]
+struct NodeServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        PeerKind::Node.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
 static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -175,7 +328,32 @@ impl ServerTls {
     /// how revocation fails closed); negotiates ALPN [`cassini_protocol::ALPN`] over TLS 1.3
     /// only; issues no session tickets and keeps no sessions, so every connection runs the
     /// verifier and a new CRL applies to every reconnecting client.
+    /// Refuses cluster node certificates ([`PeerKind::Client`]).
     pub fn build(
+        ca_certs: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
+    ) -> Result<Self, TlsError> {
+        Self::build_for(PeerKind::Client, ca_certs, chain, key, crls, revocation)
+    }
+
+    /// The cluster listener's material: like [`ServerTls::build`], but presenting a node
+    /// certificate, letting in node certificates only ([`PeerKind::Node`]) and negotiating
+    /// [`CLUSTER_ALPN`].
+    pub fn build_cluster(
+        ca_certs: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
+    ) -> Result<Self, TlsError> {
+        Self::build_for(PeerKind::Node, ca_certs, chain, key, crls, revocation)
+    }
+
+    fn build_for(
+        kind: PeerKind,
         ca_certs: Vec<CertificateDer<'static>>,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
@@ -195,12 +373,18 @@ impl ServerTls {
                 builder = builder.enforce_revocation_expiration();
             }
         }
-        let verifier = builder.build().map_err(TlsError::ClientVerifier)?;
+        let verifier: Arc<dyn ClientCertVerifier> = Arc::new(KindVerifier {
+            inner: builder.build().map_err(TlsError::ClientVerifier)?,
+            kind,
+        });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(PROTOCOL_VERSIONS)?
             .with_client_cert_verifier(Arc::clone(&verifier))
             .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
+        config.alpn_protocols = vec![match kind {
+            PeerKind::Client => cassini_protocol::ALPN.to_vec(),
+            PeerKind::Node => CLUSTER_ALPN.to_vec(),
+        }];
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.max_early_data_size = 0;
@@ -256,6 +440,31 @@ pub fn client_crypto(
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// A dialing cluster node's rustls configuration: trusts only node certificates
+/// ([`PeerKind::Node`]) issued by one of `ca_certs` for the name
+/// [`crate::certs::NODE_SERVER_NAME`] (connect with that name), presents the node's own `chain`
+/// with `key`, negotiates [`CLUSTER_ALPN`] over TLS 1.3 only, without resumption or early data.
+pub fn cluster_client_crypto(
+    ca_certs: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(root_store(ca_certs)?);
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(TlsError::ServerVerifier)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NodeServerVerifier { inner }))
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
     Ok(Arc::new(config))

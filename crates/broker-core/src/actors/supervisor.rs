@@ -73,6 +73,12 @@ impl Actor for Supervisor {
             storage.clone(),
             recovered.retained,
         ));
+        if let Some(cluster) = &config.cluster {
+            router.join_cluster(Arc::new(crate::cluster::Cluster::new(
+                cluster.clone(),
+                config.limits.topics,
+            )));
+        }
         let (topics, _) =
             Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;
         let (subscribers, _) =

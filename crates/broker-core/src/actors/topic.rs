@@ -4,6 +4,10 @@
 //! (first member) and stops (last member gone). When a queue-group member leaves, the messages
 //! still waiting in its queue go to the group's remaining members, so leaving loses nothing that
 //! was not already delivered.
+//!
+//! In a cluster it tells the cluster state every change of its member count per queue group
+//! (plain members count as one group, `None`), in the order they happen: that is this node's
+//! interest, told to every peer ([`crate::cluster`]).
 
 use std::sync::Arc;
 
@@ -32,8 +36,21 @@ pub(crate) struct TopicState {
 }
 
 impl TopicState {
+    /// Tells the cluster (if any) how many members `group` has now.
+    fn tell_cluster(&self, group: Option<&Arc<str>>) {
+        if let Some(cluster) = self.router.cluster() {
+            let count = self
+                .members
+                .iter()
+                .filter(|m| m.group.as_ref() == group)
+                .count();
+            cluster.local_changed(self.route.filter(), group.map(|g| &**g), count);
+        }
+    }
+
     fn join(&mut self, member: RouteMember) {
         self.members.retain(|m| m.key != member.key);
+        let group = member.group.clone();
         let is_plain = member.group.is_none();
         let queue = Arc::clone(&member.queue);
         self.members.push(member);
@@ -44,6 +61,7 @@ impl TopicState {
         } else {
             route.set_members(members);
         }
+        self.tell_cluster(group.as_ref());
     }
 
     fn leave(&mut self, key: SubscriberKey) {
@@ -52,6 +70,7 @@ impl TopicState {
         };
         let leaving = self.members.remove(position);
         self.route.set_members(&self.members);
+        self.tell_cluster(leaving.group.as_ref());
         let Some(group) = &leaving.group else {
             return;
         };
@@ -118,6 +137,11 @@ impl Drop for TopicState {
         self.route.set_members(&[]);
         for member in &self.members {
             member.queue.close();
+        }
+        if let Some(cluster) = self.router.cluster() {
+            for member in &self.members {
+                cluster.local_changed(self.route.filter(), member.group.as_deref(), 0);
+            }
         }
     }
 }

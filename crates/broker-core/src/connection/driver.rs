@@ -195,7 +195,7 @@ async fn serve(
             },
             frame = control.next() => match frame.map_err(control_reset)? {
                 None => break,
-                Some(frame) => serve_control(frame, &opened, control_send.as_mut(), max_frame_bytes)
+                Some(frame) => serve_control(frame, shared, &opened, control_send.as_mut(), max_frame_bytes)
                     .await
                     .map_err(control_reset)?,
             },
@@ -278,6 +278,7 @@ fn session_attached(
 /// else is a request answered in order.
 async fn serve_control(
     frame: Frame,
+    shared: &Shared,
     opened: &Opened,
     control_send: &mut dyn SendStream,
     max_frame_bytes: u32,
@@ -287,7 +288,7 @@ async fn serve_control(
         opened.acks.ack(ack.subscription, &ack.ranges);
         return Ok(());
     }
-    let answer = answer_control(frame, &opened.session).await?;
+    let answer = answer_control(frame, &opened.session, shared).await?;
     write_frame(control_send, &answer, max_frame_bytes).await
 }
 
@@ -321,7 +322,7 @@ async fn go_away(
             () = opened.acks.delivered() => break,
             () = tokio::time::sleep_until(deadline) => break,
             frame = control.next(), if control_open => match frame.map_err(control_reset)? {
-                Some(frame) => serve_control(frame, opened, control_send, max_frame_bytes).await?,
+                Some(frame) => serve_control(frame, shared, opened, control_send, max_frame_bytes).await?,
                 None => control_open = false,
             },
         }
@@ -412,10 +413,13 @@ async fn open_session(
 }
 
 /// Turns one control request into its answer. Errors that concern only the request become an
-/// `Error` frame; errors that concern the connection are returned.
+/// `Error` frame; errors that concern the connection are returned. In a cluster, `Subscribed`
+/// waits until every connected peer has acknowledged this node's interest as it stands after the
+/// subscribe ([`crate::cluster::Cluster::settled`]).
 async fn answer_control(
     frame: Frame,
     session: &ActorRef<SessionMsg>,
+    shared: &Shared,
 ) -> Result<Frame, BrokerError> {
     let (request_id, result) = match frame {
         Frame::Subscribe(subscribe) => {
@@ -425,8 +429,11 @@ async fn answer_control(
                 options: subscribe.options,
                 reply,
             })
-            .await?
-            .map(|subscription| {
+            .await?;
+            if let (Ok(_), Some(cluster)) = (&result, shared.router.cluster()) {
+                cluster.settled().await;
+            }
+            let result = result.map(|subscription| {
                 Frame::Subscribed(Subscribed {
                     request_id,
                     subscription,

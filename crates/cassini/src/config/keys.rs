@@ -55,6 +55,10 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
         "storage",
         "Where sessions, queues and retained values live.",
     ),
+    (
+        "cluster",
+        "Membership of a cluster (docs/CLUSTERING.md); without a name the broker is standalone.",
+    ),
 ];
 
 /// Every key, in file order.
@@ -130,6 +134,11 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "storage.data_dir", doc: "The directory of the disk store (cassini.redb); created if missing." },
     KeyDoc { path: "storage.sync", doc: "When an acknowledged publish is confirmed in disk mode: \"always\" after it is on stable storage (fsync, shared by concurrent publishes), \"relaxed\" as soon as it is routed." },
     KeyDoc { path: "storage.max_bytes", doc: "The most bytes of stored records in disk mode; a publish that would store more is refused with STORAGE_FULL." },
+    KeyDoc { path: "cluster.name", doc: "The cluster's name, the same on every node; empty: no cluster (a standalone broker, no cluster listener)." },
+    KeyDoc { path: "cluster.node", doc: "This node's name, unique in the cluster; its certificate and key are node-NAME.crt and node-NAME.key in certs.dir (cassini certs issue --node NAME)." },
+    KeyDoc { path: "cluster.listen", doc: "The cluster address (UDP, ALPN cassini-cluster/1, node certificates only); not the client address." },
+    KeyDoc { path: "cluster.peers", doc: "The cluster addresses of the nodes, this node's own may be among them; every node dials every other (full mesh). In the environment: comma-separated." },
+    KeyDoc { path: "cluster.max_queued_messages", doc: "Messages waiting for one peer's connection; beyond it, forwards to that peer are dropped (never slowing a publisher) and announced to its subscribers as gaps." },
 ];
 
 /// The environment variable that overrides `path`.

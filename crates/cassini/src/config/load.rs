@@ -48,6 +48,14 @@ pub(crate) struct Overrides {
     pub(crate) require_crl: bool,
     /// `--monitor-token-file`.
     pub(crate) monitor_token_file: Option<PathBuf>,
+    /// `--cluster`.
+    pub(crate) cluster: Option<String>,
+    /// `--node`.
+    pub(crate) node: Option<String>,
+    /// `--cluster-listen`.
+    pub(crate) cluster_listen: Option<SocketAddr>,
+    /// `--peer` (repeatable): replaces `cluster.peers` when given.
+    pub(crate) peers: Vec<SocketAddr>,
 }
 
 /// The settings from `file` (if any), the environment `env` and the flags, checked.
@@ -160,6 +168,13 @@ fn typed_env_value(path: &str, raw: &str) -> Result<toml::Value, &'static str> {
             "false" => Ok(toml::Value::Boolean(false)),
             _ => Err("true or false"),
         },
+        Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        )),
         _ => Err("a value this key cannot take from the environment"),
     }
 }
@@ -223,6 +238,18 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     if let Some(path) = &flags.monitor_token_file {
         settings.monitor.token_file = path.clone();
     }
+    if let Some(name) = &flags.cluster {
+        settings.cluster.name = name.clone();
+    }
+    if let Some(node) = &flags.node {
+        settings.cluster.node = node.clone();
+    }
+    if let Some(addr) = flags.cluster_listen {
+        settings.cluster.listen = addr;
+    }
+    if !flags.peers.is_empty() {
+        settings.cluster.peers = flags.peers.clone();
+    }
 }
 
 /// Checks what types cannot say.
@@ -249,6 +276,23 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
                 settings.log.level
             ),
         ));
+    }
+    let cluster = &settings.cluster;
+    if cluster.enabled() {
+        if let Err(err) =
+            cassini_quic::certs::CertificateAuthority::validate_node_name(&cluster.node)
+        {
+            return Err(invalid(
+                "cluster.node",
+                format!("a cluster node needs a name (--node NAME): {err}"),
+            ));
+        }
+        if cluster.max_queued_messages == 0 {
+            return Err(invalid(
+                "cluster.max_queued_messages",
+                "0 allows nothing; expected at least 1".into(),
+            ));
+        }
     }
     let limits = &settings.limits;
     if limits.max_payload_bytes >= limits.max_frame_bytes {

@@ -62,6 +62,8 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageSettings,
     /// Authorization, identity and revocation.
     pub(crate) security: SecuritySettings,
+    /// Membership of a cluster; no `name`: a standalone broker.
+    pub(crate) cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -80,7 +82,44 @@ impl Default for Settings {
             log: LogSettings::default(),
             storage: StorageSettings::default(),
             security: SecuritySettings::default(),
+            cluster: ClusterSettings::default(),
         }
+    }
+}
+
+/// `[cluster]` (docs/CLUSTERING.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ClusterSettings {
+    /// The cluster's name; empty: no cluster (a standalone broker).
+    pub(crate) name: String,
+    /// This node's name: its certificate is `node-NAME.crt` in `certs.dir`.
+    pub(crate) node: String,
+    /// The cluster address (UDP).
+    pub(crate) listen: SocketAddr,
+    /// The cluster addresses of the nodes (this one's may be among them).
+    pub(crate) peers: Vec<SocketAddr>,
+    /// Messages waiting for one peer before forwards to it are dropped and announced.
+    pub(crate) max_queued_messages: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            node: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            peers: Vec::new(),
+            max_queued_messages: cassini_broker::cluster::ClusterConfig::node("")
+                .max_queued_messages,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether this broker is a cluster node.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.name.is_empty()
     }
 }
 
@@ -559,6 +598,13 @@ impl Settings {
                 max_tracked_topics: limits.max_tracked_topics,
             },
             acl: cassini_broker::Acl::default(),
+            cluster: self
+                .cluster
+                .enabled()
+                .then(|| cassini_broker::cluster::ClusterConfig {
+                    max_queued_messages: self.cluster.max_queued_messages,
+                    ..cassini_broker::cluster::ClusterConfig::node(self.cluster.node.clone())
+                }),
             queue: QueueConfig {
                 default_messages: self.queue.default_messages,
                 default_bytes: self.queue.default_bytes,

@@ -388,3 +388,62 @@ fn the_congestion_controller_is_cubic_unless_the_file_the_environment_or_the_fla
     let err = resolve(Some(wrong.path()), &[], &Overrides::default()).unwrap_err();
     assert!(err.to_string().contains("congestion"), "{err}");
 }
+
+#[test]
+fn without_a_cluster_name_the_broker_is_standalone() {
+    let settings = resolve(None, &[], &Overrides::default()).unwrap();
+    assert!(!settings.cluster.enabled());
+    assert!(settings.broker_config().cluster.is_none());
+}
+
+#[test]
+fn the_cluster_comes_from_the_file_the_environment_and_the_flags() {
+    let written = file(
+        "[cluster]\nname = \"prod\"\nnode = \"n1\"\nlisten = \"127.0.0.1:7801\"\n\
+         peers = [\"127.0.0.1:7801\"]\n",
+    );
+    let from_file = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    assert!(from_file.cluster.enabled());
+    assert_eq!(from_file.cluster.peers.len(), 1);
+    let config = from_file.broker_config().cluster.expect("a cluster node");
+    assert_eq!(config.node, "n1");
+
+    let environment = env(&[
+        ("CASSINI_CLUSTER_NODE", "n2"),
+        (
+            "CASSINI_CLUSTER_PEERS",
+            "127.0.0.1:7801, 127.0.0.1:7802,127.0.0.1:7803",
+        ),
+    ]);
+    let from_env = resolve(Some(written.path()), &environment, &Overrides::default()).unwrap();
+    assert_eq!(from_env.cluster.node, "n2");
+    assert_eq!(from_env.cluster.peers.len(), 3);
+    assert_eq!(from_env.cluster.name, "prod", "the file still counts");
+
+    let flags = Overrides {
+        cluster: Some("dev".into()),
+        node: Some("n3".into()),
+        cluster_listen: Some("127.0.0.1:7900".parse().unwrap()),
+        peers: vec!["127.0.0.1:7900".parse().unwrap()],
+        ..Overrides::default()
+    };
+    let from_flags = resolve(Some(written.path()), &environment, &flags).unwrap();
+    assert_eq!(from_flags.cluster.name, "dev");
+    assert_eq!(from_flags.cluster.node, "n3");
+    assert_eq!(from_flags.cluster.listen.port(), 7900);
+    assert_eq!(
+        from_flags.cluster.peers.len(),
+        1,
+        "--peer replaces the list"
+    );
+}
+
+#[test]
+fn a_cluster_without_a_node_name_is_refused() {
+    let flags = Overrides {
+        cluster: Some("prod".into()),
+        ..Overrides::default()
+    };
+    let message = resolve(None, &[], &flags).unwrap_err().to_string();
+    assert!(message.contains("cluster.node"), "{message}");
+}

@@ -215,6 +215,7 @@ fn init_dir_writes_the_layout_with_private_keys_readable_only_by_the_owner() -> 
     let opts = InitOptions {
         server_names: vec!["broker.internal".to_owned()],
         clients: vec!["alice".to_owned(), "bob".to_owned()],
+        nodes: Vec::new(),
         overwrite_ca: false,
     };
     let report = init_dir(&dir, &opts)?;

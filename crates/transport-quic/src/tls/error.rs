@@ -68,6 +68,9 @@ pub enum TlsError {
     /// The client certificate verifier could not be built.
     #[error("building the client certificate verifier: {0}")]
     ClientVerifier(VerifierBuilderError),
+    /// The server certificate verifier of a dialing cluster node could not be built.
+    #[error("building the server certificate verifier: {0}")]
+    ServerVerifier(VerifierBuilderError),
     /// rustls rejected the configuration, e.g. a key that does not match its certificate.
     #[error("TLS configuration rejected: {0}")]
     Rustls(rustls::Error),

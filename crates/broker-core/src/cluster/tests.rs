@@ -1,0 +1,171 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
+
+use super::*;
+use crate::memory::MemoryCharge;
+
+fn cluster(node: &str) -> Arc<Cluster> {
+    Arc::new(Cluster::new(
+        ClusterConfig::node(node),
+        TopicLimits::default(),
+    ))
+}
+
+fn filter(text: &str) -> TopicFilter {
+    TopicFilter::parse(text, &TopicLimits::default()).unwrap()
+}
+
+fn message(topic: &str) -> Arc<PublishedMessage> {
+    Arc::new(PublishedMessage {
+        topic: TopicName::parse(topic, &TopicLimits::default()).unwrap(),
+        headers: Vec::new(),
+        payload: Bytes::from_static(b"x"),
+        message_id: None,
+        reply_to: None,
+        retained: false,
+        charge: MemoryCharge::none(),
+    })
+}
+
+fn entry(filter: &str, group: Option<&str>, count: u32) -> InterestEntry {
+    InterestEntry {
+        filter: filter.into(),
+        group: group.map(Into::into),
+        count,
+    }
+}
+
+async fn next(link: &mut OutboundLink) -> Outgoing {
+    tokio::time::timeout(std::time::Duration::from_secs(5), link.next())
+        .await
+        .expect("in time")
+        .expect("something to send")
+}
+
+#[tokio::test]
+async fn a_link_starts_with_a_snapshot_then_gets_every_change_in_order() {
+    let node = cluster("a");
+    node.local_changed(&filter("orders.*"), None, 1);
+    let mut link = node.open_outbound("b");
+    node.local_changed(&filter("orders.*"), None, 2);
+    node.local_changed(&filter("orders.*"), None, 0);
+    let Outgoing::Interest(InterestUpdate::Snapshot { seq, entries }) = next(&mut link).await
+    else {
+        panic!("no snapshot first");
+    };
+    assert_eq!((seq, entries), (1, vec![entry("orders.*", None, 1)]));
+    for (expected_seq, count) in [(2, 2), (3, 0)] {
+        let Outgoing::Interest(InterestUpdate::Change { seq, entry: change }) =
+            next(&mut link).await
+        else {
+            panic!("no change");
+        };
+        assert_eq!(
+            (seq, change),
+            (expected_seq, entry("orders.*", None, count))
+        );
+    }
+}
+
+#[tokio::test]
+async fn settled_waits_for_every_link_to_acknowledge() {
+    let node = cluster("a");
+    let link = node.open_outbound("b");
+    node.local_changed(&filter("t"), None, 1);
+    let waiting = tokio::spawn({
+        let node = Arc::clone(&node);
+        async move { node.settled().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "nothing acknowledged yet");
+    link.acknowledger().acknowledged(1);
+    tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+        .await
+        .expect("settled once acknowledged")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_message_goes_once_to_a_peer_however_many_of_its_filters_match() {
+    let node = cluster("a");
+    let inbound = node.open_inbound("b");
+    let mut link = node.open_outbound("b");
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries: vec![entry("s.>", None, 1), entry("s.*.t", None, 3)],
+    });
+    assert_eq!(node.forward(&message("s.k.t")), 1);
+    assert_eq!(node.forward(&message("other")), 0, "no interest, no bytes");
+    let _snapshot = next(&mut link).await;
+    let Outgoing::Message(forward) = next(&mut link).await else {
+        panic!("no forward");
+    };
+    assert_eq!(forward.message.topic.as_str(), "s.k.t");
+    assert_eq!(node.peers()[0].forwarded, 1);
+}
+
+#[tokio::test]
+async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
+    let node = cluster("a");
+    let inbound = node.open_inbound("b");
+    let _link = node.open_outbound("b");
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries: vec![entry("jobs.*", Some("w"), 2)],
+    });
+    assert_eq!(
+        node.forward(&message("jobs.x")),
+        1,
+        "only the peer has members"
+    );
+    node.local_changed(&filter("jobs.*"), Some("w"), 1);
+    assert_eq!(
+        node.forward(&message("jobs.x")),
+        0,
+        "a local member is preferred"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_next_link() {
+    let node = Arc::new(Cluster::new(
+        ClusterConfig {
+            max_queued_messages: 1,
+            ..ClusterConfig::node("a")
+        },
+        TopicLimits::default(),
+    ));
+    let inbound = node.open_inbound("b");
+    let link = node.open_outbound("b");
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries: vec![entry("t", None, 1)],
+    });
+    node.forward(&message("t"));
+    node.forward(&message("t"));
+    assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
+    drop(inbound);
+    assert!(!node.peers()[0].inbound);
+    assert_eq!(node.forward(&message("t")), 0, "out of routing");
+    assert_eq!(
+        node.peers()[0].dropped,
+        2,
+        "but its last interest still counts"
+    );
+    drop(link);
+    assert_eq!(
+        node.peers()[0].dropped,
+        3,
+        "and what the ended link never sent"
+    );
+    let mut link = node.open_outbound("b");
+    let _snapshot = next(&mut link).await;
+    let Outgoing::Dropped { topic, count } = next(&mut link).await else {
+        panic!("the drops are announced first");
+    };
+    assert_eq!((topic.as_str(), count), ("t", 3));
+}

@@ -1,0 +1,103 @@
+//! The entry point for a cluster peer's traffic, beside [`crate::broker`] (clients' connections)
+//! and [`crate::local`] (the embedding program): the transport's cluster links reach the broker
+//! only through [`ClusterPort`]. docs/CLUSTERING.md is the design.
+//!
+//! What a peer forwards is admitted like any publish ([`crate::admission`], the one way in), as
+//! coming from a peer: to local subscribers only (one hop), to the queue groups the peer named.
+
+use std::sync::Arc;
+
+use cassini_protocol::{Publish, TopicName};
+
+use crate::admission::Publisher;
+use crate::cluster::{Cluster, InboundLink, InterestUpdate, OutboundLink, PeerStats};
+use crate::context::Shared;
+
+/// This node's side of the cluster, for the transport that carries it.
+#[derive(Debug, Clone)]
+pub struct ClusterPort {
+    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterPort {
+    pub(crate) fn new(shared: Arc<Shared>, cluster: Arc<Cluster>) -> Self {
+        Self { shared, cluster }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.cluster.node()
+    }
+
+    /// Starts the link that carries this node's interest and forwards to peer `node`.
+    pub fn open_outbound(&self, node: &str) -> OutboundLink {
+        self.cluster.open_outbound(node)
+    }
+
+    /// Starts the link that brings peer `node`'s interest and forwards to this node.
+    pub fn open_inbound(&self, node: &str) -> PeerInbox {
+        PeerInbox {
+            link: self.cluster.open_inbound(node),
+            publisher: Publisher::peer(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Every peer this node knows of, with its numbers.
+    pub fn peers(&self) -> Vec<PeerStats> {
+        self.cluster.peers()
+    }
+}
+
+/// What arrives from one peer. Dropping it forgets the peer's interest.
+pub struct PeerInbox {
+    link: InboundLink,
+    publisher: Publisher,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PeerInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerInbox")
+            .field("peer", &self.link.peer())
+            .finish()
+    }
+}
+
+impl PeerInbox {
+    /// The peer's node name.
+    pub fn peer(&self) -> &str {
+        self.link.peer()
+    }
+
+    /// Applies an update of the peer's interest; returns the sequence number to acknowledge.
+    pub fn interest(&self, update: InterestUpdate) -> u64 {
+        self.link.apply(update)
+    }
+
+    /// Delivers a message the peer forwarded to local plain subscribers and to one member of
+    /// each queue group in `groups`. A message this node refuses (its own limits, its memory
+    /// budget) is logged and counted as a rejected publish.
+    pub fn deliver(&mut self, mut publish: Publish, groups: &[String]) {
+        if let Err(err) = self
+            .publisher
+            .admit_forwarded(&self.shared, &mut publish, groups)
+        {
+            tracing::warn!(peer = %self.link.peer(), topic = %publish.topic, %err, "refused a peer's forward");
+        }
+    }
+
+    /// The peer dropped `count` messages to `topic` meant for this node: each local plain
+    /// subscription matching it announces them as a gap.
+    pub fn dropped(&self, topic: &str, count: u64) {
+        let Ok(topic) = TopicName::parse(topic, &self.shared.config.limits.topics) else {
+            return;
+        };
+        for route in self.shared.router.matching(&topic) {
+            for member in route.members().plain() {
+                member.queue.lost_before_arrival(count);
+            }
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! The links between cluster nodes (feature `server`): the second kind of peer of this
+//! transport, beside clients. docs/CLUSTERING.md is the design.
+//!
+//! [`ClusterNode`] binds the cluster address with ALPN [`CLUSTER_ALPN`] (node certificates only,
+//! both ways: [`crate::tls::PeerKind::Node`]), accepts the links peers dial, and dials every
+//! address of its peer list, reconnecting with exponential backoff and jitter. Each connection
+//! carries one direction: the dialing node sends `Hello`, then its interest (a snapshot, then
+//! changes) and its forwards, in order on one bidirectional stream; the accepting node answers
+//! each interest update with `Ack` on the same stream, and confirms the forwards it received
+//! with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] messages and when the
+//! link goes quiet). When a link ends, the dialer keeps the forwards not yet confirmed; its next
+//! link to the same peer names the previous one in `Hello`, the peer answers how many of its
+//! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
+//! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
+//! address is in its own peer list) is closed and that address is not dialed again.
+//!
+//! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
+//! silent for 2 s is gone, and with its connections go its interest and its queue.
+//!
+//! Frames are MessagePack, each after its length as a big-endian `u32`, at most
+//! [`MAX_PEER_FRAME_BYTES`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cassini_broker::cluster::{InterestUpdate, Outgoing};
+use cassini_broker::peer::{ClusterPort, PeerInbox};
+use cassini_protocol::Publish;
+use quinn::VarInt;
+use rand::Rng;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::certs::NODE_SERVER_NAME;
+use crate::endpoint::{bind_server_layered, SocketLayer};
+use crate::identity::{node_name, peer_chain};
+use crate::server::ServerError;
+pub use crate::tls::CLUSTER_ALPN;
+use crate::tls::{self, QuicOptions, RevocationOptions, ServerTls, TlsError};
+
+/// The largest frame a link reads; a longer one ends the link.
+pub const MAX_PEER_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The first wait before dialing a peer again; doubled after each failure up to
+/// [`MAX_BACKOFF`], each wait drawn within ±50 %.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest wait before dialing a peer again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The accepting node confirms received forwards at least every this many messages.
+pub const DELIVERED_EVERY: u64 = 64;
+
+/// ... and at the latest this long after the last unconfirmed one.
+const DELIVERED_AFTER: Duration = Duration::from_millis(5);
+
+/// Close code of a cluster connection that ends on purpose (wrong cluster, this node itself,
+/// the node stopping).
+const CLOSE_CODE: u32 = 0;
+
+/// The QUIC settings of cluster connections: a keep-alive every 500 ms and an idle timeout of
+/// 2 s (a dead peer leaves routing within 2 s), no datagrams, one stream each way.
+pub fn cluster_quic_options() -> QuicOptions {
+    QuicOptions {
+        idle_timeout: Duration::from_secs(2),
+        keep_alive_interval: Duration::from_millis(500),
+        max_concurrent_uni_streams: 0,
+        max_concurrent_bidi_streams: 4,
+        datagrams: false,
+        ..QuicOptions::default()
+    }
+}
+
+/// What a node needs to take part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The cluster's name; a peer of another cluster is refused.
+    pub cluster: String,
+    /// The cluster address to bind (UDP; port 0 for any).
+    pub listen: SocketAddr,
+    /// The cluster addresses to dial (this node's own may be among them).
+    pub peers: Vec<SocketAddr>,
+    /// QUIC settings. Default: [`cluster_quic_options`].
+    pub quic: QuicOptions,
+    /// How long a dialing peer has to complete the handshake and say `Hello`.
+    pub handshake_timeout: Duration,
+    /// Wraps the endpoint's socket (fault injection in tests). Default: none.
+    pub layer: Option<SocketLayer>,
+}
+
+impl ClusterOptions {
+    /// Cluster `cluster`, bound to `listen`, dialing `peers`, with the default settings.
+    pub fn new(cluster: impl Into<String>, listen: SocketAddr, peers: Vec<SocketAddr>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            listen,
+            peers,
+            quic: cluster_quic_options(),
+            handshake_timeout: Duration::from_secs(5),
+            layer: None,
+        }
+    }
+}
+
+/// A node's TLS material for the cluster: the listener's and the dialer's.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// The cluster listener's: node certificates only, ALPN [`CLUSTER_ALPN`].
+    pub server: ServerTls,
+    /// The dialer's: trusts node certificates only.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl ClusterTls {
+    /// Both from the CA `ca_certs` and this node's certificate `chain` and `key`.
+    pub fn build(
+        ca_certs: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        let server = ServerTls::build_cluster(
+            ca_certs.clone(),
+            chain.clone(),
+            key.clone_key(),
+            Vec::new(),
+            RevocationOptions::default(),
+        )?;
+        let client = tls::cluster_client_crypto(ca_certs, chain, key)?;
+        Ok(Self { server, client })
+    }
+}
+
+/// One frame of a cluster link.
+#[derive(Debug, Serialize, Deserialize)]
+enum PeerFrame {
+    /// Dialer → acceptor, first: who is speaking, this link's id, and the id of its previous
+    /// link to this peer whose forwards are not all confirmed.
+    Hello {
+        cluster: String,
+        node: String,
+        link: u64,
+        previous: Option<u64>,
+    },
+    /// Acceptor → dialer, first: how many forwards of the previous link it received, if it
+    /// knows that link.
+    Resumed { received: Option<u64> },
+    /// Dialer → acceptor: the dialer's interest.
+    Interest(InterestUpdate),
+    /// Acceptor → dialer: interest applied up to `seq`.
+    Ack { seq: u64 },
+    /// Acceptor → dialer: this many forwards received on this link so far.
+    Delivered { count: u64 },
+    /// Dialer → acceptor: a forwarded message and the queue groups it is for.
+    Message {
+        publish: Publish,
+        groups: Vec<String>,
+    },
+    /// Dialer → acceptor: messages to `topic` the dialer dropped for the acceptor.
+    Dropped { topic: String, count: u64 },
+}
+
+/// A node's cluster endpoint: its listener and its dialers. See the module documentation.
+#[derive(Debug)]
+pub struct ClusterNode {
+    endpoint: quinn::Endpoint,
+    closing: CancellationToken,
+    tasks: TaskTracker,
+    port: ClusterPort,
+    options: Arc<ClusterOptions>,
+}
+
+impl ClusterNode {
+    /// Binds `options.listen`, accepts peers' links and dials every peer, for the broker
+    /// behind `port`.
+    pub fn start(
+        options: ClusterOptions,
+        tls: ClusterTls,
+        port: ClusterPort,
+    ) -> Result<Self, ServerError> {
+        let server_config = tls::server_config(tls.server.config, &options.quic)?;
+        let (mut endpoint, _) = bind_server_layered(
+            options.listen,
+            server_config,
+            &options.quic,
+            options.layer.as_ref(),
+        )?;
+        endpoint.set_default_client_config(tls::client_config(tls.client, &options.quic)?);
+        let options = Arc::new(options);
+        let node = Self {
+            endpoint,
+            closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            port,
+            options,
+        };
+        node.tasks.spawn(accept_loop(
+            node.endpoint.clone(),
+            node.port.clone(),
+            Received::default(),
+            Arc::clone(&node.options),
+            node.closing.clone(),
+            node.tasks.clone(),
+        ));
+        for &addr in &node.options.peers {
+            node.dial(addr);
+        }
+        Ok(node)
+    }
+
+    /// Dials `addr` too, from now on (as if it were in the peer list): for tests and tools
+    /// whose nodes learn their addresses only once bound.
+    pub fn dial(&self, addr: SocketAddr) {
+        self.tasks.spawn(dial_loop(
+            self.endpoint.clone(),
+            addr,
+            self.port.clone(),
+            Arc::clone(&self.options),
+            self.closing.clone(),
+        ));
+    }
+
+    /// This node's side of the cluster, as the broker keeps it (peers and their numbers).
+    pub fn port(&self) -> &ClusterPort {
+        &self.port
+    }
+
+    /// The cluster address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Ends every link and stops dialing; waits at most `limit` for the tasks to end.
+    pub async fn close(&self, limit: Duration) {
+        self.closing.cancel();
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_CODE), b"node stopping");
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.closing.cancel();
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_CODE), b"node stopping");
+    }
+}
+
+/// Per dialing peer: the id of its latest link to this node and how many forwards arrived on
+/// it, for its next link's `Resumed`.
+type Received = Arc<std::sync::Mutex<HashMap<String, (u64, Arc<AtomicU64>)>>>;
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    port: ClusterPort,
+    received: Received,
+    options: Arc<ClusterOptions>,
+    closing: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = closing.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let port = port.clone();
+        let options = Arc::clone(&options);
+        let closing = closing.clone();
+        let received = Arc::clone(&received);
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(reason) = serve_inbound(incoming, &port, &options, &received, &closing).await
+            {
+                tracing::info!(%remote, %reason, "cluster link from a peer ended");
+            }
+        });
+    }
+}
+
+/// Accepts one peer's link and applies what it sends until it ends.
+async fn serve_inbound(
+    incoming: quinn::Incoming,
+    port: &ClusterPort,
+    options: &ClusterOptions,
+    registry: &Received,
+    closing: &CancellationToken,
+) -> Result<(), String> {
+    let limit = options.handshake_timeout;
+    let greeting = async {
+        let connection = incoming
+            .accept()
+            .map_err(|err| err.to_string())?
+            .await
+            .map_err(|err| err.to_string())?;
+        let node = node_of(&connection)?;
+        let (mut send, mut recv) = connection
+            .accept_bi()
+            .await
+            .map_err(|err| err.to_string())?;
+        let counter = match read_frame(&mut recv).await? {
+            Some(PeerFrame::Hello {
+                cluster,
+                node: claimed,
+                link,
+                previous,
+            }) => {
+                if cluster != options.cluster {
+                    let reason = format!("cluster {cluster:?} is not {:?}", options.cluster);
+                    connection.close(VarInt::from_u32(CLOSE_CODE), reason.as_bytes());
+                    return Err(reason);
+                }
+                if claimed != node {
+                    let reason = format!("node {claimed:?} presented the certificate of {node:?}");
+                    connection.close(VarInt::from_u32(CLOSE_CODE), reason.as_bytes());
+                    return Err(reason);
+                }
+                let counter = Arc::new(AtomicU64::new(0));
+                let before = {
+                    let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = registry
+                        .get(&node)
+                        .filter(|(id, _)| Some(*id) == previous)
+                        .map(|(_, count)| count.load(Ordering::Acquire));
+                    registry.insert(node.clone(), (link, Arc::clone(&counter)));
+                    before
+                };
+                write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
+                counter
+            }
+            _ => return Err("the link did not start with Hello".to_owned()),
+        };
+        Ok((connection, node, send, recv, counter))
+    };
+    let (connection, node, mut send, mut recv, counter) = tokio::time::timeout(limit, greeting)
+        .await
+        .map_err(|_| format!("no Hello within {limit:?}"))??;
+    if node == port.node() {
+        connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
+        return Ok(());
+    }
+    tracing::info!(peer = %node, "cluster link from a peer up");
+    let mut inbox = port.open_inbound(&node);
+    let mut received = 0u64;
+    let mut confirmed = 0u64;
+    // Frames are read in a task of their own: a read cut off mid-frame by the other branches
+    // below would lose bytes of the stream.
+    let (frames_in, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if frames_in.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let result = loop {
+        let quiet = tokio::time::sleep(DELIVERED_AFTER);
+        let frame = tokio::select! {
+            frame = frames.recv() => frame.unwrap_or(Ok(None)),
+            () = quiet, if received > confirmed => {
+                confirmed = received;
+                match write_frame(&mut send, &PeerFrame::Delivered { count: received }).await {
+                    Ok(()) => continue,
+                    Err(reason) => break Err(reason),
+                }
+            }
+            () = closing.cancelled() => break Ok(()),
+        };
+        match frame {
+            Ok(Some(frame)) => {
+                let is_message = matches!(frame, PeerFrame::Message { .. });
+                if let Err(reason) = apply(&mut inbox, &mut send, frame).await {
+                    break Err(reason);
+                }
+                if is_message {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    received += 1;
+                    if received - confirmed >= DELIVERED_EVERY {
+                        confirmed = received;
+                        let delivered = PeerFrame::Delivered { count: received };
+                        if let Err(reason) = write_frame(&mut send, &delivered).await {
+                            break Err(reason);
+                        }
+                    }
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(reason) => break Err(reason),
+        }
+    };
+    reader.abort();
+    drop(inbox);
+    tracing::info!(peer = %node, "cluster link from a peer down");
+    result
+}
+
+async fn apply(
+    inbox: &mut PeerInbox,
+    send: &mut quinn::SendStream,
+    frame: PeerFrame,
+) -> Result<(), String> {
+    match frame {
+        PeerFrame::Interest(update) => {
+            let seq = inbox.interest(update);
+            write_frame(send, &PeerFrame::Ack { seq }).await
+        }
+        PeerFrame::Message { publish, groups } => {
+            inbox.deliver(publish, &groups);
+            Ok(())
+        }
+        PeerFrame::Dropped { topic, count } => {
+            inbox.dropped(&topic, count);
+            Ok(())
+        }
+        PeerFrame::Hello { .. }
+        | PeerFrame::Resumed { .. }
+        | PeerFrame::Ack { .. }
+        | PeerFrame::Delivered { .. } => Err("unexpected frame from the dialing peer".to_owned()),
+    }
+}
+
+/// How one dialed link ended.
+enum LinkEnd {
+    /// The address is this node's own: never dial it again.
+    ThisNode,
+    /// The link was up and ended.
+    Ended,
+}
+
+async fn dial_loop(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    port: ClusterPort,
+    options: Arc<ClusterOptions>,
+    closing: CancellationToken,
+) {
+    let mut backoff = INITIAL_BACKOFF;
+    let mut previous = None;
+    loop {
+        match dial_once(&endpoint, addr, &port, &options, &closing, &mut previous).await {
+            Ok(LinkEnd::ThisNode) => return,
+            Ok(LinkEnd::Ended) => backoff = INITIAL_BACKOFF,
+            Err(reason) => tracing::debug!(%addr, %reason, "dialing a cluster peer failed"),
+        }
+        let wait = jittered(backoff);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = closing.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `backoff` drawn uniformly within ±50 %.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+async fn dial_once(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    port: &ClusterPort,
+    options: &ClusterOptions,
+    closing: &CancellationToken,
+    previous: &mut Option<Previous>,
+) -> Result<LinkEnd, String> {
+    let connecting = endpoint
+        .connect(addr, NODE_SERVER_NAME)
+        .map_err(|err| err.to_string())?;
+    let connection = tokio::select! {
+        connection = tokio::time::timeout(options.handshake_timeout, connecting) => connection
+            .map_err(|_| "handshake timed out".to_owned())?
+            .map_err(|err| err.to_string())?,
+        () = closing.cancelled() => return Ok(LinkEnd::Ended),
+    };
+    let node = node_of(&connection)?;
+    if node == port.node() {
+        connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
+        return Ok(LinkEnd::ThisNode);
+    }
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
+    let link_id: u64 = rand::rng().random();
+    let hello = PeerFrame::Hello {
+        cluster: options.cluster.clone(),
+        node: port.node().to_owned(),
+        link: link_id,
+        previous: previous
+            .as_ref()
+            .filter(|old| old.node == node)
+            .map(|old| old.link),
+    };
+    write_frame(&mut send, &hello).await?;
+    let received = match read_frame(&mut recv).await? {
+        Some(PeerFrame::Resumed { received }) => received,
+        _ => return Err("the peer did not answer Hello".to_owned()),
+    };
+    tracing::info!(peer = %node, %addr, "cluster link to a peer up");
+    let mut link = port.open_outbound(&node);
+    if let Some(mut old) = previous.take() {
+        if old.node == node {
+            if let Some(count) = received {
+                old.in_flight.confirm(count);
+            }
+            for (topic, count) in old.in_flight.by_topic() {
+                link.undelivered(topic, count);
+            }
+        } else {
+            tracing::warn!(
+                %addr,
+                was = %old.node,
+                now = %node,
+                unconfirmed = old.in_flight.topics.len(),
+                "a node's address now serves another node: forwards to the first are unconfirmed"
+            );
+        }
+    }
+    let acks = link.acknowledger();
+    // The topics of the forwards written and not yet confirmed, oldest first.
+    let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
+    let confirmations = Arc::clone(&in_flight);
+    let mut read_acks = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut recv).await {
+                Ok(Some(PeerFrame::Ack { seq })) => acks.acknowledged(seq),
+                Ok(Some(PeerFrame::Delivered { count })) => confirmations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .confirm(count),
+                Ok(Some(_)) => return "unexpected frame from the accepting peer".to_owned(),
+                Ok(None) => return "the peer finished the link".to_owned(),
+                Err(reason) => return reason,
+            }
+        }
+    });
+    let reason = loop {
+        tokio::select! {
+            next = link.next() => {
+                if let Some(Outgoing::Message(forward)) = &next {
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .topics
+                        .push_back(forward.message.topic.as_str().to_owned());
+                }
+                let frame = match next {
+                    Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
+                    Some(Outgoing::Message(forward)) => PeerFrame::Message {
+                        publish: Publish {
+                            topic: forward.message.topic.as_str().to_owned(),
+                            headers: forward.message.headers.clone(),
+                            payload: forward.message.payload.clone(),
+                            message_id: forward.message.message_id,
+                            reply_to: forward.message.reply_to.clone(),
+                            retain: false,
+                            to_session: None,
+                            ack: false,
+                        },
+                        groups: forward.groups.iter().map(|g| g.to_string()).collect(),
+                    },
+                    Some(Outgoing::Dropped { topic, count }) => PeerFrame::Dropped { topic, count },
+                    None => break "the broker stopped".to_owned(),
+                };
+                if let Err(reason) = write_frame(&mut send, &frame).await {
+                    break reason;
+                }
+            }
+            ended = &mut read_acks => break ended.unwrap_or_else(|err| err.to_string()),
+            () = closing.cancelled() => break "the node is stopping".to_owned(),
+        }
+    };
+    read_acks.abort();
+    let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
+    if !in_flight.topics.is_empty() {
+        *previous = Some(Previous {
+            node: node.clone(),
+            link: link_id,
+            in_flight,
+        });
+    }
+    drop(link);
+    tracing::info!(peer = %node, %addr, %reason, "cluster link to a peer down");
+    Ok(LinkEnd::Ended)
+}
+
+/// A dialed link that ended with forwards its peer had not confirmed: settled by the next
+/// link to the same peer (`Resumed`).
+#[derive(Debug)]
+struct Previous {
+    node: String,
+    link: u64,
+    in_flight: InFlight,
+}
+
+/// The forwards of one link written and not yet confirmed by the peer.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// How many the peer has confirmed so far.
+    confirmed: u64,
+    /// The topics of the rest, oldest first.
+    topics: std::collections::VecDeque<String>,
+}
+
+impl InFlight {
+    /// The peer has received `count` forwards of this link in total.
+    fn confirm(&mut self, count: u64) {
+        let newly = count.saturating_sub(self.confirmed);
+        self.confirmed = self.confirmed.max(count);
+        let newly = usize::try_from(newly).unwrap_or(usize::MAX);
+        self.topics.drain(..newly.min(self.topics.len()));
+    }
+
+    /// The unconfirmed forwards counted by topic.
+    fn by_topic(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for topic in &self.topics {
+            *counts.entry(topic.clone()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// The node name of the peer of `connection`, from its (verified) certificate.
+fn node_of(connection: &quinn::Connection) -> Result<String, String> {
+    let chain = peer_chain(connection).map_err(|err| err.to_string())?;
+    chain
+        .first()
+        .and_then(node_name)
+        .ok_or_else(|| "the peer's certificate is not a node certificate".to_owned())
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &PeerFrame) -> Result<(), String> {
+    let body = rmp_serde::to_vec(frame).map_err(|err| err.to_string())?;
+    let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_owned())?;
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(&body);
+    send.write_all(&bytes).await.map_err(|err| err.to_string())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<PeerFrame>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(err) => return Err(err.to_string()),
+    }
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if len > MAX_PEER_FRAME_BYTES {
+        return Err(format!("a frame of {len} bytes is too large"));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|err| err.to_string())?;
+    rmp_serde::from_slice(&body)
+        .map(Some)
+        .map_err(|err| format!("an undecodable frame: {err}"))
+}

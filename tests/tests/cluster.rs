@@ -1,0 +1,524 @@
+//! Three brokers in one process forming a cluster over real QUIC on port 0, with node
+//! certificates made in the test (docs/CLUSTERING.md): publish on one node, receive on the
+//! others; wildcards, unsubscribe, request/reply, no-responders and queue groups across nodes;
+//! the node and client certificate kinds refused on each other's ALPN.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cassini_broker::cluster::ClusterConfig;
+use cassini_broker::BrokerConfig;
+use cassini_client::RequestError;
+use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
+use cassini_quic::certs::NODE_SERVER_NAME;
+use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
+use cassini_quic::faults::{FaultControl, FaultPlan};
+use cassini_quic::tls::{self, QuicOptions};
+use futures_util::StreamExt;
+
+/// One node: a broker with its client endpoint and its cluster endpoint.
+struct Node {
+    broker: TestBroker,
+    cluster: ClusterNode,
+}
+
+impl Node {
+    async fn start(pki: &Pki, name: &str) -> Self {
+        Self::start_with(pki, name, None).await
+    }
+
+    async fn start_with(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
+        let config = BrokerConfig {
+            cluster: Some(ClusterConfig::node(name)),
+            ..BrokerConfig::default()
+        };
+        let broker = TestBroker::start_sharing_ca(pki, config).await;
+        let (chain, key) = identity_of(&pki.node(name));
+        let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
+        let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        options.layer = faults.map(FaultControl::layer);
+        let port = broker.broker.cluster().expect("a cluster node");
+        let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
+        Self { broker, cluster }
+    }
+
+    fn cluster_addr(&self) -> std::net::SocketAddr {
+        self.cluster.local_addr().expect("cluster address")
+    }
+
+    /// Whether both links with every other node are up and their interest acknowledged.
+    fn meshed_with(&self, others: usize) -> bool {
+        let peers = self.cluster.port().peers();
+        peers.len() == others && peers.iter().all(|peer| peer.inbound && peer.outbound)
+    }
+
+    async fn stop(self) {
+        self.cluster.close(Duration::from_secs(1)).await;
+        self.broker.stop().await;
+    }
+}
+
+/// Three nodes in a full mesh, each dialing every node's address (its own included).
+async fn three_nodes() -> (Pki, Vec<Node>) {
+    three_nodes_with(&[None, None, None]).await
+}
+
+/// [`three_nodes`], with node `i`'s cluster socket under `faults[i]`.
+async fn three_nodes_with(faults: &[Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
+    let pki = Pki::new();
+    let mut nodes = Vec::new();
+    for (name, faults) in ["n1", "n2", "n3"].into_iter().zip(faults) {
+        nodes.push(Node::start_with(&pki, name, *faults).await);
+    }
+    let addrs: Vec<_> = nodes.iter().map(Node::cluster_addr).collect();
+    for node in &nodes {
+        for &addr in &addrs {
+            node.cluster.dial(addr);
+        }
+    }
+    eventually("the three nodes form a full mesh", || async {
+        nodes.iter().all(|node| node.meshed_with(2)).then_some(())
+    })
+    .await;
+    (pki, nodes)
+}
+
+async fn stop_all(nodes: Vec<Node>) {
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_subscribers_on_the_others_in_order() {
+    const COUNT: u32 = 500;
+    let (_pki, nodes) = three_nodes().await;
+    let sub2 = nodes[1].broker.client("sub2").await;
+    let sub3 = nodes[2].broker.client("sub3").await;
+    let mut on2 = sub2.subscribe("orders.created").await.expect("subscribe");
+    let mut on3 = sub3.subscribe("orders.*").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    for i in 0..COUNT {
+        publisher
+            .publish("orders.created", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for subscription in [&mut on2, &mut on3] {
+        for i in 0..COUNT {
+            let message = within("a message crosses nodes", subscription.next())
+                .await
+                .expect("a message");
+            assert_eq!(message.topic(), "orders.created");
+            assert_eq!(
+                message.payload().as_ref(),
+                i.to_be_bytes(),
+                "every message, in order"
+            );
+        }
+    }
+    let stats = nodes[0].cluster.port().peers();
+    assert!(
+        stats.iter().all(|peer| peer.forwarded == u64::from(COUNT)),
+        "each peer got each message exactly once: {stats:?}"
+    );
+    assert!(stats.iter().all(|peer| peer.dropped == 0), "{stats:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn wildcards_and_unsubscribe_apply_across_nodes() {
+    let (_pki, nodes) = three_nodes().await;
+    let subscriber = nodes[2].broker.client("watcher").await;
+    let mut wide = subscriber.subscribe("sensors.>").await.expect("subscribe");
+    let mut narrow = subscriber
+        .subscribe("sensors.*.temp")
+        .await
+        .expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    publisher
+        .publish("sensors.kitchen.temp", Bytes::from_static(b"21"))
+        .await
+        .expect("publish");
+    let message = within("wildcard match", wide.next())
+        .await
+        .expect("a message");
+    assert_eq!(message.topic(), "sensors.kitchen.temp");
+    assert_eq!(
+        nodes[0].cluster.port().peers()[1].forwarded,
+        1,
+        "two matching filters on one peer: forwarded once"
+    );
+
+    narrow.unsubscribe().await.expect("unsubscribe");
+    wide.unsubscribe().await.expect("unsubscribe");
+    eventually("node 1 forgets node 3's interest", || async {
+        let peers = nodes[0].cluster.port().peers();
+        (peers.iter().all(|peer| peer.interest == 0)).then_some(())
+    })
+    .await;
+    let outcome = publisher
+        .request(
+            "sensors.kitchen.temp",
+            Bytes::from_static(b"anyone?"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(RequestError::NoResponders { .. })),
+        "no interest anywhere after the unsubscribe: {outcome:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_request_on_one_node_is_answered_on_another_and_no_responders_is_cluster_wide() {
+    let (_pki, nodes) = three_nodes().await;
+    let caller = nodes[0].broker.client("caller").await;
+    let outcome = caller
+        .request(
+            "svc.echo",
+            Bytes::from_static(b"x"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(RequestError::NoResponders { .. })),
+        "no responder anywhere: {outcome:?}"
+    );
+
+    let service = nodes[2].broker.client("service").await;
+    let mut requests = service.serve("svc.echo").await.expect("serve");
+    let server = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let mut reply = b"echo: ".to_vec();
+            reply.extend_from_slice(request.message().payload());
+            let _ = request.respond(Bytes::from(reply)).await;
+        }
+    });
+    // Right after `Subscribed` on node 3: node 1 must already know the responder.
+    for i in 0..5 {
+        let reply = caller
+            .request(
+                "svc.echo",
+                Bytes::from(format!("ping {i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("a reply from node 3");
+        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
+    }
+    server.abort();
+    service.close().await.expect("close");
+    eventually("the responder's interest leaves node 1", || async {
+        let peers = nodes[0].cluster.port().peers();
+        peers.iter().all(|peer| peer.interest == 0).then_some(())
+    })
+    .await;
+    let outcome = caller
+        .request(
+            "svc.echo",
+            Bytes::from_static(b"x"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(RequestError::NoResponders { .. })),
+        "the only responder left: {outcome:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_queue_group_with_members_on_every_node_gets_each_message_once_in_total() {
+    const COUNT: u64 = 300;
+    let (_pki, nodes) = three_nodes().await;
+    let mut members = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let client = node.broker.client(&format!("worker-{index}")).await;
+        let subscription = client
+            .subscribe_queue("jobs.*", "workers")
+            .await
+            .expect("join group");
+        members.push((client, subscription));
+    }
+    // Published on node 2, which has a member of its own: local members are preferred.
+    let local_publisher = nodes[1].broker.client("local").await;
+    // Published from a node without a member: node 1's member leaves first.
+    let (_first_client, mut first) = members.remove(0);
+    first.unsubscribe().await.expect("leave");
+    let remote_publisher = nodes[0].broker.client("remote").await;
+    for i in 0..COUNT {
+        let publisher = if i % 2 == 0 {
+            &local_publisher
+        } else {
+            &remote_publisher
+        };
+        publisher
+            .publish("jobs.resize", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut per_member = vec![0usize; members.len()];
+    within("every job delivered", async {
+        while seen.len() < COUNT as usize {
+            for (index, (_, subscription)) in members.iter_mut().enumerate() {
+                if let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_millis(20), subscription.next()).await
+                {
+                    let bytes: [u8; 8] = message.payload().as_ref().try_into().expect("8 bytes");
+                    *seen.entry(u64::from_be_bytes(bytes)).or_default() += 1;
+                    per_member[index] += 1;
+                }
+            }
+        }
+    })
+    .await;
+    // Nothing more arrives: each job went to exactly one member cluster-wide.
+    for (_, subscription) in &mut members {
+        let extra = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+        assert!(extra.is_err(), "a job delivered twice: {extra:?}");
+    }
+    assert!(seen.values().all(|&count| count == 1), "{seen:?}");
+    assert_eq!(
+        per_member[0] as u64,
+        COUNT / 2 + COUNT / 4,
+        "node 2's member takes node 2's jobs and half of node 1's: {per_member:?}"
+    );
+    stop_all(nodes).await;
+}
+
+/// The TLS alert that refused `attempt`: the handshake fails, or the connection is closed with
+/// an alert right after it (a server verifies the client's certificate after the client has
+/// sent it); `None` if it was let in.
+async fn alert_of(attempt: quinn::Connecting) -> Option<u64> {
+    let error = match within("the handshake", attempt).await {
+        Err(error) => error,
+        Ok(connection) => {
+            if raw::hello(&connection, None).await.is_some() {
+                return None;
+            }
+            within("the refusal", connection.closed()).await
+        }
+    };
+    match error {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            assert!((0x100..0x200).contains(&code), "not a TLS alert: {close}");
+            Some(code - 0x100)
+        }
+        quinn::ConnectionError::TransportError(error) => {
+            let code = u64::from(error.code);
+            assert!((0x100..0x200).contains(&code), "not a TLS alert: {error}");
+            Some(code - 0x100)
+        }
+        other => panic!("expected a TLS alert, got {other}"),
+    }
+}
+
+fn endpoint_presenting(
+    pki: &Pki,
+    cert: &cassini_quic::certs::IssuedCert,
+    as_node: bool,
+) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let (chain, key) = identity_of(cert);
+    let crypto = if as_node {
+        tls::cluster_client_crypto(pki.ca_certs(), chain, key)
+    } else {
+        tls::client_crypto(pki.ca_certs(), chain, key)
+    }
+    .expect("client TLS");
+    let options = QuicOptions::default();
+    let config = tls::client_config(crypto, &options).expect("quinn config");
+    let endpoint = cassini_quic::endpoint::bind_client(
+        "127.0.0.1:0".parse().expect("addr"),
+        config.clone(),
+        &options,
+    )
+    .expect("endpoint");
+    (endpoint, config)
+}
+
+#[tokio::test]
+async fn node_and_client_certificates_are_refused_on_each_others_alpn() {
+    let pki = Pki::new();
+    let node = Node::start(&pki, "n1").await;
+
+    // A node certificate on the client address (ALPN cassini/1): 46 certificate_unknown.
+    let (endpoint, _) = endpoint_presenting(&pki, &pki.node("n2"), false);
+    let attempt = endpoint
+        .connect(node.broker.addr, "localhost")
+        .expect("connecting");
+    assert_eq!(alert_of(attempt).await, Some(46), "a node as a client");
+    // A client certificate is let in there.
+    let (endpoint, _) = endpoint_presenting(&pki, &pki.client("alice"), false);
+    let attempt = endpoint
+        .connect(node.broker.addr, "localhost")
+        .expect("connecting");
+    assert_eq!(alert_of(attempt).await, None, "a client as a client");
+
+    // A client certificate on the cluster address (ALPN cassini-cluster/1).
+    let (chain, key) = identity_of(&pki.client("mallory"));
+    let mut crypto =
+        Arc::unwrap_or_clone(tls::client_crypto(pki.ca_certs(), chain, key).expect("client TLS"));
+    crypto.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+    let options = QuicOptions::default();
+    let config = tls::client_config(Arc::new(crypto), &options).expect("quinn config");
+    let attempt = endpoint
+        .connect_with(config, node.cluster_addr(), NODE_SERVER_NAME)
+        .expect("connecting");
+    assert_eq!(alert_of(attempt).await, Some(46), "a client as a node");
+
+    // A dialing node refuses a listener that presents a server (not node) certificate.
+    let (endpoint, _) = endpoint_presenting(&pki, &pki.node("n3"), true);
+    let attempt = endpoint
+        .connect(node.broker.addr, NODE_SERVER_NAME)
+        .expect("connecting");
+    assert!(
+        within("the client listener answers", attempt)
+            .await
+            .is_err(),
+        "a node must not take a broker's server certificate for a node's"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn subscribed_means_every_connected_peer_knows_the_interest() {
+    // What node 3 sends its peers is slow: without the wait for acknowledgements, node 3 would
+    // answer `Subscribed` (over its client address) long before they know.
+    let slow = FaultControl::new(FaultPlan {
+        delay: Duration::from_millis(30),
+        ..FaultPlan::default()
+    });
+    let (_pki, nodes) = three_nodes_with(&[None, None, Some(&slow)]).await;
+    let client = nodes[2].broker.client("late").await;
+    let mut subscriptions = Vec::new();
+    for i in 0..10 {
+        subscriptions.push(
+            client
+                .subscribe(&format!("fresh.{i}"))
+                .await
+                .expect("subscribe"),
+        );
+        // No waiting: once `Subscribed` arrived, the peers know.
+        for node in &nodes[..2] {
+            let known = node
+                .cluster
+                .port()
+                .peers()
+                .into_iter()
+                .find(|peer| peer.node == "n3")
+                .map(|peer| peer.interest);
+            assert_eq!(known, Some(i + 1), "subscription {i} unknown to a peer");
+        }
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_gaps_not_silence() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_nodes_with(&[None, Some(&cut), None]).await;
+    let sub2 = nodes[1].broker.client("sub2").await;
+    let sub3 = nodes[2].broker.client("sub3").await;
+    let mut on2 = sub2.subscribe("feed").await.expect("subscribe");
+    let mut on3 = sub3.subscribe("feed").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    let mut next = 0u32;
+    let mut publish = |count: u32| {
+        let range = next..next + count;
+        next += count;
+        range
+    };
+    for i in publish(10) {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for subscription in [&mut on2, &mut on3] {
+        for i in 0..10u32 {
+            let message = within("before the cut", subscription.next())
+                .await
+                .expect("a message");
+            assert_eq!(message.payload().as_ref(), i.to_be_bytes());
+        }
+    }
+
+    // Node 2's cluster traffic goes into a black hole: it leaves routing within the failure
+    // detection time, and the others never stop routing between themselves.
+    cut.set_blackhole(true);
+    let cut_at = std::time::Instant::now();
+    let during = publish(20);
+    for i in during.clone() {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for i in during {
+        let message = within("node 3 keeps receiving", on3.next())
+            .await
+            .expect("a message");
+        assert_eq!(message.payload().as_ref(), i.to_be_bytes());
+    }
+    eventually("node 1 takes node 2 out of routing", || async {
+        let peers = nodes[0].cluster.port().peers();
+        peers
+            .iter()
+            .find(|peer| peer.node == "n2")
+            .is_some_and(|peer| !peer.inbound)
+            .then_some(())
+    })
+    .await;
+    let detected = cut_at.elapsed();
+    assert!(
+        detected < Duration::from_millis(2_600),
+        "a dead peer leaves routing within the 2 s idle timeout (took {detected:?})"
+    );
+    for i in publish(5) {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+
+    // Healed: the mesh forms again, and node 2's subscriber is told what it missed.
+    cut.set_blackhole(false);
+    eventually("the mesh heals", || async {
+        nodes.iter().all(|node| node.meshed_with(2)).then_some(())
+    })
+    .await;
+    let after = publish(5);
+    for i in after.clone() {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let mut received = Vec::new();
+    within("node 2 receives after the heal", async {
+        while received.last() != Some(&(after.end - 1)) {
+            let message = on2.next().await.expect("a message");
+            let bytes: [u8; 4] = message.payload().as_ref().try_into().expect("4 bytes");
+            received.push(u32::from_be_bytes(bytes));
+        }
+    })
+    .await;
+    assert!(
+        received.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order: {received:?}"
+    );
+    let missed = on2.gaps();
+    assert_eq!(
+        received.len() as u64 + missed,
+        u64::from(next - 10),
+        "every message after the cut either arrived or is in a gap ({received:?}, {missed} missed)"
+    );
+    assert!(missed > 0, "the cut lost something, and said so");
+    stop_all(nodes).await;
+}
