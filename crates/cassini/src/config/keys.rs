@@ -51,6 +51,10 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
         "storage",
         "Where sessions, queues and retained values live.",
     ),
+    (
+        "mqtt",
+        "The MQTT gateway: MQTT 3.1.1 and 5.0 clients on the same broker (docs/MQTT.md).",
+    ),
 ];
 
 /// Every key, in file order.
@@ -123,6 +127,8 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "storage.data_dir", doc: "The directory of the disk store (cassini.redb); created if missing." },
     KeyDoc { path: "storage.sync", doc: "When an acknowledged publish is confirmed in disk mode: \"always\" after it is on stable storage (fsync, shared by concurrent publishes), \"relaxed\" as soon as it is routed." },
     KeyDoc { path: "storage.max_bytes", doc: "The most bytes of stored records in disk mode; a publish that would store more is refused with STORAGE_FULL." },
+    KeyDoc { path: "mqtt.listen", doc: "TCP address of the MQTT gateway (TLS with client certificates from the same CA, the same identity rule, ACL and limits; port 0: any free port). Empty: no gateway." },
+    KeyDoc { path: "mqtt.allow_plaintext_loopback", doc: "Also accept plain TCP (no TLS) on the gateway, for local tools; only with a loopback mqtt.listen. Plaintext clients all have the identity mqtt-loopback." },
 ];
 
 /// The environment variable that overrides `path`.

@@ -60,6 +60,8 @@ pub(crate) struct Settings {
     pub(crate) storage: StorageSettings,
     /// Authorization, identity and revocation.
     pub(crate) security: SecuritySettings,
+    /// The MQTT gateway.
+    pub(crate) mqtt: MqttSettings,
 }
 
 impl Default for Settings {
@@ -77,7 +79,25 @@ impl Default for Settings {
             log: LogSettings::default(),
             storage: StorageSettings::default(),
             security: SecuritySettings::default(),
+            mqtt: MqttSettings::default(),
         }
+    }
+}
+
+/// `[mqtt]`: the MQTT gateway (docs/MQTT.md). Off by default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MqttSettings {
+    /// The TCP address of the gateway; empty: no gateway.
+    pub(crate) listen: String,
+    /// Accept plain TCP (no TLS) too, on a loopback `listen` only.
+    pub(crate) allow_plaintext_loopback: bool,
+}
+
+impl MqttSettings {
+    /// The gateway's address, if it is on (checked when the settings were resolved).
+    pub(crate) fn listen(&self) -> Option<SocketAddr> {
+        self.listen.trim().parse().ok()
     }
 }
 
