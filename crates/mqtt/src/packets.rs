@@ -204,7 +204,7 @@ pub fn decode(
         Version::V5 => {
             let max = u32::try_from(max_size).unwrap_or(u32::MAX);
             match v5::Packet::read(buf, Some(max)) {
-                Ok(packet) => Ok(Some(from_v5(packet))),
+                Ok(packet) => from_v5(packet).map(Some),
                 Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
                 Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
                     pkt_size, ..
@@ -340,8 +340,12 @@ fn from_v4(packet: v4::Packet) -> Inbound {
     }
 }
 
-fn from_v5(packet: v5::Packet) -> Inbound {
-    match packet {
+fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
+    let utf8 = |bytes: Bytes, what: &str| {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| DecodeError::Malformed(format!("{what} is not UTF-8")))
+    };
+    Ok(match packet {
         v5::Packet::Connect(connect, will, _login) => {
             let properties = connect.properties.as_ref();
             Inbound::Connect(Connect {
@@ -352,23 +356,25 @@ fn from_v5(packet: v5::Packet) -> Inbound {
                 client_id: connect.client_id,
                 clean_start: connect.clean_start,
                 keep_alive: connect.keep_alive,
-                will: will.map(|will| Will {
-                    topic: String::from_utf8_lossy(&will.topic).into_owned(),
-                    payload: will.message,
-                    qos: qos5(will.qos),
-                    retain: will.retain,
-                    delay_secs: will
-                        .properties
-                        .and_then(|properties| properties.delay_interval)
-                        .unwrap_or(0),
-                }),
+                will: match will {
+                    Some(will) => Some(Will {
+                        topic: utf8(will.topic, "the will topic")?,
+                        payload: will.message,
+                        qos: qos5(will.qos),
+                        retain: will.retain,
+                        delay_secs: will
+                            .properties
+                            .and_then(|properties| properties.delay_interval)
+                            .unwrap_or(0),
+                    }),
+                    None => None,
+                },
             })
         }
         v5::Packet::Publish(publish) => {
             let properties = publish.properties.unwrap_or_default();
             Inbound::Publish(Publish {
-                // Not UTF-8: no topic can match it; the gateway refuses it as unmappable.
-                topic: String::from_utf8(publish.topic.to_vec()).unwrap_or_default(),
+                topic: utf8(publish.topic, "the topic")?,
                 pkid: publish.pkid,
                 qos: qos5(publish.qos),
                 retain: publish.retain,
@@ -411,7 +417,7 @@ fn from_v5(packet: v5::Packet) -> Inbound {
         v5::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
         v5::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
         v5::Packet::PingResp(_) => Inbound::Unexpected("PINGRESP"),
-    }
+    })
 }
 
 /// The outcome of a `CONNECT`, in both versions' terms.
@@ -507,6 +513,28 @@ pub enum CloseCode {
     Administrative,
     /// Anything else.
     Unspecified,
+}
+
+impl CloseCode {
+    /// What an MQTT 5 client reads as the reason string.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed packet",
+            Self::ProtocolError => "protocol error",
+            Self::NotAuthorized => "not authorized (certificate revoked)",
+            Self::ShuttingDown => "server shutting down",
+            Self::KeepAliveTimeout => "no packet within 1.5 keep-alive periods",
+            Self::SessionTakenOver => "session taken over by a newer connection",
+            Self::PacketTooLarge => "packet larger than the maximum packet size",
+            Self::QosNotSupported => "QoS 2 is not supported: maximum QoS is 1",
+            Self::TopicAliasInvalid => "topic aliases are not supported",
+            Self::QuotaExceeded => "a limit was reached",
+            Self::Administrative => {
+                "closed by the server (certificate no longer valid, or the gateway stopped)"
+            }
+            Self::Unspecified => "closed by the server",
+        }
+    }
 }
 
 fn v4qos(qos: u8) -> QoS4 {
@@ -798,10 +826,151 @@ impl Encoder {
             CloseCode::Administrative => R::AdministrativeAction,
             CloseCode::Unspecified => R::UnspecifiedError,
         };
+        // With a reason string: rumqttc 0.25 writes a DISCONNECT with a reason code and no
+        // properties one byte longer than its remaining length says.
         let packet = v5::Disconnect {
             reason_code,
-            properties: None,
+            properties: Some(v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(code.text().to_string()),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
         };
         self.v5(v5::Packet::Disconnect(packet), buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoders() -> [Encoder; 2] {
+        [Version::V311, Version::V5].map(|version| Encoder {
+            version,
+            max_packet_size: None,
+        })
+    }
+
+    /// Every packet the gateway writes reads back whole with the codec a client would use.
+    fn reads_back(encoder: &Encoder, buf: &mut BytesMut) {
+        let written = buf.len();
+        assert!(written > 0);
+        match encoder.version {
+            Version::V311 => {
+                v4::Packet::read(buf, usize::MAX).expect("3.1.1 packet reads back");
+            }
+            Version::V5 => {
+                v5::Packet::read(buf, None).expect("5.0 packet reads back");
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes left over of {written}", buf.len());
+    }
+
+    #[test]
+    fn outgoing_packets_are_well_formed() {
+        for encoder in encoders() {
+            let mut buf = BytesMut::new();
+            for code in [ConnectCode::Accepted, ConnectCode::NotAuthorized] {
+                encoder
+                    .connack(code, ConnAckInfo::default(), &mut buf)
+                    .expect("connack");
+                reads_back(&encoder, &mut buf);
+            }
+            for code in [PubCode::Success, PubCode::NotAuthorized] {
+                encoder.puback(7, code, &mut buf).expect("puback");
+                reads_back(&encoder, &mut buf);
+            }
+            encoder
+                .suback(3, &[SubCode::Granted(1), SubCode::NotAuthorized], &mut buf)
+                .expect("suback");
+            reads_back(&encoder, &mut buf);
+            encoder
+                .unsuback(4, &[true, false], &mut buf)
+                .expect("unsuback");
+            reads_back(&encoder, &mut buf);
+            encoder.pingresp(&mut buf).expect("pingresp");
+            reads_back(&encoder, &mut buf);
+            encoder.pubrec(5, &mut buf).expect("pubrec");
+            reads_back(&encoder, &mut buf);
+            encoder.pubcomp(5, &mut buf).expect("pubcomp");
+            reads_back(&encoder, &mut buf);
+            let publish = Publish {
+                topic: "a/b".into(),
+                pkid: 9,
+                qos: 1,
+                payload: Bytes::from_static(b"x"),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Publish::default()
+            };
+            encoder.publish(publish, &mut buf).expect("publish");
+            reads_back(&encoder, &mut buf);
+            if encoder.version == Version::V5 {
+                for code in [CloseCode::Malformed, CloseCode::SessionTakenOver] {
+                    encoder.disconnect(code, &mut buf).expect("disconnect");
+                    reads_back(&encoder, &mut buf);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_flags_and_qos_3_are_malformed() {
+        for bytes in [
+            &[0x82u8, 0][..],
+            &[0x80, 0],
+            &[0x36, 0],
+            &[0xC1, 0],
+            &[0x00, 0],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(
+                    decode(&mut buf, Some(Version::V5), 1024),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{bytes:?}"
+            );
+        }
+        let mut ping = BytesMut::from(&[0xC0u8, 0][..]);
+        assert_eq!(
+            decode(&mut ping, Some(Version::V311), 1024),
+            Ok(Some(Inbound::PingReq))
+        );
+    }
+
+    #[test]
+    fn the_connect_decides_the_version() {
+        let mut v311 =
+            BytesMut::from(&[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0][..]);
+        match decode(&mut v311, None, 1024) {
+            Ok(Some(Inbound::Connect(connect))) => assert_eq!(connect.version, Version::V311),
+            other => panic!("{other:?}"),
+        }
+        let mut v5 = BytesMut::from(
+            &[
+                0x10u8, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0,
+            ][..],
+        );
+        match decode(&mut v5, None, 1024) {
+            Ok(Some(Inbound::Connect(connect))) => assert_eq!(connect.version, Version::V5),
+            other => panic!("{other:?}"),
+        }
+        let mut v31 = BytesMut::from(
+            &[
+                0x10u8, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 0,
+            ][..],
+        );
+        assert_eq!(
+            decode(&mut v31, None, 1024),
+            Err(DecodeError::UnsupportedVersion(3))
+        );
+        let mut partial = BytesMut::from(&[0x10u8, 12, 0, 4, b'M'][..]);
+        assert_eq!(decode(&mut partial, None, 1024), Ok(None));
+        let mut huge = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x80, 0x60][..]);
+        assert!(matches!(
+            decode(&mut huge, Some(Version::V311), 1024),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

@@ -919,7 +919,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     continue;
                 }
             };
-            // MQTT: a SUBSCRIBE of a filter the session holds replaces that subscription.
+            let qos = wanted.qos.min(1);
+            // MQTT: a SUBSCRIBE of a filter the session holds replaces that subscription, and
+            // loses none of its messages: at the same QoS the subscription is kept as it is;
+            // at another QoS it is replaced (what its queue held is lost; docs/MQTT.md).
+            let held = self.by_filter.get(&wanted.filter).copied();
+            if let Some(held) = held {
+                if self.subs.get(&held).is_some_and(|sub| sub.qos == qos) {
+                    batch.sub[index] = Some(SubCode::Granted(qos));
+                    continue;
+                }
+            }
             if let Some(old) = self.by_filter.remove(&wanted.filter) {
                 let request = self.request(Pending::Drop);
                 frames.push(Frame::Unsubscribe(cassini_protocol::Unsubscribe {
@@ -927,7 +937,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     subscription: old,
                 }));
             }
-            let qos = wanted.qos.min(1);
             let options = SubscribeOptions {
                 acks: (qos == 1).then(|| AckOptions {
                     max_in_flight: self.connect.receive_maximum.map(u32::from),
@@ -1198,9 +1207,35 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 let _ = control.finish();
             }
             let _ = tokio::time::timeout(GOODBYE_WAIT, client.closed()).await;
+        } else if end != End::Broker {
+            // The session stays: make sure the broker applied every `Ack` sent so far (it
+            // answers control requests in order), so what the client acknowledged is not sent
+            // to it again on its next connection.
+            self.sync_control(inbox).await;
         }
         client.close("MQTT connection closed");
         let _ = self.writer.shutdown().await;
+    }
+
+    /// Sends a `Ping` and waits (a few seconds at most) for its `Pong`.
+    async fn sync_control(&mut self, inbox: &mut mpsc::Receiver<Event>) {
+        let nonce = rand::random::<u64>();
+        if !self
+            .frame(&Frame::Ping(cassini_protocol::Ping { nonce }), false)
+            .await
+        {
+            return;
+        }
+        let answered = async {
+            while let Some(event) = inbox.recv().await {
+                match event {
+                    Event::Control(Frame::Pong(pong)) if pong.nonce == nonce => return,
+                    Event::ControlEnded => return,
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
     }
 
     /// Publishes the will, and waits (a few seconds at most) until the broker took it, so that
