@@ -10,7 +10,7 @@
 //! subscriptions' queues (whose overflow policies then apply, as for a QUIC client). Closing the
 //! connection (either end) fails every later write and every read that finds its pipe empty.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -69,6 +69,9 @@ pub struct PipeWriter {
     tx: Option<mpsc::Sender<Chunk>>,
     /// Set by the reader's `stop`.
     stopped: Arc<AtomicU32>,
+    /// Set by `finish`: only then is the end of the channel the end of the stream (a writer
+    /// dropped without it is a reset, as a QUIC stream dropped unfinished).
+    finished: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
@@ -76,6 +79,7 @@ pub struct PipeWriter {
 pub struct PipeReader {
     rx: mpsc::Receiver<Chunk>,
     stopped: Arc<AtomicU32>,
+    finished: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
@@ -84,15 +88,18 @@ const NOT_STOPPED: u32 = u32::MAX;
 fn pipe(shared: &Arc<Shared>) -> (PipeWriter, PipeReader) {
     let (tx, rx) = mpsc::channel(PIPE_CHUNKS);
     let stopped = Arc::new(AtomicU32::new(NOT_STOPPED));
+    let finished = Arc::new(AtomicBool::new(false));
     (
         PipeWriter {
             tx: Some(tx),
             stopped: Arc::clone(&stopped),
+            finished: Arc::clone(&finished),
             shared: Arc::clone(shared),
         },
         PipeReader {
             rx,
             stopped,
+            finished,
             shared: Arc::clone(shared),
         },
     )
@@ -127,7 +134,10 @@ impl PipeWriter {
 
     /// Ends the stream: the reader gets everything written, then the end.
     pub fn finish(&mut self) -> Result<(), TransportError> {
-        self.tx.take().map(drop).ok_or(TransportError::StreamClosed)
+        let tx = self.tx.take().ok_or(TransportError::StreamClosed)?;
+        self.finished.store(true, Ordering::Release);
+        drop(tx);
+        Ok(())
     }
 }
 
@@ -149,7 +159,9 @@ impl PipeReader {
                 Ok(true)
             }
             Some(Chunk::Reset(code)) => Err(TransportError::Reset(code)),
-            None => Ok(false),
+            None if self.finished.load(Ordering::Acquire) => Ok(false),
+            None if self.shared.closed.is_cancelled() => Err(self.shared.lost()),
+            None => Err(TransportError::Reset(ErrorCode::NORMAL)),
         }
     }
 

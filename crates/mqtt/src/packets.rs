@@ -202,6 +202,15 @@ pub fn decode(
             Err(err) => Err(DecodeError::Malformed(err.to_string())),
         },
         Version::V5 => {
+            // A DISCONNECT with reason 0 and no properties may leave both out (MQTT 5
+            // §3.14.2.1); rumqttc 0.25 refuses a zero remaining length on anything but pings.
+            if buf.starts_with(&[0xE0, 0x00]) {
+                let _ = buf.split_to(2);
+                return Ok(Some(Inbound::Disconnect {
+                    with_will: false,
+                    session_expiry: None,
+                }));
+            }
             let max = u32::try_from(max_size).unwrap_or(u32::MAX);
             match v5::Packet::read(buf, Some(max)) {
                 Ok(packet) => from_v5(packet).map(Some),

@@ -154,6 +154,8 @@ where
         identity = %peer.identity,
         client_id = %connection.connect.client_id,
         version = connection.connect.version.name(),
+        clean_start = connection.connect.clean_start,
+        session_expiry = ?connection.connect.session_expiry,
         resumed = welcome.resumed,
         "MQTT client connected"
     );
