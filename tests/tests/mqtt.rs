@@ -12,6 +12,7 @@ use std::process::Output;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cassini_broker::config::StorageMode;
 use cassini_broker::{Acl, BrokerConfig};
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
 use cassini_mqtt::{MqttOptions, MqttServer};
@@ -53,6 +54,18 @@ impl Gateway {
 
     async fn start_with(config: BrokerConfig, plaintext: bool) -> Self {
         let broker = TestBroker::start_with(config, ServerOptions::default()).await;
+        Self::serve(broker, plaintext, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    /// Stops the broker and the gateway and starts both again with `config` (same
+    /// certificates and certificate files; the gateway on a new port).
+    async fn restart_with(self, config: BrokerConfig) -> Self {
+        self.mqtt.close(std::time::Duration::from_secs(3)).await;
+        let broker = self.broker.restart_with(config).await;
+        Self::serve(broker, false, self.dir).await
+    }
+
+    async fn serve(broker: TestBroker, plaintext: bool, dir: tempfile::TempDir) -> Self {
         let (chain, key) = identity_of(&broker.pki.server);
         let crypto = tls::server_crypto(broker.pki.ca_certs(), chain, key).expect("server TLS");
         let options = MqttOptions {
@@ -68,7 +81,6 @@ impl Gateway {
         let serving = Arc::clone(&mqtt);
         let handle = broker.broker.clone();
         tokio::spawn(async move { serving.serve(handle).await });
-        let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
         Self {
             broker,
@@ -98,6 +110,23 @@ impl Gateway {
             path(cert),
             "--key".into(),
             path(key),
+        ]
+    }
+
+    /// The arguments for the certificate of `name` already written by `tls_args`.
+    fn tls_args_again(&self, name: &str) -> Vec<String> {
+        let path = |file: String| self.dir.path().join(file).to_string_lossy().into_owned();
+        vec![
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            self.addr.port().to_string(),
+            "--cafile".into(),
+            path("ca.crt".into()),
+            "--cert".into(),
+            path(format!("{name}.crt")),
+            "--key".into(),
+            path(format!("{name}.key")),
         ]
     }
 
@@ -359,6 +388,70 @@ async fn a_qos1_subscription_outlives_its_connection_and_is_resumed_by_client_id
     )
     .await;
     assert_eq!(stdout(&output).trim(), "two", "{}", describe(&output));
+}
+
+fn durable(dir: &std::path::Path) -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.storage.mode = StorageMode::Disk;
+    config.storage.data_dir = dir.to_path_buf();
+    config
+}
+
+#[tokio::test]
+async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    let subscriber = gateway.tls_args("archiver");
+    // The subscriber's session (clean session off) holds a QoS 1 subscription, then leaves.
+    let output = run(
+        "mosquitto_sub",
+        &subscriber,
+        &["-c", "-i", "archiver-1", "-q", "1", "-t", "ledger/#", "-E"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 0).then_some(())
+    })
+    .await;
+    // mosquitto_pub gets its PUBACK only once the broker synced the message to disk.
+    let output = run(
+        "mosquitto_pub",
+        &gateway.tls_args("teller"),
+        &["-q", "1", "-t", "ledger/entry", "-m", "credit 100"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    let output = run(
+        "mosquitto_sub",
+        &gateway.tls_args_again("archiver"),
+        &[
+            "-c",
+            "-i",
+            "archiver-1",
+            "-q",
+            "1",
+            "-t",
+            "ledger/#",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-v",
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&output).trim(),
+        "ledger/entry credit 100",
+        "{}",
+        describe(&output)
+    );
 }
 
 #[tokio::test]
