@@ -244,6 +244,18 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
         .output();
         let sub = tokio::spawn(sub);
         gateway.wait_subscribed("plant.*.temp").await;
+        let protocol = if version == "mqttv5" {
+            "mqtt/5"
+        } else {
+            "mqtt/3.1.1"
+        };
+        let connections = gateway.broker.broker.connections();
+        assert!(
+            connections
+                .iter()
+                .any(|c| c.identity == "display" && c.protocol == protocol),
+            "{version}: /connz shows the protocol"
+        );
         let quic = gateway.broker.client("sensor").await;
         quic.publish_acked("plant.line-1.temp", Bytes::from_static(b"21.5"))
             .await

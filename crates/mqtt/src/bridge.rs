@@ -258,20 +258,22 @@ impl ClientEnd {
 /// The broker's end of a bridged connection.
 pub struct BrokerEnd {
     peer: PeerInfo,
+    protocol: &'static str,
     shared: Arc<Shared>,
     accept_bi: tokio::sync::Mutex<mpsc::Receiver<BiStream>>,
     uni: mpsc::Sender<PipeReader>,
 }
 
-/// A new bridged connection for `peer`: the broker's end (give it to `BrokerHandle::accept`)
-/// and the gateway's.
-pub fn connection(peer: PeerInfo) -> (BrokerEnd, ClientEnd) {
+/// A new bridged connection for `peer` speaking `protocol` (as `/connz` shows it): the broker's
+/// end (give it to `BrokerHandle::accept`) and the gateway's.
+pub fn connection(peer: PeerInfo, protocol: &'static str) -> (BrokerEnd, ClientEnd) {
     let shared = Arc::new(Shared::default());
     let (open_bi, accept_bi) = mpsc::channel(8);
     let (uni_tx, uni_rx) = mpsc::channel(UNI_BACKLOG);
     (
         BrokerEnd {
             peer,
+            protocol,
             shared: Arc::clone(&shared),
             accept_bi: tokio::sync::Mutex::new(accept_bi),
             uni: uni_tx,
@@ -309,6 +311,10 @@ impl Connection for BrokerEnd {
 
     fn close(&self, code: ErrorCode, reason: &str) {
         self.shared.close(code, reason);
+    }
+
+    fn protocol(&self) -> &str {
+        self.protocol
     }
 
     async fn closed(&self) -> TransportError {

@@ -406,7 +406,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
-        let (broker_end, client) = bridge::connection(peer);
+        let (broker_end, client) = bridge::connection(peer, self.connect.version.name());
         self.context.broker.accept(Arc::new(broker_end));
         let welcome = match self.hello(&client, name).await {
             Ok(welcome) => welcome,
