@@ -189,18 +189,25 @@ pub fn decode(
             }
         }
     };
+    // The frame is checked whole first: once it is, the codec's "insufficient bytes" means a
+    // packet shorter than its own fields say (malformed), not one still arriving.
     match version {
-        Version::V311 => match v4::Packet::read(buf, max_size) {
-            Ok(packet) => Ok(Some(from_v4(packet))),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-            Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
-                Err(DecodeError::TooLarge {
-                    size,
-                    max: max_size,
-                })
+        Version::V311 => {
+            match rumqttc::mqttbytes::check(buf.iter(), max_size) {
+                Ok(_) => {}
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+                Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                    return Err(DecodeError::TooLarge {
+                        size,
+                        max: max_size,
+                    })
+                }
+                Err(err) => return Err(DecodeError::Malformed(err.to_string())),
             }
-            Err(err) => Err(DecodeError::Malformed(err.to_string())),
-        },
+            v4::Packet::read(buf, max_size)
+                .map(|packet| Some(from_v4(packet)))
+                .map_err(|err| DecodeError::Malformed(err.to_string()))
+        }
         Version::V5 => {
             // A DISCONNECT with reason 0 and no properties may leave both out (MQTT 5
             // §3.14.2.1); rumqttc 0.25 refuses a zero remaining length on anything but pings.
@@ -212,15 +219,21 @@ pub fn decode(
                 }));
             }
             let max = u32::try_from(max_size).unwrap_or(u32::MAX);
-            match v5::Packet::read(buf, Some(max)) {
-                Ok(packet) => from_v5(packet).map(Some),
-                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            match v5::check(buf.iter(), Some(max)) {
+                Ok(_) => {}
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
                 Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
                     pkt_size, ..
-                }) => Err(DecodeError::TooLarge {
-                    size: pkt_size,
-                    max: max_size,
-                }),
+                }) => {
+                    return Err(DecodeError::TooLarge {
+                        size: pkt_size,
+                        max: max_size,
+                    })
+                }
+                Err(err) => return Err(DecodeError::Malformed(err.to_string())),
+            }
+            match v5::Packet::read(buf, Some(max)) {
+                Ok(packet) => from_v5(packet).map(Some),
                 Err(err) => Err(DecodeError::Malformed(err.to_string())),
             }
         }
@@ -275,12 +288,13 @@ fn connect_level(buf: &BytesMut) -> Result<Option<u8>, DecodeError> {
     let Some(name) = buf.get(at + 2..at + 2 + name_len) else {
         return Ok(None);
     };
+    let Some(&level) = buf.get(at + 2 + name_len) else {
+        return Ok(None);
+    };
     if name != b"MQTT" {
-        return Err(DecodeError::UnsupportedVersion(
-            buf.get(at + 2 + name_len).copied().unwrap_or(0),
-        ));
+        return Err(DecodeError::UnsupportedVersion(level));
     }
-    Ok(buf.get(at + 2 + name_len).copied())
+    Ok(Some(level))
 }
 
 fn qos4(qos: QoS4) -> u8 {
