@@ -134,4 +134,9 @@ pub trait Connection: Send + Sync + 'static {
     fn stats(&self) -> Option<ConnectionStats> {
         None
     }
+    /// The protocol the client speaks, as monitoring shows it (`/connz`): `quic` for Cassini's
+    /// own, `mqtt/3.1.1` or `mqtt/5` for a client of the MQTT gateway.
+    fn protocol(&self) -> &str {
+        "quic"
+    }
 }

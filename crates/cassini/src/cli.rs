@@ -409,6 +409,10 @@ pub(crate) struct ServeArgs {
     /// [default: off; keys `monitor.*`].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<SocketAddr>,
+    /// Serve MQTT 3.1.1 and 5.0 clients on this TCP address (TLS with client certificates from
+    /// the same CA; docs/MQTT.md) [default: off; key `mqtt.listen`].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) mqtt: Option<SocketAddr>,
     /// File holding the monitoring endpoint's bearer token: every endpoint but `/` (the status
     /// page), `/healthz` and `/readyz` then requires `Authorization: Bearer TOKEN` [default:
     /// none; key `monitor.token_file`].

@@ -14,7 +14,7 @@
 //! CRL file keeps the last good CRL in force, logged at error level at every reload and shown in
 //! `/varz` (`revocation.problem`), while the other files are installed as usual. Installed TLS material applies to new
 //! connections at once, and live connections whose certificate it refuses are closed with
-//! `CERTIFICATE_REVOKED` (see `QuicServer::reload`); a new ACL applies to new requests at once
+//! `CERTIFICATE_REVOKED` (see `QuicServer::reload`; the MQTT gateway's with `MqttServer::reload`); a new ACL applies to new requests at once
 //! and ends the live subscriptions it no longer allows (`BrokerHandle::set_acl`).
 
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_broker::{Acl, BrokerHandle};
+use cassini_mqtt::MqttServer;
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::{QuicServer, ServerTls};
 use cassini_quic::tls::{self, RevocationOptions, TlsError};
@@ -72,6 +73,8 @@ pub(crate) struct Reloader {
     /// The CRL file, read under the CRL rule; shared with monitoring.
     pub(crate) crl: Arc<CrlSource>,
     pub(crate) server: Arc<QuicServer>,
+    /// The MQTT gateway, when it runs: it takes the same TLS material.
+    pub(crate) mqtt: Option<Arc<MqttServer>>,
     pub(crate) broker: BrokerHandle,
 }
 
@@ -81,6 +84,14 @@ impl Reloader {
         match load_server_tls(&self.certs, &self.crl, self.revocation) {
             Ok((tls, kept_crl)) => match self.server.reload(&tls) {
                 Ok(report) => {
+                    if let Some(mqtt) = &self.mqtt {
+                        let cut = mqtt.reload(&tls);
+                        tracing::info!(
+                            why,
+                            closed = cut,
+                            "reloaded the MQTT gateway's certificates"
+                        );
+                    }
                     if let Some(problem) = kept_crl {
                         log_kept_crl(&self.crl, why, &problem);
                     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cassini_broker::config::{StorageMode, SyncPolicy};
 use cassini_broker::{Acl, Broker, BrokerConfig};
+use cassini_mqtt::{MqttOptions, MqttServer};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::{ensure_dev_certs, issue_node_file, node_paths};
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
@@ -49,6 +50,7 @@ pub(crate) fn settings(
         node: args.node.clone(),
         cluster_listen: args.cluster_listen,
         peers: args.peers.clone(),
+        mqtt: args.mqtt,
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
 }
@@ -167,12 +169,37 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         QuicServer::bind(settings.listen, Arc::clone(&tls.config), server_options)
             .with_context(|| format!("listening on {}", settings.listen))?,
     );
+    let mqtt = match settings.mqtt.listen() {
+        Some(listen) => {
+            let options = MqttOptions {
+                allow_plaintext_loopback: settings.mqtt.allow_plaintext_loopback,
+                identity_rule: settings.security.identity_rule(),
+                ..MqttOptions::new(listen)
+            };
+            let mqtt = MqttServer::bind(options, &tls.config)
+                .await
+                .context("starting the MQTT gateway")?;
+            let addr = mqtt.local_addr().context("reading the MQTT address")?;
+            tracing::info!(
+                addr = %addr,
+                plaintext_loopback = settings.mqtt.allow_plaintext_loopback,
+                "MQTT gateway listening"
+            );
+            let mqtt = Arc::new(mqtt);
+            let serving = Arc::clone(&mqtt);
+            let broker = broker.clone();
+            tokio::spawn(async move { serving.serve(broker).await });
+            Some(mqtt)
+        }
+        None => None,
+    };
     let _watcher = Reloader {
         certs: files.clone(),
         acl: acl_path,
         revocation,
         crl: Arc::clone(&crl),
         server: Arc::clone(&server),
+        mqtt: mqtt.clone(),
         broker: broker.clone(),
     }
     .spawn()
@@ -208,6 +235,9 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
             cluster.close(Duration::from_secs(1)).await;
         }
         broker.shutdown(SHUTDOWN_REASON).await;
+        if let Some(mqtt) = &mqtt {
+            mqtt.close(Duration::from_secs(3)).await;
+        }
         server
             .close(
                 ErrorCode::SERVER_SHUTTING_DOWN,

@@ -20,6 +20,8 @@ pub struct ConnectionInfo {
     pub identity: String,
     /// The client's address when the connection was accepted.
     pub remote: String,
+    /// The protocol the client speaks: `quic`, `mqtt/3.1.1` or `mqtt/5`.
+    pub protocol: String,
     /// When it was accepted, in milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
     /// How long it has been open, in milliseconds.
@@ -207,6 +209,7 @@ pub(crate) fn connections(
                 id: entry.id,
                 identity: peer.identity.to_string(),
                 remote: peer.remote_addr.to_string(),
+                protocol: entry.connection.protocol().to_string(),
                 connected_at_ms: entry
                     .connected_at
                     .duration_since(UNIX_EPOCH)

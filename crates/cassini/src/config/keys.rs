@@ -59,6 +59,10 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
         "cluster",
         "Membership of a cluster (docs/CLUSTERING.md); without a name the broker is standalone.",
     ),
+    (
+        "mqtt",
+        "The MQTT gateway: MQTT 3.1.1 and 5.0 clients on the same broker (docs/MQTT.md).",
+    ),
 ];
 
 /// Every key, in file order.
@@ -139,6 +143,8 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "cluster.listen", doc: "The cluster address (UDP, ALPN cassini-cluster/1, node certificates only); not the client address." },
     KeyDoc { path: "cluster.peers", doc: "The cluster addresses of the nodes, this node's own may be among them; every node dials every other (full mesh). In the environment: comma-separated." },
     KeyDoc { path: "cluster.max_queued_messages", doc: "Messages waiting for one peer's connection; beyond it, forwards to that peer are dropped (never slowing a publisher) and announced to its subscribers as gaps." },
+    KeyDoc { path: "mqtt.listen", doc: "TCP address of the MQTT gateway (TLS with client certificates from the same CA, the same identity rule, ACL and limits; port 0: any free port). Empty: no gateway." },
+    KeyDoc { path: "mqtt.allow_plaintext_loopback", doc: "Also accept plain TCP (no TLS) on the gateway, for local tools; only with a loopback mqtt.listen. Plaintext clients all have the identity mqtt-loopback." },
 ];
 
 /// The environment variable that overrides `path`.

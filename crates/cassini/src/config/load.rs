@@ -56,6 +56,8 @@ pub(crate) struct Overrides {
     pub(crate) cluster_listen: Option<SocketAddr>,
     /// `--peer` (repeatable): replaces `cluster.peers` when given.
     pub(crate) peers: Vec<SocketAddr>,
+    /// `--mqtt`: enables the MQTT gateway on this address.
+    pub(crate) mqtt: Option<SocketAddr>,
 }
 
 /// The settings from `file` (if any), the environment `env` and the flags, checked.
@@ -235,6 +237,9 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     settings.security.allow_unknown_revocation |= flags.allow_unknown_revocation;
     settings.security.enforce_crl_expiry |= flags.enforce_crl_expiry;
     settings.certs.require_crl |= flags.require_crl;
+    if let Some(addr) = flags.mqtt {
+        settings.mqtt.listen = addr.to_string();
+    }
     if let Some(path) = &flags.monitor_token_file {
         settings.monitor.token_file = path.clone();
     }
@@ -292,6 +297,24 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
                 "cluster.max_queued_messages",
                 "0 allows nothing; expected at least 1".into(),
             ));
+        }
+    }
+    let mqtt = &settings.mqtt;
+    if !mqtt.listen.trim().is_empty() {
+        match mqtt.listen.trim().parse::<SocketAddr>() {
+            Err(err) => {
+                return Err(invalid(
+                    "mqtt.listen",
+                    format!("{:?} is not HOST:PORT ({err}); expected e.g. \"127.0.0.1:8883\"", mqtt.listen),
+                ))
+            }
+            Ok(addr) if mqtt.allow_plaintext_loopback && !addr.ip().is_loopback() => {
+                return Err(invalid(
+                    "mqtt.allow_plaintext_loopback",
+                    format!("plain TCP is only allowed on a loopback address, and mqtt.listen is {addr}"),
+                ))
+            }
+            Ok(_) => {}
         }
     }
     let limits = &settings.limits;

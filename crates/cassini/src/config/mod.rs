@@ -64,6 +64,8 @@ pub(crate) struct Settings {
     pub(crate) security: SecuritySettings,
     /// Membership of a cluster; no `name`: a standalone broker.
     pub(crate) cluster: ClusterSettings,
+    /// The MQTT gateway.
+    pub(crate) mqtt: MqttSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             security: SecuritySettings::default(),
             cluster: ClusterSettings::default(),
+            mqtt: MqttSettings::default(),
         }
     }
 }
@@ -120,6 +123,23 @@ impl ClusterSettings {
     /// Whether this broker is a cluster node.
     pub(crate) fn enabled(&self) -> bool {
         !self.name.is_empty()
+    }
+}
+
+/// `[mqtt]`: the MQTT gateway (docs/MQTT.md). Off by default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MqttSettings {
+    /// The TCP address of the gateway; empty: no gateway.
+    pub(crate) listen: String,
+    /// Accept plain TCP (no TLS) too, on a loopback `listen` only.
+    pub(crate) allow_plaintext_loopback: bool,
+}
+
+impl MqttSettings {
+    /// The gateway's address, if it is on (checked when the settings were resolved).
+    pub(crate) fn listen(&self) -> Option<SocketAddr> {
+        self.listen.trim().parse().ok()
     }
 }
 

@@ -1,0 +1,241 @@
+"""The MQTT gateway (docs/MQTT.md) against the Python paho-mqtt client, MQTT 5 and 3.1.1, with
+the certificates of `cassini certs init`, beside QUIC clients of this suite.
+
+paho runs without its own reconnect loop here (`Paho.pump` drives it), so that a connection the
+broker closes stays closed and the test sees why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cassini_wire import connect, drop, fresh_id, publish, publish_and_wait, subscribe
+from conftest import Broker, CertDir, run_cli, spec
+
+V5 = mqtt.MQTTv5
+V311 = mqtt.MQTTv311
+SESSION_TAKEN_OVER = 0x8E
+NOT_AUTHORIZED = 0x87
+ADMINISTRATIVE_ACTION = 0x98
+
+
+def mqtt_port(broker: Broker, timeout: float = 20.0) -> int:
+    """The gateway's port, from the broker's log line `MQTT gateway listening`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in broker.output().splitlines():
+            try:
+                fields = json.loads(line).get("fields", {})
+            except ValueError:
+                continue
+            if fields.get("message") == "MQTT gateway listening":
+                return int(fields["addr"].rsplit(":", 1)[1])
+        time.sleep(0.02)
+    raise RuntimeError(f"no MQTT address in the log: {broker.output()}")
+
+
+@pytest.fixture(scope="module")
+def gateway(start_broker) -> tuple[Broker, int]:
+    broker = start_broker("--mqtt", "127.0.0.1:0")
+    return broker, mqtt_port(broker)
+
+
+class Paho:
+    """One paho client, driven by a thread of ours: messages and disconnects land in queues."""
+
+    def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
+                 client_id: str = "", clean: bool = True, expiry: int | None = None,
+                 will: tuple[str, bytes] | None = None):
+        self.messages: queue.Queue = queue.Queue()
+        self.disconnects: queue.Queue = queue.Queue()
+        self.acks: queue.Queue = queue.Queue()
+        kwargs = {"clean_session": clean} if protocol == V311 else {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=protocol, **kwargs)
+        ident = certs.identity(name)
+        self.client.tls_set(ca_certs=ident.ca, certfile=ident.cert, keyfile=ident.key)
+        self.connected: queue.Queue = queue.Queue()
+        self.client.on_connect = lambda c, u, flags, rc, props: self.connected.put(
+            (flags.session_present, rc))
+        self.client.on_message = lambda c, u, msg: self.messages.put(msg)
+        self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
+        self.client.on_subscribe = lambda c, u, mid, rcs, props: self.acks.put(rcs)
+        if will:
+            self.client.will_set(will[0], will[1], qos=1)
+        props = None
+        if protocol == V5:
+            props = Properties(PacketTypes.CONNECT)
+            if expiry is not None:
+                props.SessionExpiryInterval = expiry
+            self.client.connect("localhost", port, keepalive=30, clean_start=clean,
+                                properties=props)
+        else:
+            self.client.connect("localhost", port, keepalive=30)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.pump, daemon=True)
+        self.thread.start()
+        self.session_present, rc = self.connected.get(timeout=10)
+        assert not rc.is_failure, f"CONNACK {rc}"
+
+    def pump(self) -> None:
+        while not self.stop.is_set():
+            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                return
+
+    def subscribe(self, topic: str, qos: int = 1) -> list:
+        self.client.subscribe(topic, qos)
+        return self.acks.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published(), f"publish to {topic} not acknowledged"
+
+    def next_message(self, timeout: float = 10.0):
+        return self.messages.get(timeout=timeout)
+
+    def next_disconnect(self, timeout: float = 10.0):
+        return self.disconnects.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+async def in_thread(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_paho_publish_reaches_a_quic_subscriber(gateway, certs, protocol):
+    broker, port = gateway
+    quic = await connect(broker.port, certs.identity("bob"))
+    sub = await subscribe(quic, f"paho.in.v{protocol}.>")
+    paho = await in_thread(Paho, certs, "alice", port, protocol)
+    props = None
+    if protocol == V5:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("unit", "celsius")]
+    await in_thread(paho.publish, f"paho/in/v{protocol}/temp", b"21.5", 1, False, props)
+    message = await sub.next_frame()
+    assert (message["topic"], message["payload"]) == (f"paho.in.v{protocol}.temp", b"21.5")
+    if protocol == V5:
+        assert ["unit", "celsius"] in [list(h) for h in message["headers"]]
+    await in_thread(paho.close)
+    await drop(quic)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_quic_publish_reaches_a_paho_subscriber_through_wildcards(gateway, certs,
+                                                                          protocol):
+    broker, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, protocol)
+    granted = await in_thread(paho.subscribe, f"paho/out/v{protocol}/+/#", 1)
+    assert [int(code.value) if hasattr(code, "value") else int(code) for code in granted] == [1]
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    answer = await publish_and_wait(quic, stream, publish(f"paho.out.v{protocol}.a.b.c", b"hi",
+                                                          message_id=fresh_id(), ack=True))
+    assert answer.name == "PublishAck"
+    message = await in_thread(paho.next_message)
+    assert (message.topic, message.payload, message.qos) == (f"paho/out/v{protocol}/a/b/c",
+                                                             b"hi", 1)
+    await in_thread(paho.close)
+    await drop(quic)
+
+
+@spec
+async def test_paho_to_paho_with_a_retained_value(gateway, certs):
+    _, port = gateway
+    writer = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(writer.publish, "paho/retained/state", b"ready", 1, True)
+    reader = await in_thread(Paho, certs, "bob", port, V311)
+    await in_thread(reader.subscribe, "paho/retained/#", 1)
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.payload, message.retain) == ("paho/retained/state", b"ready",
+                                                                True)
+    await in_thread(writer.publish, "paho/retained/live", b"now", 1)
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.payload, message.retain) == ("paho/retained/live", b"now",
+                                                                False)
+    await in_thread(writer.close)
+    await in_thread(reader.close)
+
+
+@spec
+async def test_a_session_is_resumed_by_client_id_and_taken_over_once(gateway, certs):
+    broker, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    first = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    assert not first.session_present
+    await in_thread(first.subscribe, "paho/resume/#", 1)
+    # A second connection with the same client id takes the session over: the first one is
+    # closed with 0x8E Session taken over, and the session (its subscription) carries on.
+    second = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert second.session_present
+    reason = await in_thread(first.next_disconnect)
+    assert int(reason.value) == SESSION_TAKEN_OVER, reason
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish("paho.resume.x", b"after takeover",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(second.next_message)
+    assert message.payload == b"after takeover"
+    # Gone without a clean start, the session keeps queueing for the client id.
+    await in_thread(second.close)
+    await publish_and_wait(quic, stream, publish("paho.resume.y", b"while away",
+                                                 message_id=fresh_id(), ack=True))
+    third = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert third.session_present
+    message = await in_thread(third.next_message)
+    assert (message.topic, message.payload) == ("paho/resume/y", b"while away")
+    await in_thread(third.close)
+    await drop(quic)
+
+
+@spec
+async def test_an_unmappable_filter_is_refused_with_topic_filter_invalid(gateway, certs):
+    _, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, V5)
+    codes = await in_thread(paho.subscribe, "paho/with.dot", 1)
+    assert [int(code.value) for code in codes] == [0x8F]
+    codes = await in_thread(paho.subscribe, "$SYS/#", 0)
+    assert [int(code.value) for code in codes] == [0x8F]
+    await in_thread(paho.close)
+
+
+@spec
+async def test_a_revoked_certificate_is_cut_off_and_refused(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mqtt-revocation")
+    run_cli("certs", "init", "--dir", str(d), "--client", "carol", "--client", "dave")
+    certs = CertDir(d)
+    broker = Broker(certs, tmp_path_factory.mktemp("broker"), ["--mqtt", "127.0.0.1:0"], {})
+    try:
+        port = mqtt_port(broker)
+        carol = await in_thread(Paho, certs, "carol", port, V5)
+        dave = await in_thread(Paho, certs, "dave", port, V311)
+        await in_thread(carol.subscribe, "paho/revocation/#", 1)
+        run_cli("certs", "revoke", "carol", "--dir", str(d))
+        reason = await in_thread(carol.next_disconnect, 20.0)
+        assert int(reason.value) in (NOT_AUTHORIZED, ADMINISTRATIVE_ACTION), reason
+        with pytest.raises(Exception):
+            await in_thread(Paho, certs, "carol", port, V5)
+        # Everyone else carries on.
+        await in_thread(dave.publish, "paho/revocation/still", b"here", 1)
+        await in_thread(dave.close)
+    finally:
+        broker.stop()

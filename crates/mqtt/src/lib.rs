@@ -1,0 +1,21 @@
+//! Cassini's MQTT gateway: MQTT 3.1.1 and 5.0 clients on the same broker as QUIC clients, under
+//! the same certificates, identity rule, ACL, limits, sessions and revocation (docs/MQTT.md).
+//!
+//! The gateway adds no second way into the broker. Each MQTT connection becomes, through
+//! [`bridge`], a `cassini_broker::Connection` handed to `BrokerHandle::accept`, and the gateway
+//! speaks Cassini's own frames on it: `Hello` with the client id as the session name, a
+//! `Subscribe` per MQTT filter, a `Publish` (acknowledged for QoS 1) per MQTT `PUBLISH` on one
+//! publish stream, which the broker admits through `admission::Publisher::admit` like any other.
+//!
+//! Layering (no file imports one above it): [`topics`] and [`packets`] at the bottom (the topic
+//! mapping; the codec's packets in one form for both versions), [`bridge`] (the in-memory
+//! transport) beside them, `session` (one MQTT connection's state machine) on those, and
+//! [`server`] (the TCP and TLS listener) on top.
+
+pub mod bridge;
+pub mod packets;
+pub mod server;
+mod session;
+pub mod topics;
+
+pub use server::{MqttOptions, MqttServer, MqttStats};

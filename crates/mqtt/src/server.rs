@@ -1,0 +1,324 @@
+//! The gateway's listener: TCP, then TLS with a client certificate verified exactly as the QUIC
+//! endpoint verifies it (the same CA, CRL and revocation options: the rustls configuration is
+//! the QUIC endpoint's, less ALPN), and the identity read by the same rule. Plain TCP only when
+//! [`MqttOptions::allow_plaintext_loopback`] is set and the listener is on a loopback address;
+//! a plaintext client's identity is then [`PLAINTEXT_IDENTITY`].
+//!
+//! [`MqttServer::reload`] installs new TLS material and cuts off every live connection whose
+//! certificate it no longer accepts, as `QuicServer::reload` does; sessions that a CRL's
+//! certificates opened are ended broker-wide by `BrokerHandle::end_revoked_sessions`, MQTT ones
+//! included.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cassini_broker::{BrokerHandle, PeerInfo};
+use cassini_quic::identity::{identity_from_cert_with, IdentityRule};
+use cassini_quic::revocation::certificate_key;
+use cassini_quic::tls::ServerTls;
+use rustls::pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::session::{self, Context};
+
+/// The identity of every plaintext (loopback) client.
+pub const PLAINTEXT_IDENTITY: &str = "mqtt-loopback";
+
+/// How the gateway listens.
+#[derive(Debug, Clone)]
+pub struct MqttOptions {
+    /// TCP address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Accept plain TCP (no TLS) too; only allowed on a loopback address.
+    pub allow_plaintext_loopback: bool,
+    /// Which certificate name is the identity (the QUIC endpoint's rule).
+    pub identity_rule: IdentityRule,
+    /// How long a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client has to send `CONNECT` once connected.
+    pub connect_timeout: Duration,
+}
+
+impl MqttOptions {
+    /// Listening on `listen`, TLS only, the default identity rule, 10 s for the handshake and
+    /// for `CONNECT`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            allow_plaintext_loopback: false,
+            identity_rule: IdentityRule::default(),
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// Plain TCP asked for on an address that is not loopback.
+    #[error("mqtt.allow_plaintext_loopback needs a loopback listen address, not {0}")]
+    PlaintextNotLoopback(SocketAddr),
+    /// Binding failed.
+    #[error("binding the MQTT listener on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// Counters of the gateway, for monitoring.
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    /// Connections whose transport was established (TLS verified, or plaintext on loopback).
+    pub accepted: AtomicU64,
+    /// Connections refused at TLS or for a certificate without identity.
+    pub refused: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+}
+
+struct Live {
+    chain: Vec<CertificateDer<'static>>,
+    cut: CancellationToken,
+}
+
+/// A bound MQTT listener.
+pub struct MqttServer {
+    listener: TcpListener,
+    options: MqttOptions,
+    tls: RwLock<Arc<rustls::ServerConfig>>,
+    live: Arc<Mutex<HashMap<u64, Live>>>,
+    next_id: AtomicU64,
+    stats: Arc<MqttStats>,
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl std::fmt::Debug for MqttServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttServer")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+/// The QUIC endpoint's TLS configuration for MQTT: the same verifier and certificate, no ALPN.
+fn mqtt_tls(config: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols.clear();
+    Arc::new(config)
+}
+
+impl MqttServer {
+    /// Binds the listener; `tls` is the broker's TLS material (`ServerTls::config`).
+    pub async fn bind(options: MqttOptions, tls: &rustls::ServerConfig) -> Result<Self, MqttError> {
+        if options.allow_plaintext_loopback && !options.listen.ip().is_loopback() {
+            return Err(MqttError::PlaintextNotLoopback(options.listen));
+        }
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|error| MqttError::Bind {
+                    addr: options.listen,
+                    error,
+                })?;
+        Ok(Self {
+            listener,
+            options,
+            tls: RwLock::new(mqtt_tls(tls)),
+            live: Arc::default(),
+            next_id: AtomicU64::new(0),
+            stats: Arc::default(),
+            tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
+        })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> Arc<MqttStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Installs new TLS material for new connections, and cuts off every live TLS connection
+    /// whose certificate chain `tls` no longer accepts. Returns how many were cut off.
+    pub fn reload(&self, tls: &ServerTls) -> usize {
+        if let Ok(mut slot) = self.tls.write() {
+            *slot = mqtt_tls(&tls.config);
+        }
+        let Ok(live) = self.live.lock() else {
+            return 0;
+        };
+        let mut cut = 0;
+        for connection in live.values() {
+            if connection.chain.is_empty() {
+                continue;
+            }
+            if let Err(err) = tls.verify_client(&connection.chain) {
+                tracing::info!(%err, "MQTT connection's certificate no longer accepted: closing it");
+                connection.cut.cancel();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    /// Accepts connections and serves them with `broker` until [`MqttServer::close`].
+    pub async fn serve(&self, broker: BrokerHandle) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = self.closing.cancelled() => return,
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "MQTT accept failed");
+                    // Out of file descriptors and the like: let it pass rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let cut = self.closing.child_token();
+            let context = Context {
+                broker: broker.clone(),
+                connect_timeout: self.options.connect_timeout,
+                cut: cut.clone(),
+            };
+            let acceptor = TlsAcceptor::from(
+                self.tls
+                    .read()
+                    .map(|tls| Arc::clone(&tls))
+                    .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner())),
+            );
+            let options = self.options.clone();
+            let live = Arc::clone(&self.live);
+            let stats = Arc::clone(&self.stats);
+            self.tasks.spawn(async move {
+                connection(stream, remote, id, acceptor, options, context, live, stats).await;
+            });
+        }
+    }
+
+    /// Stops accepting, cuts off every connection (MQTT 5 clients get `DISCONNECT` with the
+    /// reason), and waits at most `limit` for them to end.
+    pub async fn close(&self, limit: Duration) {
+        self.closing.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    id: u64,
+    acceptor: TlsAcceptor,
+    options: MqttOptions,
+    context: Context,
+    live: Arc<Mutex<HashMap<u64, Live>>>,
+    stats: Arc<MqttStats>,
+) {
+    let plaintext = options.allow_plaintext_loopback && {
+        // A TLS connection starts with a handshake record (0x16); MQTT with CONNECT (0x10).
+        let mut first = [0u8; 1];
+        matches!(
+            tokio::time::timeout(options.handshake_timeout, stream.peek(&mut first)).await,
+            Ok(Ok(1))
+        ) && first[0] != 0x16
+    };
+    if plaintext {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let peer = PeerInfo {
+            identity: Arc::from(PLAINTEXT_IDENTITY),
+            remote_addr: remote,
+            certificate: None,
+        };
+        run(stream, peer, id, Vec::new(), context, live, stats).await;
+        return;
+    }
+    let tls = match tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, %err, "MQTT TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, "MQTT TLS handshake not completed in time");
+            return;
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| chain.iter().map(|cert| cert.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let identity = chain
+        .first()
+        .ok_or_else(|| "no client certificate".to_string())
+        .and_then(|leaf| {
+            identity_from_cert_with(leaf, &options.identity_rule).map_err(|err| err.to_string())
+        });
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(reason) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, %reason, "MQTT client refused: no identity in its certificate");
+            return;
+        }
+    };
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let peer = PeerInfo {
+        identity: Arc::from(identity),
+        remote_addr: remote,
+        certificate: chain.first().and_then(certificate_key).map(Arc::from),
+    };
+    run(tls, peer, id, chain, context, live, stats).await;
+}
+
+async fn run<S>(
+    io: S,
+    peer: PeerInfo,
+    id: u64,
+    chain: Vec<CertificateDer<'static>>,
+    context: Context,
+    live: Arc<Mutex<HashMap<u64, Live>>>,
+    stats: Arc<MqttStats>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    if let Ok(mut live) = live.lock() {
+        live.insert(
+            id,
+            Live {
+                chain,
+                cut: context.cut.clone(),
+            },
+        );
+    }
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    session::serve(io, peer, context).await;
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+    if let Ok(mut live) = live.lock() {
+        live.remove(&id);
+    }
+}

@@ -1,0 +1,1289 @@
+//! One MQTT connection: its `CONNECT`, then every packet, translated to Cassini frames on a
+//! bridged connection (`crate::bridge`) and back.
+//!
+//! Tasks: one reads and decodes the client's packets, one reads the control stream, one the
+//! publish stream's answers, one per subscription stream; all report to this connection's loop
+//! through one bounded channel, and only the loop writes to the client. A client that stops
+//! reading therefore stops the loop, then every reader, then the broker's writers, whose queues
+//! then apply their overflow policies: the subscriptions of one MQTT connection share its one TCP
+//! stream (no head-of-line isolation, unlike QUIC).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cassini_broker::{BrokerHandle, PeerInfo};
+use cassini_protocol::{
+    encode_frame, AckOptions, Delivery, ErrorCode, Frame, FrameDecoder, Hello, SequenceRange,
+    SubscribeOptions, SubscriptionId, Welcome, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
+use crate::packets::{
+    self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
+    Publish, SubCode, SubscribeFilter, Version,
+};
+use crate::topics;
+
+/// How long a goodbye waits for the broker to close the connection.
+const GOODBYE_WAIT: Duration = Duration::from_secs(5);
+/// How long one write to the client may make no progress before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events waiting for the connection's loop.
+const EVENT_BACKLOG: usize = 256;
+/// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
+const STASH_LIMIT: usize = 4096;
+
+/// What a connection needs from the gateway.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) broker: BrokerHandle,
+    /// How long a client has to send `CONNECT`.
+    pub(crate) connect_timeout: Duration,
+    /// Cancelled when the gateway closes, or this connection's certificate is no longer valid.
+    pub(crate) cut: CancellationToken,
+}
+
+enum Event {
+    Packet(Inbound),
+    BadPacket(DecodeError),
+    ClientGone(String),
+    KeepAliveExpired,
+    Control(Frame),
+    ControlEnded,
+    Answer(Frame),
+    Delivery(SubscriptionId, Delivery),
+}
+
+struct Sub {
+    /// The MQTT filter.
+    filter: String,
+    /// The QoS granted.
+    qos: u8,
+}
+
+enum Pending {
+    /// Filter `index` of the `SUBSCRIBE` with packet id `pkid`.
+    Subscribe {
+        pkid: u16,
+        index: usize,
+        filter: String,
+        qos: u8,
+    },
+    /// Filter `index` of the `UNSUBSCRIBE` with packet id `pkid`.
+    Unsubscribe { pkid: u16, index: usize },
+    /// Ending an old subscription (clean start, or one replaced by a new `SUBSCRIBE`).
+    Drop,
+}
+
+struct Batch {
+    sub: Vec<Option<SubCode>>,
+    unsub: Vec<Option<bool>>,
+}
+
+/// How the connection ended, for the session: with a goodbye (the session ends) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client's `DISCONNECT`.
+    Disconnect { publish_will: bool },
+    /// Lost, timed out, malformed, or cut by the gateway.
+    Abnormal(Option<CloseCode>),
+    /// The broker closed the connection.
+    Broker,
+}
+
+/// Serves one client whose transport (TLS or loopback TCP) is `io` and whose identity is in
+/// `peer`, until the connection ends.
+pub(crate) async fn serve<S>(io: S, peer: PeerInfo, context: Context)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let limits = context.broker.config().limits.clone();
+    let max_packet = limits.max_frame_bytes as usize;
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let mut buf = BytesMut::with_capacity(4096);
+    let connect = match tokio::time::timeout(
+        context.connect_timeout,
+        read_connect(&mut reader, &mut buf, max_packet),
+    )
+    .await
+    {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(ConnectFailure::Unsupported(level))) => {
+            tracing::debug!(remote = %peer.remote_addr, level, "MQTT protocol level not supported");
+            let mut out = BytesMut::new();
+            let encoder = Encoder {
+                version: Version::V311,
+                max_packet_size: None,
+            };
+            if encoder
+                .connack(
+                    ConnectCode::UnsupportedVersion,
+                    ConnAckInfo::default(),
+                    &mut out,
+                )
+                .is_ok()
+            {
+                let _ = write(&mut writer, &out).await;
+            }
+            return;
+        }
+        Ok(Err(ConnectFailure::Other(reason))) => {
+            tracing::debug!(remote = %peer.remote_addr, %reason, "no valid MQTT CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(remote = %peer.remote_addr, "no MQTT CONNECT in time");
+            return;
+        }
+    };
+    let encoder = Encoder {
+        version: connect.version,
+        max_packet_size: connect.max_packet_size,
+    };
+    let mut connection = Connection::new(connect, encoder, writer, context, max_packet);
+    let Some((client, welcome)) = connection.start(peer.clone()).await else {
+        return;
+    };
+    tracing::debug!(
+        remote = %peer.remote_addr,
+        identity = %peer.identity,
+        client_id = %connection.connect.client_id,
+        version = connection.connect.version.name(),
+        clean_start = connection.connect.clean_start,
+        session_expiry = ?connection.connect.session_expiry,
+        resumed = welcome.resumed,
+        "MQTT client connected"
+    );
+    connection.run(client, reader, buf).await;
+}
+
+enum ConnectFailure {
+    Unsupported(u8),
+    Other(String),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Connect, ConnectFailure> {
+    loop {
+        match packets::decode(buf, None, max_packet) {
+            Ok(Some(Inbound::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => {
+                return Err(ConnectFailure::Other(
+                    "the first packet is not CONNECT".into(),
+                ))
+            }
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedVersion(level)) => {
+                return Err(ConnectFailure::Unsupported(level))
+            }
+            Err(err) => return Err(ConnectFailure::Other(err.to_string())),
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) => return Err(ConnectFailure::Other("closed before CONNECT".into())),
+            Ok(_) => {}
+            Err(err) => return Err(ConnectFailure::Other(err.to_string())),
+        }
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    let io = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, io).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client read nothing for 30 s",
+        )),
+    }
+}
+
+/// A Cassini session name for an MQTT client id, if the id is one: 1 to 128 ASCII letters,
+/// digits, `-`, `_` and `.`.
+fn session_name(client_id: &str) -> Option<&str> {
+    let valid = !client_id.is_empty()
+        && client_id.len() <= 128
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    valid.then_some(client_id)
+}
+
+fn connect_refusal(code: ErrorCode) -> ConnectCode {
+    match code {
+        ErrorCode::SESSION_IDENTITY_MISMATCH
+        | ErrorCode::CERTIFICATE_REVOKED
+        | ErrorCode::CERTIFICATE_EXPIRED
+        | ErrorCode::NOT_AUTHORIZED => ConnectCode::NotAuthorized,
+        ErrorCode::INVALID_SESSION_NAME => ConnectCode::BadClientId,
+        ErrorCode::TOO_MANY_CONNECTIONS
+        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
+        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY => ConnectCode::QuotaExceeded,
+        _ => ConnectCode::Unavailable,
+    }
+}
+
+fn close_code(code: ErrorCode) -> CloseCode {
+    match code {
+        ErrorCode::SESSION_TAKEN_OVER => CloseCode::SessionTakenOver,
+        ErrorCode::SERVER_SHUTTING_DOWN => CloseCode::ShuttingDown,
+        ErrorCode::CERTIFICATE_REVOKED | ErrorCode::NOT_AUTHORIZED => CloseCode::NotAuthorized,
+        ErrorCode::CERTIFICATE_EXPIRED => CloseCode::Administrative,
+        ErrorCode::TOO_MANY_CONNECTIONS
+        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
+        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY
+        | ErrorCode::PARTIAL_FRAMES_LIMIT => CloseCode::QuotaExceeded,
+        _ => CloseCode::Unspecified,
+    }
+}
+
+fn pub_code(code: ErrorCode) -> PubCode {
+    match code {
+        ErrorCode::NOT_AUTHORIZED => PubCode::NotAuthorized,
+        ErrorCode::INVALID_TOPIC => PubCode::TopicNameInvalid,
+        ErrorCode::PAYLOAD_TOO_LARGE
+        | ErrorCode::RETAINED_STORE_FULL
+        | ErrorCode::RETAINED_QUOTA_EXCEEDED
+        | ErrorCode::STORAGE_FULL
+        | ErrorCode::MEMORY_BUDGET_EXCEEDED
+        | ErrorCode::TOO_MANY_HEADERS
+        | ErrorCode::HEADERS_TOO_LARGE => PubCode::QuotaExceeded,
+        _ => PubCode::Unspecified,
+    }
+}
+
+fn sub_code(code: ErrorCode) -> SubCode {
+    match code {
+        ErrorCode::NOT_AUTHORIZED => SubCode::NotAuthorized,
+        ErrorCode::INVALID_FILTER => SubCode::FilterInvalid,
+        ErrorCode::TOO_MANY_SUBSCRIPTIONS
+        | ErrorCode::PENDING_BYTES_LIMIT
+        | ErrorCode::MEMORY_BUDGET_EXCEEDED => SubCode::QuotaExceeded,
+        _ => SubCode::Unspecified,
+    }
+}
+
+struct Connection<W> {
+    connect: Connect,
+    encoder: Encoder,
+    writer: W,
+    out: BytesMut,
+    context: Context,
+    max_frame: u32,
+    /// The client id the gateway chose for an empty one.
+    assigned: Option<String>,
+    control: Option<PipeWriter>,
+    /// The control stream's reader and what it read past `Welcome`, until the loop takes them.
+    control_reader: Option<PipeReader>,
+    control_buf: BytesMut,
+    publish: Option<PipeWriter>,
+    frame_buf: BytesMut,
+    subs: HashMap<SubscriptionId, Sub>,
+    by_filter: HashMap<String, SubscriptionId>,
+    next_request: u64,
+    pending: HashMap<u64, Pending>,
+    batches: HashMap<u16, Batch>,
+    stash: HashMap<SubscriptionId, Vec<Delivery>>,
+    /// Acknowledged publishes in the broker's hands: message id → (packet id, QoS).
+    publishes: HashMap<u64, (u16, u8)>,
+    next_message_id: u64,
+    /// QoS 2 publishes accepted, waiting for `PUBREL`.
+    released: HashSet<u16>,
+    /// QoS 1 deliveries sent: packet id → (subscription, sequence).
+    outbound: HashMap<u16, (SubscriptionId, u64)>,
+    next_pkid: u16,
+    events: Option<mpsc::Sender<Event>>,
+}
+
+impl<W: AsyncWrite + Unpin + Send> Connection<W> {
+    fn new(
+        connect: Connect,
+        encoder: Encoder,
+        writer: W,
+        context: Context,
+        max_packet: usize,
+    ) -> Self {
+        Self {
+            connect,
+            encoder,
+            writer,
+            out: BytesMut::new(),
+            context,
+            max_frame: u32::try_from(max_packet).unwrap_or(u32::MAX),
+            assigned: None,
+            control: None,
+            control_reader: None,
+            control_buf: BytesMut::new(),
+            publish: None,
+            frame_buf: BytesMut::new(),
+            subs: HashMap::new(),
+            by_filter: HashMap::new(),
+            next_request: 1,
+            pending: HashMap::new(),
+            batches: HashMap::new(),
+            stash: HashMap::new(),
+            publishes: HashMap::new(),
+            next_message_id: rand::random::<u64>() >> 1,
+            released: HashSet::new(),
+            outbound: HashMap::new(),
+            next_pkid: 1,
+            events: None,
+        }
+    }
+
+    /// Writes what `fill` encodes to the client; false if the client is gone.
+    async fn send(
+        &mut self,
+        fill: impl FnOnce(&Encoder, &mut BytesMut) -> Result<(), packets::EncodeError>,
+    ) -> bool {
+        self.out.clear();
+        if let Err(err) = fill(&self.encoder, &mut self.out) {
+            tracing::debug!(%err, "packet not sent");
+            return true;
+        }
+        write(&mut self.writer, &self.out).await.is_ok()
+    }
+
+    async fn connack(
+        &mut self,
+        code: ConnectCode,
+        session_present: bool,
+        reason: Option<String>,
+    ) -> bool {
+        let info = ConnAckInfo {
+            session_present,
+            assigned_client_id: self.assigned.clone(),
+            max_packet_size: Some(self.max_frame),
+            reason,
+        };
+        self.send(|encoder, out| encoder.connack(code, info, out))
+            .await
+    }
+
+    async fn frame(&mut self, frame: &Frame, on_publish_stream: bool) -> bool {
+        self.frame_buf.clear();
+        if let Err(err) = encode_frame(frame, &mut self.frame_buf, self.max_frame) {
+            tracing::debug!(%err, "frame not encoded");
+            return false;
+        }
+        let stream = if on_publish_stream {
+            self.publish.as_mut()
+        } else {
+            self.control.as_mut()
+        };
+        match stream {
+            Some(stream) => stream.write(&self.frame_buf).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// `CONNECT` → `Hello` → `Welcome` → `CONNACK`. `None` if the connection ends here.
+    async fn start(&mut self, peer: PeerInfo) -> Option<(ClientEnd, Welcome)> {
+        if self.connect.client_id.is_empty() {
+            if self.connect.version == Version::V311 && !self.connect.clean_start {
+                self.connack(ConnectCode::BadClientId, false, None).await;
+                return None;
+            }
+            let id = format!("mqtt-{:016x}", rand::random::<u64>());
+            self.connect.client_id = id.clone();
+            if self.connect.version == Version::V5 {
+                self.assigned = Some(id);
+            }
+        }
+        let Some(name) = session_name(&self.connect.client_id).map(str::to_string) else {
+            let reason = "a client id is 1 to 128 ASCII letters, digits, '-', '_' and '.'";
+            self.connack(ConnectCode::BadClientId, false, Some(reason.into()))
+                .await;
+            return None;
+        };
+        let (broker_end, client) = bridge::connection(peer, self.connect.version.name());
+        self.context.broker.accept(Arc::new(broker_end));
+        let welcome = match self.hello(&client, name).await {
+            Ok(welcome) => welcome,
+            Err(code) => {
+                let reason = client.close_reason().map(|(_, reason)| reason);
+                client.close("CONNECT refused");
+                self.connack(connect_refusal(code), false, reason).await;
+                return None;
+            }
+        };
+        let session_present = welcome.resumed && !self.connect.clean_start;
+        for subscription in &welcome.subscriptions {
+            if self.connect.clean_start {
+                let request = self.request(Pending::Drop);
+                let frame = Frame::Unsubscribe(cassini_protocol::Unsubscribe {
+                    request_id: request,
+                    subscription: subscription.subscription,
+                });
+                if !self.frame(&frame, false).await {
+                    client.close("control stream lost");
+                    return None;
+                }
+            } else {
+                let filter = topics::cassini_to_mqtt(&subscription.filter);
+                let qos = u8::from(subscription.options.acks.is_some());
+                self.by_filter
+                    .insert(filter.clone(), subscription.subscription);
+                self.subs
+                    .insert(subscription.subscription, Sub { filter, qos });
+            }
+        }
+        if !self
+            .connack(ConnectCode::Accepted, session_present, None)
+            .await
+        {
+            client.close("client gone");
+            return None;
+        }
+        Some((client, welcome))
+    }
+
+    async fn hello(&mut self, client: &ClientEnd, name: String) -> Result<Welcome, ErrorCode> {
+        let closed_code = |client: &ClientEnd| {
+            client
+                .close_reason()
+                .map_or(ErrorCode::INTERNAL, |(code, _)| code)
+        };
+        let Ok(stream) = client.open_bi().await else {
+            return Err(closed_code(client));
+        };
+        self.control = Some(stream.send);
+        let hello = Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            resume: None,
+            client_name: Some(format!(
+                "{} {}",
+                self.connect.version.name(),
+                self.connect.client_id
+            )),
+            positions: Vec::new(),
+            session_name: Some(name),
+        });
+        if !self.frame(&hello, false).await {
+            return Err(closed_code(client));
+        }
+        let mut recv = stream.recv;
+        let decoder = FrameDecoder::new(self.max_frame);
+        let mut buf = BytesMut::new();
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Frame::Welcome(welcome))) => {
+                    self.control_reader = Some(recv);
+                    self.control_buf = buf;
+                    return Ok(welcome);
+                }
+                Ok(Some(_)) => return Err(ErrorCode::PROTOCOL_VIOLATION),
+                Ok(None) => {}
+                Err(_) => return Err(ErrorCode::MALFORMED_FRAME),
+            }
+            match recv.read(&mut buf).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    // The broker closes the connection right after refusing a Hello.
+                    let _ = tokio::time::timeout(GOODBYE_WAIT, client.closed()).await;
+                    return Err(closed_code(client));
+                }
+            }
+        }
+    }
+}
+
+/// Reads `recv` frame by frame into `events` (`wrap` makes each an event), until it ends.
+async fn read_frames(
+    mut recv: PipeReader,
+    mut buf: BytesMut,
+    max_frame: u32,
+    events: mpsc::Sender<Event>,
+    wrap: fn(Frame) -> Event,
+    ended: Option<Event>,
+) {
+    let decoder = FrameDecoder::new(max_frame);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if events.send(wrap(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(%err, "undecodable frame from the broker");
+                    recv.stop(ErrorCode::MALFORMED_FRAME);
+                    if let Some(ended) = ended {
+                        let _ = events.send(ended).await;
+                    }
+                    return;
+                }
+            }
+        }
+        match recv.read(&mut buf).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                if let Some(ended) = ended {
+                    let _ = events.send(ended).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one subscription stream: `SubscriptionStart`, then deliveries.
+async fn read_subscription(mut recv: PipeReader, max_frame: u32, events: mpsc::Sender<Event>) {
+    let decoder = FrameDecoder::new(max_frame);
+    let mut buf = BytesMut::new();
+    let mut subscription = None;
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Frame::SubscriptionStart(start))) => {
+                    subscription = Some(start.subscription)
+                }
+                Ok(Some(Frame::Message(delivery))) => {
+                    let Some(id) = subscription else {
+                        recv.stop(ErrorCode::PROTOCOL_VIOLATION);
+                        return;
+                    };
+                    if events.send(Event::Delivery(id, delivery)).await.is_err() {
+                        return;
+                    }
+                }
+                // Gaps: MQTT has no way to say what was lost.
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(%err, "undecodable frame on a subscription stream");
+                    recv.stop(ErrorCode::MALFORMED_FRAME);
+                    return;
+                }
+            }
+        }
+        match recv.read(&mut buf).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+    }
+}
+
+/// Reads the client's packets into `events`, with the keep-alive deadline.
+async fn read_packets<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut buf: BytesMut,
+    version: Version,
+    max_packet: usize,
+    keep_alive: u16,
+    events: mpsc::Sender<Event>,
+) {
+    // MQTT: the server may close a connection silent for one and a half keep-alive periods.
+    let deadline = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    loop {
+        loop {
+            match packets::decode(&mut buf, Some(version), max_packet) {
+                Ok(Some(packet)) => {
+                    if events.send(Event::Packet(packet)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = events.send(Event::BadPacket(err)).await;
+                    return;
+                }
+            }
+        }
+        let read = reader.read_buf(&mut buf);
+        let read = match deadline {
+            Some(deadline) => match tokio::time::timeout(deadline, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let _ = events.send(Event::KeepAliveExpired).await;
+                    return;
+                }
+            },
+            None => read.await,
+        };
+        match read {
+            Ok(0) => {
+                let _ = events
+                    .send(Event::ClientGone("closed by the client".into()))
+                    .await;
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                let _ = events.send(Event::ClientGone(err.to_string())).await;
+                return;
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Connection<W> {
+    fn request(&mut self, pending: Pending) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(id, pending);
+        id
+    }
+
+    /// Whether the session ends with this connection: a 3.1.1 clean session, or an MQTT 5
+    /// session expiry of 0 (the default).
+    fn ends_with_connection(&self) -> bool {
+        match self.connect.version {
+            Version::V311 => self.connect.clean_start,
+            Version::V5 => self.connect.session_expiry.unwrap_or(0) == 0,
+        }
+    }
+
+    async fn run<R>(mut self, mut client: ClientEnd, reader: R, buf: BytesMut)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let (events, mut inbox) = mpsc::channel(EVENT_BACKLOG);
+        self.events = Some(events.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(read_packets(
+            reader,
+            buf,
+            self.connect.version,
+            self.max_frame as usize,
+            self.connect.keep_alive,
+            events.clone(),
+        ));
+        if let Some(recv) = self.control_reader.take() {
+            tasks.spawn(read_frames(
+                recv,
+                std::mem::take(&mut self.control_buf),
+                self.max_frame,
+                events.clone(),
+                Event::Control,
+                Some(Event::ControlEnded),
+            ));
+        }
+        if let Some(mut uni) = client.uni.take() {
+            let events = events.clone();
+            let max_frame = self.max_frame;
+            tasks.spawn(async move {
+                let mut streams = tokio::task::JoinSet::new();
+                while let Some(stream) = uni.recv().await {
+                    streams.spawn(read_subscription(stream, max_frame, events.clone()));
+                }
+                while streams.join_next().await.is_some() {}
+            });
+        }
+        drop(events);
+        let cut = self.context.cut.clone();
+        let end = loop {
+            let event = tokio::select! {
+                event = inbox.recv() => event,
+                () = client.closed() => break End::Broker,
+                () = cut.cancelled() => break End::Abnormal(Some(CloseCode::Administrative)),
+            };
+            let Some(event) = event else {
+                break End::Abnormal(None);
+            };
+            if let Some(end) = self.handle(event, &client).await {
+                break end;
+            }
+        };
+        self.finish(end, &client, &mut inbox).await;
+        tasks.abort_all();
+    }
+
+    /// Handles one event; `Some` when the connection ends.
+    async fn handle(&mut self, event: Event, client: &ClientEnd) -> Option<End> {
+        match event {
+            Event::Packet(packet) => self.packet(packet, client).await,
+            Event::BadPacket(err) => {
+                tracing::debug!(client_id = %self.connect.client_id, %err, "closing on a bad packet");
+                let code = match err {
+                    DecodeError::TooLarge { .. } => CloseCode::PacketTooLarge,
+                    _ => CloseCode::Malformed,
+                };
+                Some(End::Abnormal(Some(code)))
+            }
+            Event::ClientGone(reason) => {
+                tracing::debug!(client_id = %self.connect.client_id, %reason, "MQTT connection lost");
+                Some(End::Abnormal(None))
+            }
+            Event::KeepAliveExpired => Some(End::Abnormal(Some(CloseCode::KeepAliveTimeout))),
+            Event::ControlEnded => Some(End::Broker),
+            Event::Control(frame) => self.control_frame(frame).await,
+            Event::Answer(frame) => self.answer(frame).await,
+            Event::Delivery(subscription, delivery) => self.deliver(subscription, delivery).await,
+        }
+    }
+
+    async fn packet(&mut self, packet: Inbound, client: &ClientEnd) -> Option<End> {
+        match packet {
+            Inbound::Publish(publish) => self.inbound_publish(publish, client).await,
+            Inbound::PubAck(pkid) => {
+                if let Some((subscription, sequence)) = self.outbound.remove(&pkid) {
+                    let ack = Frame::Ack(cassini_protocol::Ack {
+                        subscription,
+                        ranges: vec![SequenceRange {
+                            from: sequence,
+                            to: sequence,
+                        }],
+                    });
+                    if !self.frame(&ack, false).await {
+                        return Some(End::Broker);
+                    }
+                }
+                None
+            }
+            Inbound::PubRel(pkid) => {
+                self.released.remove(&pkid);
+                (!self.send(|encoder, out| encoder.pubcomp(pkid, out)).await)
+                    .then_some(End::Abnormal(None))
+            }
+            // The gateway sends no QoS 2 delivery, so these answer nothing.
+            Inbound::PubRec(_) | Inbound::PubComp(_) => {
+                Some(End::Abnormal(Some(CloseCode::ProtocolError)))
+            }
+            Inbound::Subscribe { pkid, filters } => self.subscribe(pkid, filters).await,
+            Inbound::Unsubscribe { pkid, filters } => self.unsubscribe(pkid, filters).await,
+            Inbound::PingReq => (!self.send(|encoder, out| encoder.pingresp(out)).await)
+                .then_some(End::Abnormal(None)),
+            Inbound::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    // MQTT 5: a client may change a non-zero expiry at DISCONNECT (not from 0).
+                    if self.connect.session_expiry.unwrap_or(0) != 0 {
+                        self.connect.session_expiry = Some(expiry);
+                    }
+                }
+                Some(End::Disconnect {
+                    publish_will: with_will,
+                })
+            }
+            Inbound::Connect(_) => Some(End::Abnormal(Some(CloseCode::ProtocolError))),
+            Inbound::Unexpected(kind) => {
+                tracing::debug!(client_id = %self.connect.client_id, kind, "packet a client may not send");
+                Some(End::Abnormal(Some(CloseCode::ProtocolError)))
+            }
+        }
+    }
+
+    async fn publish_stream(&mut self, client: &ClientEnd) -> bool {
+        if self.publish.is_some() {
+            return true;
+        }
+        let Ok(stream) = client.open_bi().await else {
+            return false;
+        };
+        self.publish = Some(stream.send);
+        if let Some(events) = &self.events {
+            tokio::spawn(read_frames(
+                stream.recv,
+                BytesMut::new(),
+                self.max_frame,
+                events.clone(),
+                Event::Answer,
+                None,
+            ));
+        }
+        true
+    }
+
+    async fn inbound_publish(&mut self, publish: Publish, client: &ClientEnd) -> Option<End> {
+        if publish.topic_alias.is_some() {
+            return Some(End::Abnormal(Some(CloseCode::TopicAliasInvalid)));
+        }
+        if publish.qos == 2 {
+            if self.connect.version == Version::V5 {
+                // The CONNACK said maximum QoS 1.
+                return Some(End::Abnormal(Some(CloseCode::QosNotSupported)));
+            }
+            if self.released.contains(&publish.pkid) {
+                // A retry of a QoS 2 publish already taken: not published again.
+                let pkid = publish.pkid;
+                return (!self.send(|encoder, out| encoder.pubrec(pkid, out)).await)
+                    .then_some(End::Abnormal(None));
+            }
+        }
+        let mapped = topics::topic_to_cassini(&publish.topic).and_then(|topic| {
+            let reply_to = publish
+                .response_topic
+                .as_deref()
+                .map(topics::topic_to_cassini)
+                .transpose()?;
+            Ok((topic, reply_to))
+        });
+        let (topic, reply_to) = match mapped {
+            Ok(mapped) => mapped,
+            Err(err) => {
+                tracing::debug!(client_id = %self.connect.client_id, topic = %publish.topic, %err, "publish refused");
+                return self
+                    .refuse_publish(publish.pkid, publish.qos, PubCode::TopicNameInvalid)
+                    .await;
+            }
+        };
+        if !self.publish_stream(client).await {
+            return Some(End::Broker);
+        }
+        let acknowledged = publish.qos > 0;
+        let message_id = acknowledged.then(|| {
+            self.next_message_id = self.next_message_id.wrapping_add(1);
+            self.next_message_id
+        });
+        let frame = Frame::Publish(cassini_protocol::Publish {
+            topic,
+            headers: publish.user_properties,
+            payload: publish.payload,
+            message_id,
+            reply_to,
+            retain: publish.retain,
+            to_session: None,
+            ack: acknowledged,
+        });
+        if let Some(id) = message_id {
+            self.publishes.insert(id, (publish.pkid, publish.qos));
+        }
+        (!self.frame(&frame, true).await).then_some(End::Broker)
+    }
+
+    /// Answers a publish the gateway or the broker refused: MQTT 5 says why in the `PUBACK`;
+    /// MQTT 3.1.1 has no way to, and acknowledges it (3.1.1 §3.3.5).
+    async fn refuse_publish(&mut self, pkid: u16, qos: u8, code: PubCode) -> Option<End> {
+        let sent = match qos {
+            0 => true,
+            1 => {
+                self.send(|encoder, out| encoder.puback(pkid, code, out))
+                    .await
+            }
+            _ => {
+                self.released.insert(pkid);
+                self.send(|encoder, out| encoder.pubrec(pkid, out)).await
+            }
+        };
+        (!sent).then_some(End::Abnormal(None))
+    }
+
+    async fn answer(&mut self, frame: Frame) -> Option<End> {
+        match frame {
+            Frame::PublishAck(ack) => {
+                let (pkid, qos) = self.publishes.remove(&ack.message_id)?;
+                let sent = if qos == 1 {
+                    self.send(|encoder, out| encoder.puback(pkid, PubCode::Success, out))
+                        .await
+                } else {
+                    self.released.insert(pkid);
+                    self.send(|encoder, out| encoder.pubrec(pkid, out)).await
+                };
+                (!sent).then_some(End::Abnormal(None))
+            }
+            Frame::PublishRejected(rejected) => {
+                tracing::debug!(
+                    client_id = %self.connect.client_id,
+                    topic = %rejected.topic,
+                    code = %rejected.code,
+                    reason = %rejected.reason,
+                    "publish refused by the broker"
+                );
+                let (pkid, qos) = self.publishes.remove(&rejected.message_id?)?;
+                self.refuse_publish(pkid, qos, pub_code(rejected.code))
+                    .await
+            }
+            _ => None,
+        }
+    }
+
+    async fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>) -> Option<End> {
+        let mut batch = Batch {
+            sub: vec![None; filters.len()],
+            unsub: Vec::new(),
+        };
+        let mut frames = Vec::new();
+        for (index, wanted) in filters.into_iter().enumerate() {
+            let cassini = if wanted.filter.starts_with("$share/") {
+                Err(SubCode::SharedNotSupported)
+            } else {
+                topics::filter_to_cassini(&wanted.filter).map_err(|_| SubCode::FilterInvalid)
+            };
+            let cassini = match cassini {
+                Ok(filter) => filter,
+                Err(code) => {
+                    batch.sub[index] = Some(code);
+                    continue;
+                }
+            };
+            let qos = wanted.qos.min(1);
+            // MQTT: a SUBSCRIBE of a filter the session holds replaces that subscription, and
+            // loses none of its messages: at the same QoS the subscription is kept as it is;
+            // at another QoS it is replaced (what its queue held is lost; docs/MQTT.md).
+            let held = self.by_filter.get(&wanted.filter).copied();
+            if let Some(held) = held {
+                if self.subs.get(&held).is_some_and(|sub| sub.qos == qos) {
+                    batch.sub[index] = Some(SubCode::Granted(qos));
+                    continue;
+                }
+            }
+            if let Some(old) = self.by_filter.remove(&wanted.filter) {
+                let request = self.request(Pending::Drop);
+                frames.push(Frame::Unsubscribe(cassini_protocol::Unsubscribe {
+                    request_id: request,
+                    subscription: old,
+                }));
+            }
+            let options = SubscribeOptions {
+                acks: (qos == 1).then(|| AckOptions {
+                    max_in_flight: self.connect.receive_maximum.map(u32::from),
+                    // MQTT sends a delivery again only on a new connection, never on a live one.
+                    ack_timeout_ms: Some(u32::MAX),
+                }),
+                ..SubscribeOptions::default()
+            };
+            let request = self.request(Pending::Subscribe {
+                pkid,
+                index,
+                filter: wanted.filter,
+                qos,
+            });
+            frames.push(Frame::Subscribe(cassini_protocol::Subscribe {
+                request_id: request,
+                filter: cassini,
+                options,
+            }));
+        }
+        self.batches.insert(pkid, batch);
+        for frame in frames {
+            if !self.frame(&frame, false).await {
+                return Some(End::Broker);
+            }
+        }
+        self.complete(pkid).await
+    }
+
+    async fn unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Option<End> {
+        let mut batch = Batch {
+            sub: Vec::new(),
+            unsub: vec![None; filters.len()],
+        };
+        let mut frames = Vec::new();
+        for (index, filter) in filters.into_iter().enumerate() {
+            match self.by_filter.remove(&filter) {
+                Some(subscription) => {
+                    let request = self.request(Pending::Unsubscribe { pkid, index });
+                    frames.push(Frame::Unsubscribe(cassini_protocol::Unsubscribe {
+                        request_id: request,
+                        subscription,
+                    }));
+                }
+                None => batch.unsub[index] = Some(false),
+            }
+        }
+        self.batches.insert(pkid, batch);
+        for frame in frames {
+            if !self.frame(&frame, false).await {
+                return Some(End::Broker);
+            }
+        }
+        self.complete(pkid).await
+    }
+
+    /// Sends the `SUBACK` or `UNSUBACK` of `pkid` once every filter of it is answered.
+    async fn complete(&mut self, pkid: u16) -> Option<End> {
+        let batch = self.batches.get(&pkid)?;
+        let sent = if !batch.sub.is_empty() {
+            let codes = batch.sub.iter().copied().collect::<Option<Vec<_>>>()?;
+            self.batches.remove(&pkid);
+            self.send(|encoder, out| encoder.suback(pkid, &codes, out))
+                .await
+        } else {
+            let existed = batch.unsub.iter().copied().collect::<Option<Vec<_>>>()?;
+            self.batches.remove(&pkid);
+            self.send(|encoder, out| encoder.unsuback(pkid, &existed, out))
+                .await
+        };
+        (!sent).then_some(End::Abnormal(None))
+    }
+
+    async fn control_frame(&mut self, frame: Frame) -> Option<End> {
+        match frame {
+            Frame::Subscribed(subscribed) => match self.pending.remove(&subscribed.request_id) {
+                Some(Pending::Subscribe {
+                    pkid,
+                    index,
+                    filter,
+                    qos,
+                }) => {
+                    self.by_filter
+                        .insert(filter.clone(), subscribed.subscription);
+                    self.subs
+                        .insert(subscribed.subscription, Sub { filter, qos });
+                    if let Some(batch) = self.batches.get_mut(&pkid) {
+                        if let Some(slot) = batch.sub.get_mut(index) {
+                            *slot = Some(SubCode::Granted(qos));
+                        }
+                    }
+                    if let Some(end) = self.complete(pkid).await {
+                        return Some(end);
+                    }
+                    for delivery in self
+                        .stash
+                        .remove(&subscribed.subscription)
+                        .unwrap_or_default()
+                    {
+                        if let Some(end) = self.deliver(subscribed.subscription, delivery).await {
+                            return Some(end);
+                        }
+                    }
+                    None
+                }
+                _ => None,
+            },
+            Frame::Unsubscribed(unsubscribed) => {
+                self.forget(unsubscribed.subscription);
+                match self.pending.remove(&unsubscribed.request_id) {
+                    Some(Pending::Unsubscribe { pkid, index }) => {
+                        if let Some(slot) = self
+                            .batches
+                            .get_mut(&pkid)
+                            .and_then(|batch| batch.unsub.get_mut(index))
+                        {
+                            *slot = Some(true);
+                        }
+                        self.complete(pkid).await
+                    }
+                    _ => None,
+                }
+            }
+            Frame::Error(error) => {
+                let pending = error.request_id.and_then(|id| self.pending.remove(&id));
+                tracing::debug!(client_id = %self.connect.client_id, code = %error.code, reason = %error.reason, "request refused by the broker");
+                match pending {
+                    Some(Pending::Subscribe { pkid, index, .. }) => {
+                        if let Some(slot) = self
+                            .batches
+                            .get_mut(&pkid)
+                            .and_then(|batch| batch.sub.get_mut(index))
+                        {
+                            *slot = Some(sub_code(error.code));
+                        }
+                        self.complete(pkid).await
+                    }
+                    Some(Pending::Unsubscribe { pkid, index }) => {
+                        if let Some(slot) = self
+                            .batches
+                            .get_mut(&pkid)
+                            .and_then(|batch| batch.unsub.get_mut(index))
+                        {
+                            *slot = Some(false);
+                        }
+                        self.complete(pkid).await
+                    }
+                    _ => None,
+                }
+            }
+            Frame::SubscriptionEnded(ended) => {
+                // MQTT cannot tell a client that the server ended a subscription.
+                tracing::info!(client_id = %self.connect.client_id, subscription = ended.subscription, code = %ended.code, reason = %ended.reason, "subscription ended by the broker");
+                self.forget(ended.subscription);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn forget(&mut self, subscription: SubscriptionId) {
+        if let Some(sub) = self.subs.remove(&subscription) {
+            if self.by_filter.get(&sub.filter) == Some(&subscription) {
+                self.by_filter.remove(&sub.filter);
+            }
+        }
+        self.stash.remove(&subscription);
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.outbound.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, subscription: SubscriptionId, delivery: Delivery) -> Option<End> {
+        let Some(sub) = self.subs.get(&subscription) else {
+            let waiting = self
+                .pending
+                .values()
+                .any(|pending| matches!(pending, Pending::Subscribe { .. }));
+            if waiting {
+                let stash = self.stash.entry(subscription).or_default();
+                if stash.len() < STASH_LIMIT {
+                    stash.push(delivery);
+                }
+            }
+            return None;
+        };
+        let qos = sub.qos;
+        let pkid = if qos == 1 { self.packet_id() } else { 0 };
+        let sequence = delivery.sequence;
+        let v5 = self.connect.version == Version::V5;
+        let publish = Publish {
+            topic: topics::cassini_to_mqtt(&delivery.topic),
+            pkid,
+            qos,
+            retain: delivery.retained,
+            dup: delivery.redelivered && qos == 1,
+            payload: delivery.payload,
+            user_properties: if v5 { delivery.headers } else { Vec::new() },
+            response_topic: if v5 {
+                delivery.reply_to.as_deref().map(topics::cassini_to_mqtt)
+            } else {
+                None
+            },
+            topic_alias: None,
+        };
+        self.out.clear();
+        if let Err(err) = self.encoder.publish(publish, &mut self.out) {
+            // Larger than the client accepts: MQTT 5 says drop it as if delivered.
+            tracing::debug!(client_id = %self.connect.client_id, %err, "delivery dropped");
+            if qos == 1 {
+                let ack = Frame::Ack(cassini_protocol::Ack {
+                    subscription,
+                    ranges: vec![SequenceRange {
+                        from: sequence,
+                        to: sequence,
+                    }],
+                });
+                return (!self.frame(&ack, false).await).then_some(End::Broker);
+            }
+            return None;
+        }
+        if qos == 1 {
+            self.outbound.insert(pkid, (subscription, sequence));
+        }
+        (write(&mut self.writer, &self.out).await.is_err()).then_some(End::Abnormal(None))
+    }
+
+    /// Ends the connection: the will when MQTT says so, the goodbye that ends a session whose
+    /// expiry is 0 (else the session is only detached and outlives the connection for the
+    /// broker's `sessions.expiry`), and MQTT 5's `DISCONNECT` with the reason.
+    async fn finish(&mut self, end: End, client: &ClientEnd, inbox: &mut mpsc::Receiver<Event>) {
+        let publish_will = match end {
+            End::Disconnect { publish_will } => publish_will,
+            End::Abnormal(_) => true,
+            End::Broker => false,
+        };
+        if let Some(will) = self.connect.will.take().filter(|_| publish_will) {
+            self.publish_will(will, client, inbox).await;
+        }
+        let code = match end {
+            End::Abnormal(code) => code,
+            End::Broker => Some(
+                client
+                    .close_reason()
+                    .map_or(CloseCode::Unspecified, |(code, _)| close_code(code)),
+            ),
+            End::Disconnect { .. } => None,
+        };
+        if let Some(code) = code {
+            let _ = self
+                .send(|encoder, out| encoder.disconnect(code, out))
+                .await;
+        }
+        if end != End::Broker && self.ends_with_connection() {
+            // Finishing the control stream is Cassini's goodbye: the broker reads the publish
+            // stream to its end, closes the connection and ends the session.
+            if let Some(mut publish) = self.publish.take() {
+                let _ = publish.finish();
+            }
+            if let Some(mut control) = self.control.take() {
+                let _ = control.finish();
+            }
+            let _ = tokio::time::timeout(GOODBYE_WAIT, client.closed()).await;
+        } else if end != End::Broker {
+            // The session stays: make sure the broker applied every `Ack` sent so far (it
+            // answers control requests in order), so what the client acknowledged is not sent
+            // to it again on its next connection.
+            self.sync_control(inbox).await;
+        }
+        client.close("MQTT connection closed");
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// Sends a `Ping` and waits (a few seconds at most) for its `Pong`.
+    async fn sync_control(&mut self, inbox: &mut mpsc::Receiver<Event>) {
+        let nonce = rand::random::<u64>();
+        if !self
+            .frame(&Frame::Ping(cassini_protocol::Ping { nonce }), false)
+            .await
+        {
+            return;
+        }
+        let answered = async {
+            while let Some(event) = inbox.recv().await {
+                match event {
+                    Event::Control(Frame::Pong(pong)) if pong.nonce == nonce => return,
+                    Event::ControlEnded => return,
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
+    }
+
+    /// Publishes the will, and waits (a few seconds at most) until the broker took it, so that
+    /// closing the connection next cannot lose it. The will delay is not honoured (docs/MQTT.md).
+    async fn publish_will(
+        &mut self,
+        will: packets::Will,
+        client: &ClientEnd,
+        inbox: &mut mpsc::Receiver<Event>,
+    ) {
+        let Ok(topic) = topics::topic_to_cassini(&will.topic) else {
+            tracing::debug!(client_id = %self.connect.client_id, topic = %will.topic, "will topic has no Cassini form");
+            return;
+        };
+        if !self.publish_stream(client).await {
+            return;
+        }
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        let message_id = self.next_message_id;
+        let frame = Frame::Publish(cassini_protocol::Publish {
+            topic,
+            headers: Vec::new(),
+            payload: will.payload,
+            message_id: Some(message_id),
+            reply_to: None,
+            retain: will.retain,
+            to_session: None,
+            ack: true,
+        });
+        if !self.frame(&frame, true).await {
+            return;
+        }
+        let answered = async {
+            while let Some(event) = inbox.recv().await {
+                match event {
+                    Event::Answer(Frame::PublishAck(ack)) if ack.message_id == message_id => return,
+                    Event::Answer(Frame::PublishRejected(rejected))
+                        if rejected.message_id == Some(message_id) =>
+                    {
+                        tracing::info!(client_id = %self.connect.client_id, reason = %rejected.reason, "will refused by the broker");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
+    }
+}

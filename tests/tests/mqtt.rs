@@ -1,0 +1,717 @@
+//! The MQTT gateway against clients nobody here wrote: Debian's `mosquitto_pub` and
+//! `mosquitto_sub` (package `mosquitto-clients`), with client certificates made in the test,
+//! against a real broker whose QUIC side is a real `cassini-client`. Plus raw TCP for the
+//! packets no well-behaved client sends.
+//!
+//! Without `mosquitto_pub` on `PATH` these tests print why and pass, except under CI (`CI=true`),
+//! where a missing client fails them (`.ci/run` installs it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cassini_broker::config::StorageMode;
+use cassini_broker::{Acl, BrokerConfig};
+use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
+use cassini_mqtt::{MqttOptions, MqttServer};
+use cassini_quic::server::ServerOptions;
+use cassini_quic::tls;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// Whether the third-party clients are there; under CI their absence is a failure.
+fn have_mosquitto() -> bool {
+    let found = std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !found {
+        let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+        assert!(
+            !ci,
+            "CI=true and no mosquitto_pub: install it (apt-get install mosquitto-clients)"
+        );
+        eprintln!("skipped: no mosquitto_pub on PATH (apt-get install mosquitto-clients)");
+    }
+    found
+}
+
+/// A broker with the MQTT gateway, and a directory of certificate files for the clients.
+struct Gateway {
+    broker: TestBroker,
+    mqtt: Arc<MqttServer>,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        Self::start_with(BrokerConfig::default(), false).await
+    }
+
+    async fn start_with(config: BrokerConfig, plaintext: bool) -> Self {
+        let broker = TestBroker::start_with(config, ServerOptions::default()).await;
+        Self::serve(broker, plaintext, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    /// Stops the broker and the gateway and starts both again with `config` (same
+    /// certificates and certificate files; the gateway on a new port).
+    async fn restart_with(self, config: BrokerConfig) -> Self {
+        self.mqtt.close(std::time::Duration::from_secs(3)).await;
+        let broker = self.broker.restart_with(config).await;
+        Self::serve(broker, false, self.dir).await
+    }
+
+    async fn serve(broker: TestBroker, plaintext: bool, dir: tempfile::TempDir) -> Self {
+        let (chain, key) = identity_of(&broker.pki.server);
+        let crypto = tls::server_crypto(broker.pki.ca_certs(), chain, key).expect("server TLS");
+        let options = MqttOptions {
+            allow_plaintext_loopback: plaintext,
+            ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
+        };
+        let mqtt = Arc::new(
+            MqttServer::bind(options, &crypto)
+                .await
+                .expect("MQTT binds"),
+        );
+        let addr = mqtt.local_addr().expect("MQTT address");
+        let serving = Arc::clone(&mqtt);
+        let handle = broker.broker.clone();
+        tokio::spawn(async move { serving.serve(handle).await });
+        std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
+        Self {
+            broker,
+            mqtt,
+            addr,
+            dir,
+        }
+    }
+
+    /// The connection and TLS arguments of a mosquitto client with a certificate for `name`
+    /// (issued by `pki`, the broker's CA unless a test says otherwise).
+    fn tls_args_from(&self, pki: &Pki, name: &str) -> Vec<String> {
+        let cert = self.dir.path().join(format!("{name}.crt"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        pki.client(name)
+            .write(&cert, &key)
+            .expect("client certificate");
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            self.addr.port().to_string(),
+            "--cafile".into(),
+            path(self.dir.path().join("ca.crt")),
+            "--cert".into(),
+            path(cert),
+            "--key".into(),
+            path(key),
+        ]
+    }
+
+    /// The arguments for the certificate of `name` already written by `tls_args`.
+    fn tls_args_again(&self, name: &str) -> Vec<String> {
+        let path = |file: String| self.dir.path().join(file).to_string_lossy().into_owned();
+        vec![
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            self.addr.port().to_string(),
+            "--cafile".into(),
+            path("ca.crt".into()),
+            "--cert".into(),
+            path(format!("{name}.crt")),
+            "--key".into(),
+            path(format!("{name}.key")),
+        ]
+    }
+
+    fn tls_args(&self, name: &str) -> Vec<String> {
+        self.tls_args_from(&self.broker.pki, name)
+    }
+
+    /// Waits until the broker holds a subscription to the Cassini filter `filter`.
+    async fn wait_subscribed(&self, filter: &str) {
+        eventually(&format!("a subscription to {filter}"), || async {
+            self.broker
+                .broker
+                .subscriptions()
+                .iter()
+                .any(|sub| sub.filter == filter)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+fn command(program: &str, args: &[String], extra: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).args(extra).kill_on_drop(true);
+    command
+}
+
+async fn run(program: &str, args: &[String], extra: &[&str]) -> Output {
+    within(
+        &format!("{program} {extra:?}"),
+        command(program, args, extra).output(),
+    )
+    .await
+    .expect("client runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}, stdout {:?}, stderr {:?}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let quic = gateway.broker.client("reader").await;
+    let mut subscription = quic.subscribe("plant.>").await.expect("subscribe");
+    let args = gateway.tls_args("device-1");
+    for (version, qos) in [
+        ("mqttv311", "0"),
+        ("mqttv311", "1"),
+        ("mqttv5", "0"),
+        ("mqttv5", "1"),
+    ] {
+        let payload = format!("{version} qos {qos}");
+        let output = run(
+            "mosquitto_pub",
+            &args,
+            &[
+                "-V",
+                version,
+                "-q",
+                qos,
+                "-t",
+                "plant/line-2/temp",
+                "-m",
+                &payload,
+            ],
+        )
+        .await;
+        assert!(output.status.success(), "{}", describe(&output));
+        let message = within("the QUIC delivery", subscription.next())
+            .await
+            .expect("subscription open");
+        assert_eq!(message.topic(), "plant.line-2.temp");
+        assert_eq!(message.payload(), &Bytes::from(payload));
+    }
+}
+
+#[tokio::test]
+async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let args = gateway.tls_args("display");
+    for version in ["mqttv311", "mqttv5"] {
+        let sub = command(
+            "mosquitto_sub",
+            &args,
+            &[
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                "plant/+/temp",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ],
+        )
+        .output();
+        let sub = tokio::spawn(sub);
+        gateway.wait_subscribed("plant.*.temp").await;
+        let protocol = if version == "mqttv5" {
+            "mqtt/5"
+        } else {
+            "mqtt/3.1.1"
+        };
+        let connections = gateway.broker.broker.connections();
+        assert!(
+            connections
+                .iter()
+                .any(|c| c.identity == "display" && c.protocol == protocol),
+            "{version}: /connz shows the protocol"
+        );
+        let quic = gateway.broker.client("sensor").await;
+        quic.publish_acked("plant.line-1.temp", Bytes::from_static(b"21.5"))
+            .await
+            .expect("QUIC publish");
+        let output = within("mosquitto_sub", sub)
+            .await
+            .expect("joined")
+            .expect("ran");
+        assert!(output.status.success(), "{}", describe(&output));
+        assert_eq!(
+            stdout(&output).trim(),
+            "plant/line-1/temp 21.5",
+            "{version}"
+        );
+        gateway.wait_unsubscribed("plant.*.temp").await;
+    }
+}
+
+impl Gateway {
+    /// Waits until no subscription to `filter` is left (a clean session ended).
+    async fn wait_unsubscribed(&self, filter: &str) {
+        eventually(&format!("no subscription to {filter}"), || async {
+            (!self
+                .broker
+                .broker
+                .subscriptions()
+                .iter()
+                .any(|sub| sub.filter == filter))
+            .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let publisher = gateway.tls_args("publisher");
+    let output = run(
+        "mosquitto_pub",
+        &publisher,
+        &["-q", "1", "-r", "-t", "home/kitchen/light", "-m", "on"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+
+    // A new subscriber gets the retained value first, with the retain flag (%r).
+    let subscriber = gateway.tls_args("subscriber");
+    let retained = run(
+        "mosquitto_sub",
+        &subscriber,
+        &[
+            "-t",
+            "home/+/light",
+            "-F",
+            "%r %t %p",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+    )
+    .await;
+    assert!(retained.status.success(), "{}", describe(&retained));
+    assert_eq!(stdout(&retained).trim(), "1 home/kitchen/light on");
+
+    let live = tokio::spawn(
+        command(
+            "mosquitto_sub",
+            &subscriber,
+            &[
+                "-V", "mqttv5", "-q", "1", "-t", "home/#", "-F", "%r %t %p", "-C", "2", "-W", "20",
+            ],
+        )
+        .output(),
+    );
+    gateway.wait_subscribed("home.>").await;
+    let output = run(
+        "mosquitto_pub",
+        &publisher,
+        &["-V", "mqttv5", "-t", "home/hall/door", "-m", "open"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = within("mosquitto_sub", live)
+        .await
+        .expect("joined")
+        .expect("ran");
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output).lines().collect::<Vec<_>>(),
+        ["1 home/kitchen/light on", "0 home/hall/door open"]
+    );
+}
+
+#[tokio::test]
+async fn a_qos1_subscription_outlives_its_connection_and_is_resumed_by_client_id() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let subscriber = gateway.tls_args("logger");
+    // -c: clean session off, so the session outlives the connection.
+    let first = tokio::spawn(
+        command(
+            "mosquitto_sub",
+            &subscriber,
+            &[
+                "-c", "-i", "logger-1", "-q", "1", "-t", "audit/#", "-C", "1", "-W", "20",
+            ],
+        )
+        .output(),
+    );
+    gateway.wait_subscribed("audit.>").await;
+    let quic = gateway.broker.client("auditor").await;
+    quic.publish_acked("audit.login", Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    let output = within("first mosquitto_sub", first)
+        .await
+        .expect("joined")
+        .expect("ran");
+    assert_eq!(stdout(&output).trim(), "one", "{}", describe(&output));
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 1).then_some(())
+    })
+    .await;
+
+    // While nobody is connected, the session's subscription keeps queueing.
+    quic.publish_acked("audit.logout", Bytes::from_static(b"two"))
+        .await
+        .expect("publish");
+    let output = run(
+        "mosquitto_sub",
+        &subscriber,
+        &[
+            "-c", "-i", "logger-1", "-q", "1", "-t", "audit/#", "-C", "1", "-W", "20",
+        ],
+    )
+    .await;
+    assert_eq!(stdout(&output).trim(), "two", "{}", describe(&output));
+}
+
+fn durable(dir: &std::path::Path) -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.storage.mode = StorageMode::Disk;
+    config.storage.data_dir = dir.to_path_buf();
+    config
+}
+
+#[tokio::test]
+async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    let subscriber = gateway.tls_args("archiver");
+    // The subscriber's session (clean session off) holds a QoS 1 subscription, then leaves.
+    let output = run(
+        "mosquitto_sub",
+        &subscriber,
+        &["-c", "-i", "archiver-1", "-q", "1", "-t", "ledger/#", "-E"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 0).then_some(())
+    })
+    .await;
+    // mosquitto_pub gets its PUBACK only once the broker synced the message to disk.
+    let output = run(
+        "mosquitto_pub",
+        &gateway.tls_args("teller"),
+        &["-q", "1", "-t", "ledger/entry", "-m", "credit 100"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    let output = run(
+        "mosquitto_sub",
+        &gateway.tls_args_again("archiver"),
+        &[
+            "-c",
+            "-i",
+            "archiver-1",
+            "-q",
+            "1",
+            "-t",
+            "ledger/#",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-v",
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&output).trim(),
+        "ledger/entry credit 100",
+        "{}",
+        describe(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_will_is_published_when_its_client_vanishes() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    let mut doomed = command(
+        "mosquitto_sub",
+        &gateway.tls_args("doomed"),
+        &[
+            "-t",
+            "nothing/here",
+            "--will-topic",
+            "status/doomed",
+            "--will-payload",
+            "gone",
+            "-W",
+            "30",
+        ],
+    )
+    .spawn()
+    .expect("mosquitto_sub starts");
+    gateway.wait_subscribed("nothing.here").await;
+    doomed.kill().await.expect("killed");
+    let will = within("the will", wills.next()).await.expect("open");
+    assert_eq!(will.topic(), "status.doomed");
+    assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
+}
+
+const ACL: &str = r#"
+default = "deny"
+
+[[rule]]
+identity = "trusted"
+publish = ["vault.>"]
+subscribe = ["vault.>"]
+
+[[rule]]
+identity = "intruder"
+publish = ["lobby.>"]
+subscribe = ["lobby.>"]
+"#;
+
+#[tokio::test]
+async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
+    if !have_mosquitto() {
+        return;
+    }
+    let config = BrokerConfig {
+        acl: Acl::parse(ACL, "test ACL").expect("valid ACL"),
+        ..BrokerConfig::default()
+    };
+    let gateway = Gateway::start_with(config, false).await;
+    let trusted = gateway.broker.client("trusted").await;
+    let mut vault = trusted.subscribe("vault.>").await.expect("subscribe");
+    let intruder = gateway.tls_args("intruder");
+
+    // MQTT 5: the SUBACK says 0x87 Not authorized; mosquitto_sub reports it and gives up.
+    let output = run(
+        "mosquitto_sub",
+        &intruder,
+        &["-V", "mqttv5", "-t", "vault/#", "-C", "1", "-W", "5"],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("denied"),
+        "{}",
+        describe(&output)
+    );
+
+    // MQTT 5 QoS 1: the PUBACK says 0x87, which mosquitto_pub reports.
+    let output = run(
+        "mosquitto_pub",
+        &intruder,
+        &["-V", "mqttv5", "-q", "1", "-t", "vault/gold", "-m", "mine"],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Not authorized"),
+        "{}",
+        describe(&output)
+    );
+    // 3.1.1 cannot say why; the publish is dropped all the same.
+    let output = run(
+        "mosquitto_pub",
+        &intruder,
+        &["-q", "1", "-t", "vault/silver", "-m", "mine"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+
+    trusted
+        .publish_acked("vault.marker", Bytes::from_static(b"end"))
+        .await
+        .expect("publish");
+    let first = within("the vault", vault.next()).await.expect("open");
+    assert_eq!(
+        first.topic(),
+        "vault.marker",
+        "a refused publish was routed"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let stranger = Pki::new();
+    let output = run(
+        "mosquitto_pub",
+        &gateway.tls_args_from(&stranger, "stranger"),
+        &["-t", "any/topic", "-m", "x"],
+    )
+    .await;
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        gateway
+            .mqtt
+            .stats()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+/// An MQTT 5 CONNECT for client id `id` with a 60 s keep-alive.
+fn connect_v5(id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 60, 0];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    within(
+        "the server closes the connection",
+        stream.read_to_end(&mut all),
+    )
+    .await
+    .expect("read");
+    all
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_their_own_connection() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start_with(BrokerConfig::default(), true).await;
+    let quic = gateway.broker.client("reader").await;
+    let mut subscription = quic.subscribe("ok.>").await.expect("subscribe");
+    let cases: [(&str, &[u8]); 4] = [
+        // SUBSCRIBE must have flags 0010.
+        ("reserved flags", &[0x80, 0x06, 0, 1, 0, 1, b'a', 0]),
+        // A remaining length whose fifth byte still has the continuation bit.
+        (
+            "bad remaining length",
+            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        ),
+        // PUBLISH to a topic that is not UTF-8.
+        ("bad UTF-8 topic", &[0x30, 0x05, 0, 2, 0xC3, 0x28, 0]),
+        // Declares 200 MB, far over limits.max_frame_bytes.
+        (
+            "oversized remaining length",
+            &[0x30, 0x80, 0x80, 0x80, 0x60],
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = tokio::net::TcpStream::connect(gateway.addr)
+            .await
+            .expect("connect");
+        raw.write_all(&connect_v5(&format!("raw-{}", what.len())))
+            .await
+            .expect("CONNECT");
+        let mut header = [0u8; 2];
+        within("CONNACK", raw.read_exact(&mut header))
+            .await
+            .expect("CONNACK");
+        assert_eq!(header[0], 0x20, "{what}: CONNACK");
+        let mut connack = vec![0u8; usize::from(header[1])];
+        within("CONNACK", raw.read_exact(&mut connack))
+            .await
+            .expect("CONNACK");
+        assert_eq!(connack.get(1), Some(&0), "{what}: CONNACK accepted");
+        raw.write_all(bytes).await.expect("bad packet");
+        let rest = read_to_close(&mut raw).await;
+        // MQTT 5 says why: DISCONNECT (0xE0) with 0x81 Malformed or 0x95 Packet too large.
+        let expected = match what {
+            "oversized remaining length" => 0x95,
+            _ => 0x81,
+        };
+        assert_eq!(
+            rest.first(),
+            Some(&0xE0),
+            "{what}: DISCONNECT, got {rest:?}"
+        );
+        assert_eq!(
+            rest.get(2),
+            Some(&expected),
+            "{what}: reason code, got {rest:?}"
+        );
+    }
+    // The gateway still serves everyone else.
+    let output = run(
+        "mosquitto_pub",
+        &gateway.tls_args("healthy"),
+        &["-t", "ok/still", "-m", "fine"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(message.topic(), "ok.still");
+}
+
+#[tokio::test]
+async fn plain_tcp_needs_the_loopback_switch() {
+    let gateway = Gateway::start().await;
+    let mut raw = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connect");
+    raw.write_all(&connect_v5("plain")).await.expect("CONNECT");
+    let rest = read_to_close(&mut raw).await;
+    assert!(
+        !rest.starts_with(&[0x20]),
+        "a TLS-only gateway answered plaintext with a CONNACK: {rest:?}"
+    );
+
+    let crypto = {
+        let pki = Pki::new();
+        let (chain, key) = identity_of(&pki.server);
+        tls::server_crypto(pki.ca_certs(), chain, key).expect("TLS")
+    };
+    let options = MqttOptions {
+        allow_plaintext_loopback: true,
+        ..MqttOptions::new("0.0.0.0:0".parse().expect("addr"))
+    };
+    assert!(
+        MqttServer::bind(options, &crypto).await.is_err(),
+        "plaintext on a non-loopback address must be refused"
+    );
+}
