@@ -100,6 +100,12 @@ FIELDS: dict[str, list[str]] = {
     "Datagram": ["subscription", "message"],
 }
 
+# Fields added to a struct after it was first defined: a sender may leave them off the end, and
+# then they take these defaults (PROTOCOL.md, "Fields left off, fields added").
+ADDED_FIELDS: dict[str, list[tuple[str, Any]]] = {
+    "Welcome": [("subscriptions", []), ("cluster_addresses", [])],
+}
+
 LIMITS_FIELDS = [
     "max_payload_bytes",
     "max_frame_bytes",
@@ -202,6 +208,8 @@ def to_frame(obj: Any) -> Frame:
     if len(values) < len(names):
         raise WireError(f"{name}: expected {len(names)} fields, got {values!r}")
     fields = dict(zip(names, values))
+    for index, (added, default) in enumerate(ADDED_FIELDS.get(name, []), start=len(names)):
+        fields[added] = values[index] if index < len(values) else default
     if name == "Welcome":
         fields["limits"] = dict(zip(LIMITS_FIELDS, values[4]))
     if name == "Datagram":

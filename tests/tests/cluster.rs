@@ -1,7 +1,8 @@
 //! Three brokers in one process forming a cluster over real QUIC on port 0, with node
 //! certificates made in the test (docs/CLUSTERING.md): publish on one node, receive on the
 //! others; wildcards, unsubscribe, request/reply, no-responders and queue groups across nodes;
-//! the node and client certificate kinds refused on each other's ALPN.
+//! direct messages to a session on another node; `Welcome` listing every node's client
+//! address; the node and client certificate kinds refused on each other's ALPN.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
 use cassini_client::RequestError;
 use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
+use cassini_protocol::SessionId;
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
 use cassini_quic::faults::{FaultControl, FaultPlan};
@@ -39,6 +41,7 @@ impl Node {
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
+        options.advertise = Some(broker.addr.to_string());
         let port = broker.broker.cluster().expect("a cluster node");
         let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
         Self { broker, cluster }
@@ -520,5 +523,100 @@ async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_ga
         "every message after the cut either arrived or is in a gap ({received:?}, {missed} missed)"
     );
     assert!(missed > 0, "the cut lost something, and said so");
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn welcome_lists_the_client_address_of_every_node_in_routing() {
+    let (_pki, nodes) = three_nodes().await;
+    let client = nodes[1].broker.client("learner").await;
+    let address = |index: usize| nodes[index].broker.addr.to_string();
+    assert_eq!(
+        client.cluster_addresses(),
+        vec![address(1), address(0), address(2)],
+        "its own node first, then the peers by name"
+    );
+    stop_all(nodes).await;
+
+    let standalone = TestBroker::start().await;
+    let client = standalone.client("alone").await;
+    assert!(
+        client.cluster_addresses().is_empty(),
+        "a standalone broker lists none"
+    );
+    standalone.stop().await;
+}
+
+#[tokio::test]
+async fn a_direct_message_reaches_its_session_on_another_node_and_nothing_else() {
+    let (_pki, nodes) = three_nodes().await;
+    let target = nodes[2].broker.client("target").await;
+    let mut for_target = target.subscribe("note.>").await.expect("subscribe");
+    let neighbour = nodes[2].broker.client("neighbour").await;
+    let mut for_neighbour = neighbour.subscribe("note.>").await.expect("subscribe");
+    let elsewhere = nodes[1].broker.client("elsewhere").await;
+    let mut for_elsewhere = elsewhere.subscribe("note.>").await.expect("subscribe");
+    let sender = nodes[0].broker.client("sender").await;
+    // Right after `Subscribed` on node 3, node 1 knows where the session is.
+    sender
+        .send_to(
+            target.session_id(),
+            "note.private",
+            Bytes::from_static(b"for target"),
+        )
+        .await
+        .expect("send");
+    // As on one node: a session nobody holds, or whose filters do not match, gets nothing.
+    sender
+        .send_to(
+            SessionId([7; 16]),
+            "note.private",
+            Bytes::from_static(b"nobody"),
+        )
+        .await
+        .expect("send");
+    sender
+        .send_to(
+            target.session_id(),
+            "other.topic",
+            Bytes::from_static(b"no filter"),
+        )
+        .await
+        .expect("send");
+    sender
+        .publish("note.public", Bytes::from_static(b"for everyone"))
+        .await
+        .expect("publish");
+
+    let first = within("the direct message", for_target.next())
+        .await
+        .expect("a message");
+    assert_eq!(first.payload().as_ref(), b"for target");
+    let second = within("the public message", for_target.next())
+        .await
+        .expect("a message");
+    assert_eq!(second.payload().as_ref(), b"for everyone");
+    for (name, subscription) in [
+        ("neighbour", &mut for_neighbour),
+        ("elsewhere", &mut for_elsewhere),
+    ] {
+        let message = within("the public message", subscription.next())
+            .await
+            .expect("a message");
+        assert_eq!(message.payload().as_ref(), b"for everyone", "{name}");
+        assert_eq!(message.sequence(), 1, "{name} never got the direct message");
+    }
+    let forwarded: Vec<(String, u64)> = nodes[0]
+        .cluster
+        .port()
+        .peers()
+        .into_iter()
+        .map(|peer| (peer.node, peer.forwarded))
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![("n2".to_owned(), 1), ("n3".to_owned(), 2)],
+        "the direct message crossed only to the session's node"
+    );
     stop_all(nodes).await;
 }

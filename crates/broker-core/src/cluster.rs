@@ -20,6 +20,10 @@
 //!   announces the count to the peer ([`Outgoing::Dropped`]). Queue groups: a group with a
 //!   member on this node is served here; otherwise one peer with members of it is chosen, round
 //!   robin, and told in the forward which groups it serves.
+//! - **Sessions and addresses** ([`sessions`]): each node also tells its peers which filters
+//!   each of its sessions holds, so a direct message goes only to the node holding its session
+//!   ([`Cluster::forward_direct`]); and the client address it advertises, so a client's
+//!   `Welcome` can list every node in routing ([`Cluster::client_addresses`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +35,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
 use crate::message::PublishedMessage;
+
+pub mod sessions;
+
+use cassini_protocol::SessionId;
+pub use sessions::SessionInterest;
+use sessions::SessionTable;
 
 /// A node's cluster settings, as the broker core needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +88,9 @@ pub enum InterestUpdate {
         seq: u64,
         /// Every entry with a count above 0.
         entries: Vec<InterestEntry>,
+        /// Every entry of this node's session table (empty when left off).
+        #[serde(default)]
+        sessions: Vec<SessionInterest>,
     },
     /// One changed entry.
     Change {
@@ -86,13 +99,22 @@ pub enum InterestUpdate {
         /// The entry with its new count.
         entry: InterestEntry,
     },
+    /// One changed entry of this node's session table.
+    Session {
+        /// Its sequence number.
+        seq: u64,
+        /// The entry with its new count.
+        entry: SessionInterest,
+    },
 }
 
 impl InterestUpdate {
     /// The sequence number to acknowledge once applied.
     pub fn seq(&self) -> u64 {
         match self {
-            Self::Snapshot { seq, .. } | Self::Change { seq, .. } => *seq,
+            Self::Snapshot { seq, .. } | Self::Change { seq, .. } | Self::Session { seq, .. } => {
+                *seq
+            }
         }
     }
 }
@@ -104,6 +126,9 @@ pub struct Forward {
     pub message: Arc<PublishedMessage>,
     /// The queue groups the peer is to deliver it to (besides every plain subscriber).
     pub groups: Vec<Arc<str>>,
+    /// For a direct message: the session it is for (then `groups` is empty and the peer
+    /// delivers it to that session's matching subscriptions only).
+    pub session: Option<SessionId>,
 }
 
 /// What a link towards a peer sends next.
@@ -148,6 +173,7 @@ type Entries = HashMap<EntryKey, (TopicFilter, u32)>;
 #[derive(Debug, Default)]
 struct LocalInterest {
     entries: BTreeMap<EntryKey, (TopicFilter, u32)>,
+    sessions: SessionTable,
     seq: u64,
     links: Vec<LinkSlot>,
 }
@@ -171,6 +197,10 @@ struct Peer {
     drops: Mutex<HashMap<String, u64>>,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// The peer's session table, set through the same inbound link as its interest.
+    sessions: RwLock<SessionTable>,
+    /// The client address the peer advertised in its latest link.
+    client_address: Mutex<Option<String>>,
 }
 
 impl Peer {
@@ -182,6 +212,8 @@ impl Peer {
             drops: Mutex::default(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            sessions: RwLock::default(),
+            client_address: Mutex::default(),
         }
     }
 
@@ -218,6 +250,8 @@ pub struct Cluster {
     acked: Notify,
     next_link: AtomicU64,
     group_turn: AtomicUsize,
+    /// The client address this node advertises to its peers.
+    client_address: RwLock<Option<String>>,
 }
 
 impl Cluster {
@@ -231,6 +265,7 @@ impl Cluster {
             acked: Notify::new(),
             next_link: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
+            client_address: RwLock::default(),
         }
     }
 
@@ -336,6 +371,7 @@ impl Cluster {
                         count: *count,
                     })
                     .collect(),
+                sessions: local.sessions.entries(),
             };
             local.links.push(LinkSlot {
                 id,
@@ -441,6 +477,7 @@ impl Cluster {
                 peer.send(Forward {
                     message: Arc::clone(message),
                     groups,
+                    session: None,
                 });
             }
         }
@@ -590,11 +627,18 @@ impl InboundLink {
             return seq;
         }
         let entries = match update {
-            InterestUpdate::Snapshot { entries, .. } => {
+            InterestUpdate::Snapshot {
+                entries, sessions, ..
+            } => {
                 interest.1.clear();
+                self.sessions().replace(sessions, &self.limits);
                 entries
             }
             InterestUpdate::Change { entry, .. } => vec![entry],
+            InterestUpdate::Session { entry, .. } => {
+                self.sessions().apply(entry, &self.limits);
+                return seq;
+            }
         };
         for entry in entries {
             let key = (entry.filter, entry.group);
@@ -625,6 +669,125 @@ impl Drop for InboundLink {
         if interest.0 == self.id {
             interest.0 = 0;
         }
+    }
+}
+
+/// Direct messages and client addresses across the cluster (see [`sessions`]).
+impl Cluster {
+    /// The topic actor of `filter` says `count` of its members belong to `session` now: an
+    /// entry of this node's session table, told to every peer like an interest change (in
+    /// order, numbered, acknowledged before `Subscribed`).
+    pub fn local_session_changed(&self, session: SessionId, filter: &TopicFilter, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let mut local = lock(&self.local);
+        if !local.sessions.set(session, filter, count) {
+            return;
+        }
+        local.seq += 1;
+        let update = InterestUpdate::Session {
+            seq: local.seq,
+            entry: SessionInterest {
+                session,
+                filter: filter.as_str().to_owned(),
+                count,
+            },
+        };
+        for link in &local.links {
+            let _ = link.changes.send(update.clone());
+        }
+    }
+
+    /// Offers the direct message `message` for `session` (admitted on this node, where that
+    /// session has no subscription) to the peer holding the session, if one of its filters
+    /// there matches the topic. Returns 1 if it was offered (a full queue, or the peer being
+    /// out of routing, drops it and announces the drop to the peer), else 0: no node holds
+    /// that session with a matching filter.
+    pub fn forward_direct(&self, message: &Arc<PublishedMessage>, session: SessionId) -> usize {
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let topic = &message.topic;
+        let holder = peers.into_iter().find(|peer| {
+            peer.sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .matches(session, topic)
+        });
+        let Some(peer) = holder else {
+            return 0;
+        };
+        let in_routing = peer.interest.read().unwrap_or_else(|p| p.into_inner()).0 != 0;
+        if in_routing {
+            peer.send(Forward {
+                message: Arc::clone(message),
+                groups: Vec::new(),
+                session: Some(session),
+            });
+        } else {
+            peer.drop_for(topic.as_str().to_owned(), 1);
+        }
+        1
+    }
+
+    /// Sets the client address this node advertises to its peers (`host:port`).
+    pub fn set_client_address(&self, address: impl Into<String>) {
+        *self
+            .client_address
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(address.into());
+    }
+
+    /// Peer `name` advertises `address` as its client address (`None`: none), as it said when
+    /// its latest link to this node came up.
+    pub fn set_peer_client_address(&self, name: &str, address: Option<String>) {
+        *lock(&self.peer(name).client_address) = address;
+    }
+
+    /// The client address this node advertises, if set.
+    pub fn client_address(&self) -> Option<String> {
+        self.client_address
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The cluster's client addresses for a client's `Welcome`: this node's first, then those
+    /// of the peers in routing (their link to this node is up), by node name.
+    pub fn client_addresses(&self) -> Vec<String> {
+        let mut peers: Vec<Arc<Peer>> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut addresses: Vec<String> = self.client_address().into_iter().collect();
+        for peer in peers {
+            if peer.interest.read().unwrap_or_else(|p| p.into_inner()).0 == 0 {
+                continue;
+            }
+            if let Some(address) = lock(&peer.client_address).clone() {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+        }
+        addresses
+    }
+}
+
+/// A peer's session table, set through its inbound link.
+impl InboundLink {
+    fn sessions(&self) -> std::sync::RwLockWriteGuard<'_, SessionTable> {
+        self.peer
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -484,6 +484,11 @@ pub(crate) struct ServeArgs {
     /// `cluster.peers` when given [key `cluster.peers`].
     #[arg(long = "peer", value_name = "ADDR")]
     pub(crate) peers: Vec<SocketAddr>,
+    /// This node's client address as clients should dial it (host:port), listed in clients'
+    /// Welcome [default: the bound client address unless a wildcard; key
+    /// `cluster.advertise`].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) cluster_advertise: Option<String>,
 }
 
 /// Where the broker keeps its state.

@@ -1,7 +1,8 @@
 //! Three `cassini serve` processes forming a cluster on loopback (docs/CLUSTERING.md), with node
 //! certificates from `cassini certs init --node`: publish on one node, receive on the others;
-//! then `kill -9` of a node: the others keep routing, and it leaves routing within the failure
-//! detection time.
+//! then `kill -9` of a node: the others keep routing, it leaves routing within the failure
+//! detection time, and its client, given only that node's address, moves to a node it learned
+//! from `Welcome`. The CLI given `--server a,b` whose first address is dead uses the next.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -78,47 +79,60 @@ fn clusterz(broker: &Broker) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-#[tokio::test]
-async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Three nodes `n1`..`n3` with certificates in `dir`, once every link is up.
+fn three_nodes(dir: &Path) -> Vec<Broker> {
     certs(
-        dir.path(),
+        dir,
         &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
     );
     let addrs = free_cluster_addrs(3);
-    let mut nodes: Vec<Broker> = ["n1", "n2", "n3"]
+    let nodes: Vec<Broker> = ["n1", "n2", "n3"]
         .iter()
         .zip(&addrs)
-        .map(|(name, &listen)| node(dir.path(), name, listen, &addrs))
+        .map(|(name, &listen)| node(dir, name, listen, &addrs))
         .collect();
     for broker in &nodes {
         broker.wait_for_log_count("cluster link to a peer up", 2);
         broker.wait_for_log_count("cluster link from a peer up", 2);
     }
+    nodes
+}
+
+#[tokio::test]
+async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = three_nodes(dir.path());
 
     let on2 = client(&nodes[1], dir.path()).await;
     let on3 = client(&nodes[2], dir.path()).await;
-    // A client of node 3 that knows node 2 too: when node 3 dies it moves there.
-    let mover = Client::builder(BrokerAddress::List(vec![
-        BrokerAddress::Socket(nodes[2].addr()),
-        BrokerAddress::Socket(nodes[1].addr()),
-    ]))
-    .cert_dir(dir.path(), "dev")
-    .server_name("localhost")
-    .quic_options(QuicOptions {
-        idle_timeout: Duration::from_secs(1),
-        keep_alive_interval: Duration::from_millis(250),
-        ..QuicOptions::default()
-    })
-    .reconnect(ReconnectPolicy {
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        ..ReconnectPolicy::default()
-    })
-    .connect()
-    .await
-    .expect("client connects");
+    // A client given node 3's address only: it learns the others from `Welcome`, and when
+    // node 3 dies it moves to one of them.
+    let mover = Client::builder(BrokerAddress::Socket(nodes[2].addr()))
+        .cert_dir(dir.path(), "dev")
+        .server_name("localhost")
+        .quic_options(QuicOptions {
+            idle_timeout: Duration::from_secs(1),
+            keep_alive_interval: Duration::from_millis(250),
+            ..QuicOptions::default()
+        })
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            ..ReconnectPolicy::default()
+        })
+        .connect()
+        .await
+        .expect("client connects");
+    let mut learned = mover.cluster_addresses();
+    learned.sort();
+    let mut every_node: Vec<String> = nodes.iter().map(|node| node.addr().to_string()).collect();
+    every_node.sort();
+    assert_eq!(
+        learned, every_node,
+        "Welcome lists every node's client address"
+    );
     let mut moving = mover.subscribe("orders.>").await.expect("subscribe");
+    let session_on_3 = mover.session_id();
     let mut sub2 = on2.subscribe("orders.>").await.expect("subscribe");
     let mut sub3 = on3.subscribe("orders.>").await.expect("subscribe");
     let publisher = client(&nodes[0], dir.path()).await;
@@ -189,6 +203,11 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
         );
     };
     drop(first);
+    assert_ne!(
+        mover.session_id(),
+        session_on_3,
+        "a session stays on its node: a new one"
+    );
     let gaps = moving.take_gaps();
     assert!(
         gaps.iter()
@@ -255,4 +274,62 @@ async fn cassini_demo_runs_a_three_node_cluster_in_one_process() {
         status.success(),
         "the demo stops cleanly on SIGINT: {status:?}"
     );
+}
+
+#[test]
+fn the_cli_given_several_servers_skips_a_dead_first_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let dead = free_cluster_addrs(1)[0];
+    let servers = |node: &Broker| format!("{dead},{}", node.addr());
+    let subscriber = harness::spawn_until(
+        harness::cassini(&[
+            "sub",
+            "hello.>",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+            "--raw",
+            "--server",
+            &servers(&nodes[2]),
+            "--certs",
+            certs,
+            "--name",
+            "dev",
+        ]),
+        "subscribed to hello.>",
+    );
+    let published = harness::output_within(
+        harness::cassini(&[
+            "pub",
+            "hello.cluster",
+            "across nodes",
+            "--server",
+            &servers(&nodes[0]),
+            "--certs",
+            certs,
+            "--name",
+            "dev",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        published.status.success(),
+        "{}",
+        harness::stderr(&published)
+    );
+    let mut subscriber = subscriber;
+    let mut pipe = subscriber.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut out).expect("read");
+        out
+    });
+    let status = harness::wait_with_deadline(&mut subscriber);
+    assert!(status.success(), "sub gets its one message: {status}");
+    let out = reader.join().expect("reader");
+    assert!(out.contains("across nodes"), "{out:?}");
+    drop(nodes);
 }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::connect::attachment::AttachmentContext;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connection_state::{ConnectionState, DisconnectReason};
 use crate::connect::connector::{Connector, Established};
 use crate::connect::reconnect_policy::ReconnectPolicy;
@@ -107,6 +108,12 @@ pub(crate) struct ClientSettings {
 /// the broker's `sessions.expiry`), the client starts a new session and subscribes again to
 /// every live subscription; each reports a [`crate::Gap::SessionLost`], since messages
 /// published in between are lost.
+///
+/// Each attempt tries the addresses the client was given, in order, then the cluster's client
+/// addresses it learned from its brokers' `Welcome` ([`Client::cluster_addresses`]); the
+/// address of the connection just lost is tried last. So a client of a cluster node that dies
+/// reconnects to another node: a session stays on its node, so there it gets a new session and
+/// every subscription a [`crate::Gap::SessionLost`].
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -126,6 +133,8 @@ struct Inner {
     publish_errors: Mutex<Option<mpsc::Receiver<PublishRejected>>>,
     /// Settings from the builder.
     settings: ClientSettings,
+    /// The cluster's client addresses learned from `Welcome`.
+    cluster: ClusterAddresses,
 }
 
 impl Drop for Inner {
@@ -167,6 +176,7 @@ impl Client {
             "connected to the broker"
         );
         let endpoint = connector.endpoint.clone();
+        let cluster = connector.cluster.clone();
         tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
         let inbox = Inbox::new(
             Arc::clone(&core),
@@ -182,6 +192,7 @@ impl Client {
                 inbox,
                 publish_errors: Mutex::new(Some(publish_errors)),
                 settings,
+                cluster,
             }),
         }
     }
@@ -617,6 +628,13 @@ impl Client {
     /// The identity the broker read from this client's certificate.
     pub fn identity(&self) -> &str {
         &self.inner.identity
+    }
+
+    /// The client addresses of the cluster's nodes this client learned from its brokers'
+    /// `Welcome` (empty from a standalone broker), oldest first: after the addresses it was
+    /// given, each connection attempt tries these.
+    pub fn cluster_addresses(&self) -> Vec<String> {
+        self.inner.cluster.learned()
     }
 
     /// The limits the broker enforces on the current (or, while reconnecting, the last)

@@ -121,6 +121,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     identity,
                     limits,
                     subscriptions: Vec::new(),
+                    cluster_addresses: Vec::new(),
                 })
             },
         );

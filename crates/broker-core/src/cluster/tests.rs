@@ -53,7 +53,7 @@ async fn a_link_starts_with_a_snapshot_then_gets_every_change_in_order() {
     let mut link = node.open_outbound("b");
     node.local_changed(&filter("orders.*"), None, 2);
     node.local_changed(&filter("orders.*"), None, 0);
-    let Outgoing::Interest(InterestUpdate::Snapshot { seq, entries }) = next(&mut link).await
+    let Outgoing::Interest(InterestUpdate::Snapshot { seq, entries, .. }) = next(&mut link).await
     else {
         panic!("no snapshot first");
     };
@@ -97,6 +97,7 @@ async fn a_message_goes_once_to_a_peer_however_many_of_its_filters_match() {
     inbound.apply(InterestUpdate::Snapshot {
         seq: 1,
         entries: vec![entry("s.>", None, 1), entry("s.*.t", None, 3)],
+        sessions: vec![],
     });
     assert_eq!(node.forward(&message("s.k.t")), 1);
     assert_eq!(node.forward(&message("other")), 0, "no interest, no bytes");
@@ -116,6 +117,7 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
     inbound.apply(InterestUpdate::Snapshot {
         seq: 1,
         entries: vec![entry("jobs.*", Some("w"), 2)],
+        sessions: vec![],
     });
     assert_eq!(
         node.forward(&message("jobs.x")),
@@ -144,6 +146,7 @@ async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_nex
     inbound.apply(InterestUpdate::Snapshot {
         seq: 1,
         entries: vec![entry("t", None, 1)],
+        sessions: vec![],
     });
     node.forward(&message("t"));
     node.forward(&message("t"));

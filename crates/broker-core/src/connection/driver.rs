@@ -171,6 +171,11 @@ async fn serve(
                 ..limits.announced()
             },
             subscriptions: opened.subscriptions.clone(),
+            cluster_addresses: shared
+                .router
+                .cluster()
+                .map(|cluster| cluster.client_addresses())
+                .unwrap_or_default(),
         },
         max_frame_bytes,
     );
@@ -503,6 +508,7 @@ mod tests {
                     options: SubscribeOptions::default(),
                 })
                 .collect(),
+            cluster_addresses: Vec::new(),
         }
     }
 

@@ -142,6 +142,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "cluster.node", doc: "This node's name, unique in the cluster; its certificate and key are node-NAME.crt and node-NAME.key in certs.dir (cassini certs issue --node NAME)." },
     KeyDoc { path: "cluster.listen", doc: "The cluster address (UDP, ALPN cassini-cluster/1, node certificates only); not the client address." },
     KeyDoc { path: "cluster.peers", doc: "The cluster addresses of the nodes, this node's own may be among them; every node dials every other (full mesh). In the environment: comma-separated." },
+    KeyDoc { path: "cluster.advertise", doc: "This node's client address as clients should dial it (host:port), told to the peers and listed in every client's Welcome so clients can fail over; empty: the bound client address, none if that is a wildcard (0.0.0.0, ::)." },
     KeyDoc { path: "cluster.max_queued_messages", doc: "Messages waiting for one peer's connection; beyond it, forwards to that peer are dropped (never slowing a publisher) and announced to its subscribers as gaps." },
     KeyDoc { path: "mqtt.listen", doc: "TCP address of the MQTT gateway (TLS with client certificates from the same CA, the same identity rule, ACL and limits; port 0: any free port). Empty: no gateway." },
     KeyDoc { path: "mqtt.allow_plaintext_loopback", doc: "Also accept plain TCP (no TLS) on the gateway, for local tools; only with a loopback mqtt.listen. Plaintext clients all have the identity mqtt-loopback." },

@@ -56,6 +56,8 @@ pub(crate) struct Overrides {
     pub(crate) cluster_listen: Option<SocketAddr>,
     /// `--peer` (repeatable): replaces `cluster.peers` when given.
     pub(crate) peers: Vec<SocketAddr>,
+    /// `--cluster-advertise`.
+    pub(crate) cluster_advertise: Option<String>,
     /// `--mqtt`: enables the MQTT gateway on this address.
     pub(crate) mqtt: Option<SocketAddr>,
 }
@@ -255,6 +257,9 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     if !flags.peers.is_empty() {
         settings.cluster.peers = flags.peers.clone();
     }
+    if let Some(addr) = &flags.cluster_advertise {
+        settings.cluster.advertise = addr.clone();
+    }
 }
 
 /// Checks what types cannot say.
@@ -296,6 +301,16 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             return Err(invalid(
                 "cluster.max_queued_messages",
                 "0 allows nothing; expected at least 1".into(),
+            ));
+        }
+        let advertise = cluster.advertise.trim();
+        let has_port = advertise
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !advertise.is_empty() && !has_port {
+            return Err(invalid(
+                "cluster.advertise",
+                format!("{advertise:?} is not host:port"),
             ));
         }
     }

@@ -18,6 +18,7 @@ use tokio::time::timeout;
 
 use crate::client::{Client, ClientSettings};
 use crate::connect::broker_address::BrokerAddress;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connector::Connector;
 use crate::connect::reconnect_policy::{classify, Loss, ReconnectPolicy};
 use crate::error::ConnectionError;
@@ -377,6 +378,7 @@ impl ClientBuilder {
                 client_name,
                 session_name,
                 connect_timeout,
+                cluster: ClusterAddresses::default(),
             };
             let mut first = connector.connect(resume, Vec::new(), true).await;
             if let (Some(id), Err(error)) = (resume, &first) {

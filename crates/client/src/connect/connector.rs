@@ -3,7 +3,8 @@
 //! A [`Connector`] holds what every attempt needs (the local endpoint, the broker's address,
 //! the names) and runs one attempt under the connect timeout: it resolves the address again
 //! each time, so a broker that came back elsewhere is found, and tries each of its addresses
-//! in turn. QUIC's unconnected socket never hears the ICMP "port unreachable" that says
+//! in turn, then the cluster's addresses learned from `Welcome`
+//! ([`crate::connect::cluster_addresses`]). QUIC's unconnected socket never hears the ICMP "port unreachable" that says
 //! nothing listens at an address, so beside each handshake a small probe on a connected UDP
 //! socket listens for it ([`port_unreachable`]): such an address fails at once, naming it,
 //! instead of after the whole connect timeout.
@@ -28,6 +29,7 @@ use quinn::VarInt;
 use tokio::time::timeout;
 
 use crate::connect::broker_address::BrokerAddress;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::disconnect::{connection_error, read_error, write_error, Phase};
 use crate::connect::framed::{decode_close_code, encode, FrameReader, ReadFrameError};
 use crate::error::ConnectionError;
@@ -48,6 +50,8 @@ pub(crate) struct Connector {
     pub(crate) session_name: Option<String>,
     /// Bound on one attempt, from resolving the address to `Welcome`.
     pub(crate) connect_timeout: Duration,
+    /// The cluster's addresses learned from `Welcome`, and the last one connected to.
+    pub(crate) cluster: ClusterAddresses,
 }
 
 impl Connector {
@@ -66,7 +70,7 @@ impl Connector {
         fail_fast: bool,
     ) -> Result<Established, ConnectionError> {
         let attempt = async {
-            let remotes = self.address.resolve_all().await?;
+            let remotes = self.cluster.candidates(&self.address).await?;
             // Each address gets an equal share of the attempt, so one that never answers
             // leaves time for the next (a single address gets it all).
             let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
@@ -94,7 +98,11 @@ impl Connector {
                     outcome = handshake => outcome,
                 };
                 match outcome {
-                    Ok(Ok(established)) => return Ok(established),
+                    Ok(Ok(established)) => {
+                        self.cluster
+                            .connected(remote, &established.welcome.cluster_addresses);
+                        return Ok(established);
+                    }
                     // Refusals (certificates, versions, sessions) say the same on every address.
                     Ok(Err(error)) if !matches!(error, ConnectionError::Connect { .. }) => {
                         return Err(error)

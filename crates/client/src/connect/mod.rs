@@ -4,6 +4,7 @@
 pub(crate) mod attachment;
 pub(crate) mod broker_address;
 pub(crate) mod builder;
+pub(crate) mod cluster_addresses;
 pub(crate) mod connection_state;
 pub(crate) mod connector;
 pub(crate) mod control;

@@ -35,6 +35,7 @@ fn one_of_every_frame() -> Vec<Frame> {
                 filter: "orders.>".into(),
                 options: SubscribeOptions::default(),
             }],
+            cluster_addresses: vec!["10.0.0.2:7700".into(), "broker-3.example:7700".into()],
         }),
         Frame::Subscribe(Subscribe {
             request_id: 1,
