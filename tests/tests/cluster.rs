@@ -557,32 +557,19 @@ async fn a_direct_message_reaches_its_session_on_another_node_and_nothing_else()
     let elsewhere = nodes[1].broker.client("elsewhere").await;
     let mut for_elsewhere = elsewhere.subscribe("note.>").await.expect("subscribe");
     let sender = nodes[0].broker.client("sender").await;
-    // Right after `Subscribed` on node 3, node 1 knows where the session is.
-    sender
-        .send_to(
-            target.session_id(),
-            "note.private",
-            Bytes::from_static(b"for target"),
-        )
-        .await
-        .expect("send");
-    // As on one node: a session nobody holds, or whose filters do not match, gets nothing.
-    sender
-        .send_to(
-            SessionId([7; 16]),
-            "note.private",
-            Bytes::from_static(b"nobody"),
-        )
-        .await
-        .expect("send");
-    sender
-        .send_to(
-            target.session_id(),
-            "other.topic",
-            Bytes::from_static(b"no filter"),
-        )
-        .await
-        .expect("send");
+    let direct = [
+        // Right after `Subscribed` on node 3, node 1 knows where the session is.
+        (target.session_id(), "note.private", "for target"),
+        // As on one node: a session nobody holds, or whose filters do not match, gets nothing.
+        (SessionId([7; 16]), "note.private", "nobody"),
+        (target.session_id(), "other.topic", "no filter"),
+    ];
+    for (session, topic, payload) in direct {
+        sender
+            .send_to(session, topic, Bytes::from(payload))
+            .await
+            .expect("send");
+    }
     sender
         .publish("note.public", Bytes::from_static(b"for everyone"))
         .await

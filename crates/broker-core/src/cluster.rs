@@ -703,15 +703,8 @@ impl Cluster {
     /// out of routing, drops it and announces the drop to the peer), else 0: no node holds
     /// that session with a matching filter.
     pub fn forward_direct(&self, message: &Arc<PublishedMessage>, session: SessionId) -> usize {
-        let peers: Vec<Arc<Peer>> = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let topic = &message.topic;
-        let holder = peers.into_iter().find(|peer| {
+        let holder = self.peer_list().into_iter().find(|peer| {
             peer.sessions
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
@@ -758,13 +751,7 @@ impl Cluster {
     /// The cluster's client addresses for a client's `Welcome`: this node's first, then those
     /// of the peers in routing (their link to this node is up), by node name.
     pub fn client_addresses(&self) -> Vec<String> {
-        let mut peers: Vec<Arc<Peer>> = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut peers = self.peer_list();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut addresses: Vec<String> = self.client_address().into_iter().collect();
         for peer in peers {
@@ -778,6 +765,12 @@ impl Cluster {
             }
         }
         addresses
+    }
+
+    /// Every peer this node knows of, out of the lock.
+    fn peer_list(&self) -> Vec<Arc<Peer>> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.values().cloned().collect()
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) enum Command {
     ///
     /// Settings come from defaults, then `--config FILE`, then `CASSINI_*` environment
     /// variables, then these flags (see docs/CONFIGURATION.md).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check or print a configuration file.
     Config {
         #[command(subcommand)]

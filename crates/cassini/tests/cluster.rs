@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::{BrokerAddress, Client, Gap, QuicOptions, ReconnectPolicy};
+use cassini_client::{Client, Gap};
 use harness::{certs, eventually, Broker, Serve};
 
 /// A free UDP port on loopback for each node's cluster address (the peer lists name them before
@@ -107,19 +107,7 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
     let on3 = client(&nodes[2], dir.path()).await;
     // A client given node 3's address only: it learns the others from `Welcome`, and when
     // node 3 dies it moves to one of them.
-    let mover = Client::builder(BrokerAddress::Socket(nodes[2].addr()))
-        .cert_dir(dir.path(), "dev")
-        .server_name("localhost")
-        .quic_options(QuicOptions {
-            idle_timeout: Duration::from_secs(1),
-            keep_alive_interval: Duration::from_millis(250),
-            ..QuicOptions::default()
-        })
-        .reconnect(ReconnectPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            ..ReconnectPolicy::default()
-        })
+    let mover = harness::clients::quick_to_reconnect(nodes[2].addr(), dir.path(), "dev")
         .connect()
         .await
         .expect("client connects");
