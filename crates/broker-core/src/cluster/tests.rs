@@ -8,6 +8,8 @@ use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use super::*;
 use crate::memory::MemoryCharge;
 
+mod sessions;
+
 fn cluster(node: &str) -> Arc<Cluster> {
     Arc::new(Cluster::new(
         ClusterConfig::node(node),
