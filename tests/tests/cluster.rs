@@ -2,7 +2,7 @@
 //! certificates made in the test (docs/CLUSTERING.md): publish on one node, receive on the
 //! others; wildcards, unsubscribe, request/reply, no-responders and queue groups across nodes;
 //! direct messages to a session on another node; `Welcome` listing every node's client
-//! address; the node and client certificate kinds refused on each other's ALPN.
+//! address, and a client of a node that shuts down moving to another; the node and client certificate kinds refused on each other's ALPN.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::RequestError;
+use cassini_client::{Gap, ReconnectPolicy, RequestError};
 use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
 use cassini_protocol::SessionId;
 use cassini_quic::certs::NODE_SERVER_NAME;
@@ -604,6 +604,50 @@ async fn a_direct_message_reaches_its_session_on_another_node_and_nothing_else()
         forwarded,
         vec![("n2".to_owned(), 1), ("n3".to_owned(), 2)],
         "the direct message crossed only to the session's node"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_client_of_a_node_that_shuts_down_moves_to_a_node_it_learned_with_a_session_lost_gap() {
+    let (_pki, mut nodes) = three_nodes().await;
+    // Given node 3's address only: the others come from `Welcome`.
+    let mover = nodes[2]
+        .broker
+        .client_builder("mover")
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            ..ReconnectPolicy::default()
+        })
+        .connect()
+        .await
+        .expect("client connects");
+    let mut feed = mover.subscribe("feed").await.expect("subscribe");
+    let on_node_3 = mover.session_id();
+    let publisher = nodes[0].broker.client("publisher").await;
+
+    nodes.remove(2).stop().await;
+    within("the client receives again on another node", async {
+        for i in 0..1_000u32 {
+            publisher
+                .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+                .await
+                .expect("publish");
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), feed.next()).await
+            {
+                return;
+            }
+        }
+        panic!("nothing arrived after 1000 publishes");
+    })
+    .await;
+    assert_ne!(mover.session_id(), on_node_3, "a session stays on its node");
+    assert!(
+        feed.take_gaps()
+            .iter()
+            .any(|gap| matches!(gap, Gap::SessionLost { .. })),
+        "moving to another node is an explicit SessionLost"
     );
     stop_all(nodes).await;
 }
