@@ -110,10 +110,11 @@ pub(crate) struct ClientSettings {
 /// published in between are lost.
 ///
 /// Each attempt tries the addresses the client was given, in order, then the cluster's client
-/// addresses it learned from its brokers' `Welcome` ([`Client::cluster_addresses`]); the
-/// address of the connection just lost is tried last. So a client of a cluster node that dies
-/// reconnects to another node: a session stays on its node, so there it gets a new session and
-/// every subscription a [`crate::Gap::SessionLost`].
+/// addresses it learned from its brokers' `Welcome` ([`Client::cluster_addresses`]); a
+/// reconnect tries the address of the connection just lost first (to keep the session), and
+/// with several addresses an address where nothing listens fails at once. So a client of a
+/// cluster node that dies reconnects to another node: a session stays on its node, so there it
+/// gets a new session and every subscription a [`crate::Gap::SessionLost`].
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,

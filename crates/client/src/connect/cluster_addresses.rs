@@ -4,9 +4,10 @@
 //! Every `Welcome` of a cluster node lists the client addresses of that node and of its peers
 //! in routing; the client keeps each one it has not seen (at most [`MAX_LEARNED`], the oldest
 //! forgotten first) for the rest of its life. On a reconnect, the address of the connection it
-//! lost is tried last: a client whose node died moves to another node at once, instead of
-//! first waiting out a handshake with the dead one (on another node it gets a new session and
-//! a `SessionLost` gap; a broker with one address is simply tried again).
+//! lost is tried first, so a client whose connection broke while its node lives keeps its
+//! session there; an address where nothing listens any more fails at once (the connector
+//! probes when it has several), and the client moves on to another node, where it gets a new
+//! session and a `SessionLost` gap.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -56,8 +57,8 @@ impl ClusterAddresses {
     }
 
     /// Every socket address to try, in order without repeats: `configured`'s, then the learned
-    /// ones'; after a connection was up, its address goes last (a reconnect). Fails only if
-    /// nothing resolves.
+    /// ones'; after a connection was up, its address goes first (a reconnect resumes there if
+    /// it can). Fails only if nothing resolves.
     pub(crate) async fn candidates(
         &self,
         configured: &BrokerAddress,
@@ -91,7 +92,7 @@ impl ClusterAddresses {
         if let Some(lost) = connected {
             if let Some(position) = candidates.iter().position(|address| *address == lost) {
                 candidates.remove(position);
-                candidates.push(lost);
+                candidates.insert(0, lost);
             }
         }
         Ok(candidates)
@@ -109,7 +110,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn learned_addresses_follow_the_given_ones_without_repeats_the_last_connected_last() {
+    async fn learned_addresses_follow_the_given_ones_without_repeats_the_last_connected_first() {
         let addresses = ClusterAddresses::default();
         addresses.connected(
             addr("127.0.0.1:7009"),
@@ -124,10 +125,10 @@ mod tests {
         assert_eq!(
             found,
             [
+                "127.0.0.1:7009",
                 "127.0.0.1:7001",
                 "127.0.0.1:7002",
-                "127.0.0.1:7003",
-                "127.0.0.1:7009"
+                "127.0.0.1:7003"
             ]
             .map(addr)
             .to_vec()
@@ -135,9 +136,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reconnect_tries_the_lost_address_last() {
+    async fn a_reconnect_tries_the_lost_address_first_then_the_others() {
         let addresses = ClusterAddresses::default();
-        addresses.connected(addr("127.0.0.1:7001"), &["127.0.0.1:7002".into()]);
+        addresses.connected(addr("127.0.0.1:7002"), &["127.0.0.1:7002".into()]);
         let given = BrokerAddress::from("127.0.0.1:7001");
         let found = addresses.candidates(&given).await.expect("resolves");
         assert_eq!(

@@ -60,9 +60,10 @@ impl Connector {
     /// turn until one answers.
     ///
     /// With `fail_fast` (the first connection, where a person or script waits for the answer)
-    /// an address where nothing listens fails at once. Reconnects do not probe: there a
-    /// handshake that waits for a restarting broker connects as soon as it listens, while a
-    /// failed attempt would wait out the growing backoff first.
+    /// an address where nothing listens fails at once. A reconnect to a single address does
+    /// not probe: there a handshake that waits for a restarting broker connects as soon as it
+    /// listens, while a failed attempt would wait out the growing backoff first. A reconnect
+    /// with several addresses does: a node that is gone is passed over at once for the next.
     pub(crate) async fn connect(
         &self,
         resume: Option<SessionId>,
@@ -71,6 +72,7 @@ impl Connector {
     ) -> Result<Established, ConnectionError> {
         let attempt = async {
             let remotes = self.cluster.candidates(&self.address).await?;
+            let fail_fast = fail_fast || remotes.len() > 1;
             // Each address gets an equal share of the attempt, so one that never answers
             // leaves time for the next (a single address gets it all).
             let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
