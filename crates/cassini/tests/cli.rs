@@ -348,6 +348,40 @@ fn bench_fanout_request_and_connections_run_a_tiny_smoke_round() {
 }
 
 #[test]
+fn bench_cluster_runs_a_tiny_smoke_round() {
+    let report = bench_json(&[
+        "cluster",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--repeat",
+        "1",
+        "--count",
+        "2000",
+        "--fanout-count",
+        "100",
+        "--subscribers",
+        "6",
+        "--failovers",
+        "1",
+    ]);
+    assert_eq!(report["scenario"], "cluster");
+    assert_eq!(report["fanout_spread_lost"], 0.0, "{report}");
+    for figure in [
+        "same_node_p99_us",
+        "cross_node_p99_us",
+        "cluster_cpu_us_per_msg",
+        "failover_median_s",
+    ] {
+        assert!(
+            report[figure].as_f64().is_some_and(|value| value > 0.0),
+            "{figure}: {report}"
+        );
+    }
+}
+
+#[test]
 fn bench_durable_runs_a_tiny_smoke_round() {
     let report = bench_json(&["durable", "--duration", "0.3", "--publishers", "2"]);
     let cases = report["cases"].as_array().expect("cases");

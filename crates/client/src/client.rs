@@ -26,6 +26,7 @@ use crate::connect::attachment::AttachmentContext;
 use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connection_state::{ConnectionState, DisconnectReason};
 use crate::connect::connector::{Connector, Established};
+use crate::connect::liveness::Liveness;
 use crate::connect::reconnect_policy::ReconnectPolicy;
 use crate::connect::session::SessionCore;
 use crate::connect::supervisor::supervise;
@@ -55,6 +56,8 @@ pub(crate) struct ClientSettings {
     pub(crate) publisher: PublisherSettings,
     /// Whether and how to reconnect.
     pub(crate) reconnect: ReconnectPolicy,
+    /// How a broker that stopped answering is noticed.
+    pub(crate) liveness: Liveness,
     /// Publishes kept while reconnecting.
     pub(crate) outbound: OutboundBuffer,
     /// How long an acknowledged publish waits for its acknowledgement by default.
@@ -111,10 +114,11 @@ pub(crate) struct ClientSettings {
 ///
 /// Each attempt tries the addresses the client was given, in order, then the cluster's client
 /// addresses it learned from its brokers' `Welcome` ([`Client::cluster_addresses`]); a
-/// reconnect tries the address of the connection just lost first (to keep the session), and
-/// with several addresses an address where nothing listens fails at once. So a client of a
-/// cluster node that dies reconnects to another node: a session stays on its node, so there it
-/// gets a new session and every subscription a [`crate::Gap::SessionLost`].
+/// reconnect tries the address that answered last first (to keep the session) and, with
+/// several addresses, passes over one where nothing listens at once, and notices a silent
+/// broker by pings ([`Liveness`](crate::Liveness)). So a client of a cluster node that dies
+/// reconnects to another node: a session stays on its node, so there it gets a new session and
+/// every subscription a [`crate::Gap::SessionLost`].
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -178,7 +182,12 @@ impl Client {
         );
         let endpoint = connector.endpoint.clone();
         let cluster = connector.cluster.clone();
-        tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
+        tokio::spawn(supervise(
+            Arc::clone(&core),
+            connector,
+            attachment,
+            settings.liveness,
+        ));
         let inbox = Inbox::new(
             Arc::clone(&core),
             replies,

@@ -3,11 +3,10 @@
 //!
 //! Every `Welcome` of a cluster node lists the client addresses of that node and of its peers
 //! in routing; the client keeps each one it has not seen (at most [`MAX_LEARNED`], the oldest
-//! forgotten first) for the rest of its life. On a reconnect, the address of the connection it
-//! lost is tried first, so a client whose connection broke while its node lives keeps its
-//! session there; an address where nothing listens any more fails at once (the connector
-//! probes when it has several), and the client moves on to another node, where it gets a new
-//! session and a `SessionLost` gap.
+//! forgotten first) for the rest of its life. The connector orders the attempt (the address
+//! that answered last first, a silent one last) and, with several addresses, probes each, so a
+//! client whose node died moves on to another node, where it gets a new session and a
+//! `SessionLost` gap.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,55 +17,48 @@ use crate::error::ConnectionError;
 /// Most learned addresses a client keeps.
 pub(crate) const MAX_LEARNED: usize = 64;
 
-/// What a client knows of where to connect, besides the addresses it was given. Shared by
-/// every connection attempt of one client.
+/// The cluster's client addresses a client learned, oldest first. Shared by every connection
+/// attempt of one client.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClusterAddresses {
-    known: Arc<Mutex<Known>>,
-}
-
-#[derive(Debug, Default)]
-struct Known {
-    /// Learned from `Welcome`, oldest first.
-    learned: Vec<String>,
-    /// The broker address of the current (or last) connection.
-    connected: Option<SocketAddr>,
+    learned: Arc<Mutex<Vec<String>>>,
 }
 
 impl ClusterAddresses {
-    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    fn known(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection to `remote` is up, and its `Welcome` listed `addresses`.
-    pub(crate) fn connected(&self, remote: SocketAddr, addresses: &[String]) {
-        let mut known = self.known();
-        known.connected = Some(remote);
+    /// A `Welcome` listed `addresses`: keeps the new ones.
+    pub(crate) fn learn(&self, addresses: &[String]) {
+        let mut learned = self.known();
         for address in addresses {
-            if !known.learned.contains(address) {
-                known.learned.push(address.clone());
+            if !learned.contains(address) {
+                learned.push(address.clone());
             }
         }
-        let excess = known.learned.len().saturating_sub(MAX_LEARNED);
-        known.learned.drain(..excess);
+        let excess = learned.len().saturating_sub(MAX_LEARNED);
+        learned.drain(..excess);
     }
 
     /// The addresses learned so far, oldest first.
     pub(crate) fn learned(&self) -> Vec<String> {
-        self.known().learned.clone()
+        self.known().clone()
+    }
+
+    /// Whether the client knows another node than the one it was given (so another can take
+    /// over when that one goes silent).
+    pub(crate) fn knows_several(&self) -> bool {
+        self.known().len() > 1
     }
 
     /// Every socket address to try, in order without repeats: `configured`'s, then the learned
-    /// ones'; after a connection was up, its address goes first (a reconnect resumes there if
-    /// it can). Fails only if nothing resolves.
+    /// ones'. Fails only if nothing resolves.
     pub(crate) async fn candidates(
         &self,
         configured: &BrokerAddress,
     ) -> Result<Vec<SocketAddr>, ConnectionError> {
-        let (learned, connected) = {
-            let known = self.known();
-            (known.learned.clone(), known.connected)
-        };
+        let learned = self.learned();
         let given = configured.resolve_all().await;
         let mut candidates = match (&given, learned.is_empty()) {
             (Err(_), true) => return given,
@@ -89,12 +81,6 @@ impl ClusterAddresses {
         if candidates.is_empty() {
             return given;
         }
-        if let Some(lost) = connected {
-            if let Some(position) = candidates.iter().position(|address| *address == lost) {
-                candidates.remove(position);
-                candidates.insert(0, lost);
-            }
-        }
         Ok(candidates)
     }
 }
@@ -110,17 +96,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn learned_addresses_follow_the_given_ones_without_repeats_the_last_connected_first() {
+    async fn learned_addresses_follow_the_given_ones_without_repeats() {
         let addresses = ClusterAddresses::default();
-        addresses.connected(
-            addr("127.0.0.1:7009"),
-            &["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
-        );
-        addresses.connected(
-            addr("127.0.0.1:7009"),
-            &["127.0.0.1:7003".into(), "127.0.0.1:7002".into()],
-        );
-        let given = BrokerAddress::from("127.0.0.1:7001,127.0.0.1:7009");
+        addresses.learn(&["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]);
+        addresses.learn(&["127.0.0.1:7003".into(), "127.0.0.1:7002".into()]);
+        let given = BrokerAddress::from("127.0.0.1:7009,127.0.0.1:7001");
         let found = addresses.candidates(&given).await.expect("resolves");
         assert_eq!(
             found,
@@ -133,26 +113,17 @@ mod tests {
             .map(addr)
             .to_vec()
         );
+        assert!(addresses.knows_several());
     }
 
     #[tokio::test]
-    async fn a_reconnect_tries_the_lost_address_first_then_the_others() {
+    async fn a_standalone_broker_teaches_nothing() {
         let addresses = ClusterAddresses::default();
-        addresses.connected(addr("127.0.0.1:7002"), &["127.0.0.1:7002".into()]);
+        addresses.learn(&[]);
         let given = BrokerAddress::from("127.0.0.1:7001");
         let found = addresses.candidates(&given).await.expect("resolves");
-        assert_eq!(
-            found,
-            ["127.0.0.1:7002", "127.0.0.1:7001"].map(addr).to_vec()
-        );
-        let alone = ClusterAddresses::default();
-        alone.connected(addr("127.0.0.1:7001"), &[]);
-        let found = alone.candidates(&given).await.expect("resolves");
-        assert_eq!(
-            found,
-            vec![addr("127.0.0.1:7001")],
-            "one broker: tried again"
-        );
+        assert_eq!(found, vec![addr("127.0.0.1:7001")]);
+        assert!(!addresses.knows_several());
     }
 
     #[test]
@@ -161,7 +132,7 @@ mod tests {
         let many: Vec<String> = (0..MAX_LEARNED + 3)
             .map(|port| format!("127.0.0.1:{}", 8000 + port))
             .collect();
-        addresses.connected(addr("127.0.0.1:7001"), &many);
+        addresses.learn(&many);
         let learned = addresses.learned();
         assert_eq!(learned.len(), MAX_LEARNED);
         assert_eq!(learned.first(), Some(&"127.0.0.1:8003".to_owned()));
