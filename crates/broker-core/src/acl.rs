@@ -100,11 +100,17 @@ pub struct Rule {
     pub queue: QueuePatterns,
 }
 
-/// A queue-group name pattern: literal text in which `*` matches any run of characters.
+/// A name pattern: literal text in which `*` matches any run of characters (none too).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupPattern(String);
+pub struct NamePattern(String);
 
-impl GroupPattern {
+/// A queue-group name pattern.
+pub type GroupPattern = NamePattern;
+
+/// An identity pattern.
+pub type IdentityPattern = NamePattern;
+
+impl NamePattern {
     /// A pattern from its text.
     pub fn new(pattern: impl Into<String>) -> Self {
         Self(pattern.into())
@@ -115,30 +121,9 @@ impl GroupPattern {
         &self.0
     }
 
-    /// Whether the group `name` matches the pattern.
+    /// Whether `name` (a queue group's or an identity) matches the pattern.
     pub fn matches(&self, name: &str) -> bool {
         glob_matches(self.0.as_bytes(), name.as_bytes())
-    }
-}
-
-/// An identity pattern: literal text in which `*` matches any run of characters (none too).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityPattern(String);
-
-impl IdentityPattern {
-    /// A pattern from its text.
-    pub fn new(pattern: impl Into<String>) -> Self {
-        Self(pattern.into())
-    }
-
-    /// The pattern's text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `identity` matches the pattern.
-    pub fn matches(&self, identity: &str) -> bool {
-        glob_matches(self.0.as_bytes(), identity.as_bytes())
     }
 }
 
