@@ -391,15 +391,25 @@ pub mod raw {
         connection: &quinn::Connection,
         resume: Option<SessionId>,
     ) -> Option<(Welcome, quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, mut recv) = connection.open_bi().await.ok()?;
-        let hello = Frame::Hello(Hello {
+        let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             resume,
             client_name: Some("raw".into()),
             positions: Vec::new(),
             session_name: None,
-        });
-        send.write_all(&encoded(&hello)).await.ok()?;
+        };
+        send_hello(connection, hello).await
+    }
+
+    /// Sends `hello` on a new control stream and returns the `Welcome` with the control
+    /// stream, or `None` if the broker closed the connection instead. Dropping the send half
+    /// finishes the control stream, which is a goodbye.
+    pub async fn send_hello(
+        connection: &quinn::Connection,
+        hello: Hello,
+    ) -> Option<(Welcome, quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, mut recv) = connection.open_bi().await.ok()?;
+        send.write_all(&encoded(&Frame::Hello(hello))).await.ok()?;
         let mut buf = BytesMut::new();
         match read_frame(&mut recv, &mut buf).await? {
             Frame::Welcome(welcome) => Some((welcome, send, recv)),

@@ -262,12 +262,10 @@ async fn raw_resume(
     quinn::Connection,
     (quinn::SendStream, quinn::RecvStream),
 ) {
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{Frame, Hello, ResumePosition, PROTOCOL_VERSION};
+    use cassini_protocol::{Hello, ResumePosition, PROTOCOL_VERSION};
 
     let (endpoint, connection) = broker.raw_connection("alice").await;
-    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
-    let hello = Frame::Hello(Hello {
+    let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         resume: Some(session),
         client_name: Some("raw".into()),
@@ -276,13 +274,11 @@ async fn raw_resume(
             last_sequence,
         }],
         session_name: None,
-    });
-    send.write_all(&encoded(&hello)).await.expect("hello");
-    let mut buf = bytes::BytesMut::new();
-    match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    };
+    let (welcome, send, recv) = cassini_e2e::raw::send_hello(&connection, hello)
+        .await
+        .expect("welcome");
+    assert!(welcome.resumed);
     (endpoint, connection, (send, recv))
 }
 
@@ -542,8 +538,8 @@ async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
 
 #[tokio::test]
 async fn an_invalid_session_name_is_refused_with_its_code() {
-    use cassini_e2e::raw::encoded;
-    use cassini_protocol::{Frame, Hello, PROTOCOL_VERSION};
+    use cassini_e2e::raw::send_hello;
+    use cassini_protocol::{Hello, PROTOCOL_VERSION};
 
     let broker = patient_broker().await;
     assert!(matches!(
@@ -556,15 +552,17 @@ async fn an_invalid_session_name_is_refused_with_its_code() {
     ));
     for name in [String::new(), "a/b".into(), "x".repeat(129)] {
         let (_endpoint, connection) = broker.raw_connection("device").await;
-        let (mut send, _recv) = connection.open_bi().await.expect("control stream");
-        let hello = Frame::Hello(Hello {
+        let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             resume: None,
             client_name: None,
             positions: Vec::new(),
             session_name: Some(name.clone()),
-        });
-        send.write_all(&encoded(&hello)).await.expect("hello");
+        };
+        assert!(
+            send_hello(&connection, hello).await.is_none(),
+            "name {name:?}"
+        );
         let (code, _) = close_of(&connection).await;
         assert_eq!(code, ErrorCode::INVALID_SESSION_NAME, "name {name:?}");
     }
