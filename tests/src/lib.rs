@@ -191,6 +191,16 @@ impl TestBroker {
             .expect("client connects")
     }
 
+    /// A connected client named `name` whose subscriptions hand over at most `messages` at a
+    /// time: a small buffer makes a slow reader's subscription fall behind at the broker.
+    pub async fn client_with_buffer(&self, name: &str, messages: usize) -> Client {
+        self.client_builder(name)
+            .subscription_buffer(messages)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
     /// A raw quinn connection with a valid client certificate, for tests that speak the
     /// protocol badly on purpose. The endpoint must outlive the connection.
     pub async fn raw_connection(&self, name: &str) -> (quinn::Endpoint, quinn::Connection) {

@@ -64,12 +64,7 @@ async fn a_queue_group_of_three_receives_each_message_exactly_once() {
 async fn a_leaving_group_member_loses_nothing_it_had_not_delivered() {
     const COUNT: u64 = 200;
     let broker = TestBroker::start().await;
-    let leaver = broker
-        .client_builder("leaver")
-        .subscription_buffer(1)
-        .connect()
-        .await
-        .expect("connect");
+    let leaver = broker.client_with_buffer("leaver", 1).await;
     let mut leaving = leaver.subscribe_queue("work", "pool").await.expect("join");
     let stayer = broker.client("stayer").await;
     let mut staying = stayer.subscribe_queue("work", "pool").await.expect("join");
