@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::RequestError;
-use cassini_e2e::{within, TestBroker};
+use cassini_e2e::{assert_echoed, within, TestBroker};
 use futures_util::StreamExt;
 
 #[tokio::test]
@@ -114,17 +114,7 @@ async fn request_reply_round_trip() {
         }
     });
     let caller = broker.client("caller").await;
-    for i in 0..5 {
-        let reply = caller
-            .request(
-                "svc.echo",
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("reply");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
+    assert_echoed(&caller, "reply").await;
     server.abort();
     broker.stop().await;
 }
