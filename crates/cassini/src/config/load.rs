@@ -354,23 +354,27 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
         return Err(invalid(key, "0 allows nothing; expected at least 1".into()));
     }
     let queue = &settings.queue;
-    if queue.default_messages > queue.max_messages {
-        return Err(invalid(
+    let defaults_within_caps = [
+        (
             "queue.default_messages",
-            format!(
-                "{} is above queue.max_messages ({}); expected at most that",
-                queue.default_messages, queue.max_messages
-            ),
-        ));
-    }
-    if queue.default_bytes > queue.max_bytes {
-        return Err(invalid(
+            u64::from(queue.default_messages),
+            "queue.max_messages",
+            u64::from(queue.max_messages),
+        ),
+        (
             "queue.default_bytes",
-            format!(
-                "{} is above queue.max_bytes ({}); expected at most that",
-                queue.default_bytes, queue.max_bytes
-            ),
-        ));
+            queue.default_bytes,
+            "queue.max_bytes",
+            queue.max_bytes,
+        ),
+    ];
+    for (key, value, cap_key, cap) in defaults_within_caps {
+        if value > cap {
+            return Err(invalid(
+                key,
+                format!("{value} is above {cap_key} ({cap}); expected at most that"),
+            ));
+        }
     }
     Ok(())
 }
