@@ -12,9 +12,10 @@
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers; [`assert_contains`] shows the whole text
-//!   it did not find a line in.
+//!   it did not find a string in.
 //! - [`clients`]: a `cassini-client` or a raw quinn connection presenting the certificates of a
-//!   directory, for the suites that attack or load a running broker.
+//!   directory, for the suites that attack or load a running broker, and the reconnect settings
+//!   of clients that must notice a lost broker at once.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
