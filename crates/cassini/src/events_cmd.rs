@@ -45,8 +45,9 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         match next_before(deadline, &mut events, &mut signals).await {
             Next::Signalled => break,
             Next::TimedOut => {
+                let status = timed_out(args.timeout, received, "event");
                 let _ = client.close().await;
-                return Ok(timed_out(args.timeout, received, "event"));
+                return Ok(status);
             }
             Next::Ended => {
                 anyhow::bail!("the events subscription ended after {received} event(s)");

@@ -406,8 +406,9 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
         match next_before(deadline, &mut subscription, &mut signals).await {
             Next::Signalled => break,
             Next::TimedOut => {
+                let status = timed_out(args.timeout, received, "message");
                 let _ = finish(&client, &mut subscription, args.session.is_some()).await;
-                return Ok(timed_out(args.timeout, received, "message"));
+                return Ok(status);
             }
             Next::Ended => {
                 let reason = subscription
