@@ -2,8 +2,9 @@
 //! directory (`ca.crt`, `client-NAME.crt`, `client-NAME.key`).
 
 use std::path::Path;
+use std::time::Duration;
 
-use cassini_client::Client;
+use cassini_client::{Client, ClientBuilder, ReconnectPolicy};
 use cassini_quic::tls;
 
 /// A raw quinn connection to the broker at `addr` as `name`, for clients that misbehave on
@@ -27,4 +28,17 @@ pub(crate) async fn client(addr: &str, dir: &Path, name: &str) -> Client {
         .connect()
         .await
         .expect("client connects")
+}
+
+/// `builder` made to notice a lost broker within a second
+/// ([`cassini_e2e::edge::quick_quic`]) and to try again at once (backoff 50 ms to 500 ms), for
+/// the suites that kill or restart brokers under their clients.
+pub(crate) fn quick_reconnect(builder: ClientBuilder) -> ClientBuilder {
+    builder
+        .quic_options(cassini_e2e::edge::quick_quic())
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            ..ReconnectPolicy::default()
+        })
 }
