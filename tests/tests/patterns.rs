@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::RequestError;
-use cassini_e2e::{within, TestBroker};
+use cassini_e2e::{assert_echoed, within, TestBroker};
 use futures_util::StreamExt;
 
 #[tokio::test]
@@ -64,12 +64,7 @@ async fn a_queue_group_of_three_receives_each_message_exactly_once() {
 async fn a_leaving_group_member_loses_nothing_it_had_not_delivered() {
     const COUNT: u64 = 200;
     let broker = TestBroker::start().await;
-    let leaver = broker
-        .client_builder("leaver")
-        .subscription_buffer(1)
-        .connect()
-        .await
-        .expect("connect");
+    let leaver = broker.client_with_buffer("leaver", 1).await;
     let mut leaving = leaver.subscribe_queue("work", "pool").await.expect("join");
     let stayer = broker.client("stayer").await;
     let mut staying = stayer.subscribe_queue("work", "pool").await.expect("join");
@@ -119,17 +114,7 @@ async fn request_reply_round_trip() {
         }
     });
     let caller = broker.client("caller").await;
-    for i in 0..5 {
-        let reply = caller
-            .request(
-                "svc.echo",
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("reply");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
+    assert_echoed(&caller, "reply").await;
     server.abort();
     broker.stop().await;
 }

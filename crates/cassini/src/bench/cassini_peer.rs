@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use cassini_bench::{BenchClient, BenchSubscription, Connector};
+use cassini_bench::{answer_until_stopped, BenchClient, BenchSubscription, Connector};
 use cassini_broker::BrokerConfig;
 use cassini_client::{Client, ClientBuilder, Subscription};
 use cassini_protocol::SubscribeOptions;
@@ -161,17 +161,11 @@ impl Connector for CassiniConnector {
         let client = self.client("bench-responder").await?;
         let mut responder = client.serve(topic).await?;
         Ok(tokio::spawn(async move {
-            let mut served = 0u64;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    request = responder.next() => {
-                        let Some(request) = request else { break };
-                        request.respond(request.payload().clone()).await?;
-                        served += 1;
-                    }
-                }
-            }
+            let served = answer_until_stopped(&mut responder, &stop, |request| async move {
+                request.respond(request.payload().clone()).await?;
+                Ok(true)
+            })
+            .await?;
             drop(responder);
             let _ = client.close().await;
             Ok(served)

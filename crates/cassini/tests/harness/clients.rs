@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cassini_client::{BrokerAddress, Client, ClientBuilder, QuicOptions, ReconnectPolicy};
+use cassini_client::{Client, ClientBuilder, ReconnectPolicy};
 use cassini_quic::tls;
 
 /// A raw quinn connection to the broker at `addr` as `name`, for clients that misbehave on
@@ -20,28 +20,6 @@ pub(crate) async fn raw_client(
     cassini_e2e::raw_connect(addr.parse()?, ca, chain, key).await
 }
 
-/// A client of the broker at `address`, named `name`, that notices a lost connection within
-/// 1 s (keep-alive every 250 ms) and reconnects quickly (backoff 50 ms up to 500 ms).
-pub(crate) fn quick_to_reconnect(
-    address: impl Into<BrokerAddress>,
-    dir: &Path,
-    name: &str,
-) -> ClientBuilder {
-    Client::builder(address)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .quic_options(QuicOptions {
-            idle_timeout: Duration::from_secs(1),
-            keep_alive_interval: Duration::from_millis(250),
-            ..QuicOptions::default()
-        })
-        .reconnect(ReconnectPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            ..ReconnectPolicy::default()
-        })
-}
-
 /// A connected client of the broker at `addr`, named `name`.
 pub(crate) async fn client(addr: &str, dir: &Path, name: &str) -> Client {
     Client::builder(addr)
@@ -50,4 +28,17 @@ pub(crate) async fn client(addr: &str, dir: &Path, name: &str) -> Client {
         .connect()
         .await
         .expect("client connects")
+}
+
+/// `builder` made to notice a lost broker within a second
+/// ([`cassini_e2e::edge::quick_quic`]) and to try again at once (backoff 50 ms to 500 ms), for
+/// the suites that kill or restart brokers under their clients.
+pub(crate) fn quick_reconnect(builder: ClientBuilder) -> ClientBuilder {
+    builder
+        .quic_options(cassini_e2e::edge::quick_quic())
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            ..ReconnectPolicy::default()
+        })
 }
