@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::RequestError;
+use cassini_client::{Gap, RequestError, SubscribeOptions, Subscription, SubscriptionEvent};
 use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
+use cassini_protocol::GapReason;
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
 use cassini_quic::faults::{FaultControl, FaultPlan};
@@ -26,16 +27,17 @@ struct Node {
 
 impl Node {
     async fn start(pki: &Pki, name: &str) -> Self {
-        Self::start_with(pki, name, None).await
+        Self::start_with(pki, ClusterConfig::node(name), None).await
     }
 
-    async fn start_with(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
+    async fn start_with(pki: &Pki, cluster: ClusterConfig, faults: Option<&FaultControl>) -> Self {
+        let name = cluster.node.clone();
         let config = BrokerConfig {
-            cluster: Some(ClusterConfig::node(name)),
+            cluster: Some(cluster),
             ..BrokerConfig::default()
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
-        let (chain, key) = identity_of(&pki.node(name));
+        let (chain, key) = identity_of(&pki.node(&name));
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
@@ -67,10 +69,18 @@ async fn three_nodes() -> (Pki, Vec<Node>) {
 
 /// [`three_nodes`], with node `i`'s cluster socket under `faults[i]`.
 async fn three_nodes_with(faults: &[Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
+    mesh(["n1", "n2", "n3"].map(ClusterConfig::node), faults).await
+}
+
+/// Three nodes with these settings in a full mesh, node `i`'s cluster socket under `faults[i]`.
+async fn mesh(
+    configs: [ClusterConfig; 3],
+    faults: &[Option<&FaultControl>; 3],
+) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
-    for (name, faults) in ["n1", "n2", "n3"].into_iter().zip(faults) {
-        nodes.push(Node::start_with(&pki, name, *faults).await);
+    for (config, faults) in configs.into_iter().zip(faults) {
+        nodes.push(Node::start_with(&pki, config, *faults).await);
     }
     let addrs: Vec<_> = nodes.iter().map(Node::cluster_addr).collect();
     for node in &nodes {
@@ -520,5 +530,149 @@ async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_ga
         "every message after the cut either arrived or is in a gap ({received:?}, {missed} missed)"
     );
     assert!(missed > 0, "the cut lost something, and said so");
+    stop_all(nodes).await;
+}
+
+/// What one subscription saw of a flood: the payloads it received (in order) and how many
+/// sequences each kind of gap covered.
+#[derive(Debug, Default)]
+struct Seen {
+    received: Vec<u32>,
+    route_gaps: u64,
+    other_gaps: Vec<Gap>,
+}
+
+impl Seen {
+    fn accounted(&self) -> u64 {
+        let other: u64 = self.other_gaps.iter().filter_map(Gap::missed).sum();
+        self.received.len() as u64 + self.route_gaps + other
+    }
+}
+
+/// Reads `subscriptions` until `done` says what all of them saw is complete.
+async fn read_until(
+    subscriptions: &mut [Subscription],
+    what: &str,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = subscriptions.iter().map(|_| Seen::default()).collect();
+    within(what, async {
+        while !done(&seen) {
+            for (subscription, seen) in subscriptions.iter_mut().zip(&mut seen) {
+                let event =
+                    tokio::time::timeout(Duration::from_millis(20), subscription.next_event())
+                        .await;
+                match event {
+                    Ok(Some(SubscriptionEvent::Message(message))) => {
+                        let bytes: [u8; 4] =
+                            message.payload().as_ref().try_into().expect("4 bytes");
+                        seen.received.push(u32::from_be_bytes(bytes));
+                    }
+                    Ok(Some(SubscriptionEvent::Gap(Gap::Missed {
+                        from,
+                        to,
+                        reason: Some(GapReason::ClusterRoute),
+                    }))) => seen.route_gaps += to - from + 1,
+                    Ok(Some(SubscriptionEvent::Gap(gap))) => seen.other_gaps.push(gap),
+                    Ok(Some(other)) => panic!("unexpected: {other:?}"),
+                    Ok(None) => panic!("the subscription ended"),
+                    Err(_) => {}
+                }
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_group_subscribers() {
+    const COUNT: u32 = 1_000;
+    const BURST: u32 = 50;
+    // Node 1's queue towards each peer holds one message: a burst overflows it.
+    let tiny = ClusterConfig {
+        max_queued_messages: 1,
+        ..ClusterConfig::node("n1")
+    };
+    let (_pki, nodes) = mesh(
+        [tiny, ClusterConfig::node("n2"), ClusterConfig::node("n3")],
+        &[None, None, None],
+    )
+    .await;
+    let roomy = |group: Option<&str>| SubscribeOptions {
+        max_queued_messages: Some(COUNT * 2),
+        queue_group: group.map(str::to_owned),
+        ..SubscribeOptions::default()
+    };
+    let plain_client = nodes[1].broker.client("plain").await;
+    let group_client = nodes[2].broker.client("workers").await;
+    let mut plain = vec![plain_client
+        .subscribe_with("flood", roomy(None))
+        .await
+        .expect("subscribe")];
+    let mut group = Vec::new();
+    for _ in 0..2 {
+        group.push(
+            group_client
+                .subscribe_with("flood", roomy(Some("g")))
+                .await
+                .expect("join the group"),
+        );
+    }
+
+    // Bursts published in process, each without yielding: node 1's link cannot keep up.
+    let publisher = nodes[0].broker.broker.local_client();
+    for burst in 0..COUNT / BURST {
+        for i in burst * BURST..(burst + 1) * BURST {
+            publisher
+                .publish("flood", Bytes::from(i.to_be_bytes().to_vec()))
+                .expect("publish");
+        }
+        tokio::task::yield_now().await;
+    }
+    let dropped: u64 = nodes[0]
+        .cluster
+        .port()
+        .peers()
+        .iter()
+        .map(|peer| peer.dropped)
+        .sum();
+    assert!(dropped > 0, "the flood overflowed the route");
+
+    // Every message published is either received or covered by a ClusterRoute gap, on the
+    // plain subscriber and across the group's members.
+    let total = u64::from(COUNT);
+    let plain = read_until(
+        &mut plain,
+        "the plain subscriber accounts for all",
+        |seen| seen[0].accounted() >= total,
+    )
+    .await;
+    let group = read_until(&mut group, "the group accounts for all", |seen| {
+        seen.iter().map(Seen::accounted).sum::<u64>() >= total
+    })
+    .await;
+    for (who, seen) in [("plain", &plain[..]), ("group", &group[..])] {
+        assert!(
+            seen.iter().all(|seen| seen.other_gaps.is_empty()),
+            "{who}: every loss is a ClusterRoute gap: {seen:?}"
+        );
+        assert_eq!(
+            seen.iter().map(Seen::accounted).sum::<u64>(),
+            total,
+            "{who}: nothing missing, nothing twice"
+        );
+        assert!(
+            seen.iter().map(|seen| seen.route_gaps).sum::<u64>() > 0,
+            "{who}: the drops were announced"
+        );
+        for seen in seen {
+            assert!(
+                seen.received.windows(2).all(|pair| pair[0] < pair[1]),
+                "{who}: in order: {:?}",
+                seen.received
+            );
+        }
+    }
     stop_all(nodes).await;
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassini_broker::cluster::{InterestUpdate, Outgoing};
+use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
 use cassini_protocol::Publish;
 use quinn::VarInt;
@@ -160,8 +160,9 @@ enum PeerFrame {
         publish: Publish,
         groups: Vec<String>,
     },
-    /// Dialer → acceptor: messages to `topic` the dialer dropped for the acceptor.
-    Dropped { topic: String, count: u64 },
+    /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they
+    /// were for.
+    Dropped { lost: Lost, count: u64 },
 }
 
 /// A node's cluster endpoint: its listener and its dialers. See the module documentation.
@@ -416,8 +417,8 @@ async fn apply(
             inbox.deliver(publish, &groups);
             Ok(())
         }
-        PeerFrame::Dropped { topic, count } => {
-            inbox.dropped(&topic, count);
+        PeerFrame::Dropped { lost, count } => {
+            inbox.dropped(&lost, count);
             Ok(())
         }
         PeerFrame::Hello { .. }
@@ -509,21 +510,21 @@ async fn dial_once(
             if let Some(count) = received {
                 old.in_flight.confirm(count);
             }
-            for (topic, count) in old.in_flight.by_topic() {
-                link.undelivered(topic, count);
+            for (lost, count) in old.in_flight.by_kind() {
+                link.undelivered(lost, count);
             }
         } else {
             tracing::warn!(
                 %addr,
                 was = %old.node,
                 now = %node,
-                unconfirmed = old.in_flight.topics.len(),
+                unconfirmed = old.in_flight.forwards.len(),
                 "a node's address now serves another node: forwards to the first are unconfirmed"
             );
         }
     }
     let acks = link.acknowledger();
-    // The topics of the forwards written and not yet confirmed, oldest first.
+    // The forwards written and not yet confirmed, oldest first.
     let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let confirmations = Arc::clone(&in_flight);
     let mut read_acks = tokio::spawn(async move {
@@ -547,8 +548,8 @@ async fn dial_once(
                     in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .topics
-                        .push_back(forward.message.topic.as_str().to_owned());
+                        .forwards
+                        .push_back(forward.lost());
                 }
                 let frame = match next {
                     Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
@@ -565,7 +566,7 @@ async fn dial_once(
                         },
                         groups: forward.groups.iter().map(|g| g.to_string()).collect(),
                     },
-                    Some(Outgoing::Dropped { topic, count }) => PeerFrame::Dropped { topic, count },
+                    Some(Outgoing::Dropped { lost, count }) => PeerFrame::Dropped { lost, count },
                     None => break "the broker stopped".to_owned(),
                 };
                 if let Err(reason) = write_frame(&mut send, &frame).await {
@@ -578,7 +579,7 @@ async fn dial_once(
     };
     read_acks.abort();
     let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
-    if !in_flight.topics.is_empty() {
+    if !in_flight.forwards.is_empty() {
         *previous = Some(Previous {
             node: node.clone(),
             link: link_id,
@@ -604,8 +605,8 @@ struct Previous {
 struct InFlight {
     /// How many the peer has confirmed so far.
     confirmed: u64,
-    /// The topics of the rest, oldest first.
-    topics: std::collections::VecDeque<String>,
+    /// What the rest were for, oldest first.
+    forwards: std::collections::VecDeque<Lost>,
 }
 
 impl InFlight {
@@ -614,14 +615,14 @@ impl InFlight {
         let newly = count.saturating_sub(self.confirmed);
         self.confirmed = self.confirmed.max(count);
         let newly = usize::try_from(newly).unwrap_or(usize::MAX);
-        self.topics.drain(..newly.min(self.topics.len()));
+        self.forwards.drain(..newly.min(self.forwards.len()));
     }
 
-    /// The unconfirmed forwards counted by topic.
-    fn by_topic(&self) -> std::collections::BTreeMap<String, u64> {
+    /// The unconfirmed forwards counted by what they were for.
+    fn by_kind(&self) -> std::collections::BTreeMap<Lost, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for topic in &self.topics {
-            *counts.entry(topic.clone()).or_default() += 1;
+        for lost in &self.forwards {
+            *counts.entry(lost.clone()).or_default() += 1;
         }
         counts
     }
