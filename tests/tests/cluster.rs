@@ -676,3 +676,39 @@ async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_gro
     }
     stop_all(nodes).await;
 }
+
+#[tokio::test]
+async fn a_subscribe_waiting_for_the_peers_does_not_hold_the_clients_other_requests() {
+    // Node 3's peers never acknowledge its interest once its cluster traffic is cut: a
+    // `Subscribed` there waits until the links are declared dead (2 s).
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_nodes_with(&[None, None, Some(&cut)]).await;
+    let client = nodes[2].broker.client("busy").await;
+    cut.set_blackhole(true);
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe("waits.for.peers").await.map(|_| ()) }
+    });
+    // The subscribe is on its way before the ping: the broker serves it first.
+    eventually("the subscription exists on node 3", || async {
+        let stats = nodes[2].broker.stats().await;
+        (stats.subscribers > 0).then_some(())
+    })
+    .await;
+    within("a ping while the subscribe waits", client.ping())
+        .await
+        .expect("pong");
+    assert!(
+        !subscribing.is_finished(),
+        "the ping was answered before the subscribe it followed, not behind it"
+    );
+    within(
+        "the subscribe is answered once the peers are gone",
+        subscribing,
+    )
+    .await
+    .expect("the task")
+    .expect("subscribed");
+    cut.set_blackhole(false);
+    stop_all(nodes).await;
+}
