@@ -7,27 +7,18 @@
 
 mod harness;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::{BrokerAddress, Client, Gap, QuicOptions, ReconnectPolicy};
+use cassini_client::{BrokerAddress, Client, Gap};
+use harness::clients::quick_client;
 use harness::{certs, eventually, Broker, Serve};
 
-/// A free UDP port on loopback for each node's cluster address (the peer lists name them before
-/// the nodes start).
-fn free_cluster_addrs(count: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    sockets
-        .iter()
-        .map(|socket| socket.local_addr().expect("address"))
-        .collect()
-}
-
-fn node(dir: &Path, name: &str, listen: SocketAddr, peers: &[SocketAddr]) -> Broker {
+/// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
+/// back the nodes that dial it, so the mesh is full).
+fn node(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
     let mut serve = Serve::new(&["--certs"])
         .arg(dir)
         .args(&[
@@ -38,12 +29,32 @@ fn node(dir: &Path, name: &str, listen: SocketAddr, peers: &[SocketAddr]) -> Bro
             "--monitor",
             "127.0.0.1:0",
         ])
-        .args(&["--cluster-listen", &listen.to_string()])
+        .args(&["--cluster-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
     for peer in peers {
         serve = serve.args(&["--peer", &peer.to_string()]);
     }
     serve.start()
+}
+
+/// Nodes n1, n2 and n3 in a full mesh, each with certificates from `dir`.
+fn three_nodes(dir: &Path) -> Vec<Broker> {
+    certs(
+        dir,
+        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
+    );
+    let mut addrs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let broker = node(dir, name, &addrs);
+        addrs.push(broker.cluster_addr());
+        nodes.push(broker);
+    }
+    for broker in &nodes {
+        broker.wait_for_log_count("cluster link to a peer up", 2);
+        broker.wait_for_log_count("cluster link from a peer up", 2);
+    }
+    nodes
 }
 
 async fn client(broker: &Broker, dir: &Path) -> Client {
@@ -81,40 +92,19 @@ fn clusterz(broker: &Broker) -> serde_json::Value {
 #[tokio::test]
 async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    certs(
-        dir.path(),
-        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
-    );
-    let addrs = free_cluster_addrs(3);
-    let mut nodes: Vec<Broker> = ["n1", "n2", "n3"]
-        .iter()
-        .zip(&addrs)
-        .map(|(name, &listen)| node(dir.path(), name, listen, &addrs))
-        .collect();
-    for broker in &nodes {
-        broker.wait_for_log_count("cluster link to a peer up", 2);
-        broker.wait_for_log_count("cluster link from a peer up", 2);
-    }
+    let mut nodes = three_nodes(dir.path());
 
     let on2 = client(&nodes[1], dir.path()).await;
     let on3 = client(&nodes[2], dir.path()).await;
     // A client of node 3 that knows node 2 too: when node 3 dies it moves there.
-    let mover = Client::builder(BrokerAddress::List(vec![
-        BrokerAddress::Socket(nodes[2].addr()),
-        BrokerAddress::Socket(nodes[1].addr()),
-    ]))
-    .cert_dir(dir.path(), "dev")
-    .server_name("localhost")
-    .quic_options(QuicOptions {
-        idle_timeout: Duration::from_secs(1),
-        keep_alive_interval: Duration::from_millis(250),
-        ..QuicOptions::default()
-    })
-    .reconnect(ReconnectPolicy {
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        ..ReconnectPolicy::default()
-    })
+    let mover = quick_client(
+        BrokerAddress::List(vec![
+            BrokerAddress::Socket(nodes[2].addr()),
+            BrokerAddress::Socket(nodes[1].addr()),
+        ]),
+        dir.path(),
+        "dev",
+    )
     .connect()
     .await
     .expect("client connects");

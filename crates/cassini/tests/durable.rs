@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy, Subscription};
+use cassini_client::{Client, ConnectionState, Subscription};
 use cassini_e2e::relay::UdpRelay;
+use harness::clients::quick_client;
 use harness::{init_certs, Broker, Serve};
 
 const TOPIC: &str = "durable.orders";
@@ -82,20 +83,8 @@ impl DurableBroker {
 }
 
 async fn client(addr: SocketAddr, certs: &Path, name: &str) -> Client {
-    Client::builder(addr)
-        .cert_dir(certs, name)
-        .server_name("localhost")
+    quick_client(addr, certs, name)
         .subscription_buffer(16)
-        .quic_options(QuicOptions {
-            idle_timeout: Duration::from_secs(1),
-            keep_alive_interval: Duration::from_millis(250),
-            ..QuicOptions::default()
-        })
-        .reconnect(ReconnectPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            ..ReconnectPolicy::default()
-        })
         .connect()
         .await
         .expect("connect")

@@ -12,7 +12,11 @@
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
 //! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
-//! address is in its own peer list) is closed and that address is not dialed again.
+//! address is in its own peer list) is closed and that address is not dialed again. A node
+//! that dials this one is dialed back at the address its connection comes from (the peer's
+//! cluster address: one socket both listens and dials), unless that address is dialed already:
+//! so the mesh is full even when only one side lists the other (nodes on port 0 that learn each
+//! other's addresses only once bound).
 //!
 //! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
 //! silent for 2 s is gone, and with its connections go its interest and its queue.
@@ -172,7 +176,38 @@ pub struct ClusterNode {
     closing: CancellationToken,
     tasks: TaskTracker,
     port: ClusterPort,
+    dialer: Dialer,
+}
+
+/// Starts one dial loop per peer address, at most one per address.
+#[derive(Debug, Clone)]
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    port: ClusterPort,
     options: Arc<ClusterOptions>,
+    closing: CancellationToken,
+    tasks: TaskTracker,
+    dialed: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+}
+
+impl Dialer {
+    /// Dials `addr` from now on, unless it is dialed already.
+    fn dial(&self, addr: SocketAddr) {
+        let new = self
+            .dialed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        if new {
+            self.tasks.spawn(dial_loop(
+                self.endpoint.clone(),
+                addr,
+                self.port.clone(),
+                Arc::clone(&self.options),
+                self.closing.clone(),
+            ));
+        }
+    }
 }
 
 impl ClusterNode {
@@ -192,37 +227,39 @@ impl ClusterNode {
         )?;
         endpoint.set_default_client_config(tls::client_config(tls.client, &options.quic)?);
         let options = Arc::new(options);
+        let closing = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            port: port.clone(),
+            options: Arc::clone(&options),
+            closing: closing.clone(),
+            tasks: tasks.clone(),
+            dialed: Arc::default(),
+        };
         let node = Self {
             endpoint,
-            closing: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            closing,
+            tasks,
             port,
-            options,
+            dialer,
         };
         node.tasks.spawn(accept_loop(
             node.endpoint.clone(),
             node.port.clone(),
             Received::default(),
-            Arc::clone(&node.options),
-            node.closing.clone(),
-            node.tasks.clone(),
+            node.dialer.clone(),
         ));
-        for &addr in &node.options.peers {
+        for &addr in &options.peers {
             node.dial(addr);
         }
         Ok(node)
     }
 
-    /// Dials `addr` too, from now on (as if it were in the peer list): for tests and tools
-    /// whose nodes learn their addresses only once bound.
+    /// Dials `addr` too, from now on (as if it were in the peer list), unless it is dialed
+    /// already: for tests and tools whose nodes learn their addresses only once bound.
     pub fn dial(&self, addr: SocketAddr) {
-        self.tasks.spawn(dial_loop(
-            self.endpoint.clone(),
-            addr,
-            self.port.clone(),
-            Arc::clone(&self.options),
-            self.closing.clone(),
-        ));
+        self.dialer.dial(addr);
     }
 
     /// This node's side of the cluster, as the broker keeps it (peers and their numbers).
@@ -261,24 +298,20 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     port: ClusterPort,
     received: Received,
-    options: Arc<ClusterOptions>,
-    closing: CancellationToken,
-    tasks: TaskTracker,
+    dialer: Dialer,
 ) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            () = closing.cancelled() => return,
+            () = dialer.closing.cancelled() => return,
         };
         let Some(incoming) = incoming else { return };
         let port = port.clone();
-        let options = Arc::clone(&options);
-        let closing = closing.clone();
+        let dialer = dialer.clone();
         let received = Arc::clone(&received);
-        tasks.spawn(async move {
+        dialer.tasks.clone().spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(reason) = serve_inbound(incoming, &port, &options, &received, &closing).await
-            {
+            if let Err(reason) = serve_inbound(incoming, &port, &dialer, &received).await {
                 tracing::info!(%remote, %reason, "cluster link from a peer ended");
             }
         });
@@ -289,10 +322,11 @@ async fn accept_loop(
 async fn serve_inbound(
     incoming: quinn::Incoming,
     port: &ClusterPort,
-    options: &ClusterOptions,
+    dialer: &Dialer,
     registry: &Received,
-    closing: &CancellationToken,
 ) -> Result<(), String> {
+    let options = &dialer.options;
+    let closing = &dialer.closing;
     let limit = options.handshake_timeout;
     let greeting = async {
         let connection = incoming
@@ -347,6 +381,7 @@ async fn serve_inbound(
         return Ok(());
     }
     tracing::info!(peer = %node, "cluster link from a peer up");
+    dialer.dial(connection.remote_address());
     let mut inbox = port.open_inbound(&node);
     let mut received = 0u64;
     let mut confirmed = 0u64;

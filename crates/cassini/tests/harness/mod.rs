@@ -3,10 +3,11 @@
 //! - [`cassini`]: the binary run as a user runs it, with none of the caller's `RUST_LOG` or
 //!   `CASSINI_*` variables; [`run`], [`spawn_until`], [`wait_with_deadline`], [`terminate`] for
 //!   the processes a test starts (`pub`, `sub`, `reply`, ...).
-//! - [`Broker`]: `cassini serve` as a child process. It listens on port 0 (QUIC, and the
-//!   monitor when `--monitor 127.0.0.1:0` is given) and the harness reads the bound addresses
-//!   back from its log (`addr=` of the `cassini listening` and `monitoring endpoint` lines), so
-//!   no port is ever guessed. Its log is kept for the test to wait on; it is killed on drop.
+//! - [`Broker`]: `cassini serve` as a child process. It listens on port 0 (QUIC, the monitor
+//!   when `--monitor 127.0.0.1:0` is given, the cluster address with `--cluster-listen
+//!   127.0.0.1:0`) and the harness reads the bound addresses back from its log (`addr=` of the
+//!   `cassini listening`, `monitoring endpoint` and `cluster listening` lines), so no port is
+//!   ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
 //!   tests that need more than [`Broker::start`].
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
@@ -432,6 +433,15 @@ impl Broker {
         log_field(&line, "addr")
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no monitor address in {line:?}"))
+    }
+
+    /// The cluster address it bound (`addr=` of its `cluster listening` line), for a node
+    /// started with `--cluster-listen 127.0.0.1:0`.
+    pub(crate) fn cluster_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("cluster listening");
+        log_field(&line, "addr")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no cluster address in {line:?}"))
     }
 
     /// The child's process id.
