@@ -10,8 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Gap, RequestError, SubscribeOptions, Subscription, SubscriptionEvent};
-use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
+use cassini_client::{Gap, SubscribeOptions, Subscription, SubscriptionEvent};
+use cassini_e2e::{
+    assert_echoes, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
+    TestBroker,
+};
 use cassini_protocol::GapReason;
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
@@ -54,6 +57,15 @@ impl Node {
     fn meshed_with(&self, others: usize) -> bool {
         let peers = self.cluster.port().peers();
         peers.len() == others && peers.iter().all(|peer| peer.inbound && peer.outbound)
+    }
+
+    /// Waits until this node holds no interest of any peer.
+    async fn forgets_every_peers_interest(&self) {
+        eventually("no peer's interest is left", || async {
+            let peers = self.cluster.port().peers();
+            peers.iter().all(|peer| peer.interest == 0).then_some(())
+        })
+        .await;
     }
 
     async fn stop(self) {
@@ -164,22 +176,13 @@ async fn wildcards_and_unsubscribe_apply_across_nodes() {
 
     narrow.unsubscribe().await.expect("unsubscribe");
     wide.unsubscribe().await.expect("unsubscribe");
-    eventually("node 1 forgets node 3's interest", || async {
-        let peers = nodes[0].cluster.port().peers();
-        (peers.iter().all(|peer| peer.interest == 0)).then_some(())
-    })
+    nodes[0].forgets_every_peers_interest().await;
+    assert_no_responders(
+        &publisher,
+        "sensors.kitchen.temp",
+        "no interest anywhere after the unsubscribe",
+    )
     .await;
-    let outcome = publisher
-        .request(
-            "sensors.kitchen.temp",
-            Bytes::from_static(b"anyone?"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "no interest anywhere after the unsubscribe: {outcome:?}"
-    );
     stop_all(nodes).await;
 }
 
@@ -187,57 +190,16 @@ async fn wildcards_and_unsubscribe_apply_across_nodes() {
 async fn a_request_on_one_node_is_answered_on_another_and_no_responders_is_cluster_wide() {
     let (_pki, nodes) = three_nodes().await;
     let caller = nodes[0].broker.client("caller").await;
-    let outcome = caller
-        .request(
-            "svc.echo",
-            Bytes::from_static(b"x"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "no responder anywhere: {outcome:?}"
-    );
+    assert_no_responders(&caller, "svc.echo", "no responder anywhere").await;
 
     let service = nodes[2].broker.client("service").await;
-    let mut requests = service.serve("svc.echo").await.expect("serve");
-    let server = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let mut reply = b"echo: ".to_vec();
-            reply.extend_from_slice(request.message().payload());
-            let _ = request.respond(Bytes::from(reply)).await;
-        }
-    });
+    let server = echo_service(&service, "svc.echo").await;
     // Right after `Subscribed` on node 3: node 1 must already know the responder.
-    for i in 0..5 {
-        let reply = caller
-            .request(
-                "svc.echo",
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("a reply from node 3");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
+    assert_echoes(&caller, "svc.echo", 5).await;
     server.abort();
     service.close().await.expect("close");
-    eventually("the responder's interest leaves node 1", || async {
-        let peers = nodes[0].cluster.port().peers();
-        peers.iter().all(|peer| peer.interest == 0).then_some(())
-    })
-    .await;
-    let outcome = caller
-        .request(
-            "svc.echo",
-            Bytes::from_static(b"x"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "the only responder left: {outcome:?}"
-    );
+    nodes[0].forgets_every_peers_interest().await;
+    assert_no_responders(&caller, "svc.echo", "the only responder left").await;
     stop_all(nodes).await;
 }
 

@@ -39,6 +39,24 @@ fn entry(filter: &str, group: Option<&str>, count: u32) -> InterestEntry {
     }
 }
 
+/// Node "a" with both links to peer "b" up, its queue towards "b" holding one message, and
+/// `entries` as b's interest.
+fn linked_with_a_queue_of_one(
+    entries: Vec<InterestEntry>,
+) -> (Arc<Cluster>, InboundLink, OutboundLink) {
+    let node = Arc::new(Cluster::new(
+        ClusterConfig {
+            max_queued_messages: 1,
+            ..ClusterConfig::node("a")
+        },
+        TopicLimits::default(),
+    ));
+    let inbound = node.open_inbound("b");
+    let link = node.open_outbound("b");
+    inbound.apply(InterestUpdate::Snapshot { seq: 1, entries });
+    (node, inbound, link)
+}
+
 async fn next(link: &mut OutboundLink) -> Outgoing {
     tokio::time::timeout(std::time::Duration::from_secs(5), link.next())
         .await
@@ -132,19 +150,7 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
 
 #[tokio::test]
 async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_next_link() {
-    let node = Arc::new(Cluster::new(
-        ClusterConfig {
-            max_queued_messages: 1,
-            ..ClusterConfig::node("a")
-        },
-        TopicLimits::default(),
-    ));
-    let inbound = node.open_inbound("b");
-    let link = node.open_outbound("b");
-    inbound.apply(InterestUpdate::Snapshot {
-        seq: 1,
-        entries: vec![entry("t", None, 1)],
-    });
+    let (node, inbound, link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
     node.forward(&message("t"));
     node.forward(&message("t"));
     assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
@@ -173,19 +179,7 @@ async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_nex
 
 #[tokio::test]
 async fn a_drop_for_a_peers_queue_group_names_the_group_it_was_to_serve() {
-    let node = Arc::new(Cluster::new(
-        ClusterConfig {
-            max_queued_messages: 1,
-            ..ClusterConfig::node("a")
-        },
-        TopicLimits::default(),
-    ));
-    let inbound = node.open_inbound("b");
-    let link = node.open_outbound("b");
-    inbound.apply(InterestUpdate::Snapshot {
-        seq: 1,
-        entries: vec![entry("jobs.*", Some("w"), 2)],
-    });
+    let (node, _inbound, link) = linked_with_a_queue_of_one(vec![entry("jobs.*", Some("w"), 2)]);
     node.forward(&message("jobs.x"));
     node.forward(&message("jobs.x"));
     drop(link);
