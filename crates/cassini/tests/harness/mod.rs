@@ -110,6 +110,54 @@ pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Runs `ip ARGS` (network namespaces and links, for the tests that cut a real link); an
+/// error that says what failed, for a test to skip with when it cannot.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Lines of a child's output, read on a thread.
+pub(crate) fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// Waits (within 30 s) for a line of `lines` that `wanted` accepts, skipping the others.
+pub(crate) fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// `cassini certs ARGS --dir DIR`, which must succeed.
 pub(crate) fn certs(dir: &Path, args: &[&str]) -> Output {
     let output = run(cassini(&["certs"]).args(args).arg("--dir").arg(dir));
@@ -172,6 +220,29 @@ impl Running {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         Self(command.spawn().expect("spawn"))
+    }
+
+    /// Starts `command` with its stdout and stderr read line by line on threads.
+    pub(crate) fn piped(
+        mut command: Command,
+    ) -> (Self, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        (Self(child), stdout, stderr)
+    }
+
+    /// Whether it has exited, and with success.
+    pub(crate) fn succeeded(&mut self) -> Option<bool> {
+        self.0
+            .try_wait()
+            .expect("wait")
+            .map(|status| status.success())
     }
 
     /// Starts `command` and waits (within [`DEADLINE`]) until a stderr line contains `ready`.
