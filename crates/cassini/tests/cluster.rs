@@ -1,7 +1,8 @@
 //! Three `cassini serve` processes forming a cluster on loopback (docs/CLUSTERING.md), with node
 //! certificates from `cassini certs init --node`: publish on one node, receive on the others;
 //! then `kill -9` of a node: the others keep routing, and it leaves routing within the failure
-//! detection time.
+//! detection time; wildcards, unsubscribe and cluster-wide no-responders; node and client
+//! certificates refused on each other's address.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -9,10 +10,15 @@ mod harness;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::{BrokerAddress, Client, Gap};
+use cassini_e2e::{assert_echoes, assert_no_responders, echo_service, raw_connect};
+use cassini_quic::certs::NODE_SERVER_NAME;
+use cassini_quic::cluster::CLUSTER_ALPN;
+use cassini_quic::tls;
 use harness::clients::quick_client;
 use harness::{certs, eventually, Broker, Serve};
 
@@ -244,5 +250,121 @@ async fn cassini_demo_runs_a_three_node_cluster_in_one_process() {
     assert!(
         status.success(),
         "the demo stops cleanly on SIGINT: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_responders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let interest_of_n3 = || {
+        let view = clusterz(&nodes[0]);
+        let peers = view["peers"].as_array()?;
+        let n3 = peers.iter().find(|peer| peer["node"] == "n3")?;
+        n3["interest"].as_u64()
+    };
+    let watcher = client(&nodes[2], dir.path()).await;
+    let mut wide = watcher.subscribe("sensors.>").await.expect("subscribe");
+    let mut narrow = watcher
+        .subscribe("sensors.*.temp")
+        .await
+        .expect("subscribe");
+    let publisher = client(&nodes[0], dir.path()).await;
+    publisher
+        .publish("sensors.kitchen.temp", Bytes::from_static(b"21"))
+        .await
+        .expect("publish");
+    for subscription in [&mut wide, &mut narrow] {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+            .await
+            .expect("in time")
+            .expect("a message");
+        assert_eq!(message.topic(), "sensors.kitchen.temp");
+    }
+    narrow.unsubscribe().await.expect("unsubscribe");
+    wide.unsubscribe().await.expect("unsubscribe");
+    eventually("node 1 forgets node 3's filters", || {
+        (interest_of_n3()? == 0).then_some(())
+    });
+    assert_no_responders(&publisher, "sensors.kitchen.temp", "after the unsubscribe").await;
+
+    // A responder on node 3 answers node 1; once it has left, nobody anywhere answers.
+    let service = client(&nodes[2], dir.path()).await;
+    let server = echo_service(&service, "svc.echo").await;
+    assert_echoes(&publisher, "svc.echo", 3).await;
+    server.abort();
+    service.close().await.expect("close");
+    eventually("the responder's interest leaves node 1", || {
+        (interest_of_n3()? == 0).then_some(())
+    });
+    assert_no_responders(&publisher, "svc.echo", "the only responder left").await;
+}
+
+/// The TLS alert code that ended `connection`'s attempt, if a TLS alert did.
+fn tls_alert(error: &quinn::ConnectionError) -> Option<u64> {
+    let code = match error {
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        quinn::ConnectionError::TransportError(error) => u64::from(error.code),
+        _ => return None,
+    };
+    (0x100..0x200).contains(&code).then(|| code - 0x100)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_node_refuses_a_node_certificate_as_a_client_and_a_client_certificate_as_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path(), &["init", "--node", "n1", "--node", "n2"]);
+    let n1 = node(dir.path(), "n1", &[]);
+    let cluster_addr = n1.cluster_addr();
+    let ca = tls::load_certs(&dir.path().join("ca.crt")).expect("ca");
+    let identity = |kind: &str| {
+        (
+            tls::load_certs(&dir.path().join(format!("{kind}.crt"))).expect("certificate"),
+            tls::load_key(&dir.path().join(format!("{kind}.key"))).expect("key"),
+        )
+    };
+
+    // A node certificate on the client address (ALPN cassini/1): refused.
+    let (chain, key) = identity("node-n2");
+    let (_endpoint, connection) = raw_connect(n1.addr(), ca.clone(), chain, key)
+        .await
+        .expect("the handshake itself completes on the client side");
+    let refused = tokio::time::timeout(Duration::from_secs(20), connection.closed())
+        .await
+        .expect("closed in time");
+    assert_eq!(
+        tls_alert(&refused),
+        Some(46),
+        "a node as a client: {refused}"
+    );
+
+    // A client certificate on the cluster address (ALPN cassini-cluster/1): refused.
+    let (chain, key) = identity("client-dev");
+    let mut crypto = Arc::unwrap_or_clone(tls::client_crypto(ca, chain, key).expect("TLS"));
+    crypto.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+    let options = tls::QuicOptions::default();
+    let config = tls::client_config(Arc::new(crypto), &options).expect("quinn config");
+    let endpoint = cassini_quic::endpoint::bind_client(
+        "127.0.0.1:0".parse().expect("addr"),
+        config.clone(),
+        &options,
+    )
+    .expect("endpoint");
+    let attempt = endpoint
+        .connect_with(config, cluster_addr, NODE_SERVER_NAME)
+        .expect("connecting");
+    let refused = match tokio::time::timeout(Duration::from_secs(20), attempt)
+        .await
+        .expect("in time")
+    {
+        Err(error) => error,
+        Ok(connection) => tokio::time::timeout(Duration::from_secs(20), connection.closed())
+            .await
+            .expect("closed in time"),
+    };
+    assert_eq!(
+        tls_alert(&refused),
+        Some(46),
+        "a client as a node: {refused}"
     );
 }
