@@ -174,6 +174,11 @@ pub struct PeerStats {
     pub forwarded: u64,
     /// Messages dropped for it (queue full, or link down).
     pub dropped: u64,
+    /// Messages waiting in its queue now.
+    pub queued: usize,
+    /// The round-trip time of this node's link towards it, in microseconds, as QUIC measures
+    /// it (`None` while that link is down).
+    pub rtt_micros: Option<u64>,
 }
 
 type EntryKey = (String, Option<String>);
@@ -278,6 +283,8 @@ struct Peer {
     drops: Mutex<HashMap<Lost, u64>>,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// The outbound link's round-trip time in microseconds; 0: unknown.
+    rtt_micros: AtomicU64,
 }
 
 impl Peer {
@@ -289,6 +296,7 @@ impl Peer {
             drops: Mutex::default(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            rtt_micros: AtomicU64::new(0),
         }
     }
 
@@ -579,9 +587,15 @@ impl Cluster {
             .map(|peer| {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
                 let inbound = interest.0 != 0;
+                let queued = lock(&peer.outbound)
+                    .as_ref()
+                    .map(|(_, queue)| queue.max_capacity() - queue.capacity());
+                let rtt = peer.rtt_micros.load(Ordering::Relaxed);
                 PeerStats {
                     node: peer.name.to_string(),
-                    outbound: lock(&peer.outbound).is_some(),
+                    outbound: queued.is_some(),
+                    queued: queued.unwrap_or(0),
+                    rtt_micros: (queued.is_some() && rtt > 0).then_some(rtt),
                     inbound,
                     interest: if inbound { interest.1.entries } else { 0 },
                     forwarded: peer.forwarded.load(Ordering::Relaxed),
@@ -648,6 +662,12 @@ impl OutboundLink {
         self.peer.drop_for(lost, count);
     }
 
+    /// The link's round-trip time, as its transport measures it now, for monitoring.
+    pub fn measured_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.peer.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+
     /// An acknowledger for this link's interest, to hand to the task reading the peer's acks.
     pub fn acknowledger(&self) -> Acknowledger {
         Acknowledger {
@@ -663,6 +683,7 @@ impl Drop for OutboundLink {
             let mut outbound = lock(&self.peer.outbound);
             if outbound.as_ref().is_some_and(|(id, _)| *id == self.id) {
                 *outbound = None;
+                self.peer.rtt_micros.store(0, Ordering::Relaxed);
             }
         }
         // What waited in the queue was never sent: lost to the peer, and announced as such.

@@ -72,26 +72,25 @@ async fn client(broker: &Broker, dir: &Path) -> Client {
         .expect("client connects")
 }
 
-/// `/clusterz` of `broker` (plain HTTP/1.0 on its monitoring endpoint); `Null` if unreadable.
-fn clusterz(broker: &Broker) -> serde_json::Value {
+/// The body of `path` on `broker`'s monitoring endpoint (plain HTTP/1.0); `None` if unreadable.
+fn monitored(broker: &Broker, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(broker.monitor()) else {
-        return serde_json::Value::Null;
-    };
+    let mut stream = std::net::TcpStream::connect(broker.monitor()).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream
-        .write_all(b"GET /clusterz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return serde_json::Value::Null;
-    }
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
     let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return serde_json::Value::Null;
-    }
+    stream.read_to_string(&mut response).ok()?;
     response
         .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .map(|(_, body)| body.to_owned())
+}
+
+/// `/clusterz` of `broker`; `Null` if unreadable.
+fn clusterz(broker: &Broker) -> serde_json::Value {
+    monitored(broker, "/clusterz")
+        .and_then(|body| serde_json::from_str(&body).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
@@ -263,6 +262,27 @@ async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_r
         let n3 = peers.iter().find(|peer| peer["node"] == "n3")?;
         n3["interest"].as_u64()
     };
+    // Each peer's links, queue and round-trip time, in /clusterz and /metrics.
+    eventually("node 1 measures both peers' round-trip times", || {
+        let view = clusterz(&nodes[0]);
+        let peers = view["peers"].as_array()?;
+        (peers.len() == 2
+            && peers
+                .iter()
+                .all(|peer| peer["rtt_micros"].as_u64() > Some(0)))
+        .then_some(())
+    });
+    let metrics = monitored(&nodes[0], "/metrics").expect("/metrics");
+    for peer in ["n2", "n3"] {
+        for direction in ["inbound", "outbound"] {
+            let up =
+                format!("cassini_cluster_link_up{{peer=\"{peer}\",direction=\"{direction}\"}} 1");
+            assert!(metrics.contains(&up), "{up} in:\n{metrics}");
+        }
+        let rtt = format!("cassini_cluster_rtt_seconds{{peer=\"{peer}\"}} ");
+        assert!(metrics.contains(&rtt), "{rtt} in:\n{metrics}");
+    }
+
     let watcher = client(&nodes[2], dir.path()).await;
     let mut wide = watcher.subscribe("sensors.>").await.expect("subscribe");
     let mut narrow = watcher

@@ -63,6 +63,9 @@ pub const DELIVERED_EVERY: u64 = 64;
 /// ... and at the latest this long after the last unconfirmed one.
 const DELIVERED_AFTER: Duration = Duration::from_millis(5);
 
+/// How often a link's round-trip time is read for monitoring.
+const RTT_EVERY: Duration = Duration::from_secs(1);
+
 /// Close code of a cluster connection that ends on purpose (wrong cluster, this node itself,
 /// the node stopping).
 const CLOSE_CODE: u32 = 0;
@@ -576,8 +579,11 @@ async fn dial_once(
             }
         }
     });
+    link.measured_rtt(connection.rtt());
+    let mut rtt_every = tokio::time::interval(RTT_EVERY);
     let reason = loop {
         tokio::select! {
+            _ = rtt_every.tick() => link.measured_rtt(connection.rtt()),
             next = link.next() => {
                 if let Some(Outgoing::Message(forward)) = &next {
                     in_flight
