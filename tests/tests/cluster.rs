@@ -34,6 +34,16 @@ impl Node {
     }
 
     async fn start_with(pki: &Pki, cluster: ClusterConfig, faults: Option<&FaultControl>) -> Self {
+        Self::start_on(pki, cluster, faults, "127.0.0.1:0").await
+    }
+
+    /// A node whose cluster endpoint binds `listen`.
+    async fn start_on(
+        pki: &Pki,
+        cluster: ClusterConfig,
+        faults: Option<&FaultControl>,
+        listen: &str,
+    ) -> Self {
         let name = cluster.node.clone();
         let config = BrokerConfig {
             cluster: Some(cluster),
@@ -42,7 +52,7 @@ impl Node {
         let broker = TestBroker::start_sharing_ca(pki, config).await;
         let (chain, key) = identity_of(&pki.node(&name));
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
-        let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        let mut options = ClusterOptions::new("test", listen.parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
         let port = broker.broker.cluster().expect("a cluster node");
         let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
@@ -673,4 +683,49 @@ async fn a_subscribe_waiting_for_the_peers_does_not_hold_the_clients_other_reque
     .expect("subscribed");
     cut.set_blackhole(false);
     stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_node_reached_at_two_addresses_keeps_one_link_and_loses_nothing() {
+    const COUNT: u32 = 20_000;
+    let pki = Pki::new();
+    let n1 = Node::start(&pki, "n1").await;
+    let n2 = Node::start_on(&pki, ClusterConfig::node("n2"), None, "0.0.0.0:0").await;
+    let port = n2.cluster_addr().port();
+    // Node 1 knows node 2 under two addresses; one link must serve, not two in turn.
+    n1.cluster
+        .dial(format!("127.0.0.1:{port}").parse().expect("addr"));
+    n1.cluster
+        .dial(format!("127.0.0.2:{port}").parse().expect("addr"));
+    eventually("the two nodes are linked both ways", || async {
+        (n1.meshed_with(1) && n2.meshed_with(1)).then_some(())
+    })
+    .await;
+    let subscriber = n2.broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("steady").await.expect("subscribe");
+    let publisher = n1.broker.client("pub").await;
+    // Long enough for a second link to the same node to have replaced the first several
+    // times (each dial retries within 100 ms to 5 s).
+    let started = std::time::Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_millis(1500) && sent < COUNT {
+        publisher
+            .publish("steady", Bytes::from(sent.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+        sent += 1;
+        if sent.is_multiple_of(100) {
+            // Paced: the subscriber keeps up, so any loss is the links'.
+            within("the subscriber keeps up", async {
+                for i in sent - 100..sent {
+                    let message = subscription.recv().await.expect("a message");
+                    assert_eq!(message.payload().as_ref(), i.to_be_bytes(), "in order");
+                }
+            })
+            .await;
+        }
+    }
+    assert_eq!(subscription.gaps(), 0, "nothing lost");
+    n1.stop().await;
+    n2.stop().await;
 }

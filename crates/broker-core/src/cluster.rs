@@ -446,6 +446,17 @@ impl Cluster {
         }
     }
 
+    /// Whether a link towards peer `name` is up (another dial to it would replace it).
+    pub fn has_outbound(&self, name: &str) -> bool {
+        let peer = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        peer.is_some_and(|peer| lock(&peer.outbound).is_some())
+    }
+
     /// Starts a link towards peer `name`: it will carry a snapshot of this node's interest,
     /// its changes, and the forwards for that peer. Replaces an earlier link to the same peer.
     pub fn open_outbound(self: &Arc<Self>, name: &str) -> OutboundLink {

@@ -35,6 +35,11 @@ impl ClusterPort {
         self.cluster.open_outbound(node)
     }
 
+    /// Whether the link that carries this node's interest and forwards to peer `node` is up.
+    pub fn has_outbound(&self, node: &str) -> bool {
+        self.cluster.has_outbound(node)
+    }
+
     /// Starts the link that brings peer `node`'s interest and forwards to this node.
     pub fn open_inbound(&self, node: &str) -> PeerInbox {
         PeerInbox {

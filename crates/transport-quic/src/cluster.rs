@@ -16,7 +16,8 @@
 //! that dials this one is dialed back at the address its connection comes from (the peer's
 //! cluster address: one socket both listens and dials), unless that address is dialed already:
 //! so the mesh is full even when only one side lists the other (nodes on port 0 that learn each
-//! other's addresses only once bound).
+//! other's addresses only once bound). A dial that reaches a node this one already has a link
+//! to (the same node at another address) is closed and tried again later with backoff.
 //!
 //! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
 //! silent for 2 s is gone, and with its connections go its interest and its queue.
@@ -524,6 +525,12 @@ async fn dial_once(
     if node == port.node() {
         connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
         return Ok(LinkEnd::ThisNode);
+    }
+    if port.has_outbound(&node) {
+        // The same node at another address (dialed back, or listed twice): one link per peer;
+        // this address is tried again with backoff, in case that link ends.
+        connection.close(VarInt::from_u32(CLOSE_CODE), b"a link to this node is up");
+        return Err(format!("a link to {node} is up already"));
     }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
     let link_id: u64 = rand::rng().random();
