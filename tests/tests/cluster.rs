@@ -11,9 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Gap, ReconnectPolicy, RequestError};
-use cassini_e2e::{eventually, identity_of, raw, within, Pki, TestBroker};
-use cassini_protocol::SessionId;
+use cassini_client::{Gap, ReconnectPolicy, SubscribeOptions, Subscription, SubscriptionEvent};
+use cassini_e2e::{
+    assert_echoes, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
+    TestBroker,
+};
+use cassini_protocol::{GapReason, SessionId};
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
 use cassini_quic::faults::{FaultControl, FaultPlan};
@@ -28,18 +31,29 @@ struct Node {
 
 impl Node {
     async fn start(pki: &Pki, name: &str) -> Self {
-        Self::start_with(pki, name, None).await
+        Self::start_with(pki, ClusterConfig::node(name), None).await
     }
 
-    async fn start_with(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
+    async fn start_with(pki: &Pki, cluster: ClusterConfig, faults: Option<&FaultControl>) -> Self {
+        Self::start_on(pki, cluster, faults, "127.0.0.1:0").await
+    }
+
+    /// A node whose cluster endpoint binds `listen`.
+    async fn start_on(
+        pki: &Pki,
+        cluster: ClusterConfig,
+        faults: Option<&FaultControl>,
+        listen: &str,
+    ) -> Self {
+        let name = cluster.node.clone();
         let config = BrokerConfig {
-            cluster: Some(ClusterConfig::node(name)),
+            cluster: Some(cluster),
             ..BrokerConfig::default()
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
-        let (chain, key) = identity_of(&pki.node(name));
+        let (chain, key) = identity_of(&pki.node(&name));
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
-        let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        let mut options = ClusterOptions::new("test", listen.parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
         options.advertise = Some(broker.addr.to_string());
         let port = broker.broker.cluster().expect("a cluster node");
@@ -57,6 +71,15 @@ impl Node {
         peers.len() == others && peers.iter().all(|peer| peer.inbound && peer.outbound)
     }
 
+    /// Waits until this node holds no interest of any peer.
+    async fn forgets_every_peers_interest(&self) {
+        eventually("no peer's interest is left", || async {
+            let peers = self.cluster.port().peers();
+            peers.iter().all(|peer| peer.interest == 0).then_some(())
+        })
+        .await;
+    }
+
     async fn stop(self) {
         self.cluster.close(Duration::from_secs(1)).await;
         self.broker.stop().await;
@@ -70,10 +93,18 @@ async fn three_nodes() -> (Pki, Vec<Node>) {
 
 /// [`three_nodes`], with node `i`'s cluster socket under `faults[i]`.
 async fn three_nodes_with(faults: &[Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
+    mesh(["n1", "n2", "n3"].map(ClusterConfig::node), faults).await
+}
+
+/// Three nodes with these settings in a full mesh, node `i`'s cluster socket under `faults[i]`.
+async fn mesh(
+    configs: [ClusterConfig; 3],
+    faults: &[Option<&FaultControl>; 3],
+) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
-    for (name, faults) in ["n1", "n2", "n3"].into_iter().zip(faults) {
-        nodes.push(Node::start_with(&pki, name, *faults).await);
+    for (config, faults) in configs.into_iter().zip(faults) {
+        nodes.push(Node::start_with(&pki, config, *faults).await);
     }
     let addrs: Vec<_> = nodes.iter().map(Node::cluster_addr).collect();
     for node in &nodes {
@@ -157,22 +188,13 @@ async fn wildcards_and_unsubscribe_apply_across_nodes() {
 
     narrow.unsubscribe().await.expect("unsubscribe");
     wide.unsubscribe().await.expect("unsubscribe");
-    eventually("node 1 forgets node 3's interest", || async {
-        let peers = nodes[0].cluster.port().peers();
-        (peers.iter().all(|peer| peer.interest == 0)).then_some(())
-    })
+    nodes[0].forgets_every_peers_interest().await;
+    assert_no_responders(
+        &publisher,
+        "sensors.kitchen.temp",
+        "no interest anywhere after the unsubscribe",
+    )
     .await;
-    let outcome = publisher
-        .request(
-            "sensors.kitchen.temp",
-            Bytes::from_static(b"anyone?"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "no interest anywhere after the unsubscribe: {outcome:?}"
-    );
     stop_all(nodes).await;
 }
 
@@ -180,57 +202,16 @@ async fn wildcards_and_unsubscribe_apply_across_nodes() {
 async fn a_request_on_one_node_is_answered_on_another_and_no_responders_is_cluster_wide() {
     let (_pki, nodes) = three_nodes().await;
     let caller = nodes[0].broker.client("caller").await;
-    let outcome = caller
-        .request(
-            "svc.echo",
-            Bytes::from_static(b"x"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "no responder anywhere: {outcome:?}"
-    );
+    assert_no_responders(&caller, "svc.echo", "no responder anywhere").await;
 
     let service = nodes[2].broker.client("service").await;
-    let mut requests = service.serve("svc.echo").await.expect("serve");
-    let server = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let mut reply = b"echo: ".to_vec();
-            reply.extend_from_slice(request.message().payload());
-            let _ = request.respond(Bytes::from(reply)).await;
-        }
-    });
+    let server = echo_service(&service, "svc.echo").await;
     // Right after `Subscribed` on node 3: node 1 must already know the responder.
-    for i in 0..5 {
-        let reply = caller
-            .request(
-                "svc.echo",
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("a reply from node 3");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
+    assert_echoes(&caller, "svc.echo", 5).await;
     server.abort();
     service.close().await.expect("close");
-    eventually("the responder's interest leaves node 1", || async {
-        let peers = nodes[0].cluster.port().peers();
-        peers.iter().all(|peer| peer.interest == 0).then_some(())
-    })
-    .await;
-    let outcome = caller
-        .request(
-            "svc.echo",
-            Bytes::from_static(b"x"),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        matches!(outcome, Err(RequestError::NoResponders { .. })),
-        "the only responder left: {outcome:?}"
-    );
+    nodes[0].forgets_every_peers_interest().await;
+    assert_no_responders(&caller, "svc.echo", "the only responder left").await;
     stop_all(nodes).await;
 }
 
@@ -608,6 +589,150 @@ async fn a_direct_message_reaches_its_session_on_another_node_and_nothing_else()
     stop_all(nodes).await;
 }
 
+/// What one subscription saw of a flood: the payloads it received (in order) and how many
+/// sequences each kind of gap covered.
+#[derive(Debug, Default)]
+struct Seen {
+    received: Vec<u32>,
+    route_gaps: u64,
+    other_gaps: Vec<Gap>,
+}
+
+impl Seen {
+    fn accounted(&self) -> u64 {
+        let other: u64 = self.other_gaps.iter().filter_map(Gap::missed).sum();
+        self.received.len() as u64 + self.route_gaps + other
+    }
+}
+
+/// Reads `subscriptions` until `done` says what all of them saw is complete.
+async fn read_until(
+    subscriptions: &mut [Subscription],
+    what: &str,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = subscriptions.iter().map(|_| Seen::default()).collect();
+    within(what, async {
+        while !done(&seen) {
+            for (subscription, seen) in subscriptions.iter_mut().zip(&mut seen) {
+                let event =
+                    tokio::time::timeout(Duration::from_millis(20), subscription.next_event())
+                        .await;
+                match event {
+                    Ok(Some(SubscriptionEvent::Message(message))) => {
+                        let bytes: [u8; 4] =
+                            message.payload().as_ref().try_into().expect("4 bytes");
+                        seen.received.push(u32::from_be_bytes(bytes));
+                    }
+                    Ok(Some(SubscriptionEvent::Gap(Gap::Missed {
+                        from,
+                        to,
+                        reason: Some(GapReason::ClusterRoute),
+                    }))) => seen.route_gaps += to - from + 1,
+                    Ok(Some(SubscriptionEvent::Gap(gap))) => seen.other_gaps.push(gap),
+                    Ok(Some(other)) => panic!("unexpected: {other:?}"),
+                    Ok(None) => panic!("the subscription ended"),
+                    Err(_) => {}
+                }
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_group_subscribers() {
+    const COUNT: u32 = 1_000;
+    const BURST: u32 = 50;
+    // Node 1's queue towards each peer holds one message: a burst overflows it.
+    let tiny = ClusterConfig {
+        max_queued_messages: 1,
+        ..ClusterConfig::node("n1")
+    };
+    let (_pki, nodes) = mesh(
+        [tiny, ClusterConfig::node("n2"), ClusterConfig::node("n3")],
+        &[None, None, None],
+    )
+    .await;
+    let roomy = |group: Option<&str>| SubscribeOptions {
+        max_queued_messages: Some(COUNT * 2),
+        queue_group: group.map(str::to_owned),
+        ..SubscribeOptions::default()
+    };
+    let plain_client = nodes[1].broker.client("plain").await;
+    let group_client = nodes[2].broker.client("workers").await;
+    let mut plain = vec![plain_client
+        .subscribe_with("flood", roomy(None))
+        .await
+        .expect("subscribe")];
+    let mut group = Vec::new();
+    for _ in 0..2 {
+        group.push(
+            group_client
+                .subscribe_with("flood", roomy(Some("g")))
+                .await
+                .expect("join the group"),
+        );
+    }
+
+    // Bursts published in process, each without yielding: node 1's link cannot keep up.
+    let publisher = nodes[0].broker.broker.local_client();
+    for burst in 0..COUNT / BURST {
+        for i in burst * BURST..(burst + 1) * BURST {
+            publisher
+                .publish("flood", Bytes::from(i.to_be_bytes().to_vec()))
+                .expect("publish");
+        }
+        tokio::task::yield_now().await;
+    }
+    let dropped: u64 = nodes[0]
+        .cluster
+        .port()
+        .peers()
+        .iter()
+        .map(|peer| peer.dropped)
+        .sum();
+    assert!(dropped > 0, "the flood overflowed the route");
+
+    // Every message published is either received or covered by a ClusterRoute gap, on the
+    // plain subscriber and across the group's members.
+    let total = u64::from(COUNT);
+    let plain = read_until(
+        &mut plain,
+        "the plain subscriber accounts for all",
+        |seen| seen[0].accounted() >= total,
+    )
+    .await;
+    let group = read_until(&mut group, "the group accounts for all", |seen| {
+        seen.iter().map(Seen::accounted).sum::<u64>() >= total
+    })
+    .await;
+    for (who, seen) in [("plain", &plain[..]), ("group", &group[..])] {
+        assert!(
+            seen.iter().all(|seen| seen.other_gaps.is_empty()),
+            "{who}: every loss is a ClusterRoute gap: {seen:?}"
+        );
+        assert_eq!(
+            seen.iter().map(Seen::accounted).sum::<u64>(),
+            total,
+            "{who}: nothing missing, nothing twice"
+        );
+        assert!(
+            seen.iter().map(|seen| seen.route_gaps).sum::<u64>() > 0,
+            "{who}: the drops were announced"
+        );
+        for seen in seen {
+            assert!(
+                seen.received.windows(2).all(|pair| pair[0] < pair[1]),
+                "{who}: in order: {:?}",
+                seen.received
+            );
+        }
+    }
+    stop_all(nodes).await;
+}
+
 #[tokio::test]
 async fn a_client_of_a_node_that_shuts_down_moves_to_a_node_it_learned_with_a_session_lost_gap() {
     let (_pki, mut nodes) = three_nodes().await;
@@ -650,4 +775,85 @@ async fn a_client_of_a_node_that_shuts_down_moves_to_a_node_it_learned_with_a_se
         "moving to another node is an explicit SessionLost"
     );
     stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_subscribe_waiting_for_the_peers_does_not_hold_the_clients_other_requests() {
+    // Node 3's peers never acknowledge its interest once its cluster traffic is cut: a
+    // `Subscribed` there waits until the links are declared dead (2 s).
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_nodes_with(&[None, None, Some(&cut)]).await;
+    let client = nodes[2].broker.client("busy").await;
+    cut.set_blackhole(true);
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe("waits.for.peers").await.map(|_| ()) }
+    });
+    // The subscribe is on its way before the ping: the broker serves it first.
+    eventually("the subscription exists on node 3", || async {
+        let stats = nodes[2].broker.stats().await;
+        (stats.subscribers > 0).then_some(())
+    })
+    .await;
+    within("a ping while the subscribe waits", client.ping())
+        .await
+        .expect("pong");
+    assert!(
+        !subscribing.is_finished(),
+        "the ping was answered before the subscribe it followed, not behind it"
+    );
+    within(
+        "the subscribe is answered once the peers are gone",
+        subscribing,
+    )
+    .await
+    .expect("the task")
+    .expect("subscribed");
+    cut.set_blackhole(false);
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_node_reached_at_two_addresses_keeps_one_link_and_loses_nothing() {
+    const COUNT: u32 = 20_000;
+    let pki = Pki::new();
+    let n1 = Node::start(&pki, "n1").await;
+    let n2 = Node::start_on(&pki, ClusterConfig::node("n2"), None, "0.0.0.0:0").await;
+    let port = n2.cluster_addr().port();
+    // Node 1 knows node 2 under two addresses; one link must serve, not two in turn.
+    n1.cluster
+        .dial(format!("127.0.0.1:{port}").parse().expect("addr"));
+    n1.cluster
+        .dial(format!("127.0.0.2:{port}").parse().expect("addr"));
+    eventually("the two nodes are linked both ways", || async {
+        (n1.meshed_with(1) && n2.meshed_with(1)).then_some(())
+    })
+    .await;
+    let subscriber = n2.broker.client("sub").await;
+    let mut subscription = subscriber.subscribe("steady").await.expect("subscribe");
+    let publisher = n1.broker.client("pub").await;
+    // Long enough for a second link to the same node to have replaced the first several
+    // times (each dial retries within 100 ms to 5 s).
+    let started = std::time::Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_millis(1500) && sent < COUNT {
+        publisher
+            .publish("steady", Bytes::from(sent.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+        sent += 1;
+        if sent.is_multiple_of(100) {
+            // Paced: the subscriber keeps up, so any loss is the links'.
+            within("the subscriber keeps up", async {
+                for i in sent - 100..sent {
+                    let message = subscription.recv().await.expect("a message");
+                    assert_eq!(message.payload().as_ref(), i.to_be_bytes(), "in order");
+                }
+            })
+            .await;
+        }
+    }
+    assert_eq!(subscription.gaps(), 0, "nothing lost");
+    n1.stop().await;
+    n2.stop().await;
 }

@@ -148,7 +148,8 @@ impl PyGap {
     }
 
     /// Why, as the broker announced it: `"overflow"`, `"undelivered"`,
-    /// `"too_large_for_datagram"`, or None when only the sequence numbers showed it.
+    /// `"too_large_for_datagram"`, `"cluster_route"`, or None when only the sequence numbers
+    /// showed it.
     #[getter]
     fn reason(&self) -> Option<&'static str> {
         match self.gap {
@@ -159,6 +160,7 @@ impl PyGap {
                 GapReason::Overflow => "overflow",
                 GapReason::Undelivered => "undelivered",
                 GapReason::TooLargeForDatagram => "too_large_for_datagram",
+                GapReason::ClusterRoute => "cluster_route",
             }),
             _ => None,
         }

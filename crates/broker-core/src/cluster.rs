@@ -16,24 +16,31 @@
 //! - **Forwarding** ([`Cluster::forward`]): a message admitted on this node goes to each peer
 //!   whose interest matches its topic, at most once per peer, through that peer's bounded queue
 //!   without ever waiting; a full queue (or a peer whose link is down while its interest is still
-//!   known) drops the message for that peer and counts the drop per topic, and the link
+//!   known) drops the message for that peer and counts the drop per topic and what it was for
+//!   (the peer's plain subscribers, the queue groups it was to serve: [`Lost`]), and the link
 //!   announces the count to the peer ([`Outgoing::Dropped`]). Queue groups: a group with a
 //!   member on this node is served here; otherwise one peer with members of it is chosen, round
-//!   robin, and told in the forward which groups it serves.
+//!   robin, and told in the forward which groups it serves. Each interest is held in a
+//!   [`FilterTrie`], so matching a topic costs the same however many filters a peer holds.
+//! - **Interest changes towards a peer** wait in a queue of at most
+//!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
+//!   queued changes are discarded and the link sends a fresh snapshot (with the latest
+//!   sequence number) instead, so memory stays bounded and the peer still converges in order.
 //! - **Sessions and addresses** ([`sessions`]): each node also tells its peers which filters
 //!   each of its sessions holds, so a direct message goes only to the node holding its session
 //!   ([`Cluster::forward_direct`]); and the client address it advertises, so a client's
 //!   `Welcome` can list every node in routing ([`Cluster::client_addresses`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use cassini_protocol::{TopicFilter, TopicLimits};
+use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
+use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
 pub mod sessions;
@@ -41,6 +48,9 @@ pub mod sessions;
 use cassini_protocol::SessionId;
 pub use sessions::SessionInterest;
 use sessions::SessionTable;
+/// The most interest changes queued towards one peer; beyond it the link sends a fresh snapshot
+/// instead of the queued changes (see the module documentation).
+pub const MAX_QUEUED_INTEREST_CHANGES: usize = 1024;
 
 /// A node's cluster settings, as the broker core needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +139,37 @@ pub struct Forward {
     /// For a direct message: the session it is for (then `groups` is empty and the peer
     /// delivers it to that session's matching subscriptions only).
     pub session: Option<SessionId>,
+    /// Whether the peer's plain subscribers were meant to get it (its interest matched).
+    pub plain: bool,
+}
+
+impl Forward {
+    /// What this forward was for, should it be lost.
+    pub fn lost(&self) -> Lost {
+        Lost {
+            topic: self.message.topic.as_str().to_owned(),
+            plain: self.plain,
+            groups: self.groups.iter().map(|group| group.to_string()).collect(),
+            session: self.session,
+        }
+    }
+}
+
+/// What lost forwards were for: messages to `topic` meant for the peer's plain subscribers (if
+/// `plain`) and for one member of each queue group in `groups`. The peer announces the loss
+/// to exactly those, as a delivery would have reached them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Lost {
+    /// The topic.
+    pub topic: String,
+    /// Whether the peer's plain subscribers were to get them.
+    pub plain: bool,
+    /// The queue groups the peer was to serve.
+    pub groups: Vec<String>,
+    /// For a direct message: the session it was for (then `plain` is false and `groups`
+    /// empty; the peer announces the loss to that session's matching subscriptions).
+    #[serde(default)]
+    pub session: Option<SessionId>,
 }
 
 /// What a link towards a peer sends next.
@@ -138,10 +179,10 @@ pub enum Outgoing {
     Interest(InterestUpdate),
     /// A forwarded message.
     Message(Forward),
-    /// This many messages to `topic` were dropped for the peer since the last report.
+    /// This many messages were dropped for the peer since the last report.
     Dropped {
-        /// The topic.
-        topic: String,
+        /// What they were for.
+        lost: Lost,
         /// How many.
         count: u64,
     },
@@ -162,26 +203,102 @@ pub struct PeerStats {
     pub forwarded: u64,
     /// Messages dropped for it (queue full, or link down).
     pub dropped: u64,
+    /// Messages waiting in its queue now.
+    pub queued: usize,
+    /// The round-trip time of this node's link towards it, in microseconds, as QUIC measures
+    /// it (`None` while that link is down).
+    pub rtt_micros: Option<u64>,
 }
 
 type EntryKey = (String, Option<String>);
 
-/// A node's interest entries, each filter parsed once.
-type Entries = HashMap<EntryKey, (TopicFilter, u32)>;
+/// One filter's part of a node's interest: how many plain subscribers, and how many members of
+/// each queue group.
+#[derive(Debug, Default)]
+struct FilterInterest {
+    plain: u32,
+    groups: BTreeMap<String, u32>,
+}
+
+/// A node's interest entries, indexed by filter for matching.
+#[derive(Debug, Default)]
+struct InterestIndex {
+    trie: FilterTrie<FilterInterest>,
+    entries: usize,
+}
+
+impl InterestIndex {
+    /// Sets the count of (`filter`, `group`); 0 removes the entry.
+    fn set(&mut self, filter: &TopicFilter, group: Option<&str>, count: u32) {
+        let slot = self.trie.slot(filter);
+        let interest = slot.get_or_insert_with(FilterInterest::default);
+        let old = match group {
+            None => std::mem::replace(&mut interest.plain, count),
+            Some(group) if count == 0 => interest.groups.remove(group).unwrap_or(0),
+            Some(group) => interest.groups.insert(group.to_owned(), count).unwrap_or(0),
+        };
+        let emptied = interest.plain == 0 && interest.groups.is_empty();
+        match (old, count) {
+            (0, 1..) => self.entries += 1,
+            (1.., 0) => self.entries -= 1,
+            _ => {}
+        }
+        if emptied {
+            self.trie.remove(filter);
+        }
+    }
+
+    /// Whether a plain subscriber matches `topic`, and which queue groups do.
+    fn matching(&self, topic: &TopicName) -> (bool, Vec<&str>) {
+        let mut plain = false;
+        let mut groups: Vec<&str> = Vec::new();
+        self.trie.for_each_match(topic, |interest| {
+            plain |= interest.plain > 0;
+            for group in interest.groups.keys() {
+                if !groups.contains(&group.as_str()) {
+                    groups.push(group);
+                }
+            }
+        });
+        (plain, groups)
+    }
+}
 
 /// This node's interest and the links that carry it.
 #[derive(Debug, Default)]
 struct LocalInterest {
     entries: BTreeMap<EntryKey, (TopicFilter, u32)>,
     sessions: SessionTable,
+    index: InterestIndex,
     seq: u64,
     links: Vec<LinkSlot>,
+}
+
+impl LocalInterest {
+    /// Every entry, as of the latest change.
+    fn snapshot(&self) -> InterestUpdate {
+        InterestUpdate::Snapshot {
+            seq: self.seq,
+            entries: self
+                .entries
+                .iter()
+                .map(|((filter, group), (_, count))| InterestEntry {
+                    filter: filter.clone(),
+                    group: group.clone(),
+                    count: *count,
+                })
+                .collect(),
+            sessions: self.sessions.entries(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct LinkSlot {
     id: u64,
-    changes: mpsc::UnboundedSender<InterestUpdate>,
+    changes: mpsc::Sender<InterestUpdate>,
+    /// Set when a change did not fit in `changes`: the link sends a snapshot next.
+    resync: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
 }
 
@@ -190,17 +307,19 @@ struct LinkSlot {
 struct Peer {
     name: Arc<str>,
     /// The peer's interest, and the id of the inbound link that set it.
-    interest: RwLock<(u64, Entries)>,
+    interest: RwLock<(u64, InterestIndex)>,
     /// The queue towards the peer, and the id of the outbound link that drains it.
     outbound: Mutex<Option<(u64, mpsc::Sender<Forward>)>>,
-    /// Drops per topic not yet announced to the peer.
-    drops: Mutex<HashMap<String, u64>>,
+    /// Drops not yet announced to the peer, by what they were for.
+    drops: Mutex<HashMap<Lost, u64>>,
     forwarded: AtomicU64,
     dropped: AtomicU64,
     /// The peer's session table, set through the same inbound link as its interest.
     sessions: RwLock<SessionTable>,
     /// The client address the peer advertised in its latest link.
     client_address: Mutex<Option<String>>,
+    /// The outbound link's round-trip time in microseconds; 0: unknown.
+    rtt_micros: AtomicU64,
 }
 
 impl Peer {
@@ -214,29 +333,41 @@ impl Peer {
             dropped: AtomicU64::new(0),
             sessions: RwLock::default(),
             client_address: Mutex::default(),
+            rtt_micros: AtomicU64::new(0),
         }
     }
 
     fn send(&self, forward: Forward) {
-        let topic = forward.message.topic.as_str().to_owned();
+        let lost = forward.lost();
         let sent = lock(&self.outbound)
             .as_ref()
             .is_some_and(|(_, queue)| queue.try_send(forward).is_ok());
         if sent {
             self.forwarded.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.drop_for(topic, 1);
+            self.drop_for(lost, 1);
         }
     }
 
-    fn drop_for(&self, topic: String, count: u64) {
+    fn drop_for(&self, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
-        *lock(&self.drops).entry(topic).or_default() += count;
+        *lock(&self.drops).entry(lost).or_default() += count;
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`Cluster::forward`] does for one peer.
+struct Plan {
+    peer: Arc<Peer>,
+    /// Whether the peer is in routing (its link towards this node is up).
+    live: bool,
+    /// Whether its plain subscribers match.
+    plain: bool,
+    /// The queue groups it is to serve.
+    groups: Vec<Arc<str>>,
 }
 
 /// The cluster state of one node. See the module documentation.
@@ -309,6 +440,7 @@ impl Cluster {
         } else {
             local.entries.insert(key.clone(), (filter.clone(), count));
         }
+        local.index.set(filter, group, count);
         local.seq += 1;
         let update = InterestUpdate::Change {
             seq: local.seq,
@@ -319,7 +451,12 @@ impl Cluster {
             },
         };
         for link in &local.links {
-            let _ = link.changes.send(update.clone());
+            // A link already marked sends a snapshot that includes this change.
+            if !link.resync.load(Ordering::Acquire)
+                && link.changes.try_send(update.clone()).is_err()
+            {
+                link.resync.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -349,6 +486,17 @@ impl Cluster {
         }
     }
 
+    /// Whether a link towards peer `name` is up (another dial to it would replace it).
+    pub fn has_outbound(&self, name: &str) -> bool {
+        let peer = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        peer.is_some_and(|peer| lock(&peer.outbound).is_some())
+    }
+
     /// Starts a link towards peer `name`: it will carry a snapshot of this node's interest,
     /// its changes, and the forwards for that peer. Replaces an earlier link to the same peer.
     pub fn open_outbound(self: &Arc<Self>, name: &str) -> OutboundLink {
@@ -356,26 +504,16 @@ impl Cluster {
         let peer = self.peer(name);
         let (messages_in, messages) = mpsc::channel(self.config.max_queued_messages.max(1));
         *lock(&peer.outbound) = Some((id, messages_in));
-        let (changes_in, changes) = mpsc::unbounded_channel();
+        let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
+        let resync = Arc::new(AtomicBool::new(false));
         let snapshot = {
             let mut local = lock(&self.local);
-            let snapshot = InterestUpdate::Snapshot {
-                seq: local.seq,
-                entries: local
-                    .entries
-                    .iter()
-                    .map(|((filter, group), (_, count))| InterestEntry {
-                        filter: filter.clone(),
-                        group: group.clone(),
-                        count: *count,
-                    })
-                    .collect(),
-                sessions: local.sessions.entries(),
-            };
+            let snapshot = local.snapshot();
             local.links.push(LinkSlot {
                 id,
                 changes: changes_in,
+                resync: Arc::clone(&resync),
                 acked: Arc::clone(&acked),
             });
             snapshot
@@ -386,6 +524,7 @@ impl Cluster {
             peer,
             snapshot: Some(snapshot),
             changes,
+            resync,
             messages,
             acked,
         }
@@ -419,66 +558,72 @@ impl Cluster {
             return 0;
         }
         let topic = &message.topic;
-        let mut plans: Vec<(Arc<Peer>, bool, Vec<Arc<str>>)> = Vec::new();
-        let mut candidates: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut plans: Vec<Plan> = Vec::with_capacity(peers.len());
+        // Per queue group: the plans of peers in routing with members, and of peers out of it.
+        let mut candidates: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
         for peer in peers {
-            let mut plain = false;
-            let index = plans.len();
-            {
+            let (live, plain) = {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
-                if interest.0 == 0 {
-                    // Out of routing: what its last interest matches is lost to it, announced
-                    // when it is back.
-                    let matched = interest
-                        .1
-                        .values()
-                        .any(|(filter, count)| *count > 0 && filter.matches(topic));
-                    if matched {
-                        peer.drop_for(topic.as_str().to_owned(), 1);
-                    }
-                    continue;
+                let live = interest.0 != 0;
+                let (plain, groups) = interest.1.matching(topic);
+                for group in groups {
+                    let (in_routing, out_of_routing) =
+                        candidates.entry(group.to_owned()).or_default();
+                    if live { in_routing } else { out_of_routing }.push(plans.len());
                 }
-                for ((_, group), (filter, count)) in &interest.1 {
-                    if *count == 0 || !filter.matches(topic) {
-                        continue;
-                    }
-                    match group {
-                        None => plain = true,
-                        Some(group) => {
-                            let list = candidates.entry(group.clone()).or_default();
-                            if list.last() != Some(&index) {
-                                list.push(index);
-                            }
-                        }
-                    }
-                }
-            }
-            plans.push((peer, plain, Vec::new()));
+                (live, plain)
+            };
+            plans.push(Plan {
+                peer,
+                live,
+                plain,
+                groups: Vec::new(),
+            });
         }
         if !candidates.is_empty() {
             let local = lock(&self.local);
-            for (group, peers) in candidates {
-                let served_here = local.entries.iter().any(|((_, g), (filter, count))| {
-                    *count > 0 && g.as_deref() == Some(group.as_str()) && filter.matches(topic)
-                });
-                if served_here {
+            let (_, served_here) = local.index.matching(topic);
+            for (group, (in_routing, out_of_routing)) in candidates {
+                if served_here.contains(&group.as_str()) {
                     continue;
                 }
+                // Out of routing, a peer's members are chosen only when no peer in routing has
+                // any: the message is then lost to that group, and announced to it.
+                let peers = if in_routing.is_empty() {
+                    out_of_routing
+                } else {
+                    in_routing
+                };
                 let turn = self.group_turn.fetch_add(1, Ordering::Relaxed);
-                if let Some(&chosen) = peers.get(turn % peers.len()) {
-                    plans[chosen].2.push(Arc::from(group.as_str()));
+                if let Some(&chosen) = peers.get(turn % peers.len().max(1)) {
+                    plans[chosen].groups.push(Arc::from(group.as_str()));
                 }
             }
         }
         let mut offered = 0;
-        for (peer, plain, groups) in plans {
-            if plain || !groups.is_empty() {
+        for Plan {
+            peer,
+            live,
+            plain,
+            groups,
+        } in plans
+        {
+            if !plain && groups.is_empty() {
+                continue;
+            }
+            let forward = Forward {
+                message: Arc::clone(message),
+                groups,
+                plain,
+                session: None,
+            };
+            if live {
                 offered += 1;
-                peer.send(Forward {
-                    message: Arc::clone(message),
-                    groups,
-                    session: None,
-                });
+                peer.send(forward);
+            } else {
+                // Out of routing: what its last interest matches is lost to it, announced
+                // when it is back.
+                peer.drop_for(forward.lost(), 1);
             }
         }
         offered
@@ -494,11 +639,17 @@ impl Cluster {
             .map(|peer| {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
                 let inbound = interest.0 != 0;
+                let queued = lock(&peer.outbound)
+                    .as_ref()
+                    .map(|(_, queue)| queue.max_capacity() - queue.capacity());
+                let rtt = peer.rtt_micros.load(Ordering::Relaxed);
                 PeerStats {
                     node: peer.name.to_string(),
-                    outbound: lock(&peer.outbound).is_some(),
+                    outbound: queued.is_some(),
+                    queued: queued.unwrap_or(0),
+                    rtt_micros: (queued.is_some() && rtt > 0).then_some(rtt),
                     inbound,
-                    interest: if inbound { interest.1.len() } else { 0 },
+                    interest: if inbound { interest.1.entries } else { 0 },
                     forwarded: peer.forwarded.load(Ordering::Relaxed),
                     dropped: peer.dropped.load(Ordering::Relaxed),
                 }
@@ -517,7 +668,8 @@ pub struct OutboundLink {
     cluster: Arc<Cluster>,
     peer: Arc<Peer>,
     snapshot: Option<InterestUpdate>,
-    changes: mpsc::UnboundedReceiver<InterestUpdate>,
+    changes: mpsc::Receiver<InterestUpdate>,
+    resync: Arc<AtomicBool>,
     messages: mpsc::Receiver<Forward>,
     acked: Arc<AtomicU64>,
 }
@@ -534,12 +686,20 @@ impl OutboundLink {
         if let Some(snapshot) = self.snapshot.take() {
             return Some(Outgoing::Interest(snapshot));
         }
-        if let Some((topic, count)) = {
+        if self.resync.load(Ordering::Acquire) {
+            // Under the lock that orders changes: every change after the snapshot is queued
+            // after it, and none before it is left in the queue.
+            let local = lock(&self.cluster.local);
+            self.resync.store(false, Ordering::Release);
+            while self.changes.try_recv().is_ok() {}
+            return Some(Outgoing::Interest(local.snapshot()));
+        }
+        if let Some((lost, count)) = {
             let mut drops = lock(&self.peer.drops);
-            let topic = drops.keys().next().cloned();
-            topic.and_then(|topic| drops.remove_entry(&topic))
+            let lost = drops.keys().next().cloned();
+            lost.and_then(|lost| drops.remove_entry(&lost))
         } {
-            return Some(Outgoing::Dropped { topic, count });
+            return Some(Outgoing::Dropped { lost, count });
         }
         tokio::select! {
             biased;
@@ -548,10 +708,16 @@ impl OutboundLink {
         }
     }
 
-    /// `count` messages to `topic` were handed to this link but the peer never confirmed them
+    /// `count` forwards (for `lost`) were handed to this link but the peer never confirmed them
     /// (the link ended): they are announced to the peer as dropped on its next link.
-    pub fn undelivered(&self, topic: String, count: u64) {
-        self.peer.drop_for(topic, count);
+    pub fn undelivered(&self, lost: Lost, count: u64) {
+        self.peer.drop_for(lost, count);
+    }
+
+    /// The link's round-trip time, as its transport measures it now, for monitoring.
+    pub fn measured_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.peer.rtt_micros.store(micros, Ordering::Relaxed);
     }
 
     /// An acknowledger for this link's interest, to hand to the task reading the peer's acks.
@@ -569,13 +735,13 @@ impl Drop for OutboundLink {
             let mut outbound = lock(&self.peer.outbound);
             if outbound.as_ref().is_some_and(|(id, _)| *id == self.id) {
                 *outbound = None;
+                self.peer.rtt_micros.store(0, Ordering::Relaxed);
             }
         }
         // What waited in the queue was never sent: lost to the peer, and announced as such.
         self.messages.close();
         while let Ok(forward) = self.messages.try_recv() {
-            self.peer
-                .drop_for(forward.message.topic.as_str().to_owned(), 1);
+            self.peer.drop_for(forward.lost(), 1);
         }
         lock(&self.cluster.local)
             .links
@@ -630,7 +796,7 @@ impl InboundLink {
             InterestUpdate::Snapshot {
                 entries, sessions, ..
             } => {
-                interest.1.clear();
+                interest.1 = InterestIndex::default();
                 self.sessions().replace(sessions, &self.limits);
                 entries
             }
@@ -641,17 +807,10 @@ impl InboundLink {
             }
         };
         for entry in entries {
-            let key = (entry.filter, entry.group);
-            if entry.count == 0 {
-                interest.1.remove(&key);
-                continue;
-            }
-            match TopicFilter::parse(&key.0, &self.limits) {
-                Ok(filter) => {
-                    interest.1.insert(key, (filter, entry.count));
-                }
+            match TopicFilter::parse(&entry.filter, &self.limits) {
+                Ok(filter) => interest.1.set(&filter, entry.group.as_deref(), entry.count),
                 Err(err) => {
-                    tracing::warn!(peer = %self.peer.name, filter = %key.0, %err, "ignoring a peer's filter");
+                    tracing::warn!(peer = %self.peer.name, filter = %entry.filter, %err, "ignoring a peer's filter");
                 }
             }
         }
@@ -693,7 +852,12 @@ impl Cluster {
             },
         };
         for link in &local.links {
-            let _ = link.changes.send(update.clone());
+            // A link already marked sends a snapshot that includes this change.
+            if !link.resync.load(Ordering::Acquire)
+                && link.changes.try_send(update.clone()).is_err()
+            {
+                link.resync.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -718,10 +882,19 @@ impl Cluster {
             peer.send(Forward {
                 message: Arc::clone(message),
                 groups: Vec::new(),
+                plain: false,
                 session: Some(session),
             });
         } else {
-            peer.drop_for(topic.as_str().to_owned(), 1);
+            peer.drop_for(
+                Lost {
+                    topic: topic.as_str().to_owned(),
+                    plain: false,
+                    groups: Vec::new(),
+                    session: Some(session),
+                },
+                1,
+            );
         }
         1
     }

@@ -25,7 +25,8 @@
 //! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
 //! - [`memory`]: the broker-wide memory budget and the per-identity bound on frame buffers.
 //! - [`message`]: the shared in-memory form of a published message, and what it holds.
-//! - [`router`]: the subscription index read by the publish path.
+//! - [`router`]: the subscription index read by the publish path; `filter_trie`, the token
+//!   trie of filters it (and each cluster peer's interest) is kept in.
 //! - [`retained`]: the retained store and its per-identity quotas.
 //! - [`queue`]: the bounded per-subscription queue and its overflow policies.
 //! - [`storage`]: durable state in disk mode (sessions, backlogs, retained values, dedupe
@@ -58,6 +59,7 @@ mod context;
 pub mod dedupe;
 pub mod error;
 pub mod events;
+mod filter_trie;
 pub mod introspect;
 pub mod local;
 pub mod memory;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cassini_protocol::{Publish, TopicName};
 
 use crate::admission::Publisher;
-use crate::cluster::{Cluster, InboundLink, InterestUpdate, OutboundLink, PeerStats};
+use crate::cluster::{Cluster, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats};
 use crate::context::Shared;
 
 /// This node's side of the cluster, for the transport that carries it.
@@ -39,6 +39,11 @@ impl ClusterPort {
     /// its inbound link opens, so that a client told of the peer is told its address.
     pub fn set_peer_client_address(&self, node: &str, address: Option<String>) {
         self.cluster.set_peer_client_address(node, address);
+    }
+
+    /// Whether the link that carries this node's interest and forwards to peer `node` is up.
+    pub fn has_outbound(&self, node: &str) -> bool {
+        self.cluster.has_outbound(node)
     }
 
     /// Starts the link that brings peer `node`'s interest and forwards to this node.
@@ -106,16 +111,18 @@ impl PeerInbox {
         }
     }
 
-    /// The peer dropped `count` messages to `topic` meant for this node: each local plain
-    /// subscription matching it announces them as a gap.
-    pub fn dropped(&self, topic: &str, count: u64) {
-        let Ok(topic) = TopicName::parse(topic, &self.shared.config.limits.topics) else {
+    /// The peer dropped `count` messages meant for this node (for `lost`): each local plain
+    /// subscription matching its topic (if they were for plain subscribers) and one member of
+    /// each queue group named announce them as a gap with the reason `ClusterRoute` (direct
+    /// messages: the subscriptions of the session they were for).
+    pub fn dropped(&self, lost: &Lost, count: u64) {
+        let Ok(topic) = TopicName::parse(&lost.topic, &self.shared.config.limits.topics) else {
             return;
         };
         for route in self.shared.router.matching(&topic) {
-            for member in route.members().plain() {
-                member.queue.lost_before_arrival(count);
-            }
+            route
+                .members()
+                .lost_before_arrival(count, lost.plain, &lost.groups, lost.session);
         }
     }
 }

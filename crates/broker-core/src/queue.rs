@@ -47,6 +47,11 @@ use crate::storage::QueueStore;
 /// uncommitted batch holds; a claim beyond it is ignored.
 const MAX_AHEAD_OF_STORE: u64 = 1 << 32;
 
+/// The most ranges of sequences lost on a cluster route a queue remembers until its writer
+/// announces them; beyond it the oldest range is forgotten and announced as `Overflow`
+/// instead of `ClusterRoute` (still a gap, only with the less precise reason).
+const MAX_ROUTE_LOST_RANGES: usize = 1024;
+
 /// A message waiting in a queue or handed to a writer, with its sequence number in the
 /// subscription.
 #[derive(Debug, Clone)]
@@ -213,6 +218,8 @@ struct State {
     /// The highest sequence ever handed to a writer.
     last_sent: u64,
     dropped_unreported: u64,
+    /// Ranges of sequences lost on a cluster route, not yet taken by a writer, oldest first.
+    route_lost: VecDeque<(u64, u64)>,
     dropped_total: u64,
     redelivered_total: u64,
     closed: Option<CloseReason>,
@@ -263,6 +270,7 @@ impl SubscriptionQueue {
                 last_sequence: 0,
                 last_sent: 0,
                 dropped_unreported: 0,
+                route_lost: VecDeque::new(),
                 dropped_total: 0,
                 redelivered_total: 0,
                 closed: None,
@@ -774,7 +782,7 @@ impl SubscriptionQueue {
 
     /// `count` messages meant for this subscription were lost before they reached this node (a
     /// cluster peer's queue towards it dropped them): they take the next sequence numbers and
-    /// are announced as a gap, as a drop of the overflow policy is.
+    /// are announced as a gap with the reason `ClusterRoute`.
     pub(crate) fn lost_before_arrival(&self, count: u64) {
         let mut state = self.lock();
         if state.closed.is_some() || count == 0 {
@@ -789,11 +797,27 @@ impl SubscriptionQueue {
                 store.accepted(sequence, None);
             }
         }
+        let first = state.last_sequence.saturating_add(1);
         state.last_sequence = last;
         state.dropped_unreported += count;
         state.dropped_total += count;
+        match state.route_lost.back_mut() {
+            Some(back) if back.1.saturating_add(1) == first => back.1 = last,
+            _ => {
+                if state.route_lost.len() == MAX_ROUTE_LOST_RANGES {
+                    state.route_lost.pop_front();
+                }
+                state.route_lost.push_back((first, last));
+            }
+        }
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// The ranges of sequences lost on a cluster route since the last call, oldest first, for
+    /// the writer to announce with the reason `ClusterRoute`.
+    pub(crate) fn take_route_lost(&self) -> Vec<(u64, u64)> {
+        self.lock().route_lost.drain(..).collect()
     }
 
     /// Tells `progress` from now on whenever the queue may have become delivered (see

@@ -1,6 +1,6 @@
 //! The subscription index: which queues a message published to a topic goes to.
 //!
-//! The index is a token trie of filters. Each filter with at least one subscriber has one
+//! The index is a token trie of filters ([`crate::filter_trie`]). Each filter with at least one subscriber has one
 //! [`FilterRoute`], whose member list is owned and replaced (never edited in place) by that
 //! filter's topic actor. The topic manager actor is the only writer of the trie itself. The
 //! publish path only reads: it takes the trie's read lock long enough to collect the matching
@@ -25,16 +25,15 @@
 //! the publish races its subscribe. In disk mode every change of the retained store is written
 //! through to the store under the same lock, and the store's values are read back on start.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
-use cassini_protocol::topic::FilterToken;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
 use crate::cluster::Cluster;
 use crate::error::BrokerError;
+use crate::filter_trie::FilterTrie;
 use crate::introspect::counters::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
@@ -166,6 +165,44 @@ impl RouteMembers {
             .chain(self.groups.iter().flat_map(|group| group.members.iter()))
     }
 
+    /// `count` messages were lost before they reached this node (on a cluster route): each
+    /// plain member (if `plain`) and one member of each group named in `groups`, chosen in turn
+    /// as a delivery is, announce them as a gap. Direct messages for `session` were lost: its
+    /// plain members and one member of each of its groups announce them, as a delivery of a
+    /// direct message would have reached them.
+    pub(crate) fn lost_before_arrival(
+        &self,
+        count: u64,
+        plain: bool,
+        groups: &[String],
+        session: Option<SessionId>,
+    ) {
+        if let Some(session) = session {
+            for member in self.plain.iter().filter(|m| m.key.session == session) {
+                member.queue.lost_before_arrival(count);
+            }
+            for group in &self.groups {
+                if let Some(member) = group.choose(0, Some(session)) {
+                    member.queue.lost_before_arrival(count);
+                }
+            }
+            return;
+        }
+        if plain {
+            for member in &self.plain {
+                member.queue.lost_before_arrival(count);
+            }
+        }
+        for group in &self.groups {
+            if !groups.iter().any(|name| *name == *group.name) {
+                continue;
+            }
+            if let Some(member) = group.choose(0, None) {
+                member.queue.lost_before_arrival(count);
+            }
+        }
+    }
+
     /// Offers `message` to every plain member and one member per group (per group named in
     /// `groups`, when given: a message from a cluster peer).
     fn offer(
@@ -223,84 +260,6 @@ impl FilterRoute {
     }
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    literals: HashMap<Box<str>, Node>,
-    any_one: Option<Box<Node>>,
-    /// The route of the filter that ends at this node.
-    here: Option<Arc<FilterRoute>>,
-    /// The route of the filter that ends with `>` after this node.
-    tail: Option<Arc<FilterRoute>>,
-}
-
-impl Node {
-    fn is_empty(&self) -> bool {
-        self.literals.is_empty()
-            && self.any_one.is_none()
-            && self.here.is_none()
-            && self.tail.is_none()
-    }
-
-    fn collect(
-        &self,
-        tokens: &[&str],
-        at_root: bool,
-        reserved: bool,
-        out: &mut Vec<Arc<FilterRoute>>,
-    ) {
-        let wildcards_allowed = !(at_root && reserved);
-        let Some((first, rest)) = tokens.split_first() else {
-            if let Some(route) = &self.here {
-                out.push(Arc::clone(route));
-            }
-            return;
-        };
-        if wildcards_allowed {
-            if let Some(route) = &self.tail {
-                out.push(Arc::clone(route));
-            }
-            if let Some(node) = &self.any_one {
-                node.collect(rest, false, reserved, out);
-            }
-        }
-        if let Some(node) = self.literals.get(*first) {
-            node.collect(rest, false, reserved, out);
-        }
-    }
-
-    fn collect_all(&self, out: &mut Vec<Arc<FilterRoute>>) {
-        out.extend(self.here.iter().chain(self.tail.iter()).cloned());
-        for node in self.literals.values().chain(self.any_one.as_deref()) {
-            node.collect_all(out);
-        }
-    }
-
-    fn remove(&mut self, tokens: &[FilterToken<'_>]) -> Option<Arc<FilterRoute>> {
-        let Some((first, rest)) = tokens.split_first() else {
-            return self.here.take();
-        };
-        match first {
-            FilterToken::AnyRest => self.tail.take(),
-            FilterToken::AnyOne => {
-                let node = self.any_one.as_mut()?;
-                let removed = node.remove(rest);
-                if node.is_empty() {
-                    self.any_one = None;
-                }
-                removed
-            }
-            FilterToken::Literal(literal) => {
-                let node = self.literals.get_mut(*literal)?;
-                let removed = node.remove(rest);
-                if node.is_empty() {
-                    self.literals.remove(*literal);
-                }
-                removed
-            }
-        }
-    }
-}
-
 /// What one publish did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteReport {
@@ -336,7 +295,7 @@ pub struct RouteCache {
 /// The filter trie and the retained values. See the module documentation for who may write it.
 #[derive(Debug)]
 pub struct Router {
-    root: RwLock<Node>,
+    root: RwLock<FilterTrie<Arc<FilterRoute>>>,
     /// Bumped after every change to the trie, while its write lock is held.
     generation: AtomicU64,
     retained: Mutex<RetainedStore>,
@@ -401,7 +360,7 @@ impl Router {
     pub fn routes(&self) -> Vec<Arc<FilterRoute>> {
         let mut out = Vec::new();
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
-        root.collect_all(&mut out);
+        root.for_each(|route| out.push(Arc::clone(route)));
         out
     }
 
@@ -469,43 +428,23 @@ impl Router {
     pub fn insert(&self, route: Arc<FilterRoute>) {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let filter = route.filter().clone();
-        let mut node = &mut *root;
-        let mut tokens = filter.tokens();
-        loop {
-            match tokens.next() {
-                None => {
-                    node.here = Some(route);
-                    break;
-                }
-                Some(FilterToken::AnyRest) => {
-                    node.tail = Some(route);
-                    break;
-                }
-                Some(FilterToken::AnyOne) => node = node.any_one.get_or_insert_with(Box::default),
-                Some(FilterToken::Literal(literal)) => {
-                    node = node.literals.entry(literal.into()).or_default();
-                }
-            }
-        }
+        *root.slot(&filter) = Some(route);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Removes a filter's route, pruning empty branches.
     pub fn remove(&self, filter: &TopicFilter) -> Option<Arc<FilterRoute>> {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
-        let tokens: Vec<_> = filter.tokens().collect();
-        let removed = root.remove(&tokens);
+        let removed = root.remove(filter);
         self.generation.fetch_add(1, Ordering::Release);
         removed
     }
 
     /// The routes whose filters match `topic`.
     pub fn matching(&self, topic: &TopicName) -> Vec<Arc<FilterRoute>> {
-        let tokens: Vec<&str> = topic.tokens().collect();
-        let reserved = cassini_protocol::inbox::is_reserved_from_wildcards(topic.as_str());
         let mut out = Vec::new();
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
-        root.collect(&tokens, true, reserved, &mut out);
+        root.for_each_match(topic, |route| out.push(Arc::clone(route)));
         out
     }
 

@@ -2,33 +2,32 @@
 //! certificates from `cassini certs init --node`: publish on one node, receive on the others;
 //! then `kill -9` of a node: the others keep routing, it leaves routing within the failure
 //! detection time, and its client, given only that node's address, moves to a node it learned
-//! from `Welcome`. The CLI given `--server a,b` whose first address is dead uses the next.
+//! from `Welcome`; the CLI given `--server a,b` whose first address is dead uses the next;
+//! wildcards, unsubscribe and cluster-wide no-responders; node and client certificates refused
+//! on each other's address.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
 mod harness;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::{Client, Gap};
+use cassini_e2e::{
+    assert_echoes, assert_no_responders, closed_udp_addr, echo_service, raw_connect,
+};
+use cassini_quic::certs::NODE_SERVER_NAME;
+use cassini_quic::cluster::CLUSTER_ALPN;
+use cassini_quic::tls;
 use harness::{certs, eventually, Broker, Serve};
 
-/// A free UDP port on loopback for each node's cluster address (the peer lists name them before
-/// the nodes start).
-fn free_cluster_addrs(count: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    sockets
-        .iter()
-        .map(|socket| socket.local_addr().expect("address"))
-        .collect()
-}
-
-fn node(dir: &Path, name: &str, listen: SocketAddr, peers: &[SocketAddr]) -> Broker {
+/// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
+/// back the nodes that dial it, so the mesh is full).
+fn node(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
     let mut serve = Serve::new(&["--certs"])
         .arg(dir)
         .args(&[
@@ -39,12 +38,32 @@ fn node(dir: &Path, name: &str, listen: SocketAddr, peers: &[SocketAddr]) -> Bro
             "--monitor",
             "127.0.0.1:0",
         ])
-        .args(&["--cluster-listen", &listen.to_string()])
+        .args(&["--cluster-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
     for peer in peers {
         serve = serve.args(&["--peer", &peer.to_string()]);
     }
     serve.start()
+}
+
+/// Nodes n1, n2 and n3 in a full mesh, each with certificates from `dir`.
+fn three_nodes(dir: &Path) -> Vec<Broker> {
+    certs(
+        dir,
+        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
+    );
+    let mut addrs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let broker = node(dir, name, &addrs);
+        addrs.push(broker.cluster_addr());
+        nodes.push(broker);
+    }
+    for broker in &nodes {
+        broker.wait_for_log_count("cluster link to a peer up", 2);
+        broker.wait_for_log_count("cluster link from a peer up", 2);
+    }
+    nodes
 }
 
 async fn client(broker: &Broker, dir: &Path) -> Client {
@@ -56,46 +75,26 @@ async fn client(broker: &Broker, dir: &Path) -> Client {
         .expect("client connects")
 }
 
-/// `/clusterz` of `broker` (plain HTTP/1.0 on its monitoring endpoint); `Null` if unreadable.
-fn clusterz(broker: &Broker) -> serde_json::Value {
+/// The body of `path` on `broker`'s monitoring endpoint (plain HTTP/1.0); `None` if unreadable.
+fn monitored(broker: &Broker, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(broker.monitor()) else {
-        return serde_json::Value::Null;
-    };
+    let mut stream = std::net::TcpStream::connect(broker.monitor()).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream
-        .write_all(b"GET /clusterz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return serde_json::Value::Null;
-    }
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
     let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return serde_json::Value::Null;
-    }
+    stream.read_to_string(&mut response).ok()?;
     response
         .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(serde_json::Value::Null)
+        .map(|(_, body)| body.to_owned())
 }
 
-/// Three nodes `n1`..`n3` with certificates in `dir`, once every link is up.
-fn three_nodes(dir: &Path) -> Vec<Broker> {
-    certs(
-        dir,
-        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
-    );
-    let addrs = free_cluster_addrs(3);
-    let nodes: Vec<Broker> = ["n1", "n2", "n3"]
-        .iter()
-        .zip(&addrs)
-        .map(|(name, &listen)| node(dir, name, listen, &addrs))
-        .collect();
-    for broker in &nodes {
-        broker.wait_for_log_count("cluster link to a peer up", 2);
-        broker.wait_for_log_count("cluster link from a peer up", 2);
-    }
-    nodes
+/// `/clusterz` of `broker`; `Null` if unreadable.
+fn clusterz(broker: &Broker) -> serde_json::Value {
+    monitored(broker, "/clusterz")
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::test]
@@ -267,7 +266,7 @@ fn the_cli_given_several_servers_skips_a_dead_first_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = three_nodes(dir.path());
     let certs = dir.path().to_str().expect("utf-8 path");
-    let dead = free_cluster_addrs(1)[0];
+    let dead = closed_udp_addr();
     let servers = |node: &Broker| format!("{dead},{}", node.addr());
     let subscriber = harness::spawn_until(
         harness::cassini(&[
@@ -318,4 +317,141 @@ fn the_cli_given_several_servers_skips_a_dead_first_one() {
     let out = reader.join().expect("reader");
     assert!(out.contains("across nodes"), "{out:?}");
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_responders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let interest_of_n3 = || {
+        let view = clusterz(&nodes[0]);
+        let peers = view["peers"].as_array()?;
+        let n3 = peers.iter().find(|peer| peer["node"] == "n3")?;
+        n3["interest"].as_u64()
+    };
+    // Each peer's links, queue and round-trip time, in /clusterz and /metrics.
+    eventually("node 1 measures both peers' round-trip times", || {
+        let view = clusterz(&nodes[0]);
+        let peers = view["peers"].as_array()?;
+        (peers.len() == 2
+            && peers
+                .iter()
+                .all(|peer| peer["rtt_micros"].as_u64() > Some(0)))
+        .then_some(())
+    });
+    let metrics = monitored(&nodes[0], "/metrics").expect("/metrics");
+    for peer in ["n2", "n3"] {
+        for direction in ["inbound", "outbound"] {
+            let up =
+                format!("cassini_cluster_link_up{{peer=\"{peer}\",direction=\"{direction}\"}} 1");
+            assert!(metrics.contains(&up), "{up} in:\n{metrics}");
+        }
+        let rtt = format!("cassini_cluster_rtt_seconds{{peer=\"{peer}\"}} ");
+        assert!(metrics.contains(&rtt), "{rtt} in:\n{metrics}");
+    }
+
+    let watcher = client(&nodes[2], dir.path()).await;
+    let mut wide = watcher.subscribe("sensors.>").await.expect("subscribe");
+    let mut narrow = watcher
+        .subscribe("sensors.*.temp")
+        .await
+        .expect("subscribe");
+    let publisher = client(&nodes[0], dir.path()).await;
+    publisher
+        .publish("sensors.kitchen.temp", Bytes::from_static(b"21"))
+        .await
+        .expect("publish");
+    for subscription in [&mut wide, &mut narrow] {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+            .await
+            .expect("in time")
+            .expect("a message");
+        assert_eq!(message.topic(), "sensors.kitchen.temp");
+    }
+    narrow.unsubscribe().await.expect("unsubscribe");
+    wide.unsubscribe().await.expect("unsubscribe");
+    eventually("node 1 forgets node 3's filters", || {
+        (interest_of_n3()? == 0).then_some(())
+    });
+    assert_no_responders(&publisher, "sensors.kitchen.temp", "after the unsubscribe").await;
+
+    // A responder on node 3 answers node 1; once it has left, nobody anywhere answers.
+    let service = client(&nodes[2], dir.path()).await;
+    let server = echo_service(&service, "svc.echo").await;
+    assert_echoes(&publisher, "svc.echo", 3).await;
+    server.abort();
+    service.close().await.expect("close");
+    eventually("the responder's interest leaves node 1", || {
+        (interest_of_n3()? == 0).then_some(())
+    });
+    assert_no_responders(&publisher, "svc.echo", "the only responder left").await;
+}
+
+/// The TLS alert code that ended `connection`'s attempt, if a TLS alert did.
+fn tls_alert(error: &quinn::ConnectionError) -> Option<u64> {
+    let code = match error {
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        quinn::ConnectionError::TransportError(error) => u64::from(error.code),
+        _ => return None,
+    };
+    (0x100..0x200).contains(&code).then(|| code - 0x100)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_node_refuses_a_node_certificate_as_a_client_and_a_client_certificate_as_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path(), &["init", "--node", "n1", "--node", "n2"]);
+    let n1 = node(dir.path(), "n1", &[]);
+    let cluster_addr = n1.cluster_addr();
+    let ca = tls::load_certs(&dir.path().join("ca.crt")).expect("ca");
+    let identity = |kind: &str| {
+        (
+            tls::load_certs(&dir.path().join(format!("{kind}.crt"))).expect("certificate"),
+            tls::load_key(&dir.path().join(format!("{kind}.key"))).expect("key"),
+        )
+    };
+
+    // A node certificate on the client address (ALPN cassini/1): refused.
+    let (chain, key) = identity("node-n2");
+    let (_endpoint, connection) = raw_connect(n1.addr(), ca.clone(), chain, key)
+        .await
+        .expect("the handshake itself completes on the client side");
+    let refused = tokio::time::timeout(Duration::from_secs(20), connection.closed())
+        .await
+        .expect("closed in time");
+    assert_eq!(
+        tls_alert(&refused),
+        Some(46),
+        "a node as a client: {refused}"
+    );
+
+    // A client certificate on the cluster address (ALPN cassini-cluster/1): refused.
+    let (chain, key) = identity("client-dev");
+    let mut crypto = Arc::unwrap_or_clone(tls::client_crypto(ca, chain, key).expect("TLS"));
+    crypto.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+    let options = tls::QuicOptions::default();
+    let config = tls::client_config(Arc::new(crypto), &options).expect("quinn config");
+    let endpoint = cassini_quic::endpoint::bind_client(
+        "127.0.0.1:0".parse().expect("addr"),
+        config.clone(),
+        &options,
+    )
+    .expect("endpoint");
+    let attempt = endpoint
+        .connect_with(config, cluster_addr, NODE_SERVER_NAME)
+        .expect("connecting");
+    let refused = match tokio::time::timeout(Duration::from_secs(20), attempt)
+        .await
+        .expect("in time")
+    {
+        Err(error) => error,
+        Ok(connection) => tokio::time::timeout(Duration::from_secs(20), connection.closed())
+            .await
+            .expect("closed in time"),
+    };
+    assert_eq!(
+        tls_alert(&refused),
+        Some(46),
+        "a client as a node: {refused}"
+    );
 }

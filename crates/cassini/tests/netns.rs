@@ -9,12 +9,10 @@
 
 mod harness;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{init_certs, Serve, CASSINI};
+use harness::{init_certs, ip, lines, wait_for_line, Serve, CASSINI};
 
 const MESSAGES: u64 = 200;
 const BROKER_IP: &str = "10.213.7.1";
@@ -102,22 +100,6 @@ impl Drop for Namespaces {
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|error| format!("cannot run ip: {error}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
 /// A child process, killed if the test ends early.
 struct Process(Child);
 
@@ -126,31 +108,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Lines of a child's output, read on a thread.
-fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    receive
-}
-
-fn wait_for_line(lines: &mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if wanted(&line) => return,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]

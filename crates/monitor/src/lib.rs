@@ -1,7 +1,8 @@
 //! Cassini's monitoring endpoint: plain HTTP, off unless asked for, never on the publish path.
 //!
 //! Layering: each module imports only modules listed after it, `server`, `routes`, `metrics`,
-//! `client`, then `sources`, `paging` and `process`, which import nothing of this crate.
+//! `client`, then `sources`, `paging`, `process` and `cluster_metrics`, which import nothing of
+//! this crate.
 //!
 //! Authentication: with a bearer token ([`MonitorSources::token`]), every path but `/`,
 //! `/healthz` and `/readyz` answers `401` (with `WWW-Authenticate: Bearer`) unless the request carries
@@ -36,11 +37,13 @@
 //! - `routes`: the handlers and the JSON shapes; `/` serves `status.html`.
 //! - `sources`: what the handlers read ([`MonitorSources`], [`BearerToken`], [`Readiness`]).
 //! - `metrics`: the Prometheus text, rendered per scrape from the broker's counters.
+//! - `cluster_metrics`: its per-peer families on a cluster node.
 //! - `paging`: `offset` / `limit`.
 //! - `process`: facts about this process (pid, resident memory).
 //! - [`client`]: a small HTTP GET client for `cassini top` and tests.
 
 pub mod client;
+mod cluster_metrics;
 mod metrics;
 mod paging;
 mod process;

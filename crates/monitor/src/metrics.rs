@@ -312,6 +312,9 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
         "1 while the broker accepts connections",
         u64::from(state.sources.readiness.get()),
     );
+    if let Some(cluster) = broker.cluster() {
+        crate::cluster_metrics::register(r, &cluster.peers());
+    }
     if let Some(crl) = &state.sources.crl {
         let status = crl.status();
         gauge(

@@ -531,6 +531,9 @@ pub enum GapReason {
     /// A datagram subscription's message was larger than one datagram, and its oversize rule
     /// is `Drop`.
     TooLargeForDatagram,
+    /// They were published on another node of a cluster and lost on the route to this node:
+    /// that node's queue towards this one was full, or the link between them was down.
+    ClusterRoute,
 }
 
 /// One delivery of a datagram subscription, in a QUIC datagram of its own.

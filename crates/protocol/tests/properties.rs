@@ -277,7 +277,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
             Just(GapReason::Overflow),
             Just(GapReason::Undelivered),
-            Just(GapReason::TooLargeForDatagram)
+            Just(GapReason::TooLargeForDatagram),
+            Just(GapReason::ClusterRoute)
         ],
     )
         .prop_map(|(subscription, from, to, reason)| {

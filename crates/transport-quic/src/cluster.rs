@@ -12,7 +12,12 @@
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
 //! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
-//! address is in its own peer list) is closed and that address is not dialed again.
+//! address is in its own peer list) is closed and that address is not dialed again. A node
+//! that dials this one is dialed back at the address its connection comes from (the peer's
+//! cluster address: one socket both listens and dials), unless that address is dialed already:
+//! so the mesh is full even when only one side lists the other (nodes on port 0 that learn each
+//! other's addresses only once bound). A dial that reaches a node this one already has a link
+//! to (the same node at another address) is closed and tried again later with backoff.
 //!
 //! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
 //! silent for 2 s is gone, and with its connections go its interest and its queue.
@@ -26,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassini_broker::cluster::{InterestUpdate, Outgoing};
+use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
 use cassini_protocol::Publish;
 use quinn::VarInt;
@@ -58,6 +63,9 @@ pub const DELIVERED_EVERY: u64 = 64;
 
 /// ... and at the latest this long after the last unconfirmed one.
 const DELIVERED_AFTER: Duration = Duration::from_millis(5);
+
+/// How often a link's round-trip time is read for monitoring.
+const RTT_EVERY: Duration = Duration::from_secs(1);
 
 /// Close code of a cluster connection that ends on purpose (wrong cluster, this node itself,
 /// the node stopping).
@@ -168,8 +176,9 @@ enum PeerFrame {
         publish: Publish,
         groups: Vec<String>,
     },
-    /// Dialer → acceptor: messages to `topic` the dialer dropped for the acceptor.
-    Dropped { topic: String, count: u64 },
+    /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they
+    /// were for.
+    Dropped { lost: Lost, count: u64 },
 }
 
 /// A node's cluster endpoint: its listener and its dialers. See the module documentation.
@@ -179,7 +188,38 @@ pub struct ClusterNode {
     closing: CancellationToken,
     tasks: TaskTracker,
     port: ClusterPort,
+    dialer: Dialer,
+}
+
+/// Starts one dial loop per peer address, at most one per address.
+#[derive(Debug, Clone)]
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    port: ClusterPort,
     options: Arc<ClusterOptions>,
+    closing: CancellationToken,
+    tasks: TaskTracker,
+    dialed: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+}
+
+impl Dialer {
+    /// Dials `addr` from now on, unless it is dialed already.
+    fn dial(&self, addr: SocketAddr) {
+        let new = self
+            .dialed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        if new {
+            self.tasks.spawn(dial_loop(
+                self.endpoint.clone(),
+                addr,
+                self.port.clone(),
+                Arc::clone(&self.options),
+                self.closing.clone(),
+            ));
+        }
+    }
 }
 
 impl ClusterNode {
@@ -202,37 +242,39 @@ impl ClusterNode {
             port.set_client_address(address.clone());
         }
         let options = Arc::new(options);
+        let closing = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            port: port.clone(),
+            options: Arc::clone(&options),
+            closing: closing.clone(),
+            tasks: tasks.clone(),
+            dialed: Arc::default(),
+        };
         let node = Self {
             endpoint,
-            closing: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            closing,
+            tasks,
             port,
-            options,
+            dialer,
         };
         node.tasks.spawn(accept_loop(
             node.endpoint.clone(),
             node.port.clone(),
             Received::default(),
-            Arc::clone(&node.options),
-            node.closing.clone(),
-            node.tasks.clone(),
+            node.dialer.clone(),
         ));
-        for &addr in &node.options.peers {
+        for &addr in &options.peers {
             node.dial(addr);
         }
         Ok(node)
     }
 
-    /// Dials `addr` too, from now on (as if it were in the peer list): for tests and tools
-    /// whose nodes learn their addresses only once bound.
+    /// Dials `addr` too, from now on (as if it were in the peer list), unless it is dialed
+    /// already: for tests and tools whose nodes learn their addresses only once bound.
     pub fn dial(&self, addr: SocketAddr) {
-        self.tasks.spawn(dial_loop(
-            self.endpoint.clone(),
-            addr,
-            self.port.clone(),
-            Arc::clone(&self.options),
-            self.closing.clone(),
-        ));
+        self.dialer.dial(addr);
     }
 
     /// This node's side of the cluster, as the broker keeps it (peers and their numbers).
@@ -271,24 +313,20 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     port: ClusterPort,
     received: Received,
-    options: Arc<ClusterOptions>,
-    closing: CancellationToken,
-    tasks: TaskTracker,
+    dialer: Dialer,
 ) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            () = closing.cancelled() => return,
+            () = dialer.closing.cancelled() => return,
         };
         let Some(incoming) = incoming else { return };
         let port = port.clone();
-        let options = Arc::clone(&options);
-        let closing = closing.clone();
+        let dialer = dialer.clone();
         let received = Arc::clone(&received);
-        tasks.spawn(async move {
+        dialer.tasks.clone().spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(reason) = serve_inbound(incoming, &port, &options, &received, &closing).await
-            {
+            if let Err(reason) = serve_inbound(incoming, &port, &dialer, &received).await {
                 tracing::info!(%remote, %reason, "cluster link from a peer ended");
             }
         });
@@ -299,10 +337,11 @@ async fn accept_loop(
 async fn serve_inbound(
     incoming: quinn::Incoming,
     port: &ClusterPort,
-    options: &ClusterOptions,
+    dialer: &Dialer,
     registry: &Received,
-    closing: &CancellationToken,
 ) -> Result<(), String> {
+    let options = &dialer.options;
+    let closing = &dialer.closing;
     let limit = options.handshake_timeout;
     let greeting = async {
         let connection = incoming
@@ -360,6 +399,7 @@ async fn serve_inbound(
     }
     tracing::info!(peer = %node, "cluster link from a peer up");
     port.set_peer_client_address(&node, client_address);
+    dialer.dial(connection.remote_address());
     let mut inbox = port.open_inbound(&node);
     let mut received = 0u64;
     let mut confirmed = 0u64;
@@ -430,8 +470,8 @@ async fn apply(
             inbox.deliver(publish, &groups);
             Ok(())
         }
-        PeerFrame::Dropped { topic, count } => {
-            inbox.dropped(&topic, count);
+        PeerFrame::Dropped { lost, count } => {
+            inbox.dropped(&lost, count);
             Ok(())
         }
         PeerFrame::Hello { .. }
@@ -500,6 +540,12 @@ async fn dial_once(
         connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
         return Ok(LinkEnd::ThisNode);
     }
+    if port.has_outbound(&node) {
+        // The same node at another address (dialed back, or listed twice): one link per peer;
+        // this address is tried again with backoff, in case that link ends.
+        connection.close(VarInt::from_u32(CLOSE_CODE), b"a link to this node is up");
+        return Err(format!("a link to {node} is up already"));
+    }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
     let link_id: u64 = rand::rng().random();
     let hello = PeerFrame::Hello {
@@ -524,21 +570,21 @@ async fn dial_once(
             if let Some(count) = received {
                 old.in_flight.confirm(count);
             }
-            for (topic, count) in old.in_flight.by_topic() {
-                link.undelivered(topic, count);
+            for (lost, count) in old.in_flight.by_kind() {
+                link.undelivered(lost, count);
             }
         } else {
             tracing::warn!(
                 %addr,
                 was = %old.node,
                 now = %node,
-                unconfirmed = old.in_flight.topics.len(),
+                unconfirmed = old.in_flight.forwards.len(),
                 "a node's address now serves another node: forwards to the first are unconfirmed"
             );
         }
     }
     let acks = link.acknowledger();
-    // The topics of the forwards written and not yet confirmed, oldest first.
+    // The forwards written and not yet confirmed, oldest first.
     let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let confirmations = Arc::clone(&in_flight);
     let mut read_acks = tokio::spawn(async move {
@@ -555,15 +601,18 @@ async fn dial_once(
             }
         }
     });
+    link.measured_rtt(connection.rtt());
+    let mut rtt_every = tokio::time::interval(RTT_EVERY);
     let reason = loop {
         tokio::select! {
+            _ = rtt_every.tick() => link.measured_rtt(connection.rtt()),
             next = link.next() => {
                 if let Some(Outgoing::Message(forward)) = &next {
                     in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .topics
-                        .push_back(forward.message.topic.as_str().to_owned());
+                        .forwards
+                        .push_back(forward.lost());
                 }
                 let frame = match next {
                     Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
@@ -580,7 +629,7 @@ async fn dial_once(
                         },
                         groups: forward.groups.iter().map(|g| g.to_string()).collect(),
                     },
-                    Some(Outgoing::Dropped { topic, count }) => PeerFrame::Dropped { topic, count },
+                    Some(Outgoing::Dropped { lost, count }) => PeerFrame::Dropped { lost, count },
                     None => break "the broker stopped".to_owned(),
                 };
                 if let Err(reason) = write_frame(&mut send, &frame).await {
@@ -593,7 +642,7 @@ async fn dial_once(
     };
     read_acks.abort();
     let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
-    if !in_flight.topics.is_empty() {
+    if !in_flight.forwards.is_empty() {
         *previous = Some(Previous {
             node: node.clone(),
             link: link_id,
@@ -619,8 +668,8 @@ struct Previous {
 struct InFlight {
     /// How many the peer has confirmed so far.
     confirmed: u64,
-    /// The topics of the rest, oldest first.
-    topics: std::collections::VecDeque<String>,
+    /// What the rest were for, oldest first.
+    forwards: std::collections::VecDeque<Lost>,
 }
 
 impl InFlight {
@@ -629,14 +678,14 @@ impl InFlight {
         let newly = count.saturating_sub(self.confirmed);
         self.confirmed = self.confirmed.max(count);
         let newly = usize::try_from(newly).unwrap_or(usize::MAX);
-        self.topics.drain(..newly.min(self.topics.len()));
+        self.forwards.drain(..newly.min(self.forwards.len()));
     }
 
-    /// The unconfirmed forwards counted by topic.
-    fn by_topic(&self) -> std::collections::BTreeMap<String, u64> {
+    /// The unconfirmed forwards counted by what they were for.
+    fn by_kind(&self) -> std::collections::BTreeMap<Lost, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for topic in &self.topics {
-            *counts.entry(topic.clone()).or_default() += 1;
+        for lost in &self.forwards {
+            *counts.entry(lost.clone()).or_default() += 1;
         }
         counts
     }

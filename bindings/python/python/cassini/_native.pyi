@@ -41,7 +41,7 @@ class Gap:
     def last(self) -> Optional[int]: ...
     @property
     def reason(self) -> Optional[str]:
-        """`"overflow"`, `"undelivered"`, `"too_large_for_datagram"` or None."""
+        """`"overflow"`, `"undelivered"`, `"too_large_for_datagram"`, `"cluster_route"` or None."""
     @property
     def missed(self) -> Optional[int]: ...
     @property

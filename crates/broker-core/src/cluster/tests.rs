@@ -41,6 +41,28 @@ fn entry(filter: &str, group: Option<&str>, count: u32) -> InterestEntry {
     }
 }
 
+/// Node "a" with both links to peer "b" up, its queue towards "b" holding one message, and
+/// `entries` as b's interest.
+fn linked_with_a_queue_of_one(
+    entries: Vec<InterestEntry>,
+) -> (Arc<Cluster>, InboundLink, OutboundLink) {
+    let node = Arc::new(Cluster::new(
+        ClusterConfig {
+            max_queued_messages: 1,
+            ..ClusterConfig::node("a")
+        },
+        TopicLimits::default(),
+    ));
+    let inbound = node.open_inbound("b");
+    let link = node.open_outbound("b");
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries,
+        sessions: vec![],
+    });
+    (node, inbound, link)
+}
+
 async fn next(link: &mut OutboundLink) -> Outgoing {
     tokio::time::timeout(std::time::Duration::from_secs(5), link.next())
         .await
@@ -136,20 +158,7 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
 
 #[tokio::test]
 async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_next_link() {
-    let node = Arc::new(Cluster::new(
-        ClusterConfig {
-            max_queued_messages: 1,
-            ..ClusterConfig::node("a")
-        },
-        TopicLimits::default(),
-    ));
-    let inbound = node.open_inbound("b");
-    let link = node.open_outbound("b");
-    inbound.apply(InterestUpdate::Snapshot {
-        seq: 1,
-        entries: vec![entry("t", None, 1)],
-        sessions: vec![],
-    });
+    let (node, inbound, link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
     node.forward(&message("t"));
     node.forward(&message("t"));
     assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
@@ -169,8 +178,60 @@ async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_nex
     );
     let mut link = node.open_outbound("b");
     let _snapshot = next(&mut link).await;
-    let Outgoing::Dropped { topic, count } = next(&mut link).await else {
+    let Outgoing::Dropped { lost, count } = next(&mut link).await else {
         panic!("the drops are announced first");
     };
-    assert_eq!((topic.as_str(), count), ("t", 3));
+    assert_eq!((lost.topic.as_str(), lost.plain, count), ("t", true, 3));
+    assert!(lost.groups.is_empty());
+}
+
+#[tokio::test]
+async fn a_drop_for_a_peers_queue_group_names_the_group_it_was_to_serve() {
+    let (node, _inbound, link) = linked_with_a_queue_of_one(vec![entry("jobs.*", Some("w"), 2)]);
+    node.forward(&message("jobs.x"));
+    node.forward(&message("jobs.x"));
+    drop(link);
+    let mut link = node.open_outbound("b");
+    let _snapshot = next(&mut link).await;
+    let Outgoing::Dropped { lost, count } = next(&mut link).await else {
+        panic!("the drops are announced first");
+    };
+    assert_eq!(
+        (lost.topic.as_str(), lost.plain, lost.groups, count),
+        ("jobs.x", false, vec!["w".to_owned()], 2),
+        "one dropped at once, one left in the queue of the link that ended"
+    );
+}
+
+#[tokio::test]
+async fn interest_changes_towards_a_stalled_peer_are_bounded_and_end_in_a_snapshot() {
+    const CHANGES: usize = 3 * MAX_QUEUED_INTEREST_CHANGES;
+    let node = cluster("a");
+    let mut link = node.open_outbound("b");
+    for i in 0..CHANGES {
+        node.local_changed(&filter(&format!("t.{i}")), None, 1);
+    }
+    // The link was not read meanwhile: what it holds is bounded, and what it sends ends in
+    // a snapshot of every entry with the latest sequence number.
+    let mut sent = 0;
+    let mut last_seq = 0;
+    let mut entries_known = 0;
+    while let Ok(Some(Outgoing::Interest(update))) =
+        tokio::time::timeout(std::time::Duration::from_millis(100), link.next()).await
+    {
+        sent += 1;
+        assert!(update.seq() >= last_seq, "in order");
+        last_seq = update.seq();
+        match update {
+            InterestUpdate::Snapshot { entries, .. } => entries_known = entries.len(),
+            InterestUpdate::Change { .. } => entries_known += 1,
+            InterestUpdate::Session { .. } => {}
+        }
+    }
+    assert!(
+        sent <= MAX_QUEUED_INTEREST_CHANGES + 2,
+        "{sent} updates queued for a stalled peer"
+    );
+    assert_eq!(last_seq, CHANGES as u64, "the latest change arrives");
+    assert_eq!(entries_known, CHANGES, "the peer converges on every entry");
 }

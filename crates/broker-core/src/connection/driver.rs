@@ -187,6 +187,7 @@ async fn serve(
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
 
     let mut publishers = JoinSet::new();
+    let mut settling = Settling::new();
     let max_publish_streams = limits.max_publish_streams_per_connection;
     // Serves a publish stream the client opened; its partial frames count in the identity's.
     let publish_stream = |send: Box<dyn SendStream>, recv: Box<dyn RecvStream>| {
@@ -210,9 +211,14 @@ async fn serve(
             },
             frame = control.next() => match frame.map_err(control_reset)? {
                 None => break,
-                Some(frame) => serve_control(frame, shared, &opened, control_send.as_mut(), max_frame_bytes)
+                Some(frame) => serve_control(frame, shared, &opened, control_send.as_mut(), max_frame_bytes, &mut settling)
                     .await
                     .map_err(control_reset)?,
+            },
+            Some(settled) = settling.join_next() => if let Ok(answer) = settled {
+                write_frame(control_send.as_mut(), &answer, max_frame_bytes)
+                    .await
+                    .map_err(control_reset)?;
             },
             accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
                 let (send, recv) = accepted?;
@@ -226,7 +232,7 @@ async fn serve(
             }
             Ok(()) = going_away.changed() => {
                 let reason = going_away.borrow().clone().unwrap_or_default();
-                return go_away(shared, &opened, &mut control, control_send.as_mut(), reason).await;
+                return go_away(shared, &opened, &mut control, control_send.as_mut(), reason, &mut settling).await;
             }
         }
     }
@@ -277,22 +283,39 @@ fn session_attached(
     });
 }
 
+/// The `Subscribed` answers waiting for the cluster's peers to acknowledge their interest
+/// ([`crate::cluster::Cluster::settled`]), each in a task of its own: the control stream serves
+/// the client's other requests meanwhile, and writes each answer when its wait ends.
+type Settling = JoinSet<Frame>;
+
 /// Serves one frame of the control stream: an `Ack` is applied (it has no answer), anything
-/// else is a request answered in order.
+/// else is a request answered in order, except that a `Subscribed` that must wait for the
+/// cluster is answered from `settling` once the wait ends (answers name their request).
 async fn serve_control(
     frame: Frame,
     shared: &Shared,
     opened: &Opened,
     control_send: &mut dyn SendStream,
     max_frame_bytes: u32,
+    settling: &mut Settling,
 ) -> Result<(), BrokerError> {
     if let Frame::Ack(ack) = frame {
         // An ack for a subscription that ended is harmless.
         opened.acks.ack(ack.subscription, &ack.ranges);
         return Ok(());
     }
-    let answer = answer_control(frame, &opened.session, shared).await?;
-    write_frame(control_send, &answer, max_frame_bytes).await
+    let answer = answer_control(frame, &opened.session).await?;
+    match (&answer, shared.router.cluster()) {
+        (Frame::Subscribed(_), Some(cluster)) => {
+            let cluster = Arc::clone(cluster);
+            settling.spawn(async move {
+                cluster.settled().await;
+                answer
+            });
+            Ok(())
+        }
+        _ => write_frame(control_send, &answer, max_frame_bytes).await,
+    }
 }
 
 /// The broker is shutting down: tell the client, keep serving its control stream (so its
@@ -304,6 +327,7 @@ async fn go_away(
     control: &mut FrameReader,
     control_send: &mut dyn SendStream,
     reason: String,
+    settling: &mut Settling,
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let hint = shared.config.shutdown.reconnect_hint;
@@ -325,8 +349,11 @@ async fn go_away(
             () = opened.acks.delivered() => break,
             () = tokio::time::sleep_until(deadline) => break,
             frame = control.next(), if control_open => match frame.map_err(control_reset)? {
-                Some(frame) => serve_control(frame, shared, opened, control_send, max_frame_bytes).await?,
+                Some(frame) => serve_control(frame, shared, opened, control_send, max_frame_bytes, settling).await?,
                 None => control_open = false,
+            },
+            Some(settled) = settling.join_next() => if let Ok(answer) = settled {
+                write_frame(control_send, &answer, max_frame_bytes).await?;
             },
         }
     }
@@ -416,13 +443,12 @@ async fn open_session(
 }
 
 /// Turns one control request into its answer. Errors that concern only the request become an
-/// `Error` frame; errors that concern the connection are returned. In a cluster, `Subscribed`
-/// waits until every connected peer has acknowledged this node's interest as it stands after the
-/// subscribe ([`crate::cluster::Cluster::settled`]).
+/// `Error` frame; errors that concern the connection are returned. In a cluster, the caller
+/// sends `Subscribed` only once every connected peer has acknowledged this node's interest as it
+/// stands after the subscribe ([`serve_control`]).
 async fn answer_control(
     frame: Frame,
     session: &ActorRef<SessionMsg>,
-    shared: &Shared,
 ) -> Result<Frame, BrokerError> {
     let (request_id, result) = match frame {
         Frame::Subscribe(subscribe) => {
@@ -433,9 +459,6 @@ async fn answer_control(
                 reply,
             })
             .await?;
-            if let (Ok(_), Some(cluster)) = (&result, shared.router.cluster()) {
-                cluster.settled().await;
-            }
             let result = result.map(|subscription| {
                 Frame::Subscribed(Subscribed {
                     request_id,

@@ -2,10 +2,13 @@
 //!
 //! The writer knows where its client stands (the [`Attachment`]) and sees the sequence of every
 //! new message it sends; any sequence it skips is a gap. A gap is split by cause: sequences an
-//! earlier writer sent on a connection that was lost ([`GapReason::Undelivered`]), and sequences
-//! the overflow policy dropped before anyone sent them ([`GapReason::Overflow`]). Redeliveries
-//! of an at-least-once subscription are below the expected sequence and never make a gap.
-//! No I/O here.
+//! earlier writer sent on a connection that was lost ([`GapReason::Undelivered`]), sequences
+//! lost on a cluster route before they reached this node ([`GapReason::ClusterRoute`], the
+//! ranges the queue reports), and sequences the overflow policy dropped before anyone sent them
+//! ([`GapReason::Overflow`]). Redeliveries of an at-least-once subscription are below the
+//! expected sequence and never make a gap. No I/O here.
+
+use std::collections::VecDeque;
 
 use cassini_protocol::{Gap, GapReason, SubscriptionId};
 
@@ -17,6 +20,8 @@ pub(crate) struct GapAnnouncer {
     subscription: SubscriptionId,
     next_expected: u64,
     undelivered_through: u64,
+    /// Ranges lost on a cluster route not yet announced, oldest first.
+    route_lost: VecDeque<(u64, u64)>,
 }
 
 impl GapAnnouncer {
@@ -25,7 +30,14 @@ impl GapAnnouncer {
             subscription,
             next_expected: attachment.next_expected,
             undelivered_through: attachment.undelivered_through,
+            route_lost: VecDeque::new(),
         }
+    }
+
+    /// Sequences in `ranges` (oldest first) were lost on a cluster route: a gap over them says
+    /// so.
+    pub(crate) fn lost_on_route(&mut self, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        self.route_lost.extend(ranges);
     }
 
     /// The gaps to announce before sending the new message `sequence`.
@@ -49,9 +61,33 @@ impl GapAnnouncer {
                 GapReason::Undelivered,
             ));
         }
-        let overflow_from = from.max(self.undelivered_through.saturating_add(1));
-        if overflow_from <= last {
-            gaps.push(self.gap(overflow_from, last, GapReason::Overflow));
+        let mut dropped_from = from.max(self.undelivered_through.saturating_add(1));
+        while dropped_from <= last {
+            // The route's ranges below this point were announced (or passed) already.
+            while self
+                .route_lost
+                .front()
+                .is_some_and(|&(_, to)| to < dropped_from)
+            {
+                self.route_lost.pop_front();
+            }
+            match self.route_lost.front().copied() {
+                Some((lost_from, lost_to)) if lost_from <= last => {
+                    if dropped_from < lost_from {
+                        gaps.push(self.gap(dropped_from, lost_from - 1, GapReason::Overflow));
+                    }
+                    let to = lost_to.min(last);
+                    gaps.push(self.gap(dropped_from.max(lost_from), to, GapReason::ClusterRoute));
+                    dropped_from = to.saturating_add(1);
+                    if to == u64::MAX {
+                        break;
+                    }
+                }
+                _ => {
+                    gaps.push(self.gap(dropped_from, last, GapReason::Overflow));
+                    break;
+                }
+            }
         }
         self.next_expected = last.saturating_add(1);
         gaps

@@ -118,6 +118,7 @@ pub(crate) async fn run_subscription_writer(
     } = settings;
     let attachment = queue.attach(last_received);
     let mut gaps = GapAnnouncer::new(key.subscription, &attachment);
+    gaps.lost_on_route(queue.take_route_lost());
     let mut stream = tokio::select! {
         _ = cancel.cancelled() => return WriterOutcome::Cancelled,
         opened = tokio::time::timeout(STREAM_OPEN_DEADLINE, connection.open_uni()) => match opened {
@@ -197,6 +198,7 @@ pub(crate) async fn run_subscription_writer(
                 drained,
                 ..
             } => {
+                gaps.lost_on_route(queue.take_route_lost());
                 let _unwritten = queue.writing(batch.len());
                 // Not raced against `cancel`: the wait ends with the commit that follows the
                 // one in progress (or with a failed or closed store), and a batch taken out of

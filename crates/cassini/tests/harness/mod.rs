@@ -3,10 +3,11 @@
 //! - [`cassini`]: the binary run as a user runs it, with none of the caller's `RUST_LOG` or
 //!   `CASSINI_*` variables; [`run`], [`spawn_until`], [`wait_with_deadline`], [`terminate`] for
 //!   the processes a test starts (`pub`, `sub`, `reply`, ...).
-//! - [`Broker`]: `cassini serve` as a child process. It listens on port 0 (QUIC, and the
-//!   monitor when `--monitor 127.0.0.1:0` is given) and the harness reads the bound addresses
-//!   back from its log (`addr=` of the `cassini listening` and `monitoring endpoint` lines), so
-//!   no port is ever guessed. Its log is kept for the test to wait on; it is killed on drop.
+//! - [`Broker`]: `cassini serve` as a child process. It listens on port 0 (QUIC, the monitor
+//!   when `--monitor 127.0.0.1:0` is given, the cluster address with `--cluster-listen
+//!   127.0.0.1:0`) and the harness reads the bound addresses back from its log (`addr=` of the
+//!   `cassini listening`, `monitoring endpoint` and `cluster listening` lines), so no port is
+//!   ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
 //!   tests that need more than [`Broker::start`].
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
@@ -117,6 +118,54 @@ pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Runs `ip ARGS` (network namespaces and links, for the tests that cut a real link); an
+/// error that says what failed, for a test to skip with when it cannot.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Lines of a child's output, read on a thread.
+pub(crate) fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// Waits (within 30 s) for a line of `lines` that `wanted` accepts, skipping the others.
+pub(crate) fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// `cassini certs ARGS --dir DIR`, which must succeed.
 pub(crate) fn certs(dir: &Path, args: &[&str]) -> Output {
     let output = run(cassini(&["certs"]).args(args).arg("--dir").arg(dir));
@@ -179,6 +228,29 @@ impl Running {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         Self(command.spawn().expect("spawn"))
+    }
+
+    /// Starts `command` with its stdout and stderr read line by line on threads.
+    pub(crate) fn piped(
+        mut command: Command,
+    ) -> (Self, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        (Self(child), stdout, stderr)
+    }
+
+    /// Whether it has exited, and with success.
+    pub(crate) fn succeeded(&mut self) -> Option<bool> {
+        self.0
+            .try_wait()
+            .expect("wait")
+            .map(|status| status.success())
     }
 
     /// Starts `command` and waits (within [`DEADLINE`]) until a stderr line contains `ready`.
@@ -440,6 +512,15 @@ impl Broker {
         log_field(&line, "addr")
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no monitor address in {line:?}"))
+    }
+
+    /// The cluster address it bound (`addr=` of its `cluster listening` line), for a node
+    /// started with `--cluster-listen 127.0.0.1:0`.
+    pub(crate) fn cluster_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("cluster listening");
+        log_field(&line, "addr")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no cluster address in {line:?}"))
     }
 
     /// The child's process id.

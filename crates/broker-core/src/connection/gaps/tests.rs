@@ -66,3 +66,25 @@ fn redeliveries_below_the_expected_sequence_make_no_gap() {
     assert!(gaps.before(3).is_empty());
     assert!(gaps.before(11).is_empty());
 }
+
+#[test]
+fn sequences_lost_on_a_cluster_route_have_their_own_reason_and_other_drops_stay_overflow() {
+    // 2..=3 dropped by the overflow policy, 4..=6 lost on the route, 7 dropped again; then
+    // 9..=10 lost on the route at the tail.
+    let mut gaps = announcer(1, 0);
+    gaps.lost_on_route([(4, 6), (9, 10)]);
+    assert!(gaps.before(1).is_empty());
+    assert_eq!(
+        ranges(&gaps.before(8)),
+        vec![
+            (2, 3, GapReason::Overflow),
+            (4, 6, GapReason::ClusterRoute),
+            (7, 7, GapReason::Overflow)
+        ]
+    );
+    assert_eq!(
+        ranges(&gaps.through(10)),
+        vec![(9, 10, GapReason::ClusterRoute)]
+    );
+    assert!(gaps.through(10).is_empty(), "announced once");
+}
