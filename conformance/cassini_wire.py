@@ -451,11 +451,17 @@ def close_transport(self: Connection) -> None:
 Connection.close_transport = close_transport  # type: ignore[attr-defined]
 
 
+async def closed_by_broker(conn: Connection) -> Termination:
+    """Waits until the broker closes `conn`, releases it, and returns how it was closed."""
+    closed = await conn.closed()
+    conn.close_transport()
+    return closed
+
+
 async def assert_closed_with(conn: Connection, code: int) -> None:
     """Waits until the broker closes `conn`, releases it, and asserts that the broker closed it
     with the application error code `code`."""
-    closed = await conn.closed()
-    conn.close_transport()
+    closed = await closed_by_broker(conn)
     assert closed.is_application and closed.error_code == code, closed
 
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::connect::attachment::AttachmentContext;
 use crate::connect::connection_state::{ConnectionState, DisconnectReason};
 use crate::connect::connector::{Connector, Established};
+use crate::connect::liveness::Liveness;
 use crate::connect::reconnect_policy::ReconnectPolicy;
 use crate::connect::session::SessionCore;
 use crate::connect::supervisor::supervise;
@@ -54,6 +55,8 @@ pub(crate) struct ClientSettings {
     pub(crate) publisher: PublisherSettings,
     /// Whether and how to reconnect.
     pub(crate) reconnect: ReconnectPolicy,
+    /// How a broker that stopped answering is noticed.
+    pub(crate) liveness: Liveness,
     /// Publishes kept while reconnecting.
     pub(crate) outbound: OutboundBuffer,
     /// How long an acknowledged publish waits for its acknowledgement by default.
@@ -167,7 +170,12 @@ impl Client {
             "connected to the broker"
         );
         let endpoint = connector.endpoint.clone();
-        tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
+        tokio::spawn(supervise(
+            Arc::clone(&core),
+            connector,
+            attachment,
+            settings.liveness,
+        ));
         let inbox = Inbox::new(
             Arc::clone(&core),
             replies,

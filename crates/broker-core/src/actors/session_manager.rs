@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{ResumePosition, SessionId};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
@@ -101,6 +103,37 @@ pub(crate) struct SessionManagerState {
 }
 
 impl SessionManagerState {
+    /// Starts session `id`'s actor as a child of the manager (`myself`) and indexes it.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SessionManagerMsg>,
+        id: SessionId,
+        identity: Arc<str>,
+        certificate: Option<Arc<str>>,
+        name: Option<Arc<str>>,
+        recovered: Option<(RecoveredSession, Duration)>,
+    ) -> Result<ActorRef<SessionMsg>, SpawnErr> {
+        let args = SessionArgs {
+            id,
+            identity: Arc::clone(&identity),
+            name: name.clone(),
+            shared: Arc::clone(&self.shared),
+            managers: self.managers.clone(),
+            recovered,
+        };
+        let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+        self.insert(
+            id,
+            Entry {
+                identity,
+                certificate,
+                name,
+                session: session.clone(),
+            },
+        );
+        Ok(session)
+    }
+
     fn insert(&mut self, id: SessionId, entry: Entry) {
         let count = self
             .per_identity
@@ -174,25 +207,11 @@ impl SessionManager {
         };
         let identity: Arc<str> = Arc::from(recovered.record.identity.as_str());
         let name: Option<Arc<str>> = recovered.record.name.as_deref().map(Arc::from);
-        let args = SessionArgs {
-            id,
-            identity: Arc::clone(&identity),
-            name: name.clone(),
-            shared: Arc::clone(&state.shared),
-            managers: state.managers.clone(),
-            recovered: Some((recovered, expires_in)),
-        };
-        let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+        let recovered = Some((recovered, expires_in));
+        state
+            .start(myself, id, identity, None, name, recovered)
+            .await?;
         tracing::debug!(session = %id, ?expires_in, "session restored from the store");
-        state.insert(
-            id,
-            Entry {
-                identity,
-                certificate: None,
-                name,
-                session,
-            },
-        );
         Ok(())
     }
 
@@ -276,26 +295,10 @@ impl SessionManager {
                         break candidate;
                     }
                 };
-                let args = SessionArgs {
-                    id,
-                    identity: Arc::clone(&identity),
-                    name: name.clone(),
-                    shared: Arc::clone(&state.shared),
-                    managers: state.managers.clone(),
-                    recovered: None,
-                };
-                let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
+                let session = state
+                    .start(myself, id, identity, certificate, name, None)
                     .await
                     .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
-                state.insert(
-                    id,
-                    Entry {
-                        identity,
-                        certificate,
-                        name,
-                        session: session.clone(),
-                    },
-                );
                 (id, session, false)
             }
         };

@@ -10,6 +10,7 @@ pub(crate) mod control;
 pub(crate) mod disconnect;
 pub(crate) mod framed;
 pub(crate) mod link;
+pub(crate) mod liveness;
 pub(crate) mod reconnect_policy;
 pub(crate) mod session;
 pub(crate) mod supervisor;
