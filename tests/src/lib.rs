@@ -339,6 +339,22 @@ pub fn with_limits(limits: BrokerLimits) -> BrokerConfig {
     }
 }
 
+/// Sends `ping 0` to `ping 4` as requests to `svc.echo` and asserts that each reply is
+/// `echo: ` and the request (`what` names the reply in a failure).
+pub async fn assert_echoed(caller: &Client, what: &str) {
+    for i in 0..5 {
+        let reply = caller
+            .request(
+                "svc.echo",
+                Bytes::from(format!("ping {i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect(what);
+        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
+    }
+}
+
 /// Publishes `payload` to `topic` from `publisher`, acknowledged, and asserts that
 /// `subscription` delivers it next (within the deadline; `what` names the wait).
 pub async fn assert_delivers(
@@ -367,22 +383,6 @@ pub async fn echo_service(service: &Client, subject: &str) -> JoinHandle<()> {
             let _ = request.respond(Bytes::from(reply)).await;
         }
     })
-}
-
-/// Sends `count` requests `ping N` to `subject` from `caller` and asserts that each is
-/// answered `echo: ping N` (by an [`echo_service`]).
-pub async fn assert_echoes(caller: &Client, subject: &str, count: usize) {
-    for i in 0..count {
-        let reply = caller
-            .request(
-                subject,
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("a reply");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
 }
 
 /// Asserts that a request to `subject` from `caller` fails with no-responders, before the

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::RequestError;
-use cassini_e2e::{assert_echoes, assert_no_responders, echo_service, within, TestBroker};
+use cassini_e2e::{assert_echoed, assert_no_responders, echo_service, within, TestBroker};
 use futures_util::StreamExt;
 
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn request_reply_round_trip() {
     let service = broker.client("service").await;
     let server = echo_service(&service, "svc.echo").await;
     let caller = broker.client("caller").await;
-    assert_echoes(&caller, "svc.echo", 5).await;
+    assert_echoed(&caller, "reply").await;
     server.abort();
     broker.stop().await;
 }

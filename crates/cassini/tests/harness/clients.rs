@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cassini_client::{BrokerAddress, Client, ClientBuilder, ReconnectPolicy};
+use cassini_client::{Client, ClientBuilder, ReconnectPolicy};
 use cassini_quic::tls;
 
 /// A raw quinn connection to the broker at `addr` as `name`, for clients that misbehave on
@@ -41,18 +41,4 @@ pub(crate) fn quick_reconnect(builder: ClientBuilder) -> ClientBuilder {
             max_backoff: Duration::from_millis(500),
             ..ReconnectPolicy::default()
         })
-}
-
-/// A client of the broker(s) at `addr` as `name`, made by [`quick_reconnect`], not yet
-/// connected.
-pub(crate) fn quick_client(
-    addr: impl Into<BrokerAddress>,
-    dir: &Path,
-    name: &str,
-) -> ClientBuilder {
-    quick_reconnect(
-        Client::builder(addr)
-            .cert_dir(dir, name)
-            .server_name("localhost"),
-    )
 }
