@@ -117,9 +117,11 @@ impl FrameDecoder {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        buf.advance(LENGTH_PREFIX_BYTES);
-        let body = buf.split_to(body_len);
-        decode_body(&body).map(Some)
+        // Decoded in place: the frame owns copies of what it keeps, so the body's bytes need
+        // not be split off into a buffer of their own.
+        let frame = decode_body(&buf[LENGTH_PREFIX_BYTES..total]);
+        buf.advance(total);
+        frame.map(Some)
     }
 
     fn peek_body_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {

@@ -5,10 +5,11 @@
 //!
 //! The rmp-serde path (`codec::reference`) stays the definition of the encoding: these
 //! encoders write the same bytes, and [`decode`] answers only for bodies in the form they write
-//! (or with `Delivery.redelivered` left off, as an older broker sends it), answering `None` for
-//! anything else — trailing fields of a newer peer, other integer or string forms, structs as
-//! maps, malformed input — which the reference path then decodes or refuses. Property tests
-//! hold both halves to the reference byte for byte and value for value.
+//! (integers in any unsigned width, and `Delivery.redelivered` may be left off, as an older
+//! broker sends it), answering `None` for anything else — trailing fields of a newer peer,
+//! signed integers, strings as bytes, structs as maps, malformed input — which the reference
+//! path then decodes or refuses. Property tests hold both halves to the reference byte for
+//! byte and value for value, on valid bodies and on bodies in other forms or edited.
 
 mod decode;
 mod encode;

@@ -256,6 +256,11 @@ impl<'a> Reader<'a> {
 
     /// A string (str, valid UTF-8).
     pub(super) fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
+    }
+
+    /// The bytes of a string, not checked to be UTF-8: for comparing with known names.
+    pub(super) fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             marker @ FIXSTR..=0xbf => usize::from(marker & 0x1f),
             STR8 => usize::from(self.byte()?),
@@ -263,7 +268,7 @@ impl<'a> Reader<'a> {
             STR32 => usize::try_from(self.be_u32()?).ok()?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
     }
 
     /// A byte string (bin).

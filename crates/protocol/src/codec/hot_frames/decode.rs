@@ -29,12 +29,14 @@ pub fn decode(body: &[u8]) -> Option<Frame> {
     if reader.fixmap_len()? != 1 {
         return None;
     }
-    let frame = match reader.str()? {
-        "Publish" => Frame::Publish(publish(&mut reader)?),
-        "Message" => Frame::Message(delivery(&mut reader)?),
-        "Datagram" => Frame::Datagram(datagram(&mut reader)?),
-        "PublishAck" => Frame::PublishAck(publish_ack(&mut reader)?),
-        "Ack" => Frame::Ack(ack(&mut reader)?),
+    // The frame type's name, compared as bytes: matching one of these ASCII names proves it
+    // UTF-8, and any other name is not a hot frame.
+    let frame = match reader.str_bytes()? {
+        b"Publish" => Frame::Publish(publish(&mut reader)?),
+        b"Message" => Frame::Message(delivery(&mut reader)?),
+        b"Datagram" => Frame::Datagram(datagram(&mut reader)?),
+        b"PublishAck" => Frame::PublishAck(publish_ack(&mut reader)?),
+        b"Ack" => Frame::Ack(ack(&mut reader)?),
         _ => return None,
     };
     reader.is_empty().then_some(frame)
