@@ -2,9 +2,9 @@
 //!
 //! On the wire every frame is a 4-byte big-endian body length followed by the body: a
 //! [`Frame`] encoded as rmp-serde encodes it (structs as arrays, enum variants by name; the
-//! [`reference`] path). A struct may carry trailing fields this build does not know (a newer
-//! peer's): they are skipped (see `lenient`), and fields added later are `#[serde(default)]`,
-//! so an older peer's frame decodes too. The frames sent once per message are encoded and
+//! [`reference`](mod@reference) path). A struct may carry trailing fields this build does not
+//! know (a newer peer's): they are skipped (see `lenient`), and fields added later are
+//! `#[serde(default)]`, so an older peer's frame decodes too. The frames sent once per message are encoded and
 //! decoded by hand ([`hot_frames`]), to the same bytes and the same values; a body in any
 //! other form falls back to the reference path. The decoder reads
 //! the length first and refuses any length above its maximum before it reserves or allocates
