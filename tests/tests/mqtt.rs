@@ -6,17 +6,15 @@
 //! Without `mosquitto_pub` on `PATH` these tests print why and pass, except under CI (`CI=true`),
 //! where a missing client fails them (`.ci/run` installs it).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use cassini_broker::config::StorageMode;
 use cassini_broker::{Acl, BrokerConfig};
-use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
+use cassini_e2e::gateway::Gateway;
+use cassini_e2e::{eventually, identity_of, within, Pki};
 use cassini_mqtt::{MqttOptions, MqttServer};
-use cassini_quic::server::ServerOptions;
 use cassini_quic::tls;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,113 +37,28 @@ fn have_mosquitto() -> bool {
     found
 }
 
-/// A broker with the MQTT gateway, and a directory of certificate files for the clients.
-struct Gateway {
-    broker: TestBroker,
-    mqtt: Arc<MqttServer>,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+/// The connection and TLS arguments of a mosquitto client with a certificate for `name`
+/// issued by `pki` (the broker's CA unless a test says otherwise).
+fn tls_args_from(gateway: &Gateway, pki: &Pki, name: &str) -> Vec<String> {
+    let (cert, key) = gateway.client_files_from(pki, name);
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "-h".into(),
+        "localhost".into(),
+        "-p".into(),
+        gateway.addr.port().to_string(),
+        "--cafile".into(),
+        path(gateway.ca_file()),
+        "--cert".into(),
+        path(cert),
+        "--key".into(),
+        path(key),
+    ]
 }
 
-impl Gateway {
-    async fn start() -> Self {
-        Self::start_with(BrokerConfig::default(), false).await
-    }
-
-    async fn start_with(config: BrokerConfig, plaintext: bool) -> Self {
-        let broker = TestBroker::start_with(config, ServerOptions::default()).await;
-        Self::serve(broker, plaintext, tempfile::tempdir().expect("temp dir")).await
-    }
-
-    /// Stops the broker and the gateway and starts both again with `config` (same
-    /// certificates and certificate files; the gateway on a new port).
-    async fn restart_with(self, config: BrokerConfig) -> Self {
-        self.mqtt.close(std::time::Duration::from_secs(3)).await;
-        let broker = self.broker.restart_with(config).await;
-        Self::serve(broker, false, self.dir).await
-    }
-
-    async fn serve(broker: TestBroker, plaintext: bool, dir: tempfile::TempDir) -> Self {
-        let (chain, key) = identity_of(&broker.pki.server);
-        let crypto = tls::server_crypto(broker.pki.ca_certs(), chain, key).expect("server TLS");
-        let options = MqttOptions {
-            allow_plaintext_loopback: plaintext,
-            ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
-        };
-        let mqtt = Arc::new(
-            MqttServer::bind(options, &crypto)
-                .await
-                .expect("MQTT binds"),
-        );
-        let addr = mqtt.local_addr().expect("MQTT address");
-        let serving = Arc::clone(&mqtt);
-        let handle = broker.broker.clone();
-        tokio::spawn(async move { serving.serve(handle).await });
-        std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
-        Self {
-            broker,
-            mqtt,
-            addr,
-            dir,
-        }
-    }
-
-    /// The connection and TLS arguments of a mosquitto client with a certificate for `name`
-    /// (issued by `pki`, the broker's CA unless a test says otherwise).
-    fn tls_args_from(&self, pki: &Pki, name: &str) -> Vec<String> {
-        let cert = self.dir.path().join(format!("{name}.crt"));
-        let key = self.dir.path().join(format!("{name}.key"));
-        pki.client(name)
-            .write(&cert, &key)
-            .expect("client certificate");
-        let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        vec![
-            "-h".into(),
-            "localhost".into(),
-            "-p".into(),
-            self.addr.port().to_string(),
-            "--cafile".into(),
-            path(self.dir.path().join("ca.crt")),
-            "--cert".into(),
-            path(cert),
-            "--key".into(),
-            path(key),
-        ]
-    }
-
-    /// The arguments for the certificate of `name` already written by `tls_args`.
-    fn tls_args_again(&self, name: &str) -> Vec<String> {
-        let path = |file: String| self.dir.path().join(file).to_string_lossy().into_owned();
-        vec![
-            "-h".into(),
-            "localhost".into(),
-            "-p".into(),
-            self.addr.port().to_string(),
-            "--cafile".into(),
-            path("ca.crt".into()),
-            "--cert".into(),
-            path(format!("{name}.crt")),
-            "--key".into(),
-            path(format!("{name}.key")),
-        ]
-    }
-
-    fn tls_args(&self, name: &str) -> Vec<String> {
-        self.tls_args_from(&self.broker.pki, name)
-    }
-
-    /// Waits until the broker holds a subscription to the Cassini filter `filter`.
-    async fn wait_subscribed(&self, filter: &str) {
-        eventually(&format!("a subscription to {filter}"), || async {
-            self.broker
-                .broker
-                .subscriptions()
-                .iter()
-                .any(|sub| sub.filter == filter)
-                .then_some(())
-        })
-        .await;
-    }
+/// The arguments of a mosquitto client with a certificate for `name` from the broker's CA.
+fn tls_args(gateway: &Gateway, name: &str) -> Vec<String> {
+    tls_args_from(gateway, &gateway.broker.pki, name)
 }
 
 fn command(program: &str, args: &[String], extra: &[&str]) -> Command {
@@ -184,7 +97,7 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
     let gateway = Gateway::start().await;
     let quic = gateway.broker.client("reader").await;
     let mut subscription = quic.subscribe("plant.>").await.expect("subscribe");
-    let args = gateway.tls_args("device-1");
+    let args = tls_args(&gateway, "device-1");
     for (version, qos) in [
         ("mqttv311", "0"),
         ("mqttv311", "1"),
@@ -222,7 +135,7 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
         return;
     }
     let gateway = Gateway::start().await;
-    let args = gateway.tls_args("display");
+    let args = tls_args(&gateway, "display");
     for version in ["mqttv311", "mqttv5"] {
         let sub = command(
             "mosquitto_sub",
@@ -274,29 +187,13 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
     }
 }
 
-impl Gateway {
-    /// Waits until no subscription to `filter` is left (a clean session ended).
-    async fn wait_unsubscribed(&self, filter: &str) {
-        eventually(&format!("no subscription to {filter}"), || async {
-            (!self
-                .broker
-                .broker
-                .subscriptions()
-                .iter()
-                .any(|sub| sub.filter == filter))
-            .then_some(())
-        })
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
     if !have_mosquitto() {
         return;
     }
     let gateway = Gateway::start().await;
-    let publisher = gateway.tls_args("publisher");
+    let publisher = tls_args(&gateway, "publisher");
     let output = run(
         "mosquitto_pub",
         &publisher,
@@ -306,7 +203,7 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
     assert!(output.status.success(), "{}", describe(&output));
 
     // A new subscriber gets the retained value first, with the retain flag (%r).
-    let subscriber = gateway.tls_args("subscriber");
+    let subscriber = tls_args(&gateway, "subscriber");
     let retained = run(
         "mosquitto_sub",
         &subscriber,
@@ -360,7 +257,7 @@ async fn a_qos1_subscription_outlives_its_connection_and_is_resumed_by_client_id
         return;
     }
     let gateway = Gateway::start().await;
-    let subscriber = gateway.tls_args("logger");
+    let subscriber = tls_args(&gateway, "logger");
     // -c: clean session off, so the session outlives the connection.
     let first = tokio::spawn(
         command(
@@ -416,7 +313,7 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     }
     let data = tempfile::tempdir().expect("data dir");
     let gateway = Gateway::start_with(durable(data.path()), false).await;
-    let subscriber = gateway.tls_args("archiver");
+    let subscriber = tls_args(&gateway, "archiver");
     // The subscriber's session (clean session off) holds a QoS 1 subscription, then leaves.
     let output = run(
         "mosquitto_sub",
@@ -432,7 +329,7 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     // mosquitto_pub gets its PUBACK only once the broker synced the message to disk.
     let output = run(
         "mosquitto_pub",
-        &gateway.tls_args("teller"),
+        &tls_args(&gateway, "teller"),
         &["-q", "1", "-t", "ledger/entry", "-m", "credit 100"],
     )
     .await;
@@ -441,7 +338,7 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     let gateway = gateway.restart_with(durable(data.path())).await;
     let output = run(
         "mosquitto_sub",
-        &gateway.tls_args_again("archiver"),
+        &tls_args(&gateway, "archiver"),
         &[
             "-c",
             "-i",
@@ -476,7 +373,7 @@ async fn a_will_is_published_when_its_client_vanishes() {
     let mut wills = quic.subscribe("status.>").await.expect("subscribe");
     let mut doomed = command(
         "mosquitto_sub",
-        &gateway.tls_args("doomed"),
+        &tls_args(&gateway, "doomed"),
         &[
             "-t",
             "nothing/here",
@@ -523,7 +420,7 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
     let gateway = Gateway::start_with(config, false).await;
     let trusted = gateway.broker.client("trusted").await;
     let mut vault = trusted.subscribe("vault.>").await.expect("subscribe");
-    let intruder = gateway.tls_args("intruder");
+    let intruder = tls_args(&gateway, "intruder");
 
     // MQTT 5: the SUBACK says 0x87 Not authorized; mosquitto_sub reports it and gives up.
     let output = run(
@@ -580,7 +477,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let stranger = Pki::new();
     let output = run(
         "mosquitto_pub",
-        &gateway.tls_args_from(&stranger, "stranger"),
+        &tls_args_from(&gateway, &stranger, "stranger"),
         &["-t", "any/topic", "-m", "x"],
     )
     .await;
@@ -679,7 +576,7 @@ async fn malformed_packets_close_only_their_own_connection() {
     // The gateway still serves everyone else.
     let output = run(
         "mosquitto_pub",
-        &gateway.tls_args("healthy"),
+        &tls_args(&gateway, "healthy"),
         &["-t", "ok/still", "-m", "fine"],
     )
     .await;
