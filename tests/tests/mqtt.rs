@@ -612,3 +612,27 @@ async fn plain_tcp_needs_the_loopback_switch() {
         "plaintext on a non-loopback address must be refused"
     );
 }
+
+#[tokio::test]
+async fn an_mqtt5_session_expiry_interval_shorter_than_the_brokers_ends_the_session_after_it() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let subscriber = tls_args(&gateway, "brief");
+    // MQTT 5, clean start off, a Session Expiry Interval of 1 s (the broker keeps 300 s).
+    let output = run(
+        "mosquitto_sub",
+        &subscriber,
+        &[
+            "-V", "mqttv5", "-c", "-i", "brief-1", "-x", "1", "-q", "1", "-t", "brief/#", "-E",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    gateway
+        .broker
+        .wait_for_stats("the session expired after 1 s", |stats| stats.sessions == 0)
+        .await;
+    assert!(gateway.broker.broker.subscriptions().is_empty());
+}

@@ -221,8 +221,9 @@ fn session_name(client_id: &str) -> Option<&str> {
 
 fn connect_refusal(code: ErrorCode) -> ConnectCode {
     match code {
-        ErrorCode::SESSION_IDENTITY_MISMATCH
-        | ErrorCode::CERTIFICATE_REVOKED
+        // The client id names a session another identity's client holds.
+        ErrorCode::SESSION_IDENTITY_MISMATCH => ConnectCode::BadClientId,
+        ErrorCode::CERTIFICATE_REVOKED
         | ErrorCode::CERTIFICATE_EXPIRED
         | ErrorCode::NOT_AUTHORIZED => ConnectCode::NotAuthorized,
         ErrorCode::INVALID_SESSION_NAME => ConnectCode::BadClientId,
@@ -282,6 +283,9 @@ struct Connection<W> {
     max_frame: u32,
     /// The client id the gateway chose for an empty one.
     assigned: Option<String>,
+    /// MQTT 5: the Session Expiry Interval granted, when less than the client asked for (the
+    /// broker's `sessions.expiry`), for `CONNACK` to say so.
+    capped_expiry: Option<u32>,
     control: Option<PipeWriter>,
     /// The control stream's reader and what it read past `Welcome`, until the loop takes them.
     control_reader: Option<PipeReader>,
@@ -321,6 +325,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             context,
             max_frame: u32::try_from(max_packet).unwrap_or(u32::MAX),
             assigned: None,
+            capped_expiry: None,
             control: None,
             control_reader: None,
             control_buf: BytesMut::new(),
@@ -364,6 +369,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             session_present,
             assigned_client_id: self.assigned.clone(),
             max_packet_size: Some(self.max_frame),
+            session_expiry: self.capped_expiry,
             reason,
         };
         self.send(|encoder, out| encoder.connack(code, info, out))
@@ -407,11 +413,16 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             return None;
         };
         let (broker_end, client) = bridge::connection(peer, self.connect.version.name());
+        self.grant_session_expiry(&client);
         self.context.broker.accept(Arc::new(broker_end));
         let welcome = match self.hello(&client, name).await {
             Ok(welcome) => welcome,
             Err(code) => {
-                let reason = client.close_reason().map(|(_, reason)| reason);
+                let reason = if code == ErrorCode::SESSION_IDENTITY_MISMATCH {
+                    Some("the client id is in use by another identity".to_string())
+                } else {
+                    client.close_reason().map(|(_, reason)| reason)
+                };
                 client.close("CONNECT refused");
                 self.connack(connect_refusal(code), false, reason).await;
                 return None;
@@ -637,6 +648,34 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         id
     }
 
+    /// MQTT 5: grants the client's Session Expiry Interval, capped by the broker's
+    /// `sessions.expiry` (then `CONNACK` says so), and tells the broker (through `client`) how
+    /// long the session outlives this connection. 3.1.1 sessions get `sessions.expiry`.
+    fn grant_session_expiry(&mut self, client: &ClientEnd) {
+        if self.connect.version != Version::V5 {
+            return;
+        }
+        let most = self.most_session_expiry();
+        let asked = self.connect.session_expiry.unwrap_or(0);
+        if asked > most {
+            self.capped_expiry = Some(most);
+        }
+        self.set_session_expiry(asked, client);
+    }
+
+    /// The longest Session Expiry Interval the gateway grants: `sessions.expiry`, in seconds.
+    fn most_session_expiry(&self) -> u32 {
+        let most = self.context.broker.config().sessions.expiry.as_secs();
+        u32::try_from(most).unwrap_or(u32::MAX)
+    }
+
+    /// Puts MQTT 5's Session Expiry Interval `secs`, capped, in force.
+    fn set_session_expiry(&mut self, secs: u32, client: &ClientEnd) {
+        let granted = secs.min(self.most_session_expiry());
+        self.connect.session_expiry = Some(granted);
+        client.set_session_expiry(Some(Duration::from_secs(u64::from(granted))));
+    }
+
     /// Whether the session ends with this connection: a 3.1.1 clean session, or an MQTT 5
     /// session expiry of 0 (the default).
     fn ends_with_connection(&self) -> bool {
@@ -761,10 +800,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 session_expiry,
             } => {
                 if let Some(expiry) = session_expiry {
-                    // MQTT 5: a client may change a non-zero expiry at DISCONNECT (not from 0).
-                    if self.connect.session_expiry.unwrap_or(0) != 0 {
-                        self.connect.session_expiry = Some(expiry);
+                    // MQTT 5 §3.14.2.2.2: a client may change a non-zero expiry at DISCONNECT;
+                    // from 0 to another value it is a protocol error, and the DISCONNECT is not
+                    // a valid one (the will is published).
+                    if self.connect.session_expiry.unwrap_or(0) == 0 && expiry != 0 {
+                        return Some(End::Abnormal(Some(CloseCode::ProtocolError)));
                     }
+                    self.set_session_expiry(expiry, client);
                 }
                 Some(End::Disconnect {
                     publish_will: with_will,

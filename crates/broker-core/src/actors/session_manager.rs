@@ -20,6 +20,13 @@
 //! as any resume does). The name is stored with the session record, so the map survives a
 //! restart in disk mode; it is forgotten with the session.
 //!
+//! A connection whose names are exclusive (`Connection::exclusive_session_name`: an MQTT client
+//! id, unique per server) cannot use a name while another identity holds a session that such a
+//! connection named so: it is refused with `SESSION_IDENTITY_MISMATCH`, and never reaches or
+//! learns anything of that session. So it also owns the map from exclusive name to the session
+//! holding it. That map is not stored: after a restart in disk mode a stored session holds its
+//! name exclusively again once a connection of that kind resumes it.
+//!
 //! In disk mode it starts with the sessions read back from the store: each one detached, with
 //! the expiry time it had left (its detach time is stored; a session that was attached when the
 //! broker died counts as detached at the restart). A session whose expiry passed while the
@@ -86,6 +93,8 @@ struct Entry {
     certificate: Option<Arc<str>>,
     /// The session's name, if it has one.
     name: Option<Arc<str>>,
+    /// Whether a connection with exclusive names named it (it then holds `exclusive`'s entry).
+    exclusive: bool,
     session: ActorRef<SessionMsg>,
 }
 
@@ -98,6 +107,8 @@ pub(crate) struct SessionManagerState {
     per_identity: HashMap<Arc<str>, usize>,
     /// Named sessions, by identity and name.
     names: HashMap<(Arc<str>, Arc<str>), SessionId>,
+    /// Exclusively named sessions (MQTT client ids), by name alone.
+    exclusive: HashMap<Arc<str>, SessionId>,
 }
 
 impl SessionManagerState {
@@ -110,6 +121,9 @@ impl SessionManagerState {
         if let Some(name) = &entry.name {
             self.names
                 .insert((Arc::clone(&entry.identity), Arc::clone(name)), id);
+            if entry.exclusive {
+                self.exclusive.insert(Arc::clone(name), id);
+            }
         }
         self.by_actor.insert(entry.session.get_id(), id);
         self.sessions.insert(id, entry);
@@ -121,6 +135,11 @@ impl SessionManagerState {
             return;
         };
         Self::forget_name(&mut self.names, *id, &entry);
+        if let Some(name) = entry.name.as_ref().filter(|_| entry.exclusive) {
+            if self.exclusive.get(name) == Some(id) {
+                self.exclusive.remove(name);
+            }
+        }
         if let Some(count) = self.per_identity.get_mut(&entry.identity) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -141,6 +160,15 @@ impl SessionManagerState {
                 names.remove(&key);
             }
         }
+    }
+
+    /// Whether an exclusive use of `name` by `identity` is refused: another identity's session
+    /// holds the name exclusively.
+    fn held_by_another(&self, name: &str, identity: &Arc<str>) -> bool {
+        self.exclusive
+            .get(name)
+            .and_then(|id| self.sessions.get(id))
+            .is_some_and(|entry| entry.identity != *identity)
     }
 
     fn held_by(&self, identity: &Arc<str>) -> usize {
@@ -190,6 +218,7 @@ impl SessionManager {
                 identity,
                 certificate: None,
                 name,
+                exclusive: false,
                 session,
             },
         );
@@ -247,6 +276,13 @@ impl SessionManager {
             Some(name) => Some(Arc::from(name)),
             None => None,
         };
+        let exclusive = name.is_some() && connection.exclusive_session_name();
+        if let Some(name) = name.as_deref().filter(|_| exclusive) {
+            if state.held_by_another(name, &identity) {
+                tracing::warn!(%identity, name, "session name refused: another identity's client holds it");
+                return Err(BrokerError::SessionIdentityMismatch);
+            }
+        }
         // A name resumes the session it leads to, or creates one under it.
         let resume = match &name {
             Some(name) => state
@@ -266,7 +302,16 @@ impl SessionManager {
                     return Err(BrokerError::SessionIdentityMismatch);
                 }
                 entry.certificate = certificate;
-                (id, entry.session.clone(), true)
+                let session = entry.session.clone();
+                if exclusive && !entry.exclusive {
+                    // A stored session resumed, or a QUIC client's named session now used as an
+                    // MQTT client id: the name is held exclusively from now on.
+                    entry.exclusive = true;
+                    if let Some(name) = entry.name.clone() {
+                        state.exclusive.insert(name, id);
+                    }
+                }
+                (id, session, true)
             }
             None => {
                 Self::make_room(state, &identity).await?;
@@ -293,6 +338,7 @@ impl SessionManager {
                         identity,
                         certificate,
                         name,
+                        exclusive,
                         session: session.clone(),
                     },
                 );
@@ -340,6 +386,7 @@ impl Actor for SessionManager {
             by_actor: HashMap::new(),
             per_identity: HashMap::new(),
             names: HashMap::new(),
+            exclusive: HashMap::new(),
         };
         for session in recovered {
             Self::restore(&myself, &mut state, session).await?;
