@@ -636,3 +636,146 @@ async fn an_mqtt5_session_expiry_interval_shorter_than_the_brokers_ends_the_sess
         .await;
     assert!(gateway.broker.broker.subscriptions().is_empty());
 }
+
+/// The `mosquitto_sub` arguments of an MQTT 5 client `id` of `status/` whose session outlives
+/// it, with a will on `status/ID` and `extra` arguments.
+fn will_holder(id: &str, will_delay: &str) -> Vec<String> {
+    [
+        "-V",
+        "mqttv5",
+        "-c",
+        "-i",
+        id,
+        "-x",
+        "300",
+        "-t",
+        &format!("{id}/inbox"),
+        "--will-topic",
+        &format!("status/{id}"),
+        "--will-payload",
+        "gone",
+        "-D",
+        "will",
+        "will-delay-interval",
+        will_delay,
+        "-W",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts `mosquitto_sub` with `args` and waits until it subscribed to `{id}/inbox`.
+async fn hold_session(
+    gateway: &Gateway,
+    name: &str,
+    id: &str,
+    args: &[String],
+) -> tokio::process::Child {
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command("mosquitto_sub", &tls_args(gateway, name), &extra)
+        .spawn()
+        .expect("mosquitto_sub starts");
+    gateway.wait_subscribed(&format!("{id}.inbox")).await;
+    child
+}
+
+#[tokio::test]
+async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let stats = gateway.mqtt.stats();
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    let counter =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A will delay of 60 s: the connection vanishes, the will waits.
+    let mut lazarus = hold_session(
+        &gateway,
+        "lazarus",
+        "lazarus",
+        &will_holder("lazarus", "60"),
+    )
+    .await;
+    lazarus.kill().await.expect("killed");
+    eventually("the will waits for its delay", || async {
+        (counter(&stats.wills_waiting) == 1).then_some(())
+    })
+    .await;
+    // The client is back within the delay: its will is never published.
+    let output = run(
+        "mosquitto_sub",
+        &tls_args(&gateway, "lazarus"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-i",
+            "lazarus",
+            "-x",
+            "300",
+            "-t",
+            "lazarus/inbox",
+            "-E",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    eventually("the will cancelled", || async {
+        (counter(&stats.wills_cancelled) == 1 && counter(&stats.wills_waiting) == 0).then_some(())
+    })
+    .await;
+
+    // A will delay of 1 s and nobody back: published once the delay passed.
+    let mut mortal = hold_session(&gateway, "mortal", "mortal", &will_holder("mortal", "1")).await;
+    let vanished = std::time::Instant::now();
+    mortal.kill().await.expect("killed");
+    let will = within("the delayed will", wills.next())
+        .await
+        .expect("open");
+    assert!(vanished.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(will.topic(), "status.mortal");
+    eventually("one will published, the other cancelled", || async {
+        (counter(&stats.wills_published) == 1 && counter(&stats.wills_cancelled) == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    let _first = hold_session(&gateway, "twin", "twin", &will_holder("twin", "0")).await;
+    // The same client id again: it takes the session over, and the first connection's will is
+    // published as its connection closes (MQTT 5 §3.1.4).
+    let output = run(
+        "mosquitto_sub",
+        &tls_args(&gateway, "twin"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-i",
+            "twin",
+            "-x",
+            "300",
+            "-t",
+            "twin/inbox",
+            "-E",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let will = within("the will of the connection taken over", wills.next())
+        .await
+        .expect("open");
+    assert_eq!(will.topic(), "status.twin");
+    assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
+}

@@ -28,6 +28,7 @@ use crate::packets::{
     Publish, SubCode, SubscribeFilter, Version,
 };
 use crate::topics;
+use crate::will::{Owner, Wills};
 
 /// How long a goodbye waits for the broker to close the connection.
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
@@ -46,6 +47,8 @@ pub(crate) struct Context {
     pub(crate) connect_timeout: Duration,
     /// Cancelled when the gateway closes, or this connection's certificate is no longer valid.
     pub(crate) cut: CancellationToken,
+    /// The wills waiting for their delay.
+    pub(crate) wills: Wills,
 }
 
 enum Event {
@@ -145,8 +148,8 @@ where
         version: connect.version,
         max_packet_size: connect.max_packet_size,
     };
-    let mut connection = Connection::new(connect, encoder, writer, context, max_packet);
-    let Some((client, welcome)) = connection.start(peer.clone()).await else {
+    let mut connection = Connection::new(connect, encoder, writer, context, max_packet, &peer);
+    let Some((client, welcome)) = connection.start().await else {
         return;
     };
     tracing::debug!(
@@ -275,6 +278,8 @@ fn sub_code(code: ErrorCode) -> SubCode {
 }
 
 struct Connection<W> {
+    /// The client's identity and address.
+    peer: PeerInfo,
     connect: Connect,
     encoder: Encoder,
     writer: W,
@@ -316,8 +321,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         writer: W,
         context: Context,
         max_packet: usize,
+        peer: &PeerInfo,
     ) -> Self {
         Self {
+            peer: peer.clone(),
             connect,
             encoder,
             writer,
@@ -394,7 +401,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     /// `CONNECT` → `Hello` → `Welcome` → `CONNACK`. `None` if the connection ends here.
-    async fn start(&mut self, peer: PeerInfo) -> Option<(ClientEnd, Welcome)> {
+    async fn start(&mut self) -> Option<(ClientEnd, Welcome)> {
         if self.connect.client_id.is_empty() {
             if self.connect.version == Version::V311 && !self.connect.clean_start {
                 self.connack(ConnectCode::BadClientId, false, None).await;
@@ -412,7 +419,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
-        let (broker_end, client) = bridge::connection(peer, self.connect.version.name());
+        let (broker_end, client) =
+            bridge::connection(self.peer.clone(), self.connect.version.name());
         self.grant_session_expiry(&client);
         self.context.broker.accept(Arc::new(broker_end));
         let welcome = match self.hello(&client, name).await {
@@ -428,6 +436,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 return None;
             }
         };
+        // MQTT 5 §3.1.3.2.2: a new connection for the client id cancels a will waiting for its
+        // delay.
+        self.context.wills.cancel(&self.connect.client_id);
         let session_present = welcome.resumed && !self.connect.clean_start;
         for subscription in &welcome.subscriptions {
             if self.connect.clean_start {
@@ -1215,17 +1226,49 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         (write(&mut self.writer, &self.out).await.is_err()).then_some(End::Abnormal(None))
     }
 
+    /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
+    /// of the session, whichever comes first, so at once when the session ends with the
+    /// connection. On a takeover the new connection is already there: a will with a delay whose
+    /// session carries on is not published.
+    fn schedule_will(&self, will: packets::Will, taken_over: bool) {
+        let delay = if self.ends_with_connection() {
+            0
+        } else {
+            will.delay_secs
+                .min(self.connect.session_expiry.unwrap_or(u32::MAX))
+        };
+        if taken_over && delay > 0 {
+            tracing::debug!(client_id = %self.connect.client_id, "session taken over within the will delay: will not published");
+            return;
+        }
+        let owner = Owner {
+            peer: self.peer.clone(),
+            protocol: self.connect.version.name(),
+            client_id: self.connect.client_id.clone(),
+        };
+        self.context.wills.schedule(
+            self.context.broker.clone(),
+            owner,
+            will,
+            Duration::from_secs(u64::from(delay)),
+        );
+    }
+
     /// Ends the connection: the will when MQTT says so, the goodbye that ends a session whose
     /// expiry is 0 (else the session is only detached and outlives the connection for the
     /// broker's `sessions.expiry`), and MQTT 5's `DISCONNECT` with the reason.
     async fn finish(&mut self, end: End, client: &ClientEnd, inbox: &mut mpsc::Receiver<Event>) {
-        let publish_will = match end {
+        let taken_over = end == End::Broker
+            && client
+                .close_reason()
+                .is_some_and(|(code, _)| code == ErrorCode::SESSION_TAKEN_OVER);
+        let will_due = match end {
             End::Disconnect { publish_will } => publish_will,
             End::Abnormal(_) => true,
-            End::Broker => false,
+            End::Broker => taken_over,
         };
-        if let Some(will) = self.connect.will.take().filter(|_| publish_will) {
-            self.publish_will(will, client, inbox).await;
+        if let Some(will) = self.connect.will.take().filter(|_| will_due) {
+            self.schedule_will(will, taken_over);
         }
         let code = match end {
             End::Abnormal(code) => code,
@@ -1275,53 +1318,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 match event {
                     Event::Control(Frame::Pong(pong)) if pong.nonce == nonce => return,
                     Event::ControlEnded => return,
-                    _ => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
-    }
-
-    /// Publishes the will, and waits (a few seconds at most) until the broker took it, so that
-    /// closing the connection next cannot lose it. The will delay is not honoured (docs/MQTT.md).
-    async fn publish_will(
-        &mut self,
-        will: packets::Will,
-        client: &ClientEnd,
-        inbox: &mut mpsc::Receiver<Event>,
-    ) {
-        let Ok(topic) = topics::topic_to_cassini(&will.topic) else {
-            tracing::debug!(client_id = %self.connect.client_id, topic = %will.topic, "will topic has no Cassini form");
-            return;
-        };
-        if !self.publish_stream(client).await {
-            return;
-        }
-        self.next_message_id = self.next_message_id.wrapping_add(1);
-        let message_id = self.next_message_id;
-        let frame = Frame::Publish(cassini_protocol::Publish {
-            topic,
-            headers: Vec::new(),
-            payload: will.payload,
-            message_id: Some(message_id),
-            reply_to: None,
-            retain: will.retain,
-            to_session: None,
-            ack: true,
-        });
-        if !self.frame(&frame, true).await {
-            return;
-        }
-        let answered = async {
-            while let Some(event) = inbox.recv().await {
-                match event {
-                    Event::Answer(Frame::PublishAck(ack)) if ack.message_id == message_id => return,
-                    Event::Answer(Frame::PublishRejected(rejected))
-                        if rejected.message_id == Some(message_id) =>
-                    {
-                        tracing::info!(client_id = %self.connect.client_id, reason = %rejected.reason, "will refused by the broker");
-                        return;
-                    }
                     _ => {}
                 }
             }
