@@ -336,3 +336,37 @@ async def test_a_disconnect_may_end_the_session_but_not_revive_one_that_expires_
     message = await wills.next_frame()
     assert (message["topic"], message["payload"]) == ("paho.expiry.will", b"protocol error")
     await drop(quic)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_shared_subscription_gives_each_message_to_exactly_one_member(gateway, certs,
+                                                                              protocol):
+    broker, port = gateway
+    group = f"workers{protocol}"
+    members = [await in_thread(Paho, certs, name, port, protocol) for name in ("alice", "bob")]
+    for member in members:
+        granted = await in_thread(member.subscribe, f"$share/{group}/paho/jobs/v{protocol}/+", 1)
+        assert [int(code.value) if hasattr(code, "value") else int(code)
+                for code in granted] == [1]
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    count = 20
+    for n in range(count):
+        await publish_and_wait(quic, stream, publish(f"paho.jobs.v{protocol}.{n}", b"job",
+                                                     message_id=fresh_id(), ack=True))
+    # Every message reaches exactly one member: together they got each topic once.
+    got: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        for member in members:
+            try:
+                got.append((await in_thread(member.next_message, 0.05)).topic)
+            except queue.Empty:
+                pass
+    assert sorted(got) == sorted(f"paho/jobs/v{protocol}/{n}" for n in range(count))
+    for member in members:
+        with pytest.raises(queue.Empty):
+            await in_thread(member.next_message, 0.2)
+        await in_thread(member.close)
+    await drop(quic)

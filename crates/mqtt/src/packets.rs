@@ -488,8 +488,6 @@ pub enum SubCode {
     FilterInvalid,
     /// A subscription or memory limit.
     QuotaExceeded,
-    /// `$share/...`: not mapped in this version of the gateway.
-    SharedNotSupported,
     /// Anything else.
     Unspecified,
 }
@@ -659,7 +657,7 @@ impl Encoder {
                     user_properties: Vec::new(),
                     wildcard_subscription_available: Some(1),
                     subscription_identifiers_available: Some(0),
-                    shared_subscription_available: Some(0),
+                    shared_subscription_available: Some(1),
                     server_keep_alive: None,
                     response_information: None,
                     server_reference: None,
@@ -777,9 +775,6 @@ impl Encoder {
                         SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                         SubCode::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                         SubCode::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
-                        SubCode::SharedNotSupported => {
-                            v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                        }
                         SubCode::Unspecified => v5::SubscribeReasonCode::Unspecified,
                     })
                     .collect();

@@ -452,7 +452,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     return None;
                 }
             } else {
-                let filter = topics::cassini_to_mqtt(&subscription.filter);
+                let filter = topics::cassini_to_mqtt_filter(
+                    &subscription.filter,
+                    subscription.options.queue_group.as_deref(),
+                );
                 let qos = u8::from(subscription.options.acks.is_some());
                 self.by_filter
                     .insert(filter.clone(), subscription.subscription);
@@ -962,13 +965,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let mut frames = Vec::new();
         for (index, wanted) in filters.into_iter().enumerate() {
-            let cassini = if wanted.filter.starts_with("$share/") {
-                Err(SubCode::SharedNotSupported)
-            } else {
-                topics::filter_to_cassini(&wanted.filter).map_err(|_| SubCode::FilterInvalid)
+            // `$share/GROUP/FILTER`: a queue group on FILTER (3.1.1 clients may use it too).
+            let cassini = match topics::shared_filter_to_cassini(&wanted.filter) {
+                Some(shared) => shared.map(|shared| (shared.filter, Some(shared.group))),
+                None => topics::filter_to_cassini(&wanted.filter).map(|filter| (filter, None)),
             };
-            let cassini = match cassini {
-                Ok(filter) => filter,
+            let (cassini, queue_group) = match cassini.map_err(|_| SubCode::FilterInvalid) {
+                Ok(mapped) => mapped,
                 Err(code) => {
                     batch.sub[index] = Some(code);
                     continue;
@@ -998,6 +1001,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     // MQTT sends a delivery again only on a new connection, never on a live one.
                     ack_timeout_ms: Some(u32::MAX),
                 }),
+                queue_group,
                 ..SubscribeOptions::default()
             };
             let request = self.request(Pending::Subscribe {
