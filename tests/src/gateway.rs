@@ -119,3 +119,14 @@ impl Gateway {
         .await;
     }
 }
+
+/// An MQTT 5 `CONNECT` for client id `id` (at most 100 bytes) with a 60 s keep-alive, for raw
+/// TCP clients.
+pub fn connect_v5(id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 60, 0];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}

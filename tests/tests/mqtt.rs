@@ -12,7 +12,7 @@ use std::process::Output;
 use bytes::Bytes;
 use cassini_broker::config::StorageMode;
 use cassini_broker::{Acl, BrokerConfig};
-use cassini_e2e::gateway::Gateway;
+use cassini_e2e::gateway::{connect_v5, Gateway};
 use cassini_e2e::{eventually, identity_of, within, Pki};
 use cassini_mqtt::{MqttOptions, MqttServer};
 use cassini_quic::tls;
@@ -490,16 +490,6 @@ async fn a_certificate_from_another_ca_is_refused() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
     );
-}
-
-/// An MQTT 5 CONNECT for client id `id` with a 60 s keep-alive.
-fn connect_v5(id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 60, 0];
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
 }
 
 /// Reads until the server closes the connection; returns what it sent.
