@@ -37,6 +37,14 @@ fn have_mosquitto() -> bool {
     found
 }
 
+/// A broker with the MQTT gateway, if the mosquitto clients are there (see `have_mosquitto`).
+async fn gateway_for_mosquitto() -> Option<Gateway> {
+    if !have_mosquitto() {
+        return None;
+    }
+    Some(Gateway::start().await)
+}
+
 /// The connection and TLS arguments of a mosquitto client with a certificate for `name`
 /// issued by `pki` (the broker's CA unless a test says otherwise).
 fn tls_args_from(gateway: &Gateway, pki: &Pki, name: &str) -> Vec<String> {
@@ -76,6 +84,22 @@ async fn run(program: &str, args: &[String], extra: &[&str]) -> Output {
     .expect("client runs")
 }
 
+/// Runs `program` and asserts that it succeeded.
+async fn run_ok(program: &str, args: &[String], extra: &[&str]) -> Output {
+    let output = run(program, args, extra).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    output
+}
+
+/// Asserts that the client said `text` on its standard error.
+fn assert_reports(output: &Output, text: &str) {
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(text),
+        "{}",
+        describe(output)
+    );
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -91,10 +115,9 @@ fn describe(output: &Output) -> String {
 
 #[tokio::test]
 async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let quic = gateway.broker.client("reader").await;
     let mut subscription = quic.subscribe("plant.>").await.expect("subscribe");
     let args = tls_args(&gateway, "device-1");
@@ -105,7 +128,7 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
         ("mqttv5", "1"),
     ] {
         let payload = format!("{version} qos {qos}");
-        let output = run(
+        run_ok(
             "mosquitto_pub",
             &args,
             &[
@@ -120,7 +143,6 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
             ],
         )
         .await;
-        assert!(output.status.success(), "{}", describe(&output));
         let message = within("the QUIC delivery", subscription.next())
             .await
             .expect("subscription open");
@@ -131,10 +153,9 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
 
 #[tokio::test]
 async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let args = tls_args(&gateway, "display");
     for version in ["mqttv311", "mqttv5"] {
         let sub = command(
@@ -189,22 +210,20 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
 
 #[tokio::test]
 async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let publisher = tls_args(&gateway, "publisher");
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &publisher,
         &["-q", "1", "-r", "-t", "home/kitchen/light", "-m", "on"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     // A new subscriber gets the retained value first, with the retain flag (%r).
     let subscriber = tls_args(&gateway, "subscriber");
-    let retained = run(
+    let retained = run_ok(
         "mosquitto_sub",
         &subscriber,
         &[
@@ -219,7 +238,6 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
         ],
     )
     .await;
-    assert!(retained.status.success(), "{}", describe(&retained));
     assert_eq!(stdout(&retained).trim(), "1 home/kitchen/light on");
 
     let live = tokio::spawn(
@@ -233,13 +251,12 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
         .output(),
     );
     gateway.wait_subscribed("home.>").await;
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &publisher,
         &["-V", "mqttv5", "-t", "home/hall/door", "-m", "open"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     let output = within("mosquitto_sub", live)
         .await
         .expect("joined")
@@ -253,10 +270,9 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
 
 #[tokio::test]
 async fn a_qos1_subscription_outlives_its_connection_and_is_resumed_by_client_id() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let subscriber = tls_args(&gateway, "logger");
     // -c: clean session off, so the session outlives the connection.
     let first = tokio::spawn(
@@ -315,25 +331,23 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     let gateway = Gateway::start_with(durable(data.path()), false).await;
     let subscriber = tls_args(&gateway, "archiver");
     // The subscriber's session (clean session off) holds a QoS 1 subscription, then leaves.
-    let output = run(
+    run_ok(
         "mosquitto_sub",
         &subscriber,
         &["-c", "-i", "archiver-1", "-q", "1", "-t", "ledger/#", "-E"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     eventually("the session detached", || async {
         (gateway.broker.broker.connection_count() == 0).then_some(())
     })
     .await;
     // mosquitto_pub gets its PUBACK only once the broker synced the message to disk.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &tls_args(&gateway, "teller"),
         &["-q", "1", "-t", "ledger/entry", "-m", "credit 100"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     let gateway = gateway.restart_with(durable(data.path())).await;
     let output = run(
@@ -365,10 +379,9 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
 
 #[tokio::test]
 async fn a_will_is_published_when_its_client_vanishes() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let quic = gateway.broker.client("watcher").await;
     let mut wills = quic.subscribe("status.>").await.expect("subscribe");
     let mut doomed = command(
@@ -429,11 +442,7 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
         &["-V", "mqttv5", "-t", "vault/#", "-C", "1", "-W", "5"],
     )
     .await;
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("denied"),
-        "{}",
-        describe(&output)
-    );
+    assert_reports(&output, "denied");
 
     // MQTT 5 QoS 1: the PUBACK says 0x87, which mosquitto_pub reports.
     let output = run(
@@ -442,19 +451,14 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
         &["-V", "mqttv5", "-q", "1", "-t", "vault/gold", "-m", "mine"],
     )
     .await;
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("Not authorized"),
-        "{}",
-        describe(&output)
-    );
+    assert_reports(&output, "Not authorized");
     // 3.1.1 cannot say why; the publish is dropped all the same.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &intruder,
         &["-q", "1", "-t", "vault/silver", "-m", "mine"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     trusted
         .publish_acked("vault.marker", Bytes::from_static(b"end"))
@@ -470,10 +474,9 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
 
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let stranger = Pki::new();
     let output = run(
         "mosquitto_pub",
@@ -564,13 +567,12 @@ async fn malformed_packets_close_only_their_own_connection() {
         );
     }
     // The gateway still serves everyone else.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &tls_args(&gateway, "healthy"),
         &["-t", "ok/still", "-m", "fine"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     let message = within("delivery", subscription.next()).await.expect("open");
     assert_eq!(message.topic(), "ok.still");
 }
@@ -605,13 +607,12 @@ async fn plain_tcp_needs_the_loopback_switch() {
 
 #[tokio::test]
 async fn an_mqtt5_session_expiry_interval_shorter_than_the_brokers_ends_the_session_after_it() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let subscriber = tls_args(&gateway, "brief");
     // MQTT 5, clean start off, a Session Expiry Interval of 1 s (the broker keeps 300 s).
-    let output = run(
+    run_ok(
         "mosquitto_sub",
         &subscriber,
         &[
@@ -619,7 +620,6 @@ async fn an_mqtt5_session_expiry_interval_shorter_than_the_brokers_ends_the_sess
         ],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     gateway
         .broker
         .wait_for_stats("the session expired after 1 s", |stats| stats.sessions == 0)
@@ -672,10 +672,9 @@ async fn hold_session(
 
 #[tokio::test]
 async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let stats = gateway.mqtt.stats();
     let quic = gateway.broker.client("watcher").await;
     let mut wills = quic.subscribe("status.>").await.expect("subscribe");
@@ -696,7 +695,7 @@ async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
     })
     .await;
     // The client is back within the delay: its will is never published.
-    let output = run(
+    run_ok(
         "mosquitto_sub",
         &tls_args(&gateway, "lazarus"),
         &[
@@ -713,7 +712,6 @@ async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
         ],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     eventually("the will cancelled", || async {
         (counter(&stats.wills_cancelled) == 1 && counter(&stats.wills_waiting) == 0).then_some(())
     })
@@ -736,16 +734,15 @@ async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
 
 #[tokio::test]
 async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let quic = gateway.broker.client("watcher").await;
     let mut wills = quic.subscribe("status.>").await.expect("subscribe");
     let _first = hold_session(&gateway, "twin", "twin", &will_holder("twin", "0")).await;
     // The same client id again: it takes the session over, and the first connection's will is
     // published as its connection closes (MQTT 5 §3.1.4).
-    let output = run(
+    run_ok(
         "mosquitto_sub",
         &tls_args(&gateway, "twin"),
         &[
@@ -762,7 +759,6 @@ async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
         ],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     let will = within("the will of the connection taken over", wills.next())
         .await
         .expect("open");

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
+use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
 use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
     Publish, SubCode, SubscribeFilter, Version,
@@ -81,6 +82,13 @@ enum Pending {
     Unsubscribe { pkid: u16, index: usize },
     /// Ending an old subscription (clean start, or one replaced by a new `SUBSCRIBE`).
     Drop,
+}
+
+/// The broker's answer to one filter of a `SUBSCRIBE` or `UNSUBSCRIBE`.
+enum Answer {
+    Sub(SubCode),
+    /// Whether the filter was subscribed.
+    Unsub(bool),
 }
 
 struct Batch {
@@ -220,61 +228,6 @@ fn session_name(client_id: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     valid.then_some(client_id)
-}
-
-fn connect_refusal(code: ErrorCode) -> ConnectCode {
-    match code {
-        // The client id names a session another identity's client holds.
-        ErrorCode::SESSION_IDENTITY_MISMATCH => ConnectCode::BadClientId,
-        ErrorCode::CERTIFICATE_REVOKED
-        | ErrorCode::CERTIFICATE_EXPIRED
-        | ErrorCode::NOT_AUTHORIZED => ConnectCode::NotAuthorized,
-        ErrorCode::INVALID_SESSION_NAME => ConnectCode::BadClientId,
-        ErrorCode::TOO_MANY_CONNECTIONS
-        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
-        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY => ConnectCode::QuotaExceeded,
-        _ => ConnectCode::Unavailable,
-    }
-}
-
-fn close_code(code: ErrorCode) -> CloseCode {
-    match code {
-        ErrorCode::SESSION_TAKEN_OVER => CloseCode::SessionTakenOver,
-        ErrorCode::SERVER_SHUTTING_DOWN => CloseCode::ShuttingDown,
-        ErrorCode::CERTIFICATE_REVOKED | ErrorCode::NOT_AUTHORIZED => CloseCode::NotAuthorized,
-        ErrorCode::CERTIFICATE_EXPIRED => CloseCode::Administrative,
-        ErrorCode::TOO_MANY_CONNECTIONS
-        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
-        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY
-        | ErrorCode::PARTIAL_FRAMES_LIMIT => CloseCode::QuotaExceeded,
-        _ => CloseCode::Unspecified,
-    }
-}
-
-fn pub_code(code: ErrorCode) -> PubCode {
-    match code {
-        ErrorCode::NOT_AUTHORIZED => PubCode::NotAuthorized,
-        ErrorCode::INVALID_TOPIC => PubCode::TopicNameInvalid,
-        ErrorCode::PAYLOAD_TOO_LARGE
-        | ErrorCode::RETAINED_STORE_FULL
-        | ErrorCode::RETAINED_QUOTA_EXCEEDED
-        | ErrorCode::STORAGE_FULL
-        | ErrorCode::MEMORY_BUDGET_EXCEEDED
-        | ErrorCode::TOO_MANY_HEADERS
-        | ErrorCode::HEADERS_TOO_LARGE => PubCode::QuotaExceeded,
-        _ => PubCode::Unspecified,
-    }
-}
-
-fn sub_code(code: ErrorCode) -> SubCode {
-    match code {
-        ErrorCode::NOT_AUTHORIZED => SubCode::NotAuthorized,
-        ErrorCode::INVALID_FILTER => SubCode::FilterInvalid,
-        ErrorCode::TOO_MANY_SUBSCRIPTIONS
-        | ErrorCode::PENDING_BYTES_LIMIT
-        | ErrorCode::MEMORY_BUDGET_EXCEEDED => SubCode::QuotaExceeded,
-        _ => SubCode::Unspecified,
-    }
 }
 
 struct Connection<W> {
@@ -1069,6 +1022,26 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         (!sent).then_some(End::Abnormal(None))
     }
 
+    /// Filter `index` of `SUBSCRIBE` or `UNSUBSCRIBE` `pkid` is answered: `SUBACK` or
+    /// `UNSUBACK` if it was the last.
+    async fn answered(&mut self, pkid: u16, index: usize, answer: Answer) -> Option<End> {
+        if let Some(batch) = self.batches.get_mut(&pkid) {
+            match answer {
+                Answer::Sub(code) => {
+                    if let Some(slot) = batch.sub.get_mut(index) {
+                        *slot = Some(code);
+                    }
+                }
+                Answer::Unsub(existed) => {
+                    if let Some(slot) = batch.unsub.get_mut(index) {
+                        *slot = Some(existed);
+                    }
+                }
+            }
+        }
+        self.complete(pkid).await
+    }
+
     async fn control_frame(&mut self, frame: Frame) -> Option<End> {
         match frame {
             Frame::Subscribed(subscribed) => match self.pending.remove(&subscribed.request_id) {
@@ -1082,12 +1055,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         .insert(filter.clone(), subscribed.subscription);
                     self.subs
                         .insert(subscribed.subscription, Sub { filter, qos });
-                    if let Some(batch) = self.batches.get_mut(&pkid) {
-                        if let Some(slot) = batch.sub.get_mut(index) {
-                            *slot = Some(SubCode::Granted(qos));
-                        }
-                    }
-                    if let Some(end) = self.complete(pkid).await {
+                    if let Some(end) = self
+                        .answered(pkid, index, Answer::Sub(SubCode::Granted(qos)))
+                        .await
+                    {
                         return Some(end);
                     }
                     for delivery in self
@@ -1107,14 +1078,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.forget(unsubscribed.subscription);
                 match self.pending.remove(&unsubscribed.request_id) {
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.unsub.get_mut(index))
-                        {
-                            *slot = Some(true);
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Unsub(true)).await
                     }
                     _ => None,
                 }
@@ -1124,24 +1088,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 tracing::debug!(client_id = %self.connect.client_id, code = %error.code, reason = %error.reason, "request refused by the broker");
                 match pending {
                     Some(Pending::Subscribe { pkid, index, .. }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.sub.get_mut(index))
-                        {
-                            *slot = Some(sub_code(error.code));
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Sub(sub_code(error.code)))
+                            .await
                     }
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.unsub.get_mut(index))
-                        {
-                            *slot = Some(false);
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Unsub(false)).await
                     }
                     _ => None,
                 }
