@@ -13,7 +13,9 @@
 # Knobs (environment): REPS (3), COUNT (500000, throughput messages), DURATION (5, seconds per
 # latency/request run), RATES ("5000 20000"), SUBSCRIBERS (100), FANOUT_COUNT (5000),
 # OUT (target/peers-bench), and the ports CASSINI_PORT (17700), NATS_PORT (14222),
-# NATS_PLAIN_PORT (14223), MQTT_PORT (18883), CASSINI_MQTT_PORT (18884). See docs/BENCHMARKS.md.
+# NATS_PLAIN_PORT (14223), MQTT_PORT (18883), CASSINI_MQTT_PORT (18884); BROKERS, the brokers
+# to measure (default all: "cassini nats nats-plain mosquitto-qos0 mosquitto-qos1
+# cassini-mqtt-qos0 cassini-mqtt-qos1"). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,7 @@ NATS_PORT=${NATS_PORT:-14222}
 NATS_PLAIN_PORT=${NATS_PLAIN_PORT:-14223}
 MQTT_PORT=${MQTT_PORT:-18883}
 CASSINI_MQTT_PORT=${CASSINI_MQTT_PORT:-18884}
+BROKERS=${BROKERS:-"cassini nats nats-plain mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1"}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/peers-bench}
 
@@ -140,6 +143,7 @@ RESULTS="$OUT/results.jsonl"
 FAILED=0
 run() { # run BROKER SCENARIO ARGS...: one scenario against one broker, its JSON report appended
     local broker=$1 scenario=$2; shift 2
+    case " $BROKERS " in *" $broker "*) ;; *) return 0 ;; esac
     local command
     case $broker in
         cassini) command=("$CASSINI" bench "$scenario" --server "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" --name dev) ;;
@@ -166,6 +170,7 @@ run() { # run BROKER SCENARIO ARGS...: one scenario against one broker, its JSON
     echo "mosquitto: $("$MOSQUITTO" -h 2>&1 | head -1)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "repetitions: $REPS; throughput $COUNT × 64 B; latency ${DURATION}s at $RATES msg/s; fan-out 1→$SUBSCRIBERS × $FANOUT_COUNT; request ${DURATION}s"
+    echo "brokers: $BROKERS"
 } | tee "$OUT/conditions.txt" >&2
 
 for rep in $(seq 1 "$REPS"); do
