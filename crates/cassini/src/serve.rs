@@ -218,7 +218,8 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         "cassini listening"
     );
     let cluster = start_cluster(&settings, &broker, local)?;
-    let monitoring = Monitoring::start(&settings, &broker, &server, &crl, local).await?;
+    let monitoring =
+        Monitoring::start(&settings, &broker, &server, &crl, local, mqtt.as_deref()).await?;
     monitoring.set_ready(true);
 
     tokio::select! {

@@ -3,7 +3,8 @@
 //! It owns the session's subscriptions (filter and subscriber actor of each) and which
 //! connection, if any, the session is attached to. Each attach gets a new epoch; a detach or
 //! end that names an older epoch is ignored, so a stale connection can never detach a newer one.
-//! A detached session expires after `sessions.expiry` unless it is resumed first. It emits
+//! A detached session expires after `sessions.expiry` (or the shorter time its last connection
+//! asked for: MQTT 5's Session Expiry Interval) unless it is resumed first. It emits
 //! the system events about itself: `session_expired`, `authorization_failed` for a subscription
 //! the ACL refused, and `slow_consumer` for a subscription closed by overflow.
 //!
@@ -80,8 +81,12 @@ pub(crate) enum SessionMsg {
         positions: Vec<ResumePosition>,
         reply: RpcReplyPort<Attached>,
     },
-    /// The connection of `epoch` dropped: keep the session until it expires.
-    Detach { epoch: u64 },
+    /// The connection of `epoch` dropped: keep the session until it expires, after `expiry`
+    /// if the connection asked for less than `sessions.expiry`.
+    Detach {
+        epoch: u64,
+        expiry: Option<Duration>,
+    },
     /// The connection of `epoch` said goodbye: end the session now.
     End { epoch: u64 },
     /// The expiry timer set when `epoch` detached fired.
@@ -823,9 +828,10 @@ impl Actor for Session {
             } => {
                 let _ = reply.send(state.attach(&myself, connection, &positions));
             }
-            SessionMsg::Detach { epoch } if epoch == state.epoch => {
+            SessionMsg::Detach { epoch, expiry } if epoch == state.epoch => {
                 state.detach();
-                let expiry = state.shared.config.sessions.expiry;
+                let most = state.shared.config.sessions.expiry;
+                let expiry = expiry.map_or(most, |asked| asked.min(most));
                 tracing::debug!(session = %state.id, ?expiry, "session detached");
                 myself.send_after(expiry, move || SessionMsg::Expire { epoch });
             }

@@ -107,7 +107,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "queue.default_ack_timeout_ms", doc: "How long an at-least-once delivery may stay unacknowledged on a live connection before it is sent again, in milliseconds, when the subscription asks for no timeout." },
     KeyDoc { path: "queue.min_ack_timeout_ms", doc: "The shortest ack timeout a subscription may ask for, in milliseconds; shorter requests are raised to it." },
     KeyDoc { path: "queue.max_backlog_age_secs", doc: "Drop a message that waited this many seconds unsent in a subscription's queue (announced as an Overflow gap); 0: no age bound. Sent, unacknowledged messages are never dropped." },
-    KeyDoc { path: "sessions.expiry_secs", doc: "How long a session outlives a connection that dropped without a goodbye, in seconds; its subscriptions keep queueing meanwhile." },
+    KeyDoc { path: "sessions.expiry_secs", doc: "How long a session outlives a connection that dropped without a goodbye, in seconds; its subscriptions keep queueing meanwhile. An MQTT 5 client may ask for less (its Session Expiry Interval; more is capped to this)." },
     KeyDoc { path: "events.stats_interval_secs", doc: "How often the stats system event is published, in seconds (0: never)." },
     KeyDoc { path: "events.queue", doc: "Most system events waiting to be published; an event finding the queue full is dropped and counted (events_dropped)." },
     KeyDoc { path: "dedupe.max_entries", doc: "Most remembered (identity, message id) pairs; about 100 bytes each." },
