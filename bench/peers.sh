@@ -81,8 +81,11 @@ done
 # --- start the three brokers ----------------------------------------------------------------
 say "starting cassini on udp 127.0.0.1:$CASSINI_PORT, its MQTT gateway on tcp 127.0.0.1:$CASSINI_MQTT_PORT (mutual TLS)"
 # The per-subscription queue cap raised to NATS's max_pending below (256 MB), so a subscriber
-# that falls behind in the throughput and fan-out runs is measured, not dropped.
-CASSINI_QUEUE_MAX_BYTES=268435456 RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
+# that falls behind in the throughput and fan-out runs is measured, not dropped. MQTT clients
+# cannot ask for a queue bound: the default bound is raised to the same (and to Mosquitto's
+# max_queued_messages below) for the gateway's subscriptions.
+CASSINI_QUEUE_MAX_BYTES=268435456 CASSINI_QUEUE_DEFAULT_BYTES=268435456 CASSINI_QUEUE_DEFAULT_MESSAGES=1000000 \
+    RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
     --mqtt "127.0.0.1:$CASSINI_MQTT_PORT" >"$WORK/cassini.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q "cassini listening" "$WORK/cassini.log" && break; sleep 0.1; done
