@@ -11,7 +11,7 @@ use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{
     ErrorCode, Frame, GapReason, Hello, OverflowPolicy, Publish, SubscribeOptions, Unsubscribe,
-    PROTOCOL_VERSION,
+    Welcome, PROTOCOL_VERSION,
 };
 use cassini_quic::tls;
 use futures_util::StreamExt;
@@ -22,6 +22,23 @@ fn framed(body: &[u8]) -> BytesMut {
     buf.put_u32(u32::try_from(body.len()).expect("small"));
     buf.put_slice(body);
     buf
+}
+
+/// A raw connection as `name`, past its `Hello`: the endpoint (keep it while the connection is
+/// used), the connection, the `Welcome` and the control stream.
+async fn welcomed(
+    broker: &TestBroker,
+    name: &str,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    Welcome,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let (endpoint, connection) = broker.raw_connection(name).await;
+    let (welcome, send, recv) = raw::hello(&connection, None).await.expect("welcome");
+    (endpoint, connection, welcome, send, recv)
 }
 
 #[tokio::test]
@@ -60,8 +77,8 @@ async fn a_hello_with_an_extra_trailing_field_is_welcomed() {
 #[tokio::test]
 async fn an_unknown_frame_type_is_still_malformed() {
     let broker = TestBroker::start().await;
-    let (_endpoint, connection) = broker.raw_connection("confused-client").await;
-    let (_welcome, mut send, _recv) = raw::hello(&connection, None).await.expect("welcome");
+    let (_endpoint, connection, _welcome, mut send, _recv) =
+        welcomed(&broker, "confused-client").await;
     // {"Teleport": [1]}
     let mut body = vec![0x81, 0xa8];
     body.extend_from_slice(b"Teleport");
@@ -247,9 +264,8 @@ async fn a_publish_stream_reset_by_the_client_ends_only_that_stream() {
     let broker = TestBroker::start().await;
     let subscriber = broker.client("sub").await;
     let mut subscription = subscriber.subscribe("reset.x").await.expect("subscribe");
-    let (_endpoint, connection) = broker.raw_connection("resetter").await;
-    let (_welcome, mut control_send, mut control_recv) =
-        raw::hello(&connection, None).await.expect("welcome");
+    let (_endpoint, connection, _welcome, mut control_send, mut control_recv) =
+        welcomed(&broker, "resetter").await;
     let publish = |payload: &'static [u8], ack: bool| {
         encoded(&Frame::Publish(Publish {
             topic: "reset.x".into(),
@@ -417,8 +433,7 @@ async fn a_subscription_the_client_allows_no_stream_for_ends_with_stream_limit()
 #[tokio::test]
 async fn welcome_announces_the_datagram_size() {
     let broker = TestBroker::start().await;
-    let (_endpoint, connection) = broker.raw_connection("datagrams").await;
-    let (welcome, _send, _recv) = raw::hello(&connection, None).await.expect("welcome");
+    let (_endpoint, _connection, welcome, _send, _recv) = welcomed(&broker, "datagrams").await;
     // At least what QUIC's minimum 1,200-byte packet leaves for a datagram; more once the
     // path MTU is discovered.
     let announced = welcome.limits.max_datagram_bytes;
@@ -441,8 +456,7 @@ async fn welcome_announces_the_datagram_size() {
 async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_as_a_gap() {
     let broker = TestBroker::start().await;
     let publisher = broker.client("publisher").await;
-    let (_endpoint, first) = broker.raw_connection("forgetful").await;
-    let (welcome, mut send, mut recv) = raw::hello(&first, None).await.expect("welcome");
+    let (_endpoint, first, welcome, mut send, mut recv) = welcomed(&broker, "forgetful").await;
     let mut buf = BytesMut::new();
     let subscription = subscribed(&mut send, &mut recv, &mut buf, 1, "quiet.x").await;
     let (mut stream, mut stream_buf) = subscription_stream(&first, subscription).await;

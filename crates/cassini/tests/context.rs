@@ -8,7 +8,9 @@
 mod harness;
 
 use harness::workspace::Workspace;
-use harness::{assert_contains, eventually, output_within, stderr, stdout, Running, DEADLINE};
+use harness::{
+    assert_contains, eventually, output_within, stderr, stdout, Broker, Running, DEADLINE,
+};
 use serde_json::Value;
 
 /// Asserts that `server check` reported a connection as `name`.
@@ -18,6 +20,26 @@ fn assert_connected_as(check: &std::process::Output, name: &str) {
         printed.contains(&format!("connected as {name}")),
         "{printed}"
     );
+}
+
+/// Asserts that a command failed with exit 1 and said `reason` on stderr.
+fn assert_fails_saying(output: &std::process::Output, reason: &str) {
+    assert_eq!(output.status.code(), Some(1));
+    assert_contains(&stderr(output), reason);
+}
+
+/// A workspace with certificates for alice, a broker on them (requiring the workspace's monitor
+/// token if `token`), and the broker's address.
+fn alice_and_a_broker(token: bool) -> (Workspace, Broker, String) {
+    let workspace = Workspace::new(&["alice"]);
+    let broker = workspace.broker(token);
+    let server = broker.server();
+    (workspace, broker, server)
+}
+
+/// The flags that connect to `server` as alice with the certificates in `certs`.
+fn as_alice<'a>(server: &'a str, certs: &'a str) -> [&'a str; 6] {
+    ["--server", server, "--certs", certs, "--name", "alice"]
 }
 
 #[test]
@@ -157,20 +179,16 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     );
     assert!(!listed.contains('*'), "nothing selected: {listed}");
     let missing = workspace.run(&["context", "select", "lab"]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert_contains(&stderr(&missing), "there is no context \"lab\"");
+    assert_fails_saying(&missing, "there is no context \"lab\"");
     let missing = workspace.run(&["server", "check", "--context", "lab"]);
     assert_contains(&stdout(&missing), "there is no context");
     let invalid = workspace.run(&["context", "add", "../escape", "--server", "x:1"]);
-    assert_eq!(invalid.status.code(), Some(1));
-    assert_contains(&stderr(&invalid), "not a context name");
+    assert_fails_saying(&invalid, "not a context name");
 }
 
 #[test]
 fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip_literal() {
-    let workspace = Workspace::new(&["alice"]);
-    let broker = workspace.broker(false);
-    let server = broker.server();
+    let (workspace, _broker, server) = alice_and_a_broker(false);
     let certs = workspace.certs();
     let certs = certs.to_str().unwrap();
 
@@ -218,20 +236,11 @@ fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip
 
 #[test]
 fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_and_settings() {
-    let workspace = Workspace::new(&["alice"]);
-    let broker = workspace.broker(true);
-    let server = broker.server();
+    let (workspace, broker, server) = alice_and_a_broker(true);
     let monitor = broker.monitor().to_string();
     let certs = workspace.certs();
     let token = workspace.token_file();
-    let connect = [
-        "--server",
-        &server,
-        "--certs",
-        certs.to_str().unwrap(),
-        "--name",
-        "alice",
-    ];
+    let connect = as_alice(&server, certs.to_str().unwrap());
 
     let mut args = vec!["server", "info"];
     args.extend(connect);
@@ -273,32 +282,17 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
     let mut args = vec!["server", "info", "--monitor", &monitor];
     args.extend(connect);
     let info = workspace.run(&args);
-    assert_eq!(info.status.code(), Some(1));
-    assert_contains(&stderr(&info), "401");
+    assert_fails_saying(&info, "401");
 }
 
 #[test]
 fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoint() {
-    let workspace = Workspace::new(&["alice"]);
-    let broker = workspace.broker(true);
-    let server = broker.server();
+    let (workspace, broker, server) = alice_and_a_broker(true);
     let certs = workspace.certs();
     let token = workspace.token_file();
-    let _subscriber = Running::until(
-        workspace.command(&[
-            "sub",
-            "report.>",
-            "--queue",
-            "workers",
-            "--server",
-            &server,
-            "--certs",
-            certs.to_str().unwrap(),
-            "--name",
-            "alice",
-        ]),
-        "subscribed to report.>",
-    );
+    let mut sub = vec!["sub", "report.>", "--queue", "workers"];
+    sub.extend(as_alice(&server, certs.to_str().unwrap()));
+    let _subscriber = Running::until(workspace.command(&sub), "subscribed to report.>");
     // The monitoring endpoint and its token from a context.
     let added = workspace.run(&[
         "context",
@@ -359,6 +353,5 @@ fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoin
         "--monitor",
         "127.0.0.1:9",
     ]);
-    assert_eq!(report.status.code(), Some(1));
-    assert_contains(&stderr(&report), "127.0.0.1:9");
+    assert_fails_saying(&report, "127.0.0.1:9");
 }

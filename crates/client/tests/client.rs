@@ -86,6 +86,41 @@ async fn subscribe_with_stream(
     (subscribed.expect("subscribe"), stream)
 }
 
+/// Subscribes `client` to `filter` while the broker answers it as `subscription`, then (the
+/// answer processed) opens its stream, which it returns with the subscription.
+async fn subscribe_then_open_stream(
+    client: &Client,
+    session: &mut Session,
+    filter: &str,
+    subscription: u64,
+) -> (Subscription, quinn::SendStream) {
+    let subscribed = subscribe(client, session, filter, subscription).await;
+    let stream = session.open_subscription(subscription).await;
+    (subscribed, stream)
+}
+
+/// Waits, at most [`STEP`], for `subscription` to end; returns why it ended.
+async fn expect_end(subscription: &mut Subscription) -> Option<SubscriptionEnd> {
+    assert_eq!(
+        timeout(STEP, subscription.next())
+            .await
+            .expect("end in time"),
+        None
+    );
+    subscription.end_reason()
+}
+
+/// Waits, at most [`STEP`], for the client to close the connection with `code`.
+async fn expect_closed_with(session: &Session, code: quinn::VarInt, expected: &str) {
+    match timeout(STEP, session.connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, code),
+        other => panic!("expected {expected}, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn connect_reports_the_welcome_and_ping_round_trips() {
     let broker = FakeBroker::start();
@@ -131,10 +166,9 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     let broker = FakeBroker::start();
     let (client, mut session) = broker.connect_alice().await;
 
-    let mut subscription = subscribe(&client, &mut session, "demo.*", 3).await;
-
-    // `subscribe` returned, so the answer was processed before the stream is even opened.
-    let mut stream = session.open_subscription(3).await;
+    // The answer is processed before the stream is even opened.
+    let (mut subscription, mut stream) =
+        subscribe_then_open_stream(&client, &mut session, "demo.*", 3).await;
     write(&mut stream, &delivery(1, "demo.a", "one")).await;
     write(&mut stream, &gap_frame(3, 2, 5, GapReason::Overflow)).await;
     write(&mut stream, &gap_frame(3, 6, 6, GapReason::Undelivered)).await;
@@ -174,8 +208,8 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
 async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
     let broker = FakeBroker::start();
     let (client, mut session) = broker.connect_alice().await;
-    let mut subscription = subscribe(&client, &mut session, "quiet.>", 4).await;
-    let mut stream = session.open_subscription(4).await;
+    let (mut subscription, mut stream) =
+        subscribe_then_open_stream(&client, &mut session, "quiet.>", 4).await;
     write(&mut stream, &delivery(1, "quiet.a", "one")).await;
     write(&mut stream, &gap_frame(4, 2, 1000, GapReason::Undelivered)).await;
 
@@ -234,13 +268,7 @@ async fn a_slow_consumer_reset_ends_the_subscription_with_its_reason() {
         .reset(quinn::VarInt::from_u32(ErrorCode::SLOW_CONSUMER.value()))
         .expect("reset");
     assert_eq!(
-        timeout(STEP, subscription.next())
-            .await
-            .expect("end in time"),
-        None
-    );
-    assert_eq!(
-        subscription.end_reason(),
+        expect_end(&mut subscription).await,
         Some(SubscriptionEnd::SlowConsumer)
     );
 }
@@ -268,13 +296,7 @@ async fn unsubscribe_waits_for_the_answer_and_the_stream_then_ends() {
     unsubscribed.expect("unsubscribe");
     assert_eq!(subscription.next().await.map(|m| m.sequence()), Some(1));
     assert_eq!(
-        timeout(STEP, subscription.next())
-            .await
-            .expect("end in time"),
-        None
-    );
-    assert_eq!(
-        subscription.end_reason(),
+        expect_end(&mut subscription).await,
         Some(SubscriptionEnd::Unsubscribed)
     );
     subscription
@@ -528,13 +550,7 @@ async fn without_reconnecting_a_broker_close_with_a_code_is_reported_everywhere(
         subscribe_with_stream(&client, &mut session, "demo.a", 2).await;
     session.close(ErrorCode::SERVER_SHUTTING_DOWN, "maintenance");
 
-    assert_eq!(
-        timeout(STEP, subscription.next())
-            .await
-            .expect("end in time"),
-        None
-    );
-    match subscription.end_reason() {
+    match expect_end(&mut subscription).await {
         Some(SubscriptionEnd::ConnectionLost { reason }) => {
             assert!(reason.contains("maintenance"), "{reason}");
         }
@@ -665,18 +681,12 @@ async fn a_pong_for_another_request_kind_is_a_protocol_error() {
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
-    let closed = timeout(STEP, session.connection.closed())
-        .await
-        .expect("closed in time");
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code,
-                quinn::VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value())
-            );
-        }
-        other => panic!("expected the client to close with PROTOCOL_VIOLATION, got {other:?}"),
-    }
+    expect_closed_with(
+        &session,
+        quinn::VarInt::from_u32(ErrorCode::PROTOCOL_VIOLATION.value()),
+        "the client to close with PROTOCOL_VIOLATION",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -690,15 +700,7 @@ async fn dropping_the_client_closes_the_connection() {
         "a clone keeps the connection open"
     );
     drop(second_handle);
-    match timeout(STEP, session.connection.closed())
-        .await
-        .expect("closed in time")
-    {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, quinn::VarInt::from_u32(0));
-        }
-        other => panic!("expected a normal close, got {other:?}"),
-    }
+    expect_closed_with(&session, quinn::VarInt::from_u32(0), "a normal close").await;
 }
 
 #[tokio::test]

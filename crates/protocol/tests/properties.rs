@@ -90,6 +90,97 @@ fn connection_limits() -> impl Strategy<Value = Limits> {
     )
 }
 
+/// The fields a `Publish` and a `Delivery` share: topic, headers, payload, message id, reply-to.
+type Content = (
+    String,
+    Vec<(String, String)>,
+    Bytes,
+    Option<u64>,
+    Option<String>,
+);
+
+/// [`Content`] drawn from the given generators of numbers, texts and payloads.
+fn content_with<N, T, P>(
+    number: fn() -> N,
+    text: fn() -> T,
+    payload: fn() -> P,
+) -> impl Strategy<Value = Content>
+where
+    N: Strategy<Value = u64>,
+    T: Strategy<Value = String>,
+    P: Strategy<Value = Bytes>,
+{
+    (
+        text(),
+        headers(),
+        payload(),
+        proptest::option::of(number()),
+        proptest::option::of(text()),
+    )
+}
+
+/// `Publish` frames carrying `content`, every other field drawn independently.
+fn publish_with(content: impl Strategy<Value = Content>) -> impl Strategy<Value = Frame> {
+    (
+        content,
+        any::<bool>(),
+        proptest::option::of(session_id()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |((topic, headers, payload, message_id, reply_to), retain, to_session, ack)| {
+                Frame::Publish(Publish {
+                    topic,
+                    headers,
+                    payload,
+                    message_id,
+                    reply_to,
+                    retain,
+                    to_session,
+                    ack,
+                })
+            },
+        )
+}
+
+/// `Delivery`s numbered from `sequence` carrying `content`, their flags drawn independently.
+fn delivery_with(
+    sequence: impl Strategy<Value = u64>,
+    content: impl Strategy<Value = Content>,
+) -> impl Strategy<Value = Delivery> {
+    (sequence, content, any::<bool>(), any::<bool>()).prop_map(
+        |(sequence, (topic, headers, payload, message_id, reply_to), retained, redelivered)| {
+            Delivery {
+                sequence,
+                topic,
+                headers,
+                payload,
+                message_id,
+                reply_to,
+                retained,
+                redelivered,
+            }
+        },
+    )
+}
+
+fn publish_ack_frame((message_id, duplicate): (u64, bool)) -> Frame {
+    Frame::PublishAck(PublishAck {
+        message_id,
+        duplicate,
+    })
+}
+
+fn ack_frame((subscription, ranges): (u64, Vec<(u64, u64)>)) -> Frame {
+    Frame::Ack(Ack {
+        subscription,
+        ranges: ranges
+            .into_iter()
+            .map(|(from, to)| SequenceRange { from, to })
+            .collect(),
+    })
+}
+
 /// Any frame of any kind, every field drawn independently.
 fn frame() -> impl Strategy<Value = Frame> {
     let hello = (
@@ -211,36 +302,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             reconnect_after_ms,
         })
     });
-    let publish = (
-        text(),
-        headers(),
-        payload(),
-        any::<Option<u64>>(),
-        proptest::option::of(text()),
-        any::<bool>(),
-        proptest::option::of(session_id()),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(topic, headers, payload, message_id, reply_to, retain, to_session, ack)| {
-                Frame::Publish(Publish {
-                    topic,
-                    headers,
-                    payload,
-                    message_id,
-                    reply_to,
-                    retain,
-                    to_session,
-                    ack,
-                })
-            },
-        );
-    let publish_ack = (any::<u64>(), any::<bool>()).prop_map(|(message_id, duplicate)| {
-        Frame::PublishAck(PublishAck {
-            message_id,
-            duplicate,
-        })
-    });
+    let publish = publish_with(content_with(any::<u64>, text, payload));
+    let publish_ack = (any::<u64>(), any::<bool>()).prop_map(publish_ack_frame);
     let publish_rejected = (text(), any::<Option<u64>>(), error_code(), text()).prop_map(
         |(topic, message_id, code, reason)| {
             Frame::PublishRejected(PublishRejected {
@@ -254,30 +317,8 @@ fn frame() -> impl Strategy<Value = Frame> {
     let no_responders = text().prop_map(|reply_to| Frame::NoResponders(NoResponders { reply_to }));
     let subscription_start = any::<u64>()
         .prop_map(|subscription| Frame::SubscriptionStart(SubscriptionStart { subscription }));
-    let message = (
-        any::<u64>(),
-        text(),
-        headers(),
-        payload(),
-        any::<Option<u64>>(),
-        proptest::option::of(text()),
-        any::<bool>(),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(sequence, topic, headers, payload, message_id, reply_to, retained, redelivered)| {
-                Frame::Message(Delivery {
-                    sequence,
-                    topic,
-                    headers,
-                    payload,
-                    message_id,
-                    reply_to,
-                    retained,
-                    redelivered,
-                })
-            },
-        );
+    let message = delivery_with(any::<u64>(), content_with(any::<u64>, text, payload))
+        .prop_map(Frame::Message);
     let gap = (
         any::<u64>(),
         any::<u64>(),
@@ -301,15 +342,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>(),
         proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8),
     )
-        .prop_map(|(subscription, ranges)| {
-            Frame::Ack(Ack {
-                subscription,
-                ranges: ranges
-                    .into_iter()
-                    .map(|(from, to)| SequenceRange { from, to })
-                    .collect(),
-            })
-        });
+        .prop_map(ack_frame);
     prop_oneof![
         hello.boxed(),
         welcome.boxed(),
@@ -598,79 +631,20 @@ fn sized_payload() -> impl Strategy<Value = Bytes> {
 }
 
 fn delivery() -> impl Strategy<Value = Delivery> {
-    (
-        number(),
-        sized_text(),
-        headers(),
-        sized_payload(),
-        proptest::option::of(number()),
-        proptest::option::of(sized_text()),
-        any::<bool>(),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(sequence, topic, headers, payload, message_id, reply_to, retained, redelivered)| {
-                Delivery {
-                    sequence,
-                    topic,
-                    headers,
-                    payload,
-                    message_id,
-                    reply_to,
-                    retained,
-                    redelivered,
-                }
-            },
-        )
+    delivery_with(number(), content_with(number, sized_text, sized_payload))
 }
 
 /// Any of the frames the codec encodes and decodes by hand, sized across the forms' boundaries.
 fn hot_frame() -> impl Strategy<Value = Frame> {
-    let publish = (
-        sized_text(),
-        headers(),
-        sized_payload(),
-        proptest::option::of(number()),
-        proptest::option::of(sized_text()),
-        any::<bool>(),
-        proptest::option::of(session_id()),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(topic, headers, payload, message_id, reply_to, retain, to_session, ack)| {
-                Frame::Publish(Publish {
-                    topic,
-                    headers,
-                    payload,
-                    message_id,
-                    reply_to,
-                    retain,
-                    to_session,
-                    ack,
-                })
-            },
-        );
+    let publish = publish_with(content_with(number, sized_text, sized_payload));
     let datagram = (number(), delivery()).prop_map(|(subscription, message)| {
         Frame::Datagram(DatagramDelivery {
             subscription,
             message,
         })
     });
-    let publish_ack = (number(), any::<bool>()).prop_map(|(message_id, duplicate)| {
-        Frame::PublishAck(PublishAck {
-            message_id,
-            duplicate,
-        })
-    });
-    let ack = (number(), vec((number(), number()), 0..20)).prop_map(|(subscription, ranges)| {
-        Frame::Ack(Ack {
-            subscription,
-            ranges: ranges
-                .into_iter()
-                .map(|(from, to)| SequenceRange { from, to })
-                .collect(),
-        })
-    });
+    let publish_ack = (number(), any::<bool>()).prop_map(publish_ack_frame);
+    let ack = (number(), vec((number(), number()), 0..20)).prop_map(ack_frame);
     prop_oneof![
         publish.boxed(),
         delivery().prop_map(Frame::Message).boxed(),

@@ -77,13 +77,56 @@ pub(super) fn put_nil(buf: &mut BytesMut) {
     buf.put_u8(NIL);
 }
 
+/// The markers of a string or byte string whose length follows in 8, 16 or 32 bits.
+struct LengthMarkers {
+    len8: u8,
+    len16: u8,
+    len32: u8,
+}
+
+const STR_LENGTH: LengthMarkers = LengthMarkers {
+    len8: STR8,
+    len16: STR16,
+    len32: STR32,
+};
+
+const BIN_LENGTH: LengthMarkers = LengthMarkers {
+    len8: BIN8,
+    len16: BIN16,
+    len32: BIN32,
+};
+
+/// Bytes [`put_length`] appends for `len`.
+fn length_size(len: usize) -> usize {
+    match len {
+        0..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+/// Appends the marker and length of a string or byte string of `len` bytes in the shortest of
+/// the 8, 16 and 32-bit forms. The caller has checked that `len` is under 4 GiB.
+fn put_length(buf: &mut BytesMut, len: usize, markers: LengthMarkers) {
+    // The match arms bound `len`, so the casts below never truncate.
+    match len {
+        0..=0xff => buf.put_slice(&[markers.len8, len as u8]),
+        0x100..=0xffff => {
+            buf.put_u8(markers.len16);
+            buf.put_u16(len as u16);
+        }
+        _ => {
+            buf.put_u8(markers.len32);
+            buf.put_u32(len as u32);
+        }
+    }
+}
+
 /// Bytes [`put_str`] appends for a string of `len` bytes.
 pub(super) fn str_size(len: usize) -> usize {
     let header = match len {
         0..=FIXSTR_MAX_LEN => 1,
-        0x20..=0xff => 2,
-        0x100..=0xffff => 3,
-        _ => 5,
+        _ => length_size(len),
     };
     header + len
 }
@@ -94,43 +137,19 @@ pub(super) fn put_str(buf: &mut BytesMut, value: &str) {
     let len = value.len();
     match len {
         0..=FIXSTR_MAX_LEN => buf.put_u8(FIXSTR | len as u8),
-        0x20..=0xff => buf.put_slice(&[STR8, len as u8]),
-        0x100..=0xffff => {
-            buf.put_u8(STR16);
-            buf.put_u16(len as u16);
-        }
-        _ => {
-            buf.put_u8(STR32);
-            buf.put_u32(len as u32);
-        }
+        _ => put_length(buf, len, STR_LENGTH),
     }
     buf.put_slice(value.as_bytes());
 }
 
 /// Bytes [`put_bin`] appends for `len` bytes.
 pub(super) fn bin_size(len: usize) -> usize {
-    let header = match len {
-        0..=0xff => 2,
-        0x100..=0xffff => 3,
-        _ => 5,
-    };
-    header + len
+    length_size(len) + len
 }
 
 /// Appends a byte string. The caller has checked that it is shorter than 4 GiB.
 pub(super) fn put_bin(buf: &mut BytesMut, value: &[u8]) {
-    let len = value.len();
-    match len {
-        0..=0xff => buf.put_slice(&[BIN8, len as u8]),
-        0x100..=0xffff => {
-            buf.put_u8(BIN16);
-            buf.put_u16(len as u16);
-        }
-        _ => {
-            buf.put_u8(BIN32);
-            buf.put_u32(len as u32);
-        }
-    }
+    put_length(buf, value.len(), BIN_LENGTH);
     buf.put_slice(value);
 }
 
