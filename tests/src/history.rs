@@ -292,6 +292,11 @@ impl SubscriptionRecorder {
         })
     }
 
+    /// How many sessions this subscription lost so far (`Gap::SessionLost` recorded).
+    pub fn sessions_lost(&self) -> u32 {
+        self.with(|log| log.epoch)
+    }
+
     /// How many distinct publishes this subscription received.
     pub fn distinct(&self) -> usize {
         self.with(|log| {
@@ -510,10 +515,25 @@ pub async fn publish_for(
     rate: u32,
     time: Duration,
 ) -> u64 {
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let end = tokio::time::Instant::now() + time;
+    publish_while(client, history, publisher, topic, rate, || {
+        tokio::time::Instant::now() < end
+    })
+    .await
+}
+
+/// [`publish_for`] for as long as `going` says (asked before each publish).
+pub async fn publish_while(
+    client: &Client,
+    history: &History,
+    publisher: u32,
+    topic: &str,
+    rate: u32,
+    mut going: impl FnMut() -> bool,
+) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut index = 0;
-    while tokio::time::Instant::now() < end {
+    while going() {
         tick.tick().await;
         let id = PublishId { publisher, index };
         let acked = client
