@@ -492,13 +492,19 @@ fn check_accounted(
                 Some(slot) => {
                     free.remove(&slot);
                 }
-                None => unaccounted.push((epoch, id)),
+                None => unaccounted.push((epoch, id, from, to)),
             }
         }
     }
-    if let Some(&(epoch, first)) = unaccounted.iter().min_by_key(|(_, id)| *id) {
+    if let Some(&(epoch, first, from, to)) = unaccounted.iter().min_by_key(|(_, id, ..)| *id) {
+        let before = if to == u64::MAX {
+            "the end".to_owned()
+        } else {
+            format!("sequence {to}")
+        };
         report(format!(
-            "{} acknowledged publishes neither delivered nor announced by a gap, e.g. {first:?}{}",
+            "{} acknowledged publishes neither delivered nor announced by a gap, e.g. {first:?} \
+             (due after sequence {from}, before {before}{})",
             unaccounted.len(),
             in_session(epoch)
         ));

@@ -119,6 +119,8 @@ async fn client_of(nodes: &[Node], home: usize, name: &str) -> Client {
         .broker
         .client_builder(name)
         .address(BrokerAddress::List(addresses))
+        // A second per address: a dead node's address first does not hold up the others.
+        .connect_timeout(Duration::from_secs(3))
         .quic_options(QuicOptions {
             idle_timeout: Duration::from_secs(1),
             keep_alive_interval: Duration::from_millis(250),
