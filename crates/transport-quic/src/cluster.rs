@@ -6,9 +6,9 @@
 //! address of its peer list, reconnecting with exponential backoff and jitter. Each connection
 //! carries one direction: the dialing node sends `Hello`, then its interest (a snapshot, then
 //! changes) and its forwards, in order on one bidirectional stream; the accepting node answers
-//! each interest update with `Ack` on the same stream, and confirms the forwards it received
-//! with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] messages and when the
-//! link goes quiet). When a link ends, the dialer keeps the forwards not yet confirmed; its next
+//! each interest update with `Ack` on the same stream, and confirms the forwards (and `Dropped`
+//! reports) it received with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] and
+//! when the link goes quiet). When a link ends, the dialer keeps what was not yet confirmed; its next
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
 //! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
