@@ -190,6 +190,15 @@ impl History {
         violations
     }
 
+    /// Waits, at most `limit`, until the history shows no violation: messages and gaps still on
+    /// their way arrive. Then [`History::check`] reports whatever is left.
+    pub async fn settle(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while !self.violations().is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One line of figures: publishes, acknowledgements, deliveries, redeliveries, gaps.
     pub fn summary(&self) -> String {
         let log = self.lock();
