@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::{Client, Gap, Message, Subscription, SubscriptionEvent};
-use cassini_protocol::TopicFilter;
+use cassini_protocol::{AckOptions, SubscribeOptions, TopicFilter};
 use tokio::task::JoinHandle;
 
 /// The seed of a fault run: `CASSINI_FAULT_SEED` when set (a replay), otherwise fresh. It is
@@ -86,6 +86,22 @@ pub enum Promise {
     AtMostOnce,
     /// At least once: every acknowledged matching publish.
     AtLeastOnce,
+}
+
+impl Promise {
+    /// Subscription options that make this promise; at least once with room for every message
+    /// of a fault run.
+    pub fn subscribe_options(self) -> SubscribeOptions {
+        match self {
+            Promise::AtMostOnce => SubscribeOptions::default(),
+            Promise::AtLeastOnce => SubscribeOptions {
+                acks: Some(AckOptions::default()),
+                max_queued_messages: Some(100_000),
+                max_queued_bytes: Some(64 * 1024 * 1024),
+                ..SubscribeOptions::default()
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

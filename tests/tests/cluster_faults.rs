@@ -25,7 +25,6 @@ use cassini_e2e::edge::wait_for_state;
 use cassini_e2e::history::{fault_seed, load_time, publish_while, History, Promise};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
-use cassini_protocol::{AckOptions, SubscribeOptions};
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use rand::{Rng, SeedableRng};
@@ -137,15 +136,6 @@ async fn client_of(nodes: &[Node], home: usize, name: &str) -> Client {
         .expect("client connects")
 }
 
-fn at_least_once() -> SubscribeOptions {
-    SubscribeOptions {
-        acks: Some(AckOptions::default()),
-        max_queued_messages: Some(100_000),
-        max_queued_bytes: Some(64 * 1024 * 1024),
-        ..SubscribeOptions::default()
-    }
-}
-
 /// The faults of one run, drawn from its seed.
 #[derive(Debug)]
 struct Schedule {
@@ -197,7 +187,7 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
         if home != schedule.killed {
             let topic = format!("cf.n{home}");
             let reliable = client
-                .subscribe_with(&topic, at_least_once())
+                .subscribe_with(&topic, Promise::AtLeastOnce.subscribe_options())
                 .await
                 .expect("subscribe");
             readers.push(

@@ -13,7 +13,6 @@ use cassini_e2e::history::{
     fault_seed, load_time, publish_for, History, Promise, SubscriptionRecorder,
 };
 use cassini_e2e::{eventually, within, TestBroker};
-use cassini_protocol::{AckOptions, SubscribeOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use cassini_quic::server::ServerOptions;
 use tokio::task::JoinHandle;
@@ -58,15 +57,6 @@ async fn faulty_client(broker: &TestBroker, name: &str, faults: &FaultControl) -
         .expect("client connects")
 }
 
-fn at_least_once() -> SubscribeOptions {
-    SubscribeOptions {
-        acks: Some(AckOptions::default()),
-        max_queued_messages: Some(100_000),
-        max_queued_bytes: Some(64 * 1024 * 1024),
-        ..SubscribeOptions::default()
-    }
-}
-
 /// Subscribes and records every delivery and gap until the subscription ends.
 async fn record(
     client: &Client,
@@ -74,12 +64,8 @@ async fn record(
     filter: &str,
     promise: Promise,
 ) -> (SubscriptionRecorder, JoinHandle<()>) {
-    let options = match promise {
-        Promise::AtLeastOnce => at_least_once(),
-        Promise::AtMostOnce => SubscribeOptions::default(),
-    };
     let subscription = client
-        .subscribe_with(filter, options)
+        .subscribe_with(filter, promise.subscribe_options())
         .await
         .expect("subscribe");
     let recorder = history.subscription(filter, promise);
