@@ -55,6 +55,17 @@ pub fn load_time(short: u64) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// How the clients of a fault run reconnect: at once, then backing off from 50 ms to 500 ms,
+/// never giving up, so a fault costs little more than the time to notice it.
+pub fn quick_reconnect() -> cassini_client::ReconnectPolicy {
+    cassini_client::ReconnectPolicy {
+        enabled: true,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        give_up_after: None,
+    }
+}
+
 /// One publish, as its payload names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublishId {

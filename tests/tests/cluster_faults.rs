@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::{BrokerAddress, Client, ConnectionState, QuicOptions, ReconnectPolicy};
+use cassini_client::{BrokerAddress, Client, ConnectionState, QuicOptions};
 use cassini_e2e::edge::wait_for_state;
-use cassini_e2e::history::{fault_seed, load_time, publish_while, History, Promise};
+use cassini_e2e::history::{
+    fault_seed, load_time, publish_while, quick_reconnect, History, Promise,
+};
 use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
@@ -125,12 +127,7 @@ async fn client_of(nodes: &[Node], home: usize, name: &str) -> Client {
             keep_alive_interval: Duration::from_millis(250),
             ..QuicOptions::default()
         })
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            give_up_after: None,
-        })
+        .reconnect(quick_reconnect())
         .connect()
         .await
         .expect("client connects")

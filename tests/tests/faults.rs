@@ -10,7 +10,7 @@ use std::time::Duration;
 use cassini_broker::BrokerConfig;
 use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy};
 use cassini_e2e::history::{
-    fault_seed, load_time, publish_for, History, Promise, SubscriptionRecorder,
+    fault_seed, load_time, publish_for, quick_reconnect, History, Promise, SubscriptionRecorder,
 };
 use cassini_e2e::{eventually, within, TestBroker};
 use cassini_quic::faults::{FaultControl, FaultPlan};
@@ -46,12 +46,7 @@ async fn faulty_client(broker: &TestBroker, name: &str, faults: &FaultControl) -
         .client_builder(name)
         .socket_layer(faults.layer())
         .quic_options(quic())
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            give_up_after: None,
-        })
+        .reconnect(quick_reconnect())
         .connect()
         .await
         .expect("client connects")
