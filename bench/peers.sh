@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Cassini side by side with NATS and Mosquitto, mutual TLS everywhere, on loopback, in one run.
+# Cassini side by side with NATS and Mosquitto, mutual TLS everywhere, on loopback, in one run;
+# and Cassini's MQTT gateway beside Mosquitto, measured with the same MQTT client (rumqttc).
 #
 # Installs nats-server and mosquitto from the distribution's packages when missing (apt-get),
 # makes certificates with `cassini certs init`, starts each broker on 127.0.0.1 with mutual TLS,
 # then runs the same scenarios (throughput, latency at two rates, fan-out, request/reply where
 # the broker has it) against every broker, alternating brokers inside each repetition, and
-# prints the medians and the Cassini/peer ratios (`cassini-bench-peers summary`).
+# prints the medians and the Cassini/peer ratios (`cassini-bench-peers summary`). The gateway
+# (`cassini serve --mqtt`, in the same Cassini process, mutual TLS with the same certificates)
+# runs throughput and latency at QoS 0 and 1, as `cassini-mqtt-qos0`/`-qos1`.
 #
 # Knobs (environment): REPS (3), COUNT (500000, throughput messages), DURATION (5, seconds per
 # latency/request run), RATES ("5000 20000"), SUBSCRIBERS (100), FANOUT_COUNT (5000),
 # OUT (target/peers-bench), and the ports CASSINI_PORT (17700), NATS_PORT (14222),
-# NATS_PLAIN_PORT (14223), MQTT_PORT (18883). See docs/BENCHMARKS.md.
+# NATS_PLAIN_PORT (14223), MQTT_PORT (18883), CASSINI_MQTT_PORT (18884); BROKERS, the brokers
+# to measure (default all: "cassini nats nats-plain mosquitto-qos0 mosquitto-qos1
+# cassini-mqtt-qos0 cassini-mqtt-qos1"). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +29,8 @@ CASSINI_PORT=${CASSINI_PORT:-17700}
 NATS_PORT=${NATS_PORT:-14222}
 NATS_PLAIN_PORT=${NATS_PLAIN_PORT:-14223}
 MQTT_PORT=${MQTT_PORT:-18883}
+CASSINI_MQTT_PORT=${CASSINI_MQTT_PORT:-18884}
+BROKERS=${BROKERS:-"cassini nats nats-plain mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1"}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/peers-bench}
 
@@ -67,19 +74,23 @@ wait_tcp() {
     for _ in $(seq 1 100); do port_busy "$1" && return 0; sleep 0.1; done
     echo "nothing listens on 127.0.0.1:$1 after 10 s" >&2; return 1
 }
-for port in "$NATS_PORT" "$NATS_PLAIN_PORT" "$MQTT_PORT"; do
+for port in "$NATS_PORT" "$NATS_PLAIN_PORT" "$MQTT_PORT" "$CASSINI_MQTT_PORT"; do
     if port_busy "$port"; then echo "port $port is taken; set another (see the header)" >&2; exit 1; fi
 done
 
 # --- start the three brokers ----------------------------------------------------------------
-say "starting cassini on udp 127.0.0.1:$CASSINI_PORT"
+say "starting cassini on udp 127.0.0.1:$CASSINI_PORT, its MQTT gateway on tcp 127.0.0.1:$CASSINI_MQTT_PORT (mutual TLS)"
 # The per-subscription queue cap raised to NATS's max_pending below (256 MB), so a subscriber
-# that falls behind in the throughput and fan-out runs is measured, not dropped.
-CASSINI_QUEUE_MAX_BYTES=268435456 RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
-    >"$WORK/cassini.log" 2>&1 &
+# that falls behind in the throughput and fan-out runs is measured, not dropped. MQTT clients
+# cannot ask for a queue bound: the default bound is raised to the same (and to Mosquitto's
+# max_queued_messages below) for the gateway's subscriptions.
+CASSINI_QUEUE_MAX_BYTES=268435456 CASSINI_QUEUE_DEFAULT_BYTES=268435456 CASSINI_QUEUE_DEFAULT_MESSAGES=1000000 \
+    RUST_LOG=warn,cassini=info "$CASSINI" serve --listen "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" \
+    --mqtt "127.0.0.1:$CASSINI_MQTT_PORT" >"$WORK/cassini.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q "cassini listening" "$WORK/cassini.log" && break; sleep 0.1; done
 grep -q "cassini listening" "$WORK/cassini.log" || { cat "$WORK/cassini.log" >&2; exit 1; }
+wait_tcp "$CASSINI_MQTT_PORT"
 
 say "starting nats-server on 127.0.0.1:$NATS_PORT (mutual TLS) and :$NATS_PLAIN_PORT (plain text)"
 cat >"$WORK/nats.conf" <<CONF
@@ -135,6 +146,7 @@ RESULTS="$OUT/results.jsonl"
 FAILED=0
 run() { # run BROKER SCENARIO ARGS...: one scenario against one broker, its JSON report appended
     local broker=$1 scenario=$2; shift 2
+    case " $BROKERS " in *" $broker "*) ;; *) return 0 ;; esac
     local command
     case $broker in
         cassini) command=("$CASSINI" bench "$scenario" --server "127.0.0.1:$CASSINI_PORT" --certs "$CERTS" --name dev) ;;
@@ -142,6 +154,8 @@ run() { # run BROKER SCENARIO ARGS...: one scenario against one broker, its JSON
         nats-plain) command=("$PEERS" nats --plain --server "127.0.0.1:$NATS_PLAIN_PORT" --certs "$CERTS" "$scenario") ;;
         mosquitto-qos0) command=("$PEERS" mosquitto --qos 0 --server "127.0.0.1:$MQTT_PORT" --certs "$CERTS" "$scenario") ;;
         mosquitto-qos1) command=("$PEERS" mosquitto --qos 1 --server "127.0.0.1:$MQTT_PORT" --certs "$CERTS" "$scenario") ;;
+        cassini-mqtt-qos0) command=("$PEERS" mosquitto --qos 0 --label cassini-mqtt-qos0 --server "127.0.0.1:$CASSINI_MQTT_PORT" --certs "$CERTS" "$scenario") ;;
+        cassini-mqtt-qos1) command=("$PEERS" mosquitto --qos 1 --label cassini-mqtt-qos1 --server "127.0.0.1:$CASSINI_MQTT_PORT" --certs "$CERTS" "$scenario") ;;
     esac
     say "  $scenario $* [$broker]"
     if ! timeout 600 "${command[@]}" "$@" --json >>"$RESULTS" 2>"$WORK/last.err"; then
@@ -159,15 +173,16 @@ run() { # run BROKER SCENARIO ARGS...: one scenario against one broker, its JSON
     echo "mosquitto: $("$MOSQUITTO" -h 2>&1 | head -1)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "repetitions: $REPS; throughput $COUNT × 64 B; latency ${DURATION}s at $RATES msg/s; fan-out 1→$SUBSCRIBERS × $FANOUT_COUNT; request ${DURATION}s"
+    echo "brokers: $BROKERS"
 } | tee "$OUT/conditions.txt" >&2
 
 for rep in $(seq 1 "$REPS"); do
     say "repetition $rep of $REPS"
-    for broker in cassini nats nats-plain mosquitto-qos0 mosquitto-qos1; do
+    for broker in cassini nats nats-plain mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1; do
         run "$broker" throughput --count "$COUNT" --size 64
     done
     for rate in $RATES; do
-        for broker in cassini nats mosquitto-qos0 mosquitto-qos1; do
+        for broker in cassini nats mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1; do
             run "$broker" latency --rate "$rate" --duration "$DURATION" --size 64
         done
     done

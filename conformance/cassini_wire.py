@@ -100,6 +100,12 @@ FIELDS: dict[str, list[str]] = {
     "Datagram": ["subscription", "message"],
 }
 
+# Fields added to a struct after it was first defined: a sender may leave them off the end, and
+# then they take these defaults (PROTOCOL.md, "Fields left off, fields added").
+ADDED_FIELDS: dict[str, list[tuple[str, Any]]] = {
+    "Welcome": [("subscriptions", []), ("cluster_addresses", [])],
+}
+
 LIMITS_FIELDS = [
     "max_payload_bytes",
     "max_frame_bytes",
@@ -202,6 +208,8 @@ def to_frame(obj: Any) -> Frame:
     if len(values) < len(names):
         raise WireError(f"{name}: expected {len(names)} fields, got {values!r}")
     fields = dict(zip(names, values))
+    for index, (added, default) in enumerate(ADDED_FIELDS.get(name, []), start=len(names)):
+        fields[added] = values[index] if index < len(values) else default
     if name == "Welcome":
         fields["limits"] = dict(zip(LIMITS_FIELDS, values[4]))
     if name == "Datagram":
@@ -451,11 +459,17 @@ def close_transport(self: Connection) -> None:
 Connection.close_transport = close_transport  # type: ignore[attr-defined]
 
 
+async def closed_by_broker(conn: Connection) -> Termination:
+    """Waits until the broker closes `conn`, releases it, and returns how it was closed."""
+    closed = await conn.closed()
+    conn.close_transport()
+    return closed
+
+
 async def assert_closed_with(conn: Connection, code: int) -> None:
     """Waits until the broker closes `conn`, releases it, and asserts that the broker closed it
     with the application error code `code`."""
-    closed = await conn.closed()
-    conn.close_transport()
+    closed = await closed_by_broker(conn)
     assert closed.is_application and closed.error_code == code, closed
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from cassini_wire import (
     assert_closed_with,
+    closed_by_broker,
     FRAME_TOO_LARGE,
     MALFORMED_FRAME,
     NORMAL,
@@ -28,9 +29,7 @@ async def closed_after(broker, certs, data: bytes, on_publish_stream: bool = Fal
     conn = await connect(broker.port, certs.identity("alice"))
     stream = conn.new_stream() if on_publish_stream else conn.control_id
     conn.send_raw(stream, data)
-    closed = await conn.closed()
-    conn.close_transport()
-    return closed
+    return await closed_by_broker(conn)
 
 
 @spec

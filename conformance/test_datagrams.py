@@ -4,6 +4,7 @@ from cassini_wire import (
     DATAGRAMS_UNSUPPORTED,
     INVALID_OPTION,
     barrier,
+    closed_by_broker,
     connect,
     drop,
     handshake,
@@ -91,9 +92,7 @@ async def closed_after_datagram(broker, certs, data):
 
     alice = await _connect(broker.port, certs.identity("alice"))
     alice.send_datagram(data)
-    closed = await alice.closed()
-    alice.close_transport()
-    return closed
+    return await closed_by_broker(alice)
 
 
 @spec

@@ -39,6 +39,9 @@ async def test_hello_is_answered_by_a_welcome_with_a_new_session_and_the_default
         "max_topic_bytes": 256,
         "max_topic_depth": 16,
     }
+    # A new session lists no subscriptions; a standalone broker lists no cluster addresses.
+    assert welcome["subscriptions"] == []
+    assert welcome["cluster_addresses"] == []
     await drop(conn)
 
 

@@ -27,6 +27,8 @@ V311 = mqtt.MQTTv311
 SESSION_TAKEN_OVER = 0x8E
 NOT_AUTHORIZED = 0x87
 ADMINISTRATIVE_ACTION = 0x98
+CLIENT_IDENTIFIER_NOT_VALID = 0x85
+BROKER_SESSION_EXPIRY = 300  # sessions.expiry's default, in seconds
 
 
 def mqtt_port(broker: Broker, timeout: float = 20.0) -> int:
@@ -55,7 +57,8 @@ class Paho:
 
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
-                 will: tuple[str, bytes] | None = None):
+                 will: tuple[str, bytes] | None = None, refused: bool = False):
+        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`)."""
         self.messages: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
         self.acks: queue.Queue = queue.Queue()
@@ -66,7 +69,7 @@ class Paho:
         self.client.tls_set(ca_certs=ident.ca, certfile=ident.cert, keyfile=ident.key)
         self.connected: queue.Queue = queue.Queue()
         self.client.on_connect = lambda c, u, flags, rc, props: self.connected.put(
-            (flags.session_present, rc))
+            (flags.session_present, rc, props))
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
         self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
         self.client.on_subscribe = lambda c, u, mid, rcs, props: self.acks.put(rcs)
@@ -84,8 +87,13 @@ class Paho:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.pump, daemon=True)
         self.thread.start()
-        self.session_present, rc = self.connected.get(timeout=10)
-        assert not rc.is_failure, f"CONNACK {rc}"
+        self.session_present, self.rc, self.connack = self.connected.get(timeout=10)
+        if refused:
+            assert self.rc.is_failure, f"CONNACK {self.rc}: accepted"
+            self.stop.set()
+            self.thread.join(timeout=5)
+        else:
+            assert not self.rc.is_failure, f"CONNACK {self.rc}"
 
     def pump(self) -> None:
         while not self.stop.is_set():
@@ -108,8 +116,8 @@ class Paho:
     def next_disconnect(self, timeout: float = 10.0):
         return self.disconnects.get(timeout=timeout)
 
-    def close(self) -> None:
-        self.client.disconnect()
+    def close(self, properties: Properties | None = None) -> None:
+        self.client.disconnect(properties=properties)
         self.stop.set()
         self.thread.join(timeout=5)
 
@@ -239,3 +247,126 @@ async def test_a_revoked_certificate_is_cut_off_and_refused(tmp_path_factory):
         await in_thread(dave.close)
     finally:
         broker.stop()
+
+
+def connect_until(wanted, *args, timeout: float = 10.0, **kwargs) -> Paho:
+    """Connects a `Paho(*args, **kwargs)` again and again until it is accepted and `wanted`
+    of it holds: the broker ends a session a moment after its connection's DISCONNECT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            paho = Paho(*args, **kwargs)
+            if wanted(paho):
+                return paho
+            paho.close()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection as wanted within {timeout} s")
+        time.sleep(0.05)
+
+
+def disconnect_properties(expiry: int) -> Properties:
+    props = Properties(PacketTypes.DISCONNECT)
+    props.SessionExpiryInterval = expiry
+    return props
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_client_id_held_by_another_identity_is_refused(gateway, certs, protocol):
+    broker, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    owner = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    await in_thread(owner.subscribe, "paho/owned/#", 1)
+    # Another identity asking for the same client id is refused (MQTT 5: 0x85 Client Identifier
+    # not valid; 3.1.1: 0x02 Identifier rejected, which paho reports as 0x85 too): it neither
+    # takes the session over nor sees it.
+    intruder = await in_thread(Paho, certs, "bob", port, protocol, client_id, False, 300,
+                               refused=True)
+    assert int(intruder.rc.value) == CLIENT_IDENTIFIER_NOT_VALID, intruder.rc
+    assert not intruder.session_present
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish("paho.owned.x", b"still mine",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(owner.next_message)
+    assert message.payload == b"still mine"
+    # Once the owner's session ends (a DISCONNECT that sets its expiry to 0), the id is free.
+    await in_thread(owner.close, disconnect_properties(0))
+    newcomer = await in_thread(connect_until, lambda paho: not paho.session_present,
+                               certs, "bob", port, protocol, client_id)
+    await in_thread(newcomer.close)
+    await drop(quic)
+
+
+@spec
+async def test_a_session_expiry_above_the_brokers_is_capped_and_connack_says_so(gateway, certs):
+    _, port = gateway
+    forever = await in_thread(Paho, certs, "alice", port, V5, f"paho-{fresh_id()}", True,
+                              0xFFFFFFFF)
+    assert forever.connack.SessionExpiryInterval == BROKER_SESSION_EXPIRY
+    await in_thread(forever.close, disconnect_properties(0))
+    # Within the broker's, the client's own interval holds, and CONNACK does not repeat it.
+    brief = await in_thread(Paho, certs, "alice", port, V5, f"paho-{fresh_id()}", True, 60)
+    assert not hasattr(brief.connack, "SessionExpiryInterval")
+    await in_thread(brief.close, disconnect_properties(0))
+
+
+@spec
+async def test_a_disconnect_may_end_the_session_but_not_revive_one_that_expires_with_it(
+        gateway, certs):
+    broker, port = gateway
+    quic = await connect(broker.port, certs.identity("bob"))
+    wills = await subscribe(quic, "paho.expiry.will")
+    # Connected with expiry 300, a DISCONNECT setting 0 ends the session.
+    client_id = f"paho-{fresh_id()}"
+    first = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    await in_thread(first.subscribe, "paho/expiry/#", 1)
+    await in_thread(first.close, disconnect_properties(0))
+    again = await in_thread(connect_until, lambda paho: not paho.session_present,
+                            certs, "alice", port, V5, client_id, False, 300)
+    await in_thread(again.close, disconnect_properties(0))
+    # Connected with expiry 0, a DISCONNECT setting another value is a protocol error: not a
+    # valid DISCONNECT, so the will is published.
+    doomed = await in_thread(Paho, certs, "alice", port, V5, f"paho-{fresh_id()}", True, 0,
+                             ("paho/expiry/will", b"protocol error"))
+    await in_thread(doomed.close, disconnect_properties(60))
+    message = await wills.next_frame()
+    assert (message["topic"], message["payload"]) == ("paho.expiry.will", b"protocol error")
+    await drop(quic)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_shared_subscription_gives_each_message_to_exactly_one_member(gateway, certs,
+                                                                              protocol):
+    broker, port = gateway
+    group = f"workers{protocol}"
+    members = [await in_thread(Paho, certs, name, port, protocol) for name in ("alice", "bob")]
+    for member in members:
+        granted = await in_thread(member.subscribe, f"$share/{group}/paho/jobs/v{protocol}/+", 1)
+        assert [int(code.value) if hasattr(code, "value") else int(code)
+                for code in granted] == [1]
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    count = 20
+    for n in range(count):
+        await publish_and_wait(quic, stream, publish(f"paho.jobs.v{protocol}.{n}", b"job",
+                                                     message_id=fresh_id(), ack=True))
+    # Every message reaches exactly one member: together they got each topic once.
+    got: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        for member in members:
+            try:
+                got.append((await in_thread(member.next_message, 0.05)).topic)
+            except queue.Empty:
+                pass
+    assert sorted(got) == sorted(f"paho/jobs/v{protocol}/{n}" for n in range(count))
+    for member in members:
+        with pytest.raises(queue.Empty):
+            await in_thread(member.next_message, 0.2)
+        await in_thread(member.close)
+    await drop(quic)

@@ -2,7 +2,8 @@
 //! certificate authority made inside the test.
 //!
 //! Layering: `relay` and `history` import nothing of this crate; `edge` imports `lib.rs` and
-//! `relay`; `lib.rs` (the broker, `raw`, the waits) imports none of them.
+//! `relay`; `gateway` imports `lib.rs`; `lib.rs` (the broker, `raw`, the waits) imports none of
+//! them.
 //!
 //! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
 //!   (`cassini_quic::test_util`, shared with the other crates' tests).
@@ -16,9 +17,11 @@
 //!   client's connection state.
 //! - [`history`]: a record of every publish and delivery of a fault run, checked against the
 //!   guarantees of `docs/SESSIONS.md`.
+//! - [`gateway::Gateway`]: a broker with its MQTT gateway, and its clients' certificate files.
 //! - [`closed_udp_addr`]: an address where nothing listens.
 
 pub mod edge;
+pub mod gateway;
 pub mod history;
 pub mod relay;
 
@@ -191,6 +194,16 @@ impl TestBroker {
             .expect("client connects")
     }
 
+    /// A connected client named `name` whose subscriptions hand over at most `messages` at a
+    /// time: a small buffer makes a slow reader's subscription fall behind at the broker.
+    pub async fn client_with_buffer(&self, name: &str, messages: usize) -> Client {
+        self.client_builder(name)
+            .subscription_buffer(messages)
+            .connect()
+            .await
+            .expect("client connects")
+    }
+
     /// A raw quinn connection with a valid client certificate, for tests that speak the
     /// protocol badly on purpose. The endpoint must outlive the connection.
     pub async fn raw_connection(&self, name: &str) -> (quinn::Endpoint, quinn::Connection) {
@@ -329,6 +342,22 @@ pub fn with_limits(limits: BrokerLimits) -> BrokerConfig {
     }
 }
 
+/// Sends `ping 0` to `ping 4` as requests to `svc.echo` and asserts that each reply is
+/// `echo: ` and the request (`what` names the reply in a failure).
+pub async fn assert_echoed(caller: &Client, what: &str) {
+    for i in 0..5 {
+        let reply = caller
+            .request(
+                "svc.echo",
+                Bytes::from(format!("ping {i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect(what);
+        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
+    }
+}
+
 /// Publishes `payload` to `topic` from `publisher`, acknowledged, and asserts that
 /// `subscription` delivers it next (within the deadline; `what` names the wait).
 pub async fn assert_delivers(
@@ -357,22 +386,6 @@ pub async fn echo_service(service: &Client, subject: &str) -> JoinHandle<()> {
             let _ = request.respond(Bytes::from(reply)).await;
         }
     })
-}
-
-/// Sends `count` requests `ping N` to `subject` from `caller` and asserts that each is
-/// answered `echo: ping N` (by an [`echo_service`]).
-pub async fn assert_echoes(caller: &Client, subject: &str, count: usize) {
-    for i in 0..count {
-        let reply = caller
-            .request(
-                subject,
-                Bytes::from(format!("ping {i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("a reply");
-        assert_eq!(reply.payload(), format!("echo: ping {i}").as_bytes());
-    }
 }
 
 /// Asserts that a request to `subject` from `caller` fails with no-responders, before the
@@ -437,15 +450,25 @@ pub mod raw {
         connection: &quinn::Connection,
         resume: Option<SessionId>,
     ) -> Option<(Welcome, quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, mut recv) = connection.open_bi().await.ok()?;
-        let hello = Frame::Hello(Hello {
+        let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             resume,
             client_name: Some("raw".into()),
             positions: Vec::new(),
             session_name: None,
-        });
-        send.write_all(&encoded(&hello)).await.ok()?;
+        };
+        send_hello(connection, hello).await
+    }
+
+    /// Sends `hello` on a new control stream and returns the `Welcome` with the control
+    /// stream, or `None` if the broker closed the connection instead. Dropping the send half
+    /// finishes the control stream, which is a goodbye.
+    pub async fn send_hello(
+        connection: &quinn::Connection,
+        hello: Hello,
+    ) -> Option<(Welcome, quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, mut recv) = connection.open_bi().await.ok()?;
+        send.write_all(&encoded(&Frame::Hello(hello))).await.ok()?;
         let mut buf = BytesMut::new();
         match read_frame(&mut recv, &mut buf).await? {
             Frame::Welcome(welcome) => Some((welcome, send, recv)),

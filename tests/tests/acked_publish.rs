@@ -2,10 +2,40 @@
 //! the dedupe window is confirmed as a duplicate and delivered only once.
 
 use bytes::Bytes;
-use cassini_client::{PublishError, PublishOptions};
+use cassini_client::{Client, Message, PublishError, PublishOptions, PublishReceipt, Subscription};
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::ErrorCode;
 use futures_util::StreamExt;
+
+/// Publishes `orders.new` "order 1" again with `message_id`, as a retry after a lost
+/// acknowledgement would.
+async fn retry_order(publisher: &Client, message_id: u64) -> PublishReceipt {
+    let retry = PublishOptions::new().message_id(message_id);
+    publisher
+        .publish_acked_with("orders.new", Bytes::from_static(b"order 1"), retry)
+        .await
+        .expect("acknowledged again")
+}
+
+/// Publishes a marker on `orders.end` and reads `subscription` up to it: first the order,
+/// which must carry `message_id`, then the marker, returned.
+async fn order_then_marker(
+    publisher: &Client,
+    subscription: &mut Subscription,
+    message_id: u64,
+) -> Message {
+    publisher
+        .publish_acked("orders.end", Bytes::from_static(b"marker"))
+        .await
+        .expect("marker");
+    let delivered = within("the order", subscription.next())
+        .await
+        .expect("message");
+    assert_eq!(delivered.message_id(), Some(message_id));
+    within("the marker", subscription.next())
+        .await
+        .expect("message")
+}
 
 #[tokio::test]
 async fn an_acknowledged_publish_is_confirmed_and_a_retry_is_delivered_once() {
@@ -20,25 +50,11 @@ async fn an_acknowledged_publish_is_confirmed_and_a_retry_is_delivered_once() {
         .expect("acknowledged");
     assert!(!first.duplicate);
 
-    let retry = PublishOptions::new().message_id(first.message_id);
-    let second = publisher
-        .publish_acked_with("orders.new", Bytes::from_static(b"order 1"), retry)
-        .await
-        .expect("acknowledged again");
+    let second = retry_order(&publisher, first.message_id).await;
     assert!(second.duplicate, "the broker recognised the retry");
     assert_eq!(second.message_id, first.message_id);
 
-    publisher
-        .publish_acked("orders.end", Bytes::from_static(b"marker"))
-        .await
-        .expect("marker");
-    let delivered = within("the order", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(delivered.message_id(), Some(first.message_id));
-    let marker = within("the marker", subscription.next())
-        .await
-        .expect("message");
+    let marker = order_then_marker(&publisher, &mut subscription, first.message_id).await;
     assert_eq!(marker.topic(), "orders.end");
     assert_eq!(marker.sequence(), 2, "the retry was never routed");
     broker.stop().await;
@@ -114,27 +130,13 @@ async fn another_identitys_flood_does_not_push_a_publish_out_of_the_dedupe_windo
             .await
             .expect("acknowledged");
     }
-    let retry = PublishOptions::new().message_id(first.message_id);
-    let second = alice
-        .publish_acked_with("orders.new", Bytes::from_static(b"order 1"), retry)
-        .await
-        .expect("acknowledged again");
+    let second = retry_order(&alice, first.message_id).await;
     assert!(
         second.duplicate,
         "alice's publish is still remembered after eve's flood"
     );
 
-    alice
-        .publish_acked("orders.end", Bytes::from_static(b"marker"))
-        .await
-        .expect("marker");
-    let delivered = within("the order", subscription.next())
-        .await
-        .expect("message");
-    assert_eq!(delivered.message_id(), Some(first.message_id));
-    let marker = within("the marker", subscription.next())
-        .await
-        .expect("message");
+    let marker = order_then_marker(&alice, &mut subscription, first.message_id).await;
     assert_eq!(marker.topic(), "orders.end", "the retry was delivered once");
     broker.stop().await;
 }

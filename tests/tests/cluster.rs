@@ -1,7 +1,8 @@
 //! Three brokers in one process forming a cluster over real QUIC on port 0, with node
 //! certificates made in the test (docs/CLUSTERING.md): publish on one node, receive on the
 //! others; wildcards, unsubscribe, request/reply, no-responders and queue groups across nodes;
-//! the node and client certificate kinds refused on each other's ALPN.
+//! direct messages to a session on another node; `Welcome` listing every node's client
+//! address, and a client of a node that shuts down moving to another; the node and client certificate kinds refused on each other's ALPN.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Gap, SubscribeOptions, Subscription, SubscriptionEvent};
+use cassini_client::{Gap, ReconnectPolicy, SubscribeOptions, Subscription, SubscriptionEvent};
 use cassini_e2e::{
-    assert_echoes, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
+    assert_echoed, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
     TestBroker,
 };
-use cassini_protocol::GapReason;
+use cassini_protocol::{GapReason, SessionId};
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
 use cassini_quic::faults::{FaultControl, FaultPlan};
@@ -54,6 +55,7 @@ impl Node {
         let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let mut options = ClusterOptions::new("test", listen.parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
+        options.advertise = Some(broker.addr.to_string());
         let port = broker.broker.cluster().expect("a cluster node");
         let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
         Self { broker, cluster }
@@ -205,7 +207,7 @@ async fn a_request_on_one_node_is_answered_on_another_and_no_responders_is_clust
     let service = nodes[2].broker.client("service").await;
     let server = echo_service(&service, "svc.echo").await;
     // Right after `Subscribed` on node 3: node 1 must already know the responder.
-    assert_echoes(&caller, "svc.echo", 5).await;
+    assert_echoed(&caller, "a reply from node 3").await;
     server.abort();
     service.close().await.expect("close");
     nodes[0].forgets_every_peers_interest().await;
@@ -505,6 +507,88 @@ async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_ga
     stop_all(nodes).await;
 }
 
+#[tokio::test]
+async fn welcome_lists_the_client_address_of_every_node_in_routing() {
+    let (_pki, nodes) = three_nodes().await;
+    let client = nodes[1].broker.client("learner").await;
+    let address = |index: usize| nodes[index].broker.addr.to_string();
+    assert_eq!(
+        client.cluster_addresses(),
+        vec![address(1), address(0), address(2)],
+        "its own node first, then the peers by name"
+    );
+    stop_all(nodes).await;
+
+    let standalone = TestBroker::start().await;
+    let client = standalone.client("alone").await;
+    assert!(
+        client.cluster_addresses().is_empty(),
+        "a standalone broker lists none"
+    );
+    standalone.stop().await;
+}
+
+#[tokio::test]
+async fn a_direct_message_reaches_its_session_on_another_node_and_nothing_else() {
+    let (_pki, nodes) = three_nodes().await;
+    let target = nodes[2].broker.client("target").await;
+    let mut for_target = target.subscribe("note.>").await.expect("subscribe");
+    let neighbour = nodes[2].broker.client("neighbour").await;
+    let mut for_neighbour = neighbour.subscribe("note.>").await.expect("subscribe");
+    let elsewhere = nodes[1].broker.client("elsewhere").await;
+    let mut for_elsewhere = elsewhere.subscribe("note.>").await.expect("subscribe");
+    let sender = nodes[0].broker.client("sender").await;
+    let direct = [
+        // Right after `Subscribed` on node 3, node 1 knows where the session is.
+        (target.session_id(), "note.private", "for target"),
+        // As on one node: a session nobody holds, or whose filters do not match, gets nothing.
+        (SessionId([7; 16]), "note.private", "nobody"),
+        (target.session_id(), "other.topic", "no filter"),
+    ];
+    for (session, topic, payload) in direct {
+        sender
+            .send_to(session, topic, Bytes::from(payload))
+            .await
+            .expect("send");
+    }
+    sender
+        .publish("note.public", Bytes::from_static(b"for everyone"))
+        .await
+        .expect("publish");
+
+    let first = within("the direct message", for_target.next())
+        .await
+        .expect("a message");
+    assert_eq!(first.payload().as_ref(), b"for target");
+    let second = within("the public message", for_target.next())
+        .await
+        .expect("a message");
+    assert_eq!(second.payload().as_ref(), b"for everyone");
+    for (name, subscription) in [
+        ("neighbour", &mut for_neighbour),
+        ("elsewhere", &mut for_elsewhere),
+    ] {
+        let message = within("the public message", subscription.next())
+            .await
+            .expect("a message");
+        assert_eq!(message.payload().as_ref(), b"for everyone", "{name}");
+        assert_eq!(message.sequence(), 1, "{name} never got the direct message");
+    }
+    let forwarded: Vec<(String, u64)> = nodes[0]
+        .cluster
+        .port()
+        .peers()
+        .into_iter()
+        .map(|peer| (peer.node, peer.forwarded))
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![("n2".to_owned(), 1), ("n3".to_owned(), 2)],
+        "the direct message crossed only to the session's node"
+    );
+    stop_all(nodes).await;
+}
+
 /// What one subscription saw of a flood: the payloads it received (in order) and how many
 /// sequences each kind of gap covered.
 #[derive(Debug, Default)]
@@ -646,6 +730,50 @@ async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_gro
             );
         }
     }
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_client_of_a_node_that_shuts_down_moves_to_a_node_it_learned_with_a_session_lost_gap() {
+    let (_pki, mut nodes) = three_nodes().await;
+    // Given node 3's address only: the others come from `Welcome`.
+    let mover = nodes[2]
+        .broker
+        .client_builder("mover")
+        .reconnect(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            ..ReconnectPolicy::default()
+        })
+        .connect()
+        .await
+        .expect("client connects");
+    let mut feed = mover.subscribe("feed").await.expect("subscribe");
+    let on_node_3 = mover.session_id();
+    let publisher = nodes[0].broker.client("publisher").await;
+
+    nodes.remove(2).stop().await;
+    within("the client receives again on another node", async {
+        for i in 0..1_000u32 {
+            publisher
+                .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+                .await
+                .expect("publish");
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), feed.next()).await
+            {
+                return;
+            }
+        }
+        panic!("nothing arrived after 1000 publishes");
+    })
+    .await;
+    assert_ne!(mover.session_id(), on_node_3, "a session stays on its node");
+    assert!(
+        feed.take_gaps()
+            .iter()
+            .any(|gap| matches!(gap, Gap::SessionLost { .. })),
+        "moving to another node is an explicit SessionLost"
+    );
     stop_all(nodes).await;
 }
 

@@ -368,6 +368,14 @@ async fn subscription_stream(
     (stream, buf)
 }
 
+/// Reads the next frame of a subscription stream, which must be message `sequence`.
+async fn read_message(stream: &mut quinn::RecvStream, buf: &mut BytesMut, sequence: u64) {
+    match read_frame(stream, buf).await {
+        Some(Frame::Message(message)) => assert_eq!(message.sequence, sequence),
+        other => panic!("expected Message {sequence}, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_subscription_the_client_allows_no_stream_for_ends_with_stream_limit() {
     let broker = TestBroker::start().await;
@@ -445,30 +453,22 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
             .expect("publish");
     }
     for sequence in 1..=3 {
-        match read_frame(&mut stream, &mut stream_buf).await {
-            Some(Frame::Message(message)) => assert_eq!(message.sequence, sequence),
-            other => panic!("expected Message, got {other:?}"),
-        }
+        read_message(&mut stream, &mut stream_buf, sequence).await;
     }
     // No goodbye: the session is only detached.
     first.close(quinn::VarInt::from_u32(0), b"gone");
 
     // Resumed without a position for the subscription.
     let (_endpoint, second) = broker.raw_connection("forgetful").await;
-    let (mut send, mut recv) = second.open_bi().await.expect("stream");
-    send.write_all(&encoded(&Frame::Hello(Hello {
+    let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         resume: Some(welcome.session_id),
         client_name: None,
         positions: Vec::new(),
         session_name: None,
-    })))
-    .await
-    .expect("hello");
-    match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    };
+    let (welcome, _send, _recv) = raw::send_hello(&second, hello).await.expect("welcome");
+    assert!(welcome.resumed);
     let (mut stream, mut stream_buf) = subscription_stream(&second, subscription).await;
     publisher
         .publish_acked("quiet.x", Bytes::from_static(b"next"))
@@ -481,10 +481,7 @@ async fn a_subscription_left_out_of_positions_gets_its_sent_messages_announced_a
         }
         other => panic!("expected a Gap for what the broker cannot vouch for, got {other:?}"),
     }
-    match read_frame(&mut stream, &mut stream_buf).await {
-        Some(Frame::Message(message)) => assert_eq!(message.sequence, 4),
-        other => panic!("expected Message, got {other:?}"),
-    }
+    read_message(&mut stream, &mut stream_buf, 4).await;
     broker.stop().await;
 }
 

@@ -6,17 +6,15 @@
 //! Without `mosquitto_pub` on `PATH` these tests print why and pass, except under CI (`CI=true`),
 //! where a missing client fails them (`.ci/run` installs it).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use cassini_broker::config::StorageMode;
 use cassini_broker::{Acl, BrokerConfig};
-use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
+use cassini_e2e::gateway::{connect_v5, Gateway};
+use cassini_e2e::{eventually, identity_of, within, Pki};
 use cassini_mqtt::{MqttOptions, MqttServer};
-use cassini_quic::server::ServerOptions;
 use cassini_quic::tls;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,113 +37,36 @@ fn have_mosquitto() -> bool {
     found
 }
 
-/// A broker with the MQTT gateway, and a directory of certificate files for the clients.
-struct Gateway {
-    broker: TestBroker,
-    mqtt: Arc<MqttServer>,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+/// A broker with the MQTT gateway, if the mosquitto clients are there (see `have_mosquitto`).
+async fn gateway_for_mosquitto() -> Option<Gateway> {
+    if !have_mosquitto() {
+        return None;
+    }
+    Some(Gateway::start().await)
 }
 
-impl Gateway {
-    async fn start() -> Self {
-        Self::start_with(BrokerConfig::default(), false).await
-    }
+/// The connection and TLS arguments of a mosquitto client with a certificate for `name`
+/// issued by `pki` (the broker's CA unless a test says otherwise).
+fn tls_args_from(gateway: &Gateway, pki: &Pki, name: &str) -> Vec<String> {
+    let (cert, key) = gateway.client_files_from(pki, name);
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "-h".into(),
+        "localhost".into(),
+        "-p".into(),
+        gateway.addr.port().to_string(),
+        "--cafile".into(),
+        path(gateway.ca_file()),
+        "--cert".into(),
+        path(cert),
+        "--key".into(),
+        path(key),
+    ]
+}
 
-    async fn start_with(config: BrokerConfig, plaintext: bool) -> Self {
-        let broker = TestBroker::start_with(config, ServerOptions::default()).await;
-        Self::serve(broker, plaintext, tempfile::tempdir().expect("temp dir")).await
-    }
-
-    /// Stops the broker and the gateway and starts both again with `config` (same
-    /// certificates and certificate files; the gateway on a new port).
-    async fn restart_with(self, config: BrokerConfig) -> Self {
-        self.mqtt.close(std::time::Duration::from_secs(3)).await;
-        let broker = self.broker.restart_with(config).await;
-        Self::serve(broker, false, self.dir).await
-    }
-
-    async fn serve(broker: TestBroker, plaintext: bool, dir: tempfile::TempDir) -> Self {
-        let (chain, key) = identity_of(&broker.pki.server);
-        let crypto = tls::server_crypto(broker.pki.ca_certs(), chain, key).expect("server TLS");
-        let options = MqttOptions {
-            allow_plaintext_loopback: plaintext,
-            ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
-        };
-        let mqtt = Arc::new(
-            MqttServer::bind(options, &crypto)
-                .await
-                .expect("MQTT binds"),
-        );
-        let addr = mqtt.local_addr().expect("MQTT address");
-        let serving = Arc::clone(&mqtt);
-        let handle = broker.broker.clone();
-        tokio::spawn(async move { serving.serve(handle).await });
-        std::fs::write(dir.path().join("ca.crt"), broker.pki.ca.cert_pem()).expect("ca.crt");
-        Self {
-            broker,
-            mqtt,
-            addr,
-            dir,
-        }
-    }
-
-    /// The connection and TLS arguments of a mosquitto client with a certificate for `name`
-    /// (issued by `pki`, the broker's CA unless a test says otherwise).
-    fn tls_args_from(&self, pki: &Pki, name: &str) -> Vec<String> {
-        let cert = self.dir.path().join(format!("{name}.crt"));
-        let key = self.dir.path().join(format!("{name}.key"));
-        pki.client(name)
-            .write(&cert, &key)
-            .expect("client certificate");
-        let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        vec![
-            "-h".into(),
-            "localhost".into(),
-            "-p".into(),
-            self.addr.port().to_string(),
-            "--cafile".into(),
-            path(self.dir.path().join("ca.crt")),
-            "--cert".into(),
-            path(cert),
-            "--key".into(),
-            path(key),
-        ]
-    }
-
-    /// The arguments for the certificate of `name` already written by `tls_args`.
-    fn tls_args_again(&self, name: &str) -> Vec<String> {
-        let path = |file: String| self.dir.path().join(file).to_string_lossy().into_owned();
-        vec![
-            "-h".into(),
-            "localhost".into(),
-            "-p".into(),
-            self.addr.port().to_string(),
-            "--cafile".into(),
-            path("ca.crt".into()),
-            "--cert".into(),
-            path(format!("{name}.crt")),
-            "--key".into(),
-            path(format!("{name}.key")),
-        ]
-    }
-
-    fn tls_args(&self, name: &str) -> Vec<String> {
-        self.tls_args_from(&self.broker.pki, name)
-    }
-
-    /// Waits until the broker holds a subscription to the Cassini filter `filter`.
-    async fn wait_subscribed(&self, filter: &str) {
-        eventually(&format!("a subscription to {filter}"), || async {
-            self.broker
-                .broker
-                .subscriptions()
-                .iter()
-                .any(|sub| sub.filter == filter)
-                .then_some(())
-        })
-        .await;
-    }
+/// The arguments of a mosquitto client with a certificate for `name` from the broker's CA.
+fn tls_args(gateway: &Gateway, name: &str) -> Vec<String> {
+    tls_args_from(gateway, &gateway.broker.pki, name)
 }
 
 fn command(program: &str, args: &[String], extra: &[&str]) -> Command {
@@ -163,6 +84,22 @@ async fn run(program: &str, args: &[String], extra: &[&str]) -> Output {
     .expect("client runs")
 }
 
+/// Runs `program` and asserts that it succeeded.
+async fn run_ok(program: &str, args: &[String], extra: &[&str]) -> Output {
+    let output = run(program, args, extra).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    output
+}
+
+/// Asserts that the client said `text` on its standard error.
+fn assert_reports(output: &Output, text: &str) {
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(text),
+        "{}",
+        describe(output)
+    );
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -178,13 +115,12 @@ fn describe(output: &Output) -> String {
 
 #[tokio::test]
 async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let quic = gateway.broker.client("reader").await;
     let mut subscription = quic.subscribe("plant.>").await.expect("subscribe");
-    let args = gateway.tls_args("device-1");
+    let args = tls_args(&gateway, "device-1");
     for (version, qos) in [
         ("mqttv311", "0"),
         ("mqttv311", "1"),
@@ -192,7 +128,7 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
         ("mqttv5", "1"),
     ] {
         let payload = format!("{version} qos {qos}");
-        let output = run(
+        run_ok(
             "mosquitto_pub",
             &args,
             &[
@@ -207,7 +143,6 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
             ],
         )
         .await;
-        assert!(output.status.success(), "{}", describe(&output));
         let message = within("the QUIC delivery", subscription.next())
             .await
             .expect("subscription open");
@@ -218,11 +153,10 @@ async fn mosquitto_pub_reaches_a_quic_subscriber_in_both_versions_and_qos() {
 
 #[tokio::test]
 async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
-    let args = gateway.tls_args("display");
+    };
+    let args = tls_args(&gateway, "display");
     for version in ["mqttv311", "mqttv5"] {
         let sub = command(
             "mosquitto_sub",
@@ -274,40 +208,22 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
     }
 }
 
-impl Gateway {
-    /// Waits until no subscription to `filter` is left (a clean session ended).
-    async fn wait_unsubscribed(&self, filter: &str) {
-        eventually(&format!("no subscription to {filter}"), || async {
-            (!self
-                .broker
-                .broker
-                .subscriptions()
-                .iter()
-                .any(|sub| sub.filter == filter))
-            .then_some(())
-        })
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
-    let publisher = gateway.tls_args("publisher");
-    let output = run(
+    };
+    let publisher = tls_args(&gateway, "publisher");
+    run_ok(
         "mosquitto_pub",
         &publisher,
         &["-q", "1", "-r", "-t", "home/kitchen/light", "-m", "on"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     // A new subscriber gets the retained value first, with the retain flag (%r).
-    let subscriber = gateway.tls_args("subscriber");
-    let retained = run(
+    let subscriber = tls_args(&gateway, "subscriber");
+    let retained = run_ok(
         "mosquitto_sub",
         &subscriber,
         &[
@@ -322,7 +238,6 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
         ],
     )
     .await;
-    assert!(retained.status.success(), "{}", describe(&retained));
     assert_eq!(stdout(&retained).trim(), "1 home/kitchen/light on");
 
     let live = tokio::spawn(
@@ -336,13 +251,12 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
         .output(),
     );
     gateway.wait_subscribed("home.>").await;
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &publisher,
         &["-V", "mqttv5", "-t", "home/hall/door", "-m", "open"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     let output = within("mosquitto_sub", live)
         .await
         .expect("joined")
@@ -356,11 +270,10 @@ async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
 
 #[tokio::test]
 async fn a_qos1_subscription_outlives_its_connection_and_is_resumed_by_client_id() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
-    let subscriber = gateway.tls_args("logger");
+    };
+    let subscriber = tls_args(&gateway, "logger");
     // -c: clean session off, so the session outlives the connection.
     let first = tokio::spawn(
         command(
@@ -416,32 +329,30 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     }
     let data = tempfile::tempdir().expect("data dir");
     let gateway = Gateway::start_with(durable(data.path()), false).await;
-    let subscriber = gateway.tls_args("archiver");
+    let subscriber = tls_args(&gateway, "archiver");
     // The subscriber's session (clean session off) holds a QoS 1 subscription, then leaves.
-    let output = run(
+    run_ok(
         "mosquitto_sub",
         &subscriber,
         &["-c", "-i", "archiver-1", "-q", "1", "-t", "ledger/#", "-E"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     eventually("the session detached", || async {
         (gateway.broker.broker.connection_count() == 0).then_some(())
     })
     .await;
     // mosquitto_pub gets its PUBACK only once the broker synced the message to disk.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
-        &gateway.tls_args("teller"),
+        &tls_args(&gateway, "teller"),
         &["-q", "1", "-t", "ledger/entry", "-m", "credit 100"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     let gateway = gateway.restart_with(durable(data.path())).await;
     let output = run(
         "mosquitto_sub",
-        &gateway.tls_args_again("archiver"),
+        &tls_args(&gateway, "archiver"),
         &[
             "-c",
             "-i",
@@ -468,15 +379,14 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
 
 #[tokio::test]
 async fn a_will_is_published_when_its_client_vanishes() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let quic = gateway.broker.client("watcher").await;
     let mut wills = quic.subscribe("status.>").await.expect("subscribe");
     let mut doomed = command(
         "mosquitto_sub",
-        &gateway.tls_args("doomed"),
+        &tls_args(&gateway, "doomed"),
         &[
             "-t",
             "nothing/here",
@@ -523,7 +433,7 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
     let gateway = Gateway::start_with(config, false).await;
     let trusted = gateway.broker.client("trusted").await;
     let mut vault = trusted.subscribe("vault.>").await.expect("subscribe");
-    let intruder = gateway.tls_args("intruder");
+    let intruder = tls_args(&gateway, "intruder");
 
     // MQTT 5: the SUBACK says 0x87 Not authorized; mosquitto_sub reports it and gives up.
     let output = run(
@@ -532,11 +442,7 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
         &["-V", "mqttv5", "-t", "vault/#", "-C", "1", "-W", "5"],
     )
     .await;
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("denied"),
-        "{}",
-        describe(&output)
-    );
+    assert_reports(&output, "denied");
 
     // MQTT 5 QoS 1: the PUBACK says 0x87, which mosquitto_pub reports.
     let output = run(
@@ -545,19 +451,14 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
         &["-V", "mqttv5", "-q", "1", "-t", "vault/gold", "-m", "mine"],
     )
     .await;
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("Not authorized"),
-        "{}",
-        describe(&output)
-    );
+    assert_reports(&output, "Not authorized");
     // 3.1.1 cannot say why; the publish is dropped all the same.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
         &intruder,
         &["-q", "1", "-t", "vault/silver", "-m", "mine"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
 
     trusted
         .publish_acked("vault.marker", Bytes::from_static(b"end"))
@@ -573,14 +474,13 @@ async fn the_acl_refuses_mqtt_publishes_and_subscriptions_with_the_reason() {
 
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
-    if !have_mosquitto() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
         return;
-    }
-    let gateway = Gateway::start().await;
+    };
     let stranger = Pki::new();
     let output = run(
         "mosquitto_pub",
-        &gateway.tls_args_from(&stranger, "stranger"),
+        &tls_args_from(&gateway, &stranger, "stranger"),
         &["-t", "any/topic", "-m", "x"],
     )
     .await;
@@ -593,16 +493,6 @@ async fn a_certificate_from_another_ca_is_refused() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
     );
-}
-
-/// An MQTT 5 CONNECT for client id `id` with a 60 s keep-alive.
-fn connect_v5(id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 60, 0];
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
 }
 
 /// Reads until the server closes the connection; returns what it sent.
@@ -677,13 +567,12 @@ async fn malformed_packets_close_only_their_own_connection() {
         );
     }
     // The gateway still serves everyone else.
-    let output = run(
+    run_ok(
         "mosquitto_pub",
-        &gateway.tls_args("healthy"),
+        &tls_args(&gateway, "healthy"),
         &["-t", "ok/still", "-m", "fine"],
     )
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
     let message = within("delivery", subscription.next()).await.expect("open");
     assert_eq!(message.topic(), "ok.still");
 }
@@ -714,4 +603,165 @@ async fn plain_tcp_needs_the_loopback_switch() {
         MqttServer::bind(options, &crypto).await.is_err(),
         "plaintext on a non-loopback address must be refused"
     );
+}
+
+#[tokio::test]
+async fn an_mqtt5_session_expiry_interval_shorter_than_the_brokers_ends_the_session_after_it() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
+        return;
+    };
+    let subscriber = tls_args(&gateway, "brief");
+    // MQTT 5, clean start off, a Session Expiry Interval of 1 s (the broker keeps 300 s).
+    run_ok(
+        "mosquitto_sub",
+        &subscriber,
+        &[
+            "-V", "mqttv5", "-c", "-i", "brief-1", "-x", "1", "-q", "1", "-t", "brief/#", "-E",
+        ],
+    )
+    .await;
+    gateway
+        .broker
+        .wait_for_stats("the session expired after 1 s", |stats| stats.sessions == 0)
+        .await;
+    assert!(gateway.broker.broker.subscriptions().is_empty());
+}
+
+/// The `mosquitto_sub` arguments of an MQTT 5 client `id` of `status/` whose session outlives
+/// it, with a will on `status/ID` and `extra` arguments.
+fn will_holder(id: &str, will_delay: &str) -> Vec<String> {
+    [
+        "-V",
+        "mqttv5",
+        "-c",
+        "-i",
+        id,
+        "-x",
+        "300",
+        "-t",
+        &format!("{id}/inbox"),
+        "--will-topic",
+        &format!("status/{id}"),
+        "--will-payload",
+        "gone",
+        "-D",
+        "will",
+        "will-delay-interval",
+        will_delay,
+        "-W",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts `mosquitto_sub` with `args` and waits until it subscribed to `{id}/inbox`.
+async fn hold_session(
+    gateway: &Gateway,
+    name: &str,
+    id: &str,
+    args: &[String],
+) -> tokio::process::Child {
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command("mosquitto_sub", &tls_args(gateway, name), &extra)
+        .spawn()
+        .expect("mosquitto_sub starts");
+    gateway.wait_subscribed(&format!("{id}.inbox")).await;
+    child
+}
+
+#[tokio::test]
+async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
+        return;
+    };
+    let stats = gateway.mqtt.stats();
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    let counter =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A will delay of 60 s: the connection vanishes, the will waits.
+    let mut lazarus = hold_session(
+        &gateway,
+        "lazarus",
+        "lazarus",
+        &will_holder("lazarus", "60"),
+    )
+    .await;
+    lazarus.kill().await.expect("killed");
+    eventually("the will waits for its delay", || async {
+        (counter(&stats.wills_waiting) == 1).then_some(())
+    })
+    .await;
+    // The client is back within the delay: its will is never published.
+    run_ok(
+        "mosquitto_sub",
+        &tls_args(&gateway, "lazarus"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-i",
+            "lazarus",
+            "-x",
+            "300",
+            "-t",
+            "lazarus/inbox",
+            "-E",
+        ],
+    )
+    .await;
+    eventually("the will cancelled", || async {
+        (counter(&stats.wills_cancelled) == 1 && counter(&stats.wills_waiting) == 0).then_some(())
+    })
+    .await;
+
+    // A will delay of 1 s and nobody back: published once the delay passed.
+    let mut mortal = hold_session(&gateway, "mortal", "mortal", &will_holder("mortal", "1")).await;
+    let vanished = std::time::Instant::now();
+    mortal.kill().await.expect("killed");
+    let will = within("the delayed will", wills.next())
+        .await
+        .expect("open");
+    assert!(vanished.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(will.topic(), "status.mortal");
+    eventually("one will published, the other cancelled", || async {
+        (counter(&stats.wills_published) == 1 && counter(&stats.wills_cancelled) == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
+        return;
+    };
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    let _first = hold_session(&gateway, "twin", "twin", &will_holder("twin", "0")).await;
+    // The same client id again: it takes the session over, and the first connection's will is
+    // published as its connection closes (MQTT 5 §3.1.4).
+    run_ok(
+        "mosquitto_sub",
+        &tls_args(&gateway, "twin"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-i",
+            "twin",
+            "-x",
+            "300",
+            "-t",
+            "twin/inbox",
+            "-E",
+        ],
+    )
+    .await;
+    let will = within("the will of the connection taken over", wills.next())
+        .await
+        .expect("open");
+    assert_eq!(will.topic(), "status.twin");
+    assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_client::RequestError;
-use cassini_e2e::{assert_echoes, assert_no_responders, echo_service, within, TestBroker};
+use cassini_e2e::{assert_echoed, assert_no_responders, echo_service, within, TestBroker};
 use futures_util::StreamExt;
 
 #[tokio::test]
@@ -64,12 +64,7 @@ async fn a_queue_group_of_three_receives_each_message_exactly_once() {
 async fn a_leaving_group_member_loses_nothing_it_had_not_delivered() {
     const COUNT: u64 = 200;
     let broker = TestBroker::start().await;
-    let leaver = broker
-        .client_builder("leaver")
-        .subscription_buffer(1)
-        .connect()
-        .await
-        .expect("connect");
+    let leaver = broker.client_with_buffer("leaver", 1).await;
     let mut leaving = leaver.subscribe_queue("work", "pool").await.expect("join");
     let stayer = broker.client("stayer").await;
     let mut staying = stayer.subscribe_queue("work", "pool").await.expect("join");
@@ -112,7 +107,7 @@ async fn request_reply_round_trip() {
     let service = broker.client("service").await;
     let server = echo_service(&service, "svc.echo").await;
     let caller = broker.client("caller").await;
-    assert_echoes(&caller, "svc.echo", 5).await;
+    assert_echoed(&caller, "reply").await;
     server.abort();
     broker.stop().await;
 }

@@ -44,6 +44,29 @@ async fn next(subscription: &mut Subscription) -> cassini_client::Message {
         .expect("subscription open")
 }
 
+/// The gap a broker announces for `from..to`, lost for `reason`.
+fn missed(from: u64, to: u64, reason: GapReason) -> Gap {
+    Gap::Missed {
+        from,
+        to,
+        reason: Some(reason),
+    }
+}
+
+/// With the relay cut downstream: waits until `edge` gives its connection up, cuts the relay
+/// both ways, and waits until the broker has detached the session (one other connection, the
+/// publisher's, stays).
+async fn drop_connection(broker: &TestBroker, relay: &UdpRelay, edge: &Client) {
+    wait_for_state(edge, "the client notices the drop", |s| {
+        matches!(s, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    relay.cut();
+    broker
+        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
+        .await;
+}
+
 #[tokio::test]
 async fn a_silently_dropped_connection_resumes_and_nothing_queued_is_lost() {
     let broker = quick_broker(BrokerConfig::default()).await;
@@ -110,11 +133,7 @@ async fn a_backlog_bound_keeps_the_newest_and_reports_exactly_the_missing_range(
     let gaps = subscription.take_gaps();
     assert_eq!(
         gaps,
-        vec![Gap::Missed {
-            from: 2,
-            to: 901,
-            reason: Some(GapReason::Overflow)
-        }],
+        vec![missed(2, 901, GapReason::Overflow)],
         "one gap, announced by the broker, exactly the missing range"
     );
     broker.stop().await;
@@ -216,14 +235,7 @@ async fn an_at_least_once_subscriber_cut_off_gets_every_message_in_order_with_re
     // they are in flight, unacknowledged, when the client gives the connection up.
     relay.cut_downstream();
     publish_range(&publisher, "alo.x", 0..LOST_IN_FLIGHT).await;
-    wait_for_state(&edge, "the client notices the drop", |s| {
-        matches!(s, ConnectionState::Reconnecting { .. })
-    })
-    .await;
-    relay.cut();
-    broker
-        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
-        .await;
+    drop_connection(&broker, &relay, &edge).await;
     publish_range(&publisher, "alo.x", LOST_IN_FLIGHT..COUNT).await;
     relay.restore();
 
@@ -284,14 +296,7 @@ async fn cut_off_while_receiving(topic: &str) -> CutOffSubscriber {
 
     relay.cut_downstream();
     publish_range(&publisher, topic, 1..51).await;
-    wait_for_state(&edge, "the client notices the drop", |s| {
-        matches!(s, ConnectionState::Reconnecting { .. })
-    })
-    .await;
-    relay.cut();
-    broker
-        .wait_for_stats("the broker detaches the session", |s| s.connections == 1)
-        .await;
+    drop_connection(&broker, &relay, &edge).await;
     CutOffSubscriber {
         broker,
         relay,
@@ -316,11 +321,7 @@ async fn an_at_most_once_subscriber_is_told_exactly_what_was_lost_in_flight() {
     assert_next_indexes(&mut subscription, 51..61, "what was still queued, in order").await;
     assert_eq!(
         subscription.take_gaps(),
-        vec![Gap::Missed {
-            from: 2,
-            to: 51,
-            reason: Some(GapReason::Undelivered)
-        }],
+        vec![missed(2, 51, GapReason::Undelivered)],
         "the broker names the range it sent into the dropped connection"
     );
     broker.stop().await;
@@ -346,11 +347,7 @@ async fn a_gap_lost_in_flight_is_announced_on_resume_even_when_nothing_follows_i
     match event {
         Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
             gap,
-            Gap::Missed {
-                from: 2,
-                to: 51,
-                reason: Some(GapReason::Undelivered)
-            },
+            missed(2, 51, GapReason::Undelivered),
             "the broker names the range it sent into the dropped connection"
         ),
         other => panic!("expected the Undelivered gap, got {other:?}"),

@@ -262,12 +262,10 @@ async fn raw_resume(
     quinn::Connection,
     (quinn::SendStream, quinn::RecvStream),
 ) {
-    use cassini_e2e::raw::{encoded, read_frame};
-    use cassini_protocol::{Frame, Hello, ResumePosition, PROTOCOL_VERSION};
+    use cassini_protocol::{Hello, ResumePosition, PROTOCOL_VERSION};
 
     let (endpoint, connection) = broker.raw_connection("alice").await;
-    let (mut send, mut recv) = connection.open_bi().await.expect("control stream");
-    let hello = Frame::Hello(Hello {
+    let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         resume: Some(session),
         client_name: Some("raw".into()),
@@ -276,13 +274,11 @@ async fn raw_resume(
             last_sequence,
         }],
         session_name: None,
-    });
-    send.write_all(&encoded(&hello)).await.expect("hello");
-    let mut buf = bytes::BytesMut::new();
-    match read_frame(&mut recv, &mut buf).await {
-        Some(Frame::Welcome(welcome)) => assert!(welcome.resumed),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    };
+    let (welcome, send, recv) = cassini_e2e::raw::send_hello(&connection, hello)
+        .await
+        .expect("welcome");
+    assert!(welcome.resumed);
     (endpoint, connection, (send, recv))
 }
 
@@ -391,6 +387,17 @@ async fn receive(subscription: &mut cassini_client::Subscription, count: usize) 
     received
 }
 
+/// Connects as `identity` to its session named `name`: creates it, resumes it, or takes it
+/// over.
+async fn named_session(broker: &TestBroker, identity: &str, name: &str) -> cassini_client::Client {
+    broker
+        .client_builder(identity)
+        .session_name(name)
+        .connect()
+        .await
+        .expect("connects to the named session")
+}
+
 fn resumed(client: &cassini_client::Client) -> bool {
     matches!(
         client.state(),
@@ -478,12 +485,7 @@ async fn a_resume_of_an_unknown_session_starts_a_new_one() {
 #[tokio::test]
 async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
     let broker = patient_broker().await;
-    let first = broker
-        .client_builder("device")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("creates the named session");
+    let first = named_session(&broker, "device", "kitchen").await;
     assert!(!resumed(&first));
     let id = first.session_id();
     let mut subscription = first
@@ -497,23 +499,13 @@ async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
     publish_acked(&broker, "home.light", &["on", "off", "dim"]).await;
 
     // Another identity with the same name gets a session of its own.
-    let stranger = broker
-        .client_builder("stranger")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("connects");
+    let stranger = named_session(&broker, "stranger", "kitchen").await;
     assert!(!resumed(&stranger), "names are per identity");
     assert_ne!(stranger.session_id(), id);
     assert!(stranger.unclaimed_subscriptions().is_empty());
     stranger.close().await.expect("close");
 
-    let second = broker
-        .client_builder("device")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("resumes by name");
+    let second = named_session(&broker, "device", "kitchen").await;
     assert!(resumed(&second));
     assert_eq!(second.session_id(), id);
     let mut subscription = second
@@ -524,12 +516,7 @@ async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
 
     // A third connection with the name takes the session over.
     let mut states = second.state_changes();
-    let third = broker
-        .client_builder("device")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("takes over");
+    let third = named_session(&broker, "device", "kitchen").await;
     assert_eq!(third.session_id(), id);
     within(
         "the older connection hears of the takeover",
@@ -551,8 +538,8 @@ async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
 
 #[tokio::test]
 async fn an_invalid_session_name_is_refused_with_its_code() {
-    use cassini_e2e::raw::encoded;
-    use cassini_protocol::{Frame, Hello, PROTOCOL_VERSION};
+    use cassini_e2e::raw::send_hello;
+    use cassini_protocol::{Hello, PROTOCOL_VERSION};
 
     let broker = patient_broker().await;
     assert!(matches!(
@@ -565,15 +552,17 @@ async fn an_invalid_session_name_is_refused_with_its_code() {
     ));
     for name in [String::new(), "a/b".into(), "x".repeat(129)] {
         let (_endpoint, connection) = broker.raw_connection("device").await;
-        let (mut send, _recv) = connection.open_bi().await.expect("control stream");
-        let hello = Frame::Hello(Hello {
+        let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             resume: None,
             client_name: None,
             positions: Vec::new(),
             session_name: Some(name.clone()),
-        });
-        send.write_all(&encoded(&hello)).await.expect("hello");
+        };
+        assert!(
+            send_hello(&connection, hello).await.is_none(),
+            "name {name:?}"
+        );
         let (code, _) = close_of(&connection).await;
         assert_eq!(code, ErrorCode::INVALID_SESSION_NAME, "name {name:?}");
     }
@@ -583,22 +572,9 @@ async fn an_invalid_session_name_is_refused_with_its_code() {
 
 #[tokio::test]
 async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
-    use cassini_broker::config::StorageMode;
-
     let dir = tempfile::tempdir().expect("tempdir");
-    let durable = || {
-        let mut config = BrokerConfig::default();
-        config.storage.mode = StorageMode::Disk;
-        config.storage.data_dir = dir.path().to_path_buf();
-        config
-    };
-    let broker = TestBroker::start_with(durable(), ServerOptions::default()).await;
-    let first = broker
-        .client_builder("device")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("creates the named session");
+    let broker = TestBroker::start_with(durable(dir.path()), ServerOptions::default()).await;
+    let first = named_session(&broker, "device", "kitchen").await;
     let id = first.session_id();
     let subscription = first
         .subscribe_at_least_once("home.>")
@@ -608,14 +584,9 @@ async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
     drop(subscription);
     publish_acked(&broker, "home.door", &["open", "shut"]).await;
 
-    let broker = broker.restart_with(durable()).await;
+    let broker = broker.restart_with(durable(dir.path())).await;
 
-    let second = broker
-        .client_builder("device")
-        .session_name("kitchen")
-        .connect()
-        .await
-        .expect("resumes by name after the restart");
+    let second = named_session(&broker, "device", "kitchen").await;
     assert!(resumed(&second), "the name still leads to the session");
     assert_eq!(second.session_id(), id);
     let mut subscription = second
@@ -630,21 +601,13 @@ async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
 #[tokio::test]
 async fn a_named_session_ended_with_a_goodbye_is_created_afresh() {
     let broker = patient_broker().await;
-    let connect = || async {
-        broker
-            .client_builder("device")
-            .session_name("kitchen")
-            .connect()
-            .await
-            .expect("connects")
-    };
-    let first = connect().await;
+    let first = named_session(&broker, "device", "kitchen").await;
     let id = first.session_id();
     first.close().await.expect("goodbye ends the session");
     broker
         .wait_for_stats("the session ended", |s| s.sessions == 0)
         .await;
-    let second = connect().await;
+    let second = named_session(&broker, "device", "kitchen").await;
     assert!(!resumed(&second), "the name ended with its session");
     assert_ne!(second.session_id(), id);
     assert_eq!(broker.stats().await.sessions, 1);

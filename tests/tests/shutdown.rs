@@ -51,12 +51,7 @@ async fn a_graceful_shutdown_first_delivers_every_queued_at_least_once_message()
         Bytes::from(bytes)
     };
     let broker = TestBroker::start().await;
-    let subscriber = broker
-        .client_builder("subscriber")
-        .subscription_buffer(4)
-        .connect()
-        .await
-        .expect("subscriber connects");
+    let subscriber = broker.client_with_buffer("subscriber", 4).await;
     let options = SubscribeOptions {
         acks: Some(AckOptions::default()),
         max_queued_bytes: Some(32 * 1024 * 1024),

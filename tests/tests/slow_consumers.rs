@@ -27,12 +27,7 @@ async fn flood(
     broker: &TestBroker,
     overflow: OverflowPolicy,
 ) -> (Client, Subscription, Subscription) {
-    let subscriber = broker
-        .client_builder("subscriber")
-        .subscription_buffer(8)
-        .connect()
-        .await
-        .expect("connect");
+    let subscriber = broker.client_with_buffer("subscriber", 8).await;
     let slow = subscriber
         .subscribe_with("slow.*", slow_options(overflow))
         .await
@@ -180,12 +175,7 @@ async fn close_ends_only_the_slow_subscription() {
 #[tokio::test]
 async fn a_stalled_subscription_does_not_hold_up_publishers() {
     let broker = TestBroker::start().await;
-    let subscriber = broker
-        .client_builder("stalled")
-        .subscription_buffer(1)
-        .connect()
-        .await
-        .expect("connect");
+    let subscriber = broker.client_with_buffer("stalled", 1).await;
     let _stalled = subscriber
         .subscribe_with("stall.x", slow_options(OverflowPolicy::DropOldest))
         .await

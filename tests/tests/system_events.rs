@@ -257,12 +257,7 @@ async fn slow_consumers_and_session_expiries_are_published() {
     let mut events = ops.subscribe("$SYS.event.>").await.expect("ops may read");
 
     // A subscriber that never reads: its two queues overflow, one closing, one dropping.
-    let subscriber = broker
-        .client_builder("stalled")
-        .subscription_buffer(1)
-        .connect()
-        .await
-        .expect("connect");
+    let subscriber = broker.client_with_buffer("stalled", 1).await;
     let bounded = |overflow| SubscribeOptions {
         overflow,
         max_queued_messages: Some(2),

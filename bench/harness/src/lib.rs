@@ -29,5 +29,5 @@ pub mod request;
 pub mod throughput;
 
 pub use latencies::Latencies;
-pub use peer::{BenchClient, BenchSubscription, Connector};
+pub use peer::{answer_until_stopped, BenchClient, BenchSubscription, Connector};
 pub use report::Report;

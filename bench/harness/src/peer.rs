@@ -5,11 +5,13 @@
 //! An adapter must make `subscribe` return only once the broker has the subscription in place,
 //! so that a message published afterwards on another connection reaches it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -90,4 +92,32 @@ pub async fn publisher_and_subscriber<C: Connector>(
         .await
         .context("publisher")?;
     Ok((subscriber, subscription, publisher))
+}
+
+/// The loop of a [`Connector::serve_echo`] responder: hands each request of `requests` to
+/// `answer` (which says whether it answered it) until `stop` is cancelled or the requests end,
+/// and returns how many it answered.
+pub async fn answer_until_stopped<S, A, F>(
+    requests: &mut S,
+    stop: &CancellationToken,
+    mut answer: A,
+) -> anyhow::Result<u64>
+where
+    S: Stream + Unpin,
+    A: FnMut(S::Item) -> F,
+    F: Future<Output = anyhow::Result<bool>>,
+{
+    let mut answered = 0u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            request = requests.next() => {
+                let Some(request) = request else { break };
+                if answer(request).await? {
+                    answered += 1;
+                }
+            }
+        }
+    }
+    Ok(answered)
 }

@@ -2,13 +2,14 @@
 //!
 //! - `nats ... SCENARIO` and `mosquitto ... SCENARIO` run one of `cassini-bench`'s scenarios
 //!   against a NATS or MQTT broker, with the same flags and the same report as `cassini bench
-//!   SCENARIO --server ...`, measured by the same code.
+//!   SCENARIO --server ...`, measured by the same code. `mosquitto --label cassini-mqtt-qos0`
+//!   measures Cassini's MQTT gateway with the very client that measures Mosquitto.
 //! - `summary FILE` reads the JSON reports `bench/peers.sh` collected and prints the medians
 //!   per broker and the Cassini/peer ratios.
 //!
 //! # Layout
 //! - `nats`: the NATS adapter (async-nats).
-//! - `mqtt`: the MQTT adapter (rumqttc), for Mosquitto.
+//! - `mqtt`: the MQTT adapter (rumqttc), for Mosquitto and Cassini's MQTT gateway.
 //! - `summary`: medians and ratios.
 
 mod mqtt;
@@ -43,13 +44,18 @@ enum Command {
         #[command(subcommand)]
         scenario: Scenario,
     },
-    /// Measure an MQTT 3.1.1 broker such as Mosquitto (TLS with a client certificate).
+    /// Measure an MQTT 3.1.1 broker such as Mosquitto, or Cassini's MQTT gateway (TLS with a
+    /// client certificate).
     Mosquitto {
         #[command(flatten)]
         target: PeerTarget,
         /// MQTT quality of service for publishes and subscriptions: 0 or 1.
         #[arg(long, default_value_t = 0)]
         qos: u8,
+        /// The broker's name in the reports [default: mosquitto-qos0 or mosquitto-qos1];
+        /// `bench/peers.sh` names Cassini's MQTT gateway `cassini-mqtt-qos0`/`-qos1`.
+        #[arg(long)]
+        label: Option<String>,
         #[command(subcommand)]
         scenario: Scenario,
     },
@@ -113,8 +119,9 @@ fn main() -> ExitCode {
             Command::Mosquitto {
                 target,
                 qos,
+                label,
                 scenario,
-            } => run(&mqtt::MqttConnector::new(target, qos)?, scenario).await,
+            } => run(&mqtt::MqttConnector::new(target, qos, label)?, scenario).await,
             Command::Summary { file } => summary::print(&file),
         }
     });

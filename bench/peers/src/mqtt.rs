@@ -1,4 +1,4 @@
-//! Mosquitto (any MQTT 3.1.1 broker) as a broker under test, through rumqttc over TLS with a
+//! Mosquitto (any MQTT 3.1.1 broker, Cassini's MQTT gateway too) as a broker under test, through rumqttc over TLS with a
 //! client certificate, at QoS 0 or 1, with TCP_NODELAY set (rumqttc leaves Nagle on by
 //! default, which would add delay no other broker here pays).
 //!
@@ -33,18 +33,22 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct MqttConnector {
     target: PeerTarget,
     qos: QoS,
+    /// How the reports name the broker.
+    label: String,
     tls: Arc<rustls::ClientConfig>,
     host: String,
     port: u16,
 }
 
 impl MqttConnector {
-    pub(crate) fn new(target: PeerTarget, qos: u8) -> anyhow::Result<Self> {
+    /// `label` names the broker in the reports; `None`: `mosquitto-qos0` or `mosquitto-qos1`.
+    pub(crate) fn new(target: PeerTarget, qos: u8, label: Option<String>) -> anyhow::Result<Self> {
         let qos = match qos {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
             other => anyhow::bail!("QoS {other} is not measured (0 or 1)"),
         };
+        let label = label.unwrap_or_else(|| format!("mosquitto-qos{}", qos as u8));
         let (host, port) = target
             .server
             .rsplit_once(':')
@@ -56,6 +60,7 @@ impl MqttConnector {
             port,
             target,
             qos,
+            label,
             tls,
         })
     }
@@ -81,11 +86,7 @@ impl Connector for MqttConnector {
     type Client = MqttClient;
 
     fn broker(&self) -> String {
-        match self.qos {
-            QoS::AtMostOnce => "mosquitto-qos0",
-            _ => "mosquitto-qos1",
-        }
-        .to_string()
+        self.label.clone()
     }
 
     async fn connect(&self, name: &str) -> anyhow::Result<MqttClient> {
@@ -254,5 +255,62 @@ pub(crate) struct MqttSubscription(mpsc::Receiver<Bytes>);
 impl BenchSubscription for MqttSubscription {
     async fn next(&mut self) -> Option<Bytes> {
         self.0.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! CI's tiny round of the rows `bench/peers.sh` measures against Cassini's MQTT gateway:
+    //! throughput and latency at QoS 0 and 1, through this adapter, against a real broker and
+    //! gateway with mutual TLS. It asserts that the scenarios run and lose nothing, never a
+    //! speed.
+
+    use cassini_bench::args::{LatencyArgs, OutputArgs, ThroughputArgs};
+    use cassini_e2e::gateway::Gateway;
+
+    use super::*;
+
+    fn connector(gateway: &Gateway, qos: u8) -> MqttConnector {
+        gateway.client_files("dev");
+        let target = PeerTarget {
+            server: format!("localhost:{}", gateway.addr.port()),
+            certs: gateway.dir.path().to_path_buf(),
+            name: "dev".into(),
+            subscription_capacity: 1 << 16,
+        };
+        MqttConnector::new(target, qos, Some(format!("cassini-mqtt-qos{qos}")))
+            .expect("MQTT connector")
+    }
+
+    #[tokio::test]
+    async fn the_gateway_rows_run_a_tiny_round_at_qos_0_and_1() {
+        let gateway = Gateway::start().await;
+        for qos in [0, 1] {
+            let connector = connector(&gateway, qos);
+            let args = ThroughputArgs {
+                count: 500,
+                size: 64,
+                output: OutputArgs { json: true },
+            };
+            let report = cassini_bench::throughput::run(&connector, &args)
+                .await
+                .expect("throughput runs")
+                .to_json();
+            assert_eq!(report["broker"], format!("cassini-mqtt-qos{qos}"));
+            assert_eq!(report["lost"], 0, "throughput at QoS {qos}: {report}");
+            let args = LatencyArgs {
+                rate: 500,
+                duration: 0.3,
+                size: 64,
+                warmup: 0.1,
+                plot: None,
+                output: OutputArgs { json: true },
+            };
+            let report = cassini_bench::latency::run(&connector, &args)
+                .await
+                .expect("latency runs")
+                .to_json();
+            assert_eq!(report["lost"], 0, "latency at QoS {qos}: {report}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use cassini_bench::{BenchClient, BenchSubscription, Connector};
+use cassini_bench::{answer_until_stopped, BenchClient, BenchSubscription, Connector};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,19 +78,17 @@ impl Connector for NatsConnector {
         let mut requests = client.subscribe(topic.to_string()).await?;
         client.flush().await?;
         Ok(tokio::spawn(async move {
-            let mut served = 0u64;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    request = requests.next() => {
-                        let Some(request) = request else { break };
-                        if let Some(reply) = request.reply {
-                            client.publish(reply, request.payload).await?;
-                            served += 1;
-                        }
-                    }
+            let served = answer_until_stopped(&mut requests, &stop, |request| {
+                let client = &client;
+                async move {
+                    let Some(reply) = request.reply else {
+                        return Ok(false);
+                    };
+                    client.publish(reply, request.payload).await?;
+                    Ok(true)
                 }
-            }
+            })
+            .await?;
             let _ = client.drain().await;
             Ok(served)
         }))

@@ -1,7 +1,9 @@
 //! `summary FILE`: the side-by-side table of `bench/peers.sh`. Reads one JSON report per line
 //! (from `cassini bench ... --json` and `cassini-bench-peers ... --json`), groups them by case
 //! (scenario and its distinguishing parameters) and broker, takes the median of each figure
-//! over the repetitions, and prints a Markdown table with the ratio Cassini/peer per peer.
+//! over the repetitions, and prints a Markdown table with the ratio Cassini/peer per peer, and
+//! the ratio of Cassini's MQTT gateway to Mosquitto at each QoS (`cassini-mqtt-qosN` over
+//! `mosquitto-qosN`: the same MQTT client against both).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +42,27 @@ fn case(report: &Value) -> String {
         "request" => format!("request/reply, {} B", param("size")),
         other => other.to_string(),
     }
+}
+
+/// The ratio columns, as (ours, theirs): `cassini` against every peer, and each
+/// `cassini-mqtt-qosN` (the MQTT gateway) against `mosquitto-qosN`.
+fn comparisons(brokers: &[String]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    if brokers.iter().any(|broker| broker == "cassini") {
+        for peer in brokers.iter().filter(|b| !b.starts_with("cassini")) {
+            pairs.push(("cassini".to_string(), peer.clone()));
+        }
+    }
+    for gateway in brokers {
+        let Some(qos) = gateway.strip_prefix("cassini-mqtt-") else {
+            continue;
+        };
+        let mosquitto = format!("mosquitto-{qos}");
+        if brokers.contains(&mosquitto) {
+            pairs.push((gateway.clone(), mosquitto));
+        }
+    }
+    pairs
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -105,15 +128,15 @@ pub(crate) fn print(file: &Path) -> anyhow::Result<()> {
         .collect();
     brokers.sort_by_key(|broker| (!broker.starts_with("cassini"), broker.clone()));
     brokers.dedup();
-    let cassini = brokers.iter().find(|b| b.starts_with("cassini")).cloned();
-    let peers: Vec<&String> = brokers
-        .iter()
-        .filter(|b| !b.starts_with("cassini"))
-        .collect();
+    let pairs = comparisons(&brokers);
 
     let mut header = vec!["case".to_string(), "figure".to_string()];
     header.extend(brokers.iter().cloned());
-    header.extend(peers.iter().map(|peer| format!("cassini/{peer}")));
+    header.extend(
+        pairs
+            .iter()
+            .map(|(ours, theirs)| format!("{ours}/{theirs}")),
+    );
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
     for (case, by_broker) in &cases {
@@ -145,11 +168,10 @@ pub(crate) fn print(file: &Path) -> anyhow::Result<()> {
                     format!("{} (n={runs})", show(*value))
                 }));
             }
-            for peer in &peers {
-                let ratio = cassini
-                    .as_ref()
-                    .and_then(|c| medians.get(c))
-                    .zip(medians.get(*peer))
+            for (ours, theirs) in &pairs {
+                let ratio = medians
+                    .get(ours)
+                    .zip(medians.get(theirs))
                     .filter(|_| *label != "lost")
                     .map(|((ours, _), (theirs, _))| ours / theirs.max(f64::MIN_POSITIVE));
                 row.push(ratio.map_or("—".into(), |ratio| format!("{ratio:.2}")));
@@ -159,8 +181,9 @@ pub(crate) fn print(file: &Path) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "Medians over the repetitions (n = runs). Ratios are Cassini's median over the peer's:"
+        "Medians over the repetitions (n = runs). Ratios are Cassini's median over the peer's"
     );
+    println!("(the MQTT gateway's over Mosquitto's at the same QoS, with the same MQTT client):");
     println!("above 1 is better for msg/s, deliveries/s and round trips/s; below 1 is better for latencies.");
     Ok(())
 }
@@ -174,6 +197,34 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn cassini_is_compared_with_every_peer_and_the_gateway_with_mosquitto_at_its_qos() {
+        let brokers: Vec<String> = [
+            "cassini",
+            "cassini-mqtt-qos0",
+            "cassini-mqtt-qos1",
+            "mosquitto-qos0",
+            "mosquitto-qos1",
+            "nats",
+        ]
+        .map(String::from)
+        .to_vec();
+        let pairs: Vec<String> = comparisons(&brokers)
+            .into_iter()
+            .map(|(ours, theirs)| format!("{ours}/{theirs}"))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                "cassini/mosquitto-qos0",
+                "cassini/mosquitto-qos1",
+                "cassini/nats",
+                "cassini-mqtt-qos0/mosquitto-qos0",
+                "cassini-mqtt-qos1/mosquitto-qos1",
+            ]
+        );
     }
 
     #[test]

@@ -103,7 +103,12 @@ async def bench_cassini(messages: int, size: int) -> dict:
         finally:
             broker.terminate()
             broker.wait(10)
-    return {"received": received, "dropped": gaps, "seconds": last - first,
+    return figures(received, gaps, first, last)
+
+
+def figures(received: int, dropped: int, first: float, last: float) -> dict:
+    """One broker's result: what arrived between the first and the last message, and how fast."""
+    return {"received": received, "dropped": dropped, "seconds": last - first,
             "rate": received / (last - first) if last > first else 0.0}
 
 
@@ -173,8 +178,7 @@ async def bench_nats(messages: int, size: int) -> dict:
     finally:
         server.terminate()
         server.wait(10)
-    return {"received": received, "dropped": dropped, "seconds": last - first,
-            "rate": received / (last - first) if last > first else 0.0}
+    return figures(received, dropped, first, last)
 
 
 def main() -> None:

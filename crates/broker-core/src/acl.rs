@@ -100,11 +100,17 @@ pub struct Rule {
     pub queue: QueuePatterns,
 }
 
-/// A queue-group name pattern: literal text in which `*` matches any run of characters.
+/// A name pattern: literal text in which `*` matches any run of characters (none too).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupPattern(String);
+pub struct NamePattern(String);
 
-impl GroupPattern {
+/// A queue-group name pattern.
+pub type GroupPattern = NamePattern;
+
+/// An identity pattern.
+pub type IdentityPattern = NamePattern;
+
+impl NamePattern {
     /// A pattern from its text.
     pub fn new(pattern: impl Into<String>) -> Self {
         Self(pattern.into())
@@ -115,30 +121,9 @@ impl GroupPattern {
         &self.0
     }
 
-    /// Whether the group `name` matches the pattern.
+    /// Whether `name` (a queue group's or an identity) matches the pattern.
     pub fn matches(&self, name: &str) -> bool {
         glob_matches(self.0.as_bytes(), name.as_bytes())
-    }
-}
-
-/// An identity pattern: literal text in which `*` matches any run of characters (none too).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityPattern(String);
-
-impl IdentityPattern {
-    /// A pattern from its text.
-    pub fn new(pattern: impl Into<String>) -> Self {
-        Self(pattern.into())
-    }
-
-    /// The pattern's text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `identity` matches the pattern.
-    pub fn matches(&self, identity: &str) -> bool {
-        glob_matches(self.0.as_bytes(), identity.as_bytes())
     }
 }
 
@@ -334,36 +319,31 @@ impl Permissions {
 
     /// Whether a subscription to `filter` is allowed.
     pub fn may_subscribe(&self, filter: &TopicFilter) -> bool {
-        if self
-            .subscribe
-            .deny
-            .iter()
-            .any(|deny| overlaps(deny, filter))
-        {
-            return false;
-        }
-        if self
-            .subscribe
-            .allow
-            .iter()
-            .chain(&self.own_inbox)
-            .any(|allow| covers(allow, filter))
-        {
-            return true;
-        }
-        self.default == DefaultDecision::Allow && !is_reserved_from_wildcards(filter.as_str())
+        self.subscribe_decision(
+            filter.as_str(),
+            |deny| overlaps(deny, filter),
+            |allow| covers(allow, filter),
+        )
     }
 
     /// Whether a request may ask for its replies on `reply_to`: whether its publisher could
     /// subscribe to that topic (as [`Permissions::may_subscribe`] decides for the topic taken
     /// as a filter).
     pub fn may_receive(&self, reply_to: &TopicName) -> bool {
-        if self
-            .subscribe
-            .deny
-            .iter()
-            .any(|deny| deny.matches(reply_to))
-        {
+        let matches = |pattern: &TopicFilter| pattern.matches(reply_to);
+        self.subscribe_decision(reply_to.as_str(), matches, matches)
+    }
+
+    /// The subscribe rules' decision for `target`: refused if `denied_by` a `deny_subscribe`
+    /// pattern, allowed if `allowed_by` a `subscribe` pattern or the identity's own inbox,
+    /// otherwise the default (which never opens the reserved topics to wildcards).
+    fn subscribe_decision(
+        &self,
+        target: &str,
+        denied_by: impl Fn(&TopicFilter) -> bool,
+        allowed_by: impl Fn(&TopicFilter) -> bool,
+    ) -> bool {
+        if self.subscribe.deny.iter().any(denied_by) {
             return false;
         }
         if self
@@ -371,11 +351,11 @@ impl Permissions {
             .allow
             .iter()
             .chain(&self.own_inbox)
-            .any(|allow| allow.matches(reply_to))
+            .any(allowed_by)
         {
             return true;
         }
-        self.default == DefaultDecision::Allow && !is_reserved_from_wildcards(reply_to.as_str())
+        self.default == DefaultDecision::Allow && !is_reserved_from_wildcards(target)
     }
 
     /// Whether the identity may join the queue group `group` (its subscription to the filter

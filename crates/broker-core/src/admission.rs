@@ -161,7 +161,8 @@ impl Publisher {
     }
 
     /// [`Publisher::admit`] for a message a cluster peer forwarded (a [`Publisher::peer`]): it
-    /// goes to local plain subscribers and to one member of each queue group in `groups`.
+    /// goes to local plain subscribers and to one member of each queue group in `groups`, or,
+    /// a direct message (`to_session`), to that session's matching subscriptions only.
     pub(crate) fn admit_forwarded(
         &mut self,
         shared: &Shared,
@@ -170,7 +171,6 @@ impl Publisher {
     ) -> Result<Admitted, BrokerError> {
         publish.retain = false;
         publish.ack = false;
-        publish.to_session = None;
         let admitted = self.checked(shared, publish, Some(groups));
         if admitted.is_err() {
             shared.router.counters().rejected();
@@ -379,8 +379,10 @@ fn check_room(
 /// quota, if any), routes it (through `routes` when given) and counts it: as a received
 /// message and in its topic's `traffic` when given (every publish but a system event's). In a
 /// cluster, a counted message that did not come `from_peer` is also forwarded to the peers
-/// whose interest matches (a direct message and a system event are not: both stay on their
-/// node); one that did goes to local subscribers only, to the groups named. Returns how many
+/// whose interest matches (a system event is not: it stays on its node), and a direct message
+/// for a session this node does not hold goes to the peer holding it; one that came
+/// `from_peer` goes to local subscribers only, to the groups named (a direct one: to its
+/// session's subscriptions). Returns how many
 /// subscriptions (and peers) it was offered to, and the `reply_to` of a request that reached
 /// nobody (never for a forwarded message: its origin decides that).
 // The steps of one publish, each its own argument so every caller names what it passes.
@@ -400,15 +402,19 @@ fn route(
     }
     let message = Arc::new(message);
     let report = match (from_peer, routes) {
+        // A direct message a peer forwarded: to its session's matching subscriptions only.
+        (Some(_), _) if target.is_some() => router.publish(&message, target),
         (Some(groups), _) => router.publish_from_peer(&message, groups),
         (None, Some(cache)) => router.publish_cached(&message, target, cache),
         (None, None) => router.publish(&message, target),
     };
     let mut offered = report.offered;
-    if let (None, None, true, Some(cluster)) =
-        (from_peer, target, traffic.is_some(), router.cluster())
-    {
-        offered += cluster.forward(&message);
+    if let (None, true, Some(cluster)) = (from_peer, traffic.is_some(), router.cluster()) {
+        offered += match target {
+            None => cluster.forward(&message),
+            Some(session) if report.offered == 0 => cluster.forward_direct(&message, session),
+            Some(_) => 0,
+        };
     }
     if let Some((traffic, slot)) = traffic {
         router.counters().received(message.payload.len());

@@ -26,6 +26,10 @@
 //!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
 //!   queued changes are discarded and the link sends a fresh snapshot (with the latest
 //!   sequence number) instead, so memory stays bounded and the peer still converges in order.
+//! - **Sessions and addresses** ([`sessions`]): each node also tells its peers which filters
+//!   each of its sessions holds, so a direct message goes only to the node holding its session
+//!   ([`Cluster::forward_direct`]); and the client address it advertises, so a client's
+//!   `Welcome` can list every node in routing ([`Cluster::client_addresses`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +43,11 @@ use tokio::sync::{mpsc, Notify};
 use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
+pub mod sessions;
+
+use cassini_protocol::SessionId;
+pub use sessions::SessionInterest;
+use sessions::SessionTable;
 /// The most interest changes queued towards one peer; beyond it the link sends a fresh snapshot
 /// instead of the queued changes (see the module documentation).
 pub const MAX_QUEUED_INTEREST_CHANGES: usize = 1024;
@@ -89,6 +98,9 @@ pub enum InterestUpdate {
         seq: u64,
         /// Every entry with a count above 0.
         entries: Vec<InterestEntry>,
+        /// Every entry of this node's session table (empty when left off).
+        #[serde(default)]
+        sessions: Vec<SessionInterest>,
     },
     /// One changed entry.
     Change {
@@ -97,13 +109,22 @@ pub enum InterestUpdate {
         /// The entry with its new count.
         entry: InterestEntry,
     },
+    /// One changed entry of this node's session table.
+    Session {
+        /// Its sequence number.
+        seq: u64,
+        /// The entry with its new count.
+        entry: SessionInterest,
+    },
 }
 
 impl InterestUpdate {
     /// The sequence number to acknowledge once applied.
     pub fn seq(&self) -> u64 {
         match self {
-            Self::Snapshot { seq, .. } | Self::Change { seq, .. } => *seq,
+            Self::Snapshot { seq, .. } | Self::Change { seq, .. } | Self::Session { seq, .. } => {
+                *seq
+            }
         }
     }
 }
@@ -115,6 +136,9 @@ pub struct Forward {
     pub message: Arc<PublishedMessage>,
     /// The queue groups the peer is to deliver it to (besides every plain subscriber).
     pub groups: Vec<Arc<str>>,
+    /// For a direct message: the session it is for (then `groups` is empty and the peer
+    /// delivers it to that session's matching subscriptions only).
+    pub session: Option<SessionId>,
     /// Whether the peer's plain subscribers were meant to get it (its interest matched).
     pub plain: bool,
 }
@@ -126,6 +150,7 @@ impl Forward {
             topic: self.message.topic.as_str().to_owned(),
             plain: self.plain,
             groups: self.groups.iter().map(|group| group.to_string()).collect(),
+            session: self.session,
         }
     }
 }
@@ -141,6 +166,10 @@ pub struct Lost {
     pub plain: bool,
     /// The queue groups the peer was to serve.
     pub groups: Vec<String>,
+    /// For a direct message: the session it was for (then `plain` is false and `groups`
+    /// empty; the peer announces the loss to that session's matching subscriptions).
+    #[serde(default)]
+    pub session: Option<SessionId>,
 }
 
 /// What a link towards a peer sends next.
@@ -239,6 +268,7 @@ impl InterestIndex {
 #[derive(Debug, Default)]
 struct LocalInterest {
     entries: BTreeMap<EntryKey, (TopicFilter, u32)>,
+    sessions: SessionTable,
     index: InterestIndex,
     seq: u64,
     links: Vec<LinkSlot>,
@@ -258,6 +288,7 @@ impl LocalInterest {
                     count: *count,
                 })
                 .collect(),
+            sessions: self.sessions.entries(),
         }
     }
 }
@@ -286,6 +317,10 @@ struct Peer {
     drops_recorded: Notify,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// The peer's session table, set through the same inbound link as its interest.
+    sessions: RwLock<SessionTable>,
+    /// The client address the peer advertised in its latest link.
+    client_address: Mutex<Option<String>>,
     /// The outbound link's round-trip time in microseconds; 0: unknown.
     rtt_micros: AtomicU64,
 }
@@ -300,6 +335,8 @@ impl Peer {
             drops_recorded: Notify::new(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            sessions: RwLock::default(),
+            client_address: Mutex::default(),
             rtt_micros: AtomicU64::new(0),
         }
     }
@@ -349,6 +386,8 @@ pub struct Cluster {
     acked: Notify,
     next_link: AtomicU64,
     group_turn: AtomicUsize,
+    /// The client address this node advertises to its peers.
+    client_address: RwLock<Option<String>>,
 }
 
 impl Cluster {
@@ -362,6 +401,7 @@ impl Cluster {
             acked: Notify::new(),
             next_link: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
+            client_address: RwLock::default(),
         }
     }
 
@@ -580,6 +620,7 @@ impl Cluster {
                 message: Arc::clone(message),
                 groups,
                 plain,
+                session: None,
             };
             if live {
                 offered += 1;
@@ -762,11 +803,18 @@ impl InboundLink {
             return seq;
         }
         let entries = match update {
-            InterestUpdate::Snapshot { entries, .. } => {
+            InterestUpdate::Snapshot {
+                entries, sessions, ..
+            } => {
                 interest.1 = InterestIndex::default();
+                self.sessions().replace(sessions, &self.limits);
                 entries
             }
             InterestUpdate::Change { entry, .. } => vec![entry],
+            InterestUpdate::Session { entry, .. } => {
+                self.sessions().apply(entry, &self.limits);
+                return seq;
+            }
         };
         for entry in entries {
             match TopicFilter::parse(&entry.filter, &self.limits) {
@@ -790,6 +838,132 @@ impl Drop for InboundLink {
         if interest.0 == self.id {
             interest.0 = 0;
         }
+    }
+}
+
+/// Direct messages and client addresses across the cluster (see [`sessions`]).
+impl Cluster {
+    /// The topic actor of `filter` says `count` of its members belong to `session` now: an
+    /// entry of this node's session table, told to every peer like an interest change (in
+    /// order, numbered, acknowledged before `Subscribed`).
+    pub fn local_session_changed(&self, session: SessionId, filter: &TopicFilter, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let mut local = lock(&self.local);
+        if !local.sessions.set(session, filter, count) {
+            return;
+        }
+        local.seq += 1;
+        let update = InterestUpdate::Session {
+            seq: local.seq,
+            entry: SessionInterest {
+                session,
+                filter: filter.as_str().to_owned(),
+                count,
+            },
+        };
+        for link in &local.links {
+            // A link already marked sends a snapshot that includes this change.
+            if !link.resync.load(Ordering::Acquire)
+                && link.changes.try_send(update.clone()).is_err()
+            {
+                link.resync.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Offers the direct message `message` for `session` (admitted on this node, where that
+    /// session has no subscription) to the peer holding the session, if one of its filters
+    /// there matches the topic. Returns 1 if it was offered (a full queue, or the peer being
+    /// out of routing, drops it and announces the drop to the peer), else 0: no node holds
+    /// that session with a matching filter.
+    pub fn forward_direct(&self, message: &Arc<PublishedMessage>, session: SessionId) -> usize {
+        let topic = &message.topic;
+        let holder = self.peer_list().into_iter().find(|peer| {
+            peer.sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .matches(session, topic)
+        });
+        let Some(peer) = holder else {
+            return 0;
+        };
+        let in_routing = peer.interest.read().unwrap_or_else(|p| p.into_inner()).0 != 0;
+        if in_routing {
+            peer.send(Forward {
+                message: Arc::clone(message),
+                groups: Vec::new(),
+                plain: false,
+                session: Some(session),
+            });
+        } else {
+            peer.drop_for(
+                Lost {
+                    topic: topic.as_str().to_owned(),
+                    plain: false,
+                    groups: Vec::new(),
+                    session: Some(session),
+                },
+                1,
+            );
+        }
+        1
+    }
+
+    /// Sets the client address this node advertises to its peers (`host:port`).
+    pub fn set_client_address(&self, address: impl Into<String>) {
+        *self
+            .client_address
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(address.into());
+    }
+
+    /// Peer `name` advertises `address` as its client address (`None`: none), as it said when
+    /// its latest link to this node came up.
+    pub fn set_peer_client_address(&self, name: &str, address: Option<String>) {
+        *lock(&self.peer(name).client_address) = address;
+    }
+
+    /// The client address this node advertises, if set.
+    pub fn client_address(&self) -> Option<String> {
+        self.client_address
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The cluster's client addresses for a client's `Welcome`: this node's first, then those
+    /// of the peers in routing (their link to this node is up), by node name.
+    pub fn client_addresses(&self) -> Vec<String> {
+        let mut peers = self.peer_list();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut addresses: Vec<String> = self.client_address().into_iter().collect();
+        for peer in peers {
+            if peer.interest.read().unwrap_or_else(|p| p.into_inner()).0 == 0 {
+                continue;
+            }
+            if let Some(address) = lock(&peer.client_address).clone() {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+        }
+        addresses
+    }
+
+    /// Every peer this node knows of, out of the lock.
+    fn peer_list(&self) -> Vec<Arc<Peer>> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.values().cloned().collect()
+    }
+}
+
+/// A peer's session table, set through its inbound link.
+impl InboundLink {
+    fn sessions(&self) -> std::sync::RwLockWriteGuard<'_, SessionTable> {
+        self.peer
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

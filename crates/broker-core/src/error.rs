@@ -57,28 +57,9 @@ pub enum BrokerError {
         /// The limit.
         max: u32,
     },
-    /// Taking this work would grow the broker past its memory budget.
-    #[error(
-        "the broker holds {used} of its {limit}-byte memory budget; this needs {requested} more"
-    )]
-    MemoryBudgetExceeded {
-        /// Bytes held now.
-        used: usize,
-        /// The budget.
-        limit: usize,
-        /// What the refused work needed.
-        requested: usize,
-    },
-    /// The connection's partially received frames would hold more than allowed.
-    #[error("partially received frames would hold {held} bytes; {what} allows {max}")]
-    PartialFramesLimit {
-        /// What they would hold.
-        held: usize,
-        /// The limit that refused it.
-        max: usize,
-        /// `"the identity's limit"` or `"the broker's memory budget"`.
-        what: &'static str,
-    },
+    /// The memory budget refused the work.
+    #[error("{0}")]
+    Memory(#[from] MemoryError),
     /// The session holds the most subscriptions it may.
     #[error("session already has the maximum of {0} subscriptions")]
     TooManySubscriptions(u32),
@@ -180,25 +161,6 @@ pub enum RetainedQuota {
     Bytes(u64),
 }
 
-impl From<MemoryError> for BrokerError {
-    fn from(err: MemoryError) -> Self {
-        match err {
-            MemoryError::BudgetExceeded {
-                used,
-                limit,
-                requested,
-            } => BrokerError::MemoryBudgetExceeded {
-                used,
-                limit,
-                requested,
-            },
-            MemoryError::PartialFramesLimit { held, max, what } => {
-                BrokerError::PartialFramesLimit { held, max, what }
-            }
-        }
-    }
-}
-
 impl BrokerError {
     /// The code a peer sees for this error.
     pub fn code(&self) -> ErrorCode {
@@ -213,8 +175,12 @@ impl BrokerError {
             BrokerError::PayloadTooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
             BrokerError::TooManyHeaders { .. } => ErrorCode::TOO_MANY_HEADERS,
             BrokerError::HeadersTooLarge { .. } => ErrorCode::HEADERS_TOO_LARGE,
-            BrokerError::MemoryBudgetExceeded { .. } => ErrorCode::MEMORY_BUDGET_EXCEEDED,
-            BrokerError::PartialFramesLimit { .. } => ErrorCode::PARTIAL_FRAMES_LIMIT,
+            BrokerError::Memory(MemoryError::BudgetExceeded { .. }) => {
+                ErrorCode::MEMORY_BUDGET_EXCEEDED
+            }
+            BrokerError::Memory(MemoryError::PartialFramesLimit { .. }) => {
+                ErrorCode::PARTIAL_FRAMES_LIMIT
+            }
             BrokerError::TooManySubscriptions(_) => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,

@@ -35,6 +35,12 @@ impl ClusterPort {
         self.cluster.open_outbound(node)
     }
 
+    /// Peer `node` advertises `address` as its client address (`None`: none); set before
+    /// its inbound link opens, so that a client told of the peer is told its address.
+    pub fn set_peer_client_address(&self, node: &str, address: Option<String>) {
+        self.cluster.set_peer_client_address(node, address);
+    }
+
     /// Whether the link that carries this node's interest and forwards to peer `node` is up.
     pub fn has_outbound(&self, node: &str) -> bool {
         self.cluster.has_outbound(node)
@@ -52,6 +58,17 @@ impl ClusterPort {
     /// Every peer this node knows of, with its numbers.
     pub fn peers(&self) -> Vec<PeerStats> {
         self.cluster.peers()
+    }
+
+    /// Sets the client address this node advertises to its peers (and lists first in its
+    /// clients' `Welcome`).
+    pub fn set_client_address(&self, address: impl Into<String>) {
+        self.cluster.set_client_address(address);
+    }
+
+    /// The client address this node advertises, if set.
+    pub fn client_address(&self) -> Option<String> {
+        self.cluster.client_address()
     }
 }
 
@@ -82,7 +99,8 @@ impl PeerInbox {
     }
 
     /// Delivers a message the peer forwarded to local plain subscribers and to one member of
-    /// each queue group in `groups`. A message this node refuses (its own limits, its memory
+    /// each queue group in `groups` (a direct message, with `to_session`: to that session's
+    /// matching subscriptions only). A message this node refuses (its own limits, its memory
     /// budget) is logged and counted as a rejected publish.
     pub fn deliver(&mut self, mut publish: Publish, groups: &[String]) {
         if let Err(err) = self
@@ -95,7 +113,8 @@ impl PeerInbox {
 
     /// The peer dropped `count` messages meant for this node (for `lost`): each local plain
     /// subscription matching its topic (if they were for plain subscribers) and one member of
-    /// each queue group named announce them as a gap with the reason `ClusterRoute`.
+    /// each queue group named announce them as a gap with the reason `ClusterRoute` (direct
+    /// messages: the subscriptions of the session they were for).
     pub fn dropped(&self, lost: &Lost, count: u64) {
         let Ok(topic) = TopicName::parse(&lost.topic, &self.shared.config.limits.topics) else {
             return;
@@ -103,7 +122,7 @@ impl PeerInbox {
         for route in self.shared.router.matching(&topic) {
             route
                 .members()
-                .lost_before_arrival(count, lost.plain, &lost.groups);
+                .lost_before_arrival(count, lost.plain, &lost.groups, lost.session);
         }
     }
 }

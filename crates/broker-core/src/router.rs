@@ -167,8 +167,27 @@ impl RouteMembers {
 
     /// `count` messages were lost before they reached this node (on a cluster route): each
     /// plain member (if `plain`) and one member of each group named in `groups`, chosen in turn
-    /// as a delivery is, announce them as a gap.
-    pub(crate) fn lost_before_arrival(&self, count: u64, plain: bool, groups: &[String]) {
+    /// as a delivery is, announce them as a gap. Direct messages for `session` were lost: its
+    /// plain members and one member of each of its groups announce them, as a delivery of a
+    /// direct message would have reached them.
+    pub(crate) fn lost_before_arrival(
+        &self,
+        count: u64,
+        plain: bool,
+        groups: &[String],
+        session: Option<SessionId>,
+    ) {
+        if let Some(session) = session {
+            for member in self.plain.iter().filter(|m| m.key.session == session) {
+                member.queue.lost_before_arrival(count);
+            }
+            for group in &self.groups {
+                if let Some(member) = group.choose(0, Some(session)) {
+                    member.queue.lost_before_arrival(count);
+                }
+            }
+            return;
+        }
         if plain {
             for member in &self.plain {
                 member.queue.lost_before_arrival(count);

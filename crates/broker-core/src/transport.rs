@@ -139,4 +139,17 @@ pub trait Connection: Send + Sync + 'static {
     fn protocol(&self) -> &str {
         "quic"
     }
+    /// Whether the session name this connection's `Hello` gives is unique across identities, as
+    /// an MQTT client id is unique per server: the broker then refuses it
+    /// (`SESSION_IDENTITY_MISMATCH`) while another identity holds a session that such a
+    /// connection named so. Cassini's own clients name sessions per identity (`false`).
+    fn exclusive_session_name(&self) -> bool {
+        false
+    }
+    /// How long the session outlives this connection when it ends without a goodbye, when the
+    /// client asked for a time of its own (MQTT 5's Session Expiry Interval), read as the
+    /// connection ends; the broker's `sessions.expiry` caps it. `None`: `sessions.expiry`.
+    fn session_expiry(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

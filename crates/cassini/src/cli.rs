@@ -27,7 +27,7 @@ pub(crate) enum Command {
     ///
     /// Settings come from defaults, then `--config FILE`, then `CASSINI_*` environment
     /// variables, then these flags (see docs/CONFIGURATION.md).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check or print a configuration file.
     Config {
         #[command(subcommand)]
@@ -484,6 +484,11 @@ pub(crate) struct ServeArgs {
     /// `cluster.peers` when given [key `cluster.peers`].
     #[arg(long = "peer", value_name = "ADDR")]
     pub(crate) peers: Vec<SocketAddr>,
+    /// This node's client address as clients should dial it (host:port), listed in clients'
+    /// Welcome [default: the bound client address unless a wildcard; key
+    /// `cluster.advertise`].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) cluster_advertise: Option<String>,
 }
 
 /// Where the broker keeps its state.
@@ -706,6 +711,47 @@ pub(crate) enum BenchScenario {
     /// Latency of a reliable and a datagram subscription side by side under 0%, 1% and 5%
     /// packet loss on the subscriber's link.
     Datagram(DatagramArgs),
+    /// What a cluster costs against one broker: cross-node against same-node latency, fan-out
+    /// over the nodes, CPU per node-local message against a standalone broker, and the time
+    /// from `kill -9` of a node to its subscriber receiving again on another node.
+    Cluster(ClusterBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterBenchArgs {
+    /// Nodes of the in-process cluster (the failover rounds always use three processes).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: usize,
+    /// Offered rate of the latency runs, messages per second.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) rate: u64,
+    /// Measured seconds per latency run; fractions allowed.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Unmeasured warm-up seconds per latency run.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Message size in bytes (at least 16 for the latency runs).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Interleaved repetitions of the latency and CPU runs; the figures are medians.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) repeat: u32,
+    /// Messages per CPU run (one publisher → one subscriber on one node).
+    #[arg(long, default_value_t = 300_000)]
+    pub(crate) count: u64,
+    /// Messages of the fan-out run, each delivered to every subscriber.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) fanout_count: u64,
+    /// Subscribers of the fan-out run, spread round robin over the nodes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) subscribers: u32,
+    /// Failover rounds (`kill -9` of a subscriber's node); 0 skips them.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) failovers: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

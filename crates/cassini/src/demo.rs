@@ -148,7 +148,14 @@ async fn start_node(
     });
     let (cert, key) = node_paths(dir, name);
     let tls = ClusterTls::build(load_certs(&paths.ca)?, load_certs(&cert)?, load_key(&key)?)?;
-    let options = ClusterOptions::new("demo", SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
+    let mut options =
+        ClusterOptions::new("demo", SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
+    options.advertise = Some(
+        server
+            .local_addr()
+            .context("reading a client address")?
+            .to_string(),
+    );
     let port_of_broker = broker
         .cluster()
         .context("the broker was started without its cluster settings")?;

@@ -9,7 +9,7 @@ use cassini_broker::events::TOPIC_PREFIX;
 use serde_json::Value;
 
 use crate::cli::EventsArgs;
-use crate::pubsub::{connect, deadline_after, next_before, TIMED_OUT};
+use crate::pubsub::{connect, deadline_after, next_before, timed_out, Next};
 use crate::signals::ShutdownSignals;
 
 /// Subscribes to the asked kinds and prints each event until `--count`, `--timeout`, a signal,
@@ -42,24 +42,17 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
     while args.count.is_none_or(|count| received < count) {
-        let next = next_before(deadline, &mut events);
-        let message = tokio::select! {
-            next = next => next,
-            _ = signals.next() => break,
-        };
-        match message {
-            None => {
-                eprintln!(
-                    "error: timed out after {}s with {received} event(s) received",
-                    args.timeout.unwrap_or_default()
-                );
+        match next_before(deadline, &mut events, &mut signals).await {
+            Next::Signalled => break,
+            Next::TimedOut => {
+                let status = timed_out(args.timeout, received, "event");
                 let _ = client.close().await;
-                return Ok(ExitCode::from(TIMED_OUT));
+                return Ok(status);
             }
-            Some(None) => {
+            Next::Ended => {
                 anyhow::bail!("the events subscription ended after {received} event(s)");
             }
-            Some(Some(message)) => {
+            Next::Item(message) => {
                 received += 1;
                 let line = if args.json {
                     String::from_utf8_lossy(message.payload()).into_owned()

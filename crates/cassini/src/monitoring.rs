@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cassini_broker::BrokerHandle;
 use cassini_monitor::{BearerToken, Monitor, MonitorSources, Readiness};
+use cassini_mqtt::MqttServer;
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
 use tokio::task::JoinHandle;
@@ -30,6 +31,7 @@ impl Monitoring {
         server: &QuicServer,
         crl: &Arc<CrlSource>,
         listen: SocketAddr,
+        mqtt: Option<&MqttServer>,
     ) -> anyhow::Result<Self> {
         let readiness = Readiness::default();
         if !settings.monitor.enabled {
@@ -48,6 +50,7 @@ impl Monitoring {
         let sources = MonitorSources {
             broker: broker.clone(),
             accept: Some(server.stats()),
+            mqtt: mqtt.map(|mqtt| mqtt.stats()),
             listen: Some(listen),
             config: serde_json::to_value(settings).context("describing the configuration")?,
             readiness: readiness.clone(),

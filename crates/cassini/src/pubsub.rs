@@ -29,19 +29,51 @@ pub(crate) fn deadline_after(timeout: Option<f64>) -> anyhow::Result<Option<Inst
         .transpose()
 }
 
-/// The stream's next item, or `None` once `deadline` has passed (`Some(None)`: the stream
-/// ended).
+/// What waiting for a stream's next item gave, under `--timeout` and the shutdown signals.
+pub(crate) enum Next<T> {
+    /// The stream's next item.
+    Item(T),
+    /// The stream ended.
+    Ended,
+    /// The deadline passed first.
+    TimedOut,
+    /// SIGINT or SIGTERM came first.
+    Signalled,
+}
+
+/// The stream's next item, unless `deadline` passes or a shutdown signal comes first.
 pub(crate) async fn next_before<S>(
     deadline: Option<Instant>,
     stream: &mut S,
-) -> Option<Option<S::Item>>
+    signals: &mut ShutdownSignals,
+) -> Next<S::Item>
 where
     S: futures_util::Stream + Unpin,
 {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, stream.next()).await.ok(),
-        None => Some(stream.next().await),
+    let next = async {
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, stream.next()).await.ok(),
+            None => Some(stream.next().await),
+        }
+    };
+    tokio::select! {
+        next = next => match next {
+            Some(Some(item)) => Next::Item(item),
+            Some(None) => Next::Ended,
+            None => Next::TimedOut,
+        },
+        _ = signals.next() => Next::Signalled,
     }
+}
+
+/// Says that `--timeout` passed with `received` of the wanted `what`s, and gives the exit
+/// status for it.
+pub(crate) fn timed_out(timeout: Option<f64>, received: u64, what: &str) -> ExitCode {
+    eprintln!(
+        "error: timed out after {}s with {received} {what}(s) received",
+        timeout.unwrap_or_default()
+    );
+    ExitCode::from(TIMED_OUT)
 }
 
 /// Connects as `args` say, with the certificates of `args.name` from `args.certs`.
@@ -371,28 +403,21 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<ExitCode> {
     let mut received = 0u64;
     let mut stdout = std::io::stdout().lock();
     while args.count.is_none_or(|count| received < count) {
-        let next = next_before(deadline, &mut subscription);
-        let message = tokio::select! {
-            next = next => next,
-            _ = signals.next() => break,
-        };
-        match message {
-            None => {
-                eprintln!(
-                    "error: timed out after {}s with {received} message(s) received",
-                    args.timeout.unwrap_or_default()
-                );
+        match next_before(deadline, &mut subscription, &mut signals).await {
+            Next::Signalled => break,
+            Next::TimedOut => {
+                let status = timed_out(args.timeout, received, "message");
                 let _ = finish(&client, &mut subscription, args.session.is_some()).await;
-                return Ok(ExitCode::from(TIMED_OUT));
+                return Ok(status);
             }
-            Some(None) => {
+            Next::Ended => {
                 let reason = subscription
                     .end_reason()
                     .map(|end| end.to_string())
                     .unwrap_or_else(|| "unknown reason".into());
                 anyhow::bail!("the subscription ended after {received} message(s): {reason}");
             }
-            Some(Some(message)) => {
+            Next::Item(message) => {
                 received += 1;
                 print_message(&mut stdout, &message, format, received)?;
             }

@@ -50,6 +50,7 @@ pub(crate) fn settings(
         node: args.node.clone(),
         cluster_listen: args.cluster_listen,
         peers: args.peers.clone(),
+        cluster_advertise: args.cluster_advertise.clone(),
         mqtt: args.mqtt,
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)
@@ -216,8 +217,9 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         cert = %files.cert.display(),
         "cassini listening"
     );
-    let cluster = start_cluster(&settings, &broker)?;
-    let monitoring = Monitoring::start(&settings, &broker, &server, &crl, local).await?;
+    let cluster = start_cluster(&settings, &broker, local)?;
+    let monitoring =
+        Monitoring::start(&settings, &broker, &server, &crl, local, mqtt.as_deref()).await?;
     monitoring.set_ready(true);
 
     tokio::select! {
@@ -261,10 +263,12 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
 
 /// Starts this node's cluster endpoint when `[cluster]` names a cluster: node certificate
 /// `node-NODE.crt` / `.key` from `certs.dir` (issued there from the CA when development
-/// certificates are on and it is missing), trusting `certs.ca`.
+/// certificates are on and it is missing), trusting `certs.ca`; advertising the client address
+/// `cluster.advertise`, or `client_addr` (the bound one) when that is not a wildcard.
 fn start_cluster(
     settings: &Settings,
     broker: &cassini_broker::BrokerHandle,
+    client_addr: std::net::SocketAddr,
 ) -> anyhow::Result<Option<ClusterNode>> {
     let cluster = &settings.cluster;
     if !cluster.enabled() {
@@ -287,7 +291,15 @@ fn start_cluster(
     let files = certs.files();
     let tls = ClusterTls::build(load_certs(&files.ca)?, load_certs(&cert)?, load_key(&key)?)
         .with_context(|| format!("loading the node certificate {}", cert.display()))?;
-    let options = ClusterOptions::new(cluster.name.clone(), cluster.listen, cluster.peers.clone());
+    let mut options =
+        ClusterOptions::new(cluster.name.clone(), cluster.listen, cluster.peers.clone());
+    options.advertise = cluster.advertised(client_addr);
+    if options.advertise.is_none() {
+        tracing::warn!(
+            addr = %client_addr,
+            "the client address is a wildcard and cluster.advertise is not set: clients are not told this node's address"
+        );
+    }
     let node = ClusterNode::start(options, tls, port)
         .with_context(|| format!("listening for the cluster on {}", cluster.listen))?;
     tracing::info!(
@@ -295,6 +307,7 @@ fn start_cluster(
         node = %cluster.node,
         addr = %node.local_addr().context("reading the cluster address")?,
         peers = cluster.peers.len(),
+        advertise = cluster.advertised(client_addr).unwrap_or_default(),
         "cluster listening"
     );
     Ok(Some(node))

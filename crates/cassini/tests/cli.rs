@@ -16,14 +16,6 @@ use harness::{
     cassini, log_field, run, spawn_until, stderr, terminate, wait_with_deadline, Broker, Serve,
 };
 
-/// `cassini serve` on port 0 with the certificates in `certs`, once it listens; and its
-/// address.
-fn serve(certs: &str) -> (Broker, String) {
-    let broker = Broker::start(&["--certs", certs]);
-    let server = broker.server();
-    (broker, server)
-}
-
 /// The arguments of a client command: `ARGS --server SERVER --certs CERTS --name NAME`.
 fn client_args<'a>(
     args: &[&'a str],
@@ -46,6 +38,13 @@ fn dev(args: &[&str], server: &str, certs: &str) -> Command {
     client(args, server, certs, "dev")
 }
 
+/// Runs `cassini certs init --dir CERTS EXTRA...`.
+fn certs_init(certs: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["certs", "init", "--dir", certs];
+    args.extend_from_slice(extra);
+    run(&mut cassini(&args))
+}
+
 /// `cassini ARGS` as a client of `server`, named `name`, with the certificates in `certs`.
 fn client(args: &[&str], server: &str, certs: &str, name: &str) -> Command {
     cassini(&client_args(args, server, certs, name))
@@ -55,13 +54,12 @@ fn client(args: &[&str], server: &str, certs: &str, name: &str) -> Command {
 fn two_subscribers_print_every_published_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let init = run(&mut cassini(&[
-        "certs", "init", "--dir", certs, "--client", "alice", "--client", "bob",
-    ]));
+    let init = certs_init(certs, &["--client", "alice", "--client", "bob"]);
     assert_ok(&init, "certs init");
     assert_private(&dir.path().join("client-alice.key"));
 
-    let (mut broker, server) = serve(certs);
+    let mut broker = Broker::start(&["--certs", certs]);
+    let server = broker.server();
 
     let mut subscribers: Vec<Child> = ["alice", "bob"]
         .iter()
@@ -111,13 +109,11 @@ fn two_subscribers_print_every_published_message() {
 
 #[test]
 fn sub_exits_non_zero_on_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let (mut broker, server) = serve(certs);
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
     let output = run(&mut dev(
         &["sub", "quiet.topic", "--count", "1", "--timeout", "0.5"],
         &server,
-        certs,
+        &certs,
     ));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -145,7 +141,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
     );
     assert!(!stderr.contains("panicked"), "no panic: {stderr}");
 
-    let init = run(&mut cassini(&["certs", "init", "--dir", certs]));
+    let init = certs_init(certs, &[]);
     assert!(init.status.success());
     let unreachable = cassini_e2e::closed_udp_addr().to_string();
     let output = run(&mut dev(&["pub", "demo.x", "hi"], &unreachable, certs));
@@ -159,13 +155,9 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
 fn certs_init_keeps_an_existing_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    assert!(run(&mut cassini(&["certs", "init", "--dir", certs]))
-        .status
-        .success());
+    assert!(certs_init(certs, &[]).status.success());
     let ca = std::fs::read(dir.path().join("ca.crt")).expect("ca.crt");
-    let again = run(&mut cassini(&[
-        "certs", "init", "--dir", certs, "--client", "carol",
-    ]));
+    let again = certs_init(certs, &["--client", "carol"]);
     assert!(again.status.success());
     assert_eq!(
         std::fs::read(dir.path().join("ca.crt")).expect("ca.crt"),
@@ -180,9 +172,7 @@ fn certs_init_keeps_an_existing_ca() {
 fn certs_init_and_issue_write_node_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().to_str().expect("utf-8 path");
-    let init = run(&mut cassini(&[
-        "certs", "init", "--dir", certs, "--node", "n1", "--node", "n2",
-    ]));
+    let init = certs_init(certs, &["--node", "n1", "--node", "n2"]);
     assert!(init.status.success(), "{}", stderr(&init));
     let issued = run(&mut cassini(&[
         "certs", "issue", "--node", "n3", "--dir", certs,
@@ -251,12 +241,10 @@ fn bench_hol_runs_a_tiny_smoke_round() {
 
 #[test]
 fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let (mut broker, server) = serve(certs);
-    let mut service = reply_once(&server, certs, "svc.upper", "tr a-z A-Z");
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let mut service = reply_once(&server, &certs, "svc.upper", "tr a-z A-Z");
 
-    let reply = request_hello(&server, certs, "svc.upper");
+    let reply = request_hello(&server, &certs, "svc.upper");
     assert_ok(&reply, "req");
     assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "HELLO");
     assert!(
@@ -265,7 +253,7 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
     );
 
     let started = Instant::now();
-    let refused = request_hello(&server, certs, "svc.nobody");
+    let refused = request_hello(&server, &certs, "svc.nobody");
     assert_eq!(refused.status.code(), Some(3), "no responders exit status");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no responders on svc.nobody"));
     assert!(
@@ -278,15 +266,7 @@ fn req_gets_the_reply_of_a_reply_service_and_fails_fast_without_one() {
 
 #[test]
 fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
-    let report = bench_json(&[
-        "latency",
-        "--rate",
-        "500",
-        "--duration",
-        "0.2",
-        "--warmup",
-        "0.1",
-    ]);
+    let report = paced_smoke_round("latency");
     assert_eq!(report["lost"], 0);
     assert!(report["latency"]["count"].as_u64().expect("count") > 0);
 
@@ -297,17 +277,23 @@ fn bench_latency_and_throughput_run_a_tiny_smoke_round() {
 
 #[test]
 fn bench_datagram_runs_a_tiny_smoke_round() {
-    let report = bench_json(&[
-        "datagram",
+    let report = paced_smoke_round("datagram");
+    assert_eq!(report["scenario"], "datagram");
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(6));
+}
+
+/// Runs the paced bench `scenario` for a tiny round (500 messages/s for 0.2 s after 0.1 s of
+/// warm-up) and returns its report.
+fn paced_smoke_round(scenario: &str) -> serde_json::Value {
+    bench_json(&[
+        scenario,
         "--rate",
         "500",
         "--duration",
         "0.2",
         "--warmup",
         "0.1",
-    ]);
-    assert_eq!(report["scenario"], "datagram");
-    assert_eq!(report["results"].as_array().map(Vec::len), Some(6));
+    ])
 }
 
 /// Runs `cassini bench ARGS --json` and returns its report.
@@ -348,6 +334,40 @@ fn bench_fanout_request_and_connections_run_a_tiny_smoke_round() {
 }
 
 #[test]
+fn bench_cluster_runs_a_tiny_smoke_round() {
+    let report = bench_json(&[
+        "cluster",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--repeat",
+        "1",
+        "--count",
+        "2000",
+        "--fanout-count",
+        "100",
+        "--subscribers",
+        "6",
+        "--failovers",
+        "1",
+    ]);
+    assert_eq!(report["scenario"], "cluster");
+    assert_eq!(report["fanout_spread_lost"], 0.0, "{report}");
+    for figure in [
+        "same_node_p99_us",
+        "cross_node_p99_us",
+        "cluster_cpu_us_per_msg",
+        "failover_median_s",
+    ] {
+        assert!(
+            report[figure].as_f64().is_some_and(|value| value > 0.0),
+            "{figure}: {report}"
+        );
+    }
+}
+
+#[test]
 fn bench_durable_runs_a_tiny_smoke_round() {
     let report = bench_json(&["durable", "--duration", "0.3", "--publishers", "2"]);
     let cases = report["cases"].as_array().expect("cases");
@@ -363,19 +383,18 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
     let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\n",
     );
-    let certs = certs.as_str();
 
     let allowed = run(&mut dev(
         &["pub", "demo.ok", "hi", "--count", "3"],
         &server,
-        certs,
+        &certs,
     ));
     assert_ok(&allowed, "an allowed pub exits 0");
 
     let refused = run(&mut dev(
         &["pub", "secret.x", "hi", "--count", "3"],
         &server,
-        certs,
+        &certs,
     ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(
@@ -393,12 +412,10 @@ fn a_refused_pub_exits_non_zero_with_the_brokers_reason() {
 
 #[test]
 fn req_exits_4_when_the_responder_command_fails() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let (mut broker, server) = serve(certs);
-    let mut service = reply_once(&server, certs, "svc.fail", "exit 7");
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
+    let mut service = reply_once(&server, &certs, "svc.fail", "exit 7");
 
-    let reply = request_hello(&server, certs, "svc.fail");
+    let reply = request_hello(&server, &certs, "svc.fail");
     let stderr = String::from_utf8_lossy(&reply.stderr);
     assert_eq!(reply.status.code(), Some(4), "req: {stderr}");
     assert!(
@@ -755,13 +772,12 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
     let (_dir, certs, server, mut broker) = broker_with_acl(
         "default = \"deny\"\n[[rule]]\nidentity = \"dev\"\npublish = [\"demo.>\"]\nsubscribe = [\"demo.>\"]\n",
     );
-    let certs = certs.as_str();
-    let subscriber = raw_subscriber(&server, certs, "demo.ack", 2);
+    let subscriber = raw_subscriber(&server, &certs, "demo.ack", 2);
     assert_ok(
         &run(&mut dev(
             &["pub", "demo.ack", "m{{Count}}", "--ack", "--count", "2"],
             &server,
-            certs,
+            &certs,
         )),
         "pub --ack",
     );
@@ -773,7 +789,7 @@ fn pub_ack_exits_zero_when_acknowledged_and_non_zero_with_the_reason_when_not() 
     let refused = run(&mut dev(
         &["pub", "secret.x", "hi", "--ack"],
         &server,
-        certs,
+        &certs,
     ));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -856,37 +872,39 @@ fn sub_queue_shares_messages_among_the_group() {
 #[test]
 fn req_replies_waits_for_n_replies() {
     let (_dir, certs, server, mut broker) = broker_with(&[]);
-    let responders: Vec<Child> = ["upper", "lower"]
-        .iter()
-        .map(|_| {
-            let args = [
-                "reply",
-                "svc.multi",
-                "-c",
-                "1",
-                "-s",
-                &server,
-                "--certs",
-                &certs,
-            ];
-            spawn_until(cassini(&args), "serving svc.multi")
-        })
-        .collect();
-    let args = [
-        "req",
-        "svc.multi",
-        "hi",
-        "--replies",
-        "2",
-        "-t",
-        "20",
-        "-s",
-        &server,
-        "--certs",
-        &certs,
-    ];
+    // Short flags on purpose: `-c`, `-s` and `-t` are part of the contract.
+    let responder = || {
+        let args = [
+            "reply",
+            "svc.multi",
+            "-c",
+            "1",
+            "-s",
+            &server,
+            "--certs",
+            &certs,
+        ];
+        spawn_until(cassini(&args), "serving svc.multi")
+    };
+    let request_two = |payload: &str, timeout: &str| {
+        let args = [
+            "req",
+            "svc.multi",
+            payload,
+            "--replies",
+            "2",
+            "-t",
+            timeout,
+            "-s",
+            &server,
+            "--certs",
+            &certs,
+        ];
+        run(&mut cassini(&args))
+    };
+    let responders = [responder(), responder()];
     let started = Instant::now();
-    let output = run(&mut cassini(&args));
+    let output = request_two("hi", "20");
     assert_ok(&output, "req --replies 2");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\nhi\n");
     assert!(
@@ -898,31 +916,8 @@ fn req_replies_waits_for_n_replies() {
     }
 
     // One responder, two replies wanted: the one reply is printed, then exit 2 at the timeout.
-    let args = [
-        "reply",
-        "svc.multi",
-        "-c",
-        "1",
-        "-s",
-        &server,
-        "--certs",
-        &certs,
-    ];
-    let mut responder = spawn_until(cassini(&args), "serving svc.multi");
-    let args = [
-        "req",
-        "svc.multi",
-        "once",
-        "--replies",
-        "2",
-        "-t",
-        "1",
-        "-s",
-        &server,
-        "--certs",
-        &certs,
-    ];
-    let output = run(&mut cassini(&args));
+    let mut responder = responder();
+    let output = request_two("once", "1");
     assert_eq!(output.status.code(), Some(2), "fewer replies than asked");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "once\n");
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 2 replies on svc.multi"));
@@ -961,11 +956,9 @@ fn pub_lines_publishes_each_line_as_it_is_read() {
 
 #[test]
 fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().to_str().expect("utf-8 path");
-    let (mut broker, server) = serve(certs);
+    let (_dir, certs, server, mut broker) = broker_with(&[]);
 
-    let ping = run(&mut dev(&["server", "ping", "-c", "3"], &server, certs));
+    let ping = run(&mut dev(&["server", "ping", "-c", "3"], &server, &certs));
     let stdout = String::from_utf8_lossy(&ping.stdout);
     assert_ok(&ping, "ping");
     assert_eq!(
@@ -978,7 +971,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     );
     assert!(stdout.contains("3 pings: min "), "{stdout}");
 
-    let check = run(&mut dev(&["server", "check"], &server, certs));
+    let check = run(&mut dev(&["server", "check"], &server, &certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(
@@ -989,7 +982,7 @@ fn server_ping_and_check_ask_a_running_broker_and_check_fails_with_status_2() {
     assert!(broker.terminate().success());
 
     // Nobody listens any more: a verdict, not a hang.
-    let check = run(&mut dev(&["server", "check", "-t", "3"], &server, certs));
+    let check = run(&mut dev(&["server", "check", "-t", "3"], &server, &certs));
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(2), "{stdout}");
     assert!(stdout.starts_with("CASSINI CRITICAL - "), "{stdout}");

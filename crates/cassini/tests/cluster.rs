@@ -1,8 +1,10 @@
 //! Three `cassini serve` processes forming a cluster on loopback (docs/CLUSTERING.md), with node
 //! certificates from `cassini certs init --node`: publish on one node, receive on the others;
-//! then `kill -9` of a node: the others keep routing, and it leaves routing within the failure
-//! detection time; wildcards, unsubscribe and cluster-wide no-responders; node and client
-//! certificates refused on each other's address.
+//! then `kill -9` of a node: the others keep routing, it leaves routing within the failure
+//! detection time, and its client, given only that node's address, moves to a node it learned
+//! from `Welcome`; the CLI given `--server a,b` whose first address is dead uses the next;
+//! wildcards, unsubscribe and cluster-wide no-responders; node and client certificates refused
+//! on each other's address.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -14,12 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cassini_client::{BrokerAddress, Client, Gap};
-use cassini_e2e::{assert_echoes, assert_no_responders, echo_service, raw_connect};
+use cassini_client::{Client, Gap};
+use cassini_e2e::{
+    assert_echoed, assert_no_responders, closed_udp_addr, echo_service, raw_connect,
+};
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::CLUSTER_ALPN;
 use cassini_quic::tls;
-use harness::clients::quick_client;
 use harness::{certs, eventually, Broker, Serve};
 
 /// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
@@ -101,19 +104,20 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
 
     let on2 = client(&nodes[1], dir.path()).await;
     let on3 = client(&nodes[2], dir.path()).await;
-    // A client of node 3 that knows node 2 too: when node 3 dies it moves there.
-    let mover = quick_client(
-        BrokerAddress::List(vec![
-            BrokerAddress::Socket(nodes[2].addr()),
-            BrokerAddress::Socket(nodes[1].addr()),
-        ]),
-        dir.path(),
-        "dev",
-    )
-    .connect()
-    .await
-    .expect("client connects");
+    // A client given node 3's address only, every setting at its default: it learns the
+    // others from `Welcome`, and when node 3 dies it notices (it pings, knowing several
+    // addresses) and moves to one of them.
+    let mover = client(&nodes[2], dir.path()).await;
+    let mut learned = mover.cluster_addresses();
+    learned.sort();
+    let mut every_node: Vec<String> = nodes.iter().map(|node| node.addr().to_string()).collect();
+    every_node.sort();
+    assert_eq!(
+        learned, every_node,
+        "Welcome lists every node's client address"
+    );
     let mut moving = mover.subscribe("orders.>").await.expect("subscribe");
+    let session_on_3 = mover.session_id();
     let mut sub2 = on2.subscribe("orders.>").await.expect("subscribe");
     let mut sub3 = on3.subscribe("orders.>").await.expect("subscribe");
     let publisher = client(&nodes[0], dir.path()).await;
@@ -184,6 +188,11 @@ async fn three_serve_processes_route_across_nodes_and_survive_a_kill() {
         );
     };
     drop(first);
+    assert_ne!(
+        mover.session_id(),
+        session_on_3,
+        "a session stays on its node: a new one"
+    );
     let gaps = moving.take_gaps();
     assert!(
         gaps.iter()
@@ -252,6 +261,64 @@ async fn cassini_demo_runs_a_three_node_cluster_in_one_process() {
     );
 }
 
+#[test]
+fn the_cli_given_several_servers_skips_a_dead_first_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let certs = dir.path().to_str().expect("utf-8 path");
+    let dead = closed_udp_addr();
+    let servers = |node: &Broker| format!("{dead},{}", node.addr());
+    let subscriber = harness::spawn_until(
+        harness::cassini(&[
+            "sub",
+            "hello.>",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+            "--raw",
+            "--server",
+            &servers(&nodes[2]),
+            "--certs",
+            certs,
+            "--name",
+            "dev",
+        ]),
+        "subscribed to hello.>",
+    );
+    let published = harness::output_within(
+        harness::cassini(&[
+            "pub",
+            "hello.cluster",
+            "across nodes",
+            "--server",
+            &servers(&nodes[0]),
+            "--certs",
+            certs,
+            "--name",
+            "dev",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        published.status.success(),
+        "{}",
+        harness::stderr(&published)
+    );
+    let mut subscriber = subscriber;
+    let mut pipe = subscriber.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut out).expect("read");
+        out
+    });
+    let status = harness::wait_with_deadline(&mut subscriber);
+    assert!(status.success(), "sub gets its one message: {status}");
+    let out = reader.join().expect("reader");
+    assert!(out.contains("across nodes"), "{out:?}");
+    drop(nodes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_responders() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -311,7 +378,7 @@ async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_r
     // A responder on node 3 answers node 1; once it has left, nobody anywhere answers.
     let service = client(&nodes[2], dir.path()).await;
     let server = echo_service(&service, "svc.echo").await;
-    assert_echoes(&publisher, "svc.echo", 3).await;
+    assert_echoed(&publisher, "a reply from node 3").await;
     server.abort();
     service.close().await.expect("close");
     eventually("the responder's interest leaves node 1", || {

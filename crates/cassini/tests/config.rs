@@ -8,10 +8,31 @@ mod harness;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use harness::{cassini, run, Serve};
+use harness::{cassini, init_certs, run, Serve};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// A directory of certificates from `cassini certs init`, for a `config check` that loads the
+/// certificates its file names.
+fn dev_certs() -> tempfile::TempDir {
+    let certs = tempfile::tempdir().expect("tempdir");
+    init_certs(certs.path(), &[]);
+    certs
+}
+
+/// `cassini config check PATH`, finding its certificates in `certs` (`CASSINI_CERTS_DIR`),
+/// passes.
+fn assert_config_check_passes(path: &Path, certs: &Path) {
+    let check =
+        run(cassini(&["config", "check", path.to_str().unwrap()]).env("CASSINI_CERTS_DIR", certs));
+    assert!(
+        check.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 #[test]
@@ -39,21 +60,8 @@ fn the_deploy_example_passes_config_check() {
     let path = deploy_dir().join("cassini.toml");
     // `config check` loads the certificates the file names: give it real ones where the
     // server would have them.
-    let certs = tempfile::tempdir().expect("tempdir");
-    let init = run(&mut cassini(&[
-        "certs",
-        "init",
-        "--dir",
-        certs.path().to_str().unwrap(),
-    ]));
-    assert!(init.status.success());
-    let check = run(cassini(&["config", "check", path.to_str().unwrap()])
-        .env("CASSINI_CERTS_DIR", certs.path()));
-    assert!(
-        check.status.success(),
-        "deploy/cassini.toml: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let certs = dev_certs();
+    assert_config_check_passes(&path, certs.path());
     let unit = std::fs::read_to_string(deploy_dir().join("cassini.service")).expect("unit");
     for line in [
         "NoNewPrivileges=yes",
@@ -69,24 +77,10 @@ fn the_deploy_example_passes_config_check() {
 
 #[test]
 fn the_cluster_node_configurations_in_deploy_pass_config_check() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    let init = run(&mut cassini(&[
-        "certs",
-        "init",
-        "--dir",
-        certs.path().to_str().unwrap(),
-    ]));
-    assert!(init.status.success());
+    let certs = dev_certs();
     for node in ["n1", "n2", "n3"] {
         let path = deploy_dir().join("cluster").join(format!("{node}.toml"));
-        let check = run(cassini(&["config", "check", path.to_str().unwrap()])
-            .env("CASSINI_CERTS_DIR", certs.path()));
-        assert!(
-            check.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        assert_config_check_passes(&path, certs.path());
     }
     let unit = std::fs::read_to_string(deploy_dir().join("cassini@.service")).expect("unit");
     for line in [

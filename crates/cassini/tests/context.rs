@@ -8,7 +8,7 @@
 mod harness;
 
 use harness::workspace::Workspace;
-use harness::{eventually, output_within, stderr, stdout, Running, DEADLINE};
+use harness::{assert_contains, eventually, output_within, stderr, stdout, Running, DEADLINE};
 use serde_json::Value;
 
 /// Asserts that `server check` reported a connection as `name`.
@@ -28,11 +28,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
 
     let listed = workspace.run(&["context", "list"]);
     assert!(listed.status.success(), "{}", stderr(&listed));
-    assert!(
-        stderr(&listed).contains("no contexts"),
-        "{}",
-        stderr(&listed)
-    );
+    assert_contains(&stderr(&listed), "no contexts");
 
     // A relative certificate directory is stored absolute: the context works from anywhere.
     let added = workspace.run(&[
@@ -66,11 +62,7 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     );
     assert!(listed.contains("the test broker"), "{listed}");
     let shown = workspace.run(&["context", "show"]);
-    assert!(
-        stdout(&shown).contains("name = \"alice\""),
-        "{}",
-        stdout(&shown)
-    );
+    assert_contains(&stdout(&shown), "name = \"alice\"");
 
     // No flag at all: everything from the selected context, from another directory too.
     let mut elsewhere = workspace.command(&["server", "check"]);
@@ -166,24 +158,12 @@ fn a_selected_context_supplies_server_certs_and_name_and_the_environment_and_fla
     assert!(!listed.contains('*'), "nothing selected: {listed}");
     let missing = workspace.run(&["context", "select", "lab"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        stderr(&missing).contains("there is no context \"lab\""),
-        "{}",
-        stderr(&missing)
-    );
+    assert_contains(&stderr(&missing), "there is no context \"lab\"");
     let missing = workspace.run(&["server", "check", "--context", "lab"]);
-    assert!(
-        stdout(&missing).contains("there is no context"),
-        "{}",
-        stdout(&missing)
-    );
+    assert_contains(&stdout(&missing), "there is no context");
     let invalid = workspace.run(&["context", "add", "../escape", "--server", "x:1"]);
     assert_eq!(invalid.status.code(), Some(1));
-    assert!(
-        stderr(&invalid).contains("not a context name"),
-        "{}",
-        stderr(&invalid)
-    );
+    assert_contains(&stderr(&invalid), "not a context name");
 }
 
 #[test]
@@ -199,7 +179,7 @@ fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip
         "server", "check", "--server", &server, "--certs", certs, "--name", "alice",
     ]);
     assert!(check.status.success(), "{}", stdout(&check));
-    assert!(stdout(&check).contains("CASSINI OK"), "{}", stdout(&check));
+    assert_contains(&stdout(&check), "CASSINI OK");
 
     // A name: the certificate is checked against that host. `broker.invalid` resolves to
     // nothing, so the check fails, and its reason says which name it would have checked.
@@ -218,11 +198,7 @@ fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip
         "5",
     ]);
     assert_eq!(check.status.code(), Some(2), "{}", stdout(&check));
-    assert!(
-        stdout(&check).contains("server name \"broker.invalid\""),
-        "{}",
-        stdout(&check)
-    );
+    assert_contains(&stdout(&check), "server name \"broker.invalid\"");
     // `--server-name` (or CASSINI_SERVER_NAME) says otherwise.
     let check = workspace.run_env(
         &[
@@ -237,11 +213,7 @@ fn the_server_name_defaults_to_the_host_of_the_server_address_unless_it_is_an_ip
         ],
         &[("CASSINI_SERVER_NAME", "localhost")],
     );
-    assert!(
-        stdout(&check).contains("server name \"localhost\""),
-        "{}",
-        stdout(&check)
-    );
+    assert_contains(&stdout(&check), "server name \"localhost\"");
 }
 
 #[test]
@@ -302,7 +274,7 @@ fn server_info_shows_the_identity_limits_and_with_a_monitor_the_version_uptime_a
     args.extend(connect);
     let info = workspace.run(&args);
     assert_eq!(info.status.code(), Some(1));
-    assert!(stderr(&info).contains("401"), "{}", stderr(&info));
+    assert_contains(&stderr(&info), "401");
 }
 
 #[test]
@@ -371,7 +343,7 @@ fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoin
     // `top` finds the endpoint and token in the context too.
     let top = workspace.run(&["top", "--once"]);
     assert!(top.status.success(), "{}", stderr(&top));
-    assert!(stdout(&top).contains("subscriptions 1"), "{}", stdout(&top));
+    assert_contains(&stdout(&top), "subscriptions 1");
 
     let report = workspace.run(&["server", "report", "subscriptions", "--json"]);
     let json: Value = serde_json::from_str(&stdout(&report)).expect("JSON");
@@ -388,9 +360,5 @@ fn server_report_lists_connections_and_subscriptions_from_the_monitoring_endpoin
         "127.0.0.1:9",
     ]);
     assert_eq!(report.status.code(), Some(1));
-    assert!(
-        stderr(&report).contains("127.0.0.1:9"),
-        "{}",
-        stderr(&report)
-    );
+    assert_contains(&stderr(&report), "127.0.0.1:9");
 }

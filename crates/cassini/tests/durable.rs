@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cassini_client::{Client, ConnectionState, Subscription};
 use cassini_e2e::relay::UdpRelay;
-use harness::clients::quick_client;
+use harness::clients::quick_reconnect;
 use harness::{init_certs, Broker, Serve};
 
 const TOPIC: &str = "durable.orders";
@@ -83,11 +83,11 @@ impl DurableBroker {
 }
 
 async fn client(addr: SocketAddr, certs: &Path, name: &str) -> Client {
-    quick_client(addr, certs, name)
-        .subscription_buffer(16)
-        .connect()
-        .await
-        .expect("connect")
+    let builder = Client::builder(addr)
+        .cert_dir(certs, name)
+        .server_name("localhost")
+        .subscription_buffer(16);
+    quick_reconnect(builder).connect().await.expect("connect")
 }
 
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {

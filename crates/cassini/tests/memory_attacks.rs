@@ -10,6 +10,7 @@ mod harness;
 use std::path::Path;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use cassini_client::{Client, Subscription};
 use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::{assert_delivers, within};
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
@@ -46,14 +47,39 @@ async fn detached_subscription(addr: &str, dir: &Path, filter: &str) {
     cassini_e2e::raw::vanish(&endpoint, &connection).await;
 }
 
+/// A client of another identity subscribed to `calm.x`, to show the attack harms nobody else.
+struct Bystander {
+    client: Client,
+    calm: Subscription,
+}
+
+impl Bystander {
+    async fn start(broker: &Broker, dir: &Path) -> Self {
+        let client = client(&broker.server(), dir, "bystander").await;
+        let calm = client.subscribe("calm.x").await.expect("subscribe");
+        Self { client, calm }
+    }
+
+    /// A message published to `calm.x` reaches the bystander.
+    async fn assert_still_served(mut self) {
+        assert_delivers(
+            &self.client,
+            "calm.x",
+            b"still here",
+            &mut self.calm,
+            "bystander delivery",
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_16_mib() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["victim", "flooder", "bystander"]);
     let broker = Broker::with_certs(dir.path(), &[]);
     detached_subscription(&broker.server(), dir.path(), "flood.>").await;
-    let bystander = client(&broker.server(), dir.path(), "bystander").await;
-    let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
+    let bystander = Bystander::start(&broker, dir.path()).await;
     let before = broker.rss_bytes();
 
     let (_endpoint, connection) = raw_client(&broker.server(), dir.path(), "flooder")
@@ -117,14 +143,7 @@ async fn a_flood_of_header_heavy_frames_at_a_detached_subscription_stays_under_1
         "publishes within the limits are accepted"
     );
 
-    assert_delivers(
-        &bystander,
-        "calm.x",
-        b"still here",
-        &mut calm,
-        "bystander delivery",
-    )
-    .await;
+    bystander.assert_still_served().await;
 }
 
 #[tokio::test]
@@ -132,8 +151,7 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
     init_certs(dir.path(), &["eve", "bystander"]);
     let broker = Broker::with_certs(dir.path(), &[]);
-    let bystander = client(&broker.server(), dir.path(), "bystander").await;
-    let mut calm = bystander.subscribe("calm.x").await.expect("subscribe");
+    let bystander = Bystander::start(&broker, dir.path()).await;
     let before = broker.rss_bytes();
 
     let mut attacks = Vec::new();
@@ -173,12 +191,5 @@ async fn frames_held_without_their_last_byte_stay_under_the_per_identity_cap() {
         &format!("{PARTIAL_CONNECTIONS} x {PARTIAL_STREAMS} partial frames"),
     );
 
-    assert_delivers(
-        &bystander,
-        "calm.x",
-        b"still here",
-        &mut calm,
-        "bystander delivery",
-    )
-    .await;
+    bystander.assert_still_served().await;
 }

@@ -23,8 +23,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::connect::attachment::AttachmentContext;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connection_state::{ConnectionState, DisconnectReason};
 use crate::connect::connector::{Connector, Established};
+use crate::connect::liveness::Liveness;
 use crate::connect::reconnect_policy::ReconnectPolicy;
 use crate::connect::session::SessionCore;
 use crate::connect::supervisor::supervise;
@@ -54,6 +56,8 @@ pub(crate) struct ClientSettings {
     pub(crate) publisher: PublisherSettings,
     /// Whether and how to reconnect.
     pub(crate) reconnect: ReconnectPolicy,
+    /// How a broker that stopped answering is noticed.
+    pub(crate) liveness: Liveness,
     /// Publishes kept while reconnecting.
     pub(crate) outbound: OutboundBuffer,
     /// How long an acknowledged publish waits for its acknowledgement by default.
@@ -107,6 +111,14 @@ pub(crate) struct ClientSettings {
 /// the broker's `sessions.expiry`), the client starts a new session and subscribes again to
 /// every live subscription; each reports a [`crate::Gap::SessionLost`], since messages
 /// published in between are lost.
+///
+/// Each attempt tries the addresses the client was given, in order, then the cluster's client
+/// addresses it learned from its brokers' `Welcome` ([`Client::cluster_addresses`]); a
+/// reconnect tries the address that answered last first (to keep the session) and, with
+/// several addresses, passes over one where nothing listens at once, and notices a silent
+/// broker by pings ([`Liveness`](crate::Liveness)). So a client of a cluster node that dies
+/// reconnects to another node: a session stays on its node, so there it gets a new session and
+/// every subscription a [`crate::Gap::SessionLost`].
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -126,6 +138,8 @@ struct Inner {
     publish_errors: Mutex<Option<mpsc::Receiver<PublishRejected>>>,
     /// Settings from the builder.
     settings: ClientSettings,
+    /// The cluster's client addresses learned from `Welcome`.
+    cluster: ClusterAddresses,
 }
 
 impl Drop for Inner {
@@ -167,7 +181,13 @@ impl Client {
             "connected to the broker"
         );
         let endpoint = connector.endpoint.clone();
-        tokio::spawn(supervise(Arc::clone(&core), connector, attachment));
+        let cluster = connector.cluster.clone();
+        tokio::spawn(supervise(
+            Arc::clone(&core),
+            connector,
+            attachment,
+            settings.liveness,
+        ));
         let inbox = Inbox::new(
             Arc::clone(&core),
             replies,
@@ -182,6 +202,7 @@ impl Client {
                 inbox,
                 publish_errors: Mutex::new(Some(publish_errors)),
                 settings,
+                cluster,
             }),
         }
     }
@@ -617,6 +638,13 @@ impl Client {
     /// The identity the broker read from this client's certificate.
     pub fn identity(&self) -> &str {
         &self.inner.identity
+    }
+
+    /// The client addresses of the cluster's nodes this client learned from its brokers'
+    /// `Welcome` (empty from a standalone broker), oldest first: after the addresses it was
+    /// given, each connection attempt tries these.
+    pub fn cluster_addresses(&self) -> Vec<String> {
+        self.inner.cluster.learned()
     }
 
     /// The limits the broker enforces on the current (or, while reconnecting, the last)

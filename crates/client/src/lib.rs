@@ -192,6 +192,7 @@ pub use client::Client;
 pub use connect::broker_address::BrokerAddress;
 pub use connect::builder::ClientBuilder;
 pub use connect::connection_state::{ConnectionState, DisconnectReason};
+pub use connect::liveness::Liveness;
 pub use connect::reconnect_policy::ReconnectPolicy;
 pub use error::{ClientError, ConnectionError, PublishError, RequestError, SubscribeError};
 pub use message::Message;

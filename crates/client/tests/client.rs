@@ -32,6 +32,21 @@ fn delivery(sequence: u64, topic: &str, payload: &'static str) -> Frame {
     })
 }
 
+/// The broker's `Gap` frame on `subscription` for `from..=to`.
+fn gap_frame(subscription: u64, from: u64, to: u64, reason: GapReason) -> Frame {
+    Frame::Gap(Gap {
+        subscription,
+        from,
+        to,
+        reason,
+    })
+}
+
+/// The gap the client reports for `from..=to` (`reason: None`: a jump nobody announced).
+fn missed(from: u64, to: u64, reason: Option<GapReason>) -> cassini_client::Gap {
+    cassini_client::Gap::Missed { from, to, reason }
+}
+
 /// Reads the next control frame, expecting a `Subscribe` for `filter`; returns its request id.
 async fn expect_subscribe(session: &mut Session, filter: &str) -> u64 {
     let subscribe = session.expect_subscribe().await;
@@ -121,16 +136,8 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     // `subscribe` returned, so the answer was processed before the stream is even opened.
     let mut stream = session.open_subscription(3).await;
     write(&mut stream, &delivery(1, "demo.a", "one")).await;
-    let gap = |from, to, reason| {
-        Frame::Gap(Gap {
-            subscription: 3,
-            from,
-            to,
-            reason,
-        })
-    };
-    write(&mut stream, &gap(2, 5, GapReason::Overflow)).await;
-    write(&mut stream, &gap(6, 6, GapReason::Undelivered)).await;
+    write(&mut stream, &gap_frame(3, 2, 5, GapReason::Overflow)).await;
+    write(&mut stream, &gap_frame(3, 6, 6, GapReason::Undelivered)).await;
     write(&mut stream, &delivery(7, "demo.a", "seven")).await;
     stream.finish().expect("finish");
 
@@ -153,16 +160,8 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     assert_eq!(
         subscription.take_gaps(),
         vec![
-            cassini_client::Gap::Missed {
-                from: 2,
-                to: 5,
-                reason: Some(GapReason::Overflow)
-            },
-            cassini_client::Gap::Missed {
-                from: 6,
-                to: 6,
-                reason: Some(GapReason::Undelivered)
-            }
+            missed(2, 5, Some(GapReason::Overflow)),
+            missed(6, 6, Some(GapReason::Undelivered))
         ]
     );
     assert_eq!(
@@ -178,16 +177,7 @@ async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
     let mut subscription = subscribe(&client, &mut session, "quiet.>", 4).await;
     let mut stream = session.open_subscription(4).await;
     write(&mut stream, &delivery(1, "quiet.a", "one")).await;
-    write(
-        &mut stream,
-        &Frame::Gap(Gap {
-            subscription: 4,
-            from: 2,
-            to: 1000,
-            reason: GapReason::Undelivered,
-        }),
-    )
-    .await;
+    write(&mut stream, &gap_frame(4, 2, 1000, GapReason::Undelivered)).await;
 
     match timeout(STEP, subscription.next_event())
         .await
@@ -202,14 +192,9 @@ async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
         .await
         .expect("the gap, not a wait")
     {
-        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
-            gap,
-            cassini_client::Gap::Missed {
-                from: 2,
-                to: 1000,
-                reason: Some(GapReason::Undelivered)
-            }
-        ),
+        Some(SubscriptionEvent::Gap(gap)) => {
+            assert_eq!(gap, missed(2, 1000, Some(GapReason::Undelivered)))
+        }
         other => panic!("expected the gap, got {other:?}"),
     }
 
@@ -217,14 +202,7 @@ async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
     write(&mut stream, &delivery(1005, "quiet.b", "late")).await;
     let mut events = subscription.events();
     match timeout(STEP, events.next()).await.expect("the jump") {
-        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(
-            gap,
-            cassini_client::Gap::Missed {
-                from: 1001,
-                to: 1004,
-                reason: None
-            }
-        ),
+        Some(SubscriptionEvent::Gap(gap)) => assert_eq!(gap, missed(1001, 1004, None)),
         other => panic!("expected the unannounced gap, got {other:?}"),
     }
     match timeout(STEP, events.next()).await.expect("the message") {

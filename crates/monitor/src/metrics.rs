@@ -5,9 +5,11 @@
 //! costs anything between scrapes. Rates (messages per second and so on) are the scraper's
 //! `rate()` over these counters.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use cassini_broker::introspect::DropReason;
+use cassini_mqtt::MqttStats;
 use cassini_quic::server::HandshakeFailure;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +48,77 @@ fn labelled(
             .inc_by(count);
     }
     registry.register(name, help, family);
+}
+
+fn labelled_gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (String, u64)>,
+) {
+    let family = Family::<Labels, Gauge<i64>>::default();
+    for (value, count) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), value)])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register(name, help, family);
+}
+
+/// The protocols every scrape shows a connection count for, even at zero.
+const PROTOCOLS: [&str; 3] = ["quic", "mqtt/3.1.1", "mqtt/5"];
+
+/// Open connections by protocol: `quic`, `mqtt/3.1.1`, `mqtt/5` (as `/connz` names them).
+fn connections_by_protocol(state: &State) -> BTreeMap<String, u64> {
+    let mut counts: BTreeMap<String, u64> = PROTOCOLS
+        .iter()
+        .map(|protocol| (protocol.to_string(), 0))
+        .collect();
+    for connection in state.sources.broker.connections() {
+        *counts.entry(connection.protocol).or_default() += 1;
+    }
+    counts
+}
+
+/// The MQTT gateway's counters.
+fn mqtt(r: &mut Registry, mqtt: &MqttStats) {
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    counter(
+        r,
+        "mqtt_connections_accepted",
+        "MQTT gateway connections whose transport was established (TLS verified, or plaintext on loopback)",
+        read(&mqtt.accepted),
+    );
+    counter(
+        r,
+        "mqtt_connections_refused",
+        "MQTT gateway connections refused at TLS or for a certificate without identity",
+        read(&mqtt.refused),
+    );
+    gauge(
+        r,
+        "mqtt_connections_open",
+        "MQTT gateway connections open, CONNECT done or not",
+        read(&mqtt.open),
+    );
+    labelled(
+        r,
+        "mqtt_wills",
+        "MQTT will messages by outcome: published, refused (ACL, limit, unmappable topic), cancelled (the client came back within the will delay)",
+        "outcome",
+        [
+            ("published", read(&mqtt.wills_published)),
+            ("refused", read(&mqtt.wills_refused)),
+            ("cancelled", read(&mqtt.wills_cancelled)),
+        ],
+    );
+    gauge(
+        r,
+        "mqtt_wills_waiting",
+        "MQTT will messages waiting for their will delay",
+        read(&mqtt.wills_waiting),
+    );
 }
 
 /// The text for one scrape.
@@ -164,6 +237,16 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
         "Open connections",
         stats.connections as u64,
     );
+    labelled_gauge(
+        r,
+        "connections_by_protocol",
+        "Open connections by protocol: quic, mqtt/3.1.1, mqtt/5",
+        "protocol",
+        connections_by_protocol(state),
+    );
+    if let Some(stats) = &state.sources.mqtt {
+        mqtt(r, stats);
+    }
     gauge(
         r,
         "sessions",

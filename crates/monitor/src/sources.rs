@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use cassini_broker::BrokerHandle;
+use cassini_mqtt::MqttStats;
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::AcceptStats;
 
@@ -57,6 +58,8 @@ pub struct MonitorSources {
     pub broker: BrokerHandle,
     /// The QUIC endpoint's accept counters (handshakes accepted and refused by reason).
     pub accept: Option<Arc<AcceptStats>>,
+    /// The MQTT gateway's counters, when it runs.
+    pub mqtt: Option<Arc<MqttStats>>,
     /// The address clients connect to.
     pub listen: Option<SocketAddr>,
     /// The effective configuration, shown in `/varz` as given.

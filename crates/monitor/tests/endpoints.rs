@@ -6,12 +6,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cassini_broker::BrokerConfig;
+use cassini_e2e::gateway::{connect_v5, Gateway};
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
 use cassini_monitor::client::{get_as, get_json_as, ClientError};
 use cassini_monitor::{BearerToken, Monitor, MonitorSources, Readiness};
+use cassini_mqtt::MqttStats;
 use cassini_quic::server::HandshakeFailure;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -104,10 +108,20 @@ async fn start_monitor_with(
     broker: &TestBroker,
     token: Option<BearerToken>,
 ) -> (SocketAddr, Readiness) {
+    start_monitor_of(broker, token, None).await
+}
+
+/// A monitor of `broker`, and of its MQTT gateway's counters `mqtt`.
+async fn start_monitor_of(
+    broker: &TestBroker,
+    token: Option<BearerToken>,
+    mqtt: Option<Arc<MqttStats>>,
+) -> (SocketAddr, Readiness) {
     let readiness = Readiness::default();
     let sources = MonitorSources {
         broker: broker.broker.clone(),
         accept: Some(broker.accept_stats()),
+        mqtt,
         listen: Some(broker.addr),
         config: json!({ "listen": broker.addr.to_string() }),
         readiness: readiness.clone(),
@@ -804,4 +818,50 @@ async fn the_status_page_is_served_without_the_token_and_holds_no_data_and_no_ou
         "the page presents the token as a header, kept in session storage"
     );
     broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_mqtt_connections_apart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gateway = Gateway::start_with(BrokerConfig::default(), true).await;
+    let (monitor, _) =
+        start_monitor_of(&gateway.broker, Some(token()), Some(gateway.mqtt.stats())).await;
+    let _quic = gateway.broker.client("alice").await;
+    // An MQTT 5 client over plain TCP on loopback.
+    let mut mqtt = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    mqtt.write_all(&connect_v5("metered")).await.unwrap();
+    let mut connack = [0u8; 2];
+    within("CONNACK", mqtt.read_exact(&mut connack))
+        .await
+        .unwrap();
+    assert_eq!(connack[0], 0x20);
+
+    eventually("the scrape counts each protocol apart", || async {
+        let (_, text) = get(monitor, "/metrics", LIMIT).await.ok()?;
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).ok()?;
+        let by_protocol = |protocol| {
+            sample(
+                &scrape,
+                "cassini_connections_by_protocol",
+                Some(("protocol", protocol)),
+            )
+        };
+        let counted = by_protocol("quic") == 1.0
+            && by_protocol("mqtt/5") == 1.0
+            && by_protocol("mqtt/3.1.1") == 0.0
+            && sample(&scrape, "cassini_connections", None) == 2.0
+            && sample(&scrape, "cassini_mqtt_connections_open", None) == 1.0
+            && sample(&scrape, "cassini_mqtt_connections_accepted_total", None) == 1.0
+            && sample(&scrape, "cassini_mqtt_connections_refused_total", None) == 0.0
+            && sample(
+                &scrape,
+                "cassini_mqtt_wills_total",
+                Some(("outcome", "published")),
+            ) == 0.0
+            && sample(&scrape, "cassini_mqtt_wills_waiting", None) == 0.0;
+        counted.then_some(())
+    })
+    .await;
 }

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -32,12 +33,15 @@ enum Chunk {
     Reset(ErrorCode),
 }
 
-/// What both ends of one connection share: whether it is closed, and how.
+/// What both ends of one connection share: whether it is closed, and how; how long the
+/// session outlives it.
 #[derive(Debug, Default)]
 struct Shared {
     closed: CancellationToken,
     /// The code and reason of the first close.
     reason: Mutex<Option<(ErrorCode, String)>>,
+    /// The MQTT 5 Session Expiry Interval in force (`None`: the broker's `sessions.expiry`).
+    session_expiry: Mutex<Option<Duration>>,
 }
 
 impl Shared {
@@ -253,6 +257,15 @@ impl ClientEnd {
     pub fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.shared.reason.lock().ok().and_then(|slot| slot.clone())
     }
+
+    /// How long the session is to outlive this connection if it ends without a goodbye (the
+    /// broker caps it at `sessions.expiry`); `None`: `sessions.expiry`. Set before the
+    /// connection closes: the broker reads it then.
+    pub fn set_session_expiry(&self, expiry: Option<Duration>) {
+        if let Ok(mut slot) = self.shared.session_expiry.lock() {
+            *slot = expiry;
+        }
+    }
 }
 
 /// The broker's end of a bridged connection.
@@ -315,6 +328,19 @@ impl Connection for BrokerEnd {
 
     fn protocol(&self) -> &str {
         self.protocol
+    }
+
+    /// An MQTT client id is unique per server, whatever the identity.
+    fn exclusive_session_name(&self) -> bool {
+        true
+    }
+
+    fn session_expiry(&self) -> Option<Duration> {
+        self.shared
+            .session_expiry
+            .lock()
+            .ok()
+            .and_then(|slot| *slot)
     }
 
     async fn closed(&self) -> TransportError {

@@ -7,15 +7,22 @@
 //! `Subscribe` per MQTT filter, a `Publish` (acknowledged for QoS 1) per MQTT `PUBLISH` on one
 //! publish stream, which the broker admits through `admission::Publisher::admit` like any other.
 //!
-//! Layering (no file imports one above it): [`topics`] and [`packets`] at the bottom (the topic
-//! mapping; the codec's packets in one form for both versions), [`bridge`] (the in-memory
-//! transport) beside them, `session` (one MQTT connection's state machine) on those, and
-//! [`server`] (the TCP and TLS listener) on top.
+//! Layering (no file imports one above it): [`topics`], [`packets`] and [`stats`] at the bottom
+//! (the topic mapping; the codec's packets in one form for both versions; the counters),
+//! `codes` (Cassini error codes as MQTT reason codes) on `packets`, [`bridge`] (the in-memory
+//! transport) beside them, `frames` (Cassini frames on a bridged stream) on `bridge`, `will`
+//! (will messages: when, and published on a connection of their own) on those, `session` (one
+//! MQTT connection's state machine) on those, and [`server`] (the TCP and TLS listener) on top.
 
 pub mod bridge;
+mod codes;
+mod frames;
 pub mod packets;
 pub mod server;
 mod session;
+pub mod stats;
 pub mod topics;
+mod will;
 
-pub use server::{MqttOptions, MqttServer, MqttStats};
+pub use server::{MqttOptions, MqttServer};
+pub use stats::MqttStats;

@@ -450,9 +450,9 @@ pub enum ConnectCode {
     Accepted,
     /// The protocol level is not 4 or 5.
     UnsupportedVersion,
-    /// The client id has no Cassini session name.
+    /// The client id has no Cassini session name, or another identity's client holds it.
     BadClientId,
-    /// The broker refused the identity (another identity's session, or the ACL).
+    /// The broker refused the identity (a revoked or expired certificate, or the ACL).
     NotAuthorized,
     /// A connection or session limit.
     QuotaExceeded,
@@ -471,6 +471,8 @@ pub struct ConnAckInfo {
     pub assigned_client_id: Option<String>,
     /// MQTT 5: the largest packet the gateway accepts.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5: the Session Expiry Interval granted, when it is not the one asked for.
+    pub session_expiry: Option<u32>,
     /// MQTT 5: a reason for a refusal.
     pub reason: Option<String>,
 }
@@ -486,8 +488,6 @@ pub enum SubCode {
     FilterInvalid,
     /// A subscription or memory limit.
     QuotaExceeded,
-    /// `$share/...`: not mapped in this version of the gateway.
-    SharedNotSupported,
     /// Anything else.
     Unspecified,
 }
@@ -646,7 +646,7 @@ impl Encoder {
                     ConnectCode::Malformed => v5::ConnectReturnCode::MalformedPacket,
                 };
                 let properties = v5::ConnAckProperties {
-                    session_expiry_interval: None,
+                    session_expiry_interval: info.session_expiry,
                     receive_max: None,
                     max_qos: Some(1),
                     retain_available: Some(1),
@@ -657,7 +657,7 @@ impl Encoder {
                     user_properties: Vec::new(),
                     wildcard_subscription_available: Some(1),
                     subscription_identifiers_available: Some(0),
-                    shared_subscription_available: Some(0),
+                    shared_subscription_available: Some(1),
                     server_keep_alive: None,
                     response_information: None,
                     server_reference: None,
@@ -775,9 +775,6 @@ impl Encoder {
                         SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                         SubCode::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
                         SubCode::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
-                        SubCode::SharedNotSupported => {
-                            v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                        }
                         SubCode::Unspecified => v5::SubscribeReasonCode::Unspecified,
                     })
                     .collect();

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::session::{self, Context};
+use crate::stats::MqttStats;
+use crate::will::Wills;
 
 /// The identity of every plaintext (loopback) client.
 pub const PLAINTEXT_IDENTITY: &str = "mqtt-loopback";
@@ -75,17 +77,6 @@ pub enum MqttError {
     },
 }
 
-/// Counters of the gateway, for monitoring.
-#[derive(Debug, Default)]
-pub struct MqttStats {
-    /// Connections whose transport was established (TLS verified, or plaintext on loopback).
-    pub accepted: AtomicU64,
-    /// Connections refused at TLS or for a certificate without identity.
-    pub refused: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
-}
-
 struct Live {
     chain: Vec<CertificateDer<'static>>,
     cut: CancellationToken,
@@ -99,6 +90,7 @@ pub struct MqttServer {
     live: Arc<Mutex<HashMap<u64, Live>>>,
     next_id: AtomicU64,
     stats: Arc<MqttStats>,
+    wills: Wills,
     tasks: TaskTracker,
     closing: CancellationToken,
 }
@@ -131,15 +123,18 @@ impl MqttServer {
                     addr: options.listen,
                     error,
                 })?;
+        let stats = Arc::<MqttStats>::default();
+        let closing = CancellationToken::new();
         Ok(Self {
             listener,
             options,
             tls: RwLock::new(mqtt_tls(tls)),
             live: Arc::default(),
             next_id: AtomicU64::new(0),
-            stats: Arc::default(),
+            wills: Wills::new(Arc::clone(&stats), closing.clone()),
+            stats,
             tasks: TaskTracker::new(),
-            closing: CancellationToken::new(),
+            closing,
         })
     }
 
@@ -199,6 +194,7 @@ impl MqttServer {
                 broker: broker.clone(),
                 connect_timeout: self.options.connect_timeout,
                 cut: cut.clone(),
+                wills: self.wills.clone(),
             };
             let acceptor = TlsAcceptor::from(
                 self.tls

@@ -23,11 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
+use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
 use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
     Publish, SubCode, SubscribeFilter, Version,
 };
 use crate::topics;
+use crate::will::{Owner, Wills};
 
 /// How long a goodbye waits for the broker to close the connection.
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
@@ -46,6 +48,8 @@ pub(crate) struct Context {
     pub(crate) connect_timeout: Duration,
     /// Cancelled when the gateway closes, or this connection's certificate is no longer valid.
     pub(crate) cut: CancellationToken,
+    /// The wills waiting for their delay.
+    pub(crate) wills: Wills,
 }
 
 enum Event {
@@ -78,6 +82,13 @@ enum Pending {
     Unsubscribe { pkid: u16, index: usize },
     /// Ending an old subscription (clean start, or one replaced by a new `SUBSCRIBE`).
     Drop,
+}
+
+/// The broker's answer to one filter of a `SUBSCRIBE` or `UNSUBSCRIBE`.
+enum Answer {
+    Sub(SubCode),
+    /// Whether the filter was subscribed.
+    Unsub(bool),
 }
 
 struct Batch {
@@ -145,8 +156,8 @@ where
         version: connect.version,
         max_packet_size: connect.max_packet_size,
     };
-    let mut connection = Connection::new(connect, encoder, writer, context, max_packet);
-    let Some((client, welcome)) = connection.start(peer.clone()).await else {
+    let mut connection = Connection::new(connect, encoder, writer, context, max_packet, &peer);
+    let Some((client, welcome)) = connection.start().await else {
         return;
     };
     tracing::debug!(
@@ -219,61 +230,9 @@ fn session_name(client_id: &str) -> Option<&str> {
     valid.then_some(client_id)
 }
 
-fn connect_refusal(code: ErrorCode) -> ConnectCode {
-    match code {
-        ErrorCode::SESSION_IDENTITY_MISMATCH
-        | ErrorCode::CERTIFICATE_REVOKED
-        | ErrorCode::CERTIFICATE_EXPIRED
-        | ErrorCode::NOT_AUTHORIZED => ConnectCode::NotAuthorized,
-        ErrorCode::INVALID_SESSION_NAME => ConnectCode::BadClientId,
-        ErrorCode::TOO_MANY_CONNECTIONS
-        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
-        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY => ConnectCode::QuotaExceeded,
-        _ => ConnectCode::Unavailable,
-    }
-}
-
-fn close_code(code: ErrorCode) -> CloseCode {
-    match code {
-        ErrorCode::SESSION_TAKEN_OVER => CloseCode::SessionTakenOver,
-        ErrorCode::SERVER_SHUTTING_DOWN => CloseCode::ShuttingDown,
-        ErrorCode::CERTIFICATE_REVOKED | ErrorCode::NOT_AUTHORIZED => CloseCode::NotAuthorized,
-        ErrorCode::CERTIFICATE_EXPIRED => CloseCode::Administrative,
-        ErrorCode::TOO_MANY_CONNECTIONS
-        | ErrorCode::TOO_MANY_CONNECTIONS_FOR_IDENTITY
-        | ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY
-        | ErrorCode::PARTIAL_FRAMES_LIMIT => CloseCode::QuotaExceeded,
-        _ => CloseCode::Unspecified,
-    }
-}
-
-fn pub_code(code: ErrorCode) -> PubCode {
-    match code {
-        ErrorCode::NOT_AUTHORIZED => PubCode::NotAuthorized,
-        ErrorCode::INVALID_TOPIC => PubCode::TopicNameInvalid,
-        ErrorCode::PAYLOAD_TOO_LARGE
-        | ErrorCode::RETAINED_STORE_FULL
-        | ErrorCode::RETAINED_QUOTA_EXCEEDED
-        | ErrorCode::STORAGE_FULL
-        | ErrorCode::MEMORY_BUDGET_EXCEEDED
-        | ErrorCode::TOO_MANY_HEADERS
-        | ErrorCode::HEADERS_TOO_LARGE => PubCode::QuotaExceeded,
-        _ => PubCode::Unspecified,
-    }
-}
-
-fn sub_code(code: ErrorCode) -> SubCode {
-    match code {
-        ErrorCode::NOT_AUTHORIZED => SubCode::NotAuthorized,
-        ErrorCode::INVALID_FILTER => SubCode::FilterInvalid,
-        ErrorCode::TOO_MANY_SUBSCRIPTIONS
-        | ErrorCode::PENDING_BYTES_LIMIT
-        | ErrorCode::MEMORY_BUDGET_EXCEEDED => SubCode::QuotaExceeded,
-        _ => SubCode::Unspecified,
-    }
-}
-
 struct Connection<W> {
+    /// The client's identity and address.
+    peer: PeerInfo,
     connect: Connect,
     encoder: Encoder,
     writer: W,
@@ -282,6 +241,9 @@ struct Connection<W> {
     max_frame: u32,
     /// The client id the gateway chose for an empty one.
     assigned: Option<String>,
+    /// MQTT 5: the Session Expiry Interval granted, when less than the client asked for (the
+    /// broker's `sessions.expiry`), for `CONNACK` to say so.
+    capped_expiry: Option<u32>,
     control: Option<PipeWriter>,
     /// The control stream's reader and what it read past `Welcome`, until the loop takes them.
     control_reader: Option<PipeReader>,
@@ -312,8 +274,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         writer: W,
         context: Context,
         max_packet: usize,
+        peer: &PeerInfo,
     ) -> Self {
         Self {
+            peer: peer.clone(),
             connect,
             encoder,
             writer,
@@ -321,6 +285,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             context,
             max_frame: u32::try_from(max_packet).unwrap_or(u32::MAX),
             assigned: None,
+            capped_expiry: None,
             control: None,
             control_reader: None,
             control_buf: BytesMut::new(),
@@ -364,6 +329,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             session_present,
             assigned_client_id: self.assigned.clone(),
             max_packet_size: Some(self.max_frame),
+            session_expiry: self.capped_expiry,
             reason,
         };
         self.send(|encoder, out| encoder.connack(code, info, out))
@@ -388,7 +354,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     /// `CONNECT` → `Hello` → `Welcome` → `CONNACK`. `None` if the connection ends here.
-    async fn start(&mut self, peer: PeerInfo) -> Option<(ClientEnd, Welcome)> {
+    async fn start(&mut self) -> Option<(ClientEnd, Welcome)> {
         if self.connect.client_id.is_empty() {
             if self.connect.version == Version::V311 && !self.connect.clean_start {
                 self.connack(ConnectCode::BadClientId, false, None).await;
@@ -406,17 +372,26 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
-        let (broker_end, client) = bridge::connection(peer, self.connect.version.name());
+        let (broker_end, client) =
+            bridge::connection(self.peer.clone(), self.connect.version.name());
+        self.grant_session_expiry(&client);
         self.context.broker.accept(Arc::new(broker_end));
         let welcome = match self.hello(&client, name).await {
             Ok(welcome) => welcome,
             Err(code) => {
-                let reason = client.close_reason().map(|(_, reason)| reason);
+                let reason = if code == ErrorCode::SESSION_IDENTITY_MISMATCH {
+                    Some("the client id is in use by another identity".to_string())
+                } else {
+                    client.close_reason().map(|(_, reason)| reason)
+                };
                 client.close("CONNECT refused");
                 self.connack(connect_refusal(code), false, reason).await;
                 return None;
             }
         };
+        // MQTT 5 §3.1.3.2.2: a new connection for the client id cancels a will waiting for its
+        // delay.
+        self.context.wills.cancel(&self.connect.client_id);
         let session_present = welcome.resumed && !self.connect.clean_start;
         for subscription in &welcome.subscriptions {
             if self.connect.clean_start {
@@ -430,7 +405,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     return None;
                 }
             } else {
-                let filter = topics::cassini_to_mqtt(&subscription.filter);
+                let filter = topics::cassini_to_mqtt_filter(
+                    &subscription.filter,
+                    subscription.options.queue_group.as_deref(),
+                );
                 let qos = u8::from(subscription.options.acks.is_some());
                 self.by_filter
                     .insert(filter.clone(), subscription.subscription);
@@ -637,6 +615,34 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         id
     }
 
+    /// MQTT 5: grants the client's Session Expiry Interval, capped by the broker's
+    /// `sessions.expiry` (then `CONNACK` says so), and tells the broker (through `client`) how
+    /// long the session outlives this connection. 3.1.1 sessions get `sessions.expiry`.
+    fn grant_session_expiry(&mut self, client: &ClientEnd) {
+        if self.connect.version != Version::V5 {
+            return;
+        }
+        let most = self.most_session_expiry();
+        let asked = self.connect.session_expiry.unwrap_or(0);
+        if asked > most {
+            self.capped_expiry = Some(most);
+        }
+        self.set_session_expiry(asked, client);
+    }
+
+    /// The longest Session Expiry Interval the gateway grants: `sessions.expiry`, in seconds.
+    fn most_session_expiry(&self) -> u32 {
+        let most = self.context.broker.config().sessions.expiry.as_secs();
+        u32::try_from(most).unwrap_or(u32::MAX)
+    }
+
+    /// Puts MQTT 5's Session Expiry Interval `secs`, capped, in force.
+    fn set_session_expiry(&mut self, secs: u32, client: &ClientEnd) {
+        let granted = secs.min(self.most_session_expiry());
+        self.connect.session_expiry = Some(granted);
+        client.set_session_expiry(Some(Duration::from_secs(u64::from(granted))));
+    }
+
     /// Whether the session ends with this connection: a 3.1.1 clean session, or an MQTT 5
     /// session expiry of 0 (the default).
     fn ends_with_connection(&self) -> bool {
@@ -761,10 +767,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 session_expiry,
             } => {
                 if let Some(expiry) = session_expiry {
-                    // MQTT 5: a client may change a non-zero expiry at DISCONNECT (not from 0).
-                    if self.connect.session_expiry.unwrap_or(0) != 0 {
-                        self.connect.session_expiry = Some(expiry);
+                    // MQTT 5 §3.14.2.2.2: a client may change a non-zero expiry at DISCONNECT;
+                    // from 0 to another value it is a protocol error, and the DISCONNECT is not
+                    // a valid one (the will is published).
+                    if self.connect.session_expiry.unwrap_or(0) == 0 && expiry != 0 {
+                        return Some(End::Abnormal(Some(CloseCode::ProtocolError)));
                     }
+                    self.set_session_expiry(expiry, client);
                 }
                 Some(End::Disconnect {
                     publish_will: with_will,
@@ -909,13 +918,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let mut frames = Vec::new();
         for (index, wanted) in filters.into_iter().enumerate() {
-            let cassini = if wanted.filter.starts_with("$share/") {
-                Err(SubCode::SharedNotSupported)
-            } else {
-                topics::filter_to_cassini(&wanted.filter).map_err(|_| SubCode::FilterInvalid)
+            // `$share/GROUP/FILTER`: a queue group on FILTER (3.1.1 clients may use it too).
+            let cassini = match topics::shared_filter_to_cassini(&wanted.filter) {
+                Some(shared) => shared.map(|shared| (shared.filter, Some(shared.group))),
+                None => topics::filter_to_cassini(&wanted.filter).map(|filter| (filter, None)),
             };
-            let cassini = match cassini {
-                Ok(filter) => filter,
+            let (cassini, queue_group) = match cassini.map_err(|_| SubCode::FilterInvalid) {
+                Ok(mapped) => mapped,
                 Err(code) => {
                     batch.sub[index] = Some(code);
                     continue;
@@ -945,6 +954,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     // MQTT sends a delivery again only on a new connection, never on a live one.
                     ack_timeout_ms: Some(u32::MAX),
                 }),
+                queue_group,
                 ..SubscribeOptions::default()
             };
             let request = self.request(Pending::Subscribe {
@@ -1012,6 +1022,26 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         (!sent).then_some(End::Abnormal(None))
     }
 
+    /// Filter `index` of `SUBSCRIBE` or `UNSUBSCRIBE` `pkid` is answered: `SUBACK` or
+    /// `UNSUBACK` if it was the last.
+    async fn answered(&mut self, pkid: u16, index: usize, answer: Answer) -> Option<End> {
+        if let Some(batch) = self.batches.get_mut(&pkid) {
+            match answer {
+                Answer::Sub(code) => {
+                    if let Some(slot) = batch.sub.get_mut(index) {
+                        *slot = Some(code);
+                    }
+                }
+                Answer::Unsub(existed) => {
+                    if let Some(slot) = batch.unsub.get_mut(index) {
+                        *slot = Some(existed);
+                    }
+                }
+            }
+        }
+        self.complete(pkid).await
+    }
+
     async fn control_frame(&mut self, frame: Frame) -> Option<End> {
         match frame {
             Frame::Subscribed(subscribed) => match self.pending.remove(&subscribed.request_id) {
@@ -1025,12 +1055,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         .insert(filter.clone(), subscribed.subscription);
                     self.subs
                         .insert(subscribed.subscription, Sub { filter, qos });
-                    if let Some(batch) = self.batches.get_mut(&pkid) {
-                        if let Some(slot) = batch.sub.get_mut(index) {
-                            *slot = Some(SubCode::Granted(qos));
-                        }
-                    }
-                    if let Some(end) = self.complete(pkid).await {
+                    if let Some(end) = self
+                        .answered(pkid, index, Answer::Sub(SubCode::Granted(qos)))
+                        .await
+                    {
                         return Some(end);
                     }
                     for delivery in self
@@ -1050,14 +1078,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.forget(unsubscribed.subscription);
                 match self.pending.remove(&unsubscribed.request_id) {
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.unsub.get_mut(index))
-                        {
-                            *slot = Some(true);
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Unsub(true)).await
                     }
                     _ => None,
                 }
@@ -1067,24 +1088,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 tracing::debug!(client_id = %self.connect.client_id, code = %error.code, reason = %error.reason, "request refused by the broker");
                 match pending {
                     Some(Pending::Subscribe { pkid, index, .. }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.sub.get_mut(index))
-                        {
-                            *slot = Some(sub_code(error.code));
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Sub(sub_code(error.code)))
+                            .await
                     }
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        if let Some(slot) = self
-                            .batches
-                            .get_mut(&pkid)
-                            .and_then(|batch| batch.unsub.get_mut(index))
-                        {
-                            *slot = Some(false);
-                        }
-                        self.complete(pkid).await
+                        self.answered(pkid, index, Answer::Unsub(false)).await
                     }
                     _ => None,
                 }
@@ -1173,17 +1181,49 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         (write(&mut self.writer, &self.out).await.is_err()).then_some(End::Abnormal(None))
     }
 
+    /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
+    /// of the session, whichever comes first, so at once when the session ends with the
+    /// connection. On a takeover the new connection is already there: a will with a delay whose
+    /// session carries on is not published.
+    fn schedule_will(&self, will: packets::Will, taken_over: bool) {
+        let delay = if self.ends_with_connection() {
+            0
+        } else {
+            will.delay_secs
+                .min(self.connect.session_expiry.unwrap_or(u32::MAX))
+        };
+        if taken_over && delay > 0 {
+            tracing::debug!(client_id = %self.connect.client_id, "session taken over within the will delay: will not published");
+            return;
+        }
+        let owner = Owner {
+            peer: self.peer.clone(),
+            protocol: self.connect.version.name(),
+            client_id: self.connect.client_id.clone(),
+        };
+        self.context.wills.schedule(
+            self.context.broker.clone(),
+            owner,
+            will,
+            Duration::from_secs(u64::from(delay)),
+        );
+    }
+
     /// Ends the connection: the will when MQTT says so, the goodbye that ends a session whose
     /// expiry is 0 (else the session is only detached and outlives the connection for the
     /// broker's `sessions.expiry`), and MQTT 5's `DISCONNECT` with the reason.
     async fn finish(&mut self, end: End, client: &ClientEnd, inbox: &mut mpsc::Receiver<Event>) {
-        let publish_will = match end {
+        let taken_over = end == End::Broker
+            && client
+                .close_reason()
+                .is_some_and(|(code, _)| code == ErrorCode::SESSION_TAKEN_OVER);
+        let will_due = match end {
             End::Disconnect { publish_will } => publish_will,
             End::Abnormal(_) => true,
-            End::Broker => false,
+            End::Broker => taken_over,
         };
-        if let Some(will) = self.connect.will.take().filter(|_| publish_will) {
-            self.publish_will(will, client, inbox).await;
+        if let Some(will) = self.connect.will.take().filter(|_| will_due) {
+            self.schedule_will(will, taken_over);
         }
         let code = match end {
             End::Abnormal(code) => code,
@@ -1233,53 +1273,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 match event {
                     Event::Control(Frame::Pong(pong)) if pong.nonce == nonce => return,
                     Event::ControlEnded => return,
-                    _ => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
-    }
-
-    /// Publishes the will, and waits (a few seconds at most) until the broker took it, so that
-    /// closing the connection next cannot lose it. The will delay is not honoured (docs/MQTT.md).
-    async fn publish_will(
-        &mut self,
-        will: packets::Will,
-        client: &ClientEnd,
-        inbox: &mut mpsc::Receiver<Event>,
-    ) {
-        let Ok(topic) = topics::topic_to_cassini(&will.topic) else {
-            tracing::debug!(client_id = %self.connect.client_id, topic = %will.topic, "will topic has no Cassini form");
-            return;
-        };
-        if !self.publish_stream(client).await {
-            return;
-        }
-        self.next_message_id = self.next_message_id.wrapping_add(1);
-        let message_id = self.next_message_id;
-        let frame = Frame::Publish(cassini_protocol::Publish {
-            topic,
-            headers: Vec::new(),
-            payload: will.payload,
-            message_id: Some(message_id),
-            reply_to: None,
-            retain: will.retain,
-            to_session: None,
-            ack: true,
-        });
-        if !self.frame(&frame, true).await {
-            return;
-        }
-        let answered = async {
-            while let Some(event) = inbox.recv().await {
-                match event {
-                    Event::Answer(Frame::PublishAck(ack)) if ack.message_id == message_id => return,
-                    Event::Answer(Frame::PublishRejected(rejected))
-                        if rejected.message_id == Some(message_id) =>
-                    {
-                        tracing::info!(client_id = %self.connect.client_id, reason = %rejected.reason, "will refused by the broker");
-                        return;
-                    }
                     _ => {}
                 }
             }

@@ -4,6 +4,9 @@
 //! separator), `*` or `>` (Cassini's wildcards), and a topic starting with `$` (reserved). The
 //! broker then checks what is left as it checks a QUIC client's topics (length, depth,
 //! characters, the ACL).
+//!
+//! A shared subscription's filter, `$share/GROUP/FILTER` (MQTT 5 §4.8.2), is a Cassini queue
+//! group `GROUP` on the Cassini form of `FILTER`.
 
 /// Why an MQTT topic or filter has no Cassini form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +31,47 @@ pub enum Unmappable {
     /// A wildcard in a published topic, or one that is not a whole level.
     #[error("wildcard '+' or '#' where it is not allowed")]
     Wildcard,
+    /// `$share/GROUP/FILTER` whose group is empty or holds a character other than ASCII letters,
+    /// digits, `-`, `_` and `.`, or with no filter.
+    #[error("a shared subscription is $share/GROUP/FILTER, GROUP of ASCII letters, digits, '-', '_', '.'")]
+    SharedName,
+}
+
+/// A shared subscription: a Cassini queue group on a Cassini filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    /// The queue group (MQTT's share name).
+    pub group: String,
+    /// The Cassini filter.
+    pub filter: String,
+}
+
+/// The prefix of MQTT's shared subscriptions.
+pub const SHARE_PREFIX: &str = "$share/";
+
+/// `Some` if `filter` is a shared subscription's (`$share/GROUP/FILTER`): its queue group and
+/// the Cassini form of `FILTER`, or why it has none.
+pub fn shared_filter_to_cassini(filter: &str) -> Option<Result<Shared, Unmappable>> {
+    let rest = filter.strip_prefix(SHARE_PREFIX)?;
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Some(Err(Unmappable::SharedName));
+    };
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if group.is_empty() || !group.bytes().all(allowed) || filter.is_empty() {
+        return Some(Err(Unmappable::SharedName));
+    }
+    Some(filter_to_cassini(filter).map(|filter| Shared {
+        group: group.to_string(),
+        filter,
+    }))
+}
+
+/// The MQTT filter of a Cassini filter, shared as queue group `group` if there is one.
+pub fn cassini_to_mqtt_filter(filter: &str, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("{SHARE_PREFIX}{group}/{}", cassini_to_mqtt(filter)),
+        None => cassini_to_mqtt(filter),
+    }
 }
 
 /// The Cassini name of the MQTT topic name `topic` (no wildcards).
@@ -132,5 +176,31 @@ mod tests {
         assert_eq!(topic_to_cassini("a/#"), Err(Unmappable::Wildcard));
         assert_eq!(filter_to_cassini("a/#/b"), Err(Unmappable::Wildcard));
         assert_eq!(filter_to_cassini("a/b+"), Err(Unmappable::Wildcard));
+    }
+
+    #[test]
+    fn shared_subscriptions_are_queue_groups() {
+        let shared = |filter: &str| shared_filter_to_cassini(filter);
+        assert_eq!(
+            shared("$share/workers/jobs/+"),
+            Some(Ok(Shared {
+                group: "workers".into(),
+                filter: "jobs.*".into()
+            }))
+        );
+        assert_eq!(shared("jobs/+"), None);
+        assert_eq!(shared("$share/workers"), Some(Err(Unmappable::SharedName)));
+        assert_eq!(shared("$share//jobs"), Some(Err(Unmappable::SharedName)));
+        assert_eq!(shared("$share/a+b/jobs"), Some(Err(Unmappable::SharedName)));
+        assert_eq!(shared("$share/g/"), Some(Err(Unmappable::SharedName)));
+        assert_eq!(
+            shared("$share/g/a//b"),
+            Some(Err(Unmappable::EmptyLevel(1)))
+        );
+        assert_eq!(
+            cassini_to_mqtt_filter("jobs.*", Some("workers")),
+            "$share/workers/jobs/+"
+        );
+        assert_eq!(cassini_to_mqtt_filter("jobs.>", None), "jobs/#");
     }
 }

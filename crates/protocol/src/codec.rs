@@ -1,10 +1,12 @@
 //! Length-prefixed MessagePack framing.
 //!
 //! On the wire every frame is a 4-byte big-endian body length followed by the body: a
-//! [`Frame`] encoded with rmp-serde (structs as arrays, enum variants by name). A struct may
-//! carry trailing fields this build does not know (a newer peer's): they are skipped (see
-//! `lenient`), and fields added later are `#[serde(default)]`, so an older peer's frame decodes
-//! too. The decoder reads
+//! [`Frame`] encoded as rmp-serde encodes it (structs as arrays, enum variants by name; the
+//! [`reference`](mod@reference) path). A struct may carry trailing fields this build does not
+//! know (a newer peer's): they are skipped (see `lenient`), and fields added later are
+//! `#[serde(default)]`, so an older peer's frame decodes too. The frames sent once per message are encoded and
+//! decoded by hand ([`hot_frames`]), to the same bytes and the same values; a body in any
+//! other form falls back to the reference path. The decoder reads
 //! the length first and refuses any length above its maximum before it reserves or allocates
 //! anything for the body, so a peer cannot make the broker allocate by *declaring* a large frame.
 //!
@@ -12,13 +14,16 @@
 //! and call [`FrameDecoder::decode`] until it returns `Ok(None)`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::frame::{Frame, Headers};
+use crate::frame::{Delivery, Frame, Headers, Publish};
 pub use crate::headers::{header_size, MAX_DECODED_HEADERS};
-use lenient::Lenient;
+use hot_frames::HotFrame;
 
+pub mod hot_frames;
 mod lenient;
+mod msgpack;
+pub mod reference;
 
 /// Size of the length prefix in front of every frame body.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -112,9 +117,11 @@ impl FrameDecoder {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        buf.advance(LENGTH_PREFIX_BYTES);
-        let body = buf.split_to(body_len);
-        decode_body(&body).map(Some)
+        // Decoded in place: the frame owns copies of what it keeps, so the body's bytes need
+        // not be split off into a buffer of their own.
+        let frame = decode_body(&buf[LENGTH_PREFIX_BYTES..total]);
+        buf.advance(total);
+        frame.map(Some)
     }
 
     fn peek_body_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
@@ -154,43 +161,10 @@ pub fn decode_frame(input: &[u8], max_frame_bytes: u32) -> Result<(Frame, usize)
 }
 
 fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
-    if let Some(frame) = decode_body_borrowing(body) {
+    if let Some(frame) = hot_frames::decode(body) {
         return Ok(frame);
     }
-    decode_body_copying(body)
-}
-
-/// The fast path of [`decode_body`]: rmp-serde's slice deserializer, which hands strings and
-/// bytes to the frame's fields straight from `body` (the reader-based one copies each through a
-/// scratch buffer it allocates per frame). It cannot say how many bytes it left over, so it
-/// answers only when it can prove it used them all: after the frame, reading the next marker
-/// must find the input's end. Anything else (a malformed frame, trailing bytes) returns `None`,
-/// and the copying path decodes again to report the exact error.
-fn decode_body_borrowing(body: &[u8]) -> Option<Frame> {
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
-    deserializer.set_max_depth(MAX_NESTING_DEPTH);
-    let frame: Frame = serde::Deserialize::deserialize(Lenient(&mut deserializer)).ok()?;
-    match serde::de::IgnoredAny::deserialize(&mut deserializer) {
-        Err(rmp_serde::decode::Error::InvalidMarkerRead(err))
-            if err.kind() == std::io::ErrorKind::UnexpectedEof =>
-        {
-            Some(frame)
-        }
-        _ => None,
-    }
-}
-
-/// The reference path of [`decode_body`]: exact errors, including the count of trailing bytes.
-fn decode_body_copying(body: &[u8]) -> Result<Frame, DecodeError> {
-    let mut rest = body;
-    let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
-    deserializer.set_max_depth(MAX_NESTING_DEPTH);
-    let frame = serde::Deserialize::deserialize(Lenient(&mut deserializer))
-        .map_err(|err: rmp_serde::decode::Error| DecodeError::Malformed(err.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
-    }
-    Ok(frame)
+    reference::decode_body(body)
 }
 
 /// Appends `frame`, length prefix included, to `buf`.
@@ -201,7 +175,17 @@ pub fn encode_frame(
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
-    encode_value(frame, buf, max_frame_bytes)
+    let hot = match frame {
+        Frame::Publish(publish) => HotFrame::Publish(PublishRef::from(publish)),
+        Frame::Message(delivery) => HotFrame::Message(DeliveryRef::from(delivery)),
+        Frame::Datagram(datagram) => {
+            HotFrame::Datagram(datagram.subscription, DeliveryRef::from(&datagram.message))
+        }
+        Frame::PublishAck(ack) => HotFrame::PublishAck(*ack),
+        Frame::Ack(ack) => HotFrame::Ack(ack),
+        _ => return reference::encode_frame(frame, buf, max_frame_bytes),
+    };
+    encode_hot(hot, buf, max_frame_bytes)
 }
 
 /// A `Frame::Publish` by reference: a client encodes each publish once, straight from the
@@ -233,11 +217,22 @@ pub fn encode_publish(
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
-    #[derive(Serialize)]
-    enum FrameRef<'a> {
-        Publish(&'a PublishRef<'a>),
+    encode_hot(HotFrame::Publish(*publish), buf, max_frame_bytes)
+}
+
+impl<'a> From<&'a Publish> for PublishRef<'a> {
+    fn from(publish: &'a Publish) -> Self {
+        Self {
+            topic: &publish.topic,
+            headers: &publish.headers,
+            payload: &publish.payload,
+            message_id: publish.message_id,
+            reply_to: publish.reply_to.as_deref(),
+            retain: publish.retain,
+            to_session: publish.to_session,
+            ack: publish.ack,
+        }
     }
-    encode_value(&FrameRef::Publish(publish), buf, max_frame_bytes)
 }
 
 /// A `Frame::Message` by reference: the broker encodes one delivery per subscriber from one
@@ -269,11 +264,22 @@ pub fn encode_delivery(
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
-    #[derive(Serialize)]
-    enum FrameRef<'a> {
-        Message(&'a DeliveryRef<'a>),
+    encode_hot(HotFrame::Message(*delivery), buf, max_frame_bytes)
+}
+
+impl<'a> From<&'a Delivery> for DeliveryRef<'a> {
+    fn from(delivery: &'a Delivery) -> Self {
+        Self {
+            sequence: delivery.sequence,
+            topic: &delivery.topic,
+            headers: &delivery.headers,
+            payload: &delivery.payload,
+            message_id: delivery.message_id,
+            reply_to: delivery.reply_to.as_deref(),
+            retained: delivery.retained,
+            redelivered: delivery.redelivered,
+        }
     }
-    encode_value(&FrameRef::Message(delivery), buf, max_frame_bytes)
 }
 
 /// Appends a `Frame::Datagram` for `subscription` built from borrowed parts to `buf`: the
@@ -285,50 +291,36 @@ pub fn encode_datagram(
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
-    #[derive(Serialize)]
-    struct DatagramRef<'a> {
-        subscription: crate::SubscriptionId,
-        message: &'a DeliveryRef<'a>,
-    }
-    #[derive(Serialize)]
-    enum FrameRef<'a> {
-        Datagram(DatagramRef<'a>),
-    }
-    let frame = FrameRef::Datagram(DatagramRef {
-        subscription,
-        message: delivery,
-    });
-    encode_value(&frame, buf, max_frame_bytes)
+    encode_hot(
+        HotFrame::Datagram(subscription, *delivery),
+        buf,
+        max_frame_bytes,
+    )
 }
 
-fn encode_value<T: Serialize>(
-    value: &T,
+/// Appends a hot frame, length prefix included, sized before anything is written: a frame over
+/// the limit leaves `buf` as it was, and the buffer grows at most once.
+fn encode_hot(
+    frame: HotFrame<'_>,
     buf: &mut BytesMut,
     max_frame_bytes: u32,
 ) -> Result<(), EncodeError> {
-    let start = buf.len();
-    buf.put_u32(0);
-    let mut writer = buf.writer();
-    if let Err(err) = rmp_serde::encode::write(&mut writer, value) {
-        let buf = writer.into_inner();
-        buf.truncate(start);
-        return Err(EncodeError::Serialize(err.to_string()));
-    }
-    let buf = writer.into_inner();
-    let size = buf.len() - start - LENGTH_PREFIX_BYTES;
-    match u32::try_from(size) {
-        Ok(len) if len <= max_frame_bytes => {
-            buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
-            Ok(())
-        }
+    let size = frame.body_size();
+    let len = match u32::try_from(size) {
+        Ok(len) if len <= max_frame_bytes => len,
         _ => {
-            buf.truncate(start);
-            Err(EncodeError::FrameTooLarge {
+            return Err(EncodeError::FrameTooLarge {
                 size,
                 max: max_frame_bytes,
             })
         }
-    }
+    };
+    buf.reserve(LENGTH_PREFIX_BYTES + size);
+    let start = buf.len();
+    buf.put_u32(len);
+    frame.put_body(buf);
+    debug_assert_eq!(buf.len() - start, LENGTH_PREFIX_BYTES + size, "{frame:?}");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -192,6 +192,11 @@ pub struct Welcome {
     /// does not know them (a new process) can take them up again; empty on a new session.
     #[serde(default)]
     pub subscriptions: Vec<SessionSubscription>,
+    /// In a cluster: the client addresses of this broker's node and of every peer node in
+    /// routing, as `host:port` strings (docs/CLUSTERING.md), for a client to fail over to;
+    /// empty from a standalone broker (and when left off by an older one).
+    #[serde(default)]
+    pub cluster_addresses: Vec<String>,
 }
 
 /// A subscription a resumed session holds, as listed in `Welcome`.

@@ -99,6 +99,9 @@ pub struct ClusterOptions {
     pub handshake_timeout: Duration,
     /// Wraps the endpoint's socket (fault injection in tests). Default: none.
     pub layer: Option<SocketLayer>,
+    /// This node's client address as its peers' clients should dial it (`host:port`), told to
+    /// every peer and listed in `Welcome`. Default: none (set it on the port instead).
+    pub advertise: Option<String>,
 }
 
 impl ClusterOptions {
@@ -111,6 +114,7 @@ impl ClusterOptions {
             quic: cluster_quic_options(),
             handshake_timeout: Duration::from_secs(5),
             layer: None,
+            advertise: None,
         }
     }
 }
@@ -153,6 +157,9 @@ enum PeerFrame {
         node: String,
         link: u64,
         previous: Option<u64>,
+        /// The dialer's client address, for its peers' clients (`Welcome.cluster_addresses`).
+        #[serde(default)]
+        client_address: Option<String>,
     },
     /// Acceptor → dialer, first: how many forwards of the previous link it received, if it
     /// knows that link.
@@ -163,7 +170,8 @@ enum PeerFrame {
     Ack { seq: u64 },
     /// Acceptor → dialer: this many forwards received on this link so far.
     Delivered { count: u64 },
-    /// Dialer → acceptor: a forwarded message and the queue groups it is for.
+    /// Dialer → acceptor: a forwarded message and the queue groups it is for (a direct one
+    /// carries its session in `to_session`).
     Message {
         publish: Publish,
         groups: Vec<String>,
@@ -230,6 +238,9 @@ impl ClusterNode {
             options.layer.as_ref(),
         )?;
         endpoint.set_default_client_config(tls::client_config(tls.client, &options.quic)?);
+        if let Some(address) = &options.advertise {
+            port.set_client_address(address.clone());
+        }
         let options = Arc::new(options);
         let closing = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -349,6 +360,7 @@ async fn serve_inbound(
                 node: claimed,
                 link,
                 previous,
+                client_address,
             }) => {
                 if cluster != options.cluster {
                     let reason = format!("cluster {cluster:?} is not {:?}", options.cluster);
@@ -371,20 +383,22 @@ async fn serve_inbound(
                     before
                 };
                 write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
-                counter
+                (counter, client_address)
             }
             _ => return Err("the link did not start with Hello".to_owned()),
         };
         Ok((connection, node, send, recv, counter))
     };
-    let (connection, node, mut send, mut recv, counter) = tokio::time::timeout(limit, greeting)
-        .await
-        .map_err(|_| format!("no Hello within {limit:?}"))??;
+    let (connection, node, mut send, mut recv, (counter, client_address)) =
+        tokio::time::timeout(limit, greeting)
+            .await
+            .map_err(|_| format!("no Hello within {limit:?}"))??;
     if node == port.node() {
         connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
         return Ok(());
     }
     tracing::info!(peer = %node, "cluster link from a peer up");
+    port.set_peer_client_address(&node, client_address);
     dialer.dial(connection.remote_address());
     let mut inbox = port.open_inbound(&node);
     let mut received = 0u64;
@@ -545,6 +559,7 @@ async fn dial_once(
             .as_ref()
             .filter(|old| old.node == node)
             .map(|old| old.link),
+        client_address: port.client_address(),
     };
     write_frame(&mut send, &hello).await?;
     let received = match read_frame(&mut recv).await? {
@@ -617,7 +632,7 @@ async fn dial_once(
                             message_id: forward.message.message_id,
                             reply_to: forward.message.reply_to.clone(),
                             retain: false,
-                            to_session: None,
+                            to_session: forward.session,
                             ack: false,
                         },
                         groups: forward.groups.iter().map(|g| g.to_string()).collect(),
@@ -732,6 +747,7 @@ mod tests {
             topic: topic.to_owned(),
             plain: true,
             groups: Vec::new(),
+            session: None,
         }
     }
 

@@ -70,7 +70,10 @@ async def connect(
 ) -> "Client":
     """Connects to the broker over QUIC with mutual TLS.
 
-    `address` is `"host:port"` or several, tried in order. The certificates are `ca` (the CA
+    `address` is `"host:port"` or several (a list, or `"a:7700,b:7700"`), tried in order, then
+    the cluster's client addresses learned from each broker's `Welcome`: a client of a cluster
+    node that dies reconnects to another node (with a new session, each subscription
+    reporting a `SessionLost` gap). The certificates are `ca` (the CA
     that issued the broker's certificate) and `cert`/`key` (this client's), or `cert_dir` with
     `ca.crt` and `client-NAME.crt`/`.key` (`name`, default `dev`). `session_name` gives the
     session a stable name for this identity and `resume_session` resumes a known session id:

@@ -74,7 +74,10 @@ impl Drop for ListenerState {
             let notice = if self.clean {
                 SessionMsg::End { epoch }
             } else {
-                SessionMsg::Detach { epoch }
+                SessionMsg::Detach {
+                    epoch,
+                    expiry: self.connection.session_expiry(),
+                }
             };
             let _ = session.send_message(notice);
         }

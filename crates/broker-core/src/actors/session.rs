@@ -3,7 +3,8 @@
 //! It owns the session's subscriptions (filter and subscriber actor of each) and which
 //! connection, if any, the session is attached to. Each attach gets a new epoch; a detach or
 //! end that names an older epoch is ignored, so a stale connection can never detach a newer one.
-//! A detached session expires after `sessions.expiry` unless it is resumed first. It emits
+//! A detached session expires after `sessions.expiry` (or the shorter time its last connection
+//! asked for: MQTT 5's Session Expiry Interval) unless it is resumed first. It emits
 //! the system events about itself: `session_expired`, `authorization_failed` for a subscription
 //! the ACL refused, and `slow_consumer` for a subscription closed by overflow.
 //!
@@ -80,8 +81,12 @@ pub(crate) enum SessionMsg {
         positions: Vec<ResumePosition>,
         reply: RpcReplyPort<Attached>,
     },
-    /// The connection of `epoch` dropped: keep the session until it expires.
-    Detach { epoch: u64 },
+    /// The connection of `epoch` dropped: keep the session until it expires, after `expiry`
+    /// if the connection asked for less than `sessions.expiry`.
+    Detach {
+        epoch: u64,
+        expiry: Option<Duration>,
+    },
     /// The connection of `epoch` said goodbye: end the session now.
     End { epoch: u64 },
     /// The expiry timer set when `epoch` detached fired.
@@ -361,16 +366,18 @@ impl SessionState {
             managers: self.managers.clone(),
             acks: Arc::clone(&self.acks),
             session: myself.clone(),
-            key: SubscriberKey {
-                session: self.id,
-                subscription,
-            },
-            filter,
-            group,
-            options,
-            queue,
-            connection: self.attached.clone(),
             max_frame_bytes: self.shared.config.limits.max_frame_bytes,
+            prepared: Prepared {
+                key: SubscriberKey {
+                    session: self.id,
+                    subscription,
+                },
+                filter,
+                group,
+                options,
+                queue,
+                connection: self.attached.clone(),
+            },
         }
     }
 
@@ -382,6 +389,7 @@ impl SessionState {
         let Some(subscriber) = started.subscriber.take() else {
             return;
         };
+        let started = &started.prepared;
         let moved = match (&started.connection, &self.attached) {
             (Some(then), Some(now)) => !Arc::ptr_eq(then, now),
             (None, None) => false,
@@ -659,12 +667,9 @@ fn permits(permissions: &Permissions, subscription: &SessionSubscription) -> boo
             .is_none_or(|group| permissions.may_join_queue(group))
 }
 
-/// A subscription checked and prepared by its session, to be started outside the session's
-/// handler: starting asks the subscriber manager and the topic manager.
-struct Starting {
-    managers: SessionManagers,
-    acks: Arc<AckTargets>,
-    session: ActorRef<SessionMsg>,
+/// A subscription as its session prepared it: what starting it needs, and what the session
+/// keeps of it once it runs.
+struct Prepared {
     key: SubscriberKey,
     filter: TopicFilter,
     group: Option<Arc<str>>,
@@ -672,7 +677,16 @@ struct Starting {
     queue: Arc<SubscriptionQueue>,
     /// The connection the session was attached to when it prepared the subscription.
     connection: Option<Arc<dyn Connection>>,
+}
+
+/// A subscription checked and prepared by its session, to be started outside the session's
+/// handler: starting asks the subscriber manager and the topic manager.
+struct Starting {
+    managers: SessionManagers,
+    acks: Arc<AckTargets>,
+    session: ActorRef<SessionMsg>,
     max_frame_bytes: u32,
+    prepared: Prepared,
 }
 
 impl Starting {
@@ -680,17 +694,18 @@ impl Starting {
     /// queue. The queue takes the connection's acknowledgements before the first message can
     /// reach it.
     async fn run(self) -> Result<Started, BrokerError> {
-        let subscription = self.key.subscription;
+        let prepared = self.prepared;
+        let subscription = prepared.key.subscription;
         let args = SubscriberArgs {
-            key: self.key,
-            filter: self.filter.clone(),
-            queue: Arc::clone(&self.queue),
-            connection: self
+            key: prepared.key,
+            filter: prepared.filter.clone(),
+            queue: Arc::clone(&prepared.queue),
+            connection: prepared
                 .connection
                 .clone()
                 .map(|connection| (connection, end_notices(&self.session))),
             max_frame_bytes: self.max_frame_bytes,
-            delivery: self.options.delivery,
+            delivery: prepared.options.delivery,
         };
         let subscriber = ask(&self.managers.subscribers, |reply| {
             SubscriberManagerMsg::Spawn {
@@ -702,21 +717,17 @@ impl Starting {
         .await??;
         let started = Started {
             subscriber: Some(subscriber),
-            key: self.key,
-            filter: self.filter,
-            group: self.group,
-            options: self.options,
-            queue: self.queue,
-            connection: self.connection,
+            prepared,
         };
-        self.acks.insert(subscription, Arc::clone(&started.queue));
+        let prepared = &started.prepared;
+        self.acks.insert(subscription, Arc::clone(&prepared.queue));
         let member = RouteMember {
-            key: started.key,
-            queue: Arc::clone(&started.queue),
-            group: started.group.clone(),
+            key: prepared.key,
+            queue: Arc::clone(&prepared.queue),
+            group: prepared.group.clone(),
         };
         let joined = ask(&self.managers.topics, |reply| TopicManagerMsg::Join {
-            filter: started.filter.clone(),
+            filter: prepared.filter.clone(),
             member,
             reply,
         })
@@ -736,12 +747,7 @@ impl Starting {
 /// manager then stops routing to it: nothing is left behind.
 pub(crate) struct Started {
     subscriber: Option<ActorRef<SubscriberMsg>>,
-    key: SubscriberKey,
-    filter: TopicFilter,
-    group: Option<Arc<str>>,
-    options: SubscribeOptions,
-    queue: Arc<SubscriptionQueue>,
-    connection: Option<Arc<dyn Connection>>,
+    prepared: Prepared,
 }
 
 impl Drop for Started {
@@ -822,9 +828,10 @@ impl Actor for Session {
             } => {
                 let _ = reply.send(state.attach(&myself, connection, &positions));
             }
-            SessionMsg::Detach { epoch } if epoch == state.epoch => {
+            SessionMsg::Detach { epoch, expiry } if epoch == state.epoch => {
                 state.detach();
-                let expiry = state.shared.config.sessions.expiry;
+                let most = state.shared.config.sessions.expiry;
+                let expiry = expiry.map_or(most, |asked| asked.min(most));
                 tracing::debug!(session = %state.id, ?expiry, "session detached");
                 myself.send_after(expiry, move || SessionMsg::Expire { epoch });
             }
@@ -889,7 +896,7 @@ impl Actor for Session {
                 Ok(starting) => {
                     // The managers answer in a task of its own: the session keeps handling
                     // messages (attach, detach, acknowledgements' owners) meanwhile.
-                    let subscription = starting.key.subscription;
+                    let subscription = starting.prepared.key.subscription;
                     let session = myself.clone();
                     tokio::spawn(async move {
                         let result = starting.run().await;

@@ -20,6 +20,13 @@
 //! as any resume does). The name is stored with the session record, so the map survives a
 //! restart in disk mode; it is forgotten with the session.
 //!
+//! A connection whose names are exclusive (`Connection::exclusive_session_name`: an MQTT client
+//! id, unique per server) cannot use a name while another identity holds a session that such a
+//! connection named so: it is refused with `SESSION_IDENTITY_MISMATCH`, and never reaches or
+//! learns anything of that session. So it also owns the map from exclusive name to the session
+//! holding it. That map is not stored: after a restart in disk mode a stored session holds its
+//! name exclusively again once a connection of that kind resumes it.
+//!
 //! In disk mode it starts with the sessions read back from the store: each one detached, with
 //! the expiry time it had left (its detach time is stored; a session that was attached when the
 //! broker died counts as detached at the restart). A session whose expiry passed while the
@@ -30,7 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{ResumePosition, SessionId};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
@@ -86,7 +95,17 @@ struct Entry {
     certificate: Option<Arc<str>>,
     /// The session's name, if it has one.
     name: Option<Arc<str>>,
+    /// Whether a connection with exclusive names named it (it then holds `exclusive`'s entry).
+    exclusive: bool,
     session: ActorRef<SessionMsg>,
+}
+
+/// Who a session being started belongs to: [`Entry`] without the actor.
+struct Owner {
+    identity: Arc<str>,
+    certificate: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+    exclusive: bool,
 }
 
 pub(crate) struct SessionManagerState {
@@ -98,9 +117,48 @@ pub(crate) struct SessionManagerState {
     per_identity: HashMap<Arc<str>, usize>,
     /// Named sessions, by identity and name.
     names: HashMap<(Arc<str>, Arc<str>), SessionId>,
+    /// Exclusively named sessions (MQTT client ids), by name alone.
+    exclusive: HashMap<Arc<str>, SessionId>,
 }
 
 impl SessionManagerState {
+    /// Starts session `id`'s actor as a child of the manager (`myself`) and indexes it under
+    /// `owner`.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SessionManagerMsg>,
+        id: SessionId,
+        owner: Owner,
+        recovered: Option<(RecoveredSession, Duration)>,
+    ) -> Result<ActorRef<SessionMsg>, SpawnErr> {
+        let Owner {
+            identity,
+            certificate,
+            name,
+            exclusive,
+        } = owner;
+        let args = SessionArgs {
+            id,
+            identity: Arc::clone(&identity),
+            name: name.clone(),
+            shared: Arc::clone(&self.shared),
+            managers: self.managers.clone(),
+            recovered,
+        };
+        let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+        self.insert(
+            id,
+            Entry {
+                identity,
+                certificate,
+                name,
+                exclusive,
+                session: session.clone(),
+            },
+        );
+        Ok(session)
+    }
+
     fn insert(&mut self, id: SessionId, entry: Entry) {
         let count = self
             .per_identity
@@ -110,6 +168,9 @@ impl SessionManagerState {
         if let Some(name) = &entry.name {
             self.names
                 .insert((Arc::clone(&entry.identity), Arc::clone(name)), id);
+            if entry.exclusive {
+                self.exclusive.insert(Arc::clone(name), id);
+            }
         }
         self.by_actor.insert(entry.session.get_id(), id);
         self.sessions.insert(id, entry);
@@ -121,6 +182,11 @@ impl SessionManagerState {
             return;
         };
         Self::forget_name(&mut self.names, *id, &entry);
+        if let Some(name) = entry.name.as_ref().filter(|_| entry.exclusive) {
+            if self.exclusive.get(name) == Some(id) {
+                self.exclusive.remove(name);
+            }
+        }
         if let Some(count) = self.per_identity.get_mut(&entry.identity) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -141,6 +207,15 @@ impl SessionManagerState {
                 names.remove(&key);
             }
         }
+    }
+
+    /// Whether an exclusive use of `name` by `identity` is refused: another identity's session
+    /// holds the name exclusively.
+    fn held_by_another(&self, name: &str, identity: &Arc<str>) -> bool {
+        self.exclusive
+            .get(name)
+            .and_then(|id| self.sessions.get(id))
+            .is_some_and(|entry| entry.identity != *identity)
     }
 
     fn held_by(&self, identity: &Arc<str>) -> usize {
@@ -174,25 +249,21 @@ impl SessionManager {
         };
         let identity: Arc<str> = Arc::from(recovered.record.identity.as_str());
         let name: Option<Arc<str>> = recovered.record.name.as_deref().map(Arc::from);
-        let args = SessionArgs {
-            id,
-            identity: Arc::clone(&identity),
-            name: name.clone(),
-            shared: Arc::clone(&state.shared),
-            managers: state.managers.clone(),
-            recovered: Some((recovered, expires_in)),
-        };
-        let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+        let recovered = Some((recovered, expires_in));
+        state
+            .start(
+                myself,
+                id,
+                Owner {
+                    identity,
+                    certificate: None,
+                    name,
+                    exclusive: false,
+                },
+                recovered,
+            )
+            .await?;
         tracing::debug!(session = %id, ?expires_in, "session restored from the store");
-        state.insert(
-            id,
-            Entry {
-                identity,
-                certificate: None,
-                name,
-                session,
-            },
-        );
         Ok(())
     }
 
@@ -247,6 +318,13 @@ impl SessionManager {
             Some(name) => Some(Arc::from(name)),
             None => None,
         };
+        let exclusive = name.is_some() && connection.exclusive_session_name();
+        if let Some(name) = name.as_deref().filter(|_| exclusive) {
+            if state.held_by_another(name, &identity) {
+                tracing::warn!(%identity, name, "session name refused: another identity's client holds it");
+                return Err(BrokerError::SessionIdentityMismatch);
+            }
+        }
         // A name resumes the session it leads to, or creates one under it.
         let resume = match &name {
             Some(name) => state
@@ -266,7 +344,16 @@ impl SessionManager {
                     return Err(BrokerError::SessionIdentityMismatch);
                 }
                 entry.certificate = certificate;
-                (id, entry.session.clone(), true)
+                let session = entry.session.clone();
+                if exclusive && !entry.exclusive {
+                    // A stored session resumed, or a QUIC client's named session now used as an
+                    // MQTT client id: the name is held exclusively from now on.
+                    entry.exclusive = true;
+                    if let Some(name) = entry.name.clone() {
+                        state.exclusive.insert(name, id);
+                    }
+                }
+                (id, session, true)
             }
             None => {
                 Self::make_room(state, &identity).await?;
@@ -276,26 +363,20 @@ impl SessionManager {
                         break candidate;
                     }
                 };
-                let args = SessionArgs {
-                    id,
-                    identity: Arc::clone(&identity),
-                    name: name.clone(),
-                    shared: Arc::clone(&state.shared),
-                    managers: state.managers.clone(),
-                    recovered: None,
-                };
-                let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell())
+                let session = state
+                    .start(
+                        myself,
+                        id,
+                        Owner {
+                            identity,
+                            certificate,
+                            name,
+                            exclusive,
+                        },
+                        None,
+                    )
                     .await
                     .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
-                state.insert(
-                    id,
-                    Entry {
-                        identity,
-                        certificate,
-                        name,
-                        session: session.clone(),
-                    },
-                );
                 (id, session, false)
             }
         };
@@ -340,6 +421,7 @@ impl Actor for SessionManager {
             by_actor: HashMap::new(),
             per_identity: HashMap::new(),
             names: HashMap::new(),
+            exclusive: HashMap::new(),
         };
         for session in recovered {
             Self::restore(&myself, &mut state, session).await?;

@@ -7,10 +7,12 @@
 //!
 //! In a cluster it tells the cluster state every change of its member count per queue group
 //! (plain members count as one group, `None`), in the order they happen: that is this node's
-//! interest, told to every peer ([`crate::cluster`]).
+//! interest, told to every peer ([`crate::cluster`]). It also tells how many of its members
+//! each session holds (the session table that routes direct messages across nodes).
 
 use std::sync::Arc;
 
+use cassini_protocol::SessionId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::router::{FilterRoute, RouteMember, Router, SubscriberKey};
@@ -48,9 +50,22 @@ impl TopicState {
         }
     }
 
+    /// Tells the cluster (if any) how many members `session` holds now.
+    fn tell_cluster_session(&self, session: SessionId) {
+        if let Some(cluster) = self.router.cluster() {
+            let count = self
+                .members
+                .iter()
+                .filter(|m| m.key.session == session)
+                .count();
+            cluster.local_session_changed(session, self.route.filter(), count);
+        }
+    }
+
     fn join(&mut self, member: RouteMember) {
         self.members.retain(|m| m.key != member.key);
         let group = member.group.clone();
+        let session = member.key.session;
         let is_plain = member.group.is_none();
         let queue = Arc::clone(&member.queue);
         self.members.push(member);
@@ -62,6 +77,7 @@ impl TopicState {
             route.set_members(members);
         }
         self.tell_cluster(group.as_ref());
+        self.tell_cluster_session(session);
     }
 
     fn leave(&mut self, key: SubscriberKey) {
@@ -71,6 +87,7 @@ impl TopicState {
         let leaving = self.members.remove(position);
         self.route.set_members(&self.members);
         self.tell_cluster(leaving.group.as_ref());
+        self.tell_cluster_session(leaving.key.session);
         let Some(group) = &leaving.group else {
             return;
         };
@@ -141,6 +158,7 @@ impl Drop for TopicState {
         if let Some(cluster) = self.router.cluster() {
             for member in &self.members {
                 cluster.local_changed(self.route.filter(), member.group.as_deref(), 0);
+                cluster.local_session_changed(member.key.session, self.route.filter(), 0);
             }
         }
     }

@@ -8,6 +8,8 @@ use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use super::*;
 use crate::memory::MemoryCharge;
 
+mod sessions;
+
 fn cluster(node: &str) -> Arc<Cluster> {
     Arc::new(Cluster::new(
         ClusterConfig::node(node),
@@ -53,7 +55,11 @@ fn linked_with_a_queue_of_one(
     ));
     let inbound = node.open_inbound("b");
     let link = node.open_outbound("b");
-    inbound.apply(InterestUpdate::Snapshot { seq: 1, entries });
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries,
+        sessions: vec![],
+    });
     (node, inbound, link)
 }
 
@@ -71,7 +77,7 @@ async fn a_link_starts_with_a_snapshot_then_gets_every_change_in_order() {
     let mut link = node.open_outbound("b");
     node.local_changed(&filter("orders.*"), None, 2);
     node.local_changed(&filter("orders.*"), None, 0);
-    let Outgoing::Interest(InterestUpdate::Snapshot { seq, entries }) = next(&mut link).await
+    let Outgoing::Interest(InterestUpdate::Snapshot { seq, entries, .. }) = next(&mut link).await
     else {
         panic!("no snapshot first");
     };
@@ -115,6 +121,7 @@ async fn a_message_goes_once_to_a_peer_however_many_of_its_filters_match() {
     inbound.apply(InterestUpdate::Snapshot {
         seq: 1,
         entries: vec![entry("s.>", None, 1), entry("s.*.t", None, 3)],
+        sessions: vec![],
     });
     assert_eq!(node.forward(&message("s.k.t")), 1);
     assert_eq!(node.forward(&message("other")), 0, "no interest, no bytes");
@@ -134,6 +141,7 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
     inbound.apply(InterestUpdate::Snapshot {
         seq: 1,
         entries: vec![entry("jobs.*", Some("w"), 2)],
+        sessions: vec![],
     });
     assert_eq!(
         node.forward(&message("jobs.x")),
@@ -195,6 +203,7 @@ async fn a_drop_while_the_link_waits_is_announced_before_any_later_forward() {
     inbound.apply(InterestUpdate::Snapshot {
         seq: 2,
         entries: vec![entry("t", None, 1)],
+        sessions: vec![],
     });
     node.forward(&message("t"));
     let (first, _link) = waiting.await.unwrap();
@@ -244,6 +253,7 @@ async fn interest_changes_towards_a_stalled_peer_are_bounded_and_end_in_a_snapsh
         match update {
             InterestUpdate::Snapshot { entries, .. } => entries_known = entries.len(),
             InterestUpdate::Change { .. } => entries_known += 1,
+            InterestUpdate::Session { .. } => {}
         }
     }
     assert!(

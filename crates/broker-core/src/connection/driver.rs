@@ -29,7 +29,7 @@ use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::events::Event;
-use crate::transport::{Connection, SendStream, TransportError};
+use crate::transport::{Connection, RecvStream, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
 const CONTROL_STREAM_PRIORITY: i32 = 100;
@@ -171,6 +171,11 @@ async fn serve(
                 ..limits.announced()
             },
             subscriptions: opened.subscriptions.clone(),
+            cluster_addresses: shared
+                .router
+                .cluster()
+                .map(|cluster| cluster.client_addresses())
+                .unwrap_or_default(),
         },
         max_frame_bytes,
     );
@@ -184,6 +189,16 @@ async fn serve(
     let mut publishers = JoinSet::new();
     let mut settling = Settling::new();
     let max_publish_streams = limits.max_publish_streams_per_connection;
+    // Serves a publish stream the client opened; its partial frames count in the identity's.
+    let publish_stream = |send: Box<dyn SendStream>, recv: Box<dyn RecvStream>| {
+        serve_publish_stream(
+            send,
+            recv,
+            Arc::clone(shared),
+            Arc::clone(&connection.peer().identity),
+            frames.reader(),
+        )
+    };
     let mut datagrams =
         DatagramPublishes::new(Arc::clone(shared), Arc::clone(&connection.peer().identity));
     let mut datagrams_open = connection.max_datagram_size().is_some();
@@ -207,13 +222,7 @@ async fn serve(
             },
             accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
                 let (send, recv) = accepted?;
-                publishers.spawn(serve_publish_stream(
-                    send,
-                    recv,
-                    Arc::clone(shared),
-                    Arc::clone(&connection.peer().identity),
-                    frames.reader(),
-                ));
+                publishers.spawn(publish_stream(send, recv));
             },
             Some(done) = publishers.join_next() => flatten(done)?,
             Some(notice) = next_notice(&mut ended) => {
@@ -237,13 +246,7 @@ async fn serve(
                 Some(done) = publishers.join_next() => flatten(done)?,
                 accepted = connection.accept_bi(), if publishers.len() < max_publish_streams => {
                     let Ok((send, recv)) = accepted else { break };
-                    publishers.spawn(serve_publish_stream(
-                        send,
-                        recv,
-                        Arc::clone(shared),
-                        Arc::clone(&connection.peer().identity),
-                        frames.reader(),
-                    ));
+                    publishers.spawn(publish_stream(send, recv));
                 }
                 () = tokio::time::sleep(GOODBYE_STRAGGLERS), if publishers.is_empty() => break,
             }
@@ -526,6 +529,7 @@ mod tests {
                     options: SubscribeOptions::default(),
                 })
                 .collect(),
+            cluster_addresses: Vec::new(),
         }
     }
 

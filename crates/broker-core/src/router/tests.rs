@@ -225,6 +225,18 @@ async fn retained_values_replay_to_matching_subscriptions_and_clear() {
     assert_eq!(router.retained_count(), 1);
 }
 
+/// How many subscriptions a publish of `payload` to `topic` through `cache` was offered to.
+fn offered_cached(
+    router: &Router,
+    cache: &mut RouteCache,
+    topic: &str,
+    payload: &'static [u8],
+) -> usize {
+    router
+        .publish_cached(&message(topic, payload), None, cache)
+        .offered
+}
+
 #[tokio::test]
 async fn a_cached_publish_sees_every_trie_and_member_change() {
     let router = Router::default();
@@ -236,48 +248,23 @@ async fn a_cached_publish_sees_every_trie_and_member_change() {
     let route = Arc::new(FilterRoute::new(filter("a.b")));
     route.set_members(std::slice::from_ref(&exact));
     router.insert(Arc::clone(&route));
-    assert_eq!(
-        router
-            .publish_cached(&message("a.b", b"1"), None, &mut cache)
-            .offered,
-        1
-    );
+    assert_eq!(offered_cached(&router, &mut cache, "a.b", b"1"), 1);
 
     // A new filter changes the trie: the cache is refilled.
     let wide = Arc::new(FilterRoute::new(filter("a.*")));
     wide.set_members(std::slice::from_ref(&wildcard));
     router.insert(Arc::clone(&wide));
-    assert_eq!(
-        router
-            .publish_cached(&message("a.b", b"2"), None, &mut cache)
-            .offered,
-        2
-    );
+    assert_eq!(offered_cached(&router, &mut cache, "a.b", b"2"), 2);
 
     // A member change does not touch the trie, and still applies at once.
     route.set_members(&[exact.clone(), late.clone()]);
-    assert_eq!(
-        router
-            .publish_cached(&message("a.b", b"3"), None, &mut cache)
-            .offered,
-        3
-    );
+    assert_eq!(offered_cached(&router, &mut cache, "a.b", b"3"), 3);
 
     // Another topic is looked up, not served from the cache.
-    assert_eq!(
-        router
-            .publish_cached(&message("a.c", b"4"), None, &mut cache)
-            .offered,
-        1
-    );
+    assert_eq!(offered_cached(&router, &mut cache, "a.c", b"4"), 1);
 
     router.remove(&filter("a.*"));
-    assert_eq!(
-        router
-            .publish_cached(&message("a.b", b"5"), None, &mut cache)
-            .offered,
-        2
-    );
+    assert_eq!(offered_cached(&router, &mut cache, "a.b", b"5"), 2);
 
     assert_eq!(queued(&exact).await, 4);
     assert_eq!(queued(&wildcard).await, 3, "a.b twice, a.c once");
@@ -328,13 +315,19 @@ fn the_router_counts_queued_copies_and_drops_by_policy() {
     assert_eq!(counters.dropped(DropReason::DropNewest), 1);
     assert_eq!(counters.dropped(DropReason::Latest), 2);
     assert_eq!(counters.dropped(DropReason::SlowConsumer), 1);
+    let filters = sorted_filters(&router);
+    assert_eq!(filters, ["p0.>", "p1.>", "p2.>", "p3.>"]);
+}
+
+/// The filters `router.routes()` lists, sorted.
+fn sorted_filters(router: &Router) -> Vec<String> {
     let mut filters: Vec<String> = router
         .routes()
         .iter()
         .map(|route| route.filter().to_string())
         .collect();
     filters.sort();
-    assert_eq!(filters, ["p0.>", "p1.>", "p2.>", "p3.>"]);
+    filters
 }
 
 #[test]
@@ -343,12 +336,7 @@ fn routes_lists_literal_wildcard_and_tail_filters() {
     for f in ["a", "a.b", "a.*", "a.>", "*.c", ">"] {
         router.insert(Arc::new(FilterRoute::new(filter(f))));
     }
-    let mut filters: Vec<String> = router
-        .routes()
-        .iter()
-        .map(|route| route.filter().to_string())
-        .collect();
-    filters.sort();
+    let filters = sorted_filters(&router);
     assert_eq!(filters, ["*.c", ">", "a", "a.*", "a.>", "a.b"]);
     router.publish(&message("a.b", b"x"), None);
     let value = message("a.b", b"xyz");

@@ -56,6 +56,12 @@ fn subscription(session: u128, subscription: u64) -> Op {
     })
 }
 
+/// Opens the store in `dir`, commits `ops` and closes it again.
+async fn stored(dir: &Path, ops: Vec<Op>) {
+    let (store, _) = open(dir).unwrap();
+    commit(&store, ops).await;
+}
+
 async fn commit(store: &DiskStore, ops: Vec<Op>) {
     store.append(ops);
     store.synced(store.ticket()).await.unwrap();
@@ -148,23 +154,20 @@ async fn removing_a_session_removes_everything_it_owns() {
 #[tokio::test]
 async fn a_sequence_written_in_the_batch_that_removes_its_subscription_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (store, _) = open(dir.path()).unwrap();
-        commit(
-            &store,
-            vec![
-                session(7),
-                subscription(7, 1),
-                Op::Sequence(SequenceRecord {
-                    session: 7,
-                    subscription: 1,
-                    last_sequence: 5,
-                }),
-                Op::DeleteSubscription(7, 1),
-            ],
-        )
-        .await;
-    }
+    stored(
+        dir.path(),
+        vec![
+            session(7),
+            subscription(7, 1),
+            Op::Sequence(SequenceRecord {
+                session: 7,
+                subscription: 1,
+                last_sequence: 5,
+            }),
+            Op::DeleteSubscription(7, 1),
+        ],
+    )
+    .await;
     let (store, recovered) = open(dir.path()).unwrap();
     assert!(recovered.sessions[0].subscriptions.is_empty());
     assert_eq!(store.live_bytes(), recovered.live_bytes);
@@ -173,19 +176,16 @@ async fn a_sequence_written_in_the_batch_that_removes_its_subscription_is_not_ke
 #[tokio::test]
 async fn an_expired_dedupe_entry_is_not_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (store, _) = open(dir.path()).unwrap();
-        let old = unix_ms() - 2 * WINDOW.as_millis() as u64;
-        commit(
-            &store,
-            vec![Op::PutDedupe(DedupeRecord {
-                at_ms: old,
-                identity: "alice".into(),
-                message_id: 1,
-            })],
-        )
-        .await;
-    }
+    let old = unix_ms() - 2 * WINDOW.as_millis() as u64;
+    stored(
+        dir.path(),
+        vec![Op::PutDedupe(DedupeRecord {
+            at_ms: old,
+            identity: "alice".into(),
+            message_id: 1,
+        })],
+    )
+    .await;
     let (_, recovered) = open(dir.path()).unwrap();
     assert!(recovered.dedupe.is_empty());
 }
@@ -243,19 +243,16 @@ fn flip_byte_of(path: &Path, marker: &[u8]) {
 #[tokio::test]
 async fn a_flipped_byte_stops_the_start_and_names_the_record() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (store, _) = open(dir.path()).unwrap();
-        commit(
-            &store,
-            vec![
-                session(7),
-                subscription(7, 1),
-                Op::PutMessage((7, 1, 1), message("a.b", b"first-intact")),
-                Op::PutMessage((7, 1, 2), message("a.b", b"second-MARKER-payload")),
-            ],
-        )
-        .await;
-    }
+    stored(
+        dir.path(),
+        vec![
+            session(7),
+            subscription(7, 1),
+            Op::PutMessage((7, 1, 1), message("a.b", b"first-intact")),
+            Op::PutMessage((7, 1, 2), message("a.b", b"second-MARKER-payload")),
+        ],
+    )
+    .await;
     let path = dir.path().join(DATABASE_FILE);
     flip_byte_of(&path, b"second-MARKER-payload");
     let before = std::fs::read(&path).unwrap();

@@ -1,12 +1,13 @@
 //! Cassini as a broker under test: the `cassini-bench` client interface over `cassini-client`,
 //! against the in-process broker or (with `--server`) a broker running elsewhere.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use cassini_bench::{BenchClient, BenchSubscription, Connector};
+use cassini_bench::{answer_until_stopped, BenchClient, BenchSubscription, Connector};
 use cassini_broker::BrokerConfig;
 use cassini_client::{Client, ClientBuilder, Subscription};
 use cassini_protocol::SubscribeOptions;
@@ -14,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{LocalCluster, Placement};
 use super::embedded::EmbeddedBroker;
 use crate::cli::BenchTarget;
 
@@ -23,6 +25,9 @@ enum Broker {
     Embedded(Box<EmbeddedBroker>),
     /// Reached at an address, with the certificates of a directory.
     External(BenchTarget),
+    /// A node of an in-process cluster, chosen per client by the placement; the cluster is
+    /// stopped by its owner.
+    Cluster(Arc<LocalCluster>, Placement),
 }
 
 /// Connects bench clients to a Cassini broker.
@@ -41,7 +46,7 @@ const QUEUED_MESSAGE_OVERHEAD: u64 = 512;
 /// The in-process broker's configuration: the defaults, with the per-subscription queue cap
 /// raised to 256 MiB (the `max_pending` NATS gets in `bench/peers.sh`), so a million 64-byte
 /// messages fit in one subscription's queue when the subscriber falls behind.
-fn bench_config() -> BrokerConfig {
+pub(crate) fn bench_config() -> BrokerConfig {
     let mut config = BrokerConfig::default();
     config.queue.max_bytes = config.queue.max_bytes.max(256 * 1024 * 1024);
     config
@@ -59,6 +64,15 @@ impl CassiniConnector {
             options: SubscribeOptions::default(),
             subscription_buffer: 1024,
         })
+    }
+
+    /// Clients of `cluster`'s nodes, each placed by `placement`.
+    pub(crate) fn on_cluster(cluster: Arc<LocalCluster>, placement: Placement) -> Self {
+        Self {
+            broker: Broker::Cluster(cluster, placement),
+            options: SubscribeOptions::default(),
+            subscription_buffer: 1024,
+        }
     }
 
     /// Sizes every subscription's broker queue for `messages` of `size` payload bytes (each
@@ -93,6 +107,9 @@ impl CassiniConnector {
     fn builder(&self, name: &str) -> anyhow::Result<ClientBuilder> {
         Ok(match &self.broker {
             Broker::Embedded(broker) => broker.client(name)?,
+            Broker::Cluster(cluster, placement) => {
+                cluster.client(placement.node_for(name), name)?
+            }
             Broker::External(target) => {
                 let server = target.server.as_deref().unwrap_or_default();
                 Client::builder(server)
@@ -123,6 +140,9 @@ impl Connector for CassiniConnector {
         match &self.broker {
             Broker::Embedded(_) => "cassini (in-process)".to_string(),
             Broker::External(_) => "cassini".to_string(),
+            Broker::Cluster(cluster, placement) => {
+                format!("cassini ({}-node cluster, {placement})", cluster.len())
+            }
         }
     }
 
@@ -141,17 +161,11 @@ impl Connector for CassiniConnector {
         let client = self.client("bench-responder").await?;
         let mut responder = client.serve(topic).await?;
         Ok(tokio::spawn(async move {
-            let mut served = 0u64;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    request = responder.next() => {
-                        let Some(request) = request else { break };
-                        request.respond(request.payload().clone()).await?;
-                        served += 1;
-                    }
-                }
-            }
+            let served = answer_until_stopped(&mut responder, &stop, |request| async move {
+                request.respond(request.payload().clone()).await?;
+                Ok(true)
+            })
+            .await?;
             drop(responder);
             let _ = client.close().await;
             Ok(served)

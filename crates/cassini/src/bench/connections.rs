@@ -11,7 +11,7 @@
 //! its own; with `--server`, `--broker-pid` lets the scenario read it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use cassini_quic::tls::{self, QuicOptions};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::child::{free_udp_addr, rss_bytes, ChildProcess};
+use super::child::{free_udp_addr, rss_bytes, ChildProcess, ScratchDir};
 use crate::cli::ConnectionsArgs;
 
 /// How long one connection may take to open.
@@ -320,31 +320,5 @@ async fn hello(
             .await?
             .context("control stream ended before Welcome")?;
         buf.extend_from_slice(&chunk.bytes);
-    }
-}
-
-/// A directory under the system's temporary directory, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.subsec_nanos())
-            .unwrap_or_default();
-        let path =
-            std::env::temp_dir().join(format!("cassini-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -33,6 +33,16 @@ impl EmbeddedBroker {
         options: ServerOptions,
     ) -> anyhow::Result<Self> {
         let ca = CertificateAuthority::generate("Cassini Bench CA").context("bench CA")?;
+        Self::start_under(ca, config, options).await
+    }
+
+    /// Like [`EmbeddedBroker::start_with`], with certificates issued by `ca` (the nodes of an
+    /// in-process cluster share one).
+    pub(crate) async fn start_under(
+        ca: CertificateAuthority,
+        config: BrokerConfig,
+        options: ServerOptions,
+    ) -> anyhow::Result<Self> {
         let server_cert = ca.issue_server(&[]).context("bench server certificate")?;
         let crypto = tls::server_crypto(
             vec![ca.cert_der().clone()],
@@ -62,6 +72,11 @@ impl EmbeddedBroker {
             .ca_certs(vec![self.ca.cert_der().clone()])
             .identity(vec![cert.cert_der()?], cert.key_der()?)
             .server_name("localhost"))
+    }
+
+    /// The broker.
+    pub(crate) fn broker(&self) -> &BrokerHandle {
+        &self.broker
     }
 
     /// The transport facts of the first open connection of `identity`, if it has any.

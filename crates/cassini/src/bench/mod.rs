@@ -11,14 +11,18 @@
 //! - `hol`: head-of-line isolation between two subscriptions of one connection.
 //! - `connections`: many idle mTLS connections, against a bare quinn endpoint in the same run;
 //!   `bare_endpoint` is that endpoint, and `child` starts it (and the broker) as processes.
+//! - `cluster`: a cluster in this process against a standalone broker; `failover` kills nodes
+//!   running as processes.
 
 pub(crate) mod bare_endpoint;
 pub(crate) mod cassini_peer;
 pub(crate) mod child;
+pub(crate) mod cluster;
 pub(crate) mod connections;
 pub(crate) mod datagram;
 pub(crate) mod durable;
 pub(crate) mod embedded;
+pub(crate) mod failover;
 pub(crate) mod hol;
 
 use std::process::ExitCode;
@@ -36,6 +40,10 @@ pub(crate) async fn run(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         BenchScenario::Durable(args) => return durable::run(args).await,
         BenchScenario::Connections(args) => return connections::run(args).await,
         BenchScenario::BareEndpoint(args) => return bare_endpoint::run(args).await,
+        BenchScenario::Cluster(args) => {
+            let json = args.json;
+            (cluster::run(args).await?, json, None)
+        }
         BenchScenario::Latency(command) => {
             let connector = CassiniConnector::start(&command.target).await?;
             let report = cassini_bench::latency::run(&connector, &command.args).await;

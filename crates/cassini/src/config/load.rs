@@ -56,6 +56,8 @@ pub(crate) struct Overrides {
     pub(crate) cluster_listen: Option<SocketAddr>,
     /// `--peer` (repeatable): replaces `cluster.peers` when given.
     pub(crate) peers: Vec<SocketAddr>,
+    /// `--cluster-advertise`.
+    pub(crate) cluster_advertise: Option<String>,
     /// `--mqtt`: enables the MQTT gateway on this address.
     pub(crate) mqtt: Option<SocketAddr>,
 }
@@ -203,57 +205,44 @@ fn set(table: &mut toml::Table, path: &str, value: toml::Value) {
 }
 
 fn apply_flags(settings: &mut Settings, flags: &Overrides) {
-    if let Some(listen) = flags.listen {
-        settings.listen = listen;
-    }
-    if let Some(dir) = &flags.certs {
-        settings.certs.dir = dir.clone();
-    }
-    if let Some(secs) = flags.session_expiry {
-        settings.sessions.expiry_secs = secs;
-    }
-    if let Some(secs) = flags.idle_timeout {
-        settings.quic.idle_timeout_secs = secs;
-    }
-    if let Some(congestion) = flags.congestion {
-        settings.quic.congestion = congestion;
-    }
+    override_with(&mut settings.listen, &flags.listen);
+    override_with(&mut settings.certs.dir, &flags.certs);
+    override_with(&mut settings.sessions.expiry_secs, &flags.session_expiry);
+    override_with(&mut settings.quic.idle_timeout_secs, &flags.idle_timeout);
+    override_with(&mut settings.quic.congestion, &flags.congestion);
     if let Some(addr) = flags.monitor {
         settings.monitor.enabled = true;
         settings.monitor.listen = addr;
     }
-    if let Some(format) = flags.log_format {
-        settings.log.format = format;
-    }
-    if let Some(path) = &flags.acl {
-        settings.security.acl_file = path.clone();
-    }
-    if let Some(rule) = &flags.identity_rule {
-        settings.security.identity_rule = rule.clone();
-    }
-    if let Some(when) = &flags.address_validation {
-        settings.security.address_validation = when.clone();
-    }
+    override_with(&mut settings.log.format, &flags.log_format);
+    override_with(&mut settings.security.acl_file, &flags.acl);
+    override_with(&mut settings.security.identity_rule, &flags.identity_rule);
+    override_with(
+        &mut settings.security.address_validation,
+        &flags.address_validation,
+    );
     settings.security.allow_unknown_revocation |= flags.allow_unknown_revocation;
     settings.security.enforce_crl_expiry |= flags.enforce_crl_expiry;
     settings.certs.require_crl |= flags.require_crl;
     if let Some(addr) = flags.mqtt {
         settings.mqtt.listen = addr.to_string();
     }
-    if let Some(path) = &flags.monitor_token_file {
-        settings.monitor.token_file = path.clone();
-    }
-    if let Some(name) = &flags.cluster {
-        settings.cluster.name = name.clone();
-    }
-    if let Some(node) = &flags.node {
-        settings.cluster.node = node.clone();
-    }
-    if let Some(addr) = flags.cluster_listen {
-        settings.cluster.listen = addr;
-    }
+    override_with(&mut settings.monitor.token_file, &flags.monitor_token_file);
+    override_with(&mut settings.cluster.name, &flags.cluster);
+    override_with(&mut settings.cluster.node, &flags.node);
+    override_with(&mut settings.cluster.listen, &flags.cluster_listen);
     if !flags.peers.is_empty() {
         settings.cluster.peers = flags.peers.clone();
+    }
+    if let Some(addr) = &flags.cluster_advertise {
+        settings.cluster.advertise = addr.clone();
+    }
+}
+
+/// Sets `setting` to the flag's value when the flag was given.
+fn override_with<T: Clone>(setting: &mut T, flag: &Option<T>) {
+    if let Some(value) = flag {
+        *setting = value.clone();
     }
 }
 
@@ -296,6 +285,16 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             return Err(invalid(
                 "cluster.max_queued_messages",
                 "0 allows nothing; expected at least 1".into(),
+            ));
+        }
+        let advertise = cluster.advertise.trim();
+        let has_port = advertise
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !advertise.is_empty() && !has_port {
+            return Err(invalid(
+                "cluster.advertise",
+                format!("{advertise:?} is not host:port"),
             ));
         }
     }
@@ -370,23 +369,27 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
         return Err(invalid(key, "0 allows nothing; expected at least 1".into()));
     }
     let queue = &settings.queue;
-    if queue.default_messages > queue.max_messages {
-        return Err(invalid(
+    let defaults_within_caps = [
+        (
             "queue.default_messages",
-            format!(
-                "{} is above queue.max_messages ({}); expected at most that",
-                queue.default_messages, queue.max_messages
-            ),
-        ));
-    }
-    if queue.default_bytes > queue.max_bytes {
-        return Err(invalid(
+            u64::from(queue.default_messages),
+            "queue.max_messages",
+            u64::from(queue.max_messages),
+        ),
+        (
             "queue.default_bytes",
-            format!(
-                "{} is above queue.max_bytes ({}); expected at most that",
-                queue.default_bytes, queue.max_bytes
-            ),
-        ));
+            queue.default_bytes,
+            "queue.max_bytes",
+            queue.max_bytes,
+        ),
+    ];
+    for (key, value, cap_key, cap) in defaults_within_caps {
+        if value > cap {
+            return Err(invalid(
+                key,
+                format!("{value} is above {cap_key} ({cap}); expected at most that"),
+            ));
+        }
     }
     Ok(())
 }

@@ -104,6 +104,10 @@ pub(crate) struct ClusterSettings {
     pub(crate) peers: Vec<SocketAddr>,
     /// Messages waiting for one peer before forwards to it are dropped and announced.
     pub(crate) max_queued_messages: usize,
+    /// This node's client address as clients should dial it (`host:port`), told to the
+    /// peers and listed in clients' `Welcome`; empty: the bound client address, unless that
+    /// is a wildcard address (then none is advertised).
+    pub(crate) advertise: String,
 }
 
 impl Default for ClusterSettings {
@@ -115,6 +119,7 @@ impl Default for ClusterSettings {
             peers: Vec::new(),
             max_queued_messages: cassini_broker::cluster::ClusterConfig::node("")
                 .max_queued_messages,
+            advertise: String::new(),
         }
     }
 }
@@ -123,6 +128,16 @@ impl ClusterSettings {
     /// Whether this broker is a cluster node.
     pub(crate) fn enabled(&self) -> bool {
         !self.name.is_empty()
+    }
+
+    /// The client address to advertise when the broker's client address is `bound`:
+    /// `advertise` if set, else `bound` unless it is a wildcard address.
+    pub(crate) fn advertised(&self, bound: SocketAddr) -> Option<String> {
+        let set = self.advertise.trim();
+        if !set.is_empty() {
+            return Some(set.to_owned());
+        }
+        (!bound.ip().is_unspecified()).then(|| bound.to_string())
     }
 }
 

@@ -439,6 +439,49 @@ fn the_cluster_comes_from_the_file_the_environment_and_the_flags() {
 }
 
 #[test]
+fn the_advertised_client_address_comes_from_the_file_the_environment_and_the_flag() {
+    let bound: SocketAddr = "10.0.0.1:7700".parse().unwrap();
+    let wildcard: SocketAddr = "0.0.0.0:7700".parse().unwrap();
+    let written = file("[cluster]\nname = \"prod\"\nnode = \"n1\"\n");
+    let default = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    assert_eq!(
+        default.cluster.advertised(bound),
+        Some("10.0.0.1:7700".into()),
+        "default: the bound client address"
+    );
+    assert_eq!(
+        default.cluster.advertised(wildcard),
+        None,
+        "a wildcard is no address to dial"
+    );
+
+    let environment = env(&[("CASSINI_CLUSTER_ADVERTISE", "n1.example:7700")]);
+    let from_env = resolve(Some(written.path()), &environment, &Overrides::default()).unwrap();
+    assert_eq!(
+        from_env.cluster.advertised(wildcard),
+        Some("n1.example:7700".into())
+    );
+    let flags = Overrides {
+        cluster_advertise: Some("203.0.113.7:7700".into()),
+        ..Overrides::default()
+    };
+    let from_flag = resolve(Some(written.path()), &environment, &flags).unwrap();
+    assert_eq!(
+        from_flag.cluster.advertised(bound),
+        Some("203.0.113.7:7700".into())
+    );
+
+    let bad = Overrides {
+        cluster_advertise: Some("no-port".into()),
+        ..Overrides::default()
+    };
+    let message = resolve(Some(written.path()), &[], &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("cluster.advertise"), "{message}");
+}
+
+#[test]
 fn a_cluster_without_a_node_name_is_refused() {
     let flags = Overrides {
         cluster: Some("prod".into()),

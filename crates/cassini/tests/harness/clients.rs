@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cassini_client::{BrokerAddress, Client, ClientBuilder, QuicOptions, ReconnectPolicy};
+use cassini_client::{Client, ClientBuilder, ReconnectPolicy};
 use cassini_quic::tls;
 
 /// A raw quinn connection to the broker at `addr` as `name`, for clients that misbehave on
@@ -30,22 +30,12 @@ pub(crate) async fn client(addr: &str, dir: &Path, name: &str) -> Client {
         .expect("client connects")
 }
 
-/// A client of the broker(s) at `addr` as `name` that notices a lost connection within about a
-/// second (1 s idle timeout, keep-alive every 250 ms) and reconnects at once (backoff from
-/// 50 ms to 500 ms), not yet connected.
-pub(crate) fn quick_client(
-    addr: impl Into<BrokerAddress>,
-    dir: &Path,
-    name: &str,
-) -> ClientBuilder {
-    Client::builder(addr)
-        .cert_dir(dir, name)
-        .server_name("localhost")
-        .quic_options(QuicOptions {
-            idle_timeout: Duration::from_secs(1),
-            keep_alive_interval: Duration::from_millis(250),
-            ..QuicOptions::default()
-        })
+/// `builder` made to notice a lost broker within a second
+/// ([`cassini_e2e::edge::quick_quic`]) and to try again at once (backoff 50 ms to 500 ms), for
+/// the suites that kill or restart brokers under their clients.
+pub(crate) fn quick_reconnect(builder: ClientBuilder) -> ClientBuilder {
+    builder
+        .quic_options(cassini_e2e::edge::quick_quic())
         .reconnect(ReconnectPolicy {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),

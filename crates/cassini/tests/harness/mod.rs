@@ -12,9 +12,11 @@
 //!   tests that need more than [`Broker::start`].
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
-//!   [`eventually`] polls a probe until it answers.
+//!   [`eventually`] polls a probe until it answers; [`assert_contains`] shows the whole text
+//!   it did not find a string in.
 //! - [`clients`]: a `cassini-client` or a raw quinn connection presenting the certificates of a
-//!   directory, for the suites that attack or load a running broker.
+//!   directory, for the suites that attack or load a running broker, and the reconnect settings
+//!   of clients that must notice a lost broker at once.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -96,6 +98,12 @@ pub(crate) fn stdout(output: &Output) -> String {
 /// A finished command's stderr, as text.
 pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Fails the test unless `text` contains `wanted`, showing all of `text`.
+#[track_caller]
+pub(crate) fn assert_contains(text: &str, wanted: &str) {
+    assert!(text.contains(wanted), "expected {wanted:?} in:\n{text}");
 }
 
 /// Calls `probe` every 50 ms until it returns `Some`; fails the test after [`DEADLINE`].

@@ -55,6 +55,13 @@ impl<T: Into<BrokerAddress>> From<Vec<T>> for BrokerAddress {
     }
 }
 
+impl BrokerAddress {
+    /// Whether this names more than one address (a list of two or more).
+    pub(crate) fn is_several(&self) -> bool {
+        matches!(self, Self::List(list) if list.len() > 1)
+    }
+}
+
 impl fmt::Display for BrokerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

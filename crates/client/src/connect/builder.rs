@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::SessionId;
@@ -18,7 +19,9 @@ use tokio::time::timeout;
 
 use crate::client::{Client, ClientSettings};
 use crate::connect::broker_address::BrokerAddress;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connector::Connector;
+use crate::connect::liveness::Liveness;
 use crate::connect::reconnect_policy::{classify, Loss, ReconnectPolicy};
 use crate::error::ConnectionError;
 use crate::publish::outbound::OutboundBuffer;
@@ -88,6 +91,8 @@ pub struct ClientBuilder {
     publish_lane_buffer: usize,
     /// Whether and how to reconnect.
     reconnect: ReconnectPolicy,
+    /// How a broker that stopped answering is noticed.
+    liveness: Liveness,
     /// Publishes kept while reconnecting.
     outbound_buffer: OutboundBuffer,
     /// Default wait for a publish acknowledgement.
@@ -125,6 +130,7 @@ impl fmt::Debug for ClientBuilder {
             .field("max_publish_lanes", &self.max_publish_lanes)
             .field("publish_lane_buffer", &self.publish_lane_buffer)
             .field("reconnect", &self.reconnect)
+            .field("liveness", &self.liveness)
             .field("outbound_buffer", &self.outbound_buffer)
             .field("ack_timeout", &self.ack_timeout)
             .field("max_unacked_publishes", &self.max_unacked_publishes)
@@ -161,6 +167,7 @@ impl ClientBuilder {
             max_publish_lanes: 64,
             publish_lane_buffer: 256,
             reconnect: ReconnectPolicy::default(),
+            liveness: Liveness::default(),
             outbound_buffer: OutboundBuffer::default(),
             ack_timeout: Duration::from_secs(60),
             max_unacked_publishes: 1024,
@@ -322,6 +329,16 @@ impl ClientBuilder {
         self
     }
 
+    /// How the client notices a broker that stopped answering: see [`Liveness`]. Default:
+    /// [`Liveness::Auto`], which pings every 500 ms and counts the connection as lost after
+    /// 1.5 s without an answer when the client knows more than one broker address (given, or
+    /// learned from a cluster node's `Welcome`: another node can take over), and otherwise
+    /// leaves it to QUIC's idle timeout.
+    pub fn liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
     /// How many publishes, and for how long, the client keeps while reconnecting: see
     /// [`OutboundBuffer`]. Default: 1024 messages, 60 s. [`OutboundBuffer::disabled`] makes a
     /// publish while reconnecting fail at once.
@@ -377,12 +394,14 @@ impl ClientBuilder {
                 client_name,
                 session_name,
                 connect_timeout,
+                cluster: ClusterAddresses::default(),
+                answered: Arc::default(),
             };
-            let mut first = connector.connect(resume, Vec::new(), true).await;
+            let mut first = connector.connect(resume, Vec::new(), true, None).await;
             if let (Some(id), Err(error)) = (resume, &first) {
                 if classify(error) == Loss::SessionLost {
                     tracing::warn!(session = %id, "the broker does not know the session to resume; starting a new one");
-                    first = connector.connect(None, Vec::new(), true).await;
+                    first = connector.connect(None, Vec::new(), true, None).await;
                 }
             }
             match first {
@@ -438,6 +457,7 @@ impl ClientBuilder {
         self.reconnect
             .check()
             .and_then(|()| self.outbound_buffer.check())
+            .and_then(|()| self.liveness.check())
             .map_err(|reason| ConnectionError::Config { reason })?;
         let ca = match self.trust {
             Some(Trust::File(path)) => tls::load_certs(&path)?,
@@ -477,6 +497,7 @@ impl ClientBuilder {
                     close_timeout: self.close_timeout,
                 },
                 reconnect: self.reconnect,
+                liveness: self.liveness,
                 outbound: self.outbound_buffer,
                 ack_timeout: self.ack_timeout,
                 max_unacked_publishes: self.max_unacked_publishes,

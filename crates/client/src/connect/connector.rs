@@ -3,9 +3,10 @@
 //! A [`Connector`] holds what every attempt needs (the local endpoint, the broker's address,
 //! the names) and runs one attempt under the connect timeout: it resolves the address again
 //! each time, so a broker that came back elsewhere is found, and tries each of its addresses
-//! in turn. QUIC's unconnected socket never hears the ICMP "port unreachable" that says
-//! nothing listens at an address, so beside each handshake a small probe on a connected UDP
-//! socket listens for it ([`port_unreachable`]): such an address fails at once, naming it,
+//! in turn, then the cluster's addresses learned from `Welcome`
+//! ([`crate::connect::cluster_addresses`]). QUIC's unconnected socket never hears the ICMP
+//! "port unreachable" that says nothing listens at an address, so beside each handshake a
+//! small probe on a connected UDP socket listens for it ([`port_unreachable`]): such an address fails at once, naming it,
 //! instead of after the whole connect timeout.
 //!
 //! Then the handshake ([`handshake`]), from a QUIC connection to a Cassini session: `Hello` out
@@ -18,6 +19,7 @@
 //! [`crate::connect::disconnect`] to read as certificate errors.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES;
@@ -28,9 +30,11 @@ use quinn::VarInt;
 use tokio::time::timeout;
 
 use crate::connect::broker_address::BrokerAddress;
+use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::disconnect::{connection_error, read_error, write_error, Phase};
 use crate::connect::framed::{decode_close_code, encode, FrameReader, ReadFrameError};
 use crate::error::ConnectionError;
+use crate::sync::lock;
 
 /// Everything needed to connect to the broker again.
 #[derive(Debug, Clone)]
@@ -48,6 +52,10 @@ pub(crate) struct Connector {
     pub(crate) session_name: Option<String>,
     /// Bound on one attempt, from resolving the address to `Welcome`.
     pub(crate) connect_timeout: Duration,
+    /// The cluster's addresses learned from `Welcome`, tried after `address`.
+    pub(crate) cluster: ClusterAddresses,
+    /// The address that answered the last handshake, tried first by the next attempt.
+    pub(crate) answered: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl Connector {
@@ -56,24 +64,48 @@ impl Connector {
     /// turn until one answers.
     ///
     /// With `fail_fast` (the first connection, where a person or script waits for the answer)
-    /// an address where nothing listens fails at once. Reconnects do not probe: there a
-    /// handshake that waits for a restarting broker connects as soon as it listens, while a
-    /// failed attempt would wait out the growing backoff first.
+    /// an address where nothing listens fails at once. A reconnect to a single address does not
+    /// probe: there a handshake that waits for a restarting broker connects as soon as it
+    /// listens, while a failed attempt would wait out the growing backoff first. With several
+    /// addresses every attempt probes, so a dead node's address gives way to the next at once.
+    ///
+    /// The address that answered the last handshake (where the session lives, or where a
+    /// refusal came from) is tried first, but for at most [`ANSWERED_ADDRESS_SHARE`] when
+    /// there are others; `silent` (an address whose broker stopped answering pings) is tried
+    /// last.
     pub(crate) async fn connect(
         &self,
         resume: Option<SessionId>,
         positions: Vec<ResumePosition>,
         fail_fast: bool,
+        silent: Option<SocketAddr>,
     ) -> Result<Established, ConnectionError> {
         let attempt = async {
-            let remotes = self.address.resolve_all().await?;
+            let mut remotes = self.cluster.candidates(&self.address).await?;
+            let silent = silent.map(canonical);
+            let answered = (*lock(&self.answered)).filter(|answered| Some(*answered) != silent);
+            if let Some(at) = remotes.iter().position(|remote| Some(*remote) == answered) {
+                let first = remotes.remove(at);
+                remotes.insert(0, first);
+            }
+            if let Some(at) = remotes.iter().position(|remote| Some(*remote) == silent) {
+                let last = remotes.remove(at);
+                remotes.push(last);
+            }
+            let several = remotes.len() > 1;
+            let probe = fail_fast || several;
             // Each address gets an equal share of the attempt, so one that never answers
             // leaves time for the next (a single address gets it all).
             let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
-            let share = self.connect_timeout / count;
+            let equal_share = self.connect_timeout / count;
             let mut failed = Vec::new();
             let mut last_error = None;
             for remote in remotes {
+                let share = if several && Some(remote) == answered {
+                    equal_share.min(ANSWERED_ADDRESS_SHARE)
+                } else {
+                    equal_share
+                };
                 let handshake = timeout(
                     share,
                     handshake(
@@ -87,14 +119,23 @@ impl Connector {
                     ),
                 );
                 let outcome = tokio::select! {
-                    () = port_unreachable(remote), if fail_fast => {
+                    () = port_unreachable(remote), if probe => {
                         failed.push(format!("nothing listens on {remote} (the port is unreachable)"));
                         continue;
                     }
                     outcome = handshake => outcome,
                 };
+                if matches!(
+                    &outcome,
+                    Ok(Ok(_)) | Ok(Err(ConnectionError::Refused { .. }))
+                ) {
+                    *lock(&self.answered) = Some(canonical(remote));
+                }
                 match outcome {
-                    Ok(Ok(established)) => return Ok(established),
+                    Ok(Ok(established)) => {
+                        self.cluster.learn(&established.welcome.cluster_addresses);
+                        return Ok(established);
+                    }
                     // Refusals (certificates, versions, sessions) say the same on every address.
                     Ok(Err(error)) if !matches!(error, ConnectionError::Connect { .. }) => {
                         return Err(error)
@@ -117,6 +158,15 @@ impl Connector {
             .await
             .map_err(|_| no_answer(&self.address.to_string(), self.connect_timeout))?
     }
+}
+
+/// The longest an attempt waits for the address that answered last when it has others to try.
+pub(crate) const ANSWERED_ADDRESS_SHARE: Duration = Duration::from_secs(1);
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4 (a dual-stack endpoint reports
+/// IPv4 peers that way), to compare with resolved addresses.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The error of a connect attempt that heard nothing from `address` within `limit`.

@@ -28,6 +28,8 @@ pub(crate) struct Link {
     closing: Arc<AtomicBool>,
     /// Set when this client closed the connection because the broker broke the protocol.
     violation: OnceLock<String>,
+    /// Set when this client closed the connection because the broker stopped answering pings.
+    unresponsive: OnceLock<String>,
     /// The last `GoingAway` the broker sent.
     going_away: Mutex<Option<GoingAway>>,
 }
@@ -43,6 +45,7 @@ impl Link {
             welcome,
             closing,
             violation: OnceLock::new(),
+            unresponsive: OnceLock::new(),
             going_away: Mutex::new(None),
         }
     }
@@ -97,6 +100,16 @@ impl Link {
             .close(VarInt::from_u32(code.value()), reason.as_bytes());
     }
 
+    /// Closes the connection because the broker left a ping unanswered for `waited`: it is
+    /// lost, and the session only detaches (the broker, if it still runs, keeps it).
+    pub(crate) fn unresponsive(&self, waited: std::time::Duration) {
+        let reason = format!("the broker did not answer a ping within {waited:?}");
+        tracing::warn!(%reason, "closing the connection");
+        let _ = self.unresponsive.set(reason.clone());
+        self.connection
+            .close(VarInt::from_u32(0), reason.as_bytes());
+    }
+
     /// Why the connection can no longer be used, for an operation that just failed.
     pub(crate) fn error(&self) -> ConnectionError {
         if let Some(reason) = self.violation.get() {
@@ -106,6 +119,11 @@ impl Link {
         }
         if self.is_closing() {
             return ConnectionError::Closed;
+        }
+        if let Some(reason) = self.unresponsive.get() {
+            return ConnectionError::ConnectionLost {
+                reason: reason.clone(),
+            };
         }
         match self.connection.close_reason() {
             Some(error) => connection_error(&error, Phase::Established),

@@ -9,6 +9,7 @@
 //! live subscription is made again. Then the outbound buffer is sent and the new connection becomes
 //! current. `close` and dropping the client cancel this task.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,24 +22,43 @@ use crate::connect::attachment::Attachment;
 use crate::connect::connection_state::DisconnectReason;
 use crate::connect::connector::{Connector, Established};
 use crate::connect::control::handle::ControlRequest;
+use crate::connect::liveness::{self, Liveness};
 use crate::connect::reconnect_policy::{classify, Backoff, Loss};
 use crate::connect::session::SessionCore;
 use crate::error::{ConnectionError, SubscribeError};
 use crate::subscribe::registry::SubscriptionRegistry;
 
-/// Watches `attachment`, and every connection after it, until the client ends.
+/// Watches `attachment`, and every connection after it, until the client ends; with
+/// `liveness` pings, a broker that stops answering them counts as lost.
 pub(crate) async fn supervise(
     core: Arc<SessionCore>,
     connector: Connector,
     mut attachment: Arc<Attachment>,
+    liveness: Liveness,
 ) {
     let stop = core.stop_token().clone();
     loop {
-        tokio::select! {
+        // Several addresses: given, or learned from a cluster node's `Welcome` (so far).
+        let several = connector.address.is_several() || connector.cluster.knows_several();
+        let pings = liveness.pings(several);
+        let silent = async {
+            match pings {
+                Some(pings) => {
+                    liveness::unanswered(attachment.control.downgrade(), pings).await;
+                    pings.timeout
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let silent = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            _ = attachment.link.connection().closed() => {}
-        }
+            _ = attachment.link.connection().closed() => None,
+            waited = silent => {
+                attachment.link.unresponsive(waited);
+                Some(attachment.link.connection().remote_address())
+            }
+        };
         if core.is_closing() {
             return;
         }
@@ -74,7 +94,7 @@ pub(crate) async fn supervise(
                     tracing::info!(?hint, "the broker is going away; waiting before reconnecting");
                     tokio::time::sleep(hint + jitter).await;
                 }
-                reconnect(&core, &connector, resume, error.to_string()).await
+                reconnect(&core, &connector, resume, silent, error.to_string()).await
             } => reconnected,
         };
         match reconnected {
@@ -90,6 +110,7 @@ async fn reconnect(
     core: &SessionCore,
     connector: &Connector,
     mut resume: Option<SessionId>,
+    silent: Option<SocketAddr>,
     mut reason: String,
 ) -> Option<Arc<Attachment>> {
     let mut backoff = Backoff::new(core.reconnect_policy(), Instant::now());
@@ -118,7 +139,7 @@ async fn reconnect(
             Some(_) => core.registry().positions(),
             None => Vec::new(),
         };
-        let error = match connector.connect(resume, positions, false).await {
+        let error = match connector.connect(resume, positions, false, silent).await {
             Ok(established) => {
                 let session = established.welcome.session_id;
                 match attach(core, established).await {

@@ -202,6 +202,7 @@ impl Session {
             identity: "alice".into(),
             limits: LIMITS,
             subscriptions: Vec::new(),
+            cluster_addresses: Vec::new(),
         }))
         .await;
     }

@@ -12,6 +12,7 @@
 #![allow(clippy::panic)]
 
 use bytes::BytesMut;
+use cassini_protocol::codec::{reference, LENGTH_PREFIX_BYTES};
 use cassini_protocol::{
     decode_frame, encode_frame, DecodeError, Frame, FrameDecoder, TopicFilter, TopicLimits,
     TopicName,
@@ -41,7 +42,8 @@ pub(crate) struct StreamOutcome {
 /// Decodes `input` as one stream, repeatedly, until the decoder needs more bytes or fails.
 ///
 /// On every step it also checks that the incremental decoder and [`decode_frame`] agree on the
-/// same bytes, that a partial frame is never consumed, and that every decoded frame round-trips.
+/// same bytes, that both agree with the reference (rmp-serde) path, that a partial frame is never
+/// consumed, and that every decoded frame round-trips.
 pub(crate) fn check_frame_decoder(input: &[u8]) -> StreamOutcome {
     let decoder = FrameDecoder::default();
     let mut buf = BytesMut::from(input);
@@ -49,6 +51,7 @@ pub(crate) fn check_frame_decoder(input: &[u8]) -> StreamOutcome {
     loop {
         let before = buf.clone();
         let whole = decode_frame(&before, decoder.max_frame_bytes());
+        check_body_decodes_as_the_reference_decodes_it(&before, &whole, decoder.max_frame_bytes());
         match decoder.decode(&mut buf) {
             Ok(Some(frame)) => {
                 let consumed = before.len() - buf.len();
@@ -87,8 +90,34 @@ pub(crate) fn check_frame_decoder(input: &[u8]) -> StreamOutcome {
     }
 }
 
+/// When `stream` starts with a whole frame of an allowed length, checks that `decoded` (what
+/// [`decode_frame`] made of it, hand-written for the hot frames) is what the reference path
+/// makes of its body: the same frame, or the same error.
+fn check_body_decodes_as_the_reference_decodes_it(
+    stream: &[u8],
+    decoded: &Result<(Frame, usize), DecodeError>,
+    max_frame_bytes: u32,
+) {
+    let Some(prefix) = stream.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+        return;
+    };
+    let declared = u32::from_be_bytes(*prefix);
+    if declared == 0 || declared > max_frame_bytes {
+        return;
+    }
+    let Some(body) = stream.get(LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + declared as usize)
+    else {
+        return;
+    };
+    assert_eq!(
+        decoded.clone().map(|(frame, _)| frame),
+        reference::decode_body(body),
+        "the decoder disagrees with the reference path"
+    );
+}
+
 /// Checks that `frame` encodes, decodes back equal, and that its encoding is stable: encoding
-/// the decoded frame again gives the same bytes.
+/// the decoded frame again gives the same bytes, which are the reference path's.
 pub(crate) fn check_frame_round_trips(frame: &Frame) {
     // A decoded frame may have arrived in a more compact form than the one the encoder writes,
     // so the round trip is checked without a size limit; the limit has its own unit tests.
@@ -107,6 +136,12 @@ pub(crate) fn check_frame_round_trips(frame: &Frame) {
     assert_eq!(
         encoded_again, encoded,
         "encoding a frame must be deterministic"
+    );
+    let mut by_reference = BytesMut::new();
+    assert!(reference::encode_frame(frame, &mut by_reference, u32::MAX).is_ok());
+    assert_eq!(
+        encoded, by_reference,
+        "the encoder must write what the reference path writes"
     );
 }
 
