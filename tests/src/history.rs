@@ -11,20 +11,28 @@
 //!   the last one delivered was delivered or announced as missing;
 //! - nothing is delivered to a subscription whose filter does not match it;
 //! - no message is delivered twice to a subscription unless the later copy is marked as a
-//!   redelivery.
+//!   redelivery;
+//! - an at-most-once subscription accounts for every acknowledged publish it matched: delivered,
+//!   or in a gap where the publisher's order puts it (between the deliveries of that publisher's
+//!   neighbours), or lost with a session (`Gap::SessionLost`, how many unknown). This catches a
+//!   loss that leaves no hole in the sequence numbers (a message that never reached the
+//!   subscription's broker, as a silent drop on a cluster route would be).
+//!
+//! A subscription that had to subscribe again in a new session (a client that moved to another
+//! node of a cluster) numbers its messages from 1 again: each session is an *epoch*, marked in
+//! the recorded stream by its `Gap::SessionLost`, and sequence numbers are checked per epoch.
 //!
 //! Payloads carry the publisher and an index ([`stamp`], [`unstamp`]), so a delivery names the
 //! publish it came from.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_client::{Client, Gap, Message, Subscription};
-use cassini_protocol::TopicFilter;
-use futures_util::StreamExt;
+use cassini_client::{Client, Gap, Message, Subscription, SubscriptionEvent};
+use cassini_protocol::{AckOptions, SubscribeOptions, TopicFilter};
 use tokio::task::JoinHandle;
 
 /// The seed of a fault run: `CASSINI_FAULT_SEED` when set (a replay), otherwise fresh. It is
@@ -45,6 +53,17 @@ pub fn load_time(short: u64) -> Duration {
         .and_then(|secs| secs.parse().ok())
         .unwrap_or(short);
     Duration::from_secs(secs)
+}
+
+/// How the clients of a fault run reconnect: at once, then backing off from 50 ms to 500 ms,
+/// never giving up, so a fault costs little more than the time to notice it.
+pub fn quick_reconnect() -> cassini_client::ReconnectPolicy {
+    cassini_client::ReconnectPolicy {
+        enabled: true,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        give_up_after: None,
+    }
 }
 
 /// One publish, as its payload names it.
@@ -80,6 +99,22 @@ pub enum Promise {
     AtLeastOnce,
 }
 
+impl Promise {
+    /// Subscription options that make this promise; at least once with room for every message
+    /// of a fault run.
+    pub fn subscribe_options(self) -> SubscribeOptions {
+        match self {
+            Promise::AtMostOnce => SubscribeOptions::default(),
+            Promise::AtLeastOnce => SubscribeOptions {
+                acks: Some(AckOptions::default()),
+                max_queued_messages: Some(100_000),
+                max_queued_bytes: Some(64 * 1024 * 1024),
+                ..SubscribeOptions::default()
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Published {
     id: PublishId,
@@ -89,6 +124,8 @@ struct Published {
 
 #[derive(Debug, Clone)]
 struct Delivery {
+    /// Which session of the subscription (0 first; one more after each `Gap::SessionLost`).
+    epoch: u32,
     id: Option<PublishId>,
     topic: String,
     sequence: u64,
@@ -100,7 +137,10 @@ struct SubscriptionLog {
     filter: TopicFilter,
     promise: Promise,
     deliveries: Vec<Delivery>,
-    gaps: Vec<Gap>,
+    /// Each gap with the epoch it was announced in (a `SessionLost` ends its epoch).
+    gaps: Vec<(u32, Gap)>,
+    /// The current epoch: how many `SessionLost` gaps so far.
+    epoch: u32,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +187,7 @@ impl History {
             promise,
             deliveries: Vec::new(),
             gaps: Vec::new(),
+            epoch: 0,
         });
         SubscriptionRecorder {
             log: Arc::clone(&self.log),
@@ -174,6 +215,15 @@ impl History {
             check_subscription(subscription, &log.published, &mut report);
         }
         violations
+    }
+
+    /// Waits, at most `limit`, until the history shows no violation: messages and gaps still on
+    /// their way arrive. Then [`History::check`] reports whatever is left.
+    pub async fn settle(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while !self.violations().is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// One line of figures: publishes, acknowledgements, deliveries, redeliveries, gaps.
@@ -228,33 +278,59 @@ impl SubscriptionRecorder {
         f(&mut log.subscriptions[self.index])
     }
 
-    /// Records a delivered message.
+    /// Records a delivered message, in the current epoch.
     pub fn delivered(&self, message: &Message) {
-        let delivery = Delivery {
-            id: unstamp(message.payload()),
-            topic: message.topic().to_owned(),
-            sequence: message.sequence(),
-            redelivered: message.is_redelivered(),
-        };
-        self.with(|log| log.deliveries.push(delivery));
+        self.delivered_as(
+            unstamp(message.payload()),
+            message.topic(),
+            message.sequence(),
+            message.is_redelivered(),
+        );
     }
 
-    /// Records the gaps a subscription reported.
+    fn delivered_as(&self, id: Option<PublishId>, topic: &str, sequence: u64, redelivered: bool) {
+        self.with(|log| {
+            log.deliveries.push(Delivery {
+                epoch: log.epoch,
+                id,
+                topic: topic.to_owned(),
+                sequence,
+                redelivered,
+            });
+        });
+    }
+
+    /// Records the gaps a subscription reported, in the order it reported them: a
+    /// `SessionLost` starts a new epoch.
     pub fn gaps(&self, gaps: Vec<Gap>) {
-        self.with(|log| log.gaps.extend(gaps));
+        self.with(|log| {
+            for gap in gaps {
+                log.gaps.push((log.epoch, gap));
+                if matches!(gap, Gap::SessionLost { .. }) {
+                    log.epoch += 1;
+                }
+            }
+        });
     }
 
-    /// Records every delivery and gap of `subscription` on a task of its own, until the
-    /// subscription ends.
+    /// Records every delivery and gap of `subscription`, in the order the subscription yields
+    /// them, on a task of its own, until the subscription ends.
     pub fn spawn_reading(&self, mut subscription: Subscription) -> JoinHandle<()> {
         let recorder = self.clone();
         tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                recorder.gaps(subscription.take_gaps());
-                recorder.delivered(&message);
+            while let Some(event) = subscription.next_event().await {
+                match event {
+                    SubscriptionEvent::Message(message) => recorder.delivered(&message),
+                    SubscriptionEvent::Gap(gap) => recorder.gaps(vec![gap]),
+                    _ => {}
+                }
             }
-            recorder.gaps(subscription.take_gaps());
         })
+    }
+
+    /// How many sessions this subscription lost so far (`Gap::SessionLost` recorded).
+    pub fn sessions_lost(&self) -> u32 {
+        self.with(|log| log.epoch)
     }
 
     /// How many distinct publishes this subscription received.
@@ -276,9 +352,13 @@ fn check_subscription(
 ) {
     let mut seen = HashSet::new();
     let mut last_index: HashMap<u32, u64> = HashMap::new();
-    let mut sequences = BTreeSet::new();
+    let mut sequences: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    let mut positions: HashMap<PublishId, Position> = HashMap::new();
     for delivery in &subscription.deliveries {
-        sequences.insert(delivery.sequence);
+        sequences
+            .entry(delivery.epoch)
+            .or_default()
+            .insert(delivery.sequence);
         let Some(id) = delivery.id else {
             report(format!(
                 "sequence {} carries no publish id",
@@ -301,6 +381,7 @@ fn check_subscription(
             }
             continue;
         }
+        positions.insert(id, Position::new(delivery.epoch, delivery.sequence));
         if let Some(previous) = last_index.insert(id.publisher, id.index) {
             if id.index < previous && !delivery.redelivered {
                 report(format!(
@@ -309,36 +390,160 @@ fn check_subscription(
             }
         }
     }
-    if subscription.promise == Promise::AtLeastOnce {
-        let matching_acked = published.iter().filter(|p| {
+    let matching_acked: Vec<&Published> = published
+        .iter()
+        .filter(|p| {
             p.acked
                 && cassini_protocol::TopicName::parse(&p.topic, &Default::default())
                     .is_ok_and(|topic| subscription.filter.matches(&topic))
-        });
-        let missing: Vec<_> = matching_acked.filter(|p| !seen.contains(&p.id)).collect();
-        if !missing.is_empty() {
+        })
+        .collect();
+    match subscription.promise {
+        Promise::AtLeastOnce => {
+            let missing: Vec<_> = matching_acked
+                .iter()
+                .filter(|p| !seen.contains(&p.id))
+                .collect();
+            if !missing.is_empty() {
+                report(format!(
+                    "{} acknowledged publishes never delivered, e.g. {:?}",
+                    missing.len(),
+                    missing.first().map(|p| p.id)
+                ));
+            }
+        }
+        Promise::AtMostOnce => {
+            check_accounted(
+                subscription,
+                &matching_acked,
+                &positions,
+                &sequences,
+                report,
+            );
+        }
+    }
+    for (&epoch, delivered) in &sequences {
+        let Some(&last) = delivered.last() else {
+            continue;
+        };
+        let announced = announced_in(subscription, epoch);
+        let silent: Vec<u64> = (1..=last)
+            .filter(|sequence| !delivered.contains(sequence) && !announced.contains(sequence))
+            .take(5)
+            .collect();
+        if !silent.is_empty() {
             report(format!(
-                "{} acknowledged publishes never delivered, e.g. {:?}",
-                missing.len(),
-                missing.first().map(|p| p.id)
+                "sequences lost without a gap, e.g. {silent:?}{}",
+                in_session(epoch)
             ));
         }
     }
-    let Some(&last) = sequences.last() else {
-        return;
-    };
+}
+
+/// Where a delivery sits in a subscription's stream: its session (epoch) and sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    epoch: u32,
+    sequence: u64,
+}
+
+impl Position {
+    fn new(epoch: u32, sequence: u64) -> Self {
+        Self { epoch, sequence }
+    }
+}
+
+/// Every sequence of `epoch` that a `Gap::Missed` announced.
+fn announced_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
     let mut announced = BTreeSet::new();
-    for gap in &subscription.gaps {
-        if let Gap::Missed { from, to, .. } = gap {
+    for (gap_epoch, gap) in &subscription.gaps {
+        if let (true, Gap::Missed { from, to, .. }) = (*gap_epoch == epoch, gap) {
             announced.extend(*from..=*to);
         }
     }
-    let silent: Vec<u64> = (1..=last)
-        .filter(|sequence| !sequences.contains(sequence) && !announced.contains(sequence))
-        .take(5)
-        .collect();
-    if !silent.is_empty() {
-        report(format!("sequences lost without a gap, e.g. {silent:?}"));
+    announced
+}
+
+fn in_session(epoch: u32) -> String {
+    if epoch == 0 {
+        String::new()
+    } else {
+        format!(" (session {epoch})")
+    }
+}
+
+/// The at-most-once promise as the publishers see it: every acknowledged publish the
+/// subscription matched was delivered, or one announced sequence stands for it where the
+/// publisher's order puts it (after the delivery of the publisher's previous message that
+/// arrived, before its next), or a lost session (`Gap::SessionLost`) lies there. Each
+/// announced sequence stands for one publish at most: the missing publishes are matched to
+/// the announced sequences of their range, earliest-ending range first, each taking the
+/// lowest sequence left in it (which finds a matching whenever one exists).
+fn check_accounted(
+    subscription: &SubscriptionLog,
+    matching_acked: &[&Published],
+    positions: &HashMap<PublishId, Position>,
+    delivered: &BTreeMap<u32, BTreeSet<u64>>,
+    report: &mut impl FnMut(String),
+) {
+    let mut delivered_of: HashMap<u32, BTreeMap<u64, Position>> = HashMap::new();
+    for (id, position) in positions {
+        delivered_of
+            .entry(id.publisher)
+            .or_default()
+            .insert(id.index, *position);
+    }
+    let sessions = subscription.epoch;
+    let no_deliveries = BTreeMap::new();
+    // Per epoch: the ranges (exclusive bounds) in which a missing publish must find a gap.
+    let mut ranges: BTreeMap<u32, Vec<(u64, u64, PublishId)>> = BTreeMap::new();
+    for missing in matching_acked
+        .iter()
+        .filter(|p| !positions.contains_key(&p.id))
+    {
+        let id = missing.id;
+        let of_publisher = delivered_of.get(&id.publisher).unwrap_or(&no_deliveries);
+        let before = of_publisher.range(..id.index).next_back().map(|(_, p)| *p);
+        let after = of_publisher.range(id.index..).next().map(|(_, p)| *p);
+        let from = before.unwrap_or(Position::new(0, 0));
+        let to = after.unwrap_or(Position::new(sessions, u64::MAX));
+        if from.epoch != to.epoch {
+            continue; // a session was lost in between: how many it lost is unknown
+        }
+        ranges
+            .entry(from.epoch)
+            .or_default()
+            .push((from.sequence, to.sequence, id));
+    }
+    let mut unaccounted = Vec::new();
+    for (epoch, mut ranges) in ranges {
+        let mut free: BTreeSet<u64> = announced_in(subscription, epoch);
+        if let Some(delivered) = delivered.get(&epoch) {
+            free.retain(|sequence| !delivered.contains(sequence));
+        }
+        ranges.sort_by_key(|&(_, to, _)| to);
+        for (from, to, id) in ranges {
+            let slot = free.range(from.saturating_add(1)..to).next().copied();
+            match slot {
+                Some(slot) => {
+                    free.remove(&slot);
+                }
+                None => unaccounted.push((epoch, id, from, to)),
+            }
+        }
+    }
+    if let Some(&(epoch, first, from, to)) = unaccounted.iter().min_by_key(|(_, id, ..)| *id) {
+        let before = if to == u64::MAX {
+            "the end".to_owned()
+        } else {
+            format!("sequence {to}")
+        };
+        report(format!(
+            "{} acknowledged publishes neither delivered nor announced by a gap, e.g. {first:?} \
+             (due after sequence {from}, before {before}{})",
+            unaccounted.len(),
+            in_session(epoch)
+        ));
     }
 }
 
@@ -352,10 +557,25 @@ pub async fn publish_for(
     rate: u32,
     time: Duration,
 ) -> u64 {
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let end = tokio::time::Instant::now() + time;
+    publish_while(client, history, publisher, topic, rate, || {
+        tokio::time::Instant::now() < end
+    })
+    .await
+}
+
+/// [`publish_for`] for as long as `going` says (asked before each publish).
+pub async fn publish_while(
+    client: &Client,
+    history: &History,
+    publisher: u32,
+    topic: &str,
+    rate: u32,
+    mut going: impl FnMut() -> bool,
+) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut index = 0;
-    while tokio::time::Instant::now() < end {
+    while going() {
         tick.tick().await;
         let id = PublishId { publisher, index };
         let acked = client
@@ -400,5 +620,125 @@ mod tests {
         let violations = history.violations();
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].contains("1 acknowledged publishes never delivered"));
+    }
+
+    fn id(publisher: u32, index: u64) -> PublishId {
+        PublishId { publisher, index }
+    }
+
+    /// Publisher 0 publishes indexes `0..count` to `a.b`, all acknowledged; an at-most-once
+    /// subscription records `events` (delivered index and sequence, or a gap).
+    fn at_most_once_run(count: u64, events: &[Event]) -> Vec<String> {
+        let history = History::default();
+        for index in 0..count {
+            history.published(id(0, index), "a.b", true);
+        }
+        let recorder = history.subscription("a.*", Promise::AtMostOnce);
+        for event in events {
+            match *event {
+                Event::Delivered { index, sequence } => {
+                    recorder.delivered_as(Some(id(0, index)), "a.b", sequence, false);
+                }
+                Event::Gap(gap) => recorder.gaps(vec![gap]),
+            }
+        }
+        history.violations()
+    }
+
+    enum Event {
+        Delivered { index: u64, sequence: u64 },
+        Gap(Gap),
+    }
+
+    fn delivered(index: u64, sequence: u64) -> Event {
+        Event::Delivered { index, sequence }
+    }
+
+    fn missed(from: u64, to: u64) -> Event {
+        Event::Gap(Gap::Missed {
+            from,
+            to,
+            reason: None,
+        })
+    }
+
+    #[test]
+    fn an_at_most_once_loss_without_a_hole_in_the_sequences_is_a_violation() {
+        // Index 1 never reached the subscription's broker: sequences run on without a gap.
+        let violations = at_most_once_run(3, &[delivered(0, 1), delivered(2, 2)]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("1 acknowledged publishes neither delivered nor announced"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn an_at_most_once_loss_is_allowed_where_a_gap_announces_it() {
+        let violations = at_most_once_run(3, &[delivered(0, 1), missed(2, 2), delivered(2, 3)]);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    #[test]
+    fn a_gap_elsewhere_in_the_stream_does_not_account_for_a_loss() {
+        // The gap lies before index 0's delivery; index 2 went missing after it.
+        let violations = at_most_once_run(
+            4,
+            &[
+                missed(1, 1),
+                delivered(0, 2),
+                delivered(1, 3),
+                delivered(3, 4),
+            ],
+        );
+        assert_eq!(violations.len(), 1, "{violations:?}");
+    }
+
+    #[test]
+    fn one_announced_sequence_accounts_for_one_publish_only() {
+        let violations = at_most_once_run(4, &[delivered(0, 1), missed(2, 2), delivered(3, 3)]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+    }
+
+    #[test]
+    fn a_lost_session_accounts_for_what_it_lost_and_sequences_restart_at_one() {
+        let violations = at_most_once_run(
+            6,
+            &[
+                delivered(0, 1),
+                delivered(1, 2),
+                Event::Gap(Gap::SessionLost { last_sequence: 2 }),
+                delivered(4, 1),
+                delivered(5, 2),
+            ],
+        );
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    #[test]
+    fn within_a_new_session_a_silent_loss_is_still_a_violation() {
+        let violations = at_most_once_run(
+            6,
+            &[
+                delivered(0, 1),
+                Event::Gap(Gap::SessionLost { last_sequence: 1 }),
+                delivered(2, 1),
+                delivered(4, 3),
+                delivered(5, 4),
+            ],
+        );
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("sequences lost without a gap, e.g. [2] (session 1)")),
+            "{violations:?}"
+        );
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("neither delivered nor announced")),
+            "{violations:?}"
+        );
     }
 }

@@ -10,10 +10,9 @@ use std::time::Duration;
 use cassini_broker::BrokerConfig;
 use cassini_client::{Client, ConnectionState, QuicOptions, ReconnectPolicy};
 use cassini_e2e::history::{
-    fault_seed, load_time, publish_for, History, Promise, SubscriptionRecorder,
+    fault_seed, load_time, publish_for, quick_reconnect, History, Promise, SubscriptionRecorder,
 };
 use cassini_e2e::{eventually, within, TestBroker};
-use cassini_protocol::{AckOptions, SubscribeOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use cassini_quic::server::ServerOptions;
 use tokio::task::JoinHandle;
@@ -47,24 +46,10 @@ async fn faulty_client(broker: &TestBroker, name: &str, faults: &FaultControl) -
         .client_builder(name)
         .socket_layer(faults.layer())
         .quic_options(quic())
-        .reconnect(ReconnectPolicy {
-            enabled: true,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            give_up_after: None,
-        })
+        .reconnect(quick_reconnect())
         .connect()
         .await
         .expect("client connects")
-}
-
-fn at_least_once() -> SubscribeOptions {
-    SubscribeOptions {
-        acks: Some(AckOptions::default()),
-        max_queued_messages: Some(100_000),
-        max_queued_bytes: Some(64 * 1024 * 1024),
-        ..SubscribeOptions::default()
-    }
 }
 
 /// Subscribes and records every delivery and gap until the subscription ends.
@@ -74,12 +59,8 @@ async fn record(
     filter: &str,
     promise: Promise,
 ) -> (SubscriptionRecorder, JoinHandle<()>) {
-    let options = match promise {
-        Promise::AtLeastOnce => at_least_once(),
-        Promise::AtMostOnce => SubscribeOptions::default(),
-    };
     let subscription = client
-        .subscribe_with(filter, options)
+        .subscribe_with(filter, promise.subscribe_options())
         .await
         .expect("subscribe");
     let recorder = history.subscription(filter, promise);

@@ -312,6 +312,9 @@ struct Peer {
     outbound: Mutex<Option<(u64, mpsc::Sender<Forward>)>>,
     /// Drops not yet announced to the peer, by what they were for.
     drops: Mutex<HashMap<Lost, u64>>,
+    /// Wakes the outbound link waiting for something to send when a drop is recorded, so the
+    /// drop is announced before any later forward.
+    drops_recorded: Notify,
     forwarded: AtomicU64,
     dropped: AtomicU64,
     /// The peer's session table, set through the same inbound link as its interest.
@@ -329,6 +332,7 @@ impl Peer {
             interest: RwLock::default(),
             outbound: Mutex::default(),
             drops: Mutex::default(),
+            drops_recorded: Notify::new(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             sessions: RwLock::default(),
@@ -352,6 +356,7 @@ impl Peer {
     fn drop_for(&self, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
         *lock(&self.drops).entry(lost).or_default() += count;
+        self.drops_recorded.notify_one();
     }
 }
 
@@ -681,30 +686,35 @@ impl OutboundLink {
     }
 
     /// The next thing to send: the snapshot first, then interest changes before forwards, and a
-    /// drop report whenever drops are waiting. `None` once the cluster state is gone.
+    /// drop report whenever drops are waiting, also those recorded while this waits (a drop
+    /// recorded before a forward is queued goes out before it). `None` once the cluster state
+    /// is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         if let Some(snapshot) = self.snapshot.take() {
             return Some(Outgoing::Interest(snapshot));
         }
-        if self.resync.load(Ordering::Acquire) {
-            // Under the lock that orders changes: every change after the snapshot is queued
-            // after it, and none before it is left in the queue.
-            let local = lock(&self.cluster.local);
-            self.resync.store(false, Ordering::Release);
-            while self.changes.try_recv().is_ok() {}
-            return Some(Outgoing::Interest(local.snapshot()));
-        }
-        if let Some((lost, count)) = {
-            let mut drops = lock(&self.peer.drops);
-            let lost = drops.keys().next().cloned();
-            lost.and_then(|lost| drops.remove_entry(&lost))
-        } {
-            return Some(Outgoing::Dropped { lost, count });
-        }
-        tokio::select! {
-            biased;
-            change = self.changes.recv() => change.map(Outgoing::Interest),
-            forward = self.messages.recv() => forward.map(Outgoing::Message),
+        loop {
+            if self.resync.load(Ordering::Acquire) {
+                // Under the lock that orders changes: every change after the snapshot is queued
+                // after it, and none before it is left in the queue.
+                let local = lock(&self.cluster.local);
+                self.resync.store(false, Ordering::Release);
+                while self.changes.try_recv().is_ok() {}
+                return Some(Outgoing::Interest(local.snapshot()));
+            }
+            if let Some((lost, count)) = {
+                let mut drops = lock(&self.peer.drops);
+                let lost = drops.keys().next().cloned();
+                lost.and_then(|lost| drops.remove_entry(&lost))
+            } {
+                return Some(Outgoing::Dropped { lost, count });
+            }
+            tokio::select! {
+                biased;
+                change = self.changes.recv() => return change.map(Outgoing::Interest),
+                () = self.peer.drops_recorded.notified() => {}
+                forward = self.messages.recv() => return forward.map(Outgoing::Message),
+            }
         }
     }
 

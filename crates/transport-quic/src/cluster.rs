@@ -6,9 +6,9 @@
 //! address of its peer list, reconnecting with exponential backoff and jitter. Each connection
 //! carries one direction: the dialing node sends `Hello`, then its interest (a snapshot, then
 //! changes) and its forwards, in order on one bidirectional stream; the accepting node answers
-//! each interest update with `Ack` on the same stream, and confirms the forwards it received
-//! with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] messages and when the
-//! link goes quiet). When a link ends, the dialer keeps the forwards not yet confirmed; its next
+//! each interest update with `Ack` on the same stream, and confirms the forwards (and `Dropped`
+//! reports) it received with `Delivered` (a running count, sent every [`DELIVERED_EVERY`] and
+//! when the link goes quiet). When a link ends, the dialer keeps what was not yet confirmed; its next
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
 //! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
@@ -430,7 +430,10 @@ async fn serve_inbound(
         };
         match frame {
             Ok(Some(frame)) => {
-                let is_message = matches!(frame, PeerFrame::Message { .. });
+                // Forwards and drop reports are confirmed alike: a report the link lost is
+                // reported again on the next link, as an unconfirmed forward is.
+                let is_message =
+                    matches!(frame, PeerFrame::Message { .. } | PeerFrame::Dropped { .. });
                 if let Err(reason) = apply(&mut inbox, &mut send, frame).await {
                     break Err(reason);
                 }
@@ -607,12 +610,17 @@ async fn dial_once(
         tokio::select! {
             _ = rtt_every.tick() => link.measured_rtt(connection.rtt()),
             next = link.next() => {
-                if let Some(Outgoing::Message(forward)) = &next {
+                let unconfirmed = match &next {
+                    Some(Outgoing::Message(forward)) => Some((forward.lost(), 1)),
+                    Some(Outgoing::Dropped { lost, count }) => Some((lost.clone(), *count)),
+                    _ => None,
+                };
+                if let Some(unconfirmed) = unconfirmed {
                     in_flight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .forwards
-                        .push_back(forward.lost());
+                        .push_back(unconfirmed);
                 }
                 let frame = match next {
                     Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
@@ -663,13 +671,14 @@ struct Previous {
     in_flight: InFlight,
 }
 
-/// The forwards of one link written and not yet confirmed by the peer.
+/// The forwards and drop reports of one link written and not yet confirmed by the peer.
 #[derive(Debug, Default)]
 struct InFlight {
     /// How many the peer has confirmed so far.
     confirmed: u64,
-    /// What the rest were for, oldest first.
-    forwards: std::collections::VecDeque<Lost>,
+    /// What the rest were for and how many messages each stands for (a forward 1, a drop
+    /// report its count), oldest first.
+    forwards: std::collections::VecDeque<(Lost, u64)>,
 }
 
 impl InFlight {
@@ -684,8 +693,8 @@ impl InFlight {
     /// The unconfirmed forwards counted by what they were for.
     fn by_kind(&self) -> std::collections::BTreeMap<Lost, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for lost in &self.forwards {
-            *counts.entry(lost.clone()).or_default() += 1;
+        for (lost, count) in &self.forwards {
+            *counts.entry(lost.clone()).or_default() += count;
         }
         counts
     }
@@ -727,4 +736,29 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<PeerFrame>, S
     rmp_serde::from_slice(&body)
         .map(Some)
         .map_err(|err| format!("an undecodable frame: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost(topic: &str) -> Lost {
+        Lost {
+            topic: topic.to_owned(),
+            plain: true,
+            groups: Vec::new(),
+            session: None,
+        }
+    }
+
+    #[test]
+    fn what_the_peer_never_confirmed_counts_drop_reports_by_the_messages_they_stand_for() {
+        let mut in_flight = InFlight::default();
+        in_flight.forwards.push_back((lost("a"), 1));
+        in_flight.forwards.push_back((lost("b"), 40));
+        in_flight.forwards.push_back((lost("a"), 1));
+        in_flight.confirm(1);
+        let counts: Vec<_> = in_flight.by_kind().into_iter().collect();
+        assert_eq!(counts, vec![(lost("a"), 1), (lost("b"), 40)]);
+    }
 }

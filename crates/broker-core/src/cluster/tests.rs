@@ -186,6 +186,34 @@ async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_nex
 }
 
 #[tokio::test]
+async fn a_drop_while_the_link_waits_is_announced_before_any_later_forward() {
+    // The link is up and idle (waiting for something to send) when the peer leaves routing:
+    // the messages it misses meanwhile must be announced before the first forward after it is
+    // back, or the gap would reach its subscribers after a later message of the same publisher.
+    let (node, inbound, mut link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
+    let _snapshot = next(&mut link).await;
+    let waiting = tokio::spawn(async move {
+        let first = next(&mut link).await;
+        (first, link)
+    });
+    tokio::task::yield_now().await;
+    drop(inbound);
+    node.forward(&message("t"));
+    let inbound = node.open_inbound("b");
+    inbound.apply(InterestUpdate::Snapshot {
+        seq: 2,
+        entries: vec![entry("t", None, 1)],
+        sessions: vec![],
+    });
+    node.forward(&message("t"));
+    let (first, _link) = waiting.await.unwrap();
+    assert!(
+        matches!(first, Outgoing::Dropped { count: 1, .. }),
+        "the drop first, then the forward: {first:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_drop_for_a_peers_queue_group_names_the_group_it_was_to_serve() {
     let (node, _inbound, link) = linked_with_a_queue_of_one(vec![entry("jobs.*", Some("w"), 2)]);
     node.forward(&message("jobs.x"));
