@@ -8,15 +8,14 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cassini_bench::{answer_until_stopped, BenchClient, BenchSubscription, Connector};
-use cassini_broker::BrokerConfig;
 use cassini_client::{Client, ClientBuilder, Subscription};
 use cassini_protocol::SubscribeOptions;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{LocalCluster, Placement};
-use super::embedded::EmbeddedBroker;
+use super::embedded::{bench_config, EmbeddedBroker};
+use super::local_cluster::{LocalCluster, Placement};
 use crate::cli::BenchTarget;
 
 /// Where the broker under test is.
@@ -42,15 +41,6 @@ pub(crate) struct CassiniConnector {
 /// More than the broker counts per queued message besides its payload (the message's struct,
 /// its topic and bookkeeping: `PublishedMessage::memory_size`), for sizing a run's queues.
 const QUEUED_MESSAGE_OVERHEAD: u64 = 512;
-
-/// The in-process broker's configuration: the defaults, with the per-subscription queue cap
-/// raised to 256 MiB (the `max_pending` NATS gets in `bench/peers.sh`), so a million 64-byte
-/// messages fit in one subscription's queue when the subscriber falls behind.
-pub(crate) fn bench_config() -> BrokerConfig {
-    let mut config = BrokerConfig::default();
-    config.queue.max_bytes = config.queue.max_bytes.max(256 * 1024 * 1024);
-    config
-}
 
 impl CassiniConnector {
     /// The broker `target` names, or a new in-process broker when it names none.

@@ -13,6 +13,15 @@ use cassini_quic::server::{QuicServer, ServerOptions};
 use cassini_quic::tls;
 use tokio::task::JoinHandle;
 
+/// The in-process broker's configuration: the defaults, with the per-subscription queue cap
+/// raised to 256 MiB (the `max_pending` NATS gets in `bench/peers.sh`), so a million 64-byte
+/// messages fit in one subscription's queue when the subscriber falls behind.
+pub(crate) fn bench_config() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.queue.max_bytes = config.queue.max_bytes.max(256 * 1024 * 1024);
+    config
+}
+
 /// A running in-process broker.
 pub(crate) struct EmbeddedBroker {
     addr: SocketAddr,

@@ -11,8 +11,8 @@
 //! - `hol`: head-of-line isolation between two subscriptions of one connection.
 //! - `connections`: many idle mTLS connections, against a bare quinn endpoint in the same run;
 //!   `bare_endpoint` is that endpoint, and `child` starts it (and the broker) as processes.
-//! - `cluster`: a cluster in this process against a standalone broker; `failover` kills nodes
-//!   running as processes.
+//! - `cluster`: a cluster in this process (`local_cluster`) against a standalone broker;
+//!   `failover` kills nodes running as processes.
 
 pub(crate) mod bare_endpoint;
 pub(crate) mod cassini_peer;
@@ -24,6 +24,7 @@ pub(crate) mod durable;
 pub(crate) mod embedded;
 pub(crate) mod failover;
 pub(crate) mod hol;
+pub(crate) mod local_cluster;
 
 use std::process::ExitCode;
 
