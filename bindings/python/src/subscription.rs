@@ -301,7 +301,7 @@ impl NativeSubscription {
         self.shared.stats().id
     }
 
-    /// Messages the broker's overflow policy dropped so far.
+    /// Messages the broker dropped so far (its overflow policy, or a full cluster route).
     #[getter]
     fn dropped(&self) -> u64 {
         self.refresh();

@@ -173,6 +173,8 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     write(&mut stream, &gap_frame(3, 2, 5, GapReason::Overflow)).await;
     write(&mut stream, &gap_frame(3, 6, 6, GapReason::Undelivered)).await;
     write(&mut stream, &delivery(7, "demo.a", "seven")).await;
+    write(&mut stream, &gap_frame(3, 8, 9, GapReason::ClusterRoute)).await;
+    write(&mut stream, &delivery(10, "demo.a", "ten")).await;
     stream.finish().expect("finish");
 
     let sequences: Vec<u64> = subscription
@@ -180,22 +182,23 @@ async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
         .map(|message| message.sequence())
         .collect()
         .await;
-    assert_eq!(sequences, vec![1, 7]);
+    assert_eq!(sequences, vec![1, 7, 10]);
     assert_eq!(
         subscription.dropped(),
-        4,
-        "only overflow gaps count as drops"
+        6,
+        "overflow and cluster-route gaps count as drops, undelivered ones do not"
     );
     assert_eq!(
         subscription.gaps(),
-        5,
+        7,
         "every announced gap counts as missed"
     );
     assert_eq!(
         subscription.take_gaps(),
         vec![
             missed(2, 5, Some(GapReason::Overflow)),
-            missed(6, 6, Some(GapReason::Undelivered))
+            missed(6, 6, Some(GapReason::Undelivered)),
+            missed(8, 9, Some(GapReason::ClusterRoute))
         ]
     );
     assert_eq!(

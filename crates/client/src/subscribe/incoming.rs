@@ -170,7 +170,7 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
             Ok(Some(frame @ (Frame::Message(_) | Frame::Gap(_)))) => {
                 let item = match frame {
                     Frame::Gap(gap) => {
-                        if gap.reason == GapReason::Overflow {
+                        if matches!(gap.reason, GapReason::Overflow | GapReason::ClusterRoute) {
                             state.add_dropped(gap.len());
                         }
                         state.note_received(gap.to);

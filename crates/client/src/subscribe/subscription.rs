@@ -164,8 +164,9 @@ impl Subscription {
         &self.options
     }
 
-    /// How many messages the broker reported its overflow policy dropped for this subscription
-    /// so far (the sum of its overflow `Gap` announcements). A matching gap shows in
+    /// How many messages the broker reported dropped for this subscription so far: by its
+    /// overflow policy, or on a full cluster route from another node (the sum of its
+    /// `Overflow` and `ClusterRoute` `Gap` announcements). A matching gap shows in
     /// [`Message::sequence`] and in [`Subscription::take_gaps`].
     pub fn dropped(&self) -> u64 {
         self.state.dropped()
