@@ -218,7 +218,7 @@ impl History {
     }
 
     /// Waits, at most `limit`, until the history shows no violation: messages and gaps still on
-    /// their way arrive. Then [`History::check`] reports whatever is left.
+    /// their way arrive. [`History::check`] does this first.
     pub async fn settle(&self, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
         while !self.violations().is_empty() && tokio::time::Instant::now() < until {
@@ -246,9 +246,11 @@ impl History {
         )
     }
 
-    /// Prints the figures and the violation count; panics with every violation and `seed`, so
+    /// Lets messages and gaps still on their way arrive ([`History::settle`], at most 10 s), then
+    /// prints the figures and the violation count; panics with every violation and `seed`, so
     /// the run can be replayed.
-    pub fn check(&self, seed: u64) {
+    pub async fn check(&self, seed: u64) {
+        self.settle(Duration::from_secs(10)).await;
         let violations = self.violations();
         eprintln!(
             "history: {}; violations: {}",

@@ -252,7 +252,6 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
     }
     // Messages still on their way (and the gaps for those that are not) arrive; then the whole
     // history is checked.
-    history.settle(Duration::from_secs(10)).await;
     let acked = history.acked();
     assert!(acked > 0, "some publishes were acknowledged");
     eprintln!(
@@ -268,7 +267,7 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
             .map(|node| node.link.stats().dropped)
             .collect::<Vec<_>>(),
     );
-    history.check(seed);
+    history.check(seed).await;
     for reader in readers {
         reader.abort();
     }

@@ -126,7 +126,7 @@ async fn random_loss_with_jitter_and_reordering_breaks_no_guarantee() {
         sub_faults.stats(),
         pub_faults.stats()
     );
-    history.check(seed);
+    history.check(seed).await;
     broker.stop().await;
 }
 
@@ -172,7 +172,7 @@ async fn a_ten_second_partition_of_a_subscriber_loses_nothing_acknowledged() {
     )
     .await;
     eprintln!("faults: subscriber {:?}", faults.stats());
-    history.check(seed);
+    history.check(seed).await;
     broker.stop().await;
 }
 
@@ -210,7 +210,7 @@ async fn a_partitioned_publisher_delivers_everything_the_broker_acknowledged() {
     );
     received(&reliable, "every acknowledged publish", acked).await;
     eprintln!("faults: publisher {:?}", faults.stats());
-    history.check(seed);
+    history.check(seed).await;
     broker.stop().await;
 }
 
@@ -258,7 +258,7 @@ async fn moving_the_subscriber_to_a_new_address_every_second_loses_nothing_and_n
         "faults: {moves} address changes, subscriber {:?}",
         faults.stats()
     );
-    history.check(seed);
+    history.check(seed).await;
     broker.stop().await;
 }
 

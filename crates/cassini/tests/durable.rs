@@ -478,5 +478,5 @@ async fn sigkills_at_random_points_during_load_break_no_guarantee() {
         reliable.distinct(),
         plain.distinct()
     );
-    history.check(seed);
+    history.check(seed).await;
 }
