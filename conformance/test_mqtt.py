@@ -57,8 +57,11 @@ class Paho:
 
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
-                 will: tuple[str, bytes] | None = None, refused: bool = False):
-        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`)."""
+                 will: tuple[str, bytes] | None = None, refused: bool = False,
+                 receive_maximum: int | None = None, manual_ack: bool = False):
+        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`);
+        with `manual_ack`, QoS 1 deliveries wait for `ack` (paho acknowledges them itself
+        otherwise)."""
         self.messages: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
         self.acks: queue.Queue = queue.Queue()
@@ -75,11 +78,14 @@ class Paho:
         self.client.on_subscribe = lambda c, u, mid, rcs, props: self.acks.put(rcs)
         if will:
             self.client.will_set(will[0], will[1], qos=1)
+        self.client.manual_ack_set(manual_ack)
         props = None
         if protocol == V5:
             props = Properties(PacketTypes.CONNECT)
             if expiry is not None:
                 props.SessionExpiryInterval = expiry
+            if receive_maximum is not None:
+                props.ReceiveMaximum = receive_maximum
             self.client.connect("localhost", port, keepalive=30, clean_start=clean,
                                 properties=props)
         else:
@@ -112,6 +118,18 @@ class Paho:
 
     def next_message(self, timeout: float = 10.0):
         return self.messages.get(timeout=timeout)
+
+    def no_message(self, within: float = 0.5) -> None:
+        """Asserts that no message arrives within `within` seconds."""
+        try:
+            message = self.messages.get(timeout=within)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected message on {message.topic}: {message.payload!r}")
+
+    def ack(self, message) -> None:
+        """Acknowledges a QoS 1 delivery (with `manual_ack`)."""
+        self.client.ack(message.mid, message.qos)
 
     def next_disconnect(self, timeout: float = 10.0):
         return self.disconnects.get(timeout=timeout)
@@ -369,4 +387,43 @@ async def test_a_shared_subscription_gives_each_message_to_exactly_one_member(ga
         with pytest.raises(queue.Empty):
             await in_thread(member.next_message, 0.2)
         await in_thread(member.close)
+    await drop(quic)
+
+
+@spec
+async def test_receive_maximum_bounds_the_whole_connection_and_is_shared_fairly(gateway, certs):
+    broker, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, V5, receive_maximum=2, manual_ack=True)
+    await in_thread(paho.subscribe, "paho/window/a/#", 1)
+    await in_thread(paho.subscribe, "paho/window/b/#", 1)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    count = 4
+    for sub in ("a", "b"):
+        for n in range(count):
+            await publish_and_wait(quic, stream, publish(f"paho.window.{sub}.{n}", b"x",
+                                                         message_id=fresh_id(), ack=True))
+    # MQTT 5 §4.9: no more than Receive Maximum QoS 1 deliveries unacknowledged on the whole
+    # connection, whatever the subscriptions.
+    unacked = [await in_thread(paho.next_message), await in_thread(paho.next_message)]
+    await in_thread(paho.no_message)
+    # Each PUBACK lets exactly one more in, and "b" gets its turns while "a" still has messages.
+    order = [message.topic for message in unacked]
+    while len(order) < 2 * count:
+        await in_thread(paho.ack, unacked.pop(0))
+        message = await in_thread(paho.next_message)
+        order.append(message.topic)
+        unacked.append(message)
+        await in_thread(paho.no_message, 0.1)
+    assert sorted(order) == sorted(f"paho/window/{sub}/{n}" for sub in "ab"
+                                   for n in range(count))
+    for sub in ("a", "b"):
+        mine = [topic for topic in order if topic.startswith(f"paho/window/{sub}/")]
+        assert mine == [f"paho/window/{sub}/{n}" for n in range(count)], order
+    first_b = next(i for i, topic in enumerate(order) if "/b/" in topic)
+    last_a = max(i for i, topic in enumerate(order) if "/a/" in topic)
+    assert first_b < last_a, f"one subscription starved the other: {order}"
+    for message in unacked:
+        await in_thread(paho.ack, message)
+    await in_thread(paho.close)
     await drop(quic)

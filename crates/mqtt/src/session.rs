@@ -8,7 +8,7 @@
 //! then apply their overflow policies: the subscriptions of one MQTT connection share its one TCP
 //! stream (no head-of-line isolation, unlike QUIC).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,8 +261,21 @@ struct Connection<W> {
     next_message_id: u64,
     /// QoS 2 publishes accepted, waiting for `PUBREL`.
     released: HashSet<u16>,
-    /// QoS 1 deliveries sent: packet id → (subscription, sequence).
+    /// QoS 1 deliveries sent and not yet acknowledged: packet id → (subscription, sequence).
+    /// Never more than `receive_maximum` (MQTT 5 §4.9: the client's Receive Maximum bounds the
+    /// whole connection).
     outbound: HashMap<u16, (SubscriptionId, u64)>,
+    /// How many QoS 1 deliveries the client takes unacknowledged: its Receive Maximum (MQTT 5;
+    /// 65,535 when absent, and for 3.1.1).
+    receive_maximum: usize,
+    /// QoS 1 deliveries waiting for a free place in `outbound`, per subscription, in order. Each
+    /// holds at most the subscription's in-flight window (the broker sends no more without an
+    /// `Ack`), so the whole is bounded by the subscriptions.
+    waiting: HashMap<SubscriptionId, VecDeque<Delivery>>,
+    /// The subscriptions with deliveries in `waiting`, in turn: a free place goes to the front
+    /// one, which then goes to the back if it has more, so a busy subscription never starves
+    /// another.
+    turns: VecDeque<SubscriptionId>,
     next_pkid: u16,
     events: Option<mpsc::Sender<Event>>,
 }
@@ -276,6 +289,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         max_packet: usize,
         peer: &PeerInfo,
     ) -> Self {
+        let receive_maximum = usize::from(connect.receive_maximum.unwrap_or(u16::MAX)).max(1);
         Self {
             peer: peer.clone(),
             connect,
@@ -300,7 +314,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             publishes: HashMap::new(),
             next_message_id: rand::random::<u64>() >> 1,
             released: HashSet::new(),
+            receive_maximum,
             outbound: HashMap::new(),
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
             next_pkid: 1,
             events: None,
         }
@@ -746,6 +763,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     if !self.frame(&ack, false).await {
                         return Some(End::Broker);
                     }
+                    return self.release().await;
                 }
                 None
             }
@@ -1114,6 +1132,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         self.stash.remove(&subscription);
+        self.waiting.remove(&subscription);
+        self.turns.retain(|waiting| *waiting != subscription);
     }
 
     fn packet_id(&mut self) -> u16 {
@@ -1126,6 +1146,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
     }
 
+    /// A delivery from the broker: sent now, or, for a QoS 1 delivery while the client's
+    /// Receive Maximum is reached (or its subscription has deliveries waiting already), kept in
+    /// `waiting` for its turn.
     async fn deliver(&mut self, subscription: SubscriptionId, delivery: Delivery) -> Option<End> {
         let Some(sub) = self.subs.get(&subscription) else {
             let waiting = self
@@ -1140,7 +1163,51 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
             return None;
         };
-        let qos = sub.qos;
+        if sub.qos == 1
+            && (self.outbound.len() >= self.receive_maximum
+                || self.waiting.contains_key(&subscription))
+        {
+            let queue = self.waiting.entry(subscription).or_default();
+            if queue.is_empty() {
+                self.turns.push_back(subscription);
+            }
+            queue.push_back(delivery);
+            return None;
+        }
+        self.send_delivery(subscription, delivery).await
+    }
+
+    /// Sends waiting QoS 1 deliveries while the client's Receive Maximum allows, one per
+    /// subscription in turn.
+    async fn release(&mut self) -> Option<End> {
+        while self.outbound.len() < self.receive_maximum {
+            let subscription = self.turns.pop_front()?;
+            let Some(queue) = self.waiting.get_mut(&subscription) else {
+                continue;
+            };
+            let Some(delivery) = queue.pop_front() else {
+                self.waiting.remove(&subscription);
+                continue;
+            };
+            if queue.is_empty() {
+                self.waiting.remove(&subscription);
+            } else {
+                self.turns.push_back(subscription);
+            }
+            if let Some(end) = self.send_delivery(subscription, delivery).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Writes one delivery of `subscription` to the client as a `PUBLISH`.
+    async fn send_delivery(
+        &mut self,
+        subscription: SubscriptionId,
+        delivery: Delivery,
+    ) -> Option<End> {
+        let qos = self.subs.get(&subscription)?.qos;
         let pkid = if qos == 1 { self.packet_id() } else { 0 };
         let sequence = delivery.sequence;
         let v5 = self.connect.version == Version::V5;
