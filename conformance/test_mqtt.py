@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import ssl
 import threading
 import time
 
@@ -58,10 +59,11 @@ class Paho:
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
                  will: tuple[str, bytes] | None = None, refused: bool = False,
-                 receive_maximum: int | None = None, manual_ack: bool = False):
+                 receive_maximum: int | None = None, manual_ack: bool = False,
+                 tls_max: ssl.TLSVersion | None = None):
         """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`);
         with `manual_ack`, QoS 1 deliveries wait for `ack` (paho acknowledges them itself
-        otherwise)."""
+        otherwise); with `tls_max`, speaks at most that TLS version."""
         self.messages: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
         self.acks: queue.Queue = queue.Queue()
@@ -69,7 +71,11 @@ class Paho:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol, **kwargs)
         ident = certs.identity(name)
-        self.client.tls_set(ca_certs=ident.ca, certfile=ident.cert, keyfile=ident.key)
+        context = ssl.create_default_context(cafile=ident.ca)
+        context.load_cert_chain(ident.cert, ident.key)
+        if tls_max is not None:
+            context.maximum_version = tls_max
+        self.client.tls_set_context(context)
         self.connected: queue.Queue = queue.Queue()
         self.client.on_connect = lambda c, u, flags, rc, props: self.connected.put(
             (flags.session_present, rc, props))
@@ -427,3 +433,31 @@ async def test_receive_maximum_bounds_the_whole_connection_and_is_shared_fairly(
         await in_thread(paho.ack, message)
     await in_thread(paho.close)
     await drop(quic)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_tls12_only_client_is_served(gateway, certs, protocol):
+    broker, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, protocol, tls_max=ssl.TLSVersion.TLSv1_2)
+    assert paho.client.socket().version() == "TLSv1.2"
+    await in_thread(paho.subscribe, f"paho/tls12/v{protocol}", 1)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish(f"paho.tls12.v{protocol}", b"old device",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(paho.next_message)
+    assert message.payload == b"old device"
+    await in_thread(paho.close)
+    await drop(quic)
+
+
+@spec
+async def test_with_mqtt_tls12_off_a_tls12_only_client_is_refused(start_broker, certs):
+    broker = start_broker("--mqtt", "127.0.0.1:0", env={"CASSINI_MQTT_TLS12": "false"})
+    port = mqtt_port(broker)
+    with pytest.raises(ssl.SSLError):
+        await in_thread(Paho, certs, "alice", port, V5, tls_max=ssl.TLSVersion.TLSv1_2)
+    paho = await in_thread(Paho, certs, "alice", port, V5)
+    assert paho.client.socket().version() == "TLSv1.3"
+    await in_thread(paho.close)
