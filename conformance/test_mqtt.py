@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cassini_wire import connect, drop, fresh_id, publish, publish_and_wait, subscribe
 from conftest import Broker, CertDir, run_cli, spec
@@ -114,6 +115,16 @@ class Paho:
 
     def subscribe(self, topic: str, qos: int = 1) -> list:
         self.client.subscribe(topic, qos)
+        return self.acks.get(timeout=10)
+
+    def subscribe_with(self, topic: str, options: SubscribeOptions,
+                       subscription_id: int | None = None) -> list:
+        """An MQTT 5 subscription with `options` and a Subscription Identifier."""
+        props = None
+        if subscription_id is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = subscription_id
+        self.client.subscribe((topic, options), properties=props)
         return self.acks.get(timeout=10)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
@@ -461,3 +472,134 @@ async def test_with_mqtt_tls12_off_a_tls12_only_client_is_refused(start_broker, 
     paho = await in_thread(Paho, certs, "alice", port, V5)
     assert paho.client.socket().version() == "TLSv1.3"
     await in_thread(paho.close)
+
+
+def publish_properties(**values) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+@spec
+async def test_message_expiry_drops_what_expired_while_queued_and_sends_the_rest(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    reader = await in_thread(Paho, certs, "bob", port, V5, client_id, True, 300)
+    await in_thread(reader.subscribe, "paho/expiry/msg/#", 1)
+    await in_thread(reader.close)
+    writer = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(writer.publish, "paho/expiry/msg/short", b"short", 1, False,
+                    publish_properties(MessageExpiryInterval=1))
+    await in_thread(writer.publish, "paho/expiry/msg/long", b"long", 1, False,
+                    publish_properties(MessageExpiryInterval=600))
+    await in_thread(writer.publish, "paho/expiry/msg/none", b"none", 1)
+    # The short one's interval passes while it waits in the detached session's queue.
+    await asyncio.sleep(1.5)
+    reader = await in_thread(Paho, certs, "bob", port, V5, client_id, False, 300)
+    assert reader.session_present
+    first = await in_thread(reader.next_message)
+    assert (first.topic, first.payload) == ("paho/expiry/msg/long", b"long")
+    # MQTT 5 §3.3.2.3.3: the interval sent on is what remains of it.
+    assert 590 <= first.properties.MessageExpiryInterval <= 600
+    second = await in_thread(reader.next_message)
+    assert (second.topic, second.payload) == ("paho/expiry/msg/none", b"none")
+    assert not hasattr(second.properties, "MessageExpiryInterval")
+    assert not hasattr(second.properties, "UserProperty"), second.properties
+    await in_thread(reader.no_message)
+    await in_thread(reader.close, disconnect_properties(0))
+    await in_thread(writer.close)
+
+
+@spec
+async def test_topic_aliases_up_to_the_announced_maximum(gateway, certs):
+    broker, port = gateway
+    quic = await connect(broker.port, certs.identity("bob"))
+    sub = await subscribe(quic, "paho.alias.>")
+    paho = await in_thread(Paho, certs, "alice", port, V5)
+    assert paho.connack.TopicAliasMaximum == 10
+    await in_thread(paho.publish, "paho/alias/room1", b"set", 1, False,
+                    publish_properties(TopicAlias=10))
+    await in_thread(paho.publish, "", b"used", 1, False, publish_properties(TopicAlias=10))
+    for payload in (b"set", b"used"):
+        message = await sub.next_frame()
+        assert (message["topic"], message["payload"]) == ("paho.alias.room1", payload)
+    # Above the maximum: DISCONNECT 0x94 Topic Alias invalid.
+    paho.client.publish("paho/alias/room2", b"x", qos=0, properties=publish_properties(TopicAlias=11))
+    reason = await in_thread(paho.next_disconnect)
+    assert int(reason.value) == 0x94, reason
+    await drop(quic)
+
+
+@spec
+async def test_subscription_identifiers_come_back_in_each_delivery(gateway, certs):
+    broker, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    paho = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    assert getattr(paho.connack, "SubscriptionIdentifierAvailable", 1) == 1
+    await in_thread(paho.subscribe_with, "paho/subid/#", SubscribeOptions(qos=1), 7)
+    await in_thread(paho.subscribe_with, "paho/subid/+/x", SubscribeOptions(qos=0), 9)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish("paho.subid.a.x", b"both",
+                                                 message_id=fresh_id(), ack=True))
+    ids = sorted([(await in_thread(paho.next_message)).properties.SubscriptionIdentifier[0]
+                  for _ in range(2)])
+    assert ids == [7, 9]
+    # The identifiers are part of the session: a resumed one keeps them.
+    await in_thread(paho.close)
+    paho = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert paho.session_present
+    await publish_and_wait(quic, stream, publish("paho.subid.b", b"resumed",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(paho.next_message)
+    assert (message.payload, message.properties.SubscriptionIdentifier) == (b"resumed", [7])
+    await in_thread(paho.close, disconnect_properties(0))
+    await drop(quic)
+
+
+@spec
+async def test_no_local_keeps_a_clients_own_messages_from_it(gateway, certs):
+    _, port = gateway
+    me = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(me.subscribe_with, "paho/nolocal/#", SubscribeOptions(qos=1, noLocal=True))
+    other = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(me.publish, "paho/nolocal/mine", b"mine", 1)
+    await in_thread(other.publish, "paho/nolocal/theirs", b"theirs", 1)
+    message = await in_thread(me.next_message)
+    assert (message.topic, message.payload) == ("paho/nolocal/theirs", b"theirs")
+    await in_thread(me.no_message)
+    await in_thread(me.close)
+    await in_thread(other.close)
+
+
+@spec
+async def test_retain_as_published_and_retain_handling(gateway, certs):
+    _, port = gateway
+    writer = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(writer.publish, "paho/rh/state", b"stored", 1, True)
+    reader = await in_thread(Paho, certs, "bob", port, V5)
+    # Retain Handling 2: no retained values.
+    await in_thread(reader.subscribe_with, "paho/rh/#",
+                    SubscribeOptions(qos=0, retainHandling=2))
+    await in_thread(reader.no_message)
+    # Retain Handling 1: retained values for a new subscription only.
+    await in_thread(reader.subscribe_with, "paho/rh/+",
+                    SubscribeOptions(qos=0, retainHandling=1))
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.payload, message.retain) == ("paho/rh/state", b"stored", True)
+    await in_thread(reader.subscribe_with, "paho/rh/+",
+                    SubscribeOptions(qos=1, retainHandling=1))
+    await in_thread(reader.no_message)
+    # Retain Handling 0: at every subscribe; and Retain As Published keeps a live message's
+    # retain flag, which is otherwise cleared.
+    await in_thread(reader.subscribe_with, "paho/rh/state",
+                    SubscribeOptions(qos=1, retainHandling=0, retainAsPublished=True))
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.retain) == ("paho/rh/state", True)
+    await in_thread(writer.publish, "paho/rh/state", b"live", 1, True)
+    # The "#" and "+" subscriptions clear it; the Retain As Published one keeps it.
+    flags = [(await in_thread(reader.next_message)).retain for _ in range(3)]
+    assert sorted(flags) == [False, False, True]
+    await in_thread(writer.close)
+    await in_thread(reader.close)

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::options::OptionsTable;
 use crate::session::{self, Context};
 use crate::stats::MqttStats;
 use crate::will::Wills;
@@ -102,6 +103,8 @@ pub struct MqttServer {
     next_id: AtomicU64,
     stats: Arc<MqttStats>,
     wills: Wills,
+    /// MQTT 5 subscription options kept per client id.
+    sub_options: OptionsTable,
     tasks: TaskTracker,
     closing: CancellationToken,
 }
@@ -161,6 +164,7 @@ impl MqttServer {
             next_id: AtomicU64::new(0),
             wills: Wills::new(Arc::clone(&stats), closing.clone()),
             stats,
+            sub_options: OptionsTable::default(),
             tasks: TaskTracker::new(),
             closing,
         })
@@ -229,6 +233,7 @@ impl MqttServer {
                 connect_timeout: self.options.connect_timeout,
                 cut: cut.clone(),
                 wills: self.wills.clone(),
+                sub_options: self.sub_options.clone(),
             };
             let acceptor = TlsAcceptor::from(
                 self.tls
