@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import ssl
 import threading
 import time
 
@@ -18,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cassini_wire import connect, drop, fresh_id, publish, publish_and_wait, subscribe
 from conftest import Broker, CertDir, run_cli, spec
@@ -57,8 +59,12 @@ class Paho:
 
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
-                 will: tuple[str, bytes] | None = None, refused: bool = False):
-        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`)."""
+                 will: tuple[str, bytes] | None = None, refused: bool = False,
+                 receive_maximum: int | None = None, manual_ack: bool = False,
+                 tls_max: ssl.TLSVersion | None = None):
+        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`);
+        with `manual_ack`, QoS 1 deliveries wait for `ack` (paho acknowledges them itself
+        otherwise); with `tls_max`, speaks at most that TLS version."""
         self.messages: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
         self.acks: queue.Queue = queue.Queue()
@@ -66,7 +72,11 @@ class Paho:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol, **kwargs)
         ident = certs.identity(name)
-        self.client.tls_set(ca_certs=ident.ca, certfile=ident.cert, keyfile=ident.key)
+        context = ssl.create_default_context(cafile=ident.ca)
+        context.load_cert_chain(ident.cert, ident.key)
+        if tls_max is not None:
+            context.maximum_version = tls_max
+        self.client.tls_set_context(context)
         self.connected: queue.Queue = queue.Queue()
         self.client.on_connect = lambda c, u, flags, rc, props: self.connected.put(
             (flags.session_present, rc, props))
@@ -75,11 +85,14 @@ class Paho:
         self.client.on_subscribe = lambda c, u, mid, rcs, props: self.acks.put(rcs)
         if will:
             self.client.will_set(will[0], will[1], qos=1)
+        self.client.manual_ack_set(manual_ack)
         props = None
         if protocol == V5:
             props = Properties(PacketTypes.CONNECT)
             if expiry is not None:
                 props.SessionExpiryInterval = expiry
+            if receive_maximum is not None:
+                props.ReceiveMaximum = receive_maximum
             self.client.connect("localhost", port, keepalive=30, clean_start=clean,
                                 properties=props)
         else:
@@ -104,6 +117,16 @@ class Paho:
         self.client.subscribe(topic, qos)
         return self.acks.get(timeout=10)
 
+    def subscribe_with(self, topic: str, options: SubscribeOptions,
+                       subscription_id: int | None = None) -> list:
+        """An MQTT 5 subscription with `options` and a Subscription Identifier."""
+        props = None
+        if subscription_id is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = subscription_id
+        self.client.subscribe((topic, options), properties=props)
+        return self.acks.get(timeout=10)
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 properties: Properties | None = None) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -112,6 +135,18 @@ class Paho:
 
     def next_message(self, timeout: float = 10.0):
         return self.messages.get(timeout=timeout)
+
+    def no_message(self, within: float = 0.5) -> None:
+        """Asserts that no message arrives within `within` seconds."""
+        try:
+            message = self.messages.get(timeout=within)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected message on {message.topic}: {message.payload!r}")
+
+    def ack(self, message) -> None:
+        """Acknowledges a QoS 1 delivery (with `manual_ack`)."""
+        self.client.ack(message.mid, message.qos)
 
     def next_disconnect(self, timeout: float = 10.0):
         return self.disconnects.get(timeout=timeout)
@@ -370,3 +405,201 @@ async def test_a_shared_subscription_gives_each_message_to_exactly_one_member(ga
             await in_thread(member.next_message, 0.2)
         await in_thread(member.close)
     await drop(quic)
+
+
+@spec
+async def test_receive_maximum_bounds_the_whole_connection_and_is_shared_fairly(gateway, certs):
+    broker, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, V5, receive_maximum=2, manual_ack=True)
+    await in_thread(paho.subscribe, "paho/window/a/#", 1)
+    await in_thread(paho.subscribe, "paho/window/b/#", 1)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    count = 4
+    for sub in ("a", "b"):
+        for n in range(count):
+            await publish_and_wait(quic, stream, publish(f"paho.window.{sub}.{n}", b"x",
+                                                         message_id=fresh_id(), ack=True))
+    # MQTT 5 §4.9: no more than Receive Maximum QoS 1 deliveries unacknowledged on the whole
+    # connection, whatever the subscriptions.
+    unacked = [await in_thread(paho.next_message), await in_thread(paho.next_message)]
+    await in_thread(paho.no_message)
+    # Each PUBACK lets exactly one more in, and "b" gets its turns while "a" still has messages.
+    order = [message.topic for message in unacked]
+    while len(order) < 2 * count:
+        await in_thread(paho.ack, unacked.pop(0))
+        message = await in_thread(paho.next_message)
+        order.append(message.topic)
+        unacked.append(message)
+        await in_thread(paho.no_message, 0.1)
+    assert sorted(order) == sorted(f"paho/window/{sub}/{n}" for sub in "ab"
+                                   for n in range(count))
+    for sub in ("a", "b"):
+        mine = [topic for topic in order if topic.startswith(f"paho/window/{sub}/")]
+        assert mine == [f"paho/window/{sub}/{n}" for n in range(count)], order
+    first_b = next(i for i, topic in enumerate(order) if "/b/" in topic)
+    last_a = max(i for i, topic in enumerate(order) if "/a/" in topic)
+    assert first_b < last_a, f"one subscription starved the other: {order}"
+    for message in unacked:
+        await in_thread(paho.ack, message)
+    await in_thread(paho.close)
+    await drop(quic)
+
+
+@pytest.mark.parametrize("protocol", [V5, V311])
+@spec
+async def test_a_tls12_only_client_is_served(gateway, certs, protocol):
+    broker, port = gateway
+    paho = await in_thread(Paho, certs, "alice", port, protocol, tls_max=ssl.TLSVersion.TLSv1_2)
+    assert paho.client.socket().version() == "TLSv1.2"
+    await in_thread(paho.subscribe, f"paho/tls12/v{protocol}", 1)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish(f"paho.tls12.v{protocol}", b"old device",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(paho.next_message)
+    assert message.payload == b"old device"
+    await in_thread(paho.close)
+    await drop(quic)
+
+
+@spec
+async def test_with_mqtt_tls12_off_a_tls12_only_client_is_refused(start_broker, certs):
+    broker = start_broker("--mqtt", "127.0.0.1:0", env={"CASSINI_MQTT_TLS12": "false"})
+    port = mqtt_port(broker)
+    with pytest.raises(ssl.SSLError):
+        await in_thread(Paho, certs, "alice", port, V5, tls_max=ssl.TLSVersion.TLSv1_2)
+    paho = await in_thread(Paho, certs, "alice", port, V5)
+    assert paho.client.socket().version() == "TLSv1.3"
+    await in_thread(paho.close)
+
+
+def publish_properties(**values) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+@spec
+async def test_message_expiry_drops_what_expired_while_queued_and_sends_the_rest(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    reader = await in_thread(Paho, certs, "bob", port, V5, client_id, True, 300)
+    await in_thread(reader.subscribe, "paho/expiry/msg/#", 1)
+    await in_thread(reader.close)
+    writer = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(writer.publish, "paho/expiry/msg/short", b"short", 1, False,
+                    publish_properties(MessageExpiryInterval=1))
+    await in_thread(writer.publish, "paho/expiry/msg/long", b"long", 1, False,
+                    publish_properties(MessageExpiryInterval=600))
+    await in_thread(writer.publish, "paho/expiry/msg/none", b"none", 1)
+    # The short one's interval passes while it waits in the detached session's queue.
+    await asyncio.sleep(1.5)
+    reader = await in_thread(Paho, certs, "bob", port, V5, client_id, False, 300)
+    assert reader.session_present
+    first = await in_thread(reader.next_message)
+    assert (first.topic, first.payload) == ("paho/expiry/msg/long", b"long")
+    # MQTT 5 §3.3.2.3.3: the interval sent on is what remains of it.
+    assert 590 <= first.properties.MessageExpiryInterval <= 600
+    second = await in_thread(reader.next_message)
+    assert (second.topic, second.payload) == ("paho/expiry/msg/none", b"none")
+    assert not hasattr(second.properties, "MessageExpiryInterval")
+    assert not hasattr(second.properties, "UserProperty"), second.properties
+    await in_thread(reader.no_message)
+    await in_thread(reader.close, disconnect_properties(0))
+    await in_thread(writer.close)
+
+
+@spec
+async def test_topic_aliases_up_to_the_announced_maximum(gateway, certs):
+    broker, port = gateway
+    quic = await connect(broker.port, certs.identity("bob"))
+    sub = await subscribe(quic, "paho.alias.>")
+    paho = await in_thread(Paho, certs, "alice", port, V5)
+    assert paho.connack.TopicAliasMaximum == 10
+    await in_thread(paho.publish, "paho/alias/room1", b"set", 1, False,
+                    publish_properties(TopicAlias=10))
+    await in_thread(paho.publish, "", b"used", 1, False, publish_properties(TopicAlias=10))
+    for payload in (b"set", b"used"):
+        message = await sub.next_frame()
+        assert (message["topic"], message["payload"]) == ("paho.alias.room1", payload)
+    # Above the maximum: DISCONNECT 0x94 Topic Alias invalid.
+    paho.client.publish("paho/alias/room2", b"x", qos=0, properties=publish_properties(TopicAlias=11))
+    reason = await in_thread(paho.next_disconnect)
+    assert int(reason.value) == 0x94, reason
+    await drop(quic)
+
+
+@spec
+async def test_subscription_identifiers_come_back_in_each_delivery(gateway, certs):
+    broker, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    paho = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    assert getattr(paho.connack, "SubscriptionIdentifierAvailable", 1) == 1
+    await in_thread(paho.subscribe_with, "paho/subid/#", SubscribeOptions(qos=1), 7)
+    await in_thread(paho.subscribe_with, "paho/subid/+/x", SubscribeOptions(qos=0), 9)
+    quic = await connect(broker.port, certs.identity("bob"))
+    stream = quic.new_stream()
+    await publish_and_wait(quic, stream, publish("paho.subid.a.x", b"both",
+                                                 message_id=fresh_id(), ack=True))
+    ids = sorted([(await in_thread(paho.next_message)).properties.SubscriptionIdentifier[0]
+                  for _ in range(2)])
+    assert ids == [7, 9]
+    # The identifiers are part of the session: a resumed one keeps them.
+    await in_thread(paho.close)
+    paho = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert paho.session_present
+    await publish_and_wait(quic, stream, publish("paho.subid.b", b"resumed",
+                                                 message_id=fresh_id(), ack=True))
+    message = await in_thread(paho.next_message)
+    assert (message.payload, message.properties.SubscriptionIdentifier) == (b"resumed", [7])
+    await in_thread(paho.close, disconnect_properties(0))
+    await drop(quic)
+
+
+@spec
+async def test_no_local_keeps_a_clients_own_messages_from_it(gateway, certs):
+    _, port = gateway
+    me = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(me.subscribe_with, "paho/nolocal/#", SubscribeOptions(qos=1, noLocal=True))
+    other = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(me.publish, "paho/nolocal/mine", b"mine", 1)
+    await in_thread(other.publish, "paho/nolocal/theirs", b"theirs", 1)
+    message = await in_thread(me.next_message)
+    assert (message.topic, message.payload) == ("paho/nolocal/theirs", b"theirs")
+    await in_thread(me.no_message)
+    await in_thread(me.close)
+    await in_thread(other.close)
+
+
+@spec
+async def test_retain_as_published_and_retain_handling(gateway, certs):
+    _, port = gateway
+    writer = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(writer.publish, "paho/rh/state", b"stored", 1, True)
+    reader = await in_thread(Paho, certs, "bob", port, V5)
+    # Retain Handling 2: no retained values.
+    await in_thread(reader.subscribe_with, "paho/rh/#",
+                    SubscribeOptions(qos=0, retainHandling=2))
+    await in_thread(reader.no_message)
+    # Retain Handling 1: retained values for a new subscription only.
+    await in_thread(reader.subscribe_with, "paho/rh/+",
+                    SubscribeOptions(qos=0, retainHandling=1))
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.payload, message.retain) == ("paho/rh/state", b"stored", True)
+    await in_thread(reader.subscribe_with, "paho/rh/+",
+                    SubscribeOptions(qos=1, retainHandling=1))
+    await in_thread(reader.no_message)
+    # Retain Handling 0: at every subscribe; and Retain As Published keeps a live message's
+    # retain flag, which is otherwise cleared.
+    await in_thread(reader.subscribe_with, "paho/rh/state",
+                    SubscribeOptions(qos=1, retainHandling=0, retainAsPublished=True))
+    message = await in_thread(reader.next_message)
+    assert (message.topic, message.retain) == ("paho/rh/state", True)
+    await in_thread(writer.publish, "paho/rh/state", b"live", 1, True)
+    # The "#" and "+" subscriptions clear it; the Retain As Published one keeps it.
+    flags = [(await in_thread(reader.next_message)).retain for _ in range(3)]
+    assert sorted(flags) == [False, False, True]
+    await in_thread(writer.close)
+    await in_thread(reader.close)

@@ -36,7 +36,23 @@ impl Gateway {
     /// A broker with `config`; `plaintext` also accepts plain TCP (loopback).
     pub async fn start_with(config: BrokerConfig, plaintext: bool) -> Self {
         let broker = TestBroker::start_with(config, ServerOptions::default()).await;
-        Self::serve(broker, plaintext, tempfile::tempdir().expect("temp dir")).await
+        let options = MqttOptions {
+            allow_plaintext_loopback: plaintext,
+            ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
+        };
+        Self::serve(broker, options, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    /// Default configuration, a gateway with `options` (its `listen` is replaced by
+    /// `127.0.0.1:0`).
+    pub async fn start_with_options(options: MqttOptions) -> Self {
+        let broker =
+            TestBroker::start_with(BrokerConfig::default(), ServerOptions::default()).await;
+        let options = MqttOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..options
+        };
+        Self::serve(broker, options, tempfile::tempdir().expect("temp dir")).await
     }
 
     /// Stops the broker and the gateway and starts both again with `config` (same
@@ -44,16 +60,20 @@ impl Gateway {
     pub async fn restart_with(self, config: BrokerConfig) -> Self {
         self.mqtt.close(Duration::from_secs(3)).await;
         let broker = self.broker.restart_with(config).await;
-        Self::serve(broker, false, self.dir).await
+        let options = MqttOptions::new("127.0.0.1:0".parse().expect("addr"));
+        Self::serve(broker, options, self.dir).await
     }
 
-    async fn serve(broker: TestBroker, plaintext: bool, dir: tempfile::TempDir) -> Self {
+    async fn serve(broker: TestBroker, options: MqttOptions, dir: tempfile::TempDir) -> Self {
         let (chain, key) = identity_of(&broker.pki.server);
-        let crypto = tls::server_crypto(broker.pki.ca_certs(), chain, key).expect("server TLS");
-        let options = MqttOptions {
-            allow_plaintext_loopback: plaintext,
-            ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
-        };
+        let crypto = tls::ServerTls::build(
+            broker.pki.ca_certs(),
+            chain,
+            key,
+            Vec::new(),
+            tls::RevocationOptions::default(),
+        )
+        .expect("server TLS");
         let mqtt = Arc::new(
             MqttServer::bind(options, &crypto)
                 .await

@@ -208,6 +208,89 @@ async fn a_quic_publish_reaches_mosquitto_sub_through_a_wildcard() {
     }
 }
 
+/// A mosquitto client that speaks TLS 1.2 at most: `--tls-version tlsv1.2` is only its
+/// minimum, so OpenSSL's own configuration (`OPENSSL_CONF`, written into `dir`) caps it.
+fn tls12_client(program: &str, dir: &std::path::Path, args: &[String], extra: &[&str]) -> Command {
+    let conf = dir.join("openssl-tls12.cnf");
+    std::fs::write(
+        &conf,
+        "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = tls\n\
+         [tls]\nMaxProtocol = TLSv1.2\n",
+    )
+    .expect("OpenSSL configuration");
+    let mut command = command(program, args, extra);
+    command.env("OPENSSL_CONF", conf);
+    command
+}
+
+#[tokio::test]
+async fn a_tls12_only_client_is_served_unless_mqtt_tls12_is_off() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gateway = Gateway::start().await;
+    let dir = gateway.dir.path().to_path_buf();
+    let sub = tls12_client(
+        "mosquitto_sub",
+        &dir,
+        &tls_args(&gateway, "old-device"),
+        &["-t", "legacy/#", "-q", "1", "-v", "-C", "1", "-W", "20"],
+    )
+    .output();
+    let sub = tokio::spawn(sub);
+    gateway.wait_subscribed("legacy.>").await;
+    let publish = ["-t", "legacy/t1", "-m", "tls 1.2", "-q", "1"];
+    let output = within(
+        "mosquitto_pub",
+        tls12_client(
+            "mosquitto_pub",
+            &dir,
+            &tls_args(&gateway, "old-sensor"),
+            &publish,
+        )
+        .output(),
+    )
+    .await
+    .expect("runs");
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = within("mosquitto_sub", sub)
+        .await
+        .expect("joined")
+        .expect("ran");
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(stdout(&output).trim(), "legacy/t1 tls 1.2");
+    // The same verifier: a certificate from another CA is refused over TLS 1.2 too.
+    let stranger = tls_args_from(&gateway, &Pki::new(), "stranger");
+    let output = within(
+        "mosquitto_pub",
+        tls12_client("mosquitto_pub", &dir, &stranger, &publish).output(),
+    )
+    .await
+    .expect("runs");
+    assert!(!output.status.success(), "{}", describe(&output));
+
+    // `mqtt.tls12 = false`: TLS 1.3 only, like the QUIC endpoint.
+    let strict = Gateway::start_with_options(MqttOptions {
+        tls12: false,
+        ..MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
+    })
+    .await;
+    let output = within(
+        "mosquitto_pub",
+        tls12_client(
+            "mosquitto_pub",
+            &dir,
+            &tls_args(&strict, "old-sensor"),
+            &publish,
+        )
+        .output(),
+    )
+    .await
+    .expect("runs");
+    assert!(!output.status.success(), "{}", describe(&output));
+    run_ok("mosquitto_pub", &tls_args(&strict, "new-sensor"), &publish).await;
+}
+
 #[tokio::test]
 async fn mqtt_to_mqtt_with_both_wildcards_and_a_retained_value() {
     let Some(gateway) = gateway_for_mosquitto().await else {
@@ -593,7 +676,14 @@ async fn plain_tcp_needs_the_loopback_switch() {
     let crypto = {
         let pki = Pki::new();
         let (chain, key) = identity_of(&pki.server);
-        tls::server_crypto(pki.ca_certs(), chain, key).expect("TLS")
+        tls::ServerTls::build(
+            pki.ca_certs(),
+            chain,
+            key,
+            Vec::new(),
+            tls::RevocationOptions::default(),
+        )
+        .expect("TLS")
     };
     let options = MqttOptions {
         allow_plaintext_loopback: true,

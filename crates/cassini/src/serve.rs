@@ -174,16 +174,18 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         Some(listen) => {
             let options = MqttOptions {
                 allow_plaintext_loopback: settings.mqtt.allow_plaintext_loopback,
+                tls12: settings.mqtt.tls12,
                 identity_rule: settings.security.identity_rule(),
                 ..MqttOptions::new(listen)
             };
-            let mqtt = MqttServer::bind(options, &tls.config)
+            let mqtt = MqttServer::bind(options, &tls)
                 .await
                 .context("starting the MQTT gateway")?;
             let addr = mqtt.local_addr().context("reading the MQTT address")?;
             tracing::info!(
                 addr = %addr,
                 plaintext_loopback = settings.mqtt.allow_plaintext_loopback,
+                tls12 = settings.mqtt.tls12,
                 "MQTT gateway listening"
             );
             let mqtt = Arc::new(mqtt);

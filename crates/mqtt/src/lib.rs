@@ -11,12 +11,14 @@
 //! (the topic mapping; the codec's packets in one form for both versions; the counters),
 //! `codes` (Cassini error codes as MQTT reason codes) on `packets`, [`bridge`] (the in-memory
 //! transport) beside them, `frames` (Cassini frames on a bridged stream) on `bridge`, `will`
-//! (will messages: when, and published on a connection of their own) on those, `session` (one
+//! (will messages: when, and published on a connection of their own) on those, `options` (MQTT 5
+//! subscription options kept per client id) at the bottom, `session` (one
 //! MQTT connection's state machine) on those, and [`server`] (the TCP and TLS listener) on top.
 
 pub mod bridge;
 mod codes;
 mod frames;
+mod options;
 pub mod packets;
 pub mod server;
 mod session;

@@ -88,17 +88,30 @@ pub struct Publish {
     pub user_properties: Vec<(String, String)>,
     /// MQTT 5 response topic (Cassini `reply_to`), as an MQTT topic.
     pub response_topic: Option<String>,
-    /// MQTT 5 topic alias: the gateway allows none, so one is a protocol error.
+    /// MQTT 5 topic alias (from a client: the session resolves it; the gateway sends none).
     pub topic_alias: Option<u16>,
+    /// MQTT 5 Message Expiry Interval, in seconds (to a client: what remains of it).
+    pub message_expiry: Option<u32>,
+    /// MQTT 5 subscription identifiers of the subscription a delivery is for.
+    pub subscription_ids: Vec<usize>,
 }
 
-/// One filter of a `SUBSCRIBE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One filter of a `SUBSCRIBE`, with its MQTT 5 options (all off, 0 or absent for 3.1.1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SubscribeFilter {
     /// The MQTT filter.
     pub filter: String,
     /// The maximum QoS asked for (0 to 2).
     pub qos: u8,
+    /// No Local: not the messages this client id publishes.
+    pub no_local: bool,
+    /// Retain As Published: deliveries carry the retain flag they were published with.
+    pub retain_as_published: bool,
+    /// Retain Handling: 0 retained values at every subscribe, 1 only if the subscription is
+    /// new, 2 never.
+    pub retain_handling: u8,
+    /// The `SUBSCRIBE`'s Subscription Identifier.
+    pub subscription_id: Option<usize>,
 }
 
 /// A packet from a client.
@@ -344,6 +357,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
                 .map(|filter| SubscribeFilter {
                     filter: filter.path,
                     qos: qos4(filter.qos),
+                    ..SubscribeFilter::default()
                 })
                 .collect(),
         },
@@ -406,23 +420,39 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                 user_properties: properties.user_properties,
                 response_topic: properties.response_topic,
                 topic_alias: properties.topic_alias,
+                message_expiry: properties.message_expiry_interval,
+                subscription_ids: Vec::new(),
             })
         }
         v5::Packet::PubAck(ack) => Inbound::PubAck(ack.pkid),
         v5::Packet::PubRec(rec) => Inbound::PubRec(rec.pkid),
         v5::Packet::PubRel(rel) => Inbound::PubRel(rel.pkid),
         v5::Packet::PubComp(comp) => Inbound::PubComp(comp.pkid),
-        v5::Packet::Subscribe(subscribe) => Inbound::Subscribe {
-            pkid: subscribe.pkid,
-            filters: subscribe
-                .filters
-                .into_iter()
-                .map(|filter| SubscribeFilter {
-                    filter: filter.path,
-                    qos: qos5(filter.qos),
-                })
-                .collect(),
-        },
+        v5::Packet::Subscribe(subscribe) => {
+            let subscription_id = subscribe.properties.and_then(|properties| properties.id);
+            if subscription_id == Some(0) {
+                return Err(DecodeError::Malformed("subscription identifier 0".into()));
+            }
+            Inbound::Subscribe {
+                pkid: subscribe.pkid,
+                filters: subscribe
+                    .filters
+                    .into_iter()
+                    .map(|filter| SubscribeFilter {
+                        filter: filter.path,
+                        qos: qos5(filter.qos),
+                        no_local: filter.nolocal,
+                        retain_as_published: filter.preserve_retain,
+                        retain_handling: match filter.retain_forward_rule {
+                            v5::RetainForwardRule::OnEverySubscribe => 0,
+                            v5::RetainForwardRule::OnNewSubscribe => 1,
+                            v5::RetainForwardRule::Never => 2,
+                        },
+                        subscription_id,
+                    })
+                    .collect(),
+            }
+        }
         v5::Packet::Unsubscribe(unsubscribe) => Inbound::Unsubscribe {
             pkid: unsubscribe.pkid,
             filters: unsubscribe.filters,
@@ -475,6 +505,8 @@ pub struct ConnAckInfo {
     pub session_expiry: Option<u32>,
     /// MQTT 5: a reason for a refusal.
     pub reason: Option<String>,
+    /// MQTT 5: the highest topic alias a client may use.
+    pub topic_alias_maximum: Option<u16>,
 }
 
 /// Subscription outcomes.
@@ -528,7 +560,7 @@ pub enum CloseCode {
     PacketTooLarge,
     /// QoS 2 publish to an MQTT 5 gateway that announced maximum QoS 1.
     QosNotSupported,
-    /// Topic alias used although none is allowed.
+    /// Topic alias 0 or above the Topic Alias Maximum.
     TopicAliasInvalid,
     /// A limit.
     QuotaExceeded,
@@ -550,7 +582,7 @@ impl CloseCode {
             Self::SessionTakenOver => "session taken over by a newer connection",
             Self::PacketTooLarge => "packet larger than the maximum packet size",
             Self::QosNotSupported => "QoS 2 is not supported: maximum QoS is 1",
-            Self::TopicAliasInvalid => "topic aliases are not supported",
+            Self::TopicAliasInvalid => "topic alias 0 or above the Topic Alias Maximum",
             Self::QuotaExceeded => "a limit was reached",
             Self::Administrative => {
                 "closed by the server (certificate no longer valid, or the gateway stopped)"
@@ -652,11 +684,11 @@ impl Encoder {
                     retain_available: Some(1),
                     max_packet_size: info.max_packet_size,
                     assigned_client_identifier: info.assigned_client_id,
-                    topic_alias_max: None,
+                    topic_alias_max: info.topic_alias_maximum,
                     reason_string: info.reason,
                     user_properties: Vec::new(),
                     wildcard_subscription_available: Some(1),
-                    subscription_identifiers_available: Some(0),
+                    subscription_identifiers_available: Some(1),
                     shared_subscription_available: Some(1),
                     server_keep_alive: None,
                     response_information: None,
@@ -690,10 +722,14 @@ impl Encoder {
             }
             Version::V5 => {
                 let properties = (!publish.user_properties.is_empty()
-                    || publish.response_topic.is_some())
+                    || publish.response_topic.is_some()
+                    || publish.message_expiry.is_some()
+                    || !publish.subscription_ids.is_empty())
                 .then(|| v5::PublishProperties {
                     user_properties: publish.user_properties,
                     response_topic: publish.response_topic,
+                    message_expiry_interval: publish.message_expiry,
+                    subscription_identifiers: publish.subscription_ids,
                     ..v5::PublishProperties::default()
                 });
                 let packet = v5::Publish {
@@ -921,6 +957,8 @@ mod tests {
                 qos: 1,
                 payload: Bytes::from_static(b"x"),
                 user_properties: vec![("k".into(), "v".into())],
+                message_expiry: Some(30),
+                subscription_ids: vec![4],
                 ..Publish::default()
             };
             encoder.publish(publish, &mut buf).expect("publish");

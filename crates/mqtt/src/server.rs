@@ -1,6 +1,8 @@
 //! The gateway's listener: TCP, then TLS with a client certificate verified exactly as the QUIC
-//! endpoint verifies it (the same CA, CRL and revocation options: the rustls configuration is
-//! the QUIC endpoint's, less ALPN), and the identity read by the same rule. Plain TCP only when
+//! endpoint verifies it (the same CA, CRL and revocation options: the QUIC endpoint's client
+//! certificate verifier and certificate, in a rustls configuration of the gateway's own that also
+//! speaks TLS 1.2 unless [`MqttOptions::tls12`] is off, without ALPN), and the identity read by
+//! the same rule. Plain TCP only when
 //! [`MqttOptions::allow_plaintext_loopback`] is set and the listener is on a loopback address;
 //! a plaintext client's identity is then [`PLAINTEXT_IDENTITY`].
 //!
@@ -20,11 +22,13 @@ use cassini_quic::identity::{identity_from_cert_with, IdentityRule};
 use cassini_quic::revocation::certificate_key;
 use cassini_quic::tls::ServerTls;
 use rustls::pki_types::CertificateDer;
+use rustls::server::NoServerSessionStorage;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::options::OptionsTable;
 use crate::session::{self, Context};
 use crate::stats::MqttStats;
 use crate::will::Wills;
@@ -39,6 +43,10 @@ pub struct MqttOptions {
     pub listen: SocketAddr,
     /// Accept plain TCP (no TLS) too; only allowed on a loopback address.
     pub allow_plaintext_loopback: bool,
+    /// Accept TLS 1.2 as well as TLS 1.3 (many MQTT devices and libraries speak only TLS 1.2;
+    /// the QUIC endpoint needs 1.3). The cost: TLS 1.2's older handshake (no encrypted client
+    /// certificate, one more round trip). Default: on, as in Mosquitto.
+    pub tls12: bool,
     /// Which certificate name is the identity (the QUIC endpoint's rule).
     pub identity_rule: IdentityRule,
     /// How long a client has to complete the TLS handshake.
@@ -48,12 +56,13 @@ pub struct MqttOptions {
 }
 
 impl MqttOptions {
-    /// Listening on `listen`, TLS only, the default identity rule, 10 s for the handshake and
-    /// for `CONNECT`.
+    /// Listening on `listen`, TLS 1.2 and 1.3 only, the default identity rule, 10 s for the
+    /// handshake and for `CONNECT`.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
             allow_plaintext_loopback: false,
+            tls12: true,
             identity_rule: IdentityRule::default(),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -67,6 +76,9 @@ pub enum MqttError {
     /// Plain TCP asked for on an address that is not loopback.
     #[error("mqtt.allow_plaintext_loopback needs a loopback listen address, not {0}")]
     PlaintextNotLoopback(SocketAddr),
+    /// The TLS configuration could not be built from the broker's TLS material.
+    #[error("the MQTT gateway's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
     /// Binding failed.
     #[error("binding the MQTT listener on {addr}: {error}")]
     Bind {
@@ -91,6 +103,8 @@ pub struct MqttServer {
     next_id: AtomicU64,
     stats: Arc<MqttStats>,
     wills: Wills,
+    /// MQTT 5 subscription options kept per client id.
+    sub_options: OptionsTable,
     tasks: TaskTracker,
     closing: CancellationToken,
 }
@@ -103,19 +117,36 @@ impl std::fmt::Debug for MqttServer {
     }
 }
 
-/// The QUIC endpoint's TLS configuration for MQTT: the same verifier and certificate, no ALPN.
-fn mqtt_tls(config: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
-    let mut config = config.clone();
-    config.alpn_protocols.clear();
-    Arc::new(config)
+/// TLS 1.2 and 1.3: for a gateway with [`MqttOptions::tls12`].
+static TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+/// TLS 1.3 only, as the QUIC endpoint.
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The gateway's rustls configuration, built from the QUIC endpoint's material `tls`: the same
+/// client certificate verifier (CA, CRL, revocation options) and the same certificate resolver,
+/// TLS 1.2 too when `tls12`, no ALPN, and, like the QUIC endpoint, no session resumption (a
+/// resumed session would skip the verifier, letting a revoked client back in) nor early data.
+fn mqtt_tls(tls: &ServerTls, tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let versions = if tls12 { TLS12_AND_13 } else { TLS13_ONLY };
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::clone(tls.config.crypto_provider()))
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(Arc::clone(&tls.verifier))
+            .with_cert_resolver(Arc::clone(&tls.config.cert_resolver));
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
 }
 
 impl MqttServer {
-    /// Binds the listener; `tls` is the broker's TLS material (`ServerTls::config`).
-    pub async fn bind(options: MqttOptions, tls: &rustls::ServerConfig) -> Result<Self, MqttError> {
+    /// Binds the listener; `tls` is the broker's TLS material (the QUIC endpoint's).
+    pub async fn bind(options: MqttOptions, tls: &ServerTls) -> Result<Self, MqttError> {
         if options.allow_plaintext_loopback && !options.listen.ip().is_loopback() {
             return Err(MqttError::PlaintextNotLoopback(options.listen));
         }
+        let config = mqtt_tls(tls, options.tls12)?;
         let listener =
             TcpListener::bind(options.listen)
                 .await
@@ -128,11 +159,12 @@ impl MqttServer {
         Ok(Self {
             listener,
             options,
-            tls: RwLock::new(mqtt_tls(tls)),
+            tls: RwLock::new(config),
             live: Arc::default(),
             next_id: AtomicU64::new(0),
             wills: Wills::new(Arc::clone(&stats), closing.clone()),
             stats,
+            sub_options: OptionsTable::default(),
             tasks: TaskTracker::new(),
             closing,
         })
@@ -151,8 +183,14 @@ impl MqttServer {
     /// Installs new TLS material for new connections, and cuts off every live TLS connection
     /// whose certificate chain `tls` no longer accepts. Returns how many were cut off.
     pub fn reload(&self, tls: &ServerTls) -> usize {
-        if let Ok(mut slot) = self.tls.write() {
-            *slot = mqtt_tls(&tls.config);
+        match mqtt_tls(tls, self.options.tls12) {
+            Ok(config) => {
+                if let Ok(mut slot) = self.tls.write() {
+                    *slot = config;
+                }
+            }
+            // The same material built the QUIC endpoint's configuration: not expected.
+            Err(err) => tracing::error!(%err, "MQTT TLS configuration not reloaded"),
         }
         let Ok(live) = self.live.lock() else {
             return 0;
@@ -195,6 +233,7 @@ impl MqttServer {
                 connect_timeout: self.options.connect_timeout,
                 cut: cut.clone(),
                 wills: self.wills.clone(),
+                sub_options: self.sub_options.clone(),
             };
             let acceptor = TlsAcceptor::from(
                 self.tls

@@ -8,7 +8,7 @@
 //! then apply their overflow policies: the subscriptions of one MQTT connection share its one TCP
 //! stream (no head-of-line isolation, unlike QUIC).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
 use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
+use crate::options::{OptionsTable, SubOptions};
 use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
     Publish, SubCode, SubscribeFilter, Version,
@@ -39,6 +40,32 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const EVENT_BACKLOG: usize = 256;
 /// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
 const STASH_LIMIT: usize = 4096;
+/// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
+pub(crate) const TOPIC_ALIAS_MAXIMUM: u16 = 10;
+/// Cassini header of a message an MQTT client published with a Message Expiry Interval: when it
+/// expires, in milliseconds since the Unix epoch.
+pub(crate) const EXPIRES_AT_HEADER: &str = "mqtt-expires-at";
+/// Cassini header of a message an MQTT client published with the retain flag (`1`), for Retain
+/// As Published subscriptions.
+pub(crate) const RETAIN_HEADER: &str = "mqtt-retain";
+/// Cassini header naming the client id that published a message, when that client holds a No
+/// Local subscription.
+pub(crate) const ORIGIN_HEADER: &str = "mqtt-origin";
+
+/// Whether `name` is a header the gateway writes and reads (never passed on as a user property,
+/// nor taken from one).
+fn gateway_header(name: &str) -> bool {
+    matches!(name, EXPIRES_AT_HEADER | RETAIN_HEADER | ORIGIN_HEADER)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
 /// What a connection needs from the gateway.
 #[derive(Clone)]
@@ -50,6 +77,8 @@ pub(crate) struct Context {
     pub(crate) cut: CancellationToken,
     /// The wills waiting for their delay.
     pub(crate) wills: Wills,
+    /// MQTT 5 subscription options kept per client id.
+    pub(crate) sub_options: OptionsTable,
 }
 
 enum Event {
@@ -68,6 +97,11 @@ struct Sub {
     filter: String,
     /// The QoS granted.
     qos: u8,
+    /// MQTT 5 options Cassini's subscription does not hold.
+    options: SubOptions,
+    /// Retain Handling 2, or 1 on a subscription that replaced one: retained replays are not
+    /// delivered.
+    drop_retained: bool,
 }
 
 enum Pending {
@@ -77,6 +111,8 @@ enum Pending {
         index: usize,
         filter: String,
         qos: u8,
+        options: SubOptions,
+        drop_retained: bool,
     },
     /// Filter `index` of the `UNSUBSCRIBE` with packet id `pkid`.
     Unsubscribe { pkid: u16, index: usize },
@@ -259,10 +295,25 @@ struct Connection<W> {
     /// Acknowledged publishes in the broker's hands: message id → (packet id, QoS).
     publishes: HashMap<u64, (u16, u8)>,
     next_message_id: u64,
+    /// MQTT 5 topic aliases the client set: alias → topic.
+    aliases: HashMap<u16, String>,
     /// QoS 2 publishes accepted, waiting for `PUBREL`.
     released: HashSet<u16>,
-    /// QoS 1 deliveries sent: packet id → (subscription, sequence).
+    /// QoS 1 deliveries sent and not yet acknowledged: packet id → (subscription, sequence).
+    /// Never more than `receive_maximum` (MQTT 5 §4.9: the client's Receive Maximum bounds the
+    /// whole connection).
     outbound: HashMap<u16, (SubscriptionId, u64)>,
+    /// How many QoS 1 deliveries the client takes unacknowledged: its Receive Maximum (MQTT 5;
+    /// 65,535 when absent, and for 3.1.1).
+    receive_maximum: usize,
+    /// QoS 1 deliveries waiting for a free place in `outbound`, per subscription, in order. Each
+    /// holds at most the subscription's in-flight window (the broker sends no more without an
+    /// `Ack`), so the whole is bounded by the subscriptions.
+    waiting: HashMap<SubscriptionId, VecDeque<Delivery>>,
+    /// The subscriptions with deliveries in `waiting`, in turn: a free place goes to the front
+    /// one, which then goes to the back if it has more, so a busy subscription never starves
+    /// another.
+    turns: VecDeque<SubscriptionId>,
     next_pkid: u16,
     events: Option<mpsc::Sender<Event>>,
 }
@@ -276,6 +327,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         max_packet: usize,
         peer: &PeerInfo,
     ) -> Self {
+        let receive_maximum = usize::from(connect.receive_maximum.unwrap_or(u16::MAX)).max(1);
         Self {
             peer: peer.clone(),
             connect,
@@ -300,7 +352,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             publishes: HashMap::new(),
             next_message_id: rand::random::<u64>() >> 1,
             released: HashSet::new(),
+            aliases: HashMap::new(),
+            receive_maximum,
             outbound: HashMap::new(),
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
             next_pkid: 1,
             events: None,
         }
@@ -331,6 +387,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             max_packet_size: Some(self.max_frame),
             session_expiry: self.capped_expiry,
             reason,
+            topic_alias_maximum: Some(TOPIC_ALIAS_MAXIMUM),
         };
         self.send(|encoder, out| encoder.connack(code, info, out))
             .await
@@ -393,6 +450,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         // delay.
         self.context.wills.cancel(&self.connect.client_id);
         let session_present = welcome.resumed && !self.connect.clean_start;
+        self.context
+            .sub_options
+            .attach(&self.connect.client_id, session_present);
         for subscription in &welcome.subscriptions {
             if self.connect.clean_start {
                 let request = self.request(Pending::Drop);
@@ -410,10 +470,21 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     subscription.options.queue_group.as_deref(),
                 );
                 let qos = u8::from(subscription.options.acks.is_some());
+                let options = self
+                    .context
+                    .sub_options
+                    .get(&self.connect.client_id, &filter);
                 self.by_filter
                     .insert(filter.clone(), subscription.subscription);
-                self.subs
-                    .insert(subscription.subscription, Sub { filter, qos });
+                self.subs.insert(
+                    subscription.subscription,
+                    Sub {
+                        filter,
+                        qos,
+                        options,
+                        drop_retained: false,
+                    },
+                );
             }
         }
         if !self
@@ -643,6 +714,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         client.set_session_expiry(Some(Duration::from_secs(u64::from(granted))));
     }
 
+    /// How long the session outlives this connection when it does: MQTT 5's granted Session
+    /// Expiry Interval, else the broker's `sessions.expiry`.
+    fn session_outlives(&self) -> Duration {
+        match self.connect.session_expiry {
+            Some(secs) if self.connect.version == Version::V5 => {
+                Duration::from_secs(u64::from(secs))
+            }
+            _ => self.context.broker.config().sessions.expiry,
+        }
+    }
+
     /// Whether the session ends with this connection: a 3.1.1 clean session, or an MQTT 5
     /// session expiry of 0 (the default).
     fn ends_with_connection(&self) -> bool {
@@ -746,6 +828,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     if !self.frame(&ack, false).await {
                         return Some(End::Broker);
                     }
+                    return self.release().await;
                 }
                 None
             }
@@ -808,9 +891,20 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         true
     }
 
-    async fn inbound_publish(&mut self, publish: Publish, client: &ClientEnd) -> Option<End> {
-        if publish.topic_alias.is_some() {
-            return Some(End::Abnormal(Some(CloseCode::TopicAliasInvalid)));
+    async fn inbound_publish(&mut self, mut publish: Publish, client: &ClientEnd) -> Option<End> {
+        // MQTT 5 §3.3.2.3.4: an alias with a topic sets it, an alias alone stands for its topic.
+        if let Some(alias) = publish.topic_alias {
+            if alias == 0 || alias > TOPIC_ALIAS_MAXIMUM {
+                return Some(End::Abnormal(Some(CloseCode::TopicAliasInvalid)));
+            }
+            if publish.topic.is_empty() {
+                let Some(topic) = self.aliases.get(&alias) else {
+                    return Some(End::Abnormal(Some(CloseCode::ProtocolError)));
+                };
+                publish.topic = topic.clone();
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
         }
         if publish.qos == 2 {
             if self.connect.version == Version::V5 {
@@ -849,9 +943,21 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.next_message_id = self.next_message_id.wrapping_add(1);
             self.next_message_id
         });
+        let mut headers = publish.user_properties;
+        headers.retain(|(name, _)| !gateway_header(name));
+        if let Some(secs) = publish.message_expiry {
+            let at = unix_millis().saturating_add(u64::from(secs) * 1000);
+            headers.push((EXPIRES_AT_HEADER.to_string(), at.to_string()));
+        }
+        if publish.retain {
+            headers.push((RETAIN_HEADER.to_string(), "1".to_string()));
+        }
+        if self.subs.values().any(|sub| sub.options.no_local) {
+            headers.push((ORIGIN_HEADER.to_string(), self.connect.client_id.clone()));
+        }
         let frame = Frame::Publish(cassini_protocol::Publish {
             topic,
-            headers: publish.user_properties,
+            headers,
             payload: publish.payload,
             message_id,
             reply_to,
@@ -930,17 +1036,38 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     continue;
                 }
             };
+            if wanted.no_local && queue_group.is_some() {
+                // MQTT 5 §3.8.3.1.
+                return Some(End::Abnormal(Some(CloseCode::ProtocolError)));
+            }
             let qos = wanted.qos.min(1);
+            let sub_options = SubOptions {
+                subscription_id: wanted.subscription_id,
+                no_local: wanted.no_local,
+                retain_as_published: wanted.retain_as_published,
+            };
             // MQTT: a SUBSCRIBE of a filter the session holds replaces that subscription, and
-            // loses none of its messages: at the same QoS the subscription is kept as it is;
-            // at another QoS it is replaced (what its queue held is lost; docs/MQTT.md).
+            // loses none of its messages: at the same QoS the subscription is kept as it is
+            // (with the new options); at another QoS it is replaced (what its queue held is
+            // lost; docs/MQTT.md).
             let held = self.by_filter.get(&wanted.filter).copied();
-            if let Some(held) = held {
-                if self.subs.get(&held).is_some_and(|sub| sub.qos == qos) {
+            if let Some(sub) = held.and_then(|held| self.subs.get_mut(&held)) {
+                if sub.qos == qos {
+                    sub.options = sub_options;
+                    self.context.sub_options.set(
+                        &self.connect.client_id,
+                        &wanted.filter,
+                        Some(sub_options),
+                    );
                     batch.sub[index] = Some(SubCode::Granted(qos));
                     continue;
                 }
             }
+            let drop_retained = match wanted.retain_handling {
+                0 => false,
+                1 => held.is_some(),
+                _ => true,
+            };
             if let Some(old) = self.by_filter.remove(&wanted.filter) {
                 let request = self.request(Pending::Drop);
                 frames.push(Frame::Unsubscribe(cassini_protocol::Unsubscribe {
@@ -962,6 +1089,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 index,
                 filter: wanted.filter,
                 qos,
+                options: sub_options,
+                drop_retained,
             });
             frames.push(Frame::Subscribe(cassini_protocol::Subscribe {
                 request_id: request,
@@ -985,6 +1114,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let mut frames = Vec::new();
         for (index, filter) in filters.into_iter().enumerate() {
+            self.context
+                .sub_options
+                .set(&self.connect.client_id, &filter, None);
             match self.by_filter.remove(&filter) {
                 Some(subscription) => {
                     let request = self.request(Pending::Unsubscribe { pkid, index });
@@ -1050,11 +1182,23 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     index,
                     filter,
                     qos,
+                    options,
+                    drop_retained,
                 }) => {
+                    self.context
+                        .sub_options
+                        .set(&self.connect.client_id, &filter, Some(options));
                     self.by_filter
                         .insert(filter.clone(), subscribed.subscription);
-                    self.subs
-                        .insert(subscribed.subscription, Sub { filter, qos });
+                    self.subs.insert(
+                        subscribed.subscription,
+                        Sub {
+                            filter,
+                            qos,
+                            options,
+                            drop_retained,
+                        },
+                    );
                     if let Some(end) = self
                         .answered(pkid, index, Answer::Sub(SubCode::Granted(qos)))
                         .await
@@ -1100,6 +1244,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             Frame::SubscriptionEnded(ended) => {
                 // MQTT cannot tell a client that the server ended a subscription.
                 tracing::info!(client_id = %self.connect.client_id, subscription = ended.subscription, code = %ended.code, reason = %ended.reason, "subscription ended by the broker");
+                if let Some(sub) = self.subs.get(&ended.subscription) {
+                    self.context
+                        .sub_options
+                        .set(&self.connect.client_id, &sub.filter, None);
+                }
                 self.forget(ended.subscription);
                 None
             }
@@ -1114,6 +1263,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         self.stash.remove(&subscription);
+        self.waiting.remove(&subscription);
+        self.turns.retain(|waiting| *waiting != subscription);
     }
 
     fn packet_id(&mut self) -> u16 {
@@ -1126,6 +1277,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
     }
 
+    /// A delivery from the broker: sent now, or, for a QoS 1 delivery while the client's
+    /// Receive Maximum is reached (or its subscription has deliveries waiting already), kept in
+    /// `waiting` for its turn.
     async fn deliver(&mut self, subscription: SubscriptionId, delivery: Delivery) -> Option<End> {
         let Some(sub) = self.subs.get(&subscription) else {
             let waiting = self
@@ -1140,15 +1294,94 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
             return None;
         };
-        let qos = sub.qos;
-        let pkid = if qos == 1 { self.packet_id() } else { 0 };
+        // Retain Handling (2, or 1 for a subscription that replaced one) and No Local: not for
+        // this client, as if delivered.
+        let unwanted = (sub.drop_retained && delivery.retained)
+            || (sub.options.no_local
+                && delivery.headers.iter().any(|(name, value)| {
+                    name == ORIGIN_HEADER && *value == self.connect.client_id
+                }));
+        if unwanted {
+            let qos = sub.qos;
+            return self.skip(subscription, qos, delivery.sequence).await;
+        }
+        if sub.qos == 1
+            && (self.outbound.len() >= self.receive_maximum
+                || self.waiting.contains_key(&subscription))
+        {
+            let queue = self.waiting.entry(subscription).or_default();
+            if queue.is_empty() {
+                self.turns.push_back(subscription);
+            }
+            queue.push_back(delivery);
+            return None;
+        }
+        self.send_delivery(subscription, delivery).await
+    }
+
+    /// Sends waiting QoS 1 deliveries while the client's Receive Maximum allows, one per
+    /// subscription in turn.
+    async fn release(&mut self) -> Option<End> {
+        while self.outbound.len() < self.receive_maximum {
+            let subscription = self.turns.pop_front()?;
+            let Some(queue) = self.waiting.get_mut(&subscription) else {
+                continue;
+            };
+            let Some(delivery) = queue.pop_front() else {
+                self.waiting.remove(&subscription);
+                continue;
+            };
+            if queue.is_empty() {
+                self.waiting.remove(&subscription);
+            } else {
+                self.turns.push_back(subscription);
+            }
+            if let Some(end) = self.send_delivery(subscription, delivery).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Writes one delivery of `subscription` to the client as a `PUBLISH`, with the rest of
+    /// its Message Expiry Interval; one that expired, or is larger than the client accepts, is
+    /// dropped as if delivered (MQTT 5 §3.3.2.3.3, §3.1.2.11.4).
+    async fn send_delivery(
+        &mut self,
+        subscription: SubscriptionId,
+        mut delivery: Delivery,
+    ) -> Option<End> {
+        let sub = self.subs.get(&subscription)?;
+        let (qos, options) = (sub.qos, sub.options);
         let sequence = delivery.sequence;
+        let header = |name: &str| {
+            delivery
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let expires_at = header(EXPIRES_AT_HEADER).and_then(|at| at.parse::<u64>().ok());
+        let published_retained = header(RETAIN_HEADER) == Some("1");
+        let message_expiry = match expires_at {
+            Some(at) => {
+                let now = unix_millis();
+                if at <= now {
+                    tracing::debug!(client_id = %self.connect.client_id, topic = %delivery.topic, "expired delivery dropped");
+                    return self.skip(subscription, qos, sequence).await;
+                }
+                Some(u32::try_from((at - now).div_ceil(1000)).unwrap_or(u32::MAX))
+            }
+            None => None,
+        };
+        delivery.headers.retain(|(name, _)| !gateway_header(name));
         let v5 = self.connect.version == Version::V5;
+        let pkid = if qos == 1 { self.packet_id() } else { 0 };
         let publish = Publish {
             topic: topics::cassini_to_mqtt(&delivery.topic),
             pkid,
             qos,
-            retain: delivery.retained,
+            retain: delivery.retained || (options.retain_as_published && published_retained),
             dup: delivery.redelivered && qos == 1,
             payload: delivery.payload,
             user_properties: if v5 { delivery.headers } else { Vec::new() },
@@ -1158,27 +1391,33 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 None
             },
             topic_alias: None,
+            message_expiry: message_expiry.filter(|_| v5),
+            subscription_ids: options.subscription_id.filter(|_| v5).into_iter().collect(),
         };
         self.out.clear();
         if let Err(err) = self.encoder.publish(publish, &mut self.out) {
-            // Larger than the client accepts: MQTT 5 says drop it as if delivered.
             tracing::debug!(client_id = %self.connect.client_id, %err, "delivery dropped");
-            if qos == 1 {
-                let ack = Frame::Ack(cassini_protocol::Ack {
-                    subscription,
-                    ranges: vec![SequenceRange {
-                        from: sequence,
-                        to: sequence,
-                    }],
-                });
-                return (!self.frame(&ack, false).await).then_some(End::Broker);
-            }
-            return None;
+            return self.skip(subscription, qos, sequence).await;
         }
         if qos == 1 {
             self.outbound.insert(pkid, (subscription, sequence));
         }
         (write(&mut self.writer, &self.out).await.is_err()).then_some(End::Abnormal(None))
+    }
+
+    /// Drops a delivery as if the client had it: a QoS 1 one is acknowledged to the broker.
+    async fn skip(&mut self, subscription: SubscriptionId, qos: u8, sequence: u64) -> Option<End> {
+        if qos == 0 {
+            return None;
+        }
+        let ack = Frame::Ack(cassini_protocol::Ack {
+            subscription,
+            ranges: vec![SequenceRange {
+                from: sequence,
+                to: sequence,
+            }],
+        });
+        (!self.frame(&ack, false).await).then_some(End::Broker)
     }
 
     /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
@@ -1224,6 +1463,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         if let Some(will) = self.connect.will.take().filter(|_| will_due) {
             self.schedule_will(will, taken_over);
+        }
+        if !taken_over {
+            let expiry = (!self.ends_with_connection()).then(|| self.session_outlives());
+            self.context
+                .sub_options
+                .detach(&self.connect.client_id, expiry);
         }
         let code = match end {
             End::Abnormal(code) => code,

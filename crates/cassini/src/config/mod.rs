@@ -142,13 +142,25 @@ impl ClusterSettings {
 }
 
 /// `[mqtt]`: the MQTT gateway (docs/MQTT.md). Off by default.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MqttSettings {
     /// The TCP address of the gateway; empty: no gateway.
     pub(crate) listen: String,
     /// Accept plain TCP (no TLS) too, on a loopback `listen` only.
     pub(crate) allow_plaintext_loopback: bool,
+    /// Accept TLS 1.2 clients as well as TLS 1.3 ones (as Mosquitto does by default).
+    pub(crate) tls12: bool,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            allow_plaintext_loopback: false,
+            tls12: true,
+        }
+    }
 }
 
 impl MqttSettings {
