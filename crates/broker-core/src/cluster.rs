@@ -308,10 +308,9 @@ struct Peer {
     name: Arc<str>,
     /// The peer's interest, and the id of the inbound link that set it.
     interest: RwLock<(u64, InterestIndex)>,
-    /// The queue towards the peer, and the id of the outbound link that drains it.
-    outbound: Mutex<Option<(u64, mpsc::Sender<Forward>)>>,
-    /// Drops not yet announced to the peer, by what they were for.
-    drops: Mutex<HashMap<Lost, u64>>,
+    /// The queue towards the peer and the drops not yet announced to it, under one lock so a
+    /// drop is placed exactly after the forwards queued before it.
+    route: Mutex<Route>,
     /// Wakes the outbound link waiting for something to send when a drop is recorded, so the
     /// drop is announced before any later forward.
     drops_recorded: Notify,
@@ -330,8 +329,7 @@ impl Peer {
         Self {
             name: Arc::from(name),
             interest: RwLock::default(),
-            outbound: Mutex::default(),
-            drops: Mutex::default(),
+            route: Mutex::default(),
             drops_recorded: Notify::new(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -342,22 +340,49 @@ impl Peer {
     }
 
     fn send(&self, forward: Forward) {
+        let mut route = lock(&self.route);
         let lost = forward.lost();
-        let sent = lock(&self.outbound)
+        let queued = route
+            .link
             .as_ref()
             .is_some_and(|(_, queue)| queue.try_send(forward).is_ok());
-        if sent {
+        if queued {
+            route.queued += 1;
             self.forwarded.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.drop_for(lost, 1);
+            self.record_drop(&mut route, lost, 1);
         }
     }
 
     fn drop_for(&self, lost: Lost, count: u64) {
+        let mut route = lock(&self.route);
+        self.record_drop(&mut route, lost, count);
+    }
+
+    /// Records `count` drops for `lost` after every forward queued so far.
+    fn record_drop(&self, route: &mut Route, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
-        *lock(&self.drops).entry(lost).or_default() += count;
+        let after = route.queued;
+        *route
+            .drops
+            .entry(after)
+            .or_default()
+            .entry(lost)
+            .or_default() += count;
         self.drops_recorded.notify_one();
     }
+}
+
+/// The way from the publish path to one peer's link.
+#[derive(Debug, Default)]
+struct Route {
+    /// The queue towards the peer, and the id of the outbound link that drains it.
+    link: Option<(u64, mpsc::Sender<Forward>)>,
+    /// How many forwards the current link's queue has taken (its position).
+    queued: u64,
+    /// Drops not yet announced to the peer, by the position they follow (the report goes out
+    /// once the link has sent that many forwards) and what they were for.
+    drops: BTreeMap<u64, HashMap<Lost, u64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -499,7 +524,7 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned();
-        peer.is_some_and(|peer| lock(&peer.outbound).is_some())
+        peer.is_some_and(|peer| lock(&peer.route).link.is_some())
     }
 
     /// Starts a link towards peer `name`: it will carry a snapshot of this node's interest,
@@ -508,7 +533,16 @@ impl Cluster {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer(name);
         let (messages_in, messages) = mpsc::channel(self.config.max_queued_messages.max(1));
-        *lock(&peer.outbound) = Some((id, messages_in));
+        {
+            // A new queue: every drop not yet announced goes first on it.
+            let mut route = lock(&peer.route);
+            route.link = Some((id, messages_in));
+            route.queued = 0;
+            let pending = std::mem::take(&mut route.drops);
+            for (lost, count) in pending.into_values().flatten() {
+                *route.drops.entry(0).or_default().entry(lost).or_default() += count;
+            }
+        }
         let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
         let resync = Arc::new(AtomicBool::new(false));
@@ -531,6 +565,7 @@ impl Cluster {
             changes,
             resync,
             messages,
+            sent: 0,
             acked,
         }
     }
@@ -644,7 +679,8 @@ impl Cluster {
             .map(|peer| {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
                 let inbound = interest.0 != 0;
-                let queued = lock(&peer.outbound)
+                let queued = lock(&peer.route)
+                    .link
                     .as_ref()
                     .map(|(_, queue)| queue.max_capacity() - queue.capacity());
                 let rtt = peer.rtt_micros.load(Ordering::Relaxed);
@@ -676,6 +712,8 @@ pub struct OutboundLink {
     changes: mpsc::Receiver<InterestUpdate>,
     resync: Arc<AtomicBool>,
     messages: mpsc::Receiver<Forward>,
+    /// How many forwards this link has taken from its queue.
+    sent: u64,
     acked: Arc<AtomicU64>,
 }
 
@@ -686,9 +724,9 @@ impl OutboundLink {
     }
 
     /// The next thing to send: the snapshot first, then interest changes before forwards, and a
-    /// drop report whenever drops are waiting, also those recorded while this waits (a drop
-    /// recorded before a forward is queued goes out before it). `None` once the cluster state
-    /// is gone.
+    /// drop report in its place among the forwards: after every forward queued before the drop,
+    /// before every forward queued after it (also when recorded while this waits). `None` once
+    /// the cluster state is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         if let Some(snapshot) = self.snapshot.take() {
             return Some(Outgoing::Interest(snapshot));
@@ -702,20 +740,34 @@ impl OutboundLink {
                 while self.changes.try_recv().is_ok() {}
                 return Some(Outgoing::Interest(local.snapshot()));
             }
-            if let Some((lost, count)) = {
-                let mut drops = lock(&self.peer.drops);
-                let lost = drops.keys().next().cloned();
-                lost.and_then(|lost| drops.remove_entry(&lost))
-            } {
+            if let Some((lost, count)) = self.due_drop() {
                 return Some(Outgoing::Dropped { lost, count });
             }
             tokio::select! {
                 biased;
                 change = self.changes.recv() => return change.map(Outgoing::Interest),
                 () = self.peer.drops_recorded.notified() => {}
-                forward = self.messages.recv() => return forward.map(Outgoing::Message),
+                forward = self.messages.recv() => {
+                    self.sent += 1;
+                    return forward.map(Outgoing::Message);
+                }
             }
         }
+    }
+
+    /// A drop report whose place has come: every forward queued before its drops was sent.
+    fn due_drop(&self) -> Option<(Lost, u64)> {
+        let mut route = lock(&self.peer.route);
+        let mut due = route.drops.first_entry()?;
+        if *due.key() > self.sent {
+            return None;
+        }
+        let lost = due.get().keys().next().cloned()?;
+        let count = due.get_mut().remove(&lost)?;
+        if due.get().is_empty() {
+            due.remove();
+        }
+        Some((lost, count))
     }
 
     /// `count` forwards (for `lost`) were handed to this link but the peer never confirmed them
@@ -742,9 +794,9 @@ impl OutboundLink {
 impl Drop for OutboundLink {
     fn drop(&mut self) {
         {
-            let mut outbound = lock(&self.peer.outbound);
-            if outbound.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                *outbound = None;
+            let mut route = lock(&self.peer.route);
+            if route.link.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                route.link = None;
                 self.peer.rtt_micros.store(0, Ordering::Relaxed);
             }
         }
