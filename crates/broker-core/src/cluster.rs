@@ -22,6 +22,9 @@
 //!   member on this node is served here; otherwise one peer with members of it is chosen, round
 //!   robin, and told in the forward which groups it serves. Each interest is held in a
 //!   [`FilterTrie`], so matching a topic costs the same however many filters a peer holds.
+//! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
+//!   announced by the peer on its next link if it comes back as the same incarnation;
+//!   otherwise this node announces a loss of each kind the link carried ([`crate::peer`]).
 //! - **Interest changes towards a peer** wait in a queue of at most
 //!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
 //!   queued changes are discarded and the link sends a fresh snapshot (with the latest
@@ -322,7 +325,28 @@ struct Peer {
     client_address: Mutex<Option<String>>,
     /// The outbound link's round-trip time in microseconds; 0: unknown.
     rtt_micros: AtomicU64,
+    /// What the peer's last link to this node may have lost, when it ended uncleanly.
+    unsettled: Mutex<Option<Unsettled>>,
 }
+
+/// A link from a peer that ended uncleanly (not after the peer's `Bye`): the forwards the peer
+/// still held for this node, and the drops it counted for it, are announced by the peer on its
+/// next link if it still holds them (the same incarnation). If it comes back as another
+/// incarnation, or not within [`UNSETTLED_WAIT`], they are lost with it: this node then
+/// announces one lost message (at least) of each kind the link carried.
+#[derive(Debug, Clone)]
+pub struct Unsettled {
+    /// The id of the link that ended.
+    pub link: u64,
+    /// The incarnation the peer had on it.
+    pub incarnation: u64,
+    /// What the link carried: one entry per topic (and session), with every group named.
+    pub kinds: Vec<Lost>,
+}
+
+/// How long a peer whose link ended uncleanly has to come back, as the same incarnation, before
+/// this node announces what that link may have lost (see [`Unsettled`]).
+pub const UNSETTLED_WAIT: Duration = Duration::from_secs(3);
 
 impl Peer {
     fn new(name: &str) -> Self {
@@ -336,6 +360,7 @@ impl Peer {
             sessions: RwLock::default(),
             client_address: Mutex::default(),
             rtt_micros: AtomicU64::new(0),
+            unsettled: Mutex::default(),
         }
     }
 
@@ -413,6 +438,9 @@ pub struct Cluster {
     group_turn: AtomicUsize,
     /// The client address this node advertises to its peers.
     client_address: RwLock<Option<String>>,
+    /// This node's incarnation: drawn at random when it starts, told to its peers, so a peer
+    /// knows whether the counts this node keeps for it survived (see [`Unsettled`]).
+    incarnation: u64,
 }
 
 impl Cluster {
@@ -427,7 +455,25 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
             client_address: RwLock::default(),
+            incarnation: rand::random::<u64>().max(1),
         }
+    }
+
+    /// Takes what link `link` from peer `name` left unsettled, if it still is (the peer did not
+    /// come back meanwhile).
+    pub fn take_unsettled(&self, name: &str, link: u64) -> Option<Unsettled> {
+        let peer = self.peer(name);
+        let mut unsettled = lock(&peer.unsettled);
+        if unsettled.as_ref().is_some_and(|u| u.link == link) {
+            unsettled.take()
+        } else {
+            None
+        }
+    }
+
+    /// This node's incarnation (never 0), told to its peers when a link opens.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// This node's name.
@@ -755,6 +801,11 @@ impl OutboundLink {
         }
     }
 
+    /// Whether nothing waits to be sent to the peer: no forward queued, no drop unannounced.
+    pub fn is_drained(&self) -> bool {
+        self.messages.is_empty() && lock(&self.peer.route).drops.is_empty()
+    }
+
     /// A drop report whose place has come: every forward queued before its drops was sent.
     fn due_drop(&self) -> Option<(Lost, u64)> {
         let mut route = lock(&self.peer.route);
@@ -877,6 +928,38 @@ impl InboundLink {
             }
         }
         seq
+    }
+}
+
+impl InboundLink {
+    /// The link's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Takes what the peer's previous link left unsettled, if anything.
+    pub fn take_unsettled(&self) -> Option<Unsettled> {
+        lock(&self.peer.unsettled).take()
+    }
+
+    /// This link ended uncleanly having carried `kinds`: kept as unsettled unless a newer link
+    /// from the peer is up already. Returns whether it was kept.
+    pub fn leave_unsettled(&self, incarnation: u64, kinds: Vec<Lost>) -> bool {
+        let current = self
+            .peer
+            .interest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if current != self.id || kinds.is_empty() {
+            return false;
+        }
+        *lock(&self.peer.unsettled) = Some(Unsettled {
+            link: self.id,
+            incarnation,
+            kinds,
+        });
+        true
     }
 }
 
