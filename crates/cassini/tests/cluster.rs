@@ -23,7 +23,7 @@ use cassini_e2e::{
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::CLUSTER_ALPN;
 use cassini_quic::tls;
-use harness::{certs, eventually, Broker, Serve};
+use harness::{cassini, certs, eventually, run, stdout, Broker, Serve};
 
 /// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
 /// back the nodes that dial it, so the mesh is full).
@@ -348,6 +348,24 @@ async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_r
         }
         let rtt = format!("cassini_cluster_rtt_seconds{{peer=\"{peer}\"}} ");
         assert!(metrics.contains(&rtt), "{rtt} in:\n{metrics}");
+    }
+    // And in `cassini top`: one line per peer with its state and round-trip time.
+    let monitor = nodes[0].monitor().to_string();
+    let top = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
+    assert!(top.status.success(), "{top:?}");
+    let screen = stdout(&top);
+    assert!(
+        screen.contains("CLUSTER node n1: 2 peers, 2 in routing"),
+        "{screen}"
+    );
+    for peer in ["n2", "n3"] {
+        let line = screen
+            .lines()
+            .find(|line| line.starts_with(peer))
+            .unwrap_or_else(|| panic!("no line for {peer} in:\n{screen}"));
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[1], "up", "{line}");
+        assert!(columns[2].ends_with("ms"), "an RTT: {line}");
     }
 
     let watcher = client(&nodes[2], dir.path()).await;
