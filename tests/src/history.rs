@@ -18,6 +18,15 @@
 //!   loss that leaves no hole in the sequence numbers (a message that never reached the
 //!   subscription's broker, as a silent drop on a cluster route would be).
 //!
+//! - a queue group (members recorded with [`History::queue_group`] and
+//!   [`QueueGroupRecorder::member`]): each member is checked as an at-most-once subscription
+//!   for order, sequences and duplicates, and the group as a whole: no publish reaches two
+//!   members, and every acknowledged publish the group matched reached one member, or an
+//!   announced sequence of some member stands for it (one publish per announced sequence;
+//!   where it lies in that member's stream is not checked, as a member sees only its share),
+//!   or a member that had received that publisher's earlier messages lost its session after
+//!   them and before any later one.
+//!
 //! A subscription that had to subscribe again in a new session (a client that moved to another
 //! node of a cluster) numbers its messages from 1 again: each session is an *epoch*, marked in
 //! the recorded stream by its `Gap::SessionLost`, and sequence numbers are checked per epoch.
@@ -141,18 +150,49 @@ struct SubscriptionLog {
     gaps: Vec<(u32, Gap)>,
     /// The current epoch: how many `SessionLost` gaps so far.
     epoch: u32,
+    /// The queue group this subscription is a member of (an index of `Log::groups`).
+    group: Option<usize>,
 }
 
 #[derive(Debug, Default)]
 struct Log {
     published: Vec<Published>,
     subscriptions: Vec<SubscriptionLog>,
+    /// The filter of each queue group.
+    groups: Vec<TopicFilter>,
 }
 
 /// The shared, append-only history of one test run. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     log: Arc<Mutex<Log>>,
+}
+
+/// A queue group's handle into the history: each member joins with [`Self::member`].
+#[derive(Debug, Clone)]
+pub struct QueueGroupRecorder {
+    history: History,
+    group: usize,
+}
+
+impl QueueGroupRecorder {
+    /// Starts recording one member of the group.
+    pub fn member(&self) -> SubscriptionRecorder {
+        let mut log = self.history.lock();
+        let filter = log.groups[self.group].clone();
+        log.subscriptions.push(SubscriptionLog {
+            filter,
+            promise: Promise::AtMostOnce,
+            deliveries: Vec::new(),
+            gaps: Vec::new(),
+            epoch: 0,
+            group: Some(self.group),
+        });
+        SubscriptionRecorder {
+            log: Arc::clone(&self.history.log),
+            index: log.subscriptions.len() - 1,
+        }
+    }
 }
 
 /// A subscription's handle into the history.
@@ -188,10 +228,22 @@ impl History {
             deliveries: Vec::new(),
             gaps: Vec::new(),
             epoch: 0,
+            group: None,
         });
         SubscriptionRecorder {
             log: Arc::clone(&self.log),
             index: log.subscriptions.len() - 1,
+        }
+    }
+
+    /// Starts recording a queue group of `filter` (at most once, each message to one member).
+    pub fn queue_group(&self, filter: &str) -> QueueGroupRecorder {
+        let filter = TopicFilter::parse(filter, &Default::default()).expect("a valid filter");
+        let mut log = self.lock();
+        log.groups.push(filter);
+        QueueGroupRecorder {
+            history: self.clone(),
+            group: log.groups.len() - 1,
         }
     }
 
@@ -213,6 +265,15 @@ impl History {
             let mut report =
                 |text: String| violations.push(format!("subscription {number}: {text}"));
             check_subscription(subscription, &log.published, &mut report);
+        }
+        for group in 0..log.groups.len() {
+            let members: Vec<&SubscriptionLog> = log
+                .subscriptions
+                .iter()
+                .filter(|subscription| subscription.group == Some(group))
+                .collect();
+            let mut report = |text: String| violations.push(format!("queue group {group}: {text}"));
+            check_group(&log.groups[group], &members, &log.published, &mut report);
         }
         violations
     }
@@ -414,6 +475,8 @@ fn check_subscription(
                 ));
             }
         }
+        // A member's share is accounted for by its group (`check_group`).
+        Promise::AtMostOnce if subscription.group.is_some() => {}
         Promise::AtMostOnce => {
             check_accounted(
                 subscription,
@@ -440,6 +503,84 @@ fn check_subscription(
             ));
         }
     }
+}
+
+/// The queue group promise (see the module documentation): no publish at two members, and
+/// every acknowledged publish the group matched delivered, announced, or lost with a member's
+/// session.
+fn check_group(
+    filter: &TopicFilter,
+    members: &[&SubscriptionLog],
+    published: &[Published],
+    report: &mut impl FnMut(String),
+) {
+    let mut delivered_to: HashMap<PublishId, usize> = HashMap::new();
+    for (member, log) in members.iter().enumerate() {
+        for id in log.deliveries.iter().filter_map(|delivery| delivery.id) {
+            if let Some(other) = delivered_to.insert(id, member) {
+                if other != member {
+                    report(format!("{id:?} reached members {other} and {member}"));
+                }
+            }
+        }
+    }
+    let mut free = 0usize;
+    for log in members {
+        let delivered: BTreeSet<(u32, u64)> = log
+            .deliveries
+            .iter()
+            .map(|delivery| (delivery.epoch, delivery.sequence))
+            .collect();
+        for epoch in 0..=log.epoch {
+            free += announced_in(log, epoch)
+                .into_iter()
+                .filter(|sequence| !delivered.contains(&(epoch, *sequence)))
+                .count();
+        }
+    }
+    let missing: Vec<PublishId> = published
+        .iter()
+        .filter(|p| {
+            p.acked
+                && !delivered_to.contains_key(&p.id)
+                && cassini_protocol::TopicName::parse(&p.topic, &Default::default())
+                    .is_ok_and(|topic| filter.matches(&topic))
+        })
+        .map(|p| p.id)
+        .filter(|id| !members.iter().any(|log| lost_with_session(log, *id)))
+        .collect();
+    if missing.len() > free {
+        report(format!(
+            "{} acknowledged publishes reached no member and only {free} announced sequences \
+             stand for them, e.g. {:?}",
+            missing.len(),
+            missing.iter().min()
+        ));
+    }
+}
+
+/// Whether member `log` lost its session after receiving an earlier publish of `id`'s
+/// publisher and before receiving any later one: `id` may have been lost with it.
+fn lost_with_session(log: &SubscriptionLog, id: PublishId) -> bool {
+    let of_publisher = || {
+        log.deliveries
+            .iter()
+            .filter_map(move |delivery| Some((delivery.id?, delivery.epoch)))
+            .filter(move |(other, _)| other.publisher == id.publisher)
+    };
+    let Some(before) = of_publisher()
+        .filter(|(other, _)| other.index < id.index)
+        .map(|(_, epoch)| epoch)
+        .max()
+    else {
+        return false;
+    };
+    let after = of_publisher()
+        .filter(|(other, _)| other.index > id.index)
+        .map(|(_, epoch)| epoch)
+        .min()
+        .unwrap_or(log.epoch);
+    after > before
 }
 
 /// Where a delivery sits in a subscription's stream: its session (epoch) and sequence.
@@ -662,6 +803,58 @@ mod tests {
             to,
             reason: None,
         })
+    }
+
+    #[test]
+    fn a_queue_group_publish_at_two_members_or_lost_unannounced_is_a_violation() {
+        let history = History::default();
+        for index in 0..4 {
+            history.published(id(0, index), "a.b", true);
+        }
+        let group = history.queue_group("a.*");
+        let (one, two) = (group.member(), group.member());
+        one.delivered_as(Some(id(0, 0)), "a.b", 1, false);
+        two.delivered_as(Some(id(0, 0)), "a.b", 1, false);
+        two.delivered_as(Some(id(0, 1)), "a.b", 2, false);
+        let violations = history.violations();
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(
+            violations[0].contains("index: 0 } reached members 0 and 1"),
+            "{violations:?}"
+        );
+        assert!(
+            violations[1].contains("2 acknowledged publishes reached no member"),
+            "publishes 2 and 3 are unaccounted: {violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_queue_group_loss_is_allowed_where_a_member_announces_it_or_lost_its_session() {
+        let history = History::default();
+        for index in 0..5 {
+            history.published(id(0, index), "a.b", true);
+        }
+        let group = history.queue_group("a.*");
+        let (one, two) = (group.member(), group.member());
+        one.delivered_as(Some(id(0, 0)), "a.b", 1, false);
+        two.gaps(vec![Gap::Missed {
+            from: 1,
+            to: 1,
+            reason: None,
+        }]);
+        two.delivered_as(Some(id(0, 2)), "a.b", 2, false);
+        one.gaps(vec![Gap::SessionLost { last_sequence: 1 }]);
+        one.delivered_as(Some(id(0, 4)), "a.b", 1, false);
+        // 1 is announced by member two; 3 was lost with member one's session.
+        let violations = history.violations();
+        assert!(violations.is_empty(), "{violations:?}");
+        history.published(id(0, 5), "a.b", true);
+        history.published(id(0, 6), "a.b", true);
+        assert_eq!(
+            history.violations().len(),
+            1,
+            "5 and 6 reached nobody, and one announced sequence is left for them"
+        );
     }
 
     #[test]

@@ -508,6 +508,83 @@ async fn a_node_cut_off_leaves_routing_and_after_the_heal_its_subscribers_see_ga
 }
 
 #[tokio::test]
+async fn a_node_that_dies_cut_off_leaves_its_peers_subscribers_a_gap_not_silence() {
+    // Node 1 is cut off while it publishes to node 2's subscriber, then dies before the cut
+    // heals: what it held and counted for node 2 died with it. Node 2 must announce the loss
+    // (a `ClusterRoute` gap), promptly, though nothing more is published on the topic.
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, mut nodes) = three_nodes_with(&[Some(&cut), None, None]).await;
+    let subscriber = nodes[1].broker.client("sub2").await;
+    let mut feed = subscriber.subscribe("feed").await.expect("subscribe");
+    let mut other = subscriber.subscribe("other").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    for i in 0..5u32 {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    for _ in 0..5 {
+        within("before the cut", feed.next())
+            .await
+            .expect("a message");
+    }
+    cut.set_blackhole(true);
+    for i in 5..15u32 {
+        publisher
+            .publish("feed", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let dead = nodes.remove(0);
+    dead.cluster.close(Duration::from_millis(200)).await;
+    dead.broker.stop().await;
+    let event = within("node 2 announces what died with node 1", feed.next_event())
+        .await
+        .expect("an event");
+    assert!(
+        matches!(
+            event,
+            SubscriptionEvent::Gap(Gap::Missed {
+                reason: Some(GapReason::ClusterRoute),
+                ..
+            })
+        ),
+        "a ClusterRoute gap: {event:?}"
+    );
+    // A topic node 1 never forwarded anything on gets no gap.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), other.next_event()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing on a topic node 1 never carried: {quiet:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_with_nothing_left_for_its_peers_leaves_no_gap() {
+    let (_pki, mut nodes) = three_nodes().await;
+    let subscriber = nodes[1].broker.client("sub2").await;
+    let mut feed = subscriber.subscribe("feed").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    publisher
+        .publish("feed", Bytes::from_static(b"x"))
+        .await
+        .expect("publish");
+    within("the message", feed.next()).await.expect("a message");
+    let stopped = nodes.remove(0);
+    stopped.cluster.close(Duration::from_secs(1)).await;
+    stopped.broker.stop().await;
+    let quiet = tokio::time::timeout(
+        cassini_broker::cluster::UNSETTLED_WAIT + Duration::from_secs(3),
+        feed.next_event(),
+    )
+    .await;
+    assert!(quiet.is_err(), "a clean stop loses nothing: {quiet:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
 async fn welcome_lists_the_client_address_of_every_node_in_routing() {
     let (_pki, nodes) = three_nodes().await;
     let client = nodes[1].broker.client("learner").await;

@@ -9,6 +9,12 @@
 //! or is announced by a gap where the publisher's order puts it (a `ClusterRoute` gap for a
 //! route's loss, a `SessionLost` for a client that moved off a killed node).
 //!
+//! A queue group has a member on every node but the partitioned one, so that node's publishes
+//! cross to the others (round robin), and are lost to the group while it is cut off. The group's
+//! promise under faults: each publish reaches at most one member, and every acknowledged publish
+//! it matched reached a member, or a member announced a lost sequence for it (`ClusterRoute`),
+//! or it was lost with the session of a member on the killed node.
+//!
 //! The victims and the times are drawn from one seed, printed at the start. Replay with
 //! `CASSINI_FAULT_SEED=<seed> cargo test -p cassini-e2e --test cluster_faults`; lengthen the load
 //! with `CASSINI_FAULT_SECS=<seconds>` (CI runs 8 s, and on until a second after the
@@ -171,7 +177,9 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
     let history = History::default();
 
     // On every node: an at-most-once subscription to every publisher; on the nodes that live
-    // through the run, an at-least-once subscription to the publisher of the same node.
+    // through the run, an at-least-once subscription to the publisher of the same node; on
+    // every node but the partitioned one, a member of one queue group.
+    let group = history.queue_group("cf.*");
     let mut subscribers = Vec::new();
     let mut plain_recorders = Vec::new();
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
@@ -181,6 +189,13 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
         let recorder = history.subscription("cf.*", Promise::AtMostOnce);
         readers.push(recorder.spawn_reading(plain));
         plain_recorders.push(recorder);
+        if home != schedule.cut {
+            let member = client
+                .subscribe_queue("cf.*", "workers")
+                .await
+                .expect("join the group");
+            readers.push(group.member().spawn_reading(member));
+        }
         if home != schedule.killed {
             let topic = format!("cf.n{home}");
             let reliable = client

@@ -22,6 +22,9 @@
 //!   member on this node is served here; otherwise one peer with members of it is chosen, round
 //!   robin, and told in the forward which groups it serves. Each interest is held in a
 //!   [`FilterTrie`], so matching a topic costs the same however many filters a peer holds.
+//! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
+//!   announced by the peer on its next link if it comes back as the same incarnation;
+//!   otherwise this node announces a loss of each kind the link carried ([`crate::peer`]).
 //! - **Interest changes towards a peer** wait in a queue of at most
 //!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
 //!   queued changes are discarded and the link sends a fresh snapshot (with the latest
@@ -308,10 +311,9 @@ struct Peer {
     name: Arc<str>,
     /// The peer's interest, and the id of the inbound link that set it.
     interest: RwLock<(u64, InterestIndex)>,
-    /// The queue towards the peer, and the id of the outbound link that drains it.
-    outbound: Mutex<Option<(u64, mpsc::Sender<Forward>)>>,
-    /// Drops not yet announced to the peer, by what they were for.
-    drops: Mutex<HashMap<Lost, u64>>,
+    /// The queue towards the peer and the drops not yet announced to it, under one lock so a
+    /// drop is placed exactly after the forwards queued before it.
+    route: Mutex<Route>,
     /// Wakes the outbound link waiting for something to send when a drop is recorded, so the
     /// drop is announced before any later forward.
     drops_recorded: Notify,
@@ -323,41 +325,89 @@ struct Peer {
     client_address: Mutex<Option<String>>,
     /// The outbound link's round-trip time in microseconds; 0: unknown.
     rtt_micros: AtomicU64,
+    /// What the peer's last link to this node may have lost, when it ended uncleanly.
+    unsettled: Mutex<Option<Unsettled>>,
 }
+
+/// A link from a peer that ended uncleanly (not after the peer's `Bye`): the forwards the peer
+/// still held for this node, and the drops it counted for it, are announced by the peer on its
+/// next link if it still holds them (the same incarnation). If it comes back as another
+/// incarnation, or not within [`UNSETTLED_WAIT`], they are lost with it: this node then
+/// announces one lost message (at least) of each kind the link carried.
+#[derive(Debug, Clone)]
+pub struct Unsettled {
+    /// The id of the link that ended.
+    pub link: u64,
+    /// The incarnation the peer had on it.
+    pub incarnation: u64,
+    /// What the link carried: one entry per topic (and session), with every group named.
+    pub kinds: Vec<Lost>,
+}
+
+/// How long a peer whose link ended uncleanly has to come back, as the same incarnation, before
+/// this node announces what that link may have lost (see [`Unsettled`]).
+pub const UNSETTLED_WAIT: Duration = Duration::from_secs(3);
 
 impl Peer {
     fn new(name: &str) -> Self {
         Self {
             name: Arc::from(name),
             interest: RwLock::default(),
-            outbound: Mutex::default(),
-            drops: Mutex::default(),
+            route: Mutex::default(),
             drops_recorded: Notify::new(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             sessions: RwLock::default(),
             client_address: Mutex::default(),
             rtt_micros: AtomicU64::new(0),
+            unsettled: Mutex::default(),
         }
     }
 
     fn send(&self, forward: Forward) {
+        let mut route = lock(&self.route);
         let lost = forward.lost();
-        let sent = lock(&self.outbound)
+        let queued = route
+            .link
             .as_ref()
             .is_some_and(|(_, queue)| queue.try_send(forward).is_ok());
-        if sent {
+        if queued {
+            route.queued += 1;
             self.forwarded.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.drop_for(lost, 1);
+            self.record_drop(&mut route, lost, 1);
         }
     }
 
     fn drop_for(&self, lost: Lost, count: u64) {
+        let mut route = lock(&self.route);
+        self.record_drop(&mut route, lost, count);
+    }
+
+    /// Records `count` drops for `lost` after every forward queued so far.
+    fn record_drop(&self, route: &mut Route, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
-        *lock(&self.drops).entry(lost).or_default() += count;
+        let after = route.queued;
+        *route
+            .drops
+            .entry(after)
+            .or_default()
+            .entry(lost)
+            .or_default() += count;
         self.drops_recorded.notify_one();
     }
+}
+
+/// The way from the publish path to one peer's link.
+#[derive(Debug, Default)]
+struct Route {
+    /// The queue towards the peer, and the id of the outbound link that drains it.
+    link: Option<(u64, mpsc::Sender<Forward>)>,
+    /// How many forwards the current link's queue has taken (its position).
+    queued: u64,
+    /// Drops not yet announced to the peer, by the position they follow (the report goes out
+    /// once the link has sent that many forwards) and what they were for.
+    drops: BTreeMap<u64, HashMap<Lost, u64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -388,6 +438,9 @@ pub struct Cluster {
     group_turn: AtomicUsize,
     /// The client address this node advertises to its peers.
     client_address: RwLock<Option<String>>,
+    /// This node's incarnation: drawn at random when it starts, told to its peers, so a peer
+    /// knows whether the counts this node keeps for it survived (see [`Unsettled`]).
+    incarnation: u64,
 }
 
 impl Cluster {
@@ -402,7 +455,25 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
             client_address: RwLock::default(),
+            incarnation: rand::random::<u64>().max(1),
         }
+    }
+
+    /// Takes what link `link` from peer `name` left unsettled, if it still is (the peer did not
+    /// come back meanwhile).
+    pub fn take_unsettled(&self, name: &str, link: u64) -> Option<Unsettled> {
+        let peer = self.peer(name);
+        let mut unsettled = lock(&peer.unsettled);
+        if unsettled.as_ref().is_some_and(|u| u.link == link) {
+            unsettled.take()
+        } else {
+            None
+        }
+    }
+
+    /// This node's incarnation (never 0), told to its peers when a link opens.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// This node's name.
@@ -499,7 +570,7 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned();
-        peer.is_some_and(|peer| lock(&peer.outbound).is_some())
+        peer.is_some_and(|peer| lock(&peer.route).link.is_some())
     }
 
     /// Starts a link towards peer `name`: it will carry a snapshot of this node's interest,
@@ -508,7 +579,16 @@ impl Cluster {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer(name);
         let (messages_in, messages) = mpsc::channel(self.config.max_queued_messages.max(1));
-        *lock(&peer.outbound) = Some((id, messages_in));
+        {
+            // A new queue: every drop not yet announced goes first on it.
+            let mut route = lock(&peer.route);
+            route.link = Some((id, messages_in));
+            route.queued = 0;
+            let pending = std::mem::take(&mut route.drops);
+            for (lost, count) in pending.into_values().flatten() {
+                *route.drops.entry(0).or_default().entry(lost).or_default() += count;
+            }
+        }
         let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
         let resync = Arc::new(AtomicBool::new(false));
@@ -531,6 +611,7 @@ impl Cluster {
             changes,
             resync,
             messages,
+            sent: 0,
             acked,
         }
     }
@@ -644,7 +725,8 @@ impl Cluster {
             .map(|peer| {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
                 let inbound = interest.0 != 0;
-                let queued = lock(&peer.outbound)
+                let queued = lock(&peer.route)
+                    .link
                     .as_ref()
                     .map(|(_, queue)| queue.max_capacity() - queue.capacity());
                 let rtt = peer.rtt_micros.load(Ordering::Relaxed);
@@ -676,6 +758,8 @@ pub struct OutboundLink {
     changes: mpsc::Receiver<InterestUpdate>,
     resync: Arc<AtomicBool>,
     messages: mpsc::Receiver<Forward>,
+    /// How many forwards this link has taken from its queue.
+    sent: u64,
     acked: Arc<AtomicU64>,
 }
 
@@ -686,9 +770,9 @@ impl OutboundLink {
     }
 
     /// The next thing to send: the snapshot first, then interest changes before forwards, and a
-    /// drop report whenever drops are waiting, also those recorded while this waits (a drop
-    /// recorded before a forward is queued goes out before it). `None` once the cluster state
-    /// is gone.
+    /// drop report in its place among the forwards: after every forward queued before the drop,
+    /// before every forward queued after it (also when recorded while this waits). `None` once
+    /// the cluster state is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         if let Some(snapshot) = self.snapshot.take() {
             return Some(Outgoing::Interest(snapshot));
@@ -702,20 +786,39 @@ impl OutboundLink {
                 while self.changes.try_recv().is_ok() {}
                 return Some(Outgoing::Interest(local.snapshot()));
             }
-            if let Some((lost, count)) = {
-                let mut drops = lock(&self.peer.drops);
-                let lost = drops.keys().next().cloned();
-                lost.and_then(|lost| drops.remove_entry(&lost))
-            } {
+            if let Some((lost, count)) = self.due_drop() {
                 return Some(Outgoing::Dropped { lost, count });
             }
             tokio::select! {
                 biased;
                 change = self.changes.recv() => return change.map(Outgoing::Interest),
                 () = self.peer.drops_recorded.notified() => {}
-                forward = self.messages.recv() => return forward.map(Outgoing::Message),
+                forward = self.messages.recv() => {
+                    self.sent += 1;
+                    return forward.map(Outgoing::Message);
+                }
             }
         }
+    }
+
+    /// Whether nothing waits to be sent to the peer: no forward queued, no drop unannounced.
+    pub fn is_drained(&self) -> bool {
+        self.messages.is_empty() && lock(&self.peer.route).drops.is_empty()
+    }
+
+    /// A drop report whose place has come: every forward queued before its drops was sent.
+    fn due_drop(&self) -> Option<(Lost, u64)> {
+        let mut route = lock(&self.peer.route);
+        let mut due = route.drops.first_entry()?;
+        if *due.key() > self.sent {
+            return None;
+        }
+        let lost = due.get().keys().next().cloned()?;
+        let count = due.get_mut().remove(&lost)?;
+        if due.get().is_empty() {
+            due.remove();
+        }
+        Some((lost, count))
     }
 
     /// `count` forwards (for `lost`) were handed to this link but the peer never confirmed them
@@ -742,9 +845,9 @@ impl OutboundLink {
 impl Drop for OutboundLink {
     fn drop(&mut self) {
         {
-            let mut outbound = lock(&self.peer.outbound);
-            if outbound.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                *outbound = None;
+            let mut route = lock(&self.peer.route);
+            if route.link.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                route.link = None;
                 self.peer.rtt_micros.store(0, Ordering::Relaxed);
             }
         }
@@ -825,6 +928,38 @@ impl InboundLink {
             }
         }
         seq
+    }
+}
+
+impl InboundLink {
+    /// The link's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Takes what the peer's previous link left unsettled, if anything.
+    pub fn take_unsettled(&self) -> Option<Unsettled> {
+        lock(&self.peer.unsettled).take()
+    }
+
+    /// This link ended uncleanly having carried `kinds`: kept as unsettled unless a newer link
+    /// from the peer is up already. Returns whether it was kept.
+    pub fn leave_unsettled(&self, incarnation: u64, kinds: Vec<Lost>) -> bool {
+        let current = self
+            .peer
+            .interest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if current != self.id || kinds.is_empty() {
+            return false;
+        }
+        *lock(&self.peer.unsettled) = Some(Unsettled {
+            link: self.id,
+            incarnation,
+            kinds,
+        });
+        true
     }
 }
 

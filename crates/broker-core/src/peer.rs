@@ -5,12 +5,15 @@
 //! What a peer forwards is admitted like any publish ([`crate::admission`], the one way in), as
 //! coming from a peer: to local subscribers only (one hop), to the queue groups the peer named.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{Publish, TopicName};
+use cassini_protocol::{Publish, SessionId, TopicName};
 
 use crate::admission::Publisher;
-use crate::cluster::{Cluster, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats};
+use crate::cluster::{
+    Cluster, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats, Unsettled, UNSETTLED_WAIT,
+};
 use crate::context::Shared;
 
 /// This node's side of the cluster, for the transport that carries it.
@@ -46,12 +49,28 @@ impl ClusterPort {
         self.cluster.has_outbound(node)
     }
 
-    /// Starts the link that brings peer `node`'s interest and forwards to this node.
-    pub fn open_inbound(&self, node: &str) -> PeerInbox {
+    /// This node's incarnation, for the `Hello` of its links (see [`Unsettled`]).
+    pub fn incarnation(&self) -> u64 {
+        self.cluster.incarnation()
+    }
+
+    /// Starts the link that brings peer `node`'s interest and forwards to this node; the peer
+    /// says it is `incarnation`. What its previous link left unsettled is dropped if the peer
+    /// is the same incarnation (it announces its losses itself), else announced now.
+    pub fn open_inbound(&self, node: &str, incarnation: u64) -> PeerInbox {
+        let link = self.cluster.open_inbound(node);
+        if let Some(unsettled) = link.take_unsettled() {
+            if unsettled.incarnation != incarnation || incarnation == 0 {
+                announce_unsettled(&self.shared, node, &unsettled);
+            }
+        }
         PeerInbox {
-            link: self.cluster.open_inbound(node),
+            link,
+            incarnation,
+            carried: HashMap::new(),
             publisher: Publisher::peer(),
             shared: Arc::clone(&self.shared),
+            cluster: Arc::clone(&self.cluster),
         }
     }
 
@@ -75,8 +94,41 @@ impl ClusterPort {
 /// What arrives from one peer. Dropping it forgets the peer's interest.
 pub struct PeerInbox {
     link: InboundLink,
+    /// The incarnation the peer said it is.
+    incarnation: u64,
+    /// What the link carried, by topic and session (at most [`MAX_CARRIED_KINDS`]): what an
+    /// unclean end may have lost.
+    carried: HashMap<(String, Option<SessionId>), Lost>,
     publisher: Publisher,
     shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+}
+
+/// The most kinds of traffic (topic and session) a link from a peer remembers for
+/// [`PeerInbox::ended`]; traffic of further kinds is not remembered.
+pub const MAX_CARRIED_KINDS: usize = 1024;
+
+/// Announces one lost message of each kind `unsettled` carried, as a drop report would.
+fn announce_unsettled(shared: &Shared, node: &str, unsettled: &Unsettled) {
+    tracing::info!(
+        peer = %node,
+        kinds = unsettled.kinds.len(),
+        "a peer's link ended uncleanly and its counts are gone: announcing a loss of each kind it carried"
+    );
+    for lost in &unsettled.kinds {
+        announce_dropped(shared, lost, 1);
+    }
+}
+
+fn announce_dropped(shared: &Shared, lost: &Lost, count: u64) {
+    let Ok(topic) = TopicName::parse(&lost.topic, &shared.config.limits.topics) else {
+        return;
+    };
+    for route in shared.router.matching(&topic) {
+        route
+            .members()
+            .lost_before_arrival(count, lost.plain, &lost.groups, lost.session);
+    }
 }
 
 impl std::fmt::Debug for PeerInbox {
@@ -103,6 +155,12 @@ impl PeerInbox {
     /// matching subscriptions only). A message this node refuses (its own limits, its memory
     /// budget) is logged and counted as a rejected publish.
     pub fn deliver(&mut self, mut publish: Publish, groups: &[String]) {
+        self.carried(Lost {
+            topic: publish.topic.clone(),
+            plain: publish.to_session.is_none(),
+            groups: groups.to_vec(),
+            session: publish.to_session,
+        });
         if let Err(err) = self
             .publisher
             .admit_forwarded(&self.shared, &mut publish, groups)
@@ -115,14 +173,51 @@ impl PeerInbox {
     /// subscription matching its topic (if they were for plain subscribers) and one member of
     /// each queue group named announce them as a gap with the reason `ClusterRoute` (direct
     /// messages: the subscriptions of the session they were for).
-    pub fn dropped(&self, lost: &Lost, count: u64) {
-        let Ok(topic) = TopicName::parse(&lost.topic, &self.shared.config.limits.topics) else {
+    pub fn dropped(&mut self, lost: &Lost, count: u64) {
+        self.carried(lost.clone());
+        announce_dropped(&self.shared, lost, count);
+    }
+
+    /// Remembers that the link carried traffic of `lost`'s kind.
+    fn carried(&mut self, lost: Lost) {
+        let key = (lost.topic.clone(), lost.session);
+        if let Some(kind) = self.carried.get_mut(&key) {
+            kind.plain |= lost.plain;
+            for group in lost.groups {
+                if !kind.groups.contains(&group) {
+                    kind.groups.push(group);
+                }
+            }
+        } else if self.carried.len() < MAX_CARRIED_KINDS {
+            self.carried.insert(key, lost);
+        }
+    }
+
+    /// The link ended: `cleanly` if the peer said `Bye` (nothing was left for this node) or
+    /// this node is stopping. Otherwise what the peer still held for this node is lost unless
+    /// it comes back as the same incarnation within [`UNSETTLED_WAIT`]: if it does not, one
+    /// lost message of each kind the link carried is announced (a `ClusterRoute` gap of at
+    /// least one on each subscription that traffic reached).
+    pub fn ended(self, cleanly: bool) {
+        if cleanly {
+            return;
+        }
+        let kinds: Vec<Lost> = self.carried.into_values().collect();
+        let link = self.link.id();
+        if !self.link.leave_unsettled(self.incarnation, kinds) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for route in self.shared.router.matching(&topic) {
-            route
-                .members()
-                .lost_before_arrival(count, lost.plain, &lost.groups, lost.session);
-        }
+        let node = self.link.peer().to_owned();
+        let (shared, cluster) = (self.shared, self.cluster);
+        drop(self.link);
+        runtime.spawn(async move {
+            tokio::time::sleep(UNSETTLED_WAIT).await;
+            if let Some(unsettled) = cluster.take_unsettled(&node, link) {
+                announce_unsettled(&shared, &node, &unsettled);
+            }
+        });
     }
 }

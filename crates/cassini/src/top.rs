@@ -1,8 +1,9 @@
 //! `cassini top` (also `cassini stats`): a terminal view of a broker's monitoring endpoint,
 //! refreshed every `--interval` seconds, or printed once with `--once`.
 //!
-//! It reads `/varz`, `/connz` and `/topicz` over HTTP (presenting the token of
-//! `--monitor-token-file`, if given); rates are the change of the counters
+//! It reads `/varz`, `/connz`, `/topicz` and `/clusterz` over HTTP (presenting the token of
+//! `--monitor-token-file`, if given); a cluster node gets a section of its peers (a standalone
+//! broker, or one whose `/clusterz` does not answer, none). Rates are the change of the counters
 //! between two refreshes (shown as `-` on the first screen and with `--once`). On a terminal,
 //! `q` (or Ctrl-C) quits: standard input is read in raw mode by a thread of its own, and the
 //! terminal is restored on every way out.
@@ -43,6 +44,8 @@ struct Sample {
     varz: Value,
     connz: Value,
     topicz: Value,
+    /// `Null` when the endpoint has no `/clusterz`.
+    clusterz: Value,
 }
 
 pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
@@ -65,11 +68,15 @@ pub(crate) async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         let varz = get_json_as(monitor, "/varz", token, REQUEST_LIMIT).await?;
         let connz = get_json_as(monitor, &connz_path, token, REQUEST_LIMIT).await?;
         let topicz = get_json_as(monitor, &topicz_path, token, REQUEST_LIMIT).await?;
+        let clusterz = get_json_as(monitor, "/clusterz", token, REQUEST_LIMIT)
+            .await
+            .unwrap_or(Value::Null);
         Ok::<_, cassini_monitor::client::ClientError>(Sample {
             at: Instant::now(),
             varz,
             connz,
             topicz,
+            clusterz,
         })
     };
     if args.once {
@@ -234,6 +241,8 @@ fn render(sample: &Sample, previous: Option<&Sample>) -> String {
         num(&handshakes["refused"]),
     );
 
+    render_cluster(&mut out, sample, previous);
+
     let connections = sample.connz["connections"]
         .as_array()
         .cloned()
@@ -312,6 +321,67 @@ fn render(sample: &Sample, previous: Option<&Sample>) -> String {
         );
     }
     out
+}
+
+/// The CLUSTER section: this node's peers with the state of both links, the RTT of the link
+/// towards each, its interest entries, and the messages forwarded to it (with their rate),
+/// dropped for it and queued for it. Nothing for a standalone broker.
+fn render_cluster(out: &mut String, sample: &Sample, previous: Option<&Sample>) {
+    let Some(node) = sample.clusterz["node"].as_str() else {
+        return;
+    };
+    let peers = sample.clusterz["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let in_routing = peers.iter().filter(|peer| peer["inbound"] == true).count();
+    let _ = writeln!(
+        out,
+        "\nCLUSTER node {node}: {} peers, {in_routing} in routing",
+        peers.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<10} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7}",
+        "PEER", "STATE", "RTT", "INTEREST", "FORWARDED", "RATE", "DROPPED", "QUEUED"
+    );
+    for peer in &peers {
+        let name = text(&peer["node"]);
+        let state = match (peer["outbound"] == true, peer["inbound"] == true) {
+            (true, true) => "up",
+            (true, false) => "out only",
+            (false, true) => "in only",
+            (false, false) => "down",
+        };
+        let rtt = peer["rtt_micros"].as_u64().map_or_else(
+            || "-".to_owned(),
+            |micros| format!("{:.1}ms", micros as f64 / 1000.0),
+        );
+        let forwarded = num(&peer["forwarded"]);
+        let rate = previous
+            .and_then(|before| {
+                let earlier = before.clusterz["peers"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["node"].as_str() == Some(name))?;
+                let elapsed = sample.at.duration_since(before.at).as_secs_f64();
+                (elapsed > 0.0)
+                    .then(|| forwarded.saturating_sub(num(&earlier["forwarded"])) as f64 / elapsed)
+            })
+            .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.1}/s"));
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7}",
+            name,
+            state,
+            rtt,
+            num(&peer["interest"]),
+            forwarded,
+            rate,
+            num(&peer["dropped"]),
+            num(&peer["queued"]),
+        );
+    }
 }
 
 /// The terminal in raw mode for as long as this lives.

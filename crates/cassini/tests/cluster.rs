@@ -3,8 +3,9 @@
 //! then `kill -9` of a node: the others keep routing, it leaves routing within the failure
 //! detection time, and its client, given only that node's address, moves to a node it learned
 //! from `Welcome`; the CLI given `--server a,b` whose first address is dead uses the next;
-//! wildcards, unsubscribe and cluster-wide no-responders; node and client certificates refused
-//! on each other's address.
+//! wildcards, unsubscribe and cluster-wide no-responders; a queue group with members on every
+//! node served once in total; a direct message to a session on another node; node and client
+//! certificates refused on each other's address.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -23,7 +24,7 @@ use cassini_e2e::{
 use cassini_quic::certs::NODE_SERVER_NAME;
 use cassini_quic::cluster::CLUSTER_ALPN;
 use cassini_quic::tls;
-use harness::{certs, eventually, Broker, Serve};
+use harness::{cassini, certs, eventually, run, stdout, Broker, Serve};
 
 /// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
 /// back the nodes that dial it, so the mesh is full).
@@ -349,6 +350,24 @@ async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_r
         let rtt = format!("cassini_cluster_rtt_seconds{{peer=\"{peer}\"}} ");
         assert!(metrics.contains(&rtt), "{rtt} in:\n{metrics}");
     }
+    // And in `cassini top`: one line per peer with its state and round-trip time.
+    let monitor = nodes[0].monitor().to_string();
+    let top = run(&mut cassini(&["top", "--once", "--monitor", &monitor]));
+    assert!(top.status.success(), "{top:?}");
+    let screen = stdout(&top);
+    assert!(
+        screen.contains("CLUSTER node n1: 2 peers, 2 in routing"),
+        "{screen}"
+    );
+    for peer in ["n2", "n3"] {
+        let line = screen
+            .lines()
+            .find(|line| line.starts_with(peer))
+            .unwrap_or_else(|| panic!("no line for {peer} in:\n{screen}"));
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[1], "up", "{line}");
+        assert!(columns[2].ends_with("ms"), "an RTT: {line}");
+    }
 
     let watcher = client(&nodes[2], dir.path()).await;
     let mut wide = watcher.subscribe("sensors.>").await.expect("subscribe");
@@ -385,6 +404,135 @@ async fn three_serve_processes_apply_wildcards_unsubscribe_and_cluster_wide_no_r
         (interest_of_n3()? == 0).then_some(())
     });
     assert_no_responders(&publisher, "svc.echo", "the only responder left").await;
+}
+
+/// The next message of `subscription`, within 20 s.
+async fn next_within(
+    what: &str,
+    subscription: &mut cassini_client::Subscription,
+) -> cassini_client::Message {
+    tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .expect("a message")
+}
+
+/// Reads `members` until `count` messages (payloads: a `u32` index) arrived in total; returns,
+/// per member, the indexes it got. Then checks nothing more arrives.
+async fn share_of_group(
+    members: &mut [cassini_client::Subscription],
+    count: usize,
+) -> Vec<Vec<u32>> {
+    let mut got = vec![Vec::new(); members.len()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.iter().map(Vec::len).sum::<usize>() < count {
+        assert!(Instant::now() < deadline, "only {got:?} of {count}");
+        for (member, got) in members.iter_mut().zip(&mut got) {
+            if let Ok(Some(message)) =
+                tokio::time::timeout(Duration::from_millis(20), member.recv()).await
+            {
+                let bytes: [u8; 4] = message.payload().as_ref().try_into().expect("4 bytes");
+                got.push(u32::from_be_bytes(bytes));
+            }
+        }
+    }
+    for member in members.iter_mut() {
+        let extra = tokio::time::timeout(Duration::from_millis(200), member.recv()).await;
+        assert!(extra.is_err(), "a message beyond the {count}: {extra:?}");
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_serve_a_queue_group_spread_over_them_once_in_total() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let mut clients = Vec::new();
+    let mut members = Vec::new();
+    for node in &nodes {
+        let client = client(node, dir.path()).await;
+        members.push(
+            client
+                .subscribe_queue("jobs.*", "workers")
+                .await
+                .expect("join group"),
+        );
+        clients.push(client);
+    }
+    let mut publishers = Vec::new();
+    for node in &nodes {
+        publishers.push(client(node, dir.path()).await);
+    }
+    // Published on every node, each with a member of its own: each job once, locally.
+    for i in 0..60u32 {
+        publishers[i as usize % 3]
+            .publish("jobs.resize", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let got = share_of_group(&mut members, 60).await;
+    for (index, got) in got.iter().enumerate() {
+        assert!(
+            got.iter().all(|i| *i as usize % 3 == index),
+            "member {index} took only its node's jobs: {got:?}"
+        );
+        assert_eq!(got.len(), 20, "member {index}: {got:?}");
+    }
+    // Node 1's member leaves: its node's jobs go to the members on the other nodes, each once.
+    let mut leaving = members.remove(0);
+    leaving.unsubscribe().await.expect("leave");
+    for i in 100..140u32 {
+        publishers[0]
+            .publish("jobs.resize", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let got = share_of_group(&mut members, 40).await;
+    let mut all: Vec<u32> = got.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (100..140).collect::<Vec<_>>(), "each job exactly once");
+    assert!(
+        got.iter().all(|got| !got.is_empty()),
+        "both remote members take a share: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_carry_a_direct_message_to_a_session_on_another_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let target = client(&nodes[2], dir.path()).await;
+    let mut for_target = target.subscribe("note.>").await.expect("subscribe");
+    let neighbour = client(&nodes[2], dir.path()).await;
+    let mut for_neighbour = neighbour.subscribe("note.>").await.expect("subscribe");
+    let elsewhere = client(&nodes[1], dir.path()).await;
+    let mut for_elsewhere = elsewhere.subscribe("note.>").await.expect("subscribe");
+    let sender = client(&nodes[0], dir.path()).await;
+    sender
+        .send_to(
+            target.session_id(),
+            "note.private",
+            Bytes::from_static(b"for target"),
+        )
+        .await
+        .expect("send");
+    sender
+        .publish("note.public", Bytes::from_static(b"for everyone"))
+        .await
+        .expect("publish");
+    let first = next_within("the direct message", &mut for_target).await;
+    assert_eq!(first.payload().as_ref(), b"for target");
+    let second = next_within("the public message", &mut for_target).await;
+    assert_eq!(second.payload().as_ref(), b"for everyone");
+    for subscription in [&mut for_neighbour, &mut for_elsewhere] {
+        let message = next_within("the public message", subscription).await;
+        assert_eq!(message.payload().as_ref(), b"for everyone");
+        assert_eq!(
+            message.sequence(),
+            1,
+            "only the target got the direct message"
+        );
+    }
 }
 
 /// The TLS alert code that ended `connection`'s attempt, if a TLS alert did.

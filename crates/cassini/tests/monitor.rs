@@ -62,6 +62,10 @@ fn top_once_shows_the_connections_and_topics_of_a_running_broker() {
     );
     assert!(screen.contains("TOPICS (1 of 1)"), "{screen}");
     assert!(screen.contains("ready"), "{screen}");
+    assert!(
+        !screen.contains("CLUSTER"),
+        "no cluster section for a standalone broker:\n{screen}"
+    );
 
     let mut pub_args = vec!["pub", "top.demo.x", "hello", "--count", "3"];
     pub_args.extend(connect);

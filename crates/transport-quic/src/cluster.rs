@@ -11,7 +11,11 @@
 //! when the link goes quiet). When a link ends, the dialer keeps what was not yet confirmed; its next
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
-//! a link that dies loses nothing silently, and announces no more than was lost. A connection to this node itself (its
+//! a link that dies loses nothing silently, and announces no more than was lost. `Hello` also
+//! names the dialer's incarnation, and a dialer that stops with nothing left for the peer says
+//! `Bye`: a link that ends without it is settled by the acceptor
+//! ([`cassini_broker::peer::PeerInbox::ended`]) if the dialer does not come back as the same
+//! incarnation. A connection to this node itself (its
 //! address is in its own peer list) is closed and that address is not dialed again. A node
 //! that dials this one is dialed back at the address its connection comes from (the peer's
 //! cluster address: one socket both listens and dials), unless that address is dialed already:
@@ -160,6 +164,10 @@ enum PeerFrame {
         /// The dialer's client address, for its peers' clients (`Welcome.cluster_addresses`).
         #[serde(default)]
         client_address: Option<String>,
+        /// The dialer's incarnation (drawn when it started; 0: unknown): whether the counts it
+        /// keeps for the acceptor survived since its previous link.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// Acceptor → dialer, first: how many forwards of the previous link it received, if it
     /// knows that link.
@@ -179,6 +187,9 @@ enum PeerFrame {
     /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they
     /// were for.
     Dropped { lost: Lost, count: u64 },
+    /// Dialer → acceptor, last: the dialer is stopping with nothing left for the acceptor (no
+    /// forward queued, no drop unannounced), so the link's end loses nothing.
+    Bye,
 }
 
 /// A node's cluster endpoint: its listener and its dialers. See the module documentation.
@@ -287,13 +298,14 @@ impl ClusterNode {
         self.endpoint.local_addr()
     }
 
-    /// Ends every link and stops dialing; waits at most `limit` for the tasks to end.
+    /// Ends every link (a link with nothing left for its peer says `Bye` first) and stops
+    /// dialing; waits at most `limit` for the tasks to end, then closes the endpoint.
     pub async fn close(&self, limit: Duration) {
         self.closing.cancel();
-        self.endpoint
-            .close(VarInt::from_u32(CLOSE_CODE), b"node stopping");
         self.tasks.close();
         let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_CODE), b"node stopping");
     }
 }
 
@@ -361,6 +373,7 @@ async fn serve_inbound(
                 link,
                 previous,
                 client_address,
+                incarnation,
             }) => {
                 if cluster != options.cluster {
                     let reason = format!("cluster {cluster:?} is not {:?}", options.cluster);
@@ -383,13 +396,13 @@ async fn serve_inbound(
                     before
                 };
                 write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
-                (counter, client_address)
+                (counter, client_address, incarnation)
             }
             _ => return Err("the link did not start with Hello".to_owned()),
         };
         Ok((connection, node, send, recv, counter))
     };
-    let (connection, node, mut send, mut recv, (counter, client_address)) =
+    let (connection, node, mut send, mut recv, (counter, client_address, incarnation)) =
         tokio::time::timeout(limit, greeting)
             .await
             .map_err(|_| format!("no Hello within {limit:?}"))??;
@@ -400,7 +413,9 @@ async fn serve_inbound(
     tracing::info!(peer = %node, "cluster link from a peer up");
     port.set_peer_client_address(&node, client_address);
     dialer.dial(connection.remote_address());
-    let mut inbox = port.open_inbound(&node);
+    let mut inbox = port.open_inbound(&node, incarnation);
+    // Whether the link ends losing nothing: the peer said `Bye`, or this node is stopping.
+    let mut cleanly = false;
     let mut received = 0u64;
     let mut confirmed = 0u64;
     // Frames are read in a task of their own: a read cut off mid-frame by the other branches
@@ -426,9 +441,16 @@ async fn serve_inbound(
                     Err(reason) => break Err(reason),
                 }
             }
-            () = closing.cancelled() => break Ok(()),
+            () = closing.cancelled() => {
+                cleanly = true;
+                break Ok(());
+            }
         };
         match frame {
+            Ok(Some(PeerFrame::Bye)) => {
+                cleanly = true;
+                break Ok(());
+            }
             Ok(Some(frame)) => {
                 // Forwards and drop reports are confirmed alike: a report the link lost is
                 // reported again on the next link, as an unconfirmed forward is.
@@ -454,7 +476,7 @@ async fn serve_inbound(
         }
     };
     reader.abort();
-    drop(inbox);
+    inbox.ended(cleanly);
     tracing::info!(peer = %node, "cluster link from a peer down");
     result
 }
@@ -480,7 +502,8 @@ async fn apply(
         PeerFrame::Hello { .. }
         | PeerFrame::Resumed { .. }
         | PeerFrame::Ack { .. }
-        | PeerFrame::Delivered { .. } => Err("unexpected frame from the dialing peer".to_owned()),
+        | PeerFrame::Delivered { .. }
+        | PeerFrame::Bye => Err("unexpected frame from the dialing peer".to_owned()),
     }
 }
 
@@ -560,6 +583,7 @@ async fn dial_once(
             .filter(|old| old.node == node)
             .map(|old| old.link),
         client_address: port.client_address(),
+        incarnation: port.incarnation(),
     };
     write_frame(&mut send, &hello).await?;
     let received = match read_frame(&mut recv).await? {
@@ -645,7 +669,12 @@ async fn dial_once(
                 }
             }
             ended = &mut read_acks => break ended.unwrap_or_else(|err| err.to_string()),
-            () = closing.cancelled() => break "the node is stopping".to_owned(),
+            () = closing.cancelled() => {
+                if link.is_drained() {
+                    say_bye(&mut send).await;
+                }
+                break "the node is stopping".to_owned();
+            }
         }
     };
     read_acks.abort();
@@ -661,6 +690,18 @@ async fn dial_once(
     tracing::info!(peer = %node, %addr, %reason, "cluster link to a peer down");
     Ok(LinkEnd::Ended)
 }
+
+/// Tells the peer the link ends with nothing left for it, and waits (briefly) until it has
+/// read that.
+async fn say_bye(send: &mut quinn::SendStream) {
+    if write_frame(send, &PeerFrame::Bye).await.is_err() || send.finish().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(BYE_WAIT, send.stopped()).await;
+}
+
+/// The longest a stopping node waits for a peer to read its `Bye`.
+const BYE_WAIT: Duration = Duration::from_millis(500);
 
 /// A dialed link that ended with forwards its peer had not confirmed: settled by the next
 /// link to the same peer (`Resumed`).

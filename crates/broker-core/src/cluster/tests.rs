@@ -214,6 +214,28 @@ async fn a_drop_while_the_link_waits_is_announced_before_any_later_forward() {
 }
 
 #[tokio::test]
+async fn a_drop_report_never_overtakes_the_forwards_queued_before_the_drop() {
+    // The queue holds one forward when a second is dropped: the peer must get the forward
+    // first and the report after it, or its subscribers would see the gap before a message
+    // published earlier than the lost one.
+    let (node, _inbound, mut link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
+    let _snapshot = next(&mut link).await;
+    node.forward(&message("t"));
+    node.forward(&message("t"));
+    assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
+    let first = next(&mut link).await;
+    assert!(
+        matches!(first, Outgoing::Message(_)),
+        "the queued forward first: {first:?}"
+    );
+    let second = next(&mut link).await;
+    assert!(
+        matches!(second, Outgoing::Dropped { count: 1, .. }),
+        "then the drop: {second:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_drop_for_a_peers_queue_group_names_the_group_it_was_to_serve() {
     let (node, _inbound, link) = linked_with_a_queue_of_one(vec![entry("jobs.*", Some("w"), 2)]);
     node.forward(&message("jobs.x"));
