@@ -521,7 +521,7 @@ async fn three_serve_processes_carry_a_direct_message_to_a_session_on_another_no
         .await
         .expect("publish");
     // Order holds per publisher per topic; these are two topics, so either may come first.
-    let mut got = vec![
+    let mut got = [
         next_within("the first message", &mut for_target).await,
         next_within("the second message", &mut for_target).await,
     ];
