@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
 use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
+use crate::headers::{self, unix_millis, ORIGIN_HEADER};
 use crate::options::{OptionsTable, SubOptions};
 use crate::packets::{
-    self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
-    Publish, SubCode, SubscribeFilter, Version,
+    self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound,
+    MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, Version,
 };
 use crate::topics;
 use crate::will::{Owner, Wills};
@@ -42,31 +43,6 @@ const EVENT_BACKLOG: usize = 256;
 const STASH_LIMIT: usize = 4096;
 /// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
 pub(crate) const TOPIC_ALIAS_MAXIMUM: u16 = 10;
-/// Cassini header of a message an MQTT client published with a Message Expiry Interval: when it
-/// expires, in milliseconds since the Unix epoch.
-pub(crate) const EXPIRES_AT_HEADER: &str = "mqtt-expires-at";
-/// Cassini header of a message an MQTT client published with the retain flag (`1`), for Retain
-/// As Published subscriptions.
-pub(crate) const RETAIN_HEADER: &str = "mqtt-retain";
-/// Cassini header naming the client id that published a message, when that client holds a No
-/// Local subscription.
-pub(crate) const ORIGIN_HEADER: &str = "mqtt-origin";
-
-/// Whether `name` is a header the gateway writes and reads (never passed on as a user property,
-/// nor taken from one).
-fn gateway_header(name: &str) -> bool {
-    matches!(name, EXPIRES_AT_HEADER | RETAIN_HEADER | ORIGIN_HEADER)
-}
-
-/// Now, in milliseconds since the Unix epoch.
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
 /// What a connection needs from the gateway.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -919,14 +895,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         let mapped = topics::topic_to_cassini(&publish.topic).and_then(|topic| {
-            let reply_to = publish
-                .response_topic
-                .as_deref()
-                .map(topics::topic_to_cassini)
-                .transpose()?;
-            Ok((topic, reply_to))
+            let outgoing = headers::to_cassini(publish.properties, publish.retain, unix_millis())?;
+            Ok((topic, outgoing))
         });
-        let (topic, reply_to) = match mapped {
+        let (topic, outgoing) = match mapped {
             Ok(mapped) => mapped,
             Err(err) => {
                 tracing::debug!(client_id = %self.connect.client_id, topic = %publish.topic, %err, "publish refused");
@@ -943,15 +915,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.next_message_id = self.next_message_id.wrapping_add(1);
             self.next_message_id
         });
-        let mut headers = publish.user_properties;
-        headers.retain(|(name, _)| !gateway_header(name));
-        if let Some(secs) = publish.message_expiry {
-            let at = unix_millis().saturating_add(u64::from(secs) * 1000);
-            headers.push((EXPIRES_AT_HEADER.to_string(), at.to_string()));
-        }
-        if publish.retain {
-            headers.push((RETAIN_HEADER.to_string(), "1".to_string()));
-        }
+        let mut headers = outgoing.headers;
         if self.subs.values().any(|sub| sub.options.no_local) {
             headers.push((ORIGIN_HEADER.to_string(), self.connect.client_id.clone()));
         }
@@ -960,7 +924,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             headers,
             payload: publish.payload,
             message_id,
-            reply_to,
+            reply_to: outgoing.reply_to,
             retain: publish.retain,
             to_session: None,
             ack: acknowledged,
@@ -1349,21 +1313,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn send_delivery(
         &mut self,
         subscription: SubscriptionId,
-        mut delivery: Delivery,
+        delivery: Delivery,
     ) -> Option<End> {
         let sub = self.subs.get(&subscription)?;
         let (qos, options) = (sub.qos, sub.options);
         let sequence = delivery.sequence;
-        let header = |name: &str| {
-            delivery
-                .headers
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
-        let expires_at = header(EXPIRES_AT_HEADER).and_then(|at| at.parse::<u64>().ok());
-        let published_retained = header(RETAIN_HEADER) == Some("1");
-        let message_expiry = match expires_at {
+        let v5 = self.connect.version == Version::V5;
+        let incoming = headers::from_cassini(delivery.headers, delivery.reply_to.as_deref());
+        let message_expiry = match incoming.expires_at {
             Some(at) => {
                 let now = unix_millis();
                 if at <= now {
@@ -1374,24 +1331,24 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
             None => None,
         };
-        delivery.headers.retain(|(name, _)| !gateway_header(name));
-        let v5 = self.connect.version == Version::V5;
         let pkid = if qos == 1 { self.packet_id() } else { 0 };
         let publish = Publish {
             topic: topics::cassini_to_mqtt(&delivery.topic),
             pkid,
             qos,
-            retain: delivery.retained || (options.retain_as_published && published_retained),
+            retain: delivery.retained
+                || (options.retain_as_published && incoming.published_retained),
             dup: delivery.redelivered && qos == 1,
             payload: delivery.payload,
-            user_properties: if v5 { delivery.headers } else { Vec::new() },
-            response_topic: if v5 {
-                delivery.reply_to.as_deref().map(topics::cassini_to_mqtt)
+            properties: if v5 {
+                MessageProperties {
+                    message_expiry,
+                    ..incoming.properties
+                }
             } else {
-                None
+                MessageProperties::default()
             },
             topic_alias: None,
-            message_expiry: message_expiry.filter(|_| v5),
             subscription_ids: options.subscription_id.filter(|_| v5).into_iter().collect(),
         };
         self.out.clear();

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd};
 use crate::frames;
+use crate::headers;
 use crate::packets::Will;
 use crate::stats::MqttStats;
 use crate::topics;
@@ -155,6 +156,9 @@ async fn publish(
     max_frame: u32,
 ) -> Result<(), String> {
     let topic = topics::topic_to_cassini(&will.topic).map_err(|err| err.to_string())?;
+    // The will's Message Expiry Interval runs from its publication (MQTT 5 §3.1.3.2.4).
+    let outgoing = headers::to_cassini(will.properties, will.retain, headers::unix_millis())
+        .map_err(|err| format!("response topic: {err}"))?;
     let decoder = FrameDecoder::new(max_frame);
     let mut scratch = BytesMut::new();
     let refused = |what: &str| {
@@ -189,10 +193,12 @@ async fn publish(
         .map_err(|_| refused("no publish stream"))?;
     let publish = Frame::Publish(cassini_protocol::Publish {
         topic,
-        headers: Vec::new(),
+        headers: outgoing.headers,
         payload: will.payload,
-        message_id: Some(1),
-        reply_to: None,
+        // The broker's dedupe window is keyed by identity and message id: a fixed id would make
+        // the identity's next will within the window a "duplicate", acknowledged and dropped.
+        message_id: Some(rand::random::<u64>() >> 1),
+        reply_to: outgoing.reply_to,
         retain: will.retain,
         to_session: None,
         ack: true,
