@@ -737,3 +737,69 @@ async def test_a_will_carries_its_own_properties(gateway, certs):
     assert_forwarded(will.properties, "paho/will/props/ack")
     assert 590 <= will.properties.MessageExpiryInterval <= 600
     await in_thread(watcher.close)
+
+
+def delayed_will(seconds: int) -> Properties:
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = seconds
+    return props
+
+
+@spec
+async def test_a_clean_start_takeover_publishes_the_old_connections_delayed_will(gateway, certs):
+    """MQTT 5 §3.1.2.5: the will waits for its delay or the end of the session; a clean start
+    ends the session the old connection held."""
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/takeover/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/takeover/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    assert not new.session_present
+    reason = await in_thread(old.next_disconnect)
+    assert int(reason.value) == SESSION_TAKEN_OVER, reason
+    will = await in_thread(watcher.next_message)
+    assert (will.topic, will.payload) == ("paho/will/takeover/dev", b"gone")
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)
+
+
+@spec
+async def test_a_takeover_resuming_the_session_does_not_publish_a_delayed_will(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/resumed/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/resumed/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert new.session_present
+    reason = await in_thread(old.next_disconnect)
+    assert int(reason.value) == SESSION_TAKEN_OVER, reason
+    await in_thread(watcher.no_message, 1.0)
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)
+
+
+@spec
+async def test_a_clean_start_publishes_a_will_waiting_for_its_delay(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/waiting/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/waiting/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    # Lost without DISCONNECT: the will waits for its 60 s.
+    old.stop.set()
+    await in_thread(old.thread.join, 5)
+    old.client.socket().close()
+    await in_thread(watcher.no_message, 1.0)
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    will = await in_thread(watcher.next_message)
+    assert (will.topic, will.payload) == ("paho/will/waiting/dev", b"gone")
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)

@@ -9,6 +9,7 @@
 //! stream (no head-of-line isolation, unlike QUIC).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -292,6 +293,9 @@ struct Connection<W> {
     turns: VecDeque<SubscriptionId>,
     next_pkid: u16,
     events: Option<mpsc::Sender<Event>>,
+    /// Set (by `Wills`) when a newer connection with a clean start takes this one's client id
+    /// over: the session ends, so the will is due at once, whatever its delay.
+    clean_start_flag: Option<Arc<AtomicBool>>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Connection<W> {
@@ -335,6 +339,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             turns: VecDeque::new(),
             next_pkid: 1,
             events: None,
+            clean_start_flag: None,
         }
     }
 
@@ -405,6 +410,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
+        // Before the `Hello`, so before the broker closes the connection this one takes over:
+        // with a clean start, that one's session ends here, and so its will is due at once.
+        let holder = self
+            .connect
+            .clean_start
+            .then(|| {
+                self.context
+                    .wills
+                    .clean_start_coming(&self.connect.client_id)
+            })
+            .flatten();
         let (broker_end, client) =
             bridge::connection(self.peer.clone(), self.connect.version.name());
         self.grant_session_expiry(&client);
@@ -412,6 +428,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let welcome = match self.hello(&client, name).await {
             Ok(welcome) => welcome,
             Err(code) => {
+                // Refused: it takes nothing over.
+                if let Some(holder) = holder {
+                    holder.store(false, Ordering::Release);
+                }
                 let reason = if code == ErrorCode::SESSION_IDENTITY_MISMATCH {
                     Some("the client id is in use by another identity".to_string())
                 } else {
@@ -423,8 +443,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         };
         // MQTT 5 §3.1.3.2.2: a new connection for the client id cancels a will waiting for its
-        // delay.
-        self.context.wills.cancel(&self.connect.client_id);
+        // delay; a clean start ends the session, so the will is published at once (§3.1.2.5).
+        self.context
+            .wills
+            .connected(&self.connect.client_id, self.connect.clean_start);
+        self.clean_start_flag = Some(self.context.wills.hold(&self.connect.client_id));
         let session_present = welcome.resumed && !self.connect.clean_start;
         self.context
             .sub_options
@@ -1379,10 +1402,15 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
 
     /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
     /// of the session, whichever comes first, so at once when the session ends with the
-    /// connection. On a takeover the new connection is already there: a will with a delay whose
-    /// session carries on is not published.
+    /// connection or a newer connection's clean start ended it. On another takeover the new
+    /// connection is already there: a will with a delay whose session carries on is not
+    /// published.
     fn schedule_will(&self, will: packets::Will, taken_over: bool) {
-        let delay = if self.ends_with_connection() {
+        let ended_by_clean_start = self
+            .clean_start_flag
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire));
+        let delay = if self.ends_with_connection() || ended_by_clean_start {
             0
         } else {
             will.delay_secs
@@ -1420,6 +1448,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         if let Some(will) = self.connect.will.take().filter(|_| will_due) {
             self.schedule_will(will, taken_over);
+        }
+        if let Some(flag) = &self.clean_start_flag {
+            self.context.wills.release(&self.connect.client_id, flag);
         }
         if !taken_over {
             let expiry = (!self.ends_with_connection()).then(|| self.session_outlives());
