@@ -8,6 +8,7 @@ broker closes stays closed and the test sees why.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import queue
 import ssl
@@ -19,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cassini_wire import connect, drop, fresh_id, publish, publish_and_wait, subscribe
@@ -59,10 +61,12 @@ class Paho:
 
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
-                 will: tuple[str, bytes] | None = None, refused: bool = False,
+                 will: tuple[str, bytes] | None = None,
+                 will_properties: Properties | None = None, refused: bool = False,
                  receive_maximum: int | None = None, manual_ack: bool = False,
                  tls_max: ssl.TLSVersion | None = None):
-        """Connects; with `refused`, expects the CONNACK to refuse (its code is in `self.rc`);
+        """Connects (with `will`, a QoS 1 will with `will_properties`); with `refused`, expects
+        the CONNACK to refuse (its code is in `self.rc`);
         with `manual_ack`, QoS 1 deliveries wait for `ack` (paho acknowledges them itself
         otherwise); with `tls_max`, speaks at most that TLS version."""
         self.messages: queue.Queue = queue.Queue()
@@ -84,7 +88,7 @@ class Paho:
         self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
         self.client.on_subscribe = lambda c, u, mid, rcs, props: self.acks.put(rcs)
         if will:
-            self.client.will_set(will[0], will[1], qos=1)
+            self.client.will_set(will[0], will[1], qos=1, properties=will_properties)
         self.client.manual_ack_set(manual_ack)
         props = None
         if protocol == V5:
@@ -151,8 +155,10 @@ class Paho:
     def next_disconnect(self, timeout: float = 10.0):
         return self.disconnects.get(timeout=timeout)
 
-    def close(self, properties: Properties | None = None) -> None:
-        self.client.disconnect(properties=properties)
+    def close(self, properties: Properties | None = None, with_will: bool = False) -> None:
+        """Disconnects; with `with_will`, with reason 0x04 Disconnect with Will Message."""
+        reason = ReasonCode(PacketTypes.DISCONNECT, identifier=0x04) if with_will else None
+        self.client.disconnect(reasoncode=reason, properties=properties)
         self.stop.set()
         self.thread.join(timeout=5)
 
@@ -603,3 +609,197 @@ async def test_retain_as_published_and_retain_handling(gateway, certs):
     assert sorted(flags) == [False, False, True]
     await in_thread(writer.close)
     await in_thread(reader.close)
+
+
+# Correlation data is any bytes: these are not UTF-8.
+CORRELATION = b"\x00\xffreq-7"
+
+
+def request_properties(response_topic: str) -> Properties:
+    """Every property MQTT 5 §3.3.2.3 says a server forwards unaltered."""
+    return publish_properties(ResponseTopic=response_topic, CorrelationData=CORRELATION,
+                              ContentType="application/json", PayloadFormatIndicator=1,
+                              UserProperty=[("trace", "t-1")])
+
+
+def assert_forwarded(properties, response_topic: str) -> None:
+    assert properties.ResponseTopic == response_topic
+    assert properties.CorrelationData == CORRELATION
+    assert properties.ContentType == "application/json"
+    assert properties.PayloadFormatIndicator == 1
+    assert properties.UserProperty == [("trace", "t-1")]
+
+
+def headers_of(message) -> dict:
+    return {key: value for key, value in message["headers"]}
+
+
+@spec
+async def test_mqtt5_request_response_between_paho_clients_keeps_every_property(gateway, certs):
+    """Node-RED style: the requester names a Response Topic and Correlation Data, the responder
+    answers on that topic with that data."""
+    _, port = gateway
+    responder = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(responder.subscribe, "paho/rpc/echo", 1)
+    requester = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(requester.subscribe, "paho/rpc/replies/alice", 1)
+    await in_thread(requester.publish, "paho/rpc/echo", b'{"n": 1}', 1, False,
+                    request_properties("paho/rpc/replies/alice"))
+    request = await in_thread(responder.next_message)
+    assert request.payload == b'{"n": 1}'
+    assert_forwarded(request.properties, "paho/rpc/replies/alice")
+    await in_thread(responder.publish, request.properties.ResponseTopic, b'{"echo": 1}', 1, False,
+                    publish_properties(CorrelationData=request.properties.CorrelationData))
+    reply = await in_thread(requester.next_message)
+    assert (reply.topic, reply.payload) == ("paho/rpc/replies/alice", b'{"echo": 1}')
+    assert reply.properties.CorrelationData == CORRELATION
+    assert not hasattr(reply.properties, "ContentType")
+    await in_thread(requester.close)
+    await in_thread(responder.close)
+
+
+@spec
+async def test_a_quic_responder_answers_an_mqtt5_request_with_its_correlation_data(gateway, certs):
+    broker, port = gateway
+    quic = await connect(broker.port, certs.identity("bob"))
+    requests = await subscribe(quic, "paho.rpc.quic")
+    requester = await in_thread(Paho, certs, "alice", port, V5)
+    await in_thread(requester.subscribe, "paho/rpc/replies/from-quic", 1)
+    await in_thread(requester.publish, "paho/rpc/quic", b"ping", 1, False,
+                    request_properties("paho/rpc/replies/from-quic"))
+    request = await requests.next_frame()
+    assert request["reply_to"] == "paho.rpc.replies.from-quic"
+    headers = headers_of(request)
+    assert base64.b64decode(headers["mqtt-correlation-data"]) == CORRELATION
+    assert headers["mqtt-content-type"] == "application/json"
+    assert headers["mqtt-payload-format"] == "1"
+    assert headers["trace"] == "t-1"
+    stream = quic.new_stream()
+    answer = await publish_and_wait(quic, stream, publish(
+        request["reply_to"], b"pong",
+        headers=[["mqtt-correlation-data", headers["mqtt-correlation-data"]]],
+        message_id=fresh_id(), ack=True))
+    assert answer.name == "PublishAck"
+    reply = await in_thread(requester.next_message)
+    assert (reply.topic, reply.payload) == ("paho/rpc/replies/from-quic", b"pong")
+    assert reply.properties.CorrelationData == CORRELATION
+    assert not hasattr(reply.properties, "UserProperty"), reply.properties
+    await in_thread(requester.close)
+    await drop(quic)
+
+
+@spec
+async def test_an_mqtt5_responder_answers_a_quic_request_with_its_correlation_data(gateway,
+                                                                                    certs):
+    broker, port = gateway
+    responder = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(responder.subscribe, "paho/rpc/device", 1)
+    quic = await connect(broker.port, certs.identity("alice"))
+    replies = await subscribe(quic, "paho.rpc.replies.quic")
+    correlation = base64.b64encode(CORRELATION).decode()
+    stream = quic.new_stream()
+    answer = await publish_and_wait(quic, stream, publish(
+        "paho.rpc.device", b"status?",
+        headers=[["mqtt-correlation-data", correlation], ["mqtt-content-type", "text/plain"]],
+        reply_to="paho.rpc.replies.quic", message_id=fresh_id(), ack=True))
+    assert answer.name == "PublishAck"
+    request = await in_thread(responder.next_message)
+    assert request.properties.ResponseTopic == "paho/rpc/replies/quic"
+    assert request.properties.CorrelationData == CORRELATION
+    assert request.properties.ContentType == "text/plain"
+    await in_thread(responder.publish, request.properties.ResponseTopic, b"ok", 1, False,
+                    publish_properties(CorrelationData=request.properties.CorrelationData))
+    reply = await replies.next_frame()
+    assert reply["payload"] == b"ok"
+    assert headers_of(reply)["mqtt-correlation-data"] == correlation
+    await in_thread(responder.close)
+    await drop(quic)
+
+
+@spec
+async def test_a_will_carries_its_own_properties(gateway, certs):
+    _, port = gateway
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/props/#", 1)
+    will_properties = Properties(PacketTypes.WILLMESSAGE)
+    will_properties.ResponseTopic = "paho/will/props/ack"
+    will_properties.CorrelationData = CORRELATION
+    will_properties.ContentType = "application/json"
+    will_properties.PayloadFormatIndicator = 1
+    will_properties.UserProperty = [("trace", "t-1")]
+    will_properties.MessageExpiryInterval = 600
+    doomed = await in_thread(Paho, certs, "alice", port, V5,
+                             will=("paho/will/props/dev-1", b'{"state": "gone"}'),
+                             will_properties=will_properties)
+    await in_thread(doomed.close, None, True)
+    will = await in_thread(watcher.next_message)
+    assert (will.topic, will.payload) == ("paho/will/props/dev-1", b'{"state": "gone"}')
+    assert_forwarded(will.properties, "paho/will/props/ack")
+    assert 590 <= will.properties.MessageExpiryInterval <= 600
+    await in_thread(watcher.close)
+
+
+def delayed_will(seconds: int) -> Properties:
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = seconds
+    return props
+
+
+@spec
+async def test_a_clean_start_takeover_publishes_the_old_connections_delayed_will(gateway, certs):
+    """MQTT 5 §3.1.2.5: the will waits for its delay or the end of the session; a clean start
+    ends the session the old connection held."""
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/takeover/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/takeover/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    assert not new.session_present
+    reason = await in_thread(old.next_disconnect)
+    assert int(reason.value) == SESSION_TAKEN_OVER, reason
+    will = await in_thread(watcher.next_message)
+    assert (will.topic, will.payload) == ("paho/will/takeover/dev", b"gone")
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)
+
+
+@spec
+async def test_a_takeover_resuming_the_session_does_not_publish_a_delayed_will(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/resumed/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/resumed/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
+    assert new.session_present
+    reason = await in_thread(old.next_disconnect)
+    assert int(reason.value) == SESSION_TAKEN_OVER, reason
+    await in_thread(watcher.no_message, 1.0)
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)
+
+
+@spec
+async def test_a_clean_start_publishes_a_will_waiting_for_its_delay(gateway, certs):
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, "paho/will/waiting/#", 1)
+    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                          will=("paho/will/waiting/dev", b"gone"),
+                          will_properties=delayed_will(60))
+    # Lost without DISCONNECT: the will waits for its 60 s.
+    old.stop.set()
+    await in_thread(old.thread.join, 5)
+    old.client.socket().close()
+    await in_thread(watcher.no_message, 1.0)
+    new = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
+    will = await in_thread(watcher.next_message)
+    assert (will.topic, will.payload) == ("paho/will/waiting/dev", b"gone")
+    await in_thread(new.close, disconnect_properties(0))
+    await in_thread(watcher.close)

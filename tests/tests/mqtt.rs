@@ -460,6 +460,58 @@ async fn a_qos1_message_acknowledged_to_mosquitto_pub_survives_a_disk_mode_resta
     );
 }
 
+/// The number of sessions the broker holds, attached or not.
+async fn session_count(gateway: &Gateway) -> usize {
+    gateway.broker.broker.stats().await.expect("stats").sessions
+}
+
+#[tokio::test]
+async fn an_mqtt5_session_expiry_interval_holds_across_a_disk_mode_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    // A session of 6 s (sessions.expiry is 300 s) with a QoS 1 subscription, then detached.
+    run_ok(
+        "mosquitto_sub",
+        &tls_args(&gateway, "sleeper"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-x",
+            "6",
+            "-i",
+            "sleeper-1",
+            "-q",
+            "1",
+            "-t",
+            "naps/#",
+            "-E",
+        ],
+    )
+    .await;
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 0).then_some(())
+    })
+    .await;
+    let detached = std::time::Instant::now();
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    assert_eq!(
+        session_count(&gateway).await,
+        1,
+        "the stored session is back after the restart"
+    );
+    // It ends 6 s after it detached, not after sessions.expiry.
+    eventually("the session expired", || async {
+        (session_count(&gateway).await == 0).then_some(())
+    })
+    .await;
+    assert!(detached.elapsed() >= std::time::Duration::from_secs(5));
+}
+
 #[tokio::test]
 async fn a_will_is_published_when_its_client_vanishes() {
     let Some(gateway) = gateway_for_mosquitto().await else {

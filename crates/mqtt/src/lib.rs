@@ -9,7 +9,8 @@
 //!
 //! Layering (no file imports one above it): [`topics`], [`packets`] and [`stats`] at the bottom
 //! (the topic mapping; the codec's packets in one form for both versions; the counters),
-//! `codes` (Cassini error codes as MQTT reason codes) on `packets`, [`bridge`] (the in-memory
+//! `codes` (Cassini error codes as MQTT reason codes) on `packets`, `headers` (MQTT 5 message
+//! properties as Cassini headers and back) on `packets` and `topics`, [`bridge`] (the in-memory
 //! transport) beside them, `frames` (Cassini frames on a bridged stream) on `bridge`, `will`
 //! (will messages: when, and published on a connection of their own) on those, `options` (MQTT 5
 //! subscription options kept per client id) at the bottom, `session` (one
@@ -18,6 +19,7 @@
 pub mod bridge;
 mod codes;
 mod frames;
+mod headers;
 mod options;
 pub mod packets;
 pub mod server;

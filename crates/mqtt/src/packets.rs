@@ -46,6 +46,33 @@ pub struct Will {
     pub retain: bool,
     /// MQTT 5 will delay interval, in seconds.
     pub delay_secs: u32,
+    /// MQTT 5: the will message's own properties, forwarded as a `PUBLISH`'s are.
+    pub properties: MessageProperties,
+}
+
+/// The MQTT 5 properties of an application message (a `PUBLISH`'s, or a will's) that a server
+/// forwards to subscribers unaltered (MQTT 5 §3.3.2.3), and its Message Expiry Interval. All
+/// absent for 3.1.1.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    /// Payload Format Indicator: 0 unspecified bytes, 1 UTF-8.
+    pub payload_format: Option<u8>,
+    /// Message Expiry Interval, in seconds (to a client: what remains of it).
+    pub message_expiry: Option<u32>,
+    /// Content Type (a MIME type, or anything the applications agree on).
+    pub content_type: Option<String>,
+    /// Response Topic, as an MQTT topic.
+    pub response_topic: Option<String>,
+    /// Correlation Data (binary).
+    pub correlation_data: Option<Bytes>,
+    /// User properties, in order.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl MessageProperties {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A `CONNECT`.
@@ -84,14 +111,10 @@ pub struct Publish {
     pub dup: bool,
     /// The payload.
     pub payload: Bytes,
-    /// MQTT 5 user properties (Cassini headers).
-    pub user_properties: Vec<(String, String)>,
-    /// MQTT 5 response topic (Cassini `reply_to`), as an MQTT topic.
-    pub response_topic: Option<String>,
+    /// MQTT 5 message properties.
+    pub properties: MessageProperties,
     /// MQTT 5 topic alias (from a client: the session resolves it; the gateway sends none).
     pub topic_alias: Option<u16>,
-    /// MQTT 5 Message Expiry Interval, in seconds (to a client: what remains of it).
-    pub message_expiry: Option<u32>,
     /// MQTT 5 subscription identifiers of the subscription a delivery is for.
     pub subscription_ids: Vec<usize>,
 }
@@ -334,6 +357,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
                 qos: qos4(will.qos),
                 retain: will.retain,
                 delay_secs: 0,
+                properties: MessageProperties::default(),
             }),
         }),
         v4::Packet::Publish(publish) => Inbound::Publish(Publish {
@@ -394,16 +418,30 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                 clean_start: connect.clean_start,
                 keep_alive: connect.keep_alive,
                 will: match will {
-                    Some(will) => Some(Will {
-                        topic: utf8(will.topic, "the will topic")?,
-                        payload: will.message,
-                        qos: qos5(will.qos),
-                        retain: will.retain,
-                        delay_secs: will
-                            .properties
-                            .and_then(|properties| properties.delay_interval)
-                            .unwrap_or(0),
-                    }),
+                    Some(will) => {
+                        let (delay_secs, properties) = match will.properties {
+                            Some(properties) => (
+                                properties.delay_interval.unwrap_or(0),
+                                MessageProperties {
+                                    payload_format: properties.payload_format_indicator,
+                                    message_expiry: properties.message_expiry_interval,
+                                    content_type: properties.content_type,
+                                    response_topic: properties.response_topic,
+                                    correlation_data: properties.correlation_data,
+                                    user_properties: properties.user_properties,
+                                },
+                            ),
+                            None => (0, MessageProperties::default()),
+                        };
+                        Some(Will {
+                            topic: utf8(will.topic, "the will topic")?,
+                            payload: will.message,
+                            qos: qos5(will.qos),
+                            retain: will.retain,
+                            delay_secs,
+                            properties,
+                        })
+                    }
                     None => None,
                 },
             })
@@ -417,10 +455,15 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                 retain: publish.retain,
                 dup: publish.dup,
                 payload: publish.payload,
-                user_properties: properties.user_properties,
-                response_topic: properties.response_topic,
+                properties: MessageProperties {
+                    payload_format: properties.payload_format_indicator,
+                    message_expiry: properties.message_expiry_interval,
+                    content_type: properties.content_type,
+                    response_topic: properties.response_topic,
+                    correlation_data: properties.correlation_data,
+                    user_properties: properties.user_properties,
+                },
                 topic_alias: properties.topic_alias,
-                message_expiry: properties.message_expiry_interval,
                 subscription_ids: Vec::new(),
             })
         }
@@ -721,17 +764,18 @@ impl Encoder {
                 self.v4(v4::Packet::Publish(packet), buf)
             }
             Version::V5 => {
-                let properties = (!publish.user_properties.is_empty()
-                    || publish.response_topic.is_some()
-                    || publish.message_expiry.is_some()
-                    || !publish.subscription_ids.is_empty())
-                .then(|| v5::PublishProperties {
-                    user_properties: publish.user_properties,
-                    response_topic: publish.response_topic,
-                    message_expiry_interval: publish.message_expiry,
-                    subscription_identifiers: publish.subscription_ids,
-                    ..v5::PublishProperties::default()
-                });
+                let message = publish.properties;
+                let properties = (!message.is_empty() || !publish.subscription_ids.is_empty())
+                    .then(|| v5::PublishProperties {
+                        payload_format_indicator: message.payload_format,
+                        message_expiry_interval: message.message_expiry,
+                        topic_alias: None,
+                        response_topic: message.response_topic,
+                        correlation_data: message.correlation_data,
+                        user_properties: message.user_properties,
+                        subscription_identifiers: publish.subscription_ids,
+                        content_type: message.content_type,
+                    });
                 let packet = v5::Publish {
                     dup: publish.dup,
                     qos: v5qos(publish.qos),
@@ -956,8 +1000,14 @@ mod tests {
                 pkid: 9,
                 qos: 1,
                 payload: Bytes::from_static(b"x"),
-                user_properties: vec![("k".into(), "v".into())],
-                message_expiry: Some(30),
+                properties: MessageProperties {
+                    payload_format: Some(1),
+                    message_expiry: Some(30),
+                    content_type: Some("text/plain".into()),
+                    response_topic: Some("replies/1".into()),
+                    correlation_data: Some(Bytes::from_static(&[0, 0xFF, 7])),
+                    user_properties: vec![("k".into(), "v".into())],
+                },
                 subscription_ids: vec![4],
                 ..Publish::default()
             };

@@ -9,6 +9,7 @@
 //! stream (no head-of-line isolation, unlike QUIC).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
 use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
+use crate::headers::{self, unix_millis, ORIGIN_HEADER};
 use crate::options::{OptionsTable, SubOptions};
 use crate::packets::{
-    self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound, PubCode,
-    Publish, SubCode, SubscribeFilter, Version,
+    self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound,
+    MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, Version,
 };
 use crate::topics;
 use crate::will::{Owner, Wills};
@@ -42,31 +44,6 @@ const EVENT_BACKLOG: usize = 256;
 const STASH_LIMIT: usize = 4096;
 /// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
 pub(crate) const TOPIC_ALIAS_MAXIMUM: u16 = 10;
-/// Cassini header of a message an MQTT client published with a Message Expiry Interval: when it
-/// expires, in milliseconds since the Unix epoch.
-pub(crate) const EXPIRES_AT_HEADER: &str = "mqtt-expires-at";
-/// Cassini header of a message an MQTT client published with the retain flag (`1`), for Retain
-/// As Published subscriptions.
-pub(crate) const RETAIN_HEADER: &str = "mqtt-retain";
-/// Cassini header naming the client id that published a message, when that client holds a No
-/// Local subscription.
-pub(crate) const ORIGIN_HEADER: &str = "mqtt-origin";
-
-/// Whether `name` is a header the gateway writes and reads (never passed on as a user property,
-/// nor taken from one).
-fn gateway_header(name: &str) -> bool {
-    matches!(name, EXPIRES_AT_HEADER | RETAIN_HEADER | ORIGIN_HEADER)
-}
-
-/// Now, in milliseconds since the Unix epoch.
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
 /// What a connection needs from the gateway.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -316,6 +293,9 @@ struct Connection<W> {
     turns: VecDeque<SubscriptionId>,
     next_pkid: u16,
     events: Option<mpsc::Sender<Event>>,
+    /// Set (by `Wills`) when a newer connection with a clean start takes this one's client id
+    /// over: the session ends, so the will is due at once, whatever its delay.
+    clean_start_flag: Option<Arc<AtomicBool>>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Connection<W> {
@@ -359,6 +339,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             turns: VecDeque::new(),
             next_pkid: 1,
             events: None,
+            clean_start_flag: None,
         }
     }
 
@@ -429,6 +410,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
+        // Before the `Hello`, so before the broker closes the connection this one takes over:
+        // with a clean start, that one's session ends here, and so its will is due at once.
+        let holder = self
+            .connect
+            .clean_start
+            .then(|| {
+                self.context
+                    .wills
+                    .clean_start_coming(&self.connect.client_id)
+            })
+            .flatten();
         let (broker_end, client) =
             bridge::connection(self.peer.clone(), self.connect.version.name());
         self.grant_session_expiry(&client);
@@ -436,6 +428,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let welcome = match self.hello(&client, name).await {
             Ok(welcome) => welcome,
             Err(code) => {
+                // Refused: it takes nothing over.
+                if let Some(holder) = holder {
+                    holder.store(false, Ordering::Release);
+                }
                 let reason = if code == ErrorCode::SESSION_IDENTITY_MISMATCH {
                     Some("the client id is in use by another identity".to_string())
                 } else {
@@ -447,8 +443,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         };
         // MQTT 5 §3.1.3.2.2: a new connection for the client id cancels a will waiting for its
-        // delay.
-        self.context.wills.cancel(&self.connect.client_id);
+        // delay; a clean start ends the session, so the will is published at once (§3.1.2.5).
+        self.context
+            .wills
+            .connected(&self.connect.client_id, self.connect.clean_start);
+        self.clean_start_flag = Some(self.context.wills.hold(&self.connect.client_id));
         let session_present = welcome.resumed && !self.connect.clean_start;
         self.context
             .sub_options
@@ -919,14 +918,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         let mapped = topics::topic_to_cassini(&publish.topic).and_then(|topic| {
-            let reply_to = publish
-                .response_topic
-                .as_deref()
-                .map(topics::topic_to_cassini)
-                .transpose()?;
-            Ok((topic, reply_to))
+            let outgoing = headers::to_cassini(publish.properties, publish.retain, unix_millis())?;
+            Ok((topic, outgoing))
         });
-        let (topic, reply_to) = match mapped {
+        let (topic, outgoing) = match mapped {
             Ok(mapped) => mapped,
             Err(err) => {
                 tracing::debug!(client_id = %self.connect.client_id, topic = %publish.topic, %err, "publish refused");
@@ -943,15 +938,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.next_message_id = self.next_message_id.wrapping_add(1);
             self.next_message_id
         });
-        let mut headers = publish.user_properties;
-        headers.retain(|(name, _)| !gateway_header(name));
-        if let Some(secs) = publish.message_expiry {
-            let at = unix_millis().saturating_add(u64::from(secs) * 1000);
-            headers.push((EXPIRES_AT_HEADER.to_string(), at.to_string()));
-        }
-        if publish.retain {
-            headers.push((RETAIN_HEADER.to_string(), "1".to_string()));
-        }
+        let mut headers = outgoing.headers;
         if self.subs.values().any(|sub| sub.options.no_local) {
             headers.push((ORIGIN_HEADER.to_string(), self.connect.client_id.clone()));
         }
@@ -960,7 +947,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             headers,
             payload: publish.payload,
             message_id,
-            reply_to,
+            reply_to: outgoing.reply_to,
             retain: publish.retain,
             to_session: None,
             ack: acknowledged,
@@ -1349,21 +1336,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn send_delivery(
         &mut self,
         subscription: SubscriptionId,
-        mut delivery: Delivery,
+        delivery: Delivery,
     ) -> Option<End> {
         let sub = self.subs.get(&subscription)?;
         let (qos, options) = (sub.qos, sub.options);
         let sequence = delivery.sequence;
-        let header = |name: &str| {
-            delivery
-                .headers
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
-        let expires_at = header(EXPIRES_AT_HEADER).and_then(|at| at.parse::<u64>().ok());
-        let published_retained = header(RETAIN_HEADER) == Some("1");
-        let message_expiry = match expires_at {
+        let v5 = self.connect.version == Version::V5;
+        let incoming = headers::from_cassini(delivery.headers, delivery.reply_to.as_deref());
+        let message_expiry = match incoming.expires_at {
             Some(at) => {
                 let now = unix_millis();
                 if at <= now {
@@ -1374,24 +1354,24 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
             None => None,
         };
-        delivery.headers.retain(|(name, _)| !gateway_header(name));
-        let v5 = self.connect.version == Version::V5;
         let pkid = if qos == 1 { self.packet_id() } else { 0 };
         let publish = Publish {
             topic: topics::cassini_to_mqtt(&delivery.topic),
             pkid,
             qos,
-            retain: delivery.retained || (options.retain_as_published && published_retained),
+            retain: delivery.retained
+                || (options.retain_as_published && incoming.published_retained),
             dup: delivery.redelivered && qos == 1,
             payload: delivery.payload,
-            user_properties: if v5 { delivery.headers } else { Vec::new() },
-            response_topic: if v5 {
-                delivery.reply_to.as_deref().map(topics::cassini_to_mqtt)
+            properties: if v5 {
+                MessageProperties {
+                    message_expiry,
+                    ..incoming.properties
+                }
             } else {
-                None
+                MessageProperties::default()
             },
             topic_alias: None,
-            message_expiry: message_expiry.filter(|_| v5),
             subscription_ids: options.subscription_id.filter(|_| v5).into_iter().collect(),
         };
         self.out.clear();
@@ -1422,10 +1402,15 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
 
     /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
     /// of the session, whichever comes first, so at once when the session ends with the
-    /// connection. On a takeover the new connection is already there: a will with a delay whose
-    /// session carries on is not published.
+    /// connection or a newer connection's clean start ended it. On another takeover the new
+    /// connection is already there: a will with a delay whose session carries on is not
+    /// published.
     fn schedule_will(&self, will: packets::Will, taken_over: bool) {
-        let delay = if self.ends_with_connection() {
+        let ended_by_clean_start = self
+            .clean_start_flag
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire));
+        let delay = if self.ends_with_connection() || ended_by_clean_start {
             0
         } else {
             will.delay_secs
@@ -1463,6 +1448,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         if let Some(will) = self.connect.will.take().filter(|_| will_due) {
             self.schedule_will(will, taken_over);
+        }
+        if let Some(flag) = &self.clean_start_flag {
+            self.context.wills.release(&self.connect.client_id, flag);
         }
         if !taken_over {
             let expiry = (!self.ends_with_connection()).then(|| self.session_outlives());

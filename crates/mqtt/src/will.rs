@@ -8,11 +8,16 @@
 //!
 //! [`Wills`] holds the wills waiting for their delay, one per client id at most (a client id
 //! names one session, so they are bounded by the sessions): a new connection for the client id
-//! cancels its will (MQTT 5 §3.1.3.2.2), and a gateway that stops drops the wills still
+//! cancels its will (MQTT 5 §3.1.3.2.2), unless it makes a clean start, which ends the session
+//! and so publishes the will at once (§3.1.2.5); a gateway that stops drops the wills still
 //! waiting.
+//!
+//! It also tells a connection taken over whether the newer one made a clean start (its
+//! session then ended, and its will is due at once), through a flag per live connection, one
+//! per client id (bounded by the connections).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd};
 use crate::frames;
+use crate::headers;
 use crate::packets::Will;
 use crate::stats::MqttStats;
 use crate::topics;
@@ -33,12 +39,25 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 /// The wills waiting for their delay.
 #[derive(Clone)]
 pub(crate) struct Wills {
-    /// Client id → (the waiting will's number, what cancels it).
-    waiting: Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>,
+    /// Client id → the will waiting for its delay.
+    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+    /// Client id → the flag of the connection holding it: set when a newer connection with a
+    /// clean start takes it over.
+    holders: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     next: Arc<AtomicU64>,
     stats: Arc<MqttStats>,
     /// Cancelled when the gateway stops.
     closing: CancellationToken,
+}
+
+/// A will waiting for its delay.
+struct Waiting {
+    /// Its number, so that its task knows it is still the one waiting.
+    number: u64,
+    /// Cancelled when a new connection for the client id cancels it.
+    cancel: CancellationToken,
+    /// Cancelled when its session ends before the delay (a clean start): published at once.
+    now: CancellationToken,
 }
 
 /// Whose will it is.
@@ -55,6 +74,7 @@ impl Wills {
     pub(crate) fn new(stats: Arc<MqttStats>, closing: CancellationToken) -> Self {
         Self {
             waiting: Arc::default(),
+            holders: Arc::default(),
             next: Arc::default(),
             stats,
             closing,
@@ -62,21 +82,64 @@ impl Wills {
     }
 
     /// A new connection for `client_id` was accepted: the will waiting for its delay, if any,
-    /// is not published.
-    pub(crate) fn cancel(&self, client_id: &str) {
-        let cancelled = self
+    /// is not published; with `clean_start` its session ended, and it is published at once.
+    pub(crate) fn connected(&self, client_id: &str, clean_start: bool) {
+        let waiting = self
             .waiting
             .lock()
             .ok()
             .and_then(|mut waiting| waiting.remove(client_id));
-        if let Some((_, token)) = cancelled {
-            token.cancel();
-            self.stats.wills_waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(waiting) = waiting else {
+            return;
+        };
+        self.stats.wills_waiting.fetch_sub(1, Ordering::Relaxed);
+        if clean_start {
+            tracing::debug!(
+                client_id,
+                "a clean start ended the session: the will waiting for its delay is published"
+            );
+            waiting.now.cancel();
+        } else {
+            waiting.cancel.cancel();
             self.stats.wills_cancelled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 client_id,
                 "a new connection cancelled the will waiting for its delay"
             );
+        }
+    }
+
+    /// A connection with a clean start is about to take `client_id` over: the connection
+    /// holding it learns that its session ends (before the broker closes it). Returns that
+    /// connection's flag, to clear if the broker refuses the newer connection.
+    pub(crate) fn clean_start_coming(&self, client_id: &str) -> Option<Arc<AtomicBool>> {
+        let holder = self
+            .holders
+            .lock()
+            .ok()
+            .and_then(|holders| holders.get(client_id).cloned())?;
+        holder.store(true, Ordering::Release);
+        Some(holder)
+    }
+
+    /// A connection now holds `client_id`: the flag a newer connection with a clean start sets.
+    pub(crate) fn hold(&self, client_id: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut holders) = self.holders.lock() {
+            holders.insert(client_id.to_string(), Arc::clone(&flag));
+        }
+        flag
+    }
+
+    /// The connection with `flag` no longer holds `client_id`.
+    pub(crate) fn release(&self, client_id: &str, flag: &Arc<AtomicBool>) {
+        if let Ok(mut holders) = self.holders.lock() {
+            if holders
+                .get(client_id)
+                .is_some_and(|held| Arc::ptr_eq(held, flag))
+            {
+                holders.remove(client_id);
+            }
         }
     }
 
@@ -89,12 +152,17 @@ impl Wills {
             return;
         }
         let number = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
+        let cancel = CancellationToken::new();
+        let now = CancellationToken::new();
         if let Ok(mut waiting) = self.waiting.lock() {
-            let replaced = waiting.insert(owner.client_id.clone(), (number, token.clone()));
-            match replaced {
+            let entry = Waiting {
+                number,
+                cancel: cancel.clone(),
+                now: now.clone(),
+            };
+            match waiting.insert(owner.client_id.clone(), entry) {
                 // Not expected (a new connection cancels first), but never two for one id.
-                Some((_, older)) => older.cancel(),
+                Some(older) => older.cancel.cancel(),
                 None => {
                     self.stats.wills_waiting.fetch_add(1, Ordering::Relaxed);
                 }
@@ -103,13 +171,18 @@ impl Wills {
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = token.cancelled() => return,
+                () = now.cancelled() => {
+                    // `connected` took it out of `waiting` already.
+                    wills.publish(&broker, owner, will).await;
+                    return;
+                }
+                () = cancel.cancelled() => return,
                 () = wills.closing.cancelled() => return,
             }
             let due = wills.waiting.lock().ok().is_some_and(|mut waiting| {
                 let ours = waiting
                     .get(&owner.client_id)
-                    .is_some_and(|(waiting, _)| *waiting == number);
+                    .is_some_and(|waiting| waiting.number == number);
                 if ours {
                     waiting.remove(&owner.client_id);
                 }
@@ -155,6 +228,9 @@ async fn publish(
     max_frame: u32,
 ) -> Result<(), String> {
     let topic = topics::topic_to_cassini(&will.topic).map_err(|err| err.to_string())?;
+    // The will's Message Expiry Interval runs from its publication (MQTT 5 §3.1.3.2.4).
+    let outgoing = headers::to_cassini(will.properties, will.retain, headers::unix_millis())
+        .map_err(|err| format!("response topic: {err}"))?;
     let decoder = FrameDecoder::new(max_frame);
     let mut scratch = BytesMut::new();
     let refused = |what: &str| {
@@ -189,10 +265,12 @@ async fn publish(
         .map_err(|_| refused("no publish stream"))?;
     let publish = Frame::Publish(cassini_protocol::Publish {
         topic,
-        headers: Vec::new(),
+        headers: outgoing.headers,
         payload: will.payload,
-        message_id: Some(1),
-        reply_to: None,
+        // The broker's dedupe window is keyed by identity and message id: a fixed id would make
+        // the identity's next will within the window a "duplicate", acknowledged and dropped.
+        message_id: Some(rand::random::<u64>() >> 1),
+        reply_to: outgoing.reply_to,
         retain: will.retain,
         to_session: None,
         ack: true,

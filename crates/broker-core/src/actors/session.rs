@@ -190,6 +190,10 @@ pub(crate) struct SessionState {
     name: Option<Arc<str>>,
     /// When the connection dropped (ms since the Unix epoch), for the stored record.
     detached_at_ms: Option<u64>,
+    /// How long the session outlives its last connection, when that connection asked for a
+    /// time of its own (capped by `sessions.expiry`); `None`: `sessions.expiry`. Stored with
+    /// the session, so a restart keeps it.
+    expiry: Option<Duration>,
     shared: Arc<Shared>,
     managers: SessionManagers,
     subscriptions: HashMap<SubscriptionId, SessionSubscription>,
@@ -235,6 +239,9 @@ impl SessionState {
                 last_subscription: self.last_subscription,
                 detached_at_ms: self.detached_at_ms,
                 name: self.name.as_deref().map(str::to_owned),
+                expiry_ms: self
+                    .expiry
+                    .map(|expiry| u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX)),
             })]);
         }
     }
@@ -785,6 +792,7 @@ impl Actor for Session {
             identity: args.identity,
             name: args.name,
             detached_at_ms: None,
+            expiry: None,
             shared: args.shared,
             managers: args.managers,
             subscriptions: HashMap::new(),
@@ -802,6 +810,7 @@ impl Actor for Session {
         };
         state.last_subscription = recovered.record.last_subscription;
         state.detached_at_ms = Some(recovered.record.detached_at_ms.unwrap_or_else(unix_ms));
+        state.expiry = recovered.record.expiry_ms.map(Duration::from_millis);
         for subscription in recovered.subscriptions {
             let id = subscription.record.subscription;
             state.last_subscription = state.last_subscription.max(id);
@@ -829,9 +838,10 @@ impl Actor for Session {
                 let _ = reply.send(state.attach(&myself, connection, &positions));
             }
             SessionMsg::Detach { epoch, expiry } if epoch == state.epoch => {
-                state.detach();
                 let most = state.shared.config.sessions.expiry;
-                let expiry = expiry.map_or(most, |asked| asked.min(most));
+                state.expiry = expiry.map(|asked| asked.min(most));
+                state.detach();
+                let expiry = state.expiry.unwrap_or(most);
                 tracing::debug!(session = %state.id, ?expiry, "session detached");
                 myself.send_after(expiry, move || SessionMsg::Expire { epoch });
             }

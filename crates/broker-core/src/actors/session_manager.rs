@@ -234,7 +234,14 @@ impl SessionManager {
         let now = unix_ms();
         let detached_at = recovered.record.detached_at_ms.unwrap_or(now);
         let away = Duration::from_millis(now.saturating_sub(detached_at));
-        let Some(expires_in) = state.shared.config.sessions.expiry.checked_sub(away) else {
+        // The time its client asked for (an MQTT 5 Session Expiry Interval), else, as for
+        // every session, `sessions.expiry`; never more than the configuration allows now.
+        let most = state.shared.config.sessions.expiry;
+        let expiry = recovered
+            .record
+            .expiry_ms
+            .map_or(most, |ms| Duration::from_millis(ms).min(most));
+        let Some(expires_in) = expiry.checked_sub(away) else {
             tracing::info!(session = %id, ?away, "a stored session expired while the broker was down; removing it");
             state.shared.emit(crate::events::Event::SessionExpired {
                 identity: recovered.record.identity.clone(),

@@ -28,6 +28,12 @@ pub(crate) struct SessionRecord {
     /// defaults, so those records still decode).
     #[serde(default)]
     pub(crate) name: Option<String>,
+    /// How long the session outlives its connection, when its client asked for a time of its
+    /// own (an MQTT 5 Session Expiry Interval, already capped by `sessions.expiry`), in
+    /// milliseconds; `None`: `sessions.expiry`, and every record written before this field
+    /// (last, and defaulting, so those records still decode).
+    #[serde(default)]
+    pub(crate) expiry_ms: Option<u64>,
 }
 
 /// A subscription of a session.
@@ -262,10 +268,12 @@ mod tests {
                 last_subscription: 3,
                 detached_at_ms: Some(5),
                 name: None,
+                expiry_ms: None,
             })
         );
         let named = SessionRecord {
             name: Some("kitchen".into()),
+            expiry_ms: Some(2_000),
             ..SessionRecord::clone(decoded.as_ref().expect("decoded"))
         };
         assert_eq!(

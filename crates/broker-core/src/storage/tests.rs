@@ -41,6 +41,7 @@ fn session(id: u128) -> Op {
         last_subscription: 1,
         detached_at_ms: Some(1_000),
         name: None,
+        expiry_ms: None,
     })
 }
 
