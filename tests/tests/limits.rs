@@ -243,6 +243,76 @@ async fn concurrent_streams_per_connection() {
     broker.stop().await;
 }
 
+/// The broker starts a connection with few bidirectional streams (quinn reserves state for every
+/// stream a client may open) and raises the limit as the client opens them: a client that
+/// writes on each stream it opens reaches the full limit without ever waiting for credit.
+#[tokio::test]
+async fn a_connection_starts_with_few_streams_and_is_granted_all_as_it_opens_them() {
+    let broker = TestBroker::start().await;
+    let (_endpoint, connection) = broker.raw_connection("streamer").await;
+    let _control = raw::hello(&connection, None).await.expect("welcome");
+    let publish = encoded(&Frame::Publish(Publish {
+        topic: "streams.x".into(),
+        payload: Bytes::from_static(b"x"),
+        ..Publish::default()
+    }));
+
+    // Opening a stream sends nothing: the broker has not seen these, so it has raised nothing.
+    let initial = QuicOptions::broker().initial_bidi_streams() as usize;
+    let mut unwritten = Vec::new();
+    for _ in 1..initial {
+        unwritten.push(
+            connection
+                .open_bi()
+                .await
+                .expect("within the initial limit"),
+        );
+    }
+    let beyond = connection.open_bi();
+    tokio::pin!(beyond);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut beyond)
+            .await
+            .is_err(),
+        "an idle connection is granted only the initial limit"
+    );
+    let mut open = Vec::new();
+    for (mut send, recv) in unwritten {
+        send.write_all(&publish).await.expect("write");
+        open.push((send, recv));
+    }
+    open.push(
+        within("more credit once the streams arrive", &mut beyond)
+            .await
+            .expect("granted"),
+    );
+    open.last_mut()
+        .expect("a stream")
+        .0
+        .write_all(&publish)
+        .await
+        .expect("write");
+
+    let max = QuicOptions::broker().max_concurrent_bidi_streams as usize;
+    while open.len() + 1 < max {
+        let (mut send, recv) = within("a stream within the maximum", connection.open_bi())
+            .await
+            .expect("granted");
+        send.write_all(&publish).await.expect("write");
+        open.push((send, recv));
+    }
+    let over = connection.open_bi();
+    tokio::pin!(over);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut over)
+            .await
+            .is_err(),
+        "the maximum still holds: {max} streams with the control stream"
+    );
+    broker.assert_bystander_unaffected("bystander").await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn handshake_timeout() {
     let options = ServerOptions {

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use self::live::LiveConnections;
 pub use self::live::ReloadReport;
 pub use self::stats::{AcceptStats, HandshakeFailure};
+use self::stream_limit::BidiStreamLimit;
 use crate::certs::CertPaths;
 use crate::endpoint::{bind_server, EndpointError, SocketBuffers};
 use crate::identity::{identity_from_cert_with, peer_chain, IdentityRule};
@@ -252,6 +253,7 @@ impl QuicServer {
             let broker = broker.clone();
             let timeout = self.options.handshake_timeout;
             let rule = self.options.identity_rule.clone();
+            let quic = self.options.quic.clone();
             let stats = Arc::clone(&self.stats);
             let live = Arc::clone(&self.live);
             let handshaking = Arc::clone(&self.handshaking);
@@ -261,7 +263,7 @@ impl QuicServer {
             self.handshakes.spawn(async move {
                 let remote = incoming.remote_address();
                 let outcome = tokio::select! {
-                    outcome = handshake(incoming, timeout, &rule) => Some(outcome),
+                    outcome = handshake(incoming, timeout, &rule, &quic) => Some(outcome),
                     () = closing.cancelled() => None,
                 };
                 handshaking.fetch_sub(1, Ordering::Relaxed);
@@ -351,6 +353,7 @@ async fn handshake(
     incoming: quinn::Incoming,
     limit: Duration,
     rule: &IdentityRule,
+    quic: &QuicOptions,
 ) -> Result<(QuicConnection, Vec<CertificateDer<'static>>), (HandshakeFailure, String)> {
     let connecting = incoming
         .accept()
@@ -375,7 +378,7 @@ async fn handshake(
         Ok((identity, chain)) => {
             let certificate = chain.first().and_then(certificate_key);
             Ok((
-                QuicConnection::new(connection, identity, certificate),
+                QuicConnection::new(connection, identity, certificate, quic),
                 chain,
             ))
         }
@@ -391,6 +394,7 @@ async fn handshake(
 
 mod live;
 mod stats;
+mod stream_limit;
 
 /// A quinn connection as the broker sees it.
 #[derive(Debug)]
@@ -399,17 +403,25 @@ pub struct QuicConnection {
     peer: PeerInfo,
     /// Unidirectional streams opened towards the client, for monitoring.
     streams_opened: AtomicU64,
-    /// Bidirectional streams accepted from the client, for monitoring.
+    /// Bidirectional streams accepted from the client, for monitoring and for raising
+    /// `bidi_streams`.
     streams_accepted: AtomicU64,
+    /// How many bidirectional streams the client may have open at once, raised as it opens
+    /// them.
+    bidi_streams: BidiStreamLimit,
 }
 
 impl QuicConnection {
     /// Wraps an authenticated connection whose certificate names `identity` and has the key
-    /// `certificate` ([`crate::revocation::certificate_key`]).
+    /// `certificate` ([`crate::revocation::certificate_key`]), accepted with the transport
+    /// settings `quic` (its bidirectional stream limit is raised from
+    /// [`QuicOptions::initial_bidi_streams`] to `max_concurrent_bidi_streams` as the client
+    /// opens streams).
     pub fn new(
         connection: quinn::Connection,
         identity: String,
         certificate: Option<String>,
+        quic: &QuicOptions,
     ) -> Self {
         let peer = PeerInfo {
             identity: Arc::from(identity),
@@ -421,6 +433,10 @@ impl QuicConnection {
             peer,
             streams_opened: AtomicU64::new(0),
             streams_accepted: AtomicU64::new(0),
+            bidi_streams: BidiStreamLimit::new(
+                quic.initial_bidi_streams(),
+                quic.max_concurrent_bidi_streams,
+            ),
         }
     }
 }
@@ -441,7 +457,11 @@ impl Connection for QuicConnection {
 
     async fn accept_bi(&self) -> Result<BiStream, TransportError> {
         let (send, recv) = self.connection.accept_bi().await.map_err(lost)?;
-        self.streams_accepted.fetch_add(1, Ordering::Relaxed);
+        let accepted = self.streams_accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(limit) = self.bidi_streams.accepted(accepted) {
+            self.connection
+                .set_max_concurrent_bi_streams(VarInt::from_u32(limit));
+        }
         Ok((
             Box::new(QuicSendStream(send)),
             Box::new(QuicRecvStream(recv)),

@@ -214,6 +214,15 @@ pub struct QuicOptions {
     /// Bidirectional streams the peer may have open at once. Same trade-off as
     /// `max_concurrent_uni_streams`. Default: 256.
     pub max_concurrent_bidi_streams: u32,
+    /// Bidirectional streams the peer may open before it has opened any (at most
+    /// `max_concurrent_bidi_streams`). quinn sets aside about 70 bytes for every stream the peer
+    /// may open as soon as a connection is accepted; a server ([`crate::server::QuicServer`])
+    /// starts each connection at this limit (at least 1) and doubles it, up to
+    /// `max_concurrent_bidi_streams`, each time it has accepted half of it, so idle
+    /// connections reserve little and busy ones reach the full limit. A peer learns of each
+    /// raise in a `MAX_STREAMS` frame; a stream counts once its first bytes arrive. Default:
+    /// the same as `max_concurrent_bidi_streams` (no raising); [`QuicOptions::broker`]: 8.
+    pub initial_concurrent_bidi_streams: u32,
     /// Requested UDP receive and send buffer size of the endpoint's socket. Larger buffers
     /// absorb bursts (thousands of simultaneous handshakes) without dropping packets, at the
     /// cost of kernel memory; the kernel may grant less (Linux caps it at
@@ -264,15 +273,27 @@ impl QuicOptions {
     /// unidirectional streams. In Cassini only the broker opens them (one per subscription),
     /// and quinn sets aside state for every stream the peer may open as soon as it accepts a
     /// connection: the 1,024 that clients need cost the broker about 41 KiB per connection
-    /// (`cassini bench connections`, docs/BENCHMARKS.md). And each connection's receive window
-    /// is 16 MiB: the broker reads every stream as data arrives, and the window bounds what
-    /// quinn holds for a connection when the readers fall behind (docs/SECURITY.md).
+    /// (`cassini bench connections`, docs/BENCHMARKS.md). For the same reason a connection
+    /// starts with 8 bidirectional streams (the control stream and a few publish streams),
+    /// raised towards 256 as the client opens them. And each connection's receive window is
+    /// 16 MiB: the broker reads every stream as data arrives, and the window bounds what quinn
+    /// holds for a connection when the readers fall behind (docs/SECURITY.md).
     pub fn broker() -> Self {
         Self {
             max_concurrent_uni_streams: 0,
+            initial_concurrent_bidi_streams: 8,
             receive_window_bytes: 16 * 1024 * 1024,
             ..Self::default()
         }
+    }
+
+    /// The bidirectional stream limit a connection starts with:
+    /// `initial_concurrent_bidi_streams`, at least 1 (a peer granted none could never open
+    /// the stream that would raise it) and at most `max_concurrent_bidi_streams`.
+    pub fn initial_bidi_streams(&self) -> u32 {
+        self.initial_concurrent_bidi_streams
+            .max(1)
+            .min(self.max_concurrent_bidi_streams)
     }
 }
 
@@ -283,6 +304,7 @@ impl Default for QuicOptions {
             keep_alive_interval: Duration::from_secs(10),
             max_concurrent_uni_streams: 1024,
             max_concurrent_bidi_streams: 256,
+            initial_concurrent_bidi_streams: 256,
             datagrams: true,
             congestion: CongestionControl::Cubic,
             max_ack_delay: Duration::from_millis(1),
@@ -523,7 +545,7 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
         .max_idle_timeout(idle_timeout)
         .keep_alive_interval(keep_alive_interval)
         .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))
-        .max_concurrent_bidi_streams(VarInt::from_u32(opts.max_concurrent_bidi_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(opts.initial_bidi_streams()))
         .receive_window(VarInt::from_u64(opts.receive_window_bytes).unwrap_or(VarInt::MAX));
     if !opts.datagrams {
         transport.datagram_receive_buffer_size(None);

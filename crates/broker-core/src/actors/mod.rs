@@ -15,6 +15,7 @@
 //! detach and expiry, while messages go from publish tasks through the router into bounded
 //! queues.
 
+pub(crate) mod announcements;
 pub(crate) mod listener;
 pub(crate) mod listener_manager;
 pub(crate) mod session;

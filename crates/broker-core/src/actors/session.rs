@@ -30,8 +30,8 @@ use cassini_protocol::{
     SubscriptionId, TopicFilter,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
 
+use super::announcements::{announcements, Announcements, Announcer};
 use super::ask;
 use super::subscriber::{SubscriberArgs, SubscriberMsg};
 use super::subscriber_manager::{SubscriberEnded, SubscriberManagerMsg};
@@ -167,8 +167,7 @@ pub(crate) struct Attached {
     pub(crate) acks: Arc<AckTargets>,
     /// Subscription ends to announce on the connection's control stream: those of
     /// [`SessionState::ended`] the client still lists, then every end found while attached.
-    /// Unbounded in type, bounded in use: at most twice `max_subscriptions_per_session`.
-    pub(crate) ended: mpsc::UnboundedReceiver<SubscriptionEnded>,
+    pub(crate) ended: Announcements,
     /// Every subscription the session holds, for `Welcome` on a resume.
     pub(crate) subscriptions: Vec<cassini_protocol::SessionSubscription>,
 }
@@ -203,7 +202,7 @@ pub(crate) struct SessionState {
     last_subscription: SubscriptionId,
     attached: Option<Arc<dyn Connection>>,
     /// Where the attached connection's driver takes subscription ends to announce.
-    announcements: Option<mpsc::UnboundedSender<SubscriptionEnded>>,
+    announcements: Option<Announcer>,
     /// Subscription ends announced so far, kept because an announcement written to a
     /// connection that was then lost never arrived: each resume announces again those the
     /// client still lists in its positions, and forgets the others. At most
@@ -574,14 +573,14 @@ impl SessionState {
             );
         }
         self.epoch += 1;
-        let (announcements, ended) = mpsc::unbounded_channel();
+        let (announcements, ended) = announcements();
         self.ended.retain(|notice| {
             positions
                 .iter()
                 .any(|position| position.subscription == notice.subscription)
         });
         for notice in &self.ended {
-            let _ = announcements.send(notice.clone());
+            announcements.send(notice.clone());
         }
         for (id, subscription) in &self.subscriptions {
             // A subscription the client left out: the broker cannot tell what arrived, so it
@@ -640,7 +639,7 @@ impl SessionState {
             self.ended.pop_front();
         }
         if let Some(announcements) = &self.announcements {
-            let _ = announcements.send(notice.clone());
+            announcements.send(notice.clone());
         }
         self.ended.push_back(notice);
     }

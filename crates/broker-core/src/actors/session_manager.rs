@@ -41,6 +41,7 @@ use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 
+use super::announcements::Announcements;
 use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child};
@@ -65,8 +66,7 @@ pub(crate) struct Opened {
     pub(crate) acks: Arc<AckTargets>,
     /// Subscriptions the broker ends while this connection is attached, to announce on its
     /// control stream (taken by the connection's driver).
-    pub(crate) ended:
-        Option<tokio::sync::mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>>,
+    pub(crate) ended: Option<Announcements>,
 }
 
 pub(crate) enum SessionManagerMsg {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::actors::announcements::Announcements;
 use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
@@ -152,8 +153,12 @@ async fn serve(
             ))
         }
     };
-    let mut opened = open_session(connection, sessions, hello).await?;
-    let mut ended = opened.ended.take();
+    // Boxed here and below: an async fn's future is as large as its largest state, and this
+    // one lives as long as the connection (docs/BENCHMARKS.md, "Connections"). Opening the
+    // session, answering a control request and going away are its largest states, each
+    // passed through once or now and then; boxed, they take memory only while they run.
+    let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
+    let ended = opened.ended.take();
     report(DriverEvent::Established {
         session: opened.session.clone(),
         epoch: opened.epoch,
@@ -225,14 +230,14 @@ async fn serve(
                 publishers.spawn(publish_stream(send, recv));
             },
             Some(done) = publishers.join_next() => flatten(done)?,
-            Some(notice) = next_notice(&mut ended) => {
+            notice = next_notice(ended.as_ref()) => {
                 write_frame(control_send.as_mut(), &Frame::SubscriptionEnded(notice), max_frame_bytes)
                     .await
                     .map_err(control_reset)?;
             }
             Ok(()) = going_away.changed() => {
                 let reason = going_away.borrow().clone().unwrap_or_default();
-                return go_away(shared, &opened, &mut control, control_send.as_mut(), reason, &mut settling).await;
+                return Box::pin(go_away(shared, &opened, &mut control, control_send.as_mut(), reason, &mut settling)).await;
             }
         }
     }
@@ -304,7 +309,8 @@ async fn serve_control(
         opened.acks.ack(ack.subscription, &ack.ranges);
         return Ok(());
     }
-    let answer = answer_control(frame, &opened.session).await?;
+    // Boxed: see `serve` (an `Ack`, above, allocates nothing).
+    let answer = Box::pin(answer_control(frame, &opened.session)).await?;
     match (&answer, shared.router.cluster()) {
         (Frame::Subscribed(_), Some(cluster)) => {
             let cluster = Arc::clone(cluster);
@@ -379,12 +385,10 @@ fn control_reset(err: BrokerError) -> BrokerError {
     }
 }
 
-/// The next subscription the broker ended, to announce; pending forever without a channel.
-async fn next_notice(
-    ended: &mut Option<tokio::sync::mpsc::UnboundedReceiver<cassini_protocol::SubscriptionEnded>>,
-) -> Option<cassini_protocol::SubscriptionEnded> {
+/// The next subscription the broker ended, to announce; pending forever without a queue.
+async fn next_notice(ended: Option<&Announcements>) -> cassini_protocol::SubscriptionEnded {
     match ended {
-        Some(receiver) => receiver.recv().await,
+        Some(announcements) => announcements.next().await,
         None => std::future::pending().await,
     }
 }

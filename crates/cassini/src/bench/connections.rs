@@ -132,9 +132,9 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let addr = free_udp_addr()?;
-            // Every connection is the same identity ("dev"): lift the per-identity limit
-            // (1,024 by default) and the broker's limit (100,000) above the count, as an
-            // operator would for this test.
+            // Every connection is the same identity ("dev") with a session of its own: lift
+            // the per-identity limits on connections and sessions (1,024 each by default) and
+            // the broker's limit (100,000) above the count, as an operator would for this test.
             let limit = args.count.saturating_add(1).to_string();
             let child = ChildProcess::start_with_env(
                 &[
@@ -148,6 +148,7 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ExitCode> {
                 ],
                 &[
                     ("CASSINI_LIMITS_MAX_CONNECTIONS_PER_IDENTITY", limit.clone()),
+                    ("CASSINI_LIMITS_MAX_SESSIONS_PER_IDENTITY", limit.clone()),
                     ("CASSINI_LIMITS_MAX_CONNECTIONS", limit),
                 ],
                 "cassini listening",

@@ -118,6 +118,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "quic.keep_alive_interval_secs", doc: "Send a keep-alive after this many quiet seconds (0: never); keep it well under idle_timeout_secs." },
     KeyDoc { path: "quic.max_concurrent_uni_streams", doc: "Unidirectional streams the peer may have open at once." },
     KeyDoc { path: "quic.max_concurrent_bidi_streams", doc: "Bidirectional streams the peer may have open at once (control and publish streams)." },
+    KeyDoc { path: "quic.initial_concurrent_bidi_streams", doc: "Bidirectional streams a client may open before it has opened any (at least 1, at most max_concurrent_bidi_streams); doubled, up to max_concurrent_bidi_streams, each time the broker has accepted half of it. Each allowed stream costs quinn bookkeeping per connection from the start." },
     KeyDoc { path: "quic.receive_window_bytes", doc: "Most bytes a client may send on one connection ahead of what the broker has read (QUIC's connection flow-control window); bounds what QUIC buffers when readers fall behind, and limits one connection to this much per round trip." },
     KeyDoc { path: "quic.socket_buffer_bytes", doc: "Requested UDP receive and send buffer size; the kernel may grant less (net.core.rmem_max / wmem_max), the log says what it granted." },
     KeyDoc { path: "quic.datagrams", doc: "Offer QUIC datagrams (RFC 9221), needed by datagram subscriptions and datagram publishes; off: those are refused with DATAGRAMS_UNSUPPORTED." },

@@ -417,6 +417,7 @@ pub(crate) struct QuicSettings {
     pub(crate) keep_alive_interval_secs: u64,
     pub(crate) max_concurrent_uni_streams: u32,
     pub(crate) max_concurrent_bidi_streams: u32,
+    pub(crate) initial_concurrent_bidi_streams: u32,
     pub(crate) socket_buffer_bytes: usize,
     pub(crate) datagrams: bool,
     pub(crate) handshake_timeout_ms: u64,
@@ -446,6 +447,7 @@ impl Default for QuicSettings {
             keep_alive_interval_secs: quic.keep_alive_interval.as_secs(),
             max_concurrent_uni_streams: quic.max_concurrent_uni_streams,
             max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
+            initial_concurrent_bidi_streams: quic.initial_concurrent_bidi_streams,
             socket_buffer_bytes: quic.socket_buffer_bytes,
             datagrams: quic.datagrams,
             handshake_timeout_ms: millis(server.handshake_timeout),
@@ -726,6 +728,7 @@ impl Settings {
                 keep_alive_interval: Duration::from_secs(quic.keep_alive_interval_secs),
                 max_concurrent_uni_streams: quic.max_concurrent_uni_streams,
                 max_concurrent_bidi_streams: quic.max_concurrent_bidi_streams,
+                initial_concurrent_bidi_streams: quic.initial_concurrent_bidi_streams,
                 socket_buffer_bytes: quic.socket_buffer_bytes,
                 datagrams: quic.datagrams,
                 congestion: match quic.congestion {
