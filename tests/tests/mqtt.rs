@@ -1034,3 +1034,71 @@ async fn the_will_of_a_connection_open_when_the_broker_stops_is_published_after_
     assert_eq!(will.topic(), "status.sentinel");
     assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
 }
+
+#[tokio::test]
+async fn mqtt5_subscription_options_hold_across_a_disk_mode_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    let session = |gateway: &Gateway| {
+        let mut args = tls_args(gateway, "keeper");
+        args.extend(
+            ["-V", "mqttv5", "-c", "-x", "300", "-i", "keeper", "-q", "1"].map(String::from),
+        );
+        args
+    };
+    // A QoS 1 subscription with a Subscription Identifier and Retain As Published, then the
+    // session is left.
+    run_ok(
+        "mosquitto_sub",
+        &session(&gateway),
+        &[
+            "-t",
+            "notes/#",
+            "--retain-as-published",
+            "-D",
+            "subscribe",
+            "subscription-identifier",
+            "42",
+            "-E",
+        ],
+    )
+    .await;
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 0).then_some(())
+    })
+    .await;
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    run_ok(
+        "mosquitto_pub",
+        &tls_args(&gateway, "scribe"),
+        &["-q", "1", "-r", "-t", "notes/a", "-m", "kept"],
+    )
+    .await;
+    // The resumed session (subscribing to something else, so as not to replace it) gets the
+    // queued message with its options: retained as published, and identifier 42.
+    let output = run(
+        "mosquitto_sub",
+        &session(&gateway),
+        &[
+            "-t",
+            "keeper/none",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-F",
+            "%r %S %t %p",
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&output).trim(),
+        "1 42 notes/a kept",
+        "{}",
+        describe(&output)
+    );
+}
