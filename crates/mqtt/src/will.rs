@@ -370,17 +370,19 @@ impl Wills {
         });
     }
 
-    /// Publishes will `number`; then its record goes, unless the gateway is stopping (a will
-    /// the stopping broker may have refused is published again after the restart).
+    /// Publishes will `number`; then its record goes, unless the publish failed while the
+    /// gateway is stopping (the stopping broker refused it): then it is published after the
+    /// restart.
     async fn publish(&self, broker: &BrokerHandle, owner: Owner, will: Will, number: u64) {
-        let stored_key = owner.client_id.clone();
-        self.publish_once(broker, owner, will).await;
-        if !self.closing.is_cancelled() {
-            self.forget(&stored_key, number);
+        let client_id = owner.client_id.clone();
+        let published = self.publish_once(broker, owner, will).await;
+        if published || !self.closing.is_cancelled() {
+            self.forget(&client_id, number);
         }
     }
 
-    async fn publish_once(&self, broker: &BrokerHandle, owner: Owner, will: Will) {
+    /// Whether the broker took the will.
+    async fn publish_once(&self, broker: &BrokerHandle, owner: Owner, will: Will) -> bool {
         let (broker_end, client) = bridge::connection(owner.peer, owner.protocol);
         broker.accept(Arc::new(broker_end));
         let client_id = owner.client_id;
@@ -391,14 +393,17 @@ impl Wills {
         match outcome {
             Ok(Ok(())) => {
                 self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Ok(Err(reason)) => {
                 self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client_id, %reason, "will not published");
+                false
             }
             Err(_) => {
                 self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client_id, "will not published: the broker did not take it in time");
+                false
             }
         }
     }
