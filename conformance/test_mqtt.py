@@ -803,3 +803,31 @@ async def test_a_clean_start_publishes_a_will_waiting_for_its_delay(gateway, cer
     assert (will.topic, will.payload) == ("paho/will/waiting/dev", b"gone")
     await in_thread(new.close, disconnect_properties(0))
     await in_thread(watcher.close)
+
+
+@spec
+async def test_the_will_of_a_client_connected_when_the_broker_is_killed_comes_after_the_restart(
+        start_broker, certs, tmp_path_factory):
+    """docs/MQTT.md, Wills: in disk mode the will of a connection open when the broker died is
+    published after the restart as if the connection had closed then (MQTT 5 §3.1.2.5 lets a
+    server do so), after its delay, unless the client resumes its session first."""
+    data = tmp_path_factory.mktemp("data")
+    args = ("--mqtt", "127.0.0.1:0", "--storage", "disk", "--data-dir", str(data))
+    first = start_broker(*args)
+    device = await in_thread(Paho, certs, "alice", mqtt_port(first), V5, f"paho-{fresh_id()}",
+                             True, 300, will=("paho/will/killed/dev", b"gone"),
+                             will_properties=delayed_will(5))
+    # A retained QoS 1 publish is acknowledged once it is synced, and the will's record was
+    # written before it: both are on disk now.
+    await in_thread(device.publish, "paho/will/killed/state", b"alive", 1, True)
+    first.proc.kill()
+    first.proc.wait(10)
+    device.stop.set()
+    await in_thread(device.thread.join, 5)
+
+    second = start_broker(*args)
+    watcher = await in_thread(Paho, certs, "bob", mqtt_port(second), V5)
+    await in_thread(watcher.subscribe, "paho/will/killed/dev", 1)
+    will = await in_thread(watcher.next_message, 20.0)
+    assert (will.topic, will.payload) == ("paho/will/killed/dev", b"gone")
+    await in_thread(watcher.close)

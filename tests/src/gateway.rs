@@ -64,6 +64,16 @@ impl Gateway {
         Self::serve(broker, options, self.dir).await
     }
 
+    /// Stops the broker first (its connections, the gateway's included, are closed with
+    /// `SERVER_SHUTTING_DOWN`), then the gateway, and starts both again with `config`: to the
+    /// gateway's clients, as if the broker had stopped under them.
+    pub async fn restart_broker_first(self, config: BrokerConfig) -> Self {
+        let broker = self.broker.restart_with(config).await;
+        self.mqtt.close(Duration::from_secs(3)).await;
+        let options = MqttOptions::new("127.0.0.1:0".parse().expect("addr"));
+        Self::serve(broker, options, self.dir).await
+    }
+
     async fn serve(broker: TestBroker, options: MqttOptions, dir: tempfile::TempDir) -> Self {
         let (chain, key) = identity_of(&broker.pki.server);
         let crypto = tls::ServerTls::build(

@@ -907,3 +907,198 @@ async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
     assert_eq!(will.topic(), "status.twin");
     assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
 }
+
+/// The `mosquitto_sub` arguments of an MQTT 5 client `id` whose session outlives it (300 s),
+/// with a retained will on `status/ID` delayed by `will_delay` seconds: retained, so a watcher
+/// that subscribes after a restart still sees it.
+fn retained_will_holder(id: &str, will_delay: &str) -> Vec<String> {
+    let mut args = will_holder(id, will_delay);
+    args.push("--will-retain".into());
+    args
+}
+
+/// A QUIC watcher of `status.>` on `gateway`'s broker, and the first will it sees.
+async fn first_will(gateway: &Gateway) -> cassini_client::Message {
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    within("a will", wills.next()).await.expect("open")
+}
+
+#[tokio::test]
+async fn a_will_waiting_for_its_delay_is_published_after_a_disk_mode_restart_unless_resumed() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    let stats = gateway.mqtt.stats();
+    let waiting = || {
+        stats
+            .wills_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Two clients vanish with a will delay of 4 s; the broker restarts within it.
+    let mut phoenix = hold_session(
+        &gateway,
+        "phoenix",
+        "phoenix",
+        &retained_will_holder("phoenix", "4"),
+    )
+    .await;
+    let mut lazarus = hold_session(
+        &gateway,
+        "lazarus",
+        "lazarus",
+        &retained_will_holder("lazarus", "4"),
+    )
+    .await;
+    phoenix.kill().await.expect("killed");
+    lazarus.kill().await.expect("killed");
+    let vanished = std::time::Instant::now();
+    eventually("both wills wait for their delay", || async {
+        (waiting() == 2).then_some(())
+    })
+    .await;
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    let stats = gateway.mqtt.stats();
+    // lazarus is back within the delay, across the restart: its will is cancelled.
+    run_ok(
+        "mosquitto_sub",
+        &tls_args(&gateway, "lazarus"),
+        &[
+            "-V",
+            "mqttv5",
+            "-c",
+            "-i",
+            "lazarus",
+            "-x",
+            "300",
+            "-t",
+            "lazarus/inbox",
+            "-E",
+        ],
+    )
+    .await;
+    // phoenix's will is published once its delay passed, the downtime counted.
+    let will = first_will(&gateway).await;
+    assert_eq!(will.topic(), "status.phoenix");
+    assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
+    assert!(vanished.elapsed() >= std::time::Duration::from_millis(3500));
+    let counter =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("one will published, the other cancelled", || async {
+        (counter(&stats.wills_published) == 1
+            && counter(&stats.wills_cancelled) == 1
+            && counter(&stats.wills_waiting) == 0)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_will_of_a_connection_open_when_the_broker_stops_is_published_after_the_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    // A 3.1.1 client whose session outlives it (clean session off), connected when the broker
+    // stops under it.
+    let _sentinel = hold_session(
+        &gateway,
+        "sentinel",
+        "sentinel",
+        &[
+            "-c",
+            "-i",
+            "sentinel",
+            "-q",
+            "1",
+            "-t",
+            "sentinel/inbox",
+            "--will-topic",
+            "status/sentinel",
+            "--will-payload",
+            "gone",
+            "--will-retain",
+            "-W",
+            "30",
+        ]
+        .map(String::from),
+    )
+    .await;
+
+    let gateway = gateway.restart_broker_first(durable(data.path())).await;
+    let will = first_will(&gateway).await;
+    assert_eq!(will.topic(), "status.sentinel");
+    assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
+}
+
+#[tokio::test]
+async fn mqtt5_subscription_options_hold_across_a_disk_mode_restart() {
+    if !have_mosquitto() {
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let gateway = Gateway::start_with(durable(data.path()), false).await;
+    let session = |gateway: &Gateway| {
+        let mut args = tls_args(gateway, "keeper");
+        args.extend(
+            ["-V", "mqttv5", "-c", "-x", "300", "-i", "keeper", "-q", "1"].map(String::from),
+        );
+        args
+    };
+    // A QoS 1 subscription with a Subscription Identifier and Retain As Published, then the
+    // session is left.
+    run_ok(
+        "mosquitto_sub",
+        &session(&gateway),
+        &[
+            "-t",
+            "notes/#",
+            "--retain-as-published",
+            "-D",
+            "subscribe",
+            "subscription-identifier",
+            "42",
+            "-E",
+        ],
+    )
+    .await;
+    eventually("the session detached", || async {
+        (gateway.broker.broker.connection_count() == 0).then_some(())
+    })
+    .await;
+
+    let gateway = gateway.restart_with(durable(data.path())).await;
+    run_ok(
+        "mosquitto_pub",
+        &tls_args(&gateway, "scribe"),
+        &["-q", "1", "-r", "-t", "notes/a", "-m", "kept"],
+    )
+    .await;
+    // The resumed session (subscribing to something else, so as not to replace it) gets the
+    // queued message with its options: retained as published, and identifier 42.
+    let output = run(
+        "mosquitto_sub",
+        &session(&gateway),
+        &[
+            "-t",
+            "keeper/none",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-F",
+            "%r %S %t %p",
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&output).trim(),
+        "1 42 notes/a kept",
+        "{}",
+        describe(&output)
+    );
+}

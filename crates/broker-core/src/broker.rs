@@ -74,6 +74,8 @@ pub struct BrokerHandle {
     supervisor: ActorRef<SupervisorMsg>,
     managers: Managers,
     stopped: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The gateway records read back from the disk store, until a gateway takes them.
+    gateway_records: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
 impl std::fmt::Debug for BrokerHandle {
@@ -95,10 +97,11 @@ impl Broker {
                  non-system topic, and read its own reply inboxes only"
             );
         }
-        let (storage, recovered) = match crate::storage::open(&config).await? {
+        let (storage, mut recovered) = match crate::storage::open(&config).await? {
             Some((store, recovered)) => (Some(store), recovered),
             None => (None, crate::storage::Recovered::default()),
         };
+        let gateway_records = std::mem::take(&mut recovered.gateway);
         let args = SupervisorArgs {
             config: Arc::new(config),
             storage,
@@ -112,6 +115,7 @@ impl Broker {
             supervisor,
             managers,
             stopped: Arc::new(Mutex::new(Some(join))),
+            gateway_records: Arc::new(Mutex::new(gateway_records)),
         })
     }
 }
@@ -273,6 +277,52 @@ impl BrokerHandle {
             .storage
             .as_ref()
             .map(|store| store.stats())
+    }
+
+    /// Takes the records whose keys start with `prefix` that a gateway in this process (the
+    /// MQTT gateway) kept in the disk store before the broker last stopped: empty in memory
+    /// mode, and for the second caller with the same prefix.
+    pub fn take_gateway_records(&self, prefix: &str) -> Vec<(String, bytes::Bytes)> {
+        let Ok(mut records) = self.gateway_records.lock() else {
+            return Vec::new();
+        };
+        let (taken, kept) = std::mem::take(&mut *records)
+            .into_iter()
+            .partition(|(key, _)| key.starts_with(prefix));
+        *records = kept;
+        taken
+    }
+
+    /// Keeps (`Some`) or removes (`None`) a gateway's record under `key` in the disk store, for
+    /// [`BrokerHandle::take_gateway_records`] after a restart; it counts in `storage.max_bytes`.
+    /// Never waits: the record is written with the store's next commit. In memory mode nothing
+    /// is kept (`Ok`). [`StorageError::Full`] when the record does not fit under the limit;
+    /// other errors when the store failed or closed.
+    pub fn put_gateway_record(
+        &self,
+        key: &str,
+        value: Option<bytes::Bytes>,
+    ) -> Result<(), crate::storage::StorageError> {
+        let Some(store) = &self.managers.shared.storage else {
+            return Ok(());
+        };
+        store.usable()?;
+        let op = match value {
+            Some(value) => {
+                if !store.has_room_for(key.len() + value.len()) {
+                    return Err(crate::storage::StorageError::Full {
+                        limit: store.max_disk_bytes(),
+                    });
+                }
+                crate::storage::Op::PutGateway(crate::storage::records::GatewayRecord {
+                    key: key.to_string(),
+                    value,
+                })
+            }
+            None => crate::storage::Op::DeleteGateway(key.to_string()),
+        };
+        store.append([op]);
+        Ok(())
     }
 
     /// The broker-wide memory budget and what it counts now.

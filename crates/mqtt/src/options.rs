@@ -3,17 +3,29 @@
 //! be resumed, so that a resumed session's subscriptions keep them (MQTT 5 §3.8.3.1: they are
 //! part of the session state).
 //!
-//! Held in the gateway's memory: a gateway or broker restart forgets them (a stored session's
-//! subscriptions then carry on without them; docs/MQTT.md). Bounded by the sessions: a client
-//! id's options go when its session ends with its connection, at a clean start, and, for a
-//! session left detached, once its expiry has passed (checked whenever options are stored).
+//! Held in the gateway's memory and, in disk mode, in the broker's store beside the session
+//! (one record per client id, `mqtt/options/<client id>`, rewritten whenever its options change,
+//! read back by [`OptionsTable::restore`] when the gateway starts), so a restart keeps them as it
+//! keeps the session. In memory mode a restart forgets them with the sessions. Bounded by the
+//! sessions: a client id's options go when its session ends with its connection, at a clean
+//! start, and, for a session left detached, once its expiry has passed (checked whenever options
+//! are stored, and on restore).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cassini_broker::BrokerHandle;
+use serde::{Deserialize, Serialize};
+
+use crate::headers::unix_millis;
+
+/// The prefix of the options' keys in the broker's store.
+const KEY_PREFIX: &str = "mqtt/options/";
 
 /// The options of one MQTT 5 subscription that Cassini's subscription does not hold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SubOptions {
     /// The Subscription Identifier, sent back in each `PUBLISH` for it.
     pub(crate) subscription_id: Option<usize>,
@@ -23,21 +35,54 @@ pub(crate) struct SubOptions {
     pub(crate) retain_as_published: bool,
 }
 
-#[derive(Default)]
+/// One client id's options, as held and as stored.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct ClientOptions {
     /// MQTT filter → its options (only options other than the defaults).
     filters: HashMap<String, SubOptions>,
-    /// While no connection holds the session: when it expires.
-    expires: Option<Instant>,
+    /// While no connection holds the session: when it expires, in ms since the Unix epoch.
+    expires_at_ms: Option<u64>,
 }
 
 /// The options of every client id, shared by the gateway's connections.
 #[derive(Clone, Default)]
 pub(crate) struct OptionsTable {
     clients: Arc<Mutex<HashMap<String, ClientOptions>>>,
+    /// The broker whose store keeps the options (set by `restore`; nothing is stored before).
+    broker: Arc<OnceLock<BrokerHandle>>,
 }
 
 impl OptionsTable {
+    /// Reads back the options the broker's store kept (disk mode), and stores every later
+    /// change there. A session that was attached when the broker stopped counts as detached
+    /// from now, for at most `sessions.expiry`, as the broker counts it.
+    pub(crate) fn restore(&self, broker: &BrokerHandle) {
+        if self.broker.set(broker.clone()).is_err() {
+            return;
+        }
+        let now = unix_millis();
+        let longest = broker.config().sessions.expiry;
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        for (key, value) in broker.take_gateway_records(KEY_PREFIX) {
+            let client_id = key[KEY_PREFIX.len()..].to_string();
+            match rmp_serde::from_slice::<ClientOptions>(&value) {
+                Ok(mut client) if client.expires_at_ms.is_none_or(|at| at > now) => {
+                    client
+                        .expires_at_ms
+                        .get_or_insert(now.saturating_add(millis(longest)));
+                    clients.insert(client_id, client);
+                }
+                Ok(_) => self.store(&client_id, None),
+                Err(err) => {
+                    tracing::warn!(%client_id, %err, "stored MQTT subscription options not readable: dropped");
+                    self.store(&client_id, None);
+                }
+            }
+        }
+    }
+
     /// A connection holds `client_id`'s session: its options are no longer expiring. With
     /// `resumed` false (a new session), what was kept for the id is forgotten.
     pub(crate) fn attach(&self, client_id: &str, resumed: bool) {
@@ -46,10 +91,11 @@ impl OptionsTable {
         };
         if resumed {
             if let Some(client) = clients.get_mut(client_id) {
-                client.expires = None;
+                client.expires_at_ms = None;
+                self.store(client_id, Some(client));
             }
-        } else {
-            clients.remove(client_id);
+        } else if clients.remove(client_id).is_some() {
+            self.store(client_id, None);
         }
     }
 
@@ -67,21 +113,31 @@ impl OptionsTable {
         let Ok(mut clients) = self.clients.lock() else {
             return;
         };
-        let now = Instant::now();
-        clients.retain(|_, client| client.expires.is_none_or(|expires| expires > now));
+        let now = unix_millis();
+        clients.retain(|client_id, client| {
+            let live = client.expires_at_ms.is_none_or(|at| at > now);
+            if !live {
+                self.store(client_id, None);
+            }
+            live
+        });
         match options.filter(|options| *options != SubOptions::default()) {
             Some(options) => {
-                clients
-                    .entry(client_id.to_string())
-                    .or_default()
-                    .filters
-                    .insert(filter.to_string(), options);
+                let client = clients.entry(client_id.to_string()).or_default();
+                if client.filters.get(filter) != Some(&options) {
+                    client.filters.insert(filter.to_string(), options);
+                    self.store(client_id, Some(client));
+                }
             }
             None => {
                 if let Some(client) = clients.get_mut(client_id) {
-                    client.filters.remove(filter);
-                    if client.filters.is_empty() {
-                        clients.remove(client_id);
+                    if client.filters.remove(filter).is_some() {
+                        if client.filters.is_empty() {
+                            clients.remove(client_id);
+                            self.store(client_id, None);
+                        } else {
+                            self.store(client_id, Some(client));
+                        }
                     }
                 }
             }
@@ -97,12 +153,39 @@ impl OptionsTable {
         match expiry {
             Some(expiry) => {
                 if let Some(client) = clients.get_mut(client_id) {
-                    client.expires = Some(Instant::now() + expiry);
+                    client.expires_at_ms = Some(unix_millis().saturating_add(millis(expiry)));
+                    self.store(client_id, Some(client));
                 }
             }
             None => {
-                clients.remove(client_id);
+                if clients.remove(client_id).is_some() {
+                    self.store(client_id, None);
+                }
             }
         }
     }
+
+    /// Writes (or, with `None`, removes) `client_id`'s record in the broker's store. Called
+    /// under the `clients` lock, so the store applies the changes in the order they were made.
+    fn store(&self, client_id: &str, client: Option<&ClientOptions>) {
+        let Some(broker) = self.broker.get() else {
+            return;
+        };
+        let value = match client.map(rmp_serde::to_vec).transpose() {
+            Ok(value) => value.map(Bytes::from),
+            Err(err) => {
+                tracing::warn!(%client_id, %err, "MQTT subscription options not stored");
+                return;
+            }
+        };
+        let key = format!("{KEY_PREFIX}{client_id}");
+        if let Err(err) = broker.put_gateway_record(&key, value) {
+            tracing::warn!(%client_id, %err, "MQTT subscription options not stored: a restart will forget them");
+        }
+    }
+}
+
+/// `duration` in milliseconds.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

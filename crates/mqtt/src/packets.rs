@@ -33,8 +33,8 @@ impl Version {
     }
 }
 
-/// A will message, as the `CONNECT` gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A will message, as the `CONNECT` gave it (and as the gateway stores it in disk mode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Will {
     /// The MQTT topic.
     pub topic: String,
@@ -53,7 +53,7 @@ pub struct Will {
 /// The MQTT 5 properties of an application message (a `PUBLISH`'s, or a will's) that a server
 /// forwards to subscribers unaltered (MQTT 5 §3.3.2.3), and its Message Expiry Interval. All
 /// absent for 3.1.1.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MessageProperties {
     /// Payload Format Indicator: 0 unspecified bytes, 1 UTF-8.
     pub payload_format: Option<u8>,

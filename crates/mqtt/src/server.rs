@@ -211,6 +211,9 @@ impl MqttServer {
 
     /// Accepts connections and serves them with `broker` until [`MqttServer::close`].
     pub async fn serve(&self, broker: BrokerHandle) {
+        // What the broker's store kept for MQTT clients (disk mode), before any client is in.
+        self.sub_options.restore(&broker);
+        self.wills.restore(&broker);
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,

@@ -296,6 +296,9 @@ struct Connection<W> {
     /// Set (by `Wills`) when a newer connection with a clean start takes this one's client id
     /// over: the session ends, so the will is due at once, whatever its delay.
     clean_start_flag: Option<Arc<AtomicBool>>,
+    /// The number `Wills` gave this connection's will (kept in the broker's store in disk
+    /// mode until it is published or not due).
+    will_number: Option<u64>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Connection<W> {
@@ -340,6 +343,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             next_pkid: 1,
             events: None,
             clean_start_flag: None,
+            will_number: None,
         }
     }
 
@@ -448,6 +452,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             .wills
             .connected(&self.connect.client_id, self.connect.clean_start);
         self.clean_start_flag = Some(self.context.wills.hold(&self.connect.client_id));
+        if let Some(will) = &self.connect.will {
+            let delay = Duration::from_secs(u64::from(self.will_delay(will)));
+            self.will_number = Some(self.context.wills.remember(&self.owner(), will, delay));
+        }
         let session_present = welcome.resumed && !self.connect.clean_start;
         self.context
             .sub_options
@@ -1400,36 +1408,52 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         (!self.frame(&ack, false).await).then_some(End::Broker)
     }
 
-    /// Hands a due will to `Wills` with its delay (MQTT 5 §3.1.2.5): the will delay or the end
-    /// of the session, whichever comes first, so at once when the session ends with the
-    /// connection or a newer connection's clean start ended it. On another takeover the new
-    /// connection is already there: a will with a delay whose session carries on is not
-    /// published.
-    fn schedule_will(&self, will: packets::Will, taken_over: bool) {
-        let ended_by_clean_start = self
-            .clean_start_flag
-            .as_ref()
-            .is_some_and(|flag| flag.load(Ordering::Acquire));
-        let delay = if self.ends_with_connection() || ended_by_clean_start {
+    /// The delay of `will` once this connection closes without a goodbye (MQTT 5 §3.1.2.5): the
+    /// will delay or the end of the session, whichever comes first, so none when the session
+    /// ends with the connection.
+    fn will_delay(&self, will: &packets::Will) -> u32 {
+        if self.ends_with_connection() {
             0
         } else {
             will.delay_secs
                 .min(self.connect.session_expiry.unwrap_or(u32::MAX))
-        };
-        if taken_over && delay > 0 {
-            tracing::debug!(client_id = %self.connect.client_id, "session taken over within the will delay: will not published");
-            return;
         }
-        let owner = Owner {
+    }
+
+    /// Whose will this connection's is.
+    fn owner(&self) -> Owner {
+        Owner {
             peer: self.peer.clone(),
             protocol: self.connect.version.name(),
             client_id: self.connect.client_id.clone(),
+        }
+    }
+
+    /// Hands a due will to `Wills` with its delay ([`Connection::will_delay`]), at once if a
+    /// newer connection's clean start ended the session. On another takeover the new
+    /// connection is already there: a will with a delay whose session carries on is not
+    /// published.
+    fn schedule_will(&self, will: packets::Will, number: u64, taken_over: bool) {
+        let ended_by_clean_start = self
+            .clean_start_flag
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire));
+        let delay = if ended_by_clean_start {
+            0
+        } else {
+            self.will_delay(&will)
         };
+        if taken_over && delay > 0 {
+            tracing::debug!(client_id = %self.connect.client_id, "session taken over within the will delay: will not published");
+            self.context.wills.forget(&self.connect.client_id, number);
+            return;
+        }
         self.context.wills.schedule(
             self.context.broker.clone(),
-            owner,
+            self.owner(),
             will,
             Duration::from_secs(u64::from(delay)),
+            number,
         );
     }
 
@@ -1446,8 +1470,18 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             End::Abnormal(_) => true,
             End::Broker => taken_over,
         };
-        if let Some(will) = self.connect.will.take().filter(|_| will_due) {
-            self.schedule_will(will, taken_over);
+        // The broker is stopping: in disk mode the will's record stays, and after the restart
+        // the will is due as if the connection had closed then (as after a crash).
+        let broker_stopping = end == End::Broker
+            && client
+                .close_reason()
+                .is_some_and(|(code, _)| code == ErrorCode::SERVER_SHUTTING_DOWN);
+        if let (Some(will), Some(number)) = (self.connect.will.take(), self.will_number.take()) {
+            if will_due {
+                self.schedule_will(will, number, taken_over);
+            } else if !broker_stopping {
+                self.context.wills.forget(&self.connect.client_id, number);
+            }
         }
         if let Some(flag) = &self.clean_start_flag {
             self.context.wills.release(&self.connect.client_id, flag);

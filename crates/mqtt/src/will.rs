@@ -9,21 +9,31 @@
 //! [`Wills`] holds the wills waiting for their delay, one per client id at most (a client id
 //! names one session, so they are bounded by the sessions): a new connection for the client id
 //! cancels its will (MQTT 5 §3.1.3.2.2), unless it makes a clean start, which ends the session
-//! and so publishes the will at once (§3.1.2.5); a gateway that stops drops the wills still
-//! waiting.
+//! and so publishes the will at once (§3.1.2.5).
+//!
+//! In disk mode each connection's will is also kept in the broker's store (one record per client
+//! id, `mqtt/will/<client id>`, counted in `storage.max_bytes`), from its `CONNECT` until it is
+//! published or cancelled, with when it is due once its connection closed. [`Wills::restore`]
+//! reads them back when the gateway starts: a will that was waiting is published when its time
+//! comes (the downtime counts), and the will of a connection that was open when the broker
+//! stopped is treated as if the connection closed at the restart (MQTT 5 §3.1.2.5 lets a server
+//! publish it then): published after its delay from then, unless the client resumes the session
+//! first. In memory mode a gateway that stops drops the wills still waiting.
 //!
 //! It also tells a connection taken over whether the newer one made a clean start (its
 //! session then ended, and its will is due at once), through a flag per live connection, one
 //! per client id (bounded by the connections).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_broker::{BrokerHandle, PeerInfo};
 use cassini_protocol::{Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd};
@@ -35,6 +45,8 @@ use crate::topics;
 
 /// How long publishing one will may take, from opening its connection to the goodbye.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+/// The prefix of the wills' keys in the broker's store.
+const KEY_PREFIX: &str = "mqtt/will/";
 
 /// The wills waiting for their delay.
 #[derive(Clone)]
@@ -45,9 +57,33 @@ pub(crate) struct Wills {
     /// clean start takes it over.
     holders: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     next: Arc<AtomicU64>,
+    /// Client id → the number of the will whose record the broker's store holds for it.
+    stored: Arc<Mutex<HashMap<String, u64>>>,
+    /// The broker whose store keeps the wills (set by `restore`; nothing is stored before).
+    broker: Arc<OnceLock<BrokerHandle>>,
     stats: Arc<MqttStats>,
     /// Cancelled when the gateway stops.
     closing: CancellationToken,
+}
+
+/// A will as the broker's store keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredWill {
+    /// The client's identity.
+    identity: String,
+    /// The client's address.
+    remote_addr: SocketAddr,
+    /// The key of the client's certificate, if any.
+    certificate: Option<String>,
+    /// MQTT 5 (else 3.1.1).
+    v5: bool,
+    /// The will.
+    will: Will,
+    /// How long after its connection closes it is due, in ms: its delay, or its session's
+    /// expiry if shorter (0: at once).
+    delay_ms: u64,
+    /// When it is due, in ms since the Unix epoch; `None` while its connection is open.
+    due_at_ms: Option<u64>,
 }
 
 /// A will waiting for its delay.
@@ -76,8 +112,120 @@ impl Wills {
             waiting: Arc::default(),
             holders: Arc::default(),
             next: Arc::default(),
+            stored: Arc::default(),
+            broker: Arc::default(),
             stats,
             closing,
+        }
+    }
+
+    /// Reads back the wills the broker's store kept (disk mode) and schedules each, and from now
+    /// keeps every will there until it is published or cancelled.
+    pub(crate) fn restore(&self, broker: &BrokerHandle) {
+        if self.broker.set(broker.clone()).is_err() {
+            return;
+        }
+        let now = headers::unix_millis();
+        for (key, value) in broker.take_gateway_records(KEY_PREFIX) {
+            let client_id = key[KEY_PREFIX.len()..].to_string();
+            let stored = match rmp_serde::from_slice::<StoredWill>(&value) {
+                Ok(stored) => stored,
+                Err(err) => {
+                    tracing::warn!(%client_id, %err, "stored will not readable: dropped");
+                    let _ = broker.put_gateway_record(&key, None);
+                    continue;
+                }
+            };
+            let delay = match stored.due_at_ms {
+                Some(at) => at.saturating_sub(now),
+                None => stored.delay_ms,
+            };
+            tracing::info!(%client_id, due_in_ms = delay, open_at_stop = stored.due_at_ms.is_none(), "will restored from the store");
+            let owner = Owner {
+                peer: PeerInfo {
+                    identity: Arc::from(stored.identity),
+                    remote_addr: stored.remote_addr,
+                    certificate: stored.certificate.map(Arc::from),
+                },
+                protocol: if stored.v5 { "mqtt/5" } else { "mqtt/3.1.1" },
+                client_id: client_id.clone(),
+            };
+            let number = self.next.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut held) = self.stored.lock() {
+                held.insert(client_id, number);
+            }
+            self.schedule_stored(
+                broker.clone(),
+                owner,
+                stored.will,
+                Duration::from_millis(delay),
+                number,
+            );
+        }
+    }
+
+    /// A connection of `owner` with `will` was accepted; the will is due `delay` after the
+    /// connection closes without a goodbye. In disk mode its record is stored, so a restart
+    /// publishes it. Returns the will's number, for [`Wills::forget`] and [`Wills::schedule`].
+    pub(crate) fn remember(&self, owner: &Owner, will: &Will, delay: Duration) -> u64 {
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(broker) = self.broker.get() else {
+            return number;
+        };
+        if broker.config().storage.mode != cassini_broker::storage::StorageMode::Disk {
+            return number;
+        }
+        let record = StoredWill {
+            identity: owner.peer.identity.to_string(),
+            remote_addr: owner.peer.remote_addr,
+            certificate: owner.peer.certificate.as_deref().map(str::to_owned),
+            v5: owner.protocol == "mqtt/5",
+            will: will.clone(),
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            due_at_ms: None,
+        };
+        if let Ok(mut held) = self.stored.lock() {
+            if store(broker, &owner.client_id, Some(&record)) {
+                held.insert(owner.client_id.clone(), number);
+            }
+        }
+        number
+    }
+
+    /// The will `number` of `client_id` is published, cancelled or not due: its record goes
+    /// (unless a newer connection's will replaced it).
+    pub(crate) fn forget(&self, client_id: &str, number: u64) {
+        let Ok(mut held) = self.stored.lock() else {
+            return;
+        };
+        if held.get(client_id) == Some(&number) {
+            held.remove(client_id);
+            if let Some(broker) = self.broker.get() {
+                store(broker, client_id, None);
+            }
+        }
+    }
+
+    /// The will `number` of `client_id`, stored while its connection was open, is now due
+    /// at `due_at_ms`.
+    fn due(&self, owner: &Owner, will: &Will, number: u64, due_at_ms: u64) {
+        let Ok(held) = self.stored.lock() else {
+            return;
+        };
+        if held.get(&owner.client_id) != Some(&number) {
+            return;
+        }
+        if let Some(broker) = self.broker.get() {
+            let record = StoredWill {
+                identity: owner.peer.identity.to_string(),
+                remote_addr: owner.peer.remote_addr,
+                certificate: owner.peer.certificate.as_deref().map(str::to_owned),
+                v5: owner.protocol == "mqtt/5",
+                will: will.clone(),
+                delay_ms: 0,
+                due_at_ms: Some(due_at_ms),
+            };
+            store(broker, &owner.client_id, Some(&record));
         }
     }
 
@@ -143,15 +291,38 @@ impl Wills {
         }
     }
 
-    /// Publishes `will` of `owner` after `delay` (at once if zero), unless a new connection
-    /// for the client id cancels it first.
-    pub(crate) fn schedule(&self, broker: BrokerHandle, owner: Owner, will: Will, delay: Duration) {
+    /// Publishes `will` of `owner` (its number from [`Wills::remember`]) after `delay` (at
+    /// once if zero), unless a new connection for the client id cancels it first.
+    pub(crate) fn schedule(
+        &self,
+        broker: BrokerHandle,
+        owner: Owner,
+        will: Will,
+        delay: Duration,
+        number: u64,
+    ) {
+        if !delay.is_zero() {
+            let due_at_ms = headers::unix_millis()
+                .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            self.due(&owner, &will, number, due_at_ms);
+        }
+        self.schedule_stored(broker, owner, will, delay, number);
+    }
+
+    /// [`Wills::schedule`] for a will whose record, if any, already says when it is due.
+    fn schedule_stored(
+        &self,
+        broker: BrokerHandle,
+        owner: Owner,
+        will: Will,
+        delay: Duration,
+        number: u64,
+    ) {
         let wills = self.clone();
         if delay.is_zero() {
-            tokio::spawn(async move { wills.publish(&broker, owner, will).await });
+            tokio::spawn(async move { wills.publish(&broker, owner, will, number).await });
             return;
         }
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         let now = CancellationToken::new();
         if let Ok(mut waiting) = self.waiting.lock() {
@@ -173,10 +344,14 @@ impl Wills {
                 () = tokio::time::sleep(delay) => {}
                 () = now.cancelled() => {
                     // `connected` took it out of `waiting` already.
-                    wills.publish(&broker, owner, will).await;
+                    wills.publish(&broker, owner, will, number).await;
                     return;
                 }
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    wills.forget(&owner.client_id, number);
+                    return;
+                }
+                // Its record (disk mode) stays for the restart.
                 () = wills.closing.cancelled() => return,
             }
             let due = wills.waiting.lock().ok().is_some_and(|mut waiting| {
@@ -190,12 +365,24 @@ impl Wills {
             });
             if due {
                 wills.stats.wills_waiting.fetch_sub(1, Ordering::Relaxed);
-                wills.publish(&broker, owner, will).await;
+                wills.publish(&broker, owner, will, number).await;
             }
         });
     }
 
-    async fn publish(&self, broker: &BrokerHandle, owner: Owner, will: Will) {
+    /// Publishes will `number`; then its record goes, unless the publish failed while the
+    /// gateway is stopping (the stopping broker refused it): then it is published after the
+    /// restart.
+    async fn publish(&self, broker: &BrokerHandle, owner: Owner, will: Will, number: u64) {
+        let client_id = owner.client_id.clone();
+        let published = self.publish_once(broker, owner, will).await;
+        if published || !self.closing.is_cancelled() {
+            self.forget(&client_id, number);
+        }
+    }
+
+    /// Whether the broker took the will.
+    async fn publish_once(&self, broker: &BrokerHandle, owner: Owner, will: Will) -> bool {
         let (broker_end, client) = bridge::connection(owner.peer, owner.protocol);
         broker.accept(Arc::new(broker_end));
         let client_id = owner.client_id;
@@ -206,15 +393,37 @@ impl Wills {
         match outcome {
             Ok(Ok(())) => {
                 self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Ok(Err(reason)) => {
                 self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client_id, %reason, "will not published");
+                false
             }
             Err(_) => {
                 self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client_id, "will not published: the broker did not take it in time");
+                false
             }
+        }
+    }
+}
+
+/// Writes (`Some`) or removes `client_id`'s will record in the broker's store; false if it
+/// could not be written (then a restart does not publish it).
+fn store(broker: &BrokerHandle, client_id: &str, record: Option<&StoredWill>) -> bool {
+    let value = match record.map(rmp_serde::to_vec).transpose() {
+        Ok(value) => value.map(Bytes::from),
+        Err(err) => {
+            tracing::warn!(%client_id, %err, "will not stored");
+            return false;
+        }
+    };
+    match broker.put_gateway_record(&format!("{KEY_PREFIX}{client_id}"), value) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%client_id, %err, "will not stored: a restart will not publish it");
+            false
         }
     }
 }

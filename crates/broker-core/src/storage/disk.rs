@@ -20,10 +20,13 @@ use redb::{Database, ReadableTable};
 use tokio::sync::watch;
 
 use super::records::{
-    encode, DedupeRecord, MessageRecord, SequenceRecord, SessionRecord, SubscriptionRecord,
+    encode, DedupeRecord, GatewayRecord, MessageRecord, SequenceRecord, SessionRecord,
+    SubscriptionRecord,
 };
 use super::recovery::{self, Recovered};
-use super::tables::{DbError, DEDUPE, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS};
+use super::tables::{
+    DbError, DEDUPE, GATEWAY, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS,
+};
 use super::{unix_ms, StorageConfig, StorageError};
 use crate::message::PublishedMessage;
 
@@ -53,6 +56,10 @@ pub(crate) enum Op {
     DeleteRetained(String),
     /// An accepted acknowledged publish.
     PutDedupe(DedupeRecord),
+    /// Creates or replaces a gateway's record.
+    PutGateway(GatewayRecord),
+    /// Removes a gateway's record.
+    DeleteGateway(String),
 }
 
 impl Op {
@@ -62,6 +69,11 @@ impl Op {
             Op::PutMessage(_, message) | Op::PutRetained(message, _) => {
                 message.memory_size().saturating_add(64)
             }
+            Op::PutGateway(record) => record
+                .value
+                .len()
+                .saturating_add(record.key.len())
+                .saturating_add(64),
             _ => 64,
         }
     }
@@ -477,6 +489,7 @@ fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, 
         let mut messages = tx.open_table(MESSAGES)?;
         let mut retained = tx.open_table(RETAINED)?;
         let mut dedupe = tx.open_table(DEDUPE)?;
+        let mut gateway = tx.open_table(GATEWAY)?;
         let mut latest: HashMap<(u128, u64), SequenceRecord> = HashMap::new();
         let size = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
         for op in ops {
@@ -571,6 +584,18 @@ fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, 
                     delta += size(bytes.len());
                     let key = (record.at_ms, record.identity.as_str(), record.message_id);
                     if let Some(old) = dedupe.insert(key, bytes.as_slice())? {
+                        delta -= size(old.value().len());
+                    }
+                }
+                Op::PutGateway(record) => {
+                    let bytes = encode(&record);
+                    delta += size(bytes.len());
+                    if let Some(old) = gateway.insert(record.key.as_str(), bytes.as_slice())? {
+                        delta -= size(old.value().len());
+                    }
+                }
+                Op::DeleteGateway(key) => {
+                    if let Some(old) = gateway.remove(key.as_str())? {
                         delta -= size(old.value().len());
                     }
                 }

@@ -140,6 +140,16 @@ pub(crate) struct DedupeRecord {
     pub(crate) message_id: u64,
 }
 
+/// A record a gateway in the broker's process keeps in the store (the MQTT gateway's waiting
+/// wills and subscription options), opaque to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GatewayRecord {
+    /// Its key, chosen by the gateway (`mqtt/...`).
+    pub(crate) key: String,
+    /// Its value, in the gateway's own encoding.
+    pub(crate) value: Bytes,
+}
+
 /// Why a stored value could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RecordError {

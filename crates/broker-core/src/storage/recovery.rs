@@ -19,10 +19,12 @@ use cassini_protocol::TopicLimits;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::records::{
-    decode, DedupeRecord, MessageRecord, RecordError, SequenceRecord, SessionRecord,
+    decode, DedupeRecord, GatewayRecord, MessageRecord, RecordError, SequenceRecord, SessionRecord,
     SubscriptionRecord,
 };
-use super::tables::{DbError, DEDUPE, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS};
+use super::tables::{
+    DbError, DEDUPE, GATEWAY, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS,
+};
 use super::{unix_ms, StorageError};
 use crate::message::PublishedMessage;
 
@@ -35,6 +37,8 @@ pub(crate) struct Recovered {
     pub(crate) retained: Vec<(PublishedMessage, Option<String>)>,
     /// The dedupe window, oldest first.
     pub(crate) dedupe: Vec<DedupeRecord>,
+    /// The records of gateways in the broker's process (key, value), by key.
+    pub(crate) gateway: Vec<(String, bytes::Bytes)>,
     /// Bytes of stored values that stay.
     pub(crate) live_bytes: u64,
     leftovers: Leftovers,
@@ -301,6 +305,21 @@ fn read_all_inner(
         }
     }
 
+    let mut gateway = Vec::new();
+    for (key, result, len) in entries(db, GATEWAY, |key, value| {
+        let key = key.to_string();
+        let result = decode::<GatewayRecord, _>(value, &key, |r| r.key.clone());
+        (key, result, value.len())
+    })? {
+        match result {
+            Ok(record) => {
+                count(len);
+                gateway.push((record.key, record.value));
+            }
+            Err(err) => problems.add("gateway", format!("key {key:?}"), &err),
+        }
+    }
+
     if !problems.0.is_empty() {
         return Err(ReadError::Corrupt(problems.0));
     }
@@ -314,6 +333,7 @@ fn read_all_inner(
             .collect(),
         retained,
         dedupe,
+        gateway,
         live_bytes,
         leftovers,
     })

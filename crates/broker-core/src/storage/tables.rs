@@ -13,6 +13,7 @@ pub(super) const MESSAGES: TableDefinition<'static, (u128, u64, u64), &[u8]> =
 pub(super) const RETAINED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("retained");
 pub(super) const DEDUPE: TableDefinition<'static, (u64, &str, u64), &[u8]> =
     TableDefinition::new("dedupe");
+pub(super) const GATEWAY: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("gateway");
 
 /// A redb error, boxed (redb's error enum is large).
 #[derive(Debug)]

@@ -435,3 +435,33 @@ async fn a_closed_store_takes_no_more_writes() {
     store.close();
     assert!(matches!(store.usable(), Err(StorageError::Closed)));
 }
+
+#[tokio::test]
+async fn gateway_records_are_read_back_counted_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |key: &str, value: &'static [u8]| {
+        Op::PutGateway(records::GatewayRecord {
+            key: key.into(),
+            value: Bytes::from_static(value),
+        })
+    };
+    stored(
+        dir.path(),
+        vec![
+            record("mqtt/will/a", b"first"),
+            record("mqtt/will/a", b"second"),
+            record("mqtt/will/b", b"gone"),
+            Op::DeleteGateway("mqtt/will/b".into()),
+        ],
+    )
+    .await;
+    let (store, recovered) = open(dir.path()).unwrap();
+    assert_eq!(
+        recovered.gateway,
+        vec![("mqtt/will/a".to_string(), Bytes::from_static(b"second"))]
+    );
+    let live = store.live_bytes();
+    assert!(live > 0, "a gateway record counts in the store's size");
+    commit(&store, vec![Op::DeleteGateway("mqtt/will/a".into())]).await;
+    assert_eq!(store.live_bytes(), 0);
+}
