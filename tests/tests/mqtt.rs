@@ -908,6 +908,52 @@ async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
     assert_eq!(will.payload(), &Bytes::from_static(b"gone"));
 }
 
+#[tokio::test]
+async fn no_will_of_a_revoked_certificate_is_published() {
+    let Some(gateway) = gateway_for_mosquitto().await else {
+        return;
+    };
+    let stats = gateway.mqtt.stats();
+    let counter =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let issue = |name: &str| {
+        let cert = gateway.broker.pki.client(name);
+        let (cert_file, key_file) = cassini_quic::certs::client_paths(gateway.dir.path(), name);
+        cert.write(&cert_file, &key_file).expect("client files");
+        cert
+    };
+    let (mallory, eve) = (issue("mallory"), issue("eve"));
+    // Mallory stays connected, with a will due at once; eve is gone, her will waiting 2 s.
+    let mut live = hold_session(&gateway, "mallory", "mallory", &will_holder("mallory", "0")).await;
+    let mut gone = hold_session(&gateway, "eve", "eve", &will_holder("eve", "2")).await;
+    gone.kill().await.expect("killed");
+    eventually("eve's will waits for its delay", || async {
+        (counter(&stats.wills_waiting) == 1).then_some(())
+    })
+    .await;
+
+    // A CRL naming both: mallory is cut off, and neither will is ever published.
+    let crl = gateway
+        .broker
+        .pki
+        .ca
+        .revocation_list(&[&mallory, &eve], 1)
+        .expect("CRL");
+    let tls = gateway.broker.server_tls(
+        &gateway.broker.pki.server,
+        vec![crl],
+        tls::RevocationOptions::default(),
+    );
+    gateway.broker.reload(&tls);
+    assert_eq!(gateway.mqtt.reload(&tls), 1, "mallory's connection cut off");
+    eventually("both wills refused", || async {
+        (counter(&stats.wills_refused) == 2).then_some(())
+    })
+    .await;
+    assert_eq!(counter(&stats.wills_published), 0);
+    let _ = live.kill().await;
+}
+
 /// The `mosquitto_sub` arguments of an MQTT 5 client `id` whose session outlives it (300 s),
 /// with a retained will on `status/ID` delayed by `will_delay` seconds: retained, so a watcher
 /// that subscribes after a restart still sees it.

@@ -162,7 +162,11 @@ impl MqttServer {
             tls: RwLock::new(config),
             live: Arc::default(),
             next_id: AtomicU64::new(0),
-            wills: Wills::new(Arc::clone(&stats), closing.clone()),
+            wills: Wills::new(
+                Arc::clone(&stats),
+                Arc::clone(&tls.revoked),
+                closing.clone(),
+            ),
             stats,
             sub_options: OptionsTable::default(),
             tasks: TaskTracker::new(),
@@ -192,6 +196,8 @@ impl MqttServer {
             // The same material built the QUIC endpoint's configuration: not expected.
             Err(err) => tracing::error!(%err, "MQTT TLS configuration not reloaded"),
         }
+        // Before any connection is cut: the wills of revoked certificates are never published.
+        self.wills.set_revoked(Arc::clone(&tls.revoked));
         let Ok(live) = self.live.lock() else {
             return 0;
         };

@@ -20,6 +20,11 @@
 //! publish it then): published after its delay from then, unless the client resumes the session
 //! first. In memory mode a gateway that stops drops the wills still waiting.
 //!
+//! A will whose client certificate has been revoked by the time it is due (a reload installed a
+//! CRL naming it) is never published: it is counted as refused. This covers the will of a
+//! connection the reload itself cut off, a will waiting for its delay, and one restored from the
+//! store.
+//!
 //! It also tells a connection taken over whether the newer one made a clean start (its
 //! session then ended, and its will is due at once), through a flag per live connection, one
 //! per client id (bounded by the connections).
@@ -27,12 +32,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cassini_broker::{BrokerHandle, PeerInfo};
 use cassini_protocol::{Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
+use cassini_quic::revocation::RevokedKeys;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +68,8 @@ pub(crate) struct Wills {
     /// The broker whose store keeps the wills (set by `restore`; nothing is stored before).
     broker: Arc<OnceLock<BrokerHandle>>,
     stats: Arc<MqttStats>,
+    /// The keys of the certificates the gateway's TLS material revokes (replaced on reload).
+    revoked: Arc<RwLock<RevokedKeys>>,
     /// Cancelled when the gateway stops.
     closing: CancellationToken,
 }
@@ -107,7 +115,11 @@ pub(crate) struct Owner {
 }
 
 impl Wills {
-    pub(crate) fn new(stats: Arc<MqttStats>, closing: CancellationToken) -> Self {
+    pub(crate) fn new(
+        stats: Arc<MqttStats>,
+        revoked: RevokedKeys,
+        closing: CancellationToken,
+    ) -> Self {
         Self {
             waiting: Arc::default(),
             holders: Arc::default(),
@@ -115,8 +127,27 @@ impl Wills {
             stored: Arc::default(),
             broker: Arc::default(),
             stats,
+            revoked: Arc::new(RwLock::new(revoked)),
             closing,
         }
+    }
+
+    /// Installs the revoked certificate keys of reloaded TLS material: from now on, no will of
+    /// those certificates is published.
+    pub(crate) fn set_revoked(&self, revoked: RevokedKeys) {
+        if let Ok(mut slot) = self.revoked.write() {
+            *slot = revoked;
+        }
+    }
+
+    /// Whether `peer`'s certificate is revoked (a poisoned lock counts as revoked: refuse).
+    fn is_revoked(&self, peer: &PeerInfo) -> bool {
+        let Some(key) = &peer.certificate else {
+            return false;
+        };
+        self.revoked
+            .read()
+            .map_or(true, |revoked| revoked.contains(key.as_ref()))
     }
 
     /// Reads back the wills the broker's store kept (disk mode) and schedules each, and from now
@@ -381,8 +412,14 @@ impl Wills {
         }
     }
 
-    /// Whether the broker took the will.
+    /// Whether the will is settled: the broker took it, or its certificate is revoked (then it
+    /// is never published).
     async fn publish_once(&self, broker: &BrokerHandle, owner: Owner, will: Will) -> bool {
+        if self.is_revoked(&owner.peer) {
+            self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client_id = %owner.client_id, "will not published: its certificate was revoked");
+            return true;
+        }
         let (broker_end, client) = bridge::connection(owner.peer, owner.protocol);
         broker.accept(Arc::new(broker_end));
         let client_id = owner.client_id;
