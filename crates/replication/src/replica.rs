@@ -1,0 +1,339 @@
+//! One node's member of the cluster's Raft group: its openraft instance over the log store and
+//! the state machine of this crate, the requests peers send it ([`Replica::handle`]), and the
+//! one write the broker makes: a session claim ([`Replica::claim`]).
+//!
+//! - **Membership** is the configured member names ([`ReplicaConfig::members`]); each node's
+//!   id is [`crate::node_id`] of its name, so every node derives the same membership.
+//! - **Bootstrap, exactly once.** Only the member whose name sorts first initializes the
+//!   group, and only when its own log is empty, a link to every other member is up and every
+//!   other member answers that it has never been part of a group (no vote, no log). Any other
+//!   node waits for the leader to replicate the membership to it. So a fresh cluster
+//!   initializes once all its members are up, and a restarted node (whatever its storage)
+//!   never initializes a second group beside the one its peers hold.
+//! - **Claims** are written by the leader: a follower forwards the claim to the node it knows
+//!   as leader. A claim not committed within [`ReplicaConfig::claim_timeout`] (no leader, or
+//!   no majority reachable) is refused with [`ClaimError::NoQuorum`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, SnapshotPolicy};
+use tokio::time::Instant;
+
+use crate::log_store::{LogStore, Storage, StorageOpenError};
+use crate::network::{Network, Reply, Rpc, TransportSlot};
+use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
+use crate::{node_id, Command, Member, RpcTransport, TypeConfig};
+
+/// How often the first member checks whether it can bootstrap the group.
+const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a claim waits before asking again when no leader is known.
+const CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// A node's Raft settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// This node's name; one of `members`.
+    pub node: String,
+    /// The names of every voting member, this node's included.
+    pub members: Vec<String>,
+    /// The longest a claim waits to be committed before it is refused. Default: 3 s (a leader
+    /// lost takes up to the election timeout to replace, plus a round trip).
+    pub claim_timeout: Duration,
+    /// The leader's heartbeat. Default: 100 ms.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a time drawn in this range starts an election.
+    /// Default: 500 ms to 1 s (QUIC's idle timeout on the cluster links is 2 s).
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries since the last, and the log before it is
+    /// purged: what bounds the log. Default: 1024.
+    pub snapshot_every: u64,
+}
+
+impl ReplicaConfig {
+    /// Node `node` among `members`, with the default timings.
+    pub fn new(node: impl Into<String>, members: Vec<String>) -> Self {
+        Self {
+            node: node.into(),
+            members,
+            claim_timeout: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 1024,
+        }
+    }
+}
+
+/// Starting a replica failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The member list is not usable.
+    #[error("cluster members: {0}")]
+    Members(String),
+    /// The Raft file could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] StorageOpenError),
+    /// openraft refused to start.
+    #[error("starting Raft: {0}")]
+    Raft(String),
+}
+
+/// A claim was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// No leader with a majority committed it within the claim timeout.
+    #[error("the cluster did not commit the claim within {0:?}: no quorum reachable")]
+    NoQuorum(Duration),
+    /// The replica has stopped.
+    #[error("the replica has stopped")]
+    Stopped,
+}
+
+/// One node's Raft. See the module documentation.
+pub struct Replica {
+    config: ReplicaConfig,
+    pub(crate) raft: Raft<TypeConfig>,
+    slot: Arc<TransportSlot>,
+    log: LogStore,
+    state: StateMachine,
+    bootstrap: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.config.node)
+            .field("members", &self.config.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Starts this node's Raft on `storage`, telling `observer` of each claim applied. The
+    /// node talks to no one until [`Replica::set_transport`].
+    pub async fn start(
+        config: ReplicaConfig,
+        storage: Storage,
+        observer: Option<ClaimObserver>,
+    ) -> Result<Arc<Self>, ReplicaError> {
+        let mut ids = BTreeMap::new();
+        for name in &config.members {
+            if let Some(other) = ids.insert(node_id(name), name) {
+                return Err(ReplicaError::Members(format!(
+                    "{other:?} is listed twice, or has the id of {name:?}"
+                )));
+            }
+        }
+        if !config.members.contains(&config.node) {
+            return Err(ReplicaError::Members(format!(
+                "this node {:?} is not one of {:?}",
+                config.node, config.members
+            )));
+        }
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let raft_config = openraft::Config {
+            cluster_name: "cassini".to_owned(),
+            heartbeat_interval: millis(config.heartbeat),
+            election_timeout_min: millis(config.election_timeout.0),
+            election_timeout_max: millis(config.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let log = LogStore::open(storage.clone())?;
+        let state = StateMachine::open(storage, observer)
+            .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?;
+        let slot = Arc::new(TransportSlot::default());
+        let network = Network {
+            slot: Arc::clone(&slot),
+        };
+        let raft = Raft::new(
+            node_id(&config.node),
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let first = config.members.iter().min();
+        let bootstrap = (first == Some(&config.node)).then(|| {
+            tokio::spawn(bootstrap(
+                raft.clone(),
+                log.clone(),
+                Arc::clone(&slot),
+                config.clone(),
+            ))
+        });
+        Ok(Arc::new(Self {
+            config,
+            raft,
+            slot,
+            log,
+            state,
+            bootstrap,
+        }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// The transport to the other members, once the cluster endpoint is up.
+    pub fn set_transport(&self, transport: Arc<dyn RpcTransport>) {
+        self.slot.set(transport);
+    }
+
+    /// Answers a request another member sent (the bytes its [`RpcTransport`] carried).
+    pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
+        let reply = match rmp_serde::from_slice::<Rpc>(request) {
+            Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
+            Ok(Rpc::Append(rpc)) => Reply::Append(self.raft.append_entries(rpc).await),
+            Ok(Rpc::Snapshot(rpc)) => Reply::Snapshot(self.raft.install_snapshot(rpc).await),
+            Ok(Rpc::Claim { session, node }) => {
+                let write = self.raft.client_write(Command::Claim { session, node });
+                Reply::Claim(
+                    match tokio::time::timeout(self.config.claim_timeout, write).await {
+                        Ok(Ok(written)) => Ok(written.data.epoch),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("not committed in time".to_owned()),
+                    },
+                )
+            }
+            Ok(Rpc::Status) => Reply::Status {
+                pristine: self.log.is_pristine(),
+            },
+            Err(err) => Reply::Undecodable(err.to_string()),
+        };
+        rmp_serde::to_vec(&reply).unwrap_or_default()
+    }
+
+    /// Claims `session` for this node: its epoch once a majority has committed the claim.
+    /// Refused with [`ClaimError::NoQuorum`] after [`ReplicaConfig::claim_timeout`].
+    pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
+        let limit = self.config.claim_timeout;
+        let deadline = Instant::now() + limit;
+        tokio::time::timeout_at(deadline, self.claim_until(session, deadline))
+            .await
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))
+    }
+
+    async fn claim_until(&self, session: SessionKey, deadline: Instant) -> Result<u64, ClaimError> {
+        let node = self.config.node.clone();
+        loop {
+            let command = Command::Claim {
+                session: session.clone(),
+                node: node.clone(),
+            };
+            match self.raft.client_write(command).await {
+                Ok(written) => return Ok(written.data.epoch),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let Some(leader) = forward.leader_node {
+                        let rpc = Rpc::Claim {
+                            session: session.clone(),
+                            node: node.clone(),
+                        };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(Reply::Claim(Ok(epoch))) =
+                            self.slot.call(&leader.name, &rpc, left).await
+                        {
+                            return Ok(epoch);
+                        }
+                    }
+                }
+                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
+                Err(RaftError::APIError(_)) => {}
+            }
+            tokio::time::sleep(CLAIM_RETRY).await;
+        }
+    }
+
+    /// The owner of `session` as this node has applied it.
+    pub fn owner(&self, session: &SessionKey) -> Option<Owner> {
+        self.state.owner(session)
+    }
+
+    /// The member this node knows as leader, if any.
+    pub fn leader(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let leader = metrics.borrow().current_leader?;
+        self.config
+            .members
+            .iter()
+            .find(|name| node_id(name) == leader)
+            .cloned()
+    }
+
+    /// Stops this node's Raft.
+    pub async fn shutdown(&self) {
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.abort();
+        }
+    }
+}
+
+/// The first member's bootstrap (see the module documentation): initializes the group once,
+/// or ends as soon as this node is part of one.
+async fn bootstrap(
+    raft: Raft<TypeConfig>,
+    log: LogStore,
+    slot: Arc<TransportSlot>,
+    config: ReplicaConfig,
+) {
+    let others: Vec<&String> = config
+        .members
+        .iter()
+        .filter(|name| **name != config.node)
+        .collect();
+    loop {
+        if !log.is_pristine() || raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        if let Some(transport) = slot.get() {
+            let mut ready = others.iter().all(|name| transport.connected(name));
+            for name in &others {
+                if !ready {
+                    break;
+                }
+                ready = matches!(
+                    slot.call(name, &Rpc::Status, BOOTSTRAP_EVERY).await,
+                    Ok(Reply::Status { pristine: true })
+                );
+            }
+            if ready {
+                let members: BTreeMap<u64, Member> = config
+                    .members
+                    .iter()
+                    .map(|name| (node_id(name), Member { name: name.clone() }))
+                    .collect();
+                match raft.initialize(members).await {
+                    Ok(()) => {
+                        tracing::info!(members = ?config.members, "initialized the cluster's Raft group")
+                    }
+                    Err(err) => {
+                        tracing::info!(%err, "the cluster's Raft group was not initialized here")
+                    }
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(BOOTSTRAP_EVERY).await;
+    }
+}
