@@ -99,6 +99,19 @@ impl Broker {
             Some((store, recovered)) => (Some(store), recovered),
             None => (None, crate::storage::Recovered::default()),
         };
+        let ownership = match config.cluster.as_ref().filter(|c| !c.members.is_empty()) {
+            Some(cluster) => {
+                let mut replica = cassini_replication::ReplicaConfig::new(
+                    cluster.node.clone(),
+                    cluster.members.clone(),
+                );
+                replica.claim_timeout = cluster.claim_timeout;
+                let disk = config.storage.mode == crate::config::StorageMode::Disk;
+                let data_dir = disk.then_some(config.storage.data_dir.as_path());
+                Some(crate::cluster::ownership::Ownership::start(replica, data_dir).await?)
+            }
+            None => None,
+        };
         let args = SupervisorArgs {
             config: Arc::new(config),
             storage,
@@ -108,6 +121,9 @@ impl Broker {
             .await
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
+        if let (Some(cluster), Some(ownership)) = (managers.shared.router.cluster(), ownership) {
+            cluster.set_ownership(ownership);
+        }
         Ok(BrokerHandle {
             supervisor,
             managers,
@@ -323,6 +339,15 @@ impl BrokerHandle {
         // the actor tree does while stopping may change it.
         if let Some(store) = self.managers.shared.storage.clone() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        if let Some(ownership) = self
+            .managers
+            .shared
+            .router
+            .cluster()
+            .and_then(|cluster| cluster.ownership())
+        {
+            ownership.replica().shutdown().await;
         }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
+pub mod ownership;
 pub mod sessions;
 
 use cassini_protocol::SessionId;
@@ -64,6 +65,12 @@ pub struct ClusterConfig {
     /// slower than this is about to be dropped as dead. Default: 2 s (the failure detection
     /// time).
     pub settle_timeout: Duration,
+    /// The names of the cluster's voting members (this node's included) for replicated
+    /// session ownership; empty (the default): no Raft, sessions are claimed by no one.
+    pub members: Vec<String>,
+    /// The longest a named session's claim waits for the majority before the connection is
+    /// refused with `NO_QUORUM`. Default: 3 s.
+    pub claim_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -73,6 +80,8 @@ impl ClusterConfig {
             node: node.into(),
             max_queued_messages: 8192,
             settle_timeout: Duration::from_secs(2),
+            members: Vec::new(),
+            claim_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -388,6 +397,8 @@ pub struct Cluster {
     group_turn: AtomicUsize,
     /// The client address this node advertises to its peers.
     client_address: RwLock<Option<String>>,
+    /// Replicated session ownership, when the cluster has `members`.
+    ownership: OnceLock<Arc<ownership::Ownership>>,
 }
 
 impl Cluster {
@@ -402,7 +413,18 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
             client_address: RwLock::default(),
+            ownership: OnceLock::new(),
         }
+    }
+
+    /// Turns on replicated session ownership (once; a second call is ignored).
+    pub(crate) fn set_ownership(&self, ownership: Arc<ownership::Ownership>) {
+        let _ = self.ownership.set(ownership);
+    }
+
+    /// Replicated session ownership, when the cluster has `members`.
+    pub fn ownership(&self) -> Option<&Arc<ownership::Ownership>> {
+        self.ownership.get()
     }
 
     /// This node's name.

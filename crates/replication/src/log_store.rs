@@ -106,7 +106,10 @@ impl Storage {
         let bytes = rmp_serde::to_vec(value).map_err(|err| err.to_string())?;
         let written = (|| -> Result<(), String> {
             let tx = db.begin_write().text()?;
-            tx.open_table(META).text()?.insert(key, bytes.as_slice()).text()?;
+            tx.open_table(META)
+                .text()?
+                .insert(key, bytes.as_slice())
+                .text()?;
             tx.commit().text()?;
             Ok(())
         })();
