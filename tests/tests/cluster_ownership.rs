@@ -2,7 +2,8 @@
 //! process with `members`, talking real QUIC on port 0 with node certificates made in the
 //! test. A named session claimed on another node fences the old connection with
 //! `SESSION_TAKEN_OVER`; claims get strictly increasing epochs on every node; a node cut off
-//! from the majority refuses claims with `NO_QUORUM` after its claim timeout.
+//! from the majority refuses claims with `NO_QUORUM` after its claim timeout; the first
+//! member, restarted empty, rejoins the group without initializing a second one.
 
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,7 @@ async fn a_takeover_from_another_node_fences_the_old_connection_and_epochs_stric
         let attached = attach_named(&pki, node, "orders")
             .await
             .expect("the claim is committed and the session attached");
+        let welcomed = Instant::now();
         let owner = node
             .owner(&session)
             .expect("the claimant applied its claim");
@@ -137,6 +139,10 @@ async fn a_takeover_from_another_node_fences_the_old_connection_and_epochs_stric
             let (code, reason) = within("the old connection is fenced", raw::close_of(&old)).await;
             assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER, "{reason}");
             assert!(reason.contains(MEMBERS[round % 3]), "{reason}");
+            assert!(
+                welcomed.elapsed() < Duration::from_secs(1),
+                "fenced as soon as the old node applies the claim, not at some timeout"
+            );
         }
         // The new connection stays up: it is the only one serving the session.
         assert!(attached.1.close_reason().is_none());
@@ -207,6 +213,73 @@ async fn a_node_cut_off_from_the_majority_refuses_claims_with_no_quorum() {
     );
     drop(attached);
     for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_first_member_restarted_empty_rejoins_without_a_second_bootstrap() {
+    let (pki, mut nodes) = three_members([None, None, None]).await;
+    let before = attach_named(&pki, &nodes[1], "orders")
+        .await
+        .expect("claimed on n2");
+    let first_epoch = nodes[1].owner(&alice("orders")).expect("claimed").epoch;
+    let initialized_by: Vec<bool> = nodes
+        .iter()
+        .map(|node| {
+            node.cluster
+                .port()
+                .replica()
+                .expect("a replica")
+                .initialized_here()
+        })
+        .collect();
+    assert_eq!(
+        initialized_by,
+        [true, false, false],
+        "n1 initialized the group"
+    );
+    // n1, the member that bootstrapped the group, comes back in memory mode: no vote, no log.
+    let n1 = nodes.remove(0);
+    n1.stop().await;
+    let n1 = Node::start(&pki, "n1", None).await;
+    let addr = n1.cluster.local_addr().expect("cluster address");
+    for node in &nodes {
+        n1.cluster
+            .dial(node.cluster.local_addr().expect("cluster address"));
+        node.cluster.dial(addr);
+    }
+    nodes.insert(0, n1);
+    eventually(
+        "the restarted n1 learns the group from its leader",
+        || async {
+            nodes[0]
+                .leader()
+                .filter(|leader| Some(leader) == nodes[1].leader().as_ref())
+        },
+    )
+    .await;
+    let _after = attach_named(&pki, &nodes[0], "orders")
+        .await
+        .expect("the restarted n1 claims through the same group");
+    let owner = nodes[0].owner(&alice("orders")).expect("claimed");
+    assert_eq!(owner.node, "n1");
+    let restarted = nodes[0].cluster.port().replica().expect("a replica");
+    assert!(
+        !restarted.initialized_here(),
+        "its peers have been in a group: it waits to be told the membership"
+    );
+    assert!(owner.epoch > first_epoch, "the same log goes on: {owner:?}");
+    let (code, _) = within("n2's connection is fenced", raw::close_of(&before.1)).await;
+    assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER);
+    for node in nodes {
+        let replica = node.cluster.port().replica().expect("a replica");
+        assert_eq!(
+            replica.membership_log_index(),
+            Some(0),
+            "{}: one membership entry, the first bootstrap's",
+            replica.node()
+        );
         node.stop().await;
     }
 }

@@ -15,6 +15,7 @@
 //!   no majority reachable) is refused with [`ClaimError::NoQuorum`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +103,8 @@ pub struct Replica {
     log: LogStore,
     state: StateMachine,
     bootstrap: Option<tokio::task::JoinHandle<()>>,
+    /// Whether this node initialized the group (the first member's bootstrap did).
+    initialized_here: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -164,12 +167,14 @@ impl Replica {
         .await
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
         let first = config.members.iter().min();
+        let initialized_here = Arc::new(AtomicBool::new(false));
         let bootstrap = (first == Some(&config.node)).then(|| {
             tokio::spawn(bootstrap(
                 raft.clone(),
                 log.clone(),
                 Arc::clone(&slot),
                 config.clone(),
+                Arc::clone(&initialized_here),
             ))
         });
         Ok(Arc::new(Self {
@@ -179,6 +184,7 @@ impl Replica {
             log,
             state,
             bootstrap,
+            initialized_here,
         }))
     }
 
@@ -272,6 +278,24 @@ impl Replica {
             .cloned()
     }
 
+    /// The log index of the membership this node knows (`None` before it learns one): 0 for
+    /// the bootstrap's, as long as the membership never changed.
+    pub fn membership_log_index(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let index = metrics
+            .borrow()
+            .membership_config
+            .log_id()
+            .map(|id| id.index);
+        index
+    }
+
+    /// Whether this node, in this run, initialized the group (only the first member's
+    /// bootstrap does, once).
+    pub fn initialized_here(&self) -> bool {
+        self.initialized_here.load(Ordering::Acquire)
+    }
+
     /// Stops this node's Raft.
     pub async fn shutdown(&self) {
         if let Some(bootstrap) = &self.bootstrap {
@@ -296,6 +320,7 @@ async fn bootstrap(
     log: LogStore,
     slot: Arc<TransportSlot>,
     config: ReplicaConfig,
+    initialized_here: Arc<AtomicBool>,
 ) {
     let others: Vec<&String> = config
         .members
@@ -325,7 +350,8 @@ async fn bootstrap(
                     .collect();
                 match raft.initialize(members).await {
                     Ok(()) => {
-                        tracing::info!(members = ?config.members, "initialized the cluster's Raft group")
+                        initialized_here.store(true, Ordering::Release);
+                        tracing::info!(members = ?config.members, "initialized the cluster's Raft group");
                     }
                     Err(err) => {
                         tracing::info!(%err, "the cluster's Raft group was not initialized here")
