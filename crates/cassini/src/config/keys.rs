@@ -127,7 +127,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "monitor.enabled", doc: "Serve the monitoring endpoint (plain HTTP: keep it on loopback or a private network; set token_file to require a token)." },
     KeyDoc { path: "monitor.listen", doc: "TCP address of the monitoring endpoint; a non-loopback address without token_file is warned about at start." },
     KeyDoc { path: "monitor.token_file", doc: "File holding a bearer token: every endpoint but the status page (/), /healthz and /readyz then requires \"Authorization: Bearer TOKEN\" (401 otherwise). Empty: no token; session ids are then redacted in /connz and /subz." },
-    KeyDoc { path: "log.level", doc: "RUST_LOG-style filter, e.g. \"info\" or \"info,cassini_broker=debug\"." },
+    KeyDoc { path: "log.level", doc: "RUST_LOG-style filter, e.g. \"info\" or \"info,cassini_broker=debug\"; the Raft engine's own logs (openraft) stay at warn unless the filter names openraft." },
     KeyDoc { path: "log.format", doc: "\"pretty\" for people, \"json\" for one JSON object per line." },
     KeyDoc { path: "security.acl_file", doc: "ACL file (TOML, see docs/SECURITY.md) saying which identity may publish and subscribe where; reloaded on SIGHUP and when it changes. Empty: every authenticated client may use every non-system topic, but read only its own reply inboxes." },
     KeyDoc { path: "security.identity_rule", doc: "Which certificate name is a client's identity: \"default\" (URI SAN, else DNS SAN, else CN), \"uri:PREFIX\", \"dns\" or \"cn\"." },
