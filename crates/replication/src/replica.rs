@@ -52,6 +52,9 @@ pub struct ReplicaConfig {
     /// A snapshot is built after this many entries since the last, and the log before it is
     /// purged: what bounds the log. Default: 1024.
     pub snapshot_every: u64,
+    /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
+    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
+    pub max_claims: usize,
 }
 
 impl ReplicaConfig {
@@ -64,6 +67,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 1024,
+            max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
         }
     }
 }
@@ -152,7 +156,8 @@ impl Replica {
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
         let log = LogStore::open(storage.clone())?;
         let state = StateMachine::open(storage, observer)
-            .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?;
+            .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
+            .with_max_claims(config.max_claims);
         let slot = Arc::new(TransportSlot::default());
         let network = Network {
             slot: Arc::clone(&slot),
@@ -222,8 +227,10 @@ impl Replica {
         rmp_serde::to_vec(&reply).unwrap_or_default()
     }
 
-    /// Claims `session` for this node: its epoch once a majority has committed the claim.
-    /// Refused with [`ClaimError::NoQuorum`] after [`ReplicaConfig::claim_timeout`].
+    /// Claims `session` for this node: its epoch once a majority has committed the claim and
+    /// this node has applied it (or the claim timeout is near: a follower slow to apply still
+    /// returns the committed epoch). Refused with [`ClaimError::NoQuorum`] after
+    /// [`ReplicaConfig::claim_timeout`].
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
@@ -251,6 +258,14 @@ impl Replica {
                         if let Ok(Reply::Claim(Ok(epoch))) =
                             self.slot.call(&leader.name, &rpc, left).await
                         {
+                            // Committed: once applied here too, this node's owner table shows
+                            // it (fencing is right either way; see the broker's ownership).
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = self
+                                .raft
+                                .wait(Some(left))
+                                .applied_index_at_least(Some(epoch), "the claim applied here")
+                                .await;
                             return Ok(epoch);
                         }
                     }

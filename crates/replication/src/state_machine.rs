@@ -41,12 +41,34 @@ pub struct Owner {
 /// Told of every claim applied on this node: the session, its new epoch and owner node.
 pub type ClaimObserver = Arc<dyn Fn(&SessionKey, &Owner) + Send + Sync>;
 
+/// The most sessions the claims table holds by default ([`StateMachine::with_max_claims`]).
+pub const DEFAULT_MAX_CLAIMS: usize = 1 << 20;
+
 /// What a snapshot holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Claims {
     owners: BTreeMap<SessionKey, Owner>,
+    /// The same sessions by the epoch of their claim, oldest first: what goes when the table
+    /// is full.
+    by_epoch: BTreeMap<u64, SessionKey>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
+}
+
+impl Claims {
+    /// `session` is owned by `owner` from now on; the oldest claims go beyond `max`.
+    fn record(&mut self, session: &SessionKey, owner: &Owner, max: usize) {
+        if let Some(previous) = self.owners.insert(session.clone(), owner.clone()) {
+            self.by_epoch.remove(&previous.epoch);
+        }
+        self.by_epoch.insert(owner.epoch, session.clone());
+        while self.owners.len() > max {
+            let Some((_, oldest)) = self.by_epoch.pop_first() else {
+                break;
+            };
+            self.owners.remove(&oldest);
+        }
+    }
 }
 
 /// A snapshot as kept: its metadata and its bytes.
@@ -66,6 +88,7 @@ struct Inner {
 /// The claims table of one node. Cloning shares it (the snapshot builder is a clone).
 #[derive(Clone)]
 pub struct StateMachine {
+    max_claims: usize,
     storage: Storage,
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
@@ -93,10 +116,20 @@ impl StateMachine {
             inner.snapshot = Some(snapshot);
         }
         Ok(Self {
+            max_claims: DEFAULT_MAX_CLAIMS,
             storage,
             inner: Arc::new(Mutex::new(inner)),
             observer,
         })
+    }
+
+    /// Holds at most `max` sessions (at least 1): beyond it, the session whose claim is
+    /// oldest is forgotten (its connection, if any, was fenced long ago; a later claim of it
+    /// starts afresh). Every member applies the same claims in the same order, so every
+    /// member with the same bound forgets the same ones.
+    pub fn with_max_claims(mut self, max: usize) -> Self {
+        self.max_claims = max.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -175,7 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             epoch: entry.log_id.index,
                         };
                         answers.push(Applied { epoch: owner.epoch });
-                        inner.claims.owners.insert(session.clone(), owner.clone());
+                        inner.claims.record(&session, &owner, self.max_claims);
                         claimed.push((session, owner));
                     }
                     EntryPayload::Membership(membership) => {

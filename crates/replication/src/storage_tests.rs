@@ -40,6 +40,46 @@ fn the_disk_store_passes_openrafts_storage_suite() {
 }
 
 #[tokio::test]
+async fn the_claims_table_forgets_the_oldest_claims_beyond_its_bound() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use crate::{Command, SessionKey};
+
+    let key = |name: &str| SessionKey {
+        identity: "alice".into(),
+        name: name.into(),
+    };
+    let claim = |index: u64, name: &str| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+        payload: EntryPayload::Normal(Command::Claim {
+            session: key(name),
+            node: "n1".into(),
+        }),
+    };
+    let mut state = StateMachine::open(Storage::Memory, None)
+        .expect("state machine")
+        .with_max_claims(3);
+    // "a" is claimed again at 4: it counts once, with its newest epoch.
+    let entries = vec![
+        claim(1, "a"),
+        claim(2, "b"),
+        claim(3, "c"),
+        claim(4, "a"),
+        claim(5, "d"),
+    ];
+    state.apply(entries).await.expect("apply");
+    assert_eq!(state.claimed(), 3);
+    assert_eq!(state.owner(&key("b")), None, "the oldest claim went");
+    for (name, epoch) in [("c", 3), ("a", 4), ("d", 5)] {
+        assert_eq!(
+            state.owner(&key(name)).map(|owner| owner.epoch),
+            Some(epoch)
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_disk_store_reads_back_its_vote_log_and_snapshot_after_a_restart() {
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Vote};
