@@ -1,6 +1,7 @@
 //! Three `cassini serve` processes with `--cluster-member` and `--storage disk`
 //! (docs/CLUSTERING.md, "Session ownership"): the first member initializes the Raft group once;
-//! a named session taken over on another node ends the old client with `SESSION_TAKEN_OVER`;
+//! a named session taken over on another node ends the old client with `SESSION_TAKEN_OVER`
+//! (and `/clusterz` shows the group);
 //! after `kill -9` the first member restarts on its Raft file and claims through the same group
 //! without initializing another.
 
@@ -22,7 +23,12 @@ fn member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
     let mut serve = Serve::new(&["--certs"])
         .arg(dir)
         .args(&["--cluster", "test", "--node", name])
-        .args(&["--cluster-listen", "127.0.0.1:0"])
+        .args(&[
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--monitor",
+            "127.0.0.1:0",
+        ])
         .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
         .args(&["--cluster-member", "n3", "--storage", "disk", "--data-dir"])
         .arg(dir.join(format!("data-{name}")))
@@ -53,6 +59,23 @@ async fn named_client(broker: &Broker, dir: &Path, name: &str) -> Client {
             Err(err) => panic!("the claim was never committed: {err}"),
         }
     }
+}
+
+/// `/clusterz` of `broker` (plain HTTP/1.0); `Null` if unreadable.
+fn clusterz(broker: &Broker) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let read = || -> Option<serde_json::Value> {
+        let mut stream = std::net::TcpStream::connect(broker.monitor()).ok()?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        stream
+            .write_all(b"GET /clusterz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    };
+    read().unwrap_or(serde_json::Value::Null)
 }
 
 async fn taken_over(client: &Client) {
@@ -87,6 +110,11 @@ async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_
     let on_n1 = named_client(&nodes[0], dir, "orders").await;
     let on_n2 = named_client(&nodes[1], dir, "orders").await;
     taken_over(&on_n1).await;
+    let raft = &clusterz(&nodes[1])["raft"];
+    assert_eq!(raft["node"], "n2", "{raft}");
+    assert_eq!(raft["members"].as_array().map(Vec::len), Some(3), "{raft}");
+    assert!(raft["leader"].is_string(), "{raft}");
+    assert_eq!(raft["claims"], 1, "{raft}");
     for name in ["n1", "n2", "n3"] {
         assert!(dir.join(format!("data-{name}/raft.redb")).exists());
     }

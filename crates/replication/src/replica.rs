@@ -99,6 +99,25 @@ pub enum ClaimError {
     Stopped,
 }
 
+/// A member's view of the Raft group, for monitoring (`/clusterz`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStatus {
+    /// This node's name.
+    pub node: String,
+    /// The voting members, by name.
+    pub members: Vec<String>,
+    /// The member this node knows as leader, if any.
+    pub leader: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry applied here.
+    pub last_applied: Option<u64>,
+    /// How many sessions have an owner.
+    pub claims: usize,
+}
+
 /// One node's Raft. See the module documentation.
 pub struct Replica {
     config: ReplicaConfig,
@@ -291,6 +310,20 @@ impl Replica {
             .iter()
             .find(|name| node_id(name) == leader)
             .cloned()
+    }
+
+    /// This node's view of the group now.
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        ReplicaStatus {
+            node: self.config.node.clone(),
+            members: self.config.members.clone(),
+            leader: self.leader(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|log_id| log_id.index),
+            claims: self.state.claimed(),
+        }
     }
 
     /// The log index of the membership this node knows (`None` before it learns one): 0 for
