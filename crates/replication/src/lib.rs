@@ -63,6 +63,9 @@ pub enum Command {
 pub struct Applied {
     /// For a claim: its epoch (the entry's log index); 0 for other entries.
     pub epoch: u64,
+    /// For a claim: the session's owner before it, if the table held one.
+    #[serde(default)]
+    pub previous: Option<Owner>,
 }
 
 /// The Raft node id of the node named `name`: its 64-bit FNV-1a hash (never 0). Every node

@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Member, NodeId, SessionKey, TypeConfig};
+use crate::{Applied, Member, NodeId, SessionKey, TypeConfig};
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
 #[async_trait::async_trait]
@@ -65,6 +65,11 @@ pub(crate) enum Rpc {
     },
     /// Whether the node has ever been part of a Raft group.
     Status,
+    /// To a claim's previous owner: answer once you have applied the log up to `index` (and so
+    /// closed your connection of that session).
+    Applied {
+        index: u64,
+    },
 }
 
 /// The answer to an [`Rpc`], of the same kind.
@@ -73,8 +78,12 @@ pub(crate) enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// The claim's epoch, or why it was not written.
-    Claim(Result<u64, String>),
+    /// What applying the claim answered, or why it was not written.
+    Claim(Result<Applied, String>),
+    /// Whether the node applied the log up to the index asked within its claim timeout.
+    Applied {
+        reached: bool,
+    },
     /// `pristine`: it has no vote and no log (it has never been part of a Raft group).
     Status {
         pristine: bool,

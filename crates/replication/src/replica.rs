@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::network::{Network, Reply, Rpc, TransportSlot};
 use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
-use crate::{node_id, Command, Member, RpcTransport, TypeConfig};
+use crate::{node_id, Applied, Command, Member, RpcTransport, TypeConfig};
 
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
@@ -232,7 +232,7 @@ impl Replica {
                 let write = self.raft.client_write(Command::Claim { session, node });
                 Reply::Claim(
                     match tokio::time::timeout(self.config.claim_timeout, write).await {
-                        Ok(Ok(written)) => Ok(written.data.epoch),
+                        Ok(Ok(written)) => Ok(written.data),
                         Ok(Err(err)) => Err(err.to_string()),
                         Err(_) => Err("not committed in time".to_owned()),
                     },
@@ -240,6 +240,14 @@ impl Replica {
             }
             Ok(Rpc::Status) => Reply::Status {
                 pristine: self.log.is_pristine(),
+            },
+            Ok(Rpc::Applied { index }) => Reply::Applied {
+                reached: self
+                    .raft
+                    .wait(Some(self.config.claim_timeout))
+                    .applied_index_at_least(Some(index), "a later claim applied here")
+                    .await
+                    .is_ok(),
             },
             Err(err) => Reply::Undecodable(err.to_string()),
         };
@@ -259,6 +267,41 @@ impl Replica {
     }
 
     async fn claim_until(&self, session: SessionKey, deadline: Instant) -> Result<u64, ClaimError> {
+        let applied = self.commit_claim(&session, deadline).await?;
+        // The previous owner closes its connection of the session when it applies the claim:
+        // wait for that, so this node attaches only once the old connection is closed. A
+        // previous owner that does not answer is cut off from the majority; it cannot be
+        // waited for (it refuses new claims, and keeps its connections until it hears).
+        if let Some(previous) = applied
+            .previous
+            .filter(|previous| previous.node != self.config.node)
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let rpc = Rpc::Applied {
+                index: applied.epoch,
+            };
+            let confirmed = matches!(
+                self.slot.call(&previous.node, &rpc, left).await,
+                Ok(Reply::Applied { reached: true })
+            );
+            if !confirmed {
+                tracing::info!(
+                    identity = %session.identity,
+                    name = %session.name,
+                    previous = %previous.node,
+                    "the session's previous owner did not confirm the claim in time"
+                );
+            }
+        }
+        Ok(applied.epoch)
+    }
+
+    /// Writes the claim through the leader; what applying it answered.
+    async fn commit_claim(
+        &self,
+        session: &SessionKey,
+        deadline: Instant,
+    ) -> Result<Applied, ClaimError> {
         let node = self.config.node.clone();
         loop {
             let command = Command::Claim {
@@ -266,7 +309,7 @@ impl Replica {
                 node: node.clone(),
             };
             match self.raft.client_write(command).await {
-                Ok(written) => return Ok(written.data.epoch),
+                Ok(written) => return Ok(written.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     if let Some(leader) = forward.leader_node {
                         let rpc = Rpc::Claim {
@@ -274,7 +317,7 @@ impl Replica {
                             node: node.clone(),
                         };
                         let left = deadline.saturating_duration_since(Instant::now());
-                        if let Ok(Reply::Claim(Ok(epoch))) =
+                        if let Ok(Reply::Claim(Ok(applied))) =
                             self.slot.call(&leader.name, &rpc, left).await
                         {
                             // Committed: once applied here too, this node's owner table shows
@@ -283,9 +326,12 @@ impl Replica {
                             let _ = self
                                 .raft
                                 .wait(Some(left))
-                                .applied_index_at_least(Some(epoch), "the claim applied here")
+                                .applied_index_at_least(
+                                    Some(applied.epoch),
+                                    "the claim applied here",
+                                )
                                 .await;
-                            return Ok(epoch);
+                            return Ok(applied);
                         }
                     }
                 }

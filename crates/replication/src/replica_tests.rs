@@ -118,10 +118,22 @@ async fn claims_from_any_node_get_strictly_increasing_epochs_that_every_node_app
     let (_mesh, replicas, seen) = three(Duration::from_secs(3)).await;
     leader_known(&replicas).await;
     let mut epochs = Vec::new();
+    let mut previous: Option<&str> = None;
     for round in 0..2 {
         for replica in &replicas {
             let epoch = replica.claim(key("s")).await.expect("claimed");
             epochs.push(epoch);
+            if let Some(previous) = previous {
+                let heard = seen.lock().expect("seen").iter().any(|(node, _, owner)| {
+                    node == previous && owner.epoch == epoch && owner.node == replica.node()
+                });
+                assert!(
+                    heard,
+                    "the previous owner {previous} applied (and so fenced) the claim by {} before it returned",
+                    replica.node()
+                );
+            }
+            previous = Some(replica.node());
             assert_eq!(
                 replica.owner(&key("s")).map(|owner| owner.node),
                 Some(replica.node().to_owned()),

@@ -56,9 +56,11 @@ struct Claims {
 }
 
 impl Claims {
-    /// `session` is owned by `owner` from now on; the oldest claims go beyond `max`.
-    fn record(&mut self, session: &SessionKey, owner: &Owner, max: usize) {
-        if let Some(previous) = self.owners.insert(session.clone(), owner.clone()) {
+    /// `session` is owned by `owner` from now on; the oldest claims go beyond `max`. Returns
+    /// its previous owner.
+    fn record(&mut self, session: &SessionKey, owner: &Owner, max: usize) -> Option<Owner> {
+        let previous = self.owners.insert(session.clone(), owner.clone());
+        if let Some(previous) = &previous {
             self.by_epoch.remove(&previous.epoch);
         }
         self.by_epoch.insert(owner.epoch, session.clone());
@@ -68,6 +70,7 @@ impl Claims {
             };
             self.owners.remove(&oldest);
         }
+        previous
     }
 }
 
@@ -207,8 +210,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             node,
                             epoch: entry.log_id.index,
                         };
-                        answers.push(Applied { epoch: owner.epoch });
-                        inner.claims.record(&session, &owner, self.max_claims);
+                        let previous = inner.claims.record(&session, &owner, self.max_claims);
+                        answers.push(Applied {
+                            epoch: owner.epoch,
+                            previous,
+                        });
                         claimed.push((session, owner));
                     }
                     EntryPayload::Membership(membership) => {
