@@ -195,6 +195,11 @@ impl LogStore {
         inner.vote.is_none() && inner.entries.is_empty() && inner.purged.is_none()
     }
 
+    /// How many entries the log holds now (what the last purge left, and what came after).
+    pub fn entry_count(&self) -> usize {
+        self.lock().entries.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, LogInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

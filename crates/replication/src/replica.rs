@@ -123,7 +123,7 @@ pub struct Replica {
     config: ReplicaConfig,
     pub(crate) raft: Raft<TypeConfig>,
     slot: Arc<TransportSlot>,
-    log: LogStore,
+    pub(crate) log: LogStore,
     state: StateMachine,
     bootstrap: Option<tokio::task::JoinHandle<()>>,
     /// Whether this node initialized the group (the first member's bootstrap did).

@@ -65,6 +65,13 @@ impl RpcTransport for Via {
 type Seen = Arc<Mutex<Vec<(String, SessionKey, Owner)>>>;
 
 async fn three(claim_timeout: Duration) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
+    three_with(claim_timeout, u64::MAX).await
+}
+
+async fn three_with(
+    claim_timeout: Duration,
+    snapshot_every: u64,
+) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
     let mesh = Arc::new(Mesh::default());
     let seen: Seen = Arc::default();
     let members: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
@@ -72,6 +79,9 @@ async fn three(claim_timeout: Duration) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) 
     for name in &members {
         let mut config = ReplicaConfig::new(name.clone(), members.clone());
         config.claim_timeout = claim_timeout;
+        if snapshot_every != u64::MAX {
+            config.snapshot_every = snapshot_every;
+        }
         let node = name.clone();
         let seen = Arc::clone(&seen);
         let observer: ClaimObserver = Arc::new(move |session, owner| {
@@ -224,6 +234,67 @@ async fn only_the_first_member_bootstraps_and_only_with_every_member_pristine() 
         assert_eq!(membership.log_id().map(|id| id.index), Some(0));
         assert_eq!(membership.membership().voter_ids().count(), 3);
     }
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_purged_behind_snapshots_and_a_lagging_node_catches_up_from_one() {
+    let (mesh, replicas, seen) = three_with(Duration::from_secs(3), 5).await;
+    let leader = leader_known(&replicas).await;
+    let behind = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != behind.node())
+        .expect("another follower");
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(behind.node().to_owned());
+    let mut last = 0;
+    for i in 0..30 {
+        last = claimant
+            .claim(key(&format!("s{i}")))
+            .await
+            .expect("claimed");
+    }
+    let log_entries = claimant.log.entry_count();
+    assert!(
+        log_entries <= 6,
+        "purged behind the snapshots: {log_entries} entries kept"
+    );
+    mesh.cut.lock().expect("cut").clear();
+    for _ in 0..200 {
+        if behind.owner(&key("s29")).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..30 {
+        assert_eq!(
+            behind.owner(&key(&format!("s{i}"))).map(|owner| owner.node),
+            Some(claimant.node().to_owned()),
+            "s{i} reached the lagging node"
+        );
+    }
+    assert_eq!(
+        behind.owner(&key("s29")).map(|owner| owner.epoch),
+        Some(last)
+    );
+    let told = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|(node, _, _)| node == behind.node())
+        .count();
+    assert!(
+        told >= 30,
+        "its observer heard every claim ({told}), snapshot or not"
+    );
     for replica in &replicas {
         replica.shutdown().await;
     }
