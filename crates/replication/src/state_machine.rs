@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::log_store::Storage;
 use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
-/// A session as the cluster claims it: named sessions are claimed by their certificate
-/// identity and name (`identity` is empty for names that are exclusive across identities,
-/// such as MQTT client ids).
+/// A session as the cluster claims it: a named session, by its certificate identity and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionKey {
     /// The certificate identity the session belongs to.

@@ -454,13 +454,10 @@ async fn claim_session(
         // Refused by `open_session`, with the reason, before anything is claimed.
         return Ok(None);
     }
-    let identity = if connection.exclusive_session_name() {
-        String::new()
-    } else {
-        connection.peer().identity.to_string()
-    };
+    // By identity and name, MQTT client ids too: a client of another identity that takes
+    // the same name on another node must not close this identity's connection.
     let session = SessionKey {
-        identity,
+        identity: connection.peer().identity.to_string(),
         name: name.clone(),
     };
     let epoch = ownership.claim(session.clone()).await?;
