@@ -2,8 +2,10 @@
 //! entry. In memory mode that is all it holds; in disk mode every change is also written to a
 //! redb file (the engine of Cassini's own store, `--storage disk`) in one transaction with
 //! `Durability::Immediate` before openraft is told it is done, so what this node acknowledged
-//! survives its crash. The entries are also kept in memory, for reads: their number is bounded
-//! by the snapshot policy (openraft purges what a snapshot covers).
+//! survives its crash. On a multi-threaded runtime a write runs in `block_in_place`, so the
+//! sync does not hold the worker's other tasks. The entries are also kept in memory, for
+//! reads: their number is bounded by the snapshot policy (openraft purges what a snapshot
+//! covers).
 //!
 //! This module reads and writes storage only; it knows nothing of the network.
 
@@ -104,16 +106,14 @@ impl Storage {
             return Ok(());
         };
         let bytes = rmp_serde::to_vec(value).map_err(|err| err.to_string())?;
-        let written = (|| -> Result<(), String> {
+        synced(|| {
             let tx = db.begin_write().text()?;
             tx.open_table(META)
                 .text()?
                 .insert(key, bytes.as_slice())
                 .text()?;
-            tx.commit().text()?;
-            Ok(())
-        })();
-        written
+            tx.commit().text()
+        })
     }
 }
 
@@ -125,6 +125,18 @@ trait Text<T> {
 impl<T, E: std::fmt::Display> Text<T> for Result<T, E> {
     fn text(self) -> Result<T, String> {
         self.map_err(|err| err.to_string())
+    }
+}
+
+/// Runs a synced write. On a multi-threaded runtime the worker hands its other tasks to the
+/// others while the disk syncs (`block_in_place`); elsewhere (a single-threaded test runtime)
+/// it just runs.
+fn synced<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
     }
 }
 
@@ -221,7 +233,7 @@ impl LogStore {
                 rmp_serde::to_vec(entry).map_err(|err| err.to_string())?,
             ));
         }
-        let written = (|| -> Result<(), String> {
+        synced(|| {
             let tx = db.begin_write().text()?;
             {
                 let mut table = tx.open_table(LOG).text()?;
@@ -230,10 +242,8 @@ impl LogStore {
                     table.insert(*index, bytes.as_slice()).text()?;
                 }
             }
-            tx.commit().text()?;
-            Ok(())
-        })();
-        written
+            tx.commit().text()
+        })
     }
 }
 
