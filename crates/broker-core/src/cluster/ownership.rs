@@ -6,8 +6,11 @@
 //! here, the connection holding the older one is closed with `SESSION_TAKEN_OVER`; and a
 //! connection whose claim is already older than the one applied is refused when it comes to
 //! hold it. Both checks take the same lock, after the claim is in the state machine, so
-//! whichever comes second sees the other: one session is never served by two nodes' live
-//! connections.
+//! whichever comes second sees the other. The claimant's replica waits for the previous
+//! owner to confirm it applied the claim, so the old connection is closed before the new one
+//! attaches whenever the previous owner is reachable (a node cut off from the majority keeps
+//! its connections until it hears; docs/CLUSTERING.md). The map holds one entry per local
+//! connection holding a claim.
 //!
 //! It names no transport: connections are [`Connection`]s, the Raft network the transport
 //! plugs into the replica.
