@@ -2,7 +2,9 @@
 //! process with `members`, talking real QUIC on port 0 with node certificates made in the
 //! test. A named session claimed on another node fences the old connection with
 //! `SESSION_TAKEN_OVER`; claims get strictly increasing epochs on every node; a node cut off
-//! from the majority refuses claims with `NO_QUORUM` after its claim timeout; the first
+//! from the majority refuses claims with `NO_QUORUM` after its claim timeout, and closes the
+//! connections of its claimed sessions with `NO_QUORUM` once its lease runs out, before the
+//! majority gives the session to another node; the first
 //! member, restarted empty, rejoins the group without initializing a second one.
 
 use std::time::{Duration, Instant};
@@ -20,6 +22,10 @@ const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
 /// The claim timeout of these tests' nodes (the default is 3 s).
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// The lease of these tests' nodes (the default is 3 s): longer than an election after the
+/// leader stops (the election timeout is 0.5 s to 1 s), so only a cut-off node loses it.
+const LEASE: Duration = Duration::from_secs(2);
+
 struct Node {
     broker: TestBroker,
     cluster: ClusterNode,
@@ -31,6 +37,7 @@ impl Node {
             cluster: Some(ClusterConfig {
                 members: MEMBERS.map(String::from).to_vec(),
                 claim_timeout: CLAIM_TIMEOUT,
+                lease: LEASE,
                 ..ClusterConfig::node(name)
             }),
             ..BrokerConfig::default()
@@ -280,6 +287,45 @@ async fn the_first_member_restarted_empty_rejoins_without_a_second_bootstrap() {
             "{}: one membership entry, the first bootstrap's",
             replica.node()
         );
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_closes_its_claimed_connections_after_its_lease_before_the_majority_attaches(
+) {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    let (_endpoint, old, _send) = attach_named(&pki, &nodes[2], "orders")
+        .await
+        .expect("claimed on n3");
+    cut.set_blackhole(true);
+    let cut_at = Instant::now();
+    let closed = tokio::spawn(async move {
+        let (code, reason) = raw::close_of(&old).await;
+        (code, reason, Instant::now())
+    });
+    let (_endpoint, _new, _send) = eventually("the majority gives n1 the session", || async {
+        attach_named(&pki, &nodes[0], "orders").await.ok()
+    })
+    .await;
+    let welcomed = Instant::now();
+    let (code, reason, closed_at) = within("n3 lets its client go", closed)
+        .await
+        .expect("close task");
+    assert_eq!(code, ErrorCode::NO_QUORUM, "{reason}");
+    assert!(
+        closed_at <= welcomed + Duration::from_millis(100),
+        "n3 closed its connection ({:?} after the cut) before n1 attached the session ({:?})",
+        closed_at - cut_at,
+        welcomed - cut_at
+    );
+    assert!(
+        closed_at - cut_at <= LEASE * 2,
+        "closed within its lease and a check: {:?}",
+        closed_at - cut_at
+    );
+    for node in nodes {
         node.stop().await;
     }
 }

@@ -106,6 +106,7 @@ impl Broker {
                     cluster.members.clone(),
                 );
                 replica.claim_timeout = cluster.claim_timeout;
+                replica.lease = cluster.lease;
                 let disk = config.storage.mode == crate::config::StorageMode::Disk;
                 let data_dir = disk.then_some(config.storage.data_dir.as_path());
                 Some(crate::cluster::ownership::Ownership::start(replica, data_dir).await?)
@@ -347,7 +348,7 @@ impl BrokerHandle {
             .cluster()
             .and_then(|cluster| cluster.ownership())
         {
-            ownership.replica().shutdown().await;
+            ownership.shutdown().await;
         }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;

@@ -71,6 +71,10 @@ pub struct ClusterConfig {
     /// The longest a named session's claim waits for the majority before the connection is
     /// refused with `NO_QUORUM`. Default: 3 s.
     pub claim_timeout: Duration,
+    /// A member that has not heard the cluster's majority for this long closes its
+    /// connections of claimed sessions with `NO_QUORUM`; a claim whose previous owner does not
+    /// confirm it waits about this long (plus a quarter, plus two heartbeats). Default: 3 s.
+    pub lease: Duration,
 }
 
 impl ClusterConfig {
@@ -82,6 +86,7 @@ impl ClusterConfig {
             settle_timeout: Duration::from_secs(2),
             members: Vec::new(),
             claim_timeout: Duration::from_secs(3),
+            lease: Duration::from_secs(3),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! peers whether they have ever been part of a Raft group (for the bootstrap).
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -125,9 +125,51 @@ impl TransportSlot {
     }
 }
 
+/// When this node last heard the group: a leader's append entries (as a follower), and each
+/// member's acknowledgement of this node's (as a leader). What the lease is measured on.
+#[derive(Debug, Default)]
+pub(crate) struct Contacts {
+    from_leader: std::sync::Mutex<Option<Instant>>,
+    acked_by: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
+}
+
+impl Contacts {
+    /// A leader's append entries was accepted here (not refused as stale).
+    pub(crate) fn heard_leader(&self) {
+        *self.from_leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Member `target` accepted this node's append entries.
+    fn acked(&self, target: NodeId) {
+        self.acked_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target, Instant::now());
+    }
+
+    /// Whether a leader's append entries arrived within `lease`.
+    pub(crate) fn leader_within(&self, lease: Duration) -> bool {
+        self.from_leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() <= lease)
+    }
+
+    /// How many members acknowledged this node's append entries within `lease`.
+    pub(crate) fn acked_within(&self, lease: Duration) -> usize {
+        self.acked_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|at| at.elapsed() <= lease)
+            .count()
+    }
+}
+
 /// Makes openraft's clients towards each member.
 pub(crate) struct Network {
     pub(crate) slot: Arc<TransportSlot>,
+    pub(crate) contacts: Arc<Contacts>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -138,6 +180,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             name: node.name.clone(),
             slot: Arc::clone(&self.slot),
+            contacts: Arc::clone(&self.contacts),
         }
     }
 }
@@ -147,6 +190,7 @@ pub(crate) struct PeerClient {
     target: NodeId,
     name: String,
     slot: Arc<TransportSlot>,
+    contacts: Arc<Contacts>,
 }
 
 impl PeerClient {
@@ -180,7 +224,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         match self.call(Rpc::Append(rpc), &option).await? {
-            Reply::Append(Ok(response)) => Ok(response),
+            Reply::Append(Ok(response)) => {
+                if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                    self.contacts.acked(self.target);
+                }
+                Ok(response)
+            }
             Reply::Append(Err(err)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, err)))
             }

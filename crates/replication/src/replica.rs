@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{Raft, SnapshotPolicy};
 use tokio::time::Instant;
 
 use crate::log_store::{LogStore, Storage, StorageOpenError};
-use crate::network::{Network, Reply, Rpc, TransportSlot};
+use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
 use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
 use crate::{node_id, Applied, Command, Member, RpcTransport, TypeConfig};
 
@@ -52,12 +53,25 @@ pub struct ReplicaConfig {
     /// A snapshot is built after this many entries since the last, and the log before it is
     /// purged: what bounds the log. Default: 1024.
     pub snapshot_every: u64,
+    /// A member that has not heard the group for this long has lost its lease: as a follower,
+    /// no append entries from a leader; as the leader, no acknowledgement from a majority
+    /// ([`Replica::in_contact`]). A claim whose previous owner does not confirm it waits
+    /// [`ReplicaConfig::fence_wait`] before it returns. Default: 3 s.
+    pub lease: Duration,
     /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
     /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
     pub max_claims: usize,
 }
 
 impl ReplicaConfig {
+    /// How long a claim whose previous owner did not confirm it waits after asking: the
+    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (the
+    /// previous owner may have heard the leader that long after the claim was committed). By
+    /// then that owner, cut off from the majority, has closed its connection of the session.
+    pub fn fence_wait(&self) -> Duration {
+        self.lease + self.lease / 4 + self.heartbeat * 2
+    }
+
     /// Node `node` among `members`, with the default timings.
     pub fn new(node: impl Into<String>, members: Vec<String>) -> Self {
         Self {
@@ -67,6 +81,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 1024,
+            lease: Duration::from_secs(3),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
         }
     }
@@ -125,6 +140,7 @@ pub struct Replica {
     slot: Arc<TransportSlot>,
     pub(crate) log: LogStore,
     state: StateMachine,
+    contacts: Arc<Contacts>,
     bootstrap: Option<tokio::task::JoinHandle<()>>,
     /// Whether this node initialized the group (the first member's bootstrap did).
     initialized_here: Arc<AtomicBool>,
@@ -178,8 +194,10 @@ impl Replica {
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
             .with_max_claims(config.max_claims);
         let slot = Arc::new(TransportSlot::default());
+        let contacts = Arc::new(Contacts::default());
         let network = Network {
             slot: Arc::clone(&slot),
+            contacts: Arc::clone(&contacts),
         };
         let raft = Raft::new(
             node_id(&config.node),
@@ -207,6 +225,7 @@ impl Replica {
             slot,
             log,
             state,
+            contacts,
             bootstrap,
             initialized_here,
         }))
@@ -226,7 +245,14 @@ impl Replica {
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let reply = match rmp_serde::from_slice::<Rpc>(request) {
             Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
-            Ok(Rpc::Append(rpc)) => Reply::Append(self.raft.append_entries(rpc).await),
+            Ok(Rpc::Append(rpc)) => {
+                let answer = self.raft.append_entries(rpc).await;
+                if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.contacts.heard_leader();
+                }
+                Reply::Append(answer)
+            }
             Ok(Rpc::Snapshot(rpc)) => Reply::Snapshot(self.raft.install_snapshot(rpc).await),
             Ok(Rpc::Claim { session, node }) => {
                 let write = self.raft.client_write(Command::Claim { session, node });
@@ -261,27 +287,26 @@ impl Replica {
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
-        tokio::time::timeout_at(deadline, self.claim_until(session, deadline))
+        let applied = tokio::time::timeout_at(deadline, self.commit_claim(&session, deadline))
             .await
-            .unwrap_or(Err(ClaimError::NoQuorum(limit)))
-    }
-
-    async fn claim_until(&self, session: SessionKey, deadline: Instant) -> Result<u64, ClaimError> {
-        let applied = self.commit_claim(&session, deadline).await?;
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
         // The previous owner closes its connection of the session when it applies the claim:
         // wait for that, so this node attaches only once the old connection is closed. A
-        // previous owner that does not answer is cut off from the majority; it cannot be
-        // waited for (it refuses new claims, and keeps its connections until it hears).
+        // previous owner that does not confirm within its lease is cut off from the majority:
+        // its lease runs out and it closes its connections of claimed sessions itself
+        // (`in_contact`); waiting `fence_wait` from the question covers that.
         if let Some(previous) = applied
             .previous
             .filter(|previous| previous.node != self.config.node)
         {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let asked = Instant::now();
             let rpc = Rpc::Applied {
                 index: applied.epoch,
             };
             let confirmed = matches!(
-                self.slot.call(&previous.node, &rpc, left).await,
+                self.slot
+                    .call(&previous.node, &rpc, self.config.lease)
+                    .await,
                 Ok(Reply::Applied { reached: true })
             );
             if !confirmed {
@@ -289,11 +314,31 @@ impl Replica {
                     identity = %session.identity,
                     name = %session.name,
                     previous = %previous.node,
-                    "the session's previous owner did not confirm the claim in time"
+                    "the session's previous owner did not confirm the claim: waiting out its lease"
                 );
+                tokio::time::sleep_until(asked + self.config.fence_wait()).await;
             }
         }
         Ok(applied.epoch)
+    }
+
+    /// Whether this member has heard the group within its lease: as the leader, acknowledged
+    /// by a majority (itself included); otherwise, append entries from a leader. A member
+    /// that has not is cut off from the majority, or the group has no leader.
+    pub fn in_contact(&self) -> bool {
+        let lease = self.config.lease;
+        let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if leading {
+            let majority = self.config.members.len() / 2 + 1;
+            self.contacts.acked_within(lease) + 1 >= majority
+        } else {
+            self.contacts.leader_within(lease)
+        }
+    }
+
+    /// How long this member's lease is.
+    pub fn lease(&self) -> Duration {
+        self.config.lease
     }
 
     /// Writes the claim through the leader; what applying it answered.

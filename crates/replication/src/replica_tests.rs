@@ -79,6 +79,7 @@ async fn three_with(
     for name in &members {
         let mut config = ReplicaConfig::new(name.clone(), members.clone());
         config.claim_timeout = claim_timeout;
+        config.lease = claim_timeout;
         if snapshot_every != u64::MAX {
             config.snapshot_every = snapshot_every;
         }
@@ -203,6 +204,14 @@ async fn a_node_cut_off_from_the_majority_refuses_claims_and_the_majority_goes_o
         Err(ClaimError::NoQuorum(Duration::from_millis(1500)))
     );
     assert!(started.elapsed() >= Duration::from_millis(1400));
+    // Its lease (1.5 s here) has run out: it knows it is cut off; the others are not.
+    for _ in 0..100 {
+        if !cut.in_contact() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cut.in_contact(), "the cut-off node lost its lease");
     let other = replicas
         .iter()
         .find(|r| r.node() != leader)
@@ -218,6 +227,9 @@ async fn a_node_cut_off_from_the_majority_refuses_claims_and_the_majority_goes_o
         claimed.is_some(),
         "the majority elects a leader and commits"
     );
+    for replica in replicas.iter().filter(|r| r.node() != leader) {
+        assert!(replica.in_contact(), "{} holds its lease", replica.node());
+    }
     for replica in &replicas {
         replica.shutdown().await;
     }

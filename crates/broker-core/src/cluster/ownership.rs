@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use cassini_protocol::ErrorCode;
 use cassini_replication::{ClaimObserver, Owner, Replica, ReplicaConfig, SessionKey, Storage};
@@ -38,6 +39,8 @@ struct Held {
 pub struct Ownership {
     replica: Arc<Replica>,
     held: Mutex<HashMap<SessionKey, Held>>,
+    /// Checks the lease; stopped by [`Ownership::shutdown`].
+    lease_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -77,16 +80,57 @@ impl Ownership {
         let replica = Replica::start(config, storage, Some(observer))
             .await
             .map_err(|err| BrokerError::Internal(format!("starting Raft: {err}")))?;
+        let every = replica.lease() / 4;
         let ownership = Arc::new(Self {
             replica,
             held: Mutex::default(),
+            lease_watch: Mutex::default(),
         });
         let _ = registry.set(Arc::downgrade(&ownership));
+        let watch = tokio::spawn(watch_lease(Arc::downgrade(&ownership), every));
+        *ownership
+            .lease_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(watch);
         Ok(ownership)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the lease checks and this node's Raft.
+    pub async fn shutdown(&self) {
+        let watch = self
+            .lease_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(watch) = watch {
+            watch.abort();
+        }
+        self.replica.shutdown().await;
+    }
+
+    /// This node has not heard the cluster's majority within its lease: every connection
+    /// holding a claim is closed with `NO_QUORUM`, so its client reconnects to the majority
+    /// (which may have given the session to another node meanwhile).
+    fn lease_lost(&self) {
+        let lost: Vec<(SessionKey, Held)> = self.lock().drain().collect();
+        if lost.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            connections = lost.len(),
+            lease = ?self.replica.lease(),
+            "no contact with the cluster's majority within the lease: closing the connections of claimed sessions"
+        );
+        for (_, held) in lost {
+            held.connection.close(
+                ErrorCode::NO_QUORUM,
+                "this node lost contact with the cluster's majority; reconnect to another node",
+            );
+        }
     }
 
     /// This node's replica (for the transport: its RPCs, its peers).
@@ -179,6 +223,20 @@ impl Drop for Hold {
             .is_some_and(|local| local.epoch == self.epoch)
         {
             held.remove(&self.session);
+        }
+    }
+}
+
+/// Every `every` (a quarter of the lease), closes the connections holding claims if this node
+/// has lost its lease; ends with the registry.
+async fn watch_lease(ownership: Weak<Ownership>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(ownership) = ownership.upgrade() else {
+            return;
+        };
+        if !ownership.replica.in_contact() {
+            ownership.lease_lost();
         }
     }
 }
