@@ -102,6 +102,20 @@ impl Broker {
             None => (None, crate::storage::Recovered::default()),
         };
         let gateway_records = std::mem::take(&mut recovered.gateway);
+        let ownership = match config.cluster.as_ref().filter(|c| !c.members.is_empty()) {
+            Some(cluster) => {
+                let mut replica = cassini_replication::ReplicaConfig::new(
+                    cluster.node.clone(),
+                    cluster.members.clone(),
+                );
+                replica.claim_timeout = cluster.claim_timeout;
+                replica.lease = cluster.lease;
+                let disk = config.storage.mode == crate::config::StorageMode::Disk;
+                let data_dir = disk.then_some(config.storage.data_dir.as_path());
+                Some(crate::cluster::ownership::Ownership::start(replica, data_dir).await?)
+            }
+            None => None,
+        };
         let args = SupervisorArgs {
             config: Arc::new(config),
             storage,
@@ -111,6 +125,9 @@ impl Broker {
             .await
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
+        if let (Some(cluster), Some(ownership)) = (managers.shared.router.cluster(), ownership) {
+            cluster.set_ownership(ownership);
+        }
         Ok(BrokerHandle {
             supervisor,
             managers,
@@ -373,6 +390,15 @@ impl BrokerHandle {
         // the actor tree does while stopping may change it.
         if let Some(store) = self.managers.shared.storage.clone() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        if let Some(ownership) = self
+            .managers
+            .shared
+            .router
+            .cluster()
+            .and_then(|cluster| cluster.ownership())
+        {
+            ownership.shutdown().await;
         }
         self.supervisor.stop(Some("shutdown".into()));
         self.wait_stopped(Duration::from_secs(5)).await;

@@ -36,7 +36,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
 use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
+pub mod ownership;
 pub mod sessions;
 
 use cassini_protocol::SessionId;
@@ -67,6 +68,16 @@ pub struct ClusterConfig {
     /// slower than this is about to be dropped as dead. Default: 2 s (the failure detection
     /// time).
     pub settle_timeout: Duration,
+    /// The names of the cluster's voting members (this node's included) for replicated
+    /// session ownership; empty (the default): no Raft, sessions are claimed by no one.
+    pub members: Vec<String>,
+    /// The longest a named session's claim waits for the majority before the connection is
+    /// refused with `NO_QUORUM`. Default: 3 s.
+    pub claim_timeout: Duration,
+    /// A member that has not heard the cluster's majority for this long closes its
+    /// connections of claimed sessions with `NO_QUORUM`; a claim whose previous owner does not
+    /// confirm it waits about this long (plus a quarter, plus two heartbeats). Default: 3 s.
+    pub lease: Duration,
 }
 
 impl ClusterConfig {
@@ -76,6 +87,9 @@ impl ClusterConfig {
             node: node.into(),
             max_queued_messages: 8192,
             settle_timeout: Duration::from_secs(2),
+            members: Vec::new(),
+            claim_timeout: Duration::from_secs(3),
+            lease: Duration::from_secs(3),
         }
     }
 }
@@ -441,6 +455,8 @@ pub struct Cluster {
     /// This node's incarnation: drawn at random when it starts, told to its peers, so a peer
     /// knows whether the counts this node keeps for it survived (see [`Unsettled`]).
     incarnation: u64,
+    /// Replicated session ownership, when the cluster has `members`.
+    ownership: OnceLock<Arc<ownership::Ownership>>,
 }
 
 impl Cluster {
@@ -456,6 +472,7 @@ impl Cluster {
             group_turn: AtomicUsize::new(0),
             client_address: RwLock::default(),
             incarnation: rand::random::<u64>().max(1),
+            ownership: OnceLock::new(),
         }
     }
 
@@ -474,6 +491,16 @@ impl Cluster {
     /// This node's incarnation (never 0), told to its peers when a link opens.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// Turns on replicated session ownership (once; a second call is ignored).
+    pub(crate) fn set_ownership(&self, ownership: Arc<ownership::Ownership>) {
+        let _ = self.ownership.set(ownership);
+    }
+
+    /// Replicated session ownership, when the cluster has `members`.
+    pub fn ownership(&self) -> Option<&Arc<ownership::Ownership>> {
+        self.ownership.get()
     }
 
     /// This node's name.

@@ -27,6 +27,13 @@ pub enum BrokerError {
     /// No `Hello` within the deadline.
     #[error("no Hello within {0:?}")]
     HelloTimeout(std::time::Duration),
+    /// The cluster did not commit this node's claim of a named session within the claim
+    /// timeout (no majority reachable).
+    #[error("the cluster did not confirm this session's claim within {0:?} (no quorum); try another node")]
+    NoQuorum(std::time::Duration),
+    /// Another node claimed the session after this connection's claim.
+    #[error("session taken over on node {0}")]
+    SessionTakenOverOn(String),
     /// A topic name was invalid.
     #[error("invalid topic: {0}")]
     InvalidTopic(TopicError),
@@ -170,6 +177,8 @@ impl BrokerError {
             BrokerError::ProtocolViolation(_) => ErrorCode::PROTOCOL_VIOLATION,
             BrokerError::UnsupportedVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
             BrokerError::HelloTimeout(_) => ErrorCode::HELLO_TIMEOUT,
+            BrokerError::NoQuorum(_) => ErrorCode::NO_QUORUM,
+            BrokerError::SessionTakenOverOn(_) => ErrorCode::SESSION_TAKEN_OVER,
             BrokerError::InvalidTopic(_) => ErrorCode::INVALID_TOPIC,
             BrokerError::InvalidFilter(_) => ErrorCode::INVALID_FILTER,
             BrokerError::PayloadTooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,

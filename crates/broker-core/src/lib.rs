@@ -74,6 +74,8 @@ pub mod transport;
 
 pub use acl::{Acl, AclError, AclHandle};
 pub use broker::{Broker, BrokerHandle, BrokerStats, MemoryUse};
+/// The cluster's Raft group (session ownership), for the transport that carries its RPCs.
+pub use cassini_replication as replication;
 pub use config::{BrokerConfig, BrokerLimits, QueueConfig};
 pub use error::BrokerError;
 pub use local::{LocalClient, LocalMessage, LocalPublish, LocalSubscription};

@@ -89,6 +89,15 @@ impl ClusterPort {
     pub fn client_address(&self) -> Option<String> {
         self.cluster.client_address()
     }
+
+    /// This node's member of the cluster's Raft group, when the cluster has `members`: the
+    /// transport plugs its links in ([`cassini_replication::Replica::set_transport`]) and
+    /// hands it the requests peers send ([`cassini_replication::Replica::handle`]).
+    pub fn replica(&self) -> Option<Arc<cassini_replication::Replica>> {
+        self.cluster
+            .ownership()
+            .map(|ownership| Arc::clone(ownership.replica()))
+    }
 }
 
 /// What arrives from one peer. Dropping it forgets the peer's interest.

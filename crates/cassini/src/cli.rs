@@ -489,6 +489,11 @@ pub(crate) struct ServeArgs {
     /// `cluster.advertise`].
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) cluster_advertise: Option<String>,
+    /// A voting member of the cluster's Raft group, by node name; repeatable (list this node
+    /// too). Turns on replicated session ownership. Replaces `cluster.members` when given [key
+    /// `cluster.members`].
+    #[arg(long = "cluster-member", value_name = "NAME")]
+    pub(crate) members: Vec<String>,
 }
 
 /// Where the broker keeps its state.

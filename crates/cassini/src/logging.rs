@@ -15,6 +15,16 @@ pub(crate) fn tool_filter(default_level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level))
 }
 
+/// The filter of `serve`: `level` (`log.level`), with the Raft engine's own logs at warn unless
+/// `level` names `openraft` (it logs every vote at info; Cassini logs what an operator needs).
+pub(crate) fn serve_filter(level: &str) -> EnvFilter {
+    if level.contains("openraft") {
+        EnvFilter::new(level)
+    } else {
+        EnvFilter::new(format!("{level},openraft=warn"))
+    }
+}
+
 /// Installs the global subscriber with `filter`.
 pub(crate) fn init(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
@@ -28,5 +38,18 @@ pub(crate) fn init(format: LogFormat, filter: EnvFilter) {
     };
     if let Err(err) = result {
         crate::report(format_args!("warning: logging not initialised: {err}"));
+    }
+}
+
+#[cfg(test)]
+mod serve_filter_tests {
+    use super::serve_filter;
+
+    #[test]
+    fn the_raft_engine_logs_at_warn_unless_the_filter_names_it() {
+        let quiet = serve_filter("info").to_string();
+        assert!(quiet.contains("openraft=warn"), "{quiet}");
+        let asked = serve_filter("info,openraft=debug").to_string();
+        assert!(!asked.contains("openraft=warn"), "{asked}");
     }
 }

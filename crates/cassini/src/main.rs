@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 // once that is read; a configuration error is the one message before it.
                 let settings = serve::settings(&args, cli.log_format)?;
                 let storage = serve::StorageFlags::from_args(&args);
-                let filter = tracing_subscriber::EnvFilter::new(&settings.log.level);
+                let filter = logging::serve_filter(&settings.log.level);
                 logging::init(settings.log.format, filter);
                 serve::run(settings, storage).await
             }

@@ -51,6 +51,7 @@ pub(crate) fn settings(
         cluster_listen: args.cluster_listen,
         peers: args.peers.clone(),
         cluster_advertise: args.cluster_advertise.clone(),
+        members: args.members.clone(),
         mqtt: args.mqtt,
     };
     config::resolve(args.config.as_deref(), &config::process_env(), &overrides)

@@ -254,6 +254,7 @@ async fn clusterz(Extract(state): Shared) -> Response {
     let cluster = state.sources.broker.cluster();
     Json(json!({
         "node": cluster.as_ref().map(|port| port.node().to_owned()),
+        "raft": cluster.as_ref().and_then(|port| port.replica()).map(|replica| replica.status()),
         "peers": cluster.map(|port| port.peers()).unwrap_or_default(),
     }))
     .into_response()

@@ -89,6 +89,12 @@ error_codes! {
     /// A `Hello` named an invalid session name (empty, too long, or a character other than
     /// ASCII letters, digits, `-`, `_` and `.`).
     INVALID_SESSION_NAME = 24, "invalid session name";
+    /// In a cluster with replicated session ownership: the node could not get its claim of the
+    /// named session committed by a majority of the cluster's members within the claim timeout
+    /// (3 s): it is cut off from the majority, or no leader is elected yet; or, closing a
+    /// connection attached to a named session, the node has not heard the majority within its
+    /// lease (3 s). Retry, another node first.
+    NO_QUORUM = 25, "no quorum: this node cannot reach the cluster's majority";
     /// The subscription's queue overflowed under the `close` policy.
     SLOW_CONSUMER = 30, "subscription closed: slow consumer";
     /// The broker is shutting down.

@@ -26,6 +26,12 @@
 //! Failure detection is QUIC's keep-alive and idle timeout ([`cluster_quic_options`]): a peer
 //! silent for 2 s is gone, and with its connections go its interest and its queue.
 //!
+//! When the cluster has `members` (replicated session ownership), the links also carry the
+//! Raft group's requests ([`RaftLinks`]): each request on a bidirectional stream of its own,
+//! opened by the sending node on the connection it dialed (`Raft`, answered with
+//! `RaftReply` on the same stream, then finished), so a slow snapshot never holds a vote or
+//! the forwards of the link's first stream.
+//!
 //! Frames are MessagePack, each after its length as a big-endian `u32`, at most
 //! [`MAX_PEER_FRAME_BYTES`].
 
@@ -35,8 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
+use cassini_broker::replication::{Replica, RpcTransport, TransportFailure};
 use cassini_protocol::Publish;
 use quinn::VarInt;
 use rand::Rng;
@@ -76,13 +84,14 @@ const RTT_EVERY: Duration = Duration::from_secs(1);
 const CLOSE_CODE: u32 = 0;
 
 /// The QUIC settings of cluster connections: a keep-alive every 500 ms and an idle timeout of
-/// 2 s (a dead peer leaves routing within 2 s), no datagrams, one stream each way.
+/// 2 s (a dead peer leaves routing within 2 s), no datagrams, no unidirectional stream.
 pub fn cluster_quic_options() -> QuicOptions {
     QuicOptions {
         idle_timeout: Duration::from_secs(2),
         keep_alive_interval: Duration::from_millis(500),
         max_concurrent_uni_streams: 0,
-        max_concurrent_bidi_streams: 4,
+        // The link's stream, plus one per Raft request in flight.
+        max_concurrent_bidi_streams: 32,
         datagrams: false,
         ..QuicOptions::default()
     }
@@ -190,6 +199,10 @@ enum PeerFrame {
     /// Dialer → acceptor, last: the dialer is stopping with nothing left for the acceptor (no
     /// forward queued, no drop unannounced), so the link's end loses nothing.
     Bye,
+    /// Dialer → acceptor, alone on a stream of its own: a request of the Raft group.
+    Raft(Bytes),
+    /// Acceptor → dialer, on the request's stream: its reply.
+    RaftReply(Bytes),
 }
 
 /// A node's cluster endpoint: its listener and its dialers. See the module documentation.
@@ -202,6 +215,108 @@ pub struct ClusterNode {
     dialer: Dialer,
 }
 
+/// The Raft group's transport over the cluster links: a request to a node goes on a new
+/// stream of the connection this node dialed to it.
+#[derive(Debug, Clone, Default)]
+pub struct RaftLinks {
+    /// The connection this node dialed to each peer, by node name, while its link is up.
+    dialed: Arc<std::sync::Mutex<HashMap<String, quinn::Connection>>>,
+}
+
+impl RaftLinks {
+    fn connection(&self, node: &str) -> Option<quinn::Connection> {
+        self.dialed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .filter(|connection| connection.close_reason().is_none())
+            .cloned()
+    }
+
+    fn link_up(&self, node: &str, connection: &quinn::Connection) {
+        self.dialed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_owned(), connection.clone());
+    }
+
+    fn link_down(&self, node: &str, connection: &quinn::Connection) {
+        let mut dialed = self.dialed.lock().unwrap_or_else(|p| p.into_inner());
+        if dialed
+            .get(node)
+            .is_some_and(|up| up.stable_id() == connection.stable_id())
+        {
+            dialed.remove(node);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RpcTransport for RaftLinks {
+    async fn call(
+        &self,
+        node: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportFailure> {
+        let connection = self
+            .connection(node)
+            .ok_or_else(|| TransportFailure::Unreachable(node.to_owned()))?;
+        let exchange = async {
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
+            write_frame(&mut send, &PeerFrame::Raft(Bytes::from(request))).await?;
+            let _ = send.finish();
+            match read_frame(&mut recv).await? {
+                Some(PeerFrame::RaftReply(reply)) => Ok(reply.to_vec()),
+                _ => Err("the peer did not answer the Raft request".to_owned()),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(reason)) => Err(TransportFailure::Failed {
+                node: node.to_owned(),
+                reason,
+            }),
+            Err(_) => Err(TransportFailure::Failed {
+                node: node.to_owned(),
+                reason: format!("no reply within {timeout:?}"),
+            }),
+        }
+    }
+
+    fn connected(&self, node: &str) -> bool {
+        self.connection(node).is_some()
+    }
+}
+
+/// Answers the Raft requests a peer sends on `connection` (each on a stream of its own) until
+/// the connection ends; each request is served in a task of its own, so a slow one never
+/// holds the others (QUIC's stream limit bounds how many are in flight).
+async fn serve_raft_requests(connection: quinn::Connection, replica: Arc<Replica>) {
+    let mut requests = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => {
+                let Ok((mut send, mut recv)) = accepted else { return };
+                let replica = Arc::clone(&replica);
+                requests.spawn(async move {
+                    let reply = match read_frame(&mut recv).await {
+                        Ok(Some(PeerFrame::Raft(request))) => replica.handle(&request).await,
+                        _ => return,
+                    };
+                    if write_frame(&mut send, &PeerFrame::RaftReply(Bytes::from(reply)))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = send.finish();
+                    }
+                });
+            }
+            Some(_) = requests.join_next() => {}
+        }
+    }
+}
+
 /// Starts one dial loop per peer address, at most one per address.
 #[derive(Debug, Clone)]
 struct Dialer {
@@ -211,6 +326,8 @@ struct Dialer {
     closing: CancellationToken,
     tasks: TaskTracker,
     dialed: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+    /// The dialed connections, for the Raft group's requests.
+    raft: RaftLinks,
 }
 
 impl Dialer {
@@ -228,6 +345,7 @@ impl Dialer {
                 self.port.clone(),
                 Arc::clone(&self.options),
                 self.closing.clone(),
+                self.raft.clone(),
             ));
         }
     }
@@ -255,6 +373,10 @@ impl ClusterNode {
         let options = Arc::new(options);
         let closing = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let raft = RaftLinks::default();
+        if let Some(replica) = port.replica() {
+            replica.set_transport(Arc::new(raft.clone()));
+        }
         let dialer = Dialer {
             endpoint: endpoint.clone(),
             port: port.clone(),
@@ -262,6 +384,7 @@ impl ClusterNode {
             closing: closing.clone(),
             tasks: tasks.clone(),
             dialed: Arc::default(),
+            raft,
         };
         let node = Self {
             endpoint,
@@ -411,6 +534,9 @@ async fn serve_inbound(
         return Ok(());
     }
     tracing::info!(peer = %node, "cluster link from a peer up");
+    let raft_requests = port
+        .replica()
+        .map(|replica| tokio::spawn(serve_raft_requests(connection.clone(), replica)));
     port.set_peer_client_address(&node, client_address);
     dialer.dial(connection.remote_address());
     let mut inbox = port.open_inbound(&node, incarnation);
@@ -476,6 +602,9 @@ async fn serve_inbound(
         }
     };
     reader.abort();
+    if let Some(raft_requests) = raft_requests {
+        raft_requests.abort();
+    }
     inbox.ended(cleanly);
     tracing::info!(peer = %node, "cluster link from a peer down");
     result
@@ -503,7 +632,9 @@ async fn apply(
         | PeerFrame::Resumed { .. }
         | PeerFrame::Ack { .. }
         | PeerFrame::Delivered { .. }
-        | PeerFrame::Bye => Err("unexpected frame from the dialing peer".to_owned()),
+        | PeerFrame::Bye
+        | PeerFrame::Raft(_)
+        | PeerFrame::RaftReply(_) => Err("unexpected frame from the dialing peer".to_owned()),
     }
 }
 
@@ -521,11 +652,21 @@ async fn dial_loop(
     port: ClusterPort,
     options: Arc<ClusterOptions>,
     closing: CancellationToken,
+    raft: RaftLinks,
 ) {
     let mut backoff = INITIAL_BACKOFF;
     let mut previous = None;
     loop {
-        match dial_once(&endpoint, addr, &port, &options, &closing, &mut previous).await {
+        let dialed = dial_once(
+            &endpoint,
+            addr,
+            &port,
+            &options,
+            &closing,
+            &mut previous,
+            &raft,
+        );
+        match dialed.await {
             Ok(LinkEnd::ThisNode) => return,
             Ok(LinkEnd::Ended) => backoff = INITIAL_BACKOFF,
             Err(reason) => tracing::debug!(%addr, %reason, "dialing a cluster peer failed"),
@@ -551,6 +692,7 @@ async fn dial_once(
     options: &ClusterOptions,
     closing: &CancellationToken,
     previous: &mut Option<Previous>,
+    raft: &RaftLinks,
 ) -> Result<LinkEnd, String> {
     let connecting = endpoint
         .connect(addr, NODE_SERVER_NAME)
@@ -592,6 +734,7 @@ async fn dial_once(
     };
     tracing::info!(peer = %node, %addr, "cluster link to a peer up");
     let mut link = port.open_outbound(&node);
+    raft.link_up(&node, &connection);
     if let Some(mut old) = previous.take() {
         if old.node == node {
             if let Some(count) = received {
@@ -678,6 +821,7 @@ async fn dial_once(
         }
     };
     read_acks.abort();
+    raft.link_down(&node, &connection);
     let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
     if !in_flight.forwards.is_empty() {
         *previous = Some(Previous {

@@ -16,6 +16,7 @@ use cassini_protocol::{
     encode_frame, ErrorCode, ErrorFrame, Frame, GoingAway, Hello, Limits, Ping, SessionId,
     Subscribed, Unsubscribed, Welcome, PROTOCOL_VERSION,
 };
+use cassini_replication::SessionKey;
 use ractor::ActorRef;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +26,7 @@ use crate::actors::announcements::Announcements;
 use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
+use crate::cluster::ownership::Ownership;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
@@ -154,10 +156,18 @@ async fn serve(
         }
     };
     // Boxed here and below: an async fn's future is as large as its largest state, and this
-    // one lives as long as the connection (docs/BENCHMARKS.md, "Connections"). Opening the
-    // session, answering a control request and going away are its largest states, each
-    // passed through once or now and then; boxed, they take memory only while they run.
+    // one lives as long as the connection (docs/BENCHMARKS.md, "Connections"). Claiming and
+    // opening the session, answering a control request and going away are its largest states,
+    // each passed through once or now and then; boxed, they take memory only while they run.
+    let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
     let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
+    // Held until the connection ends: a newer claim by another node closes it.
+    let _hold = match claim {
+        Some((ownership, session, epoch)) => {
+            Some(ownership.hold(session, epoch, Arc::clone(connection))?)
+        }
+        None => None,
+    };
     let ended = opened.ended.take();
     report(DriverEvent::Established {
         session: opened.session.clone(),
@@ -423,6 +433,39 @@ fn fit_welcome(welcome: Welcome, max_frame_bytes: u32) -> Frame {
         welcome.subscriptions.truncate(keep);
     }
     frame
+}
+
+/// In a cluster with replicated session ownership, a named session is claimed for this node
+/// before it attaches (docs/CLUSTERING.md, "Session ownership"): the ownership registry, the
+/// session as claimed and the claim's epoch. `None` without ownership, or for an unnamed
+/// session (its id lives on this node only, so no other node can serve it).
+async fn claim_session(
+    shared: &Shared,
+    connection: &Arc<dyn Connection>,
+    hello: &Hello,
+) -> Result<Option<(Arc<Ownership>, SessionKey, u64)>, BrokerError> {
+    let Some(ownership) = shared
+        .router
+        .cluster()
+        .and_then(|cluster| cluster.ownership())
+    else {
+        return Ok(None);
+    };
+    let Some(name) = &hello.session_name else {
+        return Ok(None);
+    };
+    if hello.protocol_version != PROTOCOL_VERSION || !cassini_protocol::valid_session_name(name) {
+        // Refused by `open_session`, with the reason, before anything is claimed.
+        return Ok(None);
+    }
+    // By identity and name, MQTT client ids too: a client of another identity that takes
+    // the same name on another node must not close this identity's connection.
+    let session = SessionKey {
+        identity: connection.peer().identity.to_string(),
+        name: name.clone(),
+    };
+    let epoch = ownership.claim(session.clone()).await?;
+    Ok(Some((Arc::clone(ownership), session, epoch)))
 }
 
 async fn open_session(

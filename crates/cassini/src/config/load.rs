@@ -58,6 +58,8 @@ pub(crate) struct Overrides {
     pub(crate) peers: Vec<SocketAddr>,
     /// `--cluster-advertise`.
     pub(crate) cluster_advertise: Option<String>,
+    /// `--cluster-member` (repeatable): replaces `cluster.members` when given.
+    pub(crate) members: Vec<String>,
     /// `--mqtt`: enables the MQTT gateway on this address.
     pub(crate) mqtt: Option<SocketAddr>,
 }
@@ -237,6 +239,9 @@ fn apply_flags(settings: &mut Settings, flags: &Overrides) {
     if let Some(addr) = &flags.cluster_advertise {
         settings.cluster.advertise = addr.clone();
     }
+    if !flags.members.is_empty() {
+        settings.cluster.members = flags.members.clone();
+    }
 }
 
 /// Sets `setting` to the flag's value when the flag was given.
@@ -279,6 +284,21 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             return Err(invalid(
                 "cluster.node",
                 format!("a cluster node needs a name (--node NAME): {err}"),
+            ));
+        }
+        for member in &cluster.members {
+            if let Err(err) = cassini_quic::certs::CertificateAuthority::validate_node_name(member)
+            {
+                return Err(invalid(
+                    "cluster.members",
+                    format!("{member:?} is not a node name: {err}"),
+                ));
+            }
+        }
+        if !cluster.members.is_empty() && !cluster.members.contains(&cluster.node) {
+            return Err(invalid(
+                "cluster.members",
+                format!("this node {:?} must be one of the members", cluster.node),
             ));
         }
         if cluster.max_queued_messages == 0 {

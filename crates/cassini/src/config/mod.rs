@@ -108,6 +108,9 @@ pub(crate) struct ClusterSettings {
     /// peers and listed in clients' `Welcome`; empty: the bound client address, unless that
     /// is a wildcard address (then none is advertised).
     pub(crate) advertise: String,
+    /// The names of the voting members of the cluster's Raft group (replicated session
+    /// ownership), this node's included; empty: no Raft.
+    pub(crate) members: Vec<String>,
 }
 
 impl Default for ClusterSettings {
@@ -120,6 +123,7 @@ impl Default for ClusterSettings {
             max_queued_messages: cassini_broker::cluster::ClusterConfig::node("")
                 .max_queued_messages,
             advertise: String::new(),
+            members: Vec::new(),
         }
     }
 }
@@ -652,6 +656,7 @@ impl Settings {
                 .enabled()
                 .then(|| cassini_broker::cluster::ClusterConfig {
                     max_queued_messages: self.cluster.max_queued_messages,
+                    members: self.cluster.members.clone(),
                     ..cassini_broker::cluster::ClusterConfig::node(self.cluster.node.clone())
                 }),
             queue: QueueConfig {

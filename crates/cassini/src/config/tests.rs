@@ -482,6 +482,41 @@ fn the_advertised_client_address_comes_from_the_file_the_environment_and_the_fla
 }
 
 #[test]
+fn the_raft_members_come_from_the_file_the_environment_and_the_flag_and_must_name_this_node() {
+    let written = file("[cluster]\nname = \"prod\"\nnode = \"n1\"\nmembers = [\"n1\", \"n2\"]\n");
+    let from_file = resolve(Some(written.path()), &[], &Overrides::default()).unwrap();
+    let config = from_file.broker_config().cluster.expect("a cluster node");
+    assert_eq!(config.members, ["n1", "n2"]);
+
+    let environment = env(&[("CASSINI_CLUSTER_MEMBERS", "n1, n2,n3")]);
+    let from_env = resolve(Some(written.path()), &environment, &Overrides::default()).unwrap();
+    assert_eq!(from_env.cluster.members, ["n1", "n2", "n3"]);
+
+    let flags = Overrides {
+        members: vec!["n1".into(), "n4".into()],
+        ..Overrides::default()
+    };
+    let from_flags = resolve(Some(written.path()), &environment, &flags).unwrap();
+    assert_eq!(
+        from_flags.cluster.members,
+        ["n1", "n4"],
+        "--cluster-member replaces the list"
+    );
+
+    let without_this_node = Overrides {
+        members: vec!["n2".into(), "n3".into()],
+        ..Overrides::default()
+    };
+    let message = resolve(Some(written.path()), &[], &without_this_node)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("cluster.members"), "{message}");
+
+    let standalone = resolve(None, &[], &Overrides::default()).unwrap();
+    assert!(standalone.cluster.members.is_empty(), "no Raft by default");
+}
+
+#[test]
 fn a_cluster_without_a_node_name_is_refused() {
     let flags = Overrides {
         cluster: Some("prod".into()),

@@ -1,0 +1,242 @@
+//! Session ownership as a replicated decision (docs/CLUSTERING.md, "Session ownership"): in a
+//! cluster with `members`, a connection that names its session claims it through the
+//! cluster's Raft group ([`cassini_replication::Replica`]) before it attaches; the claim's log
+//! index is its **epoch**. This module keeps the connections of this node that hold a claim,
+//! by session, and fences them: when a claim by another node with a newer epoch is applied
+//! here, the connection holding the older one is closed with `SESSION_TAKEN_OVER`; and a
+//! connection whose claim is already older than the one applied is refused when it comes to
+//! hold it. Both checks take the same lock, after the claim is in the state machine, so
+//! whichever comes second sees the other. The claimant's replica waits for the previous
+//! owner to confirm it applied the claim, so the old connection is closed before the new one
+//! attaches whenever the previous owner is reachable (a node cut off from the majority keeps
+//! its connections until it hears; docs/CLUSTERING.md). The map holds one entry per local
+//! connection holding a claim.
+//!
+//! It names no transport: connections are [`Connection`]s, the Raft network the transport
+//! plugs into the replica.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use cassini_protocol::ErrorCode;
+use cassini_replication::{ClaimObserver, Owner, Replica, ReplicaConfig, SessionKey, Storage};
+
+use crate::error::BrokerError;
+use crate::transport::Connection;
+
+/// The file of the Raft log in the data directory (disk mode).
+pub const RAFT_FILE: &str = "raft.redb";
+
+/// A local connection holding a claim.
+struct Held {
+    epoch: u64,
+    connection: Arc<dyn Connection>,
+}
+
+/// This node's replica and the claims its connections hold. See the module documentation.
+pub struct Ownership {
+    replica: Arc<Replica>,
+    held: Mutex<HashMap<SessionKey, Held>>,
+    /// Checks the lease; stopped by [`Ownership::shutdown`].
+    lease_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ownership")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ownership {
+    /// Starts this node's replica: its log in memory, or in `data_dir`/[`RAFT_FILE`] when
+    /// `data_dir` is given (disk mode).
+    pub async fn start(
+        config: ReplicaConfig,
+        data_dir: Option<&Path>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let storage = match data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|err| {
+                    BrokerError::Internal(format!("creating {}: {err}", dir.display()))
+                })?;
+                Storage::open(&dir.join(RAFT_FILE))
+                    .map_err(|err| BrokerError::Internal(err.to_string()))?
+            }
+            None => Storage::Memory,
+        };
+        // The observer reaches the registry once it exists; claims applied before that (at
+        // start, when no connection holds any) concern no local connection.
+        let registry: Arc<OnceLock<Weak<Ownership>>> = Arc::default();
+        let target = Arc::clone(&registry);
+        let observer: ClaimObserver = Arc::new(move |session, owner| {
+            if let Some(ownership) = target.get().and_then(Weak::upgrade) {
+                ownership.applied(session, owner);
+            }
+        });
+        let replica = Replica::start(config, storage, Some(observer))
+            .await
+            .map_err(|err| BrokerError::Internal(format!("starting Raft: {err}")))?;
+        let every = replica.lease() / 4;
+        let ownership = Arc::new(Self {
+            replica,
+            held: Mutex::default(),
+            lease_watch: Mutex::default(),
+        });
+        let _ = registry.set(Arc::downgrade(&ownership));
+        let watch = tokio::spawn(watch_lease(Arc::downgrade(&ownership), every));
+        *ownership
+            .lease_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(watch);
+        Ok(ownership)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the lease checks and this node's Raft.
+    pub async fn shutdown(&self) {
+        let watch = self
+            .lease_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(watch) = watch {
+            watch.abort();
+        }
+        self.replica.shutdown().await;
+    }
+
+    /// This node has not heard the cluster's majority within its lease: every connection
+    /// holding a claim is closed with `NO_QUORUM`, so its client reconnects to the majority
+    /// (which may have given the session to another node meanwhile).
+    fn lease_lost(&self) {
+        let lost: Vec<(SessionKey, Held)> = self.lock().drain().collect();
+        if lost.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            connections = lost.len(),
+            lease = ?self.replica.lease(),
+            "no contact with the cluster's majority within the lease: closing the connections of claimed sessions"
+        );
+        for (_, held) in lost {
+            held.connection.close(
+                ErrorCode::NO_QUORUM,
+                "this node lost contact with the cluster's majority; reconnect to another node",
+            );
+        }
+    }
+
+    /// This node's replica (for the transport: its RPCs, its peers).
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// Claims `session` for this node: its epoch, or [`BrokerError::NoQuorum`].
+    pub async fn claim(&self, session: SessionKey) -> Result<u64, BrokerError> {
+        self.replica.claim(session).await.map_err(|err| match err {
+            cassini_replication::ClaimError::NoQuorum(limit) => BrokerError::NoQuorum(limit),
+            other => BrokerError::Internal(other.to_string()),
+        })
+    }
+
+    /// `connection` now serves `session` under the claim of `epoch`, until the returned hold
+    /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by
+    /// another node is applied already.
+    pub fn hold(
+        self: &Arc<Self>,
+        session: SessionKey,
+        epoch: u64,
+        connection: Arc<dyn Connection>,
+    ) -> Result<Hold, BrokerError> {
+        let mut held = self.lock();
+        if let Some(owner) = self.replica.owner(&session) {
+            if owner.epoch > epoch && owner.node != self.replica.node() {
+                return Err(BrokerError::SessionTakenOverOn(owner.node));
+            }
+        }
+        held.insert(session.clone(), Held { epoch, connection });
+        Ok(Hold {
+            ownership: Arc::clone(self),
+            session,
+            epoch,
+        })
+    }
+
+    /// A claim was applied on this node: a local connection with an older claim by this
+    /// node is closed when the claim is another node's.
+    fn applied(&self, session: &SessionKey, owner: &Owner) {
+        if owner.node == self.replica.node() {
+            return;
+        }
+        let mut held = self.lock();
+        if held
+            .get(session)
+            .is_some_and(|local| local.epoch < owner.epoch)
+        {
+            if let Some(local) = held.remove(session) {
+                tracing::info!(
+                    identity = %session.identity,
+                    name = %session.name,
+                    epoch = local.epoch,
+                    node = %owner.node,
+                    new_epoch = owner.epoch,
+                    "session claimed by another node: closing its connection here"
+                );
+                local.connection.close(
+                    ErrorCode::SESSION_TAKEN_OVER,
+                    &format!("session taken over on node {}", owner.node),
+                );
+            }
+        }
+    }
+}
+
+/// A connection's hold on its claim; dropping it forgets the connection (unless a newer
+/// claim of this node replaced it).
+pub struct Hold {
+    ownership: Arc<Ownership>,
+    session: SessionKey,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("session", &self.session)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.ownership.lock();
+        if held
+            .get(&self.session)
+            .is_some_and(|local| local.epoch == self.epoch)
+        {
+            held.remove(&self.session);
+        }
+    }
+}
+
+/// Every `every` (a quarter of the lease), closes the connections holding claims if this node
+/// has lost its lease; ends with the registry.
+async fn watch_lease(ownership: Weak<Ownership>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(ownership) = ownership.upgrade() else {
+            return;
+        };
+        if !ownership.replica.in_contact() {
+            ownership.lease_lost();
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Three `cassini serve` processes with `--cluster-member` and `--storage disk`
+//! (docs/CLUSTERING.md, "Session ownership"): the first member initializes the Raft group once;
+//! a named session taken over on another node ends the old client with `SESSION_TAKEN_OVER`
+//! (and `/clusterz` shows the group);
+//! after `kill -9` the first member restarts on its Raft file and claims through the same group
+//! without initializing another.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
+
+mod harness;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cassini_client::{Client, ConnectionState, DisconnectReason};
+use harness::{certs, Broker, Serve};
+
+const INITIALIZED: &str = "initialized the cluster's Raft group";
+
+/// Member `name` on cluster port 0 with its disk store in `dir/data-NAME`, dialing `peers`.
+fn member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
+    let mut serve = Serve::new(&["--certs"])
+        .arg(dir)
+        .args(&["--cluster", "test", "--node", name])
+        .args(&[
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--monitor",
+            "127.0.0.1:0",
+        ])
+        .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
+        .args(&["--cluster-member", "n3", "--storage", "disk", "--data-dir"])
+        .arg(dir.join(format!("data-{name}")))
+        .env("RUST_LOG", "info");
+    for peer in peers {
+        serve = serve.args(&["--peer", &peer.to_string()]);
+    }
+    serve.start()
+}
+
+/// A client of `broker` attached to the session named `name`; retried for a while, since a
+/// claim is refused (`NO_QUORUM`) until the group has a leader.
+async fn named_client(broker: &Broker, dir: &Path, name: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let connected = Client::builder(broker.addr())
+            .cert_dir(dir, "dev")
+            .server_name("localhost")
+            .session_name(name)
+            .connect()
+            .await;
+        match connected {
+            Ok(client) => return client,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("not yet: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("the claim was never committed: {err}"),
+        }
+    }
+}
+
+/// `/clusterz` of `broker` (plain HTTP/1.0); `Null` if unreadable.
+fn clusterz(broker: &Broker) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let read = || -> Option<serde_json::Value> {
+        let mut stream = std::net::TcpStream::connect(broker.monitor()).ok()?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        stream
+            .write_all(b"GET /clusterz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    };
+    read().unwrap_or(serde_json::Value::Null)
+}
+
+async fn taken_over(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let ConnectionState::Disconnected { reason } = client.state() {
+            assert_eq!(reason, DisconnectReason::SessionTakenOver);
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {}", client.state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    certs(
+        dir,
+        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
+    );
+    let mut addrs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let broker = member(dir, name, &addrs);
+        addrs.push(broker.cluster_addr());
+        nodes.push(broker);
+    }
+    nodes[0].wait_for_log(INITIALIZED);
+
+    let on_n1 = named_client(&nodes[0], dir, "orders").await;
+    let on_n2 = named_client(&nodes[1], dir, "orders").await;
+    taken_over(&on_n1).await;
+    let raft = &clusterz(&nodes[1])["raft"];
+    assert_eq!(raft["node"], "n2", "{raft}");
+    assert_eq!(raft["members"].as_array().map(Vec::len), Some(3), "{raft}");
+    assert!(raft["leader"].is_string(), "{raft}");
+    assert_eq!(raft["claims"], 1, "{raft}");
+    for name in ["n1", "n2", "n3"] {
+        assert!(dir.join(format!("data-{name}/raft.redb")).exists());
+    }
+
+    // kill -9 of n1, the member that initialized the group; it restarts on its Raft file.
+    nodes[0].signal("KILL");
+    let killed = nodes.remove(0);
+    drop(killed);
+    let restarted = member(dir, "n1", &addrs[1..]);
+    let _on_n1_again = named_client(&restarted, dir, "orders").await;
+    taken_over(&on_n2).await;
+    assert_eq!(
+        restarted.log_count(INITIALIZED),
+        0,
+        "a member with a Raft log never initializes a group again"
+    );
+}

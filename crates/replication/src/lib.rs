@@ -1,0 +1,97 @@
+//! The cluster's replicated decisions, on openraft (docs/CLUSTERING.md, "Session ownership").
+//!
+//! # Layout
+//! - this module: the openraft type configuration ([`TypeConfig`]), the commands the log
+//!   carries ([`Command`]) and what applying one answers ([`Applied`]), and node ids, derived
+//!   from node names ([`node_id`]).
+//! - [`log_store`]: the Raft log, its vote and commit index, in memory or in a redb file
+//!   ([`Storage`]) written with `Durability::Immediate` (synced before openraft is told).
+//! - [`state_machine`]: the session claims applied from the log, snapshots of them (kept in the
+//!   same redb file in disk mode), and the observer told of every claim applied.
+//! - [`network`]: the Raft RPCs as bytes over a transport this crate does not know
+//!   ([`RpcTransport`]: the cluster links implement it); no socket is named here.
+//! - [`replica`]: one node's Raft: deterministic bootstrap, claims forwarded to the leader,
+//!   refused without a quorum after [`ReplicaConfig::claim_timeout`].
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub mod log_store;
+pub mod network;
+pub mod replica;
+pub mod state_machine;
+
+pub use log_store::{LogStore, Storage, StorageOpenError};
+pub use network::{RpcTransport, TransportFailure};
+pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
+pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
+
+openraft::declare_raft_types!(
+    /// Cassini's openraft types: node ids are `u64` ([`node_id`]), a node is its [`Member`].
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A node id: [`node_id`] of its name.
+pub type NodeId = u64;
+
+/// A member of the Raft group, as the membership stores it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name (its certificate's `cassini-node:NAME`).
+    pub name: String,
+}
+
+/// What the replicated log carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Node `node` serves `session` from now on; the entry's log index is the claim's epoch.
+    Claim {
+        /// The session claimed.
+        session: SessionKey,
+        /// The node claiming it.
+        node: String,
+    },
+}
+
+/// What applying one entry answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// For a claim: its epoch (the entry's log index); 0 for other entries.
+    pub epoch: u64,
+    /// For a claim: the session's owner before it, if the table held one.
+    #[serde(default)]
+    pub previous: Option<Owner>,
+}
+
+/// The Raft node id of the node named `name`: its 64-bit FNV-1a hash (never 0). Every node
+/// computes the same id for a name, so the membership needs no id assignment.
+pub fn node_id(name: &str) -> NodeId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+#[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
+mod storage_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_stable_and_distinct_for_distinct_names() {
+        assert_eq!(node_id("n1"), node_id("n1"));
+        assert_ne!(node_id("n1"), node_id("n2"));
+        assert_ne!(node_id(""), 0);
+    }
+}

@@ -1,0 +1,504 @@
+//! One node's member of the cluster's Raft group: its openraft instance over the log store and
+//! the state machine of this crate, the requests peers send it ([`Replica::handle`]), and the
+//! one write the broker makes: a session claim ([`Replica::claim`]).
+//!
+//! - **Membership** is the configured member names ([`ReplicaConfig::members`]); each node's
+//!   id is [`crate::node_id`] of its name, so every node derives the same membership.
+//! - **Bootstrap, exactly once.** Only the member whose name sorts first initializes the
+//!   group, and only when its own log is empty, a link to every other member is up and every
+//!   other member answers that it has never been part of a group (no vote, no log). Any other
+//!   node waits for the leader to replicate the membership to it. So a fresh cluster
+//!   initializes once all its members are up, and a restarted node (whatever its storage)
+//!   never initializes a second group beside the one its peers hold.
+//! - **Claims** are written by the leader: a follower forwards the claim to the node it knows
+//!   as leader. A claim not committed within [`ReplicaConfig::claim_timeout`] (no leader, or
+//!   no majority reachable) is refused with [`ClaimError::NoQuorum`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
+use openraft::{Raft, SnapshotPolicy};
+use tokio::time::Instant;
+
+use crate::log_store::{LogStore, Storage, StorageOpenError};
+use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
+use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
+use crate::{node_id, Applied, Command, Member, RpcTransport, TypeConfig};
+
+/// How often the first member checks whether it can bootstrap the group.
+const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a claim waits before asking again when no leader is known.
+const CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// A node's Raft settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// This node's name; one of `members`.
+    pub node: String,
+    /// The names of every voting member, this node's included.
+    pub members: Vec<String>,
+    /// The longest a claim waits to be committed before it is refused. Default: 3 s (a leader
+    /// lost takes up to the election timeout to replace, plus a round trip).
+    pub claim_timeout: Duration,
+    /// The leader's heartbeat. Default: 100 ms.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a time drawn in this range starts an election.
+    /// Default: 500 ms to 1 s (QUIC's idle timeout on the cluster links is 2 s).
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries since the last, and the log before it is
+    /// purged: what bounds the log. Default: 1024.
+    pub snapshot_every: u64,
+    /// A member that has not heard the group for this long has lost its lease: as a follower,
+    /// no append entries from a leader; as the leader, no acknowledgement from a majority
+    /// ([`Replica::in_contact`]). A claim whose previous owner does not confirm it waits
+    /// [`ReplicaConfig::fence_wait`] before it returns. Default: 3 s.
+    pub lease: Duration,
+    /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
+    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
+    pub max_claims: usize,
+}
+
+impl ReplicaConfig {
+    /// How long a claim whose previous owner did not confirm it waits after asking: the
+    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (the
+    /// previous owner may have heard the leader that long after the claim was committed). By
+    /// then that owner, cut off from the majority, has closed its connection of the session.
+    pub fn fence_wait(&self) -> Duration {
+        self.lease + self.lease / 4 + self.heartbeat * 2
+    }
+
+    /// Node `node` among `members`, with the default timings.
+    pub fn new(node: impl Into<String>, members: Vec<String>) -> Self {
+        Self {
+            node: node.into(),
+            members,
+            claim_timeout: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 1024,
+            lease: Duration::from_secs(3),
+            max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
+        }
+    }
+}
+
+/// Starting a replica failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The member list is not usable.
+    #[error("cluster members: {0}")]
+    Members(String),
+    /// The Raft file could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] StorageOpenError),
+    /// openraft refused to start.
+    #[error("starting Raft: {0}")]
+    Raft(String),
+}
+
+/// A claim was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// No leader with a majority committed it within the claim timeout.
+    #[error("the cluster did not commit the claim within {0:?}: no quorum reachable")]
+    NoQuorum(Duration),
+    /// The replica has stopped.
+    #[error("the replica has stopped")]
+    Stopped,
+}
+
+/// A member's view of the Raft group, for monitoring (`/clusterz`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStatus {
+    /// This node's name.
+    pub node: String,
+    /// The voting members, by name.
+    pub members: Vec<String>,
+    /// The member this node knows as leader, if any.
+    pub leader: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry applied here.
+    pub last_applied: Option<u64>,
+    /// How many sessions have an owner.
+    pub claims: usize,
+}
+
+/// One node's Raft. See the module documentation.
+pub struct Replica {
+    config: ReplicaConfig,
+    pub(crate) raft: Raft<TypeConfig>,
+    slot: Arc<TransportSlot>,
+    pub(crate) log: LogStore,
+    state: StateMachine,
+    contacts: Arc<Contacts>,
+    bootstrap: Option<tokio::task::JoinHandle<()>>,
+    /// Whether this node initialized the group (the first member's bootstrap did).
+    initialized_here: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.config.node)
+            .field("members", &self.config.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Starts this node's Raft on `storage`, telling `observer` of each claim applied. The
+    /// node talks to no one until [`Replica::set_transport`].
+    pub async fn start(
+        config: ReplicaConfig,
+        storage: Storage,
+        observer: Option<ClaimObserver>,
+    ) -> Result<Arc<Self>, ReplicaError> {
+        let mut ids = BTreeMap::new();
+        for name in &config.members {
+            if let Some(other) = ids.insert(node_id(name), name) {
+                return Err(ReplicaError::Members(format!(
+                    "{other:?} is listed twice, or has the id of {name:?}"
+                )));
+            }
+        }
+        if !config.members.contains(&config.node) {
+            return Err(ReplicaError::Members(format!(
+                "this node {:?} is not one of {:?}",
+                config.node, config.members
+            )));
+        }
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let raft_config = openraft::Config {
+            cluster_name: "cassini".to_owned(),
+            heartbeat_interval: millis(config.heartbeat),
+            election_timeout_min: millis(config.election_timeout.0),
+            election_timeout_max: millis(config.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let log = LogStore::open(storage.clone())?;
+        let state = StateMachine::open(storage, observer)
+            .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
+            .with_max_claims(config.max_claims);
+        let slot = Arc::new(TransportSlot::default());
+        let contacts = Arc::new(Contacts::default());
+        let network = Network {
+            slot: Arc::clone(&slot),
+            contacts: Arc::clone(&contacts),
+        };
+        let raft = Raft::new(
+            node_id(&config.node),
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        let first = config.members.iter().min();
+        let initialized_here = Arc::new(AtomicBool::new(false));
+        let bootstrap = (first == Some(&config.node)).then(|| {
+            tokio::spawn(bootstrap(
+                raft.clone(),
+                log.clone(),
+                Arc::clone(&slot),
+                config.clone(),
+                Arc::clone(&initialized_here),
+            ))
+        });
+        Ok(Arc::new(Self {
+            config,
+            raft,
+            slot,
+            log,
+            state,
+            contacts,
+            bootstrap,
+            initialized_here,
+        }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// The transport to the other members, once the cluster endpoint is up.
+    pub fn set_transport(&self, transport: Arc<dyn RpcTransport>) {
+        self.slot.set(transport);
+    }
+
+    /// Answers a request another member sent (the bytes its [`RpcTransport`] carried).
+    pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
+        let reply = match rmp_serde::from_slice::<Rpc>(request) {
+            Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
+            Ok(Rpc::Append(rpc)) => {
+                let answer = self.raft.append_entries(rpc).await;
+                if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.contacts.heard_leader();
+                }
+                Reply::Append(answer)
+            }
+            Ok(Rpc::Snapshot(rpc)) => Reply::Snapshot(self.raft.install_snapshot(rpc).await),
+            Ok(Rpc::Claim { session, node }) => {
+                let write = self.raft.client_write(Command::Claim { session, node });
+                Reply::Claim(
+                    match tokio::time::timeout(self.config.claim_timeout, write).await {
+                        Ok(Ok(written)) => Ok(written.data),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("not committed in time".to_owned()),
+                    },
+                )
+            }
+            Ok(Rpc::Status) => Reply::Status {
+                pristine: self.log.is_pristine(),
+            },
+            Ok(Rpc::Applied { index }) => Reply::Applied {
+                reached: self
+                    .raft
+                    .wait(Some(self.config.claim_timeout))
+                    .applied_index_at_least(Some(index), "a later claim applied here")
+                    .await
+                    .is_ok(),
+            },
+            Err(err) => Reply::Undecodable(err.to_string()),
+        };
+        rmp_serde::to_vec(&reply).unwrap_or_default()
+    }
+
+    /// Claims `session` for this node: its epoch once a majority has committed the claim and
+    /// this node has applied it (or the claim timeout is near: a follower slow to apply still
+    /// returns the committed epoch). Refused with [`ClaimError::NoQuorum`] after
+    /// [`ReplicaConfig::claim_timeout`].
+    pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
+        let limit = self.config.claim_timeout;
+        let deadline = Instant::now() + limit;
+        let applied = tokio::time::timeout_at(deadline, self.commit_claim(&session, deadline))
+            .await
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
+        // The previous owner closes its connection of the session when it applies the claim:
+        // wait for that, so this node attaches only once the old connection is closed. A
+        // previous owner that does not confirm within its lease is cut off from the majority:
+        // its lease runs out and it closes its connections of claimed sessions itself
+        // (`in_contact`); waiting `fence_wait` from the question covers that.
+        if let Some(previous) = applied
+            .previous
+            .filter(|previous| previous.node != self.config.node)
+        {
+            let asked = Instant::now();
+            let rpc = Rpc::Applied {
+                index: applied.epoch,
+            };
+            let confirmed = matches!(
+                self.slot
+                    .call(&previous.node, &rpc, self.config.lease)
+                    .await,
+                Ok(Reply::Applied { reached: true })
+            );
+            if !confirmed {
+                tracing::info!(
+                    identity = %session.identity,
+                    name = %session.name,
+                    previous = %previous.node,
+                    "the session's previous owner did not confirm the claim: waiting out its lease"
+                );
+                tokio::time::sleep_until(asked + self.config.fence_wait()).await;
+            }
+        }
+        Ok(applied.epoch)
+    }
+
+    /// Whether this member has heard the group within its lease: as the leader, acknowledged
+    /// by a majority (itself included); otherwise, append entries from a leader. A member
+    /// that has not is cut off from the majority, or the group has no leader.
+    pub fn in_contact(&self) -> bool {
+        let lease = self.config.lease;
+        let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if leading {
+            let majority = self.config.members.len() / 2 + 1;
+            self.contacts.acked_within(lease) + 1 >= majority
+        } else {
+            self.contacts.leader_within(lease)
+        }
+    }
+
+    /// How long this member's lease is.
+    pub fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
+    /// Writes the claim through the leader; what applying it answered.
+    async fn commit_claim(
+        &self,
+        session: &SessionKey,
+        deadline: Instant,
+    ) -> Result<Applied, ClaimError> {
+        let node = self.config.node.clone();
+        loop {
+            let command = Command::Claim {
+                session: session.clone(),
+                node: node.clone(),
+            };
+            match self.raft.client_write(command).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let Some(leader) = forward.leader_node {
+                        let rpc = Rpc::Claim {
+                            session: session.clone(),
+                            node: node.clone(),
+                        };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(Reply::Claim(Ok(applied))) =
+                            self.slot.call(&leader.name, &rpc, left).await
+                        {
+                            // Committed: once applied here too, this node's owner table shows
+                            // it (fencing is right either way; see the broker's ownership).
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = self
+                                .raft
+                                .wait(Some(left))
+                                .applied_index_at_least(
+                                    Some(applied.epoch),
+                                    "the claim applied here",
+                                )
+                                .await;
+                            return Ok(applied);
+                        }
+                    }
+                }
+                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
+                Err(RaftError::APIError(_)) => {}
+            }
+            tokio::time::sleep(CLAIM_RETRY).await;
+        }
+    }
+
+    /// The owner of `session` as this node has applied it.
+    pub fn owner(&self, session: &SessionKey) -> Option<Owner> {
+        self.state.owner(session)
+    }
+
+    /// The member this node knows as leader, if any.
+    pub fn leader(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let leader = metrics.borrow().current_leader?;
+        self.config
+            .members
+            .iter()
+            .find(|name| node_id(name) == leader)
+            .cloned()
+    }
+
+    /// This node's view of the group now.
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        ReplicaStatus {
+            node: self.config.node.clone(),
+            members: self.config.members.clone(),
+            leader: self.leader(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|log_id| log_id.index),
+            claims: self.state.claimed(),
+        }
+    }
+
+    /// The log index of the membership this node knows (`None` before it learns one): 0 for
+    /// the bootstrap's, as long as the membership never changed.
+    pub fn membership_log_index(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let index = metrics
+            .borrow()
+            .membership_config
+            .log_id()
+            .map(|id| id.index);
+        index
+    }
+
+    /// Whether this node, in this run, initialized the group (only the first member's
+    /// bootstrap does, once).
+    pub fn initialized_here(&self) -> bool {
+        self.initialized_here.load(Ordering::Acquire)
+    }
+
+    /// Stops this node's Raft.
+    pub async fn shutdown(&self) {
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.abort();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.abort();
+        }
+    }
+}
+
+/// The first member's bootstrap (see the module documentation): initializes the group once,
+/// or ends as soon as this node is part of one.
+async fn bootstrap(
+    raft: Raft<TypeConfig>,
+    log: LogStore,
+    slot: Arc<TransportSlot>,
+    config: ReplicaConfig,
+    initialized_here: Arc<AtomicBool>,
+) {
+    let others: Vec<&String> = config
+        .members
+        .iter()
+        .filter(|name| **name != config.node)
+        .collect();
+    loop {
+        if !log.is_pristine() || raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        if let Some(transport) = slot.get() {
+            let mut ready = others.iter().all(|name| transport.connected(name));
+            for name in &others {
+                if !ready {
+                    break;
+                }
+                ready = matches!(
+                    slot.call(name, &Rpc::Status, BOOTSTRAP_EVERY).await,
+                    Ok(Reply::Status { pristine: true })
+                );
+            }
+            if ready {
+                let members: BTreeMap<u64, Member> = config
+                    .members
+                    .iter()
+                    .map(|name| (node_id(name), Member { name: name.clone() }))
+                    .collect();
+                match raft.initialize(members).await {
+                    Ok(()) => {
+                        initialized_here.store(true, Ordering::Release);
+                        tracing::info!(members = ?config.members, "initialized the cluster's Raft group");
+                    }
+                    Err(err) => {
+                        tracing::info!(%err, "the cluster's Raft group was not initialized here")
+                    }
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(BOOTSTRAP_EVERY).await;
+    }
+}

@@ -1,0 +1,313 @@
+//! Three replicas over an in-memory transport: the group bootstraps once, claims get strictly
+//! increasing epochs that every node applies, and a node cut off from the majority refuses
+//! claims.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{
+    ClaimError, ClaimObserver, Owner, Replica, ReplicaConfig, RpcTransport, SessionKey, Storage,
+    TransportFailure,
+};
+
+/// The replicas by name, and the names cut off from every other.
+#[derive(Default)]
+struct Mesh {
+    replicas: Mutex<HashMap<String, Arc<Replica>>>,
+    cut: Mutex<HashSet<String>>,
+}
+
+struct Via {
+    from: String,
+    mesh: Arc<Mesh>,
+}
+
+impl Via {
+    fn reachable(&self, node: &str) -> Option<Arc<Replica>> {
+        let cut = self.mesh.cut.lock().expect("cut");
+        if cut.contains(node) || cut.contains(&self.from) {
+            return None;
+        }
+        self.mesh
+            .replicas
+            .lock()
+            .expect("replicas")
+            .get(node)
+            .cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl RpcTransport for Via {
+    async fn call(
+        &self,
+        node: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportFailure> {
+        let replica = self
+            .reachable(node)
+            .ok_or_else(|| TransportFailure::Unreachable(node.to_owned()))?;
+        tokio::time::timeout(timeout, replica.handle(&request))
+            .await
+            .map_err(|_| TransportFailure::Failed {
+                node: node.to_owned(),
+                reason: "timed out".into(),
+            })
+    }
+
+    fn connected(&self, node: &str) -> bool {
+        self.reachable(node).is_some()
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(String, SessionKey, Owner)>>>;
+
+async fn three(claim_timeout: Duration) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
+    three_with(claim_timeout, u64::MAX).await
+}
+
+async fn three_with(
+    claim_timeout: Duration,
+    snapshot_every: u64,
+) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
+    let mesh = Arc::new(Mesh::default());
+    let seen: Seen = Arc::default();
+    let members: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let mut replicas = Vec::new();
+    for name in &members {
+        let mut config = ReplicaConfig::new(name.clone(), members.clone());
+        config.claim_timeout = claim_timeout;
+        config.lease = claim_timeout;
+        if snapshot_every != u64::MAX {
+            config.snapshot_every = snapshot_every;
+        }
+        let node = name.clone();
+        let seen = Arc::clone(&seen);
+        let observer: ClaimObserver = Arc::new(move |session, owner| {
+            seen.lock()
+                .expect("seen")
+                .push((node.clone(), session.clone(), owner.clone()));
+        });
+        let replica = Replica::start(config, Storage::Memory, Some(observer))
+            .await
+            .expect("replica");
+        replica.set_transport(Arc::new(Via {
+            from: name.clone(),
+            mesh: Arc::clone(&mesh),
+        }));
+        mesh.replicas
+            .lock()
+            .expect("replicas")
+            .insert(name.clone(), Arc::clone(&replica));
+        replicas.push(replica);
+    }
+    (mesh, replicas, seen)
+}
+
+async fn leader_known(replicas: &[Arc<Replica>]) -> String {
+    for _ in 0..200 {
+        let leaders: HashSet<Option<String>> = replicas.iter().map(|r| r.leader()).collect();
+        if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>().as_slice() {
+            return leader.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader elected within 10 s");
+}
+
+fn key(name: &str) -> SessionKey {
+    SessionKey {
+        identity: "alice".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_any_node_get_strictly_increasing_epochs_that_every_node_applies() {
+    let (_mesh, replicas, seen) = three(Duration::from_secs(3)).await;
+    leader_known(&replicas).await;
+    let mut epochs = Vec::new();
+    let mut previous: Option<&str> = None;
+    for round in 0..2 {
+        for replica in &replicas {
+            let epoch = replica.claim(key("s")).await.expect("claimed");
+            epochs.push(epoch);
+            if let Some(previous) = previous {
+                let heard = seen.lock().expect("seen").iter().any(|(node, _, owner)| {
+                    node == previous && owner.epoch == epoch && owner.node == replica.node()
+                });
+                assert!(
+                    heard,
+                    "the previous owner {previous} applied (and so fenced) the claim by {} before it returned",
+                    replica.node()
+                );
+            }
+            previous = Some(replica.node());
+            assert_eq!(
+                replica.owner(&key("s")).map(|owner| owner.node),
+                Some(replica.node().to_owned()),
+                "round {round}: the claimant has applied its own claim when it returns"
+            );
+        }
+    }
+    assert!(
+        epochs.windows(2).all(|pair| pair[0] < pair[1]),
+        "{epochs:?}"
+    );
+    let last = *epochs.last().expect("epochs");
+    for _ in 0..100 {
+        if replicas
+            .iter()
+            .all(|r| r.owner(&key("s")).is_some_and(|owner| owner.epoch == last))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for replica in &replicas {
+        let owner = replica.owner(&key("s")).expect("applied everywhere");
+        assert_eq!((owner.node.as_str(), owner.epoch), ("n3", last));
+        let heard: Vec<u64> = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|(node, _, _)| node == replica.node())
+            .map(|(_, _, owner)| owner.epoch)
+            .collect();
+        assert_eq!(
+            heard,
+            epochs,
+            "{} heard every claim, in order",
+            replica.node()
+        );
+    }
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_majority_refuses_claims_and_the_majority_goes_on() {
+    let (mesh, replicas, _seen) = three(Duration::from_millis(1500)).await;
+    let leader = leader_known(&replicas).await;
+    // Cut off the leader: the worst case, it must not accept a claim it cannot commit.
+    mesh.cut.lock().expect("cut").insert(leader.clone());
+    let cut = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("leader");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        cut.claim(key("s")).await,
+        Err(ClaimError::NoQuorum(Duration::from_millis(1500)))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // Its lease (1.5 s here) has run out: it knows it is cut off; the others are not.
+    for _ in 0..100 {
+        if !cut.in_contact() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cut.in_contact(), "the cut-off node lost its lease");
+    let other = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("another node");
+    let mut claimed = None;
+    for _ in 0..5 {
+        if let Ok(epoch) = other.claim(key("s")).await {
+            claimed = Some(epoch);
+            break;
+        }
+    }
+    assert!(
+        claimed.is_some(),
+        "the majority elects a leader and commits"
+    );
+    for replica in replicas.iter().filter(|r| r.node() != leader) {
+        assert!(replica.in_contact(), "{} holds its lease", replica.node());
+    }
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_member_bootstraps_and_only_with_every_member_pristine() {
+    let (_mesh, replicas, _seen) = three(Duration::from_secs(3)).await;
+    leader_known(&replicas).await;
+    // The group holds exactly one membership entry at index 0: initialized once.
+    for replica in &replicas {
+        let metrics = replica.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config;
+        assert_eq!(membership.log_id().map(|id| id.index), Some(0));
+        assert_eq!(membership.membership().voter_ids().count(), 3);
+    }
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_purged_behind_snapshots_and_a_lagging_node_catches_up_from_one() {
+    let (mesh, replicas, seen) = three_with(Duration::from_secs(3), 5).await;
+    let leader = leader_known(&replicas).await;
+    let behind = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != behind.node())
+        .expect("another follower");
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(behind.node().to_owned());
+    let mut last = 0;
+    for i in 0..30 {
+        last = claimant
+            .claim(key(&format!("s{i}")))
+            .await
+            .expect("claimed");
+    }
+    let log_entries = claimant.log.entry_count();
+    assert!(
+        log_entries <= 6,
+        "purged behind the snapshots: {log_entries} entries kept"
+    );
+    mesh.cut.lock().expect("cut").clear();
+    for _ in 0..200 {
+        if behind.owner(&key("s29")).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..30 {
+        assert_eq!(
+            behind.owner(&key(&format!("s{i}"))).map(|owner| owner.node),
+            Some(claimant.node().to_owned()),
+            "s{i} reached the lagging node"
+        );
+    }
+    assert_eq!(
+        behind.owner(&key("s29")).map(|owner| owner.epoch),
+        Some(last)
+    );
+    let told = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|(node, _, _)| node == behind.node())
+        .count();
+    assert!(
+        told >= 30,
+        "its observer heard every claim ({told}), snapshot or not"
+    );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

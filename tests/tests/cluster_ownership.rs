@@ -1,0 +1,331 @@
+//! Replicated session ownership (docs/CLUSTERING.md, "Session ownership"): three brokers in one
+//! process with `members`, talking real QUIC on port 0 with node certificates made in the
+//! test. A named session claimed on another node fences the old connection with
+//! `SESSION_TAKEN_OVER`; claims get strictly increasing epochs on every node; a node cut off
+//! from the majority refuses claims with `NO_QUORUM` after its claim timeout, and closes the
+//! connections of its claimed sessions with `NO_QUORUM` once its lease runs out, before the
+//! majority gives the session to another node; the first
+//! member, restarted empty, rejoins the group without initializing a second one.
+
+use std::time::{Duration, Instant};
+
+use cassini_broker::cluster::ClusterConfig;
+use cassini_broker::replication::{Owner, SessionKey};
+use cassini_broker::BrokerConfig;
+use cassini_e2e::{eventually, identity_of, raw, raw_connect, within, Pki, TestBroker};
+use cassini_protocol::{ErrorCode, Hello, PROTOCOL_VERSION};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
+use cassini_quic::faults::{FaultControl, FaultPlan};
+
+const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
+
+/// The claim timeout of these tests' nodes (the default is 3 s).
+const CLAIM_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The lease of these tests' nodes (the default is 3 s): longer than an election after the
+/// leader stops (the election timeout is 0.5 s to 1 s), so only a cut-off node loses it.
+const LEASE: Duration = Duration::from_secs(2);
+
+struct Node {
+    broker: TestBroker,
+    cluster: ClusterNode,
+}
+
+impl Node {
+    async fn start(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
+        let config = BrokerConfig {
+            cluster: Some(ClusterConfig {
+                members: MEMBERS.map(String::from).to_vec(),
+                claim_timeout: CLAIM_TIMEOUT,
+                lease: LEASE,
+                ..ClusterConfig::node(name)
+            }),
+            ..BrokerConfig::default()
+        };
+        let broker = TestBroker::start_sharing_ca(pki, config).await;
+        let (chain, key) = identity_of(&pki.node(name));
+        let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
+        let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        options.layer = faults.map(FaultControl::layer);
+        let port = broker.broker.cluster().expect("a cluster node");
+        let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
+        Self { broker, cluster }
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.cluster.port().replica().and_then(|r| r.leader())
+    }
+
+    fn owner(&self, session: &SessionKey) -> Option<Owner> {
+        self.cluster
+            .port()
+            .replica()
+            .and_then(|replica| replica.owner(session))
+    }
+
+    async fn stop(self) {
+        self.cluster.close(Duration::from_secs(1)).await;
+        self.broker.stop().await;
+    }
+}
+
+/// Three members in a full mesh with one leader they all know.
+async fn three_members(faults: [Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
+    let pki = Pki::new();
+    let mut nodes = Vec::new();
+    for (name, faults) in MEMBERS.into_iter().zip(faults) {
+        nodes.push(Node::start(&pki, name, faults).await);
+    }
+    let addrs: Vec<_> = nodes
+        .iter()
+        .map(|node| node.cluster.local_addr().expect("cluster address"))
+        .collect();
+    for node in &nodes {
+        for &addr in &addrs {
+            node.cluster.dial(addr);
+        }
+    }
+    eventually("the members elect a leader they all know", || async {
+        let leaders: Vec<Option<String>> = nodes.iter().map(Node::leader).collect();
+        (leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])).then_some(())
+    })
+    .await;
+    (pki, nodes)
+}
+
+/// A raw client connection of identity `alice` to `node`, attached to the session named
+/// `name`; `Err` with the close code if the broker refused it.
+async fn attach_named(
+    pki: &Pki,
+    node: &Node,
+    name: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), ErrorCode> {
+    let (chain, key) = identity_of(&pki.client("alice"));
+    let (endpoint, connection) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
+        .await
+        .expect("raw connection");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: Some("raw".into()),
+        positions: Vec::new(),
+        session_name: Some(name.into()),
+    };
+    match raw::send_hello(&connection, hello).await {
+        Some((_, send, _)) => Ok((endpoint, connection, send)),
+        None => Err(raw::close_of(&connection).await.0),
+    }
+}
+
+fn alice(name: &str) -> SessionKey {
+    SessionKey {
+        identity: "alice".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_takeover_from_another_node_fences_the_old_connection_and_epochs_strictly_increase() {
+    let (pki, nodes) = three_members([None, None, None]).await;
+    let session = alice("orders");
+    let mut epochs = Vec::new();
+    let mut previous: Option<(quinn::Endpoint, quinn::Connection, quinn::SendStream)> = None;
+    // Around the cluster twice: each attach takes the session from the node before.
+    for round in 0..6 {
+        let node = &nodes[round % 3];
+        let attached = attach_named(&pki, node, "orders")
+            .await
+            .expect("the claim is committed and the session attached");
+        let welcomed = Instant::now();
+        let owner = node
+            .owner(&session)
+            .expect("the claimant applied its claim");
+        assert_eq!(owner.node, MEMBERS[round % 3]);
+        epochs.push(owner.epoch);
+        if let Some((_endpoint, old, _send)) = previous.take() {
+            let (code, reason) = within("the old connection is fenced", raw::close_of(&old)).await;
+            assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER, "{reason}");
+            assert!(reason.contains(MEMBERS[round % 3]), "{reason}");
+            assert!(
+                welcomed.elapsed() < Duration::from_secs(1),
+                "fenced as soon as the old node applies the claim, not at some timeout"
+            );
+        }
+        // The new connection stays up: it is the only one serving the session.
+        assert!(attached.1.close_reason().is_none());
+        previous = Some(attached);
+    }
+    assert!(
+        epochs.windows(2).all(|pair| pair[0] < pair[1]),
+        "epochs strictly increase: {epochs:?}"
+    );
+    let last = *epochs.last().expect("epochs");
+    eventually("every node applied the last claim", || async {
+        nodes
+            .iter()
+            .all(|node| {
+                node.owner(&session)
+                    .is_some_and(|owner| owner.epoch == last)
+            })
+            .then_some(())
+    })
+    .await;
+    // Another identity's session of the same name is another session: nothing is fenced.
+    let (_endpoint, survivor, _send) = previous.expect("the last connection");
+    let (chain, key) = identity_of(&pki.client("bob"));
+    let (_bob_endpoint, bob) = raw_connect(nodes[0].broker.addr, pki.ca_certs(), chain, key)
+        .await
+        .expect("raw connection");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: Some("raw".into()),
+        positions: Vec::new(),
+        session_name: Some("orders".into()),
+    };
+    assert!(raw::send_hello(&bob, hello).await.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        survivor.close_reason().is_none(),
+        "alice's session is untouched"
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_majority_refuses_claims_with_no_quorum() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    cut.set_blackhole(true);
+    let started = Instant::now();
+    assert_eq!(
+        attach_named(&pki, &nodes[2], "orders").await.err(),
+        Some(ErrorCode::NO_QUORUM),
+        "the cut-off node refuses the claim"
+    );
+    assert!(
+        started.elapsed() >= CLAIM_TIMEOUT,
+        "refused only after the claim timeout"
+    );
+    // The majority goes on (electing a new leader first if the cut-off node led).
+    let attached = eventually("the majority commits a claim", || async {
+        attach_named(&pki, &nodes[0], "orders").await.ok()
+    })
+    .await;
+    assert_eq!(
+        nodes[0].owner(&alice("orders")).map(|owner| owner.node),
+        Some("n1".to_owned())
+    );
+    drop(attached);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_first_member_restarted_empty_rejoins_without_a_second_bootstrap() {
+    let (pki, mut nodes) = three_members([None, None, None]).await;
+    let before = attach_named(&pki, &nodes[1], "orders")
+        .await
+        .expect("claimed on n2");
+    let first_epoch = nodes[1].owner(&alice("orders")).expect("claimed").epoch;
+    let initialized_by: Vec<bool> = nodes
+        .iter()
+        .map(|node| {
+            node.cluster
+                .port()
+                .replica()
+                .expect("a replica")
+                .initialized_here()
+        })
+        .collect();
+    assert_eq!(
+        initialized_by,
+        [true, false, false],
+        "n1 initialized the group"
+    );
+    // n1, the member that bootstrapped the group, comes back in memory mode: no vote, no log.
+    let n1 = nodes.remove(0);
+    n1.stop().await;
+    let n1 = Node::start(&pki, "n1", None).await;
+    let addr = n1.cluster.local_addr().expect("cluster address");
+    for node in &nodes {
+        n1.cluster
+            .dial(node.cluster.local_addr().expect("cluster address"));
+        node.cluster.dial(addr);
+    }
+    nodes.insert(0, n1);
+    eventually(
+        "the restarted n1 learns the group from its leader",
+        || async {
+            nodes[0]
+                .leader()
+                .filter(|leader| Some(leader) == nodes[1].leader().as_ref())
+        },
+    )
+    .await;
+    let _after = attach_named(&pki, &nodes[0], "orders")
+        .await
+        .expect("the restarted n1 claims through the same group");
+    let owner = nodes[0].owner(&alice("orders")).expect("claimed");
+    assert_eq!(owner.node, "n1");
+    let restarted = nodes[0].cluster.port().replica().expect("a replica");
+    assert!(
+        !restarted.initialized_here(),
+        "its peers have been in a group: it waits to be told the membership"
+    );
+    assert!(owner.epoch > first_epoch, "the same log goes on: {owner:?}");
+    let (code, _) = within("n2's connection is fenced", raw::close_of(&before.1)).await;
+    assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER);
+    for node in nodes {
+        let replica = node.cluster.port().replica().expect("a replica");
+        assert_eq!(
+            replica.membership_log_index(),
+            Some(0),
+            "{}: one membership entry, the first bootstrap's",
+            replica.node()
+        );
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_closes_its_claimed_connections_after_its_lease_before_the_majority_attaches(
+) {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    let (_endpoint, old, _send) = attach_named(&pki, &nodes[2], "orders")
+        .await
+        .expect("claimed on n3");
+    cut.set_blackhole(true);
+    let cut_at = Instant::now();
+    let closed = tokio::spawn(async move {
+        let (code, reason) = raw::close_of(&old).await;
+        (code, reason, Instant::now())
+    });
+    let (_endpoint, _new, _send) = eventually("the majority gives n1 the session", || async {
+        attach_named(&pki, &nodes[0], "orders").await.ok()
+    })
+    .await;
+    let welcomed = Instant::now();
+    let (code, reason, closed_at) = within("n3 lets its client go", closed)
+        .await
+        .expect("close task");
+    assert_eq!(code, ErrorCode::NO_QUORUM, "{reason}");
+    assert!(
+        closed_at <= welcomed + Duration::from_millis(100),
+        "n3 closed its connection ({:?} after the cut) before n1 attached the session ({:?})",
+        closed_at - cut_at,
+        welcomed - cut_at
+    );
+    assert!(
+        closed_at - cut_at <= LEASE * 2,
+        "closed within its lease and a check: {:?}",
+        closed_at - cut_at
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}
