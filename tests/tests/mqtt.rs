@@ -797,6 +797,20 @@ fn will_holder(id: &str, will_delay: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Connects MQTT 5 client `id` (certificate `id`) without a clean start, so it resumes its
+/// session, subscribes to `{id}/inbox` and leaves.
+async fn resume_session(gateway: &Gateway, id: &str) {
+    let inbox = format!("{id}/inbox");
+    run_ok(
+        "mosquitto_sub",
+        &tls_args(gateway, id),
+        &[
+            "-V", "mqttv5", "-c", "-i", id, "-x", "300", "-t", &inbox, "-E",
+        ],
+    )
+    .await;
+}
+
 /// Starts `mosquitto_sub` with `args` and waits until it subscribed to `{id}/inbox`.
 async fn hold_session(
     gateway: &Gateway,
@@ -837,23 +851,7 @@ async fn a_will_waits_for_its_delay_and_a_reconnection_within_it_cancels_it() {
     })
     .await;
     // The client is back within the delay: its will is never published.
-    run_ok(
-        "mosquitto_sub",
-        &tls_args(&gateway, "lazarus"),
-        &[
-            "-V",
-            "mqttv5",
-            "-c",
-            "-i",
-            "lazarus",
-            "-x",
-            "300",
-            "-t",
-            "lazarus/inbox",
-            "-E",
-        ],
-    )
-    .await;
+    resume_session(&gateway, "lazarus").await;
     eventually("the will cancelled", || async {
         (counter(&stats.wills_cancelled) == 1 && counter(&stats.wills_waiting) == 0).then_some(())
     })
@@ -884,23 +882,7 @@ async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
     let _first = hold_session(&gateway, "twin", "twin", &will_holder("twin", "0")).await;
     // The same client id again: it takes the session over, and the first connection's will is
     // published as its connection closes (MQTT 5 §3.1.4).
-    run_ok(
-        "mosquitto_sub",
-        &tls_args(&gateway, "twin"),
-        &[
-            "-V",
-            "mqttv5",
-            "-c",
-            "-i",
-            "twin",
-            "-x",
-            "300",
-            "-t",
-            "twin/inbox",
-            "-E",
-        ],
-    )
-    .await;
+    resume_session(&gateway, "twin").await;
     let will = within("the will of the connection taken over", wills.next())
         .await
         .expect("open");
@@ -1009,23 +991,7 @@ async fn a_will_waiting_for_its_delay_is_published_after_a_disk_mode_restart_unl
     let gateway = gateway.restart_with(durable(data.path())).await;
     let stats = gateway.mqtt.stats();
     // lazarus is back within the delay, across the restart: its will is cancelled.
-    run_ok(
-        "mosquitto_sub",
-        &tls_args(&gateway, "lazarus"),
-        &[
-            "-V",
-            "mqttv5",
-            "-c",
-            "-i",
-            "lazarus",
-            "-x",
-            "300",
-            "-t",
-            "lazarus/inbox",
-            "-E",
-        ],
-    )
-    .await;
+    resume_session(&gateway, "lazarus").await;
     // phoenix's will is published once its delay passed, the downtime counted.
     let will = first_will(&gateway).await;
     assert_eq!(will.topic(), "status.phoenix");
