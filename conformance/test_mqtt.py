@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import queue
 import ssl
@@ -57,7 +58,11 @@ def gateway(start_broker) -> tuple[Broker, int]:
 
 
 class Paho:
-    """One paho client, driven by a thread of ours: messages and disconnects land in queues."""
+    """One paho client, driven by a thread of ours: messages and disconnects land in queues.
+
+    Every call that writes to the connection (publish, subscribe, ack, disconnect) runs on that
+    thread (`call`): paho writes at once from the calling thread when it runs no thread of its
+    own, and two threads writing one TLS connection corrupt it."""
 
     def __init__(self, certs: CertDir, name: str, port: int, protocol: int,
                  client_id: str = "", clean: bool = True, expiry: int | None = None,
@@ -102,6 +107,7 @@ class Paho:
         else:
             self.client.connect("localhost", port, keepalive=30)
         self.stop = threading.Event()
+        self.calls: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self.pump, daemon=True)
         self.thread.start()
         self.session_present, self.rc, self.connack = self.connected.get(timeout=10)
@@ -114,11 +120,39 @@ class Paho:
 
     def pump(self) -> None:
         while not self.stop.is_set():
-            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+            self.run_calls()
+            if self.client.loop(timeout=0.01) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        self.run_calls()
+
+    def run_calls(self) -> None:
+        while True:
+            try:
+                fn, result = self.calls.get_nowait()
+            except queue.Empty:
                 return
+            try:
+                result.set_result(fn())
+            except Exception as error:  # handed to the caller
+                result.set_exception(error)
+
+    def call(self, fn):
+        """Runs `fn` on the client's thread (here, once that thread has ended); returns what it
+        returns (at most 10 s)."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self.calls.put((fn, result))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return result.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if not self.thread.is_alive():
+                    self.run_calls()
+                elif time.monotonic() > deadline:
+                    raise
 
     def subscribe(self, topic: str, qos: int = 1) -> list:
-        self.client.subscribe(topic, qos)
+        self.call(lambda: self.client.subscribe(topic, qos))
         return self.acks.get(timeout=10)
 
     def subscribe_with(self, topic: str, options: SubscribeOptions,
@@ -128,12 +162,13 @@ class Paho:
         if subscription_id is not None:
             props = Properties(PacketTypes.SUBSCRIBE)
             props.SubscriptionIdentifier = subscription_id
-        self.client.subscribe((topic, options), properties=props)
+        self.call(lambda: self.client.subscribe((topic, options), properties=props))
         return self.acks.get(timeout=10)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 properties: Properties | None = None) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        info = self.call(lambda: self.client.publish(topic, payload, qos=qos, retain=retain,
+                                                      properties=properties))
         info.wait_for_publish(timeout=10)
         assert info.is_published(), f"publish to {topic} not acknowledged"
 
@@ -150,7 +185,7 @@ class Paho:
 
     def ack(self, message) -> None:
         """Acknowledges a QoS 1 delivery (with `manual_ack`)."""
-        self.client.ack(message.mid, message.qos)
+        self.call(lambda: self.client.ack(message.mid, message.qos))
 
     def next_disconnect(self, timeout: float = 10.0):
         return self.disconnects.get(timeout=timeout)
@@ -158,7 +193,7 @@ class Paho:
     def close(self, properties: Properties | None = None, with_will: bool = False) -> None:
         """Disconnects; with `with_will`, with reason 0x04 Disconnect with Will Message."""
         reason = ReasonCode(PacketTypes.DISCONNECT, identifier=0x04) if with_will else None
-        self.client.disconnect(reasoncode=reason, properties=properties)
+        self.call(lambda: self.client.disconnect(reasoncode=reason, properties=properties))
         self.stop.set()
         self.thread.join(timeout=5)
 
@@ -531,7 +566,8 @@ async def test_topic_aliases_up_to_the_announced_maximum(gateway, certs):
         message = await sub.next_frame()
         assert (message["topic"], message["payload"]) == ("paho.alias.room1", payload)
     # Above the maximum: DISCONNECT 0x94 Topic Alias invalid.
-    paho.client.publish("paho/alias/room2", b"x", qos=0, properties=publish_properties(TopicAlias=11))
+    paho.call(lambda: paho.client.publish("paho/alias/room2", b"x", qos=0,
+                                          properties=publish_properties(TopicAlias=11)))
     reason = await in_thread(paho.next_disconnect)
     assert int(reason.value) == 0x94, reason
     await drop(quic)
