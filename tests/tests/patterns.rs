@@ -112,6 +112,41 @@ async fn request_reply_round_trip() {
     broker.stop().await;
 }
 
+/// More requests than the responder has publish lanes (64), from two callers at once: replies
+/// to one inbox share one lane, and each request still gets its own reply.
+#[tokio::test]
+async fn many_concurrent_requests_from_two_callers_each_get_their_own_reply() {
+    const PER_CALLER: usize = 150;
+    let broker = TestBroker::start().await;
+    let service = broker.client("service").await;
+    let server = echo_service(&service, "svc.echo").await;
+    let callers = [
+        broker.client("caller-a").await,
+        broker.client("caller-b").await,
+    ];
+    let requests = callers.iter().enumerate().flat_map(|(c, caller)| {
+        (0..PER_CALLER).map(move |n| async move {
+            let body = format!("{c}/{n}");
+            let reply = caller
+                .request(
+                    "svc.echo",
+                    Bytes::from(body.clone()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("a reply");
+            assert_eq!(reply.payload(), &Bytes::from(format!("echo: {body}")));
+        })
+    });
+    within(
+        "every request answered",
+        futures_util::future::join_all(requests),
+    )
+    .await;
+    server.abort();
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_nobody_answers_times_out() {
     let broker = TestBroker::start().await;

@@ -190,6 +190,15 @@ impl TopicName {
     pub fn tokens(&self) -> std::str::Split<'_, char> {
         self.0.split('.')
     }
+
+    /// The name made of the first `count` tokens (at least one); the name itself if it has no
+    /// more. A prefix of a valid name is valid under the same limits.
+    pub fn first_tokens(&self, count: usize) -> TopicName {
+        match self.0.match_indices('.').nth(count.max(1) - 1) {
+            Some((end, _)) => Self(Arc::from(&self.0[..end])),
+            None => self.clone(),
+        }
+    }
 }
 
 impl fmt::Display for TopicName {
@@ -455,5 +464,16 @@ mod tests {
         );
         assert!(filter("a.*").has_wildcards());
         assert!(!filter("a.b").has_wildcards());
+    }
+
+    #[test]
+    fn first_tokens_is_the_prefix_of_that_many_tokens() {
+        let topic = name("_INBOX.alice.00ff.17");
+        assert_eq!(topic.first_tokens(3).as_str(), "_INBOX.alice.00ff");
+        assert_eq!(topic.first_tokens(1).as_str(), "_INBOX");
+        assert_eq!(topic.first_tokens(0).as_str(), "_INBOX");
+        assert_eq!(topic.first_tokens(4), topic);
+        assert_eq!(topic.first_tokens(9), topic);
+        assert_eq!(name("a").first_tokens(3).as_str(), "a");
     }
 }

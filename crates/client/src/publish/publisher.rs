@@ -1,7 +1,8 @@
 //! [`Publisher`]: which lane carries which topic, on one connection.
 //!
 //! Every topic is published on its own stream, a lane (see [`crate::publish::lane`]), so messages
-//! to one topic stay in order and a large or slow topic does not delay the others. At most
+//! to one topic stay in order and a large or slow topic does not delay the others; replies to one
+//! request inbox share a lane ([`lane_key`]). At most
 //! `max_lanes` lanes are open; a new topic closes the least recently used lane. A closed lane
 //! finishes its stream, and a later lane for the same topic waits until the broker has acknowledged
 //! that stream before it sends, so per-topic order holds across lanes too.
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use cassini_protocol::inbox::INBOX_TOKEN;
 use cassini_protocol::{PublishRejected, TopicName};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -151,8 +153,10 @@ impl Publisher {
         }
     }
 
-    /// The queue of `topic`'s lane, opening the lane if needed.
+    /// The queue of the lane carrying `topic` (see [`lane_key`]), opening the lane if needed.
     fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, SendError> {
+        let key = lane_key(topic);
+        let topic = &key;
         let mut table = lock(&self.lanes);
         if table.closed {
             return Err(SendError::Failed(ConnectionError::Closed));
@@ -237,6 +241,22 @@ impl Publisher {
             .map_err(|_| {
                 ClientError::Timeout("waiting for the broker to acknowledge published messages")
             })
+    }
+}
+
+/// Tokens of a reply inbox's name: `_INBOX.<identity token>.<random part>`.
+const INBOX_TOKENS: usize = 3;
+
+/// The lane that carries `topic`: a topic's own, except under a reply inbox. Each request names
+/// its own reply topic (`_INBOX.<token>.<random>.<n>`), so a responder with a lane per topic
+/// would open, and then retire, one publish stream per reply; instead every reply to one inbox
+/// shares that inbox's lane (`_INBOX.<token>.<random>`). Order per topic holds either way: one
+/// topic always maps to one lane.
+pub(crate) fn lane_key(topic: &TopicName) -> TopicName {
+    if topic.tokens().next() == Some(INBOX_TOKEN) {
+        topic.first_tokens(INBOX_TOKENS)
+    } else {
+        topic.clone()
     }
 }
 
@@ -331,7 +351,9 @@ impl<K: Hash + Eq + Clone, V> LruMap<K, V> {
 
 #[cfg(test)]
 mod tests {
-    //! Which publish lane is closed when a new topic needs one.
+    //! Which publish lane carries a topic, and which is closed when a new topic needs one.
+
+    #![allow(clippy::expect_used)] // A failed expectation in a test panics on purpose.
 
     use super::*;
 
@@ -341,6 +363,23 @@ mod tests {
             assert_eq!(map.insert(key, value), None);
         }
         map
+    }
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::parse(name, &cassini_protocol::TopicLimits::default()).expect("a valid topic")
+    }
+
+    #[test]
+    fn replies_to_one_inbox_share_its_lane_and_other_topics_have_their_own() {
+        let key = |name: &str| lane_key(&topic(name)).as_str().to_owned();
+        assert_eq!(key("_INBOX.alice.00ff.1"), "_INBOX.alice.00ff");
+        assert_eq!(key("_INBOX.alice.00ff.2"), "_INBOX.alice.00ff");
+        assert_eq!(key("_INBOX.alice.00ff.2.x"), "_INBOX.alice.00ff");
+        assert_eq!(key("_INBOX.bob.00ff.1"), "_INBOX.bob.00ff");
+        assert_eq!(key("_INBOX.alice"), "_INBOX.alice");
+        assert_eq!(key("svc.a.b.c"), "svc.a.b.c");
+        assert_eq!(key("x._INBOX.a.b"), "x._INBOX.a.b");
+        assert_eq!(key("_INBOXES.a.b.c"), "_INBOXES.a.b.c");
     }
 
     #[test]
