@@ -891,6 +891,34 @@ async fn a_will_without_delay_is_published_when_its_session_is_taken_over() {
 }
 
 #[tokio::test]
+async fn an_identity_keeps_no_more_wills_waiting_than_it_may_have_sessions() {
+    if !have_mosquitto() {
+        return;
+    }
+    let mut config = BrokerConfig::default();
+    config.limits.max_sessions_per_identity = 2;
+    let gateway = Gateway::start_with(config, false).await;
+    let stats = gateway.mqtt.stats();
+    let counter =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("status.>").await.expect("subscribe");
+    // Three client ids of one identity, each gone with a will waiting 60 s: the broker keeps two
+    // of its sessions, so the first session has ended and its will is published at once.
+    for (waiting, id) in ["d1", "d2", "d3"].into_iter().enumerate() {
+        let mut device = hold_session(&gateway, "fleet", id, &will_holder(id, "60")).await;
+        device.kill().await.expect("killed");
+        eventually("the will is counted", || async {
+            (counter(&stats.wills_waiting) as usize == (waiting + 1).min(2)).then_some(())
+        })
+        .await;
+    }
+    let will = within("the oldest will", wills.next()).await.expect("open");
+    assert_eq!(will.topic(), "status.d1");
+    assert_eq!(counter(&stats.wills_waiting), 2);
+}
+
+#[tokio::test]
 async fn no_will_of_a_revoked_certificate_is_published() {
     let Some(gateway) = gateway_for_mosquitto().await else {
         return;

@@ -6,8 +6,9 @@
 //! will delay passed). So a will passes the same admission and ACL as any publish of that
 //! identity, and counts for a moment as one more connection and session of it.
 //!
-//! [`Wills`] holds the wills waiting for their delay, one per client id at most (a client id
-//! names one session, so they are bounded by the sessions): a new connection for the client id
+//! [`Wills`] holds the wills waiting for their delay, one per client id at most and at most
+//! `limits.max_sessions_per_identity` per identity (beyond that the oldest one's session has
+//! ended, and it is published at once): a new connection for the client id
 //! cancels its will (MQTT 5 §3.1.3.2.2), unless it makes a clean start, which ends the session
 //! and so publishes the will at once (§3.1.2.5).
 //!
@@ -98,6 +99,8 @@ struct StoredWill {
 struct Waiting {
     /// Its number, so that its task knows it is still the one waiting.
     number: u64,
+    /// Its client's identity.
+    identity: Arc<str>,
     /// Cancelled when a new connection for the client id cancels it.
     cancel: CancellationToken,
     /// Cancelled when its session ends before the delay (a clean start): published at once.
@@ -288,6 +291,42 @@ impl Wills {
         }
     }
 
+    /// Keeps at most `most` wills of `identity` waiting: the broker keeps at most that many
+    /// sessions of an identity, so the session of an older waiting will has ended (MQTT 5
+    /// §3.1.2.5: its will is due then). The oldest beyond `most` are published at once.
+    fn end_oldest_beyond(
+        &self,
+        waiting: &mut HashMap<String, Waiting>,
+        identity: &Arc<str>,
+        most: usize,
+    ) {
+        loop {
+            let mut count = 0;
+            let mut oldest: Option<(&String, u64)> = None;
+            for (client_id, entry) in waiting.iter() {
+                if entry.identity != *identity {
+                    continue;
+                }
+                count += 1;
+                if oldest.is_none_or(|(_, number)| entry.number < number) {
+                    oldest = Some((client_id, entry.number));
+                }
+            }
+            let Some((client_id, _)) = oldest.filter(|_| count > most.max(1)) else {
+                return;
+            };
+            let client_id = client_id.clone();
+            if let Some(entry) = waiting.remove(&client_id) {
+                self.stats.wills_waiting.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(
+                    %client_id,
+                    "more wills of its identity waiting than it may have sessions: published now"
+                );
+                entry.now.cancel();
+            }
+        }
+    }
+
     /// A connection with a clean start is about to take `client_id` over: the connection
     /// holding it learns that its session ends (before the broker closes it). Returns that
     /// connection's flag, to clear if the broker refuses the newer connection.
@@ -359,6 +398,7 @@ impl Wills {
         if let Ok(mut waiting) = self.waiting.lock() {
             let entry = Waiting {
                 number,
+                identity: Arc::clone(&owner.peer.identity),
                 cancel: cancel.clone(),
                 now: now.clone(),
             };
@@ -369,6 +409,8 @@ impl Wills {
                     self.stats.wills_waiting.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            let most = broker.config().limits.max_sessions_per_identity;
+            self.end_oldest_beyond(&mut waiting, &owner.peer.identity, most);
         }
         tokio::spawn(async move {
             tokio::select! {
