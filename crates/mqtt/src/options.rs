@@ -9,7 +9,9 @@
 //! keeps the session. In memory mode a restart forgets them with the sessions. Bounded by the
 //! sessions: a client id's options go when its session ends with its connection, at a clean
 //! start, and, for a session left detached, once its expiry has passed (checked whenever options
-//! are stored, and on restore).
+//! are stored, and on restore); and an identity keeps options for at most
+//! `limits.max_sessions_per_identity` client ids (the sessions the broker keeps for it: beyond
+//! that, the client id detached longest has lost its session, and its options go).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,6 +44,9 @@ struct ClientOptions {
     filters: HashMap<String, SubOptions>,
     /// While no connection holds the session: when it expires, in ms since the Unix epoch.
     expires_at_ms: Option<u64>,
+    /// The client's identity (empty in records written before it was kept).
+    #[serde(default)]
+    identity: String,
 }
 
 /// The options of every client id, shared by the gateway's connections.
@@ -108,8 +113,15 @@ impl OptionsTable {
             .unwrap_or_default()
     }
 
-    /// Keeps `options` for `client_id`'s subscription to `filter` (`None`: it is gone).
-    pub(crate) fn set(&self, client_id: &str, filter: &str, options: Option<SubOptions>) {
+    /// Keeps `options` for `client_id`'s subscription to `filter` (`None`: it is gone); the
+    /// client is of `identity`.
+    pub(crate) fn set(
+        &self,
+        identity: &str,
+        client_id: &str,
+        filter: &str,
+        options: Option<SubOptions>,
+    ) {
         let Ok(mut clients) = self.clients.lock() else {
             return;
         };
@@ -123,10 +135,18 @@ impl OptionsTable {
         });
         match options.filter(|options| *options != SubOptions::default()) {
             Some(options) => {
+                let new = !clients.contains_key(client_id);
                 let client = clients.entry(client_id.to_string()).or_default();
+                client.identity = identity.to_string();
                 if client.filters.get(filter) != Some(&options) {
                     client.filters.insert(filter.to_string(), options);
                     self.store(client_id, Some(client));
+                }
+                if new {
+                    let most = self.broker.get().map_or(usize::MAX, |broker| {
+                        broker.config().limits.max_sessions_per_identity
+                    });
+                    self.forget_beyond(&mut clients, identity, most);
                 }
             }
             None => {
@@ -141,6 +161,33 @@ impl OptionsTable {
                     }
                 }
             }
+        }
+    }
+
+    /// Keeps options for at most `most` (`limits.max_sessions_per_identity`) client ids of
+    /// `identity`:
+    /// beyond, those detached longest go (their sessions are the ones the broker ended).
+    fn forget_beyond(
+        &self,
+        clients: &mut HashMap<String, ClientOptions>,
+        identity: &str,
+        most: usize,
+    ) {
+        let most = most.max(1);
+        let mut detached: Vec<(u64, String)> = Vec::new();
+        let mut count: usize = 0;
+        for (client_id, client) in clients.iter() {
+            if client.identity == identity {
+                count += 1;
+                if let Some(at) = client.expires_at_ms {
+                    detached.push((at, client_id.clone()));
+                }
+            }
+        }
+        detached.sort_unstable();
+        for (_, client_id) in detached.into_iter().take(count.saturating_sub(most)) {
+            clients.remove(&client_id);
+            self.store(&client_id, None);
         }
     }
 
@@ -188,4 +235,32 @@ impl OptionsTable {
 /// `duration` in milliseconds.
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: usize) -> Option<SubOptions> {
+        Some(SubOptions {
+            subscription_id: Some(id),
+            ..SubOptions::default()
+        })
+    }
+
+    #[test]
+    fn an_identity_keeps_options_for_no_more_client_ids_than_it_may_have_sessions() {
+        let table = OptionsTable::default();
+        for (n, client_id) in ["d1", "d2", "d3"].into_iter().enumerate() {
+            table.set("fleet", client_id, "a/#", with_id(n + 1));
+            table.detach(client_id, Some(Duration::from_secs(300 + n as u64)));
+        }
+        table.set("other", "o1", "a/#", with_id(9));
+        let mut clients = table.clients.lock().expect("lock");
+        table.forget_beyond(&mut clients, "fleet", 2);
+        let mut kept: Vec<&str> = clients.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        // d1 was detached longest (it expires first): its session is the one the broker ended.
+        assert_eq!(kept, ["d2", "d3", "o1"]);
+    }
 }

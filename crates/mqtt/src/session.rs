@@ -1050,6 +1050,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 if sub.qos == qos {
                     sub.options = sub_options;
                     self.context.sub_options.set(
+                        &self.peer.identity,
                         &self.connect.client_id,
                         &wanted.filter,
                         Some(sub_options),
@@ -1109,9 +1110,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         let mut frames = Vec::new();
         for (index, filter) in filters.into_iter().enumerate() {
-            self.context
-                .sub_options
-                .set(&self.connect.client_id, &filter, None);
+            self.context.sub_options.set(
+                &self.peer.identity,
+                &self.connect.client_id,
+                &filter,
+                None,
+            );
             match self.by_filter.remove(&filter) {
                 Some(subscription) => {
                     let request = self.request(Pending::Unsubscribe { pkid, index });
@@ -1180,9 +1184,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     options,
                     drop_retained,
                 }) => {
-                    self.context
-                        .sub_options
-                        .set(&self.connect.client_id, &filter, Some(options));
+                    self.context.sub_options.set(
+                        &self.peer.identity,
+                        &self.connect.client_id,
+                        &filter,
+                        Some(options),
+                    );
                     self.by_filter
                         .insert(filter.clone(), subscribed.subscription);
                     self.subs.insert(
@@ -1240,9 +1247,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 // MQTT cannot tell a client that the server ended a subscription.
                 tracing::info!(client_id = %self.connect.client_id, subscription = ended.subscription, code = %ended.code, reason = %ended.reason, "subscription ended by the broker");
                 if let Some(sub) = self.subs.get(&ended.subscription) {
-                    self.context
-                        .sub_options
-                        .set(&self.connect.client_id, &sub.filter, None);
+                    self.context.sub_options.set(
+                        &self.peer.identity,
+                        &self.connect.client_id,
+                        &sub.filter,
+                        None,
+                    );
                 }
                 self.forget(ended.subscription);
                 None
