@@ -161,7 +161,15 @@ impl Ownership {
                 return Err(BrokerError::SessionTakenOverOn(owner.node));
             }
         }
-        held.insert(session.clone(), Held { epoch, connection });
+        // Two local connections of one session may get here in either order: the newer
+        // claim's stays registered (the older connection is being taken over here anyway),
+        // and the older one's hold, when dropped, leaves it alone.
+        match held.get(&session) {
+            Some(newer) if newer.epoch > epoch => {}
+            _ => {
+                held.insert(session.clone(), Held { epoch, connection });
+            }
+        }
         Ok(Hold {
             ownership: Arc::clone(self),
             session,
