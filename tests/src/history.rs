@@ -549,10 +549,23 @@ fn check_group(
         .map(|p| p.id)
         .filter(|id| !members.iter().any(|log| lost_with_session(log, *id)))
         .collect();
-    if missing.len() > free {
+    // Each run of one publisher's consecutive publishes that reached no member must be
+    // announced by at least one sequence: a link that dies takes the forwards it had not
+    // confirmed, and the drop report counts only what the sending node dropped itself, so a
+    // gap may stand for fewer messages than were lost (docs/CLUSTERING.md, "Losses are gaps").
+    let mut sorted = missing.clone();
+    sorted.sort_unstable();
+    let runs = sorted
+        .iter()
+        .zip(std::iter::once(None).chain(sorted.iter().map(Some)))
+        .filter(|(id, previous)| {
+            !previous.is_some_and(|p| p.publisher == id.publisher && p.index + 1 == id.index)
+        })
+        .count();
+    if runs > free {
         report(format!(
-            "{} acknowledged publishes reached no member and only {free} announced sequences \
-             stand for them, e.g. {:?}",
+            "{} acknowledged publishes in {runs} runs reached no member and only {free} announced \
+             sequences stand for them, e.g. {:?}",
             missing.len(),
             missing.iter().min()
         ));
@@ -823,7 +836,7 @@ mod tests {
             "{violations:?}"
         );
         assert!(
-            violations[1].contains("2 acknowledged publishes reached no member"),
+            violations[1].contains("2 acknowledged publishes in 1 runs reached no member"),
             "publishes 2 and 3 are unaccounted: {violations:?}"
         );
     }
@@ -848,12 +861,16 @@ mod tests {
         // 1 is announced by member two; 3 was lost with member one's session.
         let violations = history.violations();
         assert!(violations.is_empty(), "{violations:?}");
+        // 5 and 7 reached nobody, in two runs (6 came between them): the one announced
+        // sequence left stands for one run only.
         history.published(id(0, 5), "a.b", true);
         history.published(id(0, 6), "a.b", true);
+        history.published(id(0, 7), "a.b", true);
+        two.delivered_as(Some(id(0, 6)), "a.b", 3, false);
         assert_eq!(
             history.violations().len(),
             1,
-            "5 and 6 reached nobody, and one announced sequence is left for them"
+            "5 and 7 reached nobody, and one announced sequence is left for them"
         );
     }
 
