@@ -95,6 +95,21 @@ struct StoredWill {
     due_at_ms: Option<u64>,
 }
 
+impl StoredWill {
+    /// The record of `owner`'s `will`.
+    fn of(owner: &Owner, will: &Will, delay_ms: u64, due_at_ms: Option<u64>) -> Self {
+        Self {
+            identity: owner.peer.identity.to_string(),
+            remote_addr: owner.peer.remote_addr,
+            certificate: owner.peer.certificate.as_deref().map(str::to_owned),
+            v5: owner.protocol == "mqtt/5",
+            will: will.clone(),
+            delay_ms,
+            due_at_ms,
+        }
+    }
+}
+
 /// A will waiting for its delay.
 struct Waiting {
     /// Its number, so that its task knows it is still the one waiting.
@@ -209,15 +224,8 @@ impl Wills {
         if broker.config().storage.mode != cassini_broker::storage::StorageMode::Disk {
             return number;
         }
-        let record = StoredWill {
-            identity: owner.peer.identity.to_string(),
-            remote_addr: owner.peer.remote_addr,
-            certificate: owner.peer.certificate.as_deref().map(str::to_owned),
-            v5: owner.protocol == "mqtt/5",
-            will: will.clone(),
-            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            due_at_ms: None,
-        };
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let record = StoredWill::of(owner, will, delay_ms, None);
         if let Ok(mut held) = self.stored.lock() {
             if store(broker, &owner.client_id, Some(&record)) {
                 held.insert(owner.client_id.clone(), number);
@@ -250,15 +258,7 @@ impl Wills {
             return;
         }
         if let Some(broker) = self.broker.get() {
-            let record = StoredWill {
-                identity: owner.peer.identity.to_string(),
-                remote_addr: owner.peer.remote_addr,
-                certificate: owner.peer.certificate.as_deref().map(str::to_owned),
-                v5: owner.protocol == "mqtt/5",
-                will: will.clone(),
-                delay_ms: 0,
-                due_at_ms: Some(due_at_ms),
-            };
+            let record = StoredWill::of(owner, will, 0, Some(due_at_ms));
             store(broker, &owner.client_id, Some(&record));
         }
     }
