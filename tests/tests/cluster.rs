@@ -840,6 +840,90 @@ async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_gro
 }
 
 #[tokio::test]
+async fn a_queue_group_hears_of_the_messages_lost_with_a_dead_members_node() {
+    // The group has a member on node 2 and one on node 3; node 1 publishes and shares the
+    // messages between them. Node 2 dies (cut off, then stopped) while node 1 still sends it
+    // its share: that share is lost with node 2, and the group must hear of it through the
+    // member that lives on (a `ClusterRoute` gap), not lose it silently.
+    const BEFORE: u32 = 10;
+    const AFTER: u32 = 20;
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, mut nodes) = three_nodes_with(&[None, Some(&cut), None]).await;
+    // Node 2's client does not move when its node dies: the group lives on node 3 only.
+    let doomed = nodes[1]
+        .broker
+        .client_builder("doomed")
+        .reconnect(ReconnectPolicy::disabled())
+        .connect()
+        .await
+        .expect("connect");
+    let survivor = nodes[2].broker.client("survivor").await;
+    let mut on2 = vec![doomed
+        .subscribe_queue("work", "g")
+        .await
+        .expect("join the group")];
+    let mut on3 = vec![survivor
+        .subscribe_queue("work", "g")
+        .await
+        .expect("join the group")];
+    let publisher = nodes[0].broker.client("publisher").await;
+    let publish = |range: std::ops::Range<u32>| {
+        let publisher = publisher.clone();
+        async move {
+            for i in range {
+                publisher
+                    .publish("work", Bytes::from(i.to_be_bytes().to_vec()))
+                    .await
+                    .expect("publish");
+            }
+        }
+    };
+    publish(0..BEFORE).await;
+    let before_on2 = read_until(&mut on2, "node 2's member reads its share", |seen| {
+        seen[0].received.len() >= (BEFORE / 2) as usize
+    })
+    .await;
+    let before_on3 = read_until(&mut on3, "node 3's member reads its share", |seen| {
+        seen[0].received.len() + before_on2[0].received.len() >= BEFORE as usize
+    })
+    .await;
+    assert_eq!(
+        before_on2[0].received.len() + before_on3[0].received.len(),
+        BEFORE as usize,
+        "shared, each message once"
+    );
+
+    eventually("node 1's forwards so far are confirmed", || async {
+        let peers = nodes[0].cluster.port().peers();
+        peers.iter().all(|peer| peer.unconfirmed == 0).then_some(())
+    })
+    .await;
+    cut.set_blackhole(true);
+    publish(BEFORE..BEFORE + AFTER).await;
+    let dead = nodes.remove(1);
+    dead.cluster.close(Duration::from_millis(200)).await;
+    dead.broker.stop().await;
+
+    let after = read_until(
+        &mut on3,
+        "node 3's member accounts for every message published after node 2 died",
+        |seen| seen[0].accounted() >= u64::from(AFTER),
+    )
+    .await;
+    assert!(after[0].other_gaps.is_empty(), "{after:?}");
+    assert_eq!(
+        after[0].accounted(),
+        u64::from(AFTER),
+        "received or announced once: {after:?}"
+    );
+    assert!(
+        after[0].route_gaps > 0,
+        "node 2's share was announced: {after:?}"
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
 async fn a_forward_the_receiving_node_refuses_reaches_its_subscribers_as_a_cluster_route_gap() {
     // Node 2 takes payloads of at most 1 KiB; node 1 takes the default (1 MiB).
     let mut small = BrokerConfig {

@@ -222,6 +222,9 @@ pub struct PeerStats {
     pub dropped: u64,
     /// Messages waiting in its queue now.
     pub queued: usize,
+    /// Forwards (and drop reports) written to its link that it has not confirmed yet, and
+    /// those a link that ended left unconfirmed.
+    pub unconfirmed: u64,
     /// The round-trip time of this node's link towards it, in microseconds, as QUIC measures
     /// it (`None` while that link is down).
     pub rtt_micros: Option<u64>,
@@ -333,6 +336,8 @@ struct Peer {
     drops_recorded: Notify,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// Forwards written to the peer's link and not confirmed yet (set by the transport).
+    unconfirmed: AtomicU64,
     /// The peer's session table, set through the same inbound link as its interest.
     sessions: RwLock<SessionTable>,
     /// The client address the peer advertised in its latest link.
@@ -371,6 +376,7 @@ impl Peer {
             drops_recorded: Notify::new(),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
             sessions: RwLock::default(),
             client_address: Mutex::default(),
             rtt_micros: AtomicU64::new(0),
@@ -761,6 +767,7 @@ impl Cluster {
                     node: peer.name.to_string(),
                     outbound: queued.is_some(),
                     queued: queued.unwrap_or(0),
+                    unconfirmed: peer.unconfirmed.load(Ordering::Relaxed),
                     rtt_micros: (queued.is_some() && rtt > 0).then_some(rtt),
                     inbound,
                     interest: if inbound { interest.1.entries } else { 0 },
@@ -865,6 +872,7 @@ impl OutboundLink {
         Acknowledger {
             cluster: Arc::clone(&self.cluster),
             acked: Arc::clone(&self.acked),
+            peer: Arc::clone(&self.peer),
         }
     }
 }
@@ -895,9 +903,16 @@ impl Drop for OutboundLink {
 pub struct Acknowledger {
     cluster: Arc<Cluster>,
     acked: Arc<AtomicU64>,
+    peer: Arc<Peer>,
 }
 
 impl Acknowledger {
+    /// `count` forwards written to the peer are not confirmed by it now (for monitoring:
+    /// [`PeerStats::unconfirmed`]).
+    pub fn unconfirmed(&self, count: u64) {
+        self.peer.unconfirmed.store(count, Ordering::Relaxed);
+    }
+
     /// The peer has applied every update up to `seq`.
     pub fn acknowledged(&self, seq: u64) {
         self.acked.fetch_max(seq, Ordering::AcqRel);
@@ -1000,6 +1015,129 @@ impl Drop for InboundLink {
         if interest.0 == self.id {
             interest.0 = 0;
         }
+    }
+}
+
+/// Where a queue group's share of a lost peer's traffic is announced instead.
+#[derive(Debug)]
+pub enum GroupTarget {
+    /// A member on this node.
+    Here,
+    /// A member on this peer (in routing), told with a drop report.
+    Peer(String),
+}
+
+impl Cluster {
+    /// The queue-group part of the drops not yet announced to peer `name`, taken out (the
+    /// plain and direct parts stay), unless a link to it is up again: each entry is one group
+    /// and what was lost for it.
+    pub fn take_group_drops(&self, name: &str) -> Vec<(Lost, u64)> {
+        let Some(peer) = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let mut route = lock(&peer.route);
+        if route.link.is_some() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        for drops in route.drops.values_mut() {
+            let grouped: Vec<Lost> = drops
+                .keys()
+                .filter(|lost| !lost.groups.is_empty() && lost.session.is_none())
+                .cloned()
+                .collect();
+            for lost in grouped {
+                let Some(count) = drops.remove(&lost) else {
+                    continue;
+                };
+                let (group_part, rest) = lost.split_groups();
+                taken.extend(group_part.into_iter().map(|lost| (lost, count)));
+                if let Some(rest) = rest {
+                    *drops.entry(rest).or_default() += count;
+                }
+            }
+        }
+        route.drops.retain(|_, drops| !drops.is_empty());
+        taken
+    }
+
+    /// Where the loss of `count` messages to `topic` for queue group `group`, meant for peer
+    /// `lost_peer` that is gone, is announced instead: a member here, else one on a peer in
+    /// routing (told with a drop report, recorded here), chosen in turn. `None`: no member of
+    /// the group is known anywhere else.
+    pub fn reassign_group_loss(
+        &self,
+        lost_peer: &str,
+        topic: &str,
+        group: &str,
+        count: u64,
+    ) -> Option<GroupTarget> {
+        let topic = TopicName::parse(topic, &self.limits).ok()?;
+        if lock(&self.local).index.matching(&topic).1.contains(&group) {
+            return Some(GroupTarget::Here);
+        }
+        let candidates: Vec<Arc<Peer>> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|peer| &*peer.name != lost_peer)
+            .filter(|peer| {
+                let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+                interest.0 != 0 && interest.1.matching(&topic).1.contains(&group)
+            })
+            .cloned()
+            .collect();
+        let turn = self.group_turn.fetch_add(1, Ordering::Relaxed);
+        let chosen = candidates.get(turn % candidates.len().max(1))?;
+        chosen.drop_for(
+            Lost {
+                topic: topic.as_str().to_owned(),
+                plain: false,
+                groups: vec![group.to_owned()],
+                session: None,
+            },
+            count,
+        );
+        Some(GroupTarget::Peer(chosen.name.to_string()))
+    }
+
+    /// Records `count` drops for `lost` towards peer `name`, announced when a link to it is up.
+    pub fn drop_for_peer(&self, name: &str, lost: Lost, count: u64) {
+        self.peer(name).drop_for(lost, count);
+    }
+}
+
+impl Lost {
+    /// This loss split into one per queue group it names (each for that group only), and what
+    /// is left for the plain subscribers, if they were meant to get it.
+    pub fn split_groups(&self) -> (Vec<Lost>, Option<Lost>) {
+        let groups = self
+            .groups
+            .iter()
+            .map(|group| Lost {
+                topic: self.topic.clone(),
+                plain: false,
+                groups: vec![group.clone()],
+                session: None,
+            })
+            .collect();
+        let rest = self.plain.then(|| Lost {
+            groups: Vec::new(),
+            ..self.clone()
+        });
+        (groups, rest)
+    }
+
+    /// Whether it stands for no subscriber at all (nothing to announce).
+    pub fn is_empty(&self) -> bool {
+        !self.plain && self.groups.is_empty() && self.session.is_none()
     }
 }
 

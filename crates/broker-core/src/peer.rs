@@ -12,7 +12,8 @@ use cassini_protocol::{Publish, SessionId, TopicName};
 
 use crate::admission::Publisher;
 use crate::cluster::{
-    Cluster, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats, Unsettled, UNSETTLED_WAIT,
+    Cluster, GroupTarget, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats, Unsettled,
+    UNSETTLED_WAIT,
 };
 use crate::context::Shared;
 
@@ -71,6 +72,32 @@ impl ClusterPort {
             publisher: Publisher::peer(),
             shared: Arc::clone(&self.shared),
             cluster: Arc::clone(&self.cluster),
+        }
+    }
+
+    /// Peer `node` is gone: a link towards it ended and no link to it came up again within
+    /// [`UNSETTLED_WAIT`]. What its queue groups were to get from this node and lost (the
+    /// group part of the `unconfirmed` forwards of the link that ended, and of the drops not
+    /// yet announced to it) is announced to another
+    /// member of each group instead: one on this node, else one on a peer in routing. A group
+    /// lives on past one node's members, and it must hear of every message it lost; the
+    /// plain subscribers of the peer are gone with it (their sessions report that
+    /// themselves). With no member known elsewhere the loss stays counted for the peer.
+    pub fn settle_gone_peer(&self, node: &str, unconfirmed: Vec<(Lost, u64)>) {
+        let mut losses = unconfirmed;
+        losses.extend(self.cluster.take_group_drops(node));
+        for (lost, count) in losses {
+            for one in lost.split_groups().0 {
+                let group = one.groups.first().map(String::as_str).unwrap_or_default();
+                match self
+                    .cluster
+                    .reassign_group_loss(node, &one.topic, group, count)
+                {
+                    Some(GroupTarget::Here) => announce_dropped(&self.shared, &one, count),
+                    Some(GroupTarget::Peer(_)) => {}
+                    None => self.cluster.drop_for_peer(node, one, count),
+                }
+            }
         }
     }
 

@@ -11,7 +11,10 @@
 //! when the link goes quiet). When a link ends, the dialer keeps what was not yet confirmed; its next
 //! link to the same peer names the previous one in `Hello`, the peer answers how many of its
 //! forwards it received (`Resumed`), and the rest are announced to it as dropped (`Dropped`):
-//! a link that dies loses nothing silently, and announces no more than was lost. `Hello` also
+//! a link that dies loses nothing silently, and announces no more than was lost. A peer with
+//! no link up again 3 s after one ended is taken for gone: its queue groups' share of what was
+//! unconfirmed or unannounced goes to other members of the groups
+//! ([`ClusterPort::settle_gone_peer`]). `Hello` also
 //! names the dialer's incarnation, and a dialer that stops with nothing left for the peer says
 //! `Bye`: a link that ends without it is settled by the acceptor
 //! ([`cassini_broker::peer::PeerInbox::ended`]) if the dialer does not come back as the same
@@ -42,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing};
+use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing, UNSETTLED_WAIT};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
 use cassini_broker::replication::{Replica, RpcTransport, TransportFailure};
 use cassini_protocol::Publish;
@@ -655,17 +658,9 @@ async fn dial_loop(
     raft: RaftLinks,
 ) {
     let mut backoff = INITIAL_BACKOFF;
-    let mut previous = None;
+    let previous = Arc::new(PreviousLink::default());
     loop {
-        let dialed = dial_once(
-            &endpoint,
-            addr,
-            &port,
-            &options,
-            &closing,
-            &mut previous,
-            &raft,
-        );
+        let dialed = dial_once(&endpoint, addr, &port, &options, &closing, &previous, &raft);
         match dialed.await {
             Ok(LinkEnd::ThisNode) => return,
             Ok(LinkEnd::Ended) => backoff = INITIAL_BACKOFF,
@@ -691,7 +686,7 @@ async fn dial_once(
     port: &ClusterPort,
     options: &ClusterOptions,
     closing: &CancellationToken,
-    previous: &mut Option<Previous>,
+    previous: &Arc<PreviousLink>,
     raft: &RaftLinks,
 ) -> Result<LinkEnd, String> {
     let connecting = endpoint
@@ -721,6 +716,7 @@ async fn dial_once(
         node: port.node().to_owned(),
         link: link_id,
         previous: previous
+            .lock()
             .as_ref()
             .filter(|old| old.node == node)
             .map(|old| old.link),
@@ -735,7 +731,8 @@ async fn dial_once(
     tracing::info!(peer = %node, %addr, "cluster link to a peer up");
     let mut link = port.open_outbound(&node);
     raft.link_up(&node, &connection);
-    if let Some(mut old) = previous.take() {
+    let old = previous.lock().take();
+    if let Some(mut old) = old {
         if old.node == node {
             if let Some(count) = received {
                 old.in_flight.confirm(count);
@@ -754,6 +751,8 @@ async fn dial_once(
         }
     }
     let acks = link.acknowledger();
+    let gauge = link.acknowledger();
+    gauge.unconfirmed(0);
     // The forwards written and not yet confirmed, oldest first.
     let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let confirmations = Arc::clone(&in_flight);
@@ -761,10 +760,11 @@ async fn dial_once(
         loop {
             match read_frame(&mut recv).await {
                 Ok(Some(PeerFrame::Ack { seq })) => acks.acknowledged(seq),
-                Ok(Some(PeerFrame::Delivered { count })) => confirmations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .confirm(count),
+                Ok(Some(PeerFrame::Delivered { count })) => {
+                    let mut in_flight = confirmations.lock().unwrap_or_else(|p| p.into_inner());
+                    in_flight.confirm(count);
+                    acks.unconfirmed(in_flight.messages());
+                }
                 Ok(Some(_)) => return "unexpected frame from the accepting peer".to_owned(),
                 Ok(None) => return "the peer finished the link".to_owned(),
                 Err(reason) => return reason,
@@ -783,11 +783,9 @@ async fn dial_once(
                     _ => None,
                 };
                 if let Some(unconfirmed) = unconfirmed {
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .forwards
-                        .push_back(unconfirmed);
+                    let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                    in_flight.forwards.push_back(unconfirmed);
+                    gauge.unconfirmed(in_flight.messages());
                 }
                 let frame = match next {
                     Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
@@ -824,7 +822,7 @@ async fn dial_once(
     raft.link_down(&node, &connection);
     let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
     if !in_flight.forwards.is_empty() {
-        *previous = Some(Previous {
+        *previous.lock() = Some(Previous {
             node: node.clone(),
             link: link_id,
             in_flight,
@@ -832,7 +830,58 @@ async fn dial_once(
     }
     drop(link);
     tracing::info!(peer = %node, %addr, %reason, "cluster link to a peer down");
+    if !closing.is_cancelled() {
+        let ended = previous.ends.fetch_add(1, Ordering::AcqRel) + 1;
+        tokio::spawn(settle_if_gone(
+            port.clone(),
+            node,
+            Arc::clone(previous),
+            ended,
+            closing.clone(),
+        ));
+    }
     Ok(LinkEnd::Ended)
+}
+
+/// After a link to peer `node` ended (the `ended`th of its dial loop): if no link to it is up
+/// [`UNSETTLED_WAIT`] later, and none came and went meanwhile, the peer is taken for gone and
+/// what its queue groups lost is announced to other members of the groups
+/// ([`ClusterPort::settle_gone_peer`]). What it lost for its plain subscribers stays counted,
+/// for its next link if it comes back as the same incarnation.
+async fn settle_if_gone(
+    port: ClusterPort,
+    node: String,
+    previous: Arc<PreviousLink>,
+    ended: u64,
+    closing: CancellationToken,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(UNSETTLED_WAIT) => {}
+        () = closing.cancelled() => return,
+    }
+    if previous.ends.load(Ordering::Acquire) != ended || port.has_outbound(&node) {
+        return;
+    }
+    let unconfirmed = previous
+        .lock()
+        .as_mut()
+        .filter(|old| old.node == node)
+        .map(|old| old.in_flight.take_group_part())
+        .unwrap_or_default();
+    port.settle_gone_peer(&node, unconfirmed);
+}
+
+/// What a dial loop's last link left unconfirmed, and how many of its links have ended.
+#[derive(Debug, Default)]
+struct PreviousLink {
+    previous: std::sync::Mutex<Option<Previous>>,
+    ends: AtomicU64,
+}
+
+impl PreviousLink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Previous>> {
+        self.previous.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Tells the peer the link ends with nothing left for it, and waits (briefly) until it has
@@ -875,13 +924,33 @@ impl InFlight {
         self.forwards.drain(..newly.min(self.forwards.len()));
     }
 
+    /// How many messages the unconfirmed forwards and drop reports stand for.
+    fn messages(&self) -> u64 {
+        self.forwards.iter().map(|(_, count)| count).sum()
+    }
+
     /// The unconfirmed forwards counted by what they were for.
     fn by_kind(&self) -> std::collections::BTreeMap<Lost, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for (lost, count) in &self.forwards {
+        for (lost, count) in self.forwards.iter().filter(|(lost, _)| !lost.is_empty()) {
             *counts.entry(lost.clone()).or_default() += count;
         }
         counts
+    }
+
+    /// Takes the queue-group part out of the unconfirmed forwards, one entry per group (the
+    /// forwards stay, for counting confirmations, with only their plain part).
+    fn take_group_part(&mut self) -> Vec<(Lost, u64)> {
+        let mut taken = Vec::new();
+        for (lost, count) in &mut self.forwards {
+            if lost.groups.is_empty() || lost.session.is_some() {
+                continue;
+            }
+            let (groups, _) = lost.split_groups();
+            taken.extend(groups.into_iter().map(|group| (group, *count)));
+            lost.groups.clear();
+        }
+        taken
     }
 }
 
