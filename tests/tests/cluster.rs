@@ -46,11 +46,25 @@ impl Node {
         faults: Option<&FaultControl>,
         listen: &str,
     ) -> Self {
-        let name = cluster.node.clone();
         let config = BrokerConfig {
             cluster: Some(cluster),
             ..BrokerConfig::default()
         };
+        Self::start_configured(pki, config, faults, listen).await
+    }
+
+    /// A node with broker settings `config` (its `cluster` set), cluster endpoint on `listen`.
+    async fn start_configured(
+        pki: &Pki,
+        config: BrokerConfig,
+        faults: Option<&FaultControl>,
+        listen: &str,
+    ) -> Self {
+        let name = config
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.node.clone())
+            .expect("a cluster node's settings");
         let broker = TestBroker::start_sharing_ca(pki, config).await;
         let mut options = ClusterOptions::new("test", listen.parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
@@ -98,10 +112,23 @@ async fn mesh(
     configs: [ClusterConfig; 3],
     faults: &[Option<&FaultControl>; 3],
 ) -> (Pki, Vec<Node>) {
+    let configs = configs.map(|cluster| BrokerConfig {
+        cluster: Some(cluster),
+        ..BrokerConfig::default()
+    });
+    mesh_of(configs, faults).await
+}
+
+/// Three nodes with these broker settings in a full mesh, node `i`'s cluster socket under
+/// `faults[i]`.
+async fn mesh_of(
+    configs: [BrokerConfig; 3],
+    faults: &[Option<&FaultControl>; 3],
+) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
     for (config, faults) in configs.into_iter().zip(faults) {
-        nodes.push(Node::start_with(&pki, config, *faults).await);
+        nodes.push(Node::start_configured(&pki, config, *faults, "127.0.0.1:0").await);
     }
     dial_full_mesh(nodes.iter().map(|node| &node.cluster));
     eventually("the three nodes form a full mesh", || async {
@@ -800,6 +827,61 @@ async fn a_saturated_routes_drops_arrive_as_cluster_route_gaps_for_plain_and_gro
                 seen.received
             );
         }
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_forward_the_receiving_node_refuses_reaches_its_subscribers_as_a_cluster_route_gap() {
+    // Node 2 takes payloads of at most 1 KiB; node 1 takes the default (1 MiB).
+    let mut small = BrokerConfig {
+        cluster: Some(ClusterConfig::node("n2")),
+        ..BrokerConfig::default()
+    };
+    small.limits.max_payload_bytes = 1024;
+    let configs = [
+        BrokerConfig {
+            cluster: Some(ClusterConfig::node("n1")),
+            ..BrokerConfig::default()
+        },
+        small,
+        BrokerConfig {
+            cluster: Some(ClusterConfig::node("n3")),
+            ..BrokerConfig::default()
+        },
+    ];
+    let (_pki, nodes) = mesh_of(configs, &[None, None, None]).await;
+    let subscriber = nodes[1].broker.client("sub").await;
+    let mut plain = vec![subscriber.subscribe("sized").await.expect("subscribe")];
+    let mut group = vec![subscriber
+        .subscribe_queue("sized", "g")
+        .await
+        .expect("join the group")];
+    let publisher = nodes[0].broker.client("publisher").await;
+    for payload in [vec![0u8; 4], vec![1u8; 4096], vec![2u8; 4]] {
+        publisher
+            .publish("sized", Bytes::from(payload))
+            .await
+            .expect("node 1 takes every size");
+    }
+    for (who, subscription) in [("plain", &mut plain), ("group", &mut group)] {
+        let first = within("the first small message", subscription[0].next())
+            .await
+            .expect("a message");
+        assert_eq!(first.payload().as_ref(), [0u8; 4], "{who}");
+        match within("the refused one's gap", subscription[0].next_event()).await {
+            Some(SubscriptionEvent::Gap(Gap::Missed {
+                from: 2,
+                to: 2,
+                reason: Some(GapReason::ClusterRoute),
+            })) => {}
+            other => panic!("{who}: expected a ClusterRoute gap of sequence 2, got {other:?}"),
+        }
+        let last = within("the last small message", subscription[0].next())
+            .await
+            .expect("a message");
+        assert_eq!(last.payload().as_ref(), [2u8; 4], "{who}");
+        assert_eq!(last.sequence(), 3, "{who}");
     }
     stop_all(nodes).await;
 }

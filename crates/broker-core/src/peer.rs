@@ -162,19 +162,22 @@ impl PeerInbox {
     /// Delivers a message the peer forwarded to local plain subscribers and to one member of
     /// each queue group in `groups` (a direct message, with `to_session`: to that session's
     /// matching subscriptions only). A message this node refuses (its own limits, its memory
-    /// budget) is logged and counted as a rejected publish.
+    /// budget) is logged, counted as a rejected publish, and announced to the subscriptions it
+    /// was for as one lost message (a `ClusterRoute` gap), as a drop report would be.
     pub fn deliver(&mut self, mut publish: Publish, groups: &[String]) {
-        self.carried(Lost {
+        let lost = Lost {
             topic: publish.topic.clone(),
             plain: publish.to_session.is_none(),
             groups: groups.to_vec(),
             session: publish.to_session,
-        });
+        };
+        self.carried(lost.clone());
         if let Err(err) = self
             .publisher
             .admit_forwarded(&self.shared, &mut publish, groups)
         {
-            tracing::warn!(peer = %self.link.peer(), topic = %publish.topic, %err, "refused a peer's forward");
+            tracing::warn!(peer = %self.link.peer(), topic = %lost.topic, %err, "refused a peer's forward: announced to its subscribers as lost");
+            announce_dropped(&self.shared, &lost, 1);
         }
     }
 
