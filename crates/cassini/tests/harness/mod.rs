@@ -9,7 +9,8 @@
 //!   `cassini listening`, `monitoring endpoint` and `cluster listening` lines), so no port is
 //!   ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
-//!   tests that need more than [`Broker::start`].
+//!   tests that need more than [`Broker::start`]; [`Serve::cluster_node`] for a cluster node,
+//!   and [`three_nodes`] for the nodes n1, n2 and n3 dialing each other.
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers; [`assert_contains`] shows the whole text
