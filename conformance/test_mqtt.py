@@ -781,17 +781,25 @@ def delayed_will(seconds: int) -> Properties:
     return props
 
 
+async def watched_delayed_will(gateway, certs, branch: str):
+    """`bob` subscribed to `paho/will/BRANCH/#`, and `alice` connected with a fresh client id,
+    a clean start, a 300 s session and a will (`gone` on `paho/will/BRANCH/dev`) delayed 60 s:
+    the gateway's port, the client id, the watcher and the client."""
+    _, port = gateway
+    client_id = f"paho-{fresh_id()}"
+    watcher = await in_thread(Paho, certs, "bob", port, V5)
+    await in_thread(watcher.subscribe, f"paho/will/{branch}/#", 1)
+    client = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
+                             will=(f"paho/will/{branch}/dev", b"gone"),
+                             will_properties=delayed_will(60))
+    return port, client_id, watcher, client
+
+
 @spec
 async def test_a_clean_start_takeover_publishes_the_old_connections_delayed_will(gateway, certs):
     """MQTT 5 §3.1.2.5: the will waits for its delay or the end of the session; a clean start
     ends the session the old connection held."""
-    _, port = gateway
-    client_id = f"paho-{fresh_id()}"
-    watcher = await in_thread(Paho, certs, "bob", port, V5)
-    await in_thread(watcher.subscribe, "paho/will/takeover/#", 1)
-    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
-                          will=("paho/will/takeover/dev", b"gone"),
-                          will_properties=delayed_will(60))
+    port, client_id, watcher, old = await watched_delayed_will(gateway, certs, "takeover")
     new = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300)
     assert not new.session_present
     reason = await in_thread(old.next_disconnect)
@@ -804,13 +812,7 @@ async def test_a_clean_start_takeover_publishes_the_old_connections_delayed_will
 
 @spec
 async def test_a_takeover_resuming_the_session_does_not_publish_a_delayed_will(gateway, certs):
-    _, port = gateway
-    client_id = f"paho-{fresh_id()}"
-    watcher = await in_thread(Paho, certs, "bob", port, V5)
-    await in_thread(watcher.subscribe, "paho/will/resumed/#", 1)
-    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
-                          will=("paho/will/resumed/dev", b"gone"),
-                          will_properties=delayed_will(60))
+    port, client_id, watcher, old = await watched_delayed_will(gateway, certs, "resumed")
     new = await in_thread(Paho, certs, "alice", port, V5, client_id, False, 300)
     assert new.session_present
     reason = await in_thread(old.next_disconnect)
@@ -822,13 +824,7 @@ async def test_a_takeover_resuming_the_session_does_not_publish_a_delayed_will(g
 
 @spec
 async def test_a_clean_start_publishes_a_will_waiting_for_its_delay(gateway, certs):
-    _, port = gateway
-    client_id = f"paho-{fresh_id()}"
-    watcher = await in_thread(Paho, certs, "bob", port, V5)
-    await in_thread(watcher.subscribe, "paho/will/waiting/#", 1)
-    old = await in_thread(Paho, certs, "alice", port, V5, client_id, True, 300,
-                          will=("paho/will/waiting/dev", b"gone"),
-                          will_properties=delayed_will(60))
+    port, client_id, watcher, old = await watched_delayed_will(gateway, certs, "waiting")
     # Lost without DISCONNECT: the will waits for its 60 s.
     old.stop.set()
     await in_thread(old.thread.join, 5)

@@ -2,8 +2,8 @@
 //! certificate authority made inside the test.
 //!
 //! Layering: `relay` and `history` import nothing of this crate; `edge` imports `lib.rs` and
-//! `relay`; `gateway` imports `lib.rs`; `lib.rs` (the broker, `raw`, the waits) imports none of
-//! them.
+//! `relay`; `gateway` and `cluster` import `lib.rs`; `lib.rs` (the broker, `raw`, the waits)
+//! imports none of them.
 //!
 //! - [`Pki`]: a fresh CA with a server certificate and any client certificates a test asks for
 //!   (`cassini_quic::test_util`, shared with the other crates' tests).
@@ -18,8 +18,10 @@
 //! - [`history`]: a record of every publish and delivery of a fault run, checked against the
 //!   guarantees of `docs/SESSIONS.md`.
 //! - [`gateway::Gateway`]: a broker with its MQTT gateway, and its clients' certificate files.
+//! - [`cluster`]: a cluster node's endpoint, and a full mesh of them.
 //! - [`closed_udp_addr`]: an address where nothing listens.
 
+pub mod cluster;
 pub mod edge;
 pub mod gateway;
 pub mod history;

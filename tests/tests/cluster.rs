@@ -12,13 +12,14 @@ use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
 use cassini_client::{Gap, ReconnectPolicy, SubscribeOptions, Subscription, SubscriptionEvent};
+use cassini_e2e::cluster::{dial_full_mesh, meshed_with, start_endpoint};
 use cassini_e2e::{
     assert_echoed, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
     TestBroker,
 };
 use cassini_protocol::{GapReason, SessionId};
 use cassini_quic::certs::NODE_SERVER_NAME;
-use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls, CLUSTER_ALPN};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions, CLUSTER_ALPN};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use cassini_quic::tls::{self, QuicOptions};
 use futures_util::StreamExt;
@@ -65,13 +66,10 @@ impl Node {
             .map(|cluster| cluster.node.clone())
             .expect("a cluster node's settings");
         let broker = TestBroker::start_sharing_ca(pki, config).await;
-        let (chain, key) = identity_of(&pki.node(&name));
-        let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let mut options = ClusterOptions::new("test", listen.parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
         options.advertise = Some(broker.addr.to_string());
-        let port = broker.broker.cluster().expect("a cluster node");
-        let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
+        let cluster = start_endpoint(pki, &broker, &name, options);
         Self { broker, cluster }
     }
 
@@ -81,8 +79,7 @@ impl Node {
 
     /// Whether both links with every other node are up and their interest acknowledged.
     fn meshed_with(&self, others: usize) -> bool {
-        let peers = self.cluster.port().peers();
-        peers.len() == others && peers.iter().all(|peer| peer.inbound && peer.outbound)
+        meshed_with(&self.cluster, others)
     }
 
     /// Waits until this node holds no interest of any peer.
@@ -133,12 +130,7 @@ async fn mesh_of(
     for (config, faults) in configs.into_iter().zip(faults) {
         nodes.push(Node::start_configured(&pki, config, *faults, "127.0.0.1:0").await);
     }
-    let addrs: Vec<_> = nodes.iter().map(Node::cluster_addr).collect();
-    for node in &nodes {
-        for &addr in &addrs {
-            node.cluster.dial(addr);
-        }
-    }
+    dial_full_mesh(nodes.iter().map(|node| &node.cluster));
     eventually("the three nodes form a full mesh", || async {
         nodes.iter().all(|node| node.meshed_with(2)).then_some(())
     })

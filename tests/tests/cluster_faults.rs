@@ -27,13 +27,14 @@ use std::time::Duration;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
 use cassini_client::{BrokerAddress, Client, ConnectionState, QuicOptions};
+use cassini_e2e::cluster::{dial_full_mesh, meshed_with, start_endpoint};
 use cassini_e2e::edge::wait_for_state;
 use cassini_e2e::history::{
     fault_seed, load_time, publish_while, quick_reconnect, History, Promise,
 };
 use cassini_e2e::relay::UdpRelay;
-use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
-use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
+use cassini_e2e::{eventually, within, Pki, TestBroker};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -59,13 +60,10 @@ impl Node {
             ..BrokerConfig::default()
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
-        let (chain, key) = identity_of(&pki.node(name));
-        let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let link = FaultControl::new(FaultPlan::default());
         let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
         options.layer = Some(link.layer());
-        let port = broker.broker.cluster().expect("a cluster node");
-        let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
+        let cluster = start_endpoint(pki, &broker, name, options);
         let relay = UdpRelay::start(broker.addr).await.expect("relay");
         Self {
             broker,
@@ -76,8 +74,7 @@ impl Node {
     }
 
     fn meshed_with(&self, others: usize) -> bool {
-        let peers = self.cluster.port().peers();
-        peers.len() == others && peers.iter().all(|peer| peer.inbound && peer.outbound)
+        meshed_with(&self.cluster, others)
     }
 
     /// Stops the node the way `kill -9` does: from this moment neither its clients nor its
@@ -96,15 +93,7 @@ async fn three_nodes(pki: &Pki) -> Vec<Node> {
     for name in ["n1", "n2", "n3"] {
         nodes.push(Node::start(pki, name).await);
     }
-    let addrs: Vec<_> = nodes
-        .iter()
-        .map(|node| node.cluster.local_addr().expect("cluster address"))
-        .collect();
-    for node in &nodes {
-        for &addr in &addrs {
-            node.cluster.dial(addr);
-        }
-    }
+    dial_full_mesh(nodes.iter().map(|node| &node.cluster));
     mesh_forms(&nodes, "the three nodes form a full mesh").await;
     nodes
 }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::replication::{Owner, SessionKey};
 use cassini_broker::BrokerConfig;
+use cassini_e2e::cluster::{dial_full_mesh, start_endpoint};
 use cassini_e2e::{eventually, identity_of, raw, raw_connect, within, Pki, TestBroker};
 use cassini_protocol::{ErrorCode, Hello, PROTOCOL_VERSION};
-use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 
 const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
@@ -43,12 +44,9 @@ impl Node {
             ..BrokerConfig::default()
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
-        let (chain, key) = identity_of(&pki.node(name));
-        let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
         let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
         options.layer = faults.map(FaultControl::layer);
-        let port = broker.broker.cluster().expect("a cluster node");
-        let cluster = ClusterNode::start(options, tls, port).expect("cluster endpoint");
+        let cluster = start_endpoint(pki, &broker, name, options);
         Self { broker, cluster }
     }
 
@@ -76,15 +74,7 @@ async fn three_members(faults: [Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
     for (name, faults) in MEMBERS.into_iter().zip(faults) {
         nodes.push(Node::start(&pki, name, faults).await);
     }
-    let addrs: Vec<_> = nodes
-        .iter()
-        .map(|node| node.cluster.local_addr().expect("cluster address"))
-        .collect();
-    for node in &nodes {
-        for &addr in &addrs {
-            node.cluster.dial(addr);
-        }
-    }
+    dial_full_mesh(nodes.iter().map(|node| &node.cluster));
     eventually("the members elect a leader they all know", || async {
         let leaders: Vec<Option<String>> = nodes.iter().map(Node::leader).collect();
         (leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])).then_some(())
@@ -95,12 +85,21 @@ async fn three_members(faults: [Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
 
 /// A raw client connection of identity `alice` to `node`, attached to the session named
 /// `name`; `Err` with the close code if the broker refused it.
-async fn attach_named(
+async fn attach_named(pki: &Pki, node: &Node, name: &str) -> Result<Attached, ErrorCode> {
+    attach_named_as(pki, node, "alice", name).await
+}
+
+/// A raw connection: its endpoint, the connection, and its control stream.
+type Attached = (quinn::Endpoint, quinn::Connection, quinn::SendStream);
+
+/// [`attach_named`] for the client certificate of `identity`.
+async fn attach_named_as(
     pki: &Pki,
     node: &Node,
+    identity: &str,
     name: &str,
-) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), ErrorCode> {
-    let (chain, key) = identity_of(&pki.client("alice"));
+) -> Result<Attached, ErrorCode> {
+    let (chain, key) = identity_of(&pki.client(identity));
     let (endpoint, connection) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
         .await
         .expect("raw connection");
@@ -129,7 +128,7 @@ async fn a_takeover_from_another_node_fences_the_old_connection_and_epochs_stric
     let (pki, nodes) = three_members([None, None, None]).await;
     let session = alice("orders");
     let mut epochs = Vec::new();
-    let mut previous: Option<(quinn::Endpoint, quinn::Connection, quinn::SendStream)> = None;
+    let mut previous: Option<Attached> = None;
     // Around the cluster twice: each attach takes the session from the node before.
     for round in 0..6 {
         let node = &nodes[round % 3];
@@ -172,18 +171,9 @@ async fn a_takeover_from_another_node_fences_the_old_connection_and_epochs_stric
     .await;
     // Another identity's session of the same name is another session: nothing is fenced.
     let (_endpoint, survivor, _send) = previous.expect("the last connection");
-    let (chain, key) = identity_of(&pki.client("bob"));
-    let (_bob_endpoint, bob) = raw_connect(nodes[0].broker.addr, pki.ca_certs(), chain, key)
+    let _bob = attach_named_as(&pki, &nodes[0], "bob", "orders")
         .await
-        .expect("raw connection");
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        resume: None,
-        client_name: Some("raw".into()),
-        positions: Vec::new(),
-        session_name: Some("orders".into()),
-    };
-    assert!(raw::send_hello(&bob, hello).await.is_some());
+        .expect("bob's session of the same name is attached");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         survivor.close_reason().is_none(),

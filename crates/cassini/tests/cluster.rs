@@ -29,37 +29,14 @@ use harness::{cassini, certs, eventually, run, stdout, Broker, Serve};
 /// Node `name` on cluster port 0, dialing `peers` (the nodes started before it; each dials
 /// back the nodes that dial it, so the mesh is full).
 fn node(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
-    let mut serve = Serve::new(&["--certs"])
-        .arg(dir)
-        .args(&[
-            "--cluster",
-            "test",
-            "--node",
-            name,
-            "--monitor",
-            "127.0.0.1:0",
-        ])
-        .args(&["--cluster-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info");
-    for peer in peers {
-        serve = serve.args(&["--peer", &peer.to_string()]);
-    }
-    serve.start()
+    Serve::cluster_node(dir, name, "127.0.0.1:0", peers)
+        .args(&["--monitor", "127.0.0.1:0"])
+        .start()
 }
 
 /// Nodes n1, n2 and n3 in a full mesh, each with certificates from `dir`.
 fn three_nodes(dir: &Path) -> Vec<Broker> {
-    certs(
-        dir,
-        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
-    );
-    let mut addrs = Vec::new();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let broker = node(dir, name, &addrs);
-        addrs.push(broker.cluster_addr());
-        nodes.push(broker);
-    }
+    let nodes = harness::three_nodes(dir, |name, peers| node(dir, name, peers));
     for broker in &nodes {
         broker.wait_for_log_count("cluster link to a peer up", 2);
         broker.wait_for_log_count("cluster link from a peer up", 2);

@@ -14,29 +14,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cassini_client::{Client, ConnectionState, DisconnectReason};
-use harness::{certs, Broker, Serve};
+use harness::{Broker, Serve};
 
 const INITIALIZED: &str = "initialized the cluster's Raft group";
 
 /// Member `name` on cluster port 0 with its disk store in `dir/data-NAME`, dialing `peers`.
 fn member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
-    let mut serve = Serve::new(&["--certs"])
-        .arg(dir)
-        .args(&["--cluster", "test", "--node", name])
-        .args(&[
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--monitor",
-            "127.0.0.1:0",
-        ])
+    Serve::cluster_node(dir, name, "127.0.0.1:0", peers)
+        .args(&["--monitor", "127.0.0.1:0"])
         .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
         .args(&["--cluster-member", "n3", "--storage", "disk", "--data-dir"])
         .arg(dir.join(format!("data-{name}")))
-        .env("RUST_LOG", "info");
-    for peer in peers {
-        serve = serve.args(&["--peer", &peer.to_string()]);
-    }
-    serve.start()
+        .start()
 }
 
 /// A client of `broker` attached to the session named `name`; retried for a while, since a
@@ -94,17 +83,7 @@ async fn taken_over(client: &Client) {
 async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path();
-    certs(
-        dir,
-        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
-    );
-    let mut addrs = Vec::new();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let broker = member(dir, name, &addrs);
-        addrs.push(broker.cluster_addr());
-        nodes.push(broker);
-    }
+    let mut nodes = harness::three_nodes(dir, |name, peers| member(dir, name, peers));
     nodes[0].wait_for_log(INITIALIZED);
 
     let on_n1 = named_client(&nodes[0], dir, "orders").await;
@@ -123,7 +102,8 @@ async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_
     nodes[0].signal("KILL");
     let killed = nodes.remove(0);
     drop(killed);
-    let restarted = member(dir, "n1", &addrs[1..]);
+    let peers: Vec<SocketAddr> = nodes.iter().map(Broker::cluster_addr).collect();
+    let restarted = member(dir, "n1", &peers);
     let _on_n1_again = named_client(&restarted, dir, "orders").await;
     taken_over(&on_n2).await;
     assert_eq!(

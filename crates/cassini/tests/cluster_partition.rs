@@ -141,16 +141,9 @@ impl Subscriber {
 
 /// Node `name` with its cluster address on `listen`, dialing `peers`, run through `wrapper`.
 fn node(dir: &Path, name: &str, listen: &str, peers: &[SocketAddr], wrapper: &[&str]) -> Broker {
-    let mut serve = Serve::new(&["--certs"])
-        .arg(dir)
-        .args(&["--cluster", "test", "--node", name])
-        .args(&["--cluster-listen", listen])
+    Serve::cluster_node(dir, name, listen, peers)
         .wrapped_in(wrapper)
-        .env("RUST_LOG", "info");
-    for peer in peers {
-        serve = serve.args(&["--peer", &peer.to_string()]);
-    }
-    serve.start()
+        .start()
 }
 
 /// Where `port` of a node bound to `0.0.0.0` is reached from `ip`.

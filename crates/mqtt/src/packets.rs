@@ -401,6 +401,21 @@ fn from_v4(packet: v4::Packet) -> Inbound {
     }
 }
 
+/// The message properties of an MQTT 5 `PUBLISH` or will, taken out of `$properties`: the same
+/// six fields in rumqttc's `PublishProperties` and `LastWillProperties`, which share no type.
+macro_rules! message_properties {
+    ($properties:ident) => {
+        MessageProperties {
+            payload_format: $properties.payload_format_indicator,
+            message_expiry: $properties.message_expiry_interval,
+            content_type: $properties.content_type,
+            response_topic: $properties.response_topic,
+            correlation_data: $properties.correlation_data,
+            user_properties: $properties.user_properties,
+        }
+    };
+}
+
 fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
     let utf8 = |bytes: Bytes, what: &str| {
         String::from_utf8(bytes.to_vec())
@@ -422,14 +437,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                         let (delay_secs, properties) = match will.properties {
                             Some(properties) => (
                                 properties.delay_interval.unwrap_or(0),
-                                MessageProperties {
-                                    payload_format: properties.payload_format_indicator,
-                                    message_expiry: properties.message_expiry_interval,
-                                    content_type: properties.content_type,
-                                    response_topic: properties.response_topic,
-                                    correlation_data: properties.correlation_data,
-                                    user_properties: properties.user_properties,
-                                },
+                                message_properties!(properties),
                             ),
                             None => (0, MessageProperties::default()),
                         };
@@ -455,14 +463,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                 retain: publish.retain,
                 dup: publish.dup,
                 payload: publish.payload,
-                properties: MessageProperties {
-                    payload_format: properties.payload_format_indicator,
-                    message_expiry: properties.message_expiry_interval,
-                    content_type: properties.content_type,
-                    response_topic: properties.response_topic,
-                    correlation_data: properties.correlation_data,
-                    user_properties: properties.user_properties,
-                },
+                properties: message_properties!(properties),
                 topic_alias: properties.topic_alias,
                 subscription_ids: Vec::new(),
             })

@@ -85,6 +85,35 @@ impl std::fmt::Display for WrongKind {
 
 impl std::error::Error for WrongKind {}
 
+/// The handshake signature checks and schemes of a verifier that wraps another (`inner`), as
+/// the inner one makes them: the same three methods in `ClientCertVerifier` and
+/// `ServerCertVerifier`, which share no trait.
+macro_rules! delegate_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
 /// A client certificate verifier that lets in only certificates of one [`PeerKind`], after the
 /// verifier it wraps accepted them.
 #[derive(Debug)]
@@ -119,27 +148,7 @@ impl ClientCertVerifier for KindVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signature_checks!();
 }
 
 /// A server certificate verifier for a dialing node: the CA chain and the name
@@ -169,27 +178,7 @@ impl ServerCertVerifier for NodeServerVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signature_checks!();
 }
 
 /// TLS protocol versions Cassini speaks: TLS 1.3 only (QUIC requires it).
@@ -457,14 +446,11 @@ pub fn client_crypto(
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = root_store(ca_certs)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![cassini_protocol::ALPN.to_vec()];
-    config.resumption = Resumption::disabled();
-    config.enable_early_data = false;
-    Ok(Arc::new(config))
+    Ok(without_resumption(config, cassini_protocol::ALPN))
 }
 
 /// A dialing cluster node's rustls configuration: trusts only node certificates
@@ -481,15 +467,21 @@ pub fn cluster_client_crypto(
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(TlsError::ServerVerifier)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NodeServerVerifier { inner }))
         .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
+    Ok(without_resumption(config, CLUSTER_ALPN))
+}
+
+/// A dialing side's `config` negotiating `alpn`, with neither resumption nor early data (see
+/// the module docs for why).
+fn without_resumption(mut config: rustls::ClientConfig, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The broker's quinn configuration: `crypto` (from [`server_crypto`]) with transport settings

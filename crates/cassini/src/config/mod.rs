@@ -254,6 +254,36 @@ impl CertSettings {
     }
 }
 
+/// `[limits]` keys that are `BrokerLimits` fields of the same name and type, listed once for
+/// both ways (the defaults and [`Settings::broker_config`]): `same_named_limits!(from => Type {
+/// other fields })` builds `Type` with these copied from `from` and the others as given.
+macro_rules! same_named_limits {
+    ($from:ident => $to:ident { $($other:tt)* }) => {
+        $to {
+            max_payload_bytes: $from.max_payload_bytes,
+            max_frame_bytes: $from.max_frame_bytes,
+            max_subscriptions_per_session: $from.max_subscriptions_per_session,
+            max_connections: $from.max_connections,
+            max_publish_streams_per_connection: $from.max_publish_streams_per_connection,
+            max_retained_topics: $from.max_retained_topics,
+            max_queue_group_bytes: $from.max_queue_group_bytes,
+            max_connections_per_identity: $from.max_connections_per_identity,
+            max_pending_bytes_per_session: $from.max_pending_bytes_per_session,
+            max_retained_topics_per_identity: $from.max_retained_topics_per_identity,
+            max_retained_bytes_per_identity: $from.max_retained_bytes_per_identity,
+            max_retained_bytes: $from.max_retained_bytes,
+            max_sessions_per_identity: $from.max_sessions_per_identity,
+            max_dedupe_entries_per_identity: $from.max_dedupe_entries_per_identity,
+            max_headers: $from.max_headers,
+            max_header_bytes: $from.max_header_bytes,
+            max_memory_bytes: $from.max_memory_bytes,
+            max_partial_frame_bytes_per_identity: $from.max_partial_frame_bytes_per_identity,
+            max_tracked_topics: $from.max_tracked_topics,
+            $($other)*
+        }
+    };
+}
+
 /// `[limits]`: the broker's `BrokerLimits`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -285,30 +315,11 @@ pub(crate) struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         let limits = BrokerLimits::default();
-        Self {
-            max_payload_bytes: limits.max_payload_bytes,
-            max_frame_bytes: limits.max_frame_bytes,
-            max_subscriptions_per_session: limits.max_subscriptions_per_session,
+        same_named_limits!(limits => Self {
             max_topic_bytes: limits.topics.max_bytes,
             max_topic_depth: limits.topics.max_depth,
-            max_connections: limits.max_connections,
-            max_publish_streams_per_connection: limits.max_publish_streams_per_connection,
             hello_timeout_ms: millis(limits.hello_timeout),
-            max_retained_topics: limits.max_retained_topics,
-            max_queue_group_bytes: limits.max_queue_group_bytes,
-            max_connections_per_identity: limits.max_connections_per_identity,
-            max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
-            max_retained_topics_per_identity: limits.max_retained_topics_per_identity,
-            max_retained_bytes_per_identity: limits.max_retained_bytes_per_identity,
-            max_retained_bytes: limits.max_retained_bytes,
-            max_sessions_per_identity: limits.max_sessions_per_identity,
-            max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
-            max_headers: limits.max_headers,
-            max_header_bytes: limits.max_header_bytes,
-            max_memory_bytes: limits.max_memory_bytes,
-            max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
-            max_tracked_topics: limits.max_tracked_topics,
-        }
+        })
     }
 }
 
@@ -624,32 +635,13 @@ impl Settings {
     pub(crate) fn broker_config(&self) -> BrokerConfig {
         let limits = &self.limits;
         BrokerConfig {
-            limits: BrokerLimits {
-                max_payload_bytes: limits.max_payload_bytes,
-                max_frame_bytes: limits.max_frame_bytes,
-                max_subscriptions_per_session: limits.max_subscriptions_per_session,
+            limits: same_named_limits!(limits => BrokerLimits {
                 topics: TopicLimits {
                     max_bytes: limits.max_topic_bytes,
                     max_depth: limits.max_topic_depth,
                 },
-                max_connections: limits.max_connections,
-                max_publish_streams_per_connection: limits.max_publish_streams_per_connection,
                 hello_timeout: Duration::from_millis(limits.hello_timeout_ms),
-                max_retained_topics: limits.max_retained_topics,
-                max_queue_group_bytes: limits.max_queue_group_bytes,
-                max_connections_per_identity: limits.max_connections_per_identity,
-                max_pending_bytes_per_session: limits.max_pending_bytes_per_session,
-                max_retained_topics_per_identity: limits.max_retained_topics_per_identity,
-                max_retained_bytes_per_identity: limits.max_retained_bytes_per_identity,
-                max_retained_bytes: limits.max_retained_bytes,
-                max_sessions_per_identity: limits.max_sessions_per_identity,
-                max_dedupe_entries_per_identity: limits.max_dedupe_entries_per_identity,
-                max_headers: limits.max_headers,
-                max_header_bytes: limits.max_header_bytes,
-                max_memory_bytes: limits.max_memory_bytes,
-                max_partial_frame_bytes_per_identity: limits.max_partial_frame_bytes_per_identity,
-                max_tracked_topics: limits.max_tracked_topics,
-            },
+            }),
             acl: cassini_broker::Acl::default(),
             cluster: self
                 .cluster

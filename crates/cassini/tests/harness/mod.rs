@@ -9,7 +9,8 @@
 //!   `cassini listening`, `monitoring endpoint` and `cluster listening` lines), so no port is
 //!   ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
-//!   tests that need more than [`Broker::start`].
+//!   tests that need more than [`Broker::start`]; [`Serve::cluster_node`] for a cluster node,
+//!   and [`three_nodes`] for the nodes n1, n2 and n3 dialing each other.
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers; [`assert_contains`] shows the whole text
@@ -175,6 +176,27 @@ pub(crate) fn certs(dir: &Path, args: &[&str]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Certificates for nodes n1, n2 and n3 in `dir`, and the three nodes `start(name, peers)`
+/// starts, each dialing the nodes started before it (and each dials back the nodes that dial
+/// it, so the mesh is full).
+pub(crate) fn three_nodes(
+    dir: &Path,
+    start: impl Fn(&str, &[SocketAddr]) -> Broker,
+) -> Vec<Broker> {
+    certs(
+        dir,
+        &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
+    );
+    let mut addrs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let broker = start(name, &addrs);
+        addrs.push(broker.cluster_addr());
+        nodes.push(broker);
+    }
+    nodes
 }
 
 /// `cassini certs init` in `dir` with the given clients.
@@ -352,6 +374,21 @@ impl Serve {
             env: Vec::new(),
             echo: false,
         }
+    }
+
+    /// `serve` as node `name` of the cluster `test` with the certificates of `dir`, its cluster
+    /// address on `listen`, dialing `peers`, logging at `info` (the cluster tests wait on
+    /// its lines).
+    pub(crate) fn cluster_node(dir: &Path, name: &str, listen: &str, peers: &[SocketAddr]) -> Self {
+        let mut serve = Self::new(&["--certs"])
+            .arg(dir)
+            .args(&["--cluster", "test", "--node", name])
+            .args(&["--cluster-listen", listen])
+            .env("RUST_LOG", "info");
+        for peer in peers {
+            serve = serve.args(&["--peer", &peer.to_string()]);
+        }
+        serve
     }
 
     /// One more flag or value.
