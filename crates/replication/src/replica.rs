@@ -53,10 +53,11 @@ pub struct ReplicaConfig {
     /// A snapshot is built after this many entries since the last, and the log before it is
     /// purged: what bounds the log. Default: 1024.
     pub snapshot_every: u64,
-    /// A member that has not heard the group for this long has lost its lease: as a follower,
-    /// no append entries from a leader; as the leader, no acknowledgement from a majority
-    /// ([`Replica::in_contact`]). A claim whose previous owner does not confirm it waits
-    /// [`ReplicaConfig::fence_wait`] before it returns. Default: 3 s.
+    /// How long a lease lasts: a leader's from the sending time of its latest append entries
+    /// a majority acknowledged; a follower's from receiving append entries of a leader that
+    /// holds one, for what is left of that leader's ([`Replica::in_contact`]). A claim whose
+    /// previous owner does not confirm it waits [`ReplicaConfig::fence_wait`] before it
+    /// returns. Default: 3 s.
     pub lease: Duration,
     /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
     /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
@@ -65,9 +66,10 @@ pub struct ReplicaConfig {
 
 impl ReplicaConfig {
     /// How long a claim whose previous owner did not confirm it waits after asking: the
-    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (the
-    /// previous owner may have heard the leader that long after the claim was committed). By
-    /// then that owner, cut off from the majority, has closed its connection of the session.
+    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (for
+    /// the delay of the append entries that gave that owner its lease). Every lease runs from
+    /// a majority's acknowledgement sent before the claim's leader was elected, so by then
+    /// that owner, cut off from the majority, has closed its connection of the session.
     pub fn fence_wait(&self) -> Duration {
         self.lease + self.lease / 4 + self.heartbeat * 2
     }
@@ -194,7 +196,7 @@ impl Replica {
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
             .with_max_claims(config.max_claims);
         let slot = Arc::new(TransportSlot::default());
-        let contacts = Arc::new(Contacts::default());
+        let contacts = Arc::new(Contacts::new(config.lease, config.members.len()));
         let network = Network {
             slot: Arc::clone(&slot),
             contacts: Arc::clone(&contacts),
@@ -245,11 +247,13 @@ impl Replica {
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let reply = match rmp_serde::from_slice::<Rpc>(request) {
             Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
-            Ok(Rpc::Append(rpc)) => {
-                let answer = self.raft.append_entries(rpc).await;
-                if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
-                {
-                    self.contacts.heard_leader();
+            Ok(Rpc::Append { request, lease }) => {
+                let received = std::time::Instant::now();
+                let answer = self.raft.append_entries(request).await;
+                let accepted = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
+                // Only a leader that holds its own lease renews a follower's.
+                if let Some(left) = lease.filter(|_| accepted) {
+                    self.contacts.renewed(received, left);
                 }
                 Reply::Append(answer)
             }
@@ -322,18 +326,15 @@ impl Replica {
         Ok(applied.epoch)
     }
 
-    /// Whether this member has heard the group within its lease: as the leader, acknowledged
-    /// by a majority (itself included); otherwise, append entries from a leader. A member
-    /// that has not is cut off from the majority, or the group has no leader.
+    /// Whether this member holds its lease: as the leader, a majority (itself included)
+    /// acknowledged its append entries sent within the lease; as a follower, it accepted
+    /// append entries within the lease from a leader that held its own. A member that does
+    /// not is cut off from the majority (or on the side of a leader that is), or the group
+    /// has no leader.
     pub fn in_contact(&self) -> bool {
-        let lease = self.config.lease;
-        let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if leading {
-            let majority = self.config.members.len() / 2 + 1;
-            self.contacts.acked_within(lease) + 1 >= majority
-        } else {
-            self.contacts.leader_within(lease)
-        }
+        let alone = self.config.members.len() == 1
+            && self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        alone || self.contacts.left().is_some()
     }
 
     /// How long this member's lease is.

@@ -11,11 +11,13 @@ use crate::{
     TransportFailure,
 };
 
-/// The replicas by name, and the names cut off from every other.
+/// The replicas by name, the names cut off from every other, and a split: the names on one
+/// side, cut off from every name on the other (but not from each other).
 #[derive(Default)]
 struct Mesh {
     replicas: Mutex<HashMap<String, Arc<Replica>>>,
     cut: Mutex<HashSet<String>>,
+    split: Mutex<HashSet<String>>,
 }
 
 struct Via {
@@ -27,6 +29,10 @@ impl Via {
     fn reachable(&self, node: &str) -> Option<Arc<Replica>> {
         let cut = self.mesh.cut.lock().expect("cut");
         if cut.contains(node) || cut.contains(&self.from) {
+            return None;
+        }
+        let split = self.mesh.split.lock().expect("split");
+        if !split.is_empty() && split.contains(node) != split.contains(&self.from) {
             return None;
         }
         self.mesh
@@ -72,9 +78,17 @@ async fn three_with(
     claim_timeout: Duration,
     snapshot_every: u64,
 ) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
+    group(&["n1", "n2", "n3"], claim_timeout, snapshot_every).await
+}
+
+async fn group(
+    names: &[&str],
+    claim_timeout: Duration,
+    snapshot_every: u64,
+) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
     let mesh = Arc::new(Mesh::default());
     let seen: Seen = Arc::default();
-    let members: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let members: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let mut replicas = Vec::new();
     for name in &members {
         let mut config = ReplicaConfig::new(name.clone(), members.clone());
@@ -307,6 +321,55 @@ async fn the_log_is_purged_behind_snapshots_and_a_lagging_node_catches_up_from_o
         told >= 30,
         "its observer heard every claim ({told}), snapshot or not"
     );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_the_side_of_a_leader_without_a_majority_loses_its_lease_before_a_claim_elsewhere_returns(
+) {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = group(&["n1", "n2", "n3", "n4", "n5"], timeout, u64::MAX).await;
+    let leader = leader_known(&replicas).await;
+    let follower = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    follower.claim(key("s")).await.expect("claimed");
+    // The old leader and the session's owner on one side, the three others on the other: the
+    // leader keeps sending heartbeats to its follower, but has no majority.
+    mesh.split
+        .lock()
+        .expect("split")
+        .extend([leader.clone(), follower.node().to_owned()]);
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != follower.node())
+        .expect("a member of the majority");
+    let mut claimed = None;
+    for _ in 0..5 {
+        if let Ok(epoch) = claimant.claim(key("s")).await {
+            claimed = Some(epoch);
+            break;
+        }
+    }
+    // The claim returns once its fence wait is over: by then the follower, which serves the
+    // session until its lease runs out, must have lost it.
+    assert!(
+        claimed.is_some(),
+        "the majority elects a leader and commits"
+    );
+    assert!(
+        !follower.in_contact(),
+        "the follower of a leader without a majority lost its lease before the claim returned"
+    );
+    let old = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the old leader");
+    assert!(!old.in_contact(), "the old leader lost its lease");
+    assert!(claimant.in_contact(), "the majority holds its lease");
     for replica in &replicas {
         replica.shutdown().await;
     }

@@ -148,7 +148,8 @@ impl Ownership {
 
     /// `connection` now serves `session` under the claim of `epoch`, until the returned hold
     /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by
-    /// another node is applied already.
+    /// another node is applied already, and with [`BrokerError::NoQuorum`] if this node has
+    /// lost its lease (it may not have heard of a newer claim).
     pub fn hold(
         self: &Arc<Self>,
         session: SessionKey,
@@ -156,6 +157,9 @@ impl Ownership {
         connection: Arc<dyn Connection>,
     ) -> Result<Hold, BrokerError> {
         let mut held = self.lock();
+        if !self.replica.in_contact() {
+            return Err(BrokerError::NoQuorum(self.replica.lease()));
+        }
         if let Some(owner) = self.replica.owner(&session) {
             if owner.epoch > epoch && owner.node != self.replica.node() {
                 return Err(BrokerError::SessionTakenOverOn(owner.node));
