@@ -56,6 +56,14 @@ pub enum Command {
         /// The node claiming it.
         node: String,
     },
+    /// Every claim of `session` older than `epoch` has let go: the claimant of `epoch` had
+    /// each one's node confirm it applied that claim, or waited out that node's lease.
+    Fenced {
+        /// The session.
+        session: SessionKey,
+        /// The claim whose fence is complete.
+        epoch: u64,
+    },
 }
 
 /// What applying one entry answers.
@@ -66,6 +74,11 @@ pub struct Applied {
     /// For a claim: the session's owner before it, if the table held one.
     #[serde(default)]
     pub previous: Option<Owner>,
+    /// For a claim: the earlier claims of the session by other nodes not known to have let go
+    /// (at most one per node, its latest), the previous owner's included. The claimant
+    /// fences each of them before it attaches.
+    #[serde(default)]
+    pub unfenced: Vec<Owner>,
 }
 
 /// The Raft node id of the node named `name`: its 64-bit FNV-1a hash (never 0). Every node

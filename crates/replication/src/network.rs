@@ -2,8 +2,10 @@
 //! the bytes to an [`RpcTransport`], which carries them to the named node and brings back its
 //! answer. The transport is the cluster's links (`cassini-cluster/1`, mutual TLS with node
 //! certificates); this crate names no socket. Besides openraft's three RPCs (vote, append
-//! entries, install snapshot) a node asks the leader to write a claim for it, and asks its
-//! peers whether they have ever been part of a Raft group (for the bootstrap).
+//! entries, install snapshot) a node asks the leader to write a command for it (a claim, or
+//! a fence complete), asks the earlier claimants of a session whether they have applied its
+//! new claim, and asks its peers whether they have ever been part of a Raft group (for the
+//! bootstrap).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Member, NodeId, SessionKey, TypeConfig};
+use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
 #[async_trait::async_trait]
@@ -62,10 +64,9 @@ pub(crate) enum Rpc {
         lease: Option<Duration>,
     },
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// To the leader: write this claim.
-    Claim {
-        session: SessionKey,
-        node: String,
+    /// To the leader: write this command.
+    Write {
+        command: Command,
     },
     /// Whether the node has ever been part of a Raft group.
     Status,
@@ -82,8 +83,8 @@ pub(crate) enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// What applying the claim answered, or why it was not written.
-    Claim(Result<Applied, String>),
+    /// What applying the command answered, or why it was not written.
+    Written(Result<Applied, String>),
     /// Whether the node applied the log up to the index asked within its claim timeout.
     Applied {
         reached: bool,

@@ -140,6 +140,7 @@ pub struct Replica {
     config: ReplicaConfig,
     pub(crate) raft: Raft<TypeConfig>,
     slot: Arc<TransportSlot>,
+    writer: Writer,
     pub(crate) log: LogStore,
     state: StateMachine,
     contacts: Arc<Contacts>,
@@ -221,10 +222,15 @@ impl Replica {
                 Arc::clone(&initialized_here),
             ))
         });
+        let writer = Writer {
+            raft: raft.clone(),
+            slot: Arc::clone(&slot),
+        };
         Ok(Arc::new(Self {
             config,
             raft,
             slot,
+            writer,
             log,
             state,
             contacts,
@@ -258,9 +264,9 @@ impl Replica {
                 Reply::Append(answer)
             }
             Ok(Rpc::Snapshot(rpc)) => Reply::Snapshot(self.raft.install_snapshot(rpc).await),
-            Ok(Rpc::Claim { session, node }) => {
-                let write = self.raft.client_write(Command::Claim { session, node });
-                Reply::Claim(
+            Ok(Rpc::Write { command }) => {
+                let write = self.raft.client_write(command);
+                Reply::Written(
                     match tokio::time::timeout(self.config.claim_timeout, write).await {
                         Ok(Ok(written)) => Ok(written.data),
                         Ok(Err(err)) => Err(err.to_string()),
@@ -286,43 +292,75 @@ impl Replica {
 
     /// Claims `session` for this node: its epoch once a majority has committed the claim and
     /// this node has applied it (or the claim timeout is near: a follower slow to apply still
-    /// returns the committed epoch). Refused with [`ClaimError::NoQuorum`] after
-    /// [`ReplicaConfig::claim_timeout`].
+    /// returns the committed epoch), and the claim is fenced: every earlier claimant of the
+    /// session not known to have let go confirmed it applied the claim (and so closed its
+    /// connection of the session), or the lease of those that did not has run out. Refused
+    /// with [`ClaimError::NoQuorum`] after [`ReplicaConfig::claim_timeout`].
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
-        let applied = tokio::time::timeout_at(deadline, self.commit_claim(&session, deadline))
+        let command = Command::Claim {
+            session: session.clone(),
+            node: self.config.node.clone(),
+        };
+        let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
             .await
             .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
-        // The previous owner closes its connection of the session when it applies the claim:
-        // wait for that, so this node attaches only once the old connection is closed. A
-        // previous owner that does not confirm within its lease is cut off from the majority:
-        // its lease runs out and it closes its connections of claimed sessions itself
+        let earlier: Vec<String> = applied
+            .unfenced
+            .iter()
+            .filter(|earlier| earlier.node != self.config.node)
+            .map(|earlier| earlier.node.clone())
+            .collect();
+        if earlier.is_empty() {
+            return Ok(applied.epoch);
+        }
+        // Each earlier claimant closes its connection of the session when it applies the
+        // claim: ask them all at once, so this node attaches only once the old connections are
+        // closed. One that does not confirm within its lease is cut off from the majority: its
+        // lease runs out and it closes its connections of claimed sessions itself
         // (`in_contact`); waiting `fence_wait` from the question covers that.
-        if let Some(previous) = applied
-            .previous
-            .filter(|previous| previous.node != self.config.node)
-        {
-            let asked = Instant::now();
+        let asked = Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for node in earlier {
+            let slot = Arc::clone(&self.slot);
             let rpc = Rpc::Applied {
                 index: applied.epoch,
             };
-            let confirmed = matches!(
-                self.slot
-                    .call(&previous.node, &rpc, self.config.lease)
-                    .await,
-                Ok(Reply::Applied { reached: true })
-            );
-            if !confirmed {
-                tracing::info!(
-                    identity = %session.identity,
-                    name = %session.name,
-                    previous = %previous.node,
-                    "the session's previous owner did not confirm the claim: waiting out its lease"
-                );
-                tokio::time::sleep_until(asked + self.config.fence_wait()).await;
+            let lease = self.config.lease;
+            asks.spawn(async move {
+                let reply = slot.call(&node, &rpc, lease).await;
+                (node, matches!(reply, Ok(Reply::Applied { reached: true })))
+            });
+        }
+        let mut silent = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok((_, true)) => {}
+                Ok((node, false)) => silent.push(node),
+                Err(_) => silent.push("?".to_owned()),
             }
         }
+        if !silent.is_empty() {
+            tracing::info!(
+                identity = %session.identity,
+                name = %session.name,
+                ?silent,
+                "earlier claimants of the session did not confirm the claim: waiting out their lease"
+            );
+            tokio::time::sleep_until(asked + self.config.fence_wait()).await;
+        }
+        // The fence is complete: recorded, so later claims need not fence these claims again.
+        // Not waited for; if it is lost, a later claim fences them once more.
+        let writer = self.writer.clone();
+        let fenced = Command::Fenced {
+            session,
+            epoch: applied.epoch,
+        };
+        tokio::spawn(async move {
+            let deadline = Instant::now() + limit;
+            let _ = tokio::time::timeout_at(deadline, writer.write(fenced, deadline)).await;
+        });
         Ok(applied.epoch)
     }
 
@@ -342,55 +380,15 @@ impl Replica {
         self.config.lease
     }
 
-    /// Writes the claim through the leader; what applying it answered.
-    async fn commit_claim(
-        &self,
-        session: &SessionKey,
-        deadline: Instant,
-    ) -> Result<Applied, ClaimError> {
-        let node = self.config.node.clone();
-        loop {
-            let command = Command::Claim {
-                session: session.clone(),
-                node: node.clone(),
-            };
-            match self.raft.client_write(command).await {
-                Ok(written) => return Ok(written.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    if let Some(leader) = forward.leader_node {
-                        let rpc = Rpc::Claim {
-                            session: session.clone(),
-                            node: node.clone(),
-                        };
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if let Ok(Reply::Claim(Ok(applied))) =
-                            self.slot.call(&leader.name, &rpc, left).await
-                        {
-                            // Committed: once applied here too, this node's owner table shows
-                            // it (fencing is right either way; see the broker's ownership).
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            let _ = self
-                                .raft
-                                .wait(Some(left))
-                                .applied_index_at_least(
-                                    Some(applied.epoch),
-                                    "the claim applied here",
-                                )
-                                .await;
-                            return Ok(applied);
-                        }
-                    }
-                }
-                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
-                Err(RaftError::APIError(_)) => {}
-            }
-            tokio::time::sleep(CLAIM_RETRY).await;
-        }
-    }
-
     /// The owner of `session` as this node has applied it.
     pub fn owner(&self, session: &SessionKey) -> Option<Owner> {
         self.state.owner(session)
+    }
+
+    /// The claims of `session` before its owner's not known to have let go, as this node has
+    /// applied them.
+    pub fn unfenced(&self, session: &SessionKey) -> Vec<Owner> {
+        self.state.unfenced(session)
     }
 
     /// The member this node knows as leader, if any.
@@ -449,6 +447,53 @@ impl Drop for Replica {
     fn drop(&mut self) {
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.abort();
+        }
+    }
+}
+
+/// Writes commands through the leader: this node's Raft and its transport to the others.
+#[derive(Clone)]
+struct Writer {
+    raft: Raft<TypeConfig>,
+    slot: Arc<TransportSlot>,
+}
+
+impl Writer {
+    /// Writes `command` through the leader (forwarded to it from a follower), retrying until
+    /// `deadline` (the caller's timeout ends it); what applying it answered, once this node has applied it too (or the
+    /// deadline is near: a follower slow to apply still returns the committed answer).
+    async fn write(&self, command: Command, deadline: Instant) -> Result<Applied, ClaimError> {
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let Some(leader) = forward.leader_node {
+                        let rpc = Rpc::Write {
+                            command: command.clone(),
+                        };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(Reply::Written(Ok(applied))) =
+                            self.slot.call(&leader.name, &rpc, left).await
+                        {
+                            // Committed: once applied here too, this node's tables show it
+                            // (fencing is right either way; see the broker's ownership).
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = self
+                                .raft
+                                .wait(Some(left))
+                                .applied_index_at_least(
+                                    Some(applied.epoch),
+                                    "the command applied here",
+                                )
+                                .await;
+                            return Ok(applied);
+                        }
+                    }
+                }
+                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
+                Err(RaftError::APIError(_)) => {}
+            }
+            tokio::time::sleep(CLAIM_RETRY).await;
         }
     }
 }

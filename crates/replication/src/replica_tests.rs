@@ -374,3 +374,71 @@ async fn a_follower_on_the_side_of_a_leader_without_a_majority_loses_its_lease_b
         replica.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_fences_every_earlier_claimant_not_known_to_have_let_go_not_only_the_previous_owner(
+) {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three_with(timeout, u64::MAX).await;
+    let leader = leader_known(&replicas).await;
+    let by_name = |name: &str| {
+        replicas
+            .iter()
+            .find(|r| r.node() == name)
+            .cloned()
+            .expect("a replica")
+    };
+    let first = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    let second = by_name(&leader);
+    let third = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != first.node())
+        .cloned()
+        .expect("the other follower");
+    first.claim(key("s")).await.expect("claimed");
+    // The first owner is cut off; the second claimant waits out its lease...
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(first.node().to_owned());
+    let waiting = {
+        let second = Arc::clone(&second);
+        tokio::spawn(async move { second.claim(key("s")).await })
+    };
+    for _ in 0..100 {
+        if third
+            .owner(&key("s"))
+            .is_some_and(|owner| owner.node == second.node())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        third.owner(&key("s")).map(|owner| owner.node),
+        Some(second.node().to_owned())
+    );
+    // ...while a third claims the session from it: the second confirms at once, but the first
+    // still serves the session until its lease runs out.
+    third.claim(key("s")).await.expect("claimed");
+    assert!(
+        !first.in_contact(),
+        "the first owner lost its lease before the third claim returned"
+    );
+    waiting.await.expect("task").expect("claimed");
+    // Once their fences are complete, no earlier claim is left to fence.
+    for _ in 0..100 {
+        if third.unfenced(&key("s")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(third.unfenced(&key("s")), Vec::new());
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

@@ -1,5 +1,6 @@
-//! The state the log builds: which node owns each claimed session, since which epoch, and the
-//! Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one is
+//! The state the log builds: which node owns each claimed session, since which epoch, the
+//! earlier claims of each session by other nodes not known to have let go (a claim's fence
+//! covers them; a [`crate::Command::Fenced`] forgets them), and the Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one is
 //! kept in the Raft file (`snapshot`), so a restarted node starts from it and openraft
 //! re-applies the committed entries after it. Each claim applied (or changed by an installed
 //! snapshot) is told to the [`ClaimObserver`] once the state is updated, outside its lock.
@@ -49,17 +50,35 @@ struct Claims {
     /// The same sessions by the epoch of their claim, oldest first: what goes when the table
     /// is full.
     by_epoch: BTreeMap<u64, SessionKey>,
+    /// Per session, the claims before its owner's by other nodes not known to have let go
+    /// (at most one per node: its latest): what a new claim must fence besides the owner.
+    #[serde(default)]
+    unfenced: BTreeMap<SessionKey, Vec<Owner>>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
 }
 
 impl Claims {
     /// `session` is owned by `owner` from now on; the oldest claims go beyond `max`. Returns
-    /// its previous owner.
-    fn record(&mut self, session: &SessionKey, owner: &Owner, max: usize) -> Option<Owner> {
+    /// its previous owner and the claims the new owner must fence: the earlier claims of
+    /// other nodes not known to have let go, the previous owner's included.
+    fn record(
+        &mut self,
+        session: &SessionKey,
+        owner: &Owner,
+        max: usize,
+    ) -> (Option<Owner>, Vec<Owner>) {
         let previous = self.owners.insert(session.clone(), owner.clone());
+        let mut unfenced = self.unfenced.remove(session).unwrap_or_default();
         if let Some(previous) = &previous {
             self.by_epoch.remove(&previous.epoch);
+            unfenced.retain(|earlier| earlier.node != previous.node);
+            unfenced.push(previous.clone());
+        }
+        // The claimant's own earlier connection is taken over on its node, not fenced.
+        unfenced.retain(|earlier| earlier.node != owner.node);
+        if !unfenced.is_empty() {
+            self.unfenced.insert(session.clone(), unfenced.clone());
         }
         self.by_epoch.insert(owner.epoch, session.clone());
         while self.owners.len() > max {
@@ -67,8 +86,19 @@ impl Claims {
                 break;
             };
             self.owners.remove(&oldest);
+            self.unfenced.remove(&oldest);
         }
-        previous
+        (previous, unfenced)
+    }
+
+    /// Every claim of `session` older than `epoch` has let go.
+    fn fenced(&mut self, session: &SessionKey, epoch: u64) {
+        if let Some(unfenced) = self.unfenced.get_mut(session) {
+            unfenced.retain(|earlier| earlier.epoch >= epoch);
+            if unfenced.is_empty() {
+                self.unfenced.remove(session);
+            }
+        }
     }
 }
 
@@ -146,6 +176,16 @@ impl StateMachine {
     pub fn claimed(&self) -> usize {
         self.lock().claims.owners.len()
     }
+
+    /// The claims of `session` before its owner's not known to have let go.
+    pub fn unfenced(&self, session: &SessionKey) -> Vec<Owner> {
+        self.lock()
+            .claims
+            .unfenced
+            .get(session)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -208,12 +248,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             node,
                             epoch: entry.log_id.index,
                         };
-                        let previous = inner.claims.record(&session, &owner, self.max_claims);
+                        let (previous, unfenced) =
+                            inner.claims.record(&session, &owner, self.max_claims);
                         answers.push(Applied {
                             epoch: owner.epoch,
                             previous,
+                            unfenced,
                         });
                         claimed.push((session, owner));
+                    }
+                    EntryPayload::Normal(Command::Fenced { session, epoch }) => {
+                        inner.claims.fenced(&session, epoch);
+                        answers.push(Applied::default());
                     }
                     EntryPayload::Membership(membership) => {
                         inner.claims.membership =

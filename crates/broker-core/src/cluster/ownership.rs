@@ -6,9 +6,9 @@
 //! here, the connection holding the older one is closed with `SESSION_TAKEN_OVER`; and a
 //! connection whose claim is already older than the one applied is refused when it comes to
 //! hold it. Both checks take the same lock, after the claim is in the state machine, so
-//! whichever comes second sees the other. The claimant's replica waits for the previous
-//! owner to confirm it applied the claim, so the old connection is closed before the new one
-//! attaches whenever the previous owner is reachable (a node cut off from the majority keeps
+//! whichever comes second sees the other. The claimant's replica waits for every earlier
+//! claimant not known to have let go to confirm it applied the claim, so the old connections
+//! are closed before the new one attaches whenever those nodes are reachable (a node cut off from the majority keeps
 //! its connections until it hears; docs/CLUSTERING.md). The map holds one entry per local
 //! connection holding a claim.
 //!
