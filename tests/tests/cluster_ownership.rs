@@ -4,7 +4,9 @@
 //! `SESSION_TAKEN_OVER`; claims get strictly increasing epochs on every node; a node cut off
 //! from the majority refuses claims with `NO_QUORUM` after its claim timeout, and closes the
 //! connections of its claimed sessions with `NO_QUORUM` once its lease runs out, before the
-//! majority gives the session to another node; of five members split with the old leader on
+//! majority gives the session to another node; one identity holds at most
+//! `limits.max_sessions_per_identity` claims in use across the cluster (beyond,
+//! `TOO_MANY_SESSIONS_FOR_IDENTITY`, and other identities unaffected); of five members split with the old leader on
 //! the minority side, the minority's follower lets its client go before the majority attaches
 //! the session; the first member, restarted empty, rejoins the group without initializing a
 //! second one.
@@ -46,6 +48,16 @@ impl Node {
         name: &str,
         faults: Option<&FaultControl>,
     ) -> Self {
+        Self::start_with(pki, members, name, faults, BrokerConfig::default()).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        members: &[&str],
+        name: &str,
+        faults: Option<&FaultControl>,
+        base: BrokerConfig,
+    ) -> Self {
         let config = BrokerConfig {
             cluster: Some(ClusterConfig {
                 members: members.iter().map(|member| member.to_string()).collect(),
@@ -53,7 +65,7 @@ impl Node {
                 lease: LEASE,
                 ..ClusterConfig::node(name)
             }),
-            ..BrokerConfig::default()
+            ..base
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
         let (chain, key) = identity_of(&pki.node(name));
@@ -89,10 +101,19 @@ async fn three_members(faults: [Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
 
 /// `names` in a full mesh with one leader they all know.
 async fn members(names: &[&str], faults: &[Option<&FaultControl>]) -> (Pki, Vec<Node>) {
+    members_with(names, faults, BrokerConfig::default).await
+}
+
+/// `names`, each configured from `base()`, in a full mesh with one leader they all know.
+async fn members_with(
+    names: &[&str],
+    faults: &[Option<&FaultControl>],
+    base: impl Fn() -> BrokerConfig,
+) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
     for (name, faults) in names.iter().zip(faults) {
-        nodes.push(Node::start_among(&pki, names, name, *faults).await);
+        nodes.push(Node::start_with(&pki, names, name, *faults, base()).await);
     }
     let addrs: Vec<_> = nodes
         .iter()
@@ -118,7 +139,18 @@ async fn attach_named(
     node: &Node,
     name: &str,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), ErrorCode> {
-    let (chain, key) = identity_of(&pki.client("alice"));
+    attach_as(pki, "alice", node, name).await
+}
+
+/// A raw client connection of identity `identity` to `node`, attached to the session named
+/// `name`; `Err` with the close code if the broker refused it.
+async fn attach_as(
+    pki: &Pki,
+    identity: &str,
+    node: &Node,
+    name: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), ErrorCode> {
+    let (chain, key) = identity_of(&pki.client(identity));
     let (endpoint, connection) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
         .await
         .expect("raw connection");
@@ -404,6 +436,40 @@ async fn five_members_split_with_the_old_leader_on_the_minority_side_never_serve
         new.close_reason().is_none(),
         "the new connection serves the session"
     );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_identity_holds_at_most_its_maximum_of_sessions_in_use_across_the_cluster() {
+    let (pki, nodes) = members_with(&MEMBERS, &[None, None, None], || {
+        let mut config = BrokerConfig::default();
+        config.limits.max_sessions_per_identity = 2;
+        config
+    })
+    .await;
+    // Two sessions in use on n1, so n1's own bound is reached nowhere else.
+    let first = attach_named(&pki, &nodes[0], "a").await.expect("a on n1");
+    let _second = attach_named(&pki, &nodes[0], "b").await.expect("b on n1");
+    assert_eq!(
+        attach_named(&pki, &nodes[1], "c").await.err(),
+        Some(ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY),
+        "a third session on another node is refused"
+    );
+    let _bob = attach_as(&pki, "bob", &nodes[1], "c")
+        .await
+        .expect("another identity is not affected");
+    let _again = attach_named(&pki, &nodes[2], "b")
+        .await
+        .expect("a session in use can be taken over from another node");
+    // A session let go makes room.
+    let (_endpoint, connection, _send) = first;
+    connection.close(0u32.into(), b"done");
+    eventually("a released claim makes room", || async {
+        attach_named(&pki, &nodes[1], "c").await.ok()
+    })
+    .await;
     for node in nodes {
         node.stop().await;
     }

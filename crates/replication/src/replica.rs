@@ -12,7 +12,11 @@
 //!   never initializes a second group beside the one its peers hold.
 //! - **Claims** are written by the leader: a follower forwards the claim to the node it knows
 //!   as leader. A claim not committed within [`ReplicaConfig::claim_timeout`] (no leader, or
-//!   no majority reachable) is refused with [`ClaimError::NoQuorum`].
+//!   no majority reachable) is refused with [`ClaimError::NoQuorum`]; one beyond the claims
+//!   table's bounds, before anything is written ([`ClaimError::TooManyForIdentity`],
+//!   [`ClaimError::TableFull`]).
+//! - **Releases**: a node writes that it started afresh before it claims anything, and the
+//!   claims its connections let go of ([`Replica::release`]), in batches, in the background.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,13 +31,20 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
 use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
-use crate::{node_id, Applied, Command, Member, RpcTransport, TypeConfig};
+use crate::{node_id, Applied, Command, Member, Refusal, RpcTransport, TypeConfig};
 
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a claim waits before asking again when no leader is known.
 const CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// The most released claims waiting to be written; beyond, a release is dropped (its claim
+/// stays counted as held until this node restarts).
+const MAX_QUEUED_RELEASES: usize = 65_536;
+
+/// The most released claims one log entry carries.
+const MAX_RELEASES_PER_ENTRY: usize = 512;
 
 /// A node's Raft settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +70,16 @@ pub struct ReplicaConfig {
     /// previous owner does not confirm it waits [`ReplicaConfig::fence_wait`] before it
     /// returns. Default: 3 s.
     pub lease: Duration,
-    /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
-    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
+    /// The most sessions the claims table holds; beyond it the oldest released claim is
+    /// forgotten, and a claim is refused if none is released
+    /// ([`crate::StateMachine::with_max_claims`]). Default:
+    /// [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
     pub max_claims: usize,
+    /// The most sessions of one identity the claims table holds; beyond it that identity's
+    /// oldest released claim is forgotten, and its claim is refused if none is released
+    /// ([`crate::StateMachine::with_max_claims_per_identity`]). The same on every member.
+    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY`] (1024).
+    pub max_claims_per_identity: usize,
 }
 
 impl ReplicaConfig {
@@ -85,6 +103,7 @@ impl ReplicaConfig {
             snapshot_every: 1024,
             lease: Duration::from_secs(3),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
+            max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
         }
     }
 }
@@ -111,9 +130,26 @@ pub enum ClaimError {
     /// No leader with a majority committed it within the claim timeout.
     #[error("the cluster did not commit the claim within {0:?}: no quorum reachable")]
     NoQuorum(Duration),
+    /// The identity holds its maximum of claims, all held by live connections
+    /// ([`ReplicaConfig::max_claims_per_identity`]).
+    #[error("the identity holds its maximum of {0} claimed sessions, all in use")]
+    TooManyForIdentity(usize),
+    /// The claims table holds its maximum of claims, all held by live connections
+    /// ([`ReplicaConfig::max_claims`]).
+    #[error("the cluster holds its maximum of {0} claimed sessions, all in use")]
+    TableFull(usize),
     /// The replica has stopped.
     #[error("the replica has stopped")]
     Stopped,
+}
+
+impl From<Refusal> for ClaimError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooManyForIdentity(max) => Self::TooManyForIdentity(max),
+            Refusal::TableFull(max) => Self::TableFull(max),
+        }
+    }
 }
 
 /// A member's view of the Raft group, for monitoring (`/clusterz`).
@@ -145,6 +181,12 @@ pub struct Replica {
     state: StateMachine,
     contacts: Arc<Contacts>,
     bootstrap: Option<tokio::task::JoinHandle<()>>,
+    /// Writes that this node started afresh, then the claims its connections released.
+    releaser: tokio::task::JoinHandle<()>,
+    /// Released claims waiting for the releaser.
+    releases: tokio::sync::mpsc::Sender<(SessionKey, u64)>,
+    /// Whether this node's restart is written: it claims nothing before.
+    restarted: tokio::sync::watch::Receiver<bool>,
     /// Whether this node initialized the group (the first member's bootstrap did).
     initialized_here: Arc<AtomicBool>,
 }
@@ -195,7 +237,8 @@ impl Replica {
         let log = LogStore::open(storage.clone())?;
         let state = StateMachine::open(storage, observer)
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
-            .with_max_claims(config.max_claims);
+            .with_max_claims(config.max_claims)
+            .with_max_claims_per_identity(config.max_claims_per_identity);
         let slot = Arc::new(TransportSlot::default());
         let contacts = Arc::new(Contacts::new(config.lease, config.members.len()));
         let network = Network {
@@ -226,11 +269,23 @@ impl Replica {
             raft: raft.clone(),
             slot: Arc::clone(&slot),
         };
+        let (releases, queue) = tokio::sync::mpsc::channel(MAX_QUEUED_RELEASES);
+        let (written, restarted) = tokio::sync::watch::channel(false);
+        let releaser = tokio::spawn(release(
+            writer.clone(),
+            config.node.clone(),
+            config.claim_timeout,
+            written,
+            queue,
+        ));
         Ok(Arc::new(Self {
             config,
             raft,
             slot,
             writer,
+            releaser,
+            releases,
+            restarted,
             log,
             state,
             contacts,
@@ -299,6 +354,14 @@ impl Replica {
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
+        if let Some(refusal) = self.state.refusal(&session) {
+            return Err(refusal.into());
+        }
+        let mut restarted = self.restarted.clone();
+        tokio::time::timeout_at(deadline, restarted.wait_for(|written| *written))
+            .await
+            .map_err(|_| ClaimError::NoQuorum(limit))?
+            .map_err(|_| ClaimError::Stopped)?;
         let command = Command::Claim {
             session: session.clone(),
             node: self.config.node.clone(),
@@ -306,6 +369,9 @@ impl Replica {
         let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
             .await
             .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
+        if let Some(refusal) = applied.refused {
+            return Err(refusal.into());
+        }
         let earlier: Vec<String> = applied
             .unfenced
             .iter()
@@ -380,6 +446,18 @@ impl Replica {
         self.config.lease
     }
 
+    /// The connection holding the claim of `session` at `epoch` has let go: written to the
+    /// log soon (batched, not waited for), so that claim no longer counts against its
+    /// identity's bound and a full table may forget it.
+    pub fn release(&self, session: SessionKey, epoch: u64) {
+        if self.releases.try_send((session, epoch)).is_err() {
+            tracing::warn!(
+                queued = MAX_QUEUED_RELEASES,
+                "released claims wait to be written beyond the bound: one is dropped and stays counted as held until this node restarts"
+            );
+        }
+    }
+
     /// The owner of `session` as this node has applied it.
     pub fn owner(&self, session: &SessionKey) -> Option<Owner> {
         self.state.owner(session)
@@ -439,6 +517,7 @@ impl Replica {
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.abort();
         }
+        self.releaser.abort();
         let _ = self.raft.shutdown().await;
     }
 }
@@ -448,6 +527,7 @@ impl Drop for Replica {
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.abort();
         }
+        self.releaser.abort();
     }
 }
 
@@ -494,6 +574,50 @@ impl Writer {
                 Err(RaftError::APIError(_)) => {}
             }
             tokio::time::sleep(CLAIM_RETRY).await;
+        }
+    }
+}
+
+/// Writes that `node` started afresh (none of its claims is held by a connection: it had none
+/// before this), retrying until it is written, then the claims its connections release, in
+/// batches, each retried until written.
+async fn release(
+    writer: Writer,
+    node: String,
+    claim_timeout: Duration,
+    restarted: tokio::sync::watch::Sender<bool>,
+    mut queue: tokio::sync::mpsc::Receiver<(SessionKey, u64)>,
+) {
+    let write = |command: Command| {
+        let writer = writer.clone();
+        async move {
+            loop {
+                let deadline = Instant::now() + claim_timeout;
+                let written =
+                    tokio::time::timeout_at(deadline, writer.write(command.clone(), deadline))
+                        .await;
+                match written {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err(ClaimError::Stopped)) => return false,
+                    _ => tokio::time::sleep(CLAIM_RETRY).await,
+                }
+            }
+        }
+    };
+    if !write(Command::Restarted { node }).await {
+        return;
+    }
+    restarted.send_replace(true);
+    while let Some(first) = queue.recv().await {
+        let mut claims = vec![first];
+        while claims.len() < MAX_RELEASES_PER_ENTRY {
+            match queue.try_recv() {
+                Ok(claim) => claims.push(claim),
+                Err(_) => break,
+            }
+        }
+        if !write(Command::Release { claims }).await {
+            return;
         }
     }
 }
