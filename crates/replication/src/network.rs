@@ -206,6 +206,11 @@ impl Contacts {
         state.until = Some(state.until.map_or(until, |before| before.max(until)));
     }
 
+    /// When this node's lease runs out, as it stands; `None` before it held one.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        self.lock().until
+    }
+
     /// What is left of this node's lease now; `None` if it holds none.
     pub(crate) fn left(&self) -> Option<Duration> {
         let until = self.lock().until?;

@@ -83,13 +83,14 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
-    /// How long a claim whose previous owner did not confirm it waits after asking: the
-    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (for
-    /// the delay of the append entries that gave that owner its lease). Every lease runs from
-    /// a majority's acknowledgement sent before the claim's leader was elected, so by then
-    /// that owner, cut off from the majority, has closed its connection of the session.
+    /// How long a claim whose earlier claimant did not confirm it waits after asking: the
+    /// lease and three heartbeats (two for the delay of the append entries that gave that
+    /// node its lease, one for its check, made when its lease runs out:
+    /// [`Replica::lease_expiry`]). Every lease runs from a majority's acknowledgement sent
+    /// before the claim's leader was elected, so by then that node, cut off from the
+    /// majority, has closed its connection of the session.
     pub fn fence_wait(&self) -> Duration {
-        self.lease + self.lease / 4 + self.heartbeat * 2
+        self.lease + self.heartbeat * 3
     }
 
     /// Node `node` among `members`, with the default timings.
@@ -439,6 +440,12 @@ impl Replica {
         let alone = self.config.members.len() == 1
             && self.raft.metrics().borrow().state == openraft::ServerState::Leader;
         alone || self.contacts.left().is_some()
+    }
+
+    /// When this member's lease runs out as it stands now (renewals push it later); `None`
+    /// if it holds none, or needs none (a group of one).
+    pub fn lease_expiry(&self) -> Option<std::time::Instant> {
+        self.contacts.until()
     }
 
     /// How long this member's lease is.

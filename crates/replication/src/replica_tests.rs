@@ -442,3 +442,38 @@ async fn a_claim_fences_every_earlier_claimant_not_known_to_have_let_go_not_only
         replica.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_previous_owner_is_cut_off_waits_only_its_lease_and_three_heartbeats() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let owner = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the leader");
+    owner.claim(key("s")).await.expect("claimed");
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(owner.node().to_owned());
+    let started = std::time::Instant::now();
+    claimant.claim(key("s")).await.expect("claimed");
+    let took = started.elapsed();
+    assert!(
+        !owner.in_contact(),
+        "the cut-off owner lost its lease before the claim returned"
+    );
+    // The lease (1.5 s here) and three heartbeats (100 ms each), and a little for the commit.
+    assert!(
+        took <= timeout + Duration::from_millis(300) + Duration::from_millis(100),
+        "the claim waited {took:?}"
+    );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

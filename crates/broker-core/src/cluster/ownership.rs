@@ -329,11 +329,24 @@ impl Drop for Hold {
     }
 }
 
-/// Every `every` (a quarter of the lease), closes the connections holding claims if this node
-/// has lost its lease; ends with the registry.
+/// Closes the connections holding claims once this node has lost its lease, checked when its
+/// lease would run out (the claimant's fence wait counts on that) and at least every `every`
+/// (a quarter of the lease); ends with the registry.
 async fn watch_lease(ownership: Weak<Ownership>, every: Duration) {
     loop {
-        tokio::time::sleep(every).await;
+        let next = {
+            let Some(ownership) = ownership.upgrade() else {
+                return;
+            };
+            let latest = tokio::time::Instant::now() + every;
+            ownership
+                .replica
+                .lease_expiry()
+                .map(tokio::time::Instant::from_std)
+                .filter(|expiry| *expiry > tokio::time::Instant::now())
+                .map_or(latest, |expiry| expiry.min(latest))
+        };
+        tokio::time::sleep_until(next).await;
         let Some(ownership) = ownership.upgrade() else {
             return;
         };
