@@ -53,6 +53,10 @@ struct Claims {
     owners: BTreeMap<SessionKey, Owner>,
     /// The same sessions by the epoch of their claim, oldest first.
     by_epoch: BTreeMap<u64, SessionKey>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Member>,
+    // Fields added later go last, with a default: snapshots are MessagePack arrays, and one
+    // written before a field existed ends before it.
     /// Per session, the claims before its owner's by other nodes not known to have let go
     /// (at most one per node: its latest): what a new claim must fence besides the owner.
     #[serde(default)]
@@ -61,8 +65,6 @@ struct Claims {
     /// oldest first: only these are forgotten to make room.
     #[serde(default)]
     released: BTreeSet<u64>,
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, Member>,
     /// Per identity, its sessions in the table and the released ones among them: derived
     /// from the above ([`Claims::reindex`]), not stored.
     #[serde(skip)]
@@ -511,5 +513,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_written_before_the_fence_and_release_fields_still_reads() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let owner = Owner {
+            node: "n1".into(),
+            epoch: 3,
+        };
+        let owners = BTreeMap::from([(session.clone(), owner.clone())]);
+        let by_epoch = BTreeMap::from([(3u64, session.clone())]);
+        let old = (
+            owners,
+            by_epoch,
+            None::<LogId<NodeId>>,
+            StoredMembership::<NodeId, Member>::default(),
+        );
+        let bytes = rmp_serde::to_vec(&old).expect("encoded");
+        let mut claims: Claims = rmp_serde::from_slice(&bytes).expect("decoded");
+        claims.reindex();
+        assert_eq!(claims.owners.get(&session), Some(&owner));
+        assert!(claims.unfenced.is_empty() && claims.released.is_empty());
+        assert_eq!(claims.identities.get("alice").map(|i| i.sessions), Some(1));
     }
 }
