@@ -6,10 +6,10 @@
 //! connections of its claimed sessions with `NO_QUORUM` once its lease runs out, before the
 //! majority gives the session to another node; one identity holds at most
 //! `limits.max_sessions_per_identity` claims in use across the cluster (beyond,
-//! `TOO_MANY_SESSIONS_FOR_IDENTITY`, and other identities unaffected); of five members split with the old leader on
-//! the minority side, the minority's follower lets its client go before the majority attaches
-//! the session; the first member, restarted empty, rejoins the group without initializing a
-//! second one.
+//! `TOO_MANY_SESSIONS_FOR_IDENTITY`, and other identities unaffected); of five members split
+//! with the old leader on the minority side, the minority's follower lets its client go before
+//! the majority attaches the session; the first member, restarted empty, rejoins the group
+//! without initializing a second one.
 
 use std::time::{Duration, Instant};
 

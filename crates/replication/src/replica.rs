@@ -547,8 +547,9 @@ struct Writer {
 
 impl Writer {
     /// Writes `command` through the leader (forwarded to it from a follower), retrying until
-    /// `deadline` (the caller's timeout ends it); what applying it answered, once this node has applied it too (or the
-    /// deadline is near: a follower slow to apply still returns the committed answer).
+    /// `deadline` (the caller's timeout ends it); what applying it answered, once this node
+    /// has applied it too (or the deadline is near: a follower slow to apply still returns
+    /// the committed answer).
     async fn write(&self, command: Command, deadline: Instant) -> Result<Applied, ClaimError> {
         loop {
             match self.raft.client_write(command.clone()).await {

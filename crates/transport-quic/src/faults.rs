@@ -6,8 +6,9 @@
 //! per datagram, so jitter reorders them); on the way in it drops them; and it can black-hole
 //! everything in both directions, by hand ([`FaultControl::set_blackhole`]) or by schedule
 //! ([`FaultPlan::partitions`]), or only what goes to and comes from some addresses
-//! ([`FaultControl::set_cut_off_from`]: a split of a cluster). Every random choice comes from one generator seeded by
-//! [`FaultPlan::seed`], so a failing run's faults can be replayed from its seed.
+//! ([`FaultControl::set_cut_off_from`]: a split of a cluster). Every random choice comes from
+//! one generator seeded by [`FaultPlan::seed`], so a failing run's faults can be replayed from
+//! its seed.
 //!
 //! Each outgoing transmit carries one datagram (the socket announces no segmentation
 //! offload), so faults act per packet. Delayed datagrams wait in a bounded set

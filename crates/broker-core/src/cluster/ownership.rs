@@ -8,9 +8,10 @@
 //! hold it. Both checks take the same lock, after the claim is in the state machine, so
 //! whichever comes second sees the other. The claimant's replica waits for every earlier
 //! claimant not known to have let go to confirm it applied the claim, so the old connections
-//! are closed before the new one attaches whenever those nodes are reachable (a node cut off from the majority keeps
-//! its connections until it hears; docs/CLUSTERING.md). The map holds one entry per local
-//! connection holding a claim.
+//! are closed before the new one attaches whenever those nodes are reachable (a node cut off
+//! from the majority closes them when its lease runs out; docs/CLUSTERING.md). The map holds
+//! one entry per local connection holding a claim. A claim no connection of this node holds
+//! or is claiming any more is released, so it no longer counts against its identity's bound.
 //!
 //! It names no transport: connections are [`Connection`]s, the Raft network the transport
 //! plugs into the replica.
@@ -276,11 +277,6 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// The claim's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.claim.epoch
-    }
-
     /// `connection` now serves the session under this claim, until the returned hold is
     /// dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by another
     /// node is applied already, and with [`BrokerError::NoQuorum`] if this node has lost its
