@@ -4,8 +4,12 @@
 //! `SESSION_TAKEN_OVER`; claims get strictly increasing epochs on every node; a node cut off
 //! from the majority refuses claims with `NO_QUORUM` after its claim timeout, and closes the
 //! connections of its claimed sessions with `NO_QUORUM` once its lease runs out, before the
-//! majority gives the session to another node; the first
-//! member, restarted empty, rejoins the group without initializing a second one.
+//! majority gives the session to another node; one identity holds at most
+//! `limits.max_sessions_per_identity` claims in use across the cluster (beyond,
+//! `TOO_MANY_SESSIONS_FOR_IDENTITY`, and other identities unaffected); of five members split
+//! with the old leader on the minority side, the minority's follower lets its client go before
+//! the majority attaches the session; the first member, restarted empty, rejoins the group
+//! without initializing a second one.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,8 @@ use cassini_quic::cluster::{ClusterNode, ClusterOptions};
 use cassini_quic::faults::{FaultControl, FaultPlan};
 
 const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
+
+const FIVE: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 
 /// The claim timeout of these tests' nodes (the default is 3 s).
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -34,14 +40,33 @@ struct Node {
 
 impl Node {
     async fn start(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Self {
+        Self::start_among(pki, &MEMBERS, name, faults).await
+    }
+
+    async fn start_among(
+        pki: &Pki,
+        members: &[&str],
+        name: &str,
+        faults: Option<&FaultControl>,
+    ) -> Self {
+        Self::start_with(pki, members, name, faults, BrokerConfig::default()).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        members: &[&str],
+        name: &str,
+        faults: Option<&FaultControl>,
+        base: BrokerConfig,
+    ) -> Self {
         let config = BrokerConfig {
             cluster: Some(ClusterConfig {
-                members: MEMBERS.map(String::from).to_vec(),
+                members: members.iter().map(|member| member.to_string()).collect(),
                 claim_timeout: CLAIM_TIMEOUT,
                 lease: LEASE,
                 ..ClusterConfig::node(name)
             }),
-            ..BrokerConfig::default()
+            ..base
         };
         let broker = TestBroker::start_sharing_ca(pki, config).await;
         let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
@@ -69,10 +94,24 @@ impl Node {
 
 /// Three members in a full mesh with one leader they all know.
 async fn three_members(faults: [Option<&FaultControl>; 3]) -> (Pki, Vec<Node>) {
+    members(&MEMBERS, &faults).await
+}
+
+/// `names` in a full mesh with one leader they all know.
+async fn members(names: &[&str], faults: &[Option<&FaultControl>]) -> (Pki, Vec<Node>) {
+    members_with(names, faults, BrokerConfig::default).await
+}
+
+/// `names`, each configured from `base()`, in a full mesh with one leader they all know.
+async fn members_with(
+    names: &[&str],
+    faults: &[Option<&FaultControl>],
+    base: impl Fn() -> BrokerConfig,
+) -> (Pki, Vec<Node>) {
     let pki = Pki::new();
     let mut nodes = Vec::new();
-    for (name, faults) in MEMBERS.into_iter().zip(faults) {
-        nodes.push(Node::start(&pki, name, faults).await);
+    for (name, faults) in names.iter().zip(faults) {
+        nodes.push(Node::start_with(&pki, names, name, *faults, base()).await);
     }
     dial_full_mesh(nodes.iter().map(|node| &node.cluster));
     eventually("the members elect a leader they all know", || async {
@@ -315,6 +354,101 @@ async fn a_node_cut_off_closes_its_claimed_connections_after_its_lease_before_th
         "closed within its lease and a check: {:?}",
         closed_at - cut_at
     );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn five_members_split_with_the_old_leader_on_the_minority_side_never_serve_a_session_twice() {
+    let faults: Vec<FaultControl> = FIVE
+        .iter()
+        .map(|_| FaultControl::new(FaultPlan::default()))
+        .collect();
+    let layers: Vec<Option<&FaultControl>> = faults.iter().map(Some).collect();
+    let (pki, nodes) = members(&FIVE, &layers).await;
+    let leader = nodes[0].leader().expect("a leader");
+    let old_leader = FIVE
+        .iter()
+        .position(|name| *name == leader)
+        .expect("a member");
+    let follower = (0..FIVE.len())
+        .find(|&i| i != old_leader)
+        .expect("a follower");
+    let (_endpoint, old, _send) = attach_named(&pki, &nodes[follower], "orders")
+        .await
+        .expect("claimed on the follower");
+    // The old leader and the follower serving the session, cut off from the three others but
+    // not from each other: the old leader goes on sending heartbeats to its follower.
+    let majority: Vec<usize> = (0..FIVE.len())
+        .filter(|&i| i != old_leader && i != follower)
+        .collect();
+    let majority_addrs: Vec<_> = majority
+        .iter()
+        .map(|&i| nodes[i].cluster.local_addr().expect("cluster address"))
+        .collect();
+    faults[old_leader].set_cut_off_from(majority_addrs.clone());
+    faults[follower].set_cut_off_from(majority_addrs);
+    let closed = tokio::spawn(async move {
+        let (code, reason) = raw::close_of(&old).await;
+        (code, reason, Instant::now())
+    });
+    let claimant = &nodes[majority[0]];
+    let (_endpoint, new, _send) =
+        eventually("the majority gives the session to another node", || async {
+            attach_named(&pki, claimant, "orders").await.ok()
+        })
+        .await;
+    let welcomed = Instant::now();
+    // Exact: the follower's connection was closed when the new one got its Welcome, not later.
+    let (code, reason, closed_at) = tokio::time::timeout(Duration::from_millis(200), closed)
+        .await
+        .expect("the minority's connection was closed before the majority attached the session")
+        .expect("close task");
+    assert_eq!(code, ErrorCode::NO_QUORUM, "{reason}");
+    assert!(
+        closed_at <= welcomed,
+        "closed {:?} after the new connection's Welcome",
+        closed_at - welcomed
+    );
+    assert!(
+        new.close_reason().is_none(),
+        "the new connection serves the session"
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_identity_holds_at_most_its_maximum_of_sessions_in_use_across_the_cluster() {
+    let (pki, nodes) = members_with(&MEMBERS, &[None, None, None], || {
+        let mut config = BrokerConfig::default();
+        config.limits.max_sessions_per_identity = 2;
+        config
+    })
+    .await;
+    // Two sessions in use on n1, so n1's own bound is reached nowhere else.
+    let first = attach_named(&pki, &nodes[0], "a").await.expect("a on n1");
+    let _second = attach_named(&pki, &nodes[0], "b").await.expect("b on n1");
+    assert_eq!(
+        attach_named(&pki, &nodes[1], "c").await.err(),
+        Some(ErrorCode::TOO_MANY_SESSIONS_FOR_IDENTITY),
+        "a third session on another node is refused"
+    );
+    let _bob = attach_named_as(&pki, &nodes[1], "bob", "c")
+        .await
+        .expect("another identity is not affected");
+    let _again = attach_named(&pki, &nodes[2], "b")
+        .await
+        .expect("a session in use can be taken over from another node");
+    // A session let go makes room.
+    let (_endpoint, connection, _send) = first;
+    connection.close(0u32.into(), b"done");
+    eventually("a released claim makes room", || async {
+        attach_named(&pki, &nodes[1], "c").await.ok()
+    })
+    .await;
     for node in nodes {
         node.stop().await;
     }

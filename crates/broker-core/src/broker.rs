@@ -110,6 +110,8 @@ impl Broker {
                 );
                 replica.claim_timeout = cluster.claim_timeout;
                 replica.lease = cluster.lease;
+                // Claims count against the same bound as the sessions of one identity.
+                replica.max_claims_per_identity = config.limits.max_sessions_per_identity;
                 let disk = config.storage.mode == crate::config::StorageMode::Disk;
                 let data_dir = disk.then_some(config.storage.data_dir.as_path());
                 Some(crate::cluster::ownership::Ownership::start(replica, data_dir).await?)

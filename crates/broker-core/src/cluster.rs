@@ -75,8 +75,8 @@ pub struct ClusterConfig {
     /// refused with `NO_QUORUM`. Default: 3 s.
     pub claim_timeout: Duration,
     /// A member that has not heard the cluster's majority for this long closes its
-    /// connections of claimed sessions with `NO_QUORUM`; a claim whose previous owner does not
-    /// confirm it waits about this long (plus a quarter, plus two heartbeats). Default: 3 s.
+    /// connections of claimed sessions with `NO_QUORUM`; a claim whose earlier claimant does
+    /// not confirm it waits this long plus three heartbeats (300 ms). Default: 3 s.
     pub lease: Duration,
 }
 

@@ -6,8 +6,9 @@
 //!   from node names ([`node_id`]).
 //! - [`log_store`]: the Raft log, its vote and commit index, in memory or in a redb file
 //!   ([`Storage`]) written with `Durability::Immediate` (synced before openraft is told).
-//! - [`state_machine`]: the session claims applied from the log, snapshots of them (kept in the
-//!   same redb file in disk mode), and the observer told of every claim applied.
+//! - [`state_machine`]: the session claims applied from the log, bounded per identity and in
+//!   all, snapshots of them (kept in the same redb file in disk mode), and the observer told
+//!   of every claim applied.
 //! - [`network`]: the Raft RPCs as bytes over a transport this crate does not know
 //!   ([`RpcTransport`]: the cluster links implement it); no socket is named here.
 //! - [`replica`]: one node's Raft: deterministic bootstrap, claims forwarded to the leader,
@@ -56,6 +57,25 @@ pub enum Command {
         /// The node claiming it.
         node: String,
     },
+    /// The connections holding these claims (session, epoch) have let go: a full table may
+    /// forget them, and they no longer count against their identity's bound.
+    Release {
+        /// The claims released.
+        claims: Vec<(SessionKey, u64)>,
+    },
+    /// Node `node` has started afresh: no connection holds any of its claims.
+    Restarted {
+        /// The node.
+        node: String,
+    },
+    /// Every claim of `session` older than `epoch` has let go: the claimant of `epoch` had
+    /// each one's node confirm it applied that claim, or waited out that node's lease.
+    Fenced {
+        /// The session.
+        session: SessionKey,
+        /// The claim whose fence is complete.
+        epoch: u64,
+    },
 }
 
 /// What applying one entry answers.
@@ -66,6 +86,24 @@ pub struct Applied {
     /// For a claim: the session's owner before it, if the table held one.
     #[serde(default)]
     pub previous: Option<Owner>,
+    /// For a claim: the earlier claims of the session by other nodes not known to have let go
+    /// (at most one per node, its latest), the previous owner's included. The claimant
+    /// fences each of them before it attaches.
+    #[serde(default)]
+    pub unfenced: Vec<Owner>,
+    /// For a claim: why it was not recorded, if it was not (then it is no one's epoch).
+    #[serde(default)]
+    pub refused: Option<Refusal>,
+}
+
+/// Why the claims table did not record a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The identity holds this many claims, its bound, and none is released.
+    TooManyForIdentity(usize),
+    /// The table holds this many claims, its bound, and none is released.
+    TableFull(usize),
 }
 
 /// The Raft node id of the node named `name`: its 64-bit FNV-1a hash (never 0). Every node

@@ -2,8 +2,10 @@
 //! the bytes to an [`RpcTransport`], which carries them to the named node and brings back its
 //! answer. The transport is the cluster's links (`cassini-cluster/1`, mutual TLS with node
 //! certificates); this crate names no socket. Besides openraft's three RPCs (vote, append
-//! entries, install snapshot) a node asks the leader to write a claim for it, and asks its
-//! peers whether they have ever been part of a Raft group (for the bootstrap).
+//! entries, install snapshot) a node asks the leader to write a command for it (a claim, or
+//! a fence complete), asks the earlier claimants of a session whether they have applied its
+//! new claim, and asks its peers whether they have ever been part of a Raft group (for the
+//! bootstrap).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Member, NodeId, SessionKey, TypeConfig};
+use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
 #[async_trait::async_trait]
@@ -56,12 +58,15 @@ pub enum TransportFailure {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Rpc {
     Vote(VoteRequest<NodeId>),
-    Append(AppendEntriesRequest<TypeConfig>),
+    /// `lease`: what was left of the sender's lease when it sent this ([`Contacts`]).
+    Append {
+        request: AppendEntriesRequest<TypeConfig>,
+        lease: Option<Duration>,
+    },
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// To the leader: write this claim.
-    Claim {
-        session: SessionKey,
-        node: String,
+    /// To the leader: write this command.
+    Write {
+        command: Command,
     },
     /// Whether the node has ever been part of a Raft group.
     Status,
@@ -78,8 +83,8 @@ pub(crate) enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// What applying the claim answered, or why it was not written.
-    Claim(Result<Applied, String>),
+    /// What applying the command answered, or why it was not written.
+    Written(Result<Applied, String>),
     /// Whether the node applied the log up to the index asked within its claim timeout.
     Applied {
         reached: bool,
@@ -125,44 +130,92 @@ impl TransportSlot {
     }
 }
 
-/// When this node last heard the group: a leader's append entries (as a follower), and each
-/// member's acknowledgement of this node's (as a leader). What the lease is measured on.
-#[derive(Debug, Default)]
+/// This node's lease: until when it may hold that the group's majority has not moved on
+/// without it (docs/CLUSTERING.md, "The lease"). A leader's lease runs `lease` from the
+/// sending time of the latest append entries that a majority (itself included) has
+/// acknowledged in its term: a member that voted for a newer leader acknowledged nothing of
+/// this one's after its vote, so that time is before any newer leader's election. A leader
+/// sends what is left of its lease with each append entries ([`Rpc::Append`]); a follower
+/// that accepts one holds its lease that long from receiving it, and an append entries of a
+/// leader without a lease renews nothing. So a follower on the side of a leader cut off from
+/// the majority loses its lease with that leader's, whatever the number of members.
+#[derive(Debug)]
 pub(crate) struct Contacts {
-    from_leader: std::sync::Mutex<Option<Instant>>,
-    acked_by: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
+    /// How long a lease lasts from the majority's acknowledgement.
+    lease: Duration,
+    /// How many members (this one included) are a majority.
+    majority: usize,
+    state: std::sync::Mutex<LeaseState>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    /// When this node's lease runs out; `None` before it held one.
+    until: Option<Instant>,
+    /// Per member: the term and sending time of the latest append entries of this node's that
+    /// it accepted.
+    acked_by: std::collections::HashMap<NodeId, (u64, Instant)>,
 }
 
 impl Contacts {
-    /// A leader's append entries was accepted here (not refused as stale).
-    pub(crate) fn heard_leader(&self) {
-        *self.from_leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    /// The lease of a member of a group of `members` voters.
+    pub(crate) fn new(lease: Duration, members: usize) -> Self {
+        Self {
+            lease,
+            majority: members / 2 + 1,
+            state: std::sync::Mutex::default(),
+        }
     }
 
-    /// Member `target` accepted this node's append entries.
-    fn acked(&self, target: NodeId) {
-        self.acked_by
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(target, Instant::now());
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a leader's append entries arrived within `lease`.
-    pub(crate) fn leader_within(&self, lease: Duration) -> bool {
-        self.from_leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() <= lease)
+    /// A leader's append entries carrying `left` of its lease was accepted here, having
+    /// arrived at `received`.
+    pub(crate) fn renewed(&self, received: Instant, left: Duration) {
+        let mut state = self.lock();
+        let until = received + left.min(self.lease);
+        state.until = Some(state.until.map_or(until, |before| before.max(until)));
     }
 
-    /// How many members acknowledged this node's append entries within `lease`.
-    pub(crate) fn acked_within(&self, lease: Duration) -> usize {
-        self.acked_by
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Member `target` accepted this node's append entries of `term` sent at `sent`: the lease
+    /// runs from the sending time a majority has acknowledged in the latest term.
+    fn acked(&self, target: NodeId, term: u64, sent: Instant) {
+        let mut state = self.lock();
+        let latest = state
+            .acked_by
+            .get(&target)
+            .is_none_or(|(t, at)| (*t, *at) < (term, sent));
+        if latest {
+            state.acked_by.insert(target, (term, sent));
+        }
+        let mut times: Vec<Instant> = state
+            .acked_by
             .values()
-            .filter(|at| at.elapsed() <= lease)
-            .count()
+            .filter(|(t, _)| *t == term)
+            .map(|(_, at)| *at)
+            .collect();
+        // This node is one of the majority; the other `majority - 1` most recent acks.
+        let others = self.majority.saturating_sub(1);
+        if others == 0 || times.len() < others {
+            return;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let until = times[others - 1] + self.lease;
+        state.until = Some(state.until.map_or(until, |before| before.max(until)));
+    }
+
+    /// When this node's lease runs out, as it stands; `None` before it held one.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        self.lock().until
+    }
+
+    /// What is left of this node's lease now; `None` if it holds none.
+    pub(crate) fn left(&self) -> Option<Duration> {
+        let until = self.lock().until?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -223,10 +276,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.call(Rpc::Append(rpc), &option).await? {
+        let term = rpc.vote.leader_id().term;
+        let sent = Instant::now();
+        let request = Rpc::Append {
+            request: rpc,
+            lease: self.contacts.left(),
+        };
+        match self.call(request, &option).await? {
             Reply::Append(Ok(response)) => {
                 if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                    self.contacts.acked(self.target);
+                    self.contacts.acked(self.target, term, sent);
                 }
                 Ok(response)
             }

@@ -12,7 +12,11 @@
 //!   never initializes a second group beside the one its peers hold.
 //! - **Claims** are written by the leader: a follower forwards the claim to the node it knows
 //!   as leader. A claim not committed within [`ReplicaConfig::claim_timeout`] (no leader, or
-//!   no majority reachable) is refused with [`ClaimError::NoQuorum`].
+//!   no majority reachable) is refused with [`ClaimError::NoQuorum`]; one beyond the claims
+//!   table's bounds, before anything is written ([`ClaimError::TooManyForIdentity`],
+//!   [`ClaimError::TableFull`]).
+//! - **Releases**: a node writes that it started afresh before it claims anything, and the
+//!   claims its connections let go of ([`Replica::release`]), in batches, in the background.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,13 +31,20 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
 use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
-use crate::{node_id, Applied, Command, Member, RpcTransport, TypeConfig};
+use crate::{node_id, Applied, Command, Member, Refusal, RpcTransport, TypeConfig};
 
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a claim waits before asking again when no leader is known.
 const CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// The most released claims waiting to be written; beyond, a release is dropped (its claim
+/// stays counted as held until this node restarts).
+const MAX_QUEUED_RELEASES: usize = 65_536;
+
+/// The most released claims one log entry carries.
+const MAX_RELEASES_PER_ENTRY: usize = 512;
 
 /// A node's Raft settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,23 +64,33 @@ pub struct ReplicaConfig {
     /// A snapshot is built after this many entries since the last, and the log before it is
     /// purged: what bounds the log. Default: 1024.
     pub snapshot_every: u64,
-    /// A member that has not heard the group for this long has lost its lease: as a follower,
-    /// no append entries from a leader; as the leader, no acknowledgement from a majority
-    /// ([`Replica::in_contact`]). A claim whose previous owner does not confirm it waits
-    /// [`ReplicaConfig::fence_wait`] before it returns. Default: 3 s.
+    /// How long a lease lasts: a leader's from the sending time of its latest append entries
+    /// a majority acknowledged; a follower's from receiving append entries of a leader that
+    /// holds one, for what is left of that leader's ([`Replica::in_contact`]). A claim whose
+    /// previous owner does not confirm it waits [`ReplicaConfig::fence_wait`] before it
+    /// returns. Default: 3 s.
     pub lease: Duration,
-    /// The most sessions the claims table holds; beyond it the oldest claim is forgotten.
-    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
+    /// The most sessions the claims table holds; beyond it the oldest released claim is
+    /// forgotten, and a claim is refused if none is released
+    /// ([`crate::StateMachine::with_max_claims`]). Default:
+    /// [`crate::state_machine::DEFAULT_MAX_CLAIMS`] (1,048,576).
     pub max_claims: usize,
+    /// The most sessions of one identity the claims table holds; beyond it that identity's
+    /// oldest released claim is forgotten, and its claim is refused if none is released
+    /// ([`crate::StateMachine::with_max_claims_per_identity`]). The same on every member.
+    /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY`] (1024).
+    pub max_claims_per_identity: usize,
 }
 
 impl ReplicaConfig {
-    /// How long a claim whose previous owner did not confirm it waits after asking: the
-    /// lease, a quarter of it more (how often a node checks its lease) and two heartbeats (the
-    /// previous owner may have heard the leader that long after the claim was committed). By
-    /// then that owner, cut off from the majority, has closed its connection of the session.
+    /// How long a claim whose earlier claimant did not confirm it waits after asking: the
+    /// lease and three heartbeats (two for the delay of the append entries that gave that
+    /// node its lease, one for its check, made when its lease runs out:
+    /// [`Replica::lease_expiry`]). Every lease runs from a majority's acknowledgement sent
+    /// before the claim's leader was elected, so by then that node, cut off from the
+    /// majority, has closed its connection of the session.
     pub fn fence_wait(&self) -> Duration {
-        self.lease + self.lease / 4 + self.heartbeat * 2
+        self.lease + self.heartbeat * 3
     }
 
     /// Node `node` among `members`, with the default timings.
@@ -83,6 +104,7 @@ impl ReplicaConfig {
             snapshot_every: 1024,
             lease: Duration::from_secs(3),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
+            max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
         }
     }
 }
@@ -109,9 +131,26 @@ pub enum ClaimError {
     /// No leader with a majority committed it within the claim timeout.
     #[error("the cluster did not commit the claim within {0:?}: no quorum reachable")]
     NoQuorum(Duration),
+    /// The identity holds its maximum of claims, all held by live connections
+    /// ([`ReplicaConfig::max_claims_per_identity`]).
+    #[error("the identity holds its maximum of {0} claimed sessions, all in use")]
+    TooManyForIdentity(usize),
+    /// The claims table holds its maximum of claims, all held by live connections
+    /// ([`ReplicaConfig::max_claims`]).
+    #[error("the cluster holds its maximum of {0} claimed sessions, all in use")]
+    TableFull(usize),
     /// The replica has stopped.
     #[error("the replica has stopped")]
     Stopped,
+}
+
+impl From<Refusal> for ClaimError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooManyForIdentity(max) => Self::TooManyForIdentity(max),
+            Refusal::TableFull(max) => Self::TableFull(max),
+        }
+    }
 }
 
 /// A member's view of the Raft group, for monitoring (`/clusterz`).
@@ -138,10 +177,17 @@ pub struct Replica {
     config: ReplicaConfig,
     pub(crate) raft: Raft<TypeConfig>,
     slot: Arc<TransportSlot>,
+    writer: Writer,
     pub(crate) log: LogStore,
     state: StateMachine,
     contacts: Arc<Contacts>,
     bootstrap: Option<tokio::task::JoinHandle<()>>,
+    /// Writes that this node started afresh, then the claims its connections released.
+    releaser: tokio::task::JoinHandle<()>,
+    /// Released claims waiting for the releaser.
+    releases: tokio::sync::mpsc::Sender<(SessionKey, u64)>,
+    /// Whether this node's restart is written: it claims nothing before.
+    restarted: tokio::sync::watch::Receiver<bool>,
     /// Whether this node initialized the group (the first member's bootstrap did).
     initialized_here: Arc<AtomicBool>,
 }
@@ -192,9 +238,10 @@ impl Replica {
         let log = LogStore::open(storage.clone())?;
         let state = StateMachine::open(storage, observer)
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
-            .with_max_claims(config.max_claims);
+            .with_max_claims(config.max_claims)
+            .with_max_claims_per_identity(config.max_claims_per_identity);
         let slot = Arc::new(TransportSlot::default());
-        let contacts = Arc::new(Contacts::default());
+        let contacts = Arc::new(Contacts::new(config.lease, config.members.len()));
         let network = Network {
             slot: Arc::clone(&slot),
             contacts: Arc::clone(&contacts),
@@ -219,10 +266,27 @@ impl Replica {
                 Arc::clone(&initialized_here),
             ))
         });
+        let writer = Writer {
+            raft: raft.clone(),
+            slot: Arc::clone(&slot),
+        };
+        let (releases, queue) = tokio::sync::mpsc::channel(MAX_QUEUED_RELEASES);
+        let (written, restarted) = tokio::sync::watch::channel(false);
+        let releaser = tokio::spawn(release(
+            writer.clone(),
+            config.node.clone(),
+            config.claim_timeout,
+            written,
+            queue,
+        ));
         Ok(Arc::new(Self {
             config,
             raft,
             slot,
+            writer,
+            releaser,
+            releases,
+            restarted,
             log,
             state,
             contacts,
@@ -245,18 +309,20 @@ impl Replica {
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let reply = match rmp_serde::from_slice::<Rpc>(request) {
             Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
-            Ok(Rpc::Append(rpc)) => {
-                let answer = self.raft.append_entries(rpc).await;
-                if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
-                {
-                    self.contacts.heard_leader();
+            Ok(Rpc::Append { request, lease }) => {
+                let received = std::time::Instant::now();
+                let answer = self.raft.append_entries(request).await;
+                let accepted = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
+                // Only a leader that holds its own lease renews a follower's.
+                if let Some(left) = lease.filter(|_| accepted) {
+                    self.contacts.renewed(received, left);
                 }
                 Reply::Append(answer)
             }
             Ok(Rpc::Snapshot(rpc)) => Reply::Snapshot(self.raft.install_snapshot(rpc).await),
-            Ok(Rpc::Claim { session, node }) => {
-                let write = self.raft.client_write(Command::Claim { session, node });
-                Reply::Claim(
+            Ok(Rpc::Write { command }) => {
+                let write = self.raft.client_write(command);
+                Reply::Written(
                     match tokio::time::timeout(self.config.claim_timeout, write).await {
                         Ok(Ok(written)) => Ok(written.data),
                         Ok(Err(err)) => Err(err.to_string()),
@@ -282,58 +348,104 @@ impl Replica {
 
     /// Claims `session` for this node: its epoch once a majority has committed the claim and
     /// this node has applied it (or the claim timeout is near: a follower slow to apply still
-    /// returns the committed epoch). Refused with [`ClaimError::NoQuorum`] after
-    /// [`ReplicaConfig::claim_timeout`].
+    /// returns the committed epoch), and the claim is fenced: every earlier claimant of the
+    /// session not known to have let go confirmed it applied the claim (and so closed its
+    /// connection of the session), or the lease of those that did not has run out. Refused
+    /// with [`ClaimError::NoQuorum`] after [`ReplicaConfig::claim_timeout`].
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
-        let applied = tokio::time::timeout_at(deadline, self.commit_claim(&session, deadline))
+        if let Some(refusal) = self.state.refusal(&session) {
+            return Err(refusal.into());
+        }
+        let mut restarted = self.restarted.clone();
+        tokio::time::timeout_at(deadline, restarted.wait_for(|written| *written))
+            .await
+            .map_err(|_| ClaimError::NoQuorum(limit))?
+            .map_err(|_| ClaimError::Stopped)?;
+        let command = Command::Claim {
+            session: session.clone(),
+            node: self.config.node.clone(),
+        };
+        let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
             .await
             .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
-        // The previous owner closes its connection of the session when it applies the claim:
-        // wait for that, so this node attaches only once the old connection is closed. A
-        // previous owner that does not confirm within its lease is cut off from the majority:
-        // its lease runs out and it closes its connections of claimed sessions itself
+        if let Some(refusal) = applied.refused {
+            return Err(refusal.into());
+        }
+        let earlier: Vec<String> = applied
+            .unfenced
+            .iter()
+            .filter(|earlier| earlier.node != self.config.node)
+            .map(|earlier| earlier.node.clone())
+            .collect();
+        if earlier.is_empty() {
+            return Ok(applied.epoch);
+        }
+        // Each earlier claimant closes its connection of the session when it applies the
+        // claim: ask them all at once, so this node attaches only once the old connections are
+        // closed. One that does not confirm within its lease is cut off from the majority: its
+        // lease runs out and it closes its connections of claimed sessions itself
         // (`in_contact`); waiting `fence_wait` from the question covers that.
-        if let Some(previous) = applied
-            .previous
-            .filter(|previous| previous.node != self.config.node)
-        {
-            let asked = Instant::now();
+        let asked = Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for node in earlier {
+            let slot = Arc::clone(&self.slot);
             let rpc = Rpc::Applied {
                 index: applied.epoch,
             };
-            let confirmed = matches!(
-                self.slot
-                    .call(&previous.node, &rpc, self.config.lease)
-                    .await,
-                Ok(Reply::Applied { reached: true })
-            );
-            if !confirmed {
-                tracing::info!(
-                    identity = %session.identity,
-                    name = %session.name,
-                    previous = %previous.node,
-                    "the session's previous owner did not confirm the claim: waiting out its lease"
-                );
-                tokio::time::sleep_until(asked + self.config.fence_wait()).await;
+            let lease = self.config.lease;
+            asks.spawn(async move {
+                let reply = slot.call(&node, &rpc, lease).await;
+                (node, matches!(reply, Ok(Reply::Applied { reached: true })))
+            });
+        }
+        let mut silent = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok((_, true)) => {}
+                Ok((node, false)) => silent.push(node),
+                Err(_) => silent.push("?".to_owned()),
             }
         }
+        if !silent.is_empty() {
+            tracing::info!(
+                identity = %session.identity,
+                name = %session.name,
+                ?silent,
+                "earlier claimants of the session did not confirm the claim: waiting out their lease"
+            );
+            tokio::time::sleep_until(asked + self.config.fence_wait()).await;
+        }
+        // The fence is complete: recorded, so later claims need not fence these claims again.
+        // Not waited for; if it is lost, a later claim fences them once more.
+        let writer = self.writer.clone();
+        let fenced = Command::Fenced {
+            session,
+            epoch: applied.epoch,
+        };
+        tokio::spawn(async move {
+            let deadline = Instant::now() + limit;
+            let _ = tokio::time::timeout_at(deadline, writer.write(fenced, deadline)).await;
+        });
         Ok(applied.epoch)
     }
 
-    /// Whether this member has heard the group within its lease: as the leader, acknowledged
-    /// by a majority (itself included); otherwise, append entries from a leader. A member
-    /// that has not is cut off from the majority, or the group has no leader.
+    /// Whether this member holds its lease: as the leader, a majority (itself included)
+    /// acknowledged its append entries sent within the lease; as a follower, it accepted
+    /// append entries within the lease from a leader that held its own. A member that does
+    /// not is cut off from the majority (or on the side of a leader that is), or the group
+    /// has no leader.
     pub fn in_contact(&self) -> bool {
-        let lease = self.config.lease;
-        let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if leading {
-            let majority = self.config.members.len() / 2 + 1;
-            self.contacts.acked_within(lease) + 1 >= majority
-        } else {
-            self.contacts.leader_within(lease)
-        }
+        let alone = self.config.members.len() == 1
+            && self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        alone || self.contacts.left().is_some()
+    }
+
+    /// When this member's lease runs out as it stands now (renewals push it later); `None`
+    /// if it holds none, or needs none (a group of one).
+    pub fn lease_expiry(&self) -> Option<std::time::Instant> {
+        self.contacts.until()
     }
 
     /// How long this member's lease is.
@@ -341,55 +453,27 @@ impl Replica {
         self.config.lease
     }
 
-    /// Writes the claim through the leader; what applying it answered.
-    async fn commit_claim(
-        &self,
-        session: &SessionKey,
-        deadline: Instant,
-    ) -> Result<Applied, ClaimError> {
-        let node = self.config.node.clone();
-        loop {
-            let command = Command::Claim {
-                session: session.clone(),
-                node: node.clone(),
-            };
-            match self.raft.client_write(command).await {
-                Ok(written) => return Ok(written.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    if let Some(leader) = forward.leader_node {
-                        let rpc = Rpc::Claim {
-                            session: session.clone(),
-                            node: node.clone(),
-                        };
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if let Ok(Reply::Claim(Ok(applied))) =
-                            self.slot.call(&leader.name, &rpc, left).await
-                        {
-                            // Committed: once applied here too, this node's owner table shows
-                            // it (fencing is right either way; see the broker's ownership).
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            let _ = self
-                                .raft
-                                .wait(Some(left))
-                                .applied_index_at_least(
-                                    Some(applied.epoch),
-                                    "the claim applied here",
-                                )
-                                .await;
-                            return Ok(applied);
-                        }
-                    }
-                }
-                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
-                Err(RaftError::APIError(_)) => {}
-            }
-            tokio::time::sleep(CLAIM_RETRY).await;
+    /// The connection holding the claim of `session` at `epoch` has let go: written to the
+    /// log soon (batched, not waited for), so that claim no longer counts against its
+    /// identity's bound and a full table may forget it.
+    pub fn release(&self, session: SessionKey, epoch: u64) {
+        if self.releases.try_send((session, epoch)).is_err() {
+            tracing::warn!(
+                queued = MAX_QUEUED_RELEASES,
+                "released claims wait to be written beyond the bound: one is dropped and stays counted as held until this node restarts"
+            );
         }
     }
 
     /// The owner of `session` as this node has applied it.
     pub fn owner(&self, session: &SessionKey) -> Option<Owner> {
         self.state.owner(session)
+    }
+
+    /// The claims of `session` before its owner's not known to have let go, as this node has
+    /// applied them.
+    pub fn unfenced(&self, session: &SessionKey) -> Vec<Owner> {
+        self.state.unfenced(session)
     }
 
     /// The member this node knows as leader, if any.
@@ -440,6 +524,7 @@ impl Replica {
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.abort();
         }
+        self.releaser.abort();
         let _ = self.raft.shutdown().await;
     }
 }
@@ -448,6 +533,99 @@ impl Drop for Replica {
     fn drop(&mut self) {
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.abort();
+        }
+        self.releaser.abort();
+    }
+}
+
+/// Writes commands through the leader: this node's Raft and its transport to the others.
+#[derive(Clone)]
+struct Writer {
+    raft: Raft<TypeConfig>,
+    slot: Arc<TransportSlot>,
+}
+
+impl Writer {
+    /// Writes `command` through the leader (forwarded to it from a follower), retrying until
+    /// `deadline` (the caller's timeout ends it); what applying it answered, once this node
+    /// has applied it too (or the deadline is near: a follower slow to apply still returns
+    /// the committed answer).
+    async fn write(&self, command: Command, deadline: Instant) -> Result<Applied, ClaimError> {
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let Some(leader) = forward.leader_node {
+                        let rpc = Rpc::Write {
+                            command: command.clone(),
+                        };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(Reply::Written(Ok(applied))) =
+                            self.slot.call(&leader.name, &rpc, left).await
+                        {
+                            // Committed: once applied here too, this node's tables show it
+                            // (fencing is right either way; see the broker's ownership).
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = self
+                                .raft
+                                .wait(Some(left))
+                                .applied_index_at_least(
+                                    Some(applied.epoch),
+                                    "the command applied here",
+                                )
+                                .await;
+                            return Ok(applied);
+                        }
+                    }
+                }
+                Err(RaftError::Fatal(_)) => return Err(ClaimError::Stopped),
+                Err(RaftError::APIError(_)) => {}
+            }
+            tokio::time::sleep(CLAIM_RETRY).await;
+        }
+    }
+}
+
+/// Writes that `node` started afresh (none of its claims is held by a connection: it had none
+/// before this), retrying until it is written, then the claims its connections release, in
+/// batches, each retried until written.
+async fn release(
+    writer: Writer,
+    node: String,
+    claim_timeout: Duration,
+    restarted: tokio::sync::watch::Sender<bool>,
+    mut queue: tokio::sync::mpsc::Receiver<(SessionKey, u64)>,
+) {
+    let write = |command: Command| {
+        let writer = writer.clone();
+        async move {
+            loop {
+                let deadline = Instant::now() + claim_timeout;
+                let written =
+                    tokio::time::timeout_at(deadline, writer.write(command.clone(), deadline))
+                        .await;
+                match written {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err(ClaimError::Stopped)) => return false,
+                    _ => tokio::time::sleep(CLAIM_RETRY).await,
+                }
+            }
+        }
+    };
+    if !write(Command::Restarted { node }).await {
+        return;
+    }
+    restarted.send_replace(true);
+    while let Some(first) = queue.recv().await {
+        let mut claims = vec![first];
+        while claims.len() < MAX_RELEASES_PER_ENTRY {
+            match queue.try_recv() {
+                Ok(claim) => claims.push(claim),
+                Err(_) => break,
+            }
+        }
+        if !write(Command::Release { claims }).await {
+            return;
         }
     }
 }

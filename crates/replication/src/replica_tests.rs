@@ -11,11 +11,13 @@ use crate::{
     TransportFailure,
 };
 
-/// The replicas by name, and the names cut off from every other.
+/// The replicas by name, the names cut off from every other, and a split: the names on one
+/// side, cut off from every name on the other (but not from each other).
 #[derive(Default)]
 struct Mesh {
     replicas: Mutex<HashMap<String, Arc<Replica>>>,
     cut: Mutex<HashSet<String>>,
+    split: Mutex<HashSet<String>>,
 }
 
 struct Via {
@@ -27,6 +29,10 @@ impl Via {
     fn reachable(&self, node: &str) -> Option<Arc<Replica>> {
         let cut = self.mesh.cut.lock().expect("cut");
         if cut.contains(node) || cut.contains(&self.from) {
+            return None;
+        }
+        let split = self.mesh.split.lock().expect("split");
+        if !split.is_empty() && split.contains(node) != split.contains(&self.from) {
             return None;
         }
         self.mesh
@@ -72,9 +78,17 @@ async fn three_with(
     claim_timeout: Duration,
     snapshot_every: u64,
 ) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
+    group(&["n1", "n2", "n3"], claim_timeout, snapshot_every).await
+}
+
+async fn group(
+    names: &[&str],
+    claim_timeout: Duration,
+    snapshot_every: u64,
+) -> (Arc<Mesh>, Vec<Arc<Replica>>, Seen) {
     let mesh = Arc::new(Mesh::default());
     let seen: Seen = Arc::default();
-    let members: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let members: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let mut replicas = Vec::new();
     for name in &members {
         let mut config = ReplicaConfig::new(name.clone(), members.clone());
@@ -306,6 +320,159 @@ async fn the_log_is_purged_behind_snapshots_and_a_lagging_node_catches_up_from_o
     assert!(
         told >= 30,
         "its observer heard every claim ({told}), snapshot or not"
+    );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_the_side_of_a_leader_without_a_majority_loses_its_lease_before_a_claim_elsewhere_returns(
+) {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = group(&["n1", "n2", "n3", "n4", "n5"], timeout, u64::MAX).await;
+    let leader = leader_known(&replicas).await;
+    let follower = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    follower.claim(key("s")).await.expect("claimed");
+    // The old leader and the session's owner on one side, the three others on the other: the
+    // leader keeps sending heartbeats to its follower, but has no majority.
+    mesh.split
+        .lock()
+        .expect("split")
+        .extend([leader.clone(), follower.node().to_owned()]);
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != follower.node())
+        .expect("a member of the majority");
+    let mut claimed = None;
+    for _ in 0..5 {
+        if let Ok(epoch) = claimant.claim(key("s")).await {
+            claimed = Some(epoch);
+            break;
+        }
+    }
+    // The claim returns once its fence wait is over: by then the follower, which serves the
+    // session until its lease runs out, must have lost it.
+    assert!(
+        claimed.is_some(),
+        "the majority elects a leader and commits"
+    );
+    assert!(
+        !follower.in_contact(),
+        "the follower of a leader without a majority lost its lease before the claim returned"
+    );
+    let old = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the old leader");
+    assert!(!old.in_contact(), "the old leader lost its lease");
+    assert!(claimant.in_contact(), "the majority holds its lease");
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_fences_every_earlier_claimant_not_known_to_have_let_go_not_only_the_previous_owner(
+) {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three_with(timeout, u64::MAX).await;
+    let leader = leader_known(&replicas).await;
+    let by_name = |name: &str| {
+        replicas
+            .iter()
+            .find(|r| r.node() == name)
+            .cloned()
+            .expect("a replica")
+    };
+    let first = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    let second = by_name(&leader);
+    let third = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != first.node())
+        .cloned()
+        .expect("the other follower");
+    first.claim(key("s")).await.expect("claimed");
+    // The first owner is cut off; the second claimant waits out its lease...
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(first.node().to_owned());
+    let waiting = {
+        let second = Arc::clone(&second);
+        tokio::spawn(async move { second.claim(key("s")).await })
+    };
+    for _ in 0..100 {
+        if third
+            .owner(&key("s"))
+            .is_some_and(|owner| owner.node == second.node())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        third.owner(&key("s")).map(|owner| owner.node),
+        Some(second.node().to_owned())
+    );
+    // ...while a third claims the session from it: the second confirms at once, but the first
+    // still serves the session until its lease runs out.
+    third.claim(key("s")).await.expect("claimed");
+    assert!(
+        !first.in_contact(),
+        "the first owner lost its lease before the third claim returned"
+    );
+    waiting.await.expect("task").expect("claimed");
+    // Once their fences are complete, no earlier claim is left to fence.
+    for _ in 0..100 {
+        if third.unfenced(&key("s")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(third.unfenced(&key("s")), Vec::new());
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_previous_owner_is_cut_off_waits_only_its_lease_and_three_heartbeats() {
+    // A lease of 3 s: a quarter of it (what the wait was longer by) is well above timers' jitter.
+    let timeout = Duration::from_secs(3);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let owner = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the leader");
+    owner.claim(key("s")).await.expect("claimed");
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(owner.node().to_owned());
+    let started = std::time::Instant::now();
+    claimant.claim(key("s")).await.expect("claimed");
+    let took = started.elapsed();
+    assert!(
+        !owner.in_contact(),
+        "the cut-off owner lost its lease before the claim returned"
+    );
+    // The lease and three heartbeats (100 ms each), and a little for the commit and timers.
+    assert!(
+        took <= timeout + Duration::from_millis(300) + Duration::from_millis(350),
+        "the claim waited {took:?}"
     );
     for replica in &replicas {
         replica.shutdown().await;

@@ -1,10 +1,12 @@
-//! The state the log builds: which node owns each claimed session, since which epoch, and the
-//! Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one is
-//! kept in the Raft file (`snapshot`), so a restarted node starts from it and openraft
+//! The state the log builds: which node owns each claimed session, since which epoch, the
+//! earlier claims of each session by other nodes not known to have let go (a claim's fence
+//! covers them; a [`crate::Command::Fenced`] forgets them), which claims are released, and
+//! the Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one
+//! is kept in the Raft file (`snapshot`), so a restarted node starts from it and openraft
 //! re-applies the committed entries after it. Each claim applied (or changed by an installed
 //! snapshot) is told to the [`ClaimObserver`] once the state is updated, outside its lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,7 +18,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::Storage;
-use crate::{Applied, Command, Member, NodeId, TypeConfig};
+use crate::{Applied, Command, Member, NodeId, Refusal, TypeConfig};
 
 /// A session as the cluster claims it: a named session, by its certificate identity and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -42,33 +44,204 @@ pub type ClaimObserver = Arc<dyn Fn(&SessionKey, &Owner) + Send + Sync>;
 /// The most sessions the claims table holds by default ([`StateMachine::with_max_claims`]).
 pub const DEFAULT_MAX_CLAIMS: usize = 1 << 20;
 
+/// The most sessions one identity holds in the claims table by default
+/// ([`StateMachine::with_max_claims_per_identity`]).
+pub const DEFAULT_MAX_CLAIMS_PER_IDENTITY: usize = 1024;
+
 /// What a snapshot holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Claims {
     owners: BTreeMap<SessionKey, Owner>,
-    /// The same sessions by the epoch of their claim, oldest first: what goes when the table
-    /// is full.
+    /// The same sessions by the epoch of their claim, oldest first.
     by_epoch: BTreeMap<u64, SessionKey>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
+    // Fields added later go last, with a default: snapshots are MessagePack arrays, and one
+    // written before a field existed ends before it.
+    /// Per session, the claims before its owner's by other nodes not known to have let go
+    /// (at most one per node: its latest): what a new claim must fence besides the owner.
+    #[serde(default)]
+    unfenced: BTreeMap<SessionKey, Vec<Owner>>,
+    /// The epochs of owners' claims whose connection has let go ([`Command::Release`]),
+    /// oldest first: only these are forgotten to make room.
+    #[serde(default)]
+    released: BTreeSet<u64>,
+    /// Per identity, its sessions in the table and the released ones among them: derived
+    /// from the above ([`Claims::reindex`]), not stored.
+    #[serde(skip)]
+    identities: HashMap<String, IdentityClaims>,
+}
+
+/// One identity's share of the claims table.
+#[derive(Debug, Clone, Default)]
+struct IdentityClaims {
+    /// How many of its sessions the table holds.
+    sessions: usize,
+    /// The epochs of those whose claim was released, oldest first.
+    released: BTreeSet<u64>,
+}
+
+/// The bounds of the claims table.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    max_claims: usize,
+    max_per_identity: usize,
 }
 
 impl Claims {
-    /// `session` is owned by `owner` from now on; the oldest claims go beyond `max`. Returns
-    /// its previous owner.
-    fn record(&mut self, session: &SessionKey, owner: &Owner, max: usize) -> Option<Owner> {
+    /// Rebuilds what is derived (after reading a snapshot).
+    fn reindex(&mut self) {
+        self.identities.clear();
+        for (session, owner) in &self.owners {
+            let identity = self.identities.entry(session.identity.clone()).or_default();
+            identity.sessions += 1;
+            if self.released.contains(&owner.epoch) {
+                identity.released.insert(owner.epoch);
+            }
+        }
+    }
+
+    /// The released claim that goes first to make room, of `identity` only or of anyone:
+    /// the oldest one with no earlier claim left to fence.
+    fn forgettable(&self, identity: Option<&str>) -> Option<u64> {
+        let released = match identity {
+            Some(identity) => &self.identities.get(identity)?.released,
+            None => &self.released,
+        };
+        released.iter().copied().find(|epoch| {
+            self.by_epoch
+                .get(epoch)
+                .is_none_or(|session| !self.unfenced.contains_key(session))
+        })
+    }
+
+    /// Why a claim of `session` would be refused now, if it would: a session not in the table
+    /// needs room for its identity and in the table, and only released claims make room.
+    fn refusal(&self, session: &SessionKey, bounds: Bounds) -> Option<Refusal> {
+        if self.owners.contains_key(session) {
+            return None;
+        }
+        let held = self
+            .identities
+            .get(&session.identity)
+            .map_or(0, |identity| identity.sessions);
+        if held >= bounds.max_per_identity && self.forgettable(Some(&session.identity)).is_none() {
+            return Some(Refusal::TooManyForIdentity(bounds.max_per_identity));
+        }
+        let room_made = usize::from(held >= bounds.max_per_identity);
+        if self.owners.len() - room_made >= bounds.max_claims && self.forgettable(None).is_none() {
+            return Some(Refusal::TableFull(bounds.max_claims));
+        }
+        None
+    }
+
+    /// Forgets the session claimed at `epoch`.
+    fn forget(&mut self, epoch: u64) {
+        let Some(session) = self.by_epoch.remove(&epoch) else {
+            return;
+        };
+        self.owners.remove(&session);
+        self.unfenced.remove(&session);
+        self.released.remove(&epoch);
+        if let Some(identity) = self.identities.get_mut(&session.identity) {
+            identity.sessions = identity.sessions.saturating_sub(1);
+            identity.released.remove(&epoch);
+            if identity.sessions == 0 {
+                self.identities.remove(&session.identity);
+            }
+        }
+    }
+
+    /// `session` is owned by `owner` from now on, unless refused ([`Claims::refusal`]); to
+    /// make room, the oldest released claim of its identity goes (when the identity is at its
+    /// bound), then the oldest released claim of any identity (when the table is). Returns
+    /// its previous owner and the claims the new owner must fence: the earlier claims of
+    /// other nodes not known to have let go, the previous owner's included.
+    fn claim(
+        &mut self,
+        session: &SessionKey,
+        owner: &Owner,
+        bounds: Bounds,
+    ) -> Result<(Option<Owner>, Vec<Owner>), Refusal> {
+        if let Some(refusal) = self.refusal(session, bounds) {
+            return Err(refusal);
+        }
+        if !self.owners.contains_key(session) {
+            let held = self
+                .identities
+                .get(&session.identity)
+                .map_or(0, |identity| identity.sessions);
+            if held >= bounds.max_per_identity {
+                if let Some(epoch) = self.forgettable(Some(&session.identity)) {
+                    self.forget(epoch);
+                }
+            }
+            if self.owners.len() >= bounds.max_claims {
+                if let Some(epoch) = self.forgettable(None) {
+                    self.forget(epoch);
+                }
+            }
+            self.identities
+                .entry(session.identity.clone())
+                .or_default()
+                .sessions += 1;
+        }
         let previous = self.owners.insert(session.clone(), owner.clone());
+        let mut unfenced = self.unfenced.remove(session).unwrap_or_default();
         if let Some(previous) = &previous {
             self.by_epoch.remove(&previous.epoch);
+            self.released.remove(&previous.epoch);
+            if let Some(identity) = self.identities.get_mut(&session.identity) {
+                identity.released.remove(&previous.epoch);
+            }
+            unfenced.retain(|earlier| earlier.node != previous.node);
+            unfenced.push(previous.clone());
+        }
+        // The claimant's own earlier connection is taken over on its node, not fenced.
+        unfenced.retain(|earlier| earlier.node != owner.node);
+        if !unfenced.is_empty() {
+            self.unfenced.insert(session.clone(), unfenced.clone());
         }
         self.by_epoch.insert(owner.epoch, session.clone());
-        while self.owners.len() > max {
-            let Some((_, oldest)) = self.by_epoch.pop_first() else {
-                break;
-            };
-            self.owners.remove(&oldest);
+        Ok((previous, unfenced))
+    }
+
+    /// The connection holding the claim of `session` at `epoch` has let go (if that claim
+    /// is still the owner's).
+    fn release(&mut self, session: &SessionKey, epoch: u64) {
+        if self
+            .owners
+            .get(session)
+            .is_some_and(|owner| owner.epoch == epoch)
+        {
+            self.released.insert(epoch);
+            if let Some(identity) = self.identities.get_mut(&session.identity) {
+                identity.released.insert(epoch);
+            }
         }
-        previous
+    }
+
+    /// Node `node` has started afresh: none of its claims is held by a connection.
+    fn restarted(&mut self, node: &str) {
+        let theirs: Vec<(SessionKey, u64)> = self
+            .owners
+            .iter()
+            .filter(|(_, owner)| owner.node == node)
+            .map(|(session, owner)| (session.clone(), owner.epoch))
+            .collect();
+        for (session, epoch) in theirs {
+            self.release(&session, epoch);
+        }
+    }
+
+    /// Every claim of `session` older than `epoch` has let go.
+    fn fenced(&mut self, session: &SessionKey, epoch: u64) {
+        if let Some(unfenced) = self.unfenced.get_mut(session) {
+            unfenced.retain(|earlier| earlier.epoch >= epoch);
+            if unfenced.is_empty() {
+                self.unfenced.remove(session);
+            }
+        }
     }
 }
 
@@ -89,7 +262,7 @@ struct Inner {
 /// The claims table of one node. Cloning shares it (the snapshot builder is a clone).
 #[derive(Clone)]
 pub struct StateMachine {
-    max_claims: usize,
+    bounds: Bounds,
     storage: Storage,
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
@@ -114,23 +287,45 @@ impl StateMachine {
         let mut inner = Inner::default();
         if let Some(snapshot) = storage.get::<StoredSnapshot>("snapshot")? {
             inner.claims = rmp_serde::from_slice(&snapshot.data).map_err(|err| err.to_string())?;
+            inner.claims.reindex();
             inner.snapshot = Some(snapshot);
         }
         Ok(Self {
-            max_claims: DEFAULT_MAX_CLAIMS,
+            bounds: Bounds {
+                max_claims: DEFAULT_MAX_CLAIMS,
+                max_per_identity: DEFAULT_MAX_CLAIMS_PER_IDENTITY,
+            },
             storage,
             inner: Arc::new(Mutex::new(inner)),
             observer,
         })
     }
 
-    /// Holds at most `max` sessions (at least 1): beyond it, the session whose claim is
-    /// oldest is forgotten (its connection, if any, was fenced long ago; a later claim of it
-    /// starts afresh). Every member applies the same claims in the same order, so every
-    /// member with the same bound forgets the same ones.
+    /// Holds at most `max` sessions (at least 1). A claim of another session when the table
+    /// is full forgets the oldest released claim (no connection holds it, and none of its
+    /// earlier claims is left to fence), whoever's it is, and is refused
+    /// ([`Refusal::TableFull`]) if there is none: a live claim is never forgotten. Every
+    /// member applies the same entries in the same order, so every member with the same
+    /// bounds forgets and refuses the same ones.
     pub fn with_max_claims(mut self, max: usize) -> Self {
-        self.max_claims = max.max(1);
+        self.bounds.max_claims = max.max(1);
         self
+    }
+
+    /// Holds at most `max` sessions (at least 1) of one identity: a claim of another of its
+    /// sessions forgets its oldest released claim, and is refused
+    /// ([`Refusal::TooManyForIdentity`]) if there is none. So an identity's claims never
+    /// take room from another's beyond its share.
+    pub fn with_max_claims_per_identity(mut self, max: usize) -> Self {
+        self.bounds.max_per_identity = max.max(1);
+        self
+    }
+
+    /// Why a claim of `session` would be refused as of the last entry applied here, if it
+    /// would: checked before writing one, so a refused claim costs no entry (applying the
+    /// claim decides, the same on every member).
+    pub fn refusal(&self, session: &SessionKey) -> Option<Refusal> {
+        self.lock().claims.refusal(session, self.bounds)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -145,6 +340,16 @@ impl StateMachine {
     /// How many sessions have an owner.
     pub fn claimed(&self) -> usize {
         self.lock().claims.owners.len()
+    }
+
+    /// The claims of `session` before its owner's not known to have let go.
+    pub fn unfenced(&self, session: &SessionKey) -> Vec<Owner> {
+        self.lock()
+            .claims
+            .unfenced
+            .get(session)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -208,12 +413,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             node,
                             epoch: entry.log_id.index,
                         };
-                        let previous = inner.claims.record(&session, &owner, self.max_claims);
-                        answers.push(Applied {
-                            epoch: owner.epoch,
-                            previous,
-                        });
-                        claimed.push((session, owner));
+                        match inner.claims.claim(&session, &owner, self.bounds) {
+                            Ok((previous, unfenced)) => {
+                                answers.push(Applied {
+                                    epoch: owner.epoch,
+                                    previous,
+                                    unfenced,
+                                    refused: None,
+                                });
+                                claimed.push((session, owner));
+                            }
+                            Err(refusal) => answers.push(Applied {
+                                epoch: owner.epoch,
+                                refused: Some(refusal),
+                                ..Applied::default()
+                            }),
+                        }
+                    }
+                    EntryPayload::Normal(Command::Release { claims }) => {
+                        for (session, epoch) in claims {
+                            inner.claims.release(&session, epoch);
+                        }
+                        answers.push(Applied::default());
+                    }
+                    EntryPayload::Normal(Command::Restarted { node }) => {
+                        inner.claims.restarted(&node);
+                        answers.push(Applied::default());
+                    }
+                    EntryPayload::Normal(Command::Fenced { session, epoch }) => {
+                        inner.claims.fenced(&session, epoch);
+                        answers.push(Applied::default());
                     }
                     EntryPayload::Membership(membership) => {
                         inner.claims.membership =
@@ -247,8 +476,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let claims: Claims = rmp_serde::from_slice(&data)
+        let mut claims: Claims = rmp_serde::from_slice(&data)
             .map_err(|err| failed(StorageIOError::read_state_machine, err.to_string()))?;
+        claims.reindex();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -284,5 +514,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_written_before_the_fence_and_release_fields_still_reads() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let owner = Owner {
+            node: "n1".into(),
+            epoch: 3,
+        };
+        let owners = BTreeMap::from([(session.clone(), owner.clone())]);
+        let by_epoch = BTreeMap::from([(3u64, session.clone())]);
+        let old = (
+            owners,
+            by_epoch,
+            None::<LogId<NodeId>>,
+            StoredMembership::<NodeId, Member>::default(),
+        );
+        let bytes = rmp_serde::to_vec(&old).expect("encoded");
+        let mut claims: Claims = rmp_serde::from_slice(&bytes).expect("decoded");
+        claims.reindex();
+        assert_eq!(claims.owners.get(&session), Some(&owner));
+        assert!(claims.unfenced.is_empty() && claims.released.is_empty());
+        assert_eq!(claims.identities.get("alice").map(|i| i.sessions), Some(1));
     }
 }

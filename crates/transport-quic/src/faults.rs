@@ -5,8 +5,10 @@
 //! `rebind_abstract`). On the way out it drops, duplicates and delays datagrams (a random delay
 //! per datagram, so jitter reorders them); on the way in it drops them; and it can black-hole
 //! everything in both directions, by hand ([`FaultControl::set_blackhole`]) or by schedule
-//! ([`FaultPlan::partitions`]). Every random choice comes from one generator seeded by
-//! [`FaultPlan::seed`], so a failing run's faults can be replayed from its seed.
+//! ([`FaultPlan::partitions`]), or only what goes to and comes from some addresses
+//! ([`FaultControl::set_cut_off_from`]: a split of a cluster). Every random choice comes from
+//! one generator seeded by [`FaultPlan::seed`], so a failing run's faults can be replayed from
+//! its seed.
 //!
 //! Each outgoing transmit carries one datagram (the socket announces no segmentation
 //! offload), so faults act per packet. Delayed datagrams wait in a bounded set
@@ -102,6 +104,7 @@ impl FaultControl {
                     plan,
                 }),
                 blackhole: AtomicBool::new(false),
+                cut_off_from: Mutex::default(),
                 started: Instant::now(),
                 counters: Counters::default(),
             }),
@@ -127,6 +130,16 @@ impl FaultControl {
     /// Drops everything in both directions while `on`.
     pub fn set_blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// Drops everything sent to and received from `addrs` (replacing the addresses given
+    /// before; empty: none), and nothing else: one side of a split.
+    pub fn set_cut_off_from(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        *self
+            .shared
+            .cut_off_from
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = addrs.into_iter().collect();
     }
 
     /// Replaces the plan (the random generator is reseeded from the new plan's seed).
@@ -156,6 +169,8 @@ struct PlanState {
 struct Shared {
     state: Mutex<PlanState>,
     blackhole: AtomicBool,
+    /// The addresses nothing is exchanged with.
+    cut_off_from: Mutex<std::collections::HashSet<SocketAddr>>,
     started: Instant,
     counters: Counters,
 }
@@ -187,6 +202,13 @@ impl Shared {
             .partitions
             .iter()
             .any(|window| window.contains(&elapsed))
+    }
+
+    fn cut_off_from(&self, addr: SocketAddr) -> bool {
+        self.cut_off_from
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&addr)
     }
 
     fn count(&self, counter: &AtomicU64) {
@@ -247,7 +269,10 @@ impl FaultySocket {
         }))
     }
 
-    fn send_fate(&self) -> SendFate {
+    fn send_fate(&self, destination: SocketAddr) -> SendFate {
+        if self.shared.cut_off_from(destination) {
+            return SendFate::Drop;
+        }
         let mut state = self.shared.lock();
         if self.shared.cut_off(&state) {
             return SendFate::Drop;
@@ -273,7 +298,10 @@ impl FaultySocket {
         }
     }
 
-    fn drop_incoming(&self) -> bool {
+    fn drop_incoming(&self, source: SocketAddr) -> bool {
+        if self.shared.cut_off_from(source) {
+            return true;
+        }
         let mut state = self.shared.lock();
         if self.shared.cut_off(&state) {
             return true;
@@ -322,7 +350,7 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        match self.send_fate() {
+        match self.send_fate(transmit.destination) {
             SendFate::Drop => {
                 self.shared.count(&self.shared.counters.dropped);
                 Ok(())
@@ -359,12 +387,13 @@ impl AsyncUdpSocket for FaultySocket {
                 // decide on each, and close up the buffer over the dropped ones.
                 let stride = meta[index].stride.max(1);
                 let len = meta[index].len;
+                let source = meta[index].addr;
                 let buf = &mut bufs[index];
                 let mut write = 0;
                 let mut read = 0;
                 while read < len {
                     let segment = stride.min(len - read);
-                    if self.drop_incoming() {
+                    if self.drop_incoming(source) {
                         self.shared.count(&self.shared.counters.dropped);
                     } else {
                         self.shared.count(&self.shared.counters.passed);

@@ -6,11 +6,12 @@
 //! here, the connection holding the older one is closed with `SESSION_TAKEN_OVER`; and a
 //! connection whose claim is already older than the one applied is refused when it comes to
 //! hold it. Both checks take the same lock, after the claim is in the state machine, so
-//! whichever comes second sees the other. The claimant's replica waits for the previous
-//! owner to confirm it applied the claim, so the old connection is closed before the new one
-//! attaches whenever the previous owner is reachable (a node cut off from the majority keeps
-//! its connections until it hears; docs/CLUSTERING.md). The map holds one entry per local
-//! connection holding a claim.
+//! whichever comes second sees the other. The claimant's replica waits for every earlier
+//! claimant not known to have let go to confirm it applied the claim, so the old connections
+//! are closed before the new one attaches whenever those nodes are reachable (a node cut off
+//! from the majority closes them when its lease runs out; docs/CLUSTERING.md). The map holds
+//! one entry per local connection holding a claim. A claim no connection of this node holds
+//! or is claiming any more is released, so it no longer counts against its identity's bound.
 //!
 //! It names no transport: connections are [`Connection`]s, the Raft network the transport
 //! plugs into the replica.
@@ -39,6 +40,10 @@ struct Held {
 pub struct Ownership {
     replica: Arc<Replica>,
     held: Mutex<HashMap<SessionKey, Held>>,
+    /// Per session, how many claims of this node connections hold or are about to hold, and
+    /// the newest one's epoch: when none is left, that claim is released
+    /// ([`Replica::release`]).
+    in_use: Mutex<HashMap<SessionKey, (usize, u64)>>,
     /// Checks the lease; stopped by [`Ownership::shutdown`].
     lease_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -84,6 +89,7 @@ impl Ownership {
         let ownership = Arc::new(Self {
             replica,
             held: Mutex::default(),
+            in_use: Mutex::default(),
             lease_watch: Mutex::default(),
         });
         let _ = registry.set(Arc::downgrade(&ownership));
@@ -138,29 +144,78 @@ impl Ownership {
         &self.replica
     }
 
-    /// Claims `session` for this node: its epoch, or [`BrokerError::NoQuorum`].
-    pub async fn claim(&self, session: SessionKey) -> Result<u64, BrokerError> {
-        self.replica.claim(session).await.map_err(|err| match err {
-            cassini_replication::ClaimError::NoQuorum(limit) => BrokerError::NoQuorum(limit),
-            other => BrokerError::Internal(other.to_string()),
+    /// Claims `session` for this node: the claim, released when dropped unless a connection
+    /// holds it ([`Claimed::hold`]); refused with [`BrokerError::NoQuorum`], or with
+    /// [`BrokerError::TooManySessionsForIdentity`] when the identity holds its maximum of
+    /// claims (`limits.max_sessions_per_identity`) all in use, or
+    /// [`BrokerError::TooManyConnections`] when the cluster's claims table is full of claims
+    /// in use.
+    pub async fn claim(self: &Arc<Self>, session: SessionKey) -> Result<Claimed, BrokerError> {
+        use cassini_replication::ClaimError;
+        let epoch = self
+            .replica
+            .claim(session.clone())
+            .await
+            .map_err(|err| match err {
+                ClaimError::NoQuorum(limit) => BrokerError::NoQuorum(limit),
+                ClaimError::TooManyForIdentity(max) => BrokerError::TooManySessionsForIdentity(max),
+                ClaimError::TableFull(max) => BrokerError::TooManyConnections(max),
+                other => BrokerError::Internal(other.to_string()),
+            })?;
+        {
+            let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = in_use.entry(session.clone()).or_insert((0, epoch));
+            entry.0 += 1;
+            entry.1 = entry.1.max(epoch);
+        }
+        Ok(Claimed {
+            claim: Claim {
+                ownership: Arc::clone(self),
+                session,
+                epoch,
+            },
         })
+    }
+
+    /// A connection no longer holds nor claims `session`: the claim is released once no
+    /// connection of this node holds or claims the session (an older connection's may still
+    /// be attached while a newer one's claim is refused).
+    fn let_go(&self, session: &SessionKey) {
+        let released = {
+            let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+            match in_use.get_mut(session) {
+                Some((count, epoch)) if *count <= 1 => {
+                    let epoch = *epoch;
+                    in_use.remove(session);
+                    Some(epoch)
+                }
+                Some((count, _)) => {
+                    *count -= 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(epoch) = released {
+            self.replica.release(session.clone(), epoch);
+        }
     }
 
     /// `connection` now serves `session` under the claim of `epoch`, until the returned hold
     /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by
-    /// another node is applied already.
-    pub fn hold(
-        self: &Arc<Self>,
-        session: SessionKey,
-        epoch: u64,
-        connection: Arc<dyn Connection>,
-    ) -> Result<Hold, BrokerError> {
+    /// another node is applied already, and with [`BrokerError::NoQuorum`] if this node has
+    /// lost its lease (it may not have heard of a newer claim).
+    fn hold(&self, claim: &Claim, connection: Arc<dyn Connection>) -> Result<(), BrokerError> {
         let mut held = self.lock();
-        if let Some(owner) = self.replica.owner(&session) {
-            if owner.epoch > epoch && owner.node != self.replica.node() {
+        if !self.replica.in_contact() {
+            return Err(BrokerError::NoQuorum(self.replica.lease()));
+        }
+        if let Some(owner) = self.replica.owner(&claim.session) {
+            if owner.epoch > claim.epoch && owner.node != self.replica.node() {
                 return Err(BrokerError::SessionTakenOverOn(owner.node));
             }
         }
+        let (session, epoch) = (claim.session.clone(), claim.epoch);
         // Two local connections of one session may get here in either order: the newer
         // claim's stays registered (the older connection is being taken over here anyway),
         // and the older one's hold, when dropped, leaves it alone.
@@ -170,11 +225,7 @@ impl Ownership {
                 held.insert(session.clone(), Held { epoch, connection });
             }
         }
-        Ok(Hold {
-            ownership: Arc::clone(self),
-            session,
-            epoch,
-        })
+        Ok(())
     }
 
     /// A claim was applied on this node: a local connection with an older claim by this
@@ -206,40 +257,92 @@ impl Ownership {
     }
 }
 
-/// A connection's hold on its claim; dropping it forgets the connection (unless a newer
-/// claim of this node replaced it).
-pub struct Hold {
+/// A claim of this node in use by a connection: dropped, the connection lets go of it.
+struct Claim {
     ownership: Arc<Ownership>,
     session: SessionKey,
     epoch: u64,
 }
 
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.ownership.let_go(&self.session);
+    }
+}
+
+/// A claim committed for a connection that does not serve it yet: dropped (the connection
+/// was refused before attaching), the connection lets go of it.
+pub struct Claimed {
+    claim: Claim,
+}
+
+impl Claimed {
+    /// `connection` now serves the session under this claim, until the returned hold is
+    /// dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by another
+    /// node is applied already, and with [`BrokerError::NoQuorum`] if this node has lost its
+    /// lease (it may not have heard of a newer claim).
+    pub fn hold(self, connection: Arc<dyn Connection>) -> Result<Hold, BrokerError> {
+        self.claim.ownership.hold(&self.claim, connection)?;
+        Ok(Hold { claim: self.claim })
+    }
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("session", &self.claim.session)
+            .field("epoch", &self.claim.epoch)
+            .finish()
+    }
+}
+
+/// A connection's hold on its claim; dropping it forgets the connection (unless a newer
+/// claim of this node replaced it) and lets go of the claim.
+pub struct Hold {
+    claim: Claim,
+}
+
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hold")
-            .field("session", &self.session)
-            .field("epoch", &self.epoch)
+            .field("session", &self.claim.session)
+            .field("epoch", &self.claim.epoch)
             .finish()
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        let mut held = self.ownership.lock();
-        if held
-            .get(&self.session)
-            .is_some_and(|local| local.epoch == self.epoch)
-        {
-            held.remove(&self.session);
+        let Claim {
+            ownership,
+            session,
+            epoch,
+        } = &self.claim;
+        let mut held = ownership.lock();
+        if held.get(session).is_some_and(|local| local.epoch == *epoch) {
+            held.remove(session);
         }
     }
 }
 
-/// Every `every` (a quarter of the lease), closes the connections holding claims if this node
-/// has lost its lease; ends with the registry.
+/// Closes the connections holding claims once this node has lost its lease, checked when its
+/// lease would run out (the claimant's fence wait counts on that) and at least every `every`
+/// (a quarter of the lease); ends with the registry.
 async fn watch_lease(ownership: Weak<Ownership>, every: Duration) {
     loop {
-        tokio::time::sleep(every).await;
+        let next = {
+            let Some(ownership) = ownership.upgrade() else {
+                return;
+            };
+            let latest = tokio::time::Instant::now() + every;
+            ownership
+                .replica
+                .lease_expiry()
+                .map(tokio::time::Instant::from_std)
+                .filter(|expiry| *expiry > tokio::time::Instant::now())
+                .map_or(latest, |expiry| expiry.min(latest))
+        };
+        tokio::time::sleep_until(next).await;
         let Some(ownership) = ownership.upgrade() else {
             return;
         };

@@ -26,7 +26,7 @@ use crate::actors::announcements::Announcements;
 use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
-use crate::cluster::ownership::Ownership;
+use crate::cluster::ownership::Claimed;
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
@@ -163,9 +163,7 @@ async fn serve(
     let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
     // Held until the connection ends: a newer claim by another node closes it.
     let _hold = match claim {
-        Some((ownership, session, epoch)) => {
-            Some(ownership.hold(session, epoch, Arc::clone(connection))?)
-        }
+        Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
         None => None,
     };
     let ended = opened.ended.take();
@@ -436,14 +434,14 @@ fn fit_welcome(welcome: Welcome, max_frame_bytes: u32) -> Frame {
 }
 
 /// In a cluster with replicated session ownership, a named session is claimed for this node
-/// before it attaches (docs/CLUSTERING.md, "Session ownership"): the ownership registry, the
-/// session as claimed and the claim's epoch. `None` without ownership, or for an unnamed
-/// session (its id lives on this node only, so no other node can serve it).
+/// before it attaches (docs/CLUSTERING.md, "Session ownership"): the claim, released unless
+/// the connection comes to hold it. `None` without ownership, or for an unnamed session (its
+/// id lives on this node only, so no other node can serve it).
 async fn claim_session(
     shared: &Shared,
     connection: &Arc<dyn Connection>,
     hello: &Hello,
-) -> Result<Option<(Arc<Ownership>, SessionKey, u64)>, BrokerError> {
+) -> Result<Option<Claimed>, BrokerError> {
     let Some(ownership) = shared
         .router
         .cluster()
@@ -464,8 +462,7 @@ async fn claim_session(
         identity: connection.peer().identity.to_string(),
         name: name.clone(),
     };
-    let epoch = ownership.claim(session.clone()).await?;
-    Ok(Some((Arc::clone(ownership), session, epoch)))
+    Ok(Some(ownership.claim(session).await?))
 }
 
 async fn open_session(
