@@ -916,6 +916,54 @@ async fn a_queue_group_hears_of_the_messages_lost_with_a_dead_members_node() {
 }
 
 #[tokio::test]
+async fn a_forward_deeper_than_the_receiving_node_takes_reaches_its_wildcard_subscriber_as_a_gap() {
+    // Node 2 takes topics of at most 3 levels; its subscriber to `deep.>` matches deeper ones.
+    let mut shallow = BrokerConfig {
+        cluster: Some(ClusterConfig::node("n2")),
+        ..BrokerConfig::default()
+    };
+    shallow.limits.topics.max_depth = 3;
+    let configs = [
+        BrokerConfig {
+            cluster: Some(ClusterConfig::node("n1")),
+            ..BrokerConfig::default()
+        },
+        shallow,
+        BrokerConfig {
+            cluster: Some(ClusterConfig::node("n3")),
+            ..BrokerConfig::default()
+        },
+    ];
+    let (_pki, nodes) = mesh_of(configs, &[None, None, None]).await;
+    let subscriber = nodes[1].broker.client("sub").await;
+    let mut deep = subscriber.subscribe("deep.>").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    for topic in ["deep.a", "deep.a.b.c.d", "deep.b"] {
+        publisher
+            .publish(topic, Bytes::from_static(b"x"))
+            .await
+            .expect("node 1 takes every depth");
+    }
+    let first = within("the first message", deep.next())
+        .await
+        .expect("a message");
+    assert_eq!(first.topic(), "deep.a");
+    match within("the refused one's gap", deep.next_event()).await {
+        Some(SubscriptionEvent::Gap(Gap::Missed {
+            from: 2,
+            to: 2,
+            reason: Some(GapReason::ClusterRoute),
+        })) => {}
+        other => panic!("expected a ClusterRoute gap of sequence 2, got {other:?}"),
+    }
+    let last = within("the last message", deep.next())
+        .await
+        .expect("a message");
+    assert_eq!((last.topic(), last.sequence()), ("deep.b", 3));
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
 async fn a_forward_the_receiving_node_refuses_reaches_its_subscribers_as_a_cluster_route_gap() {
     // Node 2 takes payloads of at most 1 KiB; node 1 takes the default (1 MiB).
     let mut small = BrokerConfig {

@@ -855,12 +855,6 @@ impl OutboundLink {
         Some((lost, count))
     }
 
-    /// `count` forwards (for `lost`) were handed to this link but the peer never confirmed them
-    /// (the link ended): they are announced to the peer as dropped on its next link.
-    pub fn undelivered(&self, lost: Lost, count: u64) {
-        self.peer.drop_for(lost, count);
-    }
-
     /// The link's round-trip time, as its transport measures it now, for monitoring.
     pub fn measured_rtt(&self, rtt: Duration) {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);

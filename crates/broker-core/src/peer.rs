@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{Publish, SessionId, TopicName};
+use cassini_protocol::{Publish, SessionId, TopicLimits, TopicName};
 
 use crate::admission::Publisher;
 use crate::cluster::{
@@ -56,19 +56,31 @@ impl ClusterPort {
     }
 
     /// Starts the link that brings peer `node`'s interest and forwards to this node; the peer
-    /// says it is `incarnation`. What its previous link left unsettled is dropped if the peer
-    /// is the same incarnation (it announces its losses itself), else announced now.
+    /// says it is `incarnation`. What its previous link left unsettled is announced now if the
+    /// peer is another incarnation; if it is the same one, the peer announces its losses itself,
+    /// and the new link remembers what the previous one carried, in case it ends first.
     pub fn open_inbound(&self, node: &str, incarnation: u64) -> PeerInbox {
         let link = self.cluster.open_inbound(node);
+        let mut carried = HashMap::new();
         if let Some(unsettled) = link.take_unsettled() {
             if unsettled.incarnation != incarnation || incarnation == 0 {
                 announce_unsettled(&self.shared, node, &unsettled);
+            } else {
+                // The peer announces its counts on this link; should this link end uncleanly
+                // before they arrive, what the previous one carried is still owed a floor.
+                carried.extend(
+                    unsettled
+                        .kinds
+                        .into_iter()
+                        .take(MAX_CARRIED_KINDS)
+                        .map(|lost| ((lost.topic.clone(), lost.session), lost)),
+                );
             }
         }
         PeerInbox {
             link,
             incarnation,
-            carried: HashMap::new(),
+            carried,
             publisher: Publisher::peer(),
             shared: Arc::clone(&self.shared),
             cluster: Arc::clone(&self.cluster),
@@ -99,6 +111,13 @@ impl ClusterPort {
                 }
             }
         }
+    }
+
+    /// Records `count` messages lost for peer `node` (forwards a link that ended left
+    /// unconfirmed, beyond what the peer says it received): announced to it first on its next
+    /// link, before any forward queued on that link.
+    pub fn drop_for_peer(&self, node: &str, lost: Lost, count: u64) {
+        self.cluster.drop_for_peer(node, lost, count);
     }
 
     /// Every peer this node knows of, with its numbers.
@@ -156,8 +175,17 @@ fn announce_unsettled(shared: &Shared, node: &str, unsettled: &Unsettled) {
     }
 }
 
+/// Topic bounds for matching a lost message's topic to local subscriptions: the sender's
+/// limits may exceed this node's, and a filter such as `a.>` here still matches a topic deeper
+/// or longer than this node takes, so the loss must reach it.
+const ANY_TOPIC: TopicLimits = TopicLimits {
+    max_bytes: usize::MAX,
+    max_depth: usize::MAX,
+};
+
 fn announce_dropped(shared: &Shared, lost: &Lost, count: u64) {
-    let Ok(topic) = TopicName::parse(&lost.topic, &shared.config.limits.topics) else {
+    let Ok(topic) = TopicName::parse(&lost.topic, &ANY_TOPIC) else {
+        tracing::warn!(topic = %lost.topic, count, "a peer's lost messages name a malformed topic: not announced");
         return;
     };
     for route in shared.router.matching(&topic) {

@@ -331,6 +331,8 @@ struct Dialer {
     dialed: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
     /// The dialed connections, for the Raft group's requests.
     raft: RaftLinks,
+    /// Per peer, what the last link to it left unconfirmed, whichever address it was dialed at.
+    previous: Arc<PreviousLinks>,
 }
 
 impl Dialer {
@@ -349,6 +351,7 @@ impl Dialer {
                 Arc::clone(&self.options),
                 self.closing.clone(),
                 self.raft.clone(),
+                Arc::clone(&self.previous),
             ));
         }
     }
@@ -388,6 +391,7 @@ impl ClusterNode {
             tasks: tasks.clone(),
             dialed: Arc::default(),
             raft,
+            previous: Arc::default(),
         };
         let node = Self {
             endpoint,
@@ -443,9 +447,15 @@ impl Drop for ClusterNode {
     }
 }
 
-/// Per dialing peer: the id of its latest link to this node and how many forwards arrived on
-/// it, for its next link's `Resumed`.
-type Received = Arc<std::sync::Mutex<HashMap<String, (u64, Arc<AtomicU64>)>>>;
+/// Per dialing peer: the ids of its latest links to this node (at most [`LINKS_REMEMBERED`],
+/// newest last) and how many forwards arrived on each, for its next link's `Resumed`. More than
+/// the latest one: a link that ends between its `Hello` and the dialer's reading of `Resumed`
+/// leaves the dialer naming the link before it.
+type Received =
+    Arc<std::sync::Mutex<HashMap<String, std::collections::VecDeque<(u64, Arc<AtomicU64>)>>>>;
+
+/// How many of a dialing peer's latest links the accepting node remembers (see [`Received`]).
+const LINKS_REMEMBERED: usize = 4;
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
@@ -514,11 +524,15 @@ async fn serve_inbound(
                 let counter = Arc::new(AtomicU64::new(0));
                 let before = {
                     let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = registry
-                        .get(&node)
-                        .filter(|(id, _)| Some(*id) == previous)
+                    let links = registry.entry(node.clone()).or_default();
+                    let before = links
+                        .iter()
+                        .find(|(id, _)| Some(*id) == previous)
                         .map(|(_, count)| count.load(Ordering::Acquire));
-                    registry.insert(node.clone(), (link, Arc::clone(&counter)));
+                    if links.len() == LINKS_REMEMBERED {
+                        links.pop_front();
+                    }
+                    links.push_back((link, Arc::clone(&counter)));
                     before
                 };
                 write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
@@ -656,9 +670,9 @@ async fn dial_loop(
     options: Arc<ClusterOptions>,
     closing: CancellationToken,
     raft: RaftLinks,
+    previous: Arc<PreviousLinks>,
 ) {
     let mut backoff = INITIAL_BACKOFF;
-    let previous = Arc::new(PreviousLink::default());
     loop {
         let dialed = dial_once(&endpoint, addr, &port, &options, &closing, &previous, &raft);
         match dialed.await {
@@ -686,7 +700,7 @@ async fn dial_once(
     port: &ClusterPort,
     options: &ClusterOptions,
     closing: &CancellationToken,
-    previous: &Arc<PreviousLink>,
+    previous: &PreviousLinks,
     raft: &RaftLinks,
 ) -> Result<LinkEnd, String> {
     let connecting = endpoint
@@ -709,17 +723,14 @@ async fn dial_once(
         connection.close(VarInt::from_u32(CLOSE_CODE), b"a link to this node is up");
         return Err(format!("a link to {node} is up already"));
     }
+    let previous = &previous.of(&node);
     let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
     let link_id: u64 = rand::rng().random();
     let hello = PeerFrame::Hello {
         cluster: options.cluster.clone(),
         node: port.node().to_owned(),
         link: link_id,
-        previous: previous
-            .lock()
-            .as_ref()
-            .filter(|old| old.node == node)
-            .map(|old| old.link),
+        previous: previous.lock().as_ref().map(|old| old.link),
         client_address: port.client_address(),
         incarnation: port.incarnation(),
     };
@@ -729,27 +740,19 @@ async fn dial_once(
         _ => return Err("the peer did not answer Hello".to_owned()),
     };
     tracing::info!(peer = %node, %addr, "cluster link to a peer up");
-    let mut link = port.open_outbound(&node);
-    raft.link_up(&node, &connection);
+    // What the previous link lost is recorded before this link opens, so the link announces it
+    // before any forward queued on it (opening moves every waiting drop to its front).
     let old = previous.lock().take();
     if let Some(mut old) = old {
-        if old.node == node {
-            if let Some(count) = received {
-                old.in_flight.confirm(count);
-            }
-            for (lost, count) in old.in_flight.by_kind() {
-                link.undelivered(lost, count);
-            }
-        } else {
-            tracing::warn!(
-                %addr,
-                was = %old.node,
-                now = %node,
-                unconfirmed = old.in_flight.forwards.len(),
-                "a node's address now serves another node: forwards to the first are unconfirmed"
-            );
+        if let Some(count) = received {
+            old.in_flight.confirm(count);
+        }
+        for (lost, count) in old.in_flight.by_kind() {
+            port.drop_for_peer(&node, lost, count);
         }
     }
+    let mut link = port.open_outbound(&node);
+    raft.link_up(&node, &connection);
     let acks = link.acknowledger();
     let gauge = link.acknowledger();
     gauge.unconfirmed(0);
@@ -823,7 +826,6 @@ async fn dial_once(
     let in_flight = std::mem::take(&mut *in_flight.lock().unwrap_or_else(|p| p.into_inner()));
     if !in_flight.forwards.is_empty() {
         *previous.lock() = Some(Previous {
-            node: node.clone(),
             link: link_id,
             in_flight,
         });
@@ -843,7 +845,7 @@ async fn dial_once(
     Ok(LinkEnd::Ended)
 }
 
-/// After a link to peer `node` ended (the `ended`th of its dial loop): if no link to it is up
+/// After a link to peer `node` ended (the `ended`th to it): if no link to it is up
 /// [`UNSETTLED_WAIT`] later, and none came and went meanwhile, the peer is taken for gone and
 /// what its queue groups lost is announced to other members of the groups
 /// ([`ClusterPort::settle_gone_peer`]). What it lost for its plain subscribers stays counted,
@@ -865,13 +867,23 @@ async fn settle_if_gone(
     let unconfirmed = previous
         .lock()
         .as_mut()
-        .filter(|old| old.node == node)
         .map(|old| old.in_flight.take_group_part())
         .unwrap_or_default();
     port.settle_gone_peer(&node, unconfirmed);
 }
 
-/// What a dial loop's last link left unconfirmed, and how many of its links have ended.
+/// Per peer node, its [`PreviousLink`] (one per node with a verified node certificate).
+#[derive(Debug, Default)]
+struct PreviousLinks(std::sync::Mutex<HashMap<String, Arc<PreviousLink>>>);
+
+impl PreviousLinks {
+    fn of(&self, node: &str) -> Arc<PreviousLink> {
+        let mut links = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(links.entry(node.to_owned()).or_default())
+    }
+}
+
+/// What the last link to one peer left unconfirmed, and how many links to it have ended.
 #[derive(Debug, Default)]
 struct PreviousLink {
     previous: std::sync::Mutex<Option<Previous>>,
@@ -900,7 +912,6 @@ const BYE_WAIT: Duration = Duration::from_millis(500);
 /// link to the same peer (`Resumed`).
 #[derive(Debug)]
 struct Previous {
-    node: String,
     link: u64,
     in_flight: InFlight,
 }
