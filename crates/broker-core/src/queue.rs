@@ -793,9 +793,8 @@ impl SubscriptionQueue {
             return;
         };
         if let Some(store) = &self.store {
-            for sequence in state.last_sequence.saturating_add(1)..=last {
-                store.accepted(sequence, None);
-            }
+            // The store keeps the last sequence only: one record stands for the whole range.
+            store.accepted(last, None);
         }
         let first = state.last_sequence.saturating_add(1);
         state.last_sequence = last;
