@@ -168,6 +168,7 @@ impl Forward {
             plain: self.plain,
             groups: self.groups.iter().map(|group| group.to_string()).collect(),
             session: self.session,
+            any_topic: false,
         }
     }
 }
@@ -187,7 +188,18 @@ pub struct Lost {
     /// empty; the peer announces the loss to that session's matching subscriptions).
     #[serde(default)]
     pub session: Option<SessionId>,
+    /// Losses on more topics than were counted one by one ([`MAX_DROP_KINDS`]): `topic` is
+    /// empty, and the peer announces at least one lost message on every subscription it has
+    /// (every plain one, one member of every queue group).
+    #[serde(default)]
+    pub any_topic: bool,
 }
+
+/// The most kinds of loss (topic, what for) counted one by one for a peer until they are
+/// announced to it; losses of further kinds are counted together as one of
+/// [`Lost::any_topic`], so the counts stay bounded however many topics a long partition
+/// touches, and the peer still hears of every loss (as a floor on each subscription).
+pub const MAX_DROP_KINDS: usize = 4096;
 
 /// What a link towards a peer sends next.
 #[derive(Debug)]
@@ -404,10 +416,18 @@ impl Peer {
         self.record_drop(&mut route, lost, count);
     }
 
-    /// Records `count` drops for `lost` after every forward queued so far.
+    /// Records `count` drops for `lost` after every forward queued so far; past
+    /// [`MAX_DROP_KINDS`] kinds waiting, a new kind is counted as [`Lost::on_any_topic`].
     fn record_drop(&self, route: &mut Route, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
         let after = route.queued;
+        let known = route.drops.values().any(|drops| drops.contains_key(&lost));
+        let kinds: usize = route.drops.values().map(HashMap::len).sum();
+        let lost = if known || kinds < MAX_DROP_KINDS {
+            lost
+        } else {
+            Lost::on_any_topic()
+        };
         *route
             .drops
             .entry(after)
@@ -1096,6 +1116,7 @@ impl Cluster {
                 plain: false,
                 groups: vec![group.to_owned()],
                 session: None,
+                any_topic: false,
             },
             count,
         );
@@ -1109,6 +1130,17 @@ impl Cluster {
 }
 
 impl Lost {
+    /// Losses on topics beyond those counted one by one (see [`Lost::any_topic`]).
+    pub fn on_any_topic() -> Self {
+        Self {
+            topic: String::new(),
+            plain: true,
+            groups: Vec::new(),
+            session: None,
+            any_topic: true,
+        }
+    }
+
     /// This loss split into one per queue group it names (each for that group only), and what
     /// is left for the plain subscribers, if they were meant to get it.
     pub fn split_groups(&self) -> (Vec<Lost>, Option<Lost>) {
@@ -1120,6 +1152,7 @@ impl Lost {
                 plain: false,
                 groups: vec![group.clone()],
                 session: None,
+                any_topic: false,
             })
             .collect();
         let rest = self.plain.then(|| Lost {
@@ -1131,7 +1164,7 @@ impl Lost {
 
     /// Whether it stands for no subscriber at all (nothing to announce).
     pub fn is_empty(&self) -> bool {
-        !self.plain && self.groups.is_empty() && self.session.is_none()
+        !self.any_topic && !self.plain && self.groups.is_empty() && self.session.is_none()
     }
 }
 
@@ -1196,6 +1229,7 @@ impl Cluster {
                     plain: false,
                     groups: Vec::new(),
                     session: Some(session),
+                    any_topic: false,
                 },
                 1,
             );

@@ -184,6 +184,21 @@ const ANY_TOPIC: TopicLimits = TopicLimits {
 };
 
 fn announce_dropped(shared: &Shared, lost: &Lost, count: u64) {
+    if lost.any_topic {
+        // Losses on topics the peer stopped counting one by one: at least one on each
+        // subscription here, as a floor (how many each lost is not known).
+        tracing::info!(count, "a peer lost messages on more topics than it counts one by one: announcing one lost on every subscription");
+        for route in shared.router.routes() {
+            let members = route.members();
+            let groups: Vec<String> = members
+                .groups()
+                .iter()
+                .map(|group| group.name().to_owned())
+                .collect();
+            members.lost_before_arrival(1, true, &groups, None);
+        }
+        return;
+    }
     let Ok(topic) = TopicName::parse(&lost.topic, &ANY_TOPIC) else {
         tracing::warn!(topic = %lost.topic, count, "a peer's lost messages name a malformed topic: not announced");
         return;
@@ -225,6 +240,7 @@ impl PeerInbox {
             plain: publish.to_session.is_none(),
             groups: groups.to_vec(),
             session: publish.to_session,
+            any_topic: false,
         };
         self.carried(lost.clone());
         if let Err(err) = self

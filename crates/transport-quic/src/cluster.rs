@@ -1013,6 +1013,7 @@ mod tests {
             plain: true,
             groups: Vec::new(),
             session: None,
+            any_topic: false,
         }
     }
 

@@ -285,3 +285,32 @@ async fn interest_changes_towards_a_stalled_peer_are_bounded_and_end_in_a_snapsh
     assert_eq!(last_seq, CHANGES as u64, "the latest change arrives");
     assert_eq!(entries_known, CHANGES, "the peer converges on every entry");
 }
+
+#[tokio::test]
+async fn drops_for_a_peer_away_are_counted_per_topic_up_to_a_bound_then_together() {
+    const BEYOND: usize = 10;
+    let (node, inbound, link) = linked_with_a_queue_of_one(vec![entry(">", None, 1)]);
+    drop(inbound);
+    drop(link);
+    for i in 0..MAX_DROP_KINDS + BEYOND {
+        node.forward(&message(&format!("t.{i}")));
+    }
+    let expected = (MAX_DROP_KINDS + BEYOND) as u64;
+    assert_eq!(node.peers()[0].dropped, expected, "every drop counted");
+    let mut link = node.open_outbound("b");
+    let _snapshot = next(&mut link).await;
+    let (mut one_by_one, mut together, mut total) = (0usize, 0u64, 0u64);
+    while let Ok(Some(Outgoing::Dropped { lost, count })) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), link.next()).await
+    {
+        if lost.any_topic {
+            together += count;
+        } else {
+            one_by_one += 1;
+        }
+        total += count;
+    }
+    assert_eq!(one_by_one, MAX_DROP_KINDS, "bounded kinds, each announced");
+    assert_eq!(together, BEYOND as u64, "the rest announced together");
+    assert_eq!(total, expected, "nothing lost from the counts");
+}
