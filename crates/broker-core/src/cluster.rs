@@ -421,19 +421,18 @@ impl Peer {
     fn record_drop(&self, route: &mut Route, lost: Lost, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
         let after = route.queued;
-        let known = route.drops.values().any(|drops| drops.contains_key(&lost));
-        let kinds: usize = route.drops.values().map(HashMap::len).sum();
-        let lost = if known || kinds < MAX_DROP_KINDS {
+        let room = route.kinds < MAX_DROP_KINDS;
+        let at = route.drops.entry(after).or_default();
+        let lost = if room || at.contains_key(&lost) {
             lost
         } else {
             Lost::on_any_topic()
         };
-        *route
-            .drops
-            .entry(after)
-            .or_default()
-            .entry(lost)
-            .or_default() += count;
+        let counted = at.entry(lost).or_insert(0);
+        if *counted == 0 {
+            route.kinds += 1;
+        }
+        *counted += count;
         self.drops_recorded.notify_one();
     }
 }
@@ -448,6 +447,16 @@ struct Route {
     /// Drops not yet announced to the peer, by the position they follow (the report goes out
     /// once the link has sent that many forwards) and what they were for.
     drops: BTreeMap<u64, HashMap<Lost, u64>>,
+    /// How many entries `drops` holds (bounded by [`MAX_DROP_KINDS`], plus the entries of
+    /// losses on any topic).
+    kinds: usize,
+}
+
+impl Route {
+    /// Recounts [`Route::kinds`] after `drops` changed wholesale.
+    fn recount(&mut self) {
+        self.kinds = self.drops.values().map(HashMap::len).sum();
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -641,6 +650,7 @@ impl Cluster {
             for (lost, count) in pending.into_values().flatten() {
                 *route.drops.entry(0).or_default().entry(lost).or_default() += count;
             }
+            route.recount();
         }
         let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
@@ -872,6 +882,7 @@ impl OutboundLink {
         if due.get().is_empty() {
             due.remove();
         }
+        route.kinds = route.kinds.saturating_sub(1);
         Some((lost, count))
     }
 
@@ -1078,6 +1089,7 @@ impl Cluster {
             }
         }
         route.drops.retain(|_, drops| !drops.is_empty());
+        route.recount();
         taken
     }
 
