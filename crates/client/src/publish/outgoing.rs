@@ -7,6 +7,7 @@ use cassini_protocol::{Headers, Limits, SessionId, TopicName};
 use crate::connect::link::Link;
 use crate::error::PublishError;
 use crate::publish::options::PublishOptions;
+use crate::publish::publisher::Publisher;
 
 /// A validated, encoded publish, ready for its topic's lane.
 #[derive(Debug)]
@@ -25,16 +26,20 @@ pub(crate) struct Outgoing {
 const FRAME_OVERHEAD_BYTES: usize = 96;
 
 /// Checks one message against the broker's limits as `link` announced them, and encodes it;
-/// `to_session` makes it a direct message.
+/// `to_session` makes it a direct message. `publisher`, the link's, recognises the topic it
+/// published last without validating it again.
 pub(crate) fn prepare(
     link: &Link,
+    publisher: &Publisher,
     topic: &str,
     payload: Bytes,
     options: PublishOptions,
     to_session: Option<SessionId>,
 ) -> Result<Outgoing, PublishError> {
     let limits = link.topic_limits();
-    let topic = TopicName::parse(topic, &limits).map_err(PublishError::InvalidTopic)?;
+    let topic = publisher
+        .topic_name(topic, &limits)
+        .map_err(PublishError::InvalidTopic)?;
     if let Some(reply_to) = &options.reply_to {
         TopicName::parse(reply_to, &limits).map_err(PublishError::InvalidReplyTo)?;
     }
