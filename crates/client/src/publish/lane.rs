@@ -4,7 +4,8 @@
 //! has been acknowledged, so that the broker reads the topic's messages in order), then writes
 //! the encoded `Publish` frames it receives from its bounded queue. After taking one frame it
 //! takes whatever else is already queued, up to [`MAX_BATCH_BYTES`], and writes the batch in
-//! one write. A second task reads the stream's receive half: the broker's `PublishRejected`
+//! one write: gathered into a buffer sized for what was queued, and handed to quinn as it is
+//! (a chunk quinn keeps, rather than bytes it copies). A second task reads the stream's receive half: the broker's `PublishRejected`
 //! answers, which are logged and offered to the application, and its `NoResponders` answers,
 //! which complete the waiting request at once.
 //!
@@ -18,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_protocol::{ErrorCode, Frame, NoResponders, PublishRejected, TopicName};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
@@ -98,14 +99,9 @@ pub(crate) async fn run_lane(
         Arc::clone(&context.replies),
         Arc::clone(&context.acks),
     ));
-    while let Some(mut batch) = frames.recv().await {
-        while batch.len() < MAX_BATCH_BYTES {
-            match frames.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
-                Err(_) => break,
-            }
-        }
-        if let Err(error) = send.write_all(&batch).await {
+    while let Some(first) = frames.recv().await {
+        let batch = gather(first, &mut frames);
+        if let Err(error) = send.write_chunk(batch).await {
             let error = write_error(&error, Phase::Established);
             if context.link.connection().close_reason().is_some() {
                 // The connection's end is logged once, where subscription streams are accepted.
@@ -137,6 +133,26 @@ pub(crate) async fn run_lane(
              topic may overtake it"
         );
     }
+}
+
+/// `first` and whatever else is queued now, up to [`MAX_BATCH_BYTES`], in one buffer. A lone
+/// frame is its own batch; otherwise the buffer is sized once, for the frames queued.
+fn gather(first: BytesMut, frames: &mut mpsc::Receiver<BytesMut>) -> Bytes {
+    let queued = frames.len();
+    if queued == 0 || first.len() >= MAX_BATCH_BYTES {
+        return first.freeze();
+    }
+    let room = first.len().saturating_mul(queued + 1).min(MAX_BATCH_BYTES);
+    let mut batch = BytesMut::with_capacity(room.max(first.len()));
+    batch.extend_from_slice(&first);
+    drop(first);
+    while batch.len() < MAX_BATCH_BYTES {
+        match frames.try_recv() {
+            Ok(next) => batch.extend_from_slice(&next),
+            Err(_) => break,
+        }
+    }
+    batch.freeze()
 }
 
 /// Reads the broker's answers on a publish stream until it finishes it.
