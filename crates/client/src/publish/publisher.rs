@@ -160,10 +160,21 @@ impl Publisher {
     /// Queues one prepared message on its topic's lane. Returns once it is queued, not when
     /// the broker has it. If the connection is gone the message comes back, unsent.
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), SendError> {
-        let (lane, outgoing) = match self.queue_now(outgoing)? {
-            Queued::Done => return Ok(()),
-            Queued::Wait(lane, outgoing) => (lane, outgoing),
-        };
+        match self.queue_now(outgoing)? {
+            Queued::Done => Ok(()),
+            // Boxed: the waits' futures would otherwise make every publish's future (which
+            // an application may move, box or spawn) several times larger.
+            Queued::Wait(lane, outgoing) => Box::pin(self.send_waiting(lane, outgoing)).await,
+        }
+    }
+
+    /// [`Publisher::send`] when the lane's queue was full (or closed): waits for room on
+    /// `lane`, and opens a new lane if that one failed while the connection is up.
+    async fn send_waiting(
+        &self,
+        lane: mpsc::Sender<BytesMut>,
+        outgoing: Outgoing,
+    ) -> Result<(), SendError> {
         let Err(mpsc::error::SendError(frame)) = lane.send(outgoing.frame).await else {
             return Ok(());
         };
