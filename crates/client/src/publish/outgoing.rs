@@ -7,7 +7,6 @@ use cassini_protocol::{Headers, Limits, SessionId, TopicName};
 use crate::connect::link::Link;
 use crate::error::PublishError;
 use crate::publish::options::PublishOptions;
-use crate::publish::publisher::Publisher;
 
 /// A validated, encoded publish, ready for its topic's lane.
 #[derive(Debug)]
@@ -25,21 +24,17 @@ pub(crate) struct Outgoing {
 /// up: the length prefix, the variant and field markers, the integers and the session id.
 const FRAME_OVERHEAD_BYTES: usize = 96;
 
-/// Checks one message against the broker's limits as `link` announced them, and encodes it;
-/// `to_session` makes it a direct message. `publisher`, the link's, recognises the topic it
-/// published last without validating it again.
+/// Checks one message to `topic` (validated already, see
+/// [`crate::publish::publisher::Publisher::topic_name`]) against the broker's limits as `link`
+/// announced them, and encodes it; `to_session` makes it a direct message.
 pub(crate) fn prepare(
     link: &Link,
-    publisher: &Publisher,
-    topic: &str,
+    topic: TopicName,
     payload: Bytes,
     options: PublishOptions,
     to_session: Option<SessionId>,
 ) -> Result<Outgoing, PublishError> {
     let limits = link.topic_limits();
-    let topic = publisher
-        .topic_name(topic, &limits)
-        .map_err(PublishError::InvalidTopic)?;
     if let Some(reply_to) = &options.reply_to {
         TopicName::parse(reply_to, &limits).map_err(PublishError::InvalidReplyTo)?;
     }
