@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_protocol::ErrorCode;
 
 /// Who is on the other end, as established by the transport's authentication.
@@ -81,6 +81,11 @@ pub enum TransportError {
 pub trait SendStream: Send + 'static {
     /// Writes all of `buf`, waiting for flow control as needed.
     async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError>;
+    /// Writes all of `chunk`, as [`SendStream::write_all`] does; a transport that keeps written
+    /// bytes until they are acknowledged can keep `chunk` itself instead of a copy.
+    async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
+        self.write_all(&chunk).await
+    }
     /// Finishes the stream: the peer reads everything written, then the end.
     fn finish(&mut self) -> Result<(), TransportError>;
     /// After [`SendStream::finish`], waits until the peer has acknowledged everything written

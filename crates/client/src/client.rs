@@ -250,8 +250,9 @@ impl Client {
         options: PublishOptions,
     ) -> Result<(), PublishError> {
         if options.ack {
-            return self
-                .publish_acked_with(topic, payload, options)
+            // Boxed: the acknowledged path's future would otherwise make every publish's
+            // future (which an application may move, box or spawn) larger.
+            return Box::pin(self.publish_acked_with(topic, payload, options))
                 .await
                 .map(|_| ());
         }

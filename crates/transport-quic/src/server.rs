@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_broker::transport::BiStream;
 use cassini_broker::{
     BrokerHandle, Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
@@ -518,6 +518,17 @@ impl Connection for QuicConnection {
     }
 }
 
+/// What a failed quinn write means to the broker.
+fn write_error(err: quinn::WriteError) -> TransportError {
+    match err {
+        quinn::WriteError::Stopped(code) => TransportError::Stopped(code_of(code)),
+        quinn::WriteError::ConnectionLost(err) => lost(err),
+        quinn::WriteError::ClosedStream | quinn::WriteError::ZeroRttRejected => {
+            TransportError::StreamClosed
+        }
+    }
+}
+
 /// A quinn send stream as the broker sees it.
 #[derive(Debug)]
 pub struct QuicSendStream(pub quinn::SendStream);
@@ -525,13 +536,12 @@ pub struct QuicSendStream(pub quinn::SendStream);
 #[async_trait]
 impl SendStream for QuicSendStream {
     async fn write_all(&mut self, buf: &[u8]) -> Result<(), TransportError> {
-        self.0.write_all(buf).await.map_err(|err| match err {
-            quinn::WriteError::Stopped(code) => TransportError::Stopped(code_of(code)),
-            quinn::WriteError::ConnectionLost(err) => lost(err),
-            quinn::WriteError::ClosedStream | quinn::WriteError::ZeroRttRejected => {
-                TransportError::StreamClosed
-            }
-        })
+        self.0.write_all(buf).await.map_err(write_error)
+    }
+
+    async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), TransportError> {
+        // quinn keeps the chunk in its send buffer as it is: no copy.
+        self.0.write_chunk(chunk).await.map_err(write_error)
     }
 
     fn finish(&mut self) -> Result<(), TransportError> {

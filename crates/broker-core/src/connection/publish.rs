@@ -116,23 +116,27 @@ fn frames_for(
 }
 
 /// The frames answering an admitted publish: `NoResponders` for a request nobody received,
-/// then `PublishAck` when asked.
+/// then `PublishAck` when asked. Most publishes need neither, and get an empty `Vec` (no
+/// allocation).
 fn answers(admitted: Admitted) -> Vec<Frame> {
     match admitted {
         Admitted::Routed {
             no_responders,
             acknowledged,
             ..
-        } => no_responders
-            .map(|reply_to| Frame::NoResponders(NoResponders { reply_to }))
-            .into_iter()
-            .chain(acknowledged.map(|message_id| {
-                Frame::PublishAck(PublishAck {
+        } => {
+            let mut frames = Vec::new();
+            if let Some(reply_to) = no_responders {
+                frames.push(Frame::NoResponders(NoResponders { reply_to }));
+            }
+            if let Some(message_id) = acknowledged {
+                frames.push(Frame::PublishAck(PublishAck {
                     message_id,
                     duplicate: false,
-                })
-            }))
-            .collect(),
+                }));
+            }
+            frames
+        }
         Admitted::Duplicate { message_id } => vec![Frame::PublishAck(PublishAck {
             message_id,
             duplicate: true,

@@ -3,14 +3,15 @@
 //! The writer begins a new attachment of the subscription's queue (so an older writer gets
 //! nothing more), opens a unidirectional stream, sends `SubscriptionStart`, then moves batches
 //! out of the queue, encodes them (a `Gap` before any sequence the client will never get, see
-//! [`GapAnnouncer`]) and writes each batch in one stream write. It is the queue's only
+//! [`GapAnnouncer`]) and writes each batch in one stream write, handing the encoded batch to the
+//! transport as a chunk it may keep (quinn does) rather than copy. It is the queue's only
 //! consumer. Flow control on this stream only ever holds up this subscription: the queue fills
 //! and its policy applies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
 use cassini_protocol::{
     encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionEnded,
@@ -151,10 +152,13 @@ pub(crate) async fn run_subscription_writer(
         &mut buf,
         max_frame_bytes,
     );
-    if let Err(outcome) = write_or_cancel(stream.as_mut(), &buf, &cancel).await {
+    if let Err(outcome) = write_or_cancel(stream.as_mut(), buf.split().freeze(), &cancel).await {
         return outcome;
     }
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // How large the last batch was: room for as much is made before encoding the next, once,
+    // instead of growing `buf` frame by frame after a chunk was split off it.
+    let mut last_batch_bytes = 0;
     loop {
         buf.clear();
         let popped = tokio::select! {
@@ -204,6 +208,7 @@ pub(crate) async fn run_subscription_writer(
                 // one in progress (or with a failed or closed store), and a batch taken out of
                 // the queue is sent, not dropped.
                 queue.until_durable().await;
+                buf.reserve(last_batch_bytes);
                 for queued in batch.drain(..) {
                     if !queued.redelivered {
                         encode_gaps(&gaps.before(queued.sequence), &mut buf, max_frame_bytes);
@@ -240,7 +245,11 @@ pub(crate) async fn run_subscription_writer(
                 if buf.is_empty() {
                     continue;
                 }
-                if let Err(outcome) = write_or_cancel(stream.as_mut(), &buf, &cancel).await {
+                // The batch leaves as a chunk of `buf`'s allocation; `buf` keeps the room after
+                // it, and gets the whole allocation back once the transport has let go of it.
+                last_batch_bytes = buf.len();
+                let chunk = buf.split().freeze();
+                if let Err(outcome) = write_or_cancel(stream.as_mut(), chunk, &cancel).await {
                     return outcome;
                 }
             }
@@ -291,11 +300,11 @@ fn encode_gaps(gaps: &[Gap], buf: &mut BytesMut, max_frame_bytes: u32) {
 
 async fn write_or_cancel(
     stream: &mut dyn SendStream,
-    buf: &[u8],
+    chunk: Bytes,
     cancel: &CancellationToken,
 ) -> Result<(), WriterOutcome> {
     let completed = {
-        let write = stream.write_all(buf);
+        let write = stream.write_chunk(chunk);
         tokio::pin!(write);
         tokio::select! {
             written = &mut write => return written.map_err(WriterOutcome::from),

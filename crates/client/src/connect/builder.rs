@@ -299,7 +299,8 @@ impl ClientBuilder {
 
     /// Messages buffered per subscription before the client stops reading its stream (and the
     /// broker's overflow policy for it takes over). Larger absorbs bursts of a slow reader at
-    /// the cost of memory (up to this many payloads per subscription). Default: 1024.
+    /// the cost of memory (up to this many payloads per subscription, plus at most 32 the
+    /// subscription has taken to yield next). Default: 1024.
     pub fn subscription_buffer(mut self, messages: usize) -> Self {
         self.subscription_buffer = messages;
         self

@@ -55,11 +55,7 @@ impl FrameReader {
     /// Cancel-safe: dropping the future loses no bytes.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, ReadFrameError> {
         loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.buf)
-                .map_err(ReadFrameError::Decode)?
-            {
+            if let Some(frame) = self.next_buffered()? {
                 return Ok(Some(frame));
             }
             match self
@@ -77,6 +73,13 @@ impl FrameReader {
                 }
             }
         }
+    }
+
+    /// The next frame if the buffer already holds a whole one; never reads the stream.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Frame>, ReadFrameError> {
+        self.decoder
+            .decode(&mut self.buf)
+            .map_err(ReadFrameError::Decode)
     }
 
     /// Changes the maximum frame size, e.g. to the one the broker announced.

@@ -246,6 +246,10 @@ impl SessionCore {
             return Err(ConnectionError::Closed.into());
         }
         let latest = self.attachment();
+        let topic = latest
+            .publisher
+            .topic_name(topic, &latest.link.topic_limits())
+            .map_err(PublishError::InvalidTopic)?;
         let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
         drop(latest);
         self.send(outgoing).await
@@ -270,6 +274,10 @@ impl SessionCore {
         let message_id = *options.message_id.get_or_insert_with(|| acks.next_id());
         options.ack = true;
         let latest = self.attachment();
+        let topic = latest
+            .publisher
+            .topic_name(topic, &latest.link.topic_limits())
+            .map_err(PublishError::InvalidTopic)?;
         let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
         drop(latest);
         let mut pending = acks.register(message_id, &outgoing, permit)?;

@@ -3,8 +3,9 @@
 //! The lane opens a bidirectional stream (after the lane it replaces for the same topic, if any,
 //! has been acknowledged, so that the broker reads the topic's messages in order), then writes
 //! the encoded `Publish` frames it receives from its bounded queue. After taking one frame it
-//! takes whatever else is already queued, up to [`MAX_BATCH_BYTES`], and writes the batch in
-//! one write. A second task reads the stream's receive half: the broker's `PublishRejected`
+//! takes the frames already queued behind it at once (as many as would fill [`MAX_BATCH_BYTES`]
+//! were they the first's size), and writes the batch in one write: gathered into a buffer sized
+//! for them, and handed to quinn as it is (a chunk quinn keeps, rather than bytes it copies). A second task reads the stream's receive half: the broker's `PublishRejected`
 //! answers, which are logged and offered to the application, and its `NoResponders` answers,
 //! which complete the waiting request at once.
 //!
@@ -18,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cassini_protocol::{ErrorCode, Frame, NoResponders, PublishRejected, TopicName};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
@@ -98,14 +99,10 @@ pub(crate) async fn run_lane(
         Arc::clone(&context.replies),
         Arc::clone(&context.acks),
     ));
-    while let Some(mut batch) = frames.recv().await {
-        while batch.len() < MAX_BATCH_BYTES {
-            match frames.try_recv() {
-                Ok(next) => batch.extend_from_slice(&next),
-                Err(_) => break,
-            }
-        }
-        if let Err(error) = send.write_all(&batch).await {
+    let mut taken = Vec::new();
+    while let Some(first) = frames.recv().await {
+        let batch = gather(first, &mut frames, &mut taken).await;
+        if let Err(error) = send.write_chunk(batch).await {
             let error = write_error(&error, Phase::Established);
             if context.link.connection().close_reason().is_some() {
                 // The connection's end is logged once, where subscription streams are accepted.
@@ -137,6 +134,30 @@ pub(crate) async fn run_lane(
              topic may overtake it"
         );
     }
+}
+
+/// `first` and the frames queued behind it now, in one buffer. A lone frame is its own batch.
+/// The others are taken out of the queue in one go (one return of the queue's permits, not one
+/// per frame): as many as would fill [`MAX_BATCH_BYTES`] if each were the size of `first`, and
+/// at most what is queued, so this never waits. `taken` is scratch space, left empty.
+async fn gather(
+    first: BytesMut,
+    frames: &mut mpsc::Receiver<BytesMut>,
+    taken: &mut Vec<BytesMut>,
+) -> Bytes {
+    let queued = frames.len();
+    if queued == 0 || first.len() >= MAX_BATCH_BYTES {
+        return first.freeze();
+    }
+    let limit = (MAX_BATCH_BYTES / first.len().max(1) - 1).clamp(1, queued);
+    frames.recv_many(taken, limit).await;
+    let size = first.len() + taken.iter().map(BytesMut::len).sum::<usize>();
+    let mut batch = BytesMut::with_capacity(size);
+    batch.extend_from_slice(&first);
+    for frame in taken.drain(..) {
+        batch.extend_from_slice(&frame);
+    }
+    batch.freeze()
 }
 
 /// Reads the broker's answers on a publish stream until it finishes it.

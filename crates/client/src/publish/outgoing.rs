@@ -24,17 +24,17 @@ pub(crate) struct Outgoing {
 /// up: the length prefix, the variant and field markers, the integers and the session id.
 const FRAME_OVERHEAD_BYTES: usize = 96;
 
-/// Checks one message against the broker's limits as `link` announced them, and encodes it;
-/// `to_session` makes it a direct message.
+/// Checks one message to `topic` (validated already, see
+/// [`crate::publish::publisher::Publisher::topic_name`]) against the broker's limits as `link`
+/// announced them, and encodes it; `to_session` makes it a direct message.
 pub(crate) fn prepare(
     link: &Link,
-    topic: &str,
+    topic: TopicName,
     payload: Bytes,
     options: PublishOptions,
     to_session: Option<SessionId>,
 ) -> Result<Outgoing, PublishError> {
     let limits = link.topic_limits();
-    let topic = TopicName::parse(topic, &limits).map_err(PublishError::InvalidTopic)?;
     if let Some(reply_to) = &options.reply_to {
         TopicName::parse(reply_to, &limits).map_err(PublishError::InvalidReplyTo)?;
     }

@@ -17,6 +17,10 @@
 //! Which lanes stay open is an [`LruMap`], a bounded map that evicts its least recently used
 //! entry. It is plain bookkeeping with no I/O, so the eviction order can be tested on its own. Both
 //! lookups and insertions count as a use.
+//!
+//! The topic published last, and its lane, are kept aside ([`LastLane`]): a publisher sending
+//! to one topic in a row has its topic recognised by comparing bytes, not validated and hashed
+//! again, and its frame is queued without a wait when the lane has room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cassini_protocol::inbox::INBOX_TOKEN;
-use cassini_protocol::{PublishRejected, TopicName};
+use cassini_protocol::{PublishRejected, TopicError, TopicLimits, TopicName};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
@@ -98,6 +102,27 @@ struct LaneTable {
     closing: HashMap<TopicName, LaneDone>,
     /// Set by `close`: no new lanes.
     closed: bool,
+    /// The topic published last and its lane, which is also the most recently used entry of
+    /// `open`. Cleared whenever a lane leaves `open`, so it never keeps a closed lane's queue
+    /// open.
+    last: Option<LastLane>,
+}
+
+/// The topic published last, and the queue of the lane carrying it.
+#[derive(Debug)]
+struct LastLane {
+    /// The topic as published (not its lane key).
+    topic: TopicName,
+    /// The queue of the lane that carries `topic`.
+    frames: mpsc::Sender<BytesMut>,
+}
+
+/// What [`Publisher::queue_now`] did with a frame.
+enum Queued {
+    /// The frame is in its lane's queue.
+    Done,
+    /// The lane's queue is full (or closed): wait on this sender.
+    Wait(mpsc::Sender<BytesMut>, Outgoing),
 }
 
 #[derive(Debug)]
@@ -123,6 +148,7 @@ impl Publisher {
                 open: LruMap::new(settings.max_lanes),
                 closing: HashMap::new(),
                 closed: false,
+                last: None,
             }),
             tracker: TaskTracker::new(),
             rejections,
@@ -134,7 +160,21 @@ impl Publisher {
     /// Queues one prepared message on its topic's lane. Returns once it is queued, not when
     /// the broker has it. If the connection is gone the message comes back, unsent.
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), SendError> {
-        let lane = self.lane(&outgoing.topic)?;
+        match self.queue_now(outgoing)? {
+            Queued::Done => Ok(()),
+            // Boxed: the waits' futures would otherwise make every publish's future (which
+            // an application may move, box or spawn) several times larger.
+            Queued::Wait(lane, outgoing) => Box::pin(self.send_waiting(lane, outgoing)).await,
+        }
+    }
+
+    /// [`Publisher::send`] when the lane's queue was full (or closed): waits for room on
+    /// `lane`, and opens a new lane if that one failed while the connection is up.
+    async fn send_waiting(
+        &self,
+        lane: mpsc::Sender<BytesMut>,
+        outgoing: Outgoing,
+    ) -> Result<(), SendError> {
         let Err(mpsc::error::SendError(frame)) = lane.send(outgoing.frame).await else {
             return Ok(());
         };
@@ -153,19 +193,67 @@ impl Publisher {
         }
     }
 
-    /// The queue of the lane carrying `topic` (see [`lane_key`]), opening the lane if needed.
-    fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, SendError> {
-        let key = lane_key(topic);
-        let topic = &key;
+    /// `topic` validated: the topic published last again, or parsed against `limits`.
+    pub(crate) fn topic_name(
+        &self,
+        topic: &str,
+        limits: &TopicLimits,
+    ) -> Result<TopicName, TopicError> {
+        if let Some(last) = &lock(&self.lanes).last {
+            if last.topic.as_str() == topic {
+                return Ok(last.topic.clone());
+            }
+        }
+        TopicName::parse(topic, limits)
+    }
+
+    /// Queues `outgoing` on its lane if the lane has room now; otherwise returns the lane's
+    /// queue to wait on.
+    fn queue_now(&self, outgoing: Outgoing) -> Result<Queued, SendError> {
         let mut table = lock(&self.lanes);
         if table.closed {
             return Err(SendError::Failed(ConnectionError::Closed));
         }
+        let frames = match &table.last {
+            Some(last) if last.topic == outgoing.topic => last.frames.clone(),
+            _ => {
+                let frames = self.lane_in(&mut table, &outgoing.topic);
+                table.last = Some(LastLane {
+                    topic: outgoing.topic.clone(),
+                    frames: frames.clone(),
+                });
+                frames
+            }
+        };
+        let Outgoing { topic, frame, ack } = outgoing;
+        match frames.try_send(frame) {
+            Ok(()) => Ok(Queued::Done),
+            Err(
+                mpsc::error::TrySendError::Full(frame) | mpsc::error::TrySendError::Closed(frame),
+            ) => Ok(Queued::Wait(frames, Outgoing { topic, frame, ack })),
+        }
+    }
+
+    /// The queue of the lane carrying `topic` (see [`lane_key`]), opening the lane if needed.
+    fn lane(&self, topic: &TopicName) -> Result<mpsc::Sender<BytesMut>, SendError> {
+        let mut table = lock(&self.lanes);
+        if table.closed {
+            return Err(SendError::Failed(ConnectionError::Closed));
+        }
+        Ok(self.lane_in(&mut table, topic))
+    }
+
+    /// [`Publisher::lane`] with the table locked.
+    fn lane_in(&self, table: &mut LaneTable, topic: &TopicName) -> mpsc::Sender<BytesMut> {
+        let key = lane_key(topic);
+        let topic = &key;
         if let Some(lane) = table.open.get(topic) {
             if !lane.frames.is_closed() {
-                return Ok(lane.frames.clone());
+                return lane.frames.clone();
             }
         }
+        // A lane leaves `open` below: the shortcut to the last one must not keep it open.
+        table.last = None;
         let predecessor = match table.open.remove(topic) {
             Some(failed) => Some(failed.done),
             None => table.closing.remove(topic),
@@ -193,7 +281,7 @@ impl Publisher {
             table.closing.retain(|_, done| !done.is_done());
             table.closing.insert(evicted_topic, evicted.done);
         }
-        Ok(frames)
+        frames
     }
 
     /// Closes every open lane and waits until the broker has read each one's stream to its end
@@ -206,6 +294,7 @@ impl Publisher {
                 return Err(ClientError::Closed);
             }
             table.closing.retain(|_, done| !done.is_done());
+            table.last = None;
             for (topic, lane) in table.open.drain() {
                 // Dropping its sender lets the lane write what is queued, then finish.
                 table.closing.insert(topic, lane.done);
@@ -231,6 +320,7 @@ impl Publisher {
         {
             let mut table = lock(&self.lanes);
             table.closed = true;
+            table.last = None;
             let open = table.open.drain();
             drop(open);
             table.closing.clear();

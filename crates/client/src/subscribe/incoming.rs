@@ -157,14 +157,21 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
     };
     let state = &claimed.sink().state;
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = sender.closed() => {
-                // The application dropped the subscription: nobody will read more.
-                reader.stop(ErrorCode::NORMAL);
-                return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
-            }
-            frame = reader.next() => frame,
+        // A frame already buffered is taken without waiting; only a read that must wait for the
+        // stream also watches for the application dropping the subscription (watching costs a
+        // registration per wait, too much per message). A dropped subscription found with
+        // frames still buffered shows as a failed send below.
+        let frame = match reader.next_buffered() {
+            Ok(None) => tokio::select! {
+                biased;
+                () = sender.closed() => {
+                    // The application dropped the subscription: nobody will read more.
+                    reader.stop(ErrorCode::NORMAL);
+                    return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
+                }
+                frame = reader.next() => frame,
+            },
+            buffered => buffered,
         };
         match frame {
             Ok(Some(frame @ (Frame::Message(_) | Frame::Gap(_)))) => {

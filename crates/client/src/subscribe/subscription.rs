@@ -14,6 +14,7 @@
 //! next one (it is done with the previous), in batches ([`PendingAcks`]); a redelivery of a
 //! message the subscription already yielded is acknowledged again and not yielded twice.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,11 +32,15 @@ use crate::subscribe::end::SubscriptionEnd;
 use crate::subscribe::gap::{DatagramTracker, Gap, GapTracker};
 use crate::subscribe::sink::{Delivered, StreamItem, SubscriptionSink, SubscriptionState};
 
+/// Most messages a [`Subscription`] takes from its channel at once.
+const RECEIVE_BATCH: usize = 32;
+
 /// A live subscription: a [`Stream`] of the messages the broker delivers to it.
 ///
-/// Messages wait in a bounded buffer (`ClientBuilder::subscription_buffer`, default 1024); when
-/// it is full the client stops reading this subscription's stream and the broker's overflow
-/// policy for the subscription applies. Other subscriptions are not held up.
+/// Messages wait in a bounded buffer (`ClientBuilder::subscription_buffer`, default 1024, plus
+/// up to 32 the subscription has taken from it to yield next); when it is full the client
+/// stops reading this subscription's stream and the broker's overflow policy for the
+/// subscription applies. Other subscriptions are not held up.
 ///
 /// A subscription survives reconnects (see [`crate::ReconnectPolicy`]): when the session is
 /// resumed, messages continue from the new connection, in order. Messages are never yielded
@@ -54,6 +59,11 @@ pub struct Subscription {
     options: SubscribeOptions,
     /// Messages read from the stream, in order.
     messages: mpsc::Receiver<Delivered>,
+    /// Taken from `messages` in one go (one return of the channel's permits for up to
+    /// [`RECEIVE_BATCH`] messages, not one per message), yielded from here first.
+    received: VecDeque<Delivered>,
+    /// Scratch space for taking a batch out of `messages`; always empty between calls.
+    batch: Vec<Delivered>,
     /// Shared with the stream-reading task.
     state: Arc<SubscriptionState>,
     /// The last sequence yielded and the gaps before it.
@@ -85,6 +95,8 @@ impl Subscription {
             filter,
             options,
             messages,
+            received: VecDeque::new(),
+            batch: Vec::new(),
             state,
             gaps: GapTracker::default(),
             acks,
@@ -320,13 +332,22 @@ impl Subscription {
             return Poll::Ready(Some(self.yield_message(message)));
         }
         loop {
-            let delivered = match self.messages.poll_recv(cx) {
-                Poll::Ready(Some(delivered)) => delivered,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    self.flush_acks(true);
-                    return Poll::Pending;
-                }
+            let delivered = match self.received.pop_front() {
+                Some(delivered) => delivered,
+                None => match self
+                    .messages
+                    .poll_recv_many(cx, &mut self.batch, RECEIVE_BATCH)
+                {
+                    Poll::Ready(0) => return Poll::Ready(None),
+                    Poll::Ready(_) => {
+                        self.received.extend(self.batch.drain(..));
+                        continue;
+                    }
+                    Poll::Pending => {
+                        self.flush_acks(true);
+                        return Poll::Pending;
+                    }
+                },
             };
             let Delivered { epoch, item } = delivered;
             if let Some(tracker) = &mut self.datagrams {
