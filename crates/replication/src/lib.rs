@@ -25,7 +25,10 @@ pub mod state_machine;
 
 pub use log_store::{LogStore, Storage, StorageOpenError};
 pub use network::{RpcTransport, TransportFailure};
-pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
+pub use replica::{
+    ClaimError, Membership, MembershipChange, MembershipError, Replica, ReplicaConfig,
+    ReplicaError, ReplicaStatus,
+};
 pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
 
 openraft::declare_raft_types!(
