@@ -39,6 +39,9 @@ const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 /// How long a claim waits before asking again when no leader is known.
 const CLAIM_RETRY: Duration = Duration::from_millis(50);
 
+/// How long adding a node waits for a cluster link to it (a node just started dials its peers).
+const LINK_WAIT: Duration = Duration::from_secs(3);
+
 /// The most released claims waiting to be written; beyond, a release is dropped (its claim
 /// stays counted as held until this node restarts).
 const MAX_QUEUED_RELEASES: usize = 65_536;
@@ -568,10 +571,18 @@ impl Replica {
                 if current.voter_ids().any(|voter| voter == id) {
                     return Ok(self.membership());
                 }
-                let reachable = self
-                    .slot
-                    .get()
-                    .is_some_and(|transport| transport.connected(name));
+                // A node just started may not be linked yet: give it a moment.
+                let linked_by = deadline.min(Instant::now() + LINK_WAIT);
+                let reachable = loop {
+                    let reachable = self
+                        .slot
+                        .get()
+                        .is_some_and(|transport| transport.connected(name));
+                    if reachable || Instant::now() >= linked_by {
+                        break reachable;
+                    }
+                    tokio::time::sleep(CLAIM_RETRY).await;
+                };
                 if !reachable {
                     return Err(Some(MembershipError::UnknownNode(name.clone())));
                 }
