@@ -20,7 +20,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::replica::{Membership, MembershipChange, MembershipError};
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
