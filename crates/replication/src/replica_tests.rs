@@ -725,3 +725,53 @@ async fn membership_changes_refuse_unknown_nodes_and_the_last_member() {
     );
     n1.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fourth_member_joins_the_lease_needs_three_of_four() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, mut replicas, seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let n4 = start(
+        &mesh,
+        &seen,
+        "n4",
+        &names(&["n1", "n2", "n3", "n4"]),
+        timeout,
+        u64::MAX,
+    )
+    .await;
+    replicas.push(Arc::clone(&n4));
+    let by_name = |name: &str| {
+        replicas
+            .iter()
+            .find(|r| r.node() == name)
+            .cloned()
+            .expect("a replica")
+    };
+    by_name(&leader)
+        .change_membership(MembershipChange::Add("n4".into()), Duration::from_secs(10))
+        .await
+        .expect("added");
+    // The leader and one other member: two of the three configured at start, but not a
+    // majority of the four voters now. The leader keeps sending heartbeats to that one, and
+    // must lose its lease all the same.
+    let others: Vec<String> = replicas
+        .iter()
+        .map(|r| r.node().to_owned())
+        .filter(|name| *name != leader)
+        .collect();
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .extend([others[0].clone(), others[1].clone()]);
+    let old = by_name(&leader);
+    until("the leader of two of four lost its lease", || {
+        !old.in_contact()
+    })
+    .await;
+    let follower = by_name(&others[2]);
+    until("its follower lost its lease with it", || !follower.in_contact()).await;
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
