@@ -770,8 +770,56 @@ async fn after_a_fourth_member_joins_the_lease_needs_three_of_four() {
     })
     .await;
     let follower = by_name(&others[2]);
-    until("its follower lost its lease with it", || !follower.in_contact()).await;
+    until("its follower lost its lease with it", || {
+        !follower.in_contact()
+    })
+    .await;
     for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_without_a_quorum_times_out_and_the_next_one_is_refused_while_it_is_pending() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let old = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the leader");
+    let others: Vec<String> = replicas
+        .iter()
+        .map(|r| r.node().to_owned())
+        .filter(|name| *name != leader)
+        .collect();
+    // The leader alone: openraft 0.9 keeps it leader, but nothing it writes commits.
+    mesh.split.lock().expect("split").insert(leader.clone());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        old.change_membership(
+            MembershipChange::Remove(others[0].clone()),
+            Duration::from_secs(1)
+        )
+        .await,
+        Err(MembershipError::NoQuorum(Duration::from_secs(1)))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        old.leader().as_deref(),
+        Some(leader.as_str()),
+        "still leader"
+    );
+    assert_eq!(
+        old.change_membership(
+            MembershipChange::Remove(others[1].clone()),
+            Duration::from_secs(1)
+        )
+        .await,
+        Err(MembershipError::InProgress),
+        "the first change's joint configuration is not committed"
+    );
+    for replica in replicas.iter() {
         replica.shutdown().await;
     }
 }
