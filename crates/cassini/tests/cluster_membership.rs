@@ -1,7 +1,8 @@
 //! Membership changes with `cassini serve` processes (docs/CLUSTERING.md, "Membership
 //! changes"): three members, a fourth started and added with `cassini cluster add n4`, then
 //! claims on n4 work; `cassini cluster remove n1`, n1 stopped, and the other three still claim
-//! sessions (a majority of the three remaining voters).
+//! sessions (a majority of the three remaining voters); n1 replaced by an empty node of the
+//! same name, added again, serves claims.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -107,7 +108,7 @@ async fn a_fourth_node_added_serves_claims_and_the_three_left_after_a_removal_go
     nodes[0].kill();
 
     // The three left claim sessions, and a takeover from n2 fences n4's connection.
-    let _on_n2 = named_client(&nodes[1], dir, "orders").await;
+    let on_n2 = named_client(&nodes[1], dir, "orders").await;
     taken_over(&on_n4).await;
     let _on_n3 = named_client(&nodes[2], dir, "billing").await;
     let _on_n4 = named_client(&nodes[3], dir, "audit").await;
@@ -129,4 +130,16 @@ async fn a_fourth_node_added_serves_claims_and_the_three_left_after_a_removal_go
     let unknown = cluster(dir, &nodes[1], &["add", "n9"]);
     assert!(!unknown.status.success());
     harness::assert_contains(&harness::stderr(&unknown), "unknown node \"n9\"");
+
+    // n1 replaced: the same name, an empty state (memory mode), added again. It catches up
+    // and serves a takeover, and never makes a group of its own.
+    let peers: Vec<SocketAddr> = nodes[1..].iter().map(Broker::cluster_addr).collect();
+    let fresh = node(dir, "n1", &peers, &three);
+    let added = cluster(dir, &nodes[3], &["add", "n1"]);
+    let out = harness::stdout(&added);
+    assert!(added.status.success(), "{out}{}", harness::stderr(&added));
+    harness::assert_contains(&out, "voters    n1 n2 n3 n4");
+    let _on_fresh = named_client(&fresh, dir, "orders").await;
+    taken_over(&on_n2).await;
+    assert_eq!(fresh.log_count(INITIALIZED), 0, "no second group");
 }
