@@ -537,7 +537,7 @@ impl Replica {
                     return Err(Some(MembershipError::UnknownNode(name.clone())));
                 }
                 let member = Member { name: name.clone() };
-                let added = self.in_background(deadline, timeout, {
+                let added = self.in_background(name, deadline, timeout, {
                     let raft = self.raft.clone();
                     async move { raft.add_learner(id, member, false).await }
                 });
@@ -568,7 +568,7 @@ impl Replica {
                     return Err(Some(MembershipError::NotCaughtUp(name.clone(), timeout)));
                 }
                 let voters = std::collections::BTreeSet::from([id]);
-                self.in_background(deadline, timeout, {
+                self.in_background(name, deadline, timeout, {
                     let raft = self.raft.clone();
                     async move {
                         raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
@@ -597,7 +597,7 @@ impl Replica {
                 } else {
                     openraft::ChangeMembers::RemoveNodes(ids)
                 };
-                self.in_background(deadline, timeout, {
+                self.in_background(name, deadline, timeout, {
                     let raft = self.raft.clone();
                     async move { raft.change_membership(changes, false).await }
                 })
@@ -605,13 +605,25 @@ impl Replica {
                 tracing::info!(node = %name, "removed from the cluster's Raft group");
                 // Its connections hold none of its claims once its lease has run out (it
                 // gets no append entries any more): then its claims are written as released,
-                // so they no longer count as in use.
+                // so they no longer count as in use; unless it was added again meanwhile
+                // (its new incarnation writes its own restart before it claims).
                 let writer = self.writer.clone();
                 let wait = self.config.fence_wait();
                 let claim_timeout = self.config.claim_timeout;
                 let node = name.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
+                    let back = writer
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_some();
+                    if back {
+                        return;
+                    }
                     let deadline = Instant::now() + claim_timeout;
                     let command = Command::Restarted { node };
                     let _ =
@@ -624,9 +636,11 @@ impl Replica {
 
     /// Runs a membership write of openraft's in a task of its own, so that giving up at
     /// `deadline` never cancels it halfway (a change cut between its joint and its final
-    /// configuration would stay joint); the log id it was written at.
+    /// configuration would stay joint); the log id it was written at. `name`: the node the
+    /// change is about.
     async fn in_background<F>(
         &self,
+        name: &str,
         deadline: Instant,
         timeout: Duration,
         write: F,
@@ -650,10 +664,10 @@ impl Replica {
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => match err {
                     ChangeMembershipError::InProgress(_) => Some(MembershipError::InProgress),
                     ChangeMembershipError::EmptyMembership(_) => {
-                        Some(MembershipError::LastMember(self.config.node.clone()))
+                        Some(MembershipError::LastMember(name.to_owned()))
                     }
-                    ChangeMembershipError::LearnerNotFound(found) => {
-                        Some(MembershipError::NotAMember(format!("#{}", found.node_id)))
+                    ChangeMembershipError::LearnerNotFound(_) => {
+                        Some(MembershipError::NotAMember(name.to_owned()))
                     }
                 },
                 RaftError::Fatal(_) => Some(MembershipError::Stopped),

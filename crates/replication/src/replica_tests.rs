@@ -111,7 +111,13 @@ async fn start(
     if snapshot_every != u64::MAX {
         config.snapshot_every = snapshot_every;
     }
-    let node = name.to_owned();
+    start_configured(mesh, seen, config).await
+}
+
+/// Starts a node configured by `config` on an empty memory store, in `mesh`.
+async fn start_configured(mesh: &Arc<Mesh>, seen: &Seen, config: ReplicaConfig) -> Arc<Replica> {
+    let name = config.node.clone();
+    let node = name.clone();
     let seen = Arc::clone(seen);
     let observer: ClaimObserver = Arc::new(move |session, owner| {
         seen.lock()
@@ -122,13 +128,13 @@ async fn start(
         .await
         .expect("replica");
     replica.set_transport(Arc::new(Via {
-        from: name.to_owned(),
+        from: name.clone(),
         mesh: Arc::clone(mesh),
     }));
     mesh.replicas
         .lock()
         .expect("replicas")
-        .insert(name.to_owned(), Arc::clone(&replica));
+        .insert(name, Arc::clone(&replica));
     replica
 }
 
@@ -820,6 +826,64 @@ async fn a_change_without_a_quorum_times_out_and_the_next_one_is_refused_while_i
         "the first change's joint configuration is not committed"
     );
     for replica in replicas.iter() {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out() {
+    let timeout = Duration::from_millis(1500);
+    let mesh = Arc::new(Mesh::default());
+    let seen: Seen = Arc::default();
+    let members = names(&["n1", "n2", "n3"]);
+    let mut replicas = Vec::new();
+    for name in &members {
+        let mut config = ReplicaConfig::new(name.clone(), members.clone());
+        config.claim_timeout = timeout;
+        config.lease = timeout;
+        config.max_claims_per_identity = 1;
+        replicas.push(start_configured(&mesh, &seen, config).await);
+    }
+    let leader = leader_known(&replicas).await;
+    let gone = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    let other = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != gone.node())
+        .cloned()
+        .expect("the other follower");
+    // Alice's one claim is held on the node that then dies for good: her bound is spent.
+    gone.claim(key("s1")).await.expect("claimed");
+    mesh.cut.lock().expect("cut").insert(gone.node().to_owned());
+    assert_eq!(
+        other.claim(key("s2")).await,
+        Err(ClaimError::TooManyForIdentity(1))
+    );
+    other
+        .change_membership(
+            MembershipChange::Remove(gone.node().to_owned()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("removed");
+    // After the fence wait (its lease and three heartbeats) its claim is released, and
+    // alice's bound has room again.
+    let removed = std::time::Instant::now();
+    let mut claimed = other.claim(key("s2")).await;
+    while claimed.is_err() && removed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        claimed = other.claim(key("s2")).await;
+    }
+    claimed.expect("claimed once the removed member's claim is released");
+    assert!(
+        removed.elapsed() >= Duration::from_millis(1500),
+        "not before its lease ran out: {:?}",
+        removed.elapsed()
+    );
+    for replica in &replicas {
         replica.shutdown().await;
     }
 }
