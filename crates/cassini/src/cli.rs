@@ -45,6 +45,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ServerCommand,
     },
+    /// A cluster's Raft membership (docs/CLUSTERING.md, "Membership changes"), through a
+    /// member's monitoring endpoint and its token: `members` lists the voters, learners and
+    /// leader; `add NAME` makes a running node a voting member, `remove NAME` takes one out.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Named sets of connection settings (server, certificates, client name, server name,
     /// monitoring endpoint), so commands against a broker need no repeated flags.
     ///
@@ -155,6 +162,46 @@ pub(crate) struct MonitorArgs {
     /// `monitor_token_file`].
     #[arg(long, value_name = "FILE")]
     pub(crate) monitor_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Print the Raft group's voters, learners and leader as the member asked knows them.
+    Members(ClusterMembersArgs),
+    /// Make node NAME a voting member: it is added as a learner, catches up with the log
+    /// (from a snapshot if needed), then the voters change through joint consensus. NAME must
+    /// be running and linked to the cluster: its `cluster.peers` lists a member (it dials them,
+    /// and they dial back). Waits up to 10 s for the change to complete.
+    Add(ClusterChangeArgs),
+    /// Take node NAME out of the Raft group (through joint consensus); stop it afterwards.
+    Remove(ClusterChangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterMembersArgs {
+    /// Print the endpoint's JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) monitor: MonitorArgs,
+    /// Use this context's monitoring endpoint and token file (default: the selected context).
+    #[arg(long, env = "CASSINI_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterChangeArgs {
+    /// The node's name (its certificate's `cassini-node:NAME`, its `cluster.node`).
+    #[arg(value_name = "NAME")]
+    pub(crate) node: String,
+    /// Print the endpoint's JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) monitor: MonitorArgs,
+    /// Use this context's monitoring endpoint and token file (default: the selected context).
+    #[arg(long, env = "CASSINI_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

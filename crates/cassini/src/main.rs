@@ -20,6 +20,8 @@
 //!   and names (flag, environment, context, default).
 //! - `server_cmd`: `cassini server ping|check|info|report`, a running broker asked over QUIC
 //!   and its monitoring endpoint.
+//! - `cluster_cmd`: `cassini cluster members|add|remove`, the Raft membership through a
+//!   member's monitoring endpoint.
 //! - `events_cmd`: `cassini events`, the broker's system events (`$SYS.event.>`) as lines.
 //! - `signals`: SIGINT and SIGTERM, handled alike by every long-running command.
 //! - `logging`: tracing set-up.
@@ -27,6 +29,7 @@
 mod bench;
 mod certs_cmd;
 mod cli;
+mod cluster_cmd;
 mod config;
 mod context;
 mod demo;
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             },
             Command::Top(args) => top::run(args).await,
             Command::Server { command } => server_cmd::run(command).await,
+            Command::Cluster { command } => cluster_cmd::run(command).await,
             Command::Context { command } => context::run(command),
             Command::Completions { shell } => {
                 let mut script = Vec::new();

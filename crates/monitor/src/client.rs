@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 GET client for the monitoring endpoint (`cassini top`, tests): one
-//! request per connection, bounded in time and size.
+//! A small HTTP/1.1 client for the monitoring endpoint (`cassini top`, `cassini cluster`,
+//! tests): GET, and POST without a body; one request per connection, bounded in time and size.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,7 +74,20 @@ pub async fn get_as(
     token: Option<&BearerToken>,
     limit: Duration,
 ) -> Result<(u16, String), ClientError> {
-    tokio::time::timeout(limit, get_inner(addr, path, token))
+    tokio::time::timeout(limit, request(hyper::Method::GET, addr, path, token))
+        .await
+        .map_err(|_| ClientError::Timeout(addr))?
+}
+
+/// POSTs (with an empty body) `path` (with its query) to `addr`, presenting `token` (if any);
+/// returns the status and the body.
+pub async fn post_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&BearerToken>,
+    limit: Duration,
+) -> Result<(u16, String), ClientError> {
+    tokio::time::timeout(limit, request(hyper::Method::POST, addr, path, token))
         .await
         .map_err(|_| ClientError::Timeout(addr))?
 }
@@ -109,7 +122,8 @@ pub async fn get_json_as(
     })
 }
 
-async fn get_inner(
+async fn request(
+    method: hyper::Method,
     addr: SocketAddr,
     path: &str,
     token: Option<&BearerToken>,
@@ -122,7 +136,10 @@ async fn get_inner(
         .await
         .map_err(|err| http(err.to_string()))?;
     let driver = tokio::spawn(connection);
-    let mut request = hyper::Request::get(path).header(hyper::header::HOST, addr.to_string());
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string());
     if let Some(token) = token {
         request = request.header(
             hyper::header::AUTHORIZATION,

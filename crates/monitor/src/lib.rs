@@ -19,6 +19,8 @@
 //! | `/varz` | JSON: process and configuration facts, counts and counters |
 //! | `/connz` | JSON: open connections with transport facts and their subscriptions (paged) |
 //! | `/subz` | JSON: every subscription and its queue (paged) |
+//! | `/cluster/members` | JSON: the Raft group's `voters`, `learners`, `leader` and whether a change is `joint` (`404` without `cluster.members`) |
+//! | `/cluster/add?node=NAME`, `/cluster/remove?node=NAME` | POST, token required (`403` without one configured): change the Raft group's voters; the new membership, or `{"error", "code"}` |
 //! | `/topicz` | JSON: every subscribed filter with members and queue totals (paged), and `traffic`: messages and bytes per topic published to (bounded, busiest first) |
 //!
 //! Paged lists take `?offset=N&limit=M` (default 0 and 100, `limit` at most 10,000) and answer
@@ -40,7 +42,7 @@
 //! - `cluster_metrics`: its per-peer families on a cluster node.
 //! - `paging`: `offset` / `limit`.
 //! - `process`: facts about this process (pid, resident memory).
-//! - [`client`]: a small HTTP GET client for `cassini top` and tests.
+//! - [`client`]: a small HTTP client for `cassini top`, `cassini cluster` and tests.
 
 pub mod client;
 mod cluster_metrics;

@@ -9,7 +9,7 @@ use axum::extract::{Query, Request, State as Extract};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -19,6 +19,7 @@ use crate::metrics;
 use crate::paging::Page;
 use crate::process;
 use crate::sources::State;
+use cassini_broker::replication::{MembershipChange, MembershipError};
 
 type Shared = Extract<Arc<State>>;
 
@@ -37,6 +38,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/subz", get(subz))
         .route("/topicz", get(topicz))
         .route("/clusterz", get(clusterz))
+        .route("/cluster/members", get(cluster_members))
+        .route("/cluster/add", post(cluster_add))
+        .route("/cluster/remove", post(cluster_remove))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorize,
@@ -258,6 +262,89 @@ async fn clusterz(Extract(state): Shared) -> Response {
         "peers": cluster.map(|port| port.peers()).unwrap_or_default(),
     }))
     .into_response()
+}
+
+/// How long a membership change may take before the answer says it did not complete.
+const MEMBERSHIP_CHANGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `?node=NAME` of the membership changes.
+#[derive(Debug, serde::Deserialize)]
+struct NodeQuery {
+    node: String,
+}
+
+/// An error answer: `{"error": message, "code": code}`.
+fn refused(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": message, "code": code }))).into_response()
+}
+
+/// This node's Raft group, if it runs one.
+fn replica(state: &State) -> Option<Arc<cassini_broker::replication::Replica>> {
+    state
+        .sources
+        .broker
+        .cluster()
+        .and_then(|port| port.replica())
+}
+
+/// The answer of a node without a Raft group.
+fn no_raft() -> Response {
+    refused(
+        StatusCode::NOT_FOUND,
+        "no_raft",
+        "this node runs no Raft group: it is not a cluster node with `cluster.members`",
+    )
+}
+
+/// The Raft group's membership as this node knows it: voters, learners, leader.
+async fn cluster_members(Extract(state): Shared) -> Response {
+    match replica(&state) {
+        Some(replica) => Json(replica.membership()).into_response(),
+        None => no_raft(),
+    }
+}
+
+async fn cluster_add(Extract(state): Shared, Query(query): Query<NodeQuery>) -> Response {
+    change_membership(&state, MembershipChange::Add(query.node)).await
+}
+
+async fn cluster_remove(Extract(state): Shared, Query(query): Query<NodeQuery>) -> Response {
+    change_membership(&state, MembershipChange::Remove(query.node)).await
+}
+
+/// A membership change (`cassini cluster add|remove`): only with a token configured (it
+/// changes the cluster, so it is never open to whoever reaches the endpoint). Answers the new
+/// membership, or `{"error", "code"}` with a status saying why not.
+async fn change_membership(state: &State, change: MembershipChange) -> Response {
+    if state.sources.token.is_none() {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "token_required",
+            "membership changes need the monitoring endpoint's token: set `monitor.token_file` on the node",
+        );
+    }
+    let Some(replica) = replica(state) else {
+        return no_raft();
+    };
+    match replica
+        .change_membership(change, MEMBERSHIP_CHANGE_LIMIT)
+        .await
+    {
+        Ok(membership) => Json(membership).into_response(),
+        Err(err) => {
+            let (status, code) = match &err {
+                MembershipError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+                MembershipError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
+                MembershipError::NotAMember(_) => (StatusCode::NOT_FOUND, "not_a_member"),
+                MembershipError::InProgress => (StatusCode::CONFLICT, "change_in_progress"),
+                MembershipError::LastMember(_) => (StatusCode::CONFLICT, "last_member"),
+                MembershipError::NotCaughtUp(..) => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
+                MembershipError::IdCollision(..) => (StatusCode::CONFLICT, "id_collision"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
+            };
+            refused(status, code, &err.to_string())
+        }
+    }
 }
 
 /// The subscribed filters (paged), and `traffic`: the topics published to, busiest first

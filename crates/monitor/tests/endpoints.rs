@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cassini_broker::BrokerConfig;
 use cassini_e2e::gateway::{connect_v5, Gateway};
 use cassini_e2e::{eventually, identity_of, within, Pki, TestBroker};
-use cassini_monitor::client::{get_as, get_json_as, ClientError};
+use cassini_monitor::client::{get_as, get_json_as, post_as, ClientError};
 use cassini_monitor::{BearerToken, Monitor, MonitorSources, Readiness};
 use cassini_mqtt::MqttStats;
 use cassini_quic::server::HandshakeFailure;
@@ -864,4 +864,25 @@ async fn metrics_count_mqtt_connections_apart() {
         counted.then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_the_token_and_a_node_without_raft_says_so() {
+    let broker = TestBroker::start().await;
+    let (guarded, _) = start_monitor(&broker).await;
+    let (open, _) = start_monitor_with(&broker, None).await;
+    for path in ["/cluster/add?node=n4", "/cluster/remove?node=n1"] {
+        let (status, body) = post_as(guarded, path, None, LIMIT).await.unwrap();
+        assert_eq!(status, 401, "{path} without the token: {body}");
+        let (status, body) = post_as(open, path, None, LIMIT).await.unwrap();
+        assert_eq!(status, 403, "{path} where no token is configured: {body}");
+        assert!(body.contains("token_required"), "{body}");
+        let (status, body) = post_as(guarded, path, Some(&token()), LIMIT).await.unwrap();
+        assert_eq!(status, 404, "{path} on a standalone broker: {body}");
+        assert!(body.contains("no_raft"), "{body}");
+    }
+    let (status, body) = get(guarded, "/cluster/members", LIMIT).await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no_raft"), "{body}");
+    broker.stop().await;
 }

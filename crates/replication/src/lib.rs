@@ -11,19 +11,24 @@
 //!   of every claim applied.
 //! - [`network`]: the Raft RPCs as bytes over a transport this crate does not know
 //!   ([`RpcTransport`]: the cluster links implement it); no socket is named here.
+//! - [`membership`]: a membership change asked for, the membership a node knows, and why a
+//!   change was not made.
 //! - [`replica`]: one node's Raft: deterministic bootstrap, claims forwarded to the leader,
-//!   refused without a quorum after [`ReplicaConfig::claim_timeout`].
+//!   refused without a quorum after [`ReplicaConfig::claim_timeout`]; membership changes
+//!   through joint consensus, made by the leader.
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod replica;
 pub mod state_machine;
 
 pub use log_store::{LogStore, Storage, StorageOpenError};
+pub use membership::{Membership, MembershipChange, MembershipError};
 pub use network::{RpcTransport, TransportFailure};
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
 pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};

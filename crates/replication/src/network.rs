@@ -20,6 +20,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
@@ -75,6 +76,11 @@ pub(crate) enum Rpc {
     Applied {
         index: u64,
     },
+    /// To the leader: change the group's voters; `timeout`: how long the change may take.
+    Membership {
+        change: MembershipChange,
+        timeout: Duration,
+    },
 }
 
 /// The answer to an [`Rpc`], of the same kind.
@@ -93,6 +99,8 @@ pub(crate) enum Reply {
     Status {
         pristine: bool,
     },
+    /// The group's membership after the change, or why it was not made.
+    Membership(Result<Membership, MembershipError>),
     /// The request could not be decoded.
     Undecodable(String),
 }
@@ -139,13 +147,25 @@ impl TransportSlot {
 /// that accepts one holds its lease that long from receiving it, and an append entries of a
 /// leader without a lease renews nothing. So a follower on the side of a leader cut off from
 /// the majority loses its lease with that leader's, whatever the number of members.
-#[derive(Debug)]
 pub(crate) struct Contacts {
     /// How long a lease lasts from the majority's acknowledgement.
     lease: Duration,
-    /// How many members (this one included) are a majority.
-    majority: usize,
+    /// This node's id.
+    me: NodeId,
+    /// The group's membership as this node knows it (set once Raft runs): the voters whose
+    /// acknowledgements count, a majority of each configuration while a change is joint.
+    metrics:
+        std::sync::OnceLock<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>>,
     state: std::sync::Mutex<LeaseState>,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts")
+            .field("lease", &self.lease)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,13 +178,34 @@ struct LeaseState {
 }
 
 impl Contacts {
-    /// The lease of a member of a group of `members` voters.
-    pub(crate) fn new(lease: Duration, members: usize) -> Self {
+    /// The lease of member `me`; its voters come from [`Contacts::watch`].
+    pub(crate) fn new(lease: Duration, me: NodeId) -> Self {
         Self {
             lease,
-            majority: members / 2 + 1,
+            me,
+            metrics: std::sync::OnceLock::new(),
             state: std::sync::Mutex::default(),
         }
+    }
+
+    /// Reads the group's voters from Raft's metrics from now on.
+    pub(crate) fn watch(
+        &self,
+        metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    ) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The voters of each configuration of the membership (two while a change is joint).
+    fn voters(&self) -> Vec<std::collections::BTreeSet<NodeId>> {
+        self.metrics.get().map_or_else(Vec::new, |metrics| {
+            metrics
+                .borrow()
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .clone()
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
@@ -182,6 +223,7 @@ impl Contacts {
     /// Member `target` accepted this node's append entries of `term` sent at `sent`: the lease
     /// runs from the sending time a majority has acknowledged in the latest term.
     fn acked(&self, target: NodeId, term: u64, sent: Instant) {
+        let configurations = self.voters();
         let mut state = self.lock();
         let latest = state
             .acked_by
@@ -190,19 +232,31 @@ impl Contacts {
         if latest {
             state.acked_by.insert(target, (term, sent));
         }
-        let mut times: Vec<Instant> = state
-            .acked_by
-            .values()
-            .filter(|(t, _)| *t == term)
-            .map(|(_, at)| *at)
-            .collect();
-        // This node is one of the majority; the other `majority - 1` most recent acks.
-        let others = self.majority.saturating_sub(1);
-        if others == 0 || times.len() < others {
-            return;
+        // This node counts in each configuration it is a voter of; learners' acknowledgements
+        // count in none. While a change is joint, a majority of each configuration is needed.
+        let mut majority_at: Option<Instant> = None;
+        for voters in configurations {
+            let mine = voters.contains(&self.me);
+            let needed = (voters.len() / 2 + 1).saturating_sub(usize::from(mine));
+            if needed == 0 {
+                continue;
+            }
+            let mut times: Vec<Instant> = voters
+                .iter()
+                .filter(|id| **id != self.me)
+                .filter_map(|id| state.acked_by.get(id))
+                .filter(|(t, _)| *t == term)
+                .map(|(_, at)| *at)
+                .collect();
+            if times.len() < needed {
+                return;
+            }
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            let at = times[needed - 1];
+            majority_at = Some(majority_at.map_or(at, |before| before.min(at)));
         }
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        let until = times[others - 1] + self.lease;
+        let Some(at) = majority_at else { return };
+        let until = at + self.lease;
         state.until = Some(state.until.map_or(until, |before| before.max(until)));
     }
 

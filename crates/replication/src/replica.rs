@@ -23,21 +23,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{Raft, SnapshotPolicy};
 use tokio::time::Instant;
 
 use crate::log_store::{LogStore, Storage, StorageOpenError};
+use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
 use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
-use crate::{node_id, Applied, Command, Member, Refusal, RpcTransport, TypeConfig};
+use crate::{node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, TypeConfig};
 
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a claim waits before asking again when no leader is known.
 const CLAIM_RETRY: Duration = Duration::from_millis(50);
+
+/// How long adding a node waits for a cluster link to it (a node just started dials its peers).
+const LINK_WAIT: Duration = Duration::from_secs(3);
 
 /// The most released claims waiting to be written; beyond, a release is dropped (its claim
 /// stays counted as held until this node restarts).
@@ -158,8 +162,10 @@ impl From<Refusal> for ClaimError {
 pub struct ReplicaStatus {
     /// This node's name.
     pub node: String,
-    /// The voting members, by name.
+    /// The voting members, by name, as this node knows the membership.
     pub members: Vec<String>,
+    /// The learners (members being added: they receive the log but do not vote), by name.
+    pub learners: Vec<String>,
     /// The member this node knows as leader, if any.
     pub leader: Option<String>,
     /// The current term.
@@ -218,10 +224,11 @@ impl Replica {
             }
         }
         if !config.members.contains(&config.node) {
-            return Err(ReplicaError::Members(format!(
-                "this node {:?} is not one of {:?}",
-                config.node, config.members
-            )));
+            tracing::info!(
+                node = %config.node,
+                members = ?config.members,
+                "this node is not one of the configured members: it joins the group once a member adds it (`cassini cluster add`)"
+            );
         }
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let raft_config = openraft::Config {
@@ -241,7 +248,7 @@ impl Replica {
             .with_max_claims(config.max_claims)
             .with_max_claims_per_identity(config.max_claims_per_identity);
         let slot = Arc::new(TransportSlot::default());
-        let contacts = Arc::new(Contacts::new(config.lease, config.members.len()));
+        let contacts = Arc::new(Contacts::new(config.lease, node_id(&config.node)));
         let network = Network {
             slot: Arc::clone(&slot),
             contacts: Arc::clone(&contacts),
@@ -255,6 +262,7 @@ impl Replica {
         )
         .await
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+        contacts.watch(raft.metrics());
         let first = config.members.iter().min();
         let initialized_here = Arc::new(AtomicBool::new(false));
         let bootstrap = (first == Some(&config.node)).then(|| {
@@ -329,6 +337,9 @@ impl Replica {
                         Err(_) => Err("not committed in time".to_owned()),
                     },
                 )
+            }
+            Ok(Rpc::Membership { change, timeout }) => {
+                Reply::Membership(self.change_membership(change, timeout).await)
             }
             Ok(Rpc::Status) => Reply::Status {
                 pristine: self.log.is_pristine(),
@@ -431,14 +442,257 @@ impl Replica {
         Ok(applied.epoch)
     }
 
+    /// Changes the group's voters through openraft's joint consensus: [`MembershipChange::Add`]
+    /// adds the node as a learner, waits until it has caught up with the leader's log (from a
+    /// snapshot if the log it needs is purged), then makes it a voter; [`MembershipChange::Remove`]
+    /// removes it. Each change commits the joint configuration (a majority of the old voters
+    /// and of the new) and then the new one. Only the leader changes the membership: on a
+    /// follower the request is forwarded to the leader it knows. Gives up after `timeout`
+    /// ([`MembershipError::NoQuorum`]; a change under way still completes). Adding a voter
+    /// or removing a non-member is refused, not repeated: adding a voter answers its
+    /// membership unchanged.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        let deadline = Instant::now() + timeout;
+        let me = node_id(&self.config.node);
+        loop {
+            let leader = self.raft.metrics().borrow().current_leader;
+            match leader {
+                Some(leader) if leader == me => {
+                    match self.change_here(&change, deadline, timeout).await {
+                        Err(None) => {}
+                        Err(Some(err)) => return Err(err),
+                        Ok(membership) => return Ok(membership),
+                    }
+                }
+                Some(_) => {
+                    if let Some(name) = self.leader() {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        // The leader answers a little before this node stops waiting.
+                        let rpc = Rpc::Membership {
+                            change: change.clone(),
+                            timeout: left.mul_f64(0.9),
+                        };
+                        if let Ok(Reply::Membership(answer)) =
+                            self.slot.call(&name, &rpc, left).await
+                        {
+                            return answer;
+                        }
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(MembershipError::NoQuorum(timeout));
+            }
+            tokio::time::sleep(CLAIM_RETRY).await;
+        }
+    }
+
+    /// The change, made by this node as the leader; `Err(None)`: it is not the leader (any
+    /// more), ask again.
+    async fn change_here(
+        &self,
+        change: &MembershipChange,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Membership, Option<MembershipError>> {
+        let current = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        match change {
+            MembershipChange::Add(name) => {
+                let id = node_id(name);
+                if let Some(member) = current.get_node(&id) {
+                    if member.name != *name {
+                        return Err(Some(MembershipError::IdCollision(
+                            name.clone(),
+                            member.name.clone(),
+                        )));
+                    }
+                }
+                if current.voter_ids().any(|voter| voter == id) {
+                    return Ok(self.membership());
+                }
+                // A node just started may not be linked yet: give it a moment.
+                let linked_by = deadline.min(Instant::now() + LINK_WAIT);
+                let reachable = loop {
+                    let reachable = self
+                        .slot
+                        .get()
+                        .is_some_and(|transport| transport.connected(name));
+                    if reachable || Instant::now() >= linked_by {
+                        break reachable;
+                    }
+                    tokio::time::sleep(CLAIM_RETRY).await;
+                };
+                if !reachable {
+                    return Err(Some(MembershipError::UnknownNode(name.clone())));
+                }
+                let member = Member { name: name.clone() };
+                let added = self.in_background(name, deadline, timeout, {
+                    let raft = self.raft.clone();
+                    async move { raft.add_learner(id, member, false).await }
+                });
+                let added = added.await?;
+                // Caught up: the leader's replication to it has reached the entry that made it
+                // a learner (what openraft's own blocking `add_learner` waits for).
+                let left = deadline.saturating_duration_since(Instant::now());
+                let caught_up = self
+                    .raft
+                    .wait(Some(left))
+                    .metrics(
+                        |metrics| {
+                            metrics
+                                .replication
+                                .as_ref()
+                                .and_then(|progress| progress.get(&id).cloned().flatten())
+                                .is_some_and(|matched| matched.index >= added.index)
+                        },
+                        "the new learner caught up",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    if self.raft.metrics().borrow().current_leader
+                        != Some(node_id(&self.config.node))
+                    {
+                        return Err(None);
+                    }
+                    return Err(Some(MembershipError::NotCaughtUp(name.clone(), timeout)));
+                }
+                let voters = std::collections::BTreeSet::from([id]);
+                self.in_background(name, deadline, timeout, {
+                    let raft = self.raft.clone();
+                    async move {
+                        raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+                            .await
+                    }
+                })
+                .await?;
+                tracing::info!(node = %name, "added to the cluster's Raft group as a voter");
+                Ok(self.membership())
+            }
+            MembershipChange::Remove(name) => {
+                let id = node_id(name);
+                let voter = current.voter_ids().any(|voter| voter == id);
+                let known = current
+                    .get_node(&id)
+                    .is_some_and(|member| member.name == *name);
+                if !known {
+                    return Err(Some(MembershipError::NotAMember(name.clone())));
+                }
+                let ids = std::collections::BTreeSet::from([id]);
+                let changes = if voter {
+                    if current.voter_ids().all(|voter| voter == id) {
+                        return Err(Some(MembershipError::LastMember(name.clone())));
+                    }
+                    openraft::ChangeMembers::RemoveVoters(ids)
+                } else {
+                    openraft::ChangeMembers::RemoveNodes(ids)
+                };
+                self.in_background(name, deadline, timeout, {
+                    let raft = self.raft.clone();
+                    async move { raft.change_membership(changes, false).await }
+                })
+                .await?;
+                tracing::info!(node = %name, "removed from the cluster's Raft group");
+                // Its connections hold none of its claims once its lease has run out (it
+                // gets no append entries any more): then its claims are written as released,
+                // so they no longer count as in use; unless it was added again meanwhile
+                // (its new incarnation writes its own restart before it claims).
+                let writer = self.writer.clone();
+                let wait = self.config.fence_wait();
+                let claim_timeout = self.config.claim_timeout;
+                let node = name.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let back = writer
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_some();
+                    if back {
+                        return;
+                    }
+                    let deadline = Instant::now() + claim_timeout;
+                    let command = Command::Restarted { node };
+                    let _ =
+                        tokio::time::timeout_at(deadline, writer.write(command, deadline)).await;
+                });
+                Ok(self.membership())
+            }
+        }
+    }
+
+    /// Runs a membership write of openraft's in a task of its own, so that giving up at
+    /// `deadline` never cancels it halfway (a change cut between its joint and its final
+    /// configuration would stay joint); the log id it was written at. `name`: the node the
+    /// change is about.
+    async fn in_background<F>(
+        &self,
+        name: &str,
+        deadline: Instant,
+        timeout: Duration,
+        write: F,
+    ) -> Result<openraft::LogId<NodeId>, Option<MembershipError>>
+    where
+        F: std::future::Future<
+                Output = Result<
+                    openraft::raft::ClientWriteResponse<TypeConfig>,
+                    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+                >,
+            > + Send
+            + 'static,
+    {
+        let task = tokio::spawn(write);
+        match tokio::time::timeout_at(deadline, task).await {
+            Err(_) => Err(Some(MembershipError::NoQuorum(timeout))),
+            Ok(Err(_)) => Err(Some(MembershipError::Stopped)),
+            Ok(Ok(Ok(written))) => Ok(written.log_id),
+            Ok(Ok(Err(err))) => Err(match err {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => None,
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => match err {
+                    ChangeMembershipError::InProgress(_) => Some(MembershipError::InProgress),
+                    ChangeMembershipError::EmptyMembership(_) => {
+                        Some(MembershipError::LastMember(name.to_owned()))
+                    }
+                    ChangeMembershipError::LearnerNotFound(_) => {
+                        Some(MembershipError::NotAMember(name.to_owned()))
+                    }
+                },
+                RaftError::Fatal(_) => Some(MembershipError::Stopped),
+            }),
+        }
+    }
+
     /// Whether this member holds its lease: as the leader, a majority (itself included)
     /// acknowledged its append entries sent within the lease; as a follower, it accepted
     /// append entries within the lease from a leader that held its own. A member that does
     /// not is cut off from the majority (or on the side of a leader that is), or the group
     /// has no leader.
     pub fn in_contact(&self) -> bool {
-        let alone = self.config.members.len() == 1
-            && self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let me = node_id(&self.config.node);
+        let alone = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.state == openraft::ServerState::Leader
+                && metrics
+                    .membership_config
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .all(|voters| voters.len() == 1 && voters.contains(&me))
+        };
         alone || self.contacts.left().is_some()
     }
 
@@ -479,21 +733,53 @@ impl Replica {
     /// The member this node knows as leader, if any.
     pub fn leader(&self) -> Option<String> {
         let metrics = self.raft.metrics();
-        let leader = metrics.borrow().current_leader?;
-        self.config
-            .members
-            .iter()
-            .find(|name| node_id(name) == leader)
-            .cloned()
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let named = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|member| member.name.clone());
+        // Before this node learns a membership, the configured names are all it knows.
+        named.or_else(|| {
+            self.config
+                .members
+                .iter()
+                .find(|name| node_id(name) == leader)
+                .cloned()
+        })
+    }
+
+    /// The group's membership as this node knows it: its voters, its learners and the leader.
+    pub fn membership(&self) -> Membership {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let name = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map_or_else(|| format!("#{id}"), |member| member.name.clone())
+        };
+        let mut voters: Vec<String> = membership.voter_ids().map(|id| name(&id)).collect();
+        let mut learners: Vec<String> = membership.learner_ids().map(|id| name(&id)).collect();
+        voters.sort();
+        learners.sort();
+        Membership {
+            voters,
+            learners,
+            leader: self.leader(),
+            joint: membership.get_joint_config().len() > 1,
+        }
     }
 
     /// This node's view of the group now.
     pub fn status(&self) -> ReplicaStatus {
         let metrics = self.raft.metrics().borrow().clone();
+        let membership = self.membership();
         ReplicaStatus {
             node: self.config.node.clone(),
-            members: self.config.members.clone(),
-            leader: self.leader(),
+            members: membership.voters,
+            learners: membership.learners,
+            leader: membership.leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
             last_applied: metrics.last_applied.map(|log_id| log_id.index),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{
-    ClaimError, ClaimObserver, Owner, Replica, ReplicaConfig, RpcTransport, SessionKey, Storage,
-    TransportFailure,
+    ClaimError, ClaimObserver, MembershipChange, MembershipError, Owner, Replica, ReplicaConfig,
+    RpcTransport, SessionKey, Storage, TransportFailure,
 };
 
 /// The replicas by name, the names cut off from every other, and a split: the names on one
@@ -91,33 +91,51 @@ async fn group(
     let members: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let mut replicas = Vec::new();
     for name in &members {
-        let mut config = ReplicaConfig::new(name.clone(), members.clone());
-        config.claim_timeout = claim_timeout;
-        config.lease = claim_timeout;
-        if snapshot_every != u64::MAX {
-            config.snapshot_every = snapshot_every;
-        }
-        let node = name.clone();
-        let seen = Arc::clone(&seen);
-        let observer: ClaimObserver = Arc::new(move |session, owner| {
-            seen.lock()
-                .expect("seen")
-                .push((node.clone(), session.clone(), owner.clone()));
-        });
-        let replica = Replica::start(config, Storage::Memory, Some(observer))
-            .await
-            .expect("replica");
-        replica.set_transport(Arc::new(Via {
-            from: name.clone(),
-            mesh: Arc::clone(&mesh),
-        }));
-        mesh.replicas
-            .lock()
-            .expect("replicas")
-            .insert(name.clone(), Arc::clone(&replica));
-        replicas.push(replica);
+        replicas.push(start(&mesh, &seen, name, &members, claim_timeout, snapshot_every).await);
     }
     (mesh, replicas, seen)
+}
+
+/// Starts node `name` (configured with `members`) on an empty memory store, in `mesh`.
+async fn start(
+    mesh: &Arc<Mesh>,
+    seen: &Seen,
+    name: &str,
+    members: &[String],
+    claim_timeout: Duration,
+    snapshot_every: u64,
+) -> Arc<Replica> {
+    let mut config = ReplicaConfig::new(name.to_owned(), members.to_vec());
+    config.claim_timeout = claim_timeout;
+    config.lease = claim_timeout;
+    if snapshot_every != u64::MAX {
+        config.snapshot_every = snapshot_every;
+    }
+    start_configured(mesh, seen, config).await
+}
+
+/// Starts a node configured by `config` on an empty memory store, in `mesh`.
+async fn start_configured(mesh: &Arc<Mesh>, seen: &Seen, config: ReplicaConfig) -> Arc<Replica> {
+    let name = config.node.clone();
+    let node = name.clone();
+    let seen = Arc::clone(seen);
+    let observer: ClaimObserver = Arc::new(move |session, owner| {
+        seen.lock()
+            .expect("seen")
+            .push((node.clone(), session.clone(), owner.clone()));
+    });
+    let replica = Replica::start(config, Storage::Memory, Some(observer))
+        .await
+        .expect("replica");
+    replica.set_transport(Arc::new(Via {
+        from: name.clone(),
+        mesh: Arc::clone(mesh),
+    }));
+    mesh.replicas
+        .lock()
+        .expect("replicas")
+        .insert(name, Arc::clone(&replica));
+    replica
 }
 
 async fn leader_known(replicas: &[Arc<Replica>]) -> String {
@@ -473,6 +491,397 @@ async fn a_claim_whose_previous_owner_is_cut_off_waits_only_its_lease_and_three_
     assert!(
         took <= timeout + Duration::from_millis(300) + Duration::from_millis(350),
         "the claim waited {took:?}"
+    );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+/// Waits (at most 10 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| name.to_string()).collect()
+}
+
+/// Claims `session` on `replica`, retried while the group elects (at most five tries).
+async fn claim_soon(replica: &Replica, session: &str) -> Result<u64, ClaimError> {
+    let mut last = Err(ClaimError::Stopped);
+    for _ in 0..5 {
+        last = replica.claim(key(session)).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_member_added_through_a_follower_catches_up_and_votes() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, mut replicas, seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    replicas[0].claim(key("before")).await.expect("claimed");
+    // n4 is configured with the members it joins, not itself: it waits to be added.
+    let n4 = start(
+        &mesh,
+        &seen,
+        "n4",
+        &names(&["n1", "n2", "n3"]),
+        timeout,
+        u64::MAX,
+    )
+    .await;
+    assert_eq!(
+        n4.claim(key("early")).await,
+        Err(ClaimError::NoQuorum(timeout)),
+        "not a member yet"
+    );
+    let follower = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let membership = follower
+        .change_membership(MembershipChange::Add("n4".into()), Duration::from_secs(10))
+        .await
+        .expect("added");
+    assert_eq!(membership.voters, names(&["n1", "n2", "n3", "n4"]));
+    assert!(membership.learners.is_empty() && !membership.joint);
+    replicas.push(Arc::clone(&n4));
+    until("every node knows four voters", || {
+        replicas.iter().all(|r| r.membership().voters.len() == 4)
+    })
+    .await;
+    assert_eq!(
+        n4.owner(&key("before")).map(|owner| owner.node),
+        Some("n1".to_owned()),
+        "the new member caught up with the log"
+    );
+    // Adding a voter again changes nothing.
+    let again = replicas[0]
+        .change_membership(MembershipChange::Add("n4".into()), Duration::from_secs(5))
+        .await
+        .expect("already a voter");
+    assert_eq!(again.voters.len(), 4);
+    // Cut the leader off: three of four remain, two of them the old members, so a new leader
+    // and every commit now need n4's vote.
+    mesh.cut.lock().expect("cut").insert(leader.clone());
+    claim_soon(&n4, "after")
+        .await
+        .expect("claimed with n4's vote");
+    let new_leader = n4.leader().expect("a leader");
+    assert_ne!(new_leader, leader);
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_no_longer_counts_and_the_remaining_three_keep_committing() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = group(&["n1", "n2", "n3", "n4"], timeout, u64::MAX).await;
+    let leader = leader_known(&replicas).await;
+    // Remove the leader itself: it hands over once the new configuration is committed.
+    let membership = replicas[0]
+        .change_membership(
+            MembershipChange::Remove(leader.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("removed");
+    assert_eq!(membership.voters.len(), 3);
+    assert!(!membership.voters.contains(&leader));
+    let rest: Vec<&Arc<Replica>> = replicas.iter().filter(|r| r.node() != leader).collect();
+    until("the others know three voters", || {
+        rest.iter().all(|r| r.membership().voters.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        replicas[0]
+            .change_membership(
+                MembershipChange::Remove(leader.clone()),
+                Duration::from_secs(5)
+            )
+            .await,
+        Err(MembershipError::NotAMember(leader.clone()))
+    );
+    // Stop it and cut one more: two of the remaining three are a majority now (two of the
+    // old four would not be).
+    mesh.cut.lock().expect("cut").insert(leader.clone());
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(rest[0].node().to_owned());
+    claim_soon(rest[1], "s")
+        .await
+        .expect("committed by two of three");
+    claim_soon(rest[2], "s")
+        .await
+        .expect("committed by two of three");
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_replaced_by_an_empty_node_of_the_same_name_catches_up_from_a_snapshot() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, mut replicas, seen) = three_with(timeout, 5).await;
+    let leader = leader_known(&replicas).await;
+    let dead = replicas
+        .iter()
+        .position(|r| r.node() != leader)
+        .expect("a follower");
+    let dead_name = replicas[dead].node().to_owned();
+    // It dies for good, disk and all.
+    mesh.cut.lock().expect("cut").insert(dead_name.clone());
+    let old = replicas.remove(dead);
+    old.shutdown().await;
+    mesh.replicas.lock().expect("replicas").remove(&dead_name);
+    mesh.cut.lock().expect("cut").clear();
+    let mut last = 0;
+    for i in 0..30 {
+        last = replicas[0]
+            .claim(key(&format!("s{i}")))
+            .await
+            .expect("claimed by the two left");
+    }
+    // The runbook: remove the dead member, start its replacement empty, add it.
+    let membership = replicas[1]
+        .change_membership(
+            MembershipChange::Remove(dead_name.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("removed");
+    assert_eq!(membership.voters.len(), 2);
+    let members = names(&["n1", "n2", "n3"]);
+    let fresh = start(&mesh, &seen, &dead_name, &members, timeout, 5).await;
+    let membership = replicas[0]
+        .change_membership(
+            MembershipChange::Add(dead_name.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("added");
+    assert_eq!(membership.voters, members);
+    let purged = replicas.iter().all(|r| r.log.entry_count() <= 6);
+    assert!(
+        purged,
+        "the log the new node needed was purged: a snapshot brought it"
+    );
+    until("the new node applied every claim", || {
+        fresh.owner(&key("s29")).map(|owner| owner.epoch) == Some(last)
+    })
+    .await;
+    for i in 0..30 {
+        assert!(fresh.owner(&key(&format!("s{i}"))).is_some(), "s{i}");
+    }
+    replicas.push(Arc::clone(&fresh));
+    // It votes: with one of the others cut, it and the third are the majority.
+    let other = replicas
+        .iter()
+        .find(|r| r.node() != dead_name)
+        .expect("another")
+        .node()
+        .to_owned();
+    mesh.cut.lock().expect("cut").insert(other);
+    claim_soon(&fresh, "s")
+        .await
+        .expect("committed with the new node");
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_refuse_unknown_nodes_and_the_last_member() {
+    let timeout = Duration::from_millis(1500);
+    let (_mesh, replicas, _seen) = group(&["n1"], timeout, u64::MAX).await;
+    leader_known(&replicas).await;
+    let n1 = &replicas[0];
+    assert_eq!(
+        n1.change_membership(MembershipChange::Add("n9".into()), Duration::from_secs(2))
+            .await,
+        Err(MembershipError::UnknownNode("n9".into()))
+    );
+    assert_eq!(
+        n1.change_membership(
+            MembershipChange::Remove("n9".into()),
+            Duration::from_secs(2)
+        )
+        .await,
+        Err(MembershipError::NotAMember("n9".into()))
+    );
+    assert_eq!(
+        n1.change_membership(
+            MembershipChange::Remove("n1".into()),
+            Duration::from_secs(2)
+        )
+        .await,
+        Err(MembershipError::LastMember("n1".into()))
+    );
+    n1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fourth_member_joins_the_lease_needs_three_of_four() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, mut replicas, seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let n4 = start(
+        &mesh,
+        &seen,
+        "n4",
+        &names(&["n1", "n2", "n3", "n4"]),
+        timeout,
+        u64::MAX,
+    )
+    .await;
+    replicas.push(Arc::clone(&n4));
+    let by_name = |name: &str| {
+        replicas
+            .iter()
+            .find(|r| r.node() == name)
+            .cloned()
+            .expect("a replica")
+    };
+    by_name(&leader)
+        .change_membership(MembershipChange::Add("n4".into()), Duration::from_secs(10))
+        .await
+        .expect("added");
+    // The leader and one other member: two of the three configured at start, but not a
+    // majority of the four voters now. The leader keeps sending heartbeats to that one, and
+    // must lose its lease all the same.
+    let others: Vec<String> = replicas
+        .iter()
+        .map(|r| r.node().to_owned())
+        .filter(|name| *name != leader)
+        .collect();
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .extend([others[0].clone(), others[1].clone()]);
+    let old = by_name(&leader);
+    until("the leader of two of four lost its lease", || {
+        !old.in_contact()
+    })
+    .await;
+    let follower = by_name(&others[2]);
+    until("its follower lost its lease with it", || {
+        !follower.in_contact()
+    })
+    .await;
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_without_a_quorum_times_out_and_the_next_one_is_refused_while_it_is_pending() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let old = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the leader");
+    let others: Vec<String> = replicas
+        .iter()
+        .map(|r| r.node().to_owned())
+        .filter(|name| *name != leader)
+        .collect();
+    // The leader alone: openraft 0.9 keeps it leader, but nothing it writes commits.
+    mesh.split.lock().expect("split").insert(leader.clone());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        old.change_membership(
+            MembershipChange::Remove(others[0].clone()),
+            Duration::from_secs(1)
+        )
+        .await,
+        Err(MembershipError::NoQuorum(Duration::from_secs(1)))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        old.leader().as_deref(),
+        Some(leader.as_str()),
+        "still leader"
+    );
+    assert_eq!(
+        old.change_membership(
+            MembershipChange::Remove(others[1].clone()),
+            Duration::from_secs(1)
+        )
+        .await,
+        Err(MembershipError::InProgress),
+        "the first change's joint configuration is not committed"
+    );
+    for replica in replicas.iter() {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out() {
+    let timeout = Duration::from_millis(1500);
+    let mesh = Arc::new(Mesh::default());
+    let seen: Seen = Arc::default();
+    let members = names(&["n1", "n2", "n3"]);
+    let mut replicas = Vec::new();
+    for name in &members {
+        let mut config = ReplicaConfig::new(name.clone(), members.clone());
+        config.claim_timeout = timeout;
+        config.lease = timeout;
+        config.max_claims_per_identity = 1;
+        replicas.push(start_configured(&mesh, &seen, config).await);
+    }
+    let leader = leader_known(&replicas).await;
+    let gone = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    let other = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != gone.node())
+        .cloned()
+        .expect("the other follower");
+    // Alice's one claim is held on the node that then dies for good: her bound is spent.
+    gone.claim(key("s1")).await.expect("claimed");
+    mesh.cut.lock().expect("cut").insert(gone.node().to_owned());
+    assert_eq!(
+        other.claim(key("s2")).await,
+        Err(ClaimError::TooManyForIdentity(1))
+    );
+    other
+        .change_membership(
+            MembershipChange::Remove(gone.node().to_owned()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("removed");
+    // After the fence wait (its lease and three heartbeats) its claim is released, and
+    // alice's bound has room again.
+    let removed = std::time::Instant::now();
+    let mut claimed = other.claim(key("s2")).await;
+    while claimed.is_err() && removed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        claimed = other.claim(key("s2")).await;
+    }
+    claimed.expect("claimed once the removed member's claim is released");
+    assert!(
+        removed.elapsed() >= Duration::from_millis(1500),
+        "not before its lease ran out: {:?}",
+        removed.elapsed()
     );
     for replica in &replicas {
         replica.shutdown().await;
