@@ -87,8 +87,8 @@ pub struct Applied {
     #[serde(default)]
     pub previous: Option<Owner>,
     /// For a claim: the earlier claims of the session by other nodes not known to have let go
-    /// (at most one per node, its latest), the previous owner's included. The claimant
-    /// fences each of them before it attaches.
+    /// (at most one per node, its latest), the previous owner's included unless it was
+    /// released. The claimant fences each of them before it attaches.
     #[serde(default)]
     pub unfenced: Vec<Owner>,
     /// For a claim: why it was not recorded, if it was not (then it is no one's epoch).
