@@ -24,7 +24,7 @@ pub mod replica;
 pub mod state_machine;
 
 pub use log_store::{LogStore, Storage, StorageOpenError};
-pub use network::{RpcTransport, TransportFailure};
+pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE};
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
 pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
 
