@@ -168,9 +168,11 @@ impl TransportSlot {
             let permits = self.waiting_on(node);
             match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
                 Ok(Ok(permit)) => Some(permit),
-                _ => return Err(failed(format!(
+                _ => {
+                    return Err(failed(format!(
                     "{MAX_WAITING_REQUESTS_PER_NODE} requests waited on its answer for {timeout:?}"
-                ))),
+                )))
+                }
             }
         } else {
             None
