@@ -166,14 +166,12 @@ impl TransportSlot {
         let deadline = tokio::time::Instant::now() + timeout;
         let _turn = if rpc.waits_on_the_answer() {
             let permits = self.waiting_on(node);
-            match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
-                Ok(Ok(permit)) => Some(permit),
-                _ => {
-                    return Err(failed(format!(
-                    "{MAX_WAITING_REQUESTS_PER_NODE} requests waited on its answer for {timeout:?}"
-                )))
-                }
-            }
+            let turn = tokio::time::timeout_at(deadline, permits.acquire_owned()).await;
+            let busy = || format!("{MAX_WAITING_REQUESTS_PER_NODE} requests wait on its answer");
+            Some(
+                turn.map_err(|_| failed(busy()))?
+                    .map_err(|_| failed(busy()))?,
+            )
         } else {
             None
         };
