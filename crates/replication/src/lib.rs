@@ -29,7 +29,7 @@ pub mod state_machine;
 
 pub use log_store::{LogStore, Storage, StorageOpenError};
 pub use membership::{Membership, MembershipChange, MembershipError};
-pub use network::{RpcTransport, TransportFailure};
+pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE};
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
 pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
 
@@ -92,8 +92,8 @@ pub struct Applied {
     #[serde(default)]
     pub previous: Option<Owner>,
     /// For a claim: the earlier claims of the session by other nodes not known to have let go
-    /// (at most one per node, its latest), the previous owner's included. The claimant
-    /// fences each of them before it attaches.
+    /// (at most one per node, its latest), the previous owner's included unless it was
+    /// released. The claimant fences each of them before it attaches.
     #[serde(default)]
     pub unfenced: Vec<Owner>,
     /// For a claim: why it was not recorded, if it was not (then it is no one's epoch).

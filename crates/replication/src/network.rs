@@ -6,8 +6,16 @@
 //! a fence complete), asks the earlier claimants of a session whether they have applied its
 //! new claim, and asks its peers whether they have ever been part of a Raft group (for the
 //! bootstrap).
+//!
+//! The two requests that wait on the answering node (a write, which waits for the commit; a
+//! question whether a claim is applied, which waits for it to be) are at most
+//! [`MAX_WAITING_REQUESTS_PER_NODE`] at once towards one node: a transport that carries more
+//! requests than that to a node at once (the cluster links: 32 streams per connection) always
+//! has room for Raft's own (heartbeats, votes, snapshots), however many takeovers aim at a
+//! lagging node, so its lease never runs out for want of a stream.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
@@ -22,6 +30,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::{Applied, Command, Member, NodeId, TypeConfig};
+
+/// The most requests that wait on one node's answer ([`Rpc::Write`], [`Rpc::Applied`]: up to
+/// the claim timeout each) that this node sends it at once; one beyond waits, within its own
+/// timeout, for one of them to end. A transport carries more requests than this to one node
+/// at once, so Raft's own always find room.
+pub const MAX_WAITING_REQUESTS_PER_NODE: usize = 16;
 
 /// Carries one request to a node and brings back its reply: implemented by the cluster links.
 #[async_trait::async_trait]
@@ -105,20 +119,44 @@ pub(crate) enum Reply {
     Undecodable(String),
 }
 
-/// Where the transport is plugged in once the cluster endpoint is up.
+impl Rpc {
+    /// Whether the answering node may hold this request up to the claim timeout.
+    fn waits_on_the_answer(&self) -> bool {
+        matches!(self, Rpc::Write { .. } | Rpc::Applied { .. })
+    }
+}
+
+/// Where the transport is plugged in once the cluster endpoint is up, and the bound of the
+/// requests waiting on each node's answer ([`MAX_WAITING_REQUESTS_PER_NODE`]).
 #[derive(Default)]
-pub(crate) struct TransportSlot(RwLock<Option<Arc<dyn RpcTransport>>>);
+pub(crate) struct TransportSlot {
+    transport: RwLock<Option<Arc<dyn RpcTransport>>>,
+    /// Per node (the members, and leaders they name), the permits of requests that wait on
+    /// its answer.
+    waiting: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
 
 impl TransportSlot {
     pub(crate) fn set(&self, transport: Arc<dyn RpcTransport>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(transport);
+        *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Some(transport);
     }
 
     pub(crate) fn get(&self) -> Option<Arc<dyn RpcTransport>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.transport
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Sends `rpc` to `node`; its reply, decoded.
+    fn waiting_on(&self, node: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(waiting.entry(node.to_owned()).or_insert_with(|| {
+            Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_REQUESTS_PER_NODE))
+        }))
+    }
+
+    /// Sends `rpc` to `node`; its reply, decoded, within `timeout` (a request that waits on
+    /// the answer first waits for its turn among those to `node`, within the same time).
     pub(crate) async fn call(
         &self,
         node: &str,
@@ -133,7 +171,20 @@ impl TransportSlot {
             reason,
         };
         let request = rmp_serde::to_vec(rpc).map_err(|err| failed(err.to_string()))?;
-        let reply = transport.call(node, request, timeout).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _turn = if rpc.waits_on_the_answer() {
+            let permits = self.waiting_on(node);
+            let turn = tokio::time::timeout_at(deadline, permits.acquire_owned()).await;
+            let busy = || format!("{MAX_WAITING_REQUESTS_PER_NODE} requests wait on its answer");
+            Some(
+                turn.map_err(|_| failed(busy()))?
+                    .map_err(|_| failed(busy()))?,
+            )
+        } else {
+            None
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reply = transport.call(node, request, left).await?;
         rmp_serde::from_slice(&reply).map_err(|err| failed(err.to_string()))
     }
 }
@@ -377,5 +428,91 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Reply::Vote(Err(err)) => Err(RPCError::RemoteError(RemoteError::new(self.target, err))),
             other => Err(self.unexpected(&other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openraft::Vote;
+
+    use super::*;
+
+    /// The cluster links' bound: this many requests to one node at once (streams of one
+    /// connection); one more waits for a stream.
+    const STREAMS: usize = 32;
+
+    /// A transport with [`STREAMS`] streams towards one node, where a question whether a
+    /// claim is applied is never answered (the node lags), and anything else at once.
+    struct Lagging {
+        streams: tokio::sync::Semaphore,
+        questions: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl RpcTransport for Lagging {
+        async fn call(
+            &self,
+            node: &str,
+            request: Vec<u8>,
+            timeout: Duration,
+        ) -> Result<Vec<u8>, TransportFailure> {
+            let exchange = async {
+                let _stream = self.streams.acquire().await.expect("open");
+                if let Ok(Rpc::Applied { .. }) = rmp_serde::from_slice(&request) {
+                    self.questions.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                rmp_serde::to_vec(&Reply::Undecodable("answered".into())).expect("encoded")
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| TransportFailure::Failed {
+                    node: node.to_owned(),
+                    reason: "no stream or no answer in time".into(),
+                })
+        }
+
+        fn connected(&self, _node: &str) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn takeovers_aimed_at_a_lagging_node_leave_room_for_votes_and_heartbeats() {
+        let lagging = Arc::new(Lagging {
+            streams: tokio::sync::Semaphore::new(STREAMS),
+            questions: AtomicUsize::new(0),
+        });
+        let slot = Arc::new(TransportSlot::default());
+        slot.set(Arc::clone(&lagging) as Arc<dyn RpcTransport>);
+        let mut asks = tokio::task::JoinSet::new();
+        for index in 0..STREAMS + 8 {
+            let slot = Arc::clone(&slot);
+            asks.spawn(async move {
+                let question = Rpc::Applied {
+                    index: index as u64,
+                };
+                let _ = slot.call("n2", &question, Duration::from_secs(30)).await;
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lagging.questions.load(Ordering::SeqCst) < MAX_WAITING_REQUESTS_PER_NODE {
+            assert!(Instant::now() < deadline, "the questions were not sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let vote = Rpc::Vote(VoteRequest::new(Vote::new(1, 1), None));
+        let answered = slot.call("n2", &vote, Duration::from_millis(500)).await;
+        assert!(answered.is_ok(), "a vote found a stream: {answered:?}");
+        assert_eq!(
+            lagging.questions.load(Ordering::SeqCst),
+            MAX_WAITING_REQUESTS_PER_NODE,
+            "the questions beyond the bound wait for their turn"
+        );
+        asks.abort_all();
     }
 }

@@ -887,3 +887,50 @@ async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out(
         replica.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_previous_owner_released_it_does_not_wait_for_that_node_gone_since() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let owner = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .expect("a follower");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("the leader");
+    let epoch = owner.claim(key("s")).await.expect("claimed");
+    for _ in 0..100 {
+        if claimant.owner(&key("s")).is_some_and(|o| o.epoch == epoch) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = claimant.status().last_applied;
+    owner.release(key("s"), epoch);
+    // The release is the next entry: once the claimant has applied it, the owner may go.
+    for _ in 0..200 {
+        if claimant.status().last_applied > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        claimant.status().last_applied > before,
+        "the release was written"
+    );
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(owner.node().to_owned());
+    let started = std::time::Instant::now();
+    claimant.claim(key("s")).await.expect("claimed");
+    let took = started.elapsed();
+    // Not the fence wait (the lease and three heartbeats: 1.8 s here).
+    assert!(took < Duration::from_secs(1), "the claim waited {took:?}");
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

@@ -156,7 +156,7 @@ impl Claims {
     /// make room, the oldest released claim of its identity goes (when the identity is at its
     /// bound), then the oldest released claim of any identity (when the table is). Returns
     /// its previous owner and the claims the new owner must fence: the earlier claims of
-    /// other nodes not known to have let go, the previous owner's included.
+    /// other nodes not known to have let go, the previous owner's included unless released.
     fn claim(
         &mut self,
         session: &SessionKey,
@@ -190,12 +190,16 @@ impl Claims {
         let mut unfenced = self.unfenced.remove(session).unwrap_or_default();
         if let Some(previous) = &previous {
             self.by_epoch.remove(&previous.epoch);
-            self.released.remove(&previous.epoch);
+            let let_go = self.released.remove(&previous.epoch);
             if let Some(identity) = self.identities.get_mut(&session.identity) {
                 identity.released.remove(&previous.epoch);
             }
+            // A release names the newest claim of its node, written once none of that node's
+            // connections holds or claims the session: none of its claims is left to fence.
             unfenced.retain(|earlier| earlier.node != previous.node);
-            unfenced.push(previous.clone());
+            if !let_go {
+                unfenced.push(previous.clone());
+            }
         }
         // The claimant's own earlier connection is taken over on its node, not fenced.
         unfenced.retain(|earlier| earlier.node != owner.node);
@@ -545,5 +549,86 @@ mod tests {
         assert_eq!(claims.owners.get(&session), Some(&owner));
         assert!(claims.unfenced.is_empty() && claims.released.is_empty());
         assert_eq!(claims.identities.get("alice").map(|i| i.sessions), Some(1));
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            max_claims: DEFAULT_MAX_CLAIMS,
+            max_per_identity: DEFAULT_MAX_CLAIMS_PER_IDENTITY,
+        }
+    }
+
+    fn by(node: &str, epoch: u64) -> Owner {
+        Owner {
+            node: node.into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_released_claim_is_not_fenced_by_the_next_claim() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims.release(&session, 3);
+        // n1 may be down now: its released claim must not make n2 wait out n1's lease.
+        let (previous, unfenced) = claims
+            .claim(&session, &by("n2", 5), bounds())
+            .expect("claimed");
+        assert_eq!(previous, Some(by("n1", 3)));
+        assert_eq!(unfenced, Vec::<Owner>::new());
+        assert!(!claims.unfenced.contains_key(&session));
+        // Not released: fenced.
+        let (_, unfenced) = claims
+            .claim(&session, &by("n3", 7), bounds())
+            .expect("claimed");
+        assert_eq!(unfenced, vec![by("n2", 5)]);
+    }
+
+    #[test]
+    fn a_node_that_restarted_is_not_fenced_for_its_claims_before() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims.restarted("n1");
+        let (_, unfenced) = claims
+            .claim(&session, &by("n2", 5), bounds())
+            .expect("claimed");
+        assert_eq!(unfenced, Vec::<Owner>::new());
+    }
+
+    #[test]
+    fn a_release_also_lets_go_of_its_nodes_earlier_claim_still_to_fence() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        // n2's fence of n1 is not recorded yet when n3 and then n1 claim again.
+        claims
+            .claim(&session, &by("n2", 4), bounds())
+            .expect("claimed");
+        let (_, unfenced) = claims
+            .claim(&session, &by("n3", 5), bounds())
+            .expect("claimed");
+        assert_eq!(unfenced, vec![by("n1", 3), by("n2", 4)]);
+        claims.release(&session, 5);
+        let (_, unfenced) = claims
+            .claim(&session, &by("n2", 6), bounds())
+            .expect("claimed");
+        assert_eq!(unfenced, vec![by("n1", 3)], "n1's claim is still to fence");
     }
 }

@@ -86,6 +86,13 @@ const RTT_EVERY: Duration = Duration::from_secs(1);
 /// the node stopping).
 const CLOSE_CODE: u32 = 0;
 
+/// The streams a peer may open at once on a cluster connection: its link's, and its Raft
+/// requests, with room for Raft's own beyond those that wait on this node's answer.
+const RAFT_STREAMS: u32 = 32;
+const _: () = assert!(
+    cassini_broker::replication::MAX_WAITING_REQUESTS_PER_NODE + 8 <= RAFT_STREAMS as usize
+);
+
 /// The QUIC settings of cluster connections: a keep-alive every 500 ms and an idle timeout of
 /// 2 s (a dead peer leaves routing within 2 s), no datagrams, no unidirectional stream.
 pub fn cluster_quic_options() -> QuicOptions {
@@ -93,8 +100,10 @@ pub fn cluster_quic_options() -> QuicOptions {
         idle_timeout: Duration::from_secs(2),
         keep_alive_interval: Duration::from_millis(500),
         max_concurrent_uni_streams: 0,
-        // The link's stream, plus one per Raft request in flight.
-        max_concurrent_bidi_streams: 32,
+        // The link's stream, plus one per Raft request in flight: at most
+        // MAX_WAITING_REQUESTS_PER_NODE (16) of them wait on this node's answer, so Raft's
+        // own (heartbeats, votes, snapshots) always find a stream.
+        max_concurrent_bidi_streams: RAFT_STREAMS,
         datagrams: false,
         ..QuicOptions::default()
     }
@@ -294,7 +303,8 @@ impl RpcTransport for RaftLinks {
 
 /// Answers the Raft requests a peer sends on `connection` (each on a stream of its own) until
 /// the connection ends; each request is served in a task of its own, so a slow one never
-/// holds the others (QUIC's stream limit bounds how many are in flight).
+/// holds the others (QUIC's stream limit bounds how many are in flight). A request whose
+/// sender gave up (it stopped the stream) is dropped at once, freeing its stream.
 async fn serve_raft_requests(connection: quinn::Connection, replica: Arc<Replica>) {
     let mut requests = tokio::task::JoinSet::new();
     loop {
@@ -304,7 +314,10 @@ async fn serve_raft_requests(connection: quinn::Connection, replica: Arc<Replica
                 let replica = Arc::clone(&replica);
                 requests.spawn(async move {
                     let reply = match read_frame(&mut recv).await {
-                        Ok(Some(PeerFrame::Raft(request))) => replica.handle(&request).await,
+                        Ok(Some(PeerFrame::Raft(request))) => tokio::select! {
+                            reply = replica.handle(&request) => reply,
+                            _ = send.stopped() => return,
+                        },
                         _ => return,
                     };
                     if write_frame(&mut send, &PeerFrame::RaftReply(Bytes::from(reply)))

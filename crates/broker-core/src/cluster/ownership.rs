@@ -1,17 +1,22 @@
 //! Session ownership as a replicated decision (docs/CLUSTERING.md, "Session ownership"): in a
-//! cluster with `members`, a connection that names its session claims it through the
-//! cluster's Raft group ([`cassini_replication::Replica`]) before it attaches; the claim's log
-//! index is its **epoch**. This module keeps the connections of this node that hold a claim,
-//! by session, and fences them: when a claim by another node with a newer epoch is applied
-//! here, the connection holding the older one is closed with `SESSION_TAKEN_OVER`; and a
-//! connection whose claim is already older than the one applied is refused when it comes to
-//! hold it. Both checks take the same lock, after the claim is in the state machine, so
-//! whichever comes second sees the other. The claimant's replica waits for every earlier
-//! claimant not known to have let go to confirm it applied the claim, so the old connections
-//! are closed before the new one attaches whenever those nodes are reachable (a node cut off
-//! from the majority closes them when its lease runs out; docs/CLUSTERING.md). The map holds
-//! one entry per local connection holding a claim. A claim no connection of this node holds
-//! or is claiming any more is released, so it no longer counts against its identity's bound.
+//! cluster with `members`, a connection that names its session claims it through the cluster's
+//! Raft group ([`cassini_replication::Replica`]) before it attaches; the claim's log index is
+//! its **epoch**. This module keeps the connections of this node that hold a claim, by
+//! session, and fences them: when a claim by another node with a newer epoch is applied here,
+//! every connection holding an older one is closed with `SESSION_TAKEN_OVER`; and a connection
+//! whose claim is already older than the one applied (another node's or this node's) is
+//! refused when it comes to hold it. Both checks take the same lock, after the claim is in the
+//! state machine, so whichever comes second sees the other. A connection holds its claim
+//! before its session opens, and every connection holding a claim stays registered until it
+//! lets go (two local connections of one session may hold claims at once while the newer takes
+//! the session over from the older): so whichever of them ends up serving the session, a newer
+//! claim by another node closes it. The claimant's replica waits for every earlier claimant
+//! not known to have let go to confirm it applied the claim, so the old connections are closed
+//! before the new one attaches whenever those nodes are reachable (a node cut off from the
+//! majority closes them when its lease runs out; docs/CLUSTERING.md). The map holds one entry
+//! per local connection holding a claim (by epoch: each claim is its own log index). A claim
+//! no connection of this node holds or is claiming any more is released, so it no longer
+//! counts against its identity's bound.
 //!
 //! It names no transport: connections are [`Connection`]s, the Raft network the transport
 //! plugs into the replica.
@@ -39,7 +44,8 @@ struct Held {
 /// This node's replica and the claims its connections hold. See the module documentation.
 pub struct Ownership {
     replica: Arc<Replica>,
-    held: Mutex<HashMap<SessionKey, Held>>,
+    /// Per session, the local connections holding a claim of it, oldest first.
+    held: Mutex<HashMap<SessionKey, Vec<Held>>>,
     /// Per session, how many claims of this node connections hold or are about to hold, and
     /// the newest one's epoch: when none is left, that claim is released
     /// ([`Replica::release`]).
@@ -101,7 +107,7 @@ impl Ownership {
         Ok(ownership)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Held>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Vec<Held>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -122,7 +128,7 @@ impl Ownership {
     /// holding a claim is closed with `NO_QUORUM`, so its client reconnects to the majority
     /// (which may have given the session to another node meanwhile).
     fn lease_lost(&self) {
-        let lost: Vec<(SessionKey, Held)> = self.lock().drain().collect();
+        let lost: Vec<Held> = self.lock().drain().flat_map(|(_, held)| held).collect();
         if lost.is_empty() {
             return;
         }
@@ -131,7 +137,7 @@ impl Ownership {
             lease = ?self.replica.lease(),
             "no contact with the cluster's majority within the lease: closing the connections of claimed sessions"
         );
-        for (_, held) in lost {
+        for held in lost {
             held.connection.close(
                 ErrorCode::NO_QUORUM,
                 "this node lost contact with the cluster's majority; reconnect to another node",
@@ -202,29 +208,33 @@ impl Ownership {
     }
 
     /// `connection` now serves `session` under the claim of `epoch`, until the returned hold
-    /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by
-    /// another node is applied already, and with [`BrokerError::NoQuorum`] if this node has
-    /// lost its lease (it may not have heard of a newer claim).
+    /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim is
+    /// applied already (another node's, or this node's: a newer connection of the session
+    /// came here first), and with [`BrokerError::NoQuorum`] if this node has lost its lease
+    /// (it may not have heard of a newer claim).
     fn hold(&self, claim: &Claim, connection: Arc<dyn Connection>) -> Result<(), BrokerError> {
         let mut held = self.lock();
         if !self.replica.in_contact() {
             return Err(BrokerError::NoQuorum(self.replica.lease()));
         }
         if let Some(owner) = self.replica.owner(&claim.session) {
-            if owner.epoch > claim.epoch && owner.node != self.replica.node() {
+            if owner.epoch > claim.epoch {
                 return Err(BrokerError::SessionTakenOverOn(owner.node));
             }
         }
-        let (session, epoch) = (claim.session.clone(), claim.epoch);
-        // Two local connections of one session may get here in either order: the newer
-        // claim's stays registered (the older connection is being taken over here anyway),
-        // and the older one's hold, when dropped, leaves it alone.
-        match held.get(&session) {
-            Some(newer) if newer.epoch > epoch => {}
-            _ => {
-                held.insert(session.clone(), Held { epoch, connection });
-            }
+        let local = held.entry(claim.session.clone()).or_default();
+        if local.iter().any(|newer| newer.epoch > claim.epoch) {
+            return Err(BrokerError::SessionTakenOverOn(
+                self.replica.node().to_owned(),
+            ));
         }
+        // An older local connection of the session stays registered beside this one until it
+        // lets go: the session manager decides which of them serves the session, and either
+        // is closed by a newer claim of another node.
+        local.push(Held {
+            epoch: claim.epoch,
+            connection,
+        });
         Ok(())
     }
 
@@ -234,25 +244,33 @@ impl Ownership {
         if owner.node == self.replica.node() {
             return;
         }
-        let mut held = self.lock();
-        if held
-            .get(session)
-            .is_some_and(|local| local.epoch < owner.epoch)
-        {
-            if let Some(local) = held.remove(session) {
-                tracing::info!(
-                    identity = %session.identity,
-                    name = %session.name,
-                    epoch = local.epoch,
-                    node = %owner.node,
-                    new_epoch = owner.epoch,
-                    "session claimed by another node: closing its connection here"
-                );
-                local.connection.close(
-                    ErrorCode::SESSION_TAKEN_OVER,
-                    &format!("session taken over on node {}", owner.node),
-                );
+        let fenced: Vec<Held> = {
+            let mut held = self.lock();
+            let Some(local) = held.get_mut(session) else {
+                return;
+            };
+            let (fenced, kept) = std::mem::take(local)
+                .into_iter()
+                .partition(|local| local.epoch < owner.epoch);
+            *local = kept;
+            if local.is_empty() {
+                held.remove(session);
             }
+            fenced
+        };
+        for local in fenced {
+            tracing::info!(
+                identity = %session.identity,
+                name = %session.name,
+                epoch = local.epoch,
+                node = %owner.node,
+                new_epoch = owner.epoch,
+                "session claimed by another node: closing its connection here"
+            );
+            local.connection.close(
+                ErrorCode::SESSION_TAKEN_OVER,
+                &format!("session taken over on node {}", owner.node),
+            );
         }
     }
 }
@@ -277,10 +295,12 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// `connection` now serves the session under this claim, until the returned hold is
-    /// dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim by another
-    /// node is applied already, and with [`BrokerError::NoQuorum`] if this node has lost its
-    /// lease (it may not have heard of a newer claim).
+    /// `connection` serves the session under this claim, until the returned hold is
+    /// dropped: taken before the session opens, so a newer claim by another node closes the
+    /// connection whenever it comes. Refused with [`BrokerError::SessionTakenOverOn`] if a
+    /// newer claim is applied already (another node's, or a newer connection's of this
+    /// node), and with [`BrokerError::NoQuorum`] if this node has lost its lease (it may not
+    /// have heard of a newer claim).
     pub fn hold(self, connection: Arc<dyn Connection>) -> Result<Hold, BrokerError> {
         self.claim.ownership.hold(&self.claim, connection)?;
         Ok(Hold { claim: self.claim })
@@ -296,8 +316,8 @@ impl std::fmt::Debug for Claimed {
     }
 }
 
-/// A connection's hold on its claim; dropping it forgets the connection (unless a newer
-/// claim of this node replaced it) and lets go of the claim.
+/// A connection's hold on its claim; dropping it forgets the connection and lets go of the
+/// claim.
 pub struct Hold {
     claim: Claim,
 }
@@ -319,8 +339,11 @@ impl Drop for Hold {
             epoch,
         } = &self.claim;
         let mut held = ownership.lock();
-        if held.get(session).is_some_and(|local| local.epoch == *epoch) {
-            held.remove(session);
+        if let Some(local) = held.get_mut(session) {
+            local.retain(|local| local.epoch != *epoch);
+            if local.is_empty() {
+                held.remove(session);
+            }
         }
     }
 }
@@ -349,5 +372,149 @@ async fn watch_lease(ownership: Weak<Ownership>, every: Duration) {
         if !ownership.replica.in_contact() {
             ownership.lease_lost();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::net::SocketAddr;
+
+    use async_trait::async_trait;
+    use cassini_replication::{RpcTransport, TransportFailure};
+
+    use super::*;
+    use crate::transport::{BiStream, PeerInfo, SendStream, TransportError};
+
+    /// The transport of a cluster of one: there is no one to call.
+    struct NoPeers;
+
+    #[async_trait]
+    impl RpcTransport for NoPeers {
+        async fn call(
+            &self,
+            node: &str,
+            _request: Vec<u8>,
+            _timeout: Duration,
+        ) -> Result<Vec<u8>, TransportFailure> {
+            Err(TransportFailure::Unreachable(node.to_owned()))
+        }
+
+        fn connected(&self, _node: &str) -> bool {
+            false
+        }
+    }
+
+    /// A connection that only remembers how it was closed.
+    struct Recorded {
+        peer: PeerInfo,
+        closed: Mutex<Option<ErrorCode>>,
+    }
+
+    impl Recorded {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                peer: PeerInfo {
+                    identity: Arc::from("alice"),
+                    remote_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    certificate: None,
+                },
+                closed: Mutex::new(None),
+            })
+        }
+
+        fn closed_with(&self) -> Option<ErrorCode> {
+            *self.closed.lock().unwrap()
+        }
+    }
+
+    #[async_trait]
+    impl Connection for Recorded {
+        fn peer(&self) -> &PeerInfo {
+            &self.peer
+        }
+        async fn accept_bi(&self) -> Result<BiStream, TransportError> {
+            std::future::pending().await
+        }
+        async fn open_uni(&self) -> Result<Box<dyn SendStream>, TransportError> {
+            Err(TransportError::StreamLimit)
+        }
+        fn close(&self, code: ErrorCode, _reason: &str) {
+            self.closed.lock().unwrap().get_or_insert(code);
+        }
+        async fn closed(&self) -> TransportError {
+            std::future::pending().await
+        }
+    }
+
+    async fn alone() -> Arc<Ownership> {
+        let config = ReplicaConfig::new("n1", vec!["n1".to_owned()]);
+        let ownership = Ownership::start(config, None).await.expect("started");
+        ownership.replica().set_transport(Arc::new(NoPeers));
+        ownership
+    }
+
+    fn session() -> SessionKey {
+        SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        }
+    }
+
+    async fn claim(ownership: &Arc<Ownership>) -> Claimed {
+        tokio::time::timeout(Duration::from_secs(10), ownership.claim(session()))
+            .await
+            .expect("claimed in time")
+            .expect("claimed")
+    }
+
+    /// Another node's claim of the session, newer than any here, as applied on this node.
+    fn claimed_by_another_node(ownership: &Ownership) {
+        let newest = ownership.replica().owner(&session()).expect("owned").epoch;
+        ownership.applied(
+            &session(),
+            &Owner {
+                node: "n2".into(),
+                epoch: newest + 10,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_local_claim_held_after_a_newer_one_never_serves_past_another_nodes_claim() {
+        let ownership = alone().await;
+        let older = claim(&ownership).await;
+        let newer = claim(&ownership).await;
+        let (first, second) = (Recorded::new(), Recorded::new());
+        let _newer = newer.hold(first.clone()).expect("the newer claim holds");
+        // The older claim's fence wait ended after the newer one attached.
+        let older_hold = older.hold(second.clone());
+        claimed_by_another_node(&ownership);
+        assert_eq!(first.closed_with(), Some(ErrorCode::SESSION_TAKEN_OVER));
+        assert!(
+            older_hold.is_err() || second.closed_with() == Some(ErrorCode::SESSION_TAKEN_OVER),
+            "the older connection is refused, or closed by the newer claim of another node"
+        );
+        ownership.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn two_local_connections_holding_claims_are_both_closed_by_another_nodes_claim() {
+        let ownership = alone().await;
+        let (first, second) = (Recorded::new(), Recorded::new());
+        let _older = claim(&ownership)
+            .await
+            .hold(first.clone())
+            .expect("the older claim holds");
+        // Either connection may end up serving the session (the session manager decides).
+        let _newer = claim(&ownership)
+            .await
+            .hold(second.clone())
+            .expect("the newer claim holds");
+        claimed_by_another_node(&ownership);
+        assert_eq!(first.closed_with(), Some(ErrorCode::SESSION_TAKEN_OVER));
+        assert_eq!(second.closed_with(), Some(ErrorCode::SESSION_TAKEN_OVER));
+        ownership.shutdown().await;
     }
 }

@@ -160,12 +160,13 @@ async fn serve(
     // opening the session, answering a control request and going away are its largest states,
     // each passed through once or now and then; boxed, they take memory only while they run.
     let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
-    let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
-    // Held until the connection ends: a newer claim by another node closes it.
+    // Held from before the session opens until the connection ends: a newer claim by another
+    // node closes it, and an older claim than one already held here never opens the session.
     let _hold = match claim {
         Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
         None => None,
     };
+    let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
     let ended = opened.ended.take();
     report(DriverEvent::Established {
         session: opened.session.clone(),
