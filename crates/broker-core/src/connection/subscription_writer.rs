@@ -298,13 +298,26 @@ fn encode_gaps(gaps: &[Gap], buf: &mut BytesMut, max_frame_bytes: u32) {
     }
 }
 
+/// The largest batch handed to the transport to keep rather than copied (see
+/// [`write_or_cancel`]).
+const KEPT_CHUNK_BYTES: usize = 64 * 1024;
+
 async fn write_or_cancel(
     stream: &mut dyn SendStream,
     chunk: Bytes,
     cancel: &CancellationToken,
 ) -> Result<(), WriterOutcome> {
     let completed = {
-        let write = stream.write_chunk(chunk);
+        // A small batch goes as a chunk the transport keeps (no copy: the cost that matters
+        // for small messages); a large one is copied, so the writer's buffer is reused at once
+        // instead of another of that size being made while the transport holds the first.
+        let copied;
+        let write = if chunk.len() <= KEPT_CHUNK_BYTES {
+            stream.write_chunk(chunk)
+        } else {
+            copied = chunk;
+            stream.write_all(&copied)
+        };
         tokio::pin!(write);
         tokio::select! {
             written = &mut write => return written.map_err(WriterOutcome::from),
