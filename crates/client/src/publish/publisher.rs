@@ -161,7 +161,14 @@ impl Publisher {
     /// the broker has it. If the connection is gone the message comes back, unsent.
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), SendError> {
         match self.queue_now(outgoing)? {
-            Queued::Done => Ok(()),
+            // Queued without a wait, but still a unit of the task's cooperative budget (as an
+            // awaited channel send is): a loop of publishes yields now and then, so the
+            // client's own tasks (the lane writer, the reader of refusals) and the
+            // application's others run beside it, on a one-thread runtime too.
+            Queued::Done => {
+                tokio::task::coop::consume_budget().await;
+                Ok(())
+            }
             // Boxed: the waits' futures would otherwise make every publish's future (which
             // an application may move, box or spawn) several times larger.
             Queued::Wait(lane, outgoing) => Box::pin(self.send_waiting(lane, outgoing)).await,
