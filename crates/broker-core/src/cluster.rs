@@ -1048,8 +1048,8 @@ impl Drop for InboundLink {
 pub enum GroupTarget {
     /// A member on this node.
     Here,
-    /// A member on this peer (in routing), told with a drop report.
-    Peer(String),
+    /// A member on a peer in routing, told with a drop report.
+    Peer,
 }
 
 impl Cluster {
@@ -1132,7 +1132,7 @@ impl Cluster {
             },
             count,
         );
-        Some(GroupTarget::Peer(chosen.name.to_string()))
+        Some(GroupTarget::Peer)
     }
 
     /// Records `count` drops for `lost` towards peer `name`, announced when a link to it is up.

@@ -106,7 +106,7 @@ impl ClusterPort {
                     .reassign_group_loss(node, &one.topic, group, count)
                 {
                     Some(GroupTarget::Here) => announce_dropped(&self.shared, &one, count),
-                    Some(GroupTarget::Peer(_)) => {}
+                    Some(GroupTarget::Peer) => {}
                     None => self.cluster.drop_for_peer(node, one, count),
                 }
             }

@@ -902,25 +902,17 @@ async fn a_claim_whose_previous_owner_released_it_does_not_wait_for_that_node_go
         .find(|r| r.node() == leader)
         .expect("the leader");
     let epoch = owner.claim(key("s")).await.expect("claimed");
-    for _ in 0..100 {
-        if claimant.owner(&key("s")).is_some_and(|o| o.epoch == epoch) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("the claimant applies the claim", || {
+        claimant.owner(&key("s")).is_some_and(|o| o.epoch == epoch)
+    })
+    .await;
     let before = claimant.status().last_applied;
     owner.release(key("s"), epoch);
     // The release is the next entry: once the claimant has applied it, the owner may go.
-    for _ in 0..200 {
-        if claimant.status().last_applied > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        claimant.status().last_applied > before,
-        "the release was written"
-    );
+    until("the release is written", || {
+        claimant.status().last_applied > before
+    })
+    .await;
     mesh.cut
         .lock()
         .expect("cut")
