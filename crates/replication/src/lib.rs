@@ -7,7 +7,8 @@
 //! - [`log_store`]: the Raft log, its vote and commit index, in memory or in a redb file
 //!   ([`Storage`]) written with `Durability::Immediate` (synced before openraft is told).
 //! - [`state_machine`]: the session claims applied from the log, bounded per identity and in
-//!   all, snapshots of them (kept in the same redb file in disk mode), and the observer told
+//!   all, the records of each claimed session its owners wrote ([`Command::Write`], bounded
+//!   in bytes, applied only for the owner's claim), snapshots of them (kept in the same redb file in disk mode), and the observer told
 //!   of every claim applied.
 //! - [`network`]: the Raft RPCs as bytes over a transport this crate does not know
 //!   ([`RpcTransport`]: the cluster links implement it); no socket is named here.
@@ -19,6 +20,7 @@
 
 use std::io::Cursor;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
@@ -31,7 +33,7 @@ pub use log_store::{LogStore, Storage, StorageOpenError};
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE};
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
-pub use state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
+pub use state_machine::{ClaimObserver, Owner, SessionKey, SessionRecords, StateMachine};
 
 openraft::declare_raft_types!(
     /// Cassini's openraft types: node ids are `u64` ([`node_id`]), a node is its [`Member`].
@@ -81,6 +83,56 @@ pub enum Command {
         /// The claim whose fence is complete.
         epoch: u64,
     },
+    /// Changes to the stored state of sessions, each by the holder of one claim: applied for
+    /// a session only while that claim is the session's owner's.
+    Write {
+        /// The changes, per session.
+        writes: Vec<SessionWrite>,
+    },
+}
+
+/// Changes to one claimed session's stored records, made by the node holding claim `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWrite {
+    /// The session.
+    pub session: SessionKey,
+    /// The claim its writer holds: the changes apply only while it is the owner's.
+    pub epoch: u64,
+    /// The changes, in order.
+    pub ops: Vec<RecordOp>,
+}
+
+/// One change to a session's records: keys and values are the broker's, opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// The record's key.
+        key: Bytes,
+        /// Its value.
+        value: Bytes,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The record's key.
+        key: Bytes,
+    },
+    /// Removes every record whose key starts with `prefix`.
+    DeletePrefix {
+        /// The prefix.
+        prefix: Bytes,
+    },
+}
+
+/// Why a session's write was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum WriteRefusal {
+    /// The writer's claim is not the owner's any more (a newer claim took the session over,
+    /// or the claim was forgotten).
+    NotOwner,
+    /// The records of every session would exceed their bound, in bytes.
+    Full(u64),
 }
 
 /// What applying one entry answers.
@@ -99,6 +151,9 @@ pub struct Applied {
     /// For a claim: why it was not recorded, if it was not (then it is no one's epoch).
     #[serde(default)]
     pub refused: Option<Refusal>,
+    /// For a write: the sessions whose changes were not applied, and why.
+    #[serde(default)]
+    pub refused_writes: Vec<(SessionKey, WriteRefusal)>,
 }
 
 /// Why the claims table did not record a claim.

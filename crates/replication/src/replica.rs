@@ -31,8 +31,11 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
-use crate::state_machine::{ClaimObserver, Owner, SessionKey, StateMachine};
-use crate::{node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, TypeConfig};
+use crate::state_machine::{ClaimObserver, Owner, SessionKey, SessionRecords, StateMachine};
+use crate::{
+    node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, SessionWrite, TypeConfig,
+    WriteRefusal,
+};
 
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
@@ -84,6 +87,10 @@ pub struct ReplicaConfig {
     /// ([`crate::StateMachine::with_max_claims_per_identity`]). The same on every member.
     /// Default: [`crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY`] (1024).
     pub max_claims_per_identity: usize,
+    /// The most bytes of session records the state machine holds, on every member
+    /// ([`crate::StateMachine::with_max_record_bytes`]). The same on every member. Default:
+    /// [`crate::state_machine::DEFAULT_MAX_RECORD_BYTES`] (256 MiB).
+    pub max_record_bytes: u64,
 }
 
 impl ReplicaConfig {
@@ -109,6 +116,7 @@ impl ReplicaConfig {
             lease: Duration::from_secs(3),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
             max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
+            max_record_bytes: crate::state_machine::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -246,7 +254,8 @@ impl Replica {
         let state = StateMachine::open(storage, observer)
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
             .with_max_claims(config.max_claims)
-            .with_max_claims_per_identity(config.max_claims_per_identity);
+            .with_max_claims_per_identity(config.max_claims_per_identity)
+            .with_max_record_bytes(config.max_record_bytes);
         let slot = Arc::new(TransportSlot::default());
         let contacts = Arc::new(Contacts::new(config.lease, node_id(&config.node)));
         let network = Network {
@@ -440,6 +449,34 @@ impl Replica {
             let _ = tokio::time::timeout_at(deadline, writer.write(fenced, deadline)).await;
         });
         Ok(applied.epoch)
+    }
+
+    /// Writes changes to the records of sessions this node's connections hold claims of: once
+    /// a majority has committed them (within [`ReplicaConfig::claim_timeout`], else
+    /// [`ClaimError::NoQuorum`]) and this node has applied them, the sessions whose changes
+    /// were not applied and why (each session's changes apply only while the claim they name
+    /// is its owner's, and within the records' bound).
+    pub async fn write(
+        &self,
+        writes: Vec<SessionWrite>,
+    ) -> Result<Vec<(SessionKey, WriteRefusal)>, ClaimError> {
+        let limit = self.config.claim_timeout;
+        let deadline = Instant::now() + limit;
+        let command = Command::Write { writes };
+        let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
+            .await
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
+        Ok(applied.refused_writes)
+    }
+
+    /// The stored records of `session`, as this node has applied them.
+    pub fn records(&self, session: &SessionKey) -> Option<SessionRecords> {
+        self.state.records(session)
+    }
+
+    /// How many bytes of session records the state machine holds, and its bound.
+    pub fn record_bytes(&self) -> (u64, u64) {
+        self.state.record_bytes()
     }
 
     /// Changes the group's voters through openraft's joint consensus: [`MembershipChange::Add`]

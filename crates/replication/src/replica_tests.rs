@@ -926,3 +926,61 @@ async fn a_claim_whose_previous_owner_released_it_does_not_wait_for_that_node_go
         replica.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_s_records_written_by_its_owner_reach_every_node_and_a_stale_owner_s_are_refused()
+{
+    let (_mesh, replicas, _seen) = three(Duration::from_secs(3)).await;
+    leader_known(&replicas).await;
+    let put = |key: &'static [u8]| crate::RecordOp::Put {
+        key: bytes::Bytes::from_static(key),
+        value: bytes::Bytes::from_static(b"v"),
+    };
+    let first = claim_soon(&replicas[0], "s").await.expect("claimed");
+    let refused = replicas[0]
+        .write(vec![crate::SessionWrite {
+            session: key("s"),
+            epoch: first,
+            ops: vec![put(b"sub/1")],
+        }])
+        .await
+        .expect("committed");
+    assert!(refused.is_empty(), "{refused:?}");
+    until("every node applied the write", || {
+        replicas
+            .iter()
+            .all(|replica| replica.records(&key("s")).is_some_and(|r| r.len() == 1))
+    })
+    .await;
+    // n3 takes the session over: it finds what n1 wrote, and n1's late write is refused.
+    let second = claim_soon(&replicas[2], "s").await.expect("claimed");
+    assert!(replicas[2].records(&key("s")).is_some_and(|r| r.len() == 1));
+    let refused = replicas[0]
+        .write(vec![crate::SessionWrite {
+            session: key("s"),
+            epoch: first,
+            ops: vec![put(b"sub/2")],
+        }])
+        .await
+        .expect("committed");
+    assert_eq!(refused, vec![(key("s"), crate::WriteRefusal::NotOwner)]);
+    let refused = replicas[2]
+        .write(vec![crate::SessionWrite {
+            session: key("s"),
+            epoch: second,
+            ops: vec![put(b"sub/3")],
+        }])
+        .await
+        .expect("committed");
+    assert!(refused.is_empty());
+    let keys: Vec<Vec<u8>> = replicas[2]
+        .records(&key("s"))
+        .expect("records")
+        .keys()
+        .map(|key| key.to_vec())
+        .collect();
+    assert_eq!(keys, vec![b"sub/1".to_vec(), b"sub/3".to_vec()]);
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

@@ -17,8 +17,12 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use bytes::Bytes;
+
 use crate::log_store::Storage;
-use crate::{Applied, Command, Member, NodeId, Refusal, TypeConfig};
+use crate::{
+    Applied, Command, Member, NodeId, RecordOp, Refusal, SessionWrite, TypeConfig, WriteRefusal,
+};
 
 /// A session as the cluster claims it: a named session, by its certificate identity and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,6 +48,16 @@ pub type ClaimObserver = Arc<dyn Fn(&SessionKey, &Owner) + Send + Sync>;
 /// The most sessions the claims table holds by default ([`StateMachine::with_max_claims`]).
 pub const DEFAULT_MAX_CLAIMS: usize = 1 << 20;
 
+/// The most bytes of session records the table holds by default
+/// ([`StateMachine::with_max_record_bytes`]).
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 256 << 20;
+
+/// What one record counts against the bound beyond its key and value.
+const RECORD_OVERHEAD: u64 = 32;
+
+/// A claimed session's stored records, by key: what its owners wrote ([`Command::Write`]).
+pub type SessionRecords = BTreeMap<Bytes, Bytes>;
+
 /// The most sessions one identity holds in the claims table by default
 /// ([`StateMachine::with_max_claims_per_identity`]).
 pub const DEFAULT_MAX_CLAIMS_PER_IDENTITY: usize = 1024;
@@ -66,10 +80,23 @@ struct Claims {
     /// oldest first: only these are forgotten to make room.
     #[serde(default)]
     released: BTreeSet<u64>,
+    /// Per claimed session, its stored records: forgotten with its claim.
+    #[serde(default)]
+    records: BTreeMap<SessionKey, SessionRecords>,
     /// Per identity, its sessions in the table and the released ones among them: derived
     /// from the above ([`Claims::reindex`]), not stored.
     #[serde(skip)]
     identities: HashMap<String, IdentityClaims>,
+    /// The bytes `records` counts against its bound ([`record_size`]): derived, not stored.
+    #[serde(skip)]
+    record_bytes: u64,
+}
+
+/// What a record counts against the bound of session records.
+fn record_size(key: &Bytes, value: &Bytes) -> u64 {
+    (key.len() as u64)
+        .saturating_add(value.len() as u64)
+        .saturating_add(RECORD_OVERHEAD)
 }
 
 /// One identity's share of the claims table.
@@ -86,6 +113,7 @@ struct IdentityClaims {
 struct Bounds {
     max_claims: usize,
     max_per_identity: usize,
+    max_record_bytes: u64,
 }
 
 impl Claims {
@@ -99,6 +127,72 @@ impl Claims {
                 identity.released.insert(owner.epoch);
             }
         }
+        self.record_bytes = self
+            .records
+            .values()
+            .flat_map(|records| records.iter())
+            .map(|(key, value)| record_size(key, value))
+            .fold(0, u64::saturating_add);
+    }
+
+    /// Applies `write` if its claim is the session's owner's and the records stay within
+    /// their bound; otherwise changes nothing.
+    fn write(&mut self, write: SessionWrite, bounds: Bounds) -> Result<(), WriteRefusal> {
+        if self.owners.get(&write.session).map(|owner| owner.epoch) != Some(write.epoch) {
+            return Err(WriteRefusal::NotOwner);
+        }
+        let records = self.records.entry(write.session.clone()).or_default();
+        // What each changed key held before, to undo the write if it ends beyond the bound.
+        let mut undo: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        let mut bytes = self.record_bytes;
+        for op in write.ops {
+            match op {
+                RecordOp::Put { key, value } => {
+                    bytes = bytes.saturating_add(record_size(&key, &value));
+                    let before = records.insert(key.clone(), value);
+                    if let Some(before) = &before {
+                        bytes = bytes.saturating_sub(record_size(&key, before));
+                    }
+                    undo.push((key, before));
+                }
+                RecordOp::Delete { key } => {
+                    if let Some(before) = records.remove(&key) {
+                        bytes = bytes.saturating_sub(record_size(&key, &before));
+                        undo.push((key, Some(before)));
+                    }
+                }
+                RecordOp::DeletePrefix { prefix } => {
+                    let keys: Vec<Bytes> = records
+                        .range(prefix.clone()..)
+                        .map(|(key, _)| key.clone())
+                        .take_while(|key| key.starts_with(&prefix))
+                        .collect();
+                    for key in keys {
+                        if let Some(before) = records.remove(&key) {
+                            bytes = bytes.saturating_sub(record_size(&key, &before));
+                            undo.push((key, Some(before)));
+                        }
+                    }
+                }
+            }
+        }
+        if bytes > bounds.max_record_bytes && bytes > self.record_bytes {
+            for (key, before) in undo.into_iter().rev() {
+                match before {
+                    Some(value) => records.insert(key, value),
+                    None => records.remove(&key),
+                };
+            }
+            if records.is_empty() {
+                self.records.remove(&write.session);
+            }
+            return Err(WriteRefusal::Full(bounds.max_record_bytes));
+        }
+        if records.is_empty() {
+            self.records.remove(&write.session);
+        }
+        self.record_bytes = bytes;
+        Ok(())
     }
 
     /// The released claim that goes first to make room, of `identity` only or of anyone:
@@ -143,6 +237,13 @@ impl Claims {
         self.owners.remove(&session);
         self.unfenced.remove(&session);
         self.released.remove(&epoch);
+        if let Some(records) = self.records.remove(&session) {
+            let freed = records
+                .iter()
+                .map(|(key, value)| record_size(key, value))
+                .fold(0, u64::saturating_add);
+            self.record_bytes = self.record_bytes.saturating_sub(freed);
+        }
         if let Some(identity) = self.identities.get_mut(&session.identity) {
             identity.sessions = identity.sessions.saturating_sub(1);
             identity.released.remove(&epoch);
@@ -298,6 +399,7 @@ impl StateMachine {
             bounds: Bounds {
                 max_claims: DEFAULT_MAX_CLAIMS,
                 max_per_identity: DEFAULT_MAX_CLAIMS_PER_IDENTITY,
+                max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             },
             storage,
             inner: Arc::new(Mutex::new(inner)),
@@ -323,6 +425,27 @@ impl StateMachine {
     pub fn with_max_claims_per_identity(mut self, max: usize) -> Self {
         self.bounds.max_per_identity = max.max(1);
         self
+    }
+
+    /// Holds at most `max` bytes of session records (keys, values and 32 bytes each): a write
+    /// that would end beyond it is refused ([`WriteRefusal::Full`]) and changes nothing,
+    /// unless it makes the records smaller.
+    pub fn with_max_record_bytes(mut self, max: u64) -> Self {
+        self.bounds.max_record_bytes = max;
+        self
+    }
+
+    /// The stored records of `session`, as of the last entry applied here.
+    pub fn records(&self, session: &SessionKey) -> Option<SessionRecords> {
+        self.lock().claims.records.get(session).cloned()
+    }
+
+    /// How many bytes of session records the table holds, and its bound.
+    pub fn record_bytes(&self) -> (u64, u64) {
+        (
+            self.lock().claims.record_bytes,
+            self.bounds.max_record_bytes,
+        )
     }
 
     /// Why a claim of `session` would be refused as of the last entry applied here, if it
@@ -423,7 +546,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     epoch: owner.epoch,
                                     previous,
                                     unfenced,
-                                    refused: None,
+                                    ..Applied::default()
                                 });
                                 claimed.push((session, owner));
                             }
@@ -447,6 +570,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Command::Fenced { session, epoch }) => {
                         inner.claims.fenced(&session, epoch);
                         answers.push(Applied::default());
+                    }
+                    EntryPayload::Normal(Command::Write { writes }) => {
+                        let mut refused_writes = Vec::new();
+                        for write in writes {
+                            let session = write.session.clone();
+                            if let Err(refusal) = inner.claims.write(write, self.bounds) {
+                                refused_writes.push((session, refusal));
+                            }
+                        }
+                        answers.push(Applied {
+                            epoch: entry.log_id.index,
+                            refused_writes,
+                            ..Applied::default()
+                        });
                     }
                     EntryPayload::Membership(membership) => {
                         inner.claims.membership =
@@ -555,6 +692,7 @@ mod tests {
         Bounds {
             max_claims: DEFAULT_MAX_CLAIMS,
             max_per_identity: DEFAULT_MAX_CLAIMS_PER_IDENTITY,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 
@@ -630,5 +768,148 @@ mod tests {
             .claim(&session, &by("n2", 6), bounds())
             .expect("claimed");
         assert_eq!(unfenced, vec![by("n1", 3)], "n1's claim is still to fence");
+    }
+
+    fn put(key: &str, value: &str) -> RecordOp {
+        RecordOp::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    fn keys(claims: &Claims, session: &SessionKey) -> Vec<String> {
+        claims
+            .records
+            .get(session)
+            .map(|records| {
+                records
+                    .keys()
+                    .map(|key| String::from_utf8_lossy(key).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_write_applies_only_for_the_owners_claim() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let mut claims = Claims::default();
+        let write = |epoch, ops| SessionWrite {
+            session: session.clone(),
+            epoch,
+            ops,
+        };
+        assert_eq!(
+            claims.write(write(3, vec![put("a", "1")]), bounds()),
+            Err(WriteRefusal::NotOwner),
+            "no claim, no write"
+        );
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims
+            .write(write(3, vec![put("a", "1"), put("b/1", "x")]), bounds())
+            .expect("the owner writes");
+        claims
+            .claim(&session, &by("n2", 5), bounds())
+            .expect("claimed");
+        assert_eq!(
+            claims.write(write(3, vec![put("c", "1")]), bounds()),
+            Err(WriteRefusal::NotOwner),
+            "the old owner's late write is refused"
+        );
+        claims
+            .write(write(5, vec![put("b/2", "y")]), bounds())
+            .expect("the new owner writes on what the old one left");
+        assert_eq!(keys(&claims, &session), ["a", "b/1", "b/2"]);
+        claims
+            .write(
+                write(
+                    5,
+                    vec![RecordOp::DeletePrefix {
+                        prefix: Bytes::from_static(b"b/"),
+                    }],
+                ),
+                bounds(),
+            )
+            .expect("written");
+        assert_eq!(keys(&claims, &session), ["a"]);
+        assert_eq!(claims.record_bytes, 1 + 1 + RECORD_OVERHEAD);
+    }
+
+    #[test]
+    fn a_write_beyond_the_bound_changes_nothing_and_one_that_frees_room_applies() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let small = Bounds {
+            max_record_bytes: 100,
+            ..bounds()
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), small)
+            .expect("claimed");
+        let write = |ops| SessionWrite {
+            session: session.clone(),
+            epoch: 3,
+            ops,
+        };
+        claims
+            .write(write(vec![put("a", &"x".repeat(50))]), small)
+            .expect("fits");
+        let held = claims.record_bytes;
+        assert_eq!(
+            claims.write(write(vec![put("b", "1"), put("c", &"y".repeat(50))]), small),
+            Err(WriteRefusal::Full(100))
+        );
+        assert_eq!(keys(&claims, &session), ["a"], "nothing of it applied");
+        assert_eq!(claims.record_bytes, held);
+        claims
+            .write(
+                write(vec![
+                    RecordOp::Delete {
+                        key: Bytes::from_static(b"a"),
+                    },
+                    put("c", &"y".repeat(50)),
+                ]),
+                small,
+            )
+            .expect("room made in the same write");
+        assert_eq!(keys(&claims, &session), ["c"]);
+    }
+
+    #[test]
+    fn records_are_in_the_snapshot_and_forgotten_with_their_claim() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims
+            .write(
+                SessionWrite {
+                    session: session.clone(),
+                    epoch: 3,
+                    ops: vec![put("a", "1")],
+                },
+                bounds(),
+            )
+            .expect("written");
+        let bytes = rmp_serde::to_vec(&claims).expect("encoded");
+        let mut read: Claims = rmp_serde::from_slice(&bytes).expect("decoded");
+        read.reindex();
+        assert_eq!(keys(&read, &session), ["a"]);
+        assert_eq!(read.record_bytes, claims.record_bytes);
+        read.forget(3);
+        assert!(read.records.is_empty());
+        assert_eq!(read.record_bytes, 0);
     }
 }
