@@ -453,3 +453,115 @@ async fn an_identity_holds_at_most_its_maximum_of_sessions_in_use_across_the_clu
         node.stop().await;
     }
 }
+
+/// Publishes `payloads` to `topic` through `node`, each acknowledged by the broker.
+async fn publish_acked(node: &Node, topic: &str, payloads: &[&'static str]) {
+    let publisher = node.broker.client("publisher").await;
+    for payload in payloads {
+        within(
+            "publish acknowledged",
+            publisher.publish_acked(topic, bytes::Bytes::from_static(payload.as_bytes())),
+        )
+        .await
+        .expect("publish acknowledged");
+    }
+    publisher.close().await.expect("publisher closes");
+}
+
+/// Receives `count` messages from `subscription`: payload and whether it was marked
+/// redelivered.
+async fn receive(
+    subscription: &mut cassini_client::Subscription,
+    count: usize,
+) -> Vec<(String, bool)> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let message = within("the messages arrive", subscription.recv())
+            .await
+            .expect("the subscription is open");
+        received.push((
+            String::from_utf8_lossy(message.payload()).into_owned(),
+            message.is_redelivered(),
+        ));
+    }
+    received
+}
+
+#[tokio::test]
+async fn a_session_taken_over_on_another_node_keeps_its_subscriptions_and_unacknowledged_messages()
+{
+    let (_pki, nodes) = three_members([None, None, None]).await;
+    let first = nodes[0]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects to its named session on n1");
+    let mut subscription = first
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribes at least once");
+    let quiet = first
+        .subscribe("device.log")
+        .await
+        .expect("subscribes at most once");
+    publish_acked(&nodes[0], "device.cmd", &["one", "two"]).await;
+    assert_eq!(
+        receive(&mut subscription, 2).await,
+        [("one".to_owned(), false), ("two".to_owned(), false)]
+    );
+    subscription.acknowledge();
+    first.ping().await.expect("the acknowledgement reached n1");
+    publish_acked(&nodes[0], "device.cmd", &["three", "four"]).await;
+    assert_eq!(
+        receive(&mut subscription, 2).await.len(),
+        2,
+        "sent, not acknowledged"
+    );
+
+    // The same session on n3: taken over, with what n1 wrote through the cluster's log.
+    let second = nodes[2]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects to its named session on n3");
+    assert!(
+        matches!(
+            second.state(),
+            cassini_client::ConnectionState::Connected { resumed: true, .. }
+        ),
+        "the session is resumed on n3, not made anew"
+    );
+    assert_eq!(second.session_id(), first.session_id(), "the same session");
+    let mut filters: Vec<String> = second
+        .unclaimed_subscriptions()
+        .into_iter()
+        .map(|subscription| subscription.filter)
+        .collect();
+    filters.sort();
+    assert_eq!(filters, ["device.cmd", "device.log"]);
+    let mut taken = second
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("takes the subscription up");
+    assert_eq!(taken.id(), subscription.id());
+    assert_eq!(
+        receive(&mut taken, 2).await,
+        [("three".to_owned(), true), ("four".to_owned(), true)],
+        "what n1 sent and the client did not acknowledge comes again, marked"
+    );
+    // New messages reach the session where it is now, published on any node.
+    publish_acked(&nodes[1], "device.cmd", &["five"]).await;
+    assert_eq!(receive(&mut taken, 1).await, [("five".to_owned(), false)]);
+    taken.acknowledge();
+    assert_eq!(taken.take_gaps(), [], "nothing was lost");
+    drop(quiet);
+    second.close().await.expect("close");
+    drop(first);
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -204,6 +204,20 @@ impl Publisher {
                 check_room(&shared.router, store, &message, target, retain)?;
             }
         }
+        if let Some(store) = shared.replicated() {
+            // Named sessions' at-least-once queues store in the cluster's records.
+            if self.source != Source::System
+                && shared.router.reaches_stored_queue(&message.topic, target)
+            {
+                store.usable()?;
+                if !store.has_room_for(message.memory_size()) {
+                    return Err(StorageError::Full {
+                        limit: store.max_bytes(),
+                    }
+                    .into());
+                }
+            }
+        }
         let identity = self.client.as_ref().map(|(identity, _)| identity);
         let acknowledged = match identity {
             Some(identity) if publish.ack && self.source == Source::Stream => Some((
@@ -237,6 +251,7 @@ impl Publisher {
         // duplicate and the message lost) nor the messages without the entry (a retry would be
         // delivered twice).
         let _whole = shared.storage.as_ref().map(|store| store.hold());
+        let _replicated = shared.replicated().map(|store| store.hold());
         if !shared
             .dedupe
             .first_time(identity, message_id, Instant::now())

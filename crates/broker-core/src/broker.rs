@@ -113,8 +113,19 @@ impl Broker {
                 // Claims count against the same bound as the sessions of one identity.
                 replica.max_claims_per_identity = config.limits.max_sessions_per_identity;
                 let disk = config.storage.mode == crate::config::StorageMode::Disk;
+                if disk {
+                    // Named sessions' records live in the Raft log and its snapshots.
+                    replica.max_record_bytes = config.storage.max_disk_bytes;
+                }
                 let data_dir = disk.then_some(config.storage.data_dir.as_path());
-                Some(crate::cluster::ownership::Ownership::start(replica, data_dir).await?)
+                Some(
+                    crate::cluster::ownership::Ownership::start(
+                        replica,
+                        data_dir,
+                        config.storage.max_pending_bytes,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -128,6 +139,11 @@ impl Broker {
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
         if let (Some(cluster), Some(ownership)) = (managers.shared.router.cluster(), ownership) {
+            // A session another node claimed is served there from now on: its copy here goes.
+            let sessions = managers.sessions.clone();
+            ownership.on_taken_elsewhere(Box::new(move |key| {
+                let _ = sessions.send_message(SessionManagerMsg::TakenElsewhere(key.clone()));
+            }));
             cluster.set_ownership(ownership);
         }
         Ok(BrokerHandle {

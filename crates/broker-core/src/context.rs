@@ -40,6 +40,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The store of named sessions in a cluster with `members`.
+    pub(crate) fn replicated(
+        &self,
+    ) -> Option<&Arc<crate::cluster::replicated_store::ReplicatedStore>> {
+        Some(self.router.cluster()?.ownership()?.store())
+    }
+
     /// Emits a system event; never waits (a full event queue drops it, counted).
     pub(crate) fn emit(&self, event: Event) {
         self.events.emit(event, self.router.counters());

@@ -37,6 +37,9 @@ use crate::{
     WriteRefusal,
 };
 
+/// The most entries one append entries request carries.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
+
 /// How often the first member checks whether it can bootstrap the group.
 const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 
@@ -246,6 +249,9 @@ impl Replica {
             election_timeout_max: millis(config.election_timeout.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 0,
+            // An entry of session records carries up to about 3 MiB (the broker's batches):
+            // 16 of them stay within a cluster frame (64 MiB).
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..openraft::Config::default()
         }
         .validate()

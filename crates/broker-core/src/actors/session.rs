@@ -47,7 +47,7 @@ use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
 use crate::storage::records::{SessionRecord, SubscriptionRecord};
 use crate::storage::{
-    session_key, unix_ms, Op, QueueStore, RecoveredSession, RecoveredSubscription,
+    session_key, unix_ms, Op, QueueStore, RecoveredSession, RecoveredSubscription, SessionStore,
 };
 use crate::transport::Connection;
 
@@ -60,8 +60,12 @@ pub(crate) struct SessionArgs {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) managers: SessionManagers,
-    /// Read back from the store after a restart, with the time it has left until it expires.
+    /// Read back from the store after a restart (or, for a named session in a cluster with
+    /// `members`, from the replicated records another node wrote), with the time it has left
+    /// until it expires.
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
+    /// Where it writes its records, if anywhere.
+    pub(crate) store: Option<SessionStore>,
 }
 
 /// The managers a session asks to start its subscribers and route its filters to them; both
@@ -99,6 +103,9 @@ pub(crate) enum SessionMsg {
     /// Ends the session now if it is detached, to make room for a newer session of the same
     /// identity (`max_sessions_per_identity`); answers whether it ended.
     Evict(RpcReplyPort<bool>),
+    /// Another node claimed the session (it closed the connection here, if any): this copy
+    /// ends without touching the records, which the other node serves from now on.
+    Relinquish,
     /// Starts a subscription.
     Subscribe {
         filter: String,
@@ -210,6 +217,8 @@ pub(crate) struct SessionState {
     ended: VecDeque<SubscriptionEnded>,
     epoch: u64,
     acks: Arc<AckTargets>,
+    /// Where it writes its records, if anywhere.
+    store: Option<SessionStore>,
 }
 
 /// A subscription on its way to being started.
@@ -231,7 +240,7 @@ impl Drop for SessionState {
 impl SessionState {
     /// Writes the session's record through to the store (disk mode).
     fn store_session(&self) {
-        if let Some(store) = &self.shared.storage {
+        if let Some(store) = &self.store {
             store.append([Op::PutSession(SessionRecord {
                 id: session_key(self.id),
                 identity: self.identity.to_string(),
@@ -247,14 +256,14 @@ impl SessionState {
 
     /// Removes a stored subscription with its messages (disk mode).
     fn forget_subscription(&self, subscription: SubscriptionId) {
-        if let Some(store) = &self.shared.storage {
+        if let Some(store) = &self.store {
             store.append([Op::DeleteSubscription(session_key(self.id), subscription)]);
         }
     }
 
     fn queue_store(&self, subscription: SubscriptionId) -> Option<QueueStore> {
-        self.shared.storage.as_ref().map(|store| QueueStore {
-            store: Arc::clone(store),
+        self.store.as_ref().map(|store| QueueStore {
+            store: store.clone(),
             session: session_key(self.id),
             subscription,
         })
@@ -334,7 +343,7 @@ impl SessionState {
             .checked_add(1)
             .ok_or(BrokerError::TooManySubscriptions(u32::MAX))?;
         self.last_subscription = subscription;
-        if let Some(store) = &self.shared.storage {
+        if let Some(store) = &self.store {
             // Before the queue exists, so the record is stored before any of its messages.
             store.append([Op::PutSubscription(SubscriptionRecord {
                 session: session_key(self.id),
@@ -459,7 +468,7 @@ impl SessionState {
         subscription: SubscriptionId,
         reply: RpcReplyPort<Result<SubscriptionId, BrokerError>>,
     ) {
-        let Some(store) = self.shared.storage.clone() else {
+        let Some(store) = self.store.clone() else {
             let _ = reply.send(Ok(subscription));
             return;
         };
@@ -658,7 +667,7 @@ impl SessionState {
 impl SessionState {
     /// Removes the stored session with everything it owns (disk mode).
     fn forget(&self) {
-        if let Some(store) = &self.shared.storage {
+        if let Some(store) = &self.store {
             store.append([Op::DeleteSession(session_key(self.id))]);
         }
     }
@@ -802,8 +811,14 @@ impl Actor for Session {
             ended: VecDeque::new(),
             epoch: 0,
             acks: Arc::default(),
+            store: args.store,
         };
         let Some((recovered, expires_in)) = args.recovered else {
+            if let Some(store @ SessionStore::Replicated(_)) = &state.store {
+                // A new session under a name: whatever an earlier session of the name left
+                // in the cluster's records goes first.
+                store.append([Op::DeleteSession(session_key(state.id))]);
+            }
             state.store_session();
             return Ok(state);
         };
@@ -886,6 +901,14 @@ impl Actor for Session {
                     myself.stop(Some("evicted by a newer session of its identity".into()));
                 }
                 let _ = reply.send(evicted);
+            }
+            SessionMsg::Relinquish => {
+                if let Some(SessionStore::Replicated(store)) = &state.store {
+                    store.unbind(session_key(state.id));
+                }
+                state.store = None;
+                tracing::info!(session = %state.id, identity = %state.identity, "session claimed by another node: its copy here ends");
+                myself.stop(Some("claimed by another node".into()));
             }
             SessionMsg::Subscribe {
                 filter,

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cassini_protocol::{ResumePosition, SessionId};
+use cassini_replication::SessionKey;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
@@ -48,10 +49,19 @@ use super::{ask, ended_child};
 use crate::ack_targets::AckTargets;
 use crate::context::Shared;
 use crate::error::BrokerError;
-use crate::storage::{session_id, unix_ms, Op, RecoveredSession};
+use crate::storage::session_records::{read_back, ReadBackError};
+use crate::storage::{session_id, session_key, unix_ms, Op, RecoveredSession, SessionStore};
 use crate::transport::Connection;
 
 pub(crate) struct SessionManager;
+
+/// The cluster's key of the named session `name` of `identity`.
+fn session_of(identity: &str, name: &str) -> SessionKey {
+    SessionKey {
+        identity: identity.to_owned(),
+        name: name.to_owned(),
+    }
+}
 
 /// A session a connection is now attached to.
 pub(crate) struct Opened {
@@ -78,8 +88,13 @@ pub(crate) enum SessionManagerMsg {
         name: Option<String>,
         positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
+        /// The epoch of the claim the connection holds of its named session, in a cluster
+        /// with `members`.
+        claim: Option<u64>,
         reply: RpcReplyPort<Result<Opened, BrokerError>>,
     },
+    /// Another node claimed this named session: its copy here ends, the records stay.
+    TakenElsewhere(SessionKey),
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
     /// The ACL was replaced: every session ends the subscriptions it no longer allows.
@@ -130,6 +145,7 @@ impl SessionManagerState {
         id: SessionId,
         owner: Owner,
         recovered: Option<(RecoveredSession, Duration)>,
+        claim: Option<u64>,
     ) -> Result<ActorRef<SessionMsg>, SpawnErr> {
         let Owner {
             identity,
@@ -137,6 +153,7 @@ impl SessionManagerState {
             name,
             exclusive,
         } = owner;
+        let store = self.store_for(id, &identity, name.as_deref(), claim);
         let args = SessionArgs {
             id,
             identity: Arc::clone(&identity),
@@ -144,6 +161,7 @@ impl SessionManagerState {
             shared: Arc::clone(&self.shared),
             managers: self.managers.clone(),
             recovered,
+            store,
         };
         let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
         self.insert(
@@ -218,6 +236,38 @@ impl SessionManagerState {
             .is_some_and(|entry| entry.identity != *identity)
     }
 
+    /// Where session `id` writes its records: a named session holding a claim, to the
+    /// cluster's replicated store, under that claim (bound now, so its first record goes
+    /// under it); any other session, to the disk store in disk mode.
+    fn store_for(
+        &self,
+        id: SessionId,
+        identity: &str,
+        name: Option<&str>,
+        claim: Option<u64>,
+    ) -> Option<SessionStore> {
+        if let (Some(name), Some(claim), Some(store)) = (name, claim, self.shared.replicated()) {
+            store.bind(session_key(id), session_of(identity, name), claim);
+            return Some(SessionStore::Replicated(Arc::clone(store)));
+        }
+        self.shared.storage.clone().map(SessionStore::Disk)
+    }
+
+    /// The named session `name` of `identity` as the cluster's records hold it, if they hold
+    /// one (another node served it, or this node before it lost it).
+    fn replicated_session(&self, identity: &str, name: &str) -> Option<RecoveredSession> {
+        let ownership = self.shared.router.cluster()?.ownership()?;
+        let records = ownership.replica().records(&session_of(identity, name))?;
+        match read_back(&records, &self.shared.config.limits.topics) {
+            Ok(session) => Some(session),
+            Err(ReadBackError::NoSession) => None,
+            Err(err) => {
+                tracing::error!(%identity, name, %err, "the cluster's records of a session cannot be read: starting it afresh");
+                None
+            }
+        }
+    }
+
     fn held_by(&self, identity: &Arc<str>) -> usize {
         self.per_identity.get(identity).copied().unwrap_or(0)
     }
@@ -225,23 +275,30 @@ impl SessionManagerState {
 
 impl SessionManager {
     /// Starts a session read back from the store, or removes it if it expired meanwhile.
+    /// How long a session read back (from the disk store or the cluster's records) has left
+    /// before it expires, and how long it was detached; `None` if it expired meanwhile.
+    fn left(shared: &Shared, recovered: &RecoveredSession) -> (Option<Duration>, Duration) {
+        let now = unix_ms();
+        let detached_at = recovered.record.detached_at_ms.unwrap_or(now);
+        let away = Duration::from_millis(now.saturating_sub(detached_at));
+        // The time its client asked for (an MQTT 5 Session Expiry Interval), else, as for
+        // every session, `sessions.expiry`; never more than the configuration allows now.
+        let most = shared.config.sessions.expiry;
+        let expiry = recovered
+            .record
+            .expiry_ms
+            .map_or(most, |ms| Duration::from_millis(ms).min(most));
+        (expiry.checked_sub(away), away)
+    }
+
     async fn restore(
         myself: &ActorRef<SessionManagerMsg>,
         state: &mut SessionManagerState,
         recovered: RecoveredSession,
     ) -> Result<(), ActorProcessingErr> {
         let id = session_id(recovered.record.id);
-        let now = unix_ms();
-        let detached_at = recovered.record.detached_at_ms.unwrap_or(now);
-        let away = Duration::from_millis(now.saturating_sub(detached_at));
-        // The time its client asked for (an MQTT 5 Session Expiry Interval), else, as for
-        // every session, `sessions.expiry`; never more than the configuration allows now.
-        let most = state.shared.config.sessions.expiry;
-        let expiry = recovered
-            .record
-            .expiry_ms
-            .map_or(most, |ms| Duration::from_millis(ms).min(most));
-        let Some(expires_in) = expiry.checked_sub(away) else {
+        let (left, away) = Self::left(&state.shared, &recovered);
+        let Some(expires_in) = left else {
             tracing::info!(session = %id, ?away, "a stored session expired while the broker was down; removing it");
             state.shared.emit(crate::events::Event::SessionExpired {
                 identity: recovered.record.identity.clone(),
@@ -268,10 +325,55 @@ impl SessionManager {
                     exclusive: false,
                 },
                 recovered,
+                None,
             )
             .await?;
         tracing::debug!(session = %id, ?expires_in, "session restored from the store");
         Ok(())
+    }
+
+    /// Starts the named session `name` of `identity` from the cluster's records, if they hold
+    /// it and it has not expired, to be resumed under `claim`; its id, or `None` (a new
+    /// session is made).
+    async fn take_up(
+        myself: &ActorRef<SessionManagerMsg>,
+        state: &mut SessionManagerState,
+        identity: &Arc<str>,
+        name: &Arc<str>,
+        exclusive: bool,
+        claim: u64,
+    ) -> Result<Option<SessionId>, BrokerError> {
+        let Some(recovered) = state.replicated_session(identity, name) else {
+            return Ok(None);
+        };
+        let id = session_id(recovered.record.id);
+        if recovered.record.identity != **identity || state.sessions.contains_key(&id) {
+            return Ok(None);
+        }
+        let (left, _) = Self::left(&state.shared, &recovered);
+        let Some(expires_in) = left else {
+            tracing::info!(session = %id, %identity, name = %name, "the session in the cluster's records expired: starting a new one");
+            return Ok(None);
+        };
+        Self::make_room(state, identity).await?;
+        let subscriptions = recovered.subscriptions.len();
+        state
+            .start(
+                myself,
+                id,
+                Owner {
+                    identity: Arc::clone(identity),
+                    certificate: None,
+                    name: Some(Arc::clone(name)),
+                    exclusive,
+                },
+                Some((recovered, expires_in)),
+                Some(claim),
+            )
+            .await
+            .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
+        tracing::info!(session = %id, %identity, name = %name, subscriptions, "session taken up from the cluster's records");
+        Ok(Some(id))
     }
 
     /// Ends `identity`'s longest-detached sessions until it holds fewer than its maximum;
@@ -315,6 +417,7 @@ impl SessionManager {
         name: Option<String>,
         positions: Vec<ResumePosition>,
         connection: Arc<dyn Connection>,
+        claim: Option<u64>,
     ) -> Result<Opened, BrokerError> {
         let identity = Arc::clone(&connection.peer().identity);
         let certificate = connection.peer().certificate.clone();
@@ -340,6 +443,14 @@ impl SessionManager {
                 .copied(),
             None => resume,
         };
+        // In a cluster with `members`, a named session this node does not hold may be in the
+        // cluster's records: taken up from them, it is resumed like any other.
+        let resume = match (&name, claim, resume) {
+            (Some(name), Some(claim), None) => {
+                Self::take_up(myself, state, &identity, name, exclusive, claim).await?
+            }
+            (_, _, resume) => resume,
+        };
         let (id, session, resumed) = match resume {
             Some(id) => {
                 let entry = state
@@ -349,6 +460,12 @@ impl SessionManager {
                 if entry.identity != identity {
                     tracing::warn!(session = %id, %identity, "resume refused: session belongs to another identity");
                     return Err(BrokerError::SessionIdentityMismatch);
+                }
+                if let (Some(name), Some(claim), Some(store)) =
+                    (&entry.name, claim, state.shared.replicated())
+                {
+                    // Its records go under the connection's newer claim from now on.
+                    store.bind(session_key(id), session_of(&identity, name), claim);
                 }
                 entry.certificate = certificate;
                 let session = entry.session.clone();
@@ -381,6 +498,7 @@ impl SessionManager {
                             exclusive,
                         },
                         None,
+                        claim,
                     )
                     .await
                     .map_err(|err| BrokerError::Internal(format!("spawning session: {err}")))?;
@@ -448,10 +566,24 @@ impl Actor for SessionManager {
                 name,
                 positions,
                 connection,
+                claim,
                 reply,
             } => {
-                let result = Self::open(&myself, state, resume, name, positions, connection).await;
+                let result =
+                    Self::open(&myself, state, resume, name, positions, connection, claim).await;
                 let _ = reply.send(result);
+            }
+            SessionManagerMsg::TakenElsewhere(key) => {
+                let named = (
+                    Arc::from(key.identity.as_str()),
+                    Arc::from(key.name.as_str()),
+                );
+                if let Some(id) = state.names.get(&named).copied() {
+                    if let Some(entry) = state.sessions.get(&id) {
+                        let _ = entry.session.send_message(SessionMsg::Relinquish);
+                    }
+                    state.remove(&id);
+                }
             }
             SessionManagerMsg::Count(reply) => {
                 let _ = reply.send(state.sessions.len());

@@ -29,6 +29,7 @@ use std::time::Duration;
 use cassini_protocol::ErrorCode;
 use cassini_replication::{ClaimObserver, Owner, Replica, ReplicaConfig, SessionKey, Storage};
 
+use super::replicated_store::ReplicatedStore;
 use crate::error::BrokerError;
 use crate::transport::Connection;
 
@@ -52,7 +53,14 @@ pub struct Ownership {
     in_use: Mutex<HashMap<SessionKey, (usize, u64)>>,
     /// Checks the lease; stopped by [`Ownership::shutdown`].
     lease_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where this node's named sessions write their records.
+    store: Arc<ReplicatedStore>,
+    /// Told of each session another node claimed (the broker drops its copy here).
+    taken_elsewhere: OnceLock<TakenElsewhere>,
 }
+
+/// Told of each session another node claimed.
+pub(crate) type TakenElsewhere = Box<dyn Fn(&SessionKey) + Send + Sync>;
 
 impl std::fmt::Debug for Ownership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,10 +72,12 @@ impl std::fmt::Debug for Ownership {
 
 impl Ownership {
     /// Starts this node's replica: its log in memory, or in `data_dir`/[`RAFT_FILE`] when
-    /// `data_dir` is given (disk mode).
+    /// `data_dir` is given (disk mode); named sessions' records wait for their entry up to
+    /// `max_pending_bytes`.
     pub async fn start(
         config: ReplicaConfig,
         data_dir: Option<&Path>,
+        max_pending_bytes: usize,
     ) -> Result<Arc<Self>, BrokerError> {
         let storage = match data_dir {
             Some(dir) => {
@@ -92,11 +102,14 @@ impl Ownership {
             .await
             .map_err(|err| BrokerError::Internal(format!("starting Raft: {err}")))?;
         let every = replica.lease() / 4;
+        let store = ReplicatedStore::start(Arc::clone(&replica), max_pending_bytes);
         let ownership = Arc::new(Self {
             replica,
             held: Mutex::default(),
             in_use: Mutex::default(),
             lease_watch: Mutex::default(),
+            store,
+            taken_elsewhere: OnceLock::new(),
         });
         let _ = registry.set(Arc::downgrade(&ownership));
         let watch = tokio::spawn(watch_lease(Arc::downgrade(&ownership), every));
@@ -121,7 +134,19 @@ impl Ownership {
         if let Some(watch) = watch {
             watch.abort();
         }
+        self.store.close();
         self.replica.shutdown().await;
+    }
+
+    /// Where this node's named sessions write their records.
+    pub(crate) fn store(&self) -> &Arc<ReplicatedStore> {
+        &self.store
+    }
+
+    /// `taken` is told of each session another node claims from now on (once; a second call
+    /// is ignored).
+    pub(crate) fn on_taken_elsewhere(&self, taken: TakenElsewhere) {
+        let _ = self.taken_elsewhere.set(taken);
     }
 
     /// This node has not heard the cluster's majority within its lease: every connection
@@ -244,6 +269,9 @@ impl Ownership {
         if owner.node == self.replica.node() {
             return;
         }
+        if let Some(taken) = self.taken_elsewhere.get() {
+            taken(session);
+        }
         let fenced: Vec<Held> = {
             let mut held = self.lock();
             let Some(local) = held.get_mut(session) else {
@@ -320,6 +348,13 @@ impl std::fmt::Debug for Claimed {
 /// claim.
 pub struct Hold {
     claim: Claim,
+}
+
+impl Hold {
+    /// The epoch of the claim held.
+    pub fn epoch(&self) -> u64 {
+        self.claim.epoch
+    }
 }
 
 impl std::fmt::Debug for Hold {
@@ -450,7 +485,9 @@ mod tests {
 
     async fn alone() -> Arc<Ownership> {
         let config = ReplicaConfig::new("n1", vec!["n1".to_owned()]);
-        let ownership = Ownership::start(config, None).await.expect("started");
+        let ownership = Ownership::start(config, None, 1 << 20)
+            .await
+            .expect("started");
         ownership.replica().set_transport(Arc::new(NoPeers));
         ownership
     }

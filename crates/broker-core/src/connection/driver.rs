@@ -26,7 +26,7 @@ use crate::actors::announcements::Announcements;
 use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
-use crate::cluster::ownership::Claimed;
+use crate::cluster::ownership::{Claimed, Hold};
 use crate::connection::framed::{write_frame, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
@@ -166,7 +166,8 @@ async fn serve(
         Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
         None => None,
     };
-    let mut opened = Box::pin(open_session(connection, sessions, hello)).await?;
+    let claim = _hold.as_ref().map(Hold::epoch);
+    let mut opened = Box::pin(open_session(connection, sessions, hello, claim)).await?;
     let ended = opened.ended.take();
     report(DriverEvent::Established {
         session: opened.session.clone(),
@@ -470,6 +471,7 @@ async fn open_session(
     connection: &Arc<dyn Connection>,
     sessions: &ActorRef<SessionManagerMsg>,
     hello: Hello,
+    claim: Option<u64>,
 ) -> Result<Opened, BrokerError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(BrokerError::UnsupportedVersion {
@@ -482,6 +484,7 @@ async fn open_session(
         name: hello.session_name,
         positions: hello.positions,
         connection: Arc::clone(connection),
+        claim,
         reply,
     })
     .await?

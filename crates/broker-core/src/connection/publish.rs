@@ -43,6 +43,9 @@ struct Answer {
     topic: String,
     frames: Vec<Frame>,
     durable_at: Option<u64>,
+    /// The replicated store's ticket an acknowledged publish that stored something in a
+    /// named session's queue waits for (a cluster with `members`).
+    replicated_at: Option<u64>,
 }
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -53,7 +56,7 @@ pub(crate) async fn serve_publish_stream(
     identity: Arc<str>,
     charge: FrameBufferCharge,
 ) -> Result<(), BrokerError> {
-    let served = if shared.storage.is_none() {
+    let served = if shared.storage.is_none() && shared.replicated().is_none() {
         serve_in_order(send, recv, &shared, &identity, charge).await
     } else {
         let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
@@ -160,15 +163,30 @@ async fn read_publishes(
                 tracing::debug!(%err, "storage unavailable; the publish will not be acknowledged");
             }
         }
+        let replicated = shared.replicated();
+        if let Some(store) = replicated {
+            if let Err(err) = store.wait_for_room().await {
+                tracing::debug!(%err, "replicated store unavailable; the publish will not be acknowledged");
+            }
+        }
         let topic = match &frame {
             Frame::Publish(publish) => publish.topic.clone(),
             _ => String::new(),
         };
+        let before = replicated.map(|store| store.ticket());
         let frames = frames_for(frame, shared, &mut publisher)?;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
             Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
                 Some(store.ticket())
+            }
+            _ => None,
+        };
+        // Something was appended meanwhile (this publish's messages among it, if it stored
+        // any): the acknowledgement waits until a majority holds it.
+        let replicated_at = match (replicated, before) {
+            (Some(store), Some(before)) if acknowledges => {
+                Some(store.ticket()).filter(|after| *after > before)
             }
             _ => None,
         };
@@ -179,6 +197,7 @@ async fn read_publishes(
             topic,
             frames,
             durable_at,
+            replicated_at,
         };
         if answers.send(answer).await.is_err() {
             // The answering half failed (its error is reported): stop reading.
@@ -198,12 +217,18 @@ async fn write_answers(
         topic,
         frames,
         durable_at,
+        replicated_at,
     }) = unanswered.recv().await
     {
-        let failed = match (durable_at, &shared.storage) {
+        let mut failed = match (durable_at, &shared.storage) {
             (Some(ticket), Some(store)) => store.synced(ticket).await.err(),
             _ => None,
         };
+        if let (Some(ticket), Some(store)) = (replicated_at, shared.replicated()) {
+            if let Err(err) = store.synced(ticket).await {
+                failed.get_or_insert(err);
+            }
+        }
         for frame in frames {
             let frame = match (frame, &failed) {
                 (Frame::PublishAck(ack), Some(err)) => {

@@ -64,7 +64,7 @@ pub(crate) enum Op {
 
 impl Op {
     /// Bytes this operation holds until it is committed.
-    fn pending_size(&self) -> usize {
+    pub(crate) fn pending_size(&self) -> usize {
         match self {
             Op::PutMessage(_, message) | Op::PutRetained(message, _) => {
                 message.memory_size().saturating_add(64)

@@ -11,12 +11,17 @@
 //! - `disk`: the database, the group-committing writer thread, and the operations it applies.
 //! - `recovery`: the scan on start that checks every record and rebuilds the state.
 //! - `tables`: the database's tables, shared by `disk` and `recovery`.
+//! - `session_records`: one session's operations as the records the cluster's Raft log
+//!   carries, and those records read back (named sessions in a cluster with `members`).
+//! - [`SessionStore`](self): where one session writes: the disk store, or the cluster's
+//!   replicated store.
 //!
 //! See `docs/DURABILITY.md` for what survives what.
 
 mod disk;
 pub(crate) mod records;
 mod recovery;
+pub(crate) mod session_records;
 mod tables;
 
 use std::path::PathBuf;
@@ -95,10 +100,55 @@ pub(crate) fn session_id(key: u128) -> cassini_protocol::SessionId {
     cassini_protocol::SessionId(key.to_be_bytes())
 }
 
+/// Where one session's records go: the disk store (disk mode), or, for a named session in a
+/// cluster with `members`, the cluster's replicated store (in either mode).
+#[derive(Debug, Clone)]
+pub(crate) enum SessionStore {
+    /// The local disk store.
+    Disk(Arc<DiskStore>),
+    /// The cluster's Raft log.
+    Replicated(Arc<crate::cluster::replicated_store::ReplicatedStore>),
+}
+
+impl SessionStore {
+    /// Queues operations; never waits.
+    pub(crate) fn append(&self, ops: impl IntoIterator<Item = Op>) {
+        match self {
+            Self::Disk(store) => store.append(ops),
+            Self::Replicated(store) => store.append(ops),
+        }
+    }
+
+    /// The ticket of everything appended so far.
+    pub(crate) fn ticket(&self) -> u64 {
+        match self {
+            Self::Disk(store) => store.ticket(),
+            Self::Replicated(store) => store.ticket(),
+        }
+    }
+
+    /// Waits until everything up to `ticket` is durable (replicated).
+    pub(crate) async fn synced(&self, ticket: u64) -> Result<(), StorageError> {
+        match self {
+            Self::Disk(store) => store.synced(ticket).await,
+            Self::Replicated(store) => store.synced(ticket).await,
+        }
+    }
+
+    /// Waits before a delivery until what it depends on is durable: on disk under
+    /// `SyncPolicy::Always` only; replicated, always.
+    pub(crate) async fn until_appended_is_durable(&self) {
+        match self {
+            Self::Disk(store) => store.until_appended_is_durable().await,
+            Self::Replicated(store) => store.until_appended_is_durable().await,
+        }
+    }
+}
+
 /// How a subscription's queue writes through to the store.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueStore {
-    pub(crate) store: Arc<DiskStore>,
+    pub(crate) store: SessionStore,
     pub(crate) session: u128,
     pub(crate) subscription: u64,
 }

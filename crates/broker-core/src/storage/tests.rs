@@ -292,7 +292,7 @@ async fn an_at_least_once_queue_writes_through_and_forgets_what_is_acknowledged_
                 max_age: None,
             },
             Some(QueueStore {
-                store: Arc::clone(&store),
+                store: SessionStore::Disk(Arc::clone(&store)),
                 session: 7,
                 subscription: 1,
             }),
@@ -369,7 +369,7 @@ async fn at_most_once_queue(store: &Arc<DiskStore>) -> crate::queue::Subscriptio
             max_age: None,
         },
         Some(QueueStore {
-            store: Arc::clone(store),
+            store: SessionStore::Disk(Arc::clone(store)),
             session: 7,
             subscription: 1,
         }),
