@@ -269,6 +269,16 @@ impl History {
         self.lock().published.iter().filter(|p| p.acked).count()
     }
 
+    /// The publishes the broker acknowledged, in the order they were recorded.
+    pub fn acked_ids(&self) -> Vec<PublishId> {
+        self.lock()
+            .published
+            .iter()
+            .filter(|p| p.acked)
+            .map(|p| p.id)
+            .collect()
+    }
+
     /// Checks every guarantee; returns a description of each violation (empty when all hold).
     pub fn violations(&self) -> Vec<String> {
         let log = self.lock();

@@ -14,40 +14,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cassini_client::{Client, ConnectionState, DisconnectReason};
-use harness::{Broker, Serve};
-
-const INITIALIZED: &str = "initialized the cluster's Raft group";
+use harness::{clients, Broker, Serve, RAFT_INITIALIZED};
 
 /// Member `name` on cluster port 0 with its disk store in `dir/data-NAME`, dialing `peers`.
 fn member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Broker {
-    Serve::cluster_node(dir, name, "127.0.0.1:0", peers)
+    Serve::cluster_member(dir, name, peers)
         .args(&["--monitor", "127.0.0.1:0"])
-        .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
-        .args(&["--cluster-member", "n3", "--storage", "disk", "--data-dir"])
-        .arg(dir.join(format!("data-{name}")))
+        .on_disk(&dir.join(format!("data-{name}")))
         .start()
 }
 
 /// A client of `broker` attached to the session named `name`; retried for a while, since a
 /// claim is refused (`NO_QUORUM`) until the group has a leader.
 async fn named_client(broker: &Broker, dir: &Path, name: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let connected = Client::builder(broker.addr())
-            .cert_dir(dir, "dev")
-            .server_name("localhost")
-            .session_name(name)
-            .connect()
-            .await;
-        match connected {
-            Ok(client) => return client,
-            Err(err) if Instant::now() < deadline => {
-                eprintln!("not yet: {err}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(err) => panic!("the claim was never committed: {err}"),
-        }
-    }
+    clients::connect_retrying(|| clients::named(broker.addr(), dir, name)).await
 }
 
 /// `/clusterz` of `broker` (plain HTTP/1.0); `Null` if unreadable.
@@ -84,7 +64,7 @@ async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path();
     let mut nodes = harness::three_nodes(dir, |name, peers| member(dir, name, peers));
-    nodes[0].wait_for_log(INITIALIZED);
+    nodes[0].wait_for_log(RAFT_INITIALIZED);
 
     let on_n1 = named_client(&nodes[0], dir, "orders").await;
     let on_n2 = named_client(&nodes[1], dir, "orders").await;
@@ -107,7 +87,7 @@ async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_
     let _on_n1_again = named_client(&restarted, dir, "orders").await;
     taken_over(&on_n2).await;
     assert_eq!(
-        restarted.log_count(INITIALIZED),
+        restarted.log_count(RAFT_INITIALIZED),
         0,
         "a member with a Raft log never initializes a group again"
     );

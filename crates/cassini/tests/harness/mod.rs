@@ -10,14 +10,16 @@
 //!   ever guessed. Its log is kept for the test to wait on; it is killed on drop.
 //! - [`Serve`]: the flags, environment and address of a [`Broker`] not yet started, for the
 //!   tests that need more than [`Broker::start`]; [`Serve::cluster_node`] for a cluster node,
-//!   and [`three_nodes`] for the nodes n1, n2 and n3 dialing each other.
+//!   [`Serve::cluster_member`] for one of the Raft members n1, n2 and n3, and [`three_nodes`]
+//!   for the nodes n1, n2 and n3 dialing each other.
 //! - [`Running`]: a long-running client (`sub`, `pub --count`, ...) killed on drop;
 //!   [`output_within`] runs a command (any program) to completion within a limit;
 //!   [`eventually`] polls a probe until it answers; [`assert_contains`] shows the whole text
 //!   it did not find a string in.
 //! - [`clients`]: a `cassini-client` or a raw quinn connection presenting the certificates of a
-//!   directory, for the suites that attack or load a running broker, and the reconnect settings
-//!   of clients that must notice a lost broker at once.
+//!   directory, for the suites that attack or load a running broker, the reconnect settings
+//!   of clients that must notice a lost broker at once, and clients of a named session that
+//!   retry while the cluster cannot commit its claim yet.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -43,6 +45,9 @@ pub(crate) const CASSINI: &str = env!("CARGO_BIN_EXE_cassini");
 
 /// How long any wait on a child process may take.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What the first member of a cluster with `cluster.members` logs once it made the Raft group.
+pub(crate) const RAFT_INITIALIZED: &str = "initialized the cluster's Raft group";
 
 /// `cassini ARGS` with no `RUST_LOG` and no `CASSINI_*` variable from the caller's environment.
 pub(crate) fn cassini(args: &[&str]) -> Command {
@@ -389,6 +394,22 @@ impl Serve {
             serve = serve.args(&["--peer", &peer.to_string()]);
         }
         serve
+    }
+
+    /// [`Serve::cluster_node`] on cluster port 0 as one of the voting members n1, n2 and n3
+    /// (`--cluster-member` each), so named sessions are claimed through the cluster's Raft
+    /// group (docs/CLUSTERING.md, "Session ownership"); its first member logs
+    /// [`RAFT_INITIALIZED`] once the group is made.
+    pub(crate) fn cluster_member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Self {
+        Self::cluster_node(dir, name, "127.0.0.1:0", peers)
+            .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
+            .args(&["--cluster-member", "n3"])
+    }
+
+    /// `--storage disk --data-dir DATA_DIR`.
+    pub(crate) fn on_disk(self, data_dir: &Path) -> Self {
+        self.args(&["--storage", "disk", "--data-dir"])
+            .arg(data_dir)
     }
 
     /// One more flag or value.
