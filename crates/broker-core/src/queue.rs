@@ -539,6 +539,12 @@ impl SubscriptionQueue {
                     .saturating_add(1),
             };
             let lost_through = match state.items.front() {
+                // Messages handed out again come first, and a client taking the subscription
+                // up in a new process starts counting at the first sequence it hears of: a gap
+                // announced before them would make it drop them. It comes after them instead.
+                _ if state.acks.as_ref().is_some_and(|acks| !acks.due.is_empty()) => {
+                    next_expected.saturating_sub(1)
+                }
                 Some(first) => first.sequence.saturating_sub(1),
                 None => state.last_sequence,
             };

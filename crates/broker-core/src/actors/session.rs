@@ -66,6 +66,10 @@ pub(crate) struct SessionArgs {
     pub(crate) recovered: Option<(RecoveredSession, Duration)>,
     /// Where it writes its records, if anywhere.
     pub(crate) store: Option<SessionStore>,
+    /// Whether `recovered` came from the cluster's records (another node served the session,
+    /// or this node before another took it): what was published to it while no node served
+    /// it is lost, so each subscription announces a gap of one sequence first, a floor.
+    pub(crate) taken_up: bool,
 }
 
 /// The managers a session asks to start its subscribers and route its filters to them; both
@@ -495,6 +499,7 @@ impl SessionState {
         &mut self,
         myself: &ActorRef<SessionMsg>,
         recovered: RecoveredSubscription,
+        taken_up: bool,
     ) -> Result<(), BrokerError> {
         let config = Arc::clone(&self.shared.config);
         let record = recovered.record;
@@ -507,6 +512,9 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
+        if taken_up {
+            queue.lost_before_arrival(1);
+        }
         let starting = self.starting(
             myself,
             record.subscription,
@@ -828,7 +836,7 @@ impl Actor for Session {
         for subscription in recovered.subscriptions {
             let id = subscription.record.subscription;
             state.last_subscription = state.last_subscription.max(id);
-            if let Err(err) = state.restore(&myself, subscription).await {
+            if let Err(err) = state.restore(&myself, subscription, args.taken_up).await {
                 // Left in the store untouched: a later start with other limits may take it.
                 tracing::error!(session = %state.id, subscription = id, %err, "a stored subscription could not be restored");
             }

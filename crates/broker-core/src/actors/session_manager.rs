@@ -160,6 +160,7 @@ impl SessionManagerState {
             name: name.clone(),
             shared: Arc::clone(&self.shared),
             managers: self.managers.clone(),
+            taken_up: recovered.is_some() && claim.is_some(),
             recovered,
             store,
         };
