@@ -574,3 +574,46 @@ async fn a_session_taken_over_on_another_node_keeps_its_subscriptions_and_unackn
         node.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_node_cut_off_refuses_acknowledged_publishes_to_a_named_session_with_no_quorum() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    let subscriber = nodes[2]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects to its named session on n3");
+    let _subscription = subscriber
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribes at least once");
+    // An unnamed publisher: its own connection holds no claim, so only the publish needs one.
+    let publisher = nodes[2].broker.client("publisher").await;
+    within(
+        "an acknowledged publish while n3 is in the majority",
+        publisher.publish_acked("device.cmd", bytes::Bytes::from_static(b"before")),
+    )
+    .await
+    .expect("acknowledged");
+    cut.set_blackhole(true);
+    let refused = within(
+        "n3 answers the publish without a quorum",
+        publisher.publish_acked("device.cmd", bytes::Bytes::from_static(b"cut off")),
+    )
+    .await;
+    match refused {
+        Err(cassini_client::PublishError::Rejected { code, .. }) => {
+            assert_eq!(code, ErrorCode::NO_QUORUM)
+        }
+        other => panic!("expected NO_QUORUM, got {other:?}"),
+    }
+    cut.set_blackhole(false);
+    drop(subscriber);
+    publisher.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -216,6 +216,7 @@ impl BrokerError {
                 ErrorCode::PROTOCOL_VIOLATION
             }
             BrokerError::Storage(StorageError::Full { .. }) => ErrorCode::STORAGE_FULL,
+            BrokerError::Storage(StorageError::NoQuorum(_)) => ErrorCode::NO_QUORUM,
             BrokerError::Storage(_) => ErrorCode::STORAGE_FAILED,
             BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::INTERNAL,
         }
@@ -229,7 +230,9 @@ impl BrokerError {
                 self.to_string()
             }
             BrokerError::Transport(_) | BrokerError::Internal(_) => "internal error".to_string(),
-            BrokerError::Storage(StorageError::Full { .. }) => self.to_string(),
+            BrokerError::Storage(StorageError::Full { .. } | StorageError::NoQuorum(_)) => {
+                self.to_string()
+            }
             BrokerError::Storage(_) => {
                 "the broker could not store the message; it was not acknowledged".to_string()
             }

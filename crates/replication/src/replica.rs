@@ -750,6 +750,11 @@ impl Replica {
         self.config.lease
     }
 
+    /// How long a claim or a write waits to be committed before it is refused.
+    pub fn claim_timeout(&self) -> Duration {
+        self.config.claim_timeout
+    }
+
     /// The connection holding the claim of `session` at `epoch` has let go: written to the
     /// log soon (batched, not waited for), so that claim no longer counts against its
     /// identity's bound and a full table may forget it.

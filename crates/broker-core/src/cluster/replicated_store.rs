@@ -44,6 +44,10 @@ struct Status {
     committed: u64,
     /// Ranges of tickets (first, last) of entries that refused some session's changes.
     refused: VecDeque<(u64, u64)>,
+    /// Set while the entry being written has not been committed within the claim timeout
+    /// (it is written again until it is): every waiter is answered `NoQuorum` meanwhile,
+    /// those of later operations too (they wait behind it).
+    stalled: bool,
     /// The store closed: nothing more is committed.
     closed: bool,
 }
@@ -146,8 +150,13 @@ impl ReplicatedStore {
     /// bound reached), or the store closed first.
     pub(crate) async fn synced(&self, ticket: u64) -> Result<(), StorageError> {
         let mut status = self.status.subscribe();
-        let result = status.wait_for(|s| s.committed >= ticket || s.closed).await;
+        let result = status
+            .wait_for(|s| s.committed >= ticket || s.closed || s.stalled)
+            .await;
         match result {
+            Ok(s) if s.committed < ticket && !s.closed => {
+                Err(StorageError::NoQuorum(self.replica.claim_timeout()))
+            }
             Ok(s) if s.committed >= ticket => {
                 if s.refused
                     .iter()
@@ -171,15 +180,20 @@ impl ReplicatedStore {
     /// another node taking the session over would not know. A closed store holds nothing back.
     pub(crate) async fn until_appended_is_durable(&self) {
         let ticket = self.ticket();
-        if let Err(err) = self.synced(ticket).await {
-            tracing::debug!(%err, "delivering without waiting for the replicated store");
-        }
+        // Not while the entry is only late: a node cut off from the majority delivers nothing
+        // more to named sessions (its lease runs out and it lets their clients go).
+        let mut status = self.status.subscribe();
+        let _ = status.wait_for(|s| s.committed >= ticket || s.closed).await;
     }
 
-    /// Whether the store still takes writes.
+    /// Whether the store still takes writes: not once closed, and not on a node without its
+    /// lease (cut off from the majority: nothing it writes would be committed).
     pub(crate) fn usable(&self) -> Result<(), StorageError> {
         if self.status.borrow().closed {
             return Err(StorageError::Closed);
+        }
+        if !self.replica.in_contact() {
+            return Err(StorageError::NoQuorum(self.replica.lease()));
         }
         Ok(())
     }
@@ -325,6 +339,7 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
                             ?limit,
                             "sessions' changes not committed in time: writing them again"
                         );
+                        strong.status.send_modify(|s| s.stalled = true);
                     }
                     Err(err) => {
                         tracing::warn!(%err, "sessions' changes cannot be written: the replicated store closes");
@@ -345,6 +360,7 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         }
         strong.status.send_modify(|s| {
             s.committed = ticket;
+            s.stalled = false;
             if !refused.is_empty() {
                 s.refused.push_back((first, ticket));
                 while s.refused.len() > REFUSED_KEPT {

@@ -80,6 +80,11 @@ pub enum StorageError {
     /// The store was closed (the broker is stopping).
     #[error("storage is closed")]
     Closed,
+    /// A cluster node's replicated store could not get its entry committed by a majority
+    /// within the claim timeout, or the node has lost its lease (it is cut off from the
+    /// majority): nothing that needs a quorum is taken.
+    #[error("the cluster's majority did not commit it within {0:?}: no quorum reachable")]
+    NoQuorum(std::time::Duration),
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
