@@ -617,3 +617,46 @@ async fn a_node_cut_off_refuses_acknowledged_publishes_to_a_named_session_with_n
         node.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_node_cut_off_still_acknowledges_a_publish_that_stores_nothing_for_named_sessions() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    // A named session's at-most-once subscription: the publish moves its sequence, which is
+    // written through the log, but stores no message there.
+    let named = nodes[2]
+        .broker
+        .client_builder("alice")
+        .session_name("monitor")
+        .connect()
+        .await
+        .expect("connects to its named session on n3");
+    let _watching = named.subscribe("metrics").await.expect("subscribes");
+    let unnamed = nodes[2].broker.client("bob").await;
+    let mut stored = unnamed
+        .subscribe_at_least_once("metrics")
+        .await
+        .expect("an unnamed at-least-once subscription");
+    let publisher = nodes[2].broker.client("publisher").await;
+    cut.set_blackhole(true);
+    for round in 0..3 {
+        within(
+            "acknowledged without a quorum: nothing it stored needs one",
+            publisher.publish_acked("metrics", bytes::Bytes::from_static(b"m")),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("publish {round}: {err}"));
+        within("delivered to the unnamed session", stored.recv())
+            .await
+            .expect("open");
+        // Past the claim timeout: the log's entries stall meanwhile.
+        tokio::time::sleep(CLAIM_TIMEOUT).await;
+    }
+    cut.set_blackhole(false);
+    drop(named);
+    drop(unnamed);
+    publisher.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}

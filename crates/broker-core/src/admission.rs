@@ -30,6 +30,7 @@ use cassini_protocol::codec::header_size;
 use cassini_protocol::{Headers, Publish, SessionId, TopicLimits, TopicName};
 
 use crate::acl::{PermissionCache, Permissions};
+use crate::cluster::replicated_store::take_appended;
 use crate::config::{BrokerConfig, BrokerLimits};
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -91,6 +92,9 @@ pub(crate) struct Publisher {
     routes: Option<RouteCache>,
     /// The last topic's traffic counter.
     traffic: TrafficSlot,
+    /// The replicated store's ticket of what the last acknowledged publish stored for named
+    /// sessions (0: nothing).
+    replicated_ticket: u64,
 }
 
 impl Publisher {
@@ -103,6 +107,7 @@ impl Publisher {
             topic: None,
             routes: (source == Source::Stream).then(RouteCache::default),
             traffic: TrafficSlot::default(),
+            replicated_ticket: 0,
         }
     }
 
@@ -123,6 +128,7 @@ impl Publisher {
             topic: None,
             routes: None,
             traffic: TrafficSlot::default(),
+            replicated_ticket: 0,
         }
     }
 
@@ -207,7 +213,9 @@ impl Publisher {
         if let Some(store) = shared.replicated() {
             // Named sessions' at-least-once queues store in the cluster's records.
             if self.source != Source::System
-                && shared.router.reaches_stored_queue(&message.topic, target)
+                && shared
+                    .router
+                    .reaches_replicated_queue(&message.topic, target)
             {
                 store.usable()?;
                 if !store.has_room_for(message.memory_size()) {
@@ -259,7 +267,10 @@ impl Publisher {
             shared.router.counters().duplicate();
             return Ok(Admitted::Duplicate { message_id });
         }
-        let (offered, no_responders) = route(
+        // Routing is synchronous, on this thread: what it appends to the replicated store
+        // is this publish's.
+        take_appended();
+        let routed = route(
             &shared.router,
             Some(identity),
             message,
@@ -268,13 +279,21 @@ impl Publisher {
             routes,
             traffic,
             None,
-        )?;
+        );
+        self.replicated_ticket = take_appended();
+        let (offered, no_responders) = routed?;
         shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
             offered,
             no_responders,
             acknowledged: Some(message_id),
         })
+    }
+
+    /// The replicated store's ticket an acknowledged publish just admitted must wait for
+    /// before its `PublishAck` (what it stored for named sessions), if any.
+    pub(crate) fn take_replicated_ticket(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.replicated_ticket)).filter(|ticket| *ticket > 0)
     }
 
     /// The checked name of `topic`, reusing the last one when it is the same string.

@@ -117,6 +117,13 @@ impl Broker {
                     // Named sessions' records live in the Raft log and its snapshots.
                     replica.max_record_bytes = config.storage.max_disk_bytes;
                 }
+                // An append carries whole entries: one of the largest (a batch of operations, or
+                // one message alone beyond it) times the entries per append stays within a
+                // cluster frame, with room to spare.
+                let largest = crate::cluster::replicated_store::MAX_ENTRY_BYTES as u64
+                    + u64::from(config.limits.max_frame_bytes);
+                replica.max_entries_per_append = (crate::cluster::MAX_APPEND_BYTES / largest)
+                    .clamp(1, cassini_replication::replica::MAX_ENTRIES_PER_APPEND);
                 let data_dir = disk.then_some(config.storage.data_dir.as_path());
                 Some(
                     crate::cluster::ownership::Ownership::start(
@@ -139,10 +146,21 @@ impl Broker {
             .map_err(|err| BrokerError::Internal(format!("starting the broker: {err}")))?;
         let managers = ask(&supervisor, SupervisorMsg::Managers).await?;
         if let (Some(cluster), Some(ownership)) = (managers.shared.router.cluster(), ownership) {
-            // A session another node claimed is served there from now on: its copy here goes.
+            // A session another node claimed is served there from now on, and one whose
+            // changes the log refused as stale is too: its copy here goes.
             let sessions = managers.sessions.clone();
-            ownership.on_taken_elsewhere(Box::new(move |key| {
-                let _ = sessions.send_message(SessionManagerMsg::TakenElsewhere(key.clone()));
+            ownership.on_taken_elsewhere(Box::new(move |key, epoch| {
+                let _ = sessions.send_message(SessionManagerMsg::Relinquish {
+                    session: key.clone(),
+                    below: epoch,
+                });
+            }));
+            let sessions = managers.sessions.clone();
+            ownership.store().on_stale(Box::new(move |key, epoch| {
+                let _ = sessions.send_message(SessionManagerMsg::Relinquish {
+                    session: key.clone(),
+                    below: epoch.saturating_add(1),
+                });
             }));
             cluster.set_ownership(ownership);
         }

@@ -53,6 +53,10 @@ pub mod sessions;
 use cassini_protocol::SessionId;
 pub use sessions::SessionInterest;
 use sessions::SessionTable;
+/// The most bytes of Raft entries one append entries request carries: within the cluster
+/// links' frame bound (64 MiB), with room for the request's own fields.
+pub(crate) const MAX_APPEND_BYTES: u64 = 48 * 1024 * 1024;
+
 /// The most interest changes queued towards one peer; beyond it the link sends a fresh snapshot
 /// instead of the queued changes (see the module documentation).
 pub const MAX_QUEUED_INTEREST_CHANGES: usize = 1024;

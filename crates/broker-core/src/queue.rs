@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::config::QueueBounds;
 use crate::message::PublishedMessage;
-use crate::storage::QueueStore;
+use crate::storage::{QueueStore, SessionStore};
 
 /// How far beyond the last sequence a restored queue knows a resuming client may stand: the
 /// sequences the broker assigned and had not yet committed when it stopped. Far more than any
@@ -368,7 +368,21 @@ impl SubscriptionQueue {
     /// Whether this queue stores its messages on disk (an at-least-once subscription in disk
     /// mode).
     pub fn is_stored(&self) -> bool {
-        self.store.is_some() && self.bounds.acks.is_some()
+        self.bounds.acks.is_some()
+            && self
+                .store
+                .as_ref()
+                .is_some_and(|store| matches!(store.store, SessionStore::Disk(_)))
+    }
+
+    /// Whether this queue stores its messages in the cluster's records (an at-least-once
+    /// subscription of a named session in a cluster with `members`).
+    pub fn is_replicated(&self) -> bool {
+        self.bounds.acks.is_some()
+            && self
+                .store
+                .as_ref()
+                .is_some_and(|store| matches!(store.store, SessionStore::Replicated(..)))
     }
 
     /// Whether a message of `size` bytes would be queued without dropping anything.

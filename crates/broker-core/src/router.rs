@@ -516,6 +516,16 @@ impl Router {
         })
     }
 
+    /// Whether a message to `topic` (for `target`'s session only, if given) would be stored in
+    /// the cluster's records by any subscription: whether a quorum concerns it.
+    pub fn reaches_replicated_queue(&self, topic: &TopicName, target: Option<SessionId>) -> bool {
+        self.matching(topic).iter().any(|route| {
+            route.members().all().any(|member| {
+                member.queue.is_replicated() && target.is_none_or(|t| member.key.session == t)
+            })
+        })
+    }
+
     /// Whether no filter is indexed (for leak checks).
     pub fn is_empty(&self) -> bool {
         self.root

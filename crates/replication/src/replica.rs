@@ -37,7 +37,7 @@ use crate::{
     WriteRefusal,
 };
 
-/// The most entries one append entries request carries.
+/// The most entries one append entries request carries by default.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
 
 /// How often the first member checks whether it can bootstrap the group.
@@ -94,6 +94,10 @@ pub struct ReplicaConfig {
     /// ([`crate::StateMachine::with_max_record_bytes`]). The same on every member. Default:
     /// [`crate::state_machine::DEFAULT_MAX_RECORD_BYTES`] (256 MiB).
     pub max_record_bytes: u64,
+    /// The most entries one append entries request carries: an append must fit in one
+    /// cluster frame with the largest entry the broker writes. Default:
+    /// [`MAX_ENTRIES_PER_APPEND`] (16).
+    pub max_entries_per_append: u64,
 }
 
 impl ReplicaConfig {
@@ -120,6 +124,7 @@ impl ReplicaConfig {
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
             max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
             max_record_bytes: crate::state_machine::DEFAULT_MAX_RECORD_BYTES,
+            max_entries_per_append: MAX_ENTRIES_PER_APPEND,
         }
     }
 }
@@ -251,7 +256,7 @@ impl Replica {
             max_in_snapshot_log_to_keep: 0,
             // An entry of session records carries up to about 3 MiB (the broker's batches):
             // 16 of them stay within a cluster frame (64 MiB).
-            max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            max_payload_entries: config.max_entries_per_append.max(1),
             ..openraft::Config::default()
         }
         .validate()
@@ -753,6 +758,16 @@ impl Replica {
     /// How long a claim or a write waits to be committed before it is refused.
     pub fn claim_timeout(&self) -> Duration {
         self.config.claim_timeout
+    }
+
+    /// Waits (at most `timeout`) until this node has applied the log up to `index`; whether
+    /// it has.
+    pub async fn applied_through(&self, index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "the log applied here")
+            .await
+            .is_ok()
     }
 
     /// The connection holding the claim of `session` at `epoch` has let go: written to the

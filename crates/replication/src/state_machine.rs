@@ -371,6 +371,8 @@ pub struct StateMachine {
     storage: Storage,
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
+    /// The records' bytes as of the last entry applied, read without the lock.
+    record_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -402,6 +404,7 @@ impl StateMachine {
                 max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             },
             storage,
+            record_bytes: Arc::new(std::sync::atomic::AtomicU64::new(inner.claims.record_bytes)),
             inner: Arc::new(Mutex::new(inner)),
             observer,
         })
@@ -440,10 +443,11 @@ impl StateMachine {
         self.lock().claims.records.get(session).cloned()
     }
 
-    /// How many bytes of session records the table holds, and its bound.
+    /// How many bytes of session records the table holds, and its bound (without waiting
+    /// for the table's lock).
     pub fn record_bytes(&self) -> (u64, u64) {
         (
-            self.lock().claims.record_bytes,
+            self.record_bytes.load(std::sync::atomic::Ordering::Relaxed),
             self.bounds.max_record_bytes,
         )
     }
@@ -483,19 +487,20 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let stored = {
-            let mut inner = self.lock();
-            let data = rmp_serde::to_vec(&inner.claims)
+            // Copied under the lock (records share their bytes), encoded outside it: applying
+            // and reading the table do not wait for the encoding.
+            let (claims, built) = {
+                let mut inner = self.lock();
+                inner.snapshots_built += 1;
+                (inner.claims.clone(), inner.snapshots_built)
+            };
+            let data = rmp_serde::to_vec(&claims)
                 .map_err(|err| failed(StorageIOError::read_state_machine, err.to_string()))?;
-            inner.snapshots_built += 1;
-            let last = inner.claims.last_applied;
-            let snapshot_id = format!(
-                "{}-{}",
-                last.map_or(0, |log_id| log_id.index),
-                inner.snapshots_built
-            );
+            let last = claims.last_applied;
+            let snapshot_id = format!("{}-{built}", last.map_or(0, |log_id| log_id.index));
             let meta = SnapshotMeta {
                 last_log_id: last,
-                last_membership: inner.claims.membership.clone(),
+                last_membership: claims.membership.clone(),
                 snapshot_id,
             };
             StoredSnapshot { meta, data }
@@ -592,6 +597,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
+            self.record_bytes.store(
+                inner.claims.record_bytes,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         if let Some(observer) = &self.observer {
             for (session, owner) in &claimed {
@@ -638,6 +647,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .collect();
             inner.claims = claims;
             inner.snapshot = Some(stored);
+            self.record_bytes.store(
+                inner.claims.record_bytes,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             changed
         };
         if let Some(observer) = &self.observer {

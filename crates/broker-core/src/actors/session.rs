@@ -822,7 +822,7 @@ impl Actor for Session {
             store: args.store,
         };
         let Some((recovered, expires_in)) = args.recovered else {
-            if let Some(store @ SessionStore::Replicated(_)) = &state.store {
+            if let Some(store @ SessionStore::Replicated(..)) = &state.store {
                 // A new session under a name: whatever an earlier session of the name left
                 // in the cluster's records goes first.
                 store.append([Op::DeleteSession(session_key(state.id))]);
@@ -911,9 +911,7 @@ impl Actor for Session {
                 let _ = reply.send(evicted);
             }
             SessionMsg::Relinquish => {
-                if let Some(SessionStore::Replicated(store)) = &state.store {
-                    store.unbind(session_key(state.id));
-                }
+                // Whatever it still appends goes under its stale claim and is refused.
                 state.store = None;
                 tracing::info!(session = %state.id, identity = %state.identity, "session claimed by another node: its copy here ends");
                 myself.stop(Some("claimed by another node".into()));

@@ -47,13 +47,17 @@ use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child};
 use crate::ack_targets::AckTargets;
+use crate::cluster::replicated_store::Binding;
 use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::storage::session_records::{read_back, ReadBackError};
-use crate::storage::{session_id, session_key, unix_ms, Op, RecoveredSession, SessionStore};
+use crate::storage::{session_id, unix_ms, Op, RecoveredSession, SessionStore};
 use crate::transport::Connection;
 
 pub(crate) struct SessionManager;
+
+/// How long a take-up waits for this node's earlier copy of the session to end.
+const ENDING_WAIT: Duration = Duration::from_secs(2);
 
 /// The cluster's key of the named session `name` of `identity`.
 fn session_of(identity: &str, name: &str) -> SessionKey {
@@ -93,8 +97,10 @@ pub(crate) enum SessionManagerMsg {
         claim: Option<u64>,
         reply: RpcReplyPort<Result<Opened, BrokerError>>,
     },
-    /// Another node claimed this named session: its copy here ends, the records stay.
-    TakenElsewhere(SessionKey),
+    /// This named session's copy here is stale if it writes under a claim older than `below`
+    /// (another node claimed it at `below`, or the log refused its changes under `below - 1`):
+    /// then it ends, the records stay.
+    Relinquish { session: SessionKey, below: u64 },
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
     /// The ACL was replaced: every session ends the subscriptions it no longer allows.
@@ -113,6 +119,8 @@ struct Entry {
     /// Whether a connection with exclusive names named it (it then holds `exclusive`'s entry).
     exclusive: bool,
     session: ActorRef<SessionMsg>,
+    /// For a named session in a cluster with `members`: the claim its records go under.
+    binding: Option<Arc<Binding>>,
 }
 
 /// Who a session being started belongs to: [`Entry`] without the actor.
@@ -134,6 +142,9 @@ pub(crate) struct SessionManagerState {
     names: HashMap<(Arc<str>, Arc<str>), SessionId>,
     /// Exclusively named sessions (MQTT client ids), by name alone.
     exclusive: HashMap<Arc<str>, SessionId>,
+    /// Copies of named sessions this node let go of (another node claimed them), until they
+    /// have ended.
+    ending: HashMap<SessionId, ActorRef<SessionMsg>>,
 }
 
 impl SessionManagerState {
@@ -153,7 +164,11 @@ impl SessionManagerState {
             name,
             exclusive,
         } = owner;
-        let store = self.store_for(id, &identity, name.as_deref(), claim);
+        let store = self.store_for(&identity, name.as_deref(), claim);
+        let binding = match &store {
+            Some(SessionStore::Replicated(_, binding)) => Some(Arc::clone(binding)),
+            _ => None,
+        };
         let args = SessionArgs {
             id,
             identity: Arc::clone(&identity),
@@ -173,6 +188,7 @@ impl SessionManagerState {
                 name,
                 exclusive,
                 session: session.clone(),
+                binding,
             },
         );
         Ok(session)
@@ -237,34 +253,46 @@ impl SessionManagerState {
             .is_some_and(|entry| entry.identity != *identity)
     }
 
-    /// Where session `id` writes its records: a named session holding a claim, to the
-    /// cluster's replicated store, under that claim (bound now, so its first record goes
-    /// under it); any other session, to the disk store in disk mode.
+    /// Where a session writes its records: a named session holding a claim, to the
+    /// cluster's replicated store, under that claim; any other session, to the disk store in
+    /// disk mode.
     fn store_for(
         &self,
-        id: SessionId,
         identity: &str,
         name: Option<&str>,
         claim: Option<u64>,
     ) -> Option<SessionStore> {
         if let (Some(name), Some(claim), Some(store)) = (name, claim, self.shared.replicated()) {
-            store.bind(session_key(id), session_of(identity, name), claim);
-            return Some(SessionStore::Replicated(Arc::clone(store)));
+            return Some(SessionStore::Replicated(
+                Arc::clone(store),
+                Binding::new(session_of(identity, name), claim),
+            ));
         }
         self.shared.storage.clone().map(SessionStore::Disk)
     }
 
     /// The named session `name` of `identity` as the cluster's records hold it, if they hold
-    /// one (another node served it, or this node before it lost it).
-    fn replicated_session(&self, identity: &str, name: &str) -> Option<RecoveredSession> {
-        let ownership = self.shared.router.cluster()?.ownership()?;
-        let records = ownership.replica().records(&session_of(identity, name))?;
+    /// one (another node served it, or this node before it lost it). Records that cannot be
+    /// read refuse the connection: they are left as they are, not replaced by a new session.
+    fn replicated_session(
+        &self,
+        identity: &str,
+        name: &str,
+    ) -> Result<Option<RecoveredSession>, BrokerError> {
+        let Some(ownership) = self.shared.router.cluster().and_then(|c| c.ownership()) else {
+            return Ok(None);
+        };
+        let Some(records) = ownership.replica().records(&session_of(identity, name)) else {
+            return Ok(None);
+        };
         match read_back(&records, &self.shared.config.limits.topics) {
-            Ok(session) => Some(session),
-            Err(ReadBackError::NoSession) => None,
+            Ok(session) => Ok(Some(session)),
+            Err(ReadBackError::NoSession) => Ok(None),
             Err(err) => {
-                tracing::error!(%identity, name, %err, "the cluster's records of a session cannot be read: starting it afresh");
-                None
+                tracing::error!(%identity, name, %err, "the cluster's records of a session cannot be read (are the members' topic limits the same?)");
+                Err(BrokerError::Internal(format!(
+                    "the cluster's records of the session cannot be read: {err}"
+                )))
             }
         }
     }
@@ -344,12 +372,19 @@ impl SessionManager {
         exclusive: bool,
         claim: u64,
     ) -> Result<Option<SessionId>, BrokerError> {
-        let Some(recovered) = state.replicated_session(identity, name) else {
+        let Some(recovered) = state.replicated_session(identity, name)? else {
             return Ok(None);
         };
         let id = session_id(recovered.record.id);
         if recovered.record.identity != **identity || state.sessions.contains_key(&id) {
             return Ok(None);
+        }
+        // A copy of this session that this node let go of may still be ending: it ends first,
+        // so the two never run at once (its subscribers are registered under the same id).
+        if let Some(ending) = state.ending.remove(&id) {
+            let _ = ending
+                .stop_and_wait(Some("taken up again".into()), Some(ENDING_WAIT))
+                .await;
         }
         let (left, _) = Self::left(&state.shared, &recovered);
         let Some(expires_in) = left else {
@@ -462,11 +497,9 @@ impl SessionManager {
                     tracing::warn!(session = %id, %identity, "resume refused: session belongs to another identity");
                     return Err(BrokerError::SessionIdentityMismatch);
                 }
-                if let (Some(name), Some(claim), Some(store)) =
-                    (&entry.name, claim, state.shared.replicated())
-                {
+                if let (Some(binding), Some(claim)) = (&entry.binding, claim) {
                     // Its records go under the connection's newer claim from now on.
-                    store.bind(session_key(id), session_of(&identity, name), claim);
+                    binding.advance(claim);
                 }
                 entry.certificate = certificate;
                 let session = entry.session.clone();
@@ -548,6 +581,7 @@ impl Actor for SessionManager {
             per_identity: HashMap::new(),
             names: HashMap::new(),
             exclusive: HashMap::new(),
+            ending: HashMap::new(),
         };
         for session in recovered {
             Self::restore(&myself, &mut state, session).await?;
@@ -574,15 +608,24 @@ impl Actor for SessionManager {
                     Self::open(&myself, state, resume, name, positions, connection, claim).await;
                 let _ = reply.send(result);
             }
-            SessionManagerMsg::TakenElsewhere(key) => {
+            SessionManagerMsg::Relinquish { session, below } => {
                 let named = (
-                    Arc::from(key.identity.as_str()),
-                    Arc::from(key.name.as_str()),
+                    Arc::from(session.identity.as_str()),
+                    Arc::from(session.name.as_str()),
                 );
-                if let Some(id) = state.names.get(&named).copied() {
-                    if let Some(entry) = state.sessions.get(&id) {
-                        let _ = entry.session.send_message(SessionMsg::Relinquish);
-                    }
+                let Some(id) = state.names.get(&named).copied() else {
+                    return Ok(());
+                };
+                let Some(entry) = state.sessions.get(&id) else {
+                    return Ok(());
+                };
+                if entry
+                    .binding
+                    .as_ref()
+                    .is_some_and(|binding| binding.epoch() < below)
+                {
+                    let _ = entry.session.send_message(SessionMsg::Relinquish);
+                    state.ending.insert(id, entry.session.clone());
                     state.remove(&id);
                 }
             }
@@ -638,13 +681,28 @@ impl Actor for SessionManager {
             return Ok(());
         };
         if let Some(id) = state.by_actor.remove(&cell.get_id()) {
-            state.remove(&id);
-            // Normally the session already stopped its subscribers; after a failure this is
-            // the only clean-up they get.
-            let _ = state
-                .managers
-                .subscribers
-                .send_message(SubscriberManagerMsg::StopSession(id));
+            if state
+                .ending
+                .get(&id)
+                .is_some_and(|ending| ending.get_id() == cell.get_id())
+            {
+                state.ending.remove(&id);
+            }
+            // A session taken up again here under the same id is another actor: this end is
+            // not its end.
+            let taken_up_again = state
+                .sessions
+                .get(&id)
+                .is_some_and(|entry| entry.session.get_id() != cell.get_id());
+            if !taken_up_again {
+                state.remove(&id);
+                // Normally the session already stopped its subscribers; after a failure this
+                // is the only clean-up they get.
+                let _ = state
+                    .managers
+                    .subscribers
+                    .send_message(SubscriberManagerMsg::StopSession(id));
+            }
         }
         Ok(())
     }

@@ -59,8 +59,8 @@ pub struct Ownership {
     taken_elsewhere: OnceLock<TakenElsewhere>,
 }
 
-/// Told of each session another node claimed.
-pub(crate) type TakenElsewhere = Box<dyn Fn(&SessionKey) + Send + Sync>;
+/// Told of each session another node claimed, with the epoch of that claim.
+pub(crate) type TakenElsewhere = Box<dyn Fn(&SessionKey, u64) + Send + Sync>;
 
 impl std::fmt::Debug for Ownership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +134,7 @@ impl Ownership {
         if let Some(watch) = watch {
             watch.abort();
         }
-        self.store.close();
+        self.store.close().await;
         self.replica.shutdown().await;
     }
 
@@ -193,6 +193,14 @@ impl Ownership {
                 ClaimError::TableFull(max) => BrokerError::TooManyConnections(max),
                 other => BrokerError::Internal(other.to_string()),
             })?;
+        // A claim forwarded to the leader returns once committed: the session's records are
+        // read here, so this node must have applied everything up to the claim first (a node
+        // catching up would read records older than the claim, or none).
+        let limit = self.replica.claim_timeout();
+        if !self.replica.applied_through(epoch, limit).await {
+            self.replica.release(session, epoch);
+            return Err(BrokerError::NoQuorum(limit));
+        }
         {
             let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
             let entry = in_use.entry(session.clone()).or_insert((0, epoch));
@@ -270,7 +278,7 @@ impl Ownership {
             return;
         }
         if let Some(taken) = self.taken_elsewhere.get() {
-            taken(session);
+            taken(session, owner.epoch);
         }
         let fenced: Vec<Held> = {
             let mut held = self.lock();

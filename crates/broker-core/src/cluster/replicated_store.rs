@@ -4,39 +4,97 @@
 //! log instead of a local file, and applied on every member, so another node can take the
 //! session up whole.
 //!
-//! It has the disk store's shape: producers [`ReplicatedStore::append`] operations and never
-//! wait; one writer task takes everything pending and writes it as one log entry, grouped by
-//! session, each session's changes under the claim its connection holds
-//! ([`ReplicatedStore::bind`]); the state machine applies a session's changes only while that
-//! claim is the owner's, so a node taken over cannot change the session after the takeover.
-//! Once the entry is committed by a majority (and applied here) the writer publishes the
-//! ticket of its last operation: a publish that promised its message waits for it, and a
-//! subscription writer sends nothing before what it depends on is committed. An entry not
-//! committed within the claim timeout is written again (its changes are idempotent) until it
-//! is, or the store closes. Pending operations are bounded in bytes like the disk store's
-//! ([`ReplicatedStore::wait_for_room`]).
+//! It has the disk store's shape: producers append operations and never wait; one writer task
+//! takes everything pending and writes it as one log entry (at most [`MAX_ENTRY_BYTES`]),
+//! grouped by session. Each operation is appended through the session's [`Binding`] and
+//! carries the epoch of the claim the session held **when it was appended**; the state machine
+//! applies a session's changes only while that claim is the owner's, so a node taken over
+//! cannot change the session after the takeover, and nothing appended is ever dropped here: a
+//! stale write is refused by the log, and whoever waits on it is told. Once the entry is
+//! committed by a majority (and applied here) the writer publishes the ticket of its last
+//! operation: a publish that promised its message waits for its own ticket
+//! ([`take_appended`]), and a subscription writer sends nothing before what it depends on is
+//! committed. An entry not committed within the claim timeout is written again (its changes are
+//! idempotent) until it is, or the store closes; meanwhile waiters are answered `NoQuorum`.
+//! Pending operations are bounded in bytes like the disk store's
+//! ([`ReplicatedStore::wait_for_room`]), and a subscription's pending last sequence is kept once.
 //!
-//! It owns the pending operations, the ticket committed, and which claim each local session
-//! writes under. It names no transport.
+//! It owns the pending operations and the ticket committed. It names no transport.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
-use cassini_replication::{ClaimError, Replica, SessionKey, SessionWrite};
+use cassini_replication::{ClaimError, Replica, SessionKey, SessionWrite, WriteRefusal};
 use tokio::sync::{watch, Notify};
 
 use crate::storage::session_records::record_ops;
 use crate::storage::{Op, StorageError};
 
-/// How many ranges of tickets whose entry refused some session's changes are remembered: a
-/// publish waiting on one of them is refused. Older ones are forgotten (the publishes waiting
-/// on them have long been answered).
+/// How many ranges of tickets whose entry refused some session's changes are remembered. A
+/// waiter on an older ticket than the oldest range kept, and not known committed before it,
+/// is refused too (it cannot be told apart).
 const REFUSED_KEPT: usize = 64;
 
-/// The most operation bytes one log entry carries (one operation larger than this goes alone):
-/// with [`cassini_replication::ReplicaConfig`]'s entries per append, an append stays within a
-/// cluster frame.
-const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
+/// The most operation bytes one log entry carries (one operation larger than this goes
+/// alone).
+pub(crate) const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
+
+/// How long a closing store waits for its writer to write what is pending.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// The highest ticket of a stored message appended on this thread since [`take_appended`]
+    /// last read it: what one publish, routed synchronously, stored for named sessions (a
+    /// subscription's last sequence alone needs no quorum before an acknowledgement).
+    static APPENDED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The highest ticket this thread appended since the last call (0 if none), and starts
+/// counting afresh. A publish calls it before routing (to start) and after (its own ticket).
+pub(crate) fn take_appended() -> u64 {
+    APPENDED.with(|appended| appended.replace(0))
+}
+
+/// Which session a store's operations belong to, and the claim it writes under: shared by the
+/// session and its queues, moved to a newer claim when a newer connection of this node
+/// attaches.
+#[derive(Debug)]
+pub struct Binding {
+    key: SessionKey,
+    epoch: AtomicU64,
+}
+
+impl Binding {
+    /// Session `key` writing under the claim `epoch`.
+    pub(crate) fn new(key: SessionKey, epoch: u64) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            epoch: AtomicU64::new(epoch),
+        })
+    }
+
+    /// Writes under the claim `epoch` from now on (never an older one).
+    pub(crate) fn advance(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The claim it writes under.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The session.
+    pub(crate) fn key(&self) -> &SessionKey {
+        &self.key
+    }
+}
+
+/// Told of a session whose changes the log refused because its claim is no longer the
+/// owner's: its copy here is stale.
+pub(crate) type Stale = Box<dyn Fn(&SessionKey, u64) + Send + Sync>;
 
 #[derive(Debug, Clone, Default)]
 struct Status {
@@ -44,6 +102,8 @@ struct Status {
     committed: u64,
     /// Ranges of tickets (first, last) of entries that refused some session's changes.
     refused: VecDeque<(u64, u64)>,
+    /// Tickets up to here may have been refused in a range no longer kept.
+    forgotten_through: u64,
     /// Set while the entry being written has not been committed within the claim timeout
     /// (it is written again until it is): every waiter is answered `NoQuorum` meanwhile,
     /// those of later operations too (they wait behind it).
@@ -52,28 +112,45 @@ struct Status {
     closed: bool,
 }
 
-#[derive(Debug, Default)]
+/// An operation waiting for its entry, with the session and claim it was appended under.
+struct PendingOp {
+    session: Arc<Binding>,
+    epoch: u64,
+    op: Op,
+}
+
+#[derive(Default)]
 struct Pending {
-    ops: Vec<Op>,
+    ops: Vec<PendingOp>,
+    /// Where each subscription's pending last sequence is in `ops` (kept once).
+    sequences: HashMap<(u128, u64), usize>,
     ticket: u64,
     bytes: usize,
     closed: bool,
 }
 
 /// Named sessions' store in a cluster with `members`. See the module documentation.
-#[derive(Debug)]
 pub struct ReplicatedStore {
     replica: Arc<Replica>,
     pending: Mutex<Pending>,
     /// Held shared while one publish appends its operations, and exclusively by the writer
-    /// while it takes the pending list, so a publish's operations go in one entry.
+    /// while it takes the pending list, so a publish's operations go in one entry (unless
+    /// they are more than one entry carries).
     whole: RwLock<()>,
     /// Wakes the writer (a wake with no writer waiting is kept for its next wait).
     wake: Arc<Notify>,
     status: watch::Sender<Status>,
-    /// Per local session (by its stored id), its key and the claim it writes under.
-    bound: Mutex<HashMap<u128, (SessionKey, u64)>>,
     max_pending_bytes: usize,
+    /// Told of sessions whose changes were refused as stale.
+    stale: std::sync::OnceLock<Stale>,
+}
+
+impl std::fmt::Debug for ReplicatedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedStore")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReplicatedStore {
@@ -87,50 +164,66 @@ impl ReplicatedStore {
             whole: RwLock::new(()),
             wake: Arc::new(Notify::new()),
             status,
-            bound: Mutex::default(),
             max_pending_bytes,
+            stale: std::sync::OnceLock::new(),
         });
         tokio::spawn(run_writer(Arc::downgrade(&store)));
         store
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // Every mutation under this lock is a push or a swap: a poisoned lock is consistent.
+        // Every mutation under this lock is a push, a replacement or a swap: a poisoned lock
+        // is consistent.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Session `session` (its stored id) writes as `key` under the claim `epoch` from now on.
-    pub(crate) fn bind(&self, session: u128, key: SessionKey, epoch: u64) {
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session, (key, epoch));
+    /// `stale` is told of each session whose changes the log refused because its claim is no
+    /// longer the owner's (once; a second call is ignored).
+    pub(crate) fn on_stale(&self, stale: Stale) {
+        let _ = self.stale.set(stale);
     }
 
-    /// Session `session` writes nothing more from this node (it ended here, or another node
-    /// took it over): what it appends from now on is dropped.
-    pub(crate) fn unbind(&self, session: u128) {
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&session);
-    }
-
-    /// Queues operations for the next entry. Never waits. Ignored once the store is closed.
-    pub(crate) fn append(&self, ops: impl IntoIterator<Item = Op>) {
+    /// Queues operations of `session` for the next entry, under the claim it holds now.
+    /// Never waits. Ignored once the store is closed.
+    pub(crate) fn append(&self, session: &Arc<Binding>, ops: impl IntoIterator<Item = Op>) {
+        let epoch = session.epoch();
         let mut pending = self.lock();
         if pending.closed {
             return;
         }
-        let before = pending.ops.len();
+        let pending = &mut *pending;
+        let mut added = 0u64;
+        let mut stores_message = false;
         for op in ops {
+            stores_message |= matches!(op, Op::PutMessage(..));
+            if let Op::Sequence(record) = &op {
+                // A subscription's newer last sequence replaces the pending one in place: the
+                // pending list holds one per subscription, however long the log is away.
+                let key = (record.session, record.subscription);
+                if let Some(&at) = pending.sequences.get(&key) {
+                    if let Some(slot) = pending.ops.get_mut(at) {
+                        if slot.epoch == epoch {
+                            slot.op = op;
+                            continue;
+                        }
+                    }
+                }
+                pending.sequences.insert(key, pending.ops.len());
+            }
             pending.bytes += op.pending_size();
-            pending.ops.push(op);
+            pending.ops.push(PendingOp {
+                session: Arc::clone(session),
+                epoch,
+                op,
+            });
+            added += 1;
         }
-        let added = pending.ops.len() - before;
         if added > 0 {
-            pending.ticket += added as u64;
-            drop(pending);
+            pending.ticket += added;
+            if stores_message {
+                let ticket = pending.ticket;
+                APPENDED.with(|appended| appended.set(appended.get().max(ticket)));
+            }
             self.wake.notify_one();
         }
     }
@@ -147,7 +240,8 @@ impl ReplicatedStore {
 
     /// Waits until everything up to `ticket` is committed by a majority; refused if the
     /// entry holding it had some session's changes refused (taken over, or the records'
-    /// bound reached), or the store closed first.
+    /// bound reached), with `NoQuorum` while an entry is not committed within the claim
+    /// timeout, or if the store closed first.
     pub(crate) async fn synced(&self, ticket: u64) -> Result<(), StorageError> {
         let mut status = self.status.subscribe();
         let result = status
@@ -158,10 +252,11 @@ impl ReplicatedStore {
                 Err(StorageError::NoQuorum(self.replica.claim_timeout()))
             }
             Ok(s) if s.committed >= ticket => {
-                if s.refused
-                    .iter()
-                    .any(|(first, last)| (*first..=*last).contains(&ticket))
-                {
+                let refused = ticket <= s.forgotten_through
+                    || s.refused
+                        .iter()
+                        .any(|(first, last)| (*first..=*last).contains(&ticket));
+                if refused {
                     Err(StorageError::WriteFailed(
                         "the cluster refused a session's changes (taken over by another node, or \
                          the replicated records are full)"
@@ -177,11 +272,11 @@ impl ReplicatedStore {
 
     /// Waits until everything appended so far is committed: a subscription writer calls this
     /// before it sends a batch, so a client never holds a sequence number or a message that
-    /// another node taking the session over would not know. A closed store holds nothing back.
+    /// another node taking the session over would not know. Not while the entry is only late:
+    /// a node cut off from the majority delivers nothing more to named sessions (its lease
+    /// runs out and it lets their clients go). A closed store holds nothing back.
     pub(crate) async fn until_appended_is_durable(&self) {
         let ticket = self.ticket();
-        // Not while the entry is only late: a node cut off from the majority delivers nothing
-        // more to named sessions (its lease runs out and it lets their clients go).
         let mut status = self.status.subscribe();
         let _ = status.wait_for(|s| s.committed >= ticket || s.closed).await;
     }
@@ -218,7 +313,7 @@ impl ReplicatedStore {
     }
 
     /// Whether `bytes` more message bytes fit under the bound of the replicated records
-    /// (those held and those pending).
+    /// (those held and those pending here).
     pub(crate) fn has_room_for(&self, bytes: usize) -> bool {
         let (held, max) = self.replica.record_bytes();
         let pending = self.lock().bytes as u64;
@@ -230,62 +325,79 @@ impl ReplicatedStore {
         self.replica.record_bytes().1
     }
 
-    /// Refuses every further operation; what is pending is still written by the writer if it
-    /// can be.
-    pub(crate) fn close(&self) {
+    /// Refuses every further operation and waits (at most 2 s) for the writer to write what
+    /// is pending.
+    pub(crate) async fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_one();
+        let mut status = self.status.subscribe();
+        let _ = tokio::time::timeout(CLOSE_WAIT, status.wait_for(|s| s.closed)).await;
+    }
+}
+
+/// One entry's operations taken from the pending list.
+struct Taken {
+    ops: Vec<PendingOp>,
+    /// The ticket of the last of them.
+    ticket: u64,
+    bytes: usize,
+    /// The store is closing and nothing is left after these.
+    closing: bool,
+}
+
+impl ReplicatedStore {
+    /// Takes at most [`MAX_ENTRY_BYTES`] (at least one operation) from the pending list.
+    fn take(&self) -> Taken {
+        let _whole = self.whole.write().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.lock();
+        let mut bytes = 0usize;
+        let mut take = 0usize;
+        for op in &pending.ops {
+            let size = op.op.pending_size();
+            if take > 0 && bytes + size > MAX_ENTRY_BYTES {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        let left = pending.ops.len() - take;
+        let ops: Vec<PendingOp> = pending.ops.drain(..take).collect();
+        // The pending last sequences left move up by what was taken; the taken ones go.
+        pending.sequences.retain(|_, at| {
+            if *at < take {
+                false
+            } else {
+                *at -= take;
+                true
+            }
+        });
+        Taken {
+            ops,
+            ticket: pending.ticket - left as u64,
+            bytes,
+            closing: pending.closed && left == 0,
+        }
     }
 
-    /// The pending operations as one entry's writes, each session's under its claim, in the
-    /// order appended; a subscription's several sequences in one entry are written once.
-    /// A session whose last operation in the entry removes it is forgotten here: it writes
-    /// nothing more.
-    fn writes(&self, ops: Vec<Op>) -> Vec<SessionWrite> {
-        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+    /// The operations as one entry's writes: per session and claim, in the order appended.
+    fn writes(ops: Vec<PendingOp>) -> Vec<SessionWrite> {
         let mut writes: Vec<SessionWrite> = Vec::new();
-        let mut index: HashMap<u128, usize> = HashMap::new();
-        let mut last_sequence: HashMap<(u128, u64), (usize, usize)> = HashMap::new();
-        let mut ended: HashSet<u128> = HashSet::new();
-        for op in ops {
-            let Some((session, changes)) = record_ops(&op) else {
+        let mut index: HashMap<(SessionKey, u64), usize> = HashMap::new();
+        for PendingOp { session, epoch, op } in ops {
+            let Some((_, changes)) = record_ops(&op) else {
                 continue;
             };
-            if matches!(op, Op::DeleteSession(_)) {
-                ended.insert(session);
-            } else {
-                ended.remove(&session);
-            }
-            let Some((key, epoch)) = bound.get(&session) else {
-                tracing::debug!(session = %format!("{session:032x}"), "dropping a write of a session not served here");
-                continue;
-            };
-            let at = *index.entry(session).or_insert_with(|| {
-                writes.push(SessionWrite {
-                    session: key.clone(),
-                    epoch: *epoch,
-                    ops: Vec::new(),
+            let at = *index
+                .entry((session.key().clone(), epoch))
+                .or_insert_with(|| {
+                    writes.push(SessionWrite {
+                        session: session.key().clone(),
+                        epoch,
+                        ops: Vec::new(),
+                    });
+                    writes.len() - 1
                 });
-                writes.len() - 1
-            });
-            let ops = &mut writes[at].ops;
-            if let Op::Sequence(record) = &op {
-                // A later sequence of the same subscription replaces the earlier one in place.
-                if let Some(&(write, position)) = last_sequence.get(&(session, record.subscription))
-                {
-                    if write == at {
-                        if let Some(change) = changes.into_iter().next() {
-                            ops[position] = change;
-                        }
-                        continue;
-                    }
-                }
-                last_sequence.insert((session, record.subscription), (at, ops.len()));
-            }
-            ops.extend(changes);
-        }
-        for session in ended {
-            bound.remove(&session);
+            writes[at].ops.extend(changes);
         }
         writes
     }
@@ -297,25 +409,12 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         let Some(strong) = store.upgrade() else {
             return;
         };
-        let (ops, ticket, bytes, closing) = {
-            let _whole = strong.whole.write().unwrap_or_else(|p| p.into_inner());
-            let mut pending = strong.lock();
-            // At most MAX_ENTRY_BYTES (at least one operation) per entry.
-            let mut bytes = 0usize;
-            let mut take = 0usize;
-            for op in &pending.ops {
-                let size = op.pending_size();
-                if take > 0 && bytes + size > MAX_ENTRY_BYTES {
-                    break;
-                }
-                bytes += size;
-                take += 1;
-            }
-            let left = pending.ops.len() - take;
-            let ops: Vec<Op> = pending.ops.drain(..take).collect();
-            let ticket = pending.ticket - left as u64;
-            (ops, ticket, bytes, pending.closed && left == 0)
-        };
+        let Taken {
+            ops,
+            ticket,
+            bytes,
+            closing,
+        } = strong.take();
         if ops.is_empty() {
             if closing {
                 strong.status.send_modify(|s| s.closed = true);
@@ -327,7 +426,7 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             continue;
         }
         let first = strong.status.borrow().committed + 1;
-        let writes = strong.writes(ops);
+        let writes = ReplicatedStore::writes(ops);
         let refused = if writes.is_empty() {
             Vec::new()
         } else {
@@ -351,12 +450,19 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             }
         };
         strong.lock().bytes -= bytes;
-        if !refused.is_empty() {
-            tracing::info!(
-                sessions = refused.len(),
-                first = ?refused.first(),
-                "the cluster refused changes of sessions this node no longer owns (or the records are full)"
-            );
+        for (session, refusal) in &refused {
+            tracing::info!(identity = %session.identity, name = %session.name, ?refusal, "the cluster refused a session's changes");
+            if *refusal == WriteRefusal::NotOwner {
+                if let Some(stale) = strong.stale.get() {
+                    let epoch = writes
+                        .iter()
+                        .filter(|write| write.session == *session)
+                        .map(|write| write.epoch)
+                        .max()
+                        .unwrap_or(0);
+                    stale(session, epoch);
+                }
+            }
         }
         strong.status.send_modify(|s| {
             s.committed = ticket;
@@ -364,7 +470,9 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             if !refused.is_empty() {
                 s.refused.push_back((first, ticket));
                 while s.refused.len() > REFUSED_KEPT {
-                    s.refused.pop_front();
+                    if let Some((_, last)) = s.refused.pop_front() {
+                        s.forgotten_through = last;
+                    }
                 }
             }
         });

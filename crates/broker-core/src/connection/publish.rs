@@ -163,8 +163,8 @@ async fn read_publishes(
                 tracing::debug!(%err, "storage unavailable; the publish will not be acknowledged");
             }
         }
-        let replicated = shared.replicated();
-        if let Some(store) = replicated {
+        let acked = matches!(&frame, Frame::Publish(publish) if publish.ack);
+        if let Some(store) = shared.replicated().filter(|_| acked) {
             if let Err(err) = store.wait_for_room().await {
                 tracing::debug!(%err, "replicated store unavailable; the publish will not be acknowledged");
             }
@@ -173,7 +173,6 @@ async fn read_publishes(
             Frame::Publish(publish) => publish.topic.clone(),
             _ => String::new(),
         };
-        let before = replicated.map(|store| store.ticket());
         let frames = frames_for(frame, shared, &mut publisher)?;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
@@ -182,14 +181,9 @@ async fn read_publishes(
             }
             _ => None,
         };
-        // Something was appended meanwhile (this publish's messages among it, if it stored
-        // any): the acknowledgement waits until a majority holds it.
-        let replicated_at = match (replicated, before) {
-            (Some(store), Some(before)) if acknowledges => {
-                Some(store.ticket()).filter(|after| *after > before)
-            }
-            _ => None,
-        };
+        // What it stored for named sessions: the acknowledgement waits until a majority
+        // holds it.
+        let replicated_at = publisher.take_replicated_ticket().filter(|_| acknowledges);
         if frames.is_empty() {
             continue;
         }

@@ -111,8 +111,11 @@ pub(crate) fn session_id(key: u128) -> cassini_protocol::SessionId {
 pub(crate) enum SessionStore {
     /// The local disk store.
     Disk(Arc<DiskStore>),
-    /// The cluster's Raft log.
-    Replicated(Arc<crate::cluster::replicated_store::ReplicatedStore>),
+    /// The cluster's Raft log, as the session it binds.
+    Replicated(
+        Arc<crate::cluster::replicated_store::ReplicatedStore>,
+        Arc<crate::cluster::replicated_store::Binding>,
+    ),
 }
 
 impl SessionStore {
@@ -120,7 +123,7 @@ impl SessionStore {
     pub(crate) fn append(&self, ops: impl IntoIterator<Item = Op>) {
         match self {
             Self::Disk(store) => store.append(ops),
-            Self::Replicated(store) => store.append(ops),
+            Self::Replicated(store, session) => store.append(session, ops),
         }
     }
 
@@ -128,7 +131,7 @@ impl SessionStore {
     pub(crate) fn ticket(&self) -> u64 {
         match self {
             Self::Disk(store) => store.ticket(),
-            Self::Replicated(store) => store.ticket(),
+            Self::Replicated(store, _) => store.ticket(),
         }
     }
 
@@ -136,7 +139,7 @@ impl SessionStore {
     pub(crate) async fn synced(&self, ticket: u64) -> Result<(), StorageError> {
         match self {
             Self::Disk(store) => store.synced(ticket).await,
-            Self::Replicated(store) => store.synced(ticket).await,
+            Self::Replicated(store, _) => store.synced(ticket).await,
         }
     }
 
@@ -145,7 +148,7 @@ impl SessionStore {
     pub(crate) async fn until_appended_is_durable(&self) {
         match self {
             Self::Disk(store) => store.until_appended_is_durable().await,
-            Self::Replicated(store) => store.until_appended_is_durable().await,
+            Self::Replicated(store, _) => store.until_appended_is_durable().await,
         }
     }
 }
