@@ -99,6 +99,50 @@ fn record_size(key: &Bytes, value: &Bytes) -> u64 {
         .saturating_add(RECORD_OVERHEAD)
 }
 
+/// Applies `op` to `records`, counting in `bytes` and remembering in `undo` what each changed
+/// key held; with `shrinking_only`, a put that would take more room is skipped.
+fn apply(
+    records: &mut SessionRecords,
+    op: &RecordOp,
+    bytes: &mut u64,
+    undo: &mut Vec<(Bytes, Option<Bytes>)>,
+    shrinking_only: bool,
+) {
+    match op {
+        RecordOp::Put { key, value } => {
+            let before = records.get(key).map(|before| record_size(key, before));
+            if shrinking_only && before.is_none_or(|before| record_size(key, value) > before) {
+                return;
+            }
+            *bytes = bytes.saturating_add(record_size(key, value));
+            let before = records.insert(key.clone(), value.clone());
+            if let Some(before) = &before {
+                *bytes = bytes.saturating_sub(record_size(key, before));
+            }
+            undo.push((key.clone(), before));
+        }
+        RecordOp::Delete { key } => {
+            if let Some(before) = records.remove(key) {
+                *bytes = bytes.saturating_sub(record_size(key, &before));
+                undo.push((key.clone(), Some(before)));
+            }
+        }
+        RecordOp::DeletePrefix { prefix } => {
+            let keys: Vec<Bytes> = records
+                .range(prefix.clone()..)
+                .map(|(key, _)| key.clone())
+                .take_while(|key| key.starts_with(prefix))
+                .collect();
+            for key in keys {
+                if let Some(before) = records.remove(&key) {
+                    *bytes = bytes.saturating_sub(record_size(&key, &before));
+                    undo.push((key, Some(before)));
+                }
+            }
+        }
+    }
+}
+
 /// One identity's share of the claims table.
 #[derive(Debug, Clone, Default)]
 struct IdentityClaims {
@@ -135,8 +179,10 @@ impl Claims {
             .fold(0, u64::saturating_add);
     }
 
-    /// Applies `write` if its claim is the session's owner's and the records stay within
-    /// their bound; otherwise changes nothing.
+    /// Applies `write` if its claim is the session's owner's. A write that would end beyond
+    /// the records' bound is refused, and of it only what frees room or takes none applies
+    /// (removals, and a value replaced by one no larger: acknowledgements and sequences), so a
+    /// full table still forgets what its sessions acknowledged.
     fn write(&mut self, write: SessionWrite, bounds: Bounds) -> Result<(), WriteRefusal> {
         if self.owners.get(&write.session).map(|owner| owner.epoch) != Some(write.epoch) {
             return Err(WriteRefusal::NotOwner);
@@ -145,53 +191,30 @@ impl Claims {
         // What each changed key held before, to undo the write if it ends beyond the bound.
         let mut undo: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         let mut bytes = self.record_bytes;
-        for op in write.ops {
-            match op {
-                RecordOp::Put { key, value } => {
-                    bytes = bytes.saturating_add(record_size(&key, &value));
-                    let before = records.insert(key.clone(), value);
-                    if let Some(before) = &before {
-                        bytes = bytes.saturating_sub(record_size(&key, before));
-                    }
-                    undo.push((key, before));
-                }
-                RecordOp::Delete { key } => {
-                    if let Some(before) = records.remove(&key) {
-                        bytes = bytes.saturating_sub(record_size(&key, &before));
-                        undo.push((key, Some(before)));
-                    }
-                }
-                RecordOp::DeletePrefix { prefix } => {
-                    let keys: Vec<Bytes> = records
-                        .range(prefix.clone()..)
-                        .map(|(key, _)| key.clone())
-                        .take_while(|key| key.starts_with(&prefix))
-                        .collect();
-                    for key in keys {
-                        if let Some(before) = records.remove(&key) {
-                            bytes = bytes.saturating_sub(record_size(&key, &before));
-                            undo.push((key, Some(before)));
-                        }
-                    }
-                }
-            }
+        for op in &write.ops {
+            apply(records, op, &mut bytes, &mut undo, false);
         }
-        if bytes > bounds.max_record_bytes && bytes > self.record_bytes {
+        let refused = bytes > bounds.max_record_bytes && bytes > self.record_bytes;
+        if refused {
             for (key, before) in undo.into_iter().rev() {
                 match before {
                     Some(value) => records.insert(key, value),
                     None => records.remove(&key),
                 };
             }
-            if records.is_empty() {
-                self.records.remove(&write.session);
+            bytes = self.record_bytes;
+            let mut kept = Vec::new();
+            for op in &write.ops {
+                apply(records, op, &mut bytes, &mut kept, true);
             }
-            return Err(WriteRefusal::Full(bounds.max_record_bytes));
         }
         if records.is_empty() {
             self.records.remove(&write.session);
         }
         self.record_bytes = bytes;
+        if refused {
+            return Err(WriteRefusal::Full(bounds.max_record_bytes));
+        }
         Ok(())
     }
 
@@ -894,6 +917,55 @@ mod tests {
             )
             .expect("room made in the same write");
         assert_eq!(keys(&claims, &session), ["c"]);
+    }
+
+    #[test]
+    fn a_write_beyond_the_bound_still_removes_what_it_removes() {
+        let session = SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        };
+        let small = Bounds {
+            max_record_bytes: 100,
+            ..bounds()
+        };
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), small)
+            .expect("claimed");
+        let write = |ops| SessionWrite {
+            session: session.clone(),
+            epoch: 3,
+            ops,
+        };
+        claims
+            .write(write(vec![put("a", "1"), put("q", "22")]), small)
+            .expect("fits");
+        // An acknowledgement and a sequence ride with a message that does not fit.
+        assert_eq!(
+            claims.write(
+                write(vec![
+                    RecordOp::Delete {
+                        key: Bytes::from_static(b"a"),
+                    },
+                    put("q", "33"),
+                    put("m", &"x".repeat(80)),
+                ]),
+                small
+            ),
+            Err(WriteRefusal::Full(100))
+        );
+        assert_eq!(
+            keys(&claims, &session),
+            ["q"],
+            "the removal applied, the message not"
+        );
+        let value = claims
+            .records
+            .get(&session)
+            .and_then(|records| records.get(&Bytes::from_static(b"q")))
+            .cloned();
+        assert_eq!(value, Some(Bytes::from_static(b"33")), "the sequence moved");
     }
 
     #[test]
