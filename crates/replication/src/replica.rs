@@ -192,6 +192,10 @@ pub struct ReplicaStatus {
     pub last_applied: Option<u64>,
     /// How many sessions have an owner.
     pub claims: usize,
+    /// Bytes of claimed sessions' records this node holds, and their bound.
+    pub record_bytes: u64,
+    /// The bound of `record_bytes`.
+    pub max_record_bytes: u64,
 }
 
 /// One node's Raft. See the module documentation.
@@ -847,6 +851,8 @@ impl Replica {
             last_log_index: metrics.last_log_index,
             last_applied: metrics.last_applied.map(|log_id| log_id.index),
             claims: self.state.claimed(),
+            record_bytes: self.state.record_bytes().0,
+            max_record_bytes: self.state.record_bytes().1,
         }
     }
 
