@@ -17,6 +17,10 @@ pub const QUIET: Duration = Duration::from_secs(5);
 
 /// Receives until `count` messages arrived or [`QUIET`] passed without one; returns how many
 /// arrived and when the last one did.
+///
+/// One timer serves the whole run: when it fires, it is moved to [`QUIET`] after the last
+/// message, and the run ends only if that time has passed. A timer per message would be
+/// counted as the subscriber's cost.
 pub async fn drain<S: BenchSubscription>(
     subscription: &mut S,
     count: u64,
@@ -24,14 +28,31 @@ pub async fn drain<S: BenchSubscription>(
 ) -> (u64, Option<Instant>) {
     let mut received = 0u64;
     let mut last = None;
+    let mut waiting_since = Instant::now();
+    let quiet = tokio::time::sleep(QUIET);
+    tokio::pin!(quiet);
     while received < count {
-        let Ok(Some(_)) = tokio::time::timeout(QUIET, subscription.next()).await else {
-            break;
-        };
-        received += 1;
-        last = Some(Instant::now());
-        if let Some(progress) = progress.filter(|_| received.is_multiple_of(1024)) {
-            progress.set(received);
+        tokio::select! {
+            biased;
+            message = subscription.next() => {
+                if message.is_none() {
+                    break;
+                }
+                received += 1;
+                let now = Instant::now();
+                last = Some(now);
+                waiting_since = now;
+                if let Some(progress) = progress.filter(|_| received.is_multiple_of(1024)) {
+                    progress.set(received);
+                }
+            }
+            () = &mut quiet => {
+                let deadline = waiting_since + QUIET;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                quiet.as_mut().reset(deadline.into());
+            }
         }
     }
     (received, last)

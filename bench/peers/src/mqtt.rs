@@ -8,6 +8,7 @@
 //! has no request/reply. Topics use `/` where the scenarios write `.`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -206,11 +207,18 @@ fn mqtt_topic(topic: &str) -> String {
 impl BenchClient for MqttClient {
     type Subscription = MqttSubscription;
 
-    async fn publish(&self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
-        Ok(self
-            .client
-            .publish_bytes(mqtt_topic(topic), self.qos, false, payload)
-            .await?)
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let topic = mqtt_topic(topic);
+        async move {
+            Ok(self
+                .client
+                .publish_bytes(topic, self.qos, false, payload)
+                .await?)
+        }
     }
 
     async fn flush(&self) -> anyhow::Result<()> {
@@ -251,7 +259,6 @@ impl BenchClient for MqttClient {
 /// One MQTT subscription.
 pub(crate) struct MqttSubscription(mpsc::Receiver<Bytes>);
 
-#[async_trait]
 impl BenchSubscription for MqttSubscription {
     async fn next(&mut self) -> Option<Bytes> {
         self.0.recv().await

@@ -6,6 +6,7 @@
 //! returns. Subscriptions buffer up to `--subscription-capacity` messages in the client and drop
 //! beyond that: a dropped message shows as lost.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -103,8 +104,13 @@ pub(crate) struct NatsClient(async_nats::Client);
 impl BenchClient for NatsClient {
     type Subscription = NatsSubscription;
 
-    async fn publish(&self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
-        Ok(self.0.publish(topic.to_string(), payload).await?)
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let topic = topic.to_string();
+        async move { Ok(self.0.publish(topic, payload).await?) }
     }
 
     async fn flush(&self) -> anyhow::Result<()> {
@@ -137,7 +143,6 @@ impl BenchClient for NatsClient {
 /// One NATS subscription.
 pub(crate) struct NatsSubscription(async_nats::Subscriber);
 
-#[async_trait]
 impl BenchSubscription for NatsSubscription {
     async fn next(&mut self) -> Option<Bytes> {
         self.0.next().await.map(|message| message.payload)

@@ -250,6 +250,59 @@ async fn a_gap_with_no_message_after_it_wakes_the_application_at_once() {
 }
 
 #[tokio::test]
+async fn deliveries_read_with_a_stray_frame_reach_the_application_before_it_ends_the_stream() {
+    // What one read of a subscription stream yields goes to the subscription as one batch: the
+    // deliveries and gaps in front of a frame that has no place on the stream are delivered, in
+    // order, before that frame ends the subscription as a protocol error.
+    let broker = FakeBroker::start();
+    let (client, mut session) = broker.connect_alice().await;
+    let (mut subscription, mut stream) =
+        subscribe_with_stream(&client, &mut session, "demo.a", 1).await;
+    let mut frames = bytes::BytesMut::new();
+    for frame in [
+        delivery(1, "demo.a", "one"),
+        gap_frame(1, 2, 3, GapReason::Overflow),
+        delivery(4, "demo.a", "four"),
+        Frame::Ping(Ping { nonce: 7 }),
+    ] {
+        cassini_protocol::encode_frame(
+            &frame,
+            &mut frames,
+            cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES,
+        )
+        .expect("encode");
+    }
+    stream.write_all(&frames).await.expect("write frames");
+    let mut events = Vec::new();
+    while let Some(event) = timeout(STEP, subscription.next_event())
+        .await
+        .expect("in time")
+    {
+        events.push(event);
+    }
+    let sequences: Vec<_> = events
+        .iter()
+        .map(|event| match event {
+            SubscriptionEvent::Message(message) => format!("message {}", message.sequence()),
+            SubscriptionEvent::Gap(gap) => format!("gap {gap:?}"),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sequences,
+        [
+            "message 1".to_string(),
+            format!("gap {:?}", missed(2, 3, Some(GapReason::Overflow))),
+            "message 4".to_string(),
+        ]
+    );
+    assert!(matches!(
+        subscription.end_reason(),
+        Some(SubscriptionEnd::ProtocolError { .. })
+    ));
+}
+
+#[tokio::test]
 async fn a_slow_consumer_reset_ends_the_subscription_with_its_reason() {
     let broker = FakeBroker::start();
     let (client, mut session) = broker.connect_alice().await;

@@ -137,66 +137,75 @@ async fn serve(
     control_send.set_priority(CONTROL_STREAM_PRIORITY);
     let frames = Arc::new(shared.memory.frames_for(&connection.peer().identity));
     let mut control = FrameReader::new(control_recv, max_frame_bytes, frames.reader());
-    let hello = match timeout_at(deadline, control.next())
-        .await
-        .map_err(timed_out)?
-        .map_err(control_reset)?
-    {
-        Some(Frame::Hello(hello)) => hello,
-        Some(other) => {
-            return Err(BrokerError::ProtocolViolation(format!(
-                "expected Hello, got {}",
-                other.kind()
-            )))
-        }
-        None => {
-            return Err(BrokerError::ProtocolViolation(
-                "control stream ended before Hello".into(),
-            ))
-        }
-    };
     // Boxed here and below: an async fn's future is as large as its largest state, and this
     // one lives as long as the connection (docs/BENCHMARKS.md, "Connections"). Claiming and
     // opening the session, answering a control request and going away are its largest states,
     // each passed through once or now and then; boxed, they take memory only while they run.
-    let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
-    // Held from before the session opens until the connection ends: a newer claim by another
-    // node closes it, and an older claim than one already held here never opens the session.
-    let _hold = match claim {
-        Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
-        None => None,
+    // For the same reason what is used only to open the session (`Hello`, the claim,
+    // `Welcome`) lives in blocks of its own, and ends before the connection's loop starts.
+    // The claim's hold lasts until the connection ends: a newer claim by another node closes
+    // it, and an older claim than one already held here never opens the session.
+    let (_hold, mut opened) = {
+        let hello = match timeout_at(deadline, control.next())
+            .await
+            .map_err(timed_out)?
+            .map_err(control_reset)?
+        {
+            Some(Frame::Hello(hello)) => hello,
+            Some(other) => {
+                return Err(BrokerError::ProtocolViolation(format!(
+                    "expected Hello, got {}",
+                    other.kind()
+                )))
+            }
+            None => {
+                return Err(BrokerError::ProtocolViolation(
+                    "control stream ended before Hello".into(),
+                ))
+            }
+        };
+        let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
+        let hold = match claim {
+            Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
+            None => None,
+        };
+        let claim = hold.as_ref().map(Hold::epoch);
+        (
+            hold,
+            Box::pin(open_session(connection, sessions, hello, claim)).await?,
+        )
     };
-    let claim = _hold.as_ref().map(Hold::epoch);
-    let mut opened = Box::pin(open_session(connection, sessions, hello, claim)).await?;
     let ended = opened.ended.take();
     report(DriverEvent::Established {
         session: opened.session.clone(),
         epoch: opened.epoch,
     });
-    let welcome = fit_welcome(
-        Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            session_id: opened.id,
-            resumed: opened.resumed,
-            identity: connection.peer().identity.to_string(),
-            limits: Limits {
-                max_datagram_bytes: connection
-                    .max_datagram_size()
-                    .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
-                ..limits.announced()
+    {
+        let welcome = fit_welcome(
+            Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                session_id: opened.id,
+                resumed: opened.resumed,
+                identity: connection.peer().identity.to_string(),
+                limits: Limits {
+                    max_datagram_bytes: connection
+                        .max_datagram_size()
+                        .map_or(0, |size| u32::try_from(size).unwrap_or(u32::MAX)),
+                    ..limits.announced()
+                },
+                subscriptions: opened.subscriptions.clone(),
+                cluster_addresses: shared
+                    .router
+                    .cluster()
+                    .map(|cluster| cluster.client_addresses())
+                    .unwrap_or_default(),
             },
-            subscriptions: opened.subscriptions.clone(),
-            cluster_addresses: shared
-                .router
-                .cluster()
-                .map(|cluster| cluster.client_addresses())
-                .unwrap_or_default(),
-        },
-        max_frame_bytes,
-    );
-    write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
-        .await
-        .map_err(control_reset)?;
+            max_frame_bytes,
+        );
+        write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
+            .await
+            .map_err(control_reset)?;
+    }
     session_attached(shared, connection, opened.id, opened.resumed);
     *attached = Some((opened.id, Instant::now()));
     tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
@@ -214,21 +223,30 @@ async fn serve(
             frames.reader(),
         )
     };
-    let mut datagrams =
-        DatagramPublishes::new(Arc::clone(shared), Arc::clone(&connection.peer().identity));
+    // Made on the first datagram publish: most clients never send one.
+    let mut datagrams: Option<Box<DatagramPublishes>> = None;
     let mut datagrams_open = connection.max_datagram_size().is_some();
     loop {
         tokio::select! {
             datagram = connection.read_datagram(), if datagrams_open => match datagram {
-                Ok(datagram) => datagrams.receive(&datagram)?,
+                Ok(datagram) => datagrams
+                    .get_or_insert_with(|| {
+                        Box::new(DatagramPublishes::new(
+                            Arc::clone(shared),
+                            Arc::clone(&connection.peer().identity),
+                        ))
+                    })
+                    .receive(&datagram)?,
                 Err(TransportError::DatagramsUnsupported) => datagrams_open = false,
                 Err(err) => return Err(err.into()),
             },
             frame = control.next() => match frame.map_err(control_reset)? {
                 None => break,
-                Some(frame) => serve_control(frame, shared, &opened, control_send.as_mut(), max_frame_bytes, &mut settling)
-                    .await
-                    .map_err(control_reset)?,
+                Some(frame) => if let Some(request) = apply_ack(frame, &opened) {
+                    Box::pin(serve_control(request, shared, &opened, control_send.as_mut(), max_frame_bytes, &mut settling))
+                        .await
+                        .map_err(control_reset)?
+                },
             },
             Some(settled) = settling.join_next() => if let Ok(answer) = settled {
                 write_frame(control_send.as_mut(), &answer, max_frame_bytes)
@@ -303,24 +321,31 @@ fn session_attached(
 /// the client's other requests meanwhile, and writes each answer when its wait ends.
 type Settling = JoinSet<Frame>;
 
-/// Serves one frame of the control stream: an `Ack` is applied (it has no answer), anything
-/// else is a request answered in order, except that a `Subscribed` that must wait for the
-/// cluster is answered from `settling` once the wait ends (answers name their request).
+/// Applies a control stream frame that is an `Ack` (it has no answer) and returns any other
+/// frame: a request, for [`serve_control`]. Acks come often; this allocates nothing.
+fn apply_ack(frame: Frame, opened: &Opened) -> Option<Frame> {
+    match frame {
+        Frame::Ack(ack) => {
+            // An ack for a subscription that ended is harmless.
+            opened.acks.ack(ack.subscription, &ack.ranges);
+            None
+        }
+        request => Some(request),
+    }
+}
+
+/// Answers one request of the control stream, in order, except that a `Subscribed` that must
+/// wait for the cluster is answered from `settling` once the wait ends (answers name their
+/// request). Its callers box it: see `serve`.
 async fn serve_control(
-    frame: Frame,
+    request: Frame,
     shared: &Shared,
     opened: &Opened,
     control_send: &mut dyn SendStream,
     max_frame_bytes: u32,
     settling: &mut Settling,
 ) -> Result<(), BrokerError> {
-    if let Frame::Ack(ack) = frame {
-        // An ack for a subscription that ended is harmless.
-        opened.acks.ack(ack.subscription, &ack.ranges);
-        return Ok(());
-    }
-    // Boxed: see `serve` (an `Ack`, above, allocates nothing).
-    let answer = Box::pin(answer_control(frame, &opened.session)).await?;
+    let answer = answer_control(request, &opened.session).await?;
     match (&answer, shared.router.cluster()) {
         (Frame::Subscribed(_), Some(cluster)) => {
             let cluster = Arc::clone(cluster);
@@ -365,7 +390,9 @@ async fn go_away(
             () = opened.acks.delivered() => break,
             () = tokio::time::sleep_until(deadline) => break,
             frame = control.next(), if control_open => match frame.map_err(control_reset)? {
-                Some(frame) => serve_control(frame, shared, opened, control_send, max_frame_bytes, settling).await?,
+                Some(frame) => if let Some(request) = apply_ack(frame, opened) {
+                    Box::pin(serve_control(request, shared, opened, control_send, max_frame_bytes, settling)).await?
+                },
                 None => control_open = false,
             },
             Some(settled) = settling.join_next() => if let Ok(answer) = settled {

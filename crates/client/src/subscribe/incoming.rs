@@ -8,8 +8,10 @@
 //! connection's reader to let go after a resume), then moves `Message`s into the subscription's
 //! channel, each marked with the subscription's epoch, together with the broker's `Gap`
 //! announcements (adding up the overflow ones), and records the highest sequence read, where the
-//! client stands if it resumes the session. When the channel is full the task waits before reading
-//! more, so flow control holds up this subscription's stream only. When the stream ends, the task
+//! client stands if it resumes the session. What one read of the stream yields goes into the
+//! channel as one batch (at most [`DELIVER_BATCH`]), with one wait for room. When the channel is
+//! full the task waits before reading more, so flow control holds up this subscription's stream
+//! only. When the stream ends, the task
 //! records why on the subscription and closes the channel; when the connection is lost instead, it
 //! releases the subscription for the next connection (the session decides whether there is one).
 //!
@@ -150,12 +152,20 @@ async fn read_start(
     }
 }
 
+/// Most deliveries a stream reader decodes before handing them to the subscription's channel
+/// together: what one stream read yields, up to this many, costs one wait for room in the
+/// channel instead of one per message. They are held outside the channel meanwhile, so the
+/// client holds at most this many beyond the channel's bound per subscription stream.
+pub(crate) const DELIVER_BATCH: usize = 32;
+
 /// Moves deliveries into the subscription's channel until the stream ends; returns why.
 async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -> StreamOutcome {
     let Some(sender) = claimed.sender() else {
         return StreamOutcome::Ended(SubscriptionEnd::Closed);
     };
     let state = &claimed.sink().state;
+    let batch_limit = DELIVER_BATCH.min(sender.max_capacity()).max(1);
+    let mut batch: Vec<Delivered> = Vec::new();
     loop {
         // A frame already buffered is taken without waiting; only a read that must wait for the
         // stream also watches for the application dropping the subscription (watching costs a
@@ -173,46 +183,67 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
             },
             buffered => buffered,
         };
-        match frame {
-            Ok(Some(frame @ (Frame::Message(_) | Frame::Gap(_)))) => {
-                let item = match frame {
-                    Frame::Gap(gap) => {
-                        if matches!(gap.reason, GapReason::Overflow | GapReason::ClusterRoute) {
-                            state.add_dropped(gap.len());
-                        }
-                        state.note_received(gap.to);
-                        StreamItem::Gap(gap)
-                    }
-                    Frame::Message(delivery) => {
-                        state.note_received(delivery.sequence);
-                        StreamItem::Message(Message::from(delivery))
-                    }
-                    _ => continue,
-                };
-                let delivered = Delivered {
-                    epoch: claimed.epoch(),
-                    item,
-                };
-                // Waits while the channel is full: this is where backpressure starts.
-                if sender.send(delivered).await.is_err() {
-                    reader.stop(ErrorCode::NORMAL);
-                    return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
+        // The first frame, then whatever else the last read left buffered, up to the batch's
+        // size: everything that is not a delivery ends the batch and is handled after it.
+        let mut next = frame;
+        let mut highest = 0;
+        let end = loop {
+            match next {
+                Ok(Some(Frame::Message(delivery))) => {
+                    highest = delivery.sequence;
+                    batch.push(Delivered {
+                        epoch: claimed.epoch(),
+                        item: StreamItem::Message(Message::from(delivery)),
+                    });
                 }
+                Ok(Some(Frame::Gap(gap))) => {
+                    if matches!(gap.reason, GapReason::Overflow | GapReason::ClusterRoute) {
+                        state.add_dropped(gap.len());
+                    }
+                    highest = gap.to;
+                    batch.push(Delivered {
+                        epoch: claimed.epoch(),
+                        item: StreamItem::Gap(gap),
+                    });
+                }
+                other => break Some(other),
             }
-            Ok(Some(other)) => {
+            if batch.len() == batch_limit {
+                break None;
+            }
+            next = reader.next_buffered();
+            if matches!(next, Ok(None)) {
+                break None;
+            }
+        };
+        if !batch.is_empty() {
+            state.note_received(highest);
+            // Waits while the channel has no room for the whole batch: this is where
+            // backpressure starts.
+            let Ok(permits) = sender.reserve_many(batch.len()).await else {
+                reader.stop(ErrorCode::NORMAL);
+                return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
+            };
+            for (permit, delivered) in permits.zip(batch.drain(..)) {
+                permit.send(delivered);
+            }
+        }
+        match end {
+            None => {}
+            Some(Ok(Some(other))) => {
                 let reason = format!("{} frame on a subscription stream", other.kind());
                 link.protocol_violation(ErrorCode::PROTOCOL_VIOLATION, &reason);
                 return StreamOutcome::Ended(SubscriptionEnd::ProtocolError { reason });
             }
-            Ok(None) => return ended_cleanly(claimed, link),
-            Err(ReadFrameError::Stream(quinn::ReadError::Reset(code))) => {
+            Some(Ok(None)) => return ended_cleanly(claimed, link),
+            Some(Err(ReadFrameError::Stream(quinn::ReadError::Reset(code)))) => {
                 return match error_code(code) {
                     ErrorCode::SLOW_CONSUMER => StreamOutcome::Ended(SubscriptionEnd::SlowConsumer),
                     ErrorCode::NORMAL => ended_cleanly(claimed, link),
                     other => StreamOutcome::Ended(SubscriptionEnd::Reset(other)),
                 };
             }
-            Err(error) => return stream_failed(error, link),
+            Some(Err(error)) => return stream_failed(error, link),
         }
     }
 }

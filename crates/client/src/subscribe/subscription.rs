@@ -38,7 +38,8 @@ const RECEIVE_BATCH: usize = 32;
 /// A live subscription: a [`Stream`] of the messages the broker delivers to it.
 ///
 /// Messages wait in a bounded buffer (`ClientBuilder::subscription_buffer`, default 1024, plus
-/// up to 32 the subscription has taken from it to yield next); when it is full the client
+/// up to 32 the subscription has taken from it to yield next, and up to 32 decoded from the
+/// stream and waiting to go in); when it is full the client
 /// stops reading this subscription's stream and the broker's overflow policy for the
 /// subscription applies. Other subscriptions are not held up.
 ///
