@@ -30,7 +30,6 @@ use cassini_protocol::codec::header_size;
 use cassini_protocol::{Headers, Publish, SessionId, TopicLimits, TopicName};
 
 use crate::acl::{PermissionCache, Permissions};
-use crate::cluster::replicated_store::take_appended;
 use crate::config::{BrokerConfig, BrokerLimits};
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -39,6 +38,7 @@ use crate::introspect::traffic::{TopicTraffic, TrafficSlot};
 use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
+use crate::storage::replicated::take_appended;
 use crate::storage::{DiskStore, StorageError};
 
 /// Where publishes come from.

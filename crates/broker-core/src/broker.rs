@@ -120,7 +120,7 @@ impl Broker {
                 // An append carries whole entries: one of the largest (a batch of operations, or
                 // one message alone beyond it) times the entries per append stays within a
                 // cluster frame, with room to spare.
-                let largest = crate::cluster::replicated_store::MAX_ENTRY_BYTES as u64
+                let largest = crate::storage::replicated::MAX_ENTRY_BYTES as u64
                     + u64::from(config.limits.max_frame_bytes);
                 replica.max_entries_per_append = (crate::cluster::MAX_APPEND_BYTES / largest)
                     .clamp(1, cassini_replication::replica::MAX_ENTRIES_PER_APPEND);

@@ -47,7 +47,6 @@ use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
 pub mod ownership;
-pub mod replicated_store;
 pub mod sessions;
 
 use cassini_protocol::SessionId;

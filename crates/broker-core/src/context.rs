@@ -41,9 +41,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The store of named sessions in a cluster with `members`.
-    pub(crate) fn replicated(
-        &self,
-    ) -> Option<&Arc<crate::cluster::replicated_store::ReplicatedStore>> {
+    pub(crate) fn replicated(&self) -> Option<&Arc<crate::storage::replicated::ReplicatedStore>> {
         Some(self.router.cluster()?.ownership()?.store())
     }
 

@@ -107,7 +107,8 @@ impl Storage {
         };
         let bytes = rmp_serde::to_vec(value).map_err(|err| err.to_string())?;
         synced(|| {
-            let tx = db.begin_write().text()?;
+            let mut tx = db.begin_write().text()?;
+            tx.set_two_phase_commit(true);
             tx.open_table(META)
                 .text()?
                 .insert(key, bytes.as_slice())
@@ -234,7 +235,8 @@ impl LogStore {
             ));
         }
         synced(|| {
-            let tx = db.begin_write().text()?;
+            let mut tx = db.begin_write().text()?;
+            tx.set_two_phase_commit(true);
             {
                 let mut table = tx.open_table(LOG).text()?;
                 table.retain_in(remove, |_, _| false).text()?;

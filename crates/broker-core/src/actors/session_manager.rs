@@ -47,9 +47,9 @@ use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child};
 use crate::ack_targets::AckTargets;
-use crate::cluster::replicated_store::Binding;
 use crate::context::Shared;
 use crate::error::BrokerError;
+use crate::storage::replicated::Binding;
 use crate::storage::session_records::{read_back, ReadBackError};
 use crate::storage::{session_id, unix_ms, Op, RecoveredSession, SessionStore};
 use crate::transport::Connection;

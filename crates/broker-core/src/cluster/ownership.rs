@@ -29,8 +29,8 @@ use std::time::Duration;
 use cassini_protocol::ErrorCode;
 use cassini_replication::{ClaimObserver, Owner, Replica, ReplicaConfig, SessionKey, Storage};
 
-use super::replicated_store::ReplicatedStore;
 use crate::error::BrokerError;
+use crate::storage::replicated::ReplicatedStore;
 use crate::transport::Connection;
 
 /// The file of the Raft log in the data directory (disk mode).

@@ -170,10 +170,16 @@ async fn serve(
             None => None,
         };
         let claim = hold.as_ref().map(Hold::epoch);
-        (
-            hold,
-            Box::pin(open_session(connection, sessions, hello, claim)).await?,
-        )
+        let opened = Box::pin(open_session(connection, sessions, hello, claim)).await?;
+        if let (Some(_), Some(store)) = (claim, shared.replicated()) {
+            // A named session's `Welcome` comes once its records are in the cluster's log: a
+            // client told its session is there finds it on any node after this one dies.
+            let ticket = store.ticket();
+            Box::pin(store.synced(ticket))
+                .await
+                .map_err(BrokerError::Storage)?;
+        }
+        (hold, opened)
     };
     let ended = opened.ended.take();
     report(DriverEvent::Established {

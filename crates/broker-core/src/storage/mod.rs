@@ -13,6 +13,7 @@
 //! - `tables`: the database's tables, shared by `disk` and `recovery`.
 //! - `session_records`: one session's operations as the records the cluster's Raft log
 //!   carries, and those records read back (named sessions in a cluster with `members`).
+//! - `replicated`: the store writing them through the Raft log.
 //! - [`SessionStore`](self): where one session writes: the disk store, or the cluster's
 //!   replicated store.
 //!
@@ -21,6 +22,7 @@
 mod disk;
 pub(crate) mod records;
 mod recovery;
+pub(crate) mod replicated;
 pub(crate) mod session_records;
 mod tables;
 
@@ -112,10 +114,7 @@ pub(crate) enum SessionStore {
     /// The local disk store.
     Disk(Arc<DiskStore>),
     /// The cluster's Raft log, as the session it binds.
-    Replicated(
-        Arc<crate::cluster::replicated_store::ReplicatedStore>,
-        Arc<crate::cluster::replicated_store::Binding>,
-    ),
+    Replicated(Arc<replicated::ReplicatedStore>, Arc<replicated::Binding>),
 }
 
 impl SessionStore {

@@ -62,7 +62,7 @@ pub(crate) fn take_appended() -> u64 {
 /// session and its queues, moved to a newer claim when a newer connection of this node
 /// attaches.
 #[derive(Debug)]
-pub struct Binding {
+pub(crate) struct Binding {
     key: SessionKey,
     epoch: AtomicU64,
 }
@@ -130,7 +130,7 @@ struct Pending {
 }
 
 /// Named sessions' store in a cluster with `members`. See the module documentation.
-pub struct ReplicatedStore {
+pub(crate) struct ReplicatedStore {
     replica: Arc<Replica>,
     pending: Mutex<Pending>,
     /// Held shared while one publish appends its operations, and exclusively by the writer
