@@ -201,28 +201,35 @@ pub(crate) async fn measure(rounds: u32) -> anyhow::Result<Vec<Duration>> {
 /// The session the subscriber of [`measure_sessions`] names.
 const SESSION: &str = "bench-failover";
 
+/// One round of [`measure_sessions`], each time from the kill.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionFailover {
+    /// Until the client counted its connection lost.
+    pub(crate) detected: Duration,
+    /// Until the client was connected again, its session resumed.
+    pub(crate) resumed: Duration,
+    /// Until the first message published after the kill was delivered.
+    pub(crate) delivering: Duration,
+}
+
 /// Kills a named session's node `rounds` times (node 1, then node 3, ...; node 1 made the
 /// Raft group and is likely its leader), each on a new cluster of three members, and returns
 /// how long the session took to deliver again on another node.
-pub(crate) async fn measure_sessions(rounds: u32) -> anyhow::Result<Vec<Duration>> {
+pub(crate) async fn measure_sessions(rounds: u32) -> anyhow::Result<Vec<SessionFailover>> {
     let mut times = Vec::new();
     for round in 0..rounds {
         let victim = if round % 2 == 0 { 0 } else { 2 };
         let measured = tokio::time::timeout(ROUND_TIMEOUT, session_round(victim))
             .await
             .with_context(|| format!("failover round {round} took over {ROUND_TIMEOUT:?}"))??;
-        tracing::info!(
-            round,
-            seconds = measured.as_secs_f64(),
-            "named session failover measured"
-        );
+        tracing::info!(round, ?measured, "named session failover measured");
         times.push(measured);
     }
     Ok(times)
 }
 
 /// One round of [`measure_sessions`]: kills node `victim` under its named session.
-async fn session_round(victim: usize) -> anyhow::Result<Duration> {
+async fn session_round(victim: usize) -> anyhow::Result<SessionFailover> {
     let (dir, mut nodes) = start_cluster(true)?;
     let publisher = client(
         dir.path(),
@@ -251,10 +258,17 @@ async fn session_round(victim: usize) -> anyhow::Result<Duration> {
     };
     let mut subscription = subscriber.subscribe_at_least_once(TOPIC).await?;
     first_session_delivery_after(&mut subscription, now_micros()).await?;
+    let watching = watch_reconnect(&subscriber);
     nodes[victim].process = None;
     let killed_at = (Instant::now(), now_micros());
     first_session_delivery_after(&mut subscription, killed_at.1).await?;
-    let elapsed = killed_at.0.elapsed();
+    let delivering = killed_at.0.elapsed();
+    let (detected, resumed) = watching.await.context("the state watcher")?;
+    let since_kill = |at: Option<Instant>| {
+        at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(killed_at.0)
+        })
+    };
     let state = subscriber.state();
     anyhow::ensure!(
         matches!(state, ConnectionState::Connected { resumed: true, .. }),
@@ -269,7 +283,33 @@ async fn session_round(victim: usize) -> anyhow::Result<Duration> {
     let _ = subscriber.close().await;
     let _ = publisher.close().await;
     drop(nodes);
-    Ok(elapsed)
+    Ok(SessionFailover {
+        detected: since_kill(detected),
+        resumed: since_kill(resumed),
+        delivering,
+    })
+}
+
+/// Notes when `client` counts its connection lost and when it is connected again after that
+/// (or the client's state stops changing).
+fn watch_reconnect(client: &Client) -> JoinHandle<(Option<Instant>, Option<Instant>)> {
+    let mut changes = client.state_changes();
+    tokio::spawn(async move {
+        let mut lost = None;
+        while changes.changed().await.is_ok() {
+            let state = changes.borrow_and_update().clone();
+            match state {
+                ConnectionState::Reconnecting { .. } if lost.is_none() => {
+                    lost = Some(Instant::now());
+                }
+                ConnectionState::Connected { .. } if lost.is_some() => {
+                    return (lost, Some(Instant::now()));
+                }
+                _ => {}
+            }
+        }
+        (lost, None)
+    })
 }
 
 /// Waits for a message stamped at or after `since` (microseconds since the epoch), failing if

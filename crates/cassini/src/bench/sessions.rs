@@ -572,20 +572,30 @@ pub(crate) async fn run(args: SessionsBenchArgs) -> anyhow::Result<Report> {
         }
     }
     if args.failovers > 0 {
-        let seconds: Vec<f64> = failover::measure_sessions(args.failovers)
-            .await?
-            .iter()
-            .map(Duration::as_secs_f64)
-            .collect();
-        let worst = seconds.iter().copied().fold(0.0, f64::max);
+        let rounds = failover::measure_sessions(args.failovers).await?;
+        let seconds = |of: fn(&failover::SessionFailover) -> Duration| -> Vec<f64> {
+            rounds.iter().map(|round| of(round).as_secs_f64()).collect()
+        };
+        let delivering = seconds(|round| round.delivering);
+        let worst = delivering.iter().copied().fold(0.0, f64::max);
         report
+            .figure("failovers", "failovers measured", Value::from(rounds.len()))
             .figure(
-                "failovers",
-                "failovers measured",
-                Value::from(seconds.len()),
+                "failover_detected_median_s",
+                "failover: connection counted lost, median s",
+                median(seconds(|round| round.detected)),
             )
-            .figure("failover_median_s", "failover median s", median(seconds))
-            .figure("failover_max_s", "failover max s", worst);
+            .figure(
+                "failover_resumed_median_s",
+                "failover: session resumed, median s",
+                median(seconds(|round| round.resumed)),
+            )
+            .figure(
+                "failover_median_s",
+                "failover: delivering again, median s",
+                median(delivering),
+            )
+            .figure("failover_max_s", "failover: delivering again, max s", worst);
     }
     Ok(report)
 }
