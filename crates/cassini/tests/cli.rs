@@ -398,6 +398,7 @@ fn bench_sessions_runs_a_tiny_smoke_round() {
         }
         assert_eq!(report[format!("{mode}_failed")], 0, "{report}");
     }
+    assert_eq!(report["failover_sessions_lost"], 0, "{report}");
     assert_eq!(report["failovers"], 1, "{report}");
     assert!(
         report["failover_median_s"]

@@ -572,14 +572,20 @@ pub(crate) async fn run(args: SessionsBenchArgs) -> anyhow::Result<Report> {
         }
     }
     if args.failovers > 0 {
-        let rounds = failover::measure_sessions(args.failovers).await?;
+        let outcomes = failover::measure_sessions(args.failovers).await?;
+        let rounds: Vec<_> = outcomes.iter().flatten().collect();
         let seconds = |of: fn(&failover::SessionFailover) -> Duration| -> Vec<f64> {
             rounds.iter().map(|round| of(round).as_secs_f64()).collect()
         };
         let delivering = seconds(|round| round.delivering);
         let worst = delivering.iter().copied().fold(0.0, f64::max);
         report
-            .figure("failovers", "failovers measured", Value::from(rounds.len()))
+            .figure("failovers", "failovers resumed", Value::from(rounds.len()))
+            .figure(
+                "failover_sessions_lost",
+                "failovers with the session lost",
+                Value::from(outcomes.len() - rounds.len()),
+            )
             .figure(
                 "failover_detected_median_s",
                 "failover: connection counted lost, median s",
