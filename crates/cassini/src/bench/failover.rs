@@ -328,10 +328,10 @@ async fn first_session_delivery_after(
 ) -> anyhow::Result<bool> {
     while let Some(event) = subscription.next_event().await {
         match event {
-            SubscriptionEvent::Message(message) => {
-                if stamp_of(message.payload()).is_some_and(|stamp| stamp >= since) {
-                    return Ok(true);
-                }
+            SubscriptionEvent::Message(message)
+                if stamp_of(message.payload()).is_some_and(|stamp| stamp >= since) =>
+            {
+                return Ok(true)
             }
             SubscriptionEvent::Gap(Gap::SessionLost { .. }) => return Ok(false),
             _ => {}

@@ -52,7 +52,7 @@ const HEADER_BYTES: usize = 16;
 /// Where a run's clients connect: node 1 of the cluster, or the standalone broker.
 enum Target {
     Cluster(LocalCluster),
-    Standalone(EmbeddedBroker),
+    Standalone(Box<EmbeddedBroker>),
 }
 
 impl Target {
@@ -384,9 +384,9 @@ async fn measure_mode(args: &SessionsBenchArgs, mode: StorageArg) -> anyhow::Res
     })
     .await?;
     let cluster = Target::Cluster(cluster);
-    let standalone = Target::Standalone(
+    let standalone = Target::Standalone(Box::new(
         EmbeddedBroker::start(storage_config(mode, &dir.path().join("standalone"))).await?,
-    );
+    ));
     let mut figures = ModeFigures {
         cluster: Samples::default(),
         standalone: Samples::default(),
