@@ -767,6 +767,51 @@ pub(crate) enum BenchScenario {
     /// over the nodes, CPU per node-local message against a standalone broker, and the time
     /// from `kill -9` of a node to its subscriber receiving again on another node.
     Cluster(ClusterBenchArgs),
+    /// What replicating named sessions costs (issue #19): acknowledged-publish throughput and
+    /// latency to an at-least-once subscriber of a named session on a cluster with `members`
+    /// against one broker, in memory and on disk, and the time from `kill -9` of the session's
+    /// node to that session delivering again on another node.
+    Sessions(SessionsBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SessionsBenchArgs {
+    /// Nodes of the in-process cluster, all of them members (the failover rounds always use
+    /// three processes).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: usize,
+    /// Storage modes to measure, one after the other; repeatable.
+    #[arg(long, value_enum, default_values_t = [StorageArg::Memory, StorageArg::Disk])]
+    pub(crate) storage: Vec<StorageArg>,
+    /// Acknowledged publishes per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) count: u64,
+    /// Acknowledged publishes in flight at once (throughput runs; the most the latency runs
+    /// let wait).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) window: usize,
+    /// Offered rate of the latency runs, acknowledged publishes per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) rate: u64,
+    /// Measured seconds per latency run; fractions allowed.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Unmeasured warm-up seconds per latency run.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Message size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Interleaved repetitions (cluster, one broker, cluster, ...); the figures are medians.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) repeat: u32,
+    /// Failover rounds (`kill -9` of a named session's node), each on a new cluster of three
+    /// `cassini serve` processes; 0 skips them.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) failovers: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -368,6 +368,47 @@ fn bench_cluster_runs_a_tiny_smoke_round() {
 }
 
 #[test]
+fn bench_sessions_runs_a_tiny_smoke_round() {
+    let report = bench_json(&[
+        "sessions",
+        "--count",
+        "200",
+        "--rate",
+        "200",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--repeat",
+        "1",
+        "--failovers",
+        "1",
+    ]);
+    assert_eq!(report["scenario"], "sessions");
+    for mode in ["memory", "disk"] {
+        for place in ["cluster", "standalone"] {
+            assert_eq!(report[format!("{mode}_{place}_lost")], 0, "{report}");
+            for figure in ["acked_per_s", "delivery_p99_us", "ack_p99_us"] {
+                let key = format!("{mode}_{place}_{figure}");
+                assert!(
+                    report[&key].as_f64().is_some_and(|value| value > 0.0),
+                    "{key}: {report}"
+                );
+            }
+        }
+        assert_eq!(report[format!("{mode}_failed")], 0, "{report}");
+    }
+    assert_eq!(report["failover_sessions_lost"], 0, "{report}");
+    assert_eq!(report["failovers"], 1, "{report}");
+    assert!(
+        report["failover_median_s"]
+            .as_f64()
+            .is_some_and(|value| value > 0.0),
+        "{report}"
+    );
+}
+
+#[test]
 fn bench_durable_runs_a_tiny_smoke_round() {
     let report = bench_json(&["durable", "--duration", "0.3", "--publishers", "2"]);
     let cases = report["cases"].as_array().expect("cases");

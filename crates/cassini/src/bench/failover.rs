@@ -1,9 +1,16 @@
 //! Failover after `kill -9`, measured from outside: three `cassini serve` processes form a
 //! cluster on loopback (certificates made in a temporary directory), a publisher on one node
-//! publishes a timestamped message every millisecond, and a subscriber given every node's
-//! address (the node to kill first) receives them. The time measured runs from the kill to the
-//! first message the subscriber receives that was published after it, with every client and
-//! broker setting at its default. The killed node is restarted between rounds.
+//! publishes a timestamped message every millisecond, and a subscriber receives them. The time
+//! measured runs from the kill of the subscriber's node to the first message the subscriber
+//! receives that was published after it, with every client and broker setting at its default.
+//!
+//! - [`measure`] (`bench cluster`): no Raft members; the subscriber is given every node's
+//!   address (the node to kill first) and gets a new session on another node. The killed node
+//!   is restarted between rounds.
+//! - [`measure_sessions`] (`bench sessions`, issue #19): the nodes are Raft members
+//!   (`--cluster-member`); the subscriber names its session, subscribes at least once and is
+//!   given only its node's address: it finds the others in `Welcome` and must resume its
+//!   session there (`resumed`, no `SessionLost`). Each round starts a new cluster.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
-use cassini_client::{Client, Subscription};
+use cassini_client::{Client, ConnectionState, Gap, Subscription, SubscriptionEvent};
 use cassini_quic::certs::{init_dir, InitOptions};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
@@ -36,7 +43,8 @@ struct Node {
 }
 
 impl Node {
-    fn start(&mut self, certs: &str, peers: &[SocketAddr]) -> anyhow::Result<()> {
+    /// Starts the node; with `members`, every node of [`NODES`] a Raft member.
+    fn start(&mut self, certs: &str, peers: &[SocketAddr], members: bool) -> anyhow::Result<()> {
         let (client, cluster) = (self.client.to_string(), self.cluster.to_string());
         let mut args = vec![
             "serve",
@@ -54,6 +62,11 @@ impl Node {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
         for peer in &peers {
             args.extend(["--peer", peer.as_str()]);
+        }
+        if members {
+            for name in NODES {
+                args.extend(["--cluster-member", name]);
+            }
         }
         self.process = Some(ChildProcess::start(&args, "cassini listening")?);
         Ok(())
@@ -103,9 +116,9 @@ async fn first_stamped_after(subscription: &mut Subscription, since: u64) -> any
     anyhow::bail!("the subscription ended")
 }
 
-/// Kills a subscriber's node `rounds` times and returns how long each subscriber took to
-/// receive again on another node.
-pub(crate) async fn measure(rounds: u32) -> anyhow::Result<Vec<Duration>> {
+/// Certificates for [`NODES`] and the bench's clients in a new temporary directory, and the
+/// three nodes started there.
+fn start_cluster(members: bool) -> anyhow::Result<(ScratchDir, Vec<Node>)> {
     let dir = ScratchDir::new()?;
     init_dir(
         dir.path(),
@@ -128,8 +141,17 @@ pub(crate) async fn measure(rounds: u32) -> anyhow::Result<Vec<Duration>> {
     }
     let peers: Vec<SocketAddr> = nodes.iter().map(|node| node.cluster).collect();
     for node in &mut nodes {
-        node.start(certs, &peers)?;
+        node.start(certs, &peers, members)?;
     }
+    Ok((dir, nodes))
+}
+
+/// Kills a subscriber's node `rounds` times and returns how long each subscriber took to
+/// receive again on another node.
+pub(crate) async fn measure(rounds: u32) -> anyhow::Result<Vec<Duration>> {
+    let (dir, mut nodes) = start_cluster(false)?;
+    let certs = dir.path().to_str().context("temporary directory path")?;
+    let peers: Vec<SocketAddr> = nodes.iter().map(|node| node.cluster).collect();
     let publisher = client(
         dir.path(),
         "publisher",
@@ -168,10 +190,152 @@ pub(crate) async fn measure(rounds: u32) -> anyhow::Result<Vec<Duration>> {
         .with_context(|| format!("failover round {round} took over {ROUND_TIMEOUT:?}"))??;
         tracing::info!(round, seconds = measured.as_secs_f64(), "failover measured");
         times.push(measured);
-        nodes[victim].start(certs, &peers)?;
+        nodes[victim].start(certs, &peers, false)?;
     }
     stop.cancel();
     let _ = publishing.await;
     let _ = publisher.close().await;
     Ok(times)
+}
+
+/// The session the subscriber of [`measure_sessions`] names.
+const SESSION: &str = "bench-failover";
+
+/// One round of [`measure_sessions`], each time from the kill.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionFailover {
+    /// Until the client counted its connection lost.
+    pub(crate) detected: Duration,
+    /// Until the client was connected again, its session resumed.
+    pub(crate) resumed: Duration,
+    /// Until the first message published after the kill was delivered.
+    pub(crate) delivering: Duration,
+}
+
+/// Kills a named session's node `rounds` times (node 1, then node 3, ...; node 1 made the
+/// Raft group and is likely its leader), each on a new cluster of three members, and returns
+/// how long the session took to deliver again on another node in each round where it was
+/// resumed; `None` for a round where the client got a new session instead (`SessionLost`).
+pub(crate) async fn measure_sessions(rounds: u32) -> anyhow::Result<Vec<Option<SessionFailover>>> {
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let victim = if round % 2 == 0 { 0 } else { 2 };
+        let measured = tokio::time::timeout(ROUND_TIMEOUT, session_round(victim))
+            .await
+            .with_context(|| format!("failover round {round} took over {ROUND_TIMEOUT:?}"))??;
+        tracing::info!(round, ?measured, "named session failover measured");
+        times.push(measured);
+    }
+    Ok(times)
+}
+
+/// One round of [`measure_sessions`]: kills node `victim` under its named session.
+async fn session_round(victim: usize) -> anyhow::Result<Option<SessionFailover>> {
+    let (dir, mut nodes) = start_cluster(true)?;
+    let publisher = client(
+        dir.path(),
+        "publisher",
+        vec![nodes[PUBLISHER_NODE].client.to_string()],
+    )
+    .connect()
+    .await
+    .context("connecting the publisher")?;
+    let stop = CancellationToken::new();
+    let publishing = publish_every_millisecond(publisher.clone(), stop.clone());
+    let victim_addr = nodes[victim].client;
+    // The claim is refused (NO_QUORUM) until the Raft group has its first leader.
+    let subscriber = loop {
+        let attempt = client(dir.path(), "subscriber", vec![victim_addr.to_string()])
+            .session_name(SESSION)
+            .connect()
+            .await;
+        match attempt {
+            Ok(subscriber) => break subscriber,
+            Err(err) => {
+                tracing::debug!(%err, "the named session's claim refused; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut subscription = subscriber.subscribe_at_least_once(TOPIC).await?;
+    anyhow::ensure!(
+        first_session_delivery_after(&mut subscription, now_micros()).await?,
+        "the named session was lost before the kill"
+    );
+    let watching = watch_reconnect(&subscriber);
+    nodes[victim].process = None;
+    let killed_at = (Instant::now(), now_micros());
+    let resumed = first_session_delivery_after(&mut subscription, killed_at.1).await?;
+    let delivering = killed_at.0.elapsed();
+    let (detected, reconnected) = watching.await.context("the state watcher")?;
+    let since_kill = |at: Option<Instant>| {
+        at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(killed_at.0)
+        })
+    };
+    let state = subscriber.state();
+    if resumed {
+        anyhow::ensure!(
+            matches!(state, ConnectionState::Connected { resumed: true, .. }),
+            "the named session was not resumed on another node: {state}"
+        );
+        anyhow::ensure!(
+            subscriber.remote_address() != victim_addr,
+            "the subscriber is still on the killed node's address"
+        );
+    } else {
+        tracing::warn!(%state, "the named session was lost (SessionLost), not resumed");
+    }
+    stop.cancel();
+    let _ = publishing.await;
+    let _ = subscriber.close().await;
+    let _ = publisher.close().await;
+    drop(nodes);
+    Ok(resumed.then(|| SessionFailover {
+        detected: since_kill(detected),
+        resumed: since_kill(reconnected),
+        delivering,
+    }))
+}
+
+/// Notes when `client` counts its connection lost and when it is connected again after that
+/// (or the client's state stops changing).
+fn watch_reconnect(client: &Client) -> JoinHandle<(Option<Instant>, Option<Instant>)> {
+    let mut changes = client.state_changes();
+    tokio::spawn(async move {
+        let mut lost = None;
+        while changes.changed().await.is_ok() {
+            let state = changes.borrow_and_update().clone();
+            match state {
+                ConnectionState::Reconnecting { .. } if lost.is_none() => {
+                    lost = Some(Instant::now());
+                }
+                ConnectionState::Connected { .. } if lost.is_some() => {
+                    return (lost, Some(Instant::now()));
+                }
+                _ => {}
+            }
+        }
+        (lost, None)
+    })
+}
+
+/// Waits for a message stamped at or after `since` (microseconds since the epoch): `true`
+/// when it came, `false` as soon as the session was lost on the way (`SessionLost`).
+async fn first_session_delivery_after(
+    subscription: &mut Subscription,
+    since: u64,
+) -> anyhow::Result<bool> {
+    while let Some(event) = subscription.next_event().await {
+        match event {
+            SubscriptionEvent::Message(message)
+                if stamp_of(message.payload()).is_some_and(|stamp| stamp >= since) =>
+            {
+                return Ok(true)
+            }
+            SubscriptionEvent::Gap(Gap::SessionLost { .. }) => return Ok(false),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the subscription ended: {:?}", subscription.end_reason())
 }

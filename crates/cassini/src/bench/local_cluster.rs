@@ -75,14 +75,26 @@ pub(crate) struct LocalCluster {
 impl LocalCluster {
     /// Starts `count` nodes named `n1`... under one CA and waits until they form a full mesh.
     pub(crate) async fn start(count: usize) -> anyhow::Result<Self> {
+        Self::start_with(count, |_, config| config).await
+    }
+
+    /// [`Self::start`], each node's configuration (the bench's, with its cluster settings)
+    /// passed through `configure` with the node's name first.
+    pub(crate) async fn start_with(
+        count: usize,
+        configure: impl Fn(&str, BrokerConfig) -> BrokerConfig,
+    ) -> anyhow::Result<Self> {
         let ca = CertificateAuthority::generate("Cassini Bench CA").context("bench CA")?;
         let mut nodes = Vec::with_capacity(count);
         for index in 1..=count {
             let name = format!("n{index}");
-            let config = BrokerConfig {
-                cluster: Some(ClusterConfig::node(&name)),
-                ..bench_config()
-            };
+            let config = configure(
+                &name,
+                BrokerConfig {
+                    cluster: Some(ClusterConfig::node(&name)),
+                    ..bench_config()
+                },
+            );
             let node_ca = CertificateAuthority::from_pem(ca.cert_pem(), ca.key_pem())?;
             let broker =
                 EmbeddedBroker::start_under(node_ca, config, ServerOptions::default()).await?;

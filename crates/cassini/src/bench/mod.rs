@@ -13,6 +13,8 @@
 //!   `bare_endpoint` is that endpoint, and `child` starts it (and the broker) as processes.
 //! - `cluster`: a cluster in this process (`local_cluster`) against a standalone broker;
 //!   `failover` kills nodes running as processes.
+//! - `sessions`: named sessions replicated by a cluster with members against a standalone
+//!   broker, and their failover.
 
 pub(crate) mod bare_endpoint;
 pub(crate) mod cassini_peer;
@@ -25,6 +27,7 @@ pub(crate) mod embedded;
 pub(crate) mod failover;
 pub(crate) mod hol;
 pub(crate) mod local_cluster;
+pub(crate) mod sessions;
 
 use std::process::ExitCode;
 
@@ -44,6 +47,10 @@ pub(crate) async fn run(scenario: BenchScenario) -> anyhow::Result<ExitCode> {
         BenchScenario::Cluster(args) => {
             let json = args.json;
             (cluster::run(args).await?, json, None)
+        }
+        BenchScenario::Sessions(args) => {
+            let json = args.json;
+            (sessions::run(args).await?, json, None)
         }
         BenchScenario::Latency(command) => {
             let connector = CassiniConnector::start(&command.target).await?;
