@@ -219,7 +219,8 @@ impl ClientBuilder {
 
     /// Replaces the broker's address (one, a comma-separated list, or a `Vec`; see
     /// [`BrokerAddress`]). Every connection attempt tries the addresses in order, each with an
-    /// equal share of the connect timeout.
+    /// equal share of the connect timeout for its QUIC handshake; a broker that completed it
+    /// has the rest of the timeout to send its `Welcome`.
     pub fn address(mut self, address: impl Into<BrokerAddress>) -> Self {
         self.address = address.into();
         self

@@ -94,8 +94,11 @@ impl Connector {
             }
             let several = remotes.len() > 1;
             let probe = fail_fast || several;
-            // Each address gets an equal share of the attempt, so one that never answers
-            // leaves time for the next (a single address gets it all).
+            // Each address gets an equal share of the attempt for its QUIC handshake, so one
+            // that never answers leaves time for the next (a single address gets it all). A
+            // broker that answered gets the rest of the attempt for its `Welcome`: a cluster
+            // node may be waiting out the lease of a named session's dead node, and another
+            // node would only wait it out again.
             let count = u32::try_from(remotes.len()).unwrap_or(u32::MAX).max(1);
             let equal_share = self.connect_timeout / count;
             let mut failed = Vec::new();
@@ -106,18 +109,14 @@ impl Connector {
                 } else {
                     equal_share
                 };
-                let handshake = timeout(
-                    share,
-                    handshake(
-                        &self.endpoint,
-                        remote,
-                        &self.server_name,
-                        self.client_name.clone(),
-                        self.session_name.clone(),
-                        resume,
-                        positions.clone(),
-                    ),
-                );
+                let hello = Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    resume,
+                    client_name: self.client_name.clone(),
+                    positions: positions.clone(),
+                    session_name: self.session_name.clone(),
+                };
+                let handshake = handshake(&self.endpoint, remote, share, &self.server_name, hello);
                 let outcome = tokio::select! {
                     () = port_unreachable(remote), if probe => {
                         failed.push(format!("nothing listens on {remote} (the port is unreachable)"));
@@ -144,7 +143,9 @@ impl Connector {
                         failed.push(format!("{remote}: {error}"));
                         last_error = Some(error);
                     }
-                    Err(_) => failed.push(format!("no answer from {remote} within {share:?}")),
+                    Err(Unanswered) => {
+                        failed.push(format!("no answer from {remote} within {share:?}"))
+                    }
                 }
             }
             match (failed.len(), last_error) {
@@ -232,36 +233,45 @@ pub(crate) struct Established {
 /// Connects to `remote`, opens the control stream and exchanges `Hello` and `Welcome`, asking
 /// to resume session `resume` if there is one. A broker that does not know that session closes
 /// the connection with `SESSION_NOT_FOUND`, which this returns as [`ConnectionError::Refused`].
+/// `Err(Unanswered)`: the QUIC handshake did not complete within `share`.
 pub(crate) async fn handshake(
     endpoint: &quinn::Endpoint,
     remote: SocketAddr,
+    share: Duration,
     server_name: &str,
-    client_name: Option<String>,
-    session_name: Option<String>,
-    resume: Option<SessionId>,
-    positions: Vec<ResumePosition>,
-) -> Result<Established, ConnectionError> {
-    let connecting =
-        endpoint
-            .connect(remote, server_name)
-            .map_err(|error| ConnectionError::Connect {
+    hello: Hello,
+) -> Result<Result<Established, ConnectionError>, Unanswered> {
+    let connecting = match endpoint.connect(remote, server_name) {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            return Ok(Err(ConnectionError::Connect {
                 reason: error.to_string(),
-            })?;
-    let connection = connecting
-        .await
-        .map_err(|error| connection_error(&error, Phase::Connecting))?;
+            }))
+        }
+    };
+    let connection = match timeout(share, connecting).await {
+        Err(_) => return Err(Unanswered),
+        Ok(Err(error)) => return Ok(Err(connection_error(&error, Phase::Connecting))),
+        Ok(Ok(connection)) => connection,
+    };
+    Ok(exchange_hello(connection, hello).await)
+}
+
+/// The QUIC handshake with an address did not complete within its share of the attempt.
+#[derive(Debug)]
+pub(crate) struct Unanswered;
+
+/// Opens the control stream of `connection` and exchanges `Hello` and `Welcome`.
+async fn exchange_hello(
+    connection: quinn::Connection,
+    hello: Hello,
+) -> Result<Established, ConnectionError> {
     let (mut control_send, control_recv) = connection
         .open_bi()
         .await
         .map_err(|error| connection_error(&error, Phase::Connecting))?;
     let _ = control_send.set_priority(CONTROL_STREAM_PRIORITY);
-    let hello = Frame::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        resume,
-        client_name,
-        positions,
-        session_name,
-    });
+    let hello = Frame::Hello(hello);
     let hello =
         encode(&hello, DEFAULT_MAX_FRAME_BYTES).map_err(|error| ConnectionError::Connect {
             reason: format!("cannot encode Hello: {error}"),
