@@ -77,7 +77,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "certs.generate_dev", doc: "Create a development CA and certificates in dir when it has none (only when ca, cert and key are empty). Turn off in production." },
     KeyDoc { path: "certs.require_crl", doc: "Refuse to start when the CRL file is missing. Whatever this says, once a CRL has been in force a missing or unreadable CRL file keeps the last good CRL (logged at error level, shown in /varz)." },
     KeyDoc { path: "limits.max_payload_bytes", doc: "Largest publish payload; larger publishes are refused with PAYLOAD_TOO_LARGE. Must leave room for headers below max_frame_bytes." },
-    KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer." },
+    KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer. With cluster `members`, at most 32 MiB (messages travel in Raft entries)." },
     KeyDoc { path: "limits.max_subscriptions_per_session", doc: "Most subscriptions one session may hold." },
     KeyDoc { path: "limits.max_topic_bytes", doc: "Longest topic name or filter, in bytes." },
     KeyDoc { path: "limits.max_topic_depth", doc: "Most dot-separated tokens in a topic name or filter." },

@@ -17,6 +17,9 @@ use super::keys::{default_value, env_name, section_of, KEYS};
 use super::LogFormat;
 use super::Settings;
 
+/// The largest `limits.max_frame_bytes` a cluster with `members` takes: a Raft append carries
+/// at least one whole entry (2 MiB of changes, or one message alone), within a 64 MiB frame.
+const MAX_CLUSTER_FRAME_BYTES: u32 = 32 * 1024 * 1024;
 /// What command-line flags set. `None`: not given, the file or environment decides.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Overrides {
@@ -343,6 +346,16 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             format!(
                 "{} does not fit in a frame; expected less than limits.max_frame_bytes ({})",
                 limits.max_payload_bytes, limits.max_frame_bytes
+            ),
+        ));
+    }
+    if !settings.cluster.members.is_empty() && limits.max_frame_bytes > MAX_CLUSTER_FRAME_BYTES {
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            format!(
+                "{} is too large with cluster.members: a named session's message travels in a Raft \
+                 entry, and entries travel in cluster frames of 64 MiB; expected at most {}",
+                limits.max_frame_bytes, MAX_CLUSTER_FRAME_BYTES
             ),
         ));
     }

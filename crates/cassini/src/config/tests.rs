@@ -243,6 +243,19 @@ fn disk_storage_comes_from_the_file_and_a_bad_mode_is_named() {
 }
 
 #[test]
+fn a_frame_limit_too_large_for_the_raft_log_is_refused_with_members() {
+    let large = "[limits]\nmax_frame_bytes = 40000000\n";
+    let standalone = file(large);
+    resolve(Some(standalone.path()), &[], &Overrides::default())
+        .expect("without members, any frame limit the codec takes");
+    let message = error_of(&format!(
+        "{large}\n[cluster]\nname = \"prod\"\nnode = \"n1\"\nmembers = [\"n1\", \"n2\"]\n"
+    ));
+    assert!(message.contains("limits.max_frame_bytes"), "{message}");
+    assert!(message.contains("cluster.members"), "{message}");
+}
+
+#[test]
 fn inconsistent_values_name_both_keys() {
     let message = error_of("[queue]\ndefault_messages = 10\nmax_messages = 5\n");
     assert!(message.contains("queue.default_messages"), "{message}");
