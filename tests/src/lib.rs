@@ -246,6 +246,21 @@ impl TestBroker {
         raw_connect(self.addr, self.pki.ca_certs(), chain, key).await
     }
 
+    /// Publishes `payloads` to `topic` as the client `publisher`, each acknowledged by the
+    /// broker (so routed into every matching subscription's queue).
+    pub async fn publish_acked(&self, topic: &str, payloads: &[&'static str]) {
+        let publisher = self.client("publisher").await;
+        for payload in payloads {
+            within(
+                "publish acknowledged",
+                publisher.publish_acked(topic, bytes::Bytes::from_static(payload.as_bytes())),
+            )
+            .await
+            .expect("publish acknowledged");
+        }
+        publisher.close().await.expect("publisher closes");
+    }
+
     /// Current actor counts.
     pub async fn stats(&self) -> BrokerStats {
         self.broker.stats().await.expect("stats")

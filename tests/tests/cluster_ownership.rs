@@ -454,20 +454,6 @@ async fn an_identity_holds_at_most_its_maximum_of_sessions_in_use_across_the_clu
     }
 }
 
-/// Publishes `payloads` to `topic` through `node`, each acknowledged by the broker.
-async fn publish_acked(node: &Node, topic: &str, payloads: &[&'static str]) {
-    let publisher = node.broker.client("publisher").await;
-    for payload in payloads {
-        within(
-            "publish acknowledged",
-            publisher.publish_acked(topic, bytes::Bytes::from_static(payload.as_bytes())),
-        )
-        .await
-        .expect("publish acknowledged");
-    }
-    publisher.close().await.expect("publisher closes");
-}
-
 /// Receives `count` messages from `subscription`: payload and whether it was marked
 /// redelivered.
 async fn receive(
@@ -506,14 +492,20 @@ async fn a_session_taken_over_on_another_node_keeps_its_subscriptions_and_unackn
         .subscribe("device.log")
         .await
         .expect("subscribes at most once");
-    publish_acked(&nodes[0], "device.cmd", &["one", "two"]).await;
+    nodes[0]
+        .broker
+        .publish_acked("device.cmd", &["one", "two"])
+        .await;
     assert_eq!(
         receive(&mut subscription, 2).await,
         [("one".to_owned(), false), ("two".to_owned(), false)]
     );
     subscription.acknowledge();
     first.ping().await.expect("the acknowledgement reached n1");
-    publish_acked(&nodes[0], "device.cmd", &["three", "four"]).await;
+    nodes[0]
+        .broker
+        .publish_acked("device.cmd", &["three", "four"])
+        .await;
     assert_eq!(
         receive(&mut subscription, 2).await.len(),
         2,
@@ -554,7 +546,7 @@ async fn a_session_taken_over_on_another_node_keeps_its_subscriptions_and_unackn
         "what n1 sent and the client did not acknowledge comes again, marked"
     );
     // New messages reach the session where it is now, published on any node.
-    publish_acked(&nodes[1], "device.cmd", &["five"]).await;
+    nodes[1].broker.publish_acked("device.cmd", &["five"]).await;
     assert_eq!(receive(&mut taken, 1).await, [("five".to_owned(), false)]);
     taken.acknowledge();
     assert_eq!(

@@ -360,21 +360,6 @@ async fn patient_broker() -> TestBroker {
     broker_with_expiry(Duration::from_secs(60)).await
 }
 
-/// Publishes `payloads` to `topic` at least once, each acknowledged by the broker (so routed
-/// into every matching subscription's queue).
-async fn publish_acked(broker: &TestBroker, topic: &str, payloads: &[&'static str]) {
-    let publisher = broker.client("publisher").await;
-    for payload in payloads {
-        within(
-            "publish acknowledged",
-            publisher.publish_acked(topic, bytes::Bytes::from_static(payload.as_bytes())),
-        )
-        .await
-        .expect("publish acknowledged");
-    }
-    publisher.close().await.expect("publisher closes");
-}
-
 /// Receives `count` messages from `subscription`, as strings.
 async fn receive(subscription: &mut cassini_client::Subscription, count: usize) -> Vec<String> {
     let mut received = Vec::new();
@@ -413,7 +398,7 @@ async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_mea
         .subscribe_at_least_once("device.cmd")
         .await
         .expect("subscribe");
-    publish_acked(&broker, "device.cmd", &["before"]).await;
+    broker.publish_acked("device.cmd", &["before"]).await;
     assert_eq!(receive(&mut subscription, 1).await, ["before"]);
     subscription.acknowledge();
     first
@@ -428,7 +413,9 @@ async fn a_new_client_resumes_a_session_by_id_and_gets_the_backlog_published_mea
         .wait_for_stats("the device is gone", |s| s.connections == 0)
         .await;
 
-    publish_acked(&broker, "device.cmd", &["one", "two", "three"]).await;
+    broker
+        .publish_acked("device.cmd", &["one", "two", "three"])
+        .await;
 
     let second = broker
         .client_builder("device")
@@ -496,7 +483,9 @@ async fn a_named_session_is_resumed_by_name_and_names_are_per_identity() {
     first.leave().await.expect("leaves the session");
     drop(subscription);
 
-    publish_acked(&broker, "home.light", &["on", "off", "dim"]).await;
+    broker
+        .publish_acked("home.light", &["on", "off", "dim"])
+        .await;
 
     // Another identity with the same name gets a session of its own.
     let stranger = named_session(&broker, "stranger", "kitchen").await;
@@ -582,7 +571,7 @@ async fn a_named_session_and_its_backlog_survive_a_durable_restart() {
         .expect("subscribe");
     first.leave().await.expect("leaves the session");
     drop(subscription);
-    publish_acked(&broker, "home.door", &["open", "shut"]).await;
+    broker.publish_acked("home.door", &["open", "shut"]).await;
 
     let broker = broker.restart_with(durable(dir.path())).await;
 

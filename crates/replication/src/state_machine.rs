@@ -700,10 +700,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_written_before_the_fence_and_release_fields_still_reads() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let owner = Owner {
             node: "n1".into(),
             epoch: 3,
@@ -724,6 +721,13 @@ mod tests {
         assert_eq!(claims.identities.get("alice").map(|i| i.sessions), Some(1));
     }
 
+    fn alice() -> SessionKey {
+        SessionKey {
+            identity: "alice".into(),
+            name: "s".into(),
+        }
+    }
+
     fn bounds() -> Bounds {
         Bounds {
             max_claims: DEFAULT_MAX_CLAIMS,
@@ -741,10 +745,7 @@ mod tests {
 
     #[test]
     fn a_released_claim_is_not_fenced_by_the_next_claim() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let mut claims = Claims::default();
         claims
             .claim(&session, &by("n1", 3), bounds())
@@ -766,10 +767,7 @@ mod tests {
 
     #[test]
     fn a_node_that_restarted_is_not_fenced_for_its_claims_before() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let mut claims = Claims::default();
         claims
             .claim(&session, &by("n1", 3), bounds())
@@ -783,10 +781,7 @@ mod tests {
 
     #[test]
     fn a_release_also_lets_go_of_its_nodes_earlier_claim_still_to_fence() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let mut claims = Claims::default();
         claims
             .claim(&session, &by("n1", 3), bounds())
@@ -828,10 +823,7 @@ mod tests {
 
     #[test]
     fn a_write_applies_only_for_the_owners_claim() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let mut claims = Claims::default();
         let write = |epoch, ops| SessionWrite {
             session: session.clone(),
@@ -878,10 +870,7 @@ mod tests {
 
     #[test]
     fn a_write_beyond_the_bound_changes_nothing_and_one_that_frees_room_applies() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let small = Bounds {
             max_record_bytes: 100,
             ..bounds()
@@ -921,10 +910,7 @@ mod tests {
 
     #[test]
     fn a_write_beyond_the_bound_still_removes_what_it_removes() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let small = Bounds {
             max_record_bytes: 100,
             ..bounds()
@@ -970,10 +956,7 @@ mod tests {
 
     #[test]
     fn records_are_in_the_snapshot_and_forgotten_with_their_claim() {
-        let session = SessionKey {
-            identity: "alice".into(),
-            name: "s".into(),
-        };
+        let session = alice();
         let mut claims = Claims::default();
         claims
             .claim(&session, &by("n1", 3), bounds())
