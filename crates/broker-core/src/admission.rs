@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cassini_protocol::codec::header_size;
-use cassini_protocol::{Headers, Publish, SessionId, TopicLimits, TopicName};
+use cassini_protocol::{Headers, Publish, SessionId, SubscriptionId, TopicLimits, TopicName};
 
 use crate::acl::{PermissionCache, Permissions};
 use crate::config::{BrokerConfig, BrokerLimits};
@@ -37,9 +37,11 @@ use crate::events::Event;
 use crate::introspect::traffic::{TopicTraffic, TrafficSlot};
 use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
-use crate::router::{RouteCache, Router};
-use crate::storage::replicated::take_appended;
-use crate::storage::{DiskStore, StorageError};
+use crate::router::{FromPeer, RouteCache, Router};
+use crate::storage::delivery_index::DeliveryTarget;
+use crate::storage::replicated::{take_appended, Binding};
+use crate::storage::{DiskStore, Op, StorageError};
+use cassini_replication::DELIVERY;
 
 /// Where publishes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,15 +171,18 @@ impl Publisher {
     /// [`Publisher::admit`] for a message a cluster peer forwarded (a [`Publisher::peer`]): it
     /// goes to local plain subscribers and to one member of each queue group in `groups`, or,
     /// a direct message (`to_session`), to that session's matching subscriptions only.
+    /// The subscriptions in `delivered` are left out: the origin delivered the message to them
+    /// through the cluster's records ([`Delivery`]).
     pub(crate) fn admit_forwarded(
         &mut self,
         shared: &Shared,
         publish: &mut Publish,
         groups: &[String],
+        delivered: &[(SessionId, SubscriptionId)],
     ) -> Result<Admitted, BrokerError> {
         publish.retain = false;
         publish.ack = false;
-        let admitted = self.checked(shared, publish, Some(groups));
+        let admitted = self.checked(shared, publish, Some(FromPeer { groups, delivered }));
         if admitted.is_err() {
             shared.router.counters().rejected();
         }
@@ -188,7 +193,7 @@ impl Publisher {
         &mut self,
         shared: &Shared,
         publish: &mut Publish,
-        from_peer: Option<&[String]>,
+        from_peer: Option<FromPeer<'_>>,
     ) -> Result<Admitted, BrokerError> {
         let topic = self.topic_name(&publish.topic, &shared.config)?;
         let retain = publish.retain && self.source != Source::System;
@@ -234,6 +239,10 @@ impl Publisher {
             )),
             _ => None,
         };
+        let delivery = match (&acknowledged, target) {
+            (Some(_), None) => Delivery::prepare(shared, &message)?,
+            _ => Delivery::default(),
+        };
         let routes = self.routes.as_mut();
         let traffic =
             (self.source != Source::System).then_some((&shared.traffic, &mut self.traffic));
@@ -241,12 +250,13 @@ impl Publisher {
             let (offered, no_responders) = route(
                 &shared.router,
                 identity,
-                message,
+                Arc::new(message),
                 target,
                 retain,
                 routes,
                 traffic,
                 from_peer,
+                &[],
             )?;
             return Ok(Admitted::Routed {
                 offered,
@@ -270,16 +280,21 @@ impl Publisher {
         // Routing is synchronous, on this thread: what it appends to the replicated store
         // is this publish's.
         take_appended();
+        let message = Arc::new(message);
         let routed = route(
             &shared.router,
             Some(identity),
-            message,
+            Arc::clone(&message),
             target,
             retain,
             routes,
             traffic,
             None,
+            &delivery.skipped,
         );
+        if routed.is_ok() {
+            delivery.deliver(shared, &message);
+        }
         self.replicated_ticket = take_appended();
         let (offered, no_responders) = routed?;
         shared.dedupe.store(identity, message_id);
@@ -424,28 +439,28 @@ fn check_room(
 fn route(
     router: &Router,
     identity: Option<&Arc<str>>,
-    message: PublishedMessage,
+    message: Arc<PublishedMessage>,
     target: Option<SessionId>,
     retain: bool,
     routes: Option<&mut RouteCache>,
     traffic: Option<(&TopicTraffic, &mut TrafficSlot)>,
-    from_peer: Option<&[String]>,
+    from_peer: Option<FromPeer<'_>>,
+    delivered: &[(SessionId, SubscriptionId)],
 ) -> Result<(usize, Option<String>), BrokerError> {
     if retain {
         router.retain(&message, identity)?;
     }
-    let message = Arc::new(message);
     let report = match (from_peer, routes) {
         // A direct message a peer forwarded: to its session's matching subscriptions only.
         (Some(_), _) if target.is_some() => router.publish(&message, target),
-        (Some(groups), _) => router.publish_from_peer(&message, groups),
+        (Some(from), _) => router.publish_from_peer(&message, from),
         (None, Some(cache)) => router.publish_cached(&message, target, cache),
         (None, None) => router.publish(&message, target),
     };
     let mut offered = report.offered;
     if let (None, true, Some(cluster)) = (from_peer, traffic.is_some(), router.cluster()) {
         offered += match target {
-            None => cluster.forward(&message),
+            None => cluster.forward(&message, delivered),
             Some(session) if report.offered == 0 => cluster.forward_direct(&message, session),
             Some(_) => 0,
         };
@@ -462,4 +477,63 @@ fn route(
         _ => None,
     };
     Ok((offered, no_responders))
+}
+
+/// An acknowledged publish's deliveries through the cluster's records (docs/CLUSTERING.md,
+/// "Replicated sessions"): to each at-least-once subscription of a named session that another
+/// node owns, or that no node serves now, it is written into that session's records before
+/// its `PublishAck`, and the session's owner queues it from there; the forward to the owner
+/// names those subscriptions so the owner does not also route it to them.
+#[derive(Default)]
+struct Delivery {
+    targets: Vec<Arc<DeliveryTarget>>,
+    /// The same subscriptions as routing names them.
+    skipped: Vec<(SessionId, SubscriptionId)>,
+}
+
+impl Delivery {
+    /// The deliveries a message needs, refused as routing to a replicated queue is: without
+    /// the lease, or beyond the records' bound.
+    fn prepare(shared: &Shared, message: &PublishedMessage) -> Result<Self, BrokerError> {
+        let Some(ownership) = shared.router.cluster().and_then(|c| c.ownership()) else {
+            return Ok(Self::default());
+        };
+        let targets = ownership.delivery_targets(&message.topic);
+        if targets.is_empty() {
+            return Ok(Self::default());
+        }
+        let store = ownership.store();
+        store.usable()?;
+        let bytes = message.memory_size().saturating_mul(targets.len());
+        if !store.has_room_for(bytes) {
+            return Err(StorageError::Full {
+                limit: store.max_bytes(),
+            }
+            .into());
+        }
+        let skipped = targets
+            .iter()
+            .map(|target| {
+                (
+                    crate::storage::session_id(target.session),
+                    target.subscription,
+                )
+            })
+            .collect();
+        Ok(Self { targets, skipped })
+    }
+
+    /// Writes `message` into each target's records (appended to this publish's entry).
+    fn deliver(&self, shared: &Shared, message: &Arc<PublishedMessage>) {
+        let Some(ownership) = shared.router.cluster().and_then(|c| c.ownership()) else {
+            return;
+        };
+        for target in &self.targets {
+            let slot = ownership.inbox_slot(target);
+            ownership.store().append(
+                &Binding::new(target.key.clone(), DELIVERY),
+                [Op::PutInbox(slot, Arc::clone(message))],
+            );
+        }
+    }
 }

@@ -130,6 +130,7 @@ impl Broker {
                         replica,
                         data_dir,
                         config.storage.max_pending_bytes,
+                        config.limits.topics,
                     )
                     .await?,
                 )
@@ -153,6 +154,12 @@ impl Broker {
                 let _ = sessions.send_message(SessionManagerMsg::Relinquish {
                     session: key.clone(),
                     below: epoch,
+                });
+            }));
+            let sessions = managers.sessions.clone();
+            ownership.on_delivered(Box::new(move |key| {
+                let _ = sessions.send_message(SessionManagerMsg::Delivered {
+                    session: key.clone(),
                 });
             }));
             let sessions = managers.sessions.clone();

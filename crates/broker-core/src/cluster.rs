@@ -49,7 +49,7 @@ use crate::message::PublishedMessage;
 pub mod ownership;
 pub mod sessions;
 
-use cassini_protocol::SessionId;
+use cassini_protocol::{SessionId, SubscriptionId};
 pub use sessions::SessionInterest;
 use sessions::SessionTable;
 /// The most bytes of Raft entries one append entries request carries: within the cluster
@@ -162,6 +162,9 @@ pub struct Forward {
     pub session: Option<SessionId>,
     /// Whether the peer's plain subscribers were meant to get it (its interest matched).
     pub plain: bool,
+    /// Named sessions' subscriptions the message was delivered to through the cluster's
+    /// records: the peer leaves them out.
+    pub delivered: Vec<(SessionId, SubscriptionId)>,
 }
 
 impl Forward {
@@ -697,9 +700,14 @@ impl Cluster {
     }
 
     /// Offers `message` (admitted on this node) to every peer whose interest matches it, at
-    /// most once per peer, without waiting. Returns how many peers it was offered to (for
-    /// no-responders, a peer whose queue was full counts: its subscribers exist).
-    pub fn forward(&self, message: &Arc<PublishedMessage>) -> usize {
+    /// most once per peer, without waiting; the peers leave out the subscriptions in
+    /// `delivered`. Returns how many peers it was offered to (for no-responders, a peer whose
+    /// queue was full counts: its subscribers exist).
+    pub fn forward(
+        &self,
+        message: &Arc<PublishedMessage>,
+        delivered: &[(SessionId, SubscriptionId)],
+    ) -> usize {
         let peers: Vec<Arc<Peer>> = self
             .peers
             .read()
@@ -769,6 +777,7 @@ impl Cluster {
                 groups,
                 plain,
                 session: None,
+                delivered: delivered.to_vec(),
             };
             if live {
                 offered += 1;
@@ -1237,6 +1246,7 @@ impl Cluster {
                 groups: Vec::new(),
                 plain: false,
                 session: Some(session),
+                delivered: Vec::new(),
             });
         } else {
             peer.drop_for(

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cassini_protocol::{Publish, SessionId, TopicLimits, TopicName};
+use cassini_protocol::{Publish, SessionId, SubscriptionId, TopicLimits, TopicName};
 
 use crate::admission::Publisher;
 use crate::cluster::{
@@ -233,8 +233,15 @@ impl PeerInbox {
     /// each queue group in `groups` (a direct message, with `to_session`: to that session's
     /// matching subscriptions only). A message this node refuses (its own limits, its memory
     /// budget) is logged, counted as a rejected publish, and announced to the subscriptions it
-    /// was for as one lost message (a `ClusterRoute` gap), as a drop report would be.
-    pub fn deliver(&mut self, mut publish: Publish, groups: &[String]) {
+    /// was for as one lost message (a `ClusterRoute` gap), as a drop report would be. The
+    /// subscriptions in `delivered` are left out: the peer delivered the message to them
+    /// through the cluster's records.
+    pub fn deliver(
+        &mut self,
+        mut publish: Publish,
+        groups: &[String],
+        delivered: &[(SessionId, SubscriptionId)],
+    ) {
         let lost = Lost {
             topic: publish.topic.clone(),
             plain: publish.to_session.is_none(),
@@ -243,9 +250,9 @@ impl PeerInbox {
             any_topic: false,
         };
         self.carried(lost.clone());
-        if let Err(err) = self
-            .publisher
-            .admit_forwarded(&self.shared, &mut publish, groups)
+        if let Err(err) =
+            self.publisher
+                .admit_forwarded(&self.shared, &mut publish, groups, delivered)
         {
             tracing::warn!(peer = %self.link.peer(), topic = %lost.topic, %err, "refused a peer's forward: announced to its subscribers as lost");
             announce_dropped(&self.shared, &lost, 1);

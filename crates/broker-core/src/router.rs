@@ -50,6 +50,16 @@ pub struct SubscriberKey {
     pub subscription: SubscriptionId,
 }
 
+/// What a cluster peer's forward is for: its queue groups, and the subscriptions it
+/// delivered to through the cluster's records (left out here).
+#[derive(Debug, Clone, Copy)]
+pub struct FromPeer<'a> {
+    /// The queue groups the message is for (besides every plain subscriber).
+    pub groups: &'a [String],
+    /// Named sessions' subscriptions the peer delivered it to through the records.
+    pub delivered: &'a [(SessionId, SubscriptionId)],
+}
+
 /// One subscription as the publish path sees it.
 #[derive(Debug, Clone)]
 pub struct RouteMember {
@@ -205,20 +215,26 @@ impl RouteMembers {
 
     /// Offers `message` to every plain member and one member per group (per group named in
     /// `groups`, when given: a message from a cluster peer).
+    /// Plain members in `delivered` are left out (the message reached them through the
+    /// cluster's records).
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
-        groups: Option<&[String]>,
+        from_peer: Option<FromPeer<'_>>,
         report: &mut RouteReport,
         counters: &Counters,
     ) {
-        let wanted = |member: &RouteMember| target.is_none_or(|t| member.key.session == t);
+        let delivered = from_peer.map_or(&[][..], |from| from.delivered);
+        let wanted = |member: &RouteMember| {
+            target.is_none_or(|t| member.key.session == t)
+                && !delivered.contains(&(member.key.session, member.key.subscription))
+        };
         for member in self.plain.iter().filter(|m| wanted(m)) {
             report.record(member.push_counted(message, counters));
         }
         for group in &self.groups {
-            if groups.is_some_and(|names| !names.iter().any(|name| *name == *group.name)) {
+            if from_peer.is_some_and(|from| !from.groups.iter().any(|name| *name == *group.name)) {
                 continue;
             }
             if let Some(member) = group.choose(message.memory_size(), target) {
@@ -465,17 +481,19 @@ impl Router {
     }
 
     /// Offers `message`, forwarded by a cluster peer, to every plain subscription whose filter
-    /// matches its topic and to one member of each queue group named in `groups`. Never waits.
+    /// matches its topic but those in `delivered` (the peer delivered it to them through the
+    /// cluster's records), and to one member of each queue group named in `groups`. Never
+    /// waits.
     pub fn publish_from_peer(
         &self,
         message: &Arc<PublishedMessage>,
-        groups: &[String],
+        from: FromPeer<'_>,
     ) -> RouteReport {
         let mut report = RouteReport::default();
         for route in self.matching(&message.topic) {
             route
                 .members()
-                .offer(message, None, Some(groups), &mut report, &self.counters);
+                .offer(message, None, Some(from), &mut report, &self.counters);
         }
         report
     }

@@ -245,7 +245,6 @@ async fn an_at_least_once_subscriber_resumes_on_another_node_with_every_acknowle
 }
 
 #[tokio::test]
-#[ignore = "issue 19, second slice: a PublishAck on another node than the subscription's"]
 async fn an_at_least_once_subscriber_resumes_with_every_message_acknowledged_on_another_node() {
     resume_on_node_3_after_a_kill(Storage::Memory, 1).await;
 }

@@ -33,7 +33,9 @@ pub use log_store::{LogStore, Storage, StorageOpenError};
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE};
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
-pub use state_machine::{ClaimObserver, Owner, SessionKey, SessionRecords, StateMachine};
+pub use state_machine::{
+    ClaimObserver, Owner, RecordsChange, RecordsObserver, SessionKey, SessionRecords, StateMachine,
+};
 
 openraft::declare_raft_types!(
     /// Cassini's openraft types: node ids are `u64` ([`node_id`]), a node is its [`Member`].
@@ -91,12 +93,21 @@ pub enum Command {
     },
 }
 
-/// Changes to one claimed session's stored records, made by the node holding claim `epoch`.
+/// The epoch of a delivery ([`SessionWrite::epoch`]): no claim has it (a claim's epoch is
+/// its log index, and index 0 holds the first membership).
+pub const DELIVERY: u64 = 0;
+
+/// Changes to one claimed session's stored records, made by the node holding claim `epoch`,
+/// or a delivery ([`DELIVERY`]) by any node: it applies while any node owns the session, and
+/// only its puts of keys the records do not hold yet (a delivery written again changes
+/// nothing); a delivery to a session nobody owns is dropped, not refused (nobody is left to
+/// receive it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionWrite {
     /// The session.
     pub session: SessionKey,
-    /// The claim its writer holds: the changes apply only while it is the owner's.
+    /// The claim its writer holds: the changes apply only while it is the owner's
+    /// ([`DELIVERY`] for a delivery).
     pub epoch: u64,
     /// The changes, in order.
     pub ops: Vec<RecordOp>,

@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
-use crate::state_machine::{ClaimObserver, Owner, SessionKey, SessionRecords, StateMachine};
+use crate::state_machine::{
+    ClaimObserver, Owner, RecordsObserver, SessionKey, SessionRecords, StateMachine,
+};
 use crate::{
     node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, SessionWrite, TypeConfig,
     WriteRefusal,
@@ -235,6 +237,16 @@ impl Replica {
         storage: Storage,
         observer: Option<ClaimObserver>,
     ) -> Result<Arc<Self>, ReplicaError> {
+        Self::start_observed(config, storage, observer, None).await
+    }
+
+    /// [`Replica::start`], also telling `records` of every change to session records applied.
+    pub async fn start_observed(
+        config: ReplicaConfig,
+        storage: Storage,
+        observer: Option<ClaimObserver>,
+        records: Option<RecordsObserver>,
+    ) -> Result<Arc<Self>, ReplicaError> {
         let mut ids = BTreeMap::new();
         for name in &config.members {
             if let Some(other) = ids.insert(node_id(name), name) {
@@ -270,7 +282,8 @@ impl Replica {
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
             .with_max_claims(config.max_claims)
             .with_max_claims_per_identity(config.max_claims_per_identity)
-            .with_max_record_bytes(config.max_record_bytes);
+            .with_max_record_bytes(config.max_record_bytes)
+            .with_records_observer(records);
         let slot = Arc::new(TransportSlot::default());
         let contacts = Arc::new(Contacts::new(config.lease, node_id(&config.node)));
         let network = Network {

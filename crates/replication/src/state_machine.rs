@@ -45,6 +45,21 @@ pub struct Owner {
 /// Told of every claim applied on this node: the session, its new epoch and owner node.
 pub type ClaimObserver = Arc<dyn Fn(&SessionKey, &Owner) + Send + Sync>;
 
+/// A change to one session's records applied on this node.
+#[derive(Debug, Clone)]
+pub enum RecordsChange {
+    /// These changes were applied, in this order (a write refused for want of room applied
+    /// only part of its changes: it is told as [`RecordsChange::Replaced`]).
+    Applied(SessionKey, Vec<RecordOp>),
+    /// The session's records are now these (`None`: it holds none): its claim was forgotten,
+    /// or a snapshot was installed, or only part of a write applied.
+    Replaced(SessionKey, Option<SessionRecords>),
+}
+
+/// Told of the changes to session records each batch of entries applied, once the state is
+/// updated, outside its lock, in the order applied.
+pub type RecordsObserver = Arc<dyn Fn(&[RecordsChange]) + Send + Sync>;
+
 /// The most sessions the claims table holds by default ([`StateMachine::with_max_claims`]).
 pub const DEFAULT_MAX_CLAIMS: usize = 1 << 20;
 
@@ -90,6 +105,9 @@ struct Claims {
     /// The bytes `records` counts against its bound ([`record_size`]): derived, not stored.
     #[serde(skip)]
     record_bytes: u64,
+    /// Sessions whose records were forgotten since the observer was last told: not stored.
+    #[serde(skip)]
+    forgotten: Vec<SessionKey>,
 }
 
 /// What a record counts against the bound of session records.
@@ -183,15 +201,40 @@ impl Claims {
     /// the records' bound is refused, and of it only what frees room or takes none applies
     /// (removals, and a value replaced by one no larger: acknowledgements and sequences), so a
     /// full table still forgets what its sessions acknowledged.
-    fn write(&mut self, write: SessionWrite, bounds: Bounds) -> Result<(), WriteRefusal> {
-        if self.owners.get(&write.session).map(|owner| owner.epoch) != Some(write.epoch) {
+    ///
+    /// A delivery ([`crate::DELIVERY`]) applies while anyone owns the session, and only its
+    /// puts of keys not held yet; to a session nobody owns it applies nothing, and is not
+    /// refused. Returns the changes applied (empty if none).
+    fn write(
+        &mut self,
+        write: SessionWrite,
+        bounds: Bounds,
+    ) -> Result<Vec<RecordOp>, WriteRefusal> {
+        let SessionWrite {
+            session,
+            epoch,
+            mut ops,
+        } = write;
+        let owner = self.owners.get(&session).map(|owner| owner.epoch);
+        if epoch == crate::DELIVERY {
+            let Some(held) = owner.map(|_| self.records.get(&session)) else {
+                return Ok(Vec::new());
+            };
+            ops.retain(|op| match op {
+                RecordOp::Put { key, .. } => held.is_none_or(|held| !held.contains_key(key)),
+                RecordOp::Delete { .. } | RecordOp::DeletePrefix { .. } => false,
+            });
+            if ops.is_empty() {
+                return Ok(ops);
+            }
+        } else if owner != Some(epoch) {
             return Err(WriteRefusal::NotOwner);
         }
-        let records = self.records.entry(write.session.clone()).or_default();
+        let records = self.records.entry(session.clone()).or_default();
         // What each changed key held before, to undo the write if it ends beyond the bound.
         let mut undo: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         let mut bytes = self.record_bytes;
-        for op in &write.ops {
+        for op in &ops {
             apply(records, op, &mut bytes, &mut undo, false);
         }
         let refused = bytes > bounds.max_record_bytes && bytes > self.record_bytes;
@@ -204,18 +247,18 @@ impl Claims {
             }
             bytes = self.record_bytes;
             let mut kept = Vec::new();
-            for op in &write.ops {
+            for op in &ops {
                 apply(records, op, &mut bytes, &mut kept, true);
             }
         }
         if records.is_empty() {
-            self.records.remove(&write.session);
+            self.records.remove(&session);
         }
         self.record_bytes = bytes;
         if refused {
             return Err(WriteRefusal::Full(bounds.max_record_bytes));
         }
-        Ok(())
+        Ok(ops)
     }
 
     /// The released claim that goes first to make room, of `identity` only or of anyone:
@@ -261,6 +304,7 @@ impl Claims {
         self.unfenced.remove(&session);
         self.released.remove(&epoch);
         if let Some(records) = self.records.remove(&session) {
+            self.forgotten.push(session.clone());
             let freed = records
                 .iter()
                 .map(|(key, value)| record_size(key, value))
@@ -394,6 +438,7 @@ pub struct StateMachine {
     storage: Storage,
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
+    records_observer: Option<RecordsObserver>,
     /// The records' bytes as of the last entry applied, read without the lock.
     record_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -430,7 +475,29 @@ impl StateMachine {
             record_bytes: Arc::new(std::sync::atomic::AtomicU64::new(inner.claims.record_bytes)),
             inner: Arc::new(Mutex::new(inner)),
             observer,
+            records_observer: None,
         })
+    }
+
+    /// Tells `observer` of the changes to session records each batch of entries applies; first,
+    /// of the records it starts with (a stored snapshot's), as replaced.
+    pub fn with_records_observer(mut self, observer: Option<RecordsObserver>) -> Self {
+        if let Some(observer) = &observer {
+            let held: Vec<RecordsChange> = self
+                .lock()
+                .claims
+                .records
+                .iter()
+                .map(|(session, records)| {
+                    RecordsChange::Replaced(session.clone(), Some(records.clone()))
+                })
+                .collect();
+            if !held.is_empty() {
+                observer(&held);
+            }
+        }
+        self.records_observer = observer;
+        self
     }
 
     /// Holds at most `max` sessions (at least 1). A claim of another session when the table
@@ -557,6 +624,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut answers = Vec::new();
         let mut claimed = Vec::new();
+        let observed = self.records_observer.is_some();
+        let mut changes: Vec<RecordsChange> = Vec::new();
         {
             let mut inner = self.lock();
             for entry in entries {
@@ -603,8 +672,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let mut refused_writes = Vec::new();
                         for write in writes {
                             let session = write.session.clone();
-                            if let Err(refusal) = inner.claims.write(write, self.bounds) {
-                                refused_writes.push((session, refusal));
+                            match inner.claims.write(write, self.bounds) {
+                                Ok(ops) if observed && !ops.is_empty() => {
+                                    changes.push(RecordsChange::Applied(session, ops));
+                                }
+                                Ok(_) => {}
+                                Err(refusal) => {
+                                    if observed && matches!(refusal, WriteRefusal::Full(_)) {
+                                        let records = inner.claims.records.get(&session).cloned();
+                                        changes.push(RecordsChange::Replaced(
+                                            session.clone(),
+                                            records,
+                                        ));
+                                    }
+                                    refused_writes.push((session, refusal));
+                                }
                             }
                         }
                         answers.push(Applied {
@@ -619,6 +701,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         answers.push(Applied::default());
                     }
                 }
+                for session in std::mem::take(&mut inner.claims.forgotten) {
+                    if observed {
+                        changes.push(RecordsChange::Replaced(session, None));
+                    }
+                }
             }
             self.record_bytes.store(
                 inner.claims.record_bytes,
@@ -629,6 +716,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (session, owner) in &claimed {
                 observer(session, owner);
             }
+        }
+        if let Some(observer) = self
+            .records_observer
+            .as_ref()
+            .filter(|_| !changes.is_empty())
+        {
+            observer(&changes);
         }
         Ok(answers)
     }
@@ -660,8 +754,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .put("snapshot", &stored)
             .map_err(|err| failed(StorageIOError::write_state_machine, err))?;
         // Claims that reached this node inside the snapshot, not as entries, are told too.
+        let mut replaced: Vec<RecordsChange> = Vec::new();
         let changed: Vec<(SessionKey, Owner)> = {
             let mut inner = self.lock();
+            if self.records_observer.is_some() {
+                let sessions: BTreeSet<&SessionKey> = inner
+                    .claims
+                    .records
+                    .keys()
+                    .chain(claims.records.keys())
+                    .collect();
+                replaced = sessions
+                    .into_iter()
+                    .filter(|session| {
+                        inner.claims.records.get(*session) != claims.records.get(*session)
+                    })
+                    .map(|session| {
+                        RecordsChange::Replaced(
+                            session.clone(),
+                            claims.records.get(session).cloned(),
+                        )
+                    })
+                    .collect();
+            }
             let changed = claims
                 .owners
                 .iter()
@@ -680,6 +795,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (session, owner) in &changed {
                 observer(session, owner);
             }
+        }
+        if let Some(observer) = self
+            .records_observer
+            .as_ref()
+            .filter(|_| !replaced.is_empty())
+        {
+            observer(&replaced);
         }
         Ok(())
     }
@@ -866,6 +988,58 @@ mod tests {
             .expect("written");
         assert_eq!(keys(&claims, &session), ["a"]);
         assert_eq!(claims.record_bytes, 1 + 1 + RECORD_OVERHEAD);
+    }
+
+    #[test]
+    fn a_delivery_adds_only_new_records_to_a_session_anyone_owns() {
+        let session = alice();
+        let mut claims = Claims::default();
+        let write = |epoch, ops| SessionWrite {
+            session: session.clone(),
+            epoch,
+            ops,
+        };
+        assert_eq!(
+            claims.write(write(crate::DELIVERY, vec![put("i/1", "m")]), bounds()),
+            Ok(Vec::new()),
+            "a delivery to a session nobody owns is dropped, not refused"
+        );
+        assert_eq!(keys(&claims, &session), Vec::<String>::new());
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims
+            .write(write(3, vec![put("a", "1")]), bounds())
+            .expect("the owner writes");
+        let delivered = claims
+            .write(
+                write(
+                    crate::DELIVERY,
+                    vec![
+                        put("i/1", "m"),
+                        put("a", "overwritten?"),
+                        RecordOp::Delete {
+                            key: Bytes::from_static(b"a"),
+                        },
+                    ],
+                ),
+                bounds(),
+            )
+            .expect("delivered");
+        assert_eq!(delivered, vec![put("i/1", "m")], "only the new key applies");
+        assert_eq!(
+            claims.write(write(crate::DELIVERY, vec![put("i/1", "other")]), bounds()),
+            Ok(Vec::new()),
+            "a delivery written again changes nothing"
+        );
+        assert_eq!(keys(&claims, &session), ["a", "i/1"]);
+        assert_eq!(
+            claims
+                .records
+                .get(&session)
+                .and_then(|r| r.get(&b"a"[..]).cloned()),
+            Some(Bytes::from_static(b"1"))
+        );
     }
 
     #[test]

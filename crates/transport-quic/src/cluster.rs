@@ -48,7 +48,7 @@ use bytes::Bytes;
 use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing, UNSETTLED_WAIT};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
 use cassini_broker::replication::{Replica, RpcTransport, TransportFailure};
-use cassini_protocol::Publish;
+use cassini_protocol::{Publish, SessionId, SubscriptionId};
 use quinn::VarInt;
 use rand::Rng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -204,6 +204,10 @@ enum PeerFrame {
     Message {
         publish: Publish,
         groups: Vec<String>,
+        /// Named sessions' subscriptions the dialer delivered the message to through the
+        /// cluster's records: the acceptor leaves them out.
+        #[serde(default)]
+        delivered: Vec<(SessionId, SubscriptionId)>,
     },
     /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they
     /// were for.
@@ -650,8 +654,12 @@ async fn apply(
             let seq = inbox.interest(update);
             write_frame(send, &PeerFrame::Ack { seq }).await
         }
-        PeerFrame::Message { publish, groups } => {
-            inbox.deliver(publish, &groups);
+        PeerFrame::Message {
+            publish,
+            groups,
+            delivered,
+        } => {
+            inbox.deliver(publish, &groups, &delivered);
             Ok(())
         }
         PeerFrame::Dropped { lost, count } => {
@@ -817,6 +825,7 @@ async fn dial_once(
                             ack: false,
                         },
                         groups: forward.groups.iter().map(|g| g.to_string()).collect(),
+                        delivered: forward.delivered,
                     },
                     Some(Outgoing::Dropped { lost, count }) => PeerFrame::Dropped { lost, count },
                     None => break "the broker stopped".to_owned(),

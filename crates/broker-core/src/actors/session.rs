@@ -21,7 +21,9 @@
 //! is answered from a task once nothing more is routed to it. Requests of one connection are
 //! answered in order, as its driver asks one at a time.
 
-use std::collections::{HashMap, VecDeque};
+mod inbox;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,7 @@ use crate::introspect::policy_name;
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
 use crate::storage::records::{SessionRecord, SubscriptionRecord};
+use crate::storage::session_records::InboxSlot;
 use crate::storage::{
     session_key, unix_ms, Op, QueueStore, RecoveredSession, RecoveredSubscription, SessionStore,
 };
@@ -110,6 +113,8 @@ pub(crate) enum SessionMsg {
     /// Another node claimed the session (it closed the connection here, if any): this copy
     /// ends without touching the records, which the other node serves from now on.
     Relinquish,
+    /// Other nodes delivered messages into the session's records: queue them.
+    DrainInbox,
     /// Starts a subscription.
     Subscribe {
         filter: String,
@@ -223,6 +228,9 @@ pub(crate) struct SessionState {
     acks: Arc<AckTargets>,
     /// Where it writes its records, if anywhere.
     store: Option<SessionStore>,
+    /// Deliveries from other nodes queued here whose removal from the records is not
+    /// applied yet ([`inbox`]).
+    inbox_queued: HashSet<InboxSlot>,
 }
 
 /// A subscription on its way to being started.
@@ -820,6 +828,7 @@ impl Actor for Session {
             epoch: 0,
             acks: Arc::default(),
             store: args.store,
+            inbox_queued: HashSet::new(),
         };
         let Some((recovered, expires_in)) = args.recovered else {
             if let Some(store @ SessionStore::Replicated(..)) = &state.store {
@@ -842,6 +851,8 @@ impl Actor for Session {
             }
         }
         myself.send_after(expires_in, || SessionMsg::Expire { epoch: 0 });
+        // What other nodes delivered while no node served it comes after what it stored.
+        let _ = myself.send_message(SessionMsg::DrainInbox);
         Ok(state)
     }
 
@@ -966,6 +977,8 @@ impl Actor for Session {
                         if let Some(reason) = ended {
                             state.subscription_ended(subscription, &reason);
                         }
+                        // Deliveries for it that came while it was starting.
+                        state.drain_inbox();
                     }
                 }
             }
@@ -1000,6 +1013,7 @@ impl Actor for Session {
                 None => state.subscription_ended(subscription, &reason),
             },
             SessionMsg::RecheckAcl => state.recheck_acl(),
+            SessionMsg::DrainInbox => state.drain_inbox(),
             SessionMsg::Announce(notice) => state.announce(notice),
         }
         Ok(())

@@ -101,6 +101,9 @@ pub(crate) enum SessionManagerMsg {
     /// (another node claimed it at `below`, or the log refused its changes under `below - 1`):
     /// then it ends, the records stay.
     Relinquish { session: SessionKey, below: u64 },
+    /// Another node delivered messages into this named session's records: its copy here, if
+    /// any, queues them.
+    Delivered { session: SessionKey },
     /// How many sessions exist.
     Count(RpcReplyPort<usize>),
     /// The ACL was replaced: every session ends the subscriptions it no longer allows.
@@ -627,6 +630,19 @@ impl Actor for SessionManager {
                     let _ = entry.session.send_message(SessionMsg::Relinquish);
                     state.ending.insert(id, entry.session.clone());
                     state.remove(&id);
+                }
+            }
+            SessionManagerMsg::Delivered { session } => {
+                let named = (
+                    Arc::from(session.identity.as_str()),
+                    Arc::from(session.name.as_str()),
+                );
+                if let Some(entry) = state
+                    .names
+                    .get(&named)
+                    .and_then(|id| state.sessions.get(id))
+                {
+                    let _ = entry.session.send_message(SessionMsg::DrainInbox);
                 }
             }
             SessionManagerMsg::Count(reply) => {

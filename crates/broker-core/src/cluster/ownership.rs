@@ -23,14 +23,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use cassini_protocol::ErrorCode;
-use cassini_replication::{ClaimObserver, Owner, Replica, ReplicaConfig, SessionKey, Storage};
+use cassini_protocol::{ErrorCode, TopicLimits};
+use cassini_replication::{
+    ClaimObserver, Owner, RecordsChange, RecordsObserver, Replica, ReplicaConfig, SessionKey,
+    Storage,
+};
 
 use crate::error::BrokerError;
+use crate::storage::delivery_index::{DeliveryIndex, DeliveryTarget};
 use crate::storage::replicated::ReplicatedStore;
+use crate::storage::session_records::{self, InboxSlot};
 use crate::transport::Connection;
 
 /// The file of the Raft log in the data directory (disk mode).
@@ -57,7 +63,19 @@ pub struct Ownership {
     store: Arc<ReplicatedStore>,
     /// Told of each session another node claimed (the broker drops its copy here).
     taken_elsewhere: OnceLock<TakenElsewhere>,
+    /// Named sessions' at-least-once subscriptions anywhere in the cluster.
+    deliveries: Arc<DeliveryIndex>,
+    /// Told of each session a delivery into its records was applied for.
+    delivered: Arc<OnceLock<Delivered>>,
+    /// This incarnation's deliveries are numbered under this (random, never 0) ...
+    origin: u64,
+    /// ... from 1 up.
+    last_delivery: AtomicU64,
 }
+
+/// Told of a session a delivery from another node was applied for (the broker queues it if
+/// it serves that session).
+pub(crate) type Delivered = Box<dyn Fn(&SessionKey) + Send + Sync>;
 
 /// Told of each session another node claimed, with the epoch of that claim.
 pub(crate) type TakenElsewhere = Box<dyn Fn(&SessionKey, u64) + Send + Sync>;
@@ -78,6 +96,7 @@ impl Ownership {
         config: ReplicaConfig,
         data_dir: Option<&Path>,
         max_pending_bytes: usize,
+        limits: TopicLimits,
     ) -> Result<Arc<Self>, BrokerError> {
         let storage = match data_dir {
             Some(dir) => {
@@ -98,9 +117,34 @@ impl Ownership {
                 ownership.applied(session, owner);
             }
         });
-        let replica = Replica::start(config, storage, Some(observer))
-            .await
-            .map_err(|err| BrokerError::Internal(format!("starting Raft: {err}")))?;
+        let deliveries = Arc::new(DeliveryIndex::new(limits));
+        let delivered: Arc<OnceLock<Delivered>> = Arc::default();
+        let records_observer: RecordsObserver = {
+            let deliveries = Arc::clone(&deliveries);
+            let delivered = Arc::clone(&delivered);
+            Arc::new(move |changes: &[RecordsChange]| {
+                deliveries.observe(changes);
+                let Some(delivered) = delivered.get() else {
+                    return;
+                };
+                for change in changes {
+                    let session = match change {
+                        RecordsChange::Applied(session, ops)
+                            if ops.iter().any(session_records::is_delivery) =>
+                        {
+                            session
+                        }
+                        RecordsChange::Replaced(session, Some(_)) => session,
+                        _ => continue,
+                    };
+                    delivered(session);
+                }
+            })
+        };
+        let replica =
+            Replica::start_observed(config, storage, Some(observer), Some(records_observer))
+                .await
+                .map_err(|err| BrokerError::Internal(format!("starting Raft: {err}")))?;
         let every = replica.lease() / 4;
         let store = ReplicatedStore::start(Arc::clone(&replica), max_pending_bytes);
         let ownership = Arc::new(Self {
@@ -110,6 +154,10 @@ impl Ownership {
             lease_watch: Mutex::default(),
             store,
             taken_elsewhere: OnceLock::new(),
+            deliveries,
+            delivered,
+            origin: rand::random::<u64>().max(1),
+            last_delivery: AtomicU64::new(0),
         });
         let _ = registry.set(Arc::downgrade(&ownership));
         let watch = tokio::spawn(watch_lease(Arc::downgrade(&ownership), every));
@@ -141,6 +189,41 @@ impl Ownership {
     /// Where this node's named sessions write their records.
     pub(crate) fn store(&self) -> &Arc<ReplicatedStore> {
         &self.store
+    }
+
+    /// `delivered` is told of each session a delivery was applied for from now on (once; a
+    /// second call is ignored).
+    pub(crate) fn on_delivered(&self, delivered: Delivered) {
+        let _ = self.delivered.set(delivered);
+    }
+
+    /// The named sessions' at-least-once subscriptions, owned by another node or by none,
+    /// that a message to `topic` must be delivered to through the records before an
+    /// acknowledgement: those this node owns get it from its own routing.
+    pub(crate) fn delivery_targets(
+        &self,
+        topic: &cassini_protocol::TopicName,
+    ) -> Vec<Arc<DeliveryTarget>> {
+        let mut targets = self.deliveries.targets(topic);
+        if !targets.is_empty() {
+            let here = self.replica.node();
+            targets.retain(|target| {
+                self.replica
+                    .owner(&target.key)
+                    .is_none_or(|owner| owner.node != here)
+            });
+        }
+        targets
+    }
+
+    /// Where the next delivery to `target` waits in its session's records.
+    pub(crate) fn inbox_slot(&self, target: &DeliveryTarget) -> InboxSlot {
+        InboxSlot {
+            session: target.session,
+            subscription: target.subscription,
+            origin: self.origin,
+            number: self.last_delivery.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 
     /// `taken` is told of each session another node claims from now on (once; a second call
@@ -493,7 +576,7 @@ mod tests {
 
     async fn alone() -> Arc<Ownership> {
         let config = ReplicaConfig::new("n1", vec!["n1".to_owned()]);
-        let ownership = Ownership::start(config, None, 1 << 20)
+        let ownership = Ownership::start(config, None, 1 << 20, TopicLimits::default())
             .await
             .expect("started");
         ownership.replica().set_transport(Arc::new(NoPeers));

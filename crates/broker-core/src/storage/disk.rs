@@ -24,6 +24,7 @@ use super::records::{
     SubscriptionRecord,
 };
 use super::recovery::{self, Recovered};
+use super::session_records::InboxSlot;
 use super::tables::{
     DbError, DEDUPE, GATEWAY, MESSAGES, RETAINED, SEQUENCES, SESSIONS, SUBSCRIPTIONS,
 };
@@ -60,13 +61,18 @@ pub(crate) enum Op {
     PutGateway(GatewayRecord),
     /// Removes a gateway's record.
     DeleteGateway(String),
+    /// A message for a named session that another node owns, delivered into its records
+    /// until its owner queues it (replicated store only; the disk store ignores it).
+    PutInbox(InboxSlot, Arc<PublishedMessage>),
+    /// A delivered message queued by the session's owner (replicated store only).
+    DeleteInbox(InboxSlot),
 }
 
 impl Op {
     /// Bytes this operation holds until it is committed.
     pub(crate) fn pending_size(&self) -> usize {
         match self {
-            Op::PutMessage(_, message) | Op::PutRetained(message, _) => {
+            Op::PutMessage(_, message) | Op::PutRetained(message, _) | Op::PutInbox(_, message) => {
                 message.memory_size().saturating_add(64)
             }
             Op::PutGateway(record) => record
@@ -599,6 +605,8 @@ fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, 
                         delta -= size(old.value().len());
                     }
                 }
+                // Deliveries between nodes exist only in the cluster's records.
+                Op::PutInbox(..) | Op::DeleteInbox(_) => {}
             }
         }
         for ((session, subscription), record) in latest {

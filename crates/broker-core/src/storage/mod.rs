@@ -19,6 +19,7 @@
 //!
 //! See `docs/DURABILITY.md` for what survives what.
 
+pub(crate) mod delivery_index;
 mod disk;
 pub(crate) mod records;
 mod recovery;

@@ -228,6 +228,14 @@ impl ReplicatedStore {
         }
     }
 
+    /// The records of `session` as applied on this node.
+    pub(crate) fn records(
+        &self,
+        session: &SessionKey,
+    ) -> Option<cassini_replication::SessionRecords> {
+        self.replica.records(session)
+    }
+
     /// Keeps the writer from taking the pending operations until the guard is dropped.
     pub(crate) fn hold(&self) -> RwLockReadGuard<'_, ()> {
         self.whole.read().unwrap_or_else(|p| p.into_inner())

@@ -4,8 +4,11 @@
 //!
 //! Each record is the disk store's checksummed encoding of the same record, under a key within
 //! the session: `s` the session, `u` ++ subscription the subscription, `q` ++ subscription its
-//! last sequence, `m` ++ subscription ++ sequence a stored message (numbers big endian, so a
-//! subscription's records sort together and its messages in sequence order). No I/O here.
+//! last sequence, `m` ++ subscription ++ sequence a stored message, `i` ++ subscription ++
+//! origin ++ number a message another node delivered for the subscription, waiting for the
+//! session's owner to queue it ([`InboxSlot`]) (numbers big endian, so a subscription's records
+//! sort together, its messages in sequence order, and one origin's deliveries in the order it
+//! made them). No I/O here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +26,24 @@ const SESSION: u8 = b's';
 const SUBSCRIPTION: u8 = b'u';
 const SEQUENCE: u8 = b'q';
 const MESSAGE: u8 = b'm';
+const INBOX: u8 = b'i';
+
+/// Where a message delivered by a node that does not own the session waits in its records
+/// until the owner queues it: for `subscription` of `session`, the `number`th delivery of the
+/// node incarnation `origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct InboxSlot {
+    pub(crate) session: u128,
+    pub(crate) subscription: u64,
+    pub(crate) origin: u64,
+    pub(crate) number: u64,
+}
+
+impl InboxSlot {
+    fn key(&self) -> Bytes {
+        key(INBOX, &[self.subscription, self.origin, self.number])
+    }
+}
 
 fn key(kind: u8, numbers: &[u64]) -> Bytes {
     let mut key = BytesMut::with_capacity(1 + 8 * numbers.len());
@@ -76,6 +97,17 @@ fn record_op(op: &Op) -> Option<(u128, RecordOp)> {
                 key: key(MESSAGE, &[*subscription, *sequence]),
             },
         ),
+        Op::PutInbox(slot, message) => (
+            slot.session,
+            put(
+                slot.key(),
+                encode(&MessageRecord::new(
+                    (slot.session, slot.subscription, 0),
+                    message,
+                )),
+            ),
+        ),
+        Op::DeleteInbox(slot) => (slot.session, RecordOp::Delete { key: slot.key() }),
         Op::PutRetained(..) | Op::DeleteRetained(_) | Op::PutDedupe(_) => return None,
         Op::PutGateway(_) | Op::DeleteGateway(_) => return None,
     })
@@ -175,6 +207,8 @@ pub(crate) fn read_back(
                 }
                 messages.push((id, sequence, record));
             }
+            // Deliveries are queued by the owner once it serves the session ([`inbox`]).
+            (INBOX, 24) => {}
             _ => return Err(malformed(key)),
         }
     }
@@ -219,6 +253,75 @@ pub(crate) fn read_back(
         record,
         subscriptions: subscriptions.into_values().collect(),
     })
+}
+
+/// The deliveries waiting in a session's records, in key order, each with the session it was
+/// meant for and its message (`None` if its record does not decode under `limits`: it is
+/// removed unread).
+pub(crate) fn inbox(
+    records: &SessionRecords,
+    limits: &TopicLimits,
+) -> Vec<(InboxSlot, Option<(u128, crate::message::PublishedMessage)>)> {
+    let start = Bytes::from_static(&[INBOX]);
+    records
+        .range(start..)
+        .take_while(|(key, _)| key.first() == Some(&INBOX))
+        .filter_map(|(key, value)| {
+            let rest = key.get(1..).filter(|rest| rest.len() == 24)?;
+            let record = rmp_body::<MessageRecord>(value).ok();
+            let slot = InboxSlot {
+                session: record.as_ref().map_or(0, |record| record.session),
+                subscription: number(&rest[..8])?,
+                origin: number(&rest[8..16])?,
+                number: number(&rest[16..])?,
+            };
+            let message = record.and_then(|record| {
+                let session = record.session;
+                Some((session, record.into_message(limits, false)?))
+            });
+            Some((slot, message))
+        })
+        .collect()
+}
+
+/// What a change to a session's records does to its subscriptions: made or replaced, removed
+/// (by id), or all removed (the session's records went).
+#[derive(Debug)]
+pub(crate) enum SubscriptionChange {
+    Put(SubscriptionRecord),
+    Removed(u64),
+    AllRemoved,
+}
+
+/// The subscription change `op` makes, if it makes one.
+pub(crate) fn subscription_change(op: &RecordOp) -> Option<SubscriptionChange> {
+    match op {
+        RecordOp::Put { key, value } if key.first() == Some(&SUBSCRIPTION) => {
+            rmp_body(value).ok().map(SubscriptionChange::Put)
+        }
+        RecordOp::Delete { key } if key.first() == Some(&SUBSCRIPTION) => {
+            number(key.get(1..)?).map(SubscriptionChange::Removed)
+        }
+        RecordOp::DeletePrefix { prefix } if prefix.is_empty() => {
+            Some(SubscriptionChange::AllRemoved)
+        }
+        _ => None,
+    }
+}
+
+/// The subscriptions in a session's records (those that decode).
+pub(crate) fn subscriptions(records: &SessionRecords) -> Vec<SubscriptionRecord> {
+    let start = Bytes::from_static(&[SUBSCRIPTION]);
+    records
+        .range(start..)
+        .take_while(|(key, _)| key.first() == Some(&SUBSCRIPTION))
+        .filter_map(|(_, value)| rmp_body(value).ok())
+        .collect()
+}
+
+/// Whether `op` delivers a message into a session's inbox.
+pub(crate) fn is_delivery(op: &RecordOp) -> bool {
+    matches!(op, RecordOp::Put { key, .. } if key.first() == Some(&INBOX))
 }
 
 /// Decodes a checksummed record whose key was checked by the caller.
