@@ -502,6 +502,11 @@ impl Replica {
         self.state.records(session)
     }
 
+    /// The records of `session` whose keys start with `prefix`, as this node has applied them.
+    pub fn records_under(&self, session: &SessionKey, prefix: &[u8]) -> SessionRecords {
+        self.state.records_under(session, prefix)
+    }
+
     /// How many bytes of session records the state machine holds, and its bound.
     pub fn record_bytes(&self) -> (u64, u64) {
         self.state.record_bytes()

@@ -533,6 +533,20 @@ impl StateMachine {
         self.lock().claims.records.get(session).cloned()
     }
 
+    /// The records of `session` whose keys start with `prefix`, as of the last entry applied
+    /// here (empty if none).
+    pub fn records_under(&self, session: &SessionKey, prefix: &[u8]) -> SessionRecords {
+        let inner = self.lock();
+        let Some(records) = inner.claims.records.get(session) else {
+            return SessionRecords::new();
+        };
+        records
+            .range(Bytes::copy_from_slice(prefix)..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
     /// How many bytes of session records the table holds, and its bound (without waiting
     /// for the table's lock).
     pub fn record_bytes(&self) -> (u64, u64) {

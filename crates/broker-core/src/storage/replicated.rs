@@ -228,12 +228,13 @@ impl ReplicatedStore {
         }
     }
 
-    /// The records of `session` as applied on this node.
-    pub(crate) fn records(
+    /// The records of `session` under `prefix`, as applied on this node.
+    pub(crate) fn records_under(
         &self,
         session: &SessionKey,
-    ) -> Option<cassini_replication::SessionRecords> {
-        self.replica.records(session)
+        prefix: &[u8],
+    ) -> cassini_replication::SessionRecords {
+        self.replica.records_under(session, prefix)
     }
 
     /// Keeps the writer from taking the pending operations until the guard is dropped.

@@ -26,7 +26,8 @@ const SESSION: u8 = b's';
 const SUBSCRIPTION: u8 = b'u';
 const SEQUENCE: u8 = b'q';
 const MESSAGE: u8 = b'm';
-const INBOX: u8 = b'i';
+/// The first byte of every delivery's key ([`InboxSlot`]).
+pub(crate) const INBOX: u8 = b'i';
 
 /// Where a message delivered by a node that does not own the session waits in its records
 /// until the owner queues it: for `subscription` of `session`, the `number`th delivery of the

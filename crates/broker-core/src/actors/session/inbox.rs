@@ -19,10 +19,7 @@ impl SessionState {
         let Some(SessionStore::Replicated(store, binding)) = &self.store else {
             return;
         };
-        let Some(records) = store.records(binding.key()) else {
-            self.inbox_queued.clear();
-            return;
-        };
+        let records = store.records_under(binding.key(), &[session_records::INBOX]);
         let limits = &self.shared.config.limits.topics;
         let waiting = session_records::inbox(&records, limits);
         // A delivery queued before is left alone until its removal is applied.
