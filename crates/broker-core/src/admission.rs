@@ -498,7 +498,23 @@ impl Delivery {
         let Some(ownership) = shared.router.cluster().and_then(|c| c.ownership()) else {
             return Ok(Self::default());
         };
-        let targets = ownership.delivery_targets(&message.topic);
+        let mut targets = ownership.delivery_targets(&message.topic);
+        if targets.is_empty() {
+            return Ok(Self::default());
+        }
+        // Those served here store it through this node's routing; the others (another node
+        // serves them, or none: also a session this node owns but has not taken up) get it
+        // through the records.
+        let served = shared.router.replicated_members(&message.topic);
+        targets.retain(|target| {
+            let key = (
+                crate::storage::session_id(target.session),
+                target.subscription,
+            );
+            !served
+                .iter()
+                .any(|member| (member.session, member.subscription) == key)
+        });
         if targets.is_empty() {
             return Ok(Self::default());
         }

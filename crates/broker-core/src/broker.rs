@@ -131,6 +131,7 @@ impl Broker {
                         data_dir,
                         config.storage.max_pending_bytes,
                         config.limits.topics,
+                        config.queue.clone(),
                     )
                     .await?,
                 )

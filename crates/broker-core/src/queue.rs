@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::config::QueueBounds;
 use crate::message::PublishedMessage;
+use crate::storage::session_records::InboxSlot;
 use crate::storage::{QueueStore, SessionStore};
 
 /// How far beyond the last sequence a restored queue knows a resuming client may stand: the
@@ -358,10 +359,13 @@ impl SubscriptionQueue {
 
     /// In disk mode, waits until everything this queue wrote to the store so far (sequences,
     /// messages, removals) is durable; see [`crate::storage::DiskStore`]. Writers call it
-    /// between [`Self::pop_batch`] and sending the batch.
-    pub async fn until_durable(&self) {
-        if let Some(store) = &self.store {
-            store.store.until_appended_is_durable().await;
+    /// between [`Self::pop_batch`] and sending the batch, and send it only if it answers
+    /// `true`: `false` means another node owns the session now (the log refused its writes),
+    /// and this copy must send nothing more.
+    pub async fn until_durable(&self) -> bool {
+        match &self.store {
+            Some(store) => store.store.until_appended_is_durable().await,
+            None => true,
         }
     }
 
@@ -434,6 +438,21 @@ impl SubscriptionQueue {
 
     /// Offers a message. Never waits.
     pub fn push(&self, message: &Arc<PublishedMessage>) -> PushOutcome {
+        self.push_from(message, None)
+    }
+
+    /// [`Self::push`] of a message delivered into the session's records by another node
+    /// (`from`): what stores it also takes it out of the inbox, in the same append; if it is
+    /// not queued (the queue is closed or full under `Close`), it stays in the inbox.
+    pub(crate) fn push_delivered(
+        &self,
+        message: &Arc<PublishedMessage>,
+        from: InboxSlot,
+    ) -> PushOutcome {
+        self.push_from(message, Some(from))
+    }
+
+    fn push_from(&self, message: &Arc<PublishedMessage>, from: Option<InboxSlot>) -> PushOutcome {
         let size = message.memory_size();
         let outcome = {
             let mut state = self.lock();
@@ -467,7 +486,7 @@ impl SubscriptionQueue {
                         state.dropped_unreported += 1;
                         state.dropped_total += 1;
                         if let Some(store) = &self.store {
-                            store.accepted(state.last_sequence, None);
+                            store.accepted(state.last_sequence, None, from);
                         }
                         drop(state);
                         self.ready.notify_one();
@@ -486,7 +505,7 @@ impl SubscriptionQueue {
             };
             state.last_sequence = sequence;
             if let Some(store) = &self.store {
-                store.accepted(sequence, state.acks.is_some().then_some(message));
+                store.accepted(sequence, state.acks.is_some().then_some(message), from);
             }
             state.bytes += size;
             state.items.push_back(Queued {
@@ -814,7 +833,7 @@ impl SubscriptionQueue {
         };
         if let Some(store) = &self.store {
             // The store keeps the last sequence only: one record stands for the whole range.
-            store.accepted(last, None);
+            store.accepted(last, None, None);
         }
         let first = state.last_sequence.saturating_add(1);
         state.last_sequence = last;

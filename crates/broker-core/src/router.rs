@@ -544,6 +544,22 @@ impl Router {
         })
     }
 
+    /// The subscriptions storing in the cluster's records (named sessions' at-least-once
+    /// ones served here) whose filter matches `topic`.
+    pub(crate) fn replicated_members(&self, topic: &TopicName) -> Vec<SubscriberKey> {
+        let mut found = Vec::new();
+        for route in self.matching(topic) {
+            let members = route.members();
+            found.extend(
+                members
+                    .all()
+                    .filter(|member| member.queue.is_replicated())
+                    .map(|member| member.key),
+            );
+        }
+        found
+    }
+
     /// Whether no filter is indexed (for leak checks).
     pub fn is_empty(&self) -> bool {
         self.root

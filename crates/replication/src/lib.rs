@@ -90,7 +90,22 @@ pub enum Command {
     Write {
         /// The changes, per session.
         writes: Vec<SessionWrite>,
+        /// Names the write, if its writer may write it again (after a timeout, when the first
+        /// copy may still be committed): a write is applied once, and a later copy answers
+        /// what the first one did.
+        #[serde(default)]
+        id: Option<WriteId>,
     },
+}
+
+/// Names one write of one writer ([`Command::Write`]): each writer numbers its writes from 1
+/// up, and writes one again under the same number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteId {
+    /// The writer, drawn at random when it starts.
+    pub origin: u64,
+    /// The write's number.
+    pub serial: u64,
 }
 
 /// The epoch of a delivery ([`SessionWrite::epoch`]): no claim has it (a claim's epoch is
@@ -132,6 +147,13 @@ pub enum RecordOp {
     DeletePrefix {
         /// The prefix.
         prefix: Bytes,
+    },
+    /// Removes `key` as the other half of the puts before it in the same write (a record
+    /// moved): unlike [`RecordOp::Delete`], it does not apply when the write is refused for
+    /// want of room, so the record is never removed without its puts.
+    Take {
+        /// The record's key.
+        key: Bytes,
     },
 }
 

@@ -36,7 +36,7 @@ use crate::state_machine::{
 };
 use crate::{
     node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, SessionWrite, TypeConfig,
-    WriteRefusal,
+    WriteId, WriteRefusal,
 };
 
 /// The most entries one append entries request carries by default.
@@ -488,9 +488,19 @@ impl Replica {
         &self,
         writes: Vec<SessionWrite>,
     ) -> Result<Vec<(SessionKey, WriteRefusal)>, ClaimError> {
+        self.write_as(None, writes).await
+    }
+
+    /// [`Replica::write`] named `id`: written again under the same id (after
+    /// [`ClaimError::NoQuorum`]), it is applied once, and answers what it did then.
+    pub async fn write_as(
+        &self,
+        id: Option<WriteId>,
+        writes: Vec<SessionWrite>,
+    ) -> Result<Vec<(SessionKey, WriteRefusal)>, ClaimError> {
         let limit = self.config.claim_timeout;
         let deadline = Instant::now() + limit;
-        let command = Command::Write { writes };
+        let command = Command::Write { writes, id };
         let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
             .await
             .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;

@@ -108,7 +108,24 @@ struct Claims {
     /// Sessions whose records were forgotten since the observer was last told: not stored.
     #[serde(skip)]
     forgotten: Vec<SessionKey>,
+    /// Per writer, its last write applied (by number) and what it refused: a copy of a
+    /// write applied before is not applied again ([`crate::WriteId`]). At most
+    /// [`MAX_WRITERS`], the least recently written forgotten first.
+    #[serde(default)]
+    writers: BTreeMap<u64, LastWrite>,
 }
+
+/// A writer's last write applied ([`Claims::writers`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LastWrite {
+    serial: u64,
+    /// The log index it was applied at (the least recent writer is forgotten first).
+    index: u64,
+    refused: Vec<(SessionKey, WriteRefusal)>,
+}
+
+/// The most writers whose last write is remembered (one per node incarnation).
+const MAX_WRITERS: usize = 1024;
 
 /// What a record counts against the bound of session records.
 fn record_size(key: &Bytes, value: &Bytes) -> u64 {
@@ -139,7 +156,8 @@ fn apply(
             }
             undo.push((key.clone(), before));
         }
-        RecordOp::Delete { key } => {
+        RecordOp::Take { .. } if shrinking_only => {}
+        RecordOp::Delete { key } | RecordOp::Take { key } => {
             if let Some(before) = records.remove(key) {
                 *bytes = bytes.saturating_sub(record_size(key, &before));
                 undo.push((key.clone(), Some(before)));
@@ -222,7 +240,9 @@ impl Claims {
             };
             ops.retain(|op| match op {
                 RecordOp::Put { key, .. } => held.is_none_or(|held| !held.contains_key(key)),
-                RecordOp::Delete { .. } | RecordOp::DeletePrefix { .. } => false,
+                RecordOp::Delete { .. } | RecordOp::DeletePrefix { .. } | RecordOp::Take { .. } => {
+                    false
+                }
             });
             if ops.is_empty() {
                 return Ok(ops);
@@ -259,6 +279,28 @@ impl Claims {
             return Err(WriteRefusal::Full(bounds.max_record_bytes));
         }
         Ok(ops)
+    }
+
+    /// Remembers writer `id`'s write, applied at log `index` with `refused`.
+    fn wrote(&mut self, id: crate::WriteId, index: u64, refused: &[(SessionKey, WriteRefusal)]) {
+        self.writers.insert(
+            id.origin,
+            LastWrite {
+                serial: id.serial,
+                index,
+                refused: refused.to_vec(),
+            },
+        );
+        if self.writers.len() > MAX_WRITERS {
+            let least = self
+                .writers
+                .iter()
+                .min_by_key(|(_, last)| last.index)
+                .map(|(origin, _)| *origin);
+            if let Some(origin) = least {
+                self.writers.remove(&origin);
+            }
+        }
     }
 
     /// The released claim that goes first to make room, of `identity` only or of anyone:
@@ -682,7 +724,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         inner.claims.fenced(&session, epoch);
                         answers.push(Applied::default());
                     }
-                    EntryPayload::Normal(Command::Write { writes }) => {
+                    EntryPayload::Normal(Command::Write { writes, id }) => {
+                        let before = id.and_then(|id| {
+                            inner
+                                .claims
+                                .writers
+                                .get(&id.origin)
+                                .filter(|last| last.serial >= id.serial)
+                        });
+                        if let Some(last) = before {
+                            // A copy of a write applied before: what it refused then.
+                            answers.push(Applied {
+                                epoch: entry.log_id.index,
+                                refused_writes: last.refused.clone(),
+                                ..Applied::default()
+                            });
+                            continue;
+                        }
                         let mut refused_writes = Vec::new();
                         for write in writes {
                             let session = write.session.clone();
@@ -702,6 +760,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     refused_writes.push((session, refusal));
                                 }
                             }
+                        }
+                        if let Some(id) = id {
+                            inner.claims.wrote(id, entry.log_id.index, &refused_writes);
                         }
                         answers.push(Applied {
                             epoch: entry.log_id.index,
@@ -1053,6 +1114,59 @@ mod tests {
                 .get(&session)
                 .and_then(|r| r.get(&b"a"[..]).cloned()),
             Some(Bytes::from_static(b"1"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_written_again_under_its_id_is_applied_once() {
+        let mut machine = StateMachine::open(Storage::Memory, None).expect("opened");
+        let session = alice();
+        let entry = |index: u64, command: Command| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        };
+        let id = Some(crate::WriteId {
+            origin: 7,
+            serial: 1,
+        });
+        let delivery = |value: &str| Command::Write {
+            writes: vec![SessionWrite {
+                session: session.clone(),
+                epoch: crate::DELIVERY,
+                ops: vec![put("i/1", value)],
+            }],
+            id,
+        };
+        let take = Command::Write {
+            writes: vec![SessionWrite {
+                session: session.clone(),
+                epoch: 1,
+                ops: vec![RecordOp::Take {
+                    key: Bytes::from_static(b"i/1"),
+                }],
+            }],
+            id: None,
+        };
+        machine
+            .apply([
+                entry(
+                    1,
+                    Command::Claim {
+                        session: session.clone(),
+                        node: "n1".into(),
+                    },
+                ),
+                entry(2, delivery("m")),
+                entry(3, take),
+                // The writer timed out and wrote it again: the first copy was committed.
+                entry(4, delivery("m")),
+            ])
+            .await
+            .expect("applied");
+        assert_eq!(
+            machine.records(&session).unwrap_or_default().len(),
+            0,
+            "the delivery, taken by its owner, does not come back"
         );
     }
 

@@ -206,7 +206,7 @@ enum PeerFrame {
         groups: Vec<String>,
         /// Named sessions' subscriptions the dialer delivered the message to through the
         /// cluster's records: the acceptor leaves them out.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         delivered: Vec<(SessionId, SubscriptionId)>,
     },
     /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they

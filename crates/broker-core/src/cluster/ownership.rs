@@ -97,6 +97,7 @@ impl Ownership {
         data_dir: Option<&Path>,
         max_pending_bytes: usize,
         limits: TopicLimits,
+        queues: crate::config::QueueConfig,
     ) -> Result<Arc<Self>, BrokerError> {
         let storage = match data_dir {
             Some(dir) => {
@@ -117,7 +118,7 @@ impl Ownership {
                 ownership.applied(session, owner);
             }
         });
-        let deliveries = Arc::new(DeliveryIndex::new(limits));
+        let deliveries = Arc::new(DeliveryIndex::new(limits, queues));
         let delivered: Arc<OnceLock<Delivered>> = Arc::default();
         let records_observer: RecordsObserver = {
             let deliveries = Arc::clone(&deliveries);
@@ -197,23 +198,13 @@ impl Ownership {
         let _ = self.delivered.set(delivered);
     }
 
-    /// The named sessions' at-least-once subscriptions, owned by another node or by none,
-    /// that a message to `topic` must be delivered to through the records before an
-    /// acknowledgement: those this node owns get it from its own routing.
+    /// The named sessions' at-least-once subscriptions anywhere in the cluster whose filter
+    /// matches `topic` (those this node serves included).
     pub(crate) fn delivery_targets(
         &self,
         topic: &cassini_protocol::TopicName,
     ) -> Vec<Arc<DeliveryTarget>> {
-        let mut targets = self.deliveries.targets(topic);
-        if !targets.is_empty() {
-            let here = self.replica.node();
-            targets.retain(|target| {
-                self.replica
-                    .owner(&target.key)
-                    .is_none_or(|owner| owner.node != here)
-            });
-        }
-        targets
+        self.deliveries.targets(topic)
     }
 
     /// Where the next delivery to `target` waits in its session's records.
@@ -576,9 +567,15 @@ mod tests {
 
     async fn alone() -> Arc<Ownership> {
         let config = ReplicaConfig::new("n1", vec!["n1".to_owned()]);
-        let ownership = Ownership::start(config, None, 1 << 20, TopicLimits::default())
-            .await
-            .expect("started");
+        let ownership = Ownership::start(
+            config,
+            None,
+            1 << 20,
+            TopicLimits::default(),
+            Default::default(),
+        )
+        .await
+        .expect("started");
         ownership.replica().set_transport(Arc::new(NoPeers));
         ownership
     }

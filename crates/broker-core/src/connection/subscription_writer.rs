@@ -207,7 +207,12 @@ pub(crate) async fn run_subscription_writer(
                 // Not raced against `cancel`: the wait ends with the commit that follows the
                 // one in progress (or with a failed or closed store), and a batch taken out of
                 // the queue is sent, not dropped.
-                queue.until_durable().await;
+                if !queue.until_durable().await {
+                    // Another node owns the session: it sends this batch (the records hold
+                    // it), this copy nothing.
+                    cancel.cancelled().await;
+                    return WriterOutcome::Cancelled;
+                }
                 buf.reserve(last_batch_bytes);
                 for queued in batch.drain(..) {
                     if !queued.redelivered {

@@ -5,17 +5,21 @@
 //! while no node serves the session.
 //!
 //! Only plain at-least-once subscriptions are indexed: a queue group's member is chosen by the
-//! node that routes the message. It owns the index, and nothing else; it reads records through
+//! node that routes the message. Each subscription's deliveries waiting in the records are
+//! counted: one that holds as many as its queue bound in messages gets no more (they are
+//! routed as without the records, and a node taking the session up announces the floor gap
+//! for what it missed). It owns the index, and nothing else; it reads records through
 //! [`session_records`](super::session_records).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use cassini_replication::{RecordsChange, SessionKey};
 
 use super::records::SubscriptionRecord;
-use super::session_records::{self, SubscriptionChange};
+use super::session_records::{self, InboxChange, SubscriptionChange};
+use crate::config::QueueConfig;
 use crate::filter_trie::FilterTrie;
 
 /// One indexed subscription: where a delivery for it goes.
@@ -27,6 +31,8 @@ pub(crate) struct DeliveryTarget {
     pub(crate) session: u128,
     /// The subscription's id in the session.
     pub(crate) subscription: u64,
+    /// The most deliveries that wait for it: its queue bound in messages.
+    cap: usize,
 }
 
 #[derive(Default)]
@@ -34,12 +40,15 @@ struct Index {
     /// Per session, its indexed subscriptions' filters.
     sessions: HashMap<SessionKey, HashMap<u64, TopicFilter>>,
     trie: FilterTrie<Vec<Arc<DeliveryTarget>>>,
+    /// Per session and subscription, its deliveries waiting in the records.
+    waiting: HashMap<SessionKey, BTreeMap<u64, usize>>,
 }
 
 /// The index of named sessions' at-least-once subscriptions. See the module documentation.
 pub(crate) struct DeliveryIndex {
     index: RwLock<Index>,
     limits: TopicLimits,
+    queues: QueueConfig,
 }
 
 impl std::fmt::Debug for DeliveryIndex {
@@ -49,11 +58,12 @@ impl std::fmt::Debug for DeliveryIndex {
 }
 
 impl DeliveryIndex {
-    /// An empty index; filters are read under `limits`.
-    pub(crate) fn new(limits: TopicLimits) -> Self {
+    /// An empty index; filters are read under `limits`, queue bounds under `queues`.
+    pub(crate) fn new(limits: TopicLimits, queues: QueueConfig) -> Self {
         Self {
             index: RwLock::default(),
             limits,
+            queues,
         }
     }
 
@@ -68,42 +78,101 @@ impl DeliveryIndex {
         for change in changes {
             match change {
                 RecordsChange::Applied(session, ops) => {
-                    for change in ops.iter().filter_map(session_records::subscription_change) {
-                        match change {
-                            SubscriptionChange::Put(record) => {
-                                index.put(session, &record, &self.limits);
+                    for op in ops {
+                        if let Some(change) = session_records::subscription_change(op) {
+                            match change {
+                                SubscriptionChange::Put(record) => {
+                                    self.put(&mut index, session, &record)
+                                }
+                                SubscriptionChange::Removed(id) => index.remove(session, id),
+                                SubscriptionChange::AllRemoved => index.remove_session(session),
                             }
-                            SubscriptionChange::Removed(id) => index.remove(session, id),
-                            SubscriptionChange::AllRemoved => index.remove_session(session),
+                        }
+                        if let Some(change) = session_records::inbox_change(op) {
+                            index.count(session, change);
                         }
                     }
                 }
                 RecordsChange::Replaced(session, records) => {
                     index.remove_session(session);
-                    for record in records.iter().flat_map(session_records::subscriptions) {
-                        index.put(session, &record, &self.limits);
+                    index.waiting.remove(session);
+                    if let Some(records) = records {
+                        for record in session_records::subscriptions(records) {
+                            self.put(&mut index, session, &record);
+                        }
+                        let counts = session_records::inbox_counts(records);
+                        if !counts.is_empty() {
+                            index.waiting.insert(session.clone(), counts);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// The indexed subscriptions whose filter matches `topic`.
+    /// The indexed subscriptions whose filter matches `topic` and whose deliveries waiting
+    /// are fewer than their cap.
     pub(crate) fn targets(&self, topic: &TopicName) -> Vec<Arc<DeliveryTarget>> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         if index.sessions.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
-        index
-            .trie
-            .for_each_match(topic, |targets| found.extend(targets.iter().cloned()));
+        index.trie.for_each_match(topic, |targets| {
+            found.extend(
+                targets
+                    .iter()
+                    .filter(|target| index.waiting_for(target) < target.cap)
+                    .cloned(),
+            );
+        });
         found
+    }
+
+    fn put(&self, index: &mut Index, session: &SessionKey, record: &SubscriptionRecord) {
+        let cap = self.queues.bounds_for(&record.options).max_messages;
+        index.put(session, record, &self.limits, cap);
     }
 }
 
 impl Index {
-    fn put(&mut self, session: &SessionKey, record: &SubscriptionRecord, limits: &TopicLimits) {
+    fn waiting_for(&self, target: &DeliveryTarget) -> usize {
+        self.waiting
+            .get(&target.key)
+            .and_then(|counts| counts.get(&target.subscription))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count(&mut self, session: &SessionKey, change: InboxChange) {
+        let counts = self.waiting.entry(session.clone()).or_default();
+        match change {
+            InboxChange::Added(id) => *counts.entry(id).or_default() += 1,
+            InboxChange::Removed(id) => {
+                if let Some(count) = counts.get_mut(&id) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        counts.remove(&id);
+                    }
+                }
+            }
+            InboxChange::Cleared(Some(id)) => {
+                counts.remove(&id);
+            }
+            InboxChange::Cleared(None) => counts.clear(),
+        }
+        if counts.is_empty() {
+            self.waiting.remove(session);
+        }
+    }
+
+    fn put(
+        &mut self,
+        session: &SessionKey,
+        record: &SubscriptionRecord,
+        limits: &TopicLimits,
+        cap: usize,
+    ) {
         self.remove(session, record.subscription);
         if record.options.acks.is_none() || record.options.queue_group.is_some() {
             return;
@@ -115,6 +184,7 @@ impl Index {
             key: session.clone(),
             session: record.session,
             subscription: record.subscription,
+            cap,
         });
         self.trie
             .slot(&filter)
@@ -164,6 +234,7 @@ mod tests {
     use cassini_replication::{RecordOp, SessionRecords};
 
     use super::*;
+    use crate::storage::session_records::InboxSlot;
     use crate::storage::Op;
 
     fn alice() -> SessionKey {
@@ -205,7 +276,7 @@ mod tests {
 
     #[test]
     fn indexes_plain_at_least_once_subscriptions_as_they_are_applied() {
-        let index = DeliveryIndex::new(TopicLimits::default());
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
         index.observe(&[RecordsChange::Applied(
             alice(),
             vec![
@@ -246,9 +317,63 @@ mod tests {
         assert!(found(&index, "orders.eu").is_empty(), "the session ended");
     }
 
+    fn delivery(subscription: u64, number: u64) -> RecordOp {
+        let slot = InboxSlot {
+            session: 7,
+            subscription,
+            origin: 1,
+            number,
+        };
+        let message = Arc::new(crate::message::PublishedMessage {
+            topic: topic("orders.eu"),
+            headers: Default::default(),
+            payload: Bytes::from_static(b"m"),
+            message_id: Some(number),
+            reply_to: None,
+            retained: false,
+            charge: crate::memory::MemoryCharge::none(),
+        });
+        let (_, mut ops) =
+            session_records::record_ops(&Op::PutInbox(slot, message)).expect("a session's op");
+        ops.remove(0)
+    }
+
+    #[test]
+    fn a_subscription_with_its_queue_bound_of_deliveries_waiting_gets_no_more() {
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
+        let mut subscription = subscribe(1, "orders.>", true, None);
+        if let RecordOp::Put { value, .. } = &mut subscription {
+            let record = SubscriptionRecord {
+                session: 7,
+                subscription: 1,
+                filter: "orders.>".into(),
+                options: SubscribeOptions {
+                    acks: Some(AckOptions::default()),
+                    max_queued_messages: Some(2),
+                    ..SubscribeOptions::default()
+                },
+            };
+            let (_, ops) = session_records::record_ops(&Op::PutSubscription(record)).expect("op");
+            if let RecordOp::Put { value: bound, .. } = &ops[0] {
+                *value = bound.clone();
+            }
+        }
+        index.observe(&[RecordsChange::Applied(
+            alice(),
+            vec![subscription, delivery(1, 1), delivery(1, 2)],
+        )]);
+        assert!(found(&index, "orders.eu").is_empty(), "two wait: full");
+        let taken = match delivery(1, 1) {
+            RecordOp::Put { key, .. } => RecordOp::Take { key },
+            other => panic!("{other:?}"),
+        };
+        index.observe(&[RecordsChange::Applied(alice(), vec![taken])]);
+        assert_eq!(found(&index, "orders.eu"), [1], "one taken: room again");
+    }
+
     #[test]
     fn replaced_records_replace_the_sessions_entries() {
-        let index = DeliveryIndex::new(TopicLimits::default());
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
         index.observe(&[RecordsChange::Applied(
             alice(),
             vec![subscribe(1, "a.>", true, None)],

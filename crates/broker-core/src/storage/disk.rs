@@ -64,8 +64,12 @@ pub(crate) enum Op {
     /// A message for a named session that another node owns, delivered into its records
     /// until its owner queues it (replicated store only; the disk store ignores it).
     PutInbox(InboxSlot, Arc<PublishedMessage>),
-    /// A delivered message queued by the session's owner (replicated store only).
+    /// A delivery removed unqueued: for no subscription of the session, or dropped by its
+    /// subscription's overflow policy (replicated store only).
     DeleteInbox(InboxSlot),
+    /// A delivery queued: appended right after the `PutMessage` storing it, and never written
+    /// without it (replicated store only).
+    TakeInbox(InboxSlot),
 }
 
 impl Op {
@@ -606,7 +610,7 @@ fn commit(db: &Database, ops: Vec<Op>, dedupe_max_age: Duration) -> Result<i64, 
                     }
                 }
                 // Deliveries between nodes exist only in the cluster's records.
-                Op::PutInbox(..) | Op::DeleteInbox(_) => {}
+                Op::PutInbox(..) | Op::DeleteInbox(_) | Op::TakeInbox(_) => {}
             }
         }
         for ((session, subscription), record) in latest {

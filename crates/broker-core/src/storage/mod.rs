@@ -144,11 +144,18 @@ impl SessionStore {
     }
 
     /// Waits before a delivery until what it depends on is durable: on disk under
-    /// `SyncPolicy::Always` only; replicated, always.
-    pub(crate) async fn until_appended_is_durable(&self) {
+    /// `SyncPolicy::Always` only; replicated, always. Answers `false` when the delivery must
+    /// not be sent: the log refused this session's writes because another node owns it.
+    pub(crate) async fn until_appended_is_durable(&self) -> bool {
         match self {
-            Self::Disk(store) => store.until_appended_is_durable().await,
-            Self::Replicated(store, _) => store.until_appended_is_durable().await,
+            Self::Disk(store) => {
+                store.until_appended_is_durable().await;
+                true
+            }
+            Self::Replicated(store, binding) => {
+                store.until_appended_is_durable().await;
+                !binding.is_stale()
+            }
         }
     }
 }
@@ -163,21 +170,33 @@ pub(crate) struct QueueStore {
 
 impl QueueStore {
     /// A message accepted with `sequence`; `keep` stores the message itself (at least once).
-    pub(crate) fn accepted(&self, sequence: u64, message: Option<&Arc<PublishedMessage>>) {
+    /// A message that came from the session's inbox (`from`) leaves it in the same append:
+    /// taken with the message stored, removed with the message dropped.
+    pub(crate) fn accepted(
+        &self,
+        sequence: u64,
+        message: Option<&Arc<PublishedMessage>>,
+        from: Option<session_records::InboxSlot>,
+    ) {
         let last = Op::Sequence(records::SequenceRecord {
             session: self.session,
             subscription: self.subscription,
             last_sequence: sequence,
         });
-        match message {
-            Some(message) => self.store.append([
-                Op::PutMessage(
+        match (message, from) {
+            // The take right after the put: an entry never ends between them.
+            (Some(message), from) => self.store.append(
+                [Op::PutMessage(
                     (self.session, self.subscription, sequence),
                     Arc::clone(message),
-                ),
-                last,
-            ]),
-            None => self.store.append([last]),
+                )]
+                .into_iter()
+                .chain(from.map(Op::TakeInbox))
+                .chain([last]),
+            ),
+            (None, from) => self
+                .store
+                .append([last].into_iter().chain(from.map(Op::DeleteInbox))),
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use cassini_replication::{ClaimError, Replica, SessionKey, SessionWrite, WriteRefusal};
+use cassini_replication::{ClaimError, Replica, SessionKey, SessionWrite, WriteId, WriteRefusal};
 use tokio::sync::{watch, Notify};
 
 use crate::storage::session_records::record_ops;
@@ -65,6 +65,9 @@ pub(crate) fn take_appended() -> u64 {
 pub(crate) struct Binding {
     key: SessionKey,
     epoch: AtomicU64,
+    /// Set once the log refused a write under this binding because another node owns the
+    /// session: this copy sends nothing more to its client.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl Binding {
@@ -73,7 +76,13 @@ impl Binding {
         Arc::new(Self {
             key,
             epoch: AtomicU64::new(epoch),
+            stale: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the log refused a write under it because another node owns the session.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 
     /// Writes under the claim `epoch` from now on (never an older one).
@@ -195,7 +204,7 @@ impl ReplicatedStore {
         let mut added = 0u64;
         let mut stores_message = false;
         for op in ops {
-            stores_message |= matches!(op, Op::PutMessage(..));
+            stores_message |= matches!(op, Op::PutMessage(..) | Op::PutInbox(..));
             if let Op::Sequence(record) = &op {
                 // A subscription's newer last sequence replaces the pending one in place: the
                 // pending list holds one per subscription, however long the log is away.
@@ -363,7 +372,9 @@ impl ReplicatedStore {
         let mut take = 0usize;
         for op in &pending.ops {
             let size = op.op.pending_size();
-            if take > 0 && bytes + size > MAX_ENTRY_BYTES {
+            // A delivery's take goes with the put before it (`QueueStore::accepted`).
+            let glued = matches!(op.op, Op::TakeInbox(_));
+            if take > 0 && bytes + size > MAX_ENTRY_BYTES && !glued {
                 break;
             }
             bytes += size;
@@ -414,6 +425,10 @@ impl ReplicatedStore {
 
 /// Writes what is pending, one entry at a time, until the store closes (or is dropped).
 async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
+    // Each entry is named, so one written again after a timeout is applied once (a delivery
+    // applied twice, around the owner's removal of it, would be queued twice).
+    let origin = rand::random::<u64>();
+    let mut serial = 0u64;
     loop {
         let Some(strong) = store.upgrade() else {
             return;
@@ -435,12 +450,15 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             continue;
         }
         let first = strong.status.borrow().committed + 1;
+        let bindings: Vec<Arc<Binding>> = ops.iter().map(|op| Arc::clone(&op.session)).collect();
         let writes = ReplicatedStore::writes(ops);
         let refused = if writes.is_empty() {
             Vec::new()
         } else {
+            serial += 1;
+            let id = WriteId { origin, serial };
             loop {
-                match strong.replica.write(writes.clone()).await {
+                match strong.replica.write_as(Some(id), writes.clone()).await {
                     Ok(refused) => break refused,
                     Err(ClaimError::NoQuorum(limit)) => {
                         tracing::warn!(
@@ -462,6 +480,9 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         for (session, refusal) in &refused {
             tracing::info!(identity = %session.identity, name = %session.name, ?refusal, "the cluster refused a session's changes");
             if *refusal == WriteRefusal::NotOwner {
+                for binding in bindings.iter().filter(|b| b.key() == session) {
+                    binding.stale.store(true, Ordering::Release);
+                }
                 if let Some(stale) = strong.stale.get() {
                     let epoch = writes
                         .iter()

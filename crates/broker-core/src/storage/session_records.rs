@@ -109,13 +109,14 @@ fn record_op(op: &Op) -> Option<(u128, RecordOp)> {
             ),
         ),
         Op::DeleteInbox(slot) => (slot.session, RecordOp::Delete { key: slot.key() }),
+        Op::TakeInbox(slot) => (slot.session, RecordOp::Take { key: slot.key() }),
         Op::PutRetained(..) | Op::DeleteRetained(_) | Op::PutDedupe(_) => return None,
         Op::PutGateway(_) | Op::DeleteGateway(_) => return None,
     })
 }
 
 /// The changes an operation makes to its session's records (see [`record_op`]): removing a
-/// subscription also removes its sequence and its messages.
+/// subscription also removes its sequence, its messages and the deliveries waiting for it.
 pub(crate) fn record_ops(op: &Op) -> Option<(u128, Vec<RecordOp>)> {
     let (session, first) = record_op(op)?;
     let mut ops = vec![first];
@@ -125,6 +126,9 @@ pub(crate) fn record_ops(op: &Op) -> Option<(u128, Vec<RecordOp>)> {
         });
         ops.push(RecordOp::DeletePrefix {
             prefix: key(MESSAGE, &[*subscription]),
+        });
+        ops.push(RecordOp::DeletePrefix {
+            prefix: key(INBOX, &[*subscription]),
         });
     }
     Some((session, ops))
@@ -320,6 +324,55 @@ pub(crate) fn subscriptions(records: &SessionRecords) -> Vec<SubscriptionRecord>
         .collect()
 }
 
+/// What a change to a session's records does to its inbox.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum InboxChange {
+    /// A delivery for this subscription arrived.
+    Added(u64),
+    /// A delivery for this subscription was taken or removed.
+    Removed(u64),
+    /// Every delivery for this subscription went (`None`: for every subscription).
+    Cleared(Option<u64>),
+}
+
+/// The inbox change `op` makes, if it makes one.
+pub(crate) fn inbox_change(op: &RecordOp) -> Option<InboxChange> {
+    let subscription_of = |key: &Bytes| number(key.get(1..9)?);
+    match op {
+        RecordOp::Put { key, .. } if key.first() == Some(&INBOX) => {
+            subscription_of(key).map(InboxChange::Added)
+        }
+        RecordOp::Delete { key } | RecordOp::Take { key } if key.first() == Some(&INBOX) => {
+            subscription_of(key).map(InboxChange::Removed)
+        }
+        RecordOp::DeletePrefix { prefix } if prefix.is_empty() => Some(InboxChange::Cleared(None)),
+        RecordOp::DeletePrefix { prefix } if prefix.first() == Some(&INBOX) => {
+            subscription_of(prefix).map(|id| InboxChange::Cleared(Some(id)))
+        }
+        _ => None,
+    }
+}
+
+/// How many deliveries wait in a session's records, per subscription.
+pub(crate) fn inbox_counts(records: &SessionRecords) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    let start = Bytes::from_static(&[INBOX]);
+    for (key, _) in records
+        .range(start..)
+        .take_while(|(key, _)| key.first() == Some(&INBOX))
+    {
+        if let Some(id) = key.get(1..9).and_then(number) {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The key of `subscription`'s record.
+pub(crate) fn subscription_key(subscription: u64) -> Bytes {
+    key(SUBSCRIPTION, &[subscription])
+}
+
 /// Whether `op` delivers a message into a session's inbox.
 pub(crate) fn is_delivery(op: &RecordOp) -> bool {
     matches!(op, RecordOp::Put { key, .. } if key.first() == Some(&INBOX))
@@ -346,7 +399,7 @@ mod tests {
                 RecordOp::Put { key, value } => {
                     records.insert(key, value);
                 }
-                RecordOp::Delete { key } => {
+                RecordOp::Delete { key } | RecordOp::Take { key } => {
                     records.remove(&key);
                 }
                 RecordOp::DeletePrefix { prefix } => {

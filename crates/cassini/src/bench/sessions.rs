@@ -3,7 +3,9 @@
 //! a Raft member (`cluster.members`), runs in this process beside a standalone broker started
 //! the same way. On each, a publisher and an at-least-once subscriber of a *named* session sit
 //! on one node (the session's owner), so on the cluster every message stored for the session
-//! goes through the Raft log before its `PublishAck`:
+//! goes through the Raft log before its `PublishAck`; then again with the publisher on another
+//! node, which delivers each message into the session's records before its `PublishAck` (the
+//! owner queues it from there: two commits before delivery):
 //!
 //! - **throughput**: `--count` acknowledged publishes with `--window` of them in flight,
 //!   acknowledged publishes per second from the first publish to the last `PublishAck`;
@@ -63,6 +65,15 @@ impl Target {
         }
     }
 
+    /// The publisher's client: on node 2 of the cluster when `across`, else where
+    /// [`Target::client`] connects.
+    fn publisher(&self, across: bool) -> anyhow::Result<ClientBuilder> {
+        match self {
+            Self::Cluster(cluster) if across => cluster.client(1, "bench-publisher"),
+            _ => self.client("bench-publisher"),
+        }
+    }
+
     async fn stop(self) {
         match self {
             Self::Cluster(cluster) => cluster.stop().await,
@@ -88,6 +99,8 @@ struct Samples {
 /// One storage mode's medians.
 struct ModeFigures {
     cluster: Samples,
+    /// The cluster with the publisher on another node than the session's.
+    across: Samples,
     standalone: Samples,
 }
 
@@ -179,6 +192,7 @@ fn count_deliveries(
 /// did not receive and how many failed.
 async fn throughput(
     target: &Target,
+    across: bool,
     args: &SessionsBenchArgs,
     session: &str,
     topic: &str,
@@ -186,7 +200,7 @@ async fn throughput(
     let (subscriber, subscription) = named_subscriber(target, session, topic).await?;
     let (delivered, reader) = count_deliveries(subscription, args.count);
     let publisher = target
-        .client("bench-publisher")?
+        .publisher(across)?
         .connect()
         .await
         .context("connecting the publisher")?;
@@ -316,13 +330,14 @@ async fn paced_phase(
 /// One latency run: a warm-up phase, then the measured one.
 async fn latency(
     target: &Target,
+    across: bool,
     args: &SessionsBenchArgs,
     session: &str,
     topic: &str,
 ) -> anyhow::Result<Phase> {
     let (subscriber, mut subscription) = named_subscriber(target, session, topic).await?;
     let publisher = target
-        .client("bench-publisher")?
+        .publisher(across)?
         .connect()
         .await
         .context("connecting the publisher")?;
@@ -338,12 +353,14 @@ async fn latency(
 /// One run of each kind against `target`, added to `samples`.
 async fn measure(
     target: &Target,
+    across: bool,
     args: &SessionsBenchArgs,
     run: &str,
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let (rate, lost, failed) = throughput(
         target,
+        across,
         args,
         &format!("bench-throughput-{run}"),
         &format!("bench.sessions.throughput.{run}"),
@@ -354,6 +371,7 @@ async fn measure(
     samples.failed += failed;
     let phase = latency(
         target,
+        across,
         args,
         &format!("bench-latency-{run}"),
         &format!("bench.sessions.latency.{run}"),
@@ -389,16 +407,36 @@ async fn measure_mode(args: &SessionsBenchArgs, mode: StorageArg) -> anyhow::Res
     ));
     let mut figures = ModeFigures {
         cluster: Samples::default(),
+        across: Samples::default(),
         standalone: Samples::default(),
     };
     let mut outcome = Ok(());
     for round in 0..args.repeat {
-        outcome = measure(&cluster, args, &format!("c{round}"), &mut figures.cluster).await;
+        outcome = measure(
+            &cluster,
+            false,
+            args,
+            &format!("c{round}"),
+            &mut figures.cluster,
+        )
+        .await;
+        if outcome.is_err() {
+            break;
+        }
+        outcome = measure(
+            &cluster,
+            true,
+            args,
+            &format!("x{round}"),
+            &mut figures.across,
+        )
+        .await;
         if outcome.is_err() {
             break;
         }
         outcome = measure(
             &standalone,
+            false,
             args,
             &format!("s{round}"),
             &mut figures.standalone,
@@ -527,7 +565,76 @@ macro_rules! mode_figures {
             .figure(
                 concat!($mode, "_failed"),
                 concat!($mode, ": publishes failed"),
-                cluster.failed + alone.failed,
+                cluster.failed + alone.failed + figures.across.failed,
+            );
+        let across = &figures.across;
+        let across_rate = median(across.acked_per_s.clone());
+        let across_ack = median(across.ack_p50.clone());
+        let across_delivery = median(across.delivery_p50.clone());
+        $report
+            .figure(
+                concat!($mode, "_across_acked_per_s"),
+                concat!(
+                    $mode,
+                    ": cluster, publisher on another node, acked publishes/s"
+                ),
+                across_rate,
+            )
+            .figure(
+                concat!($mode, "_across_acked_per_s_over_standalone"),
+                concat!(
+                    $mode,
+                    ": acked publishes/s, publisher on another node / one broker"
+                ),
+                ratio(across_rate, alone_rate),
+            )
+            .figure(
+                concat!($mode, "_across_ack_p50_us"),
+                concat!(
+                    $mode,
+                    ": cluster, publisher on another node, PublishAck p50 µs"
+                ),
+                across_ack,
+            )
+            .figure(
+                concat!($mode, "_across_ack_p50_over_standalone"),
+                concat!(
+                    $mode,
+                    ": PublishAck p50, publisher on another node / one broker"
+                ),
+                ratio(across_ack, pairs[2].1),
+            )
+            .figure(
+                concat!($mode, "_across_ack_p99_us"),
+                concat!(
+                    $mode,
+                    ": cluster, publisher on another node, PublishAck p99 µs"
+                ),
+                median(across.ack_p99.clone()),
+            )
+            .figure(
+                concat!($mode, "_across_delivery_p50_us"),
+                concat!(
+                    $mode,
+                    ": cluster, publisher on another node, delivery p50 µs"
+                ),
+                across_delivery,
+            )
+            .figure(
+                concat!($mode, "_across_delivery_p50_over_standalone"),
+                concat!(
+                    $mode,
+                    ": delivery p50, publisher on another node / one broker"
+                ),
+                ratio(across_delivery, pairs[0].1),
+            )
+            .figure(
+                concat!($mode, "_across_lost"),
+                concat!(
+                    $mode,
+                    ": cluster, publisher on another node, acked but not delivered"
+                ),
+                across.lost,
             );
     }};
 }

@@ -5,16 +5,19 @@
 //! so a delivery is queued once by whichever node serves the session, also one that takes the
 //! session up later.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::SessionState;
-use crate::storage::session_records;
+use crate::queue::PushOutcome;
+use crate::storage::session_records::{self, InboxSlot};
 use crate::storage::{session_key, Op, SessionStore};
 
 impl SessionState {
     /// Queues every delivery waiting in the session's records that is not queued yet. One for
-    /// a subscription still starting waits for the next drain (when it has started); one for a
-    /// subscription the session no longer has, or that does not read back, is removed.
+    /// a subscription still starting, or in the records but not restored here, waits for a
+    /// later drain; one the queue does not take (closed) stays; one for a subscription the
+    /// records no longer hold, or for an earlier session of the name, is removed.
     pub(super) fn drain_inbox(&mut self) {
         let Some(SessionStore::Replicated(store, binding)) = &self.store else {
             return;
@@ -23,29 +26,47 @@ impl SessionState {
         let limits = &self.shared.config.limits.topics;
         let waiting = session_records::inbox(&records, limits);
         // A delivery queued before is left alone until its removal is applied.
-        self.inbox_queued
-            .retain(|queued| waiting.iter().any(|(slot, _)| slot == queued));
+        let present: HashSet<InboxSlot> = waiting.iter().map(|(slot, _)| *slot).collect();
+        self.inbox_queued.retain(|queued| present.contains(queued));
         let this = session_key(self.id);
-        // The queued message and the delivery's removal go into one entry.
-        let _whole = store.hold();
         for (slot, message) in waiting {
             if self.inbox_queued.contains(&slot) || self.starting.contains_key(&slot.subscription) {
                 continue;
             }
+            let subscription_exists = || {
+                !store
+                    .records_under(
+                        binding.key(),
+                        &session_records::subscription_key(slot.subscription),
+                    )
+                    .is_empty()
+            };
             let subscription = self
                 .subscriptions
                 .get(&slot.subscription)
                 .filter(|subscription| subscription.queue.is_replicated());
-            match (message, subscription) {
+            let taken = match (message, subscription) {
                 (Some((session, message)), Some(subscription)) if session == this => {
-                    subscription.queue.push(&Arc::new(message));
+                    // Stored and taken out of the inbox in one append, or left there.
+                    !matches!(
+                        subscription.queue.push_delivered(&Arc::new(message), slot),
+                        PushOutcome::Closed | PushOutcome::Overflowed
+                    )
+                }
+                (Some((session, _)), _) if session == this && subscription_exists() => {
+                    // Its subscription is in the records but not served here (not restored):
+                    // the delivery waits for a start that restores it.
+                    false
                 }
                 _ => {
                     tracing::debug!(session = %self.id, subscription = slot.subscription, "a delivery for no subscription of this session: removed");
+                    store.append(binding, [Op::DeleteInbox(slot)]);
+                    true
                 }
+            };
+            if taken {
+                self.inbox_queued.insert(slot);
             }
-            store.append(binding, [Op::DeleteInbox(slot)]);
-            self.inbox_queued.insert(slot);
         }
     }
 }
