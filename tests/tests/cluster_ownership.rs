@@ -568,6 +568,36 @@ async fn a_session_taken_over_on_another_node_keeps_its_subscriptions_and_unackn
 }
 
 #[tokio::test]
+async fn a_client_refused_with_no_quorum_by_its_first_address_connects_to_the_next() {
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, nodes) = three_members([None, None, Some(&cut)]).await;
+    cut.set_blackhole(true);
+    let addresses = format!("{},{}", nodes[2].broker.addr, nodes[0].broker.addr);
+    let client = within(
+        "the client connects past the cut-off node",
+        nodes[0]
+            .broker
+            .client_builder("alice")
+            .address(addresses.as_str())
+            .session_name("device")
+            .connect_timeout(Duration::from_secs(20))
+            .connect(),
+    )
+    .await
+    .expect("a node of the majority takes the session");
+    eventually("n1 owns the session", || async {
+        (nodes[0].owner(&alice("device")).map(|owner| owner.node) == Some("n1".to_owned()))
+            .then_some(())
+    })
+    .await;
+    cut.set_blackhole(false);
+    client.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn a_node_cut_off_refuses_acknowledged_publishes_to_a_named_session_with_no_quorum() {
     let cut = FaultControl::new(FaultPlan::default());
     let (_pki, nodes) = three_members([None, None, Some(&cut)]).await;

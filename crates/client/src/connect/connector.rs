@@ -124,16 +124,28 @@ impl Connector {
                     }
                     outcome = handshake => outcome,
                 };
-                if matches!(
+                let this_node_only = matches!(
                     &outcome,
-                    Ok(Ok(_)) | Ok(Err(ConnectionError::Refused { .. }))
-                ) {
+                    Ok(Err(ConnectionError::Refused { code, .. })) if refuses_this_node_only(*code)
+                );
+                if !this_node_only
+                    && matches!(
+                        &outcome,
+                        Ok(Ok(_)) | Ok(Err(ConnectionError::Refused { .. }))
+                    )
+                {
                     *lock(&self.answered) = Some(canonical(remote));
                 }
                 match outcome {
                     Ok(Ok(established)) => {
                         self.cluster.learn(&established.welcome.cluster_addresses);
                         return Ok(established);
+                    }
+                    // A refusal of this node's own (no quorum, an internal error, stopping):
+                    // another node may accept.
+                    Ok(Err(error)) if this_node_only && several => {
+                        failed.push(format!("{remote}: {error}"));
+                        last_error = Some(error);
                     }
                     // Refusals (certificates, versions, sessions) say the same on every address.
                     Ok(Err(error)) if !matches!(error, ConnectionError::Connect { .. }) => {
@@ -159,6 +171,15 @@ impl Connector {
             .await
             .map_err(|_| no_answer(&self.address.to_string(), self.connect_timeout))?
     }
+}
+
+/// Whether a refusal with `code` concerns the node that answered rather than the client (its
+/// certificate, version or session): another node may accept the same `Hello`.
+fn refuses_this_node_only(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NO_QUORUM | ErrorCode::INTERNAL | ErrorCode::SERVER_SHUTTING_DOWN
+    )
 }
 
 /// The longest an attempt waits for the address that answered last when it has others to try.
