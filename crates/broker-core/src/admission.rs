@@ -38,8 +38,9 @@ use crate::introspect::traffic::{TopicTraffic, TrafficSlot};
 use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
 use crate::router::{RouteCache, Router};
+use crate::storage::records::DedupeRecord;
 use crate::storage::replicated::take_appended;
-use crate::storage::{DiskStore, StorageError};
+use crate::storage::{unix_ms, DiskStore, Op, StorageError};
 
 /// Where publishes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +226,13 @@ impl Publisher {
                     .into());
                 }
             }
+            // A retained value and an acknowledged publish's dedupe pair go through the log:
+            // refused at once on a node cut off from the majority.
+            let acknowledged =
+                publish.ack && self.source == Source::Stream && self.client.is_some();
+            if retain || acknowledged {
+                store.usable()?;
+            }
         }
         let identity = self.client.as_ref().map(|(identity, _)| identity);
         let acknowledged = match identity {
@@ -260,9 +268,10 @@ impl Publisher {
         // delivered twice).
         let _whole = shared.storage.as_ref().map(|store| store.hold());
         let _replicated = shared.replicated().map(|store| store.hold());
-        if !shared
-            .dedupe
-            .first_time(identity, message_id, Instant::now())
+        if accepted_in_cluster(shared, identity, message_id)
+            || !shared
+                .dedupe
+                .first_time(identity, message_id, Instant::now())
         {
             shared.router.counters().duplicate();
             return Ok(Admitted::Duplicate { message_id });
@@ -280,9 +289,11 @@ impl Publisher {
             traffic,
             None,
         );
+        if routed.is_ok() {
+            remember(shared, identity, message_id);
+        }
         self.replicated_ticket = take_appended();
         let (offered, no_responders) = routed?;
-        shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
             offered,
             no_responders,
@@ -309,6 +320,30 @@ impl Publisher {
         .map_err(BrokerError::InvalidTopic)?;
         self.topic = Some(name.clone());
         Ok(name)
+    }
+}
+
+/// Whether the cluster's replicated dedupe window (a cluster with `members`) holds this
+/// publish, accepted on any node within the window.
+fn accepted_in_cluster(shared: &Shared, identity: &Arc<str>, message_id: u64) -> bool {
+    shared
+        .router
+        .cluster()
+        .and_then(|cluster| cluster.ownership())
+        .is_some_and(|ownership| ownership.replica().seen(identity, message_id, unix_ms()))
+}
+
+/// Keeps an accepted acknowledged publish's dedupe pair: in a cluster with `members`, in the
+/// cluster's window, in the same log entry as what the publish stored for named sessions
+/// (the acknowledgement waits for it); else in the disk store (disk mode).
+fn remember(shared: &Shared, identity: &Arc<str>, message_id: u64) {
+    match shared.replicated() {
+        Some(store) => store.append_shared([Op::PutDedupe(DedupeRecord {
+            at_ms: unix_ms(),
+            identity: identity.to_string(),
+            message_id,
+        })]),
+        None => shared.dedupe.store(identity, message_id),
     }
 }
 

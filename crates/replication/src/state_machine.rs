@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use bytes::Bytes;
 
 use crate::log_store::Storage;
+use crate::shared_records::{SharedBounds, SharedObserver, SharedRecords};
 use crate::{
     Applied, Command, Member, NodeId, RecordOp, Refusal, SessionWrite, TypeConfig, WriteRefusal,
 };
@@ -83,6 +84,9 @@ struct Claims {
     /// Per claimed session, its stored records: forgotten with its claim.
     #[serde(default)]
     records: BTreeMap<SessionKey, SessionRecords>,
+    /// The cluster-wide records: retained values, the dedupe window.
+    #[serde(default)]
+    shared: SharedRecords,
     /// Per identity, its sessions in the table and the released ones among them: derived
     /// from the above ([`Claims::reindex`]), not stored.
     #[serde(skip)]
@@ -177,6 +181,7 @@ impl Claims {
             .flat_map(|records| records.iter())
             .map(|(key, value)| record_size(key, value))
             .fold(0, u64::saturating_add);
+        self.shared.reindex();
     }
 
     /// Applies `write` if its claim is the session's owner's. A write that would end beyond
@@ -394,6 +399,10 @@ pub struct StateMachine {
     storage: Storage,
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
+    /// The bounds of the cluster-wide records.
+    shared_bounds: SharedBounds,
+    /// Told of the retained values changed, once set ([`StateMachine::on_shared_change`]).
+    shared_observer: Arc<std::sync::OnceLock<SharedObserver>>,
     /// The records' bytes as of the last entry applied, read without the lock.
     record_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -430,6 +439,8 @@ impl StateMachine {
             record_bytes: Arc::new(std::sync::atomic::AtomicU64::new(inner.claims.record_bytes)),
             inner: Arc::new(Mutex::new(inner)),
             observer,
+            shared_bounds: SharedBounds::default(),
+            shared_observer: Arc::default(),
         })
     }
 
@@ -459,6 +470,44 @@ impl StateMachine {
     pub fn with_max_record_bytes(mut self, max: u64) -> Self {
         self.bounds.max_record_bytes = max;
         self
+    }
+
+    /// Bounds the cluster-wide records (the same on every member).
+    pub fn with_shared_bounds(mut self, bounds: SharedBounds) -> Self {
+        self.shared_bounds = bounds;
+        self
+    }
+
+    /// `observer` is told of the topics whose retained value changed, from now on (once; a
+    /// second call is ignored).
+    pub fn on_shared_change(&self, observer: SharedObserver) {
+        let _ = self.shared_observer.set(observer);
+    }
+
+    /// `topic`'s retained value, as of the last entry applied here.
+    pub fn retained(&self, topic: &str) -> Option<Bytes> {
+        self.lock().claims.shared.retained(topic)
+    }
+
+    /// Every topic with a retained value, as of the last entry applied here.
+    pub fn retained_topics(&self) -> Vec<String> {
+        self.lock().claims.shared.retained_topics()
+    }
+
+    /// Whether the dedupe window holds `identity`'s `message_id`, accepted no longer than the
+    /// window's age before `now_ms`, as of the last entry applied here.
+    pub fn seen(&self, identity: &str, message_id: u64, now_ms: u64) -> bool {
+        self.lock().claims.shared.seen(
+            identity,
+            message_id,
+            now_ms,
+            self.shared_bounds.dedupe_max_age,
+        )
+    }
+
+    /// How many publishes the dedupe window remembers.
+    pub fn remembered(&self) -> usize {
+        self.lock().claims.shared.remembered()
     }
 
     /// The stored records of `session`, as of the last entry applied here.
@@ -557,6 +606,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut answers = Vec::new();
         let mut claimed = Vec::new();
+        let mut retained_changed = Vec::new();
         {
             let mut inner = self.lock();
             for entry in entries {
@@ -613,6 +663,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ..Applied::default()
                         });
                     }
+                    EntryPayload::Normal(Command::Shared { writes, changes }) => {
+                        let mut refused_writes = Vec::new();
+                        for write in writes {
+                            let session = write.session.clone();
+                            if let Err(refusal) = inner.claims.write(write, self.bounds) {
+                                refused_writes.push((session, refusal));
+                            }
+                        }
+                        let applied = inner.claims.shared.apply(
+                            changes,
+                            refused_writes.is_empty(),
+                            self.shared_bounds,
+                        );
+                        // A refused value may be shown already where it was published.
+                        retained_changed.extend(applied.changed);
+                        retained_changed.extend(applied.refused.iter().cloned());
+                        answers.push(Applied {
+                            epoch: entry.log_id.index,
+                            refused_writes,
+                            refused_retained: applied.refused,
+                            ..Applied::default()
+                        });
+                    }
                     EntryPayload::Membership(membership) => {
                         inner.claims.membership =
                             StoredMembership::new(Some(entry.log_id), membership);
@@ -629,6 +702,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (session, owner) in &claimed {
                 observer(session, owner);
             }
+        }
+        if let Some(observer) = self
+            .shared_observer
+            .get()
+            .filter(|_| !retained_changed.is_empty())
+        {
+            observer(&retained_changed);
         }
         Ok(answers)
     }
@@ -660,8 +740,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .put("snapshot", &stored)
             .map_err(|err| failed(StorageIOError::write_state_machine, err))?;
         // Claims that reached this node inside the snapshot, not as entries, are told too.
-        let changed: Vec<(SessionKey, Owner)> = {
+        let (changed, retained_changed): (Vec<(SessionKey, Owner)>, Vec<String>) = {
             let mut inner = self.lock();
+            let retained_changed = inner.claims.shared.retained_differences(&claims.shared);
             let changed = claims
                 .owners
                 .iter()
@@ -674,12 +755,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 inner.claims.record_bytes,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            changed
+            (changed, retained_changed)
         };
         if let Some(observer) = &self.observer {
             for (session, owner) in &changed {
                 observer(session, owner);
             }
+        }
+        if let Some(observer) = self
+            .shared_observer
+            .get()
+            .filter(|_| !retained_changed.is_empty())
+        {
+            observer(&retained_changed);
         }
         Ok(())
     }
