@@ -21,6 +21,12 @@
 //! it was published; here it goes only to local subscribers (one hop), to the queue groups the
 //! peer named, and is never retained or forwarded again.
 //!
+//! In a cluster with `members` (docs/CLUSTERING.md, "Retained values and the dedupe window"),
+//! a retained publish and an acknowledged one need the cluster's quorum (refused with
+//! `NO_QUORUM` on a node without its lease), a publish is a duplicate if this node's window or
+//! the cluster's holds its pair, and an accepted pair is appended to the Raft log with what the
+//! publish stored, its `PublishAck` waiting for that entry.
+//!
 //! A client's refusal by the ACL is also emitted as an `authorization_failed` system event.
 
 use std::sync::Arc;
@@ -93,8 +99,8 @@ pub(crate) struct Publisher {
     routes: Option<RouteCache>,
     /// The last topic's traffic counter.
     traffic: TrafficSlot,
-    /// The replicated store's ticket of what the last acknowledged publish stored for named
-    /// sessions (0: nothing).
+    /// The replicated store's ticket of what the last acknowledged publish appended (its
+    /// dedupe pair, retained value, messages for named sessions; 0: nothing).
     replicated_ticket: u64,
 }
 
@@ -302,7 +308,8 @@ impl Publisher {
     }
 
     /// The replicated store's ticket an acknowledged publish just admitted must wait for
-    /// before its `PublishAck` (what it stored for named sessions), if any.
+    /// before its `PublishAck` (its dedupe pair, its retained value, what it stored for named
+    /// sessions), if any.
     pub(crate) fn take_replicated_ticket(&mut self) -> Option<u64> {
         Some(std::mem::take(&mut self.replicated_ticket)).filter(|ticket| *ticket > 0)
     }
