@@ -1,6 +1,7 @@
 //! The state the log builds: which node owns each claimed session, since which epoch, the
 //! earlier claims of each session by other nodes not known to have let go (a claim's fence
-//! covers them; a [`crate::Command::Fenced`] forgets them), which claims are released, and
+//! covers them; a [`crate::Command::Fenced`] forgets them), which claims are released, the
+//! cluster-wide records (retained values, the dedupe window: [`crate::shared_records`]), and
 //! the Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one
 //! is kept in the Raft file (`snapshot`), so a restarted node starts from it and openraft
 //! re-applies the committed entries after it. Each claim applied (or changed by an installed
