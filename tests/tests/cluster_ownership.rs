@@ -641,43 +641,188 @@ async fn a_node_cut_off_refuses_acknowledged_publishes_to_a_named_session_with_n
 }
 
 #[tokio::test]
-async fn a_node_cut_off_still_acknowledges_a_publish_that_stores_nothing_for_named_sessions() {
+async fn a_node_cut_off_refuses_every_acknowledged_publish_and_still_routes_at_most_once_ones() {
     let cut = FaultControl::new(FaultPlan::default());
     let (_pki, nodes) = three_members([None, None, Some(&cut)]).await;
-    // A named session's at-most-once subscription: the publish moves its sequence, which is
-    // written through the log, but stores no message there.
-    let named = nodes[2]
-        .broker
-        .client_builder("alice")
-        .session_name("monitor")
-        .connect()
-        .await
-        .expect("connects to its named session on n3");
-    let _watching = named.subscribe("metrics").await.expect("subscribes");
-    let unnamed = nodes[2].broker.client("bob").await;
-    let mut stored = unnamed
-        .subscribe_at_least_once("metrics")
-        .await
-        .expect("an unnamed at-least-once subscription");
+    let subscriber = nodes[2].broker.client("bob").await;
+    let mut subscription = subscriber.subscribe("metrics").await.expect("subscribes");
     let publisher = nodes[2].broker.client("publisher").await;
     cut.set_blackhole(true);
-    for round in 0..3 {
-        within(
-            "acknowledged without a quorum: nothing it stored needs one",
-            publisher.publish_acked("metrics", bytes::Bytes::from_static(b"m")),
-        )
+    // Its dedupe pair needs a quorum, whatever the publish stores: a resend on another node
+    // must be known as one.
+    let refused = within(
+        "n3 answers the acknowledged publish without a quorum",
+        publisher.publish_acked("metrics", bytes::Bytes::from_static(b"acked")),
+    )
+    .await;
+    match refused {
+        Err(cassini_client::PublishError::Rejected { code, .. }) => {
+            assert_eq!(code, ErrorCode::NO_QUORUM)
+        }
+        other => panic!("expected NO_QUORUM, got {other:?}"),
+    }
+    let retained = within(
+        "n3 answers the retained publish without a quorum",
+        publisher.publish_acked_with(
+            "metrics",
+            bytes::Bytes::from_static(b"state"),
+            cassini_client::PublishOptions::new().retain(true),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&retained, Err(cassini_client::PublishError::Rejected { code, .. }) if *code == ErrorCode::NO_QUORUM),
+        "{retained:?}"
+    );
+    publisher
+        .publish("metrics", bytes::Bytes::from_static(b"at most once"))
         .await
-        .unwrap_or_else(|err| panic!("publish {round}: {err}"));
-        within("delivered to the unnamed session", stored.recv())
+        .expect("published");
+    // Before its lease ran out n3 routed the refused publishes (a resend may deliver them
+    // again, as a refusal allows); the at-most-once one arrives after them.
+    loop {
+        let message = within("at-most-once pub/sub keeps working", subscription.recv())
             .await
             .expect("open");
-        // Past the claim timeout: the log's entries stall meanwhile.
-        tokio::time::sleep(CLAIM_TIMEOUT).await;
+        if message.payload().as_ref() == b"at most once" {
+            break;
+        }
     }
     cut.set_blackhole(false);
-    drop(named);
-    drop(unnamed);
+    drop(subscriber);
     publisher.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_retained_value_published_on_one_node_reaches_a_subscriber_on_another_after_it_stopped() {
+    let (_pki, mut nodes) = three_members([None, None, None]).await;
+    let publisher = nodes[0].broker.client("sensor").await;
+    within(
+        "the retained publish on n1 is acknowledged",
+        publisher.publish_acked_with(
+            "state.door",
+            bytes::Bytes::from_static(b"open"),
+            cassini_client::PublishOptions::new().retain(true),
+        ),
+    )
+    .await
+    .expect("acknowledged once committed");
+    publisher.close().await.expect("close");
+    let first = nodes.remove(0);
+    first.stop().await;
+    let replica = nodes[1].cluster.port().replica().expect("a member");
+    eventually("n3 applied the retained value", || async {
+        replica.retained("state.door").map(|_| ())
+    })
+    .await;
+    let subscriber = nodes[1].broker.client("display").await;
+    let mut subscription = subscriber.subscribe("state.>").await.expect("subscribes");
+    let value = within("the retained value on n3", subscription.recv())
+        .await
+        .expect("open");
+    assert_eq!(value.payload().as_ref(), b"open");
+    assert!(value.is_retained());
+    // Cleared on n2: gone on n3 too.
+    eventually("n2 and n3 have a leader between them", || async {
+        let leaders: Vec<Option<String>> = nodes.iter().map(Node::leader).collect();
+        (leaders[0].as_deref().is_some_and(|leader| leader != "n1") && leaders[1] == leaders[0])
+            .then_some(())
+    })
+    .await;
+    let clearer = nodes[0].broker.client("sensor").await;
+    within(
+        "the clear on n2 is acknowledged",
+        clearer.publish_acked_with(
+            "state.door",
+            bytes::Bytes::new(),
+            cassini_client::PublishOptions::new().retain(true),
+        ),
+    )
+    .await
+    .expect("acknowledged");
+    eventually("n3 applied the clear", || async {
+        replica.retained("state.door").is_none().then_some(())
+    })
+    .await;
+    let late = nodes[1].broker.client("late").await;
+    let mut nothing = late.subscribe("state.>").await.expect("subscribes");
+    clearer
+        .publish_acked("state.marker", bytes::Bytes::from_static(b"m"))
+        .await
+        .expect("marker");
+    let next = within("the marker", nothing.recv()).await.expect("open");
+    assert_eq!(next.topic(), "state.marker", "no retained value replayed");
+    drop((subscriber, late));
+    clearer.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledged_publish_resent_on_another_node_is_a_duplicate_and_delivered_once() {
+    let (_pki, nodes) = three_members([None, None, None]).await;
+    let subscriber = nodes[2].broker.client("warehouse").await;
+    let mut subscription = subscriber.subscribe("orders.>").await.expect("subscribes");
+    let on_n1 = nodes[0].broker.client("shop").await;
+    let first = within(
+        "acknowledged on n1",
+        on_n1.publish_acked("orders.new", bytes::Bytes::from_static(b"order 1")),
+    )
+    .await
+    .expect("acknowledged");
+    assert!(!first.duplicate);
+    // Its acknowledgement lost, the publisher sends it again through n2.
+    let replica = nodes[1].cluster.port().replica().expect("a member");
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis(),
+        )
+        .expect("ms")
+    };
+    eventually("n2 applied the publish's entry", || async {
+        replica
+            .seen("shop", first.message_id, now_ms())
+            .then_some(())
+    })
+    .await;
+    let on_n2 = nodes[1].broker.client("shop").await;
+    let again = within(
+        "answered on n2",
+        on_n2.publish_acked_with(
+            "orders.new",
+            bytes::Bytes::from_static(b"order 1"),
+            cassini_client::PublishOptions::new().message_id(first.message_id),
+        ),
+    )
+    .await
+    .expect("acknowledged");
+    assert!(again.duplicate, "n2 knows the publish n1 accepted");
+    on_n2
+        .publish_acked("orders.end", bytes::Bytes::from_static(b"marker"))
+        .await
+        .expect("marker");
+    let order = within("the order", subscription.recv())
+        .await
+        .expect("open");
+    assert_eq!(order.payload().as_ref(), b"order 1");
+    let marker = within("the marker", subscription.recv())
+        .await
+        .expect("open");
+    assert_eq!(
+        marker.topic(),
+        "orders.end",
+        "the resend was not routed again"
+    );
+    drop(subscriber);
+    on_n1.close().await.expect("close");
+    on_n2.close().await.expect("close");
     for node in nodes {
         node.stop().await;
     }

@@ -21,6 +21,12 @@
 //! it was published; here it goes only to local subscribers (one hop), to the queue groups the
 //! peer named, and is never retained or forwarded again.
 //!
+//! In a cluster with `members` (docs/CLUSTERING.md, "Retained values and the dedupe window"),
+//! a retained publish and an acknowledged one need the cluster's quorum (refused with
+//! `NO_QUORUM` on a node without its lease), a publish is a duplicate if this node's window or
+//! the cluster's holds its pair, and an accepted pair is appended to the Raft log with what the
+//! publish stored, its `PublishAck` waiting for that entry.
+//!
 //! A client's refusal by the ACL is also emitted as an `authorization_failed` system event.
 
 use std::sync::Arc;
@@ -39,8 +45,9 @@ use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
 use crate::router::{FromPeer, RouteCache, Router};
 use crate::storage::delivery_index::DeliveryTarget;
+use crate::storage::records::DedupeRecord;
 use crate::storage::replicated::{take_appended, Binding};
-use crate::storage::{DiskStore, Op, StorageError};
+use crate::storage::{unix_ms, DiskStore, Op, StorageError};
 use cassini_replication::DELIVERY;
 
 /// Where publishes come from.
@@ -94,8 +101,8 @@ pub(crate) struct Publisher {
     routes: Option<RouteCache>,
     /// The last topic's traffic counter.
     traffic: TrafficSlot,
-    /// The replicated store's ticket of what the last acknowledged publish stored for named
-    /// sessions (0: nothing).
+    /// The replicated store's ticket of what the last acknowledged publish appended (its
+    /// dedupe pair, retained value, messages for named sessions; 0: nothing).
     replicated_ticket: u64,
 }
 
@@ -230,6 +237,13 @@ impl Publisher {
                     .into());
                 }
             }
+            // A retained value and an acknowledged publish's dedupe pair go through the log:
+            // refused at once on a node cut off from the majority.
+            let acknowledged =
+                publish.ack && self.source == Source::Stream && self.client.is_some();
+            if retain || acknowledged {
+                store.usable()?;
+            }
         }
         let identity = self.client.as_ref().map(|(identity, _)| identity);
         let acknowledged = match identity {
@@ -270,9 +284,10 @@ impl Publisher {
         // delivered twice).
         let _whole = shared.storage.as_ref().map(|store| store.hold());
         let _replicated = shared.replicated().map(|store| store.hold());
-        if !shared
-            .dedupe
-            .first_time(identity, message_id, Instant::now())
+        if accepted_in_cluster(shared, identity, message_id)
+            || !shared
+                .dedupe
+                .first_time(identity, message_id, Instant::now())
         {
             shared.router.counters().duplicate();
             return Ok(Admitted::Duplicate { message_id });
@@ -294,10 +309,10 @@ impl Publisher {
         );
         if routed.is_ok() {
             delivery.deliver(shared, &message);
+            remember(shared, identity, message_id);
         }
         self.replicated_ticket = take_appended();
         let (offered, no_responders) = routed?;
-        shared.dedupe.store(identity, message_id);
         Ok(Admitted::Routed {
             offered,
             no_responders,
@@ -306,7 +321,8 @@ impl Publisher {
     }
 
     /// The replicated store's ticket an acknowledged publish just admitted must wait for
-    /// before its `PublishAck` (what it stored for named sessions), if any.
+    /// before its `PublishAck` (its dedupe pair, its retained value, what it stored for named
+    /// sessions), if any.
     pub(crate) fn take_replicated_ticket(&mut self) -> Option<u64> {
         Some(std::mem::take(&mut self.replicated_ticket)).filter(|ticket| *ticket > 0)
     }
@@ -324,6 +340,30 @@ impl Publisher {
         .map_err(BrokerError::InvalidTopic)?;
         self.topic = Some(name.clone());
         Ok(name)
+    }
+}
+
+/// Whether the cluster's replicated dedupe window (a cluster with `members`) holds this
+/// publish, accepted on any node within the window.
+fn accepted_in_cluster(shared: &Shared, identity: &Arc<str>, message_id: u64) -> bool {
+    shared
+        .router
+        .cluster()
+        .and_then(|cluster| cluster.ownership())
+        .is_some_and(|ownership| ownership.replica().seen(identity, message_id, unix_ms()))
+}
+
+/// Keeps an accepted acknowledged publish's dedupe pair: in a cluster with `members`, in the
+/// cluster's window, in the same log entry as what the publish stored for named sessions
+/// (the acknowledgement waits for it); else in the disk store (disk mode).
+fn remember(shared: &Shared, identity: &Arc<str>, message_id: u64) {
+    match shared.replicated() {
+        Some(store) => store.append_shared([Op::PutDedupe(DedupeRecord {
+            at_ms: unix_ms(),
+            identity: identity.to_string(),
+            message_id,
+        })]),
+        None => shared.dedupe.store(identity, message_id),
     }
 }
 

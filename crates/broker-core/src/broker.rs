@@ -112,6 +112,14 @@ impl Broker {
                 replica.lease = cluster.lease;
                 // Claims count against the same bound as the sessions of one identity.
                 replica.max_claims_per_identity = config.limits.max_sessions_per_identity;
+                // Retained values and the dedupe window have the same bounds as on one node.
+                replica.shared = cassini_replication::SharedBounds {
+                    max_retained_topics: config.limits.max_retained_topics,
+                    max_retained_bytes: config.limits.max_retained_bytes,
+                    max_dedupe_entries: config.dedupe.max_entries,
+                    max_dedupe_entries_per_identity: config.limits.max_dedupe_entries_per_identity,
+                    dedupe_max_age: config.dedupe.max_age,
+                };
                 let disk = config.storage.mode == crate::config::StorageMode::Disk;
                 if disk {
                     // Named sessions' records live in the Raft log and its snapshots.
@@ -170,6 +178,14 @@ impl Broker {
                     below: epoch.saturating_add(1),
                 });
             }));
+            // Retained values are the log's on every node.
+            let shared = &managers.shared;
+            crate::cluster::retained::follow(
+                &shared.router,
+                &shared.memory,
+                shared.config.limits.topics,
+                ownership.replica(),
+            );
             cluster.set_ownership(ownership);
         }
         Ok(BrokerHandle {

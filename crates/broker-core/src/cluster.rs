@@ -47,6 +47,7 @@ use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
 pub mod ownership;
+pub(crate) mod retained;
 pub mod sessions;
 
 use cassini_protocol::{SessionId, SubscriptionId};

@@ -190,6 +190,20 @@ impl DedupeWindow {
         )
     }
 
+    /// Forgets the pair, if remembered: its publish was refused after all (its commit failed),
+    /// so a resend is accepted again.
+    pub(crate) fn forget(&self, identity: &Arc<str>, message_id: u64) {
+        let mut window = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(own) = window.identities.get_mut(identity) else {
+            return;
+        };
+        if !own.seen.remove(&message_id) {
+            return;
+        }
+        own.order.retain(|(id, _)| *id != message_id);
+        window.total = window.total.saturating_sub(1);
+    }
+
     /// Pairs remembered now, of all identities.
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).total
@@ -223,6 +237,20 @@ mod tests {
         assert!(w.first_time(&alice, 1, now));
         assert!(!w.first_time(&alice, 1, now + Duration::from_secs(1)));
         assert!(w.first_time(&alice, 2, now));
+    }
+
+    #[test]
+    fn a_forgotten_pair_is_accepted_again() {
+        let w = window(10, Duration::from_secs(60));
+        let alice: Arc<str> = Arc::from("alice");
+        let now = Instant::now();
+        assert!(w.first_time(&alice, 1, now));
+        assert!(w.first_time(&alice, 2, now));
+        w.forget(&alice, 1);
+        w.forget(&Arc::from("bob"), 2);
+        assert_eq!(w.len(), 1);
+        assert!(w.first_time(&alice, 1, now), "its publish was refused");
+        assert!(!w.first_time(&alice, 2, now));
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! from a store written before values recorded their owner) counts only against the totals.
 //!
 //! In disk mode every change is written through to the store under the store's lock, with the
-//! owner, so the quotas hold across a restart. No I/O here besides that append.
+//! owner, so the quotas hold across a restart. In a cluster with `members` every change is
+//! written through to the cluster's Raft log instead ([`WriteThrough::Cluster`]), and what the
+//! log applies replaces this node's value of each topic it changed
+//! ([`RetainedStore::set_from_cluster`]): every node ends with the log's value. No I/O here
+//! besides those appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,29 @@ use cassini_protocol::TopicName;
 use crate::config::BrokerLimits;
 use crate::error::{BrokerError, RetainedQuota};
 use crate::message::PublishedMessage;
+use crate::storage::replicated::ReplicatedStore;
 use crate::storage::{DiskStore, Op};
+
+/// Where the retained store writes its changes through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WriteThrough<'a> {
+    /// Nowhere (memory mode).
+    Nowhere,
+    /// The disk store (disk mode).
+    Disk(&'a DiskStore),
+    /// The cluster's Raft log (a cluster with `members`, in either mode).
+    Cluster(&'a ReplicatedStore),
+}
+
+impl WriteThrough<'_> {
+    fn append(self, op: Op) {
+        match self {
+            Self::Nowhere => {}
+            Self::Disk(store) => store.append([op]),
+            Self::Cluster(store) => store.append_shared([op]),
+        }
+    }
+}
 
 /// The bounds of the retained store, from [`BrokerLimits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,18 +138,18 @@ impl RetainedStore {
     }
 
     /// Stores `message` as its topic's value set by `owner`, or clears the value when the
-    /// payload is empty; writes the change through to `store`.
+    /// payload is empty; writes the change through to `store`. In a cluster a clear is always
+    /// written (another node's value may be on its way through the log).
     pub(crate) fn retain(
         &mut self,
         message: &PublishedMessage,
         owner: Option<&Arc<str>>,
-        store: Option<&DiskStore>,
+        store: WriteThrough<'_>,
     ) -> Result<(), BrokerError> {
         if message.payload.is_empty() {
-            if self.remove(&message.topic).is_some() {
-                if let Some(store) = store {
-                    store.append([Op::DeleteRetained(message.topic.as_str().to_string())]);
-                }
+            let had = self.remove(&message.topic).is_some();
+            if had || matches!(store, WriteThrough::Cluster(_)) {
+                store.append(Op::DeleteRetained(message.topic.as_str().to_string()));
             }
             return Ok(());
         }
@@ -132,12 +158,28 @@ impl RetainedStore {
             retained: true,
             ..message.clone()
         });
-        if let Some(store) = store {
-            store.append([Op::PutRetained(Arc::clone(&copy), owner.cloned())]);
-        }
+        store.append(Op::PutRetained(Arc::clone(&copy), owner.cloned()));
         self.remove(&message.topic);
         self.insert(copy, owner.cloned());
         Ok(())
+    }
+
+    /// Sets `topic`'s value to what the cluster's log holds (`None`: no value), within no
+    /// bound: the log bounded it.
+    pub(crate) fn set_from_cluster(
+        &mut self,
+        topic: &TopicName,
+        value: Option<(PublishedMessage, Option<String>)>,
+    ) {
+        self.remove(topic);
+        if let Some((message, owner)) = value {
+            self.insert(Arc::new(message), owner.map(Arc::from));
+        }
+    }
+
+    /// Every topic with a value.
+    pub(crate) fn topics(&self) -> Vec<TopicName> {
+        self.values.keys().cloned().collect()
     }
 
     /// Refuses `message` if storing it in place of its topic's current value would exceed a
@@ -250,21 +292,21 @@ mod tests {
         let mut store = RetainedStore::new(limits(), Vec::new());
         let (eve, alice): (Arc<str>, Arc<str>) = (Arc::from("eve"), Arc::from("alice"));
         store
-            .retain(&message("e.a", b"1"), Some(&eve), None)
+            .retain(&message("e.a", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("first");
         store
-            .retain(&message("e.b", b"1"), Some(&eve), None)
+            .retain(&message("e.b", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("second");
-        let err = store.retain(&message("e.c", b"1"), Some(&eve), None);
+        let err = store.retain(&message("e.c", b"1"), Some(&eve), WriteThrough::Nowhere);
         assert!(matches!(
             err,
             Err(BrokerError::RetainedQuotaExceeded(RetainedQuota::Topics(2)))
         ));
         store
-            .retain(&message("e.a", b"2"), Some(&eve), None)
+            .retain(&message("e.a", b"2"), Some(&eve), WriteThrough::Nowhere)
             .expect("replacing her own fits");
         store
-            .retain(&message("a.a", b"1"), Some(&alice), None)
+            .retain(&message("a.a", b"1"), Some(&alice), WriteThrough::Nowhere)
             .expect("alice");
     }
 
@@ -273,22 +315,22 @@ mod tests {
         let mut store = RetainedStore::new(limits(), Vec::new());
         let (eve, alice): (Arc<str>, Arc<str>) = (Arc::from("eve"), Arc::from("alice"));
         store
-            .retain(&message("s.a", b"1"), Some(&eve), None)
+            .retain(&message("s.a", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("a");
         store
-            .retain(&message("s.b", b"1"), Some(&eve), None)
+            .retain(&message("s.b", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("b");
         store
-            .retain(&message("s.a", b""), Some(&alice), None)
+            .retain(&message("s.a", b""), Some(&alice), WriteThrough::Nowhere)
             .expect("clear");
         store
-            .retain(&message("s.c", b"1"), Some(&eve), None)
+            .retain(&message("s.c", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("freed by the clear");
         store
-            .retain(&message("s.b", b"2"), Some(&alice), None)
+            .retain(&message("s.b", b"2"), Some(&alice), WriteThrough::Nowhere)
             .expect("alice takes s.b");
         store
-            .retain(&message("s.d", b"1"), Some(&eve), None)
+            .retain(&message("s.d", b"1"), Some(&eve), WriteThrough::Nowhere)
             .expect("s.b moved to alice");
         assert_eq!(store.values.len(), 3);
     }
@@ -310,9 +352,9 @@ mod tests {
         );
         let (eve, alice): (Arc<str>, Arc<str>) = (Arc::from("eve"), Arc::from("alice"));
         store
-            .retain(&message("e.a", big), Some(&eve), None)
+            .retain(&message("e.a", big), Some(&eve), WriteThrough::Nowhere)
             .expect("fits");
-        let err = store.retain(&message("e.b", big), Some(&eve), None);
+        let err = store.retain(&message("e.b", big), Some(&eve), WriteThrough::Nowhere);
         assert!(
             matches!(
                 err,
@@ -320,17 +362,17 @@ mod tests {
             ),
             "{err:?}"
         );
-        let err = store.retain(&message("a.a", big), Some(&alice), None);
+        let err = store.retain(&message("a.a", big), Some(&alice), WriteThrough::Nowhere);
         assert!(
             matches!(err, Err(BrokerError::RetainedBytesFull(limit)) if limit == total),
             "{err:?}"
         );
         store
-            .retain(&message("e.a", b""), Some(&alice), None)
+            .retain(&message("e.a", b""), Some(&alice), WriteThrough::Nowhere)
             .expect("clear");
         assert_eq!(store.bytes(), 0);
         store
-            .retain(&message("a.a", big), Some(&alice), None)
+            .retain(&message("a.a", big), Some(&alice), WriteThrough::Nowhere)
             .expect("room again");
     }
 }

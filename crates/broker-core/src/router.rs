@@ -22,7 +22,9 @@
 //! publish updates the store before it is routed, and a new plain subscription receives the
 //! matching retained values while the store is locked and before it is added to its route, so a
 //! subscriber never misses a retained value; it may see one twice (once replayed, once live) if
-//! the publish races its subscribe. In disk mode every change of the retained store is written
+//! the publish races its subscribe. In a cluster with `members` every change is written through
+//! to the cluster's Raft log, and what the log applies replaces the values here
+//! ([`Router::set_retained_from_cluster`]). In disk mode every change of the retained store is written
 //! through to the store under the same lock, and the store's values are read back on start.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,7 +40,7 @@ use crate::introspect::counters::{Counters, DropReason};
 
 use crate::message::PublishedMessage;
 use crate::queue::{PushOutcome, SubscriptionQueue};
-use crate::retained::{RetainedLimits, RetainedStore};
+use crate::retained::{RetainedLimits, RetainedStore, WriteThrough};
 use crate::storage::DiskStore;
 
 /// Names one subscription across the broker.
@@ -398,10 +400,39 @@ impl Router {
         message: &PublishedMessage,
         owner: Option<&Arc<str>>,
     ) -> Result<(), BrokerError> {
+        let replicated = self
+            .cluster()
+            .and_then(|cluster| cluster.ownership())
+            .map(|ownership| ownership.store());
+        let write_through = match (replicated, &self.store) {
+            (Some(replicated), _) => WriteThrough::Cluster(replicated),
+            (None, Some(store)) => WriteThrough::Disk(store),
+            (None, None) => WriteThrough::Nowhere,
+        };
         self.retained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(message, owner, self.store.as_deref())
+            .retain(message, owner, write_through)
+    }
+
+    /// Sets `topic`'s retained value to what the cluster's log holds (`None`: no value).
+    pub(crate) fn set_retained_from_cluster(
+        &self,
+        topic: &TopicName,
+        value: Option<(PublishedMessage, Option<String>)>,
+    ) {
+        self.retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_from_cluster(topic, value);
+    }
+
+    /// Every topic with a retained value here.
+    pub(crate) fn retained_topics(&self) -> Vec<TopicName> {
+        self.retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .topics()
     }
 
     /// How many topics have a retained value.

@@ -10,6 +10,8 @@
 //!   all, the records of each claimed session its owners wrote ([`Command::Write`], bounded
 //!   in bytes, applied only for the owner's claim), snapshots of them (kept in the same redb file in disk mode), and the observer told
 //!   of every claim applied.
+//! - [`shared_records`]: the cluster-wide records of no session and no epoch (retained values,
+//!   the dedupe window; [`Command::Shared`]), their bounds and their apply.
 //! - [`network`]: the Raft RPCs as bytes over a transport this crate does not know
 //!   ([`RpcTransport`]: the cluster links implement it); no socket is named here.
 //! - [`membership`]: a membership change asked for, the membership a node knows, and why a
@@ -27,12 +29,14 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod replica;
+pub mod shared_records;
 pub mod state_machine;
 
 pub use log_store::{LogStore, Storage, StorageOpenError};
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE};
-pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus};
+pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus, SharedWritten};
+pub use shared_records::{SharedBounds, SharedChange, SharedObserver};
 pub use state_machine::{
     ClaimObserver, Owner, RecordsChange, RecordsObserver, SessionKey, SessionRecords, StateMachine,
 };
@@ -93,6 +97,18 @@ pub enum Command {
         /// Names the write, if its writer may write it again (after a timeout, when the first
         /// copy may still be committed): a write is applied once, and a later copy answers
         /// what the first one did.
+        #[serde(default)]
+        id: Option<WriteId>,
+    },
+    /// Cluster-wide changes of no session and no epoch (retained values, the dedupe window:
+    /// [`shared_records`]), with the session writes of the same publishes, in one entry: the
+    /// writes apply as [`Command::Write`]'s, then the changes.
+    Shared {
+        /// The sessions' changes.
+        writes: Vec<SessionWrite>,
+        /// The cluster-wide changes, in order.
+        changes: Vec<SharedChange>,
+        /// Names the write, as [`Command::Write`]'s `id`.
         #[serde(default)]
         id: Option<WriteId>,
     },
@@ -187,6 +203,10 @@ pub struct Applied {
     /// For a write: the sessions whose changes were not applied, and why.
     #[serde(default)]
     pub refused_writes: Vec<(SessionKey, WriteRefusal)>,
+    /// For cluster-wide changes: the topics whose retained value was refused (the bound of
+    /// retained values).
+    #[serde(default)]
+    pub refused_retained: Vec<String>,
 }
 
 /// Why the claims table did not record a claim.

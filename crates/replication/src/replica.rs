@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{Raft, SnapshotPolicy};
@@ -31,6 +32,7 @@ use tokio::time::Instant;
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
+use crate::shared_records::{SharedBounds, SharedChange, SharedObserver};
 use crate::state_machine::{
     ClaimObserver, Owner, RecordsObserver, SessionKey, SessionRecords, StateMachine,
 };
@@ -100,6 +102,9 @@ pub struct ReplicaConfig {
     /// cluster frame with the largest entry the broker writes. Default:
     /// [`MAX_ENTRIES_PER_APPEND`] (16).
     pub max_entries_per_append: u64,
+    /// The bounds of the cluster-wide records (retained values, the dedupe window), the same
+    /// on every member. Default: [`SharedBounds::default`].
+    pub shared: SharedBounds,
 }
 
 impl ReplicaConfig {
@@ -127,6 +132,7 @@ impl ReplicaConfig {
             max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
             max_record_bytes: crate::state_machine::DEFAULT_MAX_RECORD_BYTES,
             max_entries_per_append: MAX_ENTRIES_PER_APPEND,
+            shared: SharedBounds::default(),
         }
     }
 }
@@ -164,6 +170,15 @@ pub enum ClaimError {
     /// The replica has stopped.
     #[error("the replica has stopped")]
     Stopped,
+}
+
+/// What a write of cluster-wide changes answered ([`Replica::write_shared`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedWritten {
+    /// The sessions whose changes were not applied, and why.
+    pub refused_writes: Vec<(SessionKey, WriteRefusal)>,
+    /// The topics whose retained value was refused (the bound of retained values).
+    pub refused_retained: Vec<String>,
 }
 
 impl From<Refusal> for ClaimError {
@@ -283,6 +298,7 @@ impl Replica {
             .with_max_claims(config.max_claims)
             .with_max_claims_per_identity(config.max_claims_per_identity)
             .with_max_record_bytes(config.max_record_bytes)
+            .with_shared_bounds(config.shared)
             .with_records_observer(records);
         let slot = Arc::new(TransportSlot::default());
         let contacts = Arc::new(Contacts::new(config.lease, node_id(&config.node)));
@@ -505,6 +521,56 @@ impl Replica {
             .await
             .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
         Ok(applied.refused_writes)
+    }
+
+    /// Writes cluster-wide changes with the session writes of the same publishes, in one entry
+    /// ([`Command::Shared`]): once a majority has committed it (within
+    /// [`ReplicaConfig::claim_timeout`], else [`ClaimError::NoQuorum`]) and this node has
+    /// applied it, the sessions whose changes were not applied and why, and the topics whose
+    /// retained value was refused (its bound).
+    pub async fn write_shared(
+        &self,
+        id: Option<WriteId>,
+        writes: Vec<SessionWrite>,
+        changes: Vec<SharedChange>,
+    ) -> Result<SharedWritten, ClaimError> {
+        let limit = self.config.claim_timeout;
+        let deadline = Instant::now() + limit;
+        let command = Command::Shared {
+            writes,
+            changes,
+            id,
+        };
+        let applied = tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
+            .await
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))?;
+        Ok(SharedWritten {
+            refused_writes: applied.refused_writes,
+            refused_retained: applied.refused_retained,
+        })
+    }
+
+    /// `observer` is told, after each entry applied here (or snapshot installed), of the
+    /// topics whose retained value changed (once; a second call is ignored).
+    pub fn on_shared_change(&self, observer: SharedObserver) {
+        self.state.on_shared_change(observer);
+    }
+
+    /// `topic`'s retained value, as this node has applied it.
+    pub fn retained(&self, topic: &str) -> Option<Bytes> {
+        self.state.retained(topic)
+    }
+
+    /// Every topic with a retained value, as this node has applied them.
+    pub fn retained_topics(&self) -> Vec<String> {
+        self.state.retained_topics()
+    }
+
+    /// Whether the replicated dedupe window holds `identity`'s `message_id` accepted within
+    /// the window before `now_ms` (milliseconds since the Unix epoch), as this node has
+    /// applied it.
+    pub fn seen(&self, identity: &str, message_id: u64, now_ms: u64) -> bool {
+        self.state.seen(identity, message_id, now_ms)
     }
 
     /// The stored records of `session`, as this node has applied them.

@@ -1,6 +1,7 @@
 //! The state the log builds: which node owns each claimed session, since which epoch, the
 //! earlier claims of each session by other nodes not known to have let go (a claim's fence
-//! covers them; a [`crate::Command::Fenced`] forgets them), which claims are released, and
+//! covers them; a [`crate::Command::Fenced`] forgets them), which claims are released, the
+//! cluster-wide records (retained values, the dedupe window: [`crate::shared_records`]), and
 //! the Raft membership. A snapshot is that state in MessagePack; in disk mode the latest one
 //! is kept in the Raft file (`snapshot`), so a restarted node starts from it and openraft
 //! re-applies the committed entries after it. Each claim applied (or changed by an installed
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use bytes::Bytes;
 
 use crate::log_store::Storage;
+use crate::shared_records::{SharedBounds, SharedObserver, SharedRecords};
 use crate::{
     Applied, Command, Member, NodeId, RecordOp, Refusal, SessionWrite, TypeConfig, WriteRefusal,
 };
@@ -98,6 +100,9 @@ struct Claims {
     /// Per claimed session, its stored records: forgotten with its claim.
     #[serde(default)]
     records: BTreeMap<SessionKey, SessionRecords>,
+    /// The cluster-wide records: retained values, the dedupe window.
+    #[serde(default)]
+    shared: SharedRecords,
     /// Per identity, its sessions in the table and the released ones among them: derived
     /// from the above ([`Claims::reindex`]), not stored.
     #[serde(skip)]
@@ -122,6 +127,8 @@ struct LastWrite {
     /// The log index it was applied at (the least recent writer is forgotten first).
     index: u64,
     refused: Vec<(SessionKey, WriteRefusal)>,
+    #[serde(default)]
+    refused_retained: Vec<String>,
 }
 
 /// The most writers whose last write is remembered (one per node incarnation).
@@ -213,6 +220,7 @@ impl Claims {
             .flat_map(|records| records.iter())
             .map(|(key, value)| record_size(key, value))
             .fold(0, u64::saturating_add);
+        self.shared.reindex();
     }
 
     /// Applies `write` if its claim is the session's owner's. A write that would end beyond
@@ -281,14 +289,91 @@ impl Claims {
         Ok(ops)
     }
 
+    /// Applies one entry's session `writes` and then its cluster-wide changes (`shared`, if
+    /// any; they apply only if no session write was refused), once per writer's write `id`:
+    /// a copy of a write applied before changes nothing and answers what that one refused.
+    /// Tells `observed` of the records changed, and `retained_changed` of the retained values.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_writes(
+        &mut self,
+        index: u64,
+        id: Option<crate::WriteId>,
+        writes: Vec<SessionWrite>,
+        shared: Option<Vec<crate::SharedChange>>,
+        (bounds, shared_bounds): (Bounds, SharedBounds),
+        mut observed: Option<&mut Vec<RecordsChange>>,
+        retained_changed: &mut Vec<String>,
+    ) -> Applied {
+        let before = id.and_then(|id| {
+            self.writers
+                .get(&id.origin)
+                .filter(|last| last.serial >= id.serial)
+        });
+        if let Some(last) = before {
+            return Applied {
+                epoch: index,
+                refused_writes: last.refused.clone(),
+                refused_retained: last.refused_retained.clone(),
+                ..Applied::default()
+            };
+        }
+        let mut refused_writes = Vec::new();
+        for write in writes {
+            let session = write.session.clone();
+            match self.write(write, bounds) {
+                Ok(ops) if !ops.is_empty() => {
+                    if let Some(changes) = observed.as_deref_mut() {
+                        changes.push(RecordsChange::Applied(session, ops));
+                    }
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    if let Some(changes) = observed.as_deref_mut() {
+                        if matches!(refusal, WriteRefusal::Full(_)) {
+                            let records = self.records.get(&session).cloned();
+                            changes.push(RecordsChange::Replaced(session.clone(), records));
+                        }
+                    }
+                    refused_writes.push((session, refusal));
+                }
+            }
+        }
+        let mut refused_retained = Vec::new();
+        if let Some(shared) = shared {
+            let applied = self
+                .shared
+                .apply(shared, refused_writes.is_empty(), shared_bounds);
+            // A refused value may be shown already where it was published.
+            retained_changed.extend(applied.changed);
+            retained_changed.extend(applied.refused.iter().cloned());
+            refused_retained = applied.refused;
+        }
+        if let Some(id) = id {
+            self.wrote(id, index, &refused_writes, &refused_retained);
+        }
+        Applied {
+            epoch: index,
+            refused_writes,
+            refused_retained,
+            ..Applied::default()
+        }
+    }
+
     /// Remembers writer `id`'s write, applied at log `index` with `refused`.
-    fn wrote(&mut self, id: crate::WriteId, index: u64, refused: &[(SessionKey, WriteRefusal)]) {
+    fn wrote(
+        &mut self,
+        id: crate::WriteId,
+        index: u64,
+        refused: &[(SessionKey, WriteRefusal)],
+        refused_retained: &[String],
+    ) {
         self.writers.insert(
             id.origin,
             LastWrite {
                 serial: id.serial,
                 index,
                 refused: refused.to_vec(),
+                refused_retained: refused_retained.to_vec(),
             },
         );
         if self.writers.len() > MAX_WRITERS {
@@ -481,6 +566,10 @@ pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     observer: Option<ClaimObserver>,
     records_observer: Option<RecordsObserver>,
+    /// The bounds of the cluster-wide records.
+    shared_bounds: SharedBounds,
+    /// Told of the retained values changed, once set ([`StateMachine::on_shared_change`]).
+    shared_observer: Arc<std::sync::OnceLock<SharedObserver>>,
     /// The records' bytes as of the last entry applied, read without the lock.
     record_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -518,6 +607,8 @@ impl StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             observer,
             records_observer: None,
+            shared_bounds: SharedBounds::default(),
+            shared_observer: Arc::default(),
         })
     }
 
@@ -568,6 +659,44 @@ impl StateMachine {
     pub fn with_max_record_bytes(mut self, max: u64) -> Self {
         self.bounds.max_record_bytes = max;
         self
+    }
+
+    /// Bounds the cluster-wide records (the same on every member).
+    pub fn with_shared_bounds(mut self, bounds: SharedBounds) -> Self {
+        self.shared_bounds = bounds;
+        self
+    }
+
+    /// `observer` is told of the topics whose retained value changed, from now on (once; a
+    /// second call is ignored).
+    pub fn on_shared_change(&self, observer: SharedObserver) {
+        let _ = self.shared_observer.set(observer);
+    }
+
+    /// `topic`'s retained value, as of the last entry applied here.
+    pub fn retained(&self, topic: &str) -> Option<Bytes> {
+        self.lock().claims.shared.retained(topic)
+    }
+
+    /// Every topic with a retained value, as of the last entry applied here.
+    pub fn retained_topics(&self) -> Vec<String> {
+        self.lock().claims.shared.retained_topics()
+    }
+
+    /// Whether the dedupe window holds `identity`'s `message_id`, accepted no longer than the
+    /// window's age before `now_ms`, as of the last entry applied here.
+    pub fn seen(&self, identity: &str, message_id: u64, now_ms: u64) -> bool {
+        self.lock().claims.shared.seen(
+            identity,
+            message_id,
+            now_ms,
+            self.shared_bounds.dedupe_max_age,
+        )
+    }
+
+    /// How many publishes the dedupe window remembers.
+    pub fn remembered(&self) -> usize {
+        self.lock().claims.shared.remembered()
     }
 
     /// The stored records of `session`, as of the last entry applied here.
@@ -682,6 +811,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut claimed = Vec::new();
         let observed = self.records_observer.is_some();
         let mut changes: Vec<RecordsChange> = Vec::new();
+        let mut retained_changed = Vec::new();
         {
             let mut inner = self.lock();
             for entry in entries {
@@ -725,50 +855,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         answers.push(Applied::default());
                     }
                     EntryPayload::Normal(Command::Write { writes, id }) => {
-                        let before = id.and_then(|id| {
-                            inner
-                                .claims
-                                .writers
-                                .get(&id.origin)
-                                .filter(|last| last.serial >= id.serial)
-                        });
-                        if let Some(last) = before {
-                            // A copy of a write applied before: what it refused then.
-                            answers.push(Applied {
-                                epoch: entry.log_id.index,
-                                refused_writes: last.refused.clone(),
-                                ..Applied::default()
-                            });
-                            continue;
-                        }
-                        let mut refused_writes = Vec::new();
-                        for write in writes {
-                            let session = write.session.clone();
-                            match inner.claims.write(write, self.bounds) {
-                                Ok(ops) if observed && !ops.is_empty() => {
-                                    changes.push(RecordsChange::Applied(session, ops));
-                                }
-                                Ok(_) => {}
-                                Err(refusal) => {
-                                    if observed && matches!(refusal, WriteRefusal::Full(_)) {
-                                        let records = inner.claims.records.get(&session).cloned();
-                                        changes.push(RecordsChange::Replaced(
-                                            session.clone(),
-                                            records,
-                                        ));
-                                    }
-                                    refused_writes.push((session, refusal));
-                                }
-                            }
-                        }
-                        if let Some(id) = id {
-                            inner.claims.wrote(id, entry.log_id.index, &refused_writes);
-                        }
-                        answers.push(Applied {
-                            epoch: entry.log_id.index,
-                            refused_writes,
-                            ..Applied::default()
-                        });
+                        let applied = inner.claims.apply_writes(
+                            entry.log_id.index,
+                            id,
+                            writes,
+                            None,
+                            (self.bounds, self.shared_bounds),
+                            observed.then_some(&mut changes),
+                            &mut retained_changed,
+                        );
+                        answers.push(applied);
+                    }
+                    EntryPayload::Normal(Command::Shared {
+                        writes,
+                        changes: shared,
+                        id,
+                    }) => {
+                        let applied = inner.claims.apply_writes(
+                            entry.log_id.index,
+                            id,
+                            writes,
+                            Some(shared),
+                            (self.bounds, self.shared_bounds),
+                            observed.then_some(&mut changes),
+                            &mut retained_changed,
+                        );
+                        answers.push(applied);
                     }
                     EntryPayload::Membership(membership) => {
                         inner.claims.membership =
@@ -798,6 +910,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .filter(|_| !changes.is_empty())
         {
             observer(&changes);
+        }
+        if let Some(observer) = self
+            .shared_observer
+            .get()
+            .filter(|_| !retained_changed.is_empty())
+        {
+            observer(&retained_changed);
         }
         Ok(answers)
     }
@@ -830,8 +949,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|err| failed(StorageIOError::write_state_machine, err))?;
         // Claims that reached this node inside the snapshot, not as entries, are told too.
         let mut replaced: Vec<RecordsChange> = Vec::new();
-        let changed: Vec<(SessionKey, Owner)> = {
+        let (changed, retained_changed): (Vec<(SessionKey, Owner)>, Vec<String>) = {
             let mut inner = self.lock();
+            let retained_changed = inner.claims.shared.retained_differences(&claims.shared);
             if self.records_observer.is_some() {
                 let sessions: BTreeSet<&SessionKey> = inner
                     .claims
@@ -864,7 +984,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 inner.claims.record_bytes,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            changed
+            (changed, retained_changed)
         };
         if let Some(observer) = &self.observer {
             for (session, owner) in &changed {
@@ -877,6 +997,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .filter(|_| !replaced.is_empty())
         {
             observer(&replaced);
+        }
+        if let Some(observer) = self
+            .shared_observer
+            .get()
+            .filter(|_| !retained_changed.is_empty())
+        {
+            observer(&retained_changed);
         }
         Ok(())
     }

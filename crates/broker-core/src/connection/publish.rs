@@ -43,8 +43,9 @@ struct Answer {
     topic: String,
     frames: Vec<Frame>,
     durable_at: Option<u64>,
-    /// The replicated store's ticket an acknowledged publish that stored something in a
-    /// named session's queue waits for (a cluster with `members`).
+    /// The replicated store's ticket an acknowledged publish waits for in a cluster with
+    /// `members`: its dedupe pair, its retained value and what it stored in named sessions'
+    /// queues.
     replicated_at: Option<u64>,
 }
 
@@ -62,7 +63,7 @@ pub(crate) async fn serve_publish_stream(
         let (answers, unanswered) = mpsc::channel(MAX_UNANSWERED);
         let (read, written) = tokio::join!(
             read_publishes(recv, &shared, &identity, answers, charge),
-            write_answers(send, &shared, unanswered),
+            write_answers(send, &shared, &identity, unanswered),
         );
         read.and(written)
     };
@@ -181,8 +182,8 @@ async fn read_publishes(
             }
             _ => None,
         };
-        // What it stored for named sessions: the acknowledgement waits until a majority
-        // holds it.
+        // Its dedupe pair, retained value and what it stored for named sessions: the
+        // acknowledgement waits until a majority holds them.
         let replicated_at = publisher.take_replicated_ticket().filter(|_| acknowledges);
         if frames.is_empty() {
             continue;
@@ -204,6 +205,7 @@ async fn read_publishes(
 async fn write_answers(
     mut send: Box<dyn SendStream>,
     shared: &Shared,
+    identity: &Arc<str>,
     mut unanswered: mpsc::Receiver<Answer>,
 ) -> Result<(), BrokerError> {
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
@@ -226,6 +228,11 @@ async fn write_answers(
         for frame in frames {
             let frame = match (frame, &failed) {
                 (Frame::PublishAck(ack), Some(err)) => {
+                    // Not acknowledged: a resend must be accepted again, not taken for a
+                    // duplicate of what the store or the cluster refused.
+                    if !ack.duplicate {
+                        shared.dedupe.forget(identity, ack.message_id);
+                    }
                     let err = BrokerError::Storage(err.clone());
                     Frame::PublishRejected(PublishRejected {
                         topic: topic.clone(),

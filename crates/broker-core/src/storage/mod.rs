@@ -13,12 +13,15 @@
 //! - `tables`: the database's tables, shared by `disk` and `recovery`.
 //! - `session_records`: one session's operations as the records the cluster's Raft log
 //!   carries, and those records read back (named sessions in a cluster with `members`).
+//! - `cluster_wide`: retained values and dedupe pairs as the cluster-wide changes the Raft
+//!   log carries, and a retained value read back (a cluster with `members`).
 //! - `replicated`: the store writing them through the Raft log.
 //! - [`SessionStore`](self): where one session writes: the disk store, or the cluster's
 //!   replicated store.
 //!
 //! See `docs/DURABILITY.md` for what survives what.
 
+pub(crate) mod cluster_wide;
 pub(crate) mod delivery_index;
 mod disk;
 pub(crate) mod records;

@@ -19,6 +19,10 @@
 //! Pending operations are bounded in bytes like the disk store's
 //! ([`ReplicatedStore::wait_for_room`]), and a subscription's pending last sequence is kept once.
 //!
+//! Retained values and dedupe pairs ([`ReplicatedStore::append_shared`]) go through the same
+//! pending list, so one publish's stored messages and its dedupe pair share an entry
+//! (`Command::Shared`; see `cluster_wide` for their encoding).
+//!
 //! It owns the pending operations and the ticket committed. It names no transport.
 
 use std::cell::Cell;
@@ -27,9 +31,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use cassini_replication::{ClaimError, Replica, SessionKey, SessionWrite, WriteId, WriteRefusal};
+use cassini_replication::{
+    ClaimError, Replica, SessionKey, SessionWrite, SharedChange, SharedWritten, WriteId,
+    WriteRefusal,
+};
 use tokio::sync::{watch, Notify};
 
+use crate::storage::cluster_wide::shared_change;
 use crate::storage::session_records::record_ops;
 use crate::storage::{Op, StorageError};
 
@@ -121,9 +129,10 @@ struct Status {
     closed: bool,
 }
 
-/// An operation waiting for its entry, with the session and claim it was appended under.
+/// An operation waiting for its entry, with the session and claim it was appended under
+/// (none for a cluster-wide one: a retained value, a dedupe pair).
 struct PendingOp {
-    session: Arc<Binding>,
+    session: Option<Arc<Binding>>,
     epoch: u64,
     op: Op,
 }
@@ -221,7 +230,7 @@ impl ReplicatedStore {
             }
             pending.bytes += op.pending_size();
             pending.ops.push(PendingOp {
-                session: Arc::clone(session),
+                session: Some(Arc::clone(session)),
                 epoch,
                 op,
             });
@@ -244,6 +253,33 @@ impl ReplicatedStore {
         prefix: &[u8],
     ) -> cassini_replication::SessionRecords {
         self.replica.records_under(session, prefix)
+    }
+
+    /// Queues cluster-wide operations (retained values, dedupe pairs) for the next entry, after
+    /// what is pending; an acknowledged publish appending them waits for their ticket
+    /// ([`take_appended`]). Never waits. Ignored once the store is closed.
+    pub(crate) fn append_shared(&self, ops: impl IntoIterator<Item = Op>) {
+        let mut pending = self.lock();
+        if pending.closed {
+            return;
+        }
+        let pending = &mut *pending;
+        let mut added = 0u64;
+        for op in ops {
+            pending.bytes += op.pending_size();
+            pending.ops.push(PendingOp {
+                session: None,
+                epoch: 0,
+                op,
+            });
+            added += 1;
+        }
+        if added > 0 {
+            pending.ticket += added;
+            let ticket = pending.ticket;
+            APPENDED.with(|appended| appended.set(appended.get().max(ticket)));
+            self.wake.notify_one();
+        }
     }
 
     /// Keeps the writer from taking the pending operations until the guard is dropped.
@@ -276,8 +312,8 @@ impl ReplicatedStore {
                         .any(|(first, last)| (*first..=*last).contains(&ticket));
                 if refused {
                     Err(StorageError::WriteFailed(
-                        "the cluster refused a session's changes (taken over by another node, or \
-                         the replicated records are full)"
+                        "the cluster refused a change of its entry (a session taken over by \
+                         another node, or the replicated records or retained values full)"
                             .into(),
                     ))
                 } else {
@@ -399,11 +435,17 @@ impl ReplicatedStore {
         }
     }
 
-    /// The operations as one entry's writes: per session and claim, in the order appended.
-    fn writes(ops: Vec<PendingOp>) -> Vec<SessionWrite> {
+    /// The operations as one entry's writes: per session and claim, in the order appended;
+    /// and the cluster-wide changes, in the order appended.
+    fn writes(ops: Vec<PendingOp>) -> (Vec<SessionWrite>, Vec<SharedChange>) {
         let mut writes: Vec<SessionWrite> = Vec::new();
+        let mut shared = Vec::new();
         let mut index: HashMap<(SessionKey, u64), usize> = HashMap::new();
         for PendingOp { session, epoch, op } in ops {
+            let Some(session) = session else {
+                shared.extend(shared_change(&op));
+                continue;
+            };
             let Some((_, changes)) = record_ops(&op) else {
                 continue;
             };
@@ -419,7 +461,7 @@ impl ReplicatedStore {
                 });
             writes[at].ops.extend(changes);
         }
-        writes
+        (writes, shared)
     }
 }
 
@@ -450,16 +492,33 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             continue;
         }
         let first = strong.status.borrow().committed + 1;
-        let bindings: Vec<Arc<Binding>> = ops.iter().map(|op| Arc::clone(&op.session)).collect();
-        let writes = ReplicatedStore::writes(ops);
-        let refused = if writes.is_empty() {
-            Vec::new()
+        let bindings: Vec<Arc<Binding>> = ops.iter().filter_map(|op| op.session.clone()).collect();
+        let (writes, shared) = ReplicatedStore::writes(ops);
+        let SharedWritten {
+            refused_writes: refused,
+            refused_retained,
+        } = if writes.is_empty() && shared.is_empty() {
+            SharedWritten::default()
         } else {
             serial += 1;
             let id = WriteId { origin, serial };
             loop {
-                match strong.replica.write_as(Some(id), writes.clone()).await {
-                    Ok(refused) => break refused,
+                let written =
+                    if shared.is_empty() {
+                        strong.replica.write_as(Some(id), writes.clone()).await.map(
+                            |refused_writes| SharedWritten {
+                                refused_writes,
+                                refused_retained: Vec::new(),
+                            },
+                        )
+                    } else {
+                        strong
+                            .replica
+                            .write_shared(Some(id), writes.clone(), shared.clone())
+                            .await
+                    };
+                match written {
+                    Ok(written) => break written,
                     Err(ClaimError::NoQuorum(limit)) => {
                         tracing::warn!(
                             ?limit,
@@ -494,10 +553,13 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
                 }
             }
         }
+        for topic in &refused_retained {
+            tracing::info!(%topic, "the cluster refused a retained value: the retained values are full");
+        }
         strong.status.send_modify(|s| {
             s.committed = ticket;
             s.stalled = false;
-            if !refused.is_empty() {
+            if !refused.is_empty() || !refused_retained.is_empty() {
                 s.refused.push_back((first, ticket));
                 while s.refused.len() > REFUSED_KEPT {
                     if let Some((_, last)) = s.refused.pop_front() {
