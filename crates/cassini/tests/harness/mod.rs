@@ -698,6 +698,49 @@ impl Broker {
         assert_eq!(again, self.addr, "the broker listens where it did");
     }
 
+    /// [`Broker::start_again`] with the flags of `serve` instead, on the same address: e.g. a
+    /// cluster member restarted with `--peer`s of the nodes alive now (the first member,
+    /// started with none, would otherwise come back on a new cluster port nobody dials).
+    pub(crate) fn start_again_as(&mut self, serve: Serve) {
+        assert!(self.child.is_none(), "the broker still runs");
+        self.serve = serve;
+        self.start_again();
+    }
+
+    /// `/clusterz` of its monitoring endpoint (`--monitor 127.0.0.1:0`), plain HTTP/1.0;
+    /// `Null` if unreadable.
+    pub(crate) fn clusterz(&self) -> serde_json::Value {
+        self.clusterz_with(None)
+    }
+
+    /// [`Broker::clusterz`] presenting `token` (`--monitor-token-file`).
+    pub(crate) fn clusterz_with(&self, token: Option<&str>) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let read = || -> Option<serde_json::Value> {
+            let mut stream = std::net::TcpStream::connect(self.monitor()).ok()?;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let authorization = token
+                .map(|token| format!("Authorization: Bearer {token}\r\n"))
+                .unwrap_or_default();
+            stream
+                .write_all(
+                    format!("GET /clusterz HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n")
+                        .as_bytes(),
+                )
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            let (_, body) = response.split_once("\r\n\r\n")?;
+            serde_json::from_str(body).ok()
+        };
+        read().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether it runs (not killed nor terminated).
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL, then [`Broker::start_again`].
     pub(crate) fn restart(&mut self) {
         self.kill();
