@@ -840,7 +840,7 @@ async fn on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_ses
             after its node's kill -9 is delivered twice, unmarked"]
 async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate() {
     run(
-        Storage::Memory,
+        Storage::Disk,
         Reliable::OwnNode,
         Publishers::Resending,
         "publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate -- --ignored",
