@@ -10,7 +10,10 @@
 //! cluster is whole again: `kill -9` of a node chosen by its role towards a session drawn too
 //! (the Raft leader, the session's owner, or neither), its restart (with `--peer`s of the nodes
 //! alive; on its data directory in disk mode), and takeovers of a session by a new client on
-//! another node. Then:
+//! another node; in the partition test n3 runs in a network namespace of its own
+//! ([`harness::island::Island`]) and a fault may also cut it off (`ip link set down`) for longer
+//! than the lease, whatever its role, and heal it (root and `ip netns`; skipped with a printed
+//! reason otherwise). Then:
 //!
 //! - the history ([`cassini_e2e::history`]): every acknowledged publish on a session's node
 //!   reaches its at-least-once subscription, whatever node died; no unmarked duplicate; every
@@ -45,6 +48,7 @@ use cassini_e2e::history::{
 };
 use cassini_e2e::ownership::{self, Incarnation};
 use harness::clients::{connect_retrying, named, quick_reconnect};
+use harness::island::{Island, HOST_IP, ISLAND_IP};
 use harness::{Broker, Serve, RAFT_INITIALIZED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -77,6 +81,9 @@ enum Storage {
     Disk,
 }
 
+/// The node that runs inside the island in the partition test: n3.
+const ISLANDER: usize = 2;
+
 /// The monitoring endpoints' token (membership changes need it).
 const TOKEN: &str = "cluster-faults-token";
 
@@ -96,6 +103,8 @@ struct Cluster {
     nodes: Vec<Broker>,
     /// The client addresses, by node (a node restarts on its address).
     addrs: Vec<SocketAddr>,
+    /// The namespace n3 runs in, for the partitions.
+    island: Option<Island>,
     /// The ownership history of every run of a node that ended.
     past: Vec<Incarnation>,
     /// The log of every run of a node that ended: node and lines.
@@ -103,32 +112,79 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(dir: &Path, storage: Storage) -> Self {
+    /// The three members, n1 first; with `island`, n3 runs inside it (its client, cluster and
+    /// monitoring addresses on [`ISLAND_IP`]) and the others' cluster addresses on every
+    /// interface, so that n3 reaches them over the veth pair.
+    fn start(dir: &Path, storage: Storage, island: Option<Island>) -> Self {
+        harness::certs(
+            dir,
+            &["init", "--node", "n1", "--node", "n2", "--node", "n3"],
+        );
         std::fs::write(dir.join("monitor.token"), format!("{TOKEN}\n")).expect("token file");
-        let nodes = harness::three_nodes(dir, |name, peers| {
-            Self::serve(dir, storage, name, peers).start()
-        });
-        nodes[0].wait_for_log(RAFT_INITIALIZED);
-        let addrs = nodes.iter().map(Broker::addr).collect();
-        Self {
+        let mut cluster = Self {
             dir: dir.to_owned(),
             storage,
-            nodes,
-            addrs,
+            island,
+            nodes: Vec::new(),
+            addrs: Vec::new(),
             past: Vec::new(),
             past_logs: Vec::new(),
+        };
+        for index in 0..NODES.len() {
+            let peers: Vec<SocketAddr> = (0..index)
+                .map(|other| cluster.peer_addr(index, other))
+                .collect();
+            let node = cluster.serve(index, &peers).start();
+            cluster.addrs.push(node.addr());
+            cluster.nodes.push(node);
+        }
+        cluster.nodes[0].wait_for_log(RAFT_INITIALIZED);
+        cluster
+    }
+
+    /// Whether node `index` runs inside the island.
+    fn on_island(&self, index: usize) -> bool {
+        self.island.is_some() && index == ISLANDER
+    }
+
+    /// `serve` for node `index`, dialing `peers`.
+    fn serve(&self, index: usize, peers: &[SocketAddr]) -> Serve {
+        let name = NODES[index];
+        let (listen, cluster, monitor) = if self.on_island(index) {
+            let at = format!("{ISLAND_IP}:0");
+            (Some(at.clone()), at.clone(), at)
+        } else if self.island.is_some() {
+            (None, "0.0.0.0:0".to_owned(), "127.0.0.1:0".to_owned())
+        } else {
+            (None, "127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned())
+        };
+        let mut serve = Serve::cluster_member_on(&self.dir, name, &cluster, peers)
+            .args(&["--monitor", &monitor, "--monitor-token-file"])
+            .arg(self.dir.join("monitor.token"))
+            .env("RUST_LOG", LOG);
+        if let (Some(island), true) = (&self.island, self.on_island(index)) {
+            serve = serve.wrapped_in(&island.wrapper());
+        }
+        if let Some(listen) = listen {
+            serve = serve.listen(Some(&listen));
+        }
+        match self.storage {
+            Storage::Memory | Storage::MemoryRestartedEmpty => serve,
+            Storage::Disk => serve.on_disk(&self.dir.join(format!("data-{name}"))),
         }
     }
 
-    fn serve(dir: &Path, storage: Storage, name: &str, peers: &[SocketAddr]) -> Serve {
-        let serve = Serve::cluster_member(dir, name, peers)
-            .args(&["--monitor", "127.0.0.1:0", "--monitor-token-file"])
-            .arg(dir.join("monitor.token"))
-            .env("RUST_LOG", LOG);
-        match storage {
-            Storage::Memory | Storage::MemoryRestartedEmpty => serve,
-            Storage::Disk => serve.on_disk(&dir.join(format!("data-{name}"))),
-        }
+    /// Where node `from` dials node `to`'s cluster address.
+    fn peer_addr(&self, from: usize, to: usize) -> SocketAddr {
+        let port = self.nodes[to].cluster_addr().port();
+        let ip = if self.on_island(to) {
+            ISLAND_IP
+        } else if self.on_island(from) {
+            HOST_IP
+        } else {
+            "127.0.0.1"
+        };
+        format!("{ip}:{port}").parse().expect("an address")
     }
 
     /// The node whose client address is `addr`.
@@ -234,9 +290,9 @@ impl Cluster {
         }
         let peers: Vec<SocketAddr> = live
             .iter()
-            .map(|other| self.nodes[*other].cluster_addr())
+            .map(|other| self.peer_addr(index, *other))
             .collect();
-        let serve = Self::serve(&self.dir, self.storage, NODES[index], &peers);
+        let serve = self.serve(index, &peers);
         self.nodes[index].start_again_as(serve);
         if self.storage == Storage::Memory {
             self.membership(live[0], "add", NODES[index])?;
@@ -599,17 +655,63 @@ enum Fault {
     KillOwner,
     KillNeither,
     Takeover,
+    /// n3's link down (a partition of one node, whatever its role), then up.
+    Partition,
+}
+
+/// The sessions node `node` serves, each with how many distinct publishes its at-most-once
+/// subscription had received.
+fn served_by(sessions: &[Session], addrs: &[SocketAddr], node: usize) -> Vec<(usize, usize)> {
+    sessions
+        .iter()
+        .enumerate()
+        .filter(|(_, session)| session.owner(addrs) == Some(node))
+        .map(|(index, session)| (index, session.plain.distinct()))
+        .collect()
+}
+
+/// Waits (at most 30 s) until each of the `served` sessions receives again, on another node,
+/// after its node was `what` at `since`; returns the longest time since then.
+async fn wait_delivering(
+    sessions: &[Session],
+    served: &[(usize, usize)],
+    since: Instant,
+    problems: &mut Vec<String>,
+    what: &str,
+) -> Duration {
+    let deadline = since + Duration::from_secs(30);
+    let mut longest = Duration::ZERO;
+    for &(index, before) in served {
+        while sessions[index].plain.distinct() <= before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if sessions[index].plain.distinct() <= before {
+            problems.push(format!(
+                "{} delivered nothing within 30 s after its node was {what}",
+                sessions[index].name
+            ));
+        }
+        longest = longest.max(since.elapsed());
+    }
+    longest
 }
 
 /// The whole run: the cluster, the sessions, the faults, the checks.
-async fn run(storage: Storage, reliable: Reliable, mode: Publishers, test: &str) {
+async fn run(
+    storage: Storage,
+    reliable: Reliable,
+    mode: Publishers,
+    island: Option<Island>,
+    test: &str,
+) {
     let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     let seed = fault_seed(&format!(
         "cargo test -p cassini --test cluster_faults {test}"
     ));
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cluster = block_in_place(|| Cluster::start(dir.path(), storage));
+    let partitions = island.is_some();
+    let mut cluster = block_in_place(|| Cluster::start(dir.path(), storage, island));
     let history = History::default();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -667,11 +769,12 @@ async fn run(storage: Storage, reliable: Reliable, mode: Publishers, test: &str)
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
-        let fault = match rng.random_range(0..4) {
+        let fault = match rng.random_range(0..if partitions { 5 } else { 4 }) {
             0 => Fault::KillLeader,
             1 => Fault::KillOwner,
             2 => Fault::KillNeither,
-            _ => Fault::Takeover,
+            3 => Fault::Takeover,
+            _ => Fault::Partition,
         };
         let k = rng.random_range(0..sessions.len());
         let Some(owner) = sessions[k].owner(&cluster.addrs) else {
@@ -691,6 +794,42 @@ async fn run(storage: Storage, reliable: Reliable, mode: Publishers, test: &str)
                 *faults.entry(fault).or_default() += 1;
                 continue;
             }
+            Fault::Partition => {
+                let leader = block_in_place(|| cluster.leader());
+                let role = if leader == Some(ISLANDER) {
+                    "the leader"
+                } else if owner == ISLANDER {
+                    "the owner"
+                } else {
+                    "neither"
+                };
+                let served = served_by(&sessions, &cluster.addrs, ISLANDER);
+                eprintln!(
+                    "{:?}: {} cut off ({role} of {}; serving {:?})",
+                    started.elapsed(),
+                    NODES[ISLANDER],
+                    sessions[k].name,
+                    served
+                        .iter()
+                        .map(|(index, _)| &sessions[*index].name)
+                        .collect::<Vec<_>>()
+                );
+                *faults.entry(fault).or_default() += 1;
+                let cut = Instant::now();
+                if let Some(island) = &cluster.island {
+                    island.set_link(false);
+                }
+                // Longer than the lease: the island's clients go to the majority.
+                let hold = Duration::from_millis(rng.random_range(4_000..7_000));
+                slowest_resume = slowest_resume
+                    .max(wait_delivering(&sessions, &served, cut, &mut problems, "cut off").await);
+                tokio::time::sleep_until((cut + hold).into()).await;
+                if let Some(island) = &cluster.island {
+                    island.set_link(true);
+                }
+                eprintln!("{:?}: {} healed", started.elapsed(), NODES[ISLANDER]);
+                continue;
+            }
             Fault::KillOwner => owner,
             Fault::KillLeader => match block_in_place(|| cluster.leader()) {
                 Some(leader) => leader,
@@ -705,13 +844,7 @@ async fn run(storage: Storage, reliable: Reliable, mode: Publishers, test: &str)
             }
         };
         *faults.entry(fault).or_default() += 1;
-        // The sessions the victim serves, and how much they had received.
-        let served: Vec<(usize, usize)> = sessions
-            .iter()
-            .enumerate()
-            .filter(|(_, session)| session.owner(&cluster.addrs) == Some(victim))
-            .map(|(index, session)| (index, session.plain.distinct()))
-            .collect();
+        let served = served_by(&sessions, &cluster.addrs, victim);
         eprintln!(
             "{:?}: kill -9 {} ({fault:?} of {}; serving {:?})",
             started.elapsed(),
@@ -725,20 +858,8 @@ async fn run(storage: Storage, reliable: Reliable, mode: Publishers, test: &str)
         let killed = Instant::now();
         block_in_place(|| cluster.kill(victim));
         let down = Duration::from_millis(rng.random_range(300..2_500));
-        // The victim's sessions deliver again on another node.
-        let resumed = Instant::now() + Duration::from_secs(30);
-        for (index, before) in served {
-            while sessions[index].plain.distinct() <= before && Instant::now() < resumed {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if sessions[index].plain.distinct() <= before {
-                problems.push(format!(
-                    "{} delivered nothing within 30 s of the kill of its node",
-                    sessions[index].name
-                ));
-            }
-            slowest_resume = slowest_resume.max(killed.elapsed());
-        }
+        slowest_resume = slowest_resume
+            .max(wait_delivering(&sessions, &served, killed, &mut problems, "killed").await);
         tokio::time::sleep_until((killed + down).into()).await;
         if let Err(problem) = block_in_place(|| cluster.restart(victim)) {
             problems.push(format!("{:?}: {problem}", started.elapsed()));
@@ -805,7 +926,27 @@ async fn kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session() {
         Storage::Memory,
         Reliable::OwnNode,
         Publishers::Pinned,
+        None,
         "kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message() {
+    let island = match Island::create() {
+        Ok(island) => island,
+        Err(reason) => {
+            eprintln!("skipping: network namespaces are not available here ({reason})");
+            return;
+        }
+    };
+    run(
+        Storage::Memory,
+        Reliable::OwnNode,
+        Publishers::Pinned,
+        Some(island),
+        "partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message",
     )
     .await;
 }
@@ -819,6 +960,7 @@ async fn kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message() 
         Storage::MemoryRestartedEmpty,
         Reliable::OwnNode,
         Publishers::Pinned,
+        None,
         "kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message -- --ignored",
     )
     .await;
@@ -830,6 +972,7 @@ async fn on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_ses
         Storage::Disk,
         Reliable::OwnNode,
         Publishers::Pinned,
+        None,
         "on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session",
     )
     .await;
@@ -843,6 +986,7 @@ async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate(
         Storage::Disk,
         Reliable::OwnNode,
         Publishers::Resending,
+        None,
         "publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate -- --ignored",
     )
     .await;
@@ -855,6 +999,7 @@ async fn every_node_s_acknowledged_publishes_reach_at_least_once_sessions() {
         Storage::Memory,
         Reliable::EveryNode,
         Publishers::Pinned,
+        None,
         "every_node_s_acknowledged_publishes_reach_at_least_once_sessions -- --ignored",
     )
     .await;

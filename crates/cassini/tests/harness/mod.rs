@@ -20,6 +20,8 @@
 //!   directory, for the suites that attack or load a running broker, the reconnect settings
 //!   of clients that must notice a lost broker at once, and clients of a named session that
 //!   retry while the cluster cannot commit its claim yet.
+//! - [`island::Island`]: a network namespace behind a veth pair, to cut a node off with a real
+//!   link going down.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -38,6 +40,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub(crate) mod clients;
+pub(crate) mod island;
 pub(crate) mod workspace;
 
 /// The binary under test.
@@ -401,7 +404,17 @@ impl Serve {
     /// group (docs/CLUSTERING.md, "Session ownership"); its first member logs
     /// [`RAFT_INITIALIZED`] once the group is made.
     pub(crate) fn cluster_member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Self {
-        Self::cluster_node(dir, name, "127.0.0.1:0", peers)
+        Self::cluster_member_on(dir, name, "127.0.0.1:0", peers)
+    }
+
+    /// [`Serve::cluster_member`] with its cluster address on `listen`.
+    pub(crate) fn cluster_member_on(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        peers: &[SocketAddr],
+    ) -> Self {
+        Self::cluster_node(dir, name, listen, peers)
             .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
             .args(&["--cluster-member", "n3"])
     }
@@ -717,7 +730,9 @@ impl Broker {
     pub(crate) fn clusterz_with(&self, token: Option<&str>) -> serde_json::Value {
         use std::io::{Read, Write};
         let read = || -> Option<serde_json::Value> {
-            let mut stream = std::net::TcpStream::connect(self.monitor()).ok()?;
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&self.monitor(), Duration::from_secs(2))
+                    .ok()?;
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let authorization = token
                 .map(|token| format!("Authorization: Bearer {token}\r\n"))
