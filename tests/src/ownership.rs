@@ -68,10 +68,7 @@ impl ClaimEvent {
             }
             let json = format!("\"{key}\":");
             let value = plain[plain.find(&json)? + json.len()..].trim_start_matches('"');
-            value
-                .split(|c| c == '"' || c == ',' || c == '}')
-                .next()
-                .map(str::to_owned)
+            value.split(['"', ',', '}']).next().map(str::to_owned)
         };
         let kind = match field("event")?.as_str() {
             "applied" => ClaimEventKind::Applied,

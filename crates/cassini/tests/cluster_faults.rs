@@ -224,12 +224,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        for index in 0..NODES.len() {
+        for (index, name) in NODES.iter().enumerate() {
             while self.applied(index).is_none_or(|applied| applied < target) {
                 if Instant::now() > deadline {
                     return Err(format!(
-                        "{} did not catch up to {target} within 30 s: {}",
-                        NODES[index],
+                        "{name} did not catch up to {target} within 30 s: {}",
                         self.raft_states()
                     ));
                 }
