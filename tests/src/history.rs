@@ -27,6 +27,23 @@
 //!   or a member that had received that publisher's earlier messages lost its session after
 //!   them and before any later one.
 //!
+//! A **named session** of a cluster with `members` (docs/CLUSTERING.md, "Replicated sessions")
+//! is recorded with [`History::session`]: its subscriptions ([`SessionRecorder::subscription`])
+//! are fed by whichever client serves the session (the first one, then the one that took the
+//! session over, or the same client resumed on another node), and its clients record each
+//! `Welcome` ([`SessionRecorder::spawn_watching`]). On top of the properties above:
+//!
+//! - (8) a named session's subscription never reports `Gap::SessionLost`: the session survives
+//!   the loss of any one node;
+//! - (9) a sequence names one publish across all of the session's clients (a sequence used
+//!   again after a resume, or by two owners at once, is a violation even when the client
+//!   drops the later copy);
+//! - (10) every `Welcome` of the session after the first says `resumed`;
+//! - at a take-up on another node each subscription announces one `ClusterRoute` sequence for
+//!   whatever was published while no node served the session, however many that was: for an
+//!   at-most-once subscription, such a gap stands for every missing publish whose range holds
+//!   it, one gap per resumed `Welcome` of the session at most.
+//!
 //! A subscription that had to subscribe again in a new session (a client that moved to another
 //! node of a cluster) numbers its messages from 1 again: each session is an *epoch*, marked in
 //! the recorded stream by its `Gap::SessionLost`, and sequence numbers are checked per epoch.
@@ -40,8 +57,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_client::{Client, Gap, Message, Subscription, SubscriptionEvent};
-use cassini_protocol::{AckOptions, SubscribeOptions, TopicFilter};
+use cassini_client::{Client, ConnectionState, Gap, Message, Subscription, SubscriptionEvent};
+use cassini_protocol::{AckOptions, GapReason, SubscribeOptions, TopicFilter};
 use tokio::task::JoinHandle;
 
 /// The seed of a fault run: `CASSINI_FAULT_SEED` when set (a replay), otherwise fresh. It is
@@ -155,6 +172,30 @@ struct SubscriptionLog {
     epoch: u32,
     /// The queue group this subscription is a member of (an index of `Log::groups`).
     group: Option<usize>,
+    /// The named session this subscription belongs to (an index of `Log::sessions`).
+    session: Option<usize>,
+}
+
+impl SubscriptionLog {
+    fn new(filter: TopicFilter, promise: Promise) -> Self {
+        Self {
+            filter,
+            promise,
+            deliveries: Vec::new(),
+            gaps: Vec::new(),
+            epoch: 0,
+            group: None,
+            session: None,
+        }
+    }
+}
+
+/// A named session: its name and every `Welcome` its clients received, in the order recorded.
+#[derive(Debug)]
+struct SessionLog {
+    name: String,
+    /// Per `Welcome`: whether it resumed the session, and the node that sent it.
+    welcomes: Vec<(bool, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +204,8 @@ struct Log {
     subscriptions: Vec<SubscriptionLog>,
     /// The filter of each queue group.
     groups: Vec<TopicFilter>,
+    /// The named sessions.
+    sessions: Vec<SessionLog>,
 }
 
 /// The shared, append-only history of one test run. Cheap to clone.
@@ -184,12 +227,8 @@ impl QueueGroupRecorder {
         let mut log = self.history.lock();
         let filter = log.groups[self.group].clone();
         log.subscriptions.push(SubscriptionLog {
-            filter,
-            promise: Promise::AtMostOnce,
-            deliveries: Vec::new(),
-            gaps: Vec::new(),
-            epoch: 0,
             group: Some(self.group),
+            ..SubscriptionLog::new(filter, Promise::AtMostOnce)
         });
         SubscriptionRecorder {
             log: Arc::clone(&self.history.log),
@@ -234,14 +273,8 @@ impl History {
     pub fn subscription(&self, filter: &str, promise: Promise) -> SubscriptionRecorder {
         let filter = TopicFilter::parse(filter, &Default::default()).expect("a valid filter");
         let mut log = self.lock();
-        log.subscriptions.push(SubscriptionLog {
-            filter,
-            promise,
-            deliveries: Vec::new(),
-            gaps: Vec::new(),
-            epoch: 0,
-            group: None,
-        });
+        log.subscriptions
+            .push(SubscriptionLog::new(filter, promise));
         SubscriptionRecorder {
             log: Arc::clone(&self.log),
             index: log.subscriptions.len() - 1,
@@ -256,6 +289,19 @@ impl History {
         QueueGroupRecorder {
             history: self.clone(),
             group: log.groups.len() - 1,
+        }
+    }
+
+    /// Starts recording the named session `name` (see the module documentation).
+    pub fn session(&self, name: &str) -> SessionRecorder {
+        let mut log = self.lock();
+        log.sessions.push(SessionLog {
+            name: name.to_owned(),
+            welcomes: Vec::new(),
+        });
+        SessionRecorder {
+            history: self.clone(),
+            session: log.sessions.len() - 1,
         }
     }
 
@@ -286,7 +332,23 @@ impl History {
         for (number, subscription) in log.subscriptions.iter().enumerate() {
             let mut report =
                 |text: String| violations.push(format!("subscription {number}: {text}"));
-            check_subscription(subscription, &log.published, &mut report);
+            let session = subscription.session.map(|session| &log.sessions[session]);
+            check_subscription(subscription, session, &log.published, &mut report);
+        }
+        for session in &log.sessions {
+            if let Some(at) = session
+                .welcomes
+                .iter()
+                .skip(1)
+                .position(|(resumed, _)| !resumed)
+            {
+                violations.push(format!(
+                    "session {}: Welcome {} (from {}) did not resume the session",
+                    session.name,
+                    at + 2,
+                    session.welcomes[at + 1].1
+                ));
+            }
         }
         for group in 0..log.groups.len() {
             let members: Vec<&SubscriptionLog> = log
@@ -321,9 +383,28 @@ impl History {
             .filter(|d| d.redelivered)
             .count();
         let gaps: usize = log.subscriptions.iter().map(|s| s.gaps.len()).sum();
+        let resumes: usize = log
+            .sessions
+            .iter()
+            .map(|session| {
+                session
+                    .welcomes
+                    .iter()
+                    .filter(|(resumed, _)| *resumed)
+                    .count()
+            })
+            .sum();
+        let sessions = if log.sessions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} named sessions resumed {resumes} times",
+                log.sessions.len()
+            )
+        };
         format!(
             "{} publishes ({acked} acknowledged), {deliveries} deliveries to {} subscriptions \
-             ({redelivered} marked redelivered), {gaps} gaps",
+             ({redelivered} marked redelivered), {gaps} gaps{sessions}",
             log.published.len(),
             log.subscriptions.len()
         )
@@ -351,6 +432,77 @@ impl History {
             let _ = writeln!(text, "  {violation}");
         }
         panic!("{text}");
+    }
+}
+
+/// A named session's handle into the history: its subscriptions, fed by whichever client
+/// serves the session, and the `Welcome`s of its clients.
+#[derive(Debug, Clone)]
+pub struct SessionRecorder {
+    history: History,
+    session: usize,
+}
+
+impl SessionRecorder {
+    /// Starts recording one of the session's subscriptions, to `filter`, that promised
+    /// `promise`: every client that serves the session feeds it in turn.
+    pub fn subscription(&self, filter: &str, promise: Promise) -> SubscriptionRecorder {
+        let filter = TopicFilter::parse(filter, &Default::default()).expect("a valid filter");
+        let mut log = self.history.lock();
+        log.subscriptions.push(SubscriptionLog {
+            session: Some(self.session),
+            ..SubscriptionLog::new(filter, promise)
+        });
+        SubscriptionRecorder {
+            log: Arc::clone(&self.history.log),
+            index: log.subscriptions.len() - 1,
+        }
+    }
+
+    /// Records a `Welcome` one of the session's clients received from `node`.
+    pub fn welcomed(&self, resumed: bool, node: &str) {
+        self.history.lock().sessions[self.session]
+            .welcomes
+            .push((resumed, node.to_owned()));
+    }
+
+    /// How many `Welcome`s the session's clients received so far, and how many of them
+    /// resumed the session.
+    pub fn welcomes(&self) -> (usize, usize) {
+        let log = self.history.lock();
+        let welcomes = &log.sessions[self.session].welcomes;
+        let resumed = welcomes.iter().filter(|(resumed, _)| *resumed).count();
+        (welcomes.len(), resumed)
+    }
+
+    /// Records every `Welcome` of `client` (its state now, if connected, then every later
+    /// [`ConnectionState::Connected`]), naming the node with `node_of` (given the broker's
+    /// address), on a task of its own, until the client is disconnected for good. A state the
+    /// watch skipped (two reconnects between two looks) goes unrecorded; a session lost there
+    /// still shows as (8).
+    pub fn spawn_watching(
+        &self,
+        client: &Client,
+        node_of: impl Fn(std::net::SocketAddr) -> String + Send + 'static,
+    ) -> JoinHandle<()> {
+        let recorder = self.clone();
+        let client = client.clone();
+        let mut changes = client.state_changes();
+        tokio::spawn(async move {
+            loop {
+                let state = changes.borrow_and_update().clone();
+                match state {
+                    ConnectionState::Connected { resumed, .. } => {
+                        recorder.welcomed(resumed, &node_of(client.remote_address()));
+                    }
+                    ConnectionState::Disconnected { .. } => return,
+                    _ => {}
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 }
 
@@ -432,9 +584,13 @@ impl SubscriptionRecorder {
 
 fn check_subscription(
     subscription: &SubscriptionLog,
+    session: Option<&SessionLog>,
     published: &[Published],
     report: &mut impl FnMut(String),
 ) {
+    if let Some(session) = session {
+        check_named(subscription, session, report);
+    }
     let mut seen = HashSet::new();
     let mut last_index: HashMap<u32, u64> = HashMap::new();
     let mut sequences: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
@@ -500,8 +656,16 @@ fn check_subscription(
         // A member's share is accounted for by its group (`check_group`).
         Promise::AtMostOnce if subscription.group.is_some() => {}
         Promise::AtMostOnce => {
+            let resumes = session.map_or(0, |session| {
+                session
+                    .welcomes
+                    .iter()
+                    .filter(|(resumed, _)| *resumed)
+                    .count()
+            });
             check_accounted(
                 subscription,
+                resumes,
                 &matching_acked,
                 &positions,
                 &sequences,
@@ -524,6 +688,42 @@ fn check_subscription(
                 in_session(epoch)
             ));
         }
+    }
+}
+
+/// (8) and (9) for a subscription of a named session: no lost session, and one publish per
+/// sequence over every client of the session.
+fn check_named(
+    subscription: &SubscriptionLog,
+    session: &SessionLog,
+    report: &mut impl FnMut(String),
+) {
+    if let Some((_, Gap::SessionLost { last_sequence })) = subscription
+        .gaps
+        .iter()
+        .find(|(_, gap)| matches!(gap, Gap::SessionLost { .. }))
+    {
+        report(format!(
+            "the named session {} was lost (Gap::SessionLost after sequence {last_sequence})",
+            session.name
+        ));
+    }
+    let mut named: HashMap<(u32, u64), PublishId> = HashMap::new();
+    let mut reused = Vec::new();
+    for delivery in &subscription.deliveries {
+        let Some(id) = delivery.id else { continue };
+        match named.insert((delivery.epoch, delivery.sequence), id) {
+            Some(earlier) if earlier != id => reused.push((delivery.sequence, earlier, id)),
+            _ => {}
+        }
+    }
+    if let Some((sequence, earlier, later)) = reused.first() {
+        report(format!(
+            "{} sequences of the named session {} name two publishes, e.g. sequence {sequence}: \
+             {earlier:?} and {later:?}",
+            reused.len(),
+            session.name
+        ));
     }
 }
 
@@ -629,6 +829,24 @@ fn announced_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
     announced
 }
 
+/// Every sequence of `epoch` that a one-sequence `ClusterRoute` gap announced: what a named
+/// session's subscription announces at a take-up on another node (docs/CLUSTERING.md,
+/// "Replicated sessions"), for any number of lost publishes.
+fn floors_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
+    subscription
+        .gaps
+        .iter()
+        .filter_map(|(gap_epoch, gap)| match gap {
+            Gap::Missed {
+                from,
+                to,
+                reason: Some(GapReason::ClusterRoute),
+            } if *gap_epoch == epoch && from == to => Some(*from),
+            _ => None,
+        })
+        .collect()
+}
+
 fn in_session(epoch: u32) -> String {
     if epoch == 0 {
         String::new()
@@ -646,6 +864,7 @@ fn in_session(epoch: u32) -> String {
 /// lowest sequence left in it (which finds a matching whenever one exists).
 fn check_accounted(
     subscription: &SubscriptionLog,
+    resumes: usize,
     matching_acked: &[&Published],
     positions: &HashMap<PublishId, Position>,
     delivered: &BTreeMap<u32, BTreeSet<u64>>,
@@ -697,21 +916,42 @@ fn check_accounted(
             .push((from.sequence, to.sequence, id));
     }
     let mut unaccounted = Vec::new();
+    // The take-up floors used (a named session's subscription only): epoch and sequence.
+    let mut floors_used: BTreeSet<(u32, u64)> = BTreeSet::new();
     for (epoch, mut ranges) in ranges {
         let mut free: BTreeSet<u64> = announced_in(subscription, epoch);
         if let Some(delivered) = delivered.get(&epoch) {
             free.retain(|sequence| !delivered.contains(sequence));
         }
+        let floors = if subscription.session.is_some() {
+            floors_in(subscription, epoch)
+        } else {
+            BTreeSet::new()
+        };
         ranges.sort_by_key(|&(_, to, _)| to);
         for (from, to, id) in ranges {
-            let slot = free.range(from.saturating_add(1)..to).next().copied();
+            let inside = from.saturating_add(1)..to;
+            let slot = free.range(inside.clone()).next().copied();
             match slot {
                 Some(slot) => {
                     free.remove(&slot);
                 }
-                None => unaccounted.push((epoch, id, from, to)),
+                None => match floors.range(inside).next() {
+                    Some(&floor) => {
+                        floors_used.insert((epoch, floor));
+                    }
+                    None => unaccounted.push((epoch, id, from, to)),
+                },
             }
         }
+    }
+    if floors_used.len() > resumes {
+        report(format!(
+            "{} take-up gaps stand for lost publishes, more than the {resumes} resumed Welcomes \
+             of the session, e.g. {:?}",
+            floors_used.len(),
+            floors_used.first()
+        ));
     }
     if let Some(&(epoch, first, from, to)) = unaccounted.iter().min_by_key(|(_, id, ..)| *id) {
         let before = if to == u64::MAX {
@@ -973,5 +1213,116 @@ mod tests {
                 .any(|v| v.contains("neither delivered nor announced")),
             "{violations:?}"
         );
+    }
+
+    /// Publisher 0 publishes indexes `0..count` to `a.b`, all acknowledged; a subscription of
+    /// the named session `s` that promised `promise` records `events`, after `welcomes`.
+    fn named_run(count: u64, promise: Promise, welcomes: &[bool], events: &[Event]) -> Vec<String> {
+        let history = History::default();
+        for index in 0..count {
+            history.published(id(0, index), "a.b", true);
+        }
+        let session = history.session("s");
+        for resumed in welcomes {
+            session.welcomed(*resumed, "n1");
+        }
+        let recorder = session.subscription("a.*", promise);
+        for event in events {
+            match *event {
+                Event::Delivered { index, sequence } => {
+                    recorder.delivered_as(Some(id(0, index)), "a.b", sequence, false);
+                }
+                Event::Gap(gap) => recorder.gaps(vec![gap]),
+            }
+        }
+        history.violations()
+    }
+
+    fn take_up_floor(sequence: u64) -> Event {
+        Event::Gap(Gap::Missed {
+            from: sequence,
+            to: sequence,
+            reason: Some(GapReason::ClusterRoute),
+        })
+    }
+
+    #[test]
+    fn a_named_session_that_lost_its_session_is_a_violation() {
+        let events = [
+            delivered(0, 1),
+            Event::Gap(Gap::SessionLost { last_sequence: 1 }),
+            delivered(1, 1),
+        ];
+        let violations = named_run(2, Promise::AtMostOnce, &[false], &events);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("the named session s was lost"),
+            "{violations:?}"
+        );
+        // The same stream of an unnamed subscription holds.
+        assert!(at_most_once_run(2, &events).is_empty());
+    }
+
+    #[test]
+    fn a_sequence_naming_two_publishes_across_the_clients_of_a_session_is_a_violation() {
+        // The second client was handed sequence 2 again, for another publish.
+        let events = [
+            delivered(0, 1),
+            delivered(1, 2),
+            delivered(2, 2),
+            delivered(3, 3),
+        ];
+        let violations = named_run(4, Promise::AtLeastOnce, &[false, true], &events);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("sequence 2: PublishId { publisher: 0, index: 1 } and"),
+            "{violations:?}"
+        );
+        let again = [
+            delivered(0, 1),
+            delivered(1, 2),
+            delivered(2, 3),
+            delivered(3, 4),
+        ];
+        let violations = named_run(4, Promise::AtLeastOnce, &[false, true], &again);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    #[test]
+    fn a_welcome_after_the_first_that_did_not_resume_is_a_violation() {
+        let events = [delivered(0, 1)];
+        let violations = named_run(1, Promise::AtMostOnce, &[false, true, false], &events);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("session s: Welcome 3 (from n1) did not resume"),
+            "{violations:?}"
+        );
+        let violations = named_run(1, Promise::AtMostOnce, &[false, true, true], &events);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    #[test]
+    fn a_take_up_gap_stands_for_any_number_of_publishes_once_per_resume() {
+        // 1 to 4 were published while no node served the session: one sequence announced.
+        let events = [delivered(0, 1), take_up_floor(2), delivered(5, 3)];
+        let violations = named_run(6, Promise::AtMostOnce, &[false, true], &events);
+        assert!(violations.is_empty(), "{violations:?}");
+        let violations = named_run(6, Promise::AtMostOnce, &[false], &events);
+        assert_eq!(violations.len(), 1, "no resume, no take-up: {violations:?}");
+        assert!(
+            violations[0].contains("1 take-up gaps stand for lost publishes"),
+            "{violations:?}"
+        );
+        // An unnamed subscription's route gap stands for one publish.
+        assert_eq!(at_most_once_run(6, &events).len(), 1);
+        // A silent loss elsewhere is still one.
+        let events = [
+            delivered(0, 1),
+            take_up_floor(2),
+            delivered(5, 3),
+            delivered(7, 4),
+        ];
+        let violations = named_run(8, Promise::AtMostOnce, &[false, true], &events);
+        assert_eq!(violations.len(), 1, "6 is lost silently: {violations:?}");
     }
 }

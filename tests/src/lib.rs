@@ -1,7 +1,7 @@
 //! The end-to-end harness: a real broker on `127.0.0.1:0` behind a real QUIC endpoint, with a
 //! certificate authority made inside the test.
 //!
-//! Layering: `relay` and `history` import nothing of this crate; `edge` imports `lib.rs` and
+//! Layering: `relay`, `history` and `ownership` import nothing of this crate; `edge` imports `lib.rs` and
 //! `relay`; `gateway` and `cluster` import `lib.rs`; `lib.rs` (the broker, `raw`, the waits)
 //! imports none of them.
 //!
@@ -17,6 +17,8 @@
 //!   client's connection state.
 //! - [`history`]: a record of every publish and delivery of a fault run, checked against the
 //!   guarantees of `docs/SESSIONS.md`.
+//! - [`ownership`]: the cluster nodes' ownership history (their `session claim` log lines),
+//!   checked for two owners of one session at once.
 //! - [`gateway::Gateway`]: a broker with its MQTT gateway, and its clients' certificate files.
 //! - [`cluster`]: a cluster node's endpoint, and a full mesh of them.
 //! - [`closed_udp_addr`]: an address where nothing listens.
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod edge;
 pub mod gateway;
 pub mod history;
+pub mod ownership;
 pub mod relay;
 
 use std::future::Future;

@@ -30,23 +30,6 @@ async fn named_client(broker: &Broker, dir: &Path, name: &str) -> Client {
     clients::connect_retrying(|| clients::named(broker.addr(), dir, name)).await
 }
 
-/// `/clusterz` of `broker` (plain HTTP/1.0); `Null` if unreadable.
-fn clusterz(broker: &Broker) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let read = || -> Option<serde_json::Value> {
-        let mut stream = std::net::TcpStream::connect(broker.monitor()).ok()?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        stream
-            .write_all(b"GET /clusterz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (_, body) = response.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
-    };
-    read().unwrap_or(serde_json::Value::Null)
-}
-
 async fn taken_over(client: &Client) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -69,7 +52,7 @@ async fn members_fence_a_cross_node_takeover_and_the_first_restarts_on_its_raft_
     let on_n1 = named_client(&nodes[0], dir, "orders").await;
     let on_n2 = named_client(&nodes[1], dir, "orders").await;
     taken_over(&on_n1).await;
-    let raft = &clusterz(&nodes[1])["raft"];
+    let raft = &nodes[1].clusterz()["raft"];
     assert_eq!(raft["node"], "n2", "{raft}");
     assert_eq!(raft["members"].as_array().map(Vec::len), Some(3), "{raft}");
     assert!(raft["leader"].is_string(), "{raft}");

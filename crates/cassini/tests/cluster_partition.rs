@@ -18,71 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harness::clients::client;
-use harness::{certs, ip, wait_for_line, Broker, Running, Serve, CASSINI};
-
-/// This side of the veth pair, and node 3's side.
-const HOST_IP: &str = "10.214.7.1";
-const NODE3_IP: &str = "10.214.7.2";
-
-/// A namespace joined to this one by a veth pair; deleted (with the pair) on drop.
-struct Island {
-    namespace: String,
-    link: String,
-}
+use harness::island::{Island, HOST_IP, ISLAND_IP as NODE3_IP};
+use harness::{certs, wait_for_line, Broker, Running, Serve, CASSINI};
 
 impl Island {
-    /// Creates it, or says why this machine cannot.
-    fn create() -> Result<Self, String> {
-        let id = std::process::id() % 100_000;
-        let island = Self {
-            namespace: format!("cas-i{id}"),
-            link: format!("cvi{id}"),
-        };
-        let host_link = format!("cvh{id}");
-        ip(&["netns", "add", &island.namespace])?;
-        ip(&[
-            "link",
-            "add",
-            &host_link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &island.link,
-            "netns",
-            &island.namespace,
-        ])?;
-        ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", &host_link])?;
-        ip(&["link", "set", &host_link, "up"])?;
-        island.exec_ip(&[
-            "addr",
-            "add",
-            &format!("{NODE3_IP}/30"),
-            "dev",
-            &island.link,
-        ])?;
-        island.exec_ip(&["link", "set", &island.link, "up"])?;
-        island.exec_ip(&["link", "set", "lo", "up"])?;
-        Ok(island)
-    }
-
-    fn exec_ip(&self, args: &[&str]) -> Result<(), String> {
-        let mut full = vec!["netns", "exec", &self.namespace, "ip"];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// `ip link set LINK up|down` on the island's side.
-    fn set_link(&self, up: bool) {
-        self.exec_ip(&["link", "set", &self.link, if up { "up" } else { "down" }])
-            .expect("set the link");
-    }
-
-    /// The wrapper that runs a program inside the island.
-    fn wrapper(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.namespace]
-    }
-
     /// `cassini sub TOPIC --json` inside the island against `node` as `name`.
     fn subscriber(&self, node: &Broker, dir: &Path, topic: &str, name: &str) -> Subscriber {
         let mut command = std::process::Command::new("ip");
@@ -102,12 +41,6 @@ impl Island {
             _process: process,
             stdout,
         }
-    }
-}
-
-impl Drop for Island {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.namespace]);
     }
 }
 

@@ -20,12 +20,17 @@
 //!
 //! It names no transport: connections are [`Connection`]s, the Raft network the transport
 //! plugs into the replica.
+//!
+//! Every claim applied here and every attach and end of a connection holding a claim is one
+//! `debug` line ([`trace_claim`]: `event`, `identity`, `name`, `epoch`, `owner`, `node` and
+//! `at_us`, the wall clock in microseconds), from which the fault suite checks that no two
+//! nodes ever serve one session at once (docs/TESTING.md, "Fault injection").
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cassini_protocol::{ErrorCode, TopicLimits};
 use cassini_replication::{
@@ -44,6 +49,7 @@ pub const RAFT_FILE: &str = "raft.redb";
 
 /// A local connection holding a claim.
 struct Held {
+    session: SessionKey,
     epoch: u64,
     connection: Arc<dyn Connection>,
 }
@@ -236,6 +242,15 @@ impl Ownership {
             lease = ?self.replica.lease(),
             "no contact with the cluster's majority within the lease: closing the connections of claimed sessions"
         );
+        for held in &lost {
+            trace_claim(
+                "lease-lost",
+                &held.session,
+                held.epoch,
+                "-",
+                self.replica.node(),
+            );
+        }
         for held in lost {
             held.connection.close(
                 ErrorCode::NO_QUORUM,
@@ -339,15 +354,30 @@ impl Ownership {
         // lets go: the session manager decides which of them serves the session, and either
         // is closed by a newer claim of another node.
         local.push(Held {
+            session: claim.session.clone(),
             epoch: claim.epoch,
             connection,
         });
+        trace_claim(
+            "attach",
+            &claim.session,
+            claim.epoch,
+            self.replica.node(),
+            self.replica.node(),
+        );
         Ok(())
     }
 
     /// A claim was applied on this node: a local connection with an older claim by this
     /// node is closed when the claim is another node's.
     fn applied(&self, session: &SessionKey, owner: &Owner) {
+        trace_claim(
+            "applied",
+            session,
+            owner.epoch,
+            &owner.node,
+            self.replica.node(),
+        );
         if owner.node == self.replica.node() {
             return;
         }
@@ -369,6 +399,7 @@ impl Ownership {
             fenced
         };
         for local in fenced {
+            trace_claim("fenced", session, local.epoch, "-", self.replica.node());
             tracing::info!(
                 identity = %session.identity,
                 name = %session.name,
@@ -455,6 +486,13 @@ impl Drop for Hold {
             session,
             epoch,
         } = &self.claim;
+        trace_claim(
+            "detach",
+            session,
+            *epoch,
+            ownership.replica.node(),
+            ownership.replica.node(),
+        );
         let mut held = ownership.lock();
         if let Some(local) = held.get_mut(session) {
             local.retain(|local| local.epoch != *epoch);
@@ -463,6 +501,26 @@ impl Drop for Hold {
             }
         }
     }
+}
+
+/// One `debug` line of the ownership history: `event` is `applied` (a claim of `owner` applied
+/// on `node`), `attach` (a connection of `node` holds the claim), `fenced` or `lease-lost`
+/// (closed by a newer claim, or because `node` lost its lease; `owner` is `-`) or `detach`
+/// (it let go). `at_us` is the wall clock: the nodes of one host compare their lines on it.
+fn trace_claim(event: &str, session: &SessionKey, epoch: u64, owner: &str, node: &str) {
+    let at_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    tracing::debug!(
+        event = %event,
+        identity = %session.identity,
+        name = %session.name,
+        epoch,
+        owner = %owner,
+        node = %node,
+        at_us,
+        "session claim"
+    );
 }
 
 /// Closes the connections holding claims once this node has lost its lease, checked when its

@@ -20,6 +20,8 @@
 //!   directory, for the suites that attack or load a running broker, the reconnect settings
 //!   of clients that must notice a lost broker at once, and clients of a named session that
 //!   retry while the cluster cannot commit its claim yet.
+//! - [`island::Island`]: a network namespace behind a veth pair, to cut a node off with a real
+//!   link going down.
 //! - [`workspace::Workspace`]: a temporary directory with certificates, a monitor token
 //!   file and a private configuration home (`XDG_CONFIG_HOME`, where contexts live), for the
 //!   suites that run `cassini` as an operator does (`context`, `status_page`).
@@ -38,6 +40,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub(crate) mod clients;
+pub(crate) mod island;
 pub(crate) mod workspace;
 
 /// The binary under test.
@@ -401,7 +404,17 @@ impl Serve {
     /// group (docs/CLUSTERING.md, "Session ownership"); its first member logs
     /// [`RAFT_INITIALIZED`] once the group is made.
     pub(crate) fn cluster_member(dir: &Path, name: &str, peers: &[SocketAddr]) -> Self {
-        Self::cluster_node(dir, name, "127.0.0.1:0", peers)
+        Self::cluster_member_on(dir, name, "127.0.0.1:0", peers)
+    }
+
+    /// [`Serve::cluster_member`] with its cluster address on `listen`.
+    pub(crate) fn cluster_member_on(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        peers: &[SocketAddr],
+    ) -> Self {
+        Self::cluster_node(dir, name, listen, peers)
             .args(&["--cluster-member", "n1", "--cluster-member", "n2"])
             .args(&["--cluster-member", "n3"])
     }
@@ -696,6 +709,51 @@ impl Broker {
         self.reader = Some(reader);
         let again = self.listening_addr();
         assert_eq!(again, self.addr, "the broker listens where it did");
+    }
+
+    /// [`Broker::start_again`] with the flags of `serve` instead, on the same address: e.g. a
+    /// cluster member restarted with `--peer`s of the nodes alive now (the first member,
+    /// started with none, would otherwise come back on a new cluster port nobody dials).
+    pub(crate) fn start_again_as(&mut self, serve: Serve) {
+        assert!(self.child.is_none(), "the broker still runs");
+        self.serve = serve;
+        self.start_again();
+    }
+
+    /// `/clusterz` of its monitoring endpoint (`--monitor 127.0.0.1:0`), plain HTTP/1.0;
+    /// `Null` if unreadable.
+    pub(crate) fn clusterz(&self) -> serde_json::Value {
+        self.clusterz_with(None)
+    }
+
+    /// [`Broker::clusterz`] presenting `token` (`--monitor-token-file`).
+    pub(crate) fn clusterz_with(&self, token: Option<&str>) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let read = || -> Option<serde_json::Value> {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&self.monitor(), Duration::from_secs(2))
+                    .ok()?;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let authorization = token
+                .map(|token| format!("Authorization: Bearer {token}\r\n"))
+                .unwrap_or_default();
+            stream
+                .write_all(
+                    format!("GET /clusterz HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n")
+                        .as_bytes(),
+                )
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            let (_, body) = response.split_once("\r\n\r\n")?;
+            serde_json::from_str(body).ok()
+        };
+        read().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether it runs (not killed nor terminated).
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILL, then [`Broker::start_again`].
