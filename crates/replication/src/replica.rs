@@ -79,7 +79,8 @@ pub struct ReplicaConfig {
     /// holds one, for what is left of that leader's but never beyond the lease from the
     /// latest append entries it acknowledged ([`Replica::in_contact`]). A claim whose previous
     /// owner does not confirm it waits until the leader knows that owner's lease has run out,
-    /// at most [`ReplicaConfig::fence_wait`]. Default: 3 s.
+    /// at most [`ReplicaConfig::fence_wait`]. Default: 2 s (longer than an election: 0.5 to
+    /// 1 s of timeout, then a round trip).
     pub lease: Duration,
     /// The most sessions the claims table holds; beyond it the oldest released claim is
     /// forgotten, and a claim is refused if none is released
@@ -129,7 +130,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 1024,
-            lease: Duration::from_secs(3),
+            lease: Duration::from_secs(2),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
             max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
             max_record_bytes: crate::state_machine::DEFAULT_MAX_RECORD_BYTES,
