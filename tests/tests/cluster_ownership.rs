@@ -29,7 +29,7 @@ const FIVE: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 /// The claim timeout of these tests' nodes (the default is 3 s).
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The lease of these tests' nodes (the default is 3 s): longer than an election after the
+/// The lease of these tests' nodes (the default, 2 s): longer than an election after the
 /// leader stops (the election timeout is 0.5 s to 1 s), so only a cut-off node loses it.
 const LEASE: Duration = Duration::from_secs(2);
 

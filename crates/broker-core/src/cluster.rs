@@ -81,7 +81,8 @@ pub struct ClusterConfig {
     pub claim_timeout: Duration,
     /// A member that has not heard the cluster's majority for this long closes its
     /// connections of claimed sessions with `NO_QUORUM`; a claim whose earlier claimant does
-    /// not confirm it waits this long plus three heartbeats (300 ms). Default: 3 s.
+    /// not confirm it waits until that node's lease has run out (this long plus three
+    /// heartbeats, 300 ms, from its last contact). Default: 2 s.
     pub lease: Duration,
 }
 
@@ -94,7 +95,7 @@ impl ClusterConfig {
             settle_timeout: Duration::from_secs(2),
             members: Vec::new(),
             claim_timeout: Duration::from_secs(3),
-            lease: Duration::from_secs(3),
+            lease: Duration::from_secs(2),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! Deliveries are checked with the fault suite's checker ([`cassini_e2e::history`]): every
 //! acknowledged publish delivered at least once, a second copy only marked as a redelivery, no
 //! sequence lost without a gap. The suites run one cluster at a time ([`ONE_CLUSTER_AT_A_TIME`]):
-//! twelve brokers at once on a small machine would stretch the 3 s lease.
+//! twelve brokers at once on a small machine would stretch the 2 s lease.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 

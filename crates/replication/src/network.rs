@@ -4,8 +4,10 @@
 //! certificates); this crate names no socket. Besides openraft's three RPCs (vote, append
 //! entries, install snapshot) a node asks the leader to write a command for it (a claim, or
 //! a fence complete), asks the earlier claimants of a session whether they have applied its
-//! new claim, and asks its peers whether they have ever been part of a Raft group (for the
-//! bootstrap).
+//! new claim and the leader by when the lease of those that do not answer has run out, and
+//! asks its peers whether they have ever been part of a Raft group (for the bootstrap). A
+//! voter's answer to a vote says how long ago it last had contact with a leader
+//! ([`Contacts::lease_end`] uses it).
 //!
 //! The two requests that wait on the answering node (a write, which waits for the commit; a
 //! question whether a claim is applied, which waits for it to be) are at most
@@ -95,12 +97,22 @@ pub(crate) enum Rpc {
         change: MembershipChange,
         timeout: Duration,
     },
+    /// To the leader: by when have these nodes surely lost their lease
+    /// ([`Contacts::lease_end`])?
+    LeaseEnds {
+        nodes: Vec<String>,
+    },
 }
 
 /// The answer to an [`Rpc`], of the same kind.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// `last_contact`: how long before answering the voter last had contact with a leader
+    /// (accepted its append entries, or sent its own as one); `None`: never.
+    Vote {
+        answer: Result<VoteResponse<NodeId>, RaftError<NodeId>>,
+        last_contact: Option<Duration>,
+    },
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// What applying the command answered, or why it was not written.
@@ -115,6 +127,11 @@ pub(crate) enum Reply {
     },
     /// The group's membership after the change, or why it was not made.
     Membership(Result<Membership, MembershipError>),
+    /// Per node asked, in order: its lease has surely run out within this long of the
+    /// answer; `None`: the node answering is not the leader, or cannot tell.
+    LeaseEnds {
+        left: Vec<Option<Duration>>,
+    },
     /// The request could not be decoded.
     Undecodable(String),
 }
@@ -194,10 +211,13 @@ impl TransportSlot {
 /// sending time of the latest append entries that a majority (itself included) has
 /// acknowledged in its term: a member that voted for a newer leader acknowledged nothing of
 /// this one's after its vote, so that time is before any newer leader's election. A leader
-/// sends what is left of its lease with each append entries ([`Rpc::Append`]); a follower
-/// that accepts one holds its lease that long from receiving it, and an append entries of a
-/// leader without a lease renews nothing. So a follower on the side of a leader cut off from
-/// the majority loses its lease with that leader's, whatever the number of members.
+/// sends each follower what is left of its lease with each append entries ([`Rpc::Append`]),
+/// but never beyond `lease` from the sending time of the latest append entries that follower
+/// acknowledged in the term; a follower that accepts one holds its lease that long from
+/// receiving it, and an append entries of a leader without a lease renews nothing. So a
+/// follower on the side of a leader cut off from the majority loses its lease with that
+/// leader's, whatever the number of members, and the leader knows by when any member's lease
+/// has run out ([`Contacts::lease_end`]).
 pub(crate) struct Contacts {
     /// How long a lease lasts from the majority's acknowledgement.
     lease: Duration,
@@ -226,6 +246,33 @@ struct LeaseState {
     /// Per member: the term and sending time of the latest append entries of this node's that
     /// it accepted.
     acked_by: std::collections::HashMap<NodeId, (u64, Instant)>,
+    /// Per member: the term, and the latest end of a lease this node (as that term's leader)
+    /// sent it, counted from the sending (the member counts it from receiving).
+    granted: std::collections::HashMap<NodeId, (u64, Instant)>,
+    /// The latest term this node sent append entries in as the leader, and when it first did
+    /// (after its election in that term).
+    term_start: Option<(u64, Instant)>,
+    /// When this node last had contact with a leader: received append entries (accepted or
+    /// not), or sent its own as the leader.
+    last_contact: Option<Instant>,
+    /// The votes of the latest election this node stood in.
+    votes: Option<Votes>,
+}
+
+/// An election this node stood in: what its voters' last contact with an earlier leader can
+/// have been at the latest.
+#[derive(Debug)]
+struct Votes {
+    /// The term this node stood for.
+    term: u64,
+    /// The voters of each configuration of the membership then.
+    configurations: Vec<std::collections::BTreeSet<NodeId>>,
+    /// This node's last contact when it stood (a candidate accepts nothing of an earlier term).
+    own: Option<Instant>,
+    /// Per voter that granted the vote: the latest its last contact can have been (its answer
+    /// measured how long before it answered: subtracted from the time the answer arrived);
+    /// `None`: it never had one.
+    granted: std::collections::HashMap<NodeId, Option<Instant>>,
 }
 
 impl Contacts {
@@ -263,12 +310,123 @@ impl Contacts {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Append entries of a leader arrived at `received` (counted before they are handled, so
+    /// a vote answered meanwhile never misses them).
+    pub(crate) fn contacted(&self, received: Instant) {
+        let mut state = self.lock();
+        state.last_contact = Some(state.last_contact.map_or(received, |c| c.max(received)));
+    }
+
+    /// How long ago this node last had contact with a leader; `None`: never.
+    pub(crate) fn last_contact_ago(&self) -> Option<Duration> {
+        let last = self.lock().last_contact?;
+        Some(last.elapsed())
+    }
+
     /// A leader's append entries carrying `left` of its lease was accepted here, having
     /// arrived at `received`.
     pub(crate) fn renewed(&self, received: Instant, left: Duration) {
         let mut state = self.lock();
         let until = received + left.min(self.lease);
         state.until = Some(state.until.map_or(until, |before| before.max(until)));
+    }
+
+    /// This node asks for votes in `term`.
+    fn standing(&self, term: u64) {
+        let configurations = self.voters();
+        let mut state = self.lock();
+        if state.votes.as_ref().is_some_and(|votes| votes.term >= term) {
+            return;
+        }
+        let own = state.last_contact;
+        state.votes = Some(Votes {
+            term,
+            configurations,
+            own,
+            granted: std::collections::HashMap::new(),
+        });
+    }
+
+    /// `voter` granted this node its vote in `term`; its last contact was at `contact` at the
+    /// latest.
+    fn granted(&self, term: u64, voter: NodeId, contact: Option<Instant>) {
+        let mut state = self.lock();
+        if let Some(votes) = state.votes.as_mut().filter(|votes| votes.term == term) {
+            votes.granted.insert(voter, contact);
+        }
+    }
+
+    /// What is left of the lease to send `target` with append entries of `term` sent at
+    /// `sent`: this node's, but never beyond `lease` from the sending time of the latest
+    /// append entries of `term` that `target` accepted; `None`: none.
+    fn lease_for(&self, target: NodeId, term: u64, sent: Instant) -> Option<Duration> {
+        let mut state = self.lock();
+        if state.term_start.is_none_or(|(started, _)| started < term) {
+            state.term_start = Some((term, sent));
+        }
+        state.last_contact = Some(state.last_contact.map_or(sent, |c| c.max(sent)));
+        let left = state.until?.saturating_duration_since(sent);
+        let (acked_term, acked) = *state.acked_by.get(&target)?;
+        if acked_term != term {
+            return None;
+        }
+        let lease = left.min((acked + self.lease).saturating_duration_since(sent));
+        if lease.is_zero() {
+            return None;
+        }
+        let end = sent + lease;
+        let latest = state
+            .granted
+            .get(&target)
+            .is_none_or(|(granted_term, until)| (*granted_term, *until) < (term, end));
+        if latest {
+            state.granted.insert(target, (term, end));
+        }
+        Some(lease)
+    }
+
+    /// As the leader of `term`: when the lease of member `node` has surely run out, `margin`
+    /// (the delay of append entries and the node's check) included; `None` if this node
+    /// cannot tell (it has sent nothing in `term`). A lease `node` got in `term` ends by the
+    /// latest end this node sent it ([`Contacts::lease_for`]). One from an earlier leader ran
+    /// `lease` from a time that leader's majority acknowledged, which is before this node's
+    /// election (a voter acknowledges nothing of an earlier term after its vote) and before
+    /// the last contact with a leader of at least one voter that elected this node (the two
+    /// majorities share a member): the earlier of the two.
+    pub(crate) fn lease_end(&self, node: NodeId, term: u64, margin: Duration) -> Option<Instant> {
+        let state = self.lock();
+        let (started_term, started) = state.term_start?;
+        if started_term != term {
+            return None;
+        }
+        let mut earlier = started;
+        if let Some(votes) = state.votes.as_ref().filter(|votes| votes.term == term) {
+            let elected = !votes.configurations.is_empty()
+                && votes.configurations.iter().all(|voters| {
+                    let granted = voters
+                        .iter()
+                        .filter(|id| **id == self.me || votes.granted.contains_key(id))
+                        .count();
+                    granted > voters.len() / 2
+                });
+            let latest = votes
+                .granted
+                .values()
+                .copied()
+                .chain([votes.own])
+                .flatten()
+                .max();
+            if let Some(latest) = latest.filter(|_| elected) {
+                earlier = earlier.min(latest);
+            }
+        }
+        let earlier_end = earlier + self.lease;
+        let end = state
+            .granted
+            .get(&node)
+            .filter(|(granted_term, _)| *granted_term == term)
+            .map_or(earlier_end, |(_, granted)| earlier_end.max(*granted));
+        Some(end + margin)
     }
 
     /// Member `target` accepted this node's append entries of `term` sent at `sent`: the lease
@@ -385,7 +543,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let sent = Instant::now();
         let request = Rpc::Append {
             request: rpc,
-            lease: self.contacts.left(),
+            lease: self.contacts.lease_for(self.target, term, sent),
         };
         match self.call(request, &option).await? {
             Reply::Append(Ok(response)) => {
@@ -423,9 +581,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let term = rpc.vote.leader_id().term;
+        let vote = rpc.vote;
+        self.contacts.standing(term);
         match self.call(Rpc::Vote(rpc), &option).await? {
-            Reply::Vote(Ok(response)) => Ok(response),
-            Reply::Vote(Err(err)) => Err(RPCError::RemoteError(RemoteError::new(self.target, err))),
+            Reply::Vote {
+                answer: Ok(response),
+                last_contact,
+            } => {
+                if response.vote_granted && response.vote == vote {
+                    // The voter measured how long ago; it answered before the answer arrived.
+                    let now = Instant::now();
+                    let contact = last_contact.map(|ago| now.checked_sub(ago).unwrap_or(now));
+                    self.contacts.granted(term, self.target, contact);
+                }
+                Ok(response)
+            }
+            Reply::Vote {
+                answer: Err(err), ..
+            } => Err(RPCError::RemoteError(RemoteError::new(self.target, err))),
             other => Err(self.unexpected(&other)),
         }
     }

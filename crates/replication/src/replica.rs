@@ -80,9 +80,11 @@ pub struct ReplicaConfig {
     pub snapshot_every: u64,
     /// How long a lease lasts: a leader's from the sending time of its latest append entries
     /// a majority acknowledged; a follower's from receiving append entries of a leader that
-    /// holds one, for what is left of that leader's ([`Replica::in_contact`]). A claim whose
-    /// previous owner does not confirm it waits [`ReplicaConfig::fence_wait`] before it
-    /// returns. Default: 3 s.
+    /// holds one, for what is left of that leader's but never beyond the lease from the
+    /// latest append entries it acknowledged ([`Replica::in_contact`]). A claim whose previous
+    /// owner does not confirm it waits until the leader knows that owner's lease has run out,
+    /// at most [`ReplicaConfig::fence_wait`]. Default: 2 s (longer than an election: 0.5 to
+    /// 1 s of timeout, then a round trip).
     pub lease: Duration,
     /// The most sessions the claims table holds; beyond it the oldest released claim is
     /// forgotten, and a claim is refused if none is released
@@ -108,14 +110,22 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
-    /// How long a claim whose earlier claimant did not confirm it waits after asking: the
+    /// The longest a claim whose earlier claimant did not confirm it waits after asking: the
     /// lease and three heartbeats (two for the delay of the append entries that gave that
     /// node its lease, one for its check, made when its lease runs out:
     /// [`Replica::lease_expiry`]). Every lease runs from a majority's acknowledgement sent
     /// before the claim's leader was elected, so by then that node, cut off from the
-    /// majority, has closed its connection of the session.
+    /// majority, has closed its connection of the session. The claim waits less when the
+    /// leader tells when that node's lease has run out (the lease and three heartbeats from
+    /// that node's last contact, not from the question).
     pub fn fence_wait(&self) -> Duration {
-        self.lease + self.heartbeat * 3
+        self.lease + self.fence_margin()
+    }
+
+    /// What a fence adds to a lease: three heartbeats (two for the delay of the append
+    /// entries that gave the lease, one for the check of the node that held it).
+    pub fn fence_margin(&self) -> Duration {
+        self.heartbeat * 3
     }
 
     /// Node `node` among `members`, with the default timings.
@@ -127,7 +137,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 1024,
-            lease: Duration::from_secs(3),
+            lease: Duration::from_secs(2),
             max_claims: crate::state_machine::DEFAULT_MAX_CLAIMS,
             max_claims_per_identity: crate::state_machine::DEFAULT_MAX_CLAIMS_PER_IDENTITY,
             max_record_bytes: crate::state_machine::DEFAULT_MAX_RECORD_BYTES,
@@ -369,9 +379,16 @@ impl Replica {
     /// Answers a request another member sent (the bytes its [`RpcTransport`] carried).
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let reply = match rmp_serde::from_slice::<Rpc>(request) {
-            Ok(Rpc::Vote(rpc)) => Reply::Vote(self.raft.vote(rpc).await),
+            Ok(Rpc::Vote(rpc)) => {
+                let answer = self.raft.vote(rpc).await;
+                Reply::Vote {
+                    answer,
+                    last_contact: self.contacts.last_contact_ago(),
+                }
+            }
             Ok(Rpc::Append { request, lease }) => {
                 let received = std::time::Instant::now();
+                self.contacts.contacted(received);
                 let answer = self.raft.append_entries(request).await;
                 let accepted = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
                 // Only a leader that holds its own lease renews a follower's.
@@ -405,6 +422,18 @@ impl Replica {
                     .await
                     .is_ok(),
             },
+            Ok(Rpc::LeaseEnds { nodes }) => {
+                let now = std::time::Instant::now();
+                Reply::LeaseEnds {
+                    left: nodes
+                        .iter()
+                        .map(|node| {
+                            self.lease_end_here(node)
+                                .map(|end| end.saturating_duration_since(now))
+                        })
+                        .collect(),
+                }
+            }
             Err(err) => Reply::Undecodable(err.to_string()),
         };
         rmp_serde::to_vec(&reply).unwrap_or_default()
@@ -414,7 +443,8 @@ impl Replica {
     /// this node has applied it (or the claim timeout is near: a follower slow to apply still
     /// returns the committed epoch), and the claim is fenced: every earlier claimant of the
     /// session not known to have let go confirmed it applied the claim (and so closed its
-    /// connection of the session), or the lease of those that did not has run out. Refused
+    /// connection of the session), or the lease of those that did not has run out, as the
+    /// leader knows it (at most [`ReplicaConfig::fence_wait`] from the question). Refused
     /// with [`ClaimError::NoQuorum`] after [`ReplicaConfig::claim_timeout`].
     pub async fn claim(&self, session: SessionKey) -> Result<u64, ClaimError> {
         let limit = self.config.claim_timeout;
@@ -448,38 +478,59 @@ impl Replica {
         }
         // Each earlier claimant closes its connection of the session when it applies the
         // claim: ask them all at once, so this node attaches only once the old connections are
-        // closed. One that does not confirm within its lease is cut off from the majority: its
-        // lease runs out and it closes its connections of claimed sessions itself
-        // (`in_contact`); waiting `fence_wait` from the question covers that.
+        // closed. One that does not confirm is cut off from the majority (or dead): its lease
+        // runs out and it closes its connections of claimed sessions itself (`in_contact`).
+        // The leader knows by when each lease has run out (`lease_end_here`); without its
+        // answer, waiting `fence_wait` from the question covers every lease.
         let asked = Instant::now();
+        let fence_end = asked + self.config.fence_wait();
         let mut asks = tokio::task::JoinSet::new();
-        for node in earlier {
+        for node in &earlier {
             let slot = Arc::clone(&self.slot);
             let rpc = Rpc::Applied {
                 index: applied.epoch,
             };
             let lease = self.config.lease;
+            let node = node.clone();
             asks.spawn(async move {
                 let reply = slot.call(&node, &rpc, lease).await;
                 (node, matches!(reply, Ok(Reply::Applied { reached: true })))
             });
         }
-        let mut silent = Vec::new();
-        while let Some(answer) = asks.join_next().await {
-            match answer {
-                Ok((_, true)) => {}
-                Ok((node, false)) => silent.push(node),
-                Err(_) => silent.push("?".to_owned()),
+        let lease_ends = self.lease_ends(&earlier);
+        tokio::pin!(lease_ends);
+        // Per earlier claimant not confirmed yet: when its lease has surely run out.
+        let mut waiting: BTreeMap<String, Instant> = earlier
+            .iter()
+            .map(|node| (node.clone(), fence_end))
+            .collect();
+        let mut ends_known = false;
+        while let Some(until) = waiting.values().max().copied() {
+            tokio::select! {
+                Some(answer) = asks.join_next() => {
+                    if let Ok((node, true)) = answer {
+                        waiting.remove(&node);
+                    }
+                }
+                ends = &mut lease_ends, if !ends_known => {
+                    ends_known = true;
+                    for (node, end) in earlier.iter().zip(ends) {
+                        if let (Some(wait), Some(end)) = (waiting.get_mut(node), end) {
+                            *wait = (*wait).min(end);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {
+                    tracing::info!(
+                        identity = %session.identity,
+                        name = %session.name,
+                        silent = ?waiting.keys().collect::<Vec<_>>(),
+                        waited = ?asked.elapsed(),
+                        "earlier claimants of the session did not confirm the claim: waited out their lease"
+                    );
+                    break;
+                }
             }
-        }
-        if !silent.is_empty() {
-            tracing::info!(
-                identity = %session.identity,
-                name = %session.name,
-                ?silent,
-                "earlier claimants of the session did not confirm the claim: waiting out their lease"
-            );
-            tokio::time::sleep_until(asked + self.config.fence_wait()).await;
         }
         // The fence is complete: recorded, so later claims need not fence these claims again.
         // Not waited for; if it is lost, a later claim fences them once more.
@@ -493,6 +544,53 @@ impl Replica {
             let _ = tokio::time::timeout_at(deadline, writer.write(fenced, deadline)).await;
         });
         Ok(applied.epoch)
+    }
+
+    /// As the leader: when the lease of member `node` has surely run out
+    /// ([`crate::network::Contacts`]: the delay of append entries and the node's check
+    /// included); `None` if this node is not the leader, `node` is this node, or it cannot
+    /// tell.
+    fn lease_end_here(&self, node: &str) -> Option<std::time::Instant> {
+        let me = node_id(&self.config.node);
+        let id = node_id(node);
+        let term = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state == openraft::ServerState::Leader && id != me)
+                .then_some(metrics.current_term)?
+        };
+        self.contacts
+            .lease_end(id, term, self.config.fence_margin())
+    }
+
+    /// When the lease of each of `nodes` has surely run out, as the leader answers (this node,
+    /// or asked within the lease; its answer counted from its arrival here); `None` for each
+    /// it cannot tell.
+    async fn lease_ends(&self, nodes: &[String]) -> Vec<Option<Instant>> {
+        let me = node_id(&self.config.node);
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader == Some(me) {
+            return nodes
+                .iter()
+                .map(|node| self.lease_end_here(node).map(Instant::from_std))
+                .collect();
+        }
+        let unknown = vec![None; nodes.len()];
+        let Some(name) = self.leader() else {
+            return unknown;
+        };
+        let rpc = Rpc::LeaseEnds {
+            nodes: nodes.to_vec(),
+        };
+        let reply = self.slot.call(&name, &rpc, self.config.lease).await;
+        let answered = Instant::now();
+        match reply {
+            Ok(Reply::LeaseEnds { left }) if left.len() == nodes.len() => left
+                .into_iter()
+                .map(|left| left.map(|left| answered + left))
+                .collect(),
+            _ => unknown,
+        }
     }
 
     /// Writes changes to the records of sessions this node's connections hold claims of: once

@@ -497,6 +497,73 @@ async fn a_claim_whose_previous_owner_is_cut_off_waits_only_its_lease_and_three_
     }
 }
 
+/// The previous owner of a session (a follower, or the leader) is cut off; a second later (a
+/// client noticing) another node claims the session. The claim returns only once the owner's
+/// lease, as the owner measures it, has run out, but no later than the lease and three
+/// heartbeats after the owner's last contact: the fence counts from that contact, not from
+/// the question.
+async fn a_claim_returns_once_the_cut_off_owner_s_lease_has_run_out(owner_is_leader: bool) {
+    let lease = Duration::from_secs(3);
+    let (mesh, replicas, _seen) = three(lease).await;
+    let leader = leader_known(&replicas).await;
+    let owner = replicas
+        .iter()
+        .find(|r| (r.node() == leader) == owner_is_leader)
+        .cloned()
+        .expect("the owner");
+    let claimant = replicas
+        .iter()
+        .find(|r| r.node() != owner.node())
+        .cloned()
+        .expect("a claimant");
+    owner.claim(key("s")).await.expect("claimed");
+    // A few heartbeats, so that every lease is renewed in the leader's term.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cut = std::time::Instant::now();
+    mesh.cut
+        .lock()
+        .expect("cut")
+        .insert(owner.node().to_owned());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    until("a leader among the others", || {
+        claimant
+            .leader()
+            .is_some_and(|leader| leader != owner.node())
+    })
+    .await;
+    claim_soon(&claimant, "s").await.expect("claimed");
+    let done = std::time::Instant::now();
+    let expiry = owner.lease_expiry().expect("the owner held a lease");
+    assert!(
+        done >= expiry,
+        "the claim returned {:?} before the owner's lease ran out",
+        expiry - done
+    );
+    assert!(
+        !owner.in_contact(),
+        "the owner lost its lease before the claim returned"
+    );
+    // The lease and three heartbeats from the owner's last contact, and a little for timers.
+    let took = done - cut;
+    assert!(
+        took <= lease + Duration::from_millis(300) + Duration::from_millis(400),
+        "the claim returned {took:?} after the owner was cut off"
+    );
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_returns_once_the_cut_off_follower_owner_s_lease_has_run_out() {
+    a_claim_returns_once_the_cut_off_owner_s_lease_has_run_out(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_returns_once_the_cut_off_leader_owner_s_lease_has_run_out() {
+    a_claim_returns_once_the_cut_off_owner_s_lease_has_run_out(true).await;
+}
+
 /// Waits (at most 10 s) until `done` holds.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..200 {

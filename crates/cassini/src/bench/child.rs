@@ -14,6 +14,11 @@ use anyhow::Context;
 /// How long a child may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Set (to anything), the children's log lines are copied to this process's standard error,
+/// each after the child's first argument and pid: the timeline of a scenario as the brokers
+/// saw it (for instance a failover's claim and fence, with their timestamps).
+pub(crate) const CHILD_LOG_ENV: &str = "CASSINI_BENCH_CHILD_LOG";
+
 /// A running child process of this binary.
 pub(crate) struct ChildProcess {
     child: Child,
@@ -45,9 +50,16 @@ impl ChildProcess {
         let stderr = child.stderr.take().context("child stderr")?;
         let (tx, rx) = mpsc::channel();
         let wanted = ready.to_string();
+        let copy_as = std::env::var_os(CHILD_LOG_ENV).map(|_| {
+            let first = args.first().copied().unwrap_or_default();
+            format!("[{first} {}]", child.id())
+        });
         std::thread::spawn(move || {
             let mut told = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(prefix) = &copy_as {
+                    eprintln!("{prefix} {line}");
+                }
                 if !told && line.contains(&wanted) {
                     told = true;
                     let _ = tx.send(());
