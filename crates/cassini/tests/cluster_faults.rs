@@ -1022,9 +1022,6 @@ async fn partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: in memory mode a member killed and started again empty (no remove/add) \
-            makes the leader's openraft panic (follower log reversion): the leader's node \
-            answers every claim with INTERNAL from then on"]
 async fn kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message() {
     run(
         Storage::MemoryRestartedEmpty,
@@ -1049,8 +1046,9 @@ async fn on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_ses
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: the dedupe window is per node, so a publish sent again to another node \
-            after its node's kill -9 is delivered twice, unmarked"]
+#[ignore = "issue 19: a publish is routed and forwarded before its entry (with its dedupe pair) \
+            commits; its node killed, the publisher sends it again to another node, which has \
+            no pair for it: delivered twice, the second copy unmarked"]
 async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate() {
     run(
         Storage::Disk,
@@ -1063,7 +1061,6 @@ async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: acknowledged publish on another node than the session's (the Raft inbox)"]
 async fn every_node_s_acknowledged_publishes_reach_at_least_once_sessions() {
     run(
         Storage::Memory,

@@ -523,6 +523,7 @@ impl SessionState {
         if taken_up {
             queue.lost_before_arrival(1);
         }
+        self.drain_inbox_of(record.subscription, &queue);
         let starting = self.starting(
             myself,
             record.subscription,

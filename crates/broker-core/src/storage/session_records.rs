@@ -368,6 +368,11 @@ pub(crate) fn inbox_counts(records: &SessionRecords) -> BTreeMap<u64, usize> {
     counts
 }
 
+/// The prefix of the deliveries waiting for `subscription`.
+pub(crate) fn inbox_prefix(subscription: u64) -> Bytes {
+    key(INBOX, &[subscription])
+}
+
 /// The key of `subscription`'s record.
 pub(crate) fn subscription_key(subscription: u64) -> Bytes {
     key(SUBSCRIPTION, &[subscription])

@@ -9,11 +9,36 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::SessionState;
-use crate::queue::PushOutcome;
+use crate::queue::{PushOutcome, SubscriptionQueue};
 use crate::storage::session_records::{self, InboxSlot};
 use crate::storage::{session_key, Op, SessionStore};
 
 impl SessionState {
+    /// Queues the deliveries waiting for `subscription` in its `queue` before its route is
+    /// live (a take-up): they come before anything this node routes to it afterwards, as
+    /// they were published before.
+    pub(super) fn drain_inbox_of(&mut self, subscription: u64, queue: &SubscriptionQueue) {
+        let Some(SessionStore::Replicated(store, binding)) = &self.store else {
+            return;
+        };
+        let records =
+            store.records_under(binding.key(), &session_records::inbox_prefix(subscription));
+        let this = session_key(self.id);
+        let limits = &self.shared.config.limits.topics;
+        for (slot, message) in session_records::inbox(&records, limits) {
+            match message {
+                Some((session, message)) if session == this => {
+                    let outcome = queue.push_delivered(&Arc::new(message), slot);
+                    if matches!(outcome, PushOutcome::Closed | PushOutcome::Overflowed) {
+                        continue;
+                    }
+                }
+                _ => store.append(binding, [Op::DeleteInbox(slot)]),
+            }
+            self.inbox_queued.insert(slot);
+        }
+    }
+
     /// Queues every delivery waiting in the session's records that is not queued yet. One for
     /// a subscription still starting, or in the records but not restored here, waits for a
     /// later drain; one the queue does not take (closed) stays; one for a subscription the
