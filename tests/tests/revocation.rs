@@ -222,6 +222,56 @@ async fn a_connection_is_closed_with_certificate_expired_when_its_certificate_ex
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn each_connection_is_closed_when_its_own_certificate_expires() {
+    // The certificate that expires later connects first: whatever waits for its expiry must
+    // still close the other connection at the earlier one.
+    let broker = TestBroker::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let valid_for = |seconds| Validity {
+        not_before: now - time::Duration::days(1),
+        not_after: now + time::Duration::seconds(seconds),
+    };
+    let (later_cert, later_until) = (broker.pki.client_with("later", valid_for(7)), 7);
+    let (sooner_cert, sooner_until) = (broker.pki.client_with("sooner", valid_for(4)), 4);
+    let (_later_endpoint, later) = broker
+        .raw_connection_as(&later_cert)
+        .await
+        .expect("connect");
+    let _later_control = raw::hello(&later, None).await.expect("welcomed");
+    let (_sooner_endpoint, sooner) = broker
+        .raw_connection_as(&sooner_cert)
+        .await
+        .expect("connect");
+    let _sooner_control = raw::hello(&sooner, None).await.expect("welcomed");
+
+    assert_closed_at_expiry(&sooner, now + time::Duration::seconds(sooner_until)).await;
+    assert!(
+        later.close_reason().is_none(),
+        "the connection whose certificate is still valid stays open"
+    );
+    assert_closed_at_expiry(&later, now + time::Duration::seconds(later_until)).await;
+    broker.stop().await;
+}
+
+/// Waits for `connection` to close and checks it was closed with `CERTIFICATE_EXPIRED` within
+/// 3 s after its certificate's `not_after` second ended.
+async fn assert_closed_at_expiry(connection: &quinn::Connection, not_after: time::OffsetDateTime) {
+    let (code, reason) = close_of(connection).await;
+    let closed_at = SystemTime::now();
+    assert_eq!(code, ErrorCode::CERTIFICATE_EXPIRED, "{reason}");
+    // X.509 times are whole seconds: the certificate is valid through that second.
+    let expired_at = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(not_after.unix_timestamp()).expect("after 1970") + 1);
+    let late = closed_at
+        .duration_since(expired_at)
+        .expect("not closed before the certificate expired");
+    assert!(
+        late < Duration::from_secs(3),
+        "closed {late:?} after expiry"
+    );
+}
+
 /// Opens a session as `cert` and drops the connection without a goodbye: the session stays,
 /// detached. Returns its id.
 async fn detached_session(broker: &TestBroker, cert: &IssuedCert) -> cassini_protocol::SessionId {

@@ -52,7 +52,7 @@ pub struct MemoryUse {
 /// How many of each actor exist, and whether any route is left. For monitoring and leak tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerStats {
-    /// Listener actors, one per open connection.
+    /// Listeners (tasks), one per open connection.
     pub connections: usize,
     /// Session actors, attached or not.
     pub sessions: usize,
@@ -433,7 +433,7 @@ impl BrokerHandle {
         })
         .await;
         // No listener is started from here on (the manager refuses connections): once every
-        // listener's state is gone, the tracker is empty.
+        // listener's task has ended, the tracker is empty.
         let connections = &self.managers.connections;
         connections.close();
         let drain = self.config().shutdown.drain;

@@ -9,7 +9,7 @@
 //! bundles the state they share; the data plane (`admission`, `system_events` and
 //! `connection`'s stream tasks) works on that context alone and reports upward only through
 //! callbacks it defines; the actors start and own the data plane's tasks, with a connection's
-//! driver between the session actors it asks and the listener actor that runs it; [`broker`],
+//! driver between the session actors it asks and the listener task that runs it; [`broker`],
 //! [`local`] and [`peer`] are the entry points on top. Inside the crate, items are named by the
 //! module that defines them, never through the re-exports below.
 //!

@@ -1,67 +1,113 @@
-//! A listener actor: owns one connection for as long as it lives.
+//! A listener: the task that owns one connection for as long as it lives.
 //!
-//! It runs the connection's driver task and, when the connection ends however it ends, tells
-//! the session: a goodbye ends the session, anything else detaches it. That notice is sent from
-//! the state's `Drop`, so it also happens if this actor fails.
+//! It is a plain task, not an actor: a connection has nothing to say to the actor tree but
+//! "attached" and "ended", and an actor's mailbox, supervision channels and task cost about
+//! 6 KiB per connection (docs/BENCHMARKS.md, "Connections"). The listener manager spawns it,
+//! counts it, tells it the broker is going away (through one watch channel for every
+//! connection) and aborts it when the manager stops.
 //!
-//! The driver runs inside a `connection` tracing span carrying the peer's `remote` address and
+//! The task runs the connection's driver and, when the connection ends however it ends (the
+//! driver returned, the task was aborted, or it panicked), its [`Owner`]'s `Drop` closes the
+//! connection, tells the session (a goodbye ends the session, anything else detaches it) and
+//! then tells the manager, through the callback the manager gave.
+//!
+//! The task runs inside a `connection` tracing span carrying the peer's `remote` address and
 //! `identity`; the driver records `session` on it once the session is attached, so every log
 //! line of the connection names all three. The connection is in the monitoring registry for as
-//! long as this actor's state lives.
+//! long as the task lives.
 
 use std::sync::Arc;
 
 use cassini_protocol::ErrorCode;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::session::SessionMsg;
 use super::session_manager::SessionManagerMsg;
-use crate::connection::driver::{drive_connection, DriverEvent};
+use crate::connection::driver::{drive_connection, Attachment};
 use crate::context::Shared;
 use crate::introspect::registry::Registration;
 use crate::transport::Connection;
 
-pub(crate) struct Listener;
-
+/// What a listener is started with.
 pub(crate) struct ListenerArgs {
     pub(crate) connection: Arc<dyn Connection>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sessions: ActorRef<SessionManagerMsg>,
-    /// The broker's tracker of connections: the driver runs on it, and this listener is
-    /// counted in it until its state is dropped.
+    /// The broker's tracker of connections: the listener runs on it, so shutdown waits until
+    /// its `Owner` has been dropped (after the notice to the session was sent).
     pub(crate) connections: TaskTracker,
+    /// `Some(reason)` once the broker is going away; one channel for every connection.
+    pub(crate) going_away: watch::Receiver<Option<String>>,
 }
 
-pub(crate) enum ListenerMsg {
-    /// What the driver reported: the connection was attached to a session, or the driver
-    /// finished.
-    Driver(DriverEvent),
-    /// The broker is shutting down.
-    Shutdown { reason: String },
+/// Starts the listener of `args.connection`; `ended` is called once, last, when it ends.
+/// The handle aborts it (its `Owner` is dropped all the same).
+pub(crate) fn spawn_listener(
+    args: ListenerArgs,
+    ended: impl FnOnce() + Send + 'static,
+) -> AbortHandle {
+    let registration = args.shared.registry.register(&args.connection);
+    let peer = args.connection.peer();
+    let span = tracing::info_span!(
+        "connection",
+        remote = %peer.remote_addr,
+        identity = %peer.identity,
+        session = tracing::field::Empty,
+    );
+    let mut owner = Owner {
+        connection: Arc::clone(&args.connection),
+        going_away: args.going_away.clone(),
+        attachment: None,
+        clean: false,
+        _registration: registration,
+        ended: Some(ended),
+    };
+    let task = async move {
+        let clean = drive_connection(
+            args.connection,
+            args.shared,
+            args.sessions,
+            &mut owner.attachment,
+            args.going_away,
+        )
+        .await;
+        owner.driven(clean);
+    };
+    args.connections.spawn(task.instrument(span)).abort_handle()
 }
 
-pub(crate) struct ListenerState {
+/// What the listener's task holds for its connection; its `Drop` is the connection's end.
+struct Owner<F: FnOnce()> {
     connection: Arc<dyn Connection>,
-    driver: JoinHandle<()>,
-    /// Tells the driver the broker is going away, with the reason.
-    going_away: watch::Sender<Option<String>>,
-    session: Option<(ActorRef<SessionMsg>, u64)>,
+    /// Read at the end: a connection of a broker going away closes with
+    /// `SERVER_SHUTTING_DOWN`.
+    going_away: watch::Receiver<Option<String>>,
+    /// The session the driver attached the connection to, and the attach's epoch.
+    attachment: Option<Attachment>,
+    /// Whether the client said goodbye.
     clean: bool,
-    /// Keeps the connection in the monitoring registry until this state is dropped.
+    /// Keeps the connection in the monitoring registry until the listener ends.
     _registration: Registration,
-    /// Keeps the listener counted in the broker's connection tracker (what shutdown waits
-    /// for) until this state is dropped, after the notice to the session was sent.
-    _tracked: TaskTrackerToken,
+    /// Tells the listener manager; `None` once called.
+    ended: Option<F>,
 }
 
-impl Drop for ListenerState {
+impl<F: FnOnce()> Owner<F> {
+    /// The driver returned; `clean` when the client said goodbye.
+    fn driven(&mut self, clean: bool) {
+        self.clean = clean;
+    }
+}
+
+impl<F: FnOnce()> Drop for Owner<F> {
     fn drop(&mut self) {
-        self.driver.abort();
+        if std::thread::panicking() {
+            tracing::error!("listener failed; cleaning up after it");
+        }
         match self.going_away.borrow().as_deref() {
             Some(reason) => self
                 .connection
@@ -70,7 +116,7 @@ impl Drop for ListenerState {
                 .connection
                 .close(ErrorCode::NORMAL, "connection closed"),
         }
-        if let Some((session, epoch)) = self.session.take() {
+        if let Some(Attachment { session, epoch }) = self.attachment.take() {
             let notice = if self.clean {
                 SessionMsg::End { epoch }
             } else {
@@ -81,73 +127,8 @@ impl Drop for ListenerState {
             };
             let _ = session.send_message(notice);
         }
-    }
-}
-
-impl Actor for Listener {
-    type Msg = ListenerMsg;
-    type State = ListenerState;
-    type Arguments = ListenerArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let (going_away, going_away_rx) = watch::channel(None);
-        let registration = args.shared.registry.register(&args.connection);
-        let peer = args.connection.peer();
-        let span = tracing::info_span!(
-            "connection",
-            remote = %peer.remote_addr,
-            identity = %peer.identity,
-            session = tracing::field::Empty,
-        );
-        let report = Box::new(move |event| {
-            let _ = myself.send_message(ListenerMsg::Driver(event));
-        });
-        let tracked = args.connections.token();
-        let driver = args.connections.spawn(
-            drive_connection(
-                Arc::clone(&args.connection),
-                args.shared,
-                args.sessions,
-                report,
-                going_away_rx,
-            )
-            .instrument(span),
-        );
-        Ok(ListenerState {
-            connection: args.connection,
-            driver,
-            going_away,
-            session: None,
-            clean: false,
-            _registration: registration,
-            _tracked: tracked,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            ListenerMsg::Driver(DriverEvent::Established { session, epoch }) => {
-                state.session = Some((session, epoch))
-            }
-            ListenerMsg::Driver(DriverEvent::Ended { clean }) => {
-                state.clean = clean;
-                myself.stop(None);
-            }
-            ListenerMsg::Shutdown { reason } => {
-                // The driver sends `GoingAway` and closes; a connection still in its handshake
-                // is closed with the same code when this actor stops.
-                state.going_away.send_replace(Some(reason));
-            }
+        if let Some(ended) = self.ended.take() {
+            ended();
         }
-        Ok(())
     }
 }

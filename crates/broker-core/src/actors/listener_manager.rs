@@ -1,14 +1,15 @@
-//! The listener manager: one listener actor per accepted connection, and the connection limits
-//! (in total, and per certificate identity).
+//! The listener manager: one listener (a task, [`super::listener`]) per accepted connection,
+//! and the connection limits (in total, and per certificate identity).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
-use super::ended_child;
-use super::listener::{Listener, ListenerArgs, ListenerMsg};
+use super::listener::{spawn_listener, ListenerArgs};
 use super::session_manager::SessionManagerMsg;
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -26,6 +27,8 @@ pub(crate) enum ListenerManagerMsg {
     },
     /// How many listeners exist.
     Count(RpcReplyPort<usize>),
+    /// The listener numbered so ended (sent last by its task, however it ended).
+    Ended(u64),
 }
 
 pub(crate) struct ListenerManagerArgs {
@@ -39,10 +42,14 @@ pub(crate) struct ListenerManagerState {
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
     connections: TaskTracker,
-    listeners: HashMap<ActorId, (ActorRef<ListenerMsg>, Arc<str>)>,
+    /// Every live listener by its number: what stops it, and its connection's identity.
+    listeners: HashMap<u64, (AbortHandle, Arc<str>)>,
+    /// The number the next listener gets.
+    next_listener: u64,
     /// Open connections per certificate identity; an identity with none has no entry.
     per_identity: HashMap<Arc<str>, usize>,
-    accepting: bool,
+    /// `Some(reason)` once the broker is going away: every listener watches it.
+    going_away: watch::Sender<Option<String>>,
 }
 
 impl Actor for ListenerManager {
@@ -60,8 +67,9 @@ impl Actor for ListenerManager {
             sessions: args.sessions,
             connections: args.connections,
             listeners: HashMap::new(),
+            next_listener: 0,
             per_identity: HashMap::new(),
-            accepting: true,
+            going_away: watch::Sender::new(None),
         })
     }
 
@@ -77,7 +85,7 @@ impl Actor for ListenerManager {
                 let max = limits.max_connections;
                 let identity = Arc::clone(&connection.peer().identity);
                 let of_identity = state.per_identity.get(&identity).copied().unwrap_or(0);
-                let refusal = if !state.accepting {
+                let refusal = if state.going_away.borrow().is_some() {
                     Some(BrokerError::ShuttingDown)
                 } else if state.listeners.len() >= max {
                     Some(BrokerError::TooManyConnections(max))
@@ -106,56 +114,52 @@ impl Actor for ListenerManager {
                     return Ok(());
                 }
                 let args = ListenerArgs {
-                    connection: Arc::clone(&connection),
+                    connection,
                     shared: Arc::clone(&state.shared),
                     sessions: state.sessions.clone(),
                     connections: state.connections.clone(),
+                    going_away: state.going_away.subscribe(),
                 };
-                match Actor::spawn_linked(None, Listener, args, myself.get_cell()).await {
-                    Ok((listener, _)) => {
-                        *state.per_identity.entry(Arc::clone(&identity)).or_default() += 1;
-                        state
-                            .listeners
-                            .insert(listener.get_id(), (listener, identity));
-                    }
-                    Err(err) => {
-                        tracing::error!(%err, "cannot start a listener");
-                        let err = BrokerError::Internal(err.to_string());
-                        connection.close(err.code(), &err.reason());
-                    }
-                }
+                let number = state.next_listener;
+                state.next_listener += 1;
+                let manager = myself.clone();
+                let listener = spawn_listener(args, move || {
+                    let _ = manager.send_message(ListenerManagerMsg::Ended(number));
+                });
+                *state.per_identity.entry(Arc::clone(&identity)).or_default() += 1;
+                state.listeners.insert(number, (listener, identity));
             }
             ListenerManagerMsg::Shutdown { reason, reply } => {
-                state.accepting = false;
-                for (listener, _) in state.listeners.values() {
-                    let _ = listener.send_message(ListenerMsg::Shutdown {
-                        reason: reason.clone(),
-                    });
-                }
+                state.going_away.send_replace(Some(reason));
                 let _ = reply.send(());
             }
             ListenerManagerMsg::Count(reply) => {
                 let _ = reply.send(state.listeners.len());
             }
+            ListenerManagerMsg::Ended(number) => {
+                if let Some((_, identity)) = state.listeners.remove(&number) {
+                    if let Some(count) = state.per_identity.get_mut(&identity) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            state.per_identity.remove(&identity);
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
+    /// Stopping the manager (the broker stopping) stops every listener left: each closes its
+    /// connection (with `SERVER_SHUTTING_DOWN` once the broker is going away, a connection still
+    /// in its handshake among them) and detaches its session.
+    async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some((cell, _)) = ended_child(event, "listener") {
-            if let Some((_, identity)) = state.listeners.remove(&cell.get_id()) {
-                if let Some(count) = state.per_identity.get_mut(&identity) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        state.per_identity.remove(&identity);
-                    }
-                }
-            }
+        for (listener, _) in state.listeners.values() {
+            listener.abort();
         }
         Ok(())
     }

@@ -5,12 +5,14 @@
 //! ├── TopicManager ────── Topic (one per subscribed filter)
 //! ├── SubscriberManager ─ Subscriber (one per subscription)
 //! ├── SessionManager ──── Session (one per client session)
-//! └── ListenerManager ─── Listener (one per connection)
+//! └── ListenerManager ─── listener task (one per connection)
 //! ```
 //!
 //! Managers are started in that order because each later one talks to the earlier ones. Every
 //! manager supervises its children: when a child ends, normally or by failure, the manager
-//! removes it from its index and cleans up what the child owned. Data never travels through a
+//! removes it from its index and cleans up what the child owned. A listener is a plain task,
+//! not an actor (it has nothing to be asked; [`listener`] says what that saves), which tells
+//! its manager when it ends, however it ends. Data never travels through a
 //! mailbox (ractor mailboxes are unbounded); actors only handle subscribe, unsubscribe, attach,
 //! detach and expiry, while messages go from publish tasks through the router into bounded
 //! queues.

@@ -31,8 +31,8 @@ pub(crate) struct SupervisorArgs {
 #[derive(Clone)]
 pub(crate) struct Managers {
     pub(crate) shared: Arc<Shared>,
-    /// Tracks every listener (one per connection) until its state is dropped: shutdown waits
-    /// on it.
+    /// Tracks every listener (one task per connection) until it has ended: shutdown waits on
+    /// it.
     pub(crate) connections: TaskTracker,
     pub(crate) topics: ActorRef<TopicManagerMsg>,
     pub(crate) subscribers: ActorRef<SubscriberManagerMsg>,

@@ -1,12 +1,12 @@
 //! One connection, from `Hello` to goodbye.
 //!
-//! The driver runs as a task owned by the connection's listener actor, which it tells what
-//! happened through the [`DriverReport`] it was given. It accepts the control
-//! stream, answers `Hello` with `Welcome` after the session manager has created or resumed the
-//! session, then serves control requests and accepts publish streams until the client finishes
-//! its control stream (a goodbye) or anything goes wrong. Any protocol error closes this
-//! connection only, with the error's code and reason. A connection whose session was attached
-//! emits a `connect` system event then, and a `disconnect` event (with the reason) at its end.
+//! The driver runs in the task of the connection's listener and records the session it
+//! attached in the [`Attachment`] slot the listener gave it. It accepts the control stream,
+//! answers `Hello` with `Welcome` after the session manager has created or resumed the session,
+//! then serves control requests and accepts publish streams until the client finishes its
+//! control stream (a goodbye) or anything goes wrong. Any protocol error closes this connection
+//! only, with the error's code and reason. A connection whose session was attached emits a
+//! `connect` system event then, and a `disconnect` event (with the reason) at its end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,34 +48,29 @@ const GOODBYE_DRAIN: Duration = Duration::from_secs(5);
 /// opened before its goodbye whose first packet is still on its way.
 const GOODBYE_STRAGGLERS: Duration = Duration::from_millis(25);
 
-/// What the driver tells the listener actor that owns it.
-pub(crate) enum DriverEvent {
-    /// The connection is attached to `session`; a later detach or end must name `epoch`.
-    Established {
-        session: ActorRef<SessionMsg>,
-        epoch: u64,
-    },
-    /// The driver finished; `clean` when the client said goodbye.
-    Ended { clean: bool },
+/// The session a connection is attached to, which the driver records in its owner's slot as
+/// soon as the session is opened: a later detach or end must name `epoch`.
+pub(crate) struct Attachment {
+    pub(crate) session: ActorRef<SessionMsg>,
+    pub(crate) epoch: u64,
 }
 
-/// Where the driver reports to its owner (the listener gives it: the driver never names it).
-pub(crate) type DriverReport = Box<dyn Fn(DriverEvent) + Send + Sync>;
-
-/// Runs the connection to its end, closes it with a code, and tells its owner.
+/// Runs the connection to its end and closes it with a code. Returns whether the client said
+/// goodbye. The attached session is recorded in `attachment` (the listener that owns the
+/// connection tells it of the end: the driver never names the listener).
 pub(crate) async fn drive_connection(
     connection: Arc<dyn Connection>,
     shared: Arc<Shared>,
     sessions: ActorRef<SessionManagerMsg>,
-    report: DriverReport,
+    attachment: &mut Option<Attachment>,
     going_away: watch::Receiver<Option<String>>,
-) {
+) -> bool {
     let mut attached = None;
     let outcome = serve(
         &connection,
         &shared,
         &sessions,
-        &report,
+        attachment,
         going_away,
         &mut attached,
     )
@@ -115,14 +110,14 @@ pub(crate) async fn drive_connection(
             connected_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
     }
-    report(DriverEvent::Ended { clean });
+    clean
 }
 
 async fn serve(
     connection: &Arc<dyn Connection>,
     shared: &Arc<Shared>,
     sessions: &ActorRef<SessionManagerMsg>,
-    report: &DriverReport,
+    attachment: &mut Option<Attachment>,
     mut going_away: watch::Receiver<Option<String>>,
     attached: &mut Option<(SessionId, Instant)>,
 ) -> Result<(), BrokerError> {
@@ -182,7 +177,7 @@ async fn serve(
         (hold, opened)
     };
     let ended = opened.ended.take();
-    report(DriverEvent::Established {
+    *attachment = Some(Attachment {
         session: opened.session.clone(),
         epoch: opened.epoch,
     });
