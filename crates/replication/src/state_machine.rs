@@ -612,6 +612,26 @@ impl StateMachine {
         })
     }
 
+    /// Tells each observer what it watches of what was just applied (outside the lock):
+    /// the claims, the changes to session records, the retained topics changed.
+    fn tell(&self, claims: &[(SessionKey, Owner)], records: &[RecordsChange], retained: &[String]) {
+        if let Some(observer) = &self.observer {
+            for (session, owner) in claims {
+                observer(session, owner);
+            }
+        }
+        if let Some(observer) = self
+            .records_observer
+            .as_ref()
+            .filter(|_| !records.is_empty())
+        {
+            observer(records);
+        }
+        if let Some(observer) = self.shared_observer.get().filter(|_| !retained.is_empty()) {
+            observer(retained);
+        }
+    }
+
     /// Tells `observer` of the changes to session records each batch of entries applies; first,
     /// of the records it starts with (a stored snapshot's), as replaced.
     pub fn with_records_observer(mut self, observer: Option<RecordsObserver>) -> Self {
@@ -899,25 +919,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        if let Some(observer) = &self.observer {
-            for (session, owner) in &claimed {
-                observer(session, owner);
-            }
-        }
-        if let Some(observer) = self
-            .records_observer
-            .as_ref()
-            .filter(|_| !changes.is_empty())
-        {
-            observer(&changes);
-        }
-        if let Some(observer) = self
-            .shared_observer
-            .get()
-            .filter(|_| !retained_changed.is_empty())
-        {
-            observer(&retained_changed);
-        }
+        self.tell(&claimed, &changes, &retained_changed);
         Ok(answers)
     }
 
@@ -986,25 +988,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
             (changed, retained_changed)
         };
-        if let Some(observer) = &self.observer {
-            for (session, owner) in &changed {
-                observer(session, owner);
-            }
-        }
-        if let Some(observer) = self
-            .records_observer
-            .as_ref()
-            .filter(|_| !replaced.is_empty())
-        {
-            observer(&replaced);
-        }
-        if let Some(observer) = self
-            .shared_observer
-            .get()
-            .filter(|_| !retained_changed.is_empty())
-        {
-            observer(&retained_changed);
-        }
+        self.tell(&changed, &replaced, &retained_changed);
         Ok(())
     }
 
