@@ -234,6 +234,15 @@ impl TestBroker {
         self.server.reload(tls).expect("reload")
     }
 
+    /// Waits until the QUIC endpoint holds no connection at all, draining ones included: from
+    /// then on it answers a packet of any earlier connection with a stateless reset.
+    pub async fn wait_until_quic_forgets_every_connection(&self, what: &str) {
+        eventually(what, || async {
+            (self.server.quic_connections() == 0).then_some(())
+        })
+        .await
+    }
+
     /// The QUIC server's accept-path counters.
     pub fn accept_stats(&self) -> Arc<AcceptStats> {
         self.server.stats()

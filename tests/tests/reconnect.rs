@@ -354,3 +354,35 @@ async fn a_gap_lost_in_flight_is_announced_on_resume_even_when_nothing_follows_i
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_goodbye_whose_closing_reply_is_lost_still_closes_cleanly() {
+    // The broker's CONNECTION_CLOSE after the goodbye is lost; by the time the client sends
+    // again, the broker has forgotten the connection and answers with a stateless reset. The
+    // goodbye was heard: `close` succeeds.
+    let broker = TestBroker::start().await;
+    let relay = UdpRelay::start(broker.addr).await.expect("relay");
+    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client("leaving"));
+    let client = Client::builder(relay.addr)
+        .ca_certs(broker.pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+        .connect()
+        .await
+        .expect("connects through the relay");
+    relay.cut_downstream();
+    let closing = tokio::spawn(async move { client.close().await });
+    broker
+        .wait_for_stats("the broker ends the session on the goodbye", |s| {
+            s.connections == 0 && s.sessions == 0
+        })
+        .await;
+    broker
+        .wait_until_quic_forgets_every_connection("the broker's endpoint forgets the connection")
+        .await;
+    relay.restore();
+
+    let closed = within("close returns", closing).await.expect("close task");
+    assert!(closed.is_ok(), "close after a heard goodbye: {closed:?}");
+    broker.stop().await;
+}

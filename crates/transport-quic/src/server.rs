@@ -226,6 +226,13 @@ impl QuicServer {
         self.live.len()
     }
 
+    /// How many QUIC connections the endpoint still holds, counting those closed but not yet
+    /// past their draining period (a packet for a connection no longer held is answered with a
+    /// stateless reset).
+    pub fn quic_connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()

@@ -34,7 +34,9 @@ impl Client {
     /// if the client was reconnecting ([`ClientError::Disconnected`]: buffered publishes are
     /// dropped, and the broker keeps the session until it expires), if the client had ended
     /// for good (that error), or if the broker did not acknowledge the publish streams in
-    /// time. Calling it again only waits for the first call to finish.
+    /// time. A stateless reset in answer to the goodbye (the broker's close was lost and the
+    /// broker has since forgotten the connection) counts as the broker's close. Calling it
+    /// again only waits for the first call to finish.
     pub async fn close(&self) -> Result<(), ClientError> {
         self.end(Ending::Goodbye).await
     }
@@ -165,10 +167,19 @@ async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(),
     let drained = attachment.publisher.close().await;
     let mut closed_by_broker = None;
     if failed_before.is_none() {
-        if let Err(error) = attachment.control.goodbye().await {
-            tracing::debug!(%error, "goodbye not sent");
-        }
+        let said_goodbye = match attachment.control.goodbye().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "goodbye not sent");
+                false
+            }
+        };
         match timeout(close_timeout, connection.closed()).await {
+            // The broker's close was lost and the broker, having closed the connection on the
+            // goodbye, no longer knows it: the goodbye was heard.
+            Ok(quinn::ConnectionError::Reset) if said_goodbye => {
+                tracing::debug!("the broker reset the connection after the goodbye")
+            }
             Ok(reason) => closed_by_broker = Some(reason),
             Err(_) => tracing::warn!(
                 timeout = ?close_timeout,
