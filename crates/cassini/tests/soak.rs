@@ -154,16 +154,27 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
     );
     assert!(delivered > 0, "messages flowed");
     assert!(samples.len() >= 4, "enough samples to judge");
-    // Level off: the highest RSS of the last half is within 20% (plus 16 MiB of allocator
-    // slack) of the highest of the first half, after warm-up.
+    // Level off: the median RSS of the last half is within 20% (plus 16 MiB of allocator
+    // slack) of the highest of the first half, after warm-up; a leak raises the median. A
+    // burst (the broker falling behind on a busy machine fills its bounded queues, then
+    // drains them) may lift single samples, but never past twice the early high.
     let half = samples.len() / 2;
     let early = samples[1..half].iter().copied().max().unwrap_or(samples[0]);
-    let late = samples[half..].iter().copied().max().unwrap_or(early);
+    let mut late: Vec<u64> = samples[half..].to_vec();
+    late.sort_unstable();
+    let late_median = late[late.len() / 2];
+    let late_high = late.last().copied().unwrap_or(late_median);
     assert!(
-        late <= early + early / 5 + 16 * 1024 * 1024,
-        "broker memory kept growing: {} KiB early, {} KiB late (seed {seed})",
+        late_median <= early + early / 5 + 16 * 1024 * 1024,
+        "broker memory kept growing: {} KiB early high, {} KiB late median (seed {seed})",
         early / 1024,
-        late / 1024
+        late_median / 1024
+    );
+    assert!(
+        late_high <= 2 * early,
+        "broker memory burst past twice its early high: {} KiB early, {} KiB late (seed {seed})",
+        early / 1024,
+        late_high / 1024
     );
     for handle in handles {
         handle.abort();
