@@ -54,7 +54,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_client::{Client, ConnectionState, Gap, Message, Subscription, SubscriptionEvent};
@@ -149,6 +149,8 @@ struct Published {
     /// Which of its publisher's connections acknowledged it (0 first; one more after each
     /// reconnect).
     connection: u64,
+    /// When it was recorded.
+    at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +161,8 @@ struct Delivery {
     topic: String,
     sequence: u64,
     redelivered: bool,
+    /// When it was recorded.
+    at: Instant,
 }
 
 #[derive(Debug)]
@@ -266,6 +270,7 @@ impl History {
             topic: topic.to_owned(),
             acked,
             connection,
+            at: Instant::now(),
         });
     }
 
@@ -533,6 +538,7 @@ impl SubscriptionRecorder {
                 topic: topic.to_owned(),
                 sequence,
                 redelivered,
+                at: Instant::now(),
             });
         });
     }
@@ -647,9 +653,10 @@ fn check_subscription(
                 .collect();
             if !missing.is_empty() {
                 report(format!(
-                    "{} acknowledged publishes never delivered, e.g. {:?}",
+                    "{} acknowledged publishes never delivered, e.g. {:?}; {}",
                     missing.len(),
-                    missing.first().map(|p| p.id)
+                    missing.first().map(|p| p.id),
+                    describe_missing(published, &missing, &subscription.deliveries)
                 ));
             }
         }
@@ -1012,6 +1019,48 @@ pub async fn publish_while(
         index += 1;
     }
     index
+}
+
+/// Where the missing publishes of a subscription lie, for a replay: per publisher (up to four)
+/// the indexes and when they were published, and the subscription's last delivery; times are
+/// seconds since the first publish of the run.
+fn describe_missing(
+    published: &[Published],
+    missing: &[&&Published],
+    deliveries: &[Delivery],
+) -> String {
+    let Some(start) = published.iter().map(|p| p.at).min() else {
+        return String::new();
+    };
+    let since = |at: Instant| at.saturating_duration_since(start).as_secs_f64();
+    let mut by_publisher: BTreeMap<u32, Vec<&Published>> = BTreeMap::new();
+    for p in missing {
+        by_publisher.entry(p.id.publisher).or_default().push(p);
+    }
+    let mut parts: Vec<String> = by_publisher
+        .iter()
+        .take(4)
+        .map(|(publisher, ps)| {
+            let (first, last) = (ps[0], ps[ps.len() - 1]);
+            format!(
+                "publisher {publisher}: {} missing, indexes {}..={} published {:.2}s..{:.2}s",
+                ps.len(),
+                first.id.index,
+                last.id.index,
+                since(first.at),
+                since(last.at)
+            )
+        })
+        .collect();
+    if let Some(last) = deliveries.last() {
+        parts.push(format!(
+            "last delivery {:?} at {:.2}s, {} deliveries in all",
+            last.id,
+            since(last.at),
+            deliveries.len()
+        ));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]
