@@ -429,8 +429,10 @@ impl Peer {
     /// Whether a publish that the startup tally took as `tallied` (how many peers had synced
     /// then) is in this peer's drops already: it synced after the publish was tallied.
     fn tallied(&self, tallied: Option<u64>) -> bool {
-        let synced_at = self.synced_at.load(Ordering::Acquire);
-        tallied.is_some_and(|before| synced_at != NOT_SYNCED && synced_at >= before)
+        tallied.is_some_and(|before| {
+            let synced_at = self.synced_at.load(Ordering::Acquire);
+            synced_at != NOT_SYNCED && synced_at >= before
+        })
     }
 
     fn send(&self, forward: Forward) {
@@ -761,7 +763,6 @@ impl Cluster {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|peer| !peer.tallied(tallied))
             .cloned()
             .collect();
         if peers.is_empty() {
@@ -773,6 +774,12 @@ impl Cluster {
         for peer in peers {
             let (live, plain) = {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+                // Under the interest lock, which the peer's first snapshot holds while it
+                // takes the tally: either this message is in its drops, or its interest here
+                // is the one that snapshot set.
+                if peer.tallied(tallied) {
+                    continue;
+                }
                 let live = interest.0 != 0;
                 let (plain, groups) = interest.1.matching(topic);
                 for group in groups {
@@ -1395,6 +1402,8 @@ impl Cluster {
         let topic = &message.topic;
         let tallied = self.tally(topic, Some(session));
         let holder = self.peer_list().into_iter().find(|peer| {
+            // Under the interest lock, as in `forward`.
+            let _interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
             !peer.tallied(tallied)
                 && peer
                     .sessions
