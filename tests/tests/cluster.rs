@@ -1142,3 +1142,65 @@ async fn a_node_reached_at_two_addresses_keeps_one_link_and_loses_nothing() {
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test]
+async fn what_a_just_started_node_published_before_it_knew_a_peers_interest_reaches_that_peer_as_gaps(
+) {
+    // Node 2 has a subscriber; node 1's broker takes publishes before its cluster endpoint is
+    // up, so before it knows node 2's interest. Once the links are up, node 2's subscriber must
+    // hear of every matching one as a `ClusterRoute` gap, though nothing more is published,
+    // and the next message after the gaps.
+    let pki = Pki::new();
+    let peer = Node::start(&pki, "n2").await;
+    let subscriber = peer.broker.client("sub").await;
+    let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
+    let config = BrokerConfig {
+        cluster: Some(ClusterConfig::node("n1")),
+        ..BrokerConfig::default()
+    };
+    let started = TestBroker::start_sharing_ca(&pki, config).await;
+    let publisher = started.client("publisher").await;
+    for topic in ["t.a", "t.a", "u", "t.b"] {
+        publisher
+            .publish_acked(topic, Bytes::from_static(b"early"))
+            .await
+            .expect("acknowledged");
+    }
+    let options = ClusterOptions::new(
+        "test",
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![peer.cluster_addr()],
+    );
+    let node = Node {
+        cluster: start_endpoint(&pki, &started, "n1", options),
+        broker: started,
+    };
+    let mut missed = 0;
+    while missed < 3 {
+        match within("node 1's early publishes announced", feed.next_event()).await {
+            Some(SubscriptionEvent::Gap(Gap::Missed {
+                from,
+                to,
+                reason: Some(GapReason::ClusterRoute),
+            })) if from == missed + 1 => missed = to,
+            other => panic!("expected ClusterRoute gaps of sequences 1-3, got {other:?}"),
+        }
+    }
+    assert_eq!(missed, 3, "the two on `t.a` and the one on `t.b`, not `u`");
+    eventually("the links are up both ways", || async {
+        (node.meshed_with(1) && peer.meshed_with(1)).then_some(())
+    })
+    .await;
+    publisher
+        .publish("t.a", Bytes::from_static(b"late"))
+        .await
+        .expect("publish");
+    let late = within("the next message", feed.next())
+        .await
+        .expect("a message");
+    assert_eq!(
+        (late.payload().as_ref(), late.sequence()),
+        (&b"late"[..], 4)
+    );
+    stop_all(vec![node, peer]).await;
+}

@@ -22,6 +22,9 @@
 //!   member on this node is served here; otherwise one peer with members of it is chosen, round
 //!   robin, and told in the forward which groups it serves. Each interest is held in a
 //!   [`FilterTrie`], so matching a topic costs the same however many filters a peer holds.
+//! - **A node that has just started** ([`startup`]) does not know a peer's interest until that
+//!   peer's first snapshot: what it publishes meanwhile is tallied, and the first snapshot
+//!   turns the tally into drops for what the peer's interest matches.
 //! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
 //!   announced by the peer on its next link if it comes back as the same incarnation;
 //!   otherwise this node announces a loss of each kind the link carried ([`crate::peer`]).
@@ -35,9 +38,10 @@
 //!   `Welcome` can list every node in routing ([`Cluster::client_addresses`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use serde::{Deserialize, Serialize};
@@ -49,10 +53,13 @@ use crate::message::PublishedMessage;
 pub mod ownership;
 pub(crate) mod retained;
 pub mod sessions;
+mod startup;
 
 use cassini_protocol::{SessionId, SubscriptionId};
 pub use sessions::SessionInterest;
 use sessions::SessionTable;
+use startup::StartupTally;
+pub use startup::STARTUP_WINDOW;
 /// The most bytes of Raft entries one append entries request carries: within the cluster
 /// links' frame bound (64 MiB), with room for the request's own fields.
 pub(crate) const MAX_APPEND_BYTES: u64 = 48 * 1024 * 1024;
@@ -84,6 +91,11 @@ pub struct ClusterConfig {
     /// not confirm it waits until that node's lease has run out (this long plus three
     /// heartbeats, 300 ms, from its last contact). Default: 2 s.
     pub lease: Duration,
+    /// For how long after the start what this node publishes is tallied for the peers whose
+    /// interest it does not know yet, and announced to each as lost once it does (unless every
+    /// configured peer has told its interest sooner). Longer covers peers that come up later,
+    /// at the cost of a lock per publish meanwhile. Default: [`STARTUP_WINDOW`] (10 s).
+    pub startup_window: Duration,
 }
 
 impl ClusterConfig {
@@ -96,6 +108,7 @@ impl ClusterConfig {
             members: Vec::new(),
             claim_timeout: Duration::from_secs(3),
             lease: Duration::from_secs(2),
+            startup_window: STARTUP_WINDOW,
         }
     }
 }
@@ -367,7 +380,14 @@ struct Peer {
     rtt_micros: AtomicU64,
     /// What the peer's last link to this node may have lost, when it ended uncleanly.
     unsettled: Mutex<Option<Unsettled>>,
+    /// The peer's place among the peers whose first snapshot turned this node's startup tally
+    /// into drops ([`NOT_SYNCED`]: none did): a publish tallied before that is in its drops,
+    /// and [`Cluster::forward`] leaves the peer out for it.
+    synced_at: AtomicU64,
 }
+
+/// [`Peer::synced_at`] of a peer whose snapshot did not take the startup tally.
+const NOT_SYNCED: u64 = u64::MAX;
 
 /// A link from a peer that ended uncleanly (not after the peer's `Bye`): the forwards the peer
 /// still held for this node, and the drops it counted for it, are announced by the peer on its
@@ -402,7 +422,17 @@ impl Peer {
             client_address: Mutex::default(),
             rtt_micros: AtomicU64::new(0),
             unsettled: Mutex::default(),
+            synced_at: AtomicU64::new(NOT_SYNCED),
         }
+    }
+
+    /// Whether a publish that the startup tally took as `tallied` (how many peers had synced
+    /// then) is in this peer's drops already: it synced after the publish was tallied.
+    fn tallied(&self, tallied: Option<u64>) -> bool {
+        tallied.is_some_and(|before| {
+            let synced_at = self.synced_at.load(Ordering::Acquire);
+            synced_at != NOT_SYNCED && synced_at >= before
+        })
     }
 
     fn send(&self, forward: Forward) {
@@ -501,13 +531,17 @@ pub struct Cluster {
     incarnation: u64,
     /// Replicated session ownership, when the cluster has `members`.
     ownership: OnceLock<Arc<ownership::Ownership>>,
+    /// What this node published since it started, for the peers whose interest it does not
+    /// know yet (see [`startup`]).
+    startup: Mutex<StartupTally>,
+    /// Whether `startup` still tallies: once false, the publish path takes no lock for it.
+    startup_open: AtomicBool,
 }
 
 impl Cluster {
     /// A node with no interest and no peer; filters are parsed with `limits`.
     pub fn new(config: ClusterConfig, limits: TopicLimits) -> Self {
         Self {
-            config,
             limits,
             local: Mutex::default(),
             peers: RwLock::default(),
@@ -517,6 +551,13 @@ impl Cluster {
             client_address: RwLock::default(),
             incarnation: rand::random::<u64>().max(1),
             ownership: OnceLock::new(),
+            startup: Mutex::new(StartupTally::new(
+                Instant::now(),
+                config.startup_window,
+                MAX_DROP_KINDS,
+            )),
+            startup_open: AtomicBool::new(true),
+            config,
         }
     }
 
@@ -698,18 +739,25 @@ impl Cluster {
             id,
             peer,
             limits: self.limits,
+            cluster: Arc::clone(self),
         }
     }
 
     /// Offers `message` (admitted on this node) to every peer whose interest matches it, at
     /// most once per peer, without waiting; the peers leave out the subscriptions in
     /// `delivered`. Returns how many peers it was offered to (for no-responders, a peer whose
-    /// queue was full counts: its subscribers exist).
+    /// queue was full counts: its subscribers exist). While this node has just started, the
+    /// message is also tallied for the peers whose interest is not known yet (see
+    /// [`startup`]).
     pub fn forward(
         &self,
         message: &Arc<PublishedMessage>,
         delivered: &[(SessionId, SubscriptionId)],
     ) -> usize {
+        let topic = &message.topic;
+        // Tallied before any peer's interest is read: a peer whose first snapshot applies
+        // from now on has it in its drops, and is left out here.
+        let tallied = self.tally(topic, None);
         let peers: Vec<Arc<Peer>> = self
             .peers
             .read()
@@ -720,13 +768,18 @@ impl Cluster {
         if peers.is_empty() {
             return 0;
         }
-        let topic = &message.topic;
         let mut plans: Vec<Plan> = Vec::with_capacity(peers.len());
         // Per queue group: the plans of peers in routing with members, and of peers out of it.
         let mut candidates: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
         for peer in peers {
             let (live, plain) = {
                 let interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+                // Under the interest lock, which the peer's first snapshot holds while it
+                // takes the tally: either this message is in its drops, or its interest here
+                // is the one that snapshot set.
+                if peer.tallied(tallied) {
+                    continue;
+                }
                 let live = interest.0 != 0;
                 let (plain, groups) = interest.1.matching(topic);
                 for group in groups {
@@ -791,6 +844,115 @@ impl Cluster {
             }
         }
         offered
+    }
+
+    /// Tallies a publish of `topic` (for `session`: a direct message) while the startup tally
+    /// is open. Returns how many peers had synced before it ([`Peer::tallied`]), or `None`
+    /// once the tally is closed.
+    fn tally(&self, topic: &TopicName, session: Option<SessionId>) -> Option<u64> {
+        if !self.startup_open.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut tally = lock(&self.startup);
+        let tallied = tally.record((topic.clone(), session), Instant::now());
+        self.note_closed(&mut tally);
+        tallied
+    }
+
+    /// The transport dials `addresses`, this node's configured peers (its own address may be
+    /// among them): the startup tally closes early once each turned out to be a peer whose
+    /// first snapshot applied ([`Cluster::reached`]).
+    pub fn expect_peers(&self, addresses: impl IntoIterator<Item = SocketAddr>) {
+        lock(&self.startup).expect(addresses);
+    }
+
+    /// A dial to `address` reached node `node` (this node itself, or a peer).
+    pub fn reached(&self, address: SocketAddr, node: &str) {
+        let own = node == self.node();
+        let mut tally = lock(&self.startup);
+        tally.reached(address, (!own).then_some(node));
+        self.note_closed(&mut tally);
+    }
+
+    /// Lets the publish path skip the startup tally once it is closed.
+    fn note_closed(&self, tally: &mut StartupTally) {
+        if !tally.is_open(Instant::now()) {
+            self.startup_open.store(false, Ordering::Release);
+        }
+    }
+
+    /// Peer `peer`'s snapshot set `interest`, and the caller holds the peer's interest lock
+    /// (no forward to the peer is queued meanwhile). If it is the peer's first since this node
+    /// started and the startup tally is open, what the tally counted that `interest` matches
+    /// is recorded as dropped for the peer, before any forward queued after the snapshot: the
+    /// peer announces it to the subscriptions a delivery would have reached. Queue groups
+    /// served on this node are left out (they had the messages here).
+    fn first_interest(&self, peer: &Peer, interest: &InterestIndex) {
+        if !self.startup_open.load(Ordering::Acquire)
+            || peer.synced_at.load(Ordering::Acquire) != NOT_SYNCED
+        {
+            return;
+        }
+        let mut counted: Vec<(Option<startup::Kind>, u64)> = Vec::new();
+        {
+            let mut tally = lock(&self.startup);
+            let place = tally.synced(&peer.name, Instant::now(), |kind, count| {
+                counted.push((kind.cloned(), count));
+            });
+            self.note_closed(&mut tally);
+            let Some(place) = place else {
+                return;
+            };
+            peer.synced_at.store(place, Ordering::Release);
+        }
+        let mut losses: Vec<(Lost, u64)> = Vec::new();
+        {
+            let sessions = peer.sessions.read().unwrap_or_else(|p| p.into_inner());
+            let local = lock(&self.local);
+            for (kind, count) in counted {
+                let Some((topic, session)) = kind else {
+                    if interest.entries > 0 {
+                        losses.push((Lost::on_any_topic(), count));
+                    }
+                    continue;
+                };
+                let mut lost = Lost {
+                    topic: topic.as_str().to_owned(),
+                    plain: false,
+                    groups: Vec::new(),
+                    session,
+                    any_topic: false,
+                };
+                match session {
+                    Some(session) if !sessions.matches(session, &topic) => continue,
+                    Some(_) => {}
+                    None => {
+                        let (plain, groups) = interest.matching(&topic);
+                        let (_, served_here) = local.index.matching(&topic);
+                        lost.plain = plain;
+                        lost.groups = groups
+                            .into_iter()
+                            .filter(|group| !served_here.contains(group))
+                            .map(str::to_owned)
+                            .collect();
+                        if lost.is_empty() {
+                            continue;
+                        }
+                    }
+                }
+                losses.push((lost, count));
+            }
+        }
+        if !losses.is_empty() {
+            tracing::info!(
+                peer = %peer.name,
+                kinds = losses.len(),
+                "a peer's interest is known now: announcing to it what this node published before"
+            );
+        }
+        for (lost, count) in losses {
+            peer.drop_for(lost, count);
+        }
     }
 
     /// Every peer this node knows of, by name.
@@ -967,6 +1129,8 @@ pub struct InboundLink {
     id: u64,
     peer: Arc<Peer>,
     limits: TopicLimits,
+    /// The cluster, whose startup tally the peer's first snapshot takes.
+    cluster: Arc<Cluster>,
 }
 
 impl InboundLink {
@@ -987,6 +1151,7 @@ impl InboundLink {
         if interest.0 != self.id {
             return seq;
         }
+        let snapshot = matches!(update, InterestUpdate::Snapshot { .. });
         let entries = match update {
             InterestUpdate::Snapshot {
                 entries, sessions, ..
@@ -1008,6 +1173,9 @@ impl InboundLink {
                     tracing::warn!(peer = %self.peer.name, filter = %entry.filter, %err, "ignoring a peer's filter");
                 }
             }
+        }
+        if snapshot {
+            self.cluster.first_interest(&self.peer, &interest.1);
         }
         seq
     }
@@ -1232,11 +1400,16 @@ impl Cluster {
     /// that session with a matching filter.
     pub fn forward_direct(&self, message: &Arc<PublishedMessage>, session: SessionId) -> usize {
         let topic = &message.topic;
+        let tallied = self.tally(topic, Some(session));
         let holder = self.peer_list().into_iter().find(|peer| {
-            peer.sessions
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .matches(session, topic)
+            // Under the interest lock, as in `forward`.
+            let _interest = peer.interest.read().unwrap_or_else(|p| p.into_inner());
+            !peer.tallied(tallied)
+                && peer
+                    .sessions
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .matches(session, topic)
         });
         let Some(peer) = holder else {
             return 0;

@@ -45,6 +45,19 @@ impl ClusterPort {
         self.cluster.set_peer_client_address(node, address);
     }
 
+    /// This node dials `addresses`, its configured peers (its own address may be among them):
+    /// what it publishes before it knows their interest is tallied until each turned out to be
+    /// a peer whose interest arrived, or [`crate::cluster::ClusterConfig::startup_window`]
+    /// passed (docs/CLUSTERING.md, "When this node has just started").
+    pub fn expect_peers(&self, addresses: impl IntoIterator<Item = std::net::SocketAddr>) {
+        self.cluster.expect_peers(addresses);
+    }
+
+    /// A dial to `address` reached node `node` (this node itself, or a peer).
+    pub fn reached(&self, address: std::net::SocketAddr, node: &str) {
+        self.cluster.reached(address, node);
+    }
+
     /// Whether the link that carries this node's interest and forwards to peer `node` is up.
     pub fn has_outbound(&self, node: &str) -> bool {
         self.cluster.has_outbound(node)

@@ -393,6 +393,7 @@ impl ClusterNode {
         if let Some(address) = &options.advertise {
             port.set_client_address(address.clone());
         }
+        port.expect_peers(options.peers.iter().copied());
         let options = Arc::new(options);
         let closing = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -432,6 +433,7 @@ impl ClusterNode {
     /// Dials `addr` too, from now on (as if it were in the peer list), unless it is dialed
     /// already: for tests and tools whose nodes learn their addresses only once bound.
     pub fn dial(&self, addr: SocketAddr) {
+        self.port.expect_peers([addr]);
         self.dialer.dial(addr);
     }
 
@@ -734,6 +736,7 @@ async fn dial_once(
         () = closing.cancelled() => return Ok(LinkEnd::Ended),
     };
     let node = node_of(&connection)?;
+    port.reached(addr, &node);
     if node == port.node() {
         connection.close(VarInt::from_u32(CLOSE_CODE), b"that is this node");
         return Ok(LinkEnd::ThisNode);

@@ -9,6 +9,7 @@ use super::*;
 use crate::memory::MemoryCharge;
 
 mod sessions;
+mod startup;
 
 fn cluster(node: &str) -> Arc<Cluster> {
     Arc::new(Cluster::new(
