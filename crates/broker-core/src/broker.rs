@@ -140,6 +140,7 @@ impl Broker {
                         config.storage.max_pending_bytes,
                         config.limits.topics,
                         config.queue.clone(),
+                        config.sessions.expiry,
                     )
                     .await?,
                 )

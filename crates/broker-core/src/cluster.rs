@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::filter_trie::FilterTrie;
 use crate::message::PublishedMessage;
 
+pub(crate) mod expiry;
 pub mod ownership;
 pub(crate) mod retained;
 pub mod sessions;

@@ -38,7 +38,8 @@ pub use network::{RpcTransport, TransportFailure, MAX_WAITING_REQUESTS_PER_NODE}
 pub use replica::{ClaimError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus, SharedWritten};
 pub use shared_records::{SharedBounds, SharedChange, SharedObserver};
 pub use state_machine::{
-    ClaimObserver, Owner, RecordsChange, RecordsObserver, SessionKey, SessionRecords, StateMachine,
+    ClaimObserver, Owner, RecordsChange, RecordsObserver, ReleasedClaim, SessionKey,
+    SessionRecords, StateMachine,
 };
 
 openraft::declare_raft_types!(
@@ -75,11 +76,19 @@ pub enum Command {
     Release {
         /// The claims released.
         claims: Vec<(SessionKey, u64)>,
+        /// When they were let go, in milliseconds since the Unix epoch, as the writer knows
+        /// it (the earliest of the batch; for a node out of contact, its last contact with
+        /// the leader): what their expiry counts from when the records tell no detach time.
+        #[serde(default)]
+        at_ms: Option<u64>,
     },
     /// Node `node` has started afresh: no connection holds any of its claims.
     Restarted {
         /// The node.
         node: String,
+        /// When it was written, in milliseconds since the Unix epoch (as [`Command::Release`]'s).
+        #[serde(default)]
+        at_ms: Option<u64>,
     },
     /// Every claim of `session` older than `epoch` has let go: the claimant of `epoch` had
     /// each one's node confirm it applied that claim, or waited out that node's lease.
@@ -88,6 +97,13 @@ pub enum Command {
         session: SessionKey,
         /// The claim whose fence is complete.
         epoch: u64,
+    },
+    /// These released claims (session, epoch) have expired: each is forgotten with its
+    /// records if it is still its session's claim and still released (a claim taken up again
+    /// since has a newer epoch, and stays).
+    Expire {
+        /// The claims expired.
+        claims: Vec<(SessionKey, u64)>,
     },
     /// Changes to the stored state of sessions, each by the holder of one claim: applied for
     /// a session only while that claim is the session's owner's.

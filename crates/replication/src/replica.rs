@@ -17,6 +17,11 @@
 //!   [`ClaimError::TableFull`]).
 //! - **Releases**: a node writes that it started afresh before it claims anything, and the
 //!   claims its connections let go of ([`Replica::release`]), in batches, in the background.
+//!   The leader also releases the claims of a member out of contact beyond its lease and the
+//!   fence's margin (the time a claim's fence waits for it): by then that member has closed
+//!   its connections ([`release_lost`]).
+//! - **Expiry**: the broker decides which released claims have expired and writes them
+//!   ([`Replica::expire`]); this crate knows no session expiry.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +39,7 @@ use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
 use crate::shared_records::{SharedBounds, SharedChange, SharedObserver};
 use crate::state_machine::{
-    ClaimObserver, Owner, RecordsObserver, SessionKey, SessionRecords, StateMachine,
+    ClaimObserver, Owner, RecordsObserver, ReleasedClaim, SessionKey, SessionRecords, StateMachine,
 };
 use crate::{
     node_id, Applied, Command, Member, NodeId, Refusal, RpcTransport, SessionWrite, TypeConfig,
@@ -57,8 +62,21 @@ const LINK_WAIT: Duration = Duration::from_secs(3);
 /// stays counted as held until this node restarts).
 const MAX_QUEUED_RELEASES: usize = 65_536;
 
-/// The most released claims one log entry carries.
-const MAX_RELEASES_PER_ENTRY: usize = 512;
+/// The most released (or expired) claims one log entry carries.
+pub const MAX_RELEASES_PER_ENTRY: usize = 512;
+
+/// The most entries of releases the leader writes for members out of contact each round (one
+/// round per lease): the rest waits for the next round.
+const MAX_LOST_RELEASE_ENTRIES_PER_ROUND: usize = 8;
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
 /// A node's Raft settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,8 +255,10 @@ pub struct Replica {
     bootstrap: Option<tokio::task::JoinHandle<()>>,
     /// Writes that this node started afresh, then the claims its connections released.
     releaser: tokio::task::JoinHandle<()>,
-    /// Released claims waiting for the releaser.
-    releases: tokio::sync::mpsc::Sender<(SessionKey, u64)>,
+    /// Released claims waiting for the releaser, with when each was let go (Unix ms).
+    releases: tokio::sync::mpsc::Sender<(SessionKey, u64, u64)>,
+    /// As the leader, releases the claims of members out of contact ([`release_lost`]).
+    lost_sweep: tokio::task::JoinHandle<()>,
     /// Whether this node's restart is written: it claims nothing before.
     restarted: tokio::sync::watch::Receiver<bool>,
     /// Whether this node initialized the group (the first member's bootstrap did).
@@ -350,6 +370,12 @@ impl Replica {
             written,
             queue,
         ));
+        let lost_sweep = tokio::spawn(release_lost(
+            writer.clone(),
+            state.clone(),
+            Arc::clone(&contacts),
+            config.clone(),
+        ));
         Ok(Arc::new(Self {
             config,
             raft,
@@ -357,6 +383,7 @@ impl Replica {
             writer,
             releaser,
             releases,
+            lost_sweep,
             restarted,
             log,
             state,
@@ -551,16 +578,13 @@ impl Replica {
     /// included); `None` if this node is not the leader, `node` is this node, or it cannot
     /// tell.
     fn lease_end_here(&self, node: &str) -> Option<std::time::Instant> {
-        let me = node_id(&self.config.node);
-        let id = node_id(node);
-        let term = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            (metrics.state == openraft::ServerState::Leader && id != me)
-                .then_some(metrics.current_term)?
-        };
-        self.contacts
-            .lease_end(id, term, self.config.fence_margin())
+        lease_end_of(
+            &self.raft,
+            &self.contacts,
+            &self.config.node,
+            node,
+            self.config.fence_margin(),
+        )
     }
 
     /// When the lease of each of `nodes` has surely run out, as the leader answers (this node,
@@ -869,7 +893,10 @@ impl Replica {
                         return;
                     }
                     let deadline = Instant::now() + claim_timeout;
-                    let command = Command::Restarted { node };
+                    let command = Command::Restarted {
+                        node,
+                        at_ms: Some(unix_ms()),
+                    };
                     let _ =
                         tokio::time::timeout_at(deadline, writer.write(command, deadline)).await;
                 });
@@ -970,12 +997,37 @@ impl Replica {
     /// log soon (batched, not waited for), so that claim no longer counts against its
     /// identity's bound and a full table may forget it.
     pub fn release(&self, session: SessionKey, epoch: u64) {
-        if self.releases.try_send((session, epoch)).is_err() {
+        if self.releases.try_send((session, epoch, unix_ms())).is_err() {
             tracing::warn!(
                 queued = MAX_QUEUED_RELEASES,
                 "released claims wait to be written beyond the bound: one is dropped and stays counted as held until this node restarts"
             );
         }
+    }
+
+    /// Whether this node is the group's leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Up to `limit` released claims with an epoch above `after`, oldest first, as this node
+    /// has applied them (the broker pages through them to expire them).
+    pub fn released(&self, after: u64, limit: usize) -> Vec<ReleasedClaim> {
+        self.state.released(after, limit)
+    }
+
+    /// Writes that these released claims (session, epoch) have expired ([`Command::Expire`]):
+    /// each is forgotten with its records where it is still its session's claim and still
+    /// released. Returns once committed (within [`ReplicaConfig::claim_timeout`], else
+    /// [`ClaimError::NoQuorum`]).
+    pub async fn expire(&self, claims: Vec<(SessionKey, u64)>) -> Result<(), ClaimError> {
+        let limit = self.config.claim_timeout;
+        let deadline = Instant::now() + limit;
+        let command = Command::Expire { claims };
+        tokio::time::timeout_at(deadline, self.writer.write(command, deadline))
+            .await
+            .unwrap_or(Err(ClaimError::NoQuorum(limit)))
+            .map(|_| ())
     }
 
     /// The owner of `session` as this node has applied it.
@@ -1072,6 +1124,7 @@ impl Replica {
             bootstrap.abort();
         }
         self.releaser.abort();
+        self.lost_sweep.abort();
         let _ = self.raft.shutdown().await;
     }
 }
@@ -1082,6 +1135,7 @@ impl Drop for Replica {
             bootstrap.abort();
         }
         self.releaser.abort();
+        self.lost_sweep.abort();
     }
 }
 
@@ -1141,7 +1195,7 @@ async fn release(
     node: String,
     claim_timeout: Duration,
     restarted: tokio::sync::watch::Sender<bool>,
-    mut queue: tokio::sync::mpsc::Receiver<(SessionKey, u64)>,
+    mut queue: tokio::sync::mpsc::Receiver<(SessionKey, u64, u64)>,
 ) {
     let write = |command: Command| {
         let writer = writer.clone();
@@ -1159,20 +1213,117 @@ async fn release(
             }
         }
     };
-    if !write(Command::Restarted { node }).await {
+    let at_ms = Some(unix_ms());
+    if !write(Command::Restarted { node, at_ms }).await {
         return;
     }
     restarted.send_replace(true);
-    while let Some(first) = queue.recv().await {
-        let mut claims = vec![first];
+    while let Some((session, epoch, at_ms)) = queue.recv().await {
+        let mut claims = vec![(session, epoch)];
+        let mut earliest = at_ms;
         while claims.len() < MAX_RELEASES_PER_ENTRY {
             match queue.try_recv() {
-                Ok(claim) => claims.push(claim),
+                Ok((session, epoch, at_ms)) => {
+                    claims.push((session, epoch));
+                    earliest = earliest.min(at_ms);
+                }
                 Err(_) => break,
             }
         }
-        if !write(Command::Release { claims }).await {
+        let command = Command::Release {
+            claims,
+            at_ms: Some(earliest),
+        };
+        if !write(command).await {
             return;
+        }
+    }
+}
+
+/// As the leader of its term: when the lease of member `node` has surely run out
+/// ([`Contacts::lease_end`], `margin` included); `None` if this node (`me`) is not the leader,
+/// `node` is this node, or it cannot tell.
+fn lease_end_of(
+    raft: &Raft<TypeConfig>,
+    contacts: &Contacts,
+    me: &str,
+    node: &str,
+    margin: Duration,
+) -> Option<std::time::Instant> {
+    let id = node_id(node);
+    let term = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.state == openraft::ServerState::Leader && id != node_id(me))
+            .then_some(metrics.current_term)?
+    };
+    contacts.lease_end(id, term, margin)
+}
+
+/// As the leader, once per lease: every node holding claims not released whose lease has
+/// surely run out (the fence's own test, [`Replica::claim`]: no contact with this leader for
+/// the lease and the fence's margin) has closed its connections of them (it closes them when
+/// its lease runs out, as a claim's fence counts on), so they are written as released, at the
+/// node's last contact as this leader knows it (the lease and margin before that end). At most
+/// [`MAX_LOST_RELEASE_ENTRIES_PER_ROUND`] entries each round.
+async fn release_lost(
+    writer: Writer,
+    state: StateMachine,
+    contacts: Arc<Contacts>,
+    config: ReplicaConfig,
+) {
+    let mut rounds = tokio::time::interval(config.lease);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        rounds.tick().await;
+        let mut entries = 0;
+        for node in state.holders() {
+            if entries >= MAX_LOST_RELEASE_ENTRIES_PER_ROUND {
+                break;
+            }
+            let end = lease_end_of(
+                &writer.raft,
+                &contacts,
+                &config.node,
+                &node,
+                config.fence_margin(),
+            );
+            let now = std::time::Instant::now();
+            let Some(end) = end.filter(|end| *end <= now) else {
+                continue;
+            };
+            let since_contact = now.saturating_duration_since(end) + config.fence_wait();
+            let since_ms = u64::try_from(since_contact.as_millis()).unwrap_or(u64::MAX);
+            let at_ms = unix_ms().saturating_sub(since_ms);
+            let mut released = 0;
+            while entries < MAX_LOST_RELEASE_ENTRIES_PER_ROUND {
+                let claims = state.held_by(&node, MAX_RELEASES_PER_ENTRY);
+                if claims.is_empty() {
+                    break;
+                }
+                let count = claims.len();
+                let deadline = Instant::now() + config.claim_timeout;
+                let command = Command::Release {
+                    claims,
+                    at_ms: Some(at_ms),
+                };
+                entries += 1;
+                let written =
+                    tokio::time::timeout_at(deadline, writer.write(command, deadline)).await;
+                match written {
+                    Ok(Ok(_)) => released += count,
+                    Ok(Err(ClaimError::Stopped)) => return,
+                    _ => break,
+                }
+            }
+            if released > 0 {
+                tracing::info!(
+                    %node,
+                    claims = released,
+                    since_contact = ?since_contact,
+                    "a member out of contact beyond its lease: the claims of its sessions are released"
+                );
+            }
         }
     }
 }

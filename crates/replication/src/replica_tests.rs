@@ -956,6 +956,71 @@ async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_releases_the_claims_of_a_member_out_of_contact_beyond_its_lease() {
+    let timeout = Duration::from_millis(1500);
+    let mesh = Arc::new(Mesh::default());
+    let seen: Seen = Arc::default();
+    let members = names(&["n1", "n2", "n3"]);
+    let mut replicas = Vec::new();
+    for name in &members {
+        let mut config = ReplicaConfig::new(name.clone(), members.clone());
+        config.claim_timeout = timeout;
+        config.lease = timeout;
+        config.max_claims_per_identity = 1;
+        replicas.push(start_configured(&mesh, &seen, config).await);
+    }
+    let leader = leader_known(&replicas).await;
+    let gone = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    let other = replicas
+        .iter()
+        .find(|r| r.node() != leader && r.node() != gone.node())
+        .cloned()
+        .expect("the other follower");
+    // Alice's one claim is held on the node that then dies for good (not removed): her
+    // bound is spent until the leader releases it.
+    let epoch = gone.claim(key("s1")).await.expect("claimed");
+    let cut = std::time::Instant::now();
+    let cut_ms = super::replica::unix_ms();
+    mesh.cut.lock().expect("cut").insert(gone.node().to_owned());
+    assert_eq!(
+        other.claim(key("s2")).await,
+        Err(ClaimError::TooManyForIdentity(1))
+    );
+    until("the claim of the member out of contact is released", || {
+        !other.released(0, 10).is_empty()
+    })
+    .await;
+    assert!(
+        cut.elapsed() >= timeout,
+        "not before its lease ran out: {:?}",
+        cut.elapsed()
+    );
+    let released = other.released(0, 10);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(
+        (released[0].session.clone(), released[0].epoch),
+        (key("s1"), epoch)
+    );
+    // Released at its last contact as the leader knew it: about when it was cut off.
+    let at_ms = released[0].at_ms.expect("the release says when");
+    assert!(
+        at_ms.abs_diff(cut_ms) < 1_000,
+        "released at {at_ms}, cut off at {cut_ms}"
+    );
+    other
+        .claim(key("s2"))
+        .await
+        .expect("claimed: alice's bound has room again");
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_previous_owner_released_it_does_not_wait_for_that_node_gone_since() {
     let timeout = Duration::from_millis(1500);
     let (mesh, replicas, _seen) = three(timeout).await;

@@ -44,6 +44,17 @@ pub struct Owner {
     pub epoch: u64,
 }
 
+/// A claim whose connection has let go ([`StateMachine::released`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedClaim {
+    /// The session.
+    pub session: SessionKey,
+    /// The claim's epoch.
+    pub epoch: u64,
+    /// When it was let go (milliseconds since the Unix epoch), if its release said.
+    pub at_ms: Option<u64>,
+}
+
 /// Told of every claim applied on this node: the session, its new epoch and owner node.
 pub type ClaimObserver = Arc<dyn Fn(&SessionKey, &Owner) + Send + Sync>;
 
@@ -118,6 +129,14 @@ struct Claims {
     /// [`MAX_WRITERS`], the least recently written forgotten first.
     #[serde(default)]
     writers: BTreeMap<u64, LastWrite>,
+    /// Per released claim (by epoch), when it was let go (milliseconds since the Unix epoch),
+    /// if its release said ([`Command::Release`]'s `at_ms`): forgotten with it.
+    #[serde(default)]
+    released_at: BTreeMap<u64, u64>,
+    /// Per node, the epochs of the owners' claims it holds that are not released: derived
+    /// ([`Claims::reindex`]), not stored.
+    #[serde(skip)]
+    held_by_node: HashMap<String, BTreeSet<u64>>,
 }
 
 /// A writer's last write applied ([`Claims::writers`]).
@@ -207,11 +226,17 @@ impl Claims {
     /// Rebuilds what is derived (after reading a snapshot).
     fn reindex(&mut self) {
         self.identities.clear();
+        self.held_by_node.clear();
         for (session, owner) in &self.owners {
             let identity = self.identities.entry(session.identity.clone()).or_default();
             identity.sessions += 1;
             if self.released.contains(&owner.epoch) {
                 identity.released.insert(owner.epoch);
+            } else {
+                self.held_by_node
+                    .entry(owner.node.clone())
+                    .or_default()
+                    .insert(owner.epoch);
             }
         }
         self.record_bytes = self
@@ -422,14 +447,27 @@ impl Claims {
         None
     }
 
+    /// Node `node`'s claim at `epoch` is no longer held (released, taken over, forgotten).
+    fn unheld(&mut self, node: &str, epoch: u64) {
+        if let Some(held) = self.held_by_node.get_mut(node) {
+            held.remove(&epoch);
+            if held.is_empty() {
+                self.held_by_node.remove(node);
+            }
+        }
+    }
+
     /// Forgets the session claimed at `epoch`.
     fn forget(&mut self, epoch: u64) {
         let Some(session) = self.by_epoch.remove(&epoch) else {
             return;
         };
-        self.owners.remove(&session);
+        if let Some(owner) = self.owners.remove(&session) {
+            self.unheld(&owner.node, owner.epoch);
+        }
         self.unfenced.remove(&session);
         self.released.remove(&epoch);
+        self.released_at.remove(&epoch);
         if let Some(records) = self.records.remove(&session) {
             self.forgotten.push(session.clone());
             let freed = records
@@ -485,6 +523,8 @@ impl Claims {
         let mut unfenced = self.unfenced.remove(session).unwrap_or_default();
         if let Some(previous) = &previous {
             self.by_epoch.remove(&previous.epoch);
+            self.unheld(&previous.node, previous.epoch);
+            self.released_at.remove(&previous.epoch);
             let let_go = self.released.remove(&previous.epoch);
             if let Some(identity) = self.identities.get_mut(&session.identity) {
                 identity.released.remove(&previous.epoch);
@@ -502,35 +542,64 @@ impl Claims {
             self.unfenced.insert(session.clone(), unfenced.clone());
         }
         self.by_epoch.insert(owner.epoch, session.clone());
+        self.held_by_node
+            .entry(owner.node.clone())
+            .or_default()
+            .insert(owner.epoch);
         Ok((previous, unfenced))
     }
 
     /// The connection holding the claim of `session` at `epoch` has let go (if that claim
-    /// is still the owner's).
-    fn release(&mut self, session: &SessionKey, epoch: u64) {
-        if self
+    /// is still the owner's), at `at_ms` if known (a claim released twice keeps its first
+    /// time).
+    fn release(&mut self, session: &SessionKey, epoch: u64, at_ms: Option<u64>) {
+        let Some(node) = self
             .owners
             .get(session)
-            .is_some_and(|owner| owner.epoch == epoch)
-        {
-            self.released.insert(epoch);
-            if let Some(identity) = self.identities.get_mut(&session.identity) {
-                identity.released.insert(epoch);
-            }
+            .filter(|owner| owner.epoch == epoch)
+            .map(|owner| owner.node.clone())
+        else {
+            return;
+        };
+        if !self.released.insert(epoch) {
+            return;
+        }
+        if let Some(at_ms) = at_ms {
+            self.released_at.insert(epoch, at_ms);
+        }
+        self.unheld(&node, epoch);
+        if let Some(identity) = self.identities.get_mut(&session.identity) {
+            identity.released.insert(epoch);
         }
     }
 
-    /// Node `node` has started afresh: none of its claims is held by a connection.
-    fn restarted(&mut self, node: &str) {
+    /// Node `node` has started afresh (written at `at_ms`): none of its claims is held by a
+    /// connection.
+    fn restarted(&mut self, node: &str, at_ms: Option<u64>) {
         let theirs: Vec<(SessionKey, u64)> = self
-            .owners
-            .iter()
-            .filter(|(_, owner)| owner.node == node)
-            .map(|(session, owner)| (session.clone(), owner.epoch))
+            .held_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|epoch| Some((self.by_epoch.get(epoch)?.clone(), *epoch)))
             .collect();
         for (session, epoch) in theirs {
-            self.release(&session, epoch);
+            self.release(&session, epoch, at_ms);
         }
+    }
+
+    /// The released claim of `session` at `epoch` has expired: forgotten with its records if
+    /// it is still the session's claim and still released; whether it was.
+    fn expire(&mut self, session: &SessionKey, epoch: u64) -> bool {
+        let current = self
+            .owners
+            .get(session)
+            .is_some_and(|owner| owner.epoch == epoch);
+        if !current || !self.released.contains(&epoch) {
+            return false;
+        }
+        self.forget(epoch);
+        true
     }
 
     /// Every claim of `session` older than `epoch` has let go.
@@ -768,6 +837,45 @@ impl StateMachine {
         self.lock().claims.owners.len()
     }
 
+    /// Up to `limit` released claims with an epoch above `after`, oldest first, as of the last
+    /// entry applied here.
+    pub fn released(&self, after: u64, limit: usize) -> Vec<ReleasedClaim> {
+        let inner = self.lock();
+        let claims = &inner.claims;
+        claims
+            .released
+            .range(after.saturating_add(1)..)
+            .filter_map(|epoch| {
+                Some(ReleasedClaim {
+                    session: claims.by_epoch.get(epoch)?.clone(),
+                    epoch: *epoch,
+                    at_ms: claims.released_at.get(epoch).copied(),
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// The nodes that hold claims not released, as of the last entry applied here.
+    pub fn holders(&self) -> Vec<String> {
+        self.lock().claims.held_by_node.keys().cloned().collect()
+    }
+
+    /// Up to `limit` of the claims (session, epoch) node `node` holds and has not released,
+    /// oldest first, as of the last entry applied here.
+    pub fn held_by(&self, node: &str, limit: usize) -> Vec<(SessionKey, u64)> {
+        let inner = self.lock();
+        let claims = &inner.claims;
+        claims
+            .held_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|epoch| Some((claims.by_epoch.get(epoch)?.clone(), *epoch)))
+            .take(limit)
+            .collect()
+    }
+
     /// The claims of `session` before its owner's not known to have let go.
     pub fn unfenced(&self, session: &SessionKey) -> Vec<Owner> {
         self.lock()
@@ -860,14 +968,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }),
                         }
                     }
-                    EntryPayload::Normal(Command::Release { claims }) => {
+                    EntryPayload::Normal(Command::Release { claims, at_ms }) => {
                         for (session, epoch) in claims {
-                            inner.claims.release(&session, epoch);
+                            inner.claims.release(&session, epoch, at_ms);
                         }
                         answers.push(Applied::default());
                     }
-                    EntryPayload::Normal(Command::Restarted { node }) => {
-                        inner.claims.restarted(&node);
+                    EntryPayload::Normal(Command::Restarted { node, at_ms }) => {
+                        inner.claims.restarted(&node, at_ms);
+                        answers.push(Applied::default());
+                    }
+                    EntryPayload::Normal(Command::Expire { claims }) => {
+                        for (session, epoch) in claims {
+                            inner.claims.expire(&session, epoch);
+                        }
                         answers.push(Applied::default());
                     }
                     EntryPayload::Normal(Command::Fenced { session, epoch }) => {
@@ -1058,7 +1172,7 @@ mod tests {
         claims
             .claim(&session, &by("n1", 3), bounds())
             .expect("claimed");
-        claims.release(&session, 3);
+        claims.release(&session, 3, None);
         // n1 may be down now: its released claim must not make n2 wait out n1's lease.
         let (previous, unfenced) = claims
             .claim(&session, &by("n2", 5), bounds())
@@ -1080,7 +1194,7 @@ mod tests {
         claims
             .claim(&session, &by("n1", 3), bounds())
             .expect("claimed");
-        claims.restarted("n1");
+        claims.restarted("n1", None);
         let (_, unfenced) = claims
             .claim(&session, &by("n2", 5), bounds())
             .expect("claimed");
@@ -1102,11 +1216,198 @@ mod tests {
             .claim(&session, &by("n3", 5), bounds())
             .expect("claimed");
         assert_eq!(unfenced, vec![by("n1", 3), by("n2", 4)]);
-        claims.release(&session, 5);
+        claims.release(&session, 5, None);
         let (_, unfenced) = claims
             .claim(&session, &by("n2", 6), bounds())
             .expect("claimed");
         assert_eq!(unfenced, vec![by("n1", 3)], "n1's claim is still to fence");
+    }
+
+    fn named(name: &str) -> SessionKey {
+        SessionKey {
+            identity: "alice".into(),
+            name: name.into(),
+        }
+    }
+
+    fn write_a_record(claims: &mut Claims, session: &SessionKey, epoch: u64) {
+        claims
+            .write(
+                SessionWrite {
+                    session: session.clone(),
+                    epoch,
+                    ops: vec![put("s", "record")],
+                },
+                bounds(),
+            )
+            .expect("written");
+    }
+
+    #[test]
+    fn an_expire_forgets_only_a_released_claim_at_that_epoch() {
+        let session = alice();
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        write_a_record(&mut claims, &session, 3);
+        assert!(!claims.expire(&session, 3), "held by a connection: kept");
+        assert_eq!(claims.owners.get(&session), Some(&by("n1", 3)));
+        claims.release(&session, 3, Some(1_000));
+        assert!(!claims.expire(&session, 4), "not its claim's epoch");
+        assert_eq!(keys(&claims, &session), ["s"]);
+        assert!(claims.expire(&session, 3));
+        assert_eq!(claims.owners.get(&session), None);
+        assert!(claims.records.is_empty() && claims.record_bytes == 0);
+        assert!(claims.released.is_empty() && claims.released_at.is_empty());
+        assert_eq!(claims.forgotten, vec![session.clone()], "told as forgotten");
+        assert!(!claims.expire(&session, 3), "once");
+    }
+
+    #[test]
+    fn a_claim_taken_up_again_is_not_forgotten_by_a_stale_expire() {
+        let session = alice();
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        write_a_record(&mut claims, &session, 3);
+        claims.release(&session, 3, Some(1_000));
+        // The expiry was decided on epoch 3; a client took the session up on n2 first.
+        claims
+            .claim(&session, &by("n2", 5), bounds())
+            .expect("taken up");
+        assert!(!claims.expire(&session, 3));
+        assert_eq!(claims.owners.get(&session), Some(&by("n2", 5)));
+        assert_eq!(keys(&claims, &session), ["s"], "its records stay");
+        // Released again and taken up on the same node: a new epoch too.
+        claims.release(&session, 5, Some(2_000));
+        claims
+            .claim(&session, &by("n2", 7), bounds())
+            .expect("taken up");
+        assert!(!claims.expire(&session, 5));
+        assert_eq!(claims.owners.get(&session), Some(&by("n2", 7)));
+        assert!(claims.released_at.is_empty(), "{:?}", claims.released_at);
+    }
+
+    #[test]
+    fn release_and_expire_free_the_identitys_bound() {
+        let one = Bounds {
+            max_per_identity: 1,
+            max_claims: 1,
+            ..bounds()
+        };
+        let (first, second) = (named("first"), named("second"));
+        let mut claims = Claims::default();
+        claims.claim(&first, &by("n1", 3), one).expect("claimed");
+        assert_eq!(
+            claims.refusal(&second, one),
+            Some(Refusal::TooManyForIdentity(1)),
+            "the first claim is held"
+        );
+        // n1 is out of contact: the leader releases its claims, and they expire.
+        assert_eq!(claims.held_by_node.get("n1").map(BTreeSet::len), Some(1));
+        claims.release(&first, 3, Some(1_000));
+        assert!(claims.held_by_node.is_empty());
+        assert!(claims.expire(&first, 3));
+        assert!(claims.identities.is_empty());
+        assert_eq!(claims.refusal(&second, one), None);
+        claims.claim(&second, &by("n2", 5), one).expect("claimed");
+        assert_eq!(claims.owners.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_releases_only_its_nodes_claims_held_and_records_when() {
+        let (first, second) = (named("first"), named("second"));
+        let mut claims = Claims::default();
+        claims
+            .claim(&first, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims
+            .claim(&second, &by("n2", 4), bounds())
+            .expect("claimed");
+        claims.restarted("n1", Some(9_000));
+        assert_eq!(claims.released, BTreeSet::from([3]));
+        assert_eq!(claims.released_at, BTreeMap::from([(3, 9_000)]));
+        let mut read: Claims =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&claims).expect("encoded")).expect("read");
+        read.reindex();
+        assert_eq!(
+            read.held_by_node,
+            HashMap::from([("n2".to_owned(), BTreeSet::from([4]))])
+        );
+        assert_eq!(read.released_at, claims.released_at);
+    }
+
+    #[tokio::test]
+    async fn an_applied_expire_tells_the_records_observer_the_session_is_gone() {
+        let told: Arc<Mutex<Vec<RecordsChange>>> = Arc::default();
+        let observer: RecordsObserver = {
+            let told = Arc::clone(&told);
+            Arc::new(move |changes: &[RecordsChange]| {
+                told.lock().expect("told").extend(changes.iter().cloned());
+            })
+        };
+        let mut machine = StateMachine::open(Storage::Memory, None)
+            .expect("opened")
+            .with_records_observer(Some(observer));
+        let session = alice();
+        let entry = |index: u64, command: Command| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        };
+        let claims = vec![(session.clone(), 1)];
+        machine
+            .apply([
+                entry(
+                    1,
+                    Command::Claim {
+                        session: session.clone(),
+                        node: "n1".into(),
+                    },
+                ),
+                entry(
+                    2,
+                    Command::Write {
+                        writes: vec![SessionWrite {
+                            session: session.clone(),
+                            epoch: 1,
+                            ops: vec![put("s", "record")],
+                        }],
+                        id: None,
+                    },
+                ),
+                entry(
+                    3,
+                    Command::Release {
+                        claims: claims.clone(),
+                        at_ms: Some(7),
+                    },
+                ),
+            ])
+            .await
+            .expect("applied");
+        assert_eq!(
+            machine.released(0, 10),
+            vec![ReleasedClaim {
+                session: session.clone(),
+                epoch: 1,
+                at_ms: Some(7)
+            }]
+        );
+        assert!(machine.holders().is_empty());
+        machine
+            .apply([entry(4, Command::Expire { claims })])
+            .await
+            .expect("applied");
+        assert_eq!(machine.claimed(), 0);
+        assert_eq!(machine.records(&session), None);
+        assert!(machine.released(0, 10).is_empty());
+        let told = told.lock().expect("told");
+        assert!(
+            matches!(told.last(), Some(RecordsChange::Replaced(gone, None)) if *gone == session),
+            "{told:?}"
+        );
     }
 
     fn put(key: &str, value: &str) -> RecordOp {

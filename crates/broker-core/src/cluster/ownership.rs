@@ -65,6 +65,9 @@ pub struct Ownership {
     in_use: Mutex<HashMap<SessionKey, (usize, u64)>>,
     /// Checks the lease; stopped by [`Ownership::shutdown`].
     lease_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// As the leader, expires released sessions ([`super::expiry`]); stopped by
+    /// [`Ownership::shutdown`].
+    expiry_sweep: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where this node's named sessions write their records.
     store: Arc<ReplicatedStore>,
     /// Told of each session another node claimed (the broker drops its copy here).
@@ -97,13 +100,15 @@ impl std::fmt::Debug for Ownership {
 impl Ownership {
     /// Starts this node's replica: its log in memory, or in `data_dir`/[`RAFT_FILE`] when
     /// `data_dir` is given (disk mode); named sessions' records wait for their entry up to
-    /// `max_pending_bytes`.
+    /// `max_pending_bytes`; released sessions expire after `session_expiry`
+    /// (`sessions.expiry`) or their own shorter expiry ([`super::expiry`]).
     pub async fn start(
         config: ReplicaConfig,
         data_dir: Option<&Path>,
         max_pending_bytes: usize,
         limits: TopicLimits,
         queues: crate::config::QueueConfig,
+        session_expiry: Duration,
     ) -> Result<Arc<Self>, BrokerError> {
         let storage = match data_dir {
             Some(dir) => {
@@ -159,6 +164,7 @@ impl Ownership {
             held: Mutex::default(),
             in_use: Mutex::default(),
             lease_watch: Mutex::default(),
+            expiry_sweep: Mutex::default(),
             store,
             taken_elsewhere: OnceLock::new(),
             deliveries,
@@ -172,6 +178,16 @@ impl Ownership {
             .lease_watch
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(watch);
+        let lease = ownership.replica.lease();
+        let sweep = tokio::spawn(super::expiry::sweep(
+            Arc::downgrade(&ownership.replica),
+            session_expiry,
+            lease,
+        ));
+        *ownership
+            .expiry_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sweep);
         Ok(ownership)
     }
 
@@ -188,6 +204,14 @@ impl Ownership {
             .take();
         if let Some(watch) = watch {
             watch.abort();
+        }
+        let sweep = self
+            .expiry_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sweep) = sweep {
+            sweep.abort();
         }
         self.store.close().await;
         self.replica.shutdown().await;
@@ -631,6 +655,7 @@ mod tests {
             1 << 20,
             TopicLimits::default(),
             Default::default(),
+            Duration::from_secs(300),
         )
         .await
         .expect("started");

@@ -383,6 +383,16 @@ pub(crate) fn is_delivery(op: &RecordOp) -> bool {
     matches!(op, RecordOp::Put { key, .. } if key.first() == Some(&INBOX))
 }
 
+/// The key of the session record among a session's records: the prefix that reads only it.
+pub(crate) fn session_record_key() -> Bytes {
+    key(SESSION, &[])
+}
+
+/// The session record among `records`, if they hold one that decodes.
+pub(crate) fn session_record(records: &SessionRecords) -> Option<SessionRecord> {
+    rmp_body(records.get(&session_record_key())?).ok()
+}
+
 /// Decodes a checksummed record whose key was checked by the caller.
 fn rmp_body<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, RecordError> {
     decode(value, &(), |_: &T| ())
