@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use cassini_replication::{
     ClaimError, Replica, SessionKey, SessionWrite, SharedChange, SharedWritten, WriteId,
-    WriteRefusal,
+    WriteRefusal, DELIVERY,
 };
 use tokio::sync::{watch, Notify};
 
@@ -465,6 +465,38 @@ impl ReplicatedStore {
     }
 }
 
+/// Per session whose writes in one entry were refused because another claim owns it: the
+/// newest claim refused. Within one entry a session has one owner, so at most one claim's
+/// writes apply, the owner's, and every older claim's are refused: with `r` refusals among
+/// a session's writes under `n` claims (deliveries aside), the `r` oldest claims were refused.
+/// A copy of this node that a newer claim moved on (a client that attached again while a
+/// write of the older claim was on its way) is not what was refused.
+fn refused_as_not_owner(
+    writes: &[SessionWrite],
+    refused: &[(SessionKey, WriteRefusal)],
+) -> Vec<(SessionKey, u64)> {
+    let mut counts: HashMap<&SessionKey, usize> = HashMap::new();
+    for (session, refusal) in refused {
+        if *refusal == WriteRefusal::NotOwner {
+            *counts.entry(session).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(session, count)| {
+            let mut epochs: Vec<u64> = writes
+                .iter()
+                .filter(|write| write.session == *session && write.epoch != DELIVERY)
+                .map(|write| write.epoch)
+                .collect();
+            epochs.sort_unstable();
+            epochs.dedup();
+            let newest_refused = epochs.get(count.min(epochs.len()).checked_sub(1)?)?;
+            Some((session.clone(), *newest_refused))
+        })
+        .collect()
+}
+
 /// Writes what is pending, one entry at a time, until the store closes (or is dropped).
 async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
     // Each entry is named, so one written again after a timeout is applied once (a delivery
@@ -538,19 +570,18 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         strong.lock().bytes -= bytes;
         for (session, refusal) in &refused {
             tracing::info!(identity = %session.identity, name = %session.name, ?refusal, "the cluster refused a session's changes");
-            if *refusal == WriteRefusal::NotOwner {
-                for binding in bindings.iter().filter(|b| b.key() == session) {
-                    binding.stale.store(true, Ordering::Release);
-                }
-                if let Some(stale) = strong.stale.get() {
-                    let epoch = writes
-                        .iter()
-                        .filter(|write| write.session == *session)
-                        .map(|write| write.epoch)
-                        .max()
-                        .unwrap_or(0);
-                    stale(session, epoch);
-                }
+        }
+        for (session, epoch) in refused_as_not_owner(&writes, &refused) {
+            // A copy that a newer claim of this node has moved on keeps serving: only the
+            // older claim's writes were refused.
+            for binding in bindings
+                .iter()
+                .filter(|b| *b.key() == session && b.epoch() <= epoch)
+            {
+                binding.stale.store(true, Ordering::Release);
+            }
+            if let Some(stale) = strong.stale.get() {
+                stale(&session, epoch);
             }
         }
         for topic in &refused_retained {
@@ -568,5 +599,60 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> SessionKey {
+        SessionKey {
+            identity: "dev".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn write(name: &str, epoch: u64) -> SessionWrite {
+        SessionWrite {
+            session: key(name),
+            epoch,
+            ops: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_copy_moved_on_to_a_newer_claim_is_not_what_was_refused() {
+        // The client attached again on this node (claim 278) while a write of claim 267 was
+        // on its way: the entry applies 278's writes and refuses 267's.
+        let writes = [write("s", 267), write("s", 278), write("s", DELIVERY)];
+        let refused = [(key("s"), WriteRefusal::NotOwner)];
+        assert_eq!(
+            refused_as_not_owner(&writes, &refused),
+            vec![(key("s"), 267)]
+        );
+    }
+
+    #[test]
+    fn every_claim_refused_names_the_newest() {
+        let writes = [write("s", 267), write("s", 278)];
+        let refused = [
+            (key("s"), WriteRefusal::NotOwner),
+            (key("s"), WriteRefusal::NotOwner),
+        ];
+        assert_eq!(
+            refused_as_not_owner(&writes, &refused),
+            vec![(key("s"), 278)]
+        );
+    }
+
+    #[test]
+    fn a_refusal_for_room_or_of_another_session_names_nothing_here() {
+        let writes = [write("s", 5), write("t", 9)];
+        let refused = [
+            (key("s"), WriteRefusal::Full(10)),
+            (key("t"), WriteRefusal::NotOwner),
+        ];
+        assert_eq!(refused_as_not_owner(&writes, &refused), vec![(key("t"), 9)]);
     }
 }
