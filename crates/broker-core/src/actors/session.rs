@@ -111,8 +111,11 @@ pub(crate) enum SessionMsg {
     /// identity (`max_sessions_per_identity`); answers whether it ended.
     Evict(RpcReplyPort<bool>),
     /// Another node claimed the session (it closed the connection here, if any): this copy
-    /// ends without touching the records, which the other node serves from now on.
-    Relinquish,
+    /// ends without touching the records, which the other node serves from now on. With
+    /// `resume_again` the claim is still this node's but the copy missed changes the records
+    /// refused: it closes its connection with `INTERNAL`, and the client's resume takes the
+    /// session up from the records.
+    Relinquish { resume_again: bool },
     /// Other nodes delivered messages into the session's records: queue them.
     DrainInbox,
     /// Starts a subscription.
@@ -922,7 +925,16 @@ impl Actor for Session {
                 }
                 let _ = reply.send(evicted);
             }
-            SessionMsg::Relinquish => {
+            SessionMsg::Relinquish { resume_again } => {
+                if resume_again {
+                    if let Some(connection) = state.attached.take() {
+                        connection.close(
+                            ErrorCode::INTERNAL,
+                            "this node's copy of the session missed changes the cluster refused; \
+                             resume the session again",
+                        );
+                    }
+                }
                 // Whatever it still appends goes under its stale claim and is refused.
                 state.store = None;
                 tracing::info!(session = %state.id, identity = %state.identity, "session claimed by another node: its copy here ends");

@@ -99,7 +99,9 @@ pub(crate) enum SessionManagerMsg {
     },
     /// This named session's copy here is stale if it writes under a claim older than `below`
     /// (another node claimed it at `below`, or the log refused its changes under `below - 1`):
-    /// then it ends, the records stay.
+    /// then it ends, the records stay. A copy a newer claim of this node moved on whose
+    /// changes the log refused ends too, closing its connection so that its client resumes
+    /// the session from the records.
     Relinquish { session: SessionKey, below: u64 },
     /// Another node delivered messages into this named session's records: its copy here, if
     /// any, queues them.
@@ -622,15 +624,22 @@ impl Actor for SessionManager {
                 let Some(entry) = state.sessions.get(&id) else {
                     return Ok(());
                 };
-                if entry
-                    .binding
-                    .as_ref()
-                    .is_some_and(|binding| binding.epoch() < below)
-                {
-                    let _ = entry.session.send_message(SessionMsg::Relinquish);
-                    state.ending.insert(id, entry.session.clone());
-                    state.remove(&id);
-                }
+                let Some(binding) = entry.binding.as_ref() else {
+                    return Ok(());
+                };
+                let resume_again = if binding.epoch() < below {
+                    false
+                } else if binding.is_stale() {
+                    tracing::warn!(session = %id, identity = %session.identity, name = %session.name, epoch = binding.epoch(), "the cluster refused changes of this node's copy of a session under an older claim: the copy ends and its client resumes from the records");
+                    true
+                } else {
+                    return Ok(());
+                };
+                let _ = entry
+                    .session
+                    .send_message(SessionMsg::Relinquish { resume_again });
+                state.ending.insert(id, entry.session.clone());
+                state.remove(&id);
             }
             SessionManagerMsg::Delivered { session } => {
                 let named = (

@@ -470,7 +470,7 @@ impl ReplicatedStore {
 /// writes apply, the owner's, and every older claim's are refused: with `r` refusals among
 /// a session's writes under `n` claims (deliveries aside), the `r` oldest claims were refused.
 /// A copy of this node that a newer claim moved on (a client that attached again while a
-/// write of the older claim was on its way) is not what was refused.
+/// write of the older claim was on its way) is not what another node took over.
 fn refused_as_not_owner(
     writes: &[SessionWrite],
     refused: &[(SessionKey, WriteRefusal)],
@@ -572,12 +572,10 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             tracing::info!(identity = %session.identity, name = %session.name, ?refusal, "the cluster refused a session's changes");
         }
         for (session, epoch) in refused_as_not_owner(&writes, &refused) {
-            // A copy that a newer claim of this node has moved on keeps serving: only the
-            // older claim's writes were refused.
-            for binding in bindings
-                .iter()
-                .filter(|b| *b.key() == session && b.epoch() <= epoch)
-            {
+            // Every copy whose changes were refused is behind the records, also one a newer
+            // claim of this node moved on meanwhile: it sends nothing more (the session
+            // manager ends it, and its client resumes from the records).
+            for binding in bindings.iter().filter(|b| *b.key() == session) {
                 binding.stale.store(true, Ordering::Release);
             }
             if let Some(stale) = strong.stale.get() {
