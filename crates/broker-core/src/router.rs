@@ -611,13 +611,14 @@ impl Router {
         from_peer: Option<FromPeer<'_>>,
         acknowledged: Option<Acknowledged<'_>>,
     ) -> RouteReport {
-        let members: Vec<_> = routes.iter().map(|route| route.members.load()).collect();
         let resend = self.handed_before(acknowledged, || {
-            members.iter().any(|members| members.any_unreplicated())
+            routes
+                .iter()
+                .any(|route| route.members.load().any_unreplicated())
         });
         let mut report = RouteReport::default();
-        for members in &members {
-            members.offer(
+        for route in routes {
+            route.members.load().offer(
                 message,
                 target,
                 from_peer,
