@@ -1204,3 +1204,81 @@ async fn what_a_just_started_node_published_before_it_knew_a_peers_interest_reac
     );
     stop_all(vec![node, peer]).await;
 }
+
+/// A publisher whose `PublishAck` never came sends its acknowledged publish again through
+/// another node, which has no dedupe pair for it (here: no `members`, so each node has only
+/// its own window). Every subscriber that got the first copy, on any node, gets no second one.
+#[tokio::test]
+async fn an_acknowledged_publish_resent_through_another_node_reaches_each_subscriber_once() {
+    let (_pki, nodes) = three_nodes().await;
+    let mut readers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let reader = node.broker.client(&format!("reader{i}")).await;
+        let subscription = reader.subscribe("orders.>").await.expect("subscribes");
+        readers.push((reader, subscription));
+    }
+    let device = nodes[2]
+        .broker
+        .client_builder("device")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects with a named session");
+    let mut stored = device
+        .subscribe_at_least_once("orders.>")
+        .await
+        .expect("subscribes at least once");
+    let on_n1 = nodes[0].broker.client("shop").await;
+    let first = within(
+        "acknowledged on n1",
+        on_n1.publish_acked("orders.new", Bytes::from_static(b"order 1")),
+    )
+    .await
+    .expect("acknowledged");
+    for (_, subscription) in &mut readers {
+        let order = within("the first copy", subscription.recv())
+            .await
+            .expect("open");
+        assert_eq!(order.payload().as_ref(), b"order 1");
+    }
+    let order = within("the first copy", stored.recv()).await.expect("open");
+    assert_eq!(order.payload().as_ref(), b"order 1");
+
+    let on_n2 = nodes[1].broker.client("shop").await;
+    let again = within(
+        "the resend answered on n2",
+        on_n2.publish_acked_with(
+            "orders.new",
+            Bytes::from_static(b"order 1"),
+            cassini_client::PublishOptions::new().message_id(first.message_id),
+        ),
+    )
+    .await
+    .expect("acknowledged");
+    assert!(!again.duplicate, "no dedupe window of n2 holds it");
+    on_n2
+        .publish_acked("orders.end", Bytes::from_static(b"marker"))
+        .await
+        .expect("marker");
+    for (_, subscription) in &mut readers {
+        let next = within("the marker", subscription.recv())
+            .await
+            .expect("open");
+        assert_eq!(next.topic(), "orders.end", "no second copy of the order");
+    }
+    let next = within("the marker", stored.recv()).await.expect("open");
+    assert!(
+        next.topic() == "orders.end" || next.is_redelivered(),
+        "no unmarked second copy of the order at least once"
+    );
+    let skipped: u64 = nodes
+        .iter()
+        .map(|node| node.broker.broker.counters().snapshot().duplicates_skipped)
+        .sum();
+    assert_eq!(skipped, 4, "one copy kept from each subscription");
+    drop((readers, stored));
+    for client in [device, on_n1, on_n2] {
+        client.close().await.expect("close");
+    }
+    stop_all(nodes).await;
+}

@@ -43,7 +43,7 @@ use crate::events::Event;
 use crate::introspect::traffic::{TopicTraffic, TrafficSlot};
 use crate::memory::MemoryCharge;
 use crate::message::PublishedMessage;
-use crate::router::{FromPeer, RouteCache, Router};
+use crate::router::{Acknowledged, FromPeer, RouteCache, Router};
 use crate::storage::delivery_index::DeliveryTarget;
 use crate::storage::records::DedupeRecord;
 use crate::storage::replicated::{take_appended, Binding};
@@ -179,17 +179,33 @@ impl Publisher {
     /// goes to local plain subscribers and to one member of each queue group in `groups`, or,
     /// a direct message (`to_session`), to that session's matching subscriptions only.
     /// The subscriptions in `delivered` are left out: the origin delivered the message to them
-    /// through the cluster's records ([`Delivery`]).
+    /// through the cluster's records ([`Delivery`]). An acknowledged publish's forward names
+    /// its publisher, `acknowledged_by` (with the message id, its dedupe pair): a resend this
+    /// node already handed to its subscriptions goes only to the replicated ones.
     pub(crate) fn admit_forwarded(
         &mut self,
         shared: &Shared,
         publish: &mut Publish,
         groups: &[String],
         delivered: &[(SessionId, SubscriptionId)],
+        acknowledged_by: Option<Arc<str>>,
     ) -> Result<Admitted, BrokerError> {
         publish.retain = false;
         publish.ack = false;
-        let admitted = self.checked(shared, publish, Some(FromPeer { groups, delivered }));
+        let acknowledged =
+            acknowledged_by
+                .as_ref()
+                .zip(publish.message_id)
+                .map(|(identity, message_id)| Acknowledged {
+                    identity,
+                    message_id,
+                });
+        let from_peer = FromPeer {
+            groups,
+            delivered,
+            acknowledged,
+        };
+        let admitted = self.checked(shared, publish, Some(from_peer));
         if admitted.is_err() {
             shared.router.counters().rejected();
         }
@@ -271,6 +287,7 @@ impl Publisher {
                 traffic,
                 from_peer,
                 &[],
+                None,
             )?;
             return Ok(Admitted::Routed {
                 offered,
@@ -306,6 +323,10 @@ impl Publisher {
             traffic,
             None,
             &delivery.skipped,
+            Some(Acknowledged {
+                identity,
+                message_id,
+            }),
         );
         if routed.is_ok() {
             delivery.deliver(shared, &message);
@@ -471,7 +492,9 @@ fn check_room(
 /// whose interest matches (a system event is not: it stays on its node), and a direct message
 /// for a session this node does not hold goes to the peer holding it; one that came
 /// `from_peer` goes to local subscribers only, to the groups named (a direct one: to its
-/// session's subscriptions). Returns how many
+/// session's subscriptions). An `acknowledged` publish (or a forward naming its pair) this
+/// node already handed to its subscriptions, a resend through another node, goes only to the
+/// replicated ones; its forwards carry its publisher's identity. Returns how many
 /// subscriptions (and peers) it was offered to, and the `reply_to` of a request that reached
 /// nobody (never for a forwarded message: its origin decides that).
 // The steps of one publish, each its own argument so every caller names what it passes.
@@ -486,22 +509,27 @@ fn route(
     traffic: Option<(&TopicTraffic, &mut TrafficSlot)>,
     from_peer: Option<FromPeer<'_>>,
     delivered: &[(SessionId, SubscriptionId)],
+    acknowledged: Option<Acknowledged<'_>>,
 ) -> Result<(usize, Option<String>), BrokerError> {
     if retain {
         router.retain(&message, identity)?;
     }
-    let report = match (from_peer, routes) {
+    let report = match from_peer {
         // A direct message a peer forwarded: to its session's matching subscriptions only.
-        (Some(_), _) if target.is_some() => router.publish(&message, target),
-        (Some(from), _) => router.publish_from_peer(&message, from),
-        (None, Some(cache)) => router.publish_cached(&message, target, cache),
-        (None, None) => router.publish(&message, target),
+        Some(from) if target.is_some() => {
+            router.publish_admitted(&message, target, None, from.acknowledged)
+        }
+        Some(from) => router.publish_from_peer(&message, from),
+        None => router.publish_admitted(&message, target, routes, acknowledged),
     };
     let mut offered = report.offered;
     if let (None, true, Some(cluster)) = (from_peer, traffic.is_some(), router.cluster()) {
+        let acknowledged_by = acknowledged.map(|acknowledged| acknowledged.identity);
         offered += match target {
-            None => cluster.forward(&message, delivered),
-            Some(session) if report.offered == 0 => cluster.forward_direct(&message, session),
+            None => cluster.forward(&message, delivered, acknowledged_by),
+            Some(session) if report.offered == 0 => {
+                cluster.forward_direct(&message, session, acknowledged_by)
+            }
             Some(_) => 0,
         };
     }

@@ -181,6 +181,10 @@ pub struct Forward {
     /// Named sessions' subscriptions the message was delivered to through the cluster's
     /// records: the peer leaves them out.
     pub delivered: Vec<(SessionId, SubscriptionId)>,
+    /// For an acknowledged publish: its publisher's certificate identity, set by this node
+    /// (with the message's id, its dedupe pair): the peer hands a resend of it only to its
+    /// replicated subscriptions ([`crate::router`]).
+    pub acknowledged_by: Option<Arc<str>>,
 }
 
 impl Forward {
@@ -749,11 +753,13 @@ impl Cluster {
     /// `delivered`. Returns how many peers it was offered to (for no-responders, a peer whose
     /// queue was full counts: its subscribers exist). While this node has just started, the
     /// message is also tallied for the peers whose interest is not known yet (see
-    /// [`startup`]).
+    /// [`startup`]). An acknowledged publish's forwards carry its publisher's identity
+    /// `acknowledged_by`.
     pub fn forward(
         &self,
         message: &Arc<PublishedMessage>,
         delivered: &[(SessionId, SubscriptionId)],
+        acknowledged_by: Option<&Arc<str>>,
     ) -> usize {
         let topic = &message.topic;
         // Tallied before any peer's interest is read: a peer whose first snapshot applies
@@ -834,6 +840,7 @@ impl Cluster {
                 plain,
                 session: None,
                 delivered: delivered.to_vec(),
+                acknowledged_by: acknowledged_by.cloned(),
             };
             if live {
                 offered += 1;
@@ -1398,8 +1405,14 @@ impl Cluster {
     /// session has no subscription) to the peer holding the session, if one of its filters
     /// there matches the topic. Returns 1 if it was offered (a full queue, or the peer being
     /// out of routing, drops it and announces the drop to the peer), else 0: no node holds
-    /// that session with a matching filter.
-    pub fn forward_direct(&self, message: &Arc<PublishedMessage>, session: SessionId) -> usize {
+    /// that session with a matching filter. An acknowledged publish's forward carries its
+    /// publisher's identity `acknowledged_by`.
+    pub fn forward_direct(
+        &self,
+        message: &Arc<PublishedMessage>,
+        session: SessionId,
+        acknowledged_by: Option<&Arc<str>>,
+    ) -> usize {
         let topic = &message.topic;
         let tallied = self.tally(topic, Some(session));
         let holder = self.peer_list().into_iter().find(|peer| {
@@ -1423,6 +1436,7 @@ impl Cluster {
                 plain: false,
                 session: Some(session),
                 delivered: Vec::new(),
+                acknowledged_by: acknowledged_by.cloned(),
             });
         } else {
             peer.drop_for(

@@ -248,12 +248,15 @@ impl PeerInbox {
     /// budget) is logged, counted as a rejected publish, and announced to the subscriptions it
     /// was for as one lost message (a `ClusterRoute` gap), as a drop report would be. The
     /// subscriptions in `delivered` are left out: the peer delivered the message to them
-    /// through the cluster's records.
+    /// through the cluster's records. An acknowledged publish's forward names its publisher's
+    /// certificate identity, `acknowledged_by`: a resend this node already handed to its
+    /// subscriptions goes only to the replicated ones.
     pub fn deliver(
         &mut self,
         mut publish: Publish,
         groups: &[String],
         delivered: &[(SessionId, SubscriptionId)],
+        acknowledged_by: Option<&str>,
     ) {
         let lost = Lost {
             topic: publish.topic.clone(),
@@ -263,10 +266,13 @@ impl PeerInbox {
             any_topic: false,
         };
         self.carried(lost.clone());
-        if let Err(err) =
-            self.publisher
-                .admit_forwarded(&self.shared, &mut publish, groups, delivered)
-        {
+        if let Err(err) = self.publisher.admit_forwarded(
+            &self.shared,
+            &mut publish,
+            groups,
+            delivered,
+            acknowledged_by.map(Arc::from),
+        ) {
             tracing::warn!(peer = %self.link.peer(), topic = %lost.topic, %err, "refused a peer's forward: announced to its subscribers as lost");
             announce_dropped(&self.shared, &lost, 1);
         }

@@ -26,14 +26,25 @@
 //! to the cluster's Raft log, and what the log applies replaces the values here
 //! ([`Router::set_retained_from_cluster`]). In disk mode every change of the retained store is written
 //! through to the store under the same lock, and the store's values are read back on start.
+//!
+//! In a cluster the router also keeps the acknowledged publishes this node has handed to its
+//! local subscriptions that are not replicated (at-most-once ones, and at-least-once ones
+//! whose queues are not in the cluster's records): a bounded window of (publisher identity,
+//! message id) pairs with the bounds of the dedupe window. When the same pair reaches this
+//! node's local delivery again (a publisher's resend through another node, admitted here or
+//! forwarded by a peer), those subscriptions are left out and counted as
+//! `duplicates_skipped`; replicated ones get it as any publish (docs/CLUSTERING.md,
+//! "Retained values and the dedupe window").
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
 use crate::cluster::Cluster;
+use crate::dedupe::DedupeWindow;
 use crate::error::BrokerError;
 use crate::filter_trie::FilterTrie;
 use crate::introspect::counters::{Counters, DropReason};
@@ -52,14 +63,26 @@ pub struct SubscriberKey {
     pub subscription: SubscriptionId,
 }
 
-/// What a cluster peer's forward is for: its queue groups, and the subscriptions it
-/// delivered to through the cluster's records (left out here).
+/// An acknowledged publish's dedupe pair: its publisher's certificate identity and its
+/// message id.
+#[derive(Debug, Clone, Copy)]
+pub struct Acknowledged<'a> {
+    /// The publisher's certificate identity (set by the node it published on).
+    pub identity: &'a Arc<str>,
+    /// The publisher's message id.
+    pub message_id: u64,
+}
+
+/// What a cluster peer's forward is for: its queue groups, the subscriptions it delivered to
+/// through the cluster's records (left out here), and, for an acknowledged publish, its pair.
 #[derive(Debug, Clone, Copy)]
 pub struct FromPeer<'a> {
     /// The queue groups the message is for (besides every plain subscriber).
     pub groups: &'a [String],
     /// Named sessions' subscriptions the peer delivered it to through the records.
     pub delivered: &'a [(SessionId, SubscriptionId)],
+    /// The publish's dedupe pair, if it was acknowledged.
+    pub acknowledged: Option<Acknowledged<'a>>,
 }
 
 /// One subscription as the publish path sees it.
@@ -215,15 +238,23 @@ impl RouteMembers {
         }
     }
 
+    /// Whether any member's queue is not in the cluster's records.
+    fn any_unreplicated(&self) -> bool {
+        self.all().any(|member| !member.queue.is_replicated())
+    }
+
     /// Offers `message` to every plain member and one member per group (per group named in
     /// `groups`, when given: a message from a cluster peer).
     /// Plain members in `delivered` are left out (the message reached them through the
-    /// cluster's records).
+    /// cluster's records). For a `resend` (an acknowledged publish this node already handed
+    /// to its subscriptions), members whose queues are not replicated are left out too,
+    /// counted as skipped duplicates.
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         from_peer: Option<FromPeer<'_>>,
+        resend: bool,
         report: &mut RouteReport,
         counters: &Counters,
     ) {
@@ -232,15 +263,22 @@ impl RouteMembers {
             target.is_none_or(|t| member.key.session == t)
                 && !delivered.contains(&(member.key.session, member.key.subscription))
         };
+        let push = |member: &RouteMember, report: &mut RouteReport| {
+            if resend && !member.queue.is_replicated() {
+                counters.duplicate_skipped();
+            } else {
+                report.record(member.push_counted(message, counters));
+            }
+        };
         for member in self.plain.iter().filter(|m| wanted(m)) {
-            report.record(member.push_counted(message, counters));
+            push(member, report);
         }
         for group in &self.groups {
             if from_peer.is_some_and(|from| !from.groups.iter().any(|name| *name == *group.name)) {
                 continue;
             }
             if let Some(member) = group.choose(message.memory_size(), target) {
-                report.record(member.push_counted(message, counters));
+                push(member, report);
             }
         }
     }
@@ -323,6 +361,9 @@ pub struct Router {
     counters: Counters,
     /// The remote members: this node's cluster peers and their interest, in a cluster.
     cluster: OnceLock<Arc<Cluster>>,
+    /// In a cluster: the acknowledged publishes this node handed to local subscriptions that
+    /// are not replicated (see the module documentation).
+    handed: OnceLock<DedupeWindow>,
 }
 
 impl Default for Router {
@@ -355,13 +396,17 @@ impl Router {
             store,
             counters: Counters::default(),
             cluster: OnceLock::new(),
+            handed: OnceLock::new(),
         }
     }
 
     /// Makes this node part of `cluster`: publishes are also offered to its peers, and the
-    /// topic actors tell it this node's interest. Set once, before any subscription.
-    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>) {
+    /// topic actors tell it this node's interest. Acknowledged publishes handed to local
+    /// subscriptions that are not replicated are remembered in `handed`, so a publisher's
+    /// resend through another node reaches them once. Set once, before any subscription.
+    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>, handed: DedupeWindow) {
         let _ = self.cluster.set(cluster);
+        let _ = self.handed.set(handed);
     }
 
     /// The cluster this node is part of, if any.
@@ -502,31 +547,21 @@ impl Router {
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
     ) -> RouteReport {
-        let mut report = RouteReport::default();
-        for route in self.matching(&message.topic) {
-            route
-                .members()
-                .offer(message, target, None, &mut report, &self.counters);
-        }
-        report
+        self.publish_admitted(message, target, None, None)
     }
 
     /// Offers `message`, forwarded by a cluster peer, to every plain subscription whose filter
     /// matches its topic but those in `delivered` (the peer delivered it to them through the
-    /// cluster's records), and to one member of each queue group named in `groups`. Never
-    /// waits.
+    /// cluster's records), and to one member of each queue group named in `groups`; a resend
+    /// of an acknowledged publish this node already handed to its subscriptions goes only to
+    /// the replicated ones. Never waits.
     pub fn publish_from_peer(
         &self,
         message: &Arc<PublishedMessage>,
         from: FromPeer<'_>,
     ) -> RouteReport {
-        let mut report = RouteReport::default();
-        for route in self.matching(&message.topic) {
-            route
-                .members()
-                .offer(message, None, Some(from), &mut report, &self.counters);
-        }
-        report
+        let routes = self.matching(&message.topic);
+        self.offer_to(&routes, message, None, Some(from), from.acknowledged)
     }
 
     /// [`Router::publish`] through `cache`: when `message` has the cache's topic and the trie has
@@ -539,20 +574,80 @@ impl Router {
         target: Option<SessionId>,
         cache: &mut RouteCache,
     ) -> RouteReport {
+        self.publish_admitted(message, target, Some(cache), None)
+    }
+
+    /// [`Router::publish`] (through `cache`, if given, as [`Router::publish_cached`]) of a
+    /// publish admitted on this node, or of a peer's direct message: an `acknowledged` one
+    /// this node already handed to its subscriptions (a resend through another node) goes
+    /// only to the replicated ones. Never waits.
+    pub(crate) fn publish_admitted(
+        &self,
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+        cache: Option<&mut RouteCache>,
+        acknowledged: Option<Acknowledged<'_>>,
+    ) -> RouteReport {
+        let Some(cache) = cache else {
+            let routes = self.matching(&message.topic);
+            return self.offer_to(&routes, message, target, None, acknowledged);
+        };
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation || cache.topic.as_ref() != Some(&message.topic) {
             cache.routes = self.matching(&message.topic);
             cache.topic = Some(message.topic.clone());
             cache.generation = generation;
         }
+        self.offer_to(&cache.routes, message, target, None, acknowledged)
+    }
+
+    /// Offers `message` to the members of `routes` (see [`RouteMembers::offer`]), as a resend
+    /// if this node already handed the `acknowledged` publish to its subscriptions.
+    fn offer_to(
+        &self,
+        routes: &[Arc<FilterRoute>],
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+        from_peer: Option<FromPeer<'_>>,
+        acknowledged: Option<Acknowledged<'_>>,
+    ) -> RouteReport {
+        let resend = self.handed_before(acknowledged, || {
+            routes
+                .iter()
+                .any(|route| route.members.load().any_unreplicated())
+        });
         let mut report = RouteReport::default();
-        for route in &cache.routes {
-            route
-                .members
-                .load()
-                .offer(message, target, None, &mut report, &self.counters);
+        for route in routes {
+            route.members.load().offer(
+                message,
+                target,
+                from_peer,
+                resend,
+                &mut report,
+                &self.counters,
+            );
         }
         report
+    }
+
+    /// Whether this node already handed the `acknowledged` publish to local subscriptions
+    /// that are not replicated. If not, and `reaches_unreplicated()` (it is about to), the
+    /// pair is remembered, within the window's bounds: a pair forgotten early lets a resend
+    /// through to them again.
+    fn handed_before(
+        &self,
+        acknowledged: Option<Acknowledged<'_>>,
+        reaches_unreplicated: impl FnOnce() -> bool,
+    ) -> bool {
+        let (Some(acknowledged), Some(handed)) = (acknowledged, self.handed.get()) else {
+            return false;
+        };
+        reaches_unreplicated()
+            && !handed.first_time(
+                acknowledged.identity,
+                acknowledged.message_id,
+                Instant::now(),
+            )
     }
 
     /// Whether a message to `topic` (for `target`'s session only, if given) would be stored by

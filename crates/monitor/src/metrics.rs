@@ -161,6 +161,12 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
     );
     counter(
         r,
+        "duplicates_skipped",
+        "Copies of an acknowledged publish resent through another node kept from subscriptions here that had it",
+        counters.duplicates_skipped,
+    );
+    counter(
+        r,
         "no_responders",
         "Requests that reached no subscriber",
         counters.no_responders,

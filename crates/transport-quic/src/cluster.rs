@@ -201,13 +201,21 @@ enum PeerFrame {
     Delivered { count: u64 },
     /// Dialer → acceptor: a forwarded message and the queue groups it is for (a direct one
     /// carries its session in `to_session`).
+    ///
+    /// Fields are encoded in order as an array: one left out shifts those after it, so only
+    /// the last present field may be skipped when empty.
     Message {
         publish: Publish,
         groups: Vec<String>,
         /// Named sessions' subscriptions the dialer delivered the message to through the
         /// cluster's records: the acceptor leaves them out.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(default)]
         delivered: Vec<(SessionId, SubscriptionId)>,
+        /// For an acknowledged publish: its publisher's certificate identity, set by the
+        /// dialer (with `publish.message_id`, its dedupe pair), so the acceptor hands a resend
+        /// of it only to its replicated subscriptions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        acknowledged_by: Option<String>,
     },
     /// Dialer → acceptor: `count` messages the dialer dropped for the acceptor, and what they
     /// were for.
@@ -660,8 +668,9 @@ async fn apply(
             publish,
             groups,
             delivered,
+            acknowledged_by,
         } => {
-            inbox.deliver(publish, &groups, &delivered);
+            inbox.deliver(publish, &groups, &delivered, acknowledged_by.as_deref());
             Ok(())
         }
         PeerFrame::Dropped { lost, count } => {
@@ -829,6 +838,7 @@ async fn dial_once(
                         },
                         groups: forward.groups.iter().map(|g| g.to_string()).collect(),
                         delivered: forward.delivered,
+                        acknowledged_by: forward.acknowledged_by.map(|identity| identity.to_string()),
                     },
                     Some(Outgoing::Dropped { lost, count }) => PeerFrame::Dropped { lost, count },
                     None => break "the broker stopped".to_owned(),
@@ -1039,6 +1049,71 @@ mod tests {
             groups: Vec::new(),
             session: None,
             any_topic: false,
+        }
+    }
+
+    fn publish() -> Publish {
+        Publish {
+            topic: "orders.new".to_owned(),
+            headers: Default::default(),
+            payload: bytes::Bytes::from_static(b"order"),
+            message_id: Some(7),
+            reply_to: None,
+            retain: false,
+            to_session: None,
+            ack: false,
+        }
+    }
+
+    /// The message frame as nodes without `acknowledged_by` wrote it (and, older, without
+    /// `delivered`).
+    #[derive(Serialize)]
+    enum OlderFrame {
+        _Hello,
+        _Resumed,
+        _Interest,
+        _Ack,
+        _Delivered,
+        Message {
+            publish: Publish,
+            groups: Vec<String>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            delivered: Vec<(SessionId, SubscriptionId)>,
+        },
+    }
+
+    fn decoded(bytes: &[u8]) -> (Vec<(SessionId, SubscriptionId)>, Option<String>) {
+        match rmp_serde::from_slice(bytes).expect("decodes") {
+            PeerFrame::Message {
+                delivered,
+                acknowledged_by,
+                ..
+            } => (delivered, acknowledged_by),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn message_frames_of_older_nodes_and_with_each_optional_field_decode() {
+        let one = vec![(SessionId([1; 16]), 3)];
+        for delivered in [Vec::new(), one.clone()] {
+            let older = OlderFrame::Message {
+                publish: publish(),
+                groups: Vec::new(),
+                delivered: delivered.clone(),
+            };
+            let bytes = rmp_serde::to_vec(&older).expect("encodes");
+            assert_eq!(decoded(&bytes), (delivered.clone(), None));
+            for acknowledged_by in [None, Some("shop".to_owned())] {
+                let frame = PeerFrame::Message {
+                    publish: publish(),
+                    groups: vec!["g".to_owned()],
+                    delivered: delivered.clone(),
+                    acknowledged_by: acknowledged_by.clone(),
+                };
+                let bytes = rmp_serde::to_vec(&frame).expect("encodes");
+                assert_eq!(decoded(&bytes), (delivered.clone(), acknowledged_by));
+            }
         }
     }
 

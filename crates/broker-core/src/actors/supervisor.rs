@@ -74,10 +74,16 @@ impl Actor for Supervisor {
             recovered.retained,
         ));
         if let Some(cluster) = &config.cluster {
-            router.join_cluster(Arc::new(crate::cluster::Cluster::new(
-                cluster.clone(),
-                config.limits.topics,
-            )));
+            router.join_cluster(
+                Arc::new(crate::cluster::Cluster::new(
+                    cluster.clone(),
+                    config.limits.topics,
+                )),
+                crate::dedupe::DedupeWindow::new(
+                    config.dedupe,
+                    config.limits.max_dedupe_entries_per_identity,
+                ),
+            );
         }
         let (topics, _) =
             Actor::spawn_linked(None, TopicManager, Arc::clone(&router), myself.get_cell()).await?;

@@ -124,9 +124,9 @@ async fn a_message_goes_once_to_a_peer_however_many_of_its_filters_match() {
         entries: vec![entry("s.>", None, 1), entry("s.*.t", None, 3)],
         sessions: vec![],
     });
-    assert_eq!(node.forward(&message("s.k.t"), &[]), 1);
+    assert_eq!(node.forward(&message("s.k.t"), &[], None), 1);
     assert_eq!(
-        node.forward(&message("other"), &[]),
+        node.forward(&message("other"), &[], None),
         0,
         "no interest, no bytes"
     );
@@ -149,13 +149,13 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
         sessions: vec![],
     });
     assert_eq!(
-        node.forward(&message("jobs.x"), &[]),
+        node.forward(&message("jobs.x"), &[], None),
         1,
         "only the peer has members"
     );
     node.local_changed(&filter("jobs.*"), Some("w"), 1);
     assert_eq!(
-        node.forward(&message("jobs.x"), &[]),
+        node.forward(&message("jobs.x"), &[], None),
         0,
         "a local member is preferred"
     );
@@ -164,12 +164,12 @@ async fn a_queue_group_is_served_locally_when_it_has_a_local_member() {
 #[tokio::test]
 async fn a_full_queue_and_a_peer_out_of_routing_count_drops_announced_on_the_next_link() {
     let (node, inbound, link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
-    node.forward(&message("t"), &[]);
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
+    node.forward(&message("t"), &[], None);
     assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
     drop(inbound);
     assert!(!node.peers()[0].inbound);
-    assert_eq!(node.forward(&message("t"), &[]), 0, "out of routing");
+    assert_eq!(node.forward(&message("t"), &[], None), 0, "out of routing");
     assert_eq!(
         node.peers()[0].dropped,
         2,
@@ -203,14 +203,14 @@ async fn a_drop_while_the_link_waits_is_announced_before_any_later_forward() {
     });
     tokio::task::yield_now().await;
     drop(inbound);
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
     let inbound = node.open_inbound("b");
     inbound.apply(InterestUpdate::Snapshot {
         seq: 2,
         entries: vec![entry("t", None, 1)],
         sessions: vec![],
     });
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
     let (first, _link) = waiting.await.unwrap();
     assert!(
         matches!(first, Outgoing::Dropped { count: 1, .. }),
@@ -225,8 +225,8 @@ async fn a_drop_report_never_overtakes_the_forwards_queued_before_the_drop() {
     // published earlier than the lost one.
     let (node, _inbound, mut link) = linked_with_a_queue_of_one(vec![entry("t", None, 1)]);
     let _snapshot = next(&mut link).await;
-    node.forward(&message("t"), &[]);
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
+    node.forward(&message("t"), &[], None);
     assert_eq!(node.peers()[0].dropped, 1, "the queue holds one");
     let first = next(&mut link).await;
     assert!(
@@ -243,8 +243,8 @@ async fn a_drop_report_never_overtakes_the_forwards_queued_before_the_drop() {
 #[tokio::test]
 async fn a_drop_for_a_peers_queue_group_names_the_group_it_was_to_serve() {
     let (node, _inbound, link) = linked_with_a_queue_of_one(vec![entry("jobs.*", Some("w"), 2)]);
-    node.forward(&message("jobs.x"), &[]);
-    node.forward(&message("jobs.x"), &[]);
+    node.forward(&message("jobs.x"), &[], None);
+    node.forward(&message("jobs.x"), &[], None);
     drop(link);
     let mut link = node.open_outbound("b");
     let _snapshot = next(&mut link).await;
@@ -298,7 +298,7 @@ async fn drops_for_a_peer_away_are_counted_per_topic_up_to_a_bound_then_together
     drop(inbound);
     drop(link);
     for i in 0..MAX_DROP_KINDS + BEYOND {
-        node.forward(&message(&format!("t.{i}")), &[]);
+        node.forward(&message(&format!("t.{i}")), &[], None);
     }
     let expected = (MAX_DROP_KINDS + BEYOND) as u64;
     assert_eq!(node.peers()[0].dropped, expected, "every drop counted");

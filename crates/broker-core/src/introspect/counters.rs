@@ -46,6 +46,7 @@ pub struct Counters {
     bytes_received: AtomicU64,
     publishes_rejected: AtomicU64,
     duplicates: AtomicU64,
+    duplicates_skipped: AtomicU64,
     no_responders: AtomicU64,
     deliveries_queued: AtomicU64,
     delivery_bytes_queued: AtomicU64,
@@ -69,6 +70,9 @@ pub struct CountersSnapshot {
     pub publishes_rejected: u64,
     /// Acknowledged publishes recognised as duplicates and not routed again.
     pub duplicates: u64,
+    /// In a cluster: copies of an acknowledged publish resent through another node that were
+    /// not handed again to subscriptions of this node that had it (those not replicated).
+    pub duplicates_skipped: u64,
     /// Requests that reached no subscriber (answered with `NoResponders`).
     pub no_responders: u64,
     /// Message copies queued to subscriptions: the broker's outgoing messages, before any
@@ -130,6 +134,11 @@ impl Counters {
     /// An acknowledged publish was a duplicate.
     pub(crate) fn duplicate(&self) {
         add(&self.duplicates, 1);
+    }
+
+    /// A resent acknowledged publish was not handed again to a subscription that had it.
+    pub(crate) fn duplicate_skipped(&self) {
+        add(&self.duplicates_skipped, 1);
     }
 
     /// A request reached nobody.
@@ -194,6 +203,7 @@ impl Counters {
             bytes_received: load(&self.bytes_received),
             publishes_rejected: load(&self.publishes_rejected),
             duplicates: load(&self.duplicates),
+            duplicates_skipped: load(&self.duplicates_skipped),
             no_responders: load(&self.no_responders),
             deliveries_queued: load(&self.deliveries_queued),
             delivery_bytes_queued: load(&self.delivery_bytes_queued),

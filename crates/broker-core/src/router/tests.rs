@@ -343,3 +343,113 @@ fn routes_lists_literal_wildcard_and_tail_filters() {
     router.retain(&value, None).unwrap();
     assert_eq!(router.retained_bytes(), value.memory_size());
 }
+
+/// A router of a cluster node (with no peers) remembering what it handed for 60 s.
+fn cluster_router() -> Router {
+    let router = Router::default();
+    router.join_cluster(
+        Arc::new(Cluster::new(
+            crate::cluster::ClusterConfig::node("a"),
+            TopicLimits::default(),
+        )),
+        DedupeWindow::new(
+            crate::config::DedupeConfig {
+                max_entries: 100,
+                max_age: std::time::Duration::from_secs(60),
+            },
+            100,
+        ),
+    );
+    router
+}
+
+#[tokio::test]
+async fn a_resent_acknowledged_publish_skips_the_subscriptions_it_was_handed_to() {
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    let grouped = member(2, 1, Some("w"));
+    route.set_members(&[plain.clone(), grouped.clone()]);
+    router.insert(route);
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = |identity, message_id| {
+        Some(Acknowledged {
+            identity,
+            message_id,
+        })
+    };
+    let order = message("orders.new", b"1");
+    let first = router.publish_admitted(&order, None, None, pair(&shop, 7));
+    assert_eq!(first.offered, 2);
+    let mut cache = RouteCache::default();
+    let again = router.publish_admitted(&order, None, Some(&mut cache), pair(&shop, 7));
+    assert_eq!(again.offered, 0, "handed before: skipped");
+    let from_peer = router.publish_from_peer(
+        &order,
+        FromPeer {
+            groups: &["w".to_owned()],
+            delivered: &[],
+            acknowledged: pair(&shop, 7),
+        },
+    );
+    assert_eq!(from_peer.offered, 0, "a peer's forward of the resend too");
+    assert_eq!(router.counters().snapshot().duplicates_skipped, 4);
+    let other = Arc::from("other");
+    assert_eq!(
+        router
+            .publish_admitted(&order, None, None, pair(&other, 7))
+            .offered,
+        2,
+        "another publisher's id"
+    );
+    assert_eq!(
+        router
+            .publish_admitted(&order, None, None, pair(&shop, 8))
+            .offered,
+        2,
+        "another id"
+    );
+    assert_eq!(router.publish(&order, None).offered, 2, "not acknowledged");
+    assert_eq!(queued(&plain).await, 4);
+    assert_eq!(queued(&grouped).await, 4);
+}
+
+#[tokio::test]
+async fn an_acknowledged_publish_that_reached_no_subscription_here_is_not_remembered() {
+    let router = cluster_router();
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 0);
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let late = member(1, 1, None);
+    route.set_members(std::slice::from_ref(&late));
+    router.insert(route);
+    assert_eq!(
+        router.publish_admitted(&order, None, None, pair).offered,
+        1,
+        "it never had the first copy"
+    );
+    assert_eq!(queued(&late).await, 1);
+}
+
+#[tokio::test]
+async fn without_a_cluster_an_acknowledged_publish_is_never_skipped() {
+    let router = Router::default();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    route.set_members(std::slice::from_ref(&plain));
+    router.insert(route);
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    for _ in 0..2 {
+        let report = router.publish_admitted(&message("orders.new", b"1"), None, None, pair);
+        assert_eq!(report.offered, 1, "the node's dedupe window decides");
+    }
+}

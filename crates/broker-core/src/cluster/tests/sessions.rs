@@ -63,16 +63,16 @@ async fn a_direct_message_goes_only_to_the_peer_holding_its_session_with_a_match
     let (b_in, mut b_out) = peer_holding(&node, "b", vec![held(1, "note.>")]);
     let (_c_in, _c_out) = peer_holding(&node, "c", vec![held(2, "note.>")]);
     assert_eq!(
-        node.forward_direct(&message("note.x"), SessionId([1; 16])),
+        node.forward_direct(&message("note.x"), SessionId([1; 16]), None),
         1
     );
     assert_eq!(
-        node.forward_direct(&message("other.x"), SessionId([1; 16])),
+        node.forward_direct(&message("other.x"), SessionId([1; 16]), None),
         0,
         "no filter of the session matches"
     );
     assert_eq!(
-        node.forward_direct(&message("note.x"), SessionId([9; 16])),
+        node.forward_direct(&message("note.x"), SessionId([9; 16]), None),
         0,
         "no node holds the session"
     );
@@ -87,7 +87,7 @@ async fn a_direct_message_goes_only_to_the_peer_holding_its_session_with_a_match
 
     drop(b_in);
     assert_eq!(
-        node.forward_direct(&message("note.x"), SessionId([1; 16])),
+        node.forward_direct(&message("note.x"), SessionId([1; 16]), None),
         1,
         "out of routing: dropped, and announced when it is back"
     );

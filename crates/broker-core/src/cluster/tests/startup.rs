@@ -59,7 +59,11 @@ async fn what_was_published_before_a_peers_first_snapshot_is_dropped_for_what_it
     let node = cluster("a");
     node.local_changed(&filter("jobs.*"), Some("here"), 1);
     for topic in ["t.x", "t.x", "t.y", "other", "jobs.x"] {
-        assert_eq!(node.forward(&message(topic), &[]), 0, "no peer known yet");
+        assert_eq!(
+            node.forward(&message(topic), &[], None),
+            0,
+            "no peer known yet"
+        );
     }
     let mut link = node.open_outbound("b");
     let _b = first_snapshot(
@@ -73,7 +77,7 @@ async fn what_was_published_before_a_peers_first_snapshot_is_dropped_for_what_it
         vec![],
     );
     assert_eq!(
-        node.forward(&message("t.x"), &[]),
+        node.forward(&message("t.x"), &[], None),
         1,
         "known now: forwarded"
     );
@@ -98,10 +102,10 @@ async fn what_was_published_before_a_peers_first_snapshot_is_dropped_for_what_it
 #[tokio::test]
 async fn only_a_peers_first_snapshot_takes_the_tally_and_only_what_came_before_it() {
     let node = cluster("a");
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
     let b = first_snapshot(&node, "b", vec![entry("t", None, 1)], vec![]);
     let mut to_b = node.open_outbound("b");
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
     drop(b);
     let _b = first_snapshot(&node, "b", vec![entry("t", None, 1)], vec![]);
     let mut to_c = node.open_outbound("c");
@@ -128,8 +132,8 @@ async fn only_a_peers_first_snapshot_takes_the_tally_and_only_what_came_before_i
 async fn a_direct_message_before_the_peers_first_snapshot_is_dropped_for_its_session() {
     let node = cluster("a");
     let (held, other) = (SessionId([1; 16]), SessionId([2; 16]));
-    assert_eq!(node.forward_direct(&message("note.x"), held), 0);
-    assert_eq!(node.forward_direct(&message("note.x"), other), 0);
+    assert_eq!(node.forward_direct(&message("note.x"), held, None), 0);
+    assert_eq!(node.forward_direct(&message("note.x"), other, None), 0);
     let mut link = node.open_outbound("b");
     let _b = first_snapshot(
         &node,
@@ -154,7 +158,7 @@ async fn the_tally_counts_a_bounded_number_of_topics_then_announces_the_rest_on_
     const BEYOND: usize = 10;
     let node = cluster("a");
     for i in 0..MAX_DROP_KINDS + BEYOND {
-        node.forward(&message(&format!("t.{i}")), &[]);
+        node.forward(&message(&format!("t.{i}")), &[], None);
     }
     let mut link = node.open_outbound("b");
     let _b = first_snapshot(&node, "b", vec![entry("t.>", None, 1)], vec![]);
@@ -182,7 +186,7 @@ async fn nothing_is_tallied_once_every_configured_peer_has_synced() {
     node.reached(own, "a");
     node.reached(b, "b");
     let _b = first_snapshot(&node, "b", vec![], vec![]);
-    node.forward(&message("t"), &[]);
+    node.forward(&message("t"), &[], None);
     let mut link = node.open_outbound("c");
     let _c = first_snapshot(&node, "c", vec![entry("t", None, 1)], vec![]);
     let _snapshot = next(&mut link).await;
