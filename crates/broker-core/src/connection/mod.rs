@@ -16,3 +16,4 @@ pub(crate) mod framed;
 pub(crate) mod gaps;
 pub(crate) mod publish;
 pub(crate) mod subscription_writer;
+pub(crate) mod unsent_acks;

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Publisher, Source};
 use crate::connection::framed::{write_frame, FrameReader};
+use crate::connection::unsent_acks::UnsentAcks;
 use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::memory::FrameBufferCharge;
@@ -47,6 +48,9 @@ struct Answer {
     /// `members`: its dedupe pair, its retained value and what it stored in named sessions'
     /// queues.
     replicated_at: Option<u64>,
+    /// The pairs of its acknowledgements, forgotten if it is never written and what it waits
+    /// for is refused.
+    unsent: Option<UnsentAcks>,
 }
 
 /// Serves one publish stream of the client `identity` until the client finishes it.
@@ -150,7 +154,7 @@ fn answers(admitted: Admitted) -> Vec<Frame> {
 
 async fn read_publishes(
     recv: Box<dyn RecvStream>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Arc<str>,
     answers: mpsc::Sender<Answer>,
     charge: FrameBufferCharge,
@@ -188,11 +192,13 @@ async fn read_publishes(
         if frames.is_empty() {
             continue;
         }
+        let unsent = unsent_acks(shared, identity, &frames, durable_at, replicated_at);
         let answer = Answer {
             topic,
             frames,
             durable_at,
             replicated_at,
+            unsent,
         };
         if answers.send(answer).await.is_err() {
             // The answering half failed (its error is reported): stop reading.
@@ -214,6 +220,7 @@ async fn write_answers(
         frames,
         durable_at,
         replicated_at,
+        unsent,
     }) = unanswered.recv().await
     {
         let mut failed = match (durable_at, &shared.storage) {
@@ -225,14 +232,24 @@ async fn write_answers(
                 failed.get_or_insert(err);
             }
         }
-        for frame in frames {
-            let frame = match (frame, &failed) {
-                (Frame::PublishAck(ack), Some(err)) => {
-                    // Not acknowledged: a resend must be accepted again, not taken for a
-                    // duplicate of what the store or the cluster refused.
+        if failed.is_some() {
+            // Not acknowledged: a resend must be accepted again, not taken for a duplicate
+            // of what the store or the cluster refused (forgotten before any frame is
+            // written, which may fail).
+            for frame in &frames {
+                if let Frame::PublishAck(ack) = frame {
                     if !ack.duplicate {
                         shared.dedupe.forget(identity, ack.message_id);
                     }
+                }
+            }
+        }
+        if let Some(unsent) = unsent {
+            unsent.settled();
+        }
+        for frame in frames {
+            let frame = match (frame, &failed) {
+                (Frame::PublishAck(ack), Some(err)) => {
                     let err = BrokerError::Storage(err.clone());
                     Frame::PublishRejected(PublishRejected {
                         topic: topic.clone(),
@@ -248,6 +265,51 @@ async fn write_answers(
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// The guard of an answer's acknowledgements (not duplicates) that wait for the disk store's
+/// `durable_at` or the replicated store's `replicated_at`: see [`UnsentAcks`].
+fn unsent_acks(
+    shared: &Arc<Shared>,
+    identity: &Arc<str>,
+    frames: &[Frame],
+    durable_at: Option<u64>,
+    replicated_at: Option<u64>,
+) -> Option<UnsentAcks> {
+    let disk = durable_at.zip(shared.storage.clone());
+    let replicated = replicated_at.zip(shared.replicated().cloned());
+    if disk.is_none() && replicated.is_none() {
+        return None;
+    }
+    let message_ids: Vec<u64> = frames
+        .iter()
+        .filter_map(|frame| match frame {
+            Frame::PublishAck(ack) if !ack.duplicate => Some(ack.message_id),
+            _ => None,
+        })
+        .collect();
+    if message_ids.is_empty() {
+        return None;
+    }
+    let outcome = Box::pin(async move {
+        if let Some((ticket, store)) = disk {
+            if store.synced(ticket).await.is_err() {
+                return false;
+            }
+        }
+        if let Some((ticket, store)) = replicated {
+            if store.synced(ticket).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    Some(UnsentAcks::new(
+        Arc::clone(&shared.dedupe),
+        Arc::clone(identity),
+        message_ids,
+        outcome,
+    ))
 }
 
 fn rejected(topic: String, message_id: Option<u64>, err: &BrokerError) -> Frame {
