@@ -190,6 +190,26 @@ impl DedupeWindow {
         )
     }
 
+    /// When the pair was remembered, if it still is (within the window's age); records
+    /// nothing.
+    pub(crate) fn remembered_at(
+        &self,
+        identity: &Arc<str>,
+        message_id: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        let window = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let own = window.identities.get(identity)?;
+        if !own.seen.contains(&message_id) {
+            return None;
+        }
+        own.order
+            .iter()
+            .find(|(id, _)| *id == message_id)
+            .map(|(_, at)| *at)
+            .filter(|at| now.saturating_duration_since(*at) <= self.config.max_age)
+    }
+
     /// Forgets the pair, if remembered: its publish was refused after all (its commit failed),
     /// so a resend is accepted again.
     pub(crate) fn forget(&self, identity: &Arc<str>, message_id: u64) {

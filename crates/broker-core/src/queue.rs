@@ -253,6 +253,9 @@ pub struct SubscriptionQueue {
     /// Whether its overflow under `Close` was reported as a system event (by whoever saw it
     /// first: the periodic look, or the session when the subscription ended).
     overflow_reported: AtomicBool,
+    /// When the subscription was made (for a resend through another node: a subscription made
+    /// after the first copy was handed out never had it).
+    created_at: std::time::Instant,
 }
 
 impl SubscriptionQueue {
@@ -292,7 +295,13 @@ impl SubscriptionQueue {
             unwritten: AtomicUsize::new(0),
             progress: OnceLock::new(),
             overflow_reported: AtomicBool::new(false),
+            created_at: std::time::Instant::now(),
         }
+    }
+
+    /// When the queue (its subscription) was made.
+    pub fn created_at(&self) -> std::time::Instant {
+        self.created_at
     }
 
     /// A queue rebuilt from the store after a restart: sequences continue after

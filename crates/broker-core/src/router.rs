@@ -32,8 +32,9 @@
 //! whose queues are not in the cluster's records): a bounded window of (publisher identity,
 //! message id) pairs with the bounds of the dedupe window. When the same pair reaches this
 //! node's local delivery again (a publisher's resend through another node, admitted here or
-//! forwarded by a peer), those subscriptions are left out and counted as
-//! `duplicates_skipped`; replicated ones get it as any publish (docs/CLUSTERING.md,
+//! forwarded by a peer), those of them that existed when it was first handed out are left out
+//! and counted as `duplicates_skipped`; a pair is remembered only once the publish was pushed
+//! to such a subscription here; replicated ones get it as any publish (docs/CLUSTERING.md,
 //! "Retained values and the dedupe window").
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -238,23 +239,18 @@ impl RouteMembers {
         }
     }
 
-    /// Whether any member's queue is not in the cluster's records.
-    fn any_unreplicated(&self) -> bool {
-        self.all().any(|member| !member.queue.is_replicated())
-    }
-
     /// Offers `message` to every plain member and one member per group (per group named in
     /// `groups`, when given: a message from a cluster peer).
     /// Plain members in `delivered` are left out (the message reached them through the
-    /// cluster's records). For a `resend` (an acknowledged publish this node already handed
-    /// to its subscriptions), members whose queues are not replicated are left out too,
-    /// counted as skipped duplicates.
+    /// cluster's records). For a resend of an acknowledged publish this node already handed
+    /// to its subscriptions at `handed_at`, members whose queues are not replicated and that
+    /// existed then are left out too, counted as skipped duplicates.
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         from_peer: Option<FromPeer<'_>>,
-        resend: bool,
+        handed_at: Option<Instant>,
         report: &mut RouteReport,
         counters: &Counters,
     ) {
@@ -264,10 +260,12 @@ impl RouteMembers {
                 && !delivered.contains(&(member.key.session, member.key.subscription))
         };
         let push = |member: &RouteMember, report: &mut RouteReport| {
-            if resend && !member.queue.is_replicated() {
+            let replicated = member.queue.is_replicated();
+            if !replicated && handed_at.is_some_and(|at| member.queue.created_at() <= at) {
                 counters.duplicate_skipped();
             } else {
                 report.record(member.push_counted(message, counters));
+                report.unreplicated |= !replicated;
             }
         };
         for member in self.plain.iter().filter(|m| wanted(m)) {
@@ -323,6 +321,8 @@ pub struct RouteReport {
     pub offered: usize,
     /// Of those, how many dropped a message (this one or an older one) to their policy.
     pub dropped: usize,
+    /// Whether it was offered to a subscription whose queue is not in the cluster's records.
+    unreplicated: bool,
 }
 
 impl RouteReport {
@@ -611,10 +611,10 @@ impl Router {
         from_peer: Option<FromPeer<'_>>,
         acknowledged: Option<Acknowledged<'_>>,
     ) -> RouteReport {
-        let resend = self.handed_before(acknowledged, || {
-            routes
-                .iter()
-                .any(|route| route.members.load().any_unreplicated())
+        let handed = acknowledged.zip(self.handed.get());
+        let now = Instant::now();
+        let handed_at = handed.and_then(|(acknowledged, window)| {
+            window.remembered_at(acknowledged.identity, acknowledged.message_id, now)
         });
         let mut report = RouteReport::default();
         for route in routes {
@@ -622,32 +622,18 @@ impl Router {
                 message,
                 target,
                 from_peer,
-                resend,
+                handed_at,
                 &mut report,
                 &self.counters,
             );
         }
+        // Remembered only once handed to a subscription it would skip on a resend; the first
+        // time it was handed counts.
+        if let (Some((acknowledged, window)), None, true) = (handed, handed_at, report.unreplicated)
+        {
+            window.first_time(acknowledged.identity, acknowledged.message_id, now);
+        }
         report
-    }
-
-    /// Whether this node already handed the `acknowledged` publish to local subscriptions
-    /// that are not replicated. If not, and `reaches_unreplicated()` (it is about to), the
-    /// pair is remembered, within the window's bounds: a pair forgotten early lets a resend
-    /// through to them again.
-    fn handed_before(
-        &self,
-        acknowledged: Option<Acknowledged<'_>>,
-        reaches_unreplicated: impl FnOnce() -> bool,
-    ) -> bool {
-        let (Some(acknowledged), Some(handed)) = (acknowledged, self.handed.get()) else {
-            return false;
-        };
-        reaches_unreplicated()
-            && !handed.first_time(
-                acknowledged.identity,
-                acknowledged.message_id,
-                Instant::now(),
-            )
     }
 
     /// Whether a message to `topic` (for `target`'s session only, if given) would be stored by

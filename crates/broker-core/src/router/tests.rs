@@ -437,6 +437,60 @@ async fn an_acknowledged_publish_that_reached_no_subscription_here_is_not_rememb
 }
 
 #[tokio::test]
+async fn a_subscription_made_after_the_first_copy_gets_the_resend() {
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let early = member(1, 1, None);
+    route.set_members(std::slice::from_ref(&early));
+    router.insert(Arc::clone(&route));
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 1);
+    let late = member(2, 1, None);
+    route.set_members(&[early.clone(), late.clone()]);
+    let again = router.publish_admitted(&order, None, None, pair);
+    assert_eq!(again.offered, 1, "only the subscription made since");
+    assert_eq!(queued(&early).await, 1);
+    assert_eq!(queued(&late).await, 1);
+}
+
+#[tokio::test]
+async fn a_forward_that_reached_nothing_unreplicated_here_leaves_the_resend_to_it() {
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    route.set_members(std::slice::from_ref(&plain));
+    router.insert(route);
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    // A peer's forward that left the plain subscription out (the peer delivered to it through
+    // the records): nothing was handed to it here.
+    let forwarded = router.publish_from_peer(
+        &order,
+        FromPeer {
+            groups: &["w".to_owned()],
+            delivered: &[(SessionId([1; 16]), 1)],
+            acknowledged: pair,
+        },
+    );
+    assert_eq!(forwarded.offered, 0);
+    assert_eq!(
+        router.publish_admitted(&order, None, None, pair).offered,
+        1,
+        "the resend reaches the plain subscription that never had it"
+    );
+    assert_eq!(queued(&plain).await, 1);
+}
+
+#[tokio::test]
 async fn without_a_cluster_an_acknowledged_publish_is_never_skipped() {
     let router = Router::default();
     let route = Arc::new(FilterRoute::new(filter("orders.>")));
