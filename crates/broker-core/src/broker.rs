@@ -173,6 +173,12 @@ impl Broker {
                 });
             }));
             let sessions = managers.sessions.clone();
+            ownership.on_forgotten(Box::new(move |key| {
+                let _ = sessions.send_message(SessionManagerMsg::Forgotten {
+                    session: key.clone(),
+                });
+            }));
+            let sessions = managers.sessions.clone();
             ownership.store().on_stale(Box::new(move |key, epoch| {
                 let _ = sessions.send_message(SessionManagerMsg::Relinquish {
                     session: key.clone(),

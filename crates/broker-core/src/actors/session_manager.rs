@@ -103,6 +103,9 @@ pub(crate) enum SessionManagerMsg {
     /// changes the log refused ends too, closing its connection so that its client resumes
     /// the session from the records.
     Relinquish { session: SessionKey, below: u64 },
+    /// The cluster forgot this named session's claim and records (it expired, or made room):
+    /// its copy here, if detached, ends; a resume takes it up afresh (a new session).
+    Forgotten { session: SessionKey },
     /// Another node delivered messages into this named session's records: its copy here, if
     /// any, queues them.
     Delivered { session: SessionKey },
@@ -640,6 +643,35 @@ impl Actor for SessionManager {
                     .send_message(SessionMsg::Relinquish { resume_again });
                 state.ending.insert(id, entry.session.clone());
                 state.remove(&id);
+            }
+            SessionManagerMsg::Forgotten { session } => {
+                let named = (
+                    Arc::from(session.identity.as_str()),
+                    Arc::from(session.name.as_str()),
+                );
+                let Some(id) = state.names.get(&named).copied() else {
+                    return Ok(());
+                };
+                let Some(entry) = state.sessions.get(&id) else {
+                    return Ok(());
+                };
+                if entry.binding.is_none() {
+                    return Ok(());
+                }
+                // An attached copy holds a claim this node took after the forgotten one (a
+                // claim a connection holds is never forgotten): it stays.
+                let detached = matches!(
+                    ask(&entry.session, SessionMsg::DetachedAt).await,
+                    Ok(Some(_))
+                );
+                if detached {
+                    tracing::info!(session = %id, identity = %session.identity, name = %session.name, "the cluster forgot the session: its detached copy here ends");
+                    let _ = entry.session.send_message(SessionMsg::Relinquish {
+                        resume_again: false,
+                    });
+                    state.ending.insert(id, entry.session.clone());
+                    state.remove(&id);
+                }
             }
             SessionManagerMsg::Delivered { session } => {
                 let named = (

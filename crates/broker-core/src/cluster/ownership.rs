@@ -76,6 +76,8 @@ pub struct Ownership {
     deliveries: Arc<DeliveryIndex>,
     /// Told of each session a delivery into its records was applied for.
     delivered: Arc<OnceLock<Delivered>>,
+    /// Told of each session whose records were forgotten (expired, or made room for others).
+    forgotten: Arc<OnceLock<Delivered>>,
     /// This incarnation's deliveries are numbered under this (random, never 0) ...
     origin: u64,
     /// ... from 1 up.
@@ -131,11 +133,20 @@ impl Ownership {
         });
         let deliveries = Arc::new(DeliveryIndex::new(limits, queues));
         let delivered: Arc<OnceLock<Delivered>> = Arc::default();
+        let forgotten: Arc<OnceLock<Delivered>> = Arc::default();
         let records_observer: RecordsObserver = {
             let deliveries = Arc::clone(&deliveries);
             let delivered = Arc::clone(&delivered);
+            let forgotten = Arc::clone(&forgotten);
             Arc::new(move |changes: &[RecordsChange]| {
                 deliveries.observe(changes);
+                if let Some(forgotten) = forgotten.get() {
+                    for change in changes {
+                        if let RecordsChange::Replaced(session, None) = change {
+                            forgotten(session);
+                        }
+                    }
+                }
                 let Some(delivered) = delivered.get() else {
                     return;
                 };
@@ -169,6 +180,7 @@ impl Ownership {
             taken_elsewhere: OnceLock::new(),
             deliveries,
             delivered,
+            forgotten,
             origin: rand::random::<u64>().max(1),
             last_delivery: AtomicU64::new(0),
         });
@@ -226,6 +238,12 @@ impl Ownership {
     /// second call is ignored).
     pub(crate) fn on_delivered(&self, delivered: Delivered) {
         let _ = self.delivered.set(delivered);
+    }
+
+    /// `forgotten` is told of each session whose records are forgotten from now on (once; a
+    /// second call is ignored).
+    pub(crate) fn on_forgotten(&self, forgotten: Delivered) {
+        let _ = self.forgotten.set(forgotten);
     }
 
     /// The named sessions' at-least-once subscriptions anywhere in the cluster whose filter
