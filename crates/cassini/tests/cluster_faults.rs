@@ -1038,19 +1038,13 @@ async fn on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_ses
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: no unmarked duplicate in three 25 s runs, but 2 of 3 found something \
-            else: 1 acknowledged publish of each of s-1 and s-3 (published 29.11 s, n3 \
-            restarted 29.27 s) never reached its at-least-once subscription, \
-            CASSINI_FAULT_SEED=9837250813092600193; and more take-up gaps than resumed \
-            Welcomes (3 > 2, 2 > 1) on s-2's and s-3's at-most-once subscriptions, \
-            CASSINI_FAULT_SEED=10710962833544891308"]
 async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate() {
     run(
         Storage::Disk,
         Reliable::OwnNode,
         Publishers::Resending,
         None,
-        "publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate -- --ignored",
+        "publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate",
     )
     .await;
 }
