@@ -524,7 +524,11 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             continue;
         }
         let first = strong.status.borrow().committed + 1;
-        let bindings: Vec<Arc<Binding>> = ops.iter().filter_map(|op| op.session.clone()).collect();
+        // Each copy that wrote in this entry, with the claim it wrote under.
+        let written: Vec<(Arc<Binding>, u64)> = ops
+            .iter()
+            .filter_map(|op| op.session.clone().map(|binding| (binding, op.epoch)))
+            .collect();
         let (writes, shared) = ReplicatedStore::writes(ops);
         let SharedWritten {
             refused_writes: refused,
@@ -574,8 +578,12 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         for (session, epoch) in refused_as_not_owner(&writes, &refused) {
             // Every copy whose changes were refused is behind the records, also one a newer
             // claim of this node moved on meanwhile: it sends nothing more (the session
-            // manager ends it, and its client resumes from the records).
-            for binding in bindings.iter().filter(|b| *b.key() == session) {
+            // manager ends it, and its client resumes from the records). A copy that wrote
+            // here only under a newer claim (a take-up after the refused copy ended) is not.
+            for (binding, _) in written
+                .iter()
+                .filter(|(binding, under)| *binding.key() == session && *under <= epoch)
+            {
                 binding.stale.store(true, Ordering::Release);
             }
             if let Some(stale) = strong.stale.get() {
