@@ -35,8 +35,10 @@ impl Client {
     /// dropped, and the broker keeps the session until it expires), if the client had ended
     /// for good (that error), or if the broker did not acknowledge the publish streams in
     /// time. A stateless reset in answer to the goodbye (the broker's close was lost and the
-    /// broker has since forgotten the connection) counts as the broker's close. Calling it
-    /// again only waits for the first call to finish.
+    /// broker has since forgotten the connection) counts as the broker's close; the same
+    /// answer comes from a broker that had dropped the connection before the goodbye reached it
+    /// (an idle timeout not yet noticed here), whose session is then only detached and expires
+    /// after `sessions.expiry`. Calling it again only waits for the first call to finish.
     pub async fn close(&self) -> Result<(), ClientError> {
         self.end(Ending::Goodbye).await
     }
