@@ -81,6 +81,11 @@ pub enum Command {
         /// the leader): what their expiry counts from when the records tell no detach time.
         #[serde(default)]
         at_ms: Option<u64>,
+        /// For a release of a node out of contact: the term of the leader that judged it so.
+        /// Applied only from an entry of that term: a leader deposed since (whose judgement of
+        /// contact is stale) cannot have it committed by its successor.
+        #[serde(default)]
+        term: Option<u64>,
     },
     /// Node `node` has started afresh: no connection holds any of its claims.
     Restarted {

@@ -585,6 +585,7 @@ impl Replica {
             node,
             self.config.fence_margin(),
         )
+        .map(|(end, _)| end)
     }
 
     /// When the lease of each of `nodes` has surely run out, as the leader answers (this node,
@@ -1233,6 +1234,7 @@ async fn release(
         let command = Command::Release {
             claims,
             at_ms: Some(earliest),
+            term: None,
         };
         if !write(command).await {
             return;
@@ -1249,7 +1251,7 @@ fn lease_end_of(
     me: &str,
     node: &str,
     margin: Duration,
-) -> Option<std::time::Instant> {
+) -> Option<(std::time::Instant, u64)> {
     let id = node_id(node);
     let term = {
         let metrics = raft.metrics();
@@ -1257,7 +1259,7 @@ fn lease_end_of(
         (metrics.state == openraft::ServerState::Leader && id != node_id(me))
             .then_some(metrics.current_term)?
     };
-    contacts.lease_end(id, term, margin)
+    Some((contacts.lease_end(id, term, margin)?, term))
 }
 
 /// As the leader, once per lease: every node holding claims not released whose lease has
@@ -1289,7 +1291,7 @@ async fn release_lost(
                 config.fence_margin(),
             );
             let now = std::time::Instant::now();
-            let Some(end) = end.filter(|end| *end <= now) else {
+            let Some((end, term)) = end.filter(|(end, _)| *end <= now) else {
                 continue;
             };
             let since_contact = now.saturating_duration_since(end) + config.fence_wait();
@@ -1303,9 +1305,12 @@ async fn release_lost(
                 }
                 let count = claims.len();
                 let deadline = Instant::now() + config.claim_timeout;
+                // Applied only in this leader's term: written through a successor, it is
+                // dropped (this judgement of contact was this leader's).
                 let command = Command::Release {
                     claims,
                     at_ms: Some(at_ms),
+                    term: Some(term),
                 };
                 entries += 1;
                 let written =

@@ -968,9 +968,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }),
                         }
                     }
-                    EntryPayload::Normal(Command::Release { claims, at_ms }) => {
-                        for (session, epoch) in claims {
-                            inner.claims.release(&session, epoch, at_ms);
+                    EntryPayload::Normal(Command::Release {
+                        claims,
+                        at_ms,
+                        term,
+                    }) => {
+                        if term.is_none_or(|term| term == entry.log_id.leader_id.term) {
+                            for (session, epoch) in claims {
+                                inner.claims.release(&session, epoch, at_ms);
+                            }
                         }
                         answers.push(Applied::default());
                     }
@@ -1382,6 +1388,7 @@ mod tests {
                     Command::Release {
                         claims: claims.clone(),
                         at_ms: Some(7),
+                        term: None,
                     },
                 ),
             ])
@@ -1408,6 +1415,45 @@ mod tests {
             matches!(told.last(), Some(RecordsChange::Replaced(gone, None)) if *gone == session),
             "{told:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_release_judged_by_a_leader_applies_only_from_an_entry_of_its_term() {
+        let mut machine = StateMachine::open(Storage::Memory, None).expect("opened");
+        let session = alice();
+        let entry = |term: u64, index: u64, command: Command| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(command),
+        };
+        let release = |term: u64| Command::Release {
+            claims: vec![(session.clone(), 1)],
+            at_ms: Some(7),
+            term: Some(term),
+        };
+        machine
+            .apply([
+                entry(
+                    1,
+                    1,
+                    Command::Claim {
+                        session: session.clone(),
+                        node: "n1".into(),
+                    },
+                ),
+                // Judged by the leader of term 1, committed by its successor of term 2.
+                entry(2, 2, release(1)),
+            ])
+            .await
+            .expect("applied");
+        assert!(
+            machine.released(0, 10).is_empty(),
+            "a deposed leader's judgement"
+        );
+        machine
+            .apply([entry(2, 3, release(2))])
+            .await
+            .expect("applied");
+        assert_eq!(machine.released(0, 10).len(), 1, "the leader's own term");
     }
 
     fn put(key: &str, value: &str) -> RecordOp {

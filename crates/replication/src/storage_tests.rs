@@ -60,6 +60,7 @@ fn release_of(index: u64, claims: &[(&str, &str, u64)]) -> openraft::Entry<TypeC
                 .map(|(identity, name, epoch)| (session_of(identity, name), *epoch))
                 .collect(),
             at_ms: None,
+            term: None,
         }),
     }
 }
