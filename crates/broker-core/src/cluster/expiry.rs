@@ -21,8 +21,10 @@ use crate::storage::session_records;
 const MAX_EXAMINED_PER_ROUND: usize = 4096;
 
 /// When the session of a released claim expires (milliseconds since the Unix epoch): its
-/// detach time (the session record's, else the release's) plus its expiry (the record's, at
-/// most `most`, else `most`); `None` if neither tells a detach time.
+/// detach time (the later of the session record's and the release's: a record written before
+/// the session's last attach, whose node died before writing that attach, tells an older one)
+/// plus its expiry (the record's, at most `most`, else `most`); `None` if neither tells a
+/// detach time.
 pub(crate) fn expires_at_ms(
     record: Option<&SessionRecord>,
     released_at_ms: Option<u64>,
@@ -30,7 +32,7 @@ pub(crate) fn expires_at_ms(
 ) -> Option<u64> {
     let detached = record
         .and_then(|record| record.detached_at_ms)
-        .or(released_at_ms)?;
+        .max(released_at_ms)?;
     let expiry = record
         .and_then(|record| record.expiry_ms)
         .map_or(most, |ms| Duration::from_millis(ms).min(most));
@@ -116,11 +118,20 @@ mod tests {
     const MOST: Duration = Duration::from_secs(300);
 
     #[test]
-    fn a_session_expires_from_its_stored_detach_time_else_from_its_release() {
+    fn a_session_expires_from_the_later_of_its_stored_detach_time_and_its_release() {
         assert_eq!(
             expires_at_ms(Some(&record(Some(1_000), None)), Some(9_000), MOST),
-            Some(301_000),
-            "detached before its claim was released"
+            Some(309_000),
+            "a stored detach time older than the release may predate the last attach"
+        );
+        assert_eq!(
+            expires_at_ms(Some(&record(Some(9_000), None)), Some(1_000), MOST),
+            Some(309_000),
+            "detached after the release's time"
+        );
+        assert_eq!(
+            expires_at_ms(Some(&record(Some(1_000), None)), None, MOST),
+            Some(301_000)
         );
         assert_eq!(
             expires_at_ms(Some(&record(None, None)), Some(9_000), MOST),
