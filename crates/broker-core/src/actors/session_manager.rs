@@ -219,6 +219,29 @@ impl SessionManagerState {
         self.sessions.insert(id, entry);
     }
 
+    /// The session named by a cluster's `key`, with its entry, if this node holds a copy.
+    fn named(&self, key: &SessionKey) -> Option<(SessionId, &Entry)> {
+        let named = (
+            Arc::from(key.identity.as_str()),
+            Arc::from(key.name.as_str()),
+        );
+        let id = self.names.get(&named).copied()?;
+        Some((id, self.sessions.get(&id)?))
+    }
+
+    /// Ends this node's copy `id` of a named session the cluster serves elsewhere or forgot:
+    /// its records stay as they are.
+    fn relinquish(&mut self, id: SessionId, resume_again: bool) {
+        let Some(entry) = self.sessions.get(&id) else {
+            return;
+        };
+        let _ = entry
+            .session
+            .send_message(SessionMsg::Relinquish { resume_again });
+        self.ending.insert(id, entry.session.clone());
+        self.remove(&id);
+    }
+
     /// Forgets session `id` (its actor stays in `by_actor` until its end is reported).
     fn remove(&mut self, id: &SessionId) {
         let Some(entry) = self.sessions.remove(id) else {
@@ -617,14 +640,7 @@ impl Actor for SessionManager {
                 let _ = reply.send(result);
             }
             SessionManagerMsg::Relinquish { session, below } => {
-                let named = (
-                    Arc::from(session.identity.as_str()),
-                    Arc::from(session.name.as_str()),
-                );
-                let Some(id) = state.names.get(&named).copied() else {
-                    return Ok(());
-                };
-                let Some(entry) = state.sessions.get(&id) else {
+                let Some((id, entry)) = state.named(&session) else {
                     return Ok(());
                 };
                 let Some(binding) = entry.binding.as_ref() else {
@@ -638,21 +654,10 @@ impl Actor for SessionManager {
                 } else {
                     return Ok(());
                 };
-                let _ = entry
-                    .session
-                    .send_message(SessionMsg::Relinquish { resume_again });
-                state.ending.insert(id, entry.session.clone());
-                state.remove(&id);
+                state.relinquish(id, resume_again);
             }
             SessionManagerMsg::Forgotten { session } => {
-                let named = (
-                    Arc::from(session.identity.as_str()),
-                    Arc::from(session.name.as_str()),
-                );
-                let Some(id) = state.names.get(&named).copied() else {
-                    return Ok(());
-                };
-                let Some(entry) = state.sessions.get(&id) else {
+                let Some((id, entry)) = state.named(&session) else {
                     return Ok(());
                 };
                 if entry.binding.is_none() {
@@ -666,23 +671,11 @@ impl Actor for SessionManager {
                 );
                 if detached {
                     tracing::info!(session = %id, identity = %session.identity, name = %session.name, "the cluster forgot the session: its detached copy here ends");
-                    let _ = entry.session.send_message(SessionMsg::Relinquish {
-                        resume_again: false,
-                    });
-                    state.ending.insert(id, entry.session.clone());
-                    state.remove(&id);
+                    state.relinquish(id, false);
                 }
             }
             SessionManagerMsg::Delivered { session } => {
-                let named = (
-                    Arc::from(session.identity.as_str()),
-                    Arc::from(session.name.as_str()),
-                );
-                if let Some(entry) = state
-                    .names
-                    .get(&named)
-                    .and_then(|id| state.sessions.get(id))
-                {
+                if let Some((_, entry)) = state.named(&session) {
                     let _ = entry.session.send_message(SessionMsg::DrainInbox);
                 }
             }
