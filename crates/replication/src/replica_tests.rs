@@ -897,9 +897,11 @@ async fn a_change_without_a_quorum_times_out_and_the_next_one_is_refused_while_i
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out() {
-    let timeout = Duration::from_millis(1500);
+/// Three members, each a lease and claim timeout of `timeout`, allowing one claim per
+/// identity; and the two followers: the one that will be cut off, and the other.
+async fn three_allowing_one_claim_each(
+    timeout: Duration,
+) -> (Arc<Mesh>, Vec<Arc<Replica>>, Arc<Replica>, Arc<Replica>) {
     let mesh = Arc::new(Mesh::default());
     let seen: Seen = Arc::default();
     let members = names(&["n1", "n2", "n3"]);
@@ -922,6 +924,13 @@ async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out(
         .find(|r| r.node() != leader && r.node() != gone.node())
         .cloned()
         .expect("the other follower");
+    (mesh, replicas, gone, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, gone, other) = three_allowing_one_claim_each(timeout).await;
     // Alice's one claim is held on the node that then dies for good: her bound is spent.
     gone.claim(key("s1")).await.expect("claimed");
     mesh.cut.lock().expect("cut").insert(gone.node().to_owned());
@@ -958,28 +967,7 @@ async fn the_claims_of_a_removed_member_are_released_once_its_lease_has_run_out(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_releases_the_claims_of_a_member_out_of_contact_beyond_its_lease() {
     let timeout = Duration::from_millis(1500);
-    let mesh = Arc::new(Mesh::default());
-    let seen: Seen = Arc::default();
-    let members = names(&["n1", "n2", "n3"]);
-    let mut replicas = Vec::new();
-    for name in &members {
-        let mut config = ReplicaConfig::new(name.clone(), members.clone());
-        config.claim_timeout = timeout;
-        config.lease = timeout;
-        config.max_claims_per_identity = 1;
-        replicas.push(start_configured(&mesh, &seen, config).await);
-    }
-    let leader = leader_known(&replicas).await;
-    let gone = replicas
-        .iter()
-        .find(|r| r.node() != leader)
-        .cloned()
-        .expect("a follower");
-    let other = replicas
-        .iter()
-        .find(|r| r.node() != leader && r.node() != gone.node())
-        .cloned()
-        .expect("the other follower");
+    let (mesh, replicas, gone, other) = three_allowing_one_claim_each(timeout).await;
     // Alice's one claim is held on the node that then dies for good (not removed): her
     // bound is spent until the leader releases it.
     let epoch = gone.claim(key("s1")).await.expect("claimed");
