@@ -588,6 +588,35 @@ impl SubscriptionRecorder {
     }
 }
 
+/// A delivery of `id` as a violation's report names it: its sequence, and when it was
+/// published (and whether acknowledged) and delivered, from the history's first publish.
+fn describe(id: PublishId, delivery: &Delivery, published: &[Published]) -> String {
+    let start = published.first().map(|first| first.at);
+    let since = |at: Instant| {
+        start.map_or(0.0, |start| {
+            at.saturating_duration_since(start).as_secs_f64()
+        })
+    };
+    let publish = published.iter().find(|p| p.id == id).map_or_else(
+        || "publish not recorded".to_owned(),
+        |p| {
+            format!(
+                "published at {:.3} s ({}acknowledged, connection {})",
+                since(p.at),
+                if p.acked { "" } else { "not " },
+                p.connection
+            )
+        },
+    );
+    format!(
+        "index {} {publish}, delivered at {:.3} s as sequence {} of session {}",
+        id.index,
+        since(delivery.at),
+        delivery.sequence,
+        delivery.epoch
+    )
+}
+
 fn check_subscription(
     subscription: &SubscriptionLog,
     session: Option<&SessionLog>,
@@ -599,6 +628,7 @@ fn check_subscription(
     }
     let mut seen = HashSet::new();
     let mut last_index: HashMap<u32, u64> = HashMap::new();
+    let mut last_delivery: HashMap<u32, &Delivery> = HashMap::new();
     let mut sequences: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut positions: HashMap<PublishId, Position> = HashMap::new();
     for delivery in &subscription.deliveries {
@@ -631,11 +661,20 @@ fn check_subscription(
         positions.insert(id, Position::new(delivery.epoch, delivery.sequence));
         if let Some(previous) = last_index.insert(id.publisher, id.index) {
             if id.index < previous && !delivery.redelivered {
+                let overtaken = PublishId {
+                    publisher: id.publisher,
+                    index: previous,
+                };
                 report(format!(
-                    "{id:?} arrived after index {previous} of the same publisher"
+                    "{id:?} arrived after index {previous} of the same publisher: {}; {}",
+                    describe(id, delivery, published),
+                    last_delivery
+                        .get(&id.publisher)
+                        .map_or_else(String::new, |before| describe(overtaken, before, published)),
                 ));
             }
         }
+        last_delivery.insert(id.publisher, delivery);
     }
     let matching_acked: Vec<&Published> = published
         .iter()

@@ -520,7 +520,7 @@ fn route(
             router.publish_admitted(&message, target, None, from.acknowledged)
         }
         Some(from) => router.publish_from_peer(&message, from),
-        None => router.publish_admitted(&message, target, routes, acknowledged),
+        None => router.publish_admitted_except(&message, target, routes, acknowledged, delivered),
     };
     let mut offered = report.offered;
     if let (None, true, Some(cluster)) = (from_peer, traffic.is_some(), router.cluster()) {
@@ -572,16 +572,18 @@ impl Delivery {
         }
         // Those served here store it through this node's routing; the others (another node
         // serves them, or none: also a session this node owns but has not taken up) get it
-        // through the records.
+        // through the records, and so does one served here behind a delivery of this node's
+        // that it has not queued yet (it would overtake it).
         let served = shared.router.replicated_members(&message.topic);
         targets.retain(|target| {
             let key = (
                 crate::storage::session_id(target.session),
                 target.subscription,
             );
-            !served
+            let here = served
                 .iter()
-                .any(|member| (member.session, member.subscription) == key)
+                .any(|member| (member.session, member.subscription) == key);
+            !here || ownership.holds_back(target)
         });
         if targets.is_empty() {
             return Ok(Self::default());
@@ -618,6 +620,7 @@ impl Delivery {
                 &Binding::new(target.key.clone(), DELIVERY),
                 [Op::PutInbox(slot, Arc::clone(message))],
             );
+            ownership.written(target);
         }
     }
 }

@@ -241,20 +241,22 @@ impl RouteMembers {
 
     /// Offers `message` to every plain member and one member per group (per group named in
     /// `groups`, when given: a message from a cluster peer).
-    /// Plain members in `delivered` are left out (the message reached them through the
+    /// Plain members in `delivered` are left out (the message reaches them through the
     /// cluster's records). For a resend of an acknowledged publish this node already handed
     /// to its subscriptions at `handed_at`, members whose queues are not replicated and that
     /// existed then are left out too, counted as skipped duplicates.
+    // The route's parts and the publish's, each its own argument so every caller names them.
+    #[allow(clippy::too_many_arguments)]
     fn offer(
         &self,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         from_peer: Option<FromPeer<'_>>,
+        delivered: &[(SessionId, SubscriptionId)],
         handed_at: Option<Instant>,
         report: &mut RouteReport,
         counters: &Counters,
     ) {
-        let delivered = from_peer.map_or(&[][..], |from| from.delivered);
         let wanted = |member: &RouteMember| {
             target.is_none_or(|t| member.key.session == t)
                 && !delivered.contains(&(member.key.session, member.key.subscription))
@@ -561,7 +563,14 @@ impl Router {
         from: FromPeer<'_>,
     ) -> RouteReport {
         let routes = self.matching(&message.topic);
-        self.offer_to(&routes, message, None, Some(from), from.acknowledged)
+        self.offer_to(
+            &routes,
+            message,
+            None,
+            Some(from),
+            from.acknowledged,
+            from.delivered,
+        )
     }
 
     /// [`Router::publish`] through `cache`: when `message` has the cache's topic and the trie has
@@ -588,9 +597,29 @@ impl Router {
         cache: Option<&mut RouteCache>,
         acknowledged: Option<Acknowledged<'_>>,
     ) -> RouteReport {
+        self.publish_admitted_except(message, target, cache, acknowledged, &[])
+    }
+
+    /// [`Router::publish_admitted`], leaving out the plain members in `through_records` (named
+    /// sessions' subscriptions this publish reaches through the cluster's records).
+    pub(crate) fn publish_admitted_except(
+        &self,
+        message: &Arc<PublishedMessage>,
+        target: Option<SessionId>,
+        cache: Option<&mut RouteCache>,
+        acknowledged: Option<Acknowledged<'_>>,
+        through_records: &[(SessionId, SubscriptionId)],
+    ) -> RouteReport {
         let Some(cache) = cache else {
             let routes = self.matching(&message.topic);
-            return self.offer_to(&routes, message, target, None, acknowledged);
+            return self.offer_to(
+                &routes,
+                message,
+                target,
+                None,
+                acknowledged,
+                through_records,
+            );
         };
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation || cache.topic.as_ref() != Some(&message.topic) {
@@ -598,7 +627,14 @@ impl Router {
             cache.topic = Some(message.topic.clone());
             cache.generation = generation;
         }
-        self.offer_to(&cache.routes, message, target, None, acknowledged)
+        self.offer_to(
+            &cache.routes,
+            message,
+            target,
+            None,
+            acknowledged,
+            through_records,
+        )
     }
 
     /// Offers `message` to the members of `routes` (see [`RouteMembers::offer`]), as a resend
@@ -610,6 +646,7 @@ impl Router {
         target: Option<SessionId>,
         from_peer: Option<FromPeer<'_>>,
         acknowledged: Option<Acknowledged<'_>>,
+        delivered: &[(SessionId, SubscriptionId)],
     ) -> RouteReport {
         let handed = acknowledged.zip(self.handed.get());
         let now = Instant::now();
@@ -622,6 +659,7 @@ impl Router {
                 message,
                 target,
                 from_peer,
+                delivered,
                 handed_at,
                 &mut report,
                 &self.counters,

@@ -131,7 +131,8 @@ impl Ownership {
                 ownership.applied(session, owner);
             }
         });
-        let deliveries = Arc::new(DeliveryIndex::new(limits, queues));
+        let origin = rand::random::<u64>().max(1);
+        let deliveries = Arc::new(DeliveryIndex::new(limits, queues, origin));
         let delivered: Arc<OnceLock<Delivered>> = Arc::default();
         let forgotten: Arc<OnceLock<Delivered>> = Arc::default();
         let records_observer: RecordsObserver = {
@@ -181,7 +182,7 @@ impl Ownership {
             deliveries,
             delivered,
             forgotten,
-            origin: rand::random::<u64>().max(1),
+            origin,
             last_delivery: AtomicU64::new(0),
         });
         let _ = registry.set(Arc::downgrade(&ownership));
@@ -253,6 +254,19 @@ impl Ownership {
         topic: &cassini_protocol::TopicName,
     ) -> Vec<Arc<DeliveryTarget>> {
         self.deliveries.targets(topic)
+    }
+
+    /// Whether a publish on this node for `target`, a subscription it serves, must go through
+    /// the records (behind a delivery of this node's not queued yet; see
+    /// [`DeliveryIndex::holds_back`]).
+    pub(crate) fn holds_back(&self, target: &DeliveryTarget) -> bool {
+        self.deliveries.holds_back(target, self.store.committed())
+    }
+
+    /// Notes the delivery to `target` this node just appended to the store.
+    pub(crate) fn written(&self, target: &DeliveryTarget) {
+        self.deliveries
+            .written(target, self.store.ticket(), self.store.committed());
     }
 
     /// Where the next delivery to `target` waits in its session's records.

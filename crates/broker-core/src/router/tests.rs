@@ -507,3 +507,25 @@ async fn without_a_cluster_an_acknowledged_publish_is_never_skipped() {
         assert_eq!(report.offered, 1, "the node's dedupe window decides");
     }
 }
+
+#[tokio::test]
+async fn a_publish_reaching_a_subscription_through_the_records_is_not_also_routed_to_it_here() {
+    let router = Router::new(2);
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let (through_records, routed) = (member(1, 1, None), member(2, 1, None));
+    route.set_members(&[through_records.clone(), routed.clone()]);
+    router.insert(route);
+    let order = message("orders.new", b"1");
+    let skipped = [(
+        through_records.key.session,
+        through_records.key.subscription,
+    )];
+    let report = router.publish_admitted_except(&order, None, None, None, &skipped);
+    assert_eq!(report.offered, 1);
+    assert_eq!(
+        queued(&through_records).await,
+        0,
+        "its copy comes from the records"
+    );
+    assert_eq!(queued(&routed).await, 1);
+}

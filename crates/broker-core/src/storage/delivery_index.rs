@@ -8,8 +8,15 @@
 //! node that routes the message. Each subscription's deliveries waiting in the records are
 //! counted: one that holds as many as its queue bound in messages gets no more (they are
 //! routed as without the records, and a node taking the session up announces the floor gap
-//! for what it missed). It owns the index, and nothing else; it reads records through
-//! [`session_records`](super::session_records).
+//! for what it missed).
+//!
+//! It also knows which of this node's own deliveries are not queued yet: those written and
+//! not yet applied here, and those applied and waiting in the records. While a subscription
+//! that this node serves has any, this node's next publishes for it go through the records
+//! too ([`DeliveryIndex::holds_back`]), so a publish routed here never overtakes an earlier
+//! one of the same publisher that went through the records (a session taken up here while
+//! its publisher's deliveries were on their way). It owns the index, and nothing else; it
+//! reads records through [`session_records`](super::session_records).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
@@ -35,20 +42,35 @@ pub(crate) struct DeliveryTarget {
     cap: usize,
 }
 
+/// A subscription's deliveries waiting in the records: all, and this node's own.
+#[derive(Debug, Default, Clone, Copy)]
+struct Waiting {
+    all: usize,
+    own: usize,
+}
+
 #[derive(Default)]
 struct Index {
     /// Per session, its indexed subscriptions' filters.
     sessions: HashMap<SessionKey, HashMap<u64, TopicFilter>>,
     trie: FilterTrie<Vec<Arc<DeliveryTarget>>>,
     /// Per session and subscription, its deliveries waiting in the records.
-    waiting: HashMap<SessionKey, BTreeMap<u64, usize>>,
+    waiting: HashMap<SessionKey, BTreeMap<u64, Waiting>>,
+    /// Per session and subscription, the store's ticket of this node's last delivery written
+    /// for it: not applied here while the store's committed ticket is below it.
+    written: HashMap<(SessionKey, u64), u64>,
 }
+
+/// Tickets of deliveries written kept before those already applied are swept out.
+const WRITTEN_SWEEP: usize = 1024;
 
 /// The index of named sessions' at-least-once subscriptions. See the module documentation.
 pub(crate) struct DeliveryIndex {
     index: RwLock<Index>,
     limits: TopicLimits,
     queues: QueueConfig,
+    /// The origin this node's deliveries are numbered under.
+    origin: u64,
 }
 
 impl std::fmt::Debug for DeliveryIndex {
@@ -58,12 +80,14 @@ impl std::fmt::Debug for DeliveryIndex {
 }
 
 impl DeliveryIndex {
-    /// An empty index; filters are read under `limits`, queue bounds under `queues`.
-    pub(crate) fn new(limits: TopicLimits, queues: QueueConfig) -> Self {
+    /// An empty index; filters are read under `limits`, queue bounds under `queues`; this
+    /// node's deliveries are numbered under `origin`.
+    pub(crate) fn new(limits: TopicLimits, queues: QueueConfig, origin: u64) -> Self {
         Self {
             index: RwLock::default(),
             limits,
             queues,
+            origin,
         }
     }
 
@@ -89,7 +113,7 @@ impl DeliveryIndex {
                             }
                         }
                         if let Some(change) = session_records::inbox_change(op) {
-                            index.count(session, change);
+                            index.count(session, change, self.origin);
                         }
                     }
                 }
@@ -100,9 +124,12 @@ impl DeliveryIndex {
                         for record in session_records::subscriptions(records) {
                             self.put(&mut index, session, &record);
                         }
-                        let counts = session_records::inbox_counts(records);
-                        if !counts.is_empty() {
-                            index.waiting.insert(session.clone(), counts);
+                        for (subscription, origin) in session_records::inbox_origins(records) {
+                            let change = InboxChange::Added {
+                                subscription,
+                                origin,
+                            };
+                            index.count(session, change, self.origin);
                         }
                     }
                 }
@@ -129,6 +156,37 @@ impl DeliveryIndex {
         found
     }
 
+    /// Notes that this node wrote a delivery for `target` under the store's `ticket`
+    /// (everything up to `committed` is applied here).
+    pub(crate) fn written(&self, target: &DeliveryTarget, ticket: u64, committed: u64) {
+        let mut index = self.write();
+        if index.written.len() >= WRITTEN_SWEEP {
+            index.written.retain(|_, last| *last > committed);
+        }
+        let last = index
+            .written
+            .entry((target.key.clone(), target.subscription))
+            .or_default();
+        *last = (*last).max(ticket);
+    }
+
+    /// Whether a delivery this node wrote for `target` is not queued yet: written and not
+    /// applied here (its ticket above `committed`), or waiting in the records. A publish on
+    /// this node for a subscription it serves then goes through the records too, behind it.
+    pub(crate) fn holds_back(&self, target: &DeliveryTarget, committed: u64) -> bool {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let waiting = index
+            .waiting
+            .get(&target.key)
+            .and_then(|counts| counts.get(&target.subscription))
+            .is_some_and(|waiting| waiting.own > 0);
+        waiting
+            || index
+                .written
+                .get(&(target.key.clone(), target.subscription))
+                .is_some_and(|last| *last > committed)
+    }
+
     fn put(&self, index: &mut Index, session: &SessionKey, record: &SubscriptionRecord) {
         let cap = self.queues.bounds_for(&record.options).max_messages;
         index.put(session, record, &self.limits, cap);
@@ -140,19 +198,32 @@ impl Index {
         self.waiting
             .get(&target.key)
             .and_then(|counts| counts.get(&target.subscription))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |waiting| waiting.all)
     }
 
-    fn count(&mut self, session: &SessionKey, change: InboxChange) {
+    /// Counts an inbox change; `own` is this node's origin.
+    fn count(&mut self, session: &SessionKey, change: InboxChange, own: u64) {
         let counts = self.waiting.entry(session.clone()).or_default();
         match change {
-            InboxChange::Added(id) => *counts.entry(id).or_default() += 1,
-            InboxChange::Removed(id) => {
-                if let Some(count) = counts.get_mut(&id) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        counts.remove(&id);
+            InboxChange::Added {
+                subscription,
+                origin,
+            } => {
+                let waiting = counts.entry(subscription).or_default();
+                waiting.all += 1;
+                waiting.own += usize::from(origin == own);
+            }
+            InboxChange::Removed {
+                subscription,
+                origin,
+            } => {
+                if let Some(waiting) = counts.get_mut(&subscription) {
+                    waiting.all = waiting.all.saturating_sub(1);
+                    if origin == own {
+                        waiting.own = waiting.own.saturating_sub(1);
+                    }
+                    if waiting.all == 0 {
+                        counts.remove(&subscription);
                     }
                 }
             }
@@ -276,7 +347,7 @@ mod tests {
 
     #[test]
     fn indexes_plain_at_least_once_subscriptions_as_they_are_applied() {
-        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default(), 1);
         index.observe(&[RecordsChange::Applied(
             alice(),
             vec![
@@ -340,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_subscription_with_its_queue_bound_of_deliveries_waiting_gets_no_more() {
-        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default(), 1);
         let mut subscription = subscribe(1, "orders.>", true, None);
         if let RecordOp::Put { value, .. } = &mut subscription {
             let record = SubscriptionRecord {
@@ -371,9 +442,67 @@ mod tests {
         assert_eq!(found(&index, "orders.eu"), [1], "one taken: room again");
     }
 
+    fn delivery_from(subscription: u64, origin: u64, number: u64) -> RecordOp {
+        match delivery(subscription, number) {
+            RecordOp::Put { value, .. } => RecordOp::Put {
+                key: session_records::inbox_prefix(subscription)
+                    .iter()
+                    .copied()
+                    .chain(origin.to_be_bytes())
+                    .chain(number.to_be_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+                value,
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn this_node_s_deliveries_hold_its_publishes_back_until_queued() {
+        // This node numbers its deliveries under origin 1.
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default(), 1);
+        index.observe(&[RecordsChange::Applied(
+            alice(),
+            vec![subscribe(1, "orders.>", true, None)],
+        )]);
+        let target = index.targets(&topic("orders.eu")).remove(0);
+        assert!(!index.holds_back(&target, 0), "nothing written");
+
+        index.written(&target, 5, 3);
+        assert!(index.holds_back(&target, 4), "written, not applied here");
+
+        let own = delivery_from(1, 1, 1);
+        index.observe(&[RecordsChange::Applied(alice(), vec![own.clone()])]);
+        assert!(
+            index.holds_back(&target, 5),
+            "applied: waiting in the records until queued"
+        );
+
+        let other = delivery_from(1, 2, 1);
+        index.observe(&[RecordsChange::Applied(alice(), vec![other.clone()])]);
+        let taken = |op: RecordOp| match op {
+            RecordOp::Put { key, .. } => RecordOp::Take { key },
+            other => panic!("{other:?}"),
+        };
+        index.observe(&[RecordsChange::Applied(alice(), vec![taken(own)])]);
+        assert!(
+            !index.holds_back(&target, 5),
+            "queued; another node's delivery waiting does not hold this node's publishes"
+        );
+
+        index.written(&target, 6, 5);
+        index.observe(&[RecordsChange::Applied(alice(), vec![taken(other)])]);
+        assert!(index.holds_back(&target, 5));
+        assert!(
+            !index.holds_back(&target, 6),
+            "refused or applied: the ticket is committed either way"
+        );
+    }
+
     #[test]
     fn replaced_records_replace_the_sessions_entries() {
-        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default());
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default(), 1);
         index.observe(&[RecordsChange::Applied(
             alice(),
             vec![subscribe(1, "a.>", true, None)],

@@ -292,6 +292,11 @@ impl ReplicatedStore {
         self.lock().ticket
     }
 
+    /// Every operation up to this ticket is committed and applied on this node (or refused).
+    pub(crate) fn committed(&self) -> u64 {
+        self.status.borrow().committed
+    }
+
     /// Waits until everything up to `ticket` is committed by a majority; refused if the
     /// entry holding it had some session's changes refused (taken over, or the records'
     /// bound reached), with `NoQuorum` while an entry is not committed within the claim

@@ -327,10 +327,10 @@ pub(crate) fn subscriptions(records: &SessionRecords) -> Vec<SubscriptionRecord>
 /// What a change to a session's records does to its inbox.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum InboxChange {
-    /// A delivery for this subscription arrived.
-    Added(u64),
-    /// A delivery for this subscription was taken or removed.
-    Removed(u64),
+    /// A delivery for this subscription arrived from this origin.
+    Added { subscription: u64, origin: u64 },
+    /// A delivery for this subscription from this origin was taken or removed.
+    Removed { subscription: u64, origin: u64 },
     /// Every delivery for this subscription went (`None`: for every subscription).
     Cleared(Option<u64>),
 }
@@ -338,12 +338,19 @@ pub(crate) enum InboxChange {
 /// The inbox change `op` makes, if it makes one.
 pub(crate) fn inbox_change(op: &RecordOp) -> Option<InboxChange> {
     let subscription_of = |key: &Bytes| number(key.get(1..9)?);
+    let slot_of = |key: &Bytes| Some((subscription_of(key)?, number(key.get(9..17)?)?));
     match op {
         RecordOp::Put { key, .. } if key.first() == Some(&INBOX) => {
-            subscription_of(key).map(InboxChange::Added)
+            slot_of(key).map(|(subscription, origin)| InboxChange::Added {
+                subscription,
+                origin,
+            })
         }
         RecordOp::Delete { key } | RecordOp::Take { key } if key.first() == Some(&INBOX) => {
-            subscription_of(key).map(InboxChange::Removed)
+            slot_of(key).map(|(subscription, origin)| InboxChange::Removed {
+                subscription,
+                origin,
+            })
         }
         RecordOp::DeletePrefix { prefix } if prefix.is_empty() => Some(InboxChange::Cleared(None)),
         RecordOp::DeletePrefix { prefix } if prefix.first() == Some(&INBOX) => {
@@ -353,19 +360,19 @@ pub(crate) fn inbox_change(op: &RecordOp) -> Option<InboxChange> {
     }
 }
 
-/// How many deliveries wait in a session's records, per subscription.
-pub(crate) fn inbox_counts(records: &SessionRecords) -> BTreeMap<u64, usize> {
-    let mut counts = BTreeMap::new();
+/// The deliveries waiting in a session's records, per subscription and origin.
+pub(crate) fn inbox_origins(records: &SessionRecords) -> Vec<(u64, u64)> {
     let start = Bytes::from_static(&[INBOX]);
-    for (key, _) in records
+    records
         .range(start..)
         .take_while(|(key, _)| key.first() == Some(&INBOX))
-    {
-        if let Some(id) = key.get(1..9).and_then(number) {
-            *counts.entry(id).or_default() += 1;
-        }
-    }
-    counts
+        .filter_map(|(key, _)| {
+            Some((
+                key.get(1..9).and_then(number)?,
+                key.get(9..17).and_then(number)?,
+            ))
+        })
+        .collect()
 }
 
 /// The prefix of the deliveries waiting for `subscription`.
