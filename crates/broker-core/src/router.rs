@@ -36,9 +36,11 @@
 //! out, and so is each queue group whose copy went to such a subscription here, all counted
 //! as `duplicates_skipped`; a pair is remembered only once the publish was pushed to such a
 //! subscription here, with the queue groups it reached that way (more as later copies do).
-//! Replicated subscriptions get it as any publish, and so does a queue group this node did not
-//! hand it to that way: its copy may have gone to a replicated member whose entry never
-//! committed (docs/CLUSTERING.md, "Retained values and the dedupe window").
+//! Replicated subscriptions get it as any publish. A queue group this node did not hand it to
+//! that way gets it as any publish if the group has a member that gets only what commits (its
+//! copy may have gone there, and been lost with an entry that never committed); otherwise its
+//! member chosen is left out as a plain one would be (docs/CLUSTERING.md, "Retained values and
+//! the dedupe window").
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -47,6 +49,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
+use crate::cluster::ownership::Ownership;
 use crate::cluster::Cluster;
 use crate::dedupe::DedupeWindow;
 use crate::error::BrokerError;
@@ -103,6 +106,9 @@ struct Handed<'a> {
     at: Instant,
     /// The queue groups whose copy went to a member that is not replicated.
     groups: &'a [GroupKey],
+    /// The cluster's records, which tell whether a group has a member that gets only what
+    /// commits (with `members`).
+    ownership: Option<&'a Ownership>,
 }
 
 /// The queue groups one acknowledged publish in a cluster reached through a member that is
@@ -273,9 +279,10 @@ impl RouteMembers {
     /// Plain members in `delivered` are left out (the message reached them through the
     /// cluster's records). For a resend of an acknowledged publish this node already
     /// `handed` to its subscriptions, plain members whose queues are not replicated and that
-    /// existed then are left out too, and so are the groups whose copy went to such a member,
-    /// each counted as a skipped duplicate. The groups it reaches through a member that is not
-    /// replicated go into `reached`.
+    /// existed then are left out too, and so are the groups whose copy went to such a member;
+    /// in any other group without a member that gets only what commits, the member chosen is
+    /// left out as a plain one would be. Each is counted as a skipped duplicate. The groups it
+    /// reaches through a member that is not replicated go into `reached`.
     // The route's parts and the publish's, each its own argument so every caller names them.
     #[allow(clippy::too_many_arguments)]
     fn offer(
@@ -313,8 +320,22 @@ impl RouteMembers {
                 continue;
             }
             if let Some(member) = group.choose(message.memory_size(), target) {
+                let replicated = member.queue.is_replicated();
+                // Not handed to this group here: its copy went to a member on another node,
+                // which had it unless that member gets only what commits.
+                let had_it = |h: Handed<'_>| {
+                    member.queue.created_at() <= h.at
+                        && !group.members.iter().any(|m| m.queue.is_replicated())
+                        && !h.ownership.is_some_and(|ownership| {
+                            ownership.has_replicated_group_member(&message.topic, &group.name)
+                        })
+                };
+                if !replicated && handed.is_some_and(had_it) {
+                    counters.duplicate_skipped();
+                    continue;
+                }
                 report.record(member.push_counted(message, counters));
-                if !member.queue.is_replicated() {
+                if !replicated {
                     report.unreplicated = true;
                     if reached.gather {
                         reached
@@ -671,6 +692,10 @@ impl Router {
         let handed = remembered.as_ref().map(|(at, groups)| Handed {
             at: *at,
             groups: groups.as_deref().unwrap_or_default(),
+            ownership: self
+                .cluster()
+                .and_then(|cluster| cluster.ownership())
+                .map(Arc::as_ref),
         });
         let mut report = RouteReport::default();
         let mut reached = Reached {

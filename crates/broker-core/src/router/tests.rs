@@ -590,13 +590,57 @@ async fn a_resend_reaches_a_group_whose_first_copy_here_went_to_a_replicated_mem
     assert_eq!(depth(&plain), 1);
 }
 
+/// [`cluster_router`] with `members`, whose records hold a named session's at-least-once
+/// subscription to `filter` in queue group `group` (served by another node).
+async fn members_router(filter: &str, group: &str) -> Router {
+    use crate::storage::records::SubscriptionRecord;
+    use crate::storage::{session_records, Op};
+    let router = cluster_router();
+    let ownership = crate::cluster::ownership::Ownership::start(
+        cassini_replication::ReplicaConfig::new("a", vec!["a".to_owned()]),
+        None,
+        1 << 20,
+        TopicLimits::default(),
+        crate::config::QueueConfig::default(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("ownership");
+    let (_, mut ops) = session_records::record_ops(&Op::PutSubscription(SubscriptionRecord {
+        session: 9,
+        subscription: 1,
+        filter: filter.into(),
+        options: cassini_protocol::SubscribeOptions {
+            acks: Some(cassini_protocol::AckOptions::default()),
+            queue_group: Some(group.to_owned()),
+            ..cassini_protocol::SubscribeOptions::default()
+        },
+    }))
+    .expect("a session's op");
+    let session = cassini_replication::SessionKey {
+        identity: "worker".to_owned(),
+        name: "elsewhere".to_owned(),
+    };
+    ownership
+        .deliveries()
+        .observe(&[cassini_replication::RecordsChange::Applied(
+            session,
+            vec![ops.remove(0)],
+        )]);
+    router
+        .cluster()
+        .expect("a cluster")
+        .set_ownership(ownership);
+    router
+}
+
 #[tokio::test]
 async fn a_resend_reaches_a_group_whose_first_copy_went_to_another_node() {
     // Group w has a member here and a replicated one on the publishing node, which served the
     // group itself and forwarded the publish here for the plain subscription only; its entry
     // never committed. The resend through a third node, which chose this node for w, must
     // reach w's member here.
-    let router = cluster_router();
+    let router = members_router("orders.*", "w").await;
     let route = Arc::new(FilterRoute::new(filter("orders.>")));
     let plain = member(1, 1, None);
     let grouped = member(2, 1, Some("w"));
@@ -664,4 +708,43 @@ async fn a_group_whose_first_copy_went_to_an_unreplicated_member_here_is_skipped
     }
     assert_eq!(depth(&replicated) + depth(&late), 0);
     assert_eq!(router.counters().snapshot().duplicates_skipped, 4);
+}
+
+#[tokio::test]
+async fn without_a_replicated_member_a_group_served_elsewhere_is_skipped_on_a_resend() {
+    // As above, but no member of w anywhere gets only what commits: the member on the
+    // publishing node had the first copy, and the resend reaches no second member.
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    let grouped = member(2, 1, Some("w"));
+    route.set_members(&[plain.clone(), grouped.clone()]);
+    router.insert(Arc::clone(&route));
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    let for_plain = FromPeer {
+        groups: &[],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(router.publish_from_peer(&order, for_plain).offered, 1);
+    let for_group = FromPeer {
+        groups: &["w".to_owned()],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(router.publish_from_peer(&order, for_group).offered, 0);
+    let late = member(3, 1, Some("w"));
+    route.set_members(&[plain.clone(), late.clone()]);
+    assert_eq!(
+        router.publish_from_peer(&order, for_group).offered,
+        1,
+        "a member made since gets it"
+    );
+    assert_eq!(queued(&grouped).await, 0);
+    assert_eq!(queued(&late).await, 1);
 }
