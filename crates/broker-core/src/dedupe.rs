@@ -16,7 +16,7 @@
 //! the pairs still inside the window are read back on start, so a retry after a broker restart
 //! is still recognised.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,33 +25,54 @@ use crate::storage::{unix_ms, DiskStore, Op};
 
 pub use crate::config::DedupeConfig;
 
-/// Recently accepted (identity, message id) pairs, per identity, oldest first.
+/// Recently accepted (identity, message id) pairs, per identity, oldest first, each with a
+/// note of type `T` (none for the publish dedupe window; the router notes which queue groups
+/// a publish was handed to).
 #[derive(Debug)]
-pub struct DedupeWindow {
+pub struct DedupeWindow<T = ()> {
     config: DedupeConfig,
     /// Most remembered publishes of one identity (`limits.max_dedupe_entries_per_identity`).
     max_per_identity: usize,
-    state: Mutex<Window>,
+    state: Mutex<Window<T>>,
     /// Where accepted pairs are also kept, in disk mode.
     store: Option<Arc<DiskStore>>,
 }
 
-#[derive(Debug, Default)]
-struct Window {
-    identities: HashMap<Arc<str>, IdentityWindow>,
+#[derive(Debug)]
+struct Window<T> {
+    identities: HashMap<Arc<str>, IdentityWindow<T>>,
     /// Pairs held by all identities together.
     total: usize,
 }
 
+impl<T> Default for Window<T> {
+    fn default() -> Self {
+        Self {
+            identities: HashMap::new(),
+            total: 0,
+        }
+    }
+}
+
 /// One identity's remembered message ids.
-#[derive(Debug, Default)]
-struct IdentityWindow {
-    seen: HashSet<u64>,
+#[derive(Debug)]
+struct IdentityWindow<T> {
+    /// Each id with its note.
+    seen: HashMap<u64, T>,
     /// The same ids with the time they were accepted, oldest first.
     order: VecDeque<(u64, Instant)>,
 }
 
-impl IdentityWindow {
+impl<T> Default for IdentityWindow<T> {
+    fn default() -> Self {
+        Self {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> IdentityWindow<T> {
     /// Forgets the oldest id; returns whether there was one.
     fn forget_oldest(&mut self) -> bool {
         match self.order.pop_front() {
@@ -77,9 +98,9 @@ impl IdentityWindow {
     }
 }
 
-impl Window {
-    /// Records `message_id` for `identity` if it is new, within both bounds; returns whether
-    /// it was new.
+impl<T: Default> Window<T> {
+    /// Records `message_id` for `identity` if it is new, within both bounds, and lets `note`
+    /// change its note (a new pair's starts as `T::default()`); returns whether it was new.
     fn first_time(
         &mut self,
         identity: &Arc<str>,
@@ -87,17 +108,21 @@ impl Window {
         now: Instant,
         config: &DedupeConfig,
         max_per_identity: usize,
+        note: impl FnOnce(&mut T),
     ) -> bool {
         let own = self.identities.entry(Arc::clone(identity)).or_default();
         let expired = own.forget_expired(now, config.max_age);
         self.total = self.total.saturating_sub(expired);
-        if own.seen.contains(&message_id) {
+        if let Some(noted) = own.seen.get_mut(&message_id) {
+            note(noted);
             return false;
         }
         while own.order.len() >= max_per_identity.max(1) && own.forget_oldest() {
             self.total = self.total.saturating_sub(1);
         }
-        own.seen.insert(message_id);
+        let mut noted = T::default();
+        note(&mut noted);
+        own.seen.insert(message_id, noted);
         own.order.push_back((message_id, now));
         self.total = self.total.saturating_add(1);
         if self.total > config.max_entries.max(1) {
@@ -127,7 +152,7 @@ impl Window {
     }
 }
 
-impl DedupeWindow {
+impl<T: Default> DedupeWindow<T> {
     /// An empty window keeping at most `max_per_identity` pairs of one identity.
     pub fn new(config: DedupeConfig, max_per_identity: usize) -> Self {
         Self {
@@ -153,7 +178,14 @@ impl DedupeWindow {
             let age = Duration::from_millis(now_ms.saturating_sub(record.at_ms));
             let at = now.checked_sub(age).unwrap_or(now);
             let identity: Arc<str> = Arc::from(record.identity);
-            window.first_time(&identity, record.message_id, at, &config, max_per_identity);
+            window.first_time(
+                &identity,
+                record.message_id,
+                at,
+                &config,
+                max_per_identity,
+                |_| {},
+            );
         }
         Self {
             config,
@@ -180,6 +212,18 @@ impl DedupeWindow {
     /// Records the publish and returns `true` the first time it is seen inside the window,
     /// `false` for a duplicate.
     pub fn first_time(&self, identity: &Arc<str>, message_id: u64, now: Instant) -> bool {
+        self.note(identity, message_id, now, |_| {})
+    }
+
+    /// [`Self::first_time`], letting `note` change the pair's note (a new pair's starts as
+    /// `T::default()`), whether the pair is new or not.
+    pub(crate) fn note(
+        &self,
+        identity: &Arc<str>,
+        message_id: u64,
+        now: Instant,
+        note: impl FnOnce(&mut T),
+    ) -> bool {
         let mut window = self.state.lock().unwrap_or_else(|p| p.into_inner());
         window.first_time(
             identity,
@@ -187,27 +231,29 @@ impl DedupeWindow {
             now,
             &self.config,
             self.max_per_identity,
+            note,
         )
     }
 
-    /// When the pair was remembered, if it still is (within the window's age); records
-    /// nothing.
-    pub(crate) fn remembered_at(
+    /// When the pair was remembered, if it still is (within the window's age), and what
+    /// `read` makes of its note; records nothing.
+    pub(crate) fn remembered<R>(
         &self,
         identity: &Arc<str>,
         message_id: u64,
         now: Instant,
-    ) -> Option<Instant> {
+        read: impl FnOnce(&T) -> R,
+    ) -> Option<(Instant, R)> {
         let window = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let own = window.identities.get(identity)?;
-        if !own.seen.contains(&message_id) {
-            return None;
-        }
-        own.order
+        let noted = own.seen.get(&message_id)?;
+        let at = own
+            .order
             .iter()
             .find(|(id, _)| *id == message_id)
             .map(|(_, at)| *at)
-            .filter(|at| now.saturating_duration_since(*at) <= self.config.max_age)
+            .filter(|at| now.saturating_duration_since(*at) <= self.config.max_age)?;
+        Some((at, read(noted)))
     }
 
     /// Forgets the pair, if remembered: its publish was refused after all (its commit failed),
@@ -217,7 +263,7 @@ impl DedupeWindow {
         let Some(own) = window.identities.get_mut(identity) else {
             return;
         };
-        if !own.seen.remove(&message_id) {
+        if own.seen.remove(&message_id).is_none() {
             return;
         }
         own.order.retain(|(id, _)| *id != message_id);
@@ -296,7 +342,7 @@ mod tests {
 
     #[test]
     fn one_identity_never_pushes_out_another_identitys_entry() {
-        let w = DedupeWindow::new(
+        let w: DedupeWindow = DedupeWindow::new(
             DedupeConfig {
                 max_entries: 10,
                 max_age: Duration::from_secs(60),
@@ -319,7 +365,7 @@ mod tests {
 
     #[test]
     fn the_global_bound_forgets_the_largest_holders_oldest_entry() {
-        let w = DedupeWindow::new(
+        let w: DedupeWindow = DedupeWindow::new(
             DedupeConfig {
                 max_entries: 6,
                 max_age: Duration::from_secs(60),

@@ -32,10 +32,15 @@
 //! whose queues are not in the cluster's records): a bounded window of (publisher identity,
 //! message id) pairs with the bounds of the dedupe window. When the same pair reaches this
 //! node's local delivery again (a publisher's resend through another node, admitted here or
-//! forwarded by a peer), those of them that existed when it was first handed out are left out
-//! and counted as `duplicates_skipped`; a pair is remembered only once the publish was pushed
-//! to such a subscription here; replicated ones get it as any publish (docs/CLUSTERING.md,
-//! "Retained values and the dedupe window").
+//! forwarded by a peer), the plain ones that existed when it was first handed out are left
+//! out, and so is each queue group whose copy went to such a subscription here, all counted
+//! as `duplicates_skipped`; a pair is remembered only once the publish was pushed to such a
+//! subscription here, with the queue groups it reached that way (more as later copies do).
+//! Replicated subscriptions get it as any publish. A queue group this node did not hand it to
+//! that way gets it as any publish if the group has a member that gets only what commits (its
+//! copy may have gone there, and been lost with an entry that never committed); otherwise its
+//! member chosen is left out as a plain one would be (docs/CLUSTERING.md, "Retained values and
+//! the dedupe window").
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -44,6 +49,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use cassini_protocol::{OverflowPolicy, SessionId, SubscriptionId, TopicFilter, TopicName};
 
+use crate::cluster::ownership::Ownership;
 use crate::cluster::Cluster;
 use crate::dedupe::DedupeWindow;
 use crate::error::BrokerError;
@@ -84,6 +90,35 @@ pub struct FromPeer<'a> {
     pub delivered: &'a [(SessionId, SubscriptionId)],
     /// The publish's dedupe pair, if it was acknowledged.
     pub acknowledged: Option<Acknowledged<'a>>,
+}
+
+/// A queue group of this node: its route's filter and its name.
+type GroupKey = (TopicFilter, Arc<str>);
+
+/// The acknowledged publishes this node handed to subscriptions that are not replicated, each
+/// with the queue groups whose copy went to such a member here.
+type HandedWindow = DedupeWindow<Vec<GroupKey>>;
+
+/// What this node did with an acknowledged publish before, for its resend.
+#[derive(Debug, Clone, Copy)]
+struct Handed<'a> {
+    /// When it was first handed to a subscription that is not replicated.
+    at: Instant,
+    /// The queue groups whose copy went to a member that is not replicated.
+    groups: &'a [GroupKey],
+    /// The cluster's records, which tell whether a group has a member that gets only what
+    /// commits (with `members`).
+    ownership: Option<&'a Ownership>,
+}
+
+/// The queue groups one acknowledged publish in a cluster reached through a member that is
+/// not replicated, gathered while it is offered (nothing for any other publish).
+#[derive(Debug, Default)]
+struct Reached {
+    /// Whether to gather them (an acknowledged publish in a cluster).
+    gather: bool,
+    /// The groups.
+    groups: Vec<GroupKey>,
 }
 
 /// One subscription as the publish path sees it.
@@ -240,45 +275,74 @@ impl RouteMembers {
     }
 
     /// Offers `message` to every plain member and one member per group (per group named in
-    /// `groups`, when given: a message from a cluster peer).
+    /// `groups`, when given: a message from a cluster peer) of `filter`'s route.
     /// Plain members in `delivered` are left out (the message reaches them through the
-    /// cluster's records). For a resend of an acknowledged publish this node already handed
-    /// to its subscriptions at `handed_at`, members whose queues are not replicated and that
-    /// existed then are left out too, counted as skipped duplicates.
+    /// cluster's records). For a resend of an acknowledged publish this node already
+    /// `handed` to its subscriptions, plain members whose queues are not replicated and that
+    /// existed then are left out too, and so are the groups whose copy went to such a member;
+    /// in any other group without a member that gets only what commits, the member chosen is
+    /// left out as a plain one would be. Each is counted as a skipped duplicate. The groups it
+    /// reaches through a member that is not replicated go into `reached`.
     // The route's parts and the publish's, each its own argument so every caller names them.
     #[allow(clippy::too_many_arguments)]
     fn offer(
         &self,
+        filter: &TopicFilter,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
         from_peer: Option<FromPeer<'_>>,
         delivered: &[(SessionId, SubscriptionId)],
-        handed_at: Option<Instant>,
+        handed: Option<Handed<'_>>,
         report: &mut RouteReport,
+        reached: &mut Reached,
         counters: &Counters,
     ) {
         let wanted = |member: &RouteMember| {
             target.is_none_or(|t| member.key.session == t)
                 && !delivered.contains(&(member.key.session, member.key.subscription))
         };
-        let push = |member: &RouteMember, report: &mut RouteReport| {
+        for member in self.plain.iter().filter(|m| wanted(m)) {
             let replicated = member.queue.is_replicated();
-            if !replicated && handed_at.is_some_and(|at| member.queue.created_at() <= at) {
+            if !replicated && handed.is_some_and(|h| member.queue.created_at() <= h.at) {
                 counters.duplicate_skipped();
             } else {
                 report.record(member.push_counted(message, counters));
                 report.unreplicated |= !replicated;
             }
-        };
-        for member in self.plain.iter().filter(|m| wanted(m)) {
-            push(member, report);
         }
         for group in &self.groups {
             if from_peer.is_some_and(|from| !from.groups.iter().any(|name| *name == *group.name)) {
                 continue;
             }
+            let is_this = |(f, name): &GroupKey| f == filter && *name == group.name;
+            if handed.is_some_and(|h| h.groups.iter().any(is_this)) {
+                counters.duplicate_skipped();
+                continue;
+            }
             if let Some(member) = group.choose(message.memory_size(), target) {
-                push(member, report);
+                let replicated = member.queue.is_replicated();
+                // Not handed to this group here: its copy went to a member on another node,
+                // which had it unless that member gets only what commits.
+                let had_it = |h: Handed<'_>| {
+                    member.queue.created_at() <= h.at
+                        && !group.members.iter().any(|m| m.queue.is_replicated())
+                        && !h.ownership.is_some_and(|ownership| {
+                            ownership.has_replicated_group_member(&message.topic, &group.name)
+                        })
+                };
+                if !replicated && handed.is_some_and(had_it) {
+                    counters.duplicate_skipped();
+                    continue;
+                }
+                report.record(member.push_counted(message, counters));
+                if !replicated {
+                    report.unreplicated = true;
+                    if reached.gather {
+                        reached
+                            .groups
+                            .push((filter.clone(), Arc::clone(&group.name)));
+                    }
+                }
             }
         }
     }
@@ -364,8 +428,9 @@ pub struct Router {
     /// The remote members: this node's cluster peers and their interest, in a cluster.
     cluster: OnceLock<Arc<Cluster>>,
     /// In a cluster: the acknowledged publishes this node handed to local subscriptions that
-    /// are not replicated (see the module documentation).
-    handed: OnceLock<DedupeWindow>,
+    /// are not replicated, with the queue groups they reached that way (see the module
+    /// documentation).
+    handed: OnceLock<HandedWindow>,
 }
 
 impl Default for Router {
@@ -404,9 +469,10 @@ impl Router {
 
     /// Makes this node part of `cluster`: publishes are also offered to its peers, and the
     /// topic actors tell it this node's interest. Acknowledged publishes handed to local
-    /// subscriptions that are not replicated are remembered in `handed`, so a publisher's
-    /// resend through another node reaches them once. Set once, before any subscription.
-    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>, handed: DedupeWindow) {
+    /// subscriptions that are not replicated are remembered in `handed` (with the queue
+    /// groups they reached that way), so a publisher's resend through another node reaches
+    /// them once. Set once, before any subscription.
+    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>, handed: HandedWindow) {
         let _ = self.cluster.set(cluster);
         let _ = self.handed.set(handed);
     }
@@ -648,28 +714,53 @@ impl Router {
         acknowledged: Option<Acknowledged<'_>>,
         delivered: &[(SessionId, SubscriptionId)],
     ) -> RouteReport {
-        let handed = acknowledged.zip(self.handed.get());
+        let window = acknowledged.zip(self.handed.get());
         let now = Instant::now();
-        let handed_at = handed.and_then(|(acknowledged, window)| {
-            window.remembered_at(acknowledged.identity, acknowledged.message_id, now)
+        let remembered = window.and_then(|(acknowledged, window)| {
+            window.remembered(
+                acknowledged.identity,
+                acknowledged.message_id,
+                now,
+                |groups| (!groups.is_empty()).then(|| groups.clone()),
+            )
+        });
+        let handed = remembered.as_ref().map(|(at, groups)| Handed {
+            at: *at,
+            groups: groups.as_deref().unwrap_or_default(),
+            ownership: self
+                .cluster()
+                .and_then(|cluster| cluster.ownership())
+                .map(Arc::as_ref),
         });
         let mut report = RouteReport::default();
+        let mut reached = Reached {
+            gather: window.is_some(),
+            groups: Vec::new(),
+        };
         for route in routes {
             route.members.load().offer(
+                &route.filter,
                 message,
                 target,
                 from_peer,
                 delivered,
-                handed_at,
+                handed,
                 &mut report,
+                &mut reached,
                 &self.counters,
             );
         }
         // Remembered only once handed to a subscription it would skip on a resend; the first
-        // time it was handed counts.
-        if let (Some((acknowledged, window)), None, true) = (handed, handed_at, report.unreplicated)
-        {
-            window.first_time(acknowledged.identity, acknowledged.message_id, now);
+        // time it was handed counts, and every copy adds the groups it reached that way.
+        if let (Some((acknowledged, window)), true) = (window, report.unreplicated) {
+            window.note(
+                acknowledged.identity,
+                acknowledged.message_id,
+                now,
+                |groups| {
+                    groups.extend(reached.groups);
+                },
+            );
         }
         report
     }

@@ -269,6 +269,22 @@ impl Ownership {
             .written(target, self.store.ticket(), self.store.committed());
     }
 
+    /// Whether a named session's at-least-once subscription in queue group `group` matches
+    /// `topic`, as this node has applied the records: a member that gets only what commits.
+    pub(crate) fn has_replicated_group_member(
+        &self,
+        topic: &cassini_protocol::TopicName,
+        group: &str,
+    ) -> bool {
+        self.deliveries.has_group_member(topic, group)
+    }
+
+    /// The index of named sessions' at-least-once subscriptions, to feed it records directly.
+    #[cfg(test)]
+    pub(crate) fn deliveries(&self) -> &DeliveryIndex {
+        &self.deliveries
+    }
+
     /// Where the next delivery to `target` waits in its session's records.
     pub(crate) fn inbox_slot(&self, target: &DeliveryTarget) -> InboxSlot {
         InboxSlot {

@@ -529,3 +529,244 @@ async fn a_publish_reaching_a_subscription_through_the_records_is_not_also_route
     );
     assert_eq!(queued(&routed).await, 1);
 }
+
+/// A queue group member of a named session in a cluster with `members`: an at-least-once queue
+/// storing in the cluster's records (a one-member replica of its own, never written to here).
+async fn replicated_member(session: u8, subscription: u64, group: &str) -> RouteMember {
+    use crate::storage::replicated::{Binding, ReplicatedStore};
+    use crate::storage::{QueueStore, SessionStore};
+    let replica = cassini_replication::Replica::start(
+        cassini_replication::ReplicaConfig::new("a", vec!["a".to_owned()]),
+        cassini_replication::Storage::Memory,
+        None,
+    )
+    .await
+    .expect("replica");
+    let key = cassini_replication::SessionKey {
+        identity: "worker".to_owned(),
+        name: format!("w{session}"),
+    };
+    let queue = Arc::new(SubscriptionQueue::with_store(
+        QueueBounds {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            overflow: OverflowPolicy::DropOldest,
+            acks: Some(crate::config::AckBounds {
+                max_in_flight: 100,
+                timeout: std::time::Duration::from_secs(30),
+            }),
+            max_age: None,
+        },
+        Some(QueueStore {
+            store: SessionStore::Replicated(
+                ReplicatedStore::start(replica, 1 << 20),
+                Binding::new(key, 1),
+            ),
+            session: u128::from(session),
+            subscription,
+        }),
+    ));
+    queue.set_attached(true);
+    assert!(queue.is_replicated());
+    RouteMember {
+        key: SubscriberKey {
+            session: SessionId([session; 16]),
+            subscription,
+        },
+        queue,
+        group: Some(Arc::from(group)),
+    }
+}
+
+/// Messages waiting in `member`'s queue (taking none).
+fn depth(member: &RouteMember) -> usize {
+    member.queue.stats().depth
+}
+
+#[tokio::test]
+async fn a_resend_reaches_a_group_whose_first_copy_here_went_to_a_replicated_member() {
+    // The group's first copy went to its replicated member, whose entry never committed (its
+    // node lost its quorum): the resend must reach the group, though the plain subscription
+    // made the node keep the pair.
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    let replicated = replicated_member(2, 1, "w").await;
+    let unreplicated = member(3, 1, Some("w"));
+    route.set_members(&[plain.clone(), replicated.clone(), unreplicated.clone()]);
+    router.insert(route);
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 2);
+    assert_eq!(depth(&replicated), 1, "the group's first copy");
+    let again = router.publish_admitted(&order, None, None, pair);
+    assert_eq!(
+        again.offered, 1,
+        "the plain subscription is skipped, the group is not"
+    );
+    assert_eq!(depth(&replicated) + depth(&unreplicated), 2);
+    assert_eq!(depth(&plain), 1);
+}
+
+/// [`cluster_router`] with `members`, whose records hold a named session's at-least-once
+/// subscription to `filter` in queue group `group` (served by another node).
+async fn members_router(filter: &str, group: &str) -> Router {
+    use crate::storage::records::SubscriptionRecord;
+    use crate::storage::{session_records, Op};
+    let router = cluster_router();
+    let ownership = crate::cluster::ownership::Ownership::start(
+        cassini_replication::ReplicaConfig::new("a", vec!["a".to_owned()]),
+        None,
+        1 << 20,
+        TopicLimits::default(),
+        crate::config::QueueConfig::default(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("ownership");
+    let (_, mut ops) = session_records::record_ops(&Op::PutSubscription(SubscriptionRecord {
+        session: 9,
+        subscription: 1,
+        filter: filter.into(),
+        options: cassini_protocol::SubscribeOptions {
+            acks: Some(cassini_protocol::AckOptions::default()),
+            queue_group: Some(group.to_owned()),
+            ..cassini_protocol::SubscribeOptions::default()
+        },
+    }))
+    .expect("a session's op");
+    let session = cassini_replication::SessionKey {
+        identity: "worker".to_owned(),
+        name: "elsewhere".to_owned(),
+    };
+    ownership
+        .deliveries()
+        .observe(&[cassini_replication::RecordsChange::Applied(
+            session,
+            vec![ops.remove(0)],
+        )]);
+    router
+        .cluster()
+        .expect("a cluster")
+        .set_ownership(ownership);
+    router
+}
+
+#[tokio::test]
+async fn a_resend_reaches_a_group_whose_first_copy_went_to_another_node() {
+    // Group w has a member here and a replicated one on the publishing node, which served the
+    // group itself and forwarded the publish here for the plain subscription only; its entry
+    // never committed. The resend through a third node, which chose this node for w, must
+    // reach w's member here.
+    let router = members_router("orders.*", "w").await;
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    let grouped = member(2, 1, Some("w"));
+    route.set_members(&[plain.clone(), grouped.clone()]);
+    router.insert(route);
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    let for_plain = FromPeer {
+        groups: &[],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(router.publish_from_peer(&order, for_plain).offered, 1);
+    let for_group = FromPeer {
+        groups: &["w".to_owned()],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(
+        router.publish_from_peer(&order, for_group).offered,
+        1,
+        "the group never had it here"
+    );
+    assert_eq!(
+        router.publish_from_peer(&order, for_group).offered,
+        0,
+        "it has now"
+    );
+    assert_eq!(
+        router.publish_admitted(&order, None, None, pair).offered,
+        0,
+        "a resend through this node too"
+    );
+    assert_eq!(queued(&plain).await, 1);
+    assert_eq!(queued(&grouped).await, 1);
+}
+
+#[tokio::test]
+async fn a_group_whose_first_copy_went_to_an_unreplicated_member_here_is_skipped_whole() {
+    // No publish reaches two members of a group: not its replicated member next in turn, nor a
+    // member made since.
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let unreplicated = member(1, 1, Some("w"));
+    let replicated = replicated_member(2, 1, "w").await;
+    route.set_members(&[unreplicated.clone(), replicated.clone()]);
+    router.insert(Arc::clone(&route));
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 1);
+    assert_eq!(depth(&unreplicated), 1, "the group's first copy");
+    assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 0);
+    let late = member(3, 1, Some("w"));
+    route.set_members(&[unreplicated.clone(), replicated.clone(), late.clone()]);
+    for _ in 0..3 {
+        assert_eq!(router.publish_admitted(&order, None, None, pair).offered, 0);
+    }
+    assert_eq!(depth(&replicated) + depth(&late), 0);
+    assert_eq!(router.counters().snapshot().duplicates_skipped, 4);
+}
+
+#[tokio::test]
+async fn without_a_replicated_member_a_group_served_elsewhere_is_skipped_on_a_resend() {
+    // As above, but no member of w anywhere gets only what commits: the member on the
+    // publishing node had the first copy, and the resend reaches no second member.
+    let router = cluster_router();
+    let route = Arc::new(FilterRoute::new(filter("orders.>")));
+    let plain = member(1, 1, None);
+    let grouped = member(2, 1, Some("w"));
+    route.set_members(&[plain.clone(), grouped.clone()]);
+    router.insert(Arc::clone(&route));
+    let shop: Arc<str> = Arc::from("shop");
+    let pair = Some(Acknowledged {
+        identity: &shop,
+        message_id: 7,
+    });
+    let order = message("orders.new", b"1");
+    let for_plain = FromPeer {
+        groups: &[],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(router.publish_from_peer(&order, for_plain).offered, 1);
+    let for_group = FromPeer {
+        groups: &["w".to_owned()],
+        delivered: &[],
+        acknowledged: pair,
+    };
+    assert_eq!(router.publish_from_peer(&order, for_group).offered, 0);
+    let late = member(3, 1, Some("w"));
+    route.set_members(&[plain.clone(), late.clone()]);
+    assert_eq!(
+        router.publish_from_peer(&order, for_group).offered,
+        1,
+        "a member made since gets it"
+    );
+    assert_eq!(queued(&grouped).await, 0);
+    assert_eq!(queued(&late).await, 1);
+}

@@ -4,8 +4,10 @@
 //! deliver an acknowledged publish into that session's records before its `PublishAck`, also
 //! while no node serves the session.
 //!
-//! Only plain at-least-once subscriptions are indexed: a queue group's member is chosen by the
-//! node that routes the message. Each subscription's deliveries waiting in the records are
+//! Only plain at-least-once subscriptions are indexed as targets: a queue group's member is
+//! chosen by the node that routes the message. The at-least-once queue group members are
+//! indexed apart, by group name, so a node can tell whether a group's copy of a publish may
+//! have gone to a member that gets only what commits. Each subscription's deliveries waiting in the records are
 //! counted: one that holds as many as its queue bound in messages gets no more (they are
 //! routed as without the records, and a node taking the session up announces the floor gap
 //! for what it missed).
@@ -54,6 +56,10 @@ struct Index {
     /// Per session, its indexed subscriptions' filters.
     sessions: HashMap<SessionKey, HashMap<u64, TopicFilter>>,
     trie: FilterTrie<Vec<Arc<DeliveryTarget>>>,
+    /// Per session, its at-least-once queue group members' filters.
+    grouped: HashMap<SessionKey, HashMap<u64, TopicFilter>>,
+    /// The same members: per filter, each one's session, subscription and group name.
+    groups: FilterTrie<Vec<(SessionKey, u64, String)>>,
     /// Per session and subscription, its deliveries waiting in the records.
     waiting: HashMap<SessionKey, BTreeMap<u64, Waiting>>,
     /// Per session and subscription, the store's ticket of this node's last delivery written
@@ -187,6 +193,20 @@ impl DeliveryIndex {
                 .is_some_and(|last| *last > committed)
     }
 
+    /// Whether a named session's at-least-once subscription in queue group `group` matches
+    /// `topic`.
+    pub(crate) fn has_group_member(&self, topic: &TopicName, group: &str) -> bool {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if index.grouped.is_empty() {
+            return false;
+        }
+        let mut found = false;
+        index.groups.for_each_match(topic, |members| {
+            found |= members.iter().any(|(_, _, name)| name == group);
+        });
+        found
+    }
+
     fn put(&self, index: &mut Index, session: &SessionKey, record: &SubscriptionRecord) {
         let cap = self.queues.bounds_for(&record.options).max_messages;
         index.put(session, record, &self.limits, cap);
@@ -245,12 +265,23 @@ impl Index {
         cap: usize,
     ) {
         self.remove(session, record.subscription);
-        if record.options.acks.is_none() || record.options.queue_group.is_some() {
+        if record.options.acks.is_none() {
             return;
         }
         let Ok(filter) = TopicFilter::parse(&record.filter, limits) else {
             return;
         };
+        if let Some(group) = &record.options.queue_group {
+            self.groups
+                .slot(&filter)
+                .get_or_insert_with(Vec::new)
+                .push((session.clone(), record.subscription, group.clone()));
+            self.grouped
+                .entry(session.clone())
+                .or_default()
+                .insert(record.subscription, filter);
+            return;
+        }
         let target = Arc::new(DeliveryTarget {
             key: session.clone(),
             session: record.session,
@@ -268,6 +299,7 @@ impl Index {
     }
 
     fn remove(&mut self, session: &SessionKey, subscription: u64) {
+        self.remove_grouped(session, subscription);
         let Some(filters) = self.sessions.get_mut(session) else {
             return;
         };
@@ -286,12 +318,30 @@ impl Index {
         }
     }
 
+    fn remove_grouped(&mut self, session: &SessionKey, subscription: u64) {
+        let Some(filters) = self.grouped.get_mut(session) else {
+            return;
+        };
+        let Some(filter) = filters.remove(&subscription) else {
+            return;
+        };
+        if filters.is_empty() {
+            self.grouped.remove(session);
+        }
+        if let Some(members) = self.groups.slot(&filter) {
+            members.retain(|(key, id, _)| !(key == session && *id == subscription));
+            if members.is_empty() {
+                self.groups.remove(&filter);
+            }
+        }
+    }
+
     fn remove_session(&mut self, session: &SessionKey) {
-        let ids: Vec<u64> = self
-            .sessions
-            .get(session)
-            .map(|filters| filters.keys().copied().collect())
-            .unwrap_or_default();
+        let ids: Vec<u64> = [&self.sessions, &self.grouped]
+            .into_iter()
+            .filter_map(|map| map.get(session))
+            .flat_map(|filters| filters.keys().copied())
+            .collect();
         for id in ids {
             self.remove(session, id);
         }
@@ -343,6 +393,45 @@ mod tests {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn knows_the_at_least_once_queue_group_members_by_group() {
+        let index = DeliveryIndex::new(TopicLimits::default(), QueueConfig::default(), 1);
+        index.observe(&[RecordsChange::Applied(
+            alice(),
+            vec![
+                subscribe(1, "orders.*", true, Some("workers")),
+                subscribe(2, "orders.*", false, Some("auditors")),
+            ],
+        )]);
+        assert!(index.has_group_member(&topic("orders.eu"), "workers"));
+        assert!(
+            !index.has_group_member(&topic("orders.eu"), "auditors"),
+            "at most once"
+        );
+        assert!(!index.has_group_member(&topic("stock.eu"), "workers"));
+        assert!(found(&index, "orders.eu").is_empty(), "no target");
+        index.observe(&[RecordsChange::Applied(
+            alice(),
+            vec![subscribe(1, "orders.*", true, None)],
+        )]);
+        assert!(
+            !index.has_group_member(&topic("orders.eu"), "workers"),
+            "left the group"
+        );
+        assert_eq!(found(&index, "orders.eu"), [1]);
+        index.observe(&[RecordsChange::Applied(
+            alice(),
+            vec![subscribe(3, "orders.>", true, Some("workers"))],
+        )]);
+        assert!(index.has_group_member(&topic("orders.eu"), "workers"));
+        index.observe(&[RecordsChange::Replaced(alice(), None)]);
+        assert!(
+            !index.has_group_member(&topic("orders.eu"), "workers"),
+            "session gone"
+        );
+        assert!(found(&index, "orders.eu").is_empty());
     }
 
     #[test]
