@@ -306,8 +306,13 @@ async fn the_first_member_restarted_empty_rejoins_without_a_second_bootstrap() {
         "its peers have been in a group: it waits to be told the membership"
     );
     assert!(owner.epoch > first_epoch, "the same log goes on: {owner:?}");
+    // Fenced by n1's claim; or closed before it, when n2's lease ran out while n2 and n3
+    // elected a leader after n1 stopped (a loaded machine): never served next to n1's claim.
     let (code, _) = within("n2's connection is fenced", raw::close_of(&before.1)).await;
-    assert_eq!(code, ErrorCode::SESSION_TAKEN_OVER);
+    assert!(
+        code == ErrorCode::SESSION_TAKEN_OVER || code == ErrorCode::NO_QUORUM,
+        "closed with {code:?}"
+    );
     for node in nodes {
         let replica = node.cluster.port().replica().expect("a replica");
         assert_eq!(
