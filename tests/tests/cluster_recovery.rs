@@ -1,5 +1,5 @@
-//! How a node's copy of a replicated named session recovers when the cluster's records moved
-//! past it (docs/CLUSTERING.md, "Replicated sessions" and "Expiry"): three brokers in one
+//! Two ways a node's copy of a replicated named session recovers when the cluster's records
+//! moved past it (docs/CLUSTERING.md, "Replicated sessions" and "Expiry"): three brokers in one
 //! process with `members`, talking real QUIC on port 0 with node certificates made in the test.
 //!
 //! - A copy whose changes under an older claim of its own node were refused by the log (its
@@ -7,8 +7,11 @@
 //!   ends: its connection is closed with `INTERNAL`, the client resumes, the session is taken
 //!   up from the records and delivers every acknowledged publish. The change is kept on its
 //!   way with the broker's test hook `hold_replicated_entries`.
+//! - A detached copy ends when the cluster forgets its session (expired by the leader, or
+//!   forgotten to make room for another claim of its identity), whatever its own expiry timer
+//!   says: a client naming the session on that node gets a new session.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
@@ -18,7 +21,7 @@ use cassini_client::{ConnectionState, DisconnectReason, PublishError, Subscripti
 use cassini_e2e::cluster::{dial_full_mesh, start_endpoint};
 use cassini_e2e::edge::wait_for_state;
 use cassini_e2e::{eventually, identity_of, raw, raw_connect, within, Pki, TestBroker};
-use cassini_protocol::{ErrorCode, Hello, PROTOCOL_VERSION};
+use cassini_protocol::{ErrorCode, Frame, Hello, PROTOCOL_VERSION};
 use cassini_quic::cluster::{ClusterNode, ClusterOptions};
 
 const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
@@ -38,6 +41,10 @@ impl Node {
 
     fn leader(&self) -> Option<String> {
         self.cluster.port().replica().and_then(|r| r.leader())
+    }
+
+    async fn sessions(&self) -> usize {
+        self.broker.stats().await.sessions
     }
 
     async fn stop(self) {
@@ -77,6 +84,50 @@ fn alice(name: &str) -> SessionKey {
     SessionKey {
         identity: "alice".into(),
         name: name.into(),
+    }
+}
+
+/// A raw connection attached to a named session, its control stream open.
+struct Attached {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+impl Attached {
+    /// The client goes away without a goodbye: its session detaches.
+    async fn vanish(self) {
+        raw::vanish(&self.endpoint, &self.connection).await;
+    }
+}
+
+/// A raw connection of identity `alice` to `node`, attached to the session named `name`, with
+/// an at-most-once subscription to `filter` made (so the session has records).
+async fn attach_with_subscription(pki: &Pki, node: &Node, name: &str, filter: &str) -> Attached {
+    let (chain, key) = identity_of(&pki.client("alice"));
+    let (endpoint, connection) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
+        .await
+        .expect("raw connection");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: Some("raw".into()),
+        positions: Vec::new(),
+        session_name: Some(name.into()),
+    };
+    let (_, mut send, mut recv) = raw::send_hello(&connection, hello)
+        .await
+        .expect("the claim is committed and the session attached");
+    raw::send_subscribe(&mut send, 1, filter).await;
+    let answer = raw::read_frame(&mut recv, &mut bytes::BytesMut::new()).await;
+    assert!(
+        matches!(answer, Some(Frame::Subscribed(_))),
+        "the subscription is made: {answer:?}"
+    );
+    Attached {
+        endpoint,
+        connection,
+        _control: (send, recv),
     }
 }
 
@@ -245,6 +296,161 @@ async fn a_copy_whose_older_claims_change_was_refused_closes_with_internal_and_i
     drop(first);
     resumed.close().await.expect("close");
     publisher.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// `sessions.expiry` of the members that expire the session (one of them leads).
+const SHORT_EXPIRY: Duration = Duration::from_secs(2);
+
+/// The session's detached copy is on n3, whose own expiry timer would keep it for an hour (as a
+/// node whose clock runs behind the leader's, or one healed after the leader's sweep, would
+/// keep it past the cluster's expiry). The leader expires the session; n3 forgets the records
+/// and ends its copy; a client naming the session on n3 gets a new one.
+#[tokio::test]
+async fn a_detached_copy_ends_when_the_cluster_expires_its_session() {
+    let (pki, nodes) = three_members(|name| {
+        let mut config = BrokerConfig::default();
+        config.sessions.expiry = if name == "n3" {
+            Duration::from_secs(3600)
+        } else {
+            SHORT_EXPIRY
+        };
+        config
+    })
+    .await;
+    eventually("a member with the short expiry leads", || async {
+        nodes[2]
+            .leader()
+            .filter(|leader| leader != "n3")
+            .map(|_| ())
+    })
+    .await;
+    let session = alice("device");
+    let attached = attach_with_subscription(&pki, &nodes[2], "device", "device.log").await;
+    eventually("n3's copy is served", || async {
+        (nodes[2].sessions().await == 1).then_some(())
+    })
+    .await;
+    let detached = Instant::now();
+    attached.vanish().await;
+
+    // Released, then expired by the leader: no member holds the claim or the records.
+    eventually("every member forgets the session", || async {
+        nodes
+            .iter()
+            .all(|node| {
+                let replica = node.cluster.port().replica().expect("a member");
+                replica.owner(&session).is_none() && replica.records(&session).is_none()
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        detached.elapsed() >= SHORT_EXPIRY,
+        "not before its expiry: {:?}",
+        detached.elapsed()
+    );
+    eventually("n3's detached copy ends", || async {
+        (nodes[2].sessions().await == 0).then_some(())
+    })
+    .await;
+
+    let client = nodes[2]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects");
+    assert!(
+        matches!(
+            client.state(),
+            ConnectionState::Connected { resumed: false, .. }
+        ),
+        "a new session, not n3's old copy: {}",
+        client.state()
+    );
+    assert!(
+        client.unclaimed_subscriptions().is_empty(),
+        "a new session has no subscriptions"
+    );
+    client.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// One session per identity: a detached session's released claim is forgotten, with its
+/// records, when its identity claims another session on another node. Its detached copy
+/// (kept by the node's own timer for `sessions.expiry`, 300 s) ends there; a client naming
+/// it again on that node gets a new session.
+#[tokio::test]
+async fn a_detached_copy_ends_when_the_cluster_forgets_its_session_to_make_room() {
+    let (pki, nodes) = three_members(|_| {
+        let mut config = BrokerConfig::default();
+        config.limits.max_sessions_per_identity = 1;
+        config
+    })
+    .await;
+    attach_with_subscription(&pki, &nodes[2], "first", "device.log")
+        .await
+        .vanish()
+        .await;
+    eventually("n3 released its claim", || async {
+        nodes[0]
+            .cluster
+            .port()
+            .replica()
+            .expect("a member")
+            .released(0, 16)
+            .iter()
+            .any(|claim| claim.session == alice("first"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(nodes[2].sessions().await, 1, "n3 keeps the detached copy");
+
+    // The identity's one claim goes to another session, on n1: "first" is forgotten.
+    let second = attach_with_subscription(&pki, &nodes[0], "second", "device.log").await;
+    eventually("n3 forgets the first session's records", || async {
+        nodes[2]
+            .cluster
+            .port()
+            .replica()
+            .expect("a member")
+            .records(&alice("first"))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("n3's detached copy ends", || async {
+        (nodes[2].sessions().await == 0).then_some(())
+    })
+    .await;
+    second.vanish().await;
+
+    let client = eventually("the identity's claim is free again", || async {
+        nodes[2]
+            .broker
+            .client_builder("alice")
+            .session_name("first")
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        matches!(
+            client.state(),
+            ConnectionState::Connected { resumed: false, .. }
+        ),
+        "a new session, not n3's old copy: {}",
+        client.state()
+    );
+    assert!(client.unclaimed_subscriptions().is_empty());
+    client.close().await.expect("close");
     for node in nodes {
         node.stop().await;
     }
