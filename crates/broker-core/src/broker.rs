@@ -249,6 +249,7 @@ impl BrokerHandle {
         }
     }
 
+    /// This node's session ownership (its replica and replicated store), with `members`.
     fn ownership(&self) -> Option<&Arc<crate::cluster::ownership::Ownership>> {
         self.managers
             .shared
