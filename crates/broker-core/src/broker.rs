@@ -229,6 +229,35 @@ impl BrokerHandle {
             .map(|cluster| crate::peer::ClusterPort::new(Arc::clone(shared), Arc::clone(cluster)))
     }
 
+    /// A fault hook for tests of a cluster with `members`: while `held`, this node takes the
+    /// next entry of its named sessions' changes and holds it instead of writing it to the
+    /// cluster's log (a write on its way to the leader); `false` lets it go on. No effect
+    /// without `members`.
+    #[doc(hidden)]
+    pub fn hold_replicated_entries(&self, held: bool) {
+        if let Some(ownership) = self.ownership() {
+            ownership.store().hold_entries(held);
+        }
+    }
+
+    /// A fault hook for tests: waits until this node holds an entry
+    /// ([`BrokerHandle::hold_replicated_entries`]); at once without `members`.
+    #[doc(hidden)]
+    pub async fn replicated_entry_held(&self) {
+        if let Some(ownership) = self.ownership() {
+            ownership.store().entry_held().await;
+        }
+    }
+
+    /// This node's session ownership (its replica and replicated store), with `members`.
+    fn ownership(&self) -> Option<&Arc<crate::cluster::ownership::Ownership>> {
+        self.managers
+            .shared
+            .router
+            .cluster()
+            .and_then(|cluster| cluster.ownership())
+    }
+
     /// Hands over an authenticated connection. The broker owns it from here on.
     pub fn accept(&self, connection: Arc<dyn Connection>) {
         if let Err(err) = self

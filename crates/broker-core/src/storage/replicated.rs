@@ -161,6 +161,11 @@ pub(crate) struct ReplicatedStore {
     max_pending_bytes: usize,
     /// Told of sessions whose changes were refused as stale.
     stale: std::sync::OnceLock<Stale>,
+    /// A fault hook for tests ([`ReplicatedStore::hold_entries`]): while set, the writer holds
+    /// the entry it took instead of writing it ...
+    held: watch::Sender<bool>,
+    /// ... and sets this while it holds one ([`ReplicatedStore::entry_held`]).
+    holding: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ReplicatedStore {
@@ -184,6 +189,8 @@ impl ReplicatedStore {
             status,
             max_pending_bytes,
             stale: std::sync::OnceLock::new(),
+            held: watch::channel(false).0,
+            holding: watch::channel(false).0,
         });
         tokio::spawn(run_writer(Arc::downgrade(&store)));
         store
@@ -384,6 +391,18 @@ impl ReplicatedStore {
         self.replica.record_bytes().1
     }
 
+    /// A fault hook for tests: while `held`, the writer takes the next entry as usual and then
+    /// holds it instead of writing it (a write on its way to the leader, as over a slow link);
+    /// what is appended meanwhile waits for the next entry. `false` writes it and goes on.
+    pub(crate) fn hold_entries(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+
+    /// Waits until the writer holds an entry ([`ReplicatedStore::hold_entries`]).
+    pub(crate) async fn entry_held(&self) {
+        let _ = self.holding.subscribe().wait_for(|holding| *holding).await;
+    }
+
     /// Refuses every further operation and waits (at most 2 s) for the writer to write what
     /// is pending.
     pub(crate) async fn close(&self) {
@@ -509,7 +528,7 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
     let origin = rand::random::<u64>();
     let mut serial = 0u64;
     loop {
-        let Some(strong) = store.upgrade() else {
+        let Some(mut strong) = store.upgrade() else {
             return;
         };
         let Taken {
@@ -527,6 +546,17 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
             drop(strong);
             wake.notified().await;
             continue;
+        }
+        if *strong.held.borrow() {
+            let mut held = strong.held.subscribe();
+            strong.holding.send_replace(true);
+            drop(strong);
+            let _ = held.wait_for(|held| !*held).await;
+            let Some(again) = store.upgrade() else {
+                return;
+            };
+            strong = again;
+            strong.holding.send_replace(false);
         }
         let first = strong.status.borrow().committed + 1;
         // Each copy that wrote in this entry, with the claim it wrote under.

@@ -1,0 +1,457 @@
+//! Two ways a node's copy of a replicated named session recovers when the cluster's records
+//! moved past it (docs/CLUSTERING.md, "Replicated sessions" and "Expiry"): three brokers in one
+//! process with `members`, talking real QUIC on port 0 with node certificates made in the test.
+//!
+//! - A copy whose changes under an older claim of its own node were refused by the log (its
+//!   client attached again on the same node while a change of the older claim was on its way)
+//!   ends: its connection is closed with `INTERNAL`, the client resumes, the session is taken
+//!   up from the records and delivers every acknowledged publish. The change is kept on its
+//!   way with the broker's test hook `hold_replicated_entries`.
+//! - A detached copy ends when the cluster forgets its session (expired by the leader, or
+//!   forgotten to make room for another claim of its identity), whatever its own expiry timer
+//!   says: a client naming the session on that node gets a new session.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cassini_broker::cluster::ClusterConfig;
+use cassini_broker::replication::{Owner, SessionKey};
+use cassini_broker::BrokerConfig;
+use cassini_client::{ConnectionState, DisconnectReason, PublishError, Subscription};
+use cassini_e2e::cluster::{dial_full_mesh, start_endpoint};
+use cassini_e2e::edge::wait_for_state;
+use cassini_e2e::{eventually, identity_of, raw, raw_connect, within, Pki, TestBroker};
+use cassini_protocol::{ErrorCode, Frame, Hello, PROTOCOL_VERSION};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions};
+
+const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
+
+struct Node {
+    broker: TestBroker,
+    cluster: ClusterNode,
+}
+
+impl Node {
+    fn owner(&self, session: &SessionKey) -> Option<Owner> {
+        self.cluster
+            .port()
+            .replica()
+            .and_then(|replica| replica.owner(session))
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.cluster.port().replica().and_then(|r| r.leader())
+    }
+
+    async fn sessions(&self) -> usize {
+        self.broker.stats().await.sessions
+    }
+
+    async fn stop(self) {
+        self.cluster.close(Duration::from_secs(1)).await;
+        self.broker.stop().await;
+    }
+}
+
+/// The three members, each configured by `config(name)`, in a full mesh with one leader they all know.
+async fn three_members(config: impl Fn(&str) -> BrokerConfig) -> (Pki, Vec<Node>) {
+    let pki = Pki::new();
+    let mut nodes = Vec::new();
+    for name in MEMBERS {
+        let base = config(name);
+        let config = BrokerConfig {
+            cluster: Some(ClusterConfig {
+                members: MEMBERS.iter().map(|member| member.to_string()).collect(),
+                ..ClusterConfig::node(name)
+            }),
+            ..base
+        };
+        let broker = TestBroker::start_sharing_ca(&pki, config).await;
+        let options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+        let cluster = start_endpoint(&pki, &broker, name, options);
+        nodes.push(Node { broker, cluster });
+    }
+    dial_full_mesh(nodes.iter().map(|node| &node.cluster));
+    eventually("the members elect a leader they all know", || async {
+        let leaders: Vec<Option<String>> = nodes.iter().map(Node::leader).collect();
+        (leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])).then_some(())
+    })
+    .await;
+    (pki, nodes)
+}
+
+fn alice(name: &str) -> SessionKey {
+    SessionKey {
+        identity: "alice".into(),
+        name: name.into(),
+    }
+}
+
+/// A raw connection attached to a named session, its control stream open.
+struct Attached {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+impl Attached {
+    /// The client goes away without a goodbye: its session detaches.
+    async fn vanish(self) {
+        raw::vanish(&self.endpoint, &self.connection).await;
+    }
+}
+
+/// A raw connection of identity `alice` to `node`, attached to the session named `name`, with
+/// an at-most-once subscription to `filter` made (so the session has records).
+async fn attach_with_subscription(pki: &Pki, node: &Node, name: &str, filter: &str) -> Attached {
+    let (chain, key) = identity_of(&pki.client("alice"));
+    let (endpoint, connection) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
+        .await
+        .expect("raw connection");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: Some("raw".into()),
+        positions: Vec::new(),
+        session_name: Some(name.into()),
+    };
+    let (_, mut send, mut recv) = raw::send_hello(&connection, hello)
+        .await
+        .expect("the claim is committed and the session attached");
+    raw::send_subscribe(&mut send, 1, filter).await;
+    let answer = raw::read_frame(&mut recv, &mut bytes::BytesMut::new()).await;
+    assert!(
+        matches!(answer, Some(Frame::Subscribed(_))),
+        "the subscription is made: {answer:?}"
+    );
+    Attached {
+        endpoint,
+        connection,
+        _control: (send, recv),
+    }
+}
+
+/// Receives `count` messages from `subscription`: payload and whether it was marked
+/// redelivered.
+async fn receive(subscription: &mut Subscription, count: usize) -> Vec<(String, bool)> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let message = within("the messages arrive", subscription.recv())
+            .await
+            .expect("the subscription is open");
+        received.push((
+            String::from_utf8_lossy(message.payload()).into_owned(),
+            message.is_redelivered(),
+        ));
+    }
+    received
+}
+
+/// The fault run's case (seed 8768459929076008186): the session's client attached again on
+/// the node serving it while a change the session made under the older claim was on its way
+/// to the log, which then refused it (the newer claim owns the session). The copy, moved on to
+/// the newer claim, is behind the records: it ends and closes the new connection with
+/// `INTERNAL` (a code the client retries); the client resumes, the node takes the session up
+/// from the records, and every acknowledged publish is delivered. The refused change was an
+/// acknowledged publish's: it is answered with `STORAGE_FAILED`, and its publisher sends it
+/// again.
+#[tokio::test]
+async fn a_copy_whose_older_claims_change_was_refused_closes_with_internal_and_its_client_resumes_from_the_records(
+) {
+    let (pki, nodes) = three_members(|_| BrokerConfig::default()).await;
+    let node = &nodes[2];
+    let session = alice("device");
+
+    let first = node
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects to its named session");
+    let mut subscription = first
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribes at least once");
+    let publisher = node.broker.client("publisher").await;
+    publisher
+        .publish_acked("device.cmd", Bytes::from_static(b"one"))
+        .await
+        .expect("acknowledged");
+    assert_eq!(
+        receive(&mut subscription, 1).await,
+        [("one".to_owned(), false)],
+        "sent, not acknowledged"
+    );
+    let older = node.owner(&session).expect("the first claim").epoch;
+
+    // A publish to the session stores its message under the older claim, and the entry
+    // holding it is on its way to the log (held by the test's hook) ...
+    node.broker.broker.hold_replicated_entries(true);
+    let in_flight = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish_acked("device.cmd", Bytes::from_static(b"two"))
+                .await
+        }
+    });
+    within(
+        "the entry is on its way",
+        node.broker.broker.replicated_entry_held(),
+    )
+    .await;
+    // ... when the client attaches again on the same node (its first connection looked dead
+    // to it): the newer claim is committed, and the session moves on to it, closing the first
+    // connection.
+    let (chain, key) = identity_of(&pki.client("alice"));
+    let (_endpoint, again) = raw_connect(node.broker.addr, pki.ca_certs(), chain, key)
+        .await
+        .expect("raw connection");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: Some("raw".into()),
+        positions: Vec::new(),
+        session_name: Some("device".into()),
+    };
+    let hello = tokio::spawn({
+        let again = again.clone();
+        async move { raw::send_hello(&again, hello).await }
+    });
+    wait_for_state(&first, "the first connection is taken over", |state| {
+        matches!(
+            state,
+            ConnectionState::Disconnected {
+                reason: DisconnectReason::SessionTakenOver
+            }
+        )
+    })
+    .await;
+    let newer = node.owner(&session).expect("the newer claim");
+    assert!(newer.epoch > older, "{newer:?} after {older}");
+    assert!(!in_flight.is_finished(), "the publish waits for its entry");
+
+    // The entry reaches the log after the newer claim: refused.
+    node.broker.broker.hold_replicated_entries(false);
+    let refused = within("the publish is answered", in_flight)
+        .await
+        .expect("publish task");
+    assert!(
+        matches!(&refused, Err(PublishError::Rejected { code, .. }) if *code == ErrorCode::STORAGE_FAILED),
+        "the change under the older claim was refused: {refused:?}"
+    );
+    // Answered or not, the connection keeps its control stream open (no goodbye).
+    let _answered = within("the second connection's hello is answered", hello)
+        .await
+        .expect("hello task");
+    let (code, reason) = within("the copy behind the records ends", raw::close_of(&again)).await;
+    assert_eq!(code, ErrorCode::INTERNAL, "{reason}");
+    assert!(reason.contains("resume the session"), "{reason}");
+
+    // The client resumes: the node takes the session up from the records.
+    let resumed = node
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("resumes its named session");
+    assert!(
+        matches!(
+            resumed.state(),
+            ConnectionState::Connected { resumed: true, .. }
+        ),
+        "the session is resumed from the records, not made anew: {}",
+        resumed.state()
+    );
+    assert_eq!(resumed.session_id(), first.session_id(), "the same session");
+    let taken_up = node.owner(&session).expect("the resume's claim");
+    assert!(taken_up.epoch > newer.epoch, "{taken_up:?} after {newer:?}");
+    let mut taken = resumed
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("takes the subscription up");
+    assert_eq!(taken.id(), subscription.id(), "the same subscription");
+
+    // Every acknowledged publish reaches the session: the refused one sent again, and one after.
+    publisher
+        .publish_acked("device.cmd", Bytes::from_static(b"two"))
+        .await
+        .expect("acknowledged when sent again");
+    publisher
+        .publish_acked("device.cmd", Bytes::from_static(b"three"))
+        .await
+        .expect("acknowledged");
+    assert_eq!(
+        receive(&mut taken, 3).await,
+        [
+            ("one".to_owned(), true),
+            ("two".to_owned(), false),
+            ("three".to_owned(), false)
+        ],
+        "what the first connection was sent comes again, marked; the rest once each"
+    );
+    taken.acknowledge();
+    drop(first);
+    resumed.close().await.expect("close");
+    publisher.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// `sessions.expiry` of the members that expire the session (one of them leads).
+const SHORT_EXPIRY: Duration = Duration::from_secs(2);
+
+/// The session's detached copy is on n3, whose own expiry timer would keep it for an hour (as a
+/// node whose clock runs behind the leader's, or one healed after the leader's sweep, would
+/// keep it past the cluster's expiry). The leader expires the session; n3 forgets the records
+/// and ends its copy; a client naming the session on n3 gets a new one.
+#[tokio::test]
+async fn a_detached_copy_ends_when_the_cluster_expires_its_session() {
+    let (pki, nodes) = three_members(|name| {
+        let mut config = BrokerConfig::default();
+        config.sessions.expiry = if name == "n3" {
+            Duration::from_secs(3600)
+        } else {
+            SHORT_EXPIRY
+        };
+        config
+    })
+    .await;
+    eventually("a member with the short expiry leads", || async {
+        nodes[2]
+            .leader()
+            .filter(|leader| leader != "n3")
+            .map(|_| ())
+    })
+    .await;
+    let session = alice("device");
+    let attached = attach_with_subscription(&pki, &nodes[2], "device", "device.log").await;
+    eventually("n3's copy is served", || async {
+        (nodes[2].sessions().await == 1).then_some(())
+    })
+    .await;
+    let detached = Instant::now();
+    attached.vanish().await;
+
+    // Released, then expired by the leader: no member holds the claim or the records.
+    eventually("every member forgets the session", || async {
+        nodes
+            .iter()
+            .all(|node| {
+                let replica = node.cluster.port().replica().expect("a member");
+                replica.owner(&session).is_none() && replica.records(&session).is_none()
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        detached.elapsed() >= SHORT_EXPIRY,
+        "not before its expiry: {:?}",
+        detached.elapsed()
+    );
+    eventually("n3's detached copy ends", || async {
+        (nodes[2].sessions().await == 0).then_some(())
+    })
+    .await;
+
+    let client = nodes[2]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects");
+    assert!(
+        matches!(
+            client.state(),
+            ConnectionState::Connected { resumed: false, .. }
+        ),
+        "a new session, not n3's old copy: {}",
+        client.state()
+    );
+    assert!(
+        client.unclaimed_subscriptions().is_empty(),
+        "a new session has no subscriptions"
+    );
+    client.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// One session per identity: a detached session's released claim is forgotten, with its
+/// records, when its identity claims another session on another node. Its detached copy
+/// (kept by the node's own timer for `sessions.expiry`, 300 s) ends there; a client naming
+/// it again on that node gets a new session.
+#[tokio::test]
+async fn a_detached_copy_ends_when_the_cluster_forgets_its_session_to_make_room() {
+    let (pki, nodes) = three_members(|_| {
+        let mut config = BrokerConfig::default();
+        config.limits.max_sessions_per_identity = 1;
+        config
+    })
+    .await;
+    attach_with_subscription(&pki, &nodes[2], "first", "device.log")
+        .await
+        .vanish()
+        .await;
+    eventually("n3 released its claim", || async {
+        nodes[0]
+            .cluster
+            .port()
+            .replica()
+            .expect("a member")
+            .released(0, 16)
+            .iter()
+            .any(|claim| claim.session == alice("first"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(nodes[2].sessions().await, 1, "n3 keeps the detached copy");
+
+    // The identity's one claim goes to another session, on n1: "first" is forgotten.
+    let second = attach_with_subscription(&pki, &nodes[0], "second", "device.log").await;
+    eventually("n3 forgets the first session's records", || async {
+        nodes[2]
+            .cluster
+            .port()
+            .replica()
+            .expect("a member")
+            .records(&alice("first"))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("n3's detached copy ends", || async {
+        (nodes[2].sessions().await == 0).then_some(())
+    })
+    .await;
+    second.vanish().await;
+
+    let client = eventually("the identity's claim is free again", || async {
+        nodes[2]
+            .broker
+            .client_builder("alice")
+            .session_name("first")
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        matches!(
+            client.state(),
+            ConnectionState::Connected { resumed: false, .. }
+        ),
+        "a new session, not n3's old copy: {}",
+        client.state()
+    );
+    assert!(client.unclaimed_subscriptions().is_empty());
+    client.close().await.expect("close");
+    for node in nodes {
+        node.stop().await;
+    }
+}
