@@ -441,7 +441,14 @@ impl ReplicatedStore {
             take += 1;
         }
         let left = pending.ops.len() - take;
-        let ops: Vec<PendingOp> = pending.ops.drain(..take).collect();
+        let mut ops: Vec<PendingOp> = pending.ops.drain(..take).collect();
+        // A copy that a newer claim of this node moved on to (its client attached again here)
+        // writes what it appended before under that claim too: the same copy goes on.
+        for op in &mut ops {
+            if let Some(binding) = op.session.as_ref().filter(|_| op.epoch != DELIVERY) {
+                op.epoch = op.epoch.max(binding.epoch());
+            }
+        }
         // The pending last sequences left move up by what was taken; the taken ones go.
         pending.sequences.retain(|_, at| {
             if *at < take {
@@ -521,6 +528,111 @@ fn refused_as_not_owner(
         .collect()
 }
 
+/// Writes one entry (again after each timeout, as `stalled`) until it is committed: what it
+/// refused, or `None` once the store closed because the entry cannot be written.
+async fn write_entry(
+    strong: &ReplicatedStore,
+    id: WriteId,
+    writes: &[SessionWrite],
+    shared: &[SharedChange],
+) -> Option<SharedWritten> {
+    loop {
+        let written = if shared.is_empty() {
+            strong
+                .replica
+                .write_as(Some(id), writes.to_vec())
+                .await
+                .map(|refused_writes| SharedWritten {
+                    refused_writes,
+                    refused_retained: Vec::new(),
+                })
+        } else {
+            strong
+                .replica
+                .write_shared(Some(id), writes.to_vec(), shared.to_vec())
+                .await
+        };
+        match written {
+            Ok(written) => return Some(written),
+            Err(ClaimError::NoQuorum(limit)) => {
+                tracing::warn!(
+                    ?limit,
+                    "sessions' changes not committed in time: writing them again"
+                );
+                strong.status.send_modify(|s| s.stalled = true);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "sessions' changes cannot be written: the replicated store closes");
+                strong.lock().closed = true;
+                strong.status.send_modify(|s| s.closed = true);
+                return None;
+            }
+        }
+    }
+}
+
+/// Of the sessions whose writes an entry refused because another claim owns them, those
+/// written by one copy here that a newer claim of this node has moved on to since (a client
+/// that attached again here while they were on their way): their writes under that claim.
+/// The refusals of the other sessions are left.
+///
+/// No other node claimed the session between the two claims: a claim of another node ends
+/// this node's copy before a newer claim of this node can reach it (the session manager
+/// takes both in log order), so the copy's binding never moves past it.
+fn moved_on(
+    writes: &[SessionWrite],
+    written: &[(Arc<Binding>, u64)],
+    refused: Vec<(SessionKey, WriteRefusal)>,
+) -> (Vec<SessionWrite>, Vec<(SessionKey, WriteRefusal)>) {
+    let mut again: Vec<SessionWrite> = Vec::new();
+    let mut left = Vec::new();
+    let mut sessions: Vec<&SessionKey> = Vec::new();
+    for (session, _) in &refused {
+        if !sessions.contains(&session) {
+            sessions.push(session);
+        }
+    }
+    for session in sessions {
+        let refusals = refused.iter().filter(|(s, _)| s == session);
+        let all_not_owner = refusals
+            .clone()
+            .all(|(_, refusal)| *refusal == WriteRefusal::NotOwner);
+        let own: Vec<&SessionWrite> = writes
+            .iter()
+            .filter(|write| write.session == *session && write.epoch != DELIVERY)
+            .collect();
+        let copies: Vec<&Arc<Binding>> = written
+            .iter()
+            .filter(|(binding, under)| binding.key() == session && *under != DELIVERY)
+            .map(|(binding, _)| binding)
+            .collect();
+        let newest = own.iter().map(|write| write.epoch).max();
+        let one_copy = copies
+            .first()
+            .filter(|first| copies.iter().all(|copy| Arc::ptr_eq(copy, first)));
+        let moved_to = match (one_copy, newest) {
+            (Some(copy), Some(newest))
+                if all_not_owner
+                    && refusals.clone().count() == own.len()
+                    && copy.epoch() > newest
+                    && !copy.is_stale() =>
+            {
+                Some(copy.epoch())
+            }
+            _ => None,
+        };
+        match moved_to {
+            Some(epoch) => again.push(SessionWrite {
+                session: session.clone(),
+                epoch,
+                ops: own.iter().flat_map(|write| write.ops.clone()).collect(),
+            }),
+            None => left.extend(refusals.cloned()),
+        }
+    }
+    (again, left)
+}
+
 /// Writes what is pending, one entry at a time, until the store closes (or is dropped).
 async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
     // Each entry is named, so one written again after a timeout is applied once (a delivery
@@ -573,38 +685,30 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         } else {
             serial += 1;
             let id = WriteId { origin, serial };
-            loop {
-                let written =
-                    if shared.is_empty() {
-                        strong.replica.write_as(Some(id), writes.clone()).await.map(
-                            |refused_writes| SharedWritten {
-                                refused_writes,
-                                refused_retained: Vec::new(),
-                            },
-                        )
-                    } else {
-                        strong
-                            .replica
-                            .write_shared(Some(id), writes.clone(), shared.clone())
-                            .await
-                    };
-                match written {
-                    Ok(written) => break written,
-                    Err(ClaimError::NoQuorum(limit)) => {
-                        tracing::warn!(
-                            ?limit,
-                            "sessions' changes not committed in time: writing them again"
-                        );
-                        strong.status.send_modify(|s| s.stalled = true);
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "sessions' changes cannot be written: the replicated store closes");
-                        strong.lock().closed = true;
-                        strong.status.send_modify(|s| s.closed = true);
-                        return;
-                    }
-                }
+            match write_entry(&strong, id, &writes, &shared).await {
+                Some(written) => written,
+                None => return,
             }
+        };
+        // Writes of a copy that a newer claim of this node moved on to while they were on
+        // their way were refused: written again under that claim, before anything the copy
+        // wrote after them, so the records never hold its later changes without these.
+        let (again, mut refused) = moved_on(&writes, &written, refused);
+        let writes = if again.is_empty() {
+            writes
+        } else {
+            serial += 1;
+            let id = WriteId { origin, serial };
+            let Some(more) = write_entry(&strong, id, &again, &[]).await else {
+                return;
+            };
+            refused.extend(more.refused_writes);
+            let retried: Vec<SessionKey> = again.iter().map(|a| a.session.clone()).collect();
+            writes
+                .into_iter()
+                .filter(|write| write.epoch == DELIVERY || !retried.contains(&write.session))
+                .chain(again)
+                .collect()
         };
         strong.lock().bytes -= bytes;
         for (session, refusal) in &refused {
@@ -672,6 +776,43 @@ mod tests {
             refused_as_not_owner(&writes, &refused),
             vec![(key("s"), 267)]
         );
+    }
+
+    #[test]
+    fn writes_of_a_copy_that_moved_on_to_a_newer_claim_are_written_again_under_it() {
+        // The client attached again on this node (claim 278) while the copy's write under
+        // claim 267 was on its way, and the log applied 278 first.
+        let copy = Binding::new(key("s"), 267);
+        let mut refused_write = write("s", 267);
+        refused_write.ops = vec![cassini_replication::RecordOp::Delete {
+            key: bytes::Bytes::from_static(b"k"),
+        }];
+        let writes = [refused_write.clone(), write("s", DELIVERY)];
+        let written = [(Arc::clone(&copy), 267)];
+        let refused = vec![(key("s"), WriteRefusal::NotOwner)];
+
+        let (again, left) = moved_on(&writes, &written, refused.clone());
+        assert!(again.is_empty(), "not moved on yet: {again:?}");
+        assert_eq!(left, refused);
+
+        copy.advance(278);
+        let (again, left) = moved_on(&writes, &written, refused.clone());
+        assert!(left.is_empty());
+        assert_eq!(
+            again,
+            vec![SessionWrite {
+                epoch: 278,
+                ..refused_write
+            }]
+        );
+
+        // Another copy of the session wrote in the entry too (one that ended, and a take-up):
+        // nothing is written again.
+        let other = Binding::new(key("s"), 280);
+        let written = [(Arc::clone(&copy), 267), (other, 267)];
+        let (again, left) = moved_on(&writes, &written, refused.clone());
+        assert!(again.is_empty());
+        assert_eq!(left, refused);
     }
 
     #[test]
