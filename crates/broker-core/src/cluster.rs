@@ -101,8 +101,11 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// For how long after the start what this node publishes is tallied for the peers whose
     /// interest it does not know yet, and announced to each as lost once it does (unless every
-    /// configured peer has told its interest sooner). Longer covers peers that come up later,
-    /// at the cost of a lock per publish meanwhile. Default: [`STARTUP_WINDOW`] (10 s).
+    /// configured peer has told its interest sooner); and within which a peer's first
+    /// acknowledgement of this node's interest announces one lost message on every
+    /// subscription here (see [`Acknowledger::acknowledged`]). Longer covers peers that come
+    /// up later, at the cost of a lock per publish meanwhile. Default: [`STARTUP_WINDOW`]
+    /// (10 s).
     pub startup_window: Duration,
 }
 
@@ -403,6 +406,9 @@ struct Peer {
     absent: Mutex<Option<KindCounts<TopicName>>>,
     /// Whether `absent` counts: the publish path takes its lock only then.
     absent_open: AtomicBool,
+    /// Whether a link towards the peer has had an acknowledgement of this node's interest
+    /// since this node started.
+    acknowledged_ever: AtomicBool,
 }
 
 /// [`Peer::synced_at`] of a peer whose snapshot did not take the startup tally.
@@ -444,6 +450,7 @@ impl Peer {
             synced_at: AtomicU64::new(NOT_SYNCED),
             absent: Mutex::new(Some(KindCounts::new(MAX_DROP_KINDS))),
             absent_open: AtomicBool::new(true),
+            acknowledged_ever: AtomicBool::new(false),
         }
     }
 
@@ -579,6 +586,8 @@ pub struct Cluster {
     startup: Mutex<StartupTally>,
     /// Whether `startup` still tallies: once false, the publish path takes no lock for it.
     startup_open: AtomicBool,
+    /// When this node started, for [`ClusterConfig::startup_window`].
+    started: Instant,
 }
 
 impl Cluster {
@@ -600,6 +609,7 @@ impl Cluster {
                 MAX_DROP_KINDS,
             )),
             startup_open: AtomicBool::new(true),
+            started: Instant::now(),
             config,
         }
     }
@@ -769,6 +779,7 @@ impl Cluster {
             messages,
             sent: 0,
             acked,
+            first_sync: None,
         }
     }
 
@@ -1111,6 +1122,20 @@ pub struct OutboundLink {
     /// How many forwards this link has taken from its queue.
     sent: u64,
     acked: Arc<AtomicU64>,
+    /// Called on the peer's first acknowledgement of this node's interest since this node
+    /// started, if that comes within the startup window (see [`Acknowledger::acknowledged`]).
+    first_sync: Option<FirstSync>,
+}
+
+/// What a just-started node does when a peer first acknowledges its interest: announce one
+/// lost message on every subscription it has ([`crate::peer`] sets it).
+#[derive(Clone)]
+pub(crate) struct FirstSync(pub(crate) Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for FirstSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstSync")
+    }
 }
 
 impl OutboundLink {
@@ -1184,7 +1209,14 @@ impl OutboundLink {
             cluster: Arc::clone(&self.cluster),
             acked: Arc::clone(&self.acked),
             peer: Arc::clone(&self.peer),
+            first_sync: self.first_sync.clone(),
         }
+    }
+
+    /// Sets what the peer's first acknowledgement since this node started does, within the
+    /// startup window.
+    pub(crate) fn set_first_sync(&mut self, first_sync: FirstSync) {
+        self.first_sync = Some(first_sync);
     }
 }
 
@@ -1215,6 +1247,7 @@ pub struct Acknowledger {
     cluster: Arc<Cluster>,
     acked: Arc<AtomicU64>,
     peer: Arc<Peer>,
+    first_sync: Option<FirstSync>,
 }
 
 impl Acknowledger {
@@ -1224,10 +1257,20 @@ impl Acknowledger {
         self.peer.unconfirmed.store(count, Ordering::Relaxed);
     }
 
-    /// The peer has applied every update up to `seq`.
+    /// The peer has applied every update up to `seq`. If this is its first acknowledgement
+    /// since this node started, within [`ClusterConfig::startup_window`], every subscription
+    /// here was made before the peer knew of it: what the peer published meanwhile is
+    /// announced as one lost message on each (a floor; the peer may never have had a link
+    /// with this node, and then holds no count for it).
     pub fn acknowledged(&self, seq: u64) {
         self.acked.fetch_max(seq, Ordering::AcqRel);
         self.cluster.acked.notify_waiters();
+        let young = self.cluster.started.elapsed() < self.cluster.config.startup_window;
+        if young && !self.peer.acknowledged_ever.swap(true, Ordering::AcqRel) {
+            if let Some(FirstSync(announce)) = &self.first_sync {
+                announce();
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! A peer whose interest this node does not know now (its link to this node ended, or is not up
 //! yet): what this node publishes meanwhile reaches the peer as drops for what its next
-//! snapshot matches, once, and not twice for what its last interest matched already.
+//! snapshot matches, once, and not twice for what its last interest matched already. A node
+//! that has just started announces a floor on its own subscriptions at each peer's first
+//! acknowledgement of its interest.
 
 use std::time::Duration;
 
@@ -120,4 +122,39 @@ async fn the_absence_tally_counts_a_bounded_number_of_topics_then_the_rest_on_an
     }
     assert_eq!(one_by_one, MAX_DROP_KINDS, "each counted topic, once");
     assert_eq!(together, BEYOND as u64, "the rest together");
+}
+
+/// Link `link`'s acknowledgements, with a first-sync hook that counts its calls in `calls`.
+fn counting_first_syncs(link: &mut OutboundLink, calls: &Arc<AtomicU64>) -> Acknowledger {
+    let counted = Arc::clone(calls);
+    link.set_first_sync(FirstSync(Arc::new(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+    })));
+    link.acknowledger()
+}
+
+#[test]
+fn a_just_started_nodes_floor_comes_once_per_peer_at_its_first_acknowledgement() {
+    let node = cluster("a");
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut link = node.open_outbound("b");
+    let acks = counting_first_syncs(&mut link, &calls);
+    acks.acknowledged(1);
+    acks.acknowledged(2);
+    drop(link);
+    let mut again = node.open_outbound("b");
+    counting_first_syncs(&mut again, &calls).acknowledged(3);
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "b's first only");
+    let mut to_c = node.open_outbound("c");
+    counting_first_syncs(&mut to_c, &calls).acknowledged(3);
+    assert_eq!(calls.load(Ordering::Relaxed), 2, "and c's");
+}
+
+#[test]
+fn a_node_past_its_startup_window_announces_no_floor() {
+    let node = running("a");
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut link = node.open_outbound("b");
+    counting_first_syncs(&mut link, &calls).acknowledged(1);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
 }
