@@ -1151,7 +1151,9 @@ async fn what_a_just_started_node_published_before_it_knew_a_peers_interest_reac
     // hear of every matching one as a `ClusterRoute` gap, though nothing more is published,
     // and the next message after the gaps.
     let pki = Pki::new();
-    let peer = Node::start(&pki, "n2").await;
+    // Node 2 counts as running long (no startup window): its subscription gets no floor when
+    // node 1 first knows it (see the test of a new node below), only node 1's exact counts.
+    let peer = Node::start_with(&pki, long_running("n2"), None).await;
     let subscriber = peer.broker.client("sub").await;
     let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
     let config = BrokerConfig {
@@ -1203,6 +1205,182 @@ async fn what_a_just_started_node_published_before_it_knew_a_peers_interest_reac
         (&b"late"[..], 4)
     );
     stop_all(vec![node, peer]).await;
+}
+
+/// Node `name`'s settings, with no startup window: it behaves as a node running for long.
+fn long_running(name: &str) -> ClusterConfig {
+    ClusterConfig {
+        startup_window: Duration::ZERO,
+        ..ClusterConfig::node(name)
+    }
+}
+
+/// Reads `subscription`'s events until `ClusterRoute` gaps have covered sequences 1 to `count`
+/// (each gap starting where the last ended); anything else fails the test.
+async fn cluster_route_gaps_up_to(subscription: &mut Subscription, count: u64, what: &str) {
+    let mut missed = 0;
+    while missed < count {
+        match within(what, subscription.next_event()).await {
+            Some(SubscriptionEvent::Gap(Gap::Missed {
+                from,
+                to,
+                reason: Some(GapReason::ClusterRoute),
+            })) if from == missed + 1 => missed = to,
+            other => panic!("expected ClusterRoute gaps of sequences 1-{count}, got {other:?}"),
+        }
+    }
+    assert_eq!(missed, count, "{what}: exactly {count}");
+}
+
+#[tokio::test]
+async fn a_subscription_made_while_a_peers_link_is_down_hears_what_the_peer_published_meanwhile() {
+    // Node 2 is cut off; once both nodes see the links down, a client of node 2 subscribes
+    // (its `Subscribed` waits for no peer) and node 1 publishes on topics node 2's last
+    // interest did not have. After the heal, the subscriber must hear of them as
+    // `ClusterRoute` gaps, though nothing more is published, then get the next message.
+    let pki = Pki::new();
+    let cut = FaultControl::new(FaultPlan::default());
+    let publishing = Node::start(&pki, "n1").await;
+    let away = Node::start_with(&pki, ClusterConfig::node("n2"), Some(&cut)).await;
+    dial_full_mesh([&publishing.cluster, &away.cluster]);
+    eventually("the two nodes are linked", || async {
+        (publishing.meshed_with(1) && away.meshed_with(1)).then_some(())
+    })
+    .await;
+    cut.set_blackhole(true);
+    eventually("each node sees both links down", || async {
+        let down = |node: &Node| {
+            node.cluster
+                .port()
+                .peers()
+                .iter()
+                .all(|peer| !peer.inbound && !peer.outbound)
+        };
+        (down(&publishing) && down(&away)).then_some(())
+    })
+    .await;
+    let subscriber = away.broker.client("sub").await;
+    let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
+    let publisher = publishing.broker.client("publisher").await;
+    for topic in ["t.a", "t.a", "u", "t.b"] {
+        publisher
+            .publish_acked(topic, Bytes::from_static(b"meanwhile"))
+            .await
+            .expect("acknowledged");
+    }
+    cut.set_blackhole(false);
+    cluster_route_gaps_up_to(&mut feed, 3, "node 1's publishes while node 2 was away").await;
+    eventually("the links are up both ways", || async {
+        (publishing.meshed_with(1) && away.meshed_with(1)).then_some(())
+    })
+    .await;
+    publisher
+        .publish("t.a", Bytes::from_static(b"late"))
+        .await
+        .expect("publish");
+    let late = within("the next message", feed.next())
+        .await
+        .expect("a message");
+    assert_eq!(
+        (late.payload().as_ref(), late.sequence()),
+        (&b"late"[..], 4)
+    );
+    stop_all(vec![publishing, away]).await;
+}
+
+#[tokio::test]
+async fn a_restarted_nodes_subscription_made_before_its_links_are_up_hears_what_a_peer_published() {
+    // Node 2 ran with node 1 and stopped. Started again, its broker takes a subscription
+    // before its cluster endpoint is up (no peer to wait for); node 1 publishes; then node 2's
+    // endpoint dials node 1. The subscriber must hear of node 1's matching publishes as
+    // `ClusterRoute` gaps: node 1 counted them for node 2 while it was away. (Node 2 restarts
+    // with no startup window, so no floor adds to those counts.)
+    let pki = Pki::new();
+    let publishing = Node::start(&pki, "n1").await;
+    let before = Node::start(&pki, "n2").await;
+    dial_full_mesh([&publishing.cluster, &before.cluster]);
+    eventually("the two nodes are linked", || async {
+        (publishing.meshed_with(1) && before.meshed_with(1)).then_some(())
+    })
+    .await;
+    before.stop().await;
+    publishing.forgets_every_peers_interest().await;
+    let config = BrokerConfig {
+        cluster: Some(long_running("n2")),
+        ..BrokerConfig::default()
+    };
+    let restarted = TestBroker::start_sharing_ca(&pki, config).await;
+    let subscriber = restarted.client("sub").await;
+    let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
+    let publisher = publishing.broker.client("publisher").await;
+    for topic in ["t.a", "u", "t.b"] {
+        publisher
+            .publish_acked(topic, Bytes::from_static(b"meanwhile"))
+            .await
+            .expect("acknowledged");
+    }
+    let options = ClusterOptions::new(
+        "test",
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![publishing.cluster_addr()],
+    );
+    let node = Node {
+        cluster: start_endpoint(&pki, &restarted, "n2", options),
+        broker: restarted,
+    };
+    cluster_route_gaps_up_to(&mut feed, 2, "node 1's publishes before node 2's links").await;
+    stop_all(vec![publishing, node]).await;
+}
+
+#[tokio::test]
+async fn a_new_nodes_subscription_made_before_its_links_are_up_hears_of_a_peers_publishes() {
+    // Node 1 runs (long, in effect) and has never heard of node 2. Node 2 starts: its broker
+    // takes a subscription before its cluster endpoint is up, node 1 publishes, then node 2's
+    // endpoint dials node 1. Node 1 holds no count for node 2, so node 2 announces a floor:
+    // one `ClusterRoute` lost message on its subscription when node 1 first knows its
+    // interest, though nothing more is published, then the next message.
+    let pki = Pki::new();
+    let publishing = Node::start_with(&pki, long_running("n1"), None).await;
+    let config = BrokerConfig {
+        cluster: Some(ClusterConfig::node("n2")),
+        ..BrokerConfig::default()
+    };
+    let started = TestBroker::start_sharing_ca(&pki, config).await;
+    let subscriber = started.client("sub").await;
+    let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
+    let publisher = publishing.broker.client("publisher").await;
+    for topic in ["t.a", "t.b"] {
+        publisher
+            .publish_acked(topic, Bytes::from_static(b"before"))
+            .await
+            .expect("acknowledged");
+    }
+    let options = ClusterOptions::new(
+        "test",
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![publishing.cluster_addr()],
+    );
+    let node = Node {
+        cluster: start_endpoint(&pki, &started, "n2", options),
+        broker: started,
+    };
+    cluster_route_gaps_up_to(&mut feed, 1, "the floor for node 1's publishes").await;
+    eventually("the links are up both ways", || async {
+        (publishing.meshed_with(1) && node.meshed_with(1)).then_some(())
+    })
+    .await;
+    publisher
+        .publish("t.a", Bytes::from_static(b"late"))
+        .await
+        .expect("publish");
+    let late = within("the next message", feed.next())
+        .await
+        .expect("a message");
+    assert_eq!(
+        (late.payload().as_ref(), late.sequence()),
+        (&b"late"[..], 2)
+    );
+    stop_all(vec![publishing, node]).await;
 }
 
 /// A publisher whose `PublishAck` never came sends its acknowledged publish again through

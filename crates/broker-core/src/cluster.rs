@@ -25,6 +25,11 @@
 //! - **A node that has just started** ([`startup`]) does not know a peer's interest until that
 //!   peer's first snapshot: what it publishes meanwhile is tallied, and the first snapshot
 //!   turns the tally into drops for what the peer's interest matches.
+//! - **A peer whose interest is not known now** (its link to this node ended, or is not up
+//!   yet, or its snapshot has not applied): what this node publishes meanwhile that its last
+//!   interest does not match is tallied for it (bounded like drops), and its next snapshot
+//!   turns the tally into drops for what its new interest matches, so a subscription made on
+//!   the peer meanwhile hears of what it missed.
 //! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
 //!   announced by the peer on its next link if it comes back as the same incarnation;
 //!   otherwise this node announces a loss of each kind the link carried ([`crate::peer`]).
@@ -55,12 +60,14 @@ pub mod ownership;
 pub(crate) mod retained;
 pub mod sessions;
 mod startup;
+mod tally;
 
 use cassini_protocol::{SessionId, SubscriptionId};
 pub use sessions::SessionInterest;
 use sessions::SessionTable;
 use startup::StartupTally;
 pub use startup::STARTUP_WINDOW;
+use tally::KindCounts;
 /// The most bytes of Raft entries one append entries request carries: within the cluster
 /// links' frame bound (64 MiB), with room for the request's own fields.
 pub(crate) const MAX_APPEND_BYTES: u64 = 48 * 1024 * 1024;
@@ -94,8 +101,11 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// For how long after the start what this node publishes is tallied for the peers whose
     /// interest it does not know yet, and announced to each as lost once it does (unless every
-    /// configured peer has told its interest sooner). Longer covers peers that come up later,
-    /// at the cost of a lock per publish meanwhile. Default: [`STARTUP_WINDOW`] (10 s).
+    /// configured peer has told its interest sooner); and within which a peer's first
+    /// acknowledgement of this node's interest announces one lost message on every
+    /// subscription here (see [`Acknowledger::acknowledged`]). Longer covers peers that come
+    /// up later, at the cost of a lock per publish meanwhile. Default: [`STARTUP_WINDOW`]
+    /// (10 s).
     pub startup_window: Duration,
 }
 
@@ -389,6 +399,16 @@ struct Peer {
     /// into drops ([`NOT_SYNCED`]: none did): a publish tallied before that is in its drops,
     /// and [`Cluster::forward`] leaves the peer out for it.
     synced_at: AtomicU64,
+    /// While the peer's interest is not known (from when this entry is made, or its link to
+    /// this node ended, until its next snapshot applies): this node's publishes its last
+    /// interest did not match for its plain subscribers, by topic, turned into drops for what
+    /// that snapshot matches ([`Cluster::absent_interest`]). `None` once it applied.
+    absent: Mutex<Option<KindCounts<TopicName>>>,
+    /// Whether `absent` counts: the publish path takes its lock only then.
+    absent_open: AtomicBool,
+    /// Whether a link towards the peer has had an acknowledgement of this node's interest
+    /// since this node started.
+    acknowledged_ever: AtomicBool,
 }
 
 /// [`Peer::synced_at`] of a peer whose snapshot did not take the startup tally.
@@ -428,6 +448,31 @@ impl Peer {
             rtt_micros: AtomicU64::new(0),
             unsettled: Mutex::default(),
             synced_at: AtomicU64::new(NOT_SYNCED),
+            absent: Mutex::new(Some(KindCounts::new(MAX_DROP_KINDS))),
+            absent_open: AtomicBool::new(true),
+            acknowledged_ever: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a publish of `topic` in the absence tally, if it is open. The caller holds the
+    /// peer's interest lock (read), so the publish is either counted before the next snapshot
+    /// takes the tally, or matched against that snapshot's interest.
+    fn absent_count(&self, topic: &TopicName) {
+        if !self.absent_open.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(counts) = lock(&self.absent).as_mut() {
+            counts.count(topic);
+        }
+    }
+
+    /// The peer's interest is not known from now on (its link to this node ended): starts the
+    /// absence tally unless it runs already. The caller holds the peer's interest lock.
+    fn absent_start(&self) {
+        let mut absent = lock(&self.absent);
+        if absent.is_none() {
+            *absent = Some(KindCounts::new(MAX_DROP_KINDS));
+            self.absent_open.store(true, Ordering::Release);
         }
     }
 
@@ -541,6 +586,8 @@ pub struct Cluster {
     startup: Mutex<StartupTally>,
     /// Whether `startup` still tallies: once false, the publish path takes no lock for it.
     startup_open: AtomicBool,
+    /// When this node started, for [`ClusterConfig::startup_window`].
+    started: Instant,
 }
 
 impl Cluster {
@@ -562,6 +609,7 @@ impl Cluster {
                 MAX_DROP_KINDS,
             )),
             startup_open: AtomicBool::new(true),
+            started: Instant::now(),
             config,
         }
     }
@@ -731,6 +779,7 @@ impl Cluster {
             messages,
             sent: 0,
             acked,
+            first_sync: None,
         }
     }
 
@@ -789,6 +838,11 @@ impl Cluster {
                 }
                 let live = interest.0 != 0;
                 let (plain, groups) = interest.1.matching(topic);
+                if !plain {
+                    // Its last interest has no plain subscriber of it: one made on the peer
+                    // since would miss it silently; counted until the peer's next snapshot.
+                    peer.absent_count(topic);
+                }
                 for group in groups {
                     let (in_routing, out_of_routing) =
                         candidates.entry(group.to_owned()).or_default();
@@ -894,12 +948,13 @@ impl Cluster {
     /// started and the startup tally is open, what the tally counted that `interest` matches
     /// is recorded as dropped for the peer, before any forward queued after the snapshot: the
     /// peer announces it to the subscriptions a delivery would have reached. Queue groups
-    /// served on this node are left out (they had the messages here).
-    fn first_interest(&self, peer: &Peer, interest: &InterestIndex) {
+    /// served on this node are left out (they had the messages here). Returns whether it took
+    /// the tally for the peer.
+    fn first_interest(&self, peer: &Peer, interest: &InterestIndex) -> bool {
         if !self.startup_open.load(Ordering::Acquire)
             || peer.synced_at.load(Ordering::Acquire) != NOT_SYNCED
         {
-            return;
+            return false;
         }
         let mut counted: Vec<(Option<startup::Kind>, u64)> = Vec::new();
         {
@@ -909,7 +964,7 @@ impl Cluster {
             });
             self.note_closed(&mut tally);
             let Some(place) = place else {
-                return;
+                return false;
             };
             peer.synced_at.store(place, Ordering::Release);
         }
@@ -956,6 +1011,63 @@ impl Cluster {
                 peer = %peer.name,
                 kinds = losses.len(),
                 "a peer's interest is known now: announcing to it what this node published before"
+            );
+        }
+        for (lost, count) in losses {
+            peer.drop_for(lost, count);
+        }
+        true
+    }
+
+    /// Peer `peer`'s snapshot set `interest`, and the caller holds the peer's interest lock.
+    /// Takes the peer's absence tally (if it ran): what this node published while the peer's
+    /// interest was not known, and its last interest did not match for plain subscribers, is
+    /// recorded as dropped for what `interest` matches (plain subscribers, queue groups not
+    /// served here), before any forward queued after the snapshot; the peer announces it to
+    /// the subscriptions made meanwhile. Nothing if `startup_took`: the startup tally counted
+    /// every one of those publishes for the peer already.
+    fn absent_interest(&self, peer: &Peer, interest: &InterestIndex, startup_took: bool) {
+        let counts = {
+            let mut absent = lock(&peer.absent);
+            peer.absent_open.store(false, Ordering::Release);
+            absent.take()
+        };
+        let Some(counts) = counts.filter(|counts| !counts.is_empty() && !startup_took) else {
+            return;
+        };
+        let mut losses: Vec<(Lost, u64)> = Vec::new();
+        {
+            let local = lock(&self.local);
+            counts.each(|topic, count| {
+                let Some(topic) = topic else {
+                    if interest.entries > 0 {
+                        losses.push((Lost::on_any_topic(), count));
+                    }
+                    return;
+                };
+                let (plain, groups) = interest.matching(topic);
+                let (_, served_here) = local.index.matching(topic);
+                let lost = Lost {
+                    topic: topic.as_str().to_owned(),
+                    plain,
+                    groups: groups
+                        .into_iter()
+                        .filter(|group| !served_here.contains(group))
+                        .map(str::to_owned)
+                        .collect(),
+                    session: None,
+                    any_topic: false,
+                };
+                if !lost.is_empty() {
+                    losses.push((lost, count));
+                }
+            });
+        }
+        if !losses.is_empty() {
+            tracing::info!(
+                peer = %peer.name,
+                kinds = losses.len(),
+                "a peer's interest is known again: announcing to it what this node published meanwhile"
             );
         }
         for (lost, count) in losses {
@@ -1010,6 +1122,20 @@ pub struct OutboundLink {
     /// How many forwards this link has taken from its queue.
     sent: u64,
     acked: Arc<AtomicU64>,
+    /// Called on the peer's first acknowledgement of this node's interest since this node
+    /// started, if that comes within the startup window (see [`Acknowledger::acknowledged`]).
+    first_sync: Option<FirstSync>,
+}
+
+/// What a just-started node does when a peer first acknowledges its interest: announce one
+/// lost message on every subscription it has ([`crate::peer`] sets it).
+#[derive(Clone)]
+pub(crate) struct FirstSync(pub(crate) Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for FirstSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstSync")
+    }
 }
 
 impl OutboundLink {
@@ -1083,7 +1209,14 @@ impl OutboundLink {
             cluster: Arc::clone(&self.cluster),
             acked: Arc::clone(&self.acked),
             peer: Arc::clone(&self.peer),
+            first_sync: self.first_sync.clone(),
         }
+    }
+
+    /// Sets what the peer's first acknowledgement since this node started does, within the
+    /// startup window.
+    pub(crate) fn set_first_sync(&mut self, first_sync: FirstSync) {
+        self.first_sync = Some(first_sync);
     }
 }
 
@@ -1114,6 +1247,7 @@ pub struct Acknowledger {
     cluster: Arc<Cluster>,
     acked: Arc<AtomicU64>,
     peer: Arc<Peer>,
+    first_sync: Option<FirstSync>,
 }
 
 impl Acknowledger {
@@ -1123,10 +1257,20 @@ impl Acknowledger {
         self.peer.unconfirmed.store(count, Ordering::Relaxed);
     }
 
-    /// The peer has applied every update up to `seq`.
+    /// The peer has applied every update up to `seq`. If this is its first acknowledgement
+    /// since this node started, within [`ClusterConfig::startup_window`], every subscription
+    /// here was made before the peer knew of it: what the peer published meanwhile is
+    /// announced as one lost message on each (a floor; the peer may never have had a link
+    /// with this node, and then holds no count for it).
     pub fn acknowledged(&self, seq: u64) {
         self.acked.fetch_max(seq, Ordering::AcqRel);
         self.cluster.acked.notify_waiters();
+        let young = self.cluster.started.elapsed() < self.cluster.config.startup_window;
+        if young && !self.peer.acknowledged_ever.swap(true, Ordering::AcqRel) {
+            if let Some(FirstSync(announce)) = &self.first_sync {
+                announce();
+            }
+        }
     }
 }
 
@@ -1183,7 +1327,9 @@ impl InboundLink {
             }
         }
         if snapshot {
-            self.cluster.first_interest(&self.peer, &interest.1);
+            let startup_took = self.cluster.first_interest(&self.peer, &interest.1);
+            self.cluster
+                .absent_interest(&self.peer, &interest.1, startup_took);
         }
         seq
     }
@@ -1230,6 +1376,7 @@ impl Drop for InboundLink {
             .unwrap_or_else(|p| p.into_inner());
         if interest.0 == self.id {
             interest.0 = 0;
+            self.peer.absent_start();
         }
     }
 }

@@ -12,8 +12,8 @@ use cassini_protocol::{Publish, SessionId, SubscriptionId, TopicLimits, TopicNam
 
 use crate::admission::Publisher;
 use crate::cluster::{
-    Cluster, GroupTarget, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats, Unsettled,
-    UNSETTLED_WAIT,
+    Cluster, FirstSync, GroupTarget, InboundLink, InterestUpdate, Lost, OutboundLink, PeerStats,
+    Unsettled, UNSETTLED_WAIT,
 };
 use crate::context::Shared;
 
@@ -34,9 +34,19 @@ impl ClusterPort {
         self.cluster.node()
     }
 
-    /// Starts the link that carries this node's interest and forwards to peer `node`.
+    /// Starts the link that carries this node's interest and forwards to peer `node`. If the
+    /// peer's first acknowledgement of this node's interest comes while this node has just
+    /// started, one lost message is announced on every subscription here (docs/CLUSTERING.md,
+    /// "While a peer's interest is not known").
     pub fn open_outbound(&self, node: &str) -> OutboundLink {
-        self.cluster.open_outbound(node)
+        let mut link = self.cluster.open_outbound(node);
+        let shared = Arc::clone(&self.shared);
+        let peer = node.to_owned();
+        link.set_first_sync(FirstSync(Arc::new(move || {
+            tracing::info!(%peer, "a peer knows this just-started node's interest now: announcing one lost message of it on every subscription made before");
+            announce_dropped(&shared, &Lost::on_any_topic(), 1);
+        })));
+        link
     }
 
     /// Peer `node` advertises `address` as its client address (`None`: none); set before

@@ -6,7 +6,8 @@
 //! into drops for that peer, which announces them to the subscriptions its interest matches
 //! (docs/CLUSTERING.md, "When this node has just started").
 //!
-//! The tally is bounded in size (at most `max_kinds` kinds, then one count on any topic) and in
+//! The tally is bounded in size (at most `max_kinds` kinds, then one count on any topic:
+//! [`KindCounts`]) and in
 //! time: it closes (and is dropped) once every configured peer address has turned out to be a
 //! peer whose first snapshot applied, or when its window ends, whichever comes first. This
 //! module keeps the counts and the bookkeeping only; matching against a peer's interest and
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cassini_protocol::{SessionId, TopicName};
+
+use super::tally::KindCounts;
 
 /// The longest a node tallies its publishes for peers whose interest it does not know yet,
 /// from its start: a reachable peer's link to it is up well within it (a peer redials within
@@ -34,12 +37,10 @@ pub(crate) struct StartupTally {
     until: Instant,
     /// Whether publishes are still tallied; once false, never again.
     open: bool,
-    /// Publishes by kind, at most `max_kinds` kinds.
-    kinds: HashMap<Kind, u64>,
-    /// The bound of `kinds`.
+    /// Publishes by kind, at most `max_kinds` kinds one by one.
+    counts: KindCounts<Kind>,
+    /// The bound of `counts`.
     max_kinds: usize,
-    /// Publishes of further kinds, counted together.
-    any_kind: u64,
     /// How many peers' first snapshots the tally was turned into drops for: a publish recorded
     /// when this was `n` is in the drops of the peers synced `n`th (0-based) and later.
     syncs: u64,
@@ -57,9 +58,8 @@ impl StartupTally {
         Self {
             until: now + window,
             open: true,
-            kinds: HashMap::new(),
+            counts: KindCounts::new(max_kinds),
             max_kinds,
-            any_kind: 0,
             syncs: 0,
             expected: None,
             synced: HashSet::new(),
@@ -80,14 +80,7 @@ impl StartupTally {
         if !self.is_open(now) {
             return None;
         }
-        let room = self.kinds.len() < self.max_kinds;
-        match self.kinds.get_mut(&kind) {
-            Some(count) => *count += 1,
-            None if room => {
-                self.kinds.insert(kind, 1);
-            }
-            None => self.any_kind += 1,
-        }
+        self.counts.count(&kind);
         Some(self.syncs)
     }
 
@@ -99,17 +92,12 @@ impl StartupTally {
         &mut self,
         peer: &Arc<str>,
         now: Instant,
-        mut each: impl FnMut(Option<&Kind>, u64),
+        each: impl FnMut(Option<&Kind>, u64),
     ) -> Option<u64> {
         if !self.is_open(now) || !self.synced.insert(Arc::clone(peer)) {
             return None;
         }
-        for (kind, count) in &self.kinds {
-            each(Some(kind), *count);
-        }
-        if self.any_kind > 0 {
-            each(None, self.any_kind);
-        }
+        self.counts.each(each);
         let place = self.syncs;
         self.syncs += 1;
         self.close_if_done();
@@ -164,8 +152,7 @@ impl StartupTally {
     /// Stops tallying and drops the counts.
     fn close(&mut self) {
         self.open = false;
-        self.kinds = HashMap::new();
-        self.any_kind = 0;
+        self.counts = KindCounts::new(self.max_kinds);
         self.expected = None;
         self.synced = HashSet::new();
     }
@@ -235,7 +222,7 @@ mod tests {
         let later = now + STARTUP_WINDOW;
         assert_eq!(tally.record(kind("a"), later), None);
         assert!(tally.synced(&Arc::from("p"), later, |_, _| {}).is_none());
-        assert!(tally.kinds.is_empty(), "the counts are dropped");
+        assert!(tally.counts.is_empty(), "the counts are dropped");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use cassini_protocol::{TopicFilter, TopicLimits, TopicName};
 use super::*;
 use crate::memory::MemoryCharge;
 
+mod absent;
 mod sessions;
 mod startup;
 

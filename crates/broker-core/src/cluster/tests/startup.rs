@@ -6,7 +6,7 @@ use cassini_protocol::SessionId;
 use super::*;
 
 /// Everything `link` has to send now, after its snapshot, until it waits.
-async fn drain(link: &mut OutboundLink) -> Vec<Outgoing> {
+pub(super) async fn drain(link: &mut OutboundLink) -> Vec<Outgoing> {
     let mut sent = Vec::new();
     while let Ok(Some(next)) =
         tokio::time::timeout(std::time::Duration::from_millis(100), link.next()).await
@@ -17,10 +17,10 @@ async fn drain(link: &mut OutboundLink) -> Vec<Outgoing> {
 }
 
 /// One drop report: topic, plain, groups, session, count.
-type Report = (String, bool, Vec<String>, Option<SessionId>, u64);
+pub(super) type Report = (String, bool, Vec<String>, Option<SessionId>, u64);
 
 /// The drops among `sent`, sorted.
-fn drops(sent: &[Outgoing]) -> Vec<Report> {
+pub(super) fn drops(sent: &[Outgoing]) -> Vec<Report> {
     let mut drops: Vec<_> = sent
         .iter()
         .filter_map(|next| match next {
@@ -39,7 +39,7 @@ fn drops(sent: &[Outgoing]) -> Vec<Report> {
 }
 
 /// Peer `name` of `node` sends its first snapshot: `entries` and `sessions`.
-fn first_snapshot(
+pub(super) fn first_snapshot(
     node: &Arc<Cluster>,
     name: &str,
     entries: Vec<InterestEntry>,
