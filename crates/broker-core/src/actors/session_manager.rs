@@ -294,10 +294,21 @@ impl SessionManagerState {
         claim: Option<u64>,
     ) -> Option<SessionStore> {
         if let (Some(name), Some(claim), Some(store)) = (name, claim, self.shared.replicated()) {
-            return Some(SessionStore::Replicated(
-                Arc::clone(store),
-                Binding::new(session_of(identity, name), claim),
-            ));
+            let key = session_of(identity, name);
+            let binding = Binding::new(key.clone(), claim);
+            if let Some(ownership) = self.shared.router.cluster().and_then(|c| c.ownership()) {
+                // Tracked first: a claim of another node applied from now on breaks it, and
+                // one applied already is in the owner table.
+                ownership.track(&binding);
+                if ownership
+                    .replica()
+                    .owner(&key)
+                    .is_some_and(|owner| owner.epoch > claim)
+                {
+                    binding.break_continuity();
+                }
+            }
+            return Some(SessionStore::Replicated(Arc::clone(store), binding));
         }
         self.shared.storage.clone().map(SessionStore::Disk)
     }
@@ -502,14 +513,42 @@ impl SessionManager {
                 return Err(BrokerError::SessionIdentityMismatch);
             }
         }
+        // A claim that a newer one followed before the session opened (another node's, or a
+        // newer connection's here) serves nothing.
+        if let (Some(name), Some(claim)) = (&name, claim) {
+            let owner = state
+                .shared
+                .router
+                .cluster()
+                .and_then(|c| c.ownership())
+                .and_then(|ownership| ownership.replica().owner(&session_of(&identity, name)));
+            if let Some(owner) = owner.filter(|owner| owner.epoch > claim) {
+                return Err(BrokerError::SessionTakenOverOn(owner.node));
+            }
+        }
         // A name resumes the session it leads to, or creates one under it.
-        let resume = match &name {
+        let mut resume = match &name {
             Some(name) => state
                 .names
                 .get(&(Arc::clone(&identity), Arc::clone(name)))
                 .copied(),
             None => resume,
         };
+        // This node's copy moves on to the connection's newer claim only if the records
+        // changed under no other claim meanwhile; otherwise it ends, and the session is taken
+        // up from the records.
+        if let (Some(id), Some(claim)) = (resume, claim) {
+            let broken = state
+                .sessions
+                .get(&id)
+                .and_then(|entry| entry.binding.as_ref())
+                .is_some_and(|binding| claim > binding.epoch() && !binding.is_continuous());
+            if broken {
+                tracing::info!(session = %id, %identity, claim, "the cluster's records of this node's copy of a session changed under another claim: the copy ends and the session is taken up from the records");
+                state.relinquish(id, true);
+                resume = None;
+            }
+        }
         // In a cluster with `members`, a named session this node does not hold may be in the
         // cluster's records: taken up from them, it is resumed like any other.
         let resume = match (&name, claim, resume) {

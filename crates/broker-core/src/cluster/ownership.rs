@@ -40,7 +40,7 @@ use cassini_replication::{
 
 use crate::error::BrokerError;
 use crate::storage::delivery_index::{DeliveryIndex, DeliveryTarget};
-use crate::storage::replicated::ReplicatedStore;
+use crate::storage::replicated::{Binding, ReplicatedStore};
 use crate::storage::session_records::{self, InboxSlot};
 use crate::transport::Connection;
 
@@ -78,10 +78,53 @@ pub struct Ownership {
     delivered: Arc<OnceLock<Delivered>>,
     /// Told of each session whose records were forgotten (expired, or made room for others).
     forgotten: Arc<OnceLock<Delivered>>,
+    /// Per session, the bindings of this node's copies, told when the session's records may
+    /// change under another claim.
+    copies: Arc<Copies>,
     /// This incarnation's deliveries are numbered under this (random, never 0) ...
     origin: u64,
     /// ... from 1 up.
     last_delivery: AtomicU64,
+}
+
+/// The bindings of this node's copies of named sessions (weakly held: a copy that ended drops
+/// out), so a claim of another node or a snapshot of the records breaks their continuity
+/// ([`Binding::break_continuity`]).
+#[derive(Default)]
+struct Copies(Mutex<HashMap<SessionKey, Vec<std::sync::Weak<Binding>>>>);
+
+impl Copies {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Vec<std::sync::Weak<Binding>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn track(&self, binding: &Arc<Binding>) {
+        let mut copies = self.lock();
+        let mine = copies.entry(binding.key().clone()).or_default();
+        mine.retain(|copy| copy.strong_count() > 0);
+        mine.push(Arc::downgrade(binding));
+    }
+
+    /// The records of `session` may change under another claim: from `epoch` on (a claim of
+    /// another node: copies under older claims break), or at any claim (`None`: a snapshot).
+    fn broke(&self, session: &SessionKey, epoch: Option<u64>) {
+        let mut copies = self.lock();
+        let Some(mine) = copies.get_mut(session) else {
+            return;
+        };
+        mine.retain(|copy| match copy.upgrade() {
+            Some(copy) => {
+                if epoch.is_none_or(|epoch| copy.epoch() < epoch) {
+                    copy.break_continuity();
+                }
+                true
+            }
+            None => false,
+        });
+        if mine.is_empty() {
+            copies.remove(session);
+        }
+    }
 }
 
 /// Told of a session a delivery from another node was applied for (the broker queues it if
@@ -133,14 +176,21 @@ impl Ownership {
         });
         let origin = rand::random::<u64>().max(1);
         let deliveries = Arc::new(DeliveryIndex::new(limits, queues, origin));
+        let copies: Arc<Copies> = Arc::default();
         let delivered: Arc<OnceLock<Delivered>> = Arc::default();
         let forgotten: Arc<OnceLock<Delivered>> = Arc::default();
         let records_observer: RecordsObserver = {
             let deliveries = Arc::clone(&deliveries);
             let delivered = Arc::clone(&delivered);
             let forgotten = Arc::clone(&forgotten);
+            let copies = Arc::clone(&copies);
             Arc::new(move |changes: &[RecordsChange]| {
                 deliveries.observe(changes);
+                for change in changes {
+                    if let RecordsChange::Replaced(session, _) = change {
+                        copies.broke(session, None);
+                    }
+                }
                 if let Some(forgotten) = forgotten.get() {
                     for change in changes {
                         if let RecordsChange::Replaced(session, None) = change {
@@ -182,6 +232,7 @@ impl Ownership {
             deliveries,
             delivered,
             forgotten,
+            copies,
             origin,
             last_delivery: AtomicU64::new(0),
         });
@@ -283,6 +334,12 @@ impl Ownership {
     #[cfg(test)]
     pub(crate) fn deliveries(&self) -> &DeliveryIndex {
         &self.deliveries
+    }
+
+    /// `binding`, a copy's of this node, is told when its session's records may change under
+    /// another claim.
+    pub(crate) fn track(&self, binding: &Arc<Binding>) {
+        self.copies.track(binding);
     }
 
     /// Where the next delivery to `target` waits in its session's records.
@@ -453,6 +510,7 @@ impl Ownership {
         if owner.node == self.replica.node() {
             return;
         }
+        self.copies.broke(session, Some(owner.epoch));
         if let Some(taken) = self.taken_elsewhere.get() {
             taken(session, owner.epoch);
         }
@@ -633,6 +691,42 @@ mod tests {
 
     use super::*;
     use crate::transport::{BiStream, PeerInfo, SendStream, TransportError};
+
+    fn named(name: &str) -> SessionKey {
+        SessionKey {
+            identity: "alice".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_claim_of_another_node_breaks_the_copies_under_older_claims_only() {
+        let copies = Copies::default();
+        let older = Binding::new(named("s"), 5);
+        let newer = Binding::new(named("s"), 9);
+        let other = Binding::new(named("t"), 5);
+        for binding in [&older, &newer, &other] {
+            copies.track(binding);
+        }
+        copies.broke(&named("s"), Some(7));
+        assert!(!older.is_continuous(), "claimed elsewhere after its claim");
+        assert!(
+            newer.is_continuous(),
+            "its claim came after the other node's"
+        );
+        assert!(other.is_continuous(), "another session");
+        copies.broke(&named("s"), None);
+        assert!(
+            !newer.is_continuous(),
+            "a snapshot: any claim may have come between"
+        );
+        drop((older, newer));
+        copies.broke(&named("s"), None);
+        assert!(
+            copies.lock().get(&named("s")).is_none(),
+            "ended copies drop out"
+        );
+    }
 
     /// The transport of a cluster of one: there is no one to call.
     struct NoPeers;

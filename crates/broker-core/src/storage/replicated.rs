@@ -76,6 +76,10 @@ pub(crate) struct Binding {
     /// Set once the log refused a write under this binding because another node owns the
     /// session: this copy sends nothing more to its client.
     stale: std::sync::atomic::AtomicBool,
+    /// Set once the session's records may have changed under another claim than this copy's
+    /// (another node claimed it after this copy's claim, or this node installed a snapshot
+    /// of them): this copy may not move on to a newer claim of this node.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Binding {
@@ -85,7 +89,19 @@ impl Binding {
             key,
             epoch: AtomicU64::new(epoch),
             stale: std::sync::atomic::AtomicBool::new(false),
+            broken: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether this copy's claims since its first have been this node's alone, as far as this
+    /// node applied the log: only then may it move on to a newer claim of this node.
+    pub(crate) fn is_continuous(&self) -> bool {
+        !self.broken.load(Ordering::Acquire)
+    }
+
+    /// The session's records may have changed under another claim than this copy's.
+    pub(crate) fn break_continuity(&self) {
+        self.broken.store(true, Ordering::Release);
     }
 
     /// Whether the log refused a write under it because another node owns the session.
@@ -576,9 +592,9 @@ async fn write_entry(
 /// that attached again here while they were on their way): their writes under that claim.
 /// The refusals of the other sessions are left.
 ///
-/// No other node claimed the session between the two claims: a claim of another node ends
-/// this node's copy before a newer claim of this node can reach it (the session manager
-/// takes both in log order), so the copy's binding never moves past it.
+/// No other node claimed the session between the two claims: a binding moves on only while
+/// continuous ([`Binding::is_continuous`]: no claim of another node after its own, no
+/// snapshot of the records installed here, as this node applied the log).
 fn moved_on(
     writes: &[SessionWrite],
     written: &[(Arc<Binding>, u64)],
@@ -615,7 +631,8 @@ fn moved_on(
                 if all_not_owner
                     && refusals.clone().count() == own.len()
                     && copy.epoch() > newest
-                    && !copy.is_stale() =>
+                    && !copy.is_stale()
+                    && copy.is_continuous() =>
             {
                 Some(copy.epoch())
             }
