@@ -788,7 +788,14 @@ impl Cluster {
     pub fn open_inbound(self: &Arc<Self>, name: &str) -> InboundLink {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer(name);
-        peer.interest.write().unwrap_or_else(|p| p.into_inner()).0 = id;
+        {
+            let mut interest = peer.interest.write().unwrap_or_else(|p| p.into_inner());
+            interest.0 = id;
+            // Until this link's snapshot applies, the peer's interest is not known: a link
+            // that replaced an earlier one (the peer restarted, or redialed first) leaves no
+            // end of that one to start the absence tally.
+            peer.absent_start();
+        }
         InboundLink {
             id,
             peer,

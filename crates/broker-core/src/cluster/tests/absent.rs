@@ -158,3 +158,26 @@ fn a_node_past_its_startup_window_announces_no_floor() {
     counting_first_syncs(&mut link, &calls).acknowledged(1);
     assert_eq!(calls.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn a_link_that_replaces_a_live_one_counts_what_is_published_before_its_snapshot() {
+    // The peer restarted (or redialed first): its new link opens while the old one, with the
+    // old interest, has not ended yet here.
+    let node = running("a");
+    let old = first_snapshot(&node, "b", vec![entry("old.*", None, 1)], vec![]);
+    let mut link = node.open_outbound("b");
+    let new = node.open_inbound("b");
+    drop(old);
+    node.forward(&message("t.x"), &[], None);
+    new.apply(InterestUpdate::Snapshot {
+        seq: 1,
+        entries: vec![entry("t.>", None, 1)],
+        sessions: vec![],
+    });
+    let _snapshot = next(&mut link).await;
+    assert_eq!(
+        drops(&drain(&mut link).await),
+        vec![("t.x".into(), true, vec![], None, 1)],
+        "the new interest's subscriber hears of what it missed"
+    );
+}
