@@ -65,6 +65,9 @@ struct Index {
     /// Per session and subscription, the store's ticket of this node's last delivery written
     /// for it: not applied here while the store's committed ticket is below it.
     written: HashMap<(SessionKey, u64), u64>,
+    /// `written` is swept of applied tickets once it holds this many (twice what a sweep
+    /// left, at least [`WRITTEN_SWEEP`]): amortized, never a sweep per delivery.
+    sweep_at: usize,
 }
 
 /// Tickets of deliveries written kept before those already applied are swept out.
@@ -166,8 +169,9 @@ impl DeliveryIndex {
     /// (everything up to `committed` is applied here).
     pub(crate) fn written(&self, target: &DeliveryTarget, ticket: u64, committed: u64) {
         let mut index = self.write();
-        if index.written.len() >= WRITTEN_SWEEP {
+        if index.written.len() >= index.sweep_at.max(WRITTEN_SWEEP) {
             index.written.retain(|_, last| *last > committed);
+            index.sweep_at = index.written.len().saturating_mul(2);
         }
         let last = index
             .written
