@@ -32,9 +32,9 @@
 //! the publisher started on n2 right after its restart lost silently to s-3's at-most-once
 //! subscription on n3, n3's link to n2 coming up 0.5 s after the publisher's first publish).
 //!
-//! Acknowledged publishes on **another** node than the session's reach its at-least-once
-//! subscription only with the Raft inbox (issue 19, second slice): that run is the ignored
-//! test [`every_node_s_acknowledged_publishes_reach_at_least_once_sessions`].
+//! [`every_node_s_acknowledged_publishes_reach_at_least_once_sessions`] holds the sessions'
+//! at-least-once subscriptions to every node's acknowledged publishes: those of another node
+//! than the session's reach it through the session's records (its inbox).
 //!
 //! CI runs 25 s of load per test; `CASSINI_FAULT_SECS` lengthens it, `CASSINI_FAULT_SEED`
 //! replays a run (the command is printed with the seed).
@@ -1020,7 +1020,7 @@ async fn kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message() 
         Reliable::OwnNode,
         Publishers::Pinned,
         None,
-        "kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message -- --ignored",
+        "kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message",
     )
     .await;
 }
@@ -1050,17 +1050,25 @@ async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19: a publish delivered through the records can be queued after the same \
-            publisher's later ones around a leader's death or a take-up (7 to 17 order \
-            violations in 240 s runs, CASSINI_FAULT_SEED=4443347953546655622 \
-            CASSINI_FAULT_SECS=240; nothing lost, no unmarked duplicate)"]
 async fn every_node_s_acknowledged_publishes_reach_at_least_once_sessions() {
     run(
         Storage::Memory,
         Reliable::EveryNode,
         Publishers::Pinned,
         None,
-        "every_node_s_acknowledged_publishes_reach_at_least_once_sessions -- --ignored",
+        "every_node_s_acknowledged_publishes_reach_at_least_once_sessions",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_disk_every_node_s_acknowledged_publishes_reach_at_least_once_sessions() {
+    run(
+        Storage::Disk,
+        Reliable::EveryNode,
+        Publishers::Pinned,
+        None,
+        "on_disk_every_node_s_acknowledged_publishes_reach_at_least_once_sessions",
     )
     .await;
 }
