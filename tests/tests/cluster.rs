@@ -5,13 +5,16 @@
 //! address, and a client of a node that shuts down moving to another; the node and client certificate kinds refused on each other's ALPN.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::BrokerConfig;
-use cassini_client::{Gap, ReconnectPolicy, SubscribeOptions, Subscription, SubscriptionEvent};
+use cassini_client::{
+    Client, Gap, ReconnectPolicy, SubscribeOptions, Subscription, SubscriptionEvent,
+};
 use cassini_e2e::cluster::{dial_full_mesh, meshed_with, start_endpoint};
 use cassini_e2e::{
     assert_echoed, assert_no_responders, echo_service, eventually, identity_of, raw, within, Pki,
@@ -1162,48 +1165,11 @@ async fn what_a_just_started_node_published_before_it_knew_a_peers_interest_reac
     };
     let started = TestBroker::start_sharing_ca(&pki, config).await;
     let publisher = started.client("publisher").await;
-    for topic in ["t.a", "t.a", "u", "t.b"] {
-        publisher
-            .publish_acked(topic, Bytes::from_static(b"early"))
-            .await
-            .expect("acknowledged");
-    }
-    let options = ClusterOptions::new(
-        "test",
-        "127.0.0.1:0".parse().expect("addr"),
-        vec![peer.cluster_addr()],
-    );
-    let node = Node {
-        cluster: start_endpoint(&pki, &started, "n1", options),
-        broker: started,
-    };
-    let mut missed = 0;
-    while missed < 3 {
-        match within("node 1's early publishes announced", feed.next_event()).await {
-            Some(SubscriptionEvent::Gap(Gap::Missed {
-                from,
-                to,
-                reason: Some(GapReason::ClusterRoute),
-            })) if from == missed + 1 => missed = to,
-            other => panic!("expected ClusterRoute gaps of sequences 1-3, got {other:?}"),
-        }
-    }
-    assert_eq!(missed, 3, "the two on `t.a` and the one on `t.b`, not `u`");
-    eventually("the links are up both ways", || async {
-        (node.meshed_with(1) && peer.meshed_with(1)).then_some(())
-    })
-    .await;
-    publisher
-        .publish("t.a", Bytes::from_static(b"late"))
-        .await
-        .expect("publish");
-    let late = within("the next message", feed.next())
-        .await
-        .expect("a message");
-    assert_eq!(
-        (late.payload().as_ref(), late.sequence()),
-        (&b"late"[..], 4)
-    );
+    publish_each(&publisher, &["t.a", "t.a", "u", "t.b"], b"early").await;
+    let node = join_late(&pki, started, "n1", peer.cluster_addr());
+    // The two on `t.a` and the one on `t.b`, not `u`.
+    cluster_route_gaps_up_to(&mut feed, 3, "node 1's early publishes announced").await;
+    the_next_message_follows([&node, &peer], &publisher, &mut feed, 4).await;
     stop_all(vec![node, peer]).await;
 }
 
@@ -1230,6 +1196,51 @@ async fn cluster_route_gaps_up_to(subscription: &mut Subscription, count: u64, w
         }
     }
     assert_eq!(missed, count, "{what}: exactly {count}");
+}
+
+/// Publishes `payload` to each of `topics` in turn, acknowledged.
+async fn publish_each(publisher: &Client, topics: &[&str], payload: &'static [u8]) {
+    for topic in topics {
+        publisher
+            .publish_acked(topic, Bytes::from_static(payload))
+            .await
+            .expect("acknowledged");
+    }
+}
+
+/// `broker`, started without its cluster endpoint, now starts it as node `name`, dialing
+/// `peer`.
+fn join_late(pki: &Pki, broker: TestBroker, name: &str, peer: SocketAddr) -> Node {
+    let options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![peer]);
+    Node {
+        cluster: start_endpoint(pki, &broker, name, options),
+        broker,
+    }
+}
+
+/// Once the two nodes are linked both ways, `publisher` publishes `late` on `t.a` and it is
+/// `feed`'s next message, at `sequence` (right after the gaps).
+async fn the_next_message_follows(
+    nodes: [&Node; 2],
+    publisher: &Client,
+    feed: &mut Subscription,
+    sequence: u64,
+) {
+    eventually("the links are up both ways", || async {
+        (nodes[0].meshed_with(1) && nodes[1].meshed_with(1)).then_some(())
+    })
+    .await;
+    publisher
+        .publish("t.a", Bytes::from_static(b"late"))
+        .await
+        .expect("publish");
+    let late = within("the next message", feed.next())
+        .await
+        .expect("a message");
+    assert_eq!(
+        (late.payload().as_ref(), late.sequence()),
+        (&b"late"[..], sequence)
+    );
 }
 
 #[tokio::test]
@@ -1262,29 +1273,10 @@ async fn a_subscription_made_while_a_peers_link_is_down_hears_what_the_peer_publ
     let subscriber = away.broker.client("sub").await;
     let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
     let publisher = publishing.broker.client("publisher").await;
-    for topic in ["t.a", "t.a", "u", "t.b"] {
-        publisher
-            .publish_acked(topic, Bytes::from_static(b"meanwhile"))
-            .await
-            .expect("acknowledged");
-    }
+    publish_each(&publisher, &["t.a", "t.a", "u", "t.b"], b"meanwhile").await;
     cut.set_blackhole(false);
     cluster_route_gaps_up_to(&mut feed, 3, "node 1's publishes while node 2 was away").await;
-    eventually("the links are up both ways", || async {
-        (publishing.meshed_with(1) && away.meshed_with(1)).then_some(())
-    })
-    .await;
-    publisher
-        .publish("t.a", Bytes::from_static(b"late"))
-        .await
-        .expect("publish");
-    let late = within("the next message", feed.next())
-        .await
-        .expect("a message");
-    assert_eq!(
-        (late.payload().as_ref(), late.sequence()),
-        (&b"late"[..], 4)
-    );
+    the_next_message_follows([&publishing, &away], &publisher, &mut feed, 4).await;
     stop_all(vec![publishing, away]).await;
 }
 
@@ -1313,21 +1305,8 @@ async fn a_restarted_nodes_subscription_made_before_its_links_are_up_hears_what_
     let subscriber = restarted.client("sub").await;
     let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
     let publisher = publishing.broker.client("publisher").await;
-    for topic in ["t.a", "u", "t.b"] {
-        publisher
-            .publish_acked(topic, Bytes::from_static(b"meanwhile"))
-            .await
-            .expect("acknowledged");
-    }
-    let options = ClusterOptions::new(
-        "test",
-        "127.0.0.1:0".parse().expect("addr"),
-        vec![publishing.cluster_addr()],
-    );
-    let node = Node {
-        cluster: start_endpoint(&pki, &restarted, "n2", options),
-        broker: restarted,
-    };
+    publish_each(&publisher, &["t.a", "u", "t.b"], b"meanwhile").await;
+    let node = join_late(&pki, restarted, "n2", publishing.cluster_addr());
     cluster_route_gaps_up_to(&mut feed, 2, "node 1's publishes before node 2's links").await;
     stop_all(vec![publishing, node]).await;
 }
@@ -1349,37 +1328,10 @@ async fn a_new_nodes_subscription_made_before_its_links_are_up_hears_of_a_peers_
     let subscriber = started.client("sub").await;
     let mut feed = subscriber.subscribe("t.>").await.expect("subscribe");
     let publisher = publishing.broker.client("publisher").await;
-    for topic in ["t.a", "t.b"] {
-        publisher
-            .publish_acked(topic, Bytes::from_static(b"before"))
-            .await
-            .expect("acknowledged");
-    }
-    let options = ClusterOptions::new(
-        "test",
-        "127.0.0.1:0".parse().expect("addr"),
-        vec![publishing.cluster_addr()],
-    );
-    let node = Node {
-        cluster: start_endpoint(&pki, &started, "n2", options),
-        broker: started,
-    };
+    publish_each(&publisher, &["t.a", "t.b"], b"before").await;
+    let node = join_late(&pki, started, "n2", publishing.cluster_addr());
     cluster_route_gaps_up_to(&mut feed, 1, "the floor for node 1's publishes").await;
-    eventually("the links are up both ways", || async {
-        (publishing.meshed_with(1) && node.meshed_with(1)).then_some(())
-    })
-    .await;
-    publisher
-        .publish("t.a", Bytes::from_static(b"late"))
-        .await
-        .expect("publish");
-    let late = within("the next message", feed.next())
-        .await
-        .expect("a message");
-    assert_eq!(
-        (late.payload().as_ref(), late.sequence()),
-        (&b"late"[..], 2)
-    );
+    the_next_message_follows([&publishing, &node], &publisher, &mut feed, 2).await;
     stop_all(vec![publishing, node]).await;
 }
 
