@@ -149,12 +149,10 @@ async fn receive(subscription: &mut Subscription, count: usize) -> Vec<(String, 
 
 /// The fault run's case (seed 8768459929076008186): the session's client attached again on
 /// the node serving it while a change the session made under the older claim was on its way
-/// to the log, which then refused it (the newer claim owns the session). The copy, moved on to
-/// the newer claim, is behind the records: it ends and closes the new connection with
-/// `INTERNAL` (a code the client retries); the client resumes, the node takes the session up
-/// from the records, and every acknowledged publish is delivered. The refused change was an
-/// acknowledged publish's: it is answered with `STORAGE_FAILED`, and its publisher sends it
-/// again.
+/// to the log, which then refused it (the newer claim owns the session). The copy moved on to
+/// the newer claim (no other node claimed the session in between), so the change is written
+/// again under that claim, before anything the copy wrote later: the acknowledged publish it
+/// held is acknowledged, and every publish reaches the session once, in order.
 #[tokio::test]
 async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_under_the_newer_one()
 {
