@@ -998,11 +998,15 @@ impl Replica {
     /// log soon (batched, not waited for), so that claim no longer counts against its
     /// identity's bound and a full table may forget it.
     pub fn release(&self, session: SessionKey, epoch: u64) {
-        if self.releases.try_send((session, epoch, unix_ms())).is_err() {
-            tracing::warn!(
+        match self.releases.try_send((session, epoch, unix_ms())) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => tracing::warn!(
                 queued = MAX_QUEUED_RELEASES,
                 "released claims wait to be written beyond the bound: one is dropped and stays counted as held until this node restarts"
-            );
+            ),
+            // The replica is stopping: its claims are released by the leader once this node
+            // is out of contact.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
