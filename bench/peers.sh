@@ -5,7 +5,7 @@
 # Installs nats-server and mosquitto from the distribution's packages when missing (apt-get),
 # makes certificates with `cassini certs init`, starts each broker on 127.0.0.1 with mutual TLS,
 # then runs the same scenarios (throughput, latency at two rates, fan-out, request/reply where
-# the broker has it) against every broker, alternating brokers inside each repetition, and
+# the broker has it; NATS plain text: throughput, latency, fan-out) against every broker, alternating brokers inside each repetition, and
 # prints the medians and the Cassini/peer ratios (`cassini-bench-peers summary`). The gateway
 # (`cassini serve --mqtt`, in the same Cassini process, mutual TLS with the same certificates)
 # runs throughput and latency at QoS 0 and 1, as `cassini-mqtt-qos0`/`-qos1`.
@@ -182,7 +182,7 @@ for rep in $(seq 1 "$REPS"); do
         run "$broker" throughput --count "$COUNT" --size 64
     done
     for rate in $RATES; do
-        for broker in cassini nats mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1; do
+        for broker in cassini nats nats-plain mosquitto-qos0 mosquitto-qos1 cassini-mqtt-qos0 cassini-mqtt-qos1; do
             run "$broker" latency --rate "$rate" --duration "$DURATION" --size 64
         done
     done
