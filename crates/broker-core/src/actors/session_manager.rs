@@ -545,7 +545,8 @@ impl SessionManager {
                 .is_some_and(|binding| claim > binding.epoch() && !binding.is_continuous());
             if broken {
                 tracing::info!(session = %id, %identity, claim, "the cluster's records of this node's copy of a session changed under another claim: the copy ends and the session is taken up from the records");
-                state.relinquish(id, true);
+                // Its older connection, if any, was taken over by this one's hold already.
+                state.relinquish(id, false);
                 resume = None;
             }
         }
