@@ -4,8 +4,9 @@
 //!
 //! - A copy whose change under an older claim of its own node was refused by the log (its
 //!   client attached again on the same node while the change was on its way) writes it again
-//!   under the newer claim: the publish it stored is acknowledged, and the session delivers
-//!   every acknowledged publish once, in order. The change is kept on its way with the
+//!   under the newer claim, with its dedupe pair: the publish it stored is acknowledged, a
+//!   resend on another node is a duplicate, and the session delivers every acknowledged
+//!   publish once, in order. The change is kept on its way with the
 //!   broker's test hook `hold_replicated_entries`.
 //! - A detached copy ends when the cluster forgets its session (expired by the leader, or
 //!   forgotten to make room for another claim of its identity), whatever its own expiry timer
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use cassini_broker::cluster::ClusterConfig;
 use cassini_broker::replication::{Owner, SessionKey};
 use cassini_broker::BrokerConfig;
-use cassini_client::{ConnectionState, DisconnectReason, Subscription};
+use cassini_client::{ConnectionState, DisconnectReason, PublishOptions, Subscription};
 use cassini_e2e::cluster::{dial_full_mesh, start_endpoint};
 use cassini_e2e::edge::wait_for_state;
 use cassini_e2e::{eventually, identity_of, raw, raw_connect, within, Pki, TestBroker};
@@ -151,8 +152,10 @@ async fn receive(subscription: &mut Subscription, count: usize) -> Vec<(String, 
 /// the node serving it while a change the session made under the older claim was on its way
 /// to the log, which then refused it (the newer claim owns the session). The copy moved on to
 /// the newer claim (no other node claimed the session in between), so the change is written
-/// again under that claim, before anything the copy wrote later: the acknowledged publish it
-/// held is acknowledged, and every publish reaches the session once, in order.
+/// again under that claim, before anything the copy wrote later, with the entry's dedupe
+/// pairs: the acknowledged publish it held is acknowledged, a resend of it on another node is
+/// a duplicate (seed 14638965006975016213), and every publish reaches the session once, in
+/// order.
 #[tokio::test]
 async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_under_the_newer_one()
 {
@@ -236,10 +239,20 @@ async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_u
     let acknowledged = within("the publish is answered", in_flight)
         .await
         .expect("publish task");
-    assert!(
-        acknowledged.is_ok(),
-        "the change is written again under the newer claim: {acknowledged:?}"
-    );
+    let two = match acknowledged {
+        Ok(ack) => ack.message_id,
+        Err(err) => panic!("the change is written again under the newer claim: {err:?}"),
+    };
+    // Its dedupe pair goes again with it: every node remembers the publish.
+    eventually("n1 remembers the publish", || async {
+        nodes[0]
+            .cluster
+            .port()
+            .replica()
+            .is_some_and(|replica| replica.seen("publisher", two, unix_ms()))
+            .then_some(())
+    })
+    .await;
     let _answered = within("the second connection's hello is answered", hello)
         .await
         .expect("hello task");
@@ -268,6 +281,18 @@ async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_u
         .expect("takes the subscription up");
     assert_eq!(taken.id(), subscription.id(), "the same subscription");
 
+    // Its acknowledgement lost, the publisher sends "two" again through n1: a duplicate.
+    let elsewhere = nodes[0].broker.client("publisher").await;
+    let again = elsewhere
+        .publish_acked_with(
+            "device.cmd",
+            Bytes::from_static(b"two"),
+            PublishOptions::new().message_id(two),
+        )
+        .await
+        .expect("answered");
+    assert!(again.duplicate, "n1 knows the publish n3 wrote again");
+
     // Every acknowledged publish reaches the session once, in order.
     publisher
         .publish_acked("device.cmd", Bytes::from_static(b"three"))
@@ -286,9 +311,118 @@ async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_u
     drop(first);
     resumed.close().await.expect("close");
     publisher.close().await.expect("close");
+    elsewhere.close().await.expect("close");
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// A resend answered as a duplicate is acknowledged only once the first publish is (seed
+/// 14638965006975016213): while the entry holding the first is on its way, a resend with the
+/// same message id on the same node waits for it; when the log refuses that entry (another
+/// node took the session over meanwhile), the resend is refused too, and the client's next
+/// resend is taken as new and reaches the session.
+#[tokio::test]
+async fn a_duplicate_is_acknowledged_only_once_the_first_publish_is() {
+    let (_pki, nodes) = three_members(|_| BrokerConfig::default()).await;
+    let node = &nodes[2];
+    let first = node
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("connects to its named session");
+    let _subscription = first
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribes at least once");
+    let publisher = node.broker.client("publisher").await;
+    let resending = node.broker.client("publisher").await;
+    let publish = |client: &cassini_client::Client| {
+        let client = client.clone();
+        async move {
+            client
+                .publish_acked_with(
+                    "device.cmd",
+                    Bytes::from_static(b"order"),
+                    PublishOptions::new().message_id(7),
+                )
+                .await
+        }
+    };
+
+    // The first publish stores its message for the session, and its entry is on its way.
+    node.broker.broker.hold_replicated_entries(true);
+    let in_flight = tokio::spawn(publish(&publisher));
+    within(
+        "the entry is on its way",
+        node.broker.broker.replicated_entry_held(),
+    )
+    .await;
+    // A resend on the same node is a duplicate, and its answer waits for the first's entry.
+    let resent = tokio::spawn(publish(&resending));
+    eventually("the resend is taken for a duplicate", || async {
+        (node.broker.broker.counters().snapshot().duplicates == 1).then_some(())
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while !resent.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_err(),
+        "the duplicate is not acknowledged while the first publish's entry is on its way"
+    );
+
+    // The session's client attaches on another node: the log refuses the held entry.
+    let moved = nodes[0]
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("takes the session over on n1");
+    let mut taken = moved
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("takes the subscription up");
+    node.broker.broker.hold_replicated_entries(false);
+    let refused = within("the first publish is answered", in_flight)
+        .await
+        .expect("publish task");
+    assert!(refused.is_err(), "its entry was refused: {refused:?}");
+    let resent = within("the resend is answered", resent)
+        .await
+        .expect("publish task");
+    assert!(
+        resent.is_err(),
+        "a duplicate of a refused publish is refused too: {resent:?}"
+    );
+
+    // The client's next resend is new, and reaches the session once.
+    let accepted = within("the next resend is answered", publish(&resending))
+        .await
+        .expect("acknowledged");
+    assert!(!accepted.duplicate, "taken as new");
+    assert_eq!(receive(&mut taken, 1).await, [("order".to_owned(), false)]);
+    moved.close().await.expect("close");
+    publisher.close().await.expect("close");
+    resending.close().await.expect("close");
+    drop(first);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// `sessions.expiry` of the members that expire the session (one of them leads).

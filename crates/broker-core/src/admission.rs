@@ -301,11 +301,18 @@ impl Publisher {
         // delivered twice).
         let _whole = shared.storage.as_ref().map(|store| store.hold());
         let _replicated = shared.replicated().map(|store| store.hold());
+        let mut first_at = 0;
         if accepted_in_cluster(shared, identity, message_id)
             || !shared
                 .dedupe
-                .first_time(identity, message_id, Instant::now())
+                .note(identity, message_id, Instant::now(), |at| first_at = *at)
         {
+            // A first publish whose entry is not committed yet (late, or on its way) may
+            // still be refused: the duplicate's acknowledgement waits for the same entry.
+            self.replicated_ticket = shared
+                .replicated()
+                .filter(|store| first_at > store.committed())
+                .map_or(0, |_| first_at);
             shared.router.counters().duplicate();
             return Ok(Admitted::Duplicate { message_id });
         }
@@ -331,8 +338,17 @@ impl Publisher {
         if routed.is_ok() {
             delivery.deliver(shared, &message);
             remember(shared, identity, message_id);
+        } else {
+            // Refused before anything was routed (its retained value): a resend is new.
+            shared.dedupe.forget(identity, message_id);
         }
         self.replicated_ticket = take_appended();
+        if self.replicated_ticket > 0 {
+            let ticket = self.replicated_ticket;
+            shared
+                .dedupe
+                .note(identity, message_id, Instant::now(), |at| *at = ticket);
+        }
         let (offered, no_responders) = routed?;
         Ok(Admitted::Routed {
             offered,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::acl::AclHandle;
 use crate::config::BrokerConfig;
-use crate::dedupe::DedupeWindow;
+use crate::dedupe::PublishWindow;
 use crate::events::{Event, EventSink};
 use crate::introspect::registry::Registry;
 use crate::introspect::traffic::TopicTraffic;
@@ -24,7 +24,7 @@ use crate::storage::DiskStore;
 pub(crate) struct Shared {
     pub(crate) config: Arc<BrokerConfig>,
     pub(crate) router: Arc<Router>,
-    pub(crate) dedupe: Arc<DedupeWindow>,
+    pub(crate) dedupe: Arc<PublishWindow>,
     /// The disk store, in disk mode.
     pub(crate) storage: Option<Arc<DiskStore>>,
     /// The open connections, for monitoring.

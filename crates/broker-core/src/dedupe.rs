@@ -25,6 +25,11 @@ use crate::storage::{unix_ms, DiskStore, Op};
 
 pub use crate::config::DedupeConfig;
 
+/// The publish dedupe window: each pair notes the replicated store's ticket of the log entry
+/// holding its publish (0 outside a cluster with `members`), so that a resend answered as a
+/// duplicate waits for the same entry as the first publish's answer.
+pub(crate) type PublishWindow = DedupeWindow<u64>;
+
 /// Recently accepted (identity, message id) pairs, per identity, oldest first, each with a
 /// note of type `T` (none for the publish dedupe window; the router notes which queue groups
 /// a publish was handed to).

@@ -33,7 +33,7 @@ use crate::connection::unsent_acks::UnsentAcks;
 use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::memory::FrameBufferCharge;
-use crate::storage::SyncPolicy;
+use crate::storage::{StorageError, SyncPolicy};
 use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
@@ -227,12 +227,15 @@ async fn write_answers(
             (Some(ticket), Some(store)) => store.synced(ticket).await.err(),
             _ => None,
         };
+        // The entry is only late: it is written again and may still be committed.
+        let mut late = false;
         if let (Some(ticket), Some(store)) = (replicated_at, shared.replicated()) {
             if let Err(err) = store.synced(ticket).await {
+                late = failed.is_none() && matches!(err, StorageError::NoQuorum(_));
                 failed.get_or_insert(err);
             }
         }
-        if failed.is_some() {
+        if failed.is_some() && !late {
             // Not acknowledged: a resend must be accepted again, not taken for a duplicate
             // of what the store or the cluster refused (forgotten before any frame is
             // written, which may fail).
@@ -244,8 +247,12 @@ async fn write_answers(
                 }
             }
         }
-        if let Some(unsent) = unsent {
-            unsent.settled();
+        match unsent {
+            // Answered `NO_QUORUM`, yet the pairs stay until the entry's outcome: a resend
+            // here meanwhile waits for it too, and is a duplicate once it is committed.
+            Some(unsent) if late => drop(unsent),
+            Some(unsent) => unsent.settled(),
+            None => {}
         }
         for frame in frames {
             let frame = match (frame, &failed) {
@@ -298,7 +305,7 @@ fn unsent_acks(
             }
         }
         if let Some((ticket, store)) = replicated {
-            if store.synced(ticket).await.is_err() {
+            if store.outcome(ticket).await.is_err() {
                 return false;
             }
         }

@@ -6,13 +6,16 @@
 //! answer is a `PublishRejected` and the pair is forgotten, so that the client's resend is
 //! accepted again. When the connection ends first, the answer is never written: [`UnsentAcks`]
 //! then waits for the outcome on a task of its own and forgets the pairs if it was a refusal.
-//! Without it, the resend would be answered `duplicate: true` for a message nobody holds.
+//! Without it, the resend would be answered `duplicate: true` for a message nobody holds. An
+//! answer of `NO_QUORUM` for an entry that is only late (written again, it may still commit)
+//! leaves the pairs to it too: forgotten at once, a resend would be taken again and the
+//! message delivered twice once the first entry commits.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::dedupe::DedupeWindow;
+use crate::dedupe::PublishWindow;
 
 /// Whether what the publishes wait for was made durable (or committed): `false` for a refusal.
 pub(crate) type Outcome = Pin<Box<dyn Future<Output = bool> + Send>>;
@@ -20,7 +23,7 @@ pub(crate) type Outcome = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// The pairs of one answer's acknowledgements until the answer is settled; dropped unsettled,
 /// they are forgotten unless [`Outcome`] says the publishes were kept.
 pub(crate) struct UnsentAcks {
-    dedupe: Arc<DedupeWindow>,
+    dedupe: Arc<PublishWindow>,
     identity: Arc<str>,
     message_ids: Vec<u64>,
     outcome: Option<Outcome>,
@@ -30,7 +33,7 @@ impl UnsentAcks {
     /// The pairs of `message_ids` (acknowledgements that are not duplicates) of `identity`,
     /// whose publishes wait for `outcome`.
     pub(crate) fn new(
-        dedupe: Arc<DedupeWindow>,
+        dedupe: Arc<PublishWindow>,
         identity: Arc<str>,
         message_ids: Vec<u64>,
         outcome: Outcome,
@@ -85,14 +88,14 @@ mod tests {
     use super::*;
     use crate::config::DedupeConfig;
 
-    fn window_holding(identity: &Arc<str>, message_id: u64) -> Arc<DedupeWindow> {
-        let window = Arc::new(DedupeWindow::new(DedupeConfig::default(), 1000));
+    fn window_holding(identity: &Arc<str>, message_id: u64) -> Arc<PublishWindow> {
+        let window = Arc::new(PublishWindow::new(DedupeConfig::default(), 1000));
         assert!(window.first_time(identity, message_id, Instant::now()));
         window
     }
 
     /// Whether the window would take `message_id` again: its pair was forgotten.
-    fn forgotten(window: &DedupeWindow, identity: &Arc<str>, message_id: u64) -> bool {
+    fn forgotten(window: &PublishWindow, identity: &Arc<str>, message_id: u64) -> bool {
         let again = window.first_time(identity, message_id, Instant::now());
         if again {
             window.forget(identity, message_id);

@@ -145,6 +145,17 @@ struct Status {
     closed: bool,
 }
 
+impl Status {
+    /// Whether the entry holding committed `ticket` had some session's changes refused.
+    fn refused(&self, ticket: u64) -> bool {
+        ticket <= self.forgotten_through
+            || self
+                .refused
+                .iter()
+                .any(|(first, last)| (*first..=*last).contains(&ticket))
+    }
+}
+
 /// An operation waiting for its entry, with the session and claim it was appended under
 /// (none for a cluster-wide one: a retained value, a dedupe pair).
 struct PendingOp {
@@ -325,20 +336,27 @@ impl ReplicatedStore {
     /// bound reached), with `NoQuorum` while an entry is not committed within the claim
     /// timeout, or if the store closed first.
     pub(crate) async fn synced(&self, ticket: u64) -> Result<(), StorageError> {
+        self.wait(ticket, true).await
+    }
+
+    /// Waits for the final outcome of the entry holding `ticket`: committed, refused (as
+    /// [`ReplicatedStore::synced`]), or the store closed first. Unlike `synced`, not answered
+    /// while the entry is only late: a stalled entry is written again and may still commit.
+    pub(crate) async fn outcome(&self, ticket: u64) -> Result<(), StorageError> {
+        self.wait(ticket, false).await
+    }
+
+    async fn wait(&self, ticket: u64, until_stalled: bool) -> Result<(), StorageError> {
         let mut status = self.status.subscribe();
         let result = status
-            .wait_for(|s| s.committed >= ticket || s.closed || s.stalled)
+            .wait_for(|s| s.committed >= ticket || s.closed || (until_stalled && s.stalled))
             .await;
         match result {
             Ok(s) if s.committed < ticket && !s.closed => {
                 Err(StorageError::NoQuorum(self.replica.claim_timeout()))
             }
             Ok(s) if s.committed >= ticket => {
-                let refused = ticket <= s.forgotten_through
-                    || s.refused
-                        .iter()
-                        .any(|(first, last)| (*first..=*last).contains(&ticket));
-                if refused {
+                if s.refused(ticket) {
                     Err(StorageError::WriteFailed(
                         "the cluster refused a change of its entry (a session taken over by \
                          another node, or the replicated records or retained values full)"
@@ -714,9 +732,20 @@ async fn run_writer(store: std::sync::Weak<ReplicatedStore>) {
         let writes = if again.is_empty() {
             writes
         } else {
+            // The log keeps an entry's dedupe pairs only if none of its changes was refused:
+            // they go again with the writes when nothing else was refused.
+            let pairs: Vec<SharedChange> = if refused.is_empty() && refused_retained.is_empty() {
+                shared
+                    .iter()
+                    .filter(|change| matches!(change, SharedChange::Dedupe { .. }))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             serial += 1;
             let id = WriteId { origin, serial };
-            let Some(more) = write_entry(&strong, id, &again, &[]).await else {
+            let Some(more) = write_entry(&strong, id, &again, &pairs).await else {
                 return;
             };
             refused.extend(more.refused_writes);
