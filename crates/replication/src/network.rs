@@ -257,6 +257,9 @@ struct LeaseState {
     last_contact: Option<Instant>,
     /// The votes of the latest election this node stood in.
     votes: Option<Votes>,
+    /// The leader's commit index carried by the latest append entries that renewed this
+    /// node's lease (a follower's).
+    lease_commit: u64,
 }
 
 /// An election this node stood in: what its voters' last contact with an earlier leader can
@@ -323,12 +326,19 @@ impl Contacts {
         Some(last.elapsed())
     }
 
-    /// A leader's append entries carrying `left` of its lease was accepted here, having
-    /// arrived at `received`.
-    pub(crate) fn renewed(&self, received: Instant, left: Duration) {
+    /// A leader's append entries carrying `left` of its lease and its commit index `commit`
+    /// was accepted here, having arrived at `received`.
+    pub(crate) fn renewed(&self, received: Instant, left: Duration, commit: u64) {
         let mut state = self.lock();
         let until = received + left.min(self.lease);
         state.until = Some(state.until.map_or(until, |before| before.max(until)));
+        state.lease_commit = state.lease_commit.max(commit);
+    }
+
+    /// The leader's commit index that came with this node's lease as a follower (see
+    /// [`crate::Replica::caught_up_index`]).
+    pub(crate) fn lease_commit(&self) -> u64 {
+        self.lock().lease_commit
     }
 
     /// This node asks for votes in `term`.

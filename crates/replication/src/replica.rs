@@ -416,11 +416,12 @@ impl Replica {
             Ok(Rpc::Append { request, lease }) => {
                 let received = std::time::Instant::now();
                 self.contacts.contacted(received);
+                let commit = request.leader_commit.map_or(0, |log_id| log_id.index);
                 let answer = self.raft.append_entries(request).await;
                 let accepted = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
                 // Only a leader that holds its own lease renews a follower's.
                 if let Some(left) = lease.filter(|_| accepted) {
-                    self.contacts.renewed(received, left);
+                    self.contacts.renewed(received, left, commit);
                 }
                 Reply::Append(answer)
             }
@@ -982,6 +983,27 @@ impl Replica {
     /// How long a claim or a write waits to be committed before it is refused.
     pub fn claim_timeout(&self) -> Duration {
         self.config.claim_timeout
+    }
+
+    /// The log index this node must have applied to know every release of its claims that a
+    /// leader wrote while it was out of contact ([`Command::Release`] with a term): as a
+    /// follower, the commit index that came with its lease (a leader holds its lease only
+    /// once its term's first entry is committed, after every earlier leader's entries); as
+    /// the leader, the end of its log.
+    pub fn caught_up_index(&self) -> u64 {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == openraft::ServerState::Leader {
+            metrics.last_log_index.unwrap_or(0)
+        } else {
+            self.contacts.lease_commit()
+        }
+    }
+
+    /// Whether the claim of `session` at `epoch` is still its session's claim and was
+    /// released, as this node has applied the log.
+    pub fn is_released(&self, session: &SessionKey, epoch: u64) -> bool {
+        self.state.is_released(session, epoch)
     }
 
     /// Waits (at most `timeout`) until this node has applied the log up to `index`; whether

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::network::Rpc;
 use crate::{
     ClaimError, ClaimObserver, MembershipChange, MembershipError, Owner, Replica, ReplicaConfig,
     RpcTransport, SessionKey, Storage, TransportFailure,
@@ -18,6 +19,9 @@ struct Mesh {
     replicas: Mutex<HashMap<String, Arc<Replica>>>,
     cut: Mutex<HashSet<String>>,
     split: Mutex<HashSet<String>>,
+    /// Names that neither get nor send anything but the writes they forward to the leader
+    /// (no append entries, no votes): nodes that have not caught up with the group.
+    deaf: Mutex<HashSet<String>>,
 }
 
 struct Via {
@@ -52,6 +56,13 @@ impl RpcTransport for Via {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportFailure> {
+        let deaf = {
+            let deaf = self.mesh.deaf.lock().expect("deaf");
+            deaf.contains(node) || deaf.contains(&self.from)
+        };
+        if deaf && !matches!(rmp_serde::from_slice(&request), Ok(Rpc::Write { .. })) {
+            return Err(TransportFailure::Unreachable(node.to_owned()));
+        }
         let replica = self
             .reachable(node)
             .ok_or_else(|| TransportFailure::Unreachable(node.to_owned()))?;
@@ -1100,6 +1111,64 @@ async fn a_session_s_records_written_by_its_owner_reach_every_node_and_a_stale_o
         .map(|key| key.to_vec())
         .collect();
     assert_eq!(keys, vec![b"sub/1".to_vec(), b"sub/3".to_vec()]);
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
+/// A follower that has not caught up claims a session through the leader, which finds it out
+/// of contact and releases the claim; once the follower holds its lease again, it has applied
+/// that release when it has applied through [`Replica::caught_up_index`], so it knows not to
+/// serve under the claim (no later claim elsewhere would wait for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_released_while_its_node_was_out_of_contact_is_known_released_once_caught_up() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, _seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let leading = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .cloned()
+        .expect("the leader");
+    let behind = replicas
+        .iter()
+        .find(|r| r.node() != leader)
+        .cloned()
+        .expect("a follower");
+    mesh.deaf
+        .lock()
+        .expect("deaf")
+        .insert(behind.node().to_owned());
+    until("the follower lost its lease", || !behind.in_contact()).await;
+    let epoch = behind
+        .claim(key("s"))
+        .await
+        .expect("committed through the leader");
+    until(
+        "the leader released the claim of the node out of contact",
+        || leading.is_released(&key("s"), epoch),
+    )
+    .await;
+    // The leader's log ends at or after the release.
+    let release_written_by = leading.caught_up_index();
+
+    mesh.deaf.lock().expect("deaf").clear();
+    until("the follower holds its lease again", || behind.in_contact()).await;
+    assert!(
+        behind.caught_up_index() >= release_written_by,
+        "the commit index that came with its lease covers the release: {} < {release_written_by}",
+        behind.caught_up_index()
+    );
+    assert!(
+        behind
+            .applied_through(behind.caught_up_index(), timeout)
+            .await,
+        "caught up"
+    );
+    assert!(
+        behind.is_released(&key("s"), epoch),
+        "the release written while it was out of contact is applied"
+    );
     for replica in &replicas {
         replica.shutdown().await;
     }

@@ -832,6 +832,17 @@ impl StateMachine {
         self.lock().claims.owners.get(session).cloned()
     }
 
+    /// Whether the claim of `session` at `epoch` is its owner's and released.
+    pub fn is_released(&self, session: &SessionKey, epoch: u64) -> bool {
+        let inner = self.lock();
+        inner
+            .claims
+            .owners
+            .get(session)
+            .is_some_and(|owner| owner.epoch == epoch)
+            && inner.claims.released.contains(&epoch)
+    }
+
     /// How many sessions have an owner.
     pub fn claimed(&self) -> usize {
         self.lock().claims.owners.len()

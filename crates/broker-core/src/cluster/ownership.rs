@@ -414,8 +414,21 @@ impl Ownership {
         // A claim forwarded to the leader returns once committed: the session's records are
         // read here, so this node must have applied everything up to the claim first (a node
         // catching up would read records older than the claim, or none).
+        // It must also have applied what the leader had committed when it granted this node's
+        // lease: a leader that found this node out of contact may have released the claim
+        // after it was committed, and [`Ownership::hold`] refuses a released claim (another
+        // node's claim fences no released one).
         let limit = self.replica.claim_timeout();
-        if !self.replica.applied_through(epoch, limit).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        if !self.replica.applied_through(epoch, limit).await
+            || !self
+                .replica
+                .applied_through(
+                    self.replica.caught_up_index(),
+                    deadline.saturating_duration_since(tokio::time::Instant::now()),
+                )
+                .await
+        {
             self.replica.release(session, epoch);
             return Err(BrokerError::NoQuorum(limit));
         }
@@ -462,10 +475,12 @@ impl Ownership {
     /// is dropped; refused with [`BrokerError::SessionTakenOverOn`] if a newer claim is
     /// applied already (another node's, or this node's: a newer connection of the session
     /// came here first), and with [`BrokerError::NoQuorum`] if this node has lost its lease
-    /// (it may not have heard of a newer claim).
+    /// (it may not have heard of a newer claim) or the claim was released meanwhile.
     fn hold(&self, claim: &Claim, connection: Arc<dyn Connection>) -> Result<(), BrokerError> {
         let mut held = self.lock();
-        if !self.replica.in_contact() {
+        // A claim a leader released while this node was out of contact: no later claim of
+        // another node waits for this node, so it must not serve under it.
+        if !self.replica.in_contact() || self.replica.is_released(&claim.session, claim.epoch) {
             return Err(BrokerError::NoQuorum(self.replica.lease()));
         }
         if let Some(owner) = self.replica.owner(&claim.session) {
