@@ -132,6 +132,23 @@ async fn attach_with_subscription(pki: &Pki, node: &Node, name: &str, filter: &s
     }
 }
 
+/// Alice's client attached to her session `device` on `node`, with its at-least-once
+/// subscription to `device.cmd` (made, or taken up).
+async fn attach_device(node: &Node) -> (cassini_client::Client, Subscription) {
+    let client = node
+        .broker
+        .client_builder("alice")
+        .session_name("device")
+        .connect()
+        .await
+        .expect("attaches to its named session");
+    let subscription = client
+        .subscribe_at_least_once("device.cmd")
+        .await
+        .expect("subscribes at least once");
+    (client, subscription)
+}
+
 /// Receives `count` messages from `subscription`: payload and whether it was marked
 /// redelivered.
 async fn receive(subscription: &mut Subscription, count: usize) -> Vec<(String, bool)> {
@@ -163,17 +180,7 @@ async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_u
     let node = &nodes[2];
     let session = alice("device");
 
-    let first = node
-        .broker
-        .client_builder("alice")
-        .session_name("device")
-        .connect()
-        .await
-        .expect("connects to its named session");
-    let mut subscription = first
-        .subscribe_at_least_once("device.cmd")
-        .await
-        .expect("subscribes at least once");
+    let (first, mut subscription) = attach_device(node).await;
     let publisher = node.broker.client("publisher").await;
     publisher
         .publish_acked("device.cmd", Bytes::from_static(b"one"))
@@ -326,17 +333,7 @@ async fn a_copy_whose_change_under_its_older_claim_was_refused_writes_it_again_u
 async fn a_duplicate_is_acknowledged_only_once_the_first_publish_is() {
     let (_pki, nodes) = three_members(|_| BrokerConfig::default()).await;
     let node = &nodes[2];
-    let first = node
-        .broker
-        .client_builder("alice")
-        .session_name("device")
-        .connect()
-        .await
-        .expect("connects to its named session");
-    let _subscription = first
-        .subscribe_at_least_once("device.cmd")
-        .await
-        .expect("subscribes at least once");
+    let (first, _subscription) = attach_device(node).await;
     let publisher = node.broker.client("publisher").await;
     let resending = node.broker.client("publisher").await;
     let publish = |client: &cassini_client::Client| {
@@ -378,17 +375,7 @@ async fn a_duplicate_is_acknowledged_only_once_the_first_publish_is() {
     );
 
     // The session's client attaches on another node: the log refuses the held entry.
-    let moved = nodes[0]
-        .broker
-        .client_builder("alice")
-        .session_name("device")
-        .connect()
-        .await
-        .expect("takes the session over on n1");
-    let mut taken = moved
-        .subscribe_at_least_once("device.cmd")
-        .await
-        .expect("takes the subscription up");
+    let (moved, mut taken) = attach_device(&nodes[0]).await;
     node.broker.broker.hold_replicated_entries(false);
     let refused = within("the first publish is answered", in_flight)
         .await
