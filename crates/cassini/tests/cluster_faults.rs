@@ -10,7 +10,8 @@
 //! cluster is whole again: `kill -9` of a node chosen by its role towards a session drawn too
 //! (the Raft leader, the session's owner, or neither), its restart (with `--peer`s of the nodes
 //! alive; on its data directory in disk mode), and takeovers of a session by a new client on
-//! another node; in the partition test n3 runs in a network namespace of its own
+//! another node; in the partition tests (memory and disk mode) n3 runs in a network namespace
+//! of its own
 //! ([`harness::island::Island`]) and a fault may also cut it off (`ip link set down`) for longer
 //! than the lease, whatever its role, and heal it (root and `ip netns`; skipped with a printed
 //! reason otherwise). Then:
@@ -758,15 +759,33 @@ async fn wait_delivering(
     longest
 }
 
+/// Whether n3 runs in a network namespace of its own that faults may cut off.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Partitions {
+    No,
+    OfN3,
+}
+
 /// The whole run: the cluster, the sessions, the faults, the checks.
 async fn run(
     storage: Storage,
     reliable: Reliable,
     mode: Publishers,
-    island: Option<Island>,
+    partitions: Partitions,
     test: &str,
 ) {
     let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // Made under the lock: one island at a time (its addresses are fixed).
+    let island = match partitions {
+        Partitions::No => None,
+        Partitions::OfN3 => match Island::create() {
+            Ok(island) => Some(island),
+            Err(reason) => {
+                eprintln!("skipping: network namespaces are not available here ({reason})");
+                return;
+            }
+        },
+    };
     let seed = fault_seed(&format!(
         "cargo test -p cassini --test cluster_faults {test}"
     ));
@@ -988,7 +1007,7 @@ async fn kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session() {
         Storage::Memory,
         Reliable::OwnNode,
         Publishers::Pinned,
-        None,
+        Partitions::No,
         "kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session",
     )
     .await;
@@ -996,19 +1015,24 @@ async fn kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message() {
-    let island = match Island::create() {
-        Ok(island) => island,
-        Err(reason) => {
-            eprintln!("skipping: network namespaces are not available here ({reason})");
-            return;
-        }
-    };
     run(
         Storage::Memory,
         Reliable::OwnNode,
         Publishers::Pinned,
-        Some(island),
+        Partitions::OfN3,
         "partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_disk_partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message() {
+    run(
+        Storage::Disk,
+        Reliable::OwnNode,
+        Publishers::Pinned,
+        Partitions::OfN3,
+        "on_disk_partitions_of_one_node_kills_and_takeovers_lose_no_acknowledged_message",
     )
     .await;
 }
@@ -1019,7 +1043,7 @@ async fn kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message() 
         Storage::MemoryRestartedEmpty,
         Reliable::OwnNode,
         Publishers::Pinned,
-        None,
+        Partitions::No,
         "kills_and_plain_restarts_in_memory_mode_lose_no_acknowledged_message",
     )
     .await;
@@ -1031,7 +1055,7 @@ async fn on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_ses
         Storage::Disk,
         Reliable::OwnNode,
         Publishers::Pinned,
-        None,
+        Partitions::No,
         "on_disk_kills_and_takeovers_lose_no_acknowledged_message_of_a_named_session",
     )
     .await;
@@ -1043,7 +1067,7 @@ async fn publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate(
         Storage::Disk,
         Reliable::OwnNode,
         Publishers::Resending,
-        None,
+        Partitions::No,
         "publishers_that_send_again_to_another_node_cause_no_unmarked_duplicate",
     )
     .await;
@@ -1055,7 +1079,7 @@ async fn every_node_s_acknowledged_publishes_reach_at_least_once_sessions() {
         Storage::Memory,
         Reliable::EveryNode,
         Publishers::Pinned,
-        None,
+        Partitions::No,
         "every_node_s_acknowledged_publishes_reach_at_least_once_sessions",
     )
     .await;
@@ -1067,7 +1091,7 @@ async fn on_disk_every_node_s_acknowledged_publishes_reach_at_least_once_session
         Storage::Disk,
         Reliable::EveryNode,
         Publishers::Pinned,
-        None,
+        Partitions::No,
         "on_disk_every_node_s_acknowledged_publishes_reach_at_least_once_sessions",
     )
     .await;
