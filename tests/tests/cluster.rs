@@ -1252,7 +1252,10 @@ async fn a_subscription_made_while_a_peers_link_is_down_hears_what_the_peer_publ
     let pki = Pki::new();
     let cut = FaultControl::new(FaultPlan::default());
     let publishing = Node::start(&pki, "n1").await;
-    let away = Node::start_with(&pki, ClusterConfig::node("n2"), Some(&cut)).await;
+    // No startup window: on a loaded machine node 1's first acknowledgement of node 2's
+    // interest can come after the heal, within the window, and add the floor's gap of one
+    // (docs/CLUSTERING.md, "up to one too many per peer"); this test is of the tally alone.
+    let away = Node::start_with(&pki, long_running("n2"), Some(&cut)).await;
     dial_full_mesh([&publishing.cluster, &away.cluster]);
     eventually("the two nodes are linked", || async {
         (publishing.meshed_with(1) && away.meshed_with(1)).then_some(())

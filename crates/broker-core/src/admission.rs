@@ -308,10 +308,12 @@ impl Publisher {
                 .note(identity, message_id, Instant::now(), |at| first_at = *at)
         {
             // A first publish whose entry is not committed yet (late, or on its way) may
-            // still be refused: the duplicate's acknowledgement waits for the same entry.
+            // still be refused: the duplicate's acknowledgement waits for the same entry. One
+            // refused already is answered so too (its own answer, which forgets the pair,
+            // may not have been written yet).
             self.replicated_ticket = shared
                 .replicated()
-                .filter(|store| first_at > store.committed())
+                .filter(|store| first_at > store.committed() || store.was_refused(first_at))
                 .map_or(0, |_| first_at);
             shared.router.counters().duplicate();
             return Ok(Admitted::Duplicate { message_id });

@@ -264,13 +264,25 @@ impl<T: Default> DedupeWindow<T> {
     /// Forgets the pair, if remembered: its publish was refused after all (its commit failed),
     /// so a resend is accepted again.
     pub(crate) fn forget(&self, identity: &Arc<str>, message_id: u64) {
+        self.forget_if(identity, message_id, |_| true);
+    }
+
+    /// [`Self::forget`], if `noted` says so of the pair's note (a pair remembered again since,
+    /// for a newer publish, is kept).
+    pub(crate) fn forget_if(
+        &self,
+        identity: &Arc<str>,
+        message_id: u64,
+        noted: impl FnOnce(&T) -> bool,
+    ) {
         let mut window = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(own) = window.identities.get_mut(identity) else {
             return;
         };
-        if own.seen.remove(&message_id).is_none() {
+        if !own.seen.get(&message_id).is_some_and(noted) {
             return;
         }
+        own.seen.remove(&message_id);
         own.order.retain(|(id, _)| *id != message_id);
         window.total = window.total.saturating_sub(1);
     }

@@ -985,16 +985,16 @@ impl Replica {
         self.config.claim_timeout
     }
 
-    /// The log index this node must have applied to know every release of its claims that a
-    /// leader wrote while it was out of contact ([`Command::Release`] with a term): as a
-    /// follower, the commit index that came with its lease (a leader holds its lease only
-    /// once its term's first entry is committed, after every earlier leader's entries); as
-    /// the leader, the end of its log.
+    /// The log index a follower should have applied before it serves under a claim: the
+    /// commit index that came with its lease, so that it knows of a release of its claims a
+    /// leader wrote while it was out of contact ([`Command::Release`] with a term; such a
+    /// claim is still fenced by the next claim, which is what keeps two nodes from serving
+    /// at once). The leader: what it has applied (it wrote or judged everything since).
     pub fn caught_up_index(&self) -> u64 {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == openraft::ServerState::Leader {
-            metrics.last_log_index.unwrap_or(0)
+            metrics.last_applied.map_or(0, |log_id| log_id.index)
         } else {
             self.contacts.lease_commit()
         }

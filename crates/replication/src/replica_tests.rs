@@ -1118,8 +1118,8 @@ async fn a_session_s_records_written_by_its_owner_reach_every_node_and_a_stale_o
 
 /// A follower that has not caught up claims a session through the leader, which finds it out
 /// of contact and releases the claim; once the follower holds its lease again, it has applied
-/// that release when it has applied through [`Replica::caught_up_index`], so it knows not to
-/// serve under the claim (no later claim elsewhere would wait for it).
+/// that release when it has applied through [`Replica::caught_up_index`], so it does not
+/// serve under the claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_released_while_its_node_was_out_of_contact_is_known_released_once_caught_up() {
     let timeout = Duration::from_millis(1500);
@@ -1149,7 +1149,7 @@ async fn a_claim_released_while_its_node_was_out_of_contact_is_known_released_on
         || leading.is_released(&key("s"), epoch),
     )
     .await;
-    // The leader's log ends at or after the release.
+    // The leader has applied the release.
     let release_written_by = leading.caught_up_index();
 
     mesh.deaf.lock().expect("deaf").clear();

@@ -137,6 +137,11 @@ struct Claims {
     /// ([`Claims::reindex`]), not stored.
     #[serde(skip)]
     held_by_node: HashMap<String, BTreeSet<u64>>,
+    /// The released claims (epochs) that a leader released for their node, out of contact
+    /// beyond its lease, not the node itself: a newer claim still fences them, since that
+    /// node may apply its claim only later (it had not caught up) and serve under it.
+    #[serde(default)]
+    lost: BTreeSet<u64>,
 }
 
 /// A writer's last write applied ([`Claims::writers`]).
@@ -467,6 +472,7 @@ impl Claims {
         }
         self.unfenced.remove(&session);
         self.released.remove(&epoch);
+        self.lost.remove(&epoch);
         self.released_at.remove(&epoch);
         if let Some(records) = self.records.remove(&session) {
             self.forgotten.push(session.clone());
@@ -525,7 +531,8 @@ impl Claims {
             self.by_epoch.remove(&previous.epoch);
             self.unheld(&previous.node, previous.epoch);
             self.released_at.remove(&previous.epoch);
-            let let_go = self.released.remove(&previous.epoch);
+            let lost = self.lost.remove(&previous.epoch);
+            let let_go = self.released.remove(&previous.epoch) && !lost;
             if let Some(identity) = self.identities.get_mut(&session.identity) {
                 identity.released.remove(&previous.epoch);
             }
@@ -552,7 +559,9 @@ impl Claims {
     /// The connection holding the claim of `session` at `epoch` has let go (if that claim
     /// is still the owner's), at `at_ms` if known (a claim released twice keeps its first
     /// time).
-    fn release(&mut self, session: &SessionKey, epoch: u64, at_ms: Option<u64>) {
+    /// `lost`: released by a leader for a node out of contact ([`Claims::lost`]), not by the
+    /// node (whose own release says its connections let go).
+    fn release(&mut self, session: &SessionKey, epoch: u64, at_ms: Option<u64>, lost: bool) {
         let Some(node) = self
             .owners
             .get(session)
@@ -561,8 +570,14 @@ impl Claims {
         else {
             return;
         };
+        if !lost {
+            self.lost.remove(&epoch);
+        }
         if !self.released.insert(epoch) {
             return;
+        }
+        if lost {
+            self.lost.insert(epoch);
         }
         if let Some(at_ms) = at_ms {
             self.released_at.insert(epoch, at_ms);
@@ -584,7 +599,7 @@ impl Claims {
             .filter_map(|epoch| Some((self.by_epoch.get(epoch)?.clone(), *epoch)))
             .collect();
         for (session, epoch) in theirs {
-            self.release(&session, epoch, at_ms);
+            self.release(&session, epoch, at_ms, false);
         }
     }
 
@@ -986,7 +1001,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }) => {
                         if term.is_none_or(|term| term == entry.log_id.leader_id.term) {
                             for (session, epoch) in claims {
-                                inner.claims.release(&session, epoch, at_ms);
+                                inner.claims.release(&session, epoch, at_ms, term.is_some());
                             }
                         }
                         answers.push(Applied::default());
@@ -1189,7 +1204,7 @@ mod tests {
         claims
             .claim(&session, &by("n1", 3), bounds())
             .expect("claimed");
-        claims.release(&session, 3, None);
+        claims.release(&session, 3, None, false);
         // n1 may be down now: its released claim must not make n2 wait out n1's lease.
         let (previous, unfenced) = claims
             .claim(&session, &by("n2", 5), bounds())
@@ -1202,6 +1217,37 @@ mod tests {
             .claim(&session, &by("n3", 7), bounds())
             .expect("claimed");
         assert_eq!(unfenced, vec![by("n2", 5)]);
+    }
+
+    #[test]
+    fn a_claim_a_leader_released_for_its_node_out_of_contact_is_still_fenced() {
+        // n1, behind on the log, claimed through the leader; the leader, finding n1 out of
+        // contact beyond its lease, released the claim. n1 may still apply its claim and
+        // serve under it: the next claim must ask n1 (or wait out its lease).
+        let session = alice();
+        let mut claims = Claims::default();
+        claims
+            .claim(&session, &by("n1", 3), bounds())
+            .expect("claimed");
+        claims.release(&session, 3, Some(1_000), true);
+        assert!(claims.released.contains(&3), "counted as released");
+        let (_, unfenced) = claims
+            .claim(&session, &by("n2", 5), bounds())
+            .expect("claimed");
+        assert_eq!(unfenced, vec![by("n1", 3)]);
+        // Its node's own release afterwards says it let go: not fenced.
+        claims
+            .claim(&session, &by("n1", 7), bounds())
+            .expect("claimed");
+        claims.release(&session, 7, Some(2_000), true);
+        claims.release(&session, 7, Some(2_500), false);
+        let (_, unfenced) = claims
+            .claim(&session, &by("n3", 9), bounds())
+            .expect("claimed");
+        assert!(
+            !unfenced.contains(&by("n1", 7)),
+            "n1 let go of it: {unfenced:?}"
+        );
     }
 
     #[test]
@@ -1233,7 +1279,7 @@ mod tests {
             .claim(&session, &by("n3", 5), bounds())
             .expect("claimed");
         assert_eq!(unfenced, vec![by("n1", 3), by("n2", 4)]);
-        claims.release(&session, 5, None);
+        claims.release(&session, 5, None, false);
         let (_, unfenced) = claims
             .claim(&session, &by("n2", 6), bounds())
             .expect("claimed");
@@ -1270,7 +1316,7 @@ mod tests {
         write_a_record(&mut claims, &session, 3);
         assert!(!claims.expire(&session, 3), "held by a connection: kept");
         assert_eq!(claims.owners.get(&session), Some(&by("n1", 3)));
-        claims.release(&session, 3, Some(1_000));
+        claims.release(&session, 3, Some(1_000), false);
         assert!(!claims.expire(&session, 4), "not its claim's epoch");
         assert_eq!(keys(&claims, &session), ["s"]);
         assert!(claims.expire(&session, 3));
@@ -1289,7 +1335,7 @@ mod tests {
             .claim(&session, &by("n1", 3), bounds())
             .expect("claimed");
         write_a_record(&mut claims, &session, 3);
-        claims.release(&session, 3, Some(1_000));
+        claims.release(&session, 3, Some(1_000), false);
         // The expiry was decided on epoch 3; a client took the session up on n2 first.
         claims
             .claim(&session, &by("n2", 5), bounds())
@@ -1298,7 +1344,7 @@ mod tests {
         assert_eq!(claims.owners.get(&session), Some(&by("n2", 5)));
         assert_eq!(keys(&claims, &session), ["s"], "its records stay");
         // Released again and taken up on the same node: a new epoch too.
-        claims.release(&session, 5, Some(2_000));
+        claims.release(&session, 5, Some(2_000), false);
         claims
             .claim(&session, &by("n2", 7), bounds())
             .expect("taken up");
@@ -1324,7 +1370,7 @@ mod tests {
         );
         // n1 is out of contact: the leader releases its claims, and they expire.
         assert_eq!(claims.held_by_node.get("n1").map(BTreeSet::len), Some(1));
-        claims.release(&first, 3, Some(1_000));
+        claims.release(&first, 3, Some(1_000), false);
         assert!(claims.held_by_node.is_empty());
         assert!(claims.expire(&first, 3));
         assert!(claims.identities.is_empty());

@@ -414,10 +414,10 @@ impl Ownership {
         // A claim forwarded to the leader returns once committed: the session's records are
         // read here, so this node must have applied everything up to the claim first (a node
         // catching up would read records older than the claim, or none).
-        // It must also have applied what the leader had committed when it granted this node's
-        // lease: a leader that found this node out of contact may have released the claim
-        // after it was committed, and [`Ownership::hold`] refuses a released claim (another
-        // node's claim fences no released one).
+        // It should also have applied what the leader had committed when it granted this
+        // node's lease: a leader that found this node out of contact may have released the
+        // claim after it was committed, and [`Ownership::hold`] refuses a released claim. (A
+        // release it learns of later is safe too: the next claim still fences it.)
         let limit = self.replica.claim_timeout();
         let deadline = tokio::time::Instant::now() + limit;
         if !self.replica.applied_through(epoch, limit).await
@@ -483,10 +483,13 @@ impl Ownership {
         if !self.replica.in_contact() || self.replica.is_released(&claim.session, claim.epoch) {
             return Err(BrokerError::NoQuorum(self.replica.lease()));
         }
-        if let Some(owner) = self.replica.owner(&claim.session) {
-            if owner.epoch > claim.epoch {
+        match self.replica.owner(&claim.session) {
+            Some(owner) if owner.epoch > claim.epoch => {
                 return Err(BrokerError::SessionTakenOverOn(owner.node));
             }
+            Some(_) => {}
+            // Forgotten since it was applied here (released, to make room): not this node's.
+            None => return Err(BrokerError::NoQuorum(self.replica.lease())),
         }
         let local = held.entry(claim.session.clone()).or_default();
         if local.iter().any(|newer| newer.epoch > claim.epoch) {

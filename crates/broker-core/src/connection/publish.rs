@@ -242,7 +242,10 @@ async fn write_answers(
             for frame in &frames {
                 if let Frame::PublishAck(ack) = frame {
                     if !ack.duplicate {
-                        shared.dedupe.forget(identity, ack.message_id);
+                        // Unless remembered again since, for a newer publish.
+                        shared.dedupe.forget_if(identity, ack.message_id, |at| {
+                            replicated_at.is_none_or(|ticket| *at == ticket)
+                        });
                     }
                 }
             }
@@ -315,6 +318,7 @@ fn unsent_acks(
         Arc::clone(&shared.dedupe),
         Arc::clone(identity),
         message_ids,
+        replicated_at.unwrap_or(0),
         outcome,
     ))
 }

@@ -26,22 +26,28 @@ pub(crate) struct UnsentAcks {
     dedupe: Arc<PublishWindow>,
     identity: Arc<str>,
     message_ids: Vec<u64>,
+    /// The replicated store's ticket they wait for (0: none): a pair noted with another one
+    /// was remembered again since, for a newer publish, and is kept.
+    replicated_at: u64,
     outcome: Option<Outcome>,
 }
 
 impl UnsentAcks {
     /// The pairs of `message_ids` (acknowledgements that are not duplicates) of `identity`,
-    /// whose publishes wait for `outcome`.
+    /// whose publishes wait for `outcome` (and for the replicated store's `replicated_at`,
+    /// 0 for none).
     pub(crate) fn new(
         dedupe: Arc<PublishWindow>,
         identity: Arc<str>,
         message_ids: Vec<u64>,
+        replicated_at: u64,
         outcome: Outcome,
     ) -> Self {
         Self {
             dedupe,
             identity,
             message_ids,
+            replicated_at,
             outcome: Some(outcome),
         }
     }
@@ -59,9 +65,10 @@ impl Drop for UnsentAcks {
         }
         let (dedupe, identity) = (Arc::clone(&self.dedupe), Arc::clone(&self.identity));
         let message_ids = std::mem::take(&mut self.message_ids);
+        let ticket = self.replicated_at;
         let forget = move || {
             for message_id in message_ids {
-                dedupe.forget(&identity, message_id);
+                dedupe.forget_if(&identity, message_id, |at| ticket == 0 || *at == ticket);
             }
         };
         match (self.outcome.take(), tokio::runtime::Handle::try_current()) {
@@ -121,6 +128,7 @@ mod tests {
             Arc::clone(&window),
             Arc::clone(&identity),
             vec![7],
+            0,
             Box::pin(async move { outcome.await.unwrap_or(false) }),
         );
         drop(unsent);
@@ -133,6 +141,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refusal_keeps_a_pair_remembered_again_for_a_newer_publish() {
+        // The first publish (entry ticket 3) was refused; meanwhile its pair was pushed out
+        // and remembered again for a resend whose entry is ticket 5.
+        let identity: Arc<str> = Arc::from("dev");
+        let window = window_holding(&identity, 7);
+        window.note(&identity, 7, Instant::now(), |at| *at = 5);
+        assert!(window.first_time(&identity, 8, Instant::now()));
+        window.note(&identity, 8, Instant::now(), |at| *at = 3);
+        let refused = |message_id| {
+            UnsentAcks::new(
+                Arc::clone(&window),
+                Arc::clone(&identity),
+                vec![message_id],
+                3,
+                Box::pin(async { false }),
+            )
+        };
+        drop(refused(7));
+        drop(refused(8));
+        until("the refused publish's own pair is forgotten", || {
+            forgotten(&window, &identity, 8)
+        })
+        .await;
+        assert!(
+            !forgotten(&window, &identity, 7),
+            "the newer publish's pair is kept"
+        );
+    }
+
+    #[tokio::test]
     async fn an_unsent_answer_whose_publish_is_kept_keeps_its_pair() {
         let identity: Arc<str> = Arc::from("dev");
         let window = window_holding(&identity, 7);
@@ -141,6 +179,7 @@ mod tests {
             Arc::clone(&window),
             Arc::clone(&identity),
             vec![7],
+            0,
             Box::pin(async move {
                 let _ = kept.send(());
                 true
@@ -160,6 +199,7 @@ mod tests {
             Arc::clone(&window),
             Arc::clone(&identity),
             vec![7],
+            0,
             Box::pin(async { false }),
         );
         unsent.settled();

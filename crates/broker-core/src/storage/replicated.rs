@@ -339,6 +339,13 @@ impl ReplicatedStore {
         self.wait(ticket, true).await
     }
 
+    /// Whether the entry holding `ticket` is committed and had some session's changes
+    /// refused, as far as the refusals still kept tell (the newest [`REFUSED_KEPT`] ranges).
+    pub(crate) fn was_refused(&self, ticket: u64) -> bool {
+        let status = self.status.borrow();
+        status.committed >= ticket && ticket > status.forgotten_through && status.refused(ticket)
+    }
+
     /// Waits for the final outcome of the entry holding `ticket`: committed, refused (as
     /// [`ReplicatedStore::synced`]), or the store closed first. Unlike `synced`, not answered
     /// while the entry is only late: a stalled entry is written again and may still commit.
