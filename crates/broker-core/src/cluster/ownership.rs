@@ -478,8 +478,8 @@ impl Ownership {
     /// (it may not have heard of a newer claim) or the claim was released meanwhile.
     fn hold(&self, claim: &Claim, connection: Arc<dyn Connection>) -> Result<(), BrokerError> {
         let mut held = self.lock();
-        // A claim a leader released while this node was out of contact: no later claim of
-        // another node waits for this node, so it must not serve under it.
+        // A claim a leader released while this node was out of contact (the next claim
+        // still fences it): this node does not serve under it, its client claims again.
         if !self.replica.in_contact() || self.replica.is_released(&claim.session, claim.epoch) {
             return Err(BrokerError::NoQuorum(self.replica.lease()));
         }
