@@ -584,6 +584,111 @@ async fn a_node_that_dies_cut_off_leaves_its_peers_subscribers_a_gap_not_silence
 }
 
 #[tokio::test]
+async fn a_subscription_a_peer_died_without_knowing_of_hears_of_what_it_may_have_lost() {
+    // Node 1 is cut off; node 2 then subscribes to a topic node 1 has never carried to it, so
+    // node 1 never learns of that subscription, and node 1 publishes on it meanwhile (counted,
+    // if at all, only on node 1). Node 1 dies before the cut heals: node 2 must announce a
+    // loss on that subscription too, not only on the topics node 1 had carried.
+    let cut = FaultControl::new(FaultPlan::default());
+    let (_pki, mut nodes) = three_nodes_with(&[Some(&cut), None, None]).await;
+    let subscriber = nodes[1].broker.client("sub2").await;
+    let publisher = nodes[0].broker.client("publisher").await;
+    cut.set_blackhole(true);
+    let mut unknown = subscriber.subscribe("unknown").await.expect("subscribe");
+    for i in 0..3u32 {
+        publisher
+            .publish("unknown", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    let dead = nodes.remove(0);
+    dead.cluster.close(Duration::from_millis(200)).await;
+    dead.broker.stop().await;
+    let event = within(
+        "node 2 announces a loss on a subscription node 1 never knew of",
+        unknown.next_event(),
+    )
+    .await
+    .expect("an event");
+    assert!(
+        matches!(
+            event,
+            SubscriptionEvent::Gap(Gap::Missed {
+                reason: Some(GapReason::ClusterRoute),
+                ..
+            })
+        ),
+        "a ClusterRoute gap: {event:?}"
+    );
+    stop_all(nodes).await;
+}
+
+/// QUIC settings for cluster links that outlive a dead peer by far: a link to a node that died
+/// is closed only if something notices it was replaced, not by its idle timeout.
+fn lingering_links() -> QuicOptions {
+    QuicOptions {
+        idle_timeout: Duration::from_secs(60),
+        ..cassini_quic::cluster::cluster_quic_options()
+    }
+}
+
+/// Node `name` whose cluster links linger ([`lingering_links`]), its socket under `faults`.
+async fn lingering_node(pki: &Pki, name: &str, faults: Option<&FaultControl>) -> Node {
+    let broker = TestBroker::start_sharing_ca(
+        pki,
+        BrokerConfig {
+            cluster: Some(ClusterConfig::node(name)),
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let mut options = ClusterOptions::new("test", "127.0.0.1:0".parse().expect("addr"), vec![]);
+    options.quic = lingering_links();
+    options.layer = faults.map(FaultControl::layer);
+    let cluster = start_endpoint(pki, &broker, name, options);
+    Node { broker, cluster }
+}
+
+#[tokio::test]
+async fn a_restarted_node_is_linked_again_at_once_though_its_peers_links_to_its_old_self_linger() {
+    // Node 2 dies silently (its socket black-holed, so node 1's link to it lingers) and
+    // starts again at another address. Node 1's link to the dead node 2 must not stand in for
+    // one to the new node 2: a publish on node 1 reaches a subscriber on the new node 2.
+    let pki = Pki::new();
+    let silenced = FaultControl::new(FaultPlan::default());
+    let staying = lingering_node(&pki, "n1", None).await;
+    let old = lingering_node(&pki, "n2", Some(&silenced)).await;
+    dial_full_mesh([&staying.cluster, &old.cluster]);
+    eventually("the two nodes are linked", || async {
+        (staying.meshed_with(1) && old.meshed_with(1)).then_some(())
+    })
+    .await;
+    silenced.set_blackhole(true);
+    old.stop().await;
+    let restarted = lingering_node(&pki, "n2", None).await;
+    restarted.cluster.dial(staying.cluster_addr());
+    let subscriber = restarted.broker.client("sub").await;
+    let mut feed = subscriber.subscribe("t").await.expect("subscribe");
+    let publisher = staying.broker.client("publisher").await;
+    let reached = async {
+        loop {
+            publisher
+                .publish("t", Bytes::from_static(b"x"))
+                .await
+                .expect("publish");
+            let next = tokio::time::timeout(Duration::from_millis(200), feed.next_event()).await;
+            if let Ok(Some(SubscriptionEvent::Message(_))) = next {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), reached)
+        .await
+        .expect("a publish on node 1 reaches the new node 2 within 15 s");
+    stop_all(vec![staying, restarted]).await;
+}
+
+#[tokio::test]
 async fn a_node_that_stops_with_nothing_left_for_its_peers_leaves_no_gap() {
     let (_pki, mut nodes) = three_nodes().await;
     let subscriber = nodes[1].broker.client("sub2").await;

@@ -32,7 +32,8 @@
 //!   the peer meanwhile hears of what it missed.
 //! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
 //!   announced by the peer on its next link if it comes back as the same incarnation;
-//!   otherwise this node announces a loss of each kind the link carried ([`crate::peer`]).
+//!   otherwise this node announces a loss of each kind the link carried, or one on every
+//!   subscription if the peer did not know this node's interest ([`crate::peer`]).
 //! - **Interest changes towards a peer** wait in a queue of at most
 //!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
 //!   queued changes are discarded and the link sends a fresh snapshot (with the latest
@@ -409,6 +410,22 @@ struct Peer {
     /// Whether a link towards the peer has had an acknowledgement of this node's interest
     /// since this node started.
     acknowledged_ever: AtomicBool,
+    /// What the latest link towards the peer reached: whether the peer (which incarnation)
+    /// knows this node's interest, for when its link to this node ends uncleanly.
+    reached: Mutex<Reached>,
+    /// The incarnation the peer named on its latest link to this node (0: unknown).
+    inbound_incarnation: AtomicU64,
+}
+
+/// The latest link towards a peer, as far as the peer's knowledge of this node's interest goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reached {
+    /// The link's id.
+    link: u64,
+    /// The incarnation of the peer it reached (0: unknown).
+    incarnation: u64,
+    /// The latest change of this node's interest the peer acknowledged on it.
+    acked: u64,
 }
 
 /// [`Peer::synced_at`] of a peer whose snapshot did not take the startup tally.
@@ -418,7 +435,8 @@ const NOT_SYNCED: u64 = u64::MAX;
 /// still held for this node, and the drops it counted for it, are announced by the peer on its
 /// next link if it still holds them (the same incarnation). If it comes back as another
 /// incarnation, or not within [`UNSETTLED_WAIT`], they are lost with it: this node then
-/// announces one lost message (at least) of each kind the link carried.
+/// announces one lost message (at least) of each kind the link carried, or on every
+/// subscription (`anywhere`).
 #[derive(Debug, Clone)]
 pub struct Unsettled {
     /// The id of the link that ended.
@@ -427,6 +445,10 @@ pub struct Unsettled {
     pub incarnation: u64,
     /// What the link carried: one entry per topic (and session), with every group named.
     pub kinds: Vec<Lost>,
+    /// Whether the peer may have counted losses for this node on topics the link never
+    /// carried: it did not know this node's interest as it was when the link ended
+    /// ([`InboundLink::peer_knew_interest`]).
+    pub anywhere: bool,
 }
 
 /// How long a peer whose link ended uncleanly has to come back, as the same incarnation, before
@@ -451,6 +473,8 @@ impl Peer {
             absent: Mutex::new(Some(KindCounts::new(MAX_DROP_KINDS))),
             absent_open: AtomicBool::new(true),
             acknowledged_ever: AtomicBool::new(false),
+            reached: Mutex::default(),
+            inbound_incarnation: AtomicU64::new(0),
         }
     }
 
@@ -755,6 +779,10 @@ impl Cluster {
             }
             route.recount();
         }
+        *lock(&peer.reached) = Reached {
+            link: id,
+            ..Reached::default()
+        };
         let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
         let resync = Arc::new(AtomicBool::new(false));
@@ -1151,6 +1179,15 @@ impl OutboundLink {
         &self.peer.name
     }
 
+    /// The link reached the peer's incarnation `incarnation` (0: unknown): the acknowledgements
+    /// of this node's interest on it are that incarnation's (see [`InboundLink::peer_knew_interest`]).
+    pub fn reached_incarnation(&self, incarnation: u64) {
+        let mut reached = lock(&self.peer.reached);
+        if reached.link == self.id {
+            reached.incarnation = incarnation;
+        }
+    }
+
     /// The next thing to send: the snapshot first, then interest changes before forwards, and a
     /// drop report in its place among the forwards: after every forward queued before the drop,
     /// before every forward queued after it (also when recorded while this waits). `None` once
@@ -1213,6 +1250,7 @@ impl OutboundLink {
     /// An acknowledger for this link's interest, to hand to the task reading the peer's acks.
     pub fn acknowledger(&self) -> Acknowledger {
         Acknowledger {
+            link: self.id,
             cluster: Arc::clone(&self.cluster),
             acked: Arc::clone(&self.acked),
             peer: Arc::clone(&self.peer),
@@ -1251,6 +1289,7 @@ impl Drop for OutboundLink {
 /// Records a peer's acknowledgements of this node's interest.
 #[derive(Debug, Clone)]
 pub struct Acknowledger {
+    link: u64,
     cluster: Arc<Cluster>,
     acked: Arc<AtomicU64>,
     peer: Arc<Peer>,
@@ -1271,6 +1310,12 @@ impl Acknowledger {
     /// with this node, and then holds no count for it).
     pub fn acknowledged(&self, seq: u64) {
         self.acked.fetch_max(seq, Ordering::AcqRel);
+        {
+            let mut reached = lock(&self.peer.reached);
+            if reached.link == self.link {
+                reached.acked = reached.acked.max(seq);
+            }
+        }
         self.cluster.acked.notify_waiters();
         let young = self.cluster.started.elapsed() < self.cluster.config.startup_window;
         if young && !self.peer.acknowledged_ever.swap(true, Ordering::AcqRel) {
@@ -1353,23 +1398,41 @@ impl InboundLink {
         lock(&self.peer.unsettled).take()
     }
 
-    /// This link ended uncleanly having carried `kinds`: kept as unsettled unless a newer link
-    /// from the peer is up already. Returns whether it was kept.
-    pub fn leave_unsettled(&self, incarnation: u64, kinds: Vec<Lost>) -> bool {
+    /// The peer named `incarnation` on this link.
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.peer
+            .inbound_incarnation
+            .store(incarnation, Ordering::Release);
+    }
+
+    /// The incarnation the peer named on its latest link to this node (0: unknown).
+    pub fn latest_incarnation(&self) -> u64 {
+        self.peer.inbound_incarnation.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer's `incarnation` knew this node's interest as it is now: a link towards
+    /// it reached that incarnation and had every change acknowledged. If not, it may have
+    /// counted losses for this node on any topic (its startup tally, its absence tally), and
+    /// those die with it.
+    pub fn peer_knew_interest(&self, incarnation: u64) -> bool {
+        let reached = *lock(&self.peer.reached);
+        let seq = lock(&self.cluster.local).seq;
+        incarnation != 0 && reached.incarnation == incarnation && reached.acked >= seq
+    }
+
+    /// This link ended uncleanly: `unsettled` is kept unless a newer link from the peer is up
+    /// already. Returns whether it was kept.
+    pub fn leave_unsettled(&self, unsettled: Unsettled) -> bool {
         let current = self
             .peer
             .interest
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .0;
-        if current != self.id || kinds.is_empty() {
+        if current != self.id {
             return false;
         }
-        *lock(&self.peer.unsettled) = Some(Unsettled {
-            link: self.id,
-            incarnation,
-            kinds,
-        });
+        *lock(&self.peer.unsettled) = Some(unsettled);
         true
     }
 }

@@ -84,6 +84,7 @@ impl ClusterPort {
     /// and the new link remembers what the previous one carried, in case it ends first.
     pub fn open_inbound(&self, node: &str, incarnation: u64) -> PeerInbox {
         let link = self.cluster.open_inbound(node);
+        link.set_incarnation(incarnation);
         let mut carried = HashMap::new();
         if let Some(unsettled) = link.take_unsettled() {
             if unsettled.incarnation != incarnation || incarnation == 0 {
@@ -104,6 +105,7 @@ impl ClusterPort {
             link,
             incarnation,
             carried,
+            carried_beyond: false,
             publisher: Publisher::peer(),
             shared: Arc::clone(&self.shared),
             cluster: Arc::clone(&self.cluster),
@@ -177,6 +179,8 @@ pub struct PeerInbox {
     /// What the link carried, by topic and session (at most [`MAX_CARRIED_KINDS`]): what an
     /// unclean end may have lost.
     carried: HashMap<(String, Option<SessionId>), Lost>,
+    /// Whether the link carried more kinds than `carried` remembers.
+    carried_beyond: bool,
     publisher: Publisher,
     shared: Arc<Shared>,
     cluster: Arc<Cluster>,
@@ -186,8 +190,21 @@ pub struct PeerInbox {
 /// [`PeerInbox::ended`]; traffic of further kinds is not remembered.
 pub const MAX_CARRIED_KINDS: usize = 1024;
 
-/// Announces one lost message of each kind `unsettled` carried, as a drop report would.
+/// Announces one lost message of each kind `unsettled` carried, as a drop report would; if
+/// the peer may have counted losses on topics the link never carried, one on every
+/// subscription here instead (and on each session the link carried direct messages for).
 fn announce_unsettled(shared: &Shared, node: &str, unsettled: &Unsettled) {
+    if unsettled.anywhere {
+        tracing::info!(
+            peer = %node,
+            "a peer's link ended uncleanly and its counts are gone, and it did not know this node's interest as it is: announcing a loss on every subscription"
+        );
+        announce_dropped(shared, &Lost::on_any_topic(), 1);
+        for lost in unsettled.kinds.iter().filter(|lost| lost.session.is_some()) {
+            announce_dropped(shared, lost, 1);
+        }
+        return;
+    }
     tracing::info!(
         peer = %node,
         kinds = unsettled.kinds.len(),
@@ -309,6 +326,8 @@ impl PeerInbox {
             }
         } else if self.carried.len() < MAX_CARRIED_KINDS {
             self.carried.insert(key, lost);
+        } else {
+            self.carried_beyond = true;
         }
     }
 
@@ -316,14 +335,31 @@ impl PeerInbox {
     /// this node is stopping. Otherwise what the peer still held for this node is lost unless
     /// it comes back as the same incarnation within [`UNSETTLED_WAIT`]: if it does not, one
     /// lost message of each kind the link carried is announced (a `ClusterRoute` gap of at
-    /// least one on each subscription that traffic reached).
+    /// least one on each subscription that traffic reached), or one on every subscription
+    /// here if the peer did not know this node's interest as it was (it may have counted
+    /// losses on any topic) or the link carried more kinds than it remembers. A newer link
+    /// from another incarnation of the peer, up before this one ended, settles it at once.
     pub fn ended(self, cleanly: bool) {
         if cleanly {
             return;
         }
-        let kinds: Vec<Lost> = self.carried.into_values().collect();
-        let link = self.link.id();
-        if !self.link.leave_unsettled(self.incarnation, kinds) {
+        let unsettled = Unsettled {
+            link: self.link.id(),
+            incarnation: self.incarnation,
+            anywhere: self.carried_beyond || !self.link.peer_knew_interest(self.incarnation),
+            kinds: self.carried.into_values().collect(),
+        };
+        if unsettled.kinds.is_empty() && !unsettled.anywhere {
+            return;
+        }
+        let link = unsettled.link;
+        if !self.link.leave_unsettled(unsettled.clone()) {
+            // A newer link from the peer is up already: from another incarnation (it
+            // restarted before this link timed out), what this one may have lost is gone
+            // with the old one; from the same one, the peer announces its counts itself.
+            if self.link.latest_incarnation() != self.incarnation || self.incarnation == 0 {
+                announce_unsettled(&self.shared, self.link.peer(), &unsettled);
+            }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
