@@ -32,8 +32,7 @@
 //!   the peer meanwhile hears of what it missed.
 //! - **A link that ends uncleanly** ([`Unsettled`]): the peer's counts for this node are
 //!   announced by the peer on its next link if it comes back as the same incarnation;
-//!   otherwise this node announces a loss of each kind the link carried, or one on every
-//!   subscription if the peer did not know this node's interest ([`crate::peer`]).
+//!   otherwise this node announces one lost message on every subscription ([`crate::peer`]).
 //! - **Interest changes towards a peer** wait in a queue of at most
 //!   [`MAX_QUEUED_INTEREST_CHANGES`]; when it is full the link is marked to resynchronise: the
 //!   queued changes are discarded and the link sends a fresh snapshot (with the latest
@@ -410,22 +409,8 @@ struct Peer {
     /// Whether a link towards the peer has had an acknowledgement of this node's interest
     /// since this node started.
     acknowledged_ever: AtomicBool,
-    /// What the latest link towards the peer reached: whether the peer (which incarnation)
-    /// knows this node's interest, for when its link to this node ends uncleanly.
-    reached: Mutex<Reached>,
     /// The incarnation the peer named on its latest link to this node (0: unknown).
     inbound_incarnation: AtomicU64,
-}
-
-/// The latest link towards a peer, as far as the peer's knowledge of this node's interest goes.
-#[derive(Debug, Default, Clone, Copy)]
-struct Reached {
-    /// The link's id.
-    link: u64,
-    /// The incarnation of the peer it reached (0: unknown).
-    incarnation: u64,
-    /// The latest change of this node's interest the peer acknowledged on it.
-    acked: u64,
 }
 
 /// [`Peer::synced_at`] of a peer whose snapshot did not take the startup tally.
@@ -435,20 +420,18 @@ const NOT_SYNCED: u64 = u64::MAX;
 /// still held for this node, and the drops it counted for it, are announced by the peer on its
 /// next link if it still holds them (the same incarnation). If it comes back as another
 /// incarnation, or not within [`UNSETTLED_WAIT`], they are lost with it: this node then
-/// announces one lost message (at least) of each kind the link carried, or on every
-/// subscription (`anywhere`).
+/// announces one lost message (at least) on every subscription.
 #[derive(Debug, Clone)]
 pub struct Unsettled {
     /// The id of the link that ended.
     pub link: u64,
     /// The incarnation the peer had on it.
     pub incarnation: u64,
-    /// What the link carried: one entry per topic (and session), with every group named.
-    pub kinds: Vec<Lost>,
-    /// Whether the peer may have counted losses for this node on topics the link never
-    /// carried: it did not know this node's interest as it was when the link ended
-    /// ([`InboundLink::peer_knew_interest`]).
-    pub anywhere: bool,
+    /// Once the loss was announced ([`UNSETTLED_WAIT`] after the end, the peer not back): this
+    /// node's interest sequence number then. A subscription made since was not covered, and
+    /// the peer, out of contact, may have counted losses for it: if it comes back as another
+    /// incarnation, they died with the old one and are announced again.
+    pub announced_at: Option<u64>,
 }
 
 /// How long a peer whose link ended uncleanly has to come back, as the same incarnation, before
@@ -473,7 +456,6 @@ impl Peer {
             absent: Mutex::new(Some(KindCounts::new(MAX_DROP_KINDS))),
             absent_open: AtomicBool::new(true),
             acknowledged_ever: AtomicBool::new(false),
-            reached: Mutex::default(),
             inbound_incarnation: AtomicU64::new(0),
         }
     }
@@ -638,15 +620,17 @@ impl Cluster {
         }
     }
 
-    /// Takes what link `link` from peer `name` left unsettled, if it still is (the peer did not
-    /// come back meanwhile).
-    pub fn take_unsettled(&self, name: &str, link: u64) -> Option<Unsettled> {
+    /// Whether what link `link` from peer `name` left unsettled is still owed an announcement
+    /// (the peer did not come back meanwhile): if so, it is marked announced now.
+    pub fn announce_unsettled(&self, name: &str, link: u64) -> bool {
         let peer = self.peer(name);
         let mut unsettled = lock(&peer.unsettled);
-        if unsettled.as_ref().is_some_and(|u| u.link == link) {
-            unsettled.take()
-        } else {
-            None
+        match unsettled.as_mut() {
+            Some(left) if left.link == link && left.announced_at.is_none() => {
+                left.announced_at = Some(lock(&self.local).seq);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -779,10 +763,6 @@ impl Cluster {
             }
             route.recount();
         }
-        *lock(&peer.reached) = Reached {
-            link: id,
-            ..Reached::default()
-        };
         let (changes_in, changes) = mpsc::channel(MAX_QUEUED_INTEREST_CHANGES);
         let acked = Arc::new(AtomicU64::new(0));
         let resync = Arc::new(AtomicBool::new(false));
@@ -814,11 +794,20 @@ impl Cluster {
     /// Starts a link from peer `name`: what arrives on it replaces and changes that peer's
     /// interest here. Replaces an earlier link from the same peer.
     pub fn open_inbound(self: &Arc<Self>, name: &str) -> InboundLink {
+        self.open_inbound_as(name, 0)
+    }
+
+    /// [`Cluster::open_inbound`] for a peer that says it is `incarnation` (0: unknown).
+    pub fn open_inbound_as(self: &Arc<Self>, name: &str, incarnation: u64) -> InboundLink {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer(name);
         {
             let mut interest = peer.interest.write().unwrap_or_else(|p| p.into_inner());
             interest.0 = id;
+            // Under the interest lock: a link that ends finds this link current and its
+            // incarnation together.
+            peer.inbound_incarnation
+                .store(incarnation, Ordering::Release);
             // Until this link's snapshot applies, the peer's interest is not known: a link
             // that replaced an earlier one (the peer restarted, or redialed first) leaves no
             // end of that one to start the absence tally.
@@ -1179,15 +1168,6 @@ impl OutboundLink {
         &self.peer.name
     }
 
-    /// The link reached the peer's incarnation `incarnation` (0: unknown): the acknowledgements
-    /// of this node's interest on it are that incarnation's (see [`InboundLink::peer_knew_interest`]).
-    pub fn reached_incarnation(&self, incarnation: u64) {
-        let mut reached = lock(&self.peer.reached);
-        if reached.link == self.id {
-            reached.incarnation = incarnation;
-        }
-    }
-
     /// The next thing to send: the snapshot first, then interest changes before forwards, and a
     /// drop report in its place among the forwards: after every forward queued before the drop,
     /// before every forward queued after it (also when recorded while this waits). `None` once
@@ -1250,7 +1230,6 @@ impl OutboundLink {
     /// An acknowledger for this link's interest, to hand to the task reading the peer's acks.
     pub fn acknowledger(&self) -> Acknowledger {
         Acknowledger {
-            link: self.id,
             cluster: Arc::clone(&self.cluster),
             acked: Arc::clone(&self.acked),
             peer: Arc::clone(&self.peer),
@@ -1289,7 +1268,6 @@ impl Drop for OutboundLink {
 /// Records a peer's acknowledgements of this node's interest.
 #[derive(Debug, Clone)]
 pub struct Acknowledger {
-    link: u64,
     cluster: Arc<Cluster>,
     acked: Arc<AtomicU64>,
     peer: Arc<Peer>,
@@ -1310,12 +1288,6 @@ impl Acknowledger {
     /// with this node, and then holds no count for it).
     pub fn acknowledged(&self, seq: u64) {
         self.acked.fetch_max(seq, Ordering::AcqRel);
-        {
-            let mut reached = lock(&self.peer.reached);
-            if reached.link == self.link {
-                reached.acked = reached.acked.max(seq);
-            }
-        }
         self.cluster.acked.notify_waiters();
         let young = self.cluster.started.elapsed() < self.cluster.config.startup_window;
         if young && !self.peer.acknowledged_ever.swap(true, Ordering::AcqRel) {
@@ -1398,40 +1370,24 @@ impl InboundLink {
         lock(&self.peer.unsettled).take()
     }
 
-    /// The peer named `incarnation` on this link.
-    pub fn set_incarnation(&self, incarnation: u64) {
-        self.peer
-            .inbound_incarnation
-            .store(incarnation, Ordering::Release);
-    }
-
     /// The incarnation the peer named on its latest link to this node (0: unknown).
     pub fn latest_incarnation(&self) -> u64 {
         self.peer.inbound_incarnation.load(Ordering::Acquire)
     }
 
-    /// Whether the peer's `incarnation` knew this node's interest as it is now: a link towards
-    /// it reached that incarnation and had every change acknowledged. If not, it may have
-    /// counted losses for this node on any topic (its startup tally, its absence tally), and
-    /// those die with it.
-    pub fn peer_knew_interest(&self, incarnation: u64) -> bool {
-        let reached = *lock(&self.peer.reached);
-        let seq = lock(&self.cluster.local).seq;
-        incarnation != 0 && reached.incarnation == incarnation && reached.acked >= seq
+    /// The sequence number of this node's latest interest change.
+    pub fn interest_seq(&self) -> u64 {
+        lock(&self.cluster.local).seq
     }
 
-    /// This link ended uncleanly: `unsettled` is kept unless a newer link from the peer is up
-    /// already. Returns whether it was kept.
+    /// This link ended uncleanly: `unsettled` is kept (replacing what an earlier link left)
+    /// unless a newer link from the peer is up already. Returns whether it was kept.
     pub fn leave_unsettled(&self, unsettled: Unsettled) -> bool {
-        let current = self
-            .peer
-            .interest
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        if current != self.id {
+        let interest = self.peer.interest.read().unwrap_or_else(|p| p.into_inner());
+        if interest.0 != self.id {
             return false;
         }
+        // Under the interest lock: a newer link, which takes what is unsettled, opens after.
         *lock(&self.peer.unsettled) = Some(unsettled);
         true
     }

@@ -5,7 +5,6 @@
 //! What a peer forwards is admitted like any publish ([`crate::admission`], the one way in), as
 //! coming from a peer: to local subscribers only (one hop), to the queue groups the peer named.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cassini_protocol::{Publish, SessionId, SubscriptionId, TopicLimits, TopicName};
@@ -80,32 +79,22 @@ impl ClusterPort {
 
     /// Starts the link that brings peer `node`'s interest and forwards to this node; the peer
     /// says it is `incarnation`. What its previous link left unsettled is announced now if the
-    /// peer is another incarnation; if it is the same one, the peer announces its losses itself,
-    /// and the new link remembers what the previous one carried, in case it ends first.
+    /// peer is another incarnation (again, if it was announced already and a subscription was
+    /// made here since); if it is the same one, the peer announces its losses itself.
     pub fn open_inbound(&self, node: &str, incarnation: u64) -> PeerInbox {
-        let link = self.cluster.open_inbound(node);
-        link.set_incarnation(incarnation);
-        let mut carried = HashMap::new();
+        let link = self.cluster.open_inbound_as(node, incarnation);
         if let Some(unsettled) = link.take_unsettled() {
-            if unsettled.incarnation != incarnation || incarnation == 0 {
-                announce_unsettled(&self.shared, node, &unsettled);
-            } else {
-                // The peer announces its counts on this link; should this link end uncleanly
-                // before they arrive, what the previous one carried is still owed a floor.
-                carried.extend(
-                    unsettled
-                        .kinds
-                        .into_iter()
-                        .take(MAX_CARRIED_KINDS)
-                        .map(|lost| ((lost.topic.clone(), lost.session), lost)),
-                );
+            let restarted = unsettled.incarnation != incarnation || incarnation == 0;
+            let owed = unsettled
+                .announced_at
+                .is_none_or(|seq| link.interest_seq() > seq);
+            if restarted && owed {
+                announce_unsettled(&self.shared, node);
             }
         }
         PeerInbox {
             link,
             incarnation,
-            carried,
-            carried_beyond: false,
             publisher: Publisher::peer(),
             shared: Arc::clone(&self.shared),
             cluster: Arc::clone(&self.cluster),
@@ -176,43 +165,22 @@ pub struct PeerInbox {
     link: InboundLink,
     /// The incarnation the peer said it is.
     incarnation: u64,
-    /// What the link carried, by topic and session (at most [`MAX_CARRIED_KINDS`]): what an
-    /// unclean end may have lost.
-    carried: HashMap<(String, Option<SessionId>), Lost>,
-    /// Whether the link carried more kinds than `carried` remembers.
-    carried_beyond: bool,
     publisher: Publisher,
     shared: Arc<Shared>,
     cluster: Arc<Cluster>,
 }
 
-/// The most kinds of traffic (topic and session) a link from a peer remembers for
-/// [`PeerInbox::ended`]; traffic of further kinds is not remembered.
-pub const MAX_CARRIED_KINDS: usize = 1024;
-
-/// Announces one lost message of each kind `unsettled` carried, as a drop report would; if
-/// the peer may have counted losses on topics the link never carried, one on every
-/// subscription here instead (and on each session the link carried direct messages for).
-fn announce_unsettled(shared: &Shared, node: &str, unsettled: &Unsettled) {
-    if unsettled.anywhere {
-        tracing::info!(
-            peer = %node,
-            "a peer's link ended uncleanly and its counts are gone, and it did not know this node's interest as it is: announcing a loss on every subscription"
-        );
-        announce_dropped(shared, &Lost::on_any_topic(), 1);
-        for lost in unsettled.kinds.iter().filter(|lost| lost.session.is_some()) {
-            announce_dropped(shared, lost, 1);
-        }
-        return;
-    }
+/// Announces what a peer's link that ended uncleanly may have lost, as drop reports would: one
+/// lost message on every subscription here (one member of each queue group). How many were
+/// lost, and on which topics, died with the peer: it may have counted losses on a topic it
+/// never forwarded here (its startup or absence tally, drops while cut off, forwards in
+/// flight), so no subscription is left out.
+fn announce_unsettled(shared: &Shared, node: &str) {
     tracing::info!(
         peer = %node,
-        kinds = unsettled.kinds.len(),
-        "a peer's link ended uncleanly and its counts are gone: announcing a loss of each kind it carried"
+        "a peer's link ended uncleanly and its counts are gone: announcing a loss on every subscription"
     );
-    for lost in &unsettled.kinds {
-        announce_dropped(shared, lost, 1);
-    }
+    announce_dropped(shared, &Lost::on_any_topic(), 1);
 }
 
 /// Topic bounds for matching a lost message's topic to local subscriptions: the sender's
@@ -292,7 +260,6 @@ impl PeerInbox {
             session: publish.to_session,
             any_topic: false,
         };
-        self.carried(lost.clone());
         if let Err(err) = self.publisher.admit_forwarded(
             &self.shared,
             &mut publish,
@@ -310,55 +277,31 @@ impl PeerInbox {
     /// each queue group named announce them as a gap with the reason `ClusterRoute` (direct
     /// messages: the subscriptions of the session they were for).
     pub fn dropped(&mut self, lost: &Lost, count: u64) {
-        self.carried(lost.clone());
         announce_dropped(&self.shared, lost, count);
-    }
-
-    /// Remembers that the link carried traffic of `lost`'s kind.
-    fn carried(&mut self, lost: Lost) {
-        let key = (lost.topic.clone(), lost.session);
-        if let Some(kind) = self.carried.get_mut(&key) {
-            kind.plain |= lost.plain;
-            for group in lost.groups {
-                if !kind.groups.contains(&group) {
-                    kind.groups.push(group);
-                }
-            }
-        } else if self.carried.len() < MAX_CARRIED_KINDS {
-            self.carried.insert(key, lost);
-        } else {
-            self.carried_beyond = true;
-        }
     }
 
     /// The link ended: `cleanly` if the peer said `Bye` (nothing was left for this node) or
     /// this node is stopping. Otherwise what the peer still held for this node is lost unless
     /// it comes back as the same incarnation within [`UNSETTLED_WAIT`]: if it does not, one
-    /// lost message of each kind the link carried is announced (a `ClusterRoute` gap of at
-    /// least one on each subscription that traffic reached), or one on every subscription
-    /// here if the peer did not know this node's interest as it was (it may have counted
-    /// losses on any topic) or the link carried more kinds than it remembers. A newer link
-    /// from another incarnation of the peer, up before this one ended, settles it at once.
+    /// lost message is announced on every subscription here (a `ClusterRoute` gap of at
+    /// least one). A newer link from another incarnation of the peer, up before this one
+    /// ended, settles it at once.
     pub fn ended(self, cleanly: bool) {
         if cleanly {
             return;
         }
+        let link = self.link.id();
         let unsettled = Unsettled {
-            link: self.link.id(),
+            link,
             incarnation: self.incarnation,
-            anywhere: self.carried_beyond || !self.link.peer_knew_interest(self.incarnation),
-            kinds: self.carried.into_values().collect(),
+            announced_at: None,
         };
-        if unsettled.kinds.is_empty() && !unsettled.anywhere {
-            return;
-        }
-        let link = unsettled.link;
-        if !self.link.leave_unsettled(unsettled.clone()) {
+        if !self.link.leave_unsettled(unsettled) {
             // A newer link from the peer is up already: from another incarnation (it
             // restarted before this link timed out), what this one may have lost is gone
             // with the old one; from the same one, the peer announces its counts itself.
             if self.link.latest_incarnation() != self.incarnation || self.incarnation == 0 {
-                announce_unsettled(&self.shared, self.link.peer(), &unsettled);
+                announce_unsettled(&self.shared, self.link.peer());
             }
             return;
         }
@@ -370,8 +313,8 @@ impl PeerInbox {
         drop(self.link);
         runtime.spawn(async move {
             tokio::time::sleep(UNSETTLED_WAIT).await;
-            if let Some(unsettled) = cluster.take_unsettled(&node, link) {
-                announce_unsettled(&shared, &node, &unsettled);
+            if cluster.announce_unsettled(&node, link) {
+                announce_unsettled(&shared, &node);
             }
         });
     }

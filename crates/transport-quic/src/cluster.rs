@@ -812,7 +812,6 @@ async fn dial_once(
         }
     }
     let mut link = port.open_outbound(&node);
-    link.reached_incarnation(peer_incarnation);
     raft.link_up(&node, &connection, peer_incarnation);
     let acks = link.acknowledger();
     let gauge = link.acknowledger();
