@@ -191,12 +191,8 @@ enum PeerFrame {
         incarnation: u64,
     },
     /// Acceptor → dialer, first: how many forwards of the previous link it received, if it
-    /// knows that link, and the acceptor's incarnation (0: unknown).
-    Resumed {
-        received: Option<u64>,
-        #[serde(default)]
-        incarnation: u64,
-    },
+    /// knows that link.
+    Resumed { received: Option<u64> },
     /// Dialer → acceptor: the dialer's interest.
     Interest(InterestUpdate),
     /// Acceptor → dialer: interest applied up to `seq`.
@@ -247,9 +243,8 @@ pub struct ClusterNode {
 /// stream of the connection this node dialed to it.
 #[derive(Debug, Clone, Default)]
 pub struct RaftLinks {
-    /// The connection this node dialed to each peer, by node name, while its link is up, with
-    /// the incarnation of the peer it reached (0: unknown).
-    dialed: Arc<std::sync::Mutex<HashMap<String, (quinn::Connection, u64)>>>,
+    /// The connection this node dialed to each peer, by node name, while its link is up.
+    dialed: Arc<std::sync::Mutex<HashMap<String, quinn::Connection>>>,
 }
 
 impl RaftLinks {
@@ -258,38 +253,24 @@ impl RaftLinks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
-            .map(|(connection, _)| connection)
             .filter(|connection| connection.close_reason().is_none())
             .cloned()
     }
 
-    fn link_up(&self, node: &str, connection: &quinn::Connection, incarnation: u64) {
+    fn link_up(&self, node: &str, connection: &quinn::Connection) {
         self.dialed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_owned(), (connection.clone(), incarnation));
+            .insert(node.to_owned(), connection.clone());
     }
 
     fn link_down(&self, node: &str, connection: &quinn::Connection) {
         let mut dialed = self.dialed.lock().unwrap_or_else(|p| p.into_inner());
         if dialed
             .get(node)
-            .is_some_and(|(up, _)| up.stable_id() == connection.stable_id())
+            .is_some_and(|up| up.stable_id() == connection.stable_id())
         {
             dialed.remove(node);
-        }
-    }
-
-    /// Peer `node` dialed this node as `incarnation`: a link this node dialed to an earlier
-    /// incarnation of it (one that died, its connection not timed out yet) is closed, so the
-    /// dial to the new one is not refused as a second link to the same node.
-    fn close_stale(&self, node: &str, incarnation: u64) {
-        let dialed = self.dialed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((connection, reached)) = dialed.get(node) {
-            if *reached != 0 && incarnation != 0 && *reached != incarnation {
-                tracing::info!(peer = %node, "the peer restarted: closing the link to its previous incarnation");
-                connection.close(VarInt::from_u32(CLOSE_CODE), b"the peer restarted");
-            }
         }
     }
 }
@@ -581,11 +562,7 @@ async fn serve_inbound(
                     links.push_back((link, Arc::clone(&counter)));
                     before
                 };
-                let resumed = PeerFrame::Resumed {
-                    received: before,
-                    incarnation: port.incarnation(),
-                };
-                write_frame(&mut send, &resumed).await?;
+                write_frame(&mut send, &PeerFrame::Resumed { received: before }).await?;
                 (counter, client_address, incarnation)
             }
             _ => return Err("the link did not start with Hello".to_owned()),
@@ -605,7 +582,6 @@ async fn serve_inbound(
         .replica()
         .map(|replica| tokio::spawn(serve_raft_requests(connection.clone(), replica)));
     port.set_peer_client_address(&node, client_address);
-    dialer.raft.close_stale(&node, incarnation);
     dialer.dial(connection.remote_address());
     let mut inbox = port.open_inbound(&node, incarnation);
     // Whether the link ends losing nothing: the peer said `Bye`, or this node is stopping.
@@ -792,11 +768,8 @@ async fn dial_once(
         incarnation: port.incarnation(),
     };
     write_frame(&mut send, &hello).await?;
-    let (received, peer_incarnation) = match read_frame(&mut recv).await? {
-        Some(PeerFrame::Resumed {
-            received,
-            incarnation,
-        }) => (received, incarnation),
+    let received = match read_frame(&mut recv).await? {
+        Some(PeerFrame::Resumed { received }) => received,
         _ => return Err("the peer did not answer Hello".to_owned()),
     };
     tracing::info!(peer = %node, %addr, "cluster link to a peer up");
@@ -812,7 +785,7 @@ async fn dial_once(
         }
     }
     let mut link = port.open_outbound(&node);
-    raft.link_up(&node, &connection, peer_incarnation);
+    raft.link_up(&node, &connection);
     let acks = link.acknowledger();
     let gauge = link.acknowledger();
     gauge.unconfirmed(0);
