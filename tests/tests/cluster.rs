@@ -636,6 +636,49 @@ async fn a_subscription_a_peer_died_without_knowing_of_hears_of_what_it_may_have
 }
 
 #[tokio::test]
+async fn a_peer_that_restarts_before_its_old_link_times_out_leaves_a_gap_not_silence() {
+    // Node 1 forwards to node 2's subscriber, then dies silently (its socket black-holed, so
+    // node 2's link from it lingers until its idle timeout) and starts again at once as
+    // another incarnation, whose link to node 2 comes up before the old one has ended. What
+    // the old node 1 held for node 2 died with it: when the old link ends, node 2 must
+    // announce it, though a newer link from node 1 is up.
+    let silenced = FaultControl::new(FaultPlan::default());
+    let (pki, mut nodes) = three_nodes_with(&[Some(&silenced), None, None]).await;
+    let subscriber = nodes[1].broker.client("sub2").await;
+    let mut feed = subscriber.subscribe("feed").await.expect("subscribe");
+    let publisher = nodes[0].broker.client("publisher").await;
+    publisher
+        .publish("feed", Bytes::from_static(b"x"))
+        .await
+        .expect("publish");
+    within("the message", feed.next()).await.expect("a message");
+    silenced.set_blackhole(true);
+    let dead = nodes.remove(0);
+    dead.cluster.close(Duration::from_millis(200)).await;
+    dead.broker.stop().await;
+    let restarted = Node::start_with(&pki, long_running("n1"), None).await;
+    restarted.cluster.dial(nodes[0].cluster_addr());
+    let event = within(
+        "node 2 announces what the old node 1 held when its link ends",
+        feed.next_event(),
+    )
+    .await
+    .expect("an event");
+    assert!(
+        matches!(
+            event,
+            SubscriptionEvent::Gap(Gap::Missed {
+                reason: Some(GapReason::ClusterRoute),
+                ..
+            })
+        ),
+        "a ClusterRoute gap: {event:?}"
+    );
+    nodes.push(restarted);
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
 async fn a_subscription_made_while_a_peer_was_cut_off_hears_of_its_losses_once_it_restarts() {
     // Node 1 is cut off long enough for node 2 to announce what its link may have lost. Node 2
     // then subscribes: node 1, out of contact, may count losses for that subscription without
