@@ -561,37 +561,10 @@ async fn a_node_that_dies_cut_off_leaves_its_peers_subscribers_a_gap_not_silence
     let dead = nodes.remove(0);
     dead.cluster.close(Duration::from_millis(200)).await;
     dead.broker.stop().await;
-    let event = within("node 2 announces what died with node 1", feed.next_event())
-        .await
-        .expect("an event");
-    assert!(
-        matches!(
-            event,
-            SubscriptionEvent::Gap(Gap::Missed {
-                reason: Some(GapReason::ClusterRoute),
-                ..
-            })
-        ),
-        "a ClusterRoute gap: {event:?}"
-    );
+    next_is_a_cluster_route_gap(&mut feed, "node 2 announces what died with node 1").await;
     // A topic node 1 never forwarded anything on gets one too: what node 1 counted for node 2
     // died with it, on whatever topic.
-    let event = within(
-        "node 2 announces a loss on every subscription",
-        other.next_event(),
-    )
-    .await
-    .expect("an event");
-    assert!(
-        matches!(
-            event,
-            SubscriptionEvent::Gap(Gap::Missed {
-                reason: Some(GapReason::ClusterRoute),
-                ..
-            })
-        ),
-        "a ClusterRoute gap: {event:?}"
-    );
+    next_is_a_cluster_route_gap(&mut other, "node 2 announces a loss on every subscription").await;
     stop_all(nodes).await;
 }
 
@@ -616,22 +589,11 @@ async fn a_subscription_a_peer_died_without_knowing_of_hears_of_what_it_may_have
     let dead = nodes.remove(0);
     dead.cluster.close(Duration::from_millis(200)).await;
     dead.broker.stop().await;
-    let event = within(
+    next_is_a_cluster_route_gap(
+        &mut unknown,
         "node 2 announces a loss on a subscription node 1 never knew of",
-        unknown.next_event(),
     )
-    .await
-    .expect("an event");
-    assert!(
-        matches!(
-            event,
-            SubscriptionEvent::Gap(Gap::Missed {
-                reason: Some(GapReason::ClusterRoute),
-                ..
-            })
-        ),
-        "a ClusterRoute gap: {event:?}"
-    );
+    .await;
     stop_all(nodes).await;
 }
 
@@ -658,22 +620,11 @@ async fn a_peer_that_restarts_before_its_old_link_times_out_leaves_a_gap_not_sil
     dead.broker.stop().await;
     let restarted = Node::start_with(&pki, long_running("n1"), None).await;
     restarted.cluster.dial(nodes[0].cluster_addr());
-    let event = within(
+    next_is_a_cluster_route_gap(
+        &mut feed,
         "node 2 announces what the old node 1 held when its link ends",
-        feed.next_event(),
     )
-    .await
-    .expect("an event");
-    assert!(
-        matches!(
-            event,
-            SubscriptionEvent::Gap(Gap::Missed {
-                reason: Some(GapReason::ClusterRoute),
-                ..
-            })
-        ),
-        "a ClusterRoute gap: {event:?}"
-    );
+    .await;
     nodes.push(restarted);
     stop_all(nodes).await;
 }
@@ -705,22 +656,11 @@ async fn a_subscription_made_while_a_peer_was_cut_off_hears_of_its_losses_once_i
     dead.broker.stop().await;
     let restarted = Node::start(&pki, "n1").await;
     restarted.cluster.dial(nodes[0].cluster_addr());
-    let event = within(
+    next_is_a_cluster_route_gap(
+        &mut later,
         "node 2 announces a loss on the subscription made while node 1 was cut off",
-        later.next_event(),
     )
-    .await
-    .expect("an event");
-    assert!(
-        matches!(
-            event,
-            SubscriptionEvent::Gap(Gap::Missed {
-                reason: Some(GapReason::ClusterRoute),
-                ..
-            })
-        ),
-        "a ClusterRoute gap: {event:?}"
-    );
+    .await;
     nodes.push(restarted);
     stop_all(nodes).await;
 }
@@ -1321,6 +1261,24 @@ fn long_running(name: &str) -> ClusterConfig {
         startup_window: Duration::ZERO,
         ..ClusterConfig::node(name)
     }
+}
+
+/// Reads `subscription`'s next event (within the test deadline): it must be a `ClusterRoute`
+/// gap, `what` the subscriber is waiting for.
+async fn next_is_a_cluster_route_gap(subscription: &mut Subscription, what: &str) {
+    let event = within(what, subscription.next_event())
+        .await
+        .expect("an event");
+    assert!(
+        matches!(
+            event,
+            SubscriptionEvent::Gap(Gap::Missed {
+                reason: Some(GapReason::ClusterRoute),
+                ..
+            })
+        ),
+        "{what}: a ClusterRoute gap, got {event:?}"
+    );
 }
 
 /// Reads `subscription`'s events until `ClusterRoute` gaps have covered sequences 1 to `count`
