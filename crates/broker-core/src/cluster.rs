@@ -622,7 +622,7 @@ impl Cluster {
 
     /// Whether what link `link` from peer `name` left unsettled is still owed an announcement
     /// (the peer did not come back meanwhile): if so, it is marked announced now.
-    pub fn announce_unsettled(&self, name: &str, link: u64) -> bool {
+    pub fn mark_unsettled_announced(&self, name: &str, link: u64) -> bool {
         let peer = self.peer(name);
         let mut unsettled = lock(&peer.unsettled);
         match unsettled.as_mut() {

@@ -313,7 +313,7 @@ impl PeerInbox {
         drop(self.link);
         runtime.spawn(async move {
             tokio::time::sleep(UNSETTLED_WAIT).await;
-            if cluster.announce_unsettled(&node, link) {
+            if cluster.mark_unsettled_announced(&node, link) {
                 announce_unsettled(&shared, &node);
             }
         });
