@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -22,6 +23,12 @@ pub struct UdpRelay {
 impl UdpRelay {
     /// Starts a relay on `127.0.0.1:0` in front of `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        Self::start_delayed(upstream, Duration::ZERO).await
+    }
+
+    /// Starts a relay that holds every datagram for `one_way` before passing it on, in either
+    /// direction: a path whose round trip is at least twice that.
+    pub async fn start_delayed(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
@@ -31,6 +38,7 @@ impl UdpRelay {
             upstream,
             Arc::clone(&cut),
             Arc::clone(&cut_downstream),
+            one_way,
         ));
         Ok(Self {
             addr,
@@ -69,6 +77,7 @@ async fn relay(
     upstream: SocketAddr,
     cut: Arc<AtomicBool>,
     cut_downstream: Arc<AtomicBool>,
+    one_way: Duration,
 ) {
     let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -88,12 +97,13 @@ async fn relay(
                     Arc::clone(&front),
                     client,
                     [Arc::clone(&cut), Arc::clone(&cut_downstream)],
+                    one_way,
                 ));
                 backs.insert(client, (Arc::clone(&back), returning));
                 back
             }
         };
-        let _ = back.send_to(&buf[..len], upstream).await;
+        forward(back, &buf[..len], upstream, one_way).await;
     }
     for (_, (_, task)) in backs {
         task.abort();
@@ -105,11 +115,26 @@ async fn return_path(
     front: Arc<UdpSocket>,
     client: SocketAddr,
     cuts: [Arc<AtomicBool>; 2],
+    one_way: Duration,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((len, _)) = back.recv_from(&mut buf).await {
         if !cuts.iter().any(|cut| cut.load(Ordering::SeqCst)) {
-            let _ = front.send_to(&buf[..len], client).await;
+            forward(Arc::clone(&front), &buf[..len], client, one_way).await;
         }
     }
+}
+
+/// Sends `datagram` from `socket` to `to`, at once or after `delay` (from a task of its own, so
+/// the relay keeps reading meanwhile; datagrams held equally long leave in the order they came).
+async fn forward(socket: Arc<UdpSocket>, datagram: &[u8], to: SocketAddr, delay: Duration) {
+    if delay.is_zero() {
+        let _ = socket.send_to(datagram, to).await;
+        return;
+    }
+    let datagram = datagram.to_vec();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = socket.send_to(&datagram, to).await;
+    });
 }

@@ -1,7 +1,10 @@
 //! Publish and subscribe over real QUIC: fan-out, wildcards, unsubscribe, ordering.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use cassini_client::{Client, Message, Subscription};
+use cassini_e2e::relay::UdpRelay;
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::SubscribeOptions;
 use futures_util::StreamExt;
@@ -277,4 +280,38 @@ async fn a_client_given_several_addresses_connects_to_the_first_that_answers() {
     client.close().await.expect("close");
     drop(silent);
     broker.stop().await;
+}
+
+/// `close` ends when the broker, answering the goodbye, closes the connection: the client does
+/// not also wait out QUIC's draining period (three probe timeouts, over a second on this path
+/// whose round trip is 300 ms), which would make closing many clients take seconds each.
+#[tokio::test]
+async fn close_returns_once_the_broker_has_closed_the_connection() {
+    const ONE_WAY: Duration = Duration::from_millis(150);
+    let broker = TestBroker::start().await;
+    let relay = UdpRelay::start_delayed(broker.addr, ONE_WAY)
+        .await
+        .expect("relay");
+    let (chain, key) = cassini_e2e::identity_of(&broker.pki.client("far"));
+    let client = within(
+        "connect over the slow path",
+        Client::builder(relay.addr)
+            .ca_certs(broker.pki.ca_certs())
+            .identity(chain, key)
+            .server_name("localhost")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    within("a round trip", client.flush()).await.expect("flush");
+
+    let started = Instant::now();
+    within("close", client.close()).await.expect("close");
+    let took = started.elapsed();
+    // The goodbye and the broker's close are one round trip (300 ms) plus the broker's 25 ms
+    // wait for straggling streams; waiting out the draining period would add more than 1.5 s.
+    assert!(
+        took < Duration::from_millis(1_000),
+        "close took {took:?}: it waited for the draining period after the broker's close"
+    );
 }

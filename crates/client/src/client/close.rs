@@ -82,12 +82,9 @@ impl Client {
         let result = match core.at_close() {
             AtClose::Attached(attachment) => match ending {
                 Ending::Goodbye => {
-                    let result = goodbye(&attachment, close_timeout).await;
-                    broker_closed = matches!(
-                        attachment.link.connection().close_reason(),
-                        Some(quinn::ConnectionError::ApplicationClosed(_))
-                    );
-                    result
+                    let farewell = goodbye(&attachment, close_timeout).await;
+                    broker_closed = farewell.broker_closed;
+                    farewell.result
                 }
                 Ending::Leave => leave(&attachment, close_timeout).await,
             },
@@ -161,13 +158,24 @@ async fn leave(attachment: &Attachment, close_timeout: Duration) -> Result<(), C
     drained.and(synced)
 }
 
+/// What [`goodbye`] came to.
+struct Farewell {
+    result: Result<(), ClientError>,
+    /// The broker closed the connection (or, having closed it, answered with a reset): nothing
+    /// of ours is left for the endpoint to deliver. Read from the close the broker sent, not
+    /// from the connection afterwards: quinn reports every connection closed here as
+    /// `LocallyClosed` once `close` has been called on it.
+    broker_closed: bool,
+}
+
 /// Drains the publish lanes, sends the goodbye and waits for the broker to close the
 /// connection.
-async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(), ClientError> {
+async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Farewell {
     let connection = attachment.link.connection();
     let failed_before = connection.close_reason();
     let drained = attachment.publisher.close().await;
     let mut closed_by_broker = None;
+    let mut broker_closed = false;
     if failed_before.is_none() {
         let said_goodbye = match attachment.control.goodbye().await {
             Ok(()) => true,
@@ -180,9 +188,13 @@ async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(),
             // The broker's close was lost and the broker, having closed the connection on the
             // goodbye, no longer knows it: the goodbye was heard.
             Ok(quinn::ConnectionError::Reset) if said_goodbye => {
-                tracing::debug!("the broker reset the connection after the goodbye")
+                tracing::debug!("the broker reset the connection after the goodbye");
+                broker_closed = true;
             }
-            Ok(reason) => closed_by_broker = Some(reason),
+            Ok(reason) => {
+                broker_closed = matches!(reason, quinn::ConnectionError::ApplicationClosed(_));
+                closed_by_broker = Some(reason);
+            }
             Err(_) => tracing::warn!(
                 timeout = ?close_timeout,
                 "the broker did not close the connection after goodbye; closing it"
@@ -190,11 +202,18 @@ async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Result<(),
         }
     }
     connection.close(0u32.into(), b"goodbye");
+    let mut result = drained;
     for reason in [failed_before, closed_by_broker].into_iter().flatten() {
         match connection_error(&reason, Phase::Established) {
             ConnectionError::Closed => {}
-            error => return Err(error.into()),
+            error => {
+                result = Err(error.into());
+                break;
+            }
         }
     }
-    drained
+    Farewell {
+        result,
+        broker_closed,
+    }
 }
