@@ -11,7 +11,7 @@
 # runs throughput and latency at QoS 0 and 1, as `cassini-mqtt-qos0`/`-qos1`.
 #
 # Knobs (environment): REPS (3), COUNT (500000, throughput messages), DURATION (5, seconds per
-# latency/request run), RATES ("5000 20000"), SUBSCRIBERS (100), FANOUT_COUNT (5000),
+# latency/request run), RATES ("5000 20000"), SUBSCRIBERS (100), FANOUT_COUNT (20000, as `cassini bench fanout`),
 # OUT (target/peers-bench), and the ports CASSINI_PORT (17700), NATS_PORT (14222),
 # NATS_PLAIN_PORT (14223), MQTT_PORT (18883), CASSINI_MQTT_PORT (18884); BROKERS, the brokers
 # to measure (default all: "cassini nats nats-plain mosquitto-qos0 mosquitto-qos1
@@ -24,7 +24,7 @@ COUNT=${COUNT:-500000}
 DURATION=${DURATION:-5}
 RATES=${RATES:-"5000 20000"}
 SUBSCRIBERS=${SUBSCRIBERS:-100}
-FANOUT_COUNT=${FANOUT_COUNT:-5000}
+FANOUT_COUNT=${FANOUT_COUNT:-20000}
 CASSINI_PORT=${CASSINI_PORT:-17700}
 NATS_PORT=${NATS_PORT:-14222}
 NATS_PLAIN_PORT=${NATS_PLAIN_PORT:-14223}
