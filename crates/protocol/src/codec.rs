@@ -24,6 +24,9 @@ pub mod hot_frames;
 mod lenient;
 mod msgpack;
 pub mod reference;
+mod topic_memo;
+
+pub use topic_memo::{TopicMemo, MAX_KEPT_TOPIC_BYTES};
 
 /// Size of the length prefix in front of every frame body.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -109,6 +112,17 @@ impl FrameDecoder {
     /// room for the rest of the frame (never more than the maximum). An error leaves the
     /// stream unusable: the caller must close it.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        self.decode_with(buf, &mut TopicMemo::default())
+    }
+
+    /// [`FrameDecoder::decode`], taking a `Publish`'s or a `Message`'s topic from `memo`: the
+    /// same frames, without a check, allocation or copy of a topic the caller gave back last
+    /// ([`TopicMemo`]).
+    pub fn decode_with(
+        &self,
+        buf: &mut BytesMut,
+        memo: &mut TopicMemo,
+    ) -> Result<Option<Frame>, DecodeError> {
         let Some(body_len) = self.peek_body_len(buf)? else {
             return Ok(None);
         };
@@ -119,7 +133,7 @@ impl FrameDecoder {
         }
         // Decoded in place: the frame owns copies of what it keeps, so the body's bytes need
         // not be split off into a buffer of their own.
-        let frame = decode_body(&buf[LENGTH_PREFIX_BYTES..total]);
+        let frame = decode_body_with(&buf[LENGTH_PREFIX_BYTES..total], memo);
         buf.advance(total);
         frame.map(Some)
     }
@@ -161,7 +175,11 @@ pub fn decode_frame(input: &[u8], max_frame_bytes: u32) -> Result<(Frame, usize)
 }
 
 fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
-    if let Some(frame) = hot_frames::decode(body) {
+    decode_body_with(body, &mut TopicMemo::default())
+}
+
+fn decode_body_with(body: &[u8], memo: &mut TopicMemo) -> Result<Frame, DecodeError> {
+    if let Some(frame) = hot_frames::decode_with(body, memo) {
         return Ok(frame);
     }
     reference::decode_body(body)

@@ -18,7 +18,7 @@ mod wire_forms;
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{
     encode_datagram, encode_delivery, encode_publish, hot_frames, reference, DeliveryRef,
-    PublishRef, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
+    PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
 };
 use cassini_protocol::{
     decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, Delivery, DeliveryClass,
@@ -816,6 +816,44 @@ proptest! {
     }
 
     #[test]
+    fn decoding_with_a_topic_memo_gives_the_same_frames(
+        frames in vec(hot_frame(), 1..8),
+        same_topic in vec(any::<bool>(), 8),
+        edits in vec(edit(), 0..3),
+    ) {
+        // As on a stream, a frame often names the topic of the one before; every second body
+        // is edited, so that a memo also meets bodies in other forms and broken ones.
+        let frames = with_repeated_topics(frames, &same_topic);
+        let mut memo = TopicMemo::default();
+        let mut stream = BytesMut::new();
+        for (index, frame) in frames.iter().enumerate() {
+            let mut body = reference_body(frame);
+            if index % 2 == 1 {
+                for edit in &edits {
+                    edit.apply(&mut body);
+                }
+            }
+            let plain = hot_frames::decode(&body);
+            let with_memo = hot_frames::decode_with(&body, &mut memo);
+            prop_assert_eq!(&with_memo, &plain);
+            if let Some(topic) = with_memo.and_then(topic_of) {
+                memo.give_back(topic);
+            }
+            stream.extend_from_slice(&with_length_prefix(&reference_body(frame)));
+        }
+        let decoder = FrameDecoder::default();
+        let mut memo = TopicMemo::default();
+        let mut decoded = Vec::new();
+        while let Some(frame) = decoder.decode_with(&mut stream, &mut memo).expect("valid") {
+            if let Some(topic) = topic_of(frame.clone()) {
+                memo.give_back(topic);
+            }
+            decoded.push(frame);
+        }
+        prop_assert_eq!(decoded, frames);
+    }
+
+    #[test]
     fn a_delivery_from_a_broker_that_predates_redelivered_decodes_by_hand(
         delivery in delivery(),
     ) {
@@ -847,5 +885,35 @@ proptest! {
         prop_assert_eq!(hot_frames::decode(&body), None, "left to the reference path");
         let decoded = decode_frame(&with_length_prefix(&body), u32::MAX);
         prop_assert_eq!(decoded.map(|(frame, _)| frame), Ok(frame));
+    }
+}
+
+/// `frames`, where each `Publish`, `Message` or `Datagram` whose `same_topic` entry is set names
+/// the topic of the frame before it (when that one has a topic).
+fn with_repeated_topics(mut frames: Vec<Frame>, same_topic: &[bool]) -> Vec<Frame> {
+    for index in 1..frames.len() {
+        if !same_topic.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        let Some(previous) = topic_of(frames[index - 1].clone()) else {
+            continue;
+        };
+        match &mut frames[index] {
+            Frame::Publish(publish) => publish.topic = previous,
+            Frame::Message(delivery) => delivery.topic = previous,
+            Frame::Datagram(datagram) => datagram.message.topic = previous,
+            _ => {}
+        }
+    }
+    frames
+}
+
+/// The topic a frame names, if it is one that names a topic.
+fn topic_of(frame: Frame) -> Option<String> {
+    match frame {
+        Frame::Publish(publish) => Some(publish.topic),
+        Frame::Message(delivery) => Some(delivery.topic),
+        Frame::Datagram(datagram) => Some(datagram.message.topic),
+        _ => None,
     }
 }

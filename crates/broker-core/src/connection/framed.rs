@@ -1,6 +1,7 @@
 //! Whole frames over the transport's byte streams.
 
 use bytes::BytesMut;
+use cassini_protocol::codec::TopicMemo;
 use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
 
 use crate::error::BrokerError;
@@ -20,6 +21,8 @@ pub(crate) struct FrameReader {
     buf: BytesMut,
     decoder: FrameDecoder,
     charge: FrameBufferCharge,
+    /// The topic of the frame read last, when its user gave it back ([`FrameReader::give_back`]).
+    topics: TopicMemo,
 }
 
 impl FrameReader {
@@ -33,13 +36,20 @@ impl FrameReader {
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame_bytes),
             charge,
+            topics: TopicMemo::default(),
         }
+    }
+
+    /// Hands back the topic of a frame this reader returned, once its user is done with it: the
+    /// next frame naming the same topic reuses it ([`TopicMemo`]).
+    pub(crate) fn give_back(&mut self, topic: String) {
+        self.topics.give_back(topic);
     }
 
     /// The next frame, or `None` at a clean end of stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+            if let Some(frame) = self.decoder.decode_with(&mut self.buf, &mut self.topics)? {
                 if self.buf.is_empty() && self.charge.bytes() > KEPT_BUFFER_BYTES {
                     self.buf = BytesMut::new();
                     self.charge.resize(0)?;

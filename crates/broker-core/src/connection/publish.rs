@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use cassini_protocol::{Frame, NoResponders, PublishAck, PublishRejected};
+use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected};
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Publisher, Source};
@@ -97,7 +97,10 @@ async fn serve_in_order(
     let mut reader = FrameReader::new(recv, max_frame_bytes, charge);
     let mut publisher = Publisher::client(shared, Arc::clone(identity), Source::Stream);
     while let Some(frame) = reader.next().await? {
-        for answer in &frames_for(frame, shared, &mut publisher)? {
+        let mut publish = publish_of(frame)?;
+        let frames = frames_for(&mut publish, shared, &mut publisher);
+        reader.give_back(publish.topic);
+        for answer in &frames {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
     }
@@ -105,22 +108,24 @@ async fn serve_in_order(
     Ok(())
 }
 
-/// The frames answering one frame of a publish stream; anything but a `Publish` is an error.
-fn frames_for(
-    frame: Frame,
-    shared: &Shared,
-    publisher: &mut Publisher,
-) -> Result<Vec<Frame>, BrokerError> {
-    let Frame::Publish(mut publish) = frame else {
-        return Err(BrokerError::ProtocolViolation(format!(
+/// The `Publish` a frame of a publish stream must be; anything else is an error.
+fn publish_of(frame: Frame) -> Result<Publish, BrokerError> {
+    match frame {
+        Frame::Publish(publish) => Ok(publish),
+        other => Err(BrokerError::ProtocolViolation(format!(
             "{} frame on a publish stream",
-            frame.kind()
-        )));
-    };
-    Ok(match publisher.admit(shared, &mut publish) {
+            other.kind()
+        ))),
+    }
+}
+
+/// The frames answering one publish. Leaves the publish's topic (for the stream's reader to
+/// take back); the payload, headers and `reply_to` are taken ([`Publisher::admit`]).
+fn frames_for(publish: &mut Publish, shared: &Shared, publisher: &mut Publisher) -> Vec<Frame> {
+    match publisher.admit(shared, publish) {
         Ok(admitted) => answers(admitted),
-        Err(err) => vec![rejected(publish.topic, publish.message_id, &err)],
-    })
+        Err(err) => vec![rejected(publish.topic.clone(), publish.message_id, &err)],
+    }
 }
 
 /// The frames answering an admitted publish: `NoResponders` for a request nobody received,
@@ -174,11 +179,9 @@ async fn read_publishes(
                 tracing::debug!(%err, "replicated store unavailable; the publish will not be acknowledged");
             }
         }
-        let topic = match &frame {
-            Frame::Publish(publish) => publish.topic.clone(),
-            _ => String::new(),
-        };
-        let frames = frames_for(frame, shared, &mut publisher)?;
+        let mut publish = publish_of(frame)?;
+        let frames = frames_for(&mut publish, shared, &mut publisher);
+        let topic = publish.topic;
         let acknowledges = frames.iter().any(|f| matches!(f, Frame::PublishAck(_)));
         let durable_at = match &shared.storage {
             Some(store) if acknowledges && config.storage.sync == SyncPolicy::Always => {
@@ -190,6 +193,7 @@ async fn read_publishes(
         // acknowledgement waits until a majority holds them.
         let replicated_at = publisher.take_replicated_ticket().filter(|_| acknowledges);
         if frames.is_empty() {
+            reader.give_back(topic);
             continue;
         }
         let unsent = unsent_acks(shared, identity, &frames, durable_at, replicated_at);

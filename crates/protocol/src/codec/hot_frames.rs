@@ -14,5 +14,5 @@
 mod decode;
 mod encode;
 
-pub use decode::decode;
+pub use decode::{decode, decode_with};
 pub(super) use encode::HotFrame;

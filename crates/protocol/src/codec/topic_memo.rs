@@ -1,0 +1,80 @@
+//! [`TopicMemo`]: the topic string a stream's reader hands back after each frame, so that the
+//! next frame naming the same topic costs no UTF-8 check, no allocation and no copy.
+
+/// A memo's topic is kept only up to this capacity: a reader never holds on to a large string
+/// a peer once sent (topics are far shorter; the broker's limit is `limits.topics.max_bytes`).
+pub const MAX_KEPT_TOPIC_BYTES: usize = 1024;
+
+/// The topic of the last `Publish` or `Message` one stream's reader decoded, given back once the
+/// reader is done with it ([`TopicMemo::give_back`]). A stream usually carries one topic over and
+/// over: a frame whose topic has the same bytes takes the string again as it is (the bytes were
+/// checked to be UTF-8 when it was first decoded); a frame with another topic reuses its
+/// allocation when it fits. Decoding with a memo gives the same frames as without one.
+#[derive(Debug, Default)]
+pub struct TopicMemo {
+    spare: Option<String>,
+}
+
+impl TopicMemo {
+    /// Keeps `topic` for the next frame (unless its capacity is above
+    /// [`MAX_KEPT_TOPIC_BYTES`]).
+    pub fn give_back(&mut self, topic: String) {
+        if topic.capacity() <= MAX_KEPT_TOPIC_BYTES {
+            self.spare = Some(topic);
+        }
+    }
+
+    /// The topic whose bytes are `bytes`, or `None` if they are not UTF-8.
+    pub(crate) fn topic(&mut self, bytes: &[u8]) -> Option<String> {
+        match self.spare.take() {
+            Some(spare) if spare.as_bytes() == bytes => Some(spare),
+            Some(mut spare) => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                spare.clear();
+                spare.push_str(text);
+                Some(spare)
+            }
+            None => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_topic_again_is_the_string_given_back() {
+        let mut memo = TopicMemo::default();
+        let first = memo.topic(b"sensors.kitchen").expect("utf-8");
+        let at = first.as_ptr();
+        memo.give_back(first);
+        let again = memo.topic(b"sensors.kitchen").expect("utf-8");
+        assert_eq!(again, "sensors.kitchen");
+        assert_eq!(again.as_ptr(), at, "the same allocation, not a copy");
+    }
+
+    #[test]
+    fn another_topic_is_checked_and_reuses_the_allocation() {
+        let mut memo = TopicMemo::default();
+        let mut first = String::with_capacity(64);
+        first.push_str("sensors.kitchen");
+        let at = first.as_ptr();
+        memo.give_back(first);
+        let other = memo.topic("sensors.hall.ünï".as_bytes()).expect("utf-8");
+        assert_eq!(other, "sensors.hall.ünï");
+        assert_eq!(other.as_ptr(), at);
+        memo.give_back(other);
+        assert_eq!(memo.topic(b"bad.\xff"), None, "not UTF-8");
+        assert_eq!(memo.topic(b"after").as_deref(), Some("after"));
+    }
+
+    #[test]
+    fn a_large_string_is_not_kept() {
+        let mut memo = TopicMemo::default();
+        memo.give_back("x".repeat(MAX_KEPT_TOPIC_BYTES + 1));
+        assert!(memo.spare.is_none());
+        memo.give_back("x".repeat(MAX_KEPT_TOPIC_BYTES));
+        assert!(memo.spare.is_some());
+    }
+}
