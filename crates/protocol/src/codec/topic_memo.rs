@@ -2,8 +2,9 @@
 //! next frame naming the same topic costs no UTF-8 check, no allocation and no copy.
 
 /// A memo's topic is kept only up to this capacity: a reader never holds on to a large string
-/// a peer once sent (topics are far shorter; the broker's limit is `limits.topics.max_bytes`).
-pub const MAX_KEPT_TOPIC_BYTES: usize = 1024;
+/// a peer once sent. Twice the broker's default topic limit (`limits.topics.max_bytes`, 256),
+/// so what a stream keeps beside its frame buffer is at most this much.
+pub const MAX_KEPT_TOPIC_BYTES: usize = 512;
 
 /// The topic of the last `Publish` or `Message` one stream's reader decoded, given back once the
 /// reader is done with it ([`TopicMemo::give_back`]). A stream usually carries one topic over and
