@@ -126,7 +126,8 @@ async fn return_path(
 }
 
 /// Sends `datagram` from `socket` to `to`, at once or after `delay` (from a task of its own, so
-/// the relay keeps reading meanwhile; datagrams held equally long leave in the order they came).
+/// the relay keeps reading meanwhile). Datagrams that came within the same millisecond may
+/// leave in either order (the timer's resolution), which QUIC handles as reordering.
 async fn forward(socket: Arc<UdpSocket>, datagram: &[u8], to: SocketAddr, delay: Duration) {
     if delay.is_zero() {
         let _ = socket.send_to(datagram, to).await;

@@ -25,7 +25,8 @@ impl Client {
     /// In order: closes every publish stream and waits until the broker has acknowledged all
     /// of them; finishes the control stream (the goodbye: the broker reads the publish streams
     /// to their end, ends the session and closes the connection); waits for the broker's
-    /// close; waits for the endpoint to be idle. Each wait is bounded by `close_timeout`.
+    /// close; waits for the endpoint to be idle, except for the draining period of the
+    /// connection the broker closed. Each wait is bounded by `close_timeout`.
     /// Afterwards every operation fails with a `Closed` error ([`ConnectionError::Closed`]),
     /// every subscription ends with [`crate::SubscriptionEnd::Closed`] and the state is
     /// [`crate::ConnectionState::Disconnected`].
@@ -99,7 +100,10 @@ impl Client {
             Ending::Leave => (b"leaving", "leaving"),
         };
         inner.endpoint.close(0u32.into(), endpoint_reason);
-        if !broker_closed
+        // A connection left from an earlier attempt may still be sending its own close: the
+        // endpoint is waited for unless the one the broker closed is all it holds.
+        let only_the_closed_one = broker_closed && inner.endpoint.open_connections() <= 1;
+        if !only_the_closed_one
             && timeout(WAIT_IDLE_TIMEOUT, inner.endpoint.wait_idle())
                 .await
                 .is_err()
