@@ -98,6 +98,13 @@ impl Node {
         self.cluster.close(Duration::from_secs(1)).await;
         self.broker.stop().await;
     }
+
+    /// Stops a node whose cluster socket is black-holed: none of its goodbyes can reach a peer,
+    /// so it waits for them only briefly, and what it held dies with it.
+    async fn stop_cut_off(self) {
+        self.cluster.close(Duration::from_millis(200)).await;
+        self.broker.stop().await;
+    }
 }
 
 /// Three nodes in a full mesh, each dialing every node's address (its own included).
@@ -558,9 +565,7 @@ async fn a_node_that_dies_cut_off_leaves_its_peers_subscribers_a_gap_not_silence
             .await
             .expect("publish");
     }
-    let dead = nodes.remove(0);
-    dead.cluster.close(Duration::from_millis(200)).await;
-    dead.broker.stop().await;
+    nodes.remove(0).stop_cut_off().await;
     next_is_a_cluster_route_gap(&mut feed, "node 2 announces what died with node 1").await;
     // A topic node 1 never forwarded anything on gets one too: what node 1 counted for node 2
     // died with it, on whatever topic.
@@ -586,9 +591,7 @@ async fn a_subscription_a_peer_died_without_knowing_of_hears_of_what_it_may_have
             .await
             .expect("publish");
     }
-    let dead = nodes.remove(0);
-    dead.cluster.close(Duration::from_millis(200)).await;
-    dead.broker.stop().await;
+    nodes.remove(0).stop_cut_off().await;
     next_is_a_cluster_route_gap(
         &mut unknown,
         "node 2 announces a loss on a subscription node 1 never knew of",
@@ -615,9 +618,7 @@ async fn a_peer_that_restarts_before_its_old_link_times_out_leaves_a_gap_not_sil
         .expect("publish");
     within("the message", feed.next()).await.expect("a message");
     silenced.set_blackhole(true);
-    let dead = nodes.remove(0);
-    dead.cluster.close(Duration::from_millis(200)).await;
-    dead.broker.stop().await;
+    nodes.remove(0).stop_cut_off().await;
     let restarted = Node::start_with(&pki, long_running("n1"), None).await;
     restarted.cluster.dial(nodes[0].cluster_addr());
     next_is_a_cluster_route_gap(
@@ -651,9 +652,7 @@ async fn a_subscription_made_while_a_peer_was_cut_off_hears_of_its_losses_once_i
         "a gap: {event:?}"
     );
     let mut later = subscriber.subscribe("later").await.expect("subscribe");
-    let dead = nodes.remove(0);
-    dead.cluster.close(Duration::from_millis(200)).await;
-    dead.broker.stop().await;
+    nodes.remove(0).stop_cut_off().await;
     let restarted = Node::start(&pki, "n1").await;
     restarted.cluster.dial(nodes[0].cluster_addr());
     next_is_a_cluster_route_gap(
@@ -977,9 +976,7 @@ async fn a_queue_group_hears_of_the_messages_lost_with_a_dead_members_node() {
     .await;
     cut.set_blackhole(true);
     publish(BEFORE..BEFORE + AFTER).await;
-    let dead = nodes.remove(1);
-    dead.cluster.close(Duration::from_millis(200)).await;
-    dead.broker.stop().await;
+    nodes.remove(1).stop_cut_off().await;
 
     let after = read_until(
         &mut on3,

@@ -206,18 +206,13 @@ async fn goodbye(attachment: &Attachment, close_timeout: Duration) -> Farewell {
         }
     }
     connection.close(0u32.into(), b"goodbye");
-    let mut result = drained;
-    for reason in [failed_before, closed_by_broker].into_iter().flatten() {
-        match connection_error(&reason, Phase::Established) {
-            ConnectionError::Closed => {}
-            error => {
-                result = Err(error.into());
-                break;
-            }
-        }
-    }
+    let failure = [failed_before, closed_by_broker]
+        .into_iter()
+        .flatten()
+        .map(|reason| connection_error(&reason, Phase::Established))
+        .find(|error| !matches!(error, ConnectionError::Closed));
     Farewell {
-        result,
+        result: failure.map_or(drained, |error| Err(error.into())),
         broker_closed,
     }
 }
