@@ -315,3 +315,37 @@ async fn close_returns_once_the_broker_has_closed_the_connection() {
         "close took {took:?}: it waited for the draining period after the broker's close"
     );
 }
+
+/// Most of QUIC's cost is per packet, so on a path that carries them (loopback here) packets
+/// grow past Ethernet's 1,472 bytes to the default bound, 4,000, in both directions; a message
+/// larger than an Ethernet packet still arrives whole.
+#[tokio::test]
+async fn packets_grow_to_the_default_bound_where_the_path_carries_them() {
+    let broker = TestBroker::start().await;
+    let subscriber = broker.client("mtu-sub").await;
+    let publisher = broker.client("mtu-pub").await;
+    let mut subscription = subscriber.subscribe("mtu.x").await.expect("subscribe");
+    let payload = Bytes::from(vec![7u8; 3_000]);
+    publisher
+        .publish_acked("mtu.x", payload.clone())
+        .await
+        .expect("publish");
+    assert_eq!(next_message(&mut subscription).await.payload(), &payload);
+    cassini_e2e::eventually("both clients' packets at 4,000 bytes", || async {
+        (publisher.path_mtu() == 4_000 && subscriber.path_mtu() == 4_000).then_some(())
+    })
+    .await;
+    cassini_e2e::eventually(
+        "the broker's packets to both clients at 4,000 bytes",
+        || async {
+            let connections = broker.broker.connections();
+            let sizes: Vec<u64> = connections
+                .iter()
+                .filter_map(|c| c.transport.as_ref().map(|t| t.path_mtu_bytes))
+                .collect();
+            (sizes == [4_000, 4_000]).then_some(())
+        },
+    )
+    .await;
+    broker.stop().await;
+}

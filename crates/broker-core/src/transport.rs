@@ -41,6 +41,10 @@ pub struct ConnectionStats {
     pub packets_sent: u64,
     /// Packets declared lost.
     pub packets_lost: u64,
+    /// The largest UDP payload the broker's packets on this connection may have now: 1,200 at
+    /// first, then what QUIC's path MTU discovery has found, up to
+    /// `quic.max_udp_payload_bytes` and the client's own bound.
+    pub path_mtu_bytes: u64,
     /// Congestion events (losses or ECN marks that reduced the window).
     pub congestion_events: u64,
     /// Streams the broker opened towards the client (one per subscription stream).

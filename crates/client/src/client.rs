@@ -669,6 +669,21 @@ impl Client {
         self.inner.core.attachment().link.connection().rtt()
     }
 
+    /// The largest UDP payload of this client's packets to the broker now: 1,200 bytes at
+    /// first, then what QUIC's path MTU discovery has found, up to the smaller of this
+    /// client's and the broker's `max_udp_payload_bytes` (4,000 by default). Larger packets
+    /// carry more messages each.
+    pub fn path_mtu(&self) -> u16 {
+        self.inner
+            .core
+            .attachment()
+            .link
+            .connection()
+            .stats()
+            .path
+            .current_mtu
+    }
+
     /// The broker's latest `GoingAway` notice on the current (or last) connection, if it sent
     /// one: it is shutting down.
     pub fn going_away(&self) -> Option<GoingAway> {

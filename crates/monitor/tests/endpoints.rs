@@ -306,6 +306,7 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
                 ("bytes_received", Kind::Num),
                 ("packets_sent", Kind::Num),
                 ("packets_lost", Kind::Num),
+                ("path_mtu_bytes", Kind::Num),
                 ("congestion_events", Kind::Num),
                 ("streams_opened", Kind::Num),
                 ("streams_accepted", Kind::Num),

@@ -65,10 +65,7 @@ pub fn bind_server(
     opts: &crate::tls::QuicOptions,
 ) -> Result<(quinn::Endpoint, SocketBuffers), EndpointError> {
     let (socket, buffers) = udp_socket(addr, opts.socket_buffer_bytes)?;
-    let endpoint_config = match &opts.stateless_reset_key {
-        Some(key) => key.endpoint_config(),
-        None => quinn::EndpointConfig::default(),
-    };
+    let endpoint_config = endpoint_config(opts);
     let endpoint = start(addr, endpoint_config, Some(config), socket)?;
     Ok((endpoint, buffers))
 }
@@ -86,10 +83,7 @@ pub fn bind_server_layered(
     };
     let (socket, buffers) = udp_socket(addr, opts.socket_buffer_bytes)?;
     let socket = wrap_socket(addr, socket, layer)?;
-    let endpoint_config = match &opts.stateless_reset_key {
-        Some(key) => key.endpoint_config(),
-        None => quinn::EndpointConfig::default(),
-    };
+    let endpoint_config = endpoint_config(opts);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         Some(config),
@@ -150,10 +144,10 @@ pub fn bind_client_layered(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let (socket, _) = udp_socket(bind, opts.socket_buffer_bytes)?;
     let mut endpoint = match layer {
-        None => start(bind, quinn::EndpointConfig::default(), None, socket)?,
+        None => start(bind, endpoint_config(opts), None, socket)?,
         Some(layer) => {
             let socket = wrap_socket(bind, socket, layer)?;
-            start_abstract(bind, socket)?
+            start_abstract(bind, endpoint_config(opts), socket)?
         }
     };
     endpoint.set_default_client_config(config);
@@ -187,12 +181,28 @@ fn wrap_socket(
     Ok(layer.wrap(socket))
 }
 
+/// The endpoint's settings: the stateless reset key, if given, and the largest UDP payload it
+/// accepts, `opts.max_udp_payload_bytes` (announced to peers, whose path MTU discovery may
+/// grow their packets up to it).
+fn endpoint_config(opts: &crate::tls::QuicOptions) -> quinn::EndpointConfig {
+    let mut config = match &opts.stateless_reset_key {
+        Some(key) => key.endpoint_config(),
+        None => quinn::EndpointConfig::default(),
+    };
+    // quinn refuses only values outside 1,200..=65,527; `QuicOptions::max_udp_payload_bytes`
+    // is checked against a narrower range when the TLS configuration is built, and an
+    // endpoint given a value quinn refuses keeps quinn's default.
+    let _ = config.max_udp_payload_size(opts.max_udp_payload_bytes);
+    config
+}
+
 fn start_abstract(
     addr: SocketAddr,
+    endpoint_config: quinn::EndpointConfig,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
 ) -> Result<quinn::Endpoint, EndpointError> {
     quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         None,
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -518,6 +518,7 @@ impl Connection for QuicConnection {
             bytes_received: stats.udp_rx.bytes,
             packets_sent: stats.path.sent_packets,
             packets_lost: stats.path.lost_packets,
+            path_mtu_bytes: stats.path.current_mtu.into(),
             congestion_events: stats.path.congestion_events,
             streams_opened: self.streams_opened.load(Ordering::Relaxed),
             streams_accepted: self.streams_accepted.load(Ordering::Relaxed),

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
@@ -245,7 +245,20 @@ pub struct QuicOptions {
     /// each stream's own window (quinn's default). Default: no bound; [`QuicOptions::broker`]:
     /// 16 MiB.
     pub receive_window_bytes: u64,
+    /// The largest UDP payload this side sends and accepts. A connection starts with packets
+    /// of 1,200 bytes; QUIC's path MTU discovery (RFC 8899) then probes upward to the smaller
+    /// of this bound and the peer's, and keeps the largest size the path carries (1,452 to
+    /// 1,472 on Ethernet; this bound on loopback or a jumbo-frame network). Larger packets
+    /// carry more messages each, and most of QUIC's cost is per packet (docs/BENCHMARKS.md).
+    /// A probe the path cannot carry is lost and costs nothing else. From 1,200 to 6,500:
+    /// quinn sends up to ten packets of one size in one UDP segmentation-offload call, which
+    /// the kernel refuses beyond 64 KiB, and it would take those refused packets for a path
+    /// that drops large packets and fall back to 1,200. Default: 4,000.
+    pub max_udp_payload_bytes: u16,
 }
+
+/// The range of [`QuicOptions::max_udp_payload_bytes`].
+pub const UDP_PAYLOAD_BYTES_RANGE: std::ops::RangeInclusive<u16> = 1_200..=6_500;
 
 /// Which congestion controller a QUIC endpoint runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -300,6 +313,7 @@ impl Default for QuicOptions {
             socket_buffer_bytes: 4 * 1024 * 1024,
             stateless_reset_key: None,
             receive_window_bytes: u64::MAX,
+            max_udp_payload_bytes: 4_000,
         }
     }
 }
@@ -532,8 +546,17 @@ fn transport_config(opts: &QuicOptions) -> Result<TransportConfig, TlsError> {
     };
     let keep_alive_interval =
         (!opts.keep_alive_interval.is_zero()).then_some(opts.keep_alive_interval);
+    if !UDP_PAYLOAD_BYTES_RANGE.contains(&opts.max_udp_payload_bytes) {
+        return Err(TlsError::InvalidOption {
+            option: "max_udp_payload_bytes",
+            reason: "must be from 1200 to 6500",
+        });
+    }
+    let mut mtu_discovery = MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(opts.max_udp_payload_bytes);
     let mut transport = TransportConfig::default();
     transport
+        .mtu_discovery_config(Some(mtu_discovery))
         .max_idle_timeout(idle_timeout)
         .keep_alive_interval(keep_alive_interval)
         .max_concurrent_uni_streams(VarInt::from_u32(opts.max_concurrent_uni_streams))

@@ -369,6 +369,18 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             ),
         ));
     }
+    let udp_payload = settings.quic.max_udp_payload_bytes;
+    if !cassini_quic::tls::UDP_PAYLOAD_BYTES_RANGE.contains(&udp_payload) {
+        return Err(invalid(
+            "quic.max_udp_payload_bytes",
+            format!(
+                "{udp_payload} is out of range; expected {} to {} (QUIC's smallest packet, and \
+                 the most ten packets of one batched send can hold)",
+                cassini_quic::tls::UDP_PAYLOAD_BYTES_RANGE.start(),
+                cassini_quic::tls::UDP_PAYLOAD_BYTES_RANGE.end()
+            ),
+        ));
+    }
     let positive = [
         ("limits.max_connections", limits.max_connections as u64),
         ("limits.max_memory_bytes", limits.max_memory_bytes),

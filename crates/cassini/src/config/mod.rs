@@ -439,6 +439,7 @@ pub(crate) struct QuicSettings {
     pub(crate) congestion: Congestion,
     pub(crate) max_ack_delay_ms: u64,
     pub(crate) receive_window_bytes: u64,
+    pub(crate) max_udp_payload_bytes: u16,
 }
 
 /// `quic.congestion`: the congestion controller of the broker's connections.
@@ -472,6 +473,7 @@ impl Default for QuicSettings {
             },
             max_ack_delay_ms: millis(quic.max_ack_delay),
             receive_window_bytes: quic.receive_window_bytes,
+            max_udp_payload_bytes: quic.max_udp_payload_bytes,
         }
     }
 }
@@ -736,6 +738,7 @@ impl Settings {
                 // Read from its file by `serve`, not part of the settings.
                 stateless_reset_key: None,
                 receive_window_bytes: quic.receive_window_bytes,
+                max_udp_payload_bytes: quic.max_udp_payload_bytes,
             },
             handshake_timeout: Duration::from_millis(quic.handshake_timeout_ms),
             identity_rule: self.security.identity_rule(),

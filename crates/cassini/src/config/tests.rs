@@ -256,6 +256,24 @@ fn a_frame_limit_too_large_for_the_raft_log_is_refused_with_members() {
 }
 
 #[test]
+fn a_udp_payload_bound_outside_what_quic_and_batched_sends_take_is_refused() {
+    for bad in [1_199, 6_501] {
+        let message = error_of(&format!("[quic]\nmax_udp_payload_bytes = {bad}\n"));
+        assert!(message.contains("quic.max_udp_payload_bytes"), "{message}");
+        assert!(message.contains("1200 to 6500"), "{message}");
+    }
+    for good in [1_200, 1_472, 6_500] {
+        let file = file(&format!("[quic]\nmax_udp_payload_bytes = {good}\n"));
+        let settings = resolve(Some(file.path()), &[], &Overrides::default()).expect("in range");
+        assert_eq!(
+            settings.server_options().quic.max_udp_payload_bytes,
+            good,
+            "{good} reaches the transport"
+        );
+    }
+}
+
+#[test]
 fn inconsistent_values_name_both_keys() {
     let message = error_of("[queue]\ndefault_messages = 10\nmax_messages = 5\n");
     assert!(message.contains("queue.default_messages"), "{message}");

@@ -115,6 +115,42 @@ fn an_idle_timeout_quic_cannot_express_is_refused() -> TestResult {
 }
 
 #[test]
+fn a_udp_payload_bound_outside_1200_to_6500_is_refused() -> TestResult {
+    let pki = pki()?;
+    for (bound, accepted) in [(1_199, false), (1_200, true), (6_500, true), (6_501, false)] {
+        let crypto = server_crypto(
+            vec![pki.ca.cert_der().clone()],
+            vec![pki.server.cert_der()?],
+            pki.server.key_der()?,
+        )?;
+        let opts = QuicOptions {
+            max_udp_payload_bytes: bound,
+            ..QuicOptions::default()
+        };
+        let result = server_config(crypto, &opts);
+        assert_eq!(
+            result.is_ok(),
+            accepted,
+            "{bound}: {:?}",
+            result.as_ref().err()
+        );
+        if !accepted {
+            assert!(
+                matches!(
+                    result,
+                    Err(TlsError::InvalidOption {
+                        option: "max_udp_payload_bytes",
+                        ..
+                    })
+                ),
+                "{bound}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn load_certs_and_load_key_read_pem_files() -> TestResult {
     let pki = pki()?;
     let temp = tempfile::tempdir()?;
