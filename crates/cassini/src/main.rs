@@ -52,7 +52,8 @@ use clap::{CommandFactory, Parser};
 use cli::{CertsCommand, Cli, Command, ConfigCommand};
 use config::LogFormat;
 
-/// mimalloc instead of the system allocator: see docs/BENCHMARKS.md for what it saved.
+/// mimalloc instead of the system allocator, built without transparent huge pages: see
+/// docs/BENCHMARKS.md for what each saved.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
