@@ -249,8 +249,11 @@ pub struct QuicOptions {
     /// of 1,200 bytes; QUIC's path MTU discovery (RFC 8899) then probes upward to the smaller
     /// of this bound and the peer's, and keeps the largest size the path carries (1,452 to
     /// 1,472 on Ethernet; this bound on loopback or a jumbo-frame network). Larger packets
-    /// carry more messages each, and most of QUIC's cost is per packet (docs/BENCHMARKS.md).
-    /// A probe the path cannot carry is lost and costs nothing else. From 1,200 to 6,500:
+    /// carry more messages each, and most of QUIC's cost is per packet (docs/BENCHMARKS.md,
+    /// "Packet size"). A probe the path cannot carry is lost and the size stays. The costs:
+    /// about eight probes after each handshake, some 4.5 KiB more per connection, and an
+    /// endpoint's receive buffer of this × 64 × 32 bytes (8 MiB at 4,000, 2.9 MiB at 1,472;
+    /// memory is used as bursts reach into it). From 1,200 to 6,500:
     /// quinn sends up to ten packets of one size in one UDP segmentation-offload call, which
     /// the kernel refuses beyond 64 KiB, and it would take those refused packets for a path
     /// that drops large packets and fall back to 1,200. Default: 4,000.
