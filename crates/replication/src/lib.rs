@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod log_store;
 pub mod membership;
 pub mod network;
+mod rejoin;
 pub mod replica;
 pub mod shared_records;
 pub mod state_machine;

@@ -208,6 +208,21 @@ impl LogStore {
         inner.vote.is_none() && inner.entries.is_empty() && inner.purged.is_none()
     }
 
+    /// Its last log id and its vote's term, as a node rejoining with no state asks
+    /// ([`crate::rejoin`]).
+    pub(crate) fn standing(&self) -> crate::rejoin::LogStanding {
+        let inner = self.lock();
+        crate::rejoin::LogStanding {
+            last_log_id: inner
+                .entries
+                .values()
+                .next_back()
+                .map(|entry| entry.log_id)
+                .or(inner.purged),
+            term: inner.vote.map_or(0, |vote| vote.leader_id().term),
+        }
+    }
+
     /// How many entries the log holds now (what the last purge left, and what came after).
     pub fn entry_count(&self) -> usize {
         self.lock().entries.len()

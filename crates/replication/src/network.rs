@@ -87,6 +87,9 @@ pub(crate) enum Rpc {
     },
     /// Whether the node has ever been part of a Raft group.
     Status,
+    /// Its last log id and its vote's term, for a node rejoining with no state
+    /// ([`crate::rejoin`]).
+    Standing,
     /// To a claim's previous owner: answer once you have applied the log up to `index` (and so
     /// closed your connection of that session).
     Applied {
@@ -125,6 +128,8 @@ pub(crate) enum Reply {
     Status {
         pristine: bool,
     },
+    /// Its last log id and its vote's term.
+    Standing(crate::rejoin::LogStanding),
     /// The group's membership after the change, or why it was not made.
     Membership(Result<Membership, MembershipError>),
     /// Per node asked, in order: its lease has surely run out within this long of the

@@ -10,6 +10,9 @@
 //!   node waits for the leader to replicate the membership to it. So a fresh cluster
 //!   initializes once all its members are up, and a restarted node (whatever its storage)
 //!   never initializes a second group beside the one its peers hold.
+//! - **Votes after a start with no state** (memory mode restarted, a lost disk) are held back
+//!   until every other member has said what it holds, and then go only to candidates at least
+//!   as up to date, until a leader has caught this node up ([`crate::rejoin`]).
 //! - **Claims** are written by the leader: a follower forwards the claim to the node it knows
 //!   as leader. A claim not committed within [`ReplicaConfig::claim_timeout`] (no leader, or
 //!   no majority reachable) is refused with [`ClaimError::NoQuorum`]; one beyond the claims
@@ -30,13 +33,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesResponse, VoteResponse};
 use openraft::{Raft, SnapshotPolicy};
 use tokio::time::Instant;
 
 use crate::log_store::{LogStore, Storage, StorageOpenError};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::network::{Contacts, Network, Reply, Rpc, TransportSlot};
+use crate::rejoin::Rejoin;
 use crate::shared_records::{SharedBounds, SharedChange, SharedObserver};
 use crate::state_machine::{
     ClaimObserver, Owner, RecordsObserver, ReleasedClaim, SessionKey, SessionRecords, StateMachine,
@@ -263,6 +267,10 @@ pub struct Replica {
     restarted: tokio::sync::watch::Receiver<bool>,
     /// Whether this node initialized the group (the first member's bootstrap did).
     initialized_here: Arc<AtomicBool>,
+    /// This node's votes while it rejoins with no state ([`crate::rejoin`]).
+    rejoin: Arc<Rejoin>,
+    /// Asks the other members what they hold until the rejoin's floor is known.
+    floor_learner: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -323,6 +331,7 @@ impl Replica {
         .validate()
         .map_err(|err| ReplicaError::Raft(err.to_string()))?;
         let log = LogStore::open(storage.clone())?;
+        let rejoin = Arc::new(Rejoin::new(log.is_pristine()));
         let state = StateMachine::open(storage, observer)
             .map_err(|err| ReplicaError::Storage(StorageOpenError::Read(err)))?
             .with_max_claims(config.max_claims)
@@ -376,6 +385,11 @@ impl Replica {
             Arc::clone(&contacts),
             config.clone(),
         ));
+        let floor_learner = tokio::spawn(learn_floor(
+            Arc::clone(&rejoin),
+            Arc::clone(&slot),
+            config.clone(),
+        ));
         Ok(Arc::new(Self {
             config,
             raft,
@@ -390,7 +404,17 @@ impl Replica {
             contacts,
             bootstrap,
             initialized_here,
+            rejoin,
+            floor_learner,
         }))
+    }
+
+    /// The answer to a vote request this node holds back while it rejoins: not granted, with
+    /// its own vote and log, as openraft answers a vote it refuses.
+    fn vote_held_back(&self) -> VoteResponse<NodeId> {
+        let vote = self.raft.metrics().borrow().vote;
+        tracing::debug!("a vote request held back: rejoining with no Raft state");
+        VoteResponse::new(vote, self.log.standing().last_log_id, false)
     }
 
     /// This node's name.
@@ -407,7 +431,11 @@ impl Replica {
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let reply = match rmp_serde::from_slice::<Rpc>(request) {
             Ok(Rpc::Vote(rpc)) => {
-                let answer = self.raft.vote(rpc).await;
+                let answer = if self.rejoin.admits(&rpc) {
+                    self.raft.vote(rpc).await
+                } else {
+                    Ok(self.vote_held_back())
+                };
                 Reply::Vote {
                     answer,
                     last_contact: self.contacts.last_contact_ago(),
@@ -417,7 +445,11 @@ impl Replica {
                 let received = std::time::Instant::now();
                 self.contacts.contacted(received);
                 let commit = request.leader_commit.map_or(0, |log_id| log_id.index);
+                let rejoining = self.rejoin.is_rejoining().then(|| request.clone());
                 let answer = self.raft.append_entries(request).await;
+                if let (Some(request), Ok(AppendEntriesResponse::Success)) = (rejoining, &answer) {
+                    self.rejoin.appended(&request);
+                }
                 let accepted = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
                 // Only a leader that holds its own lease renews a follower's.
                 if let Some(left) = lease.filter(|_| accepted) {
@@ -442,6 +474,7 @@ impl Replica {
             Ok(Rpc::Status) => Reply::Status {
                 pristine: self.log.is_pristine(),
             },
+            Ok(Rpc::Standing) => Reply::Standing(self.log.standing()),
             Ok(Rpc::Applied { index }) => Reply::Applied {
                 reached: self
                     .raft
@@ -1152,6 +1185,7 @@ impl Replica {
         }
         self.releaser.abort();
         self.lost_sweep.abort();
+        self.floor_learner.abort();
         let _ = self.raft.shutdown().await;
     }
 }
@@ -1163,6 +1197,7 @@ impl Drop for Replica {
         }
         self.releaser.abort();
         self.lost_sweep.abort();
+        self.floor_learner.abort();
     }
 }
 
@@ -1356,6 +1391,30 @@ async fn release_lost(
                 );
             }
         }
+    }
+}
+
+/// Until a node rejoining with no state knows its floor ([`crate::rejoin`]): asks every other
+/// configured member what it holds, and gives the rejoin the answers once all have answered.
+async fn learn_floor(rejoin: Arc<Rejoin>, slot: Arc<TransportSlot>, config: ReplicaConfig) {
+    let others: Vec<&String> = config
+        .members
+        .iter()
+        .filter(|name| **name != config.node)
+        .collect();
+    while rejoin.needs_floor() {
+        let mut answers = Vec::with_capacity(others.len());
+        for name in &others {
+            match slot.call(name, &Rpc::Standing, BOOTSTRAP_EVERY).await {
+                Ok(Reply::Standing(standing)) => answers.push(standing),
+                _ => break,
+            }
+        }
+        if answers.len() == others.len() {
+            rejoin.answered(&answers);
+            return;
+        }
+        tokio::time::sleep(BOOTSTRAP_EVERY).await;
     }
 }
 

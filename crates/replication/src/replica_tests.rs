@@ -1173,3 +1173,80 @@ async fn a_claim_released_while_its_node_was_out_of_contact_is_known_released_on
         replica.shutdown().await;
     }
 }
+
+/// A node that comes back with no Raft state (memory mode restarted, a disk lost) has
+/// forgotten what it acknowledged. While a member it cannot hear from may hold an entry it
+/// helped commit, it votes for no one; so the third node, which never had the entry, cannot
+/// be elected by it, and the entry is not lost. Once every member answers, the node that has
+/// the entry is elected and the empty one catches up from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restarted_voter_elects_no_leader_that_lacks_an_entry_it_helped_commit() {
+    let timeout = Duration::from_millis(1500);
+    let (mesh, replicas, seen) = three(timeout).await;
+    let leader = leader_known(&replicas).await;
+    let mut followers = replicas.iter().filter(|r| r.node() != leader);
+    let restarted_name = followers.next().expect("a follower").node().to_owned();
+    let behind_name = followers
+        .next()
+        .expect("another follower")
+        .node()
+        .to_owned();
+    // The claim is committed by the leader and one follower; the third never sees it.
+    mesh.cut.lock().expect("cut").insert(behind_name.clone());
+    let holder = replicas
+        .iter()
+        .find(|r| r.node() == leader)
+        .expect("leader");
+    let epoch = claim_soon(holder, "committed")
+        .await
+        .expect("committed by two of three");
+    // The leader goes silent; the follower that helped commit restarts empty.
+    {
+        let mut cut = mesh.cut.lock().expect("cut");
+        cut.clear();
+        cut.insert(leader.clone());
+    }
+    let old = replicas
+        .iter()
+        .find(|r| r.node() == restarted_name)
+        .expect("restarted");
+    old.shutdown().await;
+    mesh.replicas
+        .lock()
+        .expect("replicas")
+        .remove(&restarted_name);
+    let members = names(&["n1", "n2", "n3"]);
+    let restarted = start(&mesh, &seen, &restarted_name, &members, timeout, u64::MAX).await;
+    let behind = replicas
+        .iter()
+        .find(|r| r.node() == behind_name)
+        .expect("behind");
+    // The two that can talk hold no copy of the claim between them: they must elect no one
+    // and commit nothing.
+    for _ in 0..3 {
+        match behind.claim(key("meanwhile")).await {
+            Err(ClaimError::NoQuorum(_)) => {}
+            Ok(_) => panic!(
+                "a leader was elected without the committed claim (it owns {:?}; leader {:?})",
+                behind.owner(&key("committed")),
+                behind.leader()
+            ),
+            Err(other) => panic!("expected no quorum, got {other:?}"),
+        }
+    }
+    // The holder is back: it is elected, and every node applies the claim.
+    mesh.cut.lock().expect("cut").clear();
+    claim_soon(behind, "after")
+        .await
+        .expect("committed once every member answers");
+    for replica in [holder, behind, &restarted] {
+        until("every node applied the committed claim", || {
+            replica.owner(&key("committed")).map(|owner| owner.epoch) == Some(epoch)
+        })
+        .await;
+    }
+    for replica in replicas.iter().filter(|r| r.node() != restarted_name) {
+        replica.shutdown().await;
+    }
+    restarted.shutdown().await;
+}
