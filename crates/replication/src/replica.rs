@@ -268,7 +268,7 @@ pub struct Replica {
     /// Whether this node initialized the group (the first member's bootstrap did).
     initialized_here: Arc<AtomicBool>,
     /// This node's votes while it rejoins with no state ([`crate::rejoin`]).
-    rejoin: Arc<Rejoin>,
+    pub(crate) rejoin: Arc<Rejoin>,
     /// Asks the other members what they hold until the rejoin's floor is known.
     floor_learner: tokio::task::JoinHandle<()>,
 }

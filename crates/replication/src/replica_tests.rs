@@ -1245,6 +1245,11 @@ async fn an_empty_restarted_voter_elects_no_leader_that_lacks_an_entry_it_helped
         })
         .await;
     }
+    until(
+        "the restarted node caught up and votes as any member",
+        || !restarted.rejoin.is_rejoining(),
+    )
+    .await;
     for replica in replicas.iter().filter(|r| r.node() != restarted_name) {
         replica.shutdown().await;
     }
