@@ -154,6 +154,17 @@ struct LogInner {
     entries: BTreeMap<u64, Entry<TypeConfig>>,
 }
 
+impl LogInner {
+    /// The id of the last entry, or of the last one purged when none is left.
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id)
+            .or(self.purged)
+    }
+}
+
 /// One node's Raft log. Cloning shares it (openraft's log reader is a clone).
 #[derive(Debug, Clone)]
 pub struct LogStore {
@@ -213,12 +224,7 @@ impl LogStore {
     pub(crate) fn standing(&self) -> crate::rejoin::LogStanding {
         let inner = self.lock();
         crate::rejoin::LogStanding {
-            last_log_id: inner
-                .entries
-                .values()
-                .next_back()
-                .map(|entry| entry.log_id)
-                .or(inner.purged),
+            last_log_id: inner.last_log_id(),
             term: inner.vote.map_or(0, |vote| vote.leader_id().term),
         }
     }
@@ -283,15 +289,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let inner = self.lock();
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|entry| entry.log_id)
-            .or(inner.purged);
         Ok(LogState {
             last_purged_log_id: inner.purged,
-            last_log_id: last,
+            last_log_id: inner.last_log_id(),
         })
     }
 

@@ -1394,14 +1394,19 @@ async fn release_lost(
     }
 }
 
-/// Until a node rejoining with no state knows its floor ([`crate::rejoin`]): asks every other
-/// configured member what it holds, and gives the rejoin the answers once all have answered.
-async fn learn_floor(rejoin: Arc<Rejoin>, slot: Arc<TransportSlot>, config: ReplicaConfig) {
-    let others: Vec<&String> = config
+/// The configured members but this node.
+fn other_members(config: &ReplicaConfig) -> Vec<&String> {
+    config
         .members
         .iter()
         .filter(|name| **name != config.node)
-        .collect();
+        .collect()
+}
+
+/// Until a node rejoining with no state knows its floor ([`crate::rejoin`]): asks every other
+/// configured member what it holds, and gives the rejoin the answers once all have answered.
+async fn learn_floor(rejoin: Arc<Rejoin>, slot: Arc<TransportSlot>, config: ReplicaConfig) {
+    let others = other_members(&config);
     while rejoin.needs_floor() {
         let mut answers = Vec::with_capacity(others.len());
         for name in &others {
@@ -1427,11 +1432,7 @@ async fn bootstrap(
     config: ReplicaConfig,
     initialized_here: Arc<AtomicBool>,
 ) {
-    let others: Vec<&String> = config
-        .members
-        .iter()
-        .filter(|name| **name != config.node)
-        .collect();
+    let others = other_members(&config);
     loop {
         if !log.is_pristine() || raft.is_initialized().await.unwrap_or(true) {
             return;

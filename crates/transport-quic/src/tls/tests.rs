@@ -19,14 +19,21 @@ fn pki() -> Result<Pki, Box<dyn Error>> {
     Ok(Pki { ca, server, client })
 }
 
+impl Pki {
+    /// The broker's TLS configuration: its certificate, trusting the CA.
+    fn server_crypto(&self) -> Result<Arc<rustls::ServerConfig>, Box<dyn Error>> {
+        Ok(server_crypto(
+            vec![self.ca.cert_der().clone()],
+            vec![self.server.cert_der()?],
+            self.server.key_der()?,
+        )?)
+    }
+}
+
 #[test]
 fn server_config_issues_no_tickets_keeps_no_sessions_and_refuses_early_data() -> TestResult {
     let pki = pki()?;
-    let config = server_crypto(
-        vec![pki.ca.cert_der().clone()],
-        vec![pki.server.cert_der()?],
-        pki.server.key_der()?,
-    )?;
+    let config = pki.server_crypto()?;
     assert_eq!(config.alpn_protocols, [cassini_protocol::ALPN.to_vec()]);
     assert_eq!(config.send_tls13_tickets, 0);
     assert_eq!(config.max_early_data_size, 0);
@@ -90,11 +97,7 @@ fn configs_without_a_ca_certificate_are_refused() -> TestResult {
 #[test]
 fn an_idle_timeout_quic_cannot_express_is_refused() -> TestResult {
     let pki = pki()?;
-    let crypto = server_crypto(
-        vec![pki.ca.cert_der().clone()],
-        vec![pki.server.cert_der()?],
-        pki.server.key_der()?,
-    )?;
+    let crypto = pki.server_crypto()?;
     let opts = QuicOptions {
         idle_timeout: Duration::MAX,
         ..QuicOptions::default()
@@ -118,11 +121,7 @@ fn an_idle_timeout_quic_cannot_express_is_refused() -> TestResult {
 fn a_udp_payload_bound_outside_1200_to_6500_is_refused() -> TestResult {
     let pki = pki()?;
     for (bound, accepted) in [(1_199, false), (1_200, true), (6_500, true), (6_501, false)] {
-        let crypto = server_crypto(
-            vec![pki.ca.cert_der().clone()],
-            vec![pki.server.cert_der()?],
-            pki.server.key_der()?,
-        )?;
+        let crypto = pki.server_crypto()?;
         let opts = QuicOptions {
             max_udp_payload_bytes: bound,
             ..QuicOptions::default()
