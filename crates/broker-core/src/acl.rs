@@ -36,6 +36,7 @@
 
 pub mod file;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -433,22 +434,38 @@ pub fn overlaps(a: &TopicFilter, b: &TopicFilter) -> bool {
 
 /// The broker's current ACL, swapped atomically on reload. Cheap to clone (shared).
 #[derive(Debug, Clone)]
-pub struct AclHandle(Arc<ArcSwap<Acl>>);
+pub struct AclHandle(Arc<CurrentAcl>);
+
+#[derive(Debug)]
+struct CurrentAcl {
+    acl: ArcSwap<Acl>,
+    /// Bumped after every replacement: what a [`PermissionCache`] checks per publish (one load
+    /// of a rarely written word, where loading the `ArcSwap` costs a fence).
+    generation: AtomicU64,
+}
 
 impl AclHandle {
     /// A handle holding `acl`.
     pub fn new(acl: Acl) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(acl)))
+        Self(Arc::new(CurrentAcl {
+            acl: ArcSwap::from_pointee(acl),
+            generation: AtomicU64::new(0),
+        }))
     }
 
     /// The current ACL.
     pub fn current(&self) -> Arc<Acl> {
-        self.0.load_full()
+        self.0.acl.load_full()
     }
 
     /// Replaces the ACL; checks made from now on use `acl`.
     pub fn replace(&self, acl: Acl) {
-        self.0.store(Arc::new(acl));
+        self.0.acl.store(Arc::new(acl));
+        self.0.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 }
 
@@ -459,28 +476,53 @@ impl Default for AclHandle {
 }
 
 /// Caches one identity's [`Permissions`] for as long as the ACL is not replaced, so the publish
-/// path does not re-match identity patterns for every message.
+/// path does not re-match identity patterns for every message, and the verdict on the topic
+/// published to last, so a stream publishing to one topic matches its rules once.
 #[derive(Debug)]
 pub(crate) struct PermissionCache {
-    acl: Arc<Acl>,
+    /// The handle's generation the permissions were computed under.
+    generation: u64,
     permissions: Permissions,
+    /// The topic last allowed under these permissions.
+    allowed: Option<TopicName>,
 }
 
 impl PermissionCache {
     pub(crate) fn new(handle: &AclHandle, identity: &str) -> Self {
-        let acl = handle.current();
-        let permissions = acl.permissions(identity);
-        Self { acl, permissions }
+        // The generation first: a replacement after it is seen by the next check.
+        let generation = handle.generation();
+        let permissions = handle.current().permissions(identity);
+        Self {
+            generation,
+            permissions,
+            allowed: None,
+        }
     }
 
     /// The permissions under the current ACL, recomputed only after a reload.
     pub(crate) fn get(&mut self, handle: &AclHandle, identity: &str) -> &Permissions {
-        let current = handle.0.load();
-        if !Arc::ptr_eq(&current, &self.acl) {
-            self.acl = arc_swap::Guard::into_inner(current);
-            self.permissions = self.acl.permissions(identity);
+        if handle.generation() != self.generation {
+            *self = Self::new(handle, identity);
         }
         &self.permissions
+    }
+
+    /// Whether `identity` may publish to `topic` under the current ACL.
+    pub(crate) fn may_publish(
+        &mut self,
+        handle: &AclHandle,
+        identity: &str,
+        topic: &TopicName,
+    ) -> bool {
+        self.get(handle, identity);
+        if self.allowed.as_ref() == Some(topic) {
+            return true;
+        }
+        let allowed = self.permissions.may_publish(topic);
+        if allowed {
+            self.allowed = Some(topic.clone());
+        }
+        allowed
     }
 }
 

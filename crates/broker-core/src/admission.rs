@@ -35,7 +35,7 @@ use std::time::Instant;
 use cassini_protocol::codec::header_size;
 use cassini_protocol::{Headers, Publish, SessionId, SubscriptionId, TopicLimits, TopicName};
 
-use crate::acl::{PermissionCache, Permissions};
+use crate::acl::{AclHandle, PermissionCache};
 use crate::config::{BrokerConfig, BrokerLimits};
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -223,7 +223,9 @@ impl Publisher {
         let message = accept(publish, topic, shared)?;
         if let Some((identity, permissions)) = &mut self.client {
             authorize(
-                permissions.get(&shared.acl, identity),
+                permissions,
+                &shared.acl,
+                identity,
                 &message,
                 &shared.config.limits.topics,
             )?;
@@ -458,11 +460,13 @@ fn check_headers(headers: &Headers, limits: &BrokerLimits) -> Result<(), BrokerE
 /// Lets `message` through if the ACL allows its publisher that topic and, for a request, allows
 /// it to receive on the `reply_to` topic (so a reply goes only where the requester may read).
 fn authorize(
-    permissions: &Permissions,
+    cache: &mut PermissionCache,
+    acl: &AclHandle,
+    identity: &str,
     message: &PublishedMessage,
     limits: &TopicLimits,
 ) -> Result<(), BrokerError> {
-    if !permissions.may_publish(&message.topic) {
+    if !cache.may_publish(acl, identity, &message.topic) {
         return Err(BrokerError::NotAuthorized {
             action: "publish to",
             target: message.topic.to_string(),
@@ -470,7 +474,7 @@ fn authorize(
     }
     if let Some(reply_to) = &message.reply_to {
         let reply_to = TopicName::parse(reply_to, limits).map_err(BrokerError::InvalidTopic)?;
-        if !permissions.may_receive(&reply_to) {
+        if !cache.get(acl, identity).may_receive(&reply_to) {
             return Err(BrokerError::NotAuthorized {
                 action: "ask for replies on",
                 target: reply_to.to_string(),

@@ -715,8 +715,9 @@ impl Router {
         delivered: &[(SessionId, SubscriptionId)],
     ) -> RouteReport {
         let window = acknowledged.zip(self.handed.get());
-        let now = Instant::now();
-        let remembered = window.and_then(|(acknowledged, window)| {
+        // Read only for the dedupe window: a clock read per publish shows in the profile.
+        let now = window.map(|_| Instant::now());
+        let remembered = window.zip(now).and_then(|((acknowledged, window), now)| {
             window.remembered(
                 acknowledged.identity,
                 acknowledged.message_id,
@@ -752,7 +753,8 @@ impl Router {
         }
         // Remembered only once handed to a subscription it would skip on a resend; the first
         // time it was handed counts, and every copy adds the groups it reached that way.
-        if let (Some((acknowledged, window)), true) = (window, report.unreplicated) {
+        if let (Some((acknowledged, window)), Some(now), true) = (window, now, report.unreplicated)
+        {
             window.note(
                 acknowledged.identity,
                 acknowledged.message_id,

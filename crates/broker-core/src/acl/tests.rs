@@ -187,6 +187,25 @@ fn a_permission_cache_follows_a_replaced_acl() {
 }
 
 #[test]
+fn a_remembered_publish_verdict_does_not_outlive_its_acl() {
+    let handle = AclHandle::new(Acl::parse(EXAMPLE, "<test>").unwrap());
+    let mut cache = PermissionCache::new(&handle, "sensor-1");
+    let allowed = topic("sensors.a");
+    assert!(cache.may_publish(&handle, "sensor-1", &allowed));
+    assert!(
+        cache.may_publish(&handle, "sensor-1", &allowed),
+        "asked again"
+    );
+    assert!(!cache.may_publish(&handle, "sensor-1", &topic("sensors.admin.reboot")));
+    assert!(
+        cache.may_publish(&handle, "sensor-1", &allowed),
+        "after another topic"
+    );
+    handle.replace(Acl::parse("default = \"deny\"", "<test>").unwrap());
+    assert!(!cache.may_publish(&handle, "sensor-1", &allowed));
+}
+
+#[test]
 fn every_identity_may_read_its_own_inboxes_only() {
     let open = Acl::allow_all();
     assert!(open.may_subscribe("alice", &filter("_INBOX.alice.0123.>")));
