@@ -32,6 +32,8 @@ pub(crate) struct Link {
     unresponsive: OnceLock<String>,
     /// The last `GoingAway` the broker sent.
     going_away: Mutex<Option<GoingAway>>,
+    /// Set once the client has seen the connection end ([`Link::noticed_dead`]).
+    dead: AtomicBool,
 }
 
 impl Link {
@@ -47,6 +49,7 @@ impl Link {
             violation: OnceLock::new(),
             unresponsive: OnceLock::new(),
             going_away: Mutex::new(None),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -79,9 +82,29 @@ impl Link {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection has ended, as quinn knows it now (it takes the connection's
+    /// lock: for paths where something already failed).
     pub(crate) fn is_dead(&self) -> bool {
-        self.connection.close_reason().is_some()
+        if self.noticed_dead() {
+            return true;
+        }
+        let dead = self.connection.close_reason().is_some();
+        if dead {
+            self.mark_dead();
+        }
+        dead
+    }
+
+    /// Whether the client has seen the connection end: set by the task that watches it as
+    /// soon as quinn reports the end, and by every [`Link::is_dead`] that finds it. One load,
+    /// for the publish path, which must not take the connection's lock per message.
+    pub(crate) fn noticed_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Records that the connection has ended.
+    pub(crate) fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
     }
 
     pub(crate) fn set_going_away(&self, going_away: GoingAway) {

@@ -245,14 +245,23 @@ impl SessionCore {
         if self.is_closing() {
             return Err(ConnectionError::Closed.into());
         }
-        let latest = self.attachment();
+        let (latest, live) = self.attachment_for_publish();
         let topic = latest
             .publisher
             .topic_name(topic, &latest.link.topic_limits())
             .map_err(PublishError::InvalidTopic)?;
         let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
-        drop(latest);
-        self.send(outgoing).await
+        self.send(outgoing, live.then_some(latest)).await
+    }
+
+    /// The latest connection, and whether a publish may go straight to it: attached, and not
+    /// seen to have ended. One lock, and no look at quinn's state: a publish made as the
+    /// connection drops, before the client notices, is lost with it (docs/SESSIONS.md).
+    fn attachment_for_publish(&self) -> (Arc<Attachment>, bool) {
+        let current = lock(&self.current);
+        let live =
+            matches!(current.status, Status::Attached) && !current.attachment.link.noticed_dead();
+        (Arc::clone(&current.attachment), live)
     }
 
     /// Validates and publishes one message with an acknowledgement, assigning a message id if
@@ -281,21 +290,30 @@ impl SessionCore {
         let outgoing = prepare(&latest.link, topic, payload, options, to_session)?;
         drop(latest);
         let mut pending = acks.register(message_id, &outgoing, permit)?;
-        self.send(outgoing).await?;
+        self.send(outgoing, None).await?;
         pending
             .outcome()
             .await
             .unwrap_or_else(|| Err(self.error().into()))
     }
 
-    /// Sends a prepared publish on the current connection, or buffers it while reconnecting.
-    /// An acknowledged publish is marked with the connection it is handed to, so that a
-    /// reconnect knows to send it again.
-    async fn send(&self, mut outgoing: Outgoing) -> Result<(), PublishError> {
+    /// Sends a prepared publish on the current connection, or buffers it while reconnecting;
+    /// first on `live`, when the caller found the connection attached. An acknowledged publish
+    /// is marked with the connection it is handed to, so that a reconnect knows to send it
+    /// again.
+    async fn send(
+        &self,
+        mut outgoing: Outgoing,
+        mut live: Option<Arc<Attachment>>,
+    ) -> Result<(), PublishError> {
         let acks = &self.context.acks;
         loop {
-            let Some((attachment, next)) = self.route(outgoing)? else {
-                return Ok(());
+            let (attachment, next) = match live.take() {
+                Some(attachment) => (attachment, outgoing),
+                None => match self.route(outgoing)? {
+                    Some(routed) => routed,
+                    None => return Ok(()),
+                },
             };
             let ack = next.ack;
             if let Some(message_id) = ack {

@@ -59,6 +59,7 @@ pub(crate) async fn supervise(
                 Some(attachment.link.connection().remote_address())
             }
         };
+        attachment.link.mark_dead();
         if core.is_closing() {
             return;
         }

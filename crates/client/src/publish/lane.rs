@@ -104,7 +104,7 @@ pub(crate) async fn run_lane(
         let batch = gather(first, &mut frames, &mut taken).await;
         if let Err(error) = send.write_chunk(batch).await {
             let error = write_error(&error, Phase::Established);
-            if context.link.connection().close_reason().is_some() {
+            if context.link.is_dead() {
                 // The connection's end is logged once, where subscription streams are accepted.
                 tracing::debug!(%topic, %error, "publish stream ended with the connection");
             } else {
