@@ -221,15 +221,20 @@ impl Publisher {
         if table.closed {
             return Err(SendError::Failed(ConnectionError::Closed));
         }
+        let table = &mut *table;
+        // The lane's queue is used by reference: cloning its sender per publish costs two
+        // atomic operations on the channel's shared state.
         let frames = match &table.last {
-            Some(last) if last.topic == outgoing.topic => last.frames.clone(),
+            Some(last) if last.topic == outgoing.topic => &last.frames,
             _ => {
-                let frames = self.lane_in(&mut table, &outgoing.topic);
-                table.last = Some(LastLane {
-                    topic: outgoing.topic.clone(),
-                    frames: frames.clone(),
-                });
-                frames
+                let frames = self.lane_in(table, &outgoing.topic);
+                &table
+                    .last
+                    .insert(LastLane {
+                        topic: outgoing.topic.clone(),
+                        frames,
+                    })
+                    .frames
             }
         };
         let Outgoing { topic, frame, ack } = outgoing;
@@ -237,7 +242,7 @@ impl Publisher {
             Ok(()) => Ok(Queued::Done),
             Err(
                 mpsc::error::TrySendError::Full(frame) | mpsc::error::TrySendError::Closed(frame),
-            ) => Ok(Queued::Wait(frames, Outgoing { topic, frame, ack })),
+            ) => Ok(Queued::Wait(frames.clone(), Outgoing { topic, frame, ack })),
         }
     }
 
