@@ -1,5 +1,7 @@
 //! A message delivered to a subscription, and decoding its payload into a type.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use cassini_protocol::{Delivery, Headers};
 use serde::de::DeserializeOwned;
@@ -9,8 +11,9 @@ use crate::payload::{self, PayloadError};
 /// One message delivered to a [`crate::Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// The concrete topic it was published to (a filter with wildcards matches many).
-    topic: String,
+    /// The concrete topic it was published to (a filter with wildcards matches many); shared
+    /// by the messages a subscription stream delivers in a row to one topic.
+    topic: Arc<str>,
     /// The publisher's payload, untouched.
     payload: Bytes,
     /// Position in the subscription: starts at 1, grows by one per message the subscription
@@ -122,11 +125,20 @@ impl Message {
 
 impl From<Delivery> for Message {
     fn from(delivery: Delivery) -> Self {
+        let topic = Arc::from(delivery.topic.as_str());
+        Message::with_topic(delivery, topic)
+    }
+}
+
+impl Message {
+    /// The message `delivery` carries, its topic given as `topic`: `delivery.topic` is not
+    /// read (the stream's reader takes that string back for the next frame).
+    pub(crate) fn with_topic(delivery: Delivery, topic: Arc<str>) -> Self {
         let plain = delivery.headers.is_empty()
             && delivery.message_id.is_none()
             && delivery.reply_to.is_none();
         Self {
-            topic: delivery.topic,
+            topic,
             payload: delivery.payload,
             sequence: delivery.sequence,
             extras: (!plain).then(|| {

@@ -6,7 +6,7 @@
 //! datagram.
 
 use bytes::BytesMut;
-use cassini_protocol::codec::LENGTH_PREFIX_BYTES;
+use cassini_protocol::codec::{TopicMemo, LENGTH_PREFIX_BYTES};
 use cassini_protocol::{encode_frame, DecodeError, EncodeError, ErrorCode, Frame, FrameDecoder};
 use quinn::VarInt;
 
@@ -38,6 +38,8 @@ pub(crate) struct FrameReader {
     buf: BytesMut,
     /// Knows the maximum frame size and refuses larger frames before buffering them.
     decoder: FrameDecoder,
+    /// The topic of the frame read last, when its user gave it back ([`FrameReader::give_back`]).
+    topics: TopicMemo,
 }
 
 impl FrameReader {
@@ -47,7 +49,15 @@ impl FrameReader {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame_bytes),
+            topics: TopicMemo::default(),
         }
+    }
+
+    /// Hands back the topic of a frame this reader returned, once its user is done with it: the
+    /// next frame naming the same topic takes it again, with no UTF-8 check, allocation or copy
+    /// ([`TopicMemo`]).
+    pub(crate) fn give_back(&mut self, topic: String) {
+        self.topics.give_back(topic);
     }
 
     /// The next frame, or `None` when the broker finished the stream cleanly.
@@ -78,7 +88,7 @@ impl FrameReader {
     /// The next frame if the buffer already holds a whole one; never reads the stream.
     pub(crate) fn next_buffered(&mut self) -> Result<Option<Frame>, ReadFrameError> {
         self.decoder
-            .decode(&mut self.buf)
+            .decode_with(&mut self.buf, &mut self.topics)
             .map_err(ReadFrameError::Decode)
     }
 

@@ -152,6 +152,20 @@ async fn read_start(
     }
 }
 
+/// The topic of the message a stream delivered last, shared with the messages after it that
+/// name the same topic: a stream of one topic allocates its topic once, not per message.
+#[derive(Default)]
+struct SharedTopic(Option<Arc<str>>);
+
+impl SharedTopic {
+    fn of(&mut self, topic: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *topic => Arc::clone(last),
+            _ => Arc::clone(self.0.insert(Arc::from(topic))),
+        }
+    }
+}
+
 /// Most deliveries a stream reader decodes before handing them to the subscription's channel
 /// together: what one stream read yields, up to this many, costs one wait for room in the
 /// channel instead of one per message. They are held outside the channel meanwhile, so the
@@ -166,6 +180,7 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
     let state = &claimed.sink().state;
     let batch_limit = DELIVER_BATCH.min(sender.max_capacity()).max(1);
     let mut batch: Vec<Delivered> = Vec::new();
+    let mut topics = SharedTopic::default();
     loop {
         // A frame already buffered is taken without waiting; only a read that must wait for the
         // stream also watches for the application dropping the subscription (watching costs a
@@ -189,11 +204,13 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
         let mut highest = 0;
         let end = loop {
             match next {
-                Ok(Some(Frame::Message(delivery))) => {
+                Ok(Some(Frame::Message(mut delivery))) => {
                     highest = delivery.sequence;
+                    let topic = topics.of(&delivery.topic);
+                    reader.give_back(std::mem::take(&mut delivery.topic));
                     batch.push(Delivered {
                         epoch: claimed.epoch(),
-                        item: StreamItem::Message(Message::from(delivery)),
+                        item: StreamItem::Message(Message::with_topic(delivery, topic)),
                     });
                 }
                 Ok(Some(Frame::Gap(gap))) => {
@@ -319,5 +336,24 @@ pub(crate) async fn read_datagrams(link: Arc<Link>, registry: Arc<SubscriptionRe
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_in_a_row_to_one_topic_share_its_text() {
+        let mut topics = SharedTopic::default();
+        let first = topics.of("sensors.kitchen");
+        let again = topics.of("sensors.kitchen");
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = topics.of("sensors.hall");
+        assert_eq!(&*other, "sensors.hall");
+        assert_eq!(&*first, "sensors.kitchen", "an earlier message keeps its topic");
+        let back = topics.of("sensors.kitchen");
+        assert_eq!(&*back, "sensors.kitchen");
+        assert!(!Arc::ptr_eq(&first, &back), "only the last topic is remembered");
     }
 }
