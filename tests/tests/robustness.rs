@@ -99,6 +99,35 @@ async fn garbage_on_a_publish_stream_closes_only_that_connection() {
 }
 
 #[tokio::test]
+async fn a_frame_other_than_publish_on_a_publish_stream_is_a_protocol_violation() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut subscription) = bystander(&broker).await;
+    let (_endpoint, connection) = broker.raw_connection("confused").await;
+    let (_control_send, _control_recv) = handshake(&connection).await;
+    let (mut publish, _replies) = connection.open_bi().await.expect("publish stream");
+    let valid = Frame::Publish(cassini_protocol::Publish {
+        topic: "probe.x".into(),
+        payload: Bytes::from_static(b"first"),
+        ..Default::default()
+    });
+    let mut frames = encoded(&valid);
+    frames.extend_from_slice(&encoded(&Frame::Ping(cassini_protocol::Ping { nonce: 7 })));
+    publish.write_all(&frames).await.expect("write");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::PROTOCOL_VIOLATION);
+    assert!(
+        reason.contains("Ping frame on a publish stream"),
+        "reason: {reason}"
+    );
+    let first = within("the publish before it", subscription.next())
+        .await
+        .expect("delivered");
+    assert_eq!(first.payload().as_ref(), b"first");
+    assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn an_unknown_protocol_version_is_refused_with_its_code() {
     let broker = TestBroker::start().await;
     let (_endpoint, connection) = broker.raw_connection("future-client").await;

@@ -138,6 +138,39 @@ impl FrameDecoder {
         frame.map(Some)
     }
 
+    /// [`FrameDecoder::decode`] for a publish stream: a `Publish` is written into `out` (see
+    /// [`hot_frames::publish_into`]: its topic string kept or reused, and no move of the
+    /// frame), any other frame is returned as it is. The same frames and errors as
+    /// [`FrameDecoder::decode`].
+    pub fn decode_publish_into(
+        &self,
+        buf: &mut BytesMut,
+        out: &mut Publish,
+    ) -> Result<Option<PublishDecoded>, DecodeError> {
+        let Some(body_len) = self.peek_body_len(buf)? else {
+            return Ok(None);
+        };
+        let total = LENGTH_PREFIX_BYTES + body_len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        let body = &buf[LENGTH_PREFIX_BYTES..total];
+        let decoded = match hot_frames::publish_into(body, out) {
+            Some(()) => Ok(PublishDecoded::Publish),
+            None => match decode_body(body) {
+                Ok(Frame::Publish(publish)) => {
+                    *out = publish;
+                    Ok(PublishDecoded::Publish)
+                }
+                Ok(other) => Ok(PublishDecoded::Other(other)),
+                Err(err) => Err(err),
+            },
+        };
+        buf.advance(total);
+        decoded.map(Some)
+    }
+
     fn peek_body_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         let Some(prefix) = buf.get(..LENGTH_PREFIX_BYTES) else {
             return Ok(None);
@@ -154,6 +187,15 @@ impl FrameDecoder {
         }
         Ok(Some(declared as usize))
     }
+}
+
+/// What [`FrameDecoder::decode_publish_into`] decoded.
+#[derive(Debug)]
+pub enum PublishDecoded {
+    /// A `Publish`, written into the caller's.
+    Publish,
+    /// Another frame.
+    Other(Frame),
 }
 
 /// Decodes exactly one frame from the front of a complete input, returning it and the number of

@@ -18,7 +18,7 @@ mod wire_forms;
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{
     encode_datagram, encode_delivery, encode_publish, hot_frames, reference, DeliveryRef,
-    PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
+    PublishDecoded, PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
 };
 use cassini_protocol::{
     decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, Delivery, DeliveryClass,
@@ -851,6 +851,49 @@ proptest! {
             decoded.push(frame);
         }
         prop_assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn decoding_into_one_publish_gives_the_same_frames_and_errors(
+        frames in vec(hot_frame(), 1..8),
+        same_topic in vec(any::<bool>(), 8),
+        edits in vec(edit(), 0..3),
+    ) {
+        // A publish stream's reader decodes every frame into one `Publish`: each frame, with
+        // the topic of the one before or not, in the encoder's form, in another or broken,
+        // decodes as `decode` decodes it, whatever the previous one left in the `Publish`.
+        let frames = with_repeated_topics(frames, &same_topic);
+        let decoder = FrameDecoder::default();
+        let mut into = Publish::default();
+        for (index, frame) in frames.iter().enumerate() {
+            let mut body = reference_body(frame);
+            if index % 2 == 1 {
+                for edit in &edits {
+                    edit.apply(&mut body);
+                }
+            }
+            if body.is_empty() {
+                continue;
+            }
+            let framed = with_length_prefix(&body);
+            let plain = decoder.decode(&mut BytesMut::from(&framed[..]));
+            let mut buf = BytesMut::from(&framed[..]);
+            let decoded = decoder.decode_publish_into(&mut buf, &mut into);
+            prop_assert!(buf.is_empty() || decoded.is_err());
+            match (plain, decoded) {
+                (Ok(Some(Frame::Publish(expected))), Ok(Some(PublishDecoded::Publish))) => {
+                    prop_assert_eq!(&into, &expected);
+                }
+                (Ok(Some(expected)), Ok(Some(PublishDecoded::Other(other)))) => {
+                    prop_assert!(!matches!(expected, Frame::Publish(_)));
+                    prop_assert_eq!(other, expected);
+                }
+                (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
+                (plain, decoded) => {
+                    prop_assert!(false, "decode gave {:?}, decode_publish_into {:?}", plain, decoded);
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Whole frames over the transport's byte streams.
 
 use bytes::BytesMut;
-use cassini_protocol::codec::TopicMemo;
-use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder};
+use cassini_protocol::codec::{PublishDecoded, TopicMemo};
+use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder, Publish};
 
 use crate::error::BrokerError;
 use crate::memory::FrameBufferCharge;
@@ -46,31 +46,71 @@ impl FrameReader {
         self.topics.give_back(topic);
     }
 
+    /// The next frame of a publish stream, written into `publish` (its topic string kept or
+    /// reused, and the frame never moved: see [`FrameDecoder::decode_publish_into`]); `false`
+    /// at a clean end of stream. Any other frame is a protocol violation.
+    pub(crate) async fn next_publish(
+        &mut self,
+        publish: &mut Publish,
+    ) -> Result<bool, BrokerError> {
+        loop {
+            if let Some(decoded) = self.decoder.decode_publish_into(&mut self.buf, publish)? {
+                self.after_frame()?;
+                return match decoded {
+                    PublishDecoded::Publish => Ok(true),
+                    PublishDecoded::Other(frame) => Err(not_a_publish(&frame)),
+                };
+            }
+            if !self.read_more().await? {
+                return Ok(false);
+            }
+        }
+    }
+
     /// The next frame, or `None` at a clean end of stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
             if let Some(frame) = self.decoder.decode_with(&mut self.buf, &mut self.topics)? {
-                if self.buf.is_empty() && self.charge.bytes() > KEPT_BUFFER_BYTES {
-                    self.buf = BytesMut::new();
-                    self.charge.resize(0)?;
-                }
+                self.after_frame()?;
                 return Ok(Some(frame));
             }
-            // The decoder reserved room for the whole frame once its length was known.
-            self.charge.grow_to(self.buf.capacity())?;
-            let more = self.stream.read_into(&mut self.buf).await?;
-            self.charge.grow_to(self.buf.capacity())?;
-            if !more {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(DecodeError::Truncated {
-                    needed: crate::connection::framed::missing_bytes(&self.buf),
-                }
-                .into());
+            if !self.read_more().await? {
+                return Ok(None);
             }
         }
     }
+
+    /// Gives back a buffer grown for a large frame once nothing follows the frame.
+    fn after_frame(&mut self) -> Result<(), BrokerError> {
+        if self.buf.is_empty() && self.charge.bytes() > KEPT_BUFFER_BYTES {
+            self.buf = BytesMut::new();
+            self.charge.resize(0)?;
+        }
+        Ok(())
+    }
+
+    /// Reads more of the stream into the buffer; `false` at a clean end (nothing left over).
+    async fn read_more(&mut self) -> Result<bool, BrokerError> {
+        // The decoder reserved room for the whole frame once its length was known.
+        self.charge.grow_to(self.buf.capacity())?;
+        let more = self.stream.read_into(&mut self.buf).await?;
+        self.charge.grow_to(self.buf.capacity())?;
+        if more {
+            return Ok(true);
+        }
+        if self.buf.is_empty() {
+            return Ok(false);
+        }
+        Err(DecodeError::Truncated {
+            needed: missing_bytes(&self.buf),
+        }
+        .into())
+    }
+}
+
+/// The error for a frame other than `Publish` on a publish stream.
+pub(crate) fn not_a_publish(frame: &Frame) -> BrokerError {
+    BrokerError::ProtocolViolation(format!("{} frame on a publish stream", frame.kind()))
 }
 
 /// How many bytes the partial frame at the front of `buf` still lacks (for error reports).

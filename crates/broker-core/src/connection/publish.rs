@@ -24,11 +24,13 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use cassini_protocol::codec::MAX_KEPT_TOPIC_BYTES;
 use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected};
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Publisher, Source};
-use crate::connection::framed::{write_frame, FrameReader};
+use crate::connection::framed::{not_a_publish, write_frame, FrameReader};
 use crate::connection::unsent_acks::UnsentAcks;
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -96,10 +98,11 @@ async fn serve_in_order(
     let max_frame_bytes = shared.config.limits.max_frame_bytes;
     let mut reader = FrameReader::new(recv, max_frame_bytes, charge);
     let mut publisher = Publisher::client(shared, Arc::clone(identity), Source::Stream);
-    while let Some(frame) = reader.next().await? {
-        let mut publish = publish_of(frame)?;
+    // Every publish is decoded into this one: its topic string is kept from one to the next.
+    let mut publish = Publish::default();
+    while reader.next_publish(&mut publish).await? {
         let frames = frames_for(&mut publish, shared, &mut publisher);
-        reader.give_back(publish.topic);
+        keep_only_the_topic(&mut publish);
         for answer in &frames {
             write_frame(send.as_mut(), answer, max_frame_bytes).await?;
         }
@@ -108,14 +111,24 @@ async fn serve_in_order(
     Ok(())
 }
 
+/// Drops what a routed (or refused) publish still holds, such as a refused publish's payload,
+/// but its topic string, which the next frame naming the same topic takes again: nothing is
+/// held between frames beyond the reader's counted buffer and a topic of at most
+/// [`MAX_KEPT_TOPIC_BYTES`] (as a [`cassini_protocol::codec::TopicMemo`] keeps).
+fn keep_only_the_topic(publish: &mut Publish) {
+    publish.payload = Bytes::new();
+    publish.headers = Vec::new();
+    publish.reply_to = None;
+    if publish.topic.capacity() > MAX_KEPT_TOPIC_BYTES {
+        publish.topic = String::new();
+    }
+}
+
 /// The `Publish` a frame of a publish stream must be; anything else is an error.
 fn publish_of(frame: Frame) -> Result<Publish, BrokerError> {
     match frame {
         Frame::Publish(publish) => Ok(publish),
-        other => Err(BrokerError::ProtocolViolation(format!(
-            "{} frame on a publish stream",
-            other.kind()
-        ))),
+        other => Err(not_a_publish(&other)),
     }
 }
 

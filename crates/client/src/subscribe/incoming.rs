@@ -351,9 +351,15 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         let other = topics.of("sensors.hall");
         assert_eq!(&*other, "sensors.hall");
-        assert_eq!(&*first, "sensors.kitchen", "an earlier message keeps its topic");
+        assert_eq!(
+            &*first, "sensors.kitchen",
+            "an earlier message keeps its topic"
+        );
         let back = topics.of("sensors.kitchen");
         assert_eq!(&*back, "sensors.kitchen");
-        assert!(!Arc::ptr_eq(&first, &back), "only the last topic is remembered");
+        assert!(
+            !Arc::ptr_eq(&first, &back),
+            "only the last topic is remembered"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::codec::msgpack::Reader;
-use crate::codec::TopicMemo;
+use crate::codec::{TopicMemo, MAX_KEPT_TOPIC_BYTES};
 use crate::frame::{
     Ack, DatagramDelivery, Delivery, Frame, Headers, Publish, PublishAck, SequenceRange, SessionId,
 };
@@ -47,6 +47,39 @@ pub fn decode_with(body: &[u8], memo: &mut TopicMemo) -> Option<Frame> {
         _ => return None,
     };
     reader.is_empty().then_some(frame)
+}
+
+/// [`decode`] for a `Publish` body, written field by field into `out`, whose topic string is
+/// kept when the bytes are the same and its allocation reused when they are not (as
+/// [`TopicMemo`] does): a publish stream's reader decodes every frame into one `Publish`, with
+/// no move of the frame. `None` when the body is not a `Publish` in the encoder's form; `out`
+/// may then hold some of its fields, and the caller decodes the body the other way.
+pub fn publish_into(body: &[u8], out: &mut Publish) -> Option<()> {
+    let mut reader = Reader::new(body);
+    if reader.fixmap_len()? != 1 || reader.str_bytes()? != b"Publish" {
+        return None;
+    }
+    if reader.array_len()? != PUBLISH_FIELDS {
+        return None;
+    }
+    let topic = reader.str_bytes()?;
+    if out.topic.as_bytes() != topic {
+        let text = std::str::from_utf8(topic).ok()?;
+        if out.topic.capacity() > MAX_KEPT_TOPIC_BYTES {
+            out.topic = text.to_owned();
+        } else {
+            out.topic.clear();
+            out.topic.push_str(text);
+        }
+    }
+    out.headers = headers(&mut reader)?;
+    out.payload = Bytes::copy_from_slice(reader.bin()?);
+    out.message_id = optional(&mut reader, Reader::uint)?;
+    out.reply_to = optional(&mut reader, Reader::str)?.map(str::to_owned);
+    out.retain = reader.bool()?;
+    out.to_session = optional(&mut reader, session_id)?;
+    out.ack = reader.bool()?;
+    reader.is_empty().then_some(())
 }
 
 fn publish(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Publish> {
