@@ -124,28 +124,29 @@ impl Message {
 }
 
 impl From<Delivery> for Message {
-    fn from(delivery: Delivery) -> Self {
+    fn from(mut delivery: Delivery) -> Self {
         let topic = Arc::from(delivery.topic.as_str());
-        Message::with_topic(delivery, topic)
+        Message::take_from(&mut delivery, topic)
     }
 }
 
 impl Message {
-    /// The message `delivery` carries, its topic given as `topic`: `delivery.topic` is not
-    /// read (the stream's reader takes that string back for the next frame).
-    pub(crate) fn with_topic(delivery: Delivery, topic: Arc<str>) -> Self {
+    /// The message `delivery` carries, its topic given as `topic`: takes the payload, headers
+    /// and reply topic out of `delivery` and leaves its topic string, which a subscription
+    /// stream's reader keeps for the next frame.
+    pub(crate) fn take_from(delivery: &mut Delivery, topic: Arc<str>) -> Self {
         let plain = delivery.headers.is_empty()
             && delivery.message_id.is_none()
             && delivery.reply_to.is_none();
         Self {
             topic,
-            payload: delivery.payload,
+            payload: std::mem::take(&mut delivery.payload),
             sequence: delivery.sequence,
             extras: (!plain).then(|| {
                 Box::new(Extras {
-                    headers: delivery.headers,
+                    headers: std::mem::take(&mut delivery.headers),
                     message_id: delivery.message_id,
-                    reply_to: delivery.reply_to,
+                    reply_to: delivery.reply_to.take(),
                 })
             }),
             retained: delivery.retained,

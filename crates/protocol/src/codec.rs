@@ -146,7 +146,52 @@ impl FrameDecoder {
         &self,
         buf: &mut BytesMut,
         out: &mut Publish,
-    ) -> Result<Option<PublishDecoded>, DecodeError> {
+    ) -> Result<Option<DecodedInto>, DecodeError> {
+        self.decode_into(
+            buf,
+            out,
+            hot_frames::publish_into,
+            |frame, out| match frame {
+                Frame::Publish(publish) => {
+                    *out = publish;
+                    None
+                }
+                other => Some(other),
+            },
+        )
+    }
+
+    /// [`FrameDecoder::decode_publish_into`] for a subscription stream: a `Message` is written
+    /// into `out` ([`hot_frames::delivery_into`]).
+    pub fn decode_delivery_into(
+        &self,
+        buf: &mut BytesMut,
+        out: &mut Delivery,
+    ) -> Result<Option<DecodedInto>, DecodeError> {
+        self.decode_into(
+            buf,
+            out,
+            hot_frames::delivery_into,
+            |frame, out| match frame {
+                Frame::Message(delivery) => {
+                    *out = delivery;
+                    None
+                }
+                other => Some(other),
+            },
+        )
+    }
+
+    /// One frame from the front of `buf`: written into `out` by `by_hand` when it can, else
+    /// decoded the general way and stored in `out` by `store`, which hands back a frame of
+    /// another type.
+    fn decode_into<T>(
+        &self,
+        buf: &mut BytesMut,
+        out: &mut T,
+        by_hand: fn(&[u8], &mut T) -> Option<()>,
+        store: fn(Frame, &mut T) -> Option<Frame>,
+    ) -> Result<Option<DecodedInto>, DecodeError> {
         let Some(body_len) = self.peek_body_len(buf)? else {
             return Ok(None);
         };
@@ -156,16 +201,12 @@ impl FrameDecoder {
             return Ok(None);
         }
         let body = &buf[LENGTH_PREFIX_BYTES..total];
-        let decoded = match hot_frames::publish_into(body, out) {
-            Some(()) => Ok(PublishDecoded::Publish),
-            None => match decode_body(body) {
-                Ok(Frame::Publish(publish)) => {
-                    *out = publish;
-                    Ok(PublishDecoded::Publish)
-                }
-                Ok(other) => Ok(PublishDecoded::Other(other)),
-                Err(err) => Err(err),
-            },
+        let decoded = match by_hand(body, out) {
+            Some(()) => Ok(DecodedInto::Written),
+            None => decode_body(body).map(|frame| match store(frame, out) {
+                None => DecodedInto::Written,
+                Some(other) => DecodedInto::Other(other),
+            }),
         };
         buf.advance(total);
         decoded.map(Some)
@@ -189,11 +230,12 @@ impl FrameDecoder {
     }
 }
 
-/// What [`FrameDecoder::decode_publish_into`] decoded.
+/// What [`FrameDecoder::decode_publish_into`] or [`FrameDecoder::decode_delivery_into`]
+/// decoded.
 #[derive(Debug)]
-pub enum PublishDecoded {
-    /// A `Publish`, written into the caller's.
-    Publish,
+pub enum DecodedInto {
+    /// The frame the stream carries, written into the caller's value.
+    Written,
     /// Another frame.
     Other(Frame),
 }

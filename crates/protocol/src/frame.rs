@@ -470,7 +470,7 @@ pub struct SubscriptionStart {
 }
 
 /// One message delivered to one subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Delivery {
     /// Position of this message in the subscription, starting at 1 and increasing by one for
     /// every message the subscription accepted, delivered or dropped.

@@ -17,8 +17,8 @@ mod wire_forms;
 
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{
-    encode_datagram, encode_delivery, encode_publish, hot_frames, reference, DeliveryRef,
-    PublishDecoded, PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
+    encode_datagram, encode_delivery, encode_publish, hot_frames, reference, DecodedInto,
+    DeliveryRef, PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
 };
 use cassini_protocol::{
     decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, Delivery, DeliveryClass,
@@ -881,16 +881,58 @@ proptest! {
             let decoded = decoder.decode_publish_into(&mut buf, &mut into);
             prop_assert!(buf.is_empty() || decoded.is_err());
             match (plain, decoded) {
-                (Ok(Some(Frame::Publish(expected))), Ok(Some(PublishDecoded::Publish))) => {
+                (Ok(Some(Frame::Publish(expected))), Ok(Some(DecodedInto::Written))) => {
                     prop_assert_eq!(&into, &expected);
                 }
-                (Ok(Some(expected)), Ok(Some(PublishDecoded::Other(other)))) => {
+                (Ok(Some(expected)), Ok(Some(DecodedInto::Other(other)))) => {
                     prop_assert!(!matches!(expected, Frame::Publish(_)));
                     prop_assert_eq!(other, expected);
                 }
                 (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
                 (plain, decoded) => {
                     prop_assert!(false, "decode gave {:?}, decode_publish_into {:?}", plain, decoded);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_into_one_delivery_gives_the_same_frames_and_errors(
+        frames in vec(hot_frame(), 1..8),
+        same_topic in vec(any::<bool>(), 8),
+        edits in vec(edit(), 0..3),
+    ) {
+        // As `decoding_into_one_publish_gives_the_same_frames_and_errors`, for a subscription
+        // stream's reader and its one `Delivery`.
+        let frames = with_repeated_topics(frames, &same_topic);
+        let decoder = FrameDecoder::default();
+        let mut into = Delivery::default();
+        for (index, frame) in frames.iter().enumerate() {
+            let mut body = reference_body(frame);
+            if index % 2 == 1 {
+                for edit in &edits {
+                    edit.apply(&mut body);
+                }
+            }
+            if body.is_empty() {
+                continue;
+            }
+            let framed = with_length_prefix(&body);
+            let plain = decoder.decode(&mut BytesMut::from(&framed[..]));
+            let mut buf = BytesMut::from(&framed[..]);
+            let decoded = decoder.decode_delivery_into(&mut buf, &mut into);
+            prop_assert!(buf.is_empty() || decoded.is_err());
+            match (plain, decoded) {
+                (Ok(Some(Frame::Message(expected))), Ok(Some(DecodedInto::Written))) => {
+                    prop_assert_eq!(&into, &expected);
+                }
+                (Ok(Some(expected)), Ok(Some(DecodedInto::Other(other)))) => {
+                    prop_assert!(!matches!(expected, Frame::Message(_)));
+                    prop_assert_eq!(other, expected);
+                }
+                (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
+                (plain, decoded) => {
+                    prop_assert!(false, "decode gave {:?}, decode_delivery_into {:?}", plain, decoded);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Whole frames over the transport's byte streams.
 
 use bytes::BytesMut;
-use cassini_protocol::codec::{PublishDecoded, TopicMemo};
+use cassini_protocol::codec::{DecodedInto, TopicMemo};
 use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder, Publish};
 
 use crate::error::BrokerError;
@@ -57,8 +57,8 @@ impl FrameReader {
             if let Some(decoded) = self.decoder.decode_publish_into(&mut self.buf, publish)? {
                 self.after_frame()?;
                 return match decoded {
-                    PublishDecoded::Publish => Ok(true),
-                    PublishDecoded::Other(frame) => Err(not_a_publish(&frame)),
+                    DecodedInto::Written => Ok(true),
+                    DecodedInto::Other(frame) => Err(not_a_publish(&frame)),
                 };
             }
             if !self.read_more().await? {

@@ -6,8 +6,10 @@
 //! datagram.
 
 use bytes::BytesMut;
-use cassini_protocol::codec::{TopicMemo, LENGTH_PREFIX_BYTES};
-use cassini_protocol::{encode_frame, DecodeError, EncodeError, ErrorCode, Frame, FrameDecoder};
+use cassini_protocol::codec::{DecodedInto, LENGTH_PREFIX_BYTES};
+use cassini_protocol::{
+    encode_frame, DecodeError, Delivery, EncodeError, ErrorCode, Frame, FrameDecoder,
+};
 use quinn::VarInt;
 
 /// Most bytes taken from quinn in one read.
@@ -38,8 +40,6 @@ pub(crate) struct FrameReader {
     buf: BytesMut,
     /// Knows the maximum frame size and refuses larger frames before buffering them.
     decoder: FrameDecoder,
-    /// The topic of the frame read last, when its user gave it back ([`FrameReader::give_back`]).
-    topics: TopicMemo,
 }
 
 impl FrameReader {
@@ -49,15 +49,7 @@ impl FrameReader {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame_bytes),
-            topics: TopicMemo::default(),
         }
-    }
-
-    /// Hands back the topic of a frame this reader returned, once its user is done with it: the
-    /// next frame naming the same topic takes it again, with no UTF-8 check, allocation or copy
-    /// ([`TopicMemo`]).
-    pub(crate) fn give_back(&mut self, topic: String) {
-        self.topics.give_back(topic);
     }
 
     /// The next frame, or `None` when the broker finished the stream cleanly.
@@ -68,19 +60,8 @@ impl FrameReader {
             if let Some(frame) = self.next_buffered()? {
                 return Ok(Some(frame));
             }
-            match self
-                .stream
-                .read_chunk(READ_CHUNK_BYTES, true)
-                .await
-                .map_err(ReadFrameError::Stream)?
-            {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(None),
-                None => {
-                    return Err(ReadFrameError::Decode(DecodeError::Truncated {
-                        needed: missing_bytes(&self.buf),
-                    }))
-                }
+            if !self.read_more().await? {
+                return Ok(None);
             }
         }
     }
@@ -88,8 +69,58 @@ impl FrameReader {
     /// The next frame if the buffer already holds a whole one; never reads the stream.
     pub(crate) fn next_buffered(&mut self) -> Result<Option<Frame>, ReadFrameError> {
         self.decoder
-            .decode_with(&mut self.buf, &mut self.topics)
+            .decode(&mut self.buf)
             .map_err(ReadFrameError::Decode)
+    }
+
+    /// [`FrameReader::next`] for a subscription stream: a `Message` is written into `delivery`
+    /// (its topic string kept or reused, the frame never moved: see
+    /// [`FrameDecoder::decode_delivery_into`]), any other frame returned.
+    ///
+    /// Cancel-safe: dropping the future loses no bytes.
+    pub(crate) async fn next_into(
+        &mut self,
+        delivery: &mut Delivery,
+    ) -> Result<Option<DecodedInto>, ReadFrameError> {
+        loop {
+            if let Some(decoded) = self.next_buffered_into(delivery)? {
+                return Ok(Some(decoded));
+            }
+            if !self.read_more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// [`FrameReader::next_into`] if the buffer already holds a whole frame; never reads the
+    /// stream.
+    pub(crate) fn next_buffered_into(
+        &mut self,
+        delivery: &mut Delivery,
+    ) -> Result<Option<DecodedInto>, ReadFrameError> {
+        self.decoder
+            .decode_delivery_into(&mut self.buf, delivery)
+            .map_err(ReadFrameError::Decode)
+    }
+
+    /// Reads one chunk of the stream into the buffer; `false` when the broker finished the
+    /// stream with nothing left over.
+    async fn read_more(&mut self) -> Result<bool, ReadFrameError> {
+        match self
+            .stream
+            .read_chunk(READ_CHUNK_BYTES, true)
+            .await
+            .map_err(ReadFrameError::Stream)?
+        {
+            Some(chunk) => {
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            None if self.buf.is_empty() => Ok(false),
+            None => Err(ReadFrameError::Decode(DecodeError::Truncated {
+                needed: missing_bytes(&self.buf),
+            })),
+        }
     }
 
     /// Changes the maximum frame size, e.g. to the one the broker announced.

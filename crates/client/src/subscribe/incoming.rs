@@ -26,8 +26,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cassini_protocol::codec::DecodedInto;
 use cassini_protocol::decode_frame;
-use cassini_protocol::{ErrorCode, Frame, GapReason, SubscriptionId};
+use cassini_protocol::{Delivery, ErrorCode, Frame, GapReason, SubscriptionId};
 use tokio::time::{timeout_at, Instant};
 
 use crate::connect::disconnect::error_code;
@@ -181,12 +182,15 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
     let batch_limit = DELIVER_BATCH.min(sender.max_capacity()).max(1);
     let mut batch: Vec<Delivered> = Vec::new();
     let mut topics = SharedTopic::default();
+    // Every message is decoded into this one, then its parts are taken into a `Message`; the
+    // topic string stays for the next frame to compare.
+    let mut delivery = Delivery::default();
     loop {
         // A frame already buffered is taken without waiting; only a read that must wait for the
         // stream also watches for the application dropping the subscription (watching costs a
         // registration per wait, too much per message). A dropped subscription found with
         // frames still buffered shows as a failed send below.
-        let frame = match reader.next_buffered() {
+        let frame = match reader.next_buffered_into(&mut delivery) {
             Ok(None) => tokio::select! {
                 biased;
                 () = sender.closed() => {
@@ -194,7 +198,7 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
                     reader.stop(ErrorCode::NORMAL);
                     return StreamOutcome::Ended(SubscriptionEnd::Unsubscribed);
                 }
-                frame = reader.next() => frame,
+                frame = reader.next_into(&mut delivery) => frame,
             },
             buffered => buffered,
         };
@@ -204,16 +208,15 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
         let mut highest = 0;
         let end = loop {
             match next {
-                Ok(Some(Frame::Message(mut delivery))) => {
+                Ok(Some(DecodedInto::Written)) => {
                     highest = delivery.sequence;
                     let topic = topics.of(&delivery.topic);
-                    reader.give_back(std::mem::take(&mut delivery.topic));
                     batch.push(Delivered {
                         epoch: claimed.epoch(),
-                        item: StreamItem::Message(Message::with_topic(delivery, topic)),
+                        item: StreamItem::Message(Message::take_from(&mut delivery, topic)),
                     });
                 }
-                Ok(Some(Frame::Gap(gap))) => {
+                Ok(Some(DecodedInto::Other(Frame::Gap(gap)))) => {
                     if matches!(gap.reason, GapReason::Overflow | GapReason::ClusterRoute) {
                         state.add_dropped(gap.len());
                     }
@@ -223,12 +226,14 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
                         item: StreamItem::Gap(gap),
                     });
                 }
-                other => break Some(other),
+                Ok(Some(DecodedInto::Other(other))) => break Some(Ok(Some(other))),
+                Ok(None) => break Some(Ok(None)),
+                Err(error) => break Some(Err(error)),
             }
             if batch.len() == batch_limit {
                 break None;
             }
-            next = reader.next_buffered();
+            next = reader.next_buffered_into(&mut delivery);
             if matches!(next, Ok(None)) {
                 break None;
             }

@@ -14,5 +14,5 @@
 mod decode;
 mod encode;
 
-pub use decode::{decode, decode_with, publish_into};
+pub use decode::{decode, decode_with, delivery_into, publish_into};
 pub(super) use encode::HotFrame;

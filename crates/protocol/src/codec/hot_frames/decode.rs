@@ -62,16 +62,7 @@ pub fn publish_into(body: &[u8], out: &mut Publish) -> Option<()> {
     if reader.array_len()? != PUBLISH_FIELDS {
         return None;
     }
-    let topic = reader.str_bytes()?;
-    if out.topic.as_bytes() != topic {
-        let text = std::str::from_utf8(topic).ok()?;
-        if out.topic.capacity() > MAX_KEPT_TOPIC_BYTES {
-            out.topic = text.to_owned();
-        } else {
-            out.topic.clear();
-            out.topic.push_str(text);
-        }
-    }
+    topic_into(reader.str_bytes()?, &mut out.topic)?;
     out.headers = headers(&mut reader)?;
     out.payload = Bytes::copy_from_slice(reader.bin()?);
     out.message_id = optional(&mut reader, Reader::uint)?;
@@ -80,6 +71,48 @@ pub fn publish_into(body: &[u8], out: &mut Publish) -> Option<()> {
     out.to_session = optional(&mut reader, session_id)?;
     out.ack = reader.bool()?;
     reader.is_empty().then_some(())
+}
+
+/// [`publish_into`] for a `Message` body: a subscription stream's reader decodes every
+/// delivery into one `Delivery`.
+pub fn delivery_into(body: &[u8], out: &mut Delivery) -> Option<()> {
+    let mut reader = Reader::new(body);
+    if reader.fixmap_len()? != 1 || reader.str_bytes()? != b"Message" {
+        return None;
+    }
+    let fields = reader.array_len()?;
+    if fields != DELIVERY_FIELDS && fields != DELIVERY_FIELDS_WITHOUT_REDELIVERED {
+        return None;
+    }
+    out.sequence = reader.uint()?;
+    topic_into(reader.str_bytes()?, &mut out.topic)?;
+    out.headers = headers(&mut reader)?;
+    out.payload = Bytes::copy_from_slice(reader.bin()?);
+    out.message_id = optional(&mut reader, Reader::uint)?;
+    out.reply_to = optional(&mut reader, Reader::str)?.map(str::to_owned);
+    out.retained = reader.bool()?;
+    out.redelivered = if fields == DELIVERY_FIELDS {
+        reader.bool()?
+    } else {
+        false
+    };
+    reader.is_empty().then_some(())
+}
+
+/// Makes `topic` hold `bytes`: kept when they are the same, its allocation reused when it is
+/// no larger than [`MAX_KEPT_TOPIC_BYTES`]; `None` if they are not UTF-8.
+fn topic_into(bytes: &[u8], topic: &mut String) -> Option<()> {
+    if topic.as_bytes() == bytes {
+        return Some(());
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    if topic.capacity() > MAX_KEPT_TOPIC_BYTES {
+        *topic = text.to_owned();
+    } else {
+        topic.clear();
+        topic.push_str(text);
+    }
+    Some(())
 }
 
 fn publish(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Publish> {
