@@ -21,12 +21,12 @@ use cassini_protocol::codec::{
     DeliveryRef, PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
 };
 use cassini_protocol::{
-    decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, Delivery, DeliveryClass,
-    EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, Gap, GapReason, GoingAway, Hello,
-    Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck, PublishRejected,
-    ResumePosition, SequenceRange, SessionId, Subscribe, SubscribeOptions, Subscribed,
-    SubscriptionEnded, SubscriptionStart, TopicError, TopicFilter, TopicLimits, TopicName,
-    Unsubscribe, Unsubscribed, Welcome,
+    decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, DecodeError, Delivery,
+    DeliveryClass, EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, Gap, GapReason,
+    GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck,
+    PublishRejected, ResumePosition, SequenceRange, SessionId, Subscribe, SubscribeOptions,
+    Subscribed, SubscriptionEnded, SubscriptionStart, TopicError, TopicFilter, TopicLimits,
+    TopicName, Unsubscribe, Unsubscribed, Welcome,
 };
 use fuzz_checks::reference_matches;
 use proptest::collection::vec;
@@ -859,41 +859,16 @@ proptest! {
         same_topic in vec(any::<bool>(), 8),
         edits in vec(edit(), 0..3),
     ) {
-        // A publish stream's reader decodes every frame into one `Publish`: each frame, with
-        // the topic of the one before or not, in the encoder's form, in another or broken,
-        // decodes as `decode` decodes it, whatever the previous one left in the `Publish`.
-        let frames = with_repeated_topics(frames, &same_topic);
-        let decoder = FrameDecoder::default();
-        let mut into = Publish::default();
-        for (index, frame) in frames.iter().enumerate() {
-            let mut body = reference_body(frame);
-            if index % 2 == 1 {
-                for edit in &edits {
-                    edit.apply(&mut body);
-                }
-            }
-            if body.is_empty() {
-                continue;
-            }
-            let framed = with_length_prefix(&body);
-            let plain = decoder.decode(&mut BytesMut::from(&framed[..]));
-            let mut buf = BytesMut::from(&framed[..]);
-            let decoded = decoder.decode_publish_into(&mut buf, &mut into);
-            prop_assert!(buf.is_empty() || decoded.is_err());
-            match (plain, decoded) {
-                (Ok(Some(Frame::Publish(expected))), Ok(Some(DecodedInto::Written))) => {
-                    prop_assert_eq!(&into, &expected);
-                }
-                (Ok(Some(expected)), Ok(Some(DecodedInto::Other(other)))) => {
-                    prop_assert!(!matches!(expected, Frame::Publish(_)));
-                    prop_assert_eq!(other, expected);
-                }
-                (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
-                (plain, decoded) => {
-                    prop_assert!(false, "decode gave {:?}, decode_publish_into {:?}", plain, decoded);
-                }
-            }
-        }
+        // A publish stream's reader decodes every frame into one `Publish`.
+        decodes_into_one_as_decode_does(
+            &with_repeated_topics(frames, &same_topic),
+            &edits,
+            FrameDecoder::decode_publish_into,
+            |frame| match frame {
+                Frame::Publish(publish) => Some(publish),
+                _ => None,
+            },
+        )?;
     }
 
     #[test]
@@ -902,40 +877,16 @@ proptest! {
         same_topic in vec(any::<bool>(), 8),
         edits in vec(edit(), 0..3),
     ) {
-        // As `decoding_into_one_publish_gives_the_same_frames_and_errors`, for a subscription
-        // stream's reader and its one `Delivery`.
-        let frames = with_repeated_topics(frames, &same_topic);
-        let decoder = FrameDecoder::default();
-        let mut into = Delivery::default();
-        for (index, frame) in frames.iter().enumerate() {
-            let mut body = reference_body(frame);
-            if index % 2 == 1 {
-                for edit in &edits {
-                    edit.apply(&mut body);
-                }
-            }
-            if body.is_empty() {
-                continue;
-            }
-            let framed = with_length_prefix(&body);
-            let plain = decoder.decode(&mut BytesMut::from(&framed[..]));
-            let mut buf = BytesMut::from(&framed[..]);
-            let decoded = decoder.decode_delivery_into(&mut buf, &mut into);
-            prop_assert!(buf.is_empty() || decoded.is_err());
-            match (plain, decoded) {
-                (Ok(Some(Frame::Message(expected))), Ok(Some(DecodedInto::Written))) => {
-                    prop_assert_eq!(&into, &expected);
-                }
-                (Ok(Some(expected)), Ok(Some(DecodedInto::Other(other)))) => {
-                    prop_assert!(!matches!(expected, Frame::Message(_)));
-                    prop_assert_eq!(other, expected);
-                }
-                (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
-                (plain, decoded) => {
-                    prop_assert!(false, "decode gave {:?}, decode_delivery_into {:?}", plain, decoded);
-                }
-            }
-        }
+        // A subscription stream's reader decodes every delivery into one `Delivery`.
+        decodes_into_one_as_decode_does(
+            &with_repeated_topics(frames, &same_topic),
+            &edits,
+            FrameDecoder::decode_delivery_into,
+            |frame| match frame {
+                Frame::Message(delivery) => Some(delivery),
+                _ => None,
+            },
+        )?;
     }
 
     #[test]
@@ -1001,4 +952,58 @@ fn topic_of(frame: Frame) -> Option<String> {
         Frame::Datagram(datagram) => Some(datagram.message.topic),
         _ => None,
     }
+}
+
+/// Each of `frames`, with the topic of the one before or not, in the encoder's form, in
+/// another or broken (every second body edited by `edits`), decodes into one value as
+/// `decode` decodes it, whatever the previous frame left in that value: the frame `wanted`
+/// takes is written into it, any other is returned, and an error is the same error.
+fn decodes_into_one_as_decode_does<T: Default + PartialEq + std::fmt::Debug>(
+    frames: &[Frame],
+    edits: &[Edit],
+    decode_into: fn(
+        &FrameDecoder,
+        &mut BytesMut,
+        &mut T,
+    ) -> Result<Option<DecodedInto>, DecodeError>,
+    wanted: fn(Frame) -> Option<T>,
+) -> Result<(), TestCaseError> {
+    let decoder = FrameDecoder::default();
+    let mut into = T::default();
+    for (index, frame) in frames.iter().enumerate() {
+        let mut body = reference_body(frame);
+        if index % 2 == 1 {
+            for edit in edits {
+                edit.apply(&mut body);
+            }
+        }
+        if body.is_empty() {
+            continue;
+        }
+        let framed = with_length_prefix(&body);
+        let plain = decoder.decode(&mut BytesMut::from(&framed[..]));
+        let mut buf = BytesMut::from(&framed[..]);
+        let decoded = decode_into(&decoder, &mut buf, &mut into);
+        prop_assert!(buf.is_empty() || decoded.is_err());
+        match (plain, decoded) {
+            (Ok(Some(expected)), Ok(Some(DecodedInto::Written))) => {
+                let expected = wanted(expected);
+                prop_assert_eq!(Some(&into), expected.as_ref());
+            }
+            (Ok(Some(expected)), Ok(Some(DecodedInto::Other(other)))) => {
+                prop_assert!(wanted(expected.clone()).is_none());
+                prop_assert_eq!(other, expected);
+            }
+            (Err(expected), Err(err)) => prop_assert_eq!(err, expected),
+            (plain, decoded) => {
+                prop_assert!(
+                    false,
+                    "decode gave {:?}, decoding into one {:?}",
+                    plain,
+                    decoded
+                );
+            }
+        }
+    }
+    Ok(())
 }
