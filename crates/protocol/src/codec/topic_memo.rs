@@ -25,32 +25,47 @@ impl TopicMemo {
         }
     }
 
-    /// The topic whose bytes are `bytes`, or `None` if they are not UTF-8.
-    pub(crate) fn topic(&mut self, bytes: &[u8]) -> Option<String> {
-        match self.spare.take() {
-            Some(spare) if spare.as_bytes() == bytes => Some(spare),
-            Some(mut spare) => {
-                let text = std::str::from_utf8(bytes).ok()?;
-                spare.clear();
-                spare.push_str(text);
-                Some(spare)
-            }
-            None => std::str::from_utf8(bytes).ok().map(str::to_owned),
-        }
+    /// The string given back last, or an empty one, for a decoder to fill ([`reuse_for`]).
+    pub(crate) fn take(&mut self) -> String {
+        self.spare.take().unwrap_or_default()
     }
+}
+
+/// Makes `topic` hold `bytes`: kept as it is when they are its bytes (no UTF-8 check, no
+/// copy), else checked and copied into its allocation, which is kept only up to
+/// [`MAX_KEPT_TOPIC_BYTES`]; `None` if they are not UTF-8.
+pub(crate) fn reuse_for(topic: &mut String, bytes: &[u8]) -> Option<()> {
+    if topic.as_bytes() == bytes {
+        return Some(());
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    if topic.capacity() > MAX_KEPT_TOPIC_BYTES {
+        *topic = text.to_owned();
+    } else {
+        topic.clear();
+        topic.push_str(text);
+    }
+    Some(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What a decoder does with a memo: takes its string and fills it with `bytes`.
+    fn topic(memo: &mut TopicMemo, bytes: &[u8]) -> Option<String> {
+        let mut topic = memo.take();
+        reuse_for(&mut topic, bytes)?;
+        Some(topic)
+    }
+
     #[test]
     fn the_same_topic_again_is_the_string_given_back() {
         let mut memo = TopicMemo::default();
-        let first = memo.topic(b"sensors.kitchen").expect("utf-8");
+        let first = topic(&mut memo, b"sensors.kitchen").expect("utf-8");
         let at = first.as_ptr();
         memo.give_back(first);
-        let again = memo.topic(b"sensors.kitchen").expect("utf-8");
+        let again = topic(&mut memo, b"sensors.kitchen").expect("utf-8");
         assert_eq!(again, "sensors.kitchen");
         assert_eq!(again.as_ptr(), at, "the same allocation, not a copy");
     }
@@ -62,12 +77,12 @@ mod tests {
         first.push_str("sensors.kitchen");
         let at = first.as_ptr();
         memo.give_back(first);
-        let other = memo.topic("sensors.hall.ünï".as_bytes()).expect("utf-8");
+        let other = topic(&mut memo, "sensors.hall.ünï".as_bytes()).expect("utf-8");
         assert_eq!(other, "sensors.hall.ünï");
         assert_eq!(other.as_ptr(), at);
         memo.give_back(other);
-        assert_eq!(memo.topic(b"bad.\xff"), None, "not UTF-8");
-        assert_eq!(memo.topic(b"after").as_deref(), Some("after"));
+        assert_eq!(topic(&mut memo, b"bad.\xff"), None, "not UTF-8");
+        assert_eq!(topic(&mut memo, b"after").as_deref(), Some("after"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 
 use crate::codec::msgpack::Reader;
-use crate::codec::{TopicMemo, MAX_KEPT_TOPIC_BYTES};
+use crate::codec::topic_memo::reuse_for;
+use crate::codec::TopicMemo;
 use crate::frame::{
     Ack, DatagramDelivery, Delivery, Frame, Headers, Publish, PublishAck, SequenceRange, SessionId,
 };
@@ -55,102 +56,79 @@ pub fn decode_with(body: &[u8], memo: &mut TopicMemo) -> Option<Frame> {
 /// no move of the frame. `None` when the body is not a `Publish` in the encoder's form; `out`
 /// may then hold some of its fields, and the caller decodes the body the other way.
 pub fn publish_into(body: &[u8], out: &mut Publish) -> Option<()> {
-    let mut reader = Reader::new(body);
-    if reader.fixmap_len()? != 1 || reader.str_bytes()? != b"Publish" {
-        return None;
-    }
-    if reader.array_len()? != PUBLISH_FIELDS {
-        return None;
-    }
-    topic_into(reader.str_bytes()?, &mut out.topic)?;
-    out.headers = headers(&mut reader)?;
-    out.payload = Bytes::copy_from_slice(reader.bin()?);
-    out.message_id = optional(&mut reader, Reader::uint)?;
-    out.reply_to = optional(&mut reader, Reader::str)?.map(str::to_owned);
-    out.retain = reader.bool()?;
-    out.to_session = optional(&mut reader, session_id)?;
-    out.ack = reader.bool()?;
+    let mut reader = named(body, b"Publish")?;
+    publish_fields(&mut reader, out)?;
     reader.is_empty().then_some(())
 }
 
 /// [`publish_into`] for a `Message` body: a subscription stream's reader decodes every
 /// delivery into one `Delivery`.
 pub fn delivery_into(body: &[u8], out: &mut Delivery) -> Option<()> {
+    let mut reader = named(body, b"Message")?;
+    delivery_fields(&mut reader, out)?;
+    reader.is_empty().then_some(())
+}
+
+/// A reader past the frame type of a body whose type is `name`.
+fn named<'a>(body: &'a [u8], name: &[u8]) -> Option<Reader<'a>> {
     let mut reader = Reader::new(body);
-    if reader.fixmap_len()? != 1 || reader.str_bytes()? != b"Message" {
+    (reader.fixmap_len()? == 1 && reader.str_bytes()? == name).then_some(reader)
+}
+
+fn publish(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Publish> {
+    let mut publish = Publish {
+        topic: memo.take(),
+        ..Publish::default()
+    };
+    publish_fields(reader, &mut publish)?;
+    Some(publish)
+}
+
+/// A `Publish`'s fields, read in the order written into `out`; its topic string is reused
+/// ([`reuse_for`]).
+fn publish_fields(reader: &mut Reader<'_>, out: &mut Publish) -> Option<()> {
+    if reader.array_len()? != PUBLISH_FIELDS {
         return None;
     }
+    reuse_for(&mut out.topic, reader.str_bytes()?)?;
+    out.headers = headers(reader)?;
+    out.payload = Bytes::copy_from_slice(reader.bin()?);
+    out.message_id = optional(reader, Reader::uint)?;
+    out.reply_to = optional(reader, Reader::str)?.map(str::to_owned);
+    out.retain = reader.bool()?;
+    out.to_session = optional(reader, session_id)?;
+    out.ack = reader.bool()?;
+    Some(())
+}
+
+fn delivery(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Delivery> {
+    let mut delivery = Delivery {
+        topic: memo.take(),
+        ..Delivery::default()
+    };
+    delivery_fields(reader, &mut delivery)?;
+    Some(delivery)
+}
+
+/// [`publish_fields`] for a `Delivery`.
+fn delivery_fields(reader: &mut Reader<'_>, out: &mut Delivery) -> Option<()> {
     let fields = reader.array_len()?;
     if fields != DELIVERY_FIELDS && fields != DELIVERY_FIELDS_WITHOUT_REDELIVERED {
         return None;
     }
     out.sequence = reader.uint()?;
-    topic_into(reader.str_bytes()?, &mut out.topic)?;
-    out.headers = headers(&mut reader)?;
+    reuse_for(&mut out.topic, reader.str_bytes()?)?;
+    out.headers = headers(reader)?;
     out.payload = Bytes::copy_from_slice(reader.bin()?);
-    out.message_id = optional(&mut reader, Reader::uint)?;
-    out.reply_to = optional(&mut reader, Reader::str)?.map(str::to_owned);
+    out.message_id = optional(reader, Reader::uint)?;
+    out.reply_to = optional(reader, Reader::str)?.map(str::to_owned);
     out.retained = reader.bool()?;
     out.redelivered = if fields == DELIVERY_FIELDS {
         reader.bool()?
     } else {
         false
     };
-    reader.is_empty().then_some(())
-}
-
-/// Makes `topic` hold `bytes`: kept when they are the same, its allocation reused when it is
-/// no larger than [`MAX_KEPT_TOPIC_BYTES`]; `None` if they are not UTF-8.
-fn topic_into(bytes: &[u8], topic: &mut String) -> Option<()> {
-    if topic.as_bytes() == bytes {
-        return Some(());
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
-    if topic.capacity() > MAX_KEPT_TOPIC_BYTES {
-        *topic = text.to_owned();
-    } else {
-        topic.clear();
-        topic.push_str(text);
-    }
     Some(())
-}
-
-fn publish(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Publish> {
-    if reader.array_len()? != PUBLISH_FIELDS {
-        return None;
-    }
-    // Fields are read in the order written: a struct expression evaluates in source order.
-    Some(Publish {
-        topic: memo.topic(reader.str_bytes()?)?,
-        headers: headers(reader)?,
-        payload: Bytes::copy_from_slice(reader.bin()?),
-        message_id: optional(reader, Reader::uint)?,
-        reply_to: optional(reader, Reader::str)?.map(str::to_owned),
-        retain: reader.bool()?,
-        to_session: optional(reader, session_id)?,
-        ack: reader.bool()?,
-    })
-}
-
-fn delivery(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<Delivery> {
-    let fields = reader.array_len()?;
-    if fields != DELIVERY_FIELDS && fields != DELIVERY_FIELDS_WITHOUT_REDELIVERED {
-        return None;
-    }
-    Some(Delivery {
-        sequence: reader.uint()?,
-        topic: memo.topic(reader.str_bytes()?)?,
-        headers: headers(reader)?,
-        payload: Bytes::copy_from_slice(reader.bin()?),
-        message_id: optional(reader, Reader::uint)?,
-        reply_to: optional(reader, Reader::str)?.map(str::to_owned),
-        retained: reader.bool()?,
-        redelivered: if fields == DELIVERY_FIELDS {
-            reader.bool()?
-        } else {
-            false
-        },
-    })
 }
 
 fn datagram(reader: &mut Reader<'_>, memo: &mut TopicMemo) -> Option<DatagramDelivery> {
