@@ -59,6 +59,11 @@ const BOOTSTRAP_EVERY: Duration = Duration::from_millis(200);
 /// How long a claim waits before asking again when no leader is known.
 const CLAIM_RETRY: Duration = Duration::from_millis(50);
 
+/// How long before a write's deadline a follower stops waiting to apply a command the leader
+/// committed, so that the committed answer is returned rather than lost to the caller's
+/// timeout, which ends at the same deadline.
+const APPLY_SLACK: Duration = Duration::from_millis(50);
+
 /// How long adding a node waits for a cluster link to it (a node just started dials its peers).
 const LINK_WAIT: Duration = Duration::from_secs(3);
 
@@ -1211,8 +1216,8 @@ struct Writer {
 impl Writer {
     /// Writes `command` through the leader (forwarded to it from a follower), retrying until
     /// `deadline` (the caller's timeout ends it); what applying it answered, once this node
-    /// has applied it too (or the deadline is near: a follower slow to apply still returns
-    /// the committed answer).
+    /// has applied it too (or [`APPLY_SLACK`] before the deadline: a follower slow to apply
+    /// still returns the committed answer).
     async fn write(&self, command: Command, deadline: Instant) -> Result<Applied, ClaimError> {
         loop {
             match self.raft.client_write(command.clone()).await {
@@ -1228,7 +1233,8 @@ impl Writer {
                         {
                             // Committed: once applied here too, this node's tables show it
                             // (fencing is right either way; see the broker's ownership).
-                            let left = deadline.saturating_duration_since(Instant::now());
+                            let apply_by = deadline.checked_sub(APPLY_SLACK).unwrap_or(deadline);
+                            let left = apply_by.saturating_duration_since(Instant::now());
                             let _ = self
                                 .raft
                                 .wait(Some(left))
