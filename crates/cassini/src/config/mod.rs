@@ -9,8 +9,6 @@
 //!   and of the environment variable names.
 //! - `load`: reading a file, applying the environment and the flags, and checking the result.
 //! - `error`: [`ConfigError`], every way a configuration can be refused.
-//!
-//! Keys never hold an ACL or CRL setting: those come with the access-control work.
 
 mod error;
 mod keys;
