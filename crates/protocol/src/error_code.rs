@@ -93,7 +93,7 @@ error_codes! {
     /// named session committed by a majority of the cluster's members within the claim timeout
     /// (3 s): it is cut off from the majority, or no leader is elected yet; or, closing a
     /// connection attached to a named session, the node has not heard the majority within its
-    /// lease (3 s). Retry, another node first.
+    /// lease (2 s). Retry, another node first.
     NO_QUORUM = 25, "no quorum: this node cannot reach the cluster's majority";
     /// The subscription's queue overflowed under the `close` policy.
     SLOW_CONSUMER = 30, "subscription closed: slow consumer";
@@ -112,19 +112,14 @@ error_codes! {
     /// The connection's client certificate reached its `notAfter` while connected. The session
     /// is only detached: a renewed certificate for the same identity may resume it.
     CERTIFICATE_EXPIRED = 52, "certificate expired";
-    /// Durable mode: storing the publish would exceed the broker's disk limit; nothing stored
-    /// was dropped. Retry later.
+    /// Durable mode (or a named session's records in a cluster with members): storing the
+    /// publish, or a subscription's record, would exceed the broker's limit; nothing stored was
+    /// dropped. Retry later.
     STORAGE_FULL = 60, "storage full";
-    /// Durable mode: the broker could not make the publish durable (a disk write failed, or the
-    /// store is closing); it was not acknowledged.
+    /// Durable mode (or a cluster with members): the broker could not make the publish, a
+    /// subscription's record or a named session's records durable (a write failed or was
+    /// refused, or the store is closing); a publish was not acknowledged.
     STORAGE_FAILED = 61, "storage failure";
-    /// A retained publish would take the publishing identity over its retained quota
-    /// (`max_retained_topics_per_identity` or `max_retained_bytes_per_identity`). Clear one of
-    /// its retained topics first.
-    RETAINED_QUOTA_EXCEEDED = 75, "retained quota of this identity exceeded";
-    /// A new session was refused: the identity holds `max_sessions_per_identity` sessions and
-    /// all of them are attached (a detached one would have been ended to make room).
-    TOO_MANY_SESSIONS_FOR_IDENTITY = 76, "too many sessions for this identity";
     /// A publish carried more headers than the broker's `max_headers` limit.
     TOO_MANY_HEADERS = 70, "too many headers";
     /// A publish's header keys and values together exceeded the broker's `max_header_bytes`.
@@ -132,9 +127,17 @@ error_codes! {
     /// The broker holds as much as its memory budget allows: a publish or subscribe was refused.
     /// Retry later.
     MEMORY_BUDGET_EXCEEDED = 72, "broker memory budget exhausted";
-    /// The connection's partially received frames held more bytes than the broker allows per
-    /// connection (or the broker's memory budget was exhausted while a frame was arriving).
+    /// The partially received frames of the connection's certificate identity held more bytes
+    /// than the broker allows per identity (or the broker's memory budget was exhausted while a
+    /// frame was arriving).
     PARTIAL_FRAMES_LIMIT = 73, "too many bytes in partially received frames";
+    /// A retained publish would take the publishing identity over its retained quota
+    /// (`max_retained_topics_per_identity` or `max_retained_bytes_per_identity`). Clear one of
+    /// its retained topics first.
+    RETAINED_QUOTA_EXCEEDED = 75, "retained quota of this identity exceeded";
+    /// A new session was refused: the identity holds `max_sessions_per_identity` sessions and
+    /// all of them are attached (a detached one would have been ended to make room).
+    TOO_MANY_SESSIONS_FOR_IDENTITY = 76, "too many sessions for this identity";
 }
 
 impl ErrorCode {

@@ -372,7 +372,7 @@ pub struct SequenceRange {
 pub struct SubscriptionEnded {
     /// The subscription that ended.
     pub subscription: SubscriptionId,
-    /// Why: `SLOW_CONSUMER` or `NOT_AUTHORIZED`.
+    /// Why: `SLOW_CONSUMER`, `NOT_AUTHORIZED` or `STREAM_LIMIT`.
     pub code: ErrorCode,
     /// A human-readable reason.
     pub reason: String,
