@@ -154,7 +154,8 @@ pub(crate) struct TopArgs {
 #[derive(Debug, Args)]
 pub(crate) struct MonitorArgs {
     /// The broker's monitoring endpoint (its `--monitor` / `monitor.listen`): `HOST:PORT` or
-    /// `http://HOST:PORT` [default: the context's `monitor`, else 127.0.0.1:8222].
+    /// `http://HOST:PORT` [default: the context's `monitor`, else 127.0.0.1:8222; `server
+    /// info` has no fallback and says the endpoint is unknown].
     #[arg(long, value_name = "ADDR")]
     pub(crate) monitor: Option<String>,
     /// File holding the monitoring endpoint's bearer token (its `monitor.token_file`); without
