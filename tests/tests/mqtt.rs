@@ -630,6 +630,43 @@ async fn a_certificate_from_another_ca_is_refused() {
     );
 }
 
+/// A refused MQTT TLS handshake is an `authentication_failed` system event, as a refused QUIC
+/// handshake is (docs/EVENTS.md).
+#[tokio::test]
+async fn a_refused_tls_handshake_is_an_authentication_failed_event() {
+    let config = BrokerConfig {
+        acl: Acl::parse(
+            "default = \"allow\"\n[[rule]]\nidentity = \"ops\"\nsubscribe = [\"$SYS.>\"]\n",
+            "test ACL",
+        )
+        .expect("valid ACL"),
+        ..BrokerConfig::default()
+    };
+    let gateway = Gateway::start_with(config, false).await;
+    let ops = gateway.broker.client("ops").await;
+    let mut events = ops
+        .subscribe("$SYS.event.authentication_failed")
+        .await
+        .expect("ops may read");
+    // Plain MQTT where only TLS is accepted: the handshake fails.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connect");
+    stream.write_all(&connect_v5("plain")).await.expect("write");
+    let _ = within("the gateway closes it", stream.read_to_end(&mut Vec::new())).await;
+    let message = within("an authentication_failed event", events.next())
+        .await
+        .expect("the events subscription is open");
+    let event: serde_json::Value = serde_json::from_slice(message.payload()).expect("a JSON event");
+    assert_eq!(event["failure"], "tls", "{event}");
+    assert!(
+        event["remote"]
+            .as_str()
+            .is_some_and(|remote| remote.starts_with("127.0.0.1:")),
+        "{event}"
+    );
+}
+
 /// Reads until the server closes the connection; returns what it sent.
 async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
     let mut all = Vec::new();

@@ -302,11 +302,19 @@ async fn connection(
         Ok(Err(err)) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, %err, "MQTT TLS handshake refused");
+            context
+                .broker
+                .report_authentication_failure(remote, "tls", &err.to_string());
             return;
         }
         Err(_) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, "MQTT TLS handshake not completed in time");
+            context.broker.report_authentication_failure(
+                remote,
+                "timeout",
+                "the TLS handshake was not completed in time",
+            );
             return;
         }
     };
@@ -327,6 +335,9 @@ async fn connection(
         Err(reason) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, %reason, "MQTT client refused: no identity in its certificate");
+            context
+                .broker
+                .report_authentication_failure(remote, "no_identity", &reason);
             return;
         }
     };
