@@ -172,7 +172,13 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
     let mut demo = alice.subscribe("demo.>").await.unwrap();
     let bob = broker.client("bob").await;
     let _work = bob.subscribe_queue("work.*", "workers").await.unwrap();
-    let carol = broker.client("carol").await;
+    // A name for logs and monitoring; a control character in it is shown as `?`.
+    let carol = broker
+        .client_builder("carol")
+        .client_name("till\n7")
+        .connect()
+        .await
+        .expect("carol connects");
     for i in 0..5 {
         carol
             .publish("demo.a", Bytes::from(format!("m{i}")))
@@ -288,6 +294,7 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
                 ("id", Kind::Num),
                 ("identity", Kind::Str),
                 ("remote", Kind::Str),
+                ("name", Kind::StrOrNull),
                 ("connected_at_ms", Kind::Num),
                 ("uptime_ms", Kind::Num),
                 ("session", Kind::Str),
@@ -336,6 +343,18 @@ async fn every_endpoint_describes_a_running_broker_with_live_clients() {
     }
     identities.sort();
     assert_eq!(identities, ["alice", "bob", "carol"]);
+    let names: Vec<(&Value, &Value)> = connections
+        .iter()
+        .map(|c| (&c["identity"], &c["name"]))
+        .collect();
+    for (identity, name) in names {
+        let expected = if identity == "carol" {
+            json!("till?7")
+        } else {
+            Value::Null
+        };
+        assert_eq!(*name, expected, "the name {identity} gave");
+    }
     let alice_connz = connections
         .iter()
         .find(|c| c["identity"] == "alice")

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::membership::{Membership, MembershipChange, MembershipError};
 use crate::{Applied, Command, Member, NodeId, TypeConfig};
 
-/// The most requests that wait on one node's answer ([`Rpc::Write`], [`Rpc::Applied`]: up to
-/// the claim timeout each) that this node sends it at once; one beyond waits, within its own
+/// The most requests that wait on one node's answer ([`Rpc::Write`]: up to the claim timeout
+/// each; [`Rpc::Applied`]: up to the lease) that this node sends it at once; one beyond waits, within its own
 /// timeout, for one of them to end. A transport carries more requests than this to one node
 /// at once, so Raft's own always find room.
 pub const MAX_WAITING_REQUESTS_PER_NODE: usize = 16;

@@ -56,6 +56,7 @@ pub(crate) fn spawn_listener(
         "connection",
         remote = %peer.remote_addr,
         identity = %peer.identity,
+        client = tracing::field::Empty,
         session = tracing::field::Empty,
     );
     let mut owner = Owner {

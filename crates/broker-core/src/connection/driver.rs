@@ -32,6 +32,7 @@ use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::events::Event;
+use crate::introspect::registry::shown_client_name;
 use crate::transport::{Connection, RecvStream, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
@@ -159,6 +160,11 @@ async fn serve(
                 ))
             }
         };
+        if let Some(name) = &hello.client_name {
+            let shown = shown_client_name(name);
+            tracing::Span::current().record("client", tracing::field::display(&shown));
+            shared.registry.set_client_name(connection, shown);
+        }
         let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
         let hold = match claim {
             Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),

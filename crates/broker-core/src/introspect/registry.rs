@@ -25,6 +25,21 @@ pub(crate) struct Entry {
     pub(crate) started: Instant,
     pub(crate) session: Option<SessionId>,
     pub(crate) resumed: bool,
+    /// The client's `Hello.client_name`, as shown ([`shown_client_name`]).
+    pub(crate) client_name: Option<String>,
+}
+
+/// The most characters of a client's `Hello.client_name` that logs and monitoring show.
+pub(crate) const MAX_SHOWN_CLIENT_NAME_CHARS: usize = 128;
+
+/// `name` as logs and monitoring show it: at most [`MAX_SHOWN_CLIENT_NAME_CHARS`] characters,
+/// control characters replaced by `?`, so a client cannot forge log lines or make every line
+/// of its connection large.
+pub(crate) fn shown_client_name(name: &str) -> String {
+    name.chars()
+        .take(MAX_SHOWN_CLIENT_NAME_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// The open connections.
@@ -74,11 +89,19 @@ impl Registry {
             started: Instant::now(),
             session: None,
             resumed: false,
+            client_name: None,
         };
         self.lock().insert(key, entry);
         Registration {
             registry: Arc::clone(self),
             key,
+        }
+    }
+
+    /// Records the name `connection`'s client gave in its `Hello` (already shown form).
+    pub(crate) fn set_client_name(&self, connection: &Arc<dyn Connection>, name: String) {
+        if let Some(entry) = self.lock().get_mut(&key_of(connection)) {
+            entry.client_name = Some(name);
         }
     }
 
@@ -105,5 +128,24 @@ impl Registry {
     /// How many connections are registered.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_name_is_shown_without_control_characters_and_at_most_128_characters() {
+        assert_eq!(shown_client_name("till 7"), "till 7");
+        assert_eq!(
+            shown_client_name("a\nfake line\u{1b}[2J"),
+            "a?fake line?[2J"
+        );
+        let long = "é".repeat(1000);
+        assert_eq!(
+            shown_client_name(&long).chars().count(),
+            MAX_SHOWN_CLIENT_NAME_CHARS
+        );
     }
 }

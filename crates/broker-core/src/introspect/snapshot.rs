@@ -20,6 +20,9 @@ pub struct ConnectionInfo {
     pub identity: String,
     /// The client's address when the connection was accepted.
     pub remote: String,
+    /// The name the client gave in its `Hello` (`client_name`), if any: at most 128
+    /// characters, control characters shown as `?`. For logs and monitoring only.
+    pub name: Option<String>,
     /// The protocol the client speaks: `quic`, `mqtt/3.1.1` or `mqtt/5`.
     pub protocol: String,
     /// When it was accepted, in milliseconds since the Unix epoch.
@@ -209,6 +212,7 @@ pub(crate) fn connections(
                 id: entry.id,
                 identity: peer.identity.to_string(),
                 remote: peer.remote_addr.to_string(),
+                name: entry.client_name,
                 protocol: entry.connection.protocol().to_string(),
                 connected_at_ms: entry
                     .connected_at
