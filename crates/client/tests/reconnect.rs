@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cassini_client::{
     Client, ClientError, ConnectionError, ConnectionState, DisconnectReason, ErrorCode, Gap,
     OutboundBuffer, OverflowPolicy, PublishError, ReconnectPolicy, SessionId, SubscribeError,
-    SubscribeOptions, Subscription, SubscriptionEnd,
+    SubscribeOptions, Subscription, SubscriptionEnd, SubscriptionEvent,
 };
 use cassini_protocol::Frame;
 use fake_broker::{quick_reconnect, write, FakeBroker, Reader, Session, SESSION, STEP};
@@ -179,6 +179,40 @@ async fn session_taken_over_stops_reconnecting_and_reports_disconnected() {
     broker
         .assert_no_connection_attempt(Duration::from_millis(300))
         .await;
+}
+
+/// Loss is announced promptly even on a quiet topic: once the subscription is made again in
+/// a new session, `next_event` reports `Gap::SessionLost` without waiting for a message.
+#[tokio::test]
+async fn a_lost_session_is_reported_at_once_on_a_quiet_topic() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = broker.connect(broker.reconnecting_builder()).await;
+    let (subscription, (_subscribe, mut stream)) =
+        tokio::join!(client.subscribe("demo.>"), session.accept_subscribe(7));
+    let mut subscription = subscription.expect("subscribe");
+    write(&mut stream, &delivery(1, "one")).await;
+    assert_eq!(next_sequence(&mut subscription).await, 1);
+
+    session.close(ErrorCode::INTERNAL, "restarted");
+    let (refused, _) = broker.accept_hello().await;
+    refused.close(ErrorCode::SESSION_NOT_FOUND, "no such session");
+    let (mut fresh, _) = broker.accept_hello().await;
+    fresh.welcome(SessionId([7; 16]), false).await;
+    let (_subscribe, _stream) = fresh.accept_subscribe(30).await;
+
+    // Nothing is published on the topic in the new session.
+    let event = timeout(STEP, subscription.next_event())
+        .await
+        .expect("the loss is reported without a message")
+        .expect("the subscription is open");
+    match event {
+        SubscriptionEvent::Gap(gap) => assert_eq!(gap, Gap::SessionLost { last_sequence: 1 }),
+        other => panic!("expected the lost session, got {other:?}"),
+    }
+    assert_eq!(
+        subscription.take_gaps(),
+        vec![Gap::SessionLost { last_sequence: 1 }]
+    );
 }
 
 #[tokio::test]

@@ -129,6 +129,14 @@ impl GapTracker {
         }
     }
 
+    /// The session was lost and the subscription made again in `epoch`: records
+    /// [`Gap::SessionLost`] now, unless the tracker is there (or further) already.
+    pub(crate) fn new_epoch(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.enter(epoch);
+        }
+    }
+
     /// The last sequence yielded in the current epoch.
     #[cfg(test)]
     pub(crate) fn last_sequence(&self) -> u64 {
@@ -235,6 +243,14 @@ impl DatagramTracker {
                 .lost_for_good
                 .saturating_add((to - start).saturating_add(1));
             self.highest = to;
+        }
+    }
+
+    /// The session was lost and the subscription made again in `epoch`: it starts afresh,
+    /// unless the tracker is there (or further) already.
+    pub(crate) fn new_epoch(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.enter(epoch);
         }
     }
 

@@ -235,6 +235,7 @@ impl SubscriptionRegistry {
                 .partition(|sink| sink.state.is_unsubscribing());
             for sink in &kept {
                 sink.state.next_epoch();
+                sink.announce_new_epoch(sink.state.epoch());
             }
             state.orphans.extend(kept);
             (state.orphans.len(), ended)
@@ -518,6 +519,7 @@ mod tests {
         let received = receiver.recv().await.map(|delivered| match delivered.item {
             StreamItem::Message(message) => message.sequence(),
             StreamItem::Gap(gap) => panic!("a gap: {gap:?}"),
+            StreamItem::NewEpoch => panic!("a new epoch"),
         });
         assert_eq!(received, Some(1));
     }

@@ -103,6 +103,10 @@ pub(crate) enum StreamItem {
     Message(Message),
     /// The broker's announcement that a range of sequences will never come.
     Gap(GapFrame),
+    /// The session was lost: the subscription is being made again in this item's epoch, whose
+    /// sequences start again at 1. The handle reports `Gap::SessionLost` at once, so a quiet
+    /// topic hears of the loss too.
+    NewEpoch,
 }
 
 /// The slot holding a subscription's sender: `None` once the subscription has ended. The task
@@ -175,6 +179,30 @@ impl SubscriptionSink {
                 item: StreamItem::Message(message),
             })
             .is_ok()
+    }
+
+    /// Puts [`StreamItem::NewEpoch`] for `epoch` behind what the channel holds. No reader of
+    /// the lost session holds the channel by now; if one still does, or the channel is ended,
+    /// nothing is sent, and the handle learns of the new epoch from its first item. A full
+    /// channel is waited on by a task of its own, which ends when the application reads or
+    /// drops the subscription.
+    pub(crate) fn announce_new_epoch(&self, epoch: u64) {
+        let marker = Delivered {
+            epoch,
+            item: StreamItem::NewEpoch,
+        };
+        let Ok(slot) = self.sender.try_lock() else {
+            return;
+        };
+        let Some(sender) = slot.as_ref() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(marker)) = sender.try_send(marker) {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = sender.send(marker).await;
+            });
+        }
     }
 
     /// Drops the datagram reader's sender (the subscription ended).

@@ -354,6 +354,7 @@ impl Subscription {
             if let Some(tracker) = &mut self.datagrams {
                 match item {
                     StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
+                    StreamItem::NewEpoch => tracker.new_epoch(epoch),
                     StreamItem::Message(message) => {
                         if tracker.accept(epoch, message.sequence()) {
                             return Poll::Ready(Some(SubscriptionEvent::Message(message)));
@@ -365,6 +366,13 @@ impl Subscription {
             let message = match item {
                 StreamItem::Gap(gap) => {
                     self.gaps.announced(epoch, gap.from, gap.to, gap.reason);
+                    match self.gaps.next_unannounced() {
+                        Some(gap) => return Poll::Ready(Some(SubscriptionEvent::Gap(gap))),
+                        None => continue,
+                    }
+                }
+                StreamItem::NewEpoch => {
+                    self.gaps.new_epoch(epoch);
                     match self.gaps.next_unannounced() {
                         Some(gap) => return Poll::Ready(Some(SubscriptionEvent::Gap(gap))),
                         None => continue,
