@@ -81,7 +81,8 @@ pub(crate) struct ClientSettings {
 /// messages the broker queued meanwhile, in order, and [`Client::state_changes`] reports each
 /// step. While the connection is down:
 ///
-/// - [`Client::publish`] (and every other publish) puts the message in a bounded outbound
+/// - [`Client::publish`] (and every other publish but [`Client::publish_datagram`], which
+///   fails with [`ConnectionError::Disconnected`]) puts the message in a bounded outbound
 ///   buffer ([`OutboundBuffer`]) and returns; the buffer is sent first, in order, after the
 ///   reconnect. When the buffer is full it fails with [`PublishError::OutboundBufferFull`];
 ///   with the buffer disabled, with [`ConnectionError::Disconnected`].
@@ -93,8 +94,11 @@ pub(crate) struct ClientSettings {
 ///   any publish) if the client has made a request before; a first request fails with
 ///   [`ConnectionError::Disconnected`] (in [`RequestError::Inbox`]), since it must subscribe
 ///   to its reply inbox.
-/// - Requests in flight when the connection dropped fail with
-///   [`ConnectionError::ConnectionLost`]; they may or may not have reached the broker.
+/// - A request in flight when the connection dropped keeps waiting: its reply inbox is part
+///   of the session, so a reply the broker queued meanwhile arrives after the resume;
+///   otherwise it ends with [`RequestError::Timeout`]. Control requests in flight
+///   (subscribe, unsubscribe, ping) fail with [`ConnectionError::ConnectionLost`]; they may
+///   or may not have reached the broker.
 ///
 /// Each operation's error holds a [`ConnectionError`] when the connection is at fault
 /// ([`PublishError::Connection`], [`SubscribeError::Connection`],
@@ -565,7 +569,8 @@ impl Client {
 
     /// A barrier: returns once the broker has read and processed every publish this client
     /// made before the call, at most once or acknowledged (a refusal among them is then in
-    /// [`Client::publish_errors`]). As NATS's `flush`, for a program about to exit or to hand
+    /// [`Client::publish_errors`], except an acknowledged publish's, which its caller gets
+    /// as [`PublishError::Rejected`]). As NATS's `flush`, for a program about to exit or to hand
     /// off. Each topic's publish stream is finished and a new one opened by the next publish,
     /// so call it at such points, not after every publish. Bounded by `close_timeout`
     /// ([`ClientError::Timeout`]); while reconnecting it fails at once with
@@ -587,8 +592,10 @@ impl Client {
     }
 
     /// Takes the queue of publishes the broker rejected (invalid topic, payload too large). The
-    /// first call returns it, later calls `None`. It holds the latest 256 rejections not yet
-    /// read; every rejection is also logged at warn level.
+    /// first call returns it, later calls `None`. It holds up to 256 rejections not yet read;
+    /// while it is full, later ones are only logged. Every rejection is logged at warn level.
+    /// An acknowledged publish's rejection goes to its caller instead
+    /// ([`PublishError::Rejected`]).
     pub fn publish_errors(&self) -> Option<mpsc::Receiver<PublishRejected>> {
         lock(&self.inner.publish_errors).take()
     }

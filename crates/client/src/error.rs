@@ -348,7 +348,9 @@ pub enum RequestError {
     /// Subscribing to the reply inbox failed (a client's first request subscribes).
     #[error(transparent)]
     Inbox(#[from] SubscribeError),
-    /// The connection was lost or the client ended while the request waited for its reply.
+    /// The client ended (closed, or gave up reconnecting) while the request waited for its
+    /// reply. A connection lost meanwhile does not end the wait: the session's reply inbox
+    /// is resumed with it.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
 }

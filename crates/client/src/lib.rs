@@ -44,7 +44,8 @@
 //!   the message and returns a [`PublishReceipt`]; the message is sent again after a reconnect
 //!   until acknowledged (at least once; the broker drops duplicates by message id).
 //! - **A barrier**: [`Client::flush`] returns once the broker has processed every publish made
-//!   before it (with any refusal in [`Client::publish_errors`]), as NATS's `flush`.
+//!   before it (with any refusal of an unacknowledged publish in [`Client::publish_errors`]),
+//!   as NATS's `flush`.
 //! - **Direct messages**: [`Client::send_to`] delivers to one session only.
 //! - **Options and typed payloads**: [`Client::publish_with`] takes [`PublishOptions`];
 //!   [`Client::publish_json`] and [`Client::publish_msgpack`] set a `content-type` header

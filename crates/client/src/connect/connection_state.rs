@@ -17,9 +17,10 @@ pub enum ConnectionState {
     Connected {
         /// The session: the same as before a reconnect when `resumed`, a new one otherwise.
         session_id: SessionId,
-        /// Whether this connection resumed the session of the previous one. `false` for the
-        /// first connection, and after the broker had forgotten the session (its subscriptions
-        /// were made again: see [`crate::Gap::SessionLost`]).
+        /// Whether this connection resumed a session: the previous connection's, or on the
+        /// first connection the one `resume_session` or `session_name` named, if the broker
+        /// had it. `false` for a new session, and after the broker had forgotten the session
+        /// (its subscriptions were made again: see [`crate::Gap::SessionLost`]).
         resumed: bool,
     },
     /// The connection was lost and the client is trying to get it back (see

@@ -46,8 +46,8 @@ pub struct ReconnectPolicy {
     /// The largest ceiling of a sleep. Larger spares a broker that is down, at the cost of
     /// noticing later that it is back. Default: 10 s.
     pub max_backoff: Duration,
-    /// How long to keep trying, counted from the moment the connection was lost; `None` tries
-    /// forever. Default: `None`.
+    /// How long to keep trying, counted from the first reconnect attempt (after the wait a
+    /// broker's `GoingAway` asked for, if any); `None` tries forever. Default: `None`.
     pub give_up_after: Option<Duration>,
 }
 

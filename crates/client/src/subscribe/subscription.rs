@@ -45,7 +45,8 @@ const RECEIVE_BATCH: usize = 32;
 ///
 /// A subscription survives reconnects (see [`crate::ReconnectPolicy`]): when the session is
 /// resumed, messages continue from the new connection, in order. Messages are never yielded
-/// twice or out of order; what was skipped (dropped by the overflow policy, lost in flight, or
+/// twice or out of order (a datagram subscription yields each sequence once, in the order it
+/// arrives); what was skipped (dropped by the overflow policy, lost in flight, or
 /// lost with an expired session) is counted by [`Subscription::gaps`] and listed by
 /// [`Subscription::take_gaps`].
 ///
@@ -207,8 +208,10 @@ impl Subscription {
         }
     }
 
-    /// The gaps found since the last call, oldest first: each is recorded when the first
-    /// message after it is yielded. At most the latest 1,024 are kept between calls.
+    /// The gaps found since the last call, oldest first: each is recorded as soon as the client
+    /// knows of it (the broker's `Gap` frame read, a lost session, or the first message after
+    /// an unannounced jump in the sequence numbers). At most the latest 1,024 are kept between
+    /// calls.
     pub fn take_gaps(&mut self) -> Vec<Gap> {
         self.gaps.take()
     }
