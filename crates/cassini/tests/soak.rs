@@ -77,25 +77,39 @@ async fn soak_many_clients_with_faults_on_keeps_broker_memory_level() {
     let received = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::with_capacity(clients);
     for n in 0..clients {
-        let client = Client::builder(addr.as_str())
-            .cert_dir(dir.path(), "soak")
-            .server_name("localhost")
-            .socket_layer(faults.layer())
-            .quic_options(QuicOptions {
-                idle_timeout: Duration::from_secs(5),
-                keep_alive_interval: Duration::from_secs(1),
-                ..QuicOptions::default()
-            })
-            .reconnect(ReconnectPolicy {
-                enabled: true,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                give_up_after: None,
-            })
-            .subscription_buffer(64)
-            .connect()
-            .await
-            .expect("soak client connects");
+        // The first handshake crosses the faulty network too, and the client's reconnect
+        // policy starts only after a first connection: like an edge application, the soak
+        // tries a failed first connect again (a few times, backing off).
+        let mut attempt = 0u64;
+        let client = loop {
+            attempt += 1;
+            let connected = Client::builder(addr.as_str())
+                .cert_dir(dir.path(), "soak")
+                .server_name("localhost")
+                .socket_layer(faults.layer())
+                .quic_options(QuicOptions {
+                    idle_timeout: Duration::from_secs(5),
+                    keep_alive_interval: Duration::from_secs(1),
+                    ..QuicOptions::default()
+                })
+                .reconnect(ReconnectPolicy {
+                    enabled: true,
+                    initial_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    give_up_after: None,
+                })
+                .subscription_buffer(64)
+                .connect()
+                .await;
+            match connected {
+                Ok(client) => break client,
+                Err(err) if attempt < 5 => {
+                    eprintln!("soak client {n}: first connect failed ({err}); again");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(err) => panic!("soak client {n} connects in {attempt} attempts: {err:?}"),
+            }
+        };
         let mut subscription = client
             .subscribe_with(&format!("soak.t{}.>", n % 20), options(n))
             .await
