@@ -96,6 +96,7 @@ FIELDS: dict[str, list[str]] = {
         "redelivered",
     ],
     "Gap": ["subscription", "from", "to", "reason"],
+    "DatagramsSent": ["subscription", "through"],
     # datagrams
     "Datagram": ["subscription", "message"],
 }

@@ -120,3 +120,20 @@ async def test_a_datagram_publish_without_its_length_prefix_is_refused(broker, c
     # a length and closes with FRAME_TOO_LARGE.
     closed = await closed_after_datagram(broker, certs, encode(publish(topic, b"x"))[4:])
     assert closed.is_application and closed.error_code == 3  # FRAME_TOO_LARGE
+
+
+@spec
+async def test_a_datagram_subscription_says_on_its_stream_how_far_it_has_sent_once_quiet(
+        broker, certs, topic):
+    alice = await connect(broker.port, certs.identity("alice"))
+    sub = await subscribe(alice, topic, delivery=datagram("Drop"))
+    stream = alice.new_stream()
+    alice.send(stream, publish(topic, b"one"))
+    alice.send(stream, publish(topic, b"two"))
+    await alice.next_datagram()
+    await alice.next_datagram()
+    # A receiver counts a sequence up to `through` that it has not received as lost (a late
+    # datagram still arrives), even when nothing follows on the topic.
+    sent = await sub.next_frame()
+    assert (sent.name, sent["subscription"], sent["through"]) == ("DatagramsSent", sub.id, 2)
+    await drop(alice)

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | control (bidirectional, the first one) | client | `Hello`, `Subscribe`, `Unsubscribe`, `Ping`, `Ack` up; `Welcome`, `Subscribed`, `Unsubscribed`, `SubscriptionEnded`, `Error`, `Pong`, `GoingAway` down |
 //! | publish (bidirectional, one per topic) | client | `Publish` up; `PublishAck`, `PublishRejected`, `NoResponders` down |
-//! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` |
+//! | subscription (unidirectional, one per subscription) | broker | `SubscriptionStart` first, then `Message` and `Gap` (and `DatagramsSent` on a datagram subscription's) |
 //! | (QUIC datagrams, unreliable) | both | `Datagram` down (deliveries of datagram subscriptions); `Publish` up (fire and forget) |
 //!
 //! A frame on the wrong kind of stream is a protocol violation. The frames are one enum so that a
@@ -98,6 +98,11 @@ pub enum Frame {
     /// also reset with the same code, but a reset may overtake the stream's
     /// `SubscriptionStart`, so this frame is what names the subscription.
     SubscriptionEnded(SubscriptionEnded),
+    /// Subscription stream of a datagram subscription, broker → client: every sequence through
+    /// `through` has been sent, so one not received by now was lost (unless it arrives late).
+    /// Sent once the subscription has sent no datagram for a moment, so that a datagram lost
+    /// last, on a topic gone quiet, is counted without waiting for the next one.
+    DatagramsSent(DatagramsSent),
 }
 
 impl Frame {
@@ -124,6 +129,7 @@ impl Frame {
             Frame::Gap(_) => "Gap",
             Frame::Datagram(_) => "Datagram",
             Frame::SubscriptionEnded(_) => "SubscriptionEnded",
+            Frame::DatagramsSent(_) => "DatagramsSent",
         }
     }
 }
@@ -493,6 +499,15 @@ pub struct Delivery {
     /// have seen it already.
     #[serde(default)]
     pub redelivered: bool,
+}
+
+/// A datagram subscription has sent every sequence through `through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatagramsSent {
+    /// The subscription the stream carries.
+    pub subscription: SubscriptionId,
+    /// The highest sequence sent so far: as a datagram, on the stream, or announced by a `Gap`.
+    pub through: u64,
 }
 
 /// Sequence numbers `from..=to` of a subscription will never be delivered.

@@ -21,9 +21,9 @@ use cassini_protocol::codec::{
     DeliveryRef, PublishRef, TopicMemo, DEFAULT_MAX_FRAME_BYTES, LENGTH_PREFIX_BYTES,
 };
 use cassini_protocol::{
-    decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, DecodeError, Delivery,
-    DeliveryClass, EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, Gap, GapReason,
-    GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck,
+    decode_frame, encode_frame, Ack, AckOptions, DatagramDelivery, DatagramsSent, DecodeError,
+    Delivery, DeliveryClass, EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, Gap,
+    GapReason, GoingAway, Hello, Limits, NoResponders, OverflowPolicy, Ping, Publish, PublishAck,
     PublishRejected, ResumePosition, SequenceRange, SessionId, Subscribe, SubscribeOptions,
     Subscribed, SubscriptionEnded, SubscriptionStart, TopicError, TopicFilter, TopicLimits,
     TopicName, Unsubscribe, Unsubscribed, Welcome,
@@ -343,6 +343,12 @@ fn frame() -> impl Strategy<Value = Frame> {
         proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8),
     )
         .prop_map(ack_frame);
+    let datagrams_sent = (any::<u64>(), any::<u64>()).prop_map(|(subscription, through)| {
+        Frame::DatagramsSent(DatagramsSent {
+            subscription,
+            through,
+        })
+    });
     prop_oneof![
         hello.boxed(),
         welcome.boxed(),
@@ -363,6 +369,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         message.boxed(),
         gap.boxed(),
         ack.boxed(),
+        datagrams_sent.boxed(),
     ]
 }
 

@@ -7,6 +7,11 @@
 //! transport as a chunk it may keep (quinn does) rather than copy. It is the queue's only
 //! consumer. Flow control on this stream only ever holds up this subscription: the queue fills
 //! and its policy applies.
+//!
+//! A datagram subscription's client counts a datagram as lost when a later sequence arrives
+//! before it. So that the last ones sent before a pause are counted too, the writer follows
+//! every run of datagrams, once nothing more was sent for [`DATAGRAMS_SENT_AFTER`], with a
+//! `DatagramsSent` frame on the stream naming the highest sequence sent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +19,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use cassini_protocol::codec::{encode_datagram, encode_delivery, DeliveryRef};
 use cassini_protocol::{
-    encode_frame, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule, SubscriptionEnded,
-    SubscriptionStart,
+    encode_frame, DatagramsSent, DeliveryClass, ErrorCode, Frame, Gap, GapReason, OversizeRule,
+    SubscriptionEnded, SubscriptionStart,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +56,12 @@ const MAX_BATCH: usize = 256;
 /// otherwise never get the later ones' streams, silently; past this, the subscription ends
 /// with `STREAM_LIMIT`, announced on the control stream.
 pub(crate) const STREAM_OPEN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a datagram subscription sends nothing before the writer says, with `DatagramsSent`
+/// on the stream, how far it has sent. Long enough that the stream frame does not overtake the
+/// last datagram on the way (a late datagram still counts as received), short enough that a
+/// loss on a quiet topic is counted promptly.
+pub(crate) const DATAGRAMS_SENT_AFTER: Duration = Duration::from_millis(50);
 
 /// How long a cancelled writer may finish the write it started before the stream is reset.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -159,6 +170,9 @@ pub(crate) async fn run_subscription_writer(
     // How large the last batch was: room for as much is made before encoding the next, once,
     // instead of growing `buf` frame by frame after a chunk was split off it.
     let mut last_batch_bytes = 0;
+    // A datagram subscription's highest sequence sent since the last `DatagramsSent`, and when
+    // to announce it if nothing more is sent before then.
+    let mut unannounced: Option<(u64, tokio::time::Instant)> = None;
     loop {
         buf.clear();
         let popped = tokio::select! {
@@ -167,6 +181,21 @@ pub(crate) async fn run_subscription_writer(
                 return WriterOutcome::Cancelled;
             }
             popped = queue.pop_batch(&attachment, &mut batch, MAX_BATCH) => popped,
+            () = sleep_until_announced(unannounced) => {
+                if let Some((through, _)) = unannounced.take() {
+                    let sent = Frame::DatagramsSent(DatagramsSent {
+                        subscription: key.subscription,
+                        through,
+                    });
+                    if encode_frame(&sent, &mut buf, max_frame_bytes).is_ok() {
+                        let chunk = buf.split().freeze();
+                        if let Err(outcome) = write_or_cancel(stream.as_mut(), chunk, &cancel).await {
+                            return outcome;
+                        }
+                    }
+                }
+                continue;
+            }
         };
         match popped {
             Popped::Superseded => {
@@ -214,7 +243,9 @@ pub(crate) async fn run_subscription_writer(
                     return WriterOutcome::Cancelled;
                 }
                 buf.reserve(last_batch_bytes);
+                let mut highest_sent = None;
                 for queued in batch.drain(..) {
+                    highest_sent = Some(queued.sequence);
                     if !queued.redelivered {
                         encode_gaps(&gaps.before(queued.sequence), &mut buf, max_frame_bytes);
                     }
@@ -247,6 +278,10 @@ pub(crate) async fn run_subscription_writer(
                 if drained {
                     encode_gaps(&gaps.through(last_sequence), &mut buf, max_frame_bytes);
                 }
+                if let (DeliveryClass::Datagram { .. }, Some(through)) = (class, highest_sent) {
+                    let announce_at = tokio::time::Instant::now() + DATAGRAMS_SENT_AFTER;
+                    unannounced = Some((through, announce_at));
+                }
                 if buf.is_empty() {
                     continue;
                 }
@@ -259,6 +294,14 @@ pub(crate) async fn run_subscription_writer(
                 }
             }
         }
+    }
+}
+
+/// Completes when a datagram subscription's `DatagramsSent` is due; never without one due.
+async fn sleep_until_announced(unannounced: Option<(u64, tokio::time::Instant)>) {
+    match unannounced {
+        Some((_, at)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

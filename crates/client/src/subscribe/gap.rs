@@ -16,7 +16,8 @@
 //!
 //! Datagrams may arrive late, out of order, or never. The [`DatagramTracker`] yields every
 //! sequence once, in the order it arrives: a sequence above the highest seen opens holes for
-//! the ones skipped; a late arrival fills its hole. The loss counter is every hole still open
+//! the ones skipped, and so does the broker's word that it has sent through a sequence above
+//! it (`DatagramsSent`, after a pause); a late arrival fills its hole. The loss counter is every hole still open
 //! plus every sequence known never to come (announced by the broker's `Gap`, or a hole pushed
 //! out of the [`MAX_HOLES`] most recent). A new session (epoch) starts afresh. No I/O here.
 
@@ -246,6 +247,16 @@ impl DatagramTracker {
         }
     }
 
+    /// The broker has sent every sequence of `epoch` through `through`: those not seen yet are
+    /// holes (a late arrival still fills its hole).
+    pub(crate) fn sent_through(&mut self, epoch: u64, through: u64) {
+        self.enter(epoch);
+        if through > self.highest {
+            self.open_holes(self.highest + 1, through);
+            self.highest = through;
+        }
+    }
+
     /// The session was lost and the subscription made again in `epoch`: it starts afresh,
     /// unless the tracker is there (or further) already.
     pub(crate) fn new_epoch(&mut self, epoch: u64) {
@@ -274,7 +285,8 @@ impl DatagramTracker {
         let count = to - from + 1;
         let keep = (MAX_HOLES as u64).min(count);
         self.lost_for_good += count - keep;
-        self.holes.extend((to + 1 - keep)..=to);
+        // `keep` is at least 1 here, and `to` may be `u64::MAX`.
+        self.holes.extend((to - (keep - 1))..=to);
         while self.holes.len() > MAX_HOLES {
             self.holes.pop_first();
             self.lost_for_good += 1;
@@ -508,6 +520,32 @@ mod datagram_tests {
         assert!(tracker.accept(0, 2 + MAX_HOLES as u64 * 2));
         assert_eq!(tracker.lost(), MAX_HOLES as u64 * 2);
         assert!(tracker.holes.len() <= MAX_HOLES);
+    }
+
+    #[test]
+    fn what_the_broker_sent_and_was_not_seen_is_lost_until_it_arrives_late() {
+        let mut tracker = DatagramTracker::default();
+        assert!(tracker.accept(0, 1));
+        tracker.sent_through(0, 3);
+        assert_eq!(tracker.lost(), 2, "2 and 3 were sent and have not come");
+        assert!(tracker.accept(0, 3), "a late arrival is still yielded");
+        assert_eq!(tracker.lost(), 1);
+        tracker.sent_through(0, 2);
+        assert_eq!(tracker.lost(), 1, "an older mark changes nothing");
+        assert!(tracker.accept(0, 4));
+        assert_eq!(tracker.lost(), 1);
+        tracker.sent_through(1, 2);
+        assert_eq!(tracker.lost(), 2, "a new session starts afresh");
+    }
+
+    #[test]
+    fn a_mark_at_the_largest_sequence_never_panics() {
+        let mut tracker = DatagramTracker::default();
+        assert!(tracker.accept(0, 1));
+        tracker.sent_through(0, u64::MAX);
+        assert_eq!(tracker.lost(), u64::MAX - 1);
+        assert!(tracker.holes.len() <= MAX_HOLES);
+        assert!(tracker.accept(0, u64::MAX), "the newest hole is kept");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`START_DEADLINE`] for the `Subscribed` answer if the stream came first, and for the previous
 //! connection's reader to let go after a resume), then moves `Message`s into the subscription's
 //! channel, each marked with the subscription's epoch, together with the broker's `Gap`
-//! announcements (adding up the overflow ones), and records the highest sequence read, where the
+//! announcements (adding up the overflow ones) and `DatagramsSent` marks, and records the highest sequence read, where the
 //! client stands if it resumes the session. What one read of the stream yields goes into the
 //! channel as one batch (at most [`DELIVER_BATCH`]), with one wait for room. When the channel is
 //! full the task waits before reading more, so flow control holds up this subscription's stream
@@ -224,6 +224,12 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
                     batch.push(Delivered {
                         epoch: claimed.epoch(),
                         item: StreamItem::Gap(gap),
+                    });
+                }
+                Ok(Some(DecodedInto::Other(Frame::DatagramsSent(sent)))) => {
+                    batch.push(Delivered {
+                        epoch: claimed.epoch(),
+                        item: StreamItem::SentThrough(sent.through),
                     });
                 }
                 Ok(Some(DecodedInto::Other(other))) => break Some(Ok(Some(other))),

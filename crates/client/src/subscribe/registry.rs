@@ -520,6 +520,7 @@ mod tests {
             StreamItem::Message(message) => message.sequence(),
             StreamItem::Gap(gap) => panic!("a gap: {gap:?}"),
             StreamItem::NewEpoch => panic!("a new epoch"),
+            StreamItem::SentThrough(through) => panic!("sent through {through}"),
         });
         assert_eq!(received, Some(1));
     }

@@ -107,6 +107,9 @@ pub(crate) enum StreamItem {
     /// sequences start again at 1. The handle reports `Gap::SessionLost` at once, so a quiet
     /// topic hears of the loss too.
     NewEpoch,
+    /// A datagram subscription's broker has sent every sequence through this one: one not
+    /// received by now counts as lost (until it arrives late).
+    SentThrough(u64),
 }
 
 /// The slot holding a subscription's sender: `None` once the subscription has ended. The task

@@ -197,10 +197,12 @@ impl Subscription {
 
     /// How many messages this subscription is missing so far. For a reliable subscription, the
     /// same as [`Subscription::gaps`]. For a datagram subscription, every sequence not (yet)
-    /// received below the highest one received, plus those the broker announced will never
-    /// come (dropped by the overflow policy, or too large for a datagram under
-    /// [`cassini_protocol::OversizeRule::Drop`]); a late datagram that arrives after all is
-    /// yielded and no longer counted.
+    /// received below the highest one received or the highest the broker says it has sent (it
+    /// says so 50 ms after it last sent a datagram, so a loss just before a pause is counted
+    /// too), plus those the broker announced will never come (dropped by the overflow policy,
+    /// or too large for a datagram under [`cassini_protocol::OversizeRule::Drop`]); a late
+    /// datagram that arrives after all is yielded and no longer counted. Updated as the
+    /// subscription is read.
     pub fn lost(&self) -> u64 {
         match &self.datagrams {
             Some(tracker) => tracker.lost(),
@@ -358,6 +360,7 @@ impl Subscription {
                 match item {
                     StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
                     StreamItem::NewEpoch => tracker.new_epoch(epoch),
+                    StreamItem::SentThrough(through) => tracker.sent_through(epoch, through),
                     StreamItem::Message(message) => {
                         if tracker.accept(epoch, message.sequence()) {
                             return Poll::Ready(Some(SubscriptionEvent::Message(message)));
@@ -381,6 +384,8 @@ impl Subscription {
                         None => continue,
                     }
                 }
+                // Only a datagram subscription's broker says how far it has sent.
+                StreamItem::SentThrough(_) => continue,
                 StreamItem::Message(message) => message,
             };
             let sequence = message.sequence();

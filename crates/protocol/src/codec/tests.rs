@@ -143,6 +143,10 @@ fn one_of_every_frame() -> Vec<Frame> {
             code: ErrorCode::SLOW_CONSUMER,
             reason: "slow consumer".into(),
         }),
+        Frame::DatagramsSent(DatagramsSent {
+            subscription: 42,
+            through: 20,
+        }),
     ]
 }
 
