@@ -254,6 +254,19 @@ pub fn decode(
                     session_expiry: None,
                 }));
             }
+            // One with a reason code and no properties may leave out the properties' length
+            // (libmosquitto and paho send `E0 01 <reason>`); rumqttc 0.25 reads it regardless.
+            if buf.starts_with(&[0xE0, 0x01]) {
+                let Some(&reason) = buf.get(2) else {
+                    return Ok(None);
+                };
+                let _ = buf.split_to(3);
+                let mut whole = BytesMut::from(&[0xE0, 0x02, reason, 0x00][..]);
+                return match v5::Packet::read(&mut whole, None) {
+                    Ok(packet) => from_v5(packet).map(Some),
+                    Err(err) => Err(DecodeError::Malformed(err.to_string())),
+                };
+            }
             let max = u32::try_from(max_size).unwrap_or(u32::MAX);
             match v5::check(buf.iter(), Some(max)) {
                 Ok(_) => {}
@@ -966,6 +979,33 @@ mod tests {
             }
         }
         assert!(buf.is_empty(), "{} bytes left over of {written}", buf.len());
+    }
+
+    #[test]
+    fn a_disconnect_may_carry_its_reason_code_alone() {
+        let decoded = |bytes: &[u8]| {
+            let mut buf = BytesMut::from(bytes);
+            let packet = decode(&mut buf, Some(Version::V5), 1024);
+            (packet, buf.len())
+        };
+        let normal = Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
+        };
+        assert_eq!(decoded(&[0xE0, 0x01, 0x00]), (Ok(Some(normal)), 0));
+        let with_will = Inbound::Disconnect {
+            with_will: true,
+            session_expiry: None,
+        };
+        assert_eq!(decoded(&[0xE0, 0x01, 0x04, 0xC0]), (Ok(Some(with_will)), 1));
+        assert_eq!(decoded(&[0xE0, 0x01]), (Ok(None), 2), "still arriving");
+        assert!(
+            matches!(
+                decoded(&[0xE0, 0x01, 0x05]).0,
+                Err(DecodeError::Malformed(_))
+            ),
+            "not a reason code DISCONNECT may carry"
+        );
     }
 
     #[test]

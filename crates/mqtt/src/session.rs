@@ -3,10 +3,16 @@
 //!
 //! Tasks: one reads and decodes the client's packets, one reads the control stream, one the
 //! publish stream's answers, one per subscription stream; all report to this connection's loop
-//! through one bounded channel, and only the loop writes to the client. A client that stops
+//! through bounded channels, and only the loop writes to the client. A client that stops
 //! reading therefore stops the loop, then every reader, then the broker's writers, whose queues
 //! then apply their overflow policies: the subscriptions of one MQTT connection share its one TCP
 //! stream (no head-of-line isolation, unlike QUIC).
+//!
+//! The broker's answers (control stream and publish stream) come through a channel of their
+//! own, which the loop keeps reading while it waits to write a frame to the broker, holding
+//! what it reads for afterwards. Otherwise a burst of publishes would deadlock: the loop waiting
+//! for room in the pipe to the broker, the broker waiting for room for its answers, and the
+//! answers' reader waiting for room in a channel full of packets only the loop takes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,7 +298,12 @@ struct Connection<W> {
     /// another.
     turns: VecDeque<SubscriptionId>,
     next_pkid: u16,
-    events: Option<mpsc::Sender<Event>>,
+    /// Where the publish stream's reader sends the broker's answers.
+    answers_to: Option<mpsc::Sender<Event>>,
+    /// The broker's answers, read by the loop, and by [`Connection::frame`] while it waits.
+    answers: Option<mpsc::Receiver<Event>>,
+    /// Answers read while a frame waited to be written, handled before anything else.
+    deferred: VecDeque<Event>,
     /// Set (by `Wills`) when a newer connection with a clean start takes this one's client id
     /// over: the session ends, so the will is due at once, whatever its delay.
     clean_start_flag: Option<Arc<AtomicBool>>,
@@ -341,7 +352,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             waiting: HashMap::new(),
             turns: VecDeque::new(),
             next_pkid: 1,
-            events: None,
+            answers_to: None,
+            answers: None,
+            deferred: VecDeque::new(),
             clean_start_flag: None,
             will_number: None,
         }
@@ -389,9 +402,20 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         } else {
             self.control.as_mut()
         };
-        match stream {
-            Some(stream) => stream.write(&self.frame_buf).await.is_ok(),
-            None => false,
+        let Some(stream) = stream else {
+            return false;
+        };
+        let write = stream.write(&self.frame_buf);
+        tokio::pin!(write);
+        // The broker may be waiting for its answers to be taken before it reads more: take
+        // them meanwhile, for the loop to handle once this frame is written. They are the
+        // answers to frames already written, so they are few.
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => return written.is_ok(),
+                Some(answer) = next_answer(&mut self.answers) => self.deferred.push_back(answer),
+            }
         }
     }
 
@@ -551,6 +575,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 }
             }
         }
+    }
+}
+
+/// The next of the broker's answers; never, once there are none.
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match answers {
+        Some(answers) => answers.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -746,7 +778,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let (events, mut inbox) = mpsc::channel(EVENT_BACKLOG);
-        self.events = Some(events.clone());
+        let (answers_to, answers) = mpsc::channel(EVENT_BACKLOG);
+        self.answers = Some(answers);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(read_packets(
             reader,
@@ -761,7 +794,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 recv,
                 std::mem::take(&mut self.control_buf),
                 self.max_frame,
-                events.clone(),
+                answers_to.clone(),
                 Event::Control,
                 Some(Event::ControlEnded),
             ));
@@ -778,12 +811,18 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             });
         }
         drop(events);
+        self.answers_to = Some(answers_to);
         let cut = self.context.cut.clone();
         let end = loop {
-            let event = tokio::select! {
-                event = inbox.recv() => event,
-                () = client.closed() => break End::Broker,
-                () = cut.cancelled() => break End::Abnormal(Some(CloseCode::Administrative)),
+            let event = match self.deferred.pop_front() {
+                Some(answer) => Some(answer),
+                None => tokio::select! {
+                    biased;
+                    Some(answer) = next_answer(&mut self.answers) => Some(answer),
+                    event = inbox.recv() => event,
+                    () = client.closed() => break End::Broker,
+                    () = cut.cancelled() => break End::Abnormal(Some(CloseCode::Administrative)),
+                },
             };
             let Some(event) = event else {
                 break End::Abnormal(None);
@@ -792,7 +831,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 break end;
             }
         };
-        self.finish(end, &client, &mut inbox).await;
+        self.finish(end, &client).await;
         tasks.abort_all();
     }
 
@@ -885,12 +924,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             return false;
         };
         self.publish = Some(stream.send);
-        if let Some(events) = &self.events {
+        if let Some(answers) = &self.answers_to {
             tokio::spawn(read_frames(
                 stream.recv,
                 BytesMut::new(),
                 self.max_frame,
-                events.clone(),
+                answers.clone(),
                 Event::Answer,
                 None,
             ));
@@ -1013,6 +1052,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>) -> Option<End> {
+        if let Some(end) = self.settle_subscription_requests().await {
+            return Some(end);
+        }
         let mut batch = Batch {
             sub: vec![None; filters.len()],
             unsub: Vec::new(),
@@ -1104,6 +1146,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Option<End> {
+        if let Some(end) = self.settle_subscription_requests().await {
+            return Some(end);
+        }
         let mut batch = Batch {
             sub: Vec::new(),
             unsub: vec![None; filters.len()],
@@ -1134,6 +1179,34 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         }
         self.complete(pkid).await
+    }
+
+    /// Handles the broker's answers until every earlier `SUBSCRIBE` and `UNSUBSCRIBE` is
+    /// answered, so that each takes effect, and is answered, in the order the client sent them
+    /// (an `UNSUBSCRIBE` ends the subscription a `SUBSCRIBE` just before it made; a second
+    /// `SUBSCRIBE` of a filter replaces the first one's subscription). The broker answers every
+    /// request, or ends the control stream.
+    async fn settle_subscription_requests(&mut self) -> Option<End> {
+        while !self.batches.is_empty() {
+            let answer = match self.deferred.pop_front() {
+                Some(answer) => answer,
+                None => match next_answer(&mut self.answers).await {
+                    Some(answer) => answer,
+                    None => return Some(End::Broker),
+                },
+            };
+            let end = match answer {
+                Event::Control(frame) => self.control_frame(frame).await,
+                Event::Answer(frame) => self.answer(frame).await,
+                Event::ControlEnded => Some(End::Broker),
+                // Only the broker's answers come this way.
+                _ => None,
+            };
+            if end.is_some() {
+                return end;
+            }
+        }
+        None
     }
 
     /// Sends the `SUBACK` or `UNSUBACK` of `pkid` once every filter of it is answered.
@@ -1470,7 +1543,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     /// Ends the connection: the will when MQTT says so, the goodbye that ends a session whose
     /// expiry is 0 (else the session is only detached and outlives the connection for the
     /// broker's `sessions.expiry`), and MQTT 5's `DISCONNECT` with the reason.
-    async fn finish(&mut self, end: End, client: &ClientEnd, inbox: &mut mpsc::Receiver<Event>) {
+    async fn finish(&mut self, end: End, client: &ClientEnd) {
         let taken_over = end == End::Broker
             && client
                 .close_reason()
@@ -1530,14 +1603,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             // The session stays: make sure the broker applied every `Ack` sent so far (it
             // answers control requests in order), so what the client acknowledged is not sent
             // to it again on its next connection.
-            self.sync_control(inbox).await;
+            self.sync_control().await;
         }
         client.close("MQTT connection closed");
         let _ = self.writer.shutdown().await;
     }
 
     /// Sends a `Ping` and waits (a few seconds at most) for its `Pong`.
-    async fn sync_control(&mut self, inbox: &mut mpsc::Receiver<Event>) {
+    async fn sync_control(&mut self) {
         let nonce = rand::random::<u64>();
         if !self
             .frame(&Frame::Ping(cassini_protocol::Ping { nonce }), false)
@@ -1545,12 +1618,19 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         {
             return;
         }
+        let answered = |event: &Event| match event {
+            Event::Control(Frame::Pong(pong)) => pong.nonce == nonce,
+            Event::ControlEnded => true,
+            _ => false,
+        };
+        if self.deferred.drain(..).any(|event| answered(&event)) {
+            return;
+        }
+        let answers = &mut self.answers;
         let answered = async {
-            while let Some(event) = inbox.recv().await {
-                match event {
-                    Event::Control(Frame::Pong(pong)) if pong.nonce == nonce => return,
-                    Event::ControlEnded => return,
-                    _ => {}
+            while let Some(event) = next_answer(answers).await {
+                if answered(&event) {
+                    return;
                 }
             }
         };

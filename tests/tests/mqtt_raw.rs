@@ -1,0 +1,226 @@
+//! The MQTT gateway against packets written byte by byte over plain TCP on loopback: what real
+//! clients send that the well-behaved command-line clients of `tests/mqtt.rs` do not (a burst
+//! of publishes without waiting for acknowledgements, a `DISCONNECT` carrying only a reason
+//! code, requests sent before the answers to earlier ones). Needs no third-party client.
+
+use std::time::Duration;
+
+use cassini_broker::BrokerConfig;
+use cassini_e2e::gateway::{connect_v5, Gateway};
+use cassini_e2e::within;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One MQTT packet: its first byte and its body.
+#[derive(Debug, PartialEq, Eq)]
+struct Packet {
+    header: u8,
+    body: Vec<u8>,
+}
+
+impl Packet {
+    fn kind(&self) -> u8 {
+        self.header >> 4
+    }
+
+    /// The packet identifier at the start of a `PUBACK`, `SUBACK` or `UNSUBACK` body.
+    fn packet_id(&self) -> u16 {
+        u16::from_be_bytes([self.body[0], self.body[1]])
+    }
+}
+
+const PUBACK: u8 = 4;
+const SUBACK: u8 = 9;
+const UNSUBACK: u8 = 11;
+
+fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    remaining_length(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+fn string(text: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// An MQTT 5 QoS 1 `PUBLISH` without properties.
+fn publish_qos1(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic, &mut body);
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.push(0); // no properties
+    body.extend_from_slice(payload);
+    packet(0x32, &body)
+}
+
+/// An MQTT 5 `SUBSCRIBE` of `filter` at QoS 1.
+fn subscribe(packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(0); // no properties
+    string(filter, &mut body);
+    body.push(1);
+    packet(0x82, &body)
+}
+
+/// An MQTT 5 `UNSUBSCRIBE` of `filter`.
+fn unsubscribe(packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(0); // no properties
+    string(filter, &mut body);
+    packet(0xA2, &body)
+}
+
+/// An MQTT 5 `CONNECT` for `id` with a clean start, a 60 s keep-alive and a QoS 0 will on
+/// `will_topic`.
+fn connect_v5_with_will(id: &str, will_topic: &str, will: &[u8]) -> Vec<u8> {
+    // Flags: will flag (0x04) and clean start (0x02).
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b0000_0110, 0, 60, 0];
+    string(id, &mut body);
+    body.push(0); // no will properties
+    string(will_topic, &mut body);
+    body.extend_from_slice(&(will.len() as u16).to_be_bytes());
+    body.extend_from_slice(will);
+    packet(0x10, &body)
+}
+
+async fn read_packet(stream: &mut TcpStream) -> Packet {
+    let mut header = [0u8; 1];
+    stream.read_exact(&mut header).await.expect("a packet");
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("its length");
+        len |= usize::from(byte[0] & 0x7F) << shift;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.expect("its body");
+    Packet {
+        header: header[0],
+        body,
+    }
+}
+
+/// A raw MQTT 5 connection past its accepted `CONNACK`.
+async fn connected(gateway: &Gateway, connect: &[u8]) -> TcpStream {
+    let mut raw = TcpStream::connect(gateway.addr).await.expect("connect");
+    raw.write_all(connect).await.expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut raw)).await;
+    assert_eq!(connack.header, 0x20, "CONNACK: {connack:?}");
+    assert_eq!(connack.body.get(1), Some(&0), "accepted: {connack:?}");
+    raw
+}
+
+async fn plaintext_gateway() -> Gateway {
+    Gateway::start_with(BrokerConfig::default(), true).await
+}
+
+#[tokio::test]
+async fn a_burst_of_qos1_publishes_sent_without_waiting_is_acknowledged_in_full() {
+    const BURST: u16 = 3_000;
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("reader").await;
+    let mut subscription = quic.subscribe("burst.>").await.expect("subscribe");
+    let mut raw = connected(&gateway, &connect_v5("burst")).await;
+    // The whole burst in one write, as a client flushing its offline queue does; the
+    // acknowledgements are read only afterwards.
+    let mut burst = Vec::new();
+    for id in 1..=BURST {
+        burst.extend(publish_qos1("burst/x", id, &id.to_be_bytes()));
+    }
+    let (mut read_half, mut write_half) = raw.split();
+    let reading = async {
+        let mut acknowledged = 0u16;
+        while acknowledged < BURST {
+            let mut header = [0u8; 4];
+            read_half.read_exact(&mut header).await.expect("PUBACK");
+            assert_eq!(header[0] >> 4, PUBACK, "{header:?}");
+            acknowledged += 1;
+            assert_eq!(u16::from_be_bytes([header[2], header[3]]), acknowledged);
+            // A PUBACK with reason Success and no properties is 4 bytes; anything longer
+            // would carry a reason code.
+            assert_eq!(header[1], 2, "a plain success: {header:?}");
+        }
+    };
+    let (written, ()) = within("every publish acknowledged", async {
+        tokio::join!(write_half.write_all(&burst), reading)
+    })
+    .await;
+    written.expect("the burst written");
+    for id in 1..=BURST {
+        let message = within("delivery", subscription.next()).await.expect("open");
+        assert_eq!(message.payload().as_ref(), id.to_be_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_disconnect_with_only_a_reason_code_is_a_normal_disconnect_and_keeps_the_will_back() {
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("watcher").await;
+    let mut wills = quic.subscribe("wills.>").await.expect("subscribe");
+    let mut raw = connected(
+        &gateway,
+        &connect_v5_with_will("leaving", "wills/leaving", b"gone"),
+    )
+    .await;
+    // MQTT 5 §3.14.2.1: a DISCONNECT of remaining length 1 holds the reason code alone;
+    // 0x00 is a normal disconnection, which publishes no will. libmosquitto and paho send it.
+    raw.write_all(&[0xE0, 0x01, 0x00])
+        .await
+        .expect("DISCONNECT");
+    let mut rest = Vec::new();
+    within("the gateway closes", raw.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "no DISCONNECT back: {rest:?}");
+    // A will published on the way out would arrive within this time; none may.
+    let published = tokio::time::timeout(Duration::from_millis(500), wills.next()).await;
+    assert!(published.is_err(), "the will was published: {published:?}");
+}
+
+#[tokio::test]
+async fn an_unsubscribe_sent_before_its_subscribes_answer_is_answered_after_it_and_ends_it() {
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("publisher").await;
+    let mut raw = connected(&gateway, &connect_v5("fickle")).await;
+    raw.write_all(&[subscribe(1, "orders/#"), unsubscribe(2, "orders/#")].concat())
+        .await
+        .expect("SUBSCRIBE and UNSUBSCRIBE");
+    let first = within("SUBACK", read_packet(&mut raw)).await;
+    let second = within("UNSUBACK", read_packet(&mut raw)).await;
+    assert_eq!(
+        (first.kind(), first.packet_id()),
+        (SUBACK, 1),
+        "answers in order: {first:?}"
+    );
+    assert_eq!((second.kind(), second.packet_id()), (UNSUBACK, 2));
+    assert_eq!(second.body.get(3), Some(&0), "unsubscribed: {second:?}");
+    gateway.wait_subscriptions("orders.>", |n| n == 0).await;
+    quic.publish("orders.new", "x").await.expect("publish");
+    let delivered = tokio::time::timeout(Duration::from_millis(500), read_packet(&mut raw)).await;
+    assert!(
+        delivered.is_err(),
+        "delivered after the unsubscribe: {delivered:?}"
+    );
+}
