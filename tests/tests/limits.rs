@@ -104,6 +104,51 @@ async fn subscriptions_per_session() {
 }
 
 #[tokio::test]
+async fn a_hello_with_more_positions_than_a_session_holds_subscriptions_is_refused() {
+    use cassini_protocol::{Hello, ResumePosition, PROTOCOL_VERSION};
+
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_subscriptions_per_session: 2,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let position = |subscription| ResumePosition {
+        subscription,
+        last_sequence: 1,
+    };
+    let hello = |positions: Vec<ResumePosition>| Hello {
+        protocol_version: PROTOCOL_VERSION,
+        resume: None,
+        client_name: None,
+        positions,
+        session_name: Some("listed".into()),
+    };
+    let (_endpoint, connection) = broker.raw_connection("lister").await;
+    assert!(
+        raw::send_hello(&connection, hello((1..=3).map(position).collect()))
+            .await
+            .is_none(),
+        "three positions for at most two subscriptions"
+    );
+    assert_eq!(
+        raw::close_of(&connection).await.0,
+        ErrorCode::TOO_MANY_SUBSCRIPTIONS
+    );
+    let (_endpoint, connection) = broker.raw_connection("lister").await;
+    assert!(
+        raw::send_hello(&connection, hello(vec![position(1), position(2)]))
+            .await
+            .is_some(),
+        "as many as a session may hold are welcome"
+    );
+    broker.assert_bystander_unaffected("bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn pending_bytes_per_session() {
     let broker = TestBroker::start_with(
         with_limits(BrokerLimits {

@@ -70,6 +70,14 @@ pub enum BrokerError {
     /// The session holds the most subscriptions it may.
     #[error("session already has the maximum of {0} subscriptions")]
     TooManySubscriptions(u32),
+    /// A `Hello` gave positions for more subscriptions than a session may hold.
+    #[error("Hello lists positions for {listed} subscriptions; a session holds at most {max}")]
+    TooManyPositions {
+        /// Positions listed.
+        listed: usize,
+        /// `limits.max_subscriptions_per_session`.
+        max: u32,
+    },
     /// An unsubscribe named an unknown subscription.
     #[error("no subscription {0} in this session")]
     UnknownSubscription(u64),
@@ -190,7 +198,9 @@ impl BrokerError {
             BrokerError::Memory(MemoryError::PartialFramesLimit { .. }) => {
                 ErrorCode::PARTIAL_FRAMES_LIMIT
             }
-            BrokerError::TooManySubscriptions(_) => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
+            BrokerError::TooManySubscriptions(_) | BrokerError::TooManyPositions { .. } => {
+                ErrorCode::TOO_MANY_SUBSCRIPTIONS
+            }
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,

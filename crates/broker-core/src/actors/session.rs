@@ -603,11 +603,15 @@ impl SessionState {
         }
         self.epoch += 1;
         let (announcements, ended) = announcements();
-        self.ended.retain(|notice| {
-            positions
-                .iter()
-                .any(|position| position.subscription == notice.subscription)
-        });
+        // The first position given for each subscription.
+        let mut last_received = HashMap::with_capacity(positions.len());
+        for position in positions {
+            last_received
+                .entry(position.subscription)
+                .or_insert(position.last_sequence);
+        }
+        self.ended
+            .retain(|notice| last_received.contains_key(&notice.subscription));
         for notice in &self.ended {
             announcements.send(notice.clone());
         }
@@ -615,10 +619,7 @@ impl SessionState {
             // A subscription the client left out: the broker cannot tell what arrived, so it
             // continues as if the client had received nothing; what it no longer holds is
             // announced as a gap instead of lost silently.
-            let last_received = positions
-                .iter()
-                .find(|position| position.subscription == *id)
-                .map_or(0, |position| position.last_sequence);
+            let last_received = last_received.get(id).copied().unwrap_or(0);
             let _ = subscription.subscriber.send_message(SubscriberMsg::Attach {
                 connection: Arc::clone(&connection),
                 last_received: Some(last_received),

@@ -165,6 +165,15 @@ async fn serve(
             tracing::Span::current().record("client", tracing::field::display(&shown));
             shared.registry.set_client_name(connection, shown);
         }
+        // One position per subscription: more is not a client resuming, and each costs the
+        // session's attach a lookup.
+        let max = limits.max_subscriptions_per_session;
+        if hello.positions.len() > usize::try_from(max).unwrap_or(usize::MAX) {
+            return Err(BrokerError::TooManyPositions {
+                listed: hello.positions.len(),
+                max,
+            });
+        }
         let claim = Box::pin(claim_session(shared, connection, &hello)).await?;
         let hold = match claim {
             Some(claimed) => Some(claimed.hold(Arc::clone(connection))?),
