@@ -214,6 +214,78 @@ async fn detached_subscription(
     (welcome.session_id, subscription)
 }
 
+/// A detached session of `name` holding `count` subscriptions to `filter`.
+async fn detached_subscriptions(broker: &TestBroker, name: &str, filter: &str, count: u64) {
+    let (endpoint, connection) = broker.raw_connection(name).await;
+    let (_, mut control, mut answers) = raw::hello(&connection, None).await.expect("hello");
+    let mut buf = BytesMut::new();
+    for request_id in 1..=count {
+        let subscribe = Frame::Subscribe(Subscribe {
+            request_id,
+            filter: filter.into(),
+            options: SubscribeOptions::default(),
+        });
+        control
+            .write_all(&encoded(&subscribe))
+            .await
+            .expect("write");
+        match read_frame(&mut answers, &mut buf).await.expect("answer") {
+            Frame::Subscribed(_) => {}
+            other => panic!("expected Subscribed, got {other:?}"),
+        }
+    }
+    cassini_e2e::raw::vanish(&endpoint, &connection).await;
+    broker
+        .wait_for_stats("subscriber gone", |s| s.connections == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn the_budget_counts_a_queue_entry_per_subscription_a_message_waits_in() {
+    // 1,000 subscriptions of one session to one topic: each tiny publish waits in 1,000
+    // queues. Counted once, 200 of them would take 50 KB of the 4 MiB budget; counted with an
+    // entry per queue, they take some 8 MB, and the budget refuses them long before. (A
+    // subscription needs room for one frame of the largest size, 1.1 MB, to be made.)
+    let budget = 4 * 1024 * 1024;
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_memory_bytes: budget,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    detached_subscriptions(&broker, "hoarder", "fan.x", 1_000).await;
+    let publisher = broker.client("publisher").await;
+    let mut accepted = 0;
+    let refusal = loop {
+        match publisher
+            .publish_acked("fan.x", Bytes::from_static(b"t"))
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(err) => break err,
+        }
+        assert!(accepted < 200, "the budget never refused a publish");
+    };
+    assert!(
+        matches!(
+            refusal,
+            PublishError::Rejected {
+                code: ErrorCode::MEMORY_BUDGET_EXCEEDED,
+                ..
+            }
+        ),
+        "{refusal}"
+    );
+    let memory = broker.broker.memory();
+    assert!(
+        memory.message_bytes >= accepted * 1_000 * 32,
+        "every entry counted: {memory:?} after {accepted} publishes"
+    );
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn headers_count_against_a_detached_subscriptions_byte_bound() {
     let broker = TestBroker::start().await;

@@ -139,7 +139,8 @@ pub struct BrokerLimits {
     /// maximum headers and the longest topic.
     pub max_header_bytes: u32,
     /// The broker-wide memory budget, in bytes: what accepted messages (queued, in flight,
-    /// retained, waiting for the disk, each counted once) and frame buffers may hold together.
+    /// retained, waiting for the disk, each counted once), the queue entries holding them
+    /// (40 bytes in each queue a message waits in) and frame buffers may hold together.
     /// A publish that would go past it is refused with `MEMORY_BUDGET_EXCEEDED`, and so is a
     /// new subscription while it has no room for one frame of `max_frame_bytes`; frame buffers
     /// are refused (`PARTIAL_FRAMES_LIMIT`) only once they alone would fill it. The process

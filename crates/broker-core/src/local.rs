@@ -167,6 +167,7 @@ impl LocalClient {
             subscription: self.next_subscription.fetch_add(1, Ordering::Relaxed) + 1,
         };
         let queue = Arc::new(SubscriptionQueue::new(config.queue.bounds_for(&options)));
+        queue.charge_entries_to(&self.shared.memory);
         let attachment = queue.attach(None);
         queue.set_attached(true);
         let member = RouteMember {

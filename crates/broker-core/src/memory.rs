@@ -94,7 +94,9 @@ impl MemoryBudget {
             .saturating_add(self.frame_buffer_bytes())
     }
 
-    /// Bytes held by accepted messages (queued, in flight, retained, waiting for the disk).
+    /// Bytes held by accepted messages (queued, in flight, retained, waiting for the disk),
+    /// and by the queue entries that hold them (each queue charges its own; see
+    /// `queue::entries`).
     pub fn message_bytes(&self) -> usize {
         self.messages.load(Ordering::Relaxed)
     }
@@ -133,6 +135,17 @@ impl MemoryBudget {
             budget: Some(Arc::clone(self)),
             bytes,
         }
+    }
+
+    /// Counts `bytes` more held by queue entries: whether or not they fit, since the messages
+    /// are already accepted (a full budget refuses the next publish).
+    pub(crate) fn hold_entries(&self, bytes: usize) {
+        self.messages.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` fewer held by queue entries.
+    pub(crate) fn release_entries(&self, bytes: usize) {
+        self.messages.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// The frame-buffer count of `identity`, shared by the readers of all its connections.

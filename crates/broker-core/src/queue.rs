@@ -28,10 +28,13 @@
 //! for good (acknowledged, or dropped by the policy before it was sent). A queue rebuilt from
 //! the store (`SubscriptionQueue::restore`) holds its stored messages as unacknowledged, due
 //! to be sent again, marked redelivered.
+//!
+//! Each queue charges the entries it holds to the broker's memory budget (`entries`), so the
+//! budget bounds what a message offered to many subscriptions costs, not only its bytes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cassini_protocol::{OverflowPolicy, SequenceRange};
@@ -39,6 +42,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::QueueBounds;
+use crate::memory::MemoryBudget;
 use crate::message::PublishedMessage;
 use crate::storage::session_records::InboxSlot;
 use crate::storage::{QueueStore, SessionStore};
@@ -230,6 +234,8 @@ struct State {
     /// Restored from the store and not attached since: the client may stand beyond
     /// `last_sequence` (see [`SubscriptionQueue::attach`]).
     restored: bool,
+    /// Entries charged to the memory budget (see `entries`).
+    charged_entries: usize,
 }
 
 /// A bounded multi-producer, single-consumer queue with an overflow policy.
@@ -257,6 +263,8 @@ pub struct SubscriptionQueue {
     /// When the subscription was made (for a resend through another node: a subscription made
     /// after the first copy was handed out never had it).
     created_at: std::time::Instant,
+    /// The budget its entries are charged to, once the broker gave it one.
+    budget: OnceLock<Arc<MemoryBudget>>,
 }
 
 impl SubscriptionQueue {
@@ -281,6 +289,7 @@ impl SubscriptionQueue {
                 closed: None,
                 attachment: 0,
                 restored: false,
+                charged_entries: 0,
                 acks: bounds.acks.map(|acks| AckState {
                     max_in_flight: acks.max_in_flight.max(1),
                     timeout: acks.timeout,
@@ -297,6 +306,7 @@ impl SubscriptionQueue {
             progress: OnceLock::new(),
             overflow_reported: AtomicBool::new(false),
             created_at: std::time::Instant::now(),
+            budget: OnceLock::new(),
         }
     }
 
@@ -438,12 +448,24 @@ impl SubscriptionQueue {
         self.bounds
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Charges the entries this queue holds, from now on, to `budget`. Once: a later budget
+    /// is ignored.
+    pub(crate) fn charge_entries_to(&self, budget: &Arc<MemoryBudget>) {
+        if self.budget.set(Arc::clone(budget)).is_ok() {
+            drop(self.lock());
+        }
+    }
+
+    fn lock(&self) -> entries::Locked<'_> {
         // A panic while holding this lock cannot leave the queue inconsistent (every mutation
         // is a few field updates), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        entries::Locked {
+            state: self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            budget: self.budget.get().map(Arc::as_ref),
+        }
     }
 
     /// Offers a message. Never waits.
@@ -539,7 +561,7 @@ impl SubscriptionQueue {
     /// Closes a queue whose sequence numbers are used up (only reachable from a stored or
     /// claimed position near `u64::MAX`): the subscription ends as if it overflowed under
     /// `Close`, so no sequence is ever reused.
-    fn exhausted(&self, mut state: MutexGuard<'_, State>) -> PushOutcome {
+    fn exhausted(&self, mut state: entries::Locked<'_>) -> PushOutcome {
         state.closed = Some(CloseReason::Overflow);
         drop(state);
         self.ready.notify_one();
@@ -883,5 +905,18 @@ impl SubscriptionQueue {
     }
 }
 
+impl Drop for SubscriptionQueue {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.get() {
+            let state = self
+                .state
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            entries::release_all(state, budget);
+        }
+    }
+}
+
+mod entries;
 #[cfg(test)]
 mod tests;

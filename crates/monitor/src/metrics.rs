@@ -374,7 +374,7 @@ pub(crate) async fn render(state: &State) -> Result<String, String> {
     gauge(
         r,
         "memory_message_bytes",
-        "Bytes held by accepted messages (queued, in flight, retained), each counted once",
+        "Bytes held by accepted messages (queued, in flight, retained), each counted once, and by the queue entries holding them",
         memory.message_bytes as u64,
     );
     gauge(

@@ -372,6 +372,7 @@ impl SessionState {
             bounds,
             self.queue_store(subscription),
         ));
+        queue.charge_entries_to(&self.shared.memory);
         self.starting.insert(
             subscription,
             Reservation {
@@ -523,6 +524,7 @@ impl SessionState {
             recovered.last_sequence,
             recovered.messages,
         ));
+        queue.charge_entries_to(&self.shared.memory);
         if taken_up {
             queue.lost_before_arrival(1);
         }

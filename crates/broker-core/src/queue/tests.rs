@@ -490,3 +490,60 @@ async fn an_attachment_with_messages_due_again_announces_no_gap_before_them() {
     );
     assert_eq!(q.take_route_lost(), vec![(6, 6)], "announced after them");
 }
+
+fn charged_queue(
+    queue: SubscriptionQueue,
+) -> (SubscriptionQueue, Arc<crate::memory::MemoryBudget>) {
+    let budget = Arc::new(crate::memory::MemoryBudget::new(1 << 30, 1 << 20));
+    queue.charge_entries_to(&budget);
+    (queue, budget)
+}
+
+#[tokio::test]
+async fn a_queue_charges_the_entries_it_holds_in_steps_and_gives_them_back() {
+    use super::entries::{ENTRY_BYTES, STEP};
+    let (q, budget) = charged_queue(queue(1_000, OverflowPolicy::DropOldest));
+    assert_eq!(budget.used(), 0, "an empty queue holds nothing");
+    for _ in 0..100 {
+        q.push(&message(1));
+    }
+    assert_eq!(
+        budget.used(),
+        100_usize.next_multiple_of(STEP) * ENTRY_BYTES,
+        "100 entries, counted up to the next step"
+    );
+    drain(&q).await;
+    assert_eq!(budget.used(), 0, "an emptied queue gives everything back");
+    q.push(&message(1));
+    assert_eq!(budget.used(), STEP * ENTRY_BYTES);
+    drop(q);
+    assert_eq!(budget.used(), 0, "a dropped queue gives everything back");
+}
+
+#[tokio::test]
+async fn entries_in_flight_count_until_acknowledged() {
+    use super::entries::{ENTRY_BYTES, STEP};
+    let (q, budget) = charged_queue(at_least_once(1_000, 100));
+    for _ in 0..40 {
+        q.push(&message(1));
+    }
+    let (sequences, _) = drain(&q).await;
+    assert_eq!(sequences.len(), 40);
+    assert_eq!(
+        budget.used(),
+        40_usize.next_multiple_of(STEP) * ENTRY_BYTES,
+        "handed to the writer, not yet acknowledged: still held"
+    );
+    q.ack(&[SequenceRange { from: 1, to: 40 }]);
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_under_drop_oldest_holds_no_more_than_its_bound() {
+    use super::entries::{ENTRY_BYTES, STEP};
+    let (q, budget) = charged_queue(queue(10, OverflowPolicy::DropOldest));
+    for _ in 0..1_000 {
+        q.push(&message(1));
+    }
+    assert_eq!(budget.used(), STEP * ENTRY_BYTES, "ten entries held");
+}
