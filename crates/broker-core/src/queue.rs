@@ -189,6 +189,10 @@ struct AckState {
     unacked_bytes: usize,
     /// Unacknowledged sequences due to be handed out again.
     due: BTreeSet<u64>,
+    /// No message in flight falls due before this (it may be earlier than the first that
+    /// does: an acknowledgement does not move it); `None`: none in flight is waiting to.
+    /// Spares [`AckState::expire`] its look at every message in flight on every wake-up.
+    next_due: Option<Instant>,
 }
 
 impl AckState {
@@ -198,8 +202,13 @@ impl AckState {
     }
 
     /// Marks every message sent before `now - timeout` as due; returns the earliest time a
-    /// message still in flight falls due.
+    /// message still in flight may fall due.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
+        match self.next_due {
+            None => return None,
+            Some(next_due) if next_due > now => return Some(next_due),
+            Some(_) => {}
+        }
         let mut next = None::<Instant>;
         for (sequence, in_flight) in &self.unacked {
             if self.due.contains(sequence) {
@@ -212,7 +221,14 @@ impl AckState {
                 next = Some(next.map_or(deadline, |next| next.min(deadline)));
             }
         }
+        self.next_due = next;
         next
+    }
+
+    /// A message handed out at `now` falls due at `now + timeout`.
+    fn sent(&mut self, now: Instant) {
+        let due = now + self.timeout;
+        self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
     }
 }
 
@@ -296,6 +312,7 @@ impl SubscriptionQueue {
                     unacked: BTreeMap::new(),
                     unacked_bytes: 0,
                     due: BTreeSet::new(),
+                    next_due: None,
                 }),
             }),
             ready: Notify::new(),
@@ -660,9 +677,11 @@ impl SubscriptionQueue {
                         };
                         if let Some(in_flight) = acks.unacked.get_mut(&sequence) {
                             in_flight.sent_at = now;
+                            let message = Arc::clone(&in_flight.message);
+                            acks.sent(now);
                             batch.push(Queued {
                                 sequence,
-                                message: Arc::clone(&in_flight.message),
+                                message,
                                 redelivered: true,
                                 queued_at: Some(now),
                             });
@@ -694,6 +713,7 @@ impl SubscriptionQueue {
                                 sent_at: now,
                             },
                         );
+                        acks.sent(now);
                         if wake_at.is_none() {
                             wake_at = Some(now + acks.timeout);
                         }

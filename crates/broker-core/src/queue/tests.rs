@@ -300,6 +300,44 @@ async fn an_unacknowledged_message_is_sent_again_after_the_ack_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn messages_handed_out_at_different_times_fall_due_each_at_its_own_time() {
+    let q = at_least_once(100, 10);
+    let attachment = q.attach(None);
+    let wait = |secs| Duration::from_secs(secs);
+    q.push(&message(1));
+    assert_eq!(
+        next_batch(&q, &attachment, wait(1)).await,
+        Some(vec![(1, false)])
+    );
+    tokio::time::advance(wait(10)).await;
+    q.push(&message(1));
+    assert_eq!(
+        next_batch(&q, &attachment, wait(1)).await,
+        Some(vec![(2, false)])
+    );
+    // Sent at 0 s and 10 s, with a 30 s timeout.
+    assert_eq!(
+        next_batch(&q, &attachment, wait(21)).await,
+        Some(vec![(1, true)]),
+        "the first at 30 s"
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, wait(11)).await,
+        Some(vec![(2, true)]),
+        "the second at 40 s"
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, wait(19)).await,
+        None,
+        "the first again only 30 s after it was sent again"
+    );
+    assert_eq!(
+        next_batch(&q, &attachment, wait(2)).await,
+        Some(vec![(1, true)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_overflow_policy_never_drops_a_message_in_flight() {
     let q = at_least_once(2, 2);
     let first = q.attach(None);
