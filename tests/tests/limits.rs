@@ -104,6 +104,40 @@ async fn subscriptions_per_session() {
 }
 
 #[tokio::test]
+async fn subscriptions_per_identity_over_all_its_sessions() {
+    let broker = TestBroker::start_with(
+        with_limits(BrokerLimits {
+            max_subscriptions_per_identity: 3,
+            ..BrokerLimits::default()
+        }),
+        ServerOptions::default(),
+    )
+    .await;
+    let first = broker.client("fleet").await;
+    let second = broker.client("fleet").await;
+    let mut a = first.subscribe("a").await.expect("first");
+    let _b = first.subscribe("b").await.expect("second");
+    let _c = second
+        .subscribe("c")
+        .await
+        .expect("third, in another session");
+    assert_eq!(
+        request_code(second.subscribe("d").await),
+        ErrorCode::TOO_MANY_SUBSCRIPTIONS
+    );
+    a.unsubscribe().await.expect("unsubscribe");
+    let _d = second.subscribe("d").await.expect("room again");
+    first.close().await.expect("close");
+    // The closed session ends, and gives its part back, as the broker handles the goodbye.
+    let _e = eventually("the closed session's part given back", || async {
+        second.subscribe("e").await.ok()
+    })
+    .await;
+    broker.assert_bystander_unaffected("bystander").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_hello_with_more_positions_than_a_session_holds_subscriptions_is_refused() {
     use cassini_protocol::{Hello, ResumePosition, PROTOCOL_VERSION};
 

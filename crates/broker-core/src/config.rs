@@ -84,6 +84,9 @@ pub struct BrokerLimits {
     pub max_frame_bytes: u32,
     /// Most subscriptions per session.
     pub max_subscriptions_per_session: u32,
+    /// Most subscriptions one certificate identity may hold over all its sessions; one more is
+    /// refused with `TOO_MANY_SUBSCRIPTIONS`.
+    pub max_subscriptions_per_identity: u32,
     /// Topic name and filter bounds.
     pub topics: TopicLimits,
     /// Most simultaneous connections; further ones are closed with `TOO_MANY_CONNECTIONS`.
@@ -163,6 +166,7 @@ impl Default for BrokerLimits {
             max_payload_bytes: 1024 * 1024,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_subscriptions_per_session: 1024,
+            max_subscriptions_per_identity: 65_536,
             topics: TopicLimits::default(),
             max_connections: 100_000,
             max_connections_per_identity: 1024,

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) events: EventSink,
     /// Messages and bytes per topic, for monitoring.
     pub(crate) traffic: TopicTraffic,
+    /// Each identity's subscriptions over all its sessions.
+    pub(crate) subscriptions: Arc<crate::actors::session::per_identity::SubscriptionCounts>,
 }
 
 impl Shared {

@@ -70,6 +70,9 @@ pub enum BrokerError {
     /// The session holds the most subscriptions it may.
     #[error("session already has the maximum of {0} subscriptions")]
     TooManySubscriptions(u32),
+    /// The identity holds the most subscriptions it may over all its sessions.
+    #[error("the identity already holds the maximum of {0} subscriptions over its sessions")]
+    TooManySubscriptionsForIdentity(u32),
     /// A `Hello` gave positions for more subscriptions than a session may hold.
     #[error("Hello lists positions for {listed} subscriptions; a session holds at most {max}")]
     TooManyPositions {
@@ -198,9 +201,9 @@ impl BrokerError {
             BrokerError::Memory(MemoryError::PartialFramesLimit { .. }) => {
                 ErrorCode::PARTIAL_FRAMES_LIMIT
             }
-            BrokerError::TooManySubscriptions(_) | BrokerError::TooManyPositions { .. } => {
-                ErrorCode::TOO_MANY_SUBSCRIPTIONS
-            }
+            BrokerError::TooManySubscriptions(_)
+            | BrokerError::TooManySubscriptionsForIdentity(_)
+            | BrokerError::TooManyPositions { .. } => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,

@@ -42,6 +42,7 @@
 //! member chosen is left out as a plain one would be (docs/CLUSTERING.md, "Retained values and
 //! the dedupe window").
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
@@ -203,16 +204,21 @@ pub struct RouteMembers {
 impl RouteMembers {
     fn build(members: &[RouteMember]) -> Self {
         let mut built = RouteMembers::default();
+        // Each group's place in `groups`: one lookup per member, however many groups there are.
+        let mut places: HashMap<&Arc<str>, usize> = HashMap::new();
         for member in members {
             match &member.group {
                 None => built.plain.push(member.clone()),
-                Some(name) => match built.groups.iter_mut().find(|g| &g.name == name) {
-                    Some(group) => group.members.push(member.clone()),
-                    None => built.groups.push(QueueGroup {
-                        name: Arc::clone(name),
-                        members: vec![member.clone()],
-                        next: AtomicUsize::new(0),
-                    }),
+                Some(name) => match places.get(name) {
+                    Some(&place) => built.groups[place].members.push(member.clone()),
+                    None => {
+                        places.insert(name, built.groups.len());
+                        built.groups.push(QueueGroup {
+                            name: Arc::clone(name),
+                            members: vec![member.clone()],
+                            next: AtomicUsize::new(0),
+                        });
+                    }
                 },
             }
         }

@@ -22,6 +22,7 @@
 //! answered in order, as its driver asks one at a time.
 
 mod inbox;
+pub(crate) mod per_identity;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -234,6 +235,8 @@ pub(crate) struct SessionState {
     /// Deliveries from other nodes queued here whose removal from the records is not
     /// applied yet ([`inbox`]).
     inbox_queued: HashSet<InboxSlot>,
+    /// This session's part of its identity's subscriptions ([`per_identity`]).
+    identity_subscriptions: per_identity::IdentitySubscriptions,
 }
 
 /// A subscription on its way to being started.
@@ -242,6 +245,14 @@ struct Reservation {
     bytes: usize,
     /// Set when its subscriber ended before the session took it (why).
     ended: Option<String>,
+}
+
+impl SessionState {
+    /// Brings the identity's count up to date with the subscriptions this session holds.
+    fn recount(&mut self) {
+        let held = self.subscriptions.len() + self.starting.len();
+        self.identity_subscriptions.recount(held);
+    }
 }
 
 impl Drop for SessionState {
@@ -341,6 +352,9 @@ impl SessionState {
         if self.subscriptions.len() + self.starting.len() >= max as usize {
             return Err(BrokerError::TooManySubscriptions(max));
         }
+        // Given back by the next recount if the subscription is not made after all.
+        self.identity_subscriptions
+            .reserve(config.limits.max_subscriptions_per_identity)?;
         let bounds = config.queue.bounds_for(&options);
         let reserved = self
             .subscriptions
@@ -818,7 +832,9 @@ impl Actor for Session {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         tracing::debug!(session = %args.id, identity = %args.identity, "session started");
+        let identity_subscriptions = args.shared.subscriptions.for_identity(&args.identity);
         let mut state = SessionState {
+            identity_subscriptions,
             id: args.id,
             identity: args.identity,
             name: args.name,
@@ -857,6 +873,7 @@ impl Actor for Session {
                 tracing::error!(session = %state.id, subscription = id, %err, "a stored subscription could not be restored");
             }
         }
+        state.recount();
         myself.send_after(expires_in, || SessionMsg::Expire { epoch: 0 });
         // What other nodes delivered while no node served it comes after what it stored.
         let _ = myself.send_message(SessionMsg::DrainInbox);
@@ -1032,6 +1049,7 @@ impl Actor for Session {
             SessionMsg::DrainInbox => state.drain_inbox(),
             SessionMsg::Announce(notice) => state.announce(notice),
         }
+        state.recount();
         Ok(())
     }
 }

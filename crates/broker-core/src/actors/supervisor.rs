@@ -108,6 +108,7 @@ impl Actor for Supervisor {
             dedupe,
             storage,
             registry: Arc::default(),
+            subscriptions: Arc::default(),
         });
         let managers = SessionManagers {
             topics,

@@ -79,6 +79,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "limits.max_payload_bytes", doc: "Largest publish payload; larger publishes are refused with PAYLOAD_TOO_LARGE. Must leave room for headers below max_frame_bytes." },
     KeyDoc { path: "limits.max_frame_bytes", doc: "Largest frame body; a larger declared length closes the connection before any allocation. Bounds one stream's read buffer. With cluster `members`, at most 32 MiB (messages travel in Raft entries)." },
     KeyDoc { path: "limits.max_subscriptions_per_session", doc: "Most subscriptions one session may hold." },
+    KeyDoc { path: "limits.max_subscriptions_per_identity", doc: "Most subscriptions one certificate identity may hold over all its sessions (MQTT clients' too); one more is refused with TOO_MANY_SUBSCRIPTIONS." },
     KeyDoc { path: "limits.max_topic_bytes", doc: "Longest topic name or filter, in bytes." },
     KeyDoc { path: "limits.max_topic_depth", doc: "Most dot-separated tokens in a topic name or filter." },
     KeyDoc { path: "limits.max_connections", doc: "Most simultaneous connections; further ones are closed with TOO_MANY_CONNECTIONS." },
