@@ -295,6 +295,45 @@ impl TestBroker {
     pub async fn stop(self) {
         shut_down(self.broker, self.server, self.serve_task).await;
     }
+
+    /// Shuts the broker down, keeping its address and certificates to start it again: what a
+    /// client sees of a broker that is not there yet.
+    pub async fn stop_for_now(self) -> StoppedBroker {
+        shut_down(self.broker, self.server, self.serve_task).await;
+        StoppedBroker {
+            addr: self.addr,
+            pki: self.pki,
+        }
+    }
+}
+
+/// A broker stopped by [`TestBroker::stop_for_now`].
+pub struct StoppedBroker {
+    /// Where it listened, and will again.
+    pub addr: SocketAddr,
+    pki: Pki,
+}
+
+impl StoppedBroker {
+    /// A client builder for `name`, as [`TestBroker::client_builder`].
+    pub fn client_builder(&self, name: &str) -> ClientBuilder {
+        let (chain, key) = identity_of(&self.pki.client(name));
+        Client::builder(self.addr)
+            .ca_certs(self.pki.ca_certs())
+            .identity(chain, key)
+            .server_name("localhost")
+    }
+
+    /// Starts it again with the default configuration, on the same address.
+    pub async fn start(self) -> TestBroker {
+        TestBroker::start_on(
+            self.addr,
+            self.pki,
+            BrokerConfig::default(),
+            ServerOptions::default(),
+        )
+        .await
+    }
 }
 
 async fn shut_down(broker: BrokerHandle, server: Arc<QuicServer>, serve_task: JoinHandle<()>) {

@@ -386,3 +386,54 @@ async fn a_goodbye_whose_closing_reply_is_lost_still_closes_cleanly() {
     assert!(closed.is_ok(), "close after a heard goodbye: {closed:?}");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_first_connect_told_to_retry_waits_for_a_broker_that_starts_later() {
+    let stopped = TestBroker::start().await.stop_for_now().await;
+    assert!(
+        stopped.client_builder("early").connect().await.is_err(),
+        "by default, a broker that is not there fails the first connect"
+    );
+    let connecting = tokio::spawn(
+        stopped
+            .client_builder("early")
+            .retry_first_connect(true)
+            .connect(),
+    );
+    let broker = stopped.start().await;
+    let client = within("connected once the broker is up", connecting)
+        .await
+        .expect("the connecting task")
+        .expect("connected");
+    let mut subscription = client.subscribe("early.x").await.expect("subscribe");
+    client.publish("early.x", "hello").await.expect("publish");
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(message.payload().as_ref(), b"hello");
+    client.close().await.expect("close");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_connect_told_to_retry_still_fails_at_once_on_a_refused_certificate() {
+    let broker = TestBroker::start().await;
+    let stranger = cassini_e2e::Pki::new();
+    let (chain, key) = cassini_e2e::identity_of(&stranger.client("stranger"));
+    let refused = within(
+        "a refusal that would only repeat is not retried",
+        Client::builder(broker.addr)
+            .ca_certs(broker.pki.ca_certs())
+            .identity(chain, key)
+            .server_name("localhost")
+            .retry_first_connect(true)
+            .connect(),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(cassini_client::ConnectionError::Certificate { .. })
+        ),
+        "{refused:?}"
+    );
+    broker.stop().await;
+}

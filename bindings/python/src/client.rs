@@ -60,7 +60,7 @@ fn overflow_policy(name: &str) -> PyResult<OverflowPolicy> {
     address, *, ca=None, cert=None, key=None, cert_dir=None, name=None, server_name=None,
     client_name=None, session_name=None, resume_session=None, reconnect=true,
     reconnect_give_up_after=None, connect_timeout=None, subscription_buffer=None,
-    ack_timeout=None,
+    ack_timeout=None, retry_first_connect=false,
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect<'py>(
@@ -80,6 +80,7 @@ pub(crate) fn connect<'py>(
     connect_timeout: Option<f64>,
     subscription_buffer: Option<usize>,
     ack_timeout: Option<f64>,
+    retry_first_connect: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = Client::builder(address);
     if let Some(dir) = cert_dir {
@@ -113,7 +114,9 @@ pub(crate) fn connect<'py>(
     if let Some(after) = reconnect_give_up_after {
         policy.give_up_after = Some(seconds(after, "reconnect_give_up_after")?);
     }
-    builder = builder.reconnect(policy);
+    builder = builder
+        .reconnect(policy)
+        .retry_first_connect(retry_first_connect);
     if let Some(timeout) = connect_timeout {
         builder = builder.connect_timeout(seconds(timeout, "connect_timeout")?);
     }

@@ -67,6 +67,7 @@ async def connect(
     connect_timeout: Optional[float] = None,
     subscription_buffer: Optional[int] = None,
     ack_timeout: Optional[float] = None,
+    retry_first_connect: bool = False,
 ) -> "Client":
     """Connects to the broker over QUIC with mutual TLS.
 
@@ -79,7 +80,8 @@ async def connect(
     session a stable name for this identity and `resume_session` resumes a known session id:
     a later process takes its subscriptions up (see `Client.leave`). With `reconnect` (the
     default) a lost connection is reconnected and the session resumed; `state_changes()`
-    reports each step.
+    reports each step. With `retry_first_connect` the first connection is tried again, on the
+    same schedule, while it fails for a reason that may pass (a broker not there yet).
     """
     addresses = [address] if isinstance(address, str) else list(address)
     native = await _native.connect(
@@ -88,6 +90,7 @@ async def connect(
         resume_session=resume_session, reconnect=reconnect,
         reconnect_give_up_after=reconnect_give_up_after, connect_timeout=connect_timeout,
         subscription_buffer=subscription_buffer, ack_timeout=ack_timeout,
+        retry_first_connect=retry_first_connect,
     )
     return Client(native)
 

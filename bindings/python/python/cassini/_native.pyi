@@ -106,6 +106,7 @@ def connect(
     connect_timeout: Optional[float] = ...,
     subscription_buffer: Optional[int] = ...,
     ack_timeout: Optional[float] = ...,
+    retry_first_connect: bool = ...,
 ) -> Awaitable[NativeClient]: ...
 
 class NativeClient:

@@ -21,6 +21,7 @@ use crate::client::{Client, ClientSettings};
 use crate::connect::broker_address::BrokerAddress;
 use crate::connect::cluster_addresses::ClusterAddresses;
 use crate::connect::connector::Connector;
+use crate::connect::first_connect;
 use crate::connect::liveness::Liveness;
 use crate::connect::reconnect_policy::{classify, Loss, ReconnectPolicy};
 use crate::error::ConnectionError;
@@ -91,6 +92,8 @@ pub struct ClientBuilder {
     publish_lane_buffer: usize,
     /// Whether and how to reconnect.
     reconnect: ReconnectPolicy,
+    /// Whether `connect` tries the first connection again while it fails.
+    retry_first_connect: bool,
     /// How a broker that stopped answering is noticed.
     liveness: Liveness,
     /// Publishes kept while reconnecting.
@@ -130,6 +133,7 @@ impl fmt::Debug for ClientBuilder {
             .field("max_publish_lanes", &self.max_publish_lanes)
             .field("publish_lane_buffer", &self.publish_lane_buffer)
             .field("reconnect", &self.reconnect)
+            .field("retry_first_connect", &self.retry_first_connect)
             .field("liveness", &self.liveness)
             .field("outbound_buffer", &self.outbound_buffer)
             .field("ack_timeout", &self.ack_timeout)
@@ -167,6 +171,7 @@ impl ClientBuilder {
             max_publish_lanes: 64,
             publish_lane_buffer: 256,
             reconnect: ReconnectPolicy::default(),
+            retry_first_connect: false,
             liveness: Liveness::default(),
             outbound_buffer: OutboundBuffer::default(),
             ack_timeout: Duration::from_secs(60),
@@ -331,6 +336,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether [`ClientBuilder::connect`] tries the first connection again while it fails for
+    /// a reason that may pass (nothing listens yet, no answer, a broker that is starting or
+    /// stopping), on the reconnect policy's schedule and until its `give_up_after`, as NATS
+    /// clients' `retry_on_failed_connect` does; each attempt is bounded by `connect_timeout`.
+    /// A refusal that would only repeat (the broker refused the certificate, a bad setting)
+    /// still fails at once, as does everything with the reconnect policy disabled. Default:
+    /// off, so that a person or a script waiting on `connect` hears of a broker that is not
+    /// there within `connect_timeout`.
+    pub fn retry_first_connect(mut self, retry: bool) -> Self {
+        self.retry_first_connect = retry;
+        self
+    }
+
     /// How the client notices a broker that stopped answering: see [`Liveness`]. Default:
     /// [`Liveness::Auto`], which pings every 500 ms and counts the connection as lost after
     /// 1.5 s without an answer when the client knows more than one broker address (given, or
@@ -373,7 +391,8 @@ impl ClientBuilder {
     ///
     /// A certificate the broker refuses fails here with [`ConnectionError::Certificate`], a broker
     /// certificate this client does not trust with [`ConnectionError::BrokerCertificate`]. This
-    /// first connection is not retried: reconnecting starts once a session exists.
+    /// first connection is tried once, within `connect_timeout`, unless
+    /// [`ClientBuilder::retry_first_connect`] is on; reconnecting starts once a session exists.
     pub async fn connect(self) -> Result<Client, ConnectionError> {
         let connect_timeout = self.connect_timeout;
         let address = self.address.clone();
@@ -384,39 +403,53 @@ impl ClientBuilder {
         let resume = self.resume.filter(|_| session_name.is_none());
         let quic = self.quic.clone();
         let shown_address = self.address.to_string();
+        let retry =
+            Some(self.reconnect).filter(|policy| self.retry_first_connect && policy.enabled);
         let prepared = self.prepare()?;
-        let connecting = async {
-            let remotes = address.resolve_all().await?;
-            let bind = bind_address.unwrap_or_else(|| unspecified_for(&remotes));
-            let endpoint = bind_client_layered(bind, prepared.tls, &quic, socket_layer.as_ref())?;
-            let connector = Connector {
-                endpoint,
-                address,
-                server_name: prepared.server_name,
-                client_name,
-                session_name,
-                connect_timeout,
-                cluster: ClusterAddresses::default(),
-                answered: Arc::default(),
+        let attempt = || {
+            let (address, client_name, session_name) =
+                (address.clone(), client_name.clone(), session_name.clone());
+            let (tls, server_name) = (prepared.tls.clone(), prepared.server_name.clone());
+            let (quic, socket_layer, shown_address) = (&quic, &socket_layer, &shown_address);
+            let connecting = async move {
+                let remotes = address.resolve_all().await?;
+                let bind = bind_address.unwrap_or_else(|| unspecified_for(&remotes));
+                let endpoint = bind_client_layered(bind, tls, quic, socket_layer.as_ref())?;
+                let connector = Connector {
+                    endpoint,
+                    address,
+                    server_name,
+                    client_name,
+                    session_name,
+                    connect_timeout,
+                    cluster: ClusterAddresses::default(),
+                    answered: Arc::default(),
+                };
+                let mut first = connector.connect(resume, Vec::new(), true, None).await;
+                if let (Some(id), Err(error)) = (resume, &first) {
+                    if classify(error) == Loss::SessionLost {
+                        tracing::warn!(session = %id, "the broker does not know the session to resume; starting a new one");
+                        first = connector.connect(None, Vec::new(), true, None).await;
+                    }
+                }
+                match first {
+                    Ok(established) => Ok((connector, established)),
+                    Err(error) => {
+                        connector.endpoint.close(0u32.into(), b"");
+                        Err(error)
+                    }
+                }
             };
-            let mut first = connector.connect(resume, Vec::new(), true, None).await;
-            if let (Some(id), Err(error)) = (resume, &first) {
-                if classify(error) == Loss::SessionLost {
-                    tracing::warn!(session = %id, "the broker does not know the session to resume; starting a new one");
-                    first = connector.connect(None, Vec::new(), true, None).await;
-                }
-            }
-            match first {
-                Ok(established) => Ok((connector, established)),
-                Err(error) => {
-                    connector.endpoint.close(0u32.into(), b"");
-                    Err(error)
-                }
+            async move {
+                timeout(connect_timeout, connecting).await.map_err(|_| {
+                    crate::connect::connector::no_answer(shown_address, connect_timeout)
+                })?
             }
         };
-        let (connector, established) = timeout(connect_timeout, connecting)
-            .await
-            .map_err(|_| crate::connect::connector::no_answer(&shown_address, connect_timeout))??;
+        let (connector, established) = match retry {
+            None => attempt().await?,
+            Some(policy) => first_connect::retried(policy, attempt).await?,
+        };
         Ok(Client::start(connector, established, prepared.client))
     }
 

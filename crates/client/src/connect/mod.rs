@@ -9,6 +9,7 @@ pub(crate) mod connection_state;
 pub(crate) mod connector;
 pub(crate) mod control;
 pub(crate) mod disconnect;
+pub(crate) mod first_connect;
 pub(crate) mod framed;
 pub(crate) mod link;
 pub(crate) mod liveness;

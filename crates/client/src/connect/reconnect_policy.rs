@@ -181,7 +181,8 @@ pub(crate) fn classify(error: &ConnectionError) -> Loss {
             | ErrorCode::FRAME_TOO_LARGE
             | ErrorCode::UNSUPPORTED_VERSION
             | ErrorCode::SESSION_IDENTITY_MISMATCH
-            | ErrorCode::INVALID_SESSION_NAME => refused(),
+            | ErrorCode::INVALID_SESSION_NAME
+            | ErrorCode::TOO_MANY_SUBSCRIPTIONS => refused(),
             _ => Loss::Retry,
         },
         ConnectionError::Certificate { .. }
