@@ -87,17 +87,45 @@ fn unsubscribe(packet_id: u16, filter: &str) -> Vec<u8> {
     packet(0xA2, &body)
 }
 
-/// An MQTT 5 `CONNECT` for `id` with a clean start, a 60 s keep-alive and a QoS 0 will on
+/// An MQTT 5 `CONNECT` for `id` with a clean start, a 60 s keep-alive and a will of `qos` on
 /// `will_topic`.
-fn connect_v5_with_will(id: &str, will_topic: &str, will: &[u8]) -> Vec<u8> {
-    // Flags: will flag (0x04) and clean start (0x02).
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b0000_0110, 0, 60, 0];
+fn connect_v5_with_will_qos(id: &str, will_topic: &str, will: &[u8], qos: u8) -> Vec<u8> {
+    // Flags: the will's QoS (bits 3-4), will flag (0x04) and clean start (0x02).
+    let flags = 0b0000_0110 | (qos << 3);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 60, 0];
     string(id, &mut body);
     body.push(0); // no will properties
     string(will_topic, &mut body);
     body.extend_from_slice(&(will.len() as u16).to_be_bytes());
     body.extend_from_slice(will);
     packet(0x10, &body)
+}
+
+/// An MQTT 5 `CONNECT` for `id` with a QoS 0 will on `will_topic`.
+fn connect_v5_with_will(id: &str, will_topic: &str, will: &[u8]) -> Vec<u8> {
+    connect_v5_with_will_qos(id, will_topic, will, 0)
+}
+
+/// An MQTT 5 `CONNECT` for `id` announcing a Receive Maximum of `receive_maximum`.
+fn connect_v5_with_receive_maximum(id: &str, receive_maximum: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b0000_0010, 0, 60];
+    body.push(3); // properties: Receive Maximum (0x21) and its two bytes
+    body.push(0x21);
+    body.extend_from_slice(&receive_maximum.to_be_bytes());
+    string(id, &mut body);
+    packet(0x10, &body)
+}
+
+/// The `CONNACK` answering `connect`, then the end of the connection.
+async fn refused_connack(gateway: &Gateway, connect: &[u8]) -> Packet {
+    let mut raw = TcpStream::connect(gateway.addr).await.expect("connect");
+    raw.write_all(connect).await.expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut raw)).await;
+    let mut rest = Vec::new();
+    within("the gateway closes", raw.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    connack
 }
 
 async fn read_packet(stream: &mut TcpStream) -> Packet {
@@ -223,4 +251,28 @@ async fn an_unsubscribe_sent_before_its_subscribes_answer_is_answered_after_it_a
         delivered.is_err(),
         "delivered after the unsubscribe: {delivered:?}"
     );
+}
+
+#[tokio::test]
+async fn an_mqtt5_connect_breaking_a_rule_is_refused_with_its_reason() {
+    let gateway = plaintext_gateway().await;
+    // CONNACK body: session present flag, reason code, properties.
+    let zero_window = refused_connack(&gateway, &connect_v5_with_receive_maximum("zero", 0)).await;
+    assert_eq!(
+        (zero_window.header, zero_window.body.get(1)),
+        (0x20, Some(&0x82)),
+        "a Receive Maximum of 0: Protocol error, {zero_window:?}"
+    );
+    let qos2_will = refused_connack(
+        &gateway,
+        &connect_v5_with_will_qos("exact", "wills/exact", b"gone", 2),
+    )
+    .await;
+    assert_eq!(
+        (qos2_will.header, qos2_will.body.get(1)),
+        (0x20, Some(&0x9B)),
+        "a QoS 2 will where the maximum is 1: QoS not supported, {qos2_will:?}"
+    );
+    let fine = connected(&gateway, &connect_v5_with_receive_maximum("some", 10)).await;
+    drop(fine);
 }

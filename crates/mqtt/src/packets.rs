@@ -547,6 +547,10 @@ pub enum ConnectCode {
     Unavailable,
     /// The `CONNECT` was malformed.
     Malformed,
+    /// MQTT 5: the `CONNECT` broke a rule (a Receive Maximum of 0).
+    ProtocolError,
+    /// MQTT 5: the will asks for QoS 2, above the maximum QoS 1.
+    QosNotSupported,
 }
 
 /// What a `CONNACK` announces besides its code.
@@ -712,7 +716,9 @@ impl Encoder {
                     ConnectCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
                     ConnectCode::QuotaExceeded
                     | ConnectCode::Unavailable
-                    | ConnectCode::Malformed => v4::ConnectReturnCode::ServiceUnavailable,
+                    | ConnectCode::Malformed
+                    | ConnectCode::ProtocolError
+                    | ConnectCode::QosNotSupported => v4::ConnectReturnCode::ServiceUnavailable,
                 };
                 let session_present =
                     info.session_present && code == v4::ConnectReturnCode::Success;
@@ -733,6 +739,8 @@ impl Encoder {
                     ConnectCode::QuotaExceeded => v5::ConnectReturnCode::QuotaExceeded,
                     ConnectCode::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
                     ConnectCode::Malformed => v5::ConnectReturnCode::MalformedPacket,
+                    ConnectCode::ProtocolError => v5::ConnectReturnCode::ProtocolError,
+                    ConnectCode::QosNotSupported => v5::ConnectReturnCode::QoSNotSupported,
                 };
                 let properties = v5::ConnAckProperties {
                     session_expiry_interval: info.session_expiry,

@@ -421,6 +421,22 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
 
     /// `CONNECT` → `Hello` → `Welcome` → `CONNACK`. `None` if the connection ends here.
     async fn start(&mut self) -> Option<(ClientEnd, Welcome)> {
+        if self.connect.version == Version::V5 {
+            // MQTT 5 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error.
+            if self.connect.receive_maximum == Some(0) {
+                let reason = "a Receive Maximum of 0 is a protocol error";
+                self.connack(ConnectCode::ProtocolError, false, Some(reason.into()))
+                    .await;
+                return None;
+            }
+            // MQTT 5 §3.2.2.3.4: the will's QoS above the maximum QoS announced.
+            if self.connect.will.as_ref().is_some_and(|will| will.qos > 1) {
+                let reason = "the maximum QoS is 1";
+                self.connack(ConnectCode::QosNotSupported, false, Some(reason.into()))
+                    .await;
+                return None;
+            }
+        }
         if self.connect.client_id.is_empty() {
             if self.connect.version == Version::V311 && !self.connect.clean_start {
                 self.connack(ConnectCode::BadClientId, false, None).await;
