@@ -276,3 +276,27 @@ async fn an_mqtt5_connect_breaking_a_rule_is_refused_with_its_reason() {
     let fine = connected(&gateway, &connect_v5_with_receive_maximum("some", 10)).await;
     drop(fine);
 }
+
+#[tokio::test]
+async fn a_publish_too_large_once_translated_is_refused_and_the_connection_stays() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v5("large")).await;
+    // Just under the Maximum Packet Size the CONNACK announced (`limits.max_frame_bytes`), so
+    // the Cassini frame the gateway makes of it, with its fields, is over a frame's size.
+    let max_frame = cassini_protocol::codec::DEFAULT_MAX_FRAME_BYTES as usize;
+    let payload = vec![7u8; max_frame - 32];
+    raw.write_all(&publish_qos1("large/x", 1, &payload))
+        .await
+        .expect("PUBLISH");
+    let refused = within("PUBACK", read_packet(&mut raw)).await;
+    assert_eq!(
+        (refused.kind(), refused.packet_id(), refused.body.get(2)),
+        (PUBACK, 1, Some(&0x97)),
+        "refused with Quota exceeded: {refused:?}"
+    );
+    raw.write_all(&publish_qos1("large/x", 2, b"small"))
+        .await
+        .expect("PUBLISH");
+    let accepted = within("PUBACK", read_packet(&mut raw)).await;
+    assert_eq!((accepted.kind(), accepted.packet_id()), (PUBACK, 2));
+}

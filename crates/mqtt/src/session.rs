@@ -392,11 +392,21 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn frame(&mut self, frame: &Frame, on_publish_stream: bool) -> bool {
+        self.encode(frame) && self.write_encoded(on_publish_stream).await
+    }
+
+    /// Encodes `frame` for [`Connection::write_encoded`]; false if it does not fit in a frame.
+    fn encode(&mut self, frame: &Frame) -> bool {
         self.frame_buf.clear();
         if let Err(err) = encode_frame(frame, &mut self.frame_buf, self.max_frame) {
             tracing::debug!(%err, "frame not encoded");
             return false;
         }
+        true
+    }
+
+    /// Writes the frame [`Connection::encode`] made to the broker; false if the broker is gone.
+    async fn write_encoded(&mut self, on_publish_stream: bool) -> bool {
         let stream = if on_publish_stream {
             self.publish.as_mut()
         } else {
@@ -1015,10 +1025,16 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             to_session: None,
             ack: acknowledged,
         });
+        if !self.encode(&frame) {
+            // The gateway's headers took a publish just under the packet size past a frame's.
+            return self
+                .refuse_publish(publish.pkid, publish.qos, PubCode::QuotaExceeded)
+                .await;
+        }
         if let Some(id) = message_id {
             self.publishes.insert(id, (publish.pkid, publish.qos));
         }
-        (!self.frame(&frame, true).await).then_some(End::Broker)
+        (!self.write_encoded(true).await).then_some(End::Broker)
     }
 
     /// Answers a publish the gateway or the broker refused: MQTT 5 says why in the `PUBACK`;
