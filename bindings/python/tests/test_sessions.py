@@ -81,3 +81,20 @@ async def test_state_changes_through_a_restart(start_broker, tmp_path_factory, t
     await asyncio.wait_for(watcher, 10)
     assert states[-1].kind == "disconnected"
     broker.stop()
+
+
+@run_async
+async def test_a_first_connect_told_to_retry_waits_for_a_broker_that_starts_later(
+        start_broker, topic):
+    broker = start_broker()
+    broker.stop()
+    with pytest.raises(cassini.CassiniError):
+        await connect(broker, connect_timeout=5)
+    pending = asyncio.ensure_future(connect(broker, retry_first_connect=True))
+    broker.start()
+    client = await asyncio.wait_for(pending, 20)
+    sub = await client.subscribe(f"{topic}.early")
+    await client.publish(f"{topic}.early", b"hello")
+    assert (await sub.next(timeout=10)).payload == b"hello"
+    await client.close()
+    broker.stop()
