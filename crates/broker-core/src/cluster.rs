@@ -42,7 +42,7 @@
 //!   ([`Cluster::forward_direct`]); and the client address it advertises, so a client's
 //!   `Welcome` can list every node in routing ([`Cluster::client_addresses`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -321,10 +321,12 @@ impl InterestIndex {
     fn matching(&self, topic: &TopicName) -> (bool, Vec<&str>) {
         let mut plain = false;
         let mut groups: Vec<&str> = Vec::new();
+        // Each name once, found in a set: a peer with many queue groups costs a lookup each.
+        let mut seen: HashSet<&str> = HashSet::new();
         self.trie.for_each_match(topic, |interest| {
             plain |= interest.plain > 0;
             for group in interest.groups.keys() {
-                if !groups.contains(&group.as_str()) {
+                if seen.insert(group.as_str()) {
                     groups.push(group);
                 }
             }

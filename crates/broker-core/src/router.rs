@@ -42,7 +42,7 @@
 //! member chosen is left out as a plain one would be (docs/CLUSTERING.md, "Retained values and
 //! the dedupe window").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
@@ -95,6 +95,30 @@ pub struct FromPeer<'a> {
 
 /// A queue group of this node: its route's filter and its name.
 type GroupKey = (TopicFilter, Arc<str>);
+
+/// Queue group names a message from a peer is for, asked about once per local group: a set
+/// when they are many, so a message for many groups costs a lookup per group, not a scan.
+enum GroupNames<'a> {
+    Few(&'a [String]),
+    Many(HashSet<&'a str>),
+}
+
+impl<'a> GroupNames<'a> {
+    fn new(names: &'a [String]) -> Self {
+        if names.len() <= 16 {
+            GroupNames::Few(names)
+        } else {
+            GroupNames::Many(names.iter().map(String::as_str).collect())
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            GroupNames::Few(names) => names.iter().any(|n| n == name),
+            GroupNames::Many(names) => names.contains(name),
+        }
+    }
+}
 
 /// The acknowledged publishes this node handed to subscriptions that are not replicated, each
 /// with the queue groups whose copy went to such a member here.
@@ -254,6 +278,7 @@ impl RouteMembers {
         groups: &[String],
         session: Option<SessionId>,
     ) {
+        let groups = GroupNames::new(groups);
         if let Some(session) = session {
             for member in self.plain.iter().filter(|m| m.key.session == session) {
                 member.queue.lost_before_arrival(count);
@@ -271,7 +296,7 @@ impl RouteMembers {
             }
         }
         for group in &self.groups {
-            if !groups.iter().any(|name| *name == *group.name) {
+            if !groups.contains(&group.name) {
                 continue;
             }
             if let Some(member) = group.choose(0, None) {
@@ -296,7 +321,7 @@ impl RouteMembers {
         filter: &TopicFilter,
         message: &Arc<PublishedMessage>,
         target: Option<SessionId>,
-        from_peer: Option<FromPeer<'_>>,
+        from_groups: Option<&GroupNames<'_>>,
         delivered: &[(SessionId, SubscriptionId)],
         handed: Option<Handed<'_>>,
         report: &mut RouteReport,
@@ -317,7 +342,7 @@ impl RouteMembers {
             }
         }
         for group in &self.groups {
-            if from_peer.is_some_and(|from| !from.groups.iter().any(|name| *name == *group.name)) {
+            if from_groups.is_some_and(|names| !names.contains(&group.name)) {
                 continue;
             }
             let is_this = |(f, name): &GroupKey| f == filter && *name == group.name;
@@ -446,6 +471,13 @@ impl Default for Router {
 }
 
 impl Router {
+    /// Holds the retained store's lock: a plain member's join, which replays retained values,
+    /// waits until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_retained(&self) -> std::sync::MutexGuard<'_, RetainedStore> {
+        self.retained.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// An empty index keeping retained values for at most `max_retained_topics` topics.
     pub fn new(max_retained_topics: usize) -> Self {
         Self::with_store(
@@ -744,12 +776,13 @@ impl Router {
             gather: window.is_some(),
             groups: Vec::new(),
         };
+        let from_groups = from_peer.map(|from| GroupNames::new(from.groups));
         for route in routes {
             route.members.load().offer(
                 &route.filter,
                 message,
                 target,
-                from_peer,
+                from_groups.as_ref(),
                 delivered,
                 handed,
                 &mut report,

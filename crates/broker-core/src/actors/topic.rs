@@ -1,7 +1,8 @@
 //! A topic actor: owns the member list of one subscription filter.
 //!
-//! It is the only writer of its [`FilterRoute`]'s members. Its manager decides when it starts
-//! (first member) and stops (last member gone). When a queue-group member leaves, the messages
+//! It is the only writer of its [`FilterRoute`]'s members, and answers each join or leave
+//! itself once the route has it. Its manager decides when it starts (first member) and stops
+//! (it tells the manager when its last member left). When a queue-group member leaves, the messages
 //! still waiting in its queue go to the group's remaining members, so leaving loses nothing that
 //! was not already delivered.
 //!
@@ -12,28 +13,44 @@
 
 use std::sync::Arc;
 
-use cassini_protocol::SessionId;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use cassini_protocol::{SessionId, TopicFilter};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::error::BrokerError;
 use crate::router::{FilterRoute, RouteMember, Router, SubscriberKey};
 
 pub(crate) struct Topic;
 
+/// Told when the last member left: the filter, this actor, and the change that emptied it.
+pub(crate) type Emptied = Arc<dyn Fn(TopicFilter, ActorId, u64) + Send + Sync>;
+
 pub(crate) struct TopicArgs {
     pub(crate) route: Arc<FilterRoute>,
     pub(crate) router: Arc<Router>,
+    pub(crate) emptied: Emptied,
 }
 
+/// A change of the member list, numbered by the manager (`change`); the caller is answered
+/// once the route has it.
 pub(crate) enum TopicMsg {
-    /// Adds a member; answers with the member count.
-    Join(RouteMember, RpcReplyPort<usize>),
-    /// Removes a member; answers with the member count.
-    Leave(SubscriberKey, RpcReplyPort<usize>),
+    /// Adds a member.
+    Join {
+        member: RouteMember,
+        change: u64,
+        reply: RpcReplyPort<Result<(), BrokerError>>,
+    },
+    /// Removes a member.
+    Leave {
+        key: SubscriberKey,
+        change: u64,
+        reply: Option<RpcReplyPort<()>>,
+    },
 }
 
 pub(crate) struct TopicState {
     route: Arc<FilterRoute>,
     router: Arc<Router>,
+    emptied: Emptied,
     members: Vec<RouteMember>,
 }
 
@@ -122,25 +139,37 @@ impl Actor for Topic {
         Ok(TopicState {
             route: args.route,
             router: args.router,
+            emptied: args.emptied,
             members: Vec::new(),
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            TopicMsg::Join(member, reply) => {
+        let change = match message {
+            TopicMsg::Join {
+                member,
+                change,
+                reply,
+            } => {
                 state.join(member);
-                let _ = reply.send(state.members.len());
+                let _ = reply.send(Ok(()));
+                change
             }
-            TopicMsg::Leave(key, reply) => {
+            TopicMsg::Leave { key, change, reply } => {
                 state.leave(key);
-                let _ = reply.send(state.members.len());
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                change
             }
+        };
+        if state.members.is_empty() {
+            (state.emptied)(state.route.filter().clone(), myself.get_id(), change);
         }
         Ok(())
     }
