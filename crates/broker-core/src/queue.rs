@@ -96,8 +96,8 @@ pub enum Popped {
         dropped: u64,
         /// The last sequence number the queue assigned, as of this pop.
         last_sequence: u64,
-        /// Whether every message not yet sent is in this batch: sequences after the batch up
-        /// to `last_sequence` were dropped.
+        /// Whether every message not yet sent, and every one due to be sent again, is in this
+        /// batch: sequences after the batch up to `last_sequence` were dropped.
         drained: bool,
     },
     /// The queue was closed and is empty.
@@ -725,7 +725,10 @@ impl SubscriptionQueue {
                     return Popped::Batch {
                         dropped,
                         last_sequence: state.last_sequence,
-                        drained: state.items.is_empty(),
+                        // Nothing new queued, and no redelivery left for a later batch: a
+                        // gap announced now must not pass messages still to be sent again.
+                        drained: state.items.is_empty()
+                            && state.acks.as_ref().is_none_or(|acks| acks.due.is_empty()),
                     };
                 }
                 if let Some(reason) = state.closed {

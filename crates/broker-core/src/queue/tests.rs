@@ -585,3 +585,43 @@ async fn a_full_queue_under_drop_oldest_holds_no_more_than_its_bound() {
     }
     assert_eq!(budget.used(), STEP * ENTRY_BYTES, "ten entries held");
 }
+
+#[tokio::test]
+async fn a_batch_is_drained_only_once_no_redelivery_is_left_for_a_later_one() {
+    let q = at_least_once(1_000, 1_000);
+    let first = q.attach(None);
+    for _ in 0..300 {
+        q.push(&message(1));
+    }
+    let mut batch = Vec::new();
+    assert!(matches!(
+        q.pop_batch(&first, &mut batch, usize::MAX).await,
+        Popped::Batch { .. }
+    ));
+    assert_eq!(batch.len(), 300, "all sent, none acknowledged");
+    // Sequences 301-310 were lost on the way (a taken-up session, a drop): the writer announces
+    // them as a gap once a batch leaves nothing behind it.
+    q.lost_before_arrival(10);
+    let resumed = q.attach(Some(0));
+    batch.clear();
+    let popped = q.pop_batch(&resumed, &mut batch, 256).await;
+    assert_eq!(batch.len(), 256);
+    assert!(
+        matches!(popped, Popped::Batch { drained: false, .. }),
+        "44 redeliveries still to come: no gap may pass them yet, got {popped:?}"
+    );
+    batch.clear();
+    let popped = q.pop_batch(&resumed, &mut batch, 256).await;
+    assert_eq!(batch.len(), 44);
+    assert!(
+        matches!(
+            popped,
+            Popped::Batch {
+                drained: true,
+                last_sequence: 310,
+                ..
+            }
+        ),
+        "{popped:?}"
+    );
+}
