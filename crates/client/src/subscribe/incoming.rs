@@ -245,7 +245,7 @@ async fn deliver(reader: &mut FrameReader, claimed: &ClaimedSink, link: &Link) -
             }
         };
         if !batch.is_empty() {
-            state.note_received(highest);
+            state.note_received(claimed.epoch(), highest);
             // Waits while the channel has no room for the whole batch: this is where
             // backpressure starts.
             let Ok(permits) = sender.reserve_many(batch.len()).await else {

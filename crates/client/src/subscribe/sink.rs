@@ -21,9 +21,10 @@ pub(crate) struct SubscriptionState {
     epoch: AtomicU64,
     /// Sum of the broker's overflow gaps.
     dropped: AtomicU64,
-    /// The highest sequence read from the subscription's streams in this epoch: where the
-    /// client stands when it resumes the session.
-    last_received: AtomicU64,
+    /// The highest sequence read from the subscription's streams, and the epoch it was read in:
+    /// where the client stands when it resumes the session. One lock for both, so a reader of
+    /// a lost session cannot put its position back after the epoch moved on.
+    last_received: std::sync::Mutex<(u64, u64)>,
     /// Set once, before the channel is closed.
     end: OnceLock<SubscriptionEnd>,
     /// Set when this client asked the broker to end the subscription, or dropped it.
@@ -45,18 +46,28 @@ impl SubscriptionState {
 
     /// Starts a new epoch: the subscription is being made again in a new session.
     pub(crate) fn next_epoch(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.last_received.store(0, Ordering::Release);
+        let mut position = crate::sync::lock(&self.last_received);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        *position = (epoch, 0);
     }
 
-    /// Records that sequences up to `sequence` were read from the stream.
-    pub(crate) fn note_received(&self, sequence: u64) {
-        self.last_received.fetch_max(sequence, Ordering::AcqRel);
+    /// Records that sequences up to `sequence` of `epoch` were read from the stream; a reader
+    /// of an earlier epoch (a lost session's) changes nothing.
+    pub(crate) fn note_received(&self, epoch: u64, sequence: u64) {
+        let mut position = crate::sync::lock(&self.last_received);
+        if epoch == self.epoch() && position.0 == epoch {
+            position.1 = position.1.max(sequence);
+        }
     }
 
     /// The highest sequence read from the subscription's streams in this epoch.
     pub(crate) fn last_received(&self) -> u64 {
-        self.last_received.load(Ordering::Acquire)
+        let position = crate::sync::lock(&self.last_received);
+        if position.0 == self.epoch() {
+            position.1
+        } else {
+            0
+        }
     }
 
     /// Sum of the broker's overflow gaps.
@@ -184,28 +195,37 @@ impl SubscriptionSink {
             .is_ok()
     }
 
-    /// Puts [`StreamItem::NewEpoch`] for `epoch` behind what the channel holds. No reader of
-    /// the lost session holds the channel by now; if one still does, or the channel is ended,
-    /// nothing is sent, and the handle learns of the new epoch from its first item. A full
-    /// channel is waited on by a task of its own, which ends when the application reads or
-    /// drops the subscription.
+    /// Puts [`StreamItem::NewEpoch`] for `epoch` behind what the channel holds. If a reader of
+    /// the lost session still holds the channel (waiting for room, with what it read), or the
+    /// channel is full, a task of its own waits for its turn: it ends when the application
+    /// reads or drops the subscription. If the channel is ended, nothing is sent.
     pub(crate) fn announce_new_epoch(&self, epoch: u64) {
         let marker = Delivered {
             epoch,
             item: StreamItem::NewEpoch,
         };
-        let Ok(slot) = self.sender.try_lock() else {
+        if let Ok(slot) = self.sender.try_lock() {
+            let Some(sender) = slot.as_ref() else {
+                return;
+            };
+            if let Err(mpsc::error::TrySendError::Full(marker)) = sender.try_send(marker) {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let _ = sender.send(marker).await;
+                });
+            }
             return;
-        };
-        let Some(sender) = slot.as_ref() else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(marker)) = sender.try_send(marker) {
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let _ = sender.send(marker).await;
-            });
         }
+        // Behind what the lost session's reader still hands over: it lets go of the channel
+        // when its connection's end reaches it. Items of the new epoch may come first; the
+        // handle then knows of the new epoch already, and the marker changes nothing.
+        let slot = Arc::clone(&self.sender);
+        tokio::spawn(async move {
+            let sender = slot.lock().await.clone();
+            if let Some(sender) = sender {
+                let _ = sender.send(marker).await;
+            }
+        });
     }
 
     /// Drops the datagram reader's sender (the subscription ended).
@@ -223,4 +243,59 @@ pub(crate) fn finish_slot(
 ) {
     let _ = state.end.set(end);
     *slot = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_of_a_lost_session_cannot_put_its_position_back() {
+        let state = SubscriptionState::default();
+        state.note_received(0, 40);
+        assert_eq!(state.last_received(), 40);
+        state.next_epoch();
+        assert_eq!(state.last_received(), 0, "a new session starts at 0");
+        state.note_received(0, 45);
+        assert_eq!(
+            state.last_received(),
+            0,
+            "what the lost session's reader read last does not count"
+        );
+        state.note_received(1, 3);
+        assert_eq!(state.last_received(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_is_announced_behind_a_reader_that_still_holds_the_channel() {
+        let (sender, mut receiver) = mpsc::channel(4);
+        let sink = SubscriptionSink {
+            filter: "t".into(),
+            options: SubscribeOptions::default(),
+            state: Arc::new(SubscriptionState::default()),
+            sender: Arc::new(Mutex::new(Some(sender))),
+            datagram_sender: std::sync::Mutex::new(None),
+        };
+        let slot = sink.slot();
+        let held = slot.lock().await;
+        sink.announce_new_epoch(1);
+        // The lost session's reader hands over what it read, then lets go.
+        if let Some(sender) = held.as_ref() {
+            sender
+                .send(Delivered {
+                    epoch: 0,
+                    item: StreamItem::SentThrough(7),
+                })
+                .await
+                .expect("room");
+        }
+        drop(held);
+        let first = receiver.recv().await.expect("the reader's item");
+        assert_eq!(first.epoch, 0);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv())
+            .await
+            .expect("the marker comes once the reader lets go")
+            .expect("open");
+        assert!(matches!(second.item, StreamItem::NewEpoch) && second.epoch == 1);
+    }
 }
