@@ -17,6 +17,9 @@ use super::keys::{default_value, env_name, section_of, KEYS};
 use super::LogFormat;
 use super::Settings;
 
+/// A delivery's fields besides its payload, headers, topic and `reply_to`, at most.
+const DELIVERY_FRAMING_BYTES: u64 = 128;
+
 /// The largest `limits.max_frame_bytes` a cluster with `members` takes: a Raft append carries
 /// at least one whole entry (2 MiB of changes, or one message alone), within a 64 MiB frame.
 const MAX_CLUSTER_FRAME_BYTES: u32 = 32 * 1024 * 1024;
@@ -346,6 +349,25 @@ fn check(settings: &Settings, text: &str, path: &Path) -> Result<(), ConfigError
             format!(
                 "{} does not fit in a frame; expected less than limits.max_frame_bytes ({})",
                 limits.max_payload_bytes, limits.max_frame_bytes
+            ),
+        ));
+    }
+    // The largest delivery the limits let in must fit in a frame, or the writer could not send
+    // it: payload, headers (with a few bytes of framing each), topic and `reply_to`.
+    let largest_delivery = u64::from(limits.max_payload_bytes)
+        + u64::from(limits.max_header_bytes)
+        + 11 * u64::from(limits.max_headers)
+        + 2 * limits.max_topic_bytes as u64
+        + DELIVERY_FRAMING_BYTES;
+    if largest_delivery > u64::from(limits.max_frame_bytes) {
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            format!(
+                "{} cannot hold the largest message the other limits allow ({largest_delivery} \
+                 bytes: max_payload_bytes, max_header_bytes, 11 bytes for each of max_headers, \
+                 twice max_topic_bytes and {DELIVERY_FRAMING_BYTES} of framing); raise it or \
+                 lower those",
+                limits.max_frame_bytes
             ),
         ));
     }

@@ -256,6 +256,17 @@ fn a_frame_limit_too_large_for_the_raft_log_is_refused_with_members() {
 }
 
 #[test]
+fn a_frame_limit_that_cannot_hold_the_largest_message_the_limits_allow_is_refused() {
+    // A payload just under the frame: its headers, topic and fields would not fit.
+    let message = error_of("[limits]\nmax_payload_bytes = 1048576\nmax_frame_bytes = 1048577\n");
+    assert!(message.contains("limits.max_frame_bytes"), "{message}");
+    assert!(message.contains("max_header_bytes"), "{message}");
+    let roomy = file("[limits]\nmax_payload_bytes = 1048576\nmax_header_bytes = 1024\nmax_frame_bytes = 1060000\n");
+    resolve(Some(roomy.path()), &[], &Overrides::default()).expect("room for every field");
+    resolve(None, &[], &Overrides::default()).expect("the defaults leave room");
+}
+
+#[test]
 fn a_udp_payload_bound_outside_what_quic_and_batched_sends_take_is_refused() {
     for bad in [1_199, 6_501] {
         let message = error_of(&format!("[quic]\nmax_udp_payload_bytes = {bad}\n"));
