@@ -373,7 +373,9 @@ impl ClientBuilder {
     /// delivered. Default: 60 s, twice the idle timeout: a broker that vanished is noticed at
     /// the idle timeout at the latest (a restarted one at the client's next packet, by its
     /// stateless reset), so a publish in flight outlives the detection, the reconnect and its
-    /// resend instead of failing just as the client notices.
+    /// resend instead of failing just as the client notices. Keep it within the broker's dedupe
+    /// window (`dedupe.max_age_secs`, 120 s by default): a publish resent after the broker
+    /// forgot its message id is delivered again.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
