@@ -1179,3 +1179,51 @@ async fn mqtt5_subscription_options_hold_across_a_disk_mode_restart() {
         describe(&output)
     );
 }
+
+#[tokio::test]
+async fn an_mqtt_connection_is_cut_off_when_its_certificate_expires() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let Some(gateway) = gateway_for_mosquitto().await else {
+        return;
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + time::Duration::seconds(3);
+    let (cert, key) = cassini_quic::certs::client_paths(gateway.dir.path(), "brief");
+    gateway
+        .broker
+        .pki
+        .client_with(
+            "brief",
+            cassini_quic::certs::Validity {
+                not_before: now - time::Duration::days(1),
+                not_after,
+            },
+        )
+        .write(&cert, &key)
+        .expect("a certificate valid for three seconds");
+    let stats = gateway.mqtt.stats();
+    let _subscriber = command(
+        "mosquitto_sub",
+        &tls_args(&gateway, "brief"),
+        &["-V", "5", "-i", "brief", "-t", "brief/#"],
+    )
+    .spawn()
+    .expect("mosquitto_sub starts");
+    eventually("the client connected", || async {
+        (stats.open.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    eventually("the connection cut off at expiry", || async {
+        (stats.open.load(Ordering::Relaxed) == 0).then_some(())
+    })
+    .await;
+    // X.509 times are whole seconds: the certificate is valid through that second.
+    let expired_at = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(not_after.unix_timestamp()).expect("after 1970") + 1);
+    assert!(
+        SystemTime::now() >= expired_at,
+        "cut off before the certificate expired"
+    );
+}

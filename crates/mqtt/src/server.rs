@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use cassini_broker::{BrokerHandle, PeerInfo};
 use cassini_quic::identity::{identity_from_cert_with, IdentityRule};
-use cassini_quic::revocation::certificate_key;
+use cassini_quic::revocation::{certificate_key, certificate_not_after, expiry};
 use cassini_quic::tls::ServerTls;
 use rustls::pki_types::CertificateDer;
 use rustls::server::NoServerSessionStorage;
@@ -361,6 +361,20 @@ async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    // A certificate that expires while connected cuts the connection off, as on QUIC.
+    if let Some(not_after) = chain.first().and_then(certificate_not_after) {
+        let cut = context.cut.clone();
+        let identity = Arc::clone(&peer.identity);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cut.cancelled() => {}
+                () = expiry(Some(not_after)) => {
+                    tracing::info!(%identity, "closing an MQTT connection: its client certificate expired");
+                    cut.cancel();
+                }
+            }
+        });
+    }
     if let Ok(mut live) = live.lock() {
         live.insert(
             id,
@@ -371,7 +385,10 @@ async fn run<S>(
         );
     }
     stats.open.fetch_add(1, Ordering::Relaxed);
+    // This connection's own token: cancelled once it is over, so the expiry timer ends too.
+    let over = context.cut.clone();
     session::serve(io, peer, context).await;
+    over.cancel();
     stats.open.fetch_sub(1, Ordering::Relaxed);
     if let Ok(mut live) = live.lock() {
         live.remove(&id);

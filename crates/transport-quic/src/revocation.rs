@@ -173,6 +173,28 @@ pub fn certificate_not_after(der: &CertificateDer<'_>) -> Option<SystemTime> {
     }
 }
 
+/// The longest single wait for a certificate's expiry: the wall clock is read again after it,
+/// so a clock that was set forward or back is noticed.
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Completes once the wall clock has passed `not_after` (see [`certificate_not_after`]);
+/// never without one. A connection's transport closes it then.
+pub async fn expiry(not_after: Option<SystemTime>) {
+    let Some(not_after) = not_after else {
+        return std::future::pending().await;
+    };
+    // notAfter is the last valid second: the certificate expires one second later.
+    let expires = not_after
+        .checked_add(Duration::from_secs(1))
+        .unwrap_or(not_after);
+    while let Ok(left) = expires.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)).await;
+    }
+}
+
 /// The keys (see [`certificate_key`]) of every certificate `crls` list. `path` names the file
 /// in the error when a CRL does not parse.
 pub fn revoked_keys(

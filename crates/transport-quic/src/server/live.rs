@@ -11,14 +11,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
 
 use cassini_protocol::ErrorCode;
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 
 use super::stats::AcceptStats;
-use crate::revocation::certificate_not_after;
+use crate::revocation::{certificate_not_after, expiry};
 use crate::tls::ServerTls;
 
 /// What [`QuicServer::reload`](super::QuicServer::reload) did.
@@ -154,27 +153,6 @@ impl LiveConnections {
                 }
             });
         report
-    }
-}
-
-/// The longest single wait for a certificate's expiry: the wall clock is read again after it,
-/// so a clock that was set forward or back is noticed.
-const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(60);
-
-/// Completes once the wall clock has reached `not_after`; never without one.
-async fn expiry(not_after: Option<SystemTime>) {
-    let Some(not_after) = not_after else {
-        return std::future::pending().await;
-    };
-    // notAfter is the last valid second: the certificate expires one second later.
-    let expires = not_after
-        .checked_add(Duration::from_secs(1))
-        .unwrap_or(not_after);
-    while let Ok(left) = expires.duration_since(SystemTime::now()) {
-        if left.is_zero() {
-            break;
-        }
-        tokio::time::sleep(left.min(MAX_EXPIRY_WAIT)).await;
     }
 }
 
