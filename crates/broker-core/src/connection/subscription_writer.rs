@@ -244,6 +244,7 @@ pub(crate) async fn run_subscription_writer(
                 }
                 buf.reserve(last_batch_bytes);
                 let mut highest_sent = None;
+                let mut sent_a_datagram = false;
                 for queued in batch.drain(..) {
                     highest_sent = Some(queued.sequence);
                     if !queued.redelivered {
@@ -254,7 +255,10 @@ pub(crate) async fn run_subscription_writer(
                         .as_delivery(queued.sequence, queued.redelivered);
                     if let DeliveryClass::Datagram { oversize } = class {
                         match send_datagram(connection.as_ref(), key, &delivery, max_frame_bytes) {
-                            Ok(true) => continue,
+                            Ok(true) => {
+                                sent_a_datagram = true;
+                                continue;
+                            }
                             Ok(false) if oversize == OversizeRule::Drop => {
                                 let gap = Gap {
                                     subscription: key.subscription,
@@ -278,7 +282,7 @@ pub(crate) async fn run_subscription_writer(
                 if drained {
                     encode_gaps(&gaps.through(last_sequence), &mut buf, max_frame_bytes);
                 }
-                if let (DeliveryClass::Datagram { .. }, Some(through)) = (class, highest_sent) {
+                if let (true, Some(through)) = (sent_a_datagram, highest_sent) {
                     let announce_at = tokio::time::Instant::now() + DATAGRAMS_SENT_AFTER;
                     unannounced = Some((through, announce_at));
                 }
