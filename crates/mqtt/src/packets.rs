@@ -225,6 +225,9 @@ pub fn decode(
             }
         }
     };
+    if first >> 4 == 1 {
+        binary_password::remove_binary_password(buf, version);
+    }
     // The frame is checked whole first: once it is, the codec's "insufficient bytes" means a
     // packet shorter than its own fields say (malformed), not one still arriving.
     match version {
@@ -963,6 +966,8 @@ impl Encoder {
     }
 }
 
+mod binary_password;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -987,6 +992,28 @@ mod tests {
             }
         }
         assert!(buf.is_empty(), "{} bytes left over of {written}", buf.len());
+    }
+
+    #[test]
+    fn a_connect_with_a_password_that_is_not_utf8_is_read_without_it() {
+        // MQTT 5 CONNECT: clean start, username and password, keep-alive 60, no properties.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b1100_0010, 0, 60, 0];
+        for field in [&b"dev-1"[..], b"user", &[0xFF, 0xFE, 0x00][..]] {
+            body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            body.extend_from_slice(field);
+        }
+        let mut buf = BytesMut::from(&[0x10, body.len() as u8][..]);
+        buf.extend_from_slice(&body);
+        buf.extend_from_slice(&[0xC0, 0x00]); // a PINGREQ right behind it
+        match decode(&mut buf, None, 1024) {
+            Ok(Some(Inbound::Connect(connect))) => assert_eq!(connect.client_id, "dev-1"),
+            other => panic!("expected the CONNECT, got {other:?}"),
+        }
+        assert_eq!(
+            decode(&mut buf, Some(Version::V5), 1024),
+            Ok(Some(Inbound::PingReq)),
+            "what follows is untouched"
+        );
     }
 
     #[test]
