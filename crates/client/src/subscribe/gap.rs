@@ -120,14 +120,6 @@ impl GapTracker {
     /// already behind the last message yielded is ignored.
     pub(crate) fn announced(&mut self, epoch: u64, from: u64, to: u64, reason: GapReason) {
         self.enter(epoch);
-        if self.starts_at_first && reason == GapReason::Undelivered {
-            // Taken up from a resumed session with no positions to give: what the broker
-            // sent the earlier process is announced as undelivered, but that process may well
-            // have read it. Not this client's to miss.
-            self.starts_at_first = false;
-            self.last_sequence = self.last_sequence.max(to);
-            return;
-        }
         self.start_at(from);
         // Numbers from the broker: a gap after the last possible sequence skips nothing.
         if from > self.last_sequence.saturating_add(1) {
@@ -488,26 +480,6 @@ mod tests {
         );
         assert_eq!(yielded(&mut tracker, 0, &[5]), vec![5]);
         assert!(tracker.take().is_empty());
-    }
-
-    #[test]
-    fn a_subscription_taken_up_does_not_count_what_the_earlier_process_was_sent() {
-        let mut tracker = GapTracker::taken_up();
-        // The new process gives no positions: the broker announces all it sent before.
-        tracker.announced(0, 1, 50, GapReason::Undelivered);
-        tracker.announced(0, 51, 55, GapReason::Overflow);
-        assert_eq!(
-            tracker.take(),
-            vec![Gap::Missed {
-                from: 51,
-                to: 55,
-                reason: Some(GapReason::Overflow)
-            }],
-            "what was dropped while no process read it counts; what the earlier one was sent does not"
-        );
-        assert_eq!(yielded(&mut tracker, 0, &[56]), vec![56]);
-        assert!(tracker.take().is_empty());
-        assert_eq!(tracker.missed(), 5);
     }
 }
 
