@@ -184,11 +184,7 @@ impl TestBroker {
 
     /// A client builder for a new client certificate named `name`.
     pub fn client_builder(&self, name: &str) -> ClientBuilder {
-        let (chain, key) = identity_of(&self.pki.client(name));
-        Client::builder(self.addr)
-            .ca_certs(self.pki.ca_certs())
-            .identity(chain, key)
-            .server_name("localhost")
+        client_builder_for(self.addr, &self.pki, name)
     }
 
     /// A connected client named `name`.
@@ -307,6 +303,15 @@ impl TestBroker {
     }
 }
 
+/// A client builder for the broker at `addr` with a new certificate named `name` from `pki`.
+fn client_builder_for(addr: SocketAddr, pki: &Pki, name: &str) -> ClientBuilder {
+    let (chain, key) = identity_of(&pki.client(name));
+    Client::builder(addr)
+        .ca_certs(pki.ca_certs())
+        .identity(chain, key)
+        .server_name("localhost")
+}
+
 /// A broker stopped by [`TestBroker::stop_for_now`].
 pub struct StoppedBroker {
     /// Where it listened, and will again.
@@ -317,11 +322,7 @@ pub struct StoppedBroker {
 impl StoppedBroker {
     /// A client builder for `name`, as [`TestBroker::client_builder`].
     pub fn client_builder(&self, name: &str) -> ClientBuilder {
-        let (chain, key) = identity_of(&self.pki.client(name));
-        Client::builder(self.addr)
-            .ca_certs(self.pki.ca_certs())
-            .identity(chain, key)
-            .server_name("localhost")
+        client_builder_for(self.addr, &self.pki, name)
     }
 
     /// Starts it again with the default configuration, on the same address.
