@@ -44,6 +44,11 @@
 //!   at-most-once subscription, such a gap stands for every missing publish whose range holds
 //!   it, one gap per resumed `Welcome` of the session at most.
 //!
+//! A one-sequence `ClusterRoute` gap is also what every subscription announces once a peer's
+//! link ended uncleanly and the peer did not come back (a floor for whatever that peer still held
+//! for this node): the fault suites record each such node with [`History::node_lost`], and each
+//! allows one more such gap standing for several publishes, on any subscription.
+//!
 //! A subscription that had to subscribe again in a new session (a client that moved to another
 //! node of a cluster) numbers its messages from 1 again: each session is an *epoch*, marked in
 //! the recorded stream by its `Gap::SessionLost`, and sequence numbers are checked per epoch.
@@ -210,6 +215,8 @@ struct Log {
     groups: Vec<TopicFilter>,
     /// The named sessions.
     sessions: Vec<SessionLog>,
+    /// How many times a node's links ended uncleanly (see [`History::node_lost`]).
+    nodes_lost: usize,
 }
 
 /// The shared, append-only history of one test run. Cheap to clone.
@@ -272,6 +279,14 @@ impl History {
             connection,
             at: Instant::now(),
         });
+    }
+
+    /// Records that a cluster node's links ended uncleanly (it was killed, or cut off for longer
+    /// than the peers wait for it): each node it had a link to may announce one lost message on
+    /// every subscription (a one-sequence `ClusterRoute` gap, docs/CLUSTERING.md), a floor for
+    /// however many forwards the lost node still held for it.
+    pub fn node_lost(&self) {
+        self.lock().nodes_lost += 1;
     }
 
     /// Starts recording a subscription to `filter` that promised `promise`.
@@ -338,7 +353,13 @@ impl History {
             let mut report =
                 |text: String| violations.push(format!("subscription {number}: {text}"));
             let session = subscription.session.map(|session| &log.sessions[session]);
-            check_subscription(subscription, session, &log.published, &mut report);
+            check_subscription(
+                subscription,
+                session,
+                log.nodes_lost,
+                &log.published,
+                &mut report,
+            );
         }
         for session in &log.sessions {
             if let Some(at) = session
@@ -620,6 +641,7 @@ fn describe(id: PublishId, delivery: &Delivery, published: &[Published]) -> Stri
 fn check_subscription(
     subscription: &SubscriptionLog,
     session: Option<&SessionLog>,
+    nodes_lost: usize,
     published: &[Published],
     report: &mut impl FnMut(String),
 ) {
@@ -711,7 +733,10 @@ fn check_subscription(
             });
             check_accounted(
                 subscription,
-                resumes,
+                Floors {
+                    resumes,
+                    nodes_lost,
+                },
                 &matching_acked,
                 &positions,
                 &sequences,
@@ -875,9 +900,10 @@ fn announced_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
     announced
 }
 
-/// Every sequence of `epoch` that a one-sequence `ClusterRoute` gap announced: what a named
-/// session's subscription announces at a take-up on another node (docs/CLUSTERING.md,
-/// "Replicated sessions"), for any number of lost publishes.
+/// Every sequence of `epoch` that a one-sequence `ClusterRoute` gap announced: a floor, which
+/// may stand for any number of lost publishes (docs/CLUSTERING.md): what a named session's
+/// subscription announces at a take-up on another node ("Replicated sessions"), and what every
+/// subscription announces once a peer's link ended uncleanly and the peer did not come back.
 fn floors_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
     subscription
         .gaps
@@ -891,6 +917,14 @@ fn floors_in(subscription: &SubscriptionLog, epoch: u32) -> BTreeSet<u64> {
             _ => None,
         })
         .collect()
+}
+
+/// How many floors ([`floors_in`]) a subscription may have used: one per take-up (a resumed
+/// `Welcome` of its named session) and one per node lost (killed or cut off: its links ended uncleanly).
+#[derive(Debug, Clone, Copy)]
+struct Floors {
+    resumes: usize,
+    nodes_lost: usize,
 }
 
 fn in_session(epoch: u32) -> String {
@@ -907,10 +941,12 @@ fn in_session(epoch: u32) -> String {
 /// arrived, before its next), or a lost session (`Gap::SessionLost`) lies there. Each
 /// announced sequence stands for one publish at most: the missing publishes are matched to
 /// the announced sequences of their range, earliest-ending range first, each taking the
-/// lowest sequence left in it (which finds a matching whenever one exists).
+/// lowest sequence left in it (which finds a matching whenever one exists). A publish left
+/// without one may lie under a floor ([`floors_in`]); no more floors may be used than
+/// `floors_allowed` allows.
 fn check_accounted(
     subscription: &SubscriptionLog,
-    resumes: usize,
+    floors_allowed: Floors,
     matching_acked: &[&Published],
     positions: &HashMap<PublishId, Position>,
     delivered: &BTreeMap<u32, BTreeSet<u64>>,
@@ -962,18 +998,14 @@ fn check_accounted(
             .push((from.sequence, to.sequence, id));
     }
     let mut unaccounted = Vec::new();
-    // The take-up floors used (a named session's subscription only): epoch and sequence.
+    // The floors used: epoch and sequence.
     let mut floors_used: BTreeSet<(u32, u64)> = BTreeSet::new();
     for (epoch, mut ranges) in ranges {
         let mut free: BTreeSet<u64> = announced_in(subscription, epoch);
         if let Some(delivered) = delivered.get(&epoch) {
             free.retain(|sequence| !delivered.contains(sequence));
         }
-        let floors = if subscription.session.is_some() {
-            floors_in(subscription, epoch)
-        } else {
-            BTreeSet::new()
-        };
+        let floors = floors_in(subscription, epoch);
         ranges.sort_by_key(|&(_, to, _)| to);
         for (from, to, id) in ranges {
             let inside = from.saturating_add(1)..to;
@@ -991,10 +1023,15 @@ fn check_accounted(
             }
         }
     }
-    if floors_used.len() > resumes {
+    let Floors {
+        resumes,
+        nodes_lost,
+    } = floors_allowed;
+    if floors_used.len() > resumes + nodes_lost {
         report(format!(
-            "{} take-up gaps stand for lost publishes, more than the {resumes} resumed Welcomes \
-             of the session, e.g. {:?}",
+            "{} one-sequence route gaps stand for several lost publishes, more than the \
+             {resumes} resumed Welcomes of the session and the {nodes_lost} nodes lost \
+             allow, e.g. {:?}",
             floors_used.len(),
             floors_used.first()
         ));
@@ -1398,7 +1435,7 @@ mod tests {
         let violations = named_run(6, Promise::AtMostOnce, &[false], &events);
         assert_eq!(violations.len(), 1, "no resume, no take-up: {violations:?}");
         assert!(
-            violations[0].contains("1 take-up gaps stand for lost publishes"),
+            violations[0].contains("1 one-sequence route gaps stand for several lost publishes"),
             "{violations:?}"
         );
         // An unnamed subscription's route gap stands for one publish.
@@ -1412,5 +1449,45 @@ mod tests {
         ];
         let violations = named_run(8, Promise::AtMostOnce, &[false, true], &events);
         assert_eq!(violations.len(), 1, "6 is lost silently: {violations:?}");
+    }
+
+    #[test]
+    fn a_route_gap_stands_for_any_number_of_publishes_once_per_node_lost() {
+        let events = [delivered(0, 1), take_up_floor(2), delivered(5, 3)];
+        let history = History::default();
+        for index in 0..6 {
+            history.published(id(0, index), "a.b", true);
+        }
+        history.node_lost();
+        let recorder = history.subscription("a.*", Promise::AtMostOnce);
+        for event in &events {
+            match *event {
+                Event::Delivered { index, sequence } => {
+                    recorder.delivered_as(Some(id(0, index)), "a.b", sequence, false);
+                }
+                Event::Gap(gap) => recorder.gaps(vec![gap]),
+            }
+        }
+        assert!(
+            history.violations().is_empty(),
+            "{:?}",
+            history.violations()
+        );
+        // A second floor that stands for several publishes is one more than one lost node allows.
+        history.published(id(0, 6), "a.b", true);
+        history.published(id(0, 7), "a.b", true);
+        history.published(id(0, 8), "a.b", true);
+        recorder.gaps(vec![Gap::Missed {
+            from: 4,
+            to: 4,
+            reason: Some(GapReason::ClusterRoute),
+        }]);
+        recorder.delivered_as(Some(id(0, 8)), "a.b", 5, false);
+        let violations = history.violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("2 one-sequence route gaps stand for several lost publishes"),
+            "{violations:?}"
+        );
     }
 }

@@ -226,6 +226,7 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
     // The partition: node `cut`'s cluster traffic goes into a black hole, then flows again.
     tokio::time::sleep_until(started + schedule.cut_at).await;
     nodes[schedule.cut].link.set_blackhole(true);
+    history.node_lost();
     tokio::time::sleep(schedule.cut_for).await;
     nodes[schedule.cut].link.set_blackhole(false);
     mesh_forms(&nodes, "the mesh heals after the partition").await;
@@ -236,6 +237,7 @@ async fn a_partition_and_a_killed_node_leave_no_silent_loss_in_a_three_node_clus
     let killed_at = started.elapsed();
     let victim = &nodes[schedule.killed];
     victim.kill().await;
+    history.node_lost();
     for client in [&subscribers[schedule.killed], &publishers[schedule.killed]] {
         wait_for_state(client, "a client of the killed node moves on", |state| {
             matches!(state, ConnectionState::Connected { .. }) && client.reconnects() >= 1

@@ -900,6 +900,7 @@ async fn run(
                 if let Some(island) = &cluster.island {
                     island.set_link(false);
                 }
+                history.node_lost();
                 // Longer than the lease: the island's clients go to the majority.
                 let hold = Duration::from_millis(rng.random_range(4_000..7_000));
                 slowest_resume = slowest_resume
@@ -938,6 +939,7 @@ async fn run(
         );
         let killed = Instant::now();
         block_in_place(|| cluster.kill(victim));
+        history.node_lost();
         let down = Duration::from_millis(rng.random_range(300..2_500));
         slowest_resume = slowest_resume
             .max(wait_delivering(&sessions, &served, killed, &mut problems, "killed").await);
