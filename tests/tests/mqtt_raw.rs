@@ -31,6 +31,8 @@ impl Packet {
 }
 
 const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBCOMP: u8 = 7;
 const SUBACK: u8 = 9;
 const UNSUBACK: u8 = 11;
 
@@ -114,6 +116,38 @@ fn connect_v5_with_receive_maximum(id: &str, receive_maximum: u16) -> Vec<u8> {
     body.extend_from_slice(&receive_maximum.to_be_bytes());
     string(id, &mut body);
     packet(0x10, &body)
+}
+
+/// An MQTT 3.1.1 `CONNECT` for `id` keeping its session (clean session 0), 60 s keep-alive.
+fn connect_v311_persistent(id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60];
+    string(id, &mut body);
+    packet(0x10, &body)
+}
+
+/// An MQTT 3.1.1 QoS 2 `PUBLISH`, marked `dup` when it is sent again.
+fn publish_v311_qos2(topic: &str, packet_id: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic, &mut body);
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.extend_from_slice(payload);
+    packet(if dup { 0x3C } else { 0x34 }, &body)
+}
+
+/// A `PUBREL` of `packet_id` (3.1.1: no reason code).
+fn pubrel(packet_id: u16) -> Vec<u8> {
+    packet(0x62, &packet_id.to_be_bytes())
+}
+
+/// Sends `bytes` and reads the answer, which must be `kind` for `packet_id`.
+async fn answered(raw: &mut TcpStream, bytes: &[u8], kind: u8, packet_id: u16) {
+    raw.write_all(bytes).await.expect("write");
+    let answer = within("the answer", read_packet(raw)).await;
+    assert_eq!(
+        (answer.kind(), answer.packet_id()),
+        (kind, packet_id),
+        "{answer:?}"
+    );
 }
 
 /// The `CONNACK` answering `connect`, then the end of the connection.
@@ -299,4 +333,74 @@ async fn a_publish_too_large_once_translated_is_refused_and_the_connection_stays
         .expect("PUBLISH");
     let accepted = within("PUBACK", read_packet(&mut raw)).await;
     assert_eq!((accepted.kind(), accepted.packet_id()), (PUBACK, 2));
+}
+
+#[tokio::test]
+async fn a_qos2_publish_sent_again_on_the_resumed_session_is_not_published_twice() {
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("reader").await;
+    let mut subscription = quic.subscribe("exactly.>").await.expect("subscribe");
+    let connect = connect_v311_persistent("twice");
+    let mut raw = connected(&gateway, &connect).await;
+    let first = publish_v311_qos2("exactly/once", 7, b"one", false);
+    answered(&mut raw, &first, PUBREC, 7).await;
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(message.payload().as_ref(), b"one");
+    // The connection drops before the client saw the PUBREC: on its next connection, the
+    // session resumed, it sends the PUBLISH again (MQTT 3.1.1 §4.4).
+    drop(raw);
+    let mut raw = TcpStream::connect(gateway.addr).await.expect("connect");
+    raw.write_all(&connect).await.expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut raw)).await;
+    assert_eq!(
+        connack.body,
+        [1, 0],
+        "accepted, the session present: {connack:?}"
+    );
+    let again = publish_v311_qos2("exactly/once", 7, b"one", true);
+    answered(&mut raw, &again, PUBREC, 7).await;
+    answered(&mut raw, &pubrel(7), PUBCOMP, 7).await;
+    // Released: packet id 7 now names a new message, which is published.
+    let next = publish_v311_qos2("exactly/once", 7, b"two", false);
+    answered(&mut raw, &next, PUBREC, 7).await;
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(
+        message.payload().as_ref(),
+        b"two",
+        "\"one\" was published twice"
+    );
+}
+
+#[tokio::test]
+async fn a_qos2_publish_whose_connection_dropped_unanswered_is_delivered_once_when_sent_again() {
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("reader").await;
+    let mut subscription = quic.subscribe("exactly.>").await.expect("subscribe");
+    let connect = connect_v311_persistent("dropped");
+    let mut raw = connected(&gateway, &connect).await;
+    // The PUBLISH and the end of the connection in one go: the gateway may or may not have
+    // sent it into Cassini before it saw the end.
+    raw.write_all(&publish_v311_qos2("exactly/once", 9, b"one", false))
+        .await
+        .expect("PUBLISH");
+    drop(raw);
+    let mut raw = connected(&gateway, &connect).await;
+    let again = publish_v311_qos2("exactly/once", 9, b"one", true);
+    answered(&mut raw, &again, PUBREC, 9).await;
+    answered(&mut raw, &pubrel(9), PUBCOMP, 9).await;
+    answered(
+        &mut raw,
+        &publish_v311_qos2("exactly/once", 10, b"two", false),
+        PUBREC,
+        10,
+    )
+    .await;
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(message.payload().as_ref(), b"one");
+    let message = within("delivery", subscription.next()).await.expect("open");
+    assert_eq!(
+        message.payload().as_ref(),
+        b"two",
+        "\"one\" was published twice"
+    );
 }

@@ -1,17 +1,23 @@
-//! The MQTT 5 subscription options Cassini's subscriptions have no field for (Subscription
-//! Identifier, No Local, Retain As Published), kept per client id for as long as its session may
-//! be resumed, so that a resumed session's subscriptions keep them (MQTT 5 §3.8.3.1: they are
-//! part of the session state).
+//! The MQTT session state Cassini's session has no field for, kept per client id for as long as
+//! its session may be resumed:
+//! - the MQTT 5 subscription options (Subscription Identifier, No Local, Retain As Published),
+//!   so that a resumed session's subscriptions keep them (MQTT 5 §3.8.3.1: they are part of the
+//!   session state);
+//! - the packet ids of QoS 2 publishes between their `PUBLISH` and their `PUBREL` (MQTT 3.1.1
+//!   §4.3.3), so that a `PUBLISH` sent again on the session's next connection is not published
+//!   twice.
 //!
-//! Held in the gateway's memory and, in disk mode, in the broker's store beside the session
-//! (one record per client id, `mqtt/options/<client id>`, rewritten whenever its options change,
-//! read back by [`OptionsTable::restore`] when the gateway starts), so a restart keeps them as it
-//! keeps the session. In memory mode a restart forgets them with the sessions. Bounded by the
-//! sessions: a client id's options go when its session ends with its connection, at a clean
+//! The options are held in the gateway's memory and, in disk mode, in the broker's store beside
+//! the session (one record per client id, `mqtt/options/<client id>`, rewritten whenever its
+//! options change, read back by [`OptionsTable::restore`] when the gateway starts), so a restart
+//! keeps them as it keeps the session. In memory mode a restart forgets them with the sessions.
+//! The QoS 2 packet ids are held in memory only: a gateway restart forgets them. Bounded by the
+//! sessions: a client id's state goes when its session ends with its connection, at a clean
 //! start, and, for a session left detached, once its expiry has passed (checked whenever options
-//! are stored, and on restore); and an identity keeps options for at most
+//! are stored, and on restore); and an identity keeps state for at most
 //! `limits.max_sessions_per_identity` client ids (the sessions the broker keeps for it: beyond
-//! that, the client id detached longest has lost its session, and its options go).
+//! that, the client id detached longest has lost its session, and its state goes). The QoS 2
+//! packet ids of one client id are at most 65,535 (one per packet id).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,11 +43,24 @@ pub(crate) struct SubOptions {
     pub(crate) retain_as_published: bool,
 }
 
-/// One client id's options, as held and as stored.
+/// Where a QoS 2 publish stands between its `PUBLISH` and its `PUBREL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Qos2 {
+    /// Sent into Cassini as the acknowledged publish `message_id`, not answered yet: sent again,
+    /// it goes with the same `message_id`, so the broker's dedupe window takes it as a retry.
+    Sent { message_id: u64 },
+    /// Taken (`PUBREC` sent, or refused): sent again, it is not published again.
+    Received,
+}
+
+/// One client id's state, as held and (its options) as stored.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ClientOptions {
     /// MQTT filter → its options (only options other than the defaults).
     filters: HashMap<String, SubOptions>,
+    /// QoS 2 packet id → where its publish stands (memory only).
+    #[serde(skip)]
+    qos2: HashMap<u16, Qos2>,
     /// While no connection holds the session: when it expires, in ms since the Unix epoch.
     expires_at_ms: Option<u64>,
     /// The client's identity (empty in records written before it was kept).
@@ -153,11 +172,53 @@ impl OptionsTable {
                 if let Some(client) = clients.get_mut(client_id) {
                     if client.filters.remove(filter).is_some() {
                         if client.filters.is_empty() {
-                            clients.remove(client_id);
                             self.store(client_id, None);
+                            if client.qos2.is_empty() {
+                                clients.remove(client_id);
+                            }
                         } else {
                             self.store(client_id, Some(client));
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where `client_id`'s QoS 2 publish with packet id `pkid` stands (`None`: no publish with
+    /// that packet id waits for its `PUBREL`).
+    pub(crate) fn qos2(&self, client_id: &str, pkid: u16) -> Option<Qos2> {
+        self.clients
+            .lock()
+            .ok()
+            .and_then(|clients| clients.get(client_id)?.qos2.get(&pkid).copied())
+    }
+
+    /// Records where `client_id`'s QoS 2 publish `pkid` stands (`None`: released, forgotten);
+    /// the client is of `identity`.
+    pub(crate) fn set_qos2(&self, identity: &str, client_id: &str, pkid: u16, state: Option<Qos2>) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        match state {
+            Some(state) => {
+                let new = !clients.contains_key(client_id);
+                let client = clients.entry(client_id.to_string()).or_default();
+                client.identity = identity.to_string();
+                client.qos2.insert(pkid, state);
+                if new {
+                    let most = self.broker.get().map_or(usize::MAX, |broker| {
+                        broker.config().limits.max_sessions_per_identity
+                    });
+                    self.forget_beyond(&mut clients, identity, most);
+                }
+            }
+            None => {
+                if let Some(client) = clients.get_mut(client_id) {
+                    client.qos2.remove(&pkid);
+                    if client.qos2.is_empty() && client.filters.is_empty() {
+                        // Only options are stored, and it has none: nothing to remove there.
+                        clients.remove(client_id);
                     }
                 }
             }
@@ -214,10 +275,15 @@ impl OptionsTable {
 
     /// Writes (or, with `None`, removes) `client_id`'s record in the broker's store. Called
     /// under the `clients` lock, so the store applies the changes in the order they were made.
+    /// A client id has a record while it has options: one without (only QoS 2 packet ids, which
+    /// are not stored) is not written.
     fn store(&self, client_id: &str, client: Option<&ClientOptions>) {
         let Some(broker) = self.broker.get() else {
             return;
         };
+        if client.is_some_and(|client| client.filters.is_empty()) {
+            return;
+        }
         let value = match client.map(rmp_serde::to_vec).transpose() {
             Ok(value) => value.map(Bytes::from),
             Err(err) => {
@@ -262,5 +328,26 @@ mod tests {
         kept.sort_unstable();
         // d1 was detached longest (it expires first): its session is the one the broker ended.
         assert_eq!(kept, ["d2", "d3", "o1"]);
+    }
+
+    #[test]
+    fn qos2_packet_ids_outlive_a_connection_of_the_session_and_go_with_it() {
+        let table = OptionsTable::default();
+        let sent = Qos2::Sent { message_id: 5 };
+        table.set_qos2("fleet", "d1", 7, Some(sent));
+        table.set_qos2("fleet", "d1", 8, Some(Qos2::Received));
+        table.detach("d1", Some(Duration::from_secs(60)));
+        table.attach("d1", true);
+        assert_eq!(table.qos2("d1", 7), Some(sent));
+        table.set_qos2("fleet", "d1", 7, None);
+        assert_eq!(table.qos2("d1", 7), None);
+        assert_eq!(table.qos2("d1", 8), Some(Qos2::Received));
+        // A new session (a clean start) forgets them.
+        table.attach("d1", false);
+        assert_eq!(table.qos2("d1", 8), None);
+        // Released, the last one takes the client id's entry with it.
+        table.set_qos2("fleet", "d2", 1, Some(Qos2::Received));
+        table.set_qos2("fleet", "d2", 1, None);
+        assert!(table.clients.lock().expect("lock").is_empty());
     }
 }

@@ -14,7 +14,7 @@
 //! for room in the pipe to the broker, the broker waiting for room for its answers, and the
 //! answers' reader waiting for room in a channel full of packets only the loop takes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
 use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
 use crate::headers::{self, unix_millis, ORIGIN_HEADER};
-use crate::options::{OptionsTable, SubOptions};
+use crate::options::{OptionsTable, Qos2, SubOptions};
 use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound,
     MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, Version,
@@ -280,8 +280,6 @@ struct Connection<W> {
     next_message_id: u64,
     /// MQTT 5 topic aliases the client set: alias → topic.
     aliases: HashMap<u16, String>,
-    /// QoS 2 publishes accepted, waiting for `PUBREL`.
-    released: HashSet<u16>,
     /// QoS 1 deliveries sent and not yet acknowledged: packet id → (subscription, sequence).
     /// Never more than `receive_maximum` (MQTT 5 §4.9: the client's Receive Maximum bounds the
     /// whole connection).
@@ -345,7 +343,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             stash: HashMap::new(),
             publishes: HashMap::new(),
             next_message_id: rand::random::<u64>() >> 1,
-            released: HashSet::new(),
             aliases: HashMap::new(),
             receive_maximum,
             outbound: HashMap::new(),
@@ -905,7 +902,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 None
             }
             Inbound::PubRel(pkid) => {
-                self.released.remove(&pkid);
+                self.set_qos2(pkid, None);
                 (!self.send(|encoder, out| encoder.pubcomp(pkid, out)).await)
                     .then_some(End::Abnormal(None))
             }
@@ -978,17 +975,23 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.aliases.insert(alias, publish.topic.clone());
             }
         }
-        if publish.qos == 2 {
-            if self.connect.version == Version::V5 {
-                // The CONNACK said maximum QoS 1.
-                return Some(End::Abnormal(Some(CloseCode::QosNotSupported)));
-            }
-            if self.released.contains(&publish.pkid) {
-                // A retry of a QoS 2 publish already taken: not published again.
-                let pkid = publish.pkid;
-                return (!self.send(|encoder, out| encoder.pubrec(pkid, out)).await)
-                    .then_some(End::Abnormal(None));
-            }
+        if publish.qos == 2 && self.connect.version == Version::V5 {
+            // The CONNACK said maximum QoS 1.
+            return Some(End::Abnormal(Some(CloseCode::QosNotSupported)));
+        }
+        // A QoS 2 publish sent again (on this connection or, its session resumed, a later one).
+        let sent_before = match publish.qos {
+            2 => self
+                .context
+                .sub_options
+                .qos2(&self.connect.client_id, publish.pkid),
+            _ => None,
+        };
+        if sent_before == Some(Qos2::Received) {
+            // Already taken: not published again.
+            let pkid = publish.pkid;
+            return (!self.send(|encoder, out| encoder.pubrec(pkid, out)).await)
+                .then_some(End::Abnormal(None));
         }
         let mapped = topics::topic_to_cassini(&publish.topic).and_then(|topic| {
             let outgoing = headers::to_cassini(publish.properties, publish.retain, unix_millis())?;
@@ -1007,9 +1010,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             return Some(End::Broker);
         }
         let acknowledged = publish.qos > 0;
-        let message_id = acknowledged.then(|| {
-            self.next_message_id = self.next_message_id.wrapping_add(1);
-            self.next_message_id
+        let message_id = acknowledged.then(|| match sent_before {
+            // The same message id: within the broker's dedupe window the first copy, if it
+            // was routed, is not routed again.
+            Some(Qos2::Sent { message_id }) => message_id,
+            _ => {
+                self.next_message_id = self.next_message_id.wrapping_add(1);
+                self.next_message_id
+            }
         });
         let mut headers = outgoing.headers;
         if self.subs.values().any(|sub| sub.options.no_local) {
@@ -1033,8 +1041,22 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         if let Some(id) = message_id {
             self.publishes.insert(id, (publish.pkid, publish.qos));
+            if publish.qos == 2 {
+                self.set_qos2(publish.pkid, Some(Qos2::Sent { message_id: id }));
+            }
         }
         (!self.write_encoded(true).await).then_some(End::Broker)
+    }
+
+    /// Records where the session's QoS 2 publish `pkid` stands (`None`: released), where its
+    /// next connection finds it.
+    fn set_qos2(&self, pkid: u16, state: Option<Qos2>) {
+        self.context.sub_options.set_qos2(
+            &self.peer.identity,
+            &self.connect.client_id,
+            pkid,
+            state,
+        );
     }
 
     /// Answers a publish the gateway or the broker refused: MQTT 5 says why in the `PUBACK`;
@@ -1047,7 +1069,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     .await
             }
             _ => {
-                self.released.insert(pkid);
+                self.set_qos2(pkid, Some(Qos2::Received));
                 self.send(|encoder, out| encoder.pubrec(pkid, out)).await
             }
         };
@@ -1062,7 +1084,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     self.send(|encoder, out| encoder.puback(pkid, PubCode::Success, out))
                         .await
                 } else {
-                    self.released.insert(pkid);
+                    self.set_qos2(pkid, Some(Qos2::Received));
                     self.send(|encoder, out| encoder.pubrec(pkid, out)).await
                 };
                 (!sent).then_some(End::Abnormal(None))
