@@ -162,6 +162,30 @@ async fn a_subscription_stream_may_arrive_before_its_answer() {
 }
 
 #[tokio::test]
+async fn a_subscription_stream_waits_for_an_answer_that_comes_after_its_start_deadline() {
+    let broker = FakeBroker::start();
+    let (client, mut session) = broker.connect_alice().await;
+
+    let broker_side = async {
+        let request_id = expect_subscribe(&mut session, "slow.>").await;
+        let mut stream = session.open_subscription(4).await;
+        write(&mut stream, &delivery(1, "slow.a", "first")).await;
+        // A broker waiting for its disk: the answer comes later than the 10 s a stream naming
+        // an unknown subscription is given when no `Subscribe` is unanswered.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        session.subscribed(request_id, 4).await;
+        write(&mut stream, &delivery(2, "slow.b", "second")).await;
+        stream
+    };
+    let (subscription, _stream) = tokio::join!(client.subscribe("slow.>"), broker_side);
+    let mut subscription = subscription.expect("subscribe");
+    let first = timeout(STEP, subscription.next()).await.expect("in time");
+    assert_eq!(first.map(|m| m.sequence()), Some(1));
+    let second = timeout(STEP, subscription.next()).await.expect("in time");
+    assert_eq!(second.map(|m| m.sequence()), Some(2));
+}
+
+#[tokio::test]
 async fn a_subscription_stream_may_arrive_after_its_answer_and_counts_drops() {
     let broker = FakeBroker::start();
     let (client, mut session) = broker.connect_alice().await;

@@ -211,12 +211,14 @@ async fn resubscribe(
         return Ok(());
     }
     let count = orphans.len();
+    let subscribing: Vec<_> = orphans.iter().map(|_| registry.subscribing()).collect();
     let answers = join_all(
         orphans
             .iter()
             .map(|sink| attachment.control.subscribe(Arc::clone(sink))),
     )
     .await;
+    drop(subscribing);
     let mut lost = None;
     for (sink, answer) in orphans.into_iter().zip(answers) {
         match answer {

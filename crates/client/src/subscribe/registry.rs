@@ -19,6 +19,10 @@
 //! takes one up under its id instead of making a new one ([`SubscriptionRegistry::adopt`]).
 //! Until then their streams wait unread (no deadline), so the broker keeps their messages.
 //!
+//! A stream whose subscription is not registered waits for it until a deadline; while a
+//! `Subscribe` of this client is unanswered, it waits with no deadline, since the answer may name
+//! it however late it comes (a broker waiting for its disk).
+//!
 //! It also remembers subscriptions this client asked to end without hearing back (`abandoned`):
 //! their `Unsubscribe` is sent again after a resume, and a stream the broker opens for one is
 //! stopped at once.
@@ -68,6 +72,26 @@ struct RegistryState {
     /// Subscriptions of the resumed session this client has not taken up yet, with their
     /// filter and options.
     adoptable: HashMap<SubscriptionId, (String, SubscribeOptions)>,
+    /// `Subscribe` requests waiting for their answer ([`SubscriptionRegistry::subscribing`]).
+    subscribing: usize,
+}
+
+/// A `Subscribe` request waiting for its answer: while one does, a stream naming a subscription
+/// not registered yet waits for it with no deadline. Dropped once the answer was applied, or
+/// the request failed.
+#[must_use]
+pub(crate) struct Subscribing<'a> {
+    registry: &'a SubscriptionRegistry,
+}
+
+impl Drop for Subscribing<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.registry.state);
+            state.subscribing = state.subscribing.saturating_sub(1);
+        }
+        self.registry.changed.notify_waiters();
+    }
 }
 
 impl SubscriptionRegistry {
@@ -85,6 +109,12 @@ impl SubscriptionRegistry {
             state.live.insert(id, sink);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Counts a `Subscribe` request as waiting for its answer until the guard is dropped.
+    pub(crate) fn subscribing(&self) -> Subscribing<'_> {
+        lock(&self.state).subscribing += 1;
+        Subscribing { registry: self }
     }
 
     /// The session was attached: `listed` are the subscriptions the broker holds for it
@@ -153,8 +183,8 @@ impl SubscriptionRegistry {
     }
 
     /// Takes subscription `id` for a new stream: waits until `deadline` for it to be registered
-    /// (with no deadline while it is adoptable), then for as long as the previous stream's reader
-    /// holds it.
+    /// (with no deadline while it is adoptable or a `Subscribe` is unanswered), then for as long
+    /// as the previous stream's reader holds it.
     pub(crate) async fn claim(
         self: &Arc<Self>,
         id: SubscriptionId,
@@ -164,7 +194,7 @@ impl SubscriptionRegistry {
             let mut changed = pin!(self.changed.notified());
             // Listen before looking, so a registration between the two is not missed.
             changed.as_mut().enable();
-            let adoptable = {
+            let no_deadline = {
                 let state = lock(&self.state);
                 if state.closed.is_some() {
                     return Err(ClaimError::Closed);
@@ -175,9 +205,9 @@ impl SubscriptionRegistry {
                 if state.abandoned.contains(&id) {
                     return Err(ClaimError::Abandoned);
                 }
-                state.adoptable.contains_key(&id)
+                state.adoptable.contains_key(&id) || state.subscribing > 0
             };
-            if adoptable {
+            if no_deadline {
                 changed.await;
                 continue;
             }

@@ -139,6 +139,7 @@ impl Subscription {
                 true
             }
             None => {
+                let _subscribing = core.registry().subscribing();
                 control.subscribe(sink).await?;
                 false
             }
