@@ -404,3 +404,29 @@ async fn a_qos2_publish_whose_connection_dropped_unanswered_is_delivered_once_wh
         "\"one\" was published twice"
     );
 }
+
+#[tokio::test]
+async fn a_publish_the_gateway_refuses_is_answered_after_the_publishes_sent_before_it() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v5("orderly")).await;
+    // Publishes in the broker's hands, then one the gateway refuses itself (a `$` topic is
+    // not for clients), in one write: MQTT 3.1.1 §4.6 and MQTT 5 §4.6 want the answers in the
+    // order the publishes came.
+    let mut burst = Vec::new();
+    for id in 1..=50u16 {
+        burst.extend(publish_qos1("ordered/x", id, b"x"));
+    }
+    burst.extend(publish_qos1("$refused/x", 51, b"x"));
+    raw.write_all(&burst).await.expect("the publishes");
+    for expected in 1..=51u16 {
+        let answer = within("PUBACK", read_packet(&mut raw)).await;
+        assert_eq!(
+            (answer.kind(), answer.packet_id()),
+            (PUBACK, expected),
+            "{answer:?}"
+        );
+        let reason = answer.body.get(2).copied().unwrap_or(0);
+        // 0x90: Topic Name invalid; the others succeeded.
+        assert_eq!(reason, if expected == 51 { 0x90 } else { 0 }, "{answer:?}");
+    }
+}

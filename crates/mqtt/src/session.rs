@@ -275,8 +275,17 @@ struct Connection<W> {
     pending: HashMap<u64, Pending>,
     batches: HashMap<u16, Batch>,
     stash: HashMap<SubscriptionId, Vec<Delivery>>,
-    /// Acknowledged publishes in the broker's hands: message id → (packet id, QoS).
-    publishes: HashMap<u64, (u16, u8)>,
+    /// Acknowledged publishes in the broker's hands: message id → (packet id, QoS, the
+    /// publish's number among those forwarded).
+    publishes: HashMap<u64, (u16, u8, u64)>,
+    /// How many acknowledged publishes were forwarded to the broker.
+    forwarded: u64,
+    /// Answers the gateway gave itself (a refusal, a QoS 2 publish sent again) while earlier
+    /// publishes were in the broker's hands: each waits for the answer to the publish forwarded
+    /// last before it, so the client gets its answers in the order it published (MQTT 3.1.1
+    /// §4.6). (That publish's number, packet id, QoS, reason.) At most one per packet id in
+    /// flight.
+    held_answers: VecDeque<(u64, u16, u8, PubCode)>,
     next_message_id: u64,
     /// MQTT 5 topic aliases the client set: alias → topic.
     aliases: HashMap<u16, String>,
@@ -342,6 +351,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             batches: HashMap::new(),
             stash: HashMap::new(),
             publishes: HashMap::new(),
+            forwarded: 0,
+            held_answers: VecDeque::new(),
             next_message_id: rand::random::<u64>() >> 1,
             aliases: HashMap::new(),
             receive_maximum,
@@ -989,9 +1000,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         };
         if sent_before == Some(Qos2::Received) {
             // Already taken: not published again.
-            let pkid = publish.pkid;
-            return (!self.send(|encoder, out| encoder.pubrec(pkid, out)).await)
-                .then_some(End::Abnormal(None));
+            return self
+                .answer_in_order(publish.pkid, 2, PubCode::Success)
+                .await;
         }
         let mapped = topics::topic_to_cassini(&publish.topic).and_then(|topic| {
             let outgoing = headers::to_cassini(publish.properties, publish.retain, unix_millis())?;
@@ -1002,7 +1013,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             Err(err) => {
                 tracing::debug!(client_id = %self.connect.client_id, topic = %publish.topic, %err, "publish refused");
                 return self
-                    .refuse_publish(publish.pkid, publish.qos, PubCode::TopicNameInvalid)
+                    .answer_in_order(publish.pkid, publish.qos, PubCode::TopicNameInvalid)
                     .await;
             }
         };
@@ -1036,11 +1047,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         if !self.encode(&frame) {
             // The gateway's headers took a publish just under the packet size past a frame's.
             return self
-                .refuse_publish(publish.pkid, publish.qos, PubCode::QuotaExceeded)
+                .answer_in_order(publish.pkid, publish.qos, PubCode::QuotaExceeded)
                 .await;
         }
         if let Some(id) = message_id {
-            self.publishes.insert(id, (publish.pkid, publish.qos));
+            self.forwarded += 1;
+            self.publishes
+                .insert(id, (publish.pkid, publish.qos, self.forwarded));
             if publish.qos == 2 {
                 self.set_qos2(publish.pkid, Some(Qos2::Sent { message_id: id }));
             }
@@ -1057,6 +1070,31 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             pkid,
             state,
         );
+    }
+
+    /// Answers a publish the gateway did not forward (refused, or a QoS 2 publish already taken)
+    /// as [`Self::refuse_publish`] does, after the answers to the publishes forwarded before it.
+    async fn answer_in_order(&mut self, pkid: u16, qos: u8, code: PubCode) -> Option<End> {
+        if qos > 0 && !self.publishes.is_empty() {
+            self.held_answers
+                .push_back((self.forwarded, pkid, qos, code));
+            return None;
+        }
+        self.refuse_publish(pkid, qos, code).await
+    }
+
+    /// Gives the answers held behind the publish forwarded as number `answered` (and before).
+    async fn release_held_answers(&mut self, answered: u64) -> Option<End> {
+        while let Some(&(after, pkid, qos, code)) = self.held_answers.front() {
+            if after > answered {
+                break;
+            }
+            self.held_answers.pop_front();
+            if let Some(end) = self.refuse_publish(pkid, qos, code).await {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// Answers a publish the gateway or the broker refused: MQTT 5 says why in the `PUBACK`;
@@ -1079,7 +1117,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn answer(&mut self, frame: Frame) -> Option<End> {
         match frame {
             Frame::PublishAck(ack) => {
-                let (pkid, qos) = self.publishes.remove(&ack.message_id)?;
+                let (pkid, qos, number) = self.publishes.remove(&ack.message_id)?;
                 let sent = if qos == 1 {
                     self.send(|encoder, out| encoder.puback(pkid, PubCode::Success, out))
                         .await
@@ -1087,7 +1125,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     self.set_qos2(pkid, Some(Qos2::Received));
                     self.send(|encoder, out| encoder.pubrec(pkid, out)).await
                 };
-                (!sent).then_some(End::Abnormal(None))
+                if !sent {
+                    return Some(End::Abnormal(None));
+                }
+                self.release_held_answers(number).await
             }
             Frame::PublishRejected(rejected) => {
                 tracing::debug!(
@@ -1097,9 +1138,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     reason = %rejected.reason,
                     "publish refused by the broker"
                 );
-                let (pkid, qos) = self.publishes.remove(&rejected.message_id?)?;
-                self.refuse_publish(pkid, qos, pub_code(rejected.code))
+                let (pkid, qos, number) = self.publishes.remove(&rejected.message_id?)?;
+                if let Some(end) = self
+                    .refuse_publish(pkid, qos, pub_code(rejected.code))
                     .await
+                {
+                    return Some(end);
+                }
+                self.release_held_answers(number).await
             }
             _ => None,
         }
