@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cassini_broker::cluster::{InterestUpdate, Lost, Outgoing, UNSETTLED_WAIT};
+use cassini_broker::cluster::{InterestEntry, InterestUpdate, Lost, Outgoing, UNSETTLED_WAIT};
 use cassini_broker::peer::{ClusterPort, PeerInbox};
 use cassini_broker::replication::{Replica, RpcTransport, TransportFailure};
 use cassini_protocol::{Publish, SessionId, SubscriptionId};
@@ -62,6 +62,8 @@ use crate::identity::{node_name, peer_chain};
 use crate::server::ServerError;
 pub use crate::tls::CLUSTER_ALPN;
 use crate::tls::{self, QuicOptions, RevocationOptions, ServerTls, TlsError};
+
+mod interest_parts;
 
 /// The largest frame a link reads; a longer one ends the link.
 pub const MAX_PEER_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -227,6 +229,9 @@ enum PeerFrame {
     Raft(Bytes),
     /// Acceptor → dialer, on the request's stream: its reply.
     RaftReply(Bytes),
+    /// Dialer → acceptor: entries of an interest snapshot too large for one frame; the
+    /// `Interest` snapshot after the parts carries the rest (`interest_parts`).
+    InterestPart { entries: Vec<InterestEntry> },
 }
 
 /// A node's cluster endpoint: its listener and its dialers. See the module documentation.
@@ -588,6 +593,7 @@ async fn serve_inbound(
     let mut cleanly = false;
     let mut received = 0u64;
     let mut confirmed = 0u64;
+    let mut snapshot_parts = interest_parts::Reassembly::default();
     // Frames are read in a task of their own: a read cut off mid-frame by the other branches
     // below would lose bytes of the stream.
     let (frames_in, mut frames) = tokio::sync::mpsc::channel(64);
@@ -622,6 +628,17 @@ async fn serve_inbound(
                 break Ok(());
             }
             Ok(Some(frame)) => {
+                let frame = match frame {
+                    PeerFrame::InterestPart { entries } => match snapshot_parts.part(entries) {
+                        Ok(()) => continue,
+                        Err(reason) => break Err(reason),
+                    },
+                    PeerFrame::Interest(update) => match snapshot_parts.complete(update) {
+                        Ok(update) => PeerFrame::Interest(update),
+                        Err(reason) => break Err(reason),
+                    },
+                    other => other,
+                };
                 // Forwards and drop reports are confirmed alike: a report the link lost is
                 // reported again on the next link, as an unconfirmed forward is.
                 let is_message =
@@ -683,7 +700,10 @@ async fn apply(
         | PeerFrame::Delivered { .. }
         | PeerFrame::Bye
         | PeerFrame::Raft(_)
-        | PeerFrame::RaftReply(_) => Err("unexpected frame from the dialing peer".to_owned()),
+        | PeerFrame::RaftReply(_)
+        | PeerFrame::InterestPart { .. } => {
+            Err("unexpected frame from the dialing peer".to_owned())
+        }
     }
 }
 
@@ -824,7 +844,22 @@ async fn dial_once(
                     gauge.unconfirmed(in_flight.messages());
                 }
                 let frame = match next {
-                    Some(Outgoing::Interest(update)) => PeerFrame::Interest(update),
+                    Some(Outgoing::Interest(update)) => {
+                        let mut frames = interest_frames(update);
+                        let last = frames.pop();
+                        let mut failed = None;
+                        for part in frames {
+                            if let Err(reason) = write_frame(&mut send, &part).await {
+                                failed = Some(reason);
+                                break;
+                            }
+                        }
+                        match (failed, last) {
+                            (Some(reason), _) => break reason,
+                            (None, Some(last)) => last,
+                            (None, None) => continue,
+                        }
+                    }
                     Some(Outgoing::Message(forward)) => PeerFrame::Message {
                         publish: Publish {
                             topic: forward.message.topic.as_str().to_owned(),
@@ -1009,6 +1044,18 @@ fn node_of(connection: &quinn::Connection) -> Result<String, String> {
         .ok_or_else(|| "the peer's certificate is not a node certificate".to_owned())
 }
 
+/// The frames that carry `update`: a snapshot too large for one frame as its parts, then the
+/// snapshot with the rest (`interest_parts`); anything else alone.
+fn interest_frames(update: InterestUpdate) -> Vec<PeerFrame> {
+    let (parts, update) = interest_parts::split(update, interest_parts::PART_BYTES);
+    let mut frames: Vec<PeerFrame> = parts
+        .into_iter()
+        .map(|entries| PeerFrame::InterestPart { entries })
+        .collect();
+    frames.push(PeerFrame::Interest(update));
+    frames
+}
+
 async fn write_frame(send: &mut quinn::SendStream, frame: &PeerFrame) -> Result<(), String> {
     let body = rmp_serde::to_vec(frame).map_err(|err| err.to_string())?;
     let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_owned())?;
@@ -1091,6 +1138,41 @@ mod tests {
             } => (delivered, acknowledged_by),
             other => panic!("not a message: {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_interest_snapshot_larger_than_a_frame_crosses_in_frames_within_the_bound() {
+        // 72,000 entries of 1,000-byte filters: about 72 MB, past the 64 MiB frame bound.
+        let entries: Vec<InterestEntry> = (0..72_000)
+            .map(|n| InterestEntry {
+                filter: format!("{n:06}.{}", "f".repeat(993)),
+                group: None,
+                count: 1,
+            })
+            .collect();
+        let snapshot = InterestUpdate::Snapshot {
+            seq: 9,
+            entries,
+            sessions: Vec::new(),
+        };
+        let mut reassembly = interest_parts::Reassembly::default();
+        let mut whole = None;
+        for frame in interest_frames(snapshot.clone()) {
+            let body = rmp_serde::to_vec(&frame).expect("encodes");
+            assert!(
+                body.len() <= MAX_PEER_FRAME_BYTES,
+                "a frame of {} bytes",
+                body.len()
+            );
+            match rmp_serde::from_slice(&body).expect("decodes") {
+                PeerFrame::InterestPart { entries } => reassembly.part(entries).expect("a part"),
+                PeerFrame::Interest(update) => {
+                    whole = Some(reassembly.complete(update).expect("the snapshot"));
+                }
+                other => panic!("not interest: {other:?}"),
+            }
+        }
+        assert!(whole == Some(snapshot), "the snapshot reassembled");
     }
 
     #[test]
