@@ -208,8 +208,18 @@ impl TestBroker {
     /// A raw quinn connection with a valid client certificate, for tests that speak the
     /// protocol badly on purpose. The endpoint must outlive the connection.
     pub async fn raw_connection(&self, name: &str) -> (quinn::Endpoint, quinn::Connection) {
+        self.raw_connection_with(name, &QuicOptions::default())
+            .await
+    }
+
+    /// [`TestBroker::raw_connection`] with the client's QUIC settings `options`.
+    pub async fn raw_connection_with(
+        &self,
+        name: &str,
+        options: &QuicOptions,
+    ) -> (quinn::Endpoint, quinn::Connection) {
         let (chain, key) = identity_of(&self.pki.client(name));
-        raw_connect(self.addr, self.pki.ca_certs(), chain, key)
+        raw_connect_with(self.addr, self.pki.ca_certs(), chain, key, options)
             .await
             .expect("raw connection")
     }
@@ -356,10 +366,20 @@ pub async fn raw_connect(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
+    raw_connect_with(addr, ca, chain, key, &QuicOptions::default()).await
+}
+
+/// [`raw_connect`] with the client's QUIC settings `options`.
+pub async fn raw_connect_with(
+    addr: SocketAddr,
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    options: &QuicOptions,
+) -> Result<(quinn::Endpoint, quinn::Connection), Box<dyn std::error::Error>> {
     let crypto = tls::client_crypto(ca, chain, key)?;
-    let options = QuicOptions::default();
-    let config = tls::client_config(crypto, &options)?;
-    let endpoint = cassini_quic::endpoint::bind_client("127.0.0.1:0".parse()?, config, &options)?;
+    let config = tls::client_config(crypto, options)?;
+    let endpoint = cassini_quic::endpoint::bind_client("127.0.0.1:0".parse()?, config, options)?;
     let connection = endpoint.connect(addr, "localhost")?.await?;
     Ok((endpoint, connection))
 }

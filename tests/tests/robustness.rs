@@ -10,6 +10,7 @@ use cassini_e2e::raw::{self, close_of, encoded, read_frame};
 use cassini_e2e::{within, TestBroker};
 use cassini_protocol::{ErrorCode, Frame, Hello, PROTOCOL_VERSION};
 use cassini_quic::server::ServerOptions;
+use cassini_quic::tls::QuicOptions;
 use futures_util::StreamExt;
 
 fn hello_frame(version: u32) -> Frame {
@@ -251,5 +252,77 @@ async fn a_control_stream_reset_by_the_client_is_a_protocol_violation_that_keeps
     assert!(resumed.resumed);
     assert_eq!(resumed.session_id, welcome.session_id);
     assert_bystander_still_receives(&broker, &mut subscription).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_stream_whose_answers_go_unread_is_ended_and_the_connection_goes_on() {
+    answers_go_unread(TestBroker::start().await).await;
+}
+
+#[tokio::test]
+async fn on_disk_a_publish_stream_whose_answers_go_unread_is_ended_too() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let mut config = BrokerConfig::default();
+    config.storage.mode = cassini_broker::config::StorageMode::Disk;
+    config.storage.data_dir = dir.path().to_path_buf();
+    answers_go_unread(TestBroker::start_with(config, ServerOptions::default()).await).await;
+}
+
+/// A client that never reads the answers on its publish stream: the broker ends that stream
+/// with `SLOW_CONSUMER` (its answers wait at most 10 s), and the connection goes on.
+async fn answers_go_unread(broker: TestBroker) {
+    // A client that takes at most 4 KiB from the broker ahead of what it has read: the
+    // answers to its acknowledged publishes soon wait for it.
+    let options = QuicOptions {
+        receive_window_bytes: 4096,
+        ..QuicOptions::default()
+    };
+    let (_endpoint, connection) = broker.raw_connection_with("deaf", &options).await;
+    let (_control_send, _control_recv) = handshake(&connection).await;
+    let (mut publish, _answers_never_read) = connection.open_bi().await.expect("publish stream");
+    let mut batch = BytesMut::new();
+    for n in 0..100u64 {
+        batch.put_slice(&encoded(&Frame::Publish(cassini_protocol::Publish {
+            topic: "deaf.x".into(),
+            payload: Bytes::from_static(b"x"),
+            message_id: Some(n),
+            ack: true,
+            ..Default::default()
+        })));
+    }
+    let batch = batch.freeze();
+    // Acknowledged publishes, their answers never read, until the broker ends the stream (its
+    // answers may wait 10 s); bounded in count and time.
+    let ended = tokio::time::timeout(Duration::from_secs(40), async {
+        for _ in 0..100_000 {
+            if let Err(err) = publish.write_all(&batch).await {
+                return err;
+            }
+        }
+        panic!("never ended");
+    })
+    .await
+    .expect("the stream ends within 40 s");
+    assert_eq!(
+        ended,
+        quinn::WriteError::Stopped(quinn::VarInt::from_u32(ErrorCode::SLOW_CONSUMER.0)),
+        "{ended}"
+    );
+    // The connection goes on: another publish stream is answered.
+    let (mut again, mut answers) = connection.open_bi().await.expect("publish stream");
+    let one = Frame::Publish(cassini_protocol::Publish {
+        topic: "deaf.x".into(),
+        payload: Bytes::from_static(b"x"),
+        message_id: Some(1_000_000),
+        ack: true,
+        ..Default::default()
+    });
+    again.write_all(&encoded(&one)).await.expect("write");
+    let mut buf = BytesMut::new();
+    match within("an answer", read_frame(&mut answers, &mut buf)).await {
+        Some(Frame::PublishAck(ack)) => assert_eq!(ack.message_id, 1_000_000),
+        other => panic!("expected PublishAck, got {other:?}"),
+    }
     broker.stop().await;
 }

@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use cassini_protocol::codec::{DecodedInto, TopicMemo};
-use cassini_protocol::{encode_frame, DecodeError, Frame, FrameDecoder, Publish};
+use cassini_protocol::{encode_frame, DecodeError, ErrorCode, Frame, FrameDecoder, Publish};
 
 use crate::error::BrokerError;
 use crate::memory::FrameBufferCharge;
@@ -38,6 +38,12 @@ impl FrameReader {
             charge,
             topics: TopicMemo::default(),
         }
+    }
+
+    /// Tells the peer to stop sending on this stream, with `code`; what QUIC holds unread of it
+    /// is dropped.
+    pub(crate) fn stop(&mut self, code: ErrorCode) {
+        self.stream.stop(code);
     }
 
     /// Hands back the topic of a frame this reader returned, once its user is done with it: the

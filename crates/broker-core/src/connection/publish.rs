@@ -21,12 +21,22 @@
 //! stream shares one sync among them, as do publishes on different streams. Before routing, the
 //! reader waits while the store's pending bound is exceeded; a publish whose message would be
 //! stored beyond the disk limit is refused with `STORAGE_FULL` and not routed at all.
+//!
+//! A client that does not read its answers holds up their writes, and with them the reading of
+//! its stream, while QUIC keeps what it sends meanwhile (up to the connection's receive window).
+//! An answer that cannot be written for [`ANSWER_WRITE_TIMEOUT`] ends the stream: the broker
+//! stops it and resets its own side with `SLOW_CONSUMER`, which drops what QUIC held of it; the
+//! connection and its other streams go on.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_protocol::codec::MAX_KEPT_TOPIC_BYTES;
-use cassini_protocol::{Frame, NoResponders, Publish, PublishAck, PublishRejected};
+use cassini_protocol::{ErrorCode, Frame, NoResponders, Publish, PublishAck, PublishRejected};
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Publisher, Source};
@@ -40,6 +50,35 @@ use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
 const MAX_UNANSWERED: usize = 1024;
+
+/// The longest an answer may wait for the client to make room for it (by reading the answers
+/// before it) before the stream is ended with `SLOW_CONSUMER`.
+pub(crate) const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes one answer; `Ok(false)` if the client made no room for it within
+/// [`ANSWER_WRITE_TIMEOUT`]. An answer written at once, as almost every one is, reads no clock.
+async fn write_answer(
+    send: &mut dyn SendStream,
+    frame: &Frame,
+    max_frame_bytes: u32,
+) -> Result<bool, BrokerError> {
+    let mut write = pin!(write_frame(send, frame, max_frame_bytes));
+    // One poll first: the write that needs no wait finishes here, and the one that does is
+    // polled again below with the task's waker.
+    if let Poll::Ready(written) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return written.map(|()| true);
+    }
+    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, write).await {
+        Ok(written) => written.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Ends a publish stream whose client left its answers unread: see the module documentation.
+fn end_unread(send: &mut dyn SendStream, identity: &str) {
+    tracing::debug!(%identity, "a publish stream's answers were not read for {ANSWER_WRITE_TIMEOUT:?}: stream ended with SLOW_CONSUMER");
+    send.reset(ErrorCode::SLOW_CONSUMER);
+}
 
 /// The frames answering one publish, and the store ticket they wait for.
 struct Answer {
@@ -104,7 +143,11 @@ async fn serve_in_order(
         let frames = frames_for(&mut publish, shared, &mut publisher);
         keep_only_the_topic(&mut publish);
         for answer in &frames {
-            write_frame(send.as_mut(), answer, max_frame_bytes).await?;
+            if !write_answer(send.as_mut(), answer, max_frame_bytes).await? {
+                end_unread(send.as_mut(), identity);
+                reader.stop(ErrorCode::SLOW_CONSUMER);
+                return Ok(());
+            }
         }
     }
     let _ = send.finish();
@@ -218,7 +261,9 @@ async fn read_publishes(
             unsent,
         };
         if answers.send(answer).await.is_err() {
-            // The answering half failed (its error is reported): stop reading.
+            // The answering half failed (its error is reported) or gave up on a client that
+            // does not read its answers: stop reading.
+            reader.stop(ErrorCode::SLOW_CONSUMER);
             return Ok(());
         }
     }
@@ -287,7 +332,10 @@ async fn write_answers(
                 }
                 (frame, _) => frame,
             };
-            write_frame(send.as_mut(), &frame, max_frame_bytes).await?;
+            if !write_answer(send.as_mut(), &frame, max_frame_bytes).await? {
+                end_unread(send.as_mut(), identity);
+                return Ok(());
+            }
         }
     }
     let _ = send.finish();
