@@ -208,7 +208,8 @@ pub struct Welcome {
 /// A subscription a resumed session holds, as listed in `Welcome`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSubscription {
-    /// Its id; the broker opens its stream after `Welcome`.
+    /// Its id; the broker opens its stream as it re-attaches the session, so the stream may
+    /// arrive before `Welcome`.
     pub subscription: SubscriptionId,
     /// The filter it was made with.
     pub filter: String,
