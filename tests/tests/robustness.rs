@@ -326,3 +326,36 @@ async fn answers_go_unread(broker: TestBroker) {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_its_control_answers_unread_is_closed_with_slow_consumer() {
+    let broker = TestBroker::start().await;
+    let (_bystander, mut bystanding) = bystander(&broker).await;
+    let options = QuicOptions {
+        receive_window_bytes: 4096,
+        ..QuicOptions::default()
+    };
+    let (_endpoint, connection) = broker.raw_connection_with("deaf", &options).await;
+    let (mut control, _pongs_never_read) = handshake(&connection).await;
+    let mut batch = BytesMut::new();
+    for nonce in 0..100u64 {
+        batch.put_slice(&encoded(&Frame::Ping(cassini_protocol::Ping { nonce })));
+    }
+    let batch = batch.freeze();
+    // Pings, their pongs never read, until the broker gives up on the connection (a pong may
+    // wait 10 s); bounded in count and time.
+    let closed = tokio::time::timeout(Duration::from_secs(40), async {
+        for _ in 0..100_000 {
+            if control.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+        panic!("never closed");
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection is closed within 40 s");
+    let (code, reason) = close_of(&connection).await;
+    assert_eq!(code, ErrorCode::SLOW_CONSUMER, "{reason}");
+    assert_bystander_still_receives(&broker, &mut bystanding).await;
+    broker.stop().await;
+}

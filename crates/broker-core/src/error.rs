@@ -81,6 +81,10 @@ pub enum BrokerError {
         /// `limits.max_subscriptions_per_session`.
         max: u32,
     },
+    /// The client left the broker's answers on a stream unread for
+    /// [`crate::connection::framed::ANSWER_WRITE_TIMEOUT`] (its flow control held them).
+    #[error("answers on the {0} stream went unread for 10 s")]
+    AnswersUnread(&'static str),
     /// An unsubscribe named an unknown subscription.
     #[error("no subscription {0} in this session")]
     UnknownSubscription(u64),
@@ -205,6 +209,7 @@ impl BrokerError {
             | BrokerError::TooManySubscriptionsForIdentity(_)
             | BrokerError::TooManyPositions { .. } => ErrorCode::TOO_MANY_SUBSCRIPTIONS,
             BrokerError::UnknownSubscription(_) => ErrorCode::UNKNOWN_SUBSCRIPTION,
+            BrokerError::AnswersUnread(_) => ErrorCode::SLOW_CONSUMER,
             BrokerError::SessionNotFound(_) => ErrorCode::SESSION_NOT_FOUND,
             BrokerError::SessionIdentityMismatch => ErrorCode::SESSION_IDENTITY_MISMATCH,
             BrokerError::InvalidSessionName(_) => ErrorCode::INVALID_SESSION_NAME,

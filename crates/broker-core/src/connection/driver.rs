@@ -27,7 +27,7 @@ use crate::actors::ask;
 use crate::actors::session::SessionMsg;
 use crate::actors::session_manager::{Opened, SessionManagerMsg};
 use crate::cluster::ownership::{Claimed, Hold};
-use crate::connection::framed::{write_frame, FrameReader};
+use crate::connection::framed::{write_answer, FrameReader};
 use crate::connection::publish::{serve_publish_stream, DatagramPublishes};
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -218,7 +218,7 @@ async fn serve(
             },
             max_frame_bytes,
         );
-        write_frame(control_send.as_mut(), &welcome, max_frame_bytes)
+        write_control(control_send.as_mut(), &welcome, max_frame_bytes)
             .await
             .map_err(control_reset)?;
     }
@@ -265,7 +265,7 @@ async fn serve(
                 },
             },
             Some(settled) = settling.join_next() => if let Ok(answer) = settled {
-                write_frame(control_send.as_mut(), &answer, max_frame_bytes)
+                write_control(control_send.as_mut(), &answer, max_frame_bytes)
                     .await
                     .map_err(control_reset)?;
             },
@@ -275,7 +275,7 @@ async fn serve(
             },
             Some(done) = publishers.join_next() => flatten(done)?,
             notice = next_notice(ended.as_ref()) => {
-                write_frame(control_send.as_mut(), &Frame::SubscriptionEnded(notice), max_frame_bytes)
+                write_control(control_send.as_mut(), &Frame::SubscriptionEnded(notice), max_frame_bytes)
                     .await
                     .map_err(control_reset)?;
             }
@@ -371,7 +371,7 @@ async fn serve_control(
             });
             Ok(())
         }
-        _ => write_frame(control_send, &answer, max_frame_bytes).await,
+        _ => write_control(control_send, &answer, max_frame_bytes).await,
     }
 }
 
@@ -392,7 +392,7 @@ async fn go_away(
         reason: reason.clone(),
         reconnect_after_ms: u32::try_from(hint.as_millis()).unwrap_or(u32::MAX),
     });
-    write_frame(control_send, &notice, max_frame_bytes).await?;
+    write_control(control_send, &notice, max_frame_bytes).await?;
     let deadline = Instant::now()
         + shared
             .config
@@ -412,7 +412,7 @@ async fn go_away(
                 None => control_open = false,
             },
             Some(settled) = settling.join_next() => if let Ok(answer) = settled {
-                write_frame(control_send, &answer, max_frame_bytes).await?;
+                write_control(control_send, &answer, max_frame_bytes).await?;
             },
         }
     }
@@ -423,6 +423,23 @@ async fn go_away(
     // Closing at once would discard the notice: wait (briefly) until it arrived.
     let _ = timeout(GOING_AWAY_DELIVERY, control_send.delivered()).await;
     Err(BrokerError::GoingAway(reason))
+}
+
+/// Writes `frame` on the control stream. A client that has left the control stream's earlier
+/// frames unread, so that this one cannot be written for
+/// [`crate::connection::framed::ANSWER_WRITE_TIMEOUT`], is closed with
+/// `SLOW_CONSUMER`: while the driver waits it reads nothing of the connection, and QUIC would
+/// keep what the client sends meanwhile.
+async fn write_control(
+    control_send: &mut dyn SendStream,
+    frame: &Frame,
+    max_frame_bytes: u32,
+) -> Result<(), BrokerError> {
+    if write_answer(control_send, frame, max_frame_bytes).await? {
+        Ok(())
+    } else {
+        Err(BrokerError::AnswersUnread("control"))
+    }
 }
 
 /// A control stream the client reset (or stopped) breaks the protocol: the connection closes

@@ -1,5 +1,10 @@
 //! Whole frames over the transport's byte streams.
 
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
 use bytes::BytesMut;
 use cassini_protocol::codec::{DecodedInto, TopicMemo};
 use cassini_protocol::{encode_frame, DecodeError, ErrorCode, Frame, FrameDecoder, Publish};
@@ -128,6 +133,29 @@ fn missing_bytes(buf: &[u8]) -> usize {
             declared.saturating_add(4).saturating_sub(buf.len())
         }
         None => 4 - buf.len(),
+    }
+}
+
+/// The longest an answer may wait for the client to make room for it (by reading what the
+/// broker wrote before it on the same stream) before the broker gives up on the stream.
+pub(crate) const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes one answer; `Ok(false)` if the client made no room for it within
+/// [`ANSWER_WRITE_TIMEOUT`]. An answer written at once, as almost every one is, reads no clock.
+pub(crate) async fn write_answer(
+    stream: &mut dyn SendStream,
+    frame: &Frame,
+    max_frame_bytes: u32,
+) -> Result<bool, BrokerError> {
+    let mut write = pin!(write_frame(stream, frame, max_frame_bytes));
+    // One poll first: the write that needs no wait finishes here, and the one that does is
+    // polled again below with the task's waker.
+    if let Poll::Ready(written) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return written.map(|()| true);
+    }
+    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, write).await {
+        Ok(written) => written.map(|()| true),
+        Err(_) => Ok(false),
     }
 }
 

@@ -28,11 +28,7 @@
 //! stops it and resets its own side with `SLOW_CONSUMER`, which drops what QUIC held of it; the
 //! connection and its other streams go on.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::Bytes;
 use cassini_protocol::codec::MAX_KEPT_TOPIC_BYTES;
@@ -40,7 +36,7 @@ use cassini_protocol::{ErrorCode, Frame, NoResponders, Publish, PublishAck, Publ
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Publisher, Source};
-use crate::connection::framed::{not_a_publish, write_frame, FrameReader};
+use crate::connection::framed::{not_a_publish, write_answer, FrameReader, ANSWER_WRITE_TIMEOUT};
 use crate::connection::unsent_acks::UnsentAcks;
 use crate::context::Shared;
 use crate::error::BrokerError;
@@ -50,29 +46,6 @@ use crate::transport::{RecvStream, SendStream, TransportError};
 
 /// Most answered publishes of one stream waiting for their sync; the reader waits beyond it.
 const MAX_UNANSWERED: usize = 1024;
-
-/// The longest an answer may wait for the client to make room for it (by reading the answers
-/// before it) before the stream is ended with `SLOW_CONSUMER`.
-pub(crate) const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Writes one answer; `Ok(false)` if the client made no room for it within
-/// [`ANSWER_WRITE_TIMEOUT`]. An answer written at once, as almost every one is, reads no clock.
-async fn write_answer(
-    send: &mut dyn SendStream,
-    frame: &Frame,
-    max_frame_bytes: u32,
-) -> Result<bool, BrokerError> {
-    let mut write = pin!(write_frame(send, frame, max_frame_bytes));
-    // One poll first: the write that needs no wait finishes here, and the one that does is
-    // polled again below with the task's waker.
-    if let Poll::Ready(written) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        return written.map(|()| true);
-    }
-    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, write).await {
-        Ok(written) => written.map(|()| true),
-        Err(_) => Ok(false),
-    }
-}
 
 /// Ends a publish stream whose client left its answers unread: see the module documentation.
 fn end_unread(send: &mut dyn SendStream, identity: &str) {
