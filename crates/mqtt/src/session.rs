@@ -46,6 +46,9 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events waiting for the connection's loop.
 const EVENT_BACKLOG: usize = 256;
+/// The most QoS 1 and 2 publishes of one connection waiting for their answer: one per packet
+/// id (a client sending more reuses ids it has no answer for).
+const MAX_UNANSWERED_PUBLISHES: usize = u16::MAX as usize;
 /// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
 const STASH_LIMIT: usize = 4096;
 /// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
@@ -1076,6 +1079,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     /// as [`Self::refuse_publish`] does, after the answers to the publishes forwarded before it.
     async fn answer_in_order(&mut self, pkid: u16, qos: u8, code: PubCode) -> Option<End> {
         if qos > 0 && !self.publishes.is_empty() {
+            if self.publishes.len() + self.held_answers.len() >= MAX_UNANSWERED_PUBLISHES {
+                // More publishes waiting for their answer than there are packet ids.
+                return Some(End::Abnormal(Some(CloseCode::QuotaExceeded)));
+            }
             self.held_answers
                 .push_back((self.forwarded, pkid, qos, code));
             return None;
