@@ -430,3 +430,55 @@ async fn a_publish_the_gateway_refuses_is_answered_after_the_publishes_sent_befo
         assert_eq!(reason, if expected == 51 { 0x90 } else { 0 }, "{answer:?}");
     }
 }
+
+/// An MQTT 3.1.1 `SUBSCRIBE` of `filter` at QoS 1.
+fn subscribe_v311(packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    string(filter, &mut body);
+    body.push(1);
+    packet(0x82, &body)
+}
+
+/// A 3.1.1 QoS 1 `PUBLISH`'s packet id, payload and DUP flag.
+fn delivered_v311(publish: &Packet) -> (u16, Vec<u8>, bool) {
+    assert_eq!(publish.kind(), 3, "a PUBLISH: {publish:?}");
+    let topic_len = usize::from(u16::from_be_bytes([publish.body[0], publish.body[1]]));
+    let at = 2 + topic_len;
+    let packet_id = u16::from_be_bytes([publish.body[at], publish.body[at + 1]]);
+    let dup = publish.header & 0x08 != 0;
+    (packet_id, publish.body[at + 2..].to_vec(), dup)
+}
+
+#[tokio::test]
+async fn a_delivery_left_unacknowledged_comes_again_under_its_packet_id_on_the_resumed_session() {
+    let gateway = plaintext_gateway().await;
+    let quic = gateway.broker.client("publisher").await;
+    let connect = connect_v311_persistent("forgetful");
+    let mut raw = connected(&gateway, &connect).await;
+    answered(&mut raw, &subscribe_v311(1, "redo/#"), SUBACK, 1).await;
+    quic.publish("redo.a", "one").await.expect("publish");
+    let (first, payload, _) = delivered_v311(&within("PUBLISH", read_packet(&mut raw)).await);
+    assert_eq!(payload, b"one");
+    raw.write_all(&packet(0x40, &first.to_be_bytes()))
+        .await
+        .expect("PUBACK");
+    quic.publish("redo.a", "two").await.expect("publish");
+    let (second, payload, dup) = delivered_v311(&within("PUBLISH", read_packet(&mut raw)).await);
+    assert_eq!((payload.as_slice(), dup), (&b"two"[..], false));
+    assert_ne!(
+        second, 1,
+        "the second delivery has a packet id the next connection would not"
+    );
+    // The connection ends before the client acknowledges "two": on the session's next
+    // connection it comes again, marked DUP, under the same packet id (MQTT 3.1.1 §4.4).
+    drop(raw);
+    let mut raw = TcpStream::connect(gateway.addr).await.expect("connect");
+    raw.write_all(&connect).await.expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut raw)).await;
+    assert_eq!(connack.body, [1, 0], "the session present: {connack:?}");
+    let (again, payload, dup) = delivered_v311(&within("PUBLISH", read_packet(&mut raw)).await);
+    assert_eq!(
+        (again, payload.as_slice(), dup),
+        (second, &b"two"[..], true)
+    );
+}

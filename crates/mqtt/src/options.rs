@@ -5,19 +5,22 @@
 //!   session state);
 //! - the packet ids of QoS 2 publishes between their `PUBLISH` and their `PUBREL` (MQTT 3.1.1
 //!   §4.3.3), so that a `PUBLISH` sent again on the session's next connection is not published
-//!   twice.
+//!   twice;
+//! - the packet ids of QoS 1 deliveries a connection ended without their `PUBACK`, so that the
+//!   session's next connection sends them again under the same ids (MQTT 3.1.1 §4.4, MQTT 5
+//!   §4.4).
 //!
 //! The options are held in the gateway's memory and, in disk mode, in the broker's store beside
 //! the session (one record per client id, `mqtt/options/<client id>`, rewritten whenever its
 //! options change, read back by [`OptionsTable::restore`] when the gateway starts), so a restart
 //! keeps them as it keeps the session. In memory mode a restart forgets them with the sessions.
-//! The QoS 2 packet ids are held in memory only: a gateway restart forgets them. Bounded by the
+//! The packet ids are held in memory only: a gateway restart forgets them. Bounded by the
 //! sessions: a client id's state goes when its session ends with its connection, at a clean
 //! start, and, for a session left detached, once its expiry has passed (checked whenever options
 //! are stored, and on restore); and an identity keeps state for at most
 //! `limits.max_sessions_per_identity` client ids (the sessions the broker keeps for it: beyond
 //! that, the client id detached longest has lost its session, and its state goes). The QoS 2
-//! packet ids of one client id are at most 65,535 (one per packet id).
+//! packet ids of one client id are at most 65,535 of each kind (one per packet id).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -61,11 +64,22 @@ struct ClientOptions {
     /// QoS 2 packet id → where its publish stands (memory only).
     #[serde(skip)]
     qos2: HashMap<u16, Qos2>,
+    /// (subscription, sequence) of a QoS 1 delivery left unacknowledged → its packet id
+    /// (memory only).
+    #[serde(skip)]
+    unacked: HashMap<(u64, u64), u16>,
     /// While no connection holds the session: when it expires, in ms since the Unix epoch.
     expires_at_ms: Option<u64>,
     /// The client's identity (empty in records written before it was kept).
     #[serde(default)]
     identity: String,
+}
+
+impl ClientOptions {
+    /// Whether there is nothing to keep for the client id.
+    fn holds_nothing(&self) -> bool {
+        self.filters.is_empty() && self.qos2.is_empty() && self.unacked.is_empty()
+    }
 }
 
 /// The options of every client id, shared by the gateway's connections.
@@ -173,7 +187,7 @@ impl OptionsTable {
                     if client.filters.remove(filter).is_some() {
                         if client.filters.is_empty() {
                             self.store(client_id, None);
-                            if client.qos2.is_empty() {
+                            if client.holds_nothing() {
                                 clients.remove(client_id);
                             }
                         } else {
@@ -216,13 +230,61 @@ impl OptionsTable {
             None => {
                 if let Some(client) = clients.get_mut(client_id) {
                     client.qos2.remove(&pkid);
-                    if client.qos2.is_empty() && client.filters.is_empty() {
+                    if client.holds_nothing() {
                         // Only options are stored, and it has none: nothing to remove there.
                         clients.remove(client_id);
                     }
                 }
             }
         }
+    }
+
+    /// The connection ended with these QoS 1 deliveries of `client_id` unacknowledged
+    /// (subscription, sequence, packet id): their packet ids wait for the session's next
+    /// connection, replacing any kept before.
+    pub(crate) fn keep_unacked(
+        &self,
+        identity: &str,
+        client_id: &str,
+        unacked: impl Iterator<Item = (u64, u64, u16)>,
+    ) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        let unacked: HashMap<(u64, u64), u16> = unacked
+            .map(|(subscription, sequence, pkid)| ((subscription, sequence), pkid))
+            .collect();
+        if unacked.is_empty() {
+            if let Some(client) = clients.get_mut(client_id) {
+                client.unacked.clear();
+            }
+            return;
+        }
+        let new = !clients.contains_key(client_id);
+        let client = clients.entry(client_id.to_string()).or_default();
+        client.identity = identity.to_string();
+        client.unacked = unacked;
+        if new {
+            let most = self.broker.get().map_or(usize::MAX, |broker| {
+                broker.config().limits.max_sessions_per_identity
+            });
+            self.forget_beyond(&mut clients, identity, most);
+        }
+    }
+
+    /// The packet id the delivery `sequence` of `subscription` had when `client_id`'s previous
+    /// connection ended without its `PUBACK`, if it had one; taken.
+    pub(crate) fn take_unacked(
+        &self,
+        client_id: &str,
+        subscription: u64,
+        sequence: u64,
+    ) -> Option<u16> {
+        let mut clients = self.clients.lock().ok()?;
+        clients
+            .get_mut(client_id)?
+            .unacked
+            .remove(&(subscription, sequence))
     }
 
     /// Keeps options for at most `most` (`limits.max_sessions_per_identity`) client ids of

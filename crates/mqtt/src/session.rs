@@ -1452,6 +1452,24 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         self.turns.retain(|waiting| *waiting != subscription);
     }
 
+    /// For a delivery the session's previous connection sent without getting its `PUBACK`: the
+    /// packet id it had, unless this connection uses it already (MQTT 3.1.1 §4.4: sent again
+    /// under its original packet id).
+    fn redelivery_packet_id(
+        &self,
+        subscription: SubscriptionId,
+        sequence: u64,
+        redelivered: bool,
+    ) -> Option<u16> {
+        if !redelivered {
+            return None;
+        }
+        self.context
+            .sub_options
+            .take_unacked(&self.connect.client_id, subscription, sequence)
+            .filter(|pkid| !self.outbound.contains_key(pkid))
+    }
+
     fn packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_pkid;
@@ -1539,6 +1557,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let sub = self.subs.get(&subscription)?;
         let (qos, options) = (sub.qos, sub.options);
         let sequence = delivery.sequence;
+        let redelivered = delivery.redelivered;
         let v5 = self.connect.version == Version::V5;
         let incoming = headers::from_cassini(delivery.headers, delivery.reply_to.as_deref());
         let message_expiry = match incoming.expires_at {
@@ -1552,7 +1571,12 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
             None => None,
         };
-        let pkid = if qos == 1 { self.packet_id() } else { 0 };
+        let pkid = match qos {
+            1 => self
+                .redelivery_packet_id(subscription, sequence, redelivered)
+                .unwrap_or_else(|| self.packet_id()),
+            _ => 0,
+        };
         let publish = Publish {
             topic: topics::cassini_to_mqtt(&delivery.topic),
             pkid,
@@ -1675,6 +1699,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
         if let Some(flag) = &self.clean_start_flag {
             self.context.wills.release(&self.connect.client_id, flag);
+        }
+        if !self.ends_with_connection() {
+            // QoS 1 deliveries sent and not acknowledged go again on the next connection,
+            // under the same packet ids.
+            self.context.sub_options.keep_unacked(
+                &self.peer.identity,
+                &self.connect.client_id,
+                self.outbound
+                    .iter()
+                    .map(|(pkid, (subscription, sequence))| (*subscription, *sequence, *pkid)),
+            );
         }
         if !taken_over {
             let expiry = (!self.ends_with_connection()).then(|| self.session_outlives());
