@@ -482,3 +482,33 @@ async fn a_delivery_left_unacknowledged_comes_again_under_its_packet_id_on_the_r
         (second, &b"two"[..], true)
     );
 }
+
+#[tokio::test]
+async fn a_clean_start_on_a_session_with_many_subscriptions_is_accepted() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v311_persistent("crowded")).await;
+    // Forty subscriptions in one SUBSCRIBE: more answers than the bridge holds unread.
+    let mut body = 1u16.to_be_bytes().to_vec();
+    for n in 0..40 {
+        string(&format!("crowd/{n}"), &mut body);
+        body.push(1);
+    }
+    answered(&mut raw, &packet(0x82, &body), SUBACK, 1).await;
+    gateway.wait_subscribed("crowd.39").await;
+    raw.write_all(&[0xE0, 0x00]).await.expect("DISCONNECT");
+    drop(raw);
+    // A clean start unsubscribes from all forty before its CONNACK.
+    let mut clean = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 60];
+    string("crowded", &mut clean);
+    let mut raw = TcpStream::connect(gateway.addr).await.expect("connect");
+    raw.write_all(&packet(0x10, &clean)).await.expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut raw)).await;
+    assert_eq!(
+        connack.body,
+        [0, 0],
+        "accepted, no session present: {connack:?}"
+    );
+    for n in [0, 39] {
+        gateway.wait_unsubscribed(&format!("crowd.{n}")).await;
+    }
+}

@@ -310,6 +310,9 @@ struct Connection<W> {
     next_pkid: u16,
     /// Where the publish stream's reader sends the broker's answers.
     answers_to: Option<mpsc::Sender<Event>>,
+    /// The connection's reading tasks (the control stream's from `Welcome` on, the client's
+    /// packets and the subscription streams from `run`), aborted when it ends.
+    tasks: tokio::task::JoinSet<()>,
     /// The broker's answers, read by the loop, and by [`Connection::frame`] while it waits.
     answers: Option<mpsc::Receiver<Event>>,
     /// Answers read while a frame waited to be written, handled before anything else.
@@ -364,6 +367,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             turns: VecDeque::new(),
             next_pkid: 1,
             answers_to: None,
+            tasks: tokio::task::JoinSet::new(),
             answers: None,
             deferred: VecDeque::new(),
             clean_start_flag: None,
@@ -507,6 +511,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 return None;
             }
         };
+        // The broker's answers are read from here on: a clean start unsubscribes from every
+        // subscription of the session it resumed, and the broker stops reading requests while
+        // its answers are not taken.
+        self.read_control();
         // MQTT 5 §3.1.3.2.2: a new connection for the client id cancels a will waiting for its
         // delay; a clean start ends the session, so the will is published at once (§3.1.2.5).
         self.context
@@ -815,10 +823,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let (events, mut inbox) = mpsc::channel(EVENT_BACKLOG);
-        let (answers_to, answers) = mpsc::channel(EVENT_BACKLOG);
-        self.answers = Some(answers);
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(read_packets(
+        self.read_control();
+        self.tasks.spawn(read_packets(
             reader,
             buf,
             self.connect.version,
@@ -826,20 +832,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.connect.keep_alive,
             events.clone(),
         ));
-        if let Some(recv) = self.control_reader.take() {
-            tasks.spawn(read_frames(
-                recv,
-                std::mem::take(&mut self.control_buf),
-                self.max_frame,
-                answers_to.clone(),
-                Event::Control,
-                Some(Event::ControlEnded),
-            ));
-        }
         if let Some(mut uni) = client.uni.take() {
             let events = events.clone();
             let max_frame = self.max_frame;
-            tasks.spawn(async move {
+            self.tasks.spawn(async move {
                 let mut streams = tokio::task::JoinSet::new();
                 while let Some(stream) = uni.recv().await {
                     streams.spawn(read_subscription(stream, max_frame, events.clone()));
@@ -848,7 +844,6 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             });
         }
         drop(events);
-        self.answers_to = Some(answers_to);
         let cut = self.context.cut.clone();
         let end = loop {
             let event = match self.deferred.pop_front() {
@@ -869,7 +864,25 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             }
         };
         self.finish(end, &client).await;
-        tasks.abort_all();
+        self.tasks.abort_all();
+    }
+
+    /// Starts reading the broker's answers on the control stream into `answers`, once.
+    fn read_control(&mut self) {
+        let Some(recv) = self.control_reader.take() else {
+            return;
+        };
+        let (answers_to, answers) = mpsc::channel(EVENT_BACKLOG);
+        self.tasks.spawn(read_frames(
+            recv,
+            std::mem::take(&mut self.control_buf),
+            self.max_frame,
+            answers_to.clone(),
+            Event::Control,
+            Some(Event::ControlEnded),
+        ));
+        self.answers = Some(answers);
+        self.answers_to = Some(answers_to);
     }
 
     /// Handles one event; `Some` when the connection ends.
