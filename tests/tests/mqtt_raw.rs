@@ -512,3 +512,23 @@ async fn a_clean_start_on_a_session_with_many_subscriptions_is_accepted() {
         gateway.wait_unsubscribed(&format!("crowd.{n}")).await;
     }
 }
+
+#[tokio::test]
+async fn a_subscribe_listing_more_filters_than_a_session_may_hold_closes_the_connection() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v311_persistent("greedy")).await;
+    let most = BrokerConfig::default().limits.max_subscriptions_per_session;
+    let mut body = 1u16.to_be_bytes().to_vec();
+    for n in 0..=most {
+        string(&format!("g/{n}"), &mut body);
+        body.push(0);
+    }
+    raw.write_all(&packet(0x82, &body))
+        .await
+        .expect("SUBSCRIBE");
+    let mut rest = Vec::new();
+    within("the gateway closes", raw.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "no SUBACK: {rest:?}");
+}

@@ -23,6 +23,7 @@
 //! packet ids of one client id are at most 65,535 of each kind (one per packet id).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -88,6 +89,8 @@ pub(crate) struct OptionsTable {
     clients: Arc<Mutex<HashMap<String, ClientOptions>>>,
     /// The broker whose store keeps the options (set by `restore`; nothing is stored before).
     broker: Arc<OnceLock<BrokerHandle>>,
+    /// Whether that broker has a store (disk mode): in memory mode nothing is encoded.
+    durable: Arc<AtomicBool>,
 }
 
 impl OptionsTable {
@@ -98,6 +101,8 @@ impl OptionsTable {
         if self.broker.set(broker.clone()).is_err() {
             return;
         }
+        self.durable
+            .store(broker.storage().is_some(), Ordering::Release);
         let now = unix_millis();
         let longest = broker.config().sessions.expiry;
         let Ok(mut clients) = self.clients.lock() else {
@@ -158,17 +163,21 @@ impl OptionsTable {
         let Ok(mut clients) = self.clients.lock() else {
             return;
         };
-        let now = unix_millis();
-        clients.retain(|client_id, client| {
-            let live = client.expires_at_ms.is_none_or(|at| at > now);
-            if !live {
-                self.store(client_id, None);
-            }
-            live
-        });
         match options.filter(|options| *options != SubOptions::default()) {
             Some(options) => {
                 let new = !clients.contains_key(client_id);
+                if new {
+                    // A new entry: the expired ones go first (only then, so that changing a
+                    // client id's options costs no walk over every other one).
+                    let now = unix_millis();
+                    clients.retain(|client_id, client| {
+                        let live = client.expires_at_ms.is_none_or(|at| at > now);
+                        if !live {
+                            self.store(client_id, None);
+                        }
+                        live
+                    });
+                }
                 let client = clients.entry(client_id.to_string()).or_default();
                 client.identity = identity.to_string();
                 if client.filters.get(filter) != Some(&options) {
@@ -343,7 +352,9 @@ impl OptionsTable {
         let Some(broker) = self.broker.get() else {
             return;
         };
-        if client.is_some_and(|client| client.filters.is_empty()) {
+        if !self.durable.load(Ordering::Acquire)
+            || client.is_some_and(|client| client.filters.is_empty())
+        {
             return;
         }
         let value = match client.map(rmp_serde::to_vec).transpose() {

@@ -867,6 +867,18 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         self.tasks.abort_all();
     }
 
+    /// The most filters one `SUBSCRIBE` or `UNSUBSCRIBE` may list: as many as a session may
+    /// hold subscriptions (`limits.max_subscriptions_per_session`); more closes the connection.
+    fn most_filters_per_request(&self) -> usize {
+        let most = self
+            .context
+            .broker
+            .config()
+            .limits
+            .max_subscriptions_per_session;
+        usize::try_from(most).unwrap_or(usize::MAX)
+    }
+
     /// Starts reading the broker's answers on the control stream into `answers`, once.
     fn read_control(&mut self) {
         let Some(recv) = self.control_reader.take() else {
@@ -1172,6 +1184,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>) -> Option<End> {
+        if filters.len() > self.most_filters_per_request() {
+            return Some(End::Abnormal(Some(CloseCode::QuotaExceeded)));
+        }
         if let Some(end) = self.settle_subscription_requests().await {
             return Some(end);
         }
@@ -1266,6 +1281,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Option<End> {
+        if filters.len() > self.most_filters_per_request() {
+            return Some(End::Abnormal(Some(CloseCode::QuotaExceeded)));
+        }
         if let Some(end) = self.settle_subscription_requests().await {
             return Some(end);
         }
