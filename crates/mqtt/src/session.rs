@@ -14,7 +14,7 @@
 //! for room in the pipe to the broker, the broker waiting for room for its answers, and the
 //! answers' reader waiting for room in a channel full of packets only the loop takes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,8 @@ const EVENT_BACKLOG: usize = 256;
 /// The most QoS 1 and 2 publishes of one connection waiting for their answer: one per packet
 /// id (a client sending more reuses ids it has no answer for).
 const MAX_UNANSWERED_PUBLISHES: usize = u16::MAX as usize;
+/// Ended subscriptions remembered, so that deliveries still on their way for them are dropped.
+const ENDED_REMEMBERED: usize = 4096;
 /// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
 const STASH_LIMIT: usize = 4096;
 /// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
@@ -278,6 +280,9 @@ struct Connection<W> {
     pending: HashMap<u64, Pending>,
     batches: HashMap<u16, Batch>,
     stash: HashMap<SubscriptionId, Vec<Delivery>>,
+    /// The subscriptions of this connection that ended lately (the newest
+    /// [`ENDED_REMEMBERED`]): deliveries still on their way for one are dropped, never stashed.
+    ended: BTreeSet<SubscriptionId>,
     /// Acknowledged publishes in the broker's hands: message id → (packet id, QoS, the
     /// publish's number among those forwarded).
     publishes: HashMap<u64, (u16, u8, u64)>,
@@ -356,6 +361,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             pending: HashMap::new(),
             batches: HashMap::new(),
             stash: HashMap::new(),
+            ended: BTreeSet::new(),
             publishes: HashMap::new(),
             forwarded: 0,
             held_answers: VecDeque::new(),
@@ -1385,6 +1391,22 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     }
 
     async fn control_frame(&mut self, frame: Frame) -> Option<End> {
+        let end = self.apply_control_frame(frame).await;
+        if !self.stash.is_empty() && !self.subscribe_pending() {
+            // Every subscribe is answered: what is still stashed belongs to no subscription.
+            self.stash.clear();
+        }
+        end
+    }
+
+    /// Whether a `Subscribe` of this connection waits for its answer.
+    fn subscribe_pending(&self) -> bool {
+        self.pending
+            .values()
+            .any(|pending| matches!(pending, Pending::Subscribe { .. }))
+    }
+
+    async fn apply_control_frame(&mut self, frame: Frame) -> Option<End> {
         match frame {
             Frame::Subscribed(subscribed) => match self.pending.remove(&subscribed.request_id) {
                 Some(Pending::Subscribe {
@@ -1481,6 +1503,11 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         self.stash.remove(&subscription);
         self.waiting.remove(&subscription);
         self.turns.retain(|waiting| *waiting != subscription);
+        // The broker numbers a session's subscriptions upwards: the lowest is the oldest.
+        self.ended.insert(subscription);
+        if self.ended.len() > ENDED_REMEMBERED {
+            self.ended.pop_first();
+        }
     }
 
     /// For a delivery the session's previous connection sent without getting its `PUBACK`: the
@@ -1516,11 +1543,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     /// `waiting` for its turn.
     async fn deliver(&mut self, subscription: SubscriptionId, delivery: Delivery) -> Option<End> {
         let Some(sub) = self.subs.get(&subscription) else {
-            let waiting = self
-                .pending
-                .values()
-                .any(|pending| matches!(pending, Pending::Subscribe { .. }));
-            if waiting {
+            if self.subscribe_pending() && !self.ended.contains(&subscription) {
                 let stash = self.stash.entry(subscription).or_default();
                 if stash.len() < STASH_LIMIT {
                     stash.push(delivery);
