@@ -359,3 +359,33 @@ async fn a_client_that_leaves_its_control_answers_unread_is_closed_with_slow_con
     assert_bystander_still_receives(&broker, &mut bystanding).await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejection_names_an_overlong_topic_cut_to_the_longest_a_topic_may_be() {
+    let broker = TestBroker::start().await;
+    let (_endpoint, connection) = broker.raw_connection("verbose").await;
+    let (_control_send, _control_recv) = handshake(&connection).await;
+    let (mut publish, mut replies) = connection.open_bi().await.expect("publish stream");
+    let topic = format!("long.{}", "é".repeat(4_000));
+    let frame = Frame::Publish(cassini_protocol::Publish {
+        topic: topic.clone(),
+        payload: Bytes::from_static(b"x"),
+        ..Default::default()
+    });
+    publish.write_all(&encoded(&frame)).await.expect("write");
+    let mut buf = BytesMut::new();
+    match within("a reply", read_frame(&mut replies, &mut buf)).await {
+        Some(Frame::PublishRejected(rejected)) => {
+            assert_eq!(rejected.code, ErrorCode::INVALID_TOPIC);
+            let most = BrokerConfig::default().limits.topics.max_bytes;
+            assert!(
+                rejected.topic.len() <= most,
+                "{} bytes",
+                rejected.topic.len()
+            );
+            assert!(topic.starts_with(&rejected.topic));
+        }
+        other => panic!("expected PublishRejected, got {other:?}"),
+    }
+    broker.stop().await;
+}

@@ -153,8 +153,24 @@ fn publish_of(frame: Frame) -> Result<Publish, BrokerError> {
 fn frames_for(publish: &mut Publish, shared: &Shared, publisher: &mut Publisher) -> Vec<Frame> {
     match publisher.admit(shared, publish) {
         Ok(admitted) => answers(admitted),
-        Err(err) => vec![rejected(publish.topic.clone(), publish.message_id, &err)],
+        Err(err) => {
+            let topic = echoed_topic(&publish.topic, shared.config.limits.topics.max_bytes);
+            vec![rejected(topic, publish.message_id, &err)]
+        }
     }
+}
+
+/// The topic a `PublishRejected` names: the publish's, cut (at a character) to the longest a
+/// topic may be, so that a refused topic of a frame's size is not kept and sent back whole.
+fn echoed_topic(topic: &str, max_bytes: usize) -> String {
+    if topic.len() <= max_bytes {
+        return topic.to_owned();
+    }
+    let mut end = max_bytes;
+    while !topic.is_char_boundary(end) {
+        end -= 1;
+    }
+    topic[..end].to_owned()
 }
 
 /// The frames answering an admitted publish: `NoResponders` for a request nobody received,
@@ -225,6 +241,14 @@ async fn read_publishes(
             reader.give_back(topic);
             continue;
         }
+        // The topic is kept with the answer only to name it in a rejection should its
+        // acknowledgement fail; a rejection names it already.
+        let topic = if acknowledges {
+            topic
+        } else {
+            reader.give_back(topic);
+            String::new()
+        };
         let unsent = unsent_acks(shared, identity, &frames, durable_at, replicated_at);
         let answer = Answer {
             topic,
