@@ -532,3 +532,27 @@ async fn a_subscribe_listing_more_filters_than_a_session_may_hold_closes_the_con
         .expect("read");
     assert!(rest.is_empty(), "no SUBACK: {rest:?}");
 }
+
+#[tokio::test]
+async fn a_client_holding_a_thousand_unreleased_qos2_publishes_may_not_send_another() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v311_persistent("hoarder")).await;
+    let mut burst = Vec::new();
+    for id in 1..=1_000u16 {
+        burst.extend(publish_v311_qos2("hoard/x", id, b"x", false));
+    }
+    raw.write_all(&burst).await.expect("the publishes");
+    for id in 1..=1_000u16 {
+        let answer = within("PUBREC", read_packet(&mut raw)).await;
+        assert_eq!((answer.kind(), answer.packet_id()), (PUBREC, id));
+    }
+    // None released: the 1,001st is one too many (EMQX's max_awaiting_rel is 100).
+    raw.write_all(&publish_v311_qos2("hoard/x", 1_001, b"x", false))
+        .await
+        .expect("PUBLISH");
+    let mut rest = Vec::new();
+    within("the gateway closes", raw.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert!(rest.is_empty(), "no PUBREC: {rest:?}");
+}

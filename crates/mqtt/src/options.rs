@@ -19,8 +19,9 @@
 //! start, and, for a session left detached, once its expiry has passed (checked whenever options
 //! are stored, and on restore); and an identity keeps state for at most
 //! `limits.max_sessions_per_identity` client ids (the sessions the broker keeps for it: beyond
-//! that, the client id detached longest has lost its session, and its state goes). The QoS 2
-//! packet ids of one client id are at most 65,535 of each kind (one per packet id).
+//! that, the client id detached longest has lost its session, and its state goes). The QoS 1
+//! packet ids of one client id are at most 65,535 (one per packet id), its QoS 2 ones at most
+//! [`crate::session::MAX_AWAITING_RELEASE`] (the session's connection refuses more).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,6 +216,15 @@ impl OptionsTable {
             .lock()
             .ok()
             .and_then(|clients| clients.get(client_id)?.qos2.get(&pkid).copied())
+    }
+
+    /// How many of `client_id`'s QoS 2 publishes wait for their `PUBREL`.
+    pub(crate) fn qos2_count(&self, client_id: &str) -> usize {
+        self.clients
+            .lock()
+            .ok()
+            .and_then(|clients| Some(clients.get(client_id)?.qos2.len()))
+            .unwrap_or(0)
     }
 
     /// Records where `client_id`'s QoS 2 publish `pkid` stands (`None`: released, forgotten);

@@ -49,6 +49,9 @@ const EVENT_BACKLOG: usize = 256;
 /// The most QoS 1 and 2 publishes of one connection waiting for their answer: one per packet
 /// id (a client sending more reuses ids it has no answer for).
 const MAX_UNANSWERED_PUBLISHES: usize = u16::MAX as usize;
+/// The most QoS 2 publishes of one session waiting for their `PUBREL`; one more closes the
+/// connection.
+pub(crate) const MAX_AWAITING_RELEASE: usize = 1_000;
 /// Ended subscriptions remembered, so that deliveries still on their way for them are dropped.
 const ENDED_REMEMBERED: usize = 4096;
 /// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
@@ -1032,6 +1035,14 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .qos2(&self.connect.client_id, publish.pkid),
             _ => None,
         };
+        if publish.qos == 2
+            && sent_before.is_none()
+            && self.context.sub_options.qos2_count(&self.connect.client_id) >= MAX_AWAITING_RELEASE
+        {
+            // As EMQX's `max_awaiting_rel`: a client that does not release its QoS 2
+            // publishes may not hold the gateway's memory with ever more of them.
+            return Some(End::Abnormal(Some(CloseCode::QuotaExceeded)));
+        }
         if sent_before == Some(Qos2::Received) {
             // Already taken: not published again.
             return self
