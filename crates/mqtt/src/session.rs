@@ -26,7 +26,7 @@ use cassini_protocol::{
     SubscribeOptions, SubscriptionId, Welcome, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
@@ -52,6 +52,9 @@ const MAX_UNANSWERED_PUBLISHES: usize = u16::MAX as usize;
 /// The most QoS 2 publishes of one session waiting for their `PUBREL`; one more closes the
 /// connection.
 pub(crate) const MAX_AWAITING_RELEASE: usize = 1_000;
+/// The most bytes (as sent) of a connection's packets decoded and waiting to be handled, when a
+/// packet's twice the maximum packet size is less.
+const PACKET_BYTES_WAITING: usize = 4 * 1024 * 1024;
 /// Ended subscriptions remembered, so that deliveries still on their way for them are dropped.
 const ENDED_REMEMBERED: usize = 4096;
 /// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
@@ -73,7 +76,9 @@ pub(crate) struct Context {
 }
 
 enum Event {
-    Packet(Inbound),
+    /// A packet from the client, with its share of [`PACKET_BYTES_WAITING`] (its size on the
+    /// wire), given back once it is handled.
+    Packet(Inbound, OwnedSemaphorePermit),
     BadPacket(DecodeError),
     ClientGone(String),
     KeepAliveExpired,
@@ -729,11 +734,23 @@ async fn read_packets<R: AsyncRead + Unpin>(
 ) {
     // MQTT: the server may close a connection silent for one and a half keep-alive periods.
     let deadline = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    // Packets decoded and not yet handled hold at most this many bytes (as sent), whatever
+    // their number: a client that stops reading while it sends holds up the loop, not memory.
+    let budget = PACKET_BYTES_WAITING.max(max_packet.saturating_mul(2));
+    let waiting = Arc::new(Semaphore::new(budget));
     loop {
         loop {
+            let before = buf.len();
             match packets::decode(&mut buf, Some(version), max_packet) {
                 Ok(Some(packet)) => {
-                    if events.send(Event::Packet(packet)).await.is_err() {
+                    let size = (before - buf.len()).clamp(1, budget);
+                    let Ok(share) = Arc::clone(&waiting)
+                        .acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
+                        .await
+                    else {
+                        return;
+                    };
+                    if events.send(Event::Packet(packet, share)).await.is_err() {
                         return;
                     }
                 }
@@ -909,7 +926,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     /// Handles one event; `Some` when the connection ends.
     async fn handle(&mut self, event: Event, client: &ClientEnd) -> Option<End> {
         match event {
-            Event::Packet(packet) => self.packet(packet, client).await,
+            Event::Packet(packet, _waiting) => self.packet(packet, client).await,
             Event::BadPacket(err) => {
                 tracing::debug!(client_id = %self.connect.client_id, %err, "closing on a bad packet");
                 let code = match err {
