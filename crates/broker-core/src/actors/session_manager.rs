@@ -468,12 +468,24 @@ impl SessionManager {
                 .filter(|(_, entry)| entry.identity == *identity)
                 .map(|(id, entry)| (*id, entry.session.clone()))
                 .collect();
-            let mut oldest: Option<(u64, SessionId, ActorRef<SessionMsg>)> = None;
+            // Asked all at once: the manager every tenant's `Hello` goes through waits for one
+            // round of answers, not one per session.
+            let mut asks = tokio::task::JoinSet::new();
             for (id, session) in mine {
-                let Ok(Some(detached_at)) = ask(&session, SessionMsg::DetachedAt).await else {
+                asks.spawn(async move {
+                    let detached_at = ask(&session, SessionMsg::DetachedAt).await;
+                    (id, session, detached_at)
+                });
+            }
+            let mut oldest: Option<(u64, SessionId, ActorRef<SessionMsg>)> = None;
+            while let Some(answered) = asks.join_next().await {
+                let Ok((id, session, Ok(Some(detached_at)))) = answered else {
                     continue;
                 };
-                if oldest.as_ref().is_none_or(|(at, _, _)| detached_at < *at) {
+                let older = oldest
+                    .as_ref()
+                    .is_none_or(|(at, oldest_id, _)| (detached_at, id) < (*at, *oldest_id));
+                if older {
                     oldest = Some((detached_at, id, session));
                 }
             }
