@@ -556,3 +556,37 @@ async fn a_client_holding_a_thousand_unreleased_qos2_publishes_may_not_send_anot
         .expect("read");
     assert!(rest.is_empty(), "no PUBREC: {rest:?}");
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connecting_without_connect_are_closed_at_once() {
+    let gateway = Gateway::start_with_options(cassini_mqtt::MqttOptions {
+        allow_plaintext_loopback: true,
+        max_connecting: 2,
+        ..cassini_mqtt::MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
+    })
+    .await;
+    // Two connections that send nothing hold both places.
+    let mut first = TcpStream::connect(gateway.addr).await.expect("connect");
+    let _second = TcpStream::connect(gateway.addr).await.expect("connect");
+    let mut third = TcpStream::connect(gateway.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut rest))
+        .await
+        .expect("the third is closed at once, not after the CONNECT timeout")
+        .expect("read");
+    assert!(rest.is_empty());
+    // A CONNECT gives its place back.
+    first
+        .write_all(&connect_v5("first"))
+        .await
+        .expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut first)).await;
+    assert_eq!(connack.header, 0x20);
+    let mut fourth = TcpStream::connect(gateway.addr).await.expect("connect");
+    fourth
+        .write_all(&connect_v5("fourth"))
+        .await
+        .expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut fourth)).await;
+    assert_eq!(connack.header, 0x20);
+}

@@ -24,6 +24,7 @@ use cassini_quic::tls::ServerTls;
 use rustls::pki_types::CertificateDer;
 use rustls::server::NoServerSessionStorage;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,6 +54,10 @@ pub struct MqttOptions {
     pub handshake_timeout: Duration,
     /// How long a client has to send `CONNECT` once connected.
     pub connect_timeout: Duration,
+    /// The most connections that have not sent `CONNECT` yet (TLS handshake included), each of
+    /// which may hold a read buffer of up to a packet for `connect_timeout`; a connection
+    /// accepted beyond is closed at once. Default: 4,096.
+    pub max_connecting: usize,
 }
 
 impl MqttOptions {
@@ -66,6 +71,7 @@ impl MqttOptions {
             identity_rule: IdentityRule::default(),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_connecting: 4096,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct MqttServer {
     sub_options: OptionsTable,
     tasks: TaskTracker,
     closing: CancellationToken,
+    /// Places for connections that have not sent `CONNECT` yet (`MqttOptions::max_connecting`).
+    connecting: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for MqttServer {
@@ -143,6 +151,7 @@ fn mqtt_tls(tls: &ServerTls, tls12: bool) -> Result<Arc<rustls::ServerConfig>, r
 impl MqttServer {
     /// Binds the listener; `tls` is the broker's TLS material (the QUIC endpoint's).
     pub async fn bind(options: MqttOptions, tls: &ServerTls) -> Result<Self, MqttError> {
+        let connecting = Arc::new(Semaphore::new(options.max_connecting.max(1)));
         if options.allow_plaintext_loopback && !options.listen.ip().is_loopback() {
             return Err(MqttError::PlaintextNotLoopback(options.listen));
         }
@@ -171,6 +180,7 @@ impl MqttServer {
             sub_options: OptionsTable::default(),
             tasks: TaskTracker::new(),
             closing,
+            connecting,
         })
     }
 
@@ -234,6 +244,12 @@ impl MqttServer {
                     continue;
                 }
             };
+            let Ok(connecting) = Arc::clone(&self.connecting).try_acquire_owned() else {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, "MQTT connection closed: too many connections have not sent CONNECT yet");
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cut = self.closing.child_token();
@@ -243,6 +259,7 @@ impl MqttServer {
                 cut: cut.clone(),
                 wills: self.wills.clone(),
                 sub_options: self.sub_options.clone(),
+                connecting: Arc::new(std::sync::Mutex::new(Some(connecting))),
             };
             let acceptor = TlsAcceptor::from(
                 self.tls

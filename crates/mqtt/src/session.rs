@@ -73,6 +73,9 @@ pub(crate) struct Context {
     pub(crate) wills: Wills,
     /// MQTT 5 subscription options kept per client id.
     pub(crate) sub_options: OptionsTable,
+    /// This connection's place among those that have not sent `CONNECT` yet
+    /// (`MqttOptions::max_connecting`), given back once `CONNECT` is read.
+    pub(crate) connecting: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 enum Event {
@@ -149,12 +152,15 @@ where
     let max_packet = limits.max_frame_bytes as usize;
     let (mut reader, mut writer) = tokio::io::split(io);
     let mut buf = BytesMut::with_capacity(4096);
-    let connect = match tokio::time::timeout(
+    let connect = tokio::time::timeout(
         context.connect_timeout,
         read_connect(&mut reader, &mut buf, max_packet),
     )
-    .await
-    {
+    .await;
+    if let Ok(mut place) = context.connecting.lock() {
+        place.take();
+    }
+    let connect = match connect {
         Ok(Ok(connect)) => connect,
         Ok(Err(ConnectFailure::Unsupported(level))) => {
             tracing::debug!(remote = %peer.remote_addr, level, "MQTT protocol level not supported");
