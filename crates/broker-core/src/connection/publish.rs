@@ -154,14 +154,16 @@ fn frames_for(publish: &mut Publish, shared: &Shared, publisher: &mut Publisher)
     match publisher.admit(shared, publish) {
         Ok(admitted) => answers(admitted),
         Err(err) => {
-            let topic = echoed_topic(&publish.topic, shared.config.limits.topics.max_bytes);
+            let most = shared.config.limits.topics.max_bytes.saturating_mul(2);
+            let topic = echoed_topic(&publish.topic, most);
             vec![rejected(topic, publish.message_id, &err)]
         }
     }
 }
 
-/// The topic a `PublishRejected` names: the publish's, cut (at a character) to the longest a
-/// topic may be, so that a refused topic of a frame's size is not kept and sent back whole.
+/// The topic a `PublishRejected` names: the publish's, cut (at a character) to `max_bytes`
+/// (twice the longest a topic may be: a topic just too long comes back whole), so that a
+/// refused topic of a frame's size is not kept and sent back whole.
 fn echoed_topic(topic: &str, max_bytes: usize) -> String {
     if topic.len() <= max_bytes {
         return topic.to_owned();
