@@ -177,6 +177,7 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
                 allow_plaintext_loopback: settings.mqtt.allow_plaintext_loopback,
                 tls12: settings.mqtt.tls12,
                 identity_rule: settings.security.identity_rule(),
+                max_connecting: settings.mqtt.max_connecting,
                 ..MqttOptions::new(listen)
             };
             let mqtt = MqttServer::bind(options, &tls)

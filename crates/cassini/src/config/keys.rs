@@ -150,6 +150,7 @@ pub(crate) const KEYS: &[KeyDoc] = &[
     KeyDoc { path: "cluster.max_queued_messages", doc: "Messages waiting for one peer's connection; beyond it, forwards to that peer are dropped (never slowing a publisher) and announced to its subscribers as gaps." },
     KeyDoc { path: "mqtt.listen", doc: "TCP address of the MQTT gateway (TLS with client certificates from the same CA, the same identity rule, ACL and limits; port 0: any free port). Empty: no gateway." },
     KeyDoc { path: "mqtt.allow_plaintext_loopback", doc: "Also accept plain TCP (no TLS) on the gateway, for local tools; only with a loopback mqtt.listen. Plaintext clients all have the identity mqtt-loopback." },
+    KeyDoc { path: "mqtt.max_connecting", doc: "The most gateway connections that have not sent their CONNECT yet (TLS handshake included), each of which may hold a read buffer of up to a packet until the 10 s CONNECT deadline; a connection accepted beyond is closed at once." },
     KeyDoc { path: "mqtt.tls12", doc: "Accept TLS 1.2 clients on the gateway as well as TLS 1.3 ones (many MQTT devices speak only TLS 1.2), with the same certificates, verifier and revocation; false: TLS 1.3 only. The QUIC endpoint is TLS 1.3 whatever this says." },
 ];
 

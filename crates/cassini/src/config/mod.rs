@@ -153,6 +153,8 @@ pub(crate) struct MqttSettings {
     pub(crate) allow_plaintext_loopback: bool,
     /// Accept TLS 1.2 clients as well as TLS 1.3 ones (as Mosquitto does by default).
     pub(crate) tls12: bool,
+    /// The most connections that have not sent `CONNECT` yet; one more is closed at once.
+    pub(crate) max_connecting: usize,
 }
 
 impl Default for MqttSettings {
@@ -161,6 +163,7 @@ impl Default for MqttSettings {
             listen: String::new(),
             allow_plaintext_loopback: false,
             tls12: true,
+            max_connecting: 4096,
         }
     }
 }
