@@ -217,6 +217,9 @@ struct Log {
     sessions: Vec<SessionLog>,
     /// How many times a node's links ended uncleanly (see [`History::node_lost`]).
     nodes_lost: usize,
+    /// Whether an unacknowledged publish may arrive after its publisher's later ones (see
+    /// [`History::unacknowledged_may_come_late`]).
+    unacknowledged_late: bool,
 }
 
 /// The shared, append-only history of one test run. Cheap to clone.
@@ -289,6 +292,15 @@ impl History {
         self.lock().nodes_lost += 1;
     }
 
+    /// A cluster with `members` delivers an acknowledged publish whose entry was committed only
+    /// after it went unacknowledged (answered `NO_QUORUM`, or not in time) when it is committed,
+    /// after what its stream published meanwhile (docs/CLUSTERING.md, "Without a quorum"): such
+    /// a publish arriving late is not an order violation. Every acknowledged one is still held
+    /// to its order.
+    pub fn unacknowledged_may_come_late(&self) {
+        self.lock().unacknowledged_late = true;
+    }
+
     /// Starts recording a subscription to `filter` that promised `promise`.
     pub fn subscription(&self, filter: &str, promise: Promise) -> SubscriptionRecorder {
         let filter = TopicFilter::parse(filter, &Default::default()).expect("a valid filter");
@@ -357,6 +369,7 @@ impl History {
                 subscription,
                 session,
                 log.nodes_lost,
+                log.unacknowledged_late,
                 &log.published,
                 &mut report,
             );
@@ -642,9 +655,19 @@ fn check_subscription(
     subscription: &SubscriptionLog,
     session: Option<&SessionLog>,
     nodes_lost: usize,
+    unacknowledged_late: bool,
     published: &[Published],
     report: &mut impl FnMut(String),
 ) {
+    let may_come_late: HashSet<PublishId> = if unacknowledged_late {
+        published
+            .iter()
+            .filter(|p| !p.acked)
+            .map(|p| p.id)
+            .collect()
+    } else {
+        HashSet::new()
+    };
     if let Some(session) = session {
         check_named(subscription, session, report);
     }
@@ -681,6 +704,15 @@ fn check_subscription(
             continue;
         }
         positions.insert(id, Position::new(delivery.epoch, delivery.sequence));
+        let late = may_come_late.contains(&id)
+            && last_index
+                .get(&id.publisher)
+                .is_some_and(|previous| id.index < *previous);
+        if late {
+            // Committed after it went unacknowledged: it stands outside its publisher's order,
+            // which the publishes around it still keep.
+            continue;
+        }
         if let Some(previous) = last_index.insert(id.publisher, id.index) {
             if id.index < previous && !delivery.redelivered {
                 let overtaken = PublishId {
@@ -1488,6 +1520,37 @@ mod tests {
         assert!(
             violations[0].contains("2 one-sequence route gaps stand for several lost publishes"),
             "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_publish_may_come_late_where_allowed_and_an_acknowledged_one_never() {
+        let run = |acked_late: bool, allowed: bool| {
+            let history = History::default();
+            if allowed {
+                history.unacknowledged_may_come_late();
+            }
+            history.published(id(0, 0), "a.b", acked_late);
+            history.published(id(0, 1), "a.b", true);
+            history.published(id(0, 2), "a.b", true);
+            let recorder = history.subscription("a.*", Promise::AtMostOnce);
+            recorder.delivered_as(Some(id(0, 1)), "a.b", 1, false);
+            recorder.delivered_as(Some(id(0, 0)), "a.b", 2, false);
+            recorder.delivered_as(Some(id(0, 2)), "a.b", 3, false);
+            history.violations()
+        };
+        assert!(run(false, true).is_empty(), "{:?}", run(false, true));
+        assert_eq!(
+            run(false, false).len(),
+            1,
+            "not allowed: {:?}",
+            run(false, false)
+        );
+        assert_eq!(
+            run(true, true).len(),
+            1,
+            "acknowledged: {:?}",
+            run(true, true)
         );
     }
 }

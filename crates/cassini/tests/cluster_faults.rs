@@ -794,6 +794,7 @@ async fn run(
     let partitions = island.is_some();
     let mut cluster = block_in_place(|| Cluster::start(dir.path(), storage, island));
     let history = History::default();
+    history.unacknowledged_may_come_late();
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut sessions = Vec::new();
