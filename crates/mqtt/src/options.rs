@@ -166,30 +166,10 @@ impl OptionsTable {
         };
         match options.filter(|options| *options != SubOptions::default()) {
             Some(options) => {
-                let new = !clients.contains_key(client_id);
-                if new {
-                    // A new entry: the expired ones go first (only then, so that changing a
-                    // client id's options costs no walk over every other one).
-                    let now = unix_millis();
-                    clients.retain(|client_id, client| {
-                        let live = client.expires_at_ms.is_none_or(|at| at > now);
-                        if !live {
-                            self.store(client_id, None);
-                        }
-                        live
-                    });
-                }
-                let client = clients.entry(client_id.to_string()).or_default();
-                client.identity = identity.to_string();
+                let client = self.client_entry(&mut clients, identity, client_id);
                 if client.filters.get(filter) != Some(&options) {
                     client.filters.insert(filter.to_string(), options);
                     self.store(client_id, Some(client));
-                }
-                if new {
-                    let most = self.broker.get().map_or(usize::MAX, |broker| {
-                        broker.config().limits.max_sessions_per_identity
-                    });
-                    self.forget_beyond(&mut clients, identity, most);
                 }
             }
             None => {
@@ -235,16 +215,9 @@ impl OptionsTable {
         };
         match state {
             Some(state) => {
-                let new = !clients.contains_key(client_id);
-                let client = clients.entry(client_id.to_string()).or_default();
-                client.identity = identity.to_string();
-                client.qos2.insert(pkid, state);
-                if new {
-                    let most = self.broker.get().map_or(usize::MAX, |broker| {
-                        broker.config().limits.max_sessions_per_identity
-                    });
-                    self.forget_beyond(&mut clients, identity, most);
-                }
+                self.client_entry(&mut clients, identity, client_id)
+                    .qos2
+                    .insert(pkid, state);
             }
             None => {
                 if let Some(client) = clients.get_mut(client_id) {
@@ -279,16 +252,7 @@ impl OptionsTable {
             }
             return;
         }
-        let new = !clients.contains_key(client_id);
-        let client = clients.entry(client_id.to_string()).or_default();
-        client.identity = identity.to_string();
-        client.unacked = unacked;
-        if new {
-            let most = self.broker.get().map_or(usize::MAX, |broker| {
-                broker.config().limits.max_sessions_per_identity
-            });
-            self.forget_beyond(&mut clients, identity, most);
-        }
+        self.client_entry(&mut clients, identity, client_id).unacked = unacked;
     }
 
     /// The packet id the delivery `sequence` of `subscription` had when `client_id`'s previous
@@ -304,6 +268,39 @@ impl OptionsTable {
             .get_mut(client_id)?
             .unacked
             .remove(&(subscription, sequence))
+    }
+
+    /// `client_id`'s entry, of `identity`. A new one first sweeps out the expired entries (only
+    /// then, so that changing a client id's state costs no walk over every other one), and then
+    /// keeps the identity within its sessions ([`OptionsTable::forget_beyond`]).
+    fn client_entry<'a>(
+        &self,
+        clients: &'a mut HashMap<String, ClientOptions>,
+        identity: &str,
+        client_id: &str,
+    ) -> &'a mut ClientOptions {
+        if !clients.contains_key(client_id) {
+            let now = unix_millis();
+            clients.retain(|client_id, client| {
+                let live = client.expires_at_ms.is_none_or(|at| at > now);
+                if !live {
+                    self.store(client_id, None);
+                }
+                live
+            });
+            let client = ClientOptions {
+                identity: identity.to_string(),
+                ..ClientOptions::default()
+            };
+            clients.insert(client_id.to_string(), client);
+            let most = self.broker.get().map_or(usize::MAX, |broker| {
+                broker.config().limits.max_sessions_per_identity
+            });
+            self.forget_beyond(clients, identity, most);
+        }
+        let client = clients.entry(client_id.to_string()).or_default();
+        client.identity = identity.to_string();
+        client
     }
 
     /// Keeps options for at most `most` (`limits.max_sessions_per_identity`) client ids of
