@@ -3,6 +3,7 @@
 //! (what each adds around the endpoint differs); the steps they share are these.
 
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
+use cassini_quic::tls::RevocationOptions;
 
 use crate::{identity_of, Pki, TestBroker};
 
@@ -15,7 +16,14 @@ pub fn start_endpoint(
     options: ClusterOptions,
 ) -> ClusterNode {
     let (chain, key) = identity_of(&pki.node(name));
-    let tls = ClusterTls::build(pki.ca_certs(), chain, key).expect("cluster TLS");
+    let tls = ClusterTls::build(
+        pki.ca_certs(),
+        chain,
+        key,
+        Vec::new(),
+        RevocationOptions::default(),
+    )
+    .expect("cluster TLS");
     let port = broker.broker.cluster().expect("a cluster node");
     ClusterNode::start(options, tls, port).expect("cluster endpoint")
 }

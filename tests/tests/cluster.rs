@@ -339,7 +339,13 @@ fn endpoint_presenting(
 ) -> (quinn::Endpoint, quinn::ClientConfig) {
     let (chain, key) = identity_of(cert);
     let crypto = if as_node {
-        tls::cluster_client_crypto(pki.ca_certs(), chain, key)
+        tls::cluster_client_crypto(
+            pki.ca_certs(),
+            chain,
+            key,
+            Vec::new(),
+            tls::RevocationOptions::default(),
+        )
     } else {
         tls::client_crypto(pki.ca_certs(), chain, key)
     }

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cassini_quic::certs::{
-    init_dir, issue_client_file, issue_node_file, revoke_client_file, rotate_server_file, CaStatus,
-    InitOptions, DEV_CLIENT_NAME,
+    init_dir, issue_client_file, issue_node_file, revoke_client_file, revoke_node_file,
+    rotate_server_file, CaStatus, InitOptions, DEV_CLIENT_NAME,
 };
 
 use crate::cli::{CertsInitArgs, CertsIssueArgs, CertsRevokeArgs, CertsRotateServerArgs};
@@ -51,18 +51,23 @@ pub(crate) fn issue(args: CertsIssueArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn revoke(args: CertsRevokeArgs) -> anyhow::Result<ExitCode> {
-    let report = revoke_client_file(&args.dir, &args.name)
-        .with_context(|| format!("revoking the certificate of {:?}", args.name))?;
+    let (file, report) = match (&args.node, &args.name) {
+        (Some(node), _) => (
+            format!("node-{node}.crt"),
+            revoke_node_file(&args.dir, node)
+                .with_context(|| format!("revoking the certificate of node {node:?}"))?,
+        ),
+        (None, Some(name)) => (
+            format!("client-{name}.crt"),
+            revoke_client_file(&args.dir, name)
+                .with_context(|| format!("revoking the certificate of {name:?}"))?,
+        ),
+        (None, None) => anyhow::bail!("name a client or a node (--node NAME) to revoke"),
+    };
     if report.already_revoked {
-        println!(
-            "client-{}.crt (serial {}) was already revoked",
-            args.name, report.serial
-        );
+        println!("{file} (serial {}) was already revoked", report.serial);
     } else {
-        println!(
-            "revoked client-{}.crt (serial {})",
-            args.name, report.serial
-        );
+        println!("revoked {file} (serial {})", report.serial);
     }
     println!(
         "wrote {} ({} revoked certificates)",

@@ -353,7 +353,9 @@ pub(crate) enum CertsCommand {
     /// Issue a client certificate signed by the directory's existing CA.
     Issue(CertsIssueArgs),
     /// Revoke a client's certificate: add `client-NAME.crt` to `crl.pem`, signed by the CA. A
-    /// broker serving the directory reloads it and closes that client's connections.
+    /// broker serving the directory reloads it and closes that client's connections. With
+    /// `--node NAME`, a cluster node's `node-NAME.crt`: the nodes serving the directory close
+    /// their links to that node and refuse its next ones.
     Revoke(CertsRevokeArgs),
     /// Issue a new server certificate and key from the directory's CA, keeping its names. A
     /// broker serving the directory reloads it: new clients get the new certificate, live
@@ -364,7 +366,11 @@ pub(crate) enum CertsCommand {
 #[derive(Debug, Args)]
 pub(crate) struct CertsRevokeArgs {
     /// The client's name: selects `client-NAME.crt`.
-    pub(crate) name: String,
+    #[arg(required_unless_present = "node", conflicts_with = "node")]
+    pub(crate) name: Option<String>,
+    /// Revoke a cluster node's certificate instead (`node-NAME.crt`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<String>,
     /// The directory holding `ca.crt`, `ca.key` and the client's certificate.
     #[arg(long, default_value = "certs")]
     pub(crate) dir: PathBuf,

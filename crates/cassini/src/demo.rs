@@ -16,7 +16,7 @@ use cassini_protocol::ErrorCode;
 use cassini_quic::certs::{ensure_dev_certs, issue_node_file, node_paths, CertPaths};
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
 use cassini_quic::server::{QuicServer, ServerOptions};
-use cassini_quic::tls::{self, load_certs, load_key};
+use cassini_quic::tls::{self, load_certs, load_key, RevocationOptions};
 
 use crate::cli::DemoArgs;
 use crate::signals::ShutdownSignals;
@@ -147,7 +147,13 @@ async fn start_node(
         async move { server.serve(broker).await }
     });
     let (cert, key) = node_paths(dir, name);
-    let tls = ClusterTls::build(load_certs(&paths.ca)?, load_certs(&cert)?, load_key(&key)?)?;
+    let tls = ClusterTls::build(
+        load_certs(&paths.ca)?,
+        load_certs(&cert)?,
+        load_key(&key)?,
+        Vec::new(),
+        RevocationOptions::default(),
+    )?;
     let mut options =
         ClusterOptions::new("demo", SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
     options.advertise = Some(

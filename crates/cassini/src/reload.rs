@@ -1,6 +1,7 @@
 //! Hot reload: the certificate files (`certs.ca`, `certs.cert`, `certs.key`, `certs.crl`; by
 //! default `ca.crt`, `server.crt`, `server.key` and `crl.pem` in the certificate directory) and
-//! the ACL file, on SIGHUP and whenever one of those files changes.
+//! the ACL file, on SIGHUP and whenever one of those files changes; on a cluster node also its
+//! node certificate and key (`node-NAME.crt`, `node-NAME.key`).
 //!
 //! A file watcher (notify, inotify on Linux) watches the directories holding those files
 //! (directories, so files replaced by rename are seen too). Changes are
@@ -14,7 +15,8 @@
 //! CRL file keeps the last good CRL in force, logged at error level at every reload and shown in
 //! `/varz` (`revocation.problem`), while the other files are installed as usual. Installed TLS material applies to new
 //! connections at once, and live connections whose certificate it refuses are closed with
-//! `CERTIFICATE_REVOKED` (see `QuicServer::reload`; the MQTT gateway's with `MqttServer::reload`); a new ACL applies to new requests at once
+//! `CERTIFICATE_REVOKED` (see `QuicServer::reload`; the MQTT gateway's with `MqttServer::reload`;
+//! cluster links to a node whose certificate it refuses with `ClusterNode::reload`); a new ACL applies to new requests at once
 //! and ends the live subscriptions it no longer allows (`BrokerHandle::set_acl`).
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use cassini_broker::{Acl, BrokerHandle};
 use cassini_mqtt::MqttServer;
+use cassini_quic::cluster::{ClusterNode, ClusterTls};
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::{QuicServer, ServerTls};
 use cassini_quic::tls::{self, RevocationOptions, TlsError};
@@ -53,6 +56,38 @@ pub(crate) fn load_server_tls(
     Ok((tls, crls.kept_last_good))
 }
 
+/// The files of a cluster node's TLS material: the CA, and its node certificate and key.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFiles {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// A running cluster endpoint and the files its TLS material is loaded from.
+#[derive(Clone)]
+pub(crate) struct ClusterLink {
+    pub(crate) node: Arc<ClusterNode>,
+    pub(crate) files: NodeFiles,
+}
+
+/// Loads a cluster node's TLS material from `files`, refusing the node certificates the CRL
+/// `crl` reads (under the CRL rule) revokes.
+pub(crate) fn load_cluster_tls(
+    files: &NodeFiles,
+    crl: &CrlSource,
+    revocation: RevocationOptions,
+) -> Result<ClusterTls, TlsError> {
+    let crls = crl.load()?;
+    ClusterTls::build(
+        tls::load_certs(&files.ca)?,
+        tls::load_certs(&files.cert)?,
+        tls::load_key(&files.key)?,
+        crls.crls,
+        revocation,
+    )
+}
+
 /// Says loudly that the CRL file could not be used and the last good CRL stays in force.
 pub(crate) fn log_kept_crl(crl: &CrlSource, why: &str, problem: &str) {
     let status = crl.status();
@@ -75,6 +110,9 @@ pub(crate) struct Reloader {
     pub(crate) server: Arc<QuicServer>,
     /// The MQTT gateway, when it runs: it takes the same TLS material.
     pub(crate) mqtt: Option<Arc<MqttServer>>,
+    /// The cluster endpoint, when this broker is a cluster node: its node certificate, the CA
+    /// and the CRL are reloaded with the rest.
+    pub(crate) cluster: Option<ClusterLink>,
     pub(crate) broker: BrokerHandle,
 }
 
@@ -115,6 +153,9 @@ impl Reloader {
                 "cannot reload certificates; keeping the previous ones"
             ),
         }
+        if let Some(cluster) = &self.cluster {
+            self.reload_cluster(cluster, why);
+        }
         if let Some(path) = &self.acl {
             match Acl::load(path) {
                 Ok(acl) => {
@@ -126,6 +167,28 @@ impl Reloader {
                     tracing::error!(why, %err, "cannot reload the ACL; keeping the previous one")
                 }
             }
+        }
+    }
+
+    /// Installs the cluster node's reloaded TLS material: links made from now on use it, and
+    /// live links to peers whose node certificate it refuses are closed.
+    fn reload_cluster(&self, cluster: &ClusterLink, why: &str) {
+        let installed = load_cluster_tls(&cluster.files, &self.crl, self.revocation)
+            .map_err(|err| err.to_string())
+            .and_then(|tls| cluster.node.reload(tls).map_err(|err| err.to_string()));
+        match installed {
+            Ok(closed) => tracing::info!(
+                why,
+                cert = %cluster.files.cert.display(),
+                closed = closed.len(),
+                "reloaded the cluster's certificates and CRL"
+            ),
+            Err(err) => tracing::error!(
+                why,
+                cert = %cluster.files.cert.display(),
+                %err,
+                "cannot reload the cluster's certificates; keeping the previous ones"
+            ),
         }
     }
 
@@ -170,6 +233,11 @@ impl Reloader {
         ]
         .into_iter()
         .chain(self.acl.as_ref())
+        .chain(
+            self.cluster
+                .iter()
+                .flat_map(|cluster| [&cluster.files.cert, &cluster.files.key]),
+        )
         .map(|path| absolute(path))
         .collect();
         let files = watched.clone();

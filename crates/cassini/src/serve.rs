@@ -11,17 +11,17 @@ use cassini_broker::{Acl, Broker, BrokerConfig};
 use cassini_mqtt::{MqttOptions, MqttServer};
 use cassini_protocol::ErrorCode;
 use cassini_quic::certs::{ensure_dev_certs, issue_node_file, node_paths};
-use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
+use cassini_quic::cluster::{ClusterNode, ClusterOptions};
 use cassini_quic::reset_key::{KeySource, StatelessResetKey};
 use cassini_quic::revocation::CrlSource;
 use cassini_quic::server::QuicServer;
-use cassini_quic::tls::{load_certs, load_key};
+use cassini_quic::tls::RevocationOptions;
 
 use crate::cli::{ServeArgs, StorageArg, SyncArg};
 use crate::config::LogFormat;
 use crate::config::{self, ConfigError, Settings};
 use crate::monitoring::Monitoring;
-use crate::reload::{load_server_tls, Reloader};
+use crate::reload::{load_cluster_tls, load_server_tls, ClusterLink, NodeFiles, Reloader};
 use crate::signals::ShutdownSignals;
 
 const SHUTDOWN_REASON: &str = "server shutting down";
@@ -198,17 +198,6 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         }
         None => None,
     };
-    let _watcher = Reloader {
-        certs: files.clone(),
-        acl: acl_path,
-        revocation,
-        crl: Arc::clone(&crl),
-        server: Arc::clone(&server),
-        mqtt: mqtt.clone(),
-        broker: broker.clone(),
-    }
-    .spawn()
-    .context("watching certificates and the ACL for changes")?;
     let local = server.local_addr().context("reading the bound address")?;
     let buffers = server.socket_buffers();
     tracing::info!(
@@ -221,7 +210,19 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
         cert = %files.cert.display(),
         "cassini listening"
     );
-    let cluster = start_cluster(&settings, &broker, local)?;
+    let cluster = start_cluster(&settings, &broker, local, &crl, revocation)?;
+    let _watcher = Reloader {
+        certs: files.clone(),
+        acl: acl_path,
+        revocation,
+        crl: Arc::clone(&crl),
+        server: Arc::clone(&server),
+        mqtt: mqtt.clone(),
+        cluster: cluster.clone(),
+        broker: broker.clone(),
+    }
+    .spawn()
+    .context("watching certificates and the ACL for changes")?;
     let monitoring =
         Monitoring::start(&settings, &broker, &server, &crl, local, mqtt.as_deref()).await?;
     monitoring.set_ready(true);
@@ -238,7 +239,7 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
     monitoring.set_ready(false);
     let graceful = async {
         if let Some(cluster) = &cluster {
-            cluster.close(Duration::from_secs(1)).await;
+            cluster.node.close(Duration::from_secs(1)).await;
         }
         broker.shutdown(SHUTDOWN_REASON).await;
         if let Some(mqtt) = &mqtt {
@@ -267,13 +268,16 @@ pub(crate) async fn run(settings: Settings, storage: StorageFlags) -> anyhow::Re
 
 /// Starts this node's cluster endpoint when `[cluster]` names a cluster: node certificate
 /// `node-NODE.crt` / `.key` from `certs.dir` (issued there from the CA when development
-/// certificates are on and it is missing), trusting `certs.ca`; advertising the client address
-/// `cluster.advertise`, or `client_addr` (the bound one) when that is not a wildcard.
+/// certificates are on and it is missing), trusting `certs.ca` and refusing the node
+/// certificates the CRL `crl` revokes; advertising the client address `cluster.advertise`, or
+/// `client_addr` (the bound one) when that is not a wildcard.
 fn start_cluster(
     settings: &Settings,
     broker: &cassini_broker::BrokerHandle,
     client_addr: std::net::SocketAddr,
-) -> anyhow::Result<Option<ClusterNode>> {
+    crl: &CrlSource,
+    revocation: RevocationOptions,
+) -> anyhow::Result<Option<ClusterLink>> {
     let cluster = &settings.cluster;
     if !cluster.enabled() {
         return Ok(None);
@@ -292,9 +296,13 @@ fn start_cluster(
         })?;
         tracing::warn!(node = %cluster.node, dir = %certs.dir.display(), "issued a development node certificate");
     }
-    let files = certs.files();
-    let tls = ClusterTls::build(load_certs(&files.ca)?, load_certs(&cert)?, load_key(&key)?)
-        .with_context(|| format!("loading the node certificate {}", cert.display()))?;
+    let files = NodeFiles {
+        ca: certs.files().ca,
+        cert,
+        key,
+    };
+    let tls = load_cluster_tls(&files, crl, revocation)
+        .with_context(|| format!("loading the node certificate {}", files.cert.display()))?;
     let mut options =
         ClusterOptions::new(cluster.name.clone(), cluster.listen, cluster.peers.clone());
     options.advertise = cluster.advertised(client_addr);
@@ -314,7 +322,10 @@ fn start_cluster(
         advertise = cluster.advertised(client_addr).unwrap_or_default(),
         "cluster listening"
     );
-    Ok(Some(node))
+    Ok(Some(ClusterLink {
+        node: Arc::new(node),
+        files,
+    }))
 }
 
 /// What `config check` adds to the configuration's own checks: the files it names load as

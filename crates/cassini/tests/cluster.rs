@@ -5,7 +5,8 @@
 //! from `Welcome`; the CLI given `--server a,b` whose first address is dead uses the next;
 //! wildcards, unsubscribe and cluster-wide no-responders; a queue group with members on every
 //! node served once in total; a direct message to a session on another node; node and client
-//! certificates refused on each other's address.
+//! certificates refused on each other's address; a node certificate revoked on the running
+//! nodes cuts that node off.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers fail loudly
 
@@ -583,4 +584,60 @@ async fn a_serve_node_refuses_a_node_certificate_as_a_client_and_a_client_certif
         Some(46),
         "a client as a node: {refused}"
     );
+}
+
+/// Whether `broker`'s `/clusterz` shows its links with `peer`, as `(outbound, inbound)`.
+fn links_with(broker: &Broker, peer: &str) -> Option<(bool, bool)> {
+    let view = clusterz(broker);
+    let peers = view["peers"].as_array()?;
+    let entry = peers.iter().find(|entry| entry["node"] == peer)?;
+    Some((entry["outbound"].as_bool()?, entry["inbound"].as_bool()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_certificate_ends_its_links_and_the_node_stays_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = three_nodes(dir.path());
+    let on2 = client(&nodes[1], dir.path()).await;
+    let mut sub2 = on2.subscribe("feed").await.expect("subscribe");
+    let publisher = client(&nodes[0], dir.path()).await;
+
+    // `cassini certs revoke --node n3`: nodes 1 and 2, watching the directory, reload the CRL
+    // and close their links with node 3, both directions.
+    let output = certs(dir.path(), &["revoke", "--node", "n3"]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("revoked node-n3.crt"),
+        "the command says what it revoked"
+    );
+    for broker in &nodes[..2] {
+        broker.wait_for_log_count("closed a cluster link", 1);
+        eventually("node 3 leaves routing and loses its link", || {
+            (links_with(broker, "n3")? == (false, false)).then_some(())
+        });
+    }
+    // Node 3 keeps dialing, and is refused in the handshake: its certificate is revoked.
+    for broker in &nodes[..2] {
+        broker.wait_for_log_count(
+            "handshake failed: error 44: invalid peer certificate: Revoked",
+            1,
+        );
+    }
+    for broker in &nodes[..2] {
+        assert_eq!(
+            links_with(broker, "n3"),
+            Some((false, false)),
+            "a refused node stays out"
+        );
+    }
+    // Nodes 1 and 2 keep their links: what node 1 publishes reaches node 2.
+    assert_eq!(links_with(&nodes[0], "n2"), Some((true, true)));
+    publisher
+        .publish("feed", Bytes::from_static(b"after"))
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(Duration::from_secs(20), sub2.recv())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(message.payload().as_ref(), b"after");
 }

@@ -155,6 +155,12 @@ pub enum CertError {
         /// The file looked for.
         path: PathBuf,
     },
+    /// A cluster node has no certificate in the directory.
+    #[error("no node certificate {}", path.display())]
+    NoNodeCertificate {
+        /// The file looked for.
+        path: PathBuf,
+    },
     /// A certificate to revoke cannot be parsed.
     #[error("the certificate cannot be parsed: {reason}")]
     InvalidCertificate {
@@ -898,7 +904,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
 }
 
 mod crl;
-pub use crl::{crl_path, revoke_client_file, RevokeReport, CRL_VALIDITY};
+pub use crl::{crl_path, revoke_client_file, revoke_node_file, RevokeReport, CRL_VALIDITY};
 
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ use cassini_broker::replication::{Replica, RpcTransport, TransportFailure};
 use cassini_protocol::{Publish, SessionId, SubscriptionId};
 use quinn::VarInt;
 use rand::Rng;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,9 @@ pub use crate::tls::CLUSTER_ALPN;
 use crate::tls::{self, QuicOptions, RevocationOptions, ServerTls, TlsError};
 
 mod interest_parts;
+mod live_links;
+
+use live_links::LiveLinks;
 
 /// The largest frame a link reads; a longer one ends the link.
 pub const MAX_PEER_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -156,20 +159,24 @@ pub struct ClusterTls {
 }
 
 impl ClusterTls {
-    /// Both from the CA `ca_certs` and this node's certificate `chain` and `key`.
+    /// Both from the CA `ca_certs` and this node's certificate `chain` and `key`, refusing
+    /// peers whose node certificate `crls` revoke (see [`crate::tls`] for how revocation fails
+    /// closed; no CRL: no revocation check).
     pub fn build(
         ca_certs: Vec<CertificateDer<'static>>,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        revocation: RevocationOptions,
     ) -> Result<Self, TlsError> {
         let server = ServerTls::build_cluster(
             ca_certs.clone(),
             chain.clone(),
             key.clone_key(),
-            Vec::new(),
-            RevocationOptions::default(),
+            crls.clone(),
+            revocation,
         )?;
-        let client = tls::cluster_client_crypto(ca_certs, chain, key)?;
+        let client = tls::cluster_client_crypto(ca_certs, chain, key, crls, revocation)?;
         Ok(Self { server, client })
     }
 }
@@ -363,6 +370,10 @@ struct Dialer {
     raft: RaftLinks,
     /// Per peer, what the last link to it left unconfirmed, whichever address it was dialed at.
     previous: Arc<PreviousLinks>,
+    /// The dialer's quinn configuration, replaced by [`ClusterNode::reload`].
+    client_config: Arc<std::sync::Mutex<quinn::ClientConfig>>,
+    /// The links up, both directions, checked again at each reload.
+    live: Arc<LiveLinks>,
 }
 
 impl Dialer {
@@ -374,16 +385,16 @@ impl Dialer {
             .unwrap_or_else(|p| p.into_inner())
             .insert(addr);
         if new {
-            self.tasks.spawn(dial_loop(
-                self.endpoint.clone(),
-                addr,
-                self.port.clone(),
-                Arc::clone(&self.options),
-                self.closing.clone(),
-                self.raft.clone(),
-                Arc::clone(&self.previous),
-            ));
+            self.tasks.spawn(dial_loop(self.clone(), addr));
         }
+    }
+
+    /// The configuration a new dial uses: the latest installed.
+    fn client_config(&self) -> quinn::ClientConfig {
+        self.client_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -396,13 +407,13 @@ impl ClusterNode {
         port: ClusterPort,
     ) -> Result<Self, ServerError> {
         let server_config = tls::server_config(tls.server.config, &options.quic)?;
-        let (mut endpoint, _) = bind_server_layered(
+        let (endpoint, _) = bind_server_layered(
             options.listen,
             server_config,
             &options.quic,
             options.layer.as_ref(),
         )?;
-        endpoint.set_default_client_config(tls::client_config(tls.client, &options.quic)?);
+        let client_config = tls::client_config(tls.client, &options.quic)?;
         if let Some(address) = &options.advertise {
             port.set_client_address(address.clone());
         }
@@ -423,6 +434,8 @@ impl ClusterNode {
             dialed: Arc::default(),
             raft,
             previous: Arc::default(),
+            client_config: Arc::new(std::sync::Mutex::new(client_config)),
+            live: Arc::default(),
         };
         let node = Self {
             endpoint,
@@ -448,6 +461,23 @@ impl ClusterNode {
     pub fn dial(&self, addr: SocketAddr) {
         self.port.expect_peers([addr]);
         self.dialer.dial(addr);
+    }
+
+    /// Installs `tls` (after a reload of the certificate files or the CRL) for the links made
+    /// from now on, both directions, and closes every live link whose peer's node certificate
+    /// it refuses, with `CERTIFICATE_REVOKED`. Returns the peers closed, each with the reason.
+    pub fn reload(&self, tls: ClusterTls) -> Result<Vec<(String, String)>, ServerError> {
+        let options = &self.dialer.options;
+        let server_config = tls::server_config(Arc::clone(&tls.server.config), &options.quic)?;
+        let client_config = tls::client_config(tls.client, &options.quic)?;
+        Ok(self.dialer.live.install(&tls.server, || {
+            self.endpoint.set_server_config(Some(server_config));
+            *self
+                .dialer
+                .client_config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = client_config;
+        }))
     }
 
     /// This node's side of the cluster, as the broker keeps it (peers and their numbers).
@@ -530,6 +560,7 @@ async fn serve_inbound(
             .await
             .map_err(|err| err.to_string())?;
         let node = node_of(&connection)?;
+        dialer.live.admit(&connection, &node)?;
         let (mut send, mut recv) = connection
             .accept_bi()
             .await
@@ -715,19 +746,11 @@ enum LinkEnd {
     Ended,
 }
 
-async fn dial_loop(
-    endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    port: ClusterPort,
-    options: Arc<ClusterOptions>,
-    closing: CancellationToken,
-    raft: RaftLinks,
-    previous: Arc<PreviousLinks>,
-) {
+async fn dial_loop(dialer: Dialer, addr: SocketAddr) {
+    let closing = &dialer.closing;
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let dialed = dial_once(&endpoint, addr, &port, &options, &closing, &previous, &raft);
-        match dialed.await {
+        match dial_once(&dialer, addr).await {
             Ok(LinkEnd::ThisNode) => return,
             Ok(LinkEnd::Ended) => backoff = INITIAL_BACKOFF,
             Err(reason) => tracing::debug!(%addr, %reason, "dialing a cluster peer failed"),
@@ -746,17 +769,19 @@ fn jittered(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
-async fn dial_once(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    port: &ClusterPort,
-    options: &ClusterOptions,
-    closing: &CancellationToken,
-    previous: &PreviousLinks,
-    raft: &RaftLinks,
-) -> Result<LinkEnd, String> {
+async fn dial_once(dialer: &Dialer, addr: SocketAddr) -> Result<LinkEnd, String> {
+    let Dialer {
+        endpoint,
+        port,
+        options,
+        closing,
+        previous,
+        raft,
+        live,
+        ..
+    } = dialer;
     let connecting = endpoint
-        .connect(addr, NODE_SERVER_NAME)
+        .connect_with(dialer.client_config(), addr, NODE_SERVER_NAME)
         .map_err(|err| err.to_string())?;
     let connection = tokio::select! {
         connection = tokio::time::timeout(options.handshake_timeout, connecting) => connection
@@ -776,6 +801,7 @@ async fn dial_once(
         connection.close(VarInt::from_u32(CLOSE_CODE), b"a link to this node is up");
         return Err(format!("a link to {node} is up already"));
     }
+    live.admit(&connection, &node)?;
     let previous = &previous.of(&node);
     let (mut send, mut recv) = connection.open_bi().await.map_err(|err| err.to_string())?;
     let link_id: u64 = rand::rng().random();

@@ -16,6 +16,10 @@
 //! from the stored session without running the client certificate verifier again: a revoked or
 //! expired client could otherwise keep reconnecting.
 //!
+//! Cluster links take the same CRLs both ways: the cluster listener checks a dialing node's
+//! certificate as a client's ([`ServerTls::build_cluster`]) and a dialing node the listener's
+//! ([`cluster_client_crypto`]).
+//!
 //! Kinds of certificate: a cluster node certificate ([`crate::identity::node_name`]) is refused
 //! on the client ALPN, and every other certificate on the cluster ALPN [`CLUSTER_ALPN`], inside
 //! the handshake and after the CA chain is verified ([`PeerKind`]; docs/CLUSTERING.md).
@@ -472,18 +476,30 @@ pub fn client_crypto(
 
 /// A dialing cluster node's rustls configuration: trusts only node certificates
 /// ([`PeerKind::Node`]) issued by one of `ca_certs` for the name
-/// [`crate::certs::NODE_SERVER_NAME`] (connect with that name), presents the node's own `chain`
-/// with `key`, negotiates [`CLUSTER_ALPN`] over TLS 1.3 only, without resumption or early data.
+/// [`crate::certs::NODE_SERVER_NAME`] (connect with that name) and not revoked by `crls` (as
+/// [`ServerTls::build`] checks clients: with at least one CRL, an unknown revocation status is
+/// a refusal unless `revocation` allows it), presents the node's own `chain` with `key`,
+/// negotiates [`CLUSTER_ALPN`] over TLS 1.3 only, without resumption or early data.
 pub fn cluster_client_crypto(
     ca_certs: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    revocation: RevocationOptions,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(root_store(ca_certs)?);
-    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(TlsError::ServerVerifier)?;
+    let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        builder = builder.with_crls(crls);
+        if revocation.allow_unknown_status {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        if revocation.enforce_crl_expiry {
+            builder = builder.enforce_revocation_expiration();
+        }
+    }
+    let inner = builder.build().map_err(TlsError::ServerVerifier)?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()

@@ -12,6 +12,7 @@ use cassini_client::ClientBuilder;
 use cassini_quic::certs::CertificateAuthority;
 use cassini_quic::cluster::{ClusterNode, ClusterOptions, ClusterTls};
 use cassini_quic::server::ServerOptions;
+use cassini_quic::tls::RevocationOptions;
 
 use super::embedded::{bench_config, EmbeddedBroker};
 
@@ -103,6 +104,8 @@ impl LocalCluster {
                 vec![ca.cert_der().clone()],
                 vec![identity.cert_der()?],
                 identity.key_der()?,
+                Vec::new(),
+                RevocationOptions::default(),
             )?;
             let options = ClusterOptions::new("bench", "127.0.0.1:0".parse()?, Vec::new());
             let port = broker

@@ -1,7 +1,7 @@
 //! Revocation: the certificate directory's `crl.pem`, signed by its CA.
 //!
-//! [`revoke_client_file`] adds a client's certificate to the list, keeping every entry already
-//! there, and re-signs it with a CRL number one above the previous list's. The list is written
+//! [`revoke_client_file`] adds a client's certificate to the list ([`revoke_node_file`] a cluster
+//! node's), keeping every entry already there, and re-signs it with a CRL number one above the previous list's. The list is written
 //! to a temporary file and renamed over `crl.pem`, so a broker watching the directory never
 //! reads half a list.
 
@@ -16,7 +16,8 @@ use rustls_pki_types::CertificateRevocationListDer;
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    client_paths, exists, read_to_string, write_public, CertError, CertificateAuthority, IssuedCert,
+    client_paths, exists, node_paths, read_to_string, write_public, CertError,
+    CertificateAuthority, IssuedCert,
 };
 
 /// How long a CRL written by [`revoke_client_file`] says it is current (`nextUpdate`). The
@@ -43,12 +44,27 @@ pub struct RevokeReport {
 
 /// Adds `client-NAME.crt` in `dir` to `dir/crl.pem`, signed by the CA in `dir`.
 pub fn revoke_client_file(dir: &Path, name: &str) -> Result<RevokeReport, CertError> {
-    let ca = CertificateAuthority::load(dir)?;
     let (cert_path, _) = client_paths(dir, name);
     if !exists(&cert_path)? {
         return Err(CertError::NoClientCertificate { path: cert_path });
     }
-    let serial = serial_of_cert_file(&cert_path)?;
+    revoke_file(dir, &cert_path)
+}
+
+/// Adds cluster node `name`'s `node-NAME.crt` in `dir` to `dir/crl.pem`, signed by the CA in
+/// `dir`.
+pub fn revoke_node_file(dir: &Path, name: &str) -> Result<RevokeReport, CertError> {
+    let (cert_path, _) = node_paths(dir, name);
+    if !exists(&cert_path)? {
+        return Err(CertError::NoNodeCertificate { path: cert_path });
+    }
+    revoke_file(dir, &cert_path)
+}
+
+/// Adds the certificate at `cert_path` to `dir/crl.pem`, signed by the CA in `dir`.
+fn revoke_file(dir: &Path, cert_path: &Path) -> Result<RevokeReport, CertError> {
+    let ca = CertificateAuthority::load(dir)?;
+    let serial = serial_of_cert_file(cert_path)?;
     let path = crl_path(dir);
     let now = OffsetDateTime::now_utc();
     let (mut revoked, previous_number) = if exists(&path)? {
