@@ -189,24 +189,25 @@ async fn the_edge_client_example_survives_a_broker_restart() {
             l.starts_with("state: Reconnecting")
         })
         .await;
-    // The lost session is reported as soon as the subscription is made again, which may be
-    // before or after `Connected` (that waits for the outbound buffer to be sent).
-    let (mut connected, mut lost) = (false, false);
-    while !(connected && lost) {
+    // The lost session is reported as soon as the subscription is made again, and the new
+    // session's first reading may arrive then too: both may come before or after `Connected`
+    // (that waits for the outbound buffer to be sent).
+    let (mut connected, mut lost, mut reading) = (false, false, false);
+    while !(connected && lost && reading) {
         let line = example
             .wait_for(
-                "the client connected again and the lost session reported as a gap",
-                |l| l.starts_with("state: Connected") || l.contains("gap: SessionLost"),
+                "the client connected again, the lost session reported as a gap, and a reading in the new session",
+                |l| {
+                    l.starts_with("state: Connected")
+                        || l.contains("gap: SessionLost")
+                        || l.starts_with("#1 reading")
+                },
             )
             .await;
         connected |= line.starts_with("state: Connected");
         lost |= line.contains("gap: SessionLost");
+        reading |= line.starts_with("#1 reading");
     }
-    example
-        .wait_for("a reading in the new session", |l| {
-            l.starts_with("#1 reading")
-        })
-        .await;
     let status = within("the example exits after its 30 messages", async {
         let mut child = std::mem::replace(
             &mut example.child,
