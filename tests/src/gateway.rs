@@ -46,8 +46,13 @@ impl Gateway {
     /// Default configuration, a gateway with `options` (its `listen` is replaced by
     /// `127.0.0.1:0`).
     pub async fn start_with_options(options: MqttOptions) -> Self {
-        let broker =
-            TestBroker::start_with(BrokerConfig::default(), ServerOptions::default()).await;
+        Self::start_configured(BrokerConfig::default(), options).await
+    }
+
+    /// A broker with `config`, a gateway with `options` (its `listen` is replaced by
+    /// `127.0.0.1:0`).
+    pub async fn start_configured(config: BrokerConfig, options: MqttOptions) -> Self {
+        let broker = TestBroker::start_with(config, ServerOptions::default()).await;
         let options = MqttOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ..options

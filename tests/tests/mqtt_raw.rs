@@ -590,3 +590,122 @@ async fn connections_beyond_max_connecting_without_connect_are_closed_at_once() 
     let connack = within("CONNACK", read_packet(&mut fourth)).await;
     assert_eq!(connack.header, 0x20);
 }
+
+/// The largest partial packets one identity's connections may hold, in the tests below.
+const IDENTITY_BUFFER_BOUND: u64 = 2 * 1024 * 1024;
+
+/// A plaintext gateway whose identities may hold [`IDENTITY_BUFFER_BOUND`] in partial packets,
+/// and whose clients have two minutes to send `CONNECT` (so that no connection in these tests
+/// ends by that deadline).
+async fn gateway_with_small_buffer_bound() -> Gateway {
+    let mut config = BrokerConfig::default();
+    config.limits.max_partial_frame_bytes_per_identity = IDENTITY_BUFFER_BOUND;
+    Gateway::start_configured(
+        config,
+        cassini_mqtt::MqttOptions {
+            allow_plaintext_loopback: true,
+            connect_timeout: Duration::from_secs(120),
+            ..cassini_mqtt::MqttOptions::new("127.0.0.1:0".parse().expect("addr"))
+        },
+    )
+    .await
+}
+
+/// The start of a packet of type `header` announcing 1,000,000 bytes, and 900,000 of them,
+/// beginning with `start`.
+fn most_of_a_large_packet(header: u8, start: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    remaining_length(1_000_000, &mut out);
+    out.extend_from_slice(start);
+    out.resize(out.len() + 900_000 - start.len(), 0);
+    out
+}
+
+/// Sends `bytes` on each of `connections` and reads each until the gateway closes it (the
+/// last packet read before, if any), in tasks; the first to end is reported.
+async fn first_closed(connections: Vec<TcpStream>, bytes: Vec<u8>) -> Option<Packet> {
+    let (ended, mut first) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut raw in connections {
+        let (ended, bytes) = (ended.clone(), bytes.clone());
+        tasks.spawn(async move {
+            // A write the gateway cuts short by closing is the outcome looked for.
+            let _ = raw.write_all(&bytes).await;
+            let mut last = None;
+            loop {
+                let mut header = [0u8; 1];
+                if raw.read_exact(&mut header).await.is_err() {
+                    break;
+                }
+                let Some(packet) = read_rest(&mut raw, header[0]).await else {
+                    break;
+                };
+                last = Some(packet);
+            }
+            let _ = ended.send(last);
+        });
+    }
+    within("the gateway closes a connection", first.recv())
+        .await
+        .expect("a report")
+}
+
+/// The rest of a packet whose first byte was `header`; `None` if the connection ends first.
+async fn read_rest(raw: &mut TcpStream, header: u8) -> Option<Packet> {
+    let mut len = 0usize;
+    for shift in 0..4 {
+        let mut byte = [0u8; 1];
+        raw.read_exact(&mut byte).await.ok()?;
+        len |= usize::from(byte[0] & 0x7f) << (7 * shift);
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    raw.read_exact(&mut body).await.ok()?;
+    Some(Packet { header, body })
+}
+
+#[tokio::test]
+async fn partial_connect_packets_of_one_identity_are_bounded_like_its_partial_frames() {
+    let gateway = gateway_with_small_buffer_bound().await;
+    // Six connections of one identity each hold most of a 1 MB CONNECT: together past the
+    // identity's 2 MiB. The gateway closes some of them well before their CONNECT deadline.
+    let mut connections = Vec::new();
+    for _ in 0..6 {
+        connections.push(TcpStream::connect(gateway.addr).await.expect("connect"));
+    }
+    // An MQTT 5 CONNECT's variable header, then (as if) a large will or password.
+    let connect_start = [0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 60, 0];
+    first_closed(connections, most_of_a_large_packet(0x10, &connect_start)).await;
+    let held = gateway.broker.broker.memory().frame_buffer_bytes as u64;
+    assert!(
+        held <= IDENTITY_BUFFER_BOUND,
+        "the identity's buffers are counted and bounded: {held}"
+    );
+    // The connections are gone (`first_closed` dropped them): what they held is given back,
+    // and a client of the same identity is served again.
+    cassini_e2e::eventually("the buffers given back", || async {
+        (gateway.broker.broker.memory().frame_buffer_bytes == 0).then_some(())
+    })
+    .await;
+    drop(connected(&gateway, &connect_v5("small")).await);
+}
+
+#[tokio::test]
+async fn partial_publishes_of_one_identity_are_bounded_and_end_with_quota_exceeded() {
+    let gateway = gateway_with_small_buffer_bound().await;
+    let mut connections = Vec::new();
+    for i in 0..6 {
+        connections.push(connected(&gateway, &connect_v5(&format!("hog{i}"))).await);
+    }
+    // Each sends most of a 1 MB QoS 0 PUBLISH: together past the identity's 2 MiB.
+    let last = first_closed(connections, most_of_a_large_packet(0x30, &[0, 1, b't'])).await;
+    let disconnect = last.expect("a DISCONNECT before the close");
+    assert_eq!(disconnect.header, 0xE0, "DISCONNECT: {disconnect:?}");
+    assert_eq!(
+        disconnect.body.first(),
+        Some(&0x97),
+        "reason Quota exceeded: {disconnect:?}"
+    );
+}

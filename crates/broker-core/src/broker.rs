@@ -438,6 +438,15 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// A charge of nothing yet for one buffer of bytes read from a connection of `identity`
+    /// that does not come through [`crate::transport`] (the MQTT gateway's): counted as a
+    /// stream reader's buffer is, against the identity's
+    /// `limits.max_partial_frame_bytes_per_identity` (shared with all its connections) and in
+    /// the memory budget, until it is dropped.
+    pub fn read_buffer_charge(&self, identity: &Arc<str>) -> crate::memory::FrameBufferCharge {
+        Arc::new(self.managers.shared.memory.frames_for(identity)).reader()
+    }
+
     /// The broker-wide memory budget and what it counts now.
     pub fn memory(&self) -> MemoryUse {
         let memory = &self.managers.shared.memory;

@@ -10,7 +10,8 @@
 //! for one more frame of the maximum size.
 //!
 //! Frame buffers are charged per identity (`IdentityFrames`): every stream reader of every
-//! connection of one certificate identity shares one count, bounded by
+//! connection of one certificate identity shares one count (with the MQTT gateway's read
+//! buffers and decoded packets waiting for their connection), bounded by
 //! `max_partial_frame_bytes_per_identity`. They count in the budget's `used` (so publishes are
 //! refused sooner while they are large), but the budget refuses a frame buffer only once frame
 //! buffers alone would hold all of it: a publisher whose large publish does not fit in what
@@ -233,23 +234,25 @@ impl Drop for IdentityFrames {
     }
 }
 
-/// What one stream reader's buffer holds, counted for its identity and in the budget.
+/// What one stream reader's buffer holds, counted for its identity and in the budget (also
+/// what a read buffer outside the broker's transports holds: see
+/// [`BrokerHandle::read_buffer_charge`](crate::BrokerHandle::read_buffer_charge)).
 #[derive(Debug)]
-pub(crate) struct FrameBufferCharge {
+pub struct FrameBufferCharge {
     frames: Arc<IdentityFrames>,
     bytes: usize,
 }
 
 impl FrameBufferCharge {
     /// The bytes charged: the most the buffer held since it was last given back.
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Records that the buffer may now hold `bytes`: the charge only grows (a buffer's
     /// capacity shrinks as frames are split off its front, but its allocation stays) until
     /// [`FrameBufferCharge::resize`] sets it lower when the buffer is given back.
-    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), MemoryError> {
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), MemoryError> {
         if bytes <= self.bytes {
             return Ok(());
         }
@@ -258,7 +261,7 @@ impl FrameBufferCharge {
 
     /// Records that the buffer now holds `bytes`; refuses growth past the identity's bound, or
     /// once frame buffers alone would hold the whole budget (the charge then stays as it was).
-    pub(crate) fn resize(&mut self, bytes: usize) -> Result<(), MemoryError> {
+    pub fn resize(&mut self, bytes: usize) -> Result<(), MemoryError> {
         if bytes == self.bytes {
             return Ok(());
         }

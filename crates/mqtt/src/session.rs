@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use cassini_broker::memory::{FrameBufferCharge, MemoryError};
 use cassini_broker::{BrokerHandle, PeerInfo};
 use cassini_protocol::{
     encode_frame, AckOptions, Delivery, ErrorCode, Frame, FrameDecoder, Hello, SequenceRange,
@@ -44,6 +45,10 @@ use crate::will::{Owner, Wills};
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 /// How long one write to the client may make no progress before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A read buffer grown larger than this is given back once it holds nothing.
+const KEPT_BUFFER_BYTES: usize = 64 * 1024;
+/// What a connection's read buffer starts with.
+const INITIAL_BUFFER_BYTES: usize = 4096;
 /// Events waiting for the connection's loop.
 const EVENT_BACKLOG: usize = 256;
 /// The most QoS 1 and 2 publishes of one connection waiting for their answer: one per packet
@@ -79,10 +84,12 @@ pub(crate) struct Context {
 }
 
 enum Event {
-    /// A packet from the client, with its share of [`PACKET_BYTES_WAITING`] (its size on the
-    /// wire), given back once it is handled.
-    Packet(Inbound, OwnedSemaphorePermit),
+    /// A packet from the client, with its share of [`PACKET_BYTES_WAITING`] and of the
+    /// identity's charge (its size on the wire), given back once it is handled.
+    Packet(Inbound, WaitingShare),
     BadPacket(DecodeError),
+    /// Reading more would take the identity's buffers past their bound ([`ReadCharge`]).
+    OverLimit(MemoryError),
     ClientGone(String),
     KeepAliveExpired,
     Control(Frame),
@@ -151,10 +158,11 @@ where
     let limits = context.broker.config().limits.clone();
     let max_packet = limits.max_frame_bytes as usize;
     let (mut reader, mut writer) = tokio::io::split(io);
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+    let mut charge = ReadCharge::new(&context.broker, &peer.identity);
     let connect = tokio::time::timeout(
         context.connect_timeout,
-        read_connect(&mut reader, &mut buf, max_packet),
+        read_connect(&mut reader, &mut buf, max_packet, &mut charge.buffer),
     )
     .await;
     if let Ok(mut place) = context.connecting.lock() {
@@ -208,7 +216,61 @@ where
         resumed = welcome.resumed,
         "MQTT client connected"
     );
-    connection.run(client, reader, buf).await;
+    connection.run(client, reader, buf, charge).await;
+}
+
+/// What a connection's reading holds, charged to its identity like a QUIC stream reader's
+/// buffer (`limits.max_partial_frame_bytes_per_identity`, shared with every connection of the
+/// identity, and the memory budget): the read buffer, as large as it has grown, and the
+/// packets decoded and waiting to be handled. Growth past either bound ends the connection
+/// (MQTT 5: `DISCONNECT` Quota exceeded).
+struct ReadCharge {
+    buffer: FrameBufferCharge,
+    waiting: Arc<std::sync::Mutex<FrameBufferCharge>>,
+}
+
+impl ReadCharge {
+    fn new(broker: &BrokerHandle, identity: &Arc<str>) -> Self {
+        Self {
+            buffer: broker.read_buffer_charge(identity),
+            waiting: Arc::new(std::sync::Mutex::new(broker.read_buffer_charge(identity))),
+        }
+    }
+}
+
+/// A decoded packet's share of what its connection's waiting packets may hold: of
+/// [`PACKET_BYTES_WAITING`] and of the identity's charge, both given back once it is handled.
+struct WaitingShare {
+    _permit: OwnedSemaphorePermit,
+    charge: Arc<std::sync::Mutex<FrameBufferCharge>>,
+    bytes: usize,
+}
+
+impl WaitingShare {
+    fn take(
+        permit: OwnedSemaphorePermit,
+        charge: &Arc<std::sync::Mutex<FrameBufferCharge>>,
+        bytes: usize,
+    ) -> Result<Self, MemoryError> {
+        {
+            let mut held = charge.lock().unwrap_or_else(|p| p.into_inner());
+            let more = held.bytes().saturating_add(bytes);
+            held.resize(more)?;
+        }
+        Ok(Self {
+            _permit: permit,
+            charge: Arc::clone(charge),
+            bytes,
+        })
+    }
+}
+
+impl Drop for WaitingShare {
+    fn drop(&mut self) {
+        let mut held = self.charge.lock().unwrap_or_else(|p| p.into_inner());
+        let less = held.bytes().saturating_sub(self.bytes);
+        let _ = held.resize(less);
+    }
 }
 
 enum ConnectFailure {
@@ -220,6 +282,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max_packet: usize,
+    charge: &mut FrameBufferCharge,
 ) -> Result<Connect, ConnectFailure> {
     loop {
         match packets::decode(buf, None, max_packet) {
@@ -235,11 +298,18 @@ async fn read_connect<R: AsyncRead + Unpin>(
             }
             Err(err) => return Err(ConnectFailure::Other(err.to_string())),
         }
+        let charged = |charge: &mut FrameBufferCharge, buf: &BytesMut| {
+            charge
+                .grow_to(buf.capacity())
+                .map_err(|err| ConnectFailure::Other(err.to_string()))
+        };
+        charged(charge, buf)?;
         match reader.read_buf(buf).await {
             Ok(0) => return Err(ConnectFailure::Other("closed before CONNECT".into())),
             Ok(_) => {}
             Err(err) => return Err(ConnectFailure::Other(err.to_string())),
         }
+        charged(charge, buf)?;
     }
 }
 
@@ -736,6 +806,7 @@ async fn read_packets<R: AsyncRead + Unpin>(
     version: Version,
     max_packet: usize,
     keep_alive: u16,
+    mut charge: ReadCharge,
     events: mpsc::Sender<Event>,
 ) {
     // MQTT: the server may close a connection silent for one and a half keep-alive periods.
@@ -750,11 +821,18 @@ async fn read_packets<R: AsyncRead + Unpin>(
             match packets::decode(&mut buf, Some(version), max_packet) {
                 Ok(Some(packet)) => {
                     let size = (before - buf.len()).clamp(1, budget);
-                    let Ok(share) = Arc::clone(&waiting)
+                    let Ok(permit) = Arc::clone(&waiting)
                         .acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
                         .await
                     else {
                         return;
+                    };
+                    let share = match WaitingShare::take(permit, &charge.waiting, size) {
+                        Ok(share) => share,
+                        Err(err) => {
+                            let _ = events.send(Event::OverLimit(err)).await;
+                            return;
+                        }
                     };
                     if events.send(Event::Packet(packet, share)).await.is_err() {
                         return;
@@ -766,6 +844,16 @@ async fn read_packets<R: AsyncRead + Unpin>(
                     return;
                 }
             }
+        }
+        if buf.is_empty() && buf.capacity() > KEPT_BUFFER_BYTES {
+            // Grown for a large packet: given back (the packets split from it keep what they
+            // hold, charged as waiting).
+            buf = BytesMut::with_capacity(INITIAL_BUFFER_BYTES);
+            let _ = charge.buffer.resize(buf.capacity());
+        }
+        if let Err(err) = charge.buffer.grow_to(buf.capacity()) {
+            let _ = events.send(Event::OverLimit(err)).await;
+            return;
         }
         let read = reader.read_buf(&mut buf);
         let read = match deadline {
@@ -790,6 +878,10 @@ async fn read_packets<R: AsyncRead + Unpin>(
                 let _ = events.send(Event::ClientGone(err.to_string())).await;
                 return;
             }
+        }
+        if let Err(err) = charge.buffer.grow_to(buf.capacity()) {
+            let _ = events.send(Event::OverLimit(err)).await;
+            return;
         }
     }
 }
@@ -850,7 +942,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         }
     }
 
-    async fn run<R>(mut self, mut client: ClientEnd, reader: R, buf: BytesMut)
+    async fn run<R>(mut self, mut client: ClientEnd, reader: R, buf: BytesMut, charge: ReadCharge)
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
@@ -862,6 +954,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.connect.version,
             self.max_frame as usize,
             self.connect.keep_alive,
+            charge,
             events.clone(),
         ));
         if let Some(mut uni) = client.uni.take() {
@@ -940,6 +1033,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     _ => CloseCode::Malformed,
                 };
                 Some(End::Abnormal(Some(code)))
+            }
+            Event::OverLimit(err) => {
+                tracing::info!(client_id = %self.connect.client_id, %err, "closing an MQTT connection: its identity's read buffers are full");
+                Some(End::Abnormal(Some(CloseCode::QuotaExceeded)))
             }
             Event::ClientGone(reason) => {
                 tracing::debug!(client_id = %self.connect.client_id, %reason, "MQTT connection lost");
