@@ -128,3 +128,31 @@ async fn a_server_certificate_presented_as_a_client_certificate_gets_alert_43() 
     assert_eq!(alert_for(&broker, presenting(&broker, &server)).await, 43);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_refusing_the_broker_s_certificate_is_counted_as_a_tls_failure() {
+    use cassini_quic::server::HandshakeFailure;
+    let broker = TestBroker::start().await;
+    // The client trusts another CA: it refuses the broker's certificate with a TLS alert.
+    let stranger = CertificateAuthority::generate("Some Other CA").expect("CA");
+    let (chain, key) = identity_of(&broker.pki.client("dev"));
+    let crypto = tls::client_crypto(vec![stranger.cert_der().clone()], chain, key).expect("TLS");
+    let options = QuicOptions::default();
+    let config = tls::client_config(crypto, &options).expect("config");
+    let endpoint =
+        cassini_quic::endpoint::bind_client("127.0.0.1:0".parse().expect("addr"), config, &options)
+            .expect("endpoint");
+    let refused = within(
+        "handshake",
+        endpoint.connect(broker.addr, "localhost").expect("connect"),
+    )
+    .await;
+    assert!(refused.is_err(), "the client refuses the broker");
+    let stats = broker.accept_stats();
+    cassini_e2e::eventually("the broker counts the refusal", || async {
+        (stats.refused_for(HandshakeFailure::Tls) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(stats.refused_for(HandshakeFailure::Other), 0);
+    broker.stop().await;
+}

@@ -661,7 +661,7 @@ pub(crate) struct SubArgs {
     pub(crate) datagram: bool,
     /// Use the named session of this identity (created the first time, resumed later; 1 to
     /// 128 letters, digits, '-', '_', '.'). On exit the session is left, not ended: the broker
-    /// keeps queueing for it until `sessions.expiry`, and the next `sub --session NAME` with
+    /// keeps queueing for it until `sessions.expiry_secs`, and the next `sub --session NAME` with
     /// the same topic and options gets what was published meanwhile.
     #[arg(long, value_name = "NAME")]
     pub(crate) session: Option<String>,

@@ -343,10 +343,17 @@ pub(crate) fn check_files(settings: &Settings) -> anyhow::Result<()> {
         && !files.ca.exists()
         && !files.cert.exists()
         && !files.key.exists();
+    let crl = CrlSource::new(files.crl.clone(), certs.require_crl);
     if empty_dev_dir {
+        // `serve` would write development certificates there, but never a CRL.
+        crl.load().with_context(|| {
+            format!(
+                "checking the CRL {} (required: certs.require_crl)",
+                files.crl.display()
+            )
+        })?;
         return Ok(());
     }
-    let crl = CrlSource::new(files.crl.clone(), certs.require_crl);
     load_server_tls(&files, &crl, settings.security.revocation()).with_context(|| {
         format!(
             "checking the certificates (ca {}, cert {}, key {}, crl {} if present)",

@@ -251,3 +251,26 @@ fn config_check_loads_the_acl_and_certificate_files_the_configuration_names() {
     );
     assert!(stderr.contains("server.key"), "names the file: {stderr}");
 }
+
+#[test]
+fn config_check_refuses_a_required_crl_missing_from_an_empty_development_directory() {
+    // `serve` writes development certificates into an empty directory, never a CRL: with
+    // `certs.require_crl` it would not start, so the check fails too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cassini.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[certs]\ndir = {:?}\nrequire_crl = true\n",
+            dir.path().join("empty").to_str().unwrap()
+        ),
+    )
+    .expect("write config");
+    let refused = run(&mut cassini(&["config", "check", file.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "refused: {stderr}");
+    assert!(
+        stderr.contains("crl.pem") && stderr.contains("require_crl"),
+        "names the file and the setting: {stderr}"
+    );
+}

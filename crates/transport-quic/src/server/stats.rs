@@ -60,8 +60,15 @@ impl HandshakeFailure {
 
     pub(super) fn of(err: &quinn::ConnectionError) -> Self {
         match err {
+            // Refused here, or by the client (a TLS alert in its CONNECTION_CLOSE: it did
+            // not accept the broker's certificate).
             quinn::ConnectionError::TransportError(err)
                 if (0x100..0x200).contains(&u64::from(err.code)) =>
+            {
+                HandshakeFailure::Tls
+            }
+            quinn::ConnectionError::ConnectionClosed(close)
+                if (0x100..0x200).contains(&u64::from(close.error_code)) =>
             {
                 HandshakeFailure::Tls
             }
