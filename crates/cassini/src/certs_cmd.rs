@@ -11,14 +11,17 @@ use cassini_quic::certs::{
 use crate::cli::{CertsInitArgs, CertsIssueArgs, CertsRevokeArgs, CertsRotateServerArgs};
 
 pub(crate) fn init(args: CertsInitArgs) -> anyhow::Result<ExitCode> {
-    let clients = if args.clients.is_empty() {
+    // The default client is written when the directory has none of that name; a client named
+    // on the command line is issued again.
+    let clients_if_missing = if args.clients.is_empty() {
         vec![DEV_CLIENT_NAME.to_string()]
     } else {
-        args.clients
+        Vec::new()
     };
     let options = InitOptions {
         server_names: args.server_names,
-        clients,
+        clients: args.clients,
+        clients_if_missing,
         nodes: args.nodes,
         overwrite_ca: args.force_new_ca,
     };

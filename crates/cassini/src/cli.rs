@@ -393,10 +393,12 @@ pub(crate) struct CertsInitArgs {
     #[arg(long, default_value = "certs")]
     pub(crate) dir: PathBuf,
     /// An extra name (DNS name or IP address) for the server certificate; repeatable.
-    /// localhost, 127.0.0.1 and ::1 are always included.
+    /// localhost, 127.0.0.1 and ::1 are always included. With an existing CA the server
+    /// certificate is kept unless this is given.
     #[arg(long = "server-name")]
     pub(crate) server_names: Vec<String>,
-    /// A client to issue a certificate for; repeatable. Default: `dev`.
+    /// A client to issue a certificate for (again, if it has one); repeatable. Default: `dev`,
+    /// written only if the directory has no `client-dev` certificate.
     #[arg(long = "client")]
     pub(crate) clients: Vec<String>,
     /// A cluster node to issue a node certificate for (`node-NAME.crt`); repeatable.

@@ -526,8 +526,10 @@ pub fn node_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 pub struct InitOptions {
     /// Names the server certificate is valid for, besides `localhost`, `127.0.0.1` and `::1`.
     pub server_names: Vec<String>,
-    /// Clients to issue certificates for.
+    /// Clients to issue certificates for (again, if they have one).
     pub clients: Vec<String>,
+    /// Clients to issue certificates for only if they have none yet (a default client).
+    pub clients_if_missing: Vec<String>,
     /// Cluster nodes to issue node certificates for.
     pub nodes: Vec<String>,
     /// Replace an existing CA. Every certificate the old CA issued stops being trusted.
@@ -565,8 +567,11 @@ pub struct IssuedFiles {
 ///
 /// Creates `dir` if needed. An existing CA (`ca.crt` and `ca.key`) is reused unless
 /// `opts.overwrite_ca`; half a CA (one file without the other) is an error rather than being
-/// overwritten. The server certificate is always re-issued. Every certificate is issued before
-/// any file is written, so an invalid name leaves the directory as it was.
+/// overwritten. With a reused CA, an existing server certificate and key are kept unless
+/// `opts.server_names` names some (then it is issued again, for those and the defaults), so
+/// adding clients to a directory never changes what a running broker presents. Every
+/// certificate is issued before any file is written, so an invalid name leaves the directory
+/// as it was.
 pub fn init_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, CertError> {
     let (ca, status) = if opts.overwrite_ca {
         (
@@ -597,10 +602,26 @@ pub fn init_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, CertError>
         }
     };
 
-    let server = ca.issue_server(&opts.server_names)?;
-    let clients = opts
-        .clients
-        .iter()
+    let paths = CertPaths::in_dir(dir);
+    let keep_server = status == CaStatus::Reused
+        && opts.server_names.is_empty()
+        && exists(&paths.server_cert)?
+        && exists(&paths.server_key)?;
+    let server = if keep_server {
+        None
+    } else {
+        Some(ca.issue_server(&opts.server_names)?)
+    };
+    let mut wanted: Vec<&String> = opts.clients.iter().collect();
+    for name in &opts.clients_if_missing {
+        let (cert_path, key_path) = client_paths(dir, name);
+        let missing = !exists(&cert_path)? || !exists(&key_path)?;
+        if (missing || status == CaStatus::Created) && !wanted.contains(&name) {
+            wanted.push(name);
+        }
+    }
+    let clients = wanted
+        .into_iter()
         .map(|name| Ok((name, ca.issue_client(name)?)))
         .collect::<Result<Vec<_>, CertError>>()?;
     let nodes = opts
@@ -614,9 +635,10 @@ pub fn init_dir(dir: &Path, opts: &InitOptions) -> Result<InitReport, CertError>
     if status == CaStatus::Created {
         written.extend(ca.write(dir)?);
     }
-    let paths = CertPaths::in_dir(dir);
-    server.write(&paths.server_cert, &paths.server_key)?;
-    written.extend([paths.server_cert, paths.server_key]);
+    if let Some(server) = server {
+        server.write(&paths.server_cert, &paths.server_key)?;
+        written.extend([paths.server_cert, paths.server_key]);
+    }
     for (name, cert) in clients {
         let (cert_path, key_path) = client_paths(dir, name);
         cert.write(&cert_path, &key_path)?;
@@ -741,10 +763,8 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<Option<InitReport>, CertError> {
         return Ok(None);
     }
     let opts = InitOptions {
-        server_names: Vec::new(),
-        clients: vec![DEV_CLIENT_NAME.to_owned()],
-        nodes: Vec::new(),
-        overwrite_ca: false,
+        clients_if_missing: vec![DEV_CLIENT_NAME.to_owned()],
+        ..InitOptions::default()
     };
     init_dir(dir, &opts).map(Some)
 }

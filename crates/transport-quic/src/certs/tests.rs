@@ -215,8 +215,7 @@ fn init_dir_writes_the_layout_with_private_keys_readable_only_by_the_owner() -> 
     let opts = InitOptions {
         server_names: vec!["broker.internal".to_owned()],
         clients: vec!["alice".to_owned(), "bob".to_owned()],
-        nodes: Vec::new(),
-        overwrite_ca: false,
+        ..InitOptions::default()
     };
     let report = init_dir(&dir, &opts)?;
     assert_eq!(report.ca, CaStatus::Created);
@@ -256,7 +255,21 @@ fn init_dir_reuses_an_existing_ca_unless_asked_to_overwrite_it() -> TestResult {
     assert_eq!(report.ca, CaStatus::Reused);
     assert!(!report.written.contains(&dir.join("ca.crt")));
     assert_eq!(fs::read_to_string(dir.join("ca.crt"))?, first_ca);
-    assert_ne!(fs::read_to_string(dir.join("server.crt"))?, first_server);
+    assert_eq!(
+        fs::read_to_string(dir.join("server.crt"))?,
+        first_server,
+        "the server certificate is kept with the CA"
+    );
+    let renamed = InitOptions {
+        server_names: vec!["broker.internal".to_owned()],
+        ..InitOptions::default()
+    };
+    init_dir(dir, &renamed)?;
+    assert_ne!(
+        fs::read_to_string(dir.join("server.crt"))?,
+        first_server,
+        "issued again when names are given"
+    );
 
     let overwrite = InitOptions {
         overwrite_ca: true,
@@ -480,5 +493,40 @@ fn rotating_the_server_certificate_keeps_its_names_and_the_ca() -> TestResult {
         assert!(names.contains(&name.to_string()), "{name} in {names:?}");
     }
     assert_eq!(mode(&paths.server_key)? & 0o777, 0o600);
+    Ok(())
+}
+
+#[test]
+fn init_dir_with_a_kept_ca_adds_clients_without_touching_the_server_or_the_default_client(
+) -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    let first = InitOptions {
+        server_names: vec!["broker.example.com".to_owned()],
+        clients_if_missing: vec!["dev".to_owned()],
+        ..InitOptions::default()
+    };
+    init_dir(dir, &first)?;
+    let server = fs::read_to_string(dir.join("server.crt"))?;
+    let dev = fs::read_to_string(dir.join("client-dev.key"))?;
+    let more = InitOptions {
+        clients: vec!["alice".to_owned()],
+        clients_if_missing: vec!["dev".to_owned()],
+        nodes: vec!["n1".to_owned()],
+        ..InitOptions::default()
+    };
+    let report = init_dir(dir, &more)?;
+    let expected: Vec<PathBuf> = [
+        "client-alice.crt",
+        "client-alice.key",
+        "node-n1.crt",
+        "node-n1.key",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .collect();
+    assert_eq!(report.written, expected);
+    assert_eq!(fs::read_to_string(dir.join("server.crt"))?, server);
+    assert_eq!(fs::read_to_string(dir.join("client-dev.key"))?, dev);
     Ok(())
 }
