@@ -74,6 +74,29 @@ pub(crate) struct SessionArgs {
     /// or this node before another took it): what was published to it while no node served
     /// it is lost, so each subscription announces a gap of one sequence first, a floor.
     pub(crate) taken_up: bool,
+    /// Where it tells when its connection dropped (the session manager reads it).
+    pub(crate) detached_at: DetachedAt,
+}
+
+/// When a session's connection dropped (ms since the Unix epoch; `None` while attached, and
+/// before its first attach): set by the session, read by the session manager to choose which
+/// session of an identity at its maximum to end, without asking each one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DetachedAt(Arc<std::sync::atomic::AtomicU64>);
+
+impl DetachedAt {
+    pub(crate) fn get(&self) -> Option<u64> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    fn set(&self, at: Option<u64>) {
+        // 0 stands for "attached": a detach at the epoch itself counts as 1 ms after it.
+        let at = at.map_or(0, |at| at.max(1));
+        self.0.store(at, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The managers a session asks to start its subscribers and route its filters to them; both
@@ -207,8 +230,9 @@ pub(crate) struct SessionState {
     identity: Arc<str>,
     /// The session's name, if a `Hello` gave it one.
     name: Option<Arc<str>>,
-    /// When the connection dropped (ms since the Unix epoch), for the stored record.
-    detached_at_ms: Option<u64>,
+    /// When the connection dropped (ms since the Unix epoch), for the stored record and for
+    /// the session manager.
+    detached_at: DetachedAt,
     /// How long the session outlives its last connection, when that connection asked for a
     /// time of its own (capped by `sessions.expiry`); `None`: `sessions.expiry`. Stored with
     /// the session, so a restart keeps it.
@@ -271,7 +295,7 @@ impl SessionState {
                 id: session_key(self.id),
                 identity: self.identity.to_string(),
                 last_subscription: self.last_subscription,
-                detached_at_ms: self.detached_at_ms,
+                detached_at_ms: self.detached_at.get(),
                 name: self.name.as_deref().map(str::to_owned),
                 expiry_ms: self
                     .expiry
@@ -644,7 +668,7 @@ impl SessionState {
         }
         self.attached = Some(connection);
         self.announcements = Some(announcements);
-        self.detached_at_ms = None;
+        self.detached_at.set(None);
         self.store_session();
         let mut subscriptions: Vec<_> = self
             .subscriptions
@@ -693,7 +717,7 @@ impl SessionState {
     fn detach(&mut self) {
         self.attached = None;
         self.announcements = None;
-        self.detached_at_ms = Some(unix_ms());
+        self.detached_at.set(Some(unix_ms()));
         self.store_session();
         for subscription in self.subscriptions.values() {
             let _ = subscription.subscriber.send_message(SubscriberMsg::Detach);
@@ -838,7 +862,7 @@ impl Actor for Session {
             id: args.id,
             identity: args.identity,
             name: args.name,
-            detached_at_ms: None,
+            detached_at: args.detached_at,
             expiry: None,
             shared: args.shared,
             managers: args.managers,
@@ -863,7 +887,9 @@ impl Actor for Session {
             return Ok(state);
         };
         state.last_subscription = recovered.record.last_subscription;
-        state.detached_at_ms = Some(recovered.record.detached_at_ms.unwrap_or_else(unix_ms));
+        state.detached_at.set(Some(
+            recovered.record.detached_at_ms.unwrap_or_else(unix_ms),
+        ));
         state.expiry = recovered.record.expiry_ms.map(Duration::from_millis);
         for subscription in recovered.subscriptions {
             let id = subscription.record.subscription;
@@ -909,7 +935,7 @@ impl Actor for Session {
             }
             SessionMsg::Expire { epoch } if epoch == state.epoch && state.attached.is_none() => {
                 tracing::debug!(session = %state.id, "session expired");
-                let detached_at = state.detached_at_ms.unwrap_or_else(unix_ms);
+                let detached_at = state.detached_at.get().unwrap_or_else(unix_ms);
                 state.shared.emit(Event::SessionExpired {
                     identity: state.identity.to_string(),
                     session: state.id.to_string(),
@@ -933,7 +959,7 @@ impl Actor for Session {
                 myself.stop(Some("certificate revoked".into()));
             }
             SessionMsg::DetachedAt(reply) => {
-                let detached_at = state.attached.is_none().then_some(state.detached_at_ms);
+                let detached_at = state.attached.is_none().then(|| state.detached_at.get());
                 let _ = reply.send(detached_at.flatten());
             }
             SessionMsg::Evict(reply) => {

@@ -43,7 +43,7 @@ use ractor::{
 };
 
 use super::announcements::Announcements;
-use super::session::{Attached, Session, SessionArgs, SessionManagers, SessionMsg};
+use super::session::{Attached, DetachedAt, Session, SessionArgs, SessionManagers, SessionMsg};
 use super::subscriber_manager::SubscriberManagerMsg;
 use super::{ask, ended_child};
 use crate::ack_targets::AckTargets;
@@ -127,6 +127,8 @@ struct Entry {
     /// Whether a connection with exclusive names named it (it then holds `exclusive`'s entry).
     exclusive: bool,
     session: ActorRef<SessionMsg>,
+    /// When its connection dropped, as the session tells it.
+    detached_at: DetachedAt,
     /// For a named session in a cluster with `members`: the claim its records go under.
     binding: Option<Arc<Binding>>,
 }
@@ -186,7 +188,9 @@ impl SessionManagerState {
             taken_up: recovered.is_some() && claim.is_some(),
             recovered,
             store,
+            detached_at: DetachedAt::default(),
         };
+        let detached_at = args.detached_at.clone();
         let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
         self.insert(
             id,
@@ -196,6 +200,7 @@ impl SessionManagerState {
                 name,
                 exclusive,
                 session: session.clone(),
+                detached_at,
                 binding,
             },
         );
@@ -462,39 +467,26 @@ impl SessionManager {
     ) -> Result<(), BrokerError> {
         let max = state.shared.config.limits.max_sessions_per_identity;
         while state.held_by(identity) >= max.max(1) {
-            let mine: Vec<(SessionId, ActorRef<SessionMsg>)> = state
+            // The session detached longest ago, as each tells the manager (ties: by id).
+            let oldest = state
                 .sessions
                 .iter()
                 .filter(|(_, entry)| entry.identity == *identity)
-                .map(|(id, entry)| (*id, entry.session.clone()))
-                .collect();
-            // Asked all at once: the manager every tenant's `Hello` goes through waits for one
-            // round of answers, not one per session.
-            let mut asks = tokio::task::JoinSet::new();
-            for (id, session) in mine {
-                asks.spawn(async move {
-                    let detached_at = ask(&session, SessionMsg::DetachedAt).await;
-                    (id, session, detached_at)
-                });
-            }
-            let mut oldest: Option<(u64, SessionId, ActorRef<SessionMsg>)> = None;
-            while let Some(answered) = asks.join_next().await {
-                let Ok((id, session, Ok(Some(detached_at)))) = answered else {
-                    continue;
-                };
-                let older = oldest
-                    .as_ref()
-                    .is_none_or(|(at, oldest_id, _)| (detached_at, id) < (*at, *oldest_id));
-                if older {
-                    oldest = Some((detached_at, id, session));
-                }
-            }
-            let Some((_, id, session)) = oldest else {
+                .filter_map(|(id, entry)| Some((entry.detached_at.get()?, *id)))
+                .min();
+            let Some((_, id)) = oldest else {
                 tracing::warn!(%identity, max, "new session refused: the identity holds its maximum of sessions, all attached");
                 return Err(BrokerError::TooManySessionsForIdentity(max));
             };
-            if ask(&session, SessionMsg::Evict).await? {
-                state.remove(&id);
+            let Some(session) = state.sessions.get(&id).map(|entry| entry.session.clone()) else {
+                continue;
+            };
+            // Refused only if a connection attached to it meanwhile (it then reads as
+            // attached, and the next round chooses another). A session that cannot answer has
+            // stopped already: its entry goes too.
+            match ask(&session, SessionMsg::Evict).await {
+                Ok(true) | Err(_) => state.remove(&id),
+                Ok(false) => {}
             }
         }
         Ok(())
