@@ -307,8 +307,90 @@ async fn an_mqtt5_connect_breaking_a_rule_is_refused_with_its_reason() {
         (0x20, Some(&0x9B)),
         "a QoS 2 will where the maximum is 1: QoS not supported, {qos2_will:?}"
     );
+    let no_room = refused_connack(
+        &gateway,
+        &connect_v5_with_property("tiny", &[0x27, 0, 0, 0, 0]),
+    )
+    .await;
+    assert_eq!(
+        (no_room.header, no_room.body.get(1)),
+        (0x20, Some(&0x82)),
+        "a Maximum Packet Size of 0: Protocol error, {no_room:?}"
+    );
+    let mut scram = vec![0x15];
+    string("SCRAM-SHA-256", &mut scram);
+    let enhanced = refused_connack(&gateway, &connect_v5_with_property("scram", &scram)).await;
+    assert_eq!(
+        (enhanced.header, enhanced.body.get(1)),
+        (0x20, Some(&0x8C)),
+        "an authentication method: Bad authentication method, {enhanced:?}"
+    );
+    // A will on a topic with no Cassini form (a level holding '.') could never be published.
+    let dotted_will = refused_connack(
+        &gateway,
+        &connect_v5_with_will("dotted", "devices/10.0.0.7/status", b"gone"),
+    )
+    .await;
+    assert_eq!(
+        (dotted_will.header, dotted_will.body.get(1)),
+        (0x20, Some(&0x90)),
+        "a will topic with no Cassini form: Topic Name invalid, {dotted_will:?}"
+    );
     let fine = connected(&gateway, &connect_v5_with_receive_maximum("some", 10)).await;
     drop(fine);
+}
+
+/// An MQTT 5 `CONNECT` for `id` with a clean start and one property (`property`: its
+/// identifier and value).
+fn connect_v5_with_property(id: &str, property: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b0000_0010, 0, 60];
+    body.push(property.len() as u8);
+    body.extend_from_slice(property);
+    string(id, &mut body);
+    packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn a_filter_listed_twice_in_one_subscribe_is_one_subscription() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v5("twice")).await;
+    // MQTT §3.8.4: as two SUBSCRIBEs in a row, the second replacing the first.
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.push(0); // no properties
+    for _ in 0..2 {
+        string("twice/x", &mut body);
+        body.push(1);
+    }
+    raw.write_all(&packet(0x82, &body))
+        .await
+        .expect("SUBSCRIBE");
+    let suback = within("SUBACK", read_packet(&mut raw)).await;
+    assert_eq!(suback.kind(), SUBACK);
+    assert_eq!(&suback.body[3..], &[1, 1], "both granted QoS 1: {suback:?}");
+    let quic = gateway.broker.client("feeder").await;
+    quic.publish("twice.x", bytes::Bytes::from_static(b"one"))
+        .await
+        .expect("publish");
+    quic.flush().await.expect("flush");
+    let delivery = within("the delivery", read_packet(&mut raw)).await;
+    assert_eq!(delivery.kind(), 3, "PUBLISH: {delivery:?}");
+    let packet_id = [delivery.body[9], delivery.body[10]];
+    raw.write_all(&packet(0x40, &packet_id))
+        .await
+        .expect("PUBACK");
+    // One UNSUBSCRIBE ends it: nothing more arrives, and no second copy came.
+    raw.write_all(&unsubscribe(2, "twice/x"))
+        .await
+        .expect("UNSUBSCRIBE");
+    let unsuback = within("UNSUBACK", read_packet(&mut raw)).await;
+    assert_eq!(
+        (unsuback.kind(), unsuback.body.get(3)),
+        (UNSUBACK, Some(&0)),
+        "{unsuback:?}"
+    );
+    gateway
+        .wait_subscriptions("twice.x", |count| count == 0)
+        .await;
 }
 
 #[tokio::test]

@@ -78,7 +78,8 @@ pub(crate) fn to_cassini(
     let mut headers = properties.user_properties;
     headers.retain(|(name, _)| !gateway_header(name));
     let mut add = |name: &str, value: String| headers.push((name.to_string(), value));
-    if let Some(secs) = properties.message_expiry {
+    // 0 is no expiry, as Mosquitto takes it (not "expired on arrival").
+    if let Some(secs) = properties.message_expiry.filter(|&secs| secs > 0) {
         let at = now_ms.saturating_add(u64::from(secs) * 1000);
         add(EXPIRES_AT_HEADER, at.to_string());
     }
@@ -165,6 +166,17 @@ mod tests {
                 ..full()
             }
         );
+    }
+
+    #[test]
+    fn a_message_expiry_interval_of_zero_is_no_expiry() {
+        let zero = MessageProperties {
+            message_expiry: Some(0),
+            ..MessageProperties::default()
+        };
+        let outgoing = to_cassini(zero, false, 1_000).expect("mapped");
+        let incoming = from_cassini(outgoing.headers, None);
+        assert_eq!(incoming.expires_at, None, "as Mosquitto: never expires");
     }
 
     #[test]

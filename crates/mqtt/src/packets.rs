@@ -92,6 +92,8 @@ pub struct Connect {
     pub receive_maximum: Option<u16>,
     /// MQTT 5 maximum packet size the client accepts.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5 authentication method, if the client asks for enhanced authentication.
+    pub authentication_method: Option<String>,
     /// The will message.
     pub will: Option<Will>,
 }
@@ -367,6 +369,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
             session_expiry: None,
             receive_maximum: None,
             max_packet_size: None,
+            authentication_method: None,
             will: connect.last_will.map(|will| Will {
                 topic: will.topic,
                 payload: will.message,
@@ -445,6 +448,7 @@ fn from_v5(packet: v5::Packet) -> Result<Inbound, DecodeError> {
                 session_expiry: properties.and_then(|p| p.session_expiry_interval),
                 receive_maximum: properties.and_then(|p| p.receive_maximum),
                 max_packet_size: properties.and_then(|p| p.max_packet_size),
+                authentication_method: properties.and_then(|p| p.authentication_method.clone()),
                 client_id: connect.client_id,
                 clean_start: connect.clean_start,
                 keep_alive: connect.keep_alive,
@@ -554,6 +558,10 @@ pub enum ConnectCode {
     ProtocolError,
     /// MQTT 5: the will asks for QoS 2, above the maximum QoS 1.
     QosNotSupported,
+    /// The will's topic (or response topic) has no Cassini form (3.1.1: server unavailable).
+    TopicNameInvalid,
+    /// MQTT 5: an authentication method was named; none is supported.
+    BadAuthenticationMethod,
 }
 
 /// What a `CONNACK` announces besides its code.
@@ -721,7 +729,11 @@ impl Encoder {
                     | ConnectCode::Unavailable
                     | ConnectCode::Malformed
                     | ConnectCode::ProtocolError
-                    | ConnectCode::QosNotSupported => v4::ConnectReturnCode::ServiceUnavailable,
+                    | ConnectCode::QosNotSupported
+                    | ConnectCode::TopicNameInvalid
+                    | ConnectCode::BadAuthenticationMethod => {
+                        v4::ConnectReturnCode::ServiceUnavailable
+                    }
                 };
                 let session_present =
                     info.session_present && code == v4::ConnectReturnCode::Success;
@@ -744,6 +756,10 @@ impl Encoder {
                     ConnectCode::Malformed => v5::ConnectReturnCode::MalformedPacket,
                     ConnectCode::ProtocolError => v5::ConnectReturnCode::ProtocolError,
                     ConnectCode::QosNotSupported => v5::ConnectReturnCode::QoSNotSupported,
+                    ConnectCode::TopicNameInvalid => v5::ConnectReturnCode::TopicNameInvalid,
+                    ConnectCode::BadAuthenticationMethod => {
+                        v5::ConnectReturnCode::BadAuthenticationMethod
+                    }
                 };
                 let properties = v5::ConnAckProperties {
                     session_expiry_interval: info.session_expiry,

@@ -136,6 +136,10 @@ enum Answer {
 struct Batch {
     sub: Vec<Option<SubCode>>,
     unsub: Vec<Option<bool>>,
+    /// A filter listed again later in the same `SUBSCRIBE`: `(index, later index)`. As MQTT
+    /// asks (§3.8.4), the packet is taken as consecutive `SUBSCRIBE`s, so the later entry
+    /// replaces the earlier one, which is answered as the later one is.
+    same_as: Vec<(usize, usize)>,
 }
 
 /// How the connection ended, for the session: with a goodbye (the session ends) or not.
@@ -200,7 +204,8 @@ where
     };
     let encoder = Encoder {
         version: connect.version,
-        max_packet_size: connect.max_packet_size,
+        // 0 is refused in `CONNACK`, which must be sent all the same.
+        max_packet_size: connect.max_packet_size.filter(|&size| size > 0),
     };
     let mut connection = Connection::new(connect, encoder, writer, context, max_packet, &peer);
     let Some((client, welcome)) = connection.start().await else {
@@ -548,6 +553,37 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             if self.connect.will.as_ref().is_some_and(|will| will.qos > 1) {
                 let reason = "the maximum QoS is 1";
                 self.connack(ConnectCode::QosNotSupported, false, Some(reason.into()))
+                    .await;
+                return None;
+            }
+            // MQTT 5 §3.1.2.11.4: a Maximum Packet Size of 0 is a protocol error.
+            if self.connect.max_packet_size == Some(0) {
+                let reason = "a Maximum Packet Size of 0 is a protocol error";
+                self.connack(ConnectCode::ProtocolError, false, Some(reason.into()))
+                    .await;
+                return None;
+            }
+            // MQTT 5 §4.12: enhanced authentication is not supported (identities come from
+            // client certificates).
+            if let Some(method) = &self.connect.authentication_method {
+                let reason = format!("authentication method {method:?} is not supported");
+                self.connack(ConnectCode::BadAuthenticationMethod, false, Some(reason))
+                    .await;
+                return None;
+            }
+        }
+        // A will with no Cassini form could never be published: refused now, not lost later.
+        if let Some(will) = &self.connect.will {
+            let translated = topics::topic_to_cassini(&will.topic)
+                .map(|_| ())
+                .map_err(|err| format!("will topic {:?}: {err}", will.topic))
+                .and_then(|()| {
+                    headers::to_cassini(will.properties.clone(), will.retain, 0)
+                        .map(|_| ())
+                        .map_err(|err| format!("will response topic: {err}"))
+                });
+            if let Err(reason) = translated {
+                self.connack(ConnectCode::TopicNameInvalid, false, Some(reason))
                     .await;
                 return None;
             }
@@ -1330,9 +1366,25 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let mut batch = Batch {
             sub: vec![None; filters.len()],
             unsub: Vec::new(),
+            same_as: Vec::new(),
         };
+        let mut last_of: HashMap<&str, usize> = HashMap::new();
+        for (index, wanted) in filters.iter().enumerate() {
+            last_of.insert(wanted.filter.as_str(), index);
+        }
+        batch.same_as = filters
+            .iter()
+            .enumerate()
+            .filter_map(|(index, wanted)| {
+                let last = last_of.get(wanted.filter.as_str()).copied()?;
+                (last != index).then_some((index, last))
+            })
+            .collect();
         let mut frames = Vec::new();
         for (index, wanted) in filters.into_iter().enumerate() {
+            if batch.same_as.iter().any(|&(earlier, _)| earlier == index) {
+                continue;
+            }
             // `$share/GROUP/FILTER`: a queue group on FILTER (3.1.1 clients may use it too).
             let cassini = match topics::shared_filter_to_cassini(&wanted.filter) {
                 Some(shared) => shared.map(|shared| (shared.filter, Some(shared.group))),
@@ -1427,6 +1479,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         let mut batch = Batch {
             sub: Vec::new(),
             unsub: vec![None; filters.len()],
+            same_as: Vec::new(),
         };
         let mut frames = Vec::new();
         for (index, filter) in filters.into_iter().enumerate() {
@@ -1486,7 +1539,13 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
 
     /// Sends the `SUBACK` or `UNSUBACK` of `pkid` once every filter of it is answered.
     async fn complete(&mut self, pkid: u16) -> Option<End> {
-        let batch = self.batches.get(&pkid)?;
+        let batch = self.batches.get_mut(&pkid)?;
+        for &(earlier, later) in &batch.same_as {
+            let code = batch.sub.get(later).copied().flatten();
+            if let Some(slot) = batch.sub.get_mut(earlier) {
+                *slot = code;
+            }
+        }
         let sent = if !batch.sub.is_empty() {
             let codes = batch.sub.iter().copied().collect::<Option<Vec<_>>>()?;
             self.batches.remove(&pkid);
