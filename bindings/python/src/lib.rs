@@ -6,6 +6,7 @@
 mod bridge;
 mod client;
 mod errors;
+mod interrupt;
 mod subscription;
 mod types;
 

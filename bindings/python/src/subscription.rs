@@ -16,6 +16,7 @@ use pyo3::types::{PyList, PyTuple};
 use tokio::sync::Mutex;
 
 use crate::bridge::{future_into_py, runtime};
+use crate::interrupt::Interrupt;
 use crate::types::{headers_arg, list_of, PyGap, PyMessage};
 
 /// A subscription, shared by the Python object and the messages that can acknowledge it.
@@ -30,9 +31,22 @@ pub(crate) struct SubscriptionShared {
     stats: std::sync::Mutex<Stats>,
     /// At least once: one message per crossing, so none is acknowledged before Python saw it.
     at_least_once: bool,
+    /// Lets `unsubscribe` and `close` past a read that waits with the lock.
+    interrupt: Interrupt,
+    /// How many messages it has yielded: the last one is the one the subscription holds
+    /// unacknowledged (at least once: one message per crossing).
+    yielded: std::sync::atomic::AtomicU64,
 }
 
 impl SubscriptionShared {
+    /// Acknowledges the `yielded`th message yielded, if it is the one the subscription holds
+    /// (an earlier one was acknowledged when the next was asked for).
+    pub(crate) fn acknowledge_yielded(&self, yielded: u64) {
+        if self.yielded.load(std::sync::atomic::Ordering::Acquire) == yielded {
+            self.acknowledge();
+        }
+    }
+
     /// Acknowledges the last message yielded. When a read is under way (it holds the lock),
     /// asking for the next message has acknowledged it already.
     pub(crate) fn acknowledge(&self) {
@@ -123,10 +137,16 @@ impl<'py> IntoPyObject<'py> for Batch {
 impl SubscriptionShared {
     fn item(self: &Arc<Self>, event: SubscriptionEvent) -> Option<Item> {
         match event {
-            SubscriptionEvent::Message(message) => Some(Item::Message(PyMessage {
-                message,
-                subscription: self.at_least_once.then(|| Arc::clone(self)),
-            })),
+            SubscriptionEvent::Message(message) => {
+                let yielded = self
+                    .yielded
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                    .wrapping_add(1);
+                Some(Item::Message(PyMessage {
+                    message,
+                    subscription: self.at_least_once.then(|| (Arc::clone(self), yielded)),
+                }))
+            }
             SubscriptionEvent::Gap(gap) => Some(Item::Gap(PyGap::new(gap))),
             _ => None,
         }
@@ -187,6 +207,8 @@ impl NativeSubscription {
                 ready: std::sync::Mutex::default(),
                 stats: std::sync::Mutex::default(),
                 at_least_once,
+                interrupt: Interrupt::default(),
+                yielded: std::sync::atomic::AtomicU64::new(0),
             }),
             filter,
         }
@@ -227,6 +249,9 @@ impl NativeSubscription {
         future_into_py(py, async move {
             let mut guard = shared.subscription.lock().await;
             let max = shared.max(max);
+            if shared.interrupt.is_closed() {
+                drop(guard.take());
+            }
             {
                 let ready = shared.ready();
                 if !ready.items.is_empty() || ready.ended {
@@ -238,7 +263,17 @@ impl NativeSubscription {
                 return Ok(());
             };
             loop {
-                match subscription.next_event().await {
+                let event = tokio::select! {
+                    event = subscription.next_event() => event,
+                    () = shared.interrupt.interrupted() => {
+                        if shared.interrupt.is_closed() {
+                            drop(guard.take());
+                            shared.ready().ended = true;
+                        }
+                        return Ok(());
+                    }
+                };
+                match event {
                     Some(event) => {
                         if let Some(item) = shared.item(event) {
                             let mut ready = shared.ready();
@@ -261,6 +296,7 @@ impl NativeSubscription {
     fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
         future_into_py(py, async move {
+            shared.interrupt.interrupt();
             let mut guard = shared.subscription.lock().await;
             if let Some(subscription) = guard.as_mut() {
                 subscription.unsubscribe().await?;
@@ -269,9 +305,11 @@ impl NativeSubscription {
         })
     }
 
-    /// Ends the subscription at once (unsubscribing in the background), as dropping it does.
+    /// Ends the subscription at once (unsubscribing in the background), as dropping it does;
+    /// a read waiting meanwhile ends it as it gives the lock back.
     fn close(&self) {
         let _entered = runtime().enter();
+        self.shared.interrupt.close();
         if let Ok(mut guard) = self.shared.subscription.try_lock() {
             drop(guard.take());
         }
@@ -422,6 +460,8 @@ impl PyRequest {
 /// A responder's state: the responder, and requests taken but not yet handed to Python.
 struct ResponderShared {
     responder: Mutex<Option<Responder>>,
+    /// As [`SubscriptionShared::interrupt`].
+    interrupt: Interrupt,
     /// As [`SubscriptionShared::ready`]: what a cancelled `wait` took stays here.
     ready: std::sync::Mutex<(std::collections::VecDeque<Request>, bool)>,
 }
@@ -452,6 +492,7 @@ impl NativeResponder {
         Self {
             shared: Arc::new(ResponderShared {
                 responder: Mutex::new(Some(responder)),
+                interrupt: Interrupt::default(),
                 ready: std::sync::Mutex::default(),
             }),
         }
@@ -476,6 +517,9 @@ impl NativeResponder {
         let shared = Arc::clone(&self.shared);
         future_into_py(py, async move {
             let mut guard = shared.responder.lock().await;
+            if shared.interrupt.is_closed() {
+                drop(guard.take());
+            }
             {
                 let ready = shared.ready();
                 if !ready.0.is_empty() || ready.1 {
@@ -486,7 +530,16 @@ impl NativeResponder {
                 shared.ready().1 = true;
                 return Ok(());
             };
-            let first = responder.recv().await;
+            let first = tokio::select! {
+                first = responder.recv() => first,
+                () = shared.interrupt.interrupted() => {
+                    if shared.interrupt.is_closed() {
+                        drop(guard.take());
+                        shared.ready().1 = true;
+                    }
+                    return Ok(());
+                }
+            };
             let mut ready = shared.ready();
             let Some(first) = first else {
                 ready.1 = true;
@@ -511,6 +564,7 @@ impl NativeResponder {
     fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = Arc::clone(&self.shared);
         future_into_py(py, async move {
+            shared.interrupt.interrupt();
             let mut guard = shared.responder.lock().await;
             if let Some(responder) = guard.as_mut() {
                 responder.unsubscribe().await?;
@@ -519,9 +573,11 @@ impl NativeResponder {
         })
     }
 
-    /// Ends the responder at once (unsubscribing in the background).
+    /// Ends the responder at once (unsubscribing in the background); a read waiting meanwhile
+    /// ends it as it gives the lock back.
     fn close(&self) {
         let _entered = runtime().enter();
+        self.shared.interrupt.close();
         if let Ok(mut guard) = self.shared.responder.try_lock() {
             drop(guard.take());
         }

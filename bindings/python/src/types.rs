@@ -21,8 +21,9 @@ fn headers_dict<'py>(py: Python<'py>, message: &Message) -> PyResult<Bound<'py, 
 #[pyclass(frozen, name = "Message", module = "cassini")]
 pub(crate) struct PyMessage {
     pub(crate) message: Message,
-    /// The at-least-once subscription it came from, for `ack()`.
-    pub(crate) subscription: Option<Arc<SubscriptionShared>>,
+    /// The at-least-once subscription it came from, and its place among the messages that
+    /// subscription yielded, for `ack()`.
+    pub(crate) subscription: Option<(Arc<SubscriptionShared>, u64)>,
 }
 
 #[pymethods]
@@ -88,10 +89,11 @@ impl PyMessage {
     }
 
     /// At-least-once: the application is done with this message; it is acknowledged now
-    /// (otherwise it is when the next message is asked for). Does nothing otherwise.
+    /// (otherwise it is when the next message is asked for, which acknowledged it already if
+    /// it was). Does nothing otherwise.
     fn ack(&self) {
-        if let Some(subscription) = &self.subscription {
-            subscription.acknowledge();
+        if let Some((subscription, yielded)) = &self.subscription {
+            subscription.acknowledge_yielded(*yielded);
         }
     }
 

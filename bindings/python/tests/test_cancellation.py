@@ -85,3 +85,37 @@ async def test_cancelled_state_wait(broker):
     state = await asyncio.wait_for(changes.__anext__(), 10)
     await closing
     assert state.kind == "disconnected" and state.disconnect_reason == "closed"
+
+
+@run_async
+async def test_unsubscribe_and_close_end_a_read_waiting_in_another_task(broker, topic):
+    async with await connect(broker) as client:
+
+        async def drain(iterable):
+            return [item async for item in iterable]
+
+        # unsubscribe() from one task while another iterates a quiet topic.
+        sub = await client.subscribe(f"{topic}.u")
+        consumer = asyncio.create_task(drain(sub))
+        await eventually(lambda: sub.reading, 5, "the consumer waiting in Rust")
+        await asyncio.wait_for(sub.unsubscribe(), 10)
+        assert await asyncio.wait_for(consumer, 10) == []
+
+        # close() likewise ends the iteration at once.
+        closing = await client.subscribe(f"{topic}.c")
+        consumer = asyncio.create_task(drain(closing))
+        await eventually(lambda: closing.reading, 5, "the consumer waiting in Rust")
+        closing.close()
+        assert await asyncio.wait_for(consumer, 10) == []
+
+        # A responder's iteration too.
+        responder = await client.serve(f"{topic}.r")
+        serving = asyncio.create_task(drain(responder))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(responder.unsubscribe(), 10)
+        assert await asyncio.wait_for(serving, 10) == []
+        responder = await client.serve(f"{topic}.r2")
+        serving = asyncio.create_task(drain(responder))
+        await asyncio.sleep(0)
+        responder.close()
+        assert await asyncio.wait_for(serving, 10) == []

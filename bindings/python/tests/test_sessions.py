@@ -98,3 +98,30 @@ async def test_a_first_connect_told_to_retry_waits_for_a_broker_that_starts_late
     assert (await sub.next(timeout=10)).payload == b"hello"
     await client.close()
     broker.stop()
+
+
+@run_async
+async def test_ack_of_an_earlier_message_does_not_acknowledge_the_one_held(broker, topic):
+    name = f"acker-{topic.rsplit('x', 1)[1]}"
+    first = await connect(broker, "alice", session_name=name)
+    sub = await first.subscribe(f"{topic}.jobs", ack=True)
+    publisher = await connect(broker, "bob")
+    for i in (1, 2):
+        await publisher.publish(f"{topic}.jobs", f"job-{i}", ack=True)
+    await publisher.close()
+    one = await sub.next(timeout=5)
+    two = await sub.next(timeout=5)  # asking for it acknowledged job-1
+    assert (one.payload, two.payload) == (b"job-1", b"job-2")
+    one.ack()  # already acknowledged: job-2, still held, is not
+    await first.ping()
+    await first.leave()
+
+    second = await connect(broker, "alice", session_name=name)
+    try:
+        sub = await second.subscribe(f"{topic}.jobs", ack=True)
+        again = await sub.next(timeout=10)
+        if again.payload == b"job-1":  # its acknowledgement may not have gone out yet
+            again = await sub.next(timeout=10)
+        assert (again.payload, again.redelivered) == (b"job-2", True)
+    finally:
+        await second.close()
