@@ -91,3 +91,34 @@ async fn a_graceful_shutdown_first_delivers_every_queued_at_least_once_message()
         .expect("shutdown task");
     assert!(!broker.broker.is_running(), "the actor tree stopped");
 }
+
+#[tokio::test]
+async fn a_client_told_to_wait_before_reconnecting_is_reconnecting_meanwhile() {
+    use cassini_client::{ClientError, ConnectionState};
+    // A hint longer than the test's deadline: the client waits it out before its first
+    // attempt, and is to say so at once.
+    let mut config = cassini_broker::BrokerConfig::default();
+    config.shutdown.reconnect_hint = std::time::Duration::from_secs(600);
+    let broker =
+        TestBroker::start_with(config, cassini_quic::server::ServerOptions::default()).await;
+    let client = broker.client("waiting").await;
+    broker.stop().await;
+    let mut states = client.state_changes();
+    within("the client reports reconnecting", async {
+        loop {
+            if matches!(
+                *states.borrow_and_update(),
+                ConnectionState::Reconnecting { .. }
+            ) {
+                return;
+            }
+            states.changed().await.expect("state changes");
+        }
+    })
+    .await;
+    let refused = client.ping().await.expect_err("no connection");
+    assert!(
+        matches!(refused, ClientError::Disconnected { .. }),
+        "requests fail with Disconnected at once: {refused:?}"
+    );
+}

@@ -86,6 +86,9 @@ pub(crate) async fn supervise(
             .link
             .going_away()
             .map(|notice| Duration::from_millis(u64::from(notice.reconnect_after_ms)));
+        // The client is reconnecting from now on, the pause included: requests fail with
+        // `Disconnected` at once rather than on the connection that is gone.
+        core.set_reconnecting(1, error.to_string());
         let reconnected = tokio::select! {
             biased;
             () = stop.cancelled() => return,
@@ -106,7 +109,7 @@ pub(crate) async fn supervise(
 }
 
 /// Attempts to connect until one succeeds (the new connection is returned, current already) or
-/// the client ends (`None`).
+/// the client ends (`None`). The first attempt is announced already.
 async fn reconnect(
     core: &SessionCore,
     connector: &Connector,
@@ -120,7 +123,9 @@ async fn reconnect(
     let mut sleep = true;
     loop {
         attempt = attempt.saturating_add(1);
-        core.set_reconnecting(attempt, reason.clone());
+        if attempt > 1 {
+            core.set_reconnecting(attempt, reason.clone());
+        }
         if sleep {
             let Some(delay) = backoff.next_delay(Instant::now(), &mut random) else {
                 let attempts = attempt - 1;
