@@ -306,3 +306,32 @@ async fn a_client_without_datagrams_is_refused_a_datagram_subscription_at_once()
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_datagram_subscription_reports_a_lost_session() {
+    let broker = TestBroker::start().await;
+    let client = broker.client("edge").await;
+    let mut subscription = client
+        .subscribe_with("beats.x", datagram(OversizeRule::Drop))
+        .await
+        .expect("subscribe");
+    // An in-memory broker restarted: the session is gone, and the client starts a new one.
+    let _broker = broker.restart().await;
+    let event = within("the lost session announced", subscription.next_event())
+        .await
+        .expect("an event");
+    assert!(
+        matches!(
+            event,
+            cassini_client::SubscriptionEvent::Gap(cassini_client::Gap::SessionLost { .. })
+        ),
+        "{event:?}"
+    );
+    assert!(
+        matches!(
+            subscription.take_gaps().as_slice(),
+            [cassini_client::Gap::SessionLost { .. }]
+        ),
+        "and recorded for take_gaps"
+    );
+}

@@ -335,7 +335,8 @@ class Subscription:
         return self._native.lost
 
     def take_gaps(self) -> List[Gap]:
-        """The gaps found since the last call, oldest first."""
+        """The gaps found since the last call, oldest first (found as the subscription is
+        read, in stream order)."""
         return self._native.take_gaps()
 
     @property

@@ -39,7 +39,7 @@ impl Client {
     /// broker has since forgotten the connection) counts as the broker's close; the same
     /// answer comes from a broker that had dropped the connection before the goodbye reached it
     /// (an idle timeout not yet noticed here), whose session is then only detached and expires
-    /// after `sessions.expiry`. Calling it again only waits for the first call to finish.
+    /// after `sessions.expiry_secs`. Calling it again only waits for the first call to finish.
     pub async fn close(&self) -> Result<(), ClientError> {
         self.end(Ending::Goodbye).await
     }

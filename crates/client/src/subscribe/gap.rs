@@ -138,6 +138,17 @@ impl GapTracker {
         }
     }
 
+    /// The session was lost and the subscription made again in `epoch`, its last sequence
+    /// seen `last_sequence` (for a datagram subscription, whose [`DatagramTracker`] follows
+    /// the sequences): records [`Gap::SessionLost`].
+    pub(crate) fn session_lost(&mut self, epoch: u64, last_sequence: u64) {
+        if epoch > self.epoch {
+            self.record(Gap::SessionLost { last_sequence });
+            self.epoch = epoch;
+            self.last_sequence = 0;
+        }
+    }
+
     /// The last sequence yielded in the current epoch.
     #[cfg(test)]
     pub(crate) fn last_sequence(&self) -> u64 {
@@ -258,11 +269,15 @@ impl DatagramTracker {
     }
 
     /// The session was lost and the subscription made again in `epoch`: it starts afresh,
-    /// unless the tracker is there (or further) already.
-    pub(crate) fn new_epoch(&mut self, epoch: u64) {
+    /// unless the tracker is there (or further) already. Returns the highest sequence seen
+    /// in the epoch left, when it moved on.
+    pub(crate) fn new_epoch(&mut self, epoch: u64) -> Option<u64> {
         if epoch > self.epoch {
+            let highest = self.highest;
             self.enter(epoch);
+            return Some(highest);
         }
+        None
     }
 
     /// Messages missing so far: open holes and sequences that will never come.

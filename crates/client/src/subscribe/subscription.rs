@@ -211,10 +211,12 @@ impl Subscription {
         }
     }
 
-    /// The gaps found since the last call, oldest first: each is recorded as soon as the client
-    /// knows of it (the broker's `Gap` frame read, a lost session, or the first message after
-    /// an unannounced jump in the sequence numbers). At most the latest 1,024 are kept between
-    /// calls.
+    /// The gaps found since the last call, oldest first: each is recorded when the
+    /// subscription is read up to it, in stream order (the broker's `Gap` frame, a lost
+    /// session, or the first message after an unannounced jump in the sequence numbers); to
+    /// learn of a gap on a quiet topic without taking messages, wait on
+    /// [`Subscription::next_event`], which yields it as soon as the client knows it. At most
+    /// the latest 1,024 are kept between calls.
     pub fn take_gaps(&mut self) -> Vec<Gap> {
         self.gaps.take()
     }
@@ -360,7 +362,14 @@ impl Subscription {
             if let Some(tracker) = &mut self.datagrams {
                 match item {
                     StreamItem::Gap(gap) => tracker.announced(epoch, gap.from, gap.to),
-                    StreamItem::NewEpoch => tracker.new_epoch(epoch),
+                    StreamItem::NewEpoch => {
+                        if let Some(last_sequence) = tracker.new_epoch(epoch) {
+                            self.gaps.session_lost(epoch, last_sequence);
+                            if let Some(gap) = self.gaps.next_unannounced() {
+                                return Poll::Ready(Some(SubscriptionEvent::Gap(gap)));
+                            }
+                        }
+                    }
                     StreamItem::SentThrough(through) => tracker.sent_through(epoch, through),
                     StreamItem::Message(message) => {
                         if tracker.accept(epoch, message.sequence()) {
