@@ -137,16 +137,37 @@ pub(crate) fn connect<'py>(
 pub(crate) struct NativeClient {
     /// None once dropped (see `Drop`).
     client: Option<Client>,
-    /// Connection state changes, for `next_state`.
+}
+
+/// One watcher of a client's connection state: each `state_changes()` iteration has its own,
+/// so two iterations both see every change (changes faster than it is read collapse into the
+/// latest, as a Rust `watch` receiver does).
+#[pyclass(frozen, module = "cassini._native")]
+pub(crate) struct NativeStates {
     states: Arc<Mutex<watch::Receiver<cassini_client::ConnectionState>>>,
+}
+
+#[pymethods]
+impl NativeStates {
+    /// Waits for the next state change and returns the new state; None once the client is
+    /// gone.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let states = Arc::clone(&self.states);
+        future_into_py(py, async move {
+            let mut states = states.lock().await;
+            if states.changed().await.is_err() {
+                return Ok(None);
+            }
+            let state = states.borrow_and_update().clone();
+            Ok(Some(PyConnectionState::new(state)))
+        })
+    }
 }
 
 impl NativeClient {
     fn new(client: Client) -> Self {
-        let states = Arc::new(Mutex::new(client.state_changes()));
         Self {
             client: Some(client),
-            states,
         }
     }
 
@@ -344,17 +365,10 @@ impl NativeClient {
         Ok(PyConnectionState::new(self.client()?.state()))
     }
 
-    /// Waits for the next state change and returns the new state; None once the client is
-    /// gone.
-    fn next_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let states = Arc::clone(&self.states);
-        future_into_py(py, async move {
-            let mut states = states.lock().await;
-            if states.changed().await.is_err() {
-                return Ok(None);
-            }
-            let state = states.borrow_and_update().clone();
-            Ok(Some(PyConnectionState::new(state)))
+    /// A watcher of the state's changes from now on.
+    fn state_watcher(&self) -> PyResult<NativeStates> {
+        Ok(NativeStates {
+            states: Arc::new(Mutex::new(self.client()?.state_changes())),
         })
     }
 

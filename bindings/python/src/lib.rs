@@ -17,6 +17,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(client::connect, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::shutdown, module)?)?;
     module.add_class::<client::NativeClient>()?;
+    module.add_class::<client::NativeStates>()?;
     module.add_class::<subscription::NativeSubscription>()?;
     module.add_class::<subscription::NativeResponder>()?;
     module.add_class::<subscription::PyRequest>()?;

@@ -119,3 +119,14 @@ async def test_unsubscribe_and_close_end_a_read_waiting_in_another_task(broker, 
         await asyncio.sleep(0)
         responder.close()
         assert await asyncio.wait_for(serving, 10) == []
+
+
+@run_async
+async def test_two_state_iterators_both_see_the_close(broker):
+    client = await connect(broker)
+    first, second = client.state_changes(), client.state_changes()
+    waiting = [asyncio.create_task(changes.__anext__()) for changes in (first, second)]
+    await client.close()
+    for task in waiting:
+        state = await asyncio.wait_for(task, 10)
+        assert state.kind == "disconnected"

@@ -714,8 +714,10 @@ impl Client {
         self.inner.core.state()
     }
 
-    /// A receiver that sees every change of [`Client::state`]: wait for one with
-    /// `changed().await` or `wait_for(..).await`. Every change is also logged.
+    /// A receiver of the changes of [`Client::state`] from now on: wait for one with
+    /// `changed().await` or `wait_for(..).await`. It holds the latest state, so changes in
+    /// quick succession may be seen as the last of them only (`wait_for` on the state wanted
+    /// is the reliable wait). Every change is also logged.
     pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
         self.inner.core.state_changes()
     }

@@ -203,16 +203,11 @@ class Client:
         """The connection state now."""
         return self._native.state()
 
-    async def state_changes(self) -> AsyncIterator[ConnectionState]:
-        """Every state change from now on: connected, reconnecting, disconnected (then it
-        ends)."""
-        while True:
-            state = await self._native.next_state()
-            if state is None:
-                return
-            yield state
-            if state.kind == "disconnected":
-                return
+    def state_changes(self) -> AsyncIterator[ConnectionState]:
+        """Every state change from this call on: connected, reconnecting, disconnected (then
+        it ends). Each call has its own view; changes faster than it is read reach it as the
+        latest one."""
+        return _StateChanges(self._native.state_watcher())
 
     @property
     def session_id(self) -> str:
@@ -238,6 +233,28 @@ class Client:
         """A resumed session's subscriptions not taken up yet, as `(id, filter)`; subscribing
         with the same filter and options takes one up."""
         return self._native.unclaimed_subscriptions()
+
+
+class _StateChanges:
+    """The iterator `Client.state_changes()` returns."""
+
+    def __init__(self, watcher: "_native.NativeStates") -> None:
+        self._watcher = watcher
+        self._done = False
+
+    def __aiter__(self) -> "_StateChanges":
+        return self
+
+    async def __anext__(self) -> ConnectionState:
+        if self._done:
+            raise StopAsyncIteration
+        state = await self._watcher.next()
+        if state is None:
+            self._done = True
+            raise StopAsyncIteration
+        if state.kind == "disconnected":
+            self._done = True
+        return state
 
 
 class Subscription:
