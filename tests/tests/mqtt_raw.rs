@@ -791,3 +791,34 @@ async fn partial_publishes_of_one_identity_are_bounded_and_end_with_quota_exceed
         "reason Quota exceeded: {disconnect:?}"
     );
 }
+
+#[tokio::test]
+async fn a_message_mqtt_cannot_carry_is_not_delivered_to_mqtt_clients() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v5("strict")).await;
+    raw.write_all(&subscribe(1, "metrics/#"))
+        .await
+        .expect("SUBSCRIBE");
+    let suback = within("SUBACK", read_packet(&mut raw)).await;
+    assert_eq!(suback.kind(), SUBACK);
+    let quic = gateway.broker.client("feeder").await;
+    // Valid Cassini topics, not valid MQTT topic names (§4.7.1): a strict client would close
+    // its connection on them.
+    for topic in ["metrics.cpu#1", "metrics.a+b"] {
+        quic.publish(topic, bytes::Bytes::from_static(b"x"))
+            .await
+            .expect("publish");
+    }
+    quic.publish("metrics.ok", bytes::Bytes::from_static(b"fine"))
+        .await
+        .expect("publish");
+    quic.flush().await.expect("flush");
+    let delivery = within("the delivery", read_packet(&mut raw)).await;
+    assert_eq!(delivery.kind(), 3, "PUBLISH: {delivery:?}");
+    let topic_len = usize::from(u16::from_be_bytes([delivery.body[0], delivery.body[1]]));
+    assert_eq!(
+        &delivery.body[2..2 + topic_len],
+        b"metrics/ok",
+        "only the message MQTT can carry"
+    );
+}

@@ -332,6 +332,35 @@ async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::
     }
 }
 
+/// Why `publish` (a delivery, from a QUIC client perhaps) is no valid MQTT `PUBLISH`: a topic
+/// name holding a wildcard character (MQTT §4.7.1) or U+0000, or a string property holding
+/// U+0000 (§1.5.4). Strict clients close the connection on either.
+fn not_for_mqtt(publish: &Publish) -> Option<&'static str> {
+    if publish.topic.contains(['+', '#', '\0']) {
+        return Some("a wildcard character or U+0000 in the topic");
+    }
+    let properties = &publish.properties;
+    let strings = properties
+        .user_properties
+        .iter()
+        .flat_map(|(name, value)| [name.as_str(), value.as_str()])
+        .chain(properties.content_type.as_deref())
+        .chain(properties.response_topic.as_deref());
+    for text in strings {
+        if text.contains('\0') {
+            return Some("U+0000 in a property");
+        }
+    }
+    if properties
+        .response_topic
+        .as_deref()
+        .is_some_and(|topic| topic.contains(['+', '#']))
+    {
+        return Some("a wildcard character in the response topic");
+    }
+    None
+}
+
 /// A Cassini session name for an MQTT client id, if the id is one: 1 to 128 ASCII letters,
 /// digits, `-`, `_` and `.`.
 fn session_name(client_id: &str) -> Option<&str> {
@@ -1840,6 +1869,10 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             topic_alias: None,
             subscription_ids: options.subscription_id.filter(|_| v5).into_iter().collect(),
         };
+        if let Some(why) = not_for_mqtt(&publish) {
+            tracing::debug!(client_id = %self.connect.client_id, topic = %delivery.topic, why, "delivery dropped: MQTT cannot carry it");
+            return self.skip(subscription, qos, sequence).await;
+        }
         self.out.clear();
         if let Err(err) = self.encoder.publish(publish, &mut self.out) {
             tracing::debug!(client_id = %self.connect.client_id, %err, "delivery dropped");
