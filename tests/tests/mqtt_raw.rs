@@ -822,3 +822,20 @@ async fn a_message_mqtt_cannot_carry_is_not_delivered_to_mqtt_clients() {
         "only the message MQTT can carry"
     );
 }
+
+#[tokio::test]
+async fn unsuback_names_an_invalid_filter_apart_from_one_never_subscribed() {
+    let gateway = plaintext_gateway().await;
+    let mut raw = connected(&gateway, &connect_v5("leaver")).await;
+    for (packet_id, filter, reason) in [(1u16, "a/#/b", 0x8F), (2, "never/x", 0x11)] {
+        raw.write_all(&unsubscribe(packet_id, filter))
+            .await
+            .expect("UNSUBSCRIBE");
+        let unsuback = within("UNSUBACK", read_packet(&mut raw)).await;
+        assert_eq!(
+            (unsuback.kind(), unsuback.packet_id(), unsuback.body.get(3)),
+            (UNSUBACK, packet_id, Some(&reason)),
+            "{filter}: {unsuback:?}"
+        );
+    }
+}

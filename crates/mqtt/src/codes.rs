@@ -3,7 +3,7 @@
 
 use cassini_protocol::ErrorCode;
 
-use crate::packets::{CloseCode, ConnectCode, PubCode, SubCode};
+use crate::packets::{CloseCode, ConnectCode, PubCode, SubCode, UnsubCode};
 
 /// The `CONNACK` code of a `Hello` the broker refused with `code`.
 pub(crate) fn connect_refusal(code: ErrorCode) -> ConnectCode {
@@ -53,6 +53,15 @@ pub(crate) fn pub_code(code: ErrorCode) -> PubCode {
 }
 
 /// The `SUBACK` code of a subscription the broker refused with `code`.
+/// The `UNSUBACK` reason for a broker's refusal of an unsubscribe.
+pub(crate) fn unsub_code(code: ErrorCode) -> UnsubCode {
+    match code {
+        ErrorCode::NOT_AUTHORIZED => UnsubCode::NotAuthorized,
+        ErrorCode::INVALID_FILTER => UnsubCode::FilterInvalid,
+        _ => UnsubCode::Unspecified,
+    }
+}
+
 pub(crate) fn sub_code(code: ErrorCode) -> SubCode {
     match code {
         ErrorCode::NOT_AUTHORIZED => SubCode::NotAuthorized,

@@ -596,6 +596,21 @@ pub enum SubCode {
     Unspecified,
 }
 
+/// Unsubscription outcomes (MQTT 5 `UNSUBACK` reason codes; 3.1.1 has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubCode {
+    /// The subscription ended.
+    Success,
+    /// The session held no subscription of that filter.
+    NoSubscriptionExisted,
+    /// The filter has no Cassini form.
+    FilterInvalid,
+    /// The ACL refused it.
+    NotAuthorized,
+    /// Anything else.
+    Unspecified,
+}
+
 /// Publish outcomes (MQTT 5 `PUBACK` reason codes; 3.1.1 has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PubCode {
@@ -909,24 +924,26 @@ impl Encoder {
         }
     }
 
-    /// `UNSUBACK`: `existed[i]` says whether the i-th filter was subscribed.
+    /// `UNSUBACK`: `codes[i]` is the outcome for the i-th filter.
     pub fn unsuback(
         &self,
         pkid: u16,
-        existed: &[bool],
+        codes: &[UnsubCode],
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
         match self.version {
             Version::V311 => self.v4(v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)), buf),
             Version::V5 => {
-                let reasons = existed
+                let reasons = codes
                     .iter()
-                    .map(|existed| {
-                        if *existed {
-                            v5::UnsubAckReason::Success
-                        } else {
+                    .map(|code| match code {
+                        UnsubCode::Success => v5::UnsubAckReason::Success,
+                        UnsubCode::NoSubscriptionExisted => {
                             v5::UnsubAckReason::NoSubscriptionExisted
                         }
+                        UnsubCode::FilterInvalid => v5::UnsubAckReason::TopicFilterInvalid,
+                        UnsubCode::NotAuthorized => v5::UnsubAckReason::NotAuthorized,
+                        UnsubCode::Unspecified => v5::UnsubAckReason::UnspecifiedError,
                     })
                     .collect();
                 let ack = v5::UnsubAck {
@@ -1078,7 +1095,17 @@ mod tests {
                 .expect("suback");
             reads_back(&encoder, &mut buf);
             encoder
-                .unsuback(4, &[true, false], &mut buf)
+                .unsuback(
+                    4,
+                    &[
+                        UnsubCode::Success,
+                        UnsubCode::NoSubscriptionExisted,
+                        UnsubCode::FilterInvalid,
+                        UnsubCode::NotAuthorized,
+                        UnsubCode::Unspecified,
+                    ],
+                    &mut buf,
+                )
                 .expect("unsuback");
             reads_back(&encoder, &mut buf);
             encoder.pingresp(&mut buf).expect("pingresp");

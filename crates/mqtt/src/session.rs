@@ -31,12 +31,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{self, ClientEnd, PipeReader, PipeWriter};
-use crate::codes::{close_code, connect_refusal, pub_code, sub_code};
+use crate::codes::{close_code, connect_refusal, pub_code, sub_code, unsub_code};
 use crate::headers::{self, unix_millis, ORIGIN_HEADER};
 use crate::options::{OptionsTable, Qos2, SubOptions};
 use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound,
-    MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, Version,
+    MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, UnsubCode, Version,
 };
 use crate::topics;
 use crate::will::{Owner, Wills};
@@ -129,13 +129,12 @@ enum Pending {
 /// The broker's answer to one filter of a `SUBSCRIBE` or `UNSUBSCRIBE`.
 enum Answer {
     Sub(SubCode),
-    /// Whether the filter was subscribed.
-    Unsub(bool),
+    Unsub(UnsubCode),
 }
 
 struct Batch {
     sub: Vec<Option<SubCode>>,
-    unsub: Vec<Option<bool>>,
+    unsub: Vec<Option<UnsubCode>>,
     /// A filter listed again later in the same `SUBSCRIBE`: `(index, later index)`. As MQTT
     /// asks (§3.8.4), the packet is taken as consecutive `SUBSCRIBE`s, so the later entry
     /// replaces the earlier one, which is answered as the later one is.
@@ -1526,7 +1525,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         subscription,
                     }));
                 }
-                None => batch.unsub[index] = Some(false),
+                None => {
+                    let valid = match topics::shared_filter_to_cassini(&filter) {
+                        Some(shared) => shared.is_ok(),
+                        None => topics::filter_to_cassini(&filter).is_ok(),
+                    };
+                    batch.unsub[index] = Some(if valid {
+                        UnsubCode::NoSubscriptionExisted
+                    } else {
+                        UnsubCode::FilterInvalid
+                    });
+                }
             }
         }
         self.batches.insert(pkid, batch);
@@ -1581,9 +1590,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             self.send(|encoder, out| encoder.suback(pkid, &codes, out))
                 .await
         } else {
-            let existed = batch.unsub.iter().copied().collect::<Option<Vec<_>>>()?;
+            let codes = batch.unsub.iter().copied().collect::<Option<Vec<_>>>()?;
             self.batches.remove(&pkid);
-            self.send(|encoder, out| encoder.unsuback(pkid, &existed, out))
+            self.send(|encoder, out| encoder.unsuback(pkid, &codes, out))
                 .await
         };
         (!sent).then_some(End::Abnormal(None))
@@ -1599,9 +1608,9 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                         *slot = Some(code);
                     }
                 }
-                Answer::Unsub(existed) => {
+                Answer::Unsub(code) => {
                     if let Some(slot) = batch.unsub.get_mut(index) {
-                        *slot = Some(existed);
+                        *slot = Some(code);
                     }
                 }
             }
@@ -1676,7 +1685,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.forget(unsubscribed.subscription);
                 match self.pending.remove(&unsubscribed.request_id) {
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        self.answered(pkid, index, Answer::Unsub(true)).await
+                        self.answered(pkid, index, Answer::Unsub(UnsubCode::Success))
+                            .await
                     }
                     _ => None,
                 }
@@ -1690,7 +1700,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                             .await
                     }
                     Some(Pending::Unsubscribe { pkid, index }) => {
-                        self.answered(pkid, index, Answer::Unsub(false)).await
+                        self.answered(pkid, index, Answer::Unsub(unsub_code(error.code)))
+                            .await
                     }
                     _ => None,
                 }
