@@ -161,10 +161,17 @@ pub struct QueueStats {
 pub struct UnwrittenBatch<'a> {
     queue: &'a SubscriptionQueue,
     messages: usize,
+    /// What the batch counts in the queue's byte bound meanwhile (at most once: see
+    /// [`SubscriptionQueue::writing`]).
+    bytes: usize,
 }
 
 impl Drop for UnwrittenBatch<'_> {
     fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut state = self.queue.lock();
+            state.writing_bytes = state.writing_bytes.saturating_sub(self.bytes);
+        }
         self.queue
             .unwritten
             .fetch_sub(self.messages, Ordering::Relaxed);
@@ -236,6 +243,10 @@ impl AckState {
 struct State {
     items: VecDeque<Queued>,
     bytes: usize,
+    /// Bytes of at-most-once messages a writer took out and has not finished writing: they
+    /// count in the byte bound until written, so a writer stalled on its stream holds at most
+    /// the bound with the queue, not the bound twice.
+    writing_bytes: usize,
     last_sequence: u64,
     /// The highest sequence ever handed to a writer.
     last_sent: u64,
@@ -296,6 +307,7 @@ impl SubscriptionQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 bytes: 0,
+                writing_bytes: 0,
                 last_sequence: 0,
                 last_sent: 0,
                 dropped_unreported: 0,
@@ -438,7 +450,8 @@ impl SubscriptionQueue {
             _ => self.bounds.max_messages,
         };
         state.items.is_empty()
-            || (state.items.len() < max_messages && state.bytes + size <= self.bounds.max_bytes)
+            || (state.items.len() < max_messages
+                && state.bytes + state.writing_bytes + size <= self.bounds.max_bytes)
     }
 
     /// Takes every message not yet acknowledged out, in sequence order (open or closed queue),
@@ -863,15 +876,25 @@ impl SubscriptionQueue {
         }
     }
 
-    /// Marks `messages` just popped by a writer as not yet written, until the guard drops. An
+    /// Marks `batch`, just popped by a writer, as not yet written, until the guard drops. An
     /// at-most-once batch leaves the queue when popped, so without this a graceful shutdown's
     /// drain (which waits for empty queues) could close the connection while the writer still
-    /// waits for the store or for the stream.
-    pub fn writing(&self, messages: usize) -> UnwrittenBatch<'_> {
+    /// waits for the store or for the stream; and its bytes still count in the byte bound
+    /// meanwhile (an at-least-once batch counts in its in-flight window already).
+    pub fn writing(&self, batch: &[Queued]) -> UnwrittenBatch<'_> {
+        let messages = batch.len();
         self.unwritten.fetch_add(messages, Ordering::Relaxed);
+        let mut bytes = 0;
+        let mut state = self.lock();
+        if state.acks.is_none() {
+            bytes = batch.iter().map(|queued| queued.message.memory_size()).sum();
+            state.writing_bytes += bytes;
+        }
+        drop(state);
         UnwrittenBatch {
             queue: self,
             messages,
+            bytes,
         }
     }
 

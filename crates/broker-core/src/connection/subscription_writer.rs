@@ -232,7 +232,9 @@ pub(crate) async fn run_subscription_writer(
                 ..
             } => {
                 gaps.lost_on_route(queue.take_route_lost());
-                let _unwritten = queue.writing(batch.len());
+                // Counted in the queue's bound until written; the messages themselves are
+                // kept (so their memory charge stays) until the write completes.
+                let _unwritten = queue.writing(&batch);
                 // Not raced against `cancel`: the wait ends with the commit that follows the
                 // one in progress (or with a failed or closed store), and a batch taken out of
                 // the queue is sent, not dropped.
@@ -245,7 +247,7 @@ pub(crate) async fn run_subscription_writer(
                 buf.reserve(last_batch_bytes);
                 let mut highest_sent = None;
                 let mut sent_a_datagram = false;
-                for queued in batch.drain(..) {
+                for queued in &batch {
                     highest_sent = Some(queued.sequence);
                     if !queued.redelivered {
                         encode_gaps(&gaps.before(queued.sequence), &mut buf, max_frame_bytes);
@@ -287,6 +289,7 @@ pub(crate) async fn run_subscription_writer(
                     unannounced = Some((through, announce_at));
                 }
                 if buf.is_empty() {
+                    batch.clear();
                     continue;
                 }
                 // The batch leaves as a chunk of `buf`'s allocation; `buf` keeps the room after
@@ -296,6 +299,7 @@ pub(crate) async fn run_subscription_writer(
                 if let Err(outcome) = write_or_cancel(stream.as_mut(), chunk, &cancel).await {
                     return outcome;
                 }
+                batch.clear();
             }
         }
     }

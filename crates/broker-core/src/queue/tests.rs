@@ -502,7 +502,7 @@ async fn a_popped_batch_counts_as_unwritten_until_its_writer_is_done() {
     let attachment = queue.attach(None);
     let mut batch = Vec::new();
     queue.pop_batch(&attachment, &mut batch, 10).await;
-    let writing = queue.writing(batch.len());
+    let writing = queue.writing(&batch);
     let stats = queue.stats();
     assert_eq!(
         stats.depth, 0,
@@ -624,4 +624,31 @@ async fn a_batch_is_drained_only_once_no_redelivery_is_left_for_a_later_one() {
         ),
         "{popped:?}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_being_written_counts_in_the_byte_bound_until_written() {
+    let size = message(1000).memory_size();
+    let queue = SubscriptionQueue::new(QueueBounds {
+        max_messages: 100,
+        max_bytes: 2 * size,
+        overflow: OverflowPolicy::DropOldest,
+        acks: None,
+        max_age: None,
+    });
+    queue.push(&message(1000));
+    queue.push(&message(1000));
+    let attachment = queue.attach(None);
+    let mut batch = Vec::new();
+    queue.pop_batch(&attachment, &mut batch, 10).await;
+    let writing = queue.writing(&batch);
+    // The writer holds the bound's worth: the queue keeps one message (never fewer), and
+    // drops the older of two.
+    queue.push(&message(1000));
+    queue.push(&message(1000));
+    let stats = queue.stats();
+    assert_eq!((stats.depth, stats.dropped_total), (1, 1));
+    drop(writing);
+    queue.push(&message(1000));
+    assert_eq!(queue.stats().depth, 2, "written: the bound is the queue's again");
 }
