@@ -23,6 +23,7 @@
 //! - [`transport`]: the connection and stream interface the broker drives.
 //! - [`error`]: the broker's error enum and the one place errors become wire codes.
 //! - [`local`]: in-process clients for programs that embed the broker (and ractor actors).
+//! - [`log_budget`]: a bound on lines per second for log lines a client can cause at will.
 //! - [`memory`]: the broker-wide memory budget and the per-identity bound on frame buffers.
 //! - [`message`]: the shared in-memory form of a published message, and what it holds.
 //! - [`router`]: the subscription index read by the publish path; `filter_trie`, the token
@@ -62,6 +63,7 @@ pub mod events;
 mod filter_trie;
 pub mod introspect;
 pub mod local;
+pub mod log_budget;
 pub mod memory;
 pub mod message;
 pub mod peer;

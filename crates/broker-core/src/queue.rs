@@ -887,7 +887,10 @@ impl SubscriptionQueue {
         let mut bytes = 0;
         let mut state = self.lock();
         if state.acks.is_none() {
-            bytes = batch.iter().map(|queued| queued.message.memory_size()).sum();
+            bytes = batch
+                .iter()
+                .map(|queued| queued.message.memory_size())
+                .sum();
             state.writing_bytes += bytes;
         }
         drop(state);

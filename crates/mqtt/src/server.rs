@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use cassini_broker::log_budget::{LogBudget, DEFAULT_LINES_PER_SECOND};
 use cassini_broker::{BrokerHandle, PeerInfo};
 use cassini_quic::identity::{identity_from_cert_with, IdentityRule};
 use cassini_quic::revocation::{certificate_key, certificate_not_after, expiry};
@@ -314,11 +315,14 @@ async fn connection(
         run(stream, peer, id, Vec::new(), context, live, stats).await;
         return;
     }
+    static REFUSED: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
     let tls = match tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%remote, %err, "MQTT TLS handshake refused");
+            if let Some(suppressed) = REFUSED.admit() {
+                tracing::info!(%remote, %err, suppressed, "MQTT TLS handshake refused");
+            }
             context
                 .broker
                 .report_authentication_failure(remote, "tls", &err.to_string());
@@ -326,7 +330,9 @@ async fn connection(
         }
         Err(_) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%remote, "MQTT TLS handshake not completed in time");
+            if let Some(suppressed) = REFUSED.admit() {
+                tracing::info!(%remote, suppressed, "MQTT TLS handshake not completed in time");
+            }
             context.broker.report_authentication_failure(
                 remote,
                 "timeout",

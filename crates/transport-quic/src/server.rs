@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use cassini_broker::log_budget::{LogBudget, DEFAULT_LINES_PER_SECOND};
 use cassini_broker::transport::BiStream;
 use cassini_broker::{
     BrokerHandle, Connection, ConnectionStats, PeerInfo, RecvStream, SendStream, TransportError,
@@ -295,7 +296,10 @@ impl QuicServer {
                     }
                     Err((kind, reason)) => {
                         stats.refuse(kind);
-                        tracing::info!(%remote, kind = kind.as_str(), %reason, "handshake refused");
+                        static REFUSED: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
+                        if let Some(suppressed) = REFUSED.admit() {
+                            tracing::info!(%remote, kind = kind.as_str(), %reason, suppressed, "handshake refused");
+                        }
                         broker.report_authentication_failure(remote, kind.as_str(), &reason);
                     }
                 }

@@ -46,6 +46,7 @@ use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::events::Event;
 use crate::introspect::policy_name;
+use crate::log_budget::{LogBudget, DEFAULT_LINES_PER_SECOND};
 use crate::queue::SubscriptionQueue;
 use crate::router::{RouteMember, SubscriberKey};
 use crate::storage::records::{SessionRecord, SubscriptionRecord};
@@ -497,7 +498,10 @@ impl SessionState {
         self.acks.remove(subscription);
         if let Some(ended) = self.subscriptions.remove(&subscription) {
             self.forget_subscription(subscription);
-            tracing::info!(session = %self.id, subscription, %reason, "subscription ended");
+            static ENDED: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
+            if let Some(suppressed) = ENDED.admit() {
+                tracing::info!(session = %self.id, subscription, %reason, suppressed, "subscription ended");
+            }
             if ended.queue.overflow_to_report() {
                 self.shared.emit(Event::SlowConsumer {
                     identity: Some(self.identity.to_string()),

@@ -33,6 +33,7 @@ use crate::context::Shared;
 use crate::error::BrokerError;
 use crate::events::Event;
 use crate::introspect::registry::shown_client_name;
+use crate::log_budget::{LogBudget, DEFAULT_LINES_PER_SECOND};
 use crate::transport::{Connection, RecvStream, SendStream, TransportError};
 
 /// The control stream goes ahead of every other stream.
@@ -91,7 +92,10 @@ pub(crate) async fn drive_connection(
             (false, Some(ErrorCode::SERVER_SHUTTING_DOWN), reason)
         }
         Err(err) => {
-            tracing::info!(code = ?err.code(), %err, "closing connection");
+            static CLOSING: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
+            if let Some(suppressed) = CLOSING.admit() {
+                tracing::info!(code = ?err.code(), %err, suppressed, "closing connection");
+            }
             connection.close(err.code(), &err.reason());
             (false, Some(err.code()), err.reason())
         }
@@ -224,7 +228,10 @@ async fn serve(
     }
     session_attached(shared, connection, opened.id, opened.resumed);
     *attached = Some((opened.id, Instant::now()));
-    tracing::info!(session = %opened.id, resumed = opened.resumed, "session attached");
+    static ATTACHED: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
+    if let Some(suppressed) = ATTACHED.admit() {
+        tracing::info!(session = %opened.id, resumed = opened.resumed, suppressed, "session attached");
+    }
 
     let mut publishers = JoinSet::new();
     let mut settling = Settling::new();

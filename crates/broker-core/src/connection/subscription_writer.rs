@@ -25,6 +25,7 @@ use cassini_protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::gaps::GapAnnouncer;
+use crate::log_budget::{LogBudget, DEFAULT_LINES_PER_SECOND};
 use crate::queue::{CloseReason, Popped, SubscriptionQueue};
 use crate::router::SubscriberKey;
 use crate::transport::{Connection, SendStream, TransportError};
@@ -137,7 +138,10 @@ pub(crate) async fn run_subscription_writer(
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => return err.into(),
             Err(_) => {
-                tracing::warn!(subscription = key.subscription, "the client allows no more unidirectional streams; ending the subscription");
+                static NO_STREAMS: LogBudget = LogBudget::new(DEFAULT_LINES_PER_SECOND);
+                if let Some(suppressed) = NO_STREAMS.admit() {
+                    tracing::warn!(subscription = key.subscription, suppressed, "the client allows no more unidirectional streams; ending the subscription");
+                }
                 announce_end(
                     &notices,
                     key,

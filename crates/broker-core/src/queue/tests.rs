@@ -650,5 +650,9 @@ async fn a_batch_being_written_counts_in_the_byte_bound_until_written() {
     assert_eq!((stats.depth, stats.dropped_total), (1, 1));
     drop(writing);
     queue.push(&message(1000));
-    assert_eq!(queue.stats().depth, 2, "written: the bound is the queue's again");
+    assert_eq!(
+        queue.stats().depth,
+        2,
+        "written: the bound is the queue's again"
+    );
 }
