@@ -13,7 +13,8 @@
 //! properties as Cassini headers and back) on `packets` and `topics`, [`bridge`] (the in-memory
 //! transport) beside them, `frames` (Cassini frames on a bridged stream) on `bridge`, `will`
 //! (will messages: when, and published on a connection of their own) on those, `options` (MQTT 5
-//! subscription options kept per client id) at the bottom, `session` (one
+//! subscription options kept per client id) and `stash` (deliveries that come before their
+//! subscription's `Subscribed`, bounded) at the bottom, `session` (one
 //! MQTT connection's state machine) on those, and [`server`] (the TCP and TLS listener) on top.
 
 pub mod bridge;
@@ -24,6 +25,7 @@ mod options;
 pub mod packets;
 pub mod server;
 mod session;
+mod stash;
 pub mod stats;
 pub mod topics;
 mod will;

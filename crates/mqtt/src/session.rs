@@ -38,6 +38,7 @@ use crate::packets::{
     self, CloseCode, ConnAckInfo, Connect, ConnectCode, DecodeError, Encoder, Inbound,
     MessageProperties, PubCode, Publish, SubCode, SubscribeFilter, UnsubCode, Version,
 };
+use crate::stash::Stash;
 use crate::topics;
 use crate::will::{Owner, Wills};
 
@@ -62,8 +63,6 @@ pub(crate) const MAX_AWAITING_RELEASE: usize = 1_000;
 const PACKET_BYTES_WAITING: usize = 4 * 1024 * 1024;
 /// Ended subscriptions remembered, so that deliveries still on their way for them are dropped.
 const ENDED_REMEMBERED: usize = 4096;
-/// Deliveries kept for a subscription whose `Subscribed` answer has not arrived yet.
-const STASH_LIMIT: usize = 4096;
 /// The highest topic alias an MQTT 5 client may use (Mosquitto's default, `max_topic_alias`).
 pub(crate) const TOPIC_ALIAS_MAXIMUM: u16 = 10;
 /// What a connection needs from the gateway.
@@ -396,7 +395,7 @@ struct Connection<W> {
     next_request: u64,
     pending: HashMap<u64, Pending>,
     batches: HashMap<u16, Batch>,
-    stash: HashMap<SubscriptionId, Vec<Delivery>>,
+    stash: Stash,
     /// The subscriptions of this connection that ended lately (the newest
     /// [`ENDED_REMEMBERED`]): deliveries still on their way for one are dropped, never stashed.
     ended: BTreeSet<SubscriptionId>,
@@ -477,7 +476,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             next_request: 1,
             pending: HashMap::new(),
             batches: HashMap::new(),
-            stash: HashMap::new(),
+            stash: Stash::default(),
             ended: BTreeSet::new(),
             publishes: HashMap::new(),
             forwarded: 0,
@@ -1668,11 +1667,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                     {
                         return Some(end);
                     }
-                    for delivery in self
-                        .stash
-                        .remove(&subscribed.subscription)
-                        .unwrap_or_default()
-                    {
+                    for delivery in self.stash.take(subscribed.subscription) {
                         if let Some(end) = self.deliver(subscribed.subscription, delivery).await {
                             return Some(end);
                         }
@@ -1730,7 +1725,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 self.by_filter.remove(&sub.filter);
             }
         }
-        self.stash.remove(&subscription);
+        self.stash.take(subscription);
         self.waiting.remove(&subscription);
         self.turns.retain(|waiting| *waiting != subscription);
         // The broker numbers a session's subscriptions upwards: the lowest is the oldest.
@@ -1774,10 +1769,7 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn deliver(&mut self, subscription: SubscriptionId, delivery: Delivery) -> Option<End> {
         let Some(sub) = self.subs.get(&subscription) else {
             if self.subscribe_pending() && !self.ended.contains(&subscription) {
-                let stash = self.stash.entry(subscription).or_default();
-                if stash.len() < STASH_LIMIT {
-                    stash.push(delivery);
-                }
+                self.stash.keep(subscription, delivery);
             }
             return None;
         };
