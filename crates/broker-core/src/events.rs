@@ -13,12 +13,14 @@
 //! that names `$SYS` literally lets an identity subscribe (none does by default, as NATS's
 //! system account is closed by default). No client may publish to them.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::introspect::counters::Counters;
+use crate::log_budget::LogBudget;
 
 /// The topic every event is published under: `$SYS.event.<kind>`.
 pub const TOPIC_PREFIX: &str = "$SYS.event";
@@ -247,6 +249,16 @@ pub(crate) type Stamped = (u64, Event);
 #[derive(Debug, Clone)]
 pub(crate) struct EventSink {
     sender: mpsc::Sender<Stamped>,
+    /// This broker's allowance per second of the kinds a client can cause at will.
+    floods: Arc<FloodBudgets>,
+}
+
+/// See [`FLOOD_KINDS_PER_SECOND`].
+#[derive(Debug)]
+struct FloodBudgets {
+    authentication_failed: LogBudget,
+    authorization_failed: LogBudget,
+    slow_consumer: LogBudget,
 }
 
 impl EventSink {
@@ -254,17 +266,39 @@ impl EventSink {
     /// them, and the receiving end for that publisher.
     pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Stamped>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (Self { sender }, receiver)
+        let floods = Arc::new(FloodBudgets {
+            authentication_failed: LogBudget::new(FLOOD_KINDS_PER_SECOND),
+            authorization_failed: LogBudget::new(FLOOD_KINDS_PER_SECOND),
+            slow_consumer: LogBudget::new(FLOOD_KINDS_PER_SECOND),
+        });
+        (Self { sender, floods }, receiver)
     }
 
     /// Emits `event` now; never waits. A full queue (or a stopped publisher) drops it, counted
-    /// in `counters` as `events_dropped`.
+    /// in `counters` as `events_dropped`; so does a kind a client can cause at will past
+    /// [`FLOOD_KINDS_PER_SECOND`] a second, so that it cannot crowd the others out.
     pub(crate) fn emit(&self, event: Event, counters: &Counters) {
+        let floods = &self.floods;
+        let budget = match event.kind() {
+            EventKind::AuthenticationFailed => Some(&floods.authentication_failed),
+            EventKind::AuthorizationFailed => Some(&floods.authorization_failed),
+            EventKind::SlowConsumer => Some(&floods.slow_consumer),
+            _ => None,
+        };
+        if budget.is_some_and(|budget| budget.admit().is_none()) {
+            counters.event_dropped();
+            return;
+        }
         if self.sender.try_send((now_ms(), event)).is_err() {
             counters.event_dropped();
         }
     }
 }
+
+/// The most events a second of each kind a client can cause at will (a refused handshake, a
+/// refused publish or subscribe, an overflowing subscription of its own); the rest of them are
+/// dropped and counted, and the queue keeps room for every other kind.
+pub const FLOOD_KINDS_PER_SECOND: u64 = 100;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -277,6 +311,45 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_one_kind_leaves_room_for_the_others() {
+        let (sink, mut receiver) = EventSink::new(1_000);
+        let counters = Counters::default();
+        for i in 0..300 {
+            let refused = Event::AuthorizationFailed {
+                identity: "mallory".into(),
+                action: "publish to".into(),
+                target: format!("x.{i}"),
+            };
+            sink.emit(refused, &counters);
+        }
+        sink.emit(
+            Event::SessionExpired {
+                identity: "alice".into(),
+                session: "s".into(),
+                name: None,
+                detached_ms: 0,
+            },
+            &counters,
+        );
+        let mut kinds = Vec::new();
+        while let Ok((_, event)) = receiver.try_recv() {
+            kinds.push(event.kind());
+        }
+        let floods = kinds
+            .iter()
+            .filter(|kind| **kind == EventKind::AuthorizationFailed)
+            .count();
+        // 100 a second (twice that if the loop straddles a second).
+        assert!(floods <= 2 * FLOOD_KINDS_PER_SECOND as usize, "{floods}");
+        assert_eq!(kinds.last(), Some(&EventKind::SessionExpired));
+        assert_eq!(
+            counters.snapshot().events_dropped,
+            300 - floods as u64,
+            "the rest counted"
+        );
+    }
 
     #[test]
     fn payloads_carry_kind_time_and_fields() {

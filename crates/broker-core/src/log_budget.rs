@@ -4,7 +4,8 @@
 //! out. The counters and metrics still count every event; only the log is thinned, so that a
 //! flood of cheap actions cannot fill the disk the log is on.
 //!
-//! Each site keeps its own [`LogBudget`] in a `static`.
+//! Each site keeps its own [`LogBudget`] in a `static`. The system events a client can cause at
+//! will use the same bound per kind (`events::EventSink::emit`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
