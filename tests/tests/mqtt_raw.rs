@@ -839,3 +839,42 @@ async fn unsuback_names_an_invalid_filter_apart_from_one_never_subscribed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_takeover_of_a_session_that_ends_with_its_connection_starts_clean() {
+    let gateway = plaintext_gateway().await;
+    // MQTT 5, clean start, no Session Expiry Interval: the session ends with the connection.
+    let mut first = connected(&gateway, &connect_v5("twin")).await;
+    first
+        .write_all(&subscribe(1, "twin/x"))
+        .await
+        .expect("SUBSCRIBE");
+    let suback = within("SUBACK", read_packet(&mut first)).await;
+    assert_eq!(suback.kind(), SUBACK);
+    // A second connection of the client id, asking to carry on (Clean Start 0), while the
+    // first is still connected (as after a half-open drop).
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 60, 0];
+    string("twin", &mut body);
+    let mut second = TcpStream::connect(gateway.addr).await.expect("connect");
+    second
+        .write_all(&packet(0x10, &body))
+        .await
+        .expect("CONNECT");
+    let connack = within("CONNACK", read_packet(&mut second)).await;
+    assert_eq!(connack.header, 0x20, "{connack:?}");
+    assert_eq!(
+        (connack.body[0], connack.body[1]),
+        (0, 0),
+        "accepted, Session Present 0: the first's session ended with it"
+    );
+    second
+        .write_all(&unsubscribe(2, "twin/x"))
+        .await
+        .expect("UNSUBSCRIBE");
+    let unsuback = within("UNSUBACK", read_packet(&mut second)).await;
+    assert_eq!(
+        unsuback.body.get(3),
+        Some(&0x11),
+        "no subscription carried over: {unsuback:?}"
+    );
+}

@@ -632,11 +632,17 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
                 .await;
             return None;
         };
+        // A session that was to end with its connection (a 3.1.1 clean session, an MQTT 5
+        // Session Expiry of 0) ends when another connection takes it over: this one starts
+        // clean whatever it asked (Session Present 0), as Mosquitto does.
+        let start_clean = self.connect.clean_start
+            || self
+                .context
+                .wills
+                .held_session_ends(&self.connect.client_id);
         // Before the `Hello`, so before the broker closes the connection this one takes over:
         // with a clean start, that one's session ends here, and so its will is due at once.
-        let holder = self
-            .connect
-            .clean_start
+        let holder = start_clean
             .then(|| {
                 self.context
                     .wills
@@ -672,18 +678,22 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
         // delay; a clean start ends the session, so the will is published at once (§3.1.2.5).
         self.context
             .wills
-            .connected(&self.connect.client_id, self.connect.clean_start);
-        self.clean_start_flag = Some(self.context.wills.hold(&self.connect.client_id));
+            .connected(&self.connect.client_id, start_clean);
+        self.clean_start_flag = Some(
+            self.context
+                .wills
+                .hold(&self.connect.client_id, self.ends_with_connection()),
+        );
         if let Some(will) = &self.connect.will {
             let delay = Duration::from_secs(u64::from(self.will_delay(will)));
             self.will_number = Some(self.context.wills.remember(&self.owner(), will, delay));
         }
-        let session_present = welcome.resumed && !self.connect.clean_start;
+        let session_present = welcome.resumed && !start_clean;
         self.context
             .sub_options
             .attach(&self.connect.client_id, session_present);
         for subscription in &welcome.subscriptions {
-            if self.connect.clean_start {
+            if start_clean {
                 let request = self.request(Pending::Drop);
                 let frame = Frame::Unsubscribe(cassini_protocol::Unsubscribe {
                     request_id: request,

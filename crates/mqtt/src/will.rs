@@ -55,14 +55,18 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 /// The prefix of the wills' keys in the broker's store.
 const KEY_PREFIX: &str = "mqtt/will/";
 
+/// The connection holding a client id: its flag (set when a newer connection with a clean
+/// start takes it over), and whether its session ends with it.
+type Holder = (Arc<AtomicBool>, bool);
+
 /// The wills waiting for their delay.
 #[derive(Clone)]
 pub(crate) struct Wills {
     /// Client id → the will waiting for its delay.
     waiting: Arc<Mutex<HashMap<String, Waiting>>>,
-    /// Client id → the flag of the connection holding it: set when a newer connection with a
-    /// clean start takes it over.
-    holders: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    /// Client id → the flag of the connection holding it (set when a newer connection with a
+    /// clean start takes it over), and whether that connection's session ends with it.
+    holders: Arc<Mutex<HashMap<String, Holder>>>,
     next: Arc<AtomicU64>,
     /// Client id → the number of the will whose record the broker's store holds for it.
     stored: Arc<Mutex<HashMap<String, u64>>>,
@@ -335,16 +339,27 @@ impl Wills {
             .holders
             .lock()
             .ok()
-            .and_then(|holders| holders.get(client_id).cloned())?;
+            .and_then(|holders| holders.get(client_id).map(|(flag, _)| Arc::clone(flag)))?;
         holder.store(true, Ordering::Release);
         Some(holder)
     }
 
-    /// A connection now holds `client_id`: the flag a newer connection with a clean start sets.
-    pub(crate) fn hold(&self, client_id: &str) -> Arc<AtomicBool> {
+    /// Whether the connection holding `client_id` now, if any, has a session that ends with
+    /// it (a 3.1.1 clean session, an MQTT 5 Session Expiry of 0).
+    pub(crate) fn held_session_ends(&self, client_id: &str) -> bool {
+        self.holders
+            .lock()
+            .ok()
+            .and_then(|holders| holders.get(client_id).map(|(_, ends)| *ends))
+            .unwrap_or(false)
+    }
+
+    /// A connection now holds `client_id` (its session ending with it, or not): the flag a
+    /// newer connection with a clean start sets.
+    pub(crate) fn hold(&self, client_id: &str, session_ends: bool) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         if let Ok(mut holders) = self.holders.lock() {
-            holders.insert(client_id.to_string(), Arc::clone(&flag));
+            holders.insert(client_id.to_string(), (Arc::clone(&flag), session_ends));
         }
         flag
     }
@@ -354,7 +369,7 @@ impl Wills {
         if let Ok(mut holders) = self.holders.lock() {
             if holders
                 .get(client_id)
-                .is_some_and(|held| Arc::ptr_eq(held, flag))
+                .is_some_and(|(held, _)| Arc::ptr_eq(held, flag))
             {
                 holders.remove(client_id);
             }
