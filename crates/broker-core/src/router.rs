@@ -609,12 +609,22 @@ impl Router {
             then();
             return;
         }
-        let mut matching: Vec<_> = retained
-            .values
-            .iter()
-            .filter(|(topic, _)| filter.matches(topic))
-            .map(|(_, value)| &value.message)
-            .collect();
+        // A filter without wildcards names one topic: looked up, not scanned for.
+        let mut matching: Vec<_> = if filter.has_wildcards() {
+            retained
+                .values
+                .iter()
+                .filter(|(topic, _)| filter.matches(topic))
+                .map(|(_, value)| &value.message)
+                .collect()
+        } else {
+            retained
+                .values
+                .get(filter.as_str())
+                .map(|value| &value.message)
+                .into_iter()
+                .collect()
+        };
         matching.sort_by(|a, b| a.topic.cmp(&b.topic));
         for message in matching {
             queue.push(message);

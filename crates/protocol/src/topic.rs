@@ -156,6 +156,13 @@ fn check_common(topic: &str, limits: &TopicLimits) -> Result<Checked, TopicError
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName(Arc<str>);
 
+/// Maps keyed by topic name are looked up by `&str` (hashing and comparing as the string does).
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TopicName {
     /// Validates a name a client wants to publish to.
     pub fn parse(topic: &str, limits: &TopicLimits) -> Result<Self, TopicError> {
@@ -317,6 +324,14 @@ mod tests {
 
     fn filter(s: &str) -> TopicFilter {
         TopicFilter::parse(s, &TopicLimits::default()).expect("valid filter")
+    }
+
+    #[test]
+    fn a_map_keyed_by_topic_name_is_looked_up_by_its_string() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(name("a.b"), 1);
+        assert_eq!(map.get("a.b"), Some(&1));
+        assert_eq!(map.get("a.c"), None);
     }
 
     #[test]
