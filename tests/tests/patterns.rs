@@ -218,6 +218,18 @@ async fn a_new_subscriber_gets_retained_values_first_even_through_wildcards() {
         );
         subscriber.close().await.expect("close");
     }
+    // A filter naming one topic gets that topic's value only.
+    let subscriber = broker.client("display").await;
+    let mut subscription = subscriber.subscribe("state.hall").await.expect("subscribe");
+    let message = within("retained value", subscription.next())
+        .await
+        .expect("message");
+    assert!(message.is_retained());
+    assert_eq!(
+        (message.topic(), message.payload().as_ref()),
+        ("state.hall", b"19C".as_ref())
+    );
+    subscriber.close().await.expect("close");
     broker.stop().await;
 }
 
