@@ -118,6 +118,26 @@ macro_rules! delegate_signature_checks {
     };
 }
 
+/// A WebPKI verifier builder (`$builder`, for client or server certificates: the two builders
+/// share these methods and no trait) checking `$crls` as [`RevocationOptions`] say; with no
+/// CRL, no revocation check. The one place the revocation options are applied.
+macro_rules! with_revocation {
+    ($builder:expr, $crls:expr, $revocation:expr) => {{
+        let mut builder = $builder;
+        let crls = $crls;
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls);
+            if $revocation.allow_unknown_status {
+                builder = builder.allow_unknown_revocation_status();
+            }
+            if $revocation.enforce_crl_expiry {
+                builder = builder.enforce_revocation_expiration();
+            }
+        }
+        builder
+    }};
+}
+
 /// A client certificate verifier that lets in only certificates of one [`PeerKind`], after the
 /// verifier it wraps accepted them.
 #[derive(Debug)]
@@ -395,16 +415,11 @@ impl ServerTls {
         let provider = crypto_provider();
         let revoked = Arc::new(revoked_keys(&crls, Path::new("the CRL"))?);
         let roots = Arc::new(root_store(ca_certs)?);
-        let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-        if !crls.is_empty() {
-            builder = builder.with_crls(crls);
-            if revocation.allow_unknown_status {
-                builder = builder.allow_unknown_revocation_status();
-            }
-            if revocation.enforce_crl_expiry {
-                builder = builder.enforce_revocation_expiration();
-            }
-        }
+        let builder = with_revocation!(
+            WebPkiClientVerifier::builder_with_provider(roots, provider.clone()),
+            crls,
+            revocation
+        );
         let verifier: Arc<dyn ClientCertVerifier> = Arc::new(KindVerifier {
             inner: builder.build().map_err(TlsError::ClientVerifier)?,
             kind,
@@ -489,16 +504,11 @@ pub fn cluster_client_crypto(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(root_store(ca_certs)?);
-    let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
-    if !crls.is_empty() {
-        builder = builder.with_crls(crls);
-        if revocation.allow_unknown_status {
-            builder = builder.allow_unknown_revocation_status();
-        }
-        if revocation.enforce_crl_expiry {
-            builder = builder.enforce_revocation_expiration();
-        }
-    }
+    let builder = with_revocation!(
+        WebPkiServerVerifier::builder_with_provider(roots, provider.clone()),
+        crls,
+        revocation
+    );
     let inner = builder.build().map_err(TlsError::ServerVerifier)?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
